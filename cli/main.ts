@@ -1,0 +1,92 @@
+#!/usr/bin/env bun
+import { parseArgs } from "node:util";
+import { Context, type Command } from "./command.ts";
+import { processIo, type Io } from "./io.ts";
+import { line, reportError } from "./output.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { explainDbError } from "../src/db.ts";
+import { migrateCommand } from "./migrate.ts";
+import { statusCommand } from "./status.ts";
+import pkg from "../package.json" with { type: "json" };
+
+const commands: Command[] = [migrateCommand, statusCommand];
+
+function usage(): string {
+  const width = Math.max(...commands.map((c) => c.name.length));
+  return `shinkei ${pkg.version}: data-safety toolkit for a Postgres-backed app
+
+Usage: shinkei <command> [options]
+
+Commands:
+${commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n")}
+
+Options:
+  -h, --help     show help (also after a command: shinkei backup --help)
+  -v, --version  print the version
+
+Configuration comes from the environment and .env; see the README for every variable.`;
+}
+
+/** Parse argv, run one command, and turn whatever it throws into output and an exit code. */
+export async function run(argv: string[], io: Io = processIo()): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "-h" || name === "--help" || name === "help") {
+    line(io, usage());
+    return 0;
+  }
+  if (name === "-v" || name === "--version") {
+    line(io, pkg.version);
+    return 0;
+  }
+  const command = commands.find((c) => c.name === name);
+  if (!command) return reportError(io, new ShinkeiError("USAGE", `unknown command "${name}"`), usage());
+
+  let ctx: Context;
+  try {
+    const parsed = parseArgs({
+      args: rest,
+      options: { ...command.options, help: { type: "boolean", short: "h" } },
+      allowPositionals: true,
+      strict: true,
+    });
+    if (parsed.values.help) {
+      line(io, command.help);
+      return 0;
+    }
+    const sub = parsed.positionals[0];
+    if (sub !== undefined && !command.subcommands?.includes(sub)) {
+      throw new ShinkeiError("USAGE", `unknown argument "${sub}" for ${command.name}`);
+    }
+    ctx = new Context(io, parsed.values, parsed.positionals);
+  } catch (error) {
+    const e = error instanceof ShinkeiError ? error : new ShinkeiError("USAGE", (error as Error).message.split(". To specify")[0]!);
+    return reportError(io, e, command.help);
+  }
+
+  try {
+    return await command.run(ctx);
+  } catch (error) {
+    const url = safeUrl(ctx);
+    return reportError(io, url ? explainDbError(error, url) : error, command.help);
+  } finally {
+    await ctx.close().catch(() => {});
+  }
+}
+
+function safeUrl(ctx: Context): string | undefined {
+  try {
+    return ctx.config.databaseUrl;
+  } catch {
+    return undefined;
+  }
+}
+
+if (import.meta.main) {
+  // `shinkei backup --list | head` closes the pipe early: that is the reader's choice, not an error.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
+    });
+  }
+  process.exitCode = await run(process.argv.slice(2));
+}

@@ -1,0 +1,31 @@
+import type { Command } from "./command.ts";
+import { line, table, json } from "./output.ts";
+import { databaseState, mainTables } from "../src/state.ts";
+import { formatBytes } from "../src/duration.ts";
+
+export const statusCommand: Command = {
+  name: "status",
+  summary: "show the database's state: row counts, schema version, size",
+  help: `Usage: shinkei status [--json]
+
+Shows the database DATABASE_URL points at: the row counts of users, worlds, stories,
+story_beats and sessions, the schema version and the database size.
+
+Options:
+  --json       machine-readable output
+  -h, --help   show this help`,
+  options: { json: { type: "boolean" } },
+  async run(ctx) {
+    const s = await databaseState(ctx.db, ctx.config.databaseUrl);
+    if (ctx.flag("json")) {
+      json(ctx.io, s);
+      return 0;
+    }
+    line(ctx.io, `database  ${s.database} on ${s.host}:${s.port} (PostgreSQL ${s.serverVersion})`);
+    line(ctx.io, `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}${s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""}`);
+    line(ctx.io, `size      ${formatBytes(s.sizeBytes)}`);
+    line(ctx.io);
+    line(ctx.io, table([["table", "rows"], ...mainTables.map((t) => [t, s.counts[t] ?? "missing"])]));
+    return 0;
+  },
+};

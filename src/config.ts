@@ -1,0 +1,124 @@
+import * as v from "valibot";
+import { ShinkeiError } from "./errors.ts";
+import { parseDuration } from "./duration.ts";
+
+/**
+ * Every variable shinkei reads, with its default. The README's table is written from this list;
+ * keep the two in step.
+ */
+const text = (fallback: string) => v.optional(v.string(), fallback);
+const optionalText = () => v.pipe(v.optional(v.string(), ""), v.transform((s) => s.trim() || undefined));
+
+const int = (fallback: number, min: number, max: number) =>
+  v.pipe(
+    v.optional(v.string(), String(fallback)),
+    v.trim(),
+    v.regex(/^\d+$/, "must be a whole number"),
+    v.transform(Number),
+    v.minValue(min, `must be at least ${min}`),
+    v.maxValue(max, `must be at most ${max}`),
+  );
+
+const bool = (fallback: boolean) =>
+  v.pipe(
+    v.optional(v.string(), String(fallback)),
+    v.trim(),
+    v.toLowerCase(),
+    v.picklist(["true", "false", "1", "0", "yes", "no", "on", "off"], "must be true or false"),
+    v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
+  );
+
+const duration = (fallback: string) =>
+  v.pipe(
+    v.optional(v.string(), fallback),
+    v.transform(parseDuration),
+    v.number("must be a duration such as 30d, 26h, 15m or 90s"),
+    v.minValue(1, "must be longer than zero"),
+  );
+
+const postgresUrl = (fallback: string) =>
+  v.pipe(
+    v.optional(v.string(), fallback),
+    v.trim(),
+    v.check((s) => {
+      try {
+        const u = new URL(s);
+        return (u.protocol === "postgres:" || u.protocol === "postgresql:") && u.hostname !== "" && u.pathname.length > 1;
+      } catch {
+        return false;
+      }
+    }, "must be a URL such as postgres://user:password@host:5432/database"),
+  );
+
+const ConfigSchema = v.object({
+  DATABASE_URL: postgresUrl("postgres://postgres@127.0.0.1:5432/shinkei"),
+  SHINKEI_ENV: v.pipe(optionalText(), v.transform((s) => s ?? "")),
+  NODE_ENV: v.pipe(optionalText(), v.transform((s) => s ?? "")),
+  HOST: text("0.0.0.0"),
+  PORT: int(8000, 0, 65535),
+  MIGRATE_ON_START: bool(true),
+  TRUST_PROXY: bool(false),
+  SESSION_TTL: duration("30d"),
+  COOKIE_SECURE: bool(true),
+  LOGIN_MAX_FAILURES: int(5, 1, 1000),
+  LOGIN_MAX_FAILURES_PER_IP: int(50, 1, 100_000),
+  LOGIN_WINDOW: duration("15m"),
+  HASH_CONCURRENCY: int(2, 1, 64),
+  HASH_QUEUE_LIMIT: int(128, 1, 100_000),
+  ARGON2_MEMORY_KIB: int(65536, 1024, 4_194_304),
+  ARGON2_TIME_COST: int(2, 1, 20),
+  BACKUP_DIR: text("./backups"),
+});
+
+type Raw = v.InferOutput<typeof ConfigSchema>;
+
+export type Config = {
+  databaseUrl: string;
+  environment: string;
+  host: string;
+  port: number;
+  migrateOnStart: boolean;
+  trustProxy: boolean;
+  sessionTtlMs: number;
+  cookieSecure: boolean;
+  login: { maxFailures: number; maxFailuresPerIp: number; windowMs: number };
+  hashing: { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
+  backupDir: string;
+};
+
+export const configVariables = Object.keys(ConfigSchema.entries) as (keyof Raw)[];
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const input: Record<string, string> = {};
+  for (const key of configVariables) {
+    const value = env[key];
+    if (value !== undefined && value !== "") input[key] = value;
+  }
+  const result = v.safeParse(ConfigSchema, input);
+  if (!result.success) {
+    const issue = result.issues[0];
+    const name = issue.path?.map((p) => String(p.key)).join(".") ?? "configuration";
+    throw new ShinkeiError("CONFIG_INVALID", `${name} ${issue.message}`, {
+      hint: `Fix ${name} in the environment or .env (see the README for every variable and its default).`,
+    });
+  }
+  const r = result.output;
+  return {
+    databaseUrl: r.DATABASE_URL,
+    environment: r.SHINKEI_ENV || r.NODE_ENV || "development",
+    host: r.HOST,
+    port: r.PORT,
+    migrateOnStart: r.MIGRATE_ON_START,
+    trustProxy: r.TRUST_PROXY,
+    sessionTtlMs: r.SESSION_TTL,
+    cookieSecure: r.COOKIE_SECURE,
+    login: { maxFailures: r.LOGIN_MAX_FAILURES, maxFailuresPerIp: r.LOGIN_MAX_FAILURES_PER_IP, windowMs: r.LOGIN_WINDOW },
+    hashing: {
+      concurrency: r.HASH_CONCURRENCY,
+      queueLimit: r.HASH_QUEUE_LIMIT,
+      memoryCost: r.ARGON2_MEMORY_KIB,
+      timeCost: r.ARGON2_TIME_COST,
+    },
+    backupDir: r.BACKUP_DIR,
+  };
+}

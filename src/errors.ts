@@ -1,0 +1,71 @@
+/**
+ * One error class for everything shinkei reports on purpose. The `code` is stable (scripts and
+ * clients may match on it); the edges turn it into an HTTP status or an exit code from this table.
+ */
+const codes = {
+  CONFIG_INVALID: { exit: 2, status: 500 },
+  USAGE: { exit: 2, status: 400 },
+  DB_UNREACHABLE: { exit: 2, status: 503 },
+  DB_ERROR: { exit: 1, status: 500 },
+  MIGRATION_CHANGED: { exit: 1, status: 500 },
+  MIGRATION_FAILED: { exit: 1, status: 500 },
+  MIGRATION_UNKNOWN: { exit: 1, status: 500 },
+  LOCKED: { exit: 75, status: 409 },
+  // HTTP-facing
+  BAD_JSON: { exit: 2, status: 400 },
+  INVALID_INPUT: { exit: 2, status: 400 },
+  UNAUTHORIZED: { exit: 1, status: 401 },
+  INVALID_CREDENTIALS: { exit: 1, status: 401 },
+  EMAIL_TAKEN: { exit: 1, status: 409 },
+  NOT_FOUND: { exit: 1, status: 404 },
+  PAYLOAD_TOO_LARGE: { exit: 2, status: 413 },
+  UNSUPPORTED_MEDIA_TYPE: { exit: 2, status: 415 },
+  TOO_MANY_REQUESTS: { exit: 1, status: 429 },
+  BUSY: { exit: 1, status: 503 },
+  NOT_READY: { exit: 1, status: 503 },
+  // backups and guarded operations
+  BACKUP_FAILED: { exit: 1, status: 500 },
+  BACKUP_NOT_FOUND: { exit: 1, status: 404 },
+  BACKUP_CORRUPT: { exit: 1, status: 500 },
+  BACKUP_STALE: { exit: 1, status: 500 },
+  RESTORE_FAILED: { exit: 1, status: 500 },
+  PG_TOOL_MISSING: { exit: 2, status: 500 },
+  PG_VERSION_MISMATCH: { exit: 2, status: 500 },
+  STORE_FAILED: { exit: 1, status: 502 },
+  REFUSED: { exit: 1, status: 403 },
+  ABORTED: { exit: 1, status: 400 },
+  CANCELLED: { exit: 130, status: 400 },
+} as const;
+
+export type ErrorCode = keyof typeof codes;
+
+export class ShinkeiError extends Error {
+  readonly code: ErrorCode;
+  readonly hint?: string;
+  /** Extra fields for the client or log (field errors, retry-after seconds); never secrets. */
+  readonly details?: Record<string, unknown>;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { hint?: string; cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.name = "ShinkeiError";
+    this.code = code;
+    this.hint = options.hint;
+    this.details = options.details;
+  }
+
+  get exitCode(): number {
+    return codes[this.code].exit;
+  }
+
+  get status(): number {
+    return codes[this.code].status;
+  }
+}
+
+export function isShinkeiError(e: unknown): e is ShinkeiError {
+  return e instanceof ShinkeiError;
+}

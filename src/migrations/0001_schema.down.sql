@@ -1,0 +1,6 @@
+drop table login_throttle;
+drop table story_beats;
+drop table stories;
+drop table worlds;
+drop table sessions;
+drop table users;

@@ -1,0 +1,113 @@
+import { ShinkeiError } from "../errors.ts";
+import { withAdvisoryLock, type Sql } from "../db.ts";
+import { migrations as bundled, type Migration } from "./index.ts";
+
+export type Applied = { version: number; name: string; checksum: string; applied_at: Date };
+export type MigrationStatus = {
+  current: number;
+  latest: number;
+  applied: Applied[];
+  pending: Migration[];
+};
+
+export function checksum(text: string): string {
+  return new Bun.CryptoHasher("sha256").update(text).digest("hex");
+}
+
+async function ensureTable(sql: Sql) {
+  await sql`
+    create table if not exists schema_migrations (
+      version integer primary key,
+      name text not null,
+      checksum text not null,
+      applied_at timestamptz not null default now()
+    )`;
+}
+
+async function readApplied(sql: Sql): Promise<Applied[]> {
+  const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
+  if (!exists!.ok) return [];
+  return sql<Applied[]>`select version, name, checksum, applied_at from schema_migrations order by version`;
+}
+
+/** Compare what the database has applied with what this build carries; refuse edited or unknown history. */
+function plan(applied: Applied[], list: readonly Migration[]): MigrationStatus {
+  const byVersion = new Map(list.map((m) => [m.version, m]));
+  for (const a of applied) {
+    const m = byVersion.get(a.version);
+    if (!m) {
+      throw new ShinkeiError("MIGRATION_UNKNOWN", `the database has migration ${a.version} (${a.name}), which this build does not know`, {
+        hint: "The database was migrated by a newer shinkei; run that version instead.",
+      });
+    }
+    if (checksum(m.up) !== a.checksum) {
+      throw new ShinkeiError("MIGRATION_CHANGED", `migration ${a.version} (${a.name}) was changed after it was applied`, {
+        hint: "Applied migrations are history: restore the original file and add a new migration for the change.",
+      });
+    }
+  }
+  const done = new Set(applied.map((a) => a.version));
+  return {
+    current: applied.at(-1)?.version ?? 0,
+    latest: list.at(-1)?.version ?? 0,
+    applied,
+    pending: list.filter((m) => !done.has(m.version)),
+  };
+}
+
+export async function migrationStatus(sql: Sql, list: readonly Migration[] = bundled): Promise<MigrationStatus> {
+  return plan(await readApplied(sql), list);
+}
+
+/**
+ * Apply pending migrations in order, each in its own transaction. An advisory lock makes
+ * concurrent runs (several replicas starting at once) queue, so each migration is applied once.
+ */
+export async function migrate(sql: Sql, list: readonly Migration[] = bundled): Promise<Migration[]> {
+  return withAdvisoryLock(
+    sql,
+    "migrate",
+    async () => {
+      await ensureTable(sql);
+      const { pending } = plan(await readApplied(sql), list);
+      for (const m of pending) {
+        try {
+          await sql.begin(async (tx) => {
+            await tx.unsafe(m.up);
+            await tx`insert into schema_migrations (version, name, checksum) values (${m.version}, ${m.name}, ${checksum(m.up)})`;
+          });
+        } catch (error) {
+          throw new ShinkeiError("MIGRATION_FAILED", `migration ${m.version} (${m.name}) failed: ${(error as Error).message}`, {
+            hint: "Nothing of this migration was applied; earlier ones stay applied.",
+            cause: error,
+          });
+        }
+      }
+      return pending;
+    },
+    { wait: true, what: "migration" },
+  );
+}
+
+/** Undo the newest applied migration. The guard (backup, confirmation) belongs to the caller. */
+export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled): Promise<Migration | null> {
+  return withAdvisoryLock(
+    sql,
+    "migrate",
+    async () => {
+      const { applied } = plan(await readApplied(sql), list);
+      const last = applied.at(-1);
+      if (!last) return null;
+      const m = list.find((x) => x.version === last.version)!;
+      if (!m.down) {
+        throw new ShinkeiError("REFUSED", `migration ${m.version} (${m.name}) has no down step`);
+      }
+      await sql.begin(async (tx) => {
+        await tx.unsafe(m.down!);
+        await tx`delete from schema_migrations where version = ${m.version}`;
+      });
+      return m;
+    },
+    { wait: true, what: "migration" },
+  );
+}

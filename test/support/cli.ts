@@ -1,0 +1,30 @@
+import { join } from "node:path";
+
+const root = join(import.meta.dir, "..", "..");
+export const binaryPath = join(root, "dist", "shinkei");
+
+let built: Promise<void> | undefined;
+
+/** Compile dist/shinkei once per test run, so CLI tests exercise the binary users run. */
+export function buildBinary(): Promise<void> {
+  return (built ??= (async () => {
+    const p = Bun.spawn(["bun", "run", "build"], { cwd: root, stdout: "ignore", stderr: "pipe" });
+    if ((await p.exited) !== 0) throw new Error(`build failed: ${await new Response(p.stderr).text()}`);
+  })());
+}
+
+export type CliResult = { code: number; stdout: string; stderr: string };
+
+/** Run the compiled binary with a clean environment plus `env` (no inherited DATABASE_URL surprises). */
+export async function shinkei(args: string[], env: Record<string, string> = {}, options: { cwd?: string; stdin?: string } = {}): Promise<CliResult> {
+  await buildBinary();
+  const p = Bun.spawn([binaryPath, ...args], {
+    cwd: options.cwd ?? root,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
+    stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, stdout, stderr };
+}
