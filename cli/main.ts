@@ -7,9 +7,10 @@ import { ShinkeiError } from "../src/errors.ts";
 import { explainDbError } from "../src/db.ts";
 import { migrateCommand } from "./migrate.ts";
 import { statusCommand } from "./status.ts";
+import { serveCommand } from "./serve.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [migrateCommand, statusCommand];
+const commands: Command[] = [serveCommand, statusCommand, migrateCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -56,7 +56,7 @@ create table story_beats (
 
 -- Failed-login counters, keyed by a hash of "account:<email>" or "ip:<address>": never an account.
 create table login_throttle (
-  key bytea primary key,
+  key text primary key,
   failures integer not null,
   window_start timestamptz not null
 );

@@ -1,0 +1,25 @@
+import type { Sql } from "../src/db.ts";
+import type { Config } from "../src/config.ts";
+import type { AuthService } from "../src/auth/service.ts";
+import type { ClientInfo } from "../src/auth/service.ts";
+import type { Session } from "../src/auth/sessions.ts";
+
+export type Log = (entry: Record<string, unknown>) => void;
+
+/** What the app is built from: tests hand in their own database and config. */
+export type Deps = {
+  sql: Sql;
+  config: Config;
+  auth: AuthService;
+  log: Log;
+  /** Extra readiness facts (the backup scheduler adds the newest backup's age). */
+  readiness?: () => Promise<Record<string, unknown>>;
+};
+
+export type AppEnv = {
+  Variables: { requestId: string; client: ClientInfo; session: Session; body: unknown };
+};
+
+export const jsonLog: Log = (entry) => {
+  process.stdout.write(JSON.stringify({ time: new Date().toISOString(), ...entry }) + "\n");
+};

@@ -1,0 +1,47 @@
+import type { Config } from "../src/config.ts";
+import { connect, ensureDatabase, guarded } from "../src/db.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { PasswordHasher } from "../src/auth/passwords.ts";
+import { AuthService } from "../src/auth/service.ts";
+import { createApp } from "./app.ts";
+import { jsonLog, type Deps, type Log } from "./env.ts";
+
+export type Running = { url: string; port: number; stop(): Promise<void> };
+
+/** Connect, migrate (unless MIGRATE_ON_START=false), and listen. `stop()` drains requests, then the pool. */
+export async function startServer(config: Config, options: { log?: Log; readiness?: Deps["readiness"] } = {}): Promise<Running> {
+  const log = options.log ?? jsonLog;
+  if (config.migrateOnStart) {
+    await ensureDatabase(config.databaseUrl);
+  }
+  const sql = connect(config.databaseUrl, { max: 10 });
+  try {
+    await guarded(config.databaseUrl, async () => {
+      if (config.migrateOnStart) {
+        const applied = await migrate(sql);
+        for (const m of applied) log({ level: "info", msg: "migration applied", version: m.version, name: m.name });
+      } else {
+        await sql`select 1`;
+      }
+    });
+  } catch (e) {
+    await sql.end({ timeout: 1 });
+    throw e;
+  }
+  const auth = new AuthService(sql, config, new PasswordHasher(config.hashing));
+  const app = createApp({ sql, config, auth, log, readiness: options.readiness });
+  const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
+  const prune = setInterval(() => auth.throttle.prune().catch(() => {}), 10 * 60_000);
+  prune.unref();
+  const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`;
+  log({ level: "info", msg: "listening", url });
+  return {
+    url,
+    port: server.port!,
+    async stop() {
+      clearInterval(prune);
+      await server.stop(); // waits for in-flight requests; refuses new ones
+      await sql.end({ timeout: 5 });
+    },
+  };
+}

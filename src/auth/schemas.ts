@@ -1,0 +1,40 @@
+import * as v from "valibot";
+import { ShinkeiError } from "../errors.ts";
+
+const email = v.pipe(
+  v.string("must be a string"),
+  v.trim(),
+  v.nonEmpty("is required"),
+  v.maxLength(254, "must be at most 254 characters"),
+  v.email("must be a valid email address"),
+);
+const newPassword = v.pipe(
+  v.string("must be a string"),
+  v.minLength(8, "must be at least 8 characters"),
+  v.maxLength(256, "must be at most 256 characters"),
+);
+// At login we only bound the size: a policy hint there would help guessers, not users.
+const anyPassword = v.pipe(v.string("must be a string"), v.nonEmpty("is required"), v.maxLength(256, "must be at most 256 characters"));
+const name = v.pipe(v.string("must be a string"), v.trim(), v.nonEmpty("is required"), v.maxLength(200, "must be at most 200 characters"));
+
+const input = <T extends v.ObjectEntries>(entries: T) => v.strictObject(entries, "is not an accepted field");
+
+export const RegisterInput = input({ email, password: newPassword, name });
+export const LoginInput = input({ email, password: anyPassword });
+export const PasswordChangeInput = input({ currentPassword: anyPassword, newPassword });
+
+/** Validate `body` against `schema`; every failing field is listed in one INVALID_INPUT error. */
+export function parseInput<S extends v.GenericSchema>(schema: S, body: unknown): v.InferOutput<S> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ShinkeiError("INVALID_INPUT", "the body must be a JSON object");
+  }
+  const result = v.safeParse(schema, body, { abortPipeEarly: true });
+  if (result.success) return result.output;
+  const fields: Record<string, string> = {};
+  for (const issue of result.issues) {
+    const key = issue.path?.map((p) => String(p.key)).join(".") ?? "body";
+    fields[key] ??= issue.kind === "schema" && issue.received === "undefined" ? "is required" : issue.message;
+  }
+  const list = Object.entries(fields).map(([k, m]) => `${k} ${m}`).join("; ");
+  throw new ShinkeiError("INVALID_INPUT", `invalid input: ${list}`, { details: { fields } });
+}

@@ -1,0 +1,55 @@
+import type { Sql } from "../db.ts";
+import type { User } from "./users.ts";
+
+export type Session = { id: string; userId: string; expiresAt: Date; user: User };
+
+const TOKEN = /^[A-Za-z0-9_-]{43}$/;
+
+function hashToken(token: string): Buffer {
+  return Buffer.from(new Bun.CryptoHasher("sha256").update(token).digest());
+}
+
+/** A random 256-bit token; only its SHA-256 is stored, so a leaked table grants no sessions. */
+export async function createSession(
+  sql: Sql,
+  input: { userId: string; ttlMs: number; userAgent?: string; ip?: string },
+): Promise<{ token: string; id: string; expiresAt: Date }> {
+  const token = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
+  const [row] = await sql<{ id: string; expiresAt: Date }[]>`
+    insert into sessions (token_hash, user_id, expires_at, user_agent, ip)
+    values (${hashToken(token)}, ${input.userId}, now() + ${input.ttlMs} * interval '1 millisecond',
+            ${input.userAgent?.slice(0, 512) ?? null}, ${input.ip ?? null})
+    returning id, expires_at as "expiresAt"`;
+  return { token, ...row! };
+}
+
+/** The live session for `token`, or undefined; expired and malformed tokens are simply not found. */
+export async function findSession(sql: Sql, token: string): Promise<Session | undefined> {
+  if (!TOKEN.test(token)) return undefined;
+  const [row] = await sql`
+    select s.id, s.user_id, s.expires_at, s.last_used_at < now() - interval '1 minute' as stale,
+           u.email, u.name, u.created_at
+    from sessions s join users u on u.id = s.user_id
+    where s.token_hash = ${hashToken(token)} and s.expires_at > now()`;
+  if (!row) return undefined;
+  // Touch last_used_at at most once a minute: a write per request would cost /me its speed.
+  if (row.stale) sql`update sessions set last_used_at = now() where id = ${row.id}`.catch(() => {});
+  return {
+    id: row.id,
+    userId: row.user_id,
+    expiresAt: row.expires_at,
+    user: { id: row.user_id, email: row.email, name: row.name, createdAt: row.created_at },
+  };
+}
+
+export async function revokeSession(sql: Sql, id: string): Promise<void> {
+  await sql`delete from sessions where id = ${id}`;
+}
+
+/** Revoke every session of the user, except `keep` when given. Returns how many ended. */
+export async function revokeUserSessions(sql: Sql, userId: string, keep?: string): Promise<number> {
+  const r = keep
+    ? await sql`delete from sessions where user_id = ${userId} and id <> ${keep}`
+    : await sql`delete from sessions where user_id = ${userId}`;
+  return r.count;
+}

@@ -1,0 +1,131 @@
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { testApp } from "./support/server.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { PasswordHasher } from "../src/auth/passwords.ts";
+import { shinkei, binaryPath, buildBinary } from "./support/cli.ts";
+
+let db: TestDatabase;
+let app: ReturnType<typeof testApp>;
+
+beforeAll(async () => {
+  db = await freshDatabase("input");
+  await migrate(db.sql);
+  app = testApp(db);
+});
+afterAll(() => db.drop());
+
+/** A small deterministic generator, so a failure names a case that can be replayed. */
+function* malformed(count: number): Generator<{ path: string; init: RequestInit }> {
+  let seed = 42;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  const paths = ["/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/password"];
+  const types = ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "application/jsonx", "APPLICATION/JSON; charset=utf-8"];
+  const values = [null, true, 0, -1, 1e308, "", " ", "x".repeat(300), "a@b", "' OR 1=1 --", "'; DROP TABLE users; --", "\u0000", "😀".repeat(100), [], {}, ["a"], { $gt: "" }];
+  const bodies = ["{", "}", "[]", "null", "\"str\"", "{\"email\":", "{'single':1}", "\u0000\u0001", "x".repeat(20_000), "{}"];
+  for (let i = 0; i < count; i++) {
+    const path = paths[rand(paths.length)]!;
+    const kind = rand(4);
+    let body: string | Uint8Array;
+    if (kind === 0) body = bodies[rand(bodies.length)]!;
+    else if (kind === 1) body = new Uint8Array(Array.from({ length: rand(64) }, () => rand(256)));
+    else {
+      const obj: Record<string, unknown> = {};
+      for (const key of ["email", "password", "name", "currentPassword", "newPassword", "extra"]) {
+        if (rand(3)) obj[key] = values[rand(values.length)];
+      }
+      body = JSON.stringify(kind === 2 ? obj : [obj]);
+    }
+    const headers: Record<string, string> = {};
+    const type = types[rand(types.length)]!;
+    if (type) headers["content-type"] = type;
+    yield { path, init: { method: "POST", headers, body } };
+  }
+}
+
+test("1,000 malformed requests: every answer is 4xx in the error shape, none 5xx, nothing stored", async () => {
+  const seen = new Set<number>();
+  for (const { path, init } of malformed(1000)) {
+    const r = await app.request(path, init);
+    seen.add(r.status);
+    if (r.status < 400 || r.status >= 500) throw new Error(`${path} ${JSON.stringify(init)} gave ${r.status}`);
+    const body = await r.json();
+    expect(body.error.code).toBeString();
+    expect(body.error.message).toBeString();
+  }
+  expect([...seen].sort()).toEqual([400, 401, 413, 415]);
+  const [n] = await db.sql`select (select count(*) from users) + (select count(*) from sessions) as n`;
+  expect(n!.n).toBe(0);
+});
+
+test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong type 415, unknown route 404", async () => {
+  const post = (body: string, type = "application/json") => app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": type }, body });
+  expect((await (await post("{nope")).json()).error.code).toBe("BAD_JSON");
+  const schema = await (await post(JSON.stringify({ email: "x", password: 5, admin: true }))).json();
+  expect(schema.error.code).toBe("INVALID_INPUT");
+  expect(schema.error.fields).toEqual({ email: "must be a valid email address", password: "must be a string", admin: "is not an accepted field" });
+  expect((await post(JSON.stringify({ email: "a@b.io", password: "x".repeat(17_000) }))).status).toBe(413);
+  expect((await post("{}", "text/plain")).status).toBe(415);
+  const missing = await app.request("/api/v1/nothing");
+  expect(missing.status).toBe(404);
+  expect((await missing.json()).error.code).toBe("NOT_FOUND");
+  const chunked = new ReadableStream({
+    start(c) {
+      for (let i = 0; i < 20; i++) c.enqueue(new TextEncoder().encode("x".repeat(1024)));
+      c.close();
+    },
+  });
+  expect((await app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: chunked })).status).toBe(413);
+});
+
+test("the hash queue is bounded: past the limit the answer is 503 with Retry-After, not more memory", async () => {
+  const hasher = new PasswordHasher({ concurrency: 1, queueLimit: 2, memoryCost: 8192, timeCost: 2 });
+  const results = await Promise.allSettled(Array.from({ length: 6 }, () => hasher.hash("some password")));
+  const busy = results.filter((r) => r.status === "rejected");
+  expect(results.filter((r) => r.status === "fulfilled").length).toBe(3);
+  expect(busy.length).toBe(3);
+  expect((busy[0] as PromiseRejectedResult).reason.code).toBe("BUSY");
+  expect(hasher.load).toEqual({ running: 0, waiting: 0 });
+});
+
+test("unknown email and wrong password cost the same hashing time", async () => {
+  const hasher = new PasswordHasher({ concurrency: 2, queueLimit: 10, memoryCost: 19456, timeCost: 2 });
+  const real = await hasher.hash("the real password");
+  await hasher.verifyNobody("warm-up");
+  const time = async (fn: () => Promise<unknown>) => {
+    const samples: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      const t = performance.now();
+      await fn();
+      samples.push(performance.now() - t);
+    }
+    return samples.sort((a, b) => a - b)[3]!;
+  };
+  const wrong = await time(() => hasher.verify("a wrong password", real));
+  const nobody = await time(() => hasher.verifyNobody("a wrong password"));
+  expect(nobody / wrong).toBeGreaterThan(0.6);
+  expect(nobody / wrong).toBeLessThan(1.6);
+});
+
+test("SIGTERM lets an in-flight request finish, then the server exits 0", async () => {
+  await buildBinary();
+  const env = { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1", PATH: process.env.PATH!, ARGON2_MEMORY_KIB: "65536", ARGON2_TIME_COST: "3" };
+  const p = Bun.spawn([binaryPath, "serve"], { env, stdout: "pipe", stderr: "pipe" });
+  const reader = p.stdout.getReader();
+  let out = "";
+  while (!out.includes('"listening"')) out += new TextDecoder().decode((await reader.read()).value);
+  const url = JSON.parse(out.split("\n").find((l) => l.includes('"listening"'))!).url.replace("0.0.0.0", "127.0.0.1");
+  const pending = fetch(`${url}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email: "x@y.io", password: "whatever!" }) });
+  await Bun.sleep(30);
+  p.kill("SIGTERM");
+  const r = await pending;
+  expect(r.status).toBe(401);
+  expect(await p.exited).toBe(0);
+  await expect(fetch(`${url}/health`)).rejects.toThrow();
+});
+
+test("shinkei serve reports an unreachable database in one line", async () => {
+  const r = await shinkei(["serve"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/x", PORT: "0" });
+  expect(r.code).toBe(2);
+  expect(r.stderr.trim().split("\n")[0]).toBe("✖ cannot reach PostgreSQL at 127.0.0.1:1 (ECONNREFUSED)");
+});

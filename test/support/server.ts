@@ -1,0 +1,45 @@
+import { loadConfig, type Config } from "../../src/config.ts";
+import { startServer, type Running } from "../../server/serve.ts";
+import { createApp } from "../../server/app.ts";
+import { AuthService } from "../../src/auth/service.ts";
+import { PasswordHasher } from "../../src/auth/passwords.ts";
+import type { TestDatabase } from "./db.ts";
+
+/** Cheap hashing keeps the suite quick; the parameters are config, and the bench runs the defaults. */
+export function testConfig(db: TestDatabase, env: Record<string, string> = {}): Config {
+  return loadConfig({
+    DATABASE_URL: db.url,
+    HOST: "127.0.0.1",
+    PORT: "0",
+    COOKIE_SECURE: "false",
+    ARGON2_MEMORY_KIB: "4096",
+    ARGON2_TIME_COST: "1",
+    ...env,
+  });
+}
+
+export type TestServer = Running & { logs: Record<string, unknown>[]; api(path: string, init?: RequestInit & { json?: unknown; token?: string }): Promise<Response> };
+
+/** A real listener on a loopback port, its log lines captured for assertions. */
+export async function startTestServer(db: TestDatabase, env: Record<string, string> = {}): Promise<TestServer> {
+  const logs: Record<string, unknown>[] = [];
+  const running = await startServer(testConfig(db, env), { log: (e) => logs.push(e) });
+  const base = `http://127.0.0.1:${running.port}`;
+  return {
+    ...running,
+    logs,
+    api(path, init = {}) {
+      const headers = new Headers(init.headers);
+      if (init.json !== undefined) headers.set("content-type", "application/json");
+      if (init.token) headers.set("authorization", `Bearer ${init.token}`);
+      return fetch(base + path, { ...init, headers, body: init.json !== undefined ? JSON.stringify(init.json) : init.body });
+    },
+  };
+}
+
+/** The app without a listener, for the many small request cases (`app.request`). */
+export function testApp(db: TestDatabase, env: Record<string, string> = {}) {
+  const config = testConfig(db, env);
+  const auth = new AuthService(db.sql, config, new PasswordHasher(config.hashing));
+  return createApp({ sql: db.sql, config, auth, log: () => {} });
+}
