@@ -8,9 +8,10 @@ import { explainDbError } from "../src/db.ts";
 import { migrateCommand } from "./migrate.ts";
 import { statusCommand } from "./status.ts";
 import { serveCommand } from "./serve.ts";
+import { backupCommand } from "./backup.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [serveCommand, statusCommand, migrateCommand];
+const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

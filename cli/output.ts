@@ -37,3 +37,7 @@ export function reportError(io: Io, error: unknown, usage?: string): number {
   else io.stderr.write(`${color(io, "dim", "  Run again with SHINKEI_DEBUG=1 for details.")}\n`);
   return 1;
 }
+
+export function warn(io: Io, text: string) {
+  io.stderr.write(`${color(io, "yellow", `▲ ${text}`)}\n`);
+}

@@ -2,6 +2,8 @@ import postgres from "postgres";
 import { ShinkeiError } from "./errors.ts";
 
 export type Sql = postgres.Sql;
+/** A pool or an open transaction: what read helpers need. */
+export type Queryable = postgres.Sql | postgres.TransactionSql;
 
 export type Target = { host: string; port: number; database: string; user: string };
 

@@ -1,4 +1,4 @@
-import type { Sql } from "./db.ts";
+import type { Queryable, Sql } from "./db.ts";
 import { describeTarget } from "./db.ts";
 import { migrationStatus } from "./migrations/migrate.ts";
 
@@ -6,7 +6,7 @@ import { migrationStatus } from "./migrations/migrate.ts";
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
 
 /** Exact row counts of every ordinary table in `public`, read in one statement (one snapshot). */
-export async function tableCounts(sql: Sql): Promise<Record<string, number>> {
+export async function tableCounts(sql: Queryable): Promise<Record<string, number>> {
   const tables = await sql<{ name: string }[]>`
     select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = 'public' and c.relkind in ('r', 'p') order by c.relname`;

@@ -66,8 +66,8 @@ export class AuthService {
     }
     const hash = await this.hasher.hash(input.newPassword);
     const revokedSessions = await this.sql.begin(async (tx) => {
-      await setPasswordHash(tx as unknown as Sql, user.id, hash);
-      return revokeUserSessions(tx as unknown as Sql, user.id, session.id);
+      await setPasswordHash(tx, user.id, hash);
+      return revokeUserSessions(tx, user.id, session.id);
     });
     return { revokedSessions };
   }

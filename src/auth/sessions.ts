@@ -1,4 +1,4 @@
-import type { Sql } from "../db.ts";
+import type { Queryable, Sql } from "../db.ts";
 import type { User } from "./users.ts";
 
 export type Session = { id: string; userId: string; expiresAt: Date; user: User };
@@ -47,7 +47,7 @@ export async function revokeSession(sql: Sql, id: string): Promise<void> {
 }
 
 /** Revoke every session of the user, except `keep` when given. Returns how many ended. */
-export async function revokeUserSessions(sql: Sql, userId: string, keep?: string): Promise<number> {
+export async function revokeUserSessions(sql: Queryable, userId: string, keep?: string): Promise<number> {
   const r = keep
     ? await sql`delete from sessions where user_id = ${userId} and id <> ${keep}`
     : await sql`delete from sessions where user_id = ${userId}`;

@@ -1,4 +1,4 @@
-import type { Sql } from "../db.ts";
+import type { Queryable, Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 export type User = { id: string; email: string; name: string; createdAt: Date };
@@ -32,7 +32,7 @@ export async function findUserById(sql: Sql, id: string): Promise<UserRow | unde
   return row;
 }
 
-export async function setPasswordHash(sql: Sql, id: string, passwordHash: string): Promise<void> {
+export async function setPasswordHash(sql: Queryable, id: string, passwordHash: string): Promise<void> {
   await sql`update users set password_hash = ${passwordHash}, updated_at = now() where id = ${id}`;
 }
 

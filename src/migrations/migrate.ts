@@ -1,5 +1,5 @@
 import { ShinkeiError } from "../errors.ts";
-import { withAdvisoryLock, type Sql } from "../db.ts";
+import { withAdvisoryLock, type Queryable, type Sql } from "../db.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
 export type Applied = { version: number; name: string; checksum: string; applied_at: Date };
@@ -22,6 +22,14 @@ async function ensureTable(sql: Sql) {
       checksum text not null,
       applied_at timestamptz not null default now()
     )`;
+}
+
+/** The newest applied version, 0 for an unmigrated database; works inside a transaction. */
+export async function currentSchemaVersion(sql: Queryable): Promise<number> {
+  const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
+  if (!exists!.ok) return 0;
+  const [row] = await sql`select coalesce(max(version), 0)::int as v from schema_migrations`;
+  return row!.v;
 }
 
 async function readApplied(sql: Sql): Promise<Applied[]> {

@@ -1,0 +1,134 @@
+import { mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createGzip } from "node:zlib";
+import type { Sql } from "../db.ts";
+import { describeTarget } from "../db.ts";
+import { ShinkeiError } from "../errors.ts";
+import { tableCounts } from "../state.ts";
+import { currentSchemaVersion } from "../migrations/migrate.ts";
+import { backupName } from "./naming.ts";
+import { writeManifest, type Manifest, type Reason } from "./manifest.ts";
+import { fsyncDir, removeStalePartials } from "./files.ts";
+import { checkDumpVersion, finished, libpqEnv, toolPath } from "./pgtools.ts";
+
+export type Progress = { bytesIn: number; bytesOut: number };
+
+export type BackupOptions = {
+  sql: Sql;
+  url: string;
+  dir: string;
+  reason: Reason;
+  compressionLevel?: number;
+  onProgress?: (p: Progress) => void;
+  env?: Record<string, string | undefined>;
+};
+
+export type BackupResult = { path: string; manifest: Manifest };
+
+async function reserveName(dir: string, at: Date): Promise<string> {
+  for (let seq = 0; seq < 1000; seq++) {
+    const name = backupName(at, seq);
+    const taken = await Promise.all([stat(join(dir, name)), stat(join(dir, `${name}.partial`))].map((p) => p.then(() => true, () => false)));
+    if (!taken.includes(true)) return name;
+  }
+  throw new ShinkeiError("BACKUP_FAILED", "too many backups within one second");
+}
+
+/**
+ * pg_dump (custom format, uncompressed) -> gzip on our side -> SHA-256 and byte count -> a
+ * `.partial` file -> fsync -> rename -> manifest. pg_dump compresses on the same core it dumps
+ * on; compressing here overlaps the two. The caller holds the maintenance lock.
+ */
+export async function createBackup(options: BackupOptions): Promise<BackupResult> {
+  const { sql, url, dir, reason } = options;
+  const started = performance.now();
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await removeStalePartials(dir, 10 * 60_000);
+
+  const [server] = await sql<{ num: number; text: string }[]>`
+    select current_setting('server_version_num')::int as num, current_setting('server_version') as text`;
+  const versions = await checkDumpVersion(server!.num, options.env);
+  const pgDump = toolPath("pg_dump", options.env);
+
+  const createdAt = new Date();
+  const name = await reserveName(dir, createdAt);
+  const path = join(dir, name);
+  const partial = `${path}.partial`;
+
+  // One repeatable-read transaction exports its snapshot to pg_dump: the counts in the manifest
+  // describe exactly the data in the file, even while the app keeps writing.
+  const result = await sql.begin("isolation level repeatable read read only", async (tx) => {
+    const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
+    const counts = await tableCounts(tx);
+    const schemaVersion = await currentSchemaVersion(tx);
+    const proc = Bun.spawn([pgDump, "--format=custom", "--compress=0", `--snapshot=${snap!.id}`, "--no-password"], {
+      env: { ...process.env, ...options.env, ...libpqEnv(url) },
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const exit = finished(proc);
+    const hasher = new Bun.CryptoHasher("sha256");
+    const progress: Progress = { bytesIn: 0, bytesOut: 0 };
+    const file = await open(partial, "wx", 0o600);
+    try {
+      await pipeline(
+        Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream),
+        new Transform({
+          transform(chunk: Buffer, _e, done) {
+            progress.bytesIn += chunk.length;
+            done(null, chunk);
+          },
+        }),
+        createGzip({ level: options.compressionLevel ?? 6 }),
+        new Writable({
+          write(chunk: Buffer, _e, done) {
+            hasher.update(chunk);
+            progress.bytesOut += chunk.length;
+            options.onProgress?.(progress);
+            file.write(chunk).then(() => done(), done);
+          },
+        }),
+      );
+      const { code, stderr } = await exit;
+      if (code !== 0) throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
+      if (progress.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
+      await file.sync();
+      return { counts, schemaVersion, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex") };
+    } catch (error) {
+      proc.kill("SIGKILL");
+      await rm(partial, { force: true });
+      if (error instanceof ShinkeiError) throw error;
+      const e = error as NodeJS.ErrnoException;
+      const why = e.code === "ENOSPC" ? "the disk is full" : e.message;
+      throw new ShinkeiError("BACKUP_FAILED", `writing the backup failed: ${why}`, { cause: error, hint: `Nothing was kept; check ${dir}.` });
+    } finally {
+      await file.close().catch(() => {});
+    }
+  });
+
+  await rename(partial, path);
+  await fsyncDir(dir);
+  const target = describeTarget(url);
+  const manifest: Manifest = {
+    manifestVersion: 1,
+    file: name,
+    createdAt: createdAt.toISOString(),
+    reason,
+    database: target.database,
+    host: target.host,
+    port: target.port,
+    serverVersion: server!.text,
+    pgDumpVersion: versions.pgDump,
+    schemaVersion: result.schemaVersion,
+    format: "custom+gzip",
+    sizeBytes: result.sizeBytes,
+    sha256: result.sha256,
+    durationMs: Math.round(performance.now() - started),
+    counts: result.counts,
+  };
+  await writeManifest(path, manifest);
+  return { path, manifest };
+}

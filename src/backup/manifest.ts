@@ -1,0 +1,40 @@
+import { MANIFEST_SUFFIX } from "./naming.ts";
+import { writeFileAtomic } from "./files.ts";
+
+export type Reason = "manual" | "scheduled" | "pre-restore" | "pre-reset" | "pre-migrate";
+
+/** What we knew when the backup was taken, kept beside it as `<file>.manifest.json`. */
+export type Manifest = {
+  manifestVersion: 1;
+  file: string;
+  createdAt: string;
+  reason: Reason;
+  database: string;
+  host: string;
+  port: number;
+  serverVersion: string;
+  pgDumpVersion: string;
+  schemaVersion: number;
+  format: "custom+gzip";
+  sizeBytes: number;
+  sha256: string;
+  durationMs: number;
+  /** Row count of every table, read in the snapshot the dump was taken from. */
+  counts: Record<string, number>;
+};
+
+export const manifestPath = (backupPath: string) => backupPath + MANIFEST_SUFFIX;
+
+export async function readManifest(backupPath: string): Promise<Manifest | null> {
+  const f = Bun.file(manifestPath(backupPath));
+  if (!(await f.exists())) return null;
+  try {
+    return (await f.json()) as Manifest;
+  } catch {
+    return null; // an unreadable manifest is treated like a missing one: the file is checked on its own
+  }
+}
+
+export async function writeManifest(backupPath: string, manifest: Manifest): Promise<void> {
+  await writeFileAtomic(manifestPath(backupPath), JSON.stringify(manifest, null, 2) + "\n");
+}

@@ -1,0 +1,30 @@
+/**
+ * Our backups are `shinkei_backup_YYYYMMDD_HHMMSS[_N].<ext>` (UTC). Retention and listing touch
+ * only names that match exactly, so nothing else in the folder or bucket is ever ours to delete.
+ */
+const PATTERN = /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(dump\.gz|dump|sql\.gz|sql)$/;
+
+export const MANIFEST_SUFFIX = ".manifest.json";
+export const OUR_EXTENSION = "dump.gz";
+
+export type BackupName = { name: string; takenAt: Date; extension: string; sequence: number };
+
+export function parseBackupName(name: string): BackupName | null {
+  const m = PATTERN.exec(name);
+  if (!m) return null;
+  const [, y, mo, d, h, mi, s, seq, extension] = m;
+  const takenAt = new Date(Date.UTC(+y!, +mo! - 1, +d!, +h!, +mi!, +s!));
+  if (Number.isNaN(takenAt.getTime()) || takenAt.getUTCDate() !== +d!) return null;
+  return { name, takenAt, extension: extension!, sequence: seq ? Number(seq) : 0 };
+}
+
+export function backupName(at: Date, sequence = 0, extension = OUR_EXTENSION): string {
+  const p = (n: number) => String(n).padStart(2, "0");
+  const stamp = `${at.getUTCFullYear()}${p(at.getUTCMonth() + 1)}${p(at.getUTCDate())}_${p(at.getUTCHours())}${p(at.getUTCMinutes())}${p(at.getUTCSeconds())}`;
+  return `shinkei_backup_${stamp}${sequence ? `_${sequence}` : ""}.${extension}`;
+}
+
+/** Newest first; within one second, the higher sequence is newer. */
+export function compareNewestFirst(a: BackupName, b: BackupName): number {
+  return b.takenAt.getTime() - a.takenAt.getTime() || b.sequence - a.sequence;
+}

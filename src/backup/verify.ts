@@ -1,0 +1,85 @@
+import { stat } from "node:fs/promises";
+import { basename } from "node:path";
+import { ShinkeiError } from "../errors.ts";
+import { detectFormat, gunzip, type Format } from "./inspect.ts";
+import { readManifest, type Manifest } from "./manifest.ts";
+import { finished, pump, toolPath } from "./pgtools.ts";
+
+export type Verification = {
+  file: string;
+  ok: boolean;
+  format: Format;
+  sizeBytes: number;
+  sha256: string;
+  manifest: Manifest | null;
+  problems: string[];
+};
+
+const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
+
+/** Hash the raw bytes as they pass, so one read serves both the checksum and the readability check. */
+function hashing(path: string) {
+  const hasher = new Bun.CryptoHasher("sha256");
+  let size = 0;
+  const stream = Bun.file(path).stream().pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, out) {
+        hasher.update(chunk);
+        size += chunk.length;
+        out.enqueue(chunk);
+      },
+    }),
+  );
+  return { stream, done: () => ({ sha256: hasher.digest("hex"), size }) };
+}
+
+/**
+ * Read the whole file once: the SHA-256 and size against the manifest, and the content through
+ * pg_restore (custom archives) or to pg_dump's closing line (plain SQL), so truncation anywhere shows.
+ */
+export async function verifyBackup(path: string, env?: Record<string, string | undefined>): Promise<Verification> {
+  const info = await stat(path).catch(() => null);
+  if (!info?.isFile()) throw new ShinkeiError("BACKUP_NOT_FOUND", `no backup file at ${path}`);
+  const manifest = await readManifest(path);
+  const format = await detectFormat(path);
+  const problems: string[] = [];
+  const raw = hashing(path);
+  const content = format.endsWith("+gzip") ? gunzip(raw.stream) : raw.stream;
+
+  if (format.startsWith("custom")) {
+    const p = Bun.spawn([toolPath("pg_restore", env), "--file=/dev/null"], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+    const exit = finished(p);
+    try {
+      await pump(content, p.stdin);
+    } catch (e) {
+      problems.push(`the file is damaged: ${(e as Error).message}`);
+    }
+    await p.stdin.end();
+    const { code, stderr } = await exit;
+    if (code !== 0 && problems.length === 0) problems.push(`pg_restore cannot read the archive: ${stderr.replace(/^pg_restore: error: /, "")}`);
+  } else {
+    let tail = "";
+    try {
+      const decoder = new TextDecoder();
+      for await (const chunk of content) tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4096);
+      if (!tail.includes(PLAIN_TRAILER)) problems.push("the SQL file ends early: pg_dump's closing line is missing (truncated?)");
+    } catch (e) {
+      problems.push(`the file is damaged: ${(e as Error).message}`);
+    }
+  }
+
+  const { sha256, size } = raw.done();
+  if (manifest) {
+    if (manifest.sizeBytes !== size) problems.unshift(`size is ${size} bytes, the manifest says ${manifest.sizeBytes}`);
+    else if (manifest.sha256 !== sha256) problems.unshift("the SHA-256 does not match the manifest: the file was altered");
+  }
+  return { file: basename(path), ok: problems.length === 0, format, sizeBytes: size, sha256, manifest, problems };
+}
+
+export function assertVerified(v: Verification): void {
+  if (!v.ok) {
+    throw new ShinkeiError("BACKUP_CORRUPT", `${v.file} failed verification: ${v.problems.join("; ")}`, {
+      hint: "Nothing was changed. Pick another backup (shinkei backup --list).",
+    });
+  }
+}

@@ -1,0 +1,210 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { shinkei, binaryPath, buildBinary } from "./support/cli.ts";
+import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { libpqEnv } from "../src/backup/pgtools.ts";
+
+let db: TestDatabase;
+let dir: string;
+let env: Record<string, string>;
+
+const backups = async () => (await readdir(dir)).filter((n) => n.startsWith("shinkei_backup_") && !n.includes(".manifest") && !n.endsWith(".partial")).sort();
+const listJson = async () => JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+async function takeBackup(): Promise<string> {
+  const r = await shinkei(["backup"], env);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+}
+async function stockDump(args: string[], file: string) {
+  const p = Bun.spawn(["pg_dump", ...args, "-f", file], { env: { ...process.env, ...libpqEnv(db.url) } });
+  expect(await p.exited).toBe(0);
+}
+
+beforeAll(async () => {
+  db = await freshDatabase("backup");
+  await migrate(db.sql);
+  await seedSample(db.sql, "a");
+  await buildBinary();
+});
+beforeEach(async () => {
+  dir = await tempDir("backups");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+});
+afterAll(() => db.drop());
+
+describe("backup and restore", () => {
+  test("backup, change data, restore: every row as it was", async () => {
+    const before = await snapshot(db.sql);
+    const file = await takeBackup();
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    expect(manifest).toMatchObject({ reason: "manual", database: db.name, schemaVersion: 1, format: "custom+gzip" });
+    expect(manifest.counts).toMatchObject({ users: 3, worlds: 3, stories: 6, story_beats: 30, sessions: 1 });
+    expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(await readFile(file)).digest("hex"));
+
+    await seedSample(db.sql, "b", 2);
+    await db.sql`update story_beats set content = 'changed'`;
+    await db.sql`create table stray (id int)`; // not in the backup: must be gone afterwards
+
+    const r = await shinkei(["backup", "--restore", "--yes"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("counts match the manifest");
+    expect(await snapshot(db.sql)).toEqual(before);
+    const [stray] = await db.sql`select to_regclass('public.stray') as t`;
+    expect(stray!.t).toBeNull();
+    // The pre-restore safety backup holds the state we replaced.
+    const list = await listJson();
+    const safety = list.find((b: { reason: string }) => b.reason === "pre-restore");
+    expect(safety.counts.users).toBe(5);
+  });
+
+  test("a second --restore takes the newest backup that is not a safety copy", async () => {
+    const file = await takeBackup();
+    await shinkei(["backup", "--restore", "--yes"], env);
+    const r = await shinkei(["backup", "--restore", "--yes"], env);
+    expect(r.stdout).toContain(`restored       ${file.split("/").pop()}`);
+  });
+
+  test("restore without a terminal and without --yes is refused, nothing changed", async () => {
+    await takeBackup();
+    await db.sql`insert into worlds (owner_id, name) select id, 'kept' from users limit 1`;
+    const before = await snapshot(db.sql);
+    const r = await shinkei(["backup", "--restore"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("needs confirmation");
+    expect(await snapshot(db.sql)).toEqual(before);
+    await db.sql`delete from worlds where name = 'kept'`;
+  });
+
+  test("stock pg_dump files restore through --backup-file: plain .sql, .sql.gz and custom .dump", async () => {
+    const before = await snapshot(db.sql);
+    const plain = join(dir, "shinkei_backup_20251121_090000.sql");
+    await stockDump([], plain);
+    const custom = join(dir, "old.dump");
+    await stockDump(["-Fc"], custom);
+    const gz = join(dir, "old.sql.gz");
+    await Bun.write(gz, Bun.gzipSync(await readFile(plain)));
+    for (const file of [plain, gz, custom]) {
+      await db.sql`delete from story_beats where position = 0`;
+      const r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--no-safety-backup"], env);
+      expect(r.stderr).toContain("has no manifest");
+      expect(r.code).toBe(0);
+      expect(await snapshot(db.sql)).toEqual(before);
+    }
+  });
+
+  test("a truncated file and a file with one flipped byte are refused before the database is touched", async () => {
+    const file = await takeBackup();
+    await db.sql`insert into worlds (owner_id, name) select id, 'after' from users limit 1`;
+    const before = await snapshot(db.sql);
+    const bytes = await readFile(file);
+    const flipped = Buffer.from(bytes);
+    flipped[Math.floor(flipped.length / 2)]! ^= 0xff;
+    await writeFile(file, flipped);
+    let r = await shinkei(["backup", "--restore", "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("the SHA-256 does not match the manifest");
+    expect(await snapshot(db.sql)).toEqual(before);
+
+    await writeFile(file, bytes);
+    await truncate(file, Math.floor(bytes.length * 0.6));
+    r = await shinkei(["backup", "--restore", "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/size is \d+ bytes, the manifest says \d+/);
+    // Without a manifest the archive itself is read to its end.
+    await rm(`${file}.manifest.json`);
+    r = await shinkei(["backup", "verify", file], env);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("the file is damaged");
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect((await readdir(dir)).filter((n) => n.includes("pre-restore"))).toEqual([]);
+    await db.sql`delete from worlds where name = 'after'`;
+  });
+
+  test("a restore that fails midway leaves the database exactly as before", async () => {
+    const plain = join(dir, "broken.sql");
+    await stockDump([], plain);
+    const text = await readFile(plain, "utf8");
+    await writeFile(plain, text.replace("-- PostgreSQL database dump complete", "INSERT INTO no_such_table VALUES (1);\n\n-- PostgreSQL database dump complete"));
+    await db.sql`insert into worlds (owner_id, name) select id, 'only here' from users limit 1`;
+    const before = await snapshot(db.sql);
+    const r = await shinkei(["backup", "--restore", "--backup-file", plain, "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("rolled back");
+    expect(r.stderr).toContain("no_such_table");
+    expect(await snapshot(db.sql)).toEqual(before);
+    await db.sql`delete from worlds where name = 'only here'`;
+  });
+
+  test("verify: good file passes, unknown file is a clear error", async () => {
+    await takeBackup();
+    const ok = await shinkei(["backup", "verify"], env);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/^✔ shinkei_backup_\d{8}_\d{6}\.dump\.gz: ok/);
+    const missing = await shinkei(["backup", "verify", "nope.dump"], env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("no backup file nope.dump");
+  });
+});
+
+describe("faults", () => {
+  test("pg_dump older than the server: a clear error naming both versions, and no file", async () => {
+    const fake = await wrapTool("pg_dump", `[ "$1" = "--version" ] && { echo "pg_dump (PostgreSQL) 12.9"; exit 0; }\nexec "$REAL" "$@"`);
+    const r = await shinkei(["backup"], { ...env, PATH: pathWith(fake) });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^✖ pg_dump 12 is older than the PostgreSQL \d+ server; it cannot dump it/);
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  test("a pg_dump that fails after writing, or writes nothing, is an error and leaves no file", async () => {
+    const failing = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated failure" >&2; exit 1`);
+    let r = await shinkei(["backup"], { ...env, PATH: pathWith(failing) });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("pg_dump failed (exit 1): pg_dump: error: simulated failure");
+    expect(await readdir(dir)).toEqual([]);
+    const silent = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\nexit 0`);
+    r = await shinkei(["backup"], { ...env, PATH: pathWith(silent) });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("pg_dump produced no output");
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  test("a backup killed with SIGKILL midway leaves nothing that counts as a backup", async () => {
+    const slow = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; sleep 30`);
+    const p = Bun.spawn([binaryPath, "backup"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
+    expect((await readdir(dir)).some((n) => n.endsWith(".partial"))).toBe(true);
+    p.kill("SIGKILL");
+    await p.exited;
+    expect(await listJson()).toEqual([]);
+    expect(await backups()).toEqual([]);
+    const v = await shinkei(["backup", "verify"], env);
+    expect(v.stderr).toContain("no backups in");
+  });
+
+  test("a second backup while one runs: a clear error; with --wait it runs after", async () => {
+    const slow = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; sleep 2`);
+    const first = Bun.spawn([binaryPath, "backup"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
+    const second = await shinkei(["backup"], env);
+    expect(second.code).toBe(75);
+    expect(second.stderr).toContain("another backup, restore or reset");
+    const waited = await shinkei(["backup", "--wait"], env);
+    expect(waited.code).toBe(0);
+    expect(await first.exited).toBe(0);
+    expect((await backups()).length).toBe(2);
+  });
+
+  test("an unwritable backup folder is a clear error", async () => {
+    const file = join(dir, "not-a-dir");
+    await writeFile(file, "x");
+    const r = await shinkei(["backup"], { ...env, BACKUP_DIR: join(file, "sub") });
+    expect(r.code).toBe(1);
+    expect(r.stderr.split("\n")[0]).toMatch(/^✖ /);
+    expect(r.stderr).not.toContain("    at ");
+  });
+});

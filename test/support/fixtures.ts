@@ -1,0 +1,33 @@
+import { chmod, mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Sql } from "../../src/db.ts";
+
+export async function tempDir(label: string): Promise<string> {
+  return mkdtemp(join(tmpdir(), `shinkei-${label}-`));
+}
+
+/** A folder with a fake `tool` that runs `script` (sh), to put first on PATH: real faults, real binaries. */
+export async function wrapTool(tool: string, script: string): Promise<string> {
+  const dir = await tempDir(`wrap-${tool}`);
+  const real = Bun.which(tool)!;
+  await writeFile(join(dir, tool), `#!/bin/sh\nREAL=${real}\n${script}\n`);
+  await chmod(join(dir, tool), 0o755);
+  return dir;
+}
+
+export const pathWith = (dir: string) => `${dir}:${process.env.PATH}`;
+
+/** A small but complete data set: users, worlds, stories, beats, a session. */
+export async function seedSample(sql: Sql, tag = "s", size = 3) {
+  const users = await sql`insert into users (email, name, password_hash)
+    select ${tag} || i || '@example.com', 'User ' || i, 'hash-' || i from generate_series(1, ${size}) i returning id`;
+  for (const u of users) {
+    const [w] = await sql`insert into worlds (owner_id, name, description) values (${u.id}, ${"World " + tag}, 'a place') returning id`;
+    const stories = await sql`insert into stories (world_id, title) select ${w!.id}, 'Story ' || i from generate_series(1, 2) i returning id`;
+    for (const s of stories) {
+      await sql`insert into story_beats (story_id, position, content) select ${s.id}, i, 'beat ' || i || ' of ' || ${tag} from generate_series(0, 4) i`;
+    }
+  }
+  await sql`insert into sessions (token_hash, user_id, expires_at) values (${Buffer.from(crypto.getRandomValues(new Uint8Array(32)))}, ${users[0]!.id}, now() + interval '1 day')`;
+}
