@@ -9,9 +9,11 @@ import { migrateCommand } from "./migrate.ts";
 import { statusCommand } from "./status.ts";
 import { serveCommand } from "./serve.ts";
 import { backupCommand } from "./backup.ts";
+import { resetCommand } from "./reset.ts";
+import { seedCommand } from "./seed.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand];
+const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, resetCommand, seedCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

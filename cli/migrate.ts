@@ -1,24 +1,35 @@
 import type { Command } from "./command.ts";
 import { line, table, json } from "./output.ts";
 import { ensureDatabase } from "../src/db.ts";
+import { guardOptions } from "./guard.ts";
+import { runMigrateDown } from "./migrate-down.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 
 export const migrateCommand: Command = {
   name: "migrate",
-  summary: "apply pending migrations (creates the database if missing); `status` lists them",
+  summary: "apply pending migrations (creates the database if missing); `status`, `down`",
   help: `Usage: shinkei migrate [status|down] [options]
 
   shinkei migrate            apply every pending migration, each in its own transaction;
                              creates the database named in DATABASE_URL when it is missing
   shinkei migrate status     list applied and pending migrations
+  shinkei migrate down       undo the newest migration: shows what it drops, asks you to type
+                             the database name, takes and verifies a backup first
 
-Options:
+Options for down:
+  --dry-run                  show what the step drops; change nothing
+  --force --confirm-database NAME   run without a terminal
+  --allow-production         run even when SHINKEI_ENV/NODE_ENV is production
+  --wait                     queue behind a running backup, restore or reset
+
+Other options:
   --json                     machine-readable output (status)
   -h, --help                 show this help`,
-  options: { json: { type: "boolean" } },
-  subcommands: ["status"],
+  options: { json: { type: "boolean" }, ...guardOptions },
+  subcommands: ["status", "down"],
   async run(ctx) {
     const sub = ctx.positionals[0];
+    if (sub === "down") return runMigrateDown(ctx);
     if (sub === "status") {
       const s = await migrationStatus(ctx.db);
       if (ctx.flag("json")) {

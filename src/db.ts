@@ -125,3 +125,14 @@ export async function withAdvisoryLock<T>(
     conn.release();
   }
 }
+
+/**
+ * Drop and recreate `public` with the server's stock owner and grants. Used inside a transaction
+ * by restore and reset, so an emptied schema is never seen by anyone.
+ */
+export function recreatePublicSchema(serverVersionNum: number): string {
+  const create = serverVersionNum >= 150000
+    ? "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\nGRANT USAGE ON SCHEMA public TO PUBLIC;"
+    : "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;";
+  return `DROP SCHEMA IF EXISTS public CASCADE;\n${create}\n`;
+}

@@ -1,4 +1,4 @@
-import type { Sql } from "../db.ts";
+import { recreatePublicSchema, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../state.ts";
 import { createBackup, type BackupResult } from "./dump.ts";
@@ -33,11 +33,8 @@ export type RestoreResult = {
  * pg_dump's plain output never drops what exists, so the schema is emptied first, inside the
  * same transaction as the load: the database ends exactly as in the backup, or exactly as it was.
  */
-function prologue(serverMajor: number): string {
-  const create = serverMajor >= 15
-    ? "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\nGRANT USAGE ON SCHEMA public TO PUBLIC;"
-    : "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;";
-  return `\\set ON_ERROR_STOP on\nBEGIN;\nDROP SCHEMA IF EXISTS public CASCADE;\n${create}\n`;
+function prologue(serverVersionNum: number): string {
+  return `\\set ON_ERROR_STOP on\nBEGIN;\n${recreatePublicSchema(serverVersionNum)}`;
 }
 
 /**
@@ -45,7 +42,7 @@ function prologue(serverMajor: number): string {
  * every upstream step succeeded: if anything fails (a damaged file, pg_restore, psql itself) psql is
  * killed before it sees COMMIT, and PostgreSQL rolls the whole load back.
  */
-async function load(url: string, path: string, format: Format, serverMajor: number, env?: Record<string, string | undefined>) {
+async function load(url: string, path: string, format: Format, serverVersionNum: number, env?: Record<string, string | undefined>) {
   const childEnv = { ...process.env, ...env, ...libpqEnv(url) };
   const psql = Bun.spawn([toolPath("psql", env), "-X", "-q", "--no-password", "-f", "-"], { env: childEnv, stdin: "pipe", stdout: "ignore", stderr: "pipe" });
   const psqlExit = finished(psql);
@@ -54,7 +51,7 @@ async function load(url: string, path: string, format: Format, serverMajor: numb
   // psql stops at the first error (ON_ERROR_STOP): stop feeding it rather than write into a dead pipe.
   psql.exited.then(() => committed || pgRestore?.kill("SIGKILL"));
   try {
-    psql.stdin.write(prologue(serverMajor));
+    psql.stdin.write(prologue(serverVersionNum));
     if (format.startsWith("custom")) {
       pgRestore = Bun.spawn([toolPath("pg_restore", env), "--file=-", "--clean", "--if-exists", "--no-owner"], { env: childEnv, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
       const restoreExit = finished(pgRestore);
@@ -102,7 +99,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
 
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
-  await load(url, path, verification.format, Math.floor(server!.num / 10000), env);
+  await load(url, path, verification.format, server!.num, env);
 
   options.onStep?.("compare");
   const counts = await tableCounts(sql);

@@ -1,5 +1,5 @@
 import { ShinkeiError } from "../errors.ts";
-import { withAdvisoryLock, type Queryable, type Sql } from "../db.ts";
+import { recreatePublicSchema, withAdvisoryLock, type Queryable, type Sql } from "../db.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
 export type Applied = { version: number; name: string; checksum: string; applied_at: Date };
@@ -14,15 +14,13 @@ export function checksum(text: string): string {
   return new Bun.CryptoHasher("sha256").update(text).digest("hex");
 }
 
-async function ensureTable(sql: Sql) {
-  await sql`
-    create table if not exists schema_migrations (
-      version integer primary key,
-      name text not null,
-      checksum text not null,
-      applied_at timestamptz not null default now()
-    )`;
-}
+const migrationsTable = `
+  create table if not exists schema_migrations (
+    version integer primary key,
+    name text not null,
+    checksum text not null,
+    applied_at timestamptz not null default now()
+  )`;
 
 /** The newest applied version, 0 for an unmigrated database; works inside a transaction. */
 export async function currentSchemaVersion(sql: Queryable): Promise<number> {
@@ -76,7 +74,7 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
     sql,
     "migrate",
     async () => {
-      await ensureTable(sql);
+      await sql.unsafe(migrationsTable);
       const { pending } = plan(await readApplied(sql), list);
       for (const m of pending) {
         try {
@@ -118,4 +116,18 @@ export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled
     },
     { wait: true, what: "migration" },
   );
+}
+
+/**
+ * Empty the `public` schema and apply every migration inside the caller's transaction, so a reset
+ * either ends with a fresh schema or changes nothing at all.
+ */
+export async function rebuildSchema(tx: Queryable, list: readonly Migration[] = bundled): Promise<void> {
+  const [server] = await tx`select current_setting('server_version_num')::int as num`;
+  await tx.unsafe(recreatePublicSchema(server!.num));
+  await tx.unsafe(migrationsTable);
+  for (const m of list) {
+    await tx.unsafe(m.up);
+    await tx`insert into schema_migrations (version, name, checksum) values (${m.version}, ${m.name}, ${checksum(m.up)})`;
+  }
 }

@@ -1,0 +1,36 @@
+import type { Context } from "./command.ts";
+import { line } from "./output.ts";
+import { note } from "./prompts.ts";
+import { confirmDestructive } from "./guard.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { describeTarget } from "../src/db.ts";
+import { migrateDown, migrationStatus } from "../src/migrations/migrate.ts";
+import { migrations } from "../src/migrations/index.ts";
+import { withMaintenanceLock } from "../src/backup/lock.ts";
+import { createBackup } from "../src/backup/dump.ts";
+import { assertVerified, verifyBackup } from "../src/backup/verify.ts";
+
+/** One step back, guarded like reset: show what it drops, confirm, back up and verify, then undo. */
+export async function runMigrateDown(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const status = await migrationStatus(ctx.db);
+  const last = status.applied.at(-1);
+  if (!last) throw new ShinkeiError("REFUSED", "no migration is applied: nothing to undo");
+  const m = migrations.find((x) => x.version === last.version);
+  const target = describeTarget(config.databaseUrl);
+  note(io, (m?.down ?? "(no down step)").trim(), `migrate down undoes ${String(last.version).padStart(4, "0")} ${last.name} in ${target.database} on ${target.host}:${target.port}`);
+  if (ctx.flag("dry-run")) {
+    line(io, "dry run: nothing was changed");
+    return 0;
+  }
+  await confirmDestructive(ctx, target, `undo migration ${last.version} (${last.name}) in ${target.database}`, [target.database]);
+  return withMaintenanceLock(ctx.db, "migrate down", async () => {
+    const safety = await createBackup({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, reason: "pre-migrate" });
+    assertVerified(await verifyBackup(safety.path));
+    const undone = await migrateDown(ctx.db);
+    line(io, `safety backup  ${safety.path} (verified)`);
+    line(io, `undone         ${String(undone!.version).padStart(4, "0")} ${undone!.name}`);
+    line(io, `undo with      shinkei backup --restore --backup-file ${safety.path}`);
+    return 0;
+  }, ctx.flag("wait"));
+}

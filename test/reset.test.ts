@@ -1,0 +1,194 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { shinkei } from "./support/cli.ts";
+import { Terminal } from "./support/pty.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { demoUsers } from "../src/seed.ts";
+import { resetPhrases } from "../src/reset.ts";
+
+let db: TestDatabase;
+let dir: string;
+let env: Record<string, string>;
+const cheapHashing = { ARGON2_MEMORY_KIB: "4096", ARGON2_TIME_COST: "1" };
+
+async function freshData() {
+  await db.sql`drop schema public cascade`;
+  await db.sql`create schema public`;
+  await migrate(db.sql);
+  await seedSample(db.sql, "real");
+}
+const files = async () => (await readdir(dir)).filter((n) => !n.endsWith(".partial"));
+
+beforeAll(async () => {
+  db = await freshDatabase("reset");
+});
+beforeEach(async () => {
+  await freshData();
+  dir = await tempDir("reset");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir, NO_COLOR: "1", ...cheapHashing };
+});
+afterAll(() => db.drop());
+
+describe("in a terminal", () => {
+  test("the happy path: three phrases, a verified backup, demo data, and the way back", async () => {
+    const before = await snapshot(db.sql);
+    const t = await Terminal.start(["reset"], env);
+    try {
+      await t.waitFor(`reset deletes ALL data in ${db.name} on`);
+      const screen = await t.waitFor("Type DELETE ALL DATA");
+      expect(screen).toMatch(/users\s+3/);
+      expect(screen).toMatch(/story_beats\s+30/);
+      for (const [i, phrase] of resetPhrases.entries()) {
+        await t.waitFor(`Type ${phrase} to continue`);
+        if (i > 0) await Bun.sleep(50);
+        await t.type(phrase);
+        await t.enter();
+      }
+      expect(await t.exitCode()).toBe(0);
+      const out = await t.screen();
+      expect(out).toContain("rows now       users 3, worlds 6, stories 12, story_beats 60, sessions 0");
+      const undo = /undo with\s+(shinkei backup --restore --backup-file (\S+))/.exec(out)!;
+      const users = await db.sql`select email from users order by email`;
+      expect(users.map((u) => u.email)).toEqual(demoUsers.map((u) => u.email));
+
+      // The printed command brings the old data back, exactly.
+      const r = await shinkei(["backup", "--restore", "--backup-file", undo[2]!, "--yes"], env);
+      expect(r.code).toBe(0);
+      expect(await snapshot(db.sql)).toEqual(before);
+    } finally {
+      await t.close();
+    }
+  });
+
+  for (const wrongAt of [0, 1, 2]) {
+    test(`phrase ${wrongAt + 1} mistyped: exit 1, nothing changed, no backup`, async () => {
+      const before = await snapshot(db.sql);
+      const t = await Terminal.start(["reset"], env);
+      try {
+        for (const [i, phrase] of resetPhrases.entries()) {
+          await t.waitFor(`Type ${phrase} to continue`);
+          await Bun.sleep(50);
+          await t.type(i === wrongAt ? phrase.toLowerCase() : phrase);
+          await t.enter();
+          if (i === wrongAt) break;
+        }
+        expect(await t.exitCode()).toBe(1);
+        expect(await t.screen()).toContain("aborted, nothing was changed");
+      } finally {
+        await t.close();
+      }
+      expect(await snapshot(db.sql)).toEqual(before);
+      expect(await files()).toEqual([]);
+    });
+
+    test(`Ctrl-C at prompt ${wrongAt + 1}: exit 130, nothing changed`, async () => {
+      const before = await snapshot(db.sql);
+      const t = await Terminal.start(["reset"], env);
+      try {
+        for (const [i, phrase] of resetPhrases.entries()) {
+          await t.waitFor(`Type ${phrase} to continue`);
+          await Bun.sleep(50);
+          if (i === wrongAt) {
+            await t.type("DELETE");
+            await t.ctrlC();
+            break;
+          }
+          await t.type(phrase);
+          await t.enter();
+        }
+        expect(await t.exitCode()).toBe(130);
+      } finally {
+        await t.close();
+      }
+      expect(await snapshot(db.sql)).toEqual(before);
+      expect(await files()).toEqual([]);
+    });
+  }
+});
+
+describe("without a terminal", () => {
+  test("refused without flags, refused with a wrong --confirm-database, runs with both", async () => {
+    const before = await snapshot(db.sql);
+    let r = await shinkei(["reset"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`Pass --force --confirm-database ${db.name}`);
+    r = await shinkei(["reset", "--force"], env);
+    expect(r.code).toBe(1);
+    r = await shinkei(["reset", "--force", "--confirm-database", "production_db"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`does not name the target database "${db.name}"`);
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect(await files()).toEqual([]);
+
+    r = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("rows now       users 0, worlds 0, stories 0, story_beats 0, sessions 0");
+    const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ reason: "pre-reset", check: "ok" });
+    expect(list[0].counts.users).toBe(3);
+    expect((await shinkei(["backup", "verify", list[0].path], env)).code).toBe(0);
+  });
+
+  test("--dry-run shows the counts and changes nothing", async () => {
+    const before = await snapshot(db.sql);
+    const r = await shinkei(["reset", "--dry-run"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/users\s+3/);
+    expect(r.stdout).toContain("dry run: nothing was changed");
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+
+  test("production is refused, even with --force, unless --allow-production", async () => {
+    const before = await snapshot(db.sql);
+    for (const prod of [{ SHINKEI_ENV: "production" }, { NODE_ENV: "production" }] as Record<string, string>[]) {
+      const r = await shinkei(["reset", "--force", "--confirm-database", db.name], { ...env, ...prod });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("SHINKEI_ENV/NODE_ENV is production");
+    }
+    expect(await snapshot(db.sql)).toEqual(before);
+    const r = await shinkei(["reset", "--force", "--confirm-database", db.name, "--allow-production"], { ...env, SHINKEI_ENV: "production" });
+    expect(r.code).toBe(0);
+  });
+
+  test("a failing safety backup deletes nothing", async () => {
+    const before = await snapshot(db.sql);
+    const blocker = join(dir, "file");
+    await writeFile(blocker, "not a folder");
+    const r = await shinkei(["reset", "--force", "--confirm-database", db.name], { ...env, BACKUP_DIR: join(blocker, "backups") });
+    expect(r.code).toBe(1);
+    expect(r.stderr.split("\n")[0]).toMatch(/^✖ /);
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+});
+
+describe("seed and migrate down", () => {
+  test("seed refuses a database with users and loads into an empty one", async () => {
+    let r = await shinkei(["seed"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("already has 3 user(s)");
+    await db.sql`truncate users, sessions, worlds, stories, story_beats cascade`;
+    r = await shinkei(["seed"], env);
+    expect(r.code).toBe(0);
+    const [n] = await db.sql`select count(*) as n from story_beats`;
+    expect(n!.n).toBe(60);
+  });
+
+  test("migrate down is guarded: refused unattended, then backs up before it drops", async () => {
+    let r = await shinkei(["migrate", "down"], env);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("drop table users;");
+    const [still] = await db.sql`select to_regclass('public.users') as t`;
+    expect(still!.t).not.toBeNull();
+    r = await shinkei(["migrate", "down", "--force", "--confirm-database", db.name], env);
+    expect(r.code).toBe(0);
+    const [gone] = await db.sql`select to_regclass('public.users') as t`;
+    expect(gone!.t).toBeNull();
+    const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list[0]).toMatchObject({ reason: "pre-migrate" });
+    expect(list[0].counts.users).toBe(3);
+  });
+});
