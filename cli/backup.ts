@@ -1,13 +1,18 @@
 import type { Command, Context } from "./command.ts";
-import { line, json, table } from "./output.ts";
+import { line, json, table, warn } from "./output.ts";
 import { activity } from "./prompts.ts";
 import { restore } from "./restore.ts";
+import { check, prune, verify } from "./backup-checks.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
 import { createBackup } from "../src/backup/dump.ts";
-import { listLocal, resolveBackup, type LocalBackup } from "../src/backup/catalog.ts";
+import { listLocal, type LocalBackup } from "../src/backup/catalog.ts";
 import { verifyBackup } from "../src/backup/verify.ts";
+import { mirrorBackup } from "../src/backup/offsite.ts";
+import { readManifest } from "../src/backup/manifest.ts";
+import { offsiteStore } from "../src/backup/stores/index.ts";
+import { compareNewestFirst, parseBackupName } from "../src/backup/naming.ts";
 import { mainTables } from "../src/state.ts";
 
 export const backupCommand: Command = {
@@ -21,6 +26,8 @@ export const backupCommand: Command = {
   shinkei backup --restore --backup-file F
   shinkei backup restore F                restore that file (ours, or a stock pg_dump .sql/.sql.gz/.dump)
   shinkei backup verify [F] [--all]       re-read a file (default the newest): checksum and archive
+  shinkei backup prune [--dry-run]        apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS)
+  shinkei backup check                    exit 1 when the newest good backup is older than BACKUP_MAX_AGE
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
@@ -29,6 +36,7 @@ Options:
   --wait                queue behind a running backup, restore or reset instead of failing
   --verify              with --list: read every file in full (slower) instead of checking sizes
   --all                 with verify: every backup in BACKUP_DIR
+  --dry-run             with prune: show what would be deleted, delete nothing
   --json                machine-readable output
   -h, --help            show this help
 
@@ -43,14 +51,17 @@ database ends exactly as in the backup, or exactly as it was.`,
     wait: { type: "boolean" },
     verify: { type: "boolean" },
     all: { type: "boolean" },
+    "dry-run": { type: "boolean" },
     json: { type: "boolean" },
   },
-  subcommands: ["list", "restore", "verify"],
+  subcommands: ["list", "restore", "verify", "prune", "check"],
   async run(ctx) {
     const sub = ctx.positionals[0];
     if (ctx.flag("list") || sub === "list") return list(ctx);
     if (ctx.flag("restore") || sub === "restore") return restore(ctx, ctx.option("backup-file") ?? ctx.positionals[1]);
     if (sub === "verify") return verify(ctx);
+    if (sub === "prune") return prune(ctx);
+    if (sub === "check") return check(ctx);
     if (ctx.option("backup-file")) throw new ShinkeiError("USAGE", "--backup-file goes with --restore");
     return create(ctx);
   },
@@ -67,14 +78,25 @@ async function create(ctx: Context): Promise<number> {
         url: config.databaseUrl,
         dir: config.backupDir,
         reason: "manual",
+        compressionLevel: config.backup.compressionLevel,
         onProgress: (p) => spin.update(`dumping: ${formatBytes(p.bytesIn)} read, ${formatBytes(p.bytesIn / Math.max(0.001, (Date.now() - started) / 1000))}/s`),
       }), ctx.flag("wait"));
     spin.stop("backup written");
-    const m = result.manifest;
-    if (ctx.flag("json")) return json(io, { path: result.path, ...m }), 0;
+    const store = offsiteStore(config);
+    let offsite = "not configured";
+    if (store) {
+      const copying = activity(io, `copying to ${store.location}`);
+      offsite = await mirrorBackup(store, result.path).then(
+        () => (copying.stop("copied off-site"), `copied to ${store.location}`),
+        (e: Error) => (copying.fail("off-site copy failed"), `FAILED (${e.message}); the next backup run copies it`),
+      );
+    }
+    const m = (await readManifest(result.path)) ?? result.manifest;
+    if (ctx.flag("json")) return json(io, { path: result.path, ...m, offsiteResult: offsite }), 0;
     line(io, `backup    ${result.path}`);
     line(io, `size      ${formatBytes(m.sizeBytes)} in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
     line(io, `rows      ${mainTables.map((t) => `${t} ${m.counts[t] ?? 0}`).join(", ")}`);
+    if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site   ${offsite}`);
     line(io, `restore   shinkei backup --restore --backup-file ${result.path}`);
     return 0;
   } catch (e) {
@@ -90,7 +112,10 @@ function age(date: Date): string {
 async function list(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const backups = await listLocal(config.backupDir);
-  const rows: (LocalBackup & { check: string })[] = [];
+  const store = offsiteStore(config);
+  const remote = store ? new Set((await store.list()).map((o) => o.name)) : new Set<string>();
+  const where = (name: string, local: boolean) => (local && remote.has(name) ? "local+s3" : local ? "local" : "s3");
+  const rows: (LocalBackup & { check: string; location: string })[] = [];
   for (const b of backups) {
     let check: string;
     if (ctx.flag("verify")) {
@@ -98,12 +123,19 @@ async function list(ctx: Context): Promise<number> {
       check = v.ok ? "verified" : `FAILED: ${v.problems[0]}`;
     } else if (!b.manifest) check = "no manifest";
     else check = b.manifest.sizeBytes === b.sizeBytes ? "ok" : `FAILED: size ${b.sizeBytes}, manifest ${b.manifest.sizeBytes}`;
-    rows.push({ ...b, check });
+    rows.push({ ...b, check, location: where(b.name, true) });
   }
+  // Backups that live only off-site are listed too: restore can fetch them.
+  for (const name of remote) {
+    const parsed = parseBackupName(name);
+    if (!parsed || backups.some((b) => b.name === name)) continue;
+    rows.push({ ...parsed, path: `${store!.location}${name}`, sizeBytes: 0, manifest: null, check: "off-site only", location: "s3" });
+  }
+  rows.sort(compareNewestFirst);
   if (ctx.flag("json")) {
     json(io, rows.map((b) => ({
       name: b.name, path: b.path, takenAt: b.takenAt.toISOString(), sizeBytes: b.sizeBytes,
-      reason: b.manifest?.reason ?? null, counts: b.manifest?.counts ?? null, sha256: b.manifest?.sha256 ?? null, check: b.check,
+      reason: b.manifest?.reason ?? null, counts: b.manifest?.counts ?? null, sha256: b.manifest?.sha256 ?? null, check: b.check, location: b.location,
     })));
     return 0;
   }
@@ -113,28 +145,8 @@ async function list(ctx: Context): Promise<number> {
   }
   const c = (b: (typeof rows)[number], t: string) => (b.manifest ? b.manifest.counts[t] ?? 0 : "?");
   line(io, table([
-    ["name", "age", "size", "reason", "users", "worlds", "stories", "beats", "check"],
-    ...rows.map((b) => [b.name, age(b.takenAt), formatBytes(b.sizeBytes), b.manifest?.reason ?? "?", c(b, "users"), c(b, "worlds"), c(b, "stories"), c(b, "story_beats"), b.check]),
+    ["name", "age", "size", "reason", "users", "worlds", "stories", "beats", "where", "check"],
+    ...rows.map((b) => [b.name, age(b.takenAt), b.location === "s3" ? "?" : formatBytes(b.sizeBytes), b.manifest?.reason ?? "?", c(b, "users"), c(b, "worlds"), c(b, "stories"), c(b, "story_beats"), b.location, b.check]),
   ]));
-  return 0;
-}
-
-async function verify(ctx: Context): Promise<number> {
-  const { io, config } = ctx;
-  const paths = ctx.flag("all")
-    ? (await listLocal(config.backupDir)).map((b) => b.path)
-    : [await resolveBackup(config.backupDir, ctx.positionals[1])];
-  let failed = 0;
-  const results = [];
-  for (const path of paths) {
-    const v = await verifyBackup(path);
-    results.push(v);
-    if (!v.ok) failed++;
-    if (!ctx.flag("json")) {
-      line(io, v.ok ? `✔ ${v.file}: ok (${formatBytes(v.sizeBytes)}, ${v.format}, sha256 ${v.sha256.slice(0, 12)}…${v.manifest ? "" : ", no manifest"})` : `✖ ${v.file}: ${v.problems.join("; ")}`);
-    }
-  }
-  if (ctx.flag("json")) json(io, results.map(({ manifest, ...v }) => ({ ...v, hasManifest: manifest !== null })));
-  if (failed > 0) throw new ShinkeiError("BACKUP_CORRUPT", `${failed} of ${paths.length} backup(s) failed verification`);
   return 0;
 }

@@ -11,9 +11,10 @@ import { serveCommand } from "./serve.ts";
 import { backupCommand } from "./backup.ts";
 import { resetCommand } from "./reset.ts";
 import { seedCommand } from "./seed.ts";
+import { backupServiceCommand } from "./backup-service.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, resetCommand, seedCommand];
+const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, resetCommand, seedCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -7,6 +7,7 @@ import { formatBytes, formatDuration } from "../src/duration.ts";
 import { tableCounts, mainTables } from "../src/state.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
 import { resolveBackup } from "../src/backup/catalog.ts";
+import { offsiteStore } from "../src/backup/stores/index.ts";
 import { assertVerified, verifyBackup } from "../src/backup/verify.ts";
 import { restoreBackup, type RestoreStep } from "../src/backup/restore.ts";
 
@@ -20,7 +21,7 @@ const stepLabels: Record<RestoreStep, string> = {
 /** Show what will be replaced, ask, then restore all-or-nothing. */
 export async function restore(ctx: Context, file: string | undefined): Promise<number> {
   const { io, config } = ctx;
-  const path = await resolveBackup(config.backupDir, file);
+  const path = await resolveBackup(config.backupDir, file, offsiteStore(config));
   const target = describeTarget(config.databaseUrl);
 
   return withMaintenanceLock(ctx.db, "restore", async () => {

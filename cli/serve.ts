@@ -1,6 +1,10 @@
 import type { Command } from "./command.ts";
+import { untilSignal } from "./signals.ts";
 import { startServer } from "../server/serve.ts";
-import { jsonLog } from "../server/env.ts";
+import { jsonLog } from "../src/log.ts";
+import { connect } from "../src/db.ts";
+import { startScheduler, type Scheduler } from "../src/schedule.ts";
+import { newestGood } from "../src/backup/freshness.ts";
 
 export const serveCommand: Command = {
   name: "serve",
@@ -8,7 +12,9 @@ export const serveCommand: Command = {
   help: `Usage: shinkei serve
 
 Runs the auth server on HOST:PORT (default 0.0.0.0:8000). Pending migrations are applied
-first unless MIGRATE_ON_START=false. SIGTERM or Ctrl-C finishes in-flight requests, then exits.
+first unless MIGRATE_ON_START=false. With BACKUP_IN_SERVER=true it also runs the backup
+schedule in-process (see shinkei backup-service). SIGTERM or Ctrl-C finishes in-flight
+requests, then exits.
 
 Endpoints: POST /api/v1/auth/register, /login, /logout, /logout-all, /password;
 GET /api/v1/auth/me, /api/v1/worlds, /health, /ready.
@@ -16,15 +22,23 @@ GET /api/v1/auth/me, /api/v1/worlds, /health, /ready.
 Options:
   -h, --help   show this help`,
   async run(ctx) {
-    const running = await startServer(ctx.config);
-    await new Promise<void>((resolve) => {
-      const stop = (signal: string) => {
-        jsonLog({ level: "info", msg: "shutting down", signal });
-        running.stop().then(resolve, resolve);
-      };
-      process.once("SIGTERM", () => stop("SIGTERM"));
-      process.once("SIGINT", () => stop("SIGINT"));
-    });
+    const { config } = ctx;
+    const readiness = async () => {
+      const f = await newestGood(config.backupDir);
+      return { backup: f.newest ? { newest: f.newest.name, ageSeconds: Math.round(f.ageMs! / 1000) } : null };
+    };
+    const running = await startServer(config, { readiness });
+    let scheduler: Scheduler | undefined;
+    let schedulerSql: ReturnType<typeof connect> | undefined;
+    if (config.backup.inServer) {
+      schedulerSql = connect(config.databaseUrl, { max: 3 });
+      scheduler = startScheduler({ sql: schedulerSql, config, log: jsonLog });
+    }
+    const signal = await untilSignal();
+    jsonLog({ level: "info", msg: "shutting down", signal });
+    await scheduler?.stop();
+    await schedulerSql?.end({ timeout: 5 });
+    await running.stop();
     return 0;
   },
 };

@@ -4,7 +4,8 @@ import type { AuthService } from "../src/auth/service.ts";
 import type { ClientInfo } from "../src/auth/service.ts";
 import type { Session } from "../src/auth/sessions.ts";
 
-export type Log = (entry: Record<string, unknown>) => void;
+import type { Log } from "../src/log.ts";
+export { jsonLog, type Log } from "../src/log.ts";
 
 /** What the app is built from: tests hand in their own database and config. */
 export type Deps = {
@@ -18,8 +19,4 @@ export type Deps = {
 
 export type AppEnv = {
   Variables: { requestId: string; client: ClientInfo; session: Session; body: unknown };
-};
-
-export const jsonLog: Log = (entry) => {
-  process.stdout.write(JSON.stringify({ time: new Date().toISOString(), ...entry }) + "\n");
 };

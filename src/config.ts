@@ -1,6 +1,7 @@
 import * as v from "valibot";
 import { ShinkeiError } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
+import { Cron } from "croner";
 
 /**
  * Every variable shinkei reads, with its default. The README's table is written from this list;
@@ -68,7 +69,48 @@ const ConfigSchema = v.object({
   ARGON2_MEMORY_KIB: int(65536, 1024, 4_194_304),
   ARGON2_TIME_COST: int(2, 1, 20),
   BACKUP_DIR: text("./backups"),
+  BACKUP_COMPRESSION_LEVEL: int(6, 1, 9),
+  BACKUP_SCHEDULE: v.pipe(
+    v.optional(v.string(), "0 2 * * *"),
+    v.trim(),
+    v.check(isCronPattern, "must be a cron pattern such as 0 2 * * * (minute hour day month weekday), optionally with seconds first"),
+  ),
+  BACKUP_TIMEZONE: v.pipe(v.optional(v.string(), "UTC"), v.trim(), v.check(isTimezone, "must be an IANA time zone such as UTC or Europe/Berlin")),
+  BACKUP_KEEP_DAYS: int(30, 1, 36_500),
+  BACKUP_KEEP_DAILY: int(0, 0, 10_000),
+  BACKUP_KEEP_WEEKLY: int(0, 0, 10_000),
+  BACKUP_KEEP_MONTHLY: int(0, 0, 10_000),
+  BACKUP_MAX_AGE: duration("26h"),
+  BACKUP_IN_SERVER: bool(false),
+  BACKUP_WEBHOOK_URL: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
+  S3_BUCKET: optionalText(),
+  S3_PREFIX: v.pipe(v.optional(v.string(), ""), v.trim(), v.check((s) => !s.startsWith("/"), "must not start with /")),
+  S3_ENDPOINT: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
+  S3_REGION: text("us-east-1"),
+  S3_FORCE_PATH_STYLE: bool(false),
+  S3_KEEP_DAYS: v.pipe(optionalText(), v.check((s) => s === undefined || /^\d+$/.test(s), "must be a whole number of days")),
+  AWS_ACCESS_KEY_ID: optionalText(),
+  AWS_SECRET_ACCESS_KEY: optionalText(),
+  AWS_SESSION_TOKEN: optionalText(),
 });
+
+function isCronPattern(pattern: string): boolean {
+  try {
+    new Cron(pattern, { paused: true }).stop();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isTimezone(zone: string): boolean {
+  try {
+    new Intl.DateTimeFormat("en", { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 type Raw = v.InferOutput<typeof ConfigSchema>;
 
@@ -84,6 +126,31 @@ export type Config = {
   login: { maxFailures: number; maxFailuresPerIp: number; windowMs: number };
   hashing: { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
   backupDir: string;
+  backup: {
+    compressionLevel: number;
+    schedule: string;
+    timezone: string;
+    keepDays: number;
+    keepDaily: number;
+    keepWeekly: number;
+    keepMonthly: number;
+    maxAgeMs: number;
+    inServer: boolean;
+    webhookUrl?: string;
+  };
+  /** Off-site copies; undefined when S3_BUCKET is not set. */
+  s3?: S3Config;
+};
+
+export type S3Config = {
+  bucket: string;
+  prefix: string;
+  endpoint?: string;
+  region: string;
+  forcePathStyle: boolean;
+  keepDays: number;
+  /** Only when given in the environment; otherwise the AWS SDK's own chain (profiles, roles) applies. */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 };
 
 export const configVariables = Object.keys(ConfigSchema.entries) as (keyof Raw)[];
@@ -120,5 +187,31 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       timeCost: r.ARGON2_TIME_COST,
     },
     backupDir: r.BACKUP_DIR,
+    backup: {
+      compressionLevel: r.BACKUP_COMPRESSION_LEVEL,
+      schedule: r.BACKUP_SCHEDULE,
+      timezone: r.BACKUP_TIMEZONE,
+      keepDays: r.BACKUP_KEEP_DAYS,
+      keepDaily: r.BACKUP_KEEP_DAILY,
+      keepWeekly: r.BACKUP_KEEP_WEEKLY,
+      keepMonthly: r.BACKUP_KEEP_MONTHLY,
+      maxAgeMs: r.BACKUP_MAX_AGE,
+      inServer: r.BACKUP_IN_SERVER,
+      webhookUrl: r.BACKUP_WEBHOOK_URL,
+    },
+    s3: r.S3_BUCKET
+      ? {
+          bucket: r.S3_BUCKET,
+          prefix: r.S3_PREFIX,
+          endpoint: r.S3_ENDPOINT,
+          region: r.S3_REGION,
+          forcePathStyle: r.S3_FORCE_PATH_STYLE,
+          keepDays: r.S3_KEEP_DAYS ? Number(r.S3_KEEP_DAYS) : r.BACKUP_KEEP_DAYS,
+          credentials:
+            r.AWS_ACCESS_KEY_ID && r.AWS_SECRET_ACCESS_KEY
+              ? { accessKeyId: r.AWS_ACCESS_KEY_ID, secretAccessKey: r.AWS_SECRET_ACCESS_KEY, sessionToken: r.AWS_SESSION_TOKEN }
+              : undefined,
+        }
+      : undefined,
   };
 }

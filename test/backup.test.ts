@@ -42,7 +42,7 @@ describe("backup and restore", () => {
     const file = await takeBackup();
     expect((await stat(file)).mode & 0o777).toBe(0o600);
     const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
-    expect(manifest).toMatchObject({ reason: "manual", database: db.name, schemaVersion: 1, format: "custom+gzip" });
+    expect(manifest).toMatchObject({ reason: "manual", database: db.name, schemaVersion: 2, format: "custom+gzip" });
     expect(manifest.counts).toMatchObject({ users: 3, worlds: 3, stories: 6, story_beats: 30, sessions: 1 });
     expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(await readFile(file)).digest("hex"));
 

@@ -14,7 +14,7 @@ describe("migrations", () => {
     const first = await migrate(db.sql);
     expect(first.map((m) => m.version)).toEqual(migrations.map((m) => m.version));
     const tables = await db.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
-    expect(tables.map((t) => t.table_name)).toEqual(["login_throttle", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
+    expect(tables.map((t) => t.table_name)).toEqual(["backup_runs", "login_throttle", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
     expect(await migrate(db.sql)).toEqual([]);
     const status = await migrationStatus(db.sql);
     expect(status.pending).toEqual([]);
@@ -56,10 +56,11 @@ describe("shinkei migrate (binary)", () => {
       expect(await databaseExists(name)).toBe(true);
       const out = a.stdout + b.stdout;
       expect(out.match(/applied 0001 schema/g)?.length).toBe(1);
+      expect(out.match(/applied 0002 backup_runs/g)?.length).toBe(1);
       expect(out).toContain("schema is up to date");
       const status = await shinkei(["migrate", "status", "--json"], env);
       const parsed = JSON.parse(status.stdout);
-      expect(parsed.applied.map((m: { version: number }) => m.version)).toEqual([1]);
+      expect(parsed.applied.map((m: { version: number }) => m.version)).toEqual(migrations.map((m) => m.version));
       expect(parsed.pending).toEqual([]);
     } finally {
       await dropDatabase(name);

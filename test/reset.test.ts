@@ -180,12 +180,13 @@ describe("seed and migrate down", () => {
   test("migrate down is guarded: refused unattended, then backs up before it drops", async () => {
     let r = await shinkei(["migrate", "down"], env);
     expect(r.code).toBe(1);
-    expect(r.stdout).toContain("drop table users;");
-    const [still] = await db.sql`select to_regclass('public.users') as t`;
+    expect(r.stdout).toContain("migrate down undoes 0002 backup_runs");
+    expect(r.stdout).toContain("drop table backup_runs;");
+    const [still] = await db.sql`select to_regclass('public.backup_runs') as t`;
     expect(still!.t).not.toBeNull();
     r = await shinkei(["migrate", "down", "--force", "--confirm-database", db.name], env);
     expect(r.code).toBe(0);
-    const [gone] = await db.sql`select to_regclass('public.users') as t`;
+    const [gone] = await db.sql`select to_regclass('public.backup_runs') as t`;
     expect(gone!.t).toBeNull();
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list[0]).toMatchObject({ reason: "pre-migrate" });

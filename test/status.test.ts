@@ -2,6 +2,9 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { migrate } from "../src/migrations/migrate.ts";
+import { migrations } from "../src/migrations/index.ts";
+
+const latest = migrations.at(-1)!.version;
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -21,7 +24,7 @@ test("status --json reports the rows the test inserted", async () => {
   const s = JSON.parse(r.stdout);
   expect(s.counts).toEqual({ users: 3, worlds: 2, stories: 4, story_beats: 7, sessions: 0 });
   expect(s.database).toBe(db.name);
-  expect(s.schemaVersion).toBe(1);
+  expect(s.schemaVersion).toBe(latest);
   expect(s.pendingMigrations).toBe(0);
   expect(s.sizeBytes).toBeGreaterThan(0);
 });
@@ -30,7 +33,7 @@ test("status prints a readable table with the same counts", async () => {
   const r = await shinkei(["status"], { DATABASE_URL: db.url });
   expect(r.code).toBe(0);
   expect(r.stdout).toContain(`database  ${db.name} on`);
-  expect(r.stdout).toMatch(/schema\s+version 1 of 1/);
+  expect(r.stdout).toMatch(new RegExp(`schema\\s+version ${latest} of ${latest}$`, "m"));
   for (const [table, n] of [["users", 3], ["worlds", 2], ["stories", 4], ["story_beats", 7]] as const) {
     expect(r.stdout).toMatch(new RegExp(`^${table}\\s+${n}$`, "m"));
   }

@@ -1,8 +1,9 @@
-import { readdir, stat } from "node:fs/promises";
+import { mkdir, readdir, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { compareNewestFirst, parseBackupName, type BackupName } from "./naming.ts";
-import { readManifest, type Manifest } from "./manifest.ts";
+import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName } from "./naming.ts";
+import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
+import type { BackupStore, StoredObject } from "./stores/store.ts";
 
 export type LocalBackup = BackupName & { path: string; sizeBytes: number; manifest: Manifest | null };
 
@@ -27,15 +28,35 @@ export async function listLocal(dir: string): Promise<LocalBackup[]> {
 /**
  * A file the user named (a path, or a name inside `dir`), or else the newest backup that is not
  * a pre-restore safety copy: restoring twice in a row must not bring back what the first replaced.
+ * With an off-site store, a backup found only there is downloaded into `dir` first.
  */
-export async function resolveBackup(dir: string, file?: string): Promise<string> {
+export async function resolveBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
   if (file) {
     for (const candidate of [file, join(dir, basename(file))]) {
       if ((await stat(candidate).catch(() => null))?.isFile()) return candidate;
     }
-    throw new ShinkeiError("BACKUP_NOT_FOUND", `no backup file ${file}`, { hint: `Looked at ${file} and in ${dir}; see shinkei backup --list.` });
+    if (offsite && (await offsite.list()).some((o) => o.name === basename(file))) return download(offsite, dir, basename(file));
+    throw new ShinkeiError("BACKUP_NOT_FOUND", `no backup file ${file}`, {
+      hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
+    });
   }
   const latest = (await listLocal(dir)).find((b) => b.manifest?.reason !== "pre-restore");
+  // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
+  const remote = offsite ? newestRemote(await offsite.list()) : undefined;
+  if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) return download(offsite!, dir, remote.name);
   if (!latest) throw new ShinkeiError("BACKUP_NOT_FOUND", `no backups in ${dir}`, { hint: "Take one with shinkei backup, or name a file with --backup-file." });
   return latest.path;
+}
+
+function newestRemote(objects: StoredObject[]): BackupName | undefined {
+  return objects.map((o) => parseBackupName(o.name)).filter((n): n is BackupName => n !== null).sort(compareNewestFirst)[0];
+}
+
+/** Fetch a backup and its manifest into `dir`; verification then checks it like any local file. */
+async function download(store: BackupStore, dir: string, name: string): Promise<string> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const path = join(dir, name);
+  await store.get(name, path);
+  await store.get(name + MANIFEST_SUFFIX, manifestPath(path)).catch(() => {});
+  return path;
 }

@@ -21,7 +21,11 @@ export type Manifest = {
   durationMs: number;
   /** Row count of every table, read in the snapshot the dump was taken from. */
   counts: Record<string, number>;
+  /** Verified off-site copies, by store kind. */
+  offsite?: Record<string, OffsiteCopy>;
 };
+
+export type OffsiteCopy = { location: string; sizeBytes: number; etag?: string; verified: "etag" | "size"; copiedAt: string };
 
 export const manifestPath = (backupPath: string) => backupPath + MANIFEST_SUFFIX;
 

@@ -28,3 +28,8 @@ export function backupName(at: Date, sequence = 0, extension = OUR_EXTENSION): s
 export function compareNewestFirst(a: BackupName, b: BackupName): number {
   return b.takenAt.getTime() - a.takenAt.getTime() || b.sequence - a.sequence;
 }
+
+/** A backup file of ours or its manifest: the only objects listing, mirroring and retention touch. */
+export function isOurObject(name: string): boolean {
+  return parseBackupName(name.endsWith(MANIFEST_SUFFIX) ? name.slice(0, -MANIFEST_SUFFIX.length) : name) !== null;
+}

@@ -1,8 +1,13 @@
 // Imported as text so `bun build --compile` embeds them: the binary needs no files beside it.
 import schemaUp from "./0001_schema.sql" with { type: "text" };
 import schemaDown from "./0001_schema.down.sql" with { type: "text" };
+import backupRunsUp from "./0002_backup_runs.sql" with { type: "text" };
+import backupRunsDown from "./0002_backup_runs.down.sql" with { type: "text" };
 
 export type Migration = { version: number; name: string; up: string; down?: string };
 
 /** In order. Append only: an applied migration's text must never change (its checksum is kept). */
-export const migrations: readonly Migration[] = [{ version: 1, name: "schema", up: schemaUp, down: schemaDown }];
+export const migrations: readonly Migration[] = [
+  { version: 1, name: "schema", up: schemaUp, down: schemaDown },
+  { version: 2, name: "backup_runs", up: backupRunsUp, down: backupRunsDown },
+];

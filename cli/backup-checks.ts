@@ -1,0 +1,53 @@
+import type { Context } from "./command.ts";
+import { line, json, table } from "./output.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { formatBytes, formatDuration } from "../src/duration.ts";
+import { listLocal, resolveBackup } from "../src/backup/catalog.ts";
+import { verifyBackup } from "../src/backup/verify.ts";
+import { pruneLocal, pruneStore, type PruneReport } from "../src/backup/prune.ts";
+import { checkFreshness } from "../src/backup/freshness.ts";
+import { offsiteStore } from "../src/backup/stores/index.ts";
+
+export async function verify(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const paths = ctx.flag("all")
+    ? (await listLocal(config.backupDir)).map((b) => b.path)
+    : [await resolveBackup(config.backupDir, ctx.positionals[1], offsiteStore(config))];
+  const results = [];
+  for (const path of paths) {
+    const v = await verifyBackup(path);
+    results.push(v);
+    if (!ctx.flag("json")) {
+      line(io, v.ok
+        ? `✔ ${v.file}: ok (${formatBytes(v.sizeBytes)}, ${v.format}, sha256 ${v.sha256.slice(0, 12)}…${v.manifest ? "" : ", no manifest"})`
+        : `✖ ${v.file}: ${v.problems.join("; ")}`);
+    }
+  }
+  if (ctx.flag("json")) json(io, results.map(({ manifest, ...v }) => ({ ...v, hasManifest: manifest !== null })));
+  const failed = results.filter((v) => !v.ok).length;
+  if (failed > 0) throw new ShinkeiError("BACKUP_CORRUPT", `${failed} of ${paths.length} backup(s) failed verification`);
+  return 0;
+}
+
+export async function prune(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const dryRun = ctx.flag("dry-run");
+  const store = offsiteStore(config);
+  const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
+  if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
+  if (ctx.flag("json")) return json(io, reports), 0;
+  for (const r of reports) {
+    line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);
+    if (r.decisions.length === 0) line(io, "  no backups");
+    else line(io, table([["name", "action", "why"], ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
+  }
+  return 0;
+}
+
+export async function check(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs);
+  if (ctx.flag("json")) return json(io, { ok: true, newest: f.newest!.name, ageSeconds: Math.round(f.ageMs! / 1000) }), 0;
+  line(io, `✔ newest good backup ${f.newest!.name} is ${formatDuration(f.ageMs!)} old (limit ${formatDuration(config.backup.maxAgeMs)})`);
+  return 0;
+}

@@ -1,0 +1,34 @@
+import type { Command } from "./command.ts";
+import { untilSignal } from "./signals.ts";
+import { ensureDatabase, guarded } from "../src/db.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { startScheduler } from "../src/schedule.ts";
+import { jsonLog } from "../src/log.ts";
+
+export const backupServiceCommand: Command = {
+  name: "backup-service",
+  summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies",
+  help: `Usage: shinkei backup-service
+
+A long-running process: takes a backup on BACKUP_SCHEDULE (default "0 2 * * *") in
+BACKUP_TIMEZONE (default UTC), copies it to S3 when S3_BUCKET is set, then applies retention
+(BACKUP_KEEP_DAYS, default 30). Logs one JSON line per step. Several services on one database
+take one backup per scheduled time between them. SIGTERM lets a running backup finish.
+
+Options:
+  -h, --help   show this help`,
+  async run(ctx) {
+    const { config } = ctx;
+    await guarded(config.databaseUrl, async () => {
+      if (config.migrateOnStart) {
+        await ensureDatabase(config.databaseUrl);
+        await migrate(ctx.db);
+      } else await ctx.db`select 1`;
+    });
+    const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
+    const signal = await untilSignal();
+    jsonLog({ level: "info", msg: "shutting down", signal });
+    await scheduler.stop();
+    return 0;
+  },
+};

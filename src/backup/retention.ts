@@ -1,0 +1,55 @@
+import { compareNewestFirst, parseBackupName } from "./naming.ts";
+
+export type RetentionPolicy = { keepDays: number; keepDaily: number; keepWeekly: number; keepMonthly: number };
+export type Candidate = { name: string; good: boolean; mirrored: boolean };
+export type Decision = { name: string; keep: boolean; why: string };
+
+const DAY = 86_400_000;
+const dayKey = (d: Date) => d.toISOString().slice(0, 10);
+const monthKey = (d: Date) => d.toISOString().slice(0, 7);
+function weekKey(d: Date): string {
+  // ISO week: the Thursday of this week decides the year.
+  const t = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
+  t.setUTCDate(t.getUTCDate() + 3 - ((t.getUTCDay() + 6) % 7));
+  const week1 = new Date(Date.UTC(t.getUTCFullYear(), 0, 4));
+  return `${t.getUTCFullYear()}-W${1 + Math.round(((t.getTime() - week1.getTime()) / DAY - 3 + ((week1.getUTCDay() + 6) % 7)) / 7)}`;
+}
+
+/**
+ * Decide, for each of our backups, whether it stays and why. Never removed: the newest good
+ * backup, anything inside KEEP_DAYS, the newest good one of each kept day/week/month, and (when
+ * off-site copies are on) anything not yet copied. Names that are not ours never get here.
+ */
+export function planRetention(candidates: Candidate[], policy: RetentionPolicy, now: Date, requireMirrored: boolean): Decision[] {
+  const parsed = candidates
+    .map((c) => ({ ...c, parsed: parseBackupName(c.name) }))
+    .filter((c): c is Candidate & { parsed: NonNullable<ReturnType<typeof parseBackupName>> } => c.parsed !== null)
+    .sort((a, b) => compareNewestFirst(a.parsed, b.parsed));
+
+  const kept = new Map<string, string>();
+  const newestGood = parsed.find((c) => c.good);
+  if (newestGood) kept.set(newestGood.name, "newest good backup");
+  for (const [count, key, label] of [
+    [policy.keepDaily, dayKey, "daily"],
+    [policy.keepWeekly, weekKey, "weekly"],
+    [policy.keepMonthly, monthKey, "monthly"],
+  ] as const) {
+    const seen = new Set<string>();
+    for (const c of parsed) {
+      if (!c.good || seen.size >= count) continue;
+      const k = key(c.parsed.takenAt);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      if (!kept.has(c.name)) kept.set(c.name, `${label} keep (${k})`);
+    }
+  }
+
+  return parsed.map((c) => {
+    const why = kept.get(c.name);
+    if (why) return { name: c.name, keep: true, why };
+    if (requireMirrored && !c.mirrored) return { name: c.name, keep: true, why: "not yet copied off-site" };
+    const ageDays = (now.getTime() - c.parsed.takenAt.getTime()) / DAY;
+    if (ageDays <= policy.keepDays) return { name: c.name, keep: true, why: `within ${policy.keepDays} days` };
+    return { name: c.name, keep: false, why: `older than ${policy.keepDays} days` };
+  });
+}

@@ -1,0 +1,159 @@
+import { createReadStream } from "node:fs";
+import { open, rename, rm } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { Transform } from "node:stream";
+import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { Upload } from "@aws-sdk/lib-storage";
+import type { S3Config } from "../../config.ts";
+import { ShinkeiError } from "../../errors.ts";
+import { MANIFEST_SUFFIX, isOurObject } from "../naming.ts";
+import type { BackupStore, StoredObject } from "./store.ts";
+
+const PART_SIZE = 8 * 1024 * 1024;
+
+/**
+ * MD5s computed while the file streams out: the whole file's, and the per-part one that AWS and
+ * most compatible stores use for multipart ETags. Some stores (s3rver among them) report the
+ * whole-file MD5 for multipart objects too, so either may prove the copy.
+ */
+function etagTap() {
+  const whole = createHash("md5");
+  const parts: Buffer[] = [];
+  let part = createHash("md5");
+  let inPart = 0;
+  let size = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _e, done) {
+      whole.update(chunk);
+      size += chunk.length;
+      let offset = 0;
+      while (offset < chunk.length) {
+        const take = Math.min(PART_SIZE - inPart, chunk.length - offset);
+        part.update(chunk.subarray(offset, offset + take));
+        inPart += take;
+        offset += take;
+        if (inPart === PART_SIZE) {
+          parts.push(part.digest());
+          part = createHash("md5");
+          inPart = 0;
+        }
+      }
+      done(null, chunk);
+    },
+  });
+  return {
+    tap,
+    expected() {
+      if (inPart > 0 || parts.length === 0) parts.push(part.digest());
+      const md5 = whole.digest("hex");
+      const multipart = parts.length > 1 ? `${createHash("md5").update(Buffer.concat(parts)).digest("hex")}-${parts.length}` : md5;
+      return { size, candidates: new Set([md5, multipart]) };
+    },
+  };
+}
+
+export class S3Store implements BackupStore {
+  readonly kind = "s3";
+  readonly location: string;
+  private readonly client: S3Client;
+
+  constructor(private readonly config: S3Config) {
+    this.location = `s3://${config.bucket}/${config.prefix}`;
+    this.client = new S3Client({
+      region: config.region,
+      endpoint: config.endpoint,
+      forcePathStyle: config.forcePathStyle,
+      credentials: config.credentials,
+      // The SDK's default CRC checksums (2025) are rejected by many S3-compatible stores.
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+      maxAttempts: 3,
+    });
+  }
+
+  private key(name: string) {
+    return this.config.prefix + name;
+  }
+
+  private fail(what: string, error: unknown): ShinkeiError {
+    const e = error as Error & { $metadata?: { httpStatusCode?: number }; code?: string };
+    const detail = e.code ?? e.name ?? "error";
+    return new ShinkeiError("STORE_FAILED", `${what} at ${this.location} failed: ${e.message || detail}`, { cause: error });
+  }
+
+  async list(): Promise<StoredObject[]> {
+    const found: StoredObject[] = [];
+    let token: string | undefined;
+    try {
+      // Follow continuation tokens: a listing stops at 1,000 keys otherwise.
+      do {
+        const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.config.bucket, Prefix: this.config.prefix, ContinuationToken: token }));
+        for (const o of page.Contents ?? []) {
+          const name = o.Key!.slice(this.config.prefix.length);
+          if (!name.includes("/") && isOurObject(name)) found.push({ name, sizeBytes: o.Size ?? 0, modifiedAt: o.LastModified ?? new Date(0) });
+        }
+        token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      } while (token);
+    } catch (e) {
+      throw this.fail("listing", e);
+    }
+    return found;
+  }
+
+  async put(name: string, localPath: string) {
+    const check = etagTap();
+    try {
+      const upload = new Upload({
+        client: this.client,
+        params: { Bucket: this.config.bucket, Key: this.key(name), Body: createReadStream(localPath).pipe(check.tap) },
+        partSize: PART_SIZE,
+        queueSize: 2,
+        leavePartsOnError: false,
+      });
+      await upload.done();
+      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
+      const { size, candidates } = check.expected();
+      if (head.ContentLength !== size) {
+        throw new ShinkeiError("STORE_FAILED", `the copy of ${name} at ${this.location} has ${head.ContentLength} bytes, not ${size}`);
+      }
+      const etag = head.ETag?.replaceAll('"', "");
+      if (etag && /^[0-9a-f]{32}(-\d+)?$/.test(etag)) {
+        if (!candidates.has(etag)) throw new ShinkeiError("STORE_FAILED", `the copy of ${name} at ${this.location} does not match the local file (ETag ${etag})`);
+        return { sizeBytes: size, etag, verified: "etag" as const };
+      }
+      return { sizeBytes: size, etag, verified: "size" as const };
+    } catch (e) {
+      throw e instanceof ShinkeiError ? e : this.fail(`uploading ${name}`, e);
+    }
+  }
+
+  async get(name: string, localPath: string) {
+    const partial = `${localPath}.partial`;
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
+      const file = await open(partial, "w", 0o600);
+      try {
+        for await (const chunk of r.Body as AsyncIterable<Uint8Array>) await file.write(chunk);
+        await file.sync();
+      } finally {
+        await file.close();
+      }
+      await rename(partial, localPath);
+    } catch (e) {
+      await rm(partial, { force: true });
+      throw this.fail(`downloading ${name}`, e);
+    }
+  }
+
+  async remove(name: string) {
+    if (!isOurObject(name)) throw new ShinkeiError("REFUSED", `refusing to delete ${name}: not a shinkei backup name`);
+    try {
+      // One DeleteObject per key: the batch call requires a checksum header many compatible stores reject.
+      for (const key of [this.key(name), this.key(name + MANIFEST_SUFFIX)]) {
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }));
+      }
+    } catch (e) {
+      throw this.fail(`deleting ${name}`, e);
+    }
+  }
+}
