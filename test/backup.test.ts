@@ -204,7 +204,7 @@ describe("faults", () => {
     await writeFile(file, "x");
     const r = await shinkei(["backup"], { ...env, BACKUP_DIR: join(file, "sub") });
     expect(r.code).toBe(1);
-    expect(r.stderr.split("\n")[0]).toMatch(/^✖ /);
+    expect(r.stderr.split("\n")[0]).toBe(`✖ cannot use the backup folder ${join(file, "sub")}: ENOTDIR`);
     expect(r.stderr).not.toContain("    at ");
   });
 });

@@ -44,7 +44,11 @@ async function reserveName(dir: string, at: Date): Promise<string> {
 export async function createBackup(options: BackupOptions): Promise<BackupResult> {
   const { sql, url, dir, reason } = options;
   const started = performance.now();
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await mkdir(dir, { recursive: true, mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+    throw new ShinkeiError("BACKUP_FAILED", `cannot use the backup folder ${dir}: ${e.code ?? e.message}`, {
+      hint: "Point BACKUP_DIR at a writable folder. Nothing was changed.",
+    });
+  });
   await removeStalePartials(dir, 10 * 60_000);
 
   const [server] = await sql<{ num: number; text: string }[]>`

@@ -1,0 +1,136 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { readdir, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { shinkei, buildBinary } from "./support/cli.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { loadConfig } from "../src/config.ts";
+import { scheduledRun } from "../src/schedule.ts";
+import { S3Store } from "../src/backup/stores/s3.ts";
+import { pruneStore } from "../src/backup/prune.ts";
+
+let db: TestDatabase;
+let s3: TestS3;
+let dir: string;
+let env: Record<string, string>;
+
+beforeAll(async () => {
+  db = await freshDatabase("offsite");
+  await migrate(db.sql);
+  await seedSample(db.sql, "o");
+  s3 = await TestS3.start();
+  await buildBinary();
+});
+beforeEach(async () => {
+  dir = await tempDir("offsite");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir, ...s3.env(`run-${crypto.randomUUID().slice(0, 6)}/`) };
+});
+afterAll(async () => {
+  await s3.stop();
+  await db.drop();
+});
+
+async function keys(prefix: string): Promise<string[]> {
+  const r = await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }));
+  return (r.Contents ?? []).map((o) => o.Key!).sort();
+}
+
+describe("off-site copies", () => {
+  test("a backup is uploaded with its manifest under the prefix, listed as local+s3, and restores from S3 alone", async () => {
+    const before = await snapshot(db.sql);
+    const r = await shinkei(["backup"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`off-site   copied to s3://${s3.bucket}/${env.S3_PREFIX}`);
+    const name = r.stdout.match(/^backup\s+\S+\/(shinkei_backup_\S+)$/m)![1]!;
+    expect(await keys(env.S3_PREFIX!)).toEqual([`${env.S3_PREFIX}${name}`, `${env.S3_PREFIX}${name}.manifest.json`]);
+    const remoteManifest = JSON.parse(await (await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: `${env.S3_PREFIX}${name}.manifest.json` }))).Body!.transformToString());
+    expect(remoteManifest.offsite.s3).toMatchObject({ verified: "etag" });
+
+    let list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list.map((b: { name: string; location: string }) => [b.name, b.location])).toEqual([[name, "local+s3"]]);
+
+    // The machine loses its disk: only the S3 copy is left.
+    await rm(dir, { recursive: true });
+    list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list.map((b: { name: string; location: string }) => [b.name, b.location])).toEqual([[name, "s3"]]);
+    await db.sql`delete from story_beats`;
+    const restored = await shinkei(["backup", "--restore", "--yes"], env);
+    expect(restored.code).toBe(0);
+    expect(restored.stdout).toContain(`restored       ${name}`);
+    expect(restored.stdout).toContain("counts match the manifest");
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+
+  test("a file larger than one part goes up as a multipart upload and is checked", async () => {
+    const store = new S3Store(s3.config(env.S3_PREFIX!));
+    const path = join(dir, "shinkei_backup_20240101_000000.dump.gz");
+    await writeFile(path, crypto.getRandomValues(new Uint8Array(20 * 1024 * 1024)).map((b, i) => (i % 65536 === 0 ? 0 : b)));
+    const copy = await store.put("shinkei_backup_20240101_000000.dump.gz", path);
+    expect(copy.sizeBytes).toBe(20 * 1024 * 1024);
+    expect(copy.verified).toBe("etag");
+    const back = join(dir, "downloaded");
+    await store.get("shinkei_backup_20240101_000000.dump.gz", back);
+    expect(Bun.hash(await Bun.file(back).bytes())).toBe(Bun.hash(await Bun.file(path).bytes()));
+  });
+
+  test("S3 down during a run: the local backup is kept and the failure reported; the next run copies it", async () => {
+    const config = loadConfig({ ...env });
+    const logs: Record<string, unknown>[] = [];
+    const log = (e: Record<string, unknown>) => logs.push(e);
+    const store = new S3Store(config.s3!);
+    await s3.stop();
+    try {
+      await scheduledRun({ sql: db.sql, config, log, store }, new Date(Date.UTC(2030, 0, 1, 2, 0, 0)));
+    } finally {
+      await s3.start();
+    }
+    const first = logs.find((l) => l.msg === "off-site copy")!;
+    expect(first.offsite).toBe("failed");
+    expect(logs.some((l) => l.msg === "backup finished")).toBe(true);
+    const local = (await readdir(dir)).filter((n) => n.endsWith(".dump.gz"));
+    expect(local).toHaveLength(1);
+    expect(await keys(env.S3_PREFIX!)).toEqual([]);
+    const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list.map((b: { location: string; check: string }) => [b.location, b.check])).toEqual([["local", "ok"]]);
+
+    logs.length = 0;
+    await scheduledRun({ sql: db.sql, config, log, store }, new Date(Date.UTC(2030, 0, 1, 2, 0, 1)));
+    const second = logs.find((l) => l.msg === "off-site copy")!;
+    expect(second.offsite).toBe("ok");
+    expect((second.copied as string[]).sort()).toEqual((await readdir(dir)).filter((n) => n.endsWith(".dump.gz")).sort());
+    expect((await keys(env.S3_PREFIX!)).length).toBe(4);
+  });
+
+  test("off-site retention deletes only old keys of ours under our prefix, never the newest", async () => {
+    const prefix = env.S3_PREFIX!;
+    const put = (Key: string) => s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key, Body: "x" }));
+    for (const name of ["shinkei_backup_20200101_020000.dump.gz", "shinkei_backup_20200102_020000.dump.gz"]) {
+      await put(prefix + name);
+      await put(`${prefix}${name}.manifest.json`);
+    }
+    await put(`${prefix}shinkei_backup_20200101_020000.dump.gz.bak`); // not ours by name
+    await put(`${prefix}notes.txt`);
+    await put(`${prefix}nested/shinkei_backup_20200101_020000.dump.gz`); // another folder
+    await put("elsewhere/shinkei_backup_20200101_020000.dump.gz"); // outside the prefix
+    const store = new S3Store(s3.config(prefix));
+    const dry = await pruneStore(store, 30, loadConfig({}).backup, true);
+    expect(dry.decisions.map((d) => [d.name, d.keep])).toEqual([
+      ["shinkei_backup_20200102_020000.dump.gz", true],
+      ["shinkei_backup_20200101_020000.dump.gz", false],
+    ]);
+    expect(dry.removed).toEqual([]);
+    const real = await pruneStore(store, 30, loadConfig({}).backup, false);
+    expect(real.removed).toEqual(["shinkei_backup_20200101_020000.dump.gz"]);
+    expect(await keys(prefix)).toEqual([
+      `${prefix}nested/shinkei_backup_20200101_020000.dump.gz`,
+      `${prefix}notes.txt`,
+      `${prefix}shinkei_backup_20200101_020000.dump.gz.bak`,
+      `${prefix}shinkei_backup_20200102_020000.dump.gz`,
+      `${prefix}shinkei_backup_20200102_020000.dump.gz.manifest.json`,
+    ]);
+    expect(await keys("elsewhere/")).toEqual(["elsewhere/shinkei_backup_20200101_020000.dump.gz"]);
+  });
+});

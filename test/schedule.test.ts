@@ -1,0 +1,191 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { copyFile, readdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { loadConfig } from "../src/config.ts";
+import { scheduledRun } from "../src/schedule.ts";
+import { planRetention } from "../src/backup/retention.ts";
+import { backupName } from "../src/backup/naming.ts";
+
+let db: TestDatabase;
+let dir: string;
+let env: Record<string, string>;
+const DAY = 86_400_000;
+const backupFiles = async () => (await readdir(dir)).filter((n) => /^shinkei_backup_.*\.dump\.gz$/.test(n)).sort();
+
+beforeAll(async () => {
+  db = await freshDatabase("schedule");
+  await migrate(db.sql);
+  await seedSample(db.sql, "sch");
+});
+beforeEach(async () => {
+  dir = await tempDir("schedule");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+});
+afterAll(() => db.drop());
+
+/** Copies of one real backup under names from `daysAgo`, with manifests: "backups taken in the past". */
+async function pastBackups(daysAgo: number[], offsite = false): Promise<string[]> {
+  const r = await shinkei(["backup"], env);
+  const path = r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+  const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
+  const names = [];
+  for (const d of daysAgo) {
+    const name = backupName(new Date(Date.now() - d * DAY));
+    await copyFile(path, join(dir, name));
+    const m = { ...manifest, file: name, offsite: offsite ? { s3: { location: "s3://x/", sizeBytes: 1, verified: "size", copiedAt: "" } } : undefined };
+    await writeFile(join(dir, `${name}.manifest.json`), JSON.stringify(m));
+    names.push(name);
+  }
+  await Promise.all([path, `${path}.manifest.json`].map((p) => Bun.file(p).delete()));
+  return names;
+}
+
+describe("the schedule", () => {
+  test("two backup services on one database: one backup per tick, on time, with the log lines operators read", async () => {
+    const scheduleEnv = { ...env, BACKUP_SCHEDULE: "*/2 * * * * *" };
+    const a = await Service.start(["backup-service"], scheduleEnv);
+    const b = await Service.start(["backup-service"], scheduleEnv);
+    try {
+      const first = await a.waitFor((l) => l.msg === "backup schedule");
+      expect(first).toMatchObject({ schedule: "*/2 * * * * *", timezone: "UTC", offsite: "none" });
+      expect(new Date(first.next as string).getTime()).toBeGreaterThan(Date.now() - 2000);
+      await a.waitFor((l) => l.msg === "no good backup yet");
+      // Wait for three ticks' worth of finished runs between the two services.
+      const finished = () => [...a.lines, ...b.lines].filter((l) => l.msg === "backup finished");
+      for (let i = 0; i < 200 && finished().length < 3; i++) await Bun.sleep(50);
+    } finally {
+      expect(await a.stop()).toBe(0);
+      expect(await b.stop()).toBe(0);
+    }
+    const all = [...a.lines, ...b.lines];
+    const started = all.filter((l) => l.msg === "backup started").map((l) => l.scheduledFor as string);
+    const skipped = all.filter((l) => l.msg === "backup skipped: another process took this run").map((l) => l.scheduledFor as string);
+    expect(new Set(started).size).toBe(started.length); // no slot taken twice
+    expect(started.length).toBeGreaterThanOrEqual(3);
+    for (const slot of started) expect(new Date(slot).getUTCSeconds() % 2).toBe(0);
+    expect(skipped.length).toBeGreaterThanOrEqual(2); // the other service saw the slots taken
+    const files = await backupFiles();
+    expect(files.length).toBe(all.filter((l) => l.msg === "backup finished").length);
+    const runs = await db.sql`select scheduled_for, file from backup_runs where file is not null order by scheduled_for`;
+    expect(runs.map((r) => r.file).sort()).toEqual(files);
+    const done = all.find((l) => l.msg === "backup finished")!;
+    expect(Object.keys(done)).toEqual(expect.arrayContaining(["file", "sizeBytes", "durationMs"]));
+    expect(all.some((l) => l.msg === "off-site copy" && l.offsite === "not configured")).toBe(true);
+    expect(all.some((l) => l.msg === "next backup")).toBe(true);
+  });
+
+  test("shinkei serve with BACKUP_IN_SERVER=true runs the schedule, and /ready reports the newest backup's age", async () => {
+    const s = await Service.start(["serve"], { ...env, BACKUP_IN_SERVER: "true", BACKUP_SCHEDULE: "* * * * * *", PORT: "0", HOST: "127.0.0.1" });
+    try {
+      const listening = await s.waitFor((l) => l.msg === "listening");
+      await s.waitFor((l) => l.msg === "backup finished");
+      const ready = await (await fetch(`${listening.url}/ready`)).json();
+      expect(ready.backup.newest).toMatch(/^shinkei_backup_\d{8}_\d{6}(_\d+)?\.dump\.gz$/);
+      expect(ready.backup.ageSeconds).toBeLessThan(60);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
+  });
+
+  test("a missed run is reported on start", async () => {
+    await pastBackups([3]);
+    const s = await Service.start(["backup-service"], { ...env, BACKUP_SCHEDULE: "0 2 * * *" });
+    try {
+      const missed = await s.waitFor((l) => l.msg === "missed backup");
+      expect(new Date(missed.newestAt as string).getTime()).toBeLessThan(Date.now() - 2 * DAY);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test("failures and successes reach the webhook without holding up the backup", async () => {
+    const events: Record<string, unknown>[] = [];
+    const hook = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: async (r) => (events.push((await r.json()) as Record<string, unknown>), new Response("ok")) });
+    try {
+      const config = loadConfig({ ...env, BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook` });
+      await scheduledRun({ sql: db.sql, config, log: () => {} }, new Date(Date.UTC(2031, 0, 1, 2, 0, 0)));
+      const blocked = join(dir, "a-file");
+      await writeFile(blocked, "");
+      const broken = loadConfig({ ...env, BACKUP_DIR: join(blocked, "sub"), BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook` });
+      await scheduledRun({ sql: db.sql, config: broken, log: () => {} }, new Date(Date.UTC(2031, 0, 1, 2, 0, 1)));
+      for (let i = 0; i < 100 && events.length < 2; i++) await Bun.sleep(20);
+      expect(events.map((e) => e.event)).toEqual(["backup.succeeded", "backup.failed"]);
+      expect(events[0]).toMatchObject({ source: "shinkei", offsite: "not configured" });
+      expect(String(events[1]!.error)).toBe(`cannot use the backup folder ${join(blocked, "sub")}: ENOTDIR`);
+    } finally {
+      hook.stop(true);
+    }
+  });
+});
+
+describe("retention", () => {
+  test("prune deletes only our old backups, keeps the newest and foreign files; --dry-run deletes nothing", async () => {
+    const names = await pastBackups([45, 40, 31, 10, 1]);
+    await writeFile(join(dir, "notes.txt"), "mine");
+    await writeFile(join(dir, "shinkei_backup_old_manual.dump.gz"), "not our naming");
+    await writeFile(join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".dump.gz", ".dump.gz.bak")), "foreign");
+    const before = (await readdir(dir)).sort();
+    const dry = await shinkei(["backup", "prune", "--dry-run"], env);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toContain("dry run: nothing deleted");
+    expect(dry.stdout.match(/would delete/g)?.length).toBe(3);
+    expect((await readdir(dir)).sort()).toEqual(before);
+
+    const r = await shinkei(["backup", "prune"], env);
+    expect(r.code).toBe(0);
+    const after = (await readdir(dir)).sort();
+    expect(after).toEqual(before.filter((n) => !names.slice(0, 3).some((old) => n.startsWith(old))).sort());
+    expect(after).toContain("notes.txt");
+  });
+
+  test("the newest good backup stays even when every backup is old", async () => {
+    const names = await pastBackups([90, 60]);
+    await shinkei(["backup", "prune"], env);
+    expect(await backupFiles()).toEqual([names[1]!]);
+  });
+
+  test("with off-site copies on, a backup not yet copied stays however old", async () => {
+    const s3 = await TestS3.start();
+    try {
+      const copied = await pastBackups([60], true);
+      const uncopied = await pastBackups([50]);
+      const recent = await pastBackups([1], true);
+      await shinkei(["backup", "prune"], { ...env, ...s3.env() });
+      expect(await backupFiles()).toEqual([...uncopied, ...recent].sort());
+      expect(copied).toHaveLength(1);
+    } finally {
+      await s3.stop();
+    }
+  });
+
+  test("grandfather-father-son keeps the newest of each day, week and month", () => {
+    const now = new Date(Date.UTC(2026, 5, 30, 12));
+    const at = (d: string) => backupName(new Date(d));
+    const names = [at("2026-06-30T02:00:00Z"), at("2026-06-29T14:00:00Z"), at("2026-06-29T02:00:00Z"), at("2026-06-20T02:00:00Z"), at("2026-05-31T02:00:00Z"), at("2026-05-15T02:00:00Z"), at("2026-04-30T02:00:00Z")];
+    const plan = planRetention(names.map((name) => ({ name, good: true, mirrored: true })), { keepDays: 1, keepDaily: 2, keepWeekly: 2, keepMonthly: 3 }, now, false);
+    expect(plan.filter((d) => d.keep).map((d) => d.name)).toEqual([names[0]!, names[1]!, names[3]!, names[4]!, names[6]!]);
+    expect(plan.find((d) => d.name === names[2])!.why).toBe("older than 1 days");
+  });
+});
+
+describe("freshness", () => {
+  test("backup check passes for a fresh backup and fails for a stale or missing one", async () => {
+    let r = await shinkei(["backup", "check"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("no good backup in");
+    await pastBackups([2]);
+    r = await shinkei(["backup", "check"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/is 2d 0h old, more than 1d 2h/);
+    await shinkei(["backup"], env);
+    r = await shinkei(["backup", "check", "--json"], env);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).ageSeconds).toBeLessThan(60);
+  });
+});
