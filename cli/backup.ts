@@ -18,7 +18,7 @@ import { mainTables } from "../src/state.ts";
 export const backupCommand: Command = {
   name: "backup",
   summary: "take, list, verify and restore backups",
-  help: `Usage: shinkei backup [list|restore|verify] [options]
+  help: `Usage: shinkei backup [list|restore|verify|prune|check] [options]
 
   shinkei backup                          take a backup now (pg_dump, gzip, SHA-256, manifest)
   shinkei backup --list | list            newest first: age, size, reason, row counts, check

@@ -1,7 +1,8 @@
 import type { ParseArgsConfig } from "node:util";
 import type { Io } from "./io.ts";
 import { loadConfig, type Config } from "../src/config.ts";
-import { connect, type Sql } from "../src/db.ts";
+import { connect, describeTarget, type Sql } from "../src/db.ts";
+import { ensureLocalCluster, portOpen, type LocalCluster } from "../src/localdb.ts";
 
 export type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -19,6 +20,7 @@ export type Command = {
 export class Context {
   private cachedConfig?: Config;
   private cachedDb?: Sql;
+  private local?: LocalCluster;
 
   constructor(
     readonly io: Io,
@@ -44,7 +46,22 @@ export class Context {
     return typeof v === "string" ? v : undefined;
   }
 
+  /**
+   * With DATABASE_URL unset and nothing on 127.0.0.1:5432, use (starting it if need be) the
+   * project-local cluster in ./data/postgres, so a fresh checkout runs with zero setup.
+   */
+  async resolveDatabase(): Promise<void> {
+    const config = this.config;
+    if (this.io.env.DATABASE_URL) return;
+    const t = describeTarget(config.databaseUrl);
+    if (await portOpen(t.host, t.port)) return;
+    this.local = await ensureLocalCluster(process.cwd(), this.io.env);
+    this.cachedConfig = { ...config, databaseUrl: this.local.url };
+    this.io.stderr.write(`nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL in ${this.local.dataDir} (${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`);
+  }
+
   async close() {
     await this.cachedDb?.end({ timeout: 5 });
+    if (this.local?.started) await this.local.stop();
   }
 }

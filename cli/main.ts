@@ -69,6 +69,7 @@ export async function run(argv: string[], io: Io = processIo()): Promise<number>
   }
 
   try {
+    await ctx.resolveDatabase();
     return await command.run(ctx);
   } catch (error) {
     const url = safeUrl(ctx);

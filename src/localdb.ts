@@ -1,0 +1,133 @@
+import { existsSync } from "node:fs";
+import { chmod, chown, mkdir, readFile, writeFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { ShinkeiError } from "./errors.ts";
+
+/**
+ * Zero-setup local runs: when DATABASE_URL is unset and nothing answers on 127.0.0.1:5432,
+ * shinkei runs a PostgreSQL cluster of its own in ./data/postgres, on loopback only, with the
+ * server binaries already on the machine. It persists between runs; whoever started it stops it.
+ */
+export type LocalCluster = { url: string; dataDir: string; started: boolean; stop(): Promise<void> };
+
+export const DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/shinkei";
+
+export async function portOpen(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((done) => {
+    const timer = setTimeout(() => done(false), timeoutMs);
+    Bun.connect({
+      hostname: host,
+      port,
+      socket: {
+        open(s) {
+          clearTimeout(timer);
+          s.end();
+          done(true);
+        },
+        data() {},
+        connectError() {
+          clearTimeout(timer);
+          done(false);
+        },
+      },
+    }).catch(() => (clearTimeout(timer), done(false)));
+  });
+}
+
+function versionOf(dir: string): number {
+  return Number(/postgresql(?:@|\/)(\d+)/.exec(dir)?.[1] ?? 0);
+}
+
+/** Where initdb and pg_ctl live: PATH first, then the usual install folders, newest version first. */
+export function findServerBinaries(env: Record<string, string | undefined> = process.env): string | null {
+  const onPath = Bun.which("pg_ctl", { PATH: env.PATH ?? "" });
+  if (onPath && Bun.which("initdb", { PATH: env.PATH ?? "" })) return resolve(onPath, "..");
+  const globs = ["/usr/lib/postgresql/*/bin", "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin", "/usr/pgsql-*/bin"];
+  const found: string[] = [];
+  for (const pattern of globs) {
+    for (const dir of new Bun.Glob(pattern.slice(1)).scanSync({ cwd: "/", onlyFiles: false, absolute: true })) {
+      if (existsSync(join(dir, "pg_ctl")) && existsSync(join(dir, "initdb"))) found.push(dir);
+    }
+  }
+  for (const dir of ["/opt/homebrew/bin", "/usr/local/pgsql/bin", "/Applications/Postgres.app/Contents/Versions/latest/bin"]) {
+    if (existsSync(join(dir, "pg_ctl")) && existsSync(join(dir, "initdb"))) found.push(dir);
+  }
+  return found.sort((a, b) => versionOf(b) - versionOf(a))[0] ?? null;
+}
+
+/** PostgreSQL will not run as root: as root, run its tools as the `postgres` user. */
+async function runAs(): Promise<{ prefix: string[]; uid?: number; gid?: number }> {
+  if (process.getuid?.() !== 0) return { prefix: [] };
+  const id = Bun.spawnSync(["id", "-u", "postgres"]);
+  const gid = Bun.spawnSync(["id", "-g", "postgres"]);
+  if (id.exitCode !== 0) {
+    throw new ShinkeiError("DB_UNREACHABLE", "PostgreSQL refuses to run as root, and there is no postgres user to run it as", {
+      hint: "Run shinkei as a normal user, create a postgres user, or set DATABASE_URL.",
+    });
+  }
+  return { prefix: ["runuser", "-u", "postgres", "--"], uid: Number(id.stdout.toString()), gid: Number(gid.stdout.toString()) };
+}
+
+async function run(cmd: string[]): Promise<{ code: number; output: string }> {
+  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, output: (err || out).trim().split("\n").slice(-3).join(" ") };
+}
+
+async function freePort(): Promise<number> {
+  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = s.port;
+  s.stop(true);
+  return port;
+}
+
+/** Start (initialising on first use) the project-local cluster, or join it when it is already running. */
+export async function ensureLocalCluster(root: string, env: Record<string, string | undefined> = process.env): Promise<LocalCluster> {
+  const bin = findServerBinaries(env);
+  if (!bin) {
+    throw new ShinkeiError("DB_UNREACHABLE", "nothing answers on 127.0.0.1:5432 and no PostgreSQL server is installed to start one", {
+      hint: "Start one with `docker compose up -d postgres`, install it (apt install postgresql, brew install postgresql@17), or set DATABASE_URL.",
+    });
+  }
+  const dataDir = resolve(root, "data", "postgres");
+  const as = await runAs();
+  const portFile = join(dataDir, "shinkei.port");
+
+  if (!existsSync(join(dataDir, "PG_VERSION"))) {
+    await mkdir(resolve(dataDir, ".."), { recursive: true, mode: 0o755 });
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    if (as.uid !== undefined) await chown(dataDir, as.uid, as.gid!);
+    await chmod(dataDir, 0o700);
+    const init = await run([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"]);
+    if (init.code !== 0) {
+      throw new ShinkeiError("DB_UNREACHABLE", `could not create a local PostgreSQL cluster in ${dataDir}: ${init.output}`, {
+        hint: "Check that the folder is writable (and reachable by the postgres user when running as root), or set DATABASE_URL.",
+      });
+    }
+  }
+  const port = existsSync(portFile) ? Number(await readFile(portFile, "utf8")) : await freePort();
+  await writeFile(portFile, String(port));
+  const url = `postgres://postgres@127.0.0.1:${port}/shinkei`;
+  const pgCtl = [...as.prefix, join(bin, "pg_ctl"), "-D", dataDir];
+
+  const running = async () => (await run([...pgCtl, "status"])).code === 0 && (await portOpen("127.0.0.1", port));
+  if (await running()) return { url, dataDir, started: false, stop: async () => {} };
+
+  // Loopback only, no unix socket: nothing outside this machine can reach it.
+  const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=''`;
+  const start = await run([...pgCtl, "start", "-w", "-t", "60", "-l", join(dataDir, "server.log"), "-o", options]);
+  if (start.code !== 0) {
+    if (await running()) return { url, dataDir, started: false, stop: async () => {} }; // another shinkei started it first
+    throw new ShinkeiError("DB_UNREACHABLE", `could not start the local PostgreSQL in ${dataDir}: ${start.output}`, {
+      hint: `See ${join(dataDir, "server.log")}, or set DATABASE_URL.`,
+    });
+  }
+  return {
+    url,
+    dataDir,
+    started: true,
+    async stop() {
+      await run([...pgCtl, "stop", "-m", "fast", "-w"]);
+    },
+  };
+}

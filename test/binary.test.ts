@@ -1,0 +1,121 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { chmod, copyFile, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+
+let db: TestDatabase;
+let alone: string;
+
+beforeAll(async () => {
+  db = await freshDatabase("binary");
+  await buildBinary();
+  alone = await tempDir("alone");
+  await chmod(alone, 0o755);
+  await copyFile(binaryPath, join(alone, "shinkei"));
+});
+afterAll(async () => {
+  await db.drop();
+  await rm(alone, { recursive: true, force: true });
+});
+
+async function run(args: string[], env: Record<string, string> = {}) {
+  const p = Bun.spawn([join(alone, "shinkei"), ...args], {
+    cwd: alone,
+    env: { PATH: process.env.PATH!, DATABASE_URL: db.url, NO_COLOR: "1", ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { stdout, stderr, code };
+}
+
+describe("the binary, copied alone into an empty folder", () => {
+  test("migrate, status, backup, list, verify, restore and serve work with nothing beside it", async () => {
+    expect((await readdir(alone))).toEqual(["shinkei"]);
+    expect((await run(["migrate"])).code).toBe(0);
+    await seedSample(db.sql, "bin");
+    const status = JSON.parse((await run(["status", "--json"])).stdout);
+    expect(status.counts.users).toBe(3);
+    const before = await snapshot(db.sql);
+
+    const backup = await run(["backup"]);
+    expect(backup.code).toBe(0);
+    expect(backup.stdout).toContain("backup    backups/shinkei_backup_");
+    const list = JSON.parse((await run(["backup", "list", "--json"])).stdout);
+    expect(list).toHaveLength(1);
+    expect((await run(["backup", "verify"])).code).toBe(0);
+    await db.sql`delete from story_beats`;
+    const restored = await run(["backup", "restore", list[0].name, "--yes"]);
+    expect(restored.code).toBe(0);
+    expect(await snapshot(db.sql)).toEqual(before);
+
+    const serve = Bun.spawn([join(alone, "shinkei"), "serve"], { cwd: alone, env: { PATH: process.env.PATH!, DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1" }, stdout: "pipe" });
+    const reader = serve.stdout.getReader();
+    let out = "";
+    while (!out.includes('"listening"')) out += new TextDecoder().decode((await reader.read()).value);
+    const url = JSON.parse(out.split("\n").find((l) => l.includes('"listening"'))!).url;
+    expect((await fetch(`${url}/ready`)).status).toBe(200);
+    serve.kill("SIGTERM");
+    expect(await serve.exited).toBe(0);
+  });
+
+  test("each command's --help is complete: every command in --help answers its own --help", async () => {
+    const help = (await shinkei(["--help"])).stdout;
+    const names = [...help.matchAll(/^  ([a-z-]+)\s{2,}/gm)].map((m) => m[1]!);
+    expect(names).toEqual(["serve", "status", "migrate", "backup", "backup-service", "reset", "seed"]);
+    for (const name of names) {
+      const r = await shinkei([name, "--help"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toStartWith(`Usage: shinkei ${name}`);
+    }
+  });
+});
+
+const netns = Bun.spawnSync(["ip", "netns", "add", "shinkei-probe"]).exitCode === 0;
+if (netns) Bun.spawnSync(["ip", "netns", "del", "shinkei-probe"]);
+
+describe("zero-setup local run", () => {
+  // A network namespace of our own is the honest way to make 127.0.0.1:5432 unavailable.
+  test.skipIf(!netns || process.getuid?.() !== 0)("with DATABASE_URL unset and 5432 unavailable: start, register, stop, start again", async () => {
+    const ns = `shinkei-${crypto.randomUUID().slice(0, 6)}`;
+    expect(Bun.spawnSync(["ip", "netns", "add", ns]).exitCode).toBe(0);
+    Bun.spawnSync(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+    const port = String(20000 + Math.floor(Math.random() * 20000));
+    const env = { PATH: process.env.PATH!, PORT: port, HOST: "127.0.0.1", COOKIE_SECURE: "false" };
+    const inNs = (cmd: string[]) => ["ip", "netns", "exec", ns, ...cmd];
+    const call = async (path: string, body: unknown) => {
+      const p = Bun.spawn(inNs(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", JSON.stringify(body), `http://127.0.0.1:${port}${path}`]), { stdout: "pipe" });
+      return Number(await new Response(p.stdout).text());
+    };
+    const start = async () => {
+      const p = Bun.spawn(inNs([join(alone, "shinkei"), "serve"]), { cwd: alone, env, stdout: "pipe", stderr: "pipe" });
+      const reader = p.stdout.getReader();
+      let out = "";
+      while (!out.includes('"listening"')) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`serve exited: ${await new Response(p.stderr).text()}`);
+        out += new TextDecoder().decode(value);
+      }
+      return p;
+    };
+    const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(alone, "data", "postgres")}`]).exitCode === 0;
+    try {
+      let serve = await start();
+      expect(await call("/api/v1/auth/register", { email: "zero@example.com", password: "zero setup works", name: "Zero" })).toBe(201);
+      serve.kill("SIGTERM");
+      expect(await serve.exited).toBe(0);
+      expect(postgresRunning()).toBe(false);
+
+      serve = await start();
+      expect(await call("/api/v1/auth/login", { email: "zero@example.com", password: "zero setup works" })).toBe(200);
+      serve.kill("SIGTERM");
+      expect(await serve.exited).toBe(0);
+      expect(postgresRunning()).toBe(false);
+    } finally {
+      Bun.spawnSync(["pkill", "-f", `postgres -D ${join(alone, "data", "postgres")}`]);
+      Bun.spawnSync(["ip", "netns", "del", ns]);
+    }
+  });
+});
