@@ -10,7 +10,7 @@ COPY cli cli
 COPY server server
 COPY src src
 COPY tsconfig.json ./
-RUN bun build --compile --minify cli/main.ts --outfile /out/shinkei
+RUN bun build --compile --minify --bytecode --format=esm cli/main.ts --outfile /out/shinkei
 
 FROM debian:bookworm-slim
 ARG PG_MAJOR

@@ -26,7 +26,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
 
   return withMaintenanceLock(ctx.db, "restore", async () => {
     const spin = activity(io, "verifying the backup");
-    const verification = await verifyBackup(path);
+    const verification = await verifyBackup(path, { quick: true });
     spin.stop(verification.ok ? "backup verified" : "backup failed verification");
     assertVerified(verification);
     if (!verification.manifest) warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);

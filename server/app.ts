@@ -1,18 +1,17 @@
 import { Hono } from "hono";
-import { secureHeaders } from "hono/secure-headers";
 import type { AppEnv, Deps } from "./env.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { errorResponse } from "./errors.ts";
 import { requestId } from "./middleware/request-id.ts";
 import { accessLog } from "./middleware/access-log.ts";
-import { clientInfo } from "./middleware/client.ts";
+import { securityHeaders } from "./middleware/security-headers.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { worldRoutes } from "./routes/worlds.ts";
 import { healthRoutes } from "./routes/health.ts";
 
 export function createApp(deps: Deps) {
   const app = new Hono<AppEnv>();
-  app.use(requestId(), accessLog(deps.log), secureHeaders(), clientInfo(deps.config.trustProxy));
+  app.use(requestId(), accessLog(deps.log), securityHeaders());
   app.route("/", healthRoutes(deps));
   app.route("/api/v1/auth", authRoutes(deps));
   app.route("/api/v1/worlds", worldRoutes(deps));

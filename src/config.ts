@@ -60,6 +60,11 @@ const ConfigSchema = v.object({
   MIGRATE_ON_START: bool(true),
   TRUST_PROXY: bool(false),
   SESSION_TTL: duration("30d"),
+  SESSION_CACHE_TTL: v.pipe(
+    v.optional(v.string(), "1s"),
+    v.transform(parseDuration),
+    v.number("must be a duration such as 1s or 500ms, or 0 to turn the cache off"),
+  ),
   COOKIE_SECURE: bool(true),
   LOGIN_MAX_FAILURES: int(5, 1, 1000),
   LOGIN_MAX_FAILURES_PER_IP: int(50, 1, 100_000),
@@ -122,6 +127,7 @@ export type Config = {
   migrateOnStart: boolean;
   trustProxy: boolean;
   sessionTtlMs: number;
+  sessionCacheTtlMs: number;
   cookieSecure: boolean;
   login: { maxFailures: number; maxFailuresPerIp: number; windowMs: number };
   hashing: { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
@@ -178,6 +184,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     migrateOnStart: r.MIGRATE_ON_START,
     trustProxy: r.TRUST_PROXY,
     sessionTtlMs: r.SESSION_TTL,
+    sessionCacheTtlMs: r.SESSION_CACHE_TTL,
     cookieSecure: r.COOKIE_SECURE,
     login: { maxFailures: r.LOGIN_MAX_FAILURES, maxFailuresPerIp: r.LOGIN_MAX_FAILURES_PER_IP, windowMs: r.LOGIN_WINDOW },
     hashing: {

@@ -1,6 +1,27 @@
 /** One JSON object per line: what `docker logs` shows and log shippers read. */
 export type Log = (entry: Record<string, unknown>) => void;
 
+let pending = "";
+let scheduled = false;
+
+function flush() {
+  scheduled = false;
+  if (pending) {
+    const out = pending;
+    pending = "";
+    process.stdout.write(out);
+  }
+}
+
+// Lines written in one turn of the event loop go out in one write: a write per request would cap
+// the server's rate. Whatever is pending still goes out when the process exits.
+process.on("exit", flush);
+
 export const jsonLog: Log = (entry) => {
-  process.stdout.write(JSON.stringify({ time: new Date().toISOString(), ...entry }) + "\n");
+  pending += JSON.stringify({ time: new Date().toISOString(), ...entry }) + "\n";
+  if (pending.length > 65536) flush();
+  else if (!scheduled) {
+    scheduled = true;
+    setImmediate(flush);
+  }
 };

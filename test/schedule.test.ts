@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { copyFile, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
@@ -12,11 +12,14 @@ import { scheduledRun } from "../src/schedule.ts";
 import { planRetention } from "../src/backup/retention.ts";
 import { backupName } from "../src/backup/naming.ts";
 
+// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(60_000);
+
 let db: TestDatabase;
 let dir: string;
 let env: Record<string, string>;
 const DAY = 86_400_000;
-const backupFiles = async () => (await readdir(dir)).filter((n) => /^shinkei_backup_.*\.dump\.gz$/.test(n)).sort();
+const backupFiles = async () => (await readdir(dir)).filter((n) => /^shinkei_backup_.*\.sql\.gz$/.test(n)).sort();
 
 beforeAll(async () => {
   db = await freshDatabase("schedule");
@@ -86,7 +89,7 @@ describe("the schedule", () => {
       const listening = await s.waitFor((l) => l.msg === "listening");
       await s.waitFor((l) => l.msg === "backup finished");
       const ready = await (await fetch(`${listening.url}/ready`)).json();
-      expect(ready.backup.newest).toMatch(/^shinkei_backup_\d{8}_\d{6}(_\d+)?\.dump\.gz$/);
+      expect(ready.backup.newest).toMatch(/^shinkei_backup_\d{8}_\d{6}(_\d+)?\.sql\.gz$/);
       expect(ready.backup.ageSeconds).toBeLessThan(60);
     } finally {
       expect(await s.stop()).toBe(0);
@@ -128,8 +131,8 @@ describe("retention", () => {
   test("prune deletes only our old backups, keeps the newest and foreign files; --dry-run deletes nothing", async () => {
     const names = await pastBackups([45, 40, 31, 10, 1]);
     await writeFile(join(dir, "notes.txt"), "mine");
-    await writeFile(join(dir, "shinkei_backup_old_manual.dump.gz"), "not our naming");
-    await writeFile(join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".dump.gz", ".dump.gz.bak")), "foreign");
+    await writeFile(join(dir, "shinkei_backup_old_manual.sql.gz"), "not our naming");
+    await writeFile(join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".sql.gz", ".sql.gz.bak")), "foreign");
     const before = (await readdir(dir)).sort();
     const dry = await shinkei(["backup", "prune", "--dry-run"], env);
     expect(dry.code).toBe(0);

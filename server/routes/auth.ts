@@ -3,11 +3,14 @@ import { deleteCookie, setCookie } from "hono/cookie";
 import type { AppEnv, Deps } from "../env.ts";
 import { jsonBody } from "../middleware/json-body.ts";
 import { requireSession, SESSION_COOKIE } from "../middleware/session.ts";
+import { clientInfo } from "../middleware/client.ts";
 import { LoginInput, PasswordChangeInput, RegisterInput, parseInput } from "../../src/auth/schemas.ts";
 import { revokeSession, revokeUserSessions } from "../../src/auth/sessions.ts";
 
 export function authRoutes({ sql, auth, config }: Deps) {
-  const session = requireSession(sql);
+  const session = requireSession(sql, auth.sessions);
+  // Only the routes that throttle or record sessions need the client's address.
+  const client = clientInfo(config.trustProxy);
   const cookie = { httpOnly: true, sameSite: "Lax", secure: config.cookieSecure, path: "/" } as const;
 
   return new Hono<AppEnv>()
@@ -15,7 +18,7 @@ export function authRoutes({ sql, auth, config }: Deps) {
       const user = await auth.register(parseInput(RegisterInput, c.get("body")));
       return c.json({ user }, 201);
     })
-    .post("/login", jsonBody(), async (c) => {
+    .post("/login", client, jsonBody(), async (c) => {
       const result = await auth.login(parseInput(LoginInput, c.get("body")), c.get("client"));
       setCookie(c, SESSION_COOKIE, result.token, { ...cookie, expires: result.expiresAt });
       return c.json(result);
@@ -25,16 +28,20 @@ export function authRoutes({ sql, auth, config }: Deps) {
       return c.json({ user: s.user, session: { expiresAt: s.expiresAt } });
     })
     .post("/logout", session, async (c) => {
-      await revokeSession(sql, c.get("session").id);
+      const id = c.get("session").id;
+      await revokeSession(sql, id);
+      auth.sessions.forget((s) => s.id === id);
       deleteCookie(c, SESSION_COOKIE, cookie);
       return c.json({ revoked: 1 });
     })
     .post("/logout-all", session, async (c) => {
-      const revoked = await revokeUserSessions(sql, c.get("session").userId);
+      const userId = c.get("session").userId;
+      const revoked = await revokeUserSessions(sql, userId);
+      auth.sessions.forget((s) => s.userId === userId);
       deleteCookie(c, SESSION_COOKIE, cookie);
       return c.json({ revoked });
     })
-    .post("/password", session, jsonBody(), async (c) => {
+    .post("/password", session, client, jsonBody(), async (c) => {
       const input = parseInput(PasswordChangeInput, c.get("body"));
       const result = await auth.changePassword(c.get("session"), input, c.get("client"));
       return c.json(result);

@@ -4,7 +4,7 @@ import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";
 import { LoginThrottle, type ThrottleRule } from "./throttle.ts";
 import { createUser, findUserByEmail, findUserById, publicUser, setPasswordHash, type User } from "./users.ts";
-import { createSession, revokeUserSessions, type Session } from "./sessions.ts";
+import { createSession, revokeUserSessions, SessionCache, type Session } from "./sessions.ts";
 
 export type ClientInfo = { ip?: string; userAgent?: string };
 
@@ -13,13 +13,15 @@ const invalid = () => new ShinkeiError("INVALID_CREDENTIALS", "invalid email or 
 /** Register, login and password change: the rules the incident broke, in one place. */
 export class AuthService {
   readonly throttle: LoginThrottle;
+  readonly sessions: SessionCache;
 
   constructor(
     private readonly sql: Sql,
-    private readonly config: Pick<Config, "sessionTtlMs" | "login">,
+    private readonly config: Pick<Config, "sessionTtlMs" | "sessionCacheTtlMs" | "login">,
     readonly hasher: PasswordHasher,
   ) {
     this.throttle = new LoginThrottle(sql, config.login.windowMs);
+    this.sessions = new SessionCache(config.sessionCacheTtlMs);
   }
 
   async register(input: { email: string; password: string; name: string }): Promise<User> {
@@ -69,6 +71,7 @@ export class AuthService {
       await setPasswordHash(tx, user.id, hash);
       return revokeUserSessions(tx, user.id, session.id);
     });
+    this.sessions.forget((s) => s.userId === user.id && s.id !== session.id);
     return { revokedSessions };
   }
 }

@@ -53,3 +53,39 @@ export async function revokeUserSessions(sql: Queryable, userId: string, keep?: 
     : await sql`delete from sessions where user_id = ${userId}`;
   return r.count;
 }
+
+/**
+ * Live sessions remembered for `ttlMs`, so a busy client's requests do not each cost a query.
+ * This process forgets a session the moment it revokes it; another replica may accept a revoked
+ * token for at most `ttlMs` (SESSION_CACHE_TTL, 0 turns the cache off). Expiry is checked on every hit.
+ */
+export class SessionCache {
+  private readonly entries = new Map<string, { session: Session; until: number }>();
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly max = 10_000,
+  ) {}
+
+  get(token: string): Session | undefined {
+    const hit = this.entries.get(token);
+    if (!hit) return undefined;
+    const now = Date.now();
+    if (hit.until <= now || hit.session.expiresAt.getTime() <= now) {
+      this.entries.delete(token);
+      return undefined;
+    }
+    return hit.session;
+  }
+
+  set(token: string, session: Session): void {
+    if (this.ttlMs <= 0) return;
+    // Oldest first out: a Map keeps insertion order.
+    if (this.entries.size >= this.max) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(token, { session, until: Date.now() + this.ttlMs });
+  }
+
+  forget(match: (s: Session) => boolean): void {
+    for (const [token, { session }] of this.entries) if (match(session)) this.entries.delete(token);
+  }
+}

@@ -37,9 +37,10 @@ async function reserveName(dir: string, at: Date): Promise<string> {
 }
 
 /**
- * pg_dump (custom format, uncompressed) -> gzip on our side -> SHA-256 and byte count -> a
- * `.partial` file -> fsync -> rename -> manifest. pg_dump compresses on the same core it dumps
- * on; compressing here overlaps the two. The caller holds the maintenance lock.
+ * pg_dump (plain SQL) -> gzip on our side -> SHA-256 and byte count -> a `.partial` file -> fsync
+ * -> rename -> manifest. `pg_dump -Fc` compresses on the same core it dumps on; compressing here
+ * overlaps the two, and plain SQL (no per-row block headers) compresses smaller than the custom
+ * archive. It also restores with psql alone. The caller holds the maintenance lock.
  */
 export async function createBackup(options: BackupOptions): Promise<BackupResult> {
   const { sql, url, dir, reason } = options;
@@ -67,7 +68,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
     const counts = await tableCounts(tx);
     const schemaVersion = await currentSchemaVersion(tx);
-    const proc = Bun.spawn([pgDump, "--format=custom", "--compress=0", `--snapshot=${snap!.id}`, "--no-password"], {
+    // Owners are left out as `pg_restore --no-owner` would: a backup restores wherever its user can create tables.
+    const proc = Bun.spawn([pgDump, "--format=plain", "--no-owner", `--snapshot=${snap!.id}`, "--no-password"], {
       env: { ...process.env, ...options.env, ...libpqEnv(url) },
       stdin: "ignore",
       stdout: "pipe",
@@ -127,7 +129,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     serverVersion: server!.text,
     pgDumpVersion: versions.pgDump,
     schemaVersion: result.schemaVersion,
-    format: "custom+gzip",
+    format: "plain+gzip",
     sizeBytes: result.sizeBytes,
     sha256: result.sha256,
     durationMs: Math.round(performance.now() - started),

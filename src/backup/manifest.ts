@@ -15,7 +15,7 @@ export type Manifest = {
   serverVersion: string;
   pgDumpVersion: string;
   schemaVersion: number;
-  format: "custom+gzip";
+  format: "plain+gzip";
   sizeBytes: number;
   sha256: string;
   durationMs: number;

@@ -5,7 +5,7 @@
 const PATTERN = /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(dump\.gz|dump|sql\.gz|sql)$/;
 
 export const MANIFEST_SUFFIX = ".manifest.json";
-export const OUR_EXTENSION = "dump.gz";
+export const OUR_EXTENSION = "sql.gz";
 
 export type BackupName = { name: string; takenAt: Date; extension: string; sequence: number };
 

@@ -88,7 +88,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   const started = performance.now();
   const { sql, url, path, env } = options;
   options.onStep?.("verify");
-  const verification = options.verification ?? (await verifyBackup(path, env));
+  const verification = options.verification ?? (await verifyBackup(path, { quick: true, env }));
   assertVerified(verification);
 
   let safety: BackupResult | undefined;

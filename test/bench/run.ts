@@ -1,0 +1,176 @@
+/**
+ * `bun run bench`: shinkei against what a user would run instead, in one run on one machine, so
+ * the ratios hold however noisy the machine is. Writes test/bench/results.json and RESULTS.md.
+ *   --sizes 100MB,1GB   data sizes for backup/restore     --runs 3   repetitions (medians)
+ */
+import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { cpus, totalmem, tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
+import { generate, parseSize } from "./generate.ts";
+import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
+
+const arg = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1]! : fallback;
+};
+const sizes = arg("sizes", "100MB,1GB").split(",");
+const runs = Number(arg("runs", "3"));
+const root = join(import.meta.dir, "..", "..");
+const bin = join(root, "dist", "shinkei");
+const server = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+const urlFor = (db: string) => Object.assign(new URL(server), { pathname: `/${db}` }).toString();
+const admin = postgres(server, { max: 1, onnotice: () => {} });
+const pgEnv = (db: string) => {
+  const u = new URL(server);
+  return { PGHOST: u.hostname, PGPORT: u.port || "5432", PGUSER: decodeURIComponent(u.username) || "postgres", PGPASSWORD: decodeURIComponent(u.password), PGDATABASE: db };
+};
+async function recreate(db: string) {
+  await admin`drop database if exists ${admin(db)} with (force)`;
+  await admin`create database ${admin(db)}`;
+}
+
+type Row = { group: string; name: string; ours: string; baseline: string; ratio: number | null; goal: string; met: boolean | null; raw: Record<string, number> };
+const rows: Row[] = [];
+function add(r: Row) {
+  rows.push(r);
+  console.log(`${r.name.padEnd(46)} ${r.ours.padStart(12)} ${r.baseline.padStart(12)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
+}
+
+await timed(["bun", "run", "build"], { cwd: root });
+const work = join(tmpdir(), `shinkei-bench-${process.pid}`);
+await mkdir(join(work, "s3"), { recursive: true });
+const s3 = await startHelper(["bun", join(import.meta.dir, "s3-server.ts"), join(work, "s3"), "bench"], { cwd: root });
+const s3env = { S3_BUCKET: "bench", S3_PREFIX: "b/", S3_ENDPOINT: `http://127.0.0.1:${s3.ready.port}`, S3_FORCE_PATH_STYLE: "true", AWS_ACCESS_KEY_ID: "S3RVER", AWS_SECRET_ACCESS_KEY: "S3RVER" };
+
+const rss: Record<string, { backup: number; restore: number }> = {};
+try {
+  for (const size of sizes) {
+    const db = `shinkei_bench_${size.toLowerCase()}`;
+    await recreate(db);
+    const gen = await generate(urlFor(db), parseSize(size));
+    const [{ bytes }] = await admin`select pg_database_size(${db})::int8 as bytes` as unknown as [{ bytes: string }];
+    console.log(`\n${size}: ${gen.beats} story beats, database ${fmtMiB(Number(bytes))}`);
+    const dir = join(work, db);
+    await mkdir(dir, { recursive: true });
+    const ourEnv = { DATABASE_URL: urlFor(db), BACKUP_DIR: dir, NO_COLOR: "1" };
+
+    const bare: number[] = [], ours: number[] = [], withS3: number[] = [], oursRss: number[] = [];
+    let bareSize = 0, ourSize = 0, ourFile = "";
+    for (let i = 0; i < runs; i++) {
+      const out = join(work, "bare.dump");
+      bare.push((await timed(["pg_dump", "-Fc", "-f", out], { env: pgEnv(db) })).ms);
+      bareSize = (await stat(out)).size;
+      const r = await timed([bin, "backup"], { env: ourEnv });
+      ours.push(r.ms);
+      oursRss.push(r.maxRssBytes);
+      ourFile = r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+      ourSize = (await stat(ourFile)).size;
+      withS3.push((await timed([bin, "backup"], { env: { ...ourEnv, ...s3env } })).ms);
+      for (const f of await readdir(dir)) if (!ourFile.endsWith(f) && !f.startsWith(ourFile.split("/").pop()!)) await rm(join(dir, f));
+    }
+    add({ group: "backup", name: `backup ${size}: ours vs pg_dump -Fc`, ours: fmtMs(median(ours)), baseline: fmtMs(median(bare)), ratio: median(ours) / median(bare), goal: "≤ 1.0x", met: median(ours) <= median(bare), raw: { oursMs: median(ours), baselineMs: median(bare) } });
+    add({ group: "backup", name: `backup ${size}: file size vs pg_dump -Fc`, ours: fmtMiB(ourSize), baseline: fmtMiB(bareSize), ratio: ourSize / bareSize, goal: "≤ 1.0x", met: ourSize <= bareSize, raw: { oursBytes: ourSize, baselineBytes: bareSize } });
+    add({ group: "backup", name: `backup ${size}: with S3 copy vs without`, ours: fmtMs(median(withS3)), baseline: fmtMs(median(ours)), ratio: median(withS3) / median(ours), goal: "≤ 1.25x", met: median(withS3) <= 1.25 * median(ours), raw: { oursMs: median(withS3), baselineMs: median(ours) } });
+
+    const restoreBare: number[] = [], restoreOurs: number[] = [], restoreRss: number[] = [];
+    const target = `${db}_restore`;
+    for (let i = 0; i < runs; i++) {
+      await recreate(target);
+      restoreBare.push((await timed(["pg_restore", "-d", target, join(work, "bare.dump")], { env: pgEnv(target) })).ms);
+      await recreate(target);
+      const r = await timed([bin, "backup", "restore", ourFile, "--yes", "--no-safety-backup"], { env: { ...ourEnv, DATABASE_URL: urlFor(target) } });
+      restoreOurs.push(r.ms);
+      restoreRss.push(r.maxRssBytes);
+    }
+    await admin`drop database if exists ${admin(target)} with (force)`;
+    add({ group: "restore", name: `restore ${size}: ours (verify+load+check) vs pg_restore`, ours: fmtMs(median(restoreOurs)), baseline: fmtMs(median(restoreBare)), ratio: median(restoreOurs) / median(restoreBare), goal: "≤ 1.0x", met: median(restoreOurs) <= median(restoreBare), raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) } });
+    rss[size] = { backup: Math.max(...oursRss), restore: Math.max(...restoreRss) };
+    for (const kind of ["backup", "restore"] as const) {
+      add({ group: "memory", name: `peak RSS, ${kind} ${size}`, ours: fmtMiB(rss[size]![kind]), baseline: "", ratio: null, goal: "< 150 MiB", met: rss[size]![kind] < 150 * 1048576, raw: { oursBytes: rss[size]![kind] } });
+    }
+    await admin`drop database if exists ${admin(db)} with (force)`;
+  }
+  if (sizes.length > 1) {
+    const [a, b] = [sizes[0]!, sizes.at(-1)!];
+    for (const kind of ["backup", "restore"] as const) {
+      const ratio = rss[b]![kind] / rss[a]![kind];
+      add({ group: "memory", name: `peak RSS ${kind}: ${b} vs ${a} (flat)`, ours: fmtMiB(rss[b]![kind]), baseline: fmtMiB(rss[a]![kind]), ratio, goal: "≈ 1.0x (flat)", met: ratio < 1.3, raw: { oursBytes: rss[b]![kind], baselineBytes: rss[a]![kind] } });
+    }
+  }
+} finally {
+  s3.proc.kill("SIGTERM");
+}
+
+// ---- auth server ----
+{
+  const db = "shinkei_bench_auth";
+  await recreate(db);
+  const api = await startHelper([bin, "serve"], { env: { DATABASE_URL: urlFor(db), HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", LOGIN_MAX_FAILURES_PER_IP: "100000" }, until: (l) => l.msg === "listening" });
+  const bare = await startHelper(["bun", join(import.meta.dir, "bare-server.ts")]);
+  const base = String(api.ready.url);
+  try {
+    const account = { email: "bench@example.com", password: "benchmark password", name: "Bench" };
+    await fetch(`${base}/api/v1/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) });
+    const { token } = (await (await fetch(`${base}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) })).json()) as { token: string };
+
+    const seconds = 10;
+    const me = await wrk(`${base}/api/v1/auth/me`, { connections: 32, seconds, headers: { Authorization: `Bearer ${token}` } });
+    const constant = await wrk(`http://127.0.0.1:${bare.ready.port}/`, { connections: 32, seconds });
+    add({ group: "auth", name: "GET /me req/s vs bare Bun.serve", ours: me.rps.toFixed(0), baseline: constant.rps.toFixed(0), ratio: me.rps / constant.rps, goal: "≥ 0.5x", met: me.rps >= 0.5 * constant.rps, raw: { ours: me.rps, baseline: constant.rps } });
+    add({ group: "auth", name: "GET /me p50 / p99", ours: `${me.p50ms.toFixed(2)} / ${me.p99ms.toFixed(2)} ms`, baseline: `${constant.p50ms.toFixed(2)} / ${constant.p99ms.toFixed(2)} ms`, ratio: null, goal: "", met: null, raw: { p50: me.p50ms, p99: me.p99ms, baseP50: constant.p50ms, baseP99: constant.p99ms } });
+
+    const script = join(work, "login.lua");
+    await writeFile(script, `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`);
+    const [flood, health] = await Promise.all([
+      wrk(`${base}/api/v1/auth/login`, { connections: 16, seconds, script }),
+      wrk(`${base}/health`, { connections: 2, seconds }),
+    ]);
+    add({ group: "auth", name: "login req/s (argon2id 64 MiB, t=2, 2 at once)", ours: flood.rps.toFixed(1), baseline: "", ratio: null, goal: "", met: null, raw: { ours: flood.rps, non2xx: flood.non2xx } });
+    add({ group: "auth", name: "/health p99 during the login flood", ours: `${health.p99ms.toFixed(2)} ms`, baseline: "", ratio: null, goal: "< 50 ms", met: health.p99ms < 50, raw: { p99: health.p99ms, p50: health.p50ms } });
+  } finally {
+    api.proc.kill("SIGTERM");
+    bare.proc.kill("SIGTERM");
+    await api.proc.exited;
+    await admin`drop database if exists ${admin(db)} with (force)`;
+  }
+}
+
+// ---- CLI start-up ----
+{
+  const hello = join(work, "hello");
+  await writeFile(`${hello}.ts`, `console.log("hello")`);
+  await timed(["bun", "build", "--compile", `${hello}.ts`, "--outfile", hello]);
+  const times = async (cmd: string[]) => {
+    const xs: number[] = [];
+    for (let i = 0; i < 20; i++) xs.push((await timed(cmd)).ms);
+    return median(xs);
+  };
+  const ours = await times([bin, "--help"]);
+  const baseline = await times([hello]);
+  add({ group: "cli", name: "dist/shinkei --help vs a compiled hello world", ours: fmtMs(ours), baseline: fmtMs(baseline), ratio: ours / baseline, goal: "< 100 ms", met: ours < 100, raw: { oursMs: ours, baselineMs: baseline } });
+}
+
+await admin.end();
+await rm(work, { recursive: true, force: true });
+
+// ---- report ----
+const pg = Bun.spawnSync(["pg_dump", "--version"]).stdout.toString().trim();
+const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}, ${pg}`;
+const date = new Date().toISOString();
+await writeFile(join(import.meta.dir, "results.json"), JSON.stringify({ date, machine, runs, sizes, rows }, null, 2) + "\n");
+const table = [
+  "| measurement | shinkei | baseline | ratio | goal | |",
+  "| --- | --- | --- | --- | --- | --- |",
+  ...rows.map((r) => `| ${r.name} | ${r.ours} | ${r.baseline} | ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`),
+].join("\n");
+await writeFile(join(import.meta.dir, "RESULTS.md"), `# Benchmark results
+
+Measured by \`bun run bench\` (medians of ${runs} runs; load by wrk in its own process).
+
+- date: ${date}
+- machine: ${machine}
+
+${table}
+`);
+console.log(`\nwrote test/bench/RESULTS.md and test/bench/results.json`);
