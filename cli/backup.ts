@@ -2,7 +2,7 @@ import type { Command, Context } from "./command.ts";
 import { line, json, table, warn } from "./output.ts";
 import { activity } from "./prompts.ts";
 import { restore } from "./restore.ts";
-import { check, prune, verify } from "./backup-checks.ts";
+import { check, drill, prune, verify } from "./backup-checks.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
@@ -11,6 +11,7 @@ import { listLocal, type LocalBackup } from "../src/backup/catalog.ts";
 import { verifyBackup } from "../src/backup/verify.ts";
 import { mirrorBackup } from "../src/backup/offsite.ts";
 import { readManifest } from "../src/backup/manifest.ts";
+import { readDrill, type DrillResult } from "../src/backup/drill.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 import { compareNewestFirst, parseBackupName } from "../src/backup/naming.ts";
 import { mainTables } from "../src/state.ts";
@@ -18,7 +19,7 @@ import { mainTables } from "../src/state.ts";
 export const backupCommand: Command = {
   name: "backup",
   summary: "take, list, verify and restore backups",
-  help: `Usage: shinkei backup [list|restore|verify|prune|check] [options]
+  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill] [options]
 
   shinkei backup                          take a backup now (pg_dump, gzip, SHA-256, manifest)
   shinkei backup --list | list            newest first: age, size, reason, row counts, check
@@ -27,7 +28,10 @@ export const backupCommand: Command = {
   shinkei backup restore F                restore that file (ours, or a stock pg_dump .sql/.sql.gz/.dump)
   shinkei backup verify [F] [--all]       re-read a file (default the newest): checksum and archive
   shinkei backup prune [--dry-run]        apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS)
-  shinkei backup check                    exit 1 when the newest good backup is older than BACKUP_MAX_AGE
+  shinkei backup check                    exit 1 when the newest good backup is older than BACKUP_MAX_AGE,
+                                          failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE
+  shinkei backup drill [F]                restore F (default the newest) into a scratch database and
+                                          compare every table's count and content with the manifest
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
@@ -54,7 +58,7 @@ database ends exactly as in the backup, or exactly as it was.`,
     "dry-run": { type: "boolean" },
     json: { type: "boolean" },
   },
-  subcommands: ["list", "restore", "verify", "prune", "check"],
+  subcommands: ["list", "restore", "verify", "prune", "check", "drill"],
   async run(ctx) {
     const sub = ctx.positionals[0];
     if (ctx.flag("list") || sub === "list") return list(ctx);
@@ -62,6 +66,7 @@ database ends exactly as in the backup, or exactly as it was.`,
     if (sub === "verify") return verify(ctx);
     if (sub === "prune") return prune(ctx);
     if (sub === "check") return check(ctx);
+    if (sub === "drill") return drill(ctx);
     if (ctx.option("backup-file")) throw new ShinkeiError("USAGE", "--backup-file goes with --restore");
     return create(ctx);
   },
@@ -115,7 +120,7 @@ async function list(ctx: Context): Promise<number> {
   const store = offsiteStore(config);
   const remote = store ? new Set((await store.list()).map((o) => o.name)) : new Set<string>();
   const where = (name: string, local: boolean) => (local && remote.has(name) ? "local+s3" : local ? "local" : "s3");
-  const rows: (LocalBackup & { check: string; location: string })[] = [];
+  const rows: (LocalBackup & { check: string; location: string; drill: DrillResult | null })[] = [];
   for (const b of backups) {
     let check: string;
     if (ctx.flag("verify")) {
@@ -123,19 +128,19 @@ async function list(ctx: Context): Promise<number> {
       check = v.ok ? "verified" : `FAILED: ${v.problems[0]}`;
     } else if (!b.manifest) check = "no manifest";
     else check = b.manifest.sizeBytes === b.sizeBytes ? "ok" : `FAILED: size ${b.sizeBytes}, manifest ${b.manifest.sizeBytes}`;
-    rows.push({ ...b, check, location: where(b.name, true) });
+    rows.push({ ...b, check, location: where(b.name, true), drill: await readDrill(b.path) });
   }
   // Backups that live only off-site are listed too: restore can fetch them.
   for (const name of remote) {
     const parsed = parseBackupName(name);
     if (!parsed || backups.some((b) => b.name === name)) continue;
-    rows.push({ ...parsed, path: `${store!.location}${name}`, sizeBytes: 0, manifest: null, check: "off-site only", location: "s3" });
+    rows.push({ ...parsed, path: `${store!.location}${name}`, sizeBytes: 0, manifest: null, check: "off-site only", location: "s3", drill: null });
   }
   rows.sort(compareNewestFirst);
   if (ctx.flag("json")) {
     json(io, rows.map((b) => ({
       name: b.name, path: b.path, takenAt: b.takenAt.toISOString(), sizeBytes: b.sizeBytes,
-      reason: b.manifest?.reason ?? null, counts: b.manifest?.counts ?? null, sha256: b.manifest?.sha256 ?? null, check: b.check, location: b.location,
+      reason: b.manifest?.reason ?? null, counts: b.manifest?.counts ?? null, sha256: b.manifest?.sha256 ?? null, check: b.check, location: b.location, drill: b.drill,
     })));
     return 0;
   }
@@ -145,8 +150,9 @@ async function list(ctx: Context): Promise<number> {
   }
   const c = (b: (typeof rows)[number], t: string) => (b.manifest ? b.manifest.counts[t] ?? 0 : "?");
   line(io, table([
-    ["name", "age", "size", "reason", "users", "worlds", "stories", "beats", "where", "check"],
-    ...rows.map((b) => [b.name, age(b.takenAt), b.location === "s3" ? "?" : formatBytes(b.sizeBytes), b.manifest?.reason ?? "?", c(b, "users"), c(b, "worlds"), c(b, "stories"), c(b, "story_beats"), b.location, b.check]),
+    ["name", "age", "size", "reason", "users", "worlds", "stories", "beats", "where", "check", "drill"],
+    ...rows.map((b) => [b.name, age(b.takenAt), b.location === "s3" ? "?" : formatBytes(b.sizeBytes), b.manifest?.reason ?? "?", c(b, "users"), c(b, "worlds"), c(b, "stories"), c(b, "story_beats"), b.location, b.check,
+      b.drill ? `${b.drill.passed ? "passed" : "FAILED"} ${age(new Date(b.drill.at))}` : "-"]),
   ]));
   return 0;
 }

@@ -87,6 +87,16 @@ const ConfigSchema = v.object({
   BACKUP_KEEP_MONTHLY: int(0, 0, 10_000),
   BACKUP_MAX_AGE: duration("26h"),
   BACKUP_IN_SERVER: bool(false),
+  BACKUP_DRILL_SCHEDULE: v.pipe(
+    v.optional(v.string(), "0 3 * * 0"),
+    v.trim(),
+    v.check(isCronPattern, "must be a cron pattern such as 0 3 * * 0 (Sundays at 03:00)"),
+  ),
+  BACKUP_DRILL_MAX_AGE: duration("8d"),
+  DRILL_DATABASE_URL: v.pipe(
+    optionalText(),
+    v.check((s) => s === undefined || /^postgres(ql)?:\/\/[^/]+/.test(s), "must be a URL such as postgres://user@host:5432/postgres"),
+  ),
   BACKUP_WEBHOOK_URL: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
   S3_BUCKET: optionalText(),
   S3_PREFIX: v.pipe(v.optional(v.string(), ""), v.trim(), v.check((s) => !s.startsWith("/"), "must not start with /")),
@@ -143,6 +153,10 @@ export type Config = {
     maxAgeMs: number;
     inServer: boolean;
     webhookUrl?: string;
+    drillSchedule: string;
+    drillMaxAgeMs: number;
+    /** The server drills restore on; the app's own server when unset. */
+    drillServerUrl?: string;
   };
   /** Off-site copies; undefined when S3_BUCKET is not set. */
   s3?: S3Config;
@@ -205,6 +219,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       maxAgeMs: r.BACKUP_MAX_AGE,
       inServer: r.BACKUP_IN_SERVER,
       webhookUrl: r.BACKUP_WEBHOOK_URL,
+      drillSchedule: r.BACKUP_DRILL_SCHEDULE,
+      drillMaxAgeMs: r.BACKUP_DRILL_MAX_AGE,
+      drillServerUrl: r.DRILL_DATABASE_URL,
     },
     s3: r.S3_BUCKET
       ? {

@@ -9,28 +9,64 @@ import { createBackup } from "./backup/dump.ts";
 import { withMaintenanceLock } from "./backup/lock.ts";
 import { mirrorMissing } from "./backup/offsite.ts";
 import { pruneLocal, pruneStore } from "./backup/prune.ts";
-import { newestGood } from "./backup/freshness.ts";
+import { newestGood, newestPassedDrill } from "./backup/freshness.ts";
+import { runDrill } from "./backup/drill.ts";
 import { offsiteStore } from "./backup/stores/index.ts";
 import type { BackupStore } from "./backup/stores/store.ts";
 
 export type Scheduler = { stop(): Promise<void>; nextRun(): Date | null; runOnce(slot: Date): Promise<void> };
 
-/** The first process to insert the slot's row takes the backup; the others see it taken and skip. */
-async function claim(sql: Sql, slot: Date): Promise<boolean> {
-  const rows = await sql`insert into backup_runs (scheduled_for, host) values (${slot}, ${`${hostname()}:${process.pid}`})
-    on conflict (scheduled_for) do nothing returning scheduled_for`;
+/** The first process to insert the slot's row takes the run; the others see it taken and skip. */
+async function claim(sql: Sql, slot: Date, kind: "backup" | "drill"): Promise<boolean> {
+  const rows = await sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, ${kind}, ${`${hostname()}:${process.pid}`})
+    on conflict (scheduled_for, kind) do nothing returning scheduled_for`;
   return rows.length === 1;
+}
+
+type Deps = { sql: Sql; config: Config; log: Log; store?: BackupStore };
+
+/** Drill a backup and report it like a backup run: log lines, and the webhook on failure. */
+async function drillAndReport(deps: Deps, path: string): Promise<void> {
+  const { config, log } = deps;
+  log({ level: "info", msg: "drill started", file: path });
+  try {
+    const r = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl });
+    log({ level: r.passed ? "info" : "error", msg: r.passed ? "drill passed" : "drill failed", file: r.file, durationMs: r.durationMs, differences: r.differences });
+    notify(config.backup.webhookUrl, { event: r.passed ? "drill.passed" : "drill.failed", file: r.file, differences: r.differences }, log);
+  } catch (e) {
+    log({ level: "error", msg: "drill failed", file: path, error: (e as Error).message });
+    notify(config.backup.webhookUrl, { event: "drill.failed", error: (e as Error).message }, log);
+  }
+}
+
+/** One scheduled drill: the newest good backup, restored into a scratch database and compared. */
+export async function scheduledDrill(deps: Deps, slot: Date): Promise<void> {
+  const { sql, config, log } = deps;
+  try {
+    if (!(await claim(sql, slot, "drill"))) {
+      log({ level: "info", msg: "drill skipped: another process took this run", scheduledFor: slot.toISOString() });
+      return;
+    }
+    const { newest } = await newestGood(config.backupDir);
+    if (!newest) {
+      log({ level: "warn", msg: "drill skipped: no good backup to drill", backupDir: config.backupDir });
+      return;
+    }
+    await drillAndReport(deps, newest.path);
+  } catch (e) {
+    log({ level: "error", msg: "drill failed", scheduledFor: slot.toISOString(), error: (e as Error).message });
+  }
 }
 
 /**
  * One scheduled run: back up, copy off-site whatever is missing, apply retention, log one line per
  * step and tell the webhook. Nothing here throws: a failed run is reported, and the next one runs.
  */
-export async function scheduledRun(deps: { sql: Sql; config: Config; log: Log; store?: BackupStore }, slot: Date): Promise<void> {
+export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
   const { sql, config, log, store } = deps;
   const started = performance.now();
   try {
-    if (!(await claim(sql, slot))) {
+    if (!(await claim(sql, slot, "backup"))) {
       log({ level: "info", msg: "backup skipped: another process took this run", scheduledFor: slot.toISOString() });
       return;
     }
@@ -66,12 +102,16 @@ export async function scheduledRun(deps: { sql: Sql; config: Config; log: Log; s
     }
     if (local.removed.length || remote.length) log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
 
-    await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot}`.catch(() => {});
+    await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`.catch(() => {});
     notify(config.backup.webhookUrl, { event: "backup.succeeded", file: m.file, sizeBytes: m.sizeBytes, durationMs: m.durationMs, ...offsite }, log);
+
+    // A new deployment would otherwise wait for the weekly drill before `backup check` can pass.
+    const drilled = await newestPassedDrill(config.backupDir);
+    if (!drilled || Date.now() - Date.parse(drilled.at) > config.backup.drillMaxAgeMs) await drillAndReport(deps, file);
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "backup failed", scheduledFor: slot.toISOString(), durationMs: Math.round(performance.now() - started), error });
-    await sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot}`.catch(() => {});
+    await sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`.catch(() => {});
     notify(config.backup.webhookUrl, { event: "backup.failed", error }, log);
   }
 }
@@ -105,14 +145,35 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
       log({ level: "info", msg: "next backup", at: self.nextRun()?.toISOString() ?? null });
     },
   );
-  log({ level: "info", msg: "backup schedule", schedule: config.backup.schedule, timezone: config.backup.timezone, next: job.nextRun()?.toISOString() ?? null, offsite: store?.location ?? "none" });
+  let drilling: Promise<void> = Promise.resolve();
+  const drillJob = new Cron(
+    config.backup.drillSchedule,
+    { timezone: config.backup.timezone, protect: true },
+    async (self: Cron) => {
+      const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
+      drilling = scheduledDrill({ ...deps, store }, slot);
+      await drilling;
+    },
+  );
+  log({
+    level: "info",
+    msg: "backup schedule",
+    schedule: config.backup.schedule,
+    timezone: config.backup.timezone,
+    next: job.nextRun()?.toISOString() ?? null,
+    drillSchedule: config.backup.drillSchedule,
+    nextDrill: drillJob.nextRun()?.toISOString() ?? null,
+    offsite: store?.location ?? "none",
+  });
   reportMissed(config, job, log).catch(() => {});
   return {
     nextRun: () => job.nextRun(),
     runOnce: (slot) => scheduledRun({ ...deps, store }, slot),
     async stop() {
       job.stop();
-      await running; // let a backup in progress finish rather than leave a .partial behind
+      drillJob.stop();
+      // Let a backup or drill in progress finish rather than leave a .partial or scratch database behind.
+      await Promise.all([running, drilling]);
     },
   };
 }

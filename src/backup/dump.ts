@@ -6,7 +6,7 @@ import { createGzip } from "node:zlib";
 import type { Sql } from "../db.ts";
 import { describeTarget } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { tableCounts } from "../state.ts";
+import { tableStats } from "./digest.ts";
 import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { backupName } from "./naming.ts";
 import { writeManifest, type Manifest, type Reason } from "./manifest.ts";
@@ -66,7 +66,6 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
   // describe exactly the data in the file, even while the app keeps writing.
   const result = await sql.begin("isolation level repeatable read read only", async (tx) => {
     const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
-    const counts = await tableCounts(tx);
     const schemaVersion = await currentSchemaVersion(tx);
     // Owners are left out as `pg_restore --no-owner` would: a backup restores wherever its user can create tables.
     const proc = Bun.spawn([pgDump, "--format=plain", "--no-owner", `--snapshot=${snap!.id}`, "--no-password"], {
@@ -76,6 +75,9 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
       stderr: "pipe",
     });
     const exit = finished(proc);
+    // Counts and digests are read in the exported snapshot while pg_dump streams: same data, no added wait.
+    const stats = tableStats(tx);
+    stats.catch(() => {}); // awaited below; a failed dump must not leave it unhandled
     const hasher = new Bun.CryptoHasher("sha256");
     const progress: Progress = { bytesIn: 0, bytesOut: 0 };
     const file = await open(partial, "wx", 0o600);
@@ -102,7 +104,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
       if (code !== 0) throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
       if (progress.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
       await file.sync();
-      return { counts, schemaVersion, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex") };
+      const { counts, digests } = await stats;
+      return { counts, digests, schemaVersion, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex") };
     } catch (error) {
       proc.kill("SIGKILL");
       await rm(partial, { force: true });
@@ -134,6 +137,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     sha256: result.sha256,
     durationMs: Math.round(performance.now() - started),
     counts: result.counts,
+    digests: result.digests,
   };
   await writeManifest(path, manifest);
   return { path, manifest };

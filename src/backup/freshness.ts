@@ -1,6 +1,7 @@
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
 import { listLocal, type LocalBackup } from "./catalog.ts";
+import { readDrill, type DrillResult } from "./drill.ts";
 
 export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 
@@ -10,8 +11,21 @@ export async function newestGood(dir: string): Promise<Freshness> {
   return { newest, ageMs: newest ? Date.now() - newest.takenAt.getTime() : null };
 }
 
-/** For monitors: fail when there is no good backup younger than `maxAgeMs`. */
-export async function checkFreshness(dir: string, maxAgeMs: number): Promise<Freshness> {
+/** The newest passed drill of any local backup. */
+export async function newestPassedDrill(dir: string): Promise<DrillResult | null> {
+  let best: DrillResult | null = null;
+  for (const b of await listLocal(dir)) {
+    const d = await readDrill(b.path);
+    if (d?.passed && (!best || d.at > best.at)) best = d;
+  }
+  return best;
+}
+
+/**
+ * For monitors: fail when there is no good backup younger than `maxAgeMs`, when the newest backup
+ * failed its drill, or when no backup passed a drill within `drillMaxAgeMs`.
+ */
+export async function checkFreshness(dir: string, maxAgeMs: number, drillMaxAgeMs: number): Promise<Freshness & { drill: DrillResult }> {
   const f = await newestGood(dir);
   if (!f.newest) throw new ShinkeiError("BACKUP_STALE", `no good backup in ${dir}`, { hint: "Take one with shinkei backup." });
   if (f.ageMs! > maxAgeMs) {
@@ -19,5 +33,17 @@ export async function checkFreshness(dir: string, maxAgeMs: number): Promise<Fre
       hint: "Check the backup service's log (docker logs shinkei-backup).",
     });
   }
-  return f;
+  const own = await readDrill(f.newest.path);
+  if (own && !own.passed) {
+    throw new ShinkeiError("BACKUP_STALE", `the newest backup (${f.newest.name}) failed its restore drill: ${own.differences.join("; ")}`, {
+      hint: "Take a new backup and drill it: shinkei backup && shinkei backup drill",
+    });
+  }
+  const drill = await newestPassedDrill(dir);
+  if (!drill || Date.now() - Date.parse(drill.at) > drillMaxAgeMs) {
+    throw new ShinkeiError("BACKUP_STALE", drill
+      ? `no backup has passed a restore drill for ${formatDuration(Date.now() - Date.parse(drill.at))} (limit ${formatDuration(drillMaxAgeMs)})`
+      : "no backup has passed a restore drill yet", { hint: "Run one: shinkei backup drill" });
+  }
+  return { ...f, drill };
 }

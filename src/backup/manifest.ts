@@ -21,6 +21,8 @@ export type Manifest = {
   durationMs: number;
   /** Row count of every table, read in the snapshot the dump was taken from. */
   counts: Record<string, number>;
+  /** Order-independent content digest of every table, same snapshot (see digest.ts); drills compare it. */
+  digests?: Record<string, string>;
   /** Verified off-site copies, by store kind. */
   offsite?: Record<string, OffsiteCopy>;
 };

@@ -42,7 +42,7 @@ function prologue(serverVersionNum: number): string {
  * every upstream step succeeded: if anything fails (a damaged file, pg_restore, psql itself) psql is
  * killed before it sees COMMIT, and PostgreSQL rolls the whole load back.
  */
-async function load(url: string, path: string, format: Format, serverVersionNum: number, env?: Record<string, string | undefined>) {
+export async function load(url: string, path: string, format: Format, serverVersionNum: number, env?: Record<string, string | undefined>) {
   const childEnv = { ...process.env, ...env, ...libpqEnv(url) };
   const psql = Bun.spawn([toolPath("psql", env), "-X", "-q", "--no-password", "-f", "-"], { env: childEnv, stdin: "pipe", stdout: "ignore", stderr: "pipe" });
   const psqlExit = finished(psql);

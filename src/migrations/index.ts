@@ -3,6 +3,8 @@ import schemaUp from "./0001_schema.sql" with { type: "text" };
 import schemaDown from "./0001_schema.down.sql" with { type: "text" };
 import backupRunsUp from "./0002_backup_runs.sql" with { type: "text" };
 import backupRunsDown from "./0002_backup_runs.down.sql" with { type: "text" };
+import backupRunsKindUp from "./0003_backup_runs_kind.sql" with { type: "text" };
+import backupRunsKindDown from "./0003_backup_runs_kind.down.sql" with { type: "text" };
 
 export type Migration = { version: number; name: string; up: string; down?: string };
 
@@ -10,4 +12,5 @@ export type Migration = { version: number; name: string; up: string; down?: stri
 export const migrations: readonly Migration[] = [
   { version: 1, name: "schema", up: schemaUp, down: schemaDown },
   { version: 2, name: "backup_runs", up: backupRunsUp, down: backupRunsDown },
+  { version: 3, name: "backup_runs_kind", up: backupRunsKindUp, down: backupRunsKindDown },
 ];

@@ -10,6 +10,11 @@ import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
 
+if (!Bun.which("wrk")) {
+  console.error("bun run bench needs wrk for the HTTP load (apt install wrk, or brew install wrk)");
+  process.exit(2);
+}
+
 const arg = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? process.argv[i + 1]! : fallback;

@@ -1,13 +1,23 @@
 /** Small helpers for the benchmark: timed child processes, medians, and wrk's report. */
 export type Timed = { ms: number; maxRssBytes: number; code: number; stdout: string; stderr: string };
 
+/**
+ * Run a command to its end. Peak RSS is read from /proc (VmHWM) of that process alone: the rusage
+ * a parent gets back folds in its children (pg_dump, psql), which are not ours to count.
+ */
 export async function timed(cmd: string[], options: { env?: Record<string, string | undefined>; cwd?: string } = {}): Promise<Timed> {
   const start = performance.now();
   const p = Bun.spawn(cmd, { env: { ...process.env, ...options.env }, cwd: options.cwd, stdout: "pipe", stderr: "pipe" });
+  let peakKb = 0;
+  const poll = setInterval(async () => {
+    const status = await Bun.file(`/proc/${p.pid}/status`).text().catch(() => "");
+    peakKb = Math.max(peakKb, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0));
+  }, 50);
   const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearInterval(poll);
   const ms = performance.now() - start;
   if (code !== 0) throw new Error(`${cmd.join(" ")} exited ${code}: ${stderr.slice(-500)}`);
-  return { ms, maxRssBytes: p.resourceUsage()?.maxRSS ?? 0, code, stdout, stderr };
+  return { ms, maxRssBytes: peakKb * 1024, code, stdout, stderr };
 }
 
 export function median(xs: number[]): number {

@@ -1,0 +1,28 @@
+import type { Queryable } from "../db.ts";
+import { quoteIdent, quoteLiteral } from "../state.ts";
+
+export type TableStats = { counts: Record<string, number>; digests: Record<string, string> };
+
+/**
+ * Row count and an order-independent content digest of every table, in one statement (one
+ * snapshot, one pass per table). The digest sums the first 64 bits of each row's md5: unlike an
+ * XOR, two identical rows do not cancel out. Row text depends on these settings, so the backup and
+ * the drill that checks it fix them the same way.
+ */
+export async function tableStats(tx: Queryable): Promise<TableStats> {
+  await tx.unsafe("set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3");
+  const tables = await tx<{ name: string }[]>`
+    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = 'public' and c.relkind in ('r', 'p') order by c.relname`;
+  if (tables.length === 0) return { counts: {}, digests: {} };
+  const parts = tables.map(
+    (t) => `select ${quoteLiteral(t.name)} as name, count(*)::int8 as n,
+      coalesce(sum(('x' || substr(md5(r::text), 1, 16))::bit(64)::int8::numeric), 0)::text as digest
+      from public.${quoteIdent(t.name)} r`,
+  );
+  const rows = await tx.unsafe<{ name: string; n: number; digest: string }[]>(parts.join(" union all "));
+  return {
+    counts: Object.fromEntries(rows.map((r) => [r.name, Number(r.n)])),
+    digests: Object.fromEntries(rows.map((r) => [r.name, r.digest])),
+  };
+}

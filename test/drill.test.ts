@@ -1,0 +1,136 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { readFile, writeFile } from "node:fs/promises";
+import postgres from "postgres";
+import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { binaryPath, shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
+import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+
+// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(60_000);
+
+let db: TestDatabase;
+let dir: string;
+let env: Record<string, string>;
+
+const scratchDatabases = async () => {
+  const a = postgres(serverUrl, { max: 1 });
+  try {
+    return (await a`select datname from pg_database where datname like 'shinkei\\_drill\\_%'`).map((r) => r.datname as string);
+  } finally {
+    await a.end();
+  }
+};
+async function takeBackup(): Promise<string> {
+  const r = await shinkei(["backup"], env);
+  expect(r.code).toBe(0);
+  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+}
+
+beforeAll(async () => {
+  db = await freshDatabase("drill");
+  await migrate(db.sql);
+  await seedSample(db.sql, "drill");
+});
+beforeEach(async () => {
+  dir = await tempDir("drill");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+});
+afterAll(() => db.drop());
+
+describe("restore drills", () => {
+  test("a good backup passes; the result is kept and shown by --list; backup check then passes", async () => {
+    const file = await takeBackup();
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    expect(Object.keys(manifest.digests)).toEqual(Object.keys(manifest.counts));
+    let check = await shinkei(["backup", "check"], env);
+    expect(check.code).toBe(1);
+    expect(check.stderr).toContain("no backup has passed a restore drill yet");
+
+    const r = await shinkei(["backup", "drill"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^✔ passed  shinkei_backup_\S+ restored on/m);
+    const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list[0].drill).toMatchObject({ passed: true, differences: [] });
+    check = await shinkei(["backup", "check"], env);
+    expect(check.code).toBe(0);
+    expect(check.stdout).toContain("passed a restore drill");
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  test("a file altered after its manifest was written fails, naming the table", async () => {
+    const file = await takeBackup();
+    const sqlText = Buffer.from(Bun.gunzipSync(await readFile(file))).toString();
+    const altered = Buffer.from(Bun.gzipSync(Buffer.from(sqlText.replace("beat 2 of drill", "beat 2 of DRILL"))));
+    await writeFile(file, altered);
+    // Keep the checksum consistent, as a tool rewriting both would: only the drill can notice.
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    await writeFile(`${file}.manifest.json`, JSON.stringify({ ...manifest, sizeBytes: altered.length, sha256: new Bun.CryptoHasher("sha256").update(altered).digest("hex") }));
+    const r = await shinkei(["backup", "drill", file], env);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("story_beats: content differs from what the backup recorded");
+    const check = await shinkei(["backup", "check"], env);
+    expect(check.code).toBe(1);
+    expect(check.stderr).toContain("failed its restore drill");
+  });
+
+  test("a manifest whose counts disagree fails", async () => {
+    const file = await takeBackup();
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    manifest.counts.worlds += 1;
+    await writeFile(`${file}.manifest.json`, JSON.stringify(manifest));
+    const r = await shinkei(["backup", "drill", "--json"], env);
+    expect(r.code).toBe(1);
+    const result = JSON.parse(r.stdout);
+    expect(result.passed).toBe(false);
+    expect(result.differences).toEqual([`worlds: ${manifest.counts.worlds - 1} rows restored, the backup recorded ${manifest.counts.worlds}`]);
+  });
+
+  test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
+    await takeBackup();
+    const slow = await wrapTool("psql", `sleep 30; exec "$REAL" "$@"`);
+    const p = Bun.spawn([binaryPath, "backup", "drill"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
+    expect((await scratchDatabases()).length).toBe(1);
+    p.kill("SIGKILL");
+    await p.exited;
+    expect((await scratchDatabases()).length).toBe(1);
+    Bun.spawnSync(["pkill", "-f", `${slow}/psql`]);
+    const r = await shinkei(["backup", "drill"], env);
+    expect(r.code).toBe(0);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  test("without CREATEDB: a clear error naming the privilege and DRILL_DATABASE_URL", async () => {
+    await takeBackup();
+    const role = `shinkei_test_nocreate_${crypto.randomUUID().slice(0, 6)}`;
+    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    await a`create role ${a(role)} login nocreatedb`;
+    try {
+      const u = new URL(urlFor("postgres"));
+      u.username = role;
+      const r = await shinkei(["backup", "drill"], { ...env, DRILL_DATABASE_URL: u.toString() });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("the drill needs the CREATEDB privilege");
+      expect(r.stderr).toContain("DRILL_DATABASE_URL");
+    } finally {
+      await a`drop role ${a(role)}`;
+      await a.end();
+    }
+  });
+
+  test("scheduled drills run on their schedule and their results appear in --list --json", async () => {
+    await takeBackup();
+    const s = await Service.start(["backup-service"], { ...env, BACKUP_SCHEDULE: "0 0 1 1 *", BACKUP_DRILL_SCHEDULE: "*/2 * * * * *" });
+    try {
+      const passed = await s.waitFor((l) => l.msg === "drill passed");
+      expect(passed.differences).toEqual([]);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
+    const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
+    expect(list[0].drill.passed).toBe(true);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+});
