@@ -8,6 +8,7 @@ import { pruneLocal, pruneStore, type PruneReport } from "../src/backup/prune.ts
 import { checkFreshness } from "../src/backup/freshness.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 import { runDrill } from "../src/backup/drill.ts";
+import { writeIdentity } from "../src/backup/crypt.ts";
 import { activity } from "./prompts.ts";
 
 export async function verify(ctx: Context): Promise<number> {
@@ -17,7 +18,7 @@ export async function verify(ctx: Context): Promise<number> {
     : [await resolveBackup(config.backupDir, ctx.positionals[1], offsiteStore(config))];
   const results = [];
   for (const path of paths) {
-    const v = await verifyBackup(path);
+    const v = await verifyBackup(path, { age: config.backup.age });
     results.push(v);
     if (!ctx.flag("json")) {
       line(io, v.ok
@@ -69,7 +70,7 @@ export async function drill(ctx: Context): Promise<number> {
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
   try {
-    const result = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, onScratch: (drop) => (dropScratch = drop) });
+    const result = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age, onScratch: (drop) => (dropScratch = drop) });
     if (result.passed) spin.stop("drill passed");
     else spin.fail("drill failed");
     if (ctx.flag("json")) return json(io, result), result.passed ? 0 : 1;
@@ -82,4 +83,15 @@ export async function drill(ctx: Context): Promise<number> {
     process.off("SIGINT", stop);
     process.off("SIGTERM", stop);
   }
+}
+
+export async function keygen(ctx: Context): Promise<number> {
+  const path = ctx.option("output") ?? "shinkei-backup.key";
+  const recipient = await writeIdentity(path);
+  if (ctx.flag("json")) return json(ctx.io, { identityFile: path, recipient }), 0;
+  line(ctx.io, `wrote the private key to ${path} (mode 0600): keep it off the backup host`);
+  line(ctx.io, `public key: ${recipient}`);
+  line(ctx.io, `encrypt backups with:  BACKUP_AGE_RECIPIENTS=${recipient}`);
+  line(ctx.io, `restore them with:     BACKUP_AGE_IDENTITY=${path}`);
+  return 0;
 }

@@ -2,7 +2,7 @@ import type { Command, Context } from "./command.ts";
 import { line, json, table, warn } from "./output.ts";
 import { activity } from "./prompts.ts";
 import { restore } from "./restore.ts";
-import { check, drill, prune, verify } from "./backup-checks.ts";
+import { check, drill, keygen, prune, verify } from "./backup-checks.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
@@ -19,7 +19,7 @@ import { mainTables } from "../src/state.ts";
 export const backupCommand: Command = {
   name: "backup",
   summary: "take, list, verify and restore backups",
-  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill] [options]
+  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill|keygen] [options]
 
   shinkei backup                          take a backup now (pg_dump, gzip, SHA-256, manifest)
   shinkei backup --list | list            newest first: age, size, reason, row counts, check
@@ -32,6 +32,8 @@ export const backupCommand: Command = {
                                           failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE
   shinkei backup drill [F]                restore F (default the newest) into a scratch database and
                                           compare every table's count and content with the manifest
+  shinkei backup keygen [--output FILE]   write a new age private key (mode 0600, never overwriting;
+                                          default shinkei-backup.key) and print its public key
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
@@ -41,6 +43,7 @@ Options:
   --verify              with --list: read every file in full (slower) instead of checking sizes
   --all                 with verify: every backup in BACKUP_DIR
   --dry-run             with prune: show what would be deleted, delete nothing
+  --output FILE         with keygen: where to write the private key
   --json                machine-readable output
   -h, --help            show this help
 
@@ -56,9 +59,10 @@ database ends exactly as in the backup, or exactly as it was.`,
     verify: { type: "boolean" },
     all: { type: "boolean" },
     "dry-run": { type: "boolean" },
+    output: { type: "string" },
     json: { type: "boolean" },
   },
-  subcommands: ["list", "restore", "verify", "prune", "check", "drill"],
+  subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen"],
   async run(ctx) {
     const sub = ctx.positionals[0];
     if (ctx.flag("list") || sub === "list") return list(ctx);
@@ -67,6 +71,7 @@ database ends exactly as in the backup, or exactly as it was.`,
     if (sub === "prune") return prune(ctx);
     if (sub === "check") return check(ctx);
     if (sub === "drill") return drill(ctx);
+    if (sub === "keygen") return keygen(ctx);
     if (ctx.option("backup-file")) throw new ShinkeiError("USAGE", "--backup-file goes with --restore");
     return create(ctx);
   },
@@ -84,6 +89,7 @@ async function create(ctx: Context): Promise<number> {
         dir: config.backupDir,
         reason: "manual",
         compressionLevel: config.backup.compressionLevel,
+        age: config.backup.age,
         onProgress: (p) => spin.update(`dumping: ${formatBytes(p.bytesIn)} read, ${formatBytes(p.bytesIn / Math.max(0.001, (Date.now() - started) / 1000))}/s`),
       }), ctx.flag("wait"));
     spin.stop("backup written");
@@ -124,7 +130,7 @@ async function list(ctx: Context): Promise<number> {
   for (const b of backups) {
     let check: string;
     if (ctx.flag("verify")) {
-      const v = await verifyBackup(b.path);
+      const v = await verifyBackup(b.path, { age: config.backup.age });
       check = v.ok ? "verified" : `FAILED: ${v.problems[0]}`;
     } else if (!b.manifest) check = "no manifest";
     else check = b.manifest.sizeBytes === b.sizeBytes ? "ok" : `FAILED: size ${b.sizeBytes}, manifest ${b.manifest.sizeBytes}`;

@@ -8,7 +8,7 @@ import { migrateDown, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
 import { createBackup } from "../src/backup/dump.ts";
-import { assertVerified, verifyBackup } from "../src/backup/verify.ts";
+import { verifyFreshBackup } from "../src/backup/verify.ts";
 
 /** One step back, guarded like reset: show what it drops, confirm, back up and verify, then undo. */
 export async function runMigrateDown(ctx: Context): Promise<number> {
@@ -25,8 +25,8 @@ export async function runMigrateDown(ctx: Context): Promise<number> {
   }
   await confirmDestructive(ctx, target, `undo migration ${last.version} (${last.name}) in ${target.database}`, [target.database]);
   return withMaintenanceLock(ctx.db, "migrate down", async () => {
-    const safety = await createBackup({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, reason: "pre-migrate" });
-    assertVerified(await verifyBackup(safety.path));
+    const safety = await createBackup({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, reason: "pre-migrate", age: config.backup.age });
+    await verifyFreshBackup(safety.path, config.backup.age);
     const undone = await migrateDown(ctx.db);
     line(io, `safety backup  ${safety.path} (verified)`);
     line(io, `undone         ${String(undone!.version).padStart(4, "0")} ${undone!.name}`);

@@ -39,7 +39,7 @@ Ctrl-C at any prompt exits 130 and a mistyped phrase exits 1; neither changes an
     await confirmDestructive(ctx, plan.target, `delete all data in ${database}`, resetPhrases);
     const spin = activity(io, "taking a pre-reset backup, then resetting");
     const result = await withMaintenanceLock(ctx.db, "reset", () =>
-      performReset({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, seed: !ctx.flag("no-seed"), hashing: config.hashing }),
+      performReset({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, seed: !ctx.flag("no-seed"), hashing: config.hashing, age: config.backup.age }),
       ctx.flag("wait"),
     ).catch((e) => {
       spin.fail("reset failed: nothing was deleted");

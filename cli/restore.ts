@@ -26,7 +26,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
 
   return withMaintenanceLock(ctx.db, "restore", async () => {
     const spin = activity(io, "verifying the backup");
-    const verification = await verifyBackup(path, { quick: true });
+    const verification = await verifyBackup(path, { quick: true, age: config.backup.age });
     spin.stop(verification.ok ? "backup verified" : "backup failed verification");
     assertVerified(verification);
     if (!verification.manifest) warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
@@ -57,6 +57,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
         path,
         verification,
         safetyBackup: !ctx.flag("no-safety-backup"),
+        age: config.backup.age,
         onStep: (s) => progress.update(stepLabels[s]),
       });
     } catch (e) {

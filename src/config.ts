@@ -2,6 +2,8 @@ import * as v from "valibot";
 import { ShinkeiError } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
 import { Cron } from "croner";
+import { readFileSync } from "node:fs";
+import { parseRecipients, type AgeConfig } from "./backup/crypt.ts";
 
 /**
  * Every variable shinkei reads, with its default. The README's table is written from this list;
@@ -98,6 +100,9 @@ const ConfigSchema = v.object({
     v.check((s) => s === undefined || /^postgres(ql)?:\/\/[^/]+/.test(s), "must be a URL such as postgres://user@host:5432/postgres"),
   ),
   BACKUP_WEBHOOK_URL: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
+  BACKUP_AGE_RECIPIENTS: optionalText(),
+  BACKUP_AGE_IDENTITY: optionalText(),
+  BACKUP_AGE_PASSPHRASE: optionalText(),
   S3_BUCKET: optionalText(),
   S3_PREFIX: v.pipe(v.optional(v.string(), ""), v.trim(), v.check((s) => !s.startsWith("/"), "must not start with /")),
   S3_ENDPOINT: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
@@ -157,6 +162,8 @@ export type Config = {
     drillMaxAgeMs: number;
     /** The server drills restore on; the app's own server when unset. */
     drillServerUrl?: string;
+    /** age encryption and decryption keys; undefined when none of the BACKUP_AGE_* variables is set. */
+    age?: AgeConfig;
   };
   /** Off-site copies; undefined when S3_BUCKET is not set. */
   s3?: S3Config;
@@ -190,6 +197,22 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     });
   }
   const r = result.output;
+  let recipients: string[] = [];
+  if (r.BACKUP_AGE_RECIPIENTS) {
+    try {
+      recipients = parseRecipients(r.BACKUP_AGE_RECIPIENTS, (path) => readFileSync(path, "utf8"));
+    } catch (e) {
+      throw new ShinkeiError("CONFIG_INVALID", `BACKUP_AGE_RECIPIENTS ${(e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them")}`, {
+        hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
+      });
+    }
+    if (r.BACKUP_AGE_PASSPHRASE) {
+      throw new ShinkeiError("CONFIG_INVALID", "BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set; choose one way to encrypt");
+    }
+  }
+  const age = recipients.length || r.BACKUP_AGE_IDENTITY || r.BACKUP_AGE_PASSPHRASE
+    ? { recipients, identityFile: r.BACKUP_AGE_IDENTITY, passphrase: r.BACKUP_AGE_PASSPHRASE }
+    : undefined;
   return {
     databaseUrl: r.DATABASE_URL,
     environment: r.SHINKEI_ENV || r.NODE_ENV || "development",
@@ -222,6 +245,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       drillSchedule: r.BACKUP_DRILL_SCHEDULE,
       drillMaxAgeMs: r.BACKUP_DRILL_MAX_AGE,
       drillServerUrl: r.DRILL_DATABASE_URL,
+      age,
     },
     s3: r.S3_BUCKET
       ? {

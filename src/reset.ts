@@ -6,7 +6,8 @@ import { mainTables, tableCounts } from "./state.ts";
 import { rebuildSchema } from "./migrations/migrate.ts";
 import { seedDemo } from "./seed.ts";
 import { createBackup, type BackupResult } from "./backup/dump.ts";
-import { assertVerified, verifyBackup } from "./backup/verify.ts";
+import { verifyFreshBackup } from "./backup/verify.ts";
+import type { AgeConfig } from "./backup/crypt.ts";
 
 /** The three phrases, in order; each must be typed exactly. */
 export const resetPhrases = ["DELETE ALL DATA", "YES I AM SURE", "YES"] as const;
@@ -46,10 +47,10 @@ export type ResetResult = { safety: BackupResult; counts: Record<string, number>
  * Take and verify a pre-reset backup, then drop, rebuild and (optionally) seed in ONE transaction:
  * if anything fails, nothing was deleted. The caller holds the maintenance lock.
  */
-export async function performReset(options: { sql: Sql; url: string; dir: string; seed: boolean; hashing?: { memoryCost: number; timeCost: number } }): Promise<ResetResult> {
+export async function performReset(options: { sql: Sql; url: string; dir: string; seed: boolean; hashing?: { memoryCost: number; timeCost: number }; age?: AgeConfig }): Promise<ResetResult> {
   const { sql, url, dir } = options;
-  const safety = await createBackup({ sql, url, dir, reason: "pre-reset" });
-  assertVerified(await verifyBackup(safety.path));
+  const safety = await createBackup({ sql, url, dir, reason: "pre-reset", age: options.age });
+  await verifyFreshBackup(safety.path, options.age);
   await sql.begin(async (tx) => {
     await rebuildSchema(tx);
     if (options.seed) await seedDemo(tx, options.hashing);

@@ -30,7 +30,7 @@ async function drillAndReport(deps: Deps, path: string): Promise<void> {
   const { config, log } = deps;
   log({ level: "info", msg: "drill started", file: path });
   try {
-    const r = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl });
+    const r = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age });
     log({ level: r.passed ? "info" : "error", msg: r.passed ? "drill passed" : "drill failed", file: r.file, durationMs: r.durationMs, differences: r.differences });
     notify(config.backup.webhookUrl, { event: r.passed ? "drill.passed" : "drill.failed", file: r.file, differences: r.differences }, log);
   } catch (e) {
@@ -79,7 +79,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
   let file: string | undefined;
   try {
     const result = await withMaintenanceLock(sql, "scheduled backup", () =>
-      createBackup({ sql, url: config.databaseUrl, dir: config.backupDir, reason: "scheduled", compressionLevel: config.backup.compressionLevel }), true);
+      createBackup({ sql, url: config.databaseUrl, dir: config.backupDir, reason: "scheduled", compressionLevel: config.backup.compressionLevel, age: config.backup.age }), true);
     file = result.path;
     const m = result.manifest;
     log({ level: "info", msg: "backup finished", file, sizeBytes: m.sizeBytes, durationMs: m.durationMs, duration: formatDuration(m.durationMs), sha256: m.sha256 });

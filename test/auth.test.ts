@@ -257,6 +257,7 @@ describe("health", () => {
     const made = evil.headers.get("x-request-id")!;
     expect(made).toMatch(/^[A-Za-z0-9_-]{8}-[0-9a-z]+$/);
     expect((await server.api("/health")).headers.get("x-request-id")).not.toBe(made);
-    for (const h of ["strict-transport-security", "x-frame-options", "referrer-policy", "cross-origin-opener-policy"]) expect(r.headers.get(h)).toBeString();
+    expect(r.headers.get("cache-control")).toBe("no-store");
+    for (const h of ["strict-transport-security", "x-frame-options", "content-security-policy"]) expect(r.headers.get(h)).toBeString();
   });
 });

@@ -203,6 +203,24 @@ describe("faults", () => {
     expect((await backups()).length).toBe(2);
   });
 
+  const asRoot = process.getuid?.() === 0;
+  test.skipIf(!asRoot)("a full disk mid-backup is an error, and no partial file is left", async () => {
+    const full = await tempDir("full");
+    if (Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", full]).exitCode !== 0) throw new Error("mount failed");
+    const [story] = await db.sql`select id from stories limit 1`;
+    await db.sql`insert into story_beats (story_id, position, content)
+      select ${story!.id}, 1000 + i, md5(random()::text) || md5(random()::text) from generate_series(1, 2000) i`;
+    try {
+      const r = await shinkei(["backup"], { ...env, BACKUP_DIR: full });
+      expect(r.code).toBe(1);
+      expect(r.stderr.split("\n")[0]).toBe("✖ writing the backup failed: the disk is full");
+      expect(await readdir(full)).toEqual([]);
+    } finally {
+      Bun.spawnSync(["umount", full]);
+      await db.sql`delete from story_beats where position >= 1000`;
+    }
+  });
+
   test("an unwritable backup folder is a clear error", async () => {
     const file = join(dir, "not-a-dir");
     await writeFile(file, "x");

@@ -6,7 +6,9 @@ import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { tableStats } from "./digest.ts";
 import { writeFileAtomic } from "./files.ts";
 import { load } from "./restore.ts";
+import { content } from "./inspect.ts";
 import { verifyBackup } from "./verify.ts";
+import type { AgeConfig } from "./crypt.ts";
 
 export type DrillResult = {
   file: string;
@@ -45,6 +47,7 @@ export async function runDrill(options: {
   path: string;
   serverUrl: string;
   env?: Record<string, string | undefined>;
+  age?: AgeConfig;
   onScratch?: (drop: () => Promise<void>) => void;
 }): Promise<DrillResult> {
   const started = performance.now();
@@ -55,7 +58,7 @@ export async function runDrill(options: {
   const differences: string[] = [];
   const notes: string[] = [];
   try {
-    const verification = await verifyBackup(options.path, { quick: true, env: options.env });
+    const verification = await verifyBackup(options.path, { quick: true, env: options.env, age: options.age });
     const manifest = verification.manifest;
     if (!verification.ok) differences.push(...verification.problems);
     else if (!manifest) differences.push("no manifest: nothing to compare the restored data with");
@@ -83,7 +86,8 @@ export async function runDrill(options: {
         options.onScratch?.(drop);
         try {
           const [v] = await lock<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
-          await load(onServer(options.serverUrl, scratch), options.path, verification.format, v!.num, options.env);
+          const source = await content(options.path, verification.format, options.age, manifest.encryption);
+          await load(onServer(options.serverUrl, scratch), source, verification.format, v!.num, options.env);
           const sql = connect(onServer(options.serverUrl, scratch), { max: 1 });
           try {
             const { stats, schemaVersion } = await sql.begin(async (tx) => ({ stats: await tableStats(tx), schemaVersion: await currentSchemaVersion(tx) }));
@@ -101,7 +105,7 @@ export async function runDrill(options: {
       }
     }
   } catch (e) {
-    if (e instanceof ShinkeiError && e.code === "REFUSED") throw e;
+    if (e instanceof ShinkeiError && e.code === "REFUSED") throw e; // missing privilege or key: nothing was drilled
     differences.push((e as Error).message);
   } finally {
     await admin.end({ timeout: 5 });

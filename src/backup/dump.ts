@@ -8,7 +8,8 @@ import { describeTarget } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableStats } from "./digest.ts";
 import { currentSchemaVersion } from "../migrations/migrate.ts";
-import { backupName } from "./naming.ts";
+import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "./naming.ts";
+import { encrypt, encryptionFor, type AgeConfig } from "./crypt.ts";
 import { writeManifest, type Manifest, type Reason } from "./manifest.ts";
 import { fsyncDir, removeStalePartials } from "./files.ts";
 import { checkDumpVersion, finished, libpqEnv, toolPath } from "./pgtools.ts";
@@ -23,13 +24,15 @@ export type BackupOptions = {
   compressionLevel?: number;
   onProgress?: (p: Progress) => void;
   env?: Record<string, string | undefined>;
+  /** Encrypt while streaming, before anything touches the disk (BACKUP_AGE_RECIPIENTS or _PASSPHRASE). */
+  age?: AgeConfig;
 };
 
 export type BackupResult = { path: string; manifest: Manifest };
 
-async function reserveName(dir: string, at: Date): Promise<string> {
+async function reserveName(dir: string, at: Date, extension: string): Promise<string> {
   for (let seq = 0; seq < 1000; seq++) {
-    const name = backupName(at, seq);
+    const name = backupName(at, seq, extension);
     const taken = await Promise.all([stat(join(dir, name)), stat(join(dir, `${name}.partial`))].map((p) => p.then(() => true, () => false)));
     if (!taken.includes(true)) return name;
   }
@@ -57,8 +60,9 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
   const versions = await checkDumpVersion(server!.num, options.env);
   const pgDump = toolPath("pg_dump", options.env);
 
+  const encryption = encryptionFor(options.age);
   const createdAt = new Date();
-  const name = await reserveName(dir, createdAt);
+  const name = await reserveName(dir, createdAt, encryption ? ENCRYPTED_EXTENSION : OUR_EXTENSION);
   const path = join(dir, name);
   const partial = `${path}.partial`;
 
@@ -91,6 +95,10 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
           },
         }),
         createGzip({ level: options.compressionLevel ?? 6 }),
+        async function* (compressed: AsyncIterable<Uint8Array>) {
+          if (!encryption) yield* compressed;
+          else yield* (await encrypt(Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>, options.age!)) as unknown as AsyncIterable<Uint8Array>;
+        },
         new Writable({
           write(chunk: Buffer, _e, done) {
             hasher.update(chunk);
@@ -132,7 +140,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     serverVersion: server!.text,
     pgDumpVersion: versions.pgDump,
     schemaVersion: result.schemaVersion,
-    format: "plain+gzip",
+    format: encryption ? "plain+gzip+age" : "plain+gzip",
+    encryption,
     sizeBytes: result.sizeBytes,
     sha256: result.sha256,
     durationMs: Math.round(performance.now() - started),

@@ -1,7 +1,9 @@
 import { open } from "node:fs/promises";
+import { basename } from "node:path";
+import { AGE_MAGIC, decrypt, type AgeConfig, type Encryption } from "./crypt.ts";
 
 /** What a file holds, told by its first bytes rather than its name. */
-export type Format = "custom" | "custom+gzip" | "plain" | "plain+gzip";
+export type Format = "custom" | "custom+gzip" | "plain" | "plain+gzip" | "plain+gzip+age";
 
 const GZIP = [0x1f, 0x8b];
 const CUSTOM = "PGDMP";
@@ -20,7 +22,7 @@ async function head(path: string, n: number): Promise<Buffer> {
 async function gunzippedHead(path: string, n: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
-  const reader = content(path, "plain+gzip").getReader();
+  const reader = gunzip(Bun.file(path).stream()).getReader();
   try {
     while (size < n) {
       const { value, done } = await reader.read();
@@ -37,6 +39,8 @@ async function gunzippedHead(path: string, n: number): Promise<Buffer> {
 }
 
 export async function detectFormat(path: string): Promise<Format> {
+  // Only shinkei writes age files, and always over gzipped plain SQL: no need to decrypt to know.
+  if ((await head(path, AGE_MAGIC.length)).toString("latin1") === AGE_MAGIC) return "plain+gzip+age";
   const first = await head(path, 5);
   if (first[0] === GZIP[0] && first[1] === GZIP[1]) {
     return (await gunzippedHead(path, 5)).toString("latin1") === CUSTOM ? "custom+gzip" : "plain+gzip";
@@ -44,10 +48,17 @@ export async function detectFormat(path: string): Promise<Format> {
   return first.toString("latin1") === CUSTOM ? "custom" : "plain";
 }
 
-/** The file's content without gzip; a damaged or truncated gzip stream throws while iterating. */
-export function content(path: string, format: Format): ReadableStream<Uint8Array> {
-  const raw = Bun.file(path).stream();
-  return format.endsWith("+gzip") ? gunzip(raw) : raw;
+/**
+ * The file's content without encryption and gzip; damage or truncation throws while iterating
+ * (age authenticates every 64 KiB chunk and marks the last one).
+ */
+export async function content(path: string, format: Format, age?: AgeConfig, made?: Encryption): Promise<ReadableStream<Uint8Array>> {
+  return plainOf(Bun.file(path).stream(), path, format, age, made);
+}
+
+export async function plainOf(raw: ReadableStream<Uint8Array>, path: string, format: Format, age?: AgeConfig, made?: Encryption): Promise<ReadableStream<Uint8Array>> {
+  const opened = format.endsWith("+age") ? await decrypt(raw, age, basename(path), made) : raw;
+  return format.includes("+gzip") ? gunzip(opened) : opened;
 }
 
 export function gunzip(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {

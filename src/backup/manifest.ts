@@ -1,5 +1,6 @@
 import { MANIFEST_SUFFIX } from "./naming.ts";
 import { writeFileAtomic } from "./files.ts";
+import type { Encryption } from "./crypt.ts";
 
 export type Reason = "manual" | "scheduled" | "pre-restore" | "pre-reset" | "pre-migrate";
 
@@ -15,7 +16,9 @@ export type Manifest = {
   serverVersion: string;
   pgDumpVersion: string;
   schemaVersion: number;
-  format: "plain+gzip";
+  format: "plain+gzip" | "plain+gzip+age";
+  /** How the file is encrypted (public keys only), when it is; the SHA-256 covers the encrypted bytes. */
+  encryption?: Encryption;
   sizeBytes: number;
   sha256: string;
   durationMs: number;

@@ -2,10 +2,11 @@
  * Our backups are `shinkei_backup_YYYYMMDD_HHMMSS[_N].<ext>` (UTC). Retention and listing touch
  * only names that match exactly, so nothing else in the folder or bucket is ever ours to delete.
  */
-const PATTERN = /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(dump\.gz|dump|sql\.gz|sql)$/;
+const PATTERN = /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$/;
 
 export const MANIFEST_SUFFIX = ".manifest.json";
 export const OUR_EXTENSION = "sql.gz";
+export const ENCRYPTED_EXTENSION = "sql.gz.age";
 
 export type BackupName = { name: string; takenAt: Date; extension: string; sequence: number };
 

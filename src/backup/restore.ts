@@ -3,6 +3,7 @@ import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../state.ts";
 import { createBackup, type BackupResult } from "./dump.ts";
 import { content, type Format } from "./inspect.ts";
+import type { AgeConfig } from "./crypt.ts";
 import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
 import { finished, libpqEnv, pump, toolPath } from "./pgtools.ts";
 
@@ -18,6 +19,7 @@ export type RestoreOptions = {
   onStep?: (step: RestoreStep) => void;
   /** Already verified by the caller (it showed the counts before asking): skip a second read. */
   verification?: Verification;
+  age?: AgeConfig;
 };
 
 export type RestoreResult = {
@@ -42,7 +44,7 @@ function prologue(serverVersionNum: number): string {
  * every upstream step succeeded: if anything fails (a damaged file, pg_restore, psql itself) psql is
  * killed before it sees COMMIT, and PostgreSQL rolls the whole load back.
  */
-export async function load(url: string, path: string, format: Format, serverVersionNum: number, env?: Record<string, string | undefined>) {
+export async function load(url: string, source: ReadableStream<Uint8Array>, format: Format, serverVersionNum: number, env?: Record<string, string | undefined>) {
   const childEnv = { ...process.env, ...env, ...libpqEnv(url) };
   const psql = Bun.spawn([toolPath("psql", env), "-X", "-q", "--no-password", "-f", "-"], { env: childEnv, stdin: "pipe", stdout: "ignore", stderr: "pipe" });
   const psqlExit = finished(psql);
@@ -55,13 +57,13 @@ export async function load(url: string, path: string, format: Format, serverVers
     if (format.startsWith("custom")) {
       pgRestore = Bun.spawn([toolPath("pg_restore", env), "--file=-", "--clean", "--if-exists", "--no-owner"], { env: childEnv, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
       const restoreExit = finished(pgRestore);
-      const feed = pump(content(path, format), pgRestore.stdin).finally(() => pgRestore!.stdin.end());
+      const feed = pump(source, pgRestore.stdin).finally(() => pgRestore!.stdin.end());
       await pump(pgRestore.stdout, psql.stdin);
       await feed;
       const { code, stderr } = await restoreExit;
       if (code !== 0) throw new ShinkeiError("RESTORE_FAILED", `pg_restore failed (exit ${code}): ${stderr}`);
     } else {
-      await pump(content(path, format), psql.stdin);
+      await pump(source, psql.stdin);
     }
     if (psql.exitCode === null) {
       psql.stdin.write("\nCOMMIT;\n");
@@ -88,18 +90,21 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   const started = performance.now();
   const { sql, url, path, env } = options;
   options.onStep?.("verify");
-  const verification = options.verification ?? (await verifyBackup(path, { quick: true, env }));
+  const verification = options.verification ?? (await verifyBackup(path, { quick: true, env, age: options.age }));
   assertVerified(verification);
+
+  // Open (decrypt) first: a missing or wrong key must stop us before the safety backup and the load.
+  const source = await content(path, verification.format, options.age, verification.manifest?.encryption);
 
   let safety: BackupResult | undefined;
   if (options.safetyBackup) {
     options.onStep?.("safety-backup");
-    safety = await createBackup({ sql, url, dir: options.dir, reason: "pre-restore", env });
+    safety = await createBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age: options.age });
   }
 
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
-  await load(url, path, verification.format, server!.num, env);
+  await load(url, source, verification.format, server!.num, env);
 
   options.onStep?.("compare");
   const counts = await tableCounts(sql);

@@ -1,7 +1,8 @@
 import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { detectFormat, gunzip, type Format } from "./inspect.ts";
+import { detectFormat, plainOf, type Format } from "./inspect.ts";
+import type { AgeConfig } from "./crypt.ts";
 import { readManifest, type Manifest } from "./manifest.ts";
 import { finished, pump, toolPath } from "./pgtools.ts";
 
@@ -40,7 +41,7 @@ function hashing(path: string) {
  * a dump that pg_dump finished, so matching bytes are readable bytes (a restore uses this, and
  * still loads inside a transaction that any error rolls back).
  */
-export async function verifyBackup(path: string, options: { quick?: boolean; env?: Record<string, string | undefined> } = {}): Promise<Verification> {
+export async function verifyBackup(path: string, options: { quick?: boolean; env?: Record<string, string | undefined>; age?: AgeConfig } = {}): Promise<Verification> {
   const { env } = options;
   const info = await stat(path).catch(() => null);
   if (!info?.isFile()) throw new ShinkeiError("BACKUP_NOT_FOUND", `no backup file at ${path}`);
@@ -52,7 +53,8 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
     for await (const _ of raw.stream); // hash only
     return finish(path, format, manifest, raw.done(), problems);
   }
-  const content = format.endsWith("+gzip") ? gunzip(raw.stream) : raw.stream;
+  // Without the key an encrypted file cannot be read through: that is an error, not a damaged file.
+  const content = await plainOf(raw.stream, path, format, options.age, manifest?.encryption);
 
   if (format.startsWith("custom")) {
     const p = Bun.spawn([toolPath("pg_restore", env), "--file=/dev/null"], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
@@ -94,4 +96,13 @@ export function assertVerified(v: Verification): void {
       hint: "Nothing was changed. Pick another backup (shinkei backup --list).",
     });
   }
+}
+
+/**
+ * Check a backup we just wrote before anything is deleted: read it through when we can open it;
+ * an encrypted one on a host that holds only public keys is checked by checksum and size.
+ */
+export async function verifyFreshBackup(path: string, age?: AgeConfig): Promise<void> {
+  const canOpen = !age || age.recipients.length === 0 || Boolean(age.identityFile || age.passphrase);
+  assertVerified(await verifyBackup(path, { quick: !canOpen, age }));
 }

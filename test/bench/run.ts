@@ -48,6 +48,7 @@ await mkdir(join(work, "s3"), { recursive: true });
 const s3 = await startHelper(["bun", join(import.meta.dir, "s3-server.ts"), join(work, "s3"), "bench"], { cwd: root });
 const s3env = { S3_BUCKET: "bench", S3_PREFIX: "b/", S3_ENDPOINT: `http://127.0.0.1:${s3.ready.port}`, S3_FORCE_PATH_STYLE: "true", AWS_ACCESS_KEY_ID: "S3RVER", AWS_SECRET_ACCESS_KEY: "S3RVER" };
 
+const ageKey = JSON.parse((await timed([bin, "backup", "keygen", "--output", join(work, "bench.key"), "--json"])).stdout).recipient as string;
 const rss: Record<string, { backup: number; restore: number }> = {};
 try {
   for (const size of sizes) {
@@ -60,7 +61,7 @@ try {
     await mkdir(dir, { recursive: true });
     const ourEnv = { DATABASE_URL: urlFor(db), BACKUP_DIR: dir, NO_COLOR: "1" };
 
-    const bare: number[] = [], ours: number[] = [], withS3: number[] = [], oursRss: number[] = [];
+    const bare: number[] = [], ours: number[] = [], withS3: number[] = [], withAge: number[] = [], oursRss: number[] = [];
     let bareSize = 0, ourSize = 0, ourFile = "";
     for (let i = 0; i < runs; i++) {
       const out = join(work, "bare.dump");
@@ -72,10 +73,12 @@ try {
       ourFile = r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
       ourSize = (await stat(ourFile)).size;
       withS3.push((await timed([bin, "backup"], { env: { ...ourEnv, ...s3env } })).ms);
+      withAge.push((await timed([bin, "backup"], { env: { ...ourEnv, BACKUP_AGE_RECIPIENTS: ageKey } })).ms);
       for (const f of await readdir(dir)) if (!ourFile.endsWith(f) && !f.startsWith(ourFile.split("/").pop()!)) await rm(join(dir, f));
     }
     add({ group: "backup", name: `backup ${size}: ours vs pg_dump -Fc`, ours: fmtMs(median(ours)), baseline: fmtMs(median(bare)), ratio: median(ours) / median(bare), goal: "≤ 1.0x", met: median(ours) <= median(bare), raw: { oursMs: median(ours), baselineMs: median(bare) } });
     add({ group: "backup", name: `backup ${size}: file size vs pg_dump -Fc`, ours: fmtMiB(ourSize), baseline: fmtMiB(bareSize), ratio: ourSize / bareSize, goal: "≤ 1.0x", met: ourSize <= bareSize, raw: { oursBytes: ourSize, baselineBytes: bareSize } });
+    add({ group: "backup", name: `backup ${size}: age-encrypted vs not`, ours: fmtMs(median(withAge)), baseline: fmtMs(median(ours)), ratio: median(withAge) / median(ours), goal: "≤ 1.25x", met: median(withAge) <= 1.25 * median(ours), raw: { oursMs: median(withAge), baselineMs: median(ours) } });
     add({ group: "backup", name: `backup ${size}: with S3 copy vs without`, ours: fmtMs(median(withS3)), baseline: fmtMs(median(ours)), ratio: median(withS3) / median(ours), goal: "≤ 1.25x", met: median(withS3) <= 1.25 * median(ours), raw: { oursMs: median(withS3), baselineMs: median(ours) } });
 
     const restoreBare: number[] = [], restoreOurs: number[] = [], restoreRss: number[] = [];

@@ -1,0 +1,88 @@
+import { open } from "node:fs/promises";
+import { Decrypter, Encrypter, generateIdentity, identityToRecipient } from "age-encryption";
+import { ShinkeiError } from "../errors.ts";
+
+/**
+ * age encryption of backups. With recipients (public keys) the backup host can write backups but
+ * never read them: the private keys live elsewhere and are only needed to restore. A passphrase is
+ * simpler, and then sits wherever the backup service's environment does.
+ */
+export type AgeConfig = { recipients: string[]; passphrase?: string; identityFile?: string };
+export type Encryption = { method: "recipients"; recipients: string[] } | { method: "passphrase" };
+
+export const AGE_MAGIC = "age-encryption.org/v1";
+const RECIPIENT = /^age1[0-9a-z]{20,}$/;
+
+/** Keys from BACKUP_AGE_RECIPIENTS: given inline (space or comma separated) or as a file of them. */
+export function parseRecipients(value: string, readFile: (path: string) => string): string[] {
+  const inline = value.split(/[\s,]+/).filter(Boolean);
+  const lines = inline.every((k) => k.startsWith("age1")) ? inline : readFile(value).split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  const bad = lines.find((k) => !RECIPIENT.test(k));
+  if (bad !== undefined) throw new Error(`"${bad.slice(0, 24)}" is not an age public key (age1...)`);
+  if (lines.length === 0) throw new Error("holds no age public keys");
+  return lines;
+}
+
+/** How new backups are encrypted under this configuration, or undefined for none. */
+export function encryptionFor(age: AgeConfig | undefined): Encryption | undefined {
+  if (!age) return undefined;
+  if (age.recipients.length) return { method: "recipients", recipients: age.recipients };
+  if (age.passphrase) return { method: "passphrase" };
+  return undefined;
+}
+
+export async function encrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig): Promise<ReadableStream<Uint8Array>> {
+  const e = new Encrypter();
+  if (age.recipients.length) for (const r of age.recipients) e.addRecipient(r);
+  else e.setPassphrase(age.passphrase!);
+  return e.encrypt(stream);
+}
+
+async function identities(path: string): Promise<string[]> {
+  const file = Bun.file(path);
+  if (!(await file.exists())) throw new ShinkeiError("REFUSED", `BACKUP_AGE_IDENTITY names ${path}, which does not exist`);
+  return (await file.text()).split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-"));
+}
+
+/**
+ * Decrypt a backup's bytes. Without a key, or with keys that do not open it, one error says which
+ * recipients the backup was made for, so the right private key can be found.
+ */
+export async function decrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig | undefined, file: string, made?: Encryption): Promise<ReadableStream<Uint8Array>> {
+  const forWhom = made?.method === "recipients" ? `encrypted to ${made.recipients.join(", ")}` : made?.method === "passphrase" ? "encrypted with a passphrase" : "encrypted with age";
+  const keys = age?.identityFile ? await identities(age.identityFile) : [];
+  if (keys.length === 0 && !age?.passphrase) {
+    throw new ShinkeiError("REFUSED", `${file} is ${forWhom}, and no key to open it is configured`, {
+      hint: "Set BACKUP_AGE_IDENTITY to a file holding the matching private key (or BACKUP_AGE_PASSPHRASE). Nothing was changed.",
+    });
+  }
+  const d = new Decrypter();
+  for (const k of keys) d.addIdentity(k);
+  if (age?.passphrase) d.addPassphrase(age.passphrase);
+  try {
+    return await d.decrypt(stream);
+  } catch (e) {
+    throw new ShinkeiError("REFUSED", `cannot decrypt ${file} (${forWhom}): ${(e as Error).message}`, {
+      hint: "Check BACKUP_AGE_IDENTITY or BACKUP_AGE_PASSPHRASE. Nothing was changed.",
+    });
+  }
+}
+
+/**
+ * Write a new identity (private key) to `path` with mode 0600, never over an existing file, in
+ * age-keygen's layout; return its public key for BACKUP_AGE_RECIPIENTS.
+ */
+export async function writeIdentity(path: string): Promise<string> {
+  const identity = await generateIdentity();
+  const recipient = await identityToRecipient(identity);
+  const file = await open(path, "wx", 0o600).catch((e: NodeJS.ErrnoException) => {
+    throw new ShinkeiError("REFUSED", e.code === "EEXIST" ? `${path} already exists; refusing to overwrite a key` : `cannot create ${path}: ${e.code ?? e.message}`);
+  });
+  try {
+    await file.writeFile(`# created: ${new Date().toISOString()}\n# public key: ${recipient}\n${identity}\n`);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  return recipient;
+}

@@ -1,0 +1,160 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { readdir, readFile, rm, stat, truncate } from "node:fs/promises";
+import { join } from "node:path";
+import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { shinkei } from "./support/cli.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+
+// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(60_000);
+
+let db: TestDatabase;
+let dir: string;
+let keys: string;
+let publicKey: string;
+let env: Record<string, string>;
+const SECRET = "beat 3 of confidential-tag";
+
+async function keygen(path: string) {
+  const r = await shinkei(["backup", "keygen", "--output", path, "--json"]);
+  expect(r.code).toBe(0);
+  return JSON.parse(r.stdout).recipient as string;
+}
+async function takeBackup(extra: Record<string, string> = {}): Promise<string> {
+  const r = await shinkei(["backup"], { ...env, ...extra });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+}
+
+beforeAll(async () => {
+  db = await freshDatabase("age");
+  await migrate(db.sql);
+  await seedSample(db.sql, "confidential-tag");
+  keys = await tempDir("age-keys");
+  publicKey = await keygen(join(keys, "main.key"));
+});
+beforeEach(async () => {
+  dir = await tempDir("age");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir, BACKUP_AGE_RECIPIENTS: publicKey };
+});
+afterAll(() => db.drop());
+
+describe("keygen", () => {
+  test("writes a 0600 identity, prints its public key, and never overwrites", async () => {
+    const path = join(keys, "new.key");
+    const r = await shinkei(["backup", "keygen", "--output", path]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^public key: age1[0-9a-z]+$/m);
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+    const before = await readFile(path, "utf8");
+    expect(before).toMatch(/^AGE-SECRET-KEY-1[0-9A-Z]+$/m);
+    const again = await shinkei(["backup", "keygen", "--output", path]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain("already exists; refusing to overwrite a key");
+    expect(await readFile(path, "utf8")).toBe(before);
+  });
+});
+
+describe("encrypted backups", () => {
+  test("round trip with an identity; no row content in the stored bytes; the manifest names only public keys", async () => {
+    const before = await snapshot(db.sql);
+    const file = await takeBackup();
+    expect(file).toEndWith(".sql.gz.age");
+    const bytes = await readFile(file);
+    expect(bytes.subarray(0, 21).toString()).toBe("age-encryption.org/v1");
+    expect(bytes.includes(Buffer.from(SECRET))).toBe(false);
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    expect(manifest).toMatchObject({ format: "plain+gzip+age", encryption: { method: "recipients", recipients: [publicKey] } });
+    expect(JSON.stringify(manifest)).not.toContain("AGE-SECRET-KEY");
+    expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(bytes).digest("hex"));
+
+    await db.sql`delete from story_beats`;
+    const r = await shinkei(["backup", "--restore", "--yes", "--no-safety-backup"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+    expect(r.code).toBe(0);
+    expect(await snapshot(db.sql)).toEqual(before);
+    const v = await shinkei(["backup", "verify"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+    expect(v.code).toBe(0);
+    const d = await shinkei(["backup", "drill"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+    expect(d.code).toBe(0);
+  });
+
+  test("without the identity, or with the wrong one: a clear error naming the recipients, database unchanged", async () => {
+    await takeBackup();
+    await db.sql`insert into worlds (owner_id, name) select id, 'after the backup' from users limit 1`;
+    const before = await snapshot(db.sql);
+    let r = await shinkei(["backup", "--restore", "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`is encrypted to ${publicKey}, and no key to open it is configured`);
+    const other = join(keys, `other-${crypto.randomUUID().slice(0, 6)}.key`);
+    await keygen(other);
+    r = await shinkei(["backup", "--restore", "--yes"], { ...env, BACKUP_AGE_IDENTITY: other });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`cannot decrypt`);
+    expect(r.stderr).toContain(publicKey);
+    expect(await snapshot(db.sql)).toEqual(before);
+    // Neither attempt left a pre-restore backup behind: nothing was done.
+    expect((await readdir(dir)).filter((n) => n.endsWith(".age")).length).toBe(1);
+    await db.sql`delete from worlds where name = 'after the backup'`;
+  });
+
+  test("a truncated or altered encrypted file is refused, database unchanged", async () => {
+    const file = await takeBackup();
+    const before = await snapshot(db.sql);
+    const identity = { BACKUP_AGE_IDENTITY: join(keys, "main.key") };
+    const bytes = await readFile(file);
+    await truncate(file, bytes.length - 1000);
+    let r = await shinkei(["backup", "--restore", "--yes"], { ...env, ...identity });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/size is \d+ bytes, the manifest says \d+/);
+    // Without the manifest the encrypted stream itself must notice (age authenticates each chunk).
+    await rm(`${file}.manifest.json`);
+    r = await shinkei(["backup", "verify", file], { ...env, ...identity });
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("the file is damaged");
+    r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes"], { ...env, ...identity });
+    expect(r.code).toBe(1);
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+
+  test("a passphrase works as the simpler option", async () => {
+    const before = await snapshot(db.sql);
+    const pass = { BACKUP_AGE_RECIPIENTS: "", BACKUP_AGE_PASSPHRASE: "correct horse battery staple shinkei" };
+    const file = await takeBackup(pass);
+    expect(JSON.parse(await readFile(`${file}.manifest.json`, "utf8")).encryption).toEqual({ method: "passphrase" });
+    await db.sql`delete from story_beats`;
+    const r = await shinkei(["backup", "--restore", "--yes", "--no-safety-backup"], { ...env, ...pass });
+    expect(r.code).toBe(0);
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+
+  test("through S3: the stored object holds no row content, and restores with the identity", async () => {
+    const s3 = await TestS3.start();
+    try {
+      const before = await snapshot(db.sql);
+      const s3env = { ...env, ...s3.env("enc/") };
+      const file = await takeBackup(s3env);
+      const list = await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: "enc/" }));
+      const key = list.Contents!.map((o) => o.Key!).find((k) => k.endsWith(".age"))!;
+      const object = Buffer.from(await (await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))).Body!.transformToByteArray());
+      expect(object.includes(Buffer.from(SECRET))).toBe(false);
+      expect(object.equals(await readFile(file))).toBe(true);
+      await rm(dir, { recursive: true });
+      await db.sql`delete from story_beats`;
+      const r = await shinkei(["backup", "--restore", "--yes", "--no-safety-backup"], { ...s3env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+      expect(r.code).toBe(0);
+      expect(await snapshot(db.sql)).toEqual(before);
+    } finally {
+      await s3.stop();
+    }
+  });
+
+  test("bad key configuration is a config error naming the variable", async () => {
+    const r = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: "age1notakey" });
+    expect(r.code).toBe(2);
+    expect(r.stderr.split("\n")[0]).toMatch(/^✖ BACKUP_AGE_RECIPIENTS /);
+  });
+});
