@@ -98,7 +98,10 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     const local = await pruneLocal(config, { dryRun: false, offsite: store });
     let remote: string[] = [];
     if (store && config.s3) {
-      remote = (await pruneStore(store, config.s3.keepDays, config.backup, false).catch(() => ({ removed: [] as string[] }))).removed;
+      remote = await pruneStore(store, config.s3.keepDays, config.backup, false).then(
+        (r) => r.removed,
+        (e: Error) => (log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []),
+      );
     }
     if (local.removed.length || remote.length) log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
 

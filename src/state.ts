@@ -5,11 +5,16 @@ import { migrationStatus } from "./migrations/migrate.ts";
 /** The tables a person checks first when asking "is my data still there?". */
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
 
-/** Exact row counts of every ordinary table in `public`, read in one statement (one snapshot). */
-export async function tableCounts(sql: Queryable): Promise<Record<string, number>> {
-  const tables = await sql<{ name: string }[]>`
+/** Every ordinary (or partitioned) table in `public`, by name. */
+export async function publicTables(sql: Queryable): Promise<{ name: string }[]> {
+  return sql<{ name: string }[]>`
     select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = 'public' and c.relkind in ('r', 'p') order by c.relname`;
+}
+
+/** Exact row counts of every ordinary table in `public`, read in one statement (one snapshot). */
+export async function tableCounts(sql: Queryable): Promise<Record<string, number>> {
+  const tables = await publicTables(sql);
   if (tables.length === 0) return {};
   const parts = tables.map((t) => `select ${quoteLiteral(t.name)} as name, count(*)::int8 as n from public.${quoteIdent(t.name)}`);
   const rows = await sql.unsafe<{ name: string; n: number }[]>(parts.join(" union all "));

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTime
 import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
-import { shinkei, binaryPath, buildBinary } from "./support/cli.ts";
+import { shinkei, binaryPath, buildBinary, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
@@ -17,12 +17,7 @@ let env: Record<string, string>;
 
 const backups = async () => (await readdir(dir)).filter((n) => n.startsWith("shinkei_backup_") && !n.includes(".manifest") && !n.endsWith(".partial")).sort();
 const listJson = async () => JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
-async function takeBackup(): Promise<string> {
-  const r = await shinkei(["backup"], env);
-  expect(r.stderr).toBe("");
-  expect(r.code).toBe(0);
-  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
-}
+const takeBackup = () => takeBackupWith(env);
 async function stockDump(args: string[], file: string) {
   const p = Bun.spawn(["pg_dump", ...args, "-f", file], { env: { ...process.env, ...libpqEnv(db.url) } });
   expect(await p.exited).toBe(0);

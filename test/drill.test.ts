@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, t
 import { readFile, writeFile } from "node:fs/promises";
 import postgres from "postgres";
 import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
-import { binaryPath, shinkei } from "./support/cli.ts";
+import { binaryPath, shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -22,11 +22,7 @@ const scratchDatabases = async () => {
     await a.end();
   }
 };
-async function takeBackup(): Promise<string> {
-  const r = await shinkei(["backup"], env);
-  expect(r.code).toBe(0);
-  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
-}
+const takeBackup = () => takeBackupWith(env);
 
 beforeAll(async () => {
   db = await freshDatabase("drill");

@@ -3,7 +3,7 @@ import { readdir, readFile, rm, stat, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
-import { shinkei } from "./support/cli.ts";
+import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -23,12 +23,7 @@ async function keygen(path: string) {
   expect(r.code).toBe(0);
   return JSON.parse(r.stdout).recipient as string;
 }
-async function takeBackup(extra: Record<string, string> = {}): Promise<string> {
-  const r = await shinkei(["backup"], { ...env, ...extra });
-  expect(r.stderr).toBe("");
-  expect(r.code).toBe(0);
-  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
-}
+const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
 
 beforeAll(async () => {
   db = await freshDatabase("age");

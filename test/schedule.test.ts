@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTime
 import { copyFile, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { shinkei } from "./support/cli.ts";
+import { shinkei, takeBackup } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
@@ -34,8 +34,7 @@ afterAll(() => db.drop());
 
 /** Copies of one real backup under names from `daysAgo`, with manifests: "backups taken in the past". */
 async function pastBackups(daysAgo: number[], offsite = false): Promise<string[]> {
-  const r = await shinkei(["backup"], env);
-  const path = r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+  const path = await takeBackup(env);
   const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
   const names = [];
   for (const d of daysAgo) {

@@ -1,5 +1,5 @@
 import type { Queryable } from "../db.ts";
-import { quoteIdent, quoteLiteral } from "../state.ts";
+import { publicTables, quoteIdent, quoteLiteral } from "../state.ts";
 
 export type TableStats = { counts: Record<string, number>; digests: Record<string, string> };
 
@@ -11,9 +11,7 @@ export type TableStats = { counts: Record<string, number>; digests: Record<strin
  */
 export async function tableStats(tx: Queryable): Promise<TableStats> {
   await tx.unsafe("set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3");
-  const tables = await tx<{ name: string }[]>`
-    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = 'public' and c.relkind in ('r', 'p') order by c.relname`;
+  const tables = await publicTables(tx);
   if (tables.length === 0) return { counts: {}, digests: {} };
   const parts = tables.map(
     (t) => `select ${quoteLiteral(t.name)} as name, count(*)::int8 as n,

@@ -28,3 +28,10 @@ export async function shinkei(args: string[], env: Record<string, string> = {}, 
   const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { code, stdout, stderr };
 }
+
+/** Take a backup through the binary; its path, or the error it printed. */
+export async function takeBackup(env: Record<string, string>): Promise<string> {
+  const r = await shinkei(["backup"], env);
+  if (r.code !== 0 || r.stderr !== "") throw new Error(`shinkei backup exited ${r.code}: ${r.stderr}`);
+  return r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+}
