@@ -49,11 +49,15 @@ export async function prune(ctx: Context): Promise<number> {
 
 export async function check(ctx: Context): Promise<number> {
   const { io, config } = ctx;
-  const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs, config.backup.drillMaxAgeMs);
-  const drillAge = Date.now() - Date.parse(f.drill.at);
-  if (ctx.flag("json")) return json(io, { ok: true, newest: f.newest!.name, ageSeconds: Math.round(f.ageMs! / 1000), drill: { file: f.drill.file, ageSeconds: Math.round(drillAge / 1000) } }), 0;
+  const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs, config.backup.drillMaxAgeMs, config.backup.age);
+  const drillAge = f.drill ? Date.now() - Date.parse(f.drill.at) : null;
+  if (ctx.flag("json")) {
+    const drillInfo = f.drill ? { file: f.drill.file, ageSeconds: Math.round(drillAge! / 1000) } : { skipped: "encrypted, and no key on this host" };
+    return json(io, { ok: true, newest: f.newest!.name, ageSeconds: Math.round(f.ageMs! / 1000), drill: drillInfo }), 0;
+  }
   line(io, `✔ newest good backup ${f.newest!.name} is ${formatDuration(f.ageMs!)} old (limit ${formatDuration(config.backup.maxAgeMs)})`);
-  line(io, `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge)} ago (limit ${formatDuration(config.backup.drillMaxAgeMs)})`);
+  if (f.drill) line(io, `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge!)} ago (limit ${formatDuration(config.backup.drillMaxAgeMs)})`);
+  else line(io, "- drills not checked here: the backup is encrypted and this host holds no key to open it");
   return 0;
 }
 

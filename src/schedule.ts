@@ -11,6 +11,8 @@ import { mirrorMissing } from "./backup/offsite.ts";
 import { pruneLocal, pruneStore } from "./backup/prune.ts";
 import { newestGood, newestPassedDrill } from "./backup/freshness.ts";
 import { runDrill } from "./backup/drill.ts";
+import { canOpen } from "./backup/crypt.ts";
+import { readManifest } from "./backup/manifest.ts";
 import { offsiteStore } from "./backup/stores/index.ts";
 import type { BackupStore } from "./backup/stores/store.ts";
 
@@ -28,6 +30,10 @@ type Deps = { sql: Sql; config: Config; log: Log; store?: BackupStore };
 /** Drill a backup and report it like a backup run: log lines, and the webhook on failure. */
 async function drillAndReport(deps: Deps, path: string): Promise<void> {
   const { config, log } = deps;
+  if (!canOpen((await readManifest(path))?.encryption, config.backup.age)) {
+    log({ level: "info", msg: "drill skipped: the backup is encrypted and this host holds no key to open it", file: path });
+    return;
+  }
   log({ level: "info", msg: "drill started", file: path });
   try {
     const r = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age });

@@ -147,6 +147,17 @@ describe("encrypted backups", () => {
     }
   });
 
+  test("a host with only public keys: backup check passes without drills, and says why", async () => {
+    await takeBackup();
+    const r = await shinkei(["backup", "check"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("drills not checked here: the backup is encrypted and this host holds no key");
+    // Where the key is, the drill requirement applies again.
+    const withKey = await shinkei(["backup", "check"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+    expect(withKey.code).toBe(1);
+    expect(withKey.stderr).toContain("no backup has passed a restore drill yet");
+  });
+
   test("bad key configuration is a config error naming the variable", async () => {
     const r = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: "age1notakey" });
     expect(r.code).toBe(2);

@@ -31,6 +31,12 @@ export function encryptionFor(age: AgeConfig | undefined): Encryption | undefine
   return undefined;
 }
 
+/** Whether this host holds a key that opens backups made with `made` (always, for plain ones). */
+export function canOpen(made: Encryption | undefined, age: AgeConfig | undefined): boolean {
+  if (!made) return true;
+  return made.method === "recipients" ? Boolean(age?.identityFile) : Boolean(age?.passphrase);
+}
+
 export async function encrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig): Promise<ReadableStream<Uint8Array>> {
   const e = new Encrypter();
   if (age.recipients.length) for (const r of age.recipients) e.addRecipient(r);

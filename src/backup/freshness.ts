@@ -2,6 +2,7 @@ import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
 import { listLocal, type LocalBackup } from "./catalog.ts";
 import { readDrill, type DrillResult } from "./drill.ts";
+import { canOpen, type AgeConfig } from "./crypt.ts";
 
 export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 
@@ -25,7 +26,7 @@ export async function newestPassedDrill(dir: string): Promise<DrillResult | null
  * For monitors: fail when there is no good backup younger than `maxAgeMs`, when the newest backup
  * failed its drill, or when no backup passed a drill within `drillMaxAgeMs`.
  */
-export async function checkFreshness(dir: string, maxAgeMs: number, drillMaxAgeMs: number): Promise<Freshness & { drill: DrillResult }> {
+export async function checkFreshness(dir: string, maxAgeMs: number, drillMaxAgeMs: number, age?: AgeConfig): Promise<Freshness & { drill: DrillResult | null }> {
   const f = await newestGood(dir);
   if (!f.newest) throw new ShinkeiError("BACKUP_STALE", `no good backup in ${dir}`, { hint: "Take one with shinkei backup." });
   if (f.ageMs! > maxAgeMs) {
@@ -33,6 +34,8 @@ export async function checkFreshness(dir: string, maxAgeMs: number, drillMaxAgeM
       hint: "Check the backup service's log (docker logs shinkei-backup).",
     });
   }
+  // A host that holds only public keys cannot drill what it writes: drills belong where the key is.
+  if (!canOpen(f.newest.manifest?.encryption, age)) return { ...f, drill: null };
   const own = await readDrill(f.newest.path);
   if (own && !own.passed) {
     throw new ShinkeiError("BACKUP_STALE", `the newest backup (${f.newest.name}) failed its restore drill: ${own.differences.join("; ")}`, {

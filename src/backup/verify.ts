@@ -2,7 +2,7 @@ import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { detectFormat, plainOf, type Format } from "./inspect.ts";
-import type { AgeConfig } from "./crypt.ts";
+import { canOpen, type AgeConfig } from "./crypt.ts";
 import { readManifest, type Manifest } from "./manifest.ts";
 import { finished, pump, toolPath } from "./pgtools.ts";
 
@@ -103,6 +103,6 @@ export function assertVerified(v: Verification): void {
  * an encrypted one on a host that holds only public keys is checked by checksum and size.
  */
 export async function verifyFreshBackup(path: string, age?: AgeConfig): Promise<void> {
-  const canOpen = !age || age.recipients.length === 0 || Boolean(age.identityFile || age.passphrase);
-  assertVerified(await verifyBackup(path, { quick: !canOpen, age }));
+  const made = (await readManifest(path))?.encryption;
+  assertVerified(await verifyBackup(path, { quick: !canOpen(made, age), age }));
 }
