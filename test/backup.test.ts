@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { shinkei, binaryPath, buildBinary, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
+import { Terminal } from "./support/pty.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { libpqEnv } from "../src/backup/pgtools.ts";
@@ -77,6 +78,26 @@ describe("backup and restore", () => {
     expect(r.stderr).toContain("needs confirmation");
     expect(await snapshot(db.sql)).toEqual(before);
     await db.sql`delete from worlds where name = 'kept'`;
+  });
+
+  test("in a terminal, restore asks for the database name: a wrong name changes nothing, the right one restores", async () => {
+    const before = await snapshot(db.sql);
+    await takeBackup();
+    await db.sql`insert into worlds (owner_id, name) select id, 'typed' from users limit 1`;
+    const changed = await snapshot(db.sql);
+    for (const [typed, code] of [[db.name.toUpperCase(), 1], [db.name, 0]] as const) {
+      const t = await Terminal.start(["backup", "--restore"], { ...env, NO_COLOR: "1" });
+      try {
+        const screen = await t.waitFor(`Type the database name (${db.name})`);
+        expect(screen).toMatch(/worlds\s+4\s+3/); // now and in the backup, side by side
+        await t.type(typed);
+        await t.enter();
+        expect(await t.exitCode()).toBe(code);
+      } finally {
+        await t.close();
+      }
+      expect(await snapshot(db.sql)).toEqual(code === 0 ? before : changed);
+    }
   });
 
   test("stock pg_dump files restore through --backup-file: plain .sql, .sql.gz and custom .dump", async () => {
