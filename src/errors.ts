@@ -65,7 +65,3 @@ export class ShinkeiError extends Error {
     return codes[this.code].status;
   }
 }
-
-export function isShinkeiError(e: unknown): e is ShinkeiError {
-  return e instanceof ShinkeiError;
-}

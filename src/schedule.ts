@@ -16,7 +16,7 @@ import { readManifest } from "./backup/manifest.ts";
 import { offsiteStore } from "./backup/stores/index.ts";
 import type { BackupStore } from "./backup/stores/store.ts";
 
-export type Scheduler = { stop(): Promise<void>; nextRun(): Date | null; runOnce(slot: Date): Promise<void> };
+export type Scheduler = { stop(): Promise<void> };
 
 /** The first process to insert the slot's row takes the run; the others see it taken and skip. */
 async function claim(sql: Sql, slot: Date, kind: "backup" | "drill"): Promise<boolean> {
@@ -176,8 +176,6 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
   });
   reportMissed(config, job, log).catch(() => {});
   return {
-    nextRun: () => job.nextRun(),
-    runOnce: (slot) => scheduledRun({ ...deps, store }, slot),
     async stop() {
       job.stop();
       drillJob.stop();
