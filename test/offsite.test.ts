@@ -105,6 +105,15 @@ describe("off-site copies", () => {
     expect(second.offsite).toBe("ok");
     expect((second.copied as string[]).sort()).toEqual((await readdir(dir)).filter((n) => n.endsWith(".sql.gz")).sort());
     expect((await keys(env.S3_PREFIX!)).length).toBe(4);
+
+    // Off-site retention removing a copy must not make the next run upload it again.
+    const store2 = new S3Store(config.s3!);
+    await store2.remove(local[0]!);
+    logs.length = 0;
+    await scheduledRun({ sql: db.sql, config, log, store }, new Date(Date.UTC(2030, 0, 1, 2, 0, 2)));
+    const third = logs.find((l) => l.msg === "off-site copy")!;
+    expect(third.copied).toHaveLength(1); // only the new backup of this run
+    expect(third.copied).not.toContain(local[0]);
   });
 
   test("off-site retention deletes only old keys of ours under our prefix, never the newest", async () => {
