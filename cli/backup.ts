@@ -63,6 +63,7 @@ database ends exactly as in the backup, or exactly as it was.`,
     json: { type: "boolean" },
   },
   subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen"],
+  needsDatabase: (positionals) => positionals[0] !== "keygen",
   async run(ctx) {
     const sub = ctx.positionals[0];
     if (ctx.flag("list") || sub === "list") return list(ctx);

@@ -14,6 +14,8 @@ export type Command = {
   options?: NonNullable<ParseArgsConfig["options"]>;
   /** Words that may follow the command name (`migrate status`); anything else is a usage error. */
   subcommands?: string[];
+  /** False for the few forms that never touch a database (keygen): no probing, no local cluster. */
+  needsDatabase?: (positionals: string[]) => boolean;
   run(ctx: Context): Promise<number>;
 };
 

@@ -69,7 +69,7 @@ export async function run(argv: string[], io: Io = processIo()): Promise<number>
   }
 
   try {
-    await ctx.resolveDatabase();
+    if (command.needsDatabase?.(ctx.positionals) !== false) await ctx.resolveDatabase();
     return await command.run(ctx);
   } catch (error) {
     const url = safeUrl(ctx);

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { chmod, copyFile, readdir, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
@@ -105,6 +106,11 @@ describe("zero-setup local run", () => {
     };
     const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(alone, "data", "postgres")}`]).exitCode === 0;
     try {
+      // A command that needs no database starts none.
+      const keygen = Bun.spawnSync(inNs([join(alone, "shinkei"), "backup", "keygen", "--output", join(alone, "k.key")]), { cwd: alone, env });
+      expect(keygen.exitCode).toBe(0);
+      expect(existsSync(join(alone, "data"))).toBe(false);
+
       let serve = await start();
       expect(await call("/api/v1/auth/register", { email: "zero@example.com", password: "zero setup works", name: "Zero" })).toBe(201);
       serve.kill("SIGTERM");
