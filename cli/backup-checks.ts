@@ -1,3 +1,4 @@
+import { withMaintenanceLock } from "../src/backup/lock.ts";
 import type { Context } from "./command.ts";
 import { line, json, table } from "./output.ts";
 import { ShinkeiError } from "../src/errors.ts";
@@ -36,8 +37,13 @@ export async function prune(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const dryRun = ctx.flag("dry-run");
   const store = offsiteStore(config);
-  const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
-  if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
+  const apply = async () => {
+    const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
+    if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
+    return reports;
+  };
+  // Deleting waits for the maintenance lock: a restore in progress keeps the backup it is reading.
+  const reports = dryRun ? await apply() : await withMaintenanceLock(ctx.db, "retention", apply, ctx.flag("wait"));
   if (ctx.flag("json")) return json(io, reports), 0;
   for (const r of reports) {
     line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);

@@ -37,8 +37,11 @@ export const backupCommand: Command = {
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
-  --yes                 restore without the typed confirmation (for scripts)
-  --no-safety-backup    restore without taking a pre-restore backup first (not recommended)
+  --yes                 restore without the typed confirmation (needs --confirm-database)
+  --confirm-database N  the target database's name, required with --yes and without a terminal
+  --no-safety-backup    restore without a pre-restore backup (only with --yes --confirm-database)
+  --allow-unencrypted   restore a plain file although this host encrypts its backups
+  --allow-production    restore even when SHINKEI_ENV/NODE_ENV is production
   --wait                queue behind a running backup, restore or reset instead of failing
   --verify              with --list: read every file in full (slower) instead of checking sizes
   --all                 with verify: every backup in BACKUP_DIR
@@ -47,14 +50,18 @@ Options:
   --json                machine-readable output
   -h, --help            show this help
 
-A restore verifies the file, takes a pre-restore backup, and loads it in ONE transaction: the
-database ends exactly as in the backup, or exactly as it was.`,
+A restore verifies the file, takes and verifies a pre-restore backup, and loads it in ONE
+transaction that nothing in the file can end: the database ends exactly as in the backup, or as it
+was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a file are refused.`,
   options: {
     list: { type: "boolean" },
     restore: { type: "boolean" },
     "backup-file": { type: "string" },
     yes: { type: "boolean", short: "y" },
     "no-safety-backup": { type: "boolean" },
+    "confirm-database": { type: "string" },
+    "allow-unencrypted": { type: "boolean" },
+    "allow-production": { type: "boolean" },
     wait: { type: "boolean" },
     verify: { type: "boolean" },
     all: { type: "boolean" },

@@ -1,6 +1,6 @@
 import type { Context } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/reset.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
 import type { Target } from "../src/db.ts";
 
 export const guardOptions = {
@@ -12,14 +12,14 @@ export const guardOptions = {
 } as const;
 
 /**
- * The guard every destructive command passes: production refused, then typed phrases in a
- * terminal, or --force with --confirm-database naming the target without one.
+ * The guard every destructive command passes (reset, restore, migrate down): production refused,
+ * then typed phrases in a terminal; without one, or with the command's skip flag (--force, or
+ * restore's --yes), --confirm-database must name the target.
  */
-export async function confirmDestructive(ctx: Context, target: Target, what: string, phrases: readonly string[]): Promise<void> {
-  refuseProduction(ctx.config, ctx.flag("allow-production"), what);
-  const confirmDatabase = ctx.option("confirm-database");
-  if (!ctx.io.interactive || ctx.flag("force")) {
-    checkUnattendedConfirmation(target, ctx.flag("force"), confirmDatabase, what);
+export async function confirmDestructive(ctx: Context, target: Target, what: string, phrases: readonly string[], skipFlag: "force" | "yes" = "force"): Promise<void> {
+  refuseProduction(ctx.config.environment, ctx.flag("allow-production"), what);
+  if (!ctx.io.interactive || ctx.flag(skipFlag)) {
+    checkUnattendedConfirmation(target, ctx.flag(skipFlag), ctx.option("confirm-database"), what, `--${skipFlag}`);
     return;
   }
   for (const [i, phrase] of phrases.entries()) {

@@ -2,7 +2,8 @@ import type { Command } from "./command.ts";
 import { line, table } from "./output.ts";
 import { activity, note } from "./prompts.ts";
 import { confirmDestructive, guardOptions } from "./guard.ts";
-import { performReset, resetPhrases, resetPlan, refuseProduction } from "../src/reset.ts";
+import { performReset, resetPhrases, resetPlan } from "../src/reset.ts";
+import { refuseProduction } from "../src/guard.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
 import { mainTables } from "../src/state.ts";
 
@@ -28,7 +29,7 @@ Ctrl-C at any prompt exits 130 and a mistyped phrase exits 1; neither changes an
   options: { ...guardOptions, "no-seed": { type: "boolean" } },
   async run(ctx) {
     const { io, config } = ctx;
-    refuseProduction(config, ctx.flag("allow-production"), "reset the database");
+    refuseProduction(config.environment, ctx.flag("allow-production"), "reset the database");
     const plan = await resetPlan(ctx.db, config.databaseUrl);
     const { database, host, port } = plan.target;
     note(io, table([["table", "rows"], ...mainTables.map((t) => [t, plan.counts[t] ?? 0])]), `reset deletes ALL data in ${database} on ${host}:${port}`);

@@ -1,6 +1,8 @@
 import type { Context } from "./command.ts";
 import { line, table, warn } from "./output.ts";
-import { activity, note, typedConfirmation } from "./prompts.ts";
+import { activity, note } from "./prompts.ts";
+import { confirmDestructive } from "./guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
@@ -9,26 +11,31 @@ import { withMaintenanceLock } from "../src/backup/lock.ts";
 import { resolveBackup } from "../src/backup/catalog.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 import { assertVerified, verifyBackup } from "../src/backup/verify.ts";
-import { restoreBackup, type RestoreStep } from "../src/backup/restore.ts";
+import { refuseUnencrypted, restoreBackup, type RestoreStep } from "../src/backup/restore.ts";
 
 const stepLabels: Record<RestoreStep, string> = {
   verify: "verifying the backup",
-  "safety-backup": "taking a pre-restore safety backup",
+  "safety-backup": "taking and verifying a pre-restore safety backup",
   restore: "restoring in one transaction",
   compare: "comparing row counts with the manifest",
 };
 
-/** Show what will be replaced, ask, then restore all-or-nothing. */
+/** Show what will be replaced, pass the guard, then restore all-or-nothing. */
 export async function restore(ctx: Context, file: string | undefined): Promise<number> {
   const { io, config } = ctx;
-  const path = await resolveBackup(config.backupDir, file, offsiteStore(config));
   const target = describeTarget(config.databaseUrl);
+  const what = `replace everything in ${target.database} with a backup`;
+  refuseProduction(config.environment, ctx.flag("allow-production"), what);
+  // Skipping the safety backup is for scripts that already hold one, and say exactly which database.
+  if (ctx.flag("no-safety-backup")) checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), `${what} without a safety backup`, "--yes");
+  const path = await resolveBackup(config.backupDir, file, offsiteStore(config));
 
-  return withMaintenanceLock(ctx.db, "restore", async () => {
+  return withMaintenanceLock(ctx.db, "restore", async (lock) => {
     const spin = activity(io, "verifying the backup");
     const verification = await verifyBackup(path, { quick: true, age: config.backup.age });
     spin.stop(verification.ok ? "backup verified" : "backup failed verification");
     assertVerified(verification);
+    refuseUnencrypted(verification, config.backup.age, ctx.flag("allow-unencrypted"));
     if (!verification.manifest) warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
 
     const current = await tableCounts(ctx.db);
@@ -38,14 +45,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       ...mainTables.map((t) => [t, current[t] ?? "-", verification.manifest ? backup[t] ?? "-" : "?"]),
     ]), `restore ${verification.file} into ${target.database} on ${target.host}:${target.port}`);
 
-    if (!ctx.flag("yes")) {
-      if (!io.interactive) {
-        throw new ShinkeiError("REFUSED", "a restore replaces the whole database and needs confirmation", {
-          hint: "Run it in a terminal, or pass --yes in scripts.",
-        });
-      }
-      await typedConfirmation(io, `Type the database name (${target.database}) to replace it with this backup`, target.database);
-    }
+    await confirmDestructive(ctx, target, what, [target.database], "yes");
 
     const progress = activity(io, "restoring");
     let result;
@@ -58,6 +58,8 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
         verification,
         safetyBackup: !ctx.flag("no-safety-backup"),
         age: config.backup.age,
+        lock,
+        allowUnencrypted: ctx.flag("allow-unencrypted"),
         onStep: (s) => progress.update(stepLabels[s]),
       });
     } catch (e) {
@@ -65,14 +67,14 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       throw e;
     }
     progress.stop("restored");
-    if (result.safety) line(io, `safety backup  ${result.safety.path}`);
+    if (result.safety) line(io, `safety backup  ${result.safety.path} (verified)`);
     line(io, `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) in ${formatDuration(result.durationMs)}`);
     line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t] ?? 0}`).join(", ")}`);
     if (result.mismatches.length) {
       throw new ShinkeiError("RESTORE_FAILED", `restored, but counts differ from the manifest: ${result.mismatches.join("; ")}`);
     }
     if (verification.manifest) line(io, "counts match the manifest");
-    if (result.safety) line(io, `undo with      shinkei backup --restore --backup-file ${result.safety.path}`);
+    if (result.safety) line(io, `undo with      shinkei backup --restore --backup-file ${result.safety.path} --yes --confirm-database ${target.database}`);
     return 0;
   }, ctx.flag("wait"));
 }

@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { line } from "./output.ts";
 import { seedDemo, demoUsers } from "../src/seed.ts";
-import { refuseProduction } from "../src/reset.ts";
+import { refuseProduction } from "../src/guard.ts";
 
 export const seedCommand: Command = {
   name: "seed",
@@ -17,7 +17,7 @@ Options:
   -h, --help           show this help`,
   options: { "allow-production": { type: "boolean" } },
   async run(ctx) {
-    refuseProduction(ctx.config, ctx.flag("allow-production"), "load demo data");
+    refuseProduction(ctx.config.environment, ctx.flag("allow-production"), "load demo data");
     await ctx.db.begin((tx) => seedDemo(tx, ctx.config.hashing));
     line(ctx.io, `seeded ${demoUsers.length} demo users with their worlds, stories and beats`);
     return 0;

@@ -103,6 +103,7 @@ const ConfigSchema = v.object({
   BACKUP_AGE_RECIPIENTS: optionalText(),
   BACKUP_AGE_IDENTITY: optionalText(),
   BACKUP_AGE_PASSPHRASE: optionalText(),
+  BACKUP_MANIFEST_KEY: v.pipe(optionalText(), v.check((s) => s === undefined || s.length >= 32, "must be at least 32 characters (e.g. openssl rand -hex 32)")),
   S3_BUCKET: optionalText(),
   S3_PREFIX: v.pipe(v.optional(v.string(), ""), v.trim(), v.check((s) => !s.startsWith("/"), "must not start with /")),
   S3_ENDPOINT: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
@@ -210,8 +211,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       throw new ShinkeiError("CONFIG_INVALID", "BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set; choose one way to encrypt");
     }
   }
-  const age = recipients.length || r.BACKUP_AGE_IDENTITY || r.BACKUP_AGE_PASSPHRASE
-    ? { recipients, identityFile: r.BACKUP_AGE_IDENTITY, passphrase: r.BACKUP_AGE_PASSPHRASE }
+  const age = recipients.length || r.BACKUP_AGE_IDENTITY || r.BACKUP_AGE_PASSPHRASE || r.BACKUP_MANIFEST_KEY
+    ? { recipients, identityFile: r.BACKUP_AGE_IDENTITY, passphrase: r.BACKUP_AGE_PASSPHRASE, manifestKey: r.BACKUP_MANIFEST_KEY }
     : undefined;
   return {
     databaseUrl: r.DATABASE_URL,

@@ -94,36 +94,82 @@ export async function ensureDatabase(url: string): Promise<boolean> {
 
 const LOCK_NAMESPACE = 0x5348; // "SH": keeps our advisory locks apart from the application's
 
+/** What the work under a lock can ask of it: the holder's backend, and whether it still holds the lock. */
+export type LockHandle = {
+  /** A SQL boolean expression, true while the holder still holds the lock: a commit guard can check it. */
+  heldCondition: string;
+  assertHeld(): Promise<void>;
+};
+
 /**
- * Hold a session-level advisory lock named `name` on this database while `fn` runs. Without
- * `wait`, a held lock is a LOCKED error naming what holds it; with it, we queue behind the holder.
+ * Hold a session-level advisory lock named `name` on this database while `fn` runs. It lives on
+ * a connection of its own, named after its holder (as pgBackRest's lock file records who holds
+ * it), so a LOCKED error can say what holds the lock, and a connection that dies mid-way never
+ * goes back to a pool. Without `wait`, a held lock is a LOCKED error; with it, we queue.
  */
 export async function withAdvisoryLock<T>(
   sql: Sql,
   name: string,
-  fn: () => Promise<T>,
+  fn: (lock: LockHandle) => Promise<T>,
   options: { wait?: boolean; what?: string } = {},
 ): Promise<T> {
-  const conn = await sql.reserve();
+  const holder = `shinkei ${options.what ?? name} (pid ${process.pid})`.slice(0, 63);
+  let lost = false;
+  const conn = postgres({
+    ...(sql.options as unknown as postgres.Options<{}>),
+    max: 1,
+    idle_timeout: 0,
+    max_lifetime: null,
+    connection: { application_name: holder },
+    onclose: () => {
+      lost = true;
+    },
+  });
   try {
+    const [me] = await conn<{ pid: number; key: number }[]>`select pg_backend_pid() as pid, hashtext(${name}) as key`;
+    const { pid, key } = me!;
     if (options.wait) {
-      await conn`select pg_advisory_lock(${LOCK_NAMESPACE}, hashtext(${name}))`;
+      await conn`select pg_advisory_lock(${LOCK_NAMESPACE}, ${key})`;
     } else {
-      const [row] = await conn`select pg_try_advisory_lock(${LOCK_NAMESPACE}, hashtext(${name})) as ok`;
-      if (!row!.ok) {
-        throw new ShinkeiError("LOCKED", `another ${options.what ?? name} is running on this database`, {
-          hint: "Wait for it to finish, or pass --wait to queue behind it.",
-        });
-      }
+      const [row] = await conn`select pg_try_advisory_lock(${LOCK_NAMESPACE}, ${key}) as ok`;
+      if (!row!.ok) throw await lockedError(conn, key, options.what ?? name);
     }
+    // pg_locks shows a two-key advisory lock as classid = key1, objid = key2 (as an oid), objsubid = 2.
+    const heldCondition = `exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted and pid = ${pid} and classid = ${LOCK_NAMESPACE} and objid = (${key})::int4::oid and objsubid = 2)`;
+    const handle: LockHandle = {
+      heldCondition,
+      async assertHeld() {
+        const [row] = lost ? [{ held: false }] : await sql.unsafe<{ held: boolean }[]>(`select ${heldCondition} as held`);
+        if (!row!.held) {
+          throw new ShinkeiError("LOCK_LOST", `the ${options.what ?? name} lock was lost (its connection to the database ended)`, {
+            hint: "Another operation may have started meanwhile; check the database and run it again.",
+          });
+        }
+      },
+    };
     try {
-      return await fn();
+      return await fn(handle);
     } finally {
-      await conn`select pg_advisory_unlock(${LOCK_NAMESPACE}, hashtext(${name}))`.catch(() => {});
+      if (!lost) await conn`select pg_advisory_unlock(${LOCK_NAMESPACE}, ${key})`.catch(() => {});
     }
   } finally {
-    conn.release();
+    // Closing the connection releases the lock whatever happened above.
+    await conn.end({ timeout: 1 }).catch(() => {});
   }
+}
+
+/** LOCKED, naming what holds the lock: its application name, since when, and from where. */
+async function lockedError(conn: postgres.Sql, key: number, what: string): Promise<ShinkeiError> {
+  const [h] = await conn<{ name: string; since: Date; client: string | null }[]>`
+    select a.application_name as name, a.backend_start as since, a.client_addr::text as client
+    from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
+    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid and l.objsubid = 2
+    limit 1`.catch(() => []);
+  const by = h ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} since ${h.since.toISOString()})` : "";
+  return new ShinkeiError("LOCKED", `another ${what} is running on this database${by}`, {
+    hint: "Wait for it to finish, or pass --wait to queue behind it.",
+    details: h ? { holder: h.name } : undefined,
+  });
 }
 
 /**

@@ -10,6 +10,7 @@ const codes = {
   MIGRATION_CHANGED: { exit: 1, status: 500 },
   MIGRATION_FAILED: { exit: 1, status: 500 },
   MIGRATION_UNKNOWN: { exit: 1, status: 500 },
+  MIGRATION_IRREVERSIBLE: { exit: 1, status: 500 },
   LOCKED: { exit: 75, status: 409 },
   // HTTP-facing
   BAD_JSON: { exit: 2, status: 400 },
@@ -33,6 +34,14 @@ const codes = {
   PG_VERSION_MISMATCH: { exit: 2, status: 500 },
   STORE_FAILED: { exit: 1, status: 502 },
   REFUSED: { exit: 1, status: 403 },
+  // the guard in front of every destructive command (src/guard.ts)
+  PRODUCTION_REFUSED: { exit: 1, status: 403 },
+  CONFIRMATION_REQUIRED: { exit: 1, status: 403 },
+  CONFIRMATION_MISMATCH: { exit: 1, status: 403 },
+  // a restore's input and its transaction
+  RESTORE_UNSAFE: { exit: 1, status: 422 },
+  UNENCRYPTED_BACKUP: { exit: 1, status: 422 },
+  LOCK_LOST: { exit: 1, status: 500 },
   ABORTED: { exit: 1, status: 400 },
   CANCELLED: { exit: 130, status: 400 },
 } as const;

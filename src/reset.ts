@@ -1,7 +1,5 @@
 import type { Sql } from "./db.ts";
 import { describeTarget, type Target } from "./db.ts";
-import type { Config } from "./config.ts";
-import { ShinkeiError } from "./errors.ts";
 import { mainTables, tableCounts } from "./state.ts";
 import { rebuildSchema } from "./migrations/migrate.ts";
 import { seedDemo } from "./seed.ts";
@@ -18,27 +16,6 @@ export type ResetPlan = { target: Target; counts: Record<string, number> };
 export async function resetPlan(sql: Sql, url: string): Promise<ResetPlan> {
   const all = await tableCounts(sql);
   return { target: describeTarget(url), counts: Object.fromEntries(mainTables.map((t) => [t, all[t] ?? 0])) };
-}
-
-/** As Rails guards db:reset: production is refused unless the caller says otherwise. */
-export function refuseProduction(config: Config, allowProduction: boolean, what: string) {
-  if (config.environment === "production" && !allowProduction) {
-    throw new ShinkeiError("REFUSED", `refusing to ${what}: SHINKEI_ENV/NODE_ENV is production`, {
-      hint: "If you really mean it, add --allow-production.",
-    });
-  }
-}
-
-/** Without a terminal there is nobody to ask: both flags, and the right name, are the confirmation. */
-export function checkUnattendedConfirmation(target: Target, force: boolean, confirmDatabase: string | undefined, what: string) {
-  if (!force || confirmDatabase === undefined) {
-    throw new ShinkeiError("REFUSED", `refusing to ${what} without a terminal to confirm in`, {
-      hint: `Pass --force --confirm-database ${target.database} to run it unattended.`,
-    });
-  }
-  if (confirmDatabase !== target.database) {
-    throw new ShinkeiError("REFUSED", `--confirm-database "${confirmDatabase}" does not name the target database "${target.database}"`);
-  }
 }
 
 export type ResetResult = { safety: BackupResult; counts: Record<string, number> };

@@ -101,14 +101,17 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     }
     log({ level: offsite.offsite === "failed" ? "error" : "info", msg: "off-site copy", file, ...offsite });
 
-    const local = await pruneLocal(config, { dryRun: false, offsite: store });
-    let remote: string[] = [];
-    if (store && config.s3) {
-      remote = await pruneStore(store, config.s3.keepDays, config.backup, false).then(
-        (r) => r.removed,
-        (e: Error) => (log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []),
-      );
-    }
+    const { local, remote } = await withMaintenanceLock(sql, "retention", async () => {
+      const local = await pruneLocal(config, { dryRun: false, offsite: store });
+      let remote: string[] = [];
+      if (store && config.s3) {
+        remote = await pruneStore(store, config.s3.keepDays, config.backup, false).then(
+          (r) => r.removed,
+          (e: Error) => (log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []),
+        );
+      }
+      return { local, remote };
+    }, true);
     if (local.removed.length || remote.length) log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
 
     await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`.catch(() => {});

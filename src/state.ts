@@ -5,20 +5,31 @@ import { migrationStatus } from "./migrations/migrate.ts";
 /** The tables a person checks first when asking "is my data still there?". */
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
 
-/** Every ordinary (or partitioned) table in `public`, by name. */
-export async function publicTables(sql: Queryable): Promise<{ name: string }[]> {
-  return sql<{ name: string }[]>`
-    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = 'public' and c.relkind in ('r', 'p') order by c.relname`;
+/**
+ * Every ordinary (or partitioned) table the database's own schemas hold, and what a restore brings
+ * back: tables of extensions (whose data pg_dump leaves to the extension) and system schemas are
+ * left out. `key` is the table's name in `public` and `schema.name` elsewhere, so manifests of
+ * backups taken before other schemas counted still compare.
+ */
+export async function userTables(sql: Queryable): Promise<{ key: string; qualified: string }[]> {
+  const rows = await sql<{ schema: string; name: string }[]>`
+    select n.nspname as schema, c.relname as name from pg_catalog.pg_class c
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+      and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+    order by n.nspname <> 'public', n.nspname, c.relname`;
+  return rows.map((r) => ({ key: r.schema === "public" ? r.name : `${r.schema}.${r.name}`, qualified: `${quoteIdent(r.schema)}.${quoteIdent(r.name)}` }));
 }
 
-/** Exact row counts of every ordinary table in `public`, read in one statement (one snapshot). */
+/** Large objects live outside any table; they are counted under this key beside the tables. */
+export const LARGE_OBJECTS = "(large objects)";
+
+/** Exact row counts of every table (and the number of large objects), read in one statement (one snapshot). */
 export async function tableCounts(sql: Queryable): Promise<Record<string, number>> {
-  const tables = await publicTables(sql);
-  if (tables.length === 0) return {};
-  const parts = tables.map((t) => `select ${quoteLiteral(t.name)} as name, count(*)::int8 as n from public.${quoteIdent(t.name)}`);
+  const parts = (await userTables(sql)).map((t) => `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n from ${t.qualified}`);
+  parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8 from pg_catalog.pg_largeobject_metadata`);
   const rows = await sql.unsafe<{ name: string; n: number }[]>(parts.join(" union all "));
-  return Object.fromEntries(rows.map((r) => [r.name, Number(r.n)]));
+  return Object.fromEntries(rows.filter((r) => r.name !== LARGE_OBJECTS || Number(r.n) > 0).map((r) => [r.name, Number(r.n)]));
 }
 
 export type DatabaseState = {

@@ -50,7 +50,7 @@ describe("backup and restore", () => {
     await db.sql`update story_beats set content = 'changed'`;
     await db.sql`create table stray (id int)`; // not in the backup: must be gone afterwards
 
-    const r = await shinkei(["backup", "--restore", "--yes"], env);
+    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("counts match the manifest");
     expect(await snapshot(db.sql)).toEqual(before);
@@ -64,8 +64,8 @@ describe("backup and restore", () => {
 
   test("a second --restore takes the newest backup that is not a safety copy", async () => {
     const file = await takeBackup();
-    await shinkei(["backup", "--restore", "--yes"], env);
-    const r = await shinkei(["backup", "--restore", "--yes"], env);
+    await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
     expect(r.stdout).toContain(`restored       ${file.split("/").pop()}`);
   });
 
@@ -75,7 +75,8 @@ describe("backup and restore", () => {
     const before = await snapshot(db.sql);
     const r = await shinkei(["backup", "--restore"], env);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("needs confirmation");
+    expect(r.stderr).toContain(`without a confirmation`);
+    expect(r.stderr).toContain(`--yes --confirm-database ${db.name}`);
     expect(await snapshot(db.sql)).toEqual(before);
     await db.sql`delete from worlds where name = 'kept'`;
   });
@@ -88,7 +89,7 @@ describe("backup and restore", () => {
     for (const [typed, code] of [[db.name.toUpperCase(), 1], [db.name, 0]] as const) {
       const t = await Terminal.start(["backup", "--restore"], { ...env, NO_COLOR: "1" });
       try {
-        const screen = await t.waitFor(`Type the database name (${db.name})`);
+        const screen = await t.waitFor(`Type ${db.name} to continue`);
         expect(screen).toMatch(/worlds\s+4\s+3/); // now and in the backup, side by side
         await t.type(typed);
         await t.enter();
@@ -110,7 +111,7 @@ describe("backup and restore", () => {
     await Bun.write(gz, Bun.gzipSync(await readFile(plain)));
     for (const file of [plain, gz, custom]) {
       await db.sql`delete from story_beats where position = 0`;
-      const r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--no-safety-backup"], env);
+      const r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"], env);
       expect(r.stderr).toContain("has no manifest");
       expect(r.code).toBe(0);
       expect(await snapshot(db.sql)).toEqual(before);
@@ -125,14 +126,14 @@ describe("backup and restore", () => {
     const flipped = Buffer.from(bytes);
     flipped[Math.floor(flipped.length / 2)]! ^= 0xff;
     await writeFile(file, flipped);
-    let r = await shinkei(["backup", "--restore", "--yes"], env);
+    let r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("the SHA-256 does not match the manifest");
     expect(await snapshot(db.sql)).toEqual(before);
 
     await writeFile(file, bytes);
     await truncate(file, Math.floor(bytes.length * 0.6));
-    r = await shinkei(["backup", "--restore", "--yes"], env);
+    r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/size is \d+ bytes, the manifest says \d+/);
     // Without a manifest the archive itself is read to its end.
@@ -152,7 +153,7 @@ describe("backup and restore", () => {
     await writeFile(plain, text.replace("-- PostgreSQL database dump complete", "INSERT INTO no_such_table VALUES (1);\n\n-- PostgreSQL database dump complete"));
     await db.sql`insert into worlds (owner_id, name) select id, 'only here' from users limit 1`;
     const before = await snapshot(db.sql);
-    const r = await shinkei(["backup", "--restore", "--backup-file", plain, "--yes"], env);
+    const r = await shinkei(["backup", "--restore", "--backup-file", plain, "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("rolled back");
     expect(r.stderr).toContain("no_such_table");
@@ -212,7 +213,7 @@ describe("faults", () => {
     for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
     const second = await shinkei(["backup"], env);
     expect(second.code).toBe(75);
-    expect(second.stderr).toContain("another backup, restore or reset");
+    expect(second.stderr).toContain(`another backup is running on this database (held by "shinkei backup (pid ${first.pid})"`);
     const waited = await shinkei(["backup", "--wait"], env);
     expect(waited.code).toBe(0);
     expect(await first.exited).toBe(0);

@@ -51,7 +51,7 @@ describe("the binary, copied alone into an empty folder", () => {
     expect(list).toHaveLength(1);
     expect((await run(["backup", "verify"])).code).toBe(0);
     await db.sql`delete from story_beats`;
-    const restored = await run(["backup", "restore", list[0].name, "--yes"]);
+    const restored = await run(["backup", "restore", list[0].name, "--yes", "--confirm-database", db.name]);
     expect(restored.code).toBe(0);
     expect(await snapshot(db.sql)).toEqual(before);
 

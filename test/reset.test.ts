@@ -59,7 +59,7 @@ describe("in a terminal", () => {
       expect(users.map((u) => u.email)).toEqual(demoUsers.map((u) => u.email));
 
       // The printed command brings the old data back, exactly.
-      const r = await shinkei(["backup", "--restore", "--backup-file", undo[2]!, "--yes"], env);
+      const r = await shinkei(["backup", "--restore", "--backup-file", undo[2]!, "--yes", "--confirm-database", db.name], env);
       expect(r.code).toBe(0);
       expect(await snapshot(db.sql)).toEqual(before);
     } finally {
@@ -118,7 +118,7 @@ describe("without a terminal", () => {
     const before = await snapshot(db.sql);
     let r = await shinkei(["reset"], env);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`Pass --force --confirm-database ${db.name}`);
+    expect(r.stderr).toContain(`pass --force --confirm-database ${db.name} to run it unattended`);
     r = await shinkei(["reset", "--force"], env);
     expect(r.code).toBe(1);
     r = await shinkei(["reset", "--force", "--confirm-database", "production_db"], env);

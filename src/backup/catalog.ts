@@ -25,38 +25,54 @@ export async function listLocal(dir: string): Promise<LocalBackup[]> {
   return found.sort(compareNewestFirst);
 }
 
+/** A name dated more than this ahead of our clock is not a backup we took: a default never picks it. */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
+const notFuture = (b: BackupName) => b.takenAt.getTime() <= Date.now() + CLOCK_SKEW_MS;
+
 /**
- * A file the user named (a path, or a name inside `dir`), or else the newest backup that is not
- * a pre-restore safety copy: restoring twice in a row must not bring back what the first replaced.
- * With an off-site store, a backup found only there is downloaded into `dir` first.
+ * A file the user named (a path, or a name inside `dir`), or else the newest backup of ours that
+ * is not a pre-restore safety copy (restoring twice in a row must not bring back what the first
+ * replaced). What a default picks is only ever ours: never a name dated in the future, never an
+ * off-site object without its manifest. A backup found only off-site is downloaded into `dir`.
  */
 export async function resolveBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
   if (file) {
     for (const candidate of [file, join(dir, basename(file))]) {
       if ((await stat(candidate).catch(() => null))?.isFile()) return candidate;
     }
-    if (offsite && (await offsite.list()).some((o) => o.name === basename(file))) return download(offsite, dir, basename(file));
+    const objects = offsite ? await offsite.list() : [];
+    if (objects.some((o) => o.name === basename(file))) return download(offsite!, dir, basename(file), objects);
     throw new ShinkeiError("BACKUP_NOT_FOUND", `no backup file ${file}`, {
       hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
     });
   }
-  const latest = (await listLocal(dir)).find((b) => b.manifest?.reason !== "pre-restore");
+  const latest = (await listLocal(dir)).find((b) => b.manifest !== null && b.manifest.reason !== "pre-restore" && notFuture(b));
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
-  const remote = offsite ? newestRemote(await offsite.list()) : undefined;
-  if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) return download(offsite!, dir, remote.name);
+  const objects = offsite ? await offsite.list() : [];
+  const remote = newestRemote(objects);
+  if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) return download(offsite!, dir, remote.name, objects);
   if (!latest) throw new ShinkeiError("BACKUP_NOT_FOUND", `no backups in ${dir}`, { hint: "Take one with shinkei backup, or name a file with --backup-file." });
   return latest.path;
 }
 
 function newestRemote(objects: StoredObject[]): BackupName | undefined {
-  return objects.map((o) => parseBackupName(o.name)).filter((n): n is BackupName => n !== null).sort(compareNewestFirst)[0];
+  const names = new Set(objects.map((o) => o.name));
+  return objects
+    .map((o) => parseBackupName(o.name))
+    .filter((n): n is BackupName => n !== null && names.has(n.name + MANIFEST_SUFFIX) && notFuture(n))
+    .sort(compareNewestFirst)[0];
 }
 
-/** Fetch a backup and its manifest into `dir`; verification then checks it like any local file. */
-async function download(store: BackupStore, dir: string, name: string): Promise<string> {
+/**
+ * Fetch a backup and, when the store lists one, its manifest into `dir`; verification then checks
+ * it like any local file. A manifest that is listed but cannot be fetched is an error: skipping it
+ * would quietly skip the checks it carries.
+ */
+async function download(store: BackupStore, dir: string, name: string, objects: StoredObject[]): Promise<string> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, name);
   await store.get(name, path);
-  await store.get(name + MANIFEST_SUFFIX, manifestPath(path)).catch(() => {});
+  if (objects.some((o) => o.name === name + MANIFEST_SUFFIX)) await store.get(name + MANIFEST_SUFFIX, manifestPath(path));
   return path;
 }

@@ -7,7 +7,13 @@ import { ShinkeiError } from "../errors.ts";
  * never read them: the private keys live elsewhere and are only needed to restore. A passphrase is
  * simpler, and then sits wherever the backup service's environment does.
  */
-export type AgeConfig = { recipients: string[]; passphrase?: string; identityFile?: string };
+export type AgeConfig = {
+  recipients: string[];
+  passphrase?: string;
+  identityFile?: string;
+  /** Not age's: the secret that signs manifests (BACKUP_MANIFEST_KEY) travels with the backup keys. */
+  manifestKey?: string;
+};
 export type Encryption = { method: "recipients"; recipients: string[] } | { method: "passphrase" };
 
 export const AGE_MAGIC = "age-encryption.org/v1";

@@ -1,5 +1,5 @@
 import type { Queryable } from "../db.ts";
-import { publicTables, quoteIdent, quoteLiteral } from "../state.ts";
+import { LARGE_OBJECTS, quoteLiteral, userTables } from "../state.ts";
 
 export type TableStats = { counts: Record<string, number>; digests: Record<string, string> };
 
@@ -11,16 +11,17 @@ export type TableStats = { counts: Record<string, number>; digests: Record<strin
  */
 export async function tableStats(tx: Queryable): Promise<TableStats> {
   await tx.unsafe("set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3");
-  const tables = await publicTables(tx);
-  if (tables.length === 0) return { counts: {}, digests: {} };
-  const parts = tables.map(
-    (t) => `select ${quoteLiteral(t.name)} as name, count(*)::int8 as n,
+  const parts = (await userTables(tx)).map(
+    (t) => `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n,
       coalesce(sum(('x' || substr(md5(r::text), 1, 16))::bit(64)::int8::numeric), 0)::text as digest
-      from public.${quoteIdent(t.name)} r`,
+      from ${t.qualified} r`,
   );
-  const rows = await tx.unsafe<{ name: string; n: number; digest: string }[]>(parts.join(" union all "));
+  // Large objects are counted (reading their content needs privileges on each one: not digested).
+  parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8, null from pg_catalog.pg_largeobject_metadata`);
+  const rows = (await tx.unsafe<{ name: string; n: number; digest: string | null }[]>(parts.join(" union all ")))
+    .filter((r) => r.name !== LARGE_OBJECTS || Number(r.n) > 0);
   return {
     counts: Object.fromEntries(rows.map((r) => [r.name, Number(r.n)])),
-    digests: Object.fromEntries(rows.map((r) => [r.name, r.digest])),
+    digests: Object.fromEntries(rows.filter((r) => r.digest !== null).map((r) => [r.name, r.digest!])),
   };
 }

@@ -87,7 +87,7 @@ export async function runDrill(options: {
         try {
           const [v] = await lock<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
           const source = await content(options.path, verification.format, options.age, manifest.encryption);
-          await load(onServer(options.serverUrl, scratch), source, verification.format, v!.num, options.env);
+          await load(onServer(options.serverUrl, scratch), source, verification.format, v!.num, { env: options.env });
           const sql = connect(onServer(options.serverUrl, scratch), { max: 1 });
           try {
             const { stats, schemaVersion } = await sql.begin(async (tx) => ({ stats: await tableStats(tx), schemaVersion: await currentSchemaVersion(tx) }));

@@ -10,9 +10,9 @@ import { tableStats } from "./digest.ts";
 import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "./naming.ts";
 import { encrypt, encryptionFor, type AgeConfig } from "./crypt.ts";
-import { writeManifest, type Manifest, type Reason } from "./manifest.ts";
+import { signManifest, writeManifest, type Manifest, type Reason } from "./manifest.ts";
 import { fsyncDir, removeStalePartials } from "./files.ts";
-import { checkDumpVersion, finished, libpqEnv, toolPath } from "./pgtools.ts";
+import { checkDumpVersion, finished, toolEnv, toolPath } from "./pgtools.ts";
 
 export type Progress = { bytesIn: number; bytesOut: number };
 
@@ -72,8 +72,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
     const schemaVersion = await currentSchemaVersion(tx);
     // Owners are left out as `pg_restore --no-owner` would: a backup restores wherever its user can create tables.
-    const proc = Bun.spawn([pgDump, "--format=plain", "--no-owner", `--snapshot=${snap!.id}`, "--no-password"], {
-      env: { ...process.env, ...options.env, ...libpqEnv(url) },
+    const proc = Bun.spawn([pgDump, "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"], {
+      env: toolEnv(url, options.env),
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",
@@ -148,6 +148,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     counts: result.counts,
     digests: result.digests,
   };
+  if (options.age?.manifestKey) manifest.signature = signManifest(manifest, options.age.manifestKey);
   await writeManifest(path, manifest);
   return { path, manifest };
 }

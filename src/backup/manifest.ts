@@ -28,9 +28,33 @@ export type Manifest = {
   digests?: Record<string, string>;
   /** Verified off-site copies, by store kind. */
   offsite?: Record<string, OffsiteCopy>;
+  /** HMAC-SHA256 of what identifies the backup, with BACKUP_MANIFEST_KEY (see signManifest). */
+  signature?: string;
 };
 
 export type OffsiteCopy = { location: string; sizeBytes: number; etag?: string; verified: "etag" | "size"; copiedAt: string };
+
+/**
+ * A bucket anyone can write to must not be able to swap in a backup that passes verification: with
+ * BACKUP_MANIFEST_KEY set, the manifest carries an HMAC over the file's identity (name, checksum,
+ * size, when, why, what it holds). Off-site records are left out: they are added later, and do not
+ * change what is restored.
+ */
+function signedPart(m: Manifest): string {
+  const { file, createdAt, reason, database, schemaVersion, format, encryption, sizeBytes, sha256, counts, digests } = m;
+  return JSON.stringify([file, createdAt, reason, database, schemaVersion, format, encryption ?? null, sizeBytes, sha256, counts, digests ?? null]);
+}
+
+export function signManifest(m: Manifest, key: string): string {
+  return new Bun.CryptoHasher("sha256", key).update(signedPart(m)).digest("hex");
+}
+
+export function hasValidSignature(m: Manifest, key: string): boolean {
+  if (typeof m.signature !== "string") return false;
+  const expected = Buffer.from(signManifest(m, key));
+  const given = Buffer.from(m.signature);
+  return given.length === expected.length && crypto.timingSafeEqual(given, expected);
+}
 
 export const manifestPath = (backupPath: string) => backupPath + MANIFEST_SUFFIX;
 

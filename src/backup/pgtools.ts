@@ -15,6 +15,20 @@ export function libpqEnv(url: string): Record<string, string> {
   return env;
 }
 
+/**
+ * The environment a client tool runs with: what finds the tool and libpq needs, never the rest of
+ * ours (S3 keys, age passphrases and identities, mail credentials). A restored file is untrusted;
+ * whatever it might get a tool to do, it finds no secrets in that process.
+ */
+export function toolEnv(url: string, env: Record<string, string | undefined> = {}): Record<string, string> {
+  const passes = (name: string) => /^(PATH|HOME|LANG|LANGUAGE|TZ|TMPDIR|LC_[A-Z]+|PG[A-Z0-9_]+)$/.test(name);
+  const out: Record<string, string> = {};
+  for (const source of [process.env, env]) {
+    for (const [k, v] of Object.entries(source)) if (v !== undefined && passes(k)) out[k] = v;
+  }
+  return { ...out, ...libpqEnv(url) };
+}
+
 export function toolPath(tool: PgTool, env: Record<string, string | undefined> = process.env): string {
   const found = Bun.which(tool, { PATH: env.PATH ?? process.env.PATH ?? "" });
   if (!found) {
@@ -25,14 +39,14 @@ export function toolPath(tool: PgTool, env: Record<string, string | undefined> =
   return found;
 }
 
-/** The major version a client tool reports, e.g. 15 for "pg_dump (PostgreSQL) 15.20". */
-export async function toolMajor(tool: PgTool, env?: Record<string, string | undefined>): Promise<{ major: number; text: string }> {
+/** The version a client tool reports, e.g. 15 and 20 for "pg_dump (PostgreSQL) 15.20". */
+export async function toolMajor(tool: PgTool, env?: Record<string, string | undefined>): Promise<{ major: number; minor: number; text: string }> {
   const p = Bun.spawn([toolPath(tool, env), "--version"], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
   const text = (await new Response(p.stdout).text()).trim();
   await p.exited;
   const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(text);
   if (!m) throw new ShinkeiError("PG_TOOL_MISSING", `cannot tell the version of ${tool} from "${text}"`);
-  return { major: Number(m[1]), text: text.replace(/^.*?\(PostgreSQL\)\s+/, "") };
+  return { major: Number(m[1]), minor: Number(m[2] ?? 0), text: text.replace(/^.*?\(PostgreSQL\)\s+/, "") };
 }
 
 /** pg_dump refuses a newer server; say so before starting, with both versions and the fix. */
@@ -45,6 +59,16 @@ export async function checkDumpVersion(serverVersionNum: number, env?: Record<st
     });
   }
   return { pgDump: dump.text, server };
+}
+
+/**
+ * psql's `\restrict` mode (refuse every meta-command until `\unrestrict KEY`) came with the August
+ * 2025 minor releases: 17.6, 16.10, 15.14, 14.19, 13.22, and every major since 18.
+ */
+export async function psqlHasRestrict(env?: Record<string, string | undefined>): Promise<boolean> {
+  const { major, minor } = await toolMajor("psql", env);
+  const firstMinor: Record<number, number> = { 13: 22, 14: 19, 15: 14, 16: 10, 17: 6 };
+  return major >= 18 || (firstMinor[major] !== undefined && minor >= firstMinor[major]!);
 }
 
 export type Exit = { code: number; stderr: string };

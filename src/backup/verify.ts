@@ -3,7 +3,7 @@ import { basename } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { detectFormat, plainOf, type Format } from "./inspect.ts";
 import { canOpen, type AgeConfig } from "./crypt.ts";
-import { readManifest, type Manifest } from "./manifest.ts";
+import { hasValidSignature, readManifest, type Manifest } from "./manifest.ts";
 import { finished, pump, toolPath } from "./pgtools.ts";
 
 export type Verification = {
@@ -51,7 +51,7 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
   const raw = hashing(path);
   if (options.quick && manifest) {
     for await (const _ of raw.stream); // hash only
-    return finish(path, format, manifest, raw.done(), problems);
+    return finish(path, format, manifest, raw.done(), problems, options.age?.manifestKey);
   }
   // Without the key an encrypted file cannot be read through: that is an error, not a damaged file.
   const content = await plainOf(raw.stream, path, format, options.age, manifest?.encryption);
@@ -78,11 +78,16 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
     }
   }
 
-  return finish(path, format, manifest, raw.done(), problems);
+  return finish(path, format, manifest, raw.done(), problems, options.age?.manifestKey);
 }
 
-function finish(path: string, format: Format, manifest: Manifest | null, read: { sha256: string; size: number }, problems: string[]): Verification {
+function finish(path: string, format: Format, manifest: Manifest | null, read: { sha256: string; size: number }, problems: string[], manifestKey?: string): Verification {
   const { sha256, size } = read;
+  if (manifest && manifestKey && !hasValidSignature(manifest, manifestKey)) {
+    problems.unshift(manifest.signature
+      ? "the manifest's signature does not match BACKUP_MANIFEST_KEY: the manifest was altered"
+      : "the manifest is not signed, and BACKUP_MANIFEST_KEY is set: it was not written by a shinkei holding the key");
+  }
   if (manifest) {
     if (manifest.sizeBytes !== size) problems.unshift(`size is ${size} bytes, the manifest says ${manifest.sizeBytes}`);
     else if (manifest.sha256 !== sha256) problems.unshift("the SHA-256 does not match the manifest: the file was altered");

@@ -1,5 +1,6 @@
 import { ShinkeiError } from "../errors.ts";
-import { recreatePublicSchema, withAdvisoryLock, type Queryable, type Sql } from "../db.ts";
+import { recreatePublicSchema, type Queryable, type Sql } from "../db.ts";
+import { withMaintenanceLock } from "../backup/lock.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
 export type Applied = { version: number; name: string; checksum: string; applied_at: Date };
@@ -66,13 +67,15 @@ export async function migrationStatus(sql: Sql, list: readonly Migration[] = bun
 }
 
 /**
- * Apply pending migrations in order, each in its own transaction. An advisory lock makes
- * concurrent runs (several replicas starting at once) queue, so each migration is applied once.
+ * Apply pending migrations in order, each in its own transaction, under the maintenance lock:
+ * concurrent runs (several replicas starting at once) queue, so each migration is applied once,
+ * and none runs in the middle of a backup or restore. With nothing pending, no lock is taken.
  */
 export async function migrate(sql: Sql, list: readonly Migration[] = bundled): Promise<Migration[]> {
-  return withAdvisoryLock(
+  if (plan(await readApplied(sql), list).pending.length === 0) return [];
+  return withMaintenanceLock(
     sql,
-    "migrate",
+    "migration",
     async () => {
       await sql.unsafe(migrationsTable);
       const { pending } = plan(await readApplied(sql), list);
@@ -91,31 +94,24 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
       }
       return pending;
     },
-    { wait: true, what: "migration" },
+    true,
   );
 }
 
-/** Undo the newest applied migration. The guard (backup, confirmation) belongs to the caller. */
+/** Undo the newest applied migration. The caller holds the maintenance lock and passed the guard. */
 export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled): Promise<Migration | null> {
-  return withAdvisoryLock(
-    sql,
-    "migrate",
-    async () => {
-      const { applied } = plan(await readApplied(sql), list);
-      const last = applied.at(-1);
-      if (!last) return null;
-      const m = list.find((x) => x.version === last.version)!;
-      if (!m.down) {
-        throw new ShinkeiError("REFUSED", `migration ${m.version} (${m.name}) has no down step`);
-      }
-      await sql.begin(async (tx) => {
-        await tx.unsafe(m.down!);
-        await tx`delete from schema_migrations where version = ${m.version}`;
-      });
-      return m;
-    },
-    { wait: true, what: "migration" },
-  );
+  const { applied } = plan(await readApplied(sql), list);
+  const last = applied.at(-1);
+  if (!last) return null;
+  const m = list.find((x) => x.version === last.version)!;
+  if (!m.down) {
+    throw new ShinkeiError("MIGRATION_IRREVERSIBLE", `migration ${m.version} (${m.name}) has no down step`);
+  }
+  await sql.begin(async (tx) => {
+    await tx.unsafe(m.down!);
+    await tx`delete from schema_migrations where version = ${m.version}`;
+  });
+  return m;
 }
 
 /**

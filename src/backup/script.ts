@@ -1,0 +1,364 @@
+import { ShinkeiError } from "../errors.ts";
+
+/**
+ * A file to restore is untrusted input, and psql does whatever the script says: a `COMMIT` inside
+ * it ends the transaction the restore runs in, a `\!` runs a shell command on this machine. So the
+ * script passes through this lexer before psql sees a byte of it. It follows psql's own lexer
+ * (quotes, dollar quotes, nested comments, `BEGIN ATOMIC` bodies, COPY data) and hands psql only
+ * whole statements that passed: every top-level statement that ends or opens a transaction and
+ * every psql meta-command is refused. pg_dump's own large-object blocks (`BEGIN;`, lo_open /
+ * lowrite / lo_close, `COMMIT;`) are the one exception: their BEGIN and COMMIT are dropped, so the
+ * objects load inside our transaction.
+ *
+ * It works on bytes: every character that matters is ASCII, and no byte of a multibyte UTF-8
+ * character is below 0x80. The client-only encodings (SJIS, BIG5, GBK, ...) can end a character with
+ * a backslash byte, which matters only where a backslash escapes a quote: those cases are refused,
+ * as are strings whose end depends on standard_conforming_strings, rather than guessed.
+ */
+
+const enum S {
+  Normal,
+  Single, // '...'
+  Escape, // E'...'
+  Double, // "..."
+  Dollar, // $tag$...$tag$
+  LineComment,
+  BlockComment,
+  AfterCopy, // the rest of a COPY ... FROM STDIN line
+  CopyData,
+}
+
+const Q = 0x27, DQ = 0x22, DOLLAR = 0x24, DASH = 0x2d, SLASH = 0x2f, STAR = 0x2a, SEMI = 0x3b;
+const BACKSLASH = 0x5c, NL = 0x0a, CR = 0x0d, COLON = 0x3a, LPAREN = 0x28, RPAREN = 0x29, LBRACE = 0x7b, DOT = 0x2e;
+
+const isIdentStart = (b: number) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b >= 0x80;
+const isIdentPart = (b: number) => isIdentStart(b) || (b >= 0x30 && b <= 0x39) || b === DOLLAR;
+const isSpace = (b: number) => b === 0x20 || b === 0x09 || b === NL || b === CR || b === 0x0c;
+
+const TRANSACTION_CONTROL = new Set(["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"]);
+const ROUTINE = new Set(["FUNCTION", "PROCEDURE"]);
+const LARGE_OBJECT_WRITE = /^SELECT pg_catalog\.(lo_open|lowrite|lo_close) ?\(/;
+/** A dump's own `\restrict KEY` / `\unrestrict KEY` lines: the only meta-commands accepted (and left out). */
+const RESTRICT_LINE = /^\\(un)?restrict [A-Za-z0-9]+\r?$/;
+const HEAD_LIMIT = 512;
+
+export class ScriptGuard {
+  private state = S.Normal;
+  /** Bytes after the last newline seen: lexing works on whole lines, so lookahead never crosses a chunk. */
+  private partial: Uint8Array = new Uint8Array(0);
+  /** Bytes of the statement in progress (and the comments before it), held until it has passed. */
+  private pending: Uint8Array[] = [];
+  /** The statement's text with comments left out and spaces collapsed, up to HEAD_LIMIT bytes. */
+  private head: number[] = [];
+  /** The statement's first words (enough to classify it), and what a COPY's later words said. */
+  private words: string[] = [];
+  private previousWord = "";
+  private fromStdin = false;
+  private program = false;
+  private word = "";
+  private parenDepth = 0;
+  /** `BEGIN ATOMIC ... END` depth in CREATE FUNCTION/PROCEDURE, as psql counts it. */
+  private blockDepth = 0;
+  private commentDepth = 0;
+  private dollarTag = "";
+  private inLargeObjectBlock = false;
+  private line = 0;
+  private statementLine = 0;
+
+  /** Feed bytes; returns what may go to psql now. Throws RESTORE_UNSAFE on anything refused. */
+  push(input: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    const last = input.lastIndexOf(NL);
+    if (last === -1) {
+      this.partial = concat(this.partial, input);
+      return out;
+    }
+    const buf = this.partial.length ? concat(this.partial, input.subarray(0, last + 1)) : input.subarray(0, last + 1);
+    this.partial = input.slice(last + 1);
+    let start = 0;
+    while (start < buf.length) {
+      const end = buf.indexOf(NL, start) + 1;
+      this.line++;
+      this.lexLine(buf, start, end, out);
+      start = end;
+    }
+    return out;
+  }
+
+  /** At the end of the file: anything unfinished is refused (a truncated file, an unclosed block). */
+  end(): Uint8Array[] {
+    const out = this.partial.length ? this.push(new Uint8Array([NL])) : [];
+    if (this.state === S.CopyData) this.refuse("COPY data that never ends with a \\. line");
+    if (this.state !== S.Normal && this.state !== S.LineComment) this.refuse("an unterminated string, quoted name or comment at the end of the file");
+    this.endWord();
+    if (this.head.length) this.refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
+    if (this.inLargeObjectBlock) this.refuse("a large-object block without its COMMIT");
+    this.flush(out);
+    return out;
+  }
+
+  private lexLine(buf: Uint8Array, from: number, to: number, out: Uint8Array[]) {
+    if (this.state === S.CopyData) {
+      const isEnd = buf[from] === BACKSLASH && buf[from + 1] === DOT && (to - from === 3 || (to - from === 4 && buf[from + 2] === CR));
+      if (isEnd) this.state = S.Normal;
+      out.push(buf.subarray(from, to));
+      return;
+    }
+    let held = from; // bytes [held, i) of this line still to be added to pending
+    for (let i = from; i < to; i++) {
+      const b = buf[i]!;
+      switch (this.state) {
+        case S.LineComment:
+          if (b === NL) this.state = S.Normal;
+          continue;
+        case S.BlockComment:
+          if (b === STAR && buf[i + 1] === SLASH) {
+            i++;
+            if (--this.commentDepth === 0) this.state = S.Normal;
+          } else if (b === SLASH && buf[i + 1] === STAR) {
+            i++;
+            this.commentDepth++;
+          }
+          continue;
+        case S.Single:
+        case S.Escape:
+          this.keep(b);
+          if (b === BACKSLASH) {
+            if (this.state === S.Escape) {
+              if (i > from && buf[i - 1]! >= 0x80) this.refuse(`a backslash right after a multibyte character in an E'' string (line ${this.line})`);
+              this.keep(buf[i + 1]!);
+              i++;
+            } else if (buf[i + 1] === Q && !this.evenBackslashesBefore(buf, from, i)) {
+              this.refuse(`a string whose closing quote follows a backslash (line ${this.line}): where it ends depends on standard_conforming_strings`);
+            }
+          } else if (b === Q) {
+            if (buf[i + 1] === Q) {
+              this.keep(Q);
+              i++;
+            } else {
+              this.state = S.Normal;
+            }
+          }
+          continue;
+        case S.Double:
+          this.keep(b);
+          if (b === DQ) this.state = S.Normal;
+          continue;
+        case S.Dollar:
+          if (b === DOLLAR && dollarTagAt(buf, i, to) === this.dollarTag) {
+            for (let k = 0; k < this.dollarTag.length; k++) this.keep(buf[i + k]!);
+            i += this.dollarTag.length - 1;
+            this.state = S.Normal;
+          }
+          continue;
+        case S.AfterCopy:
+          if (b === NL) {
+            // COPY data starts on the next line; psql would run anything after the `;` only after the data.
+            out.push(buf.subarray(held, to));
+            held = to;
+            this.state = S.CopyData;
+          } else if (!isSpace(b)) {
+            this.refuse(`text after COPY ... FROM STDIN on the same line (line ${this.line})`);
+          }
+          continue;
+        case S.CopyData:
+          continue; // unreachable: a COPY starts its data on a new line
+        case S.Normal:
+          break;
+      }
+
+      if (this.word !== "" && isIdentPart(b)) {
+        this.word += String.fromCharCode(b);
+        this.keep(b);
+        continue;
+      }
+      if (b === Q) {
+        const escape = this.word === "E" || this.word === "e";
+        this.endWord();
+        this.begin();
+        this.keep(b);
+        this.state = escape ? S.Escape : S.Single;
+        continue;
+      }
+      this.endWord();
+      if (isIdentStart(b)) {
+        this.begin();
+        this.word = String.fromCharCode(b);
+        this.keep(b);
+        continue;
+      }
+      if (isSpace(b)) {
+        if (this.head.length && this.head[this.head.length - 1] !== 0x20) this.keep(0x20);
+        continue;
+      }
+      if (b === DASH && buf[i + 1] === DASH) {
+        this.state = S.LineComment;
+        i++;
+        continue;
+      }
+      if (b === SLASH && buf[i + 1] === STAR) {
+        this.state = S.BlockComment;
+        this.commentDepth = 1;
+        i++;
+        continue;
+      }
+      if (b === BACKSLASH) {
+        const text = new TextDecoder().decode(buf.subarray(i, to)).replace(/\n$/, "");
+        if (i === from && this.head.length === 0 && RESTRICT_LINE.test(text)) {
+          // The dump's own \restrict line is left out: the restore sets its own, with its own key.
+          this.hold(buf, held, i);
+          held = to;
+          break;
+        }
+        this.refuse(`the psql meta-command ${JSON.stringify(text.slice(0, 40))} (line ${this.line})`);
+      }
+      if (b === COLON && buf[i - 1] !== COLON && (buf[i + 1] === Q || buf[i + 1] === DQ || buf[i + 1] === LBRACE)) {
+        this.refuse(`a psql variable reference (line ${this.line})`);
+      }
+      if (b === DOLLAR) {
+        const tag = dollarTagAt(buf, i, to);
+        if (tag !== "") {
+          this.begin();
+          for (let k = 0; k < tag.length; k++) this.keep(buf[i + k]!);
+          this.dollarTag = tag;
+          this.state = S.Dollar;
+          i += tag.length - 1;
+          continue;
+        }
+      }
+      this.begin();
+      this.keep(b);
+      if (b === DQ) {
+        this.state = S.Double;
+      } else if (b === LPAREN) {
+        this.parenDepth++;
+      } else if (b === RPAREN) {
+        this.parenDepth--;
+      } else if (b === SEMI && this.blockDepth === 0) {
+        this.hold(buf, held, i + 1);
+        held = i + 1;
+        const action = this.endStatement();
+        if (action === "drop") this.pending = [];
+        else this.flush(out);
+        if (action === "copy") this.state = S.AfterCopy;
+      }
+    }
+    this.hold(buf, held, to);
+  }
+
+  private hold(buf: Uint8Array, from: number, to: number) {
+    if (to > from) this.pending.push(buf.slice(from, to));
+  }
+
+  private flush(out: Uint8Array[]) {
+    out.push(...this.pending);
+    this.pending = [];
+  }
+
+  private begin() {
+    if (this.head.length === 0) this.statementLine = this.line;
+  }
+
+  private keep(b: number) {
+    if (this.head.length < HEAD_LIMIT) this.head.push(b);
+  }
+
+  private evenBackslashesBefore(buf: Uint8Array, from: number, i: number): boolean {
+    let run = 0;
+    for (let k = i; k >= from && buf[k] === BACKSLASH; k--) run++;
+    return run % 2 === 0;
+  }
+
+  private endWord() {
+    if (this.word === "") return;
+    const w = this.word.toUpperCase();
+    this.word = "";
+    if (this.words.length < 4) this.words.push(w);
+    if (this.words[0] === "COPY") {
+      if (w === "PROGRAM") this.program = true;
+      if (this.previousWord === "FROM" && w === "STDIN") this.fromStdin = true;
+    }
+    this.previousWord = w;
+    // psql's heuristic: in CREATE [OR REPLACE] FUNCTION/PROCEDURE, BEGIN (and CASE inside it) opens a block END closes.
+    const [a, b, c, d] = this.words;
+    const routine = a === "CREATE" && (ROUTINE.has(b ?? "") || (b === "OR" && c === "REPLACE" && ROUTINE.has(d ?? "")));
+    if (routine && this.parenDepth === 0) {
+      if (w === "BEGIN" || (w === "CASE" && this.blockDepth > 0)) this.blockDepth++;
+      else if (w === "END" && this.blockDepth > 0) this.blockDepth--;
+    }
+  }
+
+  private endStatement(): "pass" | "drop" | "copy" {
+    const text = new TextDecoder().decode(new Uint8Array(this.head)).trim();
+    const [first, second, third] = this.words;
+    const { fromStdin, program } = this;
+    const where = `line ${this.statementLine}`;
+    this.head = [];
+    this.words = [];
+    this.previousWord = "";
+    this.fromStdin = this.program = false;
+    this.parenDepth = 0;
+    if (first === undefined) return "pass";
+
+    if (this.inLargeObjectBlock) {
+      if (text === "COMMIT;") {
+        this.inLargeObjectBlock = false;
+        return "drop";
+      }
+      if (!LARGE_OBJECT_WRITE.test(text)) this.refuse(`${JSON.stringify(text.slice(0, 60))} inside a large-object block (${where})`);
+      return "pass";
+    }
+    if (text === "BEGIN;") {
+      this.inLargeObjectBlock = true;
+      return "drop";
+    }
+    const toSavepoint = first === "ROLLBACK" && (second === "TO" || ((second === "WORK" || second === "TRANSACTION") && third === "TO"));
+    if ((TRANSACTION_CONTROL.has(first) && !toSavepoint) || (first === "PREPARE" && second === "TRANSACTION")) {
+      this.refuse(`transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one transaction that only shinkei ends`);
+    }
+    // Both would remove the temporary guard that lets only shinkei commit (see restore.ts).
+    if (first === "DISCARD" || (first === "DROP" && second === "OWNED")) this.refuse(`${first} ${second ?? ""} (${where}): it would remove the restore's own guard`);
+    if (first === "COPY") {
+      if (program) this.refuse(`COPY ... PROGRAM (${where}): it runs a command on the database server`);
+      if (fromStdin) return "copy";
+    }
+    return "pass";
+  }
+
+  private refuse(what: string): never {
+    throw new ShinkeiError("RESTORE_UNSAFE", `the file contains ${what}`, {
+      hint: "Nothing from it was applied. shinkei restores its own backups and pg_dump output (plain or custom format, made without --create).",
+    });
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const c = new Uint8Array(a.length + b.length);
+  c.set(a);
+  c.set(b, a.length);
+  return c;
+}
+
+/** The `$tag$` delimiter starting at `i` (both dollars included), or "" when this `$` opens none (`$1`). */
+function dollarTagAt(buf: Uint8Array, i: number, to: number): string {
+  let j = i + 1;
+  if (buf[j] === DOLLAR) return "$$";
+  if (j >= to || !isIdentStart(buf[j]!)) return "";
+  while (j < to && isIdentPart(buf[j]!) && buf[j] !== DOLLAR) j++;
+  return buf[j] === DOLLAR ? new TextDecoder().decode(buf.subarray(i, j + 1)) : "";
+}
+
+/** The script, checked as it streams: psql receives only what passed the guard. */
+export function guardScript(source: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const guard = new ScriptGuard();
+  return source.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        for (const part of guard.push(chunk)) controller.enqueue(part);
+      },
+      flush(controller) {
+        for (const part of guard.end()) controller.enqueue(part);
+      },
+    }),
+  );
+}
