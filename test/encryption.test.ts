@@ -52,6 +52,20 @@ describe("keygen", () => {
     expect(again.stderr).toContain("already exists; refusing to overwrite a key");
     expect(await readFile(path, "utf8")).toBe(before);
   });
+
+  test("the default output name is one git ignores, so the key is never committed by accident", async () => {
+    const cwd = await tempDir("keygen-default");
+    const r = await shinkei(["backup", "keygen", "--json"], {}, { cwd });
+    expect(r.code).toBe(0);
+    const written = JSON.parse(r.stdout).identityFile as string;
+    expect((await stat(join(cwd, written))).mode & 0o777).toBe(0o600);
+    // The project's .gitignore in a scratch repository: git's own rules decide, wherever the tests run.
+    const repo = await tempDir("keygen-git");
+    await Bun.write(join(repo, ".gitignore"), Bun.file(join(import.meta.dir, "..", ".gitignore")));
+    expect(Bun.spawnSync(["git", "init", "-q"], { cwd: repo }).exitCode).toBe(0);
+    expect(Bun.spawnSync(["git", "check-ignore", "--no-index", "-q", written], { cwd: repo }).exitCode).toBe(0);
+    expect(Bun.spawnSync(["git", "check-ignore", "--no-index", "-q", "README.md"], { cwd: repo }).exitCode).toBe(1);
+  });
 });
 
 describe("encrypted backups", () => {
