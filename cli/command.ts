@@ -62,7 +62,7 @@ export class Context {
     if (this.io.env.DATABASE_URL) return;
     const t = describeTarget(config.databaseUrl);
     if (await portOpen(t.host, t.port)) return;
-    this.local = await ensureLocalCluster(process.cwd(), this.io.env);
+    this.local = await ensureLocalCluster(process.cwd(), this.io.env, config.environment);
     this.cachedConfig = { ...config, databaseUrl: this.local.url };
     this.io.stderr.write(`nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL in ${this.local.dataDir} (${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`);
   }
