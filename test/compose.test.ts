@@ -109,7 +109,7 @@ test("the init script makes a login role that is no superuser, owns the app's da
     expect(owner!.name).toBe(appUser);
     const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S') and pg_get_userbyid(c.relowner) <> ${appUser}`;
-    expect(notOurs).toEqual([]);
+    expect(notOurs.map((r) => r.relname as string)).toEqual([]);
 
     // The app as that role: status, migrations and a backup work, and it is not a superuser.
     const url = new URL(db.url);
