@@ -34,7 +34,7 @@ export class Context {
   get config(): Config {
     if (!this.cachedConfig) {
       this.cachedConfig = loadConfig(this.io.env);
-      for (const w of this.cachedConfig.warnings) warn(this.io, w);
+      for (const w of this.cachedConfig.warnings ?? []) warn(this.io, w);
     }
     return this.cachedConfig;
   }

@@ -181,7 +181,7 @@ export type Config = {
   /** Off-site copies; undefined when S3_BUCKET is not set. */
   s3?: S3Config;
   /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
-  warnings: string[];
+  warnings?: string[];
 };
 
 export type S3Config = {
