@@ -1,5 +1,6 @@
 import type { ParseArgsConfig } from "node:util";
 import type { Io } from "./io.ts";
+import { warn } from "./output.ts";
 import { loadConfig, type Config } from "../src/config.ts";
 import { connect, describeTarget, type Sql } from "../src/db.ts";
 import { ensureLocalCluster, portOpen, type LocalCluster } from "../src/localdb.ts";
@@ -31,7 +32,11 @@ export class Context {
   ) {}
 
   get config(): Config {
-    return (this.cachedConfig ??= loadConfig(this.io.env));
+    if (!this.cachedConfig) {
+      this.cachedConfig = loadConfig(this.io.env);
+      for (const w of this.cachedConfig.warnings ?? []) warn(this.io, w);
+    }
+    return this.cachedConfig;
   }
 
   /** One pool per command run, closed by the dispatcher when the command ends. */
@@ -57,7 +62,7 @@ export class Context {
     if (this.io.env.DATABASE_URL) return;
     const t = describeTarget(config.databaseUrl);
     if (await portOpen(t.host, t.port)) return;
-    this.local = await ensureLocalCluster(process.cwd(), this.io.env);
+    this.local = await ensureLocalCluster(process.cwd(), this.io.env, config.environment);
     this.cachedConfig = { ...config, databaseUrl: this.local.url };
     this.io.stderr.write(`nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL in ${this.local.dataDir} (${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`);
   }

@@ -4,6 +4,7 @@ import { parseDuration } from "./duration.ts";
 import { Cron } from "croner";
 import { readFileSync } from "node:fs";
 import { parseRecipients, type AgeConfig } from "./backup/crypt.ts";
+import { checkVariableNames } from "./envnames.ts";
 
 /**
  * Every variable shinkei reads, with its default. The README's table is written from this list;
@@ -31,12 +32,23 @@ const bool = (fallback: boolean) =>
     v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
   );
 
-const duration = (fallback: string) =>
+const optionalInt = (min: number, max: number) =>
+  v.pipe(
+    optionalText(),
+    v.check((s) => s === undefined || /^\d+$/.test(s), "must be a whole number"),
+    v.transform((s) => (s === undefined ? undefined : Number(s))),
+    v.check((n) => n === undefined || n >= min, `must be at least ${min}`),
+    v.check((n) => n === undefined || n <= max, `must be at most ${max}`),
+  );
+
+// An upper bound for every duration too: a typo such as 30000d must not pass as "forever".
+const duration = (fallback: string, max: string) =>
   v.pipe(
     v.optional(v.string(), fallback),
     v.transform(parseDuration),
     v.number("must be a duration such as 30d, 26h, 15m or 90s"),
     v.minValue(1, "must be longer than zero"),
+    v.maxValue(parseDuration(max)!, `must be at most ${max}`),
   );
 
 const postgresUrl = (fallback: string) =>
@@ -61,16 +73,17 @@ const ConfigSchema = v.object({
   PORT: int(8000, 0, 65535),
   MIGRATE_ON_START: bool(true),
   TRUST_PROXY: bool(false),
-  SESSION_TTL: duration("30d"),
+  SESSION_TTL: duration("30d", "366d"),
   SESSION_CACHE_TTL: v.pipe(
     v.optional(v.string(), "1s"),
     v.transform(parseDuration),
     v.number("must be a duration such as 1s or 500ms, or 0 to turn the cache off"),
+    v.maxValue(3_600_000, "must be at most 1h"),
   ),
   COOKIE_SECURE: bool(true),
   LOGIN_MAX_FAILURES: int(5, 1, 1000),
   LOGIN_MAX_FAILURES_PER_IP: int(50, 1, 100_000),
-  LOGIN_WINDOW: duration("15m"),
+  LOGIN_WINDOW: duration("15m", "7d"),
   HASH_CONCURRENCY: int(2, 1, 64),
   HASH_QUEUE_LIMIT: int(128, 1, 100_000),
   ARGON2_MEMORY_KIB: int(65536, 1024, 4_194_304),
@@ -87,14 +100,14 @@ const ConfigSchema = v.object({
   BACKUP_KEEP_DAILY: int(0, 0, 10_000),
   BACKUP_KEEP_WEEKLY: int(0, 0, 10_000),
   BACKUP_KEEP_MONTHLY: int(0, 0, 10_000),
-  BACKUP_MAX_AGE: duration("26h"),
+  BACKUP_MAX_AGE: duration("26h", "366d"),
   BACKUP_IN_SERVER: bool(false),
   BACKUP_DRILL_SCHEDULE: v.pipe(
     v.optional(v.string(), "0 3 * * 0"),
     v.trim(),
     v.check(isCronPattern, "must be a cron pattern such as 0 3 * * 0 (Sundays at 03:00)"),
   ),
-  BACKUP_DRILL_MAX_AGE: duration("8d"),
+  BACKUP_DRILL_MAX_AGE: duration("8d", "366d"),
   DRILL_DATABASE_URL: v.pipe(
     optionalText(),
     v.check((s) => s === undefined || /^postgres(ql)?:\/\/[^/]+/.test(s), "must be a URL such as postgres://user@host:5432/postgres"),
@@ -109,7 +122,7 @@ const ConfigSchema = v.object({
   S3_ENDPOINT: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
   S3_REGION: text("us-east-1"),
   S3_FORCE_PATH_STYLE: bool(false),
-  S3_KEEP_DAYS: v.pipe(optionalText(), v.check((s) => s === undefined || /^\d+$/.test(s), "must be a whole number of days")),
+  S3_KEEP_DAYS: optionalInt(1, 36_500),
   AWS_ACCESS_KEY_ID: optionalText(),
   AWS_SECRET_ACCESS_KEY: optionalText(),
   AWS_SESSION_TOKEN: optionalText(),
@@ -168,6 +181,8 @@ export type Config = {
   };
   /** Off-site copies; undefined when S3_BUCKET is not set. */
   s3?: S3Config;
+  /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
+  warnings?: string[];
 };
 
 export type S3Config = {
@@ -183,7 +198,11 @@ export type S3Config = {
 
 export const configVariables = Object.keys(ConfigSchema.entries) as (keyof Raw)[];
 
+/** Variables read outside the schema (cli/output.ts): known, so never reported as typos. */
+const otherVariables = ["SHINKEI_DEBUG"];
+
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const warnings = checkVariableNames(env, [...configVariables, ...otherVariables]);
   const input: Record<string, string> = {};
   for (const key of configVariables) {
     const value = env[key];
@@ -255,12 +274,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
           endpoint: r.S3_ENDPOINT,
           region: r.S3_REGION,
           forcePathStyle: r.S3_FORCE_PATH_STYLE,
-          keepDays: r.S3_KEEP_DAYS ? Number(r.S3_KEEP_DAYS) : r.BACKUP_KEEP_DAYS,
+          keepDays: r.S3_KEEP_DAYS ?? r.BACKUP_KEEP_DAYS,
           credentials:
             r.AWS_ACCESS_KEY_ID && r.AWS_SECRET_ACCESS_KEY
               ? { accessKeyId: r.AWS_ACCESS_KEY_ID, secretAccessKey: r.AWS_SECRET_ACCESS_KEY, sessionToken: r.AWS_SESSION_TOKEN }
               : undefined,
         }
       : undefined,
+    warnings,
   };
 }

@@ -1,12 +1,16 @@
 import { existsSync } from "node:fs";
-import { chmod, chown, mkdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, open, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import postgres from "postgres";
 import { ShinkeiError } from "./errors.ts";
 
 /**
  * Zero-setup local runs: when DATABASE_URL is unset and nothing answers on 127.0.0.1:5432,
  * shinkei runs a PostgreSQL cluster of its own in ./data/postgres, on loopback only, with the
  * server binaries already on the machine. It persists between runs; whoever started it stops it.
+ * Loopback is not enough on a shared machine (every local user can connect), so the cluster
+ * takes a generated password (scram-sha-256), kept in ./data/postgres.password with mode 0600.
+ * Never in production: there a missing database is an outage to report, not to paper over.
  */
 export type LocalCluster = { url: string; dataDir: string; started: boolean; stop(): Promise<void> };
 
@@ -68,8 +72,8 @@ async function runAs(): Promise<{ prefix: string[]; uid?: number; gid?: number }
   return { prefix: ["runuser", "-u", "postgres", "--"], uid: Number(id.stdout.toString()), gid: Number(gid.stdout.toString()) };
 }
 
-async function run(cmd: string[]): Promise<{ code: number; output: string }> {
-  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+async function run(cmd: string[], input?: string): Promise<{ code: number; output: string }> {
+  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: input === undefined ? "ignore" : new Blob([input]) });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { code, output: (err || out).trim().split("\n").slice(-3).join(" ") };
 }
@@ -81,8 +85,34 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** Only password logins, from loopback: what initdb writes for --auth=scram-sha-256, without the socket lines. */
+const HBA = "# written by shinkei: password logins only\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+
+/** The cluster's password: read it, or make one (mode 0600, never over an existing file). */
+async function clusterPassword(file: string): Promise<{ password: string; created: boolean }> {
+  if (existsSync(file)) return { password: (await readFile(file, "utf8")).trim(), created: false };
+  const password = Buffer.from(crypto.getRandomValues(new Uint8Array(24))).toString("base64url");
+  const handle = await open(file, "wx", 0o600).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === "EEXIST") return null; // another shinkei made it first
+    throw e;
+  });
+  if (!handle) return clusterPassword(file);
+  try {
+    await handle.writeFile(password + "\n");
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  return { password, created: true };
+}
+
 /** Start (initialising on first use) the project-local cluster, or join it when it is already running. */
-export async function ensureLocalCluster(root: string, env: Record<string, string | undefined> = process.env): Promise<LocalCluster> {
+export async function ensureLocalCluster(root: string, env: Record<string, string | undefined> = process.env, environment = "development"): Promise<LocalCluster> {
+  if (environment === "production") {
+    throw new ShinkeiError("DB_UNREACHABLE", "nothing answers on 127.0.0.1:5432, and in production shinkei never starts a database of its own", {
+      hint: "Set DATABASE_URL to the production database (or start the server it names).",
+    });
+  }
   const bin = findServerBinaries(env);
   if (!bin) {
     throw new ShinkeiError("DB_UNREACHABLE", "nothing answers on 127.0.0.1:5432 and no PostgreSQL server is installed to start one", {
@@ -92,13 +122,17 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
   const dataDir = resolve(root, "data", "postgres");
   const as = await runAs();
   const portFile = join(dataDir, "shinkei.port");
+  await mkdir(resolve(dataDir, ".."), { recursive: true, mode: 0o755 });
+  const fresh = !existsSync(join(dataDir, "PG_VERSION"));
+  // A cluster made by an older shinkei has no password file: it gets one now, and loses trust below.
+  const { password, created } = await clusterPassword(join(dataDir, "..", "postgres.password"));
 
-  if (!existsSync(join(dataDir, "PG_VERSION"))) {
-    await mkdir(resolve(dataDir, ".."), { recursive: true, mode: 0o755 });
+  if (fresh) {
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     if (as.uid !== undefined) await chown(dataDir, as.uid, as.gid!);
     await chmod(dataDir, 0o700);
-    const init = await run([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"]);
+    // The password goes in on stdin: no copy of it on disk that the postgres user must be able to read.
+    const init = await run([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=scram-sha-256", "--pwfile=/dev/stdin", "-E", "UTF8", "--no-locale"], password + "\n");
     if (init.code !== 0) {
       throw new ShinkeiError("DB_UNREACHABLE", `could not create a local PostgreSQL cluster in ${dataDir}: ${init.output}`, {
         hint: "Check that the folder is writable (and reachable by the postgres user when running as root), or set DATABASE_URL.",
@@ -107,11 +141,14 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
   }
   const port = existsSync(portFile) ? Number(await readFile(portFile, "utf8")) : await freePort();
   await writeFile(portFile, String(port));
-  const url = `postgres://postgres@127.0.0.1:${port}/shinkei`;
+  const url = `postgres://postgres:${password}@127.0.0.1:${port}/shinkei`;
   const pgCtl = [...as.prefix, join(bin, "pg_ctl"), "-D", dataDir];
 
   const running = async () => (await run([...pgCtl, "status"])).code === 0 && (await portOpen("127.0.0.1", port));
-  if (await running()) return { url, dataDir, started: false, stop: async () => {} };
+  if (await running()) {
+    if (created && !fresh) await dropTrust(dataDir, port, password, pgCtl);
+    return { url, dataDir, started: false, stop: async () => {} };
+  }
 
   // Loopback only, no unix socket: nothing outside this machine can reach it.
   const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=''`;
@@ -122,6 +159,7 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
       hint: `See ${join(dataDir, "server.log")}, or set DATABASE_URL.`,
     });
   }
+  if (created && !fresh) await dropTrust(dataDir, port, password, pgCtl);
   return {
     url,
     dataDir,
@@ -130,4 +168,21 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
       await run([...pgCtl, "stop", "-m", "fast", "-w"]);
     },
   };
+}
+
+/** A cluster an older shinkei made with trust: set the password (trust still lets us in), then require it. */
+async function dropTrust(dataDir: string, port: number, password: string, pgCtl: string[]): Promise<void> {
+  const sql = postgres({ host: "127.0.0.1", port, user: "postgres", database: "postgres", max: 1, onnotice: () => {} });
+  try {
+    await sql.unsafe(`alter role postgres password '${password}'`); // base64url: no quote to escape
+  } catch (e) {
+    throw new ShinkeiError("DB_UNREACHABLE", `cannot log in to the local PostgreSQL in ${dataDir} to give it a password: ${(e as Error).message}`, {
+      hint: `Its password file ${join(dataDir, "..", "postgres.password")} is new: if an older one was deleted, restore it, or remove ${join(dataDir, "..")} to start afresh.`,
+    });
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+  await writeFile(join(dataDir, "pg_hba.conf"), HBA);
+  const reload = await run([...pgCtl, "reload"]);
+  if (reload.code !== 0) throw new ShinkeiError("DB_UNREACHABLE", `could not reload the local PostgreSQL in ${dataDir}: ${reload.output}`);
 }

@@ -127,4 +127,21 @@ describe("zero-setup local run", () => {
       Bun.spawnSync(["ip", "netns", "del", ns]);
     }
   });
+
+  test.skipIf(!netns || process.getuid?.() !== 0)("with SHINKEI_ENV=production and 5432 unavailable: an error, and no local cluster", async () => {
+    const ns = `shinkei-${crypto.randomUUID().slice(0, 6)}`;
+    expect(Bun.spawnSync(["ip", "netns", "add", ns]).exitCode).toBe(0);
+    const cwd = await tempDir("prod-no-local");
+    await chmod(cwd, 0o755);
+    try {
+      Bun.spawnSync(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+      const r = Bun.spawnSync(["ip", "netns", "exec", ns, join(alone, "shinkei"), "status"], { cwd, env: { PATH: process.env.PATH!, NO_COLOR: "1", SHINKEI_ENV: "production" } });
+      expect(r.exitCode).toBe(2);
+      expect(r.stderr.toString().split("\n")[0]).toBe("✖ nothing answers on 127.0.0.1:5432, and in production shinkei never starts a database of its own");
+      expect(existsSync(join(cwd, "data"))).toBe(false);
+    } finally {
+      Bun.spawnSync(["pkill", "-f", `postgres -D ${join(cwd, "data", "postgres")}`]);
+      Bun.spawnSync(["ip", "netns", "del", ns]);
+    }
+  });
 });

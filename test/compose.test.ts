@@ -1,13 +1,18 @@
 import { expect, test, setDefaultTimeout } from "bun:test";
+import { stat } from "node:fs/promises";
 import { join } from "node:path";
-import { shinkei } from "./support/cli.ts";
+import postgres from "postgres";
+import { shinkei, takeBackup } from "./support/cli.ts";
+import { freshDatabase, serverUrl } from "./support/db.ts";
+import { tempDir } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
 
 // Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(60_000);
 
 const root = join(import.meta.dir, "..");
 
-type Service = { container_name?: string; command?: string[]; depends_on?: Record<string, { condition: string }>; healthcheck?: { test: string[] }; volumes?: string[]; profiles?: string[]; image?: string };
+type Service = { environment?: Record<string, string>; container_name?: string; command?: string[]; depends_on?: Record<string, { condition: string }>; healthcheck?: { test: string[] }; volumes?: string[]; profiles?: string[]; image?: string };
 
 test("compose.yaml: the services, names, health checks and volumes the runbooks expect", async () => {
   const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service>; volumes: Record<string, unknown> };
@@ -47,4 +52,84 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
   expect(compose).toContain("image: postgres:${PG_MAJOR:-17}");
   expect(compose).toContain("PG_MAJOR: ${PG_MAJOR:-17}");
   expect(docker).toContain("ARG PG_MAJOR=17");
+});
+
+/** What compose makes of `${VAR:-default}` when VAR is unset. */
+const withDefaults = (text: string) => text.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, "$1");
+
+test("compose.yaml: the app and the backup service connect as the app role from the init script, not the superuser", async () => {
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service> };
+  const pg = compose.services.postgres!;
+  expect(pg.volumes).toContain("./docker/initdb:/docker-entrypoint-initdb.d:ro");
+  const script = join(root, "docker", "initdb", "10-app-role.sh");
+  expect((await stat(script)).mode & 0o111).not.toBe(0);
+  const appUser = withDefaults(pg.environment!.POSTGRES_APP_USER!);
+  expect(appUser).not.toBe(withDefaults(pg.environment!.POSTGRES_USER!));
+  for (const name of ["backend", "backup"]) {
+    const url = new URL(withDefaults(compose.services[name]!.environment!.DATABASE_URL!));
+    expect(url.username).toBe(appUser);
+    expect(decodeURIComponent(url.password)).toBe(withDefaults(pg.environment!.POSTGRES_APP_PASSWORD!));
+  }
+});
+
+/** Run the init script as the postgres image would, against a database on the test server. */
+function runInitScript(database: string, appUser: string) {
+  const server = new URL(serverUrl);
+  return Bun.spawnSync(["bash", join(root, "docker", "initdb", "10-app-role.sh")], {
+    env: {
+      PATH: process.env.PATH!,
+      PGHOST: server.hostname,
+      PGPORT: server.port || "5432",
+      PGPASSWORD: decodeURIComponent(server.password),
+      POSTGRES_USER: decodeURIComponent(server.username),
+      POSTGRES_DB: database,
+      POSTGRES_APP_USER: appUser,
+      POSTGRES_APP_PASSWORD: `pw-${crypto.randomUUID()}`,
+    },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+}
+
+test("the init script makes a login role that is no superuser, owns the app's database, and runs the app", async () => {
+  const db = await freshDatabase("initdb");
+  const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
+  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  try {
+    // A volume from before the script: the superuser made the app's tables.
+    await migrate(db.sql);
+    for (let run = 0; run < 2; run++) {
+      const r = runInitScript(db.name, appUser);
+      expect(r.stderr.toString()).toBe("");
+      expect(r.exitCode).toBe(0);
+    }
+    const [role] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
+    expect(role).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: false, rolbypassrls: false });
+    const [owner] = await admin`select pg_get_userbyid(datdba) as name from pg_database where datname = ${db.name}`;
+    expect(owner!.name).toBe(appUser);
+    const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S') and pg_get_userbyid(c.relowner) <> ${appUser}`;
+    expect(notOurs.map((r) => r.relname as string)).toEqual([]);
+
+    // The app as that role: status, migrations and a backup work, and it is not a superuser.
+    const url = new URL(db.url);
+    url.username = appUser;
+    url.password = "";
+    const app = postgres(url.toString(), { max: 1, onnotice: () => {} });
+    try {
+      const [who] = await app`select current_user as name, current_setting('is_superuser') as superuser`;
+      expect(who).toEqual({ name: appUser, superuser: "off" });
+      await app`create table public.made_by_app (x int)`;
+      await app`drop table public.made_by_app`;
+    } finally {
+      await app.end();
+    }
+    const env = { DATABASE_URL: url.toString(), BACKUP_DIR: await tempDir("initdb-backup") };
+    expect((await shinkei(["migrate"], env)).code).toBe(0);
+    expect(await takeBackup(env)).toMatch(/shinkei_backup_\S+\.sql\.gz$/);
+  } finally {
+    await db.drop();
+    await admin`drop role if exists ${admin(appUser)}`;
+    await admin.end();
+  }
 });

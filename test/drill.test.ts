@@ -55,6 +55,23 @@ describe("restore drills", () => {
     expect(await scratchDatabases()).toEqual([]);
   });
 
+  test("cleanup drops only scratch databases a drill made: `_` is no wildcard, a real shinkei_drill_ database stays", async () => {
+    const tail = crypto.randomUUID().slice(0, 8);
+    const others = [`shinkeiXdrillX${tail}`, `shinkei_drill_reports_${tail}`, `shinkei_drill_${tail}`];
+    const leftover = `shinkei_drill_${Date.now().toString(36)}_${tail}`; // what a crashed drill leaves
+    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    try {
+      for (const name of [...others, leftover]) await a`create database ${a(name)}`;
+      await takeBackup();
+      expect((await shinkei(["backup", "drill"], env)).code).toBe(0);
+      const left = (await a`select datname from pg_database where datname = any(${[...others, leftover]})`).map((r) => r.datname as string);
+      expect(left.sort()).toEqual([...others].sort());
+    } finally {
+      for (const name of [...others, leftover]) await a`drop database if exists ${a(name)}`;
+      await a.end();
+    }
+  });
+
   test("a file altered after its manifest was written fails, naming the table", async () => {
     const file = await takeBackup();
     const sqlText = Buffer.from(Bun.gunzipSync(await readFile(file))).toString();

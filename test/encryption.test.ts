@@ -52,6 +52,20 @@ describe("keygen", () => {
     expect(again.stderr).toContain("already exists; refusing to overwrite a key");
     expect(await readFile(path, "utf8")).toBe(before);
   });
+
+  test("the default output name is one git ignores, so the key is never committed by accident", async () => {
+    const cwd = await tempDir("keygen-default");
+    const r = await shinkei(["backup", "keygen", "--json"], {}, { cwd });
+    expect(r.code).toBe(0);
+    const written = JSON.parse(r.stdout).identityFile as string;
+    expect((await stat(join(cwd, written))).mode & 0o777).toBe(0o600);
+    // The project's .gitignore in a scratch repository: git's own rules decide, wherever the tests run.
+    const repo = await tempDir("keygen-git");
+    await Bun.write(join(repo, ".gitignore"), Bun.file(join(import.meta.dir, "..", ".gitignore")));
+    expect(Bun.spawnSync(["git", "init", "-q"], { cwd: repo }).exitCode).toBe(0);
+    expect(Bun.spawnSync(["git", "check-ignore", "--no-index", "-q", written], { cwd: repo }).exitCode).toBe(0);
+    expect(Bun.spawnSync(["git", "check-ignore", "--no-index", "-q", "README.md"], { cwd: repo }).exitCode).toBe(1);
+  });
 });
 
 describe("encrypted backups", () => {
@@ -156,6 +170,31 @@ describe("encrypted backups", () => {
     const withKey = await shinkei(["backup", "check"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
     expect(withKey.code).toBe(1);
     expect(withKey.stderr).toContain("no backup has passed a restore drill yet");
+  });
+
+  test("a key file with a secret-looking bad line: the error names the line, never any of its content", async () => {
+    // A real key's layout with a broken checksum: age's own message would quote it whole.
+    const secretLine = "AGE-SECRET-KEY-1QX7ZPQX7ZPSECRETPARTQX7ZPQX7ZPSECRETPARTQX7ZPQX7ZPSECRETPQX";
+    const wrongPlace = join(keys, "recipients-with-a-private-key.txt");
+    await Bun.write(wrongPlace, `# team keys\n${publicKey}\n${secretLine}\n`);
+    const plainSecret = join(keys, "recipients-with-a-password.txt");
+    await Bun.write(plainSecret, "password=hunter2hunter2-do-not-print\n");
+    const r1 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: wrongPlace });
+    expect(r1.code).toBe(2);
+    expect(r1.stderr.split("\n")[0]).toBe(`✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in BACKUP_AGE_IDENTITY, never here`);
+    const r2 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: plainSecret });
+    expect(r2.code).toBe(2);
+    expect(r2.stderr.split("\n")[0]).toBe(`✖ BACKUP_AGE_RECIPIENTS file ${plainSecret}: line 1 is not an age public key (age1...)`);
+
+    await takeBackup();
+    const badIdentity = join(keys, "broken-identity.key");
+    await Bun.write(badIdentity, `# created: today\n${secretLine}\n`);
+    const r3 = await shinkei(["backup", "verify"], { ...env, BACKUP_AGE_IDENTITY: badIdentity, SHINKEI_DEBUG: "1" });
+    expect(r3.code).toBe(1);
+    expect(r3.stderr).toContain(`private key 1 in ${badIdentity} is not a valid age key`);
+    for (const r of [r1, r2, r3]) {
+      for (const fragment of ["QX7ZP", "SECRETPART", "AGE-SECRET-KEY-1", "hunter2", "password="]) expect(r.stderr + r.stdout).not.toContain(fragment);
+    }
   });
 
   test("bad key configuration is a config error naming the variable", async () => {

@@ -19,14 +19,26 @@ export type Encryption = { method: "recipients"; recipients: string[] } | { meth
 export const AGE_MAGIC = "age-encryption.org/v1";
 const RECIPIENT = /^age1[0-9a-z]{20,}$/;
 
-/** Keys from BACKUP_AGE_RECIPIENTS: given inline (space or comma separated) or as a file of them. */
+/**
+ * Keys from BACKUP_AGE_RECIPIENTS: given inline (space or comma separated) or as a file of them.
+ * A bad line of a file is named by its number only: the file may be a private key put here by
+ * mistake, and no part of it may reach a terminal or a log.
+ */
 export function parseRecipients(value: string, readFile: (path: string) => string): string[] {
   const inline = value.split(/[\s,]+/).filter(Boolean);
-  const lines = inline.every((k) => k.startsWith("age1")) ? inline : readFile(value).split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
-  const bad = lines.find((k) => !RECIPIENT.test(k));
-  if (bad !== undefined) throw new Error(`"${bad.slice(0, 24)}" is not an age public key (age1...)`);
-  if (lines.length === 0) throw new Error("holds no age public keys");
-  return lines;
+  if (inline.every((k) => k.startsWith("age1"))) {
+    const bad = inline.find((k) => !RECIPIENT.test(k));
+    if (bad !== undefined) throw new Error(`"${bad.slice(0, 24)}" is not an age public key (age1...)`);
+    return inline;
+  }
+  const lines = readFile(value).split("\n").map((l, i) => ({ key: l.trim(), n: i + 1 })).filter(({ key }) => key && !key.startsWith("#"));
+  const bad = lines.find(({ key }) => !RECIPIENT.test(key));
+  if (bad !== undefined) {
+    const what = /^AGE-SECRET-KEY-/i.test(bad.key) ? "is a private key: it belongs in BACKUP_AGE_IDENTITY, never here" : "is not an age public key (age1...)";
+    throw new Error(`file ${value}: line ${bad.n} ${what}`);
+  }
+  if (lines.length === 0) throw new Error(`file ${value} holds no age public keys`);
+  return lines.map(({ key }) => key);
 }
 
 /** How new backups are encrypted under this configuration, or undefined for none. */
@@ -56,6 +68,22 @@ async function identities(path: string): Promise<string[]> {
   return (await file.text()).split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-"));
 }
 
+/** Add each private key, naming a bad one by its line only: age's own message quotes the key. */
+function addIdentities(d: Decrypter, keys: string[], path: string) {
+  keys.forEach((k, i) => {
+    try {
+      d.addIdentity(k);
+    } catch {
+      throw new ShinkeiError("REFUSED", `BACKUP_AGE_IDENTITY: private key ${i + 1} in ${path} is not a valid age key`, {
+        hint: "Replace it with the key file `shinkei backup keygen` (or age-keygen) wrote. Nothing was changed.",
+      });
+    }
+  });
+}
+
+/** Whatever a library says about keys, no key text leaves this module. */
+const withoutKeys = (message: string) => message.replace(/AGE-SECRET-KEY-\S*/gi, "AGE-SECRET-KEY-(hidden)");
+
 /**
  * Decrypt a backup's bytes. Without a key, or with keys that do not open it, one error says which
  * recipients the backup was made for, so the right private key can be found.
@@ -69,12 +97,12 @@ export async function decrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig
     });
   }
   const d = new Decrypter();
-  for (const k of keys) d.addIdentity(k);
+  if (keys.length) addIdentities(d, keys, age!.identityFile!);
   if (age?.passphrase) d.addPassphrase(age.passphrase);
   try {
     return await d.decrypt(stream);
   } catch (e) {
-    throw new ShinkeiError("REFUSED", `cannot decrypt ${file} (${forWhom}): ${(e as Error).message}`, {
+    throw new ShinkeiError("REFUSED", `cannot decrypt ${file} (${forWhom}): ${withoutKeys((e as Error).message)}`, {
       hint: "Check BACKUP_AGE_IDENTITY or BACKUP_AGE_PASSPHRASE. Nothing was changed.",
     });
   }

@@ -24,6 +24,17 @@ export type DrillResult = {
 
 /** Scratch databases carry this prefix and a random tail: no real database is ever named so. */
 export const SCRATCH_PREFIX = "shinkei_drill_";
+/**
+ * Whether `name` is one runDrill made (prefix, its creation time in base 36, 8 hex digits), for
+ * cleaning up after a crashed drill. Not LIKE: `_` is a wildcard there, and `shinkei_drill_%` also
+ * matches `shinkeiXdrillXsales`. The time must be a real past moment, so a database someone named
+ * `shinkei_drill_reports_1a2b3c4d` is not taken for ours either.
+ */
+export function isScratchName(name: string, now = Date.now()): boolean {
+  const m = new RegExp(`^${SCRATCH_PREFIX}([0-9a-z]{1,12})_[0-9a-f]{8}$`).exec(name);
+  const made = m ? parseInt(m[1]!, 36) : NaN;
+  return made > Date.UTC(2024, 0, 1) && made <= now + 86_400_000;
+}
 
 export const drillPath = (backupPath: string) => `${backupPath}.drill.json`;
 
@@ -66,8 +77,8 @@ export async function runDrill(options: {
       const lock = await admin.reserve();
       try {
         await lock`select pg_advisory_lock(${0x5348}, hashtext('drill'))`;
-        for (const { datname } of await lock`select datname from pg_database where datname like ${SCRATCH_PREFIX + "%"}`) {
-          await lock`drop database if exists ${lock(datname)} with (force)`;
+        for (const { datname } of await lock`select datname from pg_database where starts_with(datname, ${SCRATCH_PREFIX})`) {
+          if (isScratchName(datname)) await lock`drop database if exists ${lock(datname)} with (force)`;
         }
         const scratch = `${SCRATCH_PREFIX}${Date.now().toString(36)}_${crypto.randomUUID().slice(0, 8)}`;
         try {

@@ -1,4 +1,4 @@
-import { mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -11,7 +11,7 @@ import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "./naming.ts";
 import { encrypt, encryptionFor, type AgeConfig } from "./crypt.ts";
 import { signManifest, writeManifest, type Manifest, type Reason } from "./manifest.ts";
-import { fsyncDir, removeStalePartials } from "./files.ts";
+import { createPartial, fsyncDir, removeStalePartials } from "./files.ts";
 import { checkDumpVersion, finished, toolEnv, toolPath } from "./pgtools.ts";
 
 export type Progress = { bytesIn: number; bytesOut: number };
@@ -33,7 +33,8 @@ export type BackupResult = { path: string; manifest: Manifest };
 async function reserveName(dir: string, at: Date, extension: string): Promise<string> {
   for (let seq = 0; seq < 1000; seq++) {
     const name = backupName(at, seq, extension);
-    const taken = await Promise.all([stat(join(dir, name)), stat(join(dir, `${name}.partial`))].map((p) => p.then(() => true, () => false)));
+    // lstat: a dangling symbolic link takes a name too.
+    const taken = await Promise.all([lstat(join(dir, name)), lstat(join(dir, `${name}.partial`))].map((p) => p.then(() => true, () => false)));
     if (!taken.includes(true)) return name;
   }
   throw new ShinkeiError("BACKUP_FAILED", "too many backups within one second");
@@ -84,7 +85,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     stats.catch(() => {}); // awaited below; a failed dump must not leave it unhandled
     const hasher = new Bun.CryptoHasher("sha256");
     const progress: Progress = { bytesIn: 0, bytesOut: 0 };
-    const file = await open(partial, "wx", 0o600);
+    const file = await createPartial(partial);
     try {
       await pipeline(
         Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream),

@@ -1,5 +1,35 @@
-import { open, rename, rm, stat, readdir } from "node:fs/promises";
+import { constants } from "node:fs";
+import { copyFile, lstat, open, rename, rm, stat, readdir, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { ShinkeiError } from "../errors.ts";
+
+/**
+ * Clear the way for a new `.partial` file: a plain file there is a crashed write's leftover and
+ * goes; anything else (a symbolic link planted by whoever can write to the folder) is refused,
+ * never followed. Callers then create it with O_EXCL, which fails rather than follow a link
+ * that appears in between.
+ */
+async function preparePartial(partial: string): Promise<void> {
+  const existing = await lstat(partial).catch(() => null);
+  if (existing && !existing.isFile()) {
+    throw new ShinkeiError("REFUSED", `${partial} exists and is not a plain file (a symbolic link?); refusing to write through it`, {
+      hint: "Remove it, and find out who put it there. Nothing was written.",
+    });
+  }
+  if (existing) await rm(partial);
+}
+
+/** A new, empty `.partial` file (mode 0600): never through a symbolic link, never over a file. */
+export async function createPartial(partial: string): Promise<FileHandle> {
+  await preparePartial(partial);
+  return open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+}
+
+/** Copy `from` to a new `.partial` file, with the same care as createPartial. */
+export async function copyToPartial(from: string, partial: string): Promise<void> {
+  await preparePartial(partial);
+  await copyFile(from, partial, constants.COPYFILE_EXCL);
+}
 
 /** Make a rename durable: the directory entry must reach the disk too. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -14,7 +44,7 @@ export async function fsyncDir(dir: string): Promise<void> {
 /** Write to `path.partial`, fsync, rename: readers see the old file or the whole new one. */
 export async function writeFileAtomic(path: string, data: string): Promise<void> {
   const partial = `${path}.partial`;
-  const handle = await open(partial, "w", 0o600);
+  const handle = await createPartial(partial);
   try {
     await handle.writeFile(data);
     await handle.sync();

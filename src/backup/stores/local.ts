@@ -1,8 +1,8 @@
-import { copyFile, readdir, rename, rm, stat } from "node:fs/promises";
+import { readdir, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ShinkeiError } from "../../errors.ts";
 import { MANIFEST_SUFFIX, isOurObject } from "../naming.ts";
-import { fsyncDir } from "../files.ts";
+import { copyToPartial, fsyncDir } from "../files.ts";
 import type { BackupStore, StoredObject } from "./store.ts";
 
 /** A folder of backups: BACKUP_DIR itself, or any other folder used as a copy. */
@@ -26,14 +26,14 @@ export class LocalStore implements BackupStore {
 
   async put(name: string, localPath: string) {
     const target = join(this.dir, name);
-    await copyFile(localPath, `${target}.partial`);
+    await copyToPartial(localPath, `${target}.partial`);
     await rename(`${target}.partial`, target);
     await fsyncDir(this.dir);
     return { sizeBytes: (await stat(target)).size, verified: "size" as const };
   }
 
   async get(name: string, localPath: string) {
-    await copyFile(join(this.dir, name), `${localPath}.partial`);
+    await copyToPartial(join(this.dir, name), `${localPath}.partial`);
     await rename(`${localPath}.partial`, localPath);
   }
 

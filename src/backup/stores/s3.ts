@@ -1,5 +1,5 @@
 import { createReadStream } from "node:fs";
-import { open, rename, rm } from "node:fs/promises";
+import { rename, rm } from "node:fs/promises";
 import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
@@ -8,6 +8,7 @@ import type { S3Config } from "../../config.ts";
 import { ShinkeiError } from "../../errors.ts";
 import { MANIFEST_SUFFIX, isOurObject } from "../naming.ts";
 import type { BackupStore, StoredObject } from "./store.ts";
+import { createPartial } from "../files.ts";
 
 const PART_SIZE = 8 * 1024 * 1024;
 
@@ -129,10 +130,10 @@ export class S3Store implements BackupStore {
 
   async get(name: string, localPath: string) {
     const partial = `${localPath}.partial`;
+    const file = await createPartial(partial);
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
-      const file = await open(partial, "w", 0o600);
       try {
+        const r = await this.client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
         for await (const chunk of r.Body as AsyncIterable<Uint8Array>) await file.write(chunk);
         await file.sync();
       } finally {

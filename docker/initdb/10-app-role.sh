@@ -1,0 +1,28 @@
+#!/bin/bash
+# Runs once, when the postgres container initialises an empty data volume (docker-entrypoint-initdb.d).
+# The app and the backup service connect as POSTGRES_APP_USER: it owns the app's database (so it
+# can migrate, dump and restore it) and may create databases (for restore drills), but it is no
+# superuser, so a hole in the app cannot reach other databases, roles or the server's files.
+# Safe to run again, e.g. for a volume made before this script existed:
+#   docker compose exec -T postgres bash /docker-entrypoint-initdb.d/10-app-role.sh
+# which also hands the tables an earlier setup created as the superuser over to the app role.
+set -euo pipefail
+
+psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
+  -v app_user="${POSTGRES_APP_USER:-shinkei_app}" -v app_password="${POSTGRES_APP_PASSWORD:?set POSTGRES_APP_PASSWORD}" \
+  -v db="$POSTGRES_DB" <<'SQL'
+select format('create role %I login password %L', :'app_user', :'app_password')
+  where not exists (select from pg_roles where rolname = :'app_user') \gexec
+select format('alter role %I with login nosuperuser createdb nocreaterole noreplication nobypassrls password %L', :'app_user', :'app_password') \gexec
+select format('alter database %I owner to %I', :'db', :'app_user') \gexec
+select format('grant all on schema public to %I', :'app_user') \gexec
+-- Tables, views and free-standing sequences already in public (a volume from before this script).
+-- Sequences of serial and identity columns follow their table.
+select format('alter %s %s owner to %I',
+              case c.relkind when 'S' then 'sequence' when 'v' then 'view' when 'm' then 'materialized view' else 'table' end,
+              c.oid::regclass, :'app_user')
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+ where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S')
+   and not exists (select from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype in ('a', 'i'))
+   and pg_get_userbyid(c.relowner) <> :'app_user' \gexec
+SQL

@@ -1,0 +1,79 @@
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { lstat, readFile, readdir, symlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { writeFileAtomic } from "../src/backup/files.ts";
+import { LocalStore } from "../src/backup/stores/local.ts";
+import { S3Store } from "../src/backup/stores/s3.ts";
+import { backupName } from "../src/backup/naming.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { takeBackup } from "./support/cli.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
+
+// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(60_000);
+
+// Whoever can write to a backup folder may plant a symbolic link where shinkei is about to write
+// a `.partial` file; following it would overwrite the link's target with shinkei's privileges.
+let s3: TestS3;
+let db: TestDatabase;
+beforeAll(async () => {
+  s3 = await TestS3.start();
+  db = await freshDatabase("partial");
+  await migrate(db.sql);
+  await seedSample(db.sql);
+});
+afterAll(async () => {
+  await s3.stop();
+  await db.drop();
+});
+
+async function victim(): Promise<{ path: string; unchanged(): Promise<boolean> }> {
+  const path = join(await tempDir("victim"), "precious.conf");
+  await writeFile(path, "precious\n");
+  return { path, unchanged: async () => (await readFile(path, "utf8")) === "precious\n" };
+}
+
+test("writeFileAtomic (manifests, drill results) refuses a symbolic link at the .partial path", async () => {
+  const dir = await tempDir("partial-atomic");
+  const v = await victim();
+  await symlink(v.path, join(dir, "result.json.partial"));
+  await expect(writeFileAtomic(join(dir, "result.json"), "{}")).rejects.toMatchObject({ code: "REFUSED", message: expect.stringContaining("refusing to write through it") });
+  expect(await v.unchanged()).toBe(true);
+  // A plain leftover of a crashed write is no threat: it is replaced.
+  await writeFile(join(dir, "other.json.partial"), "half");
+  await writeFileAtomic(join(dir, "other.json"), "{}");
+  expect(await readFile(join(dir, "other.json"), "utf8")).toBe("{}");
+});
+
+test("copies into a folder and downloads from S3 do not write through a planted link", async () => {
+  const name = backupName(new Date(Date.UTC(2026, 0, 2, 3, 4, 5)));
+  const source = join(await tempDir("partial-src"), name);
+  await writeFile(source, "backup bytes");
+  const copies = await tempDir("partial-copies");
+  const v = await victim();
+
+  await symlink(v.path, join(copies, `${name}.partial`));
+  await expect(new LocalStore(copies).put(name, source)).rejects.toMatchObject({ code: "REFUSED" });
+
+  const download = join(await tempDir("partial-download"), name);
+  await symlink(v.path, `${download}.partial`);
+  await expect(new LocalStore(join(source, "..")).get(name, download)).rejects.toMatchObject({ code: "REFUSED" });
+
+  const store = new S3Store(s3.config("partial/"));
+  await store.put(name, source);
+  await expect(store.get(name, download)).rejects.toMatchObject({ code: "REFUSED" });
+  expect(await v.unchanged()).toBe(true);
+});
+
+test("a backup skips a name whose .partial is a dangling link and creates nothing at its target", async () => {
+  const dir = await tempDir("partial-backup");
+  const target = join(await tempDir("partial-target"), "created-through-link");
+  const now = Date.now();
+  for (let s = -2; s <= 60; s++) await symlink(target, join(dir, `${backupName(new Date(now + s * 1000))}.partial`));
+  const path = await takeBackup({ DATABASE_URL: db.url, BACKUP_DIR: dir });
+  expect(path).toMatch(/_1\.sql\.gz$/);
+  expect((await lstat(path)).isFile()).toBe(true);
+  expect(await readdir(join(target, ".."))).toEqual([]);
+});
