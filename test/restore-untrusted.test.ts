@@ -1,0 +1,258 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { PutObjectCommand } from "@aws-sdk/client-s3";
+import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { buildBinary, binaryPath, shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { libpqEnv } from "../src/backup/pgtools.ts";
+import { tableStats } from "../src/backup/digest.ts";
+
+// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(60_000);
+
+let db: TestDatabase;
+let dir: string;
+let env: Record<string, string>;
+const confirm = () => ["--yes", "--confirm-database", db.name];
+const stats = () => db.sql.begin((tx) => tableStats(tx));
+const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
+const restore = (args: string[], extra: Record<string, string> = {}) => shinkei(["backup", "--restore", ...args], { ...env, ...extra });
+
+async function stockDump(file: string, extra: string[] = []) {
+  const p = Bun.spawn(["pg_dump", "--no-owner", ...extra, "-f", file], { env: { ...process.env, ...libpqEnv(db.url) } });
+  expect(await p.exited).toBe(0);
+}
+
+/** A stock plain dump of the database with `tail` appended: a real file, with a planted ending. */
+async function plantedDump(name: string, tail: string): Promise<string> {
+  const file = join(dir, name);
+  await stockDump(file);
+  await writeFile(file, (await readFile(file, "utf8")) + tail);
+  return file;
+}
+
+beforeAll(async () => {
+  db = await freshDatabase("untrusted");
+  await migrate(db.sql);
+  await seedSample(db.sql, "u");
+  await buildBinary();
+});
+beforeEach(async () => {
+  dir = await tempDir("untrusted");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+});
+afterAll(() => db.drop());
+
+describe("a restore is all-or-nothing for any file", () => {
+  test("a file with its own COMMIT changes nothing, and says so only after checking", async () => {
+    await db.sql`insert into worlds (owner_id, name) select id, 'after the dump' from users limit 1`;
+    const file = join(dir, "planted.sql");
+    // pg_dump's closing line is there too, as anyone can write it: only the content can tell.
+    await writeFile(file, "CREATE TABLE planted (x int); COMMIT; SELECT 1/0;\n--\n-- PostgreSQL database dump complete\n--\n");
+    const before = await stats();
+    const r = await restore(["--backup-file", file, ...confirm()]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("transaction control");
+    expect(r.stderr).toContain("Checked: every table's row count and content digest are as they were before the restore");
+    expect(await stats()).toEqual(before);
+    const [planted] = await db.sql`select to_regclass('public.planted') as t`;
+    expect(planted!.t).toBeNull();
+  });
+
+  test.each([["END;"], ["ROLLBACK;"], ["BEGIN; DROP TABLE users;"], ["START TRANSACTION;"], ["commit /* hidden */ ;"]])(
+    "a dump ending in %j is refused whole",
+    async (tail) => {
+      const file = await plantedDump("tail.sql", `\n${tail}\nSELECT 1/0;\n`);
+      const before = await stats();
+      const r = await restore(["--backup-file", file, ...confirm()]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/the file contains (transaction control|"DROP TABLE users;" inside a large-object block)/);
+      expect(await stats()).toEqual(before);
+    },
+  );
+
+  test("a backup holding a large object and another schema restores completely, or not at all", async () => {
+    await db.sql`create schema archive`;
+    await db.sql`create table archive.notes (id int primary key, body text)`;
+    await db.sql`insert into archive.notes values (1, 'kept in another schema')`;
+    const [lo] = await db.sql`select lo_from_bytea(0, 'a large object') as oid`;
+    const file = await takeBackup();
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    expect(manifest.counts).toMatchObject({ "archive.notes": 1, "(large objects)": 1 });
+    expect(manifest.digests["archive.notes"]).toBeDefined();
+    const good = await stats();
+
+    // A copy of the same dump that fails at its very end: pg_dump's own BEGIN/COMMIT around the
+    // large object must not commit what came before.
+    const broken = join(dir, "broken.sql");
+    const plain = Bun.spawn(["sh", "-c", `gzip -dc '${file}'`], { stdout: "pipe" });
+    await writeFile(broken, (await new Response(plain.stdout).text()) + "\nSELECT 1/0;\n");
+
+    await db.sql`drop schema archive cascade`;
+    await db.sql`select lo_unlink(${lo!.oid})`;
+    await db.sql`delete from story_beats where position = 0`;
+    const changed = await stats();
+
+    const failed = await restore(["--backup-file", broken, ...confirm(), "--no-safety-backup"]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain("division by zero");
+    expect(await stats()).toEqual(changed);
+
+    const ok = await restore(["--backup-file", file, ...confirm()]);
+    expect(ok.stderr).toBe("");
+    expect(ok.code).toBe(0);
+    expect(await stats()).toEqual(good);
+    const [back] = await db.sql`select convert_from(lo_get(${lo!.oid}), 'UTF8') as body`;
+    expect(back!.body).toBe("a large object");
+    const [note] = await db.sql`select body from archive.notes where id = 1`;
+    expect(note!.body).toBe("kept in another schema");
+    await db.sql`drop schema archive cascade`;
+    await db.sql`select lo_unlink(${lo!.oid})`;
+  });
+});
+
+describe("a restored file is untrusted input", () => {
+  test.each([
+    ["\\! touch MARK", "meta-command"],
+    ["\\o MARK", "meta-command"],
+    ["\\copy (select 1) to program 'touch MARK'", "meta-command"],
+    ["SELECT 1 \\g MARK", "meta-command"],
+    ["\\set ON_ERROR_STOP off\nSELECT 1/0;\n\\! touch MARK", "meta-command"],
+    ["\\connect postgres\n\\! touch MARK", "meta-command"],
+  ])("%j runs nothing on this machine and changes nothing", async (line, why) => {
+    const mark = join(dir, "mark");
+    const file = await plantedDump("meta.sql", `\n${line.replaceAll("MARK", mark)}\n`);
+    const before = await stats();
+    const r = await restore(["--backup-file", file, ...confirm()]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(why);
+    expect(existsSync(mark)).toBe(false);
+    expect(await stats()).toEqual(before);
+  });
+
+  test("psql and pg_restore get no S3 keys, age passphrases or identities", async () => {
+    const seen = join(dir, "psql-env");
+    const spy = await wrapTool("psql", `env > '${seen}'\nexec "$REAL" "$@"`);
+    const file = join(dir, "plain.sql");
+    await stockDump(file);
+    const secrets = { AWS_SECRET_ACCESS_KEY: "s3-secret-value", BACKUP_AGE_PASSPHRASE: "age-secret-value", SMTP_URL: "smtp://u:mail-secret@127.0.0.1" };
+    const r = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { ...secrets, PATH: pathWith(spy) });
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    const childEnv = await readFile(seen, "utf8");
+    expect(childEnv).toContain("PGDATABASE=");
+    for (const value of Object.values(secrets)) expect(childEnv).not.toContain(value);
+  });
+});
+
+describe("what a restore picks", () => {
+  test("never an off-site object dated in the future or without a manifest", async () => {
+    const s3 = await TestS3.start();
+    try {
+      const real = await takeBackup(s3.env("picks/")); // local, and copied off-site
+      // Someone with write access to the bucket plants a valid-looking backup dated 2999 (with a
+      // manifest), and a newer one without any.
+      const planted = join(dir, "planted.sql");
+      await writeFile(planted, "DROP TABLE users;\n");
+      const put = (key: string, body: Buffer | string) => s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: `picks/${key}`, Body: body }));
+      const future = "shinkei_backup_29990101_000000.sql";
+      await put(future, await readFile(planted));
+      await put(`${future}.manifest.json`, JSON.stringify({ file: future, sizeBytes: 18, sha256: new Bun.CryptoHasher("sha256").update("DROP TABLE users;\n").digest("hex"), counts: {} }));
+      const now = new Date(Date.now() + 60_000).toISOString().replace(/\D/g, "").slice(0, 14);
+      await put(`shinkei_backup_${now.slice(0, 8)}_${now.slice(8)}.sql`, await readFile(planted));
+
+      const r = await restore(confirm(), s3.env("picks/"));
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`restored       ${real.split("/").at(-1)}`);
+      const [users] = await db.sql`select count(*)::int as n from users`;
+      expect(users!.n).toBeGreaterThan(0);
+    } finally {
+      await s3.stop();
+    }
+  });
+
+  test("a plain file on a host that encrypts needs --allow-unencrypted", async () => {
+    const file = join(dir, "plain.sql");
+    await stockDump(file);
+    const before = await stats();
+    const r = await restore(["--backup-file", file, ...confirm()], { BACKUP_AGE_PASSPHRASE: "correct horse battery staple" });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("is not encrypted, and this host encrypts its backups");
+    expect(await readdir(dir)).toEqual(["plain.sql"]); // no safety backup either
+    expect(await stats()).toEqual(before);
+    const ok = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { BACKUP_AGE_PASSPHRASE: "correct horse battery staple" });
+    expect(ok.code).toBe(0);
+  });
+
+  test("with BACKUP_MANIFEST_KEY, an edited or unsigned manifest fails verification", async () => {
+    const key = { BACKUP_MANIFEST_KEY: "k".repeat(40) };
+    const file = await takeBackup(key);
+    expect((await shinkei(["backup", "verify", file], { ...env, ...key })).code).toBe(0);
+    const manifestFile = `${file}.manifest.json`;
+    const original = await readFile(manifestFile, "utf8");
+    const edited = JSON.parse(original);
+    edited.counts.users = 99;
+    await writeFile(manifestFile, JSON.stringify(edited));
+    let r = await shinkei(["backup", "verify", file], { ...env, ...key });
+    expect(r.code).toBe(1);
+    expect(r.stdout + r.stderr).toContain("signature does not match");
+    delete edited.signature;
+    await writeFile(manifestFile, JSON.stringify(edited));
+    r = await restore(["--backup-file", file, ...confirm()], key);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("the manifest is not signed");
+    await writeFile(manifestFile, original);
+    expect((await shinkei(["backup", "verify", file], { ...env, BACKUP_MANIFEST_KEY: "x".repeat(40) })).code).toBe(1);
+  });
+});
+
+describe("the guard and the lock", () => {
+  test("production, --yes without --confirm-database, and --no-safety-backup alone are refused", async () => {
+    const file = await takeBackup();
+    const before = await stats();
+    const cases: [string[], Record<string, string>, string][] = [
+      [[...confirm()], { SHINKEI_ENV: "production" }, "SHINKEI_ENV/NODE_ENV is production"],
+      [["--yes"], {}, `--yes --confirm-database ${db.name}`],
+      [["--yes", "--confirm-database", "other_db"], {}, `does not name the target database "${db.name}"`],
+      [["--no-safety-backup"], {}, "without a safety backup"],
+    ];
+    for (const [args, extra, message] of cases) {
+      const r = await restore(["--backup-file", file, ...args], extra);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(message);
+    }
+    expect((await readdir(dir)).filter((n) => n.includes("_backup_")).length).toBe(2); // the backup and its manifest
+    expect(await stats()).toEqual(before);
+    const allowed = await restore(["--backup-file", file, ...confirm(), "--allow-production"], { SHINKEI_ENV: "production" });
+    expect(allowed.code).toBe(0);
+  });
+
+  test("a restore whose lock connection is killed rolls back and exits", async () => {
+    const file = await takeBackup();
+    await db.sql`insert into worlds (owner_id, name) select id, 'written after the backup' from users limit 1`;
+    const before = await stats();
+    const slow = await wrapTool("psql", `[ "$1" = "--version" ] && exec "$REAL" --version\nsleep 2\nexec "$REAL" "$@"`);
+    const p = Bun.spawn([binaryPath, "backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], {
+      env: { ...env, PATH: pathWith(slow), NO_COLOR: "1" },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    let killed = 0;
+    for (let i = 0; i < 100 && killed === 0; i++) {
+      const rows = await db.sql`select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = ${`shinkei restore (pid ${p.pid})`}`;
+      killed = rows.length;
+      if (!killed) await Bun.sleep(50);
+    }
+    expect(killed).toBe(1);
+    const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+    expect(code).toBe(1);
+    expect(stderr).toContain("lock was lost");
+    expect(stderr).not.toContain("restored ");
+    expect(await stats()).toEqual(before);
+  });
+});
