@@ -49,8 +49,8 @@ export async function startServer(config: Config, options: { log?: Log; readines
     async stop() {
       clearInterval(prune);
       await server.stop(); // waits for in-flight requests; refuses new ones
-      await recovery.idle().catch(() => {}); // work started after an answer, e.g. issuing a code
-      await mail?.stop();
+      await recovery.settled(); // work started after an answer, e.g. issuing a code
+      await mail?.stop(); // sends what is due, briefly; never waits out a retry delay
       await sql.end({ timeout: 5 });
     },
   };

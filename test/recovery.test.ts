@@ -178,6 +178,42 @@ describe("password reset", () => {
     expect((await confirm("frank@example.com", code)).status).toBe(200);
   });
 
+  test("a server stopping while a mail waits out a retry stops at once and says what was not sent", async () => {
+    const gone = await TestSmtp.start();
+    await gone.stop();
+    const s = await startTestServer(db, { ...mailEnv(), SMTP_URL: gone.url, MAIL_RETRY_BASE: "1h" });
+    expect((await post(s, "password-reset", { email: "carol@example.com" })).status).toBe(202);
+    await s.recovery.settled();
+    while (!s.logs.some((l) => l.msg === "mail not sent, will retry")) await Bun.sleep(20);
+    await s.stop(); // a retry an hour away must not hold the shutdown (the test's timeout would fail it)
+    expect(s.logs.find((l) => l.msg === "mail not sent before shutdown")).toMatchObject({ count: 1 });
+  });
+
+  test("malformed bodies get 400 with the field named, and nothing is stored or sent", async () => {
+    await server.recovery.idle(); // the notice of the test before
+    const before = { mails: smtp.received.length, codes: (await db.sql`select count(*)::int as n from account_codes`)[0]!.n };
+    const cases: [string, unknown, string][] = [
+      ["password-reset", {}, "email"],
+      ["password-reset", { email: "not-an-email" }, "email"],
+      ["password-reset", { email: "carol@example.com", admin: true }, "admin"],
+      ["password-reset/confirm", { email: "carol@example.com", code: "x".repeat(129), newPassword: "long enough" }, "code"],
+      ["password-reset/confirm", { email: "carol@example.com", code: "A".repeat(32), newPassword: "short" }, "newPassword"],
+      ["password-reset/confirm", { email: "carol@example.com", code: 42, newPassword: "long enough" }, "code"],
+      ["verify-email", { email: "carol@example.com" }, "code"],
+      ["verify-email/resend", { email: ["carol@example.com"] }, "email"],
+    ];
+    for (const [path, json, field] of cases) {
+      const r = await post(server, path, json);
+      expect(r.status).toBe(400);
+      expect((await r.json()).error.fields[field]).toBeString();
+    }
+    const text = await server.api("/api/v1/auth/password-reset", { method: "POST", headers: { "content-type": "text/plain" }, body: "carol@example.com" });
+    expect(text.status).toBe(415);
+    await server.recovery.idle();
+    expect(smtp.received.length).toBe(before.mails);
+    expect((await db.sql`select count(*)::int as n from account_codes`)[0]!.n).toBe(before.codes);
+  });
+
   test("reset requests are throttled per address asked for, known or not", async () => {
     expect((await register("gina@example.com")).status).toBe(201);
     for (const email of ["gina@example.com", "ghost-gina@example.com"]) {

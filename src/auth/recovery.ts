@@ -226,9 +226,14 @@ export class AccountRecovery {
     return pruneCodes(this.deps.sql, this.now());
   }
 
-  /** Resolves when every task started after an answer has finished and the outbox is empty. */
-  async idle(): Promise<void> {
+  /** Resolves when every task started after an answer (lookups, codes) has finished. */
+  async settled(): Promise<void> {
     while (this.tasks.size) await Promise.all([...this.tasks]);
+  }
+
+  /** ... and the outbox is empty too (which, while SMTP is down, can take a while). */
+  async idle(): Promise<void> {
+    await this.settled();
     await this.deps.mail?.idle();
   }
 }
