@@ -114,8 +114,17 @@ describe("password reset", () => {
     const events = await db.sql`select e.kind from account_events e join users u on u.id = e.user_id where u.email = 'carol@example.com'`;
     expect(events.map((e) => e.kind)).toEqual(["password_reset"]);
     const notice = await smtp.waitFor("carol@example.com", CHANGED);
-    expect(notice.text).toContain("every device that was signed in has been signed out");
+    expect(notice.text).toContain("with a reset code sent to this address");
     expect(notice.text).not.toContain(code);
+  });
+
+  test("a password change from a signed-in session is announced too", async () => {
+    const token = (await (await login("carol@example.com", "a brand new secret")).json()).token;
+    const r = await server.api("/api/v1/auth/password", { method: "POST", token, json: { currentPassword: "a brand new secret", newPassword: "carol's third secret" } });
+    expect(r.status).toBe(200);
+    await server.recovery.idle();
+    const notice = await smtp.waitFor("carol@example.com", CHANGED, 2);
+    expect(notice.text).toContain("from a signed-in session");
   });
 
   test("a newer code makes the older one stop working; a code expires after PASSWORD_RESET_TTL", async () => {

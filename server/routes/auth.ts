@@ -58,6 +58,7 @@ export function authRoutes({ sql, auth, config, recovery }: Deps) {
     .post("/password", session, client, jsonBody(), async (c) => {
       const input = parseInput(PasswordChangeInput, c.get("body"));
       const result = await auth.changePassword(c.get("session"), input, c.get("client"));
+      recovery.announcePasswordChange(c.get("session").userId, "from a signed-in session");
       return c.json(result);
     });
 }

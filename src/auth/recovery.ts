@@ -150,11 +150,17 @@ export class AccountRecovery {
     await throttle.clear(rules[0]!.key);
     // The owner just proved control of the mailbox; failed logins before that should not keep them out.
     await throttle.clear(`account:${input.email.toLowerCase()}`);
-    this.later("password changed mail", async () => {
-      const user = await findUserById(sql, userId);
-      if (user) this.send("password-changed", user, { when: `${now.toISOString().slice(0, 16).replace("T", " ")} UTC` });
-    });
+    this.announcePasswordChange(userId, "with a reset code sent to this address", now);
     return { revokedSessions: revoked };
+  }
+
+  /** Tell the owner their password changed (after a reset, or from a signed-in session). */
+  announcePasswordChange(userId: string, how: string, now = this.now()): void {
+    if (!this.mailOn) return;
+    this.later("password changed mail", async () => {
+      const user = await findUserById(this.deps.sql, userId);
+      if (user) this.send("password-changed", user, { how, when: `${now.toISOString().slice(0, 16).replace("T", " ")} UTC` });
+    });
   }
 
   async verifyEmail(input: { email: string; code: string }, client: ClientInfo = {}): Promise<{ verified: true }> {
