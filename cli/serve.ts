@@ -16,8 +16,13 @@ first unless MIGRATE_ON_START=false. With BACKUP_IN_SERVER=true it also runs the
 schedule in-process (see shinkei backup-service). SIGTERM or Ctrl-C finishes in-flight
 requests, then exits.
 
-Endpoints: POST /api/v1/auth/register, /login, /logout, /logout-all, /password;
+Endpoints: POST /api/v1/auth/register, /login, /logout, /logout-all, /password,
+/password-reset, /password-reset/confirm, /verify-email, /verify-email/resend;
 GET /api/v1/auth/me, /api/v1/worlds, /health, /ready.
+
+Mail (reset and verification codes) goes out over SMTP_URL; without it, development
+writes each message to the log, and anywhere else those routes answer 503 MAIL_DISABLED
+(the server says so when it starts).
 
 Options:
   -h, --help   show this help`,

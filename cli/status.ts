@@ -9,7 +9,8 @@ export const statusCommand: Command = {
   help: `Usage: shinkei status [--json]
 
 Shows the database DATABASE_URL points at: the row counts of users, worlds, stories,
-story_beats and sessions, the schema version and the database size.
+story_beats and sessions, the schema version, the database size, and how many password
+reset codes are pending (a count only: codes are stored as hashes and never shown).
 
 Options:
   --json       machine-readable output
@@ -24,6 +25,7 @@ Options:
     line(ctx.io, `database  ${s.database} on ${s.host}:${s.port} (PostgreSQL ${s.serverVersion})`);
     line(ctx.io, `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}${s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""}`);
     line(ctx.io, `size      ${formatBytes(s.sizeBytes)}`);
+    if (s.pendingResetCodes !== null) line(ctx.io, `resets    ${s.pendingResetCodes} reset code${s.pendingResetCodes === 1 ? "" : "s"} pending (unexpired, unused)`);
     line(ctx.io);
     line(ctx.io, table([["table", "rows"], ...mainTables.map((t) => [t, s.counts[t] ?? "missing"])]));
     return 0;

@@ -6,6 +6,7 @@ import { requestId } from "./middleware/request-id.ts";
 import { accessLog } from "./middleware/access-log.ts";
 import { securityHeaders } from "./middleware/security-headers.ts";
 import { authRoutes } from "./routes/auth.ts";
+import { recoveryRoutes } from "./routes/recovery.ts";
 import { worldRoutes } from "./routes/worlds.ts";
 import { healthRoutes } from "./routes/health.ts";
 
@@ -14,6 +15,7 @@ export function createApp(deps: Deps) {
   app.use(requestId(), accessLog(deps.log), securityHeaders());
   app.route("/", healthRoutes(deps));
   app.route("/api/v1/auth", authRoutes(deps));
+  app.route("/api/v1/auth", recoveryRoutes(deps));
   app.route("/api/v1/worlds", worldRoutes(deps));
   app.notFound((c) => errorResponse(c, new ShinkeiError("NOT_FOUND", `no route for ${c.req.method} ${c.req.path}`), deps.config.databaseUrl, deps.log));
   app.onError((error, c) => errorResponse(c, error, deps.config.databaseUrl, deps.log));

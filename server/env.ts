@@ -3,6 +3,7 @@ import type { Config } from "../src/config.ts";
 import type { AuthService } from "../src/auth/service.ts";
 import type { ClientInfo } from "../src/auth/service.ts";
 import type { Session } from "../src/auth/sessions.ts";
+import type { AccountRecovery } from "../src/auth/recovery.ts";
 
 import type { Log } from "../src/log.ts";
 export { jsonLog, type Log } from "../src/log.ts";
@@ -12,6 +13,7 @@ export type Deps = {
   sql: Sql;
   config: Config;
   auth: AuthService;
+  recovery: AccountRecovery;
   log: Log;
   /** Extra readiness facts (the backup scheduler adds the newest backup's age). */
   readiness?: () => Promise<Record<string, unknown>>;

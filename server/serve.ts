@@ -3,13 +3,15 @@ import { connect, ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { PasswordHasher } from "../src/auth/passwords.ts";
 import { AuthService } from "../src/auth/service.ts";
+import { AccountRecovery, type Clock } from "../src/auth/recovery.ts";
+import { createMailQueue } from "../src/mail/index.ts";
 import { createApp } from "./app.ts";
 import { jsonLog, type Deps, type Log } from "./env.ts";
 
-export type Running = { url: string; port: number; stop(): Promise<void> };
+export type Running = { url: string; port: number; recovery: AccountRecovery; stop(): Promise<void> };
 
 /** Connect, migrate (unless MIGRATE_ON_START=false), and listen. `stop()` drains requests, then the pool. */
-export async function startServer(config: Config, options: { log?: Log; readiness?: Deps["readiness"] } = {}): Promise<Running> {
+export async function startServer(config: Config, options: { log?: Log; readiness?: Deps["readiness"]; clock?: Clock } = {}): Promise<Running> {
   const log = options.log ?? jsonLog;
   if (config.migrateOnStart) {
     await ensureDatabase(config.databaseUrl);
@@ -29,18 +31,26 @@ export async function startServer(config: Config, options: { log?: Log; readines
     throw e;
   }
   const auth = new AuthService(sql, config, new PasswordHasher(config.hashing));
-  const app = createApp({ sql, config, auth, log, readiness: options.readiness });
+  const mail = createMailQueue(config.mail, log);
+  const recovery = new AccountRecovery({ sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail, log, clock: options.clock });
+  const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness });
   const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
-  const prune = setInterval(() => auth.throttle.prune().catch(() => {}), 10 * 60_000);
+  const prune = setInterval(() => {
+    auth.throttle.prune().catch(() => {});
+    recovery.prune().catch(() => {});
+  }, 10 * 60_000);
   prune.unref();
   const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`;
   log({ level: "info", msg: "listening", url });
   return {
     url,
     port: server.port!,
+    recovery,
     async stop() {
       clearInterval(prune);
       await server.stop(); // waits for in-flight requests; refuses new ones
+      await recovery.settled(); // work started after an answer, e.g. issuing a code
+      await mail?.stop(); // sends what is due, briefly; never waits out a retry delay
       await sql.end({ timeout: 5 });
     },
   };

@@ -126,7 +126,31 @@ const ConfigSchema = v.object({
   AWS_ACCESS_KEY_ID: optionalText(),
   AWS_SECRET_ACCESS_KEY: optionalText(),
   AWS_SESSION_TOKEN: optionalText(),
+  SMTP_URL: v.pipe(
+    optionalText(),
+    v.check((s) => s === undefined || isSmtpUrl(s), "must be a URL such as smtps://user:password@smtp.example.com:465 or smtp://host:587"),
+  ),
+  MAIL_FROM: v.pipe(
+    v.optional(v.string(), "shinkei <no-reply@localhost>"),
+    v.trim(),
+    v.check((s) => /^(?:[^<>\r\n]*<[^\s<>@]+@[^\s<>@]+>|[^\s<>@]+@[^\s<>@]+)$/.test(s), "must be an address such as no-reply@example.com or Name <no-reply@example.com>"),
+  ),
+  MAIL_RETRY_BASE: duration("2s", "1h"),
+  MAIL_MAX_ATTEMPTS: int(8, 1, 100),
+  PUBLIC_URL: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/[^\s]+$/.test(s), "must be an http(s) URL")),
+  PASSWORD_RESET_TTL: duration("1h", "7d"),
+  EMAIL_VERIFICATION_TTL: duration("24h", "30d"),
+  REQUIRE_EMAIL_VERIFICATION: bool(false),
 });
+
+function isSmtpUrl(text: string): boolean {
+  try {
+    const u = new URL(text);
+    return (u.protocol === "smtp:" || u.protocol === "smtps:") && u.hostname !== "";
+  } catch {
+    return false;
+  }
+}
 
 function isCronPattern(pattern: string): boolean {
   try {
@@ -183,6 +207,19 @@ export type Config = {
   s3?: S3Config;
   /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
   warnings?: string[];
+  mail: MailConfig;
+  recovery: { passwordResetTtlMs: number; verificationTtlMs: number; requireEmailVerification: boolean };
+};
+
+export type MailConfig = {
+  /** "smtp" sends; "log" (development without SMTP_URL) writes each message to the log; "off" refuses. */
+  mode: "smtp" | "log" | "off";
+  smtpUrl?: string;
+  from: string;
+  retryBaseMs: number;
+  maxAttempts: number;
+  /** Where people reach this server; mails name routes under it. */
+  publicUrl: string;
 };
 
 export type S3Config = {
@@ -233,9 +270,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const age = recipients.length || r.BACKUP_AGE_IDENTITY || r.BACKUP_AGE_PASSPHRASE || r.BACKUP_MANIFEST_KEY
     ? { recipients, identityFile: r.BACKUP_AGE_IDENTITY, passphrase: r.BACKUP_AGE_PASSPHRASE, manifestKey: r.BACKUP_MANIFEST_KEY }
     : undefined;
+  const environment = r.SHINKEI_ENV || r.NODE_ENV || "development";
   return {
     databaseUrl: r.DATABASE_URL,
-    environment: r.SHINKEI_ENV || r.NODE_ENV || "development",
+    environment,
     host: r.HOST,
     port: r.PORT,
     migrateOnStart: r.MIGRATE_ON_START,
@@ -282,5 +320,18 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
         }
       : undefined,
     warnings,
+    mail: {
+      mode: r.SMTP_URL ? "smtp" : environment === "development" ? "log" : "off",
+      smtpUrl: r.SMTP_URL,
+      from: r.MAIL_FROM,
+      retryBaseMs: r.MAIL_RETRY_BASE,
+      maxAttempts: r.MAIL_MAX_ATTEMPTS,
+      publicUrl: (r.PUBLIC_URL ?? `http://localhost:${r.PORT || 8000}`).replace(/\/+$/, ""),
+    },
+    recovery: {
+      passwordResetTtlMs: r.PASSWORD_RESET_TTL,
+      verificationTtlMs: r.EMAIL_VERIFICATION_TTL,
+      requireEmailVerification: r.REQUIRE_EMAIL_VERIFICATION,
+    },
   };
 }

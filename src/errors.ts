@@ -44,6 +44,10 @@ const codes = {
   LOCK_LOST: { exit: 1, status: 500 },
   ABORTED: { exit: 1, status: 400 },
   CANCELLED: { exit: 130, status: 400 },
+  // account recovery by email
+  MAIL_DISABLED: { exit: 1, status: 503 },
+  INVALID_CODE: { exit: 1, status: 400 },
+  EMAIL_NOT_VERIFIED: { exit: 1, status: 403 },
 } as const;
 
 export type ErrorCode = keyof typeof codes;

@@ -1,6 +1,7 @@
 import type { Queryable, Sql } from "./db.ts";
 import { describeTarget } from "./db.ts";
 import { migrationStatus } from "./migrations/migrate.ts";
+import { pendingResetCodes } from "./auth/account-codes.ts";
 
 /** The tables a person checks first when asking "is my data still there?". */
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
@@ -42,6 +43,8 @@ export type DatabaseState = {
   pendingMigrations: number;
   sizeBytes: number;
   counts: Record<string, number | null>;
+  /** Unexpired password reset codes: how many, never which (null before the migration that adds them). */
+  pendingResetCodes: number | null;
 };
 
 export async function databaseState(sql: Sql, url: string): Promise<DatabaseState> {
@@ -61,6 +64,7 @@ export async function databaseState(sql: Sql, url: string): Promise<DatabaseStat
     pendingMigrations: m.pending.length,
     sizeBytes: Number(info!.size),
     counts,
+    pendingResetCodes: await pendingResetCodes(sql),
   };
 }
 

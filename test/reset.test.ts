@@ -179,6 +179,9 @@ describe("seed and migrate down", () => {
     expect(r.code).toBe(0);
     const [n] = await db.sql`select count(*) as n from story_beats`;
     expect(n!.n).toBe(60);
+    // Demo addresses get no mail, so they count as verified (REQUIRE_EMAIL_VERIFICATION cannot lock them out).
+    const [unverified] = await db.sql`select count(*) as n from users where email_verified_at is null`;
+    expect(unverified!.n).toBe(0);
   });
 
   test("migrate down is guarded: refused unattended, then backs up before it drops", async () => {

@@ -6,8 +6,10 @@ import { requireSession, SESSION_COOKIE } from "../middleware/session.ts";
 import { clientInfo } from "../middleware/client.ts";
 import { LoginInput, PasswordChangeInput, RegisterInput, parseInput } from "../../src/auth/schemas.ts";
 import { revokeSession, revokeUserSessions } from "../../src/auth/sessions.ts";
+import { REGISTER_ACCEPTED } from "../../src/auth/recovery.ts";
+import { ShinkeiError } from "../../src/errors.ts";
 
-export function authRoutes({ sql, auth, config }: Deps) {
+export function authRoutes({ sql, auth, config, recovery }: Deps) {
   const session = requireSession(sql, auth.sessions);
   // Only the routes that throttle or record sessions need the client's address.
   const client = clientInfo(config.trustProxy);
@@ -15,8 +17,20 @@ export function authRoutes({ sql, auth, config }: Deps) {
 
   return new Hono<AppEnv>()
     .post("/register", jsonBody(), async (c) => {
-      const user = await auth.register(parseInput(RegisterInput, c.get("body")));
-      return c.json({ user }, 201);
+      const input = parseInput(RegisterInput, c.get("body"));
+      recovery.assertCanRegister();
+      // With verification required, a taken address gets the same 202 as a new one (and costs the
+      // same hash), so registration tells nobody which addresses have accounts; its owner is told.
+      const verify = config.recovery.requireEmailVerification;
+      const user = await auth.register(input).catch(async (e) => {
+        if (!(e instanceof ShinkeiError && e.code === "EMAIL_TAKEN")) throw e;
+        recovery.duplicateRegistration(input.email);
+        if (!verify) throw e;
+        await auth.hasher.hash(input.password);
+        return undefined;
+      });
+      if (user) recovery.registered(user);
+      return verify ? c.json(REGISTER_ACCEPTED, 202) : c.json({ user }, 201);
     })
     .post("/login", client, jsonBody(), async (c) => {
       const result = await auth.login(parseInput(LoginInput, c.get("body")), c.get("client"));
@@ -44,6 +58,7 @@ export function authRoutes({ sql, auth, config }: Deps) {
     .post("/password", session, client, jsonBody(), async (c) => {
       const input = parseInput(PasswordChangeInput, c.get("body"));
       const result = await auth.changePassword(c.get("session"), input, c.get("client"));
+      recovery.announcePasswordChange(c.get("session").userId, "from a signed-in session");
       return c.json(result);
     });
 }

@@ -22,6 +22,11 @@ const input = <T extends v.ObjectEntries>(entries: T) => v.strictObject(entries,
 export const RegisterInput = input({ email, password: newPassword, name });
 export const LoginInput = input({ email, password: anyPassword });
 export const PasswordChangeInput = input({ currentPassword: anyPassword, newPassword });
+// A code's form is checked where it is looked up, so a malformed one counts as a wrong guess.
+const code = v.pipe(v.string("must be a string"), v.trim(), v.nonEmpty("is required"), v.maxLength(128, "must be at most 128 characters"));
+export const EmailInput = input({ email });
+export const ResetConfirmInput = input({ email, code, newPassword });
+export const VerifyEmailInput = input({ email, code });
 
 /** Validate `body` against `schema`; every failing field is listed in one INVALID_INPUT error. */
 export function parseInput<S extends v.GenericSchema>(schema: S, body: unknown): v.InferOutput<S> {

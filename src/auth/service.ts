@@ -5,6 +5,7 @@ import { PasswordHasher } from "./passwords.ts";
 import { LoginThrottle, type ThrottleRule } from "./throttle.ts";
 import { createUser, findUserByEmail, findUserById, publicUser, setPasswordHash, type User } from "./users.ts";
 import { createSession, revokeUserSessions, SessionCache, type Session } from "./sessions.ts";
+import { isEmailVerified } from "./recovery.ts";
 
 export type ClientInfo = { ip?: string; userAgent?: string };
 
@@ -17,7 +18,7 @@ export class AuthService {
 
   constructor(
     private readonly sql: Sql,
-    private readonly config: Pick<Config, "sessionTtlMs" | "sessionCacheTtlMs" | "login">,
+    private readonly config: Pick<Config, "sessionTtlMs" | "sessionCacheTtlMs" | "login" | "recovery">,
     readonly hasher: PasswordHasher,
   ) {
     this.throttle = new LoginThrottle(sql, config.login.windowMs);
@@ -53,6 +54,12 @@ export class AuthService {
       throw invalid();
     }
     await this.throttle.clear(rules[0]!.key);
+    // Only after the password checked out: this answer tells no more than a wrong password would.
+    if (this.config.recovery.requireEmailVerification && !(await isEmailVerified(this.sql, user.id))) {
+      throw new ShinkeiError("EMAIL_NOT_VERIFIED", "confirm your email address first with the code we mailed you", {
+        hint: "POST /api/v1/auth/verify-email with it, or /api/v1/auth/verify-email/resend for a new one.",
+      });
+    }
     const session = await createSession(this.sql, { userId: user.id, ttlMs: this.config.sessionTtlMs, ...client });
     return { token: session.token, expiresAt: session.expiresAt, user: publicUser(user) };
   }

@@ -5,6 +5,8 @@ import backupRunsUp from "./0002_backup_runs.sql" with { type: "text" };
 import backupRunsDown from "./0002_backup_runs.down.sql" with { type: "text" };
 import backupRunsKindUp from "./0003_backup_runs_kind.sql" with { type: "text" };
 import backupRunsKindDown from "./0003_backup_runs_kind.down.sql" with { type: "text" };
+import accountCodesUp from "./0004_account_codes.sql" with { type: "text" };
+import accountCodesDown from "./0004_account_codes.down.sql" with { type: "text" };
 
 export type Migration = { version: number; name: string; up: string; down?: string };
 
@@ -13,4 +15,5 @@ export const migrations: readonly Migration[] = [
   { version: 1, name: "schema", up: schemaUp, down: schemaDown },
   { version: 2, name: "backup_runs", up: backupRunsUp, down: backupRunsDown },
   { version: 3, name: "backup_runs_kind", up: backupRunsKindUp, down: backupRunsKindDown },
+  { version: 4, name: "account_codes", up: accountCodesUp, down: accountCodesDown },
 ];

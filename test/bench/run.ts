@@ -9,6 +9,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
+import { benchPasswordReset } from "./password-reset.ts";
 
 if (!Bun.which("wrk")) {
   console.error("bun run bench needs wrk for the HTTP load (apt install wrk, or brew install wrk)");
@@ -143,6 +144,9 @@ try {
     await admin`drop database if exists ${admin(db)} with (force)`;
   }
 }
+
+// ---- password reset: known vs unknown addresses, and its rate next to /login ----
+for (const r of await benchPasswordReset(bin, server)) add({ group: "auth", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
 
 // ---- CLI start-up ----
 {

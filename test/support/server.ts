@@ -3,6 +3,7 @@ import { startServer, type Running } from "../../server/serve.ts";
 import { createApp } from "../../server/app.ts";
 import { AuthService } from "../../src/auth/service.ts";
 import { PasswordHasher } from "../../src/auth/passwords.ts";
+import { AccountRecovery, type Clock } from "../../src/auth/recovery.ts";
 import type { TestDatabase } from "./db.ts";
 
 /** Cheap hashing keeps the suite quick; the parameters are config, and the bench runs the defaults. */
@@ -21,9 +22,9 @@ export function testConfig(db: TestDatabase, env: Record<string, string> = {}): 
 export type TestServer = Running & { logs: Record<string, unknown>[]; api(path: string, init?: RequestInit & { json?: unknown; token?: string }): Promise<Response> };
 
 /** A real listener on a loopback port, its log lines captured for assertions. */
-export async function startTestServer(db: TestDatabase, env: Record<string, string> = {}): Promise<TestServer> {
+export async function startTestServer(db: TestDatabase, env: Record<string, string> = {}, options: { clock?: Clock } = {}): Promise<TestServer> {
   const logs: Record<string, unknown>[] = [];
-  const running = await startServer(testConfig(db, env), { log: (e) => logs.push(e) });
+  const running = await startServer(testConfig(db, env), { log: (e) => logs.push(e), clock: options.clock });
   const base = `http://127.0.0.1:${running.port}`;
   return {
     ...running,
@@ -41,5 +42,7 @@ export async function startTestServer(db: TestDatabase, env: Record<string, stri
 export function testApp(db: TestDatabase, env: Record<string, string> = {}) {
   const config = testConfig(db, env);
   const auth = new AuthService(db.sql, config, new PasswordHasher(config.hashing));
-  return createApp({ sql: db.sql, config, auth, log: () => {} });
+  // No outbox: these cases never reach the mail.
+  const recovery = new AccountRecovery({ sql: db.sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail: undefined, log: () => {} });
+  return createApp({ sql: db.sql, config, auth, recovery, log: () => {} });
 }

@@ -1,0 +1,399 @@
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { startTestServer, type TestServer } from "./support/server.ts";
+import { TestSmtp, codeIn } from "./support/smtp.ts";
+import { hashCode } from "../src/auth/account-codes.ts";
+import { loadConfig } from "../src/config.ts";
+import { ShinkeiError } from "../src/errors.ts";
+
+// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(60_000);
+
+let db: TestDatabase;
+let smtp: TestSmtp;
+let server: TestServer;
+/** The recovery clock runs this far ahead of the wall clock: TTLs pass without sleeping. */
+let skewMs = 0;
+const clock = () => new Date(Date.now() + skewMs);
+
+const PASSWORD = "correct horse battery";
+const RESET = /password reset code/;
+const CHANGED = /password was changed/;
+const VERIFY = /Confirm your email/;
+const DUPLICATE = /Someone tried to create/;
+
+function mailEnv(extra: Record<string, string> = {}) {
+  return {
+    SMTP_URL: smtp.url,
+    MAIL_FROM: "shinkei <no-reply@shinkei.test>",
+    MAIL_RETRY_BASE: "100ms",
+    PUBLIC_URL: "https://auth.shinkei.test",
+    LOGIN_MAX_FAILURES_PER_IP: "100000",
+    HASH_QUEUE_LIMIT: "1000",
+    ...extra,
+  };
+}
+
+const post = (s: TestServer, path: string, json: unknown, headers: Record<string, string> = {}) =>
+  s.api(`/api/v1/auth/${path}`, { method: "POST", json, headers });
+
+async function register(email: string, s = server) {
+  const r = await post(s, "register", { email, password: PASSWORD, name: "Kim <b>Doe</b>" });
+  await s.recovery.idle();
+  return r;
+}
+
+async function login(email: string, password = PASSWORD, s = server) {
+  return post(s, "login", { email, password });
+}
+
+async function requestReset(email: string, s = server) {
+  const r = await post(s, "password-reset", { email });
+  await s.recovery.idle();
+  return r;
+}
+
+/** Ask for a reset and return the code from the mail that arrives (the `n`th reset mail to that address). */
+async function resetCode(email: string): Promise<string> {
+  const n = smtp.to(email).filter((m) => RESET.test(m.subject)).length + 1;
+  expect((await requestReset(email)).status).toBe(202);
+  return codeIn(await smtp.waitFor(email, RESET, n));
+}
+
+const confirm = (email: string, code: string, newPassword = "a brand new secret", s = server) =>
+  post(s, "password-reset/confirm", { email, code, newPassword });
+
+beforeAll(async () => {
+  db = await freshDatabase("recovery");
+  smtp = await TestSmtp.start();
+  server = await startTestServer(db, mailEnv(), { clock });
+});
+afterAll(async () => {
+  await server.stop();
+  await smtp.stop();
+  await db.drop();
+});
+
+describe("password reset", () => {
+  test("mails a single-use code that sets the password, ends every session, is recorded and announced", async () => {
+    expect((await register("carol@example.com")).status).toBe(201);
+    const sessions = await Promise.all([login("carol@example.com"), login("carol@example.com")]);
+    const tokens = await Promise.all(sessions.map(async (r) => (await r.json()).token as string));
+
+    const r = await requestReset("Carol@Example.com");
+    expect(r.status).toBe(202);
+    expect(await r.json()).toEqual({ status: "accepted", message: "If an account uses this address, a reset code is on its way." });
+    const mail = await smtp.waitFor("carol@example.com", RESET);
+    expect(mail.raw.from?.value).toEqual([{ name: "shinkei", address: "no-reply@shinkei.test" }]);
+    const code = codeIn(mail);
+    expect(mail.html).toContain(code);
+    expect(mail.text).toContain("https://auth.shinkei.test/api/v1/auth/password-reset/confirm");
+    expect(mail.text).toContain("for 1 hour");
+    // The user's name is text, never markup, in the HTML body.
+    expect(mail.html).toContain("Kim &lt;b&gt;Doe&lt;/b&gt;");
+    // 192 random bits, stored only as a hash.
+    expect(Buffer.from(code, "base64url").length).toBe(24);
+    const rows = await db.sql`select * from account_codes where purpose = 'password_reset'`;
+    expect(rows.length).toBe(1);
+    expect(Buffer.compare(rows[0]!.code_hash, hashCode(code))).toBe(0);
+    expect(JSON.stringify(rows)).not.toContain(code);
+    expect(server.logs.some((l) => JSON.stringify(l).includes(code))).toBe(false);
+
+    const ok = await confirm("carol@example.com", code);
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toEqual({ revokedSessions: 2 });
+    for (const token of tokens) expect((await server.api("/api/v1/auth/me", { token })).status).toBe(401);
+    expect((await login("carol@example.com")).status).toBe(401);
+    expect((await login("carol@example.com", "a brand new secret")).status).toBe(200);
+
+    const again = await confirm("carol@example.com", code, "yet another secret");
+    expect(again.status).toBe(400);
+    expect((await again.json()).error.code).toBe("INVALID_CODE");
+    expect((await login("carol@example.com", "a brand new secret")).status).toBe(200);
+
+    const events = await db.sql`select e.kind from account_events e join users u on u.id = e.user_id where u.email = 'carol@example.com'`;
+    expect(events.map((e) => e.kind)).toEqual(["password_reset"]);
+    const notice = await smtp.waitFor("carol@example.com", CHANGED);
+    expect(notice.text).toContain("with a reset code sent to this address");
+    expect(notice.text).not.toContain(code);
+  });
+
+  test("a password change from a signed-in session is announced too", async () => {
+    const token = (await (await login("carol@example.com", "a brand new secret")).json()).token;
+    const r = await server.api("/api/v1/auth/password", { method: "POST", token, json: { currentPassword: "a brand new secret", newPassword: "carol's third secret" } });
+    expect(r.status).toBe(200);
+    await server.recovery.idle();
+    const notice = await smtp.waitFor("carol@example.com", CHANGED, 2);
+    expect(notice.text).toContain("from a signed-in session");
+  });
+
+  test("a newer code makes the older one stop working; a code expires after PASSWORD_RESET_TTL", async () => {
+    expect((await register("dave@example.com")).status).toBe(201);
+    const first = await resetCode("dave@example.com");
+    const second = await resetCode("dave@example.com");
+    expect(second).not.toBe(first);
+    expect((await confirm("dave@example.com", first)).status).toBe(400);
+    // Someone else's live code does not work for this account either.
+    expect((await confirm("carol@example.com", second)).status).toBe(400);
+
+    const third = await resetCode("dave@example.com");
+    skewMs = 3_600_000 + 1_000;
+    try {
+      const late = await confirm("dave@example.com", third);
+      expect(late.status).toBe(400);
+      expect((await late.json()).error.code).toBe("INVALID_CODE");
+      expect(await server.recovery.prune()).toBe(1);
+    } finally {
+      skewMs = 0;
+    }
+    const [n] = await db.sql`select count(*)::int as n from account_codes where purpose = 'password_reset'`;
+    expect(n!.n).toBe(0);
+    expect((await login("dave@example.com")).status).toBe(200);
+  });
+
+  test("an unknown email gets the same status, headers and bytes, and nothing is sent", async () => {
+    expect((await register("erin@example.com")).status).toBe(201);
+    const before = smtp.received.length;
+    const known = await requestReset("erin@example.com");
+    const unknown = await requestReset("nobody-here@example.com");
+    expect(unknown.status).toBe(known.status);
+    expect(Buffer.from(await unknown.arrayBuffer())).toEqual(Buffer.from(await known.arrayBuffer()));
+    const names = (r: Response) => [...r.headers.keys()].filter((h) => !["date", "x-request-id"].includes(h)).sort();
+    expect(names(unknown)).toEqual(names(known));
+    for (const h of names(known)) expect(unknown.headers.get(h)).toBe(known.headers.get(h));
+    await smtp.waitFor("erin@example.com", RESET);
+    expect(smtp.received.length).toBe(before + 1);
+    expect(smtp.to("nobody-here@example.com")).toEqual([]);
+    const [users] = await db.sql`select count(*)::int as n from users where email like 'nobody-here%'`;
+    expect(users!.n).toBe(0);
+  });
+
+  test("SMTP down: the request still answers 202; the mail is retried and delivered when the server is back", async () => {
+    expect((await register("frank@example.com")).status).toBe(201);
+    await smtp.stop();
+    try {
+      const r = await post(server, "password-reset", { email: "frank@example.com" });
+      expect(r.status).toBe(202);
+      const deadline = Date.now() + 20_000;
+      while (!server.logs.some((l) => l.msg === "mail not sent, will retry")) {
+        if (Date.now() > deadline) throw new Error("no retry was logged");
+        await Bun.sleep(20);
+      }
+    } finally {
+      await smtp.start();
+    }
+    const code = codeIn(await smtp.waitFor("frank@example.com", RESET));
+    expect(server.logs.find((l) => l.msg === "mail sent" && (l.attempts as number) > 1)).toBeDefined();
+    expect((await confirm("frank@example.com", code)).status).toBe(200);
+  });
+
+  test("a server stopping while a mail waits out a retry stops at once and says what was not sent", async () => {
+    const gone = await TestSmtp.start();
+    await gone.stop();
+    const s = await startTestServer(db, { ...mailEnv(), SMTP_URL: gone.url, MAIL_RETRY_BASE: "1h" });
+    expect((await post(s, "password-reset", { email: "carol@example.com" })).status).toBe(202);
+    await s.recovery.settled();
+    while (!s.logs.some((l) => l.msg === "mail not sent, will retry")) await Bun.sleep(20);
+    await s.stop(); // a retry an hour away must not hold the shutdown (the test's timeout would fail it)
+    expect(s.logs.find((l) => l.msg === "mail not sent before shutdown")).toMatchObject({ count: 1 });
+  });
+
+  test("malformed bodies get 400 with the field named, and nothing is stored or sent", async () => {
+    await server.recovery.idle(); // the notice of the test before
+    const before = { mails: smtp.received.length, codes: (await db.sql`select count(*)::int as n from account_codes`)[0]!.n };
+    const cases: [string, unknown, string][] = [
+      ["password-reset", {}, "email"],
+      ["password-reset", { email: "not-an-email" }, "email"],
+      ["password-reset", { email: "carol@example.com", admin: true }, "admin"],
+      ["password-reset/confirm", { email: "carol@example.com", code: "x".repeat(129), newPassword: "long enough" }, "code"],
+      ["password-reset/confirm", { email: "carol@example.com", code: "A".repeat(32), newPassword: "short" }, "newPassword"],
+      ["password-reset/confirm", { email: "carol@example.com", code: 42, newPassword: "long enough" }, "code"],
+      ["verify-email", { email: "carol@example.com" }, "code"],
+      ["verify-email/resend", { email: ["carol@example.com"] }, "email"],
+    ];
+    for (const [path, json, field] of cases) {
+      const r = await post(server, path, json);
+      expect(r.status).toBe(400);
+      expect((await r.json()).error.fields[field]).toBeString();
+    }
+    const text = await server.api("/api/v1/auth/password-reset", { method: "POST", headers: { "content-type": "text/plain" }, body: "carol@example.com" });
+    expect(text.status).toBe(415);
+    await server.recovery.idle();
+    expect(smtp.received.length).toBe(before.mails);
+    expect((await db.sql`select count(*)::int as n from account_codes`)[0]!.n).toBe(before.codes);
+  });
+
+  test("reset requests are throttled per address asked for, known or not", async () => {
+    expect((await register("gina@example.com")).status).toBe(201);
+    for (const email of ["gina@example.com", "ghost-gina@example.com"]) {
+      for (let i = 0; i < 5; i++) expect((await requestReset(email)).status).toBe(202);
+      const blocked = await requestReset(email.toUpperCase());
+      expect(blocked.status).toBe(429);
+      expect(Number(blocked.headers.get("retry-after"))).toBeGreaterThan(0);
+      expect((await blocked.json()).error.code).toBe("TOO_MANY_REQUESTS");
+    }
+    expect(smtp.to("gina@example.com").filter((m) => RESET.test(m.subject)).length).toBe(5);
+  });
+
+  test("wrong codes count as failures: after five, even the right code is refused for the window", async () => {
+    expect((await register("hal@example.com")).status).toBe(201);
+    const code = await resetCode("hal@example.com");
+    for (const wrong of ["x", "A".repeat(32), code.slice(1) + "A", code.toLowerCase() === code ? code.toUpperCase() : code.toLowerCase(), "B".repeat(32)]) {
+      const r = await confirm("hal@example.com", wrong);
+      expect(r.status).toBe(400);
+      expect((await r.json()).error.code).toBe("INVALID_CODE");
+    }
+    const blocked = await confirm("hal@example.com", code);
+    expect(blocked.status).toBe(429);
+    expect((await login("hal@example.com")).status).toBe(200); // the password did not change
+  });
+
+  test("requests and confirms are throttled per client address, across accounts", async () => {
+    const strict = await startTestServer(db, mailEnv({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_IP: "3" }), { clock });
+    try {
+      const from = { "x-forwarded-for": "203.0.113.77" };
+      for (let i = 0; i < 3; i++) expect((await post(strict, "password-reset", { email: `spray${i}@example.com` }, from)).status).toBe(202);
+      expect((await post(strict, "password-reset", { email: "spray9@example.com" }, from)).status).toBe(429);
+      expect((await post(strict, "password-reset/confirm", { email: "x@example.com", code: "A".repeat(32), newPassword: "whatever123" }, from)).status).toBe(429);
+      // Another address is not affected.
+      expect((await post(strict, "password-reset", { email: "spray9@example.com" }, { "x-forwarded-for": "203.0.113.78" })).status).toBe(202);
+    } finally {
+      await strict.stop();
+    }
+  });
+});
+
+describe("email verification", () => {
+  test("not required: registration mails a code, login works before it, the code verifies once", async () => {
+    expect((await register("ivy@example.com")).status).toBe(201);
+    const code = codeIn(await smtp.waitFor("ivy@example.com", VERIFY));
+    expect((await login("ivy@example.com")).status).toBe(200);
+    const wrong = await post(server, "verify-email", { email: "ivy@example.com", code: "C".repeat(32) });
+    expect(wrong.status).toBe(400);
+    expect((await post(server, "verify-email", { email: "carol@example.com", code })).status).toBe(400);
+    const ok = await post(server, "verify-email", { email: "ivy@example.com", code });
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toEqual({ verified: true });
+    expect((await post(server, "verify-email", { email: "ivy@example.com", code })).status).toBe(400);
+    const [row] = await db.sql`select email_verified_at from users where email = 'ivy@example.com'`;
+    expect(row!.email_verified_at).toBeInstanceOf(Date);
+  });
+
+  test("required: register answers 202 alike for new and taken addresses; login of an unverified account is 403 only with the right password", async () => {
+    const strict = await startTestServer(db, mailEnv({ REQUIRE_EMAIL_VERIFICATION: "true" }), { clock });
+    try {
+      const fresh = await register("jo@example.com", strict);
+      const taken = await register("carol@example.com", strict);
+      expect(fresh.status).toBe(202);
+      expect(taken.status).toBe(202);
+      expect(Buffer.from(await taken.arrayBuffer())).toEqual(Buffer.from(await fresh.arrayBuffer()));
+      const [n] = await db.sql`select count(*)::int as n from users where lower(email) = 'carol@example.com'`;
+      expect(n!.n).toBe(1);
+
+      expect((await login("jo@example.com", "not the password", strict)).status).toBe(401);
+      const unverified = await login("jo@example.com", PASSWORD, strict);
+      expect(unverified.status).toBe(403);
+      expect((await unverified.json()).error.code).toBe("EMAIL_NOT_VERIFIED");
+
+      // The first code got lost: ask for a new one; only the newest works.
+      const lost = codeIn(await smtp.waitFor("jo@example.com", VERIFY));
+      expect((await post(strict, "verify-email/resend", { email: "jo@example.com" })).status).toBe(202);
+      await strict.recovery.idle();
+      const code = codeIn(await smtp.waitFor("jo@example.com", VERIFY, 2));
+      expect((await post(strict, "verify-email", { email: "jo@example.com", code: lost })).status).toBe(400);
+      expect((await post(strict, "verify-email", { email: "jo@example.com", code })).status).toBe(200);
+      expect((await login("jo@example.com", PASSWORD, strict)).status).toBe(200);
+      // A verified account gets no more codes.
+      expect((await post(strict, "verify-email/resend", { email: "jo@example.com" })).status).toBe(202);
+      await strict.recovery.idle();
+      expect(smtp.to("jo@example.com").filter((m) => VERIFY.test(m.subject)).length).toBe(2);
+    } finally {
+      await strict.stop();
+    }
+  });
+});
+
+describe("duplicate registration", () => {
+  test("409 stays without required verification; the owner is told at most once a day, with the way back in", async () => {
+    expect((await register("kai@example.com")).status).toBe(201);
+    for (let i = 0; i < 3; i++) {
+      const r = await register(i % 2 ? "KAI@example.com" : "kai@example.com");
+      expect(r.status).toBe(409);
+      expect((await r.json()).error.code).toBe("EMAIL_TAKEN");
+    }
+    const notice = await smtp.waitFor("kai@example.com", DUPLICATE);
+    expect(notice.text).toContain("POST https://auth.shinkei.test/api/v1/auth/password-reset");
+    expect(notice.text).toContain("No second account was created");
+    expect(smtp.to("kai@example.com").filter((m) => DUPLICATE.test(m.subject)).length).toBe(1);
+
+    skewMs = 86_400_000 + 60_000;
+    try {
+      expect((await register("kai@example.com")).status).toBe(409);
+      await smtp.waitFor("kai@example.com", DUPLICATE, 2);
+    } finally {
+      skewMs = 0;
+    }
+  });
+});
+
+describe("without SMTP_URL", () => {
+  test("outside development the mail routes answer 503 MAIL_DISABLED, and the server says at start that mail is off", async () => {
+    const off = await startTestServer(db, { SHINKEI_ENV: "production" });
+    const strict = await startTestServer(db, { SHINKEI_ENV: "production", REQUIRE_EMAIL_VERIFICATION: "true" });
+    try {
+      expect(off.logs.some((l) => String(l.msg).startsWith("mail is off"))).toBe(true);
+      for (const [path, json] of [
+        ["password-reset", { email: "carol@example.com" }],
+        ["password-reset/confirm", { email: "carol@example.com", code: "A".repeat(32), newPassword: "whatever123" }],
+        ["verify-email", { email: "carol@example.com", code: "A".repeat(32) }],
+        ["verify-email/resend", { email: "carol@example.com" }],
+      ] as const) {
+        const r = await post(off, path, json);
+        expect(r.status).toBe(503);
+        expect((await r.json()).error.code).toBe("MAIL_DISABLED");
+      }
+      // Registration needs mail only when verification is required.
+      expect((await register("lee@example.com", off)).status).toBe(201);
+      const refused = await register("lou@example.com", strict);
+      expect(refused.status).toBe(503);
+      expect((await refused.json()).error.code).toBe("MAIL_DISABLED");
+      const [n] = await db.sql`select count(*)::int as n from users where email = 'lou@example.com'`;
+      expect(n!.n).toBe(0);
+    } finally {
+      await off.stop();
+      await strict.stop();
+    }
+  });
+
+  test("in development the message goes to the log, so a reset works end to end with zero setup", async () => {
+    const dev = await startTestServer(db, { SHINKEI_ENV: "development" });
+    try {
+      expect(dev.logs.some((l) => String(l.msg).startsWith("mail goes to the log"))).toBe(true);
+      expect((await requestReset("dave@example.com", dev)).status).toBe(202);
+      const line = dev.logs.find((l) => l.to === "dave@example.com" && RESET.test(String(l.subject)));
+      const code = /^ {4}([A-Za-z0-9_-]{32})$/m.exec(String(line?.text))![1]!;
+      expect((await confirm("dave@example.com", code, "from the log 123", dev)).status).toBe(200);
+      expect((await login("dave@example.com", "from the log 123")).status).toBe(200);
+    } finally {
+      await dev.stop();
+    }
+  });
+
+  test("SMTP_URL, MAIL_FROM and the TTLs are checked at start", () => {
+    for (const [name, value] of [["SMTP_URL", "http://mail.example.com"], ["SMTP_URL", "smtp://"], ["MAIL_FROM", "not an address"], ["PASSWORD_RESET_TTL", "soon"]] as const) {
+      const error = (() => {
+        try {
+          loadConfig({ [name]: value });
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(error).toBeInstanceOf(ShinkeiError);
+      expect((error as ShinkeiError).message).toStartWith(name);
+    }
+    const c = loadConfig({ SMTP_URL: "smtps://user:pw@smtp.example.com", REQUIRE_EMAIL_VERIFICATION: "yes" });
+    expect(c.mail.mode).toBe("smtp");
+    expect(c.recovery).toEqual({ passwordResetTtlMs: 3_600_000, verificationTtlMs: 86_400_000, requireEmailVerification: true });
+    expect(loadConfig({ SHINKEI_ENV: "production" }).mail.mode).toBe("off");
+  });
+});
