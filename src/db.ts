@@ -164,6 +164,7 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
     select a.application_name as name, a.backend_start as since, a.client_addr::text as client
     from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
     where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid and l.objsubid = 2
+      and l.database = (select oid from pg_catalog.pg_database where datname = current_database())
     limit 1`.catch(() => []);
   const by = h ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} since ${h.since.toISOString()})` : "";
   return new ShinkeiError("LOCKED", `another ${what} is running on this database${by}`, {
