@@ -15,7 +15,7 @@ export async function runMigrateDown(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const status = await migrationStatus(ctx.db);
   const last = status.applied.at(-1);
-  if (!last) throw new ShinkeiError("REFUSED", "no migration is applied: nothing to undo");
+  if (!last) throw new ShinkeiError("NOTHING_TO_UNDO", "no migration is applied: nothing to undo");
   const m = migrations.find((x) => x.version === last.version);
   const target = describeTarget(config.databaseUrl);
   note(io, (m?.down ?? "(no down step)").trim(), `migrate down undoes ${String(last.version).padStart(4, "0")} ${last.name} in ${target.database} on ${target.host}:${target.port}`);

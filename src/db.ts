@@ -2,6 +2,16 @@ import postgres from "postgres";
 import { ShinkeiError } from "./errors.ts";
 
 export type Sql = postgres.Sql;
+
+/** The PostgreSQL error codes (SQLSTATE) the code matches on, by their names in the manual's Appendix A. */
+export const PG = {
+  UNIQUE_VIOLATION: "23505",
+  INSUFFICIENT_PRIVILEGE: "42501",
+  DUPLICATE_DATABASE: "42P04",
+  INVALID_CATALOG_NAME: "3D000", // the database does not exist
+  INVALID_PASSWORD: "28P01",
+  INVALID_AUTHORIZATION_SPECIFICATION: "28000",
+} as const;
 /** A pool or an open transaction: what read helpers need. */
 export type Queryable = postgres.Sql | postgres.TransactionSql;
 
@@ -41,13 +51,13 @@ export function explainDbError(error: unknown, url: string): unknown {
       cause: error,
     });
   }
-  if (e?.code === "3D000") {
+  if (e?.code === PG.INVALID_CATALOG_NAME) {
     return new ShinkeiError("DB_UNREACHABLE", `database "${t.database}" does not exist on ${t.host}:${t.port}`, {
       hint: "Run `shinkei migrate` to create it, or fix DATABASE_URL.",
       cause: error,
     });
   }
-  if (e?.code === "28P01" || e?.code === "28000") {
+  if (e?.code === PG.INVALID_PASSWORD || e?.code === PG.INVALID_AUTHORIZATION_SPECIFICATION) {
     return new ShinkeiError("DB_UNREACHABLE", `PostgreSQL at ${t.host}:${t.port} refused user "${t.user}": ${e.message}`, {
       hint: "Check the user and password in DATABASE_URL.",
       cause: error,
@@ -81,8 +91,8 @@ export async function ensureDatabase(url: string): Promise<boolean> {
       try {
         await sql`create database ${sql(database)}`;
       } catch (e) {
-        // Another process created it between our check and now (42P04, or 23505 mid-race): fine.
-        if (!["42P04", "23505"].includes((e as { code?: string }).code ?? "")) throw e;
+        // Another process created it between our check and now: fine.
+        if (!([PG.DUPLICATE_DATABASE, PG.UNIQUE_VIOLATION] as string[]).includes((e as { code?: string }).code ?? "")) throw e;
         return false;
       }
       return true;

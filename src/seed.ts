@@ -25,7 +25,7 @@ const beats = [
 export async function seedDemo(sql: Queryable, options: { memoryCost?: number; timeCost?: number } = {}) {
   const [existing] = await sql`select count(*)::int as n from users`;
   if (existing!.n > 0) {
-    throw new ShinkeiError("REFUSED", `the database already has ${existing!.n} user(s); seed only loads into an empty one`, {
+    throw new ShinkeiError("DATABASE_NOT_EMPTY", `the database already has ${existing!.n} user(s); seed only loads into an empty one`, {
       hint: "Use shinkei reset to start over (it takes a backup first).",
     });
   }

@@ -39,7 +39,7 @@ test("writeFileAtomic (manifests, drill results) refuses a symbolic link at the 
   const dir = await tempDir("partial-atomic");
   const v = await victim();
   await symlink(v.path, join(dir, "result.json.partial"));
-  await expect(writeFileAtomic(join(dir, "result.json"), "{}")).rejects.toMatchObject({ code: "REFUSED", message: expect.stringContaining("refusing to write through it") });
+  await expect(writeFileAtomic(join(dir, "result.json"), "{}")).rejects.toMatchObject({ code: "UNSAFE_PATH", message: expect.stringContaining("refusing to write through it") });
   expect(await v.unchanged()).toBe(true);
   // A plain leftover of a crashed write is no threat: it is replaced.
   await writeFile(join(dir, "other.json.partial"), "half");
@@ -55,15 +55,15 @@ test("copies into a folder and downloads from S3 do not write through a planted 
   const v = await victim();
 
   await symlink(v.path, join(copies, `${name}.partial`));
-  await expect(new LocalStore(copies).put(name, source)).rejects.toMatchObject({ code: "REFUSED" });
+  await expect(new LocalStore(copies).put(name, source)).rejects.toMatchObject({ code: "UNSAFE_PATH" });
 
   const download = join(await tempDir("partial-download"), name);
   await symlink(v.path, `${download}.partial`);
-  await expect(new LocalStore(join(source, "..")).get(name, download)).rejects.toMatchObject({ code: "REFUSED" });
+  await expect(new LocalStore(join(source, "..")).get(name, download)).rejects.toMatchObject({ code: "UNSAFE_PATH" });
 
   const store = new S3Store(s3.config("partial/"));
   await store.put(name, source);
-  await expect(store.get(name, download)).rejects.toMatchObject({ code: "REFUSED" });
+  await expect(store.get(name, download)).rejects.toMatchObject({ code: "UNSAFE_PATH" });
   expect(await v.unchanged()).toBe(true);
 });
 

@@ -64,7 +64,7 @@ export async function encrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig
 
 async function identities(path: string): Promise<string[]> {
   const file = Bun.file(path);
-  if (!(await file.exists())) throw new ShinkeiError("REFUSED", `BACKUP_AGE_IDENTITY names ${path}, which does not exist`);
+  if (!(await file.exists())) throw new ShinkeiError("KEY_MISSING", `BACKUP_AGE_IDENTITY names ${path}, which does not exist`);
   return (await file.text()).split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-"));
 }
 
@@ -74,7 +74,7 @@ function addIdentities(d: Decrypter, keys: string[], path: string) {
     try {
       d.addIdentity(k);
     } catch {
-      throw new ShinkeiError("REFUSED", `BACKUP_AGE_IDENTITY: private key ${i + 1} in ${path} is not a valid age key`, {
+      throw new ShinkeiError("KEY_INVALID", `BACKUP_AGE_IDENTITY: private key ${i + 1} in ${path} is not a valid age key`, {
         hint: "Replace it with the key file `shinkei backup keygen` (or age-keygen) wrote. Nothing was changed.",
       });
     }
@@ -92,7 +92,7 @@ export async function decrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig
   const forWhom = made?.method === "recipients" ? `encrypted to ${made.recipients.join(", ")}` : made?.method === "passphrase" ? "encrypted with a passphrase" : "encrypted with age";
   const keys = age?.identityFile ? await identities(age.identityFile) : [];
   if (keys.length === 0 && !age?.passphrase) {
-    throw new ShinkeiError("REFUSED", `${file} is ${forWhom}, and no key to open it is configured`, {
+    throw new ShinkeiError("KEY_MISSING", `${file} is ${forWhom}, and no key to open it is configured`, {
       hint: "Set BACKUP_AGE_IDENTITY to a file holding the matching private key (or BACKUP_AGE_PASSPHRASE). Nothing was changed.",
     });
   }
@@ -102,7 +102,7 @@ export async function decrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig
   try {
     return await d.decrypt(stream);
   } catch (e) {
-    throw new ShinkeiError("REFUSED", `cannot decrypt ${file} (${forWhom}): ${withoutKeys((e as Error).message)}`, {
+    throw new ShinkeiError("DECRYPT_FAILED", `cannot decrypt ${file} (${forWhom}): ${withoutKeys((e as Error).message)}`, {
       hint: "Check BACKUP_AGE_IDENTITY or BACKUP_AGE_PASSPHRASE. Nothing was changed.",
     });
   }
@@ -116,7 +116,7 @@ export async function writeIdentity(path: string): Promise<string> {
   const identity = await generateIdentity();
   const recipient = await identityToRecipient(identity);
   const file = await open(path, "wx", 0o600).catch((e: NodeJS.ErrnoException) => {
-    throw new ShinkeiError("REFUSED", e.code === "EEXIST" ? `${path} already exists; refusing to overwrite a key` : `cannot create ${path}: ${e.code ?? e.message}`);
+    throw new ShinkeiError("KEY_FILE_UNWRITABLE", e.code === "EEXIST" ? `${path} already exists; refusing to overwrite a key` : `cannot create ${path}: ${e.code ?? e.message}`);
   });
   try {
     await file.writeFile(`# created: ${new Date().toISOString()}\n# public key: ${recipient}\n${identity}\n`);

@@ -1,7 +1,7 @@
 import { basename } from "node:path";
 import postgres from "postgres";
-import { connect } from "../db.ts";
-import { ShinkeiError } from "../errors.ts";
+import { connect, PG } from "../db.ts";
+import { ShinkeiError, type ErrorCode } from "../errors.ts";
 import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { tableStats } from "./digest.ts";
 import { writeFileAtomic } from "./files.ts";
@@ -23,6 +23,9 @@ export type DrillResult = {
 };
 
 /** Scratch databases carry this prefix and a random tail: no real database is ever named so. */
+/** Errors that mean the drill could not start (no privilege, no key): reported as such, not as a failed drill. */
+const NOTHING_DRILLED = new Set<ErrorCode>(["PRIVILEGE_MISSING", "KEY_MISSING", "KEY_INVALID", "DECRYPT_FAILED"]);
+
 export const SCRATCH_PREFIX = "shinkei_drill_";
 /**
  * Whether `name` is one runDrill made (prefix, its creation time in base 36, 8 hex digits), for
@@ -84,8 +87,8 @@ export async function runDrill(options: {
         try {
           await lock`create database ${lock(scratch)}`;
         } catch (e) {
-          if ((e as { code?: string }).code === "42501") {
-            throw new ShinkeiError("REFUSED", `the drill needs the CREATEDB privilege on ${server} to make a scratch database`, {
+          if ((e as { code?: string }).code === PG.INSUFFICIENT_PRIVILEGE) {
+            throw new ShinkeiError("PRIVILEGE_MISSING", `the drill needs the CREATEDB privilege on ${server} to make a scratch database`, {
               hint: "Grant it (ALTER ROLE ... CREATEDB), or point DRILL_DATABASE_URL at a server where the role has it.",
             });
           }
@@ -116,7 +119,7 @@ export async function runDrill(options: {
       }
     }
   } catch (e) {
-    if (e instanceof ShinkeiError && e.code === "REFUSED") throw e; // missing privilege or key: nothing was drilled
+    if (e instanceof ShinkeiError && NOTHING_DRILLED.has(e.code)) throw e;
     differences.push((e as Error).message);
   } finally {
     await admin.end({ timeout: 5 });

@@ -38,7 +38,7 @@ export class LocalStore implements BackupStore {
   }
 
   async remove(name: string) {
-    if (!isOurObject(name)) throw new ShinkeiError("REFUSED", `refusing to delete ${name}: not a shinkei backup name`);
+    if (!isOurObject(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     await rm(join(this.dir, name), { force: true });
     await rm(join(this.dir, name + MANIFEST_SUFFIX), { force: true });
   }

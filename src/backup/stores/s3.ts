@@ -147,7 +147,7 @@ export class S3Store implements BackupStore {
   }
 
   async remove(name: string) {
-    if (!isOurObject(name)) throw new ShinkeiError("REFUSED", `refusing to delete ${name}: not a shinkei backup name`);
+    if (!isOurObject(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     try {
       // One DeleteObject per key: the batch call requires a checksum header many compatible stores reject.
       for (const key of [this.key(name), this.key(name + MANIFEST_SUFFIX)]) {
