@@ -1,7 +1,6 @@
 import type { Config } from "../src/config.ts";
 import { connect, ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { PasswordHasher } from "../src/auth/passwords.ts";
 import { AuthService } from "../src/auth/service.ts";
 import { createApp } from "./app.ts";
 import { jsonLog, type Deps, type Log } from "./env.ts";
@@ -28,7 +27,7 @@ export async function startServer(config: Config, options: { log?: Log; readines
     await sql.end({ timeout: 1 });
     throw e;
   }
-  const auth = new AuthService(sql, config, new PasswordHasher(config.hashing));
+  const auth = new AuthService(sql, config);
   const app = createApp({ sql, config, auth, log, readiness: options.readiness });
   const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
   const prune = setInterval(() => auth.throttle.prune().catch(() => {}), 10 * 60_000);

@@ -34,7 +34,7 @@ async function tokenFor(email: string, password?: string): Promise<string> {
 
 beforeAll(async () => {
   db = await freshDatabase("auth");
-  server = await startTestServer(db, { LOGIN_MAX_FAILURES_PER_IP: "100000", HASH_QUEUE_LIMIT: "1000" });
+  server = await startTestServer(db, { LOGIN_MAX_FAILURES_PER_IP: "100000", HASH_QUEUE_LIMIT: "1000", REGISTER_MAX_PER_IP: "100000", REGISTER_HASH_QUEUE_LIMIT: "1000" });
 });
 afterAll(async () => {
   await server.stop();

@@ -10,12 +10,12 @@ import { revokeSession, revokeUserSessions } from "../../src/auth/sessions.ts";
 export function authRoutes({ sql, auth, config }: Deps) {
   const session = requireSession(sql, auth.sessions);
   // Only the routes that throttle or record sessions need the client's address.
-  const client = clientInfo(config.trustProxy);
+  const client = clientInfo(config.trustProxy, config.trustedProxies);
   const cookie = { httpOnly: true, sameSite: "Lax", secure: config.cookieSecure, path: "/" } as const;
 
   return new Hono<AppEnv>()
-    .post("/register", jsonBody(), async (c) => {
-      const user = await auth.register(parseInput(RegisterInput, c.get("body")));
+    .post("/register", client, jsonBody(), async (c) => {
+      const user = await auth.register(parseInput(RegisterInput, c.get("body")), c.get("client"));
       return c.json({ user }, 201);
     })
     .post("/login", client, jsonBody(), async (c) => {
