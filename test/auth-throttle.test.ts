@@ -3,6 +3,7 @@ import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { startTestServer, type TestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { clientAddress, parseProxyList } from "../src/net.ts";
+import { loadConfig } from "../src/config.ts";
 
 // Real databases and listeners: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(60_000);
@@ -99,6 +100,7 @@ describe("client address behind a proxy", () => {
     expect(() => parseProxyList("10.0.0.0/8, 2001:db8::/32 192.0.2.1")).not.toThrow();
     expect(parseProxyList("")).toBeDefined();
     for (const bad of ["10.0.0.0/33", "example.com", "10.0.0.0/x", "::1/129", "1.2.3"]) expect(() => parseProxyList(bad)).toThrow(bad);
+    expect(() => loadConfig({ TRUSTED_PROXIES: "10.0.0.0/8, 10.0.0.0/33" })).toThrow('TRUSTED_PROXIES must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: "10.0.0.0/33"');
   });
 });
 
