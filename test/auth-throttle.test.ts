@@ -4,6 +4,7 @@ import { startTestServer, type TestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { clientAddress, parseProxyList } from "../src/net.ts";
 import { loadConfig } from "../src/config.ts";
+import { Throttle } from "../src/auth/throttle.ts";
 
 // Real databases and listeners: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(60_000);
@@ -127,5 +128,48 @@ describe("nobody can lock out someone else", () => {
       expect(performance.now() - t).toBeGreaterThanOrEqual(1400);
       expect((await login(s, "bob@example.com", "guess guess", "203.0.113.20")).status).toBe(401);
     });
+  });
+});
+
+describe("Throttle, against the database directly", () => {
+  const count = async () => (await db.sql`select count(*) as n from login_throttle`)[0]!.n;
+
+  test("a refused attempt counts nowhere; release gives an attempt back on every key", async () => {
+    const t = new Throttle(db.sql, 60_000);
+    const both = [{ key: "unit:a", limit: 1 }, { key: "unit:b", limit: 2 }];
+    const first = await t.reserve(both);
+    await expect(t.reserve(both)).rejects.toMatchObject({ code: "TOO_MANY_REQUESTS" }); // a is full; b stays at 1
+    await first.release();
+    await t.reserve(both); // a back to 1, b to 1: had the refusal counted, b would be at 2 now
+    await expect(t.reserve([{ key: "unit:b", limit: 1 }])).rejects.toMatchObject({ code: "TOO_MANY_REQUESTS" });
+  });
+
+  test("success clears, releases or keeps, as each rule says", async () => {
+    const t = new Throttle(db.sql, 60_000);
+    const r = await t.reserve([
+      { key: "unit:clear", limit: 1, onSuccess: "clear" },
+      { key: "unit:release", limit: 1, onSuccess: "release" },
+      { key: "unit:keep", limit: 1 },
+    ]);
+    await r.succeeded();
+    await t.reserve([{ key: "unit:clear", limit: 1 }]);
+    await t.reserve([{ key: "unit:release", limit: 1 }]);
+    await expect(t.reserve([{ key: "unit:keep", limit: 1 }])).rejects.toMatchObject({ code: "TOO_MANY_REQUESTS" });
+    expect(await count()).toBe(3); // clear deleted its row; the reserve above made it anew
+  });
+
+  test("a slowing rule past its limit asks for its delay instead of refusing", async () => {
+    const t = new Throttle(db.sql, 60_000);
+    const rule = { key: "unit:slow", limit: 1, delayMs: 1234 };
+    expect((await t.reserve([rule])).delayMs).toBe(0);
+    expect((await t.reserve([rule])).delayMs).toBe(1234);
+  });
+
+  test("prune drops ended windows only", async () => {
+    const t = new Throttle(db.sql, 60_000);
+    await t.reserve([{ key: "unit:old", limit: 5 }, { key: "unit:new", limit: 5 }]);
+    await db.sql`update login_throttle set window_start = now() - interval '2 minutes' where failures = 1 and key = (select min(key) from login_throttle)`;
+    expect(await t.prune()).toBe(1);
+    expect(await count()).toBe(1);
   });
 });

@@ -66,9 +66,12 @@ export class Throttle {
     return new Reservation(this.sql, held.rows, held.delayMs);
   }
 
-  /** Drop windows that have ended; called now and then so the table stays small. */
+  /** Drop windows that have ended; called now and then so the table stays small. Rows in use are left for next time. */
   async prune(): Promise<number> {
-    const r = await this.sql`delete from login_throttle where window_start < now() - ${this.windowMs} * interval '1 millisecond'`;
+    const r = await this.sql`
+      delete from login_throttle where key in (
+        select key from login_throttle where window_start < now() - ${this.windowMs} * interval '1 millisecond'
+        order by key for update skip locked)`;
     return r.count;
   }
 }
@@ -97,9 +100,14 @@ export class Reservation {
   private async takeBack(held: Held[]): Promise<void> {
     if (!held.length) return;
     // Only within the window the attempt was counted in: a window that restarted since owes it nothing.
+    // Rows are locked in key order, as reserve() locks them, so the two cannot deadlock.
     await this.sql`
-      update login_throttle t set failures = greatest(t.failures - 1, 0)
-      from unnest(${this.sql.array(held.map((h) => h.digest))}::text[], ${this.sql.array(held.map((h) => h.start))}::text[]) as r(k, s)
-      where t.key = r.k and t.window_start = r.s::timestamptz`;
+      update login_throttle set failures = greatest(failures - 1, 0)
+      where key in (
+        select key from login_throttle
+        where (key, window_start) in (
+          select k, s::timestamptz
+          from unnest(${this.sql.array(held.map((h) => h.digest))}::text[], ${this.sql.array(held.map((h) => h.start))}::text[]) as r(k, s))
+        order by key for update)`;
   }
 }
