@@ -81,6 +81,13 @@ describe("client address behind a proxy", () => {
     });
   });
 
+  test("without TRUST_PROXY the header is not read at all", async () => {
+    await withServer({ LOGIN_MAX_FAILURES_PER_IP: "2" }, async (s) => {
+      for (let i = 0; i < 2; i++) expect((await login(s, `plain${i}@example.com`, "whatever1", `203.0.113.${i}`)).status).toBe(401);
+      expect((await login(s, "plain5@example.com", "whatever1", "203.0.113.5")).status).toBe(429);
+    });
+  });
+
   test("clientAddress walks from the right past trusted hops only", () => {
     const trusted = parseProxyList("127.0.0.0/8, ::1, 10.0.0.0/8");
     expect(clientAddress("127.0.0.1", "1.1.1.1, 203.0.113.7", trusted)).toBe("203.0.113.7");

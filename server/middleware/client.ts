@@ -16,7 +16,7 @@ export const clientInfo = (trustProxy: boolean, trustedProxies: BlockList): Midd
   } catch {
     peer = undefined; // app.request() in tests has no socket
   }
-  const ip = trustProxy ? clientAddress(peer, c.req.header("x-forwarded-for"), trustedProxies) : peer;
+  const ip = clientAddress(peer, trustProxy ? c.req.header("x-forwarded-for") : undefined, trustedProxies);
   c.set("client", { ip: ip?.slice(0, 64), userAgent: c.req.header("user-agent") });
   await next();
 };
