@@ -1,7 +1,6 @@
 import type { Config } from "../src/config.ts";
 import { connect, ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { PasswordHasher } from "../src/auth/passwords.ts";
 import { AuthService } from "../src/auth/service.ts";
 import { AccountRecovery, type Clock } from "../src/auth/recovery.ts";
 import { createMailQueue } from "../src/mail/index.ts";
@@ -30,7 +29,7 @@ export async function startServer(config: Config, options: { log?: Log; readines
     await sql.end({ timeout: 1 });
     throw e;
   }
-  const auth = new AuthService(sql, config, new PasswordHasher(config.hashing));
+  const auth = new AuthService(sql, config);
   const mail = createMailQueue(config.mail, log);
   const recovery = new AccountRecovery({ sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail, log, clock: options.clock });
   const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness });

@@ -5,6 +5,8 @@ import { Cron } from "croner";
 import { readFileSync } from "node:fs";
 import { parseRecipients, type AgeConfig } from "./backup/crypt.ts";
 import { checkVariableNames } from "./envnames.ts";
+import { DEFAULT_TRUSTED_PROXIES, parseProxyList } from "./net.ts";
+import type { BlockList } from "node:net";
 
 /**
  * Every variable shinkei reads, with its default. The README's table is written from this list;
@@ -73,6 +75,10 @@ const ConfigSchema = v.object({
   PORT: int(8000, 0, 65535),
   MIGRATE_ON_START: bool(true),
   TRUST_PROXY: bool(false),
+  TRUSTED_PROXIES: v.pipe(
+    v.optional(v.string(), DEFAULT_TRUSTED_PROXIES),
+    v.check((s) => proxyListError(s) === undefined, (issue) => `must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: ${proxyListError(issue.input as string)}`),
+  ),
   SESSION_TTL: duration("30d", "366d"),
   SESSION_CACHE_TTL: v.pipe(
     v.optional(v.string(), "1s"),
@@ -83,9 +89,14 @@ const ConfigSchema = v.object({
   COOKIE_SECURE: bool(true),
   LOGIN_MAX_FAILURES: int(5, 1, 1000),
   LOGIN_MAX_FAILURES_PER_IP: int(50, 1, 100_000),
+  LOGIN_MAX_FAILURES_PER_ACCOUNT: int(100, 1, 1_000_000),
+  LOGIN_ACCOUNT_DELAY: duration("2s", "1m"),
   LOGIN_WINDOW: duration("15m", "7d"),
+  REGISTER_MAX_PER_IP: int(10, 1, 100_000),
   HASH_CONCURRENCY: int(2, 1, 64),
   HASH_QUEUE_LIMIT: int(128, 1, 100_000),
+  REGISTER_HASH_CONCURRENCY: int(1, 1, 64),
+  REGISTER_HASH_QUEUE_LIMIT: int(16, 1, 100_000),
   ARGON2_MEMORY_KIB: int(65536, 1024, 4_194_304),
   ARGON2_TIME_COST: int(2, 1, 20),
   BACKUP_DIR: text("./backups"),
@@ -152,6 +163,15 @@ function isSmtpUrl(text: string): boolean {
   }
 }
 
+function proxyListError(text: string): string | undefined {
+  try {
+    parseProxyList(text);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 function isCronPattern(pattern: string): boolean {
   try {
     new Cron(pattern, { paused: true }).stop();
@@ -179,11 +199,25 @@ export type Config = {
   port: number;
   migrateOnStart: boolean;
   trustProxy: boolean;
+  /** The proxies whose X-Forwarded-For entries we believe (only with trustProxy). */
+  trustedProxies: BlockList;
   sessionTtlMs: number;
   sessionCacheTtlMs: number;
   cookieSecure: boolean;
-  login: { maxFailures: number; maxFailuresPerIp: number; windowMs: number };
-  hashing: { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
+  login: {
+    /** Per (account, address) pair: the hard limit. */
+    maxFailures: number;
+    maxFailuresPerIp: number;
+    /** Per account from every address: past it attempts wait `accountDelayMs`, never refused. */
+    maxFailuresPerAccount: number;
+    accountDelayMs: number;
+    /** Registrations per address; counted in the same window. */
+    registerMaxPerIp: number;
+    windowMs: number;
+  };
+  hashing: HashingConfig;
+  /** Registration's own hash queue, so a registration flood cannot starve logins. */
+  registerHashing: HashingConfig;
   backupDir: string;
   backup: {
     compressionLevel: number;
@@ -221,6 +255,8 @@ export type MailConfig = {
   /** Where people reach this server; mails name routes under it. */
   publicUrl: string;
 };
+
+export type HashingConfig = { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
 
 export type S3Config = {
   bucket: string;
@@ -278,13 +314,27 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port: r.PORT,
     migrateOnStart: r.MIGRATE_ON_START,
     trustProxy: r.TRUST_PROXY,
+    trustedProxies: parseProxyList(r.TRUSTED_PROXIES),
     sessionTtlMs: r.SESSION_TTL,
     sessionCacheTtlMs: r.SESSION_CACHE_TTL,
     cookieSecure: r.COOKIE_SECURE,
-    login: { maxFailures: r.LOGIN_MAX_FAILURES, maxFailuresPerIp: r.LOGIN_MAX_FAILURES_PER_IP, windowMs: r.LOGIN_WINDOW },
+    login: {
+      maxFailures: r.LOGIN_MAX_FAILURES,
+      maxFailuresPerIp: r.LOGIN_MAX_FAILURES_PER_IP,
+      maxFailuresPerAccount: r.LOGIN_MAX_FAILURES_PER_ACCOUNT,
+      accountDelayMs: r.LOGIN_ACCOUNT_DELAY,
+      registerMaxPerIp: r.REGISTER_MAX_PER_IP,
+      windowMs: r.LOGIN_WINDOW,
+    },
     hashing: {
       concurrency: r.HASH_CONCURRENCY,
       queueLimit: r.HASH_QUEUE_LIMIT,
+      memoryCost: r.ARGON2_MEMORY_KIB,
+      timeCost: r.ARGON2_TIME_COST,
+    },
+    registerHashing: {
+      concurrency: r.REGISTER_HASH_CONCURRENCY,
+      queueLimit: r.REGISTER_HASH_QUEUE_LIMIT,
       memoryCost: r.ARGON2_MEMORY_KIB,
       timeCost: r.ARGON2_TIME_COST,
     },

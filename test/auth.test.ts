@@ -34,7 +34,7 @@ async function tokenFor(email: string, password?: string): Promise<string> {
 
 beforeAll(async () => {
   db = await freshDatabase("auth");
-  server = await startTestServer(db, { LOGIN_MAX_FAILURES_PER_IP: "100000", HASH_QUEUE_LIMIT: "1000" });
+  server = await startTestServer(db, { LOGIN_MAX_FAILURES_PER_IP: "100000", HASH_QUEUE_LIMIT: "1000", REGISTER_MAX_PER_IP: "100000", REGISTER_HASH_QUEUE_LIMIT: "1000" });
 });
 afterAll(async () => {
   await server.stop();
@@ -129,7 +129,7 @@ describe("login", () => {
 });
 
 describe("throttling", () => {
-  test("failed logins per account give 429 with Retry-After, also for the right password", async () => {
+  test("failed logins per account from one address give 429 with Retry-After, also for the right password", async () => {
     expect((await register("locked@example.com")).status).toBe(201);
     for (let i = 0; i < 5; i++) expect((await login("locked@example.com", "wrong password!")).status).toBe(401);
     const blocked = await login("locked@example.com");

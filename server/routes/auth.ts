@@ -12,21 +12,21 @@ import { ShinkeiError } from "../../src/errors.ts";
 export function authRoutes({ sql, auth, config, recovery }: Deps) {
   const session = requireSession(sql, auth.sessions);
   // Only the routes that throttle or record sessions need the client's address.
-  const client = clientInfo(config.trustProxy);
+  const client = clientInfo(config.trustProxy, config.trustedProxies);
   const cookie = { httpOnly: true, sameSite: "Lax", secure: config.cookieSecure, path: "/" } as const;
 
   return new Hono<AppEnv>()
-    .post("/register", jsonBody(), async (c) => {
+    .post("/register", client, jsonBody(), async (c) => {
       const input = parseInput(RegisterInput, c.get("body"));
       recovery.assertCanRegister();
       // With verification required, a taken address gets the same 202 as a new one (and costs the
       // same hash), so registration tells nobody which addresses have accounts; its owner is told.
       const verify = config.recovery.requireEmailVerification;
-      const user = await auth.register(input).catch(async (e) => {
+      const user = await auth.register(input, c.get("client")).catch(async (e) => {
         if (!(e instanceof ShinkeiError && e.code === "EMAIL_TAKEN")) throw e;
         recovery.duplicateRegistration(input.email);
         if (!verify) throw e;
-        await auth.hasher.hash(input.password);
+        await auth.registerHasher.hash(input.password);
         return undefined;
       });
       if (user) recovery.registered(user);

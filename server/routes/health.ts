@@ -1,8 +1,9 @@
 import { Hono } from "hono";
 import type { AppEnv, Deps } from "../env.ts";
 import { migrationStatus } from "../../src/migrations/migrate.ts";
+import { hiddenError } from "../errors.ts";
 
-export function healthRoutes({ sql, readiness }: Deps) {
+export function healthRoutes({ sql, readiness, config, log }: Deps) {
   return new Hono<AppEnv>()
     .get("/health", (c) => c.json({ status: "ok" }))
     .get("/ready", async (c) => {
@@ -12,7 +13,9 @@ export function healthRoutes({ sql, readiness }: Deps) {
         const ready = m.pending.length === 0;
         return c.json({ status: ready ? "ready" : "migrations pending", database: "ok", schemaVersion: m.current, pendingMigrations: m.pending.length, ...extra }, ready ? 200 : 503);
       } catch (e) {
-        return c.json({ status: "unavailable", database: "unreachable", error: { code: "NOT_READY", message: (e as Error).message } }, 503);
+        // Monitors see that we are not ready and the request id; the log line says why.
+        const { error } = hiddenError(c, e, config.databaseUrl, log);
+        return c.json({ status: "unavailable", database: error.code === "DB_UNREACHABLE" ? "unreachable" : "error", error }, 503);
       }
     });
 }

@@ -7,7 +7,7 @@ import { RESET_ACCEPTED, VERIFY_ACCEPTED } from "../../src/auth/recovery.ts";
 
 /** Password reset and email verification by mailed code (mounted beside the other auth routes). */
 export function recoveryRoutes({ recovery, config }: Deps) {
-  const client = clientInfo(config.trustProxy);
+  const client = clientInfo(config.trustProxy, config.trustedProxies);
   return new Hono<AppEnv>()
     .post("/password-reset", client, jsonBody(), async (c) => {
       await recovery.requestReset(parseInput(EmailInput, c.get("body")).email, c.get("client"));

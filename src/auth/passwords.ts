@@ -52,6 +52,16 @@ export class PasswordHasher {
     return false;
   }
 
+  /**
+   * Whether `hash` was made otherwise than we would make it now (another algorithm, or argon2
+   * memory or time cost): such a user's logins would take another time than everyone else's
+   * (and than an unknown email's), so their hash is made again on their next login.
+   */
+  needsRehash(hash: string): boolean {
+    const m = /^\$argon2id\$v=\d+\$m=(\d+),t=(\d+),/.exec(hash);
+    return !m || Number(m[1]) !== this.options.memoryCost || Number(m[2]) !== this.options.timeCost;
+  }
+
   get load() {
     return { running: this.running, waiting: this.waiting.length };
   }

@@ -4,7 +4,7 @@ import type { Log } from "../log.ts";
 import { ShinkeiError } from "../errors.ts";
 import { renderMail, type MailQueue, type TemplateName } from "../mail/index.ts";
 import type { PasswordHasher } from "./passwords.ts";
-import type { LoginThrottle, ThrottleRule } from "./throttle.ts";
+import type { Throttle, ThrottleRule } from "./throttle.ts";
 import type { SessionCache } from "./sessions.ts";
 import type { ClientInfo } from "./service.ts";
 import { revokeUserSessions } from "./sessions.ts";
@@ -44,7 +44,7 @@ async function recordEvent(sql: Queryable, userId: string, kind: string, client:
 type Deps = {
   sql: Sql;
   config: Pick<Config, "mail" | "recovery" | "login">;
-  throttle: LoginThrottle;
+  throttle: Throttle;
   hasher: PasswordHasher;
   sessions: SessionCache;
   /** Undefined when mail is off: the routes that need it answer MAIL_DISABLED. */
@@ -81,9 +81,9 @@ export class AccountRecovery {
 
   private rules(scope: string, email: string, client: ClientInfo): ThrottleRule[] {
     const { maxFailures, maxFailuresPerIp } = this.deps.config.login;
-    const rules = [{ key: `${scope}:${email.toLowerCase()}`, limit: maxFailures }];
+    const rules: ThrottleRule[] = [{ key: `${scope}:${email.trim().toLowerCase()}`, limit: maxFailures, onSuccess: "clear" }];
     // The address shares its budget with failed logins: one client gets one allowance for guessing.
-    if (client.ip) rules.push({ key: `ip:${client.ip}`, limit: maxFailuresPerIp });
+    if (client.ip) rules.push({ key: `ip:${client.ip}`, limit: maxFailuresPerIp, onSuccess: "release" });
     return rules;
   }
 
@@ -107,14 +107,12 @@ export class AccountRecovery {
   }
 
   /**
-   * Every request costs the same before the answer: a throttle check and one counter write (each
-   * request counts, so nobody can mail-bomb an address). The lookup happens afterwards.
+   * Every request costs the same before the answer: one counted attempt (each request counts, so
+   * nobody can mail-bomb an address). The lookup happens afterwards.
    */
   async requestReset(email: string, client: ClientInfo = {}): Promise<void> {
     this.requireMail();
-    const rules = this.rules("reset-request", email, client);
-    await this.deps.throttle.check(rules);
-    await this.deps.throttle.recordFailure(rules);
+    await this.deps.throttle.reserve(this.rules("reset-request", email, client));
     this.later("password reset mail", async () => {
       const user = await findUserByEmail(this.deps.sql, email);
       if (user) await this.mailCode(user, "password_reset");
@@ -125,8 +123,7 @@ export class AccountRecovery {
   async confirmReset(input: { email: string; code: string; newPassword: string }, client: ClientInfo = {}): Promise<{ revokedSessions: number }> {
     this.requireMail();
     const { sql, throttle, hasher } = this.deps;
-    const rules = this.rules("reset-confirm", input.email, client);
-    await throttle.check(rules);
+    const held = await throttle.reserve(this.rules("reset-confirm", input.email, client));
     const now = this.now();
     const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "password_reset", now });
     // Hash only for a live code, so a flood of wrong codes costs no argon2 time.
@@ -142,14 +139,11 @@ export class AccountRecovery {
           return n;
         })
       : null;
-    if (!userId || revoked === null) {
-      await throttle.recordFailure(rules);
-      throw invalidCode();
-    }
+    if (!userId || revoked === null) throw invalidCode(); // the attempt stays counted
     this.deps.sessions.forget((s) => s.userId === userId);
-    await throttle.clear(rules[0]!.key);
+    await held.succeeded();
     // The owner just proved control of the mailbox; failed logins before that should not keep them out.
-    await throttle.clear(`account:${input.email.toLowerCase()}`);
+    await throttle.forgetAccount(input.email, client.ip);
     this.announcePasswordChange(userId, "with a reset code sent to this address", now);
     return { revokedSessions: revoked };
   }
@@ -166,8 +160,7 @@ export class AccountRecovery {
   async verifyEmail(input: { email: string; code: string }, client: ClientInfo = {}): Promise<{ verified: true }> {
     this.requireMail();
     const { sql, throttle } = this.deps;
-    const rules = this.rules("verify", input.email, client);
-    await throttle.check(rules);
+    const held = await throttle.reserve(this.rules("verify", input.email, client));
     const now = this.now();
     const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "verify_email", now });
     const ok = userId
@@ -178,20 +171,15 @@ export class AccountRecovery {
           return true;
         })
       : false;
-    if (!ok) {
-      await throttle.recordFailure(rules);
-      throw invalidCode();
-    }
-    await throttle.clear(rules[0]!.key);
+    if (!ok) throw invalidCode(); // the attempt stays counted
+    await held.succeeded();
     return { verified: true };
   }
 
   /** A fresh verification code for an unverified account; answered like a reset request. */
   async resendVerification(email: string, client: ClientInfo = {}): Promise<void> {
     this.requireMail();
-    const rules = this.rules("verify-request", email, client);
-    await this.deps.throttle.check(rules);
-    await this.deps.throttle.recordFailure(rules);
+    await this.deps.throttle.reserve(this.rules("verify-request", email, client));
     this.later("verification mail", async () => {
       const user = await findUserByEmail(this.deps.sql, email);
       if (user && !(await isEmailVerified(this.deps.sql, user.id))) await this.mailCode(user, "verify_email");

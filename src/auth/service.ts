@@ -2,8 +2,8 @@ import type { Sql } from "../db.ts";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";
-import { LoginThrottle, type ThrottleRule } from "./throttle.ts";
-import { createUser, findUserByEmail, findUserById, publicUser, setPasswordHash, type User } from "./users.ts";
+import { loginKeys, Throttle, type Reservation, type ThrottleRule } from "./throttle.ts";
+import { createUser, findUserByEmail, findUserById, publicUser, replacePasswordHash, setPasswordHash, type User, type UserRow } from "./users.ts";
 import { createSession, revokeUserSessions, SessionCache, type Session } from "./sessions.ts";
 import { isEmailVerified } from "./recovery.ts";
 
@@ -13,47 +13,82 @@ const invalid = () => new ShinkeiError("INVALID_CREDENTIALS", "invalid email or 
 
 /** Register, login and password change: the rules the incident broke, in one place. */
 export class AuthService {
-  readonly throttle: LoginThrottle;
+  readonly throttle: Throttle;
   readonly sessions: SessionCache;
+  /** Logins and password changes hash here. */
+  readonly hasher: PasswordHasher;
+  /** Registrations hash in a queue of their own: a flood of them meets BUSY there and leaves logins alone. */
+  readonly registerHasher: PasswordHasher;
 
   constructor(
     private readonly sql: Sql,
-    private readonly config: Pick<Config, "sessionTtlMs" | "sessionCacheTtlMs" | "login" | "recovery">,
-    readonly hasher: PasswordHasher,
+    private readonly config: Pick<Config, "sessionTtlMs" | "sessionCacheTtlMs" | "login" | "hashing" | "registerHashing" | "recovery">,
   ) {
-    this.throttle = new LoginThrottle(sql, config.login.windowMs);
+    this.throttle = new Throttle(sql, config.login.windowMs);
     this.sessions = new SessionCache(config.sessionCacheTtlMs);
+    this.hasher = new PasswordHasher(config.hashing);
+    this.registerHasher = new PasswordHasher(config.registerHashing);
   }
 
-  async register(input: { email: string; password: string; name: string }): Promise<User> {
-    // Cheap refusal first, so a taken email costs no hashing; the unique index still decides races.
-    if (await findUserByEmail(this.sql, input.email)) {
-      throw new ShinkeiError("EMAIL_TAKEN", "an account with this email already exists");
-    }
-    const passwordHash = await this.hasher.hash(input.password);
-    return publicUser(await createUser(this.sql, { email: input.email, name: input.name, passwordHash }));
+  /** Every registration attempt from an address counts, made or refused, against REGISTER_MAX_PER_IP. */
+  async register(input: { email: string; password: string; name: string }, client: ClientInfo = {}): Promise<User> {
+    const held = client.ip ? await this.throttle.reserve([{ key: `register:${client.ip}`, limit: this.config.login.registerMaxPerIp }]) : undefined;
+    return this.attempt(held, async () => {
+      // Cheap refusal first, so a taken email costs no hashing; the unique index still decides races.
+      if (await findUserByEmail(this.sql, input.email)) {
+        throw new ShinkeiError("EMAIL_TAKEN", "an account with this email already exists");
+      }
+      const passwordHash = await this.registerHasher.hash(input.password);
+      return publicUser(await createUser(this.sql, { email: input.email, name: input.name, passwordHash }));
+    });
   }
 
-  private rules(email: string, ip?: string): ThrottleRule[] {
-    const rules = [{ key: `account:${email.toLowerCase()}`, limit: this.config.login.maxFailures }];
-    if (ip) rules.push({ key: `ip:${ip}`, limit: this.config.login.maxFailuresPerIp });
+  /**
+   * The strict limit is per (account, address) pair, so an attacker locks out only themselves; the
+   * address limit stops one address spraying many accounts; the account ceiling, far higher, slows
+   * guesses at one account from many addresses without ever refusing its owner.
+   */
+  private loginRules(email: string, ip?: string): ThrottleRule[] {
+    const { maxFailures, maxFailuresPerIp, maxFailuresPerAccount, accountDelayMs } = this.config.login;
+    const account = email.trim().toLowerCase();
+    const rules: ThrottleRule[] = [
+      { key: loginKeys.pair(account, ip), limit: maxFailures, onSuccess: "clear" },
+      { key: loginKeys.account(account), limit: maxFailuresPerAccount, delayMs: accountDelayMs, onSuccess: "release" },
+    ];
+    // A success releases only its own attempt here: one valid account must not wipe an address's record.
+    if (ip) rules.push({ key: `ip:${ip}`, limit: maxFailuresPerIp, onSuccess: "release" });
     return rules;
   }
 
   /**
+   * Do `work` under a reservation. The wait of a slowing limit comes first, before the answer is
+   * known, so a client cannot cut it short by hanging up. A refusal of ours (4xx) stays counted;
+   * an attempt we could not try (busy, database down) is given back.
+   */
+  private async attempt<T>(held: Reservation | undefined, work: () => Promise<T>): Promise<T> {
+    try {
+      if (held?.delayMs) await Bun.sleep(held.delayMs);
+      return await work();
+    } catch (e) {
+      if (held && !(e instanceof ShinkeiError && e.status < 500)) await held.release().catch(() => {});
+      throw e;
+    }
+  }
+
+  /**
    * Unknown email and wrong password take the same path and the same time, and neither writes
-   * anything but the failure counters. An unknown email never becomes an account.
+   * anything but the attempt counters. An unknown email never becomes an account.
    */
   async login(input: { email: string; password: string }, client: ClientInfo = {}) {
-    const rules = this.rules(input.email, client.ip);
-    await this.throttle.check(rules);
-    const user = await findUserByEmail(this.sql, input.email);
-    const ok = user ? await this.hasher.verify(input.password, user.passwordHash) : await this.hasher.verifyNobody(input.password);
-    if (!user || !ok) {
-      await this.throttle.recordFailure(rules);
-      throw invalid();
-    }
-    await this.throttle.clear(rules[0]!.key);
+    const held = await this.throttle.reserve(this.loginRules(input.email, client.ip));
+    const user = await this.attempt(held, async () => {
+      const user = await findUserByEmail(this.sql, input.email);
+      const ok = user ? await this.hasher.verify(input.password, user.passwordHash) : await this.hasher.verifyNobody(input.password);
+      if (!user || !ok) throw invalid();
+      return user;
+    });
+    await held.succeeded();
+    await this.rehashIfStale(user, input.password);
     // Only after the password checked out: this answer tells no more than a wrong password would.
     if (this.config.recovery.requireEmailVerification && !(await isEmailVerified(this.sql, user.id))) {
       throw new ShinkeiError("EMAIL_NOT_VERIFIED", "confirm your email address first with the code we mailed you", {
@@ -64,15 +99,27 @@ export class AuthService {
     return { token: session.token, expiresAt: session.expiresAt, user: publicUser(user) };
   }
 
+  /** Hash again with today's settings. A busy hash queue skips it: the next login tries again. */
+  private async rehashIfStale(user: UserRow, password: string): Promise<void> {
+    if (!this.hasher.needsRehash(user.passwordHash)) return;
+    try {
+      await replacePasswordHash(this.sql, user.id, user.passwordHash, await this.hasher.hash(password));
+    } catch (e) {
+      if (!(e instanceof ShinkeiError && e.code === "BUSY")) throw e;
+    }
+  }
+
   /** Change the password of the session's user and end every other session of theirs. */
   async changePassword(session: Session, input: { currentPassword: string; newPassword: string }, client: ClientInfo = {}) {
-    const rules = this.rules(session.user.email, client.ip);
-    await this.throttle.check(rules);
-    const user = await findUserById(this.sql, session.userId);
-    if (!user || !(await this.hasher.verify(input.currentPassword, user.passwordHash))) {
-      await this.throttle.recordFailure(rules);
-      throw new ShinkeiError("INVALID_CREDENTIALS", "the current password is wrong");
-    }
+    const held = await this.throttle.reserve(this.loginRules(session.user.email, client.ip));
+    const user = await this.attempt(held, async () => {
+      const user = await findUserById(this.sql, session.userId);
+      if (!user || !(await this.hasher.verify(input.currentPassword, user.passwordHash))) {
+        throw new ShinkeiError("INVALID_CREDENTIALS", "the current password is wrong");
+      }
+      return user;
+    });
+    await held.succeeded();
     const hash = await this.hasher.hash(input.newPassword);
     const revokedSessions = await this.sql.begin(async (tx) => {
       await setPasswordHash(tx, user.id, hash);

@@ -1,13 +1,32 @@
 import type { Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 
-export type ThrottleRule = { key: string; limit: number };
+/** The keys login attempts count under, in one place: login counts them, a password reset forgets them. */
+export const loginKeys = {
+  pair: (account: string, ip?: string) => `pair:${JSON.stringify([account, ip ?? ""])}`,
+  account: (account: string) => `account:${account}`,
+};
+
+export type ThrottleRule = {
+  key: string;
+  limit: number;
+  /** Past the limit, wait this long instead of refusing: for limits an attacker must not turn into a lockout. */
+  delayMs?: number;
+  /** What a successful attempt does to the count: forget it all, take back only itself, or stay counted. */
+  onSuccess?: "clear" | "release" | "keep";
+};
+
+type Held = { digest: string; start: string; onSuccess: NonNullable<ThrottleRule["onSuccess"]> };
 
 /**
- * Failed-login counters in PostgreSQL, so limits hold across restarts and replicas. Keys are
- * hashed ("account:<email>", "ip:<address>"): the table never holds an email or an address.
+ * Attempt counters in PostgreSQL, so limits hold across restarts and replicas. Keys are hashed
+ * ("pair:<email> <address>", "ip:<address>", ...): the table never holds an email or an address.
+ *
+ * An attempt is counted (reserved) before any work is done and in one statement, so twenty
+ * parallel guesses against a limit of five get five tries, not however many passed a check before
+ * the first failure was written.
  */
-export class LoginThrottle {
+export class Throttle {
   constructor(
     private readonly sql: Sql,
     private readonly windowMs: number,
@@ -17,43 +36,94 @@ export class LoginThrottle {
     return new Bun.CryptoHasher("sha256").update(key).digest("hex");
   }
 
-  /** Throw TOO_MANY_REQUESTS, with the seconds until the window ends, when any rule is over its limit. */
-  async check(rules: ThrottleRule[]): Promise<void> {
-    const keys = rules.map((r) => this.digest(r.key));
-    const rows = await this.sql<{ key: string; failures: number; retry: number }[]>`
-      select key, failures,
-             ceil(extract(epoch from window_start + ${this.windowMs} * interval '1 millisecond' - now()))::int as retry
-      from login_throttle
-      where key = any(${this.sql.array(keys)}) and window_start > now() - ${this.windowMs} * interval '1 millisecond'`;
-    let retryAfter = 0;
-    for (const row of rows) {
-      const rule = rules[keys.indexOf(row.key)];
-      if (rule && row.failures >= rule.limit) retryAfter = Math.max(retryAfter, row.retry, 1);
-    }
-    if (retryAfter > 0) {
-      throw new ShinkeiError("TOO_MANY_REQUESTS", "too many failed attempts; try again later", { details: { retryAfter } });
-    }
+  /**
+   * Count one attempt against every rule. When a rule without `delayMs` is over its limit this
+   * throws TOO_MANY_REQUESTS (with the seconds until its window ends) and counts nothing anywhere:
+   * a refused attempt costs the server nothing and the client no budget.
+   */
+  async reserve(rules: ThrottleRule[]): Promise<Reservation> {
+    const byDigest = new Map(rules.map((r) => [this.digest(r.key), r]));
+    // One lock order for every caller, so two reservations sharing keys cannot deadlock.
+    const keys = [...byDigest.keys()].sort();
+    const window = this.windowMs;
+    const held = await this.sql.begin(async (tx) => {
+      const rows = await tx<{ key: string; failures: number; start: string; retry: number }[]>`
+        insert into login_throttle as t (key, failures, window_start)
+        select k, 1, now() from unnest(${tx.array(keys)}::text[]) as k order by k
+        on conflict (key) do update set
+          failures = case when t.window_start > now() - ${window} * interval '1 millisecond' then t.failures + 1 else 1 end,
+          window_start = case when t.window_start > now() - ${window} * interval '1 millisecond' then t.window_start else now() end
+        returning key, failures, window_start::text as start,
+          greatest(1, ceil(extract(epoch from window_start + ${window} * interval '1 millisecond' - now())))::int as retry`;
+      let retryAfter = 0;
+      let delayMs = 0;
+      for (const row of rows) {
+        const rule = byDigest.get(row.key)!;
+        if (row.failures <= rule.limit) continue;
+        if (rule.delayMs !== undefined) delayMs = Math.max(delayMs, rule.delayMs);
+        else retryAfter = Math.max(retryAfter, row.retry);
+      }
+      if (retryAfter > 0) {
+        // Thrown inside the transaction: it rolls back, so this attempt is counted nowhere.
+        throw new ShinkeiError("TOO_MANY_REQUESTS", "too many attempts; try again later", { details: { retryAfter } });
+      }
+      return { delayMs, rows: rows.map((r) => ({ digest: r.key, start: r.start, onSuccess: byDigest.get(r.key)!.onSuccess ?? "keep" })) };
+    });
+    return new Reservation(this.sql, held.rows, held.delayMs);
   }
 
-  async recordFailure(rules: ThrottleRule[]): Promise<void> {
-    const keys = rules.map((r) => this.digest(r.key));
-    await this.sql`
-      insert into login_throttle (key, failures, window_start)
-      select k, 1, now() from unnest(${this.sql.array(keys)}::text[]) as k
-      on conflict (key) do update set
-        failures = case when login_throttle.window_start > now() - ${this.windowMs} * interval '1 millisecond'
-                        then login_throttle.failures + 1 else 1 end,
-        window_start = case when login_throttle.window_start > now() - ${this.windowMs} * interval '1 millisecond'
-                            then login_throttle.window_start else now() end`;
+  /**
+   * Forget an account's failed logins: its owner just proved control of the mailbox (a password
+   * reset). The account's ceiling and its pair with this address; other addresses' pairs expire.
+   */
+  async forgetAccount(email: string, ip?: string): Promise<void> {
+    const account = email.trim().toLowerCase();
+    const keys = [loginKeys.account(account), loginKeys.pair(account, ip)].map((k) => this.digest(k));
+    await this.sql`delete from login_throttle where key = any(${this.sql.array(keys)}::text[])`;
   }
 
-  async clear(key: string): Promise<void> {
-    await this.sql`delete from login_throttle where key = ${this.digest(key)}`;
-  }
-
-  /** Drop windows that have ended; called now and then so the table stays small. */
+  /** Drop windows that have ended; called now and then so the table stays small. Rows in use are left for next time. */
   async prune(): Promise<number> {
-    const r = await this.sql`delete from login_throttle where window_start < now() - ${this.windowMs} * interval '1 millisecond'`;
+    const r = await this.sql`
+      delete from login_throttle where key in (
+        select key from login_throttle where window_start < now() - ${this.windowMs} * interval '1 millisecond'
+        order by key for update skip locked)`;
     return r.count;
+  }
+}
+
+/** One counted attempt, to be settled once its outcome is known. A failure needs nothing: it stays counted. */
+export class Reservation {
+  constructor(
+    private readonly sql: Sql,
+    private readonly held: Held[],
+    /** How long to wait before doing the work, when a slowing rule is over its limit. */
+    readonly delayMs: number,
+  ) {}
+
+  /** The attempt was not tried (the server was busy, the database failed): take it back everywhere. */
+  async release(): Promise<void> {
+    await this.takeBack(this.held);
+  }
+
+  /** The attempt succeeded: each rule does what its `onSuccess` says. */
+  async succeeded(): Promise<void> {
+    const clear = this.held.filter((h) => h.onSuccess === "clear").map((h) => h.digest);
+    if (clear.length) await this.sql`delete from login_throttle where key = any(${this.sql.array(clear)}::text[])`;
+    await this.takeBack(this.held.filter((h) => h.onSuccess === "release"));
+  }
+
+  private async takeBack(held: Held[]): Promise<void> {
+    if (!held.length) return;
+    // Only within the window the attempt was counted in: a window that restarted since owes it nothing.
+    // Rows are locked in key order, as reserve() locks them, so the two cannot deadlock.
+    await this.sql`
+      update login_throttle set failures = greatest(failures - 1, 0)
+      where key in (
+        select key from login_throttle
+        where (key, window_start) in (
+          select k, s::timestamptz
+          from unnest(${this.sql.array(held.map((h) => h.digest))}::text[], ${this.sql.array(held.map((h) => h.start))}::text[]) as r(k, s))
+        order by key for update)`;
   }
 }

@@ -2,7 +2,7 @@ import type { Queryable, Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 export type User = { id: string; email: string; name: string; createdAt: Date };
-type UserRow = User & { passwordHash: string };
+export type UserRow = User & { passwordHash: string };
 
 const columns = (sql: Sql) => sql`id, email, name, created_at as "createdAt"`;
 
@@ -34,6 +34,11 @@ export async function findUserById(sql: Sql, id: string): Promise<UserRow | unde
 
 export async function setPasswordHash(sql: Queryable, id: string, passwordHash: string): Promise<void> {
   await sql`update users set password_hash = ${passwordHash}, updated_at = now() where id = ${id}`;
+}
+
+/** Replace the hash only if it is still `old`: a password changed meanwhile must not be undone. */
+export async function replacePasswordHash(sql: Sql, id: string, old: string, passwordHash: string): Promise<void> {
+  await sql`update users set password_hash = ${passwordHash} where id = ${id} and password_hash = ${old}`;
 }
 
 export function publicUser({ id, email, name, createdAt }: User): User {

@@ -2,12 +2,12 @@ import { loadConfig, type Config } from "../../src/config.ts";
 import { startServer, type Running } from "../../server/serve.ts";
 import { createApp } from "../../server/app.ts";
 import { AuthService } from "../../src/auth/service.ts";
-import { PasswordHasher } from "../../src/auth/passwords.ts";
 import { AccountRecovery, type Clock } from "../../src/auth/recovery.ts";
 import type { TestDatabase } from "./db.ts";
+import type { Log } from "../../src/log.ts";
 
 /** Cheap hashing keeps the suite quick; the parameters are config, and the bench runs the defaults. */
-export function testConfig(db: TestDatabase, env: Record<string, string> = {}): Config {
+export function testConfig(db: Pick<TestDatabase, "url">, env: Record<string, string> = {}): Config {
   return loadConfig({
     DATABASE_URL: db.url,
     HOST: "127.0.0.1",
@@ -39,10 +39,10 @@ export async function startTestServer(db: TestDatabase, env: Record<string, stri
 }
 
 /** The app without a listener, for the many small request cases (`app.request`). */
-export function testApp(db: TestDatabase, env: Record<string, string> = {}) {
+export function testApp(db: Pick<TestDatabase, "url" | "sql">, env: Record<string, string> = {}, log: Log = () => {}) {
   const config = testConfig(db, env);
-  const auth = new AuthService(db.sql, config, new PasswordHasher(config.hashing));
+  const auth = new AuthService(db.sql, config);
   // No outbox: these cases never reach the mail.
-  const recovery = new AccountRecovery({ sql: db.sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail: undefined, log: () => {} });
-  return createApp({ sql: db.sql, config, auth, recovery, log: () => {} });
+  const recovery = new AccountRecovery({ sql: db.sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail: undefined, log });
+  return createApp({ sql: db.sql, config, auth, recovery, log });
 }
