@@ -29,6 +29,11 @@ const codes = {
   BACKUP_CORRUPT: { exit: 1, status: 500 },
   BACKUP_STALE: { exit: 1, status: 500 },
   RESTORE_FAILED: { exit: 1, status: 500 },
+  // selective recovery (recover)
+  RECOVER_CONFLICT: { exit: 1, status: 409 },
+  RECOVER_FAILED: { exit: 1, status: 500 },
+  ACCOUNT_REPLACED: { exit: 1, status: 409 },
+  PITR_UNAVAILABLE: { exit: 2, status: 501 },
   PG_TOOL_MISSING: { exit: 2, status: 500 },
   PG_VERSION_MISMATCH: { exit: 2, status: 500 },
   STORE_FAILED: { exit: 1, status: 502 },

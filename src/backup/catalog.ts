@@ -5,6 +5,8 @@ import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName }
 import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
 import type { BackupStore, StoredObject } from "./stores/store.ts";
 
+const SAFETY_COPIES = new Set(["pre-restore", "pre-recover"]);
+
 export type LocalBackup = BackupName & { path: string; sizeBytes: number; manifest: Manifest | null };
 
 /** Our backups in `dir`, newest first. Anything not named like ours (and every `.partial`) is ignored. */
@@ -27,7 +29,8 @@ export async function listLocal(dir: string): Promise<LocalBackup[]> {
 
 /**
  * A file the user named (a path, or a name inside `dir`), or else the newest backup that is not
- * a pre-restore safety copy: restoring twice in a row must not bring back what the first replaced.
+ * a pre-restore or pre-recover safety copy: restoring twice in a row must not bring back what the
+ * first replaced, and a copy taken just before a recovery holds nothing the recovery did not see.
  * With an off-site store, a backup found only there is downloaded into `dir` first.
  */
 export async function resolveBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
@@ -40,7 +43,7 @@ export async function resolveBackup(dir: string, file?: string, offsite?: Backup
       hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
     });
   }
-  const latest = (await listLocal(dir)).find((b) => b.manifest?.reason !== "pre-restore");
+  const latest = (await listLocal(dir)).find((b) => !SAFETY_COPIES.has(b.manifest?.reason ?? ""));
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
   const remote = offsite ? newestRemote(await offsite.list()) : undefined;
   if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) return download(offsite!, dir, remote.name);
