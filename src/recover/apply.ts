@@ -16,8 +16,9 @@ const cols = (names: string[]) => names.map(quoteIdent).join(", ");
 
 /** Turn a constraint violation into the rows it names; anything else passes through. */
 function conflict(error: unknown, t: TableInfo, what: string): unknown {
-  const e = error as { name?: string; code?: string; detail?: string; message?: string; constraint_name?: string; table_name?: string };
-  if (e?.name !== "PostgresError" || !e.code?.startsWith("23")) return error;
+  const e = error as { severity?: string; code?: string; detail?: string; message?: string; constraint_name?: string; table_name?: string };
+  // A server error (it has a severity; class names do not survive minification), class 23: integrity.
+  if (typeof e?.severity !== "string" || !e.code?.startsWith("23")) return error;
   return new ShinkeiError("RECOVER_CONFLICT", `conflict while ${what} ${t.name}: ${e.detail ?? e.message}${e.constraint_name ? ` (${e.constraint_name})` : ""}`, {
     hint: "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), then run recover again.",
     details: { table: e.table_name ?? t.name, constraint: e.constraint_name, detail: e.detail },
