@@ -196,4 +196,118 @@ describe("recover one user's rows", () => {
     expect(await snapshot(db.sql)).toEqual(before);
     expect(await scratchDatabases()).toEqual([]);
   });
+
+  test("the incident: reset, alice registers again, recover --into-current-account; she signs in and sees her old worlds", async () => {
+    const oldWorlds = (await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by w.name`).map((r) => r.name);
+    const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
+    expect(reset.code).toBe(0);
+    const server = await startTestServer(db);
+    try {
+      const account = { email: "alice@example.com", password: "a brand new password", name: "Alice again" };
+      expect((await server.api("/api/v1/auth/register", { method: "POST", json: account })).status).toBe(201);
+
+      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain("now belongs to a different, newer account");
+      expect(refused.stderr).toContain("--into-current-account");
+      expect(refused.stdout).toMatch(/in the backup: \S+  alice@example\.com  "alice" .* owns worlds 2, stories 4, story_beats 12/);
+      expect(refused.stdout).toMatch(/now: +\S+  alice@example\.com  "Alice again" .* owns worlds 0, stories 0, story_beats 0/);
+
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes"], env);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain("restored       worlds 2, stories 4, story_beats 12");
+      expect(r.stdout).toContain("sessions       not restored");
+
+      const login = await server.api("/api/v1/auth/login", { method: "POST", json: { email: account.email, password: account.password } });
+      expect(login.status).toBe(200);
+      const { token } = await login.json();
+      const worlds = await (await server.api("/api/v1/worlds", { token })).json();
+      expect(worlds.worlds.map((w: { name: string }) => w.name).sort()).toEqual(oldWorlds);
+      expect(worlds.worlds.map((w: { storyCount: number }) => w.storyCount)).toEqual([2, 2]);
+      // Only alice's rows came back: bob, who was reset away too, was not part of this recovery.
+      expect((await db.sql`select email from users`).map((u) => u.email)).toEqual(["alice@example.com"]);
+      expect((await db.sql`select count(*)::int as n from sessions`)[0]!.n).toBe(1); // the login just now
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("--restore-account brings the old account back, only while the new one owns nothing", async () => {
+    const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
+    const alice = await digest(db.sql, "alice@example.com");
+    await takeBackup(env);
+    for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+    await db.sql`delete from users where id = ${old!.id}`;
+    const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
+    const [w] = await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
+
+    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("owns data (worlds 1): --restore-account removes only an empty account");
+    await db.sql`delete from worlds where id = ${w!.id}`;
+
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`removed        the new, empty account ${fresh!.id}`);
+    expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([old!.id]);
+    expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+  });
+
+  test("SIGKILL during the apply changes nothing; the next run leaves no scratch database and recovers", async () => {
+    const alice = await digest(db.sql, "alice@example.com");
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const before = await snapshot(db.sql);
+    // A gate in the database: the first insert into story_beats (the rolled-back trial) passes, the
+    // second (the apply itself, after worlds and stories went in) waits on a lock this test holds.
+    await db.sql.unsafe(`create sequence gate_seq;
+      create function gate() returns trigger language plpgsql as $$ begin
+        if nextval('gate_seq') > 1 then perform pg_advisory_xact_lock_shared(4242); end if; return null; end $$;
+      create trigger gate before insert on story_beats for each statement execute function gate();`);
+    const holder = await db.sql.reserve();
+    await holder`select pg_advisory_lock(4242)`;
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
+    const waiting = async () => (await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`).map((r) => r.pid);
+    for (let i = 0; i < 400 && (await waiting()).length === 0; i++) await Bun.sleep(50);
+    const [pid] = await waiting();
+    expect(pid).toBeDefined();
+    expect(await db.sql`select 1 from pg_stat_activity where pid = ${pid!} and state = 'active' and backend_xid is not null`).toHaveLength(1); // mid-transaction, rows written
+    p.kill("SIGKILL");
+    await p.exited;
+    expect((await scratchDatabases()).length).toBe(1);
+    await holder`select pg_advisory_unlock(4242)`;
+    holder.release();
+    for (let i = 0; i < 200 && (await db.sql`select 1 from pg_stat_activity where pid = ${pid!}`).length; i++) await Bun.sleep(50);
+    await db.sql.unsafe("drop trigger gate on story_beats; drop function gate(); drop sequence gate_seq");
+    expect(await snapshot(db.sql)).toEqual(before);
+
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(r.code).toBe(0);
+    expect(await scratchDatabases()).toEqual([]);
+    expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+  });
+
+  test("a child table added later (as a migration would) is followed with no code change", async () => {
+    await db.sql.unsafe(`create table beat_notes (
+      id uuid primary key default gen_random_uuid(),
+      beat_id uuid not null references story_beats (id),
+      note text not null)`);
+    await db.sql`insert into beat_notes (beat_id, note) select id, 'note on ' || content from story_beats`;
+    const notes = async () => db.sql`select n.* from beat_notes n join story_beats b on b.id = n.beat_id join stories s on s.id = b.story_id
+      join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by n.id`;
+    const aliceNotes = await notes();
+    expect(aliceNotes).toHaveLength(12);
+    await takeBackup(env);
+    // Notes alone (world 2, story 1), and notes with their beats, stories and world (world 1).
+    await db.sql`delete from beat_notes where beat_id in (select b.id from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
+      where w.name = 'alice@example.com world 1' or (w.name = 'alice@example.com world 2' and s.title = 'story 1'))`;
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("story_beats -> beat_notes  (beat_notes.beat_id references story_beats.id)");
+    expect(r.stdout).toMatch(/^beat_notes\s+9\s+0\s+0\s+3$/m);
+    expect(await notes()).toEqual(aliceNotes);
+  });
 });
