@@ -4,7 +4,8 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { freshDatabase, serverUrl, snapshot, type TestDatabase } from "./support/db.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
-import { tempDir } from "./support/fixtures.ts";
+import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -309,5 +310,44 @@ describe("recover one user's rows", () => {
     expect(r.stdout).toContain("story_beats -> beat_notes  (beat_notes.beat_id references story_beats.id)");
     expect(r.stdout).toMatch(/^beat_notes\s+9\s+0\s+0\s+3$/m);
     expect(await notes()).toEqual(aliceNotes);
+  });
+
+  test("--world brings back that one world; an encrypted backup found only off-site is a source", async () => {
+    const s3 = await TestS3.start();
+    try {
+      const offsite = { ...env, ...s3.env(), BACKUP_AGE_PASSPHRASE: "correct horse battery staple recover" };
+      const [w1] = await db.sql`select id from worlds where name = 'alice@example.com world 1'`;
+      const alice = await digest(db.sql, "alice@example.com");
+      const file = await takeBackup(offsite);
+      expect(file).toEndWith(".age");
+      for (const name of await readdir(env.BACKUP_DIR!)) await Bun.file(join(env.BACKUP_DIR!, name)).delete();
+      for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+
+      const r = await shinkei(["recover", "--world", w1!.id, "--yes"], offsite);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`scope      world ${w1!.id} (owner alice@example.com)`);
+      expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
+      expect((await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`).map((x) => x.name)).toEqual(["alice@example.com world 1"]);
+      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes"], offsite);
+      expect(both.code).toBe(0);
+      expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+    } finally {
+      await s3.stop();
+    }
+  });
+
+  test("SIGTERM while the backup loads drops the scratch database and changes nothing", async () => {
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const before = await snapshot(db.sql);
+    const slow = await wrapTool("psql", `sleep 10; exec "$REAL" "$@"`);
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
+    expect((await scratchDatabases()).length).toBe(1);
+    p.kill("SIGTERM");
+    expect(await p.exited).toBe(130);
+    expect(await scratchDatabases()).toEqual([]);
+    expect(await snapshot(db.sql)).toEqual(before);
   });
 });
