@@ -1,5 +1,6 @@
 import type { Io } from "./io.ts";
 import { line, table } from "./output.ts";
+import { formatDuration } from "../src/duration.ts";
 import { describeGraph } from "../src/recover/graph.ts";
 import type { Account, Plan } from "../src/recover/plan.ts";
 import type { Applied } from "../src/recover/apply.ts";
@@ -42,7 +43,7 @@ export function showAccounts(io: Io, replaced: NonNullable<Plan["replaced"]>) {
 }
 
 export function showPreview(io: Io, plan: Plan, source: string, loadMs: number, withRows: boolean) {
-  line(io, `source     ${source} (loaded into a scratch database in ${(loadMs / 1000).toFixed(1)} s)`);
+  line(io, `source     ${source} (loaded into a scratch database in ${formatDuration(loadMs)})`);
   const scope = plan.scope.kind === "user" ? plan.scope.email : `${plan.scope.kind} ${plan.scope.id}`;
   line(io, `scope      ${scope}${plan.owner && plan.scope.kind !== "user" ? ` (owner ${plan.owner})` : ""}`);
   describeGraph(plan.graph).forEach((l, i) => line(io, `${i === 0 ? "followed  " : "          "} ${l}`));

@@ -4,7 +4,7 @@ import { activity, typedConfirmation } from "./prompts.ts";
 import { previewJson, showAccounts, showApplied, showHistory, showPreview } from "./recover-view.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
-import { formatBytes } from "../src/duration.ts";
+import { formatBytes, formatDuration } from "../src/duration.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 import { withRecoverySource } from "../src/recover/source.ts";
 import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
@@ -152,6 +152,7 @@ async function recover(ctx: Context): Promise<number> {
       line(io);
       line(io, `safety backup  ${run.safety.path} (verified)`);
       showApplied(io, run.applied);
+      line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");

@@ -86,7 +86,7 @@ async function check(tx: Queryable, plan: Plan, before: ReturnType<typeof diffSc
   if (problems.length) throw new ShinkeiError("RECOVER_FAILED", `the check after the apply failed, nothing was applied: ${problems.join("; ")}`);
 }
 
-export type RecoverRun = { safety: BackupResult; applied: Applied };
+export type RecoverRun = { safety: BackupResult; applied: Applied; applyMs: number };
 
 /**
  * Under the maintenance lock: a verified pre-recover backup, then the apply in ONE transaction.
@@ -99,8 +99,9 @@ export async function recover(options: { sql: Sql; url: string; dir: string; pla
     const safety = await createBackup({ sql, url: options.url, dir: options.dir, reason: "pre-recover", age: options.age });
     await verifyFreshBackup(safety.path, options.age);
     options.onStep?.("apply");
+    const started = performance.now();
     const applied = await sql.begin((tx) => applyRows(tx, plan, options.revertChanged));
-    return { safety, applied };
+    return { safety, applied, applyMs: Math.round(performance.now() - started) };
   }, options.wait);
 }
 
