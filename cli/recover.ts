@@ -130,7 +130,7 @@ async function recover(ctx: Context): Promise<number> {
       // Run the apply and roll it back: a conflict shows now, before anyone is asked anything.
       if (todo) await trialApply(ctx.db, plan, revertChanged);
       if (!todo || dryRun) {
-        if (ctx.flag("json")) json(io, { ...preview, applied: null });
+        if (ctx.flag("json")) json(io, { ...preview, loadMs: source.loadMs, applied: null });
         else line(io, !todo ? "\nnothing to recover: every row of the backup in this scope is here" + (revertChanged ? "" : " (or changed since: --revert-changed)") : "\ndry run: nothing was changed");
         return 0;
       }
@@ -148,7 +148,7 @@ async function recover(ctx: Context): Promise<number> {
       progress.stop("recovered");
       const record = recordFor({ plan, applied: run.applied, source: source.file, database: target.database, safetyBackup: run.safety.path, revertChanged, env: io.env });
       const recordPath = await writeRecord(run.safety.path, record);
-      if (ctx.flag("json")) return json(io, { ...preview, applied: record, record: recordPath }), 0;
+      if (ctx.flag("json")) return json(io, { ...preview, loadMs: source.loadMs, applyMs: run.applyMs, applied: record, record: recordPath }), 0;
       line(io);
       line(io, `safety backup  ${run.safety.path} (verified)`);
       showApplied(io, run.applied);

@@ -185,6 +185,10 @@ describe("recover one user's rows", () => {
     const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes"], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/no account nobody@example\.com in shinkei_backup_\S+ nor in the live database/);
+    const unknownId = crypto.randomUUID();
+    const byId = await shinkei(["recover", "--user-id", unknownId, "--yes"], env);
+    expect(byId.code).toBe(1);
+    expect(byId.stderr).toContain(`no user ${unknownId} in shinkei_backup_`);
     const id = await shinkei(["recover", "--world", "42", "--yes"], env);
     expect(id.code).toBe(2);
     expect(id.stderr).toContain('--world needs an id (a UUID), not "42"');
@@ -283,10 +287,20 @@ describe("recover one user's rows", () => {
     await db.sql.unsafe("drop trigger gate on story_beats; drop function gate(); drop sequence gate_seq");
     expect(await snapshot(db.sql)).toEqual(before);
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
-    expect(r.code).toBe(0);
-    expect(await scratchDatabases()).toEqual([]);
-    expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+    // `_` matches any character in LIKE: a database that only looks like ours must survive the clean-up.
+    const lookalike = `shinkei1recover2keep_${crypto.randomUUID().slice(0, 6)}`;
+    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    await a`create database ${a(lookalike)}`;
+    try {
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      expect(r.code).toBe(0);
+      expect(await scratchDatabases()).toEqual([]);
+      expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+      expect(await a`select 1 from pg_database where datname = ${lookalike}`).toHaveLength(1);
+    } finally {
+      await a`drop database if exists ${a(lookalike)}`;
+      await a.end();
+    }
   });
 
   test("a child table added later (as a migration would) is followed with no code change", async () => {
