@@ -42,6 +42,7 @@ export function showAccounts(io: Io, replaced: NonNullable<Plan["replaced"]>) {
   line(io, `  ${describe("now:          ", replaced.current)}`);
 }
 
+/** `+` comes back, `~` differs (now -> backup; comes back with --revert-changed), `=` created since: kept. */
 export function showPreview(io: Io, plan: Plan, source: string, loadMs: number, withRows: boolean) {
   line(io, `source     ${source} (loaded into a scratch database in ${formatDuration(loadMs)})`);
   const scope = plan.scope.kind === "user" ? plan.scope.email : `${plan.scope.kind} ${plan.scope.id}`;
@@ -58,8 +59,11 @@ export function showPreview(io: Io, plan: Plan, source: string, loadMs: number, 
   ]));
   if (!withRows) return;
   for (const d of plan.tables) {
+    const key = plan.graph.tables.find((t) => t.name === d.table)!.primaryKey;
     for (const r of d.missing) line(io, `+ ${d.table}  ${rowText(r)}`);
-    for (const c of d.changed) line(io, `~ ${d.table}  ${c.columns.map((k) => `${k}: ${short(c.current[k])} -> ${short(c.source[k])}`).join("  ")}  (id ${short(c.source.id ?? "")})`);
+    for (const c of d.changed) {
+      line(io, `~ ${d.table}  ${key.map((k) => `${k}=${short(c.source[k])}`).join("  ")}  ${c.columns.map((k) => `${k}: ${short(c.current[k])} (now) -> ${short(c.source[k])} (backup)`).join("  ")}`);
+    }
     for (const r of d.createdSince) line(io, `= ${d.table}  ${rowText(r)}  (created since: kept)`);
   }
 }

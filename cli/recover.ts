@@ -126,12 +126,13 @@ async function recover(ctx: Context): Promise<number> {
         });
       }
       if (!ctx.flag("json")) showPreview(io, plan, source.file, source.loadMs, ctx.flag("show"));
+      const changed = plan.tables.reduce((n, d) => n + d.changed.length, 0);
       const todo = plan.tables.reduce((n, d) => n + d.missing.length + (revertChanged ? d.changed.length : 0), 0) + (plan.removeAccount ? 1 : 0);
       // Run the apply and roll it back: a conflict shows now, before anyone is asked anything.
       if (todo) await trialApply(ctx.db, plan, revertChanged);
       if (!todo || dryRun) {
         if (ctx.flag("json")) json(io, { ...preview, loadMs: source.loadMs, applied: null });
-        else line(io, !todo ? "\nnothing to recover: every row of the backup in this scope is here" + (revertChanged ? "" : " (or changed since: --revert-changed)") : "\ndry run: nothing was changed");
+        else line(io, todo ? "\ndry run: nothing was changed" : `\nnothing to recover: every row of the backup in this scope is here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`);
         return 0;
       }
       if (!ctx.flag("yes")) {

@@ -57,7 +57,8 @@ export async function runDrill(options: {
     if (!verification.ok) differences.push(...verification.problems);
     else if (!manifest) differences.push("no manifest: nothing to compare the restored data with");
     else {
-      await withScratchDatabase({ serverUrl: options.serverUrl, prefix: SCRATCH_PREFIX, what: "the drill", onScratch: options.onScratch }, async (url) => {
+      await withScratchDatabase({ serverUrl: options.serverUrl, prefix: SCRATCH_PREFIX, what: "the drill", onScratch: options.onScratch,
+        privilegeHint: "Grant it (ALTER ROLE ... CREATEDB), or point DRILL_DATABASE_URL at a server where the role has it." }, async (url) => {
         const source = await content(options.path, verification.format, options.age, manifest.encryption);
         await load(url, source, verification.format, await serverVersionNum(url), options.env);
         const sql = connect(url, { max: 1 });

@@ -19,6 +19,8 @@ export type ScratchOptions = {
   what: string;
   /** Without it, a second user of the same prefix fails with LOCKED instead of queueing. */
   wait?: boolean;
+  /** What to do about a missing CREATEDB privilege, where the caller offers a choice of server. */
+  privilegeHint?: string;
   /** Called with a function that drops the scratch database: signal handlers use it. */
   onScratch?: (drop: () => Promise<void>) => void;
 };
@@ -51,7 +53,7 @@ export async function withScratchDatabase<T>(options: ScratchOptions, fn: (url: 
         } catch (e) {
           if ((e as { code?: string }).code === "42501") {
             throw new ShinkeiError("REFUSED", `${options.what} needs the CREATEDB privilege on ${server} to make a scratch database`, {
-              hint: "Grant it (ALTER ROLE ... CREATEDB), or point DRILL_DATABASE_URL at a server where the role has it.",
+              hint: options.privilegeHint ?? "Grant it: ALTER ROLE ... CREATEDB.",
             });
           }
           throw e;

@@ -54,7 +54,8 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
   const live = connect(options.databaseUrl, { max: 1 });
   const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
 
-  return withScratchDatabase({ serverUrl: options.databaseUrl, prefix: RECOVER_PREFIX, what: "recover", wait: false, onScratch: options.onScratch }, async (url) => {
+  return withScratchDatabase({ serverUrl: options.databaseUrl, prefix: RECOVER_PREFIX, what: "recover", wait: false, onScratch: options.onScratch,
+    privilegeHint: "Grant it (ALTER ROLE ... CREATEDB): recover loads the backup into a scratch database beside the live one." }, async (url) => {
     const started = performance.now();
     let bytes = 0;
     const counted = raw.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
