@@ -45,7 +45,11 @@ export type SourceOptions = {
 export async function withRecoverySource<T>(options: SourceOptions, fn: (source: Source) => Promise<T>): Promise<T> {
   options.onStep?.({ step: "resolve" });
   const from = options.from === "latest" ? undefined : options.from;
-  const path = await resolveBackup(options.dir, from, options.offsite);
+  const path = await resolveBackup(options.dir, from, options.offsite).catch((e) => {
+    // The same search as `backup restore`, but here a file is named with --from.
+    if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from) throw new ShinkeiError(e.code, e.message, { hint: "Take backups with shinkei backup (or backup-service), or name a file with --from." });
+    throw e;
+  });
   options.onStep?.({ step: "verify", file: basename(path) });
   const verification = await verifyBackup(path, { quick: true, env: options.env, age: options.age });
   assertVerified(verification);
