@@ -23,7 +23,7 @@ export const backupCommand: Command = {
 
   shinkei backup                          take a backup now (pg_dump, gzip, SHA-256, manifest)
   shinkei backup --list | list            newest first: age, size, reason, row counts, check
-  shinkei backup --restore | restore      restore the newest backup (not a pre-restore copy)
+  shinkei backup --restore | restore      restore the newest backup (not a safety copy)
   shinkei backup --restore --backup-file F
   shinkei backup restore F                restore that file (ours, or a stock pg_dump .sql/.sql.gz/.dump)
   shinkei backup verify [F] [--all]       re-read a file (default the newest): checksum and archive

@@ -63,7 +63,8 @@ export function explainDbError(error: unknown, url: string): unknown {
       cause: error,
     });
   }
-  if ((error as Error)?.name === "PostgresError") {
+  // The class name does not survive the compiled binary's minifier; a server error always has a severity.
+  if ((error as Error)?.name === "PostgresError" || typeof (error as { severity?: unknown })?.severity === "string") {
     return new ShinkeiError("DB_ERROR", `database error: ${e.message}`, { cause: error });
   }
   return error;

@@ -5,6 +5,8 @@ import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName }
 import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
 import type { BackupStore, StoredObject } from "./stores/store.ts";
 
+const SAFETY_COPIES = new Set(["pre-restore", "pre-recover"]);
+
 export type LocalBackup = BackupName & { path: string; sizeBytes: number; manifest: Manifest | null };
 
 /** Our backups in `dir`, newest first. Anything not named like ours (and every `.partial`) is ignored. */
@@ -32,9 +34,10 @@ const notFuture = (b: BackupName) => b.takenAt.getTime() <= Date.now() + CLOCK_S
 
 /**
  * A file the user named (a path, or a name inside `dir`), or else the newest backup of ours that
- * is not a pre-restore safety copy (restoring twice in a row must not bring back what the first
- * replaced). What a default picks is only ever ours: never a name dated in the future, never an
- * off-site object without its manifest. A backup found only off-site is downloaded into `dir`.
+ * is not a safety copy (pre-restore, pre-recover): restoring twice in a row must not bring back
+ * what the first replaced. What a default picks is only ever ours: never a name dated in the
+ * future, never an off-site object without its manifest. A backup found only off-site is
+ * downloaded into `dir`.
  */
 export async function resolveBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
   if (file) {
@@ -47,7 +50,7 @@ export async function resolveBackup(dir: string, file?: string, offsite?: Backup
       hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
     });
   }
-  const latest = (await listLocal(dir)).find((b) => b.manifest !== null && b.manifest.reason !== "pre-restore" && notFuture(b));
+  const latest = (await listLocal(dir)).find((b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b));
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
   const objects = offsite ? await offsite.list() : [];
   const remote = newestRemote(objects);

@@ -2,7 +2,7 @@ import { MANIFEST_SUFFIX } from "./naming.ts";
 import { writeFileAtomic } from "./files.ts";
 import type { Encryption } from "./crypt.ts";
 
-export type Reason = "manual" | "scheduled" | "pre-restore" | "pre-reset" | "pre-migrate";
+export type Reason = "manual" | "scheduled" | "pre-restore" | "pre-reset" | "pre-migrate" | "pre-recover";
 
 /** What we knew when the backup was taken, kept beside it as `<file>.manifest.json`. */
 export type Manifest = {

@@ -8,6 +8,7 @@ import { cpus, totalmem, tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
+import { benchRecover } from "./recover.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
 
@@ -95,6 +96,7 @@ try {
     await admin`drop database if exists ${admin(target)} with (force)`;
     add({ group: "restore", name: `restore ${size}: ours (verify+load+check) vs pg_restore`, ours: fmtMs(median(restoreOurs)), baseline: fmtMs(median(restoreBare)), ratio: median(restoreOurs) / median(restoreBare), goal: "≤ 1.0x", met: median(restoreOurs) <= median(restoreBare), raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) } });
     rss[size] = { backup: Math.max(...oursRss), restore: Math.max(...restoreRss) };
+    for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs, restoreMs: median(restoreOurs) })) add(r);
     for (const kind of ["backup", "restore"] as const) {
       add({ group: "memory", name: `peak RSS, ${kind} ${size}`, ours: fmtMiB(rss[size]![kind]), baseline: "", ratio: null, goal: "< 150 MiB", met: rss[size]![kind] < 150 * 1048576, raw: { oursBytes: rss[size]![kind] } });
     }

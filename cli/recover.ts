@@ -1,0 +1,174 @@
+import type { Command, Context } from "./command.ts";
+import { json, line } from "./output.ts";
+import { activity, typedConfirmation } from "./prompts.ts";
+import { previewJson, showAccounts, showApplied, showHistory, showPreview } from "./recover-view.ts";
+import { refuseProduction } from "../src/guard.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { describeTarget } from "../src/db.ts";
+import { formatBytes, formatDuration } from "../src/duration.ts";
+import { offsiteStore } from "../src/backup/stores/index.ts";
+import { withRecoverySource } from "../src/recover/source.ts";
+import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
+import { recover as applyRecovery, trialApply } from "../src/recover/apply.ts";
+import { history, recordFor, writeRecord } from "../src/recover/record.ts";
+
+export const recoverCommand: Command = {
+  name: "recover",
+  summary: "bring back one user's (or world's, or story's) rows from a backup, leaving everyone else's as they are",
+  help: `Usage: shinkei recover (--user EMAIL | --user-id ID | --world ID | --story ID) [--from FILE|latest] [options]
+       shinkei recover --history [--json]
+
+Loads the backup into a scratch database on the same server, walks the foreign keys down from the
+user (users -> worlds -> stories -> story_beats, and any table a migration adds), and shows per
+table the rows missing now, the rows that changed, and the rows created since. Then, after typing
+the user's email (or the id, for --world/--story), takes a verified pre-recover backup and applies
+in ONE transaction: missing rows come back, rows created since are always kept, sessions never
+come back. Any conflict stops it with nothing applied.
+
+Options:
+  --from FILE|latest       the backup to recover from (a path, a name in BACKUP_DIR or off-site;
+                           default latest: the newest that is not a safety copy)
+  --at TIME                point in time (needs the WAL archive, WAL_ARCHIVE=stream)
+  --revert-changed         also put rows that changed since the backup back to the backup's version
+  --into-current-account   the email now belongs to a newer account: give it the recovered worlds
+  --restore-account        the email now belongs to a newer, empty account: remove it, bring the old back
+  --show                   list the rows themselves, not only the counts
+  --dry-run                show the preview and stop
+  --yes                    apply without the typed confirmation (needed without a terminal)
+  --allow-production       run even when SHINKEI_ENV/NODE_ENV is production
+  --wait                   queue behind a running backup, restore or reset instead of failing
+  --history                list the recoveries applied (from the records beside their safety backups)
+  --json                   machine-readable output
+  -h, --help               show this help`,
+  options: {
+    user: { type: "string" },
+    "user-id": { type: "string" },
+    world: { type: "string" },
+    story: { type: "string" },
+    from: { type: "string" },
+    at: { type: "string" },
+    "revert-changed": { type: "boolean" },
+    "into-current-account": { type: "boolean" },
+    "restore-account": { type: "boolean" },
+    show: { type: "boolean" },
+    "dry-run": { type: "boolean" },
+    yes: { type: "boolean", short: "y" },
+    "allow-production": { type: "boolean" },
+    wait: { type: "boolean" },
+    history: { type: "boolean" },
+    json: { type: "boolean" },
+  },
+  needsDatabase: () => true,
+  run: recover,
+};
+
+function scopeOf(ctx: Context): Scope {
+  const given = (["user", "user-id", "world", "story"] as const).filter((k) => ctx.option(k) !== undefined);
+  if (given.length !== 1) throw new ShinkeiError("USAGE", given.length ? `choose one of ${given.map((g) => `--${g}`).join(", ")}` : "say whose rows to recover: --user EMAIL, --user-id ID, --world ID or --story ID");
+  const kind = given[0]!;
+  const value = ctx.option(kind)!;
+  return kind === "user" ? { kind, email: value } : { kind, id: value };
+}
+
+async function recover(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  if (ctx.flag("history")) {
+    const records = await history(config.backupDir);
+    return ctx.flag("json") ? (json(io, records), 0) : (showHistory(io, records), 0);
+  }
+  if (ctx.option("at") !== undefined) {
+    throw new ShinkeiError("PITR_UNAVAILABLE", `--at ${ctx.option("at")} needs the WAL archive (WAL_ARCHIVE=stream) and point-in-time restore, which are not set up here`, {
+      hint: "Recover from a backup instead: --from FILE or --from latest (see shinkei backup --list).",
+    });
+  }
+  const scope = scopeOf(ctx);
+  if (ctx.flag("into-current-account") && ctx.flag("restore-account")) throw new ShinkeiError("USAGE", "choose one of --into-current-account and --restore-account");
+  const mode: AccountMode | undefined = ctx.flag("into-current-account") ? "into-current-account" : ctx.flag("restore-account") ? "restore-account" : undefined;
+  const dryRun = ctx.flag("dry-run");
+  // Decided before the long load: a script without --yes would only find out after it.
+  if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "recover rows into the live database");
+  if (!dryRun && !ctx.flag("yes") && !io.interactive) {
+    throw new ShinkeiError("CONFIRMATION_REQUIRED", "recover changes the live database and needs confirmation", { hint: "Run it in a terminal, pass --yes in scripts, or --dry-run for the preview only." });
+  }
+  const revertChanged = ctx.flag("revert-changed");
+  const target = describeTarget(config.databaseUrl);
+
+  let dropScratch: (() => Promise<void>) | undefined;
+  // Ctrl-C or SIGTERM: drop the scratch database before going; an apply in flight rolls back with the connection.
+  const stop = async () => {
+    await dropScratch?.();
+    process.exit(130);
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  const spin = activity(io, "finding the backup");
+  let compared = false;
+  try {
+    return await withRecoverySource({
+      from: ctx.option("from"),
+      dir: config.backupDir,
+      offsite: offsiteStore(config),
+      databaseUrl: config.databaseUrl,
+      age: config.backup.age,
+      onScratch: (drop) => (dropScratch = drop),
+      onStep: (s) => {
+        if (s.step === "verify") spin.update(`verifying ${s.file}`);
+        if (s.step === "load") spin.update(`loading the backup into a scratch database (most of the time goes here): ${formatBytes(s.bytes ?? 0)} read`);
+        if (s.step === "migrate") spin.update("migrating the scratch database to the live schema");
+      },
+    }, async (source) => {
+      spin.update("comparing with the live database");
+      const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);
+      spin.stop(`compared ${source.file} with ${target.database}`);
+      compared = true;
+      const preview = previewJson(plan, source.file);
+      if (plan.replaced && !plan.mode) {
+        if (ctx.flag("json")) json(io, preview);
+        else showAccounts(io, plan.replaced);
+        throw new ShinkeiError("ACCOUNT_REPLACED", `${plan.owner} now belongs to a different, newer account than in ${source.file}: nothing was changed`, {
+          hint: "Pass --into-current-account to give the current account the recovered worlds, or --restore-account to bring the old account back (only when the new one owns no data).",
+        });
+      }
+      if (!ctx.flag("json")) showPreview(io, plan, source.file, source.loadMs, ctx.flag("show"));
+      const changed = plan.tables.reduce((n, d) => n + d.changed.length, 0);
+      const todo = plan.tables.reduce((n, d) => n + d.missing.length + (revertChanged ? d.changed.length : 0), 0) + (plan.removeAccount ? 1 : 0);
+      // Run the apply and roll it back: a conflict shows now, before anyone is asked anything.
+      if (todo) await trialApply(ctx.db, plan, revertChanged);
+      if (!todo || dryRun) {
+        if (ctx.flag("json")) json(io, { ...preview, loadMs: source.loadMs, applied: null });
+        else line(io, todo ? "\ndry run: nothing was changed" : `\nnothing to recover: every row of the backup in this scope is here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`);
+        return 0;
+      }
+      if (!ctx.flag("yes")) {
+        await typedConfirmation(io, `Type ${plan.confirmation} to bring these rows back into ${target.database}`, plan.confirmation);
+      }
+      const progress = activity(io, "taking a pre-recover safety backup");
+      const run = await applyRecovery({
+        sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, plan, revertChanged, age: config.backup.age, wait: ctx.flag("wait"),
+        onStep: (s) => progress.update(s === "apply" ? "applying in one transaction" : "taking a pre-recover safety backup"),
+      }).catch((e) => {
+        progress.fail("recover failed: nothing was applied");
+        throw e;
+      });
+      progress.stop("recovered");
+      const record = recordFor({ plan, applied: run.applied, source: source.file, database: target.database, safetyBackup: run.safety.path, revertChanged, env: io.env });
+      const recordPath = await writeRecord(run.safety.path, record);
+      if (ctx.flag("json")) return json(io, { ...preview, loadMs: source.loadMs, applyMs: run.applyMs, applied: record, record: recordPath }), 0;
+      line(io);
+      line(io, `safety backup  ${run.safety.path} (verified)`);
+      showApplied(io, run.applied);
+      line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
+      line(io, "checked        counts and digests of the recovered rows match the backup");
+      line(io, `record         ${recordPath}`);
+      if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");
+      line(io, `undo with      shinkei backup --restore --backup-file ${run.safety.path}`);
+      return 0;
+    });
+  } catch (e) {
+    if (!compared) spin.fail("recover stopped: nothing was changed");
+    throw e;
+  } finally {
+    process.off("SIGINT", stop);
+    process.off("SIGTERM", stop);
+  }
+}

@@ -1,0 +1,92 @@
+import { basename } from "node:path";
+import { connect } from "../db.ts";
+import { ShinkeiError } from "../errors.ts";
+import { currentSchemaVersion, migrate } from "../migrations/migrate.ts";
+import { resolveBackup } from "../backup/catalog.ts";
+import { content } from "../backup/inspect.ts";
+import { load } from "../backup/restore.ts";
+import { serverVersionNum, withScratchDatabase } from "../backup/scratch.ts";
+import { assertVerified, verifyBackup } from "../backup/verify.ts";
+import type { AgeConfig } from "../backup/crypt.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
+
+/** Scratch databases of recover: a prefix of their own, so a drill and a recovery never drop each other's. */
+export const RECOVER_PREFIX = "shinkei_recover_";
+
+export type SourceStep = { step: "resolve" | "verify" | "load" | "migrate"; bytes?: number; file?: string };
+
+export type Source = {
+  path: string;
+  file: string;
+  /** The scratch database holding the backup's data, on the live server. */
+  url: string;
+  /** The schema version the backup was taken at (the scratch database is migrated to the live one). */
+  schemaVersion: number;
+  loadMs: number;
+};
+
+export type SourceOptions = {
+  /** A file (path or a name in `dir`), or `latest` / undefined for the newest backup. */
+  from?: string;
+  dir: string;
+  offsite?: BackupStore;
+  /** The live database: the scratch database is made on its server. */
+  databaseUrl: string;
+  age?: AgeConfig;
+  env?: Record<string, string | undefined>;
+  onStep?: (s: SourceStep) => void;
+  onScratch?: (drop: () => Promise<void>) => void;
+};
+
+/**
+ * Load a backup (anything `backup restore` accepts: local or off-site, encrypted or not) into a
+ * scratch database on the live server, run `fn` against it, and drop it whatever happens.
+ */
+export async function withRecoverySource<T>(options: SourceOptions, fn: (source: Source) => Promise<T>): Promise<T> {
+  options.onStep?.({ step: "resolve" });
+  const from = options.from === "latest" ? undefined : options.from;
+  const path = await resolveBackup(options.dir, from, options.offsite).catch((e) => {
+    // The same search as `backup restore`, but here a file is named with --from.
+    if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from) throw new ShinkeiError(e.code, e.message, { hint: "Take backups with shinkei backup (or backup-service), or name a file with --from." });
+    throw e;
+  });
+  options.onStep?.({ step: "verify", file: basename(path) });
+  const verification = await verifyBackup(path, { quick: true, env: options.env, age: options.age });
+  assertVerified(verification);
+  // Opened (decrypted) before the scratch database exists: a missing key stops here, having made nothing.
+  const raw = await content(path, verification.format, options.age, verification.manifest?.encryption);
+  const live = connect(options.databaseUrl, { max: 1 });
+  const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
+
+  return withScratchDatabase({ serverUrl: options.databaseUrl, prefix: RECOVER_PREFIX, what: "recover", wait: false, onScratch: options.onScratch,
+    privilegeHint: "Grant it (ALTER ROLE ... CREATEDB): recover loads the backup into a scratch database beside the live one." }, async (url) => {
+    const started = performance.now();
+    let bytes = 0;
+    const counted = raw.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, out) {
+        bytes += chunk.length;
+        options.onStep?.({ step: "load", bytes });
+        out.enqueue(chunk);
+      },
+    }));
+    options.onStep?.({ step: "load", bytes: 0 });
+    await load(url, counted, verification.format, await serverVersionNum(url), options.env);
+    const sql = connect(url, { max: 2 });
+    try {
+      const schemaVersion = await currentSchemaVersion(sql);
+      if (schemaVersion > liveVersion) {
+        throw new ShinkeiError("SCHEMA_TOO_NEW", `${verification.file} is at schema version ${schemaVersion}, newer than the live database (${liveVersion})`, {
+          hint: "Run shinkei migrate on the live database first, or pick an older backup.",
+        });
+      }
+      // An older backup is brought to the live schema in the scratch database, so rows compare column by column.
+      if (schemaVersion < liveVersion) {
+        options.onStep?.({ step: "migrate" });
+        await migrate(sql);
+      }
+      return await fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+  });
+}

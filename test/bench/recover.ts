@@ -1,0 +1,83 @@
+/**
+ * Selective recovery of one user who owns 1% of the rows, next to a full restore of the same backup
+ * (what users did before `recover` existed). Called by run.ts for each size; runs alone too:
+ *   bun run test/bench/recover.ts --size 100MB
+ */
+import { mkdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
+import { generate, parseSize } from "./generate.ts";
+import { fmtMs, median, timed } from "./tools.ts";
+
+export type BenchRow = { group: string; name: string; ours: string; baseline: string; ratio: number | null; goal: string; met: boolean | null; raw: Record<string, number> };
+
+const OWNER = "user0@example.com";
+
+export async function benchRecover(o: { bin: string; url: string; dir: string; size: string; runs: number; restoreMs: number }): Promise<BenchRow[]> {
+  const sql = postgres(o.url, { max: 1, onnotice: () => {} });
+  const env = { DATABASE_URL: o.url, BACKUP_DIR: o.dir, NO_COLOR: "1" };
+  try {
+    const [{ n }] = (await sql`select count(*)::int as n from worlds`) as unknown as [{ n: number }];
+    await sql`update worlds set owner_id = (select id from users where email = ${OWNER})
+      where id in (select id from worlds order by id limit ${Math.max(1, Math.round(n / 100))})`;
+    const file = JSON.parse((await timed([o.bin, "backup", "--json"], { env })).stdout).path as string;
+    const preview: number[] = [], total: number[] = [], apply: number[] = [], load: number[] = [];
+    let beats = 0;
+    for (let i = 0; i < o.runs; i++) {
+      await sql.begin(async (tx) => {
+        const worlds = tx`select w.id from worlds w join users u on u.id = w.owner_id where u.email = ${OWNER}`;
+        const stories = tx`select id from stories where world_id in (${worlds})`;
+        beats = (await tx`delete from story_beats where story_id in (${stories})`).count;
+        await tx`delete from stories where world_id in (${worlds})`;
+        await tx`delete from worlds where id in (${worlds})`;
+      });
+      const p = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--dry-run", "--json"], { env });
+      preview.push(p.ms);
+      const a = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--yes", "--json"], { env });
+      const out = JSON.parse(a.stdout) as { loadMs: number; applyMs: number };
+      total.push(a.ms);
+      apply.push(out.applyMs);
+      load.push(out.loadMs);
+    }
+    const name = `recover 1% of ${o.size} (${beats} beats)`;
+    return [
+      { group: "recover", name: `${name}: preview vs full restore`, ours: fmtMs(median(preview)), baseline: fmtMs(o.restoreMs), ratio: median(preview) / o.restoreMs, goal: "", met: null, raw: { oursMs: median(preview), baselineMs: o.restoreMs } },
+      { group: "recover", name: `${name}: of it, loading the backup`, ours: fmtMs(median(load)), baseline: fmtMs(median(preview)), ratio: median(load) / median(preview), goal: "dominant", met: median(load) >= median(preview) / 2, raw: { oursMs: median(load), baselineMs: median(preview) } },
+      { group: "recover", name: `${name}: apply, with safety backup`, ours: fmtMs(median(total)), baseline: fmtMs(o.restoreMs), ratio: median(total) / o.restoreMs, goal: "", met: null, raw: { oursMs: median(total), baselineMs: o.restoreMs } },
+      { group: "recover", name: `${name}: the rows themselves (one transaction)`, ours: fmtMs(median(apply)), baseline: "", ratio: null, goal: "< 2 s", met: median(apply) < 2000, raw: { oursMs: median(apply) } },
+    ];
+  } finally {
+    await sql.end();
+  }
+}
+
+if (import.meta.main) {
+  const i = process.argv.indexOf("--size");
+  const size = i > 0 ? process.argv[i + 1]! : "100MB";
+  const root = join(import.meta.dir, "..", "..");
+  const bin = join(root, "dist", "shinkei");
+  const server = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+  const urlFor = (db: string) => Object.assign(new URL(server), { pathname: `/${db}` }).toString();
+  const admin = postgres(server, { max: 1, onnotice: () => {} });
+  const db = `shinkei_bench_recover_${size.toLowerCase()}`;
+  const dir = join(tmpdir(), `shinkei-bench-recover-${process.pid}`);
+  try {
+    await timed(["bun", "run", "build"], { cwd: root });
+    for (const d of [db, `${db}_restore`]) {
+      await admin`drop database if exists ${admin(d)} with (force)`;
+      await admin`create database ${admin(d)}`;
+    }
+    await generate(urlFor(db), parseSize(size));
+    await mkdir(dir, { recursive: true });
+    const file = JSON.parse((await timed([bin, "backup", "--json"], { env: { DATABASE_URL: urlFor(db), BACKUP_DIR: dir } })).stdout).path as string;
+    const restore = await timed([bin, "backup", "restore", file, "--yes", "--no-safety-backup"], { env: { DATABASE_URL: urlFor(`${db}_restore`), BACKUP_DIR: dir } });
+    for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs: 1, restoreMs: restore.ms })) {
+      console.log(`${r.name.padEnd(72)} ${r.ours.padStart(10)} ${r.baseline.padStart(10)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`}  ${r.goal}${r.met === null ? "" : r.met ? " met" : " MISSED"}`);
+    }
+  } finally {
+    for (const d of [db, `${db}_restore`]) await admin`drop database if exists ${admin(d)} with (force)`;
+    await admin.end();
+    await rm(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,367 @@
+import { afterEach, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import postgres from "postgres";
+import { freshDatabase, serverUrl, snapshot, type TestDatabase } from "./support/db.ts";
+import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
+import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { TestS3 } from "./support/s3.ts";
+import { Terminal } from "./support/pty.ts";
+import { startTestServer } from "./support/server.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import type { Sql } from "../src/db.ts";
+
+// Real databases, backups and processes: 5 s is too tight on a busy 2-core machine.
+setDefaultTimeout(90_000);
+
+let db: TestDatabase;
+let env: Record<string, string>;
+
+const scratchDatabases = async () => {
+  const a = postgres(serverUrl, { max: 1 });
+  try {
+    return (await a`select datname from pg_database where datname like 'shinkei\\_recover\\_%'`).map((r) => r.datname as string);
+  } finally {
+    await a.end();
+  }
+};
+
+/** A user with `worlds` worlds of two stories of three beats each. */
+async function writer(sql: Sql, email: string, worlds = 2) {
+  const [u] = await sql`insert into users (email, name, password_hash) values (${email}, ${email.split("@")[0]!}, 'hash') returning id`;
+  for (let w = 1; w <= worlds; w++) {
+    const [world] = await sql`insert into worlds (owner_id, name) values (${u!.id}, ${`${email} world ${w}`}) returning id`;
+    for (let s = 1; s <= 2; s++) {
+      const [story] = await sql`insert into stories (world_id, title) values (${world!.id}, ${`story ${s}`}) returning id`;
+      await sql`insert into story_beats (story_id, position, content) select ${story!.id}, i, 'beat ' || i from generate_series(0, 2) i`;
+    }
+  }
+  await sql`insert into sessions (token_hash, user_id, expires_at) values (${Buffer.from(crypto.getRandomValues(new Uint8Array(32)))}, ${u!.id}, now() + interval '1 day')`;
+  return u!.id as string;
+}
+
+/** Every world, story and beat of one owner, as text, hashed: "exactly as before" in one value. */
+async function digest(sql: Sql, email: string): Promise<{ rows: number; md5: string }> {
+  const [r] = await sql`
+    with u as (select id from users where lower(email) = lower(${email})),
+    w as (select * from worlds where owner_id in (select id from u)),
+    s as (select * from stories where world_id in (select id from w)),
+    b as (select * from story_beats where story_id in (select id from s)),
+    x as (select w::text t from w union all select s::text from s union all select b::text from b)
+    select count(*)::int as rows, coalesce(md5(string_agg(t, '|' order by t)), '') as md5 from x`;
+  return r as { rows: number; md5: string };
+}
+
+async function deleteWorld(sql: Sql, email: string, name: string) {
+  await sql.begin(async (tx) => {
+    const [w] = await tx`select w.id from worlds w join users u on u.id = w.owner_id where lower(u.email) = ${email} and w.name = ${name}`;
+    await tx`delete from story_beats where story_id in (select id from stories where world_id = ${w!.id})`;
+    await tx`delete from stories where world_id = ${w!.id}`;
+    await tx`delete from worlds where id = ${w!.id}`;
+  });
+}
+
+const aliceBeat = async (sql: Sql, story: string, position: number) =>
+  (await sql`select b.* from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
+    join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1' and s.title = ${story} and b.position = ${position}`)[0];
+
+beforeEach(async () => {
+  db = await freshDatabase("recover");
+  await migrate(db.sql);
+  await writer(db.sql, "alice@example.com");
+  await writer(db.sql, "bob@example.com");
+  env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("recover") };
+});
+afterEach(() => db.drop());
+
+describe("recover one user's rows", () => {
+  test("alice's deleted world comes back exactly; bob's writes since the backup stay; a record is kept", async () => {
+    const alice = await digest(db.sql, "alice@example.com");
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    // Bob keeps writing after the backup: a new world, a new beat, an edit.
+    const [bobWorld] = await db.sql`insert into worlds (owner_id, name) select id, 'bob later' from users where email = 'bob@example.com' returning id`;
+    await db.sql`insert into stories (world_id, title) values (${bobWorld!.id}, 'new story')`;
+    await db.sql`update story_beats set content = 'bob edited' where story_id in (select s.id from stories s join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'bob@example.com') and position = 0`;
+    const bob = await digest(db.sql, "bob@example.com");
+    const sessions = await db.sql`select * from sessions order by id`;
+    expect((await digest(db.sql, "alice@example.com")).rows).toBe(alice.rows - 9);
+
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes"], env);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("users -> worlds  (worlds.owner_id references users.id)");
+    expect(r.stdout).toContain("stories -> story_beats  (story_beats.story_id references stories.id)");
+    expect(r.stdout).toContain("not followed: sessions");
+    expect(r.stdout).toMatch(/^story_beats\s+6\s+0\s+0\s+6$/m);
+    expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
+
+    expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+    expect(await digest(db.sql, "bob@example.com")).toEqual(bob);
+    expect(await db.sql`select * from sessions order by id`).toEqual(sessions);
+    expect(await scratchDatabases()).toEqual([]);
+
+    // The safety backup is a verified pre-recover backup; the record lies beside it.
+    const safety = /^safety backup\s+(\S+) \(verified\)$/m.exec(r.stdout)![1]!;
+    expect(JSON.parse(await readFile(`${safety}.manifest.json`, "utf8")).reason).toBe("pre-recover");
+    const record = JSON.parse(await readFile(`${safety}.recovered.json`, "utf8"));
+    expect(record).toMatchObject({ scope: { kind: "user", email: "alice@example.com" }, mode: "default", tables: { worlds: { restored: 1 }, story_beats: { restored: 6 } } });
+    const h = await shinkei(["recover", "--history", "--json"], env);
+    expect(JSON.parse(h.stdout)).toEqual([record]);
+    expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(/alice@example\.com .* worlds 1, stories 2, story_beats 6/);
+
+    // Again: nothing is missing now, and `latest` is not the safety copy just taken.
+    const again = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain("nothing to recover");
+  });
+
+  test("--revert-changed puts an edited beat back, the default keeps it; rows created since are always kept", async () => {
+    const original = await aliceBeat(db.sql, "story 1", 1);
+    await takeBackup(env);
+    await db.sql`update story_beats set content = 'edited after the backup' where id = ${original!.id}`;
+    await db.sql`delete from story_beats where id = ${(await aliceBeat(db.sql, "story 1", 2))!.id}`;
+    const [created] = await db.sql`insert into story_beats (story_id, position, content) values (${original!.story_id}, 7, 'written since') returning *`;
+
+    const preview = await shinkei(["recover", "--user", "alice@example.com", "--dry-run", "--json"], env);
+    expect(preview.code).toBe(0);
+    const beats = JSON.parse(preview.stdout).tables.find((t: { table: string }) => t.table === "story_beats");
+    expect(beats.counts).toEqual({ missing: 1, changed: 1, createdSince: 1, same: 10 });
+    expect(beats.changed[0].columns).toEqual(["content"]);
+
+    const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(plain.code).toBe(0);
+    expect((await aliceBeat(db.sql, "story 1", 2))!.content).toBe("beat 2");
+    expect((await aliceBeat(db.sql, "story 1", 1))!.content).toBe("edited after the backup");
+    expect(plain.stdout).toContain("kept (changed) story_beats 1");
+
+    const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes"], env);
+    expect(revert.code).toBe(0);
+    expect(revert.stdout).toContain("reverted       story_beats 1");
+    expect(await aliceBeat(db.sql, "story 1", 1)).toEqual(original);
+    expect((await db.sql`select * from story_beats where id = ${created!.id}`)[0]).toEqual(created);
+  });
+
+  test("a position taken since the backup stops the recovery, naming the row; nothing is applied", async () => {
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
+    const gone = await aliceBeat(db.sql, "story 1", 2);
+    await db.sql`delete from story_beats where id = ${gone!.id}`;
+    await db.sql`insert into story_beats (story_id, position, content) values (${gone!.story_id}, 2, 'a different beat 2')`;
+    const before = await snapshot(db.sql);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("conflict while restoring missing rows of story_beats");
+    expect(r.stderr).toContain(`Key (story_id, "position")=(${gone!.story_id}, 2) already exists`);
+    expect(r.stderr).toContain("Nothing was applied");
+    // World 2 (whose rows had no conflict) did not come back either: all or nothing.
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  test("a wrong confirmation changes nothing", async () => {
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const before = await snapshot(db.sql);
+    const t = await Terminal.start(["recover", "--user", "alice@example.com"], { ...env, NO_COLOR: "1" });
+    try {
+      const screen = await t.waitFor("Type alice@example.com to bring these rows back");
+      expect(screen).toMatch(/worlds\s+1\s+0\s+0\s+1/);
+      await t.type("alice@example.org");
+      await t.enter();
+      expect(await t.exitCode()).toBe(1);
+      expect(await t.screen()).toContain("aborted, nothing was changed");
+    } finally {
+      await t.close();
+    }
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect(await scratchDatabases()).toEqual([]);
+    expect((await readdir(env.BACKUP_DIR!)).filter((n) => n.endsWith(".recovered.json"))).toEqual([]);
+  });
+
+  test("an unknown email, a bad id, or --at: clear errors, nothing changed", async () => {
+    await takeBackup(env);
+    const before = await snapshot(db.sql);
+    const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/no account nobody@example\.com in shinkei_backup_\S+ nor in the live database/);
+    const unknownId = crypto.randomUUID();
+    const byId = await shinkei(["recover", "--user-id", unknownId, "--yes"], env);
+    expect(byId.code).toBe(1);
+    expect(byId.stderr).toContain(`no user ${unknownId} in shinkei_backup_`);
+    const id = await shinkei(["recover", "--world", "42", "--yes"], env);
+    expect(id.code).toBe(2);
+    expect(id.stderr).toContain('--world needs an id (a UUID), not "42"');
+    const at = await shinkei(["recover", "--user", "alice@example.com", "--at", "2026-01-01T10:00:00Z"], env);
+    expect(at.code).toBe(2);
+    expect(at.stderr).toContain("needs the WAL archive (WAL_ARCHIVE=stream)");
+    const unattended = await shinkei(["recover", "--user", "alice@example.com"], env);
+    expect(unattended.code).toBe(1);
+    expect(unattended.stderr).toContain("pass --yes in scripts");
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  test("the incident: reset, alice registers again, recover --into-current-account; she signs in and sees her old worlds", async () => {
+    const oldWorlds = (await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by w.name`).map((r) => r.name);
+    const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
+    expect(reset.code).toBe(0);
+    const server = await startTestServer(db);
+    try {
+      const account = { email: "alice@example.com", password: "a brand new password", name: "Alice again" };
+      expect((await server.api("/api/v1/auth/register", { method: "POST", json: account })).status).toBe(201);
+
+      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain("now belongs to a different, newer account");
+      expect(refused.stderr).toContain("--into-current-account");
+      expect(refused.stdout).toMatch(/in the backup: \S+  alice@example\.com  "alice" .* owns worlds 2, stories 4, story_beats 12/);
+      expect(refused.stdout).toMatch(/now: +\S+  alice@example\.com  "Alice again" .* owns worlds 0, stories 0, story_beats 0/);
+
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes"], env);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain("restored       worlds 2, stories 4, story_beats 12");
+      expect(r.stdout).toContain("sessions       not restored");
+
+      const login = await server.api("/api/v1/auth/login", { method: "POST", json: { email: account.email, password: account.password } });
+      expect(login.status).toBe(200);
+      const { token } = await login.json();
+      const worlds = await (await server.api("/api/v1/worlds", { token })).json();
+      expect(worlds.worlds.map((w: { name: string }) => w.name).sort()).toEqual(oldWorlds);
+      expect(worlds.worlds.map((w: { storyCount: number }) => w.storyCount)).toEqual([2, 2]);
+      // Only alice's rows came back: bob, who was reset away too, was not part of this recovery.
+      expect((await db.sql`select email from users`).map((u) => u.email)).toEqual(["alice@example.com"]);
+      expect((await db.sql`select count(*)::int as n from sessions`)[0]!.n).toBe(1); // the login just now
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("--restore-account brings the old account back, only while the new one owns nothing", async () => {
+    const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
+    const alice = await digest(db.sql, "alice@example.com");
+    await takeBackup(env);
+    for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+    await db.sql`delete from users where id = ${old!.id}`;
+    const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
+    const [w] = await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
+
+    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("owns data (worlds 1): --restore-account removes only an empty account");
+    await db.sql`delete from worlds where id = ${w!.id}`;
+
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`removed        the new, empty account ${fresh!.id}`);
+    expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([old!.id]);
+    expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+  });
+
+  test("SIGKILL during the apply changes nothing; the next run leaves no scratch database and recovers", async () => {
+    const alice = await digest(db.sql, "alice@example.com");
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const before = await snapshot(db.sql);
+    // A gate in the database: the first insert into story_beats (the rolled-back trial) passes, the
+    // second (the apply itself, after worlds and stories went in) waits on a lock this test holds.
+    await db.sql.unsafe(`create sequence gate_seq;
+      create function gate() returns trigger language plpgsql as $$ begin
+        if nextval('gate_seq') > 1 then perform pg_advisory_xact_lock_shared(4242); end if; return null; end $$;
+      create trigger gate before insert on story_beats for each statement execute function gate();`);
+    const holder = await db.sql.reserve();
+    await holder`select pg_advisory_lock(4242)`;
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
+    const waiting = async () => (await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`).map((r) => r.pid);
+    for (let i = 0; i < 400 && (await waiting()).length === 0; i++) await Bun.sleep(50);
+    const [pid] = await waiting();
+    expect(pid).toBeDefined();
+    expect(await db.sql`select 1 from pg_stat_activity where pid = ${pid!} and state = 'active' and backend_xid is not null`).toHaveLength(1); // mid-transaction, rows written
+    p.kill("SIGKILL");
+    await p.exited;
+    expect((await scratchDatabases()).length).toBe(1);
+    await holder`select pg_advisory_unlock(4242)`;
+    holder.release();
+    for (let i = 0; i < 200 && (await db.sql`select 1 from pg_stat_activity where pid = ${pid!}`).length; i++) await Bun.sleep(50);
+    await db.sql.unsafe("drop trigger gate on story_beats; drop function gate(); drop sequence gate_seq");
+    expect(await snapshot(db.sql)).toEqual(before);
+
+    // `_` matches any character in LIKE: a database that only looks like ours must survive the clean-up.
+    const lookalike = `shinkei1recover2keep_${crypto.randomUUID().slice(0, 6)}`;
+    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    await a`create database ${a(lookalike)}`;
+    try {
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      expect(r.code).toBe(0);
+      expect(await scratchDatabases()).toEqual([]);
+      expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+      expect(await a`select 1 from pg_database where datname = ${lookalike}`).toHaveLength(1);
+    } finally {
+      await a`drop database if exists ${a(lookalike)}`;
+      await a.end();
+    }
+  });
+
+  test("a child table added later (as a migration would) is followed with no code change", async () => {
+    await db.sql.unsafe(`create table beat_notes (
+      id uuid primary key default gen_random_uuid(),
+      beat_id uuid not null references story_beats (id),
+      note text not null)`);
+    await db.sql`insert into beat_notes (beat_id, note) select id, 'note on ' || content from story_beats`;
+    const notes = async () => db.sql`select n.* from beat_notes n join story_beats b on b.id = n.beat_id join stories s on s.id = b.story_id
+      join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by n.id`;
+    const aliceNotes = await notes();
+    expect(aliceNotes).toHaveLength(12);
+    await takeBackup(env);
+    // Notes alone (world 2, story 1), and notes with their beats, stories and world (world 1).
+    await db.sql`delete from beat_notes where beat_id in (select b.id from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
+      where w.name = 'alice@example.com world 1' or (w.name = 'alice@example.com world 2' and s.title = 'story 1'))`;
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("story_beats -> beat_notes  (beat_notes.beat_id references story_beats.id)");
+    expect(r.stdout).toMatch(/^beat_notes\s+9\s+0\s+0\s+3$/m);
+    expect(await notes()).toEqual(aliceNotes);
+  });
+
+  test("--world brings back that one world; an encrypted backup found only off-site is a source", async () => {
+    const s3 = await TestS3.start();
+    try {
+      const offsite = { ...env, ...s3.env(), BACKUP_AGE_PASSPHRASE: "correct horse battery staple recover" };
+      const [w1] = await db.sql`select id from worlds where name = 'alice@example.com world 1'`;
+      const alice = await digest(db.sql, "alice@example.com");
+      const file = await takeBackup(offsite);
+      expect(file).toEndWith(".age");
+      for (const name of await readdir(env.BACKUP_DIR!)) await Bun.file(join(env.BACKUP_DIR!, name)).delete();
+      for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+
+      const r = await shinkei(["recover", "--world", w1!.id, "--yes"], offsite);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`scope      world ${w1!.id} (owner alice@example.com)`);
+      expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
+      expect((await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`).map((x) => x.name)).toEqual(["alice@example.com world 1"]);
+      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes"], offsite);
+      expect(both.code).toBe(0);
+      expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
+    } finally {
+      await s3.stop();
+    }
+  });
+
+  test("SIGTERM while the backup loads drops the scratch database and changes nothing", async () => {
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const before = await snapshot(db.sql);
+    const slow = await wrapTool("psql", `sleep 10; exec "$REAL" "$@"`);
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
+    expect((await scratchDatabases()).length).toBe(1);
+    p.kill("SIGTERM");
+    expect(await p.exited).toBe(130);
+    expect(await scratchDatabases()).toEqual([]);
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+});
