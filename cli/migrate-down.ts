@@ -4,11 +4,9 @@ import { note } from "./prompts.ts";
 import { confirmDestructive } from "./guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
-import { migrateDown, migrationStatus } from "../src/migrations/migrate.ts";
+import { migrationStatus, undoNewestMigration } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
-import { createBackup } from "../src/backup/dump.ts";
-import { verifyFreshBackup } from "../src/backup/verify.ts";
 
 /** One step back, guarded like reset: show what it drops, confirm, back up and verify, then undo. */
 export async function runMigrateDown(ctx: Context): Promise<number> {
@@ -25,11 +23,9 @@ export async function runMigrateDown(ctx: Context): Promise<number> {
   }
   await confirmDestructive(ctx, target, `undo migration ${last.version} (${last.name}) in ${target.database}`, [target.database]);
   return withMaintenanceLock(ctx.db, "migrate down", async () => {
-    const safety = await createBackup({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, reason: "pre-migrate", age: config.backup.age });
-    await verifyFreshBackup(safety.path, config.backup.age);
-    const undone = await migrateDown(ctx.db);
+    const { safety, undone } = await undoNewestMigration({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, age: config.backup.age });
     line(io, `safety backup  ${safety.path} (verified)`);
-    line(io, `undone         ${String(undone!.version).padStart(4, "0")} ${undone!.name}`);
+    line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
     line(io, `undo with      shinkei backup --restore --backup-file ${safety.path}`);
     return 0;
   }, ctx.flag("wait"));

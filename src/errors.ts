@@ -47,7 +47,7 @@ const codes = {
   UNSAFE_PATH: { exit: 1, status: 500 },
   PRIVILEGE_MISSING: { exit: 1, status: 403 },
   KEY_MISSING: { exit: 1, status: 500 },
-  KEY_INVALID: { exit: 2, status: 500 },
+  KEY_INVALID: { exit: 1, status: 500 },
   DECRYPT_FAILED: { exit: 1, status: 500 },
   KEY_FILE_UNWRITABLE: { exit: 1, status: 500 },
   // the guard in front of every destructive command (src/guard.ts)

@@ -3,8 +3,8 @@ import { describeTarget, type Target } from "./db.ts";
 import { mainTables, tableCounts } from "./state.ts";
 import { rebuildSchema } from "./migrations/migrate.ts";
 import { seedDemo } from "./seed.ts";
-import { createBackup, type BackupResult } from "./backup/dump.ts";
-import { verifyFreshBackup } from "./backup/verify.ts";
+import type { BackupResult } from "./backup/dump.ts";
+import { takeSafetyBackup } from "./backup/safety.ts";
 import type { AgeConfig } from "./backup/crypt.ts";
 
 /** The three phrases, in order; each must be typed exactly. */
@@ -26,8 +26,7 @@ export type ResetResult = { safety: BackupResult; counts: Record<string, number>
  */
 export async function performReset(options: { sql: Sql; url: string; dir: string; seed: boolean; hashing?: { memoryCost: number; timeCost: number }; age?: AgeConfig }): Promise<ResetResult> {
   const { sql, url, dir } = options;
-  const safety = await createBackup({ sql, url, dir, reason: "pre-reset", age: options.age });
-  await verifyFreshBackup(safety.path, options.age);
+  const safety = await takeSafetyBackup({ sql, url, dir, reason: "pre-reset", age: options.age });
   await sql.begin(async (tx) => {
     await rebuildSchema(tx);
     if (options.seed) await seedDemo(tx, options.hashing);

@@ -114,7 +114,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     }, true);
     if (local.removed.length || remote.length) log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
 
-    await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`.catch(() => {});
+    await recordRun(sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`, log);
     notify(config.backup.webhookUrl, { event: "backup.succeeded", file: m.file, sizeBytes: m.sizeBytes, durationMs: m.durationMs, ...offsite }, log);
 
     // A new deployment would otherwise wait for the weekly drill before `backup check` can pass.
@@ -123,9 +123,17 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "backup failed", scheduledFor: slot.toISOString(), durationMs: Math.round(performance.now() - started), error });
-    await sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`.catch(() => {});
+    await recordRun(sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`, log);
     notify(config.backup.webhookUrl, { event: "backup.failed", error }, log);
   }
+}
+
+/**
+ * The run's outcome in backup_runs, for the other services sharing the schedule. The backup itself
+ * is already safe on disk; a failed write is logged, not thrown, so it does not turn into a failure.
+ */
+async function recordRun(update: Promise<unknown>, log: Log) {
+  await update.catch((e: Error) => log({ level: "warn", msg: "could not record the run in backup_runs", error: e.message }));
 }
 
 /** Report a run that should have happened but did not (the service was down, say). */
@@ -177,7 +185,7 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
     nextDrill: drillJob.nextRun()?.toISOString() ?? null,
     offsite: store?.location ?? "none",
   });
-  reportMissed(config, job, log).catch(() => {});
+  reportMissed(config, job, log).catch((e: Error) => log({ level: "warn", msg: "could not check for missed backups", error: e.message }));
   return {
     async stop() {
       job.stop();

@@ -1,10 +1,11 @@
 import { recreatePublicSchema, type LockHandle, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../state.ts";
-import { createBackup, type BackupResult } from "./dump.ts";
+import type { BackupResult } from "./dump.ts";
 import { content, type Format } from "./inspect.ts";
 import type { AgeConfig } from "./crypt.ts";
-import { assertVerified, verifyBackup, verifyFreshBackup, type Verification } from "./verify.ts";
+import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
+import { takeSafetyBackup } from "./safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";
 import { finished, psqlHasRestrict, pump, toolEnv, toolPath } from "./pgtools.ts";
 import { guardScript } from "./script.ts";
@@ -182,8 +183,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   let before: TableStats;
   if (options.safetyBackup) {
     options.onStep?.("safety-backup");
-    safety = await createBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age: options.age });
-    await verifyFreshBackup(safety.path, options.age);
+    safety = await takeSafetyBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age: options.age });
     before = { counts: safety.manifest.counts, digests: safety.manifest.digests ?? {} };
   } else {
     before = await sql.begin((tx) => tableStats(tx));

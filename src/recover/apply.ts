@@ -1,8 +1,8 @@
 import type { Queryable, Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { quoteIdent, quoteLiteral } from "../state.ts";
-import { createBackup, type BackupResult } from "../backup/dump.ts";
-import { verifyFreshBackup } from "../backup/verify.ts";
+import type { BackupResult } from "../backup/dump.ts";
+import { takeSafetyBackup } from "../backup/safety.ts";
 import { withMaintenanceLock } from "../backup/lock.ts";
 import type { AgeConfig } from "../backup/crypt.ts";
 import { diffScope, digestRows, keyOf, readScope, type Row } from "./diff.ts";
@@ -96,8 +96,7 @@ export async function recover(options: { sql: Sql; url: string; dir: string; pla
   const { sql, plan } = options;
   return withMaintenanceLock(sql, "recover", async () => {
     options.onStep?.("safety-backup");
-    const safety = await createBackup({ sql, url: options.url, dir: options.dir, reason: "pre-recover", age: options.age });
-    await verifyFreshBackup(safety.path, options.age);
+    const safety = await takeSafetyBackup({ sql, url: options.url, dir: options.dir, reason: "pre-recover", age: options.age });
     options.onStep?.("apply");
     const started = performance.now();
     const applied = await sql.begin((tx) => applyRows(tx, plan, options.revertChanged));

@@ -15,7 +15,12 @@ export type Graph = {
 };
 
 /** Sessions belong to a login, not to the user's work: the user signs in again after a recovery. */
-export const NEVER_RESTORED: Record<string, string> = { sessions: "sessions are never restored: the user logs in again" };
+export const NEVER_RESTORED: Record<string, string> = {
+  sessions: "sessions are never restored: the user logs in again",
+  account_codes: "reset and verification codes are never restored: a new one is mailed on request",
+  account_notices: "when a notice was last mailed is the live server's record, not the user's data",
+  account_events: "the account's event record is the live server's history, not the user's data",
+};
 
 /** Every foreign key, primary key and insertable column in `public`, from the catalog. */
 async function catalog(sql: Queryable) {

@@ -70,7 +70,7 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
       },
     }));
     options.onStep?.({ step: "load", bytes: 0 });
-    await load(url, counted, verification.format, await serverVersionNum(url), options.env);
+    await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
     const sql = connect(url, { max: 2 });
     try {
       const schemaVersion = await currentSchemaVersion(sql);
