@@ -11,6 +11,13 @@ import { generate, parseSize } from "./generate.ts";
 import { benchRecover } from "./recover.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
+import { guardScript } from "../../src/backup/script.ts";
+
+async function drainMs(stream: ReadableStream<Uint8Array>): Promise<number> {
+  const started = performance.now();
+  for await (const _ of stream);
+  return performance.now() - started;
+}
 
 if (!Bun.which("wrk")) {
   console.error("bun run bench needs wrk for the HTTP load (apt install wrk, or brew install wrk)");
@@ -89,13 +96,24 @@ try {
       await recreate(target);
       restoreBare.push((await timed(["pg_restore", "-d", target, join(work, "bare.dump")], { env: pgEnv(target) })).ms);
       await recreate(target);
-      const r = await timed([bin, "backup", "restore", ourFile, "--yes", "--no-safety-backup"], { env: { ...ourEnv, DATABASE_URL: urlFor(target) } });
+      const r = await timed([bin, "backup", "restore", ourFile, "--yes", "--confirm-database", target, "--no-safety-backup"], { env: { ...ourEnv, DATABASE_URL: urlFor(target) } });
       restoreOurs.push(r.ms);
       restoreRss.push(r.maxRssBytes);
     }
     await admin`drop database if exists ${admin(target)} with (force)`;
     add({ group: "restore", name: `restore ${size}: ours (verify+load+check) vs pg_restore`, ours: fmtMs(median(restoreOurs)), baseline: fmtMs(median(restoreBare)), ratio: median(restoreOurs) / median(restoreBare), goal: "≤ 1.0x", met: median(restoreOurs) <= median(restoreBare), raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) } });
     rss[size] = { backup: Math.max(...oursRss), restore: Math.max(...restoreRss) };
+    // The restore's script guard reads every byte psql gets: its rate next to reading the same SQL bare.
+    const plainSql = join(work, "plain.sql");
+    await timed(["pg_dump", "--no-owner", "-f", plainSql], { env: pgEnv(db) });
+    const guardMs: number[] = [], readMs: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      readMs.push(await drainMs(Bun.file(plainSql).stream()));
+      guardMs.push(await drainMs(guardScript(Bun.file(plainSql).stream())));
+    }
+    const sqlBytes = (await stat(plainSql)).size;
+    add({ group: "restore", name: `restore ${size}: script guard vs bare read of the SQL`, ours: `${Math.round(sqlBytes / 1e3 / median(guardMs))} MB/s`, baseline: `${Math.round(sqlBytes / 1e3 / median(readMs))} MB/s`, ratio: median(guardMs) / median(readMs), goal: "report (psql loads far slower)", met: null, raw: { guardMs: median(guardMs), readMs: median(readMs), bytes: sqlBytes } });
+    await rm(plainSql, { force: true });
     for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs, restoreMs: median(restoreOurs) })) add(r);
     for (const kind of ["backup", "restore"] as const) {
       add({ group: "memory", name: `peak RSS, ${kind} ${size}`, ours: fmtMiB(rss[size]![kind]), baseline: "", ratio: null, goal: "< 150 MiB", met: rss[size]![kind] < 150 * 1048576, raw: { oursBytes: rss[size]![kind] } });
