@@ -8,7 +8,7 @@ import { explainDbError } from "../src/db.ts";
 import { migrateCommand } from "./migrate.ts";
 import { statusCommand } from "./status.ts";
 import { serveCommand } from "./serve.ts";
-import { backupCommand } from "./backup.ts";
+import { backupCommand } from "./backup/index.ts";
 import { resetCommand } from "./reset.ts";
 import { seedCommand } from "./seed.ts";
 import { backupServiceCommand } from "./backup-service.ts";

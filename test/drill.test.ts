@@ -115,6 +115,20 @@ describe("restore drills", () => {
     expect(await scratchDatabases()).toEqual([]);
   });
 
+  test("SIGTERM during a drill drops its scratch database, records nothing and exits 130", async () => {
+    const file = await takeBackup();
+    const slow = await wrapTool("psql", `[ "$1" = "--version" ] && exec "$REAL" --version\nsleep 2\nexec "$REAL" "$@"`);
+    const p = Bun.spawn([binaryPath, "backup", "drill"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "pipe" });
+    for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
+    expect((await scratchDatabases()).length).toBe(1);
+    p.kill("SIGTERM");
+    const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+    expect(code).toBe(130);
+    expect(stderr).toContain("was cancelled; its scratch database was dropped");
+    expect(await scratchDatabases()).toEqual([]);
+    expect(await Bun.file(`${file}.drill.json`).exists()).toBe(false);
+  });
+
   test("without CREATEDB: a clear error naming the privilege and DRILL_DATABASE_URL", async () => {
     await takeBackup();
     const role = `shinkei_test_nocreate_${crypto.randomUUID().slice(0, 6)}`;

@@ -47,6 +47,8 @@ export async function runDrill(options: {
   env?: Record<string, string | undefined>;
   age?: AgeConfig;
   onScratch?: (drop: () => Promise<void>) => void;
+  /** Aborted (Ctrl-C, SIGTERM): the drill stops, records nothing, and throws CANCELLED. */
+  signal?: AbortSignal;
 }): Promise<DrillResult> {
   const started = performance.now();
   const file = basename(options.path);
@@ -76,8 +78,10 @@ export async function runDrill(options: {
     }
   } catch (e) {
     if (e instanceof ShinkeiError && NOTHING_DRILLED.has(e.code)) throw e;
-    differences.push((e as Error).message);
+    if (!options.signal?.aborted) differences.push((e as Error).message);
   }
+  // A drill cut short proves nothing either way: no result is written.
+  if (options.signal?.aborted) throw new ShinkeiError("CANCELLED", `the drill of ${file} was cancelled; its scratch database was dropped`);
   const result: DrillResult = { file, passed: differences.length === 0, at: new Date().toISOString(), durationMs: Math.round(performance.now() - started), server, differences, notes };
   await writeFileAtomic(drillPath(options.path), JSON.stringify(result, null, 2) + "\n");
   return result;

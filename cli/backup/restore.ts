@@ -1,17 +1,17 @@
-import type { Context } from "./command.ts";
-import { line, table, warn } from "./output.ts";
-import { activity, note } from "./prompts.ts";
-import { confirmDestructive } from "./guard.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
-import { ShinkeiError } from "../src/errors.ts";
-import { describeTarget } from "../src/db.ts";
-import { formatBytes, formatDuration } from "../src/duration.ts";
-import { tableCounts, mainTables } from "../src/state.ts";
-import { withMaintenanceLock } from "../src/backup/lock.ts";
-import { resolveBackup } from "../src/backup/catalog.ts";
-import { offsiteStore } from "../src/backup/stores/index.ts";
-import { assertVerified, verifyBackup } from "../src/backup/verify.ts";
-import { refuseUnencrypted, restoreBackup, type RestoreStep } from "../src/backup/restore.ts";
+import type { Context } from "../command.ts";
+import { line, table, warn } from "../output.ts";
+import { activity, note } from "../prompts.ts";
+import { confirmDestructive } from "../guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../../src/guard.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { describeTarget } from "../../src/db.ts";
+import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { tableCounts, mainTables } from "../../src/state.ts";
+import { withMaintenanceLock } from "../../src/backup/lock.ts";
+import { resolveBackup } from "../../src/backup/catalog.ts";
+import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { assertVerified, verifyBackup } from "../../src/backup/verify.ts";
+import { refuseUnencrypted, restoreBackup, type RestoreStep } from "../../src/backup/restore.ts";
 
 const stepLabels: Record<RestoreStep, string> = {
   verify: "verifying the backup",

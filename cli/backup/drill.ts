@@ -1,0 +1,41 @@
+import type { Context } from "../command.ts";
+import { line, json } from "../output.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { resolveBackup } from "../../src/backup/catalog.ts";
+import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { runDrill } from "../../src/backup/drill.ts";
+import { activity } from "../prompts.ts";
+
+export async function drill(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const path = await resolveBackup(config.backupDir, ctx.positionals[1], offsiteStore(config));
+  const spin = activity(io, `restore drill of ${path} into a scratch database`);
+  let dropScratch: (() => Promise<void>) | undefined;
+  // Ctrl-C or SIGTERM mid-drill: drop the scratch database (which ends the load in it), then let the
+  // drill unwind, so the dispatcher still closes the pool (SIGKILL leaves it to the next drill).
+  const cancel = new AbortController();
+  const stop = () => {
+    cancel.abort();
+    void dropScratch?.();
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  try {
+    const result = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age, onScratch: (drop) => (dropScratch = drop), signal: cancel.signal }).catch((e) => {
+      spin.fail("drill stopped");
+      throw e;
+    });
+    if (result.passed) spin.stop("drill passed");
+    else spin.fail("drill failed");
+    if (ctx.flag("json")) return json(io, result), result.passed ? 0 : 1;
+    line(io, `${result.passed ? "✔ passed" : "✖ FAILED"}  ${result.file} restored on ${result.server} in ${formatDuration(result.durationMs)}`);
+    for (const d of result.differences) line(io, `  ${d}`);
+    for (const n of result.notes) line(io, `  note: ${n}`);
+    if (!result.passed) throw new ShinkeiError("BACKUP_CORRUPT", `the restore drill of ${result.file} failed: ${result.differences.join("; ")}`);
+    return 0;
+  } finally {
+    process.off("SIGINT", stop);
+    process.off("SIGTERM", stop);
+  }
+}
