@@ -283,10 +283,17 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   const result = v.safeParse(ConfigSchema, input);
   if (!result.success) {
-    const issue = result.issues[0];
-    const name = issue.path?.map((p) => String(p.key)).join(".") ?? "configuration";
-    throw new ShinkeiError("CONFIG_INVALID", `${name} ${issue.message}`, {
-      hint: `Fix ${name} in the environment or .env (see the README for every variable and its default).`,
+    // Every bad variable at once (one per name, its first problem): fixing them one run at a time wastes deploys.
+    const problems = new Map<string, string>();
+    for (const issue of result.issues) {
+      const name = issue.path?.map((p) => String(p.key)).join(".") ?? "configuration";
+      if (!problems.has(name)) problems.set(name, `${name} ${issue.message}`);
+    }
+    const names = [...problems.keys()];
+    const lines = [...problems.values()];
+    throw new ShinkeiError("CONFIG_INVALID", lines.length === 1 ? lines[0]! : `${lines.length} settings are invalid:\n  ${lines.join("\n  ")}`, {
+      hint: `Fix ${names.join(", ")} in the environment or .env (see the README for every variable and its default).`,
+      details: { variables: names },
     });
   }
   const r = result.output;

@@ -71,3 +71,23 @@ test("every numeric setting has an upper bound: a runaway number is refused for 
     expect(() => loadConfig({ [name]: value })).toThrow(`${name} must be ${message}`);
   }
 });
+
+test("every invalid variable is reported at once, one line each, and the hint names them all", () => {
+  let error: { message: string; hint?: string; exitCode?: number } | undefined;
+  try {
+    loadConfig({ PORT: "abc", BACKUP_KEEP_DAYS: "0", S3_KEEP_DAYS: "0", SESSION_TTL: "forever" });
+  } catch (e) {
+    error = e as typeof error;
+  }
+  expect(error?.exitCode).toBe(2);
+  expect(error?.message.split("\n")).toEqual([
+    "4 settings are invalid:",
+    "  PORT must be a whole number",
+    expect.stringMatching(/^  SESSION_TTL must be a duration/),
+    "  BACKUP_KEEP_DAYS must be at least 1",
+    "  S3_KEEP_DAYS must be at least 1",
+  ]);
+  expect(error?.hint).toContain("Fix PORT, SESSION_TTL, BACKUP_KEEP_DAYS, S3_KEEP_DAYS");
+  // One bad variable keeps its one-line message.
+  expect(() => loadConfig({ PORT: "abc" })).toThrow(/^PORT must be a whole number$/);
+});
