@@ -1,279 +1,47 @@
 import * as v from "valibot";
 import { ShinkeiError } from "./errors.ts";
-import { parseDuration } from "./duration.ts";
-import { Cron } from "croner";
-import { readFileSync } from "node:fs";
-import { parseRecipients, type AgeConfig } from "./backup/crypt.ts";
 import { checkVariableNames } from "./envnames.ts";
-import { DEFAULT_TRUSTED_PROXIES, parseProxyList } from "./net.ts";
-import type { BlockList } from "node:net";
+import * as server from "./config/server.ts";
+import * as auth from "./config/auth.ts";
+import * as backup from "./config/backup.ts";
+import * as s3 from "./config/s3.ts";
+import * as mail from "./config/mail.ts";
+
+export type { HashingConfig } from "./config/auth.ts";
+export type { S3Config } from "./config/s3.ts";
+export type { MailConfig } from "./config/mail.ts";
 
 /**
- * Every variable shinkei reads, with its default. The README's table is written from this list;
- * keep the two in step.
+ * Every variable shinkei reads, with its default, by section (src/config/*.ts): each variable is
+ * written once there, as a valibot builder, and what it becomes in Config is read from it in the
+ * same file. The README's table is written from these lists; keep the two in step.
  */
-const text = (fallback: string) => v.optional(v.string(), fallback);
-const optionalText = () => v.pipe(v.optional(v.string(), ""), v.transform((s) => s.trim() || undefined));
-
-const int = (fallback: number, min: number, max: number) =>
-  v.pipe(
-    v.optional(v.string(), String(fallback)),
-    v.trim(),
-    v.regex(/^\d+$/, "must be a whole number"),
-    v.transform(Number),
-    v.minValue(min, `must be at least ${min}`),
-    v.maxValue(max, `must be at most ${max}`),
-  );
-
-const bool = (fallback: boolean) =>
-  v.pipe(
-    v.optional(v.string(), String(fallback)),
-    v.trim(),
-    v.toLowerCase(),
-    v.picklist(["true", "false", "1", "0", "yes", "no", "on", "off"], "must be true or false"),
-    v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
-  );
-
-const optionalInt = (min: number, max: number) =>
-  v.pipe(
-    optionalText(),
-    v.check((s) => s === undefined || /^\d+$/.test(s), "must be a whole number"),
-    v.transform((s) => (s === undefined ? undefined : Number(s))),
-    v.check((n) => n === undefined || n >= min, `must be at least ${min}`),
-    v.check((n) => n === undefined || n <= max, `must be at most ${max}`),
-  );
-
-// An upper bound for every duration too: a typo such as 30000d must not pass as "forever".
-const duration = (fallback: string, max: string) =>
-  v.pipe(
-    v.optional(v.string(), fallback),
-    v.transform(parseDuration),
-    v.number("must be a duration such as 30d, 26h, 15m or 90s"),
-    v.minValue(1, "must be longer than zero"),
-    v.maxValue(parseDuration(max)!, `must be at most ${max}`),
-  );
-
-const postgresUrl = (fallback: string) =>
-  v.pipe(
-    v.optional(v.string(), fallback),
-    v.trim(),
-    v.check((s) => {
-      try {
-        const u = new URL(s);
-        return (u.protocol === "postgres:" || u.protocol === "postgresql:") && u.hostname !== "" && u.pathname.length > 1;
-      } catch {
-        return false;
-      }
-    }, "must be a URL such as postgres://user:password@host:5432/database"),
-  );
-
-const ConfigSchema = v.object({
-  DATABASE_URL: postgresUrl("postgres://postgres@127.0.0.1:5432/shinkei"),
-  SHINKEI_ENV: v.pipe(optionalText(), v.transform((s) => s ?? "")),
-  NODE_ENV: v.pipe(optionalText(), v.transform((s) => s ?? "")),
-  HOST: text("0.0.0.0"),
-  PORT: int(8000, 0, 65535),
-  MIGRATE_ON_START: bool(true),
-  TRUST_PROXY: bool(false),
-  TRUSTED_PROXIES: v.pipe(
-    v.optional(v.string(), DEFAULT_TRUSTED_PROXIES),
-    v.check((s) => proxyListError(s) === undefined, (issue) => `must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: ${proxyListError(issue.input as string)}`),
-  ),
-  SESSION_TTL: duration("30d", "366d"),
-  SESSION_CACHE_TTL: v.pipe(
-    v.optional(v.string(), "1s"),
-    v.transform(parseDuration),
-    v.number("must be a duration such as 1s or 500ms, or 0 to turn the cache off"),
-    v.maxValue(3_600_000, "must be at most 1h"),
-  ),
-  COOKIE_SECURE: bool(true),
-  LOGIN_MAX_FAILURES: int(5, 1, 1000),
-  LOGIN_MAX_FAILURES_PER_IP: int(50, 1, 100_000),
-  LOGIN_MAX_FAILURES_PER_ACCOUNT: int(100, 1, 1_000_000),
-  LOGIN_ACCOUNT_DELAY: duration("2s", "1m"),
-  LOGIN_WINDOW: duration("15m", "7d"),
-  REGISTER_MAX_PER_IP: int(10, 1, 100_000),
-  HASH_CONCURRENCY: int(2, 1, 64),
-  HASH_QUEUE_LIMIT: int(128, 1, 100_000),
-  REGISTER_HASH_CONCURRENCY: int(1, 1, 64),
-  REGISTER_HASH_QUEUE_LIMIT: int(16, 1, 100_000),
-  ARGON2_MEMORY_KIB: int(65536, 1024, 4_194_304),
-  ARGON2_TIME_COST: int(2, 1, 20),
-  BACKUP_DIR: text("./backups"),
-  BACKUP_COMPRESSION_LEVEL: int(6, 1, 9),
-  BACKUP_SCHEDULE: v.pipe(
-    v.optional(v.string(), "0 2 * * *"),
-    v.trim(),
-    v.check(isCronPattern, "must be a cron pattern such as 0 2 * * * (minute hour day month weekday), optionally with seconds first"),
-  ),
-  BACKUP_TIMEZONE: v.pipe(v.optional(v.string(), "UTC"), v.trim(), v.check(isTimezone, "must be an IANA time zone such as UTC or Europe/Berlin")),
-  BACKUP_KEEP_DAYS: int(30, 1, 36_500),
-  BACKUP_KEEP_DAILY: int(0, 0, 10_000),
-  BACKUP_KEEP_WEEKLY: int(0, 0, 10_000),
-  BACKUP_KEEP_MONTHLY: int(0, 0, 10_000),
-  BACKUP_MAX_AGE: duration("26h", "366d"),
-  BACKUP_IN_SERVER: bool(false),
-  BACKUP_DRILL_SCHEDULE: v.pipe(
-    v.optional(v.string(), "0 3 * * 0"),
-    v.trim(),
-    v.check(isCronPattern, "must be a cron pattern such as 0 3 * * 0 (Sundays at 03:00)"),
-  ),
-  BACKUP_DRILL_MAX_AGE: duration("8d", "366d"),
-  DRILL_DATABASE_URL: v.pipe(
-    optionalText(),
-    v.check((s) => s === undefined || /^postgres(ql)?:\/\/[^/]+/.test(s), "must be a URL such as postgres://user@host:5432/postgres"),
-  ),
-  BACKUP_WEBHOOK_URL: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
-  BACKUP_AGE_RECIPIENTS: optionalText(),
-  BACKUP_AGE_IDENTITY: optionalText(),
-  BACKUP_AGE_PASSPHRASE: optionalText(),
-  BACKUP_MANIFEST_KEY: v.pipe(optionalText(), v.check((s) => s === undefined || s.length >= 32, "must be at least 32 characters (e.g. openssl rand -hex 32)")),
-  S3_BUCKET: optionalText(),
-  S3_PREFIX: v.pipe(v.optional(v.string(), ""), v.trim(), v.check((s) => !s.startsWith("/"), "must not start with /")),
-  S3_ENDPOINT: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/.+/.test(s), "must be an http(s) URL")),
-  S3_REGION: text("us-east-1"),
-  S3_FORCE_PATH_STYLE: bool(false),
-  S3_KEEP_DAYS: optionalInt(1, 36_500),
-  AWS_ACCESS_KEY_ID: optionalText(),
-  AWS_SECRET_ACCESS_KEY: optionalText(),
-  AWS_SESSION_TOKEN: optionalText(),
-  SMTP_URL: v.pipe(
-    optionalText(),
-    v.check((s) => s === undefined || isSmtpUrl(s), "must be a URL such as smtps://user:password@smtp.example.com:465 or smtp://host:587"),
-  ),
-  MAIL_FROM: v.pipe(
-    v.optional(v.string(), "shinkei <no-reply@localhost>"),
-    v.trim(),
-    v.check((s) => /^(?:[^<>\r\n]*<[^\s<>@]+@[^\s<>@]+>|[^\s<>@]+@[^\s<>@]+)$/.test(s), "must be an address such as no-reply@example.com or Name <no-reply@example.com>"),
-  ),
-  MAIL_RETRY_BASE: duration("2s", "1h"),
-  MAIL_MAX_ATTEMPTS: int(8, 1, 100),
-  PUBLIC_URL: v.pipe(optionalText(), v.check((s) => s === undefined || /^https?:\/\/[^\s]+$/.test(s), "must be an http(s) URL")),
-  PASSWORD_RESET_TTL: duration("1h", "7d"),
-  EMAIL_VERIFICATION_TTL: duration("24h", "30d"),
-  REQUIRE_EMAIL_VERIFICATION: bool(false),
-});
-
-function isSmtpUrl(text: string): boolean {
-  try {
-    const u = new URL(text);
-    return (u.protocol === "smtp:" || u.protocol === "smtps:") && u.hostname !== "";
-  } catch {
-    return false;
-  }
-}
-
-function proxyListError(text: string): string | undefined {
-  try {
-    parseProxyList(text);
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-}
-
-function isCronPattern(pattern: string): boolean {
-  try {
-    new Cron(pattern, { paused: true }).stop();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function isTimezone(zone: string): boolean {
-  try {
-    new Intl.DateTimeFormat("en", { timeZone: zone });
-    return true;
-  } catch {
-    return false;
-  }
-}
+const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...mail.entries });
 
 type Raw = v.InferOutput<typeof ConfigSchema>;
 
-export type Config = {
-  databaseUrl: string;
-  environment: string;
-  host: string;
-  port: number;
-  migrateOnStart: boolean;
-  trustProxy: boolean;
-  /** The proxies whose X-Forwarded-For entries we believe (only with trustProxy). */
-  trustedProxies: BlockList;
-  sessionTtlMs: number;
-  sessionCacheTtlMs: number;
-  cookieSecure: boolean;
-  login: {
-    /** Per (account, address) pair: the hard limit. */
-    maxFailures: number;
-    maxFailuresPerIp: number;
-    /** Per account from every address: past it attempts wait `accountDelayMs`, never refused. */
-    maxFailuresPerAccount: number;
-    accountDelayMs: number;
-    /** Registrations per address; counted in the same window. */
-    registerMaxPerIp: number;
-    windowMs: number;
+function build(r: Raw, warnings: string[]) {
+  const base = server.read(r);
+  const backups = backup.read(r);
+  return {
+    ...base,
+    ...auth.read(r),
+    ...backups,
+    ...s3.read(r, backups.backup.keepDays),
+    ...mail.read(r, base.environment, base.port),
+    /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
+    warnings: warnings as string[] | undefined,
   };
-  hashing: HashingConfig;
-  /** Registration's own hash queue, so a registration flood cannot starve logins. */
-  registerHashing: HashingConfig;
-  backupDir: string;
-  backup: {
-    compressionLevel: number;
-    schedule: string;
-    timezone: string;
-    keepDays: number;
-    keepDaily: number;
-    keepWeekly: number;
-    keepMonthly: number;
-    maxAgeMs: number;
-    inServer: boolean;
-    webhookUrl?: string;
-    drillSchedule: string;
-    drillMaxAgeMs: number;
-    /** The server drills restore on; the app's own server when unset. */
-    drillServerUrl?: string;
-    /** age encryption and decryption keys; undefined when none of the BACKUP_AGE_* variables is set. */
-    age?: AgeConfig;
-  };
-  /** Off-site copies; undefined when S3_BUCKET is not set. */
-  s3?: S3Config;
-  /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
-  warnings?: string[];
-  mail: MailConfig;
-  recovery: { passwordResetTtlMs: number; verificationTtlMs: number; requireEmailVerification: boolean };
-};
+}
 
-export type MailConfig = {
-  /** "smtp" sends; "log" (development without SMTP_URL) writes each message to the log; "off" refuses. */
-  mode: "smtp" | "log" | "off";
-  smtpUrl?: string;
-  from: string;
-  retryBaseMs: number;
-  maxAttempts: number;
-  /** Where people reach this server; mails name routes under it. */
-  publicUrl: string;
-};
-
-export type HashingConfig = { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
-
-export type S3Config = {
-  bucket: string;
-  prefix: string;
-  endpoint?: string;
-  region: string;
-  forcePathStyle: boolean;
-  keepDays: number;
-  /** Only when given in the environment; otherwise the AWS SDK's own chain (profiles, roles) applies. */
-  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-};
+export type Config = ReturnType<typeof build>;
 
 export const configVariables = Object.keys(ConfigSchema.entries) as (keyof Raw)[];
 
 /** Variables read outside the schema (cli/output.ts): known, so never reported as typos. */
 const otherVariables = ["SHINKEI_DEBUG"];
 
+/** Read the environment once: every problem at once, or the whole Config. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const warnings = checkVariableNames(env, [...configVariables, ...otherVariables]);
   const input: Record<string, string> = {};
@@ -296,99 +64,5 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       details: { variables: names },
     });
   }
-  const r = result.output;
-  let recipients: string[] = [];
-  if (r.BACKUP_AGE_RECIPIENTS) {
-    try {
-      recipients = parseRecipients(r.BACKUP_AGE_RECIPIENTS, (path) => readFileSync(path, "utf8"));
-    } catch (e) {
-      throw new ShinkeiError("CONFIG_INVALID", `BACKUP_AGE_RECIPIENTS ${(e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them")}`, {
-        hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
-      });
-    }
-    if (r.BACKUP_AGE_PASSPHRASE) {
-      throw new ShinkeiError("CONFIG_INVALID", "BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set; choose one way to encrypt");
-    }
-  }
-  const age = recipients.length || r.BACKUP_AGE_IDENTITY || r.BACKUP_AGE_PASSPHRASE || r.BACKUP_MANIFEST_KEY
-    ? { recipients, identityFile: r.BACKUP_AGE_IDENTITY, passphrase: r.BACKUP_AGE_PASSPHRASE, manifestKey: r.BACKUP_MANIFEST_KEY }
-    : undefined;
-  const environment = r.SHINKEI_ENV || r.NODE_ENV || "development";
-  return {
-    databaseUrl: r.DATABASE_URL,
-    environment,
-    host: r.HOST,
-    port: r.PORT,
-    migrateOnStart: r.MIGRATE_ON_START,
-    trustProxy: r.TRUST_PROXY,
-    trustedProxies: parseProxyList(r.TRUSTED_PROXIES),
-    sessionTtlMs: r.SESSION_TTL,
-    sessionCacheTtlMs: r.SESSION_CACHE_TTL,
-    cookieSecure: r.COOKIE_SECURE,
-    login: {
-      maxFailures: r.LOGIN_MAX_FAILURES,
-      maxFailuresPerIp: r.LOGIN_MAX_FAILURES_PER_IP,
-      maxFailuresPerAccount: r.LOGIN_MAX_FAILURES_PER_ACCOUNT,
-      accountDelayMs: r.LOGIN_ACCOUNT_DELAY,
-      registerMaxPerIp: r.REGISTER_MAX_PER_IP,
-      windowMs: r.LOGIN_WINDOW,
-    },
-    hashing: {
-      concurrency: r.HASH_CONCURRENCY,
-      queueLimit: r.HASH_QUEUE_LIMIT,
-      memoryCost: r.ARGON2_MEMORY_KIB,
-      timeCost: r.ARGON2_TIME_COST,
-    },
-    registerHashing: {
-      concurrency: r.REGISTER_HASH_CONCURRENCY,
-      queueLimit: r.REGISTER_HASH_QUEUE_LIMIT,
-      memoryCost: r.ARGON2_MEMORY_KIB,
-      timeCost: r.ARGON2_TIME_COST,
-    },
-    backupDir: r.BACKUP_DIR,
-    backup: {
-      compressionLevel: r.BACKUP_COMPRESSION_LEVEL,
-      schedule: r.BACKUP_SCHEDULE,
-      timezone: r.BACKUP_TIMEZONE,
-      keepDays: r.BACKUP_KEEP_DAYS,
-      keepDaily: r.BACKUP_KEEP_DAILY,
-      keepWeekly: r.BACKUP_KEEP_WEEKLY,
-      keepMonthly: r.BACKUP_KEEP_MONTHLY,
-      maxAgeMs: r.BACKUP_MAX_AGE,
-      inServer: r.BACKUP_IN_SERVER,
-      webhookUrl: r.BACKUP_WEBHOOK_URL,
-      drillSchedule: r.BACKUP_DRILL_SCHEDULE,
-      drillMaxAgeMs: r.BACKUP_DRILL_MAX_AGE,
-      drillServerUrl: r.DRILL_DATABASE_URL,
-      age,
-    },
-    s3: r.S3_BUCKET
-      ? {
-          bucket: r.S3_BUCKET,
-          prefix: r.S3_PREFIX,
-          endpoint: r.S3_ENDPOINT,
-          region: r.S3_REGION,
-          forcePathStyle: r.S3_FORCE_PATH_STYLE,
-          keepDays: r.S3_KEEP_DAYS ?? r.BACKUP_KEEP_DAYS,
-          credentials:
-            r.AWS_ACCESS_KEY_ID && r.AWS_SECRET_ACCESS_KEY
-              ? { accessKeyId: r.AWS_ACCESS_KEY_ID, secretAccessKey: r.AWS_SECRET_ACCESS_KEY, sessionToken: r.AWS_SESSION_TOKEN }
-              : undefined,
-        }
-      : undefined,
-    warnings,
-    mail: {
-      mode: r.SMTP_URL ? "smtp" : environment === "development" ? "log" : "off",
-      smtpUrl: r.SMTP_URL,
-      from: r.MAIL_FROM,
-      retryBaseMs: r.MAIL_RETRY_BASE,
-      maxAttempts: r.MAIL_MAX_ATTEMPTS,
-      publicUrl: (r.PUBLIC_URL ?? `http://localhost:${r.PORT || 8000}`).replace(/\/+$/, ""),
-    },
-    recovery: {
-      passwordResetTtlMs: r.PASSWORD_RESET_TTL,
-      verificationTtlMs: r.EMAIL_VERIFICATION_TTL,
-      requireEmailVerification: r.REQUIRE_EMAIL_VERIFICATION,
-    },
-  };
+  return build(result.output, warnings);
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { Decrypter, Encrypter, generateIdentity, identityToRecipient } from "age-encryption";
 import { ShinkeiError } from "../errors.ts";
@@ -39,6 +40,28 @@ export function parseRecipients(value: string, readFile: (path: string) => strin
   }
   if (lines.length === 0) throw new Error(`file ${value} holds no age public keys`);
   return lines.map(({ key }) => key);
+}
+
+/**
+ * The backup keys from their variables (config reads them here, where encryption lives): the
+ * recipients file is read once, at start; undefined when none is set.
+ */
+export function ageConfig(vars: { recipients?: string; identityFile?: string; passphrase?: string; manifestKey?: string }): AgeConfig | undefined {
+  let recipients: string[] = [];
+  if (vars.recipients) {
+    try {
+      recipients = parseRecipients(vars.recipients, (path) => readFileSync(path, "utf8"));
+    } catch (e) {
+      throw new ShinkeiError("CONFIG_INVALID", `BACKUP_AGE_RECIPIENTS ${(e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them")}`, {
+        hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
+      });
+    }
+    if (vars.passphrase) {
+      throw new ShinkeiError("CONFIG_INVALID", "BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set; choose one way to encrypt");
+    }
+  }
+  if (!recipients.length && !vars.identityFile && !vars.passphrase && !vars.manifestKey) return undefined;
+  return { recipients, identityFile: vars.identityFile, passphrase: vars.passphrase, manifestKey: vars.manifestKey };
 }
 
 /** How new backups are encrypted under this configuration, or undefined for none. */
