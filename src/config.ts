@@ -141,7 +141,16 @@ const ConfigSchema = v.object({
   PASSWORD_RESET_TTL: duration("1h", "7d"),
   EMAIL_VERIFICATION_TTL: duration("24h", "30d"),
   REQUIRE_EMAIL_VERIFICATION: bool(false),
+  METRICS_PORT: optionalInt(1, 65535),
+  METRICS_HOST: v.pipe(v.optional(v.string(), "127.0.0.1"), v.trim(), v.nonEmpty("must be an address to listen on, such as 127.0.0.1")),
+  METRICS_TOKEN: secretToken(),
+  OPS_TOKEN: secretToken(),
 });
+
+/** A shared secret sent as a Bearer token: long enough that guessing it is not a plan. */
+function secretToken() {
+  return v.pipe(optionalText(), v.check((s) => s === undefined || (s.length >= 16 && /^[\x21-\x7e]+$/.test(s)), "must be at least 16 printable characters without spaces (e.g. openssl rand -hex 32)"));
+}
 
 function isSmtpUrl(text: string): boolean {
   try {
@@ -209,6 +218,18 @@ export type Config = {
   warnings?: string[];
   mail: MailConfig;
   recovery: { passwordResetTtlMs: number; verificationTtlMs: number; requireEmailVerification: boolean };
+  /** The ops listener (metrics and status page) and the tokens that guard them. */
+  ops?: OpsConfig;
+};
+
+export type OpsConfig = {
+  /** Off when undefined: nothing listens unless METRICS_PORT is set. */
+  port?: number;
+  host: string;
+  /** Bearer token for /metrics; on the public port of serve, /metrics exists only when it is set. */
+  metricsToken?: string;
+  /** Bearer (or Basic password) for the status page; on the public port it exists only when it is set. */
+  opsToken?: string;
 };
 
 export type MailConfig = {
@@ -333,5 +354,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       verificationTtlMs: r.EMAIL_VERIFICATION_TTL,
       requireEmailVerification: r.REQUIRE_EMAIL_VERIFICATION,
     },
+    ops: { port: r.METRICS_PORT, host: r.METRICS_HOST, metricsToken: r.METRICS_TOKEN, opsToken: r.OPS_TOKEN },
   };
 }
