@@ -20,6 +20,8 @@ const rows: { label: string; kinds: TimelineEvent["kind"][] }[] = [
   { label: "off-site", kinds: ["offsite"] },
 ];
 
+const isBad = (e: TimelineEvent) => e.kind === "drill-failed" || e.kind === "backup-bad";
+
 const day = (d: Date) => d.toISOString().slice(5, 10);
 
 function xOf(at: Date, start: Date, end: Date): number {
@@ -58,8 +60,9 @@ export function Timeline(props: { events: TimelineEvent[]; start: Date; end: Dat
           <g>
             <text x={0} y={y + 4} font-size="12" fill="#333">{row.label}</text>
             <line x1={LEFT} x2={LEFT + PLOT} y1={y} y2={y} stroke="#eee" />
-            {props.events.filter((e) => row.kinds.includes(e.kind)).map((e) => {
-              const bad = e.kind === "drill-failed" || e.kind === "backup-bad";
+            {/* Failures drawn last, on top: a red mark is never hidden under a green one. */}
+            {props.events.filter((e) => row.kinds.includes(e.kind)).sort((a, b) => Number(isBad(a)) - Number(isBad(b))).map((e) => {
+              const bad = isBad(e);
               return (
                 <circle cx={xOf(e.at, props.start, props.end).toFixed(1)} cy={y} r={bad ? 7 : 5} fill={colour[e.kind]} data-kind={e.kind}>
                   <title>{`${e.at.toISOString().slice(0, 16).replace("T", " ")} UTC: ${e.text} (${e.backup})`}</title>

@@ -24,6 +24,7 @@ export type StatusView = {
 /** "N minutes/hours/days ago": hours up to three days, as an operator counts them at night. */
 export function ago(ms: number): string {
   const minutes = Math.max(0, Math.floor(ms / 60_000));
+  if (minutes < 1) return "less than a minute ago";
   if (minutes < 60) return minutes === 1 ? "1 minute ago" : `${minutes} minutes ago`;
   const hours = Math.floor(minutes / 60);
   if (hours < 72) return hours === 1 ? "1 hour ago" : `${hours} hours ago`;
