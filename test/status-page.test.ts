@@ -7,6 +7,8 @@ import { Service } from "./support/process.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { startTestServer } from "./support/server.ts";
+import { Terminal } from "./support/pty.ts";
+import { shinkei } from "./support/cli.ts";
 import { backupHistory, freePort } from "./support/ops.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { readDrill } from "../src/backup/drill.ts";
@@ -151,6 +153,42 @@ describe("who may see the page", () => {
     } finally {
       await open.stop();
       await guarded.stop();
+    }
+  });
+});
+
+describe("shinkei status --watch", () => {
+  test("shows the headline figures in a terminal, redraws when a backup lands, and Ctrl-C exits 0", async () => {
+    const term = await Terminal.start(["status", "--watch", "--interval", "1s"], { ...env, ...s3.env(), PATH: process.env.PATH! });
+    try {
+      const first = await term.waitFor("Last verified restore: ");
+      expect(first).toMatch(/Last verified restore: (less than a minute|\d+ minutes?) ago/);
+      expect(first).toContain(`newest backup   ${history.failed}`);
+      expect(first).toContain(`last drill      FAILED`);
+      expect(first).toContain("off-site        1 pending");
+      expect(first).toContain(`database        ${db.name} on`);
+      expect(first).toContain("users: 3 rows restored, the backup recorded 43");
+      const taken = await shinkei(["backup"], env);
+      expect(taken.code).toBe(0);
+      const name = /backup\s+\S*\/(shinkei_backup_\S+)/.exec(taken.stdout)![1]!;
+      const redrawn = await term.waitFor(`newest backup   ${name}`);
+      expect(redrawn).toContain("off-site        2 pending");
+      await term.ctrlC();
+      expect(await term.exitCode()).toBe(0);
+    } finally {
+      await term.close();
+    }
+  });
+
+  test("--interval is checked, and goes only with --watch", async () => {
+    for (const [args, message] of [
+      [["status", "--watch", "--interval", "100ms"], "--interval must be a duration from 1s to 1h"],
+      [["status", "--interval", "5s"], "--interval goes with --watch"],
+      [["status", "--watch", "--json"], "--watch and --json do not go together"],
+    ] as const) {
+      const r = await shinkei([...args], env);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(message);
     }
   });
 });
