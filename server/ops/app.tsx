@@ -4,7 +4,7 @@ import { hostname } from "node:os";
 import type { Config } from "../../src/config.ts";
 import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
-import { cached, readSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
+import { folderSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
 import { dumpSource } from "../../src/metrics/sources.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { statusView } from "../../src/metrics/view.ts";
@@ -43,7 +43,7 @@ export function createOps(config: Config, log: Log, hashLoad?: HashLoad): OpsDep
   const o = config.ops;
   if (!o || (o.port === undefined && !o.metricsToken && !o.opsToken)) return undefined;
   const offsiteKind = offsiteStore(config)?.kind;
-  const snapshot = cached(() => readSnapshot(config.backupDir, offsiteKind), 1500);
+  const snapshot = folderSnapshot(config.backupDir, offsiteKind);
   const metrics = new Metrics({ sources: [dumpSource(snapshot, config.backup)], hashLoad });
   return { config, metrics, snapshot, log };
 }

@@ -1,3 +1,4 @@
+import { stat } from "node:fs/promises";
 import { listLocal } from "../backup/catalog.ts";
 import { readDrill, type DrillResult } from "../backup/drill.ts";
 
@@ -81,4 +82,24 @@ export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T
     }
     return current.value;
   };
+}
+
+/**
+ * The folder's snapshot, read again only when it may have changed: every write shinkei makes there
+ * (backup, manifest update, drill record, retention) creates or renames a file, which changes the
+ * folder's mtime. Reading 1,000 manifests costs tens of milliseconds, so a scrape every second
+ * must not do it each time. An edit made in place by something else shows within `maxMs`.
+ */
+export function folderSnapshot(dir: string, offsiteKind: string | undefined, options: { minMs?: number; maxMs?: number } = {}): () => Promise<Snapshot> {
+  const { minMs = 1500, maxMs = 15_000 } = options;
+  let last: { readAt: number; mtime: bigint | null; value: Snapshot } | undefined;
+  const mtimeOf = () => stat(dir, { bigint: true }).then((s) => s.mtimeNs, () => null);
+  return cached(async () => {
+    const now = performance.now();
+    const mtime = await mtimeOf();
+    if (last && mtime !== null && mtime === last.mtime && now - last.readAt < maxMs) return last.value;
+    const value = await readSnapshot(dir, offsiteKind);
+    last = { readAt: now, mtime, value };
+    return value;
+  }, minMs);
 }

@@ -10,6 +10,7 @@ import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
+import { benchMetrics } from "./metrics.ts";
 
 if (!Bun.which("wrk")) {
   console.error("bun run bench needs wrk for the HTTP load (apt install wrk, or brew install wrk)");
@@ -147,6 +148,9 @@ try {
 
 // ---- password reset: known vs unknown addresses, and its rate next to /login ----
 for (const r of await benchPasswordReset(bin, server)) add({ group: "auth", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
+
+// ---- metrics: a scrape every second must not slow /me; the status page with 1,000 backups ----
+for (const r of await benchMetrics(bin, server)) add({ group: "ops", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
 
 // ---- CLI start-up ----
 {
