@@ -12,8 +12,11 @@ const CLEAR = "\x1b[H\x1b[2J";
 /** The status page's headline figures as lines of text: one screen, read from the same snapshot. */
 async function screen(ctx: Context, every: string): Promise<string[]> {
   const { config } = ctx;
-  const view = statusView(await readSnapshot(config.backupDir, offsiteStore(config)?.kind), config.backup);
   const out = [`shinkei status · ${new Date().toISOString().slice(0, 19).replace("T", " ")} UTC · every ${every} · Ctrl-C to stop`, ""];
+  // An unreadable folder is what to show, not a reason to stop watching.
+  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then((s) => ({ s }), (e: Error) => ({ error: e.message }));
+  if ("error" in read) return [...out, `✖ the backup folder cannot be read: ${read.error}`];
+  const view = statusView(read.s, config.backup);
   out.push(view.headline.text);
   const n = view.newest;
   out.push(`newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`);

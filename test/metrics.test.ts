@@ -169,6 +169,26 @@ describe("serve: /metrics on the public port", () => {
   });
 });
 
+test("an unreadable backup folder: the scrape still answers with source_up 0 and no made-up figures; the page says so", async () => {
+  const notADir = join(await tempDir("metrics-file"), "backups");
+  await Bun.write(notADir, "a file where the folder should be");
+  const server = await startTestServer(db, { BACKUP_DIR: notADir, METRICS_TOKEN: TOKEN, OPS_TOKEN: TOKEN });
+  try {
+    const r = await server.api("/metrics", { token: TOKEN });
+    expect(r.status).toBe(200);
+    const m = parseMetrics(await r.text());
+    expect(sample(m, "shinkei_backup_source_up", { source: "dump" })).toBe(0);
+    expect(m.filter((s) => s.name.startsWith("shinkei_backup_newest") || s.name.startsWith("shinkei_drill_"))).toEqual([]);
+    const page = await server.api("/", { token: TOKEN });
+    expect(page.status).toBe(503);
+    const html = await page.text();
+    expect(html).toContain("The backup folder cannot be read");
+    expect(html).toContain(`cannot read ${notADir}`);
+  } finally {
+    await server.stop();
+  }
+});
+
 test("bad METRICS_* values are refused by name before anything starts", async () => {
   for (const [name, value, message] of [
     ["METRICS_PORT", "0", "must be at least 1"],

@@ -11,7 +11,7 @@ import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { errorResponse } from "../errors.ts";
 import { requireToken } from "./guard.ts";
-import { StatusPage } from "./page.tsx";
+import { StatusPage, UnreadablePage } from "./page.tsx";
 
 export type OpsDeps = { config: Config; metrics: Metrics; snapshot: () => Promise<Snapshot>; log: Log };
 
@@ -26,10 +26,12 @@ export function opsRoutes({ config, metrics, snapshot }: OpsDeps, mount: { metri
   }
   if (mount.page) {
     app.get("/", requireToken(config.ops?.opsToken, "OPS_TOKEN"), async (c) => {
-      const view = statusView(await snapshot(), config.backup);
       c.header("Cache-Control", "no-store");
       c.header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'");
-      return c.html(html`<!DOCTYPE html>${<StatusPage view={view} host={hostname()} />}`);
+      const read = await snapshot().then((s) => ({ s }), (e: Error) => ({ error: e.message }));
+      // The one page an operator opens when something is wrong must say what, not "internal error".
+      if ("error" in read) return c.html(html`<!DOCTYPE html>${<UnreadablePage error={read.error} dir={config.backupDir} />}`, 503);
+      return c.html(html`<!DOCTYPE html>${<StatusPage view={statusView(read.s, config.backup)} host={hostname()} />}`);
     });
   }
   return app;

@@ -77,3 +77,22 @@ export function StatusPage(props: { view: StatusView; host: string }) {
     </html>
   );
 }
+
+/** When the backup folder cannot be read: that is the news, and the page keeps refreshing until it can. */
+export function UnreadablePage(props: { error: string; dir: string }) {
+  return (
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta http-equiv="refresh" content={String(REFRESH_SECONDS)} />
+        <title>PROBLEM · shinkei backups</title>
+        <style>{css}</style>
+      </head>
+      <body>
+        <h1 id="headline" class="bad">The backup folder cannot be read</h1>
+        <p id="problems" class="bad">{props.error}</p>
+        <p class="muted">BACKUP_DIR is {props.dir}. Check that it is mounted and readable by this process; this page tries again every {REFRESH_SECONDS} seconds.</p>
+      </body>
+    </html>
+  );
+}
