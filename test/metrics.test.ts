@@ -189,6 +189,24 @@ test("an unreadable backup folder: the scrape still answers with source_up 0 and
   }
 });
 
+test("serve with METRICS_PORT opens the ops listener too, and warns when it is reachable from other machines without tokens", async () => {
+  const port = freePort();
+  const server = await startTestServer(db, { BACKUP_DIR: dir, METRICS_PORT: String(port), METRICS_HOST: "0.0.0.0" });
+  try {
+    const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+    expect(r.status).toBe(200);
+    expect(sample(parseMetrics(await r.text()), "shinkei_backups", { kind: "dump" })).toBeGreaterThan(0);
+    expect(server.logs.find((l) => l.level === "warn" && String(l.msg).startsWith("the ops listener is reachable from other machines"))).toBeDefined();
+    // The public port has neither route: no token was set for it.
+    expect((await server.api("/metrics")).status).toBe(404);
+  } finally {
+    await server.stop();
+  }
+  const quiet = await startTestServer(db, { BACKUP_DIR: dir, METRICS_PORT: String(freePort()) });
+  await quiet.stop();
+  expect(quiet.logs.some((l) => String(l.msg).startsWith("the ops listener is reachable"))).toBe(false);
+});
+
 test("bad METRICS_* values are refused by name before anything starts", async () => {
   for (const [name, value, message] of [
     ["METRICS_PORT", "0", "must be at least 1"],

@@ -70,5 +70,9 @@ export function startOpsServer(deps: OpsDeps): { url: string; port: number; stop
   }
   const url = `http://${host.includes(":") ? `[${host}]` : host}:${server.port}`;
   deps.log({ level: "info", msg: "ops listener", url, metrics: `${url}/metrics`, statusPage: `${url}/` });
+  const loopback = host === "localhost" || host === "::1" || host.startsWith("127.");
+  if (!loopback && (!deps.config.ops?.metricsToken || !deps.config.ops?.opsToken)) {
+    deps.log({ level: "warn", msg: "the ops listener is reachable from other machines without a token; set METRICS_TOKEN and OPS_TOKEN, or keep METRICS_HOST on 127.0.0.1", host });
+  }
   return { url, port: server.port!, stop: () => server.stop() };
 }
