@@ -4,6 +4,7 @@ import { ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { startScheduler } from "../src/schedule.ts";
 import { jsonLog } from "../src/log.ts";
+import { createOps, startOpsServer } from "../server/ops/app.tsx";
 
 export const backupServiceCommand: Command = {
   name: "backup-service",
@@ -25,10 +26,13 @@ Options:
         await migrate(ctx.db);
       } else await ctx.db`select 1`;
     });
+    // Metrics and the status page on METRICS_PORT, when set (server/ops).
+    const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog)!) : undefined;
     const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
     const signal = await untilSignal();
     jsonLog({ level: "info", msg: "shutting down", signal });
     await scheduler.stop();
+    await ops?.stop();
     return 0;
   },
 };

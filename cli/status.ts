@@ -1,22 +1,35 @@
 import type { Command } from "./command.ts";
+import { ShinkeiError } from "../src/errors.ts";
 import { line, table, json } from "./output.ts";
 import { databaseState, mainTables } from "../src/state.ts";
 import { formatBytes } from "../src/duration.ts";
+import { watch } from "./status-watch.ts";
 
 export const statusCommand: Command = {
   name: "status",
   summary: "show the database's state: row counts, schema version, size",
-  help: `Usage: shinkei status [--json]
+  help: `Usage: shinkei status [--json] [--watch [--interval 2s]]
 
 Shows the database DATABASE_URL points at: the row counts of users, worlds, stories,
 story_beats and sessions, the schema version, the database size, and how many password
 reset codes are pending (a count only: codes are stored as hashes and never shown).
 
+With --watch, shows the status page's headline figures instead, redrawn every --interval
+until Ctrl-C: the last verified restore, the newest backup, the last drill, off-site copies
+pending, the database, and what is wrong.
+
 Options:
   --json       machine-readable output
+  --watch      keep showing the backup headline figures, refreshing
+  --interval D with --watch: how often to refresh (1s to 1h, default 2s)
   -h, --help   show this help`,
-  options: { json: { type: "boolean" } },
+  options: { json: { type: "boolean" }, watch: { type: "boolean" }, interval: { type: "string" } },
   async run(ctx) {
+    if (ctx.flag("watch")) {
+      if (ctx.flag("json")) throw new ShinkeiError("USAGE", "--watch and --json do not go together; for figures a script reads, scrape /metrics");
+      return watch(ctx);
+    }
+    if (ctx.option("interval")) throw new ShinkeiError("USAGE", "--interval goes with --watch");
     const s = await databaseState(ctx.db, ctx.config.databaseUrl);
     if (ctx.flag("json")) {
       json(ctx.io, s);

@@ -9,11 +9,16 @@ import { authRoutes } from "./routes/auth.ts";
 import { recoveryRoutes } from "./routes/recovery.ts";
 import { worldRoutes } from "./routes/worlds.ts";
 import { healthRoutes } from "./routes/health.ts";
+import { httpMetrics } from "./ops/http-metrics.ts";
+import { opsRoutes } from "./ops/app.tsx";
 
 export function createApp(deps: Deps) {
   const app = new Hono<AppEnv>();
+  if (deps.ops) app.use(httpMetrics(deps.ops.metrics));
   app.use(requestId(), accessLog(deps.log), securityHeaders());
   app.route("/", healthRoutes(deps));
+  // On the public port only behind their tokens; without one they live on the ops listener alone.
+  if (deps.ops) app.route("/", opsRoutes(deps.ops, { metrics: !!deps.config.ops?.metricsToken, page: !!deps.config.ops?.opsToken }));
   app.route("/api/v1/auth", authRoutes(deps));
   app.route("/api/v1/auth", recoveryRoutes(deps));
   app.route("/api/v1/worlds", worldRoutes(deps));

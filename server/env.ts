@@ -4,6 +4,7 @@ import type { AuthService } from "../src/auth/service.ts";
 import type { ClientInfo } from "../src/auth/service.ts";
 import type { Session } from "../src/auth/sessions.ts";
 import type { AccountRecovery } from "../src/auth/recovery.ts";
+import type { OpsDeps } from "./ops/app.tsx";
 
 import type { Log } from "../src/log.ts";
 export { jsonLog, type Log } from "../src/log.ts";
@@ -17,6 +18,8 @@ export type Deps = {
   log: Log;
   /** Extra readiness facts (the backup scheduler adds the newest backup's age). */
   readiness?: () => Promise<Record<string, unknown>>;
+  /** Metrics and the status page, when the configuration turns them on (see server/ops). */
+  ops?: OpsDeps;
 };
 
 export type AppEnv = {

@@ -6,8 +6,9 @@ import { AccountRecovery, type Clock } from "../src/auth/recovery.ts";
 import { createMailQueue } from "../src/mail/index.ts";
 import { createApp } from "./app.ts";
 import { jsonLog, type Deps, type Log } from "./env.ts";
+import { createOps, startOpsServer } from "./ops/app.tsx";
 
-export type Running = { url: string; port: number; recovery: AccountRecovery; stop(): Promise<void> };
+export type Running = { url: string; port: number; recovery: AccountRecovery; opsUrl?: string; stop(): Promise<void> };
 
 /** Connect, migrate (unless MIGRATE_ON_START=false), and listen. `stop()` drains requests, then the pool. */
 export async function startServer(config: Config, options: { log?: Log; readiness?: Deps["readiness"]; clock?: Clock } = {}): Promise<Running> {
@@ -32,8 +33,17 @@ export async function startServer(config: Config, options: { log?: Log; readines
   const auth = new AuthService(sql, config);
   const mail = createMailQueue(config.mail, log);
   const recovery = new AccountRecovery({ sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail, log, clock: options.clock });
-  const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness });
+  const ops = createOps(config, log, () => auth.hasher.load);
+  const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness, ops });
   const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
+  let opsServer: ReturnType<typeof startOpsServer> | undefined;
+  try {
+    if (ops && config.ops?.port !== undefined) opsServer = startOpsServer(ops);
+  } catch (e) {
+    await server.stop(true);
+    await sql.end({ timeout: 1 });
+    throw e;
+  }
   const prune = setInterval(() => {
     auth.throttle.prune().catch(() => {});
     recovery.prune().catch(() => {});
@@ -45,8 +55,10 @@ export async function startServer(config: Config, options: { log?: Log; readines
     url,
     port: server.port!,
     recovery,
+    opsUrl: opsServer?.url,
     async stop() {
       clearInterval(prune);
+      await opsServer?.stop();
       await server.stop(); // waits for in-flight requests; refuses new ones
       await recovery.settled(); // work started after an answer, e.g. issuing a code
       await mail?.stop(); // sends what is due, briefly; never waits out a retry delay

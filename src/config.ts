@@ -6,17 +6,19 @@ import * as auth from "./config/auth.ts";
 import * as backup from "./config/backup.ts";
 import * as s3 from "./config/s3.ts";
 import * as mail from "./config/mail.ts";
+import * as ops from "./config/ops.ts";
 
 export type { HashingConfig } from "./config/auth.ts";
 export type { S3Config } from "./config/s3.ts";
 export type { MailConfig } from "./config/mail.ts";
+export type { OpsConfig } from "./config/ops.ts";
 
 /**
  * Every variable shinkei reads, with its default, by section (src/config/*.ts): each variable is
  * written once there, as a valibot builder, and what it becomes in Config is read from it in the
  * same file. The README's table is written from these lists; keep the two in step.
  */
-const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...mail.entries });
+const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...mail.entries, ...ops.entries });
 
 type Raw = v.InferOutput<typeof ConfigSchema>;
 
@@ -29,6 +31,7 @@ function build(r: Raw, warnings: string[]) {
     ...backups,
     ...s3.read(r, backups.backup.keepDays),
     ...mail.read(r, base.environment, base.port),
+    ...ops.read(r),
     /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
     warnings: warnings as string[] | undefined,
   };

@@ -64,6 +64,8 @@ const codes = {
   MAIL_DISABLED: { exit: 1, status: 503 },
   INVALID_CODE: { exit: 1, status: 400 },
   EMAIL_NOT_VERIFIED: { exit: 1, status: 403 },
+  // The ops listener (metrics, status page)
+  LISTEN_FAILED: { exit: 2, status: 500 },
 } as const;
 
 export type ErrorCode = keyof typeof codes;

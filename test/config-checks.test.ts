@@ -56,7 +56,7 @@ test("S3_KEEP_DAYS has bounds: 0, negative, fractional and huge values are refus
 
 test("every numeric setting has an upper bound: a runaway number is refused for all but free text", () => {
   // Names, paths, keys and labels: any text is theirs to hold.
-  const freeText = ["SHINKEI_ENV", "NODE_ENV", "HOST", "BACKUP_DIR", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_PASSPHRASE", "S3_BUCKET", "S3_PREFIX", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+  const freeText = ["SHINKEI_ENV", "NODE_ENV", "HOST", "BACKUP_DIR", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_PASSPHRASE", "S3_BUCKET", "S3_PREFIX", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "METRICS_HOST", "METRICS_TOKEN", "OPS_TOKEN"];
   for (const name of configVariables) {
     if (freeText.includes(name)) continue;
     expect(() => loadConfig({ [name]: "99999999999999999999" }), name).toThrow(new RegExp(`^${name} `));

@@ -11,6 +11,7 @@ import { generate, parseSize } from "./generate.ts";
 import { benchRecover } from "./recover.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
+import { benchMetrics } from "./metrics.ts";
 import { guardScript } from "../../src/backup/script.ts";
 
 async function drainMs(stream: ReadableStream<Uint8Array>): Promise<number> {
@@ -169,6 +170,9 @@ try {
 
 // ---- password reset: known vs unknown addresses, and its rate next to /login ----
 for (const r of await benchPasswordReset(bin, server)) add({ group: "auth", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
+
+// ---- metrics: a scrape every second must not slow /me; the status page with 1,000 backups ----
+for (const r of await benchMetrics(bin, server)) add({ group: "ops", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
 
 // ---- CLI start-up ----
 {

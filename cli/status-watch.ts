@@ -1,0 +1,52 @@
+import type { Context } from "./command.ts";
+import { untilSignal } from "./signals.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { formatBytes, formatDuration, parseDuration } from "../src/duration.ts";
+import { databaseState } from "../src/state.ts";
+import { readSnapshot } from "../src/metrics/snapshot.ts";
+import { ago, statusView } from "../src/metrics/view.ts";
+import { offsiteStore } from "../src/backup/stores/index.ts";
+
+const CLEAR = "\x1b[H\x1b[2J";
+
+/** The status page's headline figures as lines of text: one screen, read from the same snapshot. */
+async function screen(ctx: Context, every: string): Promise<string[]> {
+  const { config } = ctx;
+  const out = [`shinkei status · ${new Date().toISOString().slice(0, 19).replace("T", " ")} UTC · every ${every} · Ctrl-C to stop`, ""];
+  // An unreadable folder is what to show, not a reason to stop watching.
+  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then((s) => ({ s }), (e: Error) => ({ error: e.message }));
+  if ("error" in read) return [...out, `✖ the backup folder cannot be read: ${read.error}`];
+  const view = statusView(read.s, config.backup);
+  out.push(view.headline.text);
+  const n = view.newest;
+  out.push(`newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`);
+  const d = view.lastDrill;
+  out.push(`last drill      ${d ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)} (${d.backup})` : "none yet"}`);
+  out.push(`off-site        ${view.offsitePending === null ? "no store configured" : `${view.offsitePending} pending`}`);
+  // The database may be down while the backups are fine: say so, and keep watching.
+  const db = await databaseState(ctx.db, config.databaseUrl).then(
+    (s) => `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
+    (e: Error) => `unreachable: ${e.message}`,
+  );
+  out.push(`database        ${db}`, "");
+  out.push(...(view.problems.length ? view.problems.map((p) => `${p.level === "bad" ? "✖" : "▲"} ${p.text}`) : ["✔ backups, drills and off-site copies are within their limits"]));
+  return out;
+}
+
+/** Redraw every `--interval` (default 2s) until Ctrl-C or SIGTERM, which end it with exit code 0. */
+export async function watch(ctx: Context): Promise<number> {
+  const text = ctx.option("interval") ?? "2s";
+  const ms = parseDuration(text);
+  if (ms === null || ms < 1000 || ms > 3_600_000) throw new ShinkeiError("USAGE", `--interval must be a duration from 1s to 1h, such as 5s; got ${text}`);
+  const tty = Boolean((ctx.io.stdout as NodeJS.WriteStream).isTTY);
+  let stopped = false;
+  const signal = untilSignal().then(() => {
+    stopped = true;
+  });
+  while (!stopped) {
+    const lines = await screen(ctx, text);
+    ctx.io.stdout.write((tty ? CLEAR : "") + lines.join("\n") + "\n" + (tty ? "" : "\n"));
+    await Promise.race([Bun.sleep(ms), signal]);
+  }
+  return 0;
+}

@@ -1,0 +1,141 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { FactSource, Facts, KindFacts } from "./sources.ts";
+import { cached } from "./snapshot.ts";
+
+export type LoginOutcome = "success" | "invalid" | "throttled" | "other";
+
+/** What the hash queue gauges read; PasswordHasher.load has this shape. */
+export type HashLoad = () => { running: number; waiting: number };
+
+const seconds = (ms: number) => ms / 1000;
+
+/**
+ * The process's metrics in one registry of its own (not prom-client's global one, so a test or a
+ * second app in one process never sees another's counts). Backup figures are read from the
+ * sources when scraped, never kept: a scrape shows the folder as it is now.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly sources: FactSource[] = [];
+  private readonly http: Counter<"method" | "route" | "status">;
+  private readonly latency: Histogram<"method" | "route" | "status">;
+  private readonly logins: Counter<"outcome">;
+  /** One read of every source per scrape, however many gauges ask. */
+  private readonly facts = cached(() => this.readSources(), 1000);
+  private failedSources: string[] = [];
+
+  constructor(options: { sources?: FactSource[]; hashLoad?: HashLoad } = {}) {
+    const registers = [this.registry];
+    this.sources.push(...(options.sources ?? []));
+    this.http = new Counter({ name: "shinkei_http_requests_total", help: "HTTP requests answered, by route pattern and status", labelNames: ["method", "route", "status"], registers });
+    this.latency = new Histogram({
+      name: "shinkei_http_request_duration_seconds",
+      help: "Time to answer an HTTP request, by route pattern and status",
+      labelNames: ["method", "route", "status"],
+      // Logins hash with argon2 (tens to hundreds of ms); the rest answer in a few ms.
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.logins = new Counter({ name: "shinkei_login_attempts_total", help: "Login attempts by outcome (no account or address is ever a label)", labelNames: ["outcome"], registers });
+    for (const outcome of ["success", "invalid", "throttled"]) this.logins.inc({ outcome }, 0);
+
+    const hashLoad = options.hashLoad;
+    if (hashLoad) {
+      new Gauge({ name: "shinkei_password_hash_queue_depth", help: "Password hashes waiting for a free hashing slot", registers, collect() { this.set(hashLoad().waiting); } });
+      new Gauge({ name: "shinkei_password_hash_running", help: "Password hashes running now", registers, collect() { this.set(hashLoad().running); } });
+    }
+    this.backupGauges(registers);
+  }
+
+  addSource(source: FactSource) {
+    this.sources.push(source);
+  }
+
+  observeHttp(method: string, route: string, status: number, durationSeconds: number) {
+    const labels = { method, route, status: String(status) };
+    this.http.inc(labels);
+    this.latency.observe(labels, durationSeconds);
+  }
+
+  login(outcome: LoginOutcome) {
+    this.logins.inc({ outcome });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  private async readSources(): Promise<Required<Facts>> {
+    const failed: string[] = [];
+    const all: Required<Facts> = { kinds: [], offsitePending: [] };
+    for (const source of this.sources) {
+      try {
+        const f = await source.read();
+        all.kinds.push(...f.kinds);
+        all.offsitePending.push(...(f.offsitePending ?? []));
+      } catch {
+        // A source that cannot be read shows as shinkei_backup_source_up 0, and the scrape still answers.
+        failed.push(source.name);
+      }
+    }
+    this.failedSources = failed;
+    return all;
+  }
+
+  private backupGauges(registers: Registry[]) {
+    const self = this;
+    /** A gauge per kind whose value comes from the facts; a kind without that fact has no sample. */
+    const perKind = (name: string, help: string, value: (k: KindFacts, now: number) => number | null | undefined) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["kind"],
+        registers,
+        async collect() {
+          this.reset();
+          const now = Date.now();
+          for (const k of (await self.facts()).kinds) {
+            const v = value(k, now);
+            if (v !== null && v !== undefined) this.set({ kind: k.kind }, v);
+          }
+        },
+      });
+    perKind("shinkei_backups", "Good backups kept locally", (k) => k.count);
+    perKind("shinkei_backup_newest_age_seconds", "Age of the newest good backup", (k, now) => k.newest && seconds(now - k.newest.takenAt.getTime()));
+    perKind("shinkei_backup_newest_timestamp_seconds", "When the newest good backup was taken (Unix time)", (k) => k.newest && seconds(k.newest.takenAt.getTime()));
+    perKind("shinkei_backup_newest_size_bytes", "Size of the newest good backup's file", (k) => k.newest?.sizeBytes);
+    perKind("shinkei_backup_newest_duration_seconds", "How long the newest good backup took", (k) => (k.newest?.durationMs == null ? null : seconds(k.newest.durationMs)));
+    perKind("shinkei_backup_max_age_seconds", "The configured limit for the newest good backup's age (BACKUP_MAX_AGE)", (k) => seconds(k.maxAgeMs));
+    perKind("shinkei_drill_last_passed", "Whether the most recent restore drill passed (1) or failed (0)", (k) => k.lastDrill && (k.lastDrill.passed ? 1 : 0));
+    perKind("shinkei_drill_last_age_seconds", "Age of the most recent restore drill, passed or failed", (k, now) => k.lastDrill && seconds(now - k.lastDrill.at.getTime()));
+    perKind("shinkei_drill_last_timestamp_seconds", "When the most recent restore drill ran (Unix time)", (k) => k.lastDrill && seconds(k.lastDrill.at.getTime()));
+    perKind("shinkei_drill_last_duration_seconds", "How long the most recent restore drill took", (k) => k.lastDrill && seconds(k.lastDrill.durationMs));
+    perKind("shinkei_drill_last_success_age_seconds", "Age of the most recent passed restore drill: the last verified restore", (k, now) => k.lastPassedDrillAt && seconds(now - k.lastPassedDrillAt.getTime()));
+    perKind("shinkei_drill_max_age_seconds", "The configured limit for the last passed drill's age (BACKUP_DRILL_MAX_AGE)", (k) => seconds(k.drillMaxAgeMs));
+    new Gauge({
+      name: "shinkei_offsite_pending_backups",
+      help: "Local backups not yet copied to the off-site store (only when one is configured)",
+      labelNames: ["store"],
+      registers,
+      async collect() {
+        this.reset();
+        for (const p of (await self.facts()).offsitePending) this.set({ store: p.store }, p.count);
+      },
+    });
+    new Gauge({
+      name: "shinkei_backup_source_up",
+      help: "Whether each source of backup facts could be read at this scrape",
+      labelNames: ["source"],
+      registers,
+      async collect() {
+        this.reset();
+        await self.facts();
+        for (const s of self.sources) this.set({ source: s.name }, self.failedSources.includes(s.name) ? 0 : 1);
+      },
+    });
+  }
+}

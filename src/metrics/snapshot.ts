@@ -1,0 +1,105 @@
+import { stat } from "node:fs/promises";
+import { listLocal } from "../backup/catalog.ts";
+import { readDrill, type DrillResult } from "../backup/drill.ts";
+
+/** One backup as the status page and the metrics see it. */
+export type BackupEntry = {
+  kind: "dump";
+  name: string;
+  takenAt: Date;
+  sizeBytes: number;
+  durationMs: number | null;
+  reason: string | null;
+  /** The manifest agrees with the file's size: what `backup check` calls good. */
+  good: boolean;
+  /** When the off-site copy was recorded, by store kind. */
+  offsite: { kind: string; copiedAt: string }[];
+  drill: DrillResult | null;
+};
+
+export type Snapshot = {
+  readAt: Date;
+  /** Newest first. */
+  backups: BackupEntry[];
+  newestGood: BackupEntry | null;
+  /** The most recent drill of any local backup, passed or not. */
+  lastDrill: (DrillResult & { backup: string }) | null;
+  lastPassedDrill: (DrillResult & { backup: string }) | null;
+  /** Backups with a manifest not yet copied to the configured store; null when there is no store. */
+  offsitePending: number | null;
+  /** The configured store's kind ("s3"), or null. */
+  offsiteStore: string | null;
+};
+
+/**
+ * Everything the ops views show, read from the backup folder alone (manifests and drill records),
+ * so it needs no database and agrees with `backup --list` by construction.
+ */
+export async function readSnapshot(dir: string, offsiteKind: string | undefined, now = new Date()): Promise<Snapshot> {
+  const backups: BackupEntry[] = [];
+  for (const b of await listLocal(dir)) {
+    const m = b.manifest;
+    backups.push({
+      kind: "dump",
+      name: b.name,
+      takenAt: b.takenAt,
+      sizeBytes: b.sizeBytes,
+      durationMs: m?.durationMs ?? null,
+      reason: m?.reason ?? null,
+      good: m?.sizeBytes === b.sizeBytes,
+      offsite: Object.entries(m?.offsite ?? {}).map(([kind, copy]) => ({ kind, copiedAt: copy.copiedAt })),
+      drill: await readDrill(b.path),
+    });
+  }
+  const drills = backups.flatMap((b) => (b.drill && !Number.isNaN(Date.parse(b.drill.at)) ? [{ ...b.drill, backup: b.name }] : []));
+  drills.sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
+  return {
+    readAt: now,
+    backups,
+    newestGood: backups.find((b) => b.good) ?? null,
+    lastDrill: drills[0] ?? null,
+    lastPassedDrill: drills.find((d) => d.passed) ?? null,
+    offsiteStore: offsiteKind ?? null,
+    offsitePending: offsiteKind ? backups.filter((b) => b.reason !== null && !b.offsite.some((o) => o.kind === offsiteKind)).length : null,
+  };
+}
+
+/**
+ * The value of `read` at most `ttlMs` old, shared by concurrent callers: scrapes and page loads stay
+ * cheap however often they come, and the folder is read by one caller at a time.
+ */
+export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T> {
+  let current: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = performance.now();
+    if (!current || now - current.at > ttlMs) {
+      const value = read();
+      current = { at: now, value };
+      // A failed read is not kept: the next caller tries again.
+      value.catch(() => {
+        if (current?.value === value) current = undefined;
+      });
+    }
+    return current.value;
+  };
+}
+
+/**
+ * The folder's snapshot, read again only when it may have changed: every write shinkei makes there
+ * (backup, manifest update, drill record, retention) creates or renames a file, which changes the
+ * folder's mtime. Reading 1,000 manifests costs tens of milliseconds, so a scrape every second
+ * must not do it each time. An edit made in place by something else shows within `maxMs`.
+ */
+export function folderSnapshot(dir: string, offsiteKind: string | undefined, options: { minMs?: number; maxMs?: number } = {}): () => Promise<Snapshot> {
+  const { minMs = 1500, maxMs = 15_000 } = options;
+  let last: { readAt: number; mtime: bigint | null; value: Snapshot } | undefined;
+  const mtimeOf = () => stat(dir, { bigint: true }).then((s) => s.mtimeNs, () => null);
+  return cached(async () => {
+    const now = performance.now();
+    const mtime = await mtimeOf();
+    if (last && mtime !== null && mtime === last.mtime && now - last.readAt < maxMs) return last.value;
+    const value = await readSnapshot(dir, offsiteKind);
+    last = { readAt: now, mtime, value };
+    return value;
+  }, minMs);
+}
