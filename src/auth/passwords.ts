@@ -47,9 +47,13 @@ export class PasswordHasher {
    * costs what a wrong password does and the two cannot be told apart by timing.
    */
   async verifyNobody(password: string): Promise<false> {
-    this.dummy ??= Bun.password.hash(crypto.randomUUID(), { algorithm: "argon2id", memoryCost: this.options.memoryCost, timeCost: this.options.timeCost });
-    await this.verify(password, await this.dummy);
+    await this.verify(password, await this.nobodyHash());
     return false;
+  }
+
+  /** The hash verifyNobody checks against: argon2id with exactly the parameters of a real hash. */
+  nobodyHash(): Promise<string> {
+    return (this.dummy ??= Bun.password.hash(crypto.randomUUID(), { algorithm: "argon2id", memoryCost: this.options.memoryCost, timeCost: this.options.timeCost }));
   }
 
   /**
