@@ -131,6 +131,8 @@ export async function withAdvisoryLock<T>(
     max: 1,
     idle_timeout: 0,
     max_lifetime: null,
+    // No type lookup on connect: a connection ended during it would leave a rejection nobody awaits.
+    fetch_types: false,
     connection: { application_name: holder },
     onclose: () => {
       lost = true;

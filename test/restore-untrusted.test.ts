@@ -244,7 +244,9 @@ describe("the guard and the lock", () => {
     });
     let killed = 0;
     for (let i = 0; i < 100 && killed === 0; i++) {
-      const rows = await db.sql`select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = ${`shinkei restore (pid ${p.pid})`}`;
+      // Once the lock is granted (before it, the restore would simply fail to start).
+      const rows = await db.sql`select pg_terminate_backend(a.pid) as ok from pg_stat_activity a join pg_locks l on l.pid = a.pid
+        where a.application_name = ${`shinkei restore (pid ${p.pid})`} and l.locktype = 'advisory' and l.granted`;
       killed = rows.length;
       if (!killed) await Bun.sleep(50);
     }
