@@ -112,6 +112,20 @@ const ConfigSchema = v.object({
   AWS_ACCESS_KEY_ID: optionalText(),
   AWS_SECRET_ACCESS_KEY: optionalText(),
   AWS_SESSION_TOKEN: optionalText(),
+  WAL_ARCHIVE: v.pipe(v.optional(v.string(), "off"), v.trim(), v.toLowerCase(), v.picklist(["off", "stream"], "must be off or stream")),
+  WAL_SLOT: v.pipe(
+    v.optional(v.string(), "shinkei"),
+    v.trim(),
+    v.regex(/^[a-z0-9_]{1,63}$/, "must be a replication slot name (lower-case letters, digits, _) or none"),
+  ),
+  WAL_SYNC: bool(true),
+  PITR_MAX_LAG: duration("5m"),
+  WAL_PARTIAL_UPLOAD_INTERVAL: duration("60s"),
+  BASE_BACKUP_SCHEDULE: v.pipe(
+    v.optional(v.string(), "0 3 * * *"),
+    v.trim(),
+    v.check(isCronPattern, "must be a cron pattern such as 0 3 * * * (daily at 03:00)"),
+  ),
 });
 
 function isCronPattern(pattern: string): boolean {
@@ -167,6 +181,18 @@ export type Config = {
   };
   /** Off-site copies; undefined when S3_BUCKET is not set. */
   s3?: S3Config;
+  /** Continuous WAL archive and base backups (point-in-time recovery). */
+  wal: WalConfig;
+};
+
+export type WalConfig = {
+  archive: "off" | "stream";
+  /** Physical replication slot; undefined streams without one (WAL_SLOT=none). */
+  slot?: string;
+  synchronous: boolean;
+  maxLagMs: number;
+  partialUploadIntervalMs: number;
+  baseBackupSchedule: string;
 };
 
 export type S3Config = {
@@ -261,5 +287,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
               : undefined,
         }
       : undefined,
+    wal: {
+      archive: r.WAL_ARCHIVE as "off" | "stream",
+      slot: r.WAL_SLOT === "none" ? undefined : r.WAL_SLOT,
+      synchronous: r.WAL_SYNC,
+      maxLagMs: r.PITR_MAX_LAG,
+      partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
+      baseBackupSchedule: r.BASE_BACKUP_SCHEDULE,
+    },
   };
 }

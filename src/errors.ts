@@ -35,6 +35,10 @@ const codes = {
   REFUSED: { exit: 1, status: 403 },
   ABORTED: { exit: 1, status: 400 },
   CANCELLED: { exit: 130, status: 400 },
+  // continuous archiving
+  WAL_SLOT_UNBOUNDED: { exit: 2, status: 500 },
+  WAL_ARCHIVE_FAILED: { exit: 1, status: 500 },
+  PITR_AT_RISK: { exit: 1, status: 500 },
 } as const;
 
 export type ErrorCode = keyof typeof codes;

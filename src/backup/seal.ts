@@ -1,0 +1,52 @@
+import { open } from "node:fs/promises";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createGzip } from "node:zlib";
+import { encrypt, type AgeConfig } from "./crypt.ts";
+
+export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plainSha256: string };
+
+/**
+ * The one way bytes become a stored file: gzip, then age when `age` is given, SHA-256 of what is
+ * written (and of what came in), into `path` (created new, mode 0600) and fsynced. Renaming it into
+ * place is the caller's step, so a crash never leaves a file that looks finished.
+ */
+export async function sealTo(
+  source: AsyncIterable<Uint8Array> | Readable,
+  path: string,
+  options: { level?: number; age?: AgeConfig; onProgress?: (p: { bytesIn: number; bytesOut: number }) => void },
+): Promise<Sealed> {
+  const plain = new Bun.CryptoHasher("sha256");
+  const hasher = new Bun.CryptoHasher("sha256");
+  const progress = { bytesIn: 0, bytesOut: 0 };
+  const file = await open(path, "wx", 0o600);
+  try {
+    await pipeline(
+      source instanceof Readable ? source : Readable.from(source),
+      new Transform({
+        transform(chunk: Buffer, _e, done) {
+          progress.bytesIn += chunk.length;
+          plain.update(chunk);
+          done(null, chunk);
+        },
+      }),
+      createGzip({ level: options.level ?? 6 }),
+      async function* (compressed: AsyncIterable<Uint8Array>) {
+        if (!options.age) yield* compressed;
+        else yield* (await encrypt(Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>, options.age)) as unknown as AsyncIterable<Uint8Array>;
+      },
+      new Writable({
+        write(chunk: Buffer, _e, done) {
+          hasher.update(chunk);
+          progress.bytesOut += chunk.length;
+          options.onProgress?.(progress);
+          file.write(chunk).then(() => done(), done);
+        },
+      }),
+    );
+    await file.sync();
+  } finally {
+    await file.close().catch(() => {});
+  }
+  return { bytesIn: progress.bytesIn, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex"), plainSha256: plain.digest("hex") };
+}
