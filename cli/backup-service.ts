@@ -4,6 +4,7 @@ import { ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { startScheduler } from "../src/schedule.ts";
 import { jsonLog } from "../src/log.ts";
+import { startWalService } from "../src/wal/service.ts";
 
 export const backupServiceCommand: Command = {
   name: "backup-service",
@@ -12,7 +13,9 @@ export const backupServiceCommand: Command = {
 
 A long-running process: takes a backup on BACKUP_SCHEDULE (default "0 2 * * *") in
 BACKUP_TIMEZONE (default UTC), copies it to S3 when S3_BUCKET is set, then applies retention
-(BACKUP_KEEP_DAYS, default 30). Logs one JSON line per step. Several services on one database
+(BACKUP_KEEP_DAYS, default 30). With WAL_ARCHIVE=stream it also streams WAL continuously
+into BACKUP_DIR/wal/ (pg_receivewal, slot WAL_SLOT) for point-in-time recovery. Logs one JSON
+line per step. Several services on one database
 take one backup per scheduled time between them. SIGTERM lets a running backup finish.
 
 Options:
@@ -25,10 +28,12 @@ Options:
         await migrate(ctx.db);
       } else await ctx.db`select 1`;
     });
+    // Started first: a refused slot stops the service before anything is scheduled.
+    const wal = config.wal.archive === "stream" ? await startWalService({ sql: ctx.db, config, log: jsonLog }) : undefined;
     const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
     const signal = await untilSignal();
     jsonLog({ level: "info", msg: "shutting down", signal });
-    await scheduler.stop();
+    await Promise.all([scheduler.stop(), wal?.stop()]);
     return 0;
   },
 };

@@ -1,0 +1,85 @@
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "../config.ts";
+import type { Queryable } from "../db.ts";
+import type { Log } from "../log.ts";
+import { findTool } from "./bin.ts";
+import { ensureSlot } from "./slot.ts";
+import { superviseReceiver, type Receiver } from "./receiver.ts";
+import { archiveWalFile, spoolDir, walRoot } from "./archive.ts";
+import { parseHistory, parseSegment } from "./segments.ts";
+
+export type WalStream = {
+  receiver: Receiver;
+  /** Archive whatever the spool holds now (the service does this on its own every `pollMs`). */
+  drain(): Promise<void>;
+  stop(): Promise<void>;
+};
+
+export type ServerInfo = { versionNum: number; major: number; segmentBytes: number };
+
+export async function serverInfo(sql: Queryable): Promise<ServerInfo> {
+  const [row] = await sql<{ num: number; seg: number }[]>`
+    select current_setting('server_version_num')::int as num,
+           (select setting::int * case unit when '8kB' then 8192 when 'MB' then 1048576 else 1 end from pg_settings where name = 'wal_segment_size') as seg`;
+  return { versionNum: row!.num, major: Math.floor(row!.num / 10000), segmentBytes: Number(row!.seg) };
+}
+
+/**
+ * Continuous archiving: pg_receivewal (supervised) writes the server's WAL into the spool; every
+ * finished segment and timeline history file is then sealed into the archive and removed from
+ * the spool. The segment still being received stays there as `.partial`, flushed by the receiver.
+ */
+export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; backoffMs?: { min: number; max: number } }): Promise<WalStream> {
+  const { sql, config, log } = deps;
+  const info = await serverInfo(sql);
+  const tool = await findTool("pg_receivewal", info.major);
+  const { slot } = config.wal;
+  if (slot) {
+    const s = await ensureSlot(sql, slot);
+    log({ level: "info", msg: s.created ? "replication slot created" : "replication slot found", slot, walStatus: s.status.walStatus, safeWalSize: s.status.safeWalSize });
+  } else {
+    log({ level: "warn", msg: "streaming without a replication slot (WAL_SLOT=none): WAL the server recycles while the receiver is down is lost, and shows as a gap" });
+  }
+  const spool = spoolDir(config.backupDir);
+  const root = walRoot(config.backupDir);
+  await mkdir(spool, { recursive: true, mode: 0o700 });
+
+  const failing = new Set<string>();
+  let chain = Promise.resolve();
+  let busy = false;
+  const drainOnce = async () => {
+    const names = await readdir(spool).catch(() => [] as string[]);
+    // History files first: a segment of a new timeline is only useful with its history.
+    const done = names.filter((n) => parseHistory(n) !== null).concat(names.filter((n) => parseSegment(n, info.segmentBytes)).sort());
+    for (const name of done) {
+      try {
+        const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, level: config.backup.compressionLevel, segmentBytes: info.segmentBytes });
+        await rm(join(spool, name), { force: true });
+        failing.delete(name);
+        if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
+      } catch (e) {
+        if (!failing.has(name)) log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: (e as Error).message });
+        failing.add(name);
+      }
+    }
+  };
+  // One pass at a time; a caller's drain runs after any pass already under way, so it sees the latest files.
+  const drain = () => (chain = chain.then(drainOnce, drainOnce));
+
+  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs });
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    drain().finally(() => (busy = false));
+  }, deps.pollMs ?? 500);
+  return {
+    receiver,
+    drain,
+    async stop() {
+      clearInterval(timer);
+      await receiver.stop();
+      await drain();
+    },
+  };
+}
