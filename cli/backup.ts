@@ -3,6 +3,7 @@ import { line, json, table, warn } from "./output.ts";
 import { activity } from "./prompts.ts";
 import { restore } from "./restore.ts";
 import { check, drill, keygen, prune, verify } from "./backup-checks.ts";
+import { base } from "./backup-base.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
@@ -19,7 +20,7 @@ import { mainTables } from "../src/state.ts";
 export const backupCommand: Command = {
   name: "backup",
   summary: "take, list, verify and restore backups",
-  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill|keygen] [options]
+  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill|keygen|base] [options]
 
   shinkei backup                          take a backup now (pg_dump, gzip, SHA-256, manifest)
   shinkei backup --list | list            newest first: age, size, reason, row counts, check
@@ -29,11 +30,16 @@ export const backupCommand: Command = {
   shinkei backup verify [F] [--all]       re-read a file (default the newest): checksum and archive
   shinkei backup prune [--dry-run]        apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS)
   shinkei backup check                    exit 1 when the newest good backup is older than BACKUP_MAX_AGE,
-                                          failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE
+                                          failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE;
+                                          with WAL_ARCHIVE=stream also when the WAL archive lags more than
+                                          PITR_MAX_LAG, the slot is lost or unreserved, or WAL after the
+                                          newest base backup has a gap (see shinkei pitr status)
   shinkei backup drill [F]                restore F (default the newest) into a scratch database and
                                           compare every table's count and content with the manifest
   shinkei backup keygen [--output FILE]   write a new age private key (mode 0600, never overwriting;
                                           default shinkei-backup.key) and print its public key
+  shinkei backup base                     a base backup now (pg_basebackup, tar, no WAL) into BACKUP_DIR/base/,
+                                          for point-in-time recovery with the WAL archive (WAL_ARCHIVE=stream)
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
@@ -62,7 +68,7 @@ database ends exactly as in the backup, or exactly as it was.`,
     output: { type: "string" },
     json: { type: "boolean" },
   },
-  subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen"],
+  subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen", "base"],
   needsDatabase: (positionals) => positionals[0] !== "keygen",
   async run(ctx) {
     const sub = ctx.positionals[0];
@@ -73,6 +79,7 @@ database ends exactly as in the backup, or exactly as it was.`,
     if (sub === "check") return check(ctx);
     if (sub === "drill") return drill(ctx);
     if (sub === "keygen") return keygen(ctx);
+    if (sub === "base") return base(ctx);
     if (ctx.option("backup-file")) throw new ShinkeiError("USAGE", "--backup-file goes with --restore");
     return create(ctx);
   },

@@ -12,9 +12,10 @@ import { backupCommand } from "./backup.ts";
 import { resetCommand } from "./reset.ts";
 import { seedCommand } from "./seed.ts";
 import { backupServiceCommand } from "./backup-service.ts";
+import { pitrCommand } from "./pitr.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, resetCommand, seedCommand];
+const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, pitrCommand, resetCommand, seedCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -1,15 +1,51 @@
+import { Cron } from "croner";
 import type { Config } from "../config.ts";
-import type { Sql } from "../db.ts";
+import { withAdvisoryLock, type Sql } from "../db.ts";
 import type { Log } from "../log.ts";
+import { notify } from "../notify.ts";
+import { claim } from "../schedule.ts";
 import { startWalStream } from "./stream.ts";
+import { createBaseBackup } from "./base.ts";
 
 export type WalService = { stop(): Promise<void> };
 
-/** What `backup-service` runs when WAL_ARCHIVE=stream: the WAL stream and its archiver. */
+/** One scheduled base backup; like the dump schedule, the first service to claim the slot takes it. */
+export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log: Log }, slot: Date): Promise<void> {
+  const { sql, config, log } = deps;
+  try {
+    if (!(await claim(sql, slot, "base"))) {
+      log({ level: "info", msg: "base backup skipped: another process took this run", scheduledFor: slot.toISOString() });
+      return;
+    }
+    log({ level: "info", msg: "base backup started", scheduledFor: slot.toISOString() });
+    const { path, manifest: m } = await withAdvisoryLock(sql, "base-backup", () =>
+      createBaseBackup({ sql, url: config.databaseUrl, backupDir: config.backupDir, reason: "scheduled", age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
+      { what: "base backup" });
+    log({ level: "info", msg: "base backup finished", file: path, sizeBytes: m.sizeBytes, durationMs: m.durationMs, startLsn: m.startLsn, stopLsn: m.stopLsn, timeline: m.timeline });
+    await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+  } catch (e) {
+    const error = (e as Error).message;
+    log({ level: "error", msg: "base backup failed", scheduledFor: slot.toISOString(), error });
+    await sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+    notify(config.backup.webhookUrl, { event: "base_backup.failed", error }, log);
+  }
+}
+
+/** What `backup-service` runs when WAL_ARCHIVE=stream: the WAL stream, its archiver, and base backups. */
 export async function startWalService(deps: { sql: Sql; config: Config; log: Log }): Promise<WalService> {
+  const { config, log } = deps;
   const stream = await startWalStream(deps);
+  let running: Promise<void> = Promise.resolve();
+  const job = new Cron(config.wal.baseBackupSchedule, { timezone: config.backup.timezone, protect: true }, async (self: Cron) => {
+    const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
+    running = scheduledBaseBackup(deps, slot);
+    await running;
+  });
+  log({ level: "info", msg: "base backup schedule", schedule: config.wal.baseBackupSchedule, timezone: config.backup.timezone, next: job.nextRun()?.toISOString() ?? null });
   return {
     async stop() {
+      job.stop();
+      await running;
       await stream.stop();
     },
   };

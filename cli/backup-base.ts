@@ -1,0 +1,26 @@
+import type { Context } from "./command.ts";
+import { line, json } from "./output.ts";
+import { activity } from "./prompts.ts";
+import { formatBytes, formatDuration } from "../src/duration.ts";
+import { withAdvisoryLock } from "../src/db.ts";
+import { createBaseBackup } from "../src/wal/base.ts";
+
+/** `shinkei backup base`: one base backup now, with an immediate checkpoint. */
+export async function base(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const spin = activity(io, "taking a base backup (pg_basebackup)");
+  try {
+    const { path, manifest: m } = await withAdvisoryLock(ctx.db, "base-backup", () =>
+      createBaseBackup({ sql: ctx.db, url: config.databaseUrl, backupDir: config.backupDir, reason: "manual", fast: true, age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
+      { wait: ctx.flag("wait"), what: "base backup" });
+    spin.stop("base backup written");
+    if (ctx.flag("json")) return json(io, { path, ...m }), 0;
+    line(io, `base backup  ${path}`);
+    line(io, `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
+    line(io, `wal          timeline ${m.timeline}, ${m.startLsn} to ${m.stopLsn} (segments ${m.startSegment} to ${m.stopSegment})`);
+    return 0;
+  } catch (e) {
+    spin.fail("base backup failed");
+    throw e;
+  }
+}
