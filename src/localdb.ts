@@ -119,8 +119,10 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
   const running = async () => (await run([...pgCtl, "status"])).code === 0 && (await portOpen("127.0.0.1", port));
   if (await running()) return { url, dataDir, started: false, stop: async () => {} };
 
-  // Loopback only, no unix socket: nothing outside this machine can reach it.
-  const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=''`;
+  // Loopback only, no unix socket: nothing outside this machine can reach it. initdb's pg_hba
+  // already lets local users open replication connections.
+  // A bounded slot budget: WAL_ARCHIVE=stream works here too, and never fills the disk.
+  const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories='' -c max_slot_wal_keep_size=1GB`;
   const start = await run([...pgCtl, "start", "-w", "-t", "60", "-l", join(dataDir, "server.log"), "-o", options]);
   if (start.code !== 0) {
     if (await running()) return { url, dataDir, started: false, stop: async () => {} }; // another shinkei started it first

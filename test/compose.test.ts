@@ -1,6 +1,7 @@
 import { expect, test, setDefaultTimeout } from "bun:test";
 import { join } from "node:path";
 import { shinkei } from "./support/cli.ts";
+import { tempDir } from "./support/fixtures.ts";
 
 // Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(60_000);
@@ -43,8 +44,25 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
   expect(pkg.scripts.build).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
   expect(docker).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
   expect(docker).toContain('postgresql-client-${PG_MAJOR}');
+  expect(docker).toContain('"postgresql-${PG_MAJOR}"');
   const compose = await Bun.file(join(root, "compose.yaml")).text();
   expect(compose).toContain("image: postgres:${PG_MAJOR:-17}");
   expect(compose).toContain("PG_MAJOR: ${PG_MAJOR:-17}");
   expect(docker).toContain("ARG PG_MAJOR=17");
+});
+
+test("compose.yaml: postgres allows replication from the backup service with a bounded slot, which streams WAL", async () => {
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service & { environment?: Record<string, string> }> };
+  const pg = compose.services.postgres!;
+  expect(pg.command!.join(" ")).toContain("max_slot_wal_keep_size=${MAX_SLOT_WAL_KEEP_SIZE:-10GB}");
+  const mount = pg.volumes!.find((v) => v.includes("/docker-entrypoint-initdb.d/"))!;
+  expect(compose.services.backup!.environment!.WAL_ARCHIVE).toBe("${WAL_ARCHIVE:-stream}");
+  // The init script, run as the image runs it: a replication line, added once.
+  const script = join(root, mount.split(":")[0]!);
+  const pgdata = await tempDir("hba");
+  await Bun.write(join(pgdata, "pg_hba.conf"), "local all all trust\nhost all all all scram-sha-256\n");
+  for (let i = 0; i < 2; i++) expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH!, PGDATA: pgdata } }).exitCode).toBe(0);
+  const hba = await Bun.file(join(pgdata, "pg_hba.conf")).text();
+  expect(hba.match(/^host replication all all scram-sha-256$/gm)?.length).toBe(1);
+  expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH! } }).exitCode).not.toBe(0);
 });
