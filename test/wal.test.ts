@@ -196,6 +196,47 @@ describe("continuous WAL archive", () => {
       await sql`select pg_reload_conf()`;
     }
   });
+
+  test("without a slot, WAL the server removed while the receiver was down is a reported gap, and streaming resumes", async () => {
+    // Inactive slots of earlier tests would keep the WAL this test needs the server to remove.
+    await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
+    const dir = await tempDir("wal-noslot");
+    const { log, lines } = collector();
+    const stream = await startWalStream({ sql, config: configFor(dir, { WAL_SLOT: "none" }), log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    try {
+      // Without a slot, only WAL written after the receiver connects is streamed.
+      await until("the receiver to stream", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length === 1);
+      const before = await commitAndArchive(stream, dir, "before-outage");
+      // A row in the next segment: the receiver holds the start of it as .partial.
+      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('in-partial') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      await flushedTo(lsn);
+      const pid = stream.receiver.pid()!;
+      // Frozen, then killed: it cannot resume before the server has recycled what it was receiving.
+      process.kill(pid, "SIGSTOP");
+      for (let i = 0; i < 4; i++) {
+        await sql`insert into canary values (${`lost-${i}`})`;
+        await sql`select pg_switch_wal()`;
+        await sql`checkpoint`;
+      }
+      process.kill(pid, "SIGKILL");
+      process.kill(pid, "SIGCONT");
+      const reported = await until("the gap to be reported", async () => lines.find((l) => String(l.msg).startsWith("wal gap")));
+      const after = await commitAndArchive(stream, dir, "after-outage");
+      const records = await listArchive(walRoot(dir));
+      const gaps = findGaps(records, segmentBytes);
+      expect(gaps.length).toBe(1);
+      expect(gaps[0]!.from > before).toBe(true);
+      expect(gaps[0]!.to < after).toBe(true);
+      // What was received of the interrupted segment is kept, marked partial; the receiver said why it could not resume.
+      expect(records.find((r) => r.kind === "partial")?.name).toBe(`${gaps[0]!.from}.partial`);
+      expect(lines.some((l) => String(l.msg).startsWith("wal receiver cannot resume"))).toBe(true);
+      // The log line named the same hole the archive shows.
+      expect({ from: reported.from, to: reported.to }).toEqual({ from: gaps[0]!.from, to: gaps[0]!.to });
+      expect(lines.some((l) => l.msg === "wal receiver started" && l.slot === null)).toBe(true);
+    } finally {
+      await stream.stop();
+    }
+  });
 });
 
 function gunzipSafe(bytes: Buffer): Buffer | null {

@@ -16,7 +16,8 @@ import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
 export type WalRecord = {
   walRecordVersion: 1;
   name: string;
-  kind: "segment" | "history";
+  /** A partial is the received start of a segment that will never be completed (see stream.ts). */
+  kind: "segment" | "history" | "partial";
   timeline: number;
   file: string;
   sizeBytes: number;
@@ -37,9 +38,11 @@ export const spoolDir = (backupDir: string) => join(backupDir, "wal", "spool");
 const RECORD = ".json";
 const TIMELINE_DIR = /^[0-9A-F]{8}$/;
 
-function walKind(name: string, segmentBytes: number): { kind: "segment" | "history"; timeline: number } | null {
+function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"]; timeline: number } | null {
   const seg = parseSegment(name, segmentBytes);
   if (seg) return { kind: "segment", timeline: seg.timeline };
+  const partial = name.endsWith(".partial") ? parseSegment(name.slice(0, -".partial".length), segmentBytes) : null;
+  if (partial) return { kind: "partial", timeline: partial.timeline };
   const tl = parseHistory(name);
   return tl ? { kind: "history", timeline: tl } : null;
 }
@@ -70,7 +73,7 @@ export async function archiveWalFile(
 ): Promise<{ record: WalRecord; written: boolean }> {
   const name = basename(source);
   const what = walKind(name, options.segmentBytes);
-  if (!what) throw new ShinkeiError("WAL_ARCHIVE_FAILED", `${name} is not a WAL segment or timeline history file name`);
+  if (!what) throw new ShinkeiError("WAL_ARCHIVE_FAILED", `${name} is not a WAL segment, partial segment or timeline history file name`);
   const dir = join(root, timelineDir(what.timeline));
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await stat(source);

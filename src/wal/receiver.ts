@@ -14,6 +14,10 @@ export type ReceiverOptions = {
   log: Log;
   /** First and longest wait before a restart; the wait doubles while the stream keeps dropping. */
   backoffMs?: { min: number; max: number };
+  /** Called with the last lines pg_receivewal wrote before it exited, before it is restarted. */
+  onExit?: (lines: string[]) => Promise<void>;
+  /** Called with where a (re)started receiver begins streaming, as it reports it. */
+  onStart?: (lsn: string, timeline: number) => void;
 };
 
 export type Receiver = { pid(): number | undefined; stop(): Promise<void> };
@@ -43,7 +47,11 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
       const started = Date.now();
       proc = Bun.spawn(args, { env, stdin: "ignore", stdout: "ignore", stderr: "pipe" });
       o.log({ level: "info", msg: "wal receiver started", pid: proc.pid, slot: o.slot ?? null, synchronous: o.synchronous, tool: o.tool.path, version: o.tool.version });
-      const lines = forwardLines(proc.stderr, o.log);
+      const tail: string[] = [];
+      const lines = forwardLines(proc.stderr, o.log, tail, (text) => {
+        const m = /^starting log streaming at ([0-9A-F]+\/[0-9A-F]+) \(timeline (\d+)\)/.exec(text);
+        if (m) o.onStart?.(m[1]!, Number(m[2]));
+      });
       const code = await proc.exited;
       await lines;
       const signal = proc.signalCode ?? null;
@@ -55,6 +63,7 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
       // A stream that ran a while and then dropped is a fresh failure, not a repeat of the last one.
       if (Date.now() - started > 60_000) wait = min;
       o.log({ level: "error", msg: "wal receiver exited; restarting", code, signal, restartInMs: wait });
+      await o.onExit?.(tail).catch((e: Error) => o.log({ level: "error", msg: "wal receiver recovery step failed", error: e.message }));
       await new Promise<void>((done) => {
         const t = setTimeout(done, wait);
         wake = () => (clearTimeout(t), done());
@@ -79,12 +88,15 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
 }
 
 /** pg_receivewal's stderr as log lines; "finished segment" is left to the archiver's own line. */
-async function forwardLines(stream: ReadableStream<Uint8Array>, log: Log) {
+async function forwardLines(stream: ReadableStream<Uint8Array>, log: Log, tail: string[], onText: (text: string) => void) {
   let buffer = "";
   const decoder = new TextDecoder();
   const emit = (line: string) => {
     const text = line.replace(/^pg_receivewal:\s*/, "").trim();
     if (!text || /finished segment at/.test(text)) return;
+    tail.push(text);
+    onText(text);
+    if (tail.length > 20) tail.shift();
     const level = /^(error|fatal)/i.test(text) ? "error" : /^warning/i.test(text) ? "warn" : "info";
     log({ level, msg: "pg_receivewal", detail: text });
   };

@@ -6,8 +6,8 @@ import type { Log } from "../log.ts";
 import { findTool } from "./bin.ts";
 import { ensureSlot } from "./slot.ts";
 import { superviseReceiver, type Receiver } from "./receiver.ts";
-import { archiveWalFile, spoolDir, walRoot } from "./archive.ts";
-import { parseHistory, parseSegment } from "./segments.ts";
+import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
+import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
 export type WalStream = {
   receiver: Receiver;
@@ -48,16 +48,27 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   const failing = new Set<string>();
   let chain = Promise.resolve();
   let busy = false;
+  const archiveOne = async (name: string) => {
+    const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, level: config.backup.compressionLevel, segmentBytes: info.segmentBytes });
+    await rm(join(spool, name), { force: true });
+    if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
+  };
   const drainOnce = async () => {
     const names = await readdir(spool).catch(() => [] as string[]);
+    // After a timeline switch the old timeline's last segment stays `.partial` for good: keep it as one.
+    const timelines = names.map((n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0);
+    const newest = Math.max(0, ...timelines);
+    for (const [i, name] of names.entries()) {
+      if (name.endsWith(".partial") && timelines[i]! > 0 && timelines[i]! < newest) {
+        await archiveOne(name).catch((e: Error) => log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: e.message }));
+      }
+    }
     // History files first: a segment of a new timeline is only useful with its history.
     const done = names.filter((n) => parseHistory(n) !== null).concat(names.filter((n) => parseSegment(n, info.segmentBytes)).sort());
     for (const name of done) {
       try {
-        const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, level: config.backup.compressionLevel, segmentBytes: info.segmentBytes });
-        await rm(join(spool, name), { force: true });
+        await archiveOne(name);
         failing.delete(name);
-        if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
       } catch (e) {
         if (!failing.has(name)) log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: (e as Error).message });
         failing.add(name);
@@ -67,7 +78,34 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   // One pass at a time; a caller's drain runs after any pass already under way, so it sees the latest files.
   const drain = () => (chain = chain.then(drainOnce, drainOnce));
 
-  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs });
+  /**
+   * The server no longer has the segment the receiver would resume from (no slot, or a lost one):
+   * retrying cannot help. Keep what was received of it as a partial, and let the receiver start
+   * again at the server's current position. The hole stays visible as a gap.
+   */
+  const onExit = async (lines: string[]) => {
+    const removed = lines.map((l) => /requested WAL segment ([0-9A-F]{24}) has already been removed/.exec(l)?.[1]).find(Boolean);
+    if (!removed) return;
+    await drain();
+    const partials = (await readdir(spool)).filter((n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), info.segmentBytes));
+    for (const name of partials) await archiveOne(name);
+    log({ level: "error", msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position", missingFrom: removed, keptPartial: partials, slot: slot ?? null });
+  };
+  /** A receiver that starts past the newest archived segment has skipped WAL: say so, once, loudly. */
+  const onStart = (lsn: string, timeline: number) => {
+    void (async () => {
+      const startSeg = segnoOf(parseLsn(lsn), info.segmentBytes);
+      const held = (await listArchive(root)).filter((r) => r.kind === "segment" && r.timeline === timeline).map((r) => parseSegment(r.name, info.segmentBytes)!.segno);
+      if (held.length === 0) return;
+      const newest = held.reduce((a, b) => (a > b ? a : b));
+      if (startSeg > newest + 1n) {
+        const from = segmentName(timeline, newest + 1n, info.segmentBytes);
+        const to = segmentName(timeline, startSeg - 1n, info.segmentBytes);
+        log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - newest - 1n), slot: slot ?? null });
+      }
+    })().catch(() => {});
+  };
+  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart });
   const timer = setInterval(() => {
     if (busy) return;
     busy = true;
