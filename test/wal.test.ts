@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { connect, ensureDatabase, type Sql } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -235,6 +235,47 @@ describe("continuous WAL archive", () => {
       expect(lines.some((l) => l.msg === "wal receiver started" && l.slot === null)).toBe(true);
     } finally {
       await stream.stop();
+    }
+  });
+});
+
+describe("timelines", () => {
+  test("a promoted copy moves to timeline 2: its history file and its WAL are archived under 00000002/, the old timeline's last segment kept as partial", async () => {
+    const standby = await startStandby(cluster);
+    const onStandby = connect(standby.url("shinkei"), { max: 2 });
+    const dir = await tempDir("wal-tl");
+    const { log, lines } = collector();
+    const stream = await startWalStream({ sql: onStandby, config: loadConfig({ DATABASE_URL: standby.url("shinkei"), BACKUP_DIR: dir, WAL_ARCHIVE: "stream", WAL_SLOT: "shinkei_tl" }), log, pollMs: 100 });
+    try {
+      // Timeline 1, written on the primary and streamed through the standby.
+      await commitAndArchive(stream, dir, "on-timeline-1");
+      // A last write on timeline 1 that does not end its segment: that segment stays partial for good.
+      const { lsn: last } = (await sql<{ lsn: string }[]>`insert into canary values ('last-on-1') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      await until("the standby's receiver to flush it", async () => (await onStandby`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${last}::pg_lsn`).length === 1);
+      await onStandby`select pg_promote(true, 30)`;
+      const { lsn } = (await onStandby<{ lsn: string }[]>`insert into canary values ('on-timeline-2') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      await onStandby`select pg_switch_wal()`;
+      const tl2 = segmentName(2, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
+      await until("timeline 2 in the archive", async () => {
+        await stream.drain();
+        const names = (await listArchive(walRoot(dir))).map((r) => r.name);
+        return names.includes("00000002.history") && names.includes(tl2) && names.some((n) => n.startsWith("00000001") && n.endsWith(".partial"));
+      });
+      const records = await listArchive(walRoot(dir));
+      const history = records.find((r) => r.name === "00000002.history")!;
+      expect(history.kind).toBe("history");
+      expect(history.timeline).toBe(2);
+      const text = gunzipSync(await readFile(join(walRoot(dir), "00000002", history.file))).toString();
+      expect(text).toMatch(/^1\t[0-9A-F]+\/[0-9A-F]+\t/m);
+      const segment = records.find((r) => r.name === tl2)!;
+      expect(gunzipSync(await readFile(join(walRoot(dir), "00000002", segment.file))).includes("on-timeline-2")).toBe(true);
+      // The switch leaves no gap within either timeline.
+      expect(findGaps(records, segmentBytes)).toEqual([]);
+      expect(lines.some((l) => l.msg === "wal archived" && l.file === "00000002.history")).toBe(true);
+    } finally {
+      await stream.stop();
+      await onStandby.end({ timeout: 1 });
+      await standby.stop();
     }
   });
 });

@@ -1,6 +1,7 @@
 import { appendFile, chmod, chown, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { realpathSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { findServerBinaries, freePort, runAs } from "../../src/localdb.ts";
 
 /**
@@ -29,7 +30,8 @@ export type ClusterOptions = {
 function serverBin(): string {
   const bin = findServerBinaries();
   if (!bin) throw new Error("no PostgreSQL server binaries (initdb, pg_ctl) are installed; install the postgresql package");
-  return bin;
+  // pg_ctl on PATH may be a link into the version's own folder, which holds the other programs too.
+  return dirname(realpathSync(join(bin, "pg_ctl")));
 }
 
 async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
@@ -87,4 +89,19 @@ export async function startClusterFrom(dataDir: string, options: { removeOnStop?
       if (options.removeOnStop) await rm(options.removeOnStop, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A streaming standby of `primary` (pg_basebackup -R), started on its own port: a copy to
+ * promote, which moves it to a new timeline.
+ */
+export async function startStandby(primary: TestCluster): Promise<TestCluster> {
+  const as = await runAs();
+  const root = await mkdtemp(join(tmpdir(), "shinkei-standby-"));
+  await chmod(root, 0o755);
+  if (as.uid !== undefined) await chown(root, as.uid, as.gid!);
+  const dataDir = join(root, "data");
+  const r = await primary.run("pg_basebackup", ["-d", primary.url(), "-D", dataDir, "-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+  if (r.code !== 0) throw new Error(`pg_basebackup for a standby failed: ${r.output}`);
+  return startClusterFrom(dataDir, { removeOnStop: root });
 }
