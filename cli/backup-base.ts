@@ -1,9 +1,10 @@
 import type { Context } from "./command.ts";
-import { line, json } from "./output.ts";
+import { line, json, warn } from "./output.ts";
 import { activity } from "./prompts.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { withAdvisoryLock } from "../src/db.ts";
-import { createBaseBackup } from "../src/wal/base.ts";
+import { createBaseBackup, listBaseBackups } from "../src/wal/base.ts";
+import { mirrorBase, walStore } from "../src/wal/offsite.ts";
 
 /** `shinkei backup base`: one base backup now, with an immediate checkpoint. */
 export async function base(ctx: Context): Promise<number> {
@@ -14,9 +15,19 @@ export async function base(ctx: Context): Promise<number> {
       createBaseBackup({ sql: ctx.db, url: config.databaseUrl, backupDir: config.backupDir, reason: "manual", fast: true, age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
       { wait: ctx.flag("wait"), what: "base backup" });
     spin.stop("base backup written");
-    if (ctx.flag("json")) return json(io, { path, ...m }), 0;
+    const store = walStore(config);
+    let offsite = "not configured";
+    if (store) {
+      const base = (await listBaseBackups(config.backupDir)).find((b) => b.path === path);
+      offsite = await mirrorBase(store, config.backupDir, base!).then(
+        () => `copied to ${store.location}`,
+        (e: Error) => `FAILED (${e.message}); the backup service copies it when it runs`,
+      );
+    }
+    if (ctx.flag("json")) return json(io, { path, ...m, offsiteResult: offsite }), 0;
     line(io, `base backup  ${path}`);
     line(io, `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
+    if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site     ${offsite}`);
     line(io, `wal          timeline ${m.timeline}, ${m.startLsn} to ${m.stopLsn} (segments ${m.startSegment} to ${m.stopSegment})`);
     return 0;
   } catch (e) {

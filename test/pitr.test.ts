@@ -3,6 +3,7 @@ import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { until } from "./support/wait.ts";
 import { shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { connect, type Sql } from "../src/db.ts";
@@ -17,15 +18,6 @@ let dir: string;
 let env: Record<string, string>;
 let service: Service | undefined;
 
-async function until<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(100);
-  }
-}
 
 beforeAll(async () => {
   cluster = await startCluster();

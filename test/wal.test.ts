@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { until } from "./support/wait.ts";
 import { connect, ensureDatabase, type Sql } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config.ts";
@@ -45,15 +46,6 @@ function collector(): { log: Log; lines: Line[] } {
   return { lines, log: (l) => void lines.push(l) };
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
-}
 
 /** The receiver has flushed everything up to `lsn` (the server's own view of it). */
 const flushedTo = (lsn: string) =>

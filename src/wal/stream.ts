@@ -7,10 +7,13 @@ import { findTool } from "./bin.ts";
 import { ensureSlot } from "./slot.ts";
 import { superviseReceiver, type Receiver } from "./receiver.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
+import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
 export type WalStream = {
   receiver: Receiver;
+  /** Off-site copying, when S3 is configured. */
+  uploader?: WalUploader;
   /** Archive whatever the spool holds now (the service does this on its own every `pollMs`). */
   drain(): Promise<void>;
   stop(): Promise<void>;
@@ -30,7 +33,7 @@ export async function serverInfo(sql: Queryable): Promise<ServerInfo> {
  * finished segment and timeline history file is then sealed into the archive and removed from
  * the spool. The segment still being received stays there as `.partial`, flushed by the receiver.
  */
-export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; backoffMs?: { min: number; max: number } }): Promise<WalStream> {
+export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; uploadEveryMs?: number; backoffMs?: { min: number; max: number } }): Promise<WalStream> {
   const { sql, config, log } = deps;
   const info = await serverInfo(sql);
   const tool = await findTool("pg_receivewal", info.major);
@@ -111,13 +114,17 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     busy = true;
     drain().finally(() => (busy = false));
   }, deps.pollMs ?? 500);
+  const store = walStore(config);
+  const uploader = store ? startWalUploader({ store, config, log, segmentBytes: info.segmentBytes, everyMs: deps.uploadEveryMs }) : undefined;
   return {
     receiver,
+    uploader,
     drain,
     async stop() {
       clearInterval(timer);
       await receiver.stop();
       await drain();
+      await uploader?.stop();
     },
   };
 }
