@@ -11,6 +11,8 @@ import { runDrill } from "../src/backup/drill.ts";
 import { writeIdentity } from "../src/backup/crypt.ts";
 import { activity } from "./prompts.ts";
 import { assertPitrHealthy, pitrStatus } from "../src/wal/status.ts";
+import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../src/wal/prune.ts";
+import { walStore } from "../src/wal/offsite.ts";
 
 export async function verify(ctx: Context): Promise<number> {
   const { io, config } = ctx;
@@ -39,13 +41,27 @@ export async function prune(ctx: Context): Promise<number> {
   const store = offsiteStore(config);
   const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
   if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
-  if (ctx.flag("json")) return json(io, reports), 0;
+  const wal = await pruneWal(config, dryRun);
+  if (ctx.flag("json")) return json(io, wal.length ? [...reports, ...wal] : reports), 0;
   for (const r of reports) {
     line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);
     if (r.decisions.length === 0) line(io, "  no backups");
     else line(io, table([["name", "action", "why"], ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
   }
+  for (const r of wal) {
+    line(io, `${r.location} (base backups and WAL)${dryRun ? " (dry run: nothing deleted)" : ""}`);
+    if (r.bases.length) line(io, table([["base backup", "action", "why"], ...r.bases.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
+    line(io, r.wal ? `  WAL ${r.wal.from} .. ${r.wal.to} (${r.wal.files} file(s)): ${dryRun ? "would delete" : "deleted"}; ${r.walWhy}` : `  WAL: nothing to delete; ${r.walWhy}`);
+  }
   return 0;
+}
+
+/** Base backup and WAL retention, where there is a PITR archive to prune. */
+async function pruneWal(config: Context["config"], dryRun: boolean): Promise<WalPruneReport[]> {
+  const local = await pruneWalLocal(config, { dryRun, offsite: walStore(config) });
+  if (config.wal.archive === "off" && local.bases.length === 0 && !local.wal) return [];
+  const store = walStore(config);
+  return store && config.s3 ? [local, await pruneWalStore(store, config.s3.keepDays, config.backup, dryRun)] : [local];
 }
 
 export async function check(ctx: Context): Promise<number> {

@@ -15,6 +15,9 @@ import { startWalStream, serverInfo, type WalStream } from "../src/wal/stream.ts
 import { ensureSlot, slotStatus } from "../src/wal/slot.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
+import { createBaseBackup } from "../src/wal/base.ts";
+import { pruneWalLocal } from "../src/wal/prune.ts";
+import { shinkei } from "./support/cli.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 
@@ -269,6 +272,52 @@ describe("timelines", () => {
       await onStandby.end({ timeout: 1 });
       await standby.stop();
     }
+  });
+});
+
+describe("retention", () => {
+  test("removes the base backups past BACKUP_KEEP_DAYS and exactly the WAL before the oldest kept one's start", async () => {
+    const dir = await tempDir("wal-prune");
+    const config = configFor(dir, { WAL_SLOT: "shinkei_prune" });
+    const stream = await startWalStream({ sql, config, log: () => {}, pollMs: 100 });
+    let first: Awaited<ReturnType<typeof createBaseBackup>>;
+    let second: Awaited<ReturnType<typeof createBaseBackup>>;
+    try {
+      first = await createBaseBackup({ sql, url, backupDir: dir, reason: "manual", fast: true });
+      for (let i = 0; i < 2; i++) await commitAndArchive(stream, dir, `between-${i}`);
+      second = await createBaseBackup({ sql, url, backupDir: dir, reason: "manual", fast: true });
+      await commitAndArchive(stream, dir, "after-second");
+    } finally {
+      await stream.stop();
+    }
+    // The first base backup is 40 days old as far as retention can tell.
+    const path = first.path + ".manifest.json";
+    const m = JSON.parse(await readFile(path, "utf8"));
+    await Bun.write(path, JSON.stringify({ ...m, startedAt: new Date(Date.now() - 40 * 86_400_000).toISOString() }));
+
+    const keepFrom = BigInt(`0x${second.manifest.startSegment.slice(16)}`);
+    const before = (await listArchive(walRoot(dir))).filter((r) => r.kind === "segment");
+    const needless = before.filter((r) => BigInt(`0x${r.name.slice(16)}`) < keepFrom).map((r) => r.name);
+    expect(needless.length).toBeGreaterThanOrEqual(2);
+
+    const dry = await pruneWalLocal(config, { dryRun: true });
+    expect(dry.bases.map((d) => [d.name, d.keep])).toEqual([[second.manifest.file, true], [first.manifest.file, false]]);
+    expect(dry.wal).toEqual({ from: needless[0]!, to: needless.at(-1)!, files: needless.length });
+    expect(dry.walWhy).toContain(second.manifest.startSegment);
+    expect(dry.removed).toEqual([]);
+
+    const cli = await shinkei(["backup", "prune", "--dry-run"], { DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream" });
+    expect(cli.code).toBe(0);
+    expect(cli.stdout).toContain(`WAL ${needless[0]} .. ${needless.at(-1)} (${needless.length} file(s)): would delete`);
+    expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").length).toBe(before.length);
+
+    const done = await pruneWalLocal(config, { dryRun: false });
+    expect(done.removed).toEqual([first.manifest.file, ...needless]);
+    const after = (await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").map((r) => r.name);
+    expect(after).toEqual(before.map((r) => r.name).filter((n) => !needless.includes(n)));
+    expect(after[0]).toBe(second.manifest.startSegment);
+    expect(await readdir(join(dir, "base"))).not.toContain(first.manifest.file);
+    expect(findGaps(await listArchive(walRoot(dir)), segmentBytes)).toEqual([]);
   });
 });
 

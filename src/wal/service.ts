@@ -6,8 +6,24 @@ import { notify } from "../notify.ts";
 import { claim } from "../schedule.ts";
 import { startWalStream } from "./stream.ts";
 import { createBaseBackup } from "./base.ts";
+import { pruneWalLocal, pruneWalStore } from "./prune.ts";
+import { walStore } from "./offsite.ts";
 
 export type WalService = { stop(): Promise<void> };
+
+/** Retention after each base backup: locally, then off-site; a failure is logged and retried next time. */
+async function pruneWal(config: Config, log: Log): Promise<void> {
+  const store = walStore(config);
+  try {
+    const local = await pruneWalLocal(config, { dryRun: false, offsite: store });
+    const remote = store && config.s3 ? await pruneWalStore(store, config.s3.keepDays, config.backup, false) : null;
+    if (local.removed.length || remote?.removed.length) {
+      log({ level: "info", msg: "wal retention", removedLocal: local.removed.length, walLocal: local.wal, removedOffsite: remote?.removed.length ?? 0, walOffsite: remote?.wal ?? null, why: local.walWhy });
+    }
+  } catch (e) {
+    log({ level: "warn", msg: "wal retention failed; it runs again after the next base backup", error: (e as Error).message });
+  }
+}
 
 /** One scheduled base backup; like the dump schedule, the first service to claim the slot takes it. */
 export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log: Log }, slot: Date): Promise<void> {
@@ -23,6 +39,7 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
       { what: "base backup" });
     log({ level: "info", msg: "base backup finished", file: path, sizeBytes: m.sizeBytes, durationMs: m.durationMs, startLsn: m.startLsn, stopLsn: m.stopLsn, timeline: m.timeline });
     await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+    await pruneWal(config, log);
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "base backup failed", scheduledFor: slot.toISOString(), error });
