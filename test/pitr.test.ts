@@ -81,6 +81,20 @@ describe("base backups and point-in-time status", () => {
     expect(typeof s.slot.safeWalSize).toBe("number");
     expect(s.problems).toEqual([]);
     expect(s.timelines[0].segments).toBeGreaterThanOrEqual(1);
+
+    // The window shows in backup --list and in /ready too.
+    const list = await shinkei(["backup", "--list"], env);
+    expect(list.stdout).toContain(`point-in-time window: ${base.finishedAt} .. `);
+    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false" });
+    try {
+      const listening = await server.waitFor((l) => l.msg === "listening");
+      const ready = await (await fetch(`${listening.url}/ready`)).json();
+      expect(ready.pitr.earliest).toBe(base.finishedAt);
+      expect(ready.pitr.timeline).toBe(1);
+      expect(ready.pitr.gaps).toBe(0);
+    } finally {
+      await server.stop();
+    }
   });
 
   test("backup check passes on a healthy archive, then fails on a gap after the newest base backup", async () => {

@@ -4,13 +4,13 @@ import type { Config } from "../config.ts";
 import type { Queryable } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { formatBytes, formatDuration } from "../duration.ts";
-import { listArchive, spoolDir, walRoot } from "./archive.ts";
+import { listArchive, spoolDir, walRoot, type WalRecord } from "./archive.ts";
 import { listBaseBackups } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
 import { slotStatus, type SlotStatus } from "./slot.ts";
 import { serverInfo } from "./stream.ts";
-import { formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
+import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
 
 export type TimelineWindow = {
   timeline: number;
@@ -60,16 +60,18 @@ function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date 
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
+export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving">;
+
 /**
- * What can be recovered to, from the local archive and base backups, and how far the receiver
- * trails the server. Reads the server (current LSN, pg_stat_replication, the slot) when `sql` is given.
+ * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
+ * oldest base backup whose WAL is complete to the newest WAL reachable from one without a gap.
+ * `segmentBytes` defaults to what the archive's records say.
  */
-export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrStatus> {
-  const info = await serverInfo(sql);
-  const seg = info.segmentBytes;
-  const records = await listArchive(walRoot(config.backupDir));
-  const bases = await listBaseBackups(config.backupDir);
-  const current = await receiving(spoolDir(config.backupDir), seg);
+export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Awaited<ReturnType<typeof receiving>>; segmentBytes: number }> {
+  const records = await listArchive(walRoot(backupDir));
+  const bases = await listBaseBackups(backupDir);
+  const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+  const current = await receiving(spoolDir(backupDir), seg);
 
   const byTimeline = new Map<number, Map<bigint, Held>>();
   const hold = (timeline: number, segno: bigint, receivedAt: Date) => {
@@ -109,6 +111,26 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
     ? gaps.filter((g) => g.timeline > newestBase.manifest.timeline || (g.timeline === newestBase.manifest.timeline && parseSegment(g.to, seg)!.segno >= parseSegment(newestBase.manifest.startSegment, seg)!.segno))
     : [];
 
+  return {
+    window: { earliest: newestTl ? withWindow[0]!.earliest : null, latest: newestTl?.latest ?? null, timeline: newestTl?.timeline ?? null },
+    timelines,
+    baseBackups: baseRows.map(({ b, walComplete }) => ({ file: b.name, finishedAt: b.manifest.finishedAt, timeline: b.manifest.timeline, startLsn: b.manifest.startLsn, stopLsn: b.manifest.stopLsn, walComplete })),
+    gaps,
+    gapsAfterNewestBase,
+    receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
+    records,
+    current,
+    segmentBytes: seg,
+  };
+}
+
+/**
+ * What can be recovered to (archiveWindow), and how far the receiver trails the server: its
+ * current LSN, pg_stat_replication and the slot.
+ */
+export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrStatus> {
+  const info = await serverInfo(sql);
+  const { records, current, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, info.segmentBytes);
   const [server] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
   const [rep] = await sql<{ state: string; flush_lsn: string | null; flush_lag: number | null }[]>`
     select state, flush_lsn::text, extract(epoch from flush_lag)::float8 as flush_lag
@@ -123,12 +145,7 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
 
   return {
     archive: config.wal.archive,
-    window: { earliest: newestTl ? withWindow[0]!.earliest : null, latest: newestTl?.latest ?? null, timeline: newestTl?.timeline ?? null },
-    timelines,
-    baseBackups: baseRows.map(({ b, walComplete }) => ({ file: b.name, finishedAt: b.manifest.finishedAt, timeline: b.manifest.timeline, startLsn: b.manifest.startLsn, stopLsn: b.manifest.stopLsn, walComplete })),
-    gaps,
-    gapsAfterNewestBase,
-    receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
+    ...w,
     receiver: { connected: Boolean(rep), state: rep?.state ?? null, flushLsn: rep?.flush_lsn ?? (localEnd ? formatLsn(localEnd) : null), serverLsn: server!.lsn, lagBytes, lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1 },
     slot: config.wal.slot ? await slotStatus(sql, config.wal.slot) : null,
     slotName: config.wal.slot ?? null,
