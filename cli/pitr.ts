@@ -2,24 +2,39 @@ import type { Command } from "./command.ts";
 import { line, json, table, warn } from "./output.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
+import { fetchWal } from "../src/wal/fetch.ts";
+import { walStore } from "../src/wal/offsite.ts";
+import { ShinkeiError } from "../src/errors.ts";
 
 export const pitrCommand: Command = {
   name: "pitr",
   summary: "point-in-time recovery: the recoverable window, WAL gaps, receiver lag and slot",
   help: `Usage: shinkei pitr status [--json]
+       shinkei pitr wal-fetch NAME TARGET
 
 Shows what the WAL archive (WAL_ARCHIVE=stream) and the base backups in BACKUP_DIR can recover
 to: the earliest and latest restorable time per timeline, every gap in the WAL sequence, how far
 the receiver trails the server (bytes and seconds), and the replication slot's wal_status and
 safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.
 
+wal-fetch is for PostgreSQL's restore_command = 'shinkei pitr wal-fetch %f %p': it writes the
+archived WAL file NAME (from BACKUP_DIR, else the off-site copy) to TARGET after checking it
+against its record, and exits 1 when it has no such file.
+
 Options:
   --json       machine-readable output
   -h, --help   show this help`,
   options: { json: { type: "boolean" } },
-  subcommands: ["status"],
+  subcommands: ["status", "wal-fetch"],
+  needsDatabase: (positionals) => positionals[0] !== "wal-fetch",
   async run(ctx) {
     const { io, config } = ctx;
+    if (ctx.positionals[0] === "wal-fetch") {
+      const [, name, target, extra] = ctx.positionals;
+      if (!name || !target || extra !== undefined) throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
+      await fetchWal(config, name, target, walStore(config));
+      return 0;
+    }
     const s = await pitrStatus(ctx.db, config);
     const problems = pitrProblems(s, config.wal.maxLagMs);
     if (ctx.flag("json")) return json(io, { ...s, problems }), 0;

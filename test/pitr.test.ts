@@ -1,10 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { readdir, rm } from "node:fs/promises";
-import { join } from "node:path";
-import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { appendFile, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
-import { shinkei } from "./support/cli.ts";
+import { binaryPath, shinkei } from "./support/cli.ts";
+import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
+
+const lsnSegment = (lsn: string) => segmentName(1, segnoOf(parseLsn(lsn)));
 import { Service } from "./support/process.ts";
 import { connect, type Sql } from "../src/db.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
@@ -95,6 +98,74 @@ describe("base backups and point-in-time status", () => {
     } finally {
       await server.stop();
     }
+  });
+
+  test("the archive recovers: the base backup plus WAL fetched by `pitr wal-fetch` replays to a moment between two commits", async () => {
+    await sql`insert into notes (body) values ('before the target')`;
+    const { target } = (await sql<{ target: string }[]>`select clock_timestamp()::text as target`)[0]!;
+    await sql`insert into notes (body) values ('after the target')`;
+    const { lsn } = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+    await sql`select pg_switch_wal()`;
+    // Everything up to that commit is archived: the segment that holds it is sealed.
+    await until("the segment with the last commit archived", () => Bun.file(join(dir, "wal", "00000001", `${lsnSegment(lsn)}.json`)).exists());
+    const base = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file as string;
+
+    // A restore host: the archive and base backup copied, readable by the server's OS user.
+    const restore = await tempDir("pitr-restore");
+    const owner = (path: string) => Bun.spawnSync(["chown", "-R", "postgres:postgres", path]).exitCode;
+    expect(Bun.spawnSync(["cp", "-a", join(dir, "wal"), join(restore, "wal")]).exitCode).toBe(0);
+    const dataDir = join(restore, "data");
+    expect(Bun.spawnSync(["mkdir", "-m", "700", dataDir]).exitCode).toBe(0);
+    expect(Bun.spawnSync(["tar", "-xzf", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
+    Bun.spawnSync(["chmod", "755", restore]);
+    owner(restore);
+    await appendFile(join(dataDir, "postgresql.auto.conf"), [
+      `restore_command = 'BACKUP_DIR=${restore} ${binaryPath} pitr wal-fetch %f %p'`,
+      `recovery_target_time = '${target}'`,
+      "recovery_target_action = 'promote'",
+      "",
+    ].join("\n"));
+    await Bun.write(join(dataDir, "recovery.signal"), "");
+    owner(dataDir);
+    const recovered = await startClusterFrom(dataDir);
+    const rsql = connect(recovered.url("shinkei"), { max: 1 });
+    try {
+      await until("recovery to end", async () => (await rsql`select pg_is_in_recovery() as r`)[0]!.r === false, 60_000);
+      const rows = (await rsql<{ body: string }[]>`select body from notes`).map((r) => r.body);
+      expect(rows).toContain("before the target");
+      expect(rows).toContain("last words");
+      expect(rows).not.toContain("after the target");
+      const log = await Bun.file(join(dataDir, "server.log")).text();
+      expect(log).toContain("restored log file");
+      expect(log).toContain("recovery stopping before commit");
+    } finally {
+      await rsql.end({ timeout: 1 });
+      await recovered.stop();
+    }
+  });
+
+  test("wal-fetch: a file it does not have exits 1 (recovery asks for such files), a damaged one is refused and nothing is written", async () => {
+    const target = join(await tempDir("fetch"), "RECOVERYXLOG");
+    const missing = await shinkei(["pitr", "wal-fetch", "00000009.history", target], { BACKUP_DIR: dir });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("not in the WAL archive");
+    const bad = await shinkei(["pitr", "wal-fetch", "../../etc/passwd", target], { BACKUP_DIR: dir });
+    expect(bad.code).toBe(2);
+    const walDir = join(dir, "wal", "00000001");
+    const name = (await readdir(walDir)).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)).sort()[0]!.replace(".json", "");
+    const ok = await shinkei(["pitr", "wal-fetch", name, target], { BACKUP_DIR: dir });
+    expect(ok.code).toBe(0);
+    expect(Bun.file(target).size).toBe(16 * 1024 * 1024);
+    await rm(target);
+    const stored = join(walDir, `${name}.gz`);
+    const bytes = await readFile(stored);
+    bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
+    await writeFile(stored, bytes);
+    const corrupt = await shinkei(["pitr", "wal-fetch", name, target], { BACKUP_DIR: dir });
+    expect(corrupt.code).toBe(1);
+    expect(corrupt.stderr).toContain("does not match its record");
+    expect(await Bun.file(target).exists()).toBe(false);
+    expect((await readdir(dirname(target))).length).toBe(0);
   });
 
   test("backup check passes on a healthy archive, then fails on a gap after the newest base backup", async () => {

@@ -49,12 +49,13 @@ function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"];
 
 export const recordPath = (root: string, timeline: number, name: string) => join(root, timelineDir(timeline), name + RECORD);
 
-async function readRecord(path: string): Promise<WalRecord | null> {
+/** A record, checked before anything in it is trusted (it may come from a bucket); null when unusable. */
+export async function readRecord(path: string, name = basename(path).slice(0, -RECORD.length)): Promise<WalRecord | null> {
   try {
     const r = (await Bun.file(path).json()) as WalRecord;
-    const ok = r && r.walRecordVersion === 1 && typeof r.name === "string" && basename(path) === r.name + RECORD
+    const ok = r && r.walRecordVersion === 1 && r.name === name
       && /^[0-9a-f]{64}$/.test(r.sha256) && /^[0-9a-f]{64}$/.test(r.originalSha256) && Number.isSafeInteger(r.sizeBytes)
-      && typeof r.file === "string" && r.file.startsWith(r.name + ".gz") && !r.file.includes("/");
+      && (r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption));
     return ok ? r : null;
   } catch {
     return null;
