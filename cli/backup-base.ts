@@ -5,8 +5,10 @@ import { formatBytes, formatDuration } from "../src/duration.ts";
 import { withAdvisoryLock } from "../src/db.ts";
 import { createBaseBackup, listBaseBackups } from "../src/wal/base.ts";
 import { mirrorBase, walStore } from "../src/wal/offsite.ts";
+import { verifyBaseBackup, type BaseVerification } from "../src/wal/verify-base.ts";
+import { ShinkeiError } from "../src/errors.ts";
 
-/** `shinkei backup base`: one base backup now, with an immediate checkpoint. */
+/** `shinkei backup base [--verify]`: one base backup now, with an immediate checkpoint. */
 export async function base(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const spin = activity(io, "taking a base backup (pg_basebackup)");
@@ -15,6 +17,14 @@ export async function base(ctx: Context): Promise<number> {
       createBaseBackup({ sql: ctx.db, url: config.databaseUrl, backupDir: config.backupDir, reason: "manual", fast: true, age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
       { wait: ctx.flag("wait"), what: "base backup" });
     spin.stop("base backup written");
+    let verified: BaseVerification | undefined;
+    if (ctx.flag("verify")) {
+      const checking = activity(io, "checking it (SHA-256, unpack, pg_verifybackup)");
+      const base = (await listBaseBackups(config.backupDir)).find((b) => b.path === path)!;
+      verified = await verifyBaseBackup(config.backupDir, base, config.backup.age);
+      if (verified.ok) checking.stop("pg_verifybackup passed");
+      else checking.fail("verification failed");
+    }
     const store = walStore(config);
     let offsite = "not configured";
     if (store) {
@@ -24,7 +34,8 @@ export async function base(ctx: Context): Promise<number> {
         (e: Error) => `FAILED (${e.message}); the backup service copies it when it runs`,
       );
     }
-    if (ctx.flag("json")) return json(io, { path, ...m, offsiteResult: offsite }), 0;
+    if (verified && !verified.ok) throw new ShinkeiError("BACKUP_CORRUPT", `the base backup ${m.file} failed verification: ${verified.problems.join("; ")}`);
+    if (ctx.flag("json")) return json(io, { path, ...m, verified, offsiteResult: offsite }), 0;
     line(io, `base backup  ${path}`);
     line(io, `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
     if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site     ${offsite}`);

@@ -39,15 +39,17 @@ export const backupCommand: Command = {
                                           compare every table's count and content with the manifest
   shinkei backup keygen [--output FILE]   write a new age private key (mode 0600, never overwriting;
                                           default shinkei-backup.key) and print its public key
-  shinkei backup base                     a base backup now (pg_basebackup, tar, no WAL) into BACKUP_DIR/base/,
-                                          for point-in-time recovery with the WAL archive (WAL_ARCHIVE=stream)
+  shinkei backup base [--verify]          a base backup now (pg_basebackup, tar, no WAL) into BACKUP_DIR/base/,
+                                          for point-in-time recovery with the WAL archive (WAL_ARCHIVE=stream);
+                                          --verify unpacks it and runs pg_verifybackup
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
   --yes                 restore without the typed confirmation (for scripts)
   --no-safety-backup    restore without taking a pre-restore backup first (not recommended)
   --wait                queue behind a running backup, restore or reset instead of failing
-  --verify              with --list: read every file in full (slower) instead of checking sizes
+  --verify              with --list: read every file in full (slower) instead of checking sizes;
+                        with base: check the new base backup with pg_verifybackup
   --all                 with verify: every backup in BACKUP_DIR
   --dry-run             with prune: show what would be deleted, delete nothing
   --output FILE         with keygen: where to write the private key

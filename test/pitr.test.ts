@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { appendFile, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { appendFile, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -11,6 +11,8 @@ const lsnSegment = (lsn: string) => segmentName(1, segnoOf(parseLsn(lsn)));
 import { Service } from "./support/process.ts";
 import { connect, type Sql } from "../src/db.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { listBaseBackups } from "../src/wal/base.ts";
+import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 
 // A cluster of our own and the compiled binary: seconds per step on a busy 2-core machine.
 setDefaultTimeout(90_000);
@@ -45,10 +47,11 @@ afterAll(async () => {
 
 describe("base backups and point-in-time status", () => {
   test("backup base, then streamed WAL: pitr status shows a window from the base backup to within seconds of the last commit", async () => {
-    const b = await shinkei(["backup", "base", "--json"], env);
+    const b = await shinkei(["backup", "base", "--verify", "--json"], env);
     expect(b.stderr).toBe("");
     expect(b.code).toBe(0);
     const base = JSON.parse(b.stdout);
+    expect(base.verified).toMatchObject({ ok: true, problems: [], pgVerifybackup: expect.stringMatching(/^\d+/) });
     expect(base.file).toMatch(/^shinkei_base_\d{8}_\d{6}\.tar\.gz$/);
     expect(base.timeline).toBe(1);
     expect(base.startLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
@@ -142,6 +145,28 @@ describe("base backups and point-in-time status", () => {
       await rsql.end({ timeout: 1 });
       await recovered.stop();
     }
+  });
+
+  test("verification: pg_verifybackup catches a base backup whose contents disagree with the server's manifest", async () => {
+    const [base] = await listBaseBackups(dir);
+    // A copy in a folder of its own, one data file changed inside the tar and our hashes made to fit.
+    const other = await tempDir("base-tampered");
+    const unpacked = await tempDir("base-unpacked");
+    expect(Bun.spawnSync(["tar", "-xzf", base!.path, "-C", unpacked]).exitCode).toBe(0);
+    const version = await readFile(join(unpacked, "PG_VERSION"), "utf8");
+    await writeFile(join(unpacked, "PG_VERSION"), version.replace(/^\d/, (d) => String((Number(d) + 1) % 10)));
+    await mkdir(join(other, "base"));
+    const tampered = join(other, "base", base!.name);
+    expect(Bun.spawnSync(["sh", "-c", `cd '${unpacked}' && tar -czf '${tampered}' *`]).exitCode).toBe(0);
+    await copyFile(join(dir, "base", base!.manifest.backupManifestFile), join(other, "base", base!.manifest.backupManifestFile));
+    const sha = new Bun.CryptoHasher("sha256").update(await readFile(tampered)).digest("hex");
+    await Bun.write(`${tampered}.manifest.json`, JSON.stringify({ ...base!.manifest, sha256: sha, sizeBytes: Bun.file(tampered).size }));
+    const [copy] = await listBaseBackups(other);
+    const v = await verifyBaseBackup(other, copy!);
+    expect(v.ok).toBe(false);
+    expect(v.problems.join(" ")).toContain("PG_VERSION");
+    // The untouched original still passes.
+    expect((await verifyBaseBackup(dir, base!)).ok).toBe(true);
   });
 
   test("wal-fetch: a file it does not have exits 1 (recovery asks for such files), a damaged one is refused and nothing is written", async () => {

@@ -1,8 +1,9 @@
 import { open } from "node:fs/promises";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { createGzip } from "node:zlib";
-import { encrypt, type AgeConfig } from "./crypt.ts";
+import { createReadStream } from "node:fs";
+import { createGunzip, createGzip } from "node:zlib";
+import { decrypt, encrypt, type AgeConfig, type Encryption } from "./crypt.ts";
 
 export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plainSha256: string };
 
@@ -49,4 +50,17 @@ export async function sealTo(
     await file.close().catch(() => {});
   }
   return { bytesIn: progress.bytesIn, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex"), plainSha256: plain.digest("hex") };
+}
+
+/**
+ * The plain bytes of a sealed file: age-decrypted when `encryption` says so (keys from `age`),
+ * then gunzipped. The caller checks whatever hash it holds for them.
+ */
+export async function unsealFrom(path: string, options: { encryption?: Encryption; age?: AgeConfig; name: string }): Promise<Readable> {
+  let source: Readable = createReadStream(path);
+  if (options.encryption) {
+    const web = await decrypt(Readable.toWeb(source) as ReadableStream<Uint8Array>, options.age, options.name, options.encryption);
+    source = Readable.fromWeb(web as import("node:stream/web").ReadableStream);
+  }
+  return source.pipe(createGunzip());
 }

@@ -45,6 +45,8 @@ export type BaseManifest = {
   reason: "manual" | "scheduled";
   durationMs: number;
   offsite?: Record<string, { location: string; sizeBytes: number; copiedAt: string }>;
+  /** The last check of the whole backup (verify-base.ts). */
+  verified?: { ok: boolean; at: string; problems: string[]; pgVerifybackup: string | null; skipped?: string };
 };
 
 export const baseDir = (backupDir: string) => join(backupDir, "base");

@@ -1,12 +1,10 @@
 import { createReadStream } from "node:fs";
 import { open, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { createGunzip } from "node:zlib";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
-import { decrypt } from "../backup/crypt.ts";
+import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { readRecord, walRoot, type WalRecord } from "./archive.ts";
 import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
@@ -61,11 +59,10 @@ export async function fetchWal(config: Config, name: string, target: string, sto
     const partial = `${target}.partial`;
     temps.push(partial);
     const plain = new Bun.CryptoHasher("sha256");
-    let source: Readable = createReadStream(stored);
-    if (record.encryption) source = Readable.fromWeb((await decrypt(Readable.toWeb(source) as ReadableStream<Uint8Array>, config.backup.age, record.file, record.encryption)) as import("node:stream/web").ReadableStream);
+    const source = await unsealFrom(stored, { encryption: record.encryption, age: config.backup.age, name: record.file });
     const file = await open(partial, "w", 0o600);
     try {
-      await pipeline(source, createGunzip(), async function* (chunks: AsyncIterable<Buffer>) {
+      await pipeline(source, async function* (chunks: AsyncIterable<Buffer>) {
         for await (const c of chunks) {
           plain.update(c);
           await file.write(c);

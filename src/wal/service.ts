@@ -5,7 +5,8 @@ import type { Log } from "../log.ts";
 import { notify } from "../notify.ts";
 import { claim } from "../schedule.ts";
 import { startWalStream } from "./stream.ts";
-import { createBaseBackup } from "./base.ts";
+import { createBaseBackup, listBaseBackups } from "./base.ts";
+import { verifyBaseBackup } from "./verify-base.ts";
 import { pruneWalLocal, pruneWalStore } from "./prune.ts";
 import { walStore } from "./offsite.ts";
 
@@ -38,6 +39,12 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
       createBaseBackup({ sql, url: config.databaseUrl, backupDir: config.backupDir, reason: "scheduled", age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
       { what: "base backup" });
     log({ level: "info", msg: "base backup finished", file: path, sizeBytes: m.sizeBytes, durationMs: m.durationMs, startLsn: m.startLsn, stopLsn: m.stopLsn, timeline: m.timeline });
+    const base = (await listBaseBackups(config.backupDir)).find((b) => b.path === path);
+    if (base) {
+      const v = await verifyBaseBackup(config.backupDir, base, config.backup.age);
+      log({ level: v.ok ? "info" : "error", msg: v.ok ? "base backup verified" : "base backup failed verification", file: path, pgVerifybackup: v.pgVerifybackup, problems: v.problems });
+      if (!v.ok) notify(config.backup.webhookUrl, { event: "base_backup.failed", file: m.file, error: v.problems.join("; ") }, log);
+    }
     await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
     await pruneWal(config, log);
   } catch (e) {
