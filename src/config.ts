@@ -121,6 +121,7 @@ const ConfigSchema = v.object({
   WAL_SYNC: bool(true),
   PITR_MAX_LAG: duration("5m"),
   WAL_PARTIAL_UPLOAD_INTERVAL: duration("60s"),
+  BASE_BACKUP_START_FAST: bool(false),
   BASE_BACKUP_SCHEDULE: v.pipe(
     v.optional(v.string(), "0 3 * * *"),
     v.trim(),
@@ -193,6 +194,8 @@ export type WalConfig = {
   maxLagMs: number;
   partialUploadIntervalMs: number;
   baseBackupSchedule: string;
+  /** Scheduled base backups ask for an immediate checkpoint instead of a spread one. */
+  baseBackupStartFast: boolean;
 };
 
 export type S3Config = {
@@ -294,6 +297,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       maxLagMs: r.PITR_MAX_LAG,
       partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
       baseBackupSchedule: r.BASE_BACKUP_SCHEDULE,
+      baseBackupStartFast: r.BASE_BACKUP_START_FAST,
     },
   };
 }

@@ -17,6 +17,7 @@ import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
 import { pruneWalLocal } from "../src/wal/prune.ts";
+import { scheduledBaseBackup } from "../src/wal/service.ts";
 import { shinkei } from "./support/cli.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
@@ -318,6 +319,26 @@ describe("retention", () => {
     expect(after[0]).toBe(second.manifest.startSegment);
     expect(await readdir(join(dir, "base"))).not.toContain(first.manifest.file);
     expect(findGaps(await listArchive(walRoot(dir)), segmentBytes)).toEqual([]);
+  });
+});
+
+describe("scheduled base backups", () => {
+  test("two services on one database take one base backup per scheduled time between them, and it is verified", async () => {
+    const dir = await tempDir("wal-sched");
+    // A spread checkpoint paces its writes over minutes, as it should on a live server: not here.
+    const config = configFor(dir, { BASE_BACKUP_START_FAST: "true" });
+    const a = collector();
+    const b = collector();
+    const slot = new Date(Math.floor(Date.now() / 1000) * 1000);
+    await Promise.all([scheduledBaseBackup({ sql, config, log: a.log }, slot), scheduledBaseBackup({ sql, config, log: b.log }, slot)]);
+    const all = [...a.lines, ...b.lines];
+    expect(all.filter((l) => l.msg === "base backup finished").length).toBe(1);
+    expect(all.filter((l) => l.msg === "base backup skipped: another process took this run").length).toBe(1);
+    expect(all.find((l) => l.msg === "base backup verified")).toBeDefined();
+    expect((await readdir(join(dir, "base"))).filter((n) => n.endsWith(".tar.gz")).length).toBe(1);
+    const [run] = await sql`select file, error, finished_at from backup_runs where scheduled_for = ${slot} and kind = 'base'`;
+    expect(run!.file).toMatch(/^shinkei_base_/);
+    expect(run!.error).toBeNull();
   });
 });
 
