@@ -92,7 +92,7 @@ export async function archiveWalFile(
   const partial = `${target}.partial`;
   await rm(partial, { force: true });
   try {
-    const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined });
+    const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined, plainHash: true });
     await rename(partial, target);
     await fsyncDir(dir);
     const record: WalRecord = {
@@ -104,7 +104,7 @@ export async function archiveWalFile(
       sizeBytes: sealed.sizeBytes,
       sha256: sealed.sha256,
       originalBytes: sealed.bytesIn,
-      originalSha256: sealed.plainSha256,
+      originalSha256: sealed.plainSha256!,
       segmentBytes: options.segmentBytes,
       encryption,
       receivedAt: info.mtime.toISOString(),

@@ -129,11 +129,11 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
     const tmp = join(root, `.upload-${file}`);
     try {
       await rm(tmp, { force: true });
-      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined });
+      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined, plainHash: true });
       await store.put(file, tmp);
       const record: WalRecord = {
         walRecordVersion: 1, name, kind: "partial", timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline, file,
-        sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256,
+        sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256!,
         segmentBytes: deps.segmentBytes, encryption, receivedAt: s.mtime.toISOString(), archivedAt: new Date().toISOString(),
       };
       await writeFileAtomic(`${tmp}.json`, JSON.stringify(record, null, 2) + "\n");
