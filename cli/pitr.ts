@@ -42,6 +42,7 @@ Options:
     line(io, `window     ${s.window.earliest ? `${s.window.earliest} .. ${s.window.latest} (timeline ${s.window.timeline})` : "none: no base backup with all its WAL yet"}`);
     line(io, `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state})` : "NOT CONNECTED"}, flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`);
     line(io, `slot       ${s.slot ? `${s.slot.name}: ${s.slot.walStatus ?? "?"}, ${s.slot.active ? "active" : "inactive"}, safe_wal_size ${s.slot.safeWalSize === null ? "unbounded" : formatBytes(s.slot.safeWalSize)}` : s.slotName ? `${s.slotName}: MISSING` : "none (WAL_SLOT=none)"}`);
+    if (s.offsite) line(io, `off-site   ${s.offsite.location}: covers up to ${s.offsite.coveredUntil ?? "nothing yet"}${s.offsite.lagSeconds >= 0 ? `, ${formatDuration(s.offsite.lagSeconds * 1000)} behind the local archive` : ""}, ${s.offsite.notCopied} file(s) not yet copied`);
     if (s.timelines.length) {
       line(io, table([["timeline", "first segment", "last segment", "segments", "earliest", "latest"],
         ...s.timelines.map((t) => [t.timeline, t.firstSegment, t.lastSegment, t.segments, t.earliest ?? "-", t.latest ?? "-"])]));

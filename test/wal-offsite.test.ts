@@ -10,6 +10,7 @@ import { connect, ensureDatabase, type Sql } from "../src/db.ts";
 import { loadConfig, type Config } from "../src/config.ts";
 import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
 import { startWalStream, serverInfo } from "../src/wal/stream.ts";
+import { pitrStatus } from "../src/wal/status.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
 import { walStore } from "../src/wal/offsite.ts";
@@ -65,6 +66,12 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
       return gunzipSync(plain).includes("partial-canary-3141");
     });
     expect((await readFile(partialCopy)).includes("partial-canary-3141")).toBe(false);
+    // The measured off-site RPO: what S3 holds trails the local archive by less than the interval plus 5 s.
+    const status = await pitrStatus(sql, config);
+    expect(status.offsite?.location).toBe(`s3://${s3.bucket}/shinkei/wal/`);
+    expect(status.offsite!.coveredUntil).not.toBeNull();
+    expect(status.offsite!.lagSeconds).toBeGreaterThanOrEqual(0);
+    expect(status.offsite!.lagSeconds).toBeLessThan(1 + 5);
 
     // The finished segment replaces its partial off-site; the base backup is there with both manifests.
     await sql`select pg_switch_wal()`;
@@ -102,6 +109,7 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     });
     // Every archived record now names its checked copy.
     expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(true);
+    expect((await pitrStatus(sql, config)).offsite!.notCopied).toBe(0);
   } finally {
     await stream.stop();
   }

@@ -30,6 +30,9 @@ export const walNaming: StoreNaming = {
   },
 };
 
+export const offsiteStatePath = (backupDir: string) => join(walRoot(backupDir), "offsite.json");
+export type OffsiteState = { location: string; partial: { name: string; receivedAt: string; copiedAt: string } };
+
 export function walStore(config: Config): BackupStore | undefined {
   return config.s3 ? new S3Store({ ...config.s3, prefix: `${config.s3.prefix}wal/` }, walNaming) : undefined;
 }
@@ -139,6 +142,8 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
       await writeFileAtomic(`${tmp}.json`, JSON.stringify(record, null, 2) + "\n");
       await store.put(`${name}.json`, `${tmp}.json`);
       lastPartial = { name, mtimeMs: s.mtimeMs, at: Date.now() };
+      // What the off-site copy covers up to, for pitr status (the partial's record lives only there).
+      await writeFileAtomic(offsiteStatePath(config.backupDir), JSON.stringify({ location: store.location, partial: { name, receivedAt: record.receivedAt, copiedAt: new Date().toISOString() } }) + "\n");
       return true;
     } catch (e) {
       fail(name, e);
