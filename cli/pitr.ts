@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { line, json, table, warn } from "./output.ts";
+import { line, json, reportError, table, warn } from "./output.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
@@ -19,7 +19,8 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.
 
 wal-fetch is for PostgreSQL's restore_command = 'shinkei pitr wal-fetch %f %p': it writes the
 archived WAL file NAME (from BACKUP_DIR, else the off-site copy) to TARGET after checking it
-against its record, and exits 1 when it has no such file.
+against its record, and exits 1 when it has no such file; 126 (which makes PostgreSQL abort
+recovery rather than end it early) when the store is out of reach or a file is damaged.
 
 Options:
   --json       machine-readable output
@@ -32,8 +33,16 @@ Options:
     if (ctx.positionals[0] === "wal-fetch") {
       const [, name, target, extra] = ctx.positionals;
       if (!name || !target || extra !== undefined) throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
-      await fetchWal(config, name, target, walStore(config));
-      return 0;
+      try {
+        await fetchWal(config, name, target, walStore(config));
+        return 0;
+      } catch (e) {
+        // PostgreSQL ends recovery at the first file restore_command lacks (exit 1). Anything else (a
+        // store out of reach, a damaged file) must not pass for "no more WAL": above 125 aborts recovery.
+        if (e instanceof ShinkeiError && (e.code === "NOT_FOUND" || e.code === "USAGE")) throw e;
+        reportError(io, e);
+        return 126;
+      }
     }
     const s = await pitrStatus(ctx.db, config);
     const problems = pitrProblems(s, config.wal.maxLagMs);

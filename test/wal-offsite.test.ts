@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { shinkei } from "./support/cli.ts";
 import { TestS3 } from "./support/s3.ts";
 import { until } from "./support/wait.ts";
 import { connect, ensureDatabase, type Sql } from "../src/db.ts";
@@ -110,6 +111,21 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     // Every archived record now names its checked copy.
     expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(true);
     expect((await pitrStatus(sql, config)).offsite!.notCopied).toBe(0);
+
+    // restore_command on a host with only the off-site copy: fetched and checked; S3 down aborts, never "no more WAL".
+    const elsewhere = await tempDir("wal-s3-restore");
+    const fetchEnv = { ...env, BACKUP_DIR: elsewhere, BACKUP_AGE_IDENTITY: key, BACKUP_AGE_RECIPIENTS: "" };
+    const target = join(elsewhere, "RECOVERYXLOG");
+    const got = await shinkei(["pitr", "wal-fetch", seg, target], fetchEnv);
+    expect(got.stderr).toBe("");
+    expect(got.code).toBe(0);
+    expect(new Bun.CryptoHasher("sha256").update(await readFile(target)).digest("hex")).toBe(record.originalSha256);
+    expect((await shinkei(["pitr", "wal-fetch", "0000000100000000000000FF", target], fetchEnv)).code).toBe(1);
+    await s3.stop();
+    const down = await shinkei(["pitr", "wal-fetch", during[0]!, join(elsewhere, "X")], fetchEnv);
+    expect(down.code).toBe(126);
+    expect(await Bun.file(join(elsewhere, "X")).exists()).toBe(false);
+    await s3.start();
   } finally {
     await stream.stop();
   }

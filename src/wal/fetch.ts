@@ -66,8 +66,13 @@ async function fetchRecorded(config: Config, name: string, timeline: number, tar
       temps.push(`${tmp}.json`, tmp);
       try {
         await store.get(`${name}.json`, `${tmp}.json`);
-      } catch {
-        throw new ShinkeiError("NOT_FOUND", `${name} is in neither the local WAL archive nor ${store.location}`);
+      } catch (e) {
+        // Only a store that answers "no such key" means we do not have it; an unreachable one is not an answer.
+        const cause = (e as { cause?: { name?: string; $metadata?: { httpStatusCode?: number } } }).cause;
+        if (cause?.name === "NoSuchKey" || cause?.$metadata?.httpStatusCode === 404) {
+          throw new ShinkeiError("NOT_FOUND", `${name} is in neither the local WAL archive nor ${store.location}`);
+        }
+        throw e;
       }
       record = await readRecord(`${tmp}.json`, name);
       if (!record) throw new ShinkeiError("BACKUP_CORRUPT", `the record of ${name} at ${store.location} is not usable`);
