@@ -84,7 +84,9 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
   const copied = new Set<string>();
   let failing = false;
   let lastPartial = { name: "", mtimeMs: 0, at: 0 };
-  let chain = Promise.resolve();
+  let chain: Promise<void> = readdir(root)
+    .then((names) => Promise.all(names.filter((n) => n.startsWith(".upload-")).map((n) => rm(join(root, n), { force: true }))))
+    .then(() => {}, () => {}); // sealed copies of the partial left by a crash
 
   const fail = (what: string, e: unknown) => {
     if (!failing) log({ level: "error", msg: "wal off-site copy failed; retrying", location: store.location, file: what, error: (e as Error).message });
