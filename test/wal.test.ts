@@ -194,6 +194,22 @@ describe("continuous WAL archive", () => {
     }
   });
 
+  test("a receiver named in synchronous_standby_names is refused: commits would wait on it", async () => {
+    await sql`alter system set synchronous_standby_names = 'FIRST 1 (other, shinkei_wal)'`;
+    await sql`select pg_reload_conf()`;
+    try {
+      await until("the reload", async () => (await sql`show synchronous_standby_names`)[0]!.synchronous_standby_names !== "");
+      const refused = await startWalStream({ sql, config: configFor(await tempDir("wal-sync"), { WAL_SLOT: "shinkei_sync" }), log: () => {} }).catch((e) => e);
+      expect(refused).toBeInstanceOf(ShinkeiError);
+      expect(refused.message).toContain("synchronous_standby_names names the WAL receiver");
+      expect(await slotStatus(sql, "shinkei_sync")).toBeNull();
+    } finally {
+      await sql`alter system reset synchronous_standby_names`;
+      await sql`select pg_reload_conf()`;
+      await until("the reset", async () => (await sql`show synchronous_standby_names`)[0]!.synchronous_standby_names === "");
+    }
+  });
+
   test("without a slot, WAL the server removed while the receiver was down is a reported gap, and streaming resumes", async () => {
     // Inactive slots of earlier tests would keep the WAL this test needs the server to remove.
     await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
