@@ -5,6 +5,7 @@ import { migrate } from "../src/migrations/migrate.ts";
 import { startScheduler } from "../src/schedule.ts";
 import { jsonLog } from "../src/log.ts";
 import { createOps, startOpsServer } from "../server/ops/app.tsx";
+import { startWalService } from "../src/wal/service.ts";
 
 export const backupServiceCommand: Command = {
   name: "backup-service",
@@ -16,6 +17,10 @@ BACKUP_TIMEZONE (default UTC), copies it to S3 when S3_BUCKET is set, then appli
 (BACKUP_KEEP_DAYS, default 30). Logs one JSON line per step. Several services on one database
 take one backup per scheduled time between them. SIGTERM lets a running backup finish.
 
+With WAL_ARCHIVE=stream it also streams WAL continuously into BACKUP_DIR/wal/ (pg_receivewal
+through the slot WAL_SLOT) and takes base backups on BASE_BACKUP_SCHEDULE, for point-in-time
+recovery (see shinkei pitr status).
+
 Options:
   -h, --help   show this help`,
   async run(ctx) {
@@ -26,13 +31,14 @@ Options:
         await migrate(ctx.db);
       } else await ctx.db`select 1`;
     });
+    // Started first: a refused slot stops the service before anything is scheduled.
+    const wal = config.wal.archive === "stream" ? await startWalService({ sql: ctx.db, config, log: jsonLog }) : undefined;
     // Metrics and the status page on METRICS_PORT, when set (server/ops).
     const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog)!) : undefined;
     const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
     const signal = await untilSignal();
     jsonLog({ level: "info", msg: "shutting down", signal });
-    await scheduler.stop();
-    await ops?.stop();
+    await Promise.all([scheduler.stop(), wal?.stop(), ops?.stop()]);
     return 0;
   },
 };

@@ -13,9 +13,10 @@ import { resetCommand } from "./reset.ts";
 import { seedCommand } from "./seed.ts";
 import { backupServiceCommand } from "./backup-service.ts";
 import { recoverCommand } from "./recover.ts";
+import { pitrCommand } from "./pitr.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, recoverCommand, resetCommand, seedCommand];
+const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, pitrCommand, recoverCommand, resetCommand, seedCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -7,18 +7,20 @@ import * as backup from "./config/backup.ts";
 import * as s3 from "./config/s3.ts";
 import * as mail from "./config/mail.ts";
 import * as ops from "./config/ops.ts";
+import * as wal from "./config/wal.ts";
 
 export type { HashingConfig } from "./config/auth.ts";
 export type { S3Config } from "./config/s3.ts";
 export type { MailConfig } from "./config/mail.ts";
 export type { OpsConfig } from "./config/ops.ts";
+export type { WalConfig } from "./config/wal.ts";
 
 /**
  * Every variable shinkei reads, with its default, by section (src/config/*.ts): each variable is
  * written once there, as a valibot builder, and what it becomes in Config is read from it in the
  * same file. The README's table is written from these lists; keep the two in step.
  */
-const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...mail.entries, ...ops.entries });
+const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...wal.entries, ...mail.entries, ...ops.entries });
 
 type Raw = v.InferOutput<typeof ConfigSchema>;
 
@@ -30,6 +32,7 @@ function build(r: Raw, warnings: string[]) {
     ...auth.read(r),
     ...backups,
     ...s3.read(r, backups.backup.keepDays),
+    ...wal.read(r),
     ...mail.read(r, base.environment, base.port),
     ...ops.read(r),
     /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */

@@ -66,6 +66,13 @@ const codes = {
   EMAIL_NOT_VERIFIED: { exit: 1, status: 403 },
   // The ops listener (metrics, status page)
   LISTEN_FAILED: { exit: 2, status: 500 },
+  // continuous archiving
+  WAL_SLOT_UNBOUNDED: { exit: 2, status: 500 },
+  WAL_ARCHIVE_FAILED: { exit: 1, status: 500 },
+  WAL_SLOT_WRONG_TYPE: { exit: 2, status: 500 },
+  WAL_RECEIVER_SYNCHRONOUS: { exit: 2, status: 500 },
+  UNSUPPORTED_LAYOUT: { exit: 2, status: 500 },
+  PITR_AT_RISK: { exit: 1, status: 500 },
 } as const;
 
 export type ErrorCode = keyof typeof codes;

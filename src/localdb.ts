@@ -42,25 +42,31 @@ function versionOf(dir: string): number {
   return Number(/postgresql(?:@|\/)(\d+)/.exec(dir)?.[1] ?? 0);
 }
 
+/** The usual install folders of PostgreSQL binaries that hold every one of `tools`, newest version first. */
+export function installedBinDirs(tools: string[]): string[] {
+  const globs = ["/usr/lib/postgresql/*/bin", "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin", "/usr/pgsql-*/bin"];
+  const has = (dir: string) => tools.every((t) => existsSync(join(dir, t)));
+  const found: string[] = [];
+  for (const pattern of globs) {
+    for (const dir of new Bun.Glob(pattern.slice(1)).scanSync({ cwd: "/", onlyFiles: false, absolute: true })) {
+      if (has(dir)) found.push(dir);
+    }
+  }
+  for (const dir of ["/opt/homebrew/bin", "/usr/local/pgsql/bin", "/Applications/Postgres.app/Contents/Versions/latest/bin"]) {
+    if (has(dir)) found.push(dir);
+  }
+  return found.sort((a, b) => versionOf(b) - versionOf(a));
+}
+
 /** Where initdb and pg_ctl live: PATH first, then the usual install folders, newest version first. */
 export function findServerBinaries(env: Record<string, string | undefined> = process.env): string | null {
   const onPath = Bun.which("pg_ctl", { PATH: env.PATH ?? "" });
   if (onPath && Bun.which("initdb", { PATH: env.PATH ?? "" })) return resolve(onPath, "..");
-  const globs = ["/usr/lib/postgresql/*/bin", "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin", "/usr/pgsql-*/bin"];
-  const found: string[] = [];
-  for (const pattern of globs) {
-    for (const dir of new Bun.Glob(pattern.slice(1)).scanSync({ cwd: "/", onlyFiles: false, absolute: true })) {
-      if (existsSync(join(dir, "pg_ctl")) && existsSync(join(dir, "initdb"))) found.push(dir);
-    }
-  }
-  for (const dir of ["/opt/homebrew/bin", "/usr/local/pgsql/bin", "/Applications/Postgres.app/Contents/Versions/latest/bin"]) {
-    if (existsSync(join(dir, "pg_ctl")) && existsSync(join(dir, "initdb"))) found.push(dir);
-  }
-  return found.sort((a, b) => versionOf(b) - versionOf(a))[0] ?? null;
+  return installedBinDirs(["pg_ctl", "initdb"])[0] ?? null;
 }
 
 /** PostgreSQL will not run as root: as root, run its tools as the `postgres` user. */
-async function runAs(): Promise<{ prefix: string[]; uid?: number; gid?: number }> {
+export async function runAs(): Promise<{ prefix: string[]; uid?: number; gid?: number }> {
   if (process.getuid?.() !== 0) return { prefix: [] };
   const id = Bun.spawnSync(["id", "-u", "postgres"]);
   const gid = Bun.spawnSync(["id", "-g", "postgres"]);
@@ -78,7 +84,7 @@ async function run(cmd: string[], input?: string): Promise<{ code: number; outpu
   return { code, output: (err || out).trim().split("\n").slice(-3).join(" ") };
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
   const port = s.port;
   s.stop(true);
@@ -150,8 +156,10 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
     return { url, dataDir, started: false, stop: async () => {} };
   }
 
-  // Loopback only, no unix socket: nothing outside this machine can reach it.
-  const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=''`;
+  // Loopback only, no unix socket: nothing outside this machine can reach it. initdb's pg_hba
+  // already lets local users open replication connections.
+  // A bounded slot budget: WAL_ARCHIVE=stream works here too, and never fills the disk.
+  const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories='' -c max_slot_wal_keep_size=1GB`;
   const start = await run([...pgCtl, "start", "-w", "-t", "60", "-l", join(dataDir, "server.log"), "-o", options]);
   if (start.code !== 0) {
     if (await running()) return { url, dataDir, started: false, stop: async () => {} }; // another shinkei started it first

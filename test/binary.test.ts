@@ -68,7 +68,7 @@ describe("the binary, copied alone into an empty folder", () => {
   test("each command's --help is complete: every command in --help answers its own --help", async () => {
     const help = (await shinkei(["--help"])).stdout;
     const names = [...help.matchAll(/^  ([a-z-]+)\s{2,}/gm)].map((m) => m[1]!);
-    expect(names).toEqual(["serve", "status", "migrate", "backup", "backup-service", "recover", "reset", "seed"]);
+    expect(names).toEqual(["serve", "status", "migrate", "backup", "backup-service", "pitr", "recover", "reset", "seed"]);
     for (const name of names) {
       const r = await shinkei([name, "--help"]);
       expect(r.code).toBe(0);

@@ -48,6 +48,7 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
   expect(pkg.scripts.build).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
   expect(docker).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
   expect(docker).toContain('postgresql-client-${PG_MAJOR}');
+  expect(docker).toContain('"postgresql-${PG_MAJOR}"');
   const compose = await Bun.file(join(root, "compose.yaml")).text();
   expect(compose).toContain("image: postgres:${PG_MAJOR:-17}");
   expect(compose).toContain("PG_MAJOR: ${PG_MAJOR:-17}");
@@ -57,7 +58,7 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
 /** What compose makes of `${VAR:-default}` when VAR is unset. */
 const withDefaults = (text: string) => text.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, "$1");
 
-test("compose.yaml: the app and the backup service connect as the app role from the init script, not the superuser", async () => {
+test("compose.yaml: the app connects as the app role and the backup service as the backup role, both from the init script, never the superuser", async () => {
   const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service> };
   const pg = compose.services.postgres!;
   expect(pg.volumes).toContain("./docker/initdb:/docker-entrypoint-initdb.d:ro");
@@ -65,15 +66,17 @@ test("compose.yaml: the app and the backup service connect as the app role from 
   expect((await stat(script)).mode & 0o111).not.toBe(0);
   const appUser = withDefaults(pg.environment!.POSTGRES_APP_USER!);
   expect(appUser).not.toBe(withDefaults(pg.environment!.POSTGRES_USER!));
-  for (const name of ["backend", "backup"]) {
+  const roles = { backend: ["POSTGRES_APP_USER", "POSTGRES_APP_PASSWORD"], backup: ["POSTGRES_BACKUP_USER", "POSTGRES_BACKUP_PASSWORD"] } as const;
+  for (const [name, [user, password]] of Object.entries(roles)) {
     const url = new URL(withDefaults(compose.services[name]!.environment!.DATABASE_URL!));
-    expect(url.username).toBe(appUser);
-    expect(decodeURIComponent(url.password)).toBe(withDefaults(pg.environment!.POSTGRES_APP_PASSWORD!));
+    expect(url.username).toBe(withDefaults(pg.environment![user]!));
+    expect(decodeURIComponent(url.password)).toBe(withDefaults(pg.environment![password]!));
   }
+  expect(withDefaults(pg.environment!.POSTGRES_BACKUP_USER!)).not.toBe(appUser);
 });
 
 /** Run the init script as the postgres image would, against a database on the test server. */
-function runInitScript(database: string, appUser: string) {
+function runInitScript(database: string, appUser: string, backupUser = `${appUser}_backup`) {
   const server = new URL(serverUrl);
   return Bun.spawnSync(["bash", join(root, "docker", "initdb", "10-app-role.sh")], {
     env: {
@@ -85,6 +88,8 @@ function runInitScript(database: string, appUser: string) {
       POSTGRES_DB: database,
       POSTGRES_APP_USER: appUser,
       POSTGRES_APP_PASSWORD: `pw-${crypto.randomUUID()}`,
+      POSTGRES_BACKUP_USER: backupUser,
+      POSTGRES_BACKUP_PASSWORD: `pw-${crypto.randomUUID()}`,
     },
     stdout: "pipe",
     stderr: "pipe",
@@ -94,6 +99,7 @@ function runInitScript(database: string, appUser: string) {
 test("the init script makes a login role that is no superuser, owns the app's database, and runs the app", async () => {
   const db = await freshDatabase("initdb");
   const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
+  const backupUser = `${appUser}_backup`;
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
   try {
     // A volume from before the script: the superuser made the app's tables.
@@ -105,6 +111,9 @@ test("the init script makes a login role that is no superuser, owns the app's da
     }
     const [role] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
     expect(role).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: false, rolbypassrls: false });
+    const [backupRole] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member
+      from pg_roles where rolname = ${backupUser}`;
+    expect(backupRole).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: true, rolbypassrls: false, member: true });
     const [owner] = await admin`select pg_get_userbyid(datdba) as name from pg_database where datname = ${db.name}`;
     expect(owner!.name).toBe(appUser);
     const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -127,9 +136,38 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const env = { DATABASE_URL: url.toString(), BACKUP_DIR: await tempDir("initdb-backup") };
     expect((await shinkei(["migrate"], env)).code).toBe(0);
     expect(await takeBackup(env)).toMatch(/shinkei_backup_\S+\.sql\.gz$/);
+
+    // The backup service's role backs up and restores; what it restores still belongs to the app.
+    const backupUrl = new URL(url);
+    backupUrl.username = backupUser;
+    const backupEnv = { ...env, DATABASE_URL: backupUrl.toString() };
+    await takeBackup(backupEnv);
+    const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], backupEnv);
+    expect(restored.stderr).toBe("");
+    expect(restored.code).toBe(0);
+    const owners = await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = 'public' and c.relkind in ('r', 'p')`;
+    expect(owners.map((r) => r.owner as string)).toEqual([appUser]);
   } finally {
     await db.drop();
+    await admin`drop role if exists ${admin(backupUser)}`;
     await admin`drop role if exists ${admin(appUser)}`;
     await admin.end();
   }
+});
+
+test("compose.yaml: postgres allows replication from the backup service with a bounded slot, which streams WAL", async () => {
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service & { environment?: Record<string, string> }> };
+  const pg = compose.services.postgres!;
+  expect(pg.command!.join(" ")).toContain("max_slot_wal_keep_size=${MAX_SLOT_WAL_KEEP_SIZE:-10GB}");
+  expect(pg.volumes).toContain("./docker/initdb:/docker-entrypoint-initdb.d:ro");
+  expect(compose.services.backup!.environment!.WAL_ARCHIVE).toBe("${WAL_ARCHIVE:-stream}");
+  // The init script, run as the image runs it: a replication line, added once.
+  const script = join(root, "docker", "initdb", "20-replication.sh");
+  const pgdata = await tempDir("hba");
+  await Bun.write(join(pgdata, "pg_hba.conf"), "local all all trust\nhost all all all scram-sha-256\n");
+  for (let i = 0; i < 2; i++) expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH!, PGDATA: pgdata } }).exitCode).toBe(0);
+  const hba = await Bun.file(join(pgdata, "pg_hba.conf")).text();
+  expect(hba.match(/^host replication all all scram-sha-256$/gm)?.length).toBe(1);
+  expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH! } }).exitCode).not.toBe(0);
 });

@@ -20,12 +20,12 @@ test("every variable in the schema is guarded against its own typos, new ones in
 });
 
 test("an unknown name with one of our prefixes is a warning naming the closest variable", () => {
-  const c = loadConfig({ BACKUP_RETENTION: "90", WAL_ARCHIVE: "on", SHINKEI_COLOUR: "1", LOGIN_LOCKOUT: "1h" });
+  const c = loadConfig({ BACKUP_RETENTION: "90", WAL_COMPRESSION: "on", SHINKEI_COLOUR: "1", LOGIN_LOCKOUT: "1h" });
   expect(c.warnings).toEqual([
     expect.stringMatching(/^BACKUP_RETENTION is not a shinkei variable and is ignored \(the closest is BACKUP_\w+\)$/),
     "LOGIN_LOCKOUT is not a shinkei variable and is ignored (the closest is LOGIN_WINDOW)",
     expect.stringMatching(/^SHINKEI_COLOUR is not a shinkei variable and is ignored \(the closest is \w+\)$/),
-    expect.stringMatching(/^WAL_ARCHIVE is not a shinkei variable and is ignored/),
+    expect.stringMatching(/^WAL_COMPRESSION is not a shinkei variable and is ignored/),
   ]);
 });
 
@@ -56,7 +56,7 @@ test("S3_KEEP_DAYS has bounds: 0, negative, fractional and huge values are refus
 
 test("every numeric setting has an upper bound: a runaway number is refused for all but free text", () => {
   // Names, paths, keys and labels: any text is theirs to hold.
-  const freeText = ["SHINKEI_ENV", "NODE_ENV", "HOST", "BACKUP_DIR", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_PASSPHRASE", "S3_BUCKET", "S3_PREFIX", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "METRICS_HOST", "METRICS_TOKEN", "OPS_TOKEN"];
+  const freeText = ["SHINKEI_ENV", "NODE_ENV", "HOST", "BACKUP_DIR", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_PASSPHRASE", "S3_BUCKET", "S3_PREFIX", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "METRICS_HOST", "METRICS_TOKEN", "OPS_TOKEN", "WAL_SLOT"];
   for (const name of configVariables) {
     if (freeText.includes(name)) continue;
     expect(() => loadConfig({ [name]: "99999999999999999999" }), name).toThrow(new RegExp(`^${name} `));

@@ -7,13 +7,14 @@ import { prune } from "./prune.ts";
 import { check } from "./check.ts";
 import { drill } from "./drill.ts";
 import { keygen } from "./keygen.ts";
+import { base } from "./base.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 
 /** `shinkei backup` and its subcommands, one file each (as Litestream keeps cmd/litestream/<verb>.go). */
 export const backupCommand: Command = {
   name: "backup",
   summary: "take, list, verify and restore backups",
-  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill|keygen] [options]
+  help: `Usage: shinkei backup [list|restore|verify|prune|check|drill|keygen|base] [options]
 
   shinkei backup                          take a backup now (pg_dump, gzip, SHA-256, manifest)
   shinkei backup --list | list            newest first: age, size, reason, row counts, check
@@ -23,11 +24,17 @@ export const backupCommand: Command = {
   shinkei backup verify [F] [--all]       re-read a file (default the newest): checksum and archive
   shinkei backup prune [--dry-run]        apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS)
   shinkei backup check                    exit 1 when the newest good backup is older than BACKUP_MAX_AGE,
-                                          failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE
+                                          failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE;
+                                          with WAL_ARCHIVE=stream also when the WAL archive lags more than
+                                          PITR_MAX_LAG, the slot is lost or unreserved, or WAL after the
+                                          newest base backup has a gap (see shinkei pitr status)
   shinkei backup drill [F]                restore F (default the newest) into a scratch database and
                                           compare every table's count and content with the manifest
   shinkei backup keygen [--output FILE]   write a new age private key (mode 0600, never overwriting;
                                           default shinkei-backup.key) and print its public key
+  shinkei backup base [--verify]          a base backup now (pg_basebackup, tar, no WAL) into BACKUP_DIR/base/,
+                                          for point-in-time recovery with the WAL archive (WAL_ARCHIVE=stream);
+                                          --verify unpacks it and runs pg_verifybackup
 
 Options:
   --backup-file F       the file to restore (a path, or a name in BACKUP_DIR)
@@ -37,7 +44,8 @@ Options:
   --allow-unencrypted   restore a plain file although this host encrypts its backups
   --allow-production    restore even when SHINKEI_ENV/NODE_ENV is production
   --wait                queue behind a running backup, restore or reset instead of failing
-  --verify              with --list: read every file in full (slower) instead of checking sizes
+  --verify              with --list: read every file in full (slower) instead of checking sizes;
+                        with base: check the new base backup with pg_verifybackup
   --all                 with verify: every backup in BACKUP_DIR
   --dry-run             with prune: show what would be deleted, delete nothing
   --output FILE         with keygen: where to write the private key
@@ -63,7 +71,7 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
     output: { type: "string" },
     json: { type: "boolean" },
   },
-  subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen"],
+  subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen", "base"],
   needsDatabase: (positionals) => positionals[0] !== "keygen",
   async run(ctx) {
     const sub = ctx.positionals[0];
@@ -74,6 +82,7 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
     if (sub === "check") return check(ctx);
     if (sub === "drill") return drill(ctx);
     if (sub === "keygen") return keygen(ctx);
+    if (sub === "base") return base(ctx);
     if (ctx.option("backup-file")) throw new ShinkeiError("USAGE", "--backup-file goes with --restore");
     return create(ctx);
   },

@@ -6,6 +6,7 @@ import { verifyBackup } from "../../src/backup/verify.ts";
 import { readDrill, type DrillResult } from "../../src/backup/drill.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { compareNewestFirst, parseBackupName } from "../../src/backup/naming.ts";
+import { archiveWindow } from "../../src/wal/status.ts";
 
 function age(date: Date): string {
   return formatDuration(Math.max(0, Date.now() - date.getTime())) + " ago";
@@ -41,8 +42,11 @@ export async function list(ctx: Context): Promise<number> {
     })));
     return 0;
   }
+  const pitr = config.wal.archive === "stream" ? (await archiveWindow(config.backupDir)).window : null;
+  const windowLine = () => pitr && line(io, `point-in-time window: ${pitr.earliest ? `${pitr.earliest} .. ${pitr.latest} (timeline ${pitr.timeline}); see shinkei pitr status` : "none yet (needs a base backup and its WAL)"}`);
   if (rows.length === 0) {
     line(io, `no backups in ${config.backupDir}; take one with: shinkei backup`);
+    windowLine();
     return 0;
   }
   const c = (b: (typeof rows)[number], t: string) => (b.manifest ? b.manifest.counts[t] ?? 0 : "?");
@@ -51,5 +55,6 @@ export async function list(ctx: Context): Promise<number> {
     ...rows.map((b) => [b.name, age(b.takenAt), b.location === "s3" ? "?" : formatBytes(b.sizeBytes), b.manifest?.reason ?? "?", c(b, "users"), c(b, "worlds"), c(b, "stories"), c(b, "story_beats"), b.location, b.check,
       b.drill ? `${b.drill.passed ? "passed" : "FAILED"} ${age(new Date(b.drill.at))}` : "-"]),
   ]));
+  windowLine();
   return 0;
 }

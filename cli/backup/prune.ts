@@ -3,6 +3,8 @@ import type { Context } from "../command.ts";
 import { line, json, table } from "../output.ts";
 import { pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../../src/wal/prune.ts";
+import { walStore } from "../../src/wal/offsite.ts";
 
 export async function prune(ctx: Context): Promise<number> {
   const { io, config } = ctx;
@@ -11,15 +13,28 @@ export async function prune(ctx: Context): Promise<number> {
   const apply = async () => {
     const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
     if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
-    return reports;
+    return { reports, wal: await pruneWal(config, dryRun) };
   };
   // Deleting waits for the maintenance lock: a restore in progress keeps the backup it is reading.
-  const reports = dryRun ? await apply() : await withMaintenanceLock(ctx.db, "retention", apply, ctx.flag("wait"));
-  if (ctx.flag("json")) return json(io, reports), 0;
+  const { reports, wal } = dryRun ? await apply() : await withMaintenanceLock(ctx.db, "retention", apply, ctx.flag("wait"));
+  if (ctx.flag("json")) return json(io, wal.length ? [...reports, ...wal] : reports), 0;
   for (const r of reports) {
     line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);
     if (r.decisions.length === 0) line(io, "  no backups");
     else line(io, table([["name", "action", "why"], ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
   }
+  for (const r of wal) {
+    line(io, `${r.location} (base backups and WAL)${dryRun ? " (dry run: nothing deleted)" : ""}`);
+    if (r.bases.length) line(io, table([["base backup", "action", "why"], ...r.bases.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
+    line(io, r.wal ? `  WAL ${r.wal.from} .. ${r.wal.to} (${r.wal.files} file(s)): ${dryRun ? "would delete" : "deleted"}; ${r.walWhy}` : `  WAL: nothing to delete; ${r.walWhy}`);
+  }
   return 0;
+}
+
+/** Base backup and WAL retention, where there is a PITR archive to prune. */
+async function pruneWal(config: Context["config"], dryRun: boolean): Promise<WalPruneReport[]> {
+  const local = await pruneWalLocal(config, { dryRun, offsite: walStore(config) });
+  if (config.wal.archive === "off" && local.bases.length === 0 && !local.wal) return [];
+  const store = walStore(config);
+  return store && config.s3 ? [local, await pruneWalStore(store, config.s3.keepDays, config.backup, dryRun)] : [local];
 }

@@ -1,17 +1,16 @@
 import { lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable, Transform, Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import { createGzip } from "node:zlib";
+import { Readable } from "node:stream";
 import type { Sql } from "../db.ts";
 import { describeTarget } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableStats } from "./digest.ts";
 import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "./naming.ts";
-import { encrypt, encryptionFor, type AgeConfig } from "./crypt.ts";
+import { encryptionFor, type AgeConfig } from "./crypt.ts";
+import { sealTo } from "./seal.ts";
 import { signManifest, writeManifest, type Manifest, type Reason } from "./manifest.ts";
-import { createPartial, fsyncDir, removeStalePartials } from "./files.ts";
+import { fsyncDir, removeStalePartials } from "./files.ts";
 import { checkDumpVersion, finished, toolEnv, toolPath } from "./pgtools.ts";
 
 export type Progress = { bytesIn: number; bytesOut: number };
@@ -72,7 +71,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
   const result = await sql.begin("isolation level repeatable read read only", async (tx) => {
     const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
     const schemaVersion = await currentSchemaVersion(tx);
-    // Owners are left out as `pg_restore --no-owner` would: a backup restores wherever its user can create tables.
+    // Owners and privileges are left out as `pg_restore --no-owner --no-privileges` would: a backup
+    // restores wherever its user can create tables, also on a server without the original roles.
     const proc = Bun.spawn([pgDump, "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"], {
       env: toolEnv(url, options.env),
       stdin: "ignore",
@@ -83,38 +83,17 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     // Counts and digests are read in the exported snapshot while pg_dump streams: same data, no added wait.
     const stats = tableStats(tx);
     stats.catch(() => {}); // awaited below; a failed dump must not leave it unhandled
-    const hasher = new Bun.CryptoHasher("sha256");
-    const progress: Progress = { bytesIn: 0, bytesOut: 0 };
-    const file = await createPartial(partial);
     try {
-      await pipeline(
-        Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream),
-        new Transform({
-          transform(chunk: Buffer, _e, done) {
-            progress.bytesIn += chunk.length;
-            done(null, chunk);
-          },
-        }),
-        createGzip({ level: options.compressionLevel ?? 6 }),
-        async function* (compressed: AsyncIterable<Uint8Array>) {
-          if (!encryption) yield* compressed;
-          else yield* (await encrypt(Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>, options.age!)) as unknown as AsyncIterable<Uint8Array>;
-        },
-        new Writable({
-          write(chunk: Buffer, _e, done) {
-            hasher.update(chunk);
-            progress.bytesOut += chunk.length;
-            options.onProgress?.(progress);
-            file.write(chunk).then(() => done(), done);
-          },
-        }),
-      );
+      const sealed = await sealTo(Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream), partial, {
+        level: options.compressionLevel ?? 6,
+        age: encryption ? options.age : undefined,
+        onProgress: options.onProgress,
+      });
       const { code, stderr } = await exit;
       if (code !== 0) throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
-      if (progress.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
-      await file.sync();
+      if (sealed.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
       const { counts, digests } = await stats;
-      return { counts, digests, schemaVersion, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex") };
+      return { counts, digests, schemaVersion, sizeBytes: sealed.sizeBytes, sha256: sealed.sha256 };
     } catch (error) {
       proc.kill("SIGKILL");
       await rm(partial, { force: true });
@@ -122,8 +101,6 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
       const e = error as NodeJS.ErrnoException;
       const why = e.code === "ENOSPC" ? "the disk is full" : e.message;
       throw new ShinkeiError("BACKUP_FAILED", `writing the backup failed: ${why}`, { cause: error, hint: `Nothing was kept; check ${dir}.` });
-    } finally {
-      await file.close().catch(() => {});
     }
   });
 

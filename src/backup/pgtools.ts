@@ -41,11 +41,16 @@ export function toolPath(tool: PgTool, env: Record<string, string | undefined> =
 
 /** The version a client tool reports, e.g. 15 and 20 for "pg_dump (PostgreSQL) 15.20". */
 export async function toolMajor(tool: PgTool, env?: Record<string, string | undefined>): Promise<{ major: number; minor: number; text: string }> {
-  const p = Bun.spawn([toolPath(tool, env), "--version"], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+  return binaryVersion(toolPath(tool, env), env);
+}
+
+/** The version any PostgreSQL program at `path` reports with --version. */
+export async function binaryVersion(path: string, env?: Record<string, string | undefined>): Promise<{ major: number; minor: number; text: string }> {
+  const p = Bun.spawn([path, "--version"], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
   const text = (await new Response(p.stdout).text()).trim();
   await p.exited;
   const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(text);
-  if (!m) throw new ShinkeiError("PG_TOOL_MISSING", `cannot tell the version of ${tool} from "${text}"`);
+  if (!m) throw new ShinkeiError("PG_TOOL_MISSING", `cannot tell the version of ${path} from "${text}"`);
   return { major: Number(m[1]), minor: Number(m[2] ?? 0), text: text.replace(/^.*?\(PostgreSQL\)\s+/, "") };
 }
 

@@ -71,6 +71,11 @@ CREATE TABLE ${table} (x int);
 CREATE CONSTRAINT TRIGGER shinkei_commit_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_commit_guard_${token}();
 ALTER TABLE ${table} ENABLE ALWAYS TRIGGER shinkei_commit_guard;
 INSERT INTO ${table} VALUES (1);
+-- A role that restores on behalf of the database's owner (a member of it, as the backup service's
+-- role is of the app's) creates what it restores as that owner, so the app can use it afterwards.
+SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true) FROM pg_catalog.pg_database d
+ WHERE d.datname = pg_catalog.current_database() AND pg_catalog.pg_get_userbyid(d.datdba) <> current_user
+   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER') AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);
 DO $shinkei$
 DECLARE s text;
 BEGIN

@@ -1,7 +1,8 @@
 import { compareNewestFirst, parseBackupName } from "./naming.ts";
 
 export type RetentionPolicy = { keepDays: number; keepDaily: number; keepWeekly: number; keepMonthly: number };
-export type Candidate = { name: string; good: boolean; mirrored: boolean };
+/** `takenAt` for names that carry no backup timestamp of the dump kind (base backups give theirs). */
+export type Candidate = { name: string; good: boolean; mirrored: boolean; takenAt?: Date };
 export type Decision = { name: string; keep: boolean; why: string };
 
 const DAY = 86_400_000;
@@ -22,7 +23,7 @@ function weekKey(d: Date): string {
  */
 export function planRetention(candidates: Candidate[], policy: RetentionPolicy, now: Date, requireMirrored: boolean): Decision[] {
   const parsed = candidates
-    .map((c) => ({ ...c, parsed: parseBackupName(c.name) }))
+    .map((c) => ({ ...c, parsed: c.takenAt ? { name: c.name, takenAt: c.takenAt, extension: "", sequence: 0 } : parseBackupName(c.name) }))
     .filter((c): c is Candidate & { parsed: NonNullable<ReturnType<typeof parseBackupName>> } => c.parsed !== null)
     .sort((a, b) => compareNewestFirst(a.parsed, b.parsed));
 

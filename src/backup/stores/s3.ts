@@ -53,12 +53,16 @@ function etagTap() {
   };
 }
 
+/** Which object names are ours to list and delete, and what goes with each (its manifest). */
+export type StoreNaming = { isOurs(name: string): boolean; companions(name: string): string[] };
+const backupNaming: StoreNaming = { isOurs: isOurObject, companions: (name) => [name + MANIFEST_SUFFIX] };
+
 export class S3Store implements BackupStore {
   readonly kind = "s3";
   readonly location: string;
   private readonly client: S3Client;
 
-  constructor(private readonly config: S3Config) {
+  constructor(private readonly config: S3Config, private readonly naming: StoreNaming = backupNaming) {
     this.location = `s3://${config.bucket}/${config.prefix}`;
     this.client = new S3Client({
       region: config.region,
@@ -91,7 +95,7 @@ export class S3Store implements BackupStore {
         const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.config.bucket, Prefix: this.config.prefix, ContinuationToken: token }));
         for (const o of page.Contents ?? []) {
           const name = o.Key!.slice(this.config.prefix.length);
-          if (!name.includes("/") && isOurObject(name)) found.push({ name, sizeBytes: o.Size ?? 0, modifiedAt: o.LastModified ?? new Date(0) });
+          if (!name.includes("/") && this.naming.isOurs(name)) found.push({ name, sizeBytes: o.Size ?? 0, modifiedAt: o.LastModified ?? new Date(0) });
         }
         token = page.IsTruncated ? page.NextContinuationToken : undefined;
       } while (token);
@@ -147,10 +151,10 @@ export class S3Store implements BackupStore {
   }
 
   async remove(name: string) {
-    if (!isOurObject(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
+    if (!this.naming.isOurs(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     try {
       // One DeleteObject per key: the batch call requires a checksum header many compatible stores reject.
-      for (const key of [this.key(name), this.key(name + MANIFEST_SUFFIX)]) {
+      for (const key of [name, ...this.naming.companions(name)].map((n) => this.key(n))) {
         await this.client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }));
       }
     } catch (e) {

@@ -1,0 +1,68 @@
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createReadStream } from "node:fs";
+import { createGunzip, createGzip } from "node:zlib";
+import { decrypt, encrypt, type AgeConfig, type Encryption } from "./crypt.ts";
+import { createPartial } from "./files.ts";
+
+export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plainSha256?: string };
+
+/**
+ * The one way bytes become a stored file: gzip, then age when `age` is given, SHA-256 of what is
+ * written (and, when asked, of what came in), into `path` (created new, mode 0600, never through a
+ * symbolic link) and fsynced. Renaming it into
+ * place is the caller's step, so a crash never leaves a file that looks finished.
+ */
+export async function sealTo(
+  source: AsyncIterable<Uint8Array> | Readable,
+  path: string,
+  /** `plainHash`: also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
+  options: { level?: number; age?: AgeConfig; plainHash?: boolean; onProgress?: (p: { bytesIn: number; bytesOut: number }) => void },
+): Promise<Sealed> {
+  const plain = options.plainHash ? new Bun.CryptoHasher("sha256") : null;
+  const hasher = new Bun.CryptoHasher("sha256");
+  const progress = { bytesIn: 0, bytesOut: 0 };
+  const file = await createPartial(path);
+  try {
+    await pipeline(
+      source instanceof Readable ? source : Readable.from(source),
+      new Transform({
+        transform(chunk: Buffer, _e, done) {
+          progress.bytesIn += chunk.length;
+          plain?.update(chunk);
+          done(null, chunk);
+        },
+      }),
+      createGzip({ level: options.level ?? 6 }),
+      async function* (compressed: AsyncIterable<Uint8Array>) {
+        if (!options.age) yield* compressed;
+        else yield* (await encrypt(Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>, options.age)) as unknown as AsyncIterable<Uint8Array>;
+      },
+      new Writable({
+        write(chunk: Buffer, _e, done) {
+          hasher.update(chunk);
+          progress.bytesOut += chunk.length;
+          options.onProgress?.(progress);
+          file.write(chunk).then(() => done(), done);
+        },
+      }),
+    );
+    await file.sync();
+  } finally {
+    await file.close().catch(() => {});
+  }
+  return { bytesIn: progress.bytesIn, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex"), plainSha256: plain?.digest("hex") };
+}
+
+/**
+ * The plain bytes of a sealed file: age-decrypted when `encryption` says so (keys from `age`),
+ * then gunzipped. The caller checks whatever hash it holds for them.
+ */
+export async function unsealFrom(path: string, options: { encryption?: Encryption; age?: AgeConfig; name: string }): Promise<Readable> {
+  let source: Readable = createReadStream(path);
+  if (options.encryption) {
+    const web = await decrypt(Readable.toWeb(source) as ReadableStream<Uint8Array>, options.age, options.name, options.encryption);
+    source = Readable.fromWeb(web as import("node:stream/web").ReadableStream);
+  }
+  return source.pipe(createGunzip());
+}

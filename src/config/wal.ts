@@ -1,0 +1,43 @@
+import * as v from "valibot";
+import { bool, cron, duration, type Values } from "./values.ts";
+
+/** The continuous WAL archive and base backups (point-in-time recovery). */
+export const entries = {
+  WAL_ARCHIVE: v.pipe(v.optional(v.string(), "off"), v.trim(), v.toLowerCase(), v.picklist(["off", "stream"], "must be off or stream")),
+  WAL_SLOT: v.pipe(
+    v.optional(v.string(), "shinkei"),
+    v.trim(),
+    v.regex(/^[a-z0-9_]{1,63}$/, "must be a replication slot name (lower-case letters, digits, _) or none"),
+  ),
+  WAL_SYNC: bool(true),
+  PITR_MAX_LAG: duration("5m", "7d"),
+  WAL_PARTIAL_UPLOAD_INTERVAL: duration("60s", "1d"),
+  BASE_BACKUP_START_FAST: bool(false),
+  BASE_BACKUP_SCHEDULE: cron("0 3 * * *", "0 3 * * *"),
+};
+
+export type WalConfig = {
+  archive: "off" | "stream";
+  /** Physical replication slot; undefined streams without one (WAL_SLOT=none). */
+  slot?: string;
+  synchronous: boolean;
+  maxLagMs: number;
+  partialUploadIntervalMs: number;
+  baseBackupSchedule: string;
+  /** Scheduled base backups ask for an immediate checkpoint instead of a spread one. */
+  baseBackupStartFast: boolean;
+};
+
+export function read(r: Values<typeof entries>): { wal: WalConfig } {
+  return {
+    wal: {
+      archive: r.WAL_ARCHIVE,
+      slot: r.WAL_SLOT === "none" ? undefined : r.WAL_SLOT,
+      synchronous: r.WAL_SYNC,
+      maxLagMs: r.PITR_MAX_LAG,
+      partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
+      baseBackupSchedule: r.BASE_BACKUP_SCHEDULE,
+      baseBackupStartFast: r.BASE_BACKUP_START_FAST,
+    },
+  };
+}

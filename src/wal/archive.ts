@@ -1,0 +1,151 @@
+import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { createReadStream } from "node:fs";
+import { basename, join } from "node:path";
+import { ShinkeiError } from "../errors.ts";
+import { encryptionFor, type AgeConfig, type Encryption } from "../backup/crypt.ts";
+import { fsyncDir, writeFileAtomic } from "../backup/files.ts";
+import { sealTo } from "../backup/seal.ts";
+import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
+
+/**
+ * The local WAL archive: `BACKUP_DIR/wal/<timeline>/<name>.gz[.age]`, each beside a record
+ * `<name>.json` written last. A file without its record is unfinished and is written again; a
+ * record says how to check what a later fetch reads back (SHA-256 of the stored bytes and of the
+ * original WAL).
+ */
+export type WalRecord = {
+  walRecordVersion: 1;
+  name: string;
+  /** A partial is the received start of a segment that will never be completed (see stream.ts). */
+  kind: "segment" | "history" | "partial";
+  timeline: number;
+  file: string;
+  sizeBytes: number;
+  sha256: string;
+  originalBytes: number;
+  originalSha256: string;
+  segmentBytes: number;
+  encryption?: Encryption;
+  /** When the receiver finished writing it (the newest commit it can hold is no later). */
+  receivedAt: string;
+  archivedAt: string;
+  /** Verified off-site copies, by store kind. */
+  offsite?: Record<string, { location: string; sizeBytes: number; copiedAt: string }>;
+};
+
+export const walRoot = (backupDir: string) => join(backupDir, "wal");
+export const spoolDir = (backupDir: string) => join(backupDir, "wal", "spool");
+const RECORD = ".json";
+const TIMELINE_DIR = /^[0-9A-F]{8}$/;
+
+function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"]; timeline: number } | null {
+  const seg = parseSegment(name, segmentBytes);
+  if (seg) return { kind: "segment", timeline: seg.timeline };
+  const partial = name.endsWith(".partial") ? parseSegment(name.slice(0, -".partial".length), segmentBytes) : null;
+  if (partial) return { kind: "partial", timeline: partial.timeline };
+  const tl = parseHistory(name);
+  return tl ? { kind: "history", timeline: tl } : null;
+}
+
+export const recordPath = (root: string, timeline: number, name: string) => join(root, timelineDir(timeline), name + RECORD);
+
+/** A record, checked before anything in it is trusted (it may come from a bucket); null when unusable. */
+export async function readRecord(path: string, name = basename(path).slice(0, -RECORD.length)): Promise<WalRecord | null> {
+  try {
+    const r = (await Bun.file(path).json()) as WalRecord;
+    const ok = r && r.walRecordVersion === 1 && r.name === name
+      && /^[0-9a-f]{64}$/.test(r.sha256) && /^[0-9a-f]{64}$/.test(r.originalSha256) && Number.isSafeInteger(r.sizeBytes)
+      && (r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption))
+      && Number.isInteger(r.segmentBytes) && r.segmentBytes >= 1 << 20 && r.segmentBytes <= 1 << 30
+      && !Number.isNaN(Date.parse(r.receivedAt));
+    const what = ok ? walKind(name, r.segmentBytes) : null;
+    return what && what.kind === r.kind && what.timeline === r.timeline ? r : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Seal one finished WAL file from the spool into the archive. Idempotent: a file already archived
+ * with the same content is not written again (a restarted receiver may fetch a segment twice);
+ * different content under the same name is refused, keeping the first.
+ */
+export async function archiveWalFile(
+  source: string,
+  root: string,
+  options: { age?: AgeConfig; level?: number; segmentBytes: number },
+): Promise<{ record: WalRecord; written: boolean }> {
+  const name = basename(source);
+  const what = walKind(name, options.segmentBytes);
+  if (!what) throw new ShinkeiError("WAL_ARCHIVE_FAILED", `${name} is not a WAL segment, partial segment or timeline history file name`);
+  const dir = join(root, timelineDir(what.timeline));
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const info = await stat(source);
+  const existing = await readRecord(join(dir, name + RECORD));
+  if (existing) {
+    const again = await sha256Of(source);
+    if (again === existing.originalSha256) return { record: existing, written: false };
+    throw new ShinkeiError("WAL_ARCHIVE_FAILED", `${name} is already archived with different content; the archived copy is kept`, {
+      hint: `Two servers may be streaming into one BACKUP_DIR. Compare ${source} with ${join(dir, existing.file)}.`,
+    });
+  }
+  const encryption = encryptionFor(options.age);
+  const file = `${name}.gz${encryption ? ".age" : ""}`;
+  const target = join(dir, file);
+  const partial = `${target}.partial`;
+  await rm(partial, { force: true });
+  try {
+    const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined, plainHash: true });
+    await rename(partial, target);
+    await fsyncDir(dir);
+    const record: WalRecord = {
+      walRecordVersion: 1,
+      name,
+      kind: what.kind,
+      timeline: what.timeline,
+      file,
+      sizeBytes: sealed.sizeBytes,
+      sha256: sealed.sha256,
+      originalBytes: sealed.bytesIn,
+      originalSha256: sealed.plainSha256!,
+      segmentBytes: options.segmentBytes,
+      encryption,
+      receivedAt: info.mtime.toISOString(),
+      archivedAt: new Date().toISOString(),
+    };
+    await writeRecord(root, record);
+    return { record, written: true };
+  } catch (e) {
+    await rm(partial, { force: true });
+    const err = e as NodeJS.ErrnoException;
+    throw new ShinkeiError("WAL_ARCHIVE_FAILED", `archiving ${name} failed: ${err.code === "ENOSPC" ? "the disk is full" : err.message}`, { cause: e });
+  }
+}
+
+async function sha256Of(path: string): Promise<string> {
+  const h = new Bun.CryptoHasher("sha256");
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest("hex");
+}
+
+export async function writeRecord(root: string, record: WalRecord): Promise<void> {
+  await writeFileAtomic(recordPath(root, record.timeline, record.name), JSON.stringify(record, null, 2) + "\n");
+}
+
+/**
+ * Every complete archived WAL file (record and file present), by timeline then name. `skip`
+ * leaves out names the caller already knows, without reading their records.
+ */
+export async function listArchive(root: string, skip?: Set<string>): Promise<WalRecord[]> {
+  const out: WalRecord[] = [];
+  for (const tl of (await readdir(root).catch(() => [] as string[])).filter((d) => TIMELINE_DIR.test(d)).sort()) {
+    const dir = join(root, tl);
+    const names = new Set(await readdir(dir).catch(() => [] as string[]));
+    for (const n of [...names].filter((n) => n.endsWith(RECORD)).sort()) {
+      if (skip?.has(n.slice(0, -RECORD.length))) continue;
+      const r = await readRecord(join(dir, n));
+      if (r && names.has(r.file) && timelineDir(r.timeline) === tl) out.push(r);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,179 @@
+import { createReadStream } from "node:fs";
+import { readdir, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "../config.ts";
+import type { Log } from "../log.ts";
+import { encryptionFor } from "../backup/crypt.ts";
+import { writeFileAtomic } from "../backup/files.ts";
+import { sealTo } from "../backup/seal.ts";
+import { S3Store, type StoreNaming } from "../backup/stores/s3.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
+import { listArchive, recordPath, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
+import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
+import { parseSegment, timelineDir } from "./segments.ts";
+
+/**
+ * Off-site copies of the WAL archive and base backups: one flat folder `S3_PREFIX` + `wal/`
+ * (segment names carry their timeline). Only names of these shapes are listed or deleted there.
+ */
+const WAL_OBJECT = /^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?:\.gz(?:\.age)?|\.json)$/;
+const BASE_OBJECT = /^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?(?:\.tar\.gz(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.gz(?:\.age)?)$/;
+
+export const walNaming: StoreNaming = {
+  isOurs: (name) => WAL_OBJECT.test(name) || BASE_OBJECT.test(name),
+  companions(name) {
+    const wal = /^(.*)\.gz(?:\.age)?$/.exec(name);
+    if (WAL_OBJECT.test(name) && wal) return [`${wal[1]}.json`];
+    const base = /^(shinkei_base_[0-9_]+)\.tar\.gz(\.age)?$/.exec(name);
+    if (base) return [`${base[1]}.backup_manifest.gz${base[2] ?? ""}`, name + BASE_MANIFEST_SUFFIX];
+    return [];
+  },
+};
+
+export const offsiteStatePath = (backupDir: string) => join(walRoot(backupDir), "offsite.json");
+export type OffsiteState = { location: string; partial: { name: string; receivedAt: string; copiedAt: string } };
+
+export function walStore(config: Config): BackupStore | undefined {
+  return config.s3 ? new S3Store({ ...config.s3, prefix: `${config.s3.prefix}wal/` }, walNaming) : undefined;
+}
+
+/** Copy one archived WAL file, then its record naming the checked copy (kept locally only once both are up). */
+export async function mirrorWalRecord(store: BackupStore, root: string, record: WalRecord): Promise<void> {
+  const dir = join(root, timelineDir(record.timeline));
+  const copy = await store.put(record.file, join(dir, record.file));
+  const recorded: WalRecord = { ...record, offsite: { ...record.offsite, [store.kind]: { location: store.location, sizeBytes: copy.sizeBytes, copiedAt: new Date().toISOString() } } };
+  await writeRecord(root, recorded);
+  try {
+    await store.put(`${record.name}.json`, recordPath(root, record.timeline, record.name));
+  } catch (e) {
+    await writeRecord(root, record);
+    throw e;
+  }
+  // A segment now complete off-site makes the copy of its partial redundant.
+  if (record.kind === "segment") {
+    await store.remove(`${record.name}.partial.gz${record.encryption ? ".age" : ""}`).catch(() => {});
+  }
+}
+
+/** Copy a base backup, the server's backup_manifest, then our manifest recording the copy. */
+export async function mirrorBase(store: BackupStore, backupDir: string, base: BaseBackup): Promise<void> {
+  const dir = baseDir(backupDir);
+  const copy = await store.put(base.name, base.path);
+  await store.put(base.manifest.backupManifestFile, join(dir, base.manifest.backupManifestFile));
+  const recorded = { ...base.manifest, offsite: { ...base.manifest.offsite, [store.kind]: { location: store.location, sizeBytes: copy.sizeBytes, copiedAt: new Date().toISOString() } } };
+  await writeBaseManifest(base.path, recorded);
+  try {
+    await store.put(base.name + BASE_MANIFEST_SUFFIX, base.path + BASE_MANIFEST_SUFFIX);
+  } catch (e) {
+    await writeBaseManifest(base.path, base.manifest);
+    throw e;
+  }
+}
+
+export type WalUploader = { stop(): Promise<void>; pass(): Promise<void> };
+
+/**
+ * Keep the off-site copy in step: every archived file and base backup not yet copied, oldest
+ * first (so a pass after an outage catches up), and the segment being received, sealed like the
+ * rest, at least every `partialUploadIntervalMs` while it changes.
+ */
+export function startWalUploader(deps: { store: BackupStore; config: Config; log: Log; segmentBytes: number; everyMs?: number }): WalUploader {
+  const { store, config, log } = deps;
+  const root = walRoot(config.backupDir);
+  const spool = spoolDir(config.backupDir);
+  const copied = new Set<string>();
+  let failing = false;
+  let lastPartial = { name: "", mtimeMs: 0, at: 0 };
+  let chain: Promise<void> = readdir(root)
+    .then((names) => Promise.all(names.filter((n) => n.startsWith(".upload-")).map((n) => rm(join(root, n), { force: true }))))
+    .then(() => {}, () => {}); // sealed copies of the partial left by a crash
+
+  const fail = (what: string, e: unknown) => {
+    if (!failing) log({ level: "error", msg: "wal off-site copy failed; retrying", location: store.location, file: what, error: (e as Error).message });
+    failing = true;
+  };
+
+  async function copyArchive(): Promise<boolean> {
+    // Records of files already copied are not read again: a pass costs a directory listing.
+    for (const r of await listArchive(root, copied)) {
+      if (r.offsite?.[store.kind]) {
+        copied.add(r.name);
+        continue;
+      }
+      try {
+        await mirrorWalRecord(store, root, r);
+        copied.add(r.name);
+      } catch (e) {
+        fail(r.name, e);
+        return false;
+      }
+    }
+    for (const b of await listBaseBackups(config.backupDir)) {
+      if (b.manifest.offsite?.[store.kind]) continue;
+      try {
+        await mirrorBase(store, config.backupDir, b);
+        log({ level: "info", msg: "base backup copied off-site", file: b.name, location: store.location });
+      } catch (e) {
+        fail(b.name, e);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  async function copyPartial(): Promise<boolean> {
+    const names = (await readdir(spool).catch(() => [] as string[])).filter((n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), deps.segmentBytes));
+    const name = names.sort().at(-1);
+    if (!name) return true;
+    const s = await stat(join(spool, name)).catch(() => null);
+    if (!s) return true;
+    const due = Date.now() - lastPartial.at >= config.wal.partialUploadIntervalMs;
+    if (!due || (name === lastPartial.name && s.mtimeMs === lastPartial.mtimeMs)) return true;
+    const encryption = encryptionFor(config.backup.age);
+    const file = `${name}.gz${encryption ? ".age" : ""}`;
+    const tmp = join(root, `.upload-${file}`);
+    try {
+      await rm(tmp, { force: true });
+      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined, plainHash: true });
+      await store.put(file, tmp);
+      const record: WalRecord = {
+        walRecordVersion: 1, name, kind: "partial", timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline, file,
+        sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256!,
+        segmentBytes: deps.segmentBytes, encryption, receivedAt: s.mtime.toISOString(), archivedAt: new Date().toISOString(),
+      };
+      await writeFileAtomic(`${tmp}.json`, JSON.stringify(record, null, 2) + "\n");
+      await store.put(`${name}.json`, `${tmp}.json`);
+      lastPartial = { name, mtimeMs: s.mtimeMs, at: Date.now() };
+      // What the off-site copy covers up to, for pitr status (the partial's record lives only there).
+      await writeFileAtomic(offsiteStatePath(config.backupDir), JSON.stringify({ location: store.location, partial: { name, receivedAt: record.receivedAt, copiedAt: new Date().toISOString() } }) + "\n");
+      return true;
+    } catch (e) {
+      fail(name, e);
+      return false;
+    } finally {
+      await rm(tmp, { force: true });
+      await rm(`${tmp}.json`, { force: true });
+    }
+  }
+
+  const pass = () =>
+    (chain = chain.then(async () => {
+      const ok = (await copyArchive()) && (await copyPartial());
+      if (ok && failing) log({ level: "info", msg: "wal off-site copy caught up", location: store.location });
+      if (ok) failing = false;
+    }).catch((e) => fail("pass", e)));
+
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return; // a slow store (an outage with timeouts) must not queue pass after pass
+    busy = true;
+    pass().finally(() => (busy = false));
+  }, deps.everyMs ?? Math.min(5000, config.wal.partialUploadIntervalMs));
+  return {
+    pass,
+    async stop() {
+      clearInterval(timer);
+      await chain;
+    },
+  };
+}

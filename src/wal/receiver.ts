@@ -1,0 +1,110 @@
+import type { Log } from "../log.ts";
+import { libpqEnv } from "../backup/pgtools.ts";
+import type { FoundTool } from "./bin.ts";
+
+/** What the server shows as the receiver's application_name (pg_stat_replication). */
+export const RECEIVER_APP_NAME = "shinkei_wal";
+
+export type ReceiverOptions = {
+  tool: FoundTool;
+  url: string;
+  spool: string;
+  slot?: string;
+  synchronous: boolean;
+  log: Log;
+  /** First and longest wait before a restart; the wait doubles while the stream keeps dropping. */
+  backoffMs?: { min: number; max: number };
+  /** Called with the last lines pg_receivewal wrote before it exited, before it is restarted. */
+  onExit?: (lines: string[]) => Promise<void>;
+  /** Called with where a (re)started receiver begins streaming, as it reports it. */
+  onStart?: (lsn: string, timeline: number) => void;
+};
+
+export type Receiver = { pid(): number | undefined; stop(): Promise<void> };
+
+/**
+ * Keep one pg_receivewal running. It exits when the stream drops (--no-loop), and we restart it
+ * with a growing wait, so every stop and start is a log line instead of a silent internal retry.
+ * A restart resumes from the `.partial` segment in the spool, else from the slot's position.
+ */
+export function superviseReceiver(o: ReceiverOptions): Receiver {
+  const { min, max } = o.backoffMs ?? { min: 1000, max: 30_000 };
+  let proc: Bun.Subprocess<"ignore", "ignore", "pipe"> | undefined;
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  const env: Record<string, string | undefined> = { ...process.env, ...libpqEnv(o.url), PGAPPNAME: RECEIVER_APP_NAME };
+  delete env.PGDATABASE; // a physical replication connection names no database
+
+  // pdeathsig: a receiver outliving a killed service would hold the slot and write where nobody archives.
+  const setpriv = Bun.which("setpriv");
+  const args = [...(setpriv ? [setpriv, "--pdeathsig", "INT", "--"] : []), o.tool.path, "-D", o.spool, "--no-loop", "--no-password", "--verbose", "--status-interval=1"];
+  if (o.slot) args.push("--slot", o.slot);
+  if (o.synchronous) args.push("--synchronous");
+
+  const loop = (async () => {
+    let wait = min;
+    while (!stopped) {
+      const started = Date.now();
+      proc = Bun.spawn(args, { env, stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+      o.log({ level: "info", msg: "wal receiver started", pid: proc.pid, slot: o.slot ?? null, synchronous: o.synchronous, tool: o.tool.path, version: o.tool.version });
+      const tail: string[] = [];
+      const lines = forwardLines(proc.stderr, o.log, tail, (text) => {
+        const m = /^starting log streaming at ([0-9A-F]+\/[0-9A-F]+) \(timeline (\d+)\)/.exec(text);
+        if (m) o.onStart?.(m[1]!, Number(m[2]));
+      });
+      const code = await proc.exited;
+      await lines;
+      const signal = proc.signalCode ?? null;
+      proc = undefined;
+      if (stopped) {
+        o.log({ level: "info", msg: "wal receiver stopped", code, signal });
+        break;
+      }
+      // A stream that ran a while and then dropped is a fresh failure, not a repeat of the last one.
+      if (Date.now() - started > 60_000) wait = min;
+      o.log({ level: "error", msg: "wal receiver exited; restarting", code, signal, restartInMs: wait });
+      await o.onExit?.(tail).catch((e: Error) => o.log({ level: "error", msg: "wal receiver recovery step failed", error: e.message }));
+      await new Promise<void>((done) => {
+        const t = setTimeout(done, wait);
+        wake = () => (clearTimeout(t), done());
+      });
+      wake = undefined;
+      wait = Math.min(max, wait * 2);
+    }
+  })();
+
+  return {
+    pid: () => proc?.pid,
+    async stop() {
+      stopped = true;
+      wake?.();
+      // SIGINT is pg_receivewal's own "flush and exit".
+      proc?.kill("SIGINT");
+      const t = setTimeout(() => proc?.kill("SIGKILL"), 10_000);
+      await loop;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** pg_receivewal's stderr as log lines; "finished segment" is left to the archiver's own line. */
+async function forwardLines(stream: ReadableStream<Uint8Array>, log: Log, tail: string[], onText: (text: string) => void) {
+  let buffer = "";
+  const decoder = new TextDecoder();
+  const emit = (line: string) => {
+    const text = line.replace(/^pg_receivewal:\s*/, "").trim();
+    if (!text || /finished segment at/.test(text)) return;
+    tail.push(text);
+    onText(text);
+    if (tail.length > 20) tail.shift();
+    const level = /^(error|fatal)/i.test(text) ? "error" : /^warning/i.test(text) ? "warn" : "info";
+    log({ level, msg: "pg_receivewal", detail: text });
+  };
+  for await (const chunk of stream) {
+    buffer += decoder.decode(chunk, { stream: true });
+    const parts = buffer.split("\n");
+    buffer = parts.pop()!;
+    parts.forEach(emit);
+  }
+  if (buffer) emit(buffer);
+}

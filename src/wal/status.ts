@@ -1,0 +1,197 @@
+import { readdir, stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "../config.ts";
+import type { Queryable } from "../db.ts";
+import { ShinkeiError } from "../errors.ts";
+import { formatBytes, formatDuration } from "../duration.ts";
+import { listArchive, spoolDir, walRoot, type WalRecord } from "./archive.ts";
+import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
+import { listBaseBackups } from "./base.ts";
+import { findGaps, type Gap } from "./gaps.ts";
+import { RECEIVER_APP_NAME } from "./receiver.ts";
+import { slotStatus, type SlotStatus } from "./slot.ts";
+import { serverInfo } from "./stream.ts";
+import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
+
+export type TimelineWindow = {
+  timeline: number;
+  firstSegment: string;
+  lastSegment: string;
+  segments: number;
+  /** Stop time of the oldest base backup on this timeline whose WAL is all here. */
+  earliest: string | null;
+  /** When the newest WAL reachable without a gap from that base backup was received. */
+  latest: string | null;
+};
+
+export type PitrStatus = {
+  archive: "off" | "stream";
+  window: { earliest: string | null; latest: string | null; timeline: number | null };
+  timelines: TimelineWindow[];
+  baseBackups: { file: string; finishedAt: string; timeline: number; startLsn: string; stopLsn: string; walComplete: boolean }[];
+  gaps: Gap[];
+  gapsAfterNewestBase: Gap[];
+  receiving: { segment: string; receivedAt: string } | null;
+  receiver: { connected: boolean; state: string | null; flushLsn: string | null; serverLsn: string; lagBytes: number; lagSeconds: number };
+  slot: SlotStatus | null;
+  slotName: string | null;
+  /** The off-site RPO: how much of what is on our disk is not yet in the store, when S3 is configured. */
+  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number } | null;
+};
+
+type Held = { segno: bigint; receivedAt: Date };
+
+/** The segment pg_receivewal is writing now (its `.partial`), if any; the newest one when several. */
+async function receiving(spool: string, segmentBytes: number): Promise<{ name: string; timeline: number; segno: bigint; receivedAt: Date } | null> {
+  let best: { name: string; timeline: number; segno: bigint; receivedAt: Date } | null = null;
+  for (const n of await readdir(spool).catch(() => [] as string[])) {
+    if (!n.endsWith(".partial")) continue;
+    const s = parseSegment(n.slice(0, -".partial".length), segmentBytes);
+    if (!s) continue;
+    const st = await stat(join(spool, n)).catch(() => null);
+    if (!st) continue;
+    if (!best || s.timeline > best.timeline || (s.timeline === best.timeline && s.segno > best.segno)) best = { name: s.name, timeline: s.timeline, segno: s.segno, receivedAt: st.mtime };
+  }
+  return best;
+}
+
+/** The newest received time reachable from `from` without a gap, or null when `from` itself is missing. */
+function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date } | null {
+  if (!held.has(from)) return null;
+  let s = from;
+  while (held.has(s + 1n)) s++;
+  return { last: s, at: held.get(s)!.receivedAt };
+}
+
+export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving">;
+
+/**
+ * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
+ * oldest base backup whose WAL is complete to the newest WAL reachable from one without a gap.
+ * `segmentBytes` defaults to what the archive's records say.
+ */
+export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Awaited<ReturnType<typeof receiving>>; segmentBytes: number }> {
+  const records = await listArchive(walRoot(backupDir));
+  const bases = await listBaseBackups(backupDir);
+  const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+  const current = await receiving(spoolDir(backupDir), seg);
+
+  const byTimeline = new Map<number, Map<bigint, Held>>();
+  const hold = (timeline: number, segno: bigint, receivedAt: Date) => {
+    if (!byTimeline.has(timeline)) byTimeline.set(timeline, new Map());
+    byTimeline.get(timeline)!.set(segno, { segno, receivedAt });
+  };
+  for (const r of records.filter((x) => x.kind === "segment")) hold(r.timeline, parseSegment(r.name, seg)!.segno, new Date(r.receivedAt));
+  if (current) hold(current.timeline, current.segno, current.receivedAt);
+
+  const baseRows = bases.map((b) => {
+    const held = byTimeline.get(b.manifest.timeline) ?? new Map();
+    const start = parseSegment(b.manifest.startSegment, seg)!.segno;
+    const stop = parseSegment(b.manifest.stopSegment, seg)!.segno;
+    const r = reach(held, start);
+    return { b, reach: r, walComplete: r !== null && r.last >= stop };
+  });
+
+  const timelines: TimelineWindow[] = [...byTimeline.entries()].sort((a, b) => a[0] - b[0]).map(([timeline, held]) => {
+    const segnos = [...held.keys()].sort((a, b) => (a < b ? -1 : 1));
+    const usable = baseRows.filter((x) => x.walComplete && x.b.manifest.timeline === timeline);
+    const name = (s: bigint) => segmentName(timeline, s, seg);
+    return {
+      timeline,
+      firstSegment: name(segnos[0]!),
+      lastSegment: name(segnos.at(-1)!),
+      segments: segnos.length,
+      earliest: usable[0]?.b.manifest.finishedAt ?? null,
+      latest: usable.length ? new Date(Math.max(...usable.map((x) => x.reach!.at.getTime()))).toISOString() : null,
+    };
+  });
+  const withWindow = timelines.filter((t) => t.earliest);
+  const newestTl = withWindow.at(-1);
+
+  const gaps = findGaps(records, seg, current ? [current.name] : []);
+  const newestBase = bases.at(-1);
+  const gapsAfterNewestBase = newestBase
+    ? gaps.filter((g) => g.timeline > newestBase.manifest.timeline || (g.timeline === newestBase.manifest.timeline && parseSegment(g.to, seg)!.segno >= parseSegment(newestBase.manifest.startSegment, seg)!.segno))
+    : [];
+
+  return {
+    window: { earliest: newestTl ? withWindow[0]!.earliest : null, latest: newestTl?.latest ?? null, timeline: newestTl?.timeline ?? null },
+    timelines,
+    baseBackups: baseRows.map(({ b, walComplete }) => ({ file: b.name, finishedAt: b.manifest.finishedAt, timeline: b.manifest.timeline, startLsn: b.manifest.startLsn, stopLsn: b.manifest.stopLsn, walComplete })),
+    gaps,
+    gapsAfterNewestBase,
+    receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
+    records,
+    current,
+    segmentBytes: seg,
+  };
+}
+
+/**
+ * What can be recovered to (archiveWindow), and how far the receiver trails the server: its
+ * current LSN, pg_stat_replication and the slot.
+ */
+export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrStatus> {
+  const info = await serverInfo(sql);
+  const { records, current, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, info.segmentBytes);
+  const [server] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
+  const [rep] = await sql<{ state: string; flush_lsn: string | null; flush_lag: number | null }[]>`
+    select state, flush_lsn::text, extract(epoch from flush_lag)::float8 as flush_lag
+    from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
+  const serverLsn = parseLsn(server!.lsn);
+  const localEnd = current ? segmentStart(current.segno, seg) : records.length ? segmentStart(parseSegment(records.filter((r) => r.kind === "segment").at(-1)?.name ?? "", seg)?.segno ?? 0n, seg) + BigInt(seg) : 0n;
+  const flushed = rep?.flush_lsn ? parseLsn(rep.flush_lsn) : localEnd;
+  const lagBytes = Number(serverLsn > flushed ? serverLsn - flushed : 0n);
+  const newestReceived = Math.max(current?.receivedAt.getTime() ?? 0, ...records.map((r) => Date.parse(r.receivedAt)));
+  // Connected: the server's own measure. Not connected and behind: everything since the last WAL we got is at risk.
+  const lagSeconds = lagBytes === 0 ? 0 : rep ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
+
+  return {
+    archive: config.wal.archive,
+    ...w,
+    receiver: { connected: Boolean(rep), state: rep?.state ?? null, flushLsn: rep?.flush_lsn ?? (localEnd ? formatLsn(localEnd) : null), serverLsn: server!.lsn, lagBytes, lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1 },
+    slot: config.wal.slot ? await slotStatus(sql, config.wal.slot) : null,
+    offsite: await offsiteCoverage(config, records, newestReceived),
+    slotName: config.wal.slot ?? null,
+  };
+}
+
+async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number): Promise<PitrStatus["offsite"]> {
+  const store = walStore(config);
+  if (!store) return null;
+  const copied = records.filter((r) => r.offsite?.[store.kind]);
+  const state = (await Bun.file(offsiteStatePath(config.backupDir)).json().catch(() => null)) as OffsiteState | null;
+  const partialAt = state?.location === store.location ? Date.parse(state.partial.receivedAt) || 0 : 0;
+  const covered = Math.max(partialAt, ...copied.map((r) => Date.parse(r.receivedAt)));
+  return {
+    location: store.location,
+    coveredUntil: covered > 0 ? new Date(covered).toISOString() : null,
+    lagSeconds: covered > 0 ? Math.max(0, Math.round((newestLocal - covered) / 100) / 10) : -1,
+    notCopied: records.length - copied.length,
+  };
+}
+
+/** Reasons `backup check` fails on the point-in-time archive; empty when it is healthy. */
+export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
+  const problems: string[] = [];
+  if (s.receiver.lagSeconds < 0 || s.receiver.lagSeconds * 1000 > maxLagMs) {
+    problems.push(`the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`);
+  }
+  if (s.slotName && !s.slot) problems.push(`replication slot "${s.slotName}" does not exist`);
+  if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved")) {
+    problems.push(`replication slot "${s.slot.name}" is ${s.slot.walStatus}: the server ${s.slot.walStatus === "lost" ? "has removed" : "is about to remove"} WAL the archive has not received`);
+  }
+  if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
+  for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
+  return problems;
+}
+
+export function assertPitrHealthy(s: PitrStatus, maxLagMs: number): void {
+  const problems = pitrProblems(s, maxLagMs);
+  if (problems.length) {
+    throw new ShinkeiError("PITR_AT_RISK", problems.join("; "), {
+      hint: "See shinkei pitr status, and the backup service's log (wal receiver lines).",
+      details: { problems },
+    });
+  }
+}

@@ -1,0 +1,149 @@
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "../config.ts";
+import type { Queryable } from "../db.ts";
+import type { Log } from "../log.ts";
+import { findTool } from "./bin.ts";
+import { ensureSlot } from "./slot.ts";
+import { RECEIVER_APP_NAME, superviseReceiver, type Receiver } from "./receiver.ts";
+import { ShinkeiError } from "../errors.ts";
+import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
+import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
+import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
+
+export type WalStream = {
+  receiver: Receiver;
+  /** Off-site copying, when S3 is configured. */
+  uploader?: WalUploader;
+  /** Archive whatever the spool holds now (the service does this on its own every `pollMs`). */
+  drain(): Promise<void>;
+  stop(): Promise<void>;
+};
+
+/**
+ * A receiver named in synchronous_standby_names makes every commit on the primary wait for it,
+ * and stop when it stops: refused. `*` matches it too: said loudly, since other standbys may be meant.
+ */
+async function checkNotSynchronousStandby(sql: Queryable, log: Log): Promise<void> {
+  const [row] = await sql<{ v: string }[]>`select current_setting('synchronous_standby_names') as v`;
+  const names = row!.v.replace(/^\s*(first|any)\s+\d+\s*\(|^\s*\d+\s*\(|\)\s*$/gi, "").split(",").map((n) => n.trim().replace(/^"|"$/g, ""));
+  if (names.some((n) => n.toLowerCase() === RECEIVER_APP_NAME)) {
+    throw new ShinkeiError("WAL_RECEIVER_SYNCHRONOUS", `synchronous_standby_names names the WAL receiver (${RECEIVER_APP_NAME}): every commit would wait for it, and writes would stop whenever it stops`, {
+      hint: `Remove ${RECEIVER_APP_NAME} from synchronous_standby_names and reload; --synchronous already makes what it reports received durable on our side.`,
+    });
+  }
+  if (names.includes("*")) log({ level: "warn", msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it` });
+}
+
+export type ServerInfo = { versionNum: number; major: number; segmentBytes: number };
+
+export async function serverInfo(sql: Queryable): Promise<ServerInfo> {
+  const [row] = await sql<{ num: number; seg: number }[]>`
+    select current_setting('server_version_num')::int as num,
+           (select setting::int * case unit when '8kB' then 8192 when 'MB' then 1048576 else 1 end from pg_settings where name = 'wal_segment_size') as seg`;
+  return { versionNum: row!.num, major: Math.floor(row!.num / 10000), segmentBytes: Number(row!.seg) };
+}
+
+/**
+ * Continuous archiving: pg_receivewal (supervised) writes the server's WAL into the spool; every
+ * finished segment and timeline history file is then sealed into the archive and removed from
+ * the spool. The segment still being received stays there as `.partial`, flushed by the receiver.
+ */
+export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; uploadEveryMs?: number; backoffMs?: { min: number; max: number } }): Promise<WalStream> {
+  const { sql, config, log } = deps;
+  const info = await serverInfo(sql);
+  const tool = await findTool("pg_receivewal", info.major);
+  await checkNotSynchronousStandby(sql, log);
+  const { slot } = config.wal;
+  if (slot) {
+    const s = await ensureSlot(sql, slot);
+    log({ level: "info", msg: s.created ? "replication slot created" : "replication slot found", slot, walStatus: s.status.walStatus, safeWalSize: s.status.safeWalSize });
+  } else {
+    log({ level: "warn", msg: "streaming without a replication slot (WAL_SLOT=none): WAL the server recycles while the receiver is down is lost, and shows as a gap" });
+  }
+  const spool = spoolDir(config.backupDir);
+  const root = walRoot(config.backupDir);
+  await mkdir(spool, { recursive: true, mode: 0o700 });
+
+  const failing = new Set<string>();
+  let chain = Promise.resolve();
+  let busy = false;
+  const archiveOne = async (name: string) => {
+    const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, level: config.backup.compressionLevel, segmentBytes: info.segmentBytes });
+    await rm(join(spool, name), { force: true });
+    if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
+  };
+  const drainOnce = async () => {
+    const names = await readdir(spool).catch(() => [] as string[]);
+    // After a timeline switch the old timeline's last segment stays `.partial` for good: keep it as one.
+    const timelines = names.map((n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0);
+    const newest = Math.max(0, ...timelines);
+    for (const [i, name] of names.entries()) {
+      if (name.endsWith(".partial") && timelines[i]! > 0 && timelines[i]! < newest) {
+        await archiveOne(name).catch((e: Error) => log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: e.message }));
+      }
+    }
+    // History files first: a segment of a new timeline is only useful with its history.
+    const done = names.filter((n) => parseHistory(n) !== null).concat(names.filter((n) => parseSegment(n, info.segmentBytes)).sort());
+    for (const name of done) {
+      try {
+        await archiveOne(name);
+        failing.delete(name);
+      } catch (e) {
+        if (!failing.has(name)) log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: (e as Error).message });
+        failing.add(name);
+      }
+    }
+  };
+  // One pass at a time; a caller's drain runs after any pass already under way, so it sees the latest files.
+  const drain = () => (chain = chain.then(drainOnce, drainOnce));
+
+  /**
+   * The server no longer has the segment the receiver would resume from (no slot, or a lost one):
+   * retrying cannot help. Keep what was received of it as a partial, and let the receiver start
+   * again at the server's current position. The hole stays visible as a gap.
+   */
+  const onExit = async (lines: string[]) => {
+    const removed = lines.map((l) => /requested WAL segment ([0-9A-F]{24}) has already been removed/.exec(l)?.[1]).find(Boolean);
+    if (!removed) return;
+    await drain();
+    const partials = (await readdir(spool)).filter((n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), info.segmentBytes));
+    for (const name of partials) await archiveOne(name);
+    log({ level: "error", msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position", missingFrom: removed, keptPartial: partials, slot: slot ?? null });
+  };
+  /** A receiver that starts past the newest archived segment has skipped WAL: say so, once, loudly. */
+  const onStart = (lsn: string, timeline: number) => {
+    void (async () => {
+      const startSeg = segnoOf(parseLsn(lsn), info.segmentBytes);
+      // Finished segments still waiting in the spool count: the receiver resumes after them.
+      const names = [...(await listArchive(root)).filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool).catch(() => [] as string[]))];
+      const held = names.map((n) => parseSegment(n, info.segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
+      if (held.length === 0) return;
+      const newest = held.reduce((a, b) => (a > b ? a : b));
+      if (startSeg > newest + 1n) {
+        const from = segmentName(timeline, newest + 1n, info.segmentBytes);
+        const to = segmentName(timeline, startSeg - 1n, info.segmentBytes);
+        log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - newest - 1n), slot: slot ?? null });
+      }
+    })().catch(() => {});
+  };
+  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart });
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    drain().finally(() => (busy = false));
+  }, deps.pollMs ?? 500);
+  const store = walStore(config);
+  const uploader = store ? startWalUploader({ store, config, log, segmentBytes: info.segmentBytes, everyMs: deps.uploadEveryMs }) : undefined;
+  return {
+    receiver,
+    uploader,
+    drain,
+    async stop() {
+      clearInterval(timer);
+      await receiver.stop();
+      await drain();
+      await uploader?.stop();
+    },
+  };
+}

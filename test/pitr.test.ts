@@ -1,0 +1,267 @@
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { appendFile, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
+import { tempDir } from "./support/fixtures.ts";
+import { until } from "./support/wait.ts";
+import { binaryPath, shinkei } from "./support/cli.ts";
+import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
+
+const lsnSegment = (lsn: string) => segmentName(1, segnoOf(parseLsn(lsn)));
+
+/**
+ * A restore host: the archive and a base backup copied, readable by the server's OS user, the
+ * backup unpacked with restore_command = shinkei pitr wal-fetch and `settings`; started, and
+ * waited on until recovery has ended.
+ */
+async function recoverCopy(base: string, settings: string[]) {
+  const restore = await tempDir("pitr-restore");
+  const owner = (path: string) => Bun.spawnSync(["chown", "-R", "postgres:postgres", path]).exitCode;
+  expect(Bun.spawnSync(["cp", "-a", join(dir, "wal"), join(restore, "wal")]).exitCode).toBe(0);
+  const dataDir = join(restore, "data");
+  expect(Bun.spawnSync(["mkdir", "-m", "700", dataDir]).exitCode).toBe(0);
+  expect(Bun.spawnSync(["tar", "-xzf", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
+  Bun.spawnSync(["chmod", "755", restore]);
+  owner(restore);
+  await appendFile(join(dataDir, "postgresql.auto.conf"), [`restore_command = 'BACKUP_DIR=${restore} ${binaryPath} pitr wal-fetch %f %p'`, ...settings, ""].join("\n"));
+  await Bun.write(join(dataDir, "recovery.signal"), "");
+  owner(dataDir);
+  const recovered = await startClusterFrom(dataDir, { removeOnStop: restore });
+  const rsql = connect(recovered.url("shinkei"), { max: 1 });
+  await until("recovery to end", async () => (await rsql`select pg_is_in_recovery() as r`)[0]!.r === false, 60_000);
+  const log = await Bun.file(join(dataDir, "server.log")).text();
+  return {
+    sql: rsql,
+    log: () => log,
+    async stop() {
+      await rsql.end({ timeout: 1 });
+      await recovered.stop();
+    },
+  };
+}
+import { Service } from "./support/process.ts";
+import { connect, type Sql } from "../src/db.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { listBaseBackups } from "../src/wal/base.ts";
+import { verifyBaseBackup } from "../src/wal/verify-base.ts";
+
+// A cluster of our own and the compiled binary: seconds per step on a busy 2-core machine.
+setDefaultTimeout(90_000);
+
+let cluster: TestCluster;
+let sql: Sql;
+let dir: string;
+let env: Record<string, string>;
+let service: Service | undefined;
+
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  dir = await tempDir("pitr");
+  env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    // Far from now: only what the tests start runs.
+    BACKUP_SCHEDULE: "0 0 1 1 *",
+    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+  };
+  service = await Service.start(["backup-service"], env);
+  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  sql = connect(cluster.url("shinkei"), { max: 2 });
+});
+afterAll(async () => {
+  if (service) service.proc.kill("SIGKILL");
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
+});
+
+describe("base backups and point-in-time status", () => {
+  test("backup base, then streamed WAL: pitr status shows a window from the base backup to within seconds of the last commit", async () => {
+    const b = await shinkei(["backup", "base", "--verify", "--json"], env);
+    expect(b.stderr).toBe("");
+    expect(b.code).toBe(0);
+    const base = JSON.parse(b.stdout);
+    expect(base.verified).toMatchObject({ ok: true, problems: [], pgVerifybackup: expect.stringMatching(/^\d+/) });
+    expect(base.file).toMatch(/^shinkei_base_\d{8}_\d{6}\.tar\.gz$/);
+    expect(base.timeline).toBe(1);
+    expect(base.startLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(base.sizeBytes).toBeGreaterThan(1000);
+    // The server's own backup_manifest is kept beside it, and the tar holds the data directory.
+    expect(await readdir(join(dir, "base"))).toContain(base.backupManifestFile);
+    const tar = Bun.spawnSync(["tar", "-tzf", join(dir, "base", base.file)]);
+    expect(tar.exitCode).toBe(0);
+    expect(tar.stdout.toString()).toContain("PG_VERSION");
+    expect(tar.stdout.toString()).toContain("global/pg_control");
+
+    await sql`create table if not exists notes (body text, at timestamptz default clock_timestamp())`;
+    const [{ at, lsn }] = (await sql<{ at: Date; lsn: string }[]>`insert into notes (body) values ('last words') returning at, pg_current_wal_insert_lsn()::text as lsn`) as any;
+    await until("the receiver to flush the last commit", async () => {
+      const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+      return r?.ok;
+    });
+
+    const r = await shinkei(["pitr", "status", "--json"], env);
+    expect(r.code).toBe(0);
+    const s = JSON.parse(r.stdout);
+    expect(s.archive).toBe("stream");
+    expect(s.window.timeline).toBe(1);
+    expect(s.window.earliest).toBe(base.finishedAt);
+    expect(Math.abs(Date.parse(s.window.latest) - at.getTime())).toBeLessThan(5000);
+    expect(s.gaps).toEqual([]);
+    expect(s.baseBackups).toEqual([{ file: base.file, finishedAt: base.finishedAt, timeline: 1, startLsn: base.startLsn, stopLsn: base.stopLsn, walComplete: true }]);
+    expect(s.receiver.connected).toBe(true);
+    expect(s.receiver.state).toBe("streaming");
+    expect(s.receiver.lagBytes).toBeLessThan(1024 * 1024);
+    expect(s.slot.name).toBe("shinkei");
+    expect(s.slot.walStatus).toBe("reserved");
+    expect(typeof s.slot.safeWalSize).toBe("number");
+    expect(s.problems).toEqual([]);
+    expect(s.timelines[0].segments).toBeGreaterThanOrEqual(1);
+
+    // The window shows in backup --list and in /ready too.
+    const list = await shinkei(["backup", "--list"], env);
+    expect(list.stdout).toContain(`point-in-time window: ${base.finishedAt} .. `);
+    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false" });
+    try {
+      const listening = await server.waitFor((l) => l.msg === "listening");
+      const ready = await (await fetch(`${listening.url}/ready`)).json();
+      expect(ready.pitr.earliest).toBe(base.finishedAt);
+      expect(ready.pitr.timeline).toBe(1);
+      expect(ready.pitr.gaps).toBe(0);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("the archive recovers: the base backup plus WAL fetched by `pitr wal-fetch` replays to a moment between two commits", async () => {
+    await sql`insert into notes (body) values ('before the target')`;
+    const { target } = (await sql<{ target: string }[]>`select clock_timestamp()::text as target`)[0]!;
+    await sql`insert into notes (body) values ('after the target')`;
+    const { lsn } = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+    await sql`select pg_switch_wal()`;
+    // Everything up to that commit is archived: the segment that holds it is sealed.
+    await until("the segment with the last commit archived", () => Bun.file(join(dir, "wal", "00000001", `${lsnSegment(lsn)}.json`)).exists());
+    const base = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file as string;
+
+    const recovered = await recoverCopy(base, [`recovery_target_time = '${target}'`, "recovery_target_action = 'promote'"]);
+    try {
+      const rows = (await recovered.sql<{ body: string }[]>`select body from notes`).map((r) => r.body);
+      expect(rows).toContain("before the target");
+      expect(rows).toContain("last words");
+      expect(rows).not.toContain("after the target");
+      expect(recovered.log()).toContain("restored log file");
+      expect(recovered.log()).toContain("recovery stopping before commit");
+    } finally {
+      await recovered.stop();
+    }
+  });
+
+  test("recovery to the end of the archive reaches the last commit, held only in the segment still being received", async () => {
+    const { lsn } = (await sql<{ lsn: string }[]>`insert into notes (body) values ('seconds ago') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+    await until("the receiver to flush it", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+    // Not archived whole: it is in the segment being received.
+    expect(await Bun.file(join(dir, "wal", "spool", `${lsnSegment(lsn)}.partial`)).exists()).toBe(true);
+    const base = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file as string;
+    const recovered = await recoverCopy(base, []);
+    try {
+      const rows = (await recovered.sql<{ body: string }[]>`select body from notes`).map((r) => r.body);
+      expect(rows).toContain("seconds ago");
+      expect(rows).toContain("after the target");
+    } finally {
+      await recovered.stop();
+    }
+  });
+
+  test("verification: pg_verifybackup catches a base backup whose contents disagree with the server's manifest", async () => {
+    const [base] = await listBaseBackups(dir);
+    // A copy in a folder of its own, one data file changed inside the tar and our hashes made to fit.
+    const other = await tempDir("base-tampered");
+    const unpacked = await tempDir("base-unpacked");
+    expect(Bun.spawnSync(["tar", "-xzf", base!.path, "-C", unpacked]).exitCode).toBe(0);
+    const version = await readFile(join(unpacked, "PG_VERSION"), "utf8");
+    await writeFile(join(unpacked, "PG_VERSION"), version.replace(/^\d/, (d) => String((Number(d) + 1) % 10)));
+    await mkdir(join(other, "base"));
+    const tampered = join(other, "base", base!.name);
+    expect(Bun.spawnSync(["sh", "-c", `cd '${unpacked}' && tar -czf '${tampered}' *`]).exitCode).toBe(0);
+    await copyFile(join(dir, "base", base!.manifest.backupManifestFile), join(other, "base", base!.manifest.backupManifestFile));
+    const sha = new Bun.CryptoHasher("sha256").update(await readFile(tampered)).digest("hex");
+    await Bun.write(`${tampered}.manifest.json`, JSON.stringify({ ...base!.manifest, sha256: sha, sizeBytes: Bun.file(tampered).size }));
+    const [copy] = await listBaseBackups(other);
+    const v = await verifyBaseBackup(other, copy!);
+    expect(v.ok).toBe(false);
+    expect(v.problems.join(" ")).toContain("PG_VERSION");
+    // The untouched original still passes.
+    expect((await verifyBaseBackup(dir, base!)).ok).toBe(true);
+  });
+
+  test("wal-fetch: a file it does not have exits 1 (recovery asks for such files), a damaged one aborts recovery (126) and nothing is written", async () => {
+    const target = join(await tempDir("fetch"), "RECOVERYXLOG");
+    const missing = await shinkei(["pitr", "wal-fetch", "00000009.history", target], { BACKUP_DIR: dir });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("not in the WAL archive");
+    const bad = await shinkei(["pitr", "wal-fetch", "../../etc/passwd", target], { BACKUP_DIR: dir });
+    expect(bad.code).toBe(2);
+    const walDir = join(dir, "wal", "00000001");
+    const name = (await readdir(walDir)).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)).sort()[0]!.replace(".json", "");
+    const ok = await shinkei(["pitr", "wal-fetch", name, target], { BACKUP_DIR: dir });
+    expect(ok.code).toBe(0);
+    expect(Bun.file(target).size).toBe(16 * 1024 * 1024);
+    await rm(target);
+    const stored = join(walDir, `${name}.gz`);
+    const bytes = await readFile(stored);
+    bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
+    await writeFile(stored, bytes);
+    const corrupt = await shinkei(["pitr", "wal-fetch", name, target], { BACKUP_DIR: dir });
+    // Above 125: PostgreSQL aborts recovery instead of ending it early as if the archive ended here.
+    expect(corrupt.code).toBe(126);
+    expect(corrupt.stderr).toContain("does not match its record");
+    expect(await Bun.file(target).exists()).toBe(false);
+    expect((await readdir(dirname(target))).length).toBe(0);
+  });
+
+  test("backup check passes on a healthy archive, then fails on a gap after the newest base backup", async () => {
+    // The dump checks come first in a healthy run: a dump and a drill.
+    expect((await shinkei(["backup"], env)).code).toBe(0);
+    expect((await shinkei(["backup", "drill"], env)).code).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      await sql`insert into notes (body) values (${`n${i}`})`;
+      await sql`select pg_switch_wal()`;
+    }
+    const walDir = join(dir, "wal", "00000001");
+    const archived = async () => (await readdir(walDir)).filter((n) => n.endsWith(".json")).sort();
+    await until("three more archived segments", async () => (await archived()).length >= 4);
+    const ok = await shinkei(["backup", "check", "--json"], env);
+    expect(ok.stderr).toBe("");
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout).pitr.window.earliest).not.toBeNull();
+
+    // Lose one archived segment in the middle: a real hole in the archive.
+    const names = await archived();
+    const victim = names.at(-2)!.replace(/\.json$/, "");
+    for (const f of (await readdir(walDir)).filter((n) => n.startsWith(victim))) await rm(join(walDir, f));
+    const bad = await shinkei(["backup", "check"], env);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain("WAL gap after the newest base backup");
+    expect(bad.stderr).toContain(victim);
+    const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+    expect(s.gaps).toEqual([{ timeline: 1, from: victim, to: victim, segments: 1 }]);
+  });
+
+  test("a service killed with SIGKILL takes its receiver with it; backup check then fails on lag", async () => {
+    service!.proc.kill("SIGKILL");
+    await service!.proc.exited;
+    service = undefined;
+    await until("the slot to be released", async () => (await sql`select active from pg_replication_slots where slot_name = 'shinkei'`)[0]?.active === false);
+    await sql`insert into notes (body) values ('unarchived')`;
+    const r = await until("backup check to fail on lag", async () => {
+      const c = await shinkei(["backup", "check"], { ...env, PITR_MAX_LAG: "1s" });
+      return c.code === 1 && c.stderr.includes("behind the server") ? c : null;
+    });
+    expect(r.stderr).toContain("PITR_MAX_LAG");
+    const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+    expect(s.receiver.connected).toBe(false);
+    expect(s.receiver.lagBytes).toBeGreaterThan(0);
+    expect(s.slot.active).toBe(false);
+  });
+});

@@ -1,0 +1,140 @@
+import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { tempDir } from "./support/fixtures.ts";
+import { shinkei } from "./support/cli.ts";
+import { TestS3 } from "./support/s3.ts";
+import { until } from "./support/wait.ts";
+import { connect, ensureDatabase, type Sql } from "../src/db.ts";
+import { loadConfig, type Config } from "../src/config.ts";
+import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
+import { startWalStream, serverInfo } from "../src/wal/stream.ts";
+import { pitrStatus } from "../src/wal/status.ts";
+import { listArchive, walRoot } from "../src/wal/archive.ts";
+import { createBaseBackup, listBaseBackups } from "../src/wal/base.ts";
+import { verifyBaseBackup } from "../src/wal/verify-base.ts";
+import { walStore } from "../src/wal/offsite.ts";
+import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+
+// A cluster of our own, s3rver and real pg_receivewal: seconds per step on a busy 2-core machine.
+setDefaultTimeout(90_000);
+
+let cluster: TestCluster;
+let s3: TestS3;
+let sql: Sql;
+let segmentBytes: number;
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  await ensureDatabase(cluster.url("shinkei"));
+  sql = connect(cluster.url("shinkei"), { max: 2 });
+  await sql`create table canary (v text)`;
+  segmentBytes = (await serverInfo(sql)).segmentBytes;
+  s3 = await TestS3.start();
+});
+afterAll(async () => {
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
+  await s3?.stop();
+});
+
+const objects = async (config: Config) => new Set((await walStore(config)!.list()).map((o) => o.name));
+
+test("segments, the partial being received and base backups reach S3 encrypted, catch up after an outage, and come back intact", async () => {
+  const dir = await tempDir("wal-s3");
+  const key = join(await tempDir("wal-s3-key"), "k");
+  const recipient = await writeIdentity(key);
+  const env = { DATABASE_URL: cluster.url("shinkei"), BACKUP_DIR: dir, WAL_ARCHIVE: "stream", BACKUP_AGE_RECIPIENTS: recipient, WAL_PARTIAL_UPLOAD_INTERVAL: "1s", ...s3.env("shinkei/") };
+  const config = loadConfig(env);
+  const lines: Record<string, unknown>[] = [];
+  const stream = await startWalStream({ sql, config, log: (l) => void lines.push(l), pollMs: 100, uploadEveryMs: 200 });
+  const age = { recipients: [], identityFile: key };
+  try {
+    const base = await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    // Encrypted: checked whole with the private key; with public keys only, the hashes and a note.
+    const [sealedBase] = await listBaseBackups(dir);
+    expect(await verifyBaseBackup(dir, sealedBase!, { recipients: [], identityFile: key })).toMatchObject({ ok: true, problems: [] });
+    const publicOnly = await verifyBaseBackup(dir, (await listBaseBackups(dir))[0]!, config.backup.age);
+    expect(publicOnly.ok).toBe(true);
+    expect(publicOnly.skipped).toContain("no key");
+    expect(publicOnly.pgVerifybackup).toBeNull();
+
+    // The segment being received: copied within the interval, sealed like the rest.
+    const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('partial-canary-3141') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+    const seg = segmentName(1, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
+    await until("the receiver to flush the row", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+    const store = walStore(config)!;
+    const partialCopy = join(dir, "partial-copy");
+    await until("the partial off-site, holding the row", async () => {
+      if (!(await objects(config)).has(`${seg}.partial.gz.age`)) return false;
+      await store.get(`${seg}.partial.gz.age`, partialCopy);
+      const plain = Buffer.from(await new Response(await decrypt(Bun.file(partialCopy).stream(), age, "partial")).arrayBuffer());
+      return gunzipSync(plain).includes("partial-canary-3141");
+    });
+    expect((await readFile(partialCopy)).includes("partial-canary-3141")).toBe(false);
+    // The measured off-site RPO: what S3 holds trails the local archive by less than the interval plus 5 s.
+    const status = await pitrStatus(sql, config);
+    expect(status.offsite?.location).toBe(`s3://${s3.bucket}/shinkei/wal/`);
+    expect(status.offsite!.coveredUntil).not.toBeNull();
+    expect(status.offsite!.lagSeconds).toBeGreaterThanOrEqual(0);
+    expect(status.offsite!.lagSeconds).toBeLessThan(1 + 5);
+
+    // The finished segment replaces its partial off-site; the base backup is there with both manifests.
+    await sql`select pg_switch_wal()`;
+    await until("the finished segment off-site", async () => {
+      const o = await objects(config);
+      return o.has(`${seg}.gz.age`) && o.has(`${seg}.json`) && !o.has(`${seg}.partial.gz.age`) && o.has(base.manifest.file) && o.has(`${base.manifest.file}.manifest.json`) && o.has(base.manifest.backupManifestFile);
+    });
+    const record = (await listArchive(walRoot(dir))).find((r) => r.name === seg)!;
+    expect(record.offsite?.s3?.location).toBe(`s3://${s3.bucket}/shinkei/wal/`);
+    const back = join(dir, "back");
+    await store.get(record.file, back);
+    const bytes = await readFile(back);
+    expect(new Bun.CryptoHasher("sha256").update(bytes).digest("hex")).toBe(record.sha256);
+    expect(bytes.includes("partial-canary-3141")).toBe(false);
+    await store.get(base.manifest.file, back);
+    expect(new Bun.CryptoHasher("sha256").update(await readFile(back)).digest("hex")).toBe(base.manifest.sha256);
+
+    // An outage: segments keep landing locally, and are copied once S3 is back.
+    await s3.stop();
+    const during: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = (await sql<{ lsn: string }[]>`insert into canary values (${`outage-${i}`}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      during.push(segmentName(1, segnoOf(parseLsn(r.lsn), segmentBytes), segmentBytes));
+      await sql`select pg_switch_wal()`;
+    }
+    await until("the outage segments archived locally and the failure logged", async () => {
+      await stream.drain();
+      const names = (await listArchive(walRoot(dir))).map((r) => r.name);
+      return during.every((n) => names.includes(n)) && lines.some((l) => l.msg === "wal off-site copy failed; retrying");
+    });
+    await s3.start();
+    await until("the catch-up", async () => {
+      const o = await objects(config);
+      return during.every((n) => o.has(`${n}.gz.age`) && o.has(`${n}.json`)) && lines.some((l) => l.msg === "wal off-site copy caught up");
+    });
+    // Every archived record now names its checked copy.
+    expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(true);
+    expect((await pitrStatus(sql, config)).offsite!.notCopied).toBe(0);
+
+    // restore_command on a host with only the off-site copy: fetched and checked; S3 down aborts, never "no more WAL".
+    const elsewhere = await tempDir("wal-s3-restore");
+    const fetchEnv = { ...env, BACKUP_DIR: elsewhere, BACKUP_AGE_IDENTITY: key, BACKUP_AGE_RECIPIENTS: "" };
+    const target = join(elsewhere, "RECOVERYXLOG");
+    const got = await shinkei(["pitr", "wal-fetch", seg, target], fetchEnv);
+    expect(got.stderr).toBe("");
+    expect(got.code).toBe(0);
+    expect(new Bun.CryptoHasher("sha256").update(await readFile(target)).digest("hex")).toBe(record.originalSha256);
+    expect((await shinkei(["pitr", "wal-fetch", "0000000100000000000000FF", target], fetchEnv)).code).toBe(1);
+    await s3.stop();
+    const down = await shinkei(["pitr", "wal-fetch", during[0]!, join(elsewhere, "X")], fetchEnv);
+    expect(down.code).toBe(126);
+    expect(await Bun.file(join(elsewhere, "X")).exists()).toBe(false);
+    await s3.start();
+  } finally {
+    await stream.stop();
+  }
+});
