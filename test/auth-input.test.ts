@@ -1,12 +1,9 @@
-import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { testApp } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { PasswordHasher } from "../src/auth/passwords.ts";
 import { shinkei, binaryPath, buildBinary } from "./support/cli.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let app: ReturnType<typeof testApp>;

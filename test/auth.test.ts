@@ -1,11 +1,8 @@
-import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { startTestServer, type TestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let server: TestServer;

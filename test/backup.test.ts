@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
@@ -8,9 +8,6 @@ import { Terminal } from "./support/pty.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { libpqEnv } from "../src/backup/pgtools.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;

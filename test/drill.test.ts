@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readFile, writeFile } from "node:fs/promises";
 import postgres from "postgres";
 import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
@@ -6,9 +6,6 @@ import { binaryPath, shinkei, takeBackup as takeBackupWith } from "./support/cli
 import { Service } from "./support/process.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;

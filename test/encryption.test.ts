@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, rm, stat, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
@@ -7,9 +7,6 @@ import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;

@@ -1,12 +1,9 @@
-import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, databaseExists, dropDatabase, urlFor, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 beforeAll(async () => (db = await freshDatabase("migrate")));

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
@@ -11,9 +11,6 @@ import { loadConfig } from "../src/config.ts";
 import { scheduledRun } from "../src/schedule.ts";
 import { S3Store } from "../src/backup/stores/s3.ts";
 import { pruneStore } from "../src/backup/prune.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let s3: TestS3;

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { lstat, readFile, readdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { writeFileAtomic } from "../src/backup/files.ts";
@@ -10,9 +10,6 @@ import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { takeBackup } from "./support/cli.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 // Whoever can write to a backup folder may plant a symbolic link where shinkei is about to write
 // a `.partial` file; following it would overwrite the link's target with shinkei's privileges.

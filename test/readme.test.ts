@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { chmod, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
@@ -7,9 +7,6 @@ import { seedSample, tempDir } from "./support/fixtures.ts";
 import { configVariables } from "../src/config.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { libpqEnv } from "../src/backup/pgtools.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
 

@@ -1,13 +1,10 @@
-import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { startTestServer, type TestServer } from "./support/server.ts";
 import { TestSmtp, codeIn } from "./support/smtp.ts";
 import { hashCode } from "../src/auth/account-codes.ts";
 import { loadConfig } from "../src/config.ts";
 import { ShinkeiError } from "../src/errors.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let smtp: TestSmtp;

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
@@ -9,9 +9,6 @@ import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { demoUsers } from "../src/seed.ts";
 import { resetPhrases } from "../src/reset.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;

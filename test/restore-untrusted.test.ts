@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -10,9 +10,6 @@ import { TestS3 } from "./support/s3.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { libpqEnv } from "../src/backup/pgtools.ts";
 import { tableStats } from "../src/backup/digest.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;

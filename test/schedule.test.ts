@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { copyFile, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
@@ -11,9 +11,6 @@ import { loadConfig } from "../src/config.ts";
 import { scheduledRun } from "../src/schedule.ts";
 import { planRetention } from "../src/backup/retention.ts";
 import { backupName } from "../src/backup/naming.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;
