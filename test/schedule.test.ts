@@ -9,7 +9,6 @@ import { TestS3 } from "./support/s3.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config.ts";
 import { scheduledRun } from "../src/schedule.ts";
-import { planRetention } from "../src/backup/retention.ts";
 import { backupName } from "../src/backup/naming.ts";
 
 let db: TestDatabase;
@@ -162,15 +161,6 @@ describe("retention", () => {
     } finally {
       await s3.stop();
     }
-  });
-
-  test("grandfather-father-son keeps the newest of each day, week and month", () => {
-    const now = new Date(Date.UTC(2026, 5, 30, 12));
-    const at = (d: string) => backupName(new Date(d));
-    const names = [at("2026-06-30T02:00:00Z"), at("2026-06-29T14:00:00Z"), at("2026-06-29T02:00:00Z"), at("2026-06-20T02:00:00Z"), at("2026-05-31T02:00:00Z"), at("2026-05-15T02:00:00Z"), at("2026-04-30T02:00:00Z")];
-    const plan = planRetention(names.map((name) => ({ name, good: true, mirrored: true })), { keepDays: 1, keepDaily: 2, keepWeekly: 2, keepMonthly: 3 }, now, false);
-    expect(plan.filter((d) => d.keep).map((d) => d.name)).toEqual([names[0]!, names[1]!, names[3]!, names[4]!, names[6]!]);
-    expect(plan.find((d) => d.name === names[2])!.why).toBe("older than 1 days");
   });
 });
 
