@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { startTestServer, type TestServer } from "./support/server.ts";
+import { newAccount, startTestServer, type TestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 
@@ -29,12 +29,6 @@ async function tokenFor(email: string, password?: string): Promise<string> {
   return (await r.json()).token;
 }
 
-/** A new account of the calling test's own, so no test leans on what another one left behind. */
-async function newAccount(label: string): Promise<string> {
-  const email = `${label}-${crypto.randomUUID().slice(0, 8)}@example.com`;
-  expect((await register(email)).status).toBe(201);
-  return email;
-}
 
 beforeAll(async () => {
   db = await freshDatabase("auth");
@@ -171,7 +165,7 @@ describe("throttling", () => {
 
 describe("sessions", () => {
   test("logout revokes this session only", async () => {
-    const email = await newAccount("logout");
+    const email = await newAccount(server, "logout");
     const a = await tokenFor(email);
     const b = await tokenFor(email);
     expect((await server.api("/api/v1/auth/logout", { method: "POST", token: a })).status).toBe(200);
@@ -180,7 +174,7 @@ describe("sessions", () => {
   });
 
   test("logout-all revokes every session of the user", async () => {
-    const email = await newAccount("logout-all");
+    const email = await newAccount(server, "logout-all");
     const a = await tokenFor(email);
     const b = await tokenFor(email);
     const r = await server.api("/api/v1/auth/logout-all", { method: "POST", token: a });
@@ -190,7 +184,7 @@ describe("sessions", () => {
   });
 
   test("a password change revokes the other sessions and keeps this one", async () => {
-    const email = await newAccount("change");
+    const email = await newAccount(server, "change");
     const a = await tokenFor(email);
     const b = await tokenFor(email);
     const wrong = await server.api("/api/v1/auth/password", { method: "POST", token: a, json: { currentPassword: "nope nope", newPassword: "a brand new secret" } });
@@ -205,7 +199,7 @@ describe("sessions", () => {
   });
 
   test("a session revoked on another replica stops working within SESSION_CACHE_TTL", async () => {
-    const t = await tokenFor(await newAccount("replica"));
+    const t = await tokenFor(await newAccount(server, "replica"));
     const other = await startTestServer(db, { SESSION_CACHE_TTL: "300ms" });
     try {
       expect((await other.api("/api/v1/auth/me", { token: t })).status).toBe(200); // now cached there
@@ -219,7 +213,7 @@ describe("sessions", () => {
   });
 
   test("an expired session is refused", async () => {
-    const email = await newAccount("expired");
+    const email = await newAccount(server, "expired");
     const t = await tokenFor(email);
     await db.sql`update sessions set expires_at = now() - interval '1 second' where user_id = (select id from users where email = ${email})`;
     const r = await server.api("/api/v1/auth/me", { token: t });
@@ -228,10 +222,10 @@ describe("sessions", () => {
   });
 
   test("worlds lists the user's own worlds with story counts", async () => {
-    const email = await newAccount("worlds");
+    const email = await newAccount(server, "worlds");
     const t = await tokenFor(email);
     const [owner] = await db.sql`select id from users where email = ${email}`;
-    const [other] = await db.sql`select id from users where email = ${await newAccount("not-yours")}`;
+    const [other] = await db.sql`select id from users where email = ${await newAccount(server, "not-yours")}`;
     const [w] = await db.sql`insert into worlds (owner_id, name) values (${owner!.id}, 'Earthsea') returning id`;
     await db.sql`insert into worlds (owner_id, name) values (${other!.id}, 'Not yours')`;
     await db.sql`insert into stories (world_id, title) values (${w!.id}, 'One'), (${w!.id}, 'Two')`;

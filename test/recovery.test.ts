@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { startTestServer, type TestServer } from "./support/server.ts";
+import { newAccount, startTestServer, type TestServer } from "./support/server.ts";
 import { TestSmtp, codeIn } from "./support/smtp.ts";
 import { hashCode } from "../src/auth/account-codes.ts";
 import { loadConfig } from "../src/config.ts";
@@ -60,12 +60,6 @@ async function resetCode(email: string): Promise<string> {
 const confirm = (email: string, code: string, newPassword = "a brand new secret", s = server) =>
   post(s, "password-reset/confirm", { email, code, newPassword });
 
-/** A new account of the calling test's own, so no test leans on what another one left behind. */
-async function newAccount(label: string): Promise<string> {
-  const email = `${label}-${crypto.randomUUID().slice(0, 8)}@example.com`;
-  expect((await register(email)).status).toBe(201);
-  return email;
-}
 
 beforeAll(async () => {
   db = await freshDatabase("recovery");
@@ -123,7 +117,7 @@ describe("password reset", () => {
   });
 
   test("a password change from a signed-in session is announced too", async () => {
-    const email = await newAccount("signed-in");
+    const email = await newAccount(server, "signed-in");
     const token = (await (await login(email)).json()).token;
     const r = await server.api("/api/v1/auth/password", { method: "POST", token, json: { currentPassword: PASSWORD, newPassword: "a second secret" } });
     expect(r.status).toBe(200);
@@ -141,7 +135,7 @@ describe("password reset", () => {
     expect(second).not.toBe(first);
     expect((await confirm("dave@example.com", first)).status).toBe(400);
     // A live code does not work for another account either.
-    expect((await confirm(await newAccount("someone-else"), second)).status).toBe(400);
+    expect((await confirm(await newAccount(server, "someone-else"), second)).status).toBe(400);
 
     const third = await resetCode("dave@example.com");
     skewMs = 3_600_000 + 1_000;
@@ -198,7 +192,7 @@ describe("password reset", () => {
   test("a server stopping while a mail waits out a retry stops at once and says what was not sent", async () => {
     const gone = await TestSmtp.start();
     await gone.stop();
-    const email = await newAccount("shutdown");
+    const email = await newAccount(server, "shutdown");
     const s = await startTestServer(db, { ...mailEnv(), SMTP_URL: gone.url, MAIL_RETRY_BASE: "1h" });
     expect((await post(s, "password-reset", { email })).status).toBe(202);
     await s.recovery.settled();
@@ -289,7 +283,7 @@ describe("email verification", () => {
   });
 
   test("required: register answers 202 alike for new and taken addresses; login of an unverified account is 403 only with the right password", async () => {
-    const existing = await newAccount("taken");
+    const existing = await newAccount(server, "taken");
     const strict = await startTestServer(db, mailEnv({ REQUIRE_EMAIL_VERIFICATION: "true" }), { clock });
     try {
       const fresh = await register("jo@example.com", strict);
@@ -376,7 +370,7 @@ describe("without SMTP_URL", () => {
   });
 
   test("in development the message goes to the log, so a reset works end to end with zero setup", async () => {
-    const email = await newAccount("dev-log");
+    const email = await newAccount(server, "dev-log");
     const dev = await startTestServer(db, { SHINKEI_ENV: "development" });
     try {
       expect(dev.logs.some((l) => String(l.msg).startsWith("mail goes to the log"))).toBe(true);
