@@ -23,6 +23,17 @@ async function freshData() {
 }
 const files = async () => (await readdir(dir)).filter((n) => !n.endsWith(".partial"));
 
+/** Type reset's phrases as a person would; at prompt `stop.at` (0-based), `stop.instead` acts instead. */
+async function answerPhrases(t: Terminal, stop?: { at: number; instead: (phrase: string) => Promise<void> }) {
+  for (const [i, phrase] of resetPhrases.entries()) {
+    await t.waitFor(`Type ${phrase} to continue`);
+    await Bun.sleep(50);
+    if (i === stop?.at) return stop.instead(phrase);
+    await t.type(phrase);
+    await t.enter();
+  }
+}
+
 beforeAll(async () => {
   db = await freshDatabase("reset");
 });
@@ -42,12 +53,7 @@ describe("in a terminal", () => {
       const screen = await t.waitFor("Type DELETE ALL DATA");
       expect(screen).toMatch(/users\s+3/);
       expect(screen).toMatch(/story_beats\s+30/);
-      for (const [i, phrase] of resetPhrases.entries()) {
-        await t.waitFor(`Type ${phrase} to continue`);
-        if (i > 0) await Bun.sleep(50);
-        await t.type(phrase);
-        await t.enter();
-      }
+      await answerPhrases(t);
       expect(await t.exitCode()).toBe(0);
       const out = await t.screen();
       expect(out).toContain("rows now       users 3, worlds 6, stories 12, story_beats 60, sessions 0");
@@ -69,13 +75,13 @@ describe("in a terminal", () => {
       const before = await snapshot(db.sql);
       const t = await Terminal.start(["reset"], env);
       try {
-        for (const [i, phrase] of resetPhrases.entries()) {
-          await t.waitFor(`Type ${phrase} to continue`);
-          await Bun.sleep(50);
-          await t.type(i === wrongAt ? phrase.toLowerCase() : phrase);
-          await t.enter();
-          if (i === wrongAt) break;
-        }
+        await answerPhrases(t, {
+          at: wrongAt,
+          async instead(phrase) {
+            await t.type(phrase.toLowerCase());
+            await t.enter();
+          },
+        });
         expect(await t.exitCode()).toBe(1);
         expect(await t.screen()).toContain("aborted, nothing was changed");
       } finally {
@@ -89,17 +95,13 @@ describe("in a terminal", () => {
       const before = await snapshot(db.sql);
       const t = await Terminal.start(["reset"], env);
       try {
-        for (const [i, phrase] of resetPhrases.entries()) {
-          await t.waitFor(`Type ${phrase} to continue`);
-          await Bun.sleep(50);
-          if (i === wrongAt) {
+        await answerPhrases(t, {
+          at: wrongAt,
+          async instead() {
             await t.type("DELETE");
             await t.ctrlC();
-            break;
-          }
-          await t.type(phrase);
-          await t.enter();
-        }
+          },
+        });
         expect(await t.exitCode()).toBe(130);
       } finally {
         await t.close();
