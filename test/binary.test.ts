@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 
 let db: TestDatabase;
@@ -21,16 +22,9 @@ afterAll(async () => {
   await rm(alone, { recursive: true, force: true });
 });
 
-async function run(args: string[], env: Record<string, string> = {}) {
-  const p = Bun.spawn([join(alone, "shinkei"), ...args], {
-    cwd: alone,
-    env: { PATH: process.env.PATH!, DATABASE_URL: db.url, NO_COLOR: "1", ...env },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { stdout, stderr, code };
-}
+/** The copy alone in its folder, run from there. */
+const copy = () => ({ cwd: alone, binary: join(alone, "shinkei") });
+const run = (args: string[]) => shinkei(args, { DATABASE_URL: db.url }, copy());
 
 describe("the binary, copied alone into an empty folder", () => {
   test("migrate, status, backup, list, verify, restore and serve work with nothing beside it", async () => {
@@ -52,14 +46,9 @@ describe("the binary, copied alone into an empty folder", () => {
     expect(restored.code).toBe(0);
     expect(await snapshot(db.sql)).toEqual(before);
 
-    const serve = Bun.spawn([join(alone, "shinkei"), "serve"], { cwd: alone, env: { PATH: process.env.PATH!, DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1" }, stdout: "pipe" });
-    const reader = serve.stdout.getReader();
-    let out = "";
-    while (!out.includes('"listening"')) out += new TextDecoder().decode((await reader.read()).value);
-    const url = JSON.parse(out.split("\n").find((l) => l.includes('"listening"'))!).url;
-    expect((await fetch(`${url}/ready`)).status).toBe(200);
-    serve.kill("SIGTERM");
-    expect(await serve.exited).toBe(0);
+    const serve = await Service.start(["serve"], { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1" }, copy());
+    expect((await fetch(`${await serve.listening()}/ready`)).status).toBe(200);
+    expect(await serve.stop()).toBe(0);
   });
 
   test("each command's --help is complete: every command in --help answers its own --help", async () => {
@@ -84,40 +73,32 @@ describe("zero-setup local run", () => {
     expect(Bun.spawnSync(["ip", "netns", "add", ns]).exitCode).toBe(0);
     Bun.spawnSync(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
     const port = String(20000 + Math.floor(Math.random() * 20000));
-    const env = { PATH: process.env.PATH!, PORT: port, HOST: "127.0.0.1", COOKIE_SECURE: "false" };
-    const inNs = (cmd: string[]) => ["ip", "netns", "exec", ns, ...cmd];
+    const env = { PORT: port, HOST: "127.0.0.1", COOKIE_SECURE: "false" };
+    const inNs = ["ip", "netns", "exec", ns];
     const call = async (path: string, body: unknown) => {
-      const p = Bun.spawn(inNs(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", JSON.stringify(body), `http://127.0.0.1:${port}${path}`]), { stdout: "pipe" });
+      const p = Bun.spawn([...inNs, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", JSON.stringify(body), `http://127.0.0.1:${port}${path}`], { stdout: "pipe" });
       return Number(await new Response(p.stdout).text());
     };
     const start = async () => {
-      const p = Bun.spawn(inNs([join(alone, "shinkei"), "serve"]), { cwd: alone, env, stdout: "pipe", stderr: "pipe" });
-      const reader = p.stdout.getReader();
-      let out = "";
-      while (!out.includes('"listening"')) {
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`serve exited: ${await new Response(p.stderr).text()}`);
-        out += new TextDecoder().decode(value);
-      }
-      return p;
+      const serve = await Service.start(["serve"], env, { ...copy(), prefix: inNs });
+      await serve.listening();
+      return serve;
     };
     const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(alone, "data", "postgres")}`]).exitCode === 0;
     try {
       // A command that needs no database starts none.
-      const keygen = Bun.spawnSync(inNs([join(alone, "shinkei"), "backup", "keygen", "--output", join(alone, "k.key")]), { cwd: alone, env });
+      const keygen = Bun.spawnSync([...inNs, join(alone, "shinkei"), "backup", "keygen", "--output", join(alone, "k.key")], { cwd: alone, env: { PATH: process.env.PATH!, ...env } });
       expect(keygen.exitCode).toBe(0);
       expect(existsSync(join(alone, "data"))).toBe(false);
 
       let serve = await start();
       expect(await call("/api/v1/auth/register", { email: "zero@example.com", password: "zero setup works", name: "Zero" })).toBe(201);
-      serve.kill("SIGTERM");
-      expect(await serve.exited).toBe(0);
+      expect(await serve.stop()).toBe(0);
       expect(postgresRunning()).toBe(false);
 
       serve = await start();
       expect(await call("/api/v1/auth/login", { email: "zero@example.com", password: "zero setup works" })).toBe(200);
-      serve.kill("SIGTERM");
-      expect(await serve.exited).toBe(0);
+      expect(await serve.stop()).toBe(0);
       expect(postgresRunning()).toBe(false);
     } finally {
       Bun.spawnSync(["pkill", "-f", `postgres -D ${join(alone, "data", "postgres")}`]);
