@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readFile, writeFile } from "node:fs/promises";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
-import { binaryPath, shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
-import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
-import { migrate } from "../src/migrations/migrate.ts";
+import { pathWith, wrapTool } from "./support/fixtures.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -22,13 +22,10 @@ const scratchDatabases = async () => {
 const takeBackup = () => takeBackupWith(env);
 
 beforeAll(async () => {
-  db = await freshDatabase("drill");
-  await migrate(db.sql);
-  await seedSample(db.sql, "drill");
+  db = await seededDatabase("drill");
 });
 beforeEach(async () => {
-  dir = await tempDir("drill");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+  ({ dir, env } = await backupFolder(db, "drill"));
 });
 afterAll(() => db.drop());
 
@@ -100,11 +97,10 @@ describe("restore drills", () => {
   test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
     await takeBackup();
     const slow = await wrapTool("psql", `sleep 30; exec "$REAL" "$@"`);
-    const p = Bun.spawn([binaryPath, "backup", "drill"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    const p = await Service.start(["backup", "drill"], { ...env, PATH: pathWith(slow) });
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
-    p.kill("SIGKILL");
-    await p.exited;
+    await p.stop("SIGKILL");
     expect((await scratchDatabases()).length).toBe(1);
     Bun.spawnSync(["pkill", "-f", `${slow}/psql`]);
     const r = await shinkei(["backup", "drill"], env);

@@ -1,12 +1,11 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { copyFile, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import type { TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
+import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
-import { seedSample, tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
-import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config.ts";
 import { scheduledRun } from "../src/schedule.ts";
 import { backupName } from "../src/backup/naming.ts";
@@ -18,13 +17,10 @@ const DAY = 86_400_000;
 const backupFiles = async () => (await readdir(dir)).filter((n) => /^shinkei_backup_.*\.sql\.gz$/.test(n)).sort();
 
 beforeAll(async () => {
-  db = await freshDatabase("schedule");
-  await migrate(db.sql);
-  await seedSample(db.sql, "sch");
+  db = await seededDatabase("schedule", "sch");
 });
 beforeEach(async () => {
-  dir = await tempDir("schedule");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+  ({ dir, env } = await backupFolder(db, "schedule"));
 });
 afterAll(() => db.drop());
 
@@ -81,9 +77,9 @@ describe("the schedule", () => {
   test("shinkei serve with BACKUP_IN_SERVER=true runs the schedule, and /ready reports the newest backup's age", async () => {
     const s = await Service.start(["serve"], { ...env, BACKUP_IN_SERVER: "true", BACKUP_SCHEDULE: "* * * * * *", PORT: "0", HOST: "127.0.0.1" });
     try {
-      const listening = await s.waitFor((l) => l.msg === "listening");
+      const url = await s.listening();
       await s.waitFor((l) => l.msg === "backup finished");
-      const ready = await (await fetch(`${listening.url}/ready`)).json();
+      const ready = await (await fetch(`${url}/ready`)).json();
       expect(ready.backup.newest).toMatch(/^shinkei_backup_\d{8}_\d{6}(_\d+)?\.sql\.gz$/);
       expect(ready.backup.ageSeconds).toBeLessThan(60);
     } finally {
