@@ -10,12 +10,18 @@ import { seedSample, tempDir } from "./support/fixtures.ts";
 let db: TestDatabase;
 let alone: string;
 
+/** A new folder holding a copy of the binary and nothing else. */
+async function copiedAlone(): Promise<string> {
+  await buildBinary();
+  const folder = await tempDir("alone");
+  await chmod(folder, 0o755);
+  await copyFile(binaryPath, join(folder, "shinkei"));
+  return folder;
+}
+
 beforeAll(async () => {
   db = await freshDatabase("binary");
-  await buildBinary();
-  alone = await tempDir("alone");
-  await chmod(alone, 0o755);
-  await copyFile(binaryPath, join(alone, "shinkei"));
+  alone = await copiedAlone();
 });
 afterAll(async () => {
   await db.drop();
@@ -23,7 +29,7 @@ afterAll(async () => {
 });
 
 /** The copy alone in its folder, run from there. */
-const copy = () => ({ cwd: alone, binary: join(alone, "shinkei") });
+const copy = (folder = alone) => ({ cwd: folder, binary: join(folder, "shinkei") });
 const run = (args: string[]) => shinkei(args, { DATABASE_URL: db.url }, copy());
 
 describe("the binary, copied alone into an empty folder", () => {
@@ -69,6 +75,8 @@ if (netns) Bun.spawnSync(["ip", "netns", "del", "shinkei-probe"]);
 describe("zero-setup local run", () => {
   // A network namespace of our own is the honest way to make 127.0.0.1:5432 unavailable.
   test.skipIf(!netns || process.getuid?.() !== 0)("with DATABASE_URL unset and 5432 unavailable: start, register, stop, start again", async () => {
+    // A folder of its own: the local cluster this test starts lives there, and must not meet the other tests.
+    const home = await copiedAlone();
     const ns = `shinkei-${crypto.randomUUID().slice(0, 6)}`;
     expect(Bun.spawnSync(["ip", "netns", "add", ns]).exitCode).toBe(0);
     Bun.spawnSync(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
@@ -80,16 +88,16 @@ describe("zero-setup local run", () => {
       return Number(await new Response(p.stdout).text());
     };
     const start = async () => {
-      const serve = await Service.start(["serve"], env, { ...copy(), prefix: inNs });
+      const serve = await Service.start(["serve"], env, { ...copy(home), prefix: inNs });
       await serve.listening();
       return serve;
     };
-    const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(alone, "data", "postgres")}`]).exitCode === 0;
+    const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(home, "data", "postgres")}`]).exitCode === 0;
     try {
       // A command that needs no database starts none.
-      const keygen = Bun.spawnSync([...inNs, join(alone, "shinkei"), "backup", "keygen", "--output", join(alone, "k.key")], { cwd: alone, env: { PATH: process.env.PATH!, ...env } });
+      const keygen = Bun.spawnSync([...inNs, join(home, "shinkei"), "backup", "keygen", "--output", join(home, "k.key")], { cwd: home, env: { PATH: process.env.PATH!, ...env } });
       expect(keygen.exitCode).toBe(0);
-      expect(existsSync(join(alone, "data"))).toBe(false);
+      expect(existsSync(join(home, "data"))).toBe(false);
 
       let serve = await start();
       expect(await call("/api/v1/auth/register", { email: "zero@example.com", password: "zero setup works", name: "Zero" })).toBe(201);
@@ -101,8 +109,9 @@ describe("zero-setup local run", () => {
       expect(await serve.stop()).toBe(0);
       expect(postgresRunning()).toBe(false);
     } finally {
-      Bun.spawnSync(["pkill", "-f", `postgres -D ${join(alone, "data", "postgres")}`]);
+      Bun.spawnSync(["pkill", "-f", `postgres -D ${join(home, "data", "postgres")}`]);
       Bun.spawnSync(["ip", "netns", "del", ns]);
+      await rm(home, { recursive: true, force: true });
     }
   });
 
