@@ -1,12 +1,10 @@
-import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { testApp } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { PasswordHasher } from "../src/auth/passwords.ts";
-import { shinkei, binaryPath, buildBinary } from "./support/cli.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
+import { shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
 
 let db: TestDatabase;
 let app: ReturnType<typeof testApp>;
@@ -106,19 +104,14 @@ test("an unknown email is verified against a hash made with exactly a real hash'
 });
 
 test("SIGTERM lets an in-flight request finish, then the server exits 0", async () => {
-  await buildBinary();
-  const env = { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1", PATH: process.env.PATH!, ARGON2_MEMORY_KIB: "65536", ARGON2_TIME_COST: "3" };
-  const p = Bun.spawn([binaryPath, "serve"], { env, stdout: "pipe", stderr: "pipe" });
-  const reader = p.stdout.getReader();
-  let out = "";
-  while (!out.includes('"listening"')) out += new TextDecoder().decode((await reader.read()).value);
-  const url = JSON.parse(out.split("\n").find((l) => l.includes('"listening"'))!).url.replace("0.0.0.0", "127.0.0.1");
+  const serve = await Service.start(["serve"], { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1", ARGON2_MEMORY_KIB: "65536", ARGON2_TIME_COST: "3" });
+  const url = await serve.listening();
   const pending = fetch(`${url}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email: "x@y.io", password: "whatever!" }) });
   await Bun.sleep(30);
-  p.kill("SIGTERM");
+  const exited = serve.stop();
   const r = await pending;
   expect(r.status).toBe(401);
-  expect(await p.exited).toBe(0);
+  expect(await exited).toBe(0);
   await expect(fetch(`${url}/health`)).rejects.toThrow();
 });
 

@@ -1,16 +1,13 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
-import { shinkei, binaryPath, buildBinary, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { snapshot, type TestDatabase } from "./support/db.ts";
+import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { backupFolder, seededDatabase, stockDump } from "./support/backup.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
+import { Service } from "./support/process.ts";
 import { Terminal } from "./support/pty.ts";
-import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
-import { libpqEnv } from "../src/backup/pgtools.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;
@@ -19,20 +16,13 @@ let env: Record<string, string>;
 const backups = async () => (await readdir(dir)).filter((n) => n.startsWith("shinkei_backup_") && !n.includes(".manifest") && !n.endsWith(".partial")).sort();
 const listJson = async () => JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
 const takeBackup = () => takeBackupWith(env);
-async function stockDump(args: string[], file: string) {
-  const p = Bun.spawn(["pg_dump", ...args, "-f", file], { env: { ...process.env, ...libpqEnv(db.url) } });
-  expect(await p.exited).toBe(0);
-}
+const dump = (file: string, args: string[] = []) => stockDump(db.url, file, args);
 
 beforeAll(async () => {
-  db = await freshDatabase("backup");
-  await migrate(db.sql);
-  await seedSample(db.sql, "a");
-  await buildBinary();
+  db = await seededDatabase("backup", "a");
 });
 beforeEach(async () => {
-  dir = await tempDir("backups");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+  ({ dir, env } = await backupFolder(db, "backups"));
 });
 afterAll(() => db.drop());
 
@@ -104,9 +94,9 @@ describe("backup and restore", () => {
   test("stock pg_dump files restore through --backup-file: plain .sql, .sql.gz and custom .dump", async () => {
     const before = await snapshot(db.sql);
     const plain = join(dir, "shinkei_backup_20251121_090000.sql");
-    await stockDump([], plain);
+    await dump(plain);
     const custom = join(dir, "old.dump");
-    await stockDump(["-Fc"], custom);
+    await dump(custom, ["-Fc"]);
     const gz = join(dir, "old.sql.gz");
     await Bun.write(gz, Bun.gzipSync(await readFile(plain)));
     for (const file of [plain, gz, custom]) {
@@ -148,7 +138,7 @@ describe("backup and restore", () => {
 
   test("a restore that fails midway leaves the database exactly as before", async () => {
     const plain = join(dir, "broken.sql");
-    await stockDump([], plain);
+    await dump(plain);
     const text = await readFile(plain, "utf8");
     await writeFile(plain, text.replace("-- PostgreSQL database dump complete", "INSERT INTO no_such_table VALUES (1);\n\n-- PostgreSQL database dump complete"));
     await db.sql`insert into worlds (owner_id, name) select id, 'only here' from users limit 1`;
@@ -196,11 +186,10 @@ describe("faults", () => {
 
   test("a backup killed with SIGKILL midway leaves nothing that counts as a backup", async () => {
     const slow = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; sleep 30`);
-    const p = Bun.spawn([binaryPath, "backup"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    const p = await Service.start(["backup"], { ...env, PATH: pathWith(slow) });
     for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
     expect((await readdir(dir)).some((n) => n.endsWith(".partial"))).toBe(true);
-    p.kill("SIGKILL");
-    await p.exited;
+    await p.stop("SIGKILL");
     expect(await listJson()).toEqual([]);
     expect(await backups()).toEqual([]);
     const v = await shinkei(["backup", "verify"], env);
@@ -209,14 +198,14 @@ describe("faults", () => {
 
   test("a second backup while one runs: a clear error; with --wait it runs after", async () => {
     const slow = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; sleep 2`);
-    const first = Bun.spawn([binaryPath, "backup"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    const first = await Service.start(["backup"], { ...env, PATH: pathWith(slow) });
     for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
     const second = await shinkei(["backup"], env);
     expect(second.code).toBe(75);
-    expect(second.stderr).toContain(`another backup is running on this database (held by "shinkei backup (pid ${first.pid})"`);
+    expect(second.stderr).toContain(`another backup is running on this database (held by "shinkei backup (pid ${first.proc.pid})"`);
     const waited = await shinkei(["backup", "--wait"], env);
     expect(waited.code).toBe(0);
-    expect(await first.exited).toBe(0);
+    expect(await first.proc.exited).toBe(0);
     expect((await backups()).length).toBe(2);
   });
 

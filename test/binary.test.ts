@@ -1,39 +1,36 @@
-import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmod, copyFile, readdir, rm } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let alone: string;
 
+/** A new folder holding a copy of the binary and nothing else. */
+async function copiedAlone(): Promise<string> {
+  await buildBinary();
+  const folder = await tempDir("alone");
+  await chmod(folder, 0o755);
+  await copyFile(binaryPath, join(folder, "shinkei"));
+  return folder;
+}
+
 beforeAll(async () => {
   db = await freshDatabase("binary");
-  await buildBinary();
-  alone = await tempDir("alone");
-  await chmod(alone, 0o755);
-  await copyFile(binaryPath, join(alone, "shinkei"));
+  alone = await copiedAlone();
 });
 afterAll(async () => {
   await db.drop();
   await rm(alone, { recursive: true, force: true });
 });
 
-async function run(args: string[], env: Record<string, string> = {}) {
-  const p = Bun.spawn([join(alone, "shinkei"), ...args], {
-    cwd: alone,
-    env: { PATH: process.env.PATH!, DATABASE_URL: db.url, NO_COLOR: "1", ...env },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { stdout, stderr, code };
-}
+/** The copy alone in its folder, run from there. */
+const copy = (folder = alone) => ({ cwd: folder, binary: join(folder, "shinkei") });
+const run = (args: string[]) => shinkei(args, { DATABASE_URL: db.url }, copy());
 
 describe("the binary, copied alone into an empty folder", () => {
   test("migrate, status, backup, list, verify, restore and serve work with nothing beside it", async () => {
@@ -55,14 +52,9 @@ describe("the binary, copied alone into an empty folder", () => {
     expect(restored.code).toBe(0);
     expect(await snapshot(db.sql)).toEqual(before);
 
-    const serve = Bun.spawn([join(alone, "shinkei"), "serve"], { cwd: alone, env: { PATH: process.env.PATH!, DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1" }, stdout: "pipe" });
-    const reader = serve.stdout.getReader();
-    let out = "";
-    while (!out.includes('"listening"')) out += new TextDecoder().decode((await reader.read()).value);
-    const url = JSON.parse(out.split("\n").find((l) => l.includes('"listening"'))!).url;
-    expect((await fetch(`${url}/ready`)).status).toBe(200);
-    serve.kill("SIGTERM");
-    expect(await serve.exited).toBe(0);
+    const serve = await Service.start(["serve"], { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1" }, copy());
+    expect((await fetch(`${await serve.listening()}/ready`)).status).toBe(200);
+    expect(await serve.stop()).toBe(0);
   });
 
   test("each command's --help is complete: every command in --help answers its own --help", async () => {
@@ -83,48 +75,43 @@ if (netns) Bun.spawnSync(["ip", "netns", "del", "shinkei-probe"]);
 describe("zero-setup local run", () => {
   // A network namespace of our own is the honest way to make 127.0.0.1:5432 unavailable.
   test.skipIf(!netns || process.getuid?.() !== 0)("with DATABASE_URL unset and 5432 unavailable: start, register, stop, start again", async () => {
+    // A folder of its own: the local cluster this test starts lives there, and must not meet the other tests.
+    const home = await copiedAlone();
     const ns = `shinkei-${crypto.randomUUID().slice(0, 6)}`;
     expect(Bun.spawnSync(["ip", "netns", "add", ns]).exitCode).toBe(0);
     Bun.spawnSync(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
     const port = String(20000 + Math.floor(Math.random() * 20000));
-    const env = { PATH: process.env.PATH!, PORT: port, HOST: "127.0.0.1", COOKIE_SECURE: "false" };
-    const inNs = (cmd: string[]) => ["ip", "netns", "exec", ns, ...cmd];
+    const env = { PORT: port, HOST: "127.0.0.1", COOKIE_SECURE: "false" };
+    const inNs = ["ip", "netns", "exec", ns];
     const call = async (path: string, body: unknown) => {
-      const p = Bun.spawn(inNs(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", JSON.stringify(body), `http://127.0.0.1:${port}${path}`]), { stdout: "pipe" });
+      const p = Bun.spawn([...inNs, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", JSON.stringify(body), `http://127.0.0.1:${port}${path}`], { stdout: "pipe" });
       return Number(await new Response(p.stdout).text());
     };
     const start = async () => {
-      const p = Bun.spawn(inNs([join(alone, "shinkei"), "serve"]), { cwd: alone, env, stdout: "pipe", stderr: "pipe" });
-      const reader = p.stdout.getReader();
-      let out = "";
-      while (!out.includes('"listening"')) {
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`serve exited: ${await new Response(p.stderr).text()}`);
-        out += new TextDecoder().decode(value);
-      }
-      return p;
+      const serve = await Service.start(["serve"], env, { ...copy(home), prefix: inNs });
+      await serve.listening();
+      return serve;
     };
-    const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(alone, "data", "postgres")}`]).exitCode === 0;
+    const postgresRunning = () => Bun.spawnSync(["pgrep", "-f", `postgres -D ${join(home, "data", "postgres")}`]).exitCode === 0;
     try {
       // A command that needs no database starts none.
-      const keygen = Bun.spawnSync(inNs([join(alone, "shinkei"), "backup", "keygen", "--output", join(alone, "k.key")]), { cwd: alone, env });
+      const keygen = Bun.spawnSync([...inNs, join(home, "shinkei"), "backup", "keygen", "--output", join(home, "k.key")], { cwd: home, env: { PATH: process.env.PATH!, ...env } });
       expect(keygen.exitCode).toBe(0);
-      expect(existsSync(join(alone, "data"))).toBe(false);
+      expect(existsSync(join(home, "data"))).toBe(false);
 
       let serve = await start();
       expect(await call("/api/v1/auth/register", { email: "zero@example.com", password: "zero setup works", name: "Zero" })).toBe(201);
-      serve.kill("SIGTERM");
-      expect(await serve.exited).toBe(0);
+      expect(await serve.stop()).toBe(0);
       expect(postgresRunning()).toBe(false);
 
       serve = await start();
       expect(await call("/api/v1/auth/login", { email: "zero@example.com", password: "zero setup works" })).toBe(200);
-      serve.kill("SIGTERM");
-      expect(await serve.exited).toBe(0);
+      expect(await serve.stop()).toBe(0);
       expect(postgresRunning()).toBe(false);
     } finally {
-      Bun.spawnSync(["pkill", "-f", `postgres -D ${join(alone, "data", "postgres")}`]);
+      Bun.spawnSync(["pkill", "-f", `postgres -D ${join(home, "data", "postgres")}`]);
       Bun.spawnSync(["ip", "netns", "del", ns]);
+      await rm(home, { recursive: true, force: true });
     }
   });
 

@@ -1,4 +1,4 @@
-import { expect, test, setDefaultTimeout } from "bun:test";
+import { expect, test } from "bun:test";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -6,9 +6,6 @@ import { shinkei, takeBackup } from "./support/cli.ts";
 import { freshDatabase, serverUrl } from "./support/db.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 const root = join(import.meta.dir, "..");
 

@@ -1,9 +1,6 @@
-import { expect, test, setDefaultTimeout } from "bun:test";
+import { expect, test } from "bun:test";
 import { configVariables, loadConfig } from "../src/config.ts";
 import { shinkei } from "./support/cli.ts";
-
-// Real processes (the compiled binary): 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 test("a near miss of a known variable is refused, naming the one meant", () => {
   expect(() => loadConfig({ BACKUP_KEEP_DAY: "90" })).toThrow("BACKUP_KEEP_DAY is not a shinkei variable; did you mean BACKUP_KEEP_DAYS?");

@@ -1,14 +1,11 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readFile, writeFile } from "node:fs/promises";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
-import { binaryPath, shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
-import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
-import { migrate } from "../src/migrations/migrate.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
+import { pathWith, wrapTool } from "./support/fixtures.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -25,13 +22,10 @@ const scratchDatabases = async () => {
 const takeBackup = () => takeBackupWith(env);
 
 beforeAll(async () => {
-  db = await freshDatabase("drill");
-  await migrate(db.sql);
-  await seedSample(db.sql, "drill");
+  db = await seededDatabase("drill");
 });
 beforeEach(async () => {
-  dir = await tempDir("drill");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+  ({ dir, env } = await backupFolder(db, "drill"));
 });
 afterAll(() => db.drop());
 
@@ -103,11 +97,10 @@ describe("restore drills", () => {
   test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
     await takeBackup();
     const slow = await wrapTool("psql", `sleep 30; exec "$REAL" "$@"`);
-    const p = Bun.spawn([binaryPath, "backup", "drill"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    const p = await Service.start(["backup", "drill"], { ...env, PATH: pathWith(slow) });
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
-    p.kill("SIGKILL");
-    await p.exited;
+    await p.stop("SIGKILL");
     expect((await scratchDatabases()).length).toBe(1);
     Bun.spawnSync(["pkill", "-f", `${slow}/psql`]);
     const r = await shinkei(["backup", "drill"], env);
@@ -118,13 +111,11 @@ describe("restore drills", () => {
   test("SIGTERM during a drill drops its scratch database, records nothing and exits 130", async () => {
     const file = await takeBackup();
     const slow = await wrapTool("psql", `[ "$1" = "--version" ] && exec "$REAL" --version\nsleep 2\nexec "$REAL" "$@"`);
-    const p = Bun.spawn([binaryPath, "backup", "drill"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "pipe" });
+    const p = await Service.start(["backup", "drill"], { ...env, PATH: pathWith(slow) });
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
-    p.kill("SIGTERM");
-    const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
-    expect(code).toBe(130);
-    expect(stderr).toContain("was cancelled; its scratch database was dropped");
+    expect(await p.stop("SIGTERM")).toBe(130);
+    expect(await p.stderr()).toContain("was cancelled; its scratch database was dropped");
     expect(await scratchDatabases()).toEqual([]);
     expect(await Bun.file(`${file}.drill.json`).exists()).toBe(false);
   });

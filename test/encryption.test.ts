@@ -1,15 +1,12 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, rm, stat, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
-import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { snapshot, type TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { seedSample, tempDir } from "./support/fixtures.ts";
+import { backupFolder, seededDatabase } from "./support/backup.ts";
+import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
-import { migrate } from "../src/migrations/migrate.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;
@@ -26,15 +23,12 @@ async function keygen(path: string) {
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
 
 beforeAll(async () => {
-  db = await freshDatabase("age");
-  await migrate(db.sql);
-  await seedSample(db.sql, "confidential-tag");
+  db = await seededDatabase("age", "confidential-tag");
   keys = await tempDir("age-keys");
   publicKey = await keygen(join(keys, "main.key"));
 });
 beforeEach(async () => {
-  dir = await tempDir("age");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir, BACKUP_AGE_RECIPIENTS: publicKey };
+  ({ dir, env } = await backupFolder(db, "age", { BACKUP_AGE_RECIPIENTS: publicKey }));
 });
 afterAll(() => db.drop());
 

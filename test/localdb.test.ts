@@ -1,13 +1,10 @@
-import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { chmod, chown, mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import { ensureLocalCluster, findServerBinaries, type LocalCluster } from "../src/localdb.ts";
 import { tempDir } from "./support/fixtures.ts";
-
-// Real clusters: initdb and pg_ctl take seconds on a busy 2-core machine.
-setDefaultTimeout(120_000);
 
 const running: LocalCluster[] = [];
 afterAll(async () => {

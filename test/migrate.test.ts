@@ -1,27 +1,32 @@
-import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, databaseExists, dropDatabase, urlFor, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
 
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
-
 let db: TestDatabase;
-beforeAll(async () => (db = await freshDatabase("migrate")));
+beforeAll(async () => {
+  db = await freshDatabase("migrate");
+  await migrate(db.sql);
+});
 afterAll(() => db.drop());
 
 describe("migrations", () => {
   test("apply to an empty database, then a second run is a no-op", async () => {
-    const first = await migrate(db.sql);
-    expect(first.map((m) => m.version)).toEqual(migrations.map((m) => m.version));
-    const tables = await db.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
-    expect(tables.map((t) => t.table_name)).toEqual(["account_codes", "account_events", "account_notices", "backup_runs", "login_throttle", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
-    expect(await migrate(db.sql)).toEqual([]);
-    const status = await migrationStatus(db.sql);
-    expect(status.pending).toEqual([]);
-    expect(status.current).toBe(migrations.at(-1)!.version);
+    const empty = await freshDatabase("migrate_empty");
+    try {
+      const first = await migrate(empty.sql);
+      expect(first.map((m) => m.version)).toEqual(migrations.map((m) => m.version));
+      const tables = await empty.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
+      expect(tables.map((t) => t.table_name)).toEqual(["account_codes", "account_events", "account_notices", "backup_runs", "login_throttle", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
+      expect(await migrate(empty.sql)).toEqual([]);
+      const status = await migrationStatus(empty.sql);
+      expect(status.pending).toEqual([]);
+      expect(status.current).toBe(migrations.at(-1)!.version);
+    } finally {
+      await empty.drop();
+    }
   });
 
   test("an applied migration whose text changed is refused", async () => {
@@ -44,8 +49,8 @@ describe("migrations", () => {
   test("users with data cannot be deleted by accident; emails are unique in any letter case", async () => {
     const [u] = await db.sql`insert into users (email, name, password_hash) values ('A@x.io', 'A', 'h') returning id`;
     await db.sql`insert into worlds (owner_id, name) values (${u!.id}, 'W')`;
-    expect(db.sql`delete from users where id = ${u!.id}`).rejects.toThrow(/foreign key/);
-    expect(db.sql`insert into users (email, name, password_hash) values ('a@X.IO', 'B', 'h')`).rejects.toThrow(/users_email_key/);
+    await expect(db.sql`delete from users where id = ${u!.id}`).rejects.toThrow(/foreign key/);
+    await expect(db.sql`insert into users (email, name, password_hash) values ('a@X.IO', 'B', 'h')`).rejects.toThrow(/users_email_key/);
   });
 });
 

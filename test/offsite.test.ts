@@ -1,19 +1,15 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
-import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
-import { shinkei, buildBinary } from "./support/cli.ts";
-import { seedSample, tempDir } from "./support/fixtures.ts";
+import { snapshot, type TestDatabase } from "./support/db.ts";
+import { shinkei } from "./support/cli.ts";
+import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { TestS3 } from "./support/s3.ts";
-import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config.ts";
 import { scheduledRun } from "../src/schedule.ts";
 import { S3Store } from "../src/backup/stores/s3.ts";
 import { pruneStore } from "../src/backup/prune.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let s3: TestS3;
@@ -21,15 +17,11 @@ let dir: string;
 let env: Record<string, string>;
 
 beforeAll(async () => {
-  db = await freshDatabase("offsite");
-  await migrate(db.sql);
-  await seedSample(db.sql, "o");
+  db = await seededDatabase("offsite", "o");
   s3 = await TestS3.start();
-  await buildBinary();
 });
 beforeEach(async () => {
-  dir = await tempDir("offsite");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir, ...s3.env(`run-${crypto.randomUUID().slice(0, 6)}/`) };
+  ({ dir, env } = await backupFolder(db, "offsite", s3.env(`run-${crypto.randomUUID().slice(0, 6)}/`)));
 });
 afterAll(async () => {
   await s3.stop();

@@ -1,18 +1,15 @@
-import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { lstat, readFile, readdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { writeFileAtomic } from "../src/backup/files.ts";
 import { LocalStore } from "../src/backup/stores/local.ts";
 import { S3Store } from "../src/backup/stores/s3.ts";
 import { backupName } from "../src/backup/naming.ts";
-import { migrate } from "../src/migrations/migrate.ts";
-import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import type { TestDatabase } from "./support/db.ts";
+import { seededDatabase } from "./support/backup.ts";
 import { takeBackup } from "./support/cli.ts";
-import { seedSample, tempDir } from "./support/fixtures.ts";
+import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 // Whoever can write to a backup folder may plant a symbolic link where shinkei is about to write
 // a `.partial` file; following it would overwrite the link's target with shinkei's privileges.
@@ -20,9 +17,7 @@ let s3: TestS3;
 let db: TestDatabase;
 beforeAll(async () => {
   s3 = await TestS3.start();
-  db = await freshDatabase("partial");
-  await migrate(db.sql);
-  await seedSample(db.sql);
+  db = await seededDatabase("partial");
 });
 afterAll(async () => {
   await s3.stop();

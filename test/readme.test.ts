@@ -1,15 +1,11 @@
-import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { chmod, mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { binaryPath, buildBinary } from "./support/cli.ts";
-import { seedSample, tempDir } from "./support/fixtures.ts";
+import type { TestDatabase } from "./support/db.ts";
+import { shinkei } from "./support/cli.ts";
+import { seededDatabase, stockDump } from "./support/backup.ts";
+import { tempDir } from "./support/fixtures.ts";
 import { configVariables } from "../src/config.ts";
-import { migrate } from "../src/migrations/migrate.ts";
-import { libpqEnv } from "../src/backup/pgtools.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
 
@@ -27,16 +23,12 @@ function shellCommands(): string[] {
 let db: TestDatabase;
 let cwd: string;
 beforeAll(async () => {
-  db = await freshDatabase("readme");
-  await migrate(db.sql);
-  await seedSample(db.sql, "readme");
-  await buildBinary();
+  db = await seededDatabase("readme");
   cwd = await tempDir("readme");
   await chmod(cwd, 0o755);
   // The README restores an old script's file by name: make one with stock pg_dump.
   await mkdir(join(cwd, "backups"));
-  const p = Bun.spawn(["pg_dump", "-f", join(cwd, "backups", "shinkei_backup_20251121_090000.sql")], { env: { ...process.env, ...libpqEnv(db.url) } });
-  expect(await p.exited).toBe(0);
+  await stockDump(db.url, join(cwd, "backups", "shinkei_backup_20251121_090000.sql"));
 });
 afterAll(() => db.drop());
 
@@ -52,14 +44,13 @@ test("every shinkei command in the README's shell blocks runs as written (or say
     // The README names the default database; here the command runs against this file's own.
     const args = command.replace(/--confirm-database shinkei\b/, `--confirm-database ${db.name}`).split(/\s+/);
     expect(args[0]).toBe("shinkei");
-    const p = Bun.spawn([binaryPath, ...args.slice(1)], { cwd, env: { PATH: process.env.PATH!, DATABASE_URL: db.url, NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe" });
-    const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
-    if (code !== 0) throw new Error(`README command failed (${code}): ${command}\n${stderr}`);
+    const r = await shinkei(args.slice(1), { DATABASE_URL: db.url }, { cwd });
+    if (r.code !== 0) throw new Error(`README command failed (${r.code}): ${command}\n${r.stderr}`);
   }
 });
 
 test("the commands table names every command, and --help names every command in the table", async () => {
-  const help = new Response(Bun.spawn([binaryPath, "--help"], { stdout: "pipe" }).stdout);
-  const names = [...(await help.text()).matchAll(/^  ([a-z-]+)\s{2,}/gm)].map((m) => m[1]!);
+  const help = (await shinkei(["--help"])).stdout;
+  const names = [...help.matchAll(/^  ([a-z-]+)\s{2,}/gm)].map((m) => m[1]!);
   for (const name of names) expect(readme).toContain(`\`shinkei ${name}`);
 });

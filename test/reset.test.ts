@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
@@ -9,9 +9,6 @@ import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { demoUsers } from "../src/seed.ts";
 import { resetPhrases } from "../src/reset.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;
@@ -25,6 +22,17 @@ async function freshData() {
   await seedSample(db.sql, "real");
 }
 const files = async () => (await readdir(dir)).filter((n) => !n.endsWith(".partial"));
+
+/** Type reset's phrases as a person would; at prompt `stop.at` (0-based), `stop.instead` acts instead. */
+async function answerPhrases(t: Terminal, stop?: { at: number; instead: (phrase: string) => Promise<void> }) {
+  for (const [i, phrase] of resetPhrases.entries()) {
+    await t.waitFor(`Type ${phrase} to continue`);
+    await Bun.sleep(50);
+    if (i === stop?.at) return stop.instead(phrase);
+    await t.type(phrase);
+    await t.enter();
+  }
+}
 
 beforeAll(async () => {
   db = await freshDatabase("reset");
@@ -45,12 +53,7 @@ describe("in a terminal", () => {
       const screen = await t.waitFor("Type DELETE ALL DATA");
       expect(screen).toMatch(/users\s+3/);
       expect(screen).toMatch(/story_beats\s+30/);
-      for (const [i, phrase] of resetPhrases.entries()) {
-        await t.waitFor(`Type ${phrase} to continue`);
-        if (i > 0) await Bun.sleep(50);
-        await t.type(phrase);
-        await t.enter();
-      }
+      await answerPhrases(t);
       expect(await t.exitCode()).toBe(0);
       const out = await t.screen();
       expect(out).toContain("rows now       users 3, worlds 6, stories 12, story_beats 60, sessions 0");
@@ -72,13 +75,13 @@ describe("in a terminal", () => {
       const before = await snapshot(db.sql);
       const t = await Terminal.start(["reset"], env);
       try {
-        for (const [i, phrase] of resetPhrases.entries()) {
-          await t.waitFor(`Type ${phrase} to continue`);
-          await Bun.sleep(50);
-          await t.type(i === wrongAt ? phrase.toLowerCase() : phrase);
-          await t.enter();
-          if (i === wrongAt) break;
-        }
+        await answerPhrases(t, {
+          at: wrongAt,
+          async instead(phrase) {
+            await t.type(phrase.toLowerCase());
+            await t.enter();
+          },
+        });
         expect(await t.exitCode()).toBe(1);
         expect(await t.screen()).toContain("aborted, nothing was changed");
       } finally {
@@ -92,17 +95,13 @@ describe("in a terminal", () => {
       const before = await snapshot(db.sql);
       const t = await Terminal.start(["reset"], env);
       try {
-        for (const [i, phrase] of resetPhrases.entries()) {
-          await t.waitFor(`Type ${phrase} to continue`);
-          await Bun.sleep(50);
-          if (i === wrongAt) {
+        await answerPhrases(t, {
+          at: wrongAt,
+          async instead() {
             await t.type("DELETE");
             await t.ctrlC();
-            break;
-          }
-          await t.type(phrase);
-          await t.enter();
-        }
+          },
+        });
         expect(await t.exitCode()).toBe(130);
       } finally {
         await t.close();

@@ -1,18 +1,15 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
-import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { buildBinary, binaryPath, shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
+import type { TestDatabase } from "./support/db.ts";
+import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
+import { backupFolder, seededDatabase, stockDump } from "./support/backup.ts";
+import { pathWith, wrapTool } from "./support/fixtures.ts";
+import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
-import { migrate } from "../src/migrations/migrate.ts";
-import { libpqEnv } from "../src/backup/pgtools.ts";
 import { tableStats } from "../src/backup/digest.ts";
-
-// Real databases, servers and processes: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let dir: string;
@@ -22,28 +19,21 @@ const stats = () => db.sql.begin((tx) => tableStats(tx));
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
 const restore = (args: string[], extra: Record<string, string> = {}) => shinkei(["backup", "--restore", ...args], { ...env, ...extra });
 
-async function stockDump(file: string, extra: string[] = []) {
-  const p = Bun.spawn(["pg_dump", "--no-owner", ...extra, "-f", file], { env: { ...process.env, ...libpqEnv(db.url) } });
-  expect(await p.exited).toBe(0);
-}
+const dump = (file: string) => stockDump(db.url, file, ["--no-owner"]);
 
 /** A stock plain dump of the database with `tail` appended: a real file, with a planted ending. */
 async function plantedDump(name: string, tail: string): Promise<string> {
   const file = join(dir, name);
-  await stockDump(file);
+  await dump(file);
   await writeFile(file, (await readFile(file, "utf8")) + tail);
   return file;
 }
 
 beforeAll(async () => {
-  db = await freshDatabase("untrusted");
-  await migrate(db.sql);
-  await seedSample(db.sql, "u");
-  await buildBinary();
+  db = await seededDatabase("untrusted", "u");
 });
 beforeEach(async () => {
-  dir = await tempDir("untrusted");
-  env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+  ({ dir, env } = await backupFolder(db, "untrusted"));
 });
 afterAll(() => db.drop());
 
@@ -138,7 +128,7 @@ describe("a restored file is untrusted input", () => {
     const seen = join(dir, "psql-env");
     const spy = await wrapTool("psql", `env > '${seen}'\nexec "$REAL" "$@"`);
     const file = join(dir, "plain.sql");
-    await stockDump(file);
+    await dump(file);
     const secrets = { AWS_SECRET_ACCESS_KEY: "s3-secret-value", BACKUP_AGE_PASSPHRASE: "age-secret-value", SMTP_URL: "smtp://u:mail-secret@127.0.0.1" };
     const r = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { ...secrets, PATH: pathWith(spy) });
     expect(r.stderr).not.toContain("✖");
@@ -178,7 +168,7 @@ describe("what a restore picks", () => {
 
   test("a plain file on a host that encrypts needs --allow-unencrypted", async () => {
     const file = join(dir, "plain.sql");
-    await stockDump(file);
+    await dump(file);
     const before = await stats();
     const r = await restore(["--backup-file", file, ...confirm()], { BACKUP_AGE_PASSPHRASE: "correct horse battery staple" });
     expect(r.code).toBe(1);
@@ -237,21 +227,18 @@ describe("the guard and the lock", () => {
     await db.sql`insert into worlds (owner_id, name) select id, 'written after the backup' from users limit 1`;
     const before = await stats();
     const slow = await wrapTool("psql", `[ "$1" = "--version" ] && exec "$REAL" --version\nsleep 2\nexec "$REAL" "$@"`);
-    const p = Bun.spawn([binaryPath, "backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], {
-      env: { ...env, PATH: pathWith(slow), NO_COLOR: "1" },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], { ...env, PATH: pathWith(slow), NO_COLOR: "1" });
     let killed = 0;
     for (let i = 0; i < 100 && killed === 0; i++) {
-      // Once the lock is granted (before it, the restore would simply fail to start).
-      const rows = await db.sql`select pg_terminate_backend(a.pid) as ok from pg_stat_activity a join pg_locks l on l.pid = a.pid
-        where a.application_name = ${`shinkei restore (pid ${p.pid})`} and l.locktype = 'advisory' and l.granted`;
+      // Only once the lock is held: killed while still asking for it, it is not a lock lost.
+      const rows = await db.sql`select pg_terminate_backend(a.pid) as ok from pg_stat_activity a
+        where a.application_name = ${`shinkei restore (pid ${p.proc.pid})`}
+          and exists (select 1 from pg_locks l where l.pid = a.pid and l.locktype = 'advisory' and l.granted)`;
       killed = rows.length;
       if (!killed) await Bun.sleep(50);
     }
     expect(killed).toBe(1);
-    const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+    const [stderr, code] = await Promise.all([p.stderr(), p.proc.exited]);
     expect(code).toBe(1);
     expect(stderr).toContain("lock was lost");
     expect(stderr).not.toContain("restored ");

@@ -15,14 +15,18 @@ export function parseBackupName(name: string): BackupName | null {
   if (!m) return null;
   const [, y, mo, d, h, mi, s, seq, extension] = m;
   const takenAt = new Date(Date.UTC(+y!, +mo! - 1, +d!, +h!, +mi!, +s!));
-  if (Number.isNaN(takenAt.getTime()) || takenAt.getUTCDate() !== +d!) return null;
+  // Date.UTC rolls 30 February, month 13 or minute 60 over into a real moment: no stamp we write.
+  if (stamp(takenAt) !== `${y}${mo}${d}_${h}${mi}${s}`) return null;
   return { name, takenAt, extension: extension!, sequence: seq ? Number(seq) : 0 };
 }
 
-export function backupName(at: Date, sequence = 0, extension = OUR_EXTENSION): string {
+function stamp(at: Date): string {
   const p = (n: number) => String(n).padStart(2, "0");
-  const stamp = `${at.getUTCFullYear()}${p(at.getUTCMonth() + 1)}${p(at.getUTCDate())}_${p(at.getUTCHours())}${p(at.getUTCMinutes())}${p(at.getUTCSeconds())}`;
-  return `shinkei_backup_${stamp}${sequence ? `_${sequence}` : ""}.${extension}`;
+  return `${at.getUTCFullYear()}${p(at.getUTCMonth() + 1)}${p(at.getUTCDate())}_${p(at.getUTCHours())}${p(at.getUTCMinutes())}${p(at.getUTCSeconds())}`;
+}
+
+export function backupName(at: Date, sequence = 0, extension = OUR_EXTENSION): string {
+  return `shinkei_backup_${stamp(at)}${sequence ? `_${sequence}` : ""}.${extension}`;
 }
 
 /** Newest first; within one second, the higher sequence is newer. */

@@ -15,10 +15,13 @@ export function buildBinary(): Promise<void> {
 
 export type CliResult = { code: number; stdout: string; stderr: string };
 
+/** Where and how to run it: `binary` is another copy of it (one copied alone into an empty folder, say). */
+export type RunOptions = { cwd?: string; binary?: string };
+
 /** Run the compiled binary with a clean environment plus `env` (no inherited DATABASE_URL surprises). */
-export async function shinkei(args: string[], env: Record<string, string> = {}, options: { cwd?: string; stdin?: string } = {}): Promise<CliResult> {
+export async function shinkei(args: string[], env: Record<string, string> = {}, options: RunOptions & { stdin?: string } = {}): Promise<CliResult> {
   await buildBinary();
-  const p = Bun.spawn([binaryPath, ...args], {
+  const p = Bun.spawn([options.binary ?? binaryPath, ...args], {
     cwd: options.cwd ?? root,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
     stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),

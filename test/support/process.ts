@@ -1,13 +1,19 @@
-import { binaryPath, buildBinary } from "./cli.ts";
+import { binaryPath, buildBinary, type RunOptions } from "./cli.ts";
 
-/** A long-running shinkei command whose JSON log lines are collected as they arrive. */
+/**
+ * A shinkei command left running (a server, a service, a backup to interrupt), its JSON log lines
+ * collected as they arrive. `prefix` runs it through another command (`ip netns exec <ns>`).
+ */
 export class Service {
   readonly lines: Record<string, unknown>[] = [];
+  /** stdout has ended: no line that is not here yet will come. */
+  private ended = false;
   private constructor(readonly proc: Bun.Subprocess<"ignore", "pipe", "pipe">) {}
 
-  static async start(args: string[], env: Record<string, string>): Promise<Service> {
+  static async start(args: string[], env: Record<string, string>, options: RunOptions & { prefix?: string[] } = {}): Promise<Service> {
     await buildBinary();
-    const proc = Bun.spawn([binaryPath, ...args], { env: { PATH: process.env.PATH!, ...env }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const command = [...(options.prefix ?? []), options.binary ?? binaryPath, ...args];
+    const proc = Bun.spawn(command, { cwd: options.cwd, env: { PATH: process.env.PATH!, ...env }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     const s = new Service(proc);
     s.read();
     return s;
@@ -27,6 +33,7 @@ export class Service {
         }
       }
     }
+    this.ended = true;
   }
 
   async waitFor(predicate: (l: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> {
@@ -34,13 +41,23 @@ export class Service {
     for (;;) {
       const found = this.lines.find(predicate);
       if (found) return found;
-      if (Date.now() > deadline) throw new Error(`timed out; log so far:\n${this.lines.map((l) => JSON.stringify(l)).join("\n")}\n${await new Response(this.proc.stderr).text()}`);
+      if (this.ended || Date.now() > deadline) throw new Error(`${this.ended ? "it exited" : "timed out"}; log so far:\n${this.lines.map((l) => JSON.stringify(l)).join("\n")}\n${await new Response(this.proc.stderr).text()}`);
       await Bun.sleep(50);
     }
   }
 
-  async stop(): Promise<number> {
-    this.proc.kill("SIGTERM");
+  /** The URL of a server once its "listening" line is out. */
+  async listening(): Promise<string> {
+    return (await this.waitFor((l) => l.msg === "listening")).url as string;
+  }
+
+  /** Everything it wrote to stderr, once it has exited. */
+  async stderr(): Promise<string> {
+    return new Response(this.proc.stderr).text();
+  }
+
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<number> {
+    this.proc.kill(signal);
     return this.proc.exited;
   }
 }

@@ -46,3 +46,15 @@ export function testApp(db: Pick<TestDatabase, "url" | "sql">, env: Record<strin
   const recovery = new AccountRecovery({ sql: db.sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail: undefined, log });
   return createApp({ sql: db.sql, config, auth, recovery, log });
 }
+
+/**
+ * A new account of the calling test's own, registered through `server`: no test leans on an
+ * account another test made (or changed). Waits until its mail, if any, is handed over.
+ */
+export async function newAccount(server: TestServer, label: string, password = "correct horse battery"): Promise<string> {
+  const email = `${label}-${crypto.randomUUID().slice(0, 8)}@example.com`;
+  const r = await server.api("/api/v1/auth/register", { method: "POST", json: { email, password, name: "Test User" } });
+  if (r.status !== 201) throw new Error(`registering ${email} answered ${r.status}: ${await r.text()}`);
+  await server.recovery.idle();
+  return email;
+}

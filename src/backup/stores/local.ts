@@ -1,4 +1,4 @@
-import { readdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ShinkeiError } from "../../errors.ts";
 import { MANIFEST_SUFFIX, isOurObject } from "../naming.ts";
@@ -14,8 +14,16 @@ export class LocalStore implements BackupStore {
     this.location = resolve(dir);
   }
 
+  private fail(what: string, e: NodeJS.ErrnoException): ShinkeiError {
+    return new ShinkeiError("STORE_FAILED", `${what} at ${this.location} failed: ${e.code ?? e.message}`, { cause: e });
+  }
+
   async list(): Promise<StoredObject[]> {
-    const names = await readdir(this.dir).catch(() => [] as string[]);
+    // No folder yet holds no backups; a folder that cannot be read must not look like an empty one.
+    const names = await readdir(this.dir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return [] as string[];
+      throw this.fail("listing", e);
+    });
     const found: StoredObject[] = [];
     for (const name of names.filter(isOurObject)) {
       const s = await stat(join(this.dir, name)).catch(() => null);
@@ -26,20 +34,36 @@ export class LocalStore implements BackupStore {
 
   async put(name: string, localPath: string) {
     const target = join(this.dir, name);
-    await copyToPartial(localPath, `${target}.partial`);
-    await rename(`${target}.partial`, target);
-    await fsyncDir(this.dir);
-    return { sizeBytes: (await stat(target)).size, verified: "size" as const };
+    try {
+      // Like a bucket prefix, a folder that does not exist yet is an empty store, not a broken one.
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await copyToPartial(localPath, `${target}.partial`);
+      await rename(`${target}.partial`, target);
+      await fsyncDir(this.dir);
+      return { sizeBytes: (await stat(target)).size, verified: "size" as const };
+    } catch (e) {
+      throw e instanceof ShinkeiError ? e : this.fail(`copying ${name} in`, e as NodeJS.ErrnoException);
+    }
   }
 
   async get(name: string, localPath: string) {
-    await copyToPartial(join(this.dir, name), `${localPath}.partial`);
+    const source = join(this.dir, name);
+    const found = await stat(source).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return null;
+      throw this.fail(`reading ${name}`, e);
+    });
+    if (!found?.isFile()) throw new ShinkeiError("BACKUP_NOT_FOUND", `no ${name} at ${this.location}`);
+    await copyToPartial(source, `${localPath}.partial`);
     await rename(`${localPath}.partial`, localPath);
   }
 
   async remove(name: string) {
     if (!isOurObject(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
-    await rm(join(this.dir, name), { force: true });
-    await rm(join(this.dir, name + MANIFEST_SUFFIX), { force: true });
+    try {
+      await rm(join(this.dir, name), { force: true });
+      await rm(join(this.dir, name + MANIFEST_SUFFIX), { force: true });
+    } catch (e) {
+      throw this.fail(`deleting ${name}`, e as NodeJS.ErrnoException);
+    }
   }
 }

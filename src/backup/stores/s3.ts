@@ -57,6 +57,12 @@ function etagTap() {
 export type StoreNaming = { isOurs(name: string): boolean; companions(name: string): string[] };
 const backupNaming: StoreNaming = { isOurs: isOurObject, companions: (name) => [name + MANIFEST_SUFFIX] };
 
+/** S3's answer for a key that is not there (404 NoSuchKey); a missing bucket is a failure instead. */
+function isMissing(error: unknown): boolean {
+  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e.name === "NoSuchKey" || (e.name !== "NoSuchBucket" && e.$metadata?.httpStatusCode === 404);
+}
+
 export class S3Store implements BackupStore {
   readonly kind = "s3";
   readonly location: string;
@@ -146,7 +152,8 @@ export class S3Store implements BackupStore {
       await rename(partial, localPath);
     } catch (e) {
       await rm(partial, { force: true });
-      throw this.fail(`downloading ${name}`, e);
+      if (isMissing(e)) throw new ShinkeiError("BACKUP_NOT_FOUND", `no ${name} at ${this.location}`, { cause: e });
+      throw e instanceof ShinkeiError ? e : this.fail(`downloading ${name}`, e);
     }
   }
 

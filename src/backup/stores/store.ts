@@ -4,15 +4,30 @@ export type StoredObject = { name: string; sizeBytes: number; modifiedAt: Date }
 /**
  * Where copies of backups live. Each backup is one object named like the local file, its manifest
  * another; a store lists only names that parse as ours, so nothing else is ever touched.
+ *
+ * Every backend answers alike (one contract suite runs against each): `get` of a missing object
+ * is BACKUP_NOT_FOUND, `remove` of one is no error, and a store that cannot be reached or read is
+ * STORE_FAILED, never an empty answer.
  */
 export interface BackupStore {
   readonly kind: string;
   /** Where it is, for messages: a folder, or s3://bucket/prefix. */
   readonly location: string;
+  /**
+   * Our objects, in no particular order. A folder or prefix that does not exist yet holds none
+   * ([]); one that cannot be read (not a folder, no such bucket, no access) is STORE_FAILED.
+   */
   list(): Promise<StoredObject[]>;
-  /** Copy a local file in, streamed; resolves once the stored copy is checked. */
+  /** Copy a local file in, streamed; resolves once the stored copy is checked. Replaces an object of the same name. */
   put(name: string, localPath: string): Promise<{ sizeBytes: number; etag?: string; verified: "etag" | "size" }>;
-  /** Copy an object to a local path, streamed, through a `.partial` file. */
+  /**
+   * Copy an object to a local path, streamed, through a `.partial` file. A missing object is
+   * BACKUP_NOT_FOUND, and leaves neither the file nor its `.partial` behind.
+   */
   get(name: string, localPath: string): Promise<void>;
+  /**
+   * Delete a backup and its manifest. Either or both already gone is no error (a retention run
+   * cut short is simply run again). A name that is not ours is NOT_OURS, and nothing is deleted.
+   */
   remove(name: string): Promise<void>;
 }
