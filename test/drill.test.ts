@@ -3,9 +3,8 @@ import { readFile, writeFile } from "node:fs/promises";
 import postgres from "postgres";
 import { serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { backupFolder, seededDatabase } from "./support/backup.ts";
+import { backupFolder, seededDatabase, slowToLoad } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
-import { pathWith, wrapTool } from "./support/fixtures.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -95,14 +94,13 @@ describe("restore drills", () => {
   });
 
   test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
-    await takeBackup();
-    const slow = await wrapTool("psql", `sleep 30; exec "$REAL" "$@"`);
-    const p = await Service.start(["backup", "drill"], { ...env, PATH: pathWith(slow) });
+    await slowToLoad(await takeBackup(), 30);
+    const p = await Service.start(["backup", "drill"], env);
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
     await p.stop("SIGKILL");
     expect((await scratchDatabases()).length).toBe(1);
-    Bun.spawnSync(["pkill", "-f", `${slow}/psql`]);
+    await takeBackup(); // the next drill takes the newest, which loads at full speed
     const r = await shinkei(["backup", "drill"], env);
     expect(r.code).toBe(0);
     expect(await scratchDatabases()).toEqual([]);
@@ -110,12 +108,13 @@ describe("restore drills", () => {
 
   test("SIGTERM during a drill drops its scratch database, records nothing and exits 130", async () => {
     const file = await takeBackup();
-    const slow = await wrapTool("psql", `[ "$1" = "--version" ] && exec "$REAL" --version\nsleep 2\nexec "$REAL" "$@"`);
-    const p = await Service.start(["backup", "drill"], { ...env, PATH: pathWith(slow) });
+    await slowToLoad(file, 30);
+    const p = await Service.start(["backup", "drill"], env);
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
-    expect(await p.stop("SIGTERM")).toBe(130);
-    expect(await p.stderr()).toContain("was cancelled; its scratch database was dropped");
+    const code = await p.stop("SIGTERM");
+    const stderr = await p.stderr();
+    expect({ code, stderr }).toEqual({ code: 130, stderr: expect.stringContaining("was cancelled; its scratch database was dropped") });
     expect(await scratchDatabases()).toEqual([]);
     expect(await Bun.file(`${file}.drill.json`).exists()).toBe(false);
   });

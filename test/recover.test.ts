@@ -4,8 +4,9 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { freshDatabase, serverUrl, snapshot, type TestDatabase } from "./support/db.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
-import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
+import { slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -352,11 +353,10 @@ describe("recover one user's rows", () => {
   });
 
   test("SIGTERM while the backup loads drops the scratch database and changes nothing", async () => {
-    await takeBackup(env);
+    await slowToLoad(await takeBackup(env), 10);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const before = await snapshot(db.sql);
-    const slow = await wrapTool("psql", `sleep 10; exec "$REAL" "$@"`);
-    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { ...env, PATH: pathWith(slow) }, stdout: "ignore", stderr: "ignore" });
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env, stdout: "ignore", stderr: "ignore" });
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
     p.kill("SIGTERM");

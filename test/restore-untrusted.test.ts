@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import type { TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { backupFolder, seededDatabase, stockDump } from "./support/backup.ts";
+import { backupFolder, seededDatabase, slowToLoad, stockDump } from "./support/backup.ts";
 import { pathWith, wrapTool } from "./support/fixtures.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
@@ -124,17 +124,19 @@ describe("a restored file is untrusted input", () => {
     expect(await stats()).toEqual(before);
   });
 
-  test("psql and pg_restore get no S3 keys, age passphrases or identities", async () => {
-    const seen = join(dir, "psql-env");
-    const spy = await wrapTool("psql", `env > '${seen}'\nexec "$REAL" "$@"`);
-    const file = join(dir, "plain.sql");
-    await dump(file);
+  test("pg_restore and pg_dump get no S3 keys, age passphrases or identities", async () => {
+    const seen = join(dir, "tool-env");
+    const spy = await wrapTool("pg_restore", `env >> '${seen}'\nexec "$REAL" "$@"`);
+    await writeFile(join(spy, "pg_dump"), `#!/bin/sh\nenv >> '${seen}'\nexec ${Bun.which("pg_dump")} "$@"\n`, { mode: 0o755 });
+    const file = join(dir, "custom.dump");
+    await stockDump(db.url, file, ["--no-owner", "--format=custom"]);
     const secrets = { AWS_SECRET_ACCESS_KEY: "s3-secret-value", BACKUP_AGE_PASSPHRASE: "age-secret-value", SMTP_URL: "smtp://u:mail-secret@127.0.0.1" };
     const r = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { ...secrets, PATH: pathWith(spy) });
     expect(r.stderr).not.toContain("✖");
     expect(r.code).toBe(0);
     const childEnv = await readFile(seen, "utf8");
-    expect(childEnv).toContain("PGDATABASE=");
+    // pg_dump (the safety backup and its version check) and pg_restore (verify and load) all ran.
+    expect(childEnv.match(/^PGDATABASE=/gm)?.length).toBeGreaterThanOrEqual(2);
     for (const value of Object.values(secrets)) expect(childEnv).not.toContain(value);
   });
 });
@@ -198,6 +200,13 @@ describe("what a restore picks", () => {
     expect(r.stderr).toContain("the manifest is not signed");
     await writeFile(manifestFile, original);
     expect((await shinkei(["backup", "verify", file], { ...env, BACKUP_MANIFEST_KEY: "x".repeat(40) })).code).toBe(1);
+    // Found in review: an old signed backup copied under a newer name would be the default pick.
+    const replayed = join(dir, "shinkei_backup_29991231_000000.sql.gz");
+    await writeFile(replayed, await readFile(file));
+    await writeFile(`${replayed}.manifest.json`, original);
+    r = await shinkei(["backup", "verify", replayed], { ...env, ...key });
+    expect(r.code).toBe(1);
+    expect(r.stdout + r.stderr).toContain("a backup copied under another name");
   });
 });
 
@@ -224,10 +233,10 @@ describe("the guard and the lock", () => {
 
   test("a restore whose lock connection is killed rolls back and exits", async () => {
     const file = await takeBackup();
+    await slowToLoad(file, 2);
     await db.sql`insert into worlds (owner_id, name) select id, 'written after the backup' from users limit 1`;
     const before = await stats();
-    const slow = await wrapTool("psql", `[ "$1" = "--version" ] && exec "$REAL" --version\nsleep 2\nexec "$REAL" "$@"`);
-    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], { ...env, PATH: pathWith(slow), NO_COLOR: "1" });
+    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], { ...env, NO_COLOR: "1" });
     let killed = 0;
     for (let i = 0; i < 100 && killed === 0; i++) {
       // Only once the lock is held: killed while still asking for it, it is not a lock lost.

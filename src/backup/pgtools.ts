@@ -21,12 +21,17 @@ export function libpqEnv(url: string): Record<string, string> {
  * whatever it might get a tool to do, it finds no secrets in that process.
  */
 export function toolEnv(url: string, env: Record<string, string | undefined> = {}): Record<string, string> {
+  return { ...plainEnv(env), ...libpqEnv(url) };
+}
+
+/** Only what finds a program and what libpq reads: for every PostgreSQL program we start. */
+export function plainEnv(env: Record<string, string | undefined> = {}): Record<string, string> {
   const passes = (name: string) => /^(PATH|HOME|LANG|LANGUAGE|TZ|TMPDIR|LC_[A-Z]+|PG[A-Z0-9_]+)$/.test(name);
   const out: Record<string, string> = {};
   for (const source of [process.env, env]) {
     for (const [k, v] of Object.entries(source)) if (v !== undefined && passes(k)) out[k] = v;
   }
-  return { ...out, ...libpqEnv(url) };
+  return out;
 }
 
 export function toolPath(tool: PgTool, env: Record<string, string | undefined> = process.env): string {
@@ -46,7 +51,7 @@ export async function toolMajor(tool: PgTool, env?: Record<string, string | unde
 
 /** The version any PostgreSQL program at `path` reports with --version. */
 export async function binaryVersion(path: string, env?: Record<string, string | undefined>): Promise<{ major: number; minor: number; text: string }> {
-  const p = Bun.spawn([path, "--version"], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+  const p = Bun.spawn([path, "--version"], { stdout: "pipe", stderr: "pipe", env: plainEnv(env) });
   const text = (await new Response(p.stdout).text()).trim();
   await p.exited;
   const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(text);
@@ -64,16 +69,6 @@ export async function checkDumpVersion(serverVersionNum: number, env?: Record<st
     });
   }
   return { pgDump: dump.text, server };
-}
-
-/**
- * psql's `\restrict` mode (refuse every meta-command until `\unrestrict KEY`) came with the August
- * 2025 minor releases: 17.6, 16.10, 15.14, 14.19, 13.22, and every major since 18.
- */
-export async function psqlHasRestrict(env?: Record<string, string | undefined>): Promise<boolean> {
-  const { major, minor } = await toolMajor("psql", env);
-  const firstMinor: Record<number, number> = { 13: 22, 14: 19, 15: 14, 16: 10, 17: 6 };
-  return major >= 18 || (firstMinor[major] !== undefined && minor >= firstMinor[major]!);
 }
 
 export type Exit = { code: number; stderr: string };

@@ -7,8 +7,12 @@ import type { AgeConfig } from "./crypt.ts";
 import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
 import { takeSafetyBackup } from "./safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";
-import { finished, psqlHasRestrict, pump, toolEnv, toolPath } from "./pgtools.ts";
-import { guardScript } from "./script.ts";
+import { once } from "node:events";
+import type { Writable } from "node:stream";
+import { finished as finishedStream } from "node:stream/promises";
+import postgres from "postgres";
+import { finished, pump, toolEnv, toolPath } from "./pgtools.ts";
+import { scriptItems } from "./script.ts";
 
 export type RestoreStep = "verify" | "safety-backup" | "restore" | "compare";
 
@@ -40,26 +44,22 @@ export type RestoreResult = {
 
 export type LoadOptions = {
   env?: Record<string, string | undefined>;
-  /** A SQL condition (LockHandle.heldCondition) that must still hold at COMMIT, or nothing commits. */
-  lockHeld?: string;
+  /** The maintenance lock the caller holds: the load commits only while it is still held. */
+  lock?: LockHandle;
 };
 
 /**
- * What psql runs before the file: one transaction that nothing but our own last statement can
- * commit, then everything the database's own schemas and large objects hold is dropped in it, so
- * the database ends exactly as in the backup, or exactly as it was.
- *
- * The guard is a deferred constraint trigger on a temporary table: it fires at COMMIT and fails it
- * unless our closing statement set a token the file cannot know, and unless the maintenance lock
- * is still held. It backs up the lexer (script.ts): whatever way a COMMIT got through, it fails,
- * and psql (ON_ERROR_STOP) stops there.
+ * What runs before the file, in the restore's transaction. A deferred constraint trigger on a
+ * temporary table fails the COMMIT unless our last statement set a token (the catalog holds only
+ * its hash) and the maintenance lock is still held: a backstop behind the classification of every
+ * statement (script.ts), should a COMMIT ever get through. Then every schema of the database and
+ * every large object is dropped, so the database ends exactly as in the backup, or as it was.
  */
-function prologue(serverVersionNum: number, token: string, lockHeld: string | undefined, restrictKey: string | undefined): string {
-  const table = `pg_temp.shinkei_commit_guard_${token}`;
-  return `BEGIN;
-CREATE FUNCTION pg_temp.shinkei_commit_guard_${token}() RETURNS trigger LANGUAGE plpgsql AS $shinkei$
+function prologue(serverVersionNum: number, id: string, tokenHash: string, lockHeld: string | undefined): string {
+  const table = `pg_temp.shinkei_guard_${id}`;
+  return `CREATE FUNCTION pg_temp.shinkei_guard_${id}() RETURNS trigger LANGUAGE plpgsql AS $shinkei$
 BEGIN
-  IF pg_catalog.current_setting('shinkei.commit', true) IS DISTINCT FROM '${token}' THEN
+  IF pg_catalog.md5(pg_catalog.current_setting('shinkei.commit', true)) IS DISTINCT FROM '${tokenHash}' THEN
     RAISE EXCEPTION 'shinkei: the restored file tried to commit the restore''s transaction';
   END IF;
   IF NOT (${lockHeld ?? "true"}) THEN
@@ -68,8 +68,8 @@ BEGIN
   RETURN NULL;
 END $shinkei$;
 CREATE TABLE ${table} (x int);
-CREATE CONSTRAINT TRIGGER shinkei_commit_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_commit_guard_${token}();
-ALTER TABLE ${table} ENABLE ALWAYS TRIGGER shinkei_commit_guard;
+CREATE CONSTRAINT TRIGGER shinkei_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_guard_${id}();
+ALTER TABLE ${table} ENABLE ALWAYS TRIGGER shinkei_guard;
 INSERT INTO ${table} VALUES (1);
 -- A role that restores on behalf of the database's owner (a member of it, as the backup service's
 -- role is of the app's) creates what it restores as that owner, so the app can use it afterwards.
@@ -84,57 +84,101 @@ BEGIN
   END LOOP;
   PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
 END $shinkei$;
-${recreatePublicSchema(serverVersionNum)}${restrictKey ? `\\restrict ${restrictKey}\n` : ""}`;
+${recreatePublicSchema(serverVersionNum)}`;
 }
 
-const epilogue = (token: string) => `\nSELECT pg_catalog.set_config('shinkei.commit', '${token}', true);\nCOMMIT;\n`;
+/** pg_restore turns a custom archive into the same SQL a plain dump holds; its exit code is checked at the end. */
+function fromArchive(source: ReadableStream<Uint8Array>, env: Record<string, string | undefined> | undefined, url: string) {
+  const p = Bun.spawn([toolPath("pg_restore", env), "--file=-", "--no-owner", "--no-privileges"], { env: toolEnv(url, env), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const exit = finished(p);
+  const feed = pump(source, p.stdin).finally(() => p.stdin.end());
+  feed.catch(() => {}); // awaited in done()
+  return {
+    sql: p.stdout,
+    kill: () => p.kill("SIGKILL"),
+    async done() {
+      await feed;
+      const { code, stderr } = await exit;
+      if (code !== 0) throw new ShinkeiError("RESTORE_FAILED", `pg_restore failed (exit ${code}): ${stderr}`);
+    },
+  };
+}
 
 /**
- * Stream the file's SQL into one psql session, through the guard (script.ts), inside a transaction
- * only we commit: if anything fails (a refused statement, a damaged file, pg_restore, psql, a lost
- * lock) psql is killed or stops before COMMIT, and PostgreSQL rolls the whole load back.
+ * Load the file's SQL in ONE transaction that only this function ends. Each statement the guard
+ * (script.ts) passed goes alone, as one extended-protocol message, so the server runs exactly the
+ * statement that was classified; COPY data streams through the COPY protocol. psql is not
+ * involved: no meta-command of the file can run. Any failure (a refused statement, a server error,
+ * a damaged file, pg_restore, a lost lock) rolls the whole load back.
  */
 export async function load(url: string, source: ReadableStream<Uint8Array>, format: Format, serverVersionNum: number, options: LoadOptions = {}) {
-  const { env } = options;
-  const childEnv = toolEnv(url, env);
-  const token = crypto.randomUUID().replaceAll("-", "");
-  const restrictKey = (await psqlHasRestrict(env)) ? crypto.randomUUID().replaceAll("-", "") : undefined;
-  const psql = Bun.spawn([toolPath("psql", env), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-f", "-"], { env: childEnv, stdin: "pipe", stdout: "ignore", stderr: "pipe" });
-  const psqlExit = finished(psql);
-  let committed = false;
-  let pgRestore: Bun.Subprocess<"pipe", "pipe", "pipe"> | undefined;
-  // psql stops at the first error (ON_ERROR_STOP): stop feeding it rather than write into a dead pipe.
-  psql.exited.then(() => committed || pgRestore?.kill("SIGKILL"));
+  const token = crypto.randomUUID();
+  const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
+  const tokenHash = new Bun.CryptoHasher("md5").update(token).digest("hex");
+  const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
+  // A connection ended under us (the lock's holder gone, the database dropped) is never written to
+  // again: postgres.js on Bun would throw from inside a timer. Checked before every statement.
+  let lost = false;
+  const sql = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    fetch_types: false,
+    connect_timeout: 10,
+    idle_timeout: 0,
+    max_lifetime: null,
+    connection: { application_name: "shinkei restore (load)" },
+    onclose: () => {
+      lost = true;
+    },
+  });
+  const run = (text: string, extended = true) => {
+    if (lost) throw new ShinkeiError("RESTORE_FAILED", "the connection to the database ended during the restore");
+    // `simple: false` (read by postgres.js, missing from its types): the extended protocol, where
+    // the server refuses a message holding more than one statement.
+    return conn.unsafe(text, [], extended ? ({ simple: false } as postgres.UnsafeQueryOptions) : {});
+  };
+  let conn: postgres.ReservedSql;
+  let at = 0; // the line of the statement being run, for the error
   try {
-    psql.stdin.write(prologue(serverVersionNum, token, options.lockHeld, restrictKey));
-    if (format.startsWith("custom")) {
-      pgRestore = Bun.spawn([toolPath("pg_restore", env), "--file=-", "--clean", "--if-exists", "--no-owner", "--no-privileges"], { env: childEnv, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
-      const restoreExit = finished(pgRestore);
-      const feed = pump(source, pgRestore.stdin).finally(() => pgRestore!.stdin.end());
-      await pump(guardScript(pgRestore.stdout), psql.stdin);
-      await feed;
-      const { code, stderr } = await restoreExit;
-      if (code !== 0) throw new ShinkeiError("RESTORE_FAILED", `pg_restore failed (exit ${code}): ${stderr}`);
-    } else {
-      await pump(guardScript(source), psql.stdin);
+    await sql`select 1`; // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
+    conn = await sql.reserve();
+    await run("BEGIN", false);
+    await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
+    let copy: Writable | undefined;
+    for await (const item of scriptItems(archive ? archive.sql : source)) {
+      if (item.kind === "statement") {
+        at = item.line;
+        if (item.copy) {
+          // COPY runs as a simple query (postgres.js has no other way): make sure the server reads
+          // its text as UTF-8, as the guard did, whatever the file set the client encoding to.
+          await run("SET client_encoding = 'UTF8'");
+          copy = (await run(item.text, false).writable()) as unknown as Writable;
+        } else {
+          await run(item.text);
+        }
+      } else if (item.kind === "data") {
+        if (!copy!.write(item.bytes)) await once(copy!, "drain");
+      } else {
+        copy!.end();
+        await finishedStream(copy!);
+        copy = undefined;
+      }
     }
-    if (psql.exitCode === null) {
-      psql.stdin.write(epilogue(token));
-      committed = true;
-    }
+    await archive?.done();
+    at = 0;
+    await options.lock?.assertHeld();
+    await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
+    await run("COMMIT", false);
   } catch (error) {
-    psql.kill("SIGKILL");
-    pgRestore?.kill("SIGKILL");
+    archive?.kill();
+    if (!lost) await conn!?.unsafe("ROLLBACK").catch(() => {});
     if (error instanceof ShinkeiError) throw error;
-    const { stderr } = await psqlExit;
-    throw new ShinkeiError("RESTORE_FAILED", `restore stopped: ${stderr || (error as Error).message}`, { cause: error });
+    const message = (error as Error).message;
+    const lockLost = message.includes("maintenance lock was lost");
+    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${at ? `line ${at}: ` : ""}${message}`, { cause: error });
   } finally {
-    await Promise.resolve(psql.stdin.end()).catch(() => {});
-  }
-  const { code, stderr } = await psqlExit;
-  if (code !== 0 || !committed) {
-    const lockLost = stderr.includes("maintenance lock was lost");
-    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${stderr || `psql exit ${code}`}`);
+    if (!lost) conn!?.release();
+    await sql.end({ timeout: lost ? 0 : 5 }).catch(() => {});
   }
 }
 
@@ -197,7 +241,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
   try {
-    await load(url, source, verification.format, server!.num, { env, lockHeld: options.lock?.heldCondition });
+    await load(url, source, verification.format, server!.num, { env, lock: options.lock });
   } catch (error) {
     throw await checkedRollback(sql, before, error);
   }

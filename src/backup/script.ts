@@ -1,20 +1,28 @@
 import { ShinkeiError } from "../errors.ts";
 
 /**
- * A file to restore is untrusted input, and psql does whatever the script says: a `COMMIT` inside
- * it ends the transaction the restore runs in, a `\!` runs a shell command on this machine. So the
- * script passes through this lexer before psql sees a byte of it. It follows psql's own lexer
- * (quotes, dollar quotes, nested comments, `BEGIN ATOMIC` bodies, COPY data) and hands psql only
- * whole statements that passed: every top-level statement that ends or opens a transaction and
- * every psql meta-command is refused. pg_dump's own large-object blocks (`BEGIN;`, lo_open /
- * lowrite / lo_close, `COMMIT;`) are the one exception: their BEGIN and COMMIT are dropped, so the
- * objects load inside our transaction.
+ * A file to restore is untrusted input. It is never handed to psql, which would do whatever the
+ * script says (a `COMMIT` ends the restore's transaction, `\!` runs a shell command here). This
+ * lexer splits it into statements the way psql would (quotes, dollar quotes, nested comments,
+ * `BEGIN ATOMIC` bodies, COPY data), and restore.ts sends each statement alone, as one
+ * extended-protocol message, in a transaction only it ends. The server then parses exactly the
+ * statement that was classified here and runs at most one statement per message: a split that
+ * went wrong can only be a syntax error (the restore rolls back), never a hidden second statement.
  *
- * It works on bytes: every character that matters is ASCII, and no byte of a multibyte UTF-8
- * character is below 0x80. The client-only encodings (SJIS, BIG5, GBK, ...) can end a character with
- * a backslash byte, which matters only where a backslash escapes a quote: those cases are refused,
- * as are strings whose end depends on standard_conforming_strings, rather than guessed.
+ * Refused, with the line they are on: top-level transaction control (BEGIN, START, COMMIT, END,
+ * ROLLBACK, ABORT, PREPARE TRANSACTION), DISCARD and DROP OWNED (they would remove the restore's
+ * guard), any COPY but pg_dump's `COPY table FROM stdin`, psql meta-commands, NUL bytes, and text
+ * that is not UTF-8. pg_dump's own large-object blocks (`BEGIN;` lo_open / lowrite / lo_close
+ * `COMMIT;`) are the one exception: their BEGIN and COMMIT are dropped, so the objects load inside
+ * the restore's transaction. It works on bytes: every character that matters is ASCII, and no byte
+ * of a multibyte UTF-8 character is below 0x80.
  */
+
+/** What the guard hands on: whole statements, and the data lines of a COPY FROM stdin. */
+export type ScriptItem =
+  | { kind: "statement"; text: string; line: number; copy: boolean }
+  | { kind: "data"; bytes: Uint8Array }
+  | { kind: "end-copy" };
 
 const enum S {
   Normal,
@@ -29,7 +37,7 @@ const enum S {
 }
 
 const Q = 0x27, DQ = 0x22, DOLLAR = 0x24, DASH = 0x2d, SLASH = 0x2f, STAR = 0x2a, SEMI = 0x3b;
-const BACKSLASH = 0x5c, NL = 0x0a, CR = 0x0d, COLON = 0x3a, LPAREN = 0x28, RPAREN = 0x29, LBRACE = 0x7b, DOT = 0x2e;
+const BACKSLASH = 0x5c, NL = 0x0a, CR = 0x0d, LPAREN = 0x28, RPAREN = 0x29, DOT = 0x2e;
 
 const isIdentStart = (b: number) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b >= 0x80;
 const isIdentPart = (b: number) => isIdentStart(b) || (b >= 0x30 && b <= 0x39) || b === DOLLAR;
@@ -54,7 +62,10 @@ export class ScriptGuard {
   private words: string[] = [];
   private previousWord = "";
   private fromStdin = false;
-  private program = false;
+  /** A COPY that is not pg_dump's `COPY table [(columns)] FROM stdin`: `COPY (query)`, `TO`, `PROGRAM`. */
+  private otherCopy = false;
+  /** In CREATE FUNCTION/PROCEDURE, a BEGIN whose next word must be ATOMIC. */
+  private expectAtomic = false;
   private word = "";
   private parenDepth = 0;
   /** `BEGIN ATOMIC ... END` depth in CREATE FUNCTION/PROCEDURE, as psql counts it. */
@@ -65,9 +76,12 @@ export class ScriptGuard {
   private line = 0;
   private statementLine = 0;
 
-  /** Feed bytes; returns what may go to psql now. Throws RESTORE_UNSAFE on anything refused. */
-  push(input: Uint8Array): Uint8Array[] {
-    const out: Uint8Array[] = [];
+  private decoder = new TextDecoder("utf-8", { fatal: true });
+
+  /** Feed bytes; returns what may be sent now. Throws RESTORE_UNSAFE on anything refused. */
+  push(input: Uint8Array): ScriptItem[] {
+    if (input.indexOf(0) !== -1) this.refuse("a NUL byte (psql would silently cut the line there)");
+    const out: ScriptItem[] = [];
     const last = input.lastIndexOf(NL);
     if (last === -1) {
       this.partial = concat(this.partial, input);
@@ -86,22 +100,26 @@ export class ScriptGuard {
   }
 
   /** At the end of the file: anything unfinished is refused (a truncated file, an unclosed block). */
-  end(): Uint8Array[] {
+  end(): ScriptItem[] {
     const out = this.partial.length ? this.push(new Uint8Array([NL])) : [];
     if (this.state === S.CopyData) this.refuse("COPY data that never ends with a \\. line");
     if (this.state !== S.Normal && this.state !== S.LineComment) this.refuse("an unterminated string, quoted name or comment at the end of the file");
     this.endWord();
     if (this.head.length) this.refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
     if (this.inLargeObjectBlock) this.refuse("a large-object block without its COMMIT");
-    this.flush(out);
+    this.pending = []; // comments after the last statement: nothing to run
     return out;
   }
 
-  private lexLine(buf: Uint8Array, from: number, to: number, out: Uint8Array[]) {
+  private lexLine(buf: Uint8Array, from: number, to: number, out: ScriptItem[]) {
     if (this.state === S.CopyData) {
       const isEnd = buf[from] === BACKSLASH && buf[from + 1] === DOT && (to - from === 3 || (to - from === 4 && buf[from + 2] === CR));
-      if (isEnd) this.state = S.Normal;
-      out.push(buf.subarray(from, to));
+      if (isEnd) {
+        this.state = S.Normal;
+        out.push({ kind: "end-copy" });
+      } else {
+        out.push({ kind: "data", bytes: buf.subarray(from, to) });
+      }
       return;
     }
     let held = from; // bytes [held, i) of this line still to be added to pending
@@ -123,14 +141,11 @@ export class ScriptGuard {
         case S.Single:
         case S.Escape:
           this.keep(b);
-          if (b === BACKSLASH) {
-            if (this.state === S.Escape) {
-              if (i > from && buf[i - 1]! >= 0x80) this.refuse(`a backslash right after a multibyte character in an E'' string (line ${this.line})`);
-              this.keep(buf[i + 1]!);
-              i++;
-            } else if (buf[i + 1] === Q && !this.evenBackslashesBefore(buf, from, i)) {
-              this.refuse(`a string whose closing quote follows a backslash (line ${this.line}): where it ends depends on standard_conforming_strings`);
-            }
+          // pg_dump writes standard_conforming_strings = on: a backslash escapes only in E'' strings.
+          // (Were the file to turn it off, a split here could only be wrong, never hide a statement.)
+          if (b === BACKSLASH && this.state === S.Escape) {
+            this.keep(buf[i + 1]!);
+            i++;
           } else if (b === Q) {
             if (buf[i + 1] === Q) {
               this.keep(Q);
@@ -154,7 +169,6 @@ export class ScriptGuard {
         case S.AfterCopy:
           if (b === NL) {
             // COPY data starts on the next line; psql would run anything after the `;` only after the data.
-            out.push(buf.subarray(held, to));
             held = to;
             this.state = S.CopyData;
           } else if (!isSpace(b)) {
@@ -212,9 +226,6 @@ export class ScriptGuard {
         }
         this.refuse(`the psql meta-command ${JSON.stringify(text.slice(0, 40))} (line ${this.line})`);
       }
-      if (b === COLON && buf[i - 1] !== COLON && (buf[i + 1] === Q || buf[i + 1] === DQ || buf[i + 1] === LBRACE)) {
-        this.refuse(`a psql variable reference (line ${this.line})`);
-      }
       if (b === DOLLAR) {
         const tag = dollarTagAt(buf, i, to);
         if (tag !== "") {
@@ -231,15 +242,18 @@ export class ScriptGuard {
       if (b === DQ) {
         this.state = S.Double;
       } else if (b === LPAREN) {
+        // `COPY (query) ...` copies out; only pg_dump's `COPY table ... FROM stdin` loads.
+        if (this.parenDepth === 0 && this.words.length === 1 && this.words[0] === "COPY") this.otherCopy = true;
         this.parenDepth++;
       } else if (b === RPAREN) {
         this.parenDepth--;
       } else if (b === SEMI && this.blockDepth === 0) {
         this.hold(buf, held, i + 1);
         held = i + 1;
+        const line = this.statementLine;
         const action = this.endStatement();
         if (action === "drop") this.pending = [];
-        else this.flush(out);
+        else this.flush(out, line, action === "copy");
         if (action === "copy") this.state = S.AfterCopy;
       }
     }
@@ -250,9 +264,16 @@ export class ScriptGuard {
     if (to > from) this.pending.push(buf.slice(from, to));
   }
 
-  private flush(out: Uint8Array[]) {
-    out.push(...this.pending);
+  private flush(out: ScriptItem[], line: number, copy: boolean) {
+    const bytes = this.pending.length === 1 ? this.pending[0]! : concatAll(this.pending);
     this.pending = [];
+    let text: string;
+    try {
+      text = this.decoder.decode(bytes);
+    } catch {
+      this.refuse(`text that is not UTF-8 (line ${line}): dump the database with pg_dump --encoding=UTF8`);
+    }
+    out.push({ kind: "statement", text, line, copy });
   }
 
   private begin() {
@@ -263,26 +284,27 @@ export class ScriptGuard {
     if (this.head.length < HEAD_LIMIT) this.head.push(b);
   }
 
-  private evenBackslashesBefore(buf: Uint8Array, from: number, i: number): boolean {
-    let run = 0;
-    for (let k = i; k >= from && buf[k] === BACKSLASH; k--) run++;
-    return run % 2 === 0;
-  }
-
   private endWord() {
     if (this.word === "") return;
     const w = this.word.toUpperCase();
     this.word = "";
     if (this.words.length < 4) this.words.push(w);
-    if (this.words[0] === "COPY") {
-      if (w === "PROGRAM") this.program = true;
+    if (this.words[0] === "COPY" && this.parenDepth === 0) {
+      if (w === "PROGRAM" || w === "TO") this.otherCopy = true;
       if (this.previousWord === "FROM" && w === "STDIN") this.fromStdin = true;
     }
     this.previousWord = w;
+    if (this.expectAtomic) {
+      this.expectAtomic = false;
+      // Only BEGIN ATOMIC opens a block the server reads as one statement; any other BEGIN here
+      // would glue the statements after it into this one (psql does the same), hiding them.
+      if (w !== "ATOMIC") this.refuse(`BEGIN without ATOMIC inside CREATE FUNCTION/PROCEDURE (line ${this.line})`);
+    }
     // psql's heuristic: in CREATE [OR REPLACE] FUNCTION/PROCEDURE, BEGIN (and CASE inside it) opens a block END closes.
     const [a, b, c, d] = this.words;
     const routine = a === "CREATE" && (ROUTINE.has(b ?? "") || (b === "OR" && c === "REPLACE" && ROUTINE.has(d ?? "")));
     if (routine && this.parenDepth === 0) {
+      if (w === "BEGIN" && this.blockDepth === 0) this.expectAtomic = true;
       if (w === "BEGIN" || (w === "CASE" && this.blockDepth > 0)) this.blockDepth++;
       else if (w === "END" && this.blockDepth > 0) this.blockDepth--;
     }
@@ -291,12 +313,12 @@ export class ScriptGuard {
   private endStatement(): "pass" | "drop" | "copy" {
     const text = new TextDecoder().decode(new Uint8Array(this.head)).trim();
     const [first, second, third] = this.words;
-    const { fromStdin, program } = this;
+    const { fromStdin, otherCopy } = this;
     const where = `line ${this.statementLine}`;
     this.head = [];
     this.words = [];
     this.previousWord = "";
-    this.fromStdin = this.program = false;
+    this.fromStdin = this.otherCopy = this.expectAtomic = false;
     this.parenDepth = 0;
     if (first === undefined) return "pass";
 
@@ -319,17 +341,28 @@ export class ScriptGuard {
     // Both would remove the temporary guard that lets only shinkei commit (see restore.ts).
     if (first === "DISCARD" || (first === "DROP" && second === "OWNED")) this.refuse(`${first} ${second ?? ""} (${where}): it would remove the restore's own guard`);
     if (first === "COPY") {
-      if (program) this.refuse(`COPY ... PROGRAM (${where}): it runs a command on the database server`);
-      if (fromStdin) return "copy";
+      // COPY TO a file or PROGRAM writes or runs things on the server that no rollback undoes.
+      if (otherCopy || !fromStdin) this.refuse(`a COPY other than pg_dump's COPY table FROM stdin (${where})`);
+      return "copy";
     }
     return "pass";
   }
 
   private refuse(what: string): never {
     throw new ShinkeiError("RESTORE_UNSAFE", `the file contains ${what}`, {
-      hint: "Nothing from it was applied. shinkei restores its own backups and pg_dump output (plain or custom format, made without --create).",
+      hint: "Nothing from it was applied. shinkei restores its own backups and pg_dump output (plain or custom format, UTF-8, made without --create).",
     });
   }
+}
+
+function concatAll(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
@@ -348,17 +381,9 @@ function dollarTagAt(buf: Uint8Array, i: number, to: number): string {
   return buf[j] === DOLLAR ? new TextDecoder().decode(buf.subarray(i, j + 1)) : "";
 }
 
-/** The script, checked as it streams: psql receives only what passed the guard. */
-export function guardScript(source: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+/** The script as statements and COPY data, checked as it streams. */
+export async function* scriptItems(source: AsyncIterable<Uint8Array>): AsyncGenerator<ScriptItem> {
   const guard = new ScriptGuard();
-  return source.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        for (const part of guard.push(chunk)) controller.enqueue(part);
-      },
-      flush(controller) {
-        for (const part of guard.end()) controller.enqueue(part);
-      },
-    }),
-  );
+  for await (const chunk of source) yield* guard.push(chunk);
+  yield* guard.end();
 }

@@ -4,7 +4,7 @@ import { ShinkeiError } from "../errors.ts";
 import { detectFormat, plainOf, type Format } from "./inspect.ts";
 import { canOpen, type AgeConfig } from "./crypt.ts";
 import { hasValidSignature, readManifest, type Manifest } from "./manifest.ts";
-import { finished, pump, toolPath } from "./pgtools.ts";
+import { finished, plainEnv, pump, toolPath } from "./pgtools.ts";
 
 export type Verification = {
   file: string;
@@ -57,7 +57,7 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
   const content = await plainOf(raw.stream, path, format, options.age, manifest?.encryption);
 
   if (format.startsWith("custom")) {
-    const p = Bun.spawn([toolPath("pg_restore", env), "--file=/dev/null"], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+    const p = Bun.spawn([toolPath("pg_restore", env), "--file=/dev/null"], { env: plainEnv(env), stdin: "pipe", stdout: "ignore", stderr: "pipe" });
     const exit = finished(p);
     try {
       await pump(content, p.stdin);
@@ -87,6 +87,9 @@ function finish(path: string, format: Format, manifest: Manifest | null, read: {
     problems.unshift(manifest.signature
       ? "the manifest's signature does not match BACKUP_MANIFEST_KEY: the manifest was altered"
       : "the manifest is not signed, and BACKUP_MANIFEST_KEY is set: it was not written by a shinkei holding the key");
+  } else if (manifest && manifestKey && manifest.file !== basename(path)) {
+    // The signature covers the name: an old signed backup copied under a newer name is not that backup.
+    problems.unshift(`the signed manifest is for ${manifest.file}, not ${basename(path)}: a backup copied under another name`);
   }
   if (manifest) {
     if (manifest.sizeBytes !== size) problems.unshift(`size is ${size} bytes, the manifest says ${manifest.sizeBytes}`);

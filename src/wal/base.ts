@@ -7,7 +7,7 @@ import { describeTarget } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { encryptionFor, type AgeConfig, type Encryption } from "../backup/crypt.ts";
 import { fsyncDir, writeFileAtomic } from "../backup/files.ts";
-import { finished, libpqEnv } from "../backup/pgtools.ts";
+import { finished, toolEnv } from "../backup/pgtools.ts";
 import { sealTo } from "../backup/seal.ts";
 import { findTool } from "./bin.ts";
 import { serverInfo } from "./stream.ts";
@@ -112,7 +112,7 @@ export async function createBaseBackup(options: {
   }
   const path = join(dir, name);
   const partial = `${path}.partial`;
-  const env: Record<string, string | undefined> = { ...process.env, ...libpqEnv(url), PGAPPNAME: "shinkei_base_backup" };
+  const env: Record<string, string | undefined> = { ...toolEnv(url), PGAPPNAME: "shinkei_base_backup" };
   delete env.PGDATABASE;
   const proc = Bun.spawn(
     [tool.path, "-D", "-", "-Ft", "-X", "none", "--no-password", `--checkpoint=${options.fast ? "fast" : "spread"}`, `--label=shinkei ${name}`],

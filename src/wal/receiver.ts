@@ -1,5 +1,5 @@
 import type { Log } from "../log.ts";
-import { libpqEnv } from "../backup/pgtools.ts";
+import { toolEnv } from "../backup/pgtools.ts";
 import type { FoundTool } from "./bin.ts";
 
 /** What the server shows as the receiver's application_name (pg_stat_replication). */
@@ -32,7 +32,7 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
   let proc: Bun.Subprocess<"ignore", "ignore", "pipe"> | undefined;
   let stopped = false;
   let wake: (() => void) | undefined;
-  const env: Record<string, string | undefined> = { ...process.env, ...libpqEnv(o.url), PGAPPNAME: RECEIVER_APP_NAME };
+  const env: Record<string, string | undefined> = { ...toolEnv(o.url), PGAPPNAME: RECEIVER_APP_NAME };
   delete env.PGDATABASE; // a physical replication connection names no database
 
   // pdeathsig: a receiver outliving a killed service would hold the slot and write where nobody archives.

@@ -12,9 +12,9 @@ import { benchRecover } from "./recover.ts";
 import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
 import { benchMetrics } from "./metrics.ts";
-import { guardScript } from "../../src/backup/script.ts";
+import { scriptItems } from "../../src/backup/script.ts";
 
-async function drainMs(stream: ReadableStream<Uint8Array>): Promise<number> {
+async function drainMs(stream: AsyncIterable<unknown>): Promise<number> {
   const started = performance.now();
   for await (const _ of stream);
   return performance.now() - started;
@@ -110,7 +110,7 @@ try {
     const guardMs: number[] = [], readMs: number[] = [];
     for (let i = 0; i < runs; i++) {
       readMs.push(await drainMs(Bun.file(plainSql).stream()));
-      guardMs.push(await drainMs(guardScript(Bun.file(plainSql).stream())));
+      guardMs.push(await drainMs(scriptItems(Bun.file(plainSql).stream())));
     }
     const sqlBytes = (await stat(plainSql)).size;
     add({ group: "restore", name: `restore ${size}: script guard vs bare read of the SQL`, ours: `${Math.round(sqlBytes / 1e3 / median(guardMs))} MB/s`, baseline: `${Math.round(sqlBytes / 1e3 / median(readMs))} MB/s`, ratio: median(guardMs) / median(readMs), goal: "report (psql loads far slower)", met: null, raw: { guardMs: median(guardMs), readMs: median(readMs), bytes: sqlBytes } });

@@ -22,3 +22,19 @@ export async function stockDump(url: string, file: string, args: string[] = []):
   const p = Bun.spawn(["pg_dump", ...args, "-f", file], { env: { ...process.env, ...libpqEnv(url) }, stderr: "pipe" });
   if ((await p.exited) !== 0) throw new Error(`pg_dump failed: ${await new Response(p.stderr).text()}`);
 }
+
+/**
+ * Make a backup of ours slow to load: its SQL gets `SELECT pg_sleep(seconds)` after pg_dump's
+ * settings, and the manifest the new checksum (the data, its counts and digests are unchanged).
+ * For tests that stop a restore, drill or recovery while it loads. Plain (unencrypted, unsigned) only.
+ */
+export async function slowToLoad(path: string, seconds: number): Promise<void> {
+  const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(path).arrayBuffer())));
+  const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
+  const slowed = Bun.gzipSync(new TextEncoder().encode(`${sql.slice(0, at)}\nSELECT pg_catalog.pg_sleep(${seconds});\n${sql.slice(at)}`));
+  await Bun.write(path, slowed);
+  const manifest = await Bun.file(`${path}.manifest.json`).json();
+  manifest.sizeBytes = slowed.length;
+  manifest.sha256 = new Bun.CryptoHasher("sha256").update(slowed).digest("hex");
+  await Bun.write(`${path}.manifest.json`, JSON.stringify(manifest, null, 2));
+}
