@@ -110,8 +110,17 @@ describe("restore drills", () => {
     const file = await takeBackup();
     await slowToLoad(file, 30);
     const p = await Service.start(["backup", "drill"], env);
-    for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
-    expect((await scratchDatabases()).length).toBe(1);
+    // This drill's own scratch database (its lock names its pid), loading.
+    const loading = async () => {
+      const a = postgres(serverUrl, { max: 1 });
+      try {
+        return (await a`select 1 from pg_stat_activity where application_name = ${`shinkei the drill (pid ${p.proc.pid})`}`).length > 0 && (await scratchDatabases()).length === 1;
+      } finally {
+        await a.end();
+      }
+    };
+    for (let i = 0; i < 200 && !(await loading()); i++) await Bun.sleep(50);
+    expect(await loading()).toBe(true);
     const code = await p.stop("SIGTERM");
     const stderr = await p.stderr();
     expect({ code, stderr }).toEqual({ code: 130, stderr: expect.stringContaining("was cancelled; its scratch database was dropped") });

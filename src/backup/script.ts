@@ -91,6 +91,10 @@ export class ScriptGuard {
     this.partial = input.slice(last + 1);
     let start = 0;
     while (start < buf.length) {
+      if (this.state === S.CopyData) {
+        start = this.copyData(buf, start, out);
+        continue;
+      }
       const end = buf.indexOf(NL, start) + 1;
       this.line++;
       this.lexLine(buf, start, end, out);
@@ -111,17 +115,29 @@ export class ScriptGuard {
     return out;
   }
 
-  private lexLine(buf: Uint8Array, from: number, to: number, out: ScriptItem[]) {
-    if (this.state === S.CopyData) {
-      const isEnd = buf[from] === BACKSLASH && buf[from + 1] === DOT && (to - from === 3 || (to - from === 4 && buf[from + 2] === CR));
+  /**
+   * COPY data lines, up to the `\.` line that ends them or the end of the chunk, handed on as one
+   * piece (the COPY protocol takes any split): the bulk of a dump passes here, untouched.
+   */
+  private copyData(buf: Uint8Array, from: number, out: ScriptItem[]): number {
+    let line = from;
+    while (line < buf.length) {
+      const end = buf.indexOf(NL, line) + 1;
+      this.line++;
+      const isEnd = buf[line] === BACKSLASH && buf[line + 1] === DOT && (end - line === 3 || (end - line === 4 && buf[line + 2] === CR));
       if (isEnd) {
-        this.state = S.Normal;
+        if (line > from) out.push({ kind: "data", bytes: buf.subarray(from, line) });
         out.push({ kind: "end-copy" });
-      } else {
-        out.push({ kind: "data", bytes: buf.subarray(from, to) });
+        this.state = S.Normal;
+        return end;
       }
-      return;
+      line = end;
     }
+    if (line > from) out.push({ kind: "data", bytes: buf.subarray(from, line) });
+    return line;
+  }
+
+  private lexLine(buf: Uint8Array, from: number, to: number, out: ScriptItem[]) {
     let held = from; // bytes [held, i) of this line still to be added to pending
     for (let i = from; i < to; i++) {
       const b = buf[i]!;
