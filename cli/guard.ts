@@ -15,11 +15,11 @@ export const guardOptions = {
  * The guard every destructive command passes: production refused, then typed phrases in a
  * terminal, or --force with --confirm-database naming the target without one.
  */
-export async function confirmDestructive(ctx: Context, target: Target, what: string, phrases: readonly string[]): Promise<void> {
+export async function confirmDestructive(ctx: Context, target: Target, what: string, phrases: readonly string[], skipFlag: "force" | "yes" = "force"): Promise<void> {
   refuseProduction(ctx.config, ctx.flag("allow-production"), what);
   const confirmDatabase = ctx.option("confirm-database");
-  if (!ctx.io.interactive || ctx.flag("force")) {
-    checkUnattendedConfirmation(target, ctx.flag("force"), confirmDatabase, what);
+  if (!ctx.io.interactive || ctx.flag(skipFlag)) {
+    checkUnattendedConfirmation(target, ctx.flag(skipFlag), confirmDatabase, what, `--${skipFlag}`);
     return;
   }
   for (const [i, phrase] of phrases.entries()) {

@@ -5,6 +5,9 @@ import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { ShinkeiError } from "../src/errors.ts";
+import { fetchViaSocket } from "../src/pitr/walserve.ts";
+import { removeDayOld } from "../src/pitr/instance.ts";
+import { pitrCleanup, pitrRestore } from "./pitr-restore.ts";
 
 export const pitrCommand: Command = {
   name: "pitr",
@@ -24,17 +27,38 @@ against its record, and exits 1 when it has no such file.
 Options:
   --json       machine-readable output
   -h, --help   show this help`,
-  options: { json: { type: "boolean" } },
-  subcommands: ["status", "wal-fetch"],
-  needsDatabase: (positionals) => positionals[0] !== "wal-fetch",
+  options: {
+    json: { type: "boolean" },
+    to: { type: "string" },
+    "to-lsn": { type: "string" },
+    "to-name": { type: "string" },
+    stop: { type: "boolean" },
+    apply: { type: "boolean" },
+    "into-dir": { type: "string" },
+    yes: { type: "boolean" },
+    "confirm-database": { type: "string" },
+    "allow-production": { type: "boolean" },
+    "no-safety-backup": { type: "boolean" },
+    wait: { type: "boolean" },
+    socket: { type: "string" },
+    watch: { type: "string" },
+  },
+  subcommands: ["status", "wal-fetch", "restore", "cleanup"],
+  needsDatabase: (positionals) => positionals[0] !== "wal-fetch" && positionals[0] !== "cleanup",
   async run(ctx) {
     const { io, config } = ctx;
     if (ctx.positionals[0] === "wal-fetch") {
       const [, name, target, extra] = ctx.positionals;
       if (!name || !target || extra !== undefined) throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
-      await fetchWal(config, name, target, walStore(config));
+      // A scratch recovery's restore_command asks the shinkei process that runs it (see src/pitr/walserve.ts).
+      const socket = ctx.option("socket");
+      if (socket) await fetchViaSocket(socket, name, target);
+      else await fetchWal(config, name, target, walStore(config));
       return 0;
     }
+    if (ctx.positionals[0] === "cleanup") return pitrCleanup(ctx);
+    await removeDayOld();
+    if (ctx.positionals[0] === "restore") return pitrRestore(ctx);
     const s = await pitrStatus(ctx.db, config);
     const problems = pitrProblems(s, config.wal.maxLagMs);
     if (ctx.flag("json")) return json(io, { ...s, problems }), 0;

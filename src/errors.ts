@@ -39,6 +39,8 @@ const codes = {
   WAL_SLOT_UNBOUNDED: { exit: 2, status: 500 },
   WAL_ARCHIVE_FAILED: { exit: 1, status: 500 },
   PITR_AT_RISK: { exit: 1, status: 500 },
+  PITR_OUT_OF_WINDOW: { exit: 1, status: 400 },
+  RECOVERY_FAILED: { exit: 1, status: 500 },
 } as const;
 
 export type ErrorCode = keyof typeof codes;

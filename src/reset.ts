@@ -30,10 +30,10 @@ export function refuseProduction(config: Config, allowProduction: boolean, what:
 }
 
 /** Without a terminal there is nobody to ask: both flags, and the right name, are the confirmation. */
-export function checkUnattendedConfirmation(target: Target, force: boolean, confirmDatabase: string | undefined, what: string) {
+export function checkUnattendedConfirmation(target: Target, force: boolean, confirmDatabase: string | undefined, what: string, flag = "--force") {
   if (!force || confirmDatabase === undefined) {
     throw new ShinkeiError("REFUSED", `refusing to ${what} without a terminal to confirm in`, {
-      hint: `Pass --force --confirm-database ${target.database} to run it unattended.`,
+      hint: `Pass ${flag} --confirm-database ${target.database} to run it unattended.`,
     });
   }
   if (confirmDatabase !== target.database) {

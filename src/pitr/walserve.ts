@@ -1,0 +1,90 @@
+import { chmod, copyFile, mkdir, rename, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import type { Config } from "../config.ts";
+import { ShinkeiError } from "../errors.ts";
+import { fsyncDir } from "../backup/files.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
+import { spoolDir } from "../wal/archive.ts";
+import { fetchWal } from "../wal/fetch.ts";
+import { parseHistory, parseSegment } from "../wal/segments.ts";
+
+export type Served = { name: string; from: "local" | "offsite" | "receiving" | "partial" };
+
+/**
+ * restore_command for a scratch instance: `shinkei pitr wal-fetch --socket PATH %f %p`. The server
+ * runs it as its own OS user, which may read neither BACKUP_DIR nor the keys; so the shinkei
+ * process that runs the recovery serves the WAL over a unix socket in the instance's own folder,
+ * after every check fetchWal makes, and no secret reaches the instance's files.
+ *
+ * A segment not archived yet is served from the `.partial` being received (or its sealed copy, local
+ * or off-site), under the segment's name: recovery to a target inside it replays what it holds.
+ */
+export function serveWal(options: { config: Config; store?: BackupStore; socket: string; scratch: string; onFile?: (f: Served) => void }) {
+  const { config, store, scratch } = options;
+  let n = 0;
+  async function get(name: string): Promise<{ path: string; from: Served["from"] }> {
+    const tmp = join(scratch, `wal-${++n}`);
+    try {
+      return { path: tmp, from: (await fetchWal(config, name, tmp, store)).from };
+    } catch (e) {
+      if (!(e instanceof ShinkeiError && e.code === "NOT_FOUND") || !parseSegment(name)) throw e;
+    }
+    const receiving = join(spoolDir(config.backupDir), `${name}.partial`);
+    if (await Bun.file(receiving).exists()) {
+      await copyFile(receiving, tmp);
+      return { path: tmp, from: "receiving" };
+    }
+    await fetchWal(config, `${name}.partial`, tmp, store);
+    return { path: tmp, from: "partial" };
+  }
+  const server = Bun.serve({
+    unix: options.socket,
+    async fetch(req) {
+      const name = decodeURIComponent(new URL(req.url).pathname.replace(/^\/wal\//, ""));
+      if (!parseSegment(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
+      let path = "";
+      try {
+        const got = await get(name);
+        path = got.path;
+        const bytes = await Bun.file(path).bytes();
+        options.onFile?.({ name, from: got.from });
+        return new Response(bytes);
+      } catch (e) {
+        const notFound = e instanceof ShinkeiError && e.code === "NOT_FOUND";
+        return new Response(`${(e as Error).message}\n`, { status: notFound ? 404 : 500 });
+      } finally {
+        if (path) await rm(path, { force: true });
+      }
+    },
+  });
+  return {
+    async ready() {
+      await mkdir(scratch, { recursive: true, mode: 0o700 });
+      // The socket's folder is the instance's (mode 0700): only its OS user reaches it.
+      await chmod(options.socket, 0o666);
+    },
+    stop: () => server.stop(true),
+  };
+}
+
+/** The restore_command side: ask the recovering shinkei for `name`, write it to `target` whole or not at all. */
+export async function fetchViaSocket(socket: string, name: string, target: string): Promise<void> {
+  let res: Response;
+  try {
+    res = await fetch(`http://shinkei/wal/${encodeURIComponent(name)}`, { unix: socket });
+  } catch (e) {
+    throw new ShinkeiError("NOT_FOUND", `the shinkei process recovering this instance does not answer on ${socket}: ${(e as Error).message}`);
+  }
+  if (!res.ok) {
+    const text = (await res.text()).trim();
+    throw new ShinkeiError(res.status === 404 ? "NOT_FOUND" : "BACKUP_CORRUPT", text || `fetching ${name} failed (${res.status})`);
+  }
+  const partial = `${target}.shinkei-fetch`;
+  try {
+    await Bun.write(partial, await res.arrayBuffer());
+    await rename(partial, target);
+    await fsyncDir(dirname(target));
+  } finally {
+    await rm(partial, { force: true });
+  }
+}

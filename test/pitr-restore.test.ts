@@ -1,0 +1,220 @@
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { chmod, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { until } from "./support/wait.ts";
+import { binaryPath, shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
+import { TestS3 } from "./support/s3.ts";
+import { connect, type Sql } from "../src/db.ts";
+import { writeIdentity } from "../src/backup/crypt.ts";
+import { tableStats, type TableStats } from "../src/backup/digest.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { walStore } from "../src/wal/offsite.ts";
+import { loadConfig } from "../src/config.ts";
+
+// Real clusters, real WAL, real recoveries through the compiled binary: each one takes seconds.
+setDefaultTimeout(120_000);
+
+let cluster: TestCluster;
+let sql: Sql;
+let s3: TestS3;
+let service: Service | undefined;
+let dir: string;
+let key: string;
+/** Where scratch instances go (TMPDIR of every shinkei run here): empty after every test. */
+let scratchRoot: string;
+let env: Record<string, string>;
+/** The moment between the writes and the deletes, and the state the database had then. */
+let noted: string;
+let before: TableStats;
+
+const leftovers = async () => (await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-"));
+const flushed = async (lsn: string) =>
+  until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+const insertLsn = async () => (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  s3 = await TestS3.start();
+  dir = await tempDir("pitr-restore");
+  scratchRoot = await tempDir("pitr-scratch");
+  // Like /tmp: the server's OS user must be able to reach its folder inside.
+  await chmod(scratchRoot, 0o755);
+  key = join(await tempDir("pitr-key"), "k");
+  const recipient = await writeIdentity(key);
+  env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    BACKUP_SCHEDULE: "0 0 1 1 *",
+    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+    BACKUP_AGE_RECIPIENTS: recipient,
+    BACKUP_AGE_IDENTITY: key,
+    WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
+    TMPDIR: scratchRoot,
+    ...s3.env("pitr/"),
+  };
+  service = await Service.start(["backup-service"], { ...env, BACKUP_AGE_IDENTITY: "" });
+  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  sql = connect(cluster.url("shinkei"), { max: 2 });
+  expect((await shinkei(["backup", "base"], env)).code).toBe(0);
+
+  await sql`create table notes (id serial primary key, body text not null)`;
+  await sql`create table ledger (id serial primary key, amount int not null)`;
+  await sql`insert into notes (body) select 'note ' || i from generate_series(1, 50) i`;
+  await sql`insert into ledger (amount) select i * 7 from generate_series(1, 20) i`;
+  before = await sql.begin((tx) => tableStats(tx));
+  // Commit timestamps have microseconds; the noted time lies strictly between the writes and the damage.
+  await Bun.sleep(300);
+  noted = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+  await Bun.sleep(300);
+  await sql`delete from notes where id % 2 = 0`;
+  await sql`drop table ledger`;
+  await sql`insert into notes (body) values ('written after the damage')`;
+  await flushed(await insertLsn());
+});
+afterAll(async () => {
+  service?.proc.kill("SIGKILL");
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
+  await s3?.stop();
+  await rm(scratchRoot, { recursive: true, force: true });
+});
+
+async function statsOf(url: string): Promise<TableStats> {
+  const r = connect(url, { max: 1 });
+  try {
+    return await r.begin((tx) => tableStats(tx));
+  } finally {
+    await r.end({ timeout: 1 });
+  }
+}
+
+describe("pitr restore", () => {
+  test("to the noted time: a scratch instance holds exactly the rows and the dropped table as they were, replayed from the segment still being received", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], env);
+    expect(r.stderr).toContain("replaying WAL to");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    try {
+      expect(out.url).toMatch(/^postgres:\/\/postgres:[^@]+@127\.0\.0\.1:\d+\/shinkei$/);
+      const got = await statsOf(out.url);
+      expect(got.counts).toEqual(before.counts);
+      expect(got.digests).toEqual(before.digests);
+      // The last replayed commit is the one before the target: the writes, not the delete.
+      expect(Date.parse(out.reached.commitTime)).toBeLessThan(Date.parse(noted));
+      expect(out.reached.distanceMs).toBeGreaterThan(200);
+      expect(out.reached.distanceMs).toBeLessThan(5_000);
+      expect(out.reached.lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+      expect(out.reached.stopped).toContain("recovery stopping before commit");
+      // Nothing was switched: the writes live only in the segment pg_receivewal is still writing.
+      expect(out.walSources.receiving).toBeGreaterThanOrEqual(1);
+      expect(out.counts.users).toBe(0);
+      // The instance is kept, listed and removed by pitr cleanup.
+      expect(await leftovers()).toHaveLength(1);
+    } finally {
+      const c = await shinkei(["pitr", "cleanup"], env);
+      expect(c.code).toBe(0);
+      expect(c.stdout).toContain("removed");
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("to latest: the damage is there too", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.counts).toBeDefined();
+    expect(Date.parse(out.reached.commitTime)).toBeGreaterThan(Date.parse(noted));
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("targets before and after the window are refused, naming it; nothing is started", async () => {
+    const early = await shinkei(["pitr", "restore", "--to", "2001-02-03T04:05:06Z"], env);
+    expect(early.code).toBe(1);
+    expect(early.stderr).toMatch(/2001-02-03T04:05:06\.000Z is before the recoverable window \d{4}-\d\d-\d\dT[\d:.]+Z \.\. \d{4}/);
+    const late = await shinkei(["pitr", "restore", "--to", new Date(Date.now() + 3_600_000).toISOString()], env);
+    expect(late.code).toBe(1);
+    expect(late.stderr).toContain("is after the recoverable window");
+    const bad = await shinkei(["pitr", "restore", "--to", "yesterday-ish"], env);
+    expect(bad.code).toBe(2);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("--apply with a wrong confirmation changes nothing and starts nothing", async () => {
+    const now = await sql.begin((tx) => tableStats(tx));
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei_prod"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('does not name the target database "shinkei"');
+    expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("--apply SIGKILLed during the load changes nothing, and its scratch instance goes away", async () => {
+    const now = await sql.begin((tx) => tableStats(tx));
+    // pg_dump of the scratch instance (not of the live server) lingers after its output, so the kill lands before COMMIT.
+    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@"; sleep 30`);
+    const p = Bun.spawn([binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], {
+      env: { ...env, PATH: pathWith(wrap), HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe",
+    });
+    let err = "";
+    (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
+    await until("the load to start", async () => err.includes("loading the recovered state"), 90_000);
+    await until("psql to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei' and datname = 'shinkei' and state like 'idle in transaction%'`).length > 0, 30_000);
+    p.kill("SIGKILL");
+    await p.exited;
+    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei' and datname = 'shinkei'`).length === 0);
+    expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
+    await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
+  });
+
+  test("--apply: the live database gets exactly the recovered state, after a safety backup", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("every table's count and content digest match the recovered instance");
+    const safety = /safety backup\s+(\S+)/.exec(r.stdout)![1]!;
+    expect(await Bun.file(safety).exists()).toBe(true);
+    const now = await sql.begin((tx) => tableStats(tx));
+    expect(now.counts).toEqual(before.counts);
+    expect(now.digests).toEqual(before.digests);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("without the identity the encrypted archive is refused clearly, nothing is left", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--stop"], { ...env, BACKUP_AGE_IDENTITY: "" });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("no key to open it is configured");
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("from the off-site copy alone: an empty BACKUP_DIR recovers the same state from S3", async () => {
+    const empty = await tempDir("pitr-empty");
+    // The partial being received is copied every WAL_PARTIAL_UPLOAD_INTERVAL; S3 times are whole seconds.
+    const store = walStore(loadConfig(env))!;
+    await until("the partial with the writes copied off-site", async () => {
+      // A little WAL (no table changes), so the receiver writes and the uploader copies again.
+      await sql`select pg_logical_emit_message(false, 'shinkei-test', 'tick')`;
+      await Bun.sleep(200);
+      return (await store.list()).some((o) => o.name.endsWith(".partial.json") && o.modifiedAt.getTime() > Date.parse(noted) + 1000);
+    }, 30_000);
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], { ...env, BACKUP_DIR: empty });
+    expect(r.stderr).toContain("downloading base backup");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    try {
+      expect(out.window.source).toBe("offsite");
+      expect(out.walSources.local ?? 0).toBe(0);
+      expect(out.walSources.receiving ?? 0).toBe(0);
+      // The writes are in the segment still being received: its sealed off-site copy.
+      expect(out.walSources.partial).toBeGreaterThanOrEqual(1);
+      const got = await statsOf(out.url);
+      expect(got.digests).toEqual(before.digests);
+    } finally {
+      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+});
