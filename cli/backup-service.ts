@@ -13,10 +13,12 @@ export const backupServiceCommand: Command = {
 
 A long-running process: takes a backup on BACKUP_SCHEDULE (default "0 2 * * *") in
 BACKUP_TIMEZONE (default UTC), copies it to S3 when S3_BUCKET is set, then applies retention
-(BACKUP_KEEP_DAYS, default 30). With WAL_ARCHIVE=stream it also streams WAL continuously
-into BACKUP_DIR/wal/ (pg_receivewal, slot WAL_SLOT) for point-in-time recovery. Logs one JSON
-line per step. Several services on one database
+(BACKUP_KEEP_DAYS, default 30). Logs one JSON line per step. Several services on one database
 take one backup per scheduled time between them. SIGTERM lets a running backup finish.
+
+With WAL_ARCHIVE=stream it also streams WAL continuously into BACKUP_DIR/wal/ (pg_receivewal
+through the slot WAL_SLOT) and takes base backups on BASE_BACKUP_SCHEDULE, for point-in-time
+recovery (see shinkei pitr status).
 
 Options:
   -h, --help   show this help`,

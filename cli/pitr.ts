@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { line, json, table, warn } from "./output.ts";
+import { line, json, reportError, table, warn } from "./output.ts";
 import { formatBytes, formatDuration } from "../src/duration.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
@@ -11,8 +11,10 @@ import { pitrCleanup, pitrRestore } from "./pitr-restore.ts";
 
 export const pitrCommand: Command = {
   name: "pitr",
-  summary: "point-in-time recovery: the recoverable window, WAL gaps, receiver lag and slot",
+  summary: "point-in-time recovery: restore to a moment, the recoverable window, WAL gaps, receiver lag and slot",
   help: `Usage: shinkei pitr status [--json]
+       shinkei pitr restore (--to TIME | --to-lsn LSN | --to-name NAME) [--stop | --apply | --into-dir DIR] [--json]
+       shinkei pitr cleanup [--json]
        shinkei pitr wal-fetch NAME TARGET
 
 Shows what the WAL archive (WAL_ARCHIVE=stream) and the base backups in BACKUP_DIR can recover
@@ -22,7 +24,26 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.
 
 wal-fetch is for PostgreSQL's restore_command = 'shinkei pitr wal-fetch %f %p': it writes the
 archived WAL file NAME (from BACKUP_DIR, else the off-site copy) to TARGET after checking it
-against its record, and exits 1 when it has no such file.
+against its record, and exits 1 when it has no such file; 126 (which makes PostgreSQL abort
+recovery rather than end it early) when the store is out of reach or a file is damaged.
+
+restore recovers a scratch PostgreSQL instance (same major version as the base backup, in a
+temporary folder, on a free 127.0.0.1 port) to TIME: an ISO time with its zone, a local time in
+BACKUP_TIMEZONE ("2026-03-01 17:01:59"), latest, or -5m (before now); or to an LSN or a restore
+point. It starts from the newest base backup that ends before the target (local, else off-site),
+replays the archived WAL through wal-fetch, promotes at the target and reports the last replayed
+commit and LSN. A target outside the recoverable window is refused. By default the instance keeps
+running and its URL is printed, to inspect; then:
+  --stop         stop and remove it
+  --apply        load it into DATABASE_URL's database in one transaction (all or nothing), after a
+                 pre-restore safety backup; asks for the database name, or --yes
+                 --confirm-database NAME without a terminal (--allow-production in production,
+                 --no-safety-backup, --wait for the maintenance lock)
+  --into-dir DIR keep the recovered data directory at DIR (stopped, original settings) to run as
+                 a new server
+
+cleanup stops and removes leftover scratch instances (every pitr command removes those older than
+a day).
 
 Options:
   --json       machine-readable output
@@ -50,11 +71,19 @@ Options:
     if (ctx.positionals[0] === "wal-fetch") {
       const [, name, target, extra] = ctx.positionals;
       if (!name || !target || extra !== undefined) throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
-      // A scratch recovery's restore_command asks the shinkei process that runs it (see src/pitr/walserve.ts).
-      const socket = ctx.option("socket");
-      if (socket) await fetchViaSocket(socket, name, target);
-      else await fetchWal(config, name, target, walStore(config));
-      return 0;
+      try {
+        // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
+        const socket = ctx.option("socket");
+        if (socket) await fetchViaSocket(socket, name, target);
+        else await fetchWal(config, name, target, walStore(config));
+        return 0;
+      } catch (e) {
+        // PostgreSQL ends recovery at the first file restore_command lacks (exit 1). Anything else (a
+        // store out of reach, a damaged file) must not pass for "no more WAL": above 125 aborts recovery.
+        if (e instanceof ShinkeiError && (e.code === "NOT_FOUND" || e.code === "USAGE")) throw e;
+        reportError(io, e);
+        return 126;
+      }
     }
     if (ctx.positionals[0] === "cleanup") return pitrCleanup(ctx);
     await removeDayOld();
@@ -66,6 +95,7 @@ Options:
     line(io, `window     ${s.window.earliest ? `${s.window.earliest} .. ${s.window.latest} (timeline ${s.window.timeline})` : "none: no base backup with all its WAL yet"}`);
     line(io, `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state})` : "NOT CONNECTED"}, flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`);
     line(io, `slot       ${s.slot ? `${s.slot.name}: ${s.slot.walStatus ?? "?"}, ${s.slot.active ? "active" : "inactive"}, safe_wal_size ${s.slot.safeWalSize === null ? "unbounded" : formatBytes(s.slot.safeWalSize)}` : s.slotName ? `${s.slotName}: MISSING` : "none (WAL_SLOT=none)"}`);
+    if (s.offsite) line(io, `off-site   ${s.offsite.location}: covers up to ${s.offsite.coveredUntil ?? "nothing yet"}${s.offsite.lagSeconds >= 0 ? `, ${formatDuration(s.offsite.lagSeconds * 1000)} behind the local archive` : ""}, ${s.offsite.notCopied} file(s) not yet copied`);
     if (s.timelines.length) {
       line(io, table([["timeline", "first segment", "last segment", "segments", "earliest", "latest"],
         ...s.timelines.map((t) => [t.timeline, t.firstSegment, t.lastSegment, t.segments, t.earliest ?? "-", t.latest ?? "-"])]));

@@ -4,12 +4,14 @@ import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { shinkei } from "./support/cli.ts";
 import { TestS3 } from "./support/s3.ts";
 import { until } from "./support/wait.ts";
 import { connect, ensureDatabase, type Sql } from "../src/db.ts";
 import { loadConfig, type Config } from "../src/config.ts";
 import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
 import { startWalStream, serverInfo } from "../src/wal/stream.ts";
+import { pitrStatus } from "../src/wal/status.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
 import { walStore } from "../src/wal/offsite.ts";
@@ -65,6 +67,12 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
       return gunzipSync(plain).includes("partial-canary-3141");
     });
     expect((await readFile(partialCopy)).includes("partial-canary-3141")).toBe(false);
+    // The measured off-site RPO: what S3 holds trails the local archive by less than the interval plus 5 s.
+    const status = await pitrStatus(sql, config);
+    expect(status.offsite?.location).toBe(`s3://${s3.bucket}/shinkei/wal/`);
+    expect(status.offsite!.coveredUntil).not.toBeNull();
+    expect(status.offsite!.lagSeconds).toBeGreaterThanOrEqual(0);
+    expect(status.offsite!.lagSeconds).toBeLessThan(1 + 5);
 
     // The finished segment replaces its partial off-site; the base backup is there with both manifests.
     await sql`select pg_switch_wal()`;
@@ -102,6 +110,22 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     });
     // Every archived record now names its checked copy.
     expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(true);
+    expect((await pitrStatus(sql, config)).offsite!.notCopied).toBe(0);
+
+    // restore_command on a host with only the off-site copy: fetched and checked; S3 down aborts, never "no more WAL".
+    const elsewhere = await tempDir("wal-s3-restore");
+    const fetchEnv = { ...env, BACKUP_DIR: elsewhere, BACKUP_AGE_IDENTITY: key, BACKUP_AGE_RECIPIENTS: "" };
+    const target = join(elsewhere, "RECOVERYXLOG");
+    const got = await shinkei(["pitr", "wal-fetch", seg, target], fetchEnv);
+    expect(got.stderr).toBe("");
+    expect(got.code).toBe(0);
+    expect(new Bun.CryptoHasher("sha256").update(await readFile(target)).digest("hex")).toBe(record.originalSha256);
+    expect((await shinkei(["pitr", "wal-fetch", "0000000100000000000000FF", target], fetchEnv)).code).toBe(1);
+    await s3.stop();
+    const down = await shinkei(["pitr", "wal-fetch", during[0]!, join(elsewhere, "X")], fetchEnv);
+    expect(down.code).toBe(126);
+    expect(await Bun.file(join(elsewhere, "X")).exists()).toBe(false);
+    await s3.start();
   } finally {
     await stream.stop();
   }

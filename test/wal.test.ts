@@ -17,7 +17,8 @@ import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
 import { pruneWalLocal } from "../src/wal/prune.ts";
-import { scheduledBaseBackup } from "../src/wal/service.ts";
+import { scheduledBaseBackup, startWalService } from "../src/wal/service.ts";
+import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { shinkei } from "./support/cli.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
@@ -231,6 +232,38 @@ describe("continuous WAL archive", () => {
       expect(lines.some((l) => l.msg === "wal receiver started" && l.slot === null)).toBe(true);
     } finally {
       await stream.stop();
+    }
+  });
+});
+
+describe("a slot past max_slot_wal_keep_size", () => {
+  test("the server drops WAL a stopped receiver has not taken: the service says so, and the status check fails", async () => {
+    await sql`alter system set max_slot_wal_keep_size = '32MB'`;
+    await sql`select pg_reload_conf()`;
+    const dir = await tempDir("wal-lost");
+    const config = configFor(dir, { WAL_SLOT: "shinkei_lost", BASE_BACKUP_SCHEDULE: "0 0 1 1 *" });
+    const { log, lines } = collector();
+    let service = await startWalService({ sql, config, log, slotCheckMs: 100 });
+    try {
+      await until("the slot to be watched", async () => lines.find((l) => l.msg === "replication slot healthy"));
+      await service.stop();
+      // The receiver is down; the server writes more WAL than the slot may keep, and a checkpoint drops it.
+      await until("the slot to be lost", async () => {
+        await sql`insert into canary values ('pushing wal')`;
+        await sql`select pg_switch_wal()`;
+        await sql`checkpoint`;
+        return (await slotStatus(sql, "shinkei_lost"))?.walStatus === "lost";
+      });
+      service = await startWalService({ sql, config, log, slotCheckMs: 100 });
+      const risk = await until("the service to report it", async () => lines.find((l) => l.msg === "replication slot at risk"));
+      expect(risk).toMatchObject({ level: "error", slot: "shinkei_lost", walStatus: "lost" });
+      const problems = pitrProblems(await pitrStatus(sql, config), config.wal.maxLagMs);
+      expect(problems.some((p) => p.includes(`replication slot "shinkei_lost" is lost`))).toBe(true);
+    } finally {
+      await service.stop();
+      await sql`alter system reset max_slot_wal_keep_size`;
+      await sql`select pg_reload_conf()`;
+      await sql`select pg_drop_replication_slot('shinkei_lost')`.catch(() => {});
     }
   });
 });

@@ -5,19 +5,20 @@ import { createReadStream } from "node:fs";
 import { createGunzip, createGzip } from "node:zlib";
 import { decrypt, encrypt, type AgeConfig, type Encryption } from "./crypt.ts";
 
-export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plainSha256: string };
+export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plainSha256?: string };
 
 /**
  * The one way bytes become a stored file: gzip, then age when `age` is given, SHA-256 of what is
- * written (and of what came in), into `path` (created new, mode 0600) and fsynced. Renaming it into
+ * written (and, when asked, of what came in), into `path` (created new, mode 0600) and fsynced. Renaming it into
  * place is the caller's step, so a crash never leaves a file that looks finished.
  */
 export async function sealTo(
   source: AsyncIterable<Uint8Array> | Readable,
   path: string,
-  options: { level?: number; age?: AgeConfig; onProgress?: (p: { bytesIn: number; bytesOut: number }) => void },
+  /** `plainHash`: also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
+  options: { level?: number; age?: AgeConfig; plainHash?: boolean; onProgress?: (p: { bytesIn: number; bytesOut: number }) => void },
 ): Promise<Sealed> {
-  const plain = new Bun.CryptoHasher("sha256");
+  const plain = options.plainHash ? new Bun.CryptoHasher("sha256") : null;
   const hasher = new Bun.CryptoHasher("sha256");
   const progress = { bytesIn: 0, bytesOut: 0 };
   const file = await open(path, "wx", 0o600);
@@ -27,7 +28,7 @@ export async function sealTo(
       new Transform({
         transform(chunk: Buffer, _e, done) {
           progress.bytesIn += chunk.length;
-          plain.update(chunk);
+          plain?.update(chunk);
           done(null, chunk);
         },
       }),
@@ -49,7 +50,7 @@ export async function sealTo(
   } finally {
     await file.close().catch(() => {});
   }
-  return { bytesIn: progress.bytesIn, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex"), plainSha256: plain.digest("hex") };
+  return { bytesIn: progress.bytesIn, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex"), plainSha256: plain?.digest("hex") };
 }
 
 /**

@@ -1,10 +1,9 @@
-import { chmod, copyFile, mkdir, rename, rm } from "node:fs/promises";
+import { chmod, mkdir, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import { fsyncDir } from "../backup/files.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
-import { spoolDir } from "../wal/archive.ts";
 import { fetchWal } from "../wal/fetch.ts";
 import { parseHistory, parseSegment } from "../wal/segments.ts";
 
@@ -15,27 +14,16 @@ export type Served = { name: string; from: "local" | "offsite" | "receiving" | "
  * runs it as its own OS user, which may read neither BACKUP_DIR nor the keys; so the shinkei
  * process that runs the recovery serves the WAL over a unix socket in the instance's own folder,
  * after every check fetchWal makes, and no secret reaches the instance's files.
- *
- * A segment not archived yet is served from the `.partial` being received (or its sealed copy, local
- * or off-site), under the segment's name: recovery to a target inside it replays what it holds.
+ * fetchWal serves a segment never archived whole from its partial (the one being received, or a
+ * sealed copy), under the segment's name: recovery to a target inside it replays what it holds.
  */
 export function serveWal(options: { config: Config; store?: BackupStore; socket: string; scratch: string; onFile?: (f: Served) => void }) {
   const { config, store, scratch } = options;
   let n = 0;
   async function get(name: string): Promise<{ path: string; from: Served["from"] }> {
     const tmp = join(scratch, `wal-${++n}`);
-    try {
-      return { path: tmp, from: (await fetchWal(config, name, tmp, store)).from };
-    } catch (e) {
-      if (!(e instanceof ShinkeiError && e.code === "NOT_FOUND") || !parseSegment(name)) throw e;
-    }
-    const receiving = join(spoolDir(config.backupDir), `${name}.partial`);
-    if (await Bun.file(receiving).exists()) {
-      await copyFile(receiving, tmp);
-      return { path: tmp, from: "receiving" };
-    }
-    await fetchWal(config, `${name}.partial`, tmp, store);
-    return { path: tmp, from: "partial" };
+    const got = await fetchWal(config, name, tmp, store);
+    return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
   }
   const server = Bun.serve({
     unix: options.socket,
@@ -50,7 +38,7 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
         options.onFile?.({ name, from: got.from });
         return new Response(bytes);
       } catch (e) {
-        const notFound = e instanceof ShinkeiError && e.code === "NOT_FOUND";
+        const notFound = e instanceof ShinkeiError && (e.code === "NOT_FOUND" || e.code === "USAGE");
         return new Response(`${(e as Error).message}\n`, { status: notFound ? 404 : 500 });
       } finally {
         if (path) await rm(path, { force: true });
@@ -73,7 +61,8 @@ export async function fetchViaSocket(socket: string, name: string, target: strin
   try {
     res = await fetch(`http://shinkei/wal/${encodeURIComponent(name)}`, { unix: socket });
   } catch (e) {
-    throw new ShinkeiError("NOT_FOUND", `the shinkei process recovering this instance does not answer on ${socket}: ${(e as Error).message}`);
+    // Not an answer about the archive: abort recovery (exit 126) rather than end it here.
+    throw new ShinkeiError("RECOVERY_FAILED", `the shinkei process recovering this instance does not answer on ${socket}: ${(e as Error).message}`);
   }
   if (!res.ok) {
     const text = (await res.text()).trim();

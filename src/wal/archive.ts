@@ -55,8 +55,11 @@ export async function readRecord(path: string, name = basename(path).slice(0, -R
     const r = (await Bun.file(path).json()) as WalRecord;
     const ok = r && r.walRecordVersion === 1 && r.name === name
       && /^[0-9a-f]{64}$/.test(r.sha256) && /^[0-9a-f]{64}$/.test(r.originalSha256) && Number.isSafeInteger(r.sizeBytes)
-      && (r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption));
-    return ok ? r : null;
+      && (r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption))
+      && Number.isInteger(r.segmentBytes) && r.segmentBytes >= 1 << 20 && r.segmentBytes <= 1 << 30
+      && !Number.isNaN(Date.parse(r.receivedAt));
+    const what = ok ? walKind(name, r.segmentBytes) : null;
+    return what && what.kind === r.kind && what.timeline === r.timeline ? r : null;
   } catch {
     return null;
   }
@@ -92,7 +95,7 @@ export async function archiveWalFile(
   const partial = `${target}.partial`;
   await rm(partial, { force: true });
   try {
-    const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined });
+    const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined, plainHash: true });
     await rename(partial, target);
     await fsyncDir(dir);
     const record: WalRecord = {
@@ -104,7 +107,7 @@ export async function archiveWalFile(
       sizeBytes: sealed.sizeBytes,
       sha256: sealed.sha256,
       originalBytes: sealed.bytesIn,
-      originalSha256: sealed.plainSha256,
+      originalSha256: sealed.plainSha256!,
       segmentBytes: options.segmentBytes,
       encryption,
       receivedAt: info.mtime.toISOString(),

@@ -12,7 +12,7 @@ import { sealTo } from "../backup/seal.ts";
 import { findTool } from "./bin.ts";
 import { serverInfo } from "./stream.ts";
 import { tarMemberTap } from "./tar.ts";
-import { parseLsn, segmentName, segnoOf } from "./segments.ts";
+import { parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
 /**
  * Base backups: `BACKUP_DIR/base/shinkei_base_YYYYMMDD_HHMMSS.tar.gz[.age]`, beside it the
@@ -196,6 +196,14 @@ export async function listBaseBackups(backupDir: string): Promise<BaseBackup[]> 
     const manifest = await Bun.file(path + BASE_MANIFEST_SUFFIX).json().catch(() => null) as BaseManifest | null;
     const size = Bun.file(path).size;
     if (!manifest || manifest.baseManifestVersion !== 1 || manifest.file !== name || manifest.sizeBytes !== size) continue;
+    // A manifest may have been edited or damaged: everything later arithmetic relies on is checked here.
+    const seg = manifest.segmentBytes;
+    const sane = Number.isInteger(seg) && seg >= 1 << 20 && seg <= 1 << 30 && (seg & (seg - 1)) === 0
+      && Number.isInteger(manifest.timeline) && manifest.timeline > 0
+      && parseSegment(manifest.startSegment, seg)?.timeline === manifest.timeline && parseSegment(manifest.stopSegment, seg)?.timeline === manifest.timeline
+      && !Number.isNaN(Date.parse(manifest.startedAt)) && !Number.isNaN(Date.parse(manifest.finishedAt))
+      && typeof manifest.backupManifestFile === "string" && !manifest.backupManifestFile.includes("/");
+    if (!sane) continue;
     try {
       parseLsn(manifest.startLsn);
       parseLsn(manifest.stopLsn);

@@ -1,12 +1,12 @@
 import { createReadStream } from "node:fs";
-import { open, rename, rm } from "node:fs/promises";
+import { copyFile, open, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
-import { readRecord, walRoot, type WalRecord } from "./archive.ts";
+import { readRecord, spoolDir, walRoot, type WalRecord } from "./archive.ts";
 import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
 import { fsyncDir } from "../backup/files.ts";
 
@@ -26,12 +26,34 @@ function timelineOf(name: string): number | null {
 /**
  * What PostgreSQL's restore_command asks for: the WAL file `name`, from the local archive (else
  * the off-site copy), checked against its record (SHA-256 of the stored bytes, then of the WAL
- * after decryption and gunzip), written to `target` whole or not at all. A file we do not have is
- * NOT_FOUND (exit 1): recovery asks for files that never existed, such as the next timeline's history.
+ * after decryption and gunzip), written to `target` whole or not at all. A segment never archived
+ * whole is served from its partial (the one being received, else an archived one): the end of what
+ * the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
+ * never existed, such as the next timeline's history.
  */
-export async function fetchWal(config: Config, name: string, target: string, store?: BackupStore): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
+export async function fetchWal(config: Config, name: string, target: string, store?: BackupStore): Promise<{ from: "local" | "offsite" | "receiving"; record: WalRecord | null }> {
   const timeline = timelineOf(name);
-  if (timeline === null) throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
+  if (timeline === null || name.endsWith(".partial")) throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
+  try {
+    return await fetchRecorded(config, name, timeline, target, store);
+  } catch (e) {
+    if (!(e instanceof ShinkeiError) || e.code !== "NOT_FOUND" || parseHistory(name) !== null) throw e;
+    // Never finished as a whole segment: the part that was received is the end of the archive.
+    // The one being received now is the freshest; recovery replays it up to its last whole record.
+    const receiving = join(spoolDir(config.backupDir), `${name}.partial`);
+    if (await Bun.file(receiving).exists()) {
+      await copyFile(receiving, `${target}.partial`);
+      await rename(`${target}.partial`, target);
+      await fsyncDir(dirname(target));
+      return { from: "receiving", record: null };
+    }
+    return await fetchRecorded(config, `${name}.partial`, timeline, target, store).catch(() => {
+      throw e;
+    });
+  }
+}
+
+async function fetchRecorded(config: Config, name: string, timeline: number, target: string, store?: BackupStore): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
   const dir = join(walRoot(config.backupDir), timelineDir(timeline));
   let record = await readRecord(join(dir, `${name}.json`), name);
   let stored = record ? join(dir, record.file) : "";
@@ -44,8 +66,13 @@ export async function fetchWal(config: Config, name: string, target: string, sto
       temps.push(`${tmp}.json`, tmp);
       try {
         await store.get(`${name}.json`, `${tmp}.json`);
-      } catch {
-        throw new ShinkeiError("NOT_FOUND", `${name} is in neither the local WAL archive nor ${store.location}`);
+      } catch (e) {
+        // Only a store that answers "no such key" means we do not have it; an unreachable one is not an answer.
+        const cause = (e as { cause?: { name?: string; $metadata?: { httpStatusCode?: number } } }).cause;
+        if (cause?.name === "NoSuchKey" || cause?.$metadata?.httpStatusCode === 404) {
+          throw new ShinkeiError("NOT_FOUND", `${name} is in neither the local WAL archive nor ${store.location}`);
+        }
+        throw e;
       }
       record = await readRecord(`${tmp}.json`, name);
       if (!record) throw new ShinkeiError("BACKUP_CORRUPT", `the record of ${name} at ${store.location} is not usable`);

@@ -30,6 +30,9 @@ export const walNaming: StoreNaming = {
   },
 };
 
+export const offsiteStatePath = (backupDir: string) => join(walRoot(backupDir), "offsite.json");
+export type OffsiteState = { location: string; partial: { name: string; receivedAt: string; copiedAt: string } };
+
 export function walStore(config: Config): BackupStore | undefined {
   return config.s3 ? new S3Store({ ...config.s3, prefix: `${config.s3.prefix}wal/` }, walNaming) : undefined;
 }
@@ -81,7 +84,9 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
   const copied = new Set<string>();
   let failing = false;
   let lastPartial = { name: "", mtimeMs: 0, at: 0 };
-  let chain = Promise.resolve();
+  let chain: Promise<void> = readdir(root)
+    .then((names) => Promise.all(names.filter((n) => n.startsWith(".upload-")).map((n) => rm(join(root, n), { force: true }))))
+    .then(() => {}, () => {}); // sealed copies of the partial left by a crash
 
   const fail = (what: string, e: unknown) => {
     if (!failing) log({ level: "error", msg: "wal off-site copy failed; retrying", location: store.location, file: what, error: (e as Error).message });
@@ -129,16 +134,18 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
     const tmp = join(root, `.upload-${file}`);
     try {
       await rm(tmp, { force: true });
-      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined });
+      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined, plainHash: true });
       await store.put(file, tmp);
       const record: WalRecord = {
         walRecordVersion: 1, name, kind: "partial", timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline, file,
-        sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256,
+        sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256!,
         segmentBytes: deps.segmentBytes, encryption, receivedAt: s.mtime.toISOString(), archivedAt: new Date().toISOString(),
       };
       await writeFileAtomic(`${tmp}.json`, JSON.stringify(record, null, 2) + "\n");
       await store.put(`${name}.json`, `${tmp}.json`);
       lastPartial = { name, mtimeMs: s.mtimeMs, at: Date.now() };
+      // What the off-site copy covers up to, for pitr status (the partial's record lives only there).
+      await writeFileAtomic(offsiteStatePath(config.backupDir), JSON.stringify({ location: store.location, partial: { name, receivedAt: record.receivedAt, copiedAt: new Date().toISOString() } }) + "\n");
       return true;
     } catch (e) {
       fail(name, e);

@@ -9,6 +9,7 @@ import { createBaseBackup, listBaseBackups } from "./base.ts";
 import { verifyBaseBackup } from "./verify-base.ts";
 import { pruneWalLocal, pruneWalStore } from "./prune.ts";
 import { walStore } from "./offsite.ts";
+import { slotStatus } from "./slot.ts";
 
 export type WalService = { stop(): Promise<void> };
 
@@ -55,10 +56,34 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
   }
 }
 
+/**
+ * Watch the slot: when the server is about to drop (unreserved) or has dropped (lost) WAL we have
+ * not received, say so once per change, in the log and to the webhook; the archive has a hole.
+ */
+function watchSlot(deps: { sql: Sql; config: Config; log: Log }, everyMs: number): () => void {
+  const { sql, config, log } = deps;
+  let last: string | null = null;
+  const timer = setInterval(async () => {
+    if (!config.wal.slot) return;
+    const s = await slotStatus(sql, config.wal.slot).catch(() => undefined);
+    if (s === undefined) return; // the server is unreachable: the receiver's own lines say so
+    const state = s?.walStatus ?? "missing";
+    if (state === last) return;
+    last = state;
+    if (state === "reserved") log({ level: "info", msg: "replication slot healthy", slot: config.wal.slot, walStatus: state, safeWalSize: s?.safeWalSize ?? null });
+    else {
+      log({ level: state === "extended" ? "warn" : "error", msg: "replication slot at risk", slot: config.wal.slot, walStatus: state, safeWalSize: s?.safeWalSize ?? null });
+      if (state !== "extended") notify(config.backup.webhookUrl, { event: "wal.slot_at_risk", slot: config.wal.slot, walStatus: state }, log);
+    }
+  }, everyMs);
+  return () => clearInterval(timer);
+}
+
 /** What `backup-service` runs when WAL_ARCHIVE=stream: the WAL stream, its archiver, and base backups. */
-export async function startWalService(deps: { sql: Sql; config: Config; log: Log }): Promise<WalService> {
+export async function startWalService(deps: { sql: Sql; config: Config; log: Log; slotCheckMs?: number }): Promise<WalService> {
   const { config, log } = deps;
   const stream = await startWalStream(deps);
+  const stopWatching = watchSlot(deps, deps.slotCheckMs ?? 60_000);
   let running: Promise<void> = Promise.resolve();
   const job = new Cron(config.wal.baseBackupSchedule, { timezone: config.backup.timezone, protect: true }, async (self: Cron) => {
     const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
@@ -69,6 +94,7 @@ export async function startWalService(deps: { sql: Sql; config: Config; log: Log
   return {
     async stop() {
       job.stop();
+      stopWatching();
       await running;
       await stream.stop();
     },

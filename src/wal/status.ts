@@ -5,6 +5,7 @@ import type { Queryable } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { formatBytes, formatDuration } from "../duration.ts";
 import { listArchive, spoolDir, walRoot, type WalRecord } from "./archive.ts";
+import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
 import { listBaseBackups } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
@@ -34,6 +35,8 @@ export type PitrStatus = {
   receiver: { connected: boolean; state: string | null; flushLsn: string | null; serverLsn: string; lagBytes: number; lagSeconds: number };
   slot: SlotStatus | null;
   slotName: string | null;
+  /** The off-site RPO: how much of what is on our disk is not yet in the store, when S3 is configured. */
+  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number } | null;
 };
 
 type Held = { segno: bigint; receivedAt: Date };
@@ -148,7 +151,23 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
     ...w,
     receiver: { connected: Boolean(rep), state: rep?.state ?? null, flushLsn: rep?.flush_lsn ?? (localEnd ? formatLsn(localEnd) : null), serverLsn: server!.lsn, lagBytes, lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1 },
     slot: config.wal.slot ? await slotStatus(sql, config.wal.slot) : null,
+    offsite: await offsiteCoverage(config, records, newestReceived),
     slotName: config.wal.slot ?? null,
+  };
+}
+
+async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number): Promise<PitrStatus["offsite"]> {
+  const store = walStore(config);
+  if (!store) return null;
+  const copied = records.filter((r) => r.offsite?.[store.kind]);
+  const state = (await Bun.file(offsiteStatePath(config.backupDir)).json().catch(() => null)) as OffsiteState | null;
+  const partialAt = state?.location === store.location ? Date.parse(state.partial.receivedAt) || 0 : 0;
+  const covered = Math.max(partialAt, ...copied.map((r) => Date.parse(r.receivedAt)));
+  return {
+    location: store.location,
+    coveredUntil: covered > 0 ? new Date(covered).toISOString() : null,
+    lagSeconds: covered > 0 ? Math.max(0, Math.round((newestLocal - covered) / 100) / 10) : -1,
+    notCopied: records.length - copied.length,
   };
 }
 

@@ -98,7 +98,9 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   const onStart = (lsn: string, timeline: number) => {
     void (async () => {
       const startSeg = segnoOf(parseLsn(lsn), info.segmentBytes);
-      const held = (await listArchive(root)).filter((r) => r.kind === "segment" && r.timeline === timeline).map((r) => parseSegment(r.name, info.segmentBytes)!.segno);
+      // Finished segments still waiting in the spool count: the receiver resumes after them.
+      const names = [...(await listArchive(root)).filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool).catch(() => [] as string[]))];
+      const held = names.map((n) => parseSegment(n, info.segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
       if (held.length === 0) return;
       const newest = held.reduce((a, b) => (a > b ? a : b));
       if (startSeg > newest + 1n) {
