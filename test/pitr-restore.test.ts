@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { chmod, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
@@ -180,6 +180,31 @@ describe("pitr restore", () => {
     const now = await sql.begin((tx) => tableStats(tx));
     expect(now.counts).toEqual(before.counts);
     expect(now.digests).toEqual(before.digests);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("--into-dir: the recovered data directory, stopped, with its own settings back, starts as a server of its own", async () => {
+    const parent = await tempDir("pitr-into");
+    await chmod(parent, 0o755);
+    const target = join(parent, "recovered");
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--into-dir", target], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`pg_ctl -D ${target}`);
+    expect(await leftovers()).toEqual([]);
+    expect(await Bun.file(join(target, "recovery.signal")).exists()).toBe(false);
+    expect(await Bun.file(join(target, "postgresql.auto.conf")).text()).not.toContain("restore_command");
+    const server = await startClusterFrom(target, { removeOnStop: parent });
+    try {
+      const got = await statsOf(server.url("shinkei"));
+      expect(got.digests).toEqual(before.digests);
+    } finally {
+      await server.stop();
+    }
+    // An existing folder is never overwritten.
+    const again = await shinkei(["pitr", "restore", "--to", noted, "--into-dir", scratchRoot], env);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain("already exists");
     expect(await leftovers()).toEqual([]);
   });
 

@@ -1,5 +1,5 @@
 import { createReadStream } from "node:fs";
-import { appendFile, chown, copyFile, mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { appendFile, chown, copyFile, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import postgres from "postgres";
@@ -73,6 +73,9 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
   const { config, target, store } = options;
   const step = options.onStep ?? (() => {});
   const started = performance.now();
+  if (options.intoDir && (await stat(options.intoDir).catch(() => null))) {
+    throw new ShinkeiError("REFUSED", `${options.intoDir} already exists; --into-dir makes a new folder and never overwrites one`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });
+  }
   await removeDayOld();
   const folder = await createInstanceFolder();
   const { root, dataDir, socketDir, as } = folder;
@@ -190,6 +193,7 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
       await sql.end({ timeout: 2 });
       sql = undefined;
       await handOver(instance, options.intoDir, as.prefix);
+      await removeInstance(instance);
     } else {
       // Loopback with a password of its own: other local users cannot read the recovered data.
       const password = Buffer.from(crypto.getRandomValues(new Uint8Array(18))).toString("base64url");
@@ -200,7 +204,7 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     server = undefined;
     instance.url = url ?? undefined;
     instance.keep = options.keep && !options.intoDir;
-    await writeState(instance);
+    if (!options.intoDir) await writeState(instance);
     return {
       instance, url, base: m.file, window: window!, target: describeTargetOf(target), reached, walFiles: served,
       durationMs: Math.round(performance.now() - started),

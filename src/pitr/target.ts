@@ -46,7 +46,8 @@ export function parseTargetTime(input: string, timezone: string, now = new Date(
     let at = wall - zoneOffsetMs(timezone, new Date(wall));
     at = wall - zoneOffsetMs(timezone, new Date(at));
     const date = new Date(at);
-    if (!Number.isNaN(date.getTime()) && new Date(wall).getUTCDate() === +d!) return { kind: "time", at: date, input: `${text} ${timezone}` };
+    const w = new Date(wall);
+    if (!Number.isNaN(date.getTime()) && w.getUTCMonth() === +mo! - 1 && w.getUTCDate() === +d! && +h! < 24 && +mi! < 60 && +(s ?? 0) < 60) return { kind: "time", at: date, input: `${text} ${timezone}` };
   }
   throw new ShinkeiError("USAGE", `"${text.slice(0, 64)}" is not a time: give an ISO time with its zone (2026-03-01T17:01:59+01:00), a local time in BACKUP_TIMEZONE ${timezone} (2026-03-01 17:01:59), latest, or -5m`);
 }
