@@ -13,6 +13,7 @@ import { activity } from "./prompts.ts";
 import { assertPitrHealthy, pitrStatus } from "../src/wal/status.ts";
 import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../src/wal/prune.ts";
 import { walStore } from "../src/wal/offsite.ts";
+import { pitrDrillProblem } from "../src/pitr/drill.ts";
 
 export async function verify(ctx: Context): Promise<number> {
   const { io, config } = ctx;
@@ -68,6 +69,8 @@ export async function check(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const pitr = config.wal.archive === "stream" ? await pitrStatus(ctx.db, config) : null;
   if (pitr) assertPitrHealthy(pitr, config.wal.maxLagMs);
+  const pitrDrill = await pitrDrillProblem(config);
+  if (pitrDrill) throw new ShinkeiError("PITR_AT_RISK", pitrDrill, { hint: "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base backup)." });
   const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs, config.backup.drillMaxAgeMs, config.backup.age);
   const drillAge = f.drill ? Date.now() - Date.parse(f.drill.at) : null;
   if (ctx.flag("json")) {

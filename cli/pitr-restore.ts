@@ -9,6 +9,7 @@ import { withMaintenanceLock } from "../src/backup/lock.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { applyRecovered, type ApplyStep } from "../src/pitr/apply.ts";
 import { cleanupInstances, listInstances, watch } from "../src/pitr/instance.ts";
+import { runPitrDrill } from "../src/pitr/drill.ts";
 import { connectRecovered, recoverTo, type Recovery } from "../src/pitr/recover.ts";
 import { lsnTarget, nameTarget, parseTargetTime, type RecoveryTarget } from "../src/pitr/target.ts";
 
@@ -125,5 +126,17 @@ export async function pitrCleanup(ctx: Context): Promise<number> {
   for (const r of removed) line(ctx.io, `removed    ${r.root}  port ${r.port}  ${r.running ? "was running" : "not running"}  created ${r.createdAt}${r.target ? `  target ${r.target}` : ""}`);
   for (const i of inUse) warn(ctx.io, `left alone ${i.root}: being recovered by process ${i.ownerPid}`);
   if (!removed.length) line(ctx.io, "no leftover point-in-time recovery instances");
+  return 0;
+}
+
+/** `pitr drill`: one PITR drill now, recorded like the scheduled ones. */
+export async function pitrDrill(ctx: Context): Promise<number> {
+  const r = await runPitrDrill({ sql: ctx.db, config: ctx.config, onStep: (m) => ctx.io.stderr.write(`… ${m}\n`) });
+  if (ctx.flag("json")) json(ctx.io, r);
+  else {
+    line(ctx.io, `${r.passed ? "✔ passed" : "✖ FAILED"}  restore point ${r.restorePoint} (${r.lsn ?? "?"}) recovered from ${r.base ?? "-"}; RTO ${r.rtoMs === null ? "-" : formatDuration(r.rtoMs)}, drill ${formatDuration(r.durationMs)}`);
+    for (const d of r.differences) line(ctx.io, `  ${d}`);
+  }
+  if (!r.passed) throw new ShinkeiError("BACKUP_CORRUPT", `the point-in-time recovery drill failed: ${r.differences.join("; ")}`);
   return 0;
 }

@@ -7,7 +7,8 @@ import { walStore } from "../src/wal/offsite.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { fetchViaSocket } from "../src/pitr/walserve.ts";
 import { removeDayOld } from "../src/pitr/instance.ts";
-import { pitrCleanup, pitrRestore } from "./pitr-restore.ts";
+import { pitrCleanup, pitrDrill, pitrRestore } from "./pitr-restore.ts";
+import { readPitrDrills } from "../src/pitr/drill.ts";
 
 export const pitrCommand: Command = {
   name: "pitr",
@@ -15,6 +16,7 @@ export const pitrCommand: Command = {
   help: `Usage: shinkei pitr status [--json]
        shinkei pitr restore (--to TIME | --to-lsn LSN | --to-name NAME) [--stop | --apply | --into-dir DIR] [--json]
        shinkei pitr cleanup [--json]
+       shinkei pitr drill [--json]
        shinkei pitr wal-fetch NAME TARGET
 
 Shows what the WAL archive (WAL_ARCHIVE=stream) and the base backups in BACKUP_DIR can recover
@@ -42,6 +44,10 @@ running and its URL is printed, to inspect; then:
   --into-dir DIR keep the recovered data directory at DIR (stopped, original settings) to run as
                  a new server
 
+drill creates a restore point, records every table's count and digest at it, recovers a scratch
+instance to it and compares (what the backup service does on PITR_DRILL_SCHEDULE); the result
+and the measured RTO show in pitr status.
+
 cleanup stops and removes leftover scratch instances (every pitr command removes those older than
 a day).
 
@@ -64,7 +70,7 @@ Options:
     socket: { type: "string" },
     watch: { type: "string" },
   },
-  subcommands: ["status", "wal-fetch", "restore", "cleanup"],
+  subcommands: ["status", "wal-fetch", "restore", "cleanup", "drill"],
   needsDatabase: (positionals) => positionals[0] !== "wal-fetch" && positionals[0] !== "cleanup",
   async run(ctx) {
     const { io, config } = ctx;
@@ -88,9 +94,11 @@ Options:
     if (ctx.positionals[0] === "cleanup") return pitrCleanup(ctx);
     await removeDayOld();
     if (ctx.positionals[0] === "restore") return pitrRestore(ctx);
+    if (ctx.positionals[0] === "drill") return pitrDrill(ctx);
     const s = await pitrStatus(ctx.db, config);
     const problems = pitrProblems(s, config.wal.maxLagMs);
-    if (ctx.flag("json")) return json(io, { ...s, problems }), 0;
+    const lastDrill = (await readPitrDrills(config.backupDir)).at(-1) ?? null;
+    if (ctx.flag("json")) return json(io, { ...s, lastDrill, problems }), 0;
     if (s.archive === "off") warn(io, "WAL_ARCHIVE is off: the service is not streaming WAL (showing what BACKUP_DIR holds)");
     line(io, `window     ${s.window.earliest ? `${s.window.earliest} .. ${s.window.latest} (timeline ${s.window.timeline})` : "none: no base backup with all its WAL yet"}`);
     line(io, `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state})` : "NOT CONNECTED"}, flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`);
@@ -100,6 +108,7 @@ Options:
       line(io, table([["timeline", "first segment", "last segment", "segments", "earliest", "latest"],
         ...s.timelines.map((t) => [t.timeline, t.firstSegment, t.lastSegment, t.segments, t.earliest ?? "-", t.latest ?? "-"])]));
     }
+    line(io, `drill      ${lastDrill ? `${lastDrill.passed ? "passed" : "FAILED"} ${lastDrill.at}, restore point ${lastDrill.restorePoint}${lastDrill.rtoMs !== null ? `, RTO ${formatDuration(lastDrill.rtoMs)}` : ""}${lastDrill.passed ? "" : `: ${lastDrill.differences.join("; ")}`}` : "none yet (shinkei pitr drill)"}`);
     for (const b of s.baseBackups) line(io, `base       ${b.file}  ${b.finishedAt}  ${b.startLsn}..${b.stopLsn}${b.walComplete ? "" : "  (WAL incomplete)"}`);
     for (const g of s.gaps) warn(io, `gap on timeline ${g.timeline}: ${g.from} .. ${g.to} (${g.segments} segment(s))`);
     for (const p of problems) warn(io, p);

@@ -127,6 +127,11 @@ const ConfigSchema = v.object({
     v.trim(),
     v.check(isCronPattern, "must be a cron pattern such as 0 3 * * * (daily at 03:00)"),
   ),
+  PITR_DRILL_SCHEDULE: v.pipe(
+    v.optional(v.string(), "0 4 * * 0"),
+    v.trim(),
+    v.check(isCronPattern, "must be a cron pattern such as 0 4 * * 0 (Sundays at 04:00)"),
+  ),
 });
 
 function isCronPattern(pattern: string): boolean {
@@ -196,6 +201,8 @@ export type WalConfig = {
   baseBackupSchedule: string;
   /** Scheduled base backups ask for an immediate checkpoint instead of a spread one. */
   baseBackupStartFast: boolean;
+  /** When the service recovers a scratch instance to a fresh restore point and compares. */
+  pitrDrillSchedule: string;
 };
 
 export type S3Config = {
@@ -298,6 +305,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
       baseBackupSchedule: r.BASE_BACKUP_SCHEDULE,
       baseBackupStartFast: r.BASE_BACKUP_START_FAST,
+      pitrDrillSchedule: r.PITR_DRILL_SCHEDULE,
     },
   };
 }

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { chmod, readdir, rm } from "node:fs/promises";
+import { chmod, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
@@ -13,6 +13,10 @@ import { tableStats, type TableStats } from "../src/backup/digest.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { loadConfig } from "../src/config.ts";
+import { pitrDrillProblem } from "../src/pitr/drill.ts";
+import { sealTo, unsealFrom } from "../src/backup/seal.ts";
+import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
+import { Readable } from "node:stream";
 
 // Real clusters, real WAL, real recoveries through the compiled binary: each one takes seconds.
 setDefaultTimeout(120_000);
@@ -240,6 +244,93 @@ describe("pitr restore", () => {
     } finally {
       expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
     }
+    expect(await leftovers()).toEqual([]);
+  });
+});
+
+/** CRC-32C as PostgreSQL computes it over a WAL record: the data after the header, then the header up to the CRC. */
+const crcTable = new Uint32Array(256).map((_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function recordCrc(rec: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const part of [rec.subarray(24), rec.subarray(0, 20)]) for (const b of part) c = crcTable[(c ^ b) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+describe("pitr drills", () => {
+  test("a drill passes: restore point, its state, a recovered instance compared, RTO recorded, shown by pitr status and counted by backup check", async () => {
+    expect(await pitrDrillProblem(loadConfig(env))).toContain("no point-in-time recovery drill has passed yet");
+    await sql`insert into notes (body) values ('during the drill')`;
+    const r = await shinkei(["pitr", "drill", "--json"], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    const d = JSON.parse(r.stdout);
+    expect(d).toMatchObject({ passed: true, differences: [] });
+    expect(d.restorePoint).toMatch(/^shinkei_drill_/);
+    expect(d.rtoMs).toBeGreaterThan(0);
+    const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+    expect(s.lastDrill).toMatchObject({ passed: true, restorePoint: d.restorePoint, rtoMs: d.rtoMs });
+    expect(await pitrDrillProblem(loadConfig(env))).toBeNull();
+    expect(await pitrDrillProblem(loadConfig({ ...env, BACKUP_DRILL_MAX_AGE: "1ms" }))).toContain("older than BACKUP_DRILL_MAX_AGE");
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("a drill SIGKILLed while it recovers leaves no scratch instance or folder behind", async () => {
+    const p = Bun.spawn([binaryPath, "pitr", "drill"], { env: { ...env, PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp" }, stdout: "ignore", stderr: "pipe" });
+    let err = "";
+    (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
+    await until("the drill to start its instance", async () => err.includes("replaying WAL to"), 60_000);
+    p.kill("SIGKILL");
+    await p.exited;
+    await until("the watchdog to remove the drill's instance", async () => (await leftovers()).length === 0, 30_000);
+  });
+
+  test("a drill fails on a segment altered with valid checksums (record CRC and SHA-256s rewritten): only the content check catches it", async () => {
+    await sql`select pg_switch_wal()`;
+    const marker = `marker-${crypto.randomUUID()}`;
+    const from = await insertLsn();
+    await sql`insert into notes (body) values (${marker})`;
+    const to = await insertLsn();
+    await sql`select pg_switch_wal()`;
+    const name = segmentName(1, segnoOf(parseLsn(from)));
+    const walDir = join(dir, "wal", "00000001");
+    await until("the segment archived", () => Bun.file(join(walDir, `${name}.json`)).exists(), 30_000);
+
+    const recordPath = join(walDir, `${name}.json`);
+    const rec = await Bun.file(recordPath).json();
+    const age = { recipients: [], identityFile: key };
+    const wal = Buffer.concat(await Array.fromAsync(await unsealFrom(join(walDir, rec.file), { encryption: rec.encryption, age, name: rec.file })));
+    const seg = 16 * 1024 * 1024;
+    let changed = 0;
+    for (let p = Number(parseLsn(from) % BigInt(seg)) & ~7; p < Number(parseLsn(to) % BigInt(seg)); p += 8) {
+      const len = wal.readUInt32LE(p);
+      if (len < 24 || (p % 8192) + len > 8192 || recordCrc(wal.subarray(p, p + len)) !== wal.readUInt32LE(p + 20)) continue;
+      const body = wal.subarray(p, p + len);
+      for (let i = body.indexOf(marker); i >= 0; i = body.indexOf(marker, i + 1)) {
+        body.write("X", i + marker.length - 1);
+        changed++;
+      }
+      if (changed) {
+        wal.writeUInt32LE(recordCrc(body), p + 20);
+        break;
+      }
+    }
+    expect(changed).toBeGreaterThan(0);
+    const stored = join(walDir, rec.file);
+    await rm(stored);
+    const sealed = await sealTo(Readable.from([wal]), `${stored}.tmp`, { age: { recipients: [env.BACKUP_AGE_RECIPIENTS!] }, plainHash: true });
+    await rename(`${stored}.tmp`, stored);
+    await Bun.write(recordPath, JSON.stringify({ ...rec, sha256: sealed.sha256, sizeBytes: sealed.sizeBytes, originalSha256: sealed.plainSha256 }));
+
+    const r = await shinkei(["pitr", "drill", "--json"], env);
+    expect(r.code).toBe(1);
+    const d = JSON.parse(r.stdout);
+    expect(d.passed).toBe(false);
+    expect(d.differences).toEqual(["notes: content differs from the restore point's"]);
+    expect(JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).lastDrill.passed).toBe(false);
     expect(await leftovers()).toEqual([]);
   });
 });

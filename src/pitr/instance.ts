@@ -30,7 +30,7 @@ export type InstanceState = {
   target?: string;
 };
 
-export const INSTANCE_PREFIX = "shinkei-pitr-";
+export const INSTANCE_PREFIX = "shinkei-pitr-instance-";
 const STATE = "instance.json";
 const DAY_MS = 86_400_000;
 

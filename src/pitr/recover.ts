@@ -165,8 +165,8 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
       if (!row) {
         const alive = (await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "status"])).code === 0;
         if (!alive) {
-          const tail = await logTail(log);
-          throw new ShinkeiError(/before configured recovery target was reached/.test(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `recovery stopped before reaching ${describeTargetOf(target)}: ${tail.split("\n").filter((l) => /FATAL|PANIC|ERROR/.test(l)).slice(-3).join(" | ") || tail}`, {
+          const tail = await logTail(log, 60);
+          throw new ShinkeiError(/before configured recovery target was reached/.test(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `recovery stopped before reaching ${describeTargetOf(target)}: ${tail.split("\n").filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l)).slice(-4).join(" | ") || tail}`, {
             hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
           });
         }
