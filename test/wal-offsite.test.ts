@@ -13,7 +13,8 @@ import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
 import { startWalStream, serverInfo } from "../src/wal/stream.ts";
 import { pitrStatus } from "../src/wal/status.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";
-import { createBaseBackup } from "../src/wal/base.ts";
+import { createBaseBackup, listBaseBackups } from "../src/wal/base.ts";
+import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
@@ -53,6 +54,13 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
   const age = { recipients: [], identityFile: key };
   try {
     const base = await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    // Encrypted: checked whole with the private key; with public keys only, the hashes and a note.
+    const [sealedBase] = await listBaseBackups(dir);
+    expect(await verifyBaseBackup(dir, sealedBase!, { recipients: [], identityFile: key })).toMatchObject({ ok: true, problems: [] });
+    const publicOnly = await verifyBaseBackup(dir, (await listBaseBackups(dir))[0]!, config.backup.age);
+    expect(publicOnly.ok).toBe(true);
+    expect(publicOnly.skipped).toContain("no key");
+    expect(publicOnly.pgVerifybackup).toBeNull();
 
     // The segment being received: copied within the interval, sealed like the rest.
     const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('partial-canary-3141') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;

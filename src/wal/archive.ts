@@ -132,13 +132,17 @@ export async function writeRecord(root: string, record: WalRecord): Promise<void
   await writeFileAtomic(recordPath(root, record.timeline, record.name), JSON.stringify(record, null, 2) + "\n");
 }
 
-/** Every complete archived WAL file (record and file present), by timeline then name. */
-export async function listArchive(root: string): Promise<WalRecord[]> {
+/**
+ * Every complete archived WAL file (record and file present), by timeline then name. `skip`
+ * leaves out names the caller already knows, without reading their records.
+ */
+export async function listArchive(root: string, skip?: Set<string>): Promise<WalRecord[]> {
   const out: WalRecord[] = [];
   for (const tl of (await readdir(root).catch(() => [] as string[])).filter((d) => TIMELINE_DIR.test(d)).sort()) {
     const dir = join(root, tl);
     const names = new Set(await readdir(dir).catch(() => [] as string[]));
     for (const n of [...names].filter((n) => n.endsWith(RECORD)).sort()) {
+      if (skip?.has(n.slice(0, -RECORD.length))) continue;
       const r = await readRecord(join(dir, n));
       if (r && names.has(r.file) && timelineDir(r.timeline) === tl) out.push(r);
     }

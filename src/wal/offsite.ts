@@ -94,8 +94,8 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
   };
 
   async function copyArchive(): Promise<boolean> {
-    for (const r of await listArchive(root)) {
-      if (copied.has(r.name)) continue;
+    // Records of files already copied are not read again: a pass costs a directory listing.
+    for (const r of await listArchive(root, copied)) {
       if (r.offsite?.[store.kind]) {
         copied.add(r.name);
         continue;

@@ -62,7 +62,7 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
  * Watch the slot: when the server is about to drop (unreserved) or has dropped (lost) WAL we have
  * not received, say so once per change, in the log and to the webhook; the archive has a hole.
  */
-function watchSlot(deps: { sql: Sql; config: Config; log: Log }, everyMs: number): () => void {
+export function watchSlot(deps: { sql: Sql; config: Config; log: Log }, everyMs: number): () => void {
   const { sql, config, log } = deps;
   let last: string | null = null;
   const timer = setInterval(async () => {

@@ -5,7 +5,8 @@ import type { Queryable } from "../db.ts";
 import type { Log } from "../log.ts";
 import { findTool } from "./bin.ts";
 import { ensureSlot } from "./slot.ts";
-import { superviseReceiver, type Receiver } from "./receiver.ts";
+import { RECEIVER_APP_NAME, superviseReceiver, type Receiver } from "./receiver.ts";
+import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
@@ -18,6 +19,21 @@ export type WalStream = {
   drain(): Promise<void>;
   stop(): Promise<void>;
 };
+
+/**
+ * A receiver named in synchronous_standby_names makes every commit on the primary wait for it,
+ * and stop when it stops: refused. `*` matches it too: said loudly, since other standbys may be meant.
+ */
+async function checkNotSynchronousStandby(sql: Queryable, log: Log): Promise<void> {
+  const [row] = await sql<{ v: string }[]>`select current_setting('synchronous_standby_names') as v`;
+  const names = row!.v.replace(/^\s*(first|any)\s+\d+\s*\(|^\s*\d+\s*\(|\)\s*$/gi, "").split(",").map((n) => n.trim().replace(/^"|"$/g, ""));
+  if (names.some((n) => n.toLowerCase() === RECEIVER_APP_NAME)) {
+    throw new ShinkeiError("REFUSED", `synchronous_standby_names names the WAL receiver (${RECEIVER_APP_NAME}): every commit would wait for it, and writes would stop whenever it stops`, {
+      hint: `Remove ${RECEIVER_APP_NAME} from synchronous_standby_names and reload; --synchronous already makes what it reports received durable on our side.`,
+    });
+  }
+  if (names.includes("*")) log({ level: "warn", msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it` });
+}
 
 export type ServerInfo = { versionNum: number; major: number; segmentBytes: number };
 
@@ -37,6 +53,7 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   const { sql, config, log } = deps;
   const info = await serverInfo(sql);
   const tool = await findTool("pg_receivewal", info.major);
+  await checkNotSynchronousStandby(sql, log);
   const { slot } = config.wal;
   if (slot) {
     const s = await ensureSlot(sql, slot);

@@ -6,7 +6,7 @@ import { canOpen, type AgeConfig } from "../backup/crypt.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import { finished, pump } from "../backup/pgtools.ts";
 import { findTool } from "./bin.ts";
-import { baseDir, writeBaseManifest, type BaseBackup } from "./base.ts";
+import { BASE_MANIFEST_SUFFIX, baseDir, writeBaseManifest, type BaseBackup, type BaseManifest } from "./base.ts";
 
 export type BaseVerification = { ok: boolean; at: string; problems: string[]; pgVerifybackup: string | null; skipped?: string };
 
@@ -54,6 +54,8 @@ export async function verifyBaseBackup(backupDir: string, base: BaseBackup, age?
     }
   }
   const result: BaseVerification = { ok: problems.length === 0, at: new Date().toISOString(), problems, pgVerifybackup: tool, ...(skipped && { skipped }) };
-  await writeBaseManifest(base.path, { ...m, verified: result });
+  // Read again: the off-site copier may have recorded its copy while this ran.
+  const fresh = ((await Bun.file(base.path + BASE_MANIFEST_SUFFIX).json().catch(() => null)) as BaseManifest | null) ?? m;
+  await writeBaseManifest(base.path, { ...fresh, verified: result });
   return result;
 }
