@@ -13,7 +13,7 @@ import { tableStats, type TableStats } from "../src/backup/digest.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { loadConfig } from "../src/config.ts";
-import { pitrDrillProblem } from "../src/pitr/drill.ts";
+import { pitrDrillProblem, readPitrDrills, startPitrDrills } from "../src/pitr/drill.ts";
 import { sealTo, unsealFrom } from "../src/backup/seal.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { Readable } from "node:stream";
@@ -286,6 +286,31 @@ describe("pitr drills", () => {
     p.kill("SIGKILL");
     await p.exited;
     await until("the watchdog to remove the drill's instance", async () => (await leftovers()).length === 0, 30_000);
+  });
+
+  test("the service's drill schedule runs drills (one service per slot) and records them; after a base backup it adds none once drills exist", async () => {
+    const config = loadConfig({ ...env, PITR_DRILL_SCHEDULE: "*/2 * * * * *" });
+    // In this process too, scratch instances go where the test looks for leftovers.
+    const tmp = process.env.TMPDIR;
+    process.env.TMPDIR = scratchRoot;
+    const lines: Record<string, unknown>[] = [];
+    const count = async () => (await readPitrDrills(dir)).length;
+    const before = await count();
+    const drills = startPitrDrills({ sql, config, log: (l) => void lines.push(l) });
+    try {
+      const done = await until("a scheduled drill", async () => lines.find((l) => l.msg === "pitr drill passed" || l.msg === "pitr drill failed"), 60_000);
+      expect(done).toMatchObject({ msg: "pitr drill passed", differences: [] });
+      expect(Number(done.rtoMs)).toBeGreaterThan(0);
+    } finally {
+      await drills.stop();
+      if (tmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = tmp;
+    }
+    const after = await count();
+    expect(after).toBeGreaterThan(before);
+    await drills.afterBaseBackup();
+    expect(await count()).toBe(after);
+    expect(await leftovers()).toEqual([]);
   });
 
   test("a drill fails on a segment altered with valid checksums (record CRC and SHA-256s rewritten): only the content check catches it", async () => {

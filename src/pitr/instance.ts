@@ -150,12 +150,12 @@ export async function cleanupInstances(options: { olderThanMs?: number } = {}): 
 export const removeDayOld = () => cleanupInstances({ olderThanMs: DAY_MS });
 
 /**
- * The command that runs this shinkei again: the compiled binary itself, or bun with the same
- * entry file when running from source.
+ * The command that runs this shinkei again: the compiled binary itself, or, from source, bun with
+ * the CLI's entry file (whatever script or test loaded this module).
  */
 export function selfCommand(): string[] {
   const exe = process.execPath;
-  if (/^bun(-debug)?$/.test(basename(exe)) && Bun.main && !Bun.main.startsWith("/$bunfs")) return [exe, Bun.main];
+  if (/^bun(-debug)?(\.exe)?$/.test(basename(exe))) return [exe, join(import.meta.dir, "..", "..", "cli", "main.ts")];
   return [exe];
 }
 
