@@ -34,7 +34,8 @@ function reachedLines(r: Recovery): string[] {
     `base       ${r.base} (window ${r.window.earliest} .. ${r.window.latest})`,
     `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
     ...(r.reached.stopped ? [`stopped    ${r.reached.stopped}`] : []),
-    `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including the segment still being received (.partial)" : ""} in ${formatDuration(r.durationMs)}`,
+    ...(r.replayedAll ? ["note       the archive holds no commit after the target: all of it was replayed, which is the state at the target"] : []),
+    `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including the segment still being received (.partial)" : ""}; recovered in ${formatDuration(r.durationMs)}`,
   ];
 }
 
@@ -52,7 +53,7 @@ export async function pitrRestore(ctx: Context): Promise<number> {
   const say = (m: string) => io.stderr.write(`… ${m}\n`);
   const recovery = await recoverTo({ config, target, store: walStore(config), keep: !ctx.flag("stop") && !apply, intoDir, onStep: say });
   const asJson = ctx.flag("json");
-  const out: Record<string, unknown> = { target: recovery.target, base: recovery.base, window: recovery.window, reached: recovery.reached, walFiles: recovery.walFiles.length, walSources: Object.fromEntries(Object.entries(Object.groupBy(recovery.walFiles, (f) => f.from)).map(([k, v]) => [k, v!.length])), durationMs: recovery.durationMs };
+  const out: Record<string, unknown> = { target: recovery.target, base: recovery.base, window: recovery.window, reached: recovery.reached, replayedAll: recovery.replayedAll, walFiles: recovery.walFiles.length, walSources: Object.fromEntries(Object.entries(Object.groupBy(recovery.walFiles, (f) => f.from)).map(([k, v]) => [k, v!.length])), durationMs: recovery.durationMs };
   if (!asJson) for (const l of reachedLines(recovery)) line(io, l);
 
   if (intoDir) {
@@ -106,7 +107,8 @@ export async function pitrRestore(ctx: Context): Promise<number> {
   line(io, `\nrunning    ${recovery.url}`);
   line(io, `folder     ${recovery.instance.root}`);
   line(io, "Inspect it (psql, or DATABASE_URL=... shinkei status), then either");
-  line(io, `  shinkei pitr restore ${process.argv.slice(3).filter((a) => a !== "--stop").join(" ")} --apply   (recovers again and loads it into ${live.database})`);
+  const again = ctx.option("to") !== undefined ? `--to "${ctx.option("to")}"` : ctx.option("to-lsn") !== undefined ? `--to-lsn ${ctx.option("to-lsn")}` : `--to-name ${ctx.option("to-name")}`;
+  line(io, `  shinkei pitr restore ${again} --apply   (recovers again and loads it into ${live.database})`);
   line(io, "  shinkei pitr cleanup   (stops and removes it; instances older than a day go by themselves)");
   return 0;
 }

@@ -135,6 +135,47 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
+  test("a target after the last commit (nothing happened since): the whole archive is replayed, which is that state", async () => {
+    // WAL without a commit: the window reaches past the target, no commit follows it.
+    await sql`select pg_logical_emit_message(false, 'shinkei-test', 'quiet')`;
+    await Bun.sleep(300);
+    const quiet = new Date().toISOString();
+    await Bun.sleep(300);
+    await sql`select pg_logical_emit_message(false, 'shinkei-test', 'still quiet')`;
+    await flushed(await insertLsn());
+    const r = await shinkei(["pitr", "restore", "--to", quiet, "--json"], env);
+    expect(r.stderr).toContain("the archive holds no commit after the target");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    try {
+      expect(out.replayedAll).toBe(true);
+      expect(Date.parse(out.reached.commitTime)).toBeLessThan(Date.parse(quiet));
+      expect(out.reached.distanceMs).toBeGreaterThan(0);
+      const got = await statsOf(out.url);
+      expect(got.digests).toEqual((await sql.begin((tx) => tableStats(tx))).digests);
+    } finally {
+      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("for a person: each step on stderr, what was reached, the counts, the URL and what to do next", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted], env);
+    try {
+      expect(r.code).toBe(0);
+      for (const step of ["checking base backup", "unpacking", "starting PostgreSQL", "replaying WAL to"]) expect(r.stderr).toContain(step);
+      expect(r.stdout).toMatch(/^reached    LSN [0-9A-F]+\/[0-9A-F]+, last replayed commit \S+, [\d.]+m?s before the target$/m);
+      expect(r.stdout).toMatch(/^stopped    recovery stopping before commit of transaction \d+, time /m);
+      expect(r.stdout).toMatch(/^users\s+0$/m);
+      expect(r.stdout).toMatch(/^running    postgres:\/\/postgres:\S+@127\.0\.0\.1:\d+\/shinkei$/m);
+      expect(r.stdout).toContain(`shinkei pitr restore --to "${noted}" --apply`);
+    } finally {
+      const c = await shinkei(["pitr", "cleanup", "--json"], env);
+      expect(JSON.parse(c.stdout).removed).toHaveLength(1);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
   test("targets before and after the window are refused, naming it; nothing is started", async () => {
     const early = await shinkei(["pitr", "restore", "--to", "2001-02-03T04:05:06Z"], env);
     expect(early.code).toBe(1);

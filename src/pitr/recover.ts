@@ -33,6 +33,8 @@ export type Recovery = {
   window: Window;
   target: string;
   reached: Reached;
+  /** No commit after a time target in the archive: all of it was replayed (the same state). */
+  replayedAll: boolean;
   walFiles: Served[];
   durationMs: number;
   stop(): Promise<void>;
@@ -70,7 +72,23 @@ async function logTail(path: string, lines = 12): Promise<string> {
  * fails, or if this process is killed, the instance and its folder are removed.
  */
 export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
-  const { config, target, store } = options;
+  try {
+    return await recoverOnce(options, options.target);
+  } catch (e) {
+    // PostgreSQL stops at a time target only on a commit after it; with none in the archive it
+    // refuses to end recovery. The target lies inside the window, so nothing committed between the
+    // last commit and the target: all of the archive is exactly the state at the target.
+    if (options.target.kind !== "time" || !(e instanceof ShinkeiError && e.details?.endedEarly)) throw e;
+    options.onStep?.("the archive holds no commit after the target: recovering all of it, which is the state at the target");
+    return recoverOnce({ ...options, target: { kind: "latest" } }, options.target);
+  }
+}
+
+const endedEarly = (log: string) => /before configured recovery target was reached/.test(log);
+
+async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Promise<Recovery> {
+  const { config, store } = options;
+  const target = asked;
   const step = options.onStep ?? (() => {});
   const started = performance.now();
   if (options.intoDir && (await stat(options.intoDir).catch(() => null))) {
@@ -126,7 +144,7 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     const restoreCommand = [...selfCommand().map(quoteShell), "pitr", "wal-fetch", "--socket", quoteShell(socket), "%f", "%p"].join(" ");
     const settings: Record<string, string> = {
       restore_command: restoreCommand,
-      ...recoverySettings(target),
+      ...recoverySettings(options.target),
       recovery_target_timeline: "latest",
       recovery_target_action: "promote",
       listen_addresses: "127.0.0.1",
@@ -154,7 +172,13 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
     const log = join(root, "server.log");
     const start = await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", log]);
-    if (start.code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `the scratch instance did not start: ${await logTail(log)}`, { hint: "Nothing was changed; the scratch instance was removed." });
+    if (start.code !== 0) {
+      const tail = await logTail(log, 60);
+      throw new ShinkeiError(endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `the scratch instance did not start: ${tail.split("\n").slice(-12).join("\n")}`, {
+        hint: "Nothing was changed; the scratch instance was removed.",
+        details: { endedEarly: endedEarly(tail) },
+      });
+    }
 
     const who = describeTarget(config.databaseUrl);
     sql = postgres({ path: join(socketDir, `.s.PGSQL.${instance.port}`), user: who.user, database: who.database, max: 1, onnotice: () => {}, connect_timeout: 5 });
@@ -166,8 +190,9 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
         const alive = (await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "status"])).code === 0;
         if (!alive) {
           const tail = await logTail(log, 60);
-          throw new ShinkeiError(/before configured recovery target was reached/.test(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `recovery stopped before reaching ${describeTargetOf(target)}: ${tail.split("\n").filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l)).slice(-4).join(" | ") || tail}`, {
+          throw new ShinkeiError(endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `recovery stopped before reaching ${describeTargetOf(target)}: ${tail.split("\n").filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l)).slice(-4).join(" | ") || tail}`, {
             hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
+            details: { endedEarly: endedEarly(tail) },
           });
         }
       }
@@ -206,7 +231,7 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     instance.keep = options.keep && !options.intoDir;
     if (!options.intoDir) await writeState(instance);
     return {
-      instance, url, base: m.file, window: window!, target: describeTargetOf(target), reached, walFiles: served,
+      instance, url, base: m.file, window: window!, target: describeTargetOf(target), reached, replayedAll: asked.kind === "time" && options.target.kind === "latest", walFiles: served,
       durationMs: Math.round(performance.now() - started),
       stop: () => removeInstance(instance),
     };
