@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { chmod, readdir, rename, rm } from "node:fs/promises";
+import { chmod, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
@@ -185,6 +185,32 @@ describe("pitr restore", () => {
     expect(late.stderr).toContain("is after the recoverable window");
     const bad = await shinkei(["pitr", "restore", "--to", "yesterday-ish"], env);
     expect(bad.code).toBe(2);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("every pitr command removes instances older than a day; a fresh one stays, and a folder whose state names another place is never touched", async () => {
+    const fake = async (name: string, createdAt: Date, root?: string) => {
+      const dir2 = join(scratchRoot, name);
+      await mkdir(join(dir2, "data"), { recursive: true });
+      await Bun.write(join(dir2, "instance.json"), JSON.stringify({
+        pitrInstanceVersion: 1, root: root ?? dir2, dataDir: join(root ?? dir2, "data"), socketDir: join(dir2, "sockets"), bin: "", port: 1,
+        ownerPid: 999_999_999, createdAt: createdAt.toISOString(), keep: true,
+      }));
+      return dir2;
+    };
+    const old = await fake("shinkei-pitr-instance-old111", new Date(Date.now() - 2 * 86_400_000));
+    const fresh = await fake("shinkei-pitr-instance-new111", new Date());
+    const victim = await tempDir("pitr-not-ours");
+    const hostile = await fake("shinkei-pitr-instance-bad111", new Date(Date.now() - 2 * 86_400_000), victim);
+    const r = await shinkei(["pitr", "restore", "--to", "not-a-time"], env);
+    expect(r.code).toBe(2);
+    expect(await Bun.file(join(old, "instance.json")).exists()).toBe(false);
+    expect(await Bun.file(join(fresh, "instance.json")).exists()).toBe(true);
+    expect(await Bun.file(join(hostile, "instance.json")).exists()).toBe(true);
+    expect((await stat(victim)).isDirectory()).toBe(true);
+    const c = await shinkei(["pitr", "cleanup", "--json"], env);
+    expect(JSON.parse(c.stdout).removed.map((x: { root: string }) => x.root)).toEqual([fresh]);
+    await rm(hostile, { recursive: true });
     expect(await leftovers()).toEqual([]);
   });
 
