@@ -50,7 +50,8 @@ export async function pitrRestore(ctx: Context): Promise<number> {
   // Ask before the long part: the operator confirms once, then can leave it running.
   if (apply) await confirmDestructive(ctx, live, `replace the database ${live.database} with its state at the recovery target`, [live.database], "yes");
 
-  const say = (m: string) => io.stderr.write(`… ${m}\n`);
+  const t0 = performance.now();
+  const say = (m: string) => io.stderr.write(`… ${formatDuration(performance.now() - t0).padStart(6)}  ${m}\n`);
   const recovery = await recoverTo({ config, target, store: walStore(config), keep: !ctx.flag("stop") && !apply, intoDir, onStep: say });
   const asJson = ctx.flag("json");
   const out: Record<string, unknown> = { target: recovery.target, base: recovery.base, window: recovery.window, reached: recovery.reached, replayedAll: recovery.replayedAll, walFiles: recovery.walFiles.length, walSources: Object.fromEntries(Object.entries(Object.groupBy(recovery.walFiles, (f) => f.from)).map(([k, v]) => [k, v!.length])), durationMs: recovery.durationMs };

@@ -163,7 +163,7 @@ describe("pitr restore", () => {
     const r = await shinkei(["pitr", "restore", "--to", noted], env);
     try {
       expect(r.code).toBe(0);
-      for (const step of ["checking base backup", "unpacking", "starting PostgreSQL", "replaying WAL to"]) expect(r.stderr).toContain(step);
+      for (const step of ["unpacking base backup", "checking its SHA-256", "starting PostgreSQL", "replaying WAL to"]) expect(r.stderr).toContain(step);
       expect(r.stdout).toMatch(/^reached    LSN [0-9A-F]+\/[0-9A-F]+, last replayed commit \S+, [\d.]+m?s before the target$/m);
       expect(r.stdout).toMatch(/^stopped    recovery stopping before commit of transaction \d+, time /m);
       expect(r.stdout).toMatch(/^users\s+0$/m);

@@ -118,18 +118,24 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       path = join(scratch, m.file);
       await store!.get(m.file, path);
     }
-    step(`checking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn})`);
-    const sha = await sha256File(path);
-    if (sha !== m.sha256) throw new ShinkeiError("BACKUP_CORRUPT", `${m.file} does not match its manifest (SHA-256 ${sha.slice(0, 12)}…, expected ${m.sha256.slice(0, 12)}…)`);
-
-    step(`unpacking ${m.file} into ${dataDir}`);
+    // The SHA-256 is read alongside the unpacking (the file is read twice, in parallel): a
+    // mismatch throws the scratch copy away before anything starts on it.
+    step(`unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`);
     const tar = Bun.spawn([...as.prefix, "tar", "-x", "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
     const tarErr = new Response(tar.stderr).text();
+    const hashing = sha256File(path);
+    hashing.catch(() => {});
+    let unpackError: unknown = null;
     try {
       await pump(await unsealFrom(path, { encryption: m.encryption, age: config.backup.age, name: m.file }) as AsyncIterable<Uint8Array>, tar.stdin);
+    } catch (e) {
+      unpackError = e;
     } finally {
       await Promise.resolve(tar.stdin.end()).catch(() => {});
     }
+    const sha = await hashing;
+    if (sha !== m.sha256) throw new ShinkeiError("BACKUP_CORRUPT", `${m.file} does not match its manifest (SHA-256 ${sha.slice(0, 12)}…, expected ${m.sha256.slice(0, 12)}…)`);
+    if (unpackError) throw unpackError;
     if ((await tar.exited) !== 0) throw new ShinkeiError("BACKUP_CORRUPT", `unpacking ${m.file} failed: ${(await tarErr).trim()}`);
     if (!base.localPath) await Bun.file(path).delete();
 
@@ -166,7 +172,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     }
 
     const served: Served[] = [];
-    server = serveWal({ config, store, socket, scratch, onFile: (f) => served.push(f) });
+    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, onFile: (f) => served.push(f) });
     await server.ready();
 
     step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
@@ -200,7 +206,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
         if (lastReport) step(`replaying: at ${row?.[0]!.lsn ?? "?"}, ${served.length} WAL file(s) fetched`);
         lastReport = Date.now();
       }
-      await Bun.sleep(200);
+      await Bun.sleep(100);
     }
 
     const [r] = await sql<{ lsn: string | null; at: Date | null }[]>`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;

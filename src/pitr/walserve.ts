@@ -1,12 +1,11 @@
 import { chmod, copyFile, mkdir, rename, rm } from "node:fs/promises";
 import { readRecord, recordPath, spoolDir, walRoot } from "../wal/archive.ts";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
-import { fsyncDir } from "../backup/files.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { fetchWal } from "../wal/fetch.ts";
-import { parseHistory, parseSegment } from "../wal/segments.ts";
+import { parseHistory, parseSegment, segmentName } from "../wal/segments.ts";
 
 export type Served = { name: string; from: "local" | "offsite" | "receiving" | "partial" };
 
@@ -18,7 +17,7 @@ export type Served = { name: string; from: "local" | "offsite" | "receiving" | "
  * fetchWal serves a segment never archived whole from its partial (the one being received, or a
  * sealed copy), under the segment's name: recovery to a target inside it replays what it holds.
  */
-export function serveWal(options: { config: Config; store?: BackupStore; socket: string; scratch: string; onFile?: (f: Served) => void }) {
+export function serveWal(options: { config: Config; store?: BackupStore; socket: string; scratch: string; segmentBytes: number; onFile?: (f: Served) => void }) {
   const { config, store, scratch } = options;
   let n = 0;
   async function get(name: string): Promise<{ path: string; from: Served["from"] }> {
@@ -29,8 +28,32 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
       const copied = await copyFile(join(spoolDir(config.backupDir), name), tmp).then(() => true, () => false);
       if (copied) return { path: tmp, from: "receiving" };
     }
-    const got = await fetchWal(config, name, tmp, store);
+    const got = await fetchWal(config, name, tmp, store, { durable: false });
     return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
+  }
+  // restore_command asks for one segment at a time; fetching, checking and unpacking the next
+  // ones while the server replays this one keeps the replay from waiting on us. Only sealed
+  // segments are taken ahead: the one being received may still grow.
+  const AHEAD = 2;
+  const ahead = new Map<string, Promise<{ path: string; from: Served["from"] }>>();
+  function prefetchAfter(name: string) {
+    const seg = parseSegment(name, options.segmentBytes);
+    if (!seg) return;
+    for (let i = 1n; i <= BigInt(AHEAD); i++) {
+      const next = segmentName(seg.timeline, seg.segno + i, options.segmentBytes);
+      if (ahead.has(next)) continue;
+      const p = get(next);
+      p.catch(() => {});
+      ahead.set(next, p);
+    }
+  }
+  async function take(name: string): Promise<{ path: string; from: Served["from"] }> {
+    const early = ahead.get(name);
+    ahead.delete(name);
+    const got = early ? await early.catch(() => null) : null;
+    if (got && (got.from === "local" || got.from === "offsite")) return got;
+    if (got) await rm(got.path, { force: true });
+    return get(name);
   }
   const server = Bun.serve({
     unix: options.socket,
@@ -39,10 +62,11 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
       if (!parseSegment(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
       let path = "";
       try {
-        const got = await get(name);
+        const got = await take(name);
         path = got.path;
         const bytes = await Bun.file(path).bytes();
         options.onFile?.({ name, from: got.from });
+        prefetchAfter(name);
         return new Response(bytes);
       } catch (e) {
         const notFound = e instanceof ShinkeiError && (e.code === "NOT_FOUND" || e.code === "USAGE");
@@ -75,11 +99,11 @@ export async function fetchViaSocket(socket: string, name: string, target: strin
     const text = (await res.text()).trim();
     throw new ShinkeiError(res.status === 404 ? "NOT_FOUND" : "BACKUP_CORRUPT", text || `fetching ${name} failed (${res.status})`);
   }
+  // Like cp in restore_command, no fsync: a server that crashes mid-recovery asks for the file again.
   const partial = `${target}.shinkei-fetch`;
   try {
     await Bun.write(partial, await res.arrayBuffer());
     await rename(partial, target);
-    await fsyncDir(dirname(target));
   } finally {
     await rm(partial, { force: true });
   }
