@@ -32,6 +32,7 @@ let scratchRoot: string;
 let env: Record<string, string>;
 /** The moment between the writes and the deletes, and the state the database had then. */
 let noted: string;
+let notedLsn: string;
 let before: TableStats;
 
 const leftovers = async () => (await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-"));
@@ -73,6 +74,7 @@ beforeAll(async () => {
   // Commit timestamps have microseconds; the noted time lies strictly between the writes and the damage.
   await Bun.sleep(300);
   noted = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+  notedLsn = await insertLsn();
   await Bun.sleep(300);
   await sql`delete from notes where id % 2 = 0`;
   await sql`drop table ledger`;
@@ -308,6 +310,24 @@ describe("pitr restore", () => {
       expect(out.walSources.partial).toBeGreaterThanOrEqual(1);
       const got = await statsOf(out.url);
       expect(got.digests).toEqual(before.digests);
+    } finally {
+      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("with a newer base backup, the one ending before the target is used; --to-lsn reaches the same state", async () => {
+    const first = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file;
+    expect((await shinkei(["backup", "base"], env)).code).toBe(0);
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--stop", "--json"], env);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).base).toBe(first);
+    const l = await shinkei(["pitr", "restore", "--to-lsn", notedLsn, "--json"], env);
+    expect(l.code).toBe(0);
+    const out = JSON.parse(l.stdout);
+    try {
+      expect(out.base).toBe(first);
+      expect((await statsOf(out.url)).digests).toEqual(before.digests);
     } finally {
       expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
     }
