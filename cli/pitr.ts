@@ -5,11 +5,18 @@ import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { ShinkeiError } from "../src/errors.ts";
+import { fetchViaSocket } from "../src/pitr/walserve.ts";
+import { removeDayOld } from "../src/pitr/instance.ts";
+import { pitrCleanup, pitrDrill, pitrRestore } from "./pitr-restore.ts";
+import { readPitrDrills } from "../src/pitr/drill.ts";
 
 export const pitrCommand: Command = {
   name: "pitr",
-  summary: "point-in-time recovery: the recoverable window, WAL gaps, receiver lag and slot",
+  summary: "point-in-time recovery: restore to a moment, the recoverable window, WAL gaps, receiver lag and slot",
   help: `Usage: shinkei pitr status [--json]
+       shinkei pitr restore (--to TIME | --to-lsn LSN | --to-name NAME) [--stop | --apply | --into-dir DIR] [--json]
+       shinkei pitr cleanup [--json]
+       shinkei pitr drill [--json]
        shinkei pitr wal-fetch NAME TARGET
 
 Shows what the WAL archive (WAL_ARCHIVE=stream) and the base backups in BACKUP_DIR can recover
@@ -22,19 +29,59 @@ archived WAL file NAME (from BACKUP_DIR, else the off-site copy) to TARGET after
 against its record, and exits 1 when it has no such file; 126 (which makes PostgreSQL abort
 recovery rather than end it early) when the store is out of reach or a file is damaged.
 
+restore recovers a scratch PostgreSQL instance (same major version as the base backup, in a
+temporary folder, on a free 127.0.0.1 port) to TIME: an ISO time with its zone, a local time in
+BACKUP_TIMEZONE ("2026-03-01 17:01:59"), latest, or -5m (before now); or to an LSN or a restore
+point. It starts from the newest base backup that ends before the target (local, else off-site),
+replays the archived WAL through wal-fetch, promotes at the target and reports the last replayed
+commit and LSN. A target outside the recoverable window is refused. By default the instance keeps
+running and its URL is printed, to inspect; then:
+  --stop         stop and remove it
+  --apply        load it into DATABASE_URL's database in one transaction (all or nothing), after a
+                 pre-restore safety backup; asks for the database name, or --yes
+                 --confirm-database NAME without a terminal (--allow-production in production,
+                 --no-safety-backup, --wait for the maintenance lock)
+  --into-dir DIR keep the recovered data directory at DIR (stopped, original settings) to run as
+                 a new server
+
+drill creates a restore point, records every table's count and digest at it, recovers a scratch
+instance to it and compares (what the backup service does on PITR_DRILL_SCHEDULE); the result
+and the measured RTO show in pitr status.
+
+cleanup stops and removes leftover scratch instances (every pitr command removes those older than
+a day).
+
 Options:
   --json       machine-readable output
   -h, --help   show this help`,
-  options: { json: { type: "boolean" } },
-  subcommands: ["status", "wal-fetch"],
-  needsDatabase: (positionals) => positionals[0] !== "wal-fetch",
+  options: {
+    json: { type: "boolean" },
+    to: { type: "string" },
+    "to-lsn": { type: "string" },
+    "to-name": { type: "string" },
+    stop: { type: "boolean" },
+    apply: { type: "boolean" },
+    "into-dir": { type: "string" },
+    yes: { type: "boolean" },
+    "confirm-database": { type: "string" },
+    "allow-production": { type: "boolean" },
+    "no-safety-backup": { type: "boolean" },
+    wait: { type: "boolean" },
+    socket: { type: "string" },
+    watch: { type: "string" },
+  },
+  subcommands: ["status", "wal-fetch", "restore", "cleanup", "drill"],
+  needsDatabase: (positionals) => positionals[0] !== "wal-fetch" && positionals[0] !== "cleanup",
   async run(ctx) {
     const { io, config } = ctx;
     if (ctx.positionals[0] === "wal-fetch") {
       const [, name, target, extra] = ctx.positionals;
       if (!name || !target || extra !== undefined) throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
       try {
-        await fetchWal(config, name, target, walStore(config));
+        // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
+        const socket = ctx.option("socket");
+        if (socket) await fetchViaSocket(socket, name, target);
+        else await fetchWal(config, name, target, walStore(config));
         return 0;
       } catch (e) {
         // PostgreSQL ends recovery at the first file restore_command lacks (exit 1). Anything else (a
@@ -44,9 +91,14 @@ Options:
         return 126;
       }
     }
+    if (ctx.positionals[0] === "cleanup") return pitrCleanup(ctx);
+    await removeDayOld();
+    if (ctx.positionals[0] === "restore") return pitrRestore(ctx);
+    if (ctx.positionals[0] === "drill") return pitrDrill(ctx);
     const s = await pitrStatus(ctx.db, config);
     const problems = pitrProblems(s, config.wal.maxLagMs);
-    if (ctx.flag("json")) return json(io, { ...s, problems }), 0;
+    const lastDrill = (await readPitrDrills(config.backupDir)).at(-1) ?? null;
+    if (ctx.flag("json")) return json(io, { ...s, lastDrill, problems }), 0;
     if (s.archive === "off") warn(io, "WAL_ARCHIVE is off: the service is not streaming WAL (showing what BACKUP_DIR holds)");
     line(io, `window     ${s.window.earliest ? `${s.window.earliest} .. ${s.window.latest} (timeline ${s.window.timeline})` : "none: no base backup with all its WAL yet"}`);
     line(io, `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state})` : "NOT CONNECTED"}, flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`);
@@ -56,6 +108,7 @@ Options:
       line(io, table([["timeline", "first segment", "last segment", "segments", "earliest", "latest"],
         ...s.timelines.map((t) => [t.timeline, t.firstSegment, t.lastSegment, t.segments, t.earliest ?? "-", t.latest ?? "-"])]));
     }
+    line(io, `drill      ${lastDrill ? `${lastDrill.passed ? "passed" : "FAILED"} ${lastDrill.at}, restore point ${lastDrill.restorePoint}${lastDrill.rtoMs !== null ? `, RTO ${formatDuration(lastDrill.rtoMs)}` : ""}${lastDrill.passed ? "" : `: ${lastDrill.differences.join("; ")}`}` : "none yet (shinkei pitr drill)"}`);
     for (const b of s.baseBackups) line(io, `base       ${b.file}  ${b.finishedAt}  ${b.startLsn}..${b.stopLsn}${b.walComplete ? "" : "  (WAL incomplete)"}`);
     for (const g of s.gaps) warn(io, `gap on timeline ${g.timeline}: ${g.from} .. ${g.to} (${g.segments} segment(s))`);
     for (const p of problems) warn(io, p);

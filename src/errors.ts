@@ -45,6 +45,7 @@ const codes = {
   SCHEMA_TOO_NEW: { exit: 1, status: 409 },
   NOT_OURS: { exit: 1, status: 403 },
   UNSAFE_PATH: { exit: 1, status: 500 },
+  DIRECTORY_EXISTS: { exit: 1, status: 409 },
   PRIVILEGE_MISSING: { exit: 1, status: 403 },
   KEY_MISSING: { exit: 1, status: 500 },
   KEY_INVALID: { exit: 1, status: 500 },
@@ -73,6 +74,8 @@ const codes = {
   WAL_RECEIVER_SYNCHRONOUS: { exit: 2, status: 500 },
   UNSUPPORTED_LAYOUT: { exit: 2, status: 500 },
   PITR_AT_RISK: { exit: 1, status: 500 },
+  PITR_OUT_OF_WINDOW: { exit: 1, status: 400 },
+  RECOVERY_FAILED: { exit: 1, status: 500 },
 } as const;
 
 export type ErrorCode = keyof typeof codes;

@@ -19,7 +19,7 @@ import type { BackupStore } from "./backup/stores/store.ts";
 export type Scheduler = { stop(): Promise<void> };
 
 /** The first process to insert the slot's row takes the run; the others see it taken and skip. */
-export async function claim(sql: Sql, slot: Date, kind: "backup" | "drill" | "base"): Promise<boolean> {
+export async function claim(sql: Sql, slot: Date, kind: "backup" | "drill" | "base" | "pitr-drill"): Promise<boolean> {
   const rows = await sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, ${kind}, ${`${hostname()}:${process.pid}`})
     on conflict (scheduled_for, kind) do nothing returning scheduled_for`;
   return rows.length === 1;

@@ -224,6 +224,13 @@ describe("base backups and point-in-time status", () => {
     // The dump checks come first in a healthy run: a dump and a drill.
     expect((await shinkei(["backup"], env)).code).toBe(0);
     expect((await shinkei(["backup", "drill"], env)).code).toBe(0);
+    // With the archive on, a point-in-time recovery drill must have passed too.
+    const undrilled = await shinkei(["backup", "check"], env);
+    expect(undrilled.code).toBe(1);
+    expect(undrilled.stderr).toContain("no point-in-time recovery drill has passed yet");
+    const pitrDrill = await shinkei(["pitr", "drill"], env);
+    expect(pitrDrill.stderr).not.toContain("✖");
+    expect(pitrDrill.code).toBe(0);
     for (let i = 0; i < 3; i++) {
       await sql`insert into notes (body) values (${`n${i}`})`;
       await sql`select pg_switch_wal()`;

@@ -3,11 +3,15 @@ import { line, json } from "../output.ts";
 import { formatBytes, formatDuration } from "../../src/duration.ts";
 import { checkFreshness } from "../../src/backup/freshness.ts";
 import { assertPitrHealthy, pitrStatus } from "../../src/wal/status.ts";
+import { pitrDrillProblem } from "../../src/pitr/drill.ts";
+import { ShinkeiError } from "../../src/errors.ts";
 
 export async function check(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const pitr = config.wal.archive === "stream" ? await pitrStatus(ctx.db, config) : null;
   if (pitr) assertPitrHealthy(pitr, config.wal.maxLagMs);
+  const pitrDrill = await pitrDrillProblem(config);
+  if (pitrDrill) throw new ShinkeiError("PITR_AT_RISK", pitrDrill, { hint: "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base backup)." });
   const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs, config.backup.drillMaxAgeMs, config.backup.age);
   const drillAge = f.drill ? Date.now() - Date.parse(f.drill.at) : null;
   if (ctx.flag("json")) {

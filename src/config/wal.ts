@@ -14,6 +14,7 @@ export const entries = {
   WAL_PARTIAL_UPLOAD_INTERVAL: duration("60s", "1d"),
   BASE_BACKUP_START_FAST: bool(false),
   BASE_BACKUP_SCHEDULE: cron("0 3 * * *", "0 3 * * *"),
+  PITR_DRILL_SCHEDULE: cron("0 4 * * 0", "0 4 * * 0"),
 };
 
 export type WalConfig = {
@@ -26,6 +27,8 @@ export type WalConfig = {
   baseBackupSchedule: string;
   /** Scheduled base backups ask for an immediate checkpoint instead of a spread one. */
   baseBackupStartFast: boolean;
+  /** When the service recovers a scratch instance to a fresh restore point and compares. */
+  pitrDrillSchedule: string;
 };
 
 export function read(r: Values<typeof entries>): { wal: WalConfig } {
@@ -38,6 +41,7 @@ export function read(r: Values<typeof entries>): { wal: WalConfig } {
       partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
       baseBackupSchedule: r.BASE_BACKUP_SCHEDULE,
       baseBackupStartFast: r.BASE_BACKUP_START_FAST,
+      pitrDrillSchedule: r.PITR_DRILL_SCHEDULE,
     },
   };
 }

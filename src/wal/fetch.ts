@@ -31,11 +31,11 @@ function timelineOf(name: string): number | null {
  * the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
  * never existed, such as the next timeline's history.
  */
-export async function fetchWal(config: Config, name: string, target: string, store?: BackupStore): Promise<{ from: "local" | "offsite" | "receiving"; record: WalRecord | null }> {
+export async function fetchWal(config: Config, name: string, target: string, store?: BackupStore, options: FetchOptions = {}): Promise<{ from: "local" | "offsite" | "receiving"; record: WalRecord | null }> {
   const timeline = timelineOf(name);
   if (timeline === null || name.endsWith(".partial")) throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
   try {
-    return await fetchRecorded(config, name, timeline, target, store);
+    return await fetchRecorded(config, name, timeline, target, store, options);
   } catch (e) {
     if (!(e instanceof ShinkeiError) || e.code !== "NOT_FOUND" || parseHistory(name) !== null) throw e;
     // Never finished as a whole segment: the part that was received is the end of the archive.
@@ -44,16 +44,19 @@ export async function fetchWal(config: Config, name: string, target: string, sto
     if (await Bun.file(receiving).exists()) {
       await copyFile(receiving, `${target}.partial`);
       await rename(`${target}.partial`, target);
-      await fsyncDir(dirname(target));
+      if (options.durable !== false) await fsyncDir(dirname(target));
       return { from: "receiving", record: null };
     }
-    return await fetchRecorded(config, `${name}.partial`, timeline, target, store).catch(() => {
+    return await fetchRecorded(config, `${name}.partial`, timeline, target, store, options).catch(() => {
       throw e;
     });
   }
 }
 
-async function fetchRecorded(config: Config, name: string, timeline: number, target: string, store?: BackupStore): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
+/** `durable: false` for a copy that is only passed on (a scratch recovery's): no fsync. */
+export type FetchOptions = { durable?: boolean };
+
+async function fetchRecorded(config: Config, name: string, timeline: number, target: string, store: BackupStore | undefined, options: FetchOptions): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
   const dir = join(walRoot(config.backupDir), timelineDir(timeline));
   let record = await readRecord(join(dir, `${name}.json`), name);
   let stored = record ? join(dir, record.file) : "";
@@ -95,13 +98,13 @@ async function fetchRecorded(config: Config, name: string, timeline: number, tar
           await file.write(c);
         }
       });
-      await file.sync();
+      if (options.durable !== false) await file.sync();
     } finally {
       await file.close();
     }
     if (plain.digest("hex") !== record.originalSha256) throw new ShinkeiError("BACKUP_CORRUPT", `${name} decompressed to something other than what was archived`);
     await rename(partial, target);
-    await fsyncDir(dirname(target));
+    if (options.durable !== false) await fsyncDir(dirname(target));
     return { from, record };
   } finally {
     for (const t of temps) await rm(t, { force: true });

@@ -10,6 +10,7 @@ import { verifyBaseBackup } from "./verify-base.ts";
 import { pruneWalLocal, pruneWalStore } from "./prune.ts";
 import { walStore } from "./offsite.ts";
 import { slotStatus } from "./slot.ts";
+import { startPitrDrills } from "../pitr/drill.ts";
 
 export type WalService = { stop(): Promise<void> };
 
@@ -28,7 +29,7 @@ async function pruneWal(config: Config, log: Log): Promise<void> {
 }
 
 /** One scheduled base backup; like the dump schedule, the first service to claim the slot takes it. */
-export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log: Log }, slot: Date): Promise<void> {
+export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log: Log; afterBaseBackup?: () => Promise<void> }, slot: Date): Promise<void> {
   const { sql, config, log } = deps;
   try {
     if (!(await claim(sql, slot, "base"))) {
@@ -48,6 +49,7 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
     }
     await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
     await pruneWal(config, log);
+    await deps.afterBaseBackup?.();
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "base backup failed", scheduledFor: slot.toISOString(), error });
@@ -84,10 +86,11 @@ export async function startWalService(deps: { sql: Sql; config: Config; log: Log
   const { config, log } = deps;
   const stream = await startWalStream(deps);
   const stopWatching = watchSlot(deps, deps.slotCheckMs ?? 60_000);
+  const drills = startPitrDrills(deps);
   let running: Promise<void> = Promise.resolve();
   const job = new Cron(config.wal.baseBackupSchedule, { timezone: config.backup.timezone, protect: true }, async (self: Cron) => {
     const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
-    running = scheduledBaseBackup(deps, slot);
+    running = scheduledBaseBackup({ ...deps, afterBaseBackup: drills.afterBaseBackup }, slot);
     await running;
   });
   log({ level: "info", msg: "base backup schedule", schedule: config.wal.baseBackupSchedule, timezone: config.backup.timezone, next: job.nextRun()?.toISOString() ?? null });
@@ -96,6 +99,7 @@ export async function startWalService(deps: { sql: Sql; config: Config; log: Log
       job.stop();
       stopWatching();
       await running;
+      await drills.stop();
       await stream.stop();
     },
   };

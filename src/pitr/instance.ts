@@ -1,0 +1,187 @@
+import { existsSync, readFileSync } from "node:fs";
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
+import { ShinkeiError } from "../errors.ts";
+import { binaryVersion } from "../backup/pgtools.ts";
+import { writeFileAtomic } from "../backup/files.ts";
+import { installedBinDirs, runAs } from "../localdb.ts";
+
+/**
+ * A scratch PostgreSQL instance for point-in-time recovery: one temporary folder
+ * `$TMPDIR/shinkei-pitr-XXXXXX/` (owned by the server's OS user) holding the data directory, the
+ * unix sockets, the server log and `instance.json`, the state `pitr cleanup` reads. The live
+ * server's data directory is never involved.
+ */
+export type InstanceState = {
+  pitrInstanceVersion: 1;
+  root: string;
+  dataDir: string;
+  socketDir: string;
+  bin: string;
+  port: number;
+  /** The shinkei process building it: while it lives, the instance is in use. */
+  ownerPid: number;
+  createdAt: string;
+  /** Kept running on purpose (restore without --stop): a watchdog leaves it alone. */
+  keep: boolean;
+  url?: string;
+  target?: string;
+};
+
+export const INSTANCE_PREFIX = "shinkei-pitr-instance-";
+const STATE = "instance.json";
+const DAY_MS = 86_400_000;
+
+export const instanceRoot = () => tmpdir();
+
+export async function writeState(s: InstanceState): Promise<void> {
+  await writeFileAtomic(join(s.root, STATE), JSON.stringify(s, null, 2) + "\n");
+}
+
+function readState(root: string): InstanceState | null {
+  try {
+    const s = JSON.parse(readFileSync(join(root, STATE), "utf8")) as InstanceState;
+    // Only a folder of ours, naming paths inside itself, is ever stopped or removed.
+    const ok = s?.pitrInstanceVersion === 1 && s.root === root && dirname(s.dataDir) === root && Number.isInteger(s.port) && Number.isInteger(s.ownerPid);
+    return ok ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The folder of PostgreSQL server programs of exactly `major`: recovery needs the same major as the backup. */
+export async function serverBinaries(major: number): Promise<string> {
+  const dirs = [...installedBinDirs(["pg_ctl", "postgres"])];
+  const onPath = Bun.which("pg_ctl");
+  if (onPath) dirs.unshift(dirname(onPath));
+  const seen: string[] = [];
+  for (const dir of new Set(dirs)) {
+    if (!existsSync(join(dir, "postgres"))) continue;
+    const v = await binaryVersion(join(dir, "pg_ctl")).catch(() => null);
+    if (v?.major === major) return dir;
+    if (v) seen.push(String(v.major));
+  }
+  throw new ShinkeiError("PG_TOOL_MISSING", `the base backup is from PostgreSQL ${major}, and its server programs (postgres, pg_ctl) are not installed${seen.length ? ` (found PostgreSQL ${[...new Set(seen)].join(", ")})` : ""}`, {
+    hint: `Install the PostgreSQL ${major} server (e.g. apt install postgresql-${major}); recovery needs the same major version as the backup.`,
+  });
+}
+
+/** A new empty instance folder, owned by the server's OS user (PostgreSQL refuses to run as root). */
+export async function createInstanceFolder(): Promise<{ root: string; dataDir: string; socketDir: string; as: Awaited<ReturnType<typeof runAs>> }> {
+  const as = await runAs();
+  const root = await mkdtemp(join(instanceRoot(), INSTANCE_PREFIX));
+  await chmod(root, 0o700);
+  const dataDir = join(root, "data");
+  const socketDir = join(root, "sockets");
+  await mkdir(dataDir, { mode: 0o700 });
+  await mkdir(socketDir, { mode: 0o700 });
+  if (as.uid !== undefined) for (const p of [root, dataDir, socketDir]) await chown(p, as.uid, as.gid!);
+  return { root, dataDir, socketDir, as };
+}
+
+export async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
+  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, output: `${out}${err}`.trim() };
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+};
+
+/** The postmaster's pid, when one runs on this data directory. */
+function postmasterPid(dataDir: string): number | null {
+  try {
+    const pid = Number(readFileSync(join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
+    return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Stop the instance's server (immediately: it is scratch) and delete its folder. */
+export async function removeInstance(s: Pick<InstanceState, "root" | "dataDir" | "bin">): Promise<void> {
+  if (postmasterPid(s.dataDir)) {
+    const as = await runAs();
+    const r = await exec([...as.prefix, join(s.bin, "pg_ctl"), "-D", s.dataDir, "stop", "-m", "immediate", "-w", "-t", "30"]);
+    const pid = postmasterPid(s.dataDir);
+    if (r.code !== 0 && pid) process.kill(pid, "SIGKILL");
+  }
+  await rm(s.root, { recursive: true, force: true });
+}
+
+export type Leftover = InstanceState & { running: boolean; inUse: boolean; ageMs: number };
+
+/** Every scratch instance folder of ours under the temporary folder, with whether its server runs. */
+export async function listInstances(): Promise<Leftover[]> {
+  const out: Leftover[] = [];
+  for (const n of (await readdir(instanceRoot()).catch(() => [] as string[])).filter((n) => n.startsWith(INSTANCE_PREFIX))) {
+    const root = join(instanceRoot(), n);
+    const s = readState(root);
+    if (!s) continue;
+    const created = Date.parse(s.createdAt);
+    out.push({ ...s, running: postmasterPid(s.dataDir) !== null, inUse: s.ownerPid !== process.pid && alive(s.ownerPid) && !s.keep, ageMs: Date.now() - (Number.isNaN(created) ? 0 : created) });
+  }
+  return out;
+}
+
+/**
+ * Remove leftover instances: all of them not being built right now (`pitr cleanup`), or only those
+ * older than a day (what every pitr command does first).
+ */
+export async function cleanupInstances(options: { olderThanMs?: number } = {}): Promise<Leftover[]> {
+  const removed: Leftover[] = [];
+  for (const i of await listInstances()) {
+    if (i.inUse) continue;
+    if (options.olderThanMs !== undefined && i.ageMs < options.olderThanMs) continue;
+    await removeInstance(i);
+    removed.push(i);
+  }
+  return removed;
+}
+
+export const removeDayOld = () => cleanupInstances({ olderThanMs: DAY_MS });
+
+/**
+ * The command that runs this shinkei again: the compiled binary itself, or, from source, bun with
+ * the CLI's entry file (whatever script or test loaded this module).
+ */
+export function selfCommand(): string[] {
+  const exe = process.execPath;
+  if (/^bun(-debug)?(\.exe)?$/.test(basename(exe))) return [exe, join(import.meta.dir, "..", "..", "cli", "main.ts")];
+  return [exe];
+}
+
+/**
+ * A detached watchdog (`shinkei pitr cleanup --watch PID DIR`): when the shinkei process that
+ * builds an instance dies without cleaning up (SIGKILL included), it stops the server and removes
+ * the folder, unless the instance was handed over (`keep`).
+ */
+export function startWatchdog(root: string): void {
+  const [cmd, ...args] = selfCommand();
+  const child = spawn(cmd!, [...args, "pitr", "cleanup", "--watch", String(process.pid), root], { detached: true, stdio: "ignore", env: process.env });
+  child.unref();
+}
+
+export async function watch(ownerPid: number, root: string): Promise<void> {
+  if (!basename(root).startsWith(INSTANCE_PREFIX) || dirname(root) !== instanceRoot()) {
+    throw new ShinkeiError("USAGE", `${root} is not a scratch instance folder`);
+  }
+  for (;;) {
+    if (!(await stat(root).catch(() => null))) return;
+    const s = readState(root);
+    if (s?.keep) return;
+    if (!alive(ownerPid)) {
+      await removeInstance(s ?? { root, dataDir: join(root, "data"), bin: "" });
+      return;
+    }
+    await Bun.sleep(500);
+  }
+}

@@ -1,0 +1,269 @@
+import { createReadStream } from "node:fs";
+import { appendFile, chown, copyFile, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import postgres from "postgres";
+import type { Config } from "../config.ts";
+import { connect, describeTarget, type Sql } from "../db.ts";
+import { ShinkeiError } from "../errors.ts";
+import { pump } from "../backup/pgtools.ts";
+import { unsealFrom } from "../backup/seal.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
+import { freePort } from "../localdb.ts";
+import { createInstanceFolder, exec, removeDayOld, removeInstance, selfCommand, serverBinaries, startWatchdog, writeState, type InstanceState } from "./instance.ts";
+import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
+import { chooseBase, recoverySources, type Window } from "./window.ts";
+import { serveWal, type Served } from "./walserve.ts";
+
+export type Reached = {
+  /** The last WAL position replayed, and the commit time of the last transaction replayed. */
+  lsn: string | null;
+  commitTime: string | null;
+  /** Target minus the last replayed commit (time targets only). */
+  distanceMs: number | null;
+  /** The server log's own line on where it stopped, when it wrote one. */
+  stopped: string | null;
+};
+
+export type Recovery = {
+  instance: InstanceState;
+  /** postgres://USER:PASSWORD@127.0.0.1:PORT/DATABASE of the scratch instance (null with intoDir). */
+  url: string | null;
+  base: string;
+  window: Window;
+  target: string;
+  reached: Reached;
+  /** No commit after a time target in the archive: all of it was replayed (the same state). */
+  replayedAll: boolean;
+  walFiles: Served[];
+  durationMs: number;
+  stop(): Promise<void>;
+};
+
+export type RecoverOptions = {
+  config: Config;
+  target: RecoveryTarget;
+  store?: BackupStore;
+  /** Leave the instance running for the operator (a watchdog removes it otherwise when we die). */
+  keep: boolean;
+  /** Stop after recovery and move the data directory here, settings restored, for a new server. */
+  intoDir?: string;
+  onStep?: (message: string) => void;
+};
+
+const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
+const quoteConf = (s: string) => `'${s.replace(/'/g, "''")}'`;
+const quoteShell = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+async function sha256File(path: string): Promise<string> {
+  const h = new Bun.CryptoHasher("sha256");
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest("hex");
+}
+
+async function logTail(path: string, lines = 12): Promise<string> {
+  return (await readFile(path, "utf8").catch(() => "")).trim().split("\n").slice(-lines).join("\n");
+}
+
+/**
+ * Recover a scratch instance to `target`: the newest base backup that ends before it (local, else
+ * off-site; SHA-256 checked) unpacked into a new temporary folder, PostgreSQL's own recovery with
+ * restore_command pointing at shinkei, promoted at the target, on a free loopback port. Whatever
+ * fails, or if this process is killed, the instance and its folder are removed.
+ */
+export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
+  try {
+    return await recoverOnce(options, options.target);
+  } catch (e) {
+    // PostgreSQL stops at a time target only on a commit after it; with none in the archive it
+    // refuses to end recovery. The target lies inside the window, so nothing committed between the
+    // last commit and the target: all of the archive is exactly the state at the target.
+    if (options.target.kind !== "time" || !(e instanceof ShinkeiError && e.details?.endedEarly)) throw e;
+    options.onStep?.("the archive holds no commit after the target: recovering all of it, which is the state at the target");
+    return recoverOnce({ ...options, target: { kind: "latest" } }, options.target);
+  }
+}
+
+const endedEarly = (log: string) => /before configured recovery target was reached/.test(log);
+
+async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Promise<Recovery> {
+  const { config, store } = options;
+  const target = asked;
+  const step = options.onStep ?? (() => {});
+  const started = performance.now();
+  if (options.intoDir && (await stat(options.intoDir).catch(() => null))) {
+    throw new ShinkeiError("DIRECTORY_EXISTS", `${options.intoDir} already exists; --into-dir makes a new folder and never overwrites one`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });
+  }
+  await removeDayOld();
+  const folder = await createInstanceFolder();
+  const { root, dataDir, socketDir, as } = folder;
+  const scratch = join(root, "work");
+  await mkdir(scratch, { mode: 0o700 });
+  const instance: InstanceState = {
+    pitrInstanceVersion: 1, root, dataDir, socketDir, bin: "", port: 0, ownerPid: process.pid,
+    createdAt: new Date().toISOString(), keep: false, target: describeTargetOf(target),
+  };
+  await writeState(instance);
+  startWatchdog(root);
+  let server: ReturnType<typeof serveWal> | undefined;
+  let sql: Sql | undefined;
+  try {
+    const { window, bases } = await recoverySources(config.backupDir, store, scratch);
+    const base = chooseBase(target, window, bases);
+    const m = base.manifest;
+
+    let path = base.localPath;
+    if (!path) {
+      step(`downloading base backup ${m.file} from ${store!.location}`);
+      path = join(scratch, m.file);
+      await store!.get(m.file, path);
+    }
+    // The SHA-256 is read alongside the unpacking (the file is read twice, in parallel): a
+    // mismatch throws the scratch copy away before anything starts on it.
+    step(`unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`);
+    const tar = Bun.spawn([...as.prefix, "tar", "-x", "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+    const tarErr = new Response(tar.stderr).text();
+    const hashing = sha256File(path);
+    hashing.catch(() => {});
+    let unpackError: unknown = null;
+    try {
+      await pump(await unsealFrom(path, { encryption: m.encryption, age: config.backup.age, name: m.file }) as AsyncIterable<Uint8Array>, tar.stdin);
+    } catch (e) {
+      unpackError = e;
+    } finally {
+      await Promise.resolve(tar.stdin.end()).catch(() => {});
+    }
+    const sha = await hashing;
+    if (sha !== m.sha256) throw new ShinkeiError("BACKUP_CORRUPT", `${m.file} does not match its manifest (SHA-256 ${sha.slice(0, 12)}…, expected ${m.sha256.slice(0, 12)}…)`);
+    if (unpackError) throw unpackError;
+    if ((await tar.exited) !== 0) throw new ShinkeiError("BACKUP_CORRUPT", `unpacking ${m.file} failed: ${(await tarErr).trim()}`);
+    if (!base.localPath) await Bun.file(path).delete();
+
+    const major = Number((await readFile(join(dataDir, "PG_VERSION"), "utf8")).trim());
+    instance.bin = await serverBinaries(major);
+    instance.port = await freePort();
+    await writeState(instance);
+
+    // What the instance needs to recover, and nothing the live server's settings would add:
+    // loopback only, no archiving or replication of its own, our pg_hba.
+    const socket = join(socketDir, "wal.sock");
+    const restoreCommand = [...selfCommand().map(quoteShell), "pitr", "wal-fetch", "--socket", quoteShell(socket), "%f", "%p"].join(" ");
+    const settings: Record<string, string> = {
+      restore_command: restoreCommand,
+      ...recoverySettings(options.target),
+      recovery_target_timeline: "latest",
+      recovery_target_action: "promote",
+      listen_addresses: "127.0.0.1",
+      port: String(instance.port),
+      unix_socket_directories: socketDir,
+      archive_mode: "off",
+      hot_standby: "on",
+      primary_conninfo: "",
+      primary_slot_name: "",
+      synchronous_standby_names: "",
+      logging_collector: "off",
+    };
+    await appendFile(join(dataDir, "postgresql.auto.conf"), `\n${MARK}\n${Object.entries(settings).map(([k, v]) => `${k} = ${quoteConf(v)}`).join("\n")}\n`);
+    await copyFile(join(dataDir, "pg_hba.conf"), join(dataDir, "pg_hba.conf.before-recovery")).catch(() => {});
+    await writeFile(join(dataDir, "pg_hba.conf"), "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n");
+    await writeFile(join(dataDir, "recovery.signal"), "");
+    if (as.uid !== undefined) {
+      for (const f of ["postgresql.auto.conf", "pg_hba.conf", "pg_hba.conf.before-recovery", "recovery.signal"]) await chown(join(dataDir, f), as.uid, as.gid!).catch(() => {});
+    }
+
+    const served: Served[] = [];
+    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, onFile: (f) => served.push(f) });
+    await server.ready();
+
+    step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
+    const log = join(root, "server.log");
+    const start = await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", log]);
+    if (start.code !== 0) {
+      const tail = await logTail(log, 60);
+      throw new ShinkeiError(endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `the scratch instance did not start: ${tail.split("\n").slice(-12).join("\n")}`, {
+        hint: "Nothing was changed; the scratch instance was removed.",
+        details: { endedEarly: endedEarly(tail) },
+      });
+    }
+
+    const who = describeTarget(config.databaseUrl);
+    sql = postgres({ path: join(socketDir, `.s.PGSQL.${instance.port}`), user: who.user, database: who.database, max: 1, onnotice: () => {}, connect_timeout: 5 });
+    let lastReport = 0;
+    for (;;) {
+      const row = await sql<{ r: boolean; lsn: string | null }[]>`select pg_is_in_recovery() as r, pg_last_wal_replay_lsn()::text as lsn`.catch(() => null);
+      if (row && !row[0]!.r) break;
+      if (!row) {
+        const alive = (await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "status"])).code === 0;
+        if (!alive) {
+          const tail = await logTail(log, 60);
+          throw new ShinkeiError(endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `recovery stopped before reaching ${describeTargetOf(target)}: ${tail.split("\n").filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l)).slice(-4).join(" | ") || tail}`, {
+            hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
+            details: { endedEarly: endedEarly(tail) },
+          });
+        }
+      }
+      if (Date.now() - lastReport > 5000) {
+        if (lastReport) step(`replaying: at ${row?.[0]!.lsn ?? "?"}, ${served.length} WAL file(s) fetched`);
+        lastReport = Date.now();
+      }
+      await Bun.sleep(100);
+    }
+
+    const [r] = await sql<{ lsn: string | null; at: Date | null }[]>`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
+    const text = await readFile(log, "utf8").catch(() => "");
+    const stopped = /recovery stopping (?:before|after) [^\n]*/.exec(text)?.[0] ?? null;
+    const reached: Reached = {
+      lsn: r!.lsn,
+      commitTime: r!.at ? r!.at.toISOString() : null,
+      distanceMs: target.kind === "time" && r!.at ? target.at.getTime() - r!.at.getTime() : null,
+      stopped,
+    };
+
+    let url: string | null = null;
+    if (options.intoDir) {
+      await sql.end({ timeout: 2 });
+      sql = undefined;
+      await handOver(instance, options.intoDir, as.prefix);
+      await removeInstance(instance);
+    } else {
+      // Loopback with a password of its own: other local users cannot read the recovered data.
+      const password = Buffer.from(crypto.getRandomValues(new Uint8Array(18))).toString("base64url");
+      await sql.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
+      url = `postgres://${encodeURIComponent(who.user)}:${password}@127.0.0.1:${instance.port}/${encodeURIComponent(who.database)}`;
+    }
+    server.stop();
+    server = undefined;
+    instance.url = url ?? undefined;
+    instance.keep = options.keep && !options.intoDir;
+    if (!options.intoDir) await writeState(instance);
+    return {
+      instance, url, base: m.file, window: window!, target: describeTargetOf(target), reached, replayedAll: asked.kind === "time" && options.target.kind === "latest", walFiles: served,
+      durationMs: Math.round(performance.now() - started),
+      stop: () => removeInstance(instance),
+    };
+  } catch (e) {
+    server?.stop();
+    await removeInstance(instance).catch(() => {});
+    throw e;
+  } finally {
+    await sql?.end({ timeout: 2 }).catch(() => {});
+  }
+}
+
+/** Stop the recovered server, undo our settings (keeping the recovered state), move it to `dir`. */
+async function handOver(instance: InstanceState, dir: string, prefix: string[]): Promise<void> {
+  const { dataDir, bin } = instance;
+  const stop = await exec([...prefix, join(bin, "pg_ctl"), "-D", dataDir, "stop", "-m", "fast", "-w", "-t", "120"]);
+  if (stop.code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `stopping the recovered instance failed: ${stop.output}`);
+  const auto = join(dataDir, "postgresql.auto.conf");
+  const conf = await readFile(auto, "utf8");
+  await writeFile(auto, conf.slice(0, conf.indexOf(`\n${MARK}`) >= 0 ? conf.indexOf(`\n${MARK}`) : conf.length) + "\n");
+  await rename(join(dataDir, "pg_hba.conf.before-recovery"), join(dataDir, "pg_hba.conf")).catch(() => {});
+  const mv = await exec(["mv", "-T", "--no-clobber", dataDir, dir]);
+  if (mv.code !== 0 || (await Bun.file(join(dataDir, "PG_VERSION")).exists())) {
+    throw new ShinkeiError("RECOVERY_FAILED", `moving the recovered data directory to ${dir} failed: ${mv.output || "the target exists"}`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });
+  }
+}
+
+/** The scratch instance as a pool (the operator's view: what `shinkei status` would show). */
+export const connectRecovered = (url: string): Sql => connect(url, { max: 2 });

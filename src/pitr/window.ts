@@ -1,0 +1,86 @@
+import { join } from "node:path";
+import { ShinkeiError } from "../errors.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
+import { archiveWindow } from "../wal/status.ts";
+import { BASE_MANIFEST_SUFFIX, isBaseName, listBaseBackups, type BaseManifest } from "../wal/base.ts";
+import { parseLsn, parseSegment } from "../wal/segments.ts";
+import type { RecoveryTarget } from "./target.ts";
+
+export type Window = { earliest: string; latest: string; timeline: number | null; source: "local" | "offsite" };
+export type BaseChoice = { manifest: BaseManifest; localPath: string | null };
+
+/**
+ * The off-site window, from names and object times alone (records are not fetched one by one):
+ * from the oldest base backup to the newest segment reachable without a gap from the newest one.
+ */
+async function offsiteWindow(store: BackupStore, scratch: string): Promise<{ window: Window | null; bases: BaseManifest[] }> {
+  const objects = await store.list();
+  const bases: BaseManifest[] = [];
+  for (const o of objects.filter((o) => o.name.endsWith(BASE_MANIFEST_SUFFIX) && isBaseName(o.name.slice(0, -BASE_MANIFEST_SUFFIX.length)))) {
+    const local = join(scratch, o.name);
+    await store.get(o.name, local);
+    const m = (await Bun.file(local).json().catch(() => null)) as BaseManifest | null;
+    if (m?.baseManifestVersion === 1 && m.file === o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) && objects.some((x) => x.name === m.file)) bases.push(m);
+  }
+  bases.sort((a, b) => a.finishedAt.localeCompare(b.finishedAt));
+  const newest = bases.at(-1);
+  if (!newest) return { window: null, bases };
+  const seg = newest.segmentBytes;
+  const held = new Map<bigint, Date>();
+  for (const o of objects) {
+    const m = /^([0-9A-F]{24})(\.partial)?\.json$/.exec(o.name);
+    const s = m ? parseSegment(m[1]!, seg) : null;
+    if (s && s.timeline === newest.timeline) held.set(s.segno, o.modifiedAt);
+  }
+  let s = parseSegment(newest.startSegment, seg)!.segno;
+  if (!held.has(s)) return { window: null, bases };
+  while (held.has(s + 1n)) s++;
+  return { window: { earliest: bases[0]!.finishedAt, latest: held.get(s)!.toISOString(), timeline: newest.timeline, source: "offsite" }, bases };
+}
+
+/** The recoverable window and the base backups to start from: the local archive, else the off-site copy. */
+export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string): Promise<{ window: Window | null; bases: BaseChoice[] }> {
+  const local = await archiveWindow(backupDir);
+  const localBases = await listBaseBackups(backupDir);
+  const bases: BaseChoice[] = localBases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
+  let window: Window | null = local.window.earliest && local.window.latest
+    ? { earliest: local.window.earliest, latest: local.window.latest, timeline: local.window.timeline, source: "local" }
+    : null;
+  if (store) {
+    const off = await offsiteWindow(store, scratch);
+    for (const m of off.bases) if (!bases.some((b) => b.manifest.file === m.file)) bases.push({ manifest: m, localPath: null });
+    if (!window) window = off.window;
+  }
+  bases.sort((a, b) => a.manifest.finishedAt.localeCompare(b.manifest.finishedAt));
+  return { window, bases };
+}
+
+export const describeWindow = (w: Window | null) => (w ? `${w.earliest} .. ${w.latest}${w.source === "offsite" ? " (off-site copy)" : ""}` : "none");
+
+/** Refuse a target the archive cannot reach, naming the window; then the newest base backup that ends before it. */
+export function chooseBase(target: RecoveryTarget, window: Window | null, bases: BaseChoice[]): BaseChoice {
+  if (!window || bases.length === 0) {
+    throw new ShinkeiError("PITR_OUT_OF_WINDOW", "there is nothing to recover from: no base backup with its WAL in the archive", {
+      hint: "Take one with shinkei backup base (the backup service takes them on BASE_BACKUP_SCHEDULE); see shinkei pitr status.",
+    });
+  }
+  if (target.kind === "time") {
+    const at = target.at.getTime();
+    if (at < Date.parse(window.earliest) || at > Date.parse(window.latest)) {
+      throw new ShinkeiError("PITR_OUT_OF_WINDOW", `${target.at.toISOString()} is ${at < Date.parse(window.earliest) ? "before" : "after"} the recoverable window ${describeWindow(window)}`, {
+        hint: "Choose a moment inside the window (shinkei pitr status shows it); nothing was changed.",
+        details: { window },
+      });
+    }
+    return bases.filter((b) => Date.parse(b.manifest.finishedAt) <= at).at(-1)!;
+  }
+  if (target.kind === "lsn") {
+    const lsn = parseLsn(target.lsn);
+    const fit = bases.filter((b) => parseLsn(b.manifest.stopLsn) <= lsn).at(-1);
+    if (!fit) {
+      throw new ShinkeiError("PITR_OUT_OF_WINDOW", `${target.lsn} is before the end of the oldest base backup (${bases[0]!.manifest.stopLsn}); the recoverable window is ${describeWindow(window)}`, { details: { window } });
+    }
+    return fit;
+  }
+  return bases.at(-1)!;
+}

@@ -1,0 +1,448 @@
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { chmod, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
+import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { until } from "./support/wait.ts";
+import { binaryPath, shinkei } from "./support/cli.ts";
+import { Service } from "./support/process.ts";
+import { TestS3 } from "./support/s3.ts";
+import { connect, type Sql } from "../src/db.ts";
+import { writeIdentity } from "../src/backup/crypt.ts";
+import { tableStats, type TableStats } from "../src/backup/digest.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { walStore } from "../src/wal/offsite.ts";
+import { loadConfig } from "../src/config.ts";
+import { pitrDrillProblem, readPitrDrills, startPitrDrills } from "../src/pitr/drill.ts";
+import { sealTo, unsealFrom } from "../src/backup/seal.ts";
+import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
+import { Readable } from "node:stream";
+
+// Real clusters, real WAL, real recoveries through the compiled binary: each one takes seconds.
+setDefaultTimeout(120_000);
+
+let cluster: TestCluster;
+let sql: Sql;
+let s3: TestS3;
+let service: Service | undefined;
+let dir: string;
+let key: string;
+/** Where scratch instances go (TMPDIR of every shinkei run here): empty after every test. */
+let scratchRoot: string;
+let env: Record<string, string>;
+/** The moment between the writes and the deletes, and the state the database had then. */
+let noted: string;
+let notedLsn: string;
+let before: TableStats;
+
+const leftovers = async () => (await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-"));
+const flushed = async (lsn: string) =>
+  until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+const insertLsn = async () => (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  s3 = await TestS3.start();
+  dir = await tempDir("pitr-restore");
+  scratchRoot = await tempDir("pitr-scratch");
+  // Like /tmp: the server's OS user must be able to reach its folder inside.
+  await chmod(scratchRoot, 0o755);
+  key = join(await tempDir("pitr-key"), "k");
+  const recipient = await writeIdentity(key);
+  env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    BACKUP_SCHEDULE: "0 0 1 1 *",
+    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+    BACKUP_AGE_RECIPIENTS: recipient,
+    BACKUP_AGE_IDENTITY: key,
+    WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
+    TMPDIR: scratchRoot,
+    ...s3.env("pitr/"),
+  };
+  service = await Service.start(["backup-service"], { ...env, BACKUP_AGE_IDENTITY: "" });
+  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  sql = connect(cluster.url("shinkei"), { max: 2 });
+  expect((await shinkei(["backup", "base"], env)).code).toBe(0);
+
+  await sql`create table notes (id serial primary key, body text not null)`;
+  await sql`create table ledger (id serial primary key, amount int not null)`;
+  await sql`insert into notes (body) select 'note ' || i from generate_series(1, 50) i`;
+  await sql`insert into ledger (amount) select i * 7 from generate_series(1, 20) i`;
+  before = await sql.begin((tx) => tableStats(tx));
+  // Commit timestamps have microseconds; the noted time lies strictly between the writes and the damage.
+  await Bun.sleep(300);
+  noted = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+  notedLsn = await insertLsn();
+  await Bun.sleep(300);
+  await sql`delete from notes where id % 2 = 0`;
+  await sql`drop table ledger`;
+  await sql`insert into notes (body) values ('written after the damage')`;
+  await flushed(await insertLsn());
+});
+afterAll(async () => {
+  service?.proc.kill("SIGKILL");
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
+  await s3?.stop();
+  await rm(scratchRoot, { recursive: true, force: true });
+});
+
+async function statsOf(url: string): Promise<TableStats> {
+  const r = connect(url, { max: 1 });
+  try {
+    return await r.begin((tx) => tableStats(tx));
+  } finally {
+    await r.end({ timeout: 1 });
+  }
+}
+
+describe("pitr restore", () => {
+  test("to the noted time: a scratch instance holds exactly the rows and the dropped table as they were, replayed from the segment still being received", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], env);
+    expect(r.stderr).toContain("replaying WAL to");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    try {
+      expect(out.url).toMatch(/^postgres:\/\/postgres:[^@]+@127\.0\.0\.1:\d+\/shinkei$/);
+      const got = await statsOf(out.url);
+      expect(got.counts).toEqual(before.counts);
+      expect(got.digests).toEqual(before.digests);
+      // The last replayed commit is the one before the target: the writes, not the delete.
+      expect(Date.parse(out.reached.commitTime)).toBeLessThan(Date.parse(noted));
+      expect(out.reached.distanceMs).toBeGreaterThan(200);
+      expect(out.reached.distanceMs).toBeLessThan(5_000);
+      expect(out.reached.lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+      expect(out.reached.stopped).toContain("recovery stopping before commit");
+      // Nothing was switched: the writes live only in the segment pg_receivewal is still writing.
+      expect(out.walSources.receiving).toBeGreaterThanOrEqual(1);
+      expect(out.counts.users).toBe(0);
+      // The instance is kept, listed and removed by pitr cleanup.
+      expect(await leftovers()).toHaveLength(1);
+    } finally {
+      const c = await shinkei(["pitr", "cleanup"], env);
+      expect(c.code).toBe(0);
+      expect(c.stdout).toContain("removed");
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("to latest: the damage is there too", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.counts).toBeDefined();
+    expect(Date.parse(out.reached.commitTime)).toBeGreaterThan(Date.parse(noted));
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("a target after the last commit (nothing happened since): the whole archive is replayed, which is that state", async () => {
+    // WAL without a commit: the window reaches past the target, no commit follows it.
+    await sql`select pg_logical_emit_message(false, 'shinkei-test', 'quiet')`;
+    await Bun.sleep(300);
+    const quiet = new Date().toISOString();
+    await Bun.sleep(300);
+    await sql`select pg_logical_emit_message(false, 'shinkei-test', 'still quiet')`;
+    await flushed(await insertLsn());
+    const r = await shinkei(["pitr", "restore", "--to", quiet, "--json"], env);
+    expect(r.stderr).toContain("the archive holds no commit after the target");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    try {
+      expect(out.replayedAll).toBe(true);
+      expect(Date.parse(out.reached.commitTime)).toBeLessThan(Date.parse(quiet));
+      expect(out.reached.distanceMs).toBeGreaterThan(0);
+      const got = await statsOf(out.url);
+      expect(got.digests).toEqual((await sql.begin((tx) => tableStats(tx))).digests);
+    } finally {
+      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("for a person: each step on stderr, what was reached, the counts, the URL and what to do next", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted], env);
+    try {
+      expect(r.code).toBe(0);
+      for (const step of ["unpacking base backup", "checking its SHA-256", "starting PostgreSQL", "replaying WAL to"]) expect(r.stderr).toContain(step);
+      expect(r.stdout).toMatch(/^reached    LSN [0-9A-F]+\/[0-9A-F]+, last replayed commit \S+, [\d.]+m?s before the target$/m);
+      expect(r.stdout).toMatch(/^stopped    recovery stopping before commit of transaction \d+, time /m);
+      expect(r.stdout).toMatch(/^users\s+0$/m);
+      expect(r.stdout).toMatch(/^running    postgres:\/\/postgres:\S+@127\.0\.0\.1:\d+\/shinkei$/m);
+      expect(r.stdout).toContain(`shinkei pitr restore --to "${noted}" --apply`);
+    } finally {
+      const c = await shinkei(["pitr", "cleanup", "--json"], env);
+      expect(JSON.parse(c.stdout).removed).toHaveLength(1);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("targets before and after the window are refused, naming it; nothing is started", async () => {
+    const early = await shinkei(["pitr", "restore", "--to", "2001-02-03T04:05:06Z"], env);
+    expect(early.code).toBe(1);
+    expect(early.stderr).toMatch(/2001-02-03T04:05:06\.000Z is before the recoverable window \d{4}-\d\d-\d\dT[\d:.]+Z \.\. \d{4}/);
+    const late = await shinkei(["pitr", "restore", "--to", new Date(Date.now() + 3_600_000).toISOString()], env);
+    expect(late.code).toBe(1);
+    expect(late.stderr).toContain("is after the recoverable window");
+    const bad = await shinkei(["pitr", "restore", "--to", "yesterday-ish"], env);
+    expect(bad.code).toBe(2);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("every pitr command removes instances older than a day; a fresh one stays, and a folder whose state names another place is never touched", async () => {
+    const fake = async (name: string, createdAt: Date, root?: string) => {
+      const dir2 = join(scratchRoot, name);
+      await mkdir(join(dir2, "data"), { recursive: true });
+      await Bun.write(join(dir2, "instance.json"), JSON.stringify({
+        pitrInstanceVersion: 1, root: root ?? dir2, dataDir: join(root ?? dir2, "data"), socketDir: join(dir2, "sockets"), bin: "", port: 1,
+        ownerPid: 999_999_999, createdAt: createdAt.toISOString(), keep: true,
+      }));
+      return dir2;
+    };
+    const old = await fake("shinkei-pitr-instance-old111", new Date(Date.now() - 2 * 86_400_000));
+    const fresh = await fake("shinkei-pitr-instance-new111", new Date());
+    const victim = await tempDir("pitr-not-ours");
+    const hostile = await fake("shinkei-pitr-instance-bad111", new Date(Date.now() - 2 * 86_400_000), victim);
+    const r = await shinkei(["pitr", "restore", "--to", "not-a-time"], env);
+    expect(r.code).toBe(2);
+    expect(await Bun.file(join(old, "instance.json")).exists()).toBe(false);
+    expect(await Bun.file(join(fresh, "instance.json")).exists()).toBe(true);
+    expect(await Bun.file(join(hostile, "instance.json")).exists()).toBe(true);
+    expect((await stat(victim)).isDirectory()).toBe(true);
+    const c = await shinkei(["pitr", "cleanup", "--json"], env);
+    expect(JSON.parse(c.stdout).removed.map((x: { root: string }) => x.root)).toEqual([fresh]);
+    await rm(hostile, { recursive: true });
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("--apply with a wrong confirmation changes nothing and starts nothing", async () => {
+    const now = await sql.begin((tx) => tableStats(tx));
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei_prod"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('does not name the target database "shinkei"');
+    expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("--apply SIGKILLed during the load changes nothing, and its scratch instance goes away", async () => {
+    const now = await sql.begin((tx) => tableStats(tx));
+    // pg_dump of the scratch instance (not of the live server) lingers after its output, so the kill lands before COMMIT.
+    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@"; sleep 30`);
+    const p = Bun.spawn([binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], {
+      env: { ...env, PATH: pathWith(wrap), HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe",
+    });
+    let err = "";
+    (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
+    await until("the load to start", async () => err.includes("loading the recovered state"), 90_000);
+    await until("psql to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei' and datname = 'shinkei' and state like 'idle in transaction%'`).length > 0, 30_000);
+    p.kill("SIGKILL");
+    await p.exited;
+    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei' and datname = 'shinkei'`).length === 0);
+    expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
+    await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
+  });
+
+  test("--apply: the live database gets exactly the recovered state, after a safety backup", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("every table's count and content digest match the recovered instance");
+    const safety = /safety backup\s+(\S+)/.exec(r.stdout)![1]!;
+    expect(await Bun.file(safety).exists()).toBe(true);
+    const now = await sql.begin((tx) => tableStats(tx));
+    expect(now.counts).toEqual(before.counts);
+    expect(now.digests).toEqual(before.digests);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("--into-dir: the recovered data directory, stopped, with its own settings back, starts as a server of its own", async () => {
+    const parent = await tempDir("pitr-into");
+    await chmod(parent, 0o755);
+    const target = join(parent, "recovered");
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--into-dir", target], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`pg_ctl -D ${target}`);
+    expect(await leftovers()).toEqual([]);
+    expect(await Bun.file(join(target, "recovery.signal")).exists()).toBe(false);
+    expect(await Bun.file(join(target, "postgresql.auto.conf")).text()).not.toContain("restore_command");
+    const server = await startClusterFrom(target, { removeOnStop: parent });
+    try {
+      const got = await statsOf(server.url("shinkei"));
+      expect(got.digests).toEqual(before.digests);
+    } finally {
+      await server.stop();
+    }
+    // An existing folder is never overwritten.
+    const again = await shinkei(["pitr", "restore", "--to", noted, "--into-dir", scratchRoot], env);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain("already exists");
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("without the identity the encrypted archive is refused clearly, nothing is left", async () => {
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--stop"], { ...env, BACKUP_AGE_IDENTITY: "" });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("no key to open it is configured");
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("from the off-site copy alone: an empty BACKUP_DIR recovers the same state from S3", async () => {
+    const empty = await tempDir("pitr-empty");
+    // The partial being received is copied every WAL_PARTIAL_UPLOAD_INTERVAL; S3 times are whole seconds.
+    const store = walStore(loadConfig(env))!;
+    await until("the partial with the writes copied off-site", async () => {
+      // A little WAL (no table changes), so the receiver writes and the uploader copies again.
+      await sql`select pg_logical_emit_message(false, 'shinkei-test', 'tick')`;
+      await Bun.sleep(200);
+      return (await store.list()).some((o) => o.name.endsWith(".partial.json") && o.modifiedAt.getTime() > Date.parse(noted) + 1000);
+    }, 30_000);
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], { ...env, BACKUP_DIR: empty });
+    expect(r.stderr).toContain("downloading base backup");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    try {
+      expect(out.window.source).toBe("offsite");
+      expect(out.walSources.local ?? 0).toBe(0);
+      expect(out.walSources.receiving ?? 0).toBe(0);
+      // The writes are in the segment still being received: its sealed off-site copy.
+      expect(out.walSources.partial).toBeGreaterThanOrEqual(1);
+      const got = await statsOf(out.url);
+      expect(got.digests).toEqual(before.digests);
+    } finally {
+      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("with a newer base backup, the one ending before the target is used; --to-lsn reaches the same state", async () => {
+    const first = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file;
+    expect((await shinkei(["backup", "base"], env)).code).toBe(0);
+    const r = await shinkei(["pitr", "restore", "--to", noted, "--stop", "--json"], env);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).base).toBe(first);
+    const l = await shinkei(["pitr", "restore", "--to-lsn", notedLsn, "--json"], env);
+    expect(l.code).toBe(0);
+    const out = JSON.parse(l.stdout);
+    try {
+      expect(out.base).toBe(first);
+      expect((await statsOf(out.url)).digests).toEqual(before.digests);
+    } finally {
+      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+    }
+    expect(await leftovers()).toEqual([]);
+  });
+});
+
+/** CRC-32C as PostgreSQL computes it over a WAL record: the data after the header, then the header up to the CRC. */
+const crcTable = new Uint32Array(256).map((_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function recordCrc(rec: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const part of [rec.subarray(24), rec.subarray(0, 20)]) for (const b of part) c = crcTable[(c ^ b) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+describe("pitr drills", () => {
+  test("a drill passes: restore point, its state, a recovered instance compared, RTO recorded, shown by pitr status and counted by backup check", async () => {
+    expect(await pitrDrillProblem(loadConfig(env))).toContain("no point-in-time recovery drill has passed yet");
+    await sql`insert into notes (body) values ('during the drill')`;
+    const r = await shinkei(["pitr", "drill", "--json"], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    const d = JSON.parse(r.stdout);
+    expect(d).toMatchObject({ passed: true, differences: [] });
+    expect(d.restorePoint).toMatch(/^shinkei_drill_/);
+    expect(d.rtoMs).toBeGreaterThan(0);
+    const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+    expect(s.lastDrill).toMatchObject({ passed: true, restorePoint: d.restorePoint, rtoMs: d.rtoMs });
+    expect(await pitrDrillProblem(loadConfig(env))).toBeNull();
+    expect(await pitrDrillProblem(loadConfig({ ...env, BACKUP_DRILL_MAX_AGE: "1ms" }))).toContain("older than BACKUP_DRILL_MAX_AGE");
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("a drill SIGKILLed while it recovers leaves no scratch instance or folder behind", async () => {
+    const p = Bun.spawn([binaryPath, "pitr", "drill"], { env: { ...env, PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp" }, stdout: "ignore", stderr: "pipe" });
+    let err = "";
+    (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
+    await until("the drill to start its instance", async () => err.includes("replaying WAL to"), 60_000);
+    p.kill("SIGKILL");
+    await p.exited;
+    await until("the watchdog to remove the drill's instance", async () => (await leftovers()).length === 0, 30_000);
+  });
+
+  test("the service's drill schedule runs drills (one service per slot) and records them; after a base backup it adds none once drills exist", async () => {
+    const config = loadConfig({ ...env, PITR_DRILL_SCHEDULE: "*/2 * * * * *" });
+    // In this process too, scratch instances go where the test looks for leftovers.
+    const tmp = process.env.TMPDIR;
+    process.env.TMPDIR = scratchRoot;
+    const lines: Record<string, unknown>[] = [];
+    const count = async () => (await readPitrDrills(dir)).length;
+    const before = await count();
+    const drills = startPitrDrills({ sql, config, log: (l) => void lines.push(l) });
+    try {
+      const done = await until("a scheduled drill", async () => lines.find((l) => l.msg === "pitr drill passed" || l.msg === "pitr drill failed"), 60_000);
+      expect(done).toMatchObject({ msg: "pitr drill passed", differences: [] });
+      expect(Number(done.rtoMs)).toBeGreaterThan(0);
+    } finally {
+      await drills.stop();
+      if (tmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = tmp;
+    }
+    const after = await count();
+    expect(after).toBeGreaterThan(before);
+    await drills.afterBaseBackup();
+    expect(await count()).toBe(after);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("a drill fails on a segment altered with valid checksums (record CRC and SHA-256s rewritten): only the content check catches it", async () => {
+    await sql`select pg_switch_wal()`;
+    const marker = `marker-${crypto.randomUUID()}`;
+    const from = await insertLsn();
+    await sql`insert into notes (body) values (${marker})`;
+    const to = await insertLsn();
+    await sql`select pg_switch_wal()`;
+    const name = segmentName(1, segnoOf(parseLsn(from)));
+    const walDir = join(dir, "wal", "00000001");
+    await until("the segment archived", () => Bun.file(join(walDir, `${name}.json`)).exists(), 30_000);
+
+    const recordPath = join(walDir, `${name}.json`);
+    const rec = await Bun.file(recordPath).json();
+    const age = { recipients: [], identityFile: key };
+    const wal = Buffer.concat(await Array.fromAsync(await unsealFrom(join(walDir, rec.file), { encryption: rec.encryption, age, name: rec.file })));
+    const seg = 16 * 1024 * 1024;
+    let changed = 0;
+    for (let p = Number(parseLsn(from) % BigInt(seg)) & ~7; p < Number(parseLsn(to) % BigInt(seg)); p += 8) {
+      const len = wal.readUInt32LE(p);
+      if (len < 24 || (p % 8192) + len > 8192 || recordCrc(wal.subarray(p, p + len)) !== wal.readUInt32LE(p + 20)) continue;
+      const body = wal.subarray(p, p + len);
+      for (let i = body.indexOf(marker); i >= 0; i = body.indexOf(marker, i + 1)) {
+        body.write("X", i + marker.length - 1);
+        changed++;
+      }
+      if (changed) {
+        wal.writeUInt32LE(recordCrc(body), p + 20);
+        break;
+      }
+    }
+    expect(changed).toBeGreaterThan(0);
+    const stored = join(walDir, rec.file);
+    await rm(stored);
+    const sealed = await sealTo(Readable.from([wal]), `${stored}.tmp`, { age: { recipients: [env.BACKUP_AGE_RECIPIENTS!] }, plainHash: true });
+    await rename(`${stored}.tmp`, stored);
+    await Bun.write(recordPath, JSON.stringify({ ...rec, sha256: sealed.sha256, sizeBytes: sealed.sizeBytes, originalSha256: sealed.plainSha256 }));
+
+    const r = await shinkei(["pitr", "drill", "--json"], env);
+    expect(r.code).toBe(1);
+    const d = JSON.parse(r.stdout);
+    expect(d.passed).toBe(false);
+    expect(d.differences).toEqual(["notes: content differs from the restore point's"]);
+    expect(JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).lastDrill.passed).toBe(false);
+    expect(await leftovers()).toEqual([]);
+  });
+});
