@@ -235,10 +235,10 @@ describe("pitr restore", () => {
     let err = "";
     (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
     await until("the load to start", async () => err.includes("loading the recovered state"), 90_000);
-    await until("psql to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei' and datname = 'shinkei' and state like 'idle in transaction%'`).length > 0, 30_000);
+    await until("the load to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and state like 'idle in transaction%'`).length > 0, 30_000);
     p.kill("SIGKILL");
     await p.exited;
-    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei' and datname = 'shinkei'`).length === 0);
+    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`).length === 0);
     expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
     await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
   });

@@ -1,3 +1,4 @@
+/** @jsxImportSource hono/jsx */
 import { Hono } from "hono";
 import { html } from "hono/html";
 import { hostname } from "node:os";

@@ -1,3 +1,4 @@
+/** @jsxImportSource hono/jsx */
 import type { Point, TimelineEvent } from "../../src/metrics/view.ts";
 
 // Inline SVG drawn on the server: no chart library, no script, and it prints.

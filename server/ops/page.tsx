@@ -1,3 +1,4 @@
+/** @jsxImportSource hono/jsx */
 import type { StatusView } from "../../src/metrics/view.ts";
 import { ago } from "../../src/metrics/view.ts";
 import { formatBytes, formatDuration } from "../../src/duration.ts";
