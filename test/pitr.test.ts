@@ -122,13 +122,24 @@ describe("base backups and point-in-time status", () => {
     // The window shows in backup --list and in /ready too.
     const list = await shinkei(["backup", "--list"], env);
     expect(list.stdout).toContain(`point-in-time window: ${base.finishedAt} .. `);
-    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false" });
+    const token = "metrics-token-0123456789";
+    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: token });
     try {
       const listening = await server.waitFor((l) => l.msg === "listening");
       const ready = await (await fetch(`${listening.url}/ready`)).json();
       expect(ready.pitr.earliest).toBe(base.finishedAt);
       expect(ready.pitr.timeline).toBe(1);
       expect(ready.pitr.gaps).toBe(0);
+      // ... and in the metrics: the base backup as a kind of its own, the window, its gaps.
+      const scrape = await (await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+      const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(scrape)?.[1]);
+      expect(value('shinkei_backups{kind="base"}')).toBe(1);
+      expect(value('shinkei_backup_newest_size_bytes{kind="base"}')).toBe(base.sizeBytes);
+      expect(value("shinkei_pitr_window_start_timestamp_seconds")).toBe(Date.parse(base.finishedAt) / 1000);
+      expect(Math.abs(value("shinkei_pitr_window_end_timestamp_seconds") * 1000 - Date.parse(s.window.latest))).toBeLessThan(1000);
+      expect(value("shinkei_pitr_max_lag_seconds")).toBe(300);
+      expect(value("shinkei_wal_gaps")).toBe(0);
+      expect(value("shinkei_wal_gaps_after_newest_base_backup")).toBe(0);
     } finally {
       await server.stop();
     }

@@ -6,7 +6,7 @@ import type { Config } from "../../src/config.ts";
 import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
 import { folderSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
-import { dumpSource } from "../../src/metrics/sources.ts";
+import { archiveSource, dumpSource } from "../../src/metrics/sources.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
@@ -47,7 +47,10 @@ export function createOps(config: Config, log: Log, hashLoad?: HashLoad): OpsDep
   if (!o || (o.port === undefined && !o.metricsToken && !o.opsToken)) return undefined;
   const offsiteKind = offsiteStore(config)?.kind;
   const snapshot = folderSnapshot(config.backupDir, offsiteKind);
-  const metrics = new Metrics({ sources: [dumpSource(snapshot, config.backup)], hashLoad });
+  const sources = [dumpSource(snapshot, config.backup)];
+  // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
+  if (config.wal.archive === "stream") sources.push(archiveSource(config.backupDir, config.backup, config.wal.maxLagMs));
+  const metrics = new Metrics({ sources, hashLoad });
   return { config, metrics, snapshot, log };
 }
 

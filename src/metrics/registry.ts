@@ -69,14 +69,15 @@ export class Metrics {
     return this.registry.metrics();
   }
 
-  private async readSources(): Promise<Required<Facts>> {
+  private async readSources(): Promise<Required<Omit<Facts, "window">> & Pick<Facts, "window">> {
     const failed: string[] = [];
-    const all: Required<Facts> = { kinds: [], offsitePending: [] };
+    const all: Required<Omit<Facts, "window">> & Pick<Facts, "window"> = { kinds: [], offsitePending: [] };
     for (const source of this.sources) {
       try {
         const f = await source.read();
         all.kinds.push(...f.kinds);
         all.offsitePending.push(...(f.offsitePending ?? []));
+        all.window ??= f.window;
       } catch {
         // A source that cannot be read shows as shinkei_backup_source_up 0, and the scrape still answers.
         failed.push(source.name);
@@ -126,6 +127,25 @@ export class Metrics {
         for (const p of (await self.facts()).offsitePending) this.set({ store: p.store }, p.count);
       },
     });
+    /** The point-in-time window (only where a source reports one: the WAL archive). */
+    const windowGauge = (name: string, help: string, value: (w: NonNullable<Facts["window"]>, now: number) => number | null) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          this.reset();
+          const w = (await self.facts()).window;
+          const v = w ? value(w, Date.now()) : null;
+          if (v !== null) this.set(v);
+        },
+      });
+    windowGauge("shinkei_pitr_window_start_timestamp_seconds", "Earliest moment the WAL archive can restore to (Unix time)", (w) => w.start && seconds(w.start.getTime()));
+    windowGauge("shinkei_pitr_window_end_timestamp_seconds", "Latest moment the WAL archive can restore to (Unix time)", (w) => w.end && seconds(w.end.getTime()));
+    windowGauge("shinkei_pitr_window_end_age_seconds", "How far the archive's latest restorable moment trails now: the local RPO while writes go on", (w, now) => w.end && seconds(now - w.end.getTime()));
+    windowGauge("shinkei_pitr_max_lag_seconds", "The configured limit for how far the archive may trail (PITR_MAX_LAG)", (w) => seconds(w.maxLagMs));
+    windowGauge("shinkei_wal_gaps", "Gaps in the archived WAL sequence", (w) => w.gaps);
+    windowGauge("shinkei_wal_gaps_after_newest_base_backup", "Gaps after the newest base backup: they cut the window short", (w) => w.gapsAfterNewestBase);
     new Gauge({
       name: "shinkei_backup_source_up",
       help: "Whether each source of backup facts could be read at this scrape",

@@ -1,4 +1,7 @@
 import type { Snapshot } from "./snapshot.ts";
+import { listBaseBackups } from "../wal/base.ts";
+import { archiveWindow } from "../wal/status.ts";
+import { readPitrDrills } from "../pitr/drill.ts";
 
 /** What one kind of backup (a dump, a base backup of the WAL archive, ...) reports to the metrics. */
 export type KindFacts = {
@@ -12,7 +15,10 @@ export type KindFacts = {
   drillMaxAgeMs: number;
 };
 
-export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[] };
+/** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
+export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number };
+
+export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[]; window?: WindowFacts };
 
 /**
  * A source of backup facts, read at scrape time. Each kind of backup brings its own source, so a
@@ -36,6 +42,36 @@ export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs
         ...limits,
       };
       return { kinds: [kind], offsitePending: s.offsiteStore === null || s.offsitePending === null ? [] : [{ store: s.offsiteStore, count: s.offsitePending }] };
+    },
+  };
+}
+
+/**
+ * Base backups of the WAL archive (kind "base", their drills the point-in-time drills) and the
+ * window they and the archived WAL recover to. Read from BACKUP_DIR alone, like the dumps: a scrape
+ * never waits on the database. The receiver's lag and the slot live in `pitr status`.
+ */
+export function archiveSource(backupDir: string, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number): FactSource {
+  return {
+    name: "wal",
+    async read() {
+      const [bases, drills, w] = await Promise.all([listBaseBackups(backupDir), readPitrDrills(backupDir), archiveWindow(backupDir)]);
+      const newest = bases.at(-1)?.manifest;
+      const last = drills.at(-1);
+      const passed = drills.filter((d) => d.passed).at(-1);
+      const kind: KindFacts = {
+        kind: "base",
+        count: bases.length,
+        newest: newest ? { takenAt: new Date(newest.finishedAt), sizeBytes: newest.sizeBytes, durationMs: Date.parse(newest.finishedAt) - Date.parse(newest.startedAt) } : null,
+        lastDrill: last ? { at: new Date(last.at), passed: last.passed, durationMs: last.durationMs } : null,
+        lastPassedDrillAt: passed ? new Date(passed.at) : null,
+        ...limits,
+      };
+      const date = (s: string | null) => (s ? new Date(s) : null);
+      return {
+        kinds: bases.length || drills.length ? [kind] : [],
+        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs },
+      };
     },
   };
 }
