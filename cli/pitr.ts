@@ -1,6 +1,7 @@
 import type { Command } from "./command.ts";
 import { line, json, reportError, table, warn } from "./output.ts";
-import { formatBytes, formatDuration } from "../src/duration.ts";
+import { formatDuration } from "../src/duration.ts";
+import { formatBytes } from "../src/bytes.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
 import { walStore } from "../src/wal/offsite.ts";

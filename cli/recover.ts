@@ -5,7 +5,8 @@ import { previewJson, showAccounts, showApplied, showHistory, showPreview } from
 import { refuseProduction } from "../src/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
-import { formatBytes, formatDuration } from "../src/duration.ts";
+import { formatDuration } from "../src/duration.ts";
+import { formatBytes } from "../src/bytes.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 import { withRecoverySource } from "../src/recover/source.ts";
 import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
@@ -94,10 +95,12 @@ async function recover(ctx: Context): Promise<number> {
   const target = describeTarget(config.databaseUrl);
 
   let dropScratch: (() => Promise<void>) | undefined;
-  // Ctrl-C or SIGTERM: drop the scratch database before going; an apply in flight rolls back with the connection.
-  const stop = async () => {
-    await dropScratch?.();
-    process.exit(130);
+  // Ctrl-C or SIGTERM: drop the scratch database (which ends the load, or the apply reading from it,
+  // whose transaction then rolls back), and let the command unwind through the dispatcher.
+  let cancelled = false;
+  const stop = () => {
+    cancelled = true;
+    void dropScratch?.();
   };
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
@@ -166,6 +169,7 @@ async function recover(ctx: Context): Promise<number> {
     });
   } catch (e) {
     if (!compared) spin.fail("recover stopped: nothing was changed");
+    if (cancelled) throw new ShinkeiError("CANCELLED", "recover cancelled: nothing was applied, and its scratch database was dropped");
     throw e;
   } finally {
     process.off("SIGINT", stop);

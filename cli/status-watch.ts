@@ -1,7 +1,8 @@
 import type { Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { ShinkeiError } from "../src/errors.ts";
-import { formatBytes, formatDuration, parseDuration } from "../src/duration.ts";
+import { formatDuration, parseDuration } from "../src/duration.ts";
+import { formatBytes } from "../src/bytes.ts";
 import { databaseState } from "../src/state.ts";
 import { readSnapshot } from "../src/metrics/snapshot.ts";
 import { ago, statusView } from "../src/metrics/view.ts";

@@ -2,7 +2,7 @@ import type { Command } from "./command.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { line, table, json } from "./output.ts";
 import { databaseState, mainTables } from "../src/state.ts";
-import { formatBytes } from "../src/duration.ts";
+import { formatBytes } from "../src/bytes.ts";
 import { watch } from "./status-watch.ts";
 
 export const statusCommand: Command = {

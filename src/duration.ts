@@ -7,20 +7,14 @@ export function parseDuration(text: string): number | null {
   return Math.round(Number(m[1]) * units[m[2] ?? "s"]!);
 }
 
+/** "850ms", "4.2s", "3m 20s", "5h 4m", "2d 3h": each unit rounded once, so 59.99 s is "1m 0s", never "60.0s". */
 export function formatDuration(ms: number): string {
-  if (ms < 1000) return `${Math.round(ms)}ms`;
-  const s = ms / 1000;
-  if (s < 60) return `${s.toFixed(1)}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${Math.round(s % 60)}s`;
-  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.round((s % 3600) / 60)}m`;
-  return `${Math.floor(s / 86400)}d ${Math.round((s % 86400) / 3600)}h`;
-}
-
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const u = ["KiB", "MiB", "GiB", "TiB"];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
-  return `${v.toFixed(v < 10 ? 1 : 0)} ${u[i]}`;
+  if (ms < 999.5) return `${Math.round(ms)}ms`;
+  if (ms < 59_950) return `${(ms / 1000).toFixed(1)}s`;
+  const seconds = Math.round(ms / 1000);
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${seconds % 60}s`;
+  const minutes = Math.round(ms / 60_000);
+  if (minutes < 1440) return `${Math.floor(minutes / 60)}h ${minutes % 60}m`;
+  const hours = Math.round(ms / 3_600_000);
+  return `${Math.floor(hours / 24)}d ${hours % 24}h`;
 }

@@ -40,6 +40,11 @@ test.each([
   [D, "1d 0h"],
   [26 * H, "1d 2h"],
   [30 * D, "30d 0h"],
+  // Each unit is rounded once: no "60.0s", "59m 60s" or "23h 60m" at the edges.
+  [59_999, "1m 0s"],
+  [H - 1, "1h 0m"],
+  [D - 1, "1d 0h"],
+  [999.7, "1.0s"],
 ])("formatDuration(%d) is %j", (ms, text) => {
   expect(formatDuration(ms)).toBe(text);
 });

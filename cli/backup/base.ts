@@ -1,7 +1,8 @@
 import type { Context } from "../command.ts";
 import { line, json, warn } from "../output.ts";
 import { activity } from "../prompts.ts";
-import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
 import { withAdvisoryLock } from "../../src/db.ts";
 import { createBaseBackup, listBaseBackups } from "../../src/wal/base.ts";
 import { mirrorBase, walStore } from "../../src/wal/offsite.ts";

@@ -1,6 +1,7 @@
 import type { Context } from "../command.ts";
 import { line, json } from "../output.ts";
-import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
 import { checkFreshness } from "../../src/backup/freshness.ts";
 import { assertPitrHealthy, pitrStatus } from "../../src/wal/status.ts";
 import { pitrDrillProblem } from "../../src/pitr/drill.ts";

@@ -1,7 +1,8 @@
 import type { Context } from "../command.ts";
 import { line, json, warn } from "../output.ts";
 import { activity } from "../prompts.ts";
-import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
 import { withMaintenanceLock } from "../../src/backup/lock.ts";
 import { createBackup } from "../../src/backup/dump.ts";
 import { mirrorBackup } from "../../src/backup/offsite.ts";

@@ -2,14 +2,14 @@ import type { Context } from "../command.ts";
 import { line, json } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { formatDuration } from "../../src/duration.ts";
-import { resolveBackup } from "../../src/backup/catalog.ts";
+import { obtainBackup } from "../../src/backup/catalog.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { runDrill } from "../../src/backup/drill.ts";
 import { activity } from "../prompts.ts";
 
 export async function drill(ctx: Context): Promise<number> {
   const { io, config } = ctx;
-  const path = await resolveBackup(config.backupDir, ctx.positionals[1], offsiteStore(config));
+  const path = await obtainBackup(config.backupDir, ctx.positionals[1], offsiteStore(config));
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
   let dropScratch: (() => Promise<void>) | undefined;
   // Ctrl-C or SIGTERM mid-drill: drop the scratch database (which ends the load in it), then let the

@@ -1,6 +1,7 @@
 import type { Context } from "../command.ts";
 import { line, json, table } from "../output.ts";
-import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
 import { listLocal, type LocalBackup } from "../../src/backup/catalog.ts";
 import { verifyBackup } from "../../src/backup/verify.ts";
 import { readDrill, type DrillResult } from "../../src/backup/drill.ts";

@@ -5,10 +5,11 @@ import { confirmDestructive } from "../guard.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../../src/guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/db.ts";
-import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
 import { tableCounts, mainTables } from "../../src/state.ts";
 import { withMaintenanceLock } from "../../src/backup/lock.ts";
-import { resolveBackup } from "../../src/backup/catalog.ts";
+import { obtainBackup } from "../../src/backup/catalog.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { assertVerified, verifyBackup } from "../../src/backup/verify.ts";
 import { refuseUnencrypted, restoreBackup, type RestoreStep } from "../../src/backup/restore.ts";
@@ -28,7 +29,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
   refuseProduction(config.environment, ctx.flag("allow-production"), what);
   // Skipping the safety backup is for scripts that already hold one, and say exactly which database.
   if (ctx.flag("no-safety-backup")) checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), `${what} without a safety backup`, "--yes");
-  const path = await resolveBackup(config.backupDir, file, offsiteStore(config));
+  const path = await obtainBackup(config.backupDir, file, offsiteStore(config));
 
   return withMaintenanceLock(ctx.db, "restore", async (lock) => {
     const spin = activity(io, "verifying the backup");

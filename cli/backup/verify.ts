@@ -1,8 +1,8 @@
 import type { Context } from "../command.ts";
 import { line, json } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
-import { formatBytes } from "../../src/duration.ts";
-import { listLocal, resolveBackup } from "../../src/backup/catalog.ts";
+import { formatBytes } from "../../src/bytes.ts";
+import { listLocal, obtainBackup } from "../../src/backup/catalog.ts";
 import { verifyBackup } from "../../src/backup/verify.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 
@@ -10,7 +10,7 @@ export async function verify(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const paths = ctx.flag("all")
     ? (await listLocal(config.backupDir)).map((b) => b.path)
-    : [await resolveBackup(config.backupDir, ctx.positionals[1], offsiteStore(config))];
+    : [await obtainBackup(config.backupDir, ctx.positionals[1], offsiteStore(config))];
   const results = [];
   for (const path of paths) {
     const v = await verifyBackup(path, { age: config.backup.age });

@@ -1,7 +1,8 @@
 /** @jsxImportSource hono/jsx */
 import type { StatusView } from "../../src/metrics/view.ts";
 import { ago } from "../../src/metrics/view.ts";
-import { formatBytes, formatDuration } from "../../src/duration.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
 import { LineChart, Timeline } from "./charts.tsx";
 
 export const REFRESH_SECONDS = 30;

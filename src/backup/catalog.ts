@@ -39,7 +39,7 @@ const notFuture = (b: BackupName) => b.takenAt.getTime() <= Date.now() + CLOCK_S
  * future, never an off-site object without its manifest. A backup found only off-site is
  * downloaded into `dir`.
  */
-export async function resolveBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
+export async function obtainBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
   if (file) {
     for (const candidate of [file, join(dir, basename(file))]) {
       if ((await stat(candidate).catch(() => null))?.isFile()) return candidate;

@@ -5,7 +5,7 @@ import { currentSchemaVersion } from "../migrations/migrate.ts";
 import { tableStats } from "./digest.ts";
 import { writeFileAtomic } from "./files.ts";
 import { load } from "./restore.ts";
-import { content } from "./inspect.ts";
+import { content } from "./decode.ts";
 import { verifyBackup } from "./verify.ts";
 import { serverVersionNum, withScratchDatabase } from "./scratch.ts";
 import type { AgeConfig } from "./crypt.ts";

@@ -2,7 +2,7 @@ import { recreatePublicSchema, type LockHandle, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../state.ts";
 import type { BackupResult } from "./dump.ts";
-import { content, type Format } from "./inspect.ts";
+import { content, type Format } from "./decode.ts";
 import type { AgeConfig } from "./crypt.ts";
 import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
 import { takeSafetyBackup } from "./safety.ts";

@@ -1,7 +1,7 @@
 import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { detectFormat, plainOf, type Format } from "./inspect.ts";
+import { detectFormat, plainOf, type Format } from "./decode.ts";
 import { canOpen, type AgeConfig } from "./crypt.ts";
 import { hasValidSignature, readManifest, type Manifest } from "./manifest.ts";
 import { finished, plainEnv, pump, toolPath } from "./pgtools.ts";

@@ -2,8 +2,8 @@ import { basename } from "node:path";
 import { connect } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { currentSchemaVersion, migrate } from "../migrations/migrate.ts";
-import { resolveBackup } from "../backup/catalog.ts";
-import { content } from "../backup/inspect.ts";
+import { obtainBackup } from "../backup/catalog.ts";
+import { content } from "../backup/decode.ts";
 import { load } from "../backup/restore.ts";
 import { serverVersionNum, withScratchDatabase } from "../backup/scratch.ts";
 import { assertVerified, verifyBackup } from "../backup/verify.ts";
@@ -45,7 +45,7 @@ export type SourceOptions = {
 export async function withRecoverySource<T>(options: SourceOptions, fn: (source: Source) => Promise<T>): Promise<T> {
   options.onStep?.({ step: "resolve" });
   const from = options.from === "latest" ? undefined : options.from;
-  const path = await resolveBackup(options.dir, from, options.offsite).catch((e) => {
+  const path = await obtainBackup(options.dir, from, options.offsite).catch((e) => {
     // The same search as `backup restore`, but here a file is named with --from.
     if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from) throw new ShinkeiError(e.code, e.message, { hint: "Take backups with shinkei backup (or backup-service), or name a file with --from." });
     throw e;
