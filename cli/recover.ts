@@ -8,7 +8,8 @@ import { describeTarget } from "../src/db.ts";
 import { formatDuration } from "../src/duration.ts";
 import { formatBytes } from "../src/bytes.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
-import { withRecoverySource } from "../src/recover/source.ts";
+import { withPointInTimeSource, withRecoverySource, type Source, type SourceStep } from "../src/recover/source.ts";
+import { listBaseBackups } from "../src/wal/base.ts";
 import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
 import { recover as applyRecovery, trialApply } from "../src/recover/apply.ts";
 import { history, recordFor, writeRecord } from "../src/recover/record.ts";
@@ -29,7 +30,9 @@ come back. Any conflict stops it with nothing applied.
 Options:
   --from FILE|latest       the backup to recover from (a path, a name in BACKUP_DIR or off-site;
                            default latest: the newest that is not a safety copy)
-  --at TIME                point in time (needs the WAL archive, WAL_ARCHIVE=stream)
+  --at TIME                the state at a moment instead of a backup (an ISO time with zone, a local
+                           time in BACKUP_TIMEZONE, or -5m): recovered from the WAL archive into a
+                           scratch instance, as shinkei pitr restore does
   --revert-changed         also put rows that changed since the backup back to the backup's version
   --into-current-account   the email now belongs to a newer account: give it the recovered worlds
   --restore-account        the email now belongs to a newer, empty account: remove it, bring the old back
@@ -77,8 +80,10 @@ async function recover(ctx: Context): Promise<number> {
     const records = await history(config.backupDir);
     return ctx.flag("json") ? (json(io, records), 0) : (showHistory(io, records), 0);
   }
-  if (ctx.option("at") !== undefined) {
-    throw new ShinkeiError("PITR_UNAVAILABLE", `--at ${ctx.option("at")} needs the WAL archive (WAL_ARCHIVE=stream) and point-in-time restore, which are not set up here`, {
+  const at = ctx.option("at");
+  if (at !== undefined && ctx.option("from") !== undefined) throw new ShinkeiError("USAGE", "choose one source: --from FILE|latest or --at TIME");
+  if (at !== undefined && config.wal.archive !== "stream" && (await listBaseBackups(config.backupDir)).length === 0) {
+    throw new ShinkeiError("PITR_UNAVAILABLE", `--at ${at} needs the WAL archive (WAL_ARCHIVE=stream) and a base backup, and this host has neither`, {
       hint: "Recover from a backup instead: --from FILE or --from latest (see shinkei backup --list).",
     });
   }
@@ -107,19 +112,19 @@ async function recover(ctx: Context): Promise<number> {
   const spin = activity(io, "finding the backup");
   let compared = false;
   try {
-    return await withRecoverySource({
-      from: ctx.option("from"),
-      dir: config.backupDir,
-      offsite: offsiteStore(config),
-      databaseUrl: config.databaseUrl,
-      age: config.backup.age,
-      onScratch: (drop) => (dropScratch = drop),
-      onStep: (s) => {
-        if (s.step === "verify") spin.update(`verifying ${s.file}`);
-        if (s.step === "load") spin.update(`loading the backup into a scratch database (most of the time goes here): ${formatBytes(s.bytes ?? 0)} read`);
-        if (s.step === "migrate") spin.update("migrating the scratch database to the live schema");
-      },
-    }, async (source) => {
+    const onStep = (s: SourceStep) => {
+      if (s.step === "verify") spin.update(`verifying ${s.file}`);
+      if (s.step === "load") spin.update(`loading the backup into a scratch database (most of the time goes here): ${formatBytes(s.bytes ?? 0)} read`);
+      if (s.step === "recover") spin.update(`recovering a scratch instance to ${at} (most of the time goes here): ${s.message}`);
+      if (s.step === "migrate") spin.update("migrating the scratch copy to the live schema");
+    };
+    const onScratch = (drop: () => Promise<void>) => (dropScratch = drop);
+    // The source: a backup loaded into a scratch database, or the state at a moment (--at) recovered into a scratch instance.
+    const withSource = <T,>(fn: (source: Source) => Promise<T>) =>
+      at !== undefined
+        ? withPointInTimeSource({ config, at, onStep, onScratch }, fn)
+        : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch, onStep }, fn);
+    return await withSource(async (source) => {
       spin.update("comparing with the live database");
       const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);
       spin.stop(`compared ${source.file} with ${target.database}`);

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "
 import { chmod, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
-import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
@@ -443,6 +443,38 @@ describe("pitr drills", () => {
     expect(d.passed).toBe(false);
     expect(d.differences).toEqual(["notes: content differs from the restore point's"]);
     expect(JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).lastDrill.passed).toBe(false);
+    expect(await leftovers()).toEqual([]);
+  });
+});
+
+describe("recover --at: one user's rows as they were at a moment", () => {
+  test("alice's world comes back from the WAL archive; bob's world made since stays; no scratch instance is left", async () => {
+    expect((await shinkei(["migrate"], env)).code).toBe(0);
+    await seedSample(sql, "pitr", 2); // pitr1@example.com and pitr2@example.com, a world each
+    const owner = (email: string) => sql`select id from users where email = ${email}`;
+    const [alice] = await owner("pitr1@example.com");
+    const [bob] = await owner("pitr2@example.com");
+    const aliceRows = () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id join story_beats b on b.story_id = s.id
+      where w.owner_id = ${alice!.id} order by 1, 2, 3`;
+    const kept = await aliceRows();
+    expect(kept.length).toBe(10);
+    await Bun.sleep(300);
+    const at = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+    await Bun.sleep(300);
+    // The loss: alice's world and everything in it; meanwhile bob starts a new world.
+    await sql.begin(async (tx) => {
+      await tx`delete from story_beats where story_id in (select s.id from stories s join worlds w on w.id = s.world_id where w.owner_id = ${alice!.id})`;
+      await tx`delete from stories where world_id in (select id from worlds where owner_id = ${alice!.id})`;
+      await tx`delete from worlds where owner_id = ${alice!.id}`;
+    });
+    await sql`insert into worlds (owner_id, name) values (${bob!.id}, 'made after the moment')`;
+    await flushed(await insertLsn());
+
+    const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes"], env);
+    expect(r.stderr).not.toContain("✖");
+    expect(r.code).toBe(0);
+    expect(await aliceRows()).toEqual(kept);
+    expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
     expect(await leftovers()).toEqual([]);
   });
 });

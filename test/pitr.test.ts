@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { appendFile, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { appendFile, chmod, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -21,9 +21,12 @@ async function recoverCopy(base: string, settings: string[]) {
   const dataDir = join(restore, "data");
   expect(Bun.spawnSync(["mkdir", "-m", "700", dataDir]).exitCode).toBe(0);
   expect(Bun.spawnSync(["tar", "-xzf", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
+  // restore_command runs as the server's OS user, which may not reach this checkout: a copy of the binary beside the archive.
+  await copyFile(binaryPath, join(restore, "shinkei"));
+  await chmod(join(restore, "shinkei"), 0o755);
   Bun.spawnSync(["chmod", "755", restore]);
   owner(restore);
-  await appendFile(join(dataDir, "postgresql.auto.conf"), [`restore_command = 'BACKUP_DIR=${restore} ${binaryPath} pitr wal-fetch %f %p'`, ...settings, ""].join("\n"));
+  await appendFile(join(dataDir, "postgresql.auto.conf"), [`restore_command = 'BACKUP_DIR=${restore} ${join(restore, "shinkei")} pitr wal-fetch %f %p'`, ...settings, ""].join("\n"));
   await Bun.write(join(dataDir, "recovery.signal"), "");
   owner(dataDir);
   const recovered = await startClusterFrom(dataDir, { removeOnStop: restore });

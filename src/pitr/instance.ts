@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -157,6 +157,29 @@ export function selfCommand(): string[] {
   const exe = process.execPath;
   if (/^bun(-debug)?(\.exe)?$/.test(basename(exe))) return [exe, join(import.meta.dir, "..", "..", "cli", "main.ts")];
   return [exe];
+}
+
+/**
+ * The command restore_command runs, as the server's OS user. That user may not reach this binary
+ * where it lies (a root-only folder, a checkout in a private home), so it runs a copy in the
+ * instance's own folder, which is that user's: the compiled shinkei itself, or, from source, bun
+ * and the CLI bundled into one file.
+ */
+export async function restoreClient(root: string, as: { uid?: number; gid?: number }): Promise<string[]> {
+  const [exe, entry] = selfCommand();
+  const files: string[] = [join(root, "shinkei")];
+  await copyFile(exe!, files[0]!);
+  if (entry) {
+    const built = await Bun.build({ entrypoints: [entry], target: "bun" });
+    if (!built.success) throw new ShinkeiError("RECOVERY_FAILED", `cannot bundle the CLI for restore_command: ${built.logs.map(String).join("; ")}`);
+    files.push(join(root, "shinkei.js"));
+    await Bun.write(files[1]!, built.outputs[0]!);
+  }
+  for (const f of files) {
+    await chmod(f, 0o755);
+    if (as.uid !== undefined) await chown(f, as.uid, as.gid!);
+  }
+  return files;
 }
 
 /**

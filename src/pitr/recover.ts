@@ -10,7 +10,7 @@ import { pump } from "../backup/pgtools.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { freePort } from "../localdb.ts";
-import { createInstanceFolder, exec, removeDayOld, removeInstance, selfCommand, serverBinaries, startWatchdog, writeState, type InstanceState } from "./instance.ts";
+import { createInstanceFolder, exec, removeDayOld, removeInstance, restoreClient, serverBinaries, startWatchdog, writeState, type InstanceState } from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
 import { chooseBase, recoverySources, type Window } from "./window.ts";
 import { serveWal, type Served } from "./walserve.ts";
@@ -147,7 +147,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     // What the instance needs to recover, and nothing the live server's settings would add:
     // loopback only, no archiving or replication of its own, our pg_hba.
     const socket = join(socketDir, "wal.sock");
-    const restoreCommand = [...selfCommand().map(quoteShell), "pitr", "wal-fetch", "--socket", quoteShell(socket), "%f", "%p"].join(" ");
+    const restoreCommand = [...(await restoreClient(root, as)).map(quoteShell), "pitr", "wal-fetch", "--socket", quoteShell(socket), "%f", "%p"].join(" ");
     const settings: Record<string, string> = {
       restore_command: restoreCommand,
       ...recoverySettings(options.target),

@@ -9,11 +9,15 @@ import { serverVersionNum, withScratchDatabase } from "../backup/scratch.ts";
 import { assertVerified, verifyBackup } from "../backup/verify.ts";
 import type { AgeConfig } from "../backup/crypt.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
+import type { Config } from "../config.ts";
+import { parseTargetTime } from "../pitr/target.ts";
+import { recoverTo } from "../pitr/recover.ts";
+import { walStore } from "../wal/offsite.ts";
 
 /** Scratch databases of recover: a prefix of their own, so a drill and a recovery never drop each other's. */
 export const RECOVER_PREFIX = "shinkei_recover_";
 
-export type SourceStep = { step: "resolve" | "verify" | "load" | "migrate"; bytes?: number; file?: string };
+export type SourceStep = { step: "resolve" | "verify" | "load" | "migrate" | "recover"; bytes?: number; file?: string; message?: string };
 
 export type Source = {
   path: string;
@@ -71,22 +75,50 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
     }));
     options.onStep?.({ step: "load", bytes: 0 });
     await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
-    const sql = connect(url, { max: 2 });
-    try {
-      const schemaVersion = await currentSchemaVersion(sql);
-      if (schemaVersion > liveVersion) {
-        throw new ShinkeiError("SCHEMA_TOO_NEW", `${verification.file} is at schema version ${schemaVersion}, newer than the live database (${liveVersion})`, {
-          hint: "Run shinkei migrate on the live database first, or pick an older backup.",
-        });
-      }
-      // An older backup is brought to the live schema in the scratch database, so rows compare column by column.
-      if (schemaVersion < liveVersion) {
-        options.onStep?.({ step: "migrate" });
-        await migrate(sql);
-      }
-      return await fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
-    } finally {
-      await sql.end({ timeout: 5 });
-    }
+    const schemaVersion = await toLiveSchema(url, liveVersion, verification.file, options.onStep);
+    return fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
   });
+}
+
+/**
+ * The source's schema version; an older one is brought to the live schema in the scratch copy, so
+ * rows compare column by column. A newer one is refused.
+ */
+async function toLiveSchema(url: string, liveVersion: number, file: string, onStep?: (s: SourceStep) => void): Promise<number> {
+  const sql = connect(url, { max: 2 });
+  try {
+    const schemaVersion = await currentSchemaVersion(sql);
+    if (schemaVersion > liveVersion) {
+      throw new ShinkeiError("SCHEMA_TOO_NEW", `${file} is at schema version ${schemaVersion}, newer than the live database (${liveVersion})`, {
+        hint: "Run shinkei migrate on the live database first, or pick an older moment.",
+      });
+    }
+    if (schemaVersion < liveVersion) {
+      onStep?.({ step: "migrate" });
+      await migrate(sql);
+    }
+    return schemaVersion;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/**
+ * The state at a moment as the source (`--at`): a scratch instance recovered from the WAL archive
+ * to `at` (the machinery of `pitr restore`), run `fn` against it, and remove it whatever happens.
+ */
+export async function withPointInTimeSource<T>(options: { config: Config; at: string; onStep?: (s: SourceStep) => void; onScratch?: (drop: () => Promise<void>) => void }, fn: (source: Source) => Promise<T>): Promise<T> {
+  const { config } = options;
+  const target = parseTargetTime(options.at, config.backup.timezone);
+  const live = connect(config.databaseUrl, { max: 1 });
+  const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
+  const recovery = await recoverTo({ config, target, store: walStore(config), keep: false, onStep: (message) => options.onStep?.({ step: "recover", message }) });
+  options.onScratch?.(() => recovery.stop());
+  try {
+    const file = `${recovery.base} + WAL to ${recovery.reached.commitTime ?? recovery.target}`;
+    const schemaVersion = await toLiveSchema(recovery.url!, liveVersion, file, options.onStep);
+    return await fn({ path: recovery.base, file, url: recovery.url!, schemaVersion, loadMs: recovery.durationMs });
+  } finally {
+    await recovery.stop();
+  }
 }

@@ -116,7 +116,12 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     void (async () => {
       const startSeg = segnoOf(parseLsn(lsn), info.segmentBytes);
       // Finished segments still waiting in the spool count: the receiver resumes after them.
-      const names = [...(await listArchive(root)).filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool).catch(() => [] as string[]))];
+      // A segment kept only as a partial (the receiver stopped inside it) counts as held too: WAL
+      // past it and before the new start was never received.
+      const names = [
+        ...(await listArchive(root)).filter((r) => r.kind === "segment" || r.kind === "partial").map((r) => r.name.replace(/\.partial$/, "")),
+        ...(await readdir(spool).catch(() => [] as string[])),
+      ];
       const held = names.map((n) => parseSegment(n, info.segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
       if (held.length === 0) return;
       const newest = held.reduce((a, b) => (a > b ? a : b));
