@@ -115,20 +115,18 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   const onStart = (lsn: string, timeline: number) => {
     void (async () => {
       const startSeg = segnoOf(parseLsn(lsn), info.segmentBytes);
-      // Finished segments still waiting in the spool count: the receiver resumes after them.
-      // A segment kept only as a partial (the receiver stopped inside it) counts as held too: WAL
-      // past it and before the new start was never received.
-      const names = [
-        ...(await listArchive(root)).filter((r) => r.kind === "segment" || r.kind === "partial").map((r) => r.name.replace(/\.partial$/, "")),
-        ...(await readdir(spool).catch(() => [] as string[])),
-      ];
-      const held = names.map((n) => parseSegment(n, info.segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
-      if (held.length === 0) return;
-      const newest = held.reduce((a, b) => (a > b ? a : b));
-      if (startSeg > newest + 1n) {
-        const from = segmentName(timeline, newest + 1n, info.segmentBytes);
+      // Finished segments still waiting in the spool count: the receiver resumes after them. A
+      // segment kept only as a partial (the receiver stopped inside it) is the start of the hole.
+      const archived = await listArchive(root);
+      const segnos = (names: string[]) => names.map((n) => parseSegment(n, info.segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
+      const newest = (xs: bigint[]) => xs.reduce<bigint | undefined>((a, b) => (a === undefined || b > a ? b : a), undefined);
+      const full = newest(segnos([...archived.filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool).catch(() => [] as string[]))]));
+      const partial = newest(segnos(archived.filter((r) => r.kind === "partial").map((r) => r.name.replace(/\.partial$/, ""))));
+      const missingFrom = partial !== undefined && (full === undefined || partial > full) ? partial : full === undefined ? undefined : full + 1n;
+      if (missingFrom !== undefined && startSeg > missingFrom) {
+        const from = segmentName(timeline, missingFrom, info.segmentBytes);
         const to = segmentName(timeline, startSeg - 1n, info.segmentBytes);
-        log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - newest - 1n), slot: slot ?? null });
+        log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - missingFrom), slot: slot ?? null });
       }
     })().catch(() => {});
   };
