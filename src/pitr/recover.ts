@@ -108,8 +108,8 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   let server: ReturnType<typeof serveWal> | undefined;
   let sql: Sql | undefined;
   try {
-    const { window, bases } = await recoverySources(config.backupDir, store, scratch);
-    const base = chooseBase(target, window, bases);
+    const { windows, bases } = await recoverySources(config.backupDir, store, scratch);
+    const { base, window } = chooseBase(target, windows, bases);
     const m = base.manifest;
 
     let path = base.localPath;

@@ -38,27 +38,43 @@ async function offsiteWindow(store: BackupStore, scratch: string): Promise<{ win
   return { window: { earliest: bases[0]!.finishedAt, latest: held.get(s)!.toISOString(), timeline: newest.timeline, source: "offsite" }, bases };
 }
 
-/** The recoverable window and the base backups to start from: the local archive, else the off-site copy. */
-export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string): Promise<{ window: Window | null; bases: BaseChoice[] }> {
+/**
+ * The recoverable windows (the local archive's, then the off-site copy's) and the base backups to
+ * start from, local or off-site. The local window can be narrower than the off-site one (a local
+ * archive lost and started again, a base backup whose WAL is not sealed yet): a target either
+ * window holds is recoverable.
+ */
+export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string): Promise<{ windows: Window[]; bases: BaseChoice[] }> {
   const local = await archiveWindow(backupDir);
   const localBases = await listBaseBackups(backupDir);
   const bases: BaseChoice[] = localBases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
-  let window: Window | null = local.window.earliest && local.window.latest
-    ? { earliest: local.window.earliest, latest: local.window.latest, timeline: local.window.timeline, source: "local" }
-    : null;
+  const windows: Window[] = [];
+  if (local.window.earliest && local.window.latest && local.window.earliest <= local.window.latest) {
+    windows.push({ earliest: local.window.earliest, latest: local.window.latest, timeline: local.window.timeline, source: "local" });
+  }
   if (store) {
     const off = await offsiteWindow(store, scratch);
     for (const m of off.bases) if (!bases.some((b) => b.manifest.file === m.file)) bases.push({ manifest: m, localPath: null });
-    if (!window) window = off.window;
+    if (off.window) windows.push(off.window);
   }
   bases.sort((a, b) => a.manifest.finishedAt.localeCompare(b.manifest.finishedAt));
-  return { window, bases };
+  return { windows, bases };
 }
 
 export const describeWindow = (w: Window | null) => (w ? `${w.earliest} .. ${w.latest}${w.source === "offsite" ? " (off-site copy)" : ""}` : "none");
 
-/** Refuse a target the archive cannot reach, naming the window; then the newest base backup that ends before it. */
-export function chooseBase(target: RecoveryTarget, window: Window | null, bases: BaseChoice[]): BaseChoice {
+/**
+ * The window a target lies in (the first that holds it, for time targets; the first otherwise), and
+ * the newest base backup that ends before the target. A target outside every window is refused,
+ * naming the first.
+ */
+export function chooseBase(target: RecoveryTarget, windows: Window[], bases: BaseChoice[]): { base: BaseChoice; window: Window } {
+  const at = target.kind === "time" ? target.at.getTime() : null;
+  const window = (at === null ? undefined : windows.find((w) => at >= Date.parse(w.earliest) && at <= Date.parse(w.latest))) ?? windows[0];
+  return { base: chooseIn(target, window ?? null, bases), window: window! };
+}
+
+function chooseIn(target: RecoveryTarget, window: Window | null, bases: BaseChoice[]): BaseChoice {
   if (!window || bases.length === 0) {
     throw new ShinkeiError("PITR_OUT_OF_WINDOW", "there is nothing to recover from: no base backup with its WAL in the archive", {
       hint: "Take one with shinkei backup base (the backup service takes them on BASE_BACKUP_SCHEDULE); see shinkei pitr status.",
