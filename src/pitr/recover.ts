@@ -1,7 +1,6 @@
 import { createReadStream } from "node:fs";
 import { appendFile, chown, copyFile, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import postgres from "postgres";
 import type { Config } from "../config.ts";
 import { connect, describeTarget, type Sql } from "../db.ts";
