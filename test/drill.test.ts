@@ -7,7 +7,6 @@ import { backupFolder, seededDatabase, slowToLoad } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
 
 let db: TestDatabase;
-let dir: string;
 let env: Record<string, string>;
 
 const scratchDatabases = async () => {
@@ -24,7 +23,7 @@ beforeAll(async () => {
   db = await seededDatabase("drill");
 });
 beforeEach(async () => {
-  ({ dir, env } = await backupFolder(db, "drill"));
+  ({ env } = await backupFolder(db, "drill"));
 });
 afterAll(() => db.drop());
 
