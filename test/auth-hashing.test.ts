@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { startTestServer, type TestServer } from "./support/server.ts";
+import { type TestServer, withServer as withServerOn } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 
 // Real databases, listeners and argon2: 5 s is too tight on a busy 2-core machine.
@@ -18,14 +18,7 @@ beforeEach(async () => {
   await db.sql`delete from login_throttle`;
 });
 
-async function withServer(env: Record<string, string>, fn: (s: TestServer) => Promise<void>) {
-  const s = await startTestServer(db, env);
-  try {
-    await fn(s);
-  } finally {
-    await s.stop();
-  }
-}
+const withServer = (env: Record<string, string>, fn: (s: TestServer) => Promise<void>) => withServerOn(db, env, fn);
 const register = (s: TestServer, email: string) => s.api("/api/v1/auth/register", { method: "POST", json: { email, password: PASSWORD, name: "T" } });
 const login = (s: TestServer, email: string, password = PASSWORD) => s.api("/api/v1/auth/login", { method: "POST", json: { email, password } });
 const storedHash = async (email: string) => (await db.sql`select password_hash from users where email = ${email}`)[0]!.password_hash as string;

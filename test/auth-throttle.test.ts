@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { startTestServer, type TestServer } from "./support/server.ts";
+import { type TestServer, withServer as withServerOn } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { clientAddress, parseProxyList } from "../src/net.ts";
 import { loadConfig } from "../src/config.ts";
@@ -22,15 +22,7 @@ beforeEach(async () => {
   await db.sql`delete from login_throttle`;
 });
 
-/** A server of its own for one test; `from` is the X-Forwarded-For header a client (or proxy) sends. */
-async function withServer(env: Record<string, string>, fn: (s: TestServer) => Promise<void>) {
-  const s = await startTestServer(db, env);
-  try {
-    await fn(s);
-  } finally {
-    await s.stop();
-  }
-}
+const withServer = (env: Record<string, string>, fn: (s: TestServer) => Promise<void>) => withServerOn(db, env, fn);
 const login = (s: TestServer, email: string, password: string, from?: string) =>
   s.api("/api/v1/auth/login", { method: "POST", json: { email, password }, headers: from ? { "x-forwarded-for": from } : {} });
 const register = async (s: TestServer, email: string) =>

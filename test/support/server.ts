@@ -38,6 +38,16 @@ export async function startTestServer(db: TestDatabase, env: Record<string, stri
   };
 }
 
+/** A server of its own for one test (`env` on top of the test defaults), stopped whatever happens. */
+export async function withServer<T>(db: TestDatabase, env: Record<string, string>, fn: (s: TestServer) => Promise<T>): Promise<T> {
+  const s = await startTestServer(db, env);
+  try {
+    return await fn(s);
+  } finally {
+    await s.stop();
+  }
+}
+
 /** The app without a listener, for the many small request cases (`app.request`). */
 export function testApp(db: Pick<TestDatabase, "url" | "sql">, env: Record<string, string> = {}, log: Log = () => {}) {
   const config = testConfig(db, env);
