@@ -25,12 +25,24 @@ export async function userTables(sql: Queryable): Promise<{ key: string; qualifi
 /** Large objects live outside any table; they are counted under this key beside the tables. */
 export const LARGE_OBJECTS = "(large objects)";
 
+/**
+ * The one place tables are counted: every table's exact row count (and, given `digest`, its
+ * per-row expression summed), plus the number of large objects, in one statement (one snapshot).
+ * Large objects count only when there are any, so databases without them compare as before.
+ */
+export async function countRows(sql: Queryable, digest?: (row: string) => string): Promise<{ name: string; n: number; digest: string | null }[]> {
+  const parts = (await userTables(sql)).map(
+    (t) => `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n, ${digest ? digest("r") : "null::text"} as digest from ${t.qualified} r`,
+  );
+  // Large objects are counted, never digested: reading their content needs privileges on each one.
+  parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8, null from pg_catalog.pg_largeobject_metadata`);
+  const rows = await sql.unsafe<{ name: string; n: number; digest: string | null }[]>(parts.join(" union all "));
+  return rows.filter((r) => r.name !== LARGE_OBJECTS || Number(r.n) > 0).map((r) => ({ ...r, n: Number(r.n) }));
+}
+
 /** Exact row counts of every table (and the number of large objects), read in one statement (one snapshot). */
 export async function tableCounts(sql: Queryable): Promise<Record<string, number>> {
-  const parts = (await userTables(sql)).map((t) => `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n from ${t.qualified}`);
-  parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8 from pg_catalog.pg_largeobject_metadata`);
-  const rows = await sql.unsafe<{ name: string; n: number }[]>(parts.join(" union all "));
-  return Object.fromEntries(rows.filter((r) => r.name !== LARGE_OBJECTS || Number(r.n) > 0).map((r) => [r.name, Number(r.n)]));
+  return Object.fromEntries((await countRows(sql)).map((r) => [r.name, r.n]));
 }
 
 export type DatabaseState = {

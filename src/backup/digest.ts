@@ -1,5 +1,5 @@
 import type { Queryable } from "../db.ts";
-import { LARGE_OBJECTS, quoteLiteral, userTables } from "../state.ts";
+import { countRows } from "../state.ts";
 
 export type TableStats = { counts: Record<string, number>; digests: Record<string, string> };
 
@@ -11,17 +11,9 @@ export type TableStats = { counts: Record<string, number>; digests: Record<strin
  */
 export async function tableStats(tx: Queryable): Promise<TableStats> {
   await tx.unsafe("set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3");
-  const parts = (await userTables(tx)).map(
-    (t) => `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n,
-      coalesce(sum(('x' || substr(md5(r::text), 1, 16))::bit(64)::int8::numeric), 0)::text as digest
-      from ${t.qualified} r`,
-  );
-  // Large objects are counted (reading their content needs privileges on each one: not digested).
-  parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8, null from pg_catalog.pg_largeobject_metadata`);
-  const rows = (await tx.unsafe<{ name: string; n: number; digest: string | null }[]>(parts.join(" union all ")))
-    .filter((r) => r.name !== LARGE_OBJECTS || Number(r.n) > 0);
+  const rows = await countRows(tx, (r) => `coalesce(sum(('x' || substr(md5(${r}::text), 1, 16))::bit(64)::int8::numeric), 0)::text`);
   return {
-    counts: Object.fromEntries(rows.map((r) => [r.name, Number(r.n)])),
+    counts: Object.fromEntries(rows.map((r) => [r.name, r.n])),
     digests: Object.fromEntries(rows.filter((r) => r.digest !== null).map((r) => [r.name, r.digest!])),
   };
 }
