@@ -13,6 +13,7 @@ import { listBaseBackups } from "../src/wal/base.ts";
 import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
 import { recover as applyRecovery, trialApply } from "../src/recover/apply.ts";
 import { history, recordFor, writeRecord } from "../src/recover/record.ts";
+import { cancelOnSignal } from "./signals.ts";
 
 export const recoverCommand: Command = {
   name: "recover",
@@ -99,16 +100,7 @@ async function recover(ctx: Context): Promise<number> {
   const revertChanged = ctx.flag("revert-changed");
   const target = describeTarget(config.databaseUrl);
 
-  let dropScratch: (() => Promise<void>) | undefined;
-  // Ctrl-C or SIGTERM: drop the scratch database (which ends the load, or the apply reading from it,
-  // whose transaction then rolls back), and let the command unwind through the dispatcher.
-  let cancelled = false;
-  const stop = () => {
-    cancelled = true;
-    void dropScratch?.();
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+  const cancel = cancelOnSignal();
   const spin = activity(io, "finding the backup");
   let compared = false;
   try {
@@ -118,12 +110,11 @@ async function recover(ctx: Context): Promise<number> {
       if (s.step === "recover") spin.update(`recovering a scratch instance to ${at} (most of the time goes here): ${s.message}`);
       if (s.step === "migrate") spin.update("migrating the scratch copy to the live schema");
     };
-    const onScratch = (drop: () => Promise<void>) => (dropScratch = drop);
     // The source: a backup loaded into a scratch database, or the state at a moment (--at) recovered into a scratch instance.
     const withSource = <T,>(fn: (source: Source) => Promise<T>) =>
       at !== undefined
-        ? withPointInTimeSource({ config, at, onStep, onScratch }, fn)
-        : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch, onStep }, fn);
+        ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch }, fn)
+        : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep }, fn);
     return await withSource(async (source) => {
       spin.update("comparing with the live database");
       const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);
@@ -174,10 +165,9 @@ async function recover(ctx: Context): Promise<number> {
     });
   } catch (e) {
     if (!compared) spin.fail("recover stopped: nothing was changed");
-    if (cancelled) throw new ShinkeiError("CANCELLED", "recover cancelled: nothing was applied, and its scratch database was dropped");
+    if (cancel.signal.aborted) throw new ShinkeiError("CANCELLED", "recover cancelled: nothing was applied, and its scratch database was dropped");
     throw e;
   } finally {
-    process.off("SIGINT", stop);
-    process.off("SIGTERM", stop);
+    cancel.dispose();
   }
 }

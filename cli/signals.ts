@@ -5,3 +5,31 @@ export function untilSignal(): Promise<string> {
     process.once("SIGINT", () => resolve("SIGINT"));
   });
 }
+
+/**
+ * Ctrl-C or SIGTERM during a command that works in a scratch database or instance: remove it (which
+ * ends the work in it) and let the command unwind through the dispatcher, which still closes the
+ * pool. A signal that comes before the scratch exists removes it the moment it does. SIGKILL leaves
+ * it to the next run.
+ */
+export function cancelOnSignal() {
+  const controller = new AbortController();
+  let remove: (() => Promise<void>) | undefined;
+  const stop = () => {
+    controller.abort();
+    void remove?.();
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  return {
+    signal: controller.signal,
+    onScratch(drop: () => Promise<void>) {
+      remove = drop;
+      if (controller.signal.aborted) void drop();
+    },
+    dispose() {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+    },
+  };
+}

@@ -39,6 +39,25 @@ export function connect(url: string, options: { max?: number } = {}): Sql {
   });
 }
 
+/**
+ * Whether a driver error means the connection itself is gone (reset, closed under us). postgres.js
+ * on Bun never settles a query written to such a connection, so nothing more is sent on it: closing
+ * it is what rolls its transaction back.
+ */
+export function connectionLost(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" && ["ECONNRESET", "EPIPE", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"].includes(code);
+}
+
+/** Wait for `p` at most `ms`: for a last query on a connection that may have died without a word. */
+export function settleWithin(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: Timer | undefined;
+  return Promise.race([
+    p.then(() => {}, () => {}),
+    new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))),
+  ]).finally(() => clearTimeout(timer));
+}
+
 /** Turn a driver failure into one line a person can act on; anything else passes through unchanged. */
 export function explainDbError(error: unknown, url: string): unknown {
   if (error instanceof ShinkeiError) return error;
@@ -163,7 +182,7 @@ export async function withAdvisoryLock<T>(
     try {
       return await fn(handle);
     } finally {
-      if (!lost) await conn`select pg_advisory_unlock(${LOCK_NAMESPACE}, ${key})`.catch(() => {});
+      if (!lost) await settleWithin(conn`select pg_advisory_unlock(${LOCK_NAMESPACE}, ${key})`, 5_000);
     }
   } finally {
     // Closing the connection releases the lock whatever happened above.

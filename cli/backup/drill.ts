@@ -6,23 +6,15 @@ import { obtainBackup } from "../../src/backup/catalog.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { runDrill } from "../../src/backup/drill.ts";
 import { activity } from "../prompts.ts";
+import { cancelOnSignal } from "../signals.ts";
 
 export async function drill(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const path = await obtainBackup(config.backupDir, ctx.positionals[1], offsiteStore(config));
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
-  let dropScratch: (() => Promise<void>) | undefined;
-  // Ctrl-C or SIGTERM mid-drill: drop the scratch database (which ends the load in it), then let the
-  // drill unwind, so the dispatcher still closes the pool (SIGKILL leaves it to the next drill).
-  const cancel = new AbortController();
-  const stop = () => {
-    cancel.abort();
-    void dropScratch?.();
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+  const cancel = cancelOnSignal();
   try {
-    const result = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age, onScratch: (drop) => (dropScratch = drop), signal: cancel.signal }).catch((e) => {
+    const result = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, signal: cancel.signal }).catch((e) => {
       spin.fail("drill stopped");
       throw e;
     });
@@ -35,7 +27,6 @@ export async function drill(ctx: Context): Promise<number> {
     if (!result.passed) throw new ShinkeiError("BACKUP_CORRUPT", `the restore drill of ${result.file} failed: ${result.differences.join("; ")}`);
     return 0;
   } finally {
-    process.off("SIGINT", stop);
-    process.off("SIGTERM", stop);
+    cancel.dispose();
   }
 }

@@ -1,4 +1,4 @@
-import { recreatePublicSchema, type LockHandle, type Sql } from "../db.ts";
+import { connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../state.ts";
 import type { BackupResult } from "./dump.ts";
@@ -171,7 +171,8 @@ export async function load(url: string, source: ReadableStream<Uint8Array>, form
     await run("COMMIT", false);
   } catch (error) {
     archive?.kill();
-    if (!lost) await conn!?.unsafe("ROLLBACK").catch(() => {});
+    lost ||= connectionLost(error);
+    if (!lost && conn!) await settleWithin(conn.unsafe("ROLLBACK"), 5_000);
     if (error instanceof ShinkeiError) throw error;
     const message = (error as Error).message;
     const lockLost = message.includes("maintenance lock was lost");
