@@ -352,16 +352,22 @@ describe("recover one user's rows", () => {
     }
   });
 
-  test("SIGTERM while the backup loads drops the scratch database and changes nothing", async () => {
+  test("SIGTERM at any moment of the load drops the scratch database and changes nothing", async () => {
     await slowToLoad(await takeBackup(env), 10);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const before = await snapshot(db.sql);
-    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env, stdout: "ignore", stderr: "ignore" });
-    for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
-    expect((await scratchDatabases()).length).toBe(1);
-    p.kill("SIGTERM");
-    expect(await p.exited).toBe(130);
-    expect(await scratchDatabases()).toEqual([]);
-    expect(await snapshot(db.sql)).toEqual(before);
+    // From the moment the scratch database exists: connecting, BEGIN, the statements before the sleep.
+    for (const delay of [0, 10, 20, 30, 40, 60, 100]) {
+      const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env, stdout: "ignore", stderr: "ignore" });
+      for (let i = 0; i < 400 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(10);
+      expect((await scratchDatabases()).length).toBe(1);
+      await Bun.sleep(delay);
+      p.kill("SIGTERM");
+      const exited = await Promise.race([p.exited, Bun.sleep(15_000).then(() => "still running")]);
+      if (exited === "still running") p.kill("SIGKILL");
+      expect({ delay, exited }).toEqual({ delay, exited: 130 });
+      expect(await scratchDatabases()).toEqual([]);
+      expect(await snapshot(db.sql)).toEqual(before);
+    }
   });
 });
