@@ -1,5 +1,4 @@
-import { chmod, copyFile, mkdir, rename, rm } from "node:fs/promises";
-import { readRecord, recordPath, spoolDir, walRoot } from "../wal/archive.ts";
+import { chmod, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
@@ -22,12 +21,6 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
   let n = 0;
   async function get(name: string): Promise<{ path: string; from: Served["from"] }> {
     const tmp = join(scratch, `wal-${++n}`);
-    // A segment the receiver has just finished waits in the spool until the archiver seals it: as
-    // much the end of the archive as the partial, and missing from both places for that moment.
-    if (parseSegment(name) && !(await readRecord(recordPath(walRoot(config.backupDir), parseSegment(name)!.timeline, name)))) {
-      const copied = await copyFile(join(spoolDir(config.backupDir), name), tmp).then(() => true, () => false);
-      if (copied) return { path: tmp, from: "receiving" };
-    }
     const got = await fetchWal(config, name, tmp, store, { durable: false });
     return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
   }

@@ -6,7 +6,7 @@ import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
-import { readRecord, spoolDir, walRoot, type WalRecord } from "./archive.ts";
+import { readRecord, recordPath, spoolDir, walRoot, type WalRecord } from "./archive.ts";
 import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
 import { fsyncDir } from "../backup/files.ts";
 
@@ -26,14 +26,19 @@ function timelineOf(name: string): number | null {
 /**
  * What PostgreSQL's restore_command asks for: the WAL file `name`, from the local archive (else
  * the off-site copy), checked against its record (SHA-256 of the stored bytes, then of the WAL
- * after decryption and gunzip), written to `target` whole or not at all. A segment never archived
- * whole is served from its partial (the one being received, else an archived one): the end of what
+ * after decryption and gunzip), written to `target` whole or not at all. A segment just finished
+ * and not yet sealed comes from the spool. A segment never archived whole is served from its partial (the one being received, else an archived one): the end of what
  * the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
  * never existed, such as the next timeline's history.
  */
 export async function fetchWal(config: Config, name: string, target: string, store?: BackupStore, options: FetchOptions = {}): Promise<{ from: "local" | "offsite" | "receiving"; record: WalRecord | null }> {
   const timeline = timelineOf(name);
   if (timeline === null || name.endsWith(".partial")) throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
+  // A segment the receiver has just finished waits in the spool until the archiver seals it: the
+  // end of the archive as much as a partial is. (The archiver may take it meanwhile: then its record.)
+  if (parseSegment(name) && !(await readRecord(recordPath(walRoot(config.backupDir), timeline, name)))) {
+    if (await copyWhole(join(spoolDir(config.backupDir), name), target, options).then(() => true, () => false)) return { from: "receiving", record: null };
+  }
   try {
     return await fetchRecorded(config, name, timeline, target, store, options);
   } catch (e) {
@@ -42,15 +47,24 @@ export async function fetchWal(config: Config, name: string, target: string, sto
     // The one being received now is the freshest; recovery replays it up to its last whole record.
     const receiving = join(spoolDir(config.backupDir), `${name}.partial`);
     if (await Bun.file(receiving).exists()) {
-      await copyFile(receiving, `${target}.partial`);
-      await rename(`${target}.partial`, target);
-      if (options.durable !== false) await fsyncDir(dirname(target));
+      await copyWhole(receiving, target, options);
       return { from: "receiving", record: null };
     }
     return await fetchRecorded(config, `${name}.partial`, timeline, target, store, options).catch(() => {
       throw e;
     });
   }
+}
+
+/** Copy `from` to `target` whole or not at all. */
+async function copyWhole(from: string, target: string, options: FetchOptions): Promise<void> {
+  try {
+    await copyFile(from, `${target}.partial`);
+    await rename(`${target}.partial`, target);
+  } finally {
+    await rm(`${target}.partial`, { force: true });
+  }
+  if (options.durable !== false) await fsyncDir(dirname(target));
 }
 
 /** `durable: false` for a copy that is only passed on (a scratch recovery's): no fsync. */

@@ -42,18 +42,27 @@ export type PitrStatus = {
 
 type Held = { segno: bigint; receivedAt: Date };
 
-/** The segment pg_receivewal is writing now (its `.partial`), if any; the newest one when several. */
-async function receiving(spool: string, segmentBytes: number): Promise<{ name: string; timeline: number; segno: bigint; receivedAt: Date } | null> {
-  let best: { name: string; timeline: number; segno: bigint; receivedAt: Date } | null = null;
+type Spooled = { name: string; timeline: number; segno: bigint; receivedAt: Date };
+
+/**
+ * What the spool holds: the segment pg_receivewal is writing now (its `.partial`; the newest when
+ * several), and the ones it finished that wait for the archiver to seal them. Both are on our disk,
+ * flushed by the receiver, and `pitr wal-fetch` serves them, so they count as held.
+ */
+async function spooled(spool: string, segmentBytes: number): Promise<{ current: Spooled | null; finished: Spooled[] }> {
+  let current: Spooled | null = null;
+  const finished: Spooled[] = [];
   for (const n of await readdir(spool).catch(() => [] as string[])) {
-    if (!n.endsWith(".partial")) continue;
-    const s = parseSegment(n.slice(0, -".partial".length), segmentBytes);
+    const partial = n.endsWith(".partial");
+    const s = parseSegment(partial ? n.slice(0, -".partial".length) : n, segmentBytes);
     if (!s) continue;
     const st = await stat(join(spool, n)).catch(() => null);
     if (!st) continue;
-    if (!best || s.timeline > best.timeline || (s.timeline === best.timeline && s.segno > best.segno)) best = { name: s.name, timeline: s.timeline, segno: s.segno, receivedAt: st.mtime };
+    const found = { name: s.name, timeline: s.timeline, segno: s.segno, receivedAt: st.mtime };
+    if (!partial) finished.push(found);
+    else if (!current || s.timeline > current.timeline || (s.timeline === current.timeline && s.segno > current.segno)) current = found;
   }
-  return best;
+  return { current, finished };
 }
 
 /** The newest received time reachable from `from` without a gap, or null when `from` itself is missing. */
@@ -71,11 +80,11 @@ export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBacku
  * oldest base backup whose WAL is complete to the newest WAL reachable from one without a gap.
  * `segmentBytes` defaults to what the archive's records say.
  */
-export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Awaited<ReturnType<typeof receiving>>; segmentBytes: number }> {
+export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Spooled | null; segmentBytes: number }> {
   const records = await listArchive(walRoot(backupDir));
   const bases = await listBaseBackups(backupDir);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  const current = await receiving(spoolDir(backupDir), seg);
+  const { current, finished } = await spooled(spoolDir(backupDir), seg);
 
   const byTimeline = new Map<number, Map<bigint, Held>>();
   const hold = (timeline: number, segno: bigint, receivedAt: Date) => {
@@ -83,6 +92,7 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
     byTimeline.get(timeline)!.set(segno, { segno, receivedAt });
   };
   for (const r of records.filter((x) => x.kind === "segment")) hold(r.timeline, parseSegment(r.name, seg)!.segno, new Date(r.receivedAt));
+  for (const f of finished) hold(f.timeline, f.segno, f.receivedAt);
   if (current) hold(current.timeline, current.segno, current.receivedAt);
 
   const baseRows = bases.map((b) => {
@@ -109,7 +119,7 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
   const withWindow = timelines.filter((t) => t.earliest);
   const newestTl = withWindow.at(-1);
 
-  const gaps = findGaps(records, seg, current ? [current.name] : []);
+  const gaps = findGaps(records, seg, [...finished.map((f) => f.name), ...(current ? [current.name] : [])]);
   const newestBase = bases.at(-1);
   const gapsAfterNewestBase = newestBase
     ? gaps.filter((g) => g.timeline > newestBase.manifest.timeline || (g.timeline === newestBase.manifest.timeline && parseSegment(g.to, seg)!.segno >= parseSegment(newestBase.manifest.startSegment, seg)!.segno))
