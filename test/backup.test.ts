@@ -41,7 +41,7 @@ describe("backup and restore", () => {
     await db.sql`create table stray (id int)`; // not in the backup: must be gone afterwards
 
     const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain("counts match the manifest");
     expect(await snapshot(db.sql)).toEqual(before);
     const [stray] = await db.sql`select to_regclass('public.stray') as t`;
@@ -103,7 +103,7 @@ describe("backup and restore", () => {
       await db.sql`delete from story_beats where position = 0`;
       const r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"], env);
       expect(r.stderr).toContain("has no manifest");
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     }
   });
@@ -154,7 +154,7 @@ describe("backup and restore", () => {
   test("verify: good file passes, unknown file is a clear error", async () => {
     await takeBackup();
     const ok = await shinkei(["backup", "verify"], env);
-    expect(ok.code).toBe(0);
+    expect(ok).toSucceed();
     expect(ok.stdout).toMatch(/^✔ shinkei_backup_\d{8}_\d{6}\.sql\.gz: ok \([^)]*plain\+gzip/);
     const missing = await shinkei(["backup", "verify", "nope.dump"], env);
     expect(missing.code).toBe(1);
@@ -204,7 +204,7 @@ describe("faults", () => {
     expect(second.code).toBe(75);
     expect(second.stderr).toContain(`another backup is running on this database (held by "shinkei backup (pid ${first.proc.pid})"`);
     const waited = await shinkei(["backup", "--wait"], env);
-    expect(waited.code).toBe(0);
+    expect(waited).toSucceed();
     expect(await first.proc.exited).toBe(0);
     expect((await backups()).length).toBe(2);
   });

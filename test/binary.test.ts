@@ -42,14 +42,14 @@ describe("the binary, copied alone into an empty folder", () => {
     const before = await snapshot(db.sql);
 
     const backup = await run(["backup"]);
-    expect(backup.code).toBe(0);
+    expect(backup).toSucceed();
     expect(backup.stdout).toContain("backup    backups/shinkei_backup_");
     const list = JSON.parse((await run(["backup", "list", "--json"])).stdout);
     expect(list).toHaveLength(1);
     expect((await run(["backup", "verify"])).code).toBe(0);
     await db.sql`delete from story_beats`;
     const restored = await run(["backup", "restore", list[0].name, "--yes", "--confirm-database", db.name]);
-    expect(restored.code).toBe(0);
+    expect(restored).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
 
     const serve = await Service.start(["serve"], { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1" }, copy());
@@ -63,7 +63,7 @@ describe("the binary, copied alone into an empty folder", () => {
     expect(names).toEqual(["serve", "status", "migrate", "backup", "backup-service", "pitr", "recover", "reset", "seed"]);
     for (const name of names) {
       const r = await shinkei([name, "--help"]);
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(r.stdout).toStartWith(`Usage: shinkei ${name}`);
     }
   });

@@ -11,13 +11,13 @@ async function closedPort(): Promise<number> {
 
 test("--help lists the commands; --version prints the version", async () => {
   const help = await shinkei(["--help"]);
-  expect(help.code).toBe(0);
+  expect(help).toSucceed();
   expect(help.stdout).toContain("Usage: shinkei <command>");
   expect(help.stdout).toMatch(/^\s+status\s+show the database/m);
   const version = await shinkei(["--version"]);
   expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
   const sub = await shinkei(["status", "--help"]);
-  expect(sub.code).toBe(0);
+  expect(sub).toSucceed();
   expect(sub.stdout).toContain("Usage: shinkei status [--json]");
 });
 

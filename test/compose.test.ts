@@ -32,10 +32,10 @@ test("compose.yaml runs only commands the binary accepts", async () => {
   expect(ours.length).toBe(2);
   for (const svc of ours) {
     const r = await shinkei([...svc.command!, "--help"]);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toStartWith(`Usage: shinkei ${svc.command![0]}`);
     const check = svc.healthcheck?.test.slice(1) ?? [];
-    if (check[0] === "shinkei") expect((await shinkei([...check.slice(1), "--help"])).code).toBe(0);
+    if (check[0] === "shinkei") expect(await shinkei([...check.slice(1), "--help"])).toSucceed();
   }
 });
 
@@ -131,7 +131,7 @@ test("the init script makes a login role that is no superuser, owns the app's da
       await app.end();
     }
     const env = { DATABASE_URL: url.toString(), BACKUP_DIR: await tempDir("initdb-backup") };
-    expect((await shinkei(["migrate"], env)).code).toBe(0);
+    expect(await shinkei(["migrate"], env)).toSucceed();
     expect(await takeBackup(env)).toMatch(/shinkei_backup_\S+\.sql\.gz$/);
 
     // The backup service's role backs up and restores; what it restores still belongs to the app.
@@ -141,7 +141,7 @@ test("the init script makes a login role that is no superuser, owns the app's da
     await takeBackup(backupEnv);
     const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], backupEnv);
     expect(restored.stderr).toBe("");
-    expect(restored.code).toBe(0);
+    expect(restored).toSucceed();
     const owners = await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p')`;
     expect(owners.map((r) => r.owner as string)).toEqual([appUser]);

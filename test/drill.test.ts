@@ -37,12 +37,12 @@ describe("restore drills", () => {
     expect(check.stderr).toContain("no backup has passed a restore drill yet");
 
     const r = await shinkei(["backup", "drill"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toMatch(/^✔ passed  shinkei_backup_\S+ restored on/m);
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list[0].drill).toMatchObject({ passed: true, differences: [] });
     check = await shinkei(["backup", "check"], env);
-    expect(check.code).toBe(0);
+    expect(check).toSucceed();
     expect(check.stdout).toContain("passed a restore drill");
     expect(await scratchDatabases()).toEqual([]);
   });
@@ -55,7 +55,7 @@ describe("restore drills", () => {
     try {
       for (const name of [...others, leftover]) await a`create database ${a(name)}`;
       await takeBackup();
-      expect((await shinkei(["backup", "drill"], env)).code).toBe(0);
+      expect(await shinkei(["backup", "drill"], env)).toSucceed();
       const left = (await a`select datname from pg_database where datname = any(${[...others, leftover]})`).map((r) => r.datname as string);
       expect(left.sort()).toEqual([...others].sort());
     } finally {
@@ -101,7 +101,7 @@ describe("restore drills", () => {
     expect((await scratchDatabases()).length).toBe(1);
     await takeBackup(); // the next drill takes the newest, which loads at full speed
     const r = await shinkei(["backup", "drill"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(await scratchDatabases()).toEqual([]);
   });
 

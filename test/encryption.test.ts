@@ -17,7 +17,7 @@ const SECRET = "beat 3 of confidential-tag";
 
 async function keygen(path: string) {
   const r = await shinkei(["backup", "keygen", "--output", path, "--json"]);
-  expect(r.code).toBe(0);
+  expect(r).toSucceed();
   return JSON.parse(r.stdout).recipient as string;
 }
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
@@ -36,7 +36,7 @@ describe("keygen", () => {
   test("writes a 0600 identity, prints its public key, and never overwrites", async () => {
     const path = join(keys, "new.key");
     const r = await shinkei(["backup", "keygen", "--output", path]);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toMatch(/^public key: age1[0-9a-z]+$/m);
     expect((await stat(path)).mode & 0o777).toBe(0o600);
     const before = await readFile(path, "utf8");
@@ -50,7 +50,7 @@ describe("keygen", () => {
   test("the default output name is one git ignores, so the key is never committed by accident", async () => {
     const cwd = await tempDir("keygen-default");
     const r = await shinkei(["backup", "keygen", "--json"], {}, { cwd });
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const written = JSON.parse(r.stdout).identityFile as string;
     expect((await stat(join(cwd, written))).mode & 0o777).toBe(0o600);
     // The project's .gitignore in a scratch repository: git's own rules decide, wherever the tests run.
@@ -77,12 +77,12 @@ describe("encrypted backups", () => {
 
     await db.sql`delete from story_beats`;
     const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
     const v = await shinkei(["backup", "verify"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
-    expect(v.code).toBe(0);
+    expect(v).toSucceed();
     const d = await shinkei(["backup", "drill"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
-    expect(d.code).toBe(0);
+    expect(d).toSucceed();
   });
 
   test("without the identity, or with the wrong one: a clear error naming the recipients, database unchanged", async () => {
@@ -130,7 +130,7 @@ describe("encrypted backups", () => {
     expect(JSON.parse(await readFile(`${file}.manifest.json`, "utf8")).encryption).toEqual({ method: "passphrase" });
     await db.sql`delete from story_beats`;
     const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], { ...env, ...pass });
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
   });
 
@@ -148,7 +148,7 @@ describe("encrypted backups", () => {
       await rm(dir, { recursive: true });
       await db.sql`delete from story_beats`;
       const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], { ...s3env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     } finally {
       await s3.stop();
@@ -158,7 +158,7 @@ describe("encrypted backups", () => {
   test("a host with only public keys: backup check passes without drills, and says why", async () => {
     await takeBackup();
     const r = await shinkei(["backup", "check"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain("drills not checked here: the backup is encrypted and this host holds no key");
     // Where the key is, the drill requirement applies again.
     const withKey = await shinkei(["backup", "check"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });

@@ -56,7 +56,7 @@ describe("the backup-service's ops listener", () => {
 
   test("every backup figure matches `backup --list --json`", async () => {
     const list = await shinkei(["backup", "--list", "--json"], { ...env, ...s3.env() });
-    expect(list.code).toBe(0);
+    expect(list).toSucceed();
     const rows = JSON.parse(list.stdout) as { name: string; takenAt: string; sizeBytes: number; check: string; location: string; drill: { passed: boolean; at: string; durationMs: number } | null }[];
     const m = await scrape();
     const dump = { kind: "dump" };
@@ -92,7 +92,7 @@ describe("the backup-service's ops listener", () => {
   test("the figures follow the folder: a new backup shows within the cache's two seconds", async () => {
     const before = sample(await scrape(), "shinkei_backups", { kind: "dump" })!;
     const r = await shinkei(["backup"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     let after = before;
     for (let i = 0; i < 40 && after === before; i++) {
       await Bun.sleep(100);

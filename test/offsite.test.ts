@@ -37,7 +37,7 @@ describe("off-site copies", () => {
   test("a backup is uploaded with its manifest under the prefix, listed as local+s3, and restores from S3 alone", async () => {
     const before = await snapshot(db.sql);
     const r = await shinkei(["backup"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain(`off-site   copied to s3://${s3.bucket}/${env.S3_PREFIX}`);
     const name = r.stdout.match(/^backup\s+\S+\/(shinkei_backup_\S+)$/m)![1]!;
     expect(await keys(env.S3_PREFIX!)).toEqual([`${env.S3_PREFIX}${name}`, `${env.S3_PREFIX}${name}.manifest.json`]);
@@ -53,7 +53,7 @@ describe("off-site copies", () => {
     expect(list.map((b: { name: string; location: string }) => [b.name, b.location])).toEqual([[name, "s3"]]);
     await db.sql`delete from story_beats`;
     const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
-    expect(restored.code).toBe(0);
+    expect(restored).toSucceed();
     expect(restored.stdout).toContain(`restored       ${name}`);
     expect(restored.stdout).toContain("counts match the manifest");
     expect(await snapshot(db.sql)).toEqual(before);

@@ -64,7 +64,7 @@ beforeAll(async () => {
   service = await Service.start(["backup-service"], { ...env, BACKUP_AGE_IDENTITY: "" });
   await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
   sql = connect(cluster.url("shinkei"), { max: 2 });
-  expect((await shinkei(["backup", "base"], env)).code).toBe(0);
+  expect(await shinkei(["backup", "base"], env)).toSucceed();
 
   await sql`create table notes (id serial primary key, body text not null)`;
   await sql`create table ledger (id serial primary key, amount int not null)`;
@@ -102,7 +102,7 @@ describe("pitr restore", () => {
   test("to the noted time: a scratch instance holds exactly the rows and the dropped table as they were, replayed from the segment still being received", async () => {
     const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], env);
     expect(r.stderr).toContain("replaying WAL to");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const out = JSON.parse(r.stdout);
     try {
       expect(out.url).toMatch(/^postgres:\/\/postgres:[^@]+@127\.0\.0\.1:\d+\/shinkei$/);
@@ -122,7 +122,7 @@ describe("pitr restore", () => {
       expect(await leftovers()).toHaveLength(1);
     } finally {
       const c = await shinkei(["pitr", "cleanup"], env);
-      expect(c.code).toBe(0);
+      expect(c).toSucceed();
       expect(c.stdout).toContain("removed");
     }
     expect(await leftovers()).toEqual([]);
@@ -130,7 +130,7 @@ describe("pitr restore", () => {
 
   test("to latest: the damage is there too", async () => {
     const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const out = JSON.parse(r.stdout);
     expect(out.counts).toBeDefined();
     expect(Date.parse(out.reached.commitTime)).toBeGreaterThan(Date.parse(noted));
@@ -147,7 +147,7 @@ describe("pitr restore", () => {
     await flushed(await insertLsn());
     const r = await shinkei(["pitr", "restore", "--to", quiet, "--json"], env);
     expect(r.stderr).toContain("the archive holds no commit after the target");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const out = JSON.parse(r.stdout);
     try {
       expect(out.replayedAll).toBe(true);
@@ -156,7 +156,7 @@ describe("pitr restore", () => {
       const got = await statsOf(out.url);
       expect(got.digests).toEqual((await sql.begin((tx) => tableStats(tx))).digests);
     } finally {
-      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+      expect(await shinkei(["pitr", "cleanup"], env)).toSucceed();
     }
     expect(await leftovers()).toEqual([]);
   });
@@ -164,7 +164,7 @@ describe("pitr restore", () => {
   test("for a person: each step on stderr, what was reached, the counts, the URL and what to do next", async () => {
     const r = await shinkei(["pitr", "restore", "--to", noted], env);
     try {
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       for (const step of ["unpacking base backup", "checking its SHA-256", "starting PostgreSQL", "replaying WAL to"]) expect(r.stderr).toContain(step);
       expect(r.stdout).toMatch(/^reached    LSN [0-9A-F]+\/[0-9A-F]+, last replayed commit \S+, [\d.]+m?s before the target$/m);
       expect(r.stdout).toMatch(/^stopped    recovery stopping before commit of transaction \d+, time /m);
@@ -246,7 +246,7 @@ describe("pitr restore", () => {
   test("--apply: the live database gets exactly the recovered state, after a safety backup", async () => {
     const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], env);
     expect(r.stderr).not.toContain("✖");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain("every table's count and content digest match the recovered instance");
     const safety = /safety backup\s+(\S+)/.exec(r.stdout)![1]!;
     expect(await Bun.file(safety).exists()).toBe(true);
@@ -262,7 +262,7 @@ describe("pitr restore", () => {
     const target = join(parent, "recovered");
     const r = await shinkei(["pitr", "restore", "--to", noted, "--into-dir", target], env);
     expect(r.stderr).not.toContain("✖");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain(`pg_ctl -D ${target}`);
     expect(await leftovers()).toEqual([]);
     expect(await Bun.file(join(target, "recovery.signal")).exists()).toBe(false);
@@ -300,7 +300,7 @@ describe("pitr restore", () => {
     }, 30_000);
     const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], { ...env, BACKUP_DIR: empty });
     expect(r.stderr).toContain("downloading base backup");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const out = JSON.parse(r.stdout);
     try {
       expect(out.window.source).toBe("offsite");
@@ -311,25 +311,25 @@ describe("pitr restore", () => {
       const got = await statsOf(out.url);
       expect(got.digests).toEqual(before.digests);
     } finally {
-      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+      expect(await shinkei(["pitr", "cleanup"], env)).toSucceed();
     }
     expect(await leftovers()).toEqual([]);
   });
 
   test("with a newer base backup, the one ending before the target is used; --to-lsn reaches the same state", async () => {
     const first = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file;
-    expect((await shinkei(["backup", "base"], env)).code).toBe(0);
+    expect(await shinkei(["backup", "base"], env)).toSucceed();
     const r = await shinkei(["pitr", "restore", "--to", noted, "--stop", "--json"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(JSON.parse(r.stdout).base).toBe(first);
     const l = await shinkei(["pitr", "restore", "--to-lsn", notedLsn, "--json"], env);
-    expect(l.code).toBe(0);
+    expect(l).toSucceed();
     const out = JSON.parse(l.stdout);
     try {
       expect(out.base).toBe(first);
       expect((await statsOf(out.url)).digests).toEqual(before.digests);
     } finally {
-      expect((await shinkei(["pitr", "cleanup"], env)).code).toBe(0);
+      expect(await shinkei(["pitr", "cleanup"], env)).toSucceed();
     }
     expect(await leftovers()).toEqual([]);
   });
@@ -353,7 +353,7 @@ describe("pitr drills", () => {
     await sql`insert into notes (body) values ('during the drill')`;
     const r = await shinkei(["pitr", "drill", "--json"], env);
     expect(r.stderr).not.toContain("✖");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const d = JSON.parse(r.stdout);
     expect(d).toMatchObject({ passed: true, differences: [] });
     expect(d.restorePoint).toMatch(/^shinkei_drill_/);
@@ -449,7 +449,7 @@ describe("pitr drills", () => {
 
 describe("recover --at: one user's rows as they were at a moment", () => {
   test("alice's world comes back from the WAL archive; bob's world made since stays; no scratch instance is left", async () => {
-    expect((await shinkei(["migrate"], env)).code).toBe(0);
+    expect(await shinkei(["migrate"], env)).toSucceed();
     await seedSample(sql, "pitr", 2); // pitr1@example.com and pitr2@example.com, a world each
     const owner = (email: string) => sql`select id from users where email = ${email}`;
     const [alice] = await owner("pitr1@example.com");
@@ -472,7 +472,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
 
     const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes"], env);
     expect(r.stderr).not.toContain("✖");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(await aliceRows()).toEqual(kept);
     expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
     expect(await leftovers()).toEqual([]);

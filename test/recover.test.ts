@@ -90,7 +90,7 @@ describe("recover one user's rows", () => {
 
     const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes"], env);
     expect(r.stderr).toBe("");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain("users -> worlds  (worlds.owner_id references users.id)");
     expect(r.stdout).toContain("stories -> story_beats  (story_beats.story_id references stories.id)");
     expect(r.stdout).toContain("not followed: sessions");
@@ -113,7 +113,7 @@ describe("recover one user's rows", () => {
 
     // Again: nothing is missing now, and `latest` is not the safety copy just taken.
     const again = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
-    expect(again.code).toBe(0);
+    expect(again).toSucceed();
     expect(again.stdout).toContain("nothing to recover");
   });
 
@@ -125,19 +125,19 @@ describe("recover one user's rows", () => {
     const [created] = await db.sql`insert into story_beats (story_id, position, content) values (${original!.story_id}, 7, 'written since') returning *`;
 
     const preview = await shinkei(["recover", "--user", "alice@example.com", "--dry-run", "--json"], env);
-    expect(preview.code).toBe(0);
+    expect(preview).toSucceed();
     const beats = JSON.parse(preview.stdout).tables.find((t: { table: string }) => t.table === "story_beats");
     expect(beats.counts).toEqual({ missing: 1, changed: 1, createdSince: 1, same: 10 });
     expect(beats.changed[0].columns).toEqual(["content"]);
 
     const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
-    expect(plain.code).toBe(0);
+    expect(plain).toSucceed();
     expect((await aliceBeat(db.sql, "story 1", 2))!.content).toBe("beat 2");
     expect((await aliceBeat(db.sql, "story 1", 1))!.content).toBe("edited after the backup");
     expect(plain.stdout).toContain("kept (changed) story_beats 1");
 
     const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes"], env);
-    expect(revert.code).toBe(0);
+    expect(revert).toSucceed();
     expect(revert.stdout).toContain("reverted       story_beats 1");
     expect(await aliceBeat(db.sql, "story 1", 1)).toEqual(original);
     expect((await db.sql`select * from story_beats where id = ${created!.id}`)[0]).toEqual(created);
@@ -206,7 +206,7 @@ describe("recover one user's rows", () => {
   test("the incident: reset, alice registers again, recover --into-current-account; she signs in and sees her old worlds", async () => {
     const oldWorlds = (await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by w.name`).map((r) => r.name);
     const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
-    expect(reset.code).toBe(0);
+    expect(reset).toSucceed();
     const server = await startTestServer(db);
     try {
       const account = { email: "alice@example.com", password: "a brand new password", name: "Alice again" };
@@ -221,7 +221,7 @@ describe("recover one user's rows", () => {
 
       const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes"], env);
       expect(r.stderr).toBe("");
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(r.stdout).toContain("restored       worlds 2, stories 4, story_beats 12");
       expect(r.stdout).toContain("sessions       not restored");
 
@@ -254,7 +254,7 @@ describe("recover one user's rows", () => {
     await db.sql`delete from worlds where id = ${w!.id}`;
 
     const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain(`removed        the new, empty account ${fresh!.id}`);
     expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([old!.id]);
     expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
@@ -294,7 +294,7 @@ describe("recover one user's rows", () => {
     await a`create database ${a(lookalike)}`;
     try {
       const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(await scratchDatabases()).toEqual([]);
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
       expect(await a`select 1 from pg_database where datname = ${lookalike}`).toHaveLength(1);
@@ -321,7 +321,7 @@ describe("recover one user's rows", () => {
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
 
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain("story_beats -> beat_notes  (beat_notes.beat_id references story_beats.id)");
     expect(r.stdout).toMatch(/^beat_notes\s+9\s+0\s+0\s+3$/m);
     expect(await notes()).toEqual(aliceNotes);
@@ -340,12 +340,12 @@ describe("recover one user's rows", () => {
 
       const r = await shinkei(["recover", "--world", w1!.id, "--yes"], offsite);
       expect(r.stderr).toBe("");
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(r.stdout).toContain(`scope      world ${w1!.id} (owner alice@example.com)`);
       expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
       expect((await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`).map((x) => x.name)).toEqual(["alice@example.com world 1"]);
       const both = await shinkei(["recover", "--user", "alice@example.com", "--yes"], offsite);
-      expect(both.code).toBe(0);
+      expect(both).toSucceed();
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
     } finally {
       await s3.stop();

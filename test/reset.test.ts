@@ -63,7 +63,7 @@ describe("in a terminal", () => {
 
       // The printed command brings the old data back, exactly.
       const r = await shinkei(["backup", "--restore", "--backup-file", undo[2]!, "--yes", "--confirm-database", db.name], env);
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     } finally {
       await t.close();
@@ -127,19 +127,19 @@ describe("without a terminal", () => {
     expect(await files()).toEqual([]);
 
     r = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toContain("rows now       users 0, worlds 0, stories 0, story_beats 0, sessions 0");
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list).toHaveLength(1);
     expect(list[0]).toMatchObject({ reason: "pre-reset", check: "ok" });
     expect(list[0].counts.users).toBe(3);
-    expect((await shinkei(["backup", "verify", list[0].path], env)).code).toBe(0);
+    expect(await shinkei(["backup", "verify", list[0].path], env)).toSucceed();
   });
 
   test("--dry-run shows the counts and changes nothing", async () => {
     const before = await snapshot(db.sql);
     const r = await shinkei(["reset", "--dry-run"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(r.stdout).toMatch(/users\s+3/);
     expect(r.stdout).toContain("dry run: nothing was changed");
     expect(await snapshot(db.sql)).toEqual(before);
@@ -154,7 +154,7 @@ describe("without a terminal", () => {
     }
     expect(await snapshot(db.sql)).toEqual(before);
     const r = await shinkei(["reset", "--force", "--confirm-database", db.name, "--allow-production"], { ...env, SHINKEI_ENV: "production" });
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
   });
 
   test("a failing safety backup deletes nothing", async () => {
@@ -175,7 +175,7 @@ describe("seed and migrate down", () => {
     expect(r.stderr).toContain("already has 3 user(s)");
     await db.sql`truncate users, sessions, worlds, stories, story_beats cascade`;
     r = await shinkei(["seed"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const [n] = await db.sql`select count(*) as n from story_beats`;
     expect(n!.n).toBe(60);
     // Demo addresses get no mail, so they count as verified (REQUIRE_EMAIL_VERIFICATION cannot lock them out).
@@ -191,7 +191,7 @@ describe("seed and migrate down", () => {
     expect(r.stdout).toContain(last.down!.trim().split("\n")[0]!);
     expect((await migrationStatus(db.sql)).current).toBe(last.version);
     r = await shinkei(["migrate", "down", "--force", "--confirm-database", db.name], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect((await migrationStatus(db.sql)).current).toBe(last.version - 1);
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list[0]).toMatchObject({ reason: "pre-migrate" });

@@ -94,7 +94,7 @@ describe("a restore is all-or-nothing for any file", () => {
 
     const ok = await restore(["--backup-file", file, ...confirm()]);
     expect(ok.stderr).toBe("");
-    expect(ok.code).toBe(0);
+    expect(ok).toSucceed();
     expect(await stats()).toEqual(good);
     const [back] = await db.sql`select convert_from(lo_get(${lo!.oid}), 'UTF8') as body`;
     expect(back!.body).toBe("a large object");
@@ -133,7 +133,7 @@ describe("a restored file is untrusted input", () => {
     const secrets = { AWS_SECRET_ACCESS_KEY: "s3-secret-value", BACKUP_AGE_PASSPHRASE: "age-secret-value", SMTP_URL: "smtp://u:mail-secret@127.0.0.1" };
     const r = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { ...secrets, PATH: pathWith(spy) });
     expect(r.stderr).not.toContain("✖");
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const childEnv = await readFile(seen, "utf8");
     // pg_dump (the safety backup and its version check) and pg_restore (verify and load) all ran.
     expect(childEnv.match(/^PGDATABASE=/gm)?.length).toBeGreaterThanOrEqual(2);
@@ -159,7 +159,7 @@ describe("what a restore picks", () => {
 
       const r = await restore(confirm(), s3.env("picks/"));
       expect(r.stderr).toBe("");
-      expect(r.code).toBe(0);
+      expect(r).toSucceed();
       expect(r.stdout).toContain(`restored       ${real.split("/").at(-1)}`);
       const [users] = await db.sql`select count(*)::int as n from users`;
       expect(users!.n).toBeGreaterThan(0);
@@ -178,13 +178,13 @@ describe("what a restore picks", () => {
     expect(await readdir(dir)).toEqual(["plain.sql"]); // no safety backup either
     expect(await stats()).toEqual(before);
     const ok = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { BACKUP_AGE_PASSPHRASE: "correct horse battery staple" });
-    expect(ok.code).toBe(0);
+    expect(ok).toSucceed();
   });
 
   test("with BACKUP_MANIFEST_KEY, an edited or unsigned manifest fails verification", async () => {
     const key = { BACKUP_MANIFEST_KEY: "k".repeat(40) };
     const file = await takeBackup(key);
-    expect((await shinkei(["backup", "verify", file], { ...env, ...key })).code).toBe(0);
+    expect(await shinkei(["backup", "verify", file], { ...env, ...key })).toSucceed();
     const manifestFile = `${file}.manifest.json`;
     const original = await readFile(manifestFile, "utf8");
     const edited = JSON.parse(original);
@@ -228,7 +228,7 @@ describe("the guard and the lock", () => {
     expect((await readdir(dir)).filter((n) => n.includes("_backup_")).length).toBe(2); // the backup and its manifest
     expect(await stats()).toEqual(before);
     const allowed = await restore(["--backup-file", file, ...confirm(), "--allow-production"], { SHINKEI_ENV: "production" });
-    expect(allowed.code).toBe(0);
+    expect(allowed).toSucceed();
   });
 
   test("a restore whose lock connection is killed rolls back and exits", async () => {

@@ -128,13 +128,13 @@ describe("retention", () => {
     await writeFile(join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".sql.gz", ".sql.gz.bak")), "foreign");
     const before = (await readdir(dir)).sort();
     const dry = await shinkei(["backup", "prune", "--dry-run"], env);
-    expect(dry.code).toBe(0);
+    expect(dry).toSucceed();
     expect(dry.stdout).toContain("dry run: nothing deleted");
     expect(dry.stdout.match(/would delete/g)?.length).toBe(3);
     expect((await readdir(dir)).sort()).toEqual(before);
 
     const r = await shinkei(["backup", "prune"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     const after = (await readdir(dir)).sort();
     expect(after).toEqual(before.filter((n) => !names.slice(0, 3).some((old) => n.startsWith(old))).sort());
     expect(after).toContain("notes.txt");
@@ -171,9 +171,9 @@ describe("freshness", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/is 2d 0h old, more than 1d 2h/);
     await shinkei(["backup"], env);
-    expect((await shinkei(["backup", "drill"], env)).code).toBe(0);
+    expect(await shinkei(["backup", "drill"], env)).toSucceed();
     r = await shinkei(["backup", "check", "--json"], env);
-    expect(r.code).toBe(0);
+    expect(r).toSucceed();
     expect(JSON.parse(r.stdout).ageSeconds).toBeLessThan(60);
   });
 });

@@ -169,7 +169,7 @@ describe("shinkei status --watch", () => {
       expect(first).toContain(`database        ${db.name} on`);
       expect(first).toContain("users: 3 rows restored, the backup recorded 43");
       const taken = await shinkei(["backup"], env);
-      expect(taken.code).toBe(0);
+      expect(taken).toSucceed();
       const name = /backup\s+\S*\/(shinkei_backup_\S+)/.exec(taken.stdout)![1]!;
       const redrawn = await term.waitFor(`newest backup   ${name}`);
       expect(redrawn).toContain("off-site        2 pending");

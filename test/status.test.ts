@@ -28,7 +28,7 @@ afterAll(() => db.drop());
 
 test("status --json reports the rows the test inserted", async () => {
   const r = await shinkei(["status", "--json"], { DATABASE_URL: db.url });
-  expect(r.code).toBe(0);
+  expect(r).toSucceed();
   const s = JSON.parse(r.stdout);
   expect(s.counts).toEqual({ users: 3, worlds: 2, stories: 4, story_beats: 7, sessions: 0 });
   expect(s.database).toBe(db.name);
@@ -41,7 +41,7 @@ test("status --json reports the rows the test inserted", async () => {
 
 test("status prints a readable table with the same counts", async () => {
   const r = await shinkei(["status"], { DATABASE_URL: db.url });
-  expect(r.code).toBe(0);
+  expect(r).toSucceed();
   expect(r.stdout).toContain(`database  ${db.name} on`);
   expect(r.stdout).toMatch(new RegExp(`schema\\s+version ${latest} of ${latest}$`, "m"));
   for (const [table, n] of [["users", 3], ["worlds", 2], ["stories", 4], ["story_beats", 7]] as const) {

@@ -126,7 +126,7 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     const target = join(elsewhere, "RECOVERYXLOG");
     const got = await shinkei(["pitr", "wal-fetch", seg, target], fetchEnv);
     expect(got.stderr).toBe("");
-    expect(got.code).toBe(0);
+    expect(got).toSucceed();
     expect(new Bun.CryptoHasher("sha256").update(await readFile(target)).digest("hex")).toBe(record.originalSha256);
     expect((await shinkei(["pitr", "wal-fetch", "0000000100000000000000FF", target], fetchEnv)).code).toBe(1);
     await s3.stop();

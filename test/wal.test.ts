@@ -364,7 +364,7 @@ describe("retention", () => {
     expect(dry.removed).toEqual([]);
 
     const cli = await shinkei(["backup", "prune", "--dry-run"], { DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream" });
-    expect(cli.code).toBe(0);
+    expect(cli).toSucceed();
     expect(cli.stdout).toContain(`WAL ${needless[0]} .. ${needless.at(-1)} (${needless.length} file(s)): would delete`);
     expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").length).toBe(before.length);
 

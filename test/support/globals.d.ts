@@ -10,3 +10,10 @@ declare module "s3rver" {
     close(): Promise<void>;
   }
 }
+
+declare module "bun:test" {
+  interface Matchers<T> {
+    /** A CLI result ({ code, stdout, stderr }) that exited 0; the failure message shows its output. */
+    toSucceed(): void;
+  }
+}

@@ -1,4 +1,5 @@
 import { plugin } from "bun";
+import { expect } from "bun:test";
 import { readFile } from "node:fs/promises";
 
 /** Real databases, servers and processes: bun's 5 s default is too tight on a busy 2-core machine. */
@@ -18,5 +19,19 @@ plugin({
       loader: "ts",
       contents: `import { setDefaultTimeout as __setDefaultTimeout } from "bun:test"; __setDefaultTimeout(${TEST_TIMEOUT_MS}); ${await readFile(path, "utf8")}`,
     }));
+  },
+});
+
+/**
+ * `expect(result).toSucceed()` for a CLI run: exit code 0, and on failure the message carries what
+ * the command printed, so a failure seen only in CI says why.
+ */
+expect.extend({
+  toSucceed(received: unknown) {
+    const r = received as { code?: number; stdout?: string; stderr?: string };
+    return {
+      pass: r.code === 0,
+      message: () => `expected exit code 0, got ${r.code}\nstderr: ${String(r.stderr ?? "").trim().slice(-2000)}\nstdout: ${String(r.stdout ?? "").trim().slice(-1000)}`,
+    };
   },
 });
