@@ -40,6 +40,8 @@ Options:
   --show                   list the rows themselves, not only the counts
   --dry-run                show the preview and stop
   --yes                    apply without the typed confirmation (needed without a terminal)
+  --allow-unencrypted      recover from a plain file although this host encrypts its backups
+  --allow-unsigned         recover from a file without a manifest although BACKUP_MANIFEST_KEY is set
   --allow-production       run even when SHINKEI_ENV/NODE_ENV is production
   --wait                   queue behind a running backup, restore or reset instead of failing
   --history                list the recoveries applied (from the records beside their safety backups)
@@ -58,6 +60,8 @@ Options:
     show: { type: "boolean" },
     "dry-run": { type: "boolean" },
     yes: { type: "boolean", short: "y" },
+    "allow-unencrypted": { type: "boolean" },
+    "allow-unsigned": { type: "boolean" },
     "allow-production": { type: "boolean" },
     wait: { type: "boolean" },
     history: { type: "boolean" },
@@ -114,7 +118,8 @@ async function recover(ctx: Context): Promise<number> {
     const withSource = <T,>(fn: (source: Source) => Promise<T>) =>
       at !== undefined
         ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch }, fn)
-        : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep }, fn);
+        : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep,
+            allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") } }, fn);
     return await withSource(async (source) => {
       spin.update("comparing with the live database");
       const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);

@@ -58,6 +58,7 @@ const codes = {
   // a restore's input and its transaction
   RESTORE_UNSAFE: { exit: 1, status: 422 },
   UNENCRYPTED_BACKUP: { exit: 1, status: 422 },
+  UNSIGNED_BACKUP: { exit: 1, status: 422 },
   LOCK_LOST: { exit: 1, status: 500 },
   ABORTED: { exit: 1, status: 400 },
   CANCELLED: { exit: 130, status: 400 },

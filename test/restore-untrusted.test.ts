@@ -208,6 +208,23 @@ describe("what a restore picks", () => {
     expect(r.code).toBe(1);
     expect(r.stdout + r.stderr).toContain("a backup copied under another name");
   });
+
+  test("with BACKUP_MANIFEST_KEY, a file without a manifest needs --allow-unsigned, for restore and recover alike", async () => {
+    const key = { BACKUP_MANIFEST_KEY: "k".repeat(40) };
+    const file = join(dir, "stock.sql");
+    await dump(file);
+    const before = await stats();
+    const r = await restore(["--backup-file", file, ...confirm()], key);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("has no manifest, and BACKUP_MANIFEST_KEY is set");
+    expect(r.stderr).toContain("--allow-unsigned");
+    expect(await readdir(dir)).toEqual(["stock.sql"]); // no safety backup either
+    const recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], { ...env, ...key });
+    expect(recover.code).toBe(1);
+    expect(recover.stderr).toContain("has no manifest, and BACKUP_MANIFEST_KEY is set");
+    expect(await stats()).toEqual(before);
+    expect(await restore(["--backup-file", file, ...confirm(), "--allow-unsigned"], key)).toSucceed();
+  });
 });
 
 describe("the guard and the lock", () => {

@@ -42,6 +42,7 @@ Options:
   --confirm-database N  the target database's name, required with --yes and without a terminal
   --no-safety-backup    restore without a pre-restore backup (only with --yes --confirm-database)
   --allow-unencrypted   restore a plain file although this host encrypts its backups
+  --allow-unsigned      restore a file without a manifest although BACKUP_MANIFEST_KEY is set
   --allow-production    restore even when SHINKEI_ENV/NODE_ENV is production
   --wait                queue behind a running backup, restore or reset instead of failing
   --verify              with --list: read every file in full (slower) instead of checking sizes;
@@ -63,6 +64,7 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
     "no-safety-backup": { type: "boolean" },
     "confirm-database": { type: "string" },
     "allow-unencrypted": { type: "boolean" },
+    "allow-unsigned": { type: "boolean" },
     "allow-production": { type: "boolean" },
     wait: { type: "boolean" },
     verify: { type: "boolean" },

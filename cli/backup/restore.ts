@@ -12,7 +12,7 @@ import { withMaintenanceLock } from "../../src/backup/lock.ts";
 import { obtainBackup } from "../../src/backup/catalog.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { assertVerified, verifyBackup } from "../../src/backup/verify.ts";
-import { refuseUnencrypted, restoreBackup, type RestoreStep } from "../../src/backup/restore.ts";
+import { refuseUntrusted, restoreBackup, type RestoreStep } from "../../src/backup/restore.ts";
 
 const stepLabels: Record<RestoreStep, string> = {
   verify: "verifying the backup",
@@ -36,7 +36,8 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
     const verification = await verifyBackup(path, { quick: true, age: config.backup.age });
     spin.stop(verification.ok ? "backup verified" : "backup failed verification");
     assertVerified(verification);
-    refuseUnencrypted(verification, config.backup.age, ctx.flag("allow-unencrypted"));
+    const allow = { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") };
+    refuseUntrusted(verification, config.backup.age, allow);
     if (!verification.manifest) warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
 
     const current = await tableCounts(ctx.db);
@@ -60,7 +61,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
         safetyBackup: !ctx.flag("no-safety-backup"),
         age: config.backup.age,
         lock,
-        allowUnencrypted: ctx.flag("allow-unencrypted"),
+        allow,
         onStep: (s) => progress.update(stepLabels[s]),
       });
     } catch (e) {

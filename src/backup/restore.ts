@@ -29,8 +29,8 @@ export type RestoreOptions = {
   age?: AgeConfig;
   /** The maintenance lock the caller holds: the load commits only while it is still held. */
   lock?: LockHandle;
-  /** Restore a plain file although this host encrypts its backups (--allow-unencrypted). */
-  allowUnencrypted?: boolean;
+  /** What to let through that this host would refuse: a plain file, one without a manifest. */
+  allow?: Allowances;
 };
 
 export type RestoreResult = {
@@ -183,12 +183,24 @@ export async function load(url: string, source: ReadableStream<Uint8Array>, form
   }
 }
 
-/** A restore host that encrypts (or holds a key) expects encrypted backups: a plain one may be a planted file. */
-export function refuseUnencrypted(v: Verification, age: AgeConfig | undefined, allowed: boolean) {
+/** What a caller lets through that this host would otherwise refuse (--allow-unencrypted, --allow-unsigned). */
+export type Allowances = { unencrypted?: boolean; unsigned?: boolean };
+
+/**
+ * A host that encrypts (or holds a key) expects encrypted backups, and one that signs manifests
+ * (BACKUP_MANIFEST_KEY) expects a signed manifest: a plain file, or one without a manifest, may
+ * be planted. A manifest that is there is checked by verification (signature, name, checksum).
+ */
+export function refuseUntrusted(v: Verification, age: AgeConfig | undefined, allow: Allowances = {}) {
   const expectsEncryption = Boolean(age && (age.recipients.length || age.passphrase || age.identityFile));
-  if (expectsEncryption && !v.format.endsWith("+age") && !allowed) {
+  if (expectsEncryption && !v.format.endsWith("+age") && !allow.unencrypted) {
     throw new ShinkeiError("UNENCRYPTED_BACKUP", `${v.file} is not encrypted, and this host encrypts its backups`, {
       hint: "Nothing was changed. If you know where this file comes from, pass --allow-unencrypted.",
+    });
+  }
+  if (age?.manifestKey && !v.manifest && !allow.unsigned) {
+    throw new ShinkeiError("UNSIGNED_BACKUP", `${v.file} has no manifest, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it`, {
+      hint: "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row counts are then not compared).",
     });
   }
 }
@@ -224,7 +236,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   options.onStep?.("verify");
   const verification = options.verification ?? (await verifyBackup(path, { quick: true, env, age: options.age }));
   assertVerified(verification);
-  refuseUnencrypted(verification, options.age, options.allowUnencrypted ?? false);
+  refuseUntrusted(verification, options.age, options.allow);
 
   // Open (decrypt) first: a missing or wrong key must stop us before the safety backup and the load.
   const source = await content(path, verification.format, options.age, verification.manifest?.encryption);

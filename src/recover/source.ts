@@ -4,7 +4,7 @@ import { ShinkeiError } from "../errors.ts";
 import { currentSchemaVersion, migrate } from "../migrations/migrate.ts";
 import { obtainBackup } from "../backup/catalog.ts";
 import { content } from "../backup/decode.ts";
-import { load } from "../backup/restore.ts";
+import { load, refuseUntrusted, type Allowances } from "../backup/restore.ts";
 import { serverVersionNum, withScratchDatabase } from "../backup/scratch.ts";
 import { assertVerified, verifyBackup } from "../backup/verify.ts";
 import type { AgeConfig } from "../backup/crypt.ts";
@@ -40,6 +40,8 @@ export type SourceOptions = {
   env?: Record<string, string | undefined>;
   onStep?: (s: SourceStep) => void;
   onScratch?: (drop: () => Promise<void>) => void;
+  /** What to let through that this host would refuse: a plain file, one without a manifest. */
+  allow?: Allowances;
 };
 
 /**
@@ -57,6 +59,7 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
   options.onStep?.({ step: "verify", file: basename(path) });
   const verification = await verifyBackup(path, { quick: true, env: options.env, age: options.age });
   assertVerified(verification);
+  refuseUntrusted(verification, options.age, options.allow);
   // Opened (decrypted) before the scratch database exists: a missing key stops here, having made nothing.
   const raw = await content(path, verification.format, options.age, verification.manifest?.encryption);
   const live = connect(options.databaseUrl, { max: 1 });
