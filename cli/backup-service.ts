@@ -34,7 +34,7 @@ Options:
     // Started first: a refused slot stops the service before anything is scheduled.
     const wal = config.wal.archive === "stream" ? await startWalService({ sql: ctx.db, config, log: jsonLog }) : undefined;
     // Metrics and the status page on METRICS_PORT, when set (server/ops).
-    const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog)!) : undefined;
+    const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) : undefined;
     const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
     const signal = await untilSignal();
     jsonLog({ level: "info", msg: "shutting down", signal });

@@ -33,7 +33,7 @@ export async function startServer(config: Config, options: { log?: Log; readines
   const auth = new AuthService(sql, config);
   const mail = createMailQueue(config.mail, log);
   const recovery = new AccountRecovery({ sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail, log, clock: options.clock });
-  const ops = createOps(config, log, () => auth.hasher.load);
+  const ops = createOps(config, log, { hashLoad: () => auth.hasher.load, sql });
   const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness, ops });
   const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
   let opsServer: ReturnType<typeof startOpsServer> | undefined;

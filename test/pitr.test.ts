@@ -79,6 +79,9 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
+/** One series' value in a Prometheus scrape, by its exact name and labels; NaN when it is missing. */
+const seriesValue = (scrape: string, series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(scrape)?.[1]);
+
 describe("base backups and point-in-time status", () => {
   test("backup base, then streamed WAL: pitr status shows a window from the base backup to within seconds of the last commit", async () => {
     const b = await shinkei(["backup", "base", "--verify", "--json"], env);
@@ -135,7 +138,7 @@ describe("base backups and point-in-time status", () => {
       expect(ready.pitr.gaps).toBe(0);
       // ... and in the metrics: the base backup as a kind of its own, the window, its gaps.
       const scrape = await (await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
-      const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(scrape)?.[1]);
+      const value = (series: string) => seriesValue(scrape, series);
       expect(value('shinkei_backups{kind="base"}')).toBe(1);
       expect(value('shinkei_backup_newest_size_bytes{kind="base"}')).toBe(base.sizeBytes);
       expect(value("shinkei_pitr_window_start_timestamp_seconds")).toBe(Date.parse(base.finishedAt) / 1000);
@@ -143,6 +146,15 @@ describe("base backups and point-in-time status", () => {
       expect(value("shinkei_pitr_max_lag_seconds")).toBe(300);
       expect(value("shinkei_wal_gaps")).toBe(0);
       expect(value("shinkei_wal_gaps_after_newest_base_backup")).toBe(0);
+      // The receiver and its slot, from the database: streaming, nothing missing, WAL reserved.
+      expect(value('shinkei_backup_source_up{source="receiver"}')).toBe(1);
+      expect(value("shinkei_wal_receiver_connected")).toBe(1);
+      expect(value("shinkei_wal_archive_lag_bytes")).toBeLessThan(1024 * 1024);
+      expect(value("shinkei_wal_archive_lag_seconds")).toBeLessThan(5);
+      expect(value('shinkei_wal_slot_active{slot="shinkei"}')).toBe(1);
+      expect(value('shinkei_wal_slot_status{slot="shinkei",status="reserved"}')).toBe(1);
+      expect(value('shinkei_wal_slot_status{slot="shinkei",status="lost"}')).toBe(0);
+      expect(value('shinkei_wal_slot_safe_wal_size_bytes{slot="shinkei"}')).toBeGreaterThan(0);
     } finally {
       await server.stop();
     }
@@ -284,6 +296,20 @@ describe("base backups and point-in-time status", () => {
     expect(s.receiver.connected).toBe(false);
     expect(s.receiver.lagBytes).toBeGreaterThan(0);
     expect(s.slot.active).toBe(false);
+    // The metrics say the same, for the alerts (ShinkeiPitrLagging, ShinkeiWalReceiverDown).
+    const token = "metrics-token-0123456789";
+    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: token });
+    try {
+      const listening = await server.waitFor((l) => l.msg === "listening");
+      const scrape = await (await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+      const value = (series: string) => seriesValue(scrape, series);
+      expect(value("shinkei_wal_receiver_connected")).toBe(0);
+      expect(value("shinkei_wal_archive_lag_bytes")).toBeGreaterThan(0);
+      expect(value("shinkei_wal_archive_lag_seconds")).toBeGreaterThan(0);
+      expect(value('shinkei_wal_slot_active{slot="shinkei"}')).toBe(0);
+    } finally {
+      await server.stop();
+    }
   });
   test("a segment the receiver finished and the archiver has not sealed yet is held: no gap in the window, and wal-fetch serves it", async () => {
     // The service is gone (previous test): nothing seals the spool. Put an archived segment with

@@ -6,7 +6,8 @@ import type { Config } from "../../src/config.ts";
 import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
 import { folderSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
-import { archiveSource, dumpSource } from "../../src/metrics/sources.ts";
+import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
+import type { Sql } from "../../src/db.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
@@ -42,15 +43,19 @@ export function opsRoutes({ config, metrics, snapshot }: OpsDeps, mount: { metri
  * Metrics and snapshot for a process whose configuration asks for any of them (METRICS_PORT, or a
  * token that mounts them on the public port); undefined otherwise, so nothing is counted in vain.
  */
-export function createOps(config: Config, log: Log, hashLoad?: HashLoad): OpsDeps | undefined {
+export function createOps(config: Config, log: Log, options: { hashLoad?: HashLoad; sql?: Sql } = {}): OpsDeps | undefined {
   const o = config.ops;
   if (!o || (o.port === undefined && !o.metricsToken && !o.opsToken)) return undefined;
   const offsiteKind = offsiteStore(config)?.kind;
   const snapshot = folderSnapshot(config.backupDir, offsiteKind);
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
-  if (config.wal.archive === "stream") sources.push(archiveSource(config.backupDir, config.backup, config.wal.maxLagMs));
-  const metrics = new Metrics({ sources, hashLoad });
+  if (config.wal.archive === "stream") {
+    sources.push(archiveSource(config.backupDir, config.backup, config.wal.maxLagMs));
+    // The receiver's lag and the slot come from the database, through the process's own pool.
+    if (options.sql) sources.push(receiverSource(config, options.sql));
+  }
+  const metrics = new Metrics({ sources, hashLoad: options.hashLoad });
   return { config, metrics, snapshot, log };
 }
 

@@ -69,15 +69,16 @@ export class Metrics {
     return this.registry.metrics();
   }
 
-  private async readSources(): Promise<Required<Omit<Facts, "window">> & Pick<Facts, "window">> {
+  private async readSources(): Promise<Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver">> {
     const failed: string[] = [];
-    const all: Required<Omit<Facts, "window">> & Pick<Facts, "window"> = { kinds: [], offsitePending: [] };
+    const all: Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver"> = { kinds: [], offsitePending: [] };
     for (const source of this.sources) {
       try {
         const f = await source.read();
         all.kinds.push(...f.kinds);
         all.offsitePending.push(...(f.offsitePending ?? []));
         all.window ??= f.window;
+        all.receiver ??= f.receiver;
       } catch {
         // A source that cannot be read shows as shinkei_backup_source_up 0, and the scrape still answers.
         failed.push(source.name);
@@ -146,6 +147,30 @@ export class Metrics {
     windowGauge("shinkei_pitr_max_lag_seconds", "The configured limit for how far the archive may trail (PITR_MAX_LAG)", (w) => seconds(w.maxLagMs));
     windowGauge("shinkei_wal_gaps", "Gaps in the archived WAL sequence", (w) => w.gaps);
     windowGauge("shinkei_wal_gaps_after_newest_base_backup", "Gaps after the newest base backup: they cut the window short", (w) => w.gapsAfterNewestBase);
+    /** The receiver and its slot (only where a source reports them: the database, with the archive on). */
+    const receiverGauge = (name: string, help: string, labelNames: string[], set: (g: Gauge<string>, r: NonNullable<Facts["receiver"]>) => void) =>
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers,
+        async collect() {
+          this.reset();
+          const r = (await self.facts()).receiver;
+          if (r) set(this, r);
+        },
+      });
+    receiverGauge("shinkei_wal_receiver_connected", "Whether the WAL receiver is streaming from the server now (pg_stat_replication)", [], (g, r) => g.set(r.connected ? 1 : 0));
+    receiverGauge("shinkei_wal_archive_lag_bytes", "WAL the server has written that the archive has not received", [], (g, r) => g.set(r.lagBytes));
+    receiverGauge("shinkei_wal_archive_lag_seconds", "How far the archive trails the server in time: 0 when nothing is missing, +Inf when nothing was ever received", [], (g, r) => g.set(r.lagSeconds));
+    receiverGauge("shinkei_wal_slot_active", "Whether a receiver holds the replication slot (WAL_SLOT)", ["slot"], (g, r) => r.slot && g.set({ slot: r.slot.name }, r.slot.active ? 1 : 0));
+    receiverGauge("shinkei_wal_slot_status", "The slot's wal_status as one series per status, 1 for the current one: unreserved or lost means WAL the archive needs is going or gone", ["slot", "status"], (g, r) => {
+      if (!r.slot) return;
+      for (const status of ["reserved", "extended", "unreserved", "lost"]) g.set({ slot: r.slot.name, status }, r.slot.walStatus === status ? 1 : 0);
+    });
+    receiverGauge("shinkei_wal_slot_safe_wal_size_bytes", "WAL the server may still write before the slot loses some (max_slot_wal_keep_size)", ["slot"], (g, r) => {
+      if (r.slot && r.slot.safeWalSize !== null) g.set({ slot: r.slot.name }, r.slot.safeWalSize);
+    });
     new Gauge({
       name: "shinkei_backup_source_up",
       help: "Whether each source of backup facts could be read at this scrape",

@@ -1,6 +1,8 @@
 import type { Snapshot } from "./snapshot.ts";
+import type { Config } from "../config.ts";
+import type { Sql } from "../db.ts";
 import { listBaseBackups } from "../wal/base.ts";
-import { archiveWindow } from "../wal/status.ts";
+import { archiveWindow, pitrStatus } from "../wal/status.ts";
 import { readPitrDrills } from "../pitr/drill.ts";
 
 /** What one kind of backup (a dump, a base backup of the WAL archive, ...) reports to the metrics. */
@@ -18,7 +20,16 @@ export type KindFacts = {
 /** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
 export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number };
 
-export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[]; window?: WindowFacts };
+/** How far the WAL receiver trails the server, and its replication slot: what the database says. */
+export type ReceiverFacts = {
+  connected: boolean;
+  lagBytes: number;
+  /** 0 when nothing is missing; +Infinity when behind and nothing was ever received. */
+  lagSeconds: number;
+  slot: { name: string; active: boolean; walStatus: string | null; safeWalSize: number | null } | null;
+};
+
+export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[]; window?: WindowFacts; receiver?: ReceiverFacts };
 
 /**
  * A source of backup facts, read at scrape time. Each kind of backup brings its own source, so a
@@ -49,7 +60,7 @@ export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs
 /**
  * Base backups of the WAL archive (kind "base", their drills the point-in-time drills) and the
  * window they and the archived WAL recover to. Read from BACKUP_DIR alone, like the dumps: a scrape
- * never waits on the database. The receiver's lag and the slot live in `pitr status`.
+ * never waits on the database. The receiver's lag and the slot come from receiverSource.
  */
 export function archiveSource(backupDir: string, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number): FactSource {
   return {
@@ -72,6 +83,25 @@ export function archiveSource(backupDir: string, limits: { maxAgeMs: number; dri
         kinds: bases.length || drills.length ? [kind] : [],
         window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs },
       };
+    },
+  };
+}
+
+/**
+ * The receiver's lag and the slot, as `pitr status` reads them from the database. The lag is the
+ * server's own measure: it stays 0 while the app is idle, where the window's age keeps growing.
+ * Its statements give up after 3 s (the source then shows as down): a scrape never hangs on the database.
+ */
+export function receiverSource(config: Config, sql: Sql): FactSource {
+  return {
+    name: "receiver",
+    async read() {
+      const s = await sql.begin(async (tx) => {
+        await tx`set local statement_timeout = 3000`;
+        return pitrStatus(tx, config);
+      });
+      const slot = s.slot && { name: s.slot.name, active: s.slot.active, walStatus: s.slot.walStatus, safeWalSize: s.slot.safeWalSize };
+      return { kinds: [], receiver: { connected: s.receiver.connected, lagBytes: s.receiver.lagBytes, lagSeconds: s.receiver.lagSeconds < 0 ? Infinity : s.receiver.lagSeconds, slot } };
     },
   };
 }
