@@ -4,7 +4,7 @@ import { ShinkeiError } from "../src/errors.ts";
 import { formatDuration, parseDuration } from "../src/duration.ts";
 import { formatBytes } from "../src/bytes.ts";
 import { databaseState } from "../src/state.ts";
-import { readSnapshot } from "../src/metrics/snapshot.ts";
+import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { ago, statusView } from "../src/metrics/view.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 
@@ -17,13 +17,20 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   // An unreadable folder is what to show, not a reason to stop watching.
   const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then((s) => ({ s }), (e: Error) => ({ error: e.message }));
   if ("error" in read) return [...out, `✖ the backup folder cannot be read: ${read.error}`];
-  const view = statusView(read.s, config.backup);
+  const pitr = config.wal.archive === "stream" ? await readPitrSnapshot(config.backupDir).catch(() => null) : null;
+  const view = statusView(read.s, config.backup, new Date(), pitr);
   out.push(view.headline.text);
   const n = view.newest;
   out.push(`newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`);
   const d = view.lastDrill;
   out.push(`last drill      ${d ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)} (${d.backup})` : "none yet"}`);
   out.push(`off-site        ${view.offsitePending === null ? "no store configured" : `${view.offsitePending} pending`}`);
+  const p = view.pitr;
+  if (p) {
+    out.push(`pitr window     ${p.window ? `${p.window.earliest.toISOString()} .. ${p.window.latest.toISOString()}` : "none yet"}${p.newestWalAgeMs === null ? "" : `, newest WAL ${ago(p.newestWalAgeMs)}`}`);
+    out.push(`base backup     ${p.newestBase ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)}` : "none"}`);
+    out.push(`pitr drill      ${p.lastDrill ? `${p.lastDrill.passed ? "passed" : "FAILED"} ${ago(p.lastDrill.ageMs)}` : "none yet"}`);
+  } else if (config.wal.archive === "stream") out.push("pitr            ✖ the WAL archive cannot be read");
   // The database may be down while the backups are fine: say so, and keep watching.
   const db = await databaseState(ctx.db, config.databaseUrl).then(
     (s) => `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,

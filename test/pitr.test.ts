@@ -47,6 +47,9 @@ import { connect, type Sql } from "../src/db.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
+import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
+import { statusView } from "../src/metrics/view.ts";
+import { loadConfig } from "../src/config.ts";
 
 // A cluster of our own and the compiled binary: seconds per step on a busy 2-core machine.
 setDefaultTimeout(90_000);
@@ -129,9 +132,17 @@ describe("base backups and point-in-time status", () => {
     const list = await shinkei(["backup", "--list"], env);
     expect(list.stdout).toContain(`point-in-time window: ${base.finishedAt} .. `);
     const token = "metrics-token-0123456789";
-    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: token });
+    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: token, OPS_TOKEN: token });
     try {
       const listening = await server.waitFor((l) => l.msg === "listening");
+      // The status page: the window, the base backup on the timeline, the window drawn as a band.
+      const page = await (await fetch(`${listening.url}/`, { headers: { authorization: `Bearer ${token}` } })).text();
+      const utc = (iso: string) => `${iso.slice(0, 19).replace("T", " ")} UTC`;
+      expect(page).toContain(`<span id="pitr-window" class="">${utc(base.finishedAt)} .. `);
+      expect(page).toMatch(new RegExp(`<span id="pitr-base">${base.file}, (less than a minute|1 minute) ago`));
+      expect(page).toContain('id="wal-window"');
+      expect(page).toContain('data-kind="base"');
+      expect(page).toContain("No point-in-time drill has passed yet");
       const ready = await (await fetch(`${listening.url}/ready`)).json();
       expect(ready.pitr.earliest).toBe(base.finishedAt);
       expect(ready.pitr.timeline).toBe(1);
@@ -279,6 +290,12 @@ describe("base backups and point-in-time status", () => {
     expect(bad.stderr).toContain(victim);
     const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
     expect(s.gaps).toEqual([{ timeline: 1, from: victim, to: victim, segments: 1 }]);
+    // The status page's view: the gap is a problem, and an event at the time its neighbour came.
+    const view = statusView(await readSnapshot(dir, undefined), loadConfig(env).backup, new Date(), await readPitrSnapshot(dir));
+    expect(view.pitr!.gapsAfterNewestBase).toBe(1);
+    expect(view.problems.map((p) => p.text)).toContain("1 gap in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.");
+    expect(view.events.filter((e) => e.kind === "wal-gap").map((e) => e.backup)).toEqual([victim]);
+    expect(view.events.some((e) => e.kind === "drill-passed" && e.text.startsWith("point-in-time drill passed"))).toBe(true);
   });
 
   test("a service killed with SIGKILL takes its receiver with it; backup check then fails on lag", async () => {

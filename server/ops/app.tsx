@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 import type { Config } from "../../src/config.ts";
 import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
-import { folderSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
+import { cached, folderSnapshot, readPitrSnapshot, type PitrSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
 import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
 import type { Sql } from "../../src/db.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
@@ -15,10 +15,17 @@ import { errorResponse } from "../errors.ts";
 import { requireToken } from "./guard.ts";
 import { StatusPage, UnreadablePage } from "./page.tsx";
 
-export type OpsDeps = { config: Config; metrics: Metrics; snapshot: () => Promise<Snapshot>; log: Log };
+export type OpsDeps = {
+  config: Config;
+  metrics: Metrics;
+  snapshot: () => Promise<Snapshot>;
+  /** With the WAL archive on: the archive as the page shows it. */
+  pitrSnapshot?: () => Promise<PitrSnapshot>;
+  log: Log;
+};
 
 /** GET /metrics (Prometheus text) and GET / (the status page). Both read only. */
-export function opsRoutes({ config, metrics, snapshot }: OpsDeps, mount: { metrics: boolean; page: boolean }) {
+export function opsRoutes({ config, metrics, snapshot, pitrSnapshot }: OpsDeps, mount: { metrics: boolean; page: boolean }) {
   const app = new Hono();
   if (mount.metrics) {
     app.get("/metrics", requireToken(config.ops?.metricsToken, "METRICS_TOKEN"), async (c) => {
@@ -33,7 +40,10 @@ export function opsRoutes({ config, metrics, snapshot }: OpsDeps, mount: { metri
       const read = await snapshot().then((s) => ({ s }), (e: Error) => ({ error: e.message }));
       // The one page an operator opens when something is wrong must say what, not "internal error".
       if ("error" in read) return c.html(html`<!DOCTYPE html>${<UnreadablePage error={read.error} dir={config.backupDir} />}`, 503);
-      return c.html(html`<!DOCTYPE html>${<StatusPage view={statusView(read.s, config.backup)} host={hostname()} />}`);
+      const pitr = pitrSnapshot ? await pitrSnapshot().then((p) => ({ p }), (e: Error) => ({ error: e.message })) : null;
+      const view = statusView(read.s, config.backup, new Date(), pitr && "p" in pitr ? pitr.p : null);
+      if (pitr && "error" in pitr) view.problems.unshift({ level: "bad", text: `The WAL archive cannot be read: ${pitr.error}` });
+      return c.html(html`<!DOCTYPE html>${<StatusPage view={view} host={hostname()} />}`);
     });
   }
   return app;
@@ -56,7 +66,8 @@ export function createOps(config: Config, log: Log, options: { hashLoad?: HashLo
     if (options.sql) sources.push(receiverSource(config, options.sql));
   }
   const metrics = new Metrics({ sources, hashLoad: options.hashLoad });
-  return { config, metrics, snapshot, log };
+  const pitrSnapshot = config.wal.archive === "stream" ? cached(() => readPitrSnapshot(config.backupDir)) : undefined;
+  return { config, metrics, snapshot, pitrSnapshot, log };
 }
 
 /** The app of the ops listener (METRICS_PORT): loopback by default, tokens optional there. */

@@ -13,15 +13,23 @@ const colour: Record<TimelineEvent["kind"], string> = {
   "drill-passed": "#2e7d32",
   "drill-failed": "#c62828",
   offsite: "#7b1fa2",
+  base: "#00838f",
+  "wal-gap": "#c62828",
 };
 
-const rows: { label: string; kinds: TimelineEvent["kind"][] }[] = [
+type Row = { label: string; kinds: TimelineEvent["kind"][]; band?: boolean };
+const dumpRows: Row[] = [
   { label: "backups", kinds: ["backup", "backup-bad"] },
   { label: "drills", kinds: ["drill-passed", "drill-failed"] },
   { label: "off-site", kinds: ["offsite"] },
 ];
+// With the WAL archive: base backups, and the recoverable window as a band with its gaps on it.
+const pitrRows: Row[] = [
+  { label: "base backups", kinds: ["base"] },
+  { label: "WAL window", kinds: ["wal-gap"], band: true },
+];
 
-const isBad = (e: TimelineEvent) => e.kind === "drill-failed" || e.kind === "backup-bad";
+export const isBad = (e: TimelineEvent) => e.kind === "drill-failed" || e.kind === "backup-bad" || e.kind === "wal-gap";
 
 const day = (d: Date) => d.toISOString().slice(5, 10);
 
@@ -48,10 +56,15 @@ function DayGrid(props: { start: Date; end: Date; height: number }) {
   );
 }
 
-/** Thirty days, one row per kind of event; failed things are drawn larger and red. */
-export function Timeline(props: { events: TimelineEvent[]; start: Date; end: Date }) {
+/**
+ * Thirty days, one row per kind of event; failed things are drawn larger and red. `band` is the
+ * point-in-time window, drawn on the WAL row when the archive is on.
+ */
+export function Timeline(props: { events: TimelineEvent[]; start: Date; end: Date; band?: { start: Date; end: Date } | null; pitr?: boolean }) {
+  const rows = props.pitr ? [...dumpRows, ...pitrRows] : dumpRows;
   const rowH = 30;
   const height = rows.length * rowH + 20;
+  const clip = (d: Date) => new Date(Math.min(props.end.getTime(), Math.max(props.start.getTime(), d.getTime())));
   return (
     <svg viewBox={`0 0 ${W} ${height}`} width="100%" role="img" aria-label="timeline of the last 30 days" id="timeline">
       <DayGrid start={props.start} end={props.end} height={height} />
@@ -61,6 +74,16 @@ export function Timeline(props: { events: TimelineEvent[]; start: Date; end: Dat
           <g>
             <text x={0} y={y + 4} font-size="12" fill="#333">{row.label}</text>
             <line x1={LEFT} x2={LEFT + PLOT} y1={y} y2={y} stroke="#eee" />
+            {row.band && props.band ? (() => {
+              const x1 = xOf(clip(props.band.start), props.start, props.end);
+              // At least 2 px: a window of a few minutes is still something to see.
+              const w = Math.max(2, xOf(clip(props.band.end), props.start, props.end) - x1);
+              return (
+                <rect id="wal-window" x={x1.toFixed(1)} y={y - 6} width={w.toFixed(1)} height={12} fill="#80cbc4">
+                  <title>{`recoverable: ${props.band.start.toISOString().slice(0, 19).replace("T", " ")} .. ${props.band.end.toISOString().slice(0, 19).replace("T", " ")} UTC`}</title>
+                </rect>
+              );
+            })() : null}
             {/* Failures drawn last, on top: a red mark is never hidden under a green one. */}
             {props.events.filter((e) => row.kinds.includes(e.kind)).sort((a, b) => Number(isBad(a)) - Number(isBad(b))).map((e) => {
               const bad = isBad(e);

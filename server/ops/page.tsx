@@ -3,7 +3,7 @@ import type { StatusView } from "../../src/metrics/view.ts";
 import { ago } from "../../src/metrics/view.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
-import { LineChart, Timeline } from "./charts.tsx";
+import { LineChart, Timeline, isBad } from "./charts.tsx";
 
 export const REFRESH_SECONDS = 30;
 /** How many events the table lists; the timeline above draws them all. */
@@ -51,6 +51,7 @@ export function StatusPage(props: { view: StatusView; host: string }) {
           <span id="last-drill" class={v.lastDrill ? (v.lastDrill.passed ? "ok" : "bad") : ""}>{v.lastDrill ? `${v.lastDrill.passed ? "passed" : "FAILED"} ${ago(v.lastDrill.ageMs)} (${v.lastDrill.backup})` : "none yet"}</span>
           <span>off-site pending</span>
           <span id="offsite-pending">{v.offsitePending === null ? "no off-site store configured" : String(v.offsitePending)}</span>
+          {v.pitr ? <PitrFacts p={v.pitr} /> : null}
         </div>
         <h2>Last 30 days</h2>
         <p class="legend muted">
@@ -58,8 +59,10 @@ export function StatusPage(props: { view: StatusView; host: string }) {
           <span><i class="dot" style="background:#2e7d32"></i>drill passed</span>
           <span><i class="dot" style="background:#c62828"></i>failed</span>
           <span><i class="dot" style="background:#7b1fa2"></i>off-site copy</span>
+          {v.pitr ? <span><i class="dot" style="background:#00838f"></i>base backup</span> : null}
+          {v.pitr ? <span><i class="dot" style="background:#80cbc4;border-radius:0"></i>recoverable window</span> : null}
         </p>
-        <Timeline events={v.events} start={v.window.start} end={v.window.end} />
+        <Timeline events={v.events} start={v.window.start} end={v.window.end} pitr={v.pitr !== null} band={v.pitr?.window ? { start: v.pitr.window.earliest, end: v.pitr.window.latest } : null} />
         <h2>Backup size</h2>
         <LineChart id="size-chart" label="backup size over time" points={v.sizes} start={v.window.start} end={v.window.end} format={formatBytes} />
         <h2>Backup duration</h2>
@@ -69,7 +72,7 @@ export function StatusPage(props: { view: StatusView; host: string }) {
           <thead><tr><th>when (UTC)</th><th>event</th><th>backup</th></tr></thead>
           <tbody>
             {v.events.slice(0, EVENT_ROWS).map((e) => (
-              <tr data-kind={e.kind}><td>{e.at.toISOString().slice(0, 16).replace("T", " ")}</td><td class={e.kind === "drill-failed" || e.kind === "backup-bad" ? "bad" : ""}>{e.text}</td><td>{e.backup}</td></tr>
+              <tr data-kind={e.kind}><td>{e.at.toISOString().slice(0, 16).replace("T", " ")}</td><td class={isBad(e) ? "bad" : ""}>{e.text}</td><td>{e.backup}</td></tr>
             ))}
           </tbody>
         </table>
@@ -77,6 +80,27 @@ export function StatusPage(props: { view: StatusView; host: string }) {
         {v.events.length === 0 ? <p class="muted">Nothing happened in the last 30 days.</p> : null}
       </body>
     </html>
+  );
+}
+
+/** The point-in-time rows of the facts: the window, how fresh its end is, the base backup, the drill. */
+function PitrFacts(props: { p: NonNullable<StatusView["pitr"]> }) {
+  const p = props.p;
+  const d = p.lastDrill;
+  return (
+    <>
+      <span>point-in-time window</span>
+      <span id="pitr-window" class={p.window && !p.gapsAfterNewestBase ? "" : "bad"}>
+        {p.window ? `${when(p.window.earliest)} .. ${when(p.window.latest)}` : "none yet"}
+        {p.gapsAfterNewestBase ? ` (${p.gapsAfterNewestBase} gap${p.gapsAfterNewestBase === 1 ? "" : "s"} after the newest base backup)` : ""}
+      </span>
+      <span>newest WAL received</span>
+      <span id="pitr-newest-wal">{p.newestWalAgeMs === null ? "none yet" : `${ago(p.newestWalAgeMs)} (it ages while the app is idle)`}</span>
+      <span>newest base backup</span>
+      <span id="pitr-base">{p.newestBase ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)} in ${formatDuration(p.newestBase.durationMs)}` : "none"}</span>
+      <span>last point-in-time drill</span>
+      <span id="pitr-drill" class={d ? (d.passed ? "ok" : "bad") : ""}>{d ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)}${d.rtoMs === null ? "" : `, recovered in ${formatDuration(d.rtoMs)}`}` : "none yet"}</span>
+    </>
   );
 }
 

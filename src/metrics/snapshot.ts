@@ -1,6 +1,10 @@
 import { stat } from "node:fs/promises";
 import { listLocal } from "../backup/catalog.ts";
 import { readDrill, type DrillResult } from "../backup/drill.ts";
+import { readPitrDrills, type PitrDrill } from "../pitr/drill.ts";
+import { archiveWindow } from "../wal/status.ts";
+import { listBaseBackups } from "../wal/base.ts";
+import { parseSegment, segmentName } from "../wal/segments.ts";
 
 /** One backup as the status page and the metrics see it. */
 export type BackupEntry = {
@@ -61,6 +65,41 @@ export async function readSnapshot(dir: string, offsiteKind: string | undefined,
     lastPassedDrill: drills.find((d) => d.passed) ?? null,
     offsiteStore: offsiteKind ?? null,
     offsitePending: offsiteKind ? backups.filter((b) => b.reason !== null && !b.offsite.some((o) => o.kind === offsiteKind)).length : null,
+  };
+}
+
+/** The WAL archive as the ops views show it, read from BACKUP_DIR alone like the dumps. */
+export type PitrSnapshot = {
+  /** The recoverable window of the newest timeline that has one. */
+  window: { earliest: Date; latest: Date } | null;
+  /** When the newest WAL was received: the archive's end while the app writes. */
+  newestWalAt: Date | null;
+  /** Missing segments, placed at the time the segment before each was received. */
+  gaps: { at: Date | null; from: string; to: string; segments: number }[];
+  gapsAfterNewestBase: number;
+  /** Oldest first. */
+  bases: { name: string; takenAt: Date; sizeBytes: number; durationMs: number; walComplete: boolean }[];
+  /** Point-in-time drills, oldest first. */
+  drills: PitrDrill[];
+};
+
+export async function readPitrSnapshot(dir: string): Promise<PitrSnapshot> {
+  const [w, bases, drills] = await Promise.all([archiveWindow(dir), listBaseBackups(dir), readPitrDrills(dir)]);
+  const receivedAt = new Map(w.records.map((r) => [r.name, r.receivedAt]));
+  const newest = Math.max(0, ...w.records.map((r) => Date.parse(r.receivedAt)), w.current?.receivedAt.getTime() ?? 0);
+  const before = (name: string) => {
+    const s = parseSegment(name, w.segmentBytes);
+    const at = s && receivedAt.get(segmentName(s.timeline, s.segno - 1n, w.segmentBytes));
+    return at ? new Date(at) : null;
+  };
+  const complete = new Set(w.baseBackups.filter((b) => b.walComplete).map((b) => b.file));
+  return {
+    window: w.window.earliest && w.window.latest ? { earliest: new Date(w.window.earliest), latest: new Date(w.window.latest) } : null,
+    newestWalAt: newest ? new Date(newest) : null,
+    gaps: w.gaps.map((g) => ({ at: before(g.from), from: g.from, to: g.to, segments: g.segments })),
+    gapsAfterNewestBase: w.gapsAfterNewestBase.length,
+    bases: bases.map((b) => ({ name: b.name, takenAt: new Date(b.manifest.finishedAt), sizeBytes: b.manifest.sizeBytes, durationMs: b.manifest.durationMs, walComplete: complete.has(b.name) })),
+    drills,
   };
 }
 
