@@ -143,17 +143,19 @@ describe("recover one user's rows", () => {
     expect((await db.sql`select * from story_beats where id = ${created!.id}`)[0]).toEqual(created);
   });
 
-  test("a position taken since the backup stops the recovery, naming the row; nothing is applied", async () => {
+  test("positions taken since the backup stop the recovery, naming every such row; nothing is applied", async () => {
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
-    const gone = await aliceBeat(db.sql, "story 1", 2);
-    await db.sql`delete from story_beats where id = ${gone!.id}`;
-    await db.sql`insert into story_beats (story_id, position, content) values (${gone!.story_id}, 2, 'a different beat 2')`;
+    const gone = [await aliceBeat(db.sql, "story 1", 2), await aliceBeat(db.sql, "story 2", 0)];
+    for (const b of gone) {
+      await db.sql`delete from story_beats where id = ${b!.id}`;
+      await db.sql`insert into story_beats (story_id, position, content) values (${b!.story_id}, ${b!.position}, 'a different beat')`;
+    }
     const before = await snapshot(db.sql);
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("conflict while restoring missing rows of story_beats");
-    expect(r.stderr).toContain(`Key (story_id, "position")=(${gone!.story_id}, 2) already exists`);
+    expect(r.stderr).toContain("2 conflicts: conflict while restoring missing rows of story_beats");
+    for (const b of gone) expect(r.stderr).toContain(`Key (story_id, "position")=(${b!.story_id}, ${b!.position}) already exists`);
     expect(r.stderr).toContain("Nothing was applied");
     // World 2 (whose rows had no conflict) did not come back either: all or nothing.
     expect(await snapshot(db.sql)).toEqual(before);

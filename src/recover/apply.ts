@@ -1,3 +1,4 @@
+import type postgres from "postgres";
 import type { Queryable, Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { quoteIdent, quoteLiteral } from "../state.ts";
@@ -26,13 +27,44 @@ function conflict(error: unknown, t: TableInfo, what: string): unknown {
   });
 }
 
+/** The most conflicts one message names: past that, the count (fix these, and run again). */
+const NAMED_CONFLICTS = 10;
+
+/**
+ * Write `rows` with `write`, all at once; when that hits a conflict, again one row at a time, each
+ * under a savepoint, so every conflicting row is named, not only the first. Conflicts are
+ * collected: the caller fails once every table was tried.
+ */
+async function writeRows(tx: postgres.TransactionSql, t: TableInfo, rows: Row[], what: string, conflicts: ShinkeiError[], write: (q: Queryable, rows: Row[]) => Promise<unknown>) {
+  if (!rows.length) return;
+  const attempt = (batch: Row[]) => tx.savepoint((sp) => write(sp, batch)).then(() => null, (e: unknown) => conflict(e, t, what));
+  const all = await attempt(rows);
+  if (all === null) return;
+  if (!(all instanceof ShinkeiError)) throw all;
+  for (const row of rows) {
+    const e = await attempt([row]);
+    if (e instanceof ShinkeiError) conflicts.push(e);
+    else if (e !== null) throw e;
+  }
+}
+
+function conflictsError(conflicts: ShinkeiError[]): ShinkeiError {
+  const shown = conflicts.slice(0, NAMED_CONFLICTS).map((c) => c.message);
+  const more = conflicts.length - shown.length;
+  const message = conflicts.length === 1 ? shown[0]! : `${conflicts.length} conflicts: ${shown.join("; ")}${more ? `; and ${more} more` : ""}`;
+  return new ShinkeiError("RECOVER_CONFLICT", message, {
+    hint: conflicts[0]!.hint,
+    details: { conflicts: conflicts.map((c) => c.details) },
+  });
+}
+
 /**
  * Write the plan into an open transaction: parents before children (the graph's order), missing
  * rows inserted as they were, changed rows reverted only when asked. Re-reads the live rows first,
  * so what is applied is what is true inside this transaction. Then reads everything back and checks
  * it: counts and a digest of the restored rows must equal the backup's, or the transaction fails.
  */
-export async function applyRows(tx: Queryable, plan: Plan, revertChanged: boolean): Promise<Applied> {
+export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertChanged: boolean): Promise<Applied> {
   if (plan.replaced && !plan.mode) throw new ShinkeiError("ACCOUNT_CHOICE_REQUIRED", "the email now belongs to another account: choose --into-current-account or --restore-account");
   const root = (id: string) => (a: string) => `${a}.id = ${quoteLiteral(id)}`;
   if (plan.removeAccount) {
@@ -43,21 +75,18 @@ export async function applyRows(tx: Queryable, plan: Plan, revertChanged: boolea
   }
   const diffs = diffScope(plan.graph, plan.source, await readScope(tx, plan.graph, root(plan.currentRoot)));
   const result: Applied = { tables: {}, removedAccount: plan.removeAccount };
+  const conflicts: ShinkeiError[] = [];
   for (const t of plan.graph.tables) {
     const d = diffs.find((x) => x.table === t.name)!;
     const target = `public.${quoteIdent(t.name)}`;
-    if (d.missing.length) {
-      await tx.unsafe(`insert into ${target} (${cols(t.columns)}) overriding system value
-        select ${cols(t.columns)} from jsonb_populate_recordset(null::${target}, $1::text::jsonb)`, [JSON.stringify(d.missing)]).catch((e) => {
-        throw conflict(e, t, "restoring missing rows of");
-      });
-    }
-    if (revertChanged && d.changed.length) {
+    await writeRows(tx, t, d.missing, "restoring missing rows of", conflicts, (q, rows) =>
+      q.unsafe(`insert into ${target} (${cols(t.columns)}) overriding system value
+        select ${cols(t.columns)} from jsonb_populate_recordset(null::${target}, $1::text::jsonb)`, [JSON.stringify(rows)]));
+    if (revertChanged) {
       const set = t.columns.filter((c) => !t.primaryKey.includes(c)).map((c) => `${quoteIdent(c)} = s.${quoteIdent(c)}`).join(", ");
       const match = t.primaryKey.map((c) => `${target}.${quoteIdent(c)} = s.${quoteIdent(c)}`).join(" and ");
-      await tx.unsafe(`update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`, [JSON.stringify(d.changed.map((c) => c.source))]).catch((e) => {
-        throw conflict(e, t, "reverting changed rows of");
-      });
+      await writeRows(tx, t, d.changed.map((c) => c.source), "reverting changed rows of", conflicts, (q, rows) =>
+        q.unsafe(`update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`, [JSON.stringify(rows)]));
     }
     result.tables[t.name] = {
       restored: d.missing.length,
@@ -66,6 +95,7 @@ export async function applyRows(tx: Queryable, plan: Plan, revertChanged: boolea
       createdSinceKept: d.createdSince.length,
     };
   }
+  if (conflicts.length) throw conflictsError(conflicts);
   await check(tx, plan, diffs, revertChanged);
   return result;
 }
