@@ -35,7 +35,7 @@ function reachedLines(r: Recovery): string[] {
     `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
     ...(r.reached.stopped ? [`stopped    ${r.reached.stopped}`] : []),
     ...(r.replayedAll ? ["note       the archive holds no commit after the target: all of it was replayed, which is the state at the target"] : []),
-    `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including the segment still being received (.partial)" : ""}; recovered in ${formatDuration(r.durationMs)}`,
+    `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including WAL received but not sealed yet (the spool)" : ""}; recovered in ${formatDuration(r.durationMs)}`,
   ];
 }
 

@@ -170,7 +170,7 @@ async function recover(ctx: Context): Promise<number> {
     });
   } catch (e) {
     if (!compared) spin.fail("recover stopped: nothing was changed");
-    if (cancel.signal.aborted) throw new ShinkeiError("CANCELLED", "recover cancelled: nothing was applied, and its scratch database was dropped");
+    if (cancel.signal.aborted) throw new ShinkeiError("CANCELLED", `recover cancelled: nothing was applied, and its scratch ${at === undefined ? "database was dropped" : "instance was removed"}`);
     throw e;
   } finally {
     cancel.dispose();

@@ -15,9 +15,11 @@ export function untilSignal(): Promise<string> {
 export function cancelOnSignal() {
   const controller = new AbortController();
   let remove: (() => Promise<void>) | undefined;
+  // Removing it may fail (already gone, say): nothing is left to do about that here.
+  const removeQuietly = (drop: () => Promise<void>) => void drop().catch(() => {});
   const stop = () => {
     controller.abort();
-    void remove?.();
+    if (remove) removeQuietly(remove);
   };
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
@@ -25,7 +27,7 @@ export function cancelOnSignal() {
     signal: controller.signal,
     onScratch(drop: () => Promise<void>) {
       remove = drop;
-      if (controller.signal.aborted) void drop();
+      if (controller.signal.aborted) removeQuietly(drop);
     },
     dispose() {
       process.off("SIGINT", stop);

@@ -17,8 +17,9 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   // An unreadable folder is what to show, not a reason to stop watching.
   const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then((s) => ({ s }), (e: Error) => ({ error: e.message }));
   if ("error" in read) return [...out, `✖ the backup folder cannot be read: ${read.error}`];
-  const pitr = config.wal.archive === "stream" ? await readPitrSnapshot(config.backupDir).catch(() => null) : null;
-  const view = statusView(read.s, config.backup, new Date(), pitr);
+  const pitrRead = config.wal.archive === "stream" ? await readPitrSnapshot(config.backupDir).then((p) => ({ p }), (e: Error) => ({ error: e.message })) : null;
+  const view = statusView(read.s, config.backup, new Date(), pitrRead && "p" in pitrRead ? pitrRead.p : null);
+  if (pitrRead && "error" in pitrRead) view.problems.unshift({ level: "bad", text: `The WAL archive cannot be read: ${pitrRead.error}` });
   out.push(view.headline.text);
   const n = view.newest;
   out.push(`newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`);
@@ -30,7 +31,7 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
     out.push(`pitr window     ${p.window ? `${p.window.earliest.toISOString()} .. ${p.window.latest.toISOString()}` : "none yet"}${p.newestWalAgeMs === null ? "" : `, newest WAL ${ago(p.newestWalAgeMs)}`}`);
     out.push(`base backup     ${p.newestBase ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)}` : "none"}`);
     out.push(`pitr drill      ${p.lastDrill ? `${p.lastDrill.passed ? "passed" : "FAILED"} ${ago(p.lastDrill.ageMs)}` : "none yet"}`);
-  } else if (config.wal.archive === "stream") out.push("pitr            ✖ the WAL archive cannot be read");
+  }
   // The database may be down while the backups are fine: say so, and keep watching.
   const db = await databaseState(ctx.db, config.databaseUrl).then(
     (s) => `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,

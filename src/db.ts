@@ -45,8 +45,10 @@ export function connect(url: string, options: { max?: number } = {}): Sql {
  * it is what rolls its transaction back.
  */
 export function connectionLost(error: unknown): boolean {
-  const code = (error as { code?: unknown })?.code;
-  return typeof code === "string" && ["ECONNRESET", "EPIPE", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"].includes(code);
+  const e = error as { code?: unknown; severity?: unknown };
+  // FATAL: the server ends the session after sending it (57P01 when DROP DATABASE ... FORCE ends it).
+  if (e?.severity === "FATAL" || e?.severity === "PANIC") return true;
+  return typeof e?.code === "string" && ["ECONNRESET", "EPIPE", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"].includes(e.code);
 }
 
 /** Wait for `p` at most `ms`: for a last query on a connection that may have died without a word. */

@@ -108,9 +108,9 @@ test("the init script makes a login role that is no superuser, owns the app's da
     }
     const [role] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
     expect(role).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: false, rolbypassrls: false });
-    const [backupRole] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member
-      from pg_roles where rolname = ${backupUser}`;
-    expect(backupRole).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: true, rolbypassrls: false, member: true });
+    const [backupRole] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
+      pg_has_role(rolname, 'pg_read_all_stats', 'MEMBER') as stats from pg_roles where rolname = ${backupUser}`;
+    expect(backupRole).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: true, rolbypassrls: false, member: true, stats: true });
     const [owner] = await admin`select pg_get_userbyid(datdba) as name from pg_database where datname = ${db.name}`;
     expect(owner!.name).toBe(appUser);
     const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace

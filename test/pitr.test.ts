@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { appendFile, chmod, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { appendFile, chmod, copyFile, mkdir, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -127,6 +127,17 @@ describe("base backups and point-in-time status", () => {
     expect(typeof s.slot.safeWalSize).toBe("number");
     expect(s.problems).toEqual([]);
     expect(s.timelines[0].segments).toBeGreaterThanOrEqual(1);
+    expect(s.receiver.positionHidden).toBe(false);
+    expect(s.unsealed.segments).toBeGreaterThanOrEqual(0);
+
+    // A role without pg_read_all_stats sees the receiver but not its position: the slot says it.
+    await sql`create role shinkei_watcher login`;
+    const watcherUrl = new URL(env.DATABASE_URL!);
+    watcherUrl.username = "shinkei_watcher";
+    const hidden = JSON.parse((await shinkei(["pitr", "status", "--json"], { ...env, DATABASE_URL: watcherUrl.toString() })).stdout);
+    expect(hidden.receiver).toMatchObject({ connected: true, state: null, positionHidden: true });
+    expect(hidden.receiver.lagBytes).toBeLessThan(1024 * 1024);
+    expect(hidden.receiver.lagSeconds).toBeLessThan(60);
 
     // The window shows in backup --list and in /ready too.
     const list = await shinkei(["backup", "--list"], env);
@@ -348,6 +359,15 @@ describe("base backups and point-in-time status", () => {
     const target = join(await tempDir("fetch-spooled"), "RECOVERYXLOG");
     expect(await shinkei(["pitr", "wal-fetch", mid, target], { BACKUP_DIR: dir })).toSucceed();
     expect(await Bun.file(target).bytes()).toEqual(await Bun.file(join(spool, mid)).bytes());
+    // Held, but waiting there for an hour means the archiver is not sealing: backup check says so.
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    await utimes(join(spool, mid), hourAgo, hourAgo);
+    const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+    expect(s.unsealed.segments).toBeGreaterThanOrEqual(1);
+    expect(Date.parse(s.unsealed.oldestReceivedAt)).toBeLessThanOrEqual(hourAgo.getTime() + 1000);
+    const check = await shinkei(["backup", "check"], env);
+    expect(check.code).toBe(1);
+    expect(check.stderr).toContain("wait in the spool unsealed since");
     // Gone from the spool too, it is a gap.
     await rm(join(spool, mid));
     expect(await inGap()).toBe(true);

@@ -4,7 +4,8 @@
 # restore it) and may create databases (for restore drills), but it is no superuser, so a hole in
 # the app cannot reach other databases, roles or the server's files. The backup service connects as
 # POSTGRES_BACKUP_USER: a member of the app role with the same rights, plus REPLICATION for the WAL
-# stream and base backups, which the app itself never needs.
+# stream and base backups, and pg_read_all_stats to see how far the receiver trails, which the app
+# itself never needs.
 # Safe to run again, e.g. for a volume made before this script existed:
 #   docker compose exec -T postgres bash /docker-entrypoint-initdb.d/10-app-role.sh
 # which also hands the tables an earlier setup created as the superuser over to the app role.
@@ -23,6 +24,9 @@ select format('create role %I login password %L', :'backup_user', :'backup_passw
 select format('alter role %I with login nosuperuser createdb nocreaterole replication nobypassrls password %L', :'backup_user', :'backup_password') \gexec
 select format('grant %I to %I', :'app_user', :'backup_user')
   where not pg_has_role(:'backup_user', :'app_user', 'MEMBER') \gexec
+-- The receiver's position and lag (pg_stat_replication) are hidden from a role without it.
+select format('grant pg_read_all_stats to %I', :'backup_user')
+  where not pg_has_role(:'backup_user', 'pg_read_all_stats', 'MEMBER') \gexec
 select format('grant all on schema public to %I', :'app_user') \gexec
 -- Tables, views and free-standing sequences already in public (a volume from before this script).
 -- Sequences of serial and identity columns follow their table.

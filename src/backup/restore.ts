@@ -171,6 +171,8 @@ export async function load(url: string, source: ReadableStream<Uint8Array>, form
     await run("COMMIT", false);
   } catch (error) {
     archive?.kill();
+    // An error that says the connection is gone (it may come from elsewhere, pg_restore's pipe say:
+    // harmless, since this pool is load()'s own and ending it rolls the transaction back too).
     lost ||= connectionLost(error);
     if (!lost && conn!) await settleWithin(conn.unsafe("ROLLBACK"), 5_000);
     if (error instanceof ShinkeiError) throw error;

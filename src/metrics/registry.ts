@@ -9,6 +9,16 @@ export type HashLoad = () => { running: number; waiting: number };
 
 const seconds = (ms: number) => ms / 1000;
 
+/** How long a scrape waits for one source of backup facts before it counts as down. */
+const SOURCE_TIMEOUT_MS = 4000;
+
+function withinMs<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: Timer | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
+  p.catch(() => {}); // answered after the deadline: nobody waits for it any more
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
 /**
  * The process's metrics in one registry of its own (not prom-client's global one, so a test or a
  * second app in one process never sees another's counts). Backup figures are read from the
@@ -72,18 +82,16 @@ export class Metrics {
   private async readSources(): Promise<Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver">> {
     const failed: string[] = [];
     const all: Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver"> = { kinds: [], offsitePending: [] };
-    for (const source of this.sources) {
-      try {
-        const f = await source.read();
-        all.kinds.push(...f.kinds);
-        all.offsitePending.push(...(f.offsitePending ?? []));
-        all.window ??= f.window;
-        all.receiver ??= f.receiver;
-      } catch {
-        // A source that cannot be read shows as shinkei_backup_source_up 0, and the scrape still answers.
-        failed.push(source.name);
-      }
-    }
+    // All at once, each bounded: a slow source (the database) never holds the others' figures back.
+    const read = await Promise.all(this.sources.map((s) => withinMs(s.read(), SOURCE_TIMEOUT_MS).then((f) => ({ f }), () => null)));
+    read.forEach((r, i) => {
+      // A source that cannot be read shows as shinkei_backup_source_up 0, and the scrape still answers.
+      if (!r) return void failed.push(this.sources[i]!.name);
+      all.kinds.push(...r.f.kinds);
+      all.offsitePending.push(...(r.f.offsitePending ?? []));
+      all.window ??= r.f.window;
+      all.receiver ??= r.f.receiver;
+    });
     this.failedSources = failed;
     return all;
   }
@@ -147,6 +155,8 @@ export class Metrics {
     windowGauge("shinkei_pitr_max_lag_seconds", "The configured limit for how far the archive may trail (PITR_MAX_LAG)", (w) => seconds(w.maxLagMs));
     windowGauge("shinkei_wal_gaps", "Gaps in the archived WAL sequence", (w) => w.gaps);
     windowGauge("shinkei_wal_gaps_after_newest_base_backup", "Gaps after the newest base backup: they cut the window short", (w) => w.gapsAfterNewestBase);
+    windowGauge("shinkei_wal_unsealed_segments", "Finished WAL segments waiting for the archiver to seal them (encrypt, checksum, copy off-site)", (w) => w.unsealed);
+    windowGauge("shinkei_wal_unsealed_oldest_age_seconds", "How long the oldest finished segment has waited to be sealed; 0 when none waits", (w, now) => (w.unsealedSince ? seconds(now - w.unsealedSince.getTime()) : 0));
     /** The receiver and its slot (only where a source reports them: the database, with the archive on). */
     const receiverGauge = (name: string, help: string, labelNames: string[], set: (g: Gauge<string>, r: NonNullable<Facts["receiver"]>) => void) =>
       new Gauge({

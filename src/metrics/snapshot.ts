@@ -85,8 +85,8 @@ export type PitrSnapshot = {
 
 export async function readPitrSnapshot(dir: string): Promise<PitrSnapshot> {
   const [w, bases, drills] = await Promise.all([archiveWindow(dir), listBaseBackups(dir), readPitrDrills(dir)]);
-  const receivedAt = new Map(w.records.map((r) => [r.name, r.receivedAt]));
-  const newest = Math.max(0, ...w.records.map((r) => Date.parse(r.receivedAt)), w.current?.receivedAt.getTime() ?? 0);
+  const receivedAt = new Map([...w.records.map((r) => [r.name, r.receivedAt] as const), ...w.spooled.map((f) => [f.name, f.receivedAt.toISOString()] as const)]);
+  const newest = Math.max(0, ...w.records.map((r) => Date.parse(r.receivedAt)), ...w.spooled.map((f) => f.receivedAt.getTime()), w.current?.receivedAt.getTime() ?? 0);
   const before = (name: string) => {
     const s = parseSegment(name, w.segmentBytes);
     const at = s && receivedAt.get(segmentName(s.timeline, s.segno - 1n, w.segmentBytes));

@@ -18,7 +18,7 @@ export type KindFacts = {
 };
 
 /** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
-export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number };
+export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null };
 
 /** How far the WAL receiver trails the server, and its replication slot: what the database says. */
 export type ReceiverFacts = {
@@ -81,7 +81,7 @@ export function archiveSource(backupDir: string, limits: { maxAgeMs: number; dri
       const date = (s: string | null) => (s ? new Date(s) : null);
       return {
         kinds: bases.length || drills.length ? [kind] : [],
-        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs },
+        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt) },
       };
     },
   };
@@ -90,7 +90,8 @@ export function archiveSource(backupDir: string, limits: { maxAgeMs: number; dri
 /**
  * The receiver's lag and the slot, as `pitr status` reads them from the database. The lag is the
  * server's own measure: it stays 0 while the app is idle, where the window's age keeps growing.
- * Its statements give up after 3 s (the source then shows as down): a scrape never hangs on the database.
+ * Its statements give up after 3 s on the server, and the scrape stops waiting after 4 s whatever
+ * happens (the source then shows as down, the other figures still come).
  */
 export function receiverSource(config: Config, sql: Sql): FactSource {
   return {

@@ -4,7 +4,7 @@ import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { fetchWal } from "../wal/fetch.ts";
-import { parseHistory, parseSegment, segmentName } from "../wal/segments.ts";
+import { isSegmentName, parseHistory, parseSegment, segmentName } from "../wal/segments.ts";
 
 export type Served = { name: string; from: "local" | "offsite" | "receiving" | "partial" };
 
@@ -52,7 +52,7 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
     unix: options.socket,
     async fetch(req) {
       const name = decodeURIComponent(new URL(req.url).pathname.replace(/^\/wal\//, ""));
-      if (!parseSegment(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
+      if (!isSegmentName(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
       let path = "";
       try {
         const got = await take(name);

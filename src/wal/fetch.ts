@@ -7,7 +7,7 @@ import { ShinkeiError } from "../errors.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { readRecord, recordPath, spoolDir, walRoot, type WalRecord } from "./archive.ts";
-import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
+import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
 import { fsyncDir } from "../backup/files.ts";
 
 async function sha256File(path: string): Promise<string> {
@@ -18,7 +18,7 @@ async function sha256File(path: string): Promise<string> {
 
 /** The timeline a WAL file name belongs to, or null for anything that is not one (hostile names included). */
 function timelineOf(name: string): number | null {
-  // The smallest segment size allows the widest names; only the shape and the timeline matter here.
+  // Only the shape and the timeline matter here (isSegmentName).
   const seg = parseSegment(name.replace(/\.partial$/, ""), 1024 * 1024);
   return seg ? seg.timeline : parseHistory(name);
 }
@@ -36,8 +36,13 @@ export async function fetchWal(config: Config, name: string, target: string, sto
   if (timeline === null || name.endsWith(".partial")) throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
   // A segment the receiver has just finished waits in the spool until the archiver seals it: the
   // end of the archive as much as a partial is. (The archiver may take it meanwhile: then its record.)
-  if (parseSegment(name) && !(await readRecord(recordPath(walRoot(config.backupDir), timeline, name)))) {
-    if (await copyWhole(join(spoolDir(config.backupDir), name), target, options).then(() => true, () => false)) return { from: "receiving", record: null };
+  if (isSegmentName(name) && !(await readRecord(recordPath(walRoot(config.backupDir), timeline, name)))) {
+    // Only "not there" falls through: a full disk or a read error must not read as the archive's end.
+    const copied = await copyWhole(join(spoolDir(config.backupDir), name), target, options).then(() => true, (e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return false;
+      throw e;
+    });
+    if (copied) return { from: "receiving", record: null };
   }
   try {
     return await fetchRecorded(config, name, timeline, target, store, options);

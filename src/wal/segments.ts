@@ -22,6 +22,9 @@ export function parseSegment(name: string, segmentBytes = DEFAULT_SEGMENT_BYTES)
   return { name, timeline, segno: BigInt(`0x${m[2]}`) * perId + low };
 }
 
+/** A segment's name for some segment size (the smallest, 1 MiB, allows the widest names): the shape alone. */
+export const isSegmentName = (name: string) => parseSegment(name, 1024 * 1024) !== null;
+
 export function segmentName(timeline: number, segno: bigint, segmentBytes = DEFAULT_SEGMENT_BYTES): string {
   const perId = 0x1_0000_0000n / BigInt(segmentBytes);
   const hex = (n: bigint | number, w = 8) => n.toString(16).toUpperCase().padStart(w, "0");

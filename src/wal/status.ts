@@ -33,7 +33,18 @@ export type PitrStatus = {
   gaps: Gap[];
   gapsAfterNewestBase: Gap[];
   receiving: { segment: string; receivedAt: string } | null;
-  receiver: { connected: boolean; state: string | null; flushLsn: string | null; serverLsn: string; lagBytes: number; lagSeconds: number };
+  /** Finished segments the archiver has not sealed yet (normally for a moment): held, but not encrypted, checksummed or copied off-site. */
+  unsealed: { segments: number; oldestReceivedAt: string | null };
+  receiver: {
+    connected: boolean;
+    state: string | null;
+    flushLsn: string | null;
+    serverLsn: string;
+    lagBytes: number;
+    lagSeconds: number;
+    /** This role may not see the receiver's position (no pg_read_all_stats): it came from the slot, or our files. */
+    positionHidden: boolean;
+  };
   slot: SlotStatus | null;
   slotName: string | null;
   /** The off-site RPO: how much of what is on our disk is not yet in the store, when S3 is configured. */
@@ -73,14 +84,14 @@ function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date 
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
-export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving">;
+export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving" | "unsealed">;
 
 /**
  * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
  * oldest base backup whose WAL is complete to the newest WAL reachable from one without a gap.
  * `segmentBytes` defaults to what the archive's records say.
  */
-export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Spooled | null; segmentBytes: number }> {
+export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Spooled | null; spooled: Spooled[]; segmentBytes: number }> {
   const records = await listArchive(walRoot(backupDir));
   const bases = await listBaseBackups(backupDir);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
@@ -132,8 +143,10 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
     gaps,
     gapsAfterNewestBase,
     receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
+    unsealed: { segments: finished.length, oldestReceivedAt: finished.length ? new Date(Math.min(...finished.map((f) => f.receivedAt.getTime()))).toISOString() : null },
     records,
     current,
+    spooled: finished,
     segmentBytes: seg,
   };
 }
@@ -144,24 +157,30 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
  */
 export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrStatus> {
   const info = await serverInfo(sql);
-  const { records, current, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, info.segmentBytes);
+  const { records, current, spooled, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, info.segmentBytes);
   const [server] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
-  const [rep] = await sql<{ state: string; flush_lsn: string | null; flush_lag: number | null }[]>`
+  const [rep] = await sql<{ state: string | null; flush_lsn: string | null; flush_lag: number | null }[]>`
     select state, flush_lsn::text, extract(epoch from flush_lag)::float8 as flush_lag
     from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
+  const slot = config.wal.slot ? await slotStatus(sql, config.wal.slot) : null;
   const serverLsn = parseLsn(server!.lsn);
-  const localEnd = current ? segmentStart(current.segno, seg) : records.length ? segmentStart(parseSegment(records.filter((r) => r.kind === "segment").at(-1)?.name ?? "", seg)?.segno ?? 0n, seg) + BigInt(seg) : 0n;
-  const flushed = rep?.flush_lsn ? parseLsn(rep.flush_lsn) : localEnd;
+  const segnos = [...records.filter((r) => r.kind === "segment").map((r) => parseSegment(r.name, seg)?.segno ?? 0n), ...spooled.map((f) => f.segno)];
+  const newestWhole = segnos.reduce((a, b) => (b > a ? b : a), -1n);
+  const localEnd = current ? segmentStart(current.segno, seg) : newestWhole >= 0n ? segmentStart(newestWhole, seg) + BigInt(seg) : 0n;
+  // Without pg_read_all_stats the server hides a receiver's position (state, flush_lsn, flush_lag
+  // come back NULL); the slot's restart_lsn, which the receiver's flush reports move, says the same.
+  const positionHidden = Boolean(rep) && rep!.state === null;
+  const flushed = rep?.flush_lsn ? parseLsn(rep.flush_lsn) : positionHidden && slot?.restartLsn ? parseLsn(slot.restartLsn) : localEnd;
   const lagBytes = Number(serverLsn > flushed ? serverLsn - flushed : 0n);
-  const newestReceived = Math.max(current?.receivedAt.getTime() ?? 0, ...records.map((r) => Date.parse(r.receivedAt)));
-  // Connected: the server's own measure. Not connected and behind: everything since the last WAL we got is at risk.
-  const lagSeconds = lagBytes === 0 ? 0 : rep ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
+  const newestReceived = Math.max(current?.receivedAt.getTime() ?? 0, ...records.map((r) => Date.parse(r.receivedAt)), ...spooled.map((f) => f.receivedAt.getTime()));
+  // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the last WAL we got is at risk.
+  const lagSeconds = lagBytes === 0 ? 0 : rep && !positionHidden ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
 
   return {
     archive: config.wal.archive,
     ...w,
-    receiver: { connected: Boolean(rep), state: rep?.state ?? null, flushLsn: rep?.flush_lsn ?? (localEnd ? formatLsn(localEnd) : null), serverLsn: server!.lsn, lagBytes, lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1 },
-    slot: config.wal.slot ? await slotStatus(sql, config.wal.slot) : null,
+    receiver: { connected: Boolean(rep), state: rep?.state ?? null, flushLsn: flushed ? formatLsn(flushed) : null, serverLsn: server!.lsn, lagBytes, lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1, positionHidden },
+    slot,
     offsite: await offsiteCoverage(config, records, newestReceived),
     slotName: config.wal.slot ?? null,
   };
@@ -191,6 +210,10 @@ export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
   if (s.slotName && !s.slot) problems.push(`replication slot "${s.slotName}" does not exist`);
   if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved")) {
     problems.push(`replication slot "${s.slot.name}" is ${s.slot.walStatus}: the server ${s.slot.walStatus === "lost" ? "has removed" : "is about to remove"} WAL the archive has not received`);
+  }
+  const unsealedSince = s.unsealed.oldestReceivedAt ? Date.parse(s.unsealed.oldestReceivedAt) : null;
+  if (unsealedSince !== null && Date.now() - unsealedSince > maxLagMs) {
+    problems.push(`${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`);
   }
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
   for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
