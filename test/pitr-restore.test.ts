@@ -117,6 +117,9 @@ describe("pitr restore", () => {
       expect(out.reached.stopped).toContain("recovery stopping before commit");
       // Nothing was switched: the writes live only in the segment pg_receivewal is still writing.
       expect(out.walSources.receiving).toBeGreaterThanOrEqual(1);
+      // The base backup's own segment is sealed: staged ahead and moved in by restore_command, no process of ours.
+      expect(out.walStaged).toBeGreaterThanOrEqual(1);
+      expect(out.walStaged).toBeLessThan(out.walFiles);
       expect(out.counts.users).toBe(0);
       // The instance is kept, listed and removed by pitr cleanup.
       expect(await leftovers()).toHaveLength(1);

@@ -56,13 +56,14 @@ export async function sealTo(
 
 /**
  * The plain bytes of a sealed file: age-decrypted when `encryption` says so (keys from `age`),
- * then gunzipped. The caller checks whatever hash it holds for them.
+ * then gunzipped, unless `gzipped` asks for the gzip stream itself (for a reader that gunzips it
+ * in a process of its own, such as `tar -xz`). The caller checks whatever hash it holds for them.
  */
-export async function unsealFrom(path: string, options: { encryption?: Encryption; age?: AgeConfig; name: string }): Promise<Readable> {
+export async function unsealFrom(path: string, options: { encryption?: Encryption; age?: AgeConfig; name: string; gzipped?: boolean }): Promise<Readable> {
   let source: Readable = createReadStream(path);
   if (options.encryption) {
     const web = await decrypt(Readable.toWeb(source) as ReadableStream<Uint8Array>, options.age, options.name, options.encryption);
     source = Readable.fromWeb(web as import("node:stream/web").ReadableStream);
   }
-  return source.pipe(createGunzip());
+  return options.gzipped ? source : source.pipe(createGunzip());
 }

@@ -12,7 +12,7 @@ import { freePort } from "../localdb.ts";
 import { createInstanceFolder, exec, removeDayOld, removeInstance, restoreClient, serverBinaries, startWatchdog, writeState, type InstanceState } from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
 import { chooseBase, recoverySources, type Window } from "./window.ts";
-import { serveWal, type Served } from "./walserve.ts";
+import { restoreCommand, serveWal, type Served } from "./walserve.ts";
 
 export type Reached = {
   /** The last WAL position replayed, and the commit time of the last transaction replayed. */
@@ -52,7 +52,6 @@ export type RecoverOptions = {
 
 const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
 const quoteConf = (s: string) => `'${s.replace(/'/g, "''")}'`;
-const quoteShell = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 async function sha256File(path: string): Promise<string> {
   const h = new Bun.CryptoHasher("sha256");
@@ -120,13 +119,14 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     // The SHA-256 is read alongside the unpacking (the file is read twice, in parallel): a
     // mismatch throws the scratch copy away before anything starts on it.
     step(`unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`);
-    const tar = Bun.spawn([...as.prefix, "tar", "-x", "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+    // tar gunzips in a process of its own: on another core, beside the hashing and the decryption.
+    const tar = Bun.spawn([...as.prefix, "tar", "-x", "-z", "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
     const tarErr = new Response(tar.stderr).text();
     const hashing = sha256File(path);
     hashing.catch(() => {});
     let unpackError: unknown = null;
     try {
-      await pump(await unsealFrom(path, { encryption: m.encryption, age: config.backup.age, name: m.file }) as AsyncIterable<Uint8Array>, tar.stdin);
+      await pump(await unsealFrom(path, { encryption: m.encryption, age: config.backup.age, name: m.file, gzipped: true }) as AsyncIterable<Uint8Array>, tar.stdin);
     } catch (e) {
       unpackError = e;
     } finally {
@@ -146,9 +146,9 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     // What the instance needs to recover, and nothing the live server's settings would add:
     // loopback only, no archiving or replication of its own, our pg_hba.
     const socket = join(socketDir, "wal.sock");
-    const restoreCommand = [...(await restoreClient(root, as)).map(quoteShell), "pitr", "wal-fetch", "--socket", quoteShell(socket), "%f", "%p"].join(" ");
+    const stageDir = join(socketDir, "stage");
     const settings: Record<string, string> = {
-      restore_command: restoreCommand,
+      restore_command: restoreCommand(stageDir, await restoreClient(root, as), socket),
       ...recoverySettings(options.target),
       recovery_target_timeline: "latest",
       recovery_target_action: "promote",
@@ -171,7 +171,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     }
 
     const served: Served[] = [];
-    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, onFile: (f) => served.push(f) });
+    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, stage: { dir: stageDir, uid: as.uid, gid: as.gid }, first: m.startSegment, onFile: (f) => served.push(f) });
     await server.ready();
 
     step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);

@@ -1,4 +1,4 @@
-import { chmod, mkdir, rename, rm } from "node:fs/promises";
+import { chmod, chown, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
@@ -6,48 +6,120 @@ import type { BackupStore } from "../backup/stores/store.ts";
 import { fetchWal } from "../wal/fetch.ts";
 import { isSegmentName, parseHistory, parseSegment, segmentName } from "../wal/segments.ts";
 
-export type Served = { name: string; from: "local" | "offsite" | "receiving" | "partial" };
+/** A WAL file recovery took: where it came from, and whether from the stage or over the socket. */
+export type Served = { name: string; from: "local" | "offsite" | "receiving" | "partial"; staged: boolean };
 
 /**
- * restore_command for a scratch instance: `shinkei pitr wal-fetch --socket PATH %f %p`. The server
- * runs it as its own OS user, which may read neither BACKUP_DIR nor the keys; so the shinkei
- * process that runs the recovery serves the WAL over a unix socket in the instance's own folder,
- * after every check fetchWal makes, and no secret reaches the instance's files.
- * fetchWal serves a segment never archived whole from its partial (the one being received, or a
- * sealed copy), under the segment's name: recovery to a target inside it replays what it holds.
+ * What restore_command runs: take the segment from the stage with `mv` (no process of ours, no
+ * copy: a rename on the same disk), else ask the recovering shinkei over its socket.
  */
-export function serveWal(options: { config: Config; store?: BackupStore; socket: string; scratch: string; segmentBytes: number; onFile?: (f: Served) => void }) {
-  const { config, store, scratch } = options;
+export function restoreCommand(stage: string, client: string[], socket: string): string {
+  const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+  return `mv -f ${q(stage)}/%f %p 2>/dev/null || exec ${client.map(q).join(" ")} pitr wal-fetch --socket ${q(socket)} %f %p`;
+}
+
+type Got = { path: string; from: Served["from"] };
+
+/**
+ * The WAL for a scratch instance's recovery. The server runs restore_command as its own OS user,
+ * which may read neither BACKUP_DIR nor the keys; so this process fetches every file, with every
+ * check fetchWal makes, and hands it over inside the instance's own folder, and no secret reaches
+ * the instance's files. Two ways:
+ * - the stage: the next sealed segments, fetched, checked and unpacked ahead while the server
+ *   replays, each renamed into `stage` when whole; restore_command moves it from there (see
+ *   restoreCommand), so a segment costs the server a rename, not a process of ours. A segment
+ *   moved away is one consumed: the stage is filled again. Only sealed segments are staged: the
+ *   one being received may still grow.
+ * - the socket, for everything else (`shinkei pitr wal-fetch --socket PATH %f %p`): history files,
+ *   a segment the stage does not hold yet, and the end of the archive. fetchWal serves a segment
+ *   never archived whole from its partial (the one being received, or a sealed copy), under the
+ *   segment's name: recovery to a target inside it replays what it holds.
+ */
+export function serveWal(options: {
+  config: Config;
+  store?: BackupStore;
+  socket: string;
+  scratch: string;
+  segmentBytes: number;
+  /** The folder restore_command moves staged segments from, and the owner they must have. */
+  stage: { dir: string; uid?: number; gid?: number };
+  /** The first segment recovery will ask for: staging starts there, before the server does. */
+  first?: string;
+  onFile?: (f: Served) => void;
+}) {
+  const { config, store, scratch, segmentBytes, stage } = options;
   let n = 0;
-  async function get(name: string): Promise<{ path: string; from: Served["from"] }> {
+  async function get(name: string): Promise<Got> {
     const tmp = join(scratch, `wal-${++n}`);
-    const got = await fetchWal(config, name, tmp, store, { durable: false });
-    return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
-  }
-  // restore_command asks for one segment at a time; fetching, checking and unpacking the next
-  // ones while the server replays this one keeps the replay from waiting on us. Only sealed
-  // segments are taken ahead: the one being received may still grow.
-  const AHEAD = 2;
-  const ahead = new Map<string, Promise<{ path: string; from: Served["from"] }>>();
-  function prefetchAfter(name: string) {
-    const seg = parseSegment(name, options.segmentBytes);
-    if (!seg) return;
-    for (let i = 1n; i <= BigInt(AHEAD); i++) {
-      const next = segmentName(seg.timeline, seg.segno + i, options.segmentBytes);
-      if (ahead.has(next)) continue;
-      const p = get(next);
-      p.catch(() => {});
-      ahead.set(next, p);
+    try {
+      const got = await fetchWal(config, name, tmp, store, { durable: false });
+      return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
     }
   }
-  async function take(name: string): Promise<{ path: string; from: Served["from"] }> {
-    const early = ahead.get(name);
-    ahead.delete(name);
-    const got = early ? await early.catch(() => null) : null;
-    if (got && (got.from === "local" || got.from === "offsite")) return got;
-    if (got) await rm(got.path, { force: true });
-    return get(name);
+
+  const AHEAD = 3;
+  const staged = new Map<string, { segno: bigint; timeline: number; from: Served["from"] }>();
+  let next: { timeline: number; segno: bigint } | null = null;
+  /** Bumped when the server's requests move staging elsewhere: what was fetched for before is dropped. */
+  let epoch = 0;
+  let inflight = 0;
+  let stopped = false;
+  function fill() {
+    while (!stopped && next && staged.size + inflight < AHEAD) {
+      const { timeline, segno } = next;
+      const name = segmentName(timeline, segno, segmentBytes);
+      next = { timeline, segno: segno + 1n };
+      inflight++;
+      void stageOne(name, timeline, segno, epoch).finally(() => {
+        inflight--;
+        fill();
+      });
+    }
   }
+  async function stageOne(name: string, timeline: number, segno: bigint, asked: number) {
+    const got = await get(name).catch(() => null);
+    const sealed = got?.from === "local" || got?.from === "offsite";
+    // Past the end of what is sealed: the socket takes it from here, until the server asks there.
+    if (!sealed && asked === epoch) next = null;
+    if (!got) return;
+    if (stopped || !sealed || asked !== epoch) return void (await rm(got.path, { force: true }));
+    const path = join(stage.dir, name);
+    if (stage.uid !== undefined) await chown(got.path, stage.uid, stage.gid!).catch(() => {});
+    await rename(got.path, path).then(() => staged.set(name, { segno, timeline, from: got.from }), () => rm(got.path, { force: true }));
+  }
+  // A staged segment restore_command moved away was consumed: count it, stage the next.
+  let looking = false;
+  const watch = setInterval(async () => {
+    if (looking) return;
+    looking = true;
+    for (const [name, s] of staged) {
+      if (await Bun.file(join(stage.dir, name)).exists()) continue;
+      staged.delete(name);
+      options.onFile?.({ name, from: s.from, staged: true });
+    }
+    looking = false;
+    fill();
+  }, 20);
+  /** The server asked the socket for `name`: staging follows it, and what it passed is dropped. */
+  async function followed(name: string) {
+    const seg = parseSegment(name, segmentBytes);
+    if (!seg) return;
+    for (const [staleName, s] of staged) {
+      if (s.timeline !== seg.timeline || s.segno <= seg.segno) {
+        staged.delete(staleName);
+        await rm(join(stage.dir, staleName), { force: true });
+      }
+    }
+    if (!next || next.timeline !== seg.timeline || next.segno <= seg.segno) {
+      next = { timeline: seg.timeline, segno: seg.segno + 1n };
+      epoch++;
+    }
+    fill();
+  }
+
   const server = Bun.serve({
     unix: options.socket,
     async fetch(req) {
@@ -55,11 +127,11 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
       if (!isSegmentName(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
       let path = "";
       try {
-        const got = await take(name);
+        const got = await get(name);
         path = got.path;
         const bytes = await Bun.file(path).bytes();
-        options.onFile?.({ name, from: got.from });
-        prefetchAfter(name);
+        options.onFile?.({ name, from: got.from, staged: false });
+        await followed(name);
         return new Response(bytes);
       } catch (e) {
         const notFound = e instanceof ShinkeiError && (e.code === "NOT_FOUND" || e.code === "USAGE");
@@ -72,10 +144,19 @@ export function serveWal(options: { config: Config; store?: BackupStore; socket:
   return {
     async ready() {
       await mkdir(scratch, { recursive: true, mode: 0o700 });
+      await mkdir(stage.dir, { recursive: true, mode: 0o700 });
+      if (stage.uid !== undefined) await chown(stage.dir, stage.uid, stage.gid!);
       // The socket's folder is the instance's (mode 0700): only its OS user reaches it.
       await chmod(options.socket, 0o666);
+      const first = options.first ? parseSegment(options.first, segmentBytes) : null;
+      if (first) next = { timeline: first.timeline, segno: first.segno };
+      fill();
     },
-    stop: () => server.stop(true),
+    stop() {
+      stopped = true;
+      clearInterval(watch);
+      server.stop(true);
+    },
   };
 }
 
