@@ -4,6 +4,9 @@
  * restore_command over the WAL unpacked beforehand), in one run on a cluster of its own.
  *   --scale 20     pgbench scale of the database (about 15 MiB each)
  *   --wal-mib 256  WAL written after the base backup, replayed by both
+ * Then `--apply` end to end (recovery, a dump of the instance, the guarded one-transaction load into
+ * the live database) next to what users do today: `shinkei backup` of the same data and
+ * `backup --restore` of it.
  * Writes test/bench/pitr-restore-results.json. The issue's full size: --scale 70 --wal-mib 256.
  */
 import { chmod, chown, mkdir, readdir, rm, writeFile } from "node:fs/promises";
@@ -98,12 +101,21 @@ try {
   await timed([...as.prefix, join(cluster.bin, "pg_ctl"), "-D", dataDir, "stop", "-m", "immediate"]);
 
   const rto = out.durationMs as number;
+
+  const confirm = ["--yes", "--confirm-database", "bench"];
+  const apply = await timed([bin, "pitr", "restore", "--to", "latest", "--apply", ...confirm], { env });
+  const dump = await timed([bin, "backup"], { env });
+  const file = /^backup\s+(\S+)$/m.exec(dump.stdout)![1]!;
+  const restore = await timed([bin, "backup", "--restore", "--backup-file", file, ...confirm], { env });
+
   const result = {
     at: new Date().toISOString(),
     database: { scale, bytes: dbBytes },
     walReplayedBytes: replayed,
     walFiles: out.walFiles,
     rto: { oursMs: rto, oursCommandMs: Math.round(ours.ms), bareMs: Math.round(bareMs), ratio: Math.round((rto / bareMs) * 100) / 100, goal: "<= 1.1x", met: rto / bareMs <= 1.1 },
+    // Both take and verify a safety backup of the live database first, and load in one transaction.
+    apply: { pitrApplyMs: Math.round(apply.ms), dumpMs: Math.round(dump.ms), dumpRestoreMs: Math.round(restore.ms), ratio: Math.round((apply.ms / restore.ms) * 100) / 100 },
   };
   console.log(JSON.stringify(result, null, 2));
   await writeFile(join(import.meta.dir, "pitr-restore-results.json"), JSON.stringify(result, null, 2) + "\n");
