@@ -6,6 +6,7 @@ export type Sql = postgres.Sql;
 /** The PostgreSQL error codes (SQLSTATE) the code matches on, by their names in the manual's Appendix A. */
 export const PG = {
   UNIQUE_VIOLATION: "23505",
+  FOREIGN_KEY_VIOLATION: "23503",
   INSUFFICIENT_PRIVILEGE: "42501",
   DUPLICATE_DATABASE: "42P04",
   INVALID_CATALOG_NAME: "3D000", // the database does not exist

@@ -117,12 +117,23 @@ describe("pitr restore", () => {
       expect(out.reached.stopped).toContain("recovery stopping before commit");
       // Nothing was switched: the writes live only in the segment pg_receivewal is still writing.
       expect(out.walSources.receiving).toBeGreaterThanOrEqual(1);
-      // The base backup's own segment is sealed: staged ahead and moved in by restore_command, no process of ours.
+      // The base backup's own segment is sealed: fetched ahead into the stage from the start.
       expect(out.walStaged).toBeGreaterThanOrEqual(1);
       expect(out.walStaged).toBeLessThan(out.walFiles);
       expect(out.counts.users).toBe(0);
       // The instance is kept, listed and removed by pitr cleanup.
       expect(await leftovers()).toHaveLength(1);
+      if (process.getuid?.() === 0) {
+        // Run as root, the server's OS user owns only what it writes; every path we write through is ours.
+        const root = join(scratchRoot, (await leftovers())[0]!);
+        const mode = async (p: string) => ({ uid: (await stat(join(root, p))).uid, mode: (await stat(join(root, p))).mode & 0o7777 });
+        const server = Number(Bun.spawnSync(["id", "-u", "postgres"]).stdout.toString());
+        expect(await mode(".")).toEqual({ uid: 0, mode: 0o711 });
+        expect(await mode("wal")).toEqual({ uid: 0, mode: 0o710 });
+        expect(await mode("stage")).toEqual({ uid: 0, mode: 0o1770 });
+        expect(await mode("client")).toEqual({ uid: 0, mode: 0o755 });
+        expect((await mode("data")).uid).toBe(server);
+      }
     } finally {
       const c = await shinkei(["pitr", "cleanup"], env);
       expect(c).toSucceed();
@@ -131,9 +142,15 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("to latest: the damage is there too", async () => {
-    const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+  test("to latest: the damage is there too; a TMPDIR with a space, a quote and a % in its path is no problem", async () => {
+    // restore_command and postgresql.auto.conf carry these paths: shell, %-placeholders, conf quoting.
+    const odd = join(scratchRoot, "it's 100% here");
+    await mkdir(odd);
+    await chmod(odd, 0o755);
+    const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], { ...env, TMPDIR: odd });
+    await rm(odd, { recursive: true, force: true });
     expect(r).toSucceed();
+    expect(JSON.parse(r.stdout).walStaged).toBeGreaterThanOrEqual(1);
     const out = JSON.parse(r.stdout);
     expect(out.counts).toBeDefined();
     expect(Date.parse(out.reached.commitTime)).toBeGreaterThan(Date.parse(noted));

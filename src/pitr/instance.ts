@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile } from "node:fs/promises";
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -10,9 +10,9 @@ import { installedBinDirs, runAs } from "../localdb.ts";
 
 /**
  * A scratch PostgreSQL instance for point-in-time recovery: one temporary folder
- * `$TMPDIR/shinkei-pitr-XXXXXX/` (owned by the server's OS user) holding the data directory, the
- * unix sockets, the server log and `instance.json`, the state `pitr cleanup` reads. The live
- * server's data directory is never involved.
+ * `$TMPDIR/shinkei-pitr-instance-XXXXXX/` holding the data directory, the server's unix sockets,
+ * its log, what restore_command needs (see createInstanceFolder) and `instance.json`, the state
+ * `pitr cleanup` reads. The live server's data directory is never involved.
  */
 export type InstanceState = {
   pitrInstanceVersion: 1;
@@ -69,16 +69,41 @@ export async function serverBinaries(major: number): Promise<string> {
 }
 
 /** A new empty instance folder, owned by the server's OS user (PostgreSQL refuses to run as root). */
-export async function createInstanceFolder(): Promise<{ root: string; dataDir: string; socketDir: string; as: Awaited<ReturnType<typeof runAs>> }> {
+export type InstanceFolder = {
+  root: string;
+  /** The server's: the data directory, its unix sockets, its log. */
+  dataDir: string;
+  socketDir: string;
+  logFile: string;
+  /** Ours, the server's group may only pass: the socket restore_command asks for WAL on. */
+  walDir: string;
+  /** Ours, the server's group may take out what it owns (sticky): segments staged for restore_command. */
+  stageDir: string;
+  as: Awaited<ReturnType<typeof runAs>>;
+};
+
+/**
+ * The instance's folder. Run as root, the server runs as its own OS user, which owns only what it
+ * writes; the folder itself and every path we write through (the WAL handed over, the socket we
+ * chmod, the files we chown) stay ours, so that user cannot turn our writes elsewhere with a link.
+ */
+export async function createInstanceFolder(): Promise<InstanceFolder> {
   const as = await runAs();
   const root = await mkdtemp(join(instanceRoot(), INSTANCE_PREFIX));
-  await chmod(root, 0o700);
-  const dataDir = join(root, "data");
-  const socketDir = join(root, "sockets");
-  await mkdir(dataDir, { mode: 0o700 });
-  await mkdir(socketDir, { mode: 0o700 });
-  if (as.uid !== undefined) for (const p of [root, dataDir, socketDir]) await chown(p, as.uid, as.gid!);
-  return { root, dataDir, socketDir, as };
+  const server = as.uid !== undefined;
+  // The server's user passes through to its own folders, and lists nothing.
+  await chmod(root, server ? 0o711 : 0o700);
+  const f = { root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), logFile: join(root, "server.log"), walDir: join(root, "wal"), stageDir: join(root, "stage"), as };
+  for (const [dir, mode] of [[f.dataDir, 0o700], [f.socketDir, 0o700], [f.walDir, server ? 0o710 : 0o700], [f.stageDir, server ? 0o1770 : 0o700]] as const) {
+    await mkdir(dir);
+    await chmod(dir, mode);
+  }
+  await writeFile(f.logFile, "", { mode: 0o600 });
+  if (server) {
+    for (const p of [f.dataDir, f.socketDir, f.logFile]) await chown(p, as.uid!, as.gid!);
+    for (const p of [f.walDir, f.stageDir]) await chown(p, 0, as.gid!);
+  }
+  return f;
 }
 
 export async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
@@ -161,24 +186,25 @@ export function selfCommand(): string[] {
 
 /**
  * The command restore_command runs, as the server's OS user. That user may not reach this binary
- * where it lies (a root-only folder, a checkout in a private home), so it runs a copy in the
- * instance's own folder, which is that user's: the compiled shinkei itself, or, from source, bun
- * and the CLI bundled into one file.
+ * where it lies (a root-only folder, a checkout in a private home), so it runs a copy in a folder
+ * of the instance's that every user may read (bun reads the folder of the script it runs): the
+ * compiled shinkei itself, or, from source, bun and the CLI bundled into one file. Ours, not the
+ * server's user's: it cannot change what runs.
  */
-export async function restoreClient(root: string, as: { uid?: number; gid?: number }): Promise<string[]> {
+export async function restoreClient(root: string): Promise<string[]> {
   const [exe, entry] = selfCommand();
-  const files: string[] = [join(root, "shinkei")];
+  const dir = join(root, "client");
+  await mkdir(dir);
+  await chmod(dir, 0o755);
+  const files: string[] = [join(dir, "shinkei")];
   await copyFile(exe!, files[0]!);
   if (entry) {
     const built = await Bun.build({ entrypoints: [entry], target: "bun" });
     if (!built.success) throw new ShinkeiError("RECOVERY_FAILED", `cannot bundle the CLI for restore_command: ${built.logs.map(String).join("; ")}`);
-    files.push(join(root, "shinkei.js"));
+    files.push(join(dir, "shinkei.js"));
     await Bun.write(files[1]!, built.outputs[0]!);
   }
-  for (const f of files) {
-    await chmod(f, 0o755);
-    if (as.uid !== undefined) await chown(f, as.uid, as.gid!);
-  }
+  for (const f of files) await chmod(f, 0o755);
   return files;
 }
 

@@ -51,7 +51,8 @@ export type RecoverOptions = {
 };
 
 const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
-const quoteConf = (s: string) => `'${s.replace(/'/g, "''")}'`;
+/** A value in postgresql.conf's quotes: the parser reads backslash escapes there too. */
+const quoteConf = (s: string) => `'${s.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
 
 async function sha256File(path: string): Promise<string> {
   const h = new Bun.CryptoHasher("sha256");
@@ -94,7 +95,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   }
   await removeDayOld();
   const folder = await createInstanceFolder();
-  const { root, dataDir, socketDir, as } = folder;
+  const { root, dataDir, socketDir, walDir, stageDir, logFile, as } = folder;
   const scratch = join(root, "work");
   await mkdir(scratch, { mode: 0o700 });
   const instance: InstanceState = {
@@ -145,10 +146,9 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
 
     // What the instance needs to recover, and nothing the live server's settings would add:
     // loopback only, no archiving or replication of its own, our pg_hba.
-    const socket = join(socketDir, "wal.sock");
-    const stageDir = join(socketDir, "stage");
+    const socket = join(walDir, "wal.sock");
     const settings: Record<string, string> = {
-      restore_command: restoreCommand(stageDir, await restoreClient(root, as), socket),
+      restore_command: restoreCommand(stageDir, await restoreClient(root), socket),
       ...recoverySettings(options.target),
       recovery_target_timeline: "latest",
       recovery_target_action: "promote",
@@ -175,7 +175,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     await server.ready();
 
     step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
-    const log = join(root, "server.log");
+    const log = logFile;
     const start = await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", log]);
     if (start.code !== 0) {
       const tail = await logTail(log, 60);

@@ -6,7 +6,7 @@ import type { BackupStore } from "../backup/stores/store.ts";
 import { fetchWal } from "../wal/fetch.ts";
 import { isSegmentName, parseHistory, parseSegment, segmentName } from "../wal/segments.ts";
 
-/** A WAL file recovery took: where it came from, and whether from the stage or over the socket. */
+/** A WAL file recovery took: where it came from, and whether it was fetched ahead (the stage). */
 export type Served = { name: string; from: "local" | "offsite" | "receiving" | "partial"; staged: boolean };
 
 /**
@@ -14,11 +14,12 @@ export type Served = { name: string; from: "local" | "offsite" | "receiving" | "
  * copy: a rename on the same disk), else ask the recovering shinkei over its socket.
  */
 export function restoreCommand(stage: string, client: string[], socket: string): string {
-  const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+  // Shell quotes; a % in a path is written %% (PostgreSQL substitutes %f, %p and %% there).
+  const q = (s: string) => `'${s.replaceAll("'", `'\\''`).replaceAll("%", "%%")}'`;
   return `mv -f ${q(stage)}/%f %p 2>/dev/null || exec ${client.map(q).join(" ")} pitr wal-fetch --socket ${q(socket)} %f %p`;
 }
 
-type Got = { path: string; from: Served["from"] };
+type Got = { path: string; from: Served["from"]; staged?: boolean };
 
 /**
  * The WAL for a scratch instance's recovery. The server runs restore_command as its own OS user,
@@ -61,22 +62,27 @@ export function serveWal(options: {
   }
 
   const AHEAD = 3;
-  const staged = new Map<string, { segno: bigint; timeline: number; from: Served["from"] }>();
+  type Staged = { segno: bigint; timeline: number; from: Served["from"] };
+  const staged = new Map<string, Staged>();
+  /** Segments being fetched for the stage, by name: a socket request for one waits for it. */
+  const fetching = new Map<string, Promise<void>>();
   let next: { timeline: number; segno: bigint } | null = null;
   /** Bumped when the server's requests move staging elsewhere: what was fetched for before is dropped. */
   let epoch = 0;
-  let inflight = 0;
   let stopped = false;
   function fill() {
-    while (!stopped && next && staged.size + inflight < AHEAD) {
+    while (!stopped && next && staged.size + fetching.size < AHEAD) {
       const { timeline, segno } = next;
       const name = segmentName(timeline, segno, segmentBytes);
       next = { timeline, segno: segno + 1n };
-      inflight++;
-      void stageOne(name, timeline, segno, epoch).finally(() => {
-        inflight--;
-        fill();
-      });
+      if (staged.has(name) || fetching.has(name)) continue;
+      const done = stageOne(name, timeline, segno, epoch)
+        .catch(() => {}) // a segment not staged is asked for over the socket: nothing is lost
+        .finally(() => {
+          fetching.delete(name);
+          fill();
+        });
+      fetching.set(name, done);
     }
   }
   async function stageOne(name: string, timeline: number, segno: bigint, asked: number) {
@@ -85,24 +91,27 @@ export function serveWal(options: {
     // Past the end of what is sealed: the socket takes it from here, until the server asks there.
     if (!sealed && asked === epoch) next = null;
     if (!got) return;
-    if (stopped || !sealed || asked !== epoch) return void (await rm(got.path, { force: true }));
-    const path = join(stage.dir, name);
-    if (stage.uid !== undefined) await chown(got.path, stage.uid, stage.gid!).catch(() => {});
-    await rename(got.path, path).then(() => staged.set(name, { segno, timeline, from: got.from }), () => rm(got.path, { force: true }));
+    try {
+      if (stopped || !sealed || asked !== epoch) return;
+      // The server must be able to read what it moves in: a file it could not is not staged.
+      if (stage.uid !== undefined) await chown(got.path, stage.uid, stage.gid!);
+      if (stopped || asked !== epoch) return;
+      await rename(got.path, join(stage.dir, name));
+      staged.set(name, { segno, timeline, from: got.from });
+    } finally {
+      await rm(got.path, { force: true }).catch(() => {});
+    }
   }
-  // A staged segment restore_command moved away was consumed: count it, stage the next.
-  let looking = false;
-  const watch = setInterval(async () => {
-    if (looking) return;
-    looking = true;
+  /** A staged segment restore_command moved away was consumed: count it, stage the next. */
+  async function collect() {
     for (const [name, s] of staged) {
-      if (await Bun.file(join(stage.dir, name)).exists()) continue;
+      if (await Bun.file(join(stage.dir, name)).exists().catch(() => true)) continue;
+      if (staged.get(name) !== s) continue; // dropped meanwhile by followed(): not consumed
       staged.delete(name);
       options.onFile?.({ name, from: s.from, staged: true });
     }
-    looking = false;
     fill();
-  }, 20);
+  }
   /** The server asked the socket for `name`: staging follows it, and what it passed is dropped. */
   async function followed(name: string) {
     const seg = parseSegment(name, segmentBytes);
@@ -110,7 +119,7 @@ export function serveWal(options: {
     for (const [staleName, s] of staged) {
       if (s.timeline !== seg.timeline || s.segno <= seg.segno) {
         staged.delete(staleName);
-        await rm(join(stage.dir, staleName), { force: true });
+        await rm(join(stage.dir, staleName), { force: true }).catch(() => {});
       }
     }
     if (!next || next.timeline !== seg.timeline || next.segno <= seg.segno) {
@@ -119,7 +128,20 @@ export function serveWal(options: {
     }
     fill();
   }
+  /** Over the socket: a segment being staged is waited for and taken from the stage, not fetched twice. */
+  async function take(name: string): Promise<Got> {
+    await fetching.get(name);
+    const s = staged.get(name);
+    if (s) {
+      staged.delete(name);
+      const path = join(scratch, `wal-${++n}`);
+      if (await rename(join(stage.dir, name), path).then(() => true, () => false)) return { path, from: s.from, staged: true };
+    }
+    return get(name);
+  }
 
+  let watch: Timer | undefined;
+  let looking = false;
   const server = Bun.serve({
     unix: options.socket,
     async fetch(req) {
@@ -127,31 +149,35 @@ export function serveWal(options: {
       if (!isSegmentName(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
       let path = "";
       try {
-        const got = await get(name);
+        const got = await take(name);
         path = got.path;
         const bytes = await Bun.file(path).bytes();
-        options.onFile?.({ name, from: got.from, staged: false });
+        options.onFile?.({ name, from: got.from, staged: got.staged ?? false });
         await followed(name);
         return new Response(bytes);
       } catch (e) {
         const notFound = e instanceof ShinkeiError && (e.code === "NOT_FOUND" || e.code === "USAGE");
         return new Response(`${(e as Error).message}\n`, { status: notFound ? 404 : 500 });
       } finally {
-        if (path) await rm(path, { force: true });
+        if (path) await rm(path, { force: true }).catch(() => {});
       }
     },
   });
   return {
     async ready() {
       await mkdir(scratch, { recursive: true, mode: 0o700 });
-      await mkdir(stage.dir, { recursive: true, mode: 0o700 });
-      if (stage.uid !== undefined) await chown(stage.dir, stage.uid, stage.gid!);
-      // The socket's folder is the instance's (mode 0700): only its OS user reaches it.
+      // The socket's folder is ours, and only the server's group may pass (createInstanceFolder).
       await chmod(options.socket, 0o666);
+      watch = setInterval(() => {
+        if (looking) return;
+        looking = true;
+        void collect().finally(() => (looking = false));
+      }, 20);
       const first = options.first ? parseSegment(options.first, segmentBytes) : null;
       if (first) next = { timeline: first.timeline, segno: first.segno };
       fill();
     },
+    /** Stop serving; what is left in the stage goes with the instance's folder. */
     stop() {
       stopped = true;
       clearInterval(watch);

@@ -1,5 +1,5 @@
 import type postgres from "postgres";
-import type { Queryable, Sql } from "../db.ts";
+import { PG, type Queryable, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { quoteIdent, quoteLiteral } from "../state.ts";
 import type { BackupResult } from "../backup/dump.ts";
@@ -30,28 +30,49 @@ function conflict(error: unknown, t: TableInfo, what: string): unknown {
 /** The most conflicts one message names: past that, the count (fix these, and run again). */
 const NAMED_CONFLICTS = 10;
 
+/** Past this many, the row-by-row search stops: the message says "at least". */
+const MAX_CONFLICTS = 100;
+
 /**
  * Write `rows` with `write`, all at once; when that hits a conflict, again one row at a time, each
  * under a savepoint, so every conflicting row is named, not only the first. Conflicts are
- * collected: the caller fails once every table was tried.
+ * collected: the caller fails once every table was tried. The savepoint is released after each
+ * row (postgres.js's savepoint() never releases, and thousands of nested subtransactions would
+ * slow the live primary).
  */
 async function writeRows(tx: postgres.TransactionSql, t: TableInfo, rows: Row[], what: string, conflicts: ShinkeiError[], write: (q: Queryable, rows: Row[]) => Promise<unknown>) {
   if (!rows.length) return;
-  const attempt = (batch: Row[]) => tx.savepoint((sp) => write(sp, batch)).then(() => null, (e: unknown) => conflict(e, t, what));
+  const attempt = async (batch: Row[]) => {
+    await tx.unsafe("savepoint shinkei_recover");
+    try {
+      await write(tx, batch);
+      return null;
+    } catch (e) {
+      await tx.unsafe("rollback to savepoint shinkei_recover");
+      return conflict(e, t, what);
+    } finally {
+      await tx.unsafe("release savepoint shinkei_recover");
+    }
+  };
   const all = await attempt(rows);
   if (all === null) return;
   if (!(all instanceof ShinkeiError)) throw all;
   for (const row of rows) {
+    if (conflicts.length >= MAX_CONFLICTS) return;
     const e = await attempt([row]);
     if (e instanceof ShinkeiError) conflicts.push(e);
     else if (e !== null) throw e;
   }
 }
 
-function conflictsError(conflicts: ShinkeiError[]): ShinkeiError {
+function conflictsError(all: ShinkeiError[]): ShinkeiError {
+  // A row whose parent clashed fails on its foreign key too: name the clashes themselves first.
+  const fk = (c: ShinkeiError) => (c.cause as { code?: string } | undefined)?.code === PG.FOREIGN_KEY_VIOLATION;
+  const conflicts = all.some((c) => !fk(c)) ? all.filter((c) => !fk(c)) : all;
   const shown = conflicts.slice(0, NAMED_CONFLICTS).map((c) => c.message);
   const more = conflicts.length - shown.length;
-  const message = conflicts.length === 1 ? shown[0]! : `${conflicts.length} conflicts: ${shown.join("; ")}${more ? `; and ${more} more` : ""}`;
+  const count = all.length >= MAX_CONFLICTS ? `at least ${conflicts.length}` : String(conflicts.length);
+  const message = conflicts.length === 1 ? shown[0]! : `${count} conflicts: ${shown.join("; ")}${more ? `; and ${more} more` : ""}`;
   return new ShinkeiError("RECOVER_CONFLICT", message, {
     hint: conflicts[0]!.hint,
     details: { conflicts: conflicts.map((c) => c.details) },

@@ -171,7 +171,10 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
   // come back NULL); the slot's restart_lsn, which the receiver's flush reports move, says the same.
   const positionHidden = Boolean(rep) && rep!.state === null;
   const flushed = rep?.flush_lsn ? parseLsn(rep.flush_lsn) : positionHidden && slot?.restartLsn ? parseLsn(slot.restartLsn) : localEnd;
-  const lagBytes = Number(serverLsn > flushed ? serverLsn - flushed : 0n);
+  let lagBytes = Number(serverLsn > flushed ? serverLsn - flushed : 0n);
+  // Without WAL_SYNC the receiver reports its flush (and so moves the slot) only at segment ends:
+  // with the position hidden, less than a segment behind is as close as we can tell.
+  if (positionHidden && rep && !config.wal.synchronous && lagBytes < seg) lagBytes = 0;
   const newestReceived = Math.max(current?.receivedAt.getTime() ?? 0, ...records.map((r) => Date.parse(r.receivedAt)), ...spooled.map((f) => f.receivedAt.getTime()));
   // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the last WAL we got is at risk.
   const lagSeconds = lagBytes === 0 ? 0 : rep && !positionHidden ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
