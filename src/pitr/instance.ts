@@ -68,7 +68,7 @@ export async function serverBinaries(major: number): Promise<string> {
   });
 }
 
-/** A new empty instance folder, owned by the server's OS user (PostgreSQL refuses to run as root). */
+/** A new, empty instance folder: where each part lies (PostgreSQL refuses to run as root, so the server may be another user). */
 export type InstanceFolder = {
   root: string;
   /** The server's: the data directory, its unix sockets, its log. */
