@@ -117,7 +117,7 @@ async function recover(ctx: Context): Promise<number> {
     // The source: a backup loaded into a scratch database, or the state at a moment (--at) recovered into a scratch instance.
     const withSource = <T,>(fn: (source: Source) => Promise<T>) =>
       at !== undefined
-        ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch }, fn)
+        ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch, signal: cancel.signal }, fn)
         : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep,
             allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") } }, fn);
     return await withSource(async (source) => {

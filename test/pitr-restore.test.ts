@@ -497,4 +497,22 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
     expect(await leftovers()).toEqual([]);
   });
+
+  test("SIGTERM while the moment is being recovered: exit 130, nothing changed, no scratch instance left", async () => {
+    const rows = () => sql`select count(*)::int as n from worlds`;
+    const before = await rows();
+    const at = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+    await Bun.sleep(300);
+    await sql`delete from worlds where name = 'made after the moment'`;
+    await flushed(await insertLsn());
+    const p = Bun.spawn([binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" });
+    await until("the scratch instance", async () => (await leftovers()).length === 1, 30_000);
+    p.kill("SIGTERM");
+    const exited = await Promise.race([p.exited, Bun.sleep(30_000).then(() => "still running")]);
+    if (exited === "still running") p.kill("SIGKILL");
+    expect(exited).toBe(130);
+    expect(await new Response(p.stderr).text()).toContain("cancelled");
+    expect((await rows())[0]!.n).toBe(before[0]!.n - 1);
+    await until("the scratch instance to be gone", async () => (await leftovers()).length === 0, 10_000);
+  });
 });

@@ -48,6 +48,8 @@ export type RecoverOptions = {
   /** Stop after recovery and move the data directory here, settings restored, for a new server. */
   intoDir?: string;
   onStep?: (message: string) => void;
+  /** Aborted (Ctrl-C, SIGTERM): the recovery stops at its next step, removes its instance and throws CANCELLED. */
+  signal?: AbortSignal;
 };
 
 const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
@@ -88,7 +90,13 @@ const endedEarly = (log: string) => /before configured recovery target was reach
 async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Promise<Recovery> {
   const { config, store } = options;
   const target = asked;
-  const step = options.onStep ?? (() => {});
+  const cancelled = () => {
+    if (options.signal?.aborted) throw new ShinkeiError("CANCELLED", "the point-in-time recovery was cancelled; its scratch instance was removed");
+  };
+  const step = (message: string) => {
+    cancelled();
+    options.onStep?.(message);
+  };
   const started = performance.now();
   if (options.intoDir && (await stat(options.intoDir).catch(() => null))) {
     throw new ShinkeiError("DIRECTORY_EXISTS", `${options.intoDir} already exists; --into-dir makes a new folder and never overwrites one`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });
@@ -205,6 +213,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
         if (lastReport) step(`replaying: at ${row?.[0]!.lsn ?? "?"}, ${served.length} WAL file(s) fetched`);
         lastReport = Date.now();
       }
+      cancelled();
       await Bun.sleep(100);
     }
 

@@ -110,12 +110,15 @@ async function toLiveSchema(url: string, liveVersion: number, file: string, onSt
  * The state at a moment as the source (`--at`): a scratch instance recovered from the WAL archive
  * to `at` (the machinery of `pitr restore`), run `fn` against it, and remove it whatever happens.
  */
-export async function withPointInTimeSource<T>(options: { config: Config; at: string; onStep?: (s: SourceStep) => void; onScratch?: (drop: () => Promise<void>) => void }, fn: (source: Source) => Promise<T>): Promise<T> {
+export async function withPointInTimeSource<T>(
+  options: { config: Config; at: string; onStep?: (s: SourceStep) => void; onScratch?: (drop: () => Promise<void>) => void; signal?: AbortSignal },
+  fn: (source: Source) => Promise<T>,
+): Promise<T> {
   const { config } = options;
   const target = parseTargetTime(options.at, config.backup.timezone);
   const live = connect(config.databaseUrl, { max: 1 });
   const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
-  const recovery = await recoverTo({ config, target, store: walStore(config), keep: false, onStep: (message) => options.onStep?.({ step: "recover", message }) });
+  const recovery = await recoverTo({ config, target, store: walStore(config), keep: false, signal: options.signal, onStep: (message) => options.onStep?.({ step: "recover", message }) });
   options.onScratch?.(() => recovery.stop());
   try {
     const file = `${recovery.base} + WAL to ${recovery.reached.commitTime ?? recovery.target}`;
