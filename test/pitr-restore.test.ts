@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { chmod, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, chown, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
@@ -134,6 +134,12 @@ describe("pitr restore", () => {
         expect(await mode("client")).toEqual({ uid: 0, mode: 0o755 });
         expect((await mode("data")).uid).toBe(server);
       }
+      // The scratch server (and what it runs: restore_command) gets no secret in its environment.
+      const root = join(scratchRoot, (await leftovers())[0]!);
+      const pid = Number((await Bun.file(join(root, "data", "postmaster.pid")).text()).split("\n")[0]);
+      const environ = (await Bun.file(`/proc/${pid}/environ`).text()).split("\0").map((kv) => kv.split("=")[0]);
+      expect(environ).toContain("PATH");
+      for (const secret of ["DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_RECIPIENTS"]) expect(environ).not.toContain(secret);
     } finally {
       const c = await shinkei(["pitr", "cleanup"], env);
       expect(c).toSucceed();
@@ -233,6 +239,39 @@ describe("pitr restore", () => {
     const c = await shinkei(["pitr", "cleanup", "--json"], env);
     expect(JSON.parse(c.stdout).removed.map((x: { root: string }) => x.root)).toEqual([fresh]);
     await rm(hostile, { recursive: true });
+    expect(await leftovers()).toEqual([]);
+  });
+
+  test("cleanup signals only a server started on the instance's own data directory, and skips folders someone else made", async () => {
+    const fake = async (name: string) => {
+      const root = join(scratchRoot, name);
+      await mkdir(join(root, "data"), { recursive: true });
+      await Bun.write(join(root, "instance.json"), JSON.stringify({
+        pitrInstanceVersion: 1, root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), bin: "/nonexistent", port: 1,
+        ownerPid: 999_999_999, createdAt: new Date().toISOString(), keep: true,
+      }));
+      return root;
+    };
+    // A postmaster.pid naming some other live process (stale after a reboot, or planted): never killed.
+    const bystander = Bun.spawn(["sleep", "60"]);
+    const stale = await fake("shinkei-pitr-instance-pid111");
+    await Bun.write(join(stale, "data", "postmaster.pid"), `${bystander.pid}\n`);
+    const c = await shinkei(["pitr", "cleanup", "--json"], env);
+    expect(c).toSucceed();
+    expect(JSON.parse(c.stdout).removed.map((x: { root: string }) => x.root)).toEqual([stale]);
+    expect(bystander.exitCode).toBeNull();
+    expect(bystander.killed).toBe(false);
+    bystander.kill();
+    if (process.getuid?.() === 0) {
+      // A folder another user made, however it names itself, is not ours to stop or remove.
+      const foreign = await fake("shinkei-pitr-instance-other1");
+      const uid = Number(Bun.spawnSync(["id", "-u", "postgres"]).stdout.toString());
+      for (const p of [foreign, join(foreign, "instance.json")]) await chown(p, uid, uid);
+      const again = await shinkei(["pitr", "cleanup", "--json"], env);
+      expect(JSON.parse(again.stdout).removed).toEqual([]);
+      expect(await Bun.file(join(foreign, "instance.json")).exists()).toBe(true);
+      await rm(foreign, { recursive: true });
+    }
     expect(await leftovers()).toEqual([]);
   });
 

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync } from "node:fs";
 import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
@@ -42,6 +42,9 @@ export async function writeState(s: InstanceState): Promise<void> {
 
 function readState(root: string): InstanceState | null {
   try {
+    // Only a folder we made: anyone may create one under the temporary folder, naming any programs.
+    const folder = lstatSync(root);
+    if (!folder.isDirectory() || folder.uid !== process.getuid?.() || lstatSync(join(root, STATE)).uid !== folder.uid) return null;
     const s = JSON.parse(readFileSync(join(root, STATE), "utf8")) as InstanceState;
     // Only a folder of ours, naming paths inside itself, is ever stopped or removed.
     const ok = s?.pitrInstanceVersion === 1 && s.root === root && dirname(s.dataDir) === root && Number.isInteger(s.port) && Number.isInteger(s.ownerPid);
@@ -95,7 +98,7 @@ export async function createInstanceFolder(): Promise<InstanceFolder> {
   await chmod(root, server ? 0o711 : 0o700);
   const f = { root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), logFile: join(root, "server.log"), walDir: join(root, "wal"), stageDir: join(root, "stage"), as };
   for (const [dir, mode] of [[f.dataDir, 0o700], [f.socketDir, 0o700], [f.walDir, server ? 0o710 : 0o700], [f.stageDir, server ? 0o1770 : 0o700]] as const) {
-    await mkdir(dir);
+    await mkdir(dir, { mode: mode & 0o700 }); // never wider than ours while we set it up, whatever the umask
     await chmod(dir, mode);
   }
   await writeFile(f.logFile, "", { mode: 0o600 });
@@ -106,10 +109,34 @@ export async function createInstanceFolder(): Promise<InstanceFolder> {
   return f;
 }
 
+/**
+ * What the server's programs (pg_ctl, the server, tar, restore_command) get as environment: no
+ * DATABASE_URL, S3 keys or age secrets, which its OS user could read from /proc.
+ */
+export const serverEnv = (): Record<string, string> => ({ PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C" });
+
 export async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
-  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: "ignore", env: serverEnv() });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { code, output: `${out}${err}`.trim() };
+}
+
+/**
+ * Write `text` to `path` inside the server's data directory as the server's OS user: that user
+ * owns the folder, so a write of ours there could follow a link it planted.
+ */
+export async function writeAsServer(as: { prefix: string[] }, path: string, text: string, options: { append?: boolean } = {}): Promise<void> {
+  const p = Bun.spawn([...as.prefix, "tee", ...(options.append ? ["-a"] : []), path], { stdin: new Blob([text]), stdout: "ignore", stderr: "pipe", env: serverEnv() });
+  const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `writing ${path} failed: ${err.trim()}`);
+}
+
+/** Read a file inside the server's data directory as the server's OS user (see writeAsServer). */
+export async function readAsServer(as: { prefix: string[] }, path: string): Promise<string> {
+  const p = Bun.spawn([...as.prefix, "cat", path], { stdout: "pipe", stderr: "pipe", env: serverEnv() });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `reading ${path} failed: ${err.trim()}`);
+  return out;
 }
 
 const alive = (pid: number) => {
@@ -121,11 +148,16 @@ const alive = (pid: number) => {
   }
 };
 
-/** The postmaster's pid, when one runs on this data directory. */
+/**
+ * The postmaster's pid, when one runs on this data directory. postmaster.pid is the server's user's
+ * file (and may be stale after a reboot): the pid counts only when that process is a server
+ * started on exactly this data directory, so we never signal anything else.
+ */
 function postmasterPid(dataDir: string): number | null {
   try {
     const pid = Number(readFileSync(join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
-    return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : null;
+    if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return null;
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(dataDir) ? pid : null;
   } catch {
     return null;
   }
@@ -137,7 +169,13 @@ export async function removeInstance(s: Pick<InstanceState, "root" | "dataDir" |
     const as = await runAs();
     const r = await exec([...as.prefix, join(s.bin, "pg_ctl"), "-D", s.dataDir, "stop", "-m", "immediate", "-w", "-t", "30"]);
     const pid = postmasterPid(s.dataDir);
-    if (r.code !== 0 && pid) process.kill(pid, "SIGKILL");
+    if (r.code !== 0 && pid) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone meanwhile, or not ours to signal: the folder goes anyway
+      }
+    }
   }
   await rm(s.root, { recursive: true, force: true });
 }
@@ -194,7 +232,7 @@ export function selfCommand(): string[] {
 export async function restoreClient(root: string): Promise<string[]> {
   const [exe, entry] = selfCommand();
   const dir = join(root, "client");
-  await mkdir(dir);
+  await mkdir(dir, { mode: 0o700 });
   await chmod(dir, 0o755);
   const files: string[] = [join(dir, "shinkei")];
   await copyFile(exe!, files[0]!);

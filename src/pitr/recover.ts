@@ -1,5 +1,5 @@
 import { createReadStream } from "node:fs";
-import { appendFile, chown, copyFile, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import type { Config } from "../config.ts";
@@ -9,7 +9,7 @@ import { pump } from "../backup/pgtools.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { freePort } from "../localdb.ts";
-import { createInstanceFolder, exec, removeDayOld, removeInstance, restoreClient, serverBinaries, startWatchdog, writeState, type InstanceState } from "./instance.ts";
+import { createInstanceFolder, exec, readAsServer, removeDayOld, removeInstance, restoreClient, serverBinaries, serverEnv, startWatchdog, writeAsServer, writeState, type InstanceState } from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
 import { chooseBase, recoverySources, type Window } from "./window.ts";
 import { restoreCommand, serveWal, type Served } from "./walserve.ts";
@@ -129,7 +129,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     // mismatch throws the scratch copy away before anything starts on it.
     step(`unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`);
     // tar gunzips in a process of its own: on another core, beside the hashing and the decryption.
-    const tar = Bun.spawn([...as.prefix, "tar", "-x", "-z", "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+    const tar = Bun.spawn([...as.prefix, "tar", "-x", "-z", "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe", env: serverEnv() });
     const tarErr = new Response(tar.stderr).text();
     const hashing = sha256File(path);
     hashing.catch(() => {});
@@ -147,7 +147,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     if ((await tar.exited) !== 0) throw new ShinkeiError("BACKUP_CORRUPT", `unpacking ${m.file} failed: ${(await tarErr).trim()}`);
     if (!base.localPath) await Bun.file(path).delete();
 
-    const major = Number((await readFile(join(dataDir, "PG_VERSION"), "utf8")).trim());
+    const major = Number((await readAsServer(as, join(dataDir, "PG_VERSION"))).trim());
     instance.bin = await serverBinaries(major);
     instance.port = await freePort();
     await writeState(instance);
@@ -170,13 +170,11 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       synchronous_standby_names: "",
       logging_collector: "off",
     };
-    await appendFile(join(dataDir, "postgresql.auto.conf"), `\n${MARK}\n${Object.entries(settings).map(([k, v]) => `${k} = ${quoteConf(v)}`).join("\n")}\n`);
-    await copyFile(join(dataDir, "pg_hba.conf"), join(dataDir, "pg_hba.conf.before-recovery")).catch(() => {});
-    await writeFile(join(dataDir, "pg_hba.conf"), "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n");
-    await writeFile(join(dataDir, "recovery.signal"), "");
-    if (as.uid !== undefined) {
-      for (const f of ["postgresql.auto.conf", "pg_hba.conf", "pg_hba.conf.before-recovery", "recovery.signal"]) await chown(join(dataDir, f), as.uid, as.gid!).catch(() => {});
-    }
+    // Written as the server's user: the data directory is its folder (see writeAsServer).
+    await writeAsServer(as, join(dataDir, "postgresql.auto.conf"), `\n${MARK}\n${Object.entries(settings).map(([k, v]) => `${k} = ${quoteConf(v)}`).join("\n")}\n`, { append: true });
+    await exec([...as.prefix, "cp", join(dataDir, "pg_hba.conf"), join(dataDir, "pg_hba.conf.before-recovery")]);
+    await writeAsServer(as, join(dataDir, "pg_hba.conf"), "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n");
+    await writeAsServer(as, join(dataDir, "recovery.signal"), "");
 
     const served: Served[] = [];
     server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, stage: { dir: stageDir, uid: as.uid, gid: as.gid }, first: m.startSegment, onFile: (f) => served.push(f) });
@@ -217,6 +215,9 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       await Bun.sleep(100);
     }
 
+    // Promoted: the server asks for no more WAL. Stopped before anything removes the folder it serves into.
+    await server.stop();
+    server = undefined;
     const [r] = await sql<{ lsn: string | null; at: Date | null }[]>`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
     const text = await readFile(log, "utf8").catch(() => "");
     const stopped = /recovery stopping (?:before|after) [^\n]*/.exec(text)?.[0] ?? null;
@@ -231,7 +232,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     if (options.intoDir) {
       await sql.end({ timeout: 2 });
       sql = undefined;
-      await handOver(instance, options.intoDir, as.prefix);
+      await handOver(instance, options.intoDir, as);
       await removeInstance(instance);
     } else {
       // Loopback with a password of its own: other local users cannot read the recovered data.
@@ -239,8 +240,6 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       await sql.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
       url = `postgres://${encodeURIComponent(who.user)}:${password}@127.0.0.1:${instance.port}/${encodeURIComponent(who.database)}`;
     }
-    server.stop();
-    server = undefined;
     instance.url = url ?? undefined;
     instance.keep = options.keep && !options.intoDir;
     if (!options.intoDir) await writeState(instance);
@@ -250,7 +249,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       stop: () => removeInstance(instance),
     };
   } catch (e) {
-    server?.stop();
+    await server?.stop();
     await removeInstance(instance).catch(() => {});
     throw e;
   } finally {
@@ -259,13 +258,13 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
 }
 
 /** Stop the recovered server, undo our settings (keeping the recovered state), move it to `dir`. */
-async function handOver(instance: InstanceState, dir: string, prefix: string[]): Promise<void> {
+async function handOver(instance: InstanceState, dir: string, as: { prefix: string[] }): Promise<void> {
   const { dataDir, bin } = instance;
-  const stop = await exec([...prefix, join(bin, "pg_ctl"), "-D", dataDir, "stop", "-m", "fast", "-w", "-t", "120"]);
+  const stop = await exec([...as.prefix, join(bin, "pg_ctl"), "-D", dataDir, "stop", "-m", "fast", "-w", "-t", "120"]);
   if (stop.code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `stopping the recovered instance failed: ${stop.output}`);
   const auto = join(dataDir, "postgresql.auto.conf");
-  const conf = await readFile(auto, "utf8");
-  await writeFile(auto, conf.slice(0, conf.indexOf(`\n${MARK}`) >= 0 ? conf.indexOf(`\n${MARK}`) : conf.length) + "\n");
+  const conf = await readAsServer(as, auto);
+  await writeAsServer(as, auto, conf.slice(0, conf.indexOf(`\n${MARK}`) >= 0 ? conf.indexOf(`\n${MARK}`) : conf.length) + "\n");
   await rename(join(dataDir, "pg_hba.conf.before-recovery"), join(dataDir, "pg_hba.conf")).catch(() => {});
   const mv = await exec(["mv", "-T", "--no-clobber", dataDir, dir]);
   if (mv.code !== 0 || (await Bun.file(join(dataDir, "PG_VERSION")).exists())) {

@@ -177,11 +177,12 @@ export function serveWal(options: {
       if (first) next = { timeline: first.timeline, segno: first.segno };
       fill();
     },
-    /** Stop serving; what is left in the stage goes with the instance's folder. */
-    stop() {
+    /** Stop serving, and wait for the fetches under way; what is left in the stage goes with the instance's folder. */
+    async stop() {
       stopped = true;
       clearInterval(watch);
       server.stop(true);
+      await Promise.allSettled([...fetching.values()]);
     },
   };
 }

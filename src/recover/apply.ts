@@ -41,18 +41,21 @@ const MAX_CONFLICTS = 100;
  * slow the live primary).
  */
 async function writeRows(tx: postgres.TransactionSql, t: TableInfo, rows: Row[], what: string, conflicts: ShinkeiError[], write: (q: Queryable, rows: Row[]) => Promise<unknown>) {
-  if (!rows.length) return;
+  if (!rows.length || conflicts.length >= MAX_CONFLICTS) return;
   const attempt = async (batch: Row[]) => {
     await tx.unsafe("savepoint shinkei_recover");
     try {
       await write(tx, batch);
-      return null;
     } catch (e) {
-      await tx.unsafe("rollback to savepoint shinkei_recover");
-      return conflict(e, t, what);
-    } finally {
+      // Back to before the attempt; if even that fails (the connection ended), the first error is the news.
+      await tx.unsafe("rollback to savepoint shinkei_recover").catch(() => {
+        throw e;
+      });
       await tx.unsafe("release savepoint shinkei_recover");
+      return conflict(e, t, what);
     }
+    await tx.unsafe("release savepoint shinkei_recover");
+    return null;
   };
   const all = await attempt(rows);
   if (all === null) return;
