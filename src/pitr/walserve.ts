@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, rename, rm } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
@@ -135,7 +135,11 @@ export function serveWal(options: {
     if (s) {
       staged.delete(name);
       const path = join(scratch, `wal-${++n}`);
-      if (await rename(join(stage.dir, name), path).then(() => true, () => false)) return { path, from: s.from, staged: true };
+      if (await rename(join(stage.dir, name), path).then(() => true, () => false)) {
+        // The stage is the server's user's to take from: what we took back must still be our file, not a link it left.
+        if ((await lstat(path).catch(() => null))?.isFile()) return { path, from: s.from, staged: true };
+        await rm(path, { force: true });
+      }
     }
     return get(name);
   }
