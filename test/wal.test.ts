@@ -20,7 +20,7 @@ import { pruneWalLocal } from "../src/wal/prune.ts";
 import { scheduledBaseBackup, startWalService, watchSlot } from "../src/wal/service.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { shinkei } from "./support/cli.ts";
-import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
+import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 
 // A cluster of our own, real pg_receivewal: seconds per test on a busy 2-core machine.
@@ -262,13 +262,23 @@ describe("a slot past max_slot_wal_keep_size", () => {
     let service = await startWalService({ sql, config, log, slotCheckMs: 100 });
     try {
       await until("the slot to be watched", async () => lines.find((l) => l.msg === "replication slot healthy"));
+      // Something received first: with nothing held there is no hole to name, only a start.
+      const [{ lsn }] = (await sql<{ lsn: string }[]>`insert into canary values ('received') returning pg_current_wal_insert_lsn()::text as lsn`) as any;
+      await until("the receiver to flush it", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
       await service.stop();
-      // The receiver is down; the server writes more WAL than the slot may keep, and a checkpoint drops it.
-      await until("the slot to be lost", async () => {
+      // The receiver resumes at most one segment past the newest it holds (sealed, partial, or in the spool).
+      const held = [...(await listArchive(walRoot(dir))).map((r) => r.name), ...(await readdir(join(dir, "wal", "spool")))]
+        .map((n) => parseSegment(n.replace(/\.partial$/, ""), segmentBytes)?.segno ?? -1n);
+      const resume = segmentName(1, held.reduce((a, b) => (b > a ? b : a), -1n) + 1n, segmentBytes);
+      // The receiver is down; the server writes more WAL than the slot may keep, and a checkpoint
+      // drops it: the slot is lost, and (what the restart meets) the WAL to resume from is gone.
+      // "lost" can come before the files go: until then a restart finds them, and nothing is missing.
+      await until("the slot to be lost and the WAL to resume from removed", async () => {
         await sql`insert into canary values ('pushing wal')`;
         await sql`select pg_switch_wal()`;
         await sql`checkpoint`;
-        return (await slotStatus(sql, "shinkei_lost"))?.walStatus === "lost";
+        const [row] = await sql<{ oldest: string | null }[]>`select min(name) as oldest from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$'`;
+        return (await slotStatus(sql, "shinkei_lost"))?.walStatus === "lost" && row!.oldest !== null && row!.oldest > resume;
       });
       const problems = pitrProblems(await pitrStatus(sql, config), config.wal.maxLagMs);
       expect(problems.some((p) => p.includes(`replication slot "shinkei_lost" is lost`))).toBe(true);
