@@ -9,7 +9,7 @@ import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { cpus, totalmem, tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { median, startHelper, timed, wrk } from "./tools.ts";
+import { arg, median, startHelper, timed, writeResults, wrk } from "./tools.ts";
 import { backupName } from "../../src/backup/naming.ts";
 import { loadConfig } from "../../src/config.ts";
 import { Metrics } from "../../src/metrics/registry.ts";
@@ -113,10 +113,10 @@ if (import.meta.main) {
   const root = join(import.meta.dir, "..", "..");
   await timed(["bun", "run", "build"], { cwd: root });
   const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-  const rows = await benchMetrics(join(root, "dist", "shinkei"), serverUrl);
+  const rows = await benchMetrics(join(root, "dist", "shinkei"), serverUrl, Number(arg("seconds", "6")), Number(arg("rounds", "5")));
   for (const r of rows) console.log(`${r.name.padEnd(52)} ${r.ours.padStart(30)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
-  await writeFile(join(import.meta.dir, "METRICS.md"), `# Metrics and status page benchmark
+  await writeResults(join(import.meta.dir, "METRICS.md"), `# Metrics and status page benchmark
 
 Measured by \`bun run test/bench/metrics.ts\` (also part of \`bun run bench\`). \`GET /api/v1/auth/me\`
 under wrk (16 connections, 6 s), five rounds alternating no scraper and a \`/metrics\` scrape every

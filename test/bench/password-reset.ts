@@ -7,7 +7,7 @@ import { writeFile } from "node:fs/promises";
 import { cpus, totalmem, tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { startHelper, timed, wrk } from "./tools.ts";
+import { arg, startHelper, timed, writeResults, wrk } from "./tools.ts";
 
 export type ResetBenchRow = { name: string; ours: string; goal: string; met: boolean | null; raw: Record<string, unknown> };
 
@@ -73,10 +73,10 @@ if (import.meta.main) {
   const root = join(import.meta.dir, "..", "..");
   await timed(["bun", "run", "build"], { cwd: root });
   const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-  const rows = await benchPasswordReset(join(root, "dist", "shinkei"), serverUrl);
+  const rows = await benchPasswordReset(join(root, "dist", "shinkei"), serverUrl, Number(arg("seconds", "10")));
   for (const r of rows) console.log(`${r.name.padEnd(44)} ${r.ours.padStart(28)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
-  await writeFile(join(import.meta.dir, "PASSWORD-RESET.md"), `# /password-reset benchmark
+  await writeResults(join(import.meta.dir, "PASSWORD-RESET.md"), `# /password-reset benchmark
 
 Measured by \`bun run test/bench/password-reset.ts\` (also part of \`bun run bench\`): 16 connections
 for 10 s sending known and unknown addresses interleaved, latencies recorded per kind by a load

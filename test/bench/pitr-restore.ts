@@ -13,7 +13,7 @@ import { chmod, chown, mkdir, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
-import { timed } from "./tools.ts";
+import { arg, timed, writeResults } from "./tools.ts";
 import { loadConfig } from "../../src/config.ts";
 import { fetchWal } from "../../src/wal/fetch.ts";
 import { listBaseBackups } from "../../src/wal/base.ts";
@@ -21,10 +21,6 @@ import { freePort, runAs } from "../../src/localdb.ts";
 import { parseLsn } from "../../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1]! : fallback;
-};
 const scale = Number(arg("scale", "20"));
 const walMiB = Number(arg("wal-mib", "256"));
 const root = join(import.meta.dir, "..", "..");
@@ -118,7 +114,7 @@ try {
     apply: { pitrApplyMs: Math.round(apply.ms), dumpMs: Math.round(dump.ms), dumpRestoreMs: Math.round(restore.ms), ratio: Math.round((apply.ms / restore.ms) * 100) / 100 },
   };
   console.log(JSON.stringify(result, null, 2));
-  await writeFile(join(import.meta.dir, "pitr-restore-results.json"), JSON.stringify(result, null, 2) + "\n");
+  await writeResults(join(import.meta.dir, "pitr-restore-results.json"), JSON.stringify(result, null, 2) + "\n");
 } finally {
   service.kill("SIGKILL");
   await sql.end();

@@ -9,14 +9,10 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
-import { fmtMiB, fmtMs, median, timed } from "./tools.ts";
+import { arg, fmtMiB, fmtMs, median, timed, writeResults } from "./tools.ts";
 import { parseLsn } from "../../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1]! : fallback;
-};
 const seconds = Number(arg("seconds", "10"));
 const scale = Number(arg("scale", "10"));
 const root = join(import.meta.dir, "..", "..");
@@ -143,7 +139,7 @@ try {
   }
   add({ name: `base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`, ours: fmtMs(median(oursMs)), baseline: fmtMs(median(bareMs)), ratio: median(oursMs) / median(bareMs), goal: "≤ 1.0x", met: median(oursMs) <= median(bareMs), raw: { oursMs: median(oursMs), baselineMs: median(bareMs) } });
 
-  await writeFile(join(import.meta.dir, "pitr-results.json"), JSON.stringify({ date: new Date().toISOString(), machine: `${cpus().length} × ${cpus()[0]?.model}`, seconds, scale, rows }, null, 2) + "\n");
+  await writeResults(join(import.meta.dir, "pitr-results.json"), JSON.stringify({ date: new Date().toISOString(), machine: `${cpus().length} × ${cpus()[0]?.model}`, seconds, scale, rows }, null, 2) + "\n");
 } finally {
   await sql.end({ timeout: 1 });
   await admin.end({ timeout: 1 });

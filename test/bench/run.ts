@@ -2,6 +2,7 @@
  * `bun run bench`: shinkei against what a user would run instead, in one run on one machine, so
  * the ratios hold however noisy the machine is. Writes test/bench/results.json and RESULTS.md.
  *   --sizes 100MB,1GB   data sizes for backup/restore     --runs 3   repetitions (medians)
+ *   --seconds 10        length of each HTTP load          --smoke    a run for CI: nothing written
  */
 import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { cpus, totalmem, tmpdir } from "node:os";
@@ -9,7 +10,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
 import { benchRecover } from "./recover.ts";
-import { fmtMiB, fmtMs, median, startHelper, timed, wrk } from "./tools.ts";
+import { arg, fmtMiB, fmtMs, median, smoke, startHelper, timed, writeResults, wrk } from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
 import { benchMetrics } from "./metrics.ts";
 import { scriptItems } from "../../src/backup/script.ts";
@@ -25,12 +26,9 @@ if (!Bun.which("wrk")) {
   process.exit(2);
 }
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1]! : fallback;
-};
 const sizes = arg("sizes", "100MB,1GB").split(",");
 const runs = Number(arg("runs", "3"));
+const seconds = Number(arg("seconds", "10"));
 const root = join(import.meta.dir, "..", "..");
 const bin = join(root, "dist", "shinkei");
 const server = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
@@ -138,7 +136,7 @@ try {
   await recreate(db);
   // The flood is one account from one address with the right password: in-flight attempts count
   // against the pair limit, so lift it to measure hashing, not refusals.
-  const api = await startHelper([bin, "serve"], { env: { DATABASE_URL: urlFor(db), HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", LOGIN_MAX_FAILURES: "100000", LOGIN_MAX_FAILURES_PER_IP: "100000" }, until: (l) => l.msg === "listening" });
+  const api = await startHelper([bin, "serve"], { env: { DATABASE_URL: urlFor(db), HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" }, until: (l) => l.msg === "listening" });
   const bare = await startHelper(["bun", join(import.meta.dir, "bare-server.ts")]);
   const base = String(api.ready.url);
   try {
@@ -146,7 +144,6 @@ try {
     await fetch(`${base}/api/v1/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) });
     const { token } = (await (await fetch(`${base}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) })).json()) as { token: string };
 
-    const seconds = 10;
     const me = await wrk(`${base}/api/v1/auth/me`, { connections: 32, seconds, headers: { Authorization: `Bearer ${token}` } });
     const constant = await wrk(`http://127.0.0.1:${bare.ready.port}/`, { connections: 32, seconds });
     add({ group: "auth", name: "GET /me req/s vs bare Bun.serve", ours: me.rps.toFixed(0), baseline: constant.rps.toFixed(0), ratio: me.rps / constant.rps, goal: "≥ 0.5x", met: me.rps >= 0.5 * constant.rps, raw: { ours: me.rps, baseline: constant.rps } });
@@ -169,10 +166,10 @@ try {
 }
 
 // ---- password reset: known vs unknown addresses, and its rate next to /login ----
-for (const r of await benchPasswordReset(bin, server)) add({ group: "auth", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
+for (const r of await benchPasswordReset(bin, server, seconds)) add({ group: "auth", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
 
 // ---- metrics: a scrape every second must not slow /me; the status page with 1,000 backups ----
-for (const r of await benchMetrics(bin, server)) add({ group: "ops", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
+for (const r of await benchMetrics(bin, server, Math.ceil(seconds * 0.6), smoke ? 1 : 5)) add({ group: "ops", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
 
 // ---- CLI start-up ----
 {
@@ -196,13 +193,13 @@ await rm(work, { recursive: true, force: true });
 const pg = Bun.spawnSync(["pg_dump", "--version"]).stdout.toString().trim();
 const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}, ${pg}`;
 const date = new Date().toISOString();
-await writeFile(join(import.meta.dir, "results.json"), JSON.stringify({ date, machine, runs, sizes, rows }, null, 2) + "\n");
+await writeResults(join(import.meta.dir, "results.json"), JSON.stringify({ date, machine, runs, sizes, rows }, null, 2) + "\n");
 const table = [
   "| measurement | shinkei | baseline | ratio | goal | |",
   "| --- | --- | --- | --- | --- | --- |",
   ...rows.map((r) => `| ${r.name} | ${r.ours} | ${r.baseline} | ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`),
 ].join("\n");
-await writeFile(join(import.meta.dir, "RESULTS.md"), `# Benchmark results
+await writeResults(join(import.meta.dir, "RESULTS.md"), `# Benchmark results
 
 Measured by \`bun run bench\` (medians of ${runs} runs; load by wrk in its own process).
 

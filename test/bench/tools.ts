@@ -1,4 +1,24 @@
 /** Small helpers for the benchmark: timed child processes, medians, and wrk's report. */
+import { writeFile } from "node:fs/promises";
+import { basename } from "node:path";
+
+/**
+ * `--smoke`: the smallest run that still goes through every step (CI runs each bench this way, so a
+ * bench cannot break unnoticed). Its figures mean nothing, so the committed results stay as they are.
+ */
+export const smoke = process.argv.includes("--smoke");
+
+/** The value after `--name` on the command line, else the fallback. */
+export function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
+}
+
+/** Write a results file, unless this is a smoke run. */
+export async function writeResults(path: string, text: string): Promise<void> {
+  if (smoke) return console.log(`smoke run: ${basename(path)} left as it was`);
+  await writeFile(path, text);
+}
 export type Timed = { ms: number; maxRssBytes: number; code: number; stdout: string; stderr: string };
 
 /**

@@ -1,0 +1,27 @@
+/**
+ * `bun run bench:smoke`: every benchmark at the smallest size that still walks all of its steps, one
+ * after another, so a bench that no longer runs to its end fails CI. No figures are kept (`--smoke`).
+ */
+import { join } from "node:path";
+
+const dir = import.meta.dir;
+const benches: [string, string[]][] = [
+  ["run.ts", ["--sizes", "2MB", "--runs", "1", "--seconds", "1"]],
+  ["recover.ts", ["--size", "2MB"]],
+  ["pitr.ts", ["--seconds", "2", "--scale", "1"]],
+  ["pitr-restore.ts", ["--scale", "1", "--wal-mib", "16"]],
+];
+const failed: string[] = [];
+for (const [file, args] of benches) {
+  const started = performance.now();
+  console.log(`\n== bench ${file} ${args.join(" ")} --smoke`);
+  const p = Bun.spawn(["bun", join(dir, file), ...args, "--smoke"], { stdout: "inherit", stderr: "inherit" });
+  const code = await p.exited;
+  console.log(`== ${file}: exit ${code} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  if (code !== 0) failed.push(file);
+}
+if (failed.length) {
+  console.error(`bench smoke: ${failed.join(", ")} did not run to the end`);
+  process.exit(1);
+}
+console.log("bench smoke: every benchmark ran to its end");
