@@ -81,7 +81,7 @@ if (import.meta.main) {
     const file = JSON.parse((await timed([bin, "backup", "--json"], { env: { DATABASE_URL: urlFor(db), BACKUP_DIR: dir } })).stdout).path as string;
     const restore = await timed([bin, "backup", "restore", file, "--yes", "--confirm-database", `${db}_restore`, "--no-safety-backup"], { env: { DATABASE_URL: urlFor(`${db}_restore`), BACKUP_DIR: dir } });
     for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs: 1, restoreMs: restore.ms })) {
-      console.log(`${r.name.padEnd(72)} ${r.ours.padStart(10)} ${r.baseline.padStart(10)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`}  ${r.goal}${r.met === null ? "" : r.met ? " met" : " MISSED"}`);
+      console.log(`${r.name.padEnd(84)} ${r.ours.padStart(10)} ${r.baseline.padStart(10)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`}  ${r.goal}${r.met === null ? "" : r.met ? " met" : " MISSED"}`);
     }
   } finally {
     for (const d of [db, `${db}_restore`]) await admin`drop database if exists ${admin(d)} with (force)`;
