@@ -15,6 +15,9 @@ import { trialUndo, undoRecovery } from "../src/recover/undo.ts";
  */
 export async function undoRecoveryCommand(ctx: Context): Promise<number> {
   const { io, config } = ctx;
+  const other = ["user", "user-id", "world", "story", "from", "at"].filter((k) => ctx.option(k) !== undefined);
+  const flags = ["revert-changed", "into-current-account", "restore-account", "full-safety-backup", "show"].filter((k) => ctx.flag(k));
+  if (other.length || flags.length) throw new ShinkeiError("USAGE", `--undo takes its scope and source from the record: drop ${[...other, ...flags].map((k) => `--${k}`).join(", ")}`);
   const dryRun = ctx.flag("dry-run");
   if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
   if (!dryRun && !ctx.flag("yes") && !io.interactive) {

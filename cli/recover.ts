@@ -168,18 +168,18 @@ async function recover(ctx: Context): Promise<number> {
         save: async (applied, touched, safety) => {
           const record = recordFor({ id, plan, applied, source: source.file, database: target.database, safetyBackup: safety?.path, revertChanged, env: io.env });
           const written = await writeRecovery(config.backupDir, record, { undoVersion: 1, id, database: target.database, ...touched }, config.backup.age);
-          return { id, sha256: written.sha256, path: written.path, record };
+          return { id, ...written };
         },
       }).catch((e) => {
         progress.fail("recover failed: nothing was applied");
         throw e;
       });
       progress.stop("recovered");
-      const { record, path: recordPath } = run.saved;
+      const { record, path: recordPath, undoPath } = run.saved;
       if (ctx.flag("json")) return json(io, { ...preview, loadMs: source.loadMs, applyMs: run.applyMs, safetyMs: run.safetyMs, applied: record, record: recordPath }), 0;
       line(io);
       if (run.safety) line(io, `safety backup  ${run.safety.path} (verified)`);
-      line(io, `safety copy    the rows it changed, beside the record${config.backup.age?.recipients.length || config.backup.age?.passphrase ? ", encrypted" : ""}${config.backup.age?.manifestKey ? ", signed" : ""}`);
+      line(io, `safety copy    ${undoPath} (the rows it changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`);
       showApplied(io, run.applied);
       line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
       line(io, "checked        counts and digests of the recovered rows match the backup");

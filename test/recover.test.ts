@@ -447,6 +447,9 @@ describe("undo a recovery", () => {
     const again = await shinkei(["recover", "--undo", id.slice(0, 8), "--yes"], env);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(`recovery ${id} was undone already`);
+    const mixed = await shinkei(["recover", "--undo", id, "--user", "alice@example.com", "--yes"], env);
+    expect(mixed.code).toBe(2);
+    expect(mixed.stderr).toContain("--undo takes its scope and source from the record: drop --user");
     expect(await snapshot(db.sql)).toEqual(snap);
   });
 
@@ -479,7 +482,7 @@ describe("undo a recovery", () => {
     const lost = await digest(db.sql, "alice@example.com");
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], keyed);
     expect(r).toSucceed();
-    expect(r.stdout).toContain("safety copy    the rows it changed, beside the record, encrypted, signed");
+    expect(r.stdout).toMatch(/^safety copy {4}\S+\.undo\.json\.age \(the rows it changed; encrypted; its record signed\)$/m);
     const path = recordOf(r.stdout);
     const text = await readFile(path, "utf8");
     const record = JSON.parse(text);

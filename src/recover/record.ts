@@ -91,7 +91,7 @@ function stamp(at: Date): string {
  * recovery's transaction, before its commit: a recovery that committed always has its undo on disk.
  * Returns the record's path and the safety copy's SHA-256 (which the transaction stores too).
  */
-export async function writeRecovery(dir: string, record: RecoveredRecord, undo: UndoData, age?: AgeConfig): Promise<{ path: string; sha256: string }> {
+export async function writeRecovery(dir: string, record: RecoveredRecord, undo: UndoData, age?: AgeConfig): Promise<{ path: string; undoPath: string; sha256: string; record: RecoveredRecord }> {
   await mkdir(dir, { recursive: true });
   const base = join(dir, `shinkei_recovery_${stamp(new Date(record.at))}_${record.id!.slice(0, 8)}`);
   const encryption = encryptionFor(age);
@@ -106,7 +106,7 @@ export async function writeRecovery(dir: string, record: RecoveredRecord, undo: 
   if (age?.manifestKey) signed.signature = sign(signedPart(signed), age.manifestKey);
   const path = base + SUFFIX;
   await writeFileAtomic(path, JSON.stringify(signed, null, 2) + "\n");
-  return { path, sha256 };
+  return { path, undoPath, sha256, record: signed };
 }
 
 export type HistoryEntry = RecoveredRecord & { path: string };

@@ -29,7 +29,7 @@ const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
 async function claim(tx: Queryable, record: RecoveredRecord): Promise<void> {
   const [r] = await tx<{ sha: string; undone: string | null }[]>`
     select undo_sha256 as sha, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone from recoveries where id = ${record.id!} for update`;
-  if (!r) throw refused(`recovery ${record.id} was never applied to this database: its record comes from another database, or its transaction did not commit`);
+  if (!r) throw refused(`recovery ${record.id} was never applied to this database: its record comes from another database, its transaction did not commit, or the database was restored to a backup taken before it`);
   if (r.sha !== record.undo!.sha256) throw refused(`the safety copy named by the record of recovery ${record.id} is not the one this database recorded for it`);
   if (r.undone) throw new ShinkeiError("ALREADY_UNDONE", `recovery ${record.id} was undone already (at ${r.undone}): nothing was changed`);
 }
