@@ -7,7 +7,7 @@ import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
 import { formatDuration } from "../src/duration.ts";
 import { loadRecovery } from "../src/recover/record.ts";
-import { trialUndo, undoRecovery } from "../src/recover/undo.ts";
+import { plannedCounts, trialUndo, undoRecovery } from "../src/recover/undo.ts";
 
 /**
  * `recover --undo RECORD`: the same guard, preview and confirmation as the recovery itself, then
@@ -30,8 +30,9 @@ export async function undoRecoveryCommand(ctx: Context): Promise<number> {
       hint: "Point DATABASE_URL at the database that was recovered.",
     });
   }
-  // Run it and roll it back: rows changed since show now, before anyone is asked anything.
-  const counts = await trialUndo(ctx.db, record, undo);
+  // Asked first, or only previewed: run it and roll it back, so rows changed since show before
+  // anyone is asked anything. With --yes nobody is asked, and the undo itself checks the same rows.
+  const counts = dryRun || !ctx.flag("yes") ? await trialUndo(ctx.db, record, undo) : plannedCounts(undo);
   if (!ctx.flag("json")) showUndo(io, path, record, counts);
   if (dryRun) {
     if (ctx.flag("json")) json(io, { record: path, id: record.id, tables: counts, undone: false });

@@ -453,6 +453,30 @@ describe("undo a recovery", () => {
     expect(await snapshot(db.sql)).toEqual(snap);
   });
 
+  test("the undo asks for the same confirmation in a terminal; a wrong one changes nothing", async () => {
+    await takeBackup(env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    expect(r).toSucceed();
+    const before = await snapshot(db.sql);
+    const t = await Terminal.start(["recover", "--undo", recordOf(r.stdout)], { ...env, NO_COLOR: "1" });
+    try {
+      const screen = await t.waitFor("Type alice@example.com to undo recovery");
+      expect(screen).toMatch(/worlds\s+1\s+0\s+0/);
+      await t.type("alice@example.org");
+      await t.enter();
+      expect(await t.exitCode()).toBe(1);
+      expect(await t.screen()).toContain("aborted, nothing was changed");
+    } finally {
+      await t.close();
+    }
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
+    const unattended = await shinkei(["recover", "--undo", recordOf(r.stdout)], env);
+    expect(unattended.code).toBe(1);
+    expect(unattended.stderr).toContain("pass --yes in scripts");
+  });
+
   test("undo after the recovered rows were edited stops, naming each such row; nothing is undone", async () => {
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
@@ -590,8 +614,8 @@ describe("undo a recovery", () => {
       const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
       expect(r).toSucceed();
       const recovered = await snapshot(db.sql);
-      // The undo killed mid-way: the trial's delete passes, the real one (after the beats went) waits.
-      await gate("stories", "delete", 1);
+      // The undo killed mid-way: with --yes there is no trial, and its delete of stories (the beats went already) waits.
+      await gate("stories", "delete", 0);
       await killAtGate(["recover", "--undo", recordOf(r.stdout), "--yes"]);
       await ungate("stories");
       expect(await snapshot(db.sql)).toEqual(recovered);

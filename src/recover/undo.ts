@@ -124,6 +124,11 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
   return counts;
 }
 
+/** What the undo will do, from the safety copy alone. */
+export function plannedCounts(undo: UndoData): UndoCounts {
+  return Object.fromEntries(undo.tables.map((u) => [u.table, { deleted: u.inserted.length, putBack: u.updated.length, reinserted: u.deleted.length }]));
+}
+
 /** The undo, run and rolled back: the preview reports rows changed since before anyone is asked to confirm. */
 export async function trialUndo(sql: Sql, record: RecoveredRecord, undo: UndoData): Promise<UndoCounts> {
   await requireRecoveries(sql);
