@@ -262,6 +262,12 @@ describe("recover one user's rows", () => {
       // Only alice's rows came back: bob, who was reset away too, was not part of this recovery.
       expect((await db.sql`select email from users`).map((u) => u.email)).toEqual(["alice@example.com"]);
       expect((await db.sql`select count(*)::int as n from sessions`)[0]!.n).toBe(1); // the login just now
+
+      // Undone: the worlds given to the current account go; the account and its login stay.
+      const undo = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes"], env);
+      expect(undo).toSucceed();
+      expect(undo.stdout).toContain("removed        worlds 2, stories 4, story_beats 12");
+      expect((await (await server.api("/api/v1/worlds", { token })).json()).worlds).toEqual([]);
     } finally {
       await server.stop();
     }
