@@ -5,6 +5,7 @@ import { describeGraph } from "../src/recover/graph.ts";
 import type { Account, Plan } from "../src/recover/plan.ts";
 import type { Applied } from "../src/recover/apply.ts";
 import type { RecoveredRecord } from "../src/recover/record.ts";
+import type { UndoCounts } from "../src/recover/undo.ts";
 import type { Row } from "../src/recover/diff.ts";
 
 /** The preview as data: what --json prints, and what the text view is drawn from. */
@@ -78,16 +79,28 @@ export function showApplied(io: Io, applied: Applied) {
   if (applied.removedAccount) line(io, `removed        the new, empty account ${applied.removedAccount}`);
 }
 
-export function showHistory(io: Io, records: RecoveredRecord[]) {
+export function showHistory(io: Io, records: (RecoveredRecord & { state: string })[]) {
   if (!records.length) return line(io, "no recoveries recorded");
   line(io, table([
-    ["when", "by", "scope", "source", "mode", "restored", "safety backup"],
+    ["id", "when", "by", "scope", "source", "mode", "restored", "state"],
     ...records.map((r) => [
-      r.at, r.by,
+      r.id?.slice(0, 8) ?? "-", r.at, r.by,
       r.scope.kind === "user" ? r.scope.email : `${r.scope.kind} ${r.scope.id}`,
       r.source, r.mode + (r.revertChanged ? " +revert-changed" : ""),
       Object.entries(r.tables).filter(([, c]) => c.restored + c.reverted > 0).map(([t, c]) => `${t} ${c.restored + c.reverted}`).join(", ") || "none",
-      r.safetyBackup,
+      r.state,
     ]),
+  ]));
+}
+
+/** What an undo will do, table by table: rows the recovery inserted go, rows it changed or removed come back. */
+export function showUndo(io: Io, path: string, record: RecoveredRecord, counts: UndoCounts) {
+  line(io, `record     ${path}`);
+  line(io, `recovery   ${record.id} at ${record.at} by ${record.by}, from ${record.source}`);
+  line(io, `scope      ${record.scope.kind === "user" ? record.scope.email : `${record.scope.kind} ${record.scope.id}`}${record.owner && record.scope.kind !== "user" ? ` (owner ${record.owner})` : ""}, mode ${record.mode}${record.revertChanged ? " +revert-changed" : ""}`);
+  line(io);
+  line(io, table([
+    ["table", "remove (recovered)", "put back (old version)", "bring back (removed)"],
+    ...Object.entries(counts).map(([t, c]) => [t, c.deleted, c.putBack, c.reinserted]),
   ]));
 }

@@ -12,21 +12,25 @@ import { withPointInTimeSource, withRecoverySource, type Source, type SourceStep
 import { listBaseBackups } from "../src/wal/base.ts";
 import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
 import { recover as applyRecovery, trialApply } from "../src/recover/apply.ts";
-import { history, recordFor, writeRecord } from "../src/recover/record.ts";
+import { history, recordFor, writeRecovery } from "../src/recover/record.ts";
+import { recoveryStates } from "../src/recover/undo.ts";
+import { undoRecoveryCommand } from "./recover-undo.ts";
 import { cancelOnSignal } from "./signals.ts";
 
 export const recoverCommand: Command = {
   name: "recover",
   summary: "bring back one user's (or world's, or story's) rows from a backup, leaving everyone else's as they are",
   help: `Usage: shinkei recover (--user EMAIL | --user-id ID | --world ID | --story ID) [--from FILE|latest] [options]
+       shinkei recover --undo RECORD [--dry-run] [--yes]
        shinkei recover --history [--json]
 
 Loads the backup into a scratch database on the same server, walks the foreign keys down from the
 user (users -> worlds -> stories -> story_beats, and any table a migration adds), and shows per
 table the rows missing now, the rows that changed, and the rows created since. Then, after typing
-the user's email (or the id, for --world/--story), takes a verified pre-recover backup and applies
-in ONE transaction: missing rows come back, rows created since are always kept, sessions never
-come back. Any conflict stops it with nothing applied.
+the user's email (or the id, for --world/--story), applies in ONE transaction: missing rows come
+back, rows created since are always kept, sessions never come back. Any conflict stops it with
+nothing applied. Before the commit it writes its record and a safety copy of exactly the rows it
+changed beside it in BACKUP_DIR; --undo with that record puts those rows back, and only those.
 
 Options:
   --from FILE|latest       the backup to recover from (a path, a name in BACKUP_DIR or off-site;
@@ -44,7 +48,10 @@ Options:
   --allow-unsigned         recover from a file without a manifest although BACKUP_MANIFEST_KEY is set
   --allow-production       run even when SHINKEI_ENV/NODE_ENV is production
   --wait                   queue behind a running backup, restore or reset instead of failing
-  --history                list the recoveries applied (from the records beside their safety backups)
+  --undo RECORD            undo a recovery: its record's path, or its id as --history lists it
+  --full-safety-backup     also take a verified full pre-recover backup first (costs a dump of
+                           the whole database; the rows' own safety copy is always written)
+  --history                list the recoveries applied (from their records in BACKUP_DIR)
   --json                   machine-readable output
   -h, --help               show this help`,
   options: {
@@ -65,6 +72,8 @@ Options:
     "allow-production": { type: "boolean" },
     wait: { type: "boolean" },
     history: { type: "boolean" },
+    undo: { type: "string" },
+    "full-safety-backup": { type: "boolean" },
     json: { type: "boolean" },
   },
   needsDatabase: () => true,
@@ -83,8 +92,11 @@ async function recover(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   if (ctx.flag("history")) {
     const records = await history(config.backupDir);
-    return ctx.flag("json") ? (json(io, records), 0) : (showHistory(io, records), 0);
+    const states = await recoveryStates(ctx.db, records.flatMap((r) => (r.id ? [r.id] : [])));
+    const listed = records.map((r) => ({ ...r, state: r.id ? (states.get(r.id) ?? "not applied") : "no row-level undo" }));
+    return ctx.flag("json") ? (json(io, listed), 0) : (showHistory(io, listed), 0);
   }
+  if (ctx.option("undo") !== undefined) return undoRecoveryCommand(ctx);
   const at = ctx.option("at");
   if (at !== undefined && ctx.option("from") !== undefined) throw new ShinkeiError("USAGE", "choose one source: --from FILE|latest or --at TIME");
   if (at !== undefined && config.wal.archive !== "stream" && (await listBaseBackups(config.backupDir)).length === 0) {
@@ -146,26 +158,34 @@ async function recover(ctx: Context): Promise<number> {
       if (!ctx.flag("yes")) {
         await typedConfirmation(io, `Type ${plan.confirmation} to bring these rows back into ${target.database}`, plan.confirmation);
       }
-      const progress = activity(io, "taking a pre-recover safety backup");
+      const progress = activity(io, "applying in one transaction");
+      const id = crypto.randomUUID();
       const run = await applyRecovery({
         sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, plan, revertChanged, age: config.backup.age, wait: ctx.flag("wait"),
-        onStep: (s) => progress.update(s === "apply" ? "applying in one transaction" : "taking a pre-recover safety backup"),
+        fullSafetyBackup: ctx.flag("full-safety-backup"),
+        onStep: (s) => progress.update(s === "apply" ? "applying in one transaction" : "taking a full pre-recover safety backup (--full-safety-backup)"),
+        // Inside the transaction, before its commit: a committed recovery always has its undo on disk.
+        save: async (applied, touched, safety) => {
+          const record = recordFor({ id, plan, applied, source: source.file, database: target.database, safetyBackup: safety?.path, revertChanged, env: io.env });
+          const written = await writeRecovery(config.backupDir, record, { undoVersion: 1, id, database: target.database, ...touched }, config.backup.age);
+          return { id, ...written };
+        },
       }).catch((e) => {
         progress.fail("recover failed: nothing was applied");
         throw e;
       });
       progress.stop("recovered");
-      const record = recordFor({ plan, applied: run.applied, source: source.file, database: target.database, safetyBackup: run.safety.path, revertChanged, env: io.env });
-      const recordPath = await writeRecord(run.safety.path, record);
-      if (ctx.flag("json")) return json(io, { ...preview, loadMs: source.loadMs, applyMs: run.applyMs, applied: record, record: recordPath }), 0;
+      const { record, path: recordPath, undoPath } = run.saved;
+      if (ctx.flag("json")) return json(io, { ...preview, loadMs: source.loadMs, applyMs: run.applyMs, safetyMs: run.safetyMs, applied: record, record: recordPath }), 0;
       line(io);
-      line(io, `safety backup  ${run.safety.path} (verified)`);
+      if (run.safety) line(io, `safety backup  ${run.safety.path} (verified)`);
+      line(io, `safety copy    ${undoPath} (the rows it changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`);
       showApplied(io, run.applied);
       line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");
-      line(io, `undo with      shinkei backup --restore --backup-file ${run.safety.path}`);
+      line(io, `undo with      shinkei recover --undo ${recordPath}`);
       return 0;
     });
   } catch (e) {

@@ -11,6 +11,7 @@ const codes = {
   MIGRATION_FAILED: { exit: 1, status: 500 },
   MIGRATION_UNKNOWN: { exit: 1, status: 500 },
   MIGRATION_IRREVERSIBLE: { exit: 1, status: 500 },
+  MIGRATION_PENDING: { exit: 1, status: 409 },
   LOCKED: { exit: 75, status: 409 },
   // HTTP-facing
   BAD_JSON: { exit: 2, status: 400 },
@@ -33,6 +34,8 @@ const codes = {
   // selective recovery (recover)
   RECOVER_CONFLICT: { exit: 1, status: 409 },
   RECOVER_FAILED: { exit: 1, status: 500 },
+  RECORD_REFUSED: { exit: 1, status: 422 },
+  ALREADY_UNDONE: { exit: 1, status: 409 },
   ACCOUNT_REPLACED: { exit: 1, status: 409 },
   PITR_UNAVAILABLE: { exit: 2, status: 501 },
   PG_TOOL_MISSING: { exit: 2, status: 500 },

@@ -535,6 +535,13 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     expect(await aliceRows()).toEqual(kept);
     expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
     expect(await leftovers()).toEqual([]);
+    // Its undo is the rows it brought back, from its record: alice's loss again, bob's world kept.
+    const undo = await shinkei(["recover", "--undo", /^undo with\s+shinkei recover --undo (\S+)$/m.exec(r.stdout)![1]!, "--yes"], env);
+    expect(undo.stderr).toBe("");
+    expect(undo).toSucceed();
+    expect(undo.stdout).toMatch(/^removed\s+worlds 1, stories \d+, story_beats 10$/m);
+    expect((await aliceRows()).length).toBe(0);
+    expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
   });
 
   test("SIGTERM while the moment is being recovered: exit 130, nothing changed, no scratch instance left", async () => {

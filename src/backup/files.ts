@@ -42,7 +42,7 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /** Write to `path.partial`, fsync, rename: readers see the old file or the whole new one. */
-export async function writeFileAtomic(path: string, data: string): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const partial = `${path}.partial`;
   const handle = await createPartial(partial);
   try {

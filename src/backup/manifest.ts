@@ -45,15 +45,24 @@ function signedPart(m: Manifest): string {
   return JSON.stringify([file, createdAt, reason, database, schemaVersion, format, encryption ?? null, sizeBytes, sha256, counts, digests ?? null]);
 }
 
+/** The one HMAC of BACKUP_MANIFEST_KEY: manifests and recovery records are signed with it. */
+export function sign(payload: string, key: string): string {
+  return new Bun.CryptoHasher("sha256", key).update(payload).digest("hex");
+}
+
+export function signatureMatches(signature: unknown, payload: string, key: string): boolean {
+  if (typeof signature !== "string") return false;
+  const expected = Buffer.from(sign(payload, key));
+  const given = Buffer.from(signature);
+  return given.length === expected.length && crypto.timingSafeEqual(given, expected);
+}
+
 export function signManifest(m: Manifest, key: string): string {
-  return new Bun.CryptoHasher("sha256", key).update(signedPart(m)).digest("hex");
+  return sign(signedPart(m), key);
 }
 
 export function hasValidSignature(m: Manifest, key: string): boolean {
-  if (typeof m.signature !== "string") return false;
-  const expected = Buffer.from(signManifest(m, key));
-  const given = Buffer.from(m.signature);
-  return given.length === expected.length && crypto.timingSafeEqual(given, expected);
+  return signatureMatches(m.signature, signedPart(m), key);
 }
 
 export const manifestPath = (backupPath: string) => backupPath + MANIFEST_SUFFIX;

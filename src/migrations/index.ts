@@ -7,6 +7,8 @@ import backupRunsKindUp from "./0003_backup_runs_kind.sql" with { type: "text" }
 import backupRunsKindDown from "./0003_backup_runs_kind.down.sql" with { type: "text" };
 import accountCodesUp from "./0004_account_codes.sql" with { type: "text" };
 import accountCodesDown from "./0004_account_codes.down.sql" with { type: "text" };
+import recoverUndoUp from "./0006_recover_undo.sql" with { type: "text" };
+import recoverUndoDown from "./0006_recover_undo.down.sql" with { type: "text" };
 
 export type Migration = { version: number; name: string; up: string; down?: string };
 
@@ -16,4 +18,5 @@ export const migrations: readonly Migration[] = [
   { version: 2, name: "backup_runs", up: backupRunsUp, down: backupRunsDown },
   { version: 3, name: "backup_runs_kind", up: backupRunsKindUp, down: backupRunsKindDown },
   { version: 4, name: "account_codes", up: accountCodesUp, down: accountCodesDown },
+  { version: 6, name: "recover_undo", up: recoverUndoUp, down: recoverUndoDown },
 ];

@@ -9,14 +9,17 @@ import type { AgeConfig } from "../backup/crypt.ts";
 import { diffScope, digestRows, keyOf, readScope, type Row } from "./diff.ts";
 import type { TableInfo } from "./graph.ts";
 import type { Plan } from "./plan.ts";
+import type { UndoData, UndoTable } from "./record.ts";
 
 export type TableCounts = { restored: number; reverted: number; changedKept: number; createdSinceKept: number };
 export type Applied = { tables: Record<string, TableCounts>; removedAccount?: string };
+/** The rows the apply changed, as the safety copy keeps them (without the recovery's id yet). */
+export type Touched = Omit<UndoData, "id" | "database" | "undoVersion">;
 
 const cols = (names: string[]) => names.map(quoteIdent).join(", ");
 
 /** Turn a constraint violation into the rows it names; anything else passes through. */
-function conflict(error: unknown, t: TableInfo, what: string): unknown {
+export function conflict(error: unknown, t: TableInfo, what: string): unknown {
   const e = error as { severity?: string; code?: string; detail?: string; message?: string; constraint_name?: string; table_name?: string };
   // A server error (it has a severity; class names do not survive minification), class 23: integrity.
   if (typeof e?.severity !== "string" || !e.code?.startsWith("23")) return error;
@@ -82,16 +85,38 @@ function conflictsError(all: ShinkeiError[]): ShinkeiError {
   });
 }
 
+/** The rows matching `keys` (objects holding at least the primary key), as they are now, with a digest of each. */
+export async function rowsByKey(q: Queryable, t: TableInfo, keys: Row[], lock: boolean): Promise<Map<string, { row: Row; digest: string }>> {
+  const out = new Map<string, { row: Row; digest: string }>();
+  if (!keys.length) return out;
+  const target = `public.${quoteIdent(t.name)}`;
+  const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
+  const rows = await q.unsafe<{ r: Row; d: string }[]>(`select to_jsonb(t) as r, md5(to_jsonb(t)::text) as d
+    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k on ${match}${lock ? " for update of t" : ""}`, [JSON.stringify(keys)]);
+  for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d });
+  return out;
+}
+
+export const keyPart = (t: { primaryKey: string[] }, row: Row): Row => Object.fromEntries(t.primaryKey.map((c) => [c, row[c]]));
+
 /**
  * Write the plan into an open transaction: parents before children (the graph's order), missing
  * rows inserted as they were, changed rows reverted only when asked. Re-reads the live rows first,
  * so what is applied is what is true inside this transaction. Then reads everything back and checks
  * it: counts and a digest of the restored rows must equal the backup's, or the transaction fails.
  */
-export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertChanged: boolean): Promise<Applied> {
+export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertChanged: boolean): Promise<Applied & { touched: Touched }> {
   if (plan.replaced && !plan.mode) throw new ShinkeiError("ACCOUNT_CHOICE_REQUIRED", "the email now belongs to another account: choose --into-current-account or --restore-account");
   const root = (id: string) => (a: string) => `${a}.id = ${quoteLiteral(id)}`;
+  // One text form of every timestamp, for the digests the undo compares against.
+  await tx.unsafe("set local timezone = 'UTC'");
+  const touched: Touched = { root: plan.graph.root, tables: plan.graph.tables.map((t): UndoTable => ({ table: t.name, primaryKey: t.primaryKey, inserted: [], updated: [], deleted: [] })) };
+  const undoOf = (name: string) => touched.tables.find((u) => u.table === name)!;
   if (plan.removeAccount) {
+    const users = { name: "users", primaryKey: ["id"], columns: [] };
+    const gone = await rowsByKey(tx, users, [{ id: plan.removeAccount }], true);
+    // --restore-account exists only for a user's scope: users is the graph's root.
+    undoOf("users").deleted.push(...[...gone.values()].map((g) => g.row));
     // Sessions go with it (ON DELETE CASCADE); any row it owns makes this fail and the whole recovery with it.
     await tx.unsafe(`delete from public.users where id = ${quoteLiteral(plan.removeAccount)}`).catch((e) => {
       throw conflict(e, { name: "users", primaryKey: ["id"], columns: [] }, "removing the new, empty account from");
@@ -109,6 +134,9 @@ export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertC
     if (revertChanged) {
       const set = t.columns.filter((c) => !t.primaryKey.includes(c)).map((c) => `${quoteIdent(c)} = s.${quoteIdent(c)}`).join(", ");
       const match = t.primaryKey.map((c) => `${target}.${quoteIdent(c)} = s.${quoteIdent(c)}`).join(" and ");
+      // Locked and read before the update: the row as it was is what the undo puts back.
+      const before = await rowsByKey(tx, t, d.changed.map((c) => keyPart(t, c.source)), true);
+      undoOf(t.name).updated = [...before.values()].map((b) => ({ before: b.row, digest: "" }));
       await writeRows(tx, t, d.changed.map((c) => c.source), "reverting changed rows of", conflicts, (q, rows) =>
         q.unsafe(`update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`, [JSON.stringify(rows)]));
     }
@@ -121,7 +149,16 @@ export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertC
   }
   if (conflicts.length) throw conflictsError(conflicts);
   await check(tx, plan, diffs, revertChanged);
-  return result;
+  // What each written row is now: an undo removes or reverts it only while it still is.
+  for (const t of plan.graph.tables) {
+    const d = diffs.find((x) => x.table === t.name)!;
+    const u = undoOf(t.name);
+    const inserted = await rowsByKey(tx, t, d.missing.map((r) => keyPart(t, r)), false);
+    u.inserted = d.missing.map((r) => ({ key: keyPart(t, r), digest: inserted.get(keyOf(t, r))!.digest }));
+    const updated = await rowsByKey(tx, t, u.updated.map((x) => keyPart(t, x.before)), false);
+    for (const x of u.updated) x.digest = updated.get(keyOf(t, x.before))!.digest;
+  }
+  return { ...result, touched };
 }
 
 async function check(tx: Queryable, plan: Plan, before: ReturnType<typeof diffScope>, revertChanged: boolean) {
@@ -140,21 +177,44 @@ async function check(tx: Queryable, plan: Plan, before: ReturnType<typeof diffSc
   if (problems.length) throw new ShinkeiError("RECOVER_FAILED", `the check after the apply failed, nothing was applied: ${problems.join("; ")}`);
 }
 
-export type RecoverRun = { safety: BackupResult; applied: Applied; applyMs: number };
+export type RecoverRun<T> = { safety?: BackupResult; applied: Applied; saved: T; applyMs: number; safetyMs: number };
+
+/** Refuse before anything is written when the live schema lacks the table that records recoveries. */
+export async function requireRecoveries(sql: Queryable): Promise<void> {
+  const [r] = await sql`select to_regclass('public.recoveries') is not null as ok`;
+  if (!r?.ok) throw new ShinkeiError("MIGRATION_PENDING", "the live database has no recoveries table (migration 6): recover records every recovery there", { hint: "Run shinkei migrate first. Nothing was changed." });
+}
 
 /**
- * Under the maintenance lock: a verified pre-recover backup, then the apply in ONE transaction.
- * Any conflict or failed check rolls the whole recovery back.
+ * Under the maintenance lock: the apply in ONE transaction, and before its commit the safety copy
+ * of exactly the rows it changed (`save` writes it, fsynced, and returns its id and digest, which
+ * the same transaction stores in `recoveries`). A full pre-recover backup only when asked.
+ * Any conflict, failed check or failed write rolls the whole recovery back.
  */
-export async function recover(options: { sql: Sql; url: string; dir: string; plan: Plan; revertChanged: boolean; age?: AgeConfig; wait?: boolean; onStep?: (s: "safety-backup" | "apply") => void }): Promise<RecoverRun> {
+export async function recover<T extends { id: string; sha256: string }>(options: {
+  sql: Sql; url: string; dir: string; plan: Plan; revertChanged: boolean; age?: AgeConfig; wait?: boolean; fullSafetyBackup?: boolean;
+  save: (applied: Applied, touched: Touched, safety?: BackupResult) => Promise<T>;
+  onStep?: (s: "safety-backup" | "apply") => void;
+}): Promise<RecoverRun<T>> {
   const { sql, plan } = options;
+  await requireRecoveries(sql);
   return withMaintenanceLock(sql, "recover", async () => {
-    options.onStep?.("safety-backup");
-    const safety = await takeSafetyBackup({ sql, url: options.url, dir: options.dir, reason: "pre-recover", age: options.age });
+    let safety: BackupResult | undefined;
+    const safetyStarted = performance.now();
+    if (options.fullSafetyBackup) {
+      options.onStep?.("safety-backup");
+      safety = await takeSafetyBackup({ sql, url: options.url, dir: options.dir, reason: "pre-recover", age: options.age });
+    }
+    const safetyMs = Math.round(performance.now() - safetyStarted);
     options.onStep?.("apply");
     const started = performance.now();
-    const applied = await sql.begin((tx) => applyRows(tx, plan, options.revertChanged));
-    return { safety, applied, applyMs: Math.round(performance.now() - started) };
+    const { applied, saved } = await sql.begin(async (tx) => {
+      const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
+      const saved = await options.save(applied, touched, safety);
+      await tx`insert into recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
+      return { applied, saved };
+    });
+    return { safety, applied, saved, applyMs: Math.round(performance.now() - started), safetyMs };
   }, options.wait);
 }
 

@@ -1,15 +1,37 @@
-import { readdir } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { lstat, mkdir, readdir } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import { userInfo } from "node:os";
 import { writeFileAtomic } from "../backup/files.ts";
+import { sign, signatureMatches } from "../backup/manifest.ts";
+import { decrypt, encrypt, encryptionFor, type AgeConfig, type Encryption } from "../backup/crypt.ts";
+import { ShinkeiError } from "../errors.ts";
 import type { Applied } from "./apply.ts";
+import type { Row } from "./diff.ts";
 import type { Plan, Scope } from "./plan.ts";
 
 const SUFFIX = ".recovered.json";
+const UNDO_SUFFIX = ".undo.json";
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** What a recovery applied, kept beside its safety backup: the undo is that file. */
+/**
+ * The safety copy of one recovery: exactly the rows it changed. For a row it inserted, its key and
+ * a digest of the row as inserted (to tell whether it changed since); for a row it updated, the
+ * whole row as it was and the digest of what it wrote; for a row it deleted, the whole row.
+ */
+export type UndoTable = {
+  table: string;
+  primaryKey: string[];
+  inserted: { key: Row; digest: string }[];
+  updated: { before: Row; digest: string }[];
+  deleted: Row[];
+};
+export type UndoData = { undoVersion: 1; id: string; database: string; root: string; tables: UndoTable[] };
+
+/** What a recovery applied, and where its undo lies: kept in BACKUP_DIR, written before the commit. */
 export type RecoveredRecord = {
   recovered: true;
+  /** Records written before row-level undo have none: they name a full safety backup instead. */
+  id?: string;
   at: string;
   by: string;
   database: string;
@@ -18,9 +40,14 @@ export type RecoveredRecord = {
   owner?: string;
   mode: "default" | "into-current-account" | "restore-account";
   revertChanged: boolean;
-  safetyBackup: string;
+  /** A full pre-recover backup: only with --full-safety-backup (and in older records). */
+  safetyBackup?: string;
+  /** The safety copy beside this record: its name, and the SHA-256 of its bytes (encrypted ones, when it is). */
+  undo?: { file: string; sha256: string; sizeBytes: number; encryption?: Encryption };
   removedAccount?: string;
   tables: Applied["tables"];
+  /** HMAC with BACKUP_MANIFEST_KEY of everything above (see signedPart). */
+  signature?: string;
 };
 
 /** Who ran it: the login behind sudo when there is one, else the account the process runs as. */
@@ -34,37 +61,127 @@ function operator(env: Record<string, string | undefined>): string {
   }
 }
 
-export function recordFor(options: { plan: Plan; applied: Applied; source: string; database: string; safetyBackup: string; revertChanged: boolean; env: Record<string, string | undefined> }): RecoveredRecord {
-  const by = operator(options.env);
+export function recordFor(options: { id: string; plan: Plan; applied: Applied; source: string; database: string; safetyBackup?: string; revertChanged: boolean; env: Record<string, string | undefined> }): RecoveredRecord {
   return {
     recovered: true,
+    id: options.id,
     at: new Date().toISOString(),
-    by,
+    by: operator(options.env),
     database: options.database,
     source: options.source,
     scope: options.plan.scope,
     owner: options.plan.owner,
     mode: options.plan.mode ?? "default",
     revertChanged: options.revertChanged,
-    safetyBackup: basename(options.safetyBackup),
+    safetyBackup: options.safetyBackup ? basename(options.safetyBackup) : undefined,
     removedAccount: options.applied.removedAccount,
     tables: options.applied.tables,
   };
 }
 
-export async function writeRecord(safetyBackupPath: string, record: RecoveredRecord): Promise<string> {
-  const path = safetyBackupPath + SUFFIX;
-  await writeFileAtomic(path, JSON.stringify(record, null, 2) + "\n");
-  return path;
+const signedPart = (r: RecoveredRecord) => JSON.stringify({ ...r, signature: undefined });
+
+function stamp(at: Date): string {
+  return at.toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15);
 }
 
+/**
+ * Write the safety copy (encrypted when backups are) and the record beside it, each fsynced and
+ * renamed into place, the record signed when BACKUP_MANIFEST_KEY is set. Called inside the
+ * recovery's transaction, before its commit: a recovery that committed always has its undo on disk.
+ * Returns the record's path and the safety copy's SHA-256 (which the transaction stores too).
+ */
+export async function writeRecovery(dir: string, record: RecoveredRecord, undo: UndoData, age?: AgeConfig): Promise<{ path: string; undoPath: string; sha256: string; record: RecoveredRecord }> {
+  await mkdir(dir, { recursive: true });
+  const base = join(dir, `shinkei_recovery_${stamp(new Date(record.at))}_${record.id!.slice(0, 8)}`);
+  const encryption = encryptionFor(age);
+  const text = JSON.stringify(undo);
+  const bytes = encryption
+    ? new Uint8Array(await new Response(await encrypt(new Blob([text]).stream(), age!)).arrayBuffer())
+    : new TextEncoder().encode(text);
+  const undoPath = base + UNDO_SUFFIX + (encryption ? ".age" : "");
+  await writeFileAtomic(undoPath, bytes);
+  const sha256 = new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
+  const signed: RecoveredRecord = { ...record, undo: { file: basename(undoPath), sha256, sizeBytes: bytes.length, encryption } };
+  if (age?.manifestKey) signed.signature = sign(signedPart(signed), age.manifestKey);
+  const path = base + SUFFIX;
+  await writeFileAtomic(path, JSON.stringify(signed, null, 2) + "\n");
+  return { path, undoPath, sha256, record: signed };
+}
+
+export type HistoryEntry = RecoveredRecord & { path: string };
+
 /** Every recovery recorded in `dir`, oldest first; unreadable files are skipped, not fatal. */
-export async function history(dir: string): Promise<RecoveredRecord[]> {
+export async function history(dir: string): Promise<HistoryEntry[]> {
   const names = await readdir(dir).catch(() => [] as string[]);
-  const out: RecoveredRecord[] = [];
+  const out: HistoryEntry[] = [];
   for (const name of names.filter((n) => n.endsWith(SUFFIX))) {
     const r = (await Bun.file(join(dir, name)).json().catch(() => null)) as RecoveredRecord | null;
-    if (r?.recovered === true && typeof r.at === "string" && r.tables && typeof r.tables === "object") out.push(r);
+    if (r?.recovered === true && typeof r.at === "string" && r.tables && typeof r.tables === "object") out.push({ ...r, path: join(dir, name) });
   }
   return out.sort((a, b) => a.at.localeCompare(b.at));
+}
+
+const refused = (message: string, hint = "Nothing was changed. Undo only with the record a recovery of this database wrote, as it wrote it.") =>
+  new ShinkeiError("RECORD_REFUSED", message, { hint });
+
+/** A record named by its path, or by its id (or the first 8 or more characters of it) as --history lists it. */
+async function findRecord(ref: string, dir: string): Promise<string> {
+  if (await Bun.file(ref).exists()) return ref;
+  if (/^[0-9a-f-]{8,36}$/i.test(ref)) {
+    const matches = (await history(dir)).filter((r) => typeof r.id === "string" && r.id.startsWith(ref.toLowerCase()));
+    if (matches.length === 1) return matches[0]!.path;
+    if (matches.length > 1) throw new ShinkeiError("USAGE", `${ref} matches ${matches.length} recoveries: give more of the id, or the record's path`);
+  }
+  throw new ShinkeiError("NOT_FOUND", `no recovery record ${ref} (neither a file nor an id in ${dir})`, { hint: "shinkei recover --history lists the recoveries and their ids." });
+}
+
+function checkUndoShape(u: unknown, id: string): UndoData {
+  const d = u as UndoData;
+  const rows = (x: unknown) => Array.isArray(x) && x.every((r) => r !== null && typeof r === "object" && !Array.isArray(r));
+  const ok = d?.undoVersion === 1 && d.id === id && typeof d.root === "string" && Array.isArray(d.tables) &&
+    d.tables.every((t) => typeof t?.table === "string" && Array.isArray(t.primaryKey) && t.primaryKey.length > 0 && t.primaryKey.every((c) => typeof c === "string") &&
+      Array.isArray(t.inserted) && t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string") &&
+      Array.isArray(t.updated) && t.updated.every((i) => rows([i?.before]) && typeof i.digest === "string") && rows(t.deleted));
+  if (!ok) throw refused(`the safety copy of recovery ${id} is not one shinkei wrote for it`);
+  return d;
+}
+
+/**
+ * Read a record and its safety copy, trusting neither: the record must be signed with this host's
+ * BACKUP_MANIFEST_KEY (when set), the safety copy's bytes must match the record's SHA-256, and the
+ * database checks the same digest and that the recovery committed there (see undo.ts).
+ */
+export async function loadRecovery(ref: string, dir: string, age?: AgeConfig): Promise<{ path: string; record: RecoveredRecord; undo: UndoData }> {
+  const path = await findRecord(ref, dir);
+  const record = (await Bun.file(path).json().catch(() => null)) as RecoveredRecord | null;
+  if (record?.recovered !== true || typeof record.at !== "string" || !record.tables || typeof record.scope !== "object") throw refused(`${path} is not a recovery record`);
+  if (!record.undo || typeof record.id !== "string") {
+    throw refused(`${path} was written before recoveries kept their rows: it has no row-level undo`,
+      record.safetyBackup ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: that rolls back every write since, of every user).` : undefined);
+  }
+  if (!UUID.test(record.id) || typeof record.undo.file !== "string" || basename(record.undo.file) !== record.undo.file || !/^[0-9a-f]{64}$/.test(record.undo.sha256 ?? "")) {
+    throw refused(`${path} is not a recovery record shinkei wrote`);
+  }
+  if (age?.manifestKey && !signatureMatches(record.signature, signedPart(record), age.manifestKey)) {
+    throw refused(`${path} is ${record.signature ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)" : "unsigned, and BACKUP_MANIFEST_KEY is set"}`);
+  }
+  const undoPath = join(dirname(path), record.undo.file);
+  const stat = await lstat(undoPath).catch(() => null);
+  if (!stat?.isFile()) throw refused(`the safety copy ${undoPath} of recovery ${record.id} is ${stat ? "not a plain file" : "missing"}`);
+  const bytes = new Uint8Array(await Bun.file(undoPath).arrayBuffer());
+  if (new Bun.CryptoHasher("sha256").update(bytes).digest("hex") !== record.undo.sha256) {
+    throw refused(`the safety copy ${undoPath} does not match its record's SHA-256: it changed since it was written`);
+  }
+  let text: string;
+  if (record.undo.encryption) {
+    text = await new Response(await decrypt(new Blob([bytes]).stream(), age, basename(undoPath), record.undo.encryption)).text();
+  } else text = new TextDecoder().decode(bytes);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw refused(`the safety copy ${undoPath} is not JSON`);
+  }
+  return { path, record, undo: checkUndoShape(parsed, record.id) };
 }

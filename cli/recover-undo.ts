@@ -1,0 +1,61 @@
+import type { Context } from "./command.ts";
+import { json, line } from "./output.ts";
+import { activity, typedConfirmation } from "./prompts.ts";
+import { showUndo } from "./recover-view.ts";
+import { refuseProduction } from "../src/guard.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { describeTarget } from "../src/db.ts";
+import { formatDuration } from "../src/duration.ts";
+import { loadRecovery } from "../src/recover/record.ts";
+import { plannedCounts, trialUndo, undoRecovery } from "../src/recover/undo.ts";
+
+/**
+ * `recover --undo RECORD`: the same guard, preview and confirmation as the recovery itself, then
+ * exactly the rows it changed put back in one transaction.
+ */
+export async function undoRecoveryCommand(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  const other = ["user", "user-id", "world", "story", "from", "at"].filter((k) => ctx.option(k) !== undefined);
+  const flags = ["revert-changed", "into-current-account", "restore-account", "full-safety-backup", "show"].filter((k) => ctx.flag(k));
+  if (other.length || flags.length) throw new ShinkeiError("USAGE", `--undo takes its scope and source from the record: drop ${[...other, ...flags].map((k) => `--${k}`).join(", ")}`);
+  const dryRun = ctx.flag("dry-run");
+  if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
+  if (!dryRun && !ctx.flag("yes") && !io.interactive) {
+    throw new ShinkeiError("CONFIRMATION_REQUIRED", "undoing a recovery changes the live database and needs confirmation", { hint: "Run it in a terminal, pass --yes in scripts, or --dry-run for the preview only." });
+  }
+  const target = describeTarget(config.databaseUrl);
+  const { path, record, undo } = await loadRecovery(ctx.option("undo")!, config.backupDir, config.backup.age);
+  if (record.database !== target.database || undo.database !== target.database) {
+    throw new ShinkeiError("RECORD_REFUSED", `${path} records a recovery of database ${record.database}, not of ${target.database}: nothing was changed`, {
+      hint: "Point DATABASE_URL at the database that was recovered.",
+    });
+  }
+  // Asked first, or only previewed: run it and roll it back, so rows changed since show before
+  // anyone is asked anything. With --yes nobody is asked, and the undo itself checks the same rows.
+  const counts = dryRun || !ctx.flag("yes") ? await trialUndo(ctx.db, record, undo) : plannedCounts(undo);
+  if (!ctx.flag("json")) showUndo(io, path, record, counts);
+  if (dryRun) {
+    if (ctx.flag("json")) json(io, { record: path, id: record.id, tables: counts, undone: false });
+    else line(io, "\ndry run: nothing was changed");
+    return 0;
+  }
+  const confirmation = (record.scope.kind === "user" || record.scope.kind === "user-id") && record.owner ? record.owner : "id" in record.scope ? record.scope.id : record.scope.email;
+  if (!ctx.flag("yes")) {
+    await typedConfirmation(io, `Type ${confirmation} to undo recovery ${record.id!.slice(0, 8)} in ${target.database}`, confirmation);
+  }
+  const progress = activity(io, "undoing in one transaction");
+  const run = await undoRecovery({ sql: ctx.db, record, undo, wait: ctx.flag("wait") }).catch((e) => {
+    progress.fail("undo failed: nothing was changed");
+    throw e;
+  });
+  progress.stop("undone");
+  if (ctx.flag("json")) return json(io, { record: path, id: record.id, tables: run.counts, undone: true, applyMs: run.applyMs }), 0;
+  const list = (pick: (c: (typeof run.counts)[string]) => number) =>
+    Object.entries(run.counts).filter(([, c]) => pick(c) > 0).map(([t, c]) => `${t} ${pick(c)}`).join(", ") || "none";
+  line(io);
+  line(io, `removed        ${list((c) => c.deleted)}`);
+  line(io, `put back       ${list((c) => c.putBack)}`);
+  line(io, `brought back   ${list((c) => c.reinserted)}`);
+  line(io, `undone in      ${formatDuration(run.applyMs)} (one transaction); a second undo of this record is refused`);
+  return 0;
+}
