@@ -46,7 +46,8 @@ Options:
     const pitr = cachedWindow(config.backupDir);
     const readiness = async () => {
       const f = await newestGood(config.backupDir);
-      return { backup: f.newest ? { newest: f.newest.name, ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
+      // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
+      return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
     };
     const running = await startServer(config, { readiness });
     let scheduler: Scheduler | undefined;
