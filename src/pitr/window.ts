@@ -2,7 +2,8 @@ import { join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { archiveWindow } from "../wal/status.ts";
-import { BASE_MANIFEST_SUFFIX, isBaseName, listBaseBackups, type BaseManifest } from "../wal/base.ts";
+import { BASE_MANIFEST_SUFFIX, baseManifestProblem, isBaseName, type BaseManifest } from "../wal/base.ts";
+import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";
 import { parseLsn, parseSegment } from "../wal/segments.ts";
 import type { RecoveryTarget } from "./target.ts";
 
@@ -10,17 +11,21 @@ export type Window = { earliest: string; latest: string; timeline: number | null
 export type BaseChoice = { manifest: BaseManifest; localPath: string | null };
 
 /**
- * The off-site window, from names and object times alone (records are not fetched one by one):
- * from the oldest base backup to the newest segment reachable without a gap from the newest one.
+ * The off-site window, from names and object times alone (WAL records are not fetched one by one;
+ * wal-fetch checks each when recovery asks for it): from the oldest base backup this host trusts
+ * to the newest segment reachable without a gap from the newest one.
  */
-async function offsiteWindow(store: BackupStore, scratch: string): Promise<{ window: Window | null; bases: BaseManifest[] }> {
+async function offsiteWindow(store: BackupStore, scratch: string, trust: ArchiveTrust, untrusted: Untrusted[]): Promise<{ window: Window | null; bases: BaseManifest[] }> {
   const objects = await store.list();
   const bases: BaseManifest[] = [];
   for (const o of objects.filter((o) => o.name.endsWith(BASE_MANIFEST_SUFFIX) && isBaseName(o.name.slice(0, -BASE_MANIFEST_SUFFIX.length)))) {
     const local = join(scratch, o.name);
     await store.get(o.name, local);
     const m = (await Bun.file(local).json().catch(() => null)) as BaseManifest | null;
-    if (m?.baseManifestVersion === 1 && m.file === o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) && objects.some((x) => x.name === m.file)) bases.push(m);
+    if (m?.baseManifestVersion !== 1 || m.file !== o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) || !objects.some((x) => x.name === m.file)) continue;
+    const problem = baseManifestProblem(m, trust);
+    if (problem) untrusted.push({ file: `${store.location}/${m.file}`, problem: `${problem} (off-site copy)` });
+    else bases.push(m);
   }
   bases.sort((a, b) => a.finishedAt.localeCompare(b.finishedAt));
   const newest = bases.at(-1);
@@ -44,21 +49,21 @@ async function offsiteWindow(store: BackupStore, scratch: string): Promise<{ win
  * archive lost and started again, a base backup whose WAL is not sealed yet): a target either
  * window holds is recoverable.
  */
-export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string): Promise<{ windows: Window[]; bases: BaseChoice[] }> {
-  const local = await archiveWindow(backupDir);
-  const localBases = await listBaseBackups(backupDir);
-  const bases: BaseChoice[] = localBases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
+export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string, trust: ArchiveTrust): Promise<{ windows: Window[]; bases: BaseChoice[]; untrusted: Untrusted[] }> {
+  const local = await archiveWindow(backupDir, trust);
+  const untrusted = [...local.untrusted];
+  const bases: BaseChoice[] = local.bases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
   const windows: Window[] = [];
   if (local.window.earliest && local.window.latest && local.window.earliest <= local.window.latest) {
     windows.push({ earliest: local.window.earliest, latest: local.window.latest, timeline: local.window.timeline, source: "local" });
   }
   if (store) {
-    const off = await offsiteWindow(store, scratch);
+    const off = await offsiteWindow(store, scratch, trust, untrusted);
     for (const m of off.bases) if (!bases.some((b) => b.manifest.file === m.file)) bases.push({ manifest: m, localPath: null });
     if (off.window) windows.push(off.window);
   }
   bases.sort((a, b) => a.manifest.finishedAt.localeCompare(b.manifest.finishedAt));
-  return { windows, bases };
+  return { windows, bases, untrusted };
 }
 
 export const describeWindow = (w: Window | null) => (w ? `${w.earliest} .. ${w.latest}${w.source === "offsite" ? " (off-site copy)" : ""}` : "none");
