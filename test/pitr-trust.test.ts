@@ -1,19 +1,199 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { chmod, mkdir, readdir, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
-import { binaryPath, buildBinary } from "./support/cli.ts";
+import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { until } from "./support/wait.ts";
+import { Service } from "./support/process.ts";
+import { connect, type Sql } from "../src/db.ts";
+import { loadConfig } from "../src/config.ts";
+import { unsealFrom } from "../src/backup/seal.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type BaseManifest } from "../src/wal/base.ts";
+import { recordPath, walRoot, type WalRecord } from "../src/wal/archive.ts";
+import { scrubSettings } from "../src/pitr/settings.ts";
 
-setDefaultTimeout(120_000);
+// A real cluster, a real receiver and real recoveries through the compiled binary.
+setDefaultTimeout(180_000);
 
+const KEY = "a manifest key of the trust tests, long enough";
 let scratchRoot: string;
+let cluster: TestCluster;
+let service: Service | undefined;
+let sql: Sql;
+let dir: string;
+let env: Record<string, string>;
+/** A folder the server's OS user can write to: where a planted command would leave its mark. */
+let markDir: string;
+let legit: BaseManifest;
 
 beforeAll(async () => {
   scratchRoot = await tempDir("pitr-trust-scratch");
   await chmod(scratchRoot, 0o755);
+  markDir = await tempDir("pitr-trust-mark");
+  await chmod(markDir, 0o777);
+  cluster = await startCluster();
+  dir = await tempDir("pitr-trust");
+  env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    BACKUP_SCHEDULE: "0 0 1 1 *",
+    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+    BACKUP_AGE_PASSPHRASE: "correct horse battery staple trust",
+    BACKUP_MANIFEST_KEY: KEY,
+    TMPDIR: scratchRoot,
+  };
+  service = await Service.start(["backup-service"], env);
+  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  sql = connect(cluster.url("shinkei"), { max: 2 });
+  expect(await shinkei(["backup", "base"], env)).toSucceed();
+  await sql`create table notes (id serial primary key, body text not null)`;
+  await sql`insert into notes (body) select 'note ' || i from generate_series(1, 20) i`;
+  const lsn = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
+  await until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+  legit = (await listBaseBackups(dir))[0]!.manifest;
+  // The archiver seals the base's first segment: the window needs it.
+  await until("the base's first segment sealed", async () => Bun.file(recordPath(walRoot(dir), legit.timeline, legit.startSegment)).exists());
 });
 afterAll(async () => {
+  service?.proc.kill("SIGKILL");
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
   await rm(scratchRoot, { recursive: true, force: true });
+  await rm(markDir, { recursive: true, force: true });
+});
+
+/**
+ * The planted base backup of the review: the real one, decrypted, with `recovery_end_command`
+ * appended to its postgresql.auto.conf, plain, under a newer name, with a manifest that matches its
+ * bytes (signed with the key only when `signed`). Returns its name.
+ */
+async function plantBase(mark: string, signed: boolean): Promise<string> {
+  const config = loadConfig(env);
+  const work = await tempDir("pitr-trust-plant");
+  try {
+    const plainGz = join(work, "base.tar.gz");
+    await pipeline(await unsealFrom(join(baseDir(dir), legit.file), { encryption: legit.encryption, age: config.backup.age, name: legit.file, gzipped: true }), createWriteStream(plainGz));
+    await mkdir(join(work, "data"));
+    expect(Bun.spawnSync(["tar", "-x", "-z", "-f", plainGz, "-C", join(work, "data")]).exitCode).toBe(0);
+    const auto = join(work, "data", "postgresql.auto.conf");
+    await writeFile(auto, `${await readFile(auto, "utf8")}\nrecovery_end_command = 'id > ${mark}'\n`);
+    await chmod(join(work, "data"), 0o700); // as a data directory must be
+    const name = `shinkei_base_29990101_00000${signed ? 1 : 0}.tar.gz`;
+    const target = join(baseDir(dir), name);
+    expect(Bun.spawnSync(["tar", "-c", "-z", "-f", target, "-C", join(work, "data"), "."]).exitCode).toBe(0);
+    const bytes = await Bun.file(target).bytes();
+    const backupManifestFile = name.replace(/\.tar\.gz$/, ".backup_manifest.gz");
+    await copyFile(join(baseDir(dir), legit.backupManifestFile), join(baseDir(dir), backupManifestFile));
+    const { signature: _, encryption: __, ...rest } = legit;
+    const m: BaseManifest = {
+      ...rest, file: name, backupManifestFile, format: "tar+gzip", sizeBytes: bytes.length,
+      sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"), finishedAt: new Date(Date.parse(legit.finishedAt) + 1000).toISOString(),
+    };
+    await writeBaseManifest(target, signed ? signBaseManifest(m, KEY) : m);
+    return name;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function unplant(name: string) {
+  for (const f of await readdir(baseDir(dir))) if (f.startsWith(name.replace(/\.tar\.gz$/, ""))) await rm(join(baseDir(dir), f));
+}
+
+describe("a planted base backup", () => {
+  test("unsigned, newer, its manifest matching its bytes: pitr restore --to latest leaves it out by name and its command never runs", async () => {
+    const mark = join(markDir, "unsigned");
+    const name = await plantBase(mark, false);
+    try {
+      const status = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      expect(status.baseBackups.map((b: { file: string }) => b.file)).toEqual([legit.file]);
+      expect(status.problems.join("\n")).toContain(`base backup ${name} is not signed`);
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+      expect(r.stderr).toContain(`left out: base backup ${name} is not signed`);
+      expect(r).toSucceed();
+      expect(JSON.parse(r.stdout).base).toBe(legit.file);
+      expect(await Bun.file(mark).exists()).toBe(false);
+    } finally {
+      await unplant(name);
+    }
+  });
+
+  test("signed but plain on a host that encrypts: left out unless --allow-unencrypted; then chosen, and its recovery_end_command is removed before the server starts", async () => {
+    const mark = join(markDir, "signed");
+    const name = await plantBase(mark, true);
+    try {
+      const strict = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+      expect(strict.stderr).toContain(`left out: base backup ${name} is not encrypted`);
+      expect(strict).toSucceed();
+      expect(JSON.parse(strict.stdout).base).toBe(legit.file);
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json", "--allow-unencrypted"], env);
+      expect(r.stderr).toContain("removed from the base backup's settings before starting it");
+      expect(r.stderr).toContain("recovery_end_command");
+      expect(r).toSucceed();
+      expect(JSON.parse(r.stdout).base).toBe(name);
+      expect(await Bun.file(mark).exists()).toBe(false);
+    } finally {
+      await unplant(name);
+    }
+  });
+});
+
+describe("WAL records", () => {
+  test("an altered or unsigned record is refused by wal-fetch and left out of the window, by name", async () => {
+    const path = recordPath(walRoot(dir), legit.timeline, legit.startSegment);
+    const original = await readFile(path, "utf8");
+    const record = JSON.parse(original) as WalRecord;
+    expect(record.signature).toMatch(/^[0-9a-f]{64}$/);
+    const out = join(scratchRoot, "fetched");
+    try {
+      for (const [variant, changed, expected] of [
+        ["altered", { ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 3_600_000).toISOString() }, "does not match its signature"],
+        ["unsigned", { ...record, signature: undefined }, "is not signed"],
+      ] as const) {
+        await writeFile(path, JSON.stringify(changed));
+        const fetched = await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env);
+        expect(fetched.code, variant).toBe(126);
+        expect(fetched.stderr).toContain(`WAL segment ${legit.startSegment} ${expected}`);
+        expect(await Bun.file(out).exists()).toBe(false);
+        const status = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+        expect(status.problems.join("\n")).toContain(`left out of the window: WAL segment ${legit.startSegment} ${expected}`);
+        // Without the base's first segment there is nothing to recover from.
+        expect(status.window.earliest).toBeNull();
+      }
+    } finally {
+      await writeFile(path, original);
+      await rm(out, { force: true });
+    }
+    expect(await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env)).toSucceed();
+    await rm(out, { force: true });
+  });
+});
+
+describe("a base backup's settings", () => {
+  test("every setting that runs a program, loads code or reads another file is commented out, whatever its case or spacing; others stay", () => {
+    const text = [
+      "port = 5432",
+      "recovery_end_command = 'id > /tmp/x'",
+      "  Archive_Command='x'",
+      "shared_preload_libraries 'evil'",
+      "include_dir 'conf.d'",
+      "include = 'other.conf'",
+      "ssl_passphrase_command = 'x'",
+      "dynamic_library_path = '/tmp'",
+      "some_ext.thing_command = 'x'",
+      "# recovery_end_command = 'commented already'",
+      "work_mem = '4MB' # archive_command in a comment",
+    ].join("\n");
+    const r = scrubSettings(text);
+    expect(r.removed).toEqual(["recovery_end_command", "archive_command", "shared_preload_libraries", "include_dir", "include", "ssl_passphrase_command", "dynamic_library_path", "some_ext.thing_command"]);
+    const kept = r.text.split("\n").filter((l) => !l.startsWith("#"));
+    expect(kept).toEqual(["port = 5432", "work_mem = '4MB' # archive_command in a comment"]);
+  });
 });
 
 /** The binary under `timeout`: a command that hangs comes back as exit 124 instead of stalling the test. */
