@@ -132,6 +132,7 @@ describe("a planted base backup", () => {
       expect(strict).toSucceed();
       expect(JSON.parse(strict.stdout).base).toBe(legit.file);
       const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json", "--allow-unencrypted"], env);
+      expect(await Bun.file(mark).exists()).toBe(false);
       expect(r.stderr).toContain("removed from the base backup's settings before starting it");
       expect(r.stderr).toContain("recovery_end_command");
       expect(r).toSucceed();
