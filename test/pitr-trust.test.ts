@@ -4,7 +4,7 @@ import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
 import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
-import { tempDir } from "./support/fixtures.ts";
+import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { until } from "./support/wait.ts";
 import { Service } from "./support/process.ts";
@@ -101,6 +101,8 @@ async function plantBase(mark: string, signed: boolean): Promise<string> {
   }
 }
 
+const timelineOf = (tl: number) => tl.toString(16).toUpperCase().padStart(8, "0");
+
 async function unplant(name: string) {
   for (const f of await readdir(baseDir(dir))) if (f.startsWith(name.replace(/\.tar\.gz$/, ""))) await rm(join(baseDir(dir), f));
 }
@@ -172,6 +174,66 @@ describe("WAL records", () => {
     }
     expect(await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env)).toSucceed();
     await rm(out, { force: true });
+  });
+});
+
+describe("an archive written before signing", () => {
+  test("is left out once the key is set, until pitr sign signs what still matches its SHA-256; a damaged file is named and not signed", async () => {
+    const basePath = join(baseDir(dir), legit.file) + ".manifest.json";
+    const segment = recordPath(walRoot(dir), legit.timeline, legit.startSegment);
+    const history = { base: await readFile(basePath, "utf8"), segment: await readFile(segment, "utf8") };
+    const unsign = async (path: string) => {
+      const { signature: _, ...rest } = JSON.parse(await readFile(path, "utf8"));
+      await writeFile(path, JSON.stringify(rest));
+    };
+    // A third record, unsigned and with a file that no longer matches it.
+    const damagedName = "0000000100000000000000FF";
+    const damaged = recordPath(walRoot(dir), legit.timeline, damagedName);
+    try {
+      await unsign(basePath);
+      await unsign(segment);
+      const { signature: _, ...seg } = JSON.parse(history.segment) as WalRecord;
+      await writeFile(damaged, JSON.stringify({ ...seg, name: damagedName, file: `${damagedName}.gz.age` }));
+      await writeFile(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), "not the bytes it records");
+      const before = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      expect(before.problems.join("\n")).toContain(`base backup ${legit.file} is not signed`);
+      expect(before.problems.join("\n")).toContain(`WAL segment ${legit.startSegment} is not signed`);
+      expect(before.window.earliest).toBeNull();
+
+      const r = await shinkei(["pitr", "sign", "--json"], env);
+      expect(r.code).toBe(1); // the damaged one is named
+      const out = JSON.parse(r.stdout);
+      expect(out.signed).toEqual(expect.arrayContaining([legit.startSegment, legit.file]));
+      expect(out.refused.map((x: { file: string }) => x.file)).toEqual([damagedName]);
+      const after = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      expect(after.window.earliest).toBe(legit.finishedAt);
+      expect(after.problems.join("\n")).not.toContain(legit.startSegment);
+      expect(after.problems.join("\n")).toContain(`WAL segment ${damagedName} is not signed`);
+      // Signed with this key, the records verify as the archiver's own do.
+      expect(JSON.parse(await readFile(segment, "utf8")).signature).toBe(JSON.parse(history.segment).signature);
+    } finally {
+      await writeFile(basePath, history.base);
+      await writeFile(segment, history.segment);
+      await rm(damaged, { force: true });
+      await rm(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), { force: true });
+    }
+  });
+});
+
+describe("--into-dir", () => {
+  test("when the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts every local user)", async () => {
+    const wrap = await wrapTool("cp", `case "$*" in *pg_hba.conf.before-recovery*) echo "cp: planted failure" >&2; exit 1;; esac\nexec "$REAL" "$@"`);
+    await chmod(wrap, 0o755);
+    const target = join(scratchRoot, "handed-over");
+    try {
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--into-dir", target], { ...env, PATH: pathWith(wrap) });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("keeping the base backup's pg_hba.conf failed");
+      expect(await Bun.file(join(target, "pg_hba.conf")).exists()).toBe(false);
+    } finally {
+      await rm(wrap, { recursive: true, force: true });
+      await rm(target, { recursive: true, force: true });
+    }
   });
 });
 
