@@ -15,6 +15,11 @@ import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type BaseManifest } from "../src/wal/base.ts";
 import { recordPath, walRoot, type WalRecord } from "../src/wal/archive.ts";
 import { scrubSettings } from "../src/pitr/settings.ts";
+import { pruneWalLocal } from "../src/wal/prune.ts";
+import { archiveSource } from "../src/metrics/sources.ts";
+import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
+import { statusView } from "../src/metrics/view.ts";
+import { archiveTrust } from "../src/wal/trust.ts";
 
 // A real cluster, a real receiver and real recoveries through the compiled binary.
 setDefaultTimeout(180_000);
@@ -115,6 +120,16 @@ describe("a planted base backup", () => {
       const status = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
       expect(status.baseBackups.map((b: { file: string }) => b.file)).toEqual([legit.file]);
       expect(status.problems.join("\n")).toContain(`base backup ${name} is not signed`);
+      // The metrics and the status page read the same: one base backup, one file left out.
+      const config = loadConfig(env);
+      const facts = await archiveSource(dir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs).read();
+      expect(facts.kinds[0]!.count).toBe(1);
+      expect(facts.window!.untrusted).toBe(1);
+      const page = statusView(await readSnapshot(dir, undefined), config.backup, new Date(), await readPitrSnapshot(dir, archiveTrust(config.backup.age)));
+      expect(page.problems.map((p) => p.text).join("\n")).toContain(`base backup ${name} is not signed`);
+      // Retention counts only our own: a planted "newest" must not let the real ones go.
+      const plan = await pruneWalLocal(loadConfig(env), { dryRun: true });
+      expect(plan.bases.map((d) => d.name)).toEqual([legit.file]);
       const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
       expect(r.stderr).toContain(`left out: base backup ${name} is not signed`);
       expect(r).toSucceed();
