@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { chmod, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
@@ -8,6 +8,8 @@ import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { until } from "./support/wait.ts";
 import { Service } from "./support/process.ts";
+import { TestS3 } from "./support/s3.ts";
+import { walStore } from "../src/wal/offsite.ts";
 import { connect, type Sql } from "../src/db.ts";
 import { loadConfig } from "../src/config.ts";
 import { unsealFrom } from "../src/backup/seal.ts";
@@ -34,6 +36,7 @@ let env: Record<string, string>;
 /** A folder the server's OS user can write to: where a planted command would leave its mark. */
 let markDir: string;
 let legit: BaseManifest;
+let s3: TestS3;
 
 beforeAll(async () => {
   scratchRoot = await tempDir("pitr-trust-scratch");
@@ -41,6 +44,7 @@ beforeAll(async () => {
   markDir = await tempDir("pitr-trust-mark");
   await chmod(markDir, 0o777);
   cluster = await startCluster();
+  s3 = await TestS3.start();
   dir = await tempDir("pitr-trust");
   env = {
     DATABASE_URL: cluster.url("shinkei"),
@@ -51,6 +55,8 @@ beforeAll(async () => {
     BACKUP_AGE_PASSPHRASE: "correct horse battery staple trust",
     BACKUP_MANIFEST_KEY: KEY,
     TMPDIR: scratchRoot,
+    WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
+    ...s3.env("trust/"),
   };
   service = await Service.start(["backup-service"], env);
   await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
@@ -63,11 +69,18 @@ beforeAll(async () => {
   legit = (await listBaseBackups(dir))[0]!.manifest;
   // The archiver seals the base's first segment: the window needs it.
   await until("the base's first segment sealed", async () => Bun.file(recordPath(walRoot(dir), legit.timeline, legit.startSegment)).exists());
+  // ... and copied off-site with the base backup.
+  const store = walStore(loadConfig(env))!;
+  await until("the base and its first segment off-site", async () => {
+    const names = new Set((await store.list()).map((o) => o.name));
+    return names.has(`${legit.file}.manifest.json`) && names.has(`${legit.startSegment}.json`);
+  });
 });
 afterAll(async () => {
   service?.proc.kill("SIGKILL");
   await sql?.end({ timeout: 1 });
   await cluster?.stop();
+  await s3?.stop();
   await rm(scratchRoot, { recursive: true, force: true });
   await rm(markDir, { recursive: true, force: true });
 });
@@ -106,6 +119,19 @@ async function plantBase(mark: string, signed: boolean): Promise<string> {
   }
 }
 
+/** `pitr status --json` (a failure shows its stderr, not a JSON error). */
+async function statusJson(e = env) {
+  const r = await shinkei(["pitr", "status", "--json"], e);
+  expect(r).toSucceed();
+  return JSON.parse(r.stdout);
+}
+
+/** Written whole or not at all: the backup service reads these files while the tests change them. */
+async function writeAtomic(path: string, text: string) {
+  await writeFile(`${path}.test-tmp`, text);
+  await rename(`${path}.test-tmp`, path);
+}
+
 const timelineOf = (tl: number) => tl.toString(16).toUpperCase().padStart(8, "0");
 
 async function unplant(name: string) {
@@ -117,7 +143,7 @@ describe("a planted base backup", () => {
     const mark = join(markDir, "unsigned");
     const name = await plantBase(mark, false);
     try {
-      const status = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      const status = await statusJson();
       expect(status.baseBackups.map((b: { file: string }) => b.file)).toEqual([legit.file]);
       expect(status.problems.join("\n")).toContain(`base backup ${name} is not signed`);
       // The metrics and the status page read the same: one base backup, one file left out.
@@ -173,22 +199,70 @@ describe("WAL records", () => {
         ["altered", { ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 3_600_000).toISOString() }, "does not match its signature"],
         ["unsigned", { ...record, signature: undefined }, "is not signed"],
       ] as const) {
-        await writeFile(path, JSON.stringify(changed));
+        await writeAtomic(path, JSON.stringify(changed));
         const fetched = await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env);
         expect(fetched.code, variant).toBe(126);
         expect(fetched.stderr).toContain(`WAL segment ${legit.startSegment} ${expected}`);
         expect(await Bun.file(out).exists()).toBe(false);
-        const status = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+        const status = await statusJson();
         expect(status.problems.join("\n")).toContain(`left out of the window: WAL segment ${legit.startSegment} ${expected}`);
         // Without the base's first segment there is nothing to recover from.
         expect(status.window.earliest).toBeNull();
       }
     } finally {
-      await writeFile(path, original);
+      await writeAtomic(path, original);
       await rm(out, { force: true });
     }
     expect(await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env)).toSucceed();
     await rm(out, { force: true });
+  });
+});
+
+describe("off-site", () => {
+  test("from the bucket alone: a planted unsigned base is left out by name, and an altered WAL record is refused by wal-fetch and ends the window", async () => {
+    const store = walStore(loadConfig(env))!;
+    // A host that lost its local archive: the same keys and bucket, an empty BACKUP_DIR.
+    const empty = await tempDir("pitr-trust-empty");
+    const fresh = { ...env, BACKUP_DIR: empty };
+    const work = await tempDir("pitr-trust-bucket");
+    const name = "shinkei_base_29990101_000002.tar.gz";
+    const recordName = `${legit.startSegment}.json`;
+    const original = join(work, "original.json");
+    await store.get(recordName, original);
+    try {
+      // The planted base: any bytes, a manifest matching them, no signature.
+      const bytes = Buffer.from("planted");
+      await writeFile(join(work, name), bytes);
+      const { signature: _, encryption: __, ...rest } = legit;
+      await writeFile(join(work, "m.json"), JSON.stringify({ ...rest, file: name, format: "tar+gzip", sizeBytes: bytes.length, sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"), finishedAt: new Date(Date.parse(legit.finishedAt) + 2000).toISOString() }));
+      await store.put(name, join(work, name));
+      await store.put(`${name}.manifest.json`, join(work, "m.json"));
+      const planted = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], fresh);
+      expect(planted.stderr).toContain(`left out: base backup ${name} is not signed, and BACKUP_MANIFEST_KEY is set`);
+      expect(planted.stderr).toContain("(off-site copy)");
+      expect(planted).toSucceed();
+      expect(JSON.parse(planted.stdout).base).toBe(legit.file);
+
+      // The first segment's record, altered in the bucket.
+      const record = JSON.parse(await readFile(original, "utf8")) as WalRecord;
+      await writeFile(join(work, "altered.json"), JSON.stringify({ ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 60_000).toISOString() }));
+      await store.put(recordName, join(work, "altered.json"));
+      const out = join(work, "fetched");
+      const fetched = await shinkei(["pitr", "wal-fetch", legit.startSegment, out], fresh);
+      expect(fetched.code).toBe(126);
+      expect(fetched.stderr).toContain(`WAL segment ${legit.startSegment} does not match its signature`);
+      expect(await Bun.file(out).exists()).toBe(false);
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop"], fresh);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(`left out: WAL segment ${legit.startSegment} does not match its signature`);
+      expect(r.stderr).toContain("nothing to recover from");
+    } finally {
+      await store.put(recordName, original);
+      await store.remove(name).catch(() => {});
+      await store.remove(`${name}.manifest.json`).catch(() => {});
+      await rm(work, { recursive: true, force: true });
+      await rm(empty, { recursive: true, force: true });
+    }
   });
 });
 
@@ -199,7 +273,7 @@ describe("an archive written before signing", () => {
     const history = { base: await readFile(basePath, "utf8"), segment: await readFile(segment, "utf8") };
     const unsign = async (path: string) => {
       const { signature: _, ...rest } = JSON.parse(await readFile(path, "utf8"));
-      await writeFile(path, JSON.stringify(rest));
+      await writeAtomic(path, JSON.stringify(rest));
     };
     // A third record, unsigned and with a file that no longer matches it.
     const damagedName = "0000000100000000000000FF";
@@ -208,27 +282,28 @@ describe("an archive written before signing", () => {
       await unsign(basePath);
       await unsign(segment);
       const { signature: _, ...seg } = JSON.parse(history.segment) as WalRecord;
-      await writeFile(damaged, JSON.stringify({ ...seg, name: damagedName, file: `${damagedName}.gz.age` }));
+      await writeAtomic(damaged, JSON.stringify({ ...seg, name: damagedName, file: `${damagedName}.gz.age` }));
       await writeFile(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), "not the bytes it records");
-      const before = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      const before = await statusJson();
       expect(before.problems.join("\n")).toContain(`base backup ${legit.file} is not signed`);
       expect(before.problems.join("\n")).toContain(`WAL segment ${legit.startSegment} is not signed`);
       expect(before.window.earliest).toBeNull();
 
       const r = await shinkei(["pitr", "sign", "--json"], env);
+      expect(r.stderr).toBe("");
       expect(r.code).toBe(1); // the damaged one is named
       const out = JSON.parse(r.stdout);
       expect(out.signed).toEqual(expect.arrayContaining([legit.startSegment, legit.file]));
       expect(out.refused.map((x: { file: string }) => x.file)).toEqual([damagedName]);
-      const after = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      const after = await statusJson();
       expect(after.window.earliest).toBe(legit.finishedAt);
       expect(after.problems.join("\n")).not.toContain(legit.startSegment);
       expect(after.problems.join("\n")).toContain(`WAL segment ${damagedName} is not signed`);
       // Signed with this key, the records verify as the archiver's own do.
       expect(JSON.parse(await readFile(segment, "utf8")).signature).toBe(JSON.parse(history.segment).signature);
     } finally {
-      await writeFile(basePath, history.base);
-      await writeFile(segment, history.segment);
+      await writeAtomic(basePath, history.base);
+      await writeAtomic(segment, history.segment);
       await rm(damaged, { force: true });
       await rm(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), { force: true });
     }
