@@ -21,7 +21,7 @@ import { pruneWalLocal } from "../src/wal/prune.ts";
 import { archiveSource } from "../src/metrics/sources.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { statusView } from "../src/metrics/view.ts";
-import { archiveTrust } from "../src/wal/trust.ts";
+import { archiveTrust, describeUntrusted } from "../src/wal/trust.ts";
 
 // A real cluster, a real receiver and real recoveries through the compiled binary.
 setDefaultTimeout(180_000);
@@ -325,6 +325,12 @@ describe("--into-dir", () => {
       await rm(target, { recursive: true, force: true });
     }
   });
+});
+
+test("an archive signed too late is summed up, not listed a line per file", () => {
+  const many = Array.from({ length: 40 }, (_, i) => ({ file: `f${i}`, problem: `WAL segment f${i} is not signed` }));
+  expect(describeUntrusted(many)).toEqual([...many.slice(0, 5).map((u) => u.problem), "and 35 more file(s) left out (shinkei pitr status --json lists them)"]);
+  expect(describeUntrusted(many.slice(0, 2))).toEqual(["WAL segment f0 is not signed", "WAL segment f1 is not signed"]);
 });
 
 describe("a base backup's settings", () => {

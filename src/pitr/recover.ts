@@ -14,7 +14,7 @@ import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./targe
 import { chooseBase, recoverySources, type Window } from "./window.ts";
 import { restoreCommand, serveWal, type Served } from "./walserve.ts";
 import { scrubSettings } from "./settings.ts";
-import { archiveTrust } from "../wal/trust.ts";
+import { archiveTrust, describeUntrusted } from "../wal/trust.ts";
 
 export type Reached = {
   /** The last WAL position replayed, and the commit time of the last transaction replayed. */
@@ -124,7 +124,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   try {
     // Only what this host signed (and, where it encrypts, encrypted) is a candidate: anything else is named and left out.
     const { windows, bases, untrusted } = await recoverySources(config.backupDir, store, scratch, archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }));
-    for (const u of untrusted) step(`left out: ${u.problem}`);
+    for (const line of describeUntrusted(untrusted)) step(`left out: ${line}`);
     const { base, window } = chooseBase(target, windows, bases);
     const m = base.manifest;
 

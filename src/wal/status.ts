@@ -12,7 +12,7 @@ import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
 import { slotStatus, type SlotStatus } from "./slot.ts";
 import { serverInfo } from "./stream.ts";
-import { archiveTrust, type ArchiveTrust, type Untrusted } from "./trust.ts";
+import { archiveTrust, describeUntrusted, type ArchiveTrust, type Untrusted } from "./trust.ts";
 import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
 
 export type TimelineWindow = {
@@ -226,7 +226,7 @@ export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
     problems.push(`${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`);
   }
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
-  for (const u of s.untrusted) problems.push(`left out of the window: ${u.problem}`);
+  for (const line of describeUntrusted(s.untrusted)) problems.push(`left out of the window: ${line}`);
   for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
   return problems;
 }

@@ -21,6 +21,13 @@ export function archiveTrust(age: AgeConfig | undefined, allow: { unencrypted?: 
   };
 }
 
+/** At most `shown` of them, one line each, then how many more: an archive signed too late may leave out thousands. */
+export function describeUntrusted(untrusted: Untrusted[], shown = 5): string[] {
+  const lines = untrusted.slice(0, shown).map((u) => u.problem);
+  if (untrusted.length > shown) lines.push(`and ${untrusted.length - shown} more file(s) left out (shinkei pitr status --json lists them)`);
+  return lines;
+}
+
 /** Why `what` (signed over `parts`) cannot be used on this host, or null when it can. */
 export function trustProblem(what: string, record: { signature?: unknown; encrypted: boolean }, parts: unknown[], trust: ArchiveTrust): string | null {
   if (trust.key) {
