@@ -18,6 +18,7 @@ import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type Bas
 import { recordPath, walRoot, type WalRecord } from "../src/wal/archive.ts";
 import { scrubSettings } from "../src/pitr/settings.ts";
 import { pruneWalLocal } from "../src/wal/prune.ts";
+import { readInstanceFile } from "../src/pitr/instance.ts";
 import { archiveSource } from "../src/metrics/sources.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { statusView } from "../src/metrics/view.ts";
@@ -367,6 +368,25 @@ async function bounded(seconds: number, args: string[], env: Record<string, stri
 }
 
 describe("instance folders read as root", () => {
+  test("readInstanceFile: a regular file up to its cap, or its tail; never a link, a FIFO or a file past the cap", async () => {
+    const folder = await tempDir("pitr-trust-read");
+    try {
+      await writeFile(join(folder, "small"), "12345\n");
+      await writeFile(join(folder, "big"), "x".repeat(5000) + "END");
+      const { symlink } = await import("node:fs/promises");
+      await symlink(join(folder, "small"), join(folder, "link"));
+      expect(Bun.spawnSync(["mkfifo", join(folder, "fifo")]).exitCode).toBe(0);
+      expect(readInstanceFile(join(folder, "small"))).toBe("12345\n");
+      expect(readInstanceFile(join(folder, "big"), 1000)).toBeNull();
+      expect(readInstanceFile(join(folder, "big"), 10, { tail: true })).toBe("xxxxxxxEND");
+      expect(readInstanceFile(join(folder, "link"))).toBeNull();
+      expect(readInstanceFile(join(folder, "fifo"))).toBeNull();
+      expect(readInstanceFile(join(folder, "missing"))).toBeNull();
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
   test("a FIFO named postmaster.pid in a leftover instance folder does not hang pitr cleanup; the folder is removed", async () => {
     const root = join(scratchRoot, "shinkei-pitr-instance-fifo01");
     await mkdir(join(root, "data"), { recursive: true, mode: 0o700 });

@@ -46,7 +46,7 @@ export async function writeState(s: InstanceState): Promise<void> {
  * on it) or a huge file there. Opened without following links and without blocking, and read only
  * when it is a regular file of at most `cap` bytes; null otherwise.
  */
-export function readInstanceFile(path: string, cap = 64 * 1024): string | null {
+export function readInstanceFile(path: string, cap = 64 * 1024, options: { tail?: boolean } = {}): string | null {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -55,11 +55,13 @@ export function readInstanceFile(path: string, cap = 64 * 1024): string | null {
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile() || st.size > cap) return null;
-    const buf = Buffer.alloc(st.size);
+    if (!st.isFile() || (st.size > cap && !options.tail)) return null;
+    // `tail`: the last `cap` bytes of a longer file (the server's log, which its user may fill).
+    const from = Math.max(0, st.size - cap);
+    const buf = Buffer.alloc(st.size - from);
     let n = 0;
     while (n < buf.length) {
-      const got = readSync(fd, buf, n, buf.length - n, null);
+      const got = readSync(fd, buf, n, buf.length - n, from + n);
       if (got === 0) break;
       n += got;
     }

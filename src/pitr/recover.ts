@@ -1,5 +1,5 @@
 import { createReadStream } from "node:fs";
-import { lstat, mkdir, readFile, rename, stat } from "node:fs/promises";
+import { lstat, mkdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import type { Config } from "../config.ts";
@@ -9,7 +9,7 @@ import { pump } from "../backup/pgtools.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { freePort } from "../localdb.ts";
-import { createInstanceFolder, exec, readAsServer, removeDayOld, removeInstance, restoreClient, serverBinaries, serverEnv, startWatchdog, writeAsServer, writeState, type InstanceState } from "./instance.ts";
+import { createInstanceFolder, exec, readAsServer, readInstanceFile, removeDayOld, removeInstance, restoreClient, serverBinaries, serverEnv, startWatchdog, writeAsServer, writeState, type InstanceState } from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
 import { chooseBase, recoverySources, type Window } from "./window.ts";
 import { restoreCommand, serveWal, type Served } from "./walserve.ts";
@@ -69,8 +69,11 @@ async function sha256File(path: string): Promise<string> {
   return h.digest("hex");
 }
 
+/** The end of the server's log (its user writes it, and may make it huge: only the last MiB is read). */
+const logText = (path: string) => readInstanceFile(path, 1024 * 1024, { tail: true }) ?? "";
+
 async function logTail(path: string, lines = 12): Promise<string> {
-  return (await readFile(path, "utf8").catch(() => "")).trim().split("\n").slice(-lines).join("\n");
+  return logText(path).trim().split("\n").slice(-lines).join("\n");
 }
 
 /**
@@ -232,7 +235,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     await server.stop();
     server = undefined;
     const [r] = await sql<{ lsn: string | null; at: Date | null }[]>`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
-    const text = await readFile(log, "utf8").catch(() => "");
+    const text = logText(log);
     const stopped = /recovery stopping (?:before|after) [^\n]*/.exec(text)?.[0] ?? null;
     const reached: Reached = {
       lsn: r!.lsn,
