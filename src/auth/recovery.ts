@@ -177,7 +177,7 @@ export class AccountRecovery {
 
   async verifyEmail(input: { email: string; code: string }, client: ClientInfo = {}): Promise<{ verified: true }> {
     this.requireMail();
-    const { sql, throttle } = this.deps;
+    const { sql } = this.deps;
     const held = await this.reserve("verify", input.email, client);
     const now = this.now();
     const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "verify_email", now });
