@@ -30,7 +30,8 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.
 wal-fetch is for PostgreSQL's restore_command = 'shinkei pitr wal-fetch %f %p': it writes the
 archived WAL file NAME (from BACKUP_DIR, else the off-site copy) to TARGET after checking it
 against its record, and exits 1 when it has no such file; 126 (which makes PostgreSQL abort
-recovery rather than end it early) when the store is out of reach or a file is damaged.
+recovery rather than end it early) when the store is out of reach, a file is damaged, or its
+record may not be used on this host (see below).
 
 restore recovers a scratch PostgreSQL instance (same major version as the base backup, in a
 temporary folder, on a free 127.0.0.1 port) to TIME: an ISO time with its zone, a local time in
