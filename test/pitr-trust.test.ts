@@ -140,7 +140,7 @@ async function unplant(name: string) {
 }
 
 describe("a planted base backup", () => {
-  test("unsigned, newer, its manifest matching its bytes: pitr restore --to latest leaves it out by name and its command never runs", async () => {
+  test("unsigned, newer, its manifest matching its bytes: pitr restore --to latest and a drill leave it out by name and its command never runs", async () => {
     const mark = join(markDir, "unsigned");
     const name = await plantBase(mark, false);
     try {
@@ -161,6 +161,11 @@ describe("a planted base backup", () => {
       expect(r.stderr).toContain(`left out: base backup ${name} is not signed`);
       expect(r).toSucceed();
       expect(JSON.parse(r.stdout).base).toBe(legit.file);
+      expect(await Bun.file(mark).exists()).toBe(false);
+      // A drill would pick the newest base too: only our own.
+      const drill = await shinkei(["pitr", "drill", "--json"], env);
+      expect(drill).toSucceed();
+      expect(JSON.parse(drill.stdout)).toMatchObject({ passed: true, base: legit.file });
       expect(await Bun.file(mark).exists()).toBe(false);
     } finally {
       await unplant(name);
