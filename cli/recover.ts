@@ -2,6 +2,7 @@ import type { Command, Context } from "./command.ts";
 import { json, line } from "./output.ts";
 import { activity, typedConfirmation } from "./prompts.ts";
 import { previewJson, showAccounts, showApplied, showHistory, showPreview } from "./recover-view.ts";
+import { undoCommand } from "./guard.ts";
 import { refuseProduction } from "../src/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
@@ -165,7 +166,7 @@ async function recover(ctx: Context): Promise<number> {
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");
-      line(io, `undo with      shinkei backup --restore --backup-file ${run.safety.path}`);
+      line(io, `undo with      ${undoCommand(config, run.safety.path)}`);
       return 0;
     });
   } catch (e) {
