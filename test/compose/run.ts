@@ -311,14 +311,20 @@ async function walk(): Promise<void> {
   await runbook("docker exec shinkei-backup shinkei backup base");
   // As an operator reads it: the window opens once the WAL through the base backup's end has
   // arrived and been sealed (seconds); until then pitr status says "none".
+  // The app keeps writing meanwhile (as a live one does), so WAL after the base backup arrives.
   for (let i = 0; ; i++) {
     const r = await runbook("docker exec shinkei-backup shinkei pitr status");
     if (/^window\s+\d{4}-/m.test(r.out)) break;
     check(i < 30, `pitr status shows no window a minute after backup base:\n${r.out}`);
+    await api("/api/v1/auth/login", { email: "operator@example.com", password: "correct horse battery staple" });
     await Bun.sleep(2000);
   }
   const pitr = await runbook("docker exec shinkei-backup shinkei pitr restore --to latest --stop");
   check(/scratch instance stopped and removed/.test(pitr.out), `pitr restore did not stop its instance:\n${pitr.out}`);
+  const applied = await runbook("docker exec shinkei-backup shinkei pitr restore --to latest --apply --yes --confirm-database shinkei --allow-production");
+  check(/undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei --allow-production\s*$/m.test(applied.out), `pitr restore --apply printed no runnable undo line:\n${applied.out}`);
+  await ownedByApp();
+  check((await api("/api/v1/auth/login", { email: "operator@example.com", password: "correct horse battery staple" })).status === 200, "login after pitr restore --apply failed");
   await runbook("docker exec shinkei-backup shinkei pitr drill");
   await runbook("docker exec shinkei-backup shinkei backup drill");
   await runbook("docker exec shinkei-backup shinkei backup check");
