@@ -132,9 +132,15 @@ async function buildImages(): Promise<void> {
 // The project, as an operator has it: the repository's files (not node_modules, dist, backups).
 const project = join(work, "project");
 async function copyProject(): Promise<void> {
-  const files = (await must(["git", "ls-files", "-co", "--exclude-standard"], { cwd: root })).split("\n").filter((f) => f && existsSync(join(root, f)));
   await mkdir(project);
-  await must(["tar", "-C", root, "-c", "-T", "-", "-f", join(work, "project.tar")], { stdin: files.join("\n") });
+  const listed = await run(["git", "ls-files", "-co", "--exclude-standard"], { cwd: root });
+  if (listed.code === 0) {
+    const files = listed.out.split("\n").filter((f) => f && existsSync(join(root, f)));
+    await must(["tar", "-C", root, "-c", "-T", "-", "-f", join(work, "project.tar")], { stdin: files.join("\n") });
+  } else {
+    // Not a git checkout: everything but what git would ignore anyway.
+    await must(["tar", "-C", root, "-c", "-f", join(work, "project.tar"), "--exclude=./node_modules", "--exclude=./dist", "--exclude=./backups", "--exclude=./.git", "."]);
+  }
   await must(["tar", "-C", project, "-x", "-f", join(work, "project.tar")]);
   await rm(join(work, "project.tar"));
 }
