@@ -1,7 +1,7 @@
 import type { Context } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
-import type { Target } from "../src/db.ts";
+import { describeTarget, type Target } from "../src/db.ts";
 
 export const guardOptions = {
   "dry-run": { type: "boolean" },
@@ -25,4 +25,14 @@ export async function confirmDestructive(ctx: Context, target: Target, what: str
   for (const [i, phrase] of phrases.entries()) {
     await typedConfirmation(ctx.io, `${i === 0 ? `This will ${what}.` : "Again:"} Type ${phrase} to continue`, phrase);
   }
+}
+
+/**
+ * The command that puts a safety backup back, as printed after a destructive step: runnable as
+ * printed (unattended, so it names the database; in production it needs --allow-production too,
+ * which the operator just passed to get here).
+ */
+export function undoCommand(config: { databaseUrl: string; environment: string }, path: string): string {
+  const production = config.environment === "production" ? " --allow-production" : "";
+  return `shinkei backup --restore --backup-file ${path} --yes --confirm-database ${describeTarget(config.databaseUrl).database}${production}`;
 }

@@ -1,7 +1,7 @@
 import type { Context } from "./command.ts";
 import { line } from "./output.ts";
 import { note } from "./prompts.ts";
-import { confirmDestructive } from "./guard.ts";
+import { confirmDestructive, undoCommand } from "./guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
 import { migrationStatus, undoNewestMigration } from "../src/migrations/migrate.ts";
@@ -26,7 +26,7 @@ export async function runMigrateDown(ctx: Context): Promise<number> {
     const { safety, undone } = await undoNewestMigration({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, age: config.backup.age });
     line(io, `safety backup  ${safety.path} (verified)`);
     line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
-    line(io, `undo with      shinkei backup --restore --backup-file ${safety.path}`);
+    line(io, `undo with      ${undoCommand(config, safety.path)}`);
     return 0;
   }, ctx.flag("wait"));
 }

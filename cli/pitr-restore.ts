@@ -1,6 +1,6 @@
 import type { Context } from "./command.ts";
 import { json, line, table, warn } from "./output.ts";
-import { confirmDestructive } from "./guard.ts";
+import { confirmDestructive, undoCommand } from "./guard.ts";
 import { formatDuration } from "../src/duration.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
@@ -90,7 +90,7 @@ export async function pitrRestore(ctx: Context): Promise<number> {
       if (result.mismatches.length) throw new ShinkeiError("RESTORE_FAILED", `applied, but the live database differs from the recovered instance: ${result.mismatches.join("; ")}`);
       if (!asJson) {
         line(io, "every table's count and content digest match the recovered instance");
-        if (result.safety) line(io, `undo with      shinkei backup --restore --backup-file ${result.safety.path}`);
+        if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
       }
     }
   } finally {

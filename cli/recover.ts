@@ -185,7 +185,7 @@ async function recover(ctx: Context): Promise<number> {
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");
-      line(io, `undo with      shinkei recover --undo ${recordPath}`);
+      line(io, `undo with      shinkei recover --undo ${recordPath}${config.environment === "production" ? " --allow-production" : ""}`);
       return 0;
     });
   } catch (e) {

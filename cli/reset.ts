@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { line, table } from "./output.ts";
 import { activity, note } from "./prompts.ts";
-import { confirmDestructive, guardOptions } from "./guard.ts";
+import { confirmDestructive, guardOptions, undoCommand } from "./guard.ts";
 import { performReset, resetPhrases, resetPlan } from "../src/reset.ts";
 import { refuseProduction } from "../src/guard.ts";
 import { withMaintenanceLock } from "../src/backup/lock.ts";
@@ -49,7 +49,7 @@ Ctrl-C at any prompt exits 130 and a mistyped phrase exits 1; neither changes an
     spin.stop("reset done");
     line(io, `safety backup  ${result.safety.path} (verified)`);
     line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t]}`).join(", ")}`);
-    line(io, `undo with      shinkei backup --restore --backup-file ${result.safety.path}`);
+    line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
     return 0;
   },
 };

@@ -209,6 +209,16 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
 }
 
 /**
+ * Inside a transaction: a role that acts for the database's owner (a member of it, as the backup
+ * service's role is of the app's) creates what follows as that owner, so the app can use it
+ * afterwards, whichever of them migrated, reset or restored. A superuser or the owner itself is left
+ * as it is. Scoped to the transaction (set_config(..., true)), so the session's role is untouched.
+ */
+export const actAsDatabaseOwner = `SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true) FROM pg_catalog.pg_database d
+ WHERE d.datname = pg_catalog.current_database() AND pg_catalog.pg_get_userbyid(d.datdba) <> current_user
+   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER') AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);`;
+
+/**
  * Drop and recreate `public` with the server's stock owner and grants. Used inside a transaction
  * by restore and reset, so an emptied schema is never seen by anyone.
  */

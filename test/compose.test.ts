@@ -22,8 +22,36 @@ test("compose.yaml: the services, names, health checks and volumes the runbooks 
   expect(s.postgres!.volumes).toContain("pgdata:/var/lib/postgresql/data");
   expect(Object.keys(compose.volumes)).toContain("pgdata");
   for (const name of ["backend", "backup"]) expect(s[name]!.depends_on!.postgres!.condition).toBe("service_healthy");
-  expect(s.backup!.volumes).toContain("./backups:/backups");
+  expect(s.backup!.volumes).toContain("backups:/backups");
+  expect(s.backend!.volumes).toContain("backups:/backups:ro");
   expect(s.minio!.profiles).toEqual(["minio"]);
+});
+
+test("compose.yaml works with Compose v1 and v2 alike: no top-level name, the project named in .env, volumes named outright", async () => {
+  const text = await Bun.file(join(root, "compose.yaml")).text();
+  const compose = Bun.YAML.parse(text) as { name?: string; services: Record<string, Service & { init?: boolean; user?: string; ports?: string[] }>; volumes: Record<string, { name: string }> };
+  // docker-compose 1.29 refuses a top-level `name:`.
+  expect(compose.name).toBeUndefined();
+  const env = await Bun.file(join(root, ".env")).text();
+  expect(env).toMatch(/^COMPOSE_PROJECT_NAME=shinkei$/m);
+  // The committed .env holds no secret: only the project's name (and comments).
+  expect(env.split("\n").filter((l) => l.trim() && !l.startsWith("#"))).toEqual(["COMPOSE_PROJECT_NAME=shinkei"]);
+  expect(compose.volumes.pgdata!.name).toBe("shinkei_pgdata");
+  expect(compose.volumes.backups!.name).toBe("shinkei_backups");
+  const s = compose.services;
+  // PID 1 reaps (scratch recoveries start and stop servers), and both of ours run as the image's user.
+  for (const name of ["postgres", "backend", "backup"]) expect(s[name]!.init).toBe(true);
+  for (const name of ["backend", "backup"]) expect(s[name]!.user).toBeUndefined();
+  // Every published port is on loopback unless the operator says otherwise.
+  const ports = Object.values(s).flatMap((svc) => svc.ports ?? []);
+  expect(ports.length).toBeGreaterThan(3);
+  for (const p of ports) expect(withDefaults(p)).toStartWith("127.0.0.1:");
+  expect(withDefaults(s.backup!.ports!.join(" "))).toContain("127.0.0.1:9187:9187");
+  expect(s.backup!.environment!.METRICS_PORT).toBe("9187");
+  // A health check that reports within a minute.
+  const hc = s.backup!.healthcheck as { test: string[]; interval: string; start_period: string };
+  expect(hc.test).toEqual(["CMD", "shinkei", "backup", "check", "--live"]);
+  expect(parseInt(hc.interval)).toBeLessThanOrEqual(30);
 });
 
 test("compose.yaml runs only commands the binary accepts", async () => {
@@ -50,6 +78,12 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
   expect(compose).toContain("image: postgres:${PG_MAJOR:-17}");
   expect(compose).toContain("PG_MAJOR: ${PG_MAJOR:-17}");
   expect(docker).toContain("ARG PG_MAJOR=17");
+  // From the PostgreSQL repository by default, from Debian alone when asked; nothing but apt fetches.
+  expect(docker).toContain("ARG PG_SOURCE=pgdg");
+  expect(compose).toContain("PG_SOURCE: ${PG_SOURCE:-pgdg}");
+  expect(docker).not.toMatch(/\bcurl -|\bwget\b|gpg --dearmor/);
+  // No cluster made at install: the image's server binaries serve scratch recoveries only.
+  expect(docker).toContain("create_main_cluster = false");
 });
 
 /** What compose makes of `${VAR:-default}` when VAR is unset. */
@@ -145,6 +179,52 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const owners = await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p')`;
     expect(owners.map((r) => r.owner as string)).toEqual([appUser]);
+  } finally {
+    await db.drop();
+    await admin`drop role if exists ${admin(backupUser)}`;
+    await admin`drop role if exists ${admin(appUser)}`;
+    await admin.end();
+  }
+});
+
+test("whichever of the two roles migrates or resets, the app role owns every table; the backup role may mark restore points", async () => {
+  const db = await freshDatabase("initdb-race");
+  const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
+  const backupUser = `${appUser}_backup`;
+  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  const owners = async () => (await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = 'public' and c.relkind in ('r', 'p', 'S', 'v', 'm')`).map((r) => r.owner as string);
+  try {
+    const r = runInitScript(db.name, appUser);
+    expect(r.stderr.toString()).toBe("");
+    // Granted in the app's database (functions' privileges are per database), where drills run.
+    const [grant] = await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as backup,
+      has_function_privilege(${appUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as app`;
+    expect(grant).toEqual({ backup: true, app: false });
+    const asRole = (user: string) => {
+      const url = new URL(db.url);
+      url.username = user;
+      url.password = "";
+      return { DATABASE_URL: url.toString(), BACKUP_DIR: "" };
+    };
+    const backupEnv = { ...asRole(backupUser), BACKUP_DIR: await tempDir("race-backup") };
+    // The backup service won the race on a fresh volume: the tables are the app's all the same.
+    expect(await shinkei(["migrate"], backupEnv)).toSucceed();
+    expect(await owners()).toEqual([appUser]);
+    // The app (its own role) uses and migrates them.
+    const app = postgres(asRole(appUser).DATABASE_URL, { max: 1, onnotice: () => {} });
+    try {
+      await app`select count(*) from login_throttle`;
+    } finally {
+      await app.end();
+    }
+    expect(await shinkei(["status"], asRole(appUser))).toSucceed();
+    // A reset from the backup service's container rebuilds the schema as the app's too.
+    const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], backupEnv);
+    expect(reset.stderr).toBe("");
+    expect(reset).toSucceed();
+    expect(reset.stdout).toMatch(new RegExp(`undo with\\s+shinkei backup --restore --backup-file \\S+ --yes --confirm-database ${db.name}\n`));
+    expect(await owners()).toEqual([appUser]);
   } finally {
     await db.drop();
     await admin`drop role if exists ${admin(backupUser)}`;

@@ -11,7 +11,6 @@ const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
 
 /** Commands in the README's shell blocks that cannot run here, and why. */
 const notRunnableHere: Record<string, string> = {
-  "docker exec shinkei-backup shinkei backup --list": "needs a Docker engine, which this machine has not; the same command runs below without docker",
   "shinkei backup base": "needs a replication connection, which the shared test server refuses; test/pitr.test.ts runs it on a cluster of its own",
 };
 

@@ -9,6 +9,7 @@ import { ShinkeiError } from "../../src/errors.ts";
 
 export async function check(ctx: Context): Promise<number> {
   const { io, config } = ctx;
+  if (ctx.flag("live")) return live(ctx);
   const pitr = config.wal.archive === "stream" ? await pitrStatus(ctx.db, config) : null;
   if (pitr) assertPitrHealthy(pitr, config.wal.maxLagMs);
   const pitrDrill = await pitrDrillProblem(config);
@@ -23,5 +24,26 @@ export async function check(ctx: Context): Promise<number> {
   if (f.drill) line(io, `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge!)} ago (limit ${formatDuration(config.backup.drillMaxAgeMs)})`);
   else line(io, "- drills not checked here: the backup is encrypted and this host holds no key to open it");
   if (pitr) line(io, `✔ point-in-time window ${pitr.window.earliest} .. ${pitr.window.latest}, WAL lag ${formatBytes(pitr.receiver.lagBytes)} (limit ${formatDuration(config.wal.maxLagMs)}), no gaps`);
+  return 0;
+}
+
+/**
+ * The backup service's container health: is it doing its job right now (the database answers, and
+ * with WAL_ARCHIVE=stream the receiver is connected through a slot the server still honours)?
+ * A fresh install passes within seconds; whether backups, base backups and drills are recent
+ * enough is the full check's question, for a monitor (a container marked unhealthy for the days
+ * before its first scheduled drill would only teach people to ignore the mark).
+ */
+async function live(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  await ctx.db`select 1`;
+  if (config.wal.archive !== "stream") return line(io, "✔ the database answers"), 0;
+  const s = await pitrStatus(ctx.db, config);
+  const problems: string[] = [];
+  if (!s.receiver.connected) problems.push("the WAL receiver is not connected");
+  if (s.slotName && !s.slot) problems.push(`replication slot "${s.slotName}" does not exist`);
+  if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved")) problems.push(`replication slot "${s.slot.name}" is ${s.slot.walStatus}`);
+  if (problems.length) throw new ShinkeiError("PITR_AT_RISK", problems.join("; "), { hint: "See shinkei pitr status, and the backup service's log (wal receiver lines)." });
+  line(io, `✔ the database answers; WAL receiver streaming, flushed ${s.receiver.flushLsn ?? "-"}`);
   return 0;
 }

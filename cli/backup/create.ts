@@ -41,7 +41,7 @@ export async function create(ctx: Context): Promise<number> {
     line(io, `size      ${formatBytes(m.sizeBytes)} in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
     line(io, `rows      ${mainTables.map((t) => `${t} ${m.counts[t] ?? 0}`).join(", ")}`);
     if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site   ${offsite}`);
-    line(io, `restore   shinkei backup --restore --backup-file ${result.path}`);
+    line(io, `restore   shinkei backup --restore --backup-file ${result.path}${config.environment === "production" ? " --allow-production" : ""}`);
     return 0;
   } catch (e) {
     spin.fail("backup failed");

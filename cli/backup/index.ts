@@ -28,6 +28,9 @@ export const backupCommand: Command = {
                                           with WAL_ARCHIVE=stream also when the WAL archive lags more than
                                           PITR_MAX_LAG, the slot is lost or unreserved, or WAL after the
                                           newest base backup has a gap (see shinkei pitr status)
+  shinkei backup check --live             the service's health now: the database answers and, with
+                                          WAL_ARCHIVE=stream, the WAL receiver is connected (its slot
+                                          not lost); the container's health check
   shinkei backup drill [F]                restore F (default the newest) into a scratch database and
                                           compare every table's count and content with the manifest
   shinkei backup keygen [--output FILE]   write a new age private key (mode 0600, never overwriting;
@@ -50,6 +53,7 @@ Options:
   --all                 with verify: every backup in BACKUP_DIR
   --dry-run             with prune: show what would be deleted, delete nothing
   --output FILE         with keygen: where to write the private key
+  --live                with check: only whether the service works now (see above)
   --json                machine-readable output
   -h, --help            show this help
 
@@ -72,6 +76,7 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
     "dry-run": { type: "boolean" },
     output: { type: "string" },
     json: { type: "boolean" },
+    live: { type: "boolean" },
   },
   subcommands: ["list", "restore", "verify", "prune", "check", "drill", "keygen", "base"],
   needsDatabase: (positionals) => positionals[0] !== "keygen",

@@ -1,7 +1,7 @@
 import type { Context } from "../command.ts";
 import { line, table, warn } from "../output.ts";
 import { activity, note } from "../prompts.ts";
-import { confirmDestructive } from "../guard.ts";
+import { confirmDestructive, undoCommand } from "../guard.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../../src/guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/db.ts";
@@ -76,7 +76,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       throw new ShinkeiError("RESTORE_FAILED", `restored, but counts differ from the manifest: ${result.mismatches.join("; ")}`);
     }
     if (verification.manifest) line(io, "counts match the manifest");
-    if (result.safety) line(io, `undo with      shinkei backup --restore --backup-file ${result.safety.path} --yes --confirm-database ${target.database}`);
+    if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
     return 0;
   }, ctx.flag("wait"));
 }

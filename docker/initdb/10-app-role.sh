@@ -4,8 +4,8 @@
 # restore it) and may create databases (for restore drills), but it is no superuser, so a hole in
 # the app cannot reach other databases, roles or the server's files. The backup service connects as
 # POSTGRES_BACKUP_USER: a member of the app role with the same rights, plus REPLICATION for the WAL
-# stream and base backups, and pg_read_all_stats to see how far the receiver trails, which the app
-# itself never needs.
+# stream and base backups, pg_read_all_stats to see how far the receiver trails, and
+# pg_create_restore_point for point-in-time drills, which the app itself never needs.
 # Safe to run again, e.g. for a volume made before this script existed:
 #   docker compose exec -T postgres bash /docker-entrypoint-initdb.d/10-app-role.sh
 # which also hands the tables an earlier setup created as the superuser over to the app role.
@@ -27,6 +27,8 @@ select format('grant %I to %I', :'app_user', :'backup_user')
 -- The receiver's position and lag (pg_stat_replication) are hidden from a role without it.
 select format('grant pg_read_all_stats to %I', :'backup_user')
   where not pg_has_role(:'backup_user', 'pg_read_all_stats', 'MEMBER') \gexec
+-- pitr drill marks its target with a named restore point; the function is the superuser's unless granted.
+select format('grant execute on function pg_catalog.pg_create_restore_point(text) to %I', :'backup_user') \gexec
 select format('grant all on schema public to %I', :'app_user') \gexec
 -- Tables, views and free-standing sequences already in public (a volume from before this script).
 -- Sequences of serial and identity columns follow their table.

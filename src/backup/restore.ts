@@ -1,4 +1,4 @@
-import { connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../db.ts";
+import { actAsDatabaseOwner, connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../state.ts";
 import type { BackupResult } from "./dump.ts";
@@ -71,11 +71,8 @@ CREATE TABLE ${table} (x int);
 CREATE CONSTRAINT TRIGGER shinkei_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_guard_${id}();
 ALTER TABLE ${table} ENABLE ALWAYS TRIGGER shinkei_guard;
 INSERT INTO ${table} VALUES (1);
--- A role that restores on behalf of the database's owner (a member of it, as the backup service's
--- role is of the app's) creates what it restores as that owner, so the app can use it afterwards.
-SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true) FROM pg_catalog.pg_database d
- WHERE d.datname = pg_catalog.current_database() AND pg_catalog.pg_get_userbyid(d.datdba) <> current_user
-   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER') AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);
+-- A role that restores on behalf of the database's owner creates what it restores as that owner.
+${actAsDatabaseOwner}
 DO $shinkei$
 DECLARE s text;
 BEGIN

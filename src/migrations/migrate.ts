@@ -1,5 +1,5 @@
 import { ShinkeiError } from "../errors.ts";
-import { recreatePublicSchema, type Queryable, type Sql } from "../db.ts";
+import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../db.ts";
 import { withMaintenanceLock } from "../backup/lock.ts";
 import { takeSafetyBackup } from "../backup/safety.ts";
 import type { BackupResult } from "../backup/dump.ts";
@@ -80,11 +80,18 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
     sql,
     "migration",
     async () => {
-      await sql.unsafe(migrationsTable);
+      // As the database's owner, whoever runs it: the backend (the app role) and the backup service
+      // (a member of it) both migrate on start, and whichever comes first must leave tables the other
+      // may use (a schema owned by the backup role locks the app out of its own tables).
+      await sql.begin(async (tx) => {
+        await tx.unsafe(actAsDatabaseOwner);
+        await tx.unsafe(migrationsTable);
+      });
       const { pending } = plan(await readApplied(sql), list);
       for (const m of pending) {
         try {
           await sql.begin(async (tx) => {
+            await tx.unsafe(actAsDatabaseOwner);
             await tx.unsafe(m.up);
             await tx`insert into schema_migrations (version, name, checksum) values (${m.version}, ${m.name}, ${checksum(m.up)})`;
           });
@@ -122,6 +129,7 @@ export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled
     throw new ShinkeiError("MIGRATION_IRREVERSIBLE", `migration ${m.version} (${m.name}) has no down step`);
   }
   await sql.begin(async (tx) => {
+    await tx.unsafe(actAsDatabaseOwner);
     await tx.unsafe(m.down!);
     await tx`delete from schema_migrations where version = ${m.version}`;
   });
@@ -134,6 +142,8 @@ export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled
  */
 export async function rebuildSchema(tx: Queryable, list: readonly Migration[] = bundled): Promise<void> {
   const [server] = await tx`select current_setting('server_version_num')::int as num`;
+  // A reset run by the backup service's role leaves the app's tables to the app (see migrate).
+  await tx.unsafe(actAsDatabaseOwner);
   await tx.unsafe(recreatePublicSchema(server!.num));
   await tx.unsafe(migrationsTable);
   for (const m of list) {

@@ -253,7 +253,16 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     } else {
       // Loopback with a password of its own: other local users cannot read the recovered data.
       const password = Buffer.from(crypto.getRandomValues(new Uint8Array(18))).toString("base64url");
-      await sql.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
+      // Set by the instance's bootstrap superuser (over the socket, which our pg_hba trusts): the
+      // role we recover as may not alter itself (PostgreSQL before 16 refuses that to a REPLICATION
+      // role that is no superuser, such as the backup service's).
+      const [boot] = await sql<{ name: string }[]>`select rolname as name from pg_catalog.pg_roles where oid = 10`;
+      const su = postgres({ path: join(socketDir, `.s.PGSQL.${instance.port}`), user: boot!.name, database: who.database, max: 1, onnotice: () => {}, connect_timeout: 5 });
+      try {
+        await su.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
+      } finally {
+        await su.end({ timeout: 2 });
+      }
       url = `postgres://${encodeURIComponent(who.user)}:${password}@127.0.0.1:${instance.port}/${encodeURIComponent(who.database)}`;
     }
     instance.url = url ?? undefined;
