@@ -1,6 +1,6 @@
 // PostgreSQL's own parser (libpg-query, compiled to WebAssembly). Its JavaScript entry point
 // looks for the .wasm beside itself, which a compiled binary does not have: the module is
-// embedded here as a file and handed over as bytes, so the parser works the same from source
+// embedded here as a file and instantiated from its bytes, so the parser works the same from source
 // and from dist/shinkei.
 // @ts-ignore -- the emscripten loader ships without types
 import PgQueryModule from "libpg-query/wasm/libpg-query.js";
@@ -25,7 +25,15 @@ let module: Module | undefined;
 let loading: Promise<Module> | undefined;
 
 export async function loadGrammar(): Promise<void> {
-  loading ??= (async () => (module = (await PgQueryModule({ wasmBinary: await Bun.file(wasmPath).bytes() })) as Module))();
+  loading ??= (async () => {
+    const bytes = await Bun.file(wasmPath).bytes();
+    // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this build).
+    const instantiateWasm = (imports: Record<string, Record<string, unknown>>, done: (instance: WebAssembly.Instance) => void) => {
+      WebAssembly.instantiate(bytes, imports as never).then((r) => done(r.instance));
+      return {};
+    };
+    return (module = (await PgQueryModule({ instantiateWasm })) as Module);
+  })();
   await loading;
 }
 
