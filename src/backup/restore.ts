@@ -164,6 +164,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
   };
   let conn: postgres.ReservedSql;
   let copy: Writable | undefined;
+  let copyError: Error | undefined;
   let statement = 0; // the statement being run, for the error
   try {
     await sql`select 1`; // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
@@ -192,12 +193,37 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
         statement++;
         // The judge's own text: the only thing ever sent where the server would run several statements.
         const query = run(text, false);
+        // An error the server sends after the COPY's end reaches only this (already settled)
+        // query's reject: keep it, to report the server's own words.
+        const reject = (query as unknown as { reject: (e: Error) => void }).reject;
+        (query as unknown as { reject: (e: Error) => void }).reject = (e) => {
+          copyError = e;
+          reject(e);
+        };
         copy = (await query.writable()) as unknown as Writable;
         copy.on("error", () => {}); // reported by finished() or the next write
         query.catch(() => {}); // its failure is the stream's: a COPY cut short must not surface twice
       } else {
-        copy!.end();
-        await finishedStream(copy!);
+        // postgres.js settles the stream only on the COPY's success, or on an error that comes
+        // before its end: an error that comes after (the server reads COPY data in blocks) would
+        // leave it waiting forever. A query queued behind the COPY (once the stream has handed
+        // the end to the server: before, postgres.js refuses it) settles either way.
+        const ending = copy!;
+        const ended = new Promise<void>((resolve) => {
+          const final = (ending as any)._final;
+          (ending as any)._final = (callback: (e?: Error) => void) => {
+            final.call(ending, callback);
+            resolve();
+          };
+        });
+        ending.end();
+        await Promise.race([ended, finishedStream(ending)]);
+        const probe = run("SELECT 1").then(() => finishedStream(copy!), (e: Error) => {
+          throw new ShinkeiError("RESTORE_FAILED", `the restore failed and was rolled back: statement ${statement}: ${(copyError ?? e).message}`, { cause: copyError ?? e });
+        });
+        probe.catch(() => {});
+        await Promise.race([finishedStream(copy!), probe]);
+        await probe;
         copy = undefined;
       }
     }
