@@ -529,7 +529,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await sql`insert into worlds (owner_id, name) values (${bob!.id}, 'made after the moment')`;
     await flushed(await insertLsn());
 
-    const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes"], env);
+    const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"], env);
     expect(r.stderr).not.toContain("✖");
     expect(r).toSucceed();
     expect(await aliceRows()).toEqual(kept);
@@ -544,7 +544,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await Bun.sleep(300);
     await sql`delete from worlds where name = 'made after the moment'`;
     await flushed(await insertLsn());
-    const p = Bun.spawn([binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" });
+    const p = Bun.spawn([binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" });
     await until("the scratch instance", async () => (await leftovers()).length === 1, 30_000);
     p.kill("SIGTERM");
     const exited = await Promise.race([p.exited, Bun.sleep(30_000).then(() => "still running")]);

@@ -88,7 +88,7 @@ describe("recover one user's rows", () => {
     const sessions = await db.sql`select * from sessions order by id`;
     expect((await digest(db.sql, "alice@example.com")).rows).toBe(alice.rows - 9);
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes", "--confirm-database", db.name], env);
     expect(r.stderr).toBe("");
     expect(r).toSucceed();
     expect(r.stdout).toContain("users -> worlds  (worlds.owner_id references users.id)");
@@ -112,7 +112,7 @@ describe("recover one user's rows", () => {
     expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(/alice@example\.com .* worlds 1, stories 2, story_beats 6/);
 
     // Again: nothing is missing now, and `latest` is not the safety copy just taken.
-    const again = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const again = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(again).toSucceed();
     expect(again.stdout).toContain("nothing to recover");
   });
@@ -130,13 +130,13 @@ describe("recover one user's rows", () => {
     expect(beats.counts).toEqual({ missing: 1, changed: 1, createdSince: 1, same: 10 });
     expect(beats.changed[0].columns).toEqual(["content"]);
 
-    const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(plain).toSucceed();
     expect((await aliceBeat(db.sql, "story 1", 2))!.content).toBe("beat 2");
     expect((await aliceBeat(db.sql, "story 1", 1))!.content).toBe("edited after the backup");
     expect(plain.stdout).toContain("kept (changed) story_beats 1");
 
-    const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes"], env);
+    const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name], env);
     expect(revert).toSucceed();
     expect(revert.stdout).toContain("reverted       story_beats 1");
     expect(await aliceBeat(db.sql, "story 1", 1)).toEqual(original);
@@ -152,7 +152,7 @@ describe("recover one user's rows", () => {
       await db.sql`insert into story_beats (story_id, position, content) values (${b!.story_id}, ${b!.position}, 'a different beat')`;
     }
     const before = await snapshot(db.sql);
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("2 conflicts: conflict while restoring missing rows of story_beats");
     for (const b of gone) expect(r.stderr).toContain(`Key (story_id, "position")=(${b!.story_id}, ${b!.position}) already exists`);
@@ -185,14 +185,14 @@ describe("recover one user's rows", () => {
   test("an unknown email, a bad id, or --at: clear errors, nothing changed", async () => {
     await takeBackup(env);
     const before = await snapshot(db.sql);
-    const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/no account nobody@example\.com in shinkei_backup_\S+ nor in the live database/);
     const unknownId = crypto.randomUUID();
-    const byId = await shinkei(["recover", "--user-id", unknownId, "--yes"], env);
+    const byId = await shinkei(["recover", "--user-id", unknownId, "--yes", "--confirm-database", db.name], env);
     expect(byId.code).toBe(1);
     expect(byId.stderr).toContain(`no user ${unknownId} in shinkei_backup_`);
-    const id = await shinkei(["recover", "--world", "42", "--yes"], env);
+    const id = await shinkei(["recover", "--world", "42", "--yes", "--confirm-database", db.name], env);
     expect(id.code).toBe(2);
     expect(id.stderr).toContain('--world needs an id (a UUID), not "42"');
     const at = await shinkei(["recover", "--user", "alice@example.com", "--at", "2026-01-01T10:00:00Z"], env);
@@ -200,7 +200,7 @@ describe("recover one user's rows", () => {
     expect(at.stderr).toContain("needs the WAL archive (WAL_ARCHIVE=stream)");
     const unattended = await shinkei(["recover", "--user", "alice@example.com"], env);
     expect(unattended.code).toBe(1);
-    expect(unattended.stderr).toContain("pass --yes in scripts");
+    expect(unattended.stderr).toContain(`pass --yes --confirm-database ${db.name} to run it unattended`);
     expect(await snapshot(db.sql)).toEqual(before);
     expect(await scratchDatabases()).toEqual([]);
   });
@@ -214,14 +214,14 @@ describe("recover one user's rows", () => {
       const account = { email: "alice@example.com", password: "a brand new password", name: "Alice again" };
       expect((await server.api("/api/v1/auth/register", { method: "POST", json: account })).status).toBe(201);
 
-      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(refused.code).toBe(1);
       expect(refused.stderr).toContain("now belongs to a different, newer account");
       expect(refused.stderr).toContain("--into-current-account");
       expect(refused.stdout).toMatch(/in the backup: \S+  alice@example\.com  "alice" .* owns worlds 2, stories 4, story_beats 12/);
       expect(refused.stdout).toMatch(/now: +\S+  alice@example\.com  "Alice again" .* owns worlds 0, stories 0, story_beats 0/);
 
-      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes"], env);
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes", "--confirm-database", db.name], env);
       expect(r.stderr).toBe("");
       expect(r).toSucceed();
       expect(r.stdout).toContain("restored       worlds 2, stories 4, story_beats 12");
@@ -250,12 +250,12 @@ describe("recover one user's rows", () => {
     const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
     const [w] = await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
 
-    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name], env);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("owns data (worlds 1): --restore-account removes only an empty account");
     await db.sql`delete from worlds where id = ${w!.id}`;
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     expect(r.stdout).toContain(`removed        the new, empty account ${fresh!.id}`);
     expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([old!.id]);
@@ -275,7 +275,7 @@ describe("recover one user's rows", () => {
       create trigger gate before insert on story_beats for each statement execute function gate();`);
     const holder = await db.sql.reserve();
     await holder`select pg_advisory_lock(4242)`;
-    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
     const waiting = async () => (await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`).map((r) => r.pid);
     for (let i = 0; i < 400 && (await waiting()).length === 0; i++) await Bun.sleep(50);
     const [pid] = await waiting();
@@ -295,7 +295,7 @@ describe("recover one user's rows", () => {
     const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
     await a`create database ${a(lookalike)}`;
     try {
-      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(r).toSucceed();
       expect(await scratchDatabases()).toEqual([]);
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
@@ -322,7 +322,7 @@ describe("recover one user's rows", () => {
       where w.name = 'alice@example.com world 1' or (w.name = 'alice@example.com world 2' and s.title = 'story 1'))`;
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     expect(r.stdout).toContain("story_beats -> beat_notes  (beat_notes.beat_id references story_beats.id)");
     expect(r.stdout).toMatch(/^beat_notes\s+9\s+0\s+0\s+3$/m);
@@ -340,13 +340,13 @@ describe("recover one user's rows", () => {
       for (const name of await readdir(env.BACKUP_DIR!)) await Bun.file(join(env.BACKUP_DIR!, name)).delete();
       for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
 
-      const r = await shinkei(["recover", "--world", w1!.id, "--yes"], offsite);
+      const r = await shinkei(["recover", "--world", w1!.id, "--yes", "--confirm-database", db.name], offsite);
       expect(r.stderr).toBe("");
       expect(r).toSucceed();
       expect(r.stdout).toContain(`scope      world ${w1!.id} (owner alice@example.com)`);
       expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
       expect((await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`).map((x) => x.name)).toEqual(["alice@example.com world 1"]);
-      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes"], offsite);
+      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], offsite);
       expect(both).toSucceed();
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
     } finally {
@@ -360,7 +360,7 @@ describe("recover one user's rows", () => {
     const before = await snapshot(db.sql);
     // From the moment the scratch database exists: connecting, BEGIN, the statements before the sleep.
     for (const delay of [0, 10, 20, 30, 40, 60, 100]) {
-      const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env, stdout: "ignore", stderr: "ignore" });
+      const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], { env, stdout: "ignore", stderr: "ignore" });
       for (let i = 0; i < 400 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(10);
       expect((await scratchDatabases()).length).toBe(1);
       await Bun.sleep(delay);

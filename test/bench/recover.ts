@@ -34,7 +34,7 @@ export async function benchRecover(o: { bin: string; url: string; dir: string; s
       });
       const p = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--dry-run", "--json"], { env });
       preview.push(p.ms);
-      const a = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--yes", "--json"], { env });
+      const a = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--yes", "--confirm-database", new URL(o.url).pathname.slice(1), "--json"], { env });
       const out = JSON.parse(a.stdout) as { loadMs: number; applyMs: number };
       total.push(a.ms);
       apply.push(out.applyMs);
