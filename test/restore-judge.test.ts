@@ -5,7 +5,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
-import { shinkei } from "./support/cli.ts";
+import { shinkei, takeBackup } from "./support/cli.ts";
 import { stockDump } from "./support/backup.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { connect } from "../src/db.ts";
@@ -112,6 +112,39 @@ describe("the review's reproductions (issue 23)", () => {
       expect(await fingerprint()).toEqual(before);
       expect(existsSync(mark)).toBe(false);
     }
+  });
+
+  test("backup drill and recover --from --dry-run judge the file the same way: the hidden part runs nowhere", async () => {
+    const env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+    const file = await takeBackup(env);
+    // A backup of ours, edited, its manifest's checksum made to match (no BACKUP_MANIFEST_KEY here).
+    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
+    const at = sql.lastIndexOf("--\n-- PostgreSQL database dump complete");
+    const hidden = "COPY public.worlds FROM stdin -- x\r; ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1\n;\n\\.\n";
+    const edited = Bun.gzipSync(enc.encode(sql.slice(0, at) + hidden + sql.slice(at)));
+    await Bun.write(file, edited);
+    const manifest = await Bun.file(`${file}.manifest.json`).json();
+    manifest.sizeBytes = edited.length;
+    manifest.sha256 = new Bun.CryptoHasher("sha256").update(edited).digest("hex");
+    await Bun.write(`${file}.manifest.json`, JSON.stringify(manifest, null, 2));
+    const before = await fingerprint();
+    const drill = await shinkei(["backup", "drill", file], env);
+    expect(drill.code).toBe(1);
+    expect(drill.stdout + drill.stderr).toContain("the file contains");
+    const recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
+    expect(recover.code).toBe(1);
+    expect(recover.stderr).toContain("the file contains");
+    expect(await fingerprint()).toEqual(before);
+  });
+
+  test("recover --yes needs --confirm-database, as restore does", async () => {
+    const env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
+    const r = await shinkei(["recover", "--user", "nobody@example.com", "--from", "latest", "--yes"], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`pass --yes --confirm-database ${db.name} to run it unattended`);
+    const wrong = await shinkei(["recover", "--user", "nobody@example.com", "--from", "latest", "--yes", "--confirm-database", "other"], env);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain("does not name the target database");
   });
 
   test("standard_conforming_strings = off cannot make a COPY option hide statements", async () => {
