@@ -131,7 +131,13 @@ describe("the review's reproductions (issue 23)", () => {
     const drill = await shinkei(["backup", "drill", file], env);
     expect(drill.code).toBe(1);
     expect(drill.stdout + drill.stderr).toContain("the file contains");
-    const recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
+    // Scratch databases are made one at a time per server, and other test files make them too:
+    // a run that found the server's scratch lock taken (exit 75) is tried again.
+    let recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
+    for (let i = 0; i < 20 && recover.code === 75; i++) {
+      await Bun.sleep(500);
+      recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
+    }
     expect(recover.code).toBe(1);
     expect(recover.stderr).toContain("the file contains");
     expect(await fingerprint()).toEqual(before);
@@ -243,7 +249,7 @@ ${CLOSING}`);
     const before = await fingerprint();
     const r = await restoreAs(db.url, file);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("public.kept holds 0 rows, the file sent 2");
+    expect(r.stderr).toContain("kept holds 0 rows, the file sent 2");
     expect(await fingerprint()).toEqual(before);
   });
 });

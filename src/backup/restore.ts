@@ -108,7 +108,12 @@ function fromArchive(source: ReadableStream<Uint8Array>, env: Record<string, str
 }
 
 /** What a load sent and checked: the rows each COPY target was sent (and now holds). */
-export type LoadResult = { statements: number; copied: Record<string, number> };
+export type LoadResult = {
+  statements: number;
+  copied: Record<string, number>;
+  /** Every table's row count (tableCounts' keys), read in the restore's transaction before COMMIT. */
+  counts: Record<string, number>;
+};
 
 /**
  * Load the file's SQL in ONE transaction that only this function ends. The whole file is judged
@@ -228,11 +233,11 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
       }
     }
     statement = 0;
-    await checkLoaded(conn, id, before, judged);
+    const counts = await checkLoaded(conn, id, before, judged);
     await options.lock?.assertHeld();
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("COMMIT", false);
-    return { statements: judged.statements, copied: Object.fromEntries([...judged.copied].map(([k, v]) => [k, v.rows])) };
+    return { statements: judged.statements, copied: Object.fromEntries([...judged.copied].map(([k, v]) => [k, v.rows])), counts };
   } catch (error) {
     // A COPY still open holds the connection in the COPY protocol: end the connection instead
     // (the server rolls the transaction back) rather than writing a ROLLBACK into it.
@@ -275,7 +280,7 @@ async function watched(conn: postgres.ReservedSql, id: string) {
  * the file did not define (relations, functions, triggers, event triggers) appeared. Code the
  * file defines (a trigger, a default) runs during the load: this is what catches its side effects.
  */
-async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Awaited<ReturnType<typeof watched>>, judged: Judged) {
+async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Awaited<ReturnType<typeof watched>>, judged: Judged): Promise<Record<string, number>> {
   const fail = (what: string): never => {
     throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, { hint: "Nothing was changed: the check runs before the restore commits." });
   };
@@ -314,23 +319,33 @@ async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Await
   const extraTrigs = trigs.filter((t) => !judged.triggers.has(`${t.rel}/${t.name}`));
   if (extraTrigs.length) fail(`triggers the file does not define appeared: ${extraTrigs.slice(0, 5).map((t) => `${t.name} on ${t.rel}`).join(", ")}`);
 
+  // Every table's count (what the restore reports, so it is not counted twice), then each COPY
+  // target against the rows sent.
+  const counts = await tableCounts(conn);
   const targets = [...judged.copied.values()];
-  if (targets.length === 0) return;
+  if (targets.length === 0) return counts;
   const names = targets.map((t) => (t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`));
-  const resolved = await conn.unsafe<{ q: string | null; kind: string | null }[]>(names.map((name, i) =>
-    `select ${i} as i, r::text as q, (select c.relkind::text from pg_catalog.pg_class c where c.oid = r) as kind from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r`,
+  const resolved = await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(names.map((name, i) =>
+    `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
+            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r) as own
+       from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
+       left join pg_catalog.pg_class c on c.oid = r left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
   ).join(" union all ") + " order by i");
-  const parts = resolved.map((r, i) => {
-    if (!r.q) fail(`the table ${targets[i]!.schema}.${targets[i]!.name} that a COPY filled is gone`);
-    // Only this table's own rows (an inheritance parent's count would include its children's),
-    // unless it is partitioned: its rows are its partitions'.
-    return `select ${i} as i, count(*)::int8 as n from ${r.kind === "p" ? "" : "only "}${r.q}`;
-  });
-  const counts = await conn.unsafe<{ i: number; n: string }[]>(parts.join(" union all "));
-  for (const { i, n } of counts) {
+  const direct: string[] = [];
+  const found = resolved.map((r, i) => {
     const t = targets[i]!;
-    if (Number(n) !== t.rows) fail(`${t.schema === "*" ? "" : `${t.schema}.`}${t.name} holds ${n} rows, the file sent ${t.rows}`);
-  }
+    if (!r.q) fail(`the table ${t.schema === "*" ? "" : `${t.schema}.`}${t.name} that a COPY filled is gone`);
+    const key = r.schema === "public" ? r.name : `${r.schema}.${r.name}`;
+    // An inheritance parent's count includes its children's rows, and an extension's table is not
+    // among the counted: these are counted on their own.
+    if (r.own || counts[key] === undefined) direct.push(`select ${i} as i, count(*)::int8 as n from ${r.own ? "only " : ""}${r.q}`);
+    return { key, n: counts[key] };
+  });
+  if (direct.length) for (const { i, n } of await conn.unsafe<{ i: number; n: string }[]>(direct.join(" union all "))) found[i]!.n = Number(n);
+  found.forEach(({ key, n }, i) => {
+    if (n !== targets[i]!.rows) fail(`${key} holds ${n} rows, the file sent ${targets[i]!.rows}`);
+  });
+  return counts;
 }
 
 function quoteIdent(name: string): string {
@@ -407,14 +422,15 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
 
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
+  let counts: Record<string, number>;
   try {
-    await load(url, source, verification.format, server!.num, { env, lock: options.lock });
+    ({ counts } = await load(url, source, verification.format, server!.num, { env, lock: options.lock, spoolDir: options.dir }));
   } catch (error) {
     throw await checkedRollback(sql, before, error);
   }
 
+  // Counted by the load, in its own transaction before COMMIT (what was committed).
   options.onStep?.("compare");
-  const counts = await tableCounts(sql);
   const mismatches: string[] = [];
   for (const [table, expected] of Object.entries(verification.manifest?.counts ?? {})) {
     if (counts[table] !== expected) mismatches.push(`${table}: expected ${expected}, found ${counts[table] ?? "no table"}`);

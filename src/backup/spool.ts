@@ -1,4 +1,4 @@
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writevSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -16,18 +16,21 @@ export const enum Rec {
 }
 
 const FLUSH = 1 << 20;
+const READ = 4 << 20;
 
 export class Spool {
   readonly path: string;
   private readonly dir: string;
   private fd: number;
-  private buf = new Uint8Array(FLUSH * 2);
-  private used = 0;
+  /** Pieces waiting to be written together (writev: COPY data is not copied on its way to disk). */
+  private pending: Uint8Array[] = [];
+  private pendingBytes = 0;
   private encoder = new TextEncoder();
 
   constructor(parent = tmpdir()) {
     // A folder only this user can enter (mkdtemp makes it 0700): the judged file waits here.
-    this.dir = mkdtempSync(join(parent, ".shinkei-restore-"));
+    // Beside the backups when there is such a folder (a decoded dump can be larger than /tmp).
+    this.dir = existsSync(parent) ? mkdtempSync(join(parent, ".shinkei-restore-")) : mkdtempSync(join(tmpdir(), ".shinkei-restore-"));
     this.path = join(this.dir, "judged");
     this.fd = openSync(this.path, "w+", 0o600);
   }
@@ -36,6 +39,7 @@ export class Spool {
     this.add(type, this.encoder.encode(text));
   }
 
+  /** COPY data: held by reference until written, so the caller must not reuse the bytes. */
   data(bytes: Uint8Array) {
     this.add(Rec.Data, bytes);
   }
@@ -45,56 +49,61 @@ export class Spool {
   }
 
   private add(type: Rec, bytes: Uint8Array) {
-    if (this.used + 5 > this.buf.length) this.flush();
-    this.buf[this.used] = type;
-    new DataView(this.buf.buffer).setUint32(this.used + 1, bytes.length, true);
-    this.used += 5;
-    if (bytes.length > this.buf.length - this.used) {
-      this.flush();
-      writeAll(this.fd, bytes);
-      return;
-    }
-    this.buf.set(bytes, this.used);
-    this.used += bytes.length;
-    if (this.used >= FLUSH) this.flush();
+    const head = new Uint8Array(5);
+    head[0] = type;
+    new DataView(head.buffer).setUint32(1, bytes.length, true);
+    this.pending.push(head);
+    if (bytes.length) this.pending.push(bytes);
+    this.pendingBytes += 5 + bytes.length;
+    if (this.pendingBytes >= FLUSH || this.pending.length >= 512) this.flush();
   }
 
   private flush() {
-    if (this.used) writeAll(this.fd, this.buf.subarray(0, this.used));
-    this.used = 0;
+    let parts = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    while (parts.length) {
+      let n = writevSync(this.fd, parts);
+      // A short write: drop what went, and the written part of the piece it stopped in.
+      let i = 0;
+      while (i < parts.length && n >= parts[i]!.length) n -= parts[i++]!.length;
+      parts = parts.slice(i);
+      if (n > 0) parts[0] = parts[0]!.subarray(n);
+    }
   }
 
-  /** The records in the order they were written; Data records may arrive split in pieces. */
+  /** The records in the order they were written; a record may arrive split in pieces (`more`). */
   *records(): Generator<{ type: Rec; bytes: Uint8Array; more: boolean }> {
     this.flush();
-    const chunk = new Uint8Array(FLUSH);
-    let pos = 0; // file position of chunk[0]
-    let have = 0;
+    let pos = 0;
+    let buf = new Uint8Array(0);
     let at = 0;
-    const fill = () => {
-      if (at > 0) {
-        chunk.copyWithin(0, at, have);
-        pos += at;
-        have -= at;
-        at = 0;
-      }
-      const n = readSync(this.fd, chunk, have, chunk.length - have, pos + have);
-      have += n;
-      return n;
+    // A fresh buffer per read: the pieces handed out stay valid while the consumer holds them.
+    const fill = (): boolean => {
+      const rest = buf.subarray(at);
+      const next = Buffer.allocUnsafe(READ + rest.length);
+      next.set(rest);
+      const n = readSync(this.fd, next, rest.length, READ, pos);
+      pos += n;
+      buf = next.subarray(0, rest.length + n);
+      at = 0;
+      return n > 0;
     };
     for (;;) {
-      if (have - at < 5 && fill() === 0 && have - at === 0) return;
-      if (have - at < 5) throw new Error("the restore's spool file is damaged");
-      const type = chunk[at] as Rec;
-      let left = new DataView(chunk.buffer).getUint32(at + 1, true);
+      if (buf.length - at < 5 && !fill()) {
+        if (buf.length - at === 0) return;
+        throw new Error("the restore's spool file is damaged");
+      }
+      if (buf.length - at < 5) continue;
+      const type = buf[at] as Rec;
+      let left = buf[at + 1]! | (buf[at + 2]! << 8) | (buf[at + 3]! << 16) | (buf[at + 4]! * 0x1000000);
       at += 5;
-      if (left === 0) yield { type, bytes: chunk.subarray(0, 0), more: false };
+      if (left === 0) yield { type, bytes: buf.subarray(at, at), more: false };
       while (left > 0) {
-        if (have - at === 0 && fill() === 0) throw new Error("the restore's spool file is damaged");
-        const n = Math.min(left, have - at);
+        if (buf.length - at === 0 && !fill()) throw new Error("the restore's spool file is damaged");
+        const n = Math.min(left, buf.length - at);
         left -= n;
-        // A copy: the consumer may hold on to it (COPY data is written to a socket asynchronously).
-        yield { type, bytes: chunk.slice(at, at + n), more: left > 0 };
+        yield { type, bytes: buf.subarray(at, at + n), more: left > 0 };
         at += n;
       }
     }
@@ -106,9 +115,4 @@ export class Spool {
     } catch {}
     rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-function writeAll(fd: number, bytes: Uint8Array) {
-  let off = 0;
-  while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
 }
