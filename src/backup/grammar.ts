@@ -37,6 +37,12 @@ export async function loadGrammar(): Promise<void> {
   await loading;
 }
 
+/** Let the parser's memory go (tens of MiB) once a file is judged: the load that follows streams gigabytes. */
+export function unloadGrammar() {
+  module = undefined;
+  loading = undefined;
+}
+
 /** Parse SQL text as the server would (PostgreSQL 18's grammar); locations are byte offsets. */
 export function parseSql(text: string): Parsed {
   const m = module;

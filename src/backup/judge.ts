@@ -1,5 +1,5 @@
 import { ShinkeiError } from "../errors.ts";
-import { loadGrammar, parseSql, type RawStmt } from "./grammar.ts";
+import { loadGrammar, parseSql, unloadGrammar, type RawStmt } from "./grammar.ts";
 import { ScriptGuard, type ScriptItem } from "./script.ts";
 import { Rec, type Spool } from "./spool.ts";
 
@@ -109,6 +109,7 @@ export class Judge {
         if (item.copy || this.batchBytes >= BATCH_BYTES || this.batch.length >= BATCH_STATEMENTS) this.judgeBatch();
       } else if (item.kind === "data") {
         this.spool.data(item.bytes);
+        collectEvery(item.bytes.length);
       } else {
         this.spool.endCopy();
         const t = this.copyTarget!;
@@ -338,10 +339,27 @@ export function refuse(what: string): never {
   });
 }
 
+/**
+ * With the parser's WebAssembly memory in the process, JavaScriptCore lets the garbage of a
+ * streamed dump (every chunk is new memory) pile up far longer: 250 MiB at the peak of a 100 MB
+ * dump instead of 70, measured. A collection every 8 MiB streamed keeps the restore's memory flat.
+ */
+let streamed = 0;
+export function collectEvery(bytes: number) {
+  streamed += bytes;
+  if (streamed < 8 << 20) return;
+  streamed = 0;
+  Bun.gc(false);
+}
+
 /** Judge a whole stream into the spool; throws RESTORE_UNSAFE (having run nothing) on anything refused. */
 export async function judgeScript(source: AsyncIterable<Uint8Array>, spool: Spool): Promise<Judged> {
   await loadGrammar();
-  const judge = new Judge(spool);
-  for await (const chunk of source) judge.push(chunk);
-  return judge.end();
+  try {
+    const judge = new Judge(spool);
+    for await (const chunk of source) judge.push(chunk);
+    return judge.end();
+  } finally {
+    unloadGrammar();
+  }
 }

@@ -12,7 +12,7 @@ import type { Writable } from "node:stream";
 import { finished as finishedStream } from "node:stream/promises";
 import postgres from "postgres";
 import { finished, pump, toolEnv, toolPath } from "./pgtools.ts";
-import { judgeScript, type Judged } from "./judge.ts";
+import { collectEvery, judgeScript, type Judged } from "./judge.ts";
 import { Rec, Spool } from "./spool.ts";
 
 export type RestoreStep = "verify" | "safety-backup" | "restore" | "compare";
@@ -185,6 +185,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
     for (const rec of spool.records()) {
       if (rec.type === Rec.Data) {
         if (!copy!.write(rec.bytes)) await once(copy!, "drain");
+        collectEvery(rec.bytes.length);
         continue;
       }
       pieces.push(rec.bytes);

@@ -16,7 +16,9 @@ export const enum Rec {
 }
 
 const FLUSH = 1 << 20;
-const READ = 4 << 20;
+const READ = 1 << 20;
+/** COPY data goes to the server in pieces of at most this: postgres.js copies each into a message. */
+const PIECE = 256 << 10;
 
 export class Spool {
   readonly path: string;
@@ -101,7 +103,7 @@ export class Spool {
       if (left === 0) yield { type, bytes: buf.subarray(at, at), more: false };
       while (left > 0) {
         if (buf.length - at === 0 && !fill()) throw new Error("the restore's spool file is damaged");
-        const n = Math.min(left, buf.length - at);
+        const n = Math.min(left, buf.length - at, PIECE);
         left -= n;
         yield { type, bytes: buf.subarray(at, at + n), more: left > 0 };
         at += n;
