@@ -156,7 +156,9 @@ describe("the review's reproductions (issue 23)", () => {
   test("standard_conforming_strings = off cannot make a COPY option hide statements", async () => {
     const file = join(dir, "scs.sql");
     await writeFile(file, (await readFile(await plainDump("base.sql"), "utf8")) +
-      "SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'a\\' ); ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = '1MB'; SELECT 1 -- ');\n\\.\n");
+      // Read with the setting on, `'x\' --' );...` is a string, then a comment to the end of the line;
+      // read with it off, the string is `x' --`, and three statements follow the COPY.
+      "SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n" + CLOSING);
     const before = await fingerprint();
     const r = await restoreAs(app.url, file);
     expect(r.code).toBe(1);
