@@ -17,7 +17,7 @@ import { Rec, type Spool } from "./spool.ts";
 const ALLOWED = new Set([
   // schema objects
   "CreateSchemaStmt", "CreateStmt", "CreateSeqStmt", "AlterSeqStmt", "ViewStmt", "CreateTableAsStmt", "RefreshMatViewStmt",
-  "IndexStmt", "AlterTableStmt", "AlterTableMoveAllStmt", "CreateFunctionStmt", "AlterFunctionStmt", "CreateTrigStmt", "RuleStmt",
+  "IndexStmt", "AlterTableStmt", "CreateFunctionStmt", "AlterFunctionStmt", "CreateTrigStmt", "RuleStmt",
   "CreateDomainStmt", "AlterDomainStmt", "CompositeTypeStmt", "CreateEnumStmt", "AlterEnumStmt", "CreateRangeStmt", "DefineStmt",
   "CreateCastStmt", "CreateConversionStmt", "CreateOpClassStmt", "CreateOpFamilyStmt", "AlterOpFamilyStmt", "CreateStatsStmt", "AlterStatsStmt",
   "CreatePolicyStmt", "AlterPolicyStmt", "CreateExtensionStmt", "CreateEventTrigStmt", "AlterEventTrigStmt", "CreateTransformStmt", "CreateAmStmt",
@@ -51,7 +51,6 @@ const SETTINGS: Record<string, (value: string) => boolean> = {
   default_table_access_method: () => true,
   default_with_oids: (v) => /^(off|false|no|0)$/i.test(v),
   search_path: (v) => !TEMP_SCHEMA_IN.test(v),
-  escape_string_warning: () => true,
 };
 
 /** Catalog calls pg_dump writes as a top-level SELECT: settings, sequences, large objects, statistics. */

@@ -1,21 +1,16 @@
 import { ShinkeiError } from "../errors.ts";
 
 /**
- * A file to restore is untrusted input. It is never handed to psql, which would do whatever the
- * script says (a `COMMIT` ends the restore's transaction, `\!` runs a shell command here). This
- * lexer splits it into statements the way psql would (quotes, dollar quotes, nested comments,
- * `BEGIN ATOMIC` bodies, COPY data), and restore.ts sends each statement alone, as one
- * extended-protocol message, in a transaction only it ends. The server then parses exactly the
- * statement that was classified here and runs at most one statement per message: a split that
- * went wrong can only be a syntax error (the restore rolls back), never a hidden second statement.
- *
- * Refused, with the line they are on: top-level transaction control (BEGIN, START, COMMIT, END,
- * ROLLBACK, ABORT, PREPARE TRANSACTION), DISCARD and DROP OWNED (they would remove the restore's
- * guard), any COPY but pg_dump's `COPY table FROM stdin`, psql meta-commands, NUL bytes, and text
- * that is not UTF-8. pg_dump's own large-object blocks (`BEGIN;` lo_open / lowrite / lo_close
- * `COMMIT;`) are the one exception: their BEGIN and COMMIT are dropped, so the objects load inside
- * the restore's transaction. It works on bytes: every character that matters is ASCII, and no byte
- * of a multibyte UTF-8 character is below 0x80.
+ * A file to restore is untrusted input. This splitter finds its statements the way the server's
+ * lexer does (quotes, dollar quotes, nested comments, `--` comments ending at LF or CR, `BEGIN
+ * ATOMIC` bodies) and the data of each COPY FROM stdin, which it counts and hands on untouched.
+ * It does not decide what runs: judge.ts parses every statement with PostgreSQL's own grammar and
+ * refuses any disagreement about where a statement ends. Refused here already, with the line they
+ * are on: top-level transaction control, DISCARD and DROP OWNED, any COPY but `COPY table FROM
+ * stdin`, psql meta-commands, NUL bytes, and text that is not UTF-8. pg_dump's own large-object
+ * blocks (`BEGIN;` lo_open / lowrite / lo_close `COMMIT;`) are the one exception: their BEGIN and
+ * COMMIT are dropped, so the objects load inside the restore's transaction. It works on bytes:
+ * every character that matters is ASCII, and no byte of a multibyte UTF-8 character is below 0x80.
  */
 
 /** What the guard hands on: whole statements, and the data lines of a COPY FROM stdin. */
