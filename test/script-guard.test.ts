@@ -56,7 +56,7 @@ describe("the restore script guard", () => {
     ["COPY (WITH stdin AS (SELECT 1) SELECT * FROM stdin) TO STDOUT;\nROLLBACK;\n\\.\n", "COPY other than"],
     ["COPY t FROM stdin; COMMIT;\nx\n\\.\n", "after COPY"],
     // The server ends a `--` comment at a bare CR too: what follows on the line is read as SQL.
-    ["COPY t FROM stdin -- x\r; ROLLBACK; SELECT 1\n;\n1\n\\.\n", "transaction control"],
+    ["COPY t FROM stdin -- x\r; ROLLBACK; SELECT 1\n;\n1\n\\.\n", "after COPY"],
     ["SELECT 1; -- x\rCOMMIT;\n", "transaction control"],
     ["COPY t FROM stdin;\n1\n", "never ends"],
     ["SELECT 'unterminated;\n", "unterminated"],
