@@ -13,6 +13,7 @@ import { tableStats } from "../src/backup/digest.ts";
 import { load } from "../src/backup/restore.ts";
 import { ScriptGuard } from "../src/backup/script.ts";
 import { loadGrammar, parseSql } from "../src/backup/grammar.ts";
+import { Judge } from "../src/backup/judge.ts";
 
 /**
  * The restore's judge (judge.ts) against the review of issue 23, and a differential test: on real
@@ -253,6 +254,101 @@ ${CLOSING}`);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("kept holds 0 rows, the file sent 2");
     expect(await fingerprint()).toEqual(before);
+  });
+});
+
+/** Judge `sql` alone (no database): the refusal's message, or null when it passes; and what was spooled. */
+function judge(sql: string): { refused: string | null; sent: string[] } {
+  const sent: string[] = [];
+  const j = new Judge({ text: (_: number, t: string) => sent.push(t), data() {}, endCopy() {} } as never);
+  try {
+    j.push(enc.encode(sql));
+    j.end();
+    return { refused: null, sent };
+  } catch (e) {
+    return { refused: (e as Error).message, sent };
+  }
+}
+
+describe("the allowlist", () => {
+  test.each([
+    "DO $$ BEGIN PERFORM 1; END $$;",
+    "CALL public.p();",
+    "ALTER SYSTEM SET shared_preload_libraries = 'x';",
+    "LOAD 'auto_explain';",
+    "SAVEPOINT a;",
+    "RELEASE a;",
+    "PREPARE TRANSACTION 'x';",
+    "SET ROLE postgres;",
+    "SET SESSION AUTHORIZATION postgres;",
+    "RESET ALL;",
+    "SET standard_conforming_strings = off;",
+    "SET client_encoding = 'LATIN1';",
+    "SET search_path = pg_temp, public;",
+    "SET work_mem = '1GB';",
+    "SELECT pg_catalog.set_config('role', 'postgres', false);",
+    "SELECT 1;",
+    "SELECT pg_sleep(1);",
+    "SELECT pg_catalog.setval('public.s', (SELECT 1), true);",
+    "SELECT * FROM pg_catalog.setval('public.s', 1, true);",
+    "COPY public.t TO STDOUT;",
+    "COPY public.t FROM PROGRAM 'id';",
+    "COPY public.t FROM '/etc/passwd';",
+    "COPY public.t FROM stdin WITH (FORMAT csv);",
+    "COPY public.t FROM stdin WHERE x > 1;",
+    "CREATE TEMP TABLE t (x int);",
+    "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'select 1';",
+    "ALTER TABLE pg_temp.t ADD COLUMN y int;",
+    "CREATE FUNCTION public.shinkei_guard_x() RETURNS int LANGUAGE sql AS 'select 1';",
+    "ALTER ROLE CURRENT_USER SET search_path = evil;",
+    "ALTER DATABASE x SET search_path = evil;",
+    "CREATE ROLE evil SUPERUSER;",
+    "GRANT pg_read_server_files TO CURRENT_USER;",
+    "SET CONSTRAINTS ALL IMMEDIATE;",
+    "DISCARD ALL;",
+    "DROP OWNED BY CURRENT_USER;",
+    "LISTEN x;",
+    "NOTIFY x;",
+    "CREATE SUBSCRIPTION s CONNECTION 'host=x' PUBLICATION p;",
+    "EXECUTE p;",
+    "VACUUM t;",
+    "SELECT 1; SELECT 2;",
+  ])("refuses %j", (sql) => {
+    expect(judge(`${sql}\n`).refused).toContain("the file contains");
+  });
+
+  test.each([
+    "CREATE PROCEDURE public.batch() LANGUAGE plpgsql AS $$ BEGIN COMMIT; ROLLBACK; END $$;",
+    "CREATE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_temp AS $$ BEGIN RETURN NEW; END $$;",
+    "CREATE FUNCTION public.g() RETURNS integer LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;",
+    "SET statement_timeout = 0;",
+    "SET client_encoding = 'UTF8';",
+    "SET standard_conforming_strings = on;",
+    "SELECT pg_catalog.set_config('search_path', '', false);",
+    "SET default_table_access_method = heap;",
+    "SELECT pg_catalog.setval('public.t_id_seq', 42, true);",
+    "SELECT pg_catalog.lo_create('16385');",
+    "SELECT pg_catalog.lo_open('16385', 131072);",
+    "SELECT pg_catalog.lowrite(0, '\\x0102');",
+    "SELECT pg_catalog.lo_close(0);",
+    "SELECT * FROM pg_catalog.pg_restore_relation_stats('version', '180000'::integer, 'schemaname', 'public', 'relname', 't');",
+    "CREATE TABLE archive.notes (id integer NOT NULL, body text);",
+    "ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);",
+    "CREATE INDEX t_idx ON public.t USING btree (id);",
+    "CREATE MATERIALIZED VIEW public.m AS SELECT 1 AS x WITH NO DATA;",
+    "REFRESH MATERIALIZED VIEW public.m;",
+    "COMMENT ON TABLE public.t IS 'a; COMMIT;';",
+    "INSERT INTO public.t VALUES (1, E'it''s; -- not a comment');",
+    "GRANT SELECT ON TABLE public.t TO PUBLIC;",
+    "CREATE EXTENSION IF NOT EXISTS pgcrypto WITH SCHEMA public;",
+  ])("passes %j", (sql) => {
+    expect(judge(`${sql}\n`).refused).toBeNull();
+  });
+
+  test("COPY is rebuilt from the parse: no text or option of the file reaches the server", () => {
+    const { refused, sent } = judge(`COPY public."odd ""name""" (a, "B") FROM stdin;\n1\t2\n\\.\n`);
+    expect(refused).toBeNull();
+    expect(sent).toEqual([`COPY "public"."odd ""name""" ("a", "B") FROM STDIN`]);
   });
 });
 

@@ -56,6 +56,7 @@ const SETTINGS: Record<string, (value: string) => boolean> = {
 /** Catalog calls pg_dump writes as a top-level SELECT: settings, sequences, large objects, statistics. */
 const CALLS = new Set(["set_config", "setval", "lo_create", "lo_open", "lowrite", "lo_close", "lo_from_bytea", "lo_put", "pg_restore_relation_stats", "pg_restore_attribute_stats", "pg_restore_extended_stats"]);
 
+const BUILTIN_TYPES = new Set(["bytea", "text", "name", "oid", "regclass", "json", "jsonb"]);
 const TEMP_SCHEMA = /^pg_(toast_)?temp(_\d+)?$/i;
 const TEMP_SCHEMA_IN = /pg_(toast_)?temp/i;
 /** The restore's guard (restore.ts) is named after this: no file may name it. */
@@ -194,10 +195,20 @@ export class Judge {
 
   private select(body: any, text: string, where: string) {
     const refused = () => refuse(`${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, setval, large objects)`);
-    const { targetList, ...rest } = body;
+    const { targetList, fromClause, ...rest } = body;
     for (const [k, v] of Object.entries(rest)) if (!(k === "limitOption" && v === "LIMIT_OPTION_DEFAULT") && !(k === "op" && v === "SETOP_NONE")) refused();
     if (targetList?.length !== 1 || targetList[0].ResTarget?.name) refused();
-    const call = targetList[0].ResTarget.val?.FuncCall;
+    let call = targetList[0].ResTarget.val?.FuncCall;
+    // pg_dump 18 writes statistics as `SELECT * FROM pg_catalog.pg_restore_relation_stats(...)`.
+    if (fromClause) {
+      const star = targetList[0].ResTarget.val?.ColumnRef?.fields;
+      const range = fromClause.length === 1 ? fromClause[0].RangeFunction : undefined;
+      const items = range?.functions?.length === 1 ? range.functions[0].List?.items : undefined;
+      if (star?.length !== 1 || !star[0].A_Star || !range || Object.keys(range).some((k) => k !== "functions") || items?.length !== 2 || Object.keys(items[1]).length) refused();
+      call = items[0].FuncCall;
+      const name = call?.funcname?.[1]?.String?.sval;
+      if (name !== "pg_restore_relation_stats" && name !== "pg_restore_attribute_stats" && name !== "pg_restore_extended_stats") refused();
+    }
     if (!call) refused();
     const names = (call.funcname ?? []).map((n: any) => n.String?.sval);
     if (names.length !== 2 || names[0] !== "pg_catalog" || !CALLS.has(names[1])) refused();
@@ -284,7 +295,12 @@ function checkNames(node: unknown, where: string) {
 
 /** A constant argument or value: a literal, maybe cast (`'x'::bytea`), as text; undefined for anything else. */
 function constant(node: any): string | undefined {
-  if (node?.TypeCast) return constant(node.TypeCast.arg);
+  if (node?.TypeCast) {
+    // Only to built-in types: a cast to a type of the file's (a domain with a CHECK) would run its code.
+    const names = (node.TypeCast.typeName?.names ?? []).map((n: any) => n.String?.sval);
+    if (!(names.length === 2 && names[0] === "pg_catalog") && !(names.length === 1 && BUILTIN_TYPES.has(names[0]))) return undefined;
+    return constant(node.TypeCast.arg);
+  }
   const c = node?.A_Const;
   if (!c) return undefined;
   if (c.isnull) return "";

@@ -234,7 +234,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
       }
     }
     statement = 0;
-    const counts = await checkLoaded(conn, id, before, judged);
+    const counts = await checkLoaded(conn, id, before, judged, serverVersionNum);
     await options.lock?.assertHeld();
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("COMMIT", false);
@@ -281,7 +281,7 @@ async function watched(conn: postgres.ReservedSql, id: string) {
  * the file did not define (relations, functions, triggers, event triggers) appeared. Code the
  * file defines (a trigger, a default) runs during the load: this is what catches its side effects.
  */
-async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Awaited<ReturnType<typeof watched>>, judged: Judged): Promise<Record<string, number>> {
+async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Awaited<ReturnType<typeof watched>>, judged: Judged, serverVersionNum: number): Promise<Record<string, number>> {
   const fail = (what: string): never => {
     throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, { hint: "Nothing was changed: the check runs before the restore commits." });
   };
@@ -316,7 +316,7 @@ async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Await
   const trigs = await conn.unsafe<{ rel: string; name: string }[]>(`
     select c.relname as rel, t.tgname as name from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-     where not t.tgisinternal and t.tgparentid = 0 and ${userSchema}`);
+     where not t.tgisinternal and ${userSchema}${serverVersionNum >= 130000 ? " and t.tgparentid = 0" : ""}`);
   const extraTrigs = trigs.filter((t) => !judged.triggers.has(`${t.rel}/${t.name}`));
   if (extraTrigs.length) fail(`triggers the file does not define appeared: ${extraTrigs.slice(0, 5).map((t) => `${t.name} on ${t.rel}`).join(", ")}`);
 
