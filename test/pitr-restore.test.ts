@@ -286,18 +286,20 @@ describe("pitr restore", () => {
 
   test("--apply SIGKILLed during the load changes nothing, and its scratch instance goes away", async () => {
     const now = await sql.begin((tx) => tableStats(tx));
-    // pg_dump of the scratch instance (not of the live server) lingers after its output, so the kill lands before COMMIT.
-    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@"; sleep 30`);
+    // The dump of the scratch instance (not of the live server) ends with a statement that takes a
+    // while to load (the whole dump is judged before anything runs), so the kill lands before COMMIT.
+    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" && echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS slept;"`);
     const p = Bun.spawn([binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], {
       env: { ...env, PATH: pathWith(wrap), HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe",
     });
     let err = "";
     (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
     await until("the load to start", async () => err.includes("loading the recovered state"), 90_000);
-    await until("the load to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and state like 'idle in transaction%'`).length > 0, 30_000);
+    await until("the load to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and query like '%slow_to_load%'`).length > 0, 30_000);
     p.kill("SIGKILL");
     await p.exited;
-    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`).length === 0);
+    // The server sees its client gone once the slow statement ends.
+    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`).length === 0, 30_000);
     expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
     await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
   });

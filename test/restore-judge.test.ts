@@ -239,7 +239,7 @@ ${CLOSING}`);
     const before = await fingerprint();
     const r = await restoreAs(db.url, file);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("invalid input syntax for type integer");
+    expect(r.stderr).toContain('line 2: invalid input syntax for type integer: "not a number"');
     expect(r.stderr).not.toMatch(/CONNECTION_DESTROYED|^\s+at /m);
     expect(await fingerprint()).toEqual(before);
   });

@@ -86,6 +86,8 @@ export class Judge {
   private decoder = new TextDecoder();
   /** The COPY whose data is streaming, by "schema.name". */
   private copyTarget: { schema: string; name: string } | undefined;
+  /** The line of the statement being judged: it goes to the spool, for the load's errors. */
+  private line = 0;
   readonly judged: Judged = { statements: 0, relations: new Set(), functions: new Set(), triggers: new Set(), eventTriggers: new Set(), copied: new Map() };
 
   constructor(private spool: Spool) {}
@@ -147,6 +149,7 @@ export class Judge {
       const only = mine[0];
       if (mine.length !== 1 || (only!.stmt_location ?? 0) < start || (only!.stmt_location ?? 0) + (only!.stmt_len ?? 0) !== end - 1) disagree(where);
       const text = this.decoder.decode(bytes.subarray(only!.stmt_location ?? 0, end - 1));
+      this.line = item.line;
       this.judgeStatement(only!.stmt, item.copy, text, where);
     }
     if (k !== parsed.stmts.length) disagree(`line ${batch.at(-1)!.item.line}`);
@@ -181,7 +184,7 @@ export class Judge {
         break;
     }
     this.define(kind, body);
-    this.spool.text(Rec.Statement, text);
+    this.spool.text(Rec.Statement, text, this.line);
   }
 
   private setting(body: any, text: string, where: string) {
@@ -190,7 +193,7 @@ export class Judge {
     if (body.kind !== "VAR_SET_VALUE" || !check) refuse(`${short(text)} (${where}): a restore sets only what pg_dump sets`);
     const values = (body.args ?? []).map(constant);
     if (values.some((v: string | undefined) => v === undefined || !check(v))) refuse(`${short(text)} (${where}): a value a restore may not set`);
-    this.spool.text(Rec.Statement, text);
+    this.spool.text(Rec.Statement, text, this.line);
   }
 
   private select(body: any, text: string, where: string) {
@@ -219,7 +222,7 @@ export class Judge {
       const check = SETTINGS[String(args[0]).toLowerCase()];
       if (!check || !check(String(args[1]))) refuse(`${short(text)} (${where}): a restore sets only what pg_dump sets`);
     }
-    this.spool.text(Rec.Statement, text);
+    this.spool.text(Rec.Statement, text, this.line);
   }
 
   /** Only `COPY table [(columns)] FROM STDIN`, and it is rebuilt from the parse: no option of the file reaches the server. */
@@ -233,7 +236,7 @@ export class Judge {
     const schema = rel.schemaname ?? "*";
     const table = `${rel.schemaname ? `${quoteIdent(rel.schemaname)}.` : ""}${quoteIdent(rel.relname)}`;
     this.copyTarget = { schema, name: rel.relname };
-    this.spool.text(Rec.Copy, `COPY ${table}${columns.length ? ` (${columns.join(", ")})` : ""} FROM STDIN`);
+    this.spool.text(Rec.Copy, `COPY ${table}${columns.length ? ` (${columns.join(", ")})` : ""} FROM STDIN`, this.line);
   }
 
   private define(kind: string, body: any) {

@@ -54,8 +54,8 @@ export type LoadOptions = {
 /**
  * What runs before the file, in the restore's transaction. A deferred constraint trigger on a
  * temporary table fails the COMMIT unless our last statement set a token (the catalog holds only
- * its hash) and the maintenance lock is still held: a backstop behind the classification of every
- * statement (script.ts), should a COMMIT ever get through. Then every schema of the database and
+ * its hash) and the maintenance lock is still held: a backstop behind the judgement of every
+ * statement (judge.ts), should a COMMIT ever get through; checked unchanged before COMMIT. Then every schema of the database and
  * every large object is dropped, so the database ends exactly as in the backup, or as it was.
  */
 function prologue(serverVersionNum: number, id: string, tokenHash: string, lockHeld: string | undefined): string {
@@ -170,7 +170,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
   let conn: postgres.ReservedSql;
   let copy: Writable | undefined;
   let copyError: Error | undefined;
-  let statement = 0; // the statement being run, for the error
+  let line = 0; // the line of the statement being run, for the error
   try {
     await sql`select 1`; // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
     conn = await sql.reserve();
@@ -190,13 +190,13 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
       }
       pieces.push(rec.bytes);
       if (rec.more) continue;
-      const text = pieces.length === 1 ? decoder.decode(pieces[0]) : decoder.decode(Buffer.concat(pieces));
+      const whole = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
       pieces = [];
+      if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
+      const text = decoder.decode(whole.subarray(4));
       if (rec.type === Rec.Statement) {
-        statement++;
         await run(text);
       } else if (rec.type === Rec.Copy) {
-        statement++;
         // The judge's own text: the only thing ever sent where the server would run several statements.
         const query = run(text, false);
         // An error the server sends after the COPY's end reaches only this (already settled)
@@ -225,7 +225,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
         ending.end();
         await Promise.race([ended, finishedStream(ending)]);
         const probe = run("SELECT 1").then(() => finishedStream(copy!), (e: Error) => {
-          throw new ShinkeiError("RESTORE_FAILED", `the restore failed and was rolled back: statement ${statement}: ${(copyError ?? e).message}`, { cause: copyError ?? e });
+          throw new ShinkeiError("RESTORE_FAILED", `the restore failed and was rolled back: line ${line}: ${(copyError ?? e).message}`, { cause: copyError ?? e });
         });
         probe.catch(() => {});
         await Promise.race([finishedStream(copy!), probe]);
@@ -233,7 +233,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
         copy = undefined;
       }
     }
-    statement = 0;
+    line = 0;
     const counts = await checkLoaded(conn, id, before, judged, serverVersionNum);
     await options.lock?.assertHeld();
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
@@ -253,7 +253,7 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
     if (error instanceof ShinkeiError) throw error;
     const message = (error as Error).message;
     const lockLost = message.includes("maintenance lock was lost");
-    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${statement ? `statement ${statement}: ` : ""}${message}`, { cause: error });
+    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${line ? `line ${line}: ` : ""}${message}`, { cause: error });
   } finally {
     if (!lost) conn!?.release();
     await sql.end({ timeout: lost ? 0 : 5 }).catch(() => {});

@@ -37,8 +37,11 @@ export class Spool {
     this.fd = openSync(this.path, "w+", 0o600);
   }
 
-  text(type: Rec.Statement | Rec.Copy, text: string) {
-    this.add(type, this.encoder.encode(text));
+  /** A statement, after the line it starts on (4 bytes), for the load's errors. */
+  text(type: Rec.Statement | Rec.Copy, text: string, line: number) {
+    const bytes = this.encoder.encode(`\0\0\0\0${text}`);
+    new DataView(bytes.buffer).setUint32(0, line, true);
+    this.add(type, bytes);
   }
 
   /** COPY data: held by reference until written, so the caller must not reuse the bytes. */
