@@ -2,7 +2,7 @@ import type { Context } from "./command.ts";
 import { json, line } from "./output.ts";
 import { activity, typedConfirmation } from "./prompts.ts";
 import { showUndo } from "./recover-view.ts";
-import { refuseProduction } from "../src/guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
 import { formatDuration } from "../src/duration.ts";
@@ -20,10 +20,11 @@ export async function undoRecoveryCommand(ctx: Context): Promise<number> {
   if (other.length || flags.length) throw new ShinkeiError("USAGE", `--undo takes its scope and source from the record: drop ${[...other, ...flags].map((k) => `--${k}`).join(", ")}`);
   const dryRun = ctx.flag("dry-run");
   if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
-  if (!dryRun && !ctx.flag("yes") && !io.interactive) {
-    throw new ShinkeiError("CONFIRMATION_REQUIRED", "undoing a recovery changes the live database and needs confirmation", { hint: "Run it in a terminal, pass --yes in scripts, or --dry-run for the preview only." });
-  }
   const target = describeTarget(config.databaseUrl);
+  // The same guard flags as recover: unattended, the target database must be named too.
+  if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
+    checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), "undo a recovery in the live database", "--yes");
+  }
   const { path, record, undo } = await loadRecovery(ctx.option("undo")!, config.backupDir, config.backup.age);
   if (record.database !== target.database || undo.database !== target.database) {
     throw new ShinkeiError("RECORD_REFUSED", `${path} records a recovery of database ${record.database}, not of ${target.database}: nothing was changed`, {

@@ -2,7 +2,7 @@ import type { Command, Context } from "./command.ts";
 import { json, line } from "./output.ts";
 import { activity, typedConfirmation } from "./prompts.ts";
 import { previewJson, showAccounts, showApplied, showHistory, showPreview } from "./recover-view.ts";
-import { refuseProduction } from "../src/guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/db.ts";
 import { formatDuration } from "../src/duration.ts";
@@ -43,7 +43,8 @@ Options:
   --restore-account        the email now belongs to a newer, empty account: remove it, bring the old back
   --show                   list the rows themselves, not only the counts
   --dry-run                show the preview and stop
-  --yes                    apply without the typed confirmation (needed without a terminal)
+  --yes                    apply without the typed confirmation (needs --confirm-database)
+  --confirm-database N     the target database's name, required with --yes and without a terminal
   --allow-unencrypted      recover from a plain file although this host encrypts its backups
   --allow-unsigned         recover from a file without a manifest although BACKUP_MANIFEST_KEY is set
   --allow-production       run even when SHINKEI_ENV/NODE_ENV is production
@@ -67,6 +68,7 @@ Options:
     show: { type: "boolean" },
     "dry-run": { type: "boolean" },
     yes: { type: "boolean", short: "y" },
+    "confirm-database": { type: "string" },
     "allow-unencrypted": { type: "boolean" },
     "allow-unsigned": { type: "boolean" },
     "allow-production": { type: "boolean" },
@@ -110,11 +112,13 @@ async function recover(ctx: Context): Promise<number> {
   const dryRun = ctx.flag("dry-run");
   // Decided before the long load: a script without --yes would only find out after it.
   if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "recover rows into the live database");
-  if (!dryRun && !ctx.flag("yes") && !io.interactive) {
-    throw new ShinkeiError("CONFIRMATION_REQUIRED", "recover changes the live database and needs confirmation", { hint: "Run it in a terminal, pass --yes in scripts, or --dry-run for the preview only." });
+  const target = describeTarget(config.databaseUrl);
+  // As restore and reset: without the typed confirmation, the flag alone is not enough; the
+  // target database must be named too, so a script aimed at the wrong server stops.
+  if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
+    checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), "recover rows into the live database", "--yes");
   }
   const revertChanged = ctx.flag("revert-changed");
-  const target = describeTarget(config.databaseUrl);
 
   const cancel = cancelOnSignal();
   const spin = activity(io, "finding the backup");
@@ -185,7 +189,7 @@ async function recover(ctx: Context): Promise<number> {
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");
-      line(io, `undo with      shinkei recover --undo ${recordPath}${config.environment === "production" ? " --allow-production" : ""}`);
+      line(io, `undo with      shinkei recover --undo ${recordPath} --yes --confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`);
       return 0;
     });
   } catch (e) {

@@ -286,18 +286,20 @@ describe("pitr restore", () => {
 
   test("--apply SIGKILLed during the load changes nothing, and its scratch instance goes away", async () => {
     const now = await sql.begin((tx) => tableStats(tx));
-    // pg_dump of the scratch instance (not of the live server) lingers after its output, so the kill lands before COMMIT.
-    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@"; sleep 30`);
+    // The dump of the scratch instance (not of the live server) ends with a statement that takes a
+    // while to load (the whole dump is judged before anything runs), so the kill lands before COMMIT.
+    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" && echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS slept;"`);
     const p = Bun.spawn([binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], {
       env: { ...env, PATH: pathWith(wrap), HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe",
     });
     let err = "";
     (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
     await until("the load to start", async () => err.includes("loading the recovered state"), 90_000);
-    await until("the load to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and state like 'idle in transaction%'`).length > 0, 30_000);
+    await until("the load to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and query like '%slow_to_load%'`).length > 0, 30_000);
     p.kill("SIGKILL");
     await p.exited;
-    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`).length === 0);
+    // The server sees its client gone once the slow statement ends.
+    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`).length === 0, 30_000);
     expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
     await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
   });
@@ -529,14 +531,14 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await sql`insert into worlds (owner_id, name) values (${bob!.id}, 'made after the moment')`;
     await flushed(await insertLsn());
 
-    const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes"], env);
+    const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"], env);
     expect(r.stderr).not.toContain("✖");
     expect(r).toSucceed();
     expect(await aliceRows()).toEqual(kept);
     expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
     expect(await leftovers()).toEqual([]);
     // Its undo is the rows it brought back, from its record: alice's loss again, bob's world kept.
-    const undo = await shinkei(["recover", "--undo", /^undo with\s+shinkei recover --undo (\S+)$/m.exec(r.stdout)![1]!, "--yes"], env);
+    const undo = await shinkei(["recover", "--undo", /^undo with\s+shinkei recover --undo (\S+) --yes --confirm-database shinkei$/m.exec(r.stdout)![1]!, "--yes", "--confirm-database", "shinkei"], env);
     expect(undo.stderr).toBe("");
     expect(undo).toSucceed();
     expect(undo.stdout).toMatch(/^removed\s+worlds 1, stories \d+, story_beats 10$/m);
@@ -551,7 +553,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await Bun.sleep(300);
     await sql`delete from worlds where name = 'made after the moment'`;
     await flushed(await insertLsn());
-    const p = Bun.spawn([binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" });
+    const p = Bun.spawn([binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" });
     await until("the scratch instance", async () => (await leftovers()).length === 1, 30_000);
     p.kill("SIGTERM");
     const exited = await Promise.race([p.exited, Bun.sleep(30_000).then(() => "still running")]);

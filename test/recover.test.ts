@@ -63,7 +63,7 @@ async function deleteWorld(sql: Sql, email: string, name: string) {
 }
 
 /** The record a recovery wrote, from its "undo with" line. */
-const recordOf = (stdout: string) => /^undo with\s+shinkei recover --undo (\S+)$/m.exec(stdout)![1]!;
+const recordOf = (stdout: string) => /^undo with\s+shinkei recover --undo (\S+) --yes --confirm-database \S+$/m.exec(stdout)![1]!;
 
 /** Bob creating worlds one after another until stopped: how many he made. */
 function keepWriting(sql: Sql, email: string) {
@@ -111,7 +111,7 @@ describe("recover one user's rows", () => {
     const sessions = await db.sql`select * from sessions order by id`;
     expect((await digest(db.sql, "alice@example.com")).rows).toBe(alice.rows - 9);
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes", "--confirm-database", db.name], env);
     expect(r.stderr).toBe("");
     expect(r).toSucceed();
     expect(r.stdout).toContain("users -> worlds  (worlds.owner_id references users.id)");
@@ -138,7 +138,7 @@ describe("recover one user's rows", () => {
     expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(new RegExp(`${record.id.slice(0, 8)} .* alice@example\\.com .* worlds 1, stories 2, story_beats 6 +applied`));
 
     // Again: nothing is missing now, and `latest` is not the safety copy just taken.
-    const again = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const again = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(again).toSucceed();
     expect(again.stdout).toContain("nothing to recover");
   });
@@ -156,13 +156,13 @@ describe("recover one user's rows", () => {
     expect(beats.counts).toEqual({ missing: 1, changed: 1, createdSince: 1, same: 10 });
     expect(beats.changed[0].columns).toEqual(["content"]);
 
-    const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(plain).toSucceed();
     expect((await aliceBeat(db.sql, "story 1", 2))!.content).toBe("beat 2");
     expect((await aliceBeat(db.sql, "story 1", 1))!.content).toBe("edited after the backup");
     expect(plain.stdout).toContain("kept (changed) story_beats 1");
 
-    const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes"], env);
+    const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name], env);
     expect(revert).toSucceed();
     expect(revert.stdout).toContain("reverted       story_beats 1");
     expect(await aliceBeat(db.sql, "story 1", 1)).toEqual(original);
@@ -178,7 +178,7 @@ describe("recover one user's rows", () => {
       await db.sql`insert into story_beats (story_id, position, content) values (${b!.story_id}, ${b!.position}, 'a different beat')`;
     }
     const before = await snapshot(db.sql);
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("2 conflicts: conflict while restoring missing rows of story_beats");
     for (const b of gone) expect(r.stderr).toContain(`Key (story_id, "position")=(${b!.story_id}, ${b!.position}) already exists`);
@@ -211,14 +211,14 @@ describe("recover one user's rows", () => {
   test("an unknown email, a bad id, or --at: clear errors, nothing changed", async () => {
     await takeBackup(env);
     const before = await snapshot(db.sql);
-    const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/no account nobody@example\.com in shinkei_backup_\S+ nor in the live database/);
     const unknownId = crypto.randomUUID();
-    const byId = await shinkei(["recover", "--user-id", unknownId, "--yes"], env);
+    const byId = await shinkei(["recover", "--user-id", unknownId, "--yes", "--confirm-database", db.name], env);
     expect(byId.code).toBe(1);
     expect(byId.stderr).toContain(`no user ${unknownId} in shinkei_backup_`);
-    const id = await shinkei(["recover", "--world", "42", "--yes"], env);
+    const id = await shinkei(["recover", "--world", "42", "--yes", "--confirm-database", db.name], env);
     expect(id.code).toBe(2);
     expect(id.stderr).toContain('--world needs an id (a UUID), not "42"');
     const at = await shinkei(["recover", "--user", "alice@example.com", "--at", "2026-01-01T10:00:00Z"], env);
@@ -226,7 +226,7 @@ describe("recover one user's rows", () => {
     expect(at.stderr).toContain("needs the WAL archive (WAL_ARCHIVE=stream)");
     const unattended = await shinkei(["recover", "--user", "alice@example.com"], env);
     expect(unattended.code).toBe(1);
-    expect(unattended.stderr).toContain("pass --yes in scripts");
+    expect(unattended.stderr).toContain(`pass --yes --confirm-database ${db.name} to run it unattended`);
     expect(await snapshot(db.sql)).toEqual(before);
     expect(await scratchDatabases()).toEqual([]);
   });
@@ -240,14 +240,14 @@ describe("recover one user's rows", () => {
       const account = { email: "alice@example.com", password: "a brand new password", name: "Alice again" };
       expect((await server.api("/api/v1/auth/register", { method: "POST", json: account })).status).toBe(201);
 
-      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(refused.code).toBe(1);
       expect(refused.stderr).toContain("now belongs to a different, newer account");
       expect(refused.stderr).toContain("--into-current-account");
       expect(refused.stdout).toMatch(/in the backup: \S+  alice@example\.com  "alice" .* owns worlds 2, stories 4, story_beats 12/);
       expect(refused.stdout).toMatch(/now: +\S+  alice@example\.com  "Alice again" .* owns worlds 0, stories 0, story_beats 0/);
 
-      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes"], env);
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes", "--confirm-database", db.name], env);
       expect(r.stderr).toBe("");
       expect(r).toSucceed();
       expect(r.stdout).toContain("restored       worlds 2, stories 4, story_beats 12");
@@ -264,7 +264,7 @@ describe("recover one user's rows", () => {
       expect((await db.sql`select count(*)::int as n from sessions`)[0]!.n).toBe(1); // the login just now
 
       // Undone: the worlds given to the current account go; the account and its login stay.
-      const undo = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes"], env);
+      const undo = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
       expect(undo).toSucceed();
       expect(undo.stdout).toContain("removed        worlds 2, stories 4, story_beats 12");
       expect((await (await server.api("/api/v1/worlds", { token })).json()).worlds).toEqual([]);
@@ -282,12 +282,12 @@ describe("recover one user's rows", () => {
     const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
     const [w] = await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
 
-    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name], env);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("owns data (worlds 1): --restore-account removes only an empty account");
     await db.sql`delete from worlds where id = ${w!.id}`;
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     expect(r.stdout).toContain(`removed        the new, empty account ${fresh!.id}`);
     expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([old!.id]);
@@ -307,7 +307,7 @@ describe("recover one user's rows", () => {
       create trigger gate before insert on story_beats for each statement execute function gate();`);
     const holder = await db.sql.reserve();
     await holder`select pg_advisory_lock(4242)`;
-    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
+    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
     const waiting = async () => (await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`).map((r) => r.pid);
     for (let i = 0; i < 400 && (await waiting()).length === 0; i++) await Bun.sleep(50);
     const [pid] = await waiting();
@@ -327,7 +327,7 @@ describe("recover one user's rows", () => {
     const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
     await a`create database ${a(lookalike)}`;
     try {
-      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(r).toSucceed();
       expect(await scratchDatabases()).toEqual([]);
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
@@ -354,7 +354,7 @@ describe("recover one user's rows", () => {
       where w.name = 'alice@example.com world 1' or (w.name = 'alice@example.com world 2' and s.title = 'story 1'))`;
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     expect(r.stdout).toContain("story_beats -> beat_notes  (beat_notes.beat_id references story_beats.id)");
     expect(r.stdout).toMatch(/^beat_notes\s+9\s+0\s+0\s+3$/m);
@@ -372,13 +372,13 @@ describe("recover one user's rows", () => {
       for (const name of await readdir(env.BACKUP_DIR!)) await Bun.file(join(env.BACKUP_DIR!, name)).delete();
       for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
 
-      const r = await shinkei(["recover", "--world", w1!.id, "--yes"], offsite);
+      const r = await shinkei(["recover", "--world", w1!.id, "--yes", "--confirm-database", db.name], offsite);
       expect(r.stderr).toBe("");
       expect(r).toSucceed();
       expect(r.stdout).toContain(`scope      world ${w1!.id} (owner alice@example.com)`);
       expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
       expect((await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`).map((x) => x.name)).toEqual(["alice@example.com world 1"]);
-      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes"], offsite);
+      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], offsite);
       expect(both).toSucceed();
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
     } finally {
@@ -392,7 +392,7 @@ describe("recover one user's rows", () => {
     const before = await snapshot(db.sql);
     // From the moment the scratch database exists: connecting, BEGIN, the statements before the sleep.
     for (const delay of [0, 10, 20, 30, 40, 60, 100]) {
-      const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes"], { env, stdout: "ignore", stderr: "ignore" });
+      const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], { env, stdout: "ignore", stderr: "ignore" });
       for (let i = 0; i < 400 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(10);
       expect((await scratchDatabases()).length).toBe(1);
       await Bun.sleep(delay);
@@ -417,7 +417,7 @@ describe("undo a recovery", () => {
     const bobBefore = await digest(db.sql, "bob@example.com");
 
     let stop = keepWriting(db.sql, "bob@example.com");
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name], env);
     let made = await stop();
     expect(r.stderr).toBe("");
     expect(r).toSucceed();
@@ -435,7 +435,7 @@ describe("undo a recovery", () => {
 
     stop = keepWriting(db.sql, "bob@example.com");
     const before = made;
-    const u = await shinkei(["recover", "--undo", record, "--yes"], env);
+    const u = await shinkei(["recover", "--undo", record, "--yes", "--confirm-database", db.name], env);
     made = before + (await stop());
     expect(u.stderr).toBe("");
     expect(u).toSucceed();
@@ -450,10 +450,10 @@ describe("undo a recovery", () => {
     const id = JSON.parse(await readFile(record, "utf8")).id as string;
     expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(new RegExp(`^${id.slice(0, 8)} .* undone \\S+Z$`, "m"));
     const snap = await snapshot(db.sql);
-    const again = await shinkei(["recover", "--undo", id.slice(0, 8), "--yes"], env);
+    const again = await shinkei(["recover", "--undo", id.slice(0, 8), "--yes", "--confirm-database", db.name], env);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(`recovery ${id} was undone already`);
-    const mixed = await shinkei(["recover", "--undo", id, "--user", "alice@example.com", "--yes"], env);
+    const mixed = await shinkei(["recover", "--undo", id, "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(mixed.code).toBe(2);
     expect(mixed.stderr).toContain("--undo takes its scope and source from the record: drop --user");
     expect(await snapshot(db.sql)).toEqual(snap);
@@ -462,7 +462,7 @@ describe("undo a recovery", () => {
   test("the undo asks for the same confirmation in a terminal; a wrong one changes nothing", async () => {
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     const before = await snapshot(db.sql);
     const t = await Terminal.start(["recover", "--undo", recordOf(r.stdout)], { ...env, NO_COLOR: "1" });
@@ -480,13 +480,13 @@ describe("undo a recovery", () => {
     expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
     const unattended = await shinkei(["recover", "--undo", recordOf(r.stdout)], env);
     expect(unattended.code).toBe(1);
-    expect(unattended.stderr).toContain("pass --yes in scripts");
+    expect(unattended.stderr).toContain(`pass --yes --confirm-database ${db.name}`);
   });
 
   test("undo after the recovered rows were edited stops, naming each such row; nothing is undone", async () => {
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     const edited = await aliceBeat(db.sql, "story 1", 1);
     await db.sql`update story_beats set content = 'written after the recovery' where id = ${edited!.id}`;
@@ -495,7 +495,7 @@ describe("undo a recovery", () => {
     const [added] = await db.sql`insert into story_beats (story_id, position, content) values (${edited!.story_id}, 9, 'new') returning id`;
     const before = await snapshot(db.sql);
 
-    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes"], env);
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
     expect(u.code).toBe(1);
     expect(u.stderr).toContain("3 rows changed since the recovery, nothing was undone");
     expect(u.stderr).toContain(`story_beats (id)=(${edited!.id}) was changed since the recovery`);
@@ -510,7 +510,7 @@ describe("undo a recovery", () => {
     await takeBackup(keyed);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const lost = await digest(db.sql, "alice@example.com");
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], keyed);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], keyed);
     expect(r).toSucceed();
     expect(r.stdout).toMatch(/^safety copy {4}\S+\.undo\.json\.age \(the rows it changed; encrypted; its record signed\)$/m);
     const path = recordOf(r.stdout);
@@ -522,7 +522,7 @@ describe("undo a recovery", () => {
     expect(undoBytes.includes(Buffer.from(record.id))).toBe(false);
     const recovered = await snapshot(db.sql);
     const refused = async (e: Record<string, string>, message: string | RegExp) => {
-      const u = await shinkei(["recover", "--undo", path, "--yes"], e);
+      const u = await shinkei(["recover", "--undo", path, "--yes", "--confirm-database", db.name], e);
       expect(u.code).toBe(1);
       expect(u.stderr).toMatch(message);
       expect(await snapshot(db.sql)).toEqual(recovered);
@@ -551,7 +551,7 @@ describe("undo a recovery", () => {
     await refused(keyed, `recovery ${record.id} was never applied to this database`);
     await db.sql`insert into recoveries ${db.sql(row!)}`;
     // The right key and the untouched files: it undoes.
-    const u = await shinkei(["recover", "--undo", path, "--yes"], keyed);
+    const u = await shinkei(["recover", "--undo", path, "--yes", "--confirm-database", db.name], keyed);
     expect(u.stderr).toBe("");
     expect(u).toSucceed();
     expect(await digest(db.sql, "alice@example.com")).toEqual(lost);
@@ -565,13 +565,13 @@ describe("undo a recovery", () => {
     const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning *`;
     const before = await snapshot(db.sql);
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--full-safety-backup", "--yes"], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--full-safety-backup", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     const safety = /^safety backup\s+(\S+) \(verified\)$/m.exec(r.stdout)![1]!;
     expect(JSON.parse(await readFile(`${safety}.manifest.json`, "utf8")).reason).toBe("pre-recover");
     expect(JSON.parse(await readFile(recordOf(r.stdout), "utf8")).safetyBackup).toBe(safety.split("/").at(-1));
 
-    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes"], env);
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
     expect(u.stderr).toBe("");
     expect(u).toSucceed();
     expect(u.stdout).toContain("removed        users 1, worlds 2, stories 4, story_beats 12");
@@ -608,25 +608,25 @@ describe("undo a recovery", () => {
     try {
       // The recovery killed after its record and safety copy were written, at the insert that would commit with them.
       await gate("recoveries", "insert", 0);
-      await killAtGate(["recover", "--user", "alice@example.com", "--yes"]);
+      await killAtGate(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name]);
       await ungate("recoveries");
       expect(await snapshot(db.sql)).toEqual(lost);
       const h = JSON.parse((await shinkei(["recover", "--history", "--json"], env)).stdout);
       expect(h.map((x: { state: string }) => x.state)).toEqual(["not applied"]);
-      const orphan = await shinkei(["recover", "--undo", h[0].path, "--yes"], env);
+      const orphan = await shinkei(["recover", "--undo", h[0].path, "--yes", "--confirm-database", db.name], env);
       expect(orphan.code).toBe(1);
       expect(orphan.stderr).toContain("was never applied to this database");
 
-      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes"], env);
+      const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(r).toSucceed();
       const recovered = await snapshot(db.sql);
       // The undo killed mid-way: with --yes there is no trial, and its delete of stories (the beats went already) waits.
       await gate("stories", "delete", 0);
-      await killAtGate(["recover", "--undo", recordOf(r.stdout), "--yes"]);
+      await killAtGate(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name]);
       await ungate("stories");
       expect(await snapshot(db.sql)).toEqual(recovered);
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
-      const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes"], env);
+      const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
       expect(u).toSucceed();
       expect(await snapshot(db.sql)).toEqual(lost);
     } finally {

@@ -55,6 +55,9 @@ describe("the restore script guard", () => {
     // Found in review: a query copying out that mentions "FROM stdin" must not turn the next lines into data.
     ["COPY (WITH stdin AS (SELECT 1) SELECT * FROM stdin) TO STDOUT;\nROLLBACK;\n\\.\n", "COPY other than"],
     ["COPY t FROM stdin; COMMIT;\nx\n\\.\n", "after COPY"],
+    // The server ends a `--` comment at a bare CR too: what follows on the line is read as SQL.
+    ["COPY t FROM stdin -- x\r; ROLLBACK; SELECT 1\n;\n1\n\\.\n", "after COPY"],
+    ["SELECT 1; -- x\rCOMMIT;\n", "transaction control"],
     ["COPY t FROM stdin;\n1\n", "never ends"],
     ["SELECT 'unterminated;\n", "unterminated"],
     ["SELECT 1\n", "without its closing semicolon"],

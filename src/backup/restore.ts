@@ -12,7 +12,8 @@ import type { Writable } from "node:stream";
 import { finished as finishedStream } from "node:stream/promises";
 import postgres from "postgres";
 import { finished, pump, toolEnv, toolPath } from "./pgtools.ts";
-import { scriptItems } from "./script.ts";
+import { collectEvery, judgeScript, type Judged } from "./judge.ts";
+import { Rec, Spool } from "./spool.ts";
 
 export type RestoreStep = "verify" | "safety-backup" | "restore" | "compare";
 
@@ -44,6 +45,8 @@ export type RestoreResult = {
 
 export type LoadOptions = {
   env?: Record<string, string | undefined>;
+  /** Where the judged file waits while the rest is judged (a folder only this user can enter is made in it). */
+  spoolDir?: string;
   /** The maintenance lock the caller holds: the load commits only while it is still held. */
   lock?: LockHandle;
 };
@@ -51,8 +54,8 @@ export type LoadOptions = {
 /**
  * What runs before the file, in the restore's transaction. A deferred constraint trigger on a
  * temporary table fails the COMMIT unless our last statement set a token (the catalog holds only
- * its hash) and the maintenance lock is still held: a backstop behind the classification of every
- * statement (script.ts), should a COMMIT ever get through. Then every schema of the database and
+ * its hash) and the maintenance lock is still held: a backstop behind the judgement of every
+ * statement (judge.ts), should a COMMIT ever get through; checked unchanged before COMMIT. Then every schema of the database and
  * every large object is dropped, so the database ends exactly as in the backup, or as it was.
  */
 function prologue(serverVersionNum: number, id: string, tokenHash: string, lockHeld: string | undefined): string {
@@ -101,18 +104,45 @@ function fromArchive(source: ReadableStream<Uint8Array>, env: Record<string, str
   };
 }
 
+/** What a load sent and checked: the rows each COPY target was sent (and now holds). */
+export type LoadResult = {
+  statements: number;
+  copied: Record<string, number>;
+  /** Every table's row count (tableCounts' keys), read in the restore's transaction before COMMIT. */
+  counts: Record<string, number>;
+};
+
 /**
- * Load the file's SQL in ONE transaction that only this function ends. Each statement the guard
- * (script.ts) passed goes alone, as one extended-protocol message, so the server runs exactly the
- * statement that was classified; COPY data streams through the COPY protocol. psql is not
- * involved: no meta-command of the file can run. Any failure (a refused statement, a server error,
- * a damaged file, pg_restore, a lost lock) rolls the whole load back.
+ * Load the file's SQL in ONE transaction that only this function ends. The whole file is judged
+ * first (judge.ts: PostgreSQL's grammar, an allowlist) into a spool, so a refusal anywhere, even
+ * at the last line, runs nothing. Then each statement goes alone, as one extended-protocol
+ * message, so the server runs exactly the statement that was judged; each COPY is the judge's own
+ * `COPY table (columns) FROM STDIN`, its data streamed through the COPY protocol. Before COMMIT
+ * the result is checked (see checkLoaded). Any failure (a refused statement, a server error, a
+ * damaged file, pg_restore, a failed check, a lost lock) rolls the whole load back.
  */
-export async function load(url: string, source: ReadableStream<Uint8Array>, format: Format, serverVersionNum: number, options: LoadOptions = {}) {
+export async function load(url: string, source: ReadableStream<Uint8Array>, format: Format, serverVersionNum: number, options: LoadOptions = {}): Promise<LoadResult> {
+  const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
+  const spool = new Spool(options.spoolDir);
+  try {
+    let judged: Judged;
+    try {
+      judged = await judgeScript(archive ? archive.sql : source, spool);
+      await archive?.done();
+    } catch (error) {
+      archive?.kill();
+      throw error;
+    }
+    return await apply(url, spool, judged, serverVersionNum, options);
+  } finally {
+    spool.remove();
+  }
+}
+
+async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum: number, options: LoadOptions): Promise<LoadResult> {
   const token = crypto.randomUUID();
   const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
   const tokenHash = new Bun.CryptoHasher("md5").update(token).digest("hex");
-  const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
   // A connection ended under us (the lock's holder gone, the database dropped) is never written to
   // again: postgres.js on Bun would throw from inside a timer. Checked before every statement.
   let lost = false;
@@ -135,51 +165,189 @@ export async function load(url: string, source: ReadableStream<Uint8Array>, form
     return conn.unsafe(text, [], extended ? ({ simple: false } as postgres.UnsafeQueryOptions) : {});
   };
   let conn: postgres.ReservedSql;
-  let at = 0; // the line of the statement being run, for the error
+  let copy: Writable | undefined;
+  let copyError: Error | undefined;
+  let line = 0; // the line of the statement being run, for the error
   try {
     await sql`select 1`; // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
     conn = await sql.reserve();
     await run("BEGIN", false);
+    // The judge read the file with these: the server must read it the same way, whatever the
+    // database's defaults say.
+    await run("SET standard_conforming_strings = on");
+    await run("SET client_encoding = 'UTF8'");
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
-    let copy: Writable | undefined;
-    for await (const item of scriptItems(archive ? archive.sql : source)) {
-      if (item.kind === "statement") {
-        at = item.line;
-        if (item.copy) {
-          // COPY runs as a simple query (postgres.js has no other way): make sure the server reads
-          // its text as UTF-8, as the guard did, whatever the file set the client encoding to.
-          await run("SET client_encoding = 'UTF8'");
-          copy = (await run(item.text, false).writable()) as unknown as Writable;
-        } else {
-          await run(item.text);
-        }
-      } else if (item.kind === "data") {
-        if (!copy!.write(item.bytes)) await once(copy!, "drain");
+    const before = await watched(conn, id);
+    let pieces: Uint8Array[] = [];
+    for (const rec of spool.records()) {
+      if (rec.type === Rec.Data) {
+        if (!copy!.write(rec.bytes)) await once(copy!, "drain");
+        collectEvery(rec.bytes.length);
+        continue;
+      }
+      pieces.push(rec.bytes);
+      if (rec.more) continue;
+      const whole = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
+      pieces = [];
+      if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
+      const text = decoder.decode(whole.subarray(4));
+      if (rec.type === Rec.Statement) {
+        await run(text);
+      } else if (rec.type === Rec.Copy) {
+        // The judge's own text: the only thing ever sent where the server would run several statements.
+        const query = run(text, false);
+        // An error the server sends after the COPY's end reaches only this (already settled)
+        // query's reject: keep it, to report the server's own words.
+        const reject = (query as unknown as { reject: (e: Error) => void }).reject;
+        (query as unknown as { reject: (e: Error) => void }).reject = (e) => {
+          copyError = e;
+          reject(e);
+        };
+        copy = (await query.writable()) as unknown as Writable;
+        copy.on("error", () => {}); // reported by finished() or the next write
+        query.catch(() => {}); // its failure is the stream's: a COPY cut short must not surface twice
       } else {
-        copy!.end();
-        await finishedStream(copy!);
+        // postgres.js settles the stream only on the COPY's success, or on an error that comes
+        // before its end: an error that comes after (the server reads COPY data in blocks) would
+        // leave it waiting forever. A query queued behind the COPY (once the stream has handed
+        // the end to the server: before, postgres.js refuses it) settles either way.
+        const ending = copy!;
+        const ended = new Promise<void>((resolve) => {
+          const final = (ending as any)._final;
+          (ending as any)._final = (callback: (e?: Error) => void) => {
+            final.call(ending, callback);
+            resolve();
+          };
+        });
+        ending.end();
+        await Promise.race([ended, finishedStream(ending)]);
+        const probe = run("SELECT 1").then(() => finishedStream(copy!), (e: Error) => {
+          throw new ShinkeiError("RESTORE_FAILED", `the restore failed and was rolled back: line ${line}: ${(copyError ?? e).message}`, { cause: copyError ?? e });
+        });
+        probe.catch(() => {});
+        await Promise.race([finishedStream(copy!), probe]);
+        await probe;
         copy = undefined;
       }
     }
-    await archive?.done();
-    at = 0;
+    line = 0;
+    const counts = await checkLoaded(conn, id, before, judged, serverVersionNum);
     await options.lock?.assertHeld();
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("COMMIT", false);
+    return { statements: judged.statements, copied: Object.fromEntries([...judged.copied].map(([k, v]) => [k, v.rows])), counts };
   } catch (error) {
-    archive?.kill();
-    // An error that says the connection is gone (it may come from elsewhere, pg_restore's pipe say:
-    // harmless, since this pool is load()'s own and ending it rolls the transaction back too).
+    // A COPY still open holds the connection in the COPY protocol: end the connection instead
+    // (the server rolls the transaction back) rather than writing a ROLLBACK into it.
+    if (copy) {
+      copy.destroy();
+      lost = true;
+    }
+    // An error that says the connection is gone: harmless, since this pool is load()'s own and
+    // ending it rolls the transaction back too.
     lost ||= connectionLost(error);
     if (!lost && conn!) await settleWithin(conn.unsafe("ROLLBACK"), 5_000);
     if (error instanceof ShinkeiError) throw error;
     const message = (error as Error).message;
     const lockLost = message.includes("maintenance lock was lost");
-    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${at ? `line ${at}: ` : ""}${message}`, { cause: error });
+    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${line ? `line ${line}: ` : ""}${message}`, { cause: error });
   } finally {
     if (!lost) conn!?.release();
     await sql.end({ timeout: lost ? 0 : 5 }).catch(() => {});
   }
+}
+
+const decoder = new TextDecoder();
+
+/** What the file may not change: the guard, role settings, event triggers. Read after the prologue. */
+async function watched(conn: postgres.ReservedSql, id: string) {
+  const [row] = await conn.unsafe<{ guard: string | null; settings: string; events: string }[]>(`
+    select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
+              from pg_catalog.pg_proc p where p.proname = 'shinkei_guard_${id}' and p.pronamespace = pg_catalog.pg_my_temp_schema()) as guard,
+           (select coalesce(pg_catalog.string_agg(s.setdatabase || '/' || s.setrole || '/' || s.setconfig::text, ';' order by s.setdatabase, s.setrole), '')
+              from pg_catalog.pg_db_role_setting s) as settings,
+           (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '') from pg_catalog.pg_event_trigger) as events`);
+  if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
+  return { ...row!, guard: row!.guard, events: row!.events ? row!.events.split("/") : [] };
+}
+
+/**
+ * Success is claimed only when checked, in the restore's own transaction before COMMIT: the guard
+ * is the one the prologue made (same oid, same body, its trigger on, its row there), role
+ * settings are as they were, every table a COPY filled holds exactly the rows sent, and nothing
+ * the file did not define (relations, functions, triggers, event triggers) appeared. Code the
+ * file defines (a trigger, a default) runs during the load: this is what catches its side effects.
+ */
+async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Awaited<ReturnType<typeof watched>>, judged: Judged, serverVersionNum: number): Promise<Record<string, number>> {
+  const fail = (what: string): never => {
+    throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, { hint: "Nothing was changed: the check runs before the restore commits." });
+  };
+  const after = await watched(conn, id).catch(() => fail("the restore's guard was removed during the load"));
+  if (after.guard !== before.guard) fail("the restore's guard was replaced during the load");
+  const [intact] = await conn.unsafe<{ ok: boolean }[]>(`
+    select exists (select 1 from pg_catalog.pg_trigger t where t.tgrelid = 'pg_temp.shinkei_guard_${id}'::regclass and t.tgname = 'shinkei_guard'
+                     and t.tgenabled = 'A' and t.tgfoid = ${Number(before.guard.split(":")[0])}::oid)
+       and (select count(*) from pg_temp.shinkei_guard_${id}) = 1 as ok`).catch(() => [{ ok: false }]);
+  if (!intact!.ok) fail("the restore's guard was altered during the load");
+  if (after.settings !== before.settings) fail("role or database settings changed during the load (pg_db_role_setting)");
+  const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
+  if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
+
+  const defined = (set: Set<string>, schema: string, name: string) => set.has(`${schema}.${name}`) || set.has(`*.${name}`);
+  const userSchema = `n.nspname <> 'information_schema' and n.nspname !~ '^pg_'`;
+  const rels = await conn.unsafe<{ schema: string; name: string; owned: boolean }[]>(`
+    select n.nspname as schema, c.relname as name,
+           exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
+                     and d.refclassid = 'pg_catalog.pg_class'::regclass and d.deptype in ('i', 'a') and c.relkind = 'S') as owned
+      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S') and ${userSchema}
+       and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')`);
+  const extraRels = rels.filter((r) => !r.owned && !defined(judged.relations, r.schema, r.name));
+  if (extraRels.length) fail(`relations the file does not define appeared: ${extraRels.slice(0, 5).map((r) => `${r.schema}.${r.name}`).join(", ")}`);
+  const funcs = await conn.unsafe<{ schema: string; name: string }[]>(`
+    select n.nspname as schema, p.proname as name from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+     where ${userSchema}
+       and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype in ('e', 'i'))`);
+  const extraFuncs = funcs.filter((f) => !defined(judged.functions, f.schema, f.name));
+  if (extraFuncs.length) fail(`functions the file does not define appeared: ${extraFuncs.slice(0, 5).map((f) => `${f.schema}.${f.name}`).join(", ")}`);
+  const trigs = await conn.unsafe<{ rel: string; name: string }[]>(`
+    select c.relname as rel, t.tgname as name from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
+      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where not t.tgisinternal and ${userSchema}${serverVersionNum >= 130000 ? " and t.tgparentid = 0" : ""}`);
+  const extraTrigs = trigs.filter((t) => !judged.triggers.has(`${t.rel}/${t.name}`));
+  if (extraTrigs.length) fail(`triggers the file does not define appeared: ${extraTrigs.slice(0, 5).map((t) => `${t.name} on ${t.rel}`).join(", ")}`);
+
+  // Every table's count (what the restore reports, so it is not counted twice), then each COPY
+  // target against the rows sent.
+  const counts = await tableCounts(conn);
+  const targets = [...judged.copied.values()];
+  if (targets.length === 0) return counts;
+  const names = targets.map((t) => (t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`));
+  const resolved = await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(names.map((name, i) =>
+    `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
+            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r) as own
+       from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
+       left join pg_catalog.pg_class c on c.oid = r left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
+  ).join(" union all ") + " order by i");
+  const direct: string[] = [];
+  const found = resolved.map((r, i) => {
+    const t = targets[i]!;
+    if (!r.q) fail(`the table ${t.schema === "*" ? "" : `${t.schema}.`}${t.name} that a COPY filled is gone`);
+    const key = r.schema === "public" ? r.name : `${r.schema}.${r.name}`;
+    // An inheritance parent's count includes its children's rows, and an extension's table is not
+    // among the counted: these are counted on their own.
+    if (r.own || counts[key] === undefined) direct.push(`select ${i} as i, count(*)::int8 as n from ${r.own ? "only " : ""}${r.q}`);
+    return { key, n: counts[key] };
+  });
+  if (direct.length) for (const { i, n } of await conn.unsafe<{ i: number; n: string }[]>(direct.join(" union all "))) found[i]!.n = Number(n);
+  found.forEach(({ key, n }, i) => {
+    if (n !== targets[i]!.rows) fail(`${key} holds ${n} rows, the file sent ${targets[i]!.rows}`);
+  });
+  return counts;
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
 }
 
 /** What a caller lets through that this host would otherwise refuse (--allow-unencrypted, --allow-unsigned). */
@@ -252,14 +420,15 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
 
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
+  let counts: Record<string, number>;
   try {
-    await load(url, source, verification.format, server!.num, { env, lock: options.lock });
+    ({ counts } = await load(url, source, verification.format, server!.num, { env, lock: options.lock, spoolDir: options.dir }));
   } catch (error) {
     throw await checkedRollback(sql, before, error);
   }
 
+  // Counted by the load, in its own transaction before COMMIT (what was committed).
   options.onStep?.("compare");
-  const counts = await tableCounts(sql);
   const mismatches: string[] = [];
   for (const [table, expected] of Object.entries(verification.manifest?.counts ?? {})) {
     if (counts[table] !== expected) mismatches.push(`${table}: expected ${expected}, found ${counts[table] ?? "no table"}`);

@@ -1,28 +1,23 @@
 import { ShinkeiError } from "../errors.ts";
 
 /**
- * A file to restore is untrusted input. It is never handed to psql, which would do whatever the
- * script says (a `COMMIT` ends the restore's transaction, `\!` runs a shell command here). This
- * lexer splits it into statements the way psql would (quotes, dollar quotes, nested comments,
- * `BEGIN ATOMIC` bodies, COPY data), and restore.ts sends each statement alone, as one
- * extended-protocol message, in a transaction only it ends. The server then parses exactly the
- * statement that was classified here and runs at most one statement per message: a split that
- * went wrong can only be a syntax error (the restore rolls back), never a hidden second statement.
- *
- * Refused, with the line they are on: top-level transaction control (BEGIN, START, COMMIT, END,
- * ROLLBACK, ABORT, PREPARE TRANSACTION), DISCARD and DROP OWNED (they would remove the restore's
- * guard), any COPY but pg_dump's `COPY table FROM stdin`, psql meta-commands, NUL bytes, and text
- * that is not UTF-8. pg_dump's own large-object blocks (`BEGIN;` lo_open / lowrite / lo_close
- * `COMMIT;`) are the one exception: their BEGIN and COMMIT are dropped, so the objects load inside
- * the restore's transaction. It works on bytes: every character that matters is ASCII, and no byte
- * of a multibyte UTF-8 character is below 0x80.
+ * A file to restore is untrusted input. This splitter finds its statements the way the server's
+ * lexer does (quotes, dollar quotes, nested comments, `--` comments ending at LF or CR, `BEGIN
+ * ATOMIC` bodies) and the data of each COPY FROM stdin, which it counts and hands on untouched.
+ * It does not decide what runs: judge.ts parses every statement with PostgreSQL's own grammar and
+ * refuses any disagreement about where a statement ends. Refused here already, with the line they
+ * are on: top-level transaction control, DISCARD and DROP OWNED, any COPY but `COPY table FROM
+ * stdin`, psql meta-commands, NUL bytes, and text that is not UTF-8. pg_dump's own large-object
+ * blocks (`BEGIN;` lo_open / lowrite / lo_close `COMMIT;`) are the one exception: their BEGIN and
+ * COMMIT are dropped, so the objects load inside the restore's transaction. It works on bytes:
+ * every character that matters is ASCII, and no byte of a multibyte UTF-8 character is below 0x80.
  */
 
 /** What the guard hands on: whole statements, and the data lines of a COPY FROM stdin. */
 export type ScriptItem =
-  | { kind: "statement"; text: string; line: number; copy: boolean }
+  | { kind: "statement"; text: string; bytes: Uint8Array; line: number; copy: boolean; empty: boolean }
   | { kind: "data"; bytes: Uint8Array }
-  | { kind: "end-copy" };
+  | { kind: "end-copy"; rows: number };
 
 const enum S {
   Normal,
@@ -41,7 +36,8 @@ const BACKSLASH = 0x5c, NL = 0x0a, CR = 0x0d, LPAREN = 0x28, RPAREN = 0x29, DOT 
 
 const isIdentStart = (b: number) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b >= 0x80;
 const isIdentPart = (b: number) => isIdentStart(b) || (b >= 0x30 && b <= 0x39) || b === DOLLAR;
-const isSpace = (b: number) => b === 0x20 || b === 0x09 || b === NL || b === CR || b === 0x0c;
+// The server's lexer: space is [ \t\n\r\f\v], and a `--` comment ends at the first \n or \r.
+const isSpace = (b: number) => b === 0x20 || b === 0x09 || b === NL || b === CR || b === 0x0c || b === 0x0b;
 
 const TRANSACTION_CONTROL = new Set(["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"]);
 const ROUTINE = new Set(["FUNCTION", "PROCEDURE"]);
@@ -75,6 +71,7 @@ export class ScriptGuard {
   private inLargeObjectBlock = false;
   private line = 0;
   private statementLine = 0;
+  private copyRows = 0;
 
   private decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -127,10 +124,13 @@ export class ScriptGuard {
       const isEnd = buf[line] === BACKSLASH && buf[line + 1] === DOT && (end - line === 3 || (end - line === 4 && buf[line + 2] === CR));
       if (isEnd) {
         if (line > from) out.push({ kind: "data", bytes: buf.subarray(from, line) });
-        out.push({ kind: "end-copy" });
+        out.push({ kind: "end-copy", rows: this.copyRows });
+        this.copyRows = 0;
         this.state = S.Normal;
         return end;
       }
+      // One line is one row: a newline inside a value is written as \n.
+      this.copyRows++;
       line = end;
     }
     if (line > from) out.push({ kind: "data", bytes: buf.subarray(from, line) });
@@ -143,7 +143,7 @@ export class ScriptGuard {
       const b = buf[i]!;
       switch (this.state) {
         case S.LineComment:
-          if (b === NL) this.state = S.Normal;
+          if (b === NL || b === CR) this.state = S.Normal;
           continue;
         case S.BlockComment:
           if (b === STAR && buf[i + 1] === SLASH) {
@@ -267,9 +267,10 @@ export class ScriptGuard {
         this.hold(buf, held, i + 1);
         held = i + 1;
         const line = this.statementLine;
+        const empty = this.head.length === 1; // nothing but this `;` (and comments) since the last one
         const action = this.endStatement();
         if (action === "drop") this.pending = [];
-        else this.flush(out, line, action === "copy");
+        else this.flush(out, line, action === "copy", empty);
         if (action === "copy") this.state = S.AfterCopy;
       }
     }
@@ -280,7 +281,7 @@ export class ScriptGuard {
     if (to > from) this.pending.push(buf.slice(from, to));
   }
 
-  private flush(out: ScriptItem[], line: number, copy: boolean) {
+  private flush(out: ScriptItem[], line: number, copy: boolean, empty: boolean) {
     const bytes = this.pending.length === 1 ? this.pending[0]! : concatAll(this.pending);
     this.pending = [];
     let text: string;
@@ -289,7 +290,7 @@ export class ScriptGuard {
     } catch {
       this.refuse(`text that is not UTF-8 (line ${line}): dump the database with pg_dump --encoding=UTF8`);
     }
-    out.push({ kind: "statement", text, line, copy });
+    out.push({ kind: "statement", text, bytes, line, copy, empty });
   }
 
   private begin() {

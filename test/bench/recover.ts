@@ -37,12 +37,12 @@ export async function benchRecover(o: { bin: string; url: string; dir: string; s
     for (let i = 0; i < o.runs; i++) {
       const p = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--dry-run", "--json"], { env });
       preview.push(p.ms);
-      const a = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--yes", "--json"], { env });
+      const a = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--yes", "--confirm-database", new URL(o.url).pathname.slice(1), "--json"], { env });
       const out = JSON.parse(a.stdout) as { loadMs: number; applyMs: number; record: string };
       total.push(a.ms);
       apply.push(out.applyMs);
       load.push(out.loadMs);
-      const u = await timed([o.bin, "recover", "--undo", out.record, "--yes", "--json"], { env });
+      const u = await timed([o.bin, "recover", "--undo", out.record, "--yes", "--confirm-database", new URL(o.url).pathname.slice(1), "--json"], { env });
       undoTotal.push(u.ms);
       undoApply.push((JSON.parse(u.stdout) as { applyMs: number }).applyMs);
     }

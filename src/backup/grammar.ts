@@ -1,0 +1,67 @@
+// PostgreSQL's own parser (libpg-query, compiled to WebAssembly). Its JavaScript entry point
+// looks for the .wasm beside itself, which a compiled binary does not have: the module is
+// embedded here as a file and instantiated from its bytes, so the parser works the same from source
+// and from dist/shinkei.
+// @ts-ignore -- the emscripten loader ships without types
+import PgQueryModule from "libpg-query/wasm/libpg-query.js";
+import wasmPath from "libpg-query/wasm/libpg-query.wasm" with { type: "file" };
+
+type Module = {
+  lengthBytesUTF8(s: string): number;
+  stringToUTF8(s: string, ptr: number, max: number): void;
+  UTF8ToString(ptr: number): string;
+  getValue(ptr: number, type: string): number;
+  _malloc(n: number): number;
+  _free(ptr: number): void;
+  _wasm_parse_query_raw(ptr: number): number;
+  _wasm_free_parse_result(ptr: number): void;
+};
+
+/** One statement of a parse: its node (`{ CreateStmt: {...} }`) and where it is, in bytes. */
+export type RawStmt = { stmt: Record<string, any>; stmt_location?: number; stmt_len?: number };
+export type Parsed = { ok: true; stmts: RawStmt[] } | { ok: false; message: string; cursor: number };
+
+let module: Module | undefined;
+let loading: Promise<Module> | undefined;
+
+export async function loadGrammar(): Promise<void> {
+  loading ??= (async () => {
+    const bytes = await Bun.file(wasmPath).bytes();
+    // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this build).
+    const instantiateWasm = (imports: Record<string, Record<string, unknown>>, done: (instance: WebAssembly.Instance) => void) => {
+      WebAssembly.instantiate(bytes, imports as never).then((r) => done(r.instance));
+      return {};
+    };
+    return (module = (await PgQueryModule({ instantiateWasm })) as Module);
+  })();
+  await loading;
+}
+
+/** Let the parser's memory go (tens of MiB) once a file is judged: the load that follows streams gigabytes. */
+export function unloadGrammar() {
+  module = undefined;
+  loading = undefined;
+}
+
+/** Parse SQL text as the server would (PostgreSQL 18's grammar); locations are byte offsets. */
+export function parseSql(text: string): Parsed {
+  const m = module;
+  if (!m) throw new Error("loadGrammar() first");
+  const size = m.lengthBytesUTF8(text) + 1;
+  const input = m._malloc(size);
+  m.stringToUTF8(text, input, size);
+  const result = m._wasm_parse_query_raw(input);
+  try {
+    if (!result) throw new Error("the SQL parser ran out of memory");
+    const error = m.getValue(result + 8, "i32");
+    if (error) {
+      const message = m.getValue(error, "i32");
+      return { ok: false, message: message ? m.UTF8ToString(message) : "syntax error", cursor: m.getValue(error + 16, "i32") };
+    }
+    const tree = m.getValue(result, "i32");
+    return { ok: true, stmts: (JSON.parse(m.UTF8ToString(tree)) as { stmts?: RawStmt[] }).stmts ?? [] };
+  } finally {
+    m._free(input);
+    if (result) m._wasm_free_parse_result(result);
+  }
+}

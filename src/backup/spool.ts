@@ -1,0 +1,123 @@
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writevSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/**
+ * What the judge passed, held on disk until the whole file has been judged: nothing runs before
+ * its last line was read. The decoded stream is written once and read once (the page cache
+ * usually serves the read), instead of reading, decrypting and decompressing the file again.
+ * Records: a type byte, a 32-bit length, the bytes.
+ */
+export const enum Rec {
+  Statement = 1,
+  Copy = 2,
+  Data = 3,
+  EndCopy = 4,
+}
+
+const FLUSH = 1 << 20;
+const READ = 1 << 20;
+/** COPY data goes to the server in pieces of at most this: postgres.js copies each into a message. */
+const PIECE = 256 << 10;
+
+export class Spool {
+  readonly path: string;
+  private readonly dir: string;
+  private fd: number;
+  /** Pieces waiting to be written together (writev: COPY data is not copied on its way to disk). */
+  private pending: Uint8Array[] = [];
+  private pendingBytes = 0;
+  private encoder = new TextEncoder();
+
+  constructor(parent = tmpdir()) {
+    // A folder only this user can enter (mkdtemp makes it 0700): the judged file waits here.
+    // Beside the backups when there is such a folder (a decoded dump can be larger than /tmp).
+    this.dir = existsSync(parent) ? mkdtempSync(join(parent, ".shinkei-restore-")) : mkdtempSync(join(tmpdir(), ".shinkei-restore-"));
+    this.path = join(this.dir, "judged");
+    this.fd = openSync(this.path, "w+", 0o600);
+  }
+
+  /** A statement, after the line it starts on (4 bytes), for the load's errors. */
+  text(type: Rec.Statement | Rec.Copy, text: string, line: number) {
+    const bytes = this.encoder.encode(`\0\0\0\0${text}`);
+    new DataView(bytes.buffer).setUint32(0, line, true);
+    this.add(type, bytes);
+  }
+
+  /** COPY data: held by reference until written, so the caller must not reuse the bytes. */
+  data(bytes: Uint8Array) {
+    this.add(Rec.Data, bytes);
+  }
+
+  endCopy() {
+    this.add(Rec.EndCopy, new Uint8Array(0));
+  }
+
+  private add(type: Rec, bytes: Uint8Array) {
+    const head = new Uint8Array(5);
+    head[0] = type;
+    new DataView(head.buffer).setUint32(1, bytes.length, true);
+    this.pending.push(head);
+    if (bytes.length) this.pending.push(bytes);
+    this.pendingBytes += 5 + bytes.length;
+    if (this.pendingBytes >= FLUSH || this.pending.length >= 512) this.flush();
+  }
+
+  private flush() {
+    let parts = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    while (parts.length) {
+      let n = writevSync(this.fd, parts);
+      // A short write: drop what went, and the written part of the piece it stopped in.
+      let i = 0;
+      while (i < parts.length && n >= parts[i]!.length) n -= parts[i++]!.length;
+      parts = parts.slice(i);
+      if (n > 0) parts[0] = parts[0]!.subarray(n);
+    }
+  }
+
+  /** The records in the order they were written; a record may arrive split in pieces (`more`). */
+  *records(): Generator<{ type: Rec; bytes: Uint8Array; more: boolean }> {
+    this.flush();
+    let pos = 0;
+    let buf = new Uint8Array(0);
+    let at = 0;
+    // A fresh buffer per read: the pieces handed out stay valid while the consumer holds them.
+    const fill = (): boolean => {
+      const rest = buf.subarray(at);
+      const next = Buffer.allocUnsafe(READ + rest.length);
+      next.set(rest);
+      const n = readSync(this.fd, next, rest.length, READ, pos);
+      pos += n;
+      buf = next.subarray(0, rest.length + n);
+      at = 0;
+      return n > 0;
+    };
+    for (;;) {
+      if (buf.length - at < 5 && !fill()) {
+        if (buf.length - at === 0) return;
+        throw new Error("the restore's spool file is damaged");
+      }
+      if (buf.length - at < 5) continue;
+      const type = buf[at] as Rec;
+      let left = buf[at + 1]! | (buf[at + 2]! << 8) | (buf[at + 3]! << 16) | (buf[at + 4]! * 0x1000000);
+      at += 5;
+      if (left === 0) yield { type, bytes: buf.subarray(at, at), more: false };
+      while (left > 0) {
+        if (buf.length - at === 0 && !fill()) throw new Error("the restore's spool file is damaged");
+        const n = Math.min(left, buf.length - at, PIECE);
+        left -= n;
+        yield { type, bytes: buf.subarray(at, at + n), more: left > 0 };
+        at += n;
+      }
+    }
+  }
+
+  remove() {
+    try {
+      closeSync(this.fd);
+    } catch {}
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
