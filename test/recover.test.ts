@@ -522,7 +522,7 @@ describe("undo a recovery", () => {
     expect(undoBytes.includes(Buffer.from(record.id))).toBe(false);
     const recovered = await snapshot(db.sql);
     const refused = async (e: Record<string, string>, message: string | RegExp) => {
-      const u = await shinkei(["recover", "--undo", path, "--yes", "--confirm-database", db.name], e);
+      const u = await shinkei(["recover", "--undo", path, "--yes", "--confirm-database", new URL(e.DATABASE_URL!).pathname.slice(1)], e);
       expect(u.code).toBe(1);
       expect(u.stderr).toMatch(message);
       expect(await snapshot(db.sql)).toEqual(recovered);
