@@ -157,6 +157,9 @@ export class Metrics {
     windowGauge("shinkei_wal_gaps_after_newest_base_backup", "Gaps after the newest base backup: they cut the window short", (w) => w.gapsAfterNewestBase);
     windowGauge("shinkei_wal_unsealed_segments", "Finished WAL segments waiting for the archiver to seal them (encrypt, checksum, copy off-site)", (w) => w.unsealed);
     windowGauge("shinkei_wal_unsealed_oldest_age_seconds", "How long the oldest finished segment has waited to be sealed; 0 when none waits", (w, now) => (w.unsealedSince ? seconds(now - w.unsealedSince.getTime()) : 0));
+    windowGauge("shinkei_wal_spool_free_bytes", "Free space on the disk the WAL receiver writes to", (w) => w.spoolFreeBytes);
+    windowGauge("shinkei_wal_disk_full", "1 when the WAL spool's disk has less free space than one segment: the receiver cannot write the next one", (w) => (w.diskFull ? 1 : 0));
+    windowGauge("shinkei_wal_refused_partials", "Partial segments in the spool pg_receivewal refuses to resume from (neither empty nor whole)", (w) => w.refusedPartials);
     /** The receiver and its slot (only where a source reports them: the database, with the archive on). */
     const receiverGauge = (name: string, help: string, labelNames: string[], set: (g: Gauge<string>, r: NonNullable<Facts["receiver"]>) => void) =>
       new Gauge({

@@ -18,7 +18,7 @@ export type KindFacts = {
 };
 
 /** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
-export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null };
+export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null; spoolFreeBytes: number | null; diskFull: boolean; refusedPartials: number };
 
 /** How far the WAL receiver trails the server, and its replication slot: what the database says. */
 export type ReceiverFacts = {
@@ -81,7 +81,7 @@ export function archiveSource(backupDir: string, limits: { maxAgeMs: number; dri
       const date = (s: string | null) => (s ? new Date(s) : null);
       return {
         kinds: bases.length || drills.length ? [kind] : [],
-        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt) },
+        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt), spoolFreeBytes: w.spool.freeBytes, diskFull: w.spool.diskFull, refusedPartials: w.spool.refused.length },
       };
     },
   };

@@ -10,6 +10,7 @@ import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
 import { listBaseBackups } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
+import { freeBytes, refusedPartials, type Refused } from "./spool.ts";
 import { slotStatus, type SlotStatus } from "./slot.ts";
 import { serverInfo } from "./stream.ts";
 import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
@@ -35,6 +36,11 @@ export type PitrStatus = {
   receiving: { segment: string; receivedAt: string } | null;
   /** Finished segments the archiver has not sealed yet (normally for a moment): held, but not encrypted, checksummed or copied off-site. */
   unsealed: { segments: number; oldestReceivedAt: string | null };
+  /**
+   * The spool's disk: free bytes (null when unknown) and whether they are fewer than one segment,
+   * which the receiver needs to start the next; and `.partial` files pg_receivewal would refuse.
+   */
+  spool: { freeBytes: number | null; diskFull: boolean; refused: Refused[] };
   receiver: {
     connected: boolean;
     state: string | null;
@@ -84,7 +90,7 @@ function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date 
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
-export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving" | "unsealed">;
+export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving" | "unsealed" | "spool">;
 
 /**
  * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
@@ -96,6 +102,8 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
   const bases = await listBaseBackups(backupDir);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   const { current, finished } = await spooled(spoolDir(backupDir), seg);
+  // Only where a spool exists (streaming was set up): BACKUP_DIR itself answers for dumps.
+  const free = (await stat(spoolDir(backupDir)).catch(() => null)) ? await freeBytes(spoolDir(backupDir)) : Infinity;
 
   const byTimeline = new Map<number, Map<bigint, Held>>();
   const hold = (timeline: number, segno: bigint, receivedAt: Date) => {
@@ -144,6 +152,7 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
     gapsAfterNewestBase,
     receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
     unsealed: { segments: finished.length, oldestReceivedAt: finished.length ? new Date(Math.min(...finished.map((f) => f.receivedAt.getTime()))).toISOString() : null },
+    spool: { freeBytes: Number.isFinite(free) ? free : null, diskFull: free < seg, refused: await refusedPartials(spoolDir(backupDir), seg) },
     records,
     current,
     spooled: finished,
@@ -218,6 +227,10 @@ export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
   if (unsealedSince !== null && Date.now() - unsealedSince > maxLagMs) {
     problems.push(`${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`);
   }
+  if (s.spool.diskFull) {
+    problems.push(`the WAL spool's disk has ${formatBytes(s.spool.freeBytes ?? 0)} free, less than one WAL segment: the receiver cannot write the next one (it restarts by itself when space returns; the slot keeps the WAL meanwhile, until max_slot_wal_keep_size)`);
+  }
+  for (const r of s.spool.refused) problems.push(`${r.name} in the WAL spool has ${r.sizeBytes} bytes, neither 0 nor a whole segment: pg_receivewal refuses it (the backup service repairs it when the receiver restarts)`);
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
   for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
   return problems;
