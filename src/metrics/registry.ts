@@ -81,7 +81,7 @@ export class Metrics {
 
   private async readSources(): Promise<Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver">> {
     const failed: string[] = [];
-    const all: Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver"> = { kinds: [], offsitePending: [] };
+    const all: Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver"> = { kinds: [], offsitePending: [], offsiteLag: [] };
     // All at once, each bounded: a slow source (the database) never holds the others' figures back.
     const read = await Promise.all(this.sources.map((s) => withinMs(s.read(), SOURCE_TIMEOUT_MS).then((f) => ({ f }), () => null)));
     read.forEach((r, i) => {
@@ -89,6 +89,7 @@ export class Metrics {
       if (!r) return void failed.push(this.sources[i]!.name);
       all.kinds.push(...r.f.kinds);
       all.offsitePending.push(...(r.f.offsitePending ?? []));
+      all.offsiteLag.push(...(r.f.offsiteLag ?? []));
       all.window ??= r.f.window;
       all.receiver ??= r.f.receiver;
     });
@@ -134,6 +135,26 @@ export class Metrics {
       async collect() {
         this.reset();
         for (const p of (await self.facts()).offsitePending) this.set({ store: p.store }, p.count);
+      },
+    });
+    new Gauge({
+      name: "shinkei_offsite_lag_seconds",
+      help: "How far the off-site copy trails the local archive: for wal, the received time it lacks; for base, how long the oldest base backup not copied has waited; 0 when nothing waits",
+      labelNames: ["kind"],
+      registers,
+      async collect() {
+        this.reset();
+        for (const l of (await self.facts()).offsiteLag) this.set({ kind: l.kind }, l.lagSeconds);
+      },
+    });
+    new Gauge({
+      name: "shinkei_offsite_max_lag_seconds",
+      help: "The configured limit for the off-site lag (PITR_OFFSITE_MAX_LAG)",
+      labelNames: ["kind"],
+      registers,
+      async collect() {
+        this.reset();
+        for (const l of (await self.facts()).offsiteLag) this.set({ kind: l.kind }, seconds(l.maxLagMs));
       },
     });
     /** The point-in-time window (only where a source reports one: the WAL archive). */

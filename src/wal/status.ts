@@ -7,7 +7,7 @@ import { formatDuration } from "../duration.ts";
 import { formatBytes } from "../bytes.ts";
 import { listArchive, spoolDir, walRoot, type WalRecord } from "./archive.ts";
 import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
-import { listBaseBackups } from "./base.ts";
+import { listBaseBackups, type BaseBackup } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
 import { freeBytes, refusedPartials, type Refused } from "./spool.ts";
@@ -54,7 +54,7 @@ export type PitrStatus = {
   slot: SlotStatus | null;
   slotName: string | null;
   /** The off-site RPO: how much of what is on our disk is not yet in the store, when S3 is configured. */
-  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number } | null;
+  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number; basesNotCopied: number; baseLagSeconds: number } | null;
 };
 
 type Held = { segno: bigint; receivedAt: Date };
@@ -160,6 +160,11 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
   };
 }
 
+/** When the newest WAL we hold (archived, finished in the spool, or being received) was received; 0 for none. */
+export function newestHeld(w: { records: WalRecord[]; current: Spooled | null; spooled: Spooled[] }): number {
+  return Math.max(w.current?.receivedAt.getTime() ?? 0, ...w.records.map((r) => Date.parse(r.receivedAt)), ...w.spooled.map((f) => f.receivedAt.getTime()));
+}
+
 /**
  * What can be recovered to (archiveWindow), and how far the receiver trails the server: its
  * current LSN, pg_stat_replication and the slot.
@@ -184,7 +189,7 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
   // Without WAL_SYNC the receiver reports its flush (and so moves the slot) only at segment ends:
   // with the position hidden, less than a segment behind is as close as we can tell.
   if (positionHidden && rep && !config.wal.synchronous && lagBytes < seg) lagBytes = 0;
-  const newestReceived = Math.max(current?.receivedAt.getTime() ?? 0, ...records.map((r) => Date.parse(r.receivedAt)), ...spooled.map((f) => f.receivedAt.getTime()));
+  const newestReceived = newestHeld({ records, current, spooled });
   // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the last WAL we got is at risk.
   const lagSeconds = lagBytes === 0 ? 0 : rep && !positionHidden ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
 
@@ -198,24 +203,49 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
   };
 }
 
-async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number): Promise<PitrStatus["offsite"]> {
+/**
+ * How far the off-site copy trails the local archive. WAL: the span of received time it lacks (from
+ * the newest moment it covers to the newest we hold; with nothing copied yet, from the oldest we
+ * hold). Base backups: how long the oldest one not yet copied has waited. Both are 0 when nothing
+ * waits, and grow with every second of an outage while the server writes.
+ */
+export async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number, bases?: BaseBackup[]): Promise<PitrStatus["offsite"]> {
   const store = walStore(config);
   if (!store) return null;
   const copied = records.filter((r) => r.offsite?.[store.kind]);
   const state = (await Bun.file(offsiteStatePath(config.backupDir)).json().catch(() => null)) as OffsiteState | null;
   const partialAt = state?.location === store.location ? Date.parse(state.partial.receivedAt) || 0 : 0;
   const covered = Math.max(partialAt, ...copied.map((r) => Date.parse(r.receivedAt)));
+  const oldestLocal = Math.min(...records.map((r) => Date.parse(r.receivedAt)));
+  const from = covered > 0 ? covered : Number.isFinite(oldestLocal) ? oldestLocal : newestLocal;
+  const pendingBases = (bases ?? (await listBaseBackups(config.backupDir))).filter((b) => !b.manifest.offsite?.[store.kind]);
+  const oldestPendingBase = Math.min(...pendingBases.map((b) => Date.parse(b.manifest.finishedAt)));
   return {
     location: store.location,
     coveredUntil: covered > 0 ? new Date(covered).toISOString() : null,
-    lagSeconds: covered > 0 ? Math.max(0, Math.round((newestLocal - covered) / 100) / 10) : -1,
+    lagSeconds: newestLocal > 0 ? Math.max(0, Math.round((newestLocal - from) / 100) / 10) : 0,
     notCopied: records.length - copied.length,
+    basesNotCopied: pendingBases.length,
+    baseLagSeconds: pendingBases.length ? Math.max(0, Math.round((Date.now() - oldestPendingBase) / 100) / 10) : 0,
   };
 }
 
-/** Reasons `backup check` fails on the point-in-time archive; empty when it is healthy. */
-export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
+/** Reasons the off-site copy fails `backup check`: it trails the local archive by more than PITR_OFFSITE_MAX_LAG. */
+export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): string[] {
+  if (!o) return [];
   const problems: string[] = [];
+  if (o.lagSeconds * 1000 > maxLagMs) {
+    problems.push(`the off-site WAL copy at ${o.location} trails the local archive by ${formatDuration(o.lagSeconds * 1000)} (${o.notCopied} file(s) not copied; covers up to ${o.coveredUntil ?? "nothing yet"}), more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`);
+  }
+  if (o.baseLagSeconds * 1000 > maxLagMs) {
+    problems.push(`${o.basesNotCopied} base backup(s) not copied to ${o.location}, the oldest for ${formatDuration(o.baseLagSeconds * 1000)}, more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`);
+  }
+  return problems;
+}
+
+/** Reasons `backup check` fails on the point-in-time archive; empty when it is healthy. */
+export function pitrProblems(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): string[] {
+  const problems: string[] = offsiteProblems(s.offsite, offsiteMaxLagMs);
   if (s.receiver.lagSeconds < 0 || s.receiver.lagSeconds * 1000 > maxLagMs) {
     problems.push(`the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`);
   }
@@ -236,8 +266,8 @@ export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
   return problems;
 }
 
-export function assertPitrHealthy(s: PitrStatus, maxLagMs: number): void {
-  const problems = pitrProblems(s, maxLagMs);
+export function assertPitrHealthy(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): void {
+  const problems = pitrProblems(s, maxLagMs, offsiteMaxLagMs);
   if (problems.length) {
     throw new ShinkeiError("PITR_AT_RISK", problems.join("; "), {
       hint: "See shinkei pitr status, and the backup service's log (wal receiver lines).",
