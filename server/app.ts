@@ -19,7 +19,7 @@ import { opsRoutes } from "./ops/app.tsx";
 export function createApp(deps: Deps) {
   const app = new Hono<AppEnv>();
   if (deps.ops) app.use(httpMetrics(deps.ops.metrics));
-  app.use(requestId(), accessLog(deps.log), securityHeaders(), deadline(REQUEST_DEADLINE_MS));
+  app.use(requestId(), accessLog(deps.log, deps.config.accessLog), securityHeaders(), deadline(REQUEST_DEADLINE_MS));
   app.route("/", healthRoutes(deps));
   // On the public port only behind their tokens; without one they live on the ops listener alone.
   if (deps.ops) app.route("/", opsRoutes(deps.ops, { metrics: !!deps.config.ops?.metricsToken, page: !!deps.config.ops?.opsToken }));
