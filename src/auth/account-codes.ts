@@ -1,3 +1,4 @@
+import type postgres from "postgres";
 import type { Queryable, Sql } from "../db.ts";
 
 export type CodePurpose = "password_reset" | "verify_email";
@@ -12,14 +13,16 @@ export function hashCode(code: string): Buffer {
 /**
  * A new code for `userId`, valid until `now + ttlMs`. Earlier codes of the same purpose stop
  * working in the same transaction, so only the newest mail counts. Only the hash is stored.
+ * `alongside` runs in that transaction with the code (to queue the mail that carries it).
  */
-export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }): Promise<string> {
+export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }, alongside?: (tx: postgres.TransactionSql, code: string, expiresAt: Date) => Promise<void>): Promise<string> {
   const code = Buffer.from(crypto.getRandomValues(new Uint8Array(24))).toString("base64url");
   const expiresAt = new Date(input.now.getTime() + input.ttlMs);
   await sql.begin(async (tx) => {
     await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
     await tx`insert into account_codes (code_hash, user_id, purpose, created_at, expires_at)
              values (${hashCode(code)}, ${input.userId}, ${input.purpose}, ${input.now}, ${expiresAt})`;
+    await alongside?.(tx, code, expiresAt);
   });
   return code;
 }
