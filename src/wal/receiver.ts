@@ -89,20 +89,26 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
       if (o.space && (tail.some((l) => NO_SPACE.test(l)) || (await o.space.free()) < o.space.needBytes)) {
         // The padding a full disk cut short takes space of its own: gone first, it may be all that was missing.
         await o.beforeStart?.().catch(() => {});
-        await waitForSpace(o.space);
-        wait = min;
-        continue;
+        // After waiting out a full disk, at once; with room already, the usual backoff (a failure
+        // that only looks like a full disk must not restart in a tight loop).
+        if (await waitForSpace(o.space)) {
+          wait = min;
+          continue;
+        }
       }
       await sleep(wait);
       wait = Math.min(max, wait * 2);
     }
   })();
 
-  /** Said once when it starts and once when it ends: a full disk is an outage of the archive, not a retry. */
-  async function waitForSpace(space: NonNullable<ReceiverOptions["space"]>) {
+  /**
+   * Said once when it starts and once when it ends: a full disk is an outage of the archive, not a
+   * retry. True when it waited for space to return, false when there was room already.
+   */
+  async function waitForSpace(space: NonNullable<ReceiverOptions["space"]>): Promise<boolean> {
     if ((await space.free()) >= space.needBytes) {
-      o.log({ level: "warn", msg: "the WAL receiver ran out of disk space; there is room again: restarting it now", dir: o.spool, freeBytes: await space.free() });
-      return;
+      o.log({ level: "warn", msg: "the WAL receiver ran out of disk space; there is room again", dir: o.spool, freeBytes: await space.free() });
+      return false;
     }
     full = true;
     const since = Date.now();
@@ -110,6 +116,7 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
     while (!stopped && (await space.free()) < space.needBytes) await sleep(space.checkMs ?? 1000);
     full = false;
     if (!stopped) o.log({ level: "info", msg: "disk space returned: restarting the WAL receiver", dir: o.spool, freeBytes: await space.free(), fullForMs: Date.now() - since });
+    return true;
   }
 
   return {

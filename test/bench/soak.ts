@@ -103,6 +103,8 @@ async function fillDisk(holdMs: number) {
   } finally {
     await f.close();
   }
+  // A new segment now: the receiver must create and pad one on the full disk.
+  await sql`select pg_switch_wal()`.catch(() => {});
   await Bun.sleep(holdMs);
   await rm(filler, { force: true });
 }
