@@ -114,7 +114,7 @@ Options:
     if (ctx.positionals[0] === "restore") return pitrRestore(ctx);
     if (ctx.positionals[0] === "drill") return pitrDrill(ctx);
     const s = await pitrStatus(ctx.db, config);
-    const problems = pitrProblems(s, config.wal.maxLagMs);
+    const problems = pitrProblems(s, config.wal.maxLagMs, config.wal.offsiteMaxLagMs);
     const lastDrill = (await readPitrDrills(config.backupDir)).at(-1) ?? null;
     if (ctx.flag("json")) return json(io, { ...s, lastDrill, problems }), 0;
     if (s.archive === "off") warn(io, "WAL_ARCHIVE is off: the service is not streaming WAL (showing what BACKUP_DIR holds)");

@@ -5,6 +5,10 @@ import { errorResponse } from "./errors.ts";
 import { requestId } from "./middleware/request-id.ts";
 import { accessLog } from "./middleware/access-log.ts";
 import { securityHeaders } from "./middleware/security-headers.ts";
+import { deadline } from "./middleware/deadline.ts";
+
+/** Below Bun.serve's 10 s idle timeout: a request stuck on a vanished database still gets its 503. */
+export const REQUEST_DEADLINE_MS = 8000;
 import { authRoutes } from "./routes/auth.ts";
 import { recoveryRoutes } from "./routes/recovery.ts";
 import { worldRoutes } from "./routes/worlds.ts";
@@ -15,7 +19,7 @@ import { opsRoutes } from "./ops/app.tsx";
 export function createApp(deps: Deps) {
   const app = new Hono<AppEnv>();
   if (deps.ops) app.use(httpMetrics(deps.ops.metrics));
-  app.use(requestId(), accessLog(deps.log), securityHeaders());
+  app.use(requestId(), accessLog(deps.log, deps.config.accessLog), securityHeaders(), deadline(REQUEST_DEADLINE_MS));
   app.route("/", healthRoutes(deps));
   // On the public port only behind their tokens; without one they live on the ops listener alone.
   if (deps.ops) app.route("/", opsRoutes(deps.ops, { metrics: !!deps.config.ops?.metricsToken, page: !!deps.config.ops?.opsToken }));

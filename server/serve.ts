@@ -4,6 +4,7 @@ import { migrate } from "../src/migrations/migrate.ts";
 import { AuthService } from "../src/auth/service.ts";
 import { AccountRecovery, type Clock } from "../src/auth/recovery.ts";
 import { createMailQueue } from "../src/mail/index.ts";
+import { pruneHistory } from "../src/history.ts";
 import { createApp } from "./app.ts";
 import { jsonLog, type Deps, type Log } from "./env.ts";
 import { createOps, startOpsServer } from "./ops/app.tsx";
@@ -31,7 +32,7 @@ export async function startServer(config: Config, options: { log?: Log; readines
     throw e;
   }
   const auth = new AuthService(sql, config);
-  const mail = createMailQueue(config.mail, log);
+  const mail = createMailQueue(config.mail, sql, log);
   const recovery = new AccountRecovery({ sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail, log, clock: options.clock });
   const ops = createOps(config, log, { hashLoad: () => auth.hasher.load, sql });
   const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness, ops });
@@ -47,6 +48,10 @@ export async function startServer(config: Config, options: { log?: Log; readines
   const prune = setInterval(() => {
     auth.throttle.prune().catch(() => {});
     recovery.prune().catch(() => {});
+    pruneHistory(sql, config.retention).then(
+      (n) => (n.accountEvents || n.mailOutbox || n.backupRuns) && log({ level: "info", msg: "history pruned", ...n }),
+      (e: Error) => log({ level: "warn", msg: "history pruning failed; it runs again in 10 minutes", error: e.message }),
+    );
   }, 10 * 60_000);
   prune.unref();
   const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`;

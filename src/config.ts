@@ -8,6 +8,7 @@ import * as s3 from "./config/s3.ts";
 import * as mail from "./config/mail.ts";
 import * as ops from "./config/ops.ts";
 import * as wal from "./config/wal.ts";
+import * as retention from "./config/retention.ts";
 
 export type { HashingConfig } from "./config/auth.ts";
 export type { S3Config } from "./config/s3.ts";
@@ -20,7 +21,7 @@ export type { WalConfig } from "./config/wal.ts";
  * written once there, as a valibot builder, and what it becomes in Config is read from it in the
  * same file. The README's table is written from these lists; keep the two in step.
  */
-const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...wal.entries, ...mail.entries, ...ops.entries });
+const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...wal.entries, ...mail.entries, ...ops.entries, ...retention.entries });
 
 type Raw = v.InferOutput<typeof ConfigSchema>;
 
@@ -35,6 +36,7 @@ function build(r: Raw, warnings: string[]) {
     ...wal.read(r),
     ...mail.read(r, base.environment, base.port),
     ...ops.read(r),
+    ...retention.read(r),
     /** Unknown names with our prefixes, for the caller to show (near misses of known names are refused). */
     warnings: warnings as string[] | undefined,
   };

@@ -25,7 +25,7 @@ async function exportedNames(): Promise<Set<string>> {
 test("every alert names only metrics shinkei exports, with a severity and a summary", async () => {
   const parsed = Bun.YAML.parse(await Bun.file(join(ops, "alerts.yml")).text()) as { groups: { name: string; rules: Rule[] }[] };
   const rules = parsed.groups.flatMap((g) => g.rules);
-  expect(rules.map((r) => r.alert).sort()).toEqual(["ShinkeiBackupFolderUnreadable", "ShinkeiBackupTooOld", "ShinkeiDrillFailed", "ShinkeiNoBackup", "ShinkeiNoVerifiedRestore", "ShinkeiOffsitePending", "ShinkeiPitrLagging", "ShinkeiWalGap", "ShinkeiWalLagUnknown", "ShinkeiWalNotSealed", "ShinkeiWalReceiverDown", "ShinkeiWalSlotAtRisk"]);
+  expect(rules.map((r) => r.alert).sort()).toEqual(["ShinkeiBackupFolderUnreadable", "ShinkeiBackupTooOld", "ShinkeiDrillFailed", "ShinkeiNoBackup", "ShinkeiNoVerifiedRestore", "ShinkeiOffsiteLagging", "ShinkeiOffsitePending", "ShinkeiPitrLagging", "ShinkeiWalDiskFull", "ShinkeiWalGap", "ShinkeiWalLagUnknown", "ShinkeiWalNotSealed", "ShinkeiWalReceiverDown", "ShinkeiWalSlotAtRisk"]);
   const names = await exportedNames();
   for (const rule of rules) {
     const used = [...rule.expr.matchAll(/\b(shinkei_[a-z0-9_]+)/g)].map((m) => m[1]!);

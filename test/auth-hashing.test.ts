@@ -70,6 +70,28 @@ describe("registration", () => {
   });
 });
 
+describe("overload", () => {
+  test("a login flood past what the measured hash rate clears in HASH_WAIT_BUDGET is shed at once: 503 BUSY with Retry-After, though HASH_QUEUE_LIMIT (128) is not reached", async () => {
+    const env = { ARGON2_MEMORY_KIB: "16384", ARGON2_TIME_COST: "2", HASH_CONCURRENCY: "1", HASH_WAIT_BUDGET: "200ms", LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" };
+    await withServer(env, async (s) => {
+      expect((await register(s, "flooded@example.com")).status).toBe(201);
+      // One login times the hash; the 100 at once then overflow a queue sized from it.
+      expect((await login(s, "flooded@example.com")).status).toBe(200);
+      const answers = await Promise.all(Array.from({ length: 100 }, async () => {
+        const r = await login(s, "flooded@example.com");
+        return { status: r.status, retryAfter: r.headers.get("retry-after"), code: r.status === 200 ? null : (await r.json()).error.code };
+      }));
+      const shed = answers.filter((a) => a.status !== 200);
+      expect(answers.filter((a) => a.status === 200).length).toBeGreaterThan(0);
+      expect(shed.length).toBeGreaterThan(50);
+      for (const a of shed) {
+        expect(a).toMatchObject({ status: 503, code: "BUSY" });
+        expect(Number(a.retryAfter)).toBeGreaterThanOrEqual(1);
+      }
+    });
+  });
+});
+
 describe("rehash on login", () => {
   test("a hash made with other argon2 settings (or bcrypt) is replaced by one with the current settings", async () => {
     await withServer({}, async (s) => {

@@ -79,6 +79,28 @@ test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong
   expect((await app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: chunked })).status).toBe(413);
 });
 
+test("text PostgreSQL refuses (a NUL, a lone surrogate) in name, email or password: 400 naming the field, nothing stored", async () => {
+  const post = (path: string, body: Record<string, string>) => app.request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const ok = { email: `nul-${crypto.randomUUID().slice(0, 8)}@example.com`, password: "correct horse battery", name: "Nul Tester" };
+  const cases: [string, Record<string, string>, string][] = [
+    ["/api/v1/auth/register", { ...ok, name: "Ann\u0000ie" }, "name"],
+    ["/api/v1/auth/register", { ...ok, email: `a\u0000${ok.email}` }, "email"],
+    ["/api/v1/auth/register", { ...ok, password: "correct horse\u0000battery" }, "password"],
+    ["/api/v1/auth/register", { ...ok, name: "half \ud83d of a pair" }, "name"],
+    ["/api/v1/auth/login", { email: ok.email, password: "\u0000\u0000\u0000\u0000\u0000\u0000\u0000\u0000" }, "password"],
+  ];
+  for (const [path, body, field] of cases) {
+    const r = await post(path, body);
+    expect(r.status, `${path} ${field}`).toBe(400);
+    const e = (await r.json()).error;
+    expect(e.code).toBe("INVALID_INPUT");
+    expect(e.fields).toEqual({ [field]: "must not contain NUL characters or unpaired surrogates" });
+  }
+  expect((await db.sql`select 1 from users where email like ${"%" + ok.email}`).length).toBe(0);
+  // The same body without the bad character is accepted: it was the character, not the rest.
+  expect((await post("/api/v1/auth/register", ok)).status).toBe(201);
+});
+
 test("the hash queue is bounded: past the limit the answer is 503 with Retry-After, not more memory", async () => {
   const hasher = new PasswordHasher({ concurrency: 1, queueLimit: 2, memoryCost: 8192, timeCost: 2 });
   const results = await Promise.allSettled(Array.from({ length: 6 }, () => hasher.hash("some password")));
@@ -87,6 +109,20 @@ test("the hash queue is bounded: past the limit the answer is 503 with Retry-Aft
   expect(busy.length).toBe(3);
   expect((busy[0] as PromiseRejectedResult).reason.code).toBe("BUSY");
   expect(hasher.load).toEqual({ running: 0, waiting: 0 });
+});
+
+test("the hash queue follows the measured rate: it admits what clears within the wait budget, and says when to come back", async () => {
+  const hasher = new PasswordHasher({ concurrency: 1, queueLimit: 100, memoryCost: 8192, timeCost: 2, waitBudgetMs: 100 });
+  expect(hasher.rate).toEqual({ msPerHash: undefined, queueLimit: 100 });
+  await hasher.hash("timing one");
+  const { msPerHash, queueLimit } = hasher.rate;
+  expect(msPerHash).toBeGreaterThan(0);
+  expect(queueLimit).toBe(Math.max(0, Math.min(100, Math.floor(100 / msPerHash!) - 1)));
+  const results = await Promise.allSettled(Array.from({ length: 60 }, () => hasher.hash("some password")));
+  const busy = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+  // One runs at once, at most queueLimit wait: the rest are told at once.
+  expect(busy.length).toBeGreaterThanOrEqual(60 - 1 - queueLimit);
+  expect(busy.every((r) => r.reason.code === "BUSY" && r.reason.details.retryAfter >= 1)).toBe(true);
 });
 
 // argon2's cost is set by its parameters, so equal parameters mean equal work; the time itself is

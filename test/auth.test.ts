@@ -262,8 +262,10 @@ describe("health", () => {
     const r = await server.api("/health", { headers: { "x-request-id": "trace-123" } });
     expect(r.headers.get("x-request-id")).toBe("trace-123");
     expect(r.headers.get("x-content-type-options")).toBe("nosniff");
-    const line = server.logs.find((l) => l.requestId === "trace-123");
-    expect(line).toMatchObject({ msg: "request", method: "GET", path: "/health", status: 200 });
+    // A passing probe is not logged by default (ACCESS_LOG_PROBES); other requests are.
+    expect(server.logs.find((l) => l.requestId === "trace-123")).toBeUndefined();
+    await server.api("/api/v1/auth/me", { headers: { "x-request-id": "trace-124" } });
+    expect(server.logs.find((l) => l.requestId === "trace-124")).toMatchObject({ msg: "request", method: "GET", path: "/api/v1/auth/me", status: 401 });
     const evil = await server.api("/health", { headers: { "x-request-id": "bad id; with <html>" } });
     const made = evil.headers.get("x-request-id")!;
     expect(made).toMatch(/^[A-Za-z0-9_-]{8}-[0-9a-z]+$/);

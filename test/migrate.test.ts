@@ -19,7 +19,7 @@ describe("migrations", () => {
       const first = await migrate(empty.sql);
       expect(first.map((m) => m.version)).toEqual(migrations.map((m) => m.version));
       const tables = await empty.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
-      expect(tables.map((t) => t.table_name)).toEqual(["account_codes", "account_events", "account_notices", "backup_runs", "login_throttle", "recoveries", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
+      expect(tables.map((t) => t.table_name)).toEqual(["account_codes", "account_events", "account_notices", "backup_runs", "login_throttle", "mail_outbox", "recoveries", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
       expect(await migrate(empty.sql)).toEqual([]);
       const status = await migrationStatus(empty.sql);
       expect(status.pending).toEqual([]);

@@ -7,6 +7,7 @@ import { tempDir } from "./support/fixtures.ts";
 import { shinkei } from "./support/cli.ts";
 import { TestS3 } from "./support/s3.ts";
 import { until } from "./support/wait.ts";
+import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/db.ts";
 import { loadConfig, type Config } from "../src/config.ts";
 import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
@@ -18,6 +19,8 @@ import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { Metrics } from "../src/metrics/registry.ts";
+import { archiveSource } from "../src/metrics/sources.ts";
 
 // A cluster of our own, s3rver and real pg_receivewal: seconds per step on a busy 2-core machine.
 setDefaultTimeout(90_000);
@@ -136,5 +139,65 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     await s3.start();
   } finally {
     await stream.stop();
+  }
+});
+
+test("an S3 outage while the server writes: the off-site lag of WAL and base backups grows past PITR_OFFSITE_MAX_LAG, backup check fails naming it, the metric shows it, and both clear after the catch-up", async () => {
+  const dir = await tempDir("wal-s3-lag");
+  const env = { DATABASE_URL: cluster.url("shinkei"), BACKUP_DIR: dir, WAL_ARCHIVE: "stream", WAL_SLOT: "shinkei_lag", WAL_PARTIAL_UPLOAD_INTERVAL: "1s", PITR_OFFSITE_MAX_LAG: "3s", ...s3.env("lag/") };
+  const config = loadConfig(env);
+  const lines: Record<string, unknown>[] = [];
+  const stream = await startWalStream({ sql, config, log: (l) => void lines.push(l), pollMs: 100, uploadEveryMs: 200 });
+  // A scrape of its own each time: a registry keeps its facts for a second.
+  const scrape = () => new Metrics({ sources: [archiveSource(dir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs, { config })] }).text();
+  const lag = async (kind: string) => Number(new RegExp(`^shinkei_offsite_lag_seconds\\{kind="${kind}"\\} (\\S+)$`, "m").exec(await scrape())?.[1]);
+  const offsiteProblems = async () => (await shinkei(["backup", "check"], env)).stderr.split("\n").filter((l) => l.includes("PITR_OFFSITE_MAX_LAG"));
+  try {
+    await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    const write = async (v: string) => {
+      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values (${v}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      await until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+    };
+    await write("before-the-outage");
+    await until("everything off-site", async () => {
+      const o = (await pitrStatus(sql, config)).offsite!;
+      return o.basesNotCopied === 0 && o.notCopied === 0 && o.lagSeconds < 2;
+    });
+    // Healthy off-site: the check may fail for other reasons here (no dump, no drill), never this one.
+    expect(await offsiteProblems()).toEqual([]);
+    expect(await lag("base")).toBe(0);
+
+    await s3.stop();
+    await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    const started = Date.now();
+    for (let i = 0; Date.now() - started < 5000; i++) {
+      await write(`during-the-outage-${i}`);
+      await sql`select pg_switch_wal()`;
+      await Bun.sleep(300);
+    }
+    await stream.drain();
+    const status = await pitrStatus(sql, config);
+    expect(status.offsite!.lagSeconds).toBeGreaterThan(3);
+    expect(status.offsite!.basesNotCopied).toBe(1);
+    expect(status.offsite!.baseLagSeconds).toBeGreaterThan(3);
+    const red = await shinkei(["backup", "check"], env);
+    expect(red.code).toBe(1);
+    const problems = red.stderr.split("\n").filter((l) => l.includes("PITR_OFFSITE_MAX_LAG"));
+    expect(problems.some((l) => l.includes("the off-site WAL copy") && l.includes("trails the local archive"))).toBe(true);
+    expect(problems.some((l) => l.includes("1 base backup(s) not copied"))).toBe(true);
+    expect(await lag("wal")).toBeGreaterThan(3);
+    expect(await lag("base")).toBeGreaterThan(3);
+    expect(await scrape()).toContain('shinkei_offsite_max_lag_seconds{kind="wal"} 3');
+
+    await s3.start();
+    await until("the catch-up", async () => {
+      const o = (await pitrStatus(sql, config)).offsite!;
+      return o.basesNotCopied === 0 && o.notCopied === 0 && o.lagSeconds < 2;
+    }, 60_000);
+    expect(await offsiteProblems()).toEqual([]);
+    expect(await lag("base")).toBe(0);
+  } finally {
+    await stream.stop();
+    await sql`select pg_drop_replication_slot('shinkei_lag')`.catch(() => {});
   }
 });

@@ -11,7 +11,7 @@ export async function check(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   if (ctx.flag("live")) return live(ctx);
   const pitr = config.wal.archive === "stream" ? await pitrStatus(ctx.db, config) : null;
-  if (pitr) assertPitrHealthy(pitr, config.wal.maxLagMs);
+  if (pitr) assertPitrHealthy(pitr, config.wal.maxLagMs, config.wal.offsiteMaxLagMs);
   const pitrDrill = await pitrDrillProblem(config);
   if (pitrDrill) throw new ShinkeiError("PITR_AT_RISK", pitrDrill, { hint: "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base backup)." });
   const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs, config.backup.drillMaxAgeMs, config.backup.age);

@@ -62,7 +62,7 @@ export function createOps(config: Config, log: Log, options: { hashLoad?: HashLo
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
   if (config.wal.archive === "stream") {
-    sources.push(archiveSource(config.backupDir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs));
+    sources.push(archiveSource(config.backupDir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs, { config }));
     // The receiver's lag and the slot come from the database, through the process's own pool.
     if (options.sql) sources.push(receiverSource(config, options.sql));
   }

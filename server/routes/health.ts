@@ -15,6 +15,7 @@ export function healthRoutes({ sql, readiness, config, log }: Deps) {
       } catch (e) {
         // Monitors see that we are not ready and the request id; the log line says why.
         const { error } = hiddenError(c, e, config.databaseUrl, log);
+        if (error.code === "DB_UNREACHABLE") c.header("Retry-After", "5");
         return c.json({ status: "unavailable", database: error.code === "DB_UNREACHABLE" ? "unreachable" : "error", error }, 503);
       }
     });

@@ -1,3 +1,4 @@
+import type postgres from "postgres";
 import type { Queryable, Sql } from "../db.ts";
 
 export type CodePurpose = "password_reset" | "verify_email";
@@ -17,9 +18,10 @@ export const LIVE_CODES = 5;
  * keep working: anyone who knows the address can ask for a code, and a request must not void the
  * one its owner is about to type. With LIVE_CODES live already, none is issued (null): the mailbox
  * holds codes that work, and nobody can fill it with more. One transaction, locked per account, so
- * parallel requests cannot pass the limit together.
+ * parallel requests cannot pass the limit together. `alongside` runs in that transaction with the
+ * code (to queue the mail that carries it): no code without its mail, no mail without its code.
  */
-export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }): Promise<string | null> {
+export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }, alongside?: (tx: postgres.TransactionSql, code: string, expiresAt: Date) => Promise<void>): Promise<string | null> {
   const code = Buffer.from(crypto.getRandomValues(new Uint8Array(24))).toString("base64url");
   const expiresAt = new Date(input.now.getTime() + input.ttlMs);
   return sql.begin(async (tx) => {
@@ -29,6 +31,7 @@ export async function issueCode(sql: Sql, input: { userId: string; purpose: Code
     if (live!.n >= LIVE_CODES) return null;
     await tx`insert into account_codes (code_hash, user_id, purpose, created_at, expires_at)
              values (${hashCode(code)}, ${input.userId}, ${input.purpose}, ${input.now}, ${expiresAt})`;
+    await alongside?.(tx, code, expiresAt);
     return code;
   });
 }

@@ -1,31 +1,66 @@
 import { ShinkeiError } from "../errors.ts";
 
-export type HashingOptions = { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
+export type HashingOptions = {
+  concurrency: number;
+  queueLimit: number;
+  memoryCost: number;
+  timeCost: number;
+  /** How long a request may wait for a hashing slot; the queue is as long as the measured rate clears in this. */
+  waitBudgetMs?: number;
+};
+
+/** Weight of the newest hash in the measured time per hash: a change of load shows within a few hashes. */
+const SMOOTHING = 0.2;
 
 /**
  * argon2id through Bun.password, with a bound on how many hashes run at once: each takes
- * `memoryCost` KiB, so an unbounded login flood would exhaust memory. Past `queueLimit` waiters
- * we answer BUSY at once rather than queueing without end.
+ * `memoryCost` KiB, so an unbounded login flood would exhaust memory.
+ *
+ * Waiting is bounded by time, not only by count: the queue admits as many as the measured rate
+ * (`concurrency` slots, each taking the smoothed time of recent hashes) clears within
+ * `waitBudgetMs`, and never more than `queueLimit`. Past that the answer is BUSY (503) at once,
+ * with a Retry-After of the time the queue takes to clear: a client with a 15 s timeout gets a 503
+ * in well under a second, not a timeout after waiting 25 s behind 128 others. Until a hash has
+ * been timed, `queueLimit` alone applies.
  */
 export class PasswordHasher {
   private running = 0;
   private waiting: (() => void)[] = [];
   private dummy?: Promise<string>;
+  /** Smoothed time of one hash while the slots are in use, ms; undefined until one has run. */
+  private msPerHash?: number;
 
   constructor(private readonly options: HashingOptions) {}
 
+  /** How many may wait now: what the measured rate clears within the budget, capped by queueLimit. */
+  get queueLimit(): number {
+    const { waitBudgetMs, concurrency, queueLimit } = this.options;
+    if (waitBudgetMs === undefined || this.msPerHash === undefined) return queueLimit;
+    // The newcomer at position p waits for p + 1 hashes to leave `concurrency` slots.
+    return Math.max(0, Math.min(queueLimit, Math.floor((waitBudgetMs * concurrency) / this.msPerHash) - 1));
+  }
+
+  /** Seconds until what is queued and running now has cleared, at the measured rate (at least 1). */
+  private retryAfter(): number {
+    const per = this.msPerHash ?? 1000;
+    return Math.max(1, Math.ceil(((this.waiting.length + this.running) * per) / this.options.concurrency / 1000));
+  }
+
   private async slot<T>(work: () => Promise<T>): Promise<T> {
     if (this.running >= this.options.concurrency) {
-      if (this.waiting.length >= this.options.queueLimit) {
-        throw new ShinkeiError("BUSY", "the server is busy; try again shortly", { details: { retryAfter: 1 } });
+      if (this.waiting.length >= this.queueLimit) {
+        throw new ShinkeiError("BUSY", "the server is busy; try again shortly", { details: { retryAfter: this.retryAfter() } });
       }
       await new Promise<void>((resolve) => this.waiting.push(resolve));
     } else {
       this.running++;
     }
+    const started = performance.now();
     try {
       return await work();
     } finally {
+      const ms = performance.now() - started;
+      this.msPerHash = this.msPerHash === undefined ? ms : this.msPerHash + SMOOTHING * (ms - this.msPerHash);
       // Hand the slot straight to the next waiter, so `running` never dips and lets a newcomer jump the queue.
       const next = this.waiting.shift();
       if (next) next();
@@ -68,5 +103,10 @@ export class PasswordHasher {
 
   get load() {
     return { running: this.running, waiting: this.waiting.length };
+  }
+
+  /** The measured time per hash (ms, undefined before the first) and the queue limit it gives now. */
+  get rate() {
+    return { msPerHash: this.msPerHash, queueLimit: this.queueLimit };
   }
 }

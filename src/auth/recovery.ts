@@ -111,17 +111,20 @@ export class AccountRecovery {
     this.tasks.add(p);
   }
 
-  private send(template: TemplateName, user: Pick<User, "email" | "name">, vars: Record<string, string> = {}) {
+  /** Queue a mail through `q` (the pool, or the transaction of what it carries); it goes after `q` commits. */
+  private async send(template: TemplateName, user: Pick<User, "email" | "name">, vars: Record<string, string> = {}, q: Queryable = this.deps.sql, expiresAt?: Date) {
     const { publicUrl } = this.deps.config.mail;
-    this.deps.mail?.enqueue(renderMail(template, user.email, { name: user.name, email: user.email, publicUrl, ...vars }));
+    await this.deps.mail?.enqueue(q, renderMail(template, user.email, { name: user.name, email: user.email, publicUrl, ...vars }), { expiresAt });
+    if (q === this.deps.sql) this.deps.mail?.wake();
   }
 
   private async mailCode(user: Pick<User, "id" | "email" | "name">, purpose: CodePurpose) {
     const ttlMs = purpose === "password_reset" ? this.deps.config.recovery.passwordResetTtlMs : this.deps.config.recovery.verificationTtlMs;
-    const code = await issueCode(this.deps.sql, { userId: user.id, purpose, ttlMs, now: this.now() });
-    // The mailbox already holds the most codes that may be live at once: those still work.
-    if (code === null) return;
-    this.send(purpose === "password_reset" ? "password-reset" : "verify-email", user, { code, ttl: humanDuration(ttlMs) });
+    // The mail is queued in the code's own transaction: no code without its mail, no mail without its code.
+    const code = await issueCode(this.deps.sql, { userId: user.id, purpose, ttlMs, now: this.now() }, (tx, code, expiresAt) =>
+      this.send(purpose === "password_reset" ? "password-reset" : "verify-email", user, { code, ttl: humanDuration(ttlMs) }, tx, expiresAt));
+    // null: the mailbox already holds the most codes that may be live at once, and those still work.
+    if (code !== null) this.deps.mail?.wake();
   }
 
   /**
@@ -171,7 +174,7 @@ export class AccountRecovery {
     if (!this.mailOn) return;
     this.later("password changed mail", async () => {
       const user = await findUserById(this.deps.sql, userId);
-      if (user) this.send("password-changed", user, { how, when: `${now.toISOString().slice(0, 16).replace("T", " ")} UTC` });
+      if (user) await this.send("password-changed", user, { how, when: `${now.toISOString().slice(0, 16).replace("T", " ")} UTC` });
     });
   }
 
@@ -229,7 +232,7 @@ export class AccountRecovery {
         on conflict (user_id, kind) do update set sent_at = excluded.sent_at
           where account_notices.sent_at <= ${new Date(now.getTime() - DUPLICATE_NOTICE_INTERVAL_MS)}
         returning 1`;
-      if (due.length) this.send("duplicate-registration", user);
+      if (due.length) await this.send("duplicate-registration", user);
     });
   }
 

@@ -1,21 +1,29 @@
 import * as v from "valibot";
 import { ShinkeiError } from "../errors.ts";
 
+/**
+ * Text PostgreSQL can store: a UTF8 database refuses the NUL character (and a lone surrogate has no
+ * UTF-8 form; it would be stored as U+FFFD, not as sent). Checked first, so such input is a 400
+ * naming the field before anything is hashed or sent to the database.
+ */
+const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const text = () => v.pipe(v.string("must be a string"), v.check((s: string) => !UNSTORABLE.test(s), "must not contain NUL characters or unpaired surrogates"));
+
 const email = v.pipe(
-  v.string("must be a string"),
+  text(),
   v.trim(),
   v.nonEmpty("is required"),
   v.maxLength(254, "must be at most 254 characters"),
   v.email("must be a valid email address"),
 );
 const newPassword = v.pipe(
-  v.string("must be a string"),
+  text(),
   v.minLength(8, "must be at least 8 characters"),
   v.maxLength(256, "must be at most 256 characters"),
 );
 // At login we only bound the size: a policy hint there would help guessers, not users.
-const anyPassword = v.pipe(v.string("must be a string"), v.nonEmpty("is required"), v.maxLength(256, "must be at most 256 characters"));
-const name = v.pipe(v.string("must be a string"), v.trim(), v.nonEmpty("is required"), v.maxLength(200, "must be at most 200 characters"));
+const anyPassword = v.pipe(text(), v.nonEmpty("is required"), v.maxLength(256, "must be at most 256 characters"));
+const name = v.pipe(text(), v.trim(), v.nonEmpty("is required"), v.maxLength(200, "must be at most 200 characters"));
 
 const input = <T extends v.ObjectEntries>(entries: T) => v.strictObject(entries, "is not an accepted field");
 
@@ -23,7 +31,7 @@ export const RegisterInput = input({ email, password: newPassword, name });
 export const LoginInput = input({ email, password: anyPassword });
 export const PasswordChangeInput = input({ currentPassword: anyPassword, newPassword });
 // A code's form is checked where it is looked up, so a malformed one counts as a wrong guess.
-const code = v.pipe(v.string("must be a string"), v.trim(), v.nonEmpty("is required"), v.maxLength(128, "must be at most 128 characters"));
+const code = v.pipe(text(), v.trim(), v.nonEmpty("is required"), v.maxLength(128, "must be at most 128 characters"));
 export const EmailInput = input({ email });
 export const ResetConfirmInput = input({ email, code, newPassword });
 export const VerifyEmailInput = input({ email, code });

@@ -10,16 +10,17 @@ export const entries = {
   REGISTER_MAX_PER_IP: int(10, 1, 100_000),
   HASH_CONCURRENCY: int(2, 1, 64),
   HASH_QUEUE_LIMIT: int(128, 1, 100_000),
+  HASH_WAIT_BUDGET: duration("2s", "1m"),
   REGISTER_HASH_CONCURRENCY: int(1, 1, 64),
   REGISTER_HASH_QUEUE_LIMIT: int(16, 1, 100_000),
   ARGON2_MEMORY_KIB: int(65536, 1024, 4_194_304),
   ARGON2_TIME_COST: int(2, 1, 20),
 };
 
-export type HashingConfig = { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number };
+export type HashingConfig = { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number; waitBudgetMs: number };
 
 export function read(r: Values<typeof entries>) {
-  const argon2 = { memoryCost: r.ARGON2_MEMORY_KIB, timeCost: r.ARGON2_TIME_COST };
+  const argon2 = { memoryCost: r.ARGON2_MEMORY_KIB, timeCost: r.ARGON2_TIME_COST, waitBudgetMs: r.HASH_WAIT_BUDGET };
   return {
     login: {
       /** Per (account, address) pair: the hard limit. */

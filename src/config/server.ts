@@ -18,7 +18,16 @@ export const entries = {
   SESSION_TTL: duration("30d", "366d"),
   SESSION_CACHE_TTL: duration("1s", "1h", { zero: true }),
   COOKIE_SECURE: bool(true),
+  ACCESS_LOG: v.pipe(v.optional(v.string(), "all"), v.trim(), v.toLowerCase(), v.picklist(["all", "errors", "off"], "must be all, errors or off")),
+  ACCESS_LOG_PROBES: bool(false),
 };
+
+/**
+ * Which requests get an access log line: `all`, `errors` (status 400 and up) or `off`. Probes
+ * (/health, /ready) come every few seconds from every monitor and say nothing new while they pass:
+ * they are logged only when they fail, unless `probes`.
+ */
+export type AccessLogConfig = { mode: "all" | "errors" | "off"; probes: boolean };
 
 export function read(r: Values<typeof entries>) {
   return {
@@ -33,6 +42,7 @@ export function read(r: Values<typeof entries>) {
     sessionTtlMs: r.SESSION_TTL,
     sessionCacheTtlMs: r.SESSION_CACHE_TTL,
     cookieSecure: r.COOKIE_SECURE,
+    accessLog: { mode: r.ACCESS_LOG, probes: r.ACCESS_LOG_PROBES } as AccessLogConfig,
   };
 }
 

@@ -12,6 +12,7 @@ export const entries = {
   WAL_SYNC: bool(true),
   PITR_MAX_LAG: duration("5m", "7d"),
   WAL_PARTIAL_UPLOAD_INTERVAL: duration("60s", "1d"),
+  PITR_OFFSITE_MAX_LAG: duration("15m", "30d"),
   BASE_BACKUP_START_FAST: bool(false),
   BASE_BACKUP_SCHEDULE: cron("0 3 * * *", "0 3 * * *"),
   PITR_DRILL_SCHEDULE: cron("0 4 * * 0", "0 4 * * 0"),
@@ -24,6 +25,8 @@ export type WalConfig = {
   synchronous: boolean;
   maxLagMs: number;
   partialUploadIntervalMs: number;
+  /** How far the off-site copy (WAL and base backups) may trail the local archive before `backup check` fails. */
+  offsiteMaxLagMs: number;
   baseBackupSchedule: string;
   /** Scheduled base backups ask for an immediate checkpoint instead of a spread one. */
   baseBackupStartFast: boolean;
@@ -39,6 +42,7 @@ export function read(r: Values<typeof entries>): { wal: WalConfig } {
       synchronous: r.WAL_SYNC,
       maxLagMs: r.PITR_MAX_LAG,
       partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
+      offsiteMaxLagMs: r.PITR_OFFSITE_MAX_LAG,
       baseBackupSchedule: r.BASE_BACKUP_SCHEDULE,
       baseBackupStartFast: r.BASE_BACKUP_START_FAST,
       pitrDrillSchedule: r.PITR_DRILL_SCHEDULE,

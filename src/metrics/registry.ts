@@ -81,7 +81,7 @@ export class Metrics {
 
   private async readSources(): Promise<Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver">> {
     const failed: string[] = [];
-    const all: Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver"> = { kinds: [], offsitePending: [] };
+    const all: Required<Omit<Facts, "window" | "receiver">> & Pick<Facts, "window" | "receiver"> = { kinds: [], offsitePending: [], offsiteLag: [] };
     // All at once, each bounded: a slow source (the database) never holds the others' figures back.
     const read = await Promise.all(this.sources.map((s) => withinMs(s.read(), SOURCE_TIMEOUT_MS).then((f) => ({ f }), () => null)));
     read.forEach((r, i) => {
@@ -89,6 +89,7 @@ export class Metrics {
       if (!r) return void failed.push(this.sources[i]!.name);
       all.kinds.push(...r.f.kinds);
       all.offsitePending.push(...(r.f.offsitePending ?? []));
+      all.offsiteLag.push(...(r.f.offsiteLag ?? []));
       all.window ??= r.f.window;
       all.receiver ??= r.f.receiver;
     });
@@ -136,6 +137,26 @@ export class Metrics {
         for (const p of (await self.facts()).offsitePending) this.set({ store: p.store }, p.count);
       },
     });
+    new Gauge({
+      name: "shinkei_offsite_lag_seconds",
+      help: "How far the off-site copy trails the local archive: for wal, the received time it lacks; for base, how long the oldest base backup not copied has waited; 0 when nothing waits",
+      labelNames: ["kind"],
+      registers,
+      async collect() {
+        this.reset();
+        for (const l of (await self.facts()).offsiteLag) this.set({ kind: l.kind }, l.lagSeconds);
+      },
+    });
+    new Gauge({
+      name: "shinkei_offsite_max_lag_seconds",
+      help: "The configured limit for the off-site lag (PITR_OFFSITE_MAX_LAG)",
+      labelNames: ["kind"],
+      registers,
+      async collect() {
+        this.reset();
+        for (const l of (await self.facts()).offsiteLag) this.set({ kind: l.kind }, seconds(l.maxLagMs));
+      },
+    });
     /** The point-in-time window (only where a source reports one: the WAL archive). */
     const windowGauge = (name: string, help: string, value: (w: NonNullable<Facts["window"]>, now: number) => number | null) =>
       new Gauge({
@@ -158,6 +179,9 @@ export class Metrics {
     windowGauge("shinkei_pitr_untrusted_files", "Base backups and WAL files left out of the window: unsigned, mis-signed, or plain where this host encrypts", (w) => w.untrusted);
     windowGauge("shinkei_wal_unsealed_segments", "Finished WAL segments waiting for the archiver to seal them (encrypt, checksum, copy off-site)", (w) => w.unsealed);
     windowGauge("shinkei_wal_unsealed_oldest_age_seconds", "How long the oldest finished segment has waited to be sealed; 0 when none waits", (w, now) => (w.unsealedSince ? seconds(now - w.unsealedSince.getTime()) : 0));
+    windowGauge("shinkei_wal_spool_free_bytes", "Free space on the disk the WAL receiver writes to", (w) => w.spoolFreeBytes);
+    windowGauge("shinkei_wal_disk_full", "1 when the WAL spool's disk has less free space than one segment: the receiver cannot write the next one", (w) => (w.diskFull ? 1 : 0));
+    windowGauge("shinkei_wal_refused_partials", "Partial segments in the spool pg_receivewal refuses to resume from (neither empty nor whole)", (w) => w.refusedPartials);
     /** The receiver and its slot (only where a source reports them: the database, with the archive on). */
     const receiverGauge = (name: string, help: string, labelNames: string[], set: (g: Gauge<string>, r: NonNullable<Facts["receiver"]>) => void) =>
       new Gauge({

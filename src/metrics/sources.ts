@@ -2,7 +2,8 @@ import type { Snapshot } from "./snapshot.ts";
 import type { Config } from "../config.ts";
 import type { Sql } from "../db.ts";
 import type { ArchiveTrust } from "../wal/trust.ts";
-import { archiveWindow, pitrStatus } from "../wal/status.ts";
+import { listBaseBackups } from "../wal/base.ts";
+import { archiveWindow, newestHeld, offsiteCoverage, pitrStatus } from "../wal/status.ts";
 import { readPitrDrills } from "../pitr/drill.ts";
 
 /** What one kind of backup (a dump, a base backup of the WAL archive, ...) reports to the metrics. */
@@ -18,7 +19,7 @@ export type KindFacts = {
 };
 
 /** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
-export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null; untrusted: number };
+export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null; untrusted: number; spoolFreeBytes: number | null; diskFull: boolean; refusedPartials: number };
 
 /** How far the WAL receiver trails the server, and its replication slot: what the database says. */
 export type ReceiverFacts = {
@@ -29,7 +30,10 @@ export type ReceiverFacts = {
   slot: { name: string; active: boolean; walStatus: string | null; safeWalSize: number | null } | null;
 };
 
-export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[]; window?: WindowFacts; receiver?: ReceiverFacts };
+/** How far the off-site copy trails what is held locally, per kind (wal, base), in seconds; 0 when nothing waits. */
+export type OffsiteLagFacts = { kind: string; lagSeconds: number; maxLagMs: number }[];
+
+export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[]; offsiteLag?: OffsiteLagFacts; window?: WindowFacts; receiver?: ReceiverFacts };
 
 /**
  * A source of backup facts, read at scrape time. Each kind of backup brings its own source, so a
@@ -62,7 +66,7 @@ export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs
  * window they and the archived WAL recover to. Read from BACKUP_DIR alone, like the dumps: a scrape
  * never waits on the database. The receiver's lag and the slot come from receiverSource.
  */
-export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number): FactSource {
+export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number, offsite?: { config: Config }): FactSource {
   return {
     name: "wal",
     async read() {
@@ -80,9 +84,12 @@ export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { 
         ...limits,
       };
       const date = (s: string | null) => (s ? new Date(s) : null);
+      const o = offsite && (await offsiteCoverage(offsite.config, w.records, newestHeld(w), bases));
+      const maxLag = offsite?.config.wal.offsiteMaxLagMs ?? 0;
       return {
+        offsiteLag: o ? [{ kind: "wal", lagSeconds: o.lagSeconds, maxLagMs: maxLag }, { kind: "base", lagSeconds: o.baseLagSeconds, maxLagMs: maxLag }] : [],
         kinds: bases.length || drills.length ? [kind] : [],
-        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt), untrusted: w.untrusted.length },
+        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt), untrusted: w.untrusted.length, spoolFreeBytes: w.spool.freeBytes, diskFull: w.spool.diskFull, refusedPartials: w.spool.refused.length },
       };
     },
   };

@@ -7,6 +7,8 @@ import backupRunsKindUp from "./0003_backup_runs_kind.sql" with { type: "text" }
 import backupRunsKindDown from "./0003_backup_runs_kind.down.sql" with { type: "text" };
 import accountCodesUp from "./0004_account_codes.sql" with { type: "text" };
 import accountCodesDown from "./0004_account_codes.down.sql" with { type: "text" };
+import mailOutboxUp from "./0005_mail_outbox.sql" with { type: "text" };
+import mailOutboxDown from "./0005_mail_outbox.down.sql" with { type: "text" };
 import recoverUndoUp from "./0006_recover_undo.sql" with { type: "text" };
 import recoverUndoDown from "./0006_recover_undo.down.sql" with { type: "text" };
 
@@ -18,5 +20,6 @@ export const migrations: readonly Migration[] = [
   { version: 2, name: "backup_runs", up: backupRunsUp, down: backupRunsDown },
   { version: 3, name: "backup_runs_kind", up: backupRunsKindUp, down: backupRunsKindDown },
   { version: 4, name: "account_codes", up: accountCodesUp, down: accountCodesDown },
+  { version: 5, name: "mail_outbox", up: mailOutboxUp, down: mailOutboxDown },
   { version: 6, name: "recover_undo", up: recoverUndoUp, down: recoverUndoDown },
 ];

@@ -18,9 +18,24 @@ export type ReceiverOptions = {
   onExit?: (lines: string[]) => Promise<void>;
   /** Called with where a (re)started receiver begins streaming, as it reports it. */
   onStart?: (lsn: string, timeline: number) => void;
+  /** Called before every (re)start, with no receiver running: the spool's files are ours to repair. */
+  beforeStart?: () => Promise<void>;
+  /**
+   * Space the receiver needs to start the next segment (it pads a whole one): below it, a restart
+   * only fails again, so the supervisor waits for space, checking every `spaceCheckMs` (1 s), and
+   * restarts at once when it returns instead of after the backoff.
+   */
+  space?: { free: () => Promise<number>; needBytes: number; checkMs?: number };
 };
 
-export type Receiver = { pid(): number | undefined; stop(): Promise<void> };
+export type Receiver = {
+  pid(): number | undefined;
+  /** The receiver stopped for want of disk space and waits for it. */
+  diskFull(): boolean;
+  stop(): Promise<void>;
+};
+
+const NO_SPACE = /No space left on device|should be 0 or \d+/;
 
 /**
  * Keep one pg_receivewal running. It exits when the stream drops (--no-loop), and we restart it
@@ -32,6 +47,12 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
   let proc: Bun.Subprocess<"ignore", "ignore", "pipe"> | undefined;
   let stopped = false;
   let wake: (() => void) | undefined;
+  let full = false;
+  const sleep = (ms: number) =>
+    new Promise<void>((done) => {
+      const t = setTimeout(done, ms);
+      wake = () => (clearTimeout(t), done());
+    }).finally(() => (wake = undefined));
   const env: Record<string, string | undefined> = { ...toolEnv(o.url), PGAPPNAME: RECEIVER_APP_NAME };
   delete env.PGDATABASE; // a physical replication connection names no database
 
@@ -44,6 +65,7 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
   const loop = (async () => {
     let wait = min;
     while (!stopped) {
+      await o.beforeStart?.().catch((e: Error) => o.log({ level: "error", msg: "wal spool repair failed", error: e.message }));
       const started = Date.now();
       proc = Bun.spawn(args, { env, stdin: "ignore", stdout: "ignore", stderr: "pipe" });
       o.log({ level: "info", msg: "wal receiver started", pid: proc.pid, slot: o.slot ?? null, synchronous: o.synchronous, tool: o.tool.path, version: o.tool.version });
@@ -64,17 +86,42 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
       if (Date.now() - started > 60_000) wait = min;
       o.log({ level: "error", msg: "wal receiver exited; restarting", code, signal, restartInMs: wait });
       await o.onExit?.(tail).catch((e: Error) => o.log({ level: "error", msg: "wal receiver recovery step failed", error: e.message }));
-      await new Promise<void>((done) => {
-        const t = setTimeout(done, wait);
-        wake = () => (clearTimeout(t), done());
-      });
-      wake = undefined;
+      if (o.space && (tail.some((l) => NO_SPACE.test(l)) || (await o.space.free()) < o.space.needBytes)) {
+        // The padding a full disk cut short takes space of its own: gone first, it may be all that was missing.
+        await o.beforeStart?.().catch(() => {});
+        // After waiting out a full disk, at once; with room already, the usual backoff (a failure
+        // that only looks like a full disk must not restart in a tight loop).
+        if (await waitForSpace(o.space)) {
+          wait = min;
+          continue;
+        }
+      }
+      await sleep(wait);
       wait = Math.min(max, wait * 2);
     }
   })();
 
+  /**
+   * Said once when it starts and once when it ends: a full disk is an outage of the archive, not a
+   * retry. True when it waited for space to return, false when there was room already.
+   */
+  async function waitForSpace(space: NonNullable<ReceiverOptions["space"]>): Promise<boolean> {
+    if ((await space.free()) >= space.needBytes) {
+      o.log({ level: "warn", msg: "the WAL receiver ran out of disk space; there is room again", dir: o.spool, freeBytes: await space.free() });
+      return false;
+    }
+    full = true;
+    const since = Date.now();
+    o.log({ level: "error", msg: "disk full: the WAL receiver cannot write the next segment; it restarts as soon as space returns (the slot keeps the WAL on the server meanwhile)", dir: o.spool, freeBytes: await space.free(), needBytes: space.needBytes });
+    while (!stopped && (await space.free()) < space.needBytes) await sleep(space.checkMs ?? 1000);
+    full = false;
+    if (!stopped) o.log({ level: "info", msg: "disk space returned: restarting the WAL receiver", dir: o.spool, freeBytes: await space.free(), fullForMs: Date.now() - since });
+    return true;
+  }
+
   return {
     pid: () => proc?.pid,
+    diskFull: () => full,
     async stop() {
       stopped = true;
       wake?.();

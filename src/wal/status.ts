@@ -10,6 +10,7 @@ import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
 import { listBaseBackups, type BaseBackup } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
+import { freeBytes, refusedPartials, type Refused } from "./spool.ts";
 import { slotStatus, type SlotStatus } from "./slot.ts";
 import { serverInfo } from "./stream.ts";
 import { archiveTrust, describeUntrusted, type ArchiveTrust, type Untrusted } from "./trust.ts";
@@ -38,6 +39,11 @@ export type PitrStatus = {
   receiving: { segment: string; receivedAt: string } | null;
   /** Finished segments the archiver has not sealed yet (normally for a moment): held, but not encrypted, checksummed or copied off-site. */
   unsealed: { segments: number; oldestReceivedAt: string | null };
+  /**
+   * The spool's disk: free bytes (null when unknown) and whether they are fewer than one segment,
+   * which the receiver needs to start the next; and `.partial` files pg_receivewal would refuse.
+   */
+  spool: { freeBytes: number | null; diskFull: boolean; refused: Refused[] };
   receiver: {
     connected: boolean;
     state: string | null;
@@ -51,7 +57,7 @@ export type PitrStatus = {
   slot: SlotStatus | null;
   slotName: string | null;
   /** The off-site RPO: how much of what is on our disk is not yet in the store, when S3 is configured. */
-  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number } | null;
+  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number; basesNotCopied: number; baseLagSeconds: number } | null;
 };
 
 type Held = { segno: bigint; receivedAt: Date };
@@ -87,7 +93,7 @@ function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date 
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
-export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "untrusted" | "receiving" | "unsealed">;
+export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "untrusted" | "receiving" | "unsealed" | "spool">;
 
 /**
  * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
@@ -101,6 +107,8 @@ export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segm
   const bases = await listBaseBackups(backupDir, trust, untrusted);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   const { current, finished } = await spooled(spoolDir(backupDir), seg);
+  // Only where a spool exists (streaming was set up): BACKUP_DIR itself answers for dumps.
+  const free = (await stat(spoolDir(backupDir)).catch(() => null)) ? await freeBytes(spoolDir(backupDir)) : Infinity;
 
   const byTimeline = new Map<number, Map<bigint, Held>>();
   const hold = (timeline: number, segno: bigint, receivedAt: Date) => {
@@ -150,12 +158,18 @@ export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segm
     untrusted,
     receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
     unsealed: { segments: finished.length, oldestReceivedAt: finished.length ? new Date(Math.min(...finished.map((f) => f.receivedAt.getTime()))).toISOString() : null },
+    spool: { freeBytes: Number.isFinite(free) ? free : null, diskFull: free < seg, refused: await refusedPartials(spoolDir(backupDir), seg) },
     records,
     bases,
     current,
     spooled: finished,
     segmentBytes: seg,
   };
+}
+
+/** When the newest WAL we hold (archived, finished in the spool, or being received) was received; 0 for none. */
+export function newestHeld(w: { records: WalRecord[]; current: Spooled | null; spooled: Spooled[] }): number {
+  return Math.max(w.current?.receivedAt.getTime() ?? 0, ...w.records.map((r) => Date.parse(r.receivedAt)), ...w.spooled.map((f) => f.receivedAt.getTime()));
 }
 
 /**
@@ -182,7 +196,7 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
   // Without WAL_SYNC the receiver reports its flush (and so moves the slot) only at segment ends:
   // with the position hidden, less than a segment behind is as close as we can tell.
   if (positionHidden && rep && !config.wal.synchronous && lagBytes < seg) lagBytes = 0;
-  const newestReceived = Math.max(current?.receivedAt.getTime() ?? 0, ...records.map((r) => Date.parse(r.receivedAt)), ...spooled.map((f) => f.receivedAt.getTime()));
+  const newestReceived = newestHeld({ records, current, spooled });
   // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the last WAL we got is at risk.
   const lagSeconds = lagBytes === 0 ? 0 : rep && !positionHidden ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
 
@@ -196,24 +210,49 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
   };
 }
 
-async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number): Promise<PitrStatus["offsite"]> {
+/**
+ * How far the off-site copy trails the local archive. WAL: the span of received time it lacks (from
+ * the newest moment it covers to the newest we hold; with nothing copied yet, from the oldest we
+ * hold). Base backups: how long the oldest one not yet copied has waited. Both are 0 when nothing
+ * waits, and grow with every second of an outage while the server writes.
+ */
+export async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number, bases?: BaseBackup[]): Promise<PitrStatus["offsite"]> {
   const store = walStore(config);
   if (!store) return null;
   const copied = records.filter((r) => r.offsite?.[store.kind]);
   const state = (await Bun.file(offsiteStatePath(config.backupDir)).json().catch(() => null)) as OffsiteState | null;
   const partialAt = state?.location === store.location ? Date.parse(state.partial.receivedAt) || 0 : 0;
   const covered = Math.max(partialAt, ...copied.map((r) => Date.parse(r.receivedAt)));
+  const oldestLocal = Math.min(...records.map((r) => Date.parse(r.receivedAt)));
+  const from = covered > 0 ? covered : Number.isFinite(oldestLocal) ? oldestLocal : newestLocal;
+  const pendingBases = (bases ?? (await listBaseBackups(config.backupDir))).filter((b) => !b.manifest.offsite?.[store.kind]);
+  const oldestPendingBase = Math.min(...pendingBases.map((b) => Date.parse(b.manifest.finishedAt)));
   return {
     location: store.location,
     coveredUntil: covered > 0 ? new Date(covered).toISOString() : null,
-    lagSeconds: covered > 0 ? Math.max(0, Math.round((newestLocal - covered) / 100) / 10) : -1,
+    lagSeconds: newestLocal > 0 ? Math.max(0, Math.round((newestLocal - from) / 100) / 10) : 0,
     notCopied: records.length - copied.length,
+    basesNotCopied: pendingBases.length,
+    baseLagSeconds: pendingBases.length ? Math.max(0, Math.round((Date.now() - oldestPendingBase) / 100) / 10) : 0,
   };
 }
 
-/** Reasons `backup check` fails on the point-in-time archive; empty when it is healthy. */
-export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
+/** Reasons the off-site copy fails `backup check`: it trails the local archive by more than PITR_OFFSITE_MAX_LAG. */
+export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): string[] {
+  if (!o) return [];
   const problems: string[] = [];
+  if (o.lagSeconds * 1000 > maxLagMs) {
+    problems.push(`the off-site WAL copy at ${o.location} trails the local archive by ${formatDuration(o.lagSeconds * 1000)} (${o.notCopied} file(s) not copied; covers up to ${o.coveredUntil ?? "nothing yet"}), more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`);
+  }
+  if (o.baseLagSeconds * 1000 > maxLagMs) {
+    problems.push(`${o.basesNotCopied} base backup(s) not copied to ${o.location}, the oldest for ${formatDuration(o.baseLagSeconds * 1000)}, more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`);
+  }
+  return problems;
+}
+
+/** Reasons `backup check` fails on the point-in-time archive; empty when it is healthy. */
+export function pitrProblems(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): string[] {
+  const problems: string[] = offsiteProblems(s.offsite, offsiteMaxLagMs);
   if (s.receiver.lagSeconds < 0 || s.receiver.lagSeconds * 1000 > maxLagMs) {
     problems.push(`the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`);
   }
@@ -225,14 +264,18 @@ export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
   if (unsealedSince !== null && Date.now() - unsealedSince > maxLagMs) {
     problems.push(`${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`);
   }
+  if (s.spool.diskFull) {
+    problems.push(`the WAL spool's disk has ${formatBytes(s.spool.freeBytes ?? 0)} free, less than one WAL segment: the receiver cannot write the next one (it restarts by itself when space returns; the slot keeps the WAL meanwhile, until max_slot_wal_keep_size)`);
+  }
+  for (const r of s.spool.refused) problems.push(`${r.name} in the WAL spool has ${r.sizeBytes} bytes, neither 0 nor a whole segment: pg_receivewal refuses it (the backup service repairs it when the receiver restarts)`);
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
   for (const line of describeUntrusted(s.untrusted)) problems.push(`left out of the window: ${line}`);
   for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
   return problems;
 }
 
-export function assertPitrHealthy(s: PitrStatus, maxLagMs: number): void {
-  const problems = pitrProblems(s, maxLagMs);
+export function assertPitrHealthy(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): void {
+  const problems = pitrProblems(s, maxLagMs, offsiteMaxLagMs);
   if (problems.length) {
     throw new ShinkeiError("PITR_AT_RISK", problems.join("; "), {
       hint: "See shinkei pitr status, and the backup service's log (wal receiver lines).",

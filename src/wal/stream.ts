@@ -9,6 +9,7 @@ import { RECEIVER_APP_NAME, superviseReceiver, type Receiver } from "./receiver.
 import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
+import { freeBytes, holdsData, repairSpool } from "./spool.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
 export type WalStream = {
@@ -49,7 +50,7 @@ export async function serverInfo(sql: Queryable): Promise<ServerInfo> {
  * finished segment and timeline history file is then sealed into the archive and removed from
  * the spool. The segment still being received stays there as `.partial`, flushed by the receiver.
  */
-export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; uploadEveryMs?: number; backoffMs?: { min: number; max: number } }): Promise<WalStream> {
+export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; uploadEveryMs?: number; backoffMs?: { min: number; max: number }; spaceCheckMs?: number }): Promise<WalStream> {
   const { sql, config, log } = deps;
   const info = await serverInfo(sql);
   const tool = await findTool("pg_receivewal", info.major);
@@ -69,6 +70,13 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   let chain = Promise.resolve();
   let busy = false;
   const archiveOne = async (name: string) => {
+    // A partial of zeros (or none at all) holds no WAL: archived, it would pass for the received
+    // start of a segment that the archive in fact lacks.
+    if (name.endsWith(".partial") && !(await holdsData(join(spool, name)))) {
+      await rm(join(spool, name), { force: true });
+      log({ level: "info", msg: "wal partial without WAL removed, not archived", file: name });
+      return;
+    }
     const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, level: config.backup.compressionLevel, segmentBytes: info.segmentBytes });
     await rm(join(spool, name), { force: true });
     if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
@@ -130,7 +138,10 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
       }
     })().catch(() => {});
   };
-  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart });
+  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart,
+    beforeStart: async () => void (await repairSpool(spool, info.segmentBytes, log)),
+    space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
+  });
   const timer = setInterval(() => {
     if (busy) return;
     busy = true;

@@ -1,0 +1,246 @@
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { tempDir } from "./support/fixtures.ts";
+import { until } from "./support/wait.ts";
+import { archiveTrust } from "../src/wal/trust.ts";
+import { connect, ensureDatabase, type Sql } from "../src/db.ts";
+import { loadConfig } from "../src/config.ts";
+import type { Log } from "../src/log.ts";
+import { startWalStream, serverInfo, type WalStream } from "../src/wal/stream.ts";
+import { slotStatus } from "../src/wal/slot.ts";
+import { listArchive, walRoot } from "../src/wal/archive.ts";
+import { findGaps } from "../src/wal/gaps.ts";
+import { archiveWindow, pitrProblems, pitrStatus } from "../src/wal/status.ts";
+import { repairSpool } from "../src/wal/spool.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { parseLsn, segmentName, segnoOf, timelineDir } from "../src/wal/segments.ts";
+
+// Faults in the receiver's own files: a cluster of our own and real pg_receivewal.
+setDefaultTimeout(120_000);
+
+let cluster: TestCluster;
+let sql: Sql;
+let url: string;
+let segmentBytes: number;
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  url = cluster.url("shinkei");
+  await ensureDatabase(url);
+  sql = connect(url, { max: 4 });
+  await sql`create table canary (v text)`;
+  segmentBytes = (await serverInfo(sql)).segmentBytes;
+});
+afterAll(async () => {
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
+});
+
+type Line = Record<string, unknown>;
+function collector(): { log: Log; lines: Line[] } {
+  const lines: Line[] = [];
+  return { lines, log: (l) => void lines.push(l) };
+}
+
+const configFor = (dir: string, extra: Record<string, string> = {}) => loadConfig({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", ...extra });
+const timeline = async () => (await sql<{ tl: number }[]>`select timeline_id as tl from pg_control_checkpoint()`)[0]!.tl;
+
+const flushedTo = (lsn: string) =>
+  until(`the receiver to flush ${lsn}`, async () => {
+    const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+    return r?.ok;
+  });
+
+/** Write a row and flush it to the receiver; the segment it went into. */
+async function commitFlushed(value: string): Promise<string> {
+  const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+  await flushedTo(lsn);
+  return segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
+}
+
+/** End the current segment and wait until `name` is archived; its WAL, uncompressed. */
+async function archivedWal(stream: WalStream, dir: string, name: string): Promise<Buffer> {
+  await sql`select pg_switch_wal()`;
+  const r = await until(`${name} in the archive`, async () => {
+    await stream.drain();
+    return (await listArchive(walRoot(dir))).find((x) => x.name === name);
+  });
+  return gunzipSync(await readFile(join(walRoot(dir), timelineDir(r.timeline), r.file)));
+}
+
+const spoolOf = (dir: string) => join(dir, "wal", "spool");
+
+describe("a .partial pg_receivewal refuses", () => {
+  test("zeros only: removed (it holds no WAL), the segment is sent again from the slot's position, and nothing is lost", async () => {
+    const dir = await tempDir("wal-zeros");
+    const config = configFor(dir, { WAL_SLOT: "shinkei_zeros" });
+    const { log, lines } = collector();
+    let stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    let seg: string;
+    try {
+      seg = await commitFlushed("in-the-zeroed-segment");
+    } finally {
+      await stream.stop();
+    }
+    // What a full disk leaves while pg_receivewal pads the segment: zeros, short of a whole one.
+    // The slot resumes at the start of the segment holding its restart position: this one.
+    const slot = await slotStatus(sql, "shinkei_zeros");
+    expect(segmentName(await timeline(), segnoOf(parseLsn(slot!.restartLsn!), segmentBytes), segmentBytes)).toBe(seg);
+    for (const n of await readdir(spoolOf(dir))) await rm(join(spoolOf(dir), n));
+    await writeFile(join(spoolOf(dir), `${seg}.partial`), Buffer.alloc(991_232));
+    // `backup check` sees the refused file before anything repairs it.
+    expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.refused).toEqual([{ name: `${seg}.partial`, sizeBytes: 991_232 }]);
+
+    stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    try {
+      await commitFlushed("after-the-repair");
+      const wal = await archivedWal(stream, dir, seg);
+      expect(wal.includes("in-the-zeroed-segment")).toBe(true);
+      expect(findGaps(await listArchive(walRoot(dir)), segmentBytes)).toEqual([]);
+      expect(lines.some((l) => l.msg === String(l.msg) && String(l.msg).startsWith("wal partial removed") && l.file === `${seg}.partial`)).toBe(true);
+      expect(lines.some((l) => /should be 0 or/.test(String(l.detail)))).toBe(false);
+    } finally {
+      await stream.stop();
+      await sql`select pg_drop_replication_slot('shinkei_zeros')`.catch(() => {});
+    }
+  });
+
+  test("short but holding WAL: padded, never deleted; the server sends the segment again over the same bytes", async () => {
+    const dir = await tempDir("wal-short");
+    const config = configFor(dir, { WAL_SLOT: "shinkei_short" });
+    const { log, lines } = collector();
+    let stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    let seg: string;
+    try {
+      seg = await commitFlushed("in-the-cut-segment");
+    } finally {
+      await stream.stop();
+    }
+    const path = join(spoolOf(dir), `${seg}.partial`);
+    await truncate(path, 65_536);
+    const head = await readFile(path);
+    expect(head.some((b) => b !== 0)).toBe(true);
+
+    // The repair alone: the received bytes stay where they were, the file becomes one pg_receivewal accepts.
+    const repaired = await repairSpool(spoolOf(dir), segmentBytes, log);
+    expect(repaired).toEqual([{ name: `${seg}.partial`, sizeBytes: 65_536 }]);
+    expect((await stat(path)).size).toBe(segmentBytes);
+    expect((await readFile(path)).subarray(0, 65_536).equals(head)).toBe(true);
+    // Cut again, for the stream to meet it as it would.
+    await truncate(path, 65_536);
+
+    stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    try {
+      await commitFlushed("after-the-padding");
+      const wal = await archivedWal(stream, dir, seg);
+      // Every byte received before is in the segment as the server sent it again (the zeros after
+      // the last flush are where the rest of the segment went).
+      expect(head.every((b, i) => b === 0 || wal[i] === b)).toBe(true);
+      expect(wal.includes("in-the-cut-segment")).toBe(true);
+      expect(findGaps(await listArchive(walRoot(dir)), segmentBytes)).toEqual([]);
+      expect(lines.filter((l) => String(l.msg).startsWith("wal partial padded")).length).toBe(2);
+      expect(lines.some((l) => /should be 0 or/.test(String(l.detail)))).toBe(false);
+    } finally {
+      await stream.stop();
+      await sql`select pg_drop_replication_slot('shinkei_short')`.catch(() => {});
+    }
+  });
+
+  test("the server removed the WAL to resume from: an empty .partial is not archived as the partial of a segment inside the gap", async () => {
+    await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
+    const dir = await tempDir("wal-empty");
+    const config = configFor(dir, { WAL_SLOT: "none" });
+    const { log, lines } = collector();
+    let stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    let seg: string;
+    try {
+      await until("the receiver to stream", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length === 1);
+      seg = await commitFlushed("before-the-hole");
+    } finally {
+      await stream.stop();
+    }
+    // An empty .partial (pg_receivewal accepts one) for the segment to resume from, which the server then recycles.
+    for (const n of await readdir(spoolOf(dir))) await rm(join(spoolOf(dir), n));
+    await writeFile(join(spoolOf(dir), `${seg}.partial`), "");
+    for (let i = 0; i < 4; i++) {
+      await sql`insert into canary values (${`lost-${i}`})`;
+      await sql`select pg_switch_wal()`;
+      await sql`checkpoint`;
+    }
+    stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    try {
+      await until("the receiver to give up on the removed WAL", async () => lines.find((l) => String(l.msg).startsWith("wal receiver cannot resume")));
+      await until("the receiver to stream again", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length === 1);
+      const records = await listArchive(walRoot(dir));
+      expect(records.filter((r) => r.kind === "partial")).toEqual([]);
+      expect(lines.some((l) => l.msg === "wal partial without WAL removed, not archived" && l.file === `${seg}.partial`)).toBe(true);
+    } finally {
+      await stream.stop();
+    }
+  });
+});
+
+/** A real full disk needs a small file system: a tmpfs, where this machine lets us mount one. */
+async function mountTmpfs(dir: string, size: string): Promise<boolean> {
+  const p = Bun.spawn(["mount", "-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { stdout: "pipe", stderr: "pipe" });
+  return (await p.exited) === 0;
+}
+const canMount = await (async () => {
+  if (process.getuid?.() !== 0 || !Bun.which("mount")) return false;
+  const probe = await tempDir("tmpfs-probe");
+  const ok = await mountTmpfs(probe, "1m");
+  if (ok) await Bun.spawn(["umount", probe]).exited;
+  await rm(probe, { recursive: true, force: true });
+  return ok;
+})();
+if (!canMount) console.warn("wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial tests above write the files a full disk leaves)");
+
+describe("a real full disk (a 64 MiB tmpfs)", () => {
+  test.skipIf(!canMount)("is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, with no gap", async () => {
+    const dir = await tempDir("wal-full");
+    expect(await mountTmpfs(dir, "64m")).toBe(true);
+    const config = configFor(dir, { WAL_SLOT: "shinkei_full" });
+    const { log, lines } = collector();
+    let stream: WalStream | undefined;
+    try {
+      await mkdir(join(dir, "wal"), { recursive: true });
+      stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 30_000 }, spaceCheckMs: 200 });
+      const first = await commitFlushed("before-the-disk-fills");
+      // Incompressible rows until the receiver meets the full disk.
+      for (let i = 0; i < 200 && !lines.some((l) => String(l.msg).startsWith("disk full")); i++) {
+        await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '') from generate_series(1, 16) i) from generate_series(1, 4000) g`;
+      }
+      const full = await until("the full disk to be reported", async () => lines.find((l) => String(l.msg).startsWith("disk full")), 30_000);
+      expect(full.level).toBe("error");
+      expect(stream.receiver.diskFull()).toBe(true);
+      const problems = pitrProblems(await pitrStatus(sql, config), config.wal.maxLagMs);
+      expect(problems.some((p) => p.includes("less than one WAL segment"))).toBe(true);
+      expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.diskFull).toBe(true);
+      const startsBefore = lines.filter((l) => l.msg === "wal receiver started").length;
+      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('while-the-disk-is-full') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+
+      // Space returns; the receiver restarts within a few checks, not after its 30 s backoff.
+      const grown = Bun.spawn(["mount", "-o", "remount,size=512m", dir]);
+      expect(await grown.exited).toBe(0);
+      await until("the receiver to restart", async () => lines.filter((l) => l.msg === "wal receiver started").length > startsBefore, 10_000);
+      expect(lines.some((l) => l.msg === "disk space returned: restarting the WAL receiver")).toBe(true);
+      await flushedTo(lsn);
+      const last = segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
+      await archivedWal(stream, dir, last);
+      const records = await listArchive(walRoot(dir));
+      expect(findGaps(records, segmentBytes)).toEqual([]);
+      expect(records.some((r) => r.name === first)).toBe(true);
+      expect(records.filter((r) => r.kind === "partial")).toEqual([]);
+      expect(stream.receiver.diskFull()).toBe(false);
+      expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.diskFull).toBe(false);
+    } finally {
+      await stream?.stop();
+      await sql`select pg_drop_replication_slot('shinkei_full')`.catch(() => {});
+      await Bun.spawn(["umount", "-l", dir]).exited;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
