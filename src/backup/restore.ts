@@ -74,6 +74,8 @@ CREATE TABLE ${table} (x int);
 CREATE CONSTRAINT TRIGGER shinkei_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_guard_${id}();
 ALTER TABLE ${table} ENABLE ALWAYS TRIGGER shinkei_guard;
 INSERT INTO ${table} VALUES (1);
+-- The check before COMMIT reads the row as the database's owner (below), not as this role.
+GRANT SELECT ON ${table} TO PUBLIC;
 -- A role that restores on behalf of the database's owner creates what it restores as that owner.
 ${actAsDatabaseOwner}
 DO $shinkei$
