@@ -9,6 +9,7 @@ ARG PG_SOURCE=pgdg
 FROM oven/bun:1.4.5 AS build
 WORKDIR /src
 COPY package.json bun.lock ./
+COPY patches patches
 RUN bun install --frozen-lockfile --production
 COPY cli cli
 COPY server server
