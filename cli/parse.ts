@@ -103,15 +103,25 @@ function unknownOption(command: Command, sub: Subcommand, raw: string, name: str
 export function selectForm(command: Command, args: string[]): { sub: Subcommand } | { help: string } {
   const loose = looseParse(command, args);
   const word = loose.positionals[0];
+  const chosen = command.subcommands.filter((s) => s.flag && loose.values[s.flag] !== undefined);
+  const byFlags = () => {
+    if (chosen.length > 1) throw new ShinkeiError("USAGE", `choose one of ${chosen.map((s) => `--${s.flag}`).join(", ")}`);
+    return chosen[0] ?? command.subcommands.find((s) => s.default);
+  };
   if (word !== undefined) {
     const sub = command.subcommands.find((s) => s.word === word);
-    if (!sub) throw new ShinkeiError("USAGE", `unknown argument "${word}" for ${command.name}`);
-    return { sub };
+    if (sub) return { sub };
+    // `serve --watch x`: the option no form takes is the mistake, not the "x" it was meant to carry.
+    const all = allOptions(command);
+    const stray = loose.tokens?.find((t) => t.kind === "option" && t.name !== "help" && !(t.name in all));
+    if (stray?.kind === "option") {
+      const form = byFlags();
+      throw form ? unknownOption(command, form, stray.rawName, stray.name) : new ShinkeiError("USAGE", `Unknown option '${stray.rawName}' for ${command.name}`);
+    }
+    throw new ShinkeiError("USAGE", `unknown argument "${word}" for ${command.name}`);
   }
-  const chosen = command.subcommands.filter((s) => s.flag && loose.values[s.flag] !== undefined);
-  if (chosen.length > 1) throw new ShinkeiError("USAGE", `choose one of ${chosen.map((s) => `--${s.flag}`).join(", ")}`);
   if (!chosen.length && loose.values.help) return { help: commandHelp(command) };
-  const sub = chosen[0] ?? command.subcommands.find((s) => s.default);
+  const sub = byFlags();
   if (!sub) throw new ShinkeiError("USAGE", `${command.name} needs one of: ${command.subcommands.map((s) => s.word).join(", ")}`);
   return { sub };
 }
