@@ -6,7 +6,7 @@ import { migrationStatus } from "../../src/migrations/migrate.ts";
 export const status: Subcommand = {
   word: "status",
   summary: "list applied and pending migrations",
-  options: { json: { type: "boolean", description: "machine-readable output (status)" } },
+  options: { json: { type: "boolean", description: "machine-readable output" } },
   async run(ctx) {
     const s = await migrationStatus(ctx.db);
     if (ctx.flag("json")) {
