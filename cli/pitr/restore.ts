@@ -1,5 +1,5 @@
 import type { Context, Subcommand } from "../command.ts";
-import { json, line, table, warn } from "../output.ts";
+import { json, line, table } from "../output.ts";
 import { confirmDestructive, undoCommand } from "../guard.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { ShinkeiError } from "../../src/errors.ts";
