@@ -1,4 +1,4 @@
-import type { Command } from "./command.ts";
+import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -10,35 +10,32 @@ import { startWalService } from "../src/wal/service.ts";
 export const backupServiceCommand: Command = {
   name: "backup-service",
   summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies",
-  help: `Usage: shinkei backup-service
-
-A long-running process: takes a backup on BACKUP_SCHEDULE (default "0 2 * * *") in
+  description: `A long-running process: takes a backup on BACKUP_SCHEDULE (default "0 2 * * *") in
 BACKUP_TIMEZONE (default UTC), copies it to S3 when S3_BUCKET is set, then applies retention
 (BACKUP_KEEP_DAYS, default 30). Logs one JSON line per step. Several services on one database
 take one backup per scheduled time between them. SIGTERM lets a running backup finish.
 
 With WAL_ARCHIVE=stream it also streams WAL continuously into BACKUP_DIR/wal/ (pg_receivewal
 through the slot WAL_SLOT) and takes base backups on BASE_BACKUP_SCHEDULE, for point-in-time
-recovery (see shinkei pitr status).
-
-Options:
-  -h, --help   show this help`,
-  async run(ctx) {
-    const { config } = ctx;
-    await guarded(config.databaseUrl, async () => {
-      if (config.migrateOnStart) {
-        await ensureDatabase(config.databaseUrl);
-        await migrate(ctx.db);
-      } else await ctx.db`select 1`;
-    });
-    // Started first: a refused slot stops the service before anything is scheduled.
-    const wal = config.wal.archive === "stream" ? await startWalService({ sql: ctx.db, config, log: jsonLog }) : undefined;
-    // Metrics and the status page on METRICS_PORT, when set (server/ops).
-    const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) : undefined;
-    const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
-    const signal = await untilSignal();
-    jsonLog({ level: "info", msg: "shutting down", signal });
-    await Promise.all([scheduler.stop(), wal?.stop(), ops?.stop()]);
-    return 0;
-  },
+recovery (see shinkei pitr status).`,
+  subcommands: [{ default: true, summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies", options: {}, run: backupService }],
 };
+
+async function backupService(ctx: Context): Promise<number> {
+  const { config } = ctx;
+  await guarded(config.databaseUrl, async () => {
+    if (config.migrateOnStart) {
+      await ensureDatabase(config.databaseUrl);
+      await migrate(ctx.db);
+    } else await ctx.db`select 1`;
+  });
+  // Started first: a refused slot stops the service before anything is scheduled.
+  const wal = config.wal.archive === "stream" ? await startWalService({ sql: ctx.db, config, log: jsonLog }) : undefined;
+  // Metrics and the status page on METRICS_PORT, when set (server/ops).
+  const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) : undefined;
+  const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
+  const signal = await untilSignal();
+  jsonLog({ level: "info", msg: "shutting down", signal });
+  await Promise.all([scheduler.stop(), wal?.stop(), ops?.stop()]);
+  return 0;
+}

@@ -1,23 +1,53 @@
-import type { ParseArgsConfig } from "node:util";
 import type { Io } from "./io.ts";
 import { warn } from "./output.ts";
+import type { ShinkeiError } from "../src/errors.ts";
 import { loadConfig, type Config } from "../src/config.ts";
 import { connect, describeTarget, type Sql } from "../src/db.ts";
 import { ensureLocalCluster, portOpen, type LocalCluster } from "../src/localdb.ts";
 
 export type Values = Record<string, string | boolean | string[] | undefined>;
 
+/** One option of one subcommand: what parses it and what its help line says, in one place. */
+export type OptionSpec = {
+  type: "boolean" | "string";
+  short?: string;
+  /** The value's name in help: FILE, N, TIME. */
+  value?: string;
+  /** Options of one group are the form's alternatives, exactly one of them required (usage shows "(--a X | --b Y)"). */
+  oneOf?: string;
+  /** Its line in the help (may run over several lines). */
+  description: string;
+};
+
+export type Options = Record<string, OptionSpec>;
+
+/** One form of a command (`backup list`, `recover --undo RECORD`): its own options, help and run. */
+export type Subcommand = {
+  /** The word after the command that selects this form (`migrate status`). */
+  word?: string;
+  /** Or an option of this form that selects it (`backup --list`, `recover --undo RECORD`). */
+  flag?: string;
+  /** The form used when no word and no selecting option is given (`shinkei backup` takes a backup). */
+  default?: boolean;
+  /** Arguments after the word, as help shows them ("[F]", "NAME TARGET"); max is how many it takes. */
+  args?: { usage: string; max: number };
+  summary: string;
+  /** What the help says beyond the summary and the options. */
+  description?: string;
+  options: Options;
+  /** False for the forms that never touch a database (keygen): no probing, no local cluster. */
+  needsDatabase?: boolean;
+  /** A clearer refusal than "Unknown option" for options this form never takes (recover --undo --user). */
+  refuse?: (names: string[]) => ShinkeiError | undefined;
+  run(ctx: Context): Promise<number>;
+};
+
 export type Command = {
   name: string;
   summary: string;
-  /** Full help text, shown by `shinkei NAME --help` and on usage errors. */
-  help: string;
-  options?: NonNullable<ParseArgsConfig["options"]>;
-  /** Words that may follow the command name (`migrate status`); anything else is a usage error. */
-  subcommands?: string[];
-  /** False for the few forms that never touch a database (keygen): no probing, no local cluster. */
-  needsDatabase?: (positionals: string[]) => boolean;
-  run(ctx: Context): Promise<number>;
+  /** What `shinkei NAME --help` says beyond each form's usage, summary and options. */
+  description?: string;
+  subcommands: Subcommand[];
 };
 
 export class Context {

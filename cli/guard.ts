@@ -1,15 +1,14 @@
-import type { Context } from "./command.ts";
+import type { Context, Options } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
 import { describeTarget, type Target } from "../src/db.ts";
 
+/** The guard's options for reset and migrate down (each command words --dry-run and --wait its own way). */
 export const guardOptions = {
-  "dry-run": { type: "boolean" },
-  force: { type: "boolean" },
-  "confirm-database": { type: "string" },
-  "allow-production": { type: "boolean" },
-  wait: { type: "boolean" },
-} as const;
+  force: { type: "boolean", description: "run without a terminal (needs --confirm-database too)" },
+  "confirm-database": { type: "string", value: "NAME", description: "the target database's name, required with --force" },
+  "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
+} satisfies Options;
 
 /**
  * The guard every destructive command passes (reset, restore, migrate down): production refused,

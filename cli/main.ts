@@ -1,22 +1,22 @@
 #!/usr/bin/env bun
-import { parseArgs } from "node:util";
-import { Context, type Command } from "./command.ts";
+import { Context, type Command, type Subcommand } from "./command.ts";
+import { commandHelp, parseForm, selectForm, subcommandHelp } from "./parse.ts";
 import { processIo, type Io } from "./io.ts";
 import { line, reportError } from "./output.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { explainDbError } from "../src/db.ts";
-import { migrateCommand } from "./migrate.ts";
-import { statusCommand } from "./status.ts";
+import { migrateCommand } from "./migrate/index.ts";
+import { statusCommand } from "./status/index.ts";
 import { serveCommand } from "./serve.ts";
 import { backupCommand } from "./backup/index.ts";
 import { resetCommand } from "./reset.ts";
 import { seedCommand } from "./seed.ts";
 import { backupServiceCommand } from "./backup-service.ts";
-import { recoverCommand } from "./recover.ts";
-import { pitrCommand } from "./pitr.ts";
+import { recoverCommand } from "./recover/index.ts";
+import { pitrCommand } from "./pitr/index.ts";
 import pkg from "../package.json" with { type: "json" };
 
-const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, pitrCommand, recoverCommand, resetCommand, seedCommand];
+export const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, pitrCommand, recoverCommand, resetCommand, seedCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -49,33 +49,35 @@ export async function run(argv: string[], io: Io = processIo()): Promise<number>
   if (!command) return reportError(io, new ShinkeiError("USAGE", `unknown command "${name}"`), usage());
 
   let ctx: Context;
+  let help = commandHelp(command);
+  let needsDatabase = true;
+  let form: Subcommand;
   try {
-    const parsed = parseArgs({
-      args: rest,
-      options: { ...command.options, help: { type: "boolean", short: "h" } },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (parsed.values.help) {
-      line(io, command.help);
+    const selected = selectForm(command, rest);
+    if ("help" in selected) {
+      line(io, selected.help);
       return 0;
     }
-    const sub = parsed.positionals[0];
-    if (sub !== undefined && !command.subcommands?.includes(sub)) {
-      throw new ShinkeiError("USAGE", `unknown argument "${sub}" for ${command.name}`);
+    form = selected.sub;
+    if (command.subcommands.length > 1) help = subcommandHelp(command, form);
+    const parsed = parseForm(command, form, rest);
+    if (parsed.help) {
+      line(io, help);
+      return 0;
     }
+    needsDatabase = form.needsDatabase !== false;
     ctx = new Context(io, parsed.values, parsed.positionals);
   } catch (error) {
     const e = error instanceof ShinkeiError ? error : new ShinkeiError("USAGE", (error as Error).message.split(". To specify")[0]!);
-    return reportError(io, e, command.help);
+    return reportError(io, e, help);
   }
 
   try {
-    if (command.needsDatabase?.(ctx.positionals) !== false) await ctx.resolveDatabase();
-    return await command.run(ctx);
+    if (needsDatabase) await ctx.resolveDatabase();
+    return await form.run(ctx);
   } catch (error) {
     const url = safeUrl(ctx);
-    return reportError(io, url ? explainDbError(error, url) : error, command.help);
+    return reportError(io, url ? explainDbError(error, url) : error, help);
   } finally {
     await ctx.close().catch(() => {});
   }

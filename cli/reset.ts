@@ -1,4 +1,4 @@
-import type { Command } from "./command.ts";
+import type { Command, Context } from "./command.ts";
 import { line, table } from "./output.ts";
 import { activity, note } from "./prompts.ts";
 import { confirmDestructive, guardOptions, undoCommand } from "./guard.ts";
@@ -10,46 +10,46 @@ import { mainTables } from "../src/state.ts";
 export const resetCommand: Command = {
   name: "reset",
   summary: "delete everything and reseed, behind three typed confirmations and a backup",
-  help: `Usage: shinkei reset [options]
-
-Shows the target database and what will be deleted, asks you to type DELETE ALL DATA, then
+  description: `Shows the target database and what will be deleted, asks you to type DELETE ALL DATA, then
 YES I AM SURE, then YES (exactly), takes and verifies a pre-reset backup, then recreates the
 schema and loads the demo data, all in one transaction. Ends with the command that undoes it.
 
-Options:
-  --dry-run                  show what would be deleted; change nothing
-  --no-seed                  leave the new schema empty
-  --force                    run without a terminal (needs --confirm-database too)
-  --confirm-database NAME    the target database's name, required with --force
-  --allow-production         run even when SHINKEI_ENV/NODE_ENV is production
-  --wait                     queue behind a running backup or restore instead of failing
-  -h, --help                 show this help
-
 Ctrl-C at any prompt exits 130 and a mistyped phrase exits 1; neither changes anything.`,
-  options: { ...guardOptions, "no-seed": { type: "boolean" } },
-  async run(ctx) {
-    const { io, config } = ctx;
-    refuseProduction(config.environment, ctx.flag("allow-production"), "reset the database");
-    const plan = await resetPlan(ctx.db, config.databaseUrl);
-    const { database, host, port } = plan.target;
-    note(io, table([["table", "rows"], ...mainTables.map((t) => [t, plan.counts[t] ?? 0])]), `reset deletes ALL data in ${database} on ${host}:${port}`);
-    if (ctx.flag("dry-run")) {
-      line(io, "dry run: nothing was changed");
-      return 0;
-    }
-    await confirmDestructive(ctx, plan.target, `delete all data in ${database}`, resetPhrases);
-    const spin = activity(io, "taking a pre-reset backup, then resetting");
-    const result = await withMaintenanceLock(ctx.db, "reset", () =>
-      performReset({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, seed: !ctx.flag("no-seed"), hashing: config.hashing, age: config.backup.age }),
-      ctx.flag("wait"),
-    ).catch((e) => {
-      spin.fail("reset failed: nothing was deleted");
-      throw e;
-    });
-    spin.stop("reset done");
-    line(io, `safety backup  ${result.safety.path} (verified)`);
-    line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t]}`).join(", ")}`);
-    line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
-    return 0;
-  },
+  subcommands: [{
+    default: true,
+    summary: "delete everything and reseed, behind three typed confirmations and a backup",
+    options: {
+      "dry-run": { type: "boolean", description: "show what would be deleted; change nothing" },
+      "no-seed": { type: "boolean", description: "leave the new schema empty" },
+      ...guardOptions,
+      wait: { type: "boolean", description: "queue behind a running backup or restore instead of failing" },
+    },
+    run: reset,
+  }],
 };
+
+async function reset(ctx: Context): Promise<number> {
+  const { io, config } = ctx;
+  refuseProduction(config.environment, ctx.flag("allow-production"), "reset the database");
+  const plan = await resetPlan(ctx.db, config.databaseUrl);
+  const { database, host, port } = plan.target;
+  note(io, table([["table", "rows"], ...mainTables.map((t) => [t, plan.counts[t] ?? 0])]), `reset deletes ALL data in ${database} on ${host}:${port}`);
+  if (ctx.flag("dry-run")) {
+    line(io, "dry run: nothing was changed");
+    return 0;
+  }
+  await confirmDestructive(ctx, plan.target, `delete all data in ${database}`, resetPhrases);
+  const spin = activity(io, "taking a pre-reset backup, then resetting");
+  const result = await withMaintenanceLock(ctx.db, "reset", () =>
+    performReset({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, seed: !ctx.flag("no-seed"), hashing: config.hashing, age: config.backup.age }),
+    ctx.flag("wait"),
+  ).catch((e) => {
+    spin.fail("reset failed: nothing was deleted");
+    throw e;
+  });
+  spin.stop("reset done");
+  line(io, `safety backup  ${result.safety.path} (verified)`);
+  line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t]}`).join(", ")}`);
+  line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
+  return 0;
+}

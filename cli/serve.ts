@@ -1,4 +1,4 @@
-import type { Command } from "./command.ts";
+import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { startServer } from "../server/serve.ts";
 import { jsonLog } from "../src/log.ts";
@@ -25,9 +25,7 @@ function cachedWindow(backupDir: string, trust: ArchiveTrust) {
 export const serveCommand: Command = {
   name: "serve",
   summary: "run the auth server (HOST, PORT; applies migrations unless MIGRATE_ON_START=false)",
-  help: `Usage: shinkei serve
-
-Runs the auth server on HOST:PORT (default 0.0.0.0:8000). Pending migrations are applied
+  description: `Runs the auth server on HOST:PORT (default 0.0.0.0:8000). Pending migrations are applied
 first unless MIGRATE_ON_START=false. With BACKUP_IN_SERVER=true it also runs the backup
 schedule in-process (see shinkei backup-service). SIGTERM or Ctrl-C finishes in-flight
 requests, then exits.
@@ -38,30 +36,29 @@ GET /api/v1/auth/me, /api/v1/worlds, /health, /ready.
 
 Mail (reset and verification codes) goes out over SMTP_URL; without it, development
 writes each message to the log, and anywhere else those routes answer 503 MAIL_DISABLED
-(the server says so when it starts).
-
-Options:
-  -h, --help   show this help`,
-  async run(ctx) {
-    const { config } = ctx;
-    const pitr = cachedWindow(config.backupDir, archiveTrust(config.backup.age));
-    const readiness = async () => {
-      const f = await newestGood(config.backupDir);
-      // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
-      return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
-    };
-    const running = await startServer(config, { readiness });
-    let scheduler: Scheduler | undefined;
-    let schedulerSql: ReturnType<typeof connect> | undefined;
-    if (config.backup.inServer) {
-      schedulerSql = connect(config.databaseUrl, { max: 3 });
-      scheduler = startScheduler({ sql: schedulerSql, config, log: jsonLog });
-    }
-    const signal = await untilSignal();
-    jsonLog({ level: "info", msg: "shutting down", signal });
-    await scheduler?.stop();
-    await schedulerSql?.end({ timeout: 5 });
-    await running.stop();
-    return 0;
-  },
+(the server says so when it starts).`,
+  subcommands: [{ default: true, summary: "run the auth server (HOST, PORT; applies migrations unless MIGRATE_ON_START=false)", options: {}, run: serve }],
 };
+
+async function serve(ctx: Context): Promise<number> {
+  const { config } = ctx;
+  const pitr = cachedWindow(config.backupDir, archiveTrust(config.backup.age));
+  const readiness = async () => {
+    const f = await newestGood(config.backupDir);
+    // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
+    return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
+  };
+  const running = await startServer(config, { readiness });
+  let scheduler: Scheduler | undefined;
+  let schedulerSql: ReturnType<typeof connect> | undefined;
+  if (config.backup.inServer) {
+    schedulerSql = connect(config.databaseUrl, { max: 3 });
+    scheduler = startScheduler({ sql: schedulerSql, config, log: jsonLog });
+  }
+  const signal = await untilSignal();
+  jsonLog({ level: "info", msg: "shutting down", signal });
+  await scheduler?.stop();
+  await schedulerSql?.end({ timeout: 5 });
+  await running.stop();
+  return 0;
+}

@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json, warn } from "../output.ts";
 import { activity } from "../prompts.ts";
 import { formatDuration } from "../../src/duration.ts";
@@ -47,3 +47,15 @@ export async function base(ctx: Context): Promise<number> {
     throw e;
   }
 }
+
+export const baseForm: Subcommand = {
+  word: "base",
+  summary: `a base backup now (pg_basebackup, tar, no WAL) into BACKUP_DIR/base/,
+for point-in-time recovery with the WAL archive (WAL_ARCHIVE=stream)`,
+  options: {
+    verify: { type: "boolean", description: "unpack it and run pg_verifybackup" },
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  run: base,
+};

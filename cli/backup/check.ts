@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json } from "../output.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
@@ -47,3 +47,22 @@ async function live(ctx: Context): Promise<number> {
   line(io, `✔ the database answers; WAL receiver streaming, flushed ${s.receiver.flushLsn ?? "-"}`);
   return 0;
 }
+
+export const checkForm: Subcommand = {
+  word: "check",
+  summary: `exit 1 when the newest good backup is older than BACKUP_MAX_AGE,
+failed its drill, or no drill passed within BACKUP_DRILL_MAX_AGE;
+with WAL_ARCHIVE=stream also when the WAL archive lags more than
+PITR_MAX_LAG, the slot is lost or unreserved, or WAL after the
+newest base backup has a gap (see shinkei pitr status)`,
+  options: {
+    live: {
+      type: "boolean",
+      description: `the service's health now: the database answers and, with
+WAL_ARCHIVE=stream, the WAL receiver is connected (its slot
+not lost); the container's health check`,
+    },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  run: check,
+};

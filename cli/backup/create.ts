@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json, warn } from "../output.ts";
 import { activity } from "../prompts.ts";
 import { formatDuration } from "../../src/duration.ts";
@@ -48,3 +48,13 @@ export async function create(ctx: Context): Promise<number> {
     throw e;
   }
 }
+
+export const createForm: Subcommand = {
+  default: true,
+  summary: "take a backup now (pg_dump, gzip, SHA-256, manifest)",
+  options: {
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  run: create,
+};

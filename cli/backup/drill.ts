@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { formatDuration } from "../../src/duration.ts";
@@ -30,3 +30,12 @@ export async function drill(ctx: Context): Promise<number> {
     cancel.dispose();
   }
 }
+
+export const drillForm: Subcommand = {
+  word: "drill",
+  args: { usage: "[F]", max: 1 },
+  summary: `restore F (default the newest) into a scratch database and
+compare every table's count and content with the manifest`,
+  options: { json: { type: "boolean", description: "machine-readable output" } },
+  run: drill,
+};

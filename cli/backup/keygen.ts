@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json } from "../output.ts";
 import { writeIdentity } from "../../src/backup/crypt.ts";
 
@@ -12,3 +12,15 @@ export async function keygen(ctx: Context): Promise<number> {
   line(ctx.io, `restore them with:     BACKUP_AGE_IDENTITY=${path}`);
   return 0;
 }
+
+export const keygenForm: Subcommand = {
+  word: "keygen",
+  summary: `write a new age private key (mode 0600, never overwriting;
+default shinkei-backup.key) and print its public key`,
+  options: {
+    output: { type: "string", value: "FILE", description: "where to write the private key" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  needsDatabase: false,
+  run: keygen,
+};

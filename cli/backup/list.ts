@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json, table } from "../output.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
@@ -60,3 +60,15 @@ export async function list(ctx: Context): Promise<number> {
   windowLine();
   return 0;
 }
+
+export const listForm: Subcommand = {
+  word: "list",
+  flag: "list",
+  summary: "newest first: age, size, reason, row counts, check",
+  options: {
+    list: { type: "boolean", description: "the same as backup list" },
+    verify: { type: "boolean", description: "read every file in full (slower) instead of checking sizes" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  run: list,
+};

@@ -1,5 +1,5 @@
 import { withMaintenanceLock } from "../../src/backup/lock.ts";
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json, table } from "../output.ts";
 import { pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
@@ -38,3 +38,14 @@ async function pruneWal(config: Context["config"], dryRun: boolean): Promise<Wal
   const store = walStore(config);
   return store && config.s3 ? [local, await pruneWalStore(store, config.s3.keepDays, config.backup, dryRun)] : [local];
 }
+
+export const pruneForm: Subcommand = {
+  word: "prune",
+  summary: "apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS)",
+  options: {
+    "dry-run": { type: "boolean", description: "show what would be deleted, delete nothing" },
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  run: prune,
+};

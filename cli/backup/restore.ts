@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, table, warn } from "../output.ts";
 import { activity, note } from "../prompts.ts";
 import { confirmDestructive, undoCommand } from "../guard.ts";
@@ -80,3 +80,25 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
     return 0;
   }, ctx.flag("wait"));
 }
+
+export const restoreForm: Subcommand = {
+  word: "restore",
+  flag: "restore",
+  args: { usage: "[F]", max: 1 },
+  summary: "restore the newest backup (not a safety copy), or F (ours, or a stock pg_dump .sql/.sql.gz/.dump)",
+  description: `A restore verifies the file, takes and verifies a pre-restore backup, and loads it in ONE
+transaction that nothing in the file can end: the database ends exactly as in the backup, or as it
+was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a file are refused.`,
+  options: {
+    restore: { type: "boolean", description: "the same as backup restore" },
+    "backup-file": { type: "string", value: "F", description: "the file to restore (a path, or a name in BACKUP_DIR)" },
+    yes: { type: "boolean", short: "y", description: "restore without the typed confirmation (needs --confirm-database)" },
+    "confirm-database": { type: "string", value: "N", description: "the target database's name, required with --yes and without a terminal" },
+    "no-safety-backup": { type: "boolean", description: "restore without a pre-restore backup (only with --yes --confirm-database)" },
+    "allow-unencrypted": { type: "boolean", description: "restore a plain file although this host encrypts its backups" },
+    "allow-unsigned": { type: "boolean", description: "restore a file without a manifest although BACKUP_MANIFEST_KEY is set" },
+    "allow-production": { type: "boolean", description: "restore even when SHINKEI_ENV/NODE_ENV is production" },
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+  },
+  run: (ctx) => restore(ctx, ctx.option("backup-file") ?? ctx.positionals[1]),
+};

@@ -1,4 +1,4 @@
-import type { Context } from "../command.ts";
+import type { Context, Subcommand } from "../command.ts";
 import { line, json } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { formatBytes } from "../../src/bytes.ts";
@@ -26,3 +26,14 @@ export async function verify(ctx: Context): Promise<number> {
   if (failed > 0) throw new ShinkeiError("BACKUP_CORRUPT", `${failed} of ${paths.length} backup(s) failed verification`);
   return 0;
 }
+
+export const verifyForm: Subcommand = {
+  word: "verify",
+  args: { usage: "[F]", max: 1 },
+  summary: "re-read a file (default the newest): checksum and archive",
+  options: {
+    all: { type: "boolean", description: "every backup in BACKUP_DIR" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  run: verify,
+};

@@ -1,23 +1,20 @@
-import type { Context } from "./command.ts";
-import { json, line } from "./output.ts";
-import { activity, typedConfirmation } from "./prompts.ts";
-import { showUndo } from "./recover-view.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
-import { ShinkeiError } from "../src/errors.ts";
-import { describeTarget } from "../src/db.ts";
-import { formatDuration } from "../src/duration.ts";
-import { loadRecovery } from "../src/recover/record.ts";
-import { plannedCounts, trialUndo, undoRecovery } from "../src/recover/undo.ts";
+import type { Context, Subcommand } from "../command.ts";
+import { json, line } from "../output.ts";
+import { activity, typedConfirmation } from "../prompts.ts";
+import { showUndo } from "./view.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../../src/guard.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { describeTarget } from "../../src/db.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { loadRecovery } from "../../src/recover/record.ts";
+import { plannedCounts, trialUndo, undoRecovery } from "../../src/recover/undo.ts";
 
 /**
  * `recover --undo RECORD`: the same guard, preview and confirmation as the recovery itself, then
  * exactly the rows it changed put back in one transaction.
  */
-export async function undoRecoveryCommand(ctx: Context): Promise<number> {
+async function undoRecoveryCommand(ctx: Context): Promise<number> {
   const { io, config } = ctx;
-  const other = ["user", "user-id", "world", "story", "from", "at"].filter((k) => ctx.option(k) !== undefined);
-  const flags = ["revert-changed", "into-current-account", "restore-account", "full-safety-backup", "show"].filter((k) => ctx.flag(k));
-  if (other.length || flags.length) throw new ShinkeiError("USAGE", `--undo takes its scope and source from the record: drop ${[...other, ...flags].map((k) => `--${k}`).join(", ")}`);
   const dryRun = ctx.flag("dry-run");
   if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
   const target = describeTarget(config.databaseUrl);
@@ -60,3 +57,25 @@ export async function undoRecoveryCommand(ctx: Context): Promise<number> {
   line(io, `undone in      ${formatDuration(run.applyMs)} (one transaction); a second undo of this record is refused`);
   return 0;
 }
+
+/** What a recovery's record already says: given with --undo, they are refused by name. */
+const fromTheRecord = ["user", "user-id", "world", "story", "from", "at", "revert-changed", "into-current-account", "restore-account", "full-safety-backup", "show"];
+
+export const undo: Subcommand = {
+  flag: "undo",
+  summary: "undo a recovery: put back exactly the rows it changed",
+  options: {
+    undo: { type: "string", value: "RECORD", description: "undo a recovery: its record's path, or its id as --history lists it" },
+    "dry-run": { type: "boolean", description: "show what the undo does and stop" },
+    yes: { type: "boolean", short: "y", description: "undo without the typed confirmation (needs --confirm-database)" },
+    "confirm-database": { type: "string", value: "N", description: "the target database's name, required with --yes and without a terminal" },
+    "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  refuse: (names) =>
+    names.every((n) => fromTheRecord.includes(n))
+      ? new ShinkeiError("USAGE", `--undo takes its scope and source from the record: drop ${names.map((k) => `--${k}`).join(", ")}`)
+      : undefined,
+  run: undoRecoveryCommand,
+};

@@ -1,17 +1,16 @@
-import type { Context } from "./command.ts";
-import { json, line, table, warn } from "./output.ts";
-import { confirmDestructive, undoCommand } from "./guard.ts";
-import { formatDuration } from "../src/duration.ts";
-import { ShinkeiError } from "../src/errors.ts";
-import { describeTarget } from "../src/db.ts";
-import { databaseState, mainTables } from "../src/state.ts";
-import { withMaintenanceLock } from "../src/backup/lock.ts";
-import { walStore } from "../src/wal/offsite.ts";
-import { applyRecovered, type ApplyStep } from "../src/pitr/apply.ts";
-import { cleanupInstances, listInstances, watch } from "../src/pitr/instance.ts";
-import { runPitrDrill } from "../src/pitr/drill.ts";
-import { connectRecovered, recoverTo, type Recovery } from "../src/pitr/recover.ts";
-import { lsnTarget, nameTarget, parseTargetTime, type RecoveryTarget } from "../src/pitr/target.ts";
+import type { Context, Subcommand } from "../command.ts";
+import { json, line, table } from "../output.ts";
+import { confirmDestructive, undoCommand } from "../guard.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { describeTarget } from "../../src/db.ts";
+import { databaseState, mainTables } from "../../src/state.ts";
+import { withMaintenanceLock } from "../../src/backup/lock.ts";
+import { walStore } from "../../src/wal/offsite.ts";
+import { applyRecovered, type ApplyStep } from "../../src/pitr/apply.ts";
+import { removeDayOld } from "../../src/pitr/instance.ts";
+import { connectRecovered, recoverTo, type Recovery } from "../../src/pitr/recover.ts";
+import { lsnTarget, nameTarget, parseTargetTime, type RecoveryTarget } from "../../src/pitr/target.ts";
 
 const applyLabels: Record<ApplyStep, string> = {
   "safety-backup": "taking a pre-restore safety backup of the live database",
@@ -40,7 +39,7 @@ function reachedLines(r: Recovery): string[] {
 }
 
 /** `pitr restore`: recover a scratch instance, then leave it running, stop it, hand it over, or apply it. */
-export async function pitrRestore(ctx: Context): Promise<number> {
+async function pitrRestore(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const target = targetOf(ctx);
   const apply = ctx.flag("apply");
@@ -114,32 +113,38 @@ export async function pitrRestore(ctx: Context): Promise<number> {
   return 0;
 }
 
-/** `pitr cleanup`: list and remove leftover scratch instances; `--watch PID DIR` is the watchdog. */
-export async function pitrCleanup(ctx: Context): Promise<number> {
-  const watched = ctx.option("watch");
-  if (watched !== undefined) {
-    const dir = ctx.positionals[1];
-    if (!/^\d+$/.test(watched) || !dir) throw new ShinkeiError("USAGE", "--watch takes a process id and an instance folder");
-    await watch(Number(watched), dir);
-    return 0;
-  }
-  const inUse = (await listInstances()).filter((i) => i.inUse);
-  const removed = await cleanupInstances();
-  if (ctx.flag("json")) return json(ctx.io, { removed: removed.map((r) => ({ root: r.root, port: r.port, running: r.running, createdAt: r.createdAt, target: r.target ?? null })), inUse: inUse.map((i) => i.root) }), 0;
-  for (const r of removed) line(ctx.io, `removed    ${r.root}  port ${r.port}  ${r.running ? "was running" : "not running"}  created ${r.createdAt}${r.target ? `  target ${r.target}` : ""}`);
-  for (const i of inUse) warn(ctx.io, `left alone ${i.root}: being recovered by process ${i.ownerPid}`);
-  if (!removed.length) line(ctx.io, "no leftover point-in-time recovery instances");
-  return 0;
-}
-
-/** `pitr drill`: one PITR drill now, recorded like the scheduled ones. */
-export async function pitrDrill(ctx: Context): Promise<number> {
-  const r = await runPitrDrill({ sql: ctx.db, config: ctx.config, onStep: (m) => ctx.io.stderr.write(`… ${m}\n`) });
-  if (ctx.flag("json")) json(ctx.io, r);
-  else {
-    line(ctx.io, `${r.passed ? "✔ passed" : "✖ FAILED"}  restore point ${r.restorePoint} (${r.lsn ?? "?"}) recovered from ${r.base ?? "-"}; RTO ${r.rtoMs === null ? "-" : formatDuration(r.rtoMs)}, drill ${formatDuration(r.durationMs)}`);
-    for (const d of r.differences) line(ctx.io, `  ${d}`);
-  }
-  if (!r.passed) throw new ShinkeiError("BACKUP_CORRUPT", `the point-in-time recovery drill failed: ${r.differences.join("; ")}`);
-  return 0;
-}
+export const restore: Subcommand = {
+  word: "restore",
+  summary: "recover a scratch instance to a moment, an LSN or a restore point",
+  description: `Recovers a scratch PostgreSQL instance (same major version as the base backup, in a
+temporary folder, on a free 127.0.0.1 port) to TIME: an ISO time with its zone, a local time in
+BACKUP_TIMEZONE ("2026-03-01 17:01:59"), latest, or -5m (before now); or to an LSN or a restore
+point. It starts from the newest base backup that ends before the target (local, else off-site),
+replays the archived WAL through wal-fetch, promotes at the target and reports the last replayed
+commit and LSN. A target outside the recoverable window is refused. By default the instance keeps
+running and its URL is printed, to inspect; --stop, --apply or --into-dir instead.`,
+  options: {
+    to: { type: "string", oneOf: "target", value: "TIME", description: "the moment to recover to (one of --to, --to-lsn, --to-name)" },
+    "to-lsn": { type: "string", oneOf: "target", value: "LSN", description: "the LSN to recover to" },
+    "to-name": { type: "string", oneOf: "target", value: "NAME", description: "the restore point to recover to" },
+    stop: { type: "boolean", description: "stop and remove it" },
+    apply: {
+      type: "boolean",
+      description: `load it into DATABASE_URL's database in one transaction (all or nothing), after a
+pre-restore safety backup; asks for the database name, or --yes
+--confirm-database NAME without a terminal`,
+    },
+    "into-dir": { type: "string", value: "DIR", description: "keep the recovered data directory at DIR (stopped, original settings) to run as\na new server" },
+    yes: { type: "boolean", description: "with --apply: without the typed confirmation (needs --confirm-database)" },
+    "confirm-database": { type: "string", value: "NAME", description: "the target database's name, required with --yes and without a terminal" },
+    "allow-production": { type: "boolean", description: "with --apply: run even when SHINKEI_ENV/NODE_ENV is production" },
+    "no-safety-backup": { type: "boolean", description: "with --apply: without the pre-restore safety backup" },
+    wait: { type: "boolean", description: "with --apply: wait for the maintenance lock" },
+    "allow-unencrypted": { type: "boolean", description: "use plain base backups and WAL although this host encrypts" },
+    json: { type: "boolean", description: "machine-readable output" },
+  },
+  async run(ctx) {
+    await removeDayOld();
+    return pitrRestore(ctx);
+  },
+};

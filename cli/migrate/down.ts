@@ -1,15 +1,15 @@
-import type { Context } from "./command.ts";
-import { line } from "./output.ts";
-import { note } from "./prompts.ts";
-import { confirmDestructive, undoCommand } from "./guard.ts";
-import { ShinkeiError } from "../src/errors.ts";
-import { describeTarget } from "../src/db.ts";
-import { migrationStatus, undoNewestMigration } from "../src/migrations/migrate.ts";
-import { migrations } from "../src/migrations/index.ts";
-import { withMaintenanceLock } from "../src/backup/lock.ts";
+import type { Context, Subcommand } from "../command.ts";
+import { line } from "../output.ts";
+import { note } from "../prompts.ts";
+import { confirmDestructive, guardOptions, undoCommand } from "../guard.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { describeTarget } from "../../src/db.ts";
+import { migrationStatus, undoNewestMigration } from "../../src/migrations/migrate.ts";
+import { migrations } from "../../src/migrations/index.ts";
+import { withMaintenanceLock } from "../../src/backup/lock.ts";
 
 /** One step back, guarded like reset: show what it drops, confirm, back up and verify, then undo. */
-export async function runMigrateDown(ctx: Context): Promise<number> {
+async function runMigrateDown(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const status = await migrationStatus(ctx.db);
   const last = status.applied.at(-1);
@@ -30,3 +30,17 @@ export async function runMigrateDown(ctx: Context): Promise<number> {
     return 0;
   }, ctx.flag("wait"));
 }
+
+export const down: Subcommand = {
+  word: "down",
+  summary: `undo the newest migration: shows what it drops, asks you to type
+the database name, takes and verifies a backup first`,
+  options: {
+    "dry-run": { type: "boolean", description: "show what the step drops; change nothing" },
+    force: { ...guardOptions.force, description: "run without a terminal (with --confirm-database NAME)" },
+    "confirm-database": guardOptions["confirm-database"],
+    "allow-production": guardOptions["allow-production"],
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset" },
+  },
+  run: runMigrateDown,
+};

@@ -1,13 +1,13 @@
-import type { Context } from "./command.ts";
-import { untilSignal } from "./signals.ts";
-import { ShinkeiError } from "../src/errors.ts";
-import { formatDuration, parseDuration } from "../src/duration.ts";
-import { formatBytes } from "../src/bytes.ts";
-import { databaseState } from "../src/state.ts";
-import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
-import { archiveTrust } from "../src/wal/trust.ts";
-import { ago, statusView } from "../src/metrics/view.ts";
-import { offsiteStore } from "../src/backup/stores/index.ts";
+import type { Context, Subcommand } from "../command.ts";
+import { untilSignal } from "../signals.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { formatDuration, parseDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
+import { databaseState } from "../../src/state.ts";
+import { readPitrSnapshot, readSnapshot } from "../../src/metrics/snapshot.ts";
+import { archiveTrust } from "../../src/wal/trust.ts";
+import { ago, statusView } from "../../src/metrics/view.ts";
+import { offsiteStore } from "../../src/backup/stores/index.ts";
 
 const CLEAR = "\x1b[H\x1b[2J";
 
@@ -60,3 +60,19 @@ export async function watch(ctx: Context): Promise<number> {
   }
   return 0;
 }
+
+/** `shinkei status --watch`: the status page's headline figures, redrawn until Ctrl-C. */
+export const watchForm: Subcommand = {
+  flag: "watch",
+  summary: "keep showing the backup headline figures, refreshing",
+  description: `Shows the status page's headline figures instead, redrawn every --interval
+until Ctrl-C: the last verified restore, the newest backup, the last drill, off-site copies
+pending, the database, and what is wrong.`,
+  options: {
+    watch: { type: "boolean", description: "keep showing the backup headline figures, refreshing" },
+    interval: { type: "string", value: "D", description: "with --watch: how often to refresh (1s to 1h, default 2s)" },
+  },
+  refuse: (names) =>
+    names.includes("json") ? new ShinkeiError("USAGE", "--watch and --json do not go together; for figures a script reads, scrape /metrics") : undefined,
+  run: watch,
+};

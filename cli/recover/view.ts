@@ -1,12 +1,12 @@
-import type { Io } from "./io.ts";
-import { line, table } from "./output.ts";
-import { formatDuration } from "../src/duration.ts";
-import { describeGraph } from "../src/recover/graph.ts";
-import type { Account, Plan } from "../src/recover/plan.ts";
-import type { Applied } from "../src/recover/apply.ts";
-import type { RecoveredRecord } from "../src/recover/record.ts";
-import type { UndoCounts } from "../src/recover/undo.ts";
-import type { Row } from "../src/recover/diff.ts";
+import type { Io } from "../io.ts";
+import { line, table } from "../output.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { describeGraph } from "../../src/recover/graph.ts";
+import type { Account, Plan } from "../../src/recover/plan.ts";
+import type { Applied } from "../../src/recover/apply.ts";
+import type { RecoveredRecord } from "../../src/recover/record.ts";
+import type { UndoCounts } from "../../src/recover/undo.ts";
+import type { Row } from "../../src/recover/diff.ts";
 
 /** The preview as data: what --json prints, and what the text view is drawn from. */
 export function previewJson(plan: Plan, source: string) {

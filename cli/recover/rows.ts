@@ -1,84 +1,67 @@
-import type { Command, Context } from "./command.ts";
-import { json, line } from "./output.ts";
-import { activity, typedConfirmation } from "./prompts.ts";
-import { previewJson, showAccounts, showApplied, showHistory, showPreview } from "./recover-view.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
-import { ShinkeiError } from "../src/errors.ts";
-import { describeTarget } from "../src/db.ts";
-import { formatDuration } from "../src/duration.ts";
-import { formatBytes } from "../src/bytes.ts";
-import { offsiteStore } from "../src/backup/stores/index.ts";
-import { withPointInTimeSource, withRecoverySource, type Source, type SourceStep } from "../src/recover/source.ts";
-import { listBaseBackups } from "../src/wal/base.ts";
-import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";
-import { recover as applyRecovery, trialApply } from "../src/recover/apply.ts";
-import { history, recordFor, writeRecovery } from "../src/recover/record.ts";
-import { recoveryStates } from "../src/recover/undo.ts";
-import { undoRecoveryCommand } from "./recover-undo.ts";
-import { cancelOnSignal } from "./signals.ts";
+import type { Context, Subcommand } from "../command.ts";
+import { json, line } from "../output.ts";
+import { activity, typedConfirmation } from "../prompts.ts";
+import { previewJson, showAccounts, showApplied, showPreview } from "./view.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../../src/guard.ts";
+import { ShinkeiError } from "../../src/errors.ts";
+import { describeTarget } from "../../src/db.ts";
+import { formatDuration } from "../../src/duration.ts";
+import { formatBytes } from "../../src/bytes.ts";
+import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { withPointInTimeSource, withRecoverySource, type Source, type SourceStep } from "../../src/recover/source.ts";
+import { listBaseBackups } from "../../src/wal/base.ts";
+import { buildPlan, type AccountMode, type Scope } from "../../src/recover/plan.ts";
+import { recover as applyRecovery, trialApply } from "../../src/recover/apply.ts";
+import { recordFor, writeRecovery } from "../../src/recover/record.ts";
+import { cancelOnSignal } from "../signals.ts";
 
-export const recoverCommand: Command = {
-  name: "recover",
+/** `shinkei recover --user EMAIL ...`: one user's (or world's, or story's) rows back from a backup. */
+export const rows: Subcommand = {
+  default: true,
   summary: "bring back one user's (or world's, or story's) rows from a backup, leaving everyone else's as they are",
-  help: `Usage: shinkei recover (--user EMAIL | --user-id ID | --world ID | --story ID) [--from FILE|latest] [options]
-       shinkei recover --undo RECORD [--dry-run] [--yes]
-       shinkei recover --history [--json]
-
-Loads the backup into a scratch database on the same server, walks the foreign keys down from the
+  description: `Loads the backup into a scratch database on the same server, walks the foreign keys down from the
 user (users -> worlds -> stories -> story_beats, and any table a migration adds), and shows per
 table the rows missing now, the rows that changed, and the rows created since. Then, after typing
 the user's email (or the id, for --world/--story), applies in ONE transaction: missing rows come
 back, rows created since are always kept, sessions never come back. Any conflict stops it with
 nothing applied. Before the commit it writes its record and a safety copy of exactly the rows it
-changed beside it in BACKUP_DIR; --undo with that record puts those rows back, and only those.
-
-Options:
-  --from FILE|latest       the backup to recover from (a path, a name in BACKUP_DIR or off-site;
-                           default latest: the newest that is not a safety copy)
-  --at TIME                the state at a moment instead of a backup (an ISO time with zone, a local
-                           time in BACKUP_TIMEZONE, or -5m): recovered from the WAL archive into a
-                           scratch instance, as shinkei pitr restore does
-  --revert-changed         also put rows that changed since the backup back to the backup's version
-  --into-current-account   the email now belongs to a newer account: give it the recovered worlds
-  --restore-account        the email now belongs to a newer, empty account: remove it, bring the old back
-  --show                   list the rows themselves, not only the counts
-  --dry-run                show the preview and stop
-  --yes                    apply without the typed confirmation (needs --confirm-database)
-  --confirm-database N     the target database's name, required with --yes and without a terminal
-  --allow-unencrypted      recover from a plain file although this host encrypts its backups
-  --allow-unsigned         recover from a file without a manifest although BACKUP_MANIFEST_KEY is set
-  --allow-production       run even when SHINKEI_ENV/NODE_ENV is production
-  --wait                   queue behind a running backup, restore or reset instead of failing
-  --undo RECORD            undo a recovery: its record's path, or its id as --history lists it
-  --full-safety-backup     also take a verified full pre-recover backup first (costs a dump of
-                           the whole database; the rows' own safety copy is always written)
-  --history                list the recoveries applied (from their records in BACKUP_DIR)
-  --json                   machine-readable output
-  -h, --help               show this help`,
+changed beside it in BACKUP_DIR; --undo with that record puts those rows back, and only those.`,
   options: {
-    user: { type: "string" },
-    "user-id": { type: "string" },
-    world: { type: "string" },
-    story: { type: "string" },
-    from: { type: "string" },
-    at: { type: "string" },
-    "revert-changed": { type: "boolean" },
-    "into-current-account": { type: "boolean" },
-    "restore-account": { type: "boolean" },
-    show: { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    yes: { type: "boolean", short: "y" },
-    "confirm-database": { type: "string" },
-    "allow-unencrypted": { type: "boolean" },
-    "allow-unsigned": { type: "boolean" },
-    "allow-production": { type: "boolean" },
-    wait: { type: "boolean" },
-    history: { type: "boolean" },
-    undo: { type: "string" },
-    "full-safety-backup": { type: "boolean" },
-    json: { type: "boolean" },
+    user: { type: "string", oneOf: "scope", value: "EMAIL", description: "whose rows: the user with this email" },
+    "user-id": { type: "string", oneOf: "scope", value: "ID", description: "whose rows: the user with this id" },
+    world: { type: "string", oneOf: "scope", value: "ID", description: "the rows of this world" },
+    story: { type: "string", oneOf: "scope", value: "ID", description: "the rows of this story" },
+    from: {
+      type: "string",
+      value: "FILE|latest",
+      description: `the backup to recover from (a path, a name in BACKUP_DIR or off-site;
+default latest: the newest that is not a safety copy)`,
+    },
+    at: {
+      type: "string",
+      value: "TIME",
+      description: `the state at a moment instead of a backup (an ISO time with zone, a local
+time in BACKUP_TIMEZONE, or -5m): recovered from the WAL archive into a
+scratch instance, as shinkei pitr restore does`,
+    },
+    "revert-changed": { type: "boolean", description: "also put rows that changed since the backup back to the backup's version" },
+    "into-current-account": { type: "boolean", description: "the email now belongs to a newer account: give it the recovered worlds" },
+    "restore-account": { type: "boolean", description: "the email now belongs to a newer, empty account: remove it, bring the old back" },
+    show: { type: "boolean", description: "list the rows themselves, not only the counts" },
+    "dry-run": { type: "boolean", description: "show the preview and stop" },
+    yes: { type: "boolean", short: "y", description: "apply without the typed confirmation (needs --confirm-database)" },
+    "confirm-database": { type: "string", value: "N", description: "the target database's name, required with --yes and without a terminal" },
+    "allow-unencrypted": { type: "boolean", description: "recover from a plain file although this host encrypts its backups" },
+    "allow-unsigned": { type: "boolean", description: "recover from a file without a manifest although BACKUP_MANIFEST_KEY is set" },
+    "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
+    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+    "full-safety-backup": {
+      type: "boolean",
+      description: `also take a verified full pre-recover backup first (costs a dump of
+the whole database; the rows' own safety copy is always written)`,
+    },
+    json: { type: "boolean", description: "machine-readable output" },
   },
-  needsDatabase: () => true,
   run: recover,
 };
 
@@ -92,13 +75,6 @@ function scopeOf(ctx: Context): Scope {
 
 async function recover(ctx: Context): Promise<number> {
   const { io, config } = ctx;
-  if (ctx.flag("history")) {
-    const records = await history(config.backupDir);
-    const states = await recoveryStates(ctx.db, records.flatMap((r) => (r.id ? [r.id] : [])));
-    const listed = records.map((r) => ({ ...r, state: r.id ? (states.get(r.id) ?? "not applied") : "no row-level undo" }));
-    return ctx.flag("json") ? (json(io, listed), 0) : (showHistory(io, listed), 0);
-  }
-  if (ctx.option("undo") !== undefined) return undoRecoveryCommand(ctx);
   const at = ctx.option("at");
   if (at !== undefined && ctx.option("from") !== undefined) throw new ShinkeiError("USAGE", "choose one source: --from FILE|latest or --at TIME");
   if (at !== undefined && config.wal.archive !== "stream" && (await listBaseBackups(config.backupDir)).length === 0) {

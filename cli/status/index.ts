@@ -1,0 +1,10 @@
+import type { Command } from "../command.ts";
+import { show } from "./show.ts";
+import { watchForm } from "./watch.ts";
+
+/** `shinkei status` and `status --watch`, one file each. */
+export const statusCommand: Command = {
+  name: "status",
+  summary: "show the database's state: row counts, schema version, size",
+  subcommands: [show, watchForm],
+};
