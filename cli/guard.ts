@@ -1,7 +1,7 @@
 import type { Context } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
-import { describeTarget, type Target } from "../src/db.ts";
+import { describeTarget, type Target } from "../src/pg/db.ts";
 
 export const guardOptions = {
   "dry-run": { type: "boolean" },

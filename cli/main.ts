@@ -4,7 +4,7 @@ import { Context, type Command } from "./command.ts";
 import { processIo, type Io } from "./io.ts";
 import { line, reportError } from "./output.ts";
 import { ShinkeiError } from "../src/errors.ts";
-import { explainDbError } from "../src/db.ts";
+import { explainDbError } from "../src/pg/db.ts";
 import { migrateCommand } from "./migrate.ts";
 import { statusCommand } from "./status.ts";
 import { serveCommand } from "./serve.ts";

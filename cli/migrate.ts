@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { line, table, json } from "./output.ts";
-import { ensureDatabase } from "../src/db.ts";
+import { ensureDatabase } from "../src/pg/db.ts";
 import { guardOptions } from "./guard.ts";
 import { runMigrateDown } from "./migrate-down.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";

@@ -4,7 +4,7 @@ import { activity, typedConfirmation } from "./prompts.ts";
 import { showUndo } from "./recover-view.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
-import { describeTarget } from "../src/db.ts";
+import { describeTarget } from "../src/pg/db.ts";
 import { formatDuration } from "../src/duration.ts";
 import { loadRecovery } from "../src/recover/record.ts";
 import { plannedCounts, trialUndo, undoRecovery } from "../src/recover/undo.ts";

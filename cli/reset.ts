@@ -4,8 +4,8 @@ import { activity, note } from "./prompts.ts";
 import { confirmDestructive, guardOptions, undoCommand } from "./guard.ts";
 import { performReset, resetPhrases, resetPlan } from "../src/reset.ts";
 import { refuseProduction } from "../src/guard.ts";
-import { withMaintenanceLock } from "../src/backup/lock.ts";
-import { mainTables } from "../src/state.ts";
+import { withMaintenanceLock } from "../src/pg/lock.ts";
+import { mainTables } from "../src/pg/tables.ts";
 
 export const resetCommand: Command = {
   name: "reset",

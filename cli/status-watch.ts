@@ -3,7 +3,7 @@ import { untilSignal } from "./signals.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { formatDuration, parseDuration } from "../src/duration.ts";
 import { formatBytes } from "../src/bytes.ts";
-import { databaseState } from "../src/state.ts";
+import { databaseState } from "./status-report.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { ago, statusView } from "../src/metrics/view.ts";

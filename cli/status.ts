@@ -1,7 +1,8 @@
 import type { Command } from "./command.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { line, table, json } from "./output.ts";
-import { databaseState, mainTables } from "../src/state.ts";
+import { mainTables } from "../src/pg/tables.ts";
+import { databaseState } from "./status-report.ts";
 import { formatBytes } from "../src/bytes.ts";
 import { watch } from "./status-watch.ts";
 

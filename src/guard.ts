@@ -1,4 +1,4 @@
-import type { Target } from "./db.ts";
+import type { Target } from "./pg/db.ts";
 import { ShinkeiError } from "./errors.ts";
 
 /**

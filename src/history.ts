@@ -1,4 +1,4 @@
-import type { Sql } from "./db.ts";
+import type { Sql } from "./pg/db.ts";
 import type { RetentionConfig } from "./config/retention.ts";
 
 const secs = (ms: number) => ms / 1000;

@@ -1,6 +1,6 @@
-import type { Sql } from "./db.ts";
-import { describeTarget, type Target } from "./db.ts";
-import { mainTables, tableCounts } from "./state.ts";
+import type { Sql } from "./pg/db.ts";
+import { describeTarget, type Target } from "./pg/db.ts";
+import { mainTables, tableCounts } from "./pg/tables.ts";
 import { rebuildSchema } from "./migrations/migrate.ts";
 import { seedDemo } from "./seed.ts";
 import type { BackupResult } from "./backup/dump.ts";

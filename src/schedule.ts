@@ -1,12 +1,12 @@
 import { hostname } from "node:os";
 import { Cron } from "croner";
 import type { Config } from "./config.ts";
-import type { Sql } from "./db.ts";
+import type { Sql } from "./pg/db.ts";
 import type { Log } from "./log.ts";
 import { notify } from "./notify.ts";
 import { formatDuration } from "./duration.ts";
 import { createBackup } from "./backup/dump.ts";
-import { withMaintenanceLock } from "./backup/lock.ts";
+import { withMaintenanceLock } from "./pg/lock.ts";
 import { mirrorMissing } from "./backup/offsite.ts";
 import { pruneLocal, pruneStore } from "./backup/prune.ts";
 import { newestGood, newestPassedDrill } from "./backup/freshness.ts";

@@ -36,7 +36,7 @@ test("ACCESS_LOG: all (the default) logs every request but passing probes; error
 test("a failing probe is logged even when passing ones are not", async () => {
   const logs: Record<string, unknown>[] = [];
   // A pool whose database does not exist: /ready answers 503.
-  const { connect } = await import("../src/db.ts");
+  const { connect } = await import("../src/pg/db.ts");
   const url = db.url.replace(/\/[^/]+$/, `/missing_${crypto.randomUUID().slice(0, 8)}`);
   const sql = connect(url, { max: 1 });
   try {

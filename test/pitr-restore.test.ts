@@ -7,7 +7,7 @@ import { until } from "./support/wait.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
-import { connect, type Sql } from "../src/db.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
 import { writeIdentity } from "../src/backup/crypt.ts";
 import { tableStats, type TableStats } from "../src/backup/digest.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";

@@ -10,7 +10,7 @@ import { until } from "./support/wait.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { walStore } from "../src/wal/offsite.ts";
-import { connect, type Sql } from "../src/db.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config.ts";
 import { unsealFrom } from "../src/backup/seal.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";

@@ -43,7 +43,7 @@ async function recoverCopy(base: string, settings: string[]) {
   };
 }
 import { Service } from "./support/process.ts";
-import { connect, type Sql } from "../src/db.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";

@@ -6,7 +6,7 @@ import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
-import { connect, ensureDatabase, type Sql } from "../src/db.ts";
+import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config.ts";
 import type { Log } from "../src/log.ts";
 import { startWalStream, serverInfo, type WalStream } from "../src/wal/stream.ts";

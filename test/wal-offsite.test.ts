@@ -8,7 +8,7 @@ import { shinkei } from "./support/cli.ts";
 import { TestS3 } from "./support/s3.ts";
 import { until } from "./support/wait.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
-import { connect, ensureDatabase, type Sql } from "../src/db.ts";
+import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig, type Config } from "../src/config.ts";
 import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
 import { startWalStream, serverInfo } from "../src/wal/stream.ts";

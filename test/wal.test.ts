@@ -5,7 +5,7 @@ import { gunzipSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
-import { connect, ensureDatabase, type Sql } from "../src/db.ts";
+import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config.ts";
 import type { Log } from "../src/log.ts";

@@ -1,4 +1,4 @@
-import { withMaintenanceLock } from "../../src/backup/lock.ts";
+import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import type { Context } from "../command.ts";
 import { line, json, table } from "../output.ts";
 import { pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";

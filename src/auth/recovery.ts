@@ -1,4 +1,4 @@
-import type { Queryable, Sql } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
 import type { Config } from "../config.ts";
 import type { Log } from "../log.ts";
 import { ShinkeiError } from "../errors.ts";

@@ -1,4 +1,4 @@
-import type { Sql } from "../db.ts";
+import type { Sql } from "../pg/db.ts";
 import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";

@@ -1,4 +1,4 @@
-import type { Sql } from "../db.ts";
+import type { Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 /** The keys login attempts count under, in one place: login counts them, a password reset forgets them. */

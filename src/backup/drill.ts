@@ -1,7 +1,7 @@
 import { basename } from "node:path";
-import { connect } from "../db.ts";
+import { connect } from "../pg/db.ts";
 import { ShinkeiError, type ErrorCode } from "../errors.ts";
-import { currentSchemaVersion } from "../migrations/migrate.ts";
+import { currentSchemaVersion } from "../pg/schema.ts";
 import { tableStats } from "./digest.ts";
 import { writeFileAtomic } from "./files.ts";
 import { load } from "./restore.ts";

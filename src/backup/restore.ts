@@ -1,6 +1,6 @@
-import { actAsDatabaseOwner, connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../db.ts";
+import { actAsDatabaseOwner, connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { tableCounts } from "../state.ts";
+import { tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
 import { content, type Format } from "./decode.ts";
 import type { AgeConfig } from "./crypt.ts";
@@ -11,7 +11,8 @@ import { once } from "node:events";
 import type { Writable } from "node:stream";
 import { finished as finishedStream } from "node:stream/promises";
 import postgres from "postgres";
-import { finished, pump, toolEnv, toolPath } from "./pgtools.ts";
+import { toolPath } from "../pg/bin.ts";
+import { finished, pump, toolEnv } from "../pg/tools.ts";
 import { collectEvery, judgeScript, type Judged } from "./judge.ts";
 import { Rec, Spool } from "./spool.ts";
 

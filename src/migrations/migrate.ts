@@ -1,6 +1,6 @@
 import { ShinkeiError } from "../errors.ts";
-import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../db.ts";
-import { withMaintenanceLock } from "../backup/lock.ts";
+import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../pg/db.ts";
+import { withMaintenanceLock } from "../pg/lock.ts";
 import { takeSafetyBackup } from "../backup/safety.ts";
 import type { BackupResult } from "../backup/dump.ts";
 import type { AgeConfig } from "../backup/crypt.ts";
@@ -25,14 +25,6 @@ const migrationsTable = `
     checksum text not null,
     applied_at timestamptz not null default now()
   )`;
-
-/** The newest applied version, 0 for an unmigrated database; works inside a transaction. */
-export async function currentSchemaVersion(sql: Queryable): Promise<number> {
-  const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
-  if (!exists!.ok) return 0;
-  const [row] = await sql`select coalesce(max(version), 0)::int as v from schema_migrations`;
-  return row!.v;
-}
 
 async function readApplied(sql: Sql): Promise<Applied[]> {
   const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;

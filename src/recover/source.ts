@@ -1,7 +1,8 @@
 import { basename } from "node:path";
-import { connect } from "../db.ts";
+import { connect } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { currentSchemaVersion, migrate } from "../migrations/migrate.ts";
+import { migrate } from "../migrations/migrate.ts";
+import { currentSchemaVersion } from "../pg/schema.ts";
 import { obtainBackup } from "../backup/catalog.ts";
 import { content } from "../backup/decode.ts";
 import { load, refuseUntrusted, type Allowances } from "../backup/restore.ts";

@@ -1,7 +1,7 @@
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.ts";
-import type { Queryable } from "../db.ts";
+import type { Queryable } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
 import { formatBytes } from "../bytes.ts";

@@ -1,9 +1,9 @@
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.ts";
-import type { Queryable } from "../db.ts";
+import type { Queryable } from "../pg/db.ts";
 import type { Log } from "../log.ts";
-import { findTool } from "./bin.ts";
+import { findTool } from "../pg/bin.ts";
 import { ensureSlot } from "./slot.ts";
 import { RECEIVER_APP_NAME, superviseReceiver, type Receiver } from "./receiver.ts";
 import { ShinkeiError } from "../errors.ts";

@@ -17,7 +17,7 @@ import { arg, timed, writeResults } from "./tools.ts";
 import { loadConfig } from "../../src/config.ts";
 import { fetchWal } from "../../src/wal/fetch.ts";
 import { listBaseBackups } from "../../src/wal/base.ts";
-import { freePort, runAs } from "../../src/localdb.ts";
+import { freePort, runAs } from "../../src/pg/localdb.ts";
 import { parseLsn } from "../../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 

@@ -16,7 +16,7 @@ import { startCluster } from "../support/cluster.ts";
 import { TestS3 } from "../support/s3.ts";
 import { timed } from "./tools.ts";
 import { loadConfig } from "../../src/config.ts";
-import { connect } from "../../src/db.ts";
+import { connect } from "../../src/pg/db.ts";
 import { startWalStream } from "../../src/wal/stream.ts";
 import { createBaseBackup } from "../../src/wal/base.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
