@@ -1,4 +1,4 @@
-import type { Sql } from "../src/db.ts";
+import type { Sql } from "../src/pg/db.ts";
 import type { Config } from "../src/config.ts";
 import type { AuthService } from "../src/auth/service.ts";
 import type { ClientInfo } from "../src/auth/service.ts";

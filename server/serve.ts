@@ -1,5 +1,5 @@
 import type { Config } from "../src/config.ts";
-import { connect, ensureDatabase, guarded } from "../src/db.ts";
+import { connect, ensureDatabase, guarded } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { AuthService } from "../src/auth/service.ts";
 import { AccountRecovery, type Clock } from "../src/auth/recovery.ts";

@@ -8,7 +8,7 @@ import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
 import { cached, folderSnapshot, readPitrSnapshot, type PitrSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
 import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
-import type { Sql } from "../../src/db.ts";
+import type { Sql } from "../../src/pg/db.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
