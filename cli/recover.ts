@@ -7,7 +7,7 @@ import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/pg/db.ts";
 import { formatDuration } from "../src/duration.ts";
 import { formatBytes } from "../src/bytes.ts";
-import { offsiteStore } from "../src/backup/stores/index.ts";
+import { offsiteStore } from "../src/storage/stores.ts";
 import { withPointInTimeSource, withRecoverySource, type Source, type SourceStep } from "../src/recover/source.ts";
 import { listBaseBackups } from "../src/wal/base.ts";
 import { buildPlan, type AccountMode, type Scope } from "../src/recover/plan.ts";

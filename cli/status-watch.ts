@@ -7,7 +7,7 @@ import { databaseState } from "./status-report.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { ago, statusView } from "../src/metrics/view.ts";
-import { offsiteStore } from "../src/backup/stores/index.ts";
+import { offsiteStore } from "../src/storage/stores.ts";
 
 const CLEAR = "\x1b[H\x1b[2J";
 

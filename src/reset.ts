@@ -5,7 +5,7 @@ import { rebuildSchema } from "./migrations/migrate.ts";
 import { seedDemo } from "./seed.ts";
 import type { BackupResult } from "./backup/dump.ts";
 import { takeSafetyBackup } from "./backup/safety.ts";
-import type { AgeConfig } from "./backup/crypt.ts";
+import type { AgeConfig } from "./storage/crypt.ts";
 
 /** The three phrases, in order; each must be typed exactly. */
 export const resetPhrases = ["DELETE ALL DATA", "YES I AM SURE", "YES"] as const;

@@ -11,10 +11,10 @@ import { mirrorMissing } from "./backup/offsite.ts";
 import { pruneLocal, pruneStore } from "./backup/prune.ts";
 import { newestGood, newestPassedDrill } from "./backup/freshness.ts";
 import { runDrill } from "./backup/drill.ts";
-import { canOpen } from "./backup/crypt.ts";
+import { canOpen } from "./storage/crypt.ts";
 import { readManifest } from "./backup/manifest.ts";
-import { offsiteStore } from "./backup/stores/index.ts";
-import type { BackupStore } from "./backup/stores/store.ts";
+import { offsiteStore } from "./storage/stores.ts";
+import type { BackupStore } from "./storage/store.ts";
 
 export type Scheduler = { stop(): Promise<void> };
 

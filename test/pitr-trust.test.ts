@@ -12,7 +12,7 @@ import { TestS3 } from "./support/s3.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config.ts";
-import { unsealFrom } from "../src/backup/seal.ts";
+import { unsealFrom } from "../src/storage/seal.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type BaseManifest } from "../src/wal/base.ts";
 import { recordPath, walRoot, type WalRecord } from "../src/wal/archive.ts";

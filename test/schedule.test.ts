@@ -8,7 +8,7 @@ import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { loadConfig } from "../src/config.ts";
 import { scheduledRun } from "../src/schedule.ts";
-import { backupName } from "../src/backup/naming.ts";
+import { backupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;
 let dir: string;

@@ -10,7 +10,7 @@ import { until } from "./support/wait.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig, type Config } from "../src/config.ts";
-import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
+import { decrypt, writeIdentity } from "../src/storage/crypt.ts";
 import { startWalStream, serverInfo } from "../src/wal/stream.ts";
 import { pitrStatus } from "../src/wal/status.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";

@@ -10,7 +10,7 @@ import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config.ts";
 import type { Log } from "../src/log.ts";
 import { ShinkeiError } from "../src/errors.ts";
-import { decrypt, writeIdentity } from "../src/backup/crypt.ts";
+import { decrypt, writeIdentity } from "../src/storage/crypt.ts";
 import { startWalStream, serverInfo, type WalStream } from "../src/wal/stream.ts";
 import { ensureSlot, slotStatus } from "../src/wal/slot.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";

@@ -7,7 +7,7 @@ import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import { createBackup } from "../../src/backup/dump.ts";
 import { mirrorBackup } from "../../src/backup/offsite.ts";
 import { readManifest } from "../../src/backup/manifest.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 import { mainTables } from "../../src/pg/tables.ts";
 
 export async function create(ctx: Context): Promise<number> {

@@ -10,7 +10,7 @@ import { formatBytes } from "../../src/bytes.ts";
 import { tableCounts, mainTables } from "../../src/pg/tables.ts";
 import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import { obtainBackup } from "../../src/backup/catalog.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 import { assertVerified, verifyBackup } from "../../src/backup/verify.ts";
 import { refuseUntrusted, restoreBackup, type RestoreStep } from "../../src/backup/restore.ts";
 

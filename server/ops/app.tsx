@@ -9,7 +9,7 @@ import { cached, folderSnapshot, readPitrSnapshot, type PitrSnapshot, type Snaps
 import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
 import type { Sql } from "../../src/pg/db.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { errorResponse } from "../errors.ts";

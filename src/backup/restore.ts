@@ -3,7 +3,7 @@ import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
 import { content, type Format } from "./decode.ts";
-import type { AgeConfig } from "./crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
 import { takeSafetyBackup } from "./safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";

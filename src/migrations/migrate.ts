@@ -3,7 +3,7 @@ import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } fr
 import { withMaintenanceLock } from "../pg/lock.ts";
 import { takeSafetyBackup } from "../backup/safety.ts";
 import type { BackupResult } from "../backup/dump.ts";
-import type { AgeConfig } from "../backup/crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
 export type Applied = { version: number; name: string; checksum: string; applied_at: Date };

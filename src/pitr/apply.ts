@@ -1,7 +1,7 @@
 import type { Sql } from "../pg/db.ts";
 import { connect } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import type { AgeConfig } from "../backup/crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import type { BackupResult } from "../backup/dump.ts";
 import { takeSafetyBackup } from "../backup/safety.ts";
 import type { LockHandle } from "../pg/db.ts";

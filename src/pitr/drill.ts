@@ -6,7 +6,7 @@ import { ShinkeiError } from "../errors.ts";
 import type { Log } from "../log.ts";
 import { notify } from "../notify.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
-import { writeFileAtomic } from "../backup/files.ts";
+import { writeFileAtomic } from "../storage/files.ts";
 import { userTables } from "../pg/tables.ts";
 import { RECEIVER_APP_NAME } from "../wal/receiver.ts";
 import { walStore } from "../wal/offsite.ts";

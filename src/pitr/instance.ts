@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { writeFileAtomic } from "../backup/files.ts";
+import { writeFileAtomic } from "../storage/files.ts";
 import { runAs } from "../pg/localdb.ts";
 
 /**

@@ -5,7 +5,7 @@ import { quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import type { BackupResult } from "../backup/dump.ts";
 import { takeSafetyBackup } from "../backup/safety.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
-import type { AgeConfig } from "../backup/crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import { diffScope, digestRows, keyOf, readScope, type Row } from "./diff.ts";
 import type { TableInfo } from "./graph.ts";
 import type { Plan } from "./plan.ts";

@@ -10,7 +10,7 @@ import { cpus, totalmem, tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { arg, median, startHelper, timed, writeResults, wrk } from "./tools.ts";
-import { backupName } from "../../src/backup/naming.ts";
+import { backupName } from "../../src/storage/naming.ts";
 import { loadConfig } from "../../src/config.ts";
 import { Metrics } from "../../src/metrics/registry.ts";
 import { readSnapshot } from "../../src/metrics/snapshot.ts";
