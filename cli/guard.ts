@@ -1,6 +1,6 @@
 import type { Context } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guarded/guard.ts";
 import { describeTarget, type Target } from "../src/pg/db.ts";
 
 export const guardOptions = {

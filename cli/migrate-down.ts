@@ -4,7 +4,8 @@ import { note } from "./prompts.ts";
 import { confirmDestructive, undoCommand } from "./guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/pg/db.ts";
-import { migrationStatus, undoNewestMigration } from "../src/migrations/migrate.ts";
+import { migrationStatus } from "../src/migrations/migrate.ts";
+import { undoNewestMigration } from "../src/guarded/migrate-down.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { withMaintenanceLock } from "../src/pg/lock.ts";
 

@@ -2,7 +2,7 @@ import type { Command, Context } from "./command.ts";
 import { json, line } from "./output.ts";
 import { activity, typedConfirmation } from "./prompts.ts";
 import { previewJson, showAccounts, showApplied, showHistory, showPreview } from "./recover-view.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guarded/guard.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { describeTarget } from "../src/pg/db.ts";
 import { formatDuration } from "../src/duration.ts";

@@ -2,8 +2,8 @@ import type { Command } from "./command.ts";
 import { line, table } from "./output.ts";
 import { activity, note } from "./prompts.ts";
 import { confirmDestructive, guardOptions, undoCommand } from "./guard.ts";
-import { performReset, resetPhrases, resetPlan } from "../src/reset.ts";
-import { refuseProduction } from "../src/guard.ts";
+import { performReset, resetPhrases, resetPlan } from "../src/guarded/reset.ts";
+import { refuseProduction } from "../src/guarded/guard.ts";
 import { withMaintenanceLock } from "../src/pg/lock.ts";
 import { mainTables } from "../src/pg/tables.ts";
 

@@ -2,7 +2,7 @@ import type { Context } from "../command.ts";
 import { line, table, warn } from "../output.ts";
 import { activity, note } from "../prompts.ts";
 import { confirmDestructive, undoCommand } from "../guard.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../../src/guard.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
 import { formatDuration } from "../../src/duration.ts";

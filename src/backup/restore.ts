@@ -5,7 +5,7 @@ import type { BackupResult } from "./dump.ts";
 import { content, type Format } from "./decode.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
-import { takeSafetyBackup } from "./safety.ts";
+import { takeSafetyBackup } from "../guarded/safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";
 import { once } from "node:events";
 import type { Writable } from "node:stream";

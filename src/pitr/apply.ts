@@ -3,7 +3,7 @@ import { connect } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import type { BackupResult } from "../backup/dump.ts";
-import { takeSafetyBackup } from "../backup/safety.ts";
+import { takeSafetyBackup } from "../guarded/safety.ts";
 import type { LockHandle } from "../pg/db.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
 import { checkDumpVersion, toolPath } from "../pg/bin.ts";

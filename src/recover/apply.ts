@@ -3,7 +3,7 @@ import { PG, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import type { BackupResult } from "../backup/dump.ts";
-import { takeSafetyBackup } from "../backup/safety.ts";
+import { takeSafetyBackup } from "../guarded/safety.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import { diffScope, digestRows, keyOf, readScope, type Row } from "./diff.ts";
