@@ -1,7 +1,7 @@
 import type { ParseArgsConfig } from "node:util";
 import type { Io } from "./io.ts";
 import { warn } from "./output.ts";
-import { loadConfig, type Config } from "../src/config.ts";
+import { loadConfig, type Config } from "../src/config/index.ts";
 import { connect, describeTarget, type Sql } from "../src/pg/db.ts";
 import { ensureLocalCluster, portOpen, type LocalCluster } from "../src/pg/localdb.ts";
 

@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { line } from "./output.ts";
-import { seedDemo, demoUsers } from "../src/seed.ts";
+import { seedDemo, demoUsers } from "../src/migrations/seed.ts";
 import { refuseProduction } from "../src/guarded/guard.ts";
 
 export const seedCommand: Command = {

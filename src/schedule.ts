@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { Cron } from "croner";
-import type { Config } from "./config.ts";
+import type { Config } from "./config/index.ts";
 import type { Sql } from "./pg/db.ts";
 import type { Log } from "./log.ts";
 import { notify } from "./notify.ts";

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { testApp } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
 
 let db: TestDatabase;

@@ -12,7 +12,7 @@ import { writeIdentity } from "../src/storage/crypt.ts";
 import { tableStats, type TableStats } from "../src/backup/digest.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { walStore } from "../src/wal/offsite.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { pitrDrillProblem, readPitrDrills, startPitrDrills } from "../src/pitr/drill.ts";
 import { sealTo, unsealFrom } from "../src/storage/seal.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";

@@ -11,7 +11,7 @@ import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { unsealFrom } from "../src/storage/seal.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type BaseManifest } from "../src/wal/base.ts";

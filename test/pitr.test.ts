@@ -50,7 +50,7 @@ import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { statusView } from "../src/metrics/view.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 
 // A cluster of our own and the compiled binary: seconds per step on a busy 2-core machine.
 setDefaultTimeout(90_000);

@@ -7,7 +7,7 @@ import { Terminal } from "./support/pty.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
-import { demoUsers } from "../src/seed.ts";
+import { demoUsers } from "../src/migrations/seed.ts";
 import { resetPhrases } from "../src/guarded/reset.ts";
 
 let db: TestDatabase;

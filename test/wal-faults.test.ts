@@ -7,7 +7,7 @@ import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import type { Log } from "../src/log.ts";
 import { startWalStream, serverInfo, type WalStream } from "../src/wal/stream.ts";
 import { slotStatus } from "../src/wal/slot.ts";

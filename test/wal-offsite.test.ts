@@ -9,7 +9,7 @@ import { TestS3 } from "./support/s3.ts";
 import { until } from "./support/wait.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
-import { loadConfig, type Config } from "../src/config.ts";
+import { loadConfig, type Config } from "../src/config/index.ts";
 import { decrypt, writeIdentity } from "../src/storage/crypt.ts";
 import { startWalStream, serverInfo } from "../src/wal/stream.ts";
 import { pitrStatus } from "../src/wal/status.ts";

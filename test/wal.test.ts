@@ -7,7 +7,7 @@ import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import type { Log } from "../src/log.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { decrypt, writeIdentity } from "../src/storage/crypt.ts";

@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import { html } from "hono/html";
 import { hostname } from "node:os";
-import type { Config } from "../../src/config.ts";
+import type { Config } from "../../src/config/index.ts";
 import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
 import { cached, folderSnapshot, readPitrSnapshot, type PitrSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";

@@ -1,4 +1,4 @@
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { listLocal } from "./catalog.ts";
 import { MANIFEST_SUFFIX } from "../storage/naming.ts";
 import { planRetention, type Decision } from "./retention.ts";

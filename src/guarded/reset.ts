@@ -2,7 +2,7 @@ import type { Sql } from "../pg/db.ts";
 import { describeTarget, type Target } from "../pg/db.ts";
 import { mainTables, tableCounts } from "../pg/tables.ts";
 import { rebuildSchema } from "../migrations/migrate.ts";
-import { seedDemo } from "../seed.ts";
+import { seedDemo } from "../migrations/seed.ts";
 import type { BackupResult } from "../backup/dump.ts";
 import { takeSafetyBackup } from "./safety.ts";
 import type { AgeConfig } from "../storage/crypt.ts";

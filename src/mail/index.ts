@@ -1,4 +1,4 @@
-import type { MailConfig } from "../config.ts";
+import type { MailConfig } from "../config/index.ts";
 import type { Log } from "../log.ts";
 import type { Sql } from "../pg/db.ts";
 import { MailQueue } from "./queue.ts";

@@ -1,5 +1,5 @@
 import type { Snapshot } from "./snapshot.ts";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import type { Sql } from "../pg/db.ts";
 import type { ArchiveTrust } from "../wal/trust.ts";
 import { listBaseBackups } from "../wal/base.ts";

@@ -1,6 +1,6 @@
 import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { connect, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { Log } from "../log.ts";

@@ -2,7 +2,7 @@ import { createReadStream } from "node:fs";
 import { lstat, mkdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { connect, describeTarget, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { pump } from "../pg/tools.ts";

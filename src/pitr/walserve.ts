@@ -1,6 +1,6 @@
 import { chmod, chown, lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { fetchWal } from "../wal/fetch.ts";

@@ -10,7 +10,7 @@ import { serverVersionNum, withScratchDatabase } from "../backup/scratch.ts";
 import { assertVerified, verifyBackup } from "../backup/verify.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import type { BackupStore } from "../storage/store.ts";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { parseTargetTime } from "../pitr/target.ts";
 import { recoverTo } from "../pitr/recover.ts";
 import { walStore } from "../wal/offsite.ts";

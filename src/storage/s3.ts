@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import type { S3Config } from "../config.ts";
+import type { S3Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { backupNaming } from "./naming.ts";
 import type { BackupStore, StoredObject, StoreNaming } from "./store.ts";

@@ -1,4 +1,4 @@
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { backupNaming } from "./naming.ts";
 import { S3Store } from "./s3.ts";
 import type { BackupStore, StoreNaming } from "./store.ts";

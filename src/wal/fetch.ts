@@ -2,7 +2,7 @@ import { createReadStream } from "node:fs";
 import { copyFile, open, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";

@@ -1,7 +1,7 @@
 import { createReadStream } from "node:fs";
 import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import type { Log } from "../log.ts";
 import { encryptionFor } from "../storage/crypt.ts";
 import { writeFileAtomic } from "../storage/files.ts";

@@ -1,5 +1,5 @@
 import { Cron } from "croner";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { withAdvisoryLock, type Sql } from "../pg/db.ts";
 import type { Log } from "../log.ts";
 import { notify } from "../notify.ts";

@@ -1,6 +1,6 @@
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import type { Queryable } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";

@@ -1,6 +1,6 @@
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import type { Queryable } from "../pg/db.ts";
 import type { Log } from "../log.ts";
 import { findTool } from "../pg/bin.ts";

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { arg, median, startHelper, timed, writeResults, wrk } from "./tools.ts";
 import { backupName } from "../../src/storage/naming.ts";
-import { loadConfig } from "../../src/config.ts";
+import { loadConfig } from "../../src/config/index.ts";
 import { Metrics } from "../../src/metrics/registry.ts";
 import { readSnapshot } from "../../src/metrics/snapshot.ts";
 import { createOpsApp } from "../../server/ops/app.tsx";

@@ -14,7 +14,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
 import { arg, timed, writeResults } from "./tools.ts";
-import { loadConfig } from "../../src/config.ts";
+import { loadConfig } from "../../src/config/index.ts";
 import { fetchWal } from "../../src/wal/fetch.ts";
 import { listBaseBackups } from "../../src/wal/base.ts";
 import { freePort, runAs } from "../../src/pg/localdb.ts";

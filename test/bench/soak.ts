@@ -15,7 +15,7 @@ import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
 import { TestS3 } from "../support/s3.ts";
 import { timed } from "./tools.ts";
-import { loadConfig } from "../../src/config.ts";
+import { loadConfig } from "../../src/config/index.ts";
 import { connect } from "../../src/pg/db.ts";
 import { startWalStream } from "../../src/wal/stream.ts";
 import { createBaseBackup } from "../../src/wal/base.ts";

@@ -1,5 +1,5 @@
 import type { Queryable, Sql } from "../pg/db.ts";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import type { Log } from "../log.ts";
 import { ShinkeiError } from "../errors.ts";
 import { renderMail, type MailQueue, type TemplateName } from "../mail/index.ts";
