@@ -1,7 +1,7 @@
 import type { Sql } from "../src/pg/db.ts";
 import type { Config } from "../src/config/index.ts";
 import type { AuthService } from "../src/auth/service.ts";
-import type { ClientInfo } from "../src/auth/service.ts";
+import type { ClientInfo } from "../src/auth/throttle.ts";
 import type { Session } from "../src/auth/sessions.ts";
 import type { AccountRecovery } from "../src/auth/password-reset.ts";
 import type { OpsDeps } from "./ops/app.tsx";

@@ -2,12 +2,10 @@ import type { Sql } from "../pg/db.ts";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";
-import { loginKeys, Throttle, type Reservation, type ThrottleRule } from "./throttle.ts";
+import { loginKeys, Throttle, type ClientInfo, type Reservation, type ThrottleRule } from "./throttle.ts";
 import { createUser, findUserByEmail, findUserById, publicUser, replacePasswordHash, setPasswordHash, type User, type UserRow } from "./users.ts";
 import { createSession, revokeUserSessions, SessionCache, type Session } from "./sessions.ts";
 import { isEmailVerified } from "./password-reset.ts";
-
-export type ClientInfo = { ip?: string; userAgent?: string };
 
 const invalid = () => new ShinkeiError("INVALID_CREDENTIALS", "invalid email or password");
 

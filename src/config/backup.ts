@@ -1,5 +1,5 @@
 import * as v from "valibot";
-import { ageConfig } from "../storage/crypt.ts";
+import { ageConfig } from "./age.ts";
 import { bool, cron, duration, int, optionalHttpUrl, optionalPostgresUrl, optionalText, text, timezone, type Values } from "./values.ts";
 
 /** Where backups go, when they are taken, drilled and pruned, and how they are encrypted and signed. */

@@ -10,7 +10,7 @@ import { fsyncDir, writeFileAtomic } from "../storage/files.ts";
 import { finished, toolEnv } from "../pg/tools.ts";
 import { sealTo } from "../storage/seal.ts";
 import { findTool } from "../pg/bin.ts";
-import { serverInfo } from "./stream.ts";
+import { serverInfo } from "../pg/server-info.ts";
 import { tarMemberTap } from "./tar.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 import { signParts } from "../backup/manifest.ts";
