@@ -1,6 +1,6 @@
 import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
-import { ensureDatabase, guarded } from "../src/db.ts";
+import { ensureDatabase, guarded } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { startScheduler } from "../src/schedule.ts";
 import { jsonLog } from "../src/log.ts";

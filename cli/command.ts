@@ -1,9 +1,9 @@
 import type { Io } from "./io.ts";
 import { warn } from "./output.ts";
 import type { ShinkeiError } from "../src/errors.ts";
-import { loadConfig, type Config } from "../src/config.ts";
-import { connect, describeTarget, type Sql } from "../src/db.ts";
-import { ensureLocalCluster, portOpen, type LocalCluster } from "../src/localdb.ts";
+import { loadConfig, type Config } from "../src/config/index.ts";
+import { connect, describeTarget, type Sql } from "../src/pg/db.ts";
+import { ensureLocalCluster, portOpen, type LocalCluster } from "../src/pg/localdb.ts";
 
 export type Values = Record<string, string | boolean | string[] | undefined>;
 

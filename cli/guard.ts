@@ -1,7 +1,7 @@
 import type { Context, Options } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../src/guard.ts";
-import { describeTarget, type Target } from "../src/db.ts";
+import { checkUnattendedConfirmation, refuseProduction } from "../src/guarded/guard.ts";
+import { describeTarget, type Target } from "../src/pg/db.ts";
 
 /** The guard's options for reset and migrate down (each command words --dry-run and --wait its own way). */
 export const guardOptions = {

@@ -4,7 +4,7 @@ import { commandHelp, parseForm, selectForm, subcommandHelp } from "./parse.ts";
 import { processIo, type Io } from "./io.ts";
 import { line, reportError } from "./output.ts";
 import { ShinkeiError } from "../src/errors.ts";
-import { explainDbError } from "../src/db.ts";
+import { explainDbError } from "../src/pg/db.ts";
 import { migrateCommand } from "./migrate/index.ts";
 import { statusCommand } from "./status/index.ts";
 import { serveCommand } from "./serve.ts";

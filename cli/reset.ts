@@ -2,10 +2,10 @@ import type { Command, Context } from "./command.ts";
 import { line, table } from "./output.ts";
 import { activity, note } from "./prompts.ts";
 import { confirmDestructive, guardOptions, undoCommand } from "./guard.ts";
-import { performReset, resetPhrases, resetPlan } from "../src/reset.ts";
-import { refuseProduction } from "../src/guard.ts";
-import { withMaintenanceLock } from "../src/backup/lock.ts";
-import { mainTables } from "../src/state.ts";
+import { performReset, resetPhrases, resetPlan } from "../src/guarded/reset.ts";
+import { refuseProduction } from "../src/guarded/guard.ts";
+import { withMaintenanceLock } from "../src/pg/lock.ts";
+import { mainTables } from "../src/pg/tables.ts";
 
 export const resetCommand: Command = {
   name: "reset",

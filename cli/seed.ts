@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { line } from "./output.ts";
-import { seedDemo, demoUsers } from "../src/seed.ts";
-import { refuseProduction } from "../src/guard.ts";
+import { seedDemo, demoUsers } from "../src/migrations/seed.ts";
+import { refuseProduction } from "../src/guarded/guard.ts";
 
 export const seedCommand: Command = {
   name: "seed",

@@ -2,7 +2,7 @@ import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { startServer } from "../server/serve.ts";
 import { jsonLog } from "../src/log.ts";
-import { connect } from "../src/db.ts";
+import { connect } from "../src/pg/db.ts";
 import { startScheduler, type Scheduler } from "../src/schedule.ts";
 import { newestGood } from "../src/backup/freshness.ts";
 import { archiveWindow } from "../src/wal/status.ts";

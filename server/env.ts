@@ -1,9 +1,9 @@
-import type { Sql } from "../src/db.ts";
-import type { Config } from "../src/config.ts";
+import type { Sql } from "../src/pg/db.ts";
+import type { Config } from "../src/config/index.ts";
 import type { AuthService } from "../src/auth/service.ts";
-import type { ClientInfo } from "../src/auth/service.ts";
+import type { ClientInfo } from "../src/auth/throttle.ts";
 import type { Session } from "../src/auth/sessions.ts";
-import type { AccountRecovery } from "../src/auth/recovery.ts";
+import type { AccountRecovery } from "../src/auth/password-reset.ts";
 import type { OpsDeps } from "./ops/app.tsx";
 
 import type { Log } from "../src/log.ts";

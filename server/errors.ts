@@ -1,6 +1,6 @@
 import type { Context } from "hono";
 import { ShinkeiError } from "../src/errors.ts";
-import { explainDbError } from "../src/db.ts";
+import { explainDbError } from "../src/pg/db.ts";
 import type { AppEnv, Log } from "./env.ts";
 
 /** Our own words about a request, safe to show as they are: the client's mistakes and our "busy". */

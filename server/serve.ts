@@ -1,10 +1,10 @@
-import type { Config } from "../src/config.ts";
-import { connect, ensureDatabase, guarded } from "../src/db.ts";
+import type { Config } from "../src/config/index.ts";
+import { connect, ensureDatabase, guarded } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { AuthService } from "../src/auth/service.ts";
-import { AccountRecovery, type Clock } from "../src/auth/recovery.ts";
+import { AccountRecovery, type Clock } from "../src/auth/password-reset.ts";
 import { createMailQueue } from "../src/mail/index.ts";
-import { pruneHistory } from "../src/history.ts";
+import { pruneHistory } from "../src/pg/history.ts";
 import { createApp } from "./app.ts";
 import { jsonLog, type Deps, type Log } from "./env.ts";
 import { createOps, startOpsServer } from "./ops/app.tsx";

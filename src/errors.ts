@@ -54,7 +54,7 @@ const codes = {
   KEY_INVALID: { exit: 1, status: 500 },
   DECRYPT_FAILED: { exit: 1, status: 500 },
   KEY_FILE_UNWRITABLE: { exit: 1, status: 500 },
-  // the guard in front of every destructive command (src/guard.ts)
+  // the guard in front of every destructive command (src/guarded/guard.ts)
   PRODUCTION_REFUSED: { exit: 1, status: 403 },
   CONFIRMATION_REQUIRED: { exit: 1, status: 403 },
   CONFIRMATION_MISMATCH: { exit: 1, status: 403 },

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { testApp } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
 
 let db: TestDatabase;
@@ -36,7 +36,7 @@ test("ACCESS_LOG: all (the default) logs every request but passing probes; error
 test("a failing probe is logged even when passing ones are not", async () => {
   const logs: Record<string, unknown>[] = [];
   // A pool whose database does not exist: /ready answers 503.
-  const { connect } = await import("../src/db.ts");
+  const { connect } = await import("../src/pg/db.ts");
   const url = db.url.replace(/\/[^/]+$/, `/missing_${crypto.randomUUID().slice(0, 8)}`);
   const sql = connect(url, { max: 1 });
   try {

@@ -2,8 +2,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTime
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { type TestServer, withServer as withServerOn } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { clientAddress, parseProxyList } from "../src/net.ts";
-import { loadConfig } from "../src/config.ts";
+import { clientAddress, parseProxyList } from "../src/config/net.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { Throttle } from "../src/auth/throttle.ts";
 
 // Real databases and listeners: 5 s is too tight on a busy 2-core machine.

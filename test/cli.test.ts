@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import { shinkei } from "./support/cli.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 
 async function closedPort(): Promise<number> {
   const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });

@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { configVariables, loadConfig } from "../src/config.ts";
+import { configVariables, loadConfig } from "../src/config/index.ts";
 import { shinkei } from "./support/cli.ts";
 
 test("a near miss of a known variable is refused, naming the one meant", () => {

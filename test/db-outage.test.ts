@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { startTestServer, type TestServer } from "./support/server.ts";
-import { connect, ensureDatabase, type Sql } from "../src/db.ts";
+import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 
 // A PostgreSQL of the test's own, stopped under load: the machine's shared server is never stopped.
 setDefaultTimeout(120_000);

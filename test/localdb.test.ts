@@ -3,7 +3,8 @@ import { existsSync } from "node:fs";
 import { chmod, chown, mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
-import { ensureLocalCluster, findServerBinaries, type LocalCluster } from "../src/localdb.ts";
+import { ensureLocalCluster, type LocalCluster } from "../src/pg/localdb.ts";
+import { findServerBinaries } from "../src/pg/bin.ts";
 import { tempDir } from "./support/fixtures.ts";
 
 const running: LocalCluster[] = [];

@@ -5,8 +5,8 @@ import { TestSmtp, codeIn } from "./support/smtp.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { issueCode } from "../src/auth/account-codes.ts";
 import { MailQueue } from "../src/mail/queue.ts";
-import { pruneHistory } from "../src/history.ts";
-import { loadConfig } from "../src/config.ts";
+import { pruneHistory } from "../src/pg/history.ts";
+import { loadConfig } from "../src/config/index.ts";
 
 setDefaultTimeout(60_000);
 

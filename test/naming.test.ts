@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { ENCRYPTED_EXTENSION, MANIFEST_SUFFIX, backupName, compareNewestFirst, isOurObject, parseBackupName } from "../src/backup/naming.ts";
+import { ENCRYPTED_EXTENSION, MANIFEST_SUFFIX, backupName, compareNewestFirst, isOurObject, parseBackupName } from "../src/storage/naming.ts";
 
 // Retention and listing delete or pick only what parses here: these are the rules that keep
 // everything else in a folder or bucket safe.

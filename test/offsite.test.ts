@@ -6,9 +6,9 @@ import { snapshot, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { TestS3 } from "./support/s3.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/schedule.ts";
-import { S3Store } from "../src/backup/stores/s3.ts";
+import { S3Store } from "../src/storage/s3.ts";
 import { pruneStore } from "../src/backup/prune.ts";
 
 let db: TestDatabase;

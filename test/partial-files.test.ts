@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { lstat, readFile, readdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { writeFileAtomic } from "../src/backup/files.ts";
-import { LocalStore } from "../src/backup/stores/local.ts";
-import { S3Store } from "../src/backup/stores/s3.ts";
-import { backupName } from "../src/backup/naming.ts";
+import { writeFileAtomic } from "../src/storage/files.ts";
+import { LocalStore } from "../src/storage/local.ts";
+import { S3Store } from "../src/storage/s3.ts";
+import { backupName } from "../src/storage/naming.ts";
 import type { TestDatabase } from "./support/db.ts";
 import { seededDatabase } from "./support/backup.ts";
 import { takeBackup } from "./support/cli.ts";

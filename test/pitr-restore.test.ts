@@ -7,14 +7,14 @@ import { until } from "./support/wait.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
-import { connect, type Sql } from "../src/db.ts";
-import { writeIdentity } from "../src/backup/crypt.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
+import { writeIdentity } from "../src/storage/crypt.ts";
 import { tableStats, type TableStats } from "../src/backup/digest.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { walStore } from "../src/wal/offsite.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { pitrDrillProblem, readPitrDrills, startPitrDrills } from "../src/pitr/drill.ts";
-import { sealTo, unsealFrom } from "../src/backup/seal.ts";
+import { sealTo, unsealFrom } from "../src/storage/seal.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { Readable } from "node:stream";
 

@@ -43,14 +43,14 @@ async function recoverCopy(base: string, settings: string[]) {
   };
 }
 import { Service } from "./support/process.ts";
-import { connect, type Sql } from "../src/db.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { statusView } from "../src/metrics/view.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 
 // A cluster of our own and the compiled binary: seconds per step on a busy 2-core machine.
 setDefaultTimeout(90_000);

@@ -5,7 +5,7 @@ import type { TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { seededDatabase, stockDump } from "./support/backup.ts";
 import { tempDir } from "./support/fixtures.ts";
-import { configVariables } from "../src/config.ts";
+import { configVariables } from "../src/config/index.ts";
 
 const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
 

@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { generateIdentity, identityToRecipient } from "age-encryption";
-import { parseRecipients } from "../src/backup/crypt.ts";
+import { parseRecipients } from "../src/config/age.ts";
 import { tempDir } from "./support/fixtures.ts";
 
 // BACKUP_AGE_RECIPIENTS: public keys inline, or the path of a file of them.

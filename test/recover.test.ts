@@ -10,7 +10,7 @@ import { slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import type { Sql } from "../src/db.ts";
+import type { Sql } from "../src/pg/db.ts";
 
 // Real databases, backups and processes: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(90_000);

@@ -3,7 +3,7 @@ import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { newAccount, startTestServer, type TestServer } from "./support/server.ts";
 import { TestSmtp, codeIn } from "./support/smtp.ts";
 import { hashCode } from "../src/auth/account-codes.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
 
 let db: TestDatabase;

@@ -7,8 +7,8 @@ import { Terminal } from "./support/pty.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
-import { demoUsers } from "../src/seed.ts";
-import { resetPhrases } from "../src/reset.ts";
+import { demoUsers } from "../src/migrations/seed.ts";
+import { resetPhrases } from "../src/guarded/reset.ts";
 
 let db: TestDatabase;
 let dir: string;

@@ -8,7 +8,7 @@ import { seedSample, tempDir } from "./support/fixtures.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { stockDump } from "./support/backup.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { connect } from "../src/db.ts";
+import { connect } from "../src/pg/db.ts";
 import { tableStats } from "../src/backup/digest.ts";
 import { load } from "../src/backup/restore.ts";
 import { ScriptGuard } from "../src/backup/script.ts";

@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import { planRetention, type Candidate, type RetentionPolicy } from "../src/backup/retention.ts";
-import { backupName } from "../src/backup/naming.ts";
+import { backupName } from "../src/storage/naming.ts";
 
 const none: RetentionPolicy = { keepDays: 0, keepDaily: 0, keepWeekly: 0, keepMonthly: 0 };
 const at = (iso: string, sequence = 0) => backupName(new Date(iso), sequence);

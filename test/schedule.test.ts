@@ -6,9 +6,9 @@ import { shinkei, takeBackup } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
-import { loadConfig } from "../src/config.ts";
+import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/schedule.ts";
-import { backupName } from "../src/backup/naming.ts";
+import { backupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;
 let dir: string;

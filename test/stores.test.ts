@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { LocalStore } from "../src/backup/stores/local.ts";
-import { S3Store } from "../src/backup/stores/s3.ts";
-import type { BackupStore } from "../src/backup/stores/store.ts";
-import { MANIFEST_SUFFIX, backupName } from "../src/backup/naming.ts";
+import { LocalStore } from "../src/storage/local.ts";
+import { S3Store } from "../src/storage/s3.ts";
+import type { BackupStore, StoreNaming } from "../src/storage/store.ts";
+import { MANIFEST_SUFFIX, backupName, backupNaming } from "../src/storage/naming.ts";
+import { walNaming } from "../src/wal/offsite.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 
@@ -15,9 +16,9 @@ import { TestS3 } from "./support/s3.ts";
 type Backend = {
   kind: string;
   /** A new, empty store (for a folder: one that does not exist yet). */
-  empty(): Promise<BackupStore>;
+  empty(naming: StoreNaming): Promise<BackupStore>;
   /** A store that cannot be read: a file where the folder should be, a bucket that does not exist. */
-  unreadable(): Promise<BackupStore>;
+  unreadable(naming: StoreNaming): Promise<BackupStore>;
   /** How `put` proves the copy. */
   verified: "etag" | "size";
 };
@@ -31,24 +32,48 @@ afterAll(() => s3.stop());
 const backends: Backend[] = [
   {
     kind: "local folder",
-    empty: async () => new LocalStore(join(await tempDir("store"), "copies")),
-    async unreadable() {
+    empty: async (naming) => new LocalStore(join(await tempDir("store"), "copies"), naming),
+    async unreadable(naming) {
       const file = join(await tempDir("store-file"), "not-a-folder");
       await writeFile(file, "a file, not a folder");
-      return new LocalStore(file);
+      return new LocalStore(file, naming);
     },
     verified: "size",
   },
   {
     kind: "S3",
-    empty: async () => new S3Store(s3.config(`contract-${crypto.randomUUID().slice(0, 8)}/`)),
-    unreadable: async () => new S3Store({ ...s3.config(), bucket: `missing-${crypto.randomUUID().slice(0, 8)}` }),
+    empty: async (naming) => new S3Store(s3.config(`contract-${crypto.randomUUID().slice(0, 8)}/`), naming),
+    unreadable: async (naming) => new S3Store({ ...s3.config(), bucket: `missing-${crypto.randomUUID().slice(0, 8)}` }, naming),
     verified: "etag",
   },
 ];
 
-const name = backupName(new Date(Date.UTC(2026, 0, 2, 3, 4, 5)));
-const manifest = name + MANIFEST_SUFFIX;
+/**
+ * The same contract under each naming a store is built with: backups (a file and its manifest)
+ * and the WAL archive (a sealed WAL file and its record).
+ */
+type Names = { kind: string; naming: StoreNaming; name: string; companion: (name: string) => string; other: string; never: string; notOurs: string[] };
+const backupFile = backupName(new Date(Date.UTC(2026, 0, 2, 3, 4, 5)));
+const namings: Names[] = [
+  {
+    kind: "backup",
+    naming: backupNaming,
+    name: backupFile,
+    companion: (n) => n + MANIFEST_SUFFIX,
+    other: backupName(new Date(Date.UTC(2026, 0, 3))),
+    never: backupName(new Date(Date.UTC(2020, 0, 1))),
+    notOurs: ["notes.txt", "shinkei_backup_old_manual.sql.gz", `${backupFile}.bak`, "shinkei_backup_20260230_000000.sql.gz"],
+  },
+  {
+    kind: "WAL",
+    naming: walNaming,
+    name: "000000010000000000000002.gz",
+    companion: (n) => n.replace(/\.gz(?:\.age)?$/, ".json"),
+    other: "000000010000000000000003.gz.age",
+    never: "000000010000000000000001.gz",
+    notOurs: ["notes.txt", "000000010000000000000002", "000000010000000000000002.gz.bak", backupFile, "shinkei_base_latest.tar.gz"],
+  },
+];
 
 /** A local file holding `content`, to put into a store. */
 async function source(content: string): Promise<string> {
@@ -60,13 +85,15 @@ async function source(content: string): Promise<string> {
 const listed = async (store: BackupStore) => (await store.list()).map((o) => [o.name, o.sizeBytes] as const).sort();
 
 for (const backend of backends) {
-  describe(`the ${backend.kind} store`, () => {
+  for (const { kind, naming, name, companion, other, never, notOurs } of namings) {
+  const manifest = companion(name);
+  describe(`the ${backend.kind} store with the ${kind} naming`, () => {
     test("a new store holds nothing", async () => {
-      expect(await (await backend.empty()).list()).toEqual([]);
+      expect(await (await backend.empty(naming)).list()).toEqual([]);
     });
 
     test("put, list, get: the bytes come back whole, listed by name and size", async () => {
-      const store = await backend.empty();
+      const store = await backend.empty(naming);
       const copy = await store.put(name, await source("backup bytes"));
       expect(copy).toMatchObject({ sizeBytes: 12, verified: backend.verified });
       await store.put(manifest, await source("{}"));
@@ -81,7 +108,7 @@ for (const backend of backends) {
     });
 
     test("put replaces an object of the same name", async () => {
-      const store = await backend.empty();
+      const store = await backend.empty(naming);
       await store.put(name, await source("the first, longer copy"));
       await store.put(name, await source("second"));
       expect(await listed(store)).toEqual([[name, 6]]);
@@ -91,16 +118,16 @@ for (const backend of backends) {
     });
 
     test("names that are not ours are never listed", async () => {
-      const store = await backend.empty();
-      for (const other of ["notes.txt", "shinkei_backup_old_manual.sql.gz", `${name}.bak`, "shinkei_backup_20260230_000000.sql.gz"]) {
-        await store.put(other, await source("not ours"));
+      const store = await backend.empty(naming);
+      for (const stranger of notOurs) {
+        await store.put(stranger, await source("not ours"));
       }
       await store.put(name, await source("ours"));
       expect(await listed(store)).toEqual([[name, 4]]);
     });
 
     test("get of a missing object is BACKUP_NOT_FOUND, and leaves no file and no .partial", async () => {
-      const store = await backend.empty();
+      const store = await backend.empty(naming);
       const into = await tempDir("store-get");
       await expect(store.get(name, join(into, name))).rejects.toMatchObject({ code: "BACKUP_NOT_FOUND", message: `no ${name} at ${store.location}` });
       // A backup whose manifest is missing: the same answer for the manifest.
@@ -110,21 +137,20 @@ for (const backend of backends) {
     });
 
     test("remove deletes a backup and its manifest; what is already gone is no error", async () => {
-      const store = await backend.empty();
+      const store = await backend.empty(naming);
       await store.put(name, await source("backup bytes"));
       await store.put(manifest, await source("{}"));
-      const other = backupName(new Date(Date.UTC(2026, 0, 3)));
       await store.put(other, await source("another backup"));
       await store.remove(name);
       expect(await listed(store)).toEqual([[other, 14]]);
       await store.remove(name); // both gone already
-      await store.put(other + MANIFEST_SUFFIX, await source("{}"));
-      await store.remove(backupName(new Date(Date.UTC(2020, 0, 1)))); // never there
-      expect(await listed(store)).toEqual([[other, 14], [other + MANIFEST_SUFFIX, 2]]);
+      await store.put(companion(other), await source("{}"));
+      await store.remove(never); // never there
+      expect(await listed(store)).toEqual([[other, 14], [companion(other), 2]]);
     });
 
     test("remove refuses a name that is not ours, and deletes nothing", async () => {
-      const store = await backend.empty();
+      const store = await backend.empty(naming);
       await store.put("notes.txt", await source("someone's notes"));
       await expect(store.remove("notes.txt")).rejects.toMatchObject({ message: "refusing to delete notes.txt: not a shinkei backup name" });
       const into = join(await tempDir("store-get"), "notes.txt");
@@ -133,7 +159,7 @@ for (const backend of backends) {
     });
 
     test("a store that cannot be read is STORE_FAILED for every method, never empty or not found", async () => {
-      const store = await backend.unreadable();
+      const store = await backend.unreadable(naming);
       const failed = { code: "STORE_FAILED", message: expect.stringContaining(store.location) };
       await expect(store.list()).rejects.toMatchObject(failed);
       const into = await tempDir("store-get");
@@ -143,4 +169,5 @@ for (const backend of backends) {
       expect(await readdir(into)).toEqual([]);
     });
   });
+  }
 }

@@ -3,7 +3,7 @@ import { line, json, warn } from "../output.ts";
 import { activity } from "../prompts.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
-import { withAdvisoryLock } from "../../src/db.ts";
+import { withAdvisoryLock } from "../../src/pg/db.ts";
 import { createBaseBackup, listBaseBackups } from "../../src/wal/base.ts";
 import { mirrorBase, walStore } from "../../src/wal/offsite.ts";
 import { verifyBaseBackup, type BaseVerification } from "../../src/wal/verify-base.ts";

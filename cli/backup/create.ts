@@ -3,12 +3,12 @@ import { line, json, warn } from "../output.ts";
 import { activity } from "../prompts.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
-import { withMaintenanceLock } from "../../src/backup/lock.ts";
+import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import { createBackup } from "../../src/backup/dump.ts";
 import { mirrorBackup } from "../../src/backup/offsite.ts";
 import { readManifest } from "../../src/backup/manifest.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
-import { mainTables } from "../../src/state.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
+import { mainTables } from "../../src/pg/tables.ts";
 
 export async function create(ctx: Context): Promise<number> {
   const { io, config } = ctx;

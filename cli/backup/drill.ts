@@ -3,7 +3,7 @@ import { line, json } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { obtainBackup } from "../../src/backup/catalog.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 import { runDrill } from "../../src/backup/drill.ts";
 import { activity } from "../prompts.ts";
 import { cancelOnSignal } from "../signals.ts";

@@ -1,6 +1,6 @@
 import type { Context, Subcommand } from "../command.ts";
 import { line, json } from "../output.ts";
-import { writeIdentity } from "../../src/backup/crypt.ts";
+import { writeIdentity } from "../../src/storage/crypt.ts";
 
 export async function keygen(ctx: Context): Promise<number> {
   const path = ctx.option("output") ?? "shinkei-backup.key";

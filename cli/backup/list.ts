@@ -5,8 +5,8 @@ import { formatBytes } from "../../src/bytes.ts";
 import { listLocal, type LocalBackup } from "../../src/backup/catalog.ts";
 import { verifyBackup } from "../../src/backup/verify.ts";
 import { readDrill, type DrillResult } from "../../src/backup/drill.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
-import { compareNewestFirst, parseBackupName } from "../../src/backup/naming.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
+import { compareNewestFirst, parseBackupName } from "../../src/storage/naming.ts";
 import { archiveWindow } from "../../src/wal/status.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
 

@@ -1,8 +1,8 @@
-import { withMaintenanceLock } from "../../src/backup/lock.ts";
+import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import type { Context, Subcommand } from "../command.ts";
 import { line, json, table } from "../output.ts";
 import { pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../../src/wal/prune.ts";
 import { walStore } from "../../src/wal/offsite.ts";
 

@@ -4,7 +4,7 @@ import { ShinkeiError } from "../../src/errors.ts";
 import { formatBytes } from "../../src/bytes.ts";
 import { listLocal, obtainBackup } from "../../src/backup/catalog.ts";
 import { verifyBackup } from "../../src/backup/verify.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 
 export async function verify(ctx: Context): Promise<number> {
   const { io, config } = ctx;

@@ -3,10 +3,11 @@ import { line } from "../output.ts";
 import { note } from "../prompts.ts";
 import { confirmDestructive, guardOptions, undoCommand } from "../guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
-import { describeTarget } from "../../src/db.ts";
-import { migrationStatus, undoNewestMigration } from "../../src/migrations/migrate.ts";
+import { describeTarget } from "../../src/pg/db.ts";
+import { migrationStatus } from "../../src/migrations/migrate.ts";
+import { undoNewestMigration } from "../../src/guarded/migrate-down.ts";
 import { migrations } from "../../src/migrations/index.ts";
-import { withMaintenanceLock } from "../../src/backup/lock.ts";
+import { withMaintenanceLock } from "../../src/pg/lock.ts";
 
 /** One step back, guarded like reset: show what it drops, confirm, back up and verify, then undo. */
 async function runMigrateDown(ctx: Context): Promise<number> {

@@ -1,6 +1,6 @@
 import type { Subcommand } from "../command.ts";
 import { line } from "../output.ts";
-import { ensureDatabase } from "../../src/db.ts";
+import { ensureDatabase } from "../../src/pg/db.ts";
 import { migrate } from "../../src/migrations/migrate.ts";
 
 /** `shinkei migrate`: every pending migration, each in its own transaction. */

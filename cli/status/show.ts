@@ -1,6 +1,7 @@
 import type { Subcommand } from "../command.ts";
 import { line, table, json } from "../output.ts";
-import { databaseState, mainTables } from "../../src/state.ts";
+import { mainTables } from "../../src/pg/tables.ts";
+import { databaseState } from "./report.ts";
 import { formatBytes } from "../../src/bytes.ts";
 
 /** `shinkei status`: the database's state, once. */

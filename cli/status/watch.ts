@@ -3,11 +3,11 @@ import { untilSignal } from "../signals.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { formatDuration, parseDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
-import { databaseState } from "../../src/state.ts";
+import { databaseState } from "./report.ts";
 import { readPitrSnapshot, readSnapshot } from "../../src/metrics/snapshot.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
 import { ago, statusView } from "../../src/metrics/view.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 
 const CLEAR = "\x1b[H\x1b[2J";
 

@@ -2,7 +2,7 @@ import type { MiddlewareHandler } from "hono";
 import { getConnInfo } from "hono/bun";
 import type { BlockList } from "node:net";
 import type { AppEnv } from "../env.ts";
-import { clientAddress } from "../../src/net.ts";
+import { clientAddress } from "../../src/config/net.ts";
 
 /**
  * The client's address and user agent. X-Forwarded-For is believed only when TRUST_PROXY is on,

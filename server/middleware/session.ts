@@ -1,6 +1,6 @@
 import type { MiddlewareHandler } from "hono";
 import { getCookie } from "hono/cookie";
-import type { Sql } from "../../src/db.ts";
+import type { Sql } from "../../src/pg/db.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { findSession, type SessionCache } from "../../src/auth/sessions.ts";
 import type { AppEnv } from "../env.ts";

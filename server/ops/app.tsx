@@ -2,14 +2,14 @@
 import { Hono } from "hono";
 import { html } from "hono/html";
 import { hostname } from "node:os";
-import type { Config } from "../../src/config.ts";
+import type { Config } from "../../src/config/index.ts";
 import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
 import { cached, folderSnapshot, readPitrSnapshot, type PitrSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
 import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
-import type { Sql } from "../../src/db.ts";
-import { offsiteStore } from "../../src/backup/stores/index.ts";
+import type { Sql } from "../../src/pg/db.ts";
+import { offsiteStore } from "../../src/storage/stores.ts";
 import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { errorResponse } from "../errors.ts";

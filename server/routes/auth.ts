@@ -6,7 +6,7 @@ import { requireSession, SESSION_COOKIE } from "../middleware/session.ts";
 import { clientInfo } from "../middleware/client.ts";
 import { LoginInput, PasswordChangeInput, RegisterInput, parseInput } from "../../src/auth/schemas.ts";
 import { revokeSession, revokeUserSessions } from "../../src/auth/sessions.ts";
-import { REGISTER_ACCEPTED } from "../../src/auth/recovery.ts";
+import { REGISTER_ACCEPTED } from "../../src/auth/password-reset.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 
 export function authRoutes({ sql, auth, config, recovery }: Deps) {

@@ -3,7 +3,7 @@ import type { AppEnv, Deps } from "../env.ts";
 import { jsonBody } from "../middleware/json-body.ts";
 import { clientInfo } from "../middleware/client.ts";
 import { EmailInput, ResetConfirmInput, VerifyEmailInput, parseInput } from "../../src/auth/schemas.ts";
-import { RESET_ACCEPTED, VERIFY_ACCEPTED } from "../../src/auth/recovery.ts";
+import { RESET_ACCEPTED, VERIFY_ACCEPTED } from "../../src/auth/password-reset.ts";
 
 /** Password reset and email verification by mailed code (mounted beside the other auth routes). */
 export function recoveryRoutes({ recovery, config }: Deps) {

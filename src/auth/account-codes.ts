@@ -1,5 +1,5 @@
 import type postgres from "postgres";
-import type { Queryable, Sql } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
 
 export type CodePurpose = "password_reset" | "verify_email";
 

@@ -1,13 +1,11 @@
-import type { Sql } from "../db.ts";
-import type { Config } from "../config.ts";
+import type { Sql } from "../pg/db.ts";
+import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";
-import { loginKeys, Throttle, type Reservation, type ThrottleRule } from "./throttle.ts";
+import { loginKeys, Throttle, type ClientInfo, type Reservation, type ThrottleRule } from "./throttle.ts";
 import { createUser, findUserByEmail, findUserById, publicUser, replacePasswordHash, setPasswordHash, type User, type UserRow } from "./users.ts";
 import { createSession, revokeUserSessions, SessionCache, type Session } from "./sessions.ts";
-import { isEmailVerified } from "./recovery.ts";
-
-export type ClientInfo = { ip?: string; userAgent?: string };
+import { isEmailVerified } from "./password-reset.ts";
 
 const invalid = () => new ShinkeiError("INVALID_CREDENTIALS", "invalid email or password");
 

@@ -1,4 +1,4 @@
-import type { Queryable, Sql } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
 import type { User } from "./users.ts";
 
 export type Session = { id: string; userId: string; expiresAt: Date; user: User };

@@ -1,5 +1,8 @@
-import type { Sql } from "../db.ts";
+import type { Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
+
+/** Who is asking: throttle keys count per address, and account events record both. */
+export type ClientInfo = { ip?: string; userAgent?: string };
 
 /** The keys login attempts count under, in one place: login counts them, a password reset forgets them. */
 export const loginKeys = {

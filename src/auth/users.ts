@@ -1,4 +1,4 @@
-import type { Queryable, Sql } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 export type User = { id: string; email: string; name: string; createdAt: Date };

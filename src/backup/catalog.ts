@@ -1,9 +1,9 @@
 import { mkdir, readdir, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName } from "./naming.ts";
+import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName } from "../storage/naming.ts";
 import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
-import type { BackupStore, StoredObject } from "./stores/store.ts";
+import type { BackupStore, StoredObject } from "../storage/store.ts";
 
 const SAFETY_COPIES = new Set(["pre-restore", "pre-recover"]);
 

@@ -1,6 +1,6 @@
 import { open } from "node:fs/promises";
 import { basename } from "node:path";
-import { AGE_MAGIC, decrypt, type AgeConfig, type Encryption } from "./crypt.ts";
+import { AGE_MAGIC, decrypt, type AgeConfig, type Encryption } from "../storage/crypt.ts";
 
 /** What a file holds, told by its first bytes rather than its name. */
 export type Format = "custom" | "custom+gzip" | "plain" | "plain+gzip" | "plain+gzip+age";

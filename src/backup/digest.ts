@@ -1,5 +1,5 @@
-import type { Queryable } from "../db.ts";
-import { countRows } from "../state.ts";
+import type { Queryable } from "../pg/db.ts";
+import { countRows } from "../pg/tables.ts";
 
 export type TableStats = { counts: Record<string, number>; digests: Record<string, string> };
 

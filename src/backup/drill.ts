@@ -1,14 +1,14 @@
 import { basename } from "node:path";
-import { connect } from "../db.ts";
+import { connect } from "../pg/db.ts";
 import { ShinkeiError, type ErrorCode } from "../errors.ts";
-import { currentSchemaVersion } from "../migrations/migrate.ts";
+import { currentSchemaVersion } from "../pg/schema.ts";
 import { tableStats } from "./digest.ts";
-import { writeFileAtomic } from "./files.ts";
+import { writeFileAtomic } from "../storage/files.ts";
 import { load } from "./restore.ts";
 import { content } from "./decode.ts";
 import { verifyBackup } from "./verify.ts";
 import { serverVersionNum, withScratchDatabase } from "./scratch.ts";
-import type { AgeConfig } from "./crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 
 export type DrillResult = {
   file: string;

@@ -1,17 +1,18 @@
 import { lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
-import type { Sql } from "../db.ts";
-import { describeTarget } from "../db.ts";
+import type { Sql } from "../pg/db.ts";
+import { describeTarget } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableStats } from "./digest.ts";
-import { currentSchemaVersion } from "../migrations/migrate.ts";
-import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "./naming.ts";
-import { encryptionFor, type AgeConfig } from "./crypt.ts";
-import { sealTo } from "./seal.ts";
+import { currentSchemaVersion } from "../pg/schema.ts";
+import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "../storage/naming.ts";
+import { encryptionFor, type AgeConfig } from "../storage/crypt.ts";
+import { sealTo } from "../storage/seal.ts";
 import { signManifest, writeManifest, type Manifest, type Reason } from "./manifest.ts";
-import { fsyncDir, removeStalePartials } from "./files.ts";
-import { checkDumpVersion, finished, toolEnv, toolPath } from "./pgtools.ts";
+import { fsyncDir, removeStalePartials } from "../storage/files.ts";
+import { checkDumpVersion, toolPath } from "../pg/bin.ts";
+import { finished, toolEnv } from "../pg/tools.ts";
 
 export type Progress = { bytesIn: number; bytesOut: number };
 

@@ -2,7 +2,7 @@ import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
 import { listLocal, type LocalBackup } from "./catalog.ts";
 import { readDrill, type DrillResult } from "./drill.ts";
-import { canOpen, type AgeConfig } from "./crypt.ts";
+import { canOpen, type AgeConfig } from "../storage/crypt.ts";
 
 export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 

@@ -1,6 +1,6 @@
-import { MANIFEST_SUFFIX } from "./naming.ts";
-import { writeFileAtomic } from "./files.ts";
-import type { Encryption } from "./crypt.ts";
+import { MANIFEST_SUFFIX } from "../storage/naming.ts";
+import { writeFileAtomic } from "../storage/files.ts";
+import type { Encryption } from "../storage/crypt.ts";
 
 export type Reason = "manual" | "scheduled" | "pre-restore" | "pre-reset" | "pre-migrate" | "pre-recover";
 

@@ -2,8 +2,9 @@ import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { listLocal } from "./catalog.ts";
 import { manifestPath, readManifest, writeManifest } from "./manifest.ts";
-import { MANIFEST_SUFFIX } from "./naming.ts";
-import type { BackupStore } from "./stores/store.ts";
+import { MANIFEST_SUFFIX } from "../storage/naming.ts";
+import type { BackupStore } from "../storage/store.ts";
+import { mirror } from "../storage/mirror.ts";
 
 /**
  * Copy one backup, then its manifest recording the checked copy. The local manifest keeps that
@@ -13,15 +14,12 @@ export async function mirrorBackup(store: BackupStore, path: string): Promise<vo
   const name = basename(path);
   const manifest = await readManifest(path);
   if (!manifest) throw new ShinkeiError("STORE_FAILED", `${name} has no manifest; only complete backups are copied off-site`);
-  const copy = await store.put(name, path);
-  const recorded = { ...manifest, offsite: { ...manifest.offsite, [store.kind]: { location: store.location, ...copy, copiedAt: new Date().toISOString() } } };
-  await writeManifest(path, recorded);
-  try {
-    await store.put(name + MANIFEST_SUFFIX, manifestPath(path));
-  } catch (e) {
-    await writeManifest(path, manifest);
-    throw e;
-  }
+  await mirror(store, {
+    files: [{ name, path }],
+    record: manifest,
+    writeRecord: (m) => writeManifest(path, m),
+    recordObject: { name: name + MANIFEST_SUFFIX, path: manifestPath(path) },
+  });
 }
 
 export type MirrorReport = { copied: string[]; failed: { name: string; error: string }[] };

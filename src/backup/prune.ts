@@ -1,9 +1,9 @@
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { listLocal } from "./catalog.ts";
-import { MANIFEST_SUFFIX } from "./naming.ts";
+import { MANIFEST_SUFFIX } from "../storage/naming.ts";
 import { planRetention, type Decision } from "./retention.ts";
-import { LocalStore } from "./stores/local.ts";
-import type { BackupStore } from "./stores/store.ts";
+import { LocalStore } from "../storage/local.ts";
+import type { BackupStore } from "../storage/store.ts";
 
 export type PruneReport = { location: string; decisions: Decision[]; removed: string[] };
 

@@ -1,17 +1,18 @@
-import { actAsDatabaseOwner, connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../db.ts";
+import { actAsDatabaseOwner, connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { tableCounts } from "../state.ts";
+import { tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
 import { content, type Format } from "./decode.ts";
-import type { AgeConfig } from "./crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
-import { takeSafetyBackup } from "./safety.ts";
+import { takeSafetyBackup } from "../guarded/safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";
 import { once } from "node:events";
 import type { Writable } from "node:stream";
 import { finished as finishedStream } from "node:stream/promises";
 import postgres from "postgres";
-import { finished, pump, toolEnv, toolPath } from "./pgtools.ts";
+import { toolPath } from "../pg/bin.ts";
+import { finished, pump, toolEnv } from "../pg/tools.ts";
 import { collectEvery, judgeScript, type Judged } from "./judge.ts";
 import { Rec, Spool } from "./spool.ts";
 

@@ -1,4 +1,4 @@
-import { compareNewestFirst, parseBackupName } from "./naming.ts";
+import { compareNewestFirst, parseBackupName } from "../storage/naming.ts";
 
 export type RetentionPolicy = { keepDays: number; keepDaily: number; keepWeekly: number; keepMonthly: number };
 /** `takenAt` for names that carry no backup timestamp of the dump kind (base backups give theirs). */

@@ -1,5 +1,5 @@
 import postgres from "postgres";
-import { PG, withAdvisoryLock } from "../db.ts";
+import { PG, withAdvisoryLock } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 /** The same server as `serverUrl`, database `database`. */

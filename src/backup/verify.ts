@@ -2,9 +2,10 @@ import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { detectFormat, plainOf, type Format } from "./decode.ts";
-import { canOpen, type AgeConfig } from "./crypt.ts";
+import { canOpen, type AgeConfig } from "../storage/crypt.ts";
 import { hasValidSignature, readManifest, type Manifest } from "./manifest.ts";
-import { finished, plainEnv, pump, toolPath } from "./pgtools.ts";
+import { toolPath } from "../pg/bin.ts";
+import { finished, plainEnv, pump } from "../pg/tools.ts";
 
 export type Verification = {
   file: string;

@@ -1,5 +1,5 @@
 import * as v from "valibot";
-import { ageConfig } from "../backup/crypt.ts";
+import { ageConfig } from "./age.ts";
 import { bool, cron, duration, int, optionalHttpUrl, optionalPostgresUrl, optionalText, text, timezone, type Values } from "./values.ts";
 
 /** Where backups go, when they are taken, drilled and pruned, and how they are encrypted and signed. */
@@ -42,7 +42,7 @@ export function read(r: Values<typeof entries>) {
       drillMaxAgeMs: r.BACKUP_DRILL_MAX_AGE,
       /** The server drills restore on; the app's own server when unset. */
       drillServerUrl: r.DRILL_DATABASE_URL,
-      /** Encryption and signing keys; undefined when none of them is set (see crypt.ts). */
+      /** Encryption and signing keys; undefined when none of them is set (see age.ts). */
       age: ageConfig({
         recipients: r.BACKUP_AGE_RECIPIENTS,
         identityFile: r.BACKUP_AGE_IDENTITY,

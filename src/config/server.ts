@@ -1,5 +1,5 @@
 import * as v from "valibot";
-import { DEFAULT_TRUSTED_PROXIES, parseProxyList } from "../net.ts";
+import { DEFAULT_TRUSTED_PROXIES, parseProxyList } from "./net.ts";
 import { bool, duration, int, optionalText, postgresUrl, text, type Values } from "./values.ts";
 
 /** Where the app's database is, and how `serve` listens and keeps sessions. */

@@ -1,6 +1,6 @@
-import type { MailConfig } from "../config.ts";
+import type { MailConfig } from "../config/index.ts";
 import type { Log } from "../log.ts";
-import type { Sql } from "../db.ts";
+import type { Sql } from "../pg/db.ts";
 import { MailQueue } from "./queue.ts";
 import { logTransport, smtpTransport } from "./transport.ts";
 

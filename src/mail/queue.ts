@@ -1,4 +1,4 @@
-import type { Queryable, Sql } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
 import type { Log } from "../log.ts";
 import type { Mail } from "./templates.ts";
 import type { Transport } from "./transport.ts";
@@ -22,7 +22,7 @@ type Row = { id: string; to: string; subject: string; text: string | null; html:
  * retryBase * 2^(attempt-1) (capped at an hour) while the others go ahead, and is abandoned, with
  * an error in the log, after `maxAttempts` or once the code it carries has expired. Mail queued
  * before a restart is sent after it. Sent and abandoned rows lose their bodies at once and their
- * envelopes after MAIL_OUTBOX_KEEP (src/history.ts).
+ * envelopes after MAIL_OUTBOX_KEEP (src/pg/history.ts).
  */
 export class MailQueue {
   private sending = false;

@@ -1,5 +1,5 @@
 import nodemailer from "nodemailer";
-import type { MailConfig } from "../config.ts";
+import type { MailConfig } from "../config/index.ts";
 import type { Log } from "../log.ts";
 import type { Mail } from "./templates.ts";
 

@@ -1,6 +1,6 @@
 import type { Snapshot } from "./snapshot.ts";
-import type { Config } from "../config.ts";
-import type { Sql } from "../db.ts";
+import type { Config } from "../config/index.ts";
+import type { Sql } from "../pg/db.ts";
 import type { ArchiveTrust } from "../wal/trust.ts";
 import { listBaseBackups } from "../wal/base.ts";
 import { archiveWindow, newestHeld, offsiteCoverage, pitrStatus } from "../wal/status.ts";

@@ -1,9 +1,6 @@
 import { ShinkeiError } from "../errors.ts";
-import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../db.ts";
-import { withMaintenanceLock } from "../backup/lock.ts";
-import { takeSafetyBackup } from "../backup/safety.ts";
-import type { BackupResult } from "../backup/dump.ts";
-import type { AgeConfig } from "../backup/crypt.ts";
+import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../pg/db.ts";
+import { withMaintenanceLock } from "../pg/lock.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
 export type Applied = { version: number; name: string; checksum: string; applied_at: Date };
@@ -25,14 +22,6 @@ const migrationsTable = `
     checksum text not null,
     applied_at timestamptz not null default now()
   )`;
-
-/** The newest applied version, 0 for an unmigrated database; works inside a transaction. */
-export async function currentSchemaVersion(sql: Queryable): Promise<number> {
-  const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
-  if (!exists!.ok) return 0;
-  const [row] = await sql`select coalesce(max(version), 0)::int as v from schema_migrations`;
-  return row!.v;
-}
 
 async function readApplied(sql: Sql): Promise<Applied[]> {
   const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
@@ -106,17 +95,6 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
     },
     true,
   );
-}
-
-/**
- * The guarded `migrate down`: a verified pre-migrate backup, then the newest migration undone in
- * one transaction. The caller holds the maintenance lock and passed the guard (src/guard.ts).
- */
-export async function undoNewestMigration(options: { sql: Sql; url: string; dir: string; age?: AgeConfig }): Promise<{ safety: BackupResult; undone: Migration }> {
-  const safety = await takeSafetyBackup({ sql: options.sql, url: options.url, dir: options.dir, reason: "pre-migrate", age: options.age });
-  const undone = await migrateDown(options.sql);
-  if (!undone) throw new ShinkeiError("NOTHING_TO_UNDO", "no migration is applied: nothing to undo");
-  return { safety, undone };
 }
 
 /** Undo the newest applied migration, unguarded: undoNewestMigration is the way in. */

@@ -1,12 +1,13 @@
-import type { Sql } from "../db.ts";
-import { connect } from "../db.ts";
+import type { Sql } from "../pg/db.ts";
+import { connect } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import type { AgeConfig } from "../backup/crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import type { BackupResult } from "../backup/dump.ts";
-import { takeSafetyBackup } from "../backup/safety.ts";
-import type { LockHandle } from "../db.ts";
+import { takeSafetyBackup } from "../guarded/safety.ts";
+import type { LockHandle } from "../pg/db.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
-import { checkDumpVersion, finished, toolEnv, toolPath } from "../backup/pgtools.ts";
+import { checkDumpVersion, toolPath } from "../pg/bin.ts";
+import { finished, toolEnv } from "../pg/tools.ts";
 import { load } from "../backup/restore.ts";
 
 export type ApplyStep = "safety-backup" | "restore" | "compare";

@@ -1,13 +1,13 @@
 import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
-import { connect, type Sql } from "../db.ts";
+import type { Config } from "../config/index.ts";
+import { connect, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { Log } from "../log.ts";
 import { notify } from "../notify.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
-import { writeFileAtomic } from "../backup/files.ts";
-import { userTables } from "../state.ts";
+import { writeFileAtomic } from "../storage/files.ts";
+import { userTables } from "../pg/tables.ts";
 import { RECEIVER_APP_NAME } from "../wal/receiver.ts";
 import { walStore } from "../wal/offsite.ts";
 import { recoverTo } from "./recover.ts";

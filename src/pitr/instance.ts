@@ -1,12 +1,11 @@
-import { closeSync, constants, existsSync, fstatSync, lstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { binaryVersion } from "../backup/pgtools.ts";
-import { writeFileAtomic } from "../backup/files.ts";
-import { installedBinDirs, runAs } from "../localdb.ts";
+import { writeFileAtomic } from "../storage/files.ts";
+import { runAs } from "../pg/localdb.ts";
 
 /**
  * A scratch PostgreSQL instance for point-in-time recovery: one temporary folder
@@ -85,23 +84,6 @@ function readState(root: string): InstanceState | null {
   } catch {
     return null;
   }
-}
-
-/** The folder of PostgreSQL server programs of exactly `major`: recovery needs the same major as the backup. */
-export async function serverBinaries(major: number): Promise<string> {
-  const dirs = [...installedBinDirs(["pg_ctl", "postgres"])];
-  const onPath = Bun.which("pg_ctl");
-  if (onPath) dirs.unshift(dirname(onPath));
-  const seen: string[] = [];
-  for (const dir of new Set(dirs)) {
-    if (!existsSync(join(dir, "postgres"))) continue;
-    const v = await binaryVersion(join(dir, "pg_ctl")).catch(() => null);
-    if (v?.major === major) return dir;
-    if (v) seen.push(String(v.major));
-  }
-  throw new ShinkeiError("PG_TOOL_MISSING", `the base backup is from PostgreSQL ${major}, and its server programs (postgres, pg_ctl) are not installed${seen.length ? ` (found PostgreSQL ${[...new Set(seen)].join(", ")})` : ""}`, {
-    hint: `Install the PostgreSQL ${major} server (e.g. apt install postgresql-${major}); recovery needs the same major version as the backup.`,
-  });
 }
 
 /** A new, empty instance folder: where each part lies (PostgreSQL refuses to run as root, so the server may be another user). */

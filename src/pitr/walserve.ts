@@ -1,8 +1,8 @@
 import { chmod, chown, lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
-import type { BackupStore } from "../backup/stores/store.ts";
+import type { BackupStore } from "../storage/store.ts";
 import { fetchWal } from "../wal/fetch.ts";
 import { isSegmentName, parseHistory, parseSegment, segmentName } from "../wal/segments.ts";
 

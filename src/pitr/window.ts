@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import type { BackupStore } from "../backup/stores/store.ts";
+import type { BackupStore } from "../storage/store.ts";
 import { archiveWindow } from "../wal/status.ts";
 import { BASE_MANIFEST_SUFFIX, baseManifestProblem, isBaseName, type BaseManifest } from "../wal/base.ts";
 import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";

@@ -1,11 +1,11 @@
 import type postgres from "postgres";
-import { PG, type Queryable, type Sql } from "../db.ts";
+import { PG, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { quoteIdent, quoteLiteral } from "../state.ts";
+import { quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import type { BackupResult } from "../backup/dump.ts";
-import { takeSafetyBackup } from "../backup/safety.ts";
-import { withMaintenanceLock } from "../backup/lock.ts";
-import type { AgeConfig } from "../backup/crypt.ts";
+import { takeSafetyBackup } from "../guarded/safety.ts";
+import { withMaintenanceLock } from "../pg/lock.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import { diffScope, digestRows, keyOf, readScope, type Row } from "./diff.ts";
 import type { TableInfo } from "./graph.ts";
 import type { Plan } from "./plan.ts";

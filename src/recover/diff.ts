@@ -1,4 +1,4 @@
-import type { Queryable } from "../db.ts";
+import type { Queryable } from "../pg/db.ts";
 import { scopeQuery, type Graph, type TableInfo } from "./graph.ts";
 
 export type Row = Record<string, unknown>;

@@ -1,5 +1,5 @@
-import type { Queryable } from "../db.ts";
-import { quoteIdent } from "../state.ts";
+import type { Queryable } from "../pg/db.ts";
+import { quoteIdent } from "../pg/tables.ts";
 
 /** A foreign key from `child` to `parent`, column by column. */
 export type Edge = { name: string; child: string; childColumns: string[]; parent: string; parentColumns: string[] };

@@ -1,7 +1,7 @@
-import type { Queryable, Sql } from "../db.ts";
-import { connect } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
+import { connect } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { quoteIdent, quoteLiteral } from "../state.ts";
+import { quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import { diffScope, readScope, type Row, type Rows, type TableDiff } from "./diff.ts";
 import { ownershipGraph, type Graph } from "./graph.ts";
 

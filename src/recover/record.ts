@@ -1,9 +1,9 @@
 import { lstat, mkdir, readdir } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { userInfo } from "node:os";
-import { writeFileAtomic } from "../backup/files.ts";
+import { writeFileAtomic } from "../storage/files.ts";
 import { signParts, signatureMatches } from "../backup/manifest.ts";
-import { decrypt, encrypt, encryptionFor, type AgeConfig, type Encryption } from "../backup/crypt.ts";
+import { decrypt, encrypt, encryptionFor, type AgeConfig, type Encryption } from "../storage/crypt.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { Applied } from "./apply.ts";
 import type { Row } from "./diff.ts";

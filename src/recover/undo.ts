@@ -1,8 +1,8 @@
 import type postgres from "postgres";
-import type { Queryable, Sql } from "../db.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { quoteIdent } from "../state.ts";
-import { withMaintenanceLock } from "../backup/lock.ts";
+import { quoteIdent } from "../pg/tables.ts";
+import { withMaintenanceLock } from "../pg/lock.ts";
 import { conflict, keyPart, requireRecoveries, rowsByKey } from "./apply.ts";
 import { keyOf, type Row } from "./diff.ts";
 import { ownershipGraph, type TableInfo } from "./graph.ts";

@@ -2,14 +2,14 @@ import { createReadStream } from "node:fs";
 import { copyFile, open, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
-import { unsealFrom } from "../backup/seal.ts";
-import type { BackupStore } from "../backup/stores/store.ts";
+import { unsealFrom } from "../storage/seal.ts";
+import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
 import { archiveTrust } from "./trust.ts";
 import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
-import { fsyncDir } from "../backup/files.ts";
+import { fsyncDir } from "../storage/files.ts";
 
 async function sha256File(path: string): Promise<string> {
   const h = new Bun.CryptoHasher("sha256");

@@ -1,13 +1,14 @@
 import { createReadStream } from "node:fs";
 import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import type { Log } from "../log.ts";
-import { encryptionFor } from "../backup/crypt.ts";
-import { writeFileAtomic } from "../backup/files.ts";
-import { sealTo } from "../backup/seal.ts";
-import { S3Store, type StoreNaming } from "../backup/stores/s3.ts";
-import type { BackupStore } from "../backup/stores/store.ts";
+import { encryptionFor } from "../storage/crypt.ts";
+import { writeFileAtomic } from "../storage/files.ts";
+import { sealTo } from "../storage/seal.ts";
+import { offsiteStore } from "../storage/stores.ts";
+import { mirror } from "../storage/mirror.ts";
+import type { BackupStore, StoreNaming } from "../storage/store.ts";
 import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
 import { archiveTrust } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
@@ -35,21 +36,19 @@ export const offsiteStatePath = (backupDir: string) => join(walRoot(backupDir), 
 export type OffsiteState = { location: string; partial: { name: string; receivedAt: string; copiedAt: string } };
 
 export function walStore(config: Config): BackupStore | undefined {
-  return config.s3 ? new S3Store({ ...config.s3, prefix: `${config.s3.prefix}wal/` }, walNaming) : undefined;
+  return offsiteStore(config, { folder: "wal/", naming: walNaming });
 }
 
 /** Copy one archived WAL file, then its record naming the checked copy (kept locally only once both are up). */
 export async function mirrorWalRecord(store: BackupStore, root: string, record: WalRecord): Promise<void> {
   const dir = join(root, timelineDir(record.timeline));
-  const copy = await store.put(record.file, join(dir, record.file));
-  const recorded: WalRecord = { ...record, offsite: { ...record.offsite, [store.kind]: { location: store.location, sizeBytes: copy.sizeBytes, copiedAt: new Date().toISOString() } } };
-  await writeRecord(root, recorded);
-  try {
-    await store.put(`${record.name}.json`, recordPath(root, record.timeline, record.name));
-  } catch (e) {
-    await writeRecord(root, record);
-    throw e;
-  }
+  await mirror(store, {
+    files: [{ name: record.file, path: join(dir, record.file) }],
+    record,
+    writeRecord: (r) => writeRecord(root, r),
+    recordObject: { name: `${record.name}.json`, path: recordPath(root, record.timeline, record.name) },
+    describe: (copy) => ({ sizeBytes: copy.sizeBytes }),
+  });
   // A segment now complete off-site makes the copy of its partial redundant.
   if (record.kind === "segment") {
     await store.remove(`${record.name}.partial.gz${record.encryption ? ".age" : ""}`).catch(() => {});
@@ -59,16 +58,13 @@ export async function mirrorWalRecord(store: BackupStore, root: string, record: 
 /** Copy a base backup, the server's backup_manifest, then our manifest recording the copy. */
 export async function mirrorBase(store: BackupStore, backupDir: string, base: BaseBackup): Promise<void> {
   const dir = baseDir(backupDir);
-  const copy = await store.put(base.name, base.path);
-  await store.put(base.manifest.backupManifestFile, join(dir, base.manifest.backupManifestFile));
-  const recorded = { ...base.manifest, offsite: { ...base.manifest.offsite, [store.kind]: { location: store.location, sizeBytes: copy.sizeBytes, copiedAt: new Date().toISOString() } } };
-  await writeBaseManifest(base.path, recorded);
-  try {
-    await store.put(base.name + BASE_MANIFEST_SUFFIX, base.path + BASE_MANIFEST_SUFFIX);
-  } catch (e) {
-    await writeBaseManifest(base.path, base.manifest);
-    throw e;
-  }
+  await mirror(store, {
+    files: [{ name: base.name, path: base.path }, { name: base.manifest.backupManifestFile, path: join(dir, base.manifest.backupManifestFile) }],
+    record: base.manifest,
+    writeRecord: (m) => writeBaseManifest(base.path, m),
+    recordObject: { name: base.name + BASE_MANIFEST_SUFFIX, path: base.path + BASE_MANIFEST_SUFFIX },
+    describe: (copy) => ({ sizeBytes: copy.sizeBytes }),
+  });
 }
 
 export type WalUploader = { stop(): Promise<void>; pass(): Promise<void> };

@@ -1,9 +1,9 @@
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { planRetention, type Decision } from "../backup/retention.ts";
-import type { BackupStore } from "../backup/stores/store.ts";
+import type { BackupStore } from "../storage/store.ts";
 import { listArchive, recordPath, walRoot } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, baseManifestProblem, listBaseBackups, type BaseManifest } from "./base.ts";
 import { archiveTrust } from "./trust.ts";

@@ -1,6 +1,6 @@
 import type { Log } from "../log.ts";
-import { toolEnv } from "../backup/pgtools.ts";
-import type { FoundTool } from "./bin.ts";
+import { toolEnv } from "../pg/tools.ts";
+import type { FoundTool } from "../pg/bin.ts";
 
 /** What the server shows as the receiver's application_name (pg_stat_replication). */
 export const RECEIVER_APP_NAME = "shinkei_wal";

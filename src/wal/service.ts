@@ -1,6 +1,6 @@
 import { Cron } from "croner";
-import type { Config } from "../config.ts";
-import { withAdvisoryLock, type Sql } from "../db.ts";
+import type { Config } from "../config/index.ts";
+import { withAdvisoryLock, type Sql } from "../pg/db.ts";
 import type { Log } from "../log.ts";
 import { notify } from "../notify.ts";
 import { claim } from "../schedule.ts";

@@ -1,8 +1,8 @@
 import { createReadStream } from "node:fs";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
-import type { BackupStore } from "../backup/stores/store.ts";
+import type { BackupStore } from "../storage/store.ts";
 import { listArchive, recordPath, signWalRecord, walRoot, writeRecord } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, writeBaseManifest } from "./base.ts";
 import { timelineDir } from "./segments.ts";

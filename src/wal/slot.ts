@@ -1,4 +1,4 @@
-import type { Queryable } from "../db.ts";
+import type { Queryable } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 export type SlotStatus = {

@@ -1,7 +1,7 @@
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
-import type { Queryable } from "../db.ts";
+import type { Config } from "../config/index.ts";
+import type { Queryable } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
 import { formatBytes } from "../bytes.ts";
@@ -12,7 +12,7 @@ import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
 import { freeBytes, refusedPartials, type Refused } from "./spool.ts";
 import { slotStatus, type SlotStatus } from "./slot.ts";
-import { serverInfo } from "./stream.ts";
+import { serverInfo } from "../pg/server-info.ts";
 import { archiveTrust, describeUntrusted, type ArchiveTrust, type Untrusted } from "./trust.ts";
 import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
 

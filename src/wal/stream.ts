@@ -1,9 +1,10 @@
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "../config.ts";
-import type { Queryable } from "../db.ts";
+import type { Config } from "../config/index.ts";
+import type { Queryable } from "../pg/db.ts";
 import type { Log } from "../log.ts";
-import { findTool } from "./bin.ts";
+import { findTool } from "../pg/bin.ts";
+import { serverInfo } from "../pg/server-info.ts";
 import { ensureSlot } from "./slot.ts";
 import { RECEIVER_APP_NAME, superviseReceiver, type Receiver } from "./receiver.ts";
 import { ShinkeiError } from "../errors.ts";
@@ -34,15 +35,6 @@ async function checkNotSynchronousStandby(sql: Queryable, log: Log): Promise<voi
     });
   }
   if (names.includes("*")) log({ level: "warn", msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it` });
-}
-
-export type ServerInfo = { versionNum: number; major: number; segmentBytes: number };
-
-export async function serverInfo(sql: Queryable): Promise<ServerInfo> {
-  const [row] = await sql<{ num: number; seg: number }[]>`
-    select current_setting('server_version_num')::int as num,
-           (select setting::int * case unit when '8kB' then 8192 when 'MB' then 1048576 else 1 end from pg_settings where name = 'wal_segment_size') as seg`;
-  return { versionNum: row!.num, major: Math.floor(row!.num / 10000), segmentBytes: Number(row!.seg) };
 }
 
 /**

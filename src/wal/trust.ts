@@ -1,4 +1,4 @@
-import type { AgeConfig } from "../backup/crypt.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 import { signatureMatches } from "../backup/manifest.ts";
 
 /**

@@ -2,10 +2,10 @@ import { createReadStream } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { canOpen, type AgeConfig } from "../backup/crypt.ts";
-import { unsealFrom } from "../backup/seal.ts";
-import { finished, pump } from "../backup/pgtools.ts";
-import { findTool } from "./bin.ts";
+import { canOpen, type AgeConfig } from "../storage/crypt.ts";
+import { unsealFrom } from "../storage/seal.ts";
+import { finished, pump } from "../pg/tools.ts";
+import { findTool } from "../pg/bin.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, writeBaseManifest, type BaseBackup, type BaseManifest } from "./base.ts";
 
 export type BaseVerification = { ok: boolean; at: string; problems: string[]; pgVerifybackup: string | null; skipped?: string };

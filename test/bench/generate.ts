@@ -1,4 +1,4 @@
-import { connect, type Sql } from "../../src/db.ts";
+import { connect, type Sql } from "../../src/pg/db.ts";
 import { migrate } from "../../src/migrations/migrate.ts";
 
 /**

@@ -14,10 +14,10 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
 import { arg, timed, writeResults } from "./tools.ts";
-import { loadConfig } from "../../src/config.ts";
+import { loadConfig } from "../../src/config/index.ts";
 import { fetchWal } from "../../src/wal/fetch.ts";
 import { listBaseBackups } from "../../src/wal/base.ts";
-import { freePort, runAs } from "../../src/localdb.ts";
+import { freePort, runAs } from "../../src/pg/localdb.ts";
 import { parseLsn } from "../../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 

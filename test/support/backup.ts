@@ -1,7 +1,7 @@
 import { freshDatabase, type TestDatabase } from "./db.ts";
 import { seedSample, tempDir } from "./fixtures.ts";
 import { migrate } from "../../src/migrations/migrate.ts";
-import { libpqEnv } from "../../src/backup/pgtools.ts";
+import { libpqEnv } from "../../src/pg/tools.ts";
 
 /** A database of the test file's own, migrated and holding seedSample's rows (tagged `tag`). */
 export async function seededDatabase(label: string, tag = label): Promise<TestDatabase> {

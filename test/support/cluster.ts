@@ -2,7 +2,8 @@ import { appendFile, chmod, chown, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { findServerBinaries, freePort, runAs } from "../../src/localdb.ts";
+import { freePort, runAs } from "../../src/pg/localdb.ts";
+import { findServerBinaries } from "../../src/pg/bin.ts";
 
 /**
  * A PostgreSQL cluster of a test's own, from the installed server binaries, on a free loopback

@@ -1,5 +1,5 @@
 import postgres from "postgres";
-import { connect, type Sql } from "../../src/db.ts";
+import { connect, type Sql } from "../../src/pg/db.ts";
 
 /** The server tests use: TEST_DATABASE_URL when set, otherwise the local default. */
 export const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";

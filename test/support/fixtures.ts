@@ -1,7 +1,7 @@
 import { chmod, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Sql } from "../../src/db.ts";
+import type { Sql } from "../../src/pg/db.ts";
 
 export async function tempDir(label: string): Promise<string> {
   return mkdtemp(join(tmpdir(), `shinkei-${label}-`));

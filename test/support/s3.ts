@@ -1,6 +1,6 @@
 import S3rver from "s3rver";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
-import type { S3Config } from "../../src/config.ts";
+import type { S3Config } from "../../src/config/index.ts";
 import { tempDir } from "./fixtures.ts";
 
 /**

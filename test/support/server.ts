@@ -1,8 +1,8 @@
-import { loadConfig, type Config } from "../../src/config.ts";
+import { loadConfig, type Config } from "../../src/config/index.ts";
 import { startServer, type Running } from "../../server/serve.ts";
 import { createApp } from "../../server/app.ts";
 import { AuthService } from "../../src/auth/service.ts";
-import { AccountRecovery, type Clock } from "../../src/auth/recovery.ts";
+import { AccountRecovery, type Clock } from "../../src/auth/password-reset.ts";
 import type { TestDatabase } from "./db.ts";
 import type { Log } from "../../src/log.ts";
 

@@ -1,12 +1,11 @@
-import type { Queryable, Sql } from "../db.ts";
-import type { Config } from "../config.ts";
+import type { Queryable, Sql } from "../pg/db.ts";
+import type { Config } from "../config/index.ts";
 import type { Log } from "../log.ts";
 import { ShinkeiError } from "../errors.ts";
 import { renderMail, type MailQueue, type TemplateName } from "../mail/index.ts";
 import type { PasswordHasher } from "./passwords.ts";
-import type { Throttle, ThrottleRule } from "./throttle.ts";
+import type { ClientInfo, Throttle, ThrottleRule } from "./throttle.ts";
 import type { SessionCache } from "./sessions.ts";
-import type { ClientInfo } from "./service.ts";
 import { revokeUserSessions } from "./sessions.ts";
 import { findUserByEmail, findUserById, setPasswordHash, type User } from "./users.ts";
 import { consumeCode, findCodeOwner, issueCode, pruneCodes, type CodePurpose } from "./account-codes.ts";

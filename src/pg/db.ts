@@ -1,5 +1,5 @@
 import postgres from "postgres";
-import { ShinkeiError } from "./errors.ts";
+import { ShinkeiError } from "../errors.ts";
 
 export type Sql = postgres.Sql;
 

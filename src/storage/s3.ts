@@ -4,11 +4,11 @@ import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import type { S3Config } from "../../config.ts";
-import { ShinkeiError } from "../../errors.ts";
-import { MANIFEST_SUFFIX, isOurObject } from "../naming.ts";
-import type { BackupStore, StoredObject } from "./store.ts";
-import { createPartial } from "../files.ts";
+import type { S3Config } from "../config/index.ts";
+import { ShinkeiError } from "../errors.ts";
+import { backupNaming } from "./naming.ts";
+import type { BackupStore, StoredObject, StoreNaming } from "./store.ts";
+import { createPartial } from "./files.ts";
 
 const PART_SIZE = 8 * 1024 * 1024;
 
@@ -53,9 +53,6 @@ function etagTap() {
   };
 }
 
-/** Which object names are ours to list and delete, and what goes with each (its manifest). */
-export type StoreNaming = { isOurs(name: string): boolean; companions(name: string): string[] };
-const backupNaming: StoreNaming = { isOurs: isOurObject, companions: (name) => [name + MANIFEST_SUFFIX] };
 
 /** S3's answer for a key that is not there (404 NoSuchKey); a missing bucket is a failure instead. */
 function isMissing(error: unknown): boolean {
@@ -68,7 +65,7 @@ export class S3Store implements BackupStore {
   readonly location: string;
   private readonly client: S3Client;
 
-  constructor(private readonly config: S3Config, private readonly naming: StoreNaming = backupNaming) {
+  constructor(private readonly config: S3Config, readonly naming: StoreNaming = backupNaming) {
     this.location = `s3://${config.bucket}/${config.prefix}`;
     this.client = new S3Client({
       region: config.region,

@@ -1,5 +1,5 @@
-import type { Queryable } from "./db.ts";
-import { ShinkeiError } from "./errors.ts";
+import type { Queryable } from "../pg/db.ts";
+import { ShinkeiError } from "../errors.ts";
 
 /** Demo accounts; their passwords are public on purpose (README), so never seed production. */
 export const demoUsers = [

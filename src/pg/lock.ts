@@ -1,4 +1,4 @@
-import { withAdvisoryLock, type LockHandle, type Sql } from "../db.ts";
+import { withAdvisoryLock, type LockHandle, type Sql } from "./db.ts";
 
 /**
  * Backup, restore, reset, migrations and retention of one database never overlap: they share this

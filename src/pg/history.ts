@@ -1,5 +1,5 @@
 import type { Sql } from "./db.ts";
-import type { RetentionConfig } from "./config/retention.ts";
+import type { RetentionConfig } from "../config/retention.ts";
 
 const secs = (ms: number) => ms / 1000;
 

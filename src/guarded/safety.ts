@@ -1,6 +1,6 @@
-import { createBackup, type BackupOptions, type BackupResult } from "./dump.ts";
-import { verifyFreshBackup } from "./verify.ts";
-import type { Reason } from "./manifest.ts";
+import { createBackup, type BackupOptions, type BackupResult } from "../backup/dump.ts";
+import { verifyFreshBackup } from "../backup/verify.ts";
+import type { Reason } from "../backup/manifest.ts";
 
 /**
  * The first step of every destructive operation (reset, restore, migrate down, recover): a backup

@@ -2,7 +2,8 @@ import { existsSync } from "node:fs";
 import { chmod, chown, mkdir, open, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
-import { ShinkeiError } from "./errors.ts";
+import { ShinkeiError } from "../errors.ts";
+import { findServerBinaries } from "./bin.ts";
 
 /**
  * Zero-setup local runs: when DATABASE_URL is unset and nothing answers on 127.0.0.1:5432,
@@ -36,33 +37,6 @@ export async function portOpen(host: string, port: number, timeoutMs = 500): Pro
       },
     }).catch(() => (clearTimeout(timer), done(false)));
   });
-}
-
-function versionOf(dir: string): number {
-  return Number(/postgresql(?:@|\/)(\d+)/.exec(dir)?.[1] ?? 0);
-}
-
-/** The usual install folders of PostgreSQL binaries that hold every one of `tools`, newest version first. */
-export function installedBinDirs(tools: string[]): string[] {
-  const globs = ["/usr/lib/postgresql/*/bin", "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin", "/usr/pgsql-*/bin"];
-  const has = (dir: string) => tools.every((t) => existsSync(join(dir, t)));
-  const found: string[] = [];
-  for (const pattern of globs) {
-    for (const dir of new Bun.Glob(pattern.slice(1)).scanSync({ cwd: "/", onlyFiles: false, absolute: true })) {
-      if (has(dir)) found.push(dir);
-    }
-  }
-  for (const dir of ["/opt/homebrew/bin", "/usr/local/pgsql/bin", "/Applications/Postgres.app/Contents/Versions/latest/bin"]) {
-    if (has(dir)) found.push(dir);
-  }
-  return found.sort((a, b) => versionOf(b) - versionOf(a));
-}
-
-/** Where initdb and pg_ctl live: PATH first, then the usual install folders, newest version first. */
-export function findServerBinaries(env: Record<string, string | undefined> = process.env): string | null {
-  const onPath = Bun.which("pg_ctl", { PATH: env.PATH ?? "" });
-  if (onPath && Bun.which("initdb", { PATH: env.PATH ?? "" })) return resolve(onPath, "..");
-  return installedBinDirs(["pg_ctl", "initdb"])[0] ?? null;
 }
 
 /** PostgreSQL will not run as root: as root, run its tools as the `postgres` user. */

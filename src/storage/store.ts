@@ -1,3 +1,9 @@
+/**
+ * Which object names a store may list and delete, and what goes with each (a backup's manifest, a
+ * WAL file's record): backups and the WAL archive share the interface and differ only in this.
+ */
+export type StoreNaming = { isOurs(name: string): boolean; companions(name: string): string[] };
+
 /** One stored object of ours: a backup file or its manifest, by file name. */
 export type StoredObject = { name: string; sizeBytes: number; modifiedAt: Date };
 
@@ -13,6 +19,8 @@ export interface BackupStore {
   readonly kind: string;
   /** Where it is, for messages: a folder, or s3://bucket/prefix. */
   readonly location: string;
+  /** Which names are ours here: only those are listed, and only those (with their companions) removed. */
+  readonly naming: StoreNaming;
   /**
    * Our objects, in no particular order. A folder or prefix that does not exist yet holds none
    * ([]); one that cannot be read (not a folder, no such bucket, no access) is STORE_FAILED.
@@ -26,7 +34,7 @@ export interface BackupStore {
    */
   get(name: string, localPath: string): Promise<void>;
   /**
-   * Delete a backup and its manifest. Either or both already gone is no error (a retention run
+   * Delete an object and its companions (a backup and its manifest). Either or both already gone is no error (a retention run
    * cut short is simply run again). A name that is not ours is NOT_OURS, and nothing is deleted.
    */
   remove(name: string): Promise<void>;

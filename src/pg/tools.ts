@@ -1,7 +1,4 @@
-import { ShinkeiError } from "../errors.ts";
-import { describeTarget } from "../db.ts";
-
-export type PgTool = "pg_dump" | "pg_restore" | "psql";
+import { describeTarget } from "./db.ts";
 
 /** The libpq environment for `url`: the password travels in PGPASSWORD, never in argv where `ps` shows it. */
 export function libpqEnv(url: string): Record<string, string> {
@@ -32,43 +29,6 @@ export function plainEnv(env: Record<string, string | undefined> = {}): Record<s
     for (const [k, v] of Object.entries(source)) if (v !== undefined && passes(k)) out[k] = v;
   }
   return out;
-}
-
-export function toolPath(tool: PgTool, env: Record<string, string | undefined> = process.env): string {
-  const found = Bun.which(tool, { PATH: env.PATH ?? process.env.PATH ?? "" });
-  if (!found) {
-    throw new ShinkeiError("PG_TOOL_MISSING", `${tool} was not found on PATH`, {
-      hint: "Install the PostgreSQL client tools matching your server (e.g. apt install postgresql-client-15).",
-    });
-  }
-  return found;
-}
-
-/** The version a client tool reports, e.g. 15 and 20 for "pg_dump (PostgreSQL) 15.20". */
-export async function toolMajor(tool: PgTool, env?: Record<string, string | undefined>): Promise<{ major: number; minor: number; text: string }> {
-  return binaryVersion(toolPath(tool, env), env);
-}
-
-/** The version any PostgreSQL program at `path` reports with --version. */
-export async function binaryVersion(path: string, env?: Record<string, string | undefined>): Promise<{ major: number; minor: number; text: string }> {
-  const p = Bun.spawn([path, "--version"], { stdout: "pipe", stderr: "pipe", env: plainEnv(env) });
-  const text = (await new Response(p.stdout).text()).trim();
-  await p.exited;
-  const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(text);
-  if (!m) throw new ShinkeiError("PG_TOOL_MISSING", `cannot tell the version of ${path} from "${text}"`);
-  return { major: Number(m[1]), minor: Number(m[2] ?? 0), text: text.replace(/^.*?\(PostgreSQL\)\s+/, "") };
-}
-
-/** pg_dump refuses a newer server; say so before starting, with both versions and the fix. */
-export async function checkDumpVersion(serverVersionNum: number, env?: Record<string, string | undefined>) {
-  const dump = await toolMajor("pg_dump", env);
-  const server = Math.floor(serverVersionNum / 10000);
-  if (dump.major < server) {
-    throw new ShinkeiError("PG_VERSION_MISMATCH", `pg_dump ${dump.major} is older than the PostgreSQL ${server} server; it cannot dump it`, {
-      hint: `Install pg_dump ${server} or newer (e.g. apt install postgresql-client-${server}) and put it first on PATH.`,
-    });
-  }
-  return { pgDump: dump.text, server };
 }
 
 export type Exit = { code: number; stderr: string };

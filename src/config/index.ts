@@ -1,20 +1,20 @@
 import * as v from "valibot";
-import { ShinkeiError } from "./errors.ts";
-import { checkVariableNames } from "./envnames.ts";
-import * as server from "./config/server.ts";
-import * as auth from "./config/auth.ts";
-import * as backup from "./config/backup.ts";
-import * as s3 from "./config/s3.ts";
-import * as mail from "./config/mail.ts";
-import * as ops from "./config/ops.ts";
-import * as wal from "./config/wal.ts";
-import * as retention from "./config/retention.ts";
+import { ShinkeiError } from "../errors.ts";
+import { checkVariableNames } from "../envnames.ts";
+import * as server from "./server.ts";
+import * as auth from "./auth.ts";
+import * as backup from "./backup.ts";
+import * as s3 from "./s3.ts";
+import * as mail from "./mail.ts";
+import * as ops from "./ops.ts";
+import * as wal from "./wal.ts";
+import * as retention from "./retention.ts";
 
-export type { HashingConfig } from "./config/auth.ts";
-export type { S3Config } from "./config/s3.ts";
-export type { MailConfig } from "./config/mail.ts";
-export type { OpsConfig } from "./config/ops.ts";
-export type { WalConfig } from "./config/wal.ts";
+export type { HashingConfig } from "./auth.ts";
+export type { S3Config } from "./s3.ts";
+export type { MailConfig } from "./mail.ts";
+export type { OpsConfig } from "./ops.ts";
+export type { WalConfig } from "./wal.ts";
 
 /**
  * Every variable shinkei reads, with its default, by section (src/config/*.ts): each variable is

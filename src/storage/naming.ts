@@ -4,6 +4,8 @@
  */
 const PATTERN = /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$/;
 
+import type { StoreNaming } from "./store.ts";
+
 export const MANIFEST_SUFFIX = ".manifest.json";
 export const OUR_EXTENSION = "sql.gz";
 export const ENCRYPTED_EXTENSION = "sql.gz.age";
@@ -38,3 +40,6 @@ export function compareNewestFirst(a: BackupName, b: BackupName): number {
 export function isOurObject(name: string): boolean {
   return parseBackupName(name.endsWith(MANIFEST_SUFFIX) ? name.slice(0, -MANIFEST_SUFFIX.length) : name) !== null;
 }
+
+/** The naming of the backup stores: a backup file goes with its manifest. */
+export const backupNaming: StoreNaming = { isOurs: isOurObject, companions: (name) => [name + MANIFEST_SUFFIX] };

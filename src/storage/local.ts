@@ -1,16 +1,16 @@
 import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { ShinkeiError } from "../../errors.ts";
-import { MANIFEST_SUFFIX, isOurObject } from "../naming.ts";
-import { copyToPartial, fsyncDir } from "../files.ts";
-import type { BackupStore, StoredObject } from "./store.ts";
+import { ShinkeiError } from "../errors.ts";
+import { backupNaming } from "./naming.ts";
+import { copyToPartial, fsyncDir } from "./files.ts";
+import type { BackupStore, StoredObject, StoreNaming } from "./store.ts";
 
 /** A folder of backups: BACKUP_DIR itself, or any other folder used as a copy. */
 export class LocalStore implements BackupStore {
   readonly kind = "local";
   readonly location: string;
 
-  constructor(private readonly dir: string) {
+  constructor(private readonly dir: string, readonly naming: StoreNaming = backupNaming) {
     this.location = resolve(dir);
   }
 
@@ -25,7 +25,7 @@ export class LocalStore implements BackupStore {
       throw this.fail("listing", e);
     });
     const found: StoredObject[] = [];
-    for (const name of names.filter(isOurObject)) {
+    for (const name of names.filter((n) => this.naming.isOurs(n))) {
       const s = await stat(join(this.dir, name)).catch(() => null);
       if (s?.isFile()) found.push({ name, sizeBytes: s.size, modifiedAt: s.mtime });
     }
@@ -58,10 +58,9 @@ export class LocalStore implements BackupStore {
   }
 
   async remove(name: string) {
-    if (!isOurObject(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
+    if (!this.naming.isOurs(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     try {
-      await rm(join(this.dir, name), { force: true });
-      await rm(join(this.dir, name + MANIFEST_SUFFIX), { force: true });
+      for (const n of [name, ...this.naming.companions(name)]) await rm(join(this.dir, n), { force: true });
     } catch (e) {
       throw this.fail(`deleting ${name}`, e as NodeJS.ErrnoException);
     }

@@ -1,11 +1,11 @@
-import type { Sql } from "./db.ts";
-import { describeTarget, type Target } from "./db.ts";
-import { mainTables, tableCounts } from "./state.ts";
-import { rebuildSchema } from "./migrations/migrate.ts";
-import { seedDemo } from "./seed.ts";
-import type { BackupResult } from "./backup/dump.ts";
-import { takeSafetyBackup } from "./backup/safety.ts";
-import type { AgeConfig } from "./backup/crypt.ts";
+import type { Sql } from "../pg/db.ts";
+import { describeTarget, type Target } from "../pg/db.ts";
+import { mainTables, tableCounts } from "../pg/tables.ts";
+import { rebuildSchema } from "../migrations/migrate.ts";
+import { seedDemo } from "../migrations/seed.ts";
+import type { BackupResult } from "../backup/dump.ts";
+import { takeSafetyBackup } from "./safety.ts";
+import type { AgeConfig } from "../storage/crypt.ts";
 
 /** The three phrases, in order; each must be typed exactly. */
 export const resetPhrases = ["DELETE ALL DATA", "YES I AM SURE", "YES"] as const;

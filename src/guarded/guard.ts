@@ -1,9 +1,14 @@
-import type { Target } from "./db.ts";
-import { ShinkeiError } from "./errors.ts";
+import type { Target } from "../pg/db.ts";
+import { ShinkeiError } from "../errors.ts";
 
 /**
- * The rules every destructive operation (reset, restore, migrate down, seed, recover) passes before
- * it touches anything; the prompts that ask in a terminal live in cli/guard.ts.
+ * The two rules destructive operations pass before they touch anything, and who passes which:
+ * - reset, restore, migrate down and pitr restore --apply: both, through confirmDestructive in
+ *   cli/guard.ts, which also asks for the typed phrase in a terminal;
+ * - recover and recover --undo: both, only when they write (not with --dry-run), and the
+ *   unattended check only with --yes or without a terminal; recover asks its own typed
+ *   confirmation (cli/recover.ts) after showing the plan;
+ * - seed: refuseProduction only (it adds demo rows and deletes nothing).
  */
 
 /** As Rails guards db:reset: production is refused unless the caller says otherwise. */

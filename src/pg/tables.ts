@@ -1,7 +1,4 @@
-import type { Queryable, Sql } from "./db.ts";
-import { describeTarget } from "./db.ts";
-import { migrationStatus } from "./migrations/migrate.ts";
-import { pendingResetCodes } from "./auth/account-codes.ts";
+import type { Queryable } from "./db.ts";
 
 /** The tables a person checks first when asking "is my data still there?". */
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
@@ -43,41 +40,6 @@ export async function countRows(sql: Queryable, digest?: (row: string) => string
 /** Exact row counts of every table (and the number of large objects), read in one statement (one snapshot). */
 export async function tableCounts(sql: Queryable): Promise<Record<string, number>> {
   return Object.fromEntries((await countRows(sql)).map((r) => [r.name, r.n]));
-}
-
-export type DatabaseState = {
-  database: string;
-  host: string;
-  port: number;
-  serverVersion: string;
-  schemaVersion: number;
-  latestSchemaVersion: number;
-  pendingMigrations: number;
-  sizeBytes: number;
-  counts: Record<string, number | null>;
-  /** Unexpired password reset codes: how many, never which (null before the migration that adds them). */
-  pendingResetCodes: number | null;
-};
-
-export async function databaseState(sql: Sql, url: string): Promise<DatabaseState> {
-  const t = describeTarget(url);
-  const [info] = await sql<{ size: number; version: string }[]>`
-    select pg_database_size(current_database()) as size, current_setting('server_version') as version`;
-  const m = await migrationStatus(sql);
-  const all = await tableCounts(sql);
-  const counts = Object.fromEntries(mainTables.map((name) => [name, all[name] ?? null]));
-  return {
-    database: t.database,
-    host: t.host,
-    port: t.port,
-    serverVersion: info!.version,
-    schemaVersion: m.current,
-    latestSchemaVersion: m.latest,
-    pendingMigrations: m.pending.length,
-    sizeBytes: Number(info!.size),
-    counts,
-    pendingResetCodes: await pendingResetCodes(sql),
-  };
 }
 
 export function quoteIdent(name: string): string {
