@@ -2,7 +2,7 @@ import type { Command } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { ensureDatabase, guarded } from "../src/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { startScheduler } from "../src/schedule.ts";
+import { startScheduler } from "../src/service/schedule.ts";
 import { jsonLog } from "../src/log.ts";
 import { createOps, startOpsServer } from "../server/ops/app.tsx";
 import { startWalService } from "../src/wal/service.ts";

@@ -4,7 +4,7 @@ import type { Config } from "../config.ts";
 import { connect, type Sql } from "../db.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { Log } from "../log.ts";
-import { notify } from "../notify.ts";
+import { notify } from "../service/notify.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
 import { writeFileAtomic } from "../backup/files.ts";
 import { userTables } from "../state.ts";
@@ -12,7 +12,7 @@ import { RECEIVER_APP_NAME } from "../wal/receiver.ts";
 import { walStore } from "../wal/offsite.ts";
 import { recoverTo } from "./recover.ts";
 import { Cron } from "croner";
-import { claim } from "../schedule.ts";
+import { claim } from "../service/schedule.ts";
 
 export type PitrDrill = {
   at: string;

@@ -1,20 +1,20 @@
 import { hostname } from "node:os";
 import { Cron } from "croner";
-import type { Config } from "./config.ts";
-import type { Sql } from "./db.ts";
-import type { Log } from "./log.ts";
+import type { Config } from "../config.ts";
+import type { Sql } from "../db.ts";
+import type { Log } from "../log.ts";
 import { notify } from "./notify.ts";
-import { formatDuration } from "./duration.ts";
-import { createBackup } from "./backup/dump.ts";
-import { withMaintenanceLock } from "./backup/lock.ts";
-import { mirrorMissing } from "./backup/offsite.ts";
-import { pruneLocal, pruneStore } from "./backup/prune.ts";
-import { newestGood, newestPassedDrill } from "./backup/freshness.ts";
-import { runDrill } from "./backup/drill.ts";
-import { canOpen } from "./backup/crypt.ts";
-import { readManifest } from "./backup/manifest.ts";
-import { offsiteStore } from "./backup/stores/index.ts";
-import type { BackupStore } from "./backup/stores/store.ts";
+import { formatDuration } from "../duration.ts";
+import { createBackup } from "../backup/dump.ts";
+import { withMaintenanceLock } from "../backup/lock.ts";
+import { mirrorMissing } from "../backup/offsite.ts";
+import { pruneLocal, pruneStore } from "../backup/prune.ts";
+import { newestGood, newestPassedDrill } from "../backup/freshness.ts";
+import { runDrill } from "../backup/drill.ts";
+import { canOpen } from "../backup/crypt.ts";
+import { readManifest } from "../backup/manifest.ts";
+import { offsiteStore } from "../backup/stores/index.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
 
 export type Scheduler = { stop(): Promise<void> };
 
