@@ -1,68 +1,21 @@
-import { hostname } from "node:os";
-import { Cron } from "croner";
 import type { Config } from "../config.ts";
 import type { Sql } from "../db.ts";
 import type { Log } from "../log.ts";
 import { notify } from "./notify.ts";
+import { claimSlot, scheduleSlots, type SlotSchedule } from "./slot.ts";
+import { drillBackup, scheduledDrill } from "./drills.ts";
 import { formatDuration } from "../duration.ts";
 import { createBackup } from "../backup/dump.ts";
 import { withMaintenanceLock } from "../backup/lock.ts";
 import { mirrorMissing } from "../backup/offsite.ts";
 import { pruneLocal, pruneStore } from "../backup/prune.ts";
 import { newestGood, newestPassedDrill } from "../backup/freshness.ts";
-import { runDrill } from "../backup/drill.ts";
-import { canOpen } from "../backup/crypt.ts";
-import { readManifest } from "../backup/manifest.ts";
 import { offsiteStore } from "../backup/stores/index.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 
 export type Scheduler = { stop(): Promise<void> };
 
-/** The first process to insert the slot's row takes the run; the others see it taken and skip. */
-export async function claim(sql: Sql, slot: Date, kind: "backup" | "drill" | "base" | "pitr-drill"): Promise<boolean> {
-  const rows = await sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, ${kind}, ${`${hostname()}:${process.pid}`})
-    on conflict (scheduled_for, kind) do nothing returning scheduled_for`;
-  return rows.length === 1;
-}
-
 type Deps = { sql: Sql; config: Config; log: Log; store?: BackupStore };
-
-/** Drill a backup and report it like a backup run: log lines, and the webhook on failure. */
-async function drillAndReport(deps: Deps, path: string): Promise<void> {
-  const { config, log } = deps;
-  if (!canOpen((await readManifest(path))?.encryption, config.backup.age)) {
-    log({ level: "info", msg: "drill skipped: the backup is encrypted and this host holds no key to open it", file: path });
-    return;
-  }
-  log({ level: "info", msg: "drill started", file: path });
-  try {
-    const r = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age });
-    log({ level: r.passed ? "info" : "error", msg: r.passed ? "drill passed" : "drill failed", file: r.file, durationMs: r.durationMs, differences: r.differences });
-    notify(config.backup.webhookUrl, { event: r.passed ? "drill.passed" : "drill.failed", file: r.file, differences: r.differences }, log);
-  } catch (e) {
-    log({ level: "error", msg: "drill failed", file: path, error: (e as Error).message });
-    notify(config.backup.webhookUrl, { event: "drill.failed", error: (e as Error).message }, log);
-  }
-}
-
-/** One scheduled drill: the newest good backup, restored into a scratch database and compared. */
-export async function scheduledDrill(deps: Deps, slot: Date): Promise<void> {
-  const { sql, config, log } = deps;
-  try {
-    if (!(await claim(sql, slot, "drill"))) {
-      log({ level: "info", msg: "drill skipped: another process took this run", scheduledFor: slot.toISOString() });
-      return;
-    }
-    const { newest } = await newestGood(config.backupDir);
-    if (!newest) {
-      log({ level: "warn", msg: "drill skipped: no good backup to drill", backupDir: config.backupDir });
-      return;
-    }
-    await drillAndReport(deps, newest.path);
-  } catch (e) {
-    log({ level: "error", msg: "drill failed", scheduledFor: slot.toISOString(), error: (e as Error).message });
-  }
-}
 
 /**
  * One scheduled run: back up, copy off-site whatever is missing, apply retention, log one line per
@@ -72,10 +25,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
   const { sql, config, log, store } = deps;
   const started = performance.now();
   try {
-    if (!(await claim(sql, slot, "backup"))) {
-      log({ level: "info", msg: "backup skipped: another process took this run", scheduledFor: slot.toISOString() });
-      return;
-    }
+    if (!(await claimSlot(deps, slot, "backup", "backup"))) return;
   } catch (e) {
     log({ level: "error", msg: "backup failed", scheduledFor: slot.toISOString(), error: (e as Error).message });
     notify(config.backup.webhookUrl, { event: "backup.failed", error: (e as Error).message }, log);
@@ -119,7 +69,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
 
     // A new deployment would otherwise wait for the weekly drill before `backup check` can pass.
     const drilled = await newestPassedDrill(config.backupDir);
-    if (!drilled || Date.now() - Date.parse(drilled.at) > config.backup.drillMaxAgeMs) await drillAndReport(deps, file);
+    if (!drilled || Date.now() - Date.parse(drilled.at) > config.backup.drillMaxAgeMs) await drillBackup(deps, file);
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "backup failed", scheduledFor: slot.toISOString(), durationMs: Math.round(performance.now() - started), error });
@@ -137,8 +87,8 @@ async function recordRun(update: Promise<unknown>, log: Log) {
 }
 
 /** Report a run that should have happened but did not (the service was down, say). */
-async function reportMissed(config: Config, job: Cron, log: Log) {
-  const expected = job.previousRuns(1)[0];
+async function reportMissed(config: Config, schedule: SlotSchedule, log: Log) {
+  const expected = schedule.lastSlot();
   const { newest } = await newestGood(config.backupDir);
   if (!newest) log({ level: "warn", msg: "no good backup yet", backupDir: config.backupDir });
   else if (expected && newest.takenAt < expected) {
@@ -146,35 +96,18 @@ async function reportMissed(config: Config, job: Cron, log: Log) {
   }
 }
 
-/** Croner in-process: overruns are skipped (protect), and the DB decides who takes each slot. */
+/** The dump schedule and the drill schedule: overruns are skipped, and the DB decides who takes each slot. */
 export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Scheduler {
   const { config, log } = deps;
   const store = offsiteStore(config);
-  let running: Promise<void> = Promise.resolve();
-  const job = new Cron(
-    config.backup.schedule,
-    {
-      timezone: config.backup.timezone,
-      protect: (j) => log({ level: "warn", msg: "backup still running; this run is skipped", at: j.currentRun()?.toISOString() }),
-    },
-    async (self: Cron) => {
-      // previousRuns includes a run earlier in this same second: the slot every process agrees on.
-      const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
-      running = scheduledRun({ ...deps, store }, slot);
-      await running;
-      log({ level: "info", msg: "next backup", at: self.nextRun()?.toISOString() ?? null });
-    },
-  );
-  let drilling: Promise<void> = Promise.resolve();
-  const drillJob = new Cron(
-    config.backup.drillSchedule,
-    { timezone: config.backup.timezone, protect: true },
-    async (self: Cron) => {
-      const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
-      drilling = scheduledDrill({ ...deps, store }, slot);
-      await drilling;
-    },
-  );
+  const job = scheduleSlots({
+    schedule: config.backup.schedule,
+    timezone: config.backup.timezone,
+    onOverrun: (at) => log({ level: "warn", msg: "backup still running; this run is skipped", at: at?.toISOString() }),
+    run: (slot) => scheduledRun({ ...deps, store }, slot),
+    afterRun: (next) => log({ level: "info", msg: "next backup", at: next?.toISOString() ?? null }),
+  });
+  const drillJob = scheduleSlots({ schedule: config.backup.drillSchedule, timezone: config.backup.timezone, run: (slot) => scheduledDrill(deps, slot) });
   log({
     level: "info",
     msg: "backup schedule",
@@ -188,10 +121,8 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
   reportMissed(config, job, log).catch((e: Error) => log({ level: "warn", msg: "could not check for missed backups", error: e.message }));
   return {
     async stop() {
-      job.stop();
-      drillJob.stop();
-      // Let a backup or drill in progress finish rather than leave a .partial or scratch database behind.
-      await Promise.all([running, drilling]);
+      // Each waits for a backup or drill in progress rather than leave a .partial or scratch database behind.
+      await Promise.all([job.stop(), drillJob.stop()]);
     },
   };
 }

@@ -10,6 +10,7 @@ import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { freeBytes, holdsData, repairSpool } from "./spool.ts";
+import { startPoller } from "../service/poller.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
 export type WalStream = {
@@ -68,7 +69,6 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
 
   const failing = new Set<string>();
   let chain = Promise.resolve();
-  let busy = false;
   const archiveOne = async (name: string) => {
     // A partial of zeros (or none at all) holds no WAL: archived, it would pass for the received
     // start of a segment that the archive in fact lacks.
@@ -142,11 +142,7 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     beforeStart: async () => void (await repairSpool(spool, info.segmentBytes, log)),
     space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
   });
-  const timer = setInterval(() => {
-    if (busy) return;
-    busy = true;
-    drain().finally(() => (busy = false));
-  }, deps.pollMs ?? 500);
+  const poller = startPoller(drain, deps.pollMs ?? 500);
   const store = walStore(config);
   const uploader = store ? startWalUploader({ store, config, log, segmentBytes: info.segmentBytes, everyMs: deps.uploadEveryMs }) : undefined;
   return {
@@ -154,8 +150,10 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     uploader,
     drain,
     async stop() {
-      clearInterval(timer);
+      // The receiver stops first, as promptly as ever; a drain pass under way then finishes.
+      const polling = poller.stop();
       await receiver.stop();
+      await polling;
       await drain();
       await uploader?.stop();
     },
