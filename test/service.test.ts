@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { until } from "./support/wait.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { claimSlot, scheduleSlots } from "../src/service/slot.ts";
+import { claimSlot, recordRun, scheduleSlots } from "../src/service/slot.ts";
 import { startPoller } from "../src/service/poller.ts";
 import { startParts, type Part } from "../src/service/backup-service.ts";
 type LogLine = Record<string, unknown>;
@@ -94,6 +94,16 @@ describe("the scheduled slot", () => {
     const after = runs;
     await Bun.sleep(1200);
     expect(runs).toBe(after);
+  });
+});
+
+describe("recording a run", () => {
+  test("a failed write to backup_runs is a warning naming the error, not thrown and not silent", async () => {
+    const lines: LogLine[] = [];
+    // A real failure from the server: a column the table does not have.
+    await recordRun(db.sql`update backup_runs set no_such_column = now()`, (l) => void lines.push(l));
+    expect(lines).toEqual([expect.objectContaining({ level: "warn", msg: "could not record the run in backup_runs" })]);
+    expect(String(lines[0]!.error)).toContain("no_such_column");
   });
 });
 

@@ -2,7 +2,7 @@ import type { Config } from "../config.ts";
 import type { Sql } from "../db.ts";
 import type { Log } from "../log.ts";
 import { notify } from "./notify.ts";
-import { claimSlot, scheduleSlots, type SlotSchedule } from "./slot.ts";
+import { claimSlot, recordRun, scheduleSlots, type SlotSchedule } from "./slot.ts";
 import { drillBackup, scheduledDrill } from "./drills.ts";
 import { formatDuration } from "../duration.ts";
 import { createBackup } from "../backup/dump.ts";
@@ -76,14 +76,6 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     await recordRun(sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`, log);
     notify(config.backup.webhookUrl, { event: "backup.failed", error }, log);
   }
-}
-
-/**
- * The run's outcome in backup_runs, for the other services sharing the schedule. The backup itself
- * is already safe on disk; a failed write is logged, not thrown, so it does not turn into a failure.
- */
-async function recordRun(update: Promise<unknown>, log: Log) {
-  await update.catch((e: Error) => log({ level: "warn", msg: "could not record the run in backup_runs", error: e.message }));
 }
 
 /** Report a run that should have happened but did not (the service was down, say). */

@@ -20,6 +20,14 @@ export async function claimSlot(deps: { sql: Sql; log: Log }, slot: Date, kind: 
   return false;
 }
 
+/**
+ * The run's outcome in backup_runs, for the other services sharing the schedule. What the run made
+ * is already safe on disk; a failed write is logged, not thrown, so it does not turn into a failure.
+ */
+export async function recordRun(update: Promise<unknown>, log: Log): Promise<void> {
+  await update.catch((e: Error) => log({ level: "warn", msg: "could not record the run in backup_runs", error: e.message }));
+}
+
 export type SlotSchedule = {
   /** When the next slot falls, or null if the schedule has none left. */
   nextRun(): Date | null;

@@ -2,7 +2,7 @@ import type { Config } from "../config.ts";
 import { withAdvisoryLock, type Sql } from "../db.ts";
 import type { Log } from "../log.ts";
 import { notify } from "../service/notify.ts";
-import { claimSlot } from "../service/slot.ts";
+import { claimSlot, recordRun } from "../service/slot.ts";
 import { startPoller } from "../service/poller.ts";
 import { createBaseBackup, listBaseBackups } from "./base.ts";
 import { verifyBaseBackup } from "./verify-base.ts";
@@ -40,13 +40,13 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
       log({ level: v.ok ? "info" : "error", msg: v.ok ? "base backup verified" : "base backup failed verification", file: path, pgVerifybackup: v.pgVerifybackup, problems: v.problems });
       if (!v.ok) notify(config.backup.webhookUrl, { event: "base_backup.failed", file: m.file, error: v.problems.join("; ") }, log);
     }
-    await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+    await recordRun(sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`, log);
     await pruneWal(config, log);
     await deps.afterBaseBackup?.();
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "base backup failed", scheduledFor: slot.toISOString(), error });
-    await sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+    await recordRun(sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'base'`, log);
     notify(config.backup.webhookUrl, { event: "base_backup.failed", error }, log);
   }
 }
