@@ -2,10 +2,9 @@ import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { ensureDatabase, guarded } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { startScheduler } from "../src/schedule.ts";
+import { backupServiceParts, startParts } from "../src/service/backup-service.ts";
 import { jsonLog } from "../src/log.ts";
 import { createOps, startOpsServer } from "../server/ops/app.tsx";
-import { startWalService } from "../src/wal/service.ts";
 
 export const backupServiceCommand: Command = {
   name: "backup-service",
@@ -29,13 +28,11 @@ async function backupService(ctx: Context): Promise<number> {
       await migrate(ctx.db);
     } else await ctx.db`select 1`;
   });
-  // Started first: a refused slot stops the service before anything is scheduled.
-  const wal = config.wal.archive === "stream" ? await startWalService({ sql: ctx.db, config, log: jsonLog }) : undefined;
   // Metrics and the status page on METRICS_PORT, when set (server/ops).
-  const ops = config.ops?.port !== undefined ? startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) : undefined;
-  const scheduler = startScheduler({ sql: ctx.db, config, log: jsonLog });
+  const ops = config.ops?.port !== undefined ? { name: "ops server", start: () => startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) } : undefined;
+  const service = await startParts(backupServiceParts(config, ops), { sql: ctx.db, config, log: jsonLog });
   const signal = await untilSignal();
   jsonLog({ level: "info", msg: "shutting down", signal });
-  await Promise.all([scheduler.stop(), wal?.stop(), ops?.stop()]);
+  await service.stop();
   return 0;
 }

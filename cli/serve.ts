@@ -3,7 +3,7 @@ import { untilSignal } from "./signals.ts";
 import { startServer } from "../server/serve.ts";
 import { jsonLog } from "../src/log.ts";
 import { connect } from "../src/pg/db.ts";
-import { startScheduler, type Scheduler } from "../src/schedule.ts";
+import { startScheduler, type Scheduler } from "../src/service/schedule.ts";
 import { newestGood } from "../src/backup/freshness.ts";
 import { archiveWindow } from "../src/wal/status.ts";
 import { archiveTrust, type ArchiveTrust } from "../src/wal/trust.ts";

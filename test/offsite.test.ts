@@ -7,7 +7,7 @@ import { shinkei } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { TestS3 } from "./support/s3.ts";
 import { loadConfig } from "../src/config/index.ts";
-import { scheduledRun } from "../src/schedule.ts";
+import { scheduledRun } from "../src/service/schedule.ts";
 import { S3Store } from "../src/storage/s3.ts";
 import { pruneStore } from "../src/backup/prune.ts";
 

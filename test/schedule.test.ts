@@ -7,7 +7,7 @@ import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { loadConfig } from "../src/config/index.ts";
-import { scheduledRun } from "../src/schedule.ts";
+import { scheduledRun } from "../src/service/schedule.ts";
 import { backupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;

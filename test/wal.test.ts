@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
@@ -11,14 +11,15 @@ import { loadConfig } from "../src/config/index.ts";
 import type { Log } from "../src/log.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { decrypt, writeIdentity } from "../src/storage/crypt.ts";
-import { startWalStream, type WalStream } from "../src/wal/stream.ts";
+import { checkForGap, startWalStream, type WalStream } from "../src/wal/stream.ts";
 import { serverInfo } from "../src/pg/server-info.ts";
 import { ensureSlot, slotStatus } from "../src/wal/slot.ts";
 import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
 import { pruneWalLocal } from "../src/wal/prune.ts";
-import { scheduledBaseBackup, startWalService, watchSlot } from "../src/wal/service.ts";
+import { scheduledBaseBackup, watchSlot } from "../src/wal/service.ts";
+import { startWalService } from "../src/service/backup-service.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
@@ -250,6 +251,32 @@ describe("continuous WAL archive", () => {
     } finally {
       await stream.stop();
     }
+  });
+});
+
+describe("the gap check when the receiver starts", () => {
+  const SEG = 16 * 1024 * 1024;
+  const lines: Record<string, unknown>[] = [];
+  const log: Log = (l) => void lines.push(l);
+
+  test("segments 1-2 held, the receiver starts in segment 5: the gap 3-4 is named", async () => {
+    const dir = await tempDir("wal-gapcheck");
+    await mkdir(join(dir, "spool"));
+    for (const n of [1n, 2n]) await writeFile(join(dir, "spool", segmentName(1, n, SEG)), "");
+    lines.length = 0;
+    await checkForGap({ root: join(dir, "wal"), spool: join(dir, "spool"), segmentBytes: SEG, log }, "0/5000000", 1);
+    expect(lines).toEqual([expect.objectContaining({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", from: segmentName(1, 3n, SEG), to: segmentName(1, 4n, SEG), segments: 2 })]);
+  });
+
+  test("a check that cannot tell (the spool is not a folder) is an error line naming where the receiver resumed, not silence", async () => {
+    const dir = await tempDir("wal-gapcheck");
+    await writeFile(join(dir, "spool"), "not a folder");
+    lines.length = 0;
+    await checkForGap({ root: join(dir, "wal"), spool: join(dir, "spool"), segmentBytes: SEG, slot: "shinkei_x", log }, "0/5000000", 1);
+    expect(lines.length).toBe(1);
+    expect(lines[0]).toMatchObject({ level: "error", timeline: 1, resumedAtLsn: "0/5000000", resumesAt: segmentName(1, 5n, SEG), slot: "shinkei_x" });
+    expect(String(lines[0]!.msg)).toStartWith("wal gap check failed");
+    expect(String(lines[0]!.error)).toContain("ENOTDIR");
   });
 });
 

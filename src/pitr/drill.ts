@@ -3,16 +3,12 @@ import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { connect, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import type { Log } from "../log.ts";
-import { notify } from "../notify.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { userTables } from "../pg/tables.ts";
 import { RECEIVER_APP_NAME } from "../wal/receiver.ts";
 import { walStore } from "../wal/offsite.ts";
 import { recoverTo } from "./recover.ts";
-import { Cron } from "croner";
-import { claim } from "../schedule.ts";
 
 export type PitrDrill = {
   at: string;
@@ -139,15 +135,6 @@ export async function runPitrDrill(deps: { sql: Sql; config: Config; onStep?: (m
   return result;
 }
 
-/** What the backup service runs: a drill, logged and (on failure) sent to the webhook. */
-export async function drillAndReport(deps: { sql: Sql; config: Config; log: Log }): Promise<void> {
-  const { log, config } = deps;
-  log({ level: "info", msg: "pitr drill started" });
-  const r = await runPitrDrill(deps);
-  log({ level: r.passed ? "info" : "error", msg: r.passed ? "pitr drill passed" : "pitr drill failed", restorePoint: r.restorePoint, base: r.base, rtoMs: r.rtoMs, durationMs: r.durationMs, differences: r.differences });
-  if (!r.passed) notify(config.backup.webhookUrl, { event: "pitr_drill.failed", restorePoint: r.restorePoint, differences: r.differences }, log);
-}
-
 /** `backup check`'s rule: with the archive on, a PITR drill must have passed within BACKUP_DRILL_MAX_AGE. */
 export async function pitrDrillProblem(config: Config): Promise<string | null> {
   if (config.wal.archive !== "stream") return null;
@@ -155,31 +142,4 @@ export async function pitrDrillProblem(config: Config): Promise<string | null> {
   if (!passed) return "no point-in-time recovery drill has passed yet (shinkei pitr drill)";
   const age = Date.now() - Date.parse(passed.at);
   return age > config.backup.drillMaxAgeMs ? `the last passed point-in-time recovery drill is from ${passed.at}, older than BACKUP_DRILL_MAX_AGE` : null;
-}
-
-/**
- * The drill schedule (PITR_DRILL_SCHEDULE; one service per slot takes it), and `afterBaseBackup`
- * for a new deployment: a drill as soon as there is a base backup, not a week later.
- */
-export function startPitrDrills(deps: { sql: Sql; config: Config; log: Log }) {
-  const { sql, config, log } = deps;
-  let running: Promise<void> = Promise.resolve();
-  const run = (slot: Date | null) =>
-    (running = running.then(async () => {
-      if (slot && !(await claim(sql, slot, "pitr-drill"))) return;
-      await drillAndReport(deps);
-    }).catch((e) => log({ level: "error", msg: "pitr drill failed", error: (e as Error).message })));
-  const job = new Cron(config.wal.pitrDrillSchedule, { timezone: config.backup.timezone, protect: true }, async (self: Cron) => {
-    await run(self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000));
-  });
-  log({ level: "info", msg: "pitr drill schedule", schedule: config.wal.pitrDrillSchedule, next: job.nextRun()?.toISOString() ?? null });
-  return {
-    async afterBaseBackup() {
-      if ((await readPitrDrills(config.backupDir)).length === 0) await run(null);
-    },
-    async stop() {
-      job.stop();
-      await running;
-    },
-  };
 }

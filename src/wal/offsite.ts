@@ -13,6 +13,7 @@ import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord,
 import { archiveTrust } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
 import { parseSegment, timelineDir } from "./segments.ts";
+import { startPoller } from "../service/poller.ts";
 
 /**
  * Off-site copies of the WAL archive and base backups: one flat folder `S3_PREFIX` + `wal/`
@@ -162,16 +163,12 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
       if (ok) failing = false;
     }).catch((e) => fail("pass", e)));
 
-  let busy = false;
-  const timer = setInterval(() => {
-    if (busy) return; // a slow store (an outage with timeouts) must not queue pass after pass
-    busy = true;
-    pass().finally(() => (busy = false));
-  }, deps.everyMs ?? Math.min(5000, config.wal.partialUploadIntervalMs));
+  // A slow store (an outage with timeouts) must not queue pass after pass: the poller skips a tick instead.
+  const poller = startPoller(pass, deps.everyMs ?? Math.min(5000, config.wal.partialUploadIntervalMs));
   return {
     pass,
     async stop() {
-      clearInterval(timer);
+      await poller.stop();
       await chain;
     },
   };

@@ -1,18 +1,14 @@
-import { Cron } from "croner";
 import type { Config } from "../config/index.ts";
 import { withAdvisoryLock, type Sql } from "../pg/db.ts";
 import type { Log } from "../log.ts";
-import { notify } from "../notify.ts";
-import { claim } from "../schedule.ts";
-import { startWalStream } from "./stream.ts";
+import { notify } from "../service/notify.ts";
+import { claimSlot, recordRun } from "../service/slot.ts";
+import { startPoller } from "../service/poller.ts";
 import { createBaseBackup, listBaseBackups } from "./base.ts";
 import { verifyBaseBackup } from "./verify-base.ts";
 import { pruneWalLocal, pruneWalStore } from "./prune.ts";
 import { walStore } from "./offsite.ts";
 import { slotStatus } from "./slot.ts";
-import { startPitrDrills } from "../pitr/drill.ts";
-
-export type WalService = { stop(): Promise<void> };
 
 /** Retention after each base backup: locally, then off-site; a failure is logged and retried next time. */
 async function pruneWal(config: Config, log: Log): Promise<void> {
@@ -32,10 +28,7 @@ async function pruneWal(config: Config, log: Log): Promise<void> {
 export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log: Log; afterBaseBackup?: () => Promise<void> }, slot: Date): Promise<void> {
   const { sql, config, log } = deps;
   try {
-    if (!(await claim(sql, slot, "base"))) {
-      log({ level: "info", msg: "base backup skipped: another process took this run", scheduledFor: slot.toISOString() });
-      return;
-    }
+    if (!(await claimSlot(deps, slot, "base", "base backup"))) return;
     log({ level: "info", msg: "base backup started", scheduledFor: slot.toISOString() });
     const { path, manifest: m } = await withAdvisoryLock(sql, "base-backup", () =>
       createBaseBackup({ sql, url: config.databaseUrl, backupDir: config.backupDir, reason: "scheduled", fast: config.wal.baseBackupStartFast, age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
@@ -47,13 +40,13 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
       log({ level: v.ok ? "info" : "error", msg: v.ok ? "base backup verified" : "base backup failed verification", file: path, pgVerifybackup: v.pgVerifybackup, problems: v.problems });
       if (!v.ok) notify(config.backup.webhookUrl, { event: "base_backup.failed", file: m.file, error: v.problems.join("; ") }, log);
     }
-    await sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+    await recordRun(sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`, log);
     await pruneWal(config, log);
     await deps.afterBaseBackup?.();
   } catch (e) {
     const error = (e as Error).message;
     log({ level: "error", msg: "base backup failed", scheduledFor: slot.toISOString(), error });
-    await sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'base'`.catch(() => {});
+    await recordRun(sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'base'`, log);
     notify(config.backup.webhookUrl, { event: "base_backup.failed", error }, log);
   }
 }
@@ -65,7 +58,7 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
 export function watchSlot(deps: { sql: Sql; config: Config; log: Log }, everyMs: number): () => void {
   const { sql, config, log } = deps;
   let last: string | null = null;
-  const timer = setInterval(async () => {
+  const poller = startPoller(async () => {
     if (!config.wal.slot) return;
     const s = await slotStatus(sql, config.wal.slot).catch(() => undefined);
     if (s === undefined) return; // the server is unreachable: the receiver's own lines say so
@@ -78,29 +71,5 @@ export function watchSlot(deps: { sql: Sql; config: Config; log: Log }, everyMs:
       if (state !== "extended") notify(config.backup.webhookUrl, { event: "wal.slot_at_risk", slot: config.wal.slot, walStatus: state }, log);
     }
   }, everyMs);
-  return () => clearInterval(timer);
-}
-
-/** What `backup-service` runs when WAL_ARCHIVE=stream: the WAL stream, its archiver, and base backups. */
-export async function startWalService(deps: { sql: Sql; config: Config; log: Log; slotCheckMs?: number }): Promise<WalService> {
-  const { config, log } = deps;
-  const stream = await startWalStream(deps);
-  const stopWatching = watchSlot(deps, deps.slotCheckMs ?? 60_000);
-  const drills = startPitrDrills(deps);
-  let running: Promise<void> = Promise.resolve();
-  const job = new Cron(config.wal.baseBackupSchedule, { timezone: config.backup.timezone, protect: true }, async (self: Cron) => {
-    const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
-    running = scheduledBaseBackup({ ...deps, afterBaseBackup: drills.afterBaseBackup }, slot);
-    await running;
-  });
-  log({ level: "info", msg: "base backup schedule", schedule: config.wal.baseBackupSchedule, timezone: config.backup.timezone, next: job.nextRun()?.toISOString() ?? null });
-  return {
-    async stop() {
-      job.stop();
-      stopWatching();
-      await running;
-      await drills.stop();
-      await stream.stop();
-    },
-  };
+  return () => void poller.stop();
 }

@@ -11,6 +11,7 @@ import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { freeBytes, holdsData, repairSpool } from "./spool.ts";
+import { startPoller } from "../service/poller.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
 export type WalStream = {
@@ -37,6 +38,49 @@ async function checkNotSynchronousStandby(sql: Queryable, log: Log): Promise<voi
   if (names.includes("*")) log({ level: "warn", msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it` });
 }
 
+type GapCheck = { root: string; spool: string; segmentBytes: number; slot?: string; log: Log };
+
+/**
+ * A receiver that starts past the newest archived segment has skipped WAL: say so, once, loudly.
+ * Throws when it cannot tell (the spool cannot be listed, say): see checkForGap.
+ */
+export async function reportGap(at: GapCheck, lsn: string, timeline: number): Promise<void> {
+  const { root, spool, segmentBytes, slot, log } = at;
+  const startSeg = segnoOf(parseLsn(lsn), segmentBytes);
+  // Finished segments still waiting in the spool count: the receiver resumes after them. A
+  // segment kept only as a partial (the receiver stopped inside it) is the start of the hole.
+  const archived = await listArchive(root);
+  const segnos = (names: string[]) => names.map((n) => parseSegment(n, segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
+  const newest = (xs: bigint[]) => xs.reduce<bigint | undefined>((a, b) => (a === undefined || b > a ? b : a), undefined);
+  const full = newest(segnos([...archived.filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool))]));
+  const partial = newest(segnos(archived.filter((r) => r.kind === "partial").map((r) => r.name.replace(/\.partial$/, ""))));
+  const missingFrom = partial !== undefined && (full === undefined || partial > full) ? partial : full === undefined ? undefined : full + 1n;
+  if (missingFrom !== undefined && startSeg > missingFrom) {
+    const from = segmentName(timeline, missingFrom, segmentBytes);
+    const to = segmentName(timeline, startSeg - 1n, segmentBytes);
+    log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - missingFrom), slot: slot ?? null });
+  }
+}
+
+/**
+ * reportGap beside the receiver, never throwing. A check that fails is the one place a hole in
+ * the archive would go unannounced: it is logged as an error with where the receiver resumed, so
+ * what may be missing (WAL of that timeline before `resumesAt` not in the archive) is named.
+ */
+export async function checkForGap(at: GapCheck, lsn: string, timeline: number): Promise<void> {
+  await reportGap(at, lsn, timeline).catch((e: Error) => {
+    let resumesAt: string | null = null;
+    try {
+      resumesAt = segmentName(timeline, segnoOf(parseLsn(lsn), at.segmentBytes), at.segmentBytes);
+    } catch {}
+    at.log({
+      level: "error",
+      msg: "wal gap check failed: WAL before the receiver's start may be missing from the archive (shinkei pitr status shows gaps)",
+      timeline, resumedAtLsn: lsn, resumesAt, slot: at.slot ?? null, error: e.message,
+    });
+  });
+}
+
 /**
  * Continuous archiving: pg_receivewal (supervised) writes the server's WAL into the spool; every
  * finished segment and timeline history file is then sealed into the archive and removed from
@@ -60,7 +104,6 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
 
   const failing = new Set<string>();
   let chain = Promise.resolve();
-  let busy = false;
   const archiveOne = async (name: string) => {
     // A partial of zeros (or none at all) holds no WAL: archived, it would pass for the received
     // start of a segment that the archive in fact lacks.
@@ -111,34 +154,12 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     for (const name of partials) await archiveOne(name);
     log({ level: "error", msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position", missingFrom: removed, keptPartial: partials, slot: slot ?? null });
   };
-  /** A receiver that starts past the newest archived segment has skipped WAL: say so, once, loudly. */
-  const onStart = (lsn: string, timeline: number) => {
-    void (async () => {
-      const startSeg = segnoOf(parseLsn(lsn), info.segmentBytes);
-      // Finished segments still waiting in the spool count: the receiver resumes after them. A
-      // segment kept only as a partial (the receiver stopped inside it) is the start of the hole.
-      const archived = await listArchive(root);
-      const segnos = (names: string[]) => names.map((n) => parseSegment(n, info.segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
-      const newest = (xs: bigint[]) => xs.reduce<bigint | undefined>((a, b) => (a === undefined || b > a ? b : a), undefined);
-      const full = newest(segnos([...archived.filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool).catch(() => [] as string[]))]));
-      const partial = newest(segnos(archived.filter((r) => r.kind === "partial").map((r) => r.name.replace(/\.partial$/, ""))));
-      const missingFrom = partial !== undefined && (full === undefined || partial > full) ? partial : full === undefined ? undefined : full + 1n;
-      if (missingFrom !== undefined && startSeg > missingFrom) {
-        const from = segmentName(timeline, missingFrom, info.segmentBytes);
-        const to = segmentName(timeline, startSeg - 1n, info.segmentBytes);
-        log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - missingFrom), slot: slot ?? null });
-      }
-    })().catch(() => {});
-  };
+  const onStart = (lsn: string, timeline: number) => void checkForGap({ root, spool, segmentBytes: info.segmentBytes, slot, log }, lsn, timeline);
   const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart,
     beforeStart: async () => void (await repairSpool(spool, info.segmentBytes, log)),
     space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
   });
-  const timer = setInterval(() => {
-    if (busy) return;
-    busy = true;
-    drain().finally(() => (busy = false));
-  }, deps.pollMs ?? 500);
+  const poller = startPoller(drain, deps.pollMs ?? 500);
   const store = walStore(config);
   const uploader = store ? startWalUploader({ store, config, log, segmentBytes: info.segmentBytes, everyMs: deps.uploadEveryMs }) : undefined;
   return {
@@ -146,8 +167,10 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     uploader,
     drain,
     async stop() {
-      clearInterval(timer);
+      // The receiver stops first, as promptly as ever; a drain pass under way then finishes.
+      const polling = poller.stop();
       await receiver.stop();
+      await polling;
       await drain();
       await uploader?.stop();
     },

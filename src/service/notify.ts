@@ -1,4 +1,4 @@
-import type { Log } from "./log.ts";
+import type { Log } from "../log.ts";
 
 /**
  * POST an event to the webhook, if one is configured. Never awaited by a backup and never
