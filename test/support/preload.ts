@@ -1,9 +1,30 @@
 import { plugin } from "bun";
-import { expect } from "bun:test";
+import { afterAll, expect } from "bun:test";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 /** Real databases, servers and processes: bun's 5 s default is too tight on a busy 2-core machine. */
 const TEST_TIMEOUT_MS = 60_000;
+
+/*
+ * One temp folder per test process, removed after its last test: everything the tests, the
+ * programs they start (the binary gets this TMPDIR, see support/cli.ts) and the clusters they make
+ * put in the temp directory goes in it, so a run leaves no folder behind, even when a test fails
+ * before its own cleanup. Readable by all: test clusters run as the postgres user.
+ */
+const testTemp = mkdtempSync(join(tmpdir(), "shinkei-test-"));
+chmodSync(testTemp, 0o755);
+process.env.TMPDIR = testTemp;
+afterAll(() => {
+  try {
+    rmSync(testTemp, { recursive: true, force: true });
+  } catch (e) {
+    // A tmpfs a failed test left mounted in it, say: say what is left rather than fail the run here.
+    console.warn(`test temp folder ${testTemp} not removed: ${(e as Error).message}`);
+  }
+});
 
 /*
  * Why not simply call setDefaultTimeout here: bun test reads no timeout from bunfig.toml
