@@ -1,8 +1,9 @@
-import { afterEach, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, snapshot, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
@@ -17,6 +18,12 @@ setDefaultTimeout(90_000);
 
 let db: TestDatabase;
 let env: Record<string, string>;
+/*
+ * A server of this file's own: these tests count the scratch databases on the whole server, and
+ * test files running beside this one (bun test --parallel) make scratch databases on the shared one.
+ */
+let server: TestCluster;
+let serverUrl: string;
 
 const scratchDatabases = async () => {
   const a = postgres(serverUrl, { max: 1 });
@@ -89,8 +96,14 @@ const aliceBeat = async (sql: Sql, story: string, position: number) =>
   (await sql`select b.* from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
     join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1' and s.title = ${story} and b.position = ${position}`)[0];
 
+beforeAll(async () => {
+  server = await startCluster();
+  serverUrl = server.url();
+});
+afterAll(() => server.stop());
+
 beforeEach(async () => {
-  db = await freshDatabase("recover");
+  db = await freshDatabase("recover", serverUrl);
   await migrate(db.sql);
   await writer(db.sql, "alice@example.com");
   await writer(db.sql, "bob@example.com");
@@ -539,7 +552,7 @@ describe("undo a recovery", () => {
     await refused(keyed, "does not match its record's SHA-256");
     await Bun.write(undoPath, undoBytes);
     // A record of another database.
-    const other = await freshDatabase("recover_other");
+    const other = await freshDatabase("recover_other", serverUrl);
     try {
       await migrate(other.sql);
       await refused({ ...keyed, DATABASE_URL: other.url }, `records a recovery of database ${db.name}, not of ${other.name}`);
