@@ -48,7 +48,7 @@ Options:
   --allow-unencrypted      recover from a plain file although this host encrypts its backups
   --allow-unsigned         recover from a file without a manifest although BACKUP_MANIFEST_KEY is set
   --allow-production       run even when SHINKEI_ENV/NODE_ENV is production
-  --wait                   queue behind a running backup, restore or reset instead of failing
+  --wait                   queue behind a running backup, restore, reset or recover instead of failing
   --undo RECORD            undo a recovery: its record's path, or its id as --history lists it
   --full-safety-backup     also take a verified full pre-recover backup first (costs a dump of
                            the whole database; the rows' own safety copy is always written)
@@ -135,7 +135,7 @@ async function recover(ctx: Context): Promise<number> {
       at !== undefined
         ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch, signal: cancel.signal }, fn)
         : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep,
-            allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") } }, fn);
+            allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") }, wait: ctx.flag("wait") }, fn);
     return await withSource(async (source) => {
       spin.update("comparing with the live database");
       const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);

@@ -11,7 +11,9 @@ import { slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import type { Sql } from "../src/db.ts";
+import { withAdvisoryLock, type Sql } from "../src/db.ts";
+import { RECOVER_PREFIX } from "../src/recover/source.ts";
+import { until } from "./support/wait.ts";
 
 // Real databases, backups and processes: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(90_000);
@@ -396,6 +398,29 @@ describe("recover one user's rows", () => {
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
     } finally {
       await s3.stop();
+    }
+  });
+
+  test("a second recover on the same server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
+    await takeBackup(env);
+    const lock = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    try {
+      // Another recover holding the server's scratch lock (a test stands in for it: it never lets go by itself).
+      const queued = await withAdvisoryLock(lock, `scratch:${RECOVER_PREFIX}`, async () => {
+        const refused = await shinkei(["recover", "--user", "alice@example.com", "--dry-run"], env);
+        expect(refused.code).toBe(75);
+        expect(refused.stderr).toContain("recover");
+        const p = Bun.spawn([binaryPath, "recover", "--wait", "--user", "alice@example.com", "--dry-run", "--json"], { env: { PATH: process.env.PATH!, ...env }, stdout: "pipe", stderr: "pipe" });
+        await until("the second recover to wait on the lock", async () =>
+          (await lock`select 1 from pg_stat_activity where application_name like 'shinkei recover%' and wait_event = 'advisory'`).length > 0);
+        expect(await scratchDatabases()).toEqual([]);
+        return p;
+      }, { wait: true, what: "a test" });
+      expect(await queued.exited).toBe(0);
+      expect(JSON.parse(await new Response(queued.stdout).text()).tables.length).toBeGreaterThan(0);
+      expect(await scratchDatabases()).toEqual([]);
+    } finally {
+      await lock.end();
     }
   });
 
