@@ -77,8 +77,7 @@ export async function shinkei(args: string[], env: Record<string, string> = {}, 
   await buildBinary();
   const p = Bun.spawn([options.binary ?? binaryPath, ...args], {
     cwd: options.cwd ?? root,
-    // TMPDIR: the test file's own temp folder (see the preload), so what the binary leaves is removed with it.
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}), ...env },
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
     stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),
     stdout: "pipe",
     stderr: "pipe",

@@ -1,30 +1,18 @@
 import { plugin } from "bun";
 import { afterAll, expect } from "bun:test";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { removeTempDirs } from "./fixtures.ts";
 
 /** Real databases, servers and processes: bun's 5 s default is too tight on a busy 2-core machine. */
 const TEST_TIMEOUT_MS = 60_000;
 
 /*
- * One temp folder per test process, removed after its last test: everything the tests, the
- * programs they start (the binary gets this TMPDIR, see support/cli.ts) and the clusters they make
- * put in the temp directory goes in it, so a run leaves no folder behind, even when a test fails
- * before its own cleanup. Readable by all: test clusters run as the postgres user.
+ * The folders tests make with tempDir are removed after the file's last test (each file runs in a
+ * process or global of its own under bun test --parallel), so a run leaves none behind, even when a
+ * test fails before its own cleanup. Not a TMPDIR of its own for the run: pitr's scratch instances
+ * put their unix sockets under TMPDIR, and one more folder level passes the 107-byte socket path limit.
  */
-const testTemp = mkdtempSync(join(tmpdir(), "shinkei-test-"));
-chmodSync(testTemp, 0o755);
-process.env.TMPDIR = testTemp;
-afterAll(() => {
-  try {
-    rmSync(testTemp, { recursive: true, force: true });
-  } catch (e) {
-    // A tmpfs a failed test left mounted in it, say: say what is left rather than fail the run here.
-    console.warn(`test temp folder ${testTemp} not removed: ${(e as Error).message}`);
-  }
-});
+afterAll(removeTempDirs);
 
 /*
  * Why not simply call setDefaultTimeout here: bun test reads no timeout from bunfig.toml
