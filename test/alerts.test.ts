@@ -1,11 +1,9 @@
-import { expect, test, setDefaultTimeout } from "bun:test";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { Metrics } from "../src/metrics/registry.ts";
 import { dumpSource } from "../src/metrics/sources.ts";
 import { readSnapshot } from "../src/metrics/snapshot.ts";
 import { tempDir } from "./support/fixtures.ts";
-
-setDefaultTimeout(30_000);
 
 const ops = join(import.meta.dir, "..", "ops");
 type Rule = { alert: string; expr: string; for?: string; labels?: Record<string, string>; annotations?: Record<string, string> };

@@ -1,10 +1,7 @@
-import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { urlFor } from "./support/db.ts";
 import { testApp } from "./support/server.ts";
 import { connect, describeTarget, type Sql } from "../src/pg/db.ts";
-
-// Real (refused) connections: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 /** A loopback port nothing listens on: take a free one and let it go. */
 function closedPort(): number {

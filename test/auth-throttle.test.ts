@@ -1,13 +1,10 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { type TestServer, withServer as withServerOn } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { clientAddress, parseProxyList } from "../src/config/net.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { Throttle } from "../src/auth/throttle.ts";
-
-// Real databases and listeners: 5 s is too tight on a busy 2-core machine.
-setDefaultTimeout(60_000);
 
 const PASSWORD = "correct horse battery";
 let db: TestDatabase;

@@ -5,12 +5,20 @@ import { serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, slowToLoad } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 
 let db: TestDatabase;
 let env: Record<string, string>;
+/*
+ * Drills make their scratch databases on a server of this file's own (DRILL_DATABASE_URL): these
+ * tests count the scratch databases on the whole server, and test files running beside this one
+ * (bun test --parallel) drill on the shared server.
+ */
+let drillServer: TestCluster;
+let drillUrl: string;
 
 const scratchDatabases = async () => {
-  const a = postgres(serverUrl, { max: 1 });
+  const a = postgres(drillUrl, { max: 1 });
   try {
     return (await a`select datname from pg_database where datname like 'shinkei\\_drill\\_%'`).map((r) => r.datname as string);
   } finally {
@@ -21,11 +29,16 @@ const takeBackup = () => takeBackupWith(env);
 
 beforeAll(async () => {
   db = await seededDatabase("drill");
+  drillServer = await startCluster();
+  drillUrl = drillServer.url();
 });
 beforeEach(async () => {
-  ({ env } = await backupFolder(db, "drill"));
+  ({ env } = await backupFolder(db, "drill", { DRILL_DATABASE_URL: drillUrl }));
 });
-afterAll(() => db.drop());
+afterAll(async () => {
+  await db.drop();
+  await drillServer.stop();
+});
 
 describe("restore drills", () => {
   test("a good backup passes; the result is kept and shown by --list; backup check then passes", async () => {
@@ -51,7 +64,7 @@ describe("restore drills", () => {
     const tail = crypto.randomUUID().slice(0, 8);
     const others = [`shinkeiXdrillX${tail}`, `shinkei_drill_reports_${tail}`, `shinkei_drill_${tail}`];
     const leftover = `shinkei_drill_${Date.now().toString(36)}_${tail}`; // what a crashed drill leaves
-    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    const a = postgres(drillUrl, { max: 1, onnotice: () => {} });
     try {
       for (const name of [...others, leftover]) await a`create database ${a(name)}`;
       await takeBackup();
@@ -111,7 +124,7 @@ describe("restore drills", () => {
     const p = await Service.start(["backup", "drill"], env);
     // This drill's own scratch database (its lock names its pid), loading.
     const loading = async () => {
-      const a = postgres(serverUrl, { max: 1 });
+      const a = postgres(drillUrl, { max: 1 });
       try {
         return (await a`select 1 from pg_stat_activity where application_name = ${`shinkei the drill (pid ${p.proc.pid})`}`).length > 0 && (await scratchDatabases()).length === 1;
       } finally {

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { newAccount, startTestServer } from "./support/server.ts";
 import { TestSmtp, codeIn } from "./support/smtp.ts";
@@ -7,8 +7,6 @@ import { issueCode } from "../src/auth/account-codes.ts";
 import { MailQueue } from "../src/mail/queue.ts";
 import { pruneHistory } from "../src/pg/history.ts";
 import { loadConfig } from "../src/config/index.ts";
-
-setDefaultTimeout(60_000);
 
 let db: TestDatabase;
 let smtp: TestSmtp;

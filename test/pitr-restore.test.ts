@@ -42,7 +42,9 @@ const flushed = async (lsn: string) =>
 const insertLsn = async () => (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
 
 beforeAll(async () => {
-  cluster = await startCluster();
+  // PostgreSQL's 16 MiB segments: the tests here recover from the segment still being received,
+  // which with the test clusters' 1 MiB ones is sealed by the time the later tests run.
+  cluster = await startCluster({ walSegmentMiB: 16 });
   s3 = await TestS3.start();
   dir = await tempDir("pitr-restore");
   scratchRoot = await tempDir("pitr-scratch");

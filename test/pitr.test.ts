@@ -1,13 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { appendFile, chmod, copyFile, mkdir, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
+import { startCluster, startClusterFrom, TEST_WAL_SEGMENT_BYTES, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
 
-const lsnSegment = (lsn: string) => segmentName(1, segnoOf(parseLsn(lsn)));
+const lsnSegment = (lsn: string) => segmentName(1, segnoOf(parseLsn(lsn), TEST_WAL_SEGMENT_BYTES), TEST_WAL_SEGMENT_BYTES);
 
 /**
  * A restore host: the archive and a base backup copied, readable by the server's OS user, the
@@ -255,7 +255,7 @@ describe("base backups and point-in-time status", () => {
     const name = (await readdir(walDir)).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)).sort()[0]!.replace(".json", "");
     const ok = await shinkei(["pitr", "wal-fetch", name, target], { BACKUP_DIR: dir });
     expect(ok).toSucceed();
-    expect(Bun.file(target).size).toBe(16 * 1024 * 1024);
+    expect(Bun.file(target).size).toBe(TEST_WAL_SEGMENT_BYTES);
     await rm(target);
     const stored = join(walDir, `${name}.gz`);
     const bytes = await readFile(stored);

@@ -1,8 +1,9 @@
-import { afterEach, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, snapshot, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
@@ -10,13 +11,21 @@ import { slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import type { Sql } from "../src/pg/db.ts";
+import { withAdvisoryLock, type Sql } from "../src/pg/db.ts";
+import { RECOVER_PREFIX } from "../src/recover/source.ts";
+import { until } from "./support/wait.ts";
 
 // Real databases, backups and processes: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(90_000);
 
 let db: TestDatabase;
 let env: Record<string, string>;
+/*
+ * A server of this file's own: these tests count the scratch databases on the whole server, and
+ * test files running beside this one (bun test --parallel) make scratch databases on the shared one.
+ */
+let server: TestCluster;
+let serverUrl: string;
 
 const scratchDatabases = async () => {
   const a = postgres(serverUrl, { max: 1 });
@@ -89,8 +98,14 @@ const aliceBeat = async (sql: Sql, story: string, position: number) =>
   (await sql`select b.* from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
     join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1' and s.title = ${story} and b.position = ${position}`)[0];
 
+beforeAll(async () => {
+  server = await startCluster();
+  serverUrl = server.url();
+});
+afterAll(() => server.stop());
+
 beforeEach(async () => {
-  db = await freshDatabase("recover");
+  db = await freshDatabase("recover", serverUrl);
   await migrate(db.sql);
   await writer(db.sql, "alice@example.com");
   await writer(db.sql, "bob@example.com");
@@ -386,6 +401,29 @@ describe("recover one user's rows", () => {
     }
   });
 
+  test("a second recover on the same server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
+    await takeBackup(env);
+    const lock = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    try {
+      // Another recover holding the server's scratch lock (a test stands in for it: it never lets go by itself).
+      const queued = await withAdvisoryLock(lock, `scratch:${RECOVER_PREFIX}`, async () => {
+        const refused = await shinkei(["recover", "--user", "alice@example.com", "--dry-run"], env);
+        expect(refused.code).toBe(75);
+        expect(refused.stderr).toContain("recover");
+        const p = Bun.spawn([binaryPath, "recover", "--wait", "--user", "alice@example.com", "--dry-run", "--json"], { env: { PATH: process.env.PATH!, ...env }, stdout: "pipe", stderr: "pipe" });
+        await until("the second recover to wait on the lock", async () =>
+          (await lock`select 1 from pg_stat_activity where application_name like 'shinkei recover%' and wait_event = 'advisory'`).length > 0);
+        expect(await scratchDatabases()).toEqual([]);
+        return p;
+      }, { wait: true, what: "a test" });
+      expect(await queued.exited).toBe(0);
+      expect(JSON.parse(await new Response(queued.stdout).text()).tables.length).toBeGreaterThan(0);
+      expect(await scratchDatabases()).toEqual([]);
+    } finally {
+      await lock.end();
+    }
+  });
+
   test("SIGTERM at any moment of the load drops the scratch database and changes nothing", async () => {
     await slowToLoad(await takeBackup(env), 10);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
@@ -539,7 +577,7 @@ describe("undo a recovery", () => {
     await refused(keyed, "does not match its record's SHA-256");
     await Bun.write(undoPath, undoBytes);
     // A record of another database.
-    const other = await freshDatabase("recover_other");
+    const other = await freshDatabase("recover_other", serverUrl);
     try {
       await migrate(other.sql);
       await refused({ ...keyed, DATABASE_URL: other.url }, `records a recovery of database ${db.name}, not of ${other.name}`);

@@ -132,13 +132,8 @@ describe("the review's reproductions (issue 23)", () => {
     const drill = await shinkei(["backup", "drill", file], env);
     expect(drill.code).toBe(1);
     expect(drill.stdout + drill.stderr).toContain("the file contains");
-    // Scratch databases are made one at a time per server, and other test files make them too:
-    // a run that found the server's scratch lock taken (exit 75) is tried again.
-    let recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
-    for (let i = 0; i < 20 && recover.code === 75; i++) {
-      await Bun.sleep(500);
-      recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
-    }
+    // Scratch databases are made one at a time per server, and other test files make them too: --wait queues.
+    const recover = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
     expect(recover.code).toBe(1);
     expect(recover.stderr).toContain("the file contains");
     expect(await fingerprint()).toEqual(before);
@@ -146,10 +141,10 @@ describe("the review's reproductions (issue 23)", () => {
 
   test("recover --yes needs --confirm-database, as restore does", async () => {
     const env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
-    const r = await shinkei(["recover", "--user", "nobody@example.com", "--from", "latest", "--yes"], env);
+    const r = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", "latest", "--yes"], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`pass --yes --confirm-database ${db.name} to run it unattended`);
-    const wrong = await shinkei(["recover", "--user", "nobody@example.com", "--from", "latest", "--yes", "--confirm-database", "other"], env);
+    const wrong = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", "latest", "--yes", "--confirm-database", "other"], env);
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toContain("does not name the target database");
   });

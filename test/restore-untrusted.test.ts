@@ -219,7 +219,7 @@ describe("what a restore picks", () => {
     expect(r.stderr).toContain("has no manifest, and BACKUP_MANIFEST_KEY is set");
     expect(r.stderr).toContain("--allow-unsigned");
     expect(await readdir(dir)).toEqual(["stock.sql"]); // no safety backup either
-    const recover = await shinkei(["recover", "--user", "nobody@example.com", "--from", file, "--dry-run"], { ...env, ...key });
+    const recover = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", file, "--dry-run"], { ...env, ...key });
     expect(recover.code).toBe(1);
     expect(recover.stderr).toContain("has no manifest, and BACKUP_MANIFEST_KEY is set");
     expect(await stats()).toEqual(before);

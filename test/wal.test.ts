@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -25,9 +25,6 @@ import { shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 
-// A cluster of our own, real pg_receivewal: seconds per test on a busy 2-core machine.
-setDefaultTimeout(60_000);
-
 let cluster: TestCluster;
 let sql: Sql;
 let url: string;
@@ -52,7 +49,6 @@ function collector(): { log: Log; lines: Line[] } {
   const lines: Line[] = [];
   return { lines, log: (l) => void lines.push(l) };
 }
-
 
 /** The receiver has flushed everything up to `lsn` (the server's own view of it). */
 const flushedTo = (lsn: string) =>
@@ -282,7 +278,7 @@ describe("the gap check when the receiver starts", () => {
 
 describe("a slot past max_slot_wal_keep_size", () => {
   test("the server drops WAL a stopped receiver has not taken: the slot is reported lost, the check fails, and the restarted stream names the gap", async () => {
-    await sql`alter system set max_slot_wal_keep_size = '32MB'`;
+    await sql`alter system set max_slot_wal_keep_size = '2MB'`;
     await sql`select pg_reload_conf()`;
     const dir = await tempDir("wal-lost");
     const config = configFor(dir, { WAL_SLOT: "shinkei_lost", BASE_BACKUP_SCHEDULE: "0 0 1 1 *" });

@@ -54,7 +54,7 @@ scratch instance, as shinkei pitr restore does`,
     "allow-unencrypted": { type: "boolean", description: "recover from a plain file although this host encrypts its backups" },
     "allow-unsigned": { type: "boolean", description: "recover from a file without a manifest although BACKUP_MANIFEST_KEY is set" },
     "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
-    wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
+    wait: { type: "boolean", description: "queue behind a running backup, restore, reset or recover instead of failing" },
     "full-safety-backup": {
       type: "boolean",
       description: `also take a verified full pre-recover backup first (costs a dump of
@@ -111,7 +111,7 @@ async function recover(ctx: Context): Promise<number> {
       at !== undefined
         ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch, signal: cancel.signal }, fn)
         : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep,
-            allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") } }, fn);
+            allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") }, wait: ctx.flag("wait") }, fn);
     return await withSource(async (source) => {
       spin.update("comparing with the live database");
       const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);

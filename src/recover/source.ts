@@ -43,6 +43,8 @@ export type SourceOptions = {
   onScratch?: (drop: () => Promise<void>) => void;
   /** What to let through that this host would refuse: a plain file, one without a manifest. */
   allow?: Allowances;
+  /** Queue behind another recover on the same server (--wait) instead of failing with LOCKED. */
+  wait?: boolean;
 };
 
 /**
@@ -66,7 +68,7 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
   const live = connect(options.databaseUrl, { max: 1 });
   const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
 
-  return withScratchDatabase({ serverUrl: options.databaseUrl, prefix: RECOVER_PREFIX, what: "recover", wait: false, onScratch: options.onScratch,
+  return withScratchDatabase({ serverUrl: options.databaseUrl, prefix: RECOVER_PREFIX, what: "recover", wait: options.wait ?? false, onScratch: options.onScratch,
     privilegeHint: "Grant it (ALTER ROLE ... CREATEDB): recover loads the backup into a scratch database beside the live one." }, async (url) => {
     const started = performance.now();
     let bytes = 0;

@@ -1,16 +1,70 @@
-import { join } from "node:path";
+import { mkdir, rename, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 
 const root = join(import.meta.dir, "..", "..");
 export const binaryPath = join(root, "dist", "shinkei");
 
 let built: Promise<void> | undefined;
 
-/** Compile dist/shinkei once per test run, so CLI tests exercise the binary users run. */
+/** A digest of everything the binary is built from: the same digest, the same binary. */
+async function sourceDigest(): Promise<string> {
+  const h = new Bun.CryptoHasher("sha256");
+  const files = ["package.json", "bun.lock", "tsconfig.json"];
+  for (const dir of ["src", "cli", "server"]) {
+    for (const f of new Bun.Glob("**/*").scanSync({ cwd: join(root, dir) })) files.push(join(dir, f));
+  }
+  for (const f of files.sort()) h.update(f).update(await Bun.file(join(root, f)).bytes());
+  return h.digest("hex");
+}
+
+/**
+ * Compile dist/shinkei once for the sources as they are, so CLI tests exercise the binary users
+ * run. Test files run in several processes at once (bun test --parallel): one builds while the
+ * others wait on a lock file, and the new binary is renamed into place, so a file never runs a
+ * half-written one. A stamp beside it names the digest it was built from: unchanged sources, no build.
+ */
 export function buildBinary(): Promise<void> {
   return (built ??= (async () => {
-    const p = Bun.spawn(["bun", "run", "build"], { cwd: root, stdout: "ignore", stderr: "pipe" });
-    if ((await p.exited) !== 0) throw new Error(`build failed: ${await new Response(p.stderr).text()}`);
+    const digest = await sourceDigest();
+    const stamp = `${binaryPath}.digest`;
+    const fresh = async () => (await Bun.file(stamp).text().catch(() => "")) === digest && (await Bun.file(binaryPath).exists());
+    if (await fresh()) return;
+    await mkdir(dirname(binaryPath), { recursive: true });
+    const lock = `${binaryPath}.lock`;
+    const deadline = Date.now() + 300_000;
+    for (;;) {
+      try {
+        await writeFile(lock, String(process.pid), { flag: "wx" });
+        break;
+      } catch {
+        if (await fresh()) return;
+        // A lock left by a build that was killed: its process is gone.
+        const holder = Number(await Bun.file(lock).text().catch(() => "0"));
+        if (holder && !alive(holder)) await rm(lock, { force: true });
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${lock} (another test process building the binary)`);
+        await Bun.sleep(200);
+      }
+    }
+    try {
+      if (await fresh()) return;
+      const tmp = `${binaryPath}.${process.pid}.tmp`;
+      const p = Bun.spawn(["bun", "run", "build", "--outfile", tmp], { cwd: root, stdout: "ignore", stderr: "pipe" });
+      if ((await p.exited) !== 0) throw new Error(`build failed: ${await new Response(p.stderr).text()}`);
+      await rename(tmp, binaryPath);
+      await writeFile(stamp, digest);
+    } finally {
+      await rm(lock, { force: true });
+    }
   })());
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export type CliResult = { code: number; stdout: string; stderr: string };

@@ -22,7 +22,16 @@ export type TestCluster = {
   stop(): Promise<void>;
 };
 
+/**
+ * Test clusters write 1 MiB WAL segments (initdb --wal-segsize=1), not PostgreSQL's 16 MiB: every
+ * pg_switch_wal then costs one small file to receive, seal and upload instead of 16 MiB of mostly
+ * zeros. The code under test reads the size from the server, so it is exercised as it is in production.
+ */
+export const TEST_WAL_SEGMENT_BYTES = 1024 * 1024;
+
 export type ClusterOptions = {
+  /** WAL segment size in MiB (a power of 2); TEST_WAL_SEGMENT_BYTES unless a test needs PostgreSQL's 16. */
+  walSegmentMiB?: number;
   /** max_slot_wal_keep_size; -1 is PostgreSQL's unbounded default. */
   maxSlotWalKeepSize?: string;
   settings?: Record<string, string>;
@@ -49,7 +58,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
   const dataDir = join(root, "data");
   await mkdir(dataDir, { mode: 0o700 });
   if (as.uid !== undefined) await chown(dataDir, as.uid, as.gid!);
-  const r = await exec([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+  const r = await exec([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync", `--wal-segsize=${options.walSegmentMiB ?? TEST_WAL_SEGMENT_BYTES / 1024 / 1024}`]);
   if (r.code !== 0) throw new Error(`initdb failed: ${r.output}`);
   const settings: Record<string, string> = {
     wal_level: "replica",

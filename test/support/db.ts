@@ -4,28 +4,31 @@ import { connect, type Sql } from "../../src/pg/db.ts";
 /** The server tests use: TEST_DATABASE_URL when set, otherwise the local default. */
 export const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 
-export function urlFor(database: string): string {
-  const u = new URL(serverUrl);
+export function urlFor(database: string, server = serverUrl): string {
+  const u = new URL(server);
   u.pathname = `/${database}`;
   return u.toString();
 }
 
 export type TestDatabase = { name: string; url: string; sql: Sql; drop(): Promise<void> };
 
-function admin() {
-  return postgres(serverUrl, { max: 1, onnotice: () => {} });
+function admin(server = serverUrl) {
+  return postgres(server, { max: 1, onnotice: () => {} });
 }
 
-/** A new, empty database of this test file's own; `drop()` removes it and anything connected to it. */
-export async function freshDatabase(label = "t"): Promise<TestDatabase> {
+/**
+ * A new, empty database of this test file's own; `drop()` removes it and anything connected to it.
+ * `server`: another server than the shared one (a test cluster), for a file that checks what is on the whole server.
+ */
+export async function freshDatabase(label = "t", server = serverUrl): Promise<TestDatabase> {
   const name = `shinkei_test_${label}_${crypto.randomUUID().slice(0, 8)}`.toLowerCase().replace(/[^a-z0-9_]/g, "_");
-  const a = admin();
+  const a = admin(server);
   try {
     await a`create database ${a(name)}`;
   } finally {
     await a.end();
   }
-  const url = urlFor(name);
+  const url = urlFor(name, server);
   const sql = connect(url, { max: 4 });
   return {
     name,
@@ -33,13 +36,13 @@ export async function freshDatabase(label = "t"): Promise<TestDatabase> {
     sql,
     async drop() {
       await sql.end({ timeout: 1 });
-      await dropDatabase(name);
+      await dropDatabase(name, server);
     },
   };
 }
 
-export async function dropDatabase(name: string) {
-  const a = admin();
+export async function dropDatabase(name: string, server = serverUrl) {
+  const a = admin(server);
   try {
     await a`drop database if exists ${a(name)} with (force)`;
   } finally {

@@ -1,10 +1,22 @@
-import { chmod, mkdtemp, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Sql } from "../../src/pg/db.ts";
 
+const made: string[] = [];
+
+/** A new folder in the temp directory; the preload removes it after the file's last test. */
 export async function tempDir(label: string): Promise<string> {
-  return mkdtemp(join(tmpdir(), `shinkei-${label}-`));
+  const dir = await mkdtemp(join(tmpdir(), `shinkei-${label}-`));
+  made.push(dir);
+  return dir;
+}
+
+/** Remove every folder tempDir made in this process; what cannot go (a mount a failed test left) is named. */
+export async function removeTempDirs(): Promise<void> {
+  for (const dir of made.splice(0)) {
+    await rm(dir, { recursive: true, force: true }).catch((e) => console.warn(`temp folder ${dir} not removed: ${(e as Error).message}`));
+  }
 }
 
 /** A folder with a fake `tool` that runs `script` (sh), to put first on PATH: real faults, real binaries. */

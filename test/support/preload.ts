@@ -1,9 +1,18 @@
 import { plugin } from "bun";
-import { expect } from "bun:test";
+import { afterAll, expect } from "bun:test";
 import { readFile } from "node:fs/promises";
+import { removeTempDirs } from "./fixtures.ts";
 
 /** Real databases, servers and processes: bun's 5 s default is too tight on a busy 2-core machine. */
 const TEST_TIMEOUT_MS = 60_000;
+
+/*
+ * The folders tests make with tempDir are removed after the file's last test (each file runs in a
+ * process or global of its own under bun test --parallel), so a run leaves none behind, even when a
+ * test fails before its own cleanup. Not a TMPDIR of its own for the run: pitr's scratch instances
+ * put their unix sockets under TMPDIR, and one more folder level passes the 107-byte socket path limit.
+ */
+afterAll(removeTempDirs);
 
 /*
  * Why not simply call setDefaultTimeout here: bun test reads no timeout from bunfig.toml
