@@ -1,4 +1,10 @@
 import S3rver from "s3rver";
+import { createHash, randomUUID } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { mkdir, rename, rm } from "node:fs/promises";
+import { dirname } from "node:path";
+import { Readable, Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import type { S3Config } from "../../src/config/index.ts";
 import { tempDir } from "./fixtures.ts";
@@ -21,6 +27,7 @@ export class TestS3 {
 
   async start() {
     this.server = new S3rver({ address: "127.0.0.1", port: this.port, silent: true, directory: this.dir });
+    readAfterWrite((this.server as unknown as { store: S3rverStore }).store);
     const { port } = await this.server.run();
     this.port = port;
   }
@@ -62,4 +69,44 @@ export class TestS3 {
   client() {
     return new S3Client({ region: "us-east-1", endpoint: this.endpoint, forcePathStyle: true, credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" } });
   }
+}
+
+type S3rverStore = {
+  getResourcePath(bucket: string, key: string, resource: string): string;
+  putMetadata(bucket: string, key: string, metadata: unknown, md5: string): Promise<void>;
+  putObject(object: { bucket: string; key: string; content: Buffer | NodeJS.ReadableStream; metadata: unknown }): Promise<{ size: number; md5: string }>;
+};
+
+/**
+ * s3rver answers a PUT once the body has passed its hashing stream, before its file stream has
+ * written it: a HEAD right after (as every upload's check does) can find the object truncated to
+ * 0 bytes, and two PUTs of one key interleave in one file. Real S3 reads its own writes and never
+ * shows a partial object; so here the body is written whole to a file beside the object, then
+ * renamed over it (a name that does not end in `._S3rver_object`, so no listing shows it).
+ */
+function readAfterWrite(store: S3rverStore) {
+  store.putObject = async function (object) {
+    const path = this.getResourcePath(object.bucket, object.key, "object");
+    await mkdir(dirname(path), { recursive: true });
+    const incoming = `${path}.incoming-${randomUUID()}`;
+    const md5 = createHash("md5");
+    let size = 0;
+    const source = Buffer.isBuffer(object.content) ? Readable.from([object.content]) : (object.content as Readable);
+    try {
+      await pipeline(source, new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          md5.update(chunk);
+          size += chunk.length;
+          done(null, chunk);
+        },
+      }), createWriteStream(incoming));
+      await rename(incoming, path);
+    } catch (e) {
+      await rm(incoming, { force: true });
+      throw e;
+    }
+    const digest = md5.digest("hex");
+    await this.putMetadata(object.bucket, object.key, object.metadata, digest);
+    return { size, md5: digest };
+  };
 }
