@@ -120,7 +120,7 @@ for (const backend of backends) {
     test("a store reads its own writes: put over the same name again and again, each copy checked whole as soon as it is up", async () => {
       // put's own check (size, ETag) reads the object right after writing it; on a store that
       // answered before its bytes were down, a replaced object showed 0 bytes now and then.
-      const store = await backend.empty();
+      const store = await backend.empty(naming);
       const files = await Promise.all(["a", "b"].map((c, i) => source(c.repeat(200_000 + i * 1000))));
       for (let i = 0; i < 40; i++) {
         expect((await store.put(name, files[i % 2]!)).sizeBytes).toBe(200_000 + (i % 2) * 1000);
