@@ -350,7 +350,7 @@ describe("the allowlist", () => {
 /** The ends (byte offset of each `;`) of the statements as our splitter and as the parser see them; null when either refuses. */
 function ends(text: Uint8Array): { splitter: number[]; parser: number[] } | null {
   const g = new ScriptGuard();
-  let items;
+  let items: ReturnType<ScriptGuard["end"]>;
   try {
     items = [...g.push(text), ...g.end()];
   } catch {
@@ -410,7 +410,7 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     }
     const base = await readFile(corpus.plain);
     const variants: [string, Uint8Array][] = [];
-    for (const [sep, x] of Object.entries(seps)) templates(x, payload).forEach((t, i) => variants.push([`${sep} #${i}`, Buffer.concat([base, enc.encode(t)])]));
+    for (const [sep, x] of Object.entries(seps)) for (const [i, t] of templates(x, payload).entries()) variants.push([`${sep} #${i}`, Buffer.concat([base, enc.encode(t)])]);
     variants.push(["COPY with a CR-ended comment", Buffer.concat([base, enc.encode(`COPY public.worlds FROM stdin -- x\r; ${payload}; SELECT 1\n;\n\\.\n`)])]);
     variants.push(["BOM", Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), base])]);
     variants.push(["NUL", Buffer.concat([base, enc.encode(`${V};\0${payload};\n`)])]);

@@ -50,7 +50,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
     await confirmDestructive(ctx, target, what, [target.database], "yes");
 
     const progress = activity(io, "restoring");
-    let result;
+    let result: Awaited<ReturnType<typeof restoreBackup>>;
     try {
       result = await restoreBackup({
         sql: ctx.db,

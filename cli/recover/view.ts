@@ -48,7 +48,7 @@ export function showPreview(io: Io, plan: Plan, source: string, loadMs: number, 
   line(io, `source     ${source} (loaded into a scratch database in ${formatDuration(loadMs)})`);
   const scope = plan.scope.kind === "user" ? plan.scope.email : `${plan.scope.kind} ${plan.scope.id}`;
   line(io, `scope      ${scope}${plan.owner && plan.scope.kind !== "user" ? ` (owner ${plan.owner})` : ""}`);
-  describeGraph(plan.graph).forEach((l, i) => line(io, `${i === 0 ? "followed  " : "          "} ${l}`));
+  for (const [i, l] of describeGraph(plan.graph).entries()) line(io, `${i === 0 ? "followed  " : "          "} ${l}`);
   if (plan.replaced) showAccounts(io, plan.replaced);
   if (plan.mode === "into-current-account") line(io, `mode       --into-current-account: recovered rows are re-parented to ${plan.currentRoot}`);
   if (plan.mode === "restore-account") line(io, `mode       --restore-account: the new, empty account ${plan.removeAccount} is removed, the old one comes back`);

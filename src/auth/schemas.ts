@@ -6,6 +6,7 @@ import { ShinkeiError } from "../errors.ts";
  * UTF-8 form; it would be stored as U+FFFD, not as sent). Checked first, so such input is a 400
  * naming the field before anything is hashed or sent to the database.
  */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what this refuses.
 const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 const text = () => v.pipe(v.string("must be a string"), v.check((s: string) => !UNSTORABLE.test(s), "must not contain NUL characters or unpaired surrogates"));
 

@@ -203,11 +203,11 @@ export class ScriptGuard {
         continue;
       }
       if (b === Q) {
-        const escape = this.word === "E" || this.word === "e";
+        const escapes = this.word === "E" || this.word === "e";
         this.endWord();
         this.begin();
         this.keep(b);
-        this.state = escape ? S.Escape : S.Single;
+        this.state = escapes ? S.Escape : S.Single;
         continue;
       }
       this.endWord();

@@ -26,11 +26,11 @@ const escapeHtml = (s: string) =>
  * Fill `{{name}}` placeholders. Values are escaped in the HTML body (a user's name is theirs to
  * choose, and must not become markup); a placeholder without a value is a bug, so it throws.
  */
-function fill(template: string, vars: Record<string, string>, escape: (s: string) => string): string {
+function fill(template: string, vars: Record<string, string>, escapeValue: (s: string) => string): string {
   return template.replace(/\{\{(\w+)\}\}/g, (_, key: string) => {
     const value = vars[key];
     if (value === undefined) throw new Error(`mail template needs {{${key}}}`);
-    return escape(value);
+    return escapeValue(value);
   });
 }
 

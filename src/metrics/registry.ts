@@ -86,7 +86,10 @@ export class Metrics {
     const read = await Promise.all(this.sources.map((s) => withinMs(s.read(), SOURCE_TIMEOUT_MS).then((f) => ({ f }), () => null)));
     read.forEach((r, i) => {
       // A source that cannot be read shows as shinkei_backup_source_up 0, and the scrape still answers.
-      if (!r) return void failed.push(this.sources[i]!.name);
+      if (!r) {
+        failed.push(this.sources[i]!.name);
+        return;
+      }
       all.kinds.push(...r.f.kinds);
       all.offsitePending.push(...(r.f.offsitePending ?? []));
       all.offsiteLag.push(...(r.f.offsiteLag ?? []));

@@ -225,7 +225,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
         }
       }
       if (Date.now() - lastReport > 5000) {
-        if (lastReport) step(`replaying: at ${row?.[0]!.lsn ?? "?"}, ${served.length} WAL file(s) fetched`);
+        if (lastReport) step(`replaying: at ${row?.[0]?.lsn ?? "?"}, ${served.length} WAL file(s) fetched`);
         lastReport = Date.now();
       }
       cancelled();

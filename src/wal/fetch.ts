@@ -123,7 +123,7 @@ async function fetchRecorded(config: Config, name: string, timeline: number, tar
     const source = await unsealFrom(stored, { encryption: record.encryption, age: config.backup.age, name: record.file });
     const file = await open(partial, "w", 0o600);
     try {
-      await pipeline(source, async function* (chunks: AsyncIterable<Buffer>) {
+      await pipeline(source, async (chunks: AsyncIterable<Buffer>) => {
         for await (const c of chunks) {
           plain.update(c);
           await file.write(c);
