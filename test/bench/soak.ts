@@ -14,17 +14,13 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
 import { TestS3 } from "../support/s3.ts";
-import { timed } from "./tools.ts";
+import { arg, timed } from "./tools.ts";
 import { loadConfig } from "../../src/config/index.ts";
 import { connect } from "../../src/pg/db.ts";
 import { startWalStream } from "../../src/wal/stream.ts";
 import { createBaseBackup } from "../../src/wal/base.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1]! : fallback;
-};
 const seconds = Number(arg("seconds", "600"));
 const rate = Number(arg("rate", "300"));
 let seed = Number(arg("seed", "1"));
