@@ -52,7 +52,7 @@ export async function pitrRestore(ctx: Context): Promise<number> {
 
   const t0 = performance.now();
   const say = (m: string) => io.stderr.write(`… ${formatDuration(performance.now() - t0).padStart(6)}  ${m}\n`);
-  const recovery = await recoverTo({ config, target, store: walStore(config), keep: !ctx.flag("stop") && !apply, intoDir, onStep: say });
+  const recovery = await recoverTo({ config, target, store: walStore(config), keep: !ctx.flag("stop") && !apply, intoDir, onStep: say, allowUnencrypted: ctx.flag("allow-unencrypted") });
   const asJson = ctx.flag("json");
   const out: Record<string, unknown> = { target: recovery.target, base: recovery.base, window: recovery.window, reached: recovery.reached, replayedAll: recovery.replayedAll, walFiles: recovery.walFiles.length, walSources: Object.fromEntries(Object.entries(Object.groupBy(recovery.walFiles, (f) => f.from)).map(([k, v]) => [k, v!.length])), walStaged: recovery.walFiles.filter((f) => f.staged).length, durationMs: recovery.durationMs };
   if (!asJson) for (const l of reachedLines(recovery)) line(io, l);

@@ -10,6 +10,7 @@ import { fetchViaSocket } from "../src/pitr/walserve.ts";
 import { removeDayOld } from "../src/pitr/instance.ts";
 import { pitrCleanup, pitrDrill, pitrRestore } from "./pitr-restore.ts";
 import { readPitrDrills } from "../src/pitr/drill.ts";
+import { signArchive } from "../src/wal/sign.ts";
 
 export const pitrCommand: Command = {
   name: "pitr",
@@ -17,6 +18,7 @@ export const pitrCommand: Command = {
   help: `Usage: shinkei pitr status [--json]
        shinkei pitr restore (--to TIME | --to-lsn LSN | --to-name NAME) [--stop | --apply | --into-dir DIR] [--json]
        shinkei pitr cleanup [--json]
+       shinkei pitr sign [--json]
        shinkei pitr drill [--json]
        shinkei pitr wal-fetch NAME TARGET
 
@@ -28,7 +30,8 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.
 wal-fetch is for PostgreSQL's restore_command = 'shinkei pitr wal-fetch %f %p': it writes the
 archived WAL file NAME (from BACKUP_DIR, else the off-site copy) to TARGET after checking it
 against its record, and exits 1 when it has no such file; 126 (which makes PostgreSQL abort
-recovery rather than end it early) when the store is out of reach or a file is damaged.
+recovery rather than end it early) when the store is out of reach, a file is damaged, or its
+record may not be used on this host (see below).
 
 restore recovers a scratch PostgreSQL instance (same major version as the base backup, in a
 temporary folder, on a free 127.0.0.1 port) to TIME: an ISO time with its zone, a local time in
@@ -52,6 +55,12 @@ and the measured RTO show in pitr status.
 cleanup stops and removes leftover scratch instances (every pitr command removes those older than
 a day).
 
+With BACKUP_MANIFEST_KEY set, only base backups and WAL files whose records this host signed are
+used (window, restore, drills, wal-fetch, status); on a host that encrypts, plain ones only with
+--allow-unencrypted (restore, drill, wal-fetch). sign signs the records of an archive written
+before the key was set, each after its file matched its SHA-256: run it once, for an archive you
+know is yours.
+
 Options:
   --json       machine-readable output
   -h, --help   show this help`,
@@ -65,14 +74,15 @@ Options:
     "into-dir": { type: "string" },
     yes: { type: "boolean" },
     "confirm-database": { type: "string" },
+    "allow-unencrypted": { type: "boolean" },
     "allow-production": { type: "boolean" },
     "no-safety-backup": { type: "boolean" },
     wait: { type: "boolean" },
     socket: { type: "string" },
     watch: { type: "string" },
   },
-  subcommands: ["status", "wal-fetch", "restore", "cleanup", "drill"],
-  needsDatabase: (positionals) => positionals[0] !== "wal-fetch" && positionals[0] !== "cleanup",
+  subcommands: ["status", "wal-fetch", "restore", "cleanup", "drill", "sign"],
+  needsDatabase: (positionals) => positionals[0] !== "wal-fetch" && positionals[0] !== "cleanup" && positionals[0] !== "sign",
   async run(ctx) {
     const { io, config } = ctx;
     if (ctx.positionals[0] === "wal-fetch") {
@@ -82,7 +92,7 @@ Options:
         // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
         const socket = ctx.option("socket");
         if (socket) await fetchViaSocket(socket, name, target);
-        else await fetchWal(config, name, target, walStore(config));
+        else await fetchWal(config, name, target, walStore(config), { allowUnencrypted: ctx.flag("allow-unencrypted") });
         return 0;
       } catch (e) {
         // PostgreSQL ends recovery at the first file restore_command lacks (exit 1). Anything else (a
@@ -93,6 +103,13 @@ Options:
       }
     }
     if (ctx.positionals[0] === "cleanup") return pitrCleanup(ctx);
+    if (ctx.positionals[0] === "sign") {
+      const r = await signArchive(config, walStore(config));
+      if (ctx.flag("json")) return json(io, r), r.refused.length ? 1 : 0;
+      line(io, `signed ${r.signed.length} record(s)`);
+      for (const u of r.refused) warn(io, u.problem);
+      return r.refused.length ? 1 : 0;
+    }
     await removeDayOld();
     if (ctx.positionals[0] === "restore") return pitrRestore(ctx);
     if (ctx.positionals[0] === "drill") return pitrDrill(ctx);

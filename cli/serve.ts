@@ -6,17 +6,18 @@ import { connect } from "../src/db.ts";
 import { startScheduler, type Scheduler } from "../src/schedule.ts";
 import { newestGood } from "../src/backup/freshness.ts";
 import { archiveWindow } from "../src/wal/status.ts";
+import { archiveTrust, type ArchiveTrust } from "../src/wal/trust.ts";
 import { walRoot } from "../src/wal/archive.ts";
 
 /** The point-in-time window for /ready, when BACKUP_DIR holds a WAL archive; read at most every 10 s. */
-function cachedWindow(backupDir: string) {
+function cachedWindow(backupDir: string, trust: ArchiveTrust) {
   let at = 0;
   let value: Record<string, unknown> = {};
   return async () => {
     if (Date.now() - at < 10_000) return value;
     at = Date.now();
     const exists = await Bun.file(walRoot(backupDir)).stat().then(() => true, () => false);
-    value = exists ? await archiveWindow(backupDir).then((w) => ({ pitr: { ...w.window, gaps: w.gaps.length } }), () => ({})) : {};
+    value = exists ? await archiveWindow(backupDir, trust).then((w) => ({ pitr: { ...w.window, gaps: w.gaps.length } }), () => ({})) : {};
     return value;
   };
 }
@@ -43,10 +44,11 @@ Options:
   -h, --help   show this help`,
   async run(ctx) {
     const { config } = ctx;
-    const pitr = cachedWindow(config.backupDir);
+    const pitr = cachedWindow(config.backupDir, archiveTrust(config.backup.age));
     const readiness = async () => {
       const f = await newestGood(config.backupDir);
-      return { backup: f.newest ? { newest: f.newest.name, ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
+      // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
+      return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
     };
     const running = await startServer(config, { readiness });
     let scheduler: Scheduler | undefined;

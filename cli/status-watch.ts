@@ -5,6 +5,7 @@ import { formatDuration, parseDuration } from "../src/duration.ts";
 import { formatBytes } from "../src/bytes.ts";
 import { databaseState } from "../src/state.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
+import { archiveTrust } from "../src/wal/trust.ts";
 import { ago, statusView } from "../src/metrics/view.ts";
 import { offsiteStore } from "../src/backup/stores/index.ts";
 
@@ -17,7 +18,7 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   // An unreadable folder is what to show, not a reason to stop watching.
   const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then((s) => ({ s }), (e: Error) => ({ error: e.message }));
   if ("error" in read) return [...out, `✖ the backup folder cannot be read: ${read.error}`];
-  const pitrRead = config.wal.archive === "stream" ? await readPitrSnapshot(config.backupDir).then((p) => ({ p }), (e: Error) => ({ error: e.message })) : null;
+  const pitrRead = config.wal.archive === "stream" ? await readPitrSnapshot(config.backupDir, archiveTrust(config.backup.age)).then((p) => ({ p }), (e: Error) => ({ error: e.message })) : null;
   const view = statusView(read.s, config.backup, new Date(), pitrRead && "p" in pitrRead ? pitrRead.p : null);
   if (pitrRead && "error" in pitrRead) view.problems.unshift({ level: "bad", text: `The WAL archive cannot be read: ${pitrRead.error}` });
   out.push(view.headline.text);

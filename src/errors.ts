@@ -62,6 +62,7 @@ const codes = {
   RESTORE_UNSAFE: { exit: 1, status: 422 },
   UNENCRYPTED_BACKUP: { exit: 1, status: 422 },
   UNSIGNED_BACKUP: { exit: 1, status: 422 },
+  ARCHIVE_UNTRUSTED: { exit: 1, status: 422 },
   LOCK_LOST: { exit: 1, status: 500 },
   ABORTED: { exit: 1, status: 400 },
   CANCELLED: { exit: 130, status: 400 },

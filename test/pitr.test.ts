@@ -48,6 +48,7 @@ import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
+import { archiveTrust } from "../src/wal/trust.ts";
 import { statusView } from "../src/metrics/view.ts";
 import { loadConfig } from "../src/config.ts";
 
@@ -302,7 +303,7 @@ describe("base backups and point-in-time status", () => {
     const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
     expect(s.gaps).toEqual([{ timeline: 1, from: victim, to: victim, segments: 1 }]);
     // The status page's view: the gap is a problem, and an event at the time its neighbour came.
-    const view = statusView(await readSnapshot(dir, undefined), loadConfig(env).backup, new Date(), await readPitrSnapshot(dir));
+    const view = statusView(await readSnapshot(dir, undefined), loadConfig(env).backup, new Date(), await readPitrSnapshot(dir, archiveTrust(loadConfig(env).backup.age)));
     expect(view.pitr!.gapsAfterNewestBase).toBe(1);
     expect(view.problems.map((p) => p.text)).toContain("1 gap in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.");
     expect(view.events.filter((e) => e.kind === "wal-gap").map((e) => e.backup)).toEqual([victim]);

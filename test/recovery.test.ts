@@ -128,16 +128,20 @@ describe("password reset", () => {
     expect(notice.text).toContain("from a signed-in session");
   });
 
-  test("a newer code makes the older one stop working; a code expires after PASSWORD_RESET_TTL", async () => {
+  test("a newer code does not void the older one; using either ends both; a code expires after PASSWORD_RESET_TTL", async () => {
     expect((await register("dave@example.com")).status).toBe(201);
     const davesCodes = async () =>
       (await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id where u.email = 'dave@example.com' and c.purpose = 'password_reset'`)[0]!.n;
     const first = await resetCode("dave@example.com");
     const second = await resetCode("dave@example.com");
     expect(second).not.toBe(first);
-    expect((await confirm("dave@example.com", first)).status).toBe(400);
-    // A live code does not work for another account either.
+    expect(await davesCodes()).toBe(2);
+    // A live code does not work for another account.
     expect((await confirm(await newAccount(server, "someone-else"), second)).status).toBe(400);
+    // Anyone may ask for a code for dave: the one dave holds still works.
+    expect((await confirm("dave@example.com", first, PASSWORD)).status).toBe(200);
+    expect((await confirm("dave@example.com", second, PASSWORD)).status).toBe(400);
+    expect(await davesCodes()).toBe(0);
 
     const third = await resetCode("dave@example.com");
     skewMs = 3_600_000 + 1_000;
@@ -268,6 +272,54 @@ describe("password reset", () => {
   });
 });
 
+describe("nobody who knows an email can block its owner's reset", () => {
+  const ATTACKER = "198.51.100.66";
+  const OWNER = "203.0.113.10";
+  const from = (ip: string) => ({ "x-forwarded-for": ip });
+  let proxied: TestServer;
+  beforeAll(async () => {
+    proxied = await startTestServer(db, mailEnv({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_ACCOUNT: "6", LOGIN_ACCOUNT_DELAY: "300ms" }), { clock });
+  });
+  afterAll(() => proxied.stop());
+  const ask = async (email: string, ip: string) => {
+    const r = await post(proxied, "password-reset", { email }, from(ip));
+    await proxied.recovery.idle();
+    return r;
+  };
+
+  test("requests from many addresses past the per-email ceiling only slow the owner's request, and the codes they mailed the owner work", async () => {
+    expect((await register("olga@example.com", proxied)).status).toBe(201);
+    // 4 addresses x 3 requests: past the ceiling of 6 for the email, far under each address's 5.
+    for (let a = 0; a < 4; a++) for (let i = 0; i < 3; i++) expect((await ask("olga@example.com", `198.51.100.${a + 1}`)).status).toBe(202);
+    const started = performance.now();
+    const own = await ask("olga@example.com", OWNER);
+    expect(own.status).toBe(202);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(290);
+    // At most five codes live at once, so at most five mails: every one of them works for the owner.
+    const mails = smtp.to("olga@example.com").filter((m) => RESET.test(m.subject));
+    expect(mails.length).toBe(5);
+    const r = await post(proxied, "password-reset/confirm", { email: "olga@example.com", code: codeIn(mails[0]!), newPassword: "olga's new secret" }, from(OWNER));
+    expect(r.status).toBe(200);
+  });
+
+  test("wrong codes from one address never block the right code from another; a second request does not void the first code", async () => {
+    expect((await register("pia@example.com", proxied)).status).toBe(201);
+    expect((await ask("pia@example.com", OWNER)).status).toBe(202);
+    const code = codeIn(await smtp.waitFor("pia@example.com", RESET, 1));
+    expect((await ask("pia@example.com", ATTACKER)).status).toBe(202);
+    await smtp.waitFor("pia@example.com", RESET, 2);
+    let refused = 0;
+    for (let i = 0; i < 8; i++) {
+      const r = await post(proxied, "password-reset/confirm", { email: "pia@example.com", code: "C".repeat(31) + i, newPassword: "whatever123" }, from(ATTACKER));
+      refused += r.status === 429 ? 1 : 0;
+    }
+    expect(refused).toBe(3); // the attacker's address is stopped after its five
+    const r = await post(proxied, "password-reset/confirm", { email: "pia@example.com", code, newPassword: "pia's new secret" }, from(OWNER));
+    expect(r.status).toBe(200);
+    expect((await post(proxied, "login", { email: "pia@example.com", password: "pia's new secret" }, from(OWNER))).status).toBe(200);
+  });
+});
+
 describe("email verification", () => {
   test("not required: registration mails a code, login works before it, the code verifies once", async () => {
     expect((await register("ivy@example.com")).status).toBe(201);
@@ -301,13 +353,13 @@ describe("email verification", () => {
       expect(unverified.status).toBe(403);
       expect((await unverified.json()).error.code).toBe("EMAIL_NOT_VERIFIED");
 
-      // The first code got lost: ask for a new one; only the newest works.
+      // The first code got lost: ask for a new one, which works; using it ends the older one too.
       const lost = codeIn(await smtp.waitFor("jo@example.com", VERIFY));
       expect((await post(strict, "verify-email/resend", { email: "jo@example.com" })).status).toBe(202);
       await strict.recovery.idle();
       const code = codeIn(await smtp.waitFor("jo@example.com", VERIFY, 2));
-      expect((await post(strict, "verify-email", { email: "jo@example.com", code: lost })).status).toBe(400);
       expect((await post(strict, "verify-email", { email: "jo@example.com", code })).status).toBe(200);
+      expect((await post(strict, "verify-email", { email: "jo@example.com", code: lost })).status).toBe(400);
       expect((await login("jo@example.com", PASSWORD, strict)).status).toBe(200);
       // A verified account gets no more codes.
       expect((await post(strict, "verify-email/resend", { email: "jo@example.com" })).status).toBe(202);

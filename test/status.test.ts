@@ -19,10 +19,10 @@ beforeAll(async () => {
   await db.sql`insert into story_beats (story_id, position, content) select ${stories[0]!.id}, i, 'beat' from generate_series(0, 6) i`;
   // Two live reset codes, one expired, one for verification: only the first two are pending resets.
   const now = new Date();
-  codes.push(await issueCode(db.sql, { userId: users[0]!.id, purpose: "password_reset", ttlMs: 3_600_000, now }));
-  codes.push(await issueCode(db.sql, { userId: users[1]!.id, purpose: "password_reset", ttlMs: 3_600_000, now }));
-  codes.push(await issueCode(db.sql, { userId: users[2]!.id, purpose: "password_reset", ttlMs: 1_000, now: new Date(now.getTime() - 60_000) }));
-  codes.push(await issueCode(db.sql, { userId: users[2]!.id, purpose: "verify_email", ttlMs: 3_600_000, now }));
+  codes.push((await issueCode(db.sql, { userId: users[0]!.id, purpose: "password_reset", ttlMs: 3_600_000, now }))!);
+  codes.push((await issueCode(db.sql, { userId: users[1]!.id, purpose: "password_reset", ttlMs: 3_600_000, now }))!);
+  codes.push((await issueCode(db.sql, { userId: users[2]!.id, purpose: "password_reset", ttlMs: 1_000, now: new Date(now.getTime() - 60_000) }))!);
+  codes.push((await issueCode(db.sql, { userId: users[2]!.id, purpose: "verify_email", ttlMs: 3_600_000, now }))!);
 });
 afterAll(() => db.drop());
 

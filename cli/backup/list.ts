@@ -8,6 +8,7 @@ import { readDrill, type DrillResult } from "../../src/backup/drill.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { compareNewestFirst, parseBackupName } from "../../src/backup/naming.ts";
 import { archiveWindow } from "../../src/wal/status.ts";
+import { archiveTrust } from "../../src/wal/trust.ts";
 
 function age(date: Date): string {
   return formatDuration(Math.max(0, Date.now() - date.getTime())) + " ago";
@@ -43,7 +44,7 @@ export async function list(ctx: Context): Promise<number> {
     })));
     return 0;
   }
-  const pitr = config.wal.archive === "stream" ? (await archiveWindow(config.backupDir)).window : null;
+  const pitr = config.wal.archive === "stream" ? (await archiveWindow(config.backupDir, archiveTrust(config.backup.age))).window : null;
   const windowLine = () => pitr && line(io, `point-in-time window: ${pitr.earliest ? `${pitr.earliest} .. ${pitr.latest} (timeline ${pitr.timeline}); see shinkei pitr status` : "none yet (needs a base backup and its WAL)"}`);
   if (rows.length === 0) {
     line(io, `no backups in ${config.backupDir}; take one with: shinkei backup`);

@@ -7,6 +7,7 @@ import type { Log } from "../../src/log.ts";
 import { Metrics, type HashLoad } from "../../src/metrics/registry.ts";
 import { cached, folderSnapshot, readPitrSnapshot, type PitrSnapshot, type Snapshot } from "../../src/metrics/snapshot.ts";
 import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
+import { archiveTrust } from "../../src/wal/trust.ts";
 import type { Sql } from "../../src/db.ts";
 import { offsiteStore } from "../../src/backup/stores/index.ts";
 import { statusView } from "../../src/metrics/view.ts";
@@ -61,12 +62,12 @@ export function createOps(config: Config, log: Log, options: { hashLoad?: HashLo
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
   if (config.wal.archive === "stream") {
-    sources.push(archiveSource(config.backupDir, config.backup, config.wal.maxLagMs));
+    sources.push(archiveSource(config.backupDir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs));
     // The receiver's lag and the slot come from the database, through the process's own pool.
     if (options.sql) sources.push(receiverSource(config, options.sql));
   }
   const metrics = new Metrics({ sources, hashLoad: options.hashLoad });
-  const pitrSnapshot = config.wal.archive === "stream" ? cached(() => readPitrSnapshot(config.backupDir)) : undefined;
+  const pitrSnapshot = config.wal.archive === "stream" ? cached(() => readPitrSnapshot(config.backupDir, archiveTrust(config.backup.age))) : undefined;
   return { config, metrics, snapshot, pitrSnapshot, log };
 }
 

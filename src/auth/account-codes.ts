@@ -9,19 +9,28 @@ export function hashCode(code: string): Buffer {
   return Buffer.from(new Bun.CryptoHasher("sha256").update(code).digest());
 }
 
+/** How many codes of one purpose an account may hold live at once. */
+export const LIVE_CODES = 5;
+
 /**
- * A new code for `userId`, valid until `now + ttlMs`. Earlier codes of the same purpose stop
- * working in the same transaction, so only the newest mail counts. Only the hash is stored.
+ * A new code for `userId`, valid until `now + ttlMs`; only its hash is stored. Earlier live codes
+ * keep working: anyone who knows the address can ask for a code, and a request must not void the
+ * one its owner is about to type. With LIVE_CODES live already, none is issued (null): the mailbox
+ * holds codes that work, and nobody can fill it with more. One transaction, locked per account, so
+ * parallel requests cannot pass the limit together.
  */
-export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }): Promise<string> {
+export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }): Promise<string | null> {
   const code = Buffer.from(crypto.getRandomValues(new Uint8Array(24))).toString("base64url");
   const expiresAt = new Date(input.now.getTime() + input.ttlMs);
-  await sql.begin(async (tx) => {
-    await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
+  return sql.begin(async (tx) => {
+    await tx`select 1 from users where id = ${input.userId} for update`;
+    await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose} and expires_at <= ${input.now}`;
+    const [live] = await tx<{ n: number }[]>`select count(*)::int as n from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
+    if (live!.n >= LIVE_CODES) return null;
     await tx`insert into account_codes (code_hash, user_id, purpose, created_at, expires_at)
              values (${hashCode(code)}, ${input.userId}, ${input.purpose}, ${input.now}, ${expiresAt})`;
+    return code;
   });
-  return code;
 }
 
 /**

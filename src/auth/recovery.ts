@@ -29,7 +29,7 @@ function humanDuration(ms: number): string {
   return `${n} ${unit}${n === 1 ? "" : "s"}`;
 }
 
-const invalidCode = () => new ShinkeiError("INVALID_CODE", "the code is wrong, used or expired", { hint: "Ask for a new one; only the newest code works." });
+const invalidCode = () => new ShinkeiError("INVALID_CODE", "the code is wrong, used or expired", { hint: "Ask for a new one; a code from any of the last few mails works until it expires." });
 
 export async function isEmailVerified(sql: Queryable, userId: string): Promise<boolean> {
   const [row] = await sql`select email_verified_at is not null as ok from users where id = ${userId}`;
@@ -79,12 +79,28 @@ export class AccountRecovery {
     return this.deps.mail;
   }
 
+  /**
+   * As login: the hard limit is per (email, address), so whoever knows an email cannot use up its
+   * owner's requests or guesses from another address; per email from every address there is a
+   * ceiling past which attempts wait, never one that refuses.
+   */
   private rules(scope: string, email: string, client: ClientInfo): ThrottleRule[] {
-    const { maxFailures, maxFailuresPerIp } = this.deps.config.login;
-    const rules: ThrottleRule[] = [{ key: `${scope}:${email.trim().toLowerCase()}`, limit: maxFailures, onSuccess: "clear" }];
+    const { maxFailures, maxFailuresPerIp, maxFailuresPerAccount, accountDelayMs } = this.deps.config.login;
+    const account = email.trim().toLowerCase();
+    const rules: ThrottleRule[] = [
+      { key: `${scope}:pair:${JSON.stringify([account, client.ip ?? ""])}`, limit: maxFailures, onSuccess: "clear" },
+      { key: `${scope}:${account}`, limit: maxFailuresPerAccount, delayMs: accountDelayMs, onSuccess: "release" },
+    ];
     // The address shares its budget with failed logins: one client gets one allowance for guessing.
     if (client.ip) rules.push({ key: `ip:${client.ip}`, limit: maxFailuresPerIp, onSuccess: "release" });
     return rules;
+  }
+
+  /** Count one attempt; past the per-email ceiling, wait before going on (see rules). */
+  private async reserve(scope: string, email: string, client: ClientInfo) {
+    const held = await this.deps.throttle.reserve(this.rules(scope, email, client));
+    if (held.delayMs) await Bun.sleep(held.delayMs);
+    return held;
   }
 
   /** Run `task` after the answer; its failure is logged, never shown to the client. */
@@ -103,6 +119,8 @@ export class AccountRecovery {
   private async mailCode(user: Pick<User, "id" | "email" | "name">, purpose: CodePurpose) {
     const ttlMs = purpose === "password_reset" ? this.deps.config.recovery.passwordResetTtlMs : this.deps.config.recovery.verificationTtlMs;
     const code = await issueCode(this.deps.sql, { userId: user.id, purpose, ttlMs, now: this.now() });
+    // The mailbox already holds the most codes that may be live at once: those still work.
+    if (code === null) return;
     this.send(purpose === "password_reset" ? "password-reset" : "verify-email", user, { code, ttl: humanDuration(ttlMs) });
   }
 
@@ -112,7 +130,7 @@ export class AccountRecovery {
    */
   async requestReset(email: string, client: ClientInfo = {}): Promise<void> {
     this.requireMail();
-    await this.deps.throttle.reserve(this.rules("reset-request", email, client));
+    await this.reserve("reset-request", email, client);
     this.later("password reset mail", async () => {
       const user = await findUserByEmail(this.deps.sql, email);
       if (user) await this.mailCode(user, "password_reset");
@@ -123,7 +141,7 @@ export class AccountRecovery {
   async confirmReset(input: { email: string; code: string; newPassword: string }, client: ClientInfo = {}): Promise<{ revokedSessions: number }> {
     this.requireMail();
     const { sql, throttle, hasher } = this.deps;
-    const held = await throttle.reserve(this.rules("reset-confirm", input.email, client));
+    const held = await this.reserve("reset-confirm", input.email, client);
     const now = this.now();
     const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "password_reset", now });
     // Hash only for a live code, so a flood of wrong codes costs no argon2 time.
@@ -159,8 +177,8 @@ export class AccountRecovery {
 
   async verifyEmail(input: { email: string; code: string }, client: ClientInfo = {}): Promise<{ verified: true }> {
     this.requireMail();
-    const { sql, throttle } = this.deps;
-    const held = await throttle.reserve(this.rules("verify", input.email, client));
+    const { sql } = this.deps;
+    const held = await this.reserve("verify", input.email, client);
     const now = this.now();
     const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "verify_email", now });
     const ok = userId
@@ -179,7 +197,7 @@ export class AccountRecovery {
   /** A fresh verification code for an unverified account; answered like a reset request. */
   async resendVerification(email: string, client: ClientInfo = {}): Promise<void> {
     this.requireMail();
-    await this.deps.throttle.reserve(this.rules("verify-request", email, client));
+    await this.reserve("verify-request", email, client);
     this.later("verification mail", async () => {
       const user = await findUserByEmail(this.deps.sql, email);
       if (user && !(await isEmailVerified(this.deps.sql, user.id))) await this.mailCode(user, "verify_email");

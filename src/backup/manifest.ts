@@ -40,25 +40,28 @@ export type OffsiteCopy = { location: string; sizeBytes: number; etag?: string; 
  * size, when, why, what it holds). Off-site records are left out: they are added later, and do not
  * change what is restored.
  */
-function signedPart(m: Manifest): string {
+function signedPart(m: Manifest): unknown[] {
   const { file, createdAt, reason, database, schemaVersion, format, encryption, sizeBytes, sha256, counts, digests } = m;
-  return JSON.stringify([file, createdAt, reason, database, schemaVersion, format, encryption ?? null, sizeBytes, sha256, counts, digests ?? null]);
+  return [file, createdAt, reason, database, schemaVersion, format, encryption ?? null, sizeBytes, sha256, counts, digests ?? null];
 }
 
-/** The one HMAC of BACKUP_MANIFEST_KEY: manifests and recovery records are signed with it. */
-export function sign(payload: string, key: string): string {
-  return new Bun.CryptoHasher("sha256", key).update(payload).digest("hex");
+/**
+ * The one signature every record shinkei writes carries (dump manifests, base backup manifests,
+ * WAL records, recovery records): HMAC-SHA256 with BACKUP_MANIFEST_KEY over the JSON of what identifies the file.
+ */
+export function signParts(parts: unknown[], key: string): string {
+  return new Bun.CryptoHasher("sha256", key).update(JSON.stringify(parts)).digest("hex");
 }
 
-export function signatureMatches(signature: unknown, payload: string, key: string): boolean {
+export function signatureMatches(signature: unknown, parts: unknown[], key: string): boolean {
   if (typeof signature !== "string") return false;
-  const expected = Buffer.from(sign(payload, key));
+  const expected = Buffer.from(signParts(parts, key));
   const given = Buffer.from(signature);
   return given.length === expected.length && crypto.timingSafeEqual(given, expected);
 }
 
 export function signManifest(m: Manifest, key: string): string {
-  return sign(signedPart(m), key);
+  return signParts(signedPart(m), key);
 }
 
 export function hasValidSignature(m: Manifest, key: string): boolean {

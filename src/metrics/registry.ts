@@ -155,6 +155,7 @@ export class Metrics {
     windowGauge("shinkei_pitr_max_lag_seconds", "The configured limit for how far the archive may trail (PITR_MAX_LAG)", (w) => seconds(w.maxLagMs));
     windowGauge("shinkei_wal_gaps", "Gaps in the archived WAL sequence", (w) => w.gaps);
     windowGauge("shinkei_wal_gaps_after_newest_base_backup", "Gaps after the newest base backup: they cut the window short", (w) => w.gapsAfterNewestBase);
+    windowGauge("shinkei_pitr_untrusted_files", "Base backups and WAL files left out of the window: unsigned, mis-signed, or plain where this host encrypts", (w) => w.untrusted);
     windowGauge("shinkei_wal_unsealed_segments", "Finished WAL segments waiting for the archiver to seal them (encrypt, checksum, copy off-site)", (w) => w.unsealed);
     windowGauge("shinkei_wal_unsealed_oldest_age_seconds", "How long the oldest finished segment has waited to be sealed; 0 when none waits", (w, now) => (w.unsealedSince ? seconds(now - w.unsealedSince.getTime()) : 0));
     /** The receiver and its slot (only where a source reports them: the database, with the archive on). */

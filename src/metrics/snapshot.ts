@@ -3,7 +3,7 @@ import { listLocal } from "../backup/catalog.ts";
 import { readDrill, type DrillResult } from "../backup/drill.ts";
 import { readPitrDrills, type PitrDrill } from "../pitr/drill.ts";
 import { archiveWindow } from "../wal/status.ts";
-import { listBaseBackups } from "../wal/base.ts";
+import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";
 import { parseSegment, segmentName } from "../wal/segments.ts";
 
 /** One backup as the status page and the metrics see it. */
@@ -77,14 +77,17 @@ export type PitrSnapshot = {
   /** Missing segments, placed at the time the segment before each was received. */
   gaps: { at: Date | null; from: string; to: string; segments: number }[];
   gapsAfterNewestBase: number;
+  /** Base backups and WAL files left out: unsigned, mis-signed, or plain where this host encrypts. */
+  untrusted: Untrusted[];
   /** Oldest first. */
   bases: { name: string; takenAt: Date; sizeBytes: number; durationMs: number; walComplete: boolean }[];
   /** Point-in-time drills, oldest first. */
   drills: PitrDrill[];
 };
 
-export async function readPitrSnapshot(dir: string): Promise<PitrSnapshot> {
-  const [w, bases, drills] = await Promise.all([archiveWindow(dir), listBaseBackups(dir), readPitrDrills(dir)]);
+export async function readPitrSnapshot(dir: string, trust: ArchiveTrust): Promise<PitrSnapshot> {
+  const [w, drills] = await Promise.all([archiveWindow(dir, trust), readPitrDrills(dir)]);
+  const bases = w.bases;
   const receivedAt = new Map([...w.records.map((r) => [r.name, r.receivedAt] as const), ...w.spooled.map((f) => [f.name, f.receivedAt.toISOString()] as const)]);
   const newest = Math.max(0, ...w.records.map((r) => Date.parse(r.receivedAt)), ...w.spooled.map((f) => f.receivedAt.getTime()), w.current?.receivedAt.getTime() ?? 0);
   const before = (name: string) => {
@@ -98,6 +101,7 @@ export async function readPitrSnapshot(dir: string): Promise<PitrSnapshot> {
     newestWalAt: newest ? new Date(newest) : null,
     gaps: w.gaps.map((g) => ({ at: before(g.from), from: g.from, to: g.to, segments: g.segments })),
     gapsAfterNewestBase: w.gapsAfterNewestBase.length,
+    untrusted: w.untrusted,
     bases: bases.map((b) => ({ name: b.name, takenAt: new Date(b.manifest.finishedAt), sizeBytes: b.manifest.sizeBytes, durationMs: b.manifest.durationMs, walComplete: complete.has(b.name) })),
     drills,
   };

@@ -1,7 +1,7 @@
 import type { Snapshot } from "./snapshot.ts";
 import type { Config } from "../config.ts";
 import type { Sql } from "../db.ts";
-import { listBaseBackups } from "../wal/base.ts";
+import type { ArchiveTrust } from "../wal/trust.ts";
 import { archiveWindow, pitrStatus } from "../wal/status.ts";
 import { readPitrDrills } from "../pitr/drill.ts";
 
@@ -18,7 +18,7 @@ export type KindFacts = {
 };
 
 /** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
-export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null };
+export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null; untrusted: number };
 
 /** How far the WAL receiver trails the server, and its replication slot: what the database says. */
 export type ReceiverFacts = {
@@ -62,11 +62,12 @@ export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs
  * window they and the archived WAL recover to. Read from BACKUP_DIR alone, like the dumps: a scrape
  * never waits on the database. The receiver's lag and the slot come from receiverSource.
  */
-export function archiveSource(backupDir: string, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number): FactSource {
+export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number): FactSource {
   return {
     name: "wal",
     async read() {
-      const [bases, drills, w] = await Promise.all([listBaseBackups(backupDir), readPitrDrills(backupDir), archiveWindow(backupDir)]);
+      const [drills, w] = await Promise.all([readPitrDrills(backupDir), archiveWindow(backupDir, trust)]);
+      const bases = w.bases;
       const newest = bases.at(-1)?.manifest;
       const last = drills.at(-1);
       const passed = drills.filter((d) => d.passed).at(-1);
@@ -81,7 +82,7 @@ export function archiveSource(backupDir: string, limits: { maxAgeMs: number; dri
       const date = (s: string | null) => (s ? new Date(s) : null);
       return {
         kinds: bases.length || drills.length ? [kind] : [],
-        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt) },
+        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt), untrusted: w.untrusted.length },
       };
     },
   };

@@ -1,5 +1,6 @@
 import type { PitrSnapshot, Snapshot } from "./snapshot.ts";
 import { formatDuration } from "../duration.ts";
+import { describeUntrusted } from "../wal/trust.ts";
 
 export const WINDOW_MS = 30 * 86_400_000;
 
@@ -113,6 +114,7 @@ function lastPitrDrill(p: PitrSnapshot, t: number): PitrView["lastDrill"] {
 /** The WAL archive's problems and events: base backups, point-in-time drills, gaps. */
 function pitrFacts(p: PitrSnapshot, t: number, limits: { drillMaxAgeMs: number }, problems: StatusView["problems"], events: TimelineEvent[], inWindow: (d: Date) => boolean) {
   if (p.bases.length === 0) problems.push({ level: "bad", text: "No base backup yet: the WAL archive has nothing to replay onto (shinkei backup base)." });
+  for (const line of describeUntrusted(p.untrusted)) problems.push({ level: "bad", text: `Left out of the point-in-time window: ${line}.` });
   if (p.gapsAfterNewestBase) problems.push({ level: "bad", text: `${p.gapsAfterNewestBase} gap${p.gapsAfterNewestBase === 1 ? "" : "s"} in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.` });
   const last = p.drills.at(-1);
   const passed = p.drills.filter((d) => d.passed).at(-1);

@@ -1,4 +1,4 @@
-import { existsSync, lstatSync, readFileSync } from "node:fs";
+import { closeSync, constants, existsSync, fstatSync, lstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
@@ -40,12 +40,45 @@ export async function writeState(s: InstanceState): Promise<void> {
   await writeFileAtomic(join(s.root, STATE), JSON.stringify(s, null, 2) + "\n");
 }
 
+/**
+ * A small file inside an instance folder, read as root: the folder's files may be the server's
+ * user's, who can leave a link (we would read another file), a FIFO (every pitr command would hang
+ * on it) or a huge file there. Opened without following links and without blocking, and read only
+ * when it is a regular file of at most `cap` bytes; null otherwise.
+ */
+export function readInstanceFile(path: string, cap = 64 * 1024, options: { tail?: boolean } = {}): string | null {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return null;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || (st.size > cap && !options.tail)) return null;
+    // `tail`: the last `cap` bytes of a longer file (the server's log, which its user may fill).
+    const from = Math.max(0, st.size - cap);
+    const buf = Buffer.alloc(st.size - from);
+    let n = 0;
+    while (n < buf.length) {
+      const got = readSync(fd, buf, n, buf.length - n, from + n);
+      if (got === 0) break;
+      n += got;
+    }
+    return buf.subarray(0, n).toString("utf8");
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function readState(root: string): InstanceState | null {
   try {
     // Only a folder we made: anyone may create one under the temporary folder, naming any programs.
     const folder = lstatSync(root);
     if (!folder.isDirectory() || folder.uid !== process.getuid?.() || lstatSync(join(root, STATE)).uid !== folder.uid) return null;
-    const s = JSON.parse(readFileSync(join(root, STATE), "utf8")) as InstanceState;
+    const s = JSON.parse(readInstanceFile(join(root, STATE)) ?? "null") as InstanceState;
     // Only a folder of ours, naming paths inside itself, is ever stopped or removed.
     const ok = s?.pitrInstanceVersion === 1 && s.root === root && dirname(s.dataDir) === root && Number.isInteger(s.port) && Number.isInteger(s.ownerPid);
     return ok ? s : null;
@@ -131,11 +164,17 @@ export async function writeAsServer(as: { prefix: string[] }, path: string, text
   if (code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `writing ${path} failed: ${err.trim()}`);
 }
 
-/** Read a file inside the server's data directory as the server's OS user (see writeAsServer). */
+const SERVER_FILE_CAP = 4 * 1024 * 1024;
+
+/**
+ * Read a file inside the server's data directory as the server's OS user (see writeAsServer): not
+ * through a link, without waiting on a FIFO (the base backup's tar may hold either), at most 4 MiB.
+ */
 export async function readAsServer(as: { prefix: string[] }, path: string): Promise<string> {
-  const p = Bun.spawn([...as.prefix, "cat", path], { stdout: "pipe", stderr: "pipe", env: serverEnv() });
+  const p = Bun.spawn([...as.prefix, "dd", `if=${path}`, "iflag=nofollow,nonblock", `bs=${SERVER_FILE_CAP + 1}`, "count=1", "status=none"], { stdout: "pipe", stderr: "pipe", env: serverEnv() });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   if (code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `reading ${path} failed: ${err.trim()}`);
+  if (out.length > SERVER_FILE_CAP) throw new ShinkeiError("RECOVERY_FAILED", `reading ${path} failed: larger than ${SERVER_FILE_CAP} bytes`);
   return out;
 }
 
@@ -155,7 +194,9 @@ const alive = (pid: number) => {
  */
 function postmasterPid(dataDir: string): number | null {
   try {
-    const pid = Number(readFileSync(join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
+    const text = readInstanceFile(join(dataDir, "postmaster.pid"));
+    if (text === null) return null;
+    const pid = Number(text.split("\n")[0]);
     if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return null;
     return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(dataDir) ? pid : null;
   } catch {

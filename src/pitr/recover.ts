@@ -1,5 +1,5 @@
 import { createReadStream } from "node:fs";
-import { mkdir, readFile, rename, stat } from "node:fs/promises";
+import { lstat, mkdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import type { Config } from "../config.ts";
@@ -9,10 +9,12 @@ import { pump } from "../backup/pgtools.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { freePort } from "../localdb.ts";
-import { createInstanceFolder, exec, readAsServer, removeDayOld, removeInstance, restoreClient, serverBinaries, serverEnv, startWatchdog, writeAsServer, writeState, type InstanceState } from "./instance.ts";
+import { createInstanceFolder, exec, readAsServer, readInstanceFile, removeDayOld, removeInstance, restoreClient, serverBinaries, serverEnv, startWatchdog, writeAsServer, writeState, type InstanceState } from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
 import { chooseBase, recoverySources, type Window } from "./window.ts";
 import { restoreCommand, serveWal, type Served } from "./walserve.ts";
+import { scrubSettings } from "./settings.ts";
+import { archiveTrust, describeUntrusted } from "../wal/trust.ts";
 
 export type Reached = {
   /** The last WAL position replayed, and the commit time of the last transaction replayed. */
@@ -50,9 +52,14 @@ export type RecoverOptions = {
   onStep?: (message: string) => void;
   /** Aborted (Ctrl-C, SIGTERM): the recovery stops at its next step, removes its instance and throws CANCELLED. */
   signal?: AbortSignal;
+  /** Plain base backups and WAL on a host that encrypts (--allow-unencrypted). */
+  allowUnencrypted?: boolean;
 };
 
 const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
+/** The scratch instance's own pg_hba.conf (socket trust: only we reach its folder), and where the base's waits meanwhile. */
+const SCRATCH_HBA = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+const HBA_KEPT = "pg_hba.conf.before-recovery";
 /** A value in postgresql.conf's quotes: the parser reads backslash escapes there too. */
 const quoteConf = (s: string) => `'${s.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
 
@@ -62,8 +69,11 @@ async function sha256File(path: string): Promise<string> {
   return h.digest("hex");
 }
 
+/** The end of the server's log (its user writes it, and may make it huge: only the last MiB is read). */
+const logText = (path: string) => readInstanceFile(path, 1024 * 1024, { tail: true }) ?? "";
+
 async function logTail(path: string, lines = 12): Promise<string> {
-  return (await readFile(path, "utf8").catch(() => "")).trim().split("\n").slice(-lines).join("\n");
+  return logText(path).trim().split("\n").slice(-lines).join("\n");
 }
 
 /**
@@ -115,7 +125,9 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   let server: ReturnType<typeof serveWal> | undefined;
   let sql: Sql | undefined;
   try {
-    const { windows, bases } = await recoverySources(config.backupDir, store, scratch);
+    // Only what this host signed (and, where it encrypts, encrypted) is a candidate: anything else is named and left out.
+    const { windows, bases, untrusted } = await recoverySources(config.backupDir, store, scratch, archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }));
+    for (const line of describeUntrusted(untrusted)) step(`left out: ${line}`);
     const { base, window } = chooseBase(target, windows, bases);
     const m = base.manifest;
 
@@ -148,6 +160,8 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     if (!base.localPath) await Bun.file(path).delete();
 
     const major = Number((await readAsServer(as, join(dataDir, "PG_VERSION"))).trim());
+    const removed = await scrubBaseSettings(as, dataDir);
+    if (removed.length) step(`removed from the base backup's settings before starting it (they run programs, load code or read other files): ${[...new Set(removed)].join(", ")}`);
     instance.bin = await serverBinaries(major);
     instance.port = await freePort();
     await writeState(instance);
@@ -172,12 +186,14 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     };
     // Written as the server's user: the data directory is its folder (see writeAsServer).
     await writeAsServer(as, join(dataDir, "postgresql.auto.conf"), `\n${MARK}\n${Object.entries(settings).map(([k, v]) => `${k} = ${quoteConf(v)}`).join("\n")}\n`, { append: true });
-    await exec([...as.prefix, "cp", join(dataDir, "pg_hba.conf"), join(dataDir, "pg_hba.conf.before-recovery")]);
-    await writeAsServer(as, join(dataDir, "pg_hba.conf"), "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n");
+    // Kept to be put back by --into-dir: without the copy, the handed-over server would trust every local user.
+    const kept = await exec([...as.prefix, "cp", "--no-dereference", join(dataDir, "pg_hba.conf"), join(dataDir, HBA_KEPT)]);
+    if (kept.code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `keeping the base backup's pg_hba.conf failed: ${kept.output}`, { hint: "Nothing was changed; the scratch instance was removed." });
+    await writeAsServer(as, join(dataDir, "pg_hba.conf"), SCRATCH_HBA);
     await writeAsServer(as, join(dataDir, "recovery.signal"), "");
 
     const served: Served[] = [];
-    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, stage: { dir: stageDir, uid: as.uid, gid: as.gid }, first: m.startSegment, onFile: (f) => served.push(f) });
+    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, stage: { dir: stageDir, uid: as.uid, gid: as.gid }, first: m.startSegment, onFile: (f) => served.push(f), allowUnencrypted: options.allowUnencrypted });
     await server.ready();
 
     step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
@@ -219,7 +235,7 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     await server.stop();
     server = undefined;
     const [r] = await sql<{ lsn: string | null; at: Date | null }[]>`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
-    const text = await readFile(log, "utf8").catch(() => "");
+    const text = logText(log);
     const stopped = /recovery stopping (?:before|after) [^\n]*/.exec(text)?.[0] ?? null;
     const reached: Reached = {
       lsn: r!.lsn,
@@ -257,6 +273,29 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   }
 }
 
+/**
+ * Comment out every setting of the unpacked base that runs a program, loads code or reads another
+ * file (see settings.ts), in both files the server reads; the names removed. A settings file that
+ * is not a regular file (a link out of the folder, a FIFO) refuses the base.
+ */
+async function scrubBaseSettings(as: { prefix: string[] }, dataDir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of ["postgresql.conf", "postgresql.auto.conf"]) {
+    const path = join(dataDir, name);
+    const st = await lstat(path).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return null;
+      throw e;
+    });
+    if (!st) continue;
+    if (!st.isFile()) throw new ShinkeiError("RECOVERY_FAILED", `the base backup's ${name} is not a regular file`, { hint: "Nothing was started; the scratch instance was removed." });
+    const scrubbed = scrubSettings(await readAsServer(as, path));
+    if (!scrubbed.removed.length) continue;
+    await writeAsServer(as, path, scrubbed.text);
+    removed.push(...scrubbed.removed);
+  }
+  return removed;
+}
+
 /** Stop the recovered server, undo our settings (keeping the recovered state), move it to `dir`. */
 async function handOver(instance: InstanceState, dir: string, as: { prefix: string[] }): Promise<void> {
   const { dataDir, bin } = instance;
@@ -265,7 +304,15 @@ async function handOver(instance: InstanceState, dir: string, as: { prefix: stri
   const auto = join(dataDir, "postgresql.auto.conf");
   const conf = await readAsServer(as, auto);
   await writeAsServer(as, auto, conf.slice(0, conf.indexOf(`\n${MARK}`) >= 0 ? conf.indexOf(`\n${MARK}`) : conf.length) + "\n");
-  await rename(join(dataDir, "pg_hba.conf.before-recovery"), join(dataDir, "pg_hba.conf")).catch(() => {});
+  // The scratch pg_hba.conf trusts every local user: a data directory handed over with it would too.
+  try {
+    await rename(join(dataDir, HBA_KEPT), join(dataDir, "pg_hba.conf"));
+  } catch (e) {
+    throw new ShinkeiError("RECOVERY_FAILED", `putting the base backup's pg_hba.conf back failed: ${(e as Error).message}`, { hint: "Nothing was handed over; the scratch instance was removed." });
+  }
+  if ((await readAsServer(as, join(dataDir, "pg_hba.conf"))) === SCRATCH_HBA) {
+    throw new ShinkeiError("RECOVERY_FAILED", "the recovered data directory still holds the scratch pg_hba.conf (local trust)", { hint: "Nothing was handed over; the scratch instance was removed." });
+  }
   const mv = await exec(["mv", "-T", "--no-clobber", dataDir, dir]);
   if (mv.code !== 0 || (await Bun.file(join(dataDir, "PG_VERSION")).exists())) {
     throw new ShinkeiError("RECOVERY_FAILED", `moving the recovered data directory to ${dir} failed: ${mv.output || "the target exists"}`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });

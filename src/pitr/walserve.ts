@@ -47,13 +47,15 @@ export function serveWal(options: {
   /** The first segment recovery will ask for: staging starts there, before the server does. */
   first?: string;
   onFile?: (f: Served) => void;
+  /** Plain WAL on a host that encrypts (--allow-unencrypted). */
+  allowUnencrypted?: boolean;
 }) {
   const { config, store, scratch, segmentBytes, stage } = options;
   let n = 0;
   async function get(name: string): Promise<Got> {
     const tmp = join(scratch, `wal-${++n}`);
     try {
-      const got = await fetchWal(config, name, tmp, store, { durable: false });
+      const got = await fetchWal(config, name, tmp, store, { durable: false, allowUnencrypted: options.allowUnencrypted });
       return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
     } catch (e) {
       await rm(tmp, { force: true });

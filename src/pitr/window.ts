@@ -2,40 +2,76 @@ import { join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { archiveWindow } from "../wal/status.ts";
-import { BASE_MANIFEST_SUFFIX, isBaseName, listBaseBackups, type BaseManifest } from "../wal/base.ts";
+import { BASE_MANIFEST_SUFFIX, baseManifestProblem, isBaseName, type BaseManifest } from "../wal/base.ts";
+import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";
 import { parseLsn, parseSegment } from "../wal/segments.ts";
+import { readRecord, walRecordProblem } from "../wal/archive.ts";
+import { rm } from "node:fs/promises";
 import type { RecoveryTarget } from "./target.ts";
 
 export type Window = { earliest: string; latest: string; timeline: number | null; source: "local" | "offsite" };
 export type BaseChoice = { manifest: BaseManifest; localPath: string | null };
 
 /**
- * The off-site window, from names and object times alone (records are not fetched one by one):
- * from the oldest base backup to the newest segment reachable without a gap from the newest one.
+ * The off-site window: from the oldest base backup this host trusts to the newest segment
+ * reachable without a gap from the newest one, each segment's record on that way fetched and
+ * checked (the first this host may not use ends the window, named), its time the object's.
  */
-async function offsiteWindow(store: BackupStore, scratch: string): Promise<{ window: Window | null; bases: BaseManifest[] }> {
+async function offsiteWindow(store: BackupStore, scratch: string, trust: ArchiveTrust, untrusted: Untrusted[]): Promise<{ window: Window | null; bases: BaseManifest[] }> {
   const objects = await store.list();
   const bases: BaseManifest[] = [];
   for (const o of objects.filter((o) => o.name.endsWith(BASE_MANIFEST_SUFFIX) && isBaseName(o.name.slice(0, -BASE_MANIFEST_SUFFIX.length)))) {
     const local = join(scratch, o.name);
     await store.get(o.name, local);
     const m = (await Bun.file(local).json().catch(() => null)) as BaseManifest | null;
-    if (m?.baseManifestVersion === 1 && m.file === o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) && objects.some((x) => x.name === m.file)) bases.push(m);
+    if (m?.baseManifestVersion !== 1 || m.file !== o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) || !objects.some((x) => x.name === m.file)) continue;
+    const problem = baseManifestProblem(m, trust);
+    if (problem) untrusted.push({ file: `${store.location}/${m.file}`, problem: `${problem} (off-site copy)` });
+    else bases.push(m);
   }
   bases.sort((a, b) => a.finishedAt.localeCompare(b.finishedAt));
   const newest = bases.at(-1);
   if (!newest) return { window: null, bases };
   const seg = newest.segmentBytes;
-  const held = new Map<bigint, Date>();
+  const held = new Map<bigint, { at: Date; object: string }>();
   for (const o of objects) {
     const m = /^([0-9A-F]{24})(\.partial)?\.json$/.exec(o.name);
     const s = m ? parseSegment(m[1]!, seg) : null;
-    if (s && s.timeline === newest.timeline) held.set(s.segno, o.modifiedAt);
+    // A whole segment's record wins over its partial's.
+    if (s && s.timeline === newest.timeline && !(m![2] && held.has(s.segno))) held.set(s.segno, { at: o.modifiedAt, object: o.name });
   }
-  let s = parseSegment(newest.startSegment, seg)!.segno;
-  if (!held.has(s)) return { window: null, bases };
-  while (held.has(s + 1n)) s++;
-  return { window: { earliest: bases[0]!.finishedAt, latest: held.get(s)!.toISOString(), timeline: newest.timeline, source: "offsite" }, bases };
+  const trusted = async (segno: bigint): Promise<boolean> => {
+    const h = held.get(segno);
+    if (!h) return false;
+    const local = join(scratch, h.object);
+    try {
+      await store.get(h.object, local);
+      const r = await readRecord(local, h.object.slice(0, -".json".length));
+      const problem = r ? walRecordProblem(r, trust) : `the record ${h.object} is not usable`;
+      if (problem) untrusted.push({ file: `${store.location}/${h.object}`, problem: `${problem} (off-site copy)` });
+      return problem === null;
+    } finally {
+      await rm(local, { force: true });
+    }
+  };
+  // Fetched ahead in small batches: a window of a few hundred segments costs a few seconds.
+  const start = parseSegment(newest.startSegment, seg)!.segno;
+  let end = start - 1n;
+  for (let open = true; open;) {
+    const batch: bigint[] = [];
+    for (let s = end + 1n; batch.length < 16 && held.has(s); s++) batch.push(s);
+    if (!batch.length) break;
+    const ok = await Promise.all(batch.map(trusted));
+    for (const [i, good] of ok.entries()) {
+      if (!good) {
+        open = false;
+        break;
+      }
+      end = batch[i]!;
+    }
+  }
+  if (end < start) return { window: null, bases };
+  return { window: { earliest: bases[0]!.finishedAt, latest: held.get(end)!.at.toISOString(), timeline: newest.timeline, source: "offsite" }, bases };
 }
 
 /**
@@ -44,21 +80,21 @@ async function offsiteWindow(store: BackupStore, scratch: string): Promise<{ win
  * archive lost and started again, a base backup whose WAL is not sealed yet): a target either
  * window holds is recoverable.
  */
-export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string): Promise<{ windows: Window[]; bases: BaseChoice[] }> {
-  const local = await archiveWindow(backupDir);
-  const localBases = await listBaseBackups(backupDir);
-  const bases: BaseChoice[] = localBases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
+export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string, trust: ArchiveTrust): Promise<{ windows: Window[]; bases: BaseChoice[]; untrusted: Untrusted[] }> {
+  const local = await archiveWindow(backupDir, trust);
+  const untrusted = [...local.untrusted];
+  const bases: BaseChoice[] = local.bases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
   const windows: Window[] = [];
   if (local.window.earliest && local.window.latest && local.window.earliest <= local.window.latest) {
     windows.push({ earliest: local.window.earliest, latest: local.window.latest, timeline: local.window.timeline, source: "local" });
   }
   if (store) {
-    const off = await offsiteWindow(store, scratch);
+    const off = await offsiteWindow(store, scratch, trust, untrusted);
     for (const m of off.bases) if (!bases.some((b) => b.manifest.file === m.file)) bases.push({ manifest: m, localPath: null });
     if (off.window) windows.push(off.window);
   }
   bases.sort((a, b) => a.manifest.finishedAt.localeCompare(b.manifest.finishedAt));
-  return { windows, bases };
+  return { windows, bases, untrusted };
 }
 
 export const describeWindow = (w: Window | null) => (w ? `${w.earliest} .. ${w.latest}${w.source === "offsite" ? " (off-site copy)" : ""}` : "none");

@@ -2,7 +2,7 @@ import { lstat, mkdir, readdir } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { userInfo } from "node:os";
 import { writeFileAtomic } from "../backup/files.ts";
-import { sign, signatureMatches } from "../backup/manifest.ts";
+import { signParts, signatureMatches } from "../backup/manifest.ts";
 import { decrypt, encrypt, encryptionFor, type AgeConfig, type Encryption } from "../backup/crypt.ts";
 import { ShinkeiError } from "../errors.ts";
 import type { Applied } from "./apply.ts";
@@ -79,7 +79,7 @@ export function recordFor(options: { id: string; plan: Plan; applied: Applied; s
   };
 }
 
-const signedPart = (r: RecoveredRecord) => JSON.stringify({ ...r, signature: undefined });
+const signedPart = (r: RecoveredRecord): unknown[] => [{ ...r, signature: undefined }];
 
 function stamp(at: Date): string {
   return at.toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15);
@@ -103,7 +103,7 @@ export async function writeRecovery(dir: string, record: RecoveredRecord, undo: 
   await writeFileAtomic(undoPath, bytes);
   const sha256 = new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
   const signed: RecoveredRecord = { ...record, undo: { file: basename(undoPath), sha256, sizeBytes: bytes.length, encryption } };
-  if (age?.manifestKey) signed.signature = sign(signedPart(signed), age.manifestKey);
+  if (age?.manifestKey) signed.signature = signParts(signedPart(signed), age.manifestKey);
   const path = base + SUFFIX;
   await writeFileAtomic(path, JSON.stringify(signed, null, 2) + "\n");
   return { path, undoPath, sha256, record: signed };

@@ -5,7 +5,9 @@ import { ShinkeiError } from "../errors.ts";
 import { encryptionFor, type AgeConfig, type Encryption } from "../backup/crypt.ts";
 import { fsyncDir, writeFileAtomic } from "../backup/files.ts";
 import { sealTo } from "../backup/seal.ts";
+import { signParts } from "../backup/manifest.ts";
 import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
+import { trustProblem, type ArchiveTrust, type Untrusted } from "./trust.ts";
 
 /**
  * The local WAL archive: `BACKUP_DIR/wal/<timeline>/<name>.gz[.age]`, each beside a record
@@ -31,7 +33,20 @@ export type WalRecord = {
   archivedAt: string;
   /** Verified off-site copies, by store kind. */
   offsite?: Record<string, { location: string; sizeBytes: number; copiedAt: string }>;
+  /** HMAC of what identifies the file (walRecordParts), with BACKUP_MANIFEST_KEY when set. */
+  signature?: string;
 };
+
+/** What a WAL record's signature covers: everything a fetch checks and the window reads (not the off-site copies, added later). */
+const walRecordParts = (r: WalRecord): unknown[] =>
+  ["wal", r.name, r.kind, r.timeline, r.file, r.sizeBytes, r.sha256, r.originalBytes, r.originalSha256, r.segmentBytes, r.encryption ?? null, r.receivedAt];
+
+/** `record` signed with `key` (unchanged without one). */
+export const signWalRecord = (record: WalRecord, key: string | undefined): WalRecord => (key ? { ...record, signature: signParts(walRecordParts(record), key) } : record);
+
+/** Why this host may not use `record` (unsigned, mis-signed, plain where it encrypts), or null. */
+export const walRecordProblem = (record: WalRecord, trust: ArchiveTrust): string | null =>
+  trustProblem(`WAL ${record.kind === "history" ? "history file" : record.kind === "partial" ? "partial segment" : "segment"} ${record.name}`, { signature: record.signature, encrypted: Boolean(record.encryption) }, walRecordParts(record), trust);
 
 export const walRoot = (backupDir: string) => join(backupDir, "wal");
 export const spoolDir = (backupDir: string) => join(backupDir, "wal", "spool");
@@ -98,7 +113,7 @@ export async function archiveWalFile(
     const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined, plainHash: true });
     await rename(partial, target);
     await fsyncDir(dir);
-    const record: WalRecord = {
+    const record: WalRecord = signWalRecord({
       walRecordVersion: 1,
       name,
       kind: what.kind,
@@ -112,7 +127,7 @@ export async function archiveWalFile(
       encryption,
       receivedAt: info.mtime.toISOString(),
       archivedAt: new Date().toISOString(),
-    };
+    }, options.age?.manifestKey);
     await writeRecord(root, record);
     return { record, written: true };
   } catch (e) {
@@ -134,9 +149,10 @@ export async function writeRecord(root: string, record: WalRecord): Promise<void
 
 /**
  * Every complete archived WAL file (record and file present), by timeline then name. `skip`
- * leaves out names the caller already knows, without reading their records.
+ * leaves out names the caller already knows, without reading their records. With `trust`, a
+ * record this host may not use is left out and named in `untrusted`.
  */
-export async function listArchive(root: string, skip?: Set<string>): Promise<WalRecord[]> {
+export async function listArchive(root: string, skip?: Set<string>, trust?: ArchiveTrust, untrusted?: Untrusted[]): Promise<WalRecord[]> {
   const out: WalRecord[] = [];
   for (const tl of (await readdir(root).catch(() => [] as string[])).filter((d) => TIMELINE_DIR.test(d)).sort()) {
     const dir = join(root, tl);
@@ -144,7 +160,10 @@ export async function listArchive(root: string, skip?: Set<string>): Promise<Wal
     for (const n of [...names].filter((n) => n.endsWith(RECORD)).sort()) {
       if (skip?.has(n.slice(0, -RECORD.length))) continue;
       const r = await readRecord(join(dir, n));
-      if (r && names.has(r.file) && timelineDir(r.timeline) === tl) out.push(r);
+      if (!r || !names.has(r.file) || timelineDir(r.timeline) !== tl) continue;
+      const problem = trust ? walRecordProblem(r, trust) : null;
+      if (problem) untrusted?.push({ file: r.name, problem });
+      else out.push(r);
     }
   }
   return out;

@@ -13,6 +13,8 @@ import { findTool } from "./bin.ts";
 import { serverInfo } from "./stream.ts";
 import { tarMemberTap } from "./tar.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
+import { signParts } from "../backup/manifest.ts";
+import { trustProblem, type ArchiveTrust, type Untrusted } from "./trust.ts";
 
 /**
  * Base backups: `BACKUP_DIR/base/shinkei_base_YYYYMMDD_HHMMSS.tar.gz[.age]`, beside it the
@@ -47,7 +49,21 @@ export type BaseManifest = {
   offsite?: Record<string, { location: string; sizeBytes: number; copiedAt: string }>;
   /** The last check of the whole backup (verify-base.ts). */
   verified?: { ok: boolean; at: string; problems: string[]; pgVerifybackup: string | null; skipped?: string };
+  /** HMAC of what identifies the backup (baseManifestParts), with BACKUP_MANIFEST_KEY when set. */
+  signature?: string;
 };
+
+/** What a base manifest's signature covers: the files, their checksums, the WAL range and times a restore relies on. */
+const baseManifestParts = (m: BaseManifest): unknown[] => [
+  "base", m.file, m.backupManifestFile, m.timeline, m.startLsn, m.stopLsn, m.startSegment, m.stopSegment, m.segmentBytes,
+  m.format, m.encryption ?? null, m.sizeBytes, m.sha256, m.originalBytes, m.backupManifestSha256, m.startedAt, m.finishedAt, m.serverVersion,
+];
+
+export const signBaseManifest = (m: BaseManifest, key: string | undefined): BaseManifest => (key ? { ...m, signature: signParts(baseManifestParts(m), key) } : m);
+
+/** Why this host may not use the base backup (unsigned, mis-signed, plain where it encrypts), or null. */
+export const baseManifestProblem = (m: BaseManifest, trust: ArchiveTrust): string | null =>
+  trustProblem(`base backup ${m.file}`, { signature: m.signature, encrypted: Boolean(m.encryption) }, baseManifestParts(m), trust);
 
 export const baseDir = (backupDir: string) => join(backupDir, "base");
 const NAME = /^shinkei_base_(\d{8})_(\d{6})(?:_(\d{1,3}))?\.tar\.gz(\.age)?$/;
@@ -143,7 +159,7 @@ export async function createBaseBackup(options: {
     const t = describeTarget(url);
     const start = parseLsn(range["Start-LSN"]);
     const stop = parseLsn(range["End-LSN"]);
-    const manifest: BaseManifest = {
+    const manifest: BaseManifest = signBaseManifest({
       baseManifestVersion: 1,
       file: name,
       backupManifestFile: manifestFile,
@@ -168,7 +184,7 @@ export async function createBaseBackup(options: {
       backupManifestSha256: mSealed.sha256,
       reason: options.reason,
       durationMs: Date.now() - started.getTime(),
-    };
+    }, options.age?.manifestKey);
     await writeBaseManifest(path, manifest);
     return { path, manifest };
   } catch (error) {
@@ -187,8 +203,11 @@ export async function writeBaseManifest(path: string, manifest: BaseManifest): P
 
 export type BaseBackup = { name: string; path: string; sizeBytes: number; manifest: BaseManifest };
 
-/** Complete base backups (file and manifest agree on the size), oldest first. */
-export async function listBaseBackups(backupDir: string): Promise<BaseBackup[]> {
+/**
+ * Complete base backups (file and manifest agree on the size), oldest first. With `trust`, one
+ * this host may not use is left out and named in `untrusted`.
+ */
+export async function listBaseBackups(backupDir: string, trust?: ArchiveTrust, untrusted?: Untrusted[]): Promise<BaseBackup[]> {
   const dir = baseDir(backupDir);
   const out: BaseBackup[] = [];
   for (const name of (await readdir(dir).catch(() => [] as string[])).filter(isBaseName).sort()) {
@@ -210,7 +229,9 @@ export async function listBaseBackups(backupDir: string): Promise<BaseBackup[]> 
     } catch {
       continue;
     }
-    out.push({ name, path, sizeBytes: size, manifest });
+    const problem = trust ? baseManifestProblem(manifest, trust) : null;
+    if (problem) untrusted?.push({ file: name, problem });
+    else out.push({ name, path, sizeBytes: size, manifest });
   }
   return out;
 }

@@ -6,7 +6,8 @@ import type { Config } from "../config.ts";
 import { ShinkeiError } from "../errors.ts";
 import { unsealFrom } from "../backup/seal.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
-import { readRecord, recordPath, spoolDir, walRoot, type WalRecord } from "./archive.ts";
+import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
+import { archiveTrust } from "./trust.ts";
 import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
 import { fsyncDir } from "../backup/files.ts";
 
@@ -73,7 +74,17 @@ async function copyWhole(from: string, target: string, options: FetchOptions): P
 }
 
 /** `durable: false` for a copy that is only passed on (a scratch recovery's): no fsync. */
-export type FetchOptions = { durable?: boolean };
+export type FetchOptions = { durable?: boolean; allowUnencrypted?: boolean };
+
+/** A record this host may not use is never read on (nor its file fetched): recovery aborts on it. */
+function refuseUntrusted(config: Config, record: WalRecord, options: FetchOptions, where: string): void {
+  const problem = walRecordProblem(record, archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }));
+  if (problem) {
+    throw new ShinkeiError("ARCHIVE_UNTRUSTED", `${problem}${where}`, {
+      hint: "Nothing was restored from it. Whoever can write to BACKUP_DIR or the bucket may have planted it; see shinkei pitr status.",
+    });
+  }
+}
 
 async function fetchRecorded(config: Config, name: string, timeline: number, target: string, store: BackupStore | undefined, options: FetchOptions): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
   const dir = join(walRoot(config.backupDir), timelineDir(timeline));
@@ -98,10 +109,11 @@ async function fetchRecorded(config: Config, name: string, timeline: number, tar
       }
       record = await readRecord(`${tmp}.json`, name);
       if (!record) throw new ShinkeiError("BACKUP_CORRUPT", `the record of ${name} at ${store.location} is not usable`);
+      refuseUntrusted(config, record, options, ` (${store.location})`);
       await store.get(record.file, tmp);
       stored = tmp;
       from = "offsite";
-    }
+    } else refuseUntrusted(config, record, options, "");
     const sha = await sha256File(stored);
     if (sha !== record.sha256) throw new ShinkeiError("BACKUP_CORRUPT", `${record.file} does not match its record (SHA-256 ${sha.slice(0, 12)}…, expected ${record.sha256.slice(0, 12)}…)`);
 

@@ -8,7 +8,8 @@ import { writeFileAtomic } from "../backup/files.ts";
 import { sealTo } from "../backup/seal.ts";
 import { S3Store, type StoreNaming } from "../backup/stores/s3.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
-import { listArchive, recordPath, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
+import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
+import { archiveTrust } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
 import { parseSegment, timelineDir } from "./segments.ts";
 
@@ -93,9 +94,11 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
     failing = true;
   };
 
+  // What this host would not use is not copied either: the off-site copy holds only our own files.
+  const trust = archiveTrust(config.backup.age);
   async function copyArchive(): Promise<boolean> {
     // Records of files already copied are not read again: a pass costs a directory listing.
-    for (const r of await listArchive(root, copied)) {
+    for (const r of await listArchive(root, copied, trust)) {
       if (r.offsite?.[store.kind]) {
         copied.add(r.name);
         continue;
@@ -108,7 +111,7 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
         return false;
       }
     }
-    for (const b of await listBaseBackups(config.backupDir)) {
+    for (const b of await listBaseBackups(config.backupDir, trust)) {
       if (b.manifest.offsite?.[store.kind]) continue;
       try {
         await mirrorBase(store, config.backupDir, b);
@@ -136,11 +139,11 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
       await rm(tmp, { force: true });
       const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined, plainHash: true });
       await store.put(file, tmp);
-      const record: WalRecord = {
+      const record: WalRecord = signWalRecord({
         walRecordVersion: 1, name, kind: "partial", timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline, file,
         sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256!,
         segmentBytes: deps.segmentBytes, encryption, receivedAt: s.mtime.toISOString(), archivedAt: new Date().toISOString(),
-      };
+      }, config.backup.age?.manifestKey);
       await writeFileAtomic(`${tmp}.json`, JSON.stringify(record, null, 2) + "\n");
       await store.put(`${name}.json`, `${tmp}.json`);
       lastPartial = { name, mtimeMs: s.mtimeMs, at: Date.now() };

@@ -5,7 +5,8 @@ import type { Config } from "../config.ts";
 import { planRetention, type Decision } from "../backup/retention.ts";
 import type { BackupStore } from "../backup/stores/store.ts";
 import { listArchive, recordPath, walRoot } from "./archive.ts";
-import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, type BaseManifest } from "./base.ts";
+import { BASE_MANIFEST_SUFFIX, baseDir, baseManifestProblem, listBaseBackups, type BaseManifest } from "./base.ts";
+import { archiveTrust } from "./trust.ts";
 import { DEFAULT_SEGMENT_BYTES, parseSegment, timelineDir } from "./segments.ts";
 
 export type WalRange = { from: string; to: string; files: number };
@@ -37,6 +38,13 @@ function range(held: Held[]): WalRange | null {
 }
 
 /** The first segment number any kept base backup needs: the oldest kept one's start. */
+/**
+ * Which base backups retention counts: signed ones when BACKUP_MANIFEST_KEY is set (plain ones
+ * too: a host that began encrypting later still keeps and prunes its older backups). Others are
+ * neither kept nor removed here.
+ */
+const retentionTrust = (backup: Config["backup"]) => archiveTrust(backup.age, { unencrypted: true });
+
 function keepFromOf(kept: BaseManifest[]): { keepFrom: bigint | null; why: string } {
   if (kept.length === 0) return { keepFrom: null, why: "no base backup: all WAL is kept" };
   const starts = kept.map((m) => ({ m, segno: parseSegment(m.startSegment, m.segmentBytes)!.segno }));
@@ -50,7 +58,8 @@ function keepFromOf(kept: BaseManifest[]): { keepFrom: bigint | null; why: strin
  * off-site stays too.
  */
 export async function pruneWalLocal(config: Config, options: { dryRun: boolean; offsite?: BackupStore }): Promise<WalPruneReport> {
-  const bases = await listBaseBackups(config.backupDir);
+  // Only our own base backups count: a planted one, posing as the newest, would let every real one go.
+  const bases = await listBaseBackups(config.backupDir, retentionTrust(config.backup));
   const kind = options.offsite?.kind;
   const decisions = planRetention(
     bases.map((b) => ({ name: b.name, good: true, mirrored: kind ? Boolean(b.manifest.offsite?.[kind]) : true, takenAt: new Date(b.manifest.startedAt) })),
@@ -93,7 +102,7 @@ export async function pruneWalStore(store: BackupStore, keepDays: number, policy
     try {
       await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp);
       const m = (await Bun.file(tmp).json()) as BaseManifest;
-      if (m.file === o.name && parseSegment(m.startSegment, m.segmentBytes ?? DEFAULT_SEGMENT_BYTES) && !Number.isNaN(Date.parse(m.startedAt))) manifests.push(m);
+      if (m.file === o.name && parseSegment(m.startSegment, m.segmentBytes ?? DEFAULT_SEGMENT_BYTES) && !Number.isNaN(Date.parse(m.startedAt)) && !baseManifestProblem(m, retentionTrust(policy))) manifests.push(m);
     } catch {
       // unreadable: the backup counts as not good below, and so anchors nothing
     } finally {

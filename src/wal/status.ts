@@ -7,11 +7,12 @@ import { formatDuration } from "../duration.ts";
 import { formatBytes } from "../bytes.ts";
 import { listArchive, spoolDir, walRoot, type WalRecord } from "./archive.ts";
 import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
-import { listBaseBackups } from "./base.ts";
+import { listBaseBackups, type BaseBackup } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
 import { slotStatus, type SlotStatus } from "./slot.ts";
 import { serverInfo } from "./stream.ts";
+import { archiveTrust, describeUntrusted, type ArchiveTrust, type Untrusted } from "./trust.ts";
 import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseSegment, segmentName, segmentStart } from "./segments.ts";
 
 export type TimelineWindow = {
@@ -32,6 +33,8 @@ export type PitrStatus = {
   baseBackups: { file: string; finishedAt: string; timeline: number; startLsn: string; stopLsn: string; walComplete: boolean }[];
   gaps: Gap[];
   gapsAfterNewestBase: Gap[];
+  /** Base backups and WAL files this host may not use (unsigned, mis-signed, plain where it encrypts): never part of the window. */
+  untrusted: Untrusted[];
   receiving: { segment: string; receivedAt: string } | null;
   /** Finished segments the archiver has not sealed yet (normally for a moment): held, but not encrypted, checksummed or copied off-site. */
   unsealed: { segments: number; oldestReceivedAt: string | null };
@@ -84,16 +87,18 @@ function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date 
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
-export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "receiving" | "unsealed">;
+export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "untrusted" | "receiving" | "unsealed">;
 
 /**
  * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
  * oldest base backup whose WAL is complete to the newest WAL reachable from one without a gap.
- * `segmentBytes` defaults to what the archive's records say.
+ * `segmentBytes` defaults to what the archive's records say. Only what `trust` accepts counts; the
+ * rest is named in `untrusted`.
  */
-export async function archiveWindow(backupDir: string, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; current: Spooled | null; spooled: Spooled[]; segmentBytes: number }> {
-  const records = await listArchive(walRoot(backupDir));
-  const bases = await listBaseBackups(backupDir);
+export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; bases: BaseBackup[]; current: Spooled | null; spooled: Spooled[]; segmentBytes: number }> {
+  const untrusted: Untrusted[] = [];
+  const records = await listArchive(walRoot(backupDir), undefined, trust, untrusted);
+  const bases = await listBaseBackups(backupDir, trust, untrusted);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   const { current, finished } = await spooled(spoolDir(backupDir), seg);
 
@@ -142,9 +147,11 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
     baseBackups: baseRows.map(({ b, walComplete }) => ({ file: b.name, finishedAt: b.manifest.finishedAt, timeline: b.manifest.timeline, startLsn: b.manifest.startLsn, stopLsn: b.manifest.stopLsn, walComplete })),
     gaps,
     gapsAfterNewestBase,
+    untrusted,
     receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
     unsealed: { segments: finished.length, oldestReceivedAt: finished.length ? new Date(Math.min(...finished.map((f) => f.receivedAt.getTime()))).toISOString() : null },
     records,
+    bases,
     current,
     spooled: finished,
     segmentBytes: seg,
@@ -157,7 +164,7 @@ export async function archiveWindow(backupDir: string, segmentBytes?: number): P
  */
 export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrStatus> {
   const info = await serverInfo(sql);
-  const { records, current, spooled, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, info.segmentBytes);
+  const { records, bases: _bases, current, spooled, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, archiveTrust(config.backup.age), info.segmentBytes);
   const [server] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
   const [rep] = await sql<{ state: string | null; flush_lsn: string | null; flush_lag: number | null }[]>`
     select state, flush_lsn::text, extract(epoch from flush_lag)::float8 as flush_lag
@@ -219,6 +226,7 @@ export function pitrProblems(s: PitrStatus, maxLagMs: number): string[] {
     problems.push(`${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`);
   }
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
+  for (const line of describeUntrusted(s.untrusted)) problems.push(`left out of the window: ${line}`);
   for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
   return problems;
 }

@@ -1,0 +1,56 @@
+import { createReadStream } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../config.ts";
+import { ShinkeiError } from "../errors.ts";
+import type { BackupStore } from "../backup/stores/store.ts";
+import { listArchive, recordPath, signWalRecord, walRoot, writeRecord } from "./archive.ts";
+import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, writeBaseManifest } from "./base.ts";
+import { timelineDir } from "./segments.ts";
+import type { Untrusted } from "./trust.ts";
+
+async function sha256File(path: string): Promise<string> {
+  const h = new Bun.CryptoHasher("sha256");
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest("hex");
+}
+
+/**
+ * `shinkei pitr sign`: sign the records of an archive written before BACKUP_MANIFEST_KEY was set
+ * (or before records were signed), so this host uses them again. Run by the operator who knows the
+ * archive is theirs: only unsigned records are signed, each after its file matched the SHA-256 it
+ * records; a record signed with another key, or whose file does not match, is left as it is and
+ * named. The off-site copy of each record signed here is replaced too.
+ */
+export async function signArchive(config: Config, store?: BackupStore): Promise<{ signed: string[]; refused: Untrusted[] }> {
+  const key = config.backup.age?.manifestKey;
+  if (!key) throw new ShinkeiError("CONFIG_INVALID", "BACKUP_MANIFEST_KEY is not set: there is nothing to sign with");
+  const signed: string[] = [];
+  const refused: Untrusted[] = [];
+  const root = walRoot(config.backupDir);
+  for (const r of await listArchive(root)) {
+    if (r.signature !== undefined) continue;
+    const file = join(root, timelineDir(r.timeline), r.file);
+    if ((await sha256File(file).catch(() => "")) !== r.sha256) {
+      refused.push({ file: r.name, problem: `${r.file} does not match the SHA-256 its record gives: not signed` });
+      continue;
+    }
+    const s = signWalRecord(r, key);
+    await writeRecord(root, s);
+    if (store && r.offsite?.[store.kind]) await store.put(`${r.name}.json`, recordPath(root, r.timeline, r.name));
+    signed.push(r.name);
+  }
+  for (const b of await listBaseBackups(config.backupDir)) {
+    const m = b.manifest;
+    if (m.signature !== undefined) continue;
+    const ok = (await sha256File(b.path).catch(() => "")) === m.sha256
+      && (await sha256File(join(baseDir(config.backupDir), m.backupManifestFile)).catch(() => "")) === m.backupManifestSha256;
+    if (!ok) {
+      refused.push({ file: b.name, problem: `${b.name} or its backup_manifest does not match the SHA-256 its manifest gives: not signed` });
+      continue;
+    }
+    await writeBaseManifest(b.path, signBaseManifest(m, key));
+    if (store && m.offsite?.[store.kind]) await store.put(b.name + BASE_MANIFEST_SUFFIX, b.path + BASE_MANIFEST_SUFFIX);
+    signed.push(b.name);
+  }
+  return { signed, refused };
+}

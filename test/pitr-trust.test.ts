@@ -1,0 +1,409 @@
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
+import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import { join } from "node:path";
+import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
+import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { until } from "./support/wait.ts";
+import { Service } from "./support/process.ts";
+import { TestS3 } from "./support/s3.ts";
+import { walStore } from "../src/wal/offsite.ts";
+import { connect, type Sql } from "../src/db.ts";
+import { loadConfig } from "../src/config.ts";
+import { unsealFrom } from "../src/backup/seal.ts";
+import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
+import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type BaseManifest } from "../src/wal/base.ts";
+import { recordPath, walRoot, type WalRecord } from "../src/wal/archive.ts";
+import { scrubSettings } from "../src/pitr/settings.ts";
+import { pruneWalLocal } from "../src/wal/prune.ts";
+import { readInstanceFile } from "../src/pitr/instance.ts";
+import { archiveSource } from "../src/metrics/sources.ts";
+import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
+import { statusView } from "../src/metrics/view.ts";
+import { archiveTrust, describeUntrusted } from "../src/wal/trust.ts";
+
+// A real cluster, a real receiver and real recoveries through the compiled binary.
+setDefaultTimeout(180_000);
+
+const KEY = "a manifest key of the trust tests, long enough";
+let scratchRoot: string;
+let cluster: TestCluster;
+let service: Service | undefined;
+let sql: Sql;
+let dir: string;
+let env: Record<string, string>;
+/** A folder the server's OS user can write to: where a planted command would leave its mark. */
+let markDir: string;
+let legit: BaseManifest;
+let s3: TestS3;
+
+beforeAll(async () => {
+  scratchRoot = await tempDir("pitr-trust-scratch");
+  await chmod(scratchRoot, 0o755);
+  markDir = await tempDir("pitr-trust-mark");
+  await chmod(markDir, 0o777);
+  cluster = await startCluster();
+  s3 = await TestS3.start();
+  dir = await tempDir("pitr-trust");
+  env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    BACKUP_SCHEDULE: "0 0 1 1 *",
+    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+    BACKUP_AGE_PASSPHRASE: "correct horse battery staple trust",
+    BACKUP_MANIFEST_KEY: KEY,
+    TMPDIR: scratchRoot,
+    WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
+    ...s3.env("trust/"),
+  };
+  service = await Service.start(["backup-service"], env);
+  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  sql = connect(cluster.url("shinkei"), { max: 2 });
+  expect(await shinkei(["backup", "base"], env)).toSucceed();
+  await sql`create table notes (id serial primary key, body text not null)`;
+  await sql`insert into notes (body) select 'note ' || i from generate_series(1, 20) i`;
+  const lsn = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
+  await until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+  legit = (await listBaseBackups(dir))[0]!.manifest;
+  // The archiver seals the base's first segment: the window needs it.
+  await until("the base's first segment sealed", async () => Bun.file(recordPath(walRoot(dir), legit.timeline, legit.startSegment)).exists());
+  // ... and copied off-site with the base backup.
+  const store = walStore(loadConfig(env))!;
+  await until("the base and its first segment off-site", async () => {
+    const names = new Set((await store.list()).map((o) => o.name));
+    return names.has(`${legit.file}.manifest.json`) && names.has(`${legit.startSegment}.json`);
+  });
+});
+afterAll(async () => {
+  service?.proc.kill("SIGKILL");
+  await sql?.end({ timeout: 1 });
+  await cluster?.stop();
+  await s3?.stop();
+  await rm(scratchRoot, { recursive: true, force: true });
+  await rm(markDir, { recursive: true, force: true });
+});
+
+/**
+ * The planted base backup of the review: the real one, decrypted, with `recovery_end_command`
+ * appended to its postgresql.auto.conf, plain, under a newer name, with a manifest that matches its
+ * bytes (signed with the key only when `signed`). Returns its name.
+ */
+async function plantBase(mark: string, signed: boolean): Promise<string> {
+  const config = loadConfig(env);
+  const work = await tempDir("pitr-trust-plant");
+  try {
+    const plainGz = join(work, "base.tar.gz");
+    await pipeline(await unsealFrom(join(baseDir(dir), legit.file), { encryption: legit.encryption, age: config.backup.age, name: legit.file, gzipped: true }), createWriteStream(plainGz));
+    await mkdir(join(work, "data"));
+    expect(Bun.spawnSync(["tar", "-x", "-z", "-f", plainGz, "-C", join(work, "data")]).exitCode).toBe(0);
+    const auto = join(work, "data", "postgresql.auto.conf");
+    await writeFile(auto, `${await readFile(auto, "utf8")}\nrecovery_end_command = 'id > ${mark}'\n`);
+    await chmod(join(work, "data"), 0o700); // as a data directory must be
+    const name = `shinkei_base_29990101_00000${signed ? 1 : 0}.tar.gz`;
+    const target = join(baseDir(dir), name);
+    expect(Bun.spawnSync(["tar", "-c", "-z", "-f", target, "-C", join(work, "data"), "."]).exitCode).toBe(0);
+    const bytes = await Bun.file(target).bytes();
+    const backupManifestFile = name.replace(/\.tar\.gz$/, ".backup_manifest.gz");
+    await copyFile(join(baseDir(dir), legit.backupManifestFile), join(baseDir(dir), backupManifestFile));
+    const { signature: _, encryption: __, ...rest } = legit;
+    const m: BaseManifest = {
+      ...rest, file: name, backupManifestFile, format: "tar+gzip", sizeBytes: bytes.length,
+      sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"), finishedAt: new Date(Date.parse(legit.finishedAt) + 1000).toISOString(),
+    };
+    await writeBaseManifest(target, signed ? signBaseManifest(m, KEY) : m);
+    return name;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** `pitr status --json` (a failure shows its stderr, not a JSON error). */
+async function statusJson(e = env) {
+  const r = await shinkei(["pitr", "status", "--json"], e);
+  expect(r).toSucceed();
+  return JSON.parse(r.stdout);
+}
+
+/** Written whole or not at all: the backup service reads these files while the tests change them. */
+async function writeAtomic(path: string, text: string) {
+  await writeFile(`${path}.test-tmp`, text);
+  await rename(`${path}.test-tmp`, path);
+}
+
+const timelineOf = (tl: number) => tl.toString(16).toUpperCase().padStart(8, "0");
+
+async function unplant(name: string) {
+  for (const f of await readdir(baseDir(dir))) if (f.startsWith(name.replace(/\.tar\.gz$/, ""))) await rm(join(baseDir(dir), f));
+}
+
+describe("a planted base backup", () => {
+  test("unsigned, newer, its manifest matching its bytes: pitr restore --to latest and a drill leave it out by name and its command never runs", async () => {
+    const mark = join(markDir, "unsigned");
+    const name = await plantBase(mark, false);
+    try {
+      const status = await statusJson();
+      expect(status.baseBackups.map((b: { file: string }) => b.file)).toEqual([legit.file]);
+      expect(status.problems.join("\n")).toContain(`base backup ${name} is not signed`);
+      // The metrics and the status page read the same: one base backup, one file left out.
+      const config = loadConfig(env);
+      const facts = await archiveSource(dir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs).read();
+      expect(facts.kinds[0]!.count).toBe(1);
+      expect(facts.window!.untrusted).toBe(1);
+      const page = statusView(await readSnapshot(dir, undefined), config.backup, new Date(), await readPitrSnapshot(dir, archiveTrust(config.backup.age)));
+      expect(page.problems.map((p) => p.text).join("\n")).toContain(`base backup ${name} is not signed`);
+      // Retention counts only our own: a planted "newest" must not let the real ones go.
+      const plan = await pruneWalLocal(loadConfig(env), { dryRun: true });
+      expect(plan.bases.map((d) => d.name)).toEqual([legit.file]);
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+      expect(r.stderr).toContain(`left out: base backup ${name} is not signed`);
+      expect(r).toSucceed();
+      expect(JSON.parse(r.stdout).base).toBe(legit.file);
+      expect(await Bun.file(mark).exists()).toBe(false);
+      // A drill would pick the newest base too: only our own.
+      const drill = await shinkei(["pitr", "drill", "--json"], env);
+      expect(drill).toSucceed();
+      expect(JSON.parse(drill.stdout)).toMatchObject({ passed: true, base: legit.file });
+      expect(await Bun.file(mark).exists()).toBe(false);
+    } finally {
+      await unplant(name);
+    }
+  });
+
+  test("signed but plain on a host that encrypts: left out unless --allow-unencrypted; then chosen, and its recovery_end_command is removed before the server starts", async () => {
+    const mark = join(markDir, "signed");
+    const name = await plantBase(mark, true);
+    try {
+      const strict = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+      expect(strict.stderr).toContain(`left out: base backup ${name} is not encrypted`);
+      expect(strict).toSucceed();
+      expect(JSON.parse(strict.stdout).base).toBe(legit.file);
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json", "--allow-unencrypted"], env);
+      expect(await Bun.file(mark).exists()).toBe(false);
+      expect(r.stderr).toContain("removed from the base backup's settings before starting it");
+      expect(r.stderr).toContain("recovery_end_command");
+      expect(r).toSucceed();
+      expect(JSON.parse(r.stdout).base).toBe(name);
+      expect(await Bun.file(mark).exists()).toBe(false);
+    } finally {
+      await unplant(name);
+    }
+  });
+});
+
+describe("WAL records", () => {
+  test("an altered or unsigned record is refused by wal-fetch and left out of the window, by name", async () => {
+    const path = recordPath(walRoot(dir), legit.timeline, legit.startSegment);
+    const original = await readFile(path, "utf8");
+    const record = JSON.parse(original) as WalRecord;
+    expect(record.signature).toMatch(/^[0-9a-f]{64}$/);
+    const out = join(scratchRoot, "fetched");
+    try {
+      for (const [variant, changed, expected] of [
+        ["altered", { ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 3_600_000).toISOString() }, "does not match its signature"],
+        ["unsigned", { ...record, signature: undefined }, "is not signed"],
+      ] as const) {
+        await writeAtomic(path, JSON.stringify(changed));
+        const fetched = await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env);
+        expect(fetched.code, variant).toBe(126);
+        expect(fetched.stderr).toContain(`WAL segment ${legit.startSegment} ${expected}`);
+        expect(await Bun.file(out).exists()).toBe(false);
+        const status = await statusJson();
+        expect(status.problems.join("\n")).toContain(`left out of the window: WAL segment ${legit.startSegment} ${expected}`);
+        // Without the base's first segment there is nothing to recover from.
+        expect(status.window.earliest).toBeNull();
+      }
+    } finally {
+      await writeAtomic(path, original);
+      await rm(out, { force: true });
+    }
+    expect(await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env)).toSucceed();
+    await rm(out, { force: true });
+  });
+});
+
+describe("off-site", () => {
+  test("from the bucket alone: a planted unsigned base is left out by name, and an altered WAL record is refused by wal-fetch and ends the window", async () => {
+    const store = walStore(loadConfig(env))!;
+    // A host that lost its local archive: the same keys and bucket, an empty BACKUP_DIR.
+    const empty = await tempDir("pitr-trust-empty");
+    const fresh = { ...env, BACKUP_DIR: empty };
+    const work = await tempDir("pitr-trust-bucket");
+    const name = "shinkei_base_29990101_000002.tar.gz";
+    const recordName = `${legit.startSegment}.json`;
+    const original = join(work, "original.json");
+    await store.get(recordName, original);
+    try {
+      // The planted base: any bytes, a manifest matching them, no signature.
+      const bytes = Buffer.from("planted");
+      await writeFile(join(work, name), bytes);
+      const { signature: _, encryption: __, ...rest } = legit;
+      await writeFile(join(work, "m.json"), JSON.stringify({ ...rest, file: name, format: "tar+gzip", sizeBytes: bytes.length, sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"), finishedAt: new Date(Date.parse(legit.finishedAt) + 2000).toISOString() }));
+      await store.put(name, join(work, name));
+      await store.put(`${name}.manifest.json`, join(work, "m.json"));
+      const planted = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], fresh);
+      expect(planted.stderr).toContain(`left out: base backup ${name} is not signed, and BACKUP_MANIFEST_KEY is set`);
+      expect(planted.stderr).toContain("(off-site copy)");
+      expect(planted).toSucceed();
+      expect(JSON.parse(planted.stdout).base).toBe(legit.file);
+
+      // The first segment's record, altered in the bucket.
+      const record = JSON.parse(await readFile(original, "utf8")) as WalRecord;
+      await writeFile(join(work, "altered.json"), JSON.stringify({ ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 60_000).toISOString() }));
+      await store.put(recordName, join(work, "altered.json"));
+      const out = join(work, "fetched");
+      const fetched = await shinkei(["pitr", "wal-fetch", legit.startSegment, out], fresh);
+      expect(fetched.code).toBe(126);
+      expect(fetched.stderr).toContain(`WAL segment ${legit.startSegment} does not match its signature`);
+      expect(await Bun.file(out).exists()).toBe(false);
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop"], fresh);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(`left out: WAL segment ${legit.startSegment} does not match its signature`);
+      expect(r.stderr).toContain("nothing to recover from");
+    } finally {
+      await store.put(recordName, original);
+      await store.remove(name).catch(() => {});
+      await store.remove(`${name}.manifest.json`).catch(() => {});
+      await rm(work, { recursive: true, force: true });
+      await rm(empty, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("an archive written before signing", () => {
+  test("is left out once the key is set, until pitr sign signs what still matches its SHA-256; a damaged file is named and not signed", async () => {
+    const basePath = join(baseDir(dir), legit.file) + ".manifest.json";
+    const segment = recordPath(walRoot(dir), legit.timeline, legit.startSegment);
+    const history = { base: await readFile(basePath, "utf8"), segment: await readFile(segment, "utf8") };
+    const unsign = async (path: string) => {
+      const { signature: _, ...rest } = JSON.parse(await readFile(path, "utf8"));
+      await writeAtomic(path, JSON.stringify(rest));
+    };
+    // A third record, unsigned and with a file that no longer matches it.
+    const damagedName = "0000000100000000000000FF";
+    const damaged = recordPath(walRoot(dir), legit.timeline, damagedName);
+    try {
+      await unsign(basePath);
+      await unsign(segment);
+      const { signature: _, ...seg } = JSON.parse(history.segment) as WalRecord;
+      await writeAtomic(damaged, JSON.stringify({ ...seg, name: damagedName, file: `${damagedName}.gz.age` }));
+      await writeFile(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), "not the bytes it records");
+      const before = await statusJson();
+      expect(before.problems.join("\n")).toContain(`base backup ${legit.file} is not signed`);
+      expect(before.problems.join("\n")).toContain(`WAL segment ${legit.startSegment} is not signed`);
+      expect(before.window.earliest).toBeNull();
+
+      const r = await shinkei(["pitr", "sign", "--json"], env);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(1); // the damaged one is named
+      const out = JSON.parse(r.stdout);
+      expect(out.signed).toEqual(expect.arrayContaining([legit.startSegment, legit.file]));
+      expect(out.refused.map((x: { file: string }) => x.file)).toEqual([damagedName]);
+      const after = await statusJson();
+      expect(after.window.earliest).toBe(legit.finishedAt);
+      expect(after.problems.join("\n")).not.toContain(legit.startSegment);
+      expect(after.problems.join("\n")).toContain(`WAL segment ${damagedName} is not signed`);
+      // Signed with this key, the records verify as the archiver's own do.
+      expect(JSON.parse(await readFile(segment, "utf8")).signature).toBe(JSON.parse(history.segment).signature);
+    } finally {
+      await writeAtomic(basePath, history.base);
+      await writeAtomic(segment, history.segment);
+      await rm(damaged, { force: true });
+      await rm(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), { force: true });
+    }
+  });
+});
+
+describe("--into-dir", () => {
+  test("when the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts every local user)", async () => {
+    const wrap = await wrapTool("cp", `case "$*" in *pg_hba.conf.before-recovery*) echo "cp: planted failure" >&2; exit 1;; esac\nexec "$REAL" "$@"`);
+    await chmod(wrap, 0o755);
+    const target = join(scratchRoot, "handed-over");
+    try {
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--into-dir", target], { ...env, PATH: pathWith(wrap) });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("keeping the base backup's pg_hba.conf failed");
+      expect(await Bun.file(join(target, "pg_hba.conf")).exists()).toBe(false);
+    } finally {
+      await rm(wrap, { recursive: true, force: true });
+      await rm(target, { recursive: true, force: true });
+    }
+  });
+});
+
+test("an archive signed too late is summed up, not listed a line per file", () => {
+  const many = Array.from({ length: 40 }, (_, i) => ({ file: `f${i}`, problem: `WAL segment f${i} is not signed` }));
+  expect(describeUntrusted(many)).toEqual([...many.slice(0, 5).map((u) => u.problem), "and 35 more file(s) left out (shinkei pitr status --json lists them)"]);
+  expect(describeUntrusted(many.slice(0, 2))).toEqual(["WAL segment f0 is not signed", "WAL segment f1 is not signed"]);
+});
+
+describe("a base backup's settings", () => {
+  test("every setting that runs a program, loads code or reads another file is commented out, whatever its case or spacing; others stay", () => {
+    const text = [
+      "port = 5432",
+      "recovery_end_command = 'id > /tmp/x'",
+      "  Archive_Command='x'",
+      "shared_preload_libraries 'evil'",
+      "include_dir 'conf.d'",
+      "include = 'other.conf'",
+      "ssl_passphrase_command = 'x'",
+      "dynamic_library_path = '/tmp'",
+      "some_ext.thing_command = 'x'",
+      "# recovery_end_command = 'commented already'",
+      "work_mem = '4MB' # archive_command in a comment",
+    ].join("\n");
+    const r = scrubSettings(text);
+    expect(r.removed).toEqual(["recovery_end_command", "archive_command", "shared_preload_libraries", "include_dir", "include", "ssl_passphrase_command", "dynamic_library_path", "some_ext.thing_command"]);
+    const kept = r.text.split("\n").filter((l) => !l.startsWith("#"));
+    expect(kept).toEqual(["port = 5432", "work_mem = '4MB' # archive_command in a comment"]);
+  });
+});
+
+/** The binary under `timeout`: a command that hangs comes back as exit 124 instead of stalling the test. */
+async function bounded(seconds: number, args: string[], env: Record<string, string>) {
+  await buildBinary();
+  const p = Bun.spawn(["timeout", "-s", "KILL", String(seconds), binaryPath, ...args], {
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
+    stdin: "ignore", stdout: "pipe", stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, stdout, stderr };
+}
+
+describe("instance folders read as root", () => {
+  test("readInstanceFile: a regular file up to its cap, or its tail; never a link, a FIFO or a file past the cap", async () => {
+    const folder = await tempDir("pitr-trust-read");
+    try {
+      await writeFile(join(folder, "small"), "12345\n");
+      await writeFile(join(folder, "big"), "x".repeat(5000) + "END");
+      const { symlink } = await import("node:fs/promises");
+      await symlink(join(folder, "small"), join(folder, "link"));
+      expect(Bun.spawnSync(["mkfifo", join(folder, "fifo")]).exitCode).toBe(0);
+      expect(readInstanceFile(join(folder, "small"))).toBe("12345\n");
+      expect(readInstanceFile(join(folder, "big"), 1000)).toBeNull();
+      expect(readInstanceFile(join(folder, "big"), 10, { tail: true })).toBe("xxxxxxxEND");
+      expect(readInstanceFile(join(folder, "link"))).toBeNull();
+      expect(readInstanceFile(join(folder, "fifo"))).toBeNull();
+      expect(readInstanceFile(join(folder, "missing"))).toBeNull();
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  test("a FIFO named postmaster.pid in a leftover instance folder does not hang pitr cleanup; the folder is removed", async () => {
+    const root = join(scratchRoot, "shinkei-pitr-instance-fifo01");
+    await mkdir(join(root, "data"), { recursive: true, mode: 0o700 });
+    await writeFile(join(root, "instance.json"), JSON.stringify({
+      pitrInstanceVersion: 1, root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), bin: "/nonexistent",
+      port: 5, ownerPid: 2 ** 22 + 17, createdAt: "2020-01-01T00:00:00.000Z", keep: false,
+    }));
+    const fifo = Bun.spawnSync(["mkfifo", join(root, "data", "postmaster.pid")]);
+    expect(fifo.exitCode).toBe(0);
+    const r = await bounded(30, ["pitr", "cleanup", "--json"], { TMPDIR: scratchRoot });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).removed.map((x: { root: string }) => x.root)).toEqual([root]);
+    expect((await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-pitr-instance-"))).toEqual([]);
+  });
+});
