@@ -389,6 +389,7 @@ try {
         const t0 = performance.now();
         const r = await timed([bin, "pitr", "restore", "--to", moment.toISOString(), "--json"], { env: oursEnv(oursDir, "shinkei_bench") });
         const out = JSON.parse(r.stdout) as { url: string };
+        if (round === 0) console.log(r.stderr.trim());
         const got = await answer(out.url, digestQuery);
         restore.shinkei.push(performance.now() - t0);
         exact.shinkei &&= got === expected;
