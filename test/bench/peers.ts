@@ -264,7 +264,7 @@ try {
         const slot = `bench_tps_${round}`;
         const s = startOurs(join(work, `tps-${round}`), slot);
         await until("shinkei's receiver", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length > 0);
-        await Bun.sleep(500);
+        await Bun.sleep(3000); // past the service's start-up work, which is not per MiB of WAL
         const receiverPid = (await childrenOf(s.proc.pid))[0] ?? 0;
         const before = { wal: await lsn(), seal: await cpuOf(s.proc.pid), receiver: await cpuOf(receiverPid) };
         tps.shinkei.push(await pgbench());
@@ -390,6 +390,7 @@ try {
         const r = await timed([bin, "pitr", "restore", "--to", moment.toISOString(), "--json"], { env: oursEnv(oursDir, "shinkei_bench") });
         const out = JSON.parse(r.stdout) as { url: string };
         if (round === 0) console.log(r.stderr.trim());
+        console.log(`shinkei pitr restore: command ${fmtMs(r.ms)}, recovery ${fmtMs((JSON.parse(r.stdout) as { durationMs: number }).durationMs)}`);
         const got = await answer(out.url, digestQuery);
         restore.shinkei.push(performance.now() - t0);
         exact.shinkei &&= got === expected;
