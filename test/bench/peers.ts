@@ -215,7 +215,9 @@ async function startRestored(dataDir: string): Promise<number> {
   const sockDir = `${dataDir}.sock`;
   await serverDir(sockDir);
   restoredServers.push(dataDir);
-  const r = await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", join(sockDir, "server.log"), "-o", `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${sockDir} -c archive_mode=off`]));
+  const r = await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", join(sockDir, "server.log"), "-o", `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${sockDir} -c archive_mode=off`])).catch(async (e: Error) => {
+    throw new Error(`${e.message}\n${(await readFile(join(sockDir, "server.log"), "utf8").catch(() => "")).slice(-1500)}`);
+  });
   if (r.code !== 0) throw new Error(`could not start ${dataDir}`);
   return port;
 }
