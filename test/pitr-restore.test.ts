@@ -15,7 +15,7 @@ import { walStore } from "../src/wal/offsite.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { pitrDrillProblem, readPitrDrills } from "../src/pitr/drill.ts";
 import { startPitrDrills } from "../src/service/drills.ts";
-import { sealTo, unsealFrom } from "../src/storage/seal.ts";
+import { codecOf, sealTo, unsealFrom } from "../src/storage/seal.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { Readable } from "node:stream";
 
@@ -497,7 +497,7 @@ describe("pitr drills", () => {
     expect(changed).toBeGreaterThan(0);
     const stored = join(walDir, rec.file);
     await rm(stored);
-    const sealed = await sealTo(Readable.from([wal]), `${stored}.tmp`, { age: { recipients: [env.BACKUP_AGE_RECIPIENTS!] }, plainHash: true });
+    const sealed = await sealTo(Readable.from([wal]), `${stored}.tmp`, { codec: codecOf(rec.file), age: { recipients: [env.BACKUP_AGE_RECIPIENTS!] }, plainHash: true });
     await rename(`${stored}.tmp`, stored);
     await Bun.write(recordPath, JSON.stringify({ ...rec, sha256: sealed.sha256, sizeBytes: sealed.sizeBytes, originalSha256: sealed.plainSha256 }));
 

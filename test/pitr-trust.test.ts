@@ -95,10 +95,10 @@ async function plantBase(mark: string, signed: boolean): Promise<string> {
   const config = loadConfig(env);
   const work = await tempDir("pitr-trust-plant");
   try {
-    const plainGz = join(work, "base.tar.gz");
-    await pipeline(await unsealFrom(join(baseDir(dir), legit.file), { encryption: legit.encryption, age: config.backup.age, name: legit.file, gzipped: true }), createWriteStream(plainGz));
+    const plainTar = join(work, "base.tar");
+    await pipeline(await unsealFrom(join(baseDir(dir), legit.file), { encryption: legit.encryption, age: config.backup.age, name: legit.file }), createWriteStream(plainTar));
     await mkdir(join(work, "data"));
-    expect(Bun.spawnSync(["tar", "-x", "-z", "-f", plainGz, "-C", join(work, "data")]).exitCode).toBe(0);
+    expect(Bun.spawnSync(["tar", "-x", "-f", plainTar, "-C", join(work, "data")]).exitCode).toBe(0);
     const auto = join(work, "data", "postgresql.auto.conf");
     await writeFile(auto, `${await readFile(auto, "utf8")}\nrecovery_end_command = 'id > ${mark}'\n`);
     await chmod(join(work, "data"), 0o700); // as a data directory must be
@@ -106,7 +106,8 @@ async function plantBase(mark: string, signed: boolean): Promise<string> {
     const target = join(baseDir(dir), name);
     expect(Bun.spawnSync(["tar", "-c", "-z", "-f", target, "-C", join(work, "data"), "."]).exitCode).toBe(0);
     const bytes = await Bun.file(target).bytes();
-    const backupManifestFile = name.replace(/\.tar\.gz$/, ".backup_manifest.gz");
+    // Planted as gzip, as an older shinkei wrote them; the copied backup_manifest keeps its own codec.
+    const backupManifestFile = name.replace(/\.tar\.gz$/, `.backup_manifest.${legit.backupManifestFile.endsWith(".zst") ? "zst" : "gz"}`);
     await copyFile(join(baseDir(dir), legit.backupManifestFile), join(baseDir(dir), backupManifestFile));
     const { signature: _, encryption: __, ...rest } = legit;
     const m: BaseManifest = {

@@ -20,7 +20,7 @@ async function recoverCopy(base: string, settings: string[]) {
   expect(Bun.spawnSync(["cp", "-a", join(dir, "wal"), join(restore, "wal")]).exitCode).toBe(0);
   const dataDir = join(restore, "data");
   expect(Bun.spawnSync(["mkdir", "-m", "700", dataDir]).exitCode).toBe(0);
-  expect(Bun.spawnSync(["tar", "-xzf", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
+  expect(Bun.spawnSync(["tar", "-x", "--zstd", "-f", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
   // restore_command runs as the server's OS user, which may not reach this checkout: a copy of the binary beside the archive.
   await copyFile(binaryPath, join(restore, "shinkei"));
   await chmod(join(restore, "shinkei"), 0o755);
@@ -93,13 +93,13 @@ describe("base backups and point-in-time status", () => {
     expect(b).toSucceed();
     const base = JSON.parse(b.stdout);
     expect(base.verified).toMatchObject({ ok: true, problems: [], pgVerifybackup: expect.stringMatching(/^\d+/) });
-    expect(base.file).toMatch(/^shinkei_base_\d{8}_\d{6}\.tar\.gz$/);
+    expect(base.file).toMatch(/^shinkei_base_\d{8}_\d{6}\.tar\.zst$/);
     expect(base.timeline).toBe(1);
     expect(base.startLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(base.sizeBytes).toBeGreaterThan(1000);
     // The server's own backup_manifest is kept beside it, and the tar holds the data directory.
     expect(await readdir(join(dir, "base"))).toContain(base.backupManifestFile);
-    const tar = Bun.spawnSync(["tar", "-tzf", join(dir, "base", base.file)]);
+    const tar = Bun.spawnSync(["tar", "-t", "--zstd", "-f", join(dir, "base", base.file)]);
     expect(tar.exitCode).toBe(0);
     expect(tar.stdout.toString()).toContain("PG_VERSION");
     expect(tar.stdout.toString()).toContain("global/pg_control");
@@ -227,12 +227,12 @@ describe("base backups and point-in-time status", () => {
     // A copy in a folder of its own, one data file changed inside the tar and our hashes made to fit.
     const other = await tempDir("base-tampered");
     const unpacked = await tempDir("base-unpacked");
-    expect(Bun.spawnSync(["tar", "-xzf", base!.path, "-C", unpacked]).exitCode).toBe(0);
+    expect(Bun.spawnSync(["tar", "-x", "--zstd", "-f", base!.path, "-C", unpacked]).exitCode).toBe(0);
     const version = await readFile(join(unpacked, "PG_VERSION"), "utf8");
     await writeFile(join(unpacked, "PG_VERSION"), version.replace(/^\d/, (d) => String((Number(d) + 1) % 10)));
     await mkdir(join(other, "base"));
     const tampered = join(other, "base", base!.name);
-    expect(Bun.spawnSync(["sh", "-c", `cd '${unpacked}' && tar -czf '${tampered}' *`]).exitCode).toBe(0);
+    expect(Bun.spawnSync(["sh", "-c", `cd '${unpacked}' && tar --zstd -cf '${tampered}' *`]).exitCode).toBe(0);
     await copyFile(join(dir, "base", base!.manifest.backupManifestFile), join(other, "base", base!.manifest.backupManifestFile));
     const sha = new Bun.CryptoHasher("sha256").update(await readFile(tampered)).digest("hex");
     await Bun.write(`${tampered}.manifest.json`, JSON.stringify({ ...base!.manifest, sha256: sha, sizeBytes: Bun.file(tampered).size }));
@@ -257,7 +257,7 @@ describe("base backups and point-in-time status", () => {
     expect(ok).toSucceed();
     expect(Bun.file(target).size).toBe(TEST_WAL_SEGMENT_BYTES);
     await rm(target);
-    const stored = join(walDir, `${name}.gz`);
+    const stored = join(walDir, `${name}.zst`);
     const bytes = await readFile(stored);
     bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
     await writeFile(stored, bytes);

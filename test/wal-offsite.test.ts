@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { gunzipSync } from "node:zlib";
+import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { shinkei } from "./support/cli.ts";
@@ -73,10 +73,10 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     const store = walStore(config)!;
     const partialCopy = join(dir, "partial-copy");
     await until("the partial off-site, holding the row", async () => {
-      if (!(await objects(config)).has(`${seg}.partial.gz.age`)) return false;
-      await store.get(`${seg}.partial.gz.age`, partialCopy);
+      if (!(await objects(config)).has(`${seg}.partial.zst.age`)) return false;
+      await store.get(`${seg}.partial.zst.age`, partialCopy);
       const plain = Buffer.from(await new Response(await decrypt(Bun.file(partialCopy).stream(), age, "partial")).arrayBuffer());
-      return gunzipSync(plain).includes("partial-canary-3141");
+      return zstdDecompressSync(plain).includes("partial-canary-3141");
     });
     expect((await readFile(partialCopy)).includes("partial-canary-3141")).toBe(false);
     // The measured off-site RPO: what S3 holds trails the local archive by less than the interval plus 5 s.
@@ -90,7 +90,7 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     await sql`select pg_switch_wal()`;
     await until("the finished segment off-site", async () => {
       const o = await objects(config);
-      return o.has(`${seg}.gz.age`) && o.has(`${seg}.json`) && !o.has(`${seg}.partial.gz.age`) && o.has(base.manifest.file) && o.has(`${base.manifest.file}.manifest.json`) && o.has(base.manifest.backupManifestFile);
+      return o.has(`${seg}.zst.age`) && o.has(`${seg}.json`) && !o.has(`${seg}.partial.zst.age`) && o.has(base.manifest.file) && o.has(`${base.manifest.file}.manifest.json`) && o.has(base.manifest.backupManifestFile);
     });
     const record = (await listArchive(walRoot(dir))).find((r) => r.name === seg)!;
     expect(record.offsite?.s3?.location).toBe(`s3://${s3.bucket}/shinkei/wal/`);
@@ -118,7 +118,7 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     await s3.start();
     await until("the catch-up", async () => {
       const o = await objects(config);
-      return during.every((n) => o.has(`${n}.gz.age`) && o.has(`${n}.json`)) && lines.some((l) => l.msg === "wal off-site copy caught up");
+      return during.every((n) => o.has(`${n}.zst.age`) && o.has(`${n}.json`)) && lines.some((l) => l.msg === "wal off-site copy caught up");
     });
     // Every archived record now names its checked copy.
     expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(true);

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { gunzipSync } from "node:zlib";
+import { zstdDecompressSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
@@ -90,7 +90,7 @@ describe("continuous WAL archive", () => {
       const stored = await readFile(join(walRoot(dir), "00000001", r.file));
       expect(stored.length).toBe(r.sizeBytes);
       expect(new Bun.CryptoHasher("sha256").update(stored).digest("hex")).toBe(r.sha256);
-      const wal = gunzipSync(stored);
+      const wal = zstdDecompressSync(stored);
       expect(wal.length).toBe(segmentBytes);
       expect(new Bun.CryptoHasher("sha256").update(wal).digest("hex")).toBe(r.originalSha256);
       expect(wal.includes("second-row")).toBe(true);
@@ -154,19 +154,19 @@ describe("continuous WAL archive", () => {
     }
     const records = await listArchive(walRoot(dir));
     const r = records.find((x) => x.name === name)!;
-    expect(r.file.endsWith(".gz.age")).toBe(true);
+    expect(r.file.endsWith(".zst.age")).toBe(true);
     expect(r.encryption).toEqual({ method: "recipients", recipients: [recipient] });
     for (const tl of (await readdir(walRoot(dir))).filter((d) => d !== "spool")) {
       for (const f of await readdir(join(walRoot(dir), tl))) {
         const bytes = await readFile(join(walRoot(dir), tl, f));
         expect(bytes.includes("secret-canary-5521")).toBe(false);
-        expect(gunzipSafe(bytes)?.includes("secret-canary-5521") ?? false).toBe(false);
+        expect(unzstdSafe(bytes)?.includes("secret-canary-5521") ?? false).toBe(false);
       }
     }
     // The same bytes, decrypted with the key, do hold the row: the check above could have failed.
     const stored = Bun.file(join(walRoot(dir), "00000001", r.file)).stream();
     const plain = Buffer.from(await new Response(await decrypt(stored, { recipients: [], identityFile: key }, r.file, r.encryption)).arrayBuffer());
-    expect(gunzipSync(plain).includes("secret-canary-5521")).toBe(true);
+    expect(zstdDecompressSync(plain).includes("secret-canary-5521")).toBe(true);
   });
 
   test("creating a slot on a server with unbounded max_slot_wal_keep_size is refused, naming the setting", async () => {
@@ -351,10 +351,10 @@ describe("timelines", () => {
       const history = records.find((r) => r.name === "00000002.history")!;
       expect(history.kind).toBe("history");
       expect(history.timeline).toBe(2);
-      const text = gunzipSync(await readFile(join(walRoot(dir), "00000002", history.file))).toString();
+      const text = zstdDecompressSync(await readFile(join(walRoot(dir), "00000002", history.file))).toString();
       expect(text).toMatch(/^1\t[0-9A-F]+\/[0-9A-F]+\t/m);
       const segment = records.find((r) => r.name === tl2)!;
-      expect(gunzipSync(await readFile(join(walRoot(dir), "00000002", segment.file))).includes("on-timeline-2")).toBe(true);
+      expect(zstdDecompressSync(await readFile(join(walRoot(dir), "00000002", segment.file))).includes("on-timeline-2")).toBe(true);
       // The switch leaves no gap within either timeline.
       expect(findGaps(records, segmentBytes)).toEqual([]);
       expect(lines.some((l) => l.msg === "wal archived" && l.file === "00000002.history")).toBe(true);
@@ -425,16 +425,16 @@ describe("scheduled base backups", () => {
     expect(all.filter((l) => l.msg === "base backup finished").length).toBe(1);
     expect(all.filter((l) => l.msg === "base backup skipped: another process took this run").length).toBe(1);
     expect(all.find((l) => l.msg === "base backup verified")).toBeDefined();
-    expect((await readdir(join(dir, "base"))).filter((n) => n.endsWith(".tar.gz")).length).toBe(1);
+    expect((await readdir(join(dir, "base"))).filter((n) => n.endsWith(".tar.zst")).length).toBe(1);
     const [run] = await sql`select file, error, finished_at from backup_runs where scheduled_for = ${slot} and kind = 'base'`;
     expect(run!.file).toMatch(/^shinkei_base_/);
     expect(run!.error).toBeNull();
   });
 });
 
-function gunzipSafe(bytes: Buffer): Buffer | null {
+function unzstdSafe(bytes: Buffer): Buffer | null {
   try {
-    return gunzipSync(bytes);
+    return zstdDecompressSync(bytes);
   } catch {
     return null;
   }

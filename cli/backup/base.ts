@@ -15,7 +15,7 @@ export async function base(ctx: Context): Promise<number> {
   const spin = activity(io, "taking a base backup (pg_basebackup)");
   try {
     const { path, manifest: m } = await withAdvisoryLock(ctx.db, "base-backup", () =>
-      createBaseBackup({ sql: ctx.db, url: config.databaseUrl, backupDir: config.backupDir, reason: "manual", fast: true, age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
+      createBaseBackup({ sql: ctx.db, url: config.databaseUrl, backupDir: config.backupDir, reason: "manual", fast: true, age: config.backup.age }),
       { wait: ctx.flag("wait"), what: "base backup" });
     spin.stop("base backup written");
     let verified: BaseVerification | undefined;

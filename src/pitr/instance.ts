@@ -1,5 +1,5 @@
-import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readSync } from "node:fs";
-import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
+import { closeSync, constants, existsSync, fstatSync, lstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { chmod, chown, link, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -258,14 +258,19 @@ export async function restoreClient(root: string): Promise<string[]> {
   await mkdir(dir, { mode: 0o700 });
   await chmod(dir, 0o755);
   const files: string[] = [join(dir, "shinkei")];
-  await copyFile(exe!, files[0]!);
+  // A hard link when the program is already readable and runnable by everyone (no chmod of ours
+  // may then touch it): instant, where a copy of the compiled binary (over 100 MB) is a large
+  // part of a small restore. Else, or on another filesystem, a copy of our own.
+  const mode = (await stat(exe!)).mode;
+  const linked = (mode & 0o005) === 0o005 && (await link(exe!, files[0]!).then(() => true, () => false));
+  if (!linked) await copyFile(exe!, files[0]!);
   if (entry) {
     const built = await Bun.build({ entrypoints: [entry], target: "bun" });
     if (!built.success) throw new ShinkeiError("RECOVERY_FAILED", `cannot bundle the CLI for restore_command: ${built.logs.map(String).join("; ")}`);
     files.push(join(dir, "shinkei.js"));
     await Bun.write(files[1]!, built.outputs[0]!);
   }
-  for (const f of files) await chmod(f, 0o755);
+  for (const f of files) if (!(linked && f === files[0])) await chmod(f, 0o755);
   return files;
 }
 

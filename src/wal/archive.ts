@@ -70,7 +70,7 @@ export async function readRecord(path: string, name = basename(path).slice(0, -R
     const r = (await Bun.file(path).json()) as WalRecord;
     const ok = r && r.walRecordVersion === 1 && r.name === name
       && /^[0-9a-f]{64}$/.test(r.sha256) && /^[0-9a-f]{64}$/.test(r.originalSha256) && Number.isSafeInteger(r.sizeBytes)
-      && (r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption))
+      && (r.file === `${name}.zst` || r.file === `${name}.zst.age` || r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption))
       && Number.isInteger(r.segmentBytes) && r.segmentBytes >= 1 << 20 && r.segmentBytes <= 1 << 30
       && !Number.isNaN(Date.parse(r.receivedAt));
     const what = ok ? walKind(name, r.segmentBytes) : null;
@@ -88,7 +88,7 @@ export async function readRecord(path: string, name = basename(path).slice(0, -R
 export async function archiveWalFile(
   source: string,
   root: string,
-  options: { age?: AgeConfig; level?: number; segmentBytes: number },
+  options: { age?: AgeConfig; segmentBytes: number },
 ): Promise<{ record: WalRecord; written: boolean }> {
   const name = basename(source);
   const what = walKind(name, options.segmentBytes);
@@ -105,12 +105,12 @@ export async function archiveWalFile(
     });
   }
   const encryption = encryptionFor(options.age);
-  const file = `${name}.gz${encryption ? ".age" : ""}`;
+  const file = `${name}.zst${encryption ? ".age" : ""}`;
   const target = join(dir, file);
   const partial = `${target}.partial`;
   await rm(partial, { force: true });
   try {
-    const sealed = await sealTo(createReadStream(source), partial, { level: options.level, age: encryption ? options.age : undefined, plainHash: true });
+    const sealed = await sealTo(createReadStream(source), partial, { codec: "zstd", age: encryption ? options.age : undefined, plainHash: true });
     await rename(partial, target);
     await fsyncDir(dir);
     const record: WalRecord = signWalRecord({

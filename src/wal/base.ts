@@ -17,7 +17,7 @@ import { signParts } from "../backup/manifest.ts";
 import { trustProblem, type ArchiveTrust, type Untrusted } from "./trust.ts";
 
 /**
- * Base backups: `BACKUP_DIR/base/shinkei_base_YYYYMMDD_HHMMSS.tar.gz[.age]`, beside it the
+ * Base backups: `BACKUP_DIR/base/shinkei_base_YYYYMMDD_HHMMSS.tar.zst[.age]` (`.tar.gz` from before zstd, still read), beside it the
  * server's own backup_manifest (sealed the same way) and our manifest with the WAL range the
  * backup needs. No WAL inside: the continuous archive holds it.
  */
@@ -66,7 +66,7 @@ export const baseManifestProblem = (m: BaseManifest, trust: ArchiveTrust): strin
   trustProblem(`base backup ${m.file}`, { signature: m.signature, encrypted: Boolean(m.encryption) }, baseManifestParts(m), trust);
 
 export const baseDir = (backupDir: string) => join(backupDir, "base");
-const NAME = /^shinkei_base_(\d{8})_(\d{6})(?:_(\d{1,3}))?\.tar\.gz(\.age)?$/;
+const NAME = /^shinkei_base_(\d{8})_(\d{6})(?:_(\d{1,3}))?\.tar\.(?:gz|zst)(\.age)?$/;
 export const isBaseName = (name: string) => NAME.test(name);
 export const BASE_MANIFEST_SUFFIX = ".manifest.json";
 
@@ -104,7 +104,6 @@ export async function createBaseBackup(options: {
   reason: "manual" | "scheduled";
   fast?: boolean;
   age?: AgeConfig;
-  compressionLevel?: number;
 }): Promise<{ path: string; manifest: BaseManifest }> {
   const { sql, url } = options;
   const started = new Date();
@@ -124,7 +123,7 @@ export async function createBaseBackup(options: {
   const existing = new Set(await readdir(dir));
   let name = "";
   for (let seq = 0; seq < 1000 && (!name || existing.has(name) || existing.has(`${name}.partial`)); seq++) {
-    name = `shinkei_base_${stamp(started)}${seq ? `_${seq}` : ""}.tar.gz${encryption ? ".age" : ""}`;
+    name = `shinkei_base_${stamp(started)}${seq ? `_${seq}` : ""}.tar.zst${encryption ? ".age" : ""}`;
   }
   const path = join(dir, name);
   const partial = `${path}.partial`;
@@ -136,7 +135,7 @@ export async function createBaseBackup(options: {
   );
   const exit = finished(proc);
   const tap = tarMemberTap("backup_manifest");
-  const sealOptions = { level: options.compressionLevel ?? 6, age: encryption ? options.age : undefined };
+  const sealOptions = { codec: "zstd" as const, age: encryption ? options.age : undefined };
   let manifestFile = "";
   try {
     const source = Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream);
@@ -149,7 +148,7 @@ export async function createBaseBackup(options: {
     if (!backupManifest) throw new ShinkeiError("BACKUP_FAILED", "pg_basebackup's output held no backup_manifest (is it older than PostgreSQL 13?)");
     const range = walRange(backupManifest);
 
-    manifestFile = `${name.replace(/\.tar\.gz(\.age)?$/, "")}.backup_manifest.gz${encryption ? ".age" : ""}`;
+    manifestFile = `${name.replace(/\.tar\.zst(\.age)?$/, "")}.backup_manifest.zst${encryption ? ".age" : ""}`;
     const mPartial = join(dir, `${manifestFile}.partial`);
     const mSealed = await sealTo(Readable.from([backupManifest]), mPartial, sealOptions);
     await rename(mPartial, join(dir, manifestFile));

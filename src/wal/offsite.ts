@@ -19,16 +19,16 @@ import { startPoller } from "../service/poller.ts";
  * Off-site copies of the WAL archive and base backups: one flat folder `S3_PREFIX` + `wal/`
  * (segment names carry their timeline). Only names of these shapes are listed or deleted there.
  */
-const WAL_OBJECT = /^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?:\.gz(?:\.age)?|\.json)$/;
-const BASE_OBJECT = /^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?(?:\.tar\.gz(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.gz(?:\.age)?)$/;
+const WAL_OBJECT = /^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?:\.(?:gz|zst)(?:\.age)?|\.json)$/;
+const BASE_OBJECT = /^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?(?:\.tar\.(?:gz|zst)(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.(?:gz|zst)(?:\.age)?)$/;
 
 export const walNaming: StoreNaming = {
   isOurs: (name) => WAL_OBJECT.test(name) || BASE_OBJECT.test(name),
   companions(name) {
-    const wal = /^(.*)\.gz(?:\.age)?$/.exec(name);
+    const wal = /^(.*)\.(?:gz|zst)(?:\.age)?$/.exec(name);
     if (WAL_OBJECT.test(name) && wal) return [`${wal[1]}.json`];
-    const base = /^(shinkei_base_[0-9_]+)\.tar\.gz(\.age)?$/.exec(name);
-    if (base) return [`${base[1]}.backup_manifest.gz${base[2] ?? ""}`, name + BASE_MANIFEST_SUFFIX];
+    const base = /^(shinkei_base_[0-9_]+)\.tar\.(gz|zst)(\.age)?$/.exec(name);
+    if (base) return [`${base[1]}.backup_manifest.${base[2]}${base[3] ?? ""}`, name + BASE_MANIFEST_SUFFIX];
     return [];
   },
 };
@@ -52,7 +52,7 @@ export async function mirrorWalRecord(store: BackupStore, root: string, record: 
   });
   // A segment now complete off-site makes the copy of its partial redundant.
   if (record.kind === "segment") {
-    await store.remove(`${record.name}.partial.gz${record.encryption ? ".age" : ""}`).catch(() => {});
+    for (const ext of ["zst", "gz"]) await store.remove(`${record.name}.partial.${ext}${record.encryption ? ".age" : ""}`).catch(() => {});
   }
 }
 
@@ -130,11 +130,11 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
     const due = Date.now() - lastPartial.at >= config.wal.partialUploadIntervalMs;
     if (!due || (name === lastPartial.name && s.mtimeMs === lastPartial.mtimeMs)) return true;
     const encryption = encryptionFor(config.backup.age);
-    const file = `${name}.gz${encryption ? ".age" : ""}`;
+    const file = `${name}.zst${encryption ? ".age" : ""}`;
     const tmp = join(root, `.upload-${file}`);
     try {
       await rm(tmp, { force: true });
-      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { level: config.backup.compressionLevel, age: encryption ? config.backup.age : undefined, plainHash: true });
+      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { codec: "zstd", age: encryption ? config.backup.age : undefined, plainHash: true });
       await store.put(file, tmp);
       const record: WalRecord = signWalRecord({
         walRecordVersion: 1, name, kind: "partial", timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline, file,

@@ -98,7 +98,7 @@ export async function pruneWalStore(store: BackupStore, keepDays: number, policy
   const names = new Set(objects.map((o) => o.name));
   const manifests: BaseManifest[] = [];
   const tmp = join(tmpdir(), `shinkei-prune-${crypto.randomUUID()}.json`);
-  for (const o of objects.filter((o) => /^shinkei_base_.*\.tar\.gz(\.age)?$/.test(o.name) && names.has(o.name + BASE_MANIFEST_SUFFIX))) {
+  for (const o of objects.filter((o) => /^shinkei_base_.*\.tar\.(gz|zst)(\.age)?$/.test(o.name) && names.has(o.name + BASE_MANIFEST_SUFFIX))) {
     try {
       await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp);
       const m = (await Bun.file(tmp).json()) as BaseManifest;
@@ -118,7 +118,7 @@ export async function pruneWalStore(store: BackupStore, keepDays: number, policy
   const keep = new Set(decisions.filter((d) => d.keep).map((d) => d.name));
   const { keepFrom, why } = keepFromOf(manifests.filter((m) => keep.has(m.file)));
   const segmentBytes = manifests[0]?.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  const walData = objects.filter((o) => /^[0-9A-F]{24}(\.partial)?\.gz(\.age)?$/.test(o.name)).map((o) => ({ name: o.name.replace(/\.gz(\.age)?$/, ""), object: o.name, segmentBytes }));
+  const walData = objects.filter((o) => /^[0-9A-F]{24}(\.partial)?\.(gz|zst)(\.age)?$/.test(o.name)).map((o) => ({ name: o.name.replace(/\.(gz|zst)(\.age)?$/, ""), object: o.name, segmentBytes }));
   const old = below(walData, keepFrom);
   const removed: string[] = [];
   if (!dryRun) {

@@ -31,7 +31,7 @@ export async function scheduledBaseBackup(deps: { sql: Sql; config: Config; log:
     if (!(await claimSlot(deps, slot, "base", "base backup"))) return;
     log({ level: "info", msg: "base backup started", scheduledFor: slot.toISOString() });
     const { path, manifest: m } = await withAdvisoryLock(sql, "base-backup", () =>
-      createBaseBackup({ sql, url: config.databaseUrl, backupDir: config.backupDir, reason: "scheduled", fast: config.wal.baseBackupStartFast, age: config.backup.age, compressionLevel: config.backup.compressionLevel }),
+      createBaseBackup({ sql, url: config.databaseUrl, backupDir: config.backupDir, reason: "scheduled", fast: config.wal.baseBackupStartFast, age: config.backup.age }),
       { what: "base backup" });
     log({ level: "info", msg: "base backup finished", file: path, sizeBytes: m.sizeBytes, durationMs: m.durationMs, startLsn: m.startLsn, stopLsn: m.stopLsn, timeline: m.timeline });
     const base = (await listBaseBackups(config.backupDir)).find((b) => b.path === path);

@@ -112,7 +112,7 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
       log({ level: "info", msg: "wal partial without WAL removed, not archived", file: name });
       return;
     }
-    const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, level: config.backup.compressionLevel, segmentBytes: info.segmentBytes });
+    const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, segmentBytes: info.segmentBytes });
     await rm(join(spool, name), { force: true });
     if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
   };

@@ -11,6 +11,7 @@ const benches: [string, string[]][] = [
   ["pitr.ts", ["--seconds", "2", "--scale", "1"]],
   ["pitr-restore.ts", ["--scale", "1", "--wal-mib", "16"]],
   ["soak.ts", ["--seconds", "20", "--rate", "50"]],
+  ["peers.ts", ["--scale", "1", "--rounds", "1", "--seconds", "2", "--loss-seconds", "2"]],
 ];
 const failed: string[] = [];
 for (const [file, args] of benches) {
