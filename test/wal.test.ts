@@ -313,7 +313,8 @@ describe("a slot past max_slot_wal_keep_size", () => {
       expect(risk).toMatchObject({ level: "error", slot: "shinkei_lost", walStatus: "lost" });
       // PostgreSQL 15 lets a receiver take a lost physical slot up again, from the server's position: the hole is named.
       service = await startWalService({ sql, config, log, slotCheckMs: 100 });
-      const gap = await until("the gap to be named", async () => lines.find((l) => String(l.msg).startsWith("wal gap")));
+      // Named at the first start that gets past the missing WAL: after a restart's backoff or two.
+      const gap = await until("the gap to be named", async () => lines.find((l) => String(l.msg).startsWith("wal gap")), 60_000);
       expect(gap.slot).toBe("shinkei_lost");
       expect(Number(gap.segments)).toBeGreaterThanOrEqual(1);
     } finally {

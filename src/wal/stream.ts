@@ -5,7 +5,7 @@ import type { Queryable } from "../pg/db.ts";
 import type { Log } from "../log.ts";
 import { findTool } from "../pg/bin.ts";
 import { serverInfo } from "../pg/server-info.ts";
-import { ensureSlot } from "./slot.ts";
+import { ensureSlot, slotStatus } from "./slot.ts";
 import { RECEIVER_APP_NAME, superviseReceiver, type Receiver } from "./receiver.ts";
 import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
@@ -153,6 +153,32 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
     const partials = (await readdir(spool)).filter((n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), info.segmentBytes));
     for (const name of partials) await archiveOne(name);
     log({ level: "error", msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position", missingFrom: removed, keptPartial: partials, slot: slot ?? null });
+    if (slot) await renewLostSlot(removed);
+  };
+  /**
+   * With the spool empty, pg_receivewal resumes from the slot's restart_lsn. A lost slot has none
+   * (the receiver then starts at the server's position), but the request that just failed can set
+   * one again, pointing at the WAL that is gone: every restart would ask for it and fail, and the
+   * archive would never resume. Such a slot holds nothing worth keeping: make it anew, reserving
+   * from now. The hole stays named as a gap when the receiver starts.
+   */
+  const renewLostSlot = async (removed: string) => {
+    const status = await slotStatus(sql, slot!).catch(() => null);
+    const missing = parseSegment(removed, info.segmentBytes)?.segno;
+    if (!status?.restartLsn || missing === undefined || segnoOf(parseLsn(status.restartLsn), info.segmentBytes) > missing) return;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        // Active for a moment after pg_receivewal exits, until its walsender has gone.
+        await sql`select pg_drop_replication_slot(${slot!}) from pg_replication_slots where slot_name = ${slot!} and not active`;
+        const { created } = await ensureSlot(sql, slot!);
+        if (created) log({ level: "error", msg: "replication slot made anew: it pointed at WAL the server had removed, so the receiver could not resume", slot, restartLsn: status.restartLsn, missingFrom: removed });
+        if (created || attempt >= 20) return;
+      } catch (e) {
+        log({ level: "error", msg: "replication slot could not be made anew; the receiver keeps retrying", slot, error: (e as Error).message });
+        return;
+      }
+      await Bun.sleep(100);
+    }
   };
   const onStart = (lsn: string, timeline: number) => void checkForGap({ root, spool, segmentBytes: info.segmentBytes, slot, log }, lsn, timeline);
   const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart,
