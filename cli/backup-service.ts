@@ -17,7 +17,14 @@ take one backup per scheduled time between them. SIGTERM lets a running backup f
 With WAL_ARCHIVE=stream it also streams WAL continuously into BACKUP_DIR/wal/ (pg_receivewal
 through the slot WAL_SLOT) and takes base backups on BASE_BACKUP_SCHEDULE, for point-in-time
 recovery (see shinkei pitr status).`,
-  subcommands: [{ default: true, summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies", options: {}, run: backupService }],
+  subcommands: [
+    {
+      default: true,
+      summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies",
+      options: {},
+      run: backupService,
+    },
+  ],
 };
 
 async function backupService(ctx: Context): Promise<number> {
@@ -29,7 +36,10 @@ async function backupService(ctx: Context): Promise<number> {
     } else await ctx.db`select 1`;
   });
   // Metrics and the status page on METRICS_PORT, when set (server/ops).
-  const ops = config.ops?.port !== undefined ? { name: "ops server", start: () => startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) } : undefined;
+  const ops =
+    config.ops?.port !== undefined
+      ? { name: "ops server", start: () => startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) }
+      : undefined;
   const service = await startParts(backupServiceParts(config, ops), { sql: ctx.db, config, log: jsonLog });
   const signal = await untilSignal();
   jsonLog({ level: "info", msg: "shutting down", signal });

@@ -94,7 +94,9 @@ export class Context {
     if (await portOpen(t.host, t.port)) return;
     this.local = await ensureLocalCluster(process.cwd(), this.io.env, config.environment);
     this.cachedConfig = { ...config, databaseUrl: this.local.url };
-    this.io.stderr.write(`nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL in ${this.local.dataDir} (${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`);
+    this.io.stderr.write(
+      `nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL in ${this.local.dataDir} (${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`,
+    );
   }
 
   async close() {

@@ -6,7 +6,11 @@ import { describeTarget, type Target } from "../src/pg/db.ts";
 /** The guard's options for reset and migrate down (each command words --dry-run and --wait its own way). */
 export const guardOptions = {
   force: { type: "boolean", description: "run without a terminal (needs --confirm-database too)" },
-  "confirm-database": { type: "string", value: "NAME", description: "the target database's name, required with --force" },
+  "confirm-database": {
+    type: "string",
+    value: "NAME",
+    description: "the target database's name, required with --force",
+  },
   "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
 } satisfies Options;
 
@@ -15,7 +19,13 @@ export const guardOptions = {
  * then typed phrases in a terminal; without one, or with the command's skip flag (--force, or
  * restore's --yes), --confirm-database must name the target.
  */
-export async function confirmDestructive(ctx: Context, target: Target, what: string, phrases: readonly string[], skipFlag: "force" | "yes" = "force"): Promise<void> {
+export async function confirmDestructive(
+  ctx: Context,
+  target: Target,
+  what: string,
+  phrases: readonly string[],
+  skipFlag: "force" | "yes" = "force",
+): Promise<void> {
   refuseProduction(ctx.config.environment, ctx.flag("allow-production"), what);
   if (!ctx.io.interactive || ctx.flag(skipFlag)) {
     checkUnattendedConfirmation(target, ctx.flag(skipFlag), ctx.option("confirm-database"), what, `--${skipFlag}`);

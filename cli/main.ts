@@ -16,7 +16,17 @@ import { recoverCommand } from "./recover/index.ts";
 import { pitrCommand } from "./pitr/index.ts";
 import pkg from "../package.json" with { type: "json" };
 
-export const commands: Command[] = [serveCommand, statusCommand, migrateCommand, backupCommand, backupServiceCommand, pitrCommand, recoverCommand, resetCommand, seedCommand];
+export const commands: Command[] = [
+  serveCommand,
+  statusCommand,
+  migrateCommand,
+  backupCommand,
+  backupServiceCommand,
+  pitrCommand,
+  recoverCommand,
+  resetCommand,
+  seedCommand,
+];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -68,7 +78,10 @@ export async function run(argv: string[], io: Io = processIo()): Promise<number>
     needsDatabase = form.needsDatabase !== false;
     ctx = new Context(io, parsed.values, parsed.positionals);
   } catch (error) {
-    const e = error instanceof ShinkeiError ? error : new ShinkeiError("USAGE", (error as Error).message.split(". To specify")[0]!);
+    const e =
+      error instanceof ShinkeiError
+        ? error
+        : new ShinkeiError("USAGE", (error as Error).message.split(". To specify")[0]!);
     return reportError(io, e, help);
   }
 

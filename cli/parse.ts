@@ -21,11 +21,13 @@ function usageLine(command: Command, sub: Subcommand): string {
   if (sub.args) parts.push(sub.args.usage);
   const groups = new Map<string, string[]>();
   for (const [name, spec] of Object.entries(sub.options)) {
-    if (spec.oneOf) groups.set(spec.oneOf, [...(groups.get(spec.oneOf) ?? []), optionLabel(name, spec).replace(/^-\w, /, "")]);
+    if (spec.oneOf)
+      groups.set(spec.oneOf, [...(groups.get(spec.oneOf) ?? []), optionLabel(name, spec).replace(/^-\w, /, "")]);
   }
   for (const labels of groups.values()) parts.push(`(${labels.join(" | ")})`);
   const rest = Object.entries(sub.options).filter(([name, spec]) => name !== sub.flag && !spec.oneOf);
-  if (rest.length > 0 && rest.length <= 3) parts.push(...rest.map(([name, spec]) => `[${optionLabel(name, spec).replace(/^-\w, /, "")}]`));
+  if (rest.length > 0 && rest.length <= 3)
+    parts.push(...rest.map(([name, spec]) => `[${optionLabel(name, spec).replace(/^-\w, /, "")}]`));
   else if (rest.length) parts.push("[options]");
   return parts.join(" ");
 }
@@ -66,13 +68,17 @@ export function commandHelp(command: Command): string {
   if (command.description) blocks.push(command.description);
   for (const sub of command.subcommands) {
     const also = sub.word && sub.flag ? ` (or shinkei ${command.name} --${sub.flag})` : "";
-    const lines = [`shinkei ${formName(command, sub)}${sub.args ? ` ${sub.args.usage}` : ""}${also}: ${sub.summary.replace(/\n/g, "\n  ")}`];
+    const lines = [
+      `shinkei ${formName(command, sub)}${sub.args ? ` ${sub.args.usage}` : ""}${also}: ${sub.summary.replace(/\n/g, "\n  ")}`,
+    ];
     if (sub.description) lines.push(sub.description.replace(/^/gm, "  "));
     lines.push(...optionLines(sub.options).slice(0, -1));
     blocks.push(lines.join("\n"));
   }
   const example = command.subcommands.find((s) => s.word)?.word;
-  blocks.push(`  -h, --help   show this help${example ? `; after a form, that form's alone (shinkei ${command.name} ${example} --help)` : ""}`);
+  blocks.push(
+    `  -h, --help   show this help${example ? `; after a form, that form's alone (shinkei ${command.name} ${example} --help)` : ""}`,
+  );
   return blocks.join("\n\n");
 }
 
@@ -82,7 +88,8 @@ function allOptions(command: Command): Options {
   for (const sub of command.subcommands) {
     for (const [name, spec] of Object.entries(sub.options)) {
       const seen = all[name];
-      if (seen && (seen.type !== spec.type || seen.short !== spec.short)) throw new Error(`${command.name}: --${name} is declared differently by two forms`);
+      if (seen && (seen.type !== spec.type || seen.short !== spec.short))
+        throw new Error(`${command.name}: --${name} is declared differently by two forms`);
       all[name] = spec;
     }
   }
@@ -95,7 +102,8 @@ function unknownOption(command: Command, sub: Subcommand, raw: string, name: str
   const others = command.subcommands.filter((s) => s !== sub && name in s.options);
   let why = "";
   if (others.length && sub.flag && !sub.word) why = `: --${sub.flag} and ${raw} do not go together`;
-  else if (others.length) why = `: ${raw} goes with ${others.map((s) => (s.flag && !s.word ? `--${s.flag}` : s.word ? `${command.name} ${s.word}` : command.name)).join(" or ")}`;
+  else if (others.length)
+    why = `: ${raw} goes with ${others.map((s) => (s.flag && !s.word ? `--${s.flag}` : s.word ? `${command.name} ${s.word}` : command.name)).join(" or ")}`;
   return new ShinkeiError("USAGE", `Unknown option '${raw}' for ${form}${why}`);
 }
 
@@ -105,7 +113,8 @@ export function selectForm(command: Command, args: string[]): { sub: Subcommand 
   const word = loose.positionals[0];
   const chosen = command.subcommands.filter((s) => s.flag && loose.values[s.flag] !== undefined);
   const byFlags = () => {
-    if (chosen.length > 1) throw new ShinkeiError("USAGE", `choose one of ${chosen.map((s) => `--${s.flag}`).join(", ")}`);
+    if (chosen.length > 1)
+      throw new ShinkeiError("USAGE", `choose one of ${chosen.map((s) => `--${s.flag}`).join(", ")}`);
     return chosen[0] ?? command.subcommands.find((s) => s.default);
   };
   if (word !== undefined) {
@@ -116,31 +125,54 @@ export function selectForm(command: Command, args: string[]): { sub: Subcommand 
     const stray = loose.tokens?.find((t) => t.kind === "option" && t.name !== "help" && !(t.name in all));
     if (stray?.kind === "option") {
       const form = byFlags();
-      throw form ? unknownOption(command, form, stray.rawName, stray.name) : new ShinkeiError("USAGE", `Unknown option '${stray.rawName}' for ${command.name}`);
+      throw form
+        ? unknownOption(command, form, stray.rawName, stray.name)
+        : new ShinkeiError("USAGE", `Unknown option '${stray.rawName}' for ${command.name}`);
     }
     throw new ShinkeiError("USAGE", `unknown argument "${word}" for ${command.name}`);
   }
   if (!chosen.length && loose.values.help) return { help: commandHelp(command) };
   const sub = byFlags();
-  if (!sub) throw new ShinkeiError("USAGE", `${command.name} needs one of: ${command.subcommands.map((s) => s.word).join(", ")}`);
+  if (!sub)
+    throw new ShinkeiError(
+      "USAGE",
+      `${command.name} needs one of: ${command.subcommands.map((s) => s.word).join(", ")}`,
+    );
   return { sub };
 }
 
 function looseParse(command: Command, args: string[]) {
-  return parseArgs({ args, options: { ...allOptions(command), help: helpOption }, allowPositionals: true, strict: false, tokens: true });
+  return parseArgs({
+    args,
+    options: { ...allOptions(command), help: helpOption },
+    allowPositionals: true,
+    strict: false,
+    tokens: true,
+  });
 }
 
 /** Parse strictly with the form's own options: one it does not take is a usage error naming both. */
-export function parseForm(command: Command, sub: Subcommand, args: string[]): { values: Values; positionals: string[]; help: boolean } {
+export function parseForm(
+  command: Command,
+  sub: Subcommand,
+  args: string[],
+): { values: Values; positionals: string[]; help: boolean } {
   const loose = looseParse(command, args);
   const refused: { raw: string; name: string }[] = [];
   for (const t of loose.tokens ?? []) {
-    if (t.kind === "option" && t.name !== "help" && !(t.name in sub.options) && !refused.some((r) => r.name === t.name)) refused.push({ raw: t.rawName, name: t.name });
+    if (t.kind === "option" && t.name !== "help" && !(t.name in sub.options) && !refused.some((r) => r.name === t.name))
+      refused.push({ raw: t.rawName, name: t.name });
   }
   if (loose.values.help) return { values: {}, positionals: [], help: true };
-  if (refused.length) throw sub.refuse?.(refused.map((r) => r.name)) ?? unknownOption(command, sub, refused[0]!.raw, refused[0]!.name);
+  if (refused.length)
+    throw sub.refuse?.(refused.map((r) => r.name)) ?? unknownOption(command, sub, refused[0]!.raw, refused[0]!.name);
 
-  const strict = parseArgs({ args, options: { ...sub.options, help: helpOption }, allowPositionals: true, strict: true });
+  const strict = parseArgs({
+    args,
+    options: { ...sub.options, help: helpOption },
+    allowPositionals: true,
+    strict: true,
+  });
   const positionals = strict.positionals;
   const extra = positionals[(sub.word !== undefined && positionals[0] === sub.word ? 1 : 0) + (sub.args?.max ?? 0)];
   if (extra !== undefined) throw new ShinkeiError("USAGE", `unknown argument "${extra}" for ${formName(command, sub)}`);

@@ -7,7 +7,13 @@ import { ShinkeiError } from "../src/errors.ts";
  * (exit 130) before anything is changed.
  */
 export async function typedConfirmation(io: Io, message: string, expected: string): Promise<void> {
-  const answer = await clack.text({ message, placeholder: expected, input: io.stdin, output: io.stdout, signal: io.signal });
+  const answer = await clack.text({
+    message,
+    placeholder: expected,
+    input: io.stdin,
+    output: io.stdout,
+    signal: io.signal,
+  });
   if (clack.isCancel(answer)) {
     throw new ShinkeiError("CANCELLED", "cancelled: nothing was changed");
   }

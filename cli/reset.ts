@@ -15,17 +15,19 @@ YES I AM SURE, then YES (exactly), takes and verifies a pre-reset backup, then r
 schema and loads the demo data, all in one transaction. Ends with the command that undoes it.
 
 Ctrl-C at any prompt exits 130 and a mistyped phrase exits 1; neither changes anything.`,
-  subcommands: [{
-    default: true,
-    summary: "delete everything and reseed, behind three typed confirmations and a backup",
-    options: {
-      "dry-run": { type: "boolean", description: "show what would be deleted; change nothing" },
-      "no-seed": { type: "boolean", description: "leave the new schema empty" },
-      ...guardOptions,
-      wait: { type: "boolean", description: "queue behind a running backup or restore instead of failing" },
+  subcommands: [
+    {
+      default: true,
+      summary: "delete everything and reseed, behind three typed confirmations and a backup",
+      options: {
+        "dry-run": { type: "boolean", description: "show what would be deleted; change nothing" },
+        "no-seed": { type: "boolean", description: "leave the new schema empty" },
+        ...guardOptions,
+        wait: { type: "boolean", description: "queue behind a running backup or restore instead of failing" },
+      },
+      run: reset,
     },
-    run: reset,
-  }],
+  ],
 };
 
 async function reset(ctx: Context): Promise<number> {
@@ -33,15 +35,29 @@ async function reset(ctx: Context): Promise<number> {
   refuseProduction(config.environment, ctx.flag("allow-production"), "reset the database");
   const plan = await resetPlan(ctx.db, config.databaseUrl);
   const { database, host, port } = plan.target;
-  note(io, table([["table", "rows"], ...mainTables.map((t) => [t, plan.counts[t] ?? 0])]), `reset deletes ALL data in ${database} on ${host}:${port}`);
+  note(
+    io,
+    table([["table", "rows"], ...mainTables.map((t) => [t, plan.counts[t] ?? 0])]),
+    `reset deletes ALL data in ${database} on ${host}:${port}`,
+  );
   if (ctx.flag("dry-run")) {
     line(io, "dry run: nothing was changed");
     return 0;
   }
   await confirmDestructive(ctx, plan.target, `delete all data in ${database}`, resetPhrases);
   const spin = activity(io, "taking a pre-reset backup, then resetting");
-  const result = await withMaintenanceLock(ctx.db, "reset", () =>
-    performReset({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, seed: !ctx.flag("no-seed"), hashing: config.hashing, age: config.backup.age }),
+  const result = await withMaintenanceLock(
+    ctx.db,
+    "reset",
+    () =>
+      performReset({
+        sql: ctx.db,
+        url: config.databaseUrl,
+        dir: config.backupDir,
+        seed: !ctx.flag("no-seed"),
+        hashing: config.hashing,
+        age: config.backup.age,
+      }),
     ctx.flag("wait"),
   ).catch((e) => {
     spin.fail("reset failed: nothing was deleted");

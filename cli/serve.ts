@@ -16,8 +16,18 @@ function cachedWindow(backupDir: string, trust: ArchiveTrust) {
   return async () => {
     if (Date.now() - at < 10_000) return value;
     at = Date.now();
-    const exists = await Bun.file(walRoot(backupDir)).stat().then(() => true, () => false);
-    value = exists ? await archiveWindow(backupDir, trust).then((w) => ({ pitr: { ...w.window, gaps: w.gaps.length } }), () => ({})) : {};
+    const exists = await Bun.file(walRoot(backupDir))
+      .stat()
+      .then(
+        () => true,
+        () => false,
+      );
+    value = exists
+      ? await archiveWindow(backupDir, trust).then(
+          (w) => ({ pitr: { ...w.window, gaps: w.gaps.length } }),
+          () => ({}),
+        )
+      : {};
     return value;
   };
 }
@@ -37,7 +47,14 @@ GET /api/v1/auth/me, /api/v1/worlds, /health, /ready.
 Mail (reset and verification codes) goes out over SMTP_URL; without it, development
 writes each message to the log, and anywhere else those routes answer 503 MAIL_DISABLED
 (the server says so when it starts).`,
-  subcommands: [{ default: true, summary: "run the auth server (HOST, PORT; applies migrations unless MIGRATE_ON_START=false)", options: {}, run: serve }],
+  subcommands: [
+    {
+      default: true,
+      summary: "run the auth server (HOST, PORT; applies migrations unless MIGRATE_ON_START=false)",
+      options: {},
+      run: serve,
+    },
+  ],
 };
 
 async function serve(ctx: Context): Promise<number> {

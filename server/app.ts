@@ -22,11 +22,22 @@ export function createApp(deps: Deps) {
   app.use(requestId(), accessLog(deps.log, deps.config.accessLog), securityHeaders(), deadline(REQUEST_DEADLINE_MS));
   app.route("/", healthRoutes(deps));
   // On the public port only behind their tokens; without one they live on the ops listener alone.
-  if (deps.ops) app.route("/", opsRoutes(deps.ops, { metrics: !!deps.config.ops?.metricsToken, page: !!deps.config.ops?.opsToken }));
+  if (deps.ops)
+    app.route(
+      "/",
+      opsRoutes(deps.ops, { metrics: !!deps.config.ops?.metricsToken, page: !!deps.config.ops?.opsToken }),
+    );
   app.route("/api/v1/auth", authRoutes(deps));
   app.route("/api/v1/auth", recoveryRoutes(deps));
   app.route("/api/v1/worlds", worldRoutes(deps));
-  app.notFound((c) => errorResponse(c, new ShinkeiError("NOT_FOUND", `no route for ${c.req.method} ${c.req.path}`), deps.config.databaseUrl, deps.log));
+  app.notFound((c) =>
+    errorResponse(
+      c,
+      new ShinkeiError("NOT_FOUND", `no route for ${c.req.method} ${c.req.path}`),
+      deps.config.databaseUrl,
+      deps.log,
+    ),
+  );
   app.onError((error, c) => errorResponse(c, error, deps.config.databaseUrl, deps.log));
   return app;
 }

@@ -4,7 +4,8 @@ import { explainDbError } from "../src/pg/db.ts";
 import type { AppEnv, Log } from "./env.ts";
 
 /** Our own words about a request, safe to show as they are: the client's mistakes and our "busy". */
-const told = (e: unknown): e is ShinkeiError => e instanceof ShinkeiError && (e.status < 500 || e.code === "BUSY" || e.code === "NOT_READY");
+const told = (e: unknown): e is ShinkeiError =>
+  e instanceof ShinkeiError && (e.status < 500 || e.code === "BUSY" || e.code === "NOT_READY");
 
 /**
  * Anything else is logged in full with the request id, and the client gets only a code, a plain
@@ -23,7 +24,10 @@ export function hiddenError(c: Context<AppEnv>, error: unknown, databaseUrl: str
     cause: ((e as Error)?.cause as Error | undefined)?.message,
   });
   return unavailable
-    ? { status: 503 as const, error: { code: e.code, message: "the service is unavailable; try again shortly", requestId } }
+    ? {
+        status: 503 as const,
+        error: { code: e.code, message: "the service is unavailable; try again shortly", requestId },
+      }
     : { status: 500 as const, error: { code: "INTERNAL", message: "internal error", requestId } };
 }
 

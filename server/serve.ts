@@ -12,7 +12,10 @@ import { createOps, startOpsServer } from "./ops/app.tsx";
 export type Running = { url: string; port: number; recovery: AccountRecovery; opsUrl?: string; stop(): Promise<void> };
 
 /** Connect, migrate (unless MIGRATE_ON_START=false), and listen. `stop()` drains requests, then the pool. */
-export async function startServer(config: Config, options: { log?: Log; readiness?: Deps["readiness"]; clock?: Clock } = {}): Promise<Running> {
+export async function startServer(
+  config: Config,
+  options: { log?: Log; readiness?: Deps["readiness"]; clock?: Clock } = {},
+): Promise<Running> {
   const log = options.log ?? jsonLog;
   if (config.migrateOnStart) {
     await ensureDatabase(config.databaseUrl);
@@ -33,7 +36,16 @@ export async function startServer(config: Config, options: { log?: Log; readines
   }
   const auth = new AuthService(sql, config);
   const mail = createMailQueue(config.mail, sql, log);
-  const recovery = new AccountRecovery({ sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail, log, clock: options.clock });
+  const recovery = new AccountRecovery({
+    sql,
+    config,
+    throttle: auth.throttle,
+    hasher: auth.hasher,
+    sessions: auth.sessions,
+    mail,
+    log,
+    clock: options.clock,
+  });
   const ops = createOps(config, log, { hashLoad: () => auth.hasher.load, sql });
   const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness, ops });
   const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
@@ -50,7 +62,8 @@ export async function startServer(config: Config, options: { log?: Log; readines
     recovery.prune().catch(() => {});
     pruneHistory(sql, config.retention).then(
       (n) => (n.accountEvents || n.mailOutbox || n.backupRuns) && log({ level: "info", msg: "history pruned", ...n }),
-      (e: Error) => log({ level: "warn", msg: "history pruning failed; it runs again in 10 minutes", error: e.message }),
+      (e: Error) =>
+        log({ level: "warn", msg: "history pruning failed; it runs again in 10 minutes", error: e.message }),
     );
   }, 10 * 60_000);
   prune.unref();

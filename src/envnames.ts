@@ -29,7 +29,8 @@ export function checkVariableNames(env: Record<string, string | undefined>, know
         hint: `Rename it to ${closest} (until then its value is ignored and ${closest} keeps its default), or remove it.`,
       });
     }
-    if ([...prefixes].some((p) => upper.startsWith(p))) warnings.push(`${name} is not a shinkei variable and is ignored (the closest is ${closest})`);
+    if ([...prefixes].some((p) => upper.startsWith(p)))
+      warnings.push(`${name} is not a shinkei variable and is ignored (the closest is ${closest})`);
   }
   return warnings;
 }
@@ -51,7 +52,8 @@ function editDistance(a: string, b: string): number {
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
       d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
     }
   }
   return d[a.length]![b.length]!;

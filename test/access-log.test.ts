@@ -19,7 +19,11 @@ async function linesWith(env: Record<string, string>): Promise<string[]> {
   const email = `log-${crypto.randomUUID().slice(0, 8)}@example.com`;
   expect((await app.request("/health")).status).toBe(200);
   expect((await app.request("/ready")).status).toBe(200);
-  const reg = await app.request("/api/v1/auth/register", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email, password: "correct horse battery", name: "L" }) });
+  const reg = await app.request("/api/v1/auth/register", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email, password: "correct horse battery", name: "L" }),
+  });
   expect(reg.status).toBe(201);
   expect((await app.request("/api/v1/auth/me")).status).toBe(401);
   expect((await app.request("/api/v1/nothing")).status).toBe(404);
@@ -30,7 +34,13 @@ test("ACCESS_LOG: all (the default) logs every request but passing probes; error
   expect(await linesWith({})).toEqual(["/api/v1/auth/register 201", "/api/v1/auth/me 401", "/api/v1/nothing 404"]);
   expect(await linesWith({ ACCESS_LOG: "errors" })).toEqual(["/api/v1/auth/me 401", "/api/v1/nothing 404"]);
   expect(await linesWith({ ACCESS_LOG: "off" })).toEqual([]);
-  expect(await linesWith({ ACCESS_LOG: "all", ACCESS_LOG_PROBES: "true" })).toEqual(["/health 200", "/ready 200", "/api/v1/auth/register 201", "/api/v1/auth/me 401", "/api/v1/nothing 404"]);
+  expect(await linesWith({ ACCESS_LOG: "all", ACCESS_LOG_PROBES: "true" })).toEqual([
+    "/health 200",
+    "/ready 200",
+    "/api/v1/auth/register 201",
+    "/api/v1/auth/me 401",
+    "/api/v1/nothing 404",
+  ]);
 });
 
 test("a failing probe is logged even when passing ones are not", async () => {

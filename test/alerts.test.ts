@@ -6,12 +6,21 @@ import { readSnapshot } from "../src/metrics/snapshot.ts";
 import { tempDir } from "./support/fixtures.ts";
 
 const ops = join(import.meta.dir, "..", "ops");
-type Rule = { alert: string; expr: string; for?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+type Rule = {
+  alert: string;
+  expr: string;
+  for?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+};
 
 /** Every series name a scrape can hold: histograms and counters as Prometheus names their samples. */
 async function exportedNames(): Promise<Set<string>> {
   const dir = await tempDir("alerts");
-  const metrics = new Metrics({ sources: [dumpSource(() => readSnapshot(dir, "s3"), { maxAgeMs: 1, drillMaxAgeMs: 1 })], hashLoad: () => ({ running: 0, waiting: 0 }) });
+  const metrics = new Metrics({
+    sources: [dumpSource(() => readSnapshot(dir, "s3"), { maxAgeMs: 1, drillMaxAgeMs: 1 })],
+    hashLoad: () => ({ running: 0, waiting: 0 }),
+  });
   const names = new Set<string>();
   for (const m of await metrics.registry.getMetricsAsJSON()) {
     names.add(m.name);
@@ -21,9 +30,26 @@ async function exportedNames(): Promise<Set<string>> {
 }
 
 test("every alert names only metrics shinkei exports, with a severity and a summary", async () => {
-  const parsed = Bun.YAML.parse(await Bun.file(join(ops, "alerts.yml")).text()) as { groups: { name: string; rules: Rule[] }[] };
+  const parsed = Bun.YAML.parse(await Bun.file(join(ops, "alerts.yml")).text()) as {
+    groups: { name: string; rules: Rule[] }[];
+  };
   const rules = parsed.groups.flatMap((g) => g.rules);
-  expect(rules.map((r) => r.alert).sort()).toEqual(["ShinkeiBackupFolderUnreadable", "ShinkeiBackupTooOld", "ShinkeiDrillFailed", "ShinkeiNoBackup", "ShinkeiNoVerifiedRestore", "ShinkeiOffsiteLagging", "ShinkeiOffsitePending", "ShinkeiPitrLagging", "ShinkeiWalDiskFull", "ShinkeiWalGap", "ShinkeiWalLagUnknown", "ShinkeiWalNotSealed", "ShinkeiWalReceiverDown", "ShinkeiWalSlotAtRisk"]);
+  expect(rules.map((r) => r.alert).sort()).toEqual([
+    "ShinkeiBackupFolderUnreadable",
+    "ShinkeiBackupTooOld",
+    "ShinkeiDrillFailed",
+    "ShinkeiNoBackup",
+    "ShinkeiNoVerifiedRestore",
+    "ShinkeiOffsiteLagging",
+    "ShinkeiOffsitePending",
+    "ShinkeiPitrLagging",
+    "ShinkeiWalDiskFull",
+    "ShinkeiWalGap",
+    "ShinkeiWalLagUnknown",
+    "ShinkeiWalNotSealed",
+    "ShinkeiWalReceiverDown",
+    "ShinkeiWalSlotAtRisk",
+  ]);
   const names = await exportedNames();
   for (const rule of rules) {
     const used = [...rule.expr.matchAll(/\b(shinkei_[a-z0-9_]+)/g)].map((m) => m[1]!);
@@ -37,11 +63,19 @@ test("every alert names only metrics shinkei exports, with a severity and a summ
 const promtool = Bun.which("promtool");
 
 test.skipIf(!promtool)("promtool accepts the rules and their unit tests pass (promtool test rules)", async () => {
-  for (const args of [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]]) {
+  for (const args of [
+    ["check", "rules", "alerts.yml"],
+    ["test", "rules", "alerts.test.yml"],
+  ]) {
     const p = Bun.spawn([promtool!, ...args], { cwd: ops, stdout: "pipe", stderr: "pipe" });
-    const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    const [out, err, code] = await Promise.all([
+      new Response(p.stdout).text(),
+      new Response(p.stderr).text(),
+      p.exited,
+    ]);
     if (code !== 0) throw new Error(`promtool ${args.join(" ")} failed:\n${out}${err}`);
     expect(out).toContain("SUCCESS");
   }
 });
-if (!promtool) console.warn("promtool not found (Debian package prometheus): the alert rules were checked by parsing only");
+if (!promtool)
+  console.warn("promtool not found (Debian package prometheus): the alert rules were checked by parsing only");

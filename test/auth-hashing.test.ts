@@ -19,9 +19,12 @@ beforeEach(async () => {
 });
 
 const withServer = (env: Record<string, string>, fn: (s: TestServer) => Promise<void>) => withServerOn(db, env, fn);
-const register = (s: TestServer, email: string) => s.api("/api/v1/auth/register", { method: "POST", json: { email, password: PASSWORD, name: "T" } });
-const login = (s: TestServer, email: string, password = PASSWORD) => s.api("/api/v1/auth/login", { method: "POST", json: { email, password } });
-const storedHash = async (email: string) => (await db.sql`select password_hash from users where email = ${email}`)[0]!.password_hash as string;
+const register = (s: TestServer, email: string) =>
+  s.api("/api/v1/auth/register", { method: "POST", json: { email, password: PASSWORD, name: "T" } });
+const login = (s: TestServer, email: string, password = PASSWORD) =>
+  s.api("/api/v1/auth/login", { method: "POST", json: { email, password } });
+const storedHash = async (email: string) =>
+  (await db.sql`select password_hash from users where email = ${email}`)[0]!.password_hash as string;
 
 describe("registration", () => {
   test("is limited per address: past REGISTER_MAX_PER_IP the answer is 429 with Retry-After, and nothing is stored", async () => {
@@ -40,9 +43,13 @@ describe("registration", () => {
   test("a registration flood fills only its own hash queue: logins keep answering", async () => {
     // Small queues and slow-enough hashes, so 24 registrations at a time overflow a queue for certain.
     const env = {
-      ARGON2_MEMORY_KIB: "16384", ARGON2_TIME_COST: "2",
-      HASH_CONCURRENCY: "1", HASH_QUEUE_LIMIT: "2",
-      REGISTER_HASH_CONCURRENCY: "1", REGISTER_HASH_QUEUE_LIMIT: "2", REGISTER_MAX_PER_IP: "100000",
+      ARGON2_MEMORY_KIB: "16384",
+      ARGON2_TIME_COST: "2",
+      HASH_CONCURRENCY: "1",
+      HASH_QUEUE_LIMIT: "2",
+      REGISTER_HASH_CONCURRENCY: "1",
+      REGISTER_HASH_QUEUE_LIMIT: "2",
+      REGISTER_MAX_PER_IP: "100000",
     };
     await withServer(env, async (s) => {
       expect((await register(s, "steady@example.com")).status).toBe(201);
@@ -72,15 +79,28 @@ describe("registration", () => {
 
 describe("overload", () => {
   test("a login flood past what the measured hash rate clears in HASH_WAIT_BUDGET is shed at once: 503 BUSY with Retry-After, though HASH_QUEUE_LIMIT (128) is not reached", async () => {
-    const env = { ARGON2_MEMORY_KIB: "16384", ARGON2_TIME_COST: "2", HASH_CONCURRENCY: "1", HASH_WAIT_BUDGET: "200ms", LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" };
+    const env = {
+      ARGON2_MEMORY_KIB: "16384",
+      ARGON2_TIME_COST: "2",
+      HASH_CONCURRENCY: "1",
+      HASH_WAIT_BUDGET: "200ms",
+      LOGIN_MAX_FAILURES: "1000",
+      LOGIN_MAX_FAILURES_PER_IP: "100000",
+    };
     await withServer(env, async (s) => {
       expect((await register(s, "flooded@example.com")).status).toBe(201);
       // One login times the hash; the 100 at once then overflow a queue sized from it.
       expect((await login(s, "flooded@example.com")).status).toBe(200);
-      const answers = await Promise.all(Array.from({ length: 100 }, async () => {
-        const r = await login(s, "flooded@example.com");
-        return { status: r.status, retryAfter: r.headers.get("retry-after"), code: r.status === 200 ? null : (await r.json()).error.code };
-      }));
+      const answers = await Promise.all(
+        Array.from({ length: 100 }, async () => {
+          const r = await login(s, "flooded@example.com");
+          return {
+            status: r.status,
+            retryAfter: r.headers.get("retry-after"),
+            code: r.status === 200 ? null : (await r.json()).error.code,
+          };
+        }),
+      );
       const shed = answers.filter((a) => a.status !== 200);
       expect(answers.filter((a) => a.status === 200).length).toBeGreaterThan(0);
       expect(shed.length).toBeGreaterThan(50);
@@ -97,11 +117,20 @@ describe("rehash on login", () => {
     await withServer({}, async (s) => {
       // The test config hashes with m=4096, t=1.
       const old = {
-        "old-argon@example.com": await Bun.password.hash(PASSWORD, { algorithm: "argon2id", memoryCost: 8192, timeCost: 2 }),
+        "old-argon@example.com": await Bun.password.hash(PASSWORD, {
+          algorithm: "argon2id",
+          memoryCost: 8192,
+          timeCost: 2,
+        }),
         "old-bcrypt@example.com": await Bun.password.hash(PASSWORD, { algorithm: "bcrypt", cost: 4 }),
-        "current@example.com": await Bun.password.hash(PASSWORD, { algorithm: "argon2id", memoryCost: 4096, timeCost: 1 }),
+        "current@example.com": await Bun.password.hash(PASSWORD, {
+          algorithm: "argon2id",
+          memoryCost: 4096,
+          timeCost: 1,
+        }),
       };
-      for (const [email, hash] of Object.entries(old)) await db.sql`insert into users (email, name, password_hash) values (${email}, 'Old', ${hash})`;
+      for (const [email, hash] of Object.entries(old))
+        await db.sql`insert into users (email, name, password_hash) values (${email}, 'Old', ${hash})`;
 
       expect((await login(s, "old-argon@example.com", "a wrong password")).status).toBe(401);
       expect(await storedHash("old-argon@example.com")).toBe(old["old-argon@example.com"]); // only the right password rehashes
@@ -110,7 +139,8 @@ describe("rehash on login", () => {
         expect((await login(s, email)).status).toBe(200);
         const now = await storedHash(email);
         expect(now).toStartWith("$argon2id$v=19$m=4096,t=1,");
-        if (email === "current@example.com") expect(now).toBe(old[email]); // already current: left alone
+        if (email === "current@example.com")
+          expect(now).toBe(old[email]); // already current: left alone
         else expect(now).not.toBe(old[email as keyof typeof old]);
         expect((await login(s, email)).status).toBe(200);
       }

@@ -19,11 +19,48 @@ afterAll(() => db.drop());
 /** A small deterministic generator, so a failure names a case that can be replayed. */
 function* malformed(count: number): Generator<{ path: string; init: RequestInit }> {
   let seed = 42;
-  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n;
   const paths = ["/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/password"];
-  const types = ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "application/jsonx", "APPLICATION/JSON; charset=utf-8"];
-  const values = [null, true, 0, -1, 1e308, "", " ", "x".repeat(300), "a@b", "' OR 1=1 --", "'; DROP TABLE users; --", "\u0000", "😀".repeat(100), [], {}, ["a"], { $gt: "" }];
-  const bodies = ["{", "}", "[]", "null", "\"str\"", "{\"email\":", "{'single':1}", "\u0000\u0001", "x".repeat(20_000), "{}"];
+  const types = [
+    "application/json",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "",
+    "application/jsonx",
+    "APPLICATION/JSON; charset=utf-8",
+  ];
+  const values = [
+    null,
+    true,
+    0,
+    -1,
+    1e308,
+    "",
+    " ",
+    "x".repeat(300),
+    "a@b",
+    "' OR 1=1 --",
+    "'; DROP TABLE users; --",
+    "\u0000",
+    "😀".repeat(100),
+    [],
+    {},
+    ["a"],
+    { $gt: "" },
+  ];
+  const bodies = [
+    "{",
+    "}",
+    "[]",
+    "null",
+    '"str"',
+    '{"email":',
+    "{'single':1}",
+    "\u0000\u0001",
+    "x".repeat(20_000),
+    "{}",
+  ];
   for (let i = 0; i < count; i++) {
     const path = paths[rand(paths.length)]!;
     const kind = rand(4);
@@ -60,11 +97,16 @@ test("1,000 malformed requests: every answer is 4xx in the error shape, none 5xx
 });
 
 test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong type 415, unknown route 404", async () => {
-  const post = (body: string, type = "application/json") => app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": type }, body });
+  const post = (body: string, type = "application/json") =>
+    app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": type }, body });
   expect((await (await post("{nope")).json()).error.code).toBe("BAD_JSON");
   const schema = await (await post(JSON.stringify({ email: "x", password: 5, admin: true }))).json();
   expect(schema.error.code).toBe("INVALID_INPUT");
-  expect(schema.error.fields).toEqual({ email: "must be a valid email address", password: "must be a string", admin: "is not an accepted field" });
+  expect(schema.error.fields).toEqual({
+    email: "must be a valid email address",
+    password: "must be a string",
+    admin: "is not an accepted field",
+  });
   expect((await post(JSON.stringify({ email: "a@b.io", password: "x".repeat(17_000) }))).status).toBe(413);
   expect((await post("{}", "text/plain")).status).toBe(415);
   const missing = await app.request("/api/v1/nothing");
@@ -76,18 +118,35 @@ test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong
       c.close();
     },
   });
-  expect((await app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: chunked })).status).toBe(413);
+  expect(
+    (
+      await app.request("/api/v1/auth/login", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: chunked,
+      })
+    ).status,
+  ).toBe(413);
 });
 
 test("text PostgreSQL refuses (a NUL, a lone surrogate) in name, email or password: 400 naming the field, nothing stored", async () => {
-  const post = (path: string, body: Record<string, string>) => app.request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  const ok = { email: `nul-${crypto.randomUUID().slice(0, 8)}@example.com`, password: "correct horse battery", name: "Nul Tester" };
+  const post = (path: string, body: Record<string, string>) =>
+    app.request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const ok = {
+    email: `nul-${crypto.randomUUID().slice(0, 8)}@example.com`,
+    password: "correct horse battery",
+    name: "Nul Tester",
+  };
   const cases: [string, Record<string, string>, string][] = [
     ["/api/v1/auth/register", { ...ok, name: "Ann\u0000ie" }, "name"],
     ["/api/v1/auth/register", { ...ok, email: `a\u0000${ok.email}` }, "email"],
     ["/api/v1/auth/register", { ...ok, password: "correct horse\u0000battery" }, "password"],
     ["/api/v1/auth/register", { ...ok, name: "half \ud83d of a pair" }, "name"],
-    ["/api/v1/auth/login", { email: ok.email, password: "\u0000\u0000\u0000\u0000\u0000\u0000\u0000\u0000" }, "password"],
+    [
+      "/api/v1/auth/login",
+      { email: ok.email, password: "\u0000\u0000\u0000\u0000\u0000\u0000\u0000\u0000" },
+      "password",
+    ],
   ];
   for (const [path, body, field] of cases) {
     const r = await post(path, body);
@@ -112,7 +171,13 @@ test("the hash queue is bounded: past the limit the answer is 503 with Retry-Aft
 });
 
 test("the hash queue follows the measured rate: it admits what clears within the wait budget, and says when to come back", async () => {
-  const hasher = new PasswordHasher({ concurrency: 1, queueLimit: 100, memoryCost: 8192, timeCost: 2, waitBudgetMs: 100 });
+  const hasher = new PasswordHasher({
+    concurrency: 1,
+    queueLimit: 100,
+    memoryCost: 8192,
+    timeCost: 2,
+    waitBudgetMs: 100,
+  });
   expect(hasher.rate).toEqual({ msPerHash: undefined, queueLimit: 100 });
   await hasher.hash("timing one");
   const { msPerHash, queueLimit } = hasher.rate;
@@ -140,9 +205,19 @@ test("an unknown email is verified against a hash made with exactly a real hash'
 });
 
 test("SIGTERM lets an in-flight request finish, then the server exits 0", async () => {
-  const serve = await Service.start(["serve"], { DATABASE_URL: db.url, PORT: "0", HOST: "127.0.0.1", ARGON2_MEMORY_KIB: "65536", ARGON2_TIME_COST: "3" });
+  const serve = await Service.start(["serve"], {
+    DATABASE_URL: db.url,
+    PORT: "0",
+    HOST: "127.0.0.1",
+    ARGON2_MEMORY_KIB: "65536",
+    ARGON2_TIME_COST: "3",
+  });
   const url = await serve.listening();
-  const pending = fetch(`${url}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email: "x@y.io", password: "whatever!" }) });
+  const pending = fetch(`${url}/api/v1/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: "x@y.io", password: "whatever!" }),
+  });
   await Bun.sleep(30);
   const exited = serve.stop();
   const r = await pending;

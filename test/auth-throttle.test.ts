@@ -21,16 +21,25 @@ beforeEach(async () => {
 
 const withServer = (env: Record<string, string>, fn: (s: TestServer) => Promise<void>) => withServerOn(db, env, fn);
 const login = (s: TestServer, email: string, password: string, from?: string) =>
-  s.api("/api/v1/auth/login", { method: "POST", json: { email, password }, headers: from ? { "x-forwarded-for": from } : {} });
+  s.api("/api/v1/auth/login", {
+    method: "POST",
+    json: { email, password },
+    headers: from ? { "x-forwarded-for": from } : {},
+  });
 const register = async (s: TestServer, email: string) =>
-  expect((await s.api("/api/v1/auth/register", { method: "POST", json: { email, password: PASSWORD, name: "T" } })).status).toBe(201);
-const tally = (statuses: number[]) => statuses.reduce<Record<number, number>>((t, s) => ({ ...t, [s]: (t[s] ?? 0) + 1 }), {});
+  expect(
+    (await s.api("/api/v1/auth/register", { method: "POST", json: { email, password: PASSWORD, name: "T" } })).status,
+  ).toBe(201);
+const tally = (statuses: number[]) =>
+  statuses.reduce<Record<number, number>>((t, s) => ({ ...t, [s]: (t[s] ?? 0) + 1 }), {});
 
 describe("attempts are reserved before hashing", () => {
   test("20 parallel wrong passwords against a limit of 5: exactly 5 are tried (401), 15 refused (429)", async () => {
     await withServer({ LOGIN_MAX_FAILURES: "5", LOGIN_MAX_FAILURES_PER_IP: "100000" }, async (s) => {
       await register(s, "race@example.com");
-      const statuses = await Promise.all(Array.from({ length: 20 }, () => login(s, "race@example.com", "wrong password").then((r) => r.status)));
+      const statuses = await Promise.all(
+        Array.from({ length: 20 }, () => login(s, "race@example.com", "wrong password").then((r) => r.status)),
+      );
       expect(tally(statuses)).toEqual({ 401: 5, 429: 15 });
       // The reservations were the failures: the right password is refused too until the window ends.
       expect((await login(s, "race@example.com", PASSWORD)).status).toBe(429);
@@ -55,7 +64,8 @@ describe("client address behind a proxy", () => {
     await withServer({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_IP: "3" }, async (s) => {
       // The client writes the first value; our proxy (on loopback, trusted by default) appends what it saw.
       const from = (i: number) => `198.51.100.${i}, 203.0.113.50`;
-      for (let i = 0; i < 3; i++) expect((await login(s, `spray${i}@example.com`, "whatever1", from(i))).status).toBe(401);
+      for (let i = 0; i < 3; i++)
+        expect((await login(s, `spray${i}@example.com`, "whatever1", from(i))).status).toBe(401);
       const blocked = await login(s, "spray9@example.com", "whatever1", from(9));
       expect(blocked.status).toBe(429);
       // Another real client behind the same proxy is not affected.
@@ -64,15 +74,20 @@ describe("client address behind a proxy", () => {
   });
 
   test("a peer that is not a trusted proxy is the client, whatever X-Forwarded-For says", async () => {
-    await withServer({ TRUST_PROXY: "true", TRUSTED_PROXIES: "192.0.2.0/24", LOGIN_MAX_FAILURES_PER_IP: "2" }, async (s) => {
-      for (let i = 0; i < 2; i++) expect((await login(s, `direct${i}@example.com`, "whatever1", `203.0.113.${i}`)).status).toBe(401);
-      expect((await login(s, "direct5@example.com", "whatever1", "203.0.113.5")).status).toBe(429);
-    });
+    await withServer(
+      { TRUST_PROXY: "true", TRUSTED_PROXIES: "192.0.2.0/24", LOGIN_MAX_FAILURES_PER_IP: "2" },
+      async (s) => {
+        for (let i = 0; i < 2; i++)
+          expect((await login(s, `direct${i}@example.com`, "whatever1", `203.0.113.${i}`)).status).toBe(401);
+        expect((await login(s, "direct5@example.com", "whatever1", "203.0.113.5")).status).toBe(429);
+      },
+    );
   });
 
   test("without TRUST_PROXY the header is not read at all", async () => {
     await withServer({ LOGIN_MAX_FAILURES_PER_IP: "2" }, async (s) => {
-      for (let i = 0; i < 2; i++) expect((await login(s, `plain${i}@example.com`, "whatever1", `203.0.113.${i}`)).status).toBe(401);
+      for (let i = 0; i < 2; i++)
+        expect((await login(s, `plain${i}@example.com`, "whatever1", `203.0.113.${i}`)).status).toBe(401);
       expect((await login(s, "plain5@example.com", "whatever1", "203.0.113.5")).status).toBe(429);
     });
   });
@@ -96,28 +111,36 @@ describe("client address behind a proxy", () => {
   test("TRUSTED_PROXIES accepts addresses and CIDR ranges and rejects anything else", () => {
     expect(() => parseProxyList("10.0.0.0/8, 2001:db8::/32 192.0.2.1")).not.toThrow();
     expect(parseProxyList("")).toBeDefined();
-    for (const bad of ["10.0.0.0/33", "example.com", "10.0.0.0/x", "::1/129", "1.2.3"]) expect(() => parseProxyList(bad)).toThrow(bad);
-    expect(() => loadConfig({ TRUSTED_PROXIES: "10.0.0.0/8, 10.0.0.0/33" })).toThrow('TRUSTED_PROXIES must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: "10.0.0.0/33"');
+    for (const bad of ["10.0.0.0/33", "example.com", "10.0.0.0/x", "::1/129", "1.2.3"])
+      expect(() => parseProxyList(bad)).toThrow(bad);
+    expect(() => loadConfig({ TRUSTED_PROXIES: "10.0.0.0/8, 10.0.0.0/33" })).toThrow(
+      'TRUSTED_PROXIES must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: "10.0.0.0/33"',
+    );
   });
 });
 
 describe("nobody can lock out someone else", () => {
   test("an attacker who exhausts the limit on alice from one address does not stop alice from another", async () => {
-    await withServer({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES: "5", LOGIN_MAX_FAILURES_PER_IP: "100000" }, async (s) => {
-      await register(s, "alice@example.com");
-      const attacker = "203.0.113.66";
-      for (let i = 0; i < 5; i++) expect((await login(s, "alice@example.com", "guess guess", attacker)).status).toBe(401);
-      expect((await login(s, "alice@example.com", "guess guess", attacker)).status).toBe(429);
-      expect((await login(s, "alice@example.com", PASSWORD, attacker)).status).toBe(429);
-      expect((await login(s, "alice@example.com", PASSWORD, "198.51.100.7")).status).toBe(200);
-    });
+    await withServer(
+      { TRUST_PROXY: "true", LOGIN_MAX_FAILURES: "5", LOGIN_MAX_FAILURES_PER_IP: "100000" },
+      async (s) => {
+        await register(s, "alice@example.com");
+        const attacker = "203.0.113.66";
+        for (let i = 0; i < 5; i++)
+          expect((await login(s, "alice@example.com", "guess guess", attacker)).status).toBe(401);
+        expect((await login(s, "alice@example.com", "guess guess", attacker)).status).toBe(429);
+        expect((await login(s, "alice@example.com", PASSWORD, attacker)).status).toBe(429);
+        expect((await login(s, "alice@example.com", PASSWORD, "198.51.100.7")).status).toBe(200);
+      },
+    );
   });
 
   test("past the per-account ceiling every attempt on the account waits, and none is refused", async () => {
     const env = { TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_ACCOUNT: "4", LOGIN_ACCOUNT_DELAY: "1500ms" };
     await withServer(env, async (s) => {
       await register(s, "bob@example.com");
-      for (let i = 0; i < 4; i++) expect((await login(s, "bob@example.com", "guess guess", `203.0.113.${10 + i}`)).status).toBe(401);
+      for (let i = 0; i < 4; i++)
+        expect((await login(s, "bob@example.com", "guess guess", `203.0.113.${10 + i}`)).status).toBe(401);
       // A lower bound on a deliberate wait, not a speed measurement.
       const t = performance.now();
       expect((await login(s, "bob@example.com", PASSWORD, "198.51.100.8")).status).toBe(200);
@@ -132,7 +155,10 @@ describe("Throttle, against the database directly", () => {
 
   test("a refused attempt counts nowhere; release gives an attempt back on every key", async () => {
     const t = new Throttle(db.sql, 60_000);
-    const both = [{ key: "unit:a", limit: 1 }, { key: "unit:b", limit: 2 }];
+    const both = [
+      { key: "unit:a", limit: 1 },
+      { key: "unit:b", limit: 2 },
+    ];
     const first = await t.reserve(both);
     await expect(t.reserve(both)).rejects.toMatchObject({ code: "TOO_MANY_REQUESTS" }); // a is full; b stays at 1
     await first.release();
@@ -163,7 +189,10 @@ describe("Throttle, against the database directly", () => {
 
   test("prune drops ended windows only", async () => {
     const t = new Throttle(db.sql, 60_000);
-    await t.reserve([{ key: "unit:old", limit: 5 }, { key: "unit:new", limit: 5 }]);
+    await t.reserve([
+      { key: "unit:old", limit: 5 },
+      { key: "unit:new", limit: 5 },
+    ]);
     await db.sql`update login_throttle set window_start = now() - interval '2 minutes' where failures = 1 and key = (select min(key) from login_throttle)`;
     expect(await t.prune()).toBe(1);
     expect(await count()).toBe(1);

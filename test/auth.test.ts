@@ -29,10 +29,14 @@ async function tokenFor(email: string, password?: string): Promise<string> {
   return (await r.json()).token;
 }
 
-
 beforeAll(async () => {
   db = await freshDatabase("auth");
-  server = await startTestServer(db, { LOGIN_MAX_FAILURES_PER_IP: "100000", HASH_QUEUE_LIMIT: "1000", REGISTER_MAX_PER_IP: "100000", REGISTER_HASH_QUEUE_LIMIT: "1000" });
+  server = await startTestServer(db, {
+    LOGIN_MAX_FAILURES_PER_IP: "100000",
+    HASH_QUEUE_LIMIT: "1000",
+    REGISTER_MAX_PER_IP: "100000",
+    REGISTER_HASH_QUEUE_LIMIT: "1000",
+  });
 });
 afterAll(async () => {
   await server.stop();
@@ -86,7 +90,9 @@ describe("login", () => {
     const one = await login("nobody@example.com");
     expect(one.status).toBe(401);
     expect(await one.json()).toEqual({ error: { code: "INVALID_CREDENTIALS", message: "invalid email or password" } });
-    const statuses = await Promise.all(Array.from({ length: 200 }, (_, i) => login(`ghost${i}@example.com`).then((r) => r.status)));
+    const statuses = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => login(`ghost${i}@example.com`).then((r) => r.status)),
+    );
     expect(statuses.every((s) => s === 401)).toBe(true);
     expect(await counts()).toEqual(before);
     const [ghost] = await db.sql`select count(*) as n from users where email like 'ghost%' or email like 'nobody%'`;
@@ -106,7 +112,9 @@ describe("login", () => {
     expect(cookie).toContain("SameSite=Lax");
     const wrong = await login("grace@example.com", "not the password");
     expect(wrong.status).toBe(401);
-    expect(await wrong.json()).toEqual({ error: { code: "INVALID_CREDENTIALS", message: "invalid email or password" } });
+    expect(await wrong.json()).toEqual({
+      error: { code: "INVALID_CREDENTIALS", message: "invalid email or password" },
+    });
   });
 
   test("the session cookie authenticates like the bearer token", async () => {
@@ -119,7 +127,8 @@ describe("login", () => {
 
   test("tokens are stored only as hashes", async () => {
     const token = await tokenFor("grace@example.com");
-    const rows = await db.sql`select count(*) as n from sessions where encode(token_hash, 'escape') like ${"%" + token + "%"}`;
+    const rows =
+      await db.sql`select count(*) as n from sessions where encode(token_hash, 'escape') like ${"%" + token + "%"}`;
     expect(rows[0]!.n).toBe(0);
     expect(server.logs.some((l) => JSON.stringify(l).includes(token))).toBe(false);
     expect(server.logs.some((l) => JSON.stringify(l).includes("correct horse"))).toBe(false);
@@ -144,7 +153,11 @@ describe("throttling", () => {
     const strictEnv = { LOGIN_MAX_FAILURES_PER_IP: "3", TRUST_PROXY: "true" };
     const address = `2001:db8::${crypto.randomUUID().slice(0, 4)}`;
     const spray = (s: TestServer, i: number, from = address) =>
-      s.api("/api/v1/auth/login", { method: "POST", headers: { "x-forwarded-for": from }, json: { email: `spray${i}@example.com`, password: "whatever1" } });
+      s.api("/api/v1/auth/login", {
+        method: "POST",
+        headers: { "x-forwarded-for": from },
+        json: { email: `spray${i}@example.com`, password: "whatever1" },
+      });
     const first = await startTestServer(db, strictEnv);
     try {
       for (let i = 0; i < 3; i++) expect((await spray(first, i)).status).toBe(401);
@@ -187,9 +200,17 @@ describe("sessions", () => {
     const email = await newAccount(server, "change");
     const a = await tokenFor(email);
     const b = await tokenFor(email);
-    const wrong = await server.api("/api/v1/auth/password", { method: "POST", token: a, json: { currentPassword: "nope nope", newPassword: "a brand new secret" } });
+    const wrong = await server.api("/api/v1/auth/password", {
+      method: "POST",
+      token: a,
+      json: { currentPassword: "nope nope", newPassword: "a brand new secret" },
+    });
     expect(wrong.status).toBe(401);
-    const r = await server.api("/api/v1/auth/password", { method: "POST", token: a, json: { currentPassword: "correct horse battery", newPassword: "a brand new secret" } });
+    const r = await server.api("/api/v1/auth/password", {
+      method: "POST",
+      token: a,
+      json: { currentPassword: "correct horse battery", newPassword: "a brand new secret" },
+    });
     expect(r.status).toBe(200);
     expect((await r.json()).revokedSessions).toBe(1);
     expect((await server.api("/api/v1/auth/me", { token: a })).status).toBe(200);
@@ -231,7 +252,9 @@ describe("sessions", () => {
     await db.sql`insert into stories (world_id, title) values (${w!.id}, 'One'), (${w!.id}, 'Two')`;
     const r = await server.api("/api/v1/worlds", { token: t });
     const body = await r.json();
-    expect(body.worlds.map((x: { name: string; storyCount: number }) => [x.name, x.storyCount])).toEqual([["Earthsea", 2]]);
+    expect(body.worlds.map((x: { name: string; storyCount: number }) => [x.name, x.storyCount])).toEqual([
+      ["Earthsea", 2],
+    ]);
   });
 });
 
@@ -265,12 +288,18 @@ describe("health", () => {
     // A passing probe is not logged by default (ACCESS_LOG_PROBES); other requests are.
     expect(server.logs.find((l) => l.requestId === "trace-123")).toBeUndefined();
     await server.api("/api/v1/auth/me", { headers: { "x-request-id": "trace-124" } });
-    expect(server.logs.find((l) => l.requestId === "trace-124")).toMatchObject({ msg: "request", method: "GET", path: "/api/v1/auth/me", status: 401 });
+    expect(server.logs.find((l) => l.requestId === "trace-124")).toMatchObject({
+      msg: "request",
+      method: "GET",
+      path: "/api/v1/auth/me",
+      status: 401,
+    });
     const evil = await server.api("/health", { headers: { "x-request-id": "bad id; with <html>" } });
     const made = evil.headers.get("x-request-id")!;
     expect(made).toMatch(/^[A-Za-z0-9_-]{8}-[0-9a-z]+$/);
     expect((await server.api("/health")).headers.get("x-request-id")).not.toBe(made);
     expect(r.headers.get("cache-control")).toBe("no-store");
-    for (const h of ["strict-transport-security", "x-frame-options", "content-security-policy"]) expect(r.headers.get(h)).toBeString();
+    for (const h of ["strict-transport-security", "x-frame-options", "content-security-policy"])
+      expect(r.headers.get(h)).toBeString();
   });
 });

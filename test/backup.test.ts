@@ -13,7 +13,10 @@ let db: TestDatabase;
 let dir: string;
 let env: Record<string, string>;
 
-const backups = async () => (await readdir(dir)).filter((n) => n.startsWith("shinkei_backup_") && !n.includes(".manifest") && !n.endsWith(".partial")).sort();
+const backups = async () =>
+  (await readdir(dir))
+    .filter((n) => n.startsWith("shinkei_backup_") && !n.includes(".manifest") && !n.endsWith(".partial"))
+    .sort();
 const listJson = async () => JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
 const takeBackup = () => takeBackupWith(env);
 const dump = (file: string, args: string[] = []) => stockDump(db.url, file, args);
@@ -32,7 +35,12 @@ describe("backup and restore", () => {
     const file = await takeBackup();
     expect((await stat(file)).mode & 0o777).toBe(0o600);
     const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
-    expect(manifest).toMatchObject({ reason: "manual", database: db.name, schemaVersion: migrations.at(-1)!.version, format: "plain+gzip" });
+    expect(manifest).toMatchObject({
+      reason: "manual",
+      database: db.name,
+      schemaVersion: migrations.at(-1)!.version,
+      format: "plain+gzip",
+    });
     expect(manifest.counts).toMatchObject({ users: 3, worlds: 3, stories: 6, story_beats: 30, sessions: 1 });
     expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(await readFile(file)).digest("hex"));
 
@@ -76,7 +84,10 @@ describe("backup and restore", () => {
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'typed' from users limit 1`;
     const changed = await snapshot(db.sql);
-    for (const [typed, code] of [[db.name.toUpperCase(), 1], [db.name, 0]] as const) {
+    for (const [typed, code] of [
+      [db.name.toUpperCase(), 1],
+      [db.name, 0],
+    ] as const) {
       const t = await Terminal.start(["backup", "--restore"], { ...env, NO_COLOR: "1" });
       try {
         const screen = await t.waitFor(`Type ${db.name} to continue`);
@@ -101,7 +112,10 @@ describe("backup and restore", () => {
     await Bun.write(gz, Bun.gzipSync(await readFile(plain)));
     for (const file of [plain, gz, custom]) {
       await db.sql`delete from story_beats where position = 0`;
-      const r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"], env);
+      const r = await shinkei(
+        ["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+        env,
+      );
       expect(r.stderr).toContain("has no manifest");
       expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
@@ -140,10 +154,19 @@ describe("backup and restore", () => {
     const plain = join(dir, "broken.sql");
     await dump(plain);
     const text = await readFile(plain, "utf8");
-    await writeFile(plain, text.replace("-- PostgreSQL database dump complete", "INSERT INTO no_such_table VALUES (1);\n\n-- PostgreSQL database dump complete"));
+    await writeFile(
+      plain,
+      text.replace(
+        "-- PostgreSQL database dump complete",
+        "INSERT INTO no_such_table VALUES (1);\n\n-- PostgreSQL database dump complete",
+      ),
+    );
     await db.sql`insert into worlds (owner_id, name) select id, 'only here' from users limit 1`;
     const before = await snapshot(db.sql);
-    const r = await shinkei(["backup", "--restore", "--backup-file", plain, "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(
+      ["backup", "--restore", "--backup-file", plain, "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("rolled back");
     expect(r.stderr).toContain("no_such_table");
@@ -164,7 +187,10 @@ describe("backup and restore", () => {
 
 describe("faults", () => {
   test("pg_dump older than the server: a clear error naming both versions, and no file", async () => {
-    const fake = await wrapTool("pg_dump", `[ "$1" = "--version" ] && { echo "pg_dump (PostgreSQL) 12.9"; exit 0; }\nexec "$REAL" "$@"`);
+    const fake = await wrapTool(
+      "pg_dump",
+      `[ "$1" = "--version" ] && { echo "pg_dump (PostgreSQL) 12.9"; exit 0; }\nexec "$REAL" "$@"`,
+    );
     const r = await shinkei(["backup"], { ...env, PATH: pathWith(fake) });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^✖ pg_dump 12 is older than the PostgreSQL \d+ server; it cannot dump it/);
@@ -172,7 +198,10 @@ describe("faults", () => {
   });
 
   test("a pg_dump that fails after writing, or writes nothing, is an error and leaves no file", async () => {
-    const failing = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated failure" >&2; exit 1`);
+    const failing = await wrapTool(
+      "pg_dump",
+      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated failure" >&2; exit 1`,
+    );
     let r = await shinkei(["backup"], { ...env, PATH: pathWith(failing) });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("pg_dump failed (exit 1): pg_dump: error: simulated failure");
@@ -202,7 +231,9 @@ describe("faults", () => {
     for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
     const second = await shinkei(["backup"], env);
     expect(second.code).toBe(75);
-    expect(second.stderr).toContain(`another backup is running on this database (held by "shinkei backup (pid ${first.proc.pid})"`);
+    expect(second.stderr).toContain(
+      `another backup is running on this database (held by "shinkei backup (pid ${first.proc.pid})"`,
+    );
     const waited = await shinkei(["backup", "--wait"], env);
     expect(waited).toSucceed();
     expect(await first.proc.exited).toBe(0);
@@ -212,7 +243,8 @@ describe("faults", () => {
   const asRoot = process.getuid?.() === 0;
   test.skipIf(!asRoot)("a full disk mid-backup is an error, and no partial file is left", async () => {
     const full = await tempDir("full");
-    if (Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", full]).exitCode !== 0) throw new Error("mount failed");
+    if (Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", full]).exitCode !== 0)
+      throw new Error("mount failed");
     const [story] = await db.sql`select id from stories limit 1`;
     await db.sql`insert into story_beats (story_id, position, content)
       select ${story!.id}, 1000 + i, md5(random()::text) || md5(random()::text) from generate_series(1, 2000) i`;

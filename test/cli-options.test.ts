@@ -6,12 +6,15 @@ import type { Command, Subcommand } from "../cli/command.ts";
 import { ShinkeiError } from "../src/errors.ts";
 
 const forms = commands.flatMap((command) => command.subcommands.map((sub) => ({ command, sub })));
-const helpOf = (command: Command, sub: Subcommand) => (command.subcommands.length === 1 ? commandHelp(command) : subcommandHelp(command, sub));
+const helpOf = (command: Command, sub: Subcommand) =>
+  command.subcommands.length === 1 ? commandHelp(command) : subcommandHelp(command, sub);
 
 /** The options a form's help lists, read back from the help text itself. */
 function optionsInHelp(help: string): { name: string; value: boolean }[] {
   const block = help.slice(help.indexOf("\nOptions:\n"));
-  return [...block.matchAll(/^ {2}(?:-\w, )?--([a-z-]+)( \S+)?\s{2,}/gm)].map((m) => ({ name: m[1]!, value: m[2] !== undefined })).filter((o) => o.name !== "help");
+  return [...block.matchAll(/^ {2}(?:-\w, )?--([a-z-]+)( \S+)?\s{2,}/gm)]
+    .map((m) => ({ name: m[1]!, value: m[2] !== undefined }))
+    .filter((o) => o.name !== "help");
 }
 
 /** The words that select a form: its word, else its selecting option, else nothing (the default). */
@@ -73,13 +76,19 @@ test("every form refuses each option only other forms take, naming the option an
 
 test("the binary: an option the subcommand does not take is exit 2, naming both, with that subcommand's usage", async () => {
   const cases: [string[], string][] = [
-    [["backup", "list", "--output", "x"], "✖ Unknown option '--output' for backup list: --output goes with backup keygen"],
+    [
+      ["backup", "list", "--output", "x"],
+      "✖ Unknown option '--output' for backup list: --output goes with backup keygen",
+    ],
     [["backup", "--list", "--all"], "✖ Unknown option '--all' for backup list: --all goes with backup verify"],
     [["backup", "--nope"], "✖ Unknown option '--nope' for backup\n"],
     [["migrate", "status", "--force"], "✖ Unknown option '--force' for migrate status: --force goes with migrate down"],
     [["pitr", "status", "--to", "latest"], "✖ Unknown option '--to' for pitr status: --to goes with pitr restore"],
-    [["recover", "--history", "--dry-run"], "✖ Unknown option '--dry-run' for recover --history: --history and --dry-run do not go together"],
-    [["backup", "keygen", "extra"], "✖ unknown argument \"extra\" for backup keygen"],
+    [
+      ["recover", "--history", "--dry-run"],
+      "✖ Unknown option '--dry-run' for recover --history: --history and --dry-run do not go together",
+    ],
+    [["backup", "keygen", "extra"], '✖ unknown argument "extra" for backup keygen'],
   ];
   for (const [args, message] of cases) {
     const r = await shinkei(args);
@@ -94,7 +103,9 @@ test("the binary: an option the subcommand does not take is exit 2, naming both,
 
 test("the binary: every form answers its own --help, starting with its own usage line", async () => {
   for (const { command, sub } of forms) {
-    const r = await shinkei([...selecting(sub), "--help"].length ? [command.name, ...selecting(sub), "--help"] : [command.name, "--help"]);
+    const r = await shinkei(
+      [...selecting(sub), "--help"].length ? [command.name, ...selecting(sub), "--help"] : [command.name, "--help"],
+    );
     expect(r).toSucceed();
     const form = sub.word ? `${command.name} ${sub.word}` : sub.flag ? `${command.name} --${sub.flag}` : command.name;
     expect(r.stdout).toStartWith(`Usage: shinkei ${form}`);

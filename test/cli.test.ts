@@ -34,7 +34,9 @@ test("unknown command, flag or argument: an error plus usage, exit 2", async () 
 test("a bad DATABASE_URL: one clear line naming it, exit 2, no stack trace", async () => {
   const r = await shinkei(["status"], { DATABASE_URL: "mysql://nope" });
   expect(r.code).toBe(2);
-  expect(r.stderr.split("\n")[0]).toBe("✖ DATABASE_URL must be a URL such as postgres://user:password@host:5432/database");
+  expect(r.stderr.split("\n")[0]).toBe(
+    "✖ DATABASE_URL must be a URL such as postgres://user:password@host:5432/database",
+  );
   expect(r.stderr).not.toContain("    at ");
 });
 

@@ -21,7 +21,8 @@ afterAll(async () => {
 /** WAL-like bytes: mostly repeated, some not, so a codec has work to do and a mix-up shows. */
 function walLike(seed: number): Uint8Array {
   const b = new Uint8Array(SEGMENT);
-  for (let i = 0; i < b.length; i += 4096) b.set(new TextEncoder().encode(`page ${i} of segment ${seed} `.repeat(20)), i);
+  for (let i = 0; i < b.length; i += 4096)
+    b.set(new TextEncoder().encode(`page ${i} of segment ${seed} `.repeat(20)), i);
   for (let i = 0; i < 4096; i++) b[(i * 7919 * (seed + 1)) % b.length] = (i * seed) & 0xff;
   return b;
 }
@@ -51,7 +52,11 @@ describe("codecs", () => {
   });
 
   test("the WAL archive seals segments with zstd, and a segment archived as gzip by an older shinkei is still served whole by wal-fetch", async () => {
-    const config = loadConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:1/x", BACKUP_DIR: dir, WAL_ARCHIVE: "stream" });
+    const config = loadConfig({
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/x",
+      BACKUP_DIR: dir,
+      WAL_ARCHIVE: "stream",
+    });
     const root = walRoot(dir);
     const spool = join(dir, "spool-test");
     await Bun.write(join(spool, "000000010000000000000001"), walLike(2));
@@ -65,10 +70,20 @@ describe("codecs", () => {
     const tl = join(root, "00000001");
     await rm(join(tl, old.record.file));
     await writeFile(join(tl, "000000010000000000000002.gz"), gz);
-    await writeRecord(root, { ...old.record, file: "000000010000000000000002.gz", sizeBytes: gz.length, sha256: new Bun.CryptoHasher("sha256").update(gz).digest("hex") });
-    expect((await readRecord(recordPath(root, 1, "000000010000000000000002")))?.file).toBe("000000010000000000000002.gz");
+    await writeRecord(root, {
+      ...old.record,
+      file: "000000010000000000000002.gz",
+      sizeBytes: gz.length,
+      sha256: new Bun.CryptoHasher("sha256").update(gz).digest("hex"),
+    });
+    expect((await readRecord(recordPath(root, 1, "000000010000000000000002")))?.file).toBe(
+      "000000010000000000000002.gz",
+    );
 
-    for (const [name, seed] of [["000000010000000000000001", 2], ["000000010000000000000002", 3]] as const) {
+    for (const [name, seed] of [
+      ["000000010000000000000001", 2],
+      ["000000010000000000000002", 3],
+    ] as const) {
       const target = join(dir, `fetched-${name}`);
       const got = await fetchWal(config, name, target);
       expect(got.from).toBe("local");

@@ -9,10 +9,22 @@ import { migrate } from "../src/migrations/migrate.ts";
 
 const root = join(import.meta.dir, "..");
 
-type Service = { environment?: Record<string, string>; container_name?: string; command?: string[]; depends_on?: Record<string, { condition: string }>; healthcheck?: { test: string[] }; volumes?: string[]; profiles?: string[]; image?: string };
+type Service = {
+  environment?: Record<string, string>;
+  container_name?: string;
+  command?: string[];
+  depends_on?: Record<string, { condition: string }>;
+  healthcheck?: { test: string[] };
+  volumes?: string[];
+  profiles?: string[];
+  image?: string;
+};
 
 test("compose.yaml: the services, names, health checks and volumes the runbooks expect", async () => {
-  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service>; volumes: Record<string, unknown> };
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
+    services: Record<string, Service>;
+    volumes: Record<string, unknown>;
+  };
   const s = compose.services;
   expect(s.postgres!.container_name).toBe("shinkei-postgres");
   expect(s.backend!.container_name).toBe("shinkei-backend");
@@ -29,7 +41,11 @@ test("compose.yaml: the services, names, health checks and volumes the runbooks 
 
 test("compose.yaml works with Compose v1 and v2 alike: no top-level name, the project named in .env, volumes named outright", async () => {
   const text = await Bun.file(join(root, "compose.yaml")).text();
-  const compose = Bun.YAML.parse(text) as { name?: string; services: Record<string, Service & { init?: boolean; user?: string; ports?: string[] }>; volumes: Record<string, { name: string }> };
+  const compose = Bun.YAML.parse(text) as {
+    name?: string;
+    services: Record<string, Service & { init?: boolean; user?: string; ports?: string[] }>;
+    volumes: Record<string, { name: string }>;
+  };
   // docker-compose 1.29 refuses a top-level `name:`.
   expect(compose.name).toBeUndefined();
   const env = await Bun.file(join(root, ".env")).text();
@@ -55,7 +71,9 @@ test("compose.yaml works with Compose v1 and v2 alike: no top-level name, the pr
 });
 
 test("compose.yaml runs only commands the binary accepts", async () => {
-  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service> };
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
+    services: Record<string, Service>;
+  };
   const ours = Object.values(compose.services).filter((svc) => svc.image === "shinkei:local");
   expect(ours.length).toBe(2);
   for (const svc of ours) {
@@ -72,7 +90,7 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
   const pkg = await Bun.file(join(root, "package.json")).json();
   expect(pkg.scripts.build).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
   expect(docker).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
-  expect(docker).toContain('postgresql-client-${PG_MAJOR}');
+  expect(docker).toContain("postgresql-client-${PG_MAJOR}");
   expect(docker).toContain('"postgresql-${PG_MAJOR}"');
   const compose = await Bun.file(join(root, "compose.yaml")).text();
   expect(compose).toContain("image: postgres:${PG_MAJOR:-17}");
@@ -90,14 +108,19 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
 const withDefaults = (text: string) => text.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, "$1");
 
 test("compose.yaml: the app connects as the app role and the backup service as the backup role, both from the init script, never the superuser", async () => {
-  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service> };
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
+    services: Record<string, Service>;
+  };
   const pg = compose.services.postgres!;
   expect(pg.volumes).toContain("./docker/initdb:/docker-entrypoint-initdb.d:ro");
   const script = join(root, "docker", "initdb", "10-app-role.sh");
   expect((await stat(script)).mode & 0o111).not.toBe(0);
   const appUser = withDefaults(pg.environment!.POSTGRES_APP_USER!);
   expect(appUser).not.toBe(withDefaults(pg.environment!.POSTGRES_USER!));
-  const roles = { backend: ["POSTGRES_APP_USER", "POSTGRES_APP_PASSWORD"], backup: ["POSTGRES_BACKUP_USER", "POSTGRES_BACKUP_PASSWORD"] } as const;
+  const roles = {
+    backend: ["POSTGRES_APP_USER", "POSTGRES_APP_PASSWORD"],
+    backup: ["POSTGRES_BACKUP_USER", "POSTGRES_BACKUP_PASSWORD"],
+  } as const;
   for (const [name, [user, password]] of Object.entries(roles)) {
     const url = new URL(withDefaults(compose.services[name]!.environment!.DATABASE_URL!));
     expect(url.username).toBe(withDefaults(pg.environment![user]!));
@@ -140,11 +163,29 @@ test("the init script makes a login role that is no superuser, owns the app's da
       expect(r.stderr.toString()).toBe("");
       expect(r.exitCode).toBe(0);
     }
-    const [role] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
-    expect(role).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: false, rolbypassrls: false });
-    const [backupRole] = await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
+    const [role] =
+      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
+    expect(role).toEqual({
+      rolsuper: false,
+      rolcanlogin: true,
+      rolcreatedb: true,
+      rolcreaterole: false,
+      rolreplication: false,
+      rolbypassrls: false,
+    });
+    const [backupRole] =
+      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
       pg_has_role(rolname, 'pg_read_all_stats', 'MEMBER') as stats from pg_roles where rolname = ${backupUser}`;
-    expect(backupRole).toEqual({ rolsuper: false, rolcanlogin: true, rolcreatedb: true, rolcreaterole: false, rolreplication: true, rolbypassrls: false, member: true, stats: true });
+    expect(backupRole).toEqual({
+      rolsuper: false,
+      rolcanlogin: true,
+      rolcreatedb: true,
+      rolcreaterole: false,
+      rolreplication: true,
+      rolbypassrls: false,
+      member: true,
+      stats: true,
+    });
     const [owner] = await admin`select pg_get_userbyid(datdba) as name from pg_database where datname = ${db.name}`;
     expect(owner!.name).toBe(appUser);
     const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -176,7 +217,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], backupEnv);
     expect(restored.stderr).toBe("");
     expect(restored).toSucceed();
-    const owners = await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    const owners =
+      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p')`;
     expect(owners.map((r) => r.owner as string)).toEqual([appUser]);
   } finally {
@@ -192,13 +234,17 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
   const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
   const backupUser = `${appUser}_backup`;
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  const owners = async () => (await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
-      where n.nspname = 'public' and c.relkind in ('r', 'p', 'S', 'v', 'm')`).map((r) => r.owner as string);
+  const owners = async () =>
+    (
+      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = 'public' and c.relkind in ('r', 'p', 'S', 'v', 'm')`
+    ).map((r) => r.owner as string);
   try {
     const r = runInitScript(db.name, appUser);
     expect(r.stderr.toString()).toBe("");
     // Granted in the app's database (functions' privileges are per database), where drills run.
-    const [grant] = await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as backup,
+    const [grant] =
+      await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as backup,
       has_function_privilege(${appUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as app`;
     expect(grant).toEqual({ backup: true, app: false });
     const asRole = (user: string) => {
@@ -223,7 +269,9 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
     const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], backupEnv);
     expect(reset.stderr).toBe("");
     expect(reset).toSucceed();
-    expect(reset.stdout).toMatch(new RegExp(`undo with\\s+shinkei backup --restore --backup-file \\S+ --yes --confirm-database ${db.name}\n`));
+    expect(reset.stdout).toMatch(
+      new RegExp(`undo with\\s+shinkei backup --restore --backup-file \\S+ --yes --confirm-database ${db.name}\n`),
+    );
     expect(await owners()).toEqual([appUser]);
   } finally {
     await db.drop();
@@ -234,7 +282,9 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
 });
 
 test("compose.yaml: postgres allows replication from the backup service with a bounded slot, which streams WAL", async () => {
-  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as { services: Record<string, Service & { environment?: Record<string, string> }> };
+  const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
+    services: Record<string, Service & { environment?: Record<string, string> }>;
+  };
   const pg = compose.services.postgres!;
   expect(pg.command!.join(" ")).toContain("max_slot_wal_keep_size=${MAX_SLOT_WAL_KEEP_SIZE:-10GB}");
   expect(pg.volumes).toContain("./docker/initdb:/docker-entrypoint-initdb.d:ro");
@@ -243,7 +293,8 @@ test("compose.yaml: postgres allows replication from the backup service with a b
   const script = join(root, "docker", "initdb", "20-replication.sh");
   const pgdata = await tempDir("hba");
   await Bun.write(join(pgdata, "pg_hba.conf"), "local all all trust\nhost all all all scram-sha-256\n");
-  for (let i = 0; i < 2; i++) expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH!, PGDATA: pgdata } }).exitCode).toBe(0);
+  for (let i = 0; i < 2; i++)
+    expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH!, PGDATA: pgdata } }).exitCode).toBe(0);
   const hba = await Bun.file(join(pgdata, "pg_hba.conf")).text();
   expect(hba.match(/^host replication all all scram-sha-256$/gm)?.length).toBe(1);
   expect(Bun.spawnSync(["sh", script], { env: { PATH: process.env.PATH! } }).exitCode).not.toBe(0);

@@ -3,7 +3,9 @@ import { configVariables, loadConfig } from "../src/config/index.ts";
 import { shinkei } from "./support/cli.ts";
 
 test("a near miss of a known variable is refused, naming the one meant", () => {
-  expect(() => loadConfig({ BACKUP_KEEP_DAY: "90" })).toThrow("BACKUP_KEEP_DAY is not a shinkei variable; did you mean BACKUP_KEEP_DAYS?");
+  expect(() => loadConfig({ BACKUP_KEEP_DAY: "90" })).toThrow(
+    "BACKUP_KEEP_DAY is not a shinkei variable; did you mean BACKUP_KEEP_DAYS?",
+  );
   expect(() => loadConfig({ BAKCUP_DIR: "/srv/backups" })).toThrow("did you mean BACKUP_DIR?");
   expect(() => loadConfig({ backup_age_recipients: "age1x" })).toThrow("did you mean BACKUP_AGE_RECIPIENTS?");
   expect(() => loadConfig({ S3_KEEP_DAY: "7" })).toThrow("did you mean S3_KEEP_DAYS?");
@@ -28,10 +30,28 @@ test("an unknown name with one of our prefixes is a warning naming the closest v
 
 test("other software's variables and the ones read outside the schema are left alone", () => {
   const env = {
-    HOME: "/root", HOSTNAME: "box", PATH: "/usr/bin", USER: "me", TERM: "xterm", PWD: "/", SHLVL: "1", LANG: "C",
-    PGHOST: "db", PGPORT: "5432", PGUSER: "app", PGPASSWORD: "x", AWS_REGION: "eu-west-1", AWS_PROFILE: "ops",
-    NODE_OPTIONS: "--max-old-space-size=512", DATABASE_POOL: "10", TEST_DATABASE_URL: "postgres://h/d",
-    POSTGRES_PASSWORD: "x", PG_MAJOR: "17", CI: "1", NO_COLOR: "1", SHINKEI_DEBUG: "1",
+    HOME: "/root",
+    HOSTNAME: "box",
+    PATH: "/usr/bin",
+    USER: "me",
+    TERM: "xterm",
+    PWD: "/",
+    SHLVL: "1",
+    LANG: "C",
+    PGHOST: "db",
+    PGPORT: "5432",
+    PGUSER: "app",
+    PGPASSWORD: "x",
+    AWS_REGION: "eu-west-1",
+    AWS_PROFILE: "ops",
+    NODE_OPTIONS: "--max-old-space-size=512",
+    DATABASE_POOL: "10",
+    TEST_DATABASE_URL: "postgres://h/d",
+    POSTGRES_PASSWORD: "x",
+    PG_MAJOR: "17",
+    CI: "1",
+    NO_COLOR: "1",
+    SHINKEI_DEBUG: "1",
   };
   expect(loadConfig(env).warnings).toEqual([]);
 });
@@ -39,21 +59,44 @@ test("other software's variables and the ones read outside the schema are left a
 test("the binary: a typo stops the command with exit 2, a lookalike warns on stderr", async () => {
   const typo = await shinkei(["status"], { BACKUP_KEEP_DAY: "90" });
   expect(typo.code).toBe(2);
-  expect(typo.stderr.split("\n")[0]).toBe("✖ BACKUP_KEEP_DAY is not a shinkei variable; did you mean BACKUP_KEEP_DAYS?");
+  expect(typo.stderr.split("\n")[0]).toBe(
+    "✖ BACKUP_KEEP_DAY is not a shinkei variable; did you mean BACKUP_KEEP_DAYS?",
+  );
   // Nothing listens on port 1: the command fails after reading the configuration, which is enough here.
-  const lookalike = await shinkei(["status"], { BACKUP_RETENTION: "90", DATABASE_URL: "postgres://postgres@127.0.0.1:1/shinkei" });
+  const lookalike = await shinkei(["status"], {
+    BACKUP_RETENTION: "90",
+    DATABASE_URL: "postgres://postgres@127.0.0.1:1/shinkei",
+  });
   expect(lookalike.stderr.split("\n")[0]).toMatch(/^▲ BACKUP_RETENTION is not a shinkei variable and is ignored/);
 });
 
 test("S3_KEEP_DAYS has bounds: 0, negative, fractional and huge values are refused", () => {
-  for (const bad of ["0", "-1", "1.5", "36501"]) expect(() => loadConfig({ S3_KEEP_DAYS: bad })).toThrow(/^S3_KEEP_DAYS must be/);
+  for (const bad of ["0", "-1", "1.5", "36501"])
+    expect(() => loadConfig({ S3_KEEP_DAYS: bad })).toThrow(/^S3_KEEP_DAYS must be/);
   expect(loadConfig({ S3_BUCKET: "b", S3_KEEP_DAYS: "7" }).s3!.keepDays).toBe(7);
   expect(loadConfig({ S3_BUCKET: "b", BACKUP_KEEP_DAYS: "9" }).s3!.keepDays).toBe(9);
 });
 
 test("every numeric setting has an upper bound: a runaway number is refused for all but free text", () => {
   // Names, paths, keys and labels: any text is theirs to hold.
-  const freeText = ["SHINKEI_ENV", "NODE_ENV", "HOST", "BACKUP_DIR", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_PASSPHRASE", "S3_BUCKET", "S3_PREFIX", "S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "METRICS_HOST", "METRICS_TOKEN", "OPS_TOKEN", "WAL_SLOT"];
+  const freeText = [
+    "SHINKEI_ENV",
+    "NODE_ENV",
+    "HOST",
+    "BACKUP_DIR",
+    "BACKUP_AGE_IDENTITY",
+    "BACKUP_AGE_PASSPHRASE",
+    "S3_BUCKET",
+    "S3_PREFIX",
+    "S3_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "METRICS_HOST",
+    "METRICS_TOKEN",
+    "OPS_TOKEN",
+    "WAL_SLOT",
+  ];
   for (const name of configVariables) {
     if (freeText.includes(name)) continue;
     expect(() => loadConfig({ [name]: "99999999999999999999" }), name).toThrow(new RegExp(`^${name} `));

@@ -16,7 +16,10 @@ beforeAll(async () => {
   await ensureDatabase(url);
   sql = connect(url, { max: 1 });
   // Logins that met the outage count as failures of the pair: not what this test is about.
-  server = await startTestServer({ name: "shinkei", url, sql, drop: async () => {} }, { LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" });
+  server = await startTestServer(
+    { name: "shinkei", url, sql, drop: async () => {} },
+    { LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" },
+  );
 });
 afterAll(async () => {
   await server?.stop();
@@ -31,7 +34,11 @@ test("PostgreSQL shutting down (fast, then stopped) under load: every answer is 
   const email = `load-${crypto.randomUUID().slice(0, 8)}@example.com`;
   const reg = await server.api("/api/v1/auth/register", { method: "POST", json: { email, password, name: "Load" } });
   expect(reg.status).toBe(201);
-  const token = ((await (await server.api("/api/v1/auth/login", { method: "POST", json: { email, password } })).json()) as { token: string }).token;
+  const token = (
+    (await (await server.api("/api/v1/auth/login", { method: "POST", json: { email, password } })).json()) as {
+      token: string;
+    }
+  ).token;
 
   const answers: Answer[] = [];
   // Counted from when pg_ctl says the server is down: how many answers the load got before that
@@ -50,7 +57,12 @@ test("PostgreSQL shutting down (fast, then stopped) under load: every answer is 
       const [what, p] = requests[n % requests.length]!();
       const r = await p;
       const body = (await r.json().catch(() => null)) as { error?: { code?: string } } | null;
-      answers.push({ status: r.status, retryAfter: r.headers.get("retry-after"), code: body?.error?.code ?? null, what });
+      answers.push({
+        status: r.status,
+        retryAfter: r.headers.get("retry-after"),
+        code: body?.error?.code ?? null,
+        what,
+      });
       if (stopped) afterStop++;
     }
   };
@@ -65,7 +77,9 @@ test("PostgreSQL shutting down (fast, then stopped) under load: every answer is 
   const failed = answers.filter((a) => a.status >= 300);
   expect(ok.length).toBeGreaterThan(100);
   expect(failed.length).toBeGreaterThan(100);
-  const wrong = failed.filter((a) => a.status !== 503 || a.retryAfter === null || (a.what !== "ready" && a.code !== "DB_UNREACHABLE"));
+  const wrong = failed.filter(
+    (a) => a.status !== 503 || a.retryAfter === null || (a.what !== "ready" && a.code !== "DB_UNREACHABLE"),
+  );
   expect(wrong).toEqual([]);
   // The shutdown's own errors went the same way (reported by the log as unavailable, not unhandled).
   expect(server.logs.filter((l) => l.msg === "unhandled error")).toEqual([]);

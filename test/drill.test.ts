@@ -20,7 +20,9 @@ let drillUrl: string;
 const scratchDatabases = async () => {
   const a = postgres(drillUrl, { max: 1 });
   try {
-    return (await a`select datname from pg_database where datname like 'shinkei\\_drill\\_%'`).map((r) => r.datname as string);
+    return (await a`select datname from pg_database where datname like 'shinkei\\_drill\\_%'`).map(
+      (r) => r.datname as string,
+    );
   } finally {
     await a.end();
   }
@@ -69,7 +71,9 @@ describe("restore drills", () => {
       for (const name of [...others, leftover]) await a`create database ${a(name)}`;
       await takeBackup();
       expect(await shinkei(["backup", "drill"], env)).toSucceed();
-      const left = (await a`select datname from pg_database where datname = any(${[...others, leftover]})`).map((r) => r.datname as string);
+      const left = (await a`select datname from pg_database where datname = any(${[...others, leftover]})`).map(
+        (r) => r.datname as string,
+      );
       expect(left.sort()).toEqual([...others].sort());
     } finally {
       for (const name of [...others, leftover]) await a`drop database if exists ${a(name)}`;
@@ -84,7 +88,14 @@ describe("restore drills", () => {
     await writeFile(file, altered);
     // Keep the checksum consistent, as a tool rewriting both would: only the drill can notice.
     const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
-    await writeFile(`${file}.manifest.json`, JSON.stringify({ ...manifest, sizeBytes: altered.length, sha256: new Bun.CryptoHasher("sha256").update(altered).digest("hex") }));
+    await writeFile(
+      `${file}.manifest.json`,
+      JSON.stringify({
+        ...manifest,
+        sizeBytes: altered.length,
+        sha256: new Bun.CryptoHasher("sha256").update(altered).digest("hex"),
+      }),
+    );
     const r = await shinkei(["backup", "drill", file], env);
     expect(r.code).toBe(1);
     expect(r.stdout).toContain("story_beats: content differs from what the backup recorded");
@@ -102,7 +113,9 @@ describe("restore drills", () => {
     expect(r.code).toBe(1);
     const result = JSON.parse(r.stdout);
     expect(result.passed).toBe(false);
-    expect(result.differences).toEqual([`worlds: ${manifest.counts.worlds - 1} rows restored, the backup recorded ${manifest.counts.worlds}`]);
+    expect(result.differences).toEqual([
+      `worlds: ${manifest.counts.worlds - 1} rows restored, the backup recorded ${manifest.counts.worlds}`,
+    ]);
   });
 
   test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
@@ -126,7 +139,10 @@ describe("restore drills", () => {
     const loading = async () => {
       const a = postgres(drillUrl, { max: 1 });
       try {
-        return (await a`select 1 from pg_stat_activity where application_name = ${`shinkei the drill (pid ${p.proc.pid})`}`).length > 0 && (await scratchDatabases()).length === 1;
+        return (
+          (await a`select 1 from pg_stat_activity where application_name = ${`shinkei the drill (pid ${p.proc.pid})`}`)
+            .length > 0 && (await scratchDatabases()).length === 1
+        );
       } finally {
         await a.end();
       }
@@ -135,7 +151,10 @@ describe("restore drills", () => {
     expect(await loading()).toBe(true);
     const code = await p.stop("SIGTERM");
     const stderr = await p.stderr();
-    expect({ code, stderr }).toEqual({ code: 130, stderr: expect.stringContaining("was cancelled; its scratch database was dropped") });
+    expect({ code, stderr }).toEqual({
+      code: 130,
+      stderr: expect.stringContaining("was cancelled; its scratch database was dropped"),
+    });
     expect(await scratchDatabases()).toEqual([]);
     expect(await Bun.file(`${file}.drill.json`).exists()).toBe(false);
   });
@@ -160,7 +179,11 @@ describe("restore drills", () => {
 
   test("scheduled drills run on their schedule and their results appear in --list --json", async () => {
     await takeBackup();
-    const s = await Service.start(["backup-service"], { ...env, BACKUP_SCHEDULE: "0 0 1 1 *", BACKUP_DRILL_SCHEDULE: "*/2 * * * * *" });
+    const s = await Service.start(["backup-service"], {
+      ...env,
+      BACKUP_SCHEDULE: "0 0 1 1 *",
+      BACKUP_DRILL_SCHEDULE: "*/2 * * * * *",
+    });
     try {
       const passed = await s.waitFor((l) => l.msg === "drill passed");
       expect(passed.differences).toEqual([]);

@@ -23,9 +23,12 @@ test.each([
   expect(parseDuration(text)).toBe(ms);
 });
 
-test.each(["", "  ", "forever", "-5s", "1y", "1h30m", "1e3", "5 minutes", ".5s", "ms", "10M", "10 S", "0x10", "1,5h"])("parseDuration(%j) is no duration", (text) => {
-  expect(parseDuration(text)).toBeNull();
-});
+test.each(["", "  ", "forever", "-5s", "1y", "1h30m", "1e3", "5 minutes", ".5s", "ms", "10M", "10 S", "0x10", "1,5h"])(
+  "parseDuration(%j) is no duration",
+  (text) => {
+    expect(parseDuration(text)).toBeNull();
+  },
+);
 
 test.each([
   [0, "0ms"],

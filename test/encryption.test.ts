@@ -71,12 +71,18 @@ describe("encrypted backups", () => {
     expect(bytes.subarray(0, 21).toString()).toBe("age-encryption.org/v1");
     expect(bytes.includes(Buffer.from(SECRET))).toBe(false);
     const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
-    expect(manifest).toMatchObject({ format: "plain+gzip+age", encryption: { method: "recipients", recipients: [publicKey] } });
+    expect(manifest).toMatchObject({
+      format: "plain+gzip+age",
+      encryption: { method: "recipients", recipients: [publicKey] },
+    });
     expect(JSON.stringify(manifest)).not.toContain("AGE-SECRET-KEY");
     expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(bytes).digest("hex"));
 
     await db.sql`delete from story_beats`;
-    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], {
+      ...env,
+      BACKUP_AGE_IDENTITY: join(keys, "main.key"),
+    });
     expect(r).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
     const v = await shinkei(["backup", "verify"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
@@ -94,7 +100,10 @@ describe("encrypted backups", () => {
     expect(r.stderr).toContain(`is encrypted to ${publicKey}, and no key to open it is configured`);
     const other = join(keys, `other-${crypto.randomUUID().slice(0, 6)}.key`);
     await keygen(other);
-    r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], { ...env, BACKUP_AGE_IDENTITY: other });
+    r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], {
+      ...env,
+      BACKUP_AGE_IDENTITY: other,
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`cannot decrypt`);
     expect(r.stderr).toContain(publicKey);
@@ -118,7 +127,10 @@ describe("encrypted backups", () => {
     r = await shinkei(["backup", "verify", file], { ...env, ...identity });
     expect(r.code).toBe(1);
     expect(r.stdout).toContain("the file is damaged");
-    r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name], { ...env, ...identity });
+    r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name], {
+      ...env,
+      ...identity,
+    });
     expect(r.code).toBe(1);
     expect(await snapshot(db.sql)).toEqual(before);
   });
@@ -129,7 +141,10 @@ describe("encrypted backups", () => {
     const file = await takeBackup(pass);
     expect(JSON.parse(await readFile(`${file}.manifest.json`, "utf8")).encryption).toEqual({ method: "passphrase" });
     await db.sql`delete from story_beats`;
-    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], { ...env, ...pass });
+    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], {
+      ...env,
+      ...pass,
+    });
     expect(r).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
   });
@@ -142,12 +157,19 @@ describe("encrypted backups", () => {
       const file = await takeBackup(s3env);
       const list = await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: "enc/" }));
       const key = list.Contents!.map((o) => o.Key!).find((k) => k.endsWith(".age"))!;
-      const object = Buffer.from(await (await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))).Body!.transformToByteArray());
+      const object = Buffer.from(
+        await (
+          await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))
+        ).Body!.transformToByteArray(),
+      );
       expect(object.includes(Buffer.from(SECRET))).toBe(false);
       expect(object.equals(await readFile(file))).toBe(true);
       await rm(dir, { recursive: true });
       await db.sql`delete from story_beats`;
-      const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], { ...s3env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
+      const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], {
+        ...s3env,
+        BACKUP_AGE_IDENTITY: join(keys, "main.key"),
+      });
       expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     } finally {
@@ -175,10 +197,14 @@ describe("encrypted backups", () => {
     await Bun.write(plainSecret, "password=hunter2hunter2-do-not-print\n");
     const r1 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: wrongPlace });
     expect(r1.code).toBe(2);
-    expect(r1.stderr.split("\n")[0]).toBe(`✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in BACKUP_AGE_IDENTITY, never here`);
+    expect(r1.stderr.split("\n")[0]).toBe(
+      `✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in BACKUP_AGE_IDENTITY, never here`,
+    );
     const r2 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: plainSecret });
     expect(r2.code).toBe(2);
-    expect(r2.stderr.split("\n")[0]).toBe(`✖ BACKUP_AGE_RECIPIENTS file ${plainSecret}: line 1 is not an age public key (age1...)`);
+    expect(r2.stderr.split("\n")[0]).toBe(
+      `✖ BACKUP_AGE_RECIPIENTS file ${plainSecret}: line 1 is not an age public key (age1...)`,
+    );
 
     await takeBackup();
     const badIdentity = join(keys, "broken-identity.key");
@@ -187,7 +213,8 @@ describe("encrypted backups", () => {
     expect(r3.code).toBe(1);
     expect(r3.stderr).toContain(`private key 1 in ${badIdentity} is not a valid age key`);
     for (const r of [r1, r2, r3]) {
-      for (const fragment of ["QX7ZP", "SECRETPART", "AGE-SECRET-KEY-1", "hunter2", "password="]) expect(r.stderr + r.stdout).not.toContain(fragment);
+      for (const fragment of ["QX7ZP", "SECRETPART", "AGE-SECRET-KEY-1", "hunter2", "password="])
+        expect(r.stderr + r.stdout).not.toContain(fragment);
     }
   });
 

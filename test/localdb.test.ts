@@ -78,7 +78,18 @@ test("a cluster an older version made with trust gets a password and loses trust
     await chown(dataDir, id("-u"), id("-g"));
   }
   const bin = findServerBinaries()!;
-  const init = Bun.spawnSync([...asPostgres, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"]);
+  const init = Bun.spawnSync([
+    ...asPostgres,
+    join(bin, "initdb"),
+    "-D",
+    dataDir,
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "-E",
+    "UTF8",
+    "--no-locale",
+  ]);
   expect(init.stderr.toString()).not.toContain("initdb: error");
   expect(init.exitCode).toBe(0);
 

@@ -39,7 +39,12 @@ describe("the backup-service's ops listener", () => {
   let url: string;
   beforeAll(async () => {
     const port = freePort();
-    service = await Service.start(["backup-service"], { ...env, ...s3.env(), METRICS_PORT: String(port), METRICS_TOKEN: TOKEN });
+    service = await Service.start(["backup-service"], {
+      ...env,
+      ...s3.env(),
+      METRICS_PORT: String(port),
+      METRICS_TOKEN: TOKEN,
+    });
     await service.waitFor((l) => l.msg === "ops listener");
     url = `http://127.0.0.1:${port}`;
   });
@@ -57,7 +62,14 @@ describe("the backup-service's ops listener", () => {
   test("every backup figure matches `backup --list --json`", async () => {
     const list = await shinkei(["backup", "--list", "--json"], { ...env, ...s3.env() });
     expect(list).toSucceed();
-    const rows = JSON.parse(list.stdout) as { name: string; takenAt: string; sizeBytes: number; check: string; location: string; drill: { passed: boolean; at: string; durationMs: number } | null }[];
+    const rows = JSON.parse(list.stdout) as {
+      name: string;
+      takenAt: string;
+      sizeBytes: number;
+      check: string;
+      location: string;
+      drill: { passed: boolean; at: string; durationMs: number } | null;
+    }[];
     const m = await scrape();
     const dump = { kind: "dump" };
     const good = rows.filter((r) => r.check === "ok");
@@ -78,8 +90,14 @@ describe("the backup-service's ops listener", () => {
     expect(sample(m, "shinkei_drill_last_passed", dump)).toBe(0);
     expect(sample(m, "shinkei_drill_last_timestamp_seconds", dump)).toBe(Date.parse(drills[0]!.at) / 1000);
     expect(sample(m, "shinkei_drill_last_duration_seconds", dump)).toBe(drills[0]!.durationMs / 1000);
-    expect(Math.abs(sample(m, "shinkei_drill_last_age_seconds", dump)! - (Date.now() - Date.parse(drills[0]!.at)) / 1000)).toBeLessThan(5);
-    expect(Math.abs(sample(m, "shinkei_drill_last_success_age_seconds", dump)! - (Date.now() - Date.parse(drills[1]!.at)) / 1000)).toBeLessThan(5);
+    expect(
+      Math.abs(sample(m, "shinkei_drill_last_age_seconds", dump)! - (Date.now() - Date.parse(drills[0]!.at)) / 1000),
+    ).toBeLessThan(5);
+    expect(
+      Math.abs(
+        sample(m, "shinkei_drill_last_success_age_seconds", dump)! - (Date.now() - Date.parse(drills[1]!.at)) / 1000,
+      ),
+    ).toBeLessThan(5);
     expect(sample(m, "shinkei_drill_max_age_seconds", dump)).toBe(8 * 86400);
 
     // Off-site: the list shows where each file is; the metric counts the ones not yet there.
@@ -123,10 +141,27 @@ describe("serve: /metrics on the public port", () => {
 
   test("requests count by route pattern and status, logins by outcome; no email or address in any label", async () => {
     const email = `metrics-${crypto.randomUUID().slice(0, 6)}@example.com`;
-    expect((await server.api("/api/v1/auth/register", { method: "POST", json: { email, password: "correct horse battery", name: "M" } })).status).toBe(201);
-    expect((await server.api("/api/v1/auth/login", { method: "POST", json: { email, password: "correct horse battery" } })).status).toBe(200);
-    for (let i = 0; i < 2; i++) expect((await server.api("/api/v1/auth/login", { method: "POST", json: { email, password: "wrong password!!" } })).status).toBe(401);
-    expect((await server.api("/api/v1/auth/login", { method: "POST", json: { email, password: "wrong password!!" } })).status).toBe(429);
+    expect(
+      (
+        await server.api("/api/v1/auth/register", {
+          method: "POST",
+          json: { email, password: "correct horse battery", name: "M" },
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (await server.api("/api/v1/auth/login", { method: "POST", json: { email, password: "correct horse battery" } }))
+        .status,
+    ).toBe(200);
+    for (let i = 0; i < 2; i++)
+      expect(
+        (await server.api("/api/v1/auth/login", { method: "POST", json: { email, password: "wrong password!!" } }))
+          .status,
+      ).toBe(401);
+    expect(
+      (await server.api("/api/v1/auth/login", { method: "POST", json: { email, password: "wrong password!!" } }))
+        .status,
+    ).toBe(429);
     expect((await server.api(`/api/v1/users/${email}`)).status).toBe(404);
     expect((await server.api("/health")).status).toBe(200);
 
@@ -178,7 +213,9 @@ test("an unreadable backup folder: the scrape still answers with source_up 0 and
     expect(r.status).toBe(200);
     const m = parseMetrics(await r.text());
     expect(sample(m, "shinkei_backup_source_up", { source: "dump" })).toBe(0);
-    expect(m.filter((s) => s.name.startsWith("shinkei_backup_newest") || s.name.startsWith("shinkei_drill_"))).toEqual([]);
+    expect(m.filter((s) => s.name.startsWith("shinkei_backup_newest") || s.name.startsWith("shinkei_drill_"))).toEqual(
+      [],
+    );
     const page = await server.api("/", { token: TOKEN });
     expect(page.status).toBe(503);
     const html = await page.text();
@@ -196,7 +233,11 @@ test("serve with METRICS_PORT opens the ops listener too, and warns when it is r
     const r = await fetch(`http://127.0.0.1:${port}/metrics`);
     expect(r.status).toBe(200);
     expect(sample(parseMetrics(await r.text()), "shinkei_backups", { kind: "dump" })).toBeGreaterThan(0);
-    expect(server.logs.find((l) => l.level === "warn" && String(l.msg).startsWith("the ops listener is reachable from other machines"))).toBeDefined();
+    expect(
+      server.logs.find(
+        (l) => l.level === "warn" && String(l.msg).startsWith("the ops listener is reachable from other machines"),
+      ),
+    ).toBeDefined();
     // The public port has neither route: no token was set for it.
     expect((await server.api("/metrics")).status).toBe(404);
   } finally {

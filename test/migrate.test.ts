@@ -18,8 +18,23 @@ describe("migrations", () => {
     try {
       const first = await migrate(empty.sql);
       expect(first.map((m) => m.version)).toEqual(migrations.map((m) => m.version));
-      const tables = await empty.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
-      expect(tables.map((t) => t.table_name)).toEqual(["account_codes", "account_events", "account_notices", "backup_runs", "login_throttle", "mail_outbox", "recoveries", "schema_migrations", "sessions", "stories", "story_beats", "users", "worlds"]);
+      const tables =
+        await empty.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
+      expect(tables.map((t) => t.table_name)).toEqual([
+        "account_codes",
+        "account_events",
+        "account_notices",
+        "backup_runs",
+        "login_throttle",
+        "mail_outbox",
+        "recoveries",
+        "schema_migrations",
+        "sessions",
+        "stories",
+        "story_beats",
+        "users",
+        "worlds",
+      ]);
       expect(await migrate(empty.sql)).toEqual([]);
       const status = await migrationStatus(empty.sql);
       expect(status.pending).toEqual([]);
@@ -38,7 +53,10 @@ describe("migrations", () => {
   });
 
   test("a failing migration leaves nothing of itself behind", async () => {
-    const broken = [...migrations, { version: 999, name: "broken", up: "create table half_done (id int); select 1/0;" }];
+    const broken = [
+      ...migrations,
+      { version: 999, name: "broken", up: "create table half_done (id int); select 1/0;" },
+    ];
     const error = await migrate(db.sql, broken).catch((e) => e);
     expect(error.code).toBe("MIGRATION_FAILED");
     const [t] = await db.sql`select to_regclass('public.half_done') as t`;
@@ -50,7 +68,9 @@ describe("migrations", () => {
     const [u] = await db.sql`insert into users (email, name, password_hash) values ('A@x.io', 'A', 'h') returning id`;
     await db.sql`insert into worlds (owner_id, name) values (${u!.id}, 'W')`;
     await expect(db.sql`delete from users where id = ${u!.id}`).rejects.toThrow(/foreign key/);
-    await expect(db.sql`insert into users (email, name, password_hash) values ('a@X.IO', 'B', 'h')`).rejects.toThrow(/users_email_key/);
+    await expect(db.sql`insert into users (email, name, password_hash) values ('a@X.IO', 'B', 'h')`).rejects.toThrow(
+      /users_email_key/,
+    );
   });
 });
 

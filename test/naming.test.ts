@@ -1,5 +1,12 @@
 import { expect, test } from "bun:test";
-import { ENCRYPTED_EXTENSION, MANIFEST_SUFFIX, backupName, compareNewestFirst, isOurObject, parseBackupName } from "../src/storage/naming.ts";
+import {
+  ENCRYPTED_EXTENSION,
+  MANIFEST_SUFFIX,
+  backupName,
+  compareNewestFirst,
+  isOurObject,
+  parseBackupName,
+} from "../src/storage/naming.ts";
 
 // Retention and listing delete or pick only what parses here: these are the rules that keep
 // everything else in a folder or bucket safe.
@@ -56,8 +63,17 @@ test("isOurObject: our backups and their manifests, nothing else", () => {
 });
 
 test("compareNewestFirst: the later time first; within one second, the higher sequence", () => {
-  const names = [backupName(at, 1), backupName(new Date(at.getTime() - 1000)), backupName(at), backupName(new Date(at.getTime() + 1000)), backupName(at, 2)];
-  const sorted = names.map((n) => parseBackupName(n)!).sort(compareNewestFirst).map((b) => b.name);
+  const names = [
+    backupName(at, 1),
+    backupName(new Date(at.getTime() - 1000)),
+    backupName(at),
+    backupName(new Date(at.getTime() + 1000)),
+    backupName(at, 2),
+  ];
+  const sorted = names
+    .map((n) => parseBackupName(n)!)
+    .sort(compareNewestFirst)
+    .map((b) => b.name);
   expect(sorted).toEqual([
     "shinkei_backup_20260102_030406.sql.gz",
     "shinkei_backup_20260102_030405_2.sql.gz",

@@ -41,7 +41,13 @@ describe("off-site copies", () => {
     expect(r.stdout).toContain(`off-site   copied to s3://${s3.bucket}/${env.S3_PREFIX}`);
     const name = r.stdout.match(/^backup\s+\S+\/(shinkei_backup_\S+)$/m)![1]!;
     expect(await keys(env.S3_PREFIX!)).toEqual([`${env.S3_PREFIX}${name}`, `${env.S3_PREFIX}${name}.manifest.json`]);
-    const remoteManifest = JSON.parse(await (await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: `${env.S3_PREFIX}${name}.manifest.json` }))).Body!.transformToString());
+    const remoteManifest = JSON.parse(
+      await (
+        await s3
+          .client()
+          .send(new GetObjectCommand({ Bucket: s3.bucket, Key: `${env.S3_PREFIX}${name}.manifest.json` }))
+      ).Body!.transformToString(),
+    );
     expect(remoteManifest.offsite.s3).toMatchObject({ verified: "etag" });
 
     let list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
@@ -62,7 +68,10 @@ describe("off-site copies", () => {
   test("a file larger than one part goes up as a multipart upload and is checked", async () => {
     const store = new S3Store(s3.config(env.S3_PREFIX!));
     const path = join(dir, "shinkei_backup_20240101_000000.dump.gz");
-    await writeFile(path, crypto.getRandomValues(new Uint8Array(20 * 1024 * 1024)).map((b, i) => (i % 65536 === 0 ? 0 : b)));
+    await writeFile(
+      path,
+      crypto.getRandomValues(new Uint8Array(20 * 1024 * 1024)).map((b, i) => (i % 65536 === 0 ? 0 : b)),
+    );
     const copy = await store.put("shinkei_backup_20240101_000000.dump.gz", path);
     expect(copy.sizeBytes).toBe(20 * 1024 * 1024);
     expect(copy.verified).toBe("etag");
@@ -95,7 +104,9 @@ describe("off-site copies", () => {
     await scheduledRun({ sql: db.sql, config, log, store }, new Date(Date.UTC(2030, 0, 1, 2, 0, 1)));
     const second = logs.find((l) => l.msg === "off-site copy")!;
     expect(second.offsite).toBe("ok");
-    expect((second.copied as string[]).sort()).toEqual((await readdir(dir)).filter((n) => n.endsWith(".sql.gz")).sort());
+    expect((second.copied as string[]).sort()).toEqual(
+      (await readdir(dir)).filter((n) => n.endsWith(".sql.gz")).sort(),
+    );
     expect((await keys(env.S3_PREFIX!)).length).toBe(4);
 
     // Off-site retention removing a copy must not make the next run upload it again.

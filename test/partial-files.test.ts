@@ -34,7 +34,10 @@ test("writeFileAtomic (manifests, drill results) refuses a symbolic link at the 
   const dir = await tempDir("partial-atomic");
   const v = await victim();
   await symlink(v.path, join(dir, "result.json.partial"));
-  await expect(writeFileAtomic(join(dir, "result.json"), "{}")).rejects.toMatchObject({ code: "UNSAFE_PATH", message: expect.stringContaining("refusing to write through it") });
+  await expect(writeFileAtomic(join(dir, "result.json"), "{}")).rejects.toMatchObject({
+    code: "UNSAFE_PATH",
+    message: expect.stringContaining("refusing to write through it"),
+  });
   expect(await v.unchanged()).toBe(true);
   // A plain leftover of a crashed write is no threat: it is replaced.
   await writeFile(join(dir, "other.json.partial"), "half");

@@ -62,7 +62,6 @@ async function resetCode(email: string): Promise<string> {
 const confirm = (email: string, code: string, newPassword = "a brand new secret", s = server) =>
   post(s, "password-reset/confirm", { email, code, newPassword });
 
-
 beforeAll(async () => {
   db = await freshDatabase("recovery");
   smtp = await TestSmtp.start();
@@ -82,7 +81,10 @@ describe("password reset", () => {
 
     const r = await requestReset("Carol@Example.com");
     expect(r.status).toBe(202);
-    expect(await r.json()).toEqual({ status: "accepted", message: "If an account uses this address, a reset code is on its way." });
+    expect(await r.json()).toEqual({
+      status: "accepted",
+      message: "If an account uses this address, a reset code is on its way.",
+    });
     const mail = await smtp.waitFor("carol@example.com", RESET);
     expect(mail.raw.from?.value).toEqual([{ name: "shinkei", address: "no-reply@shinkei.test" }]);
     const code = codeIn(mail);
@@ -93,7 +95,8 @@ describe("password reset", () => {
     expect(mail.html).toContain("Kim &lt;b&gt;Doe&lt;/b&gt;");
     // 192 random bits, stored only as a hash.
     expect(Buffer.from(code, "base64url").length).toBe(24);
-    const rows = await db.sql`select c.* from account_codes c join users u on u.id = c.user_id where u.email = 'carol@example.com' and c.purpose = 'password_reset'`;
+    const rows =
+      await db.sql`select c.* from account_codes c join users u on u.id = c.user_id where u.email = 'carol@example.com' and c.purpose = 'password_reset'`;
     expect(rows.length).toBe(1);
     expect(Buffer.compare(rows[0]!.code_hash, hashCode(code))).toBe(0);
     expect(JSON.stringify(rows)).not.toContain(code);
@@ -111,7 +114,8 @@ describe("password reset", () => {
     expect((await again.json()).error.code).toBe("INVALID_CODE");
     expect((await login("carol@example.com", "a brand new secret")).status).toBe(200);
 
-    const events = await db.sql`select e.kind from account_events e join users u on u.id = e.user_id where u.email = 'carol@example.com'`;
+    const events =
+      await db.sql`select e.kind from account_events e join users u on u.id = e.user_id where u.email = 'carol@example.com'`;
     expect(events.map((e) => e.kind)).toEqual(["password_reset"]);
     const notice = await smtp.waitFor("carol@example.com", CHANGED);
     expect(notice.text).toContain("with a reset code sent to this address");
@@ -121,7 +125,11 @@ describe("password reset", () => {
   test("a password change from a signed-in session is announced too", async () => {
     const email = await newAccount(server, "signed-in");
     const token = (await (await login(email)).json()).token;
-    const r = await server.api("/api/v1/auth/password", { method: "POST", token, json: { currentPassword: PASSWORD, newPassword: "a second secret" } });
+    const r = await server.api("/api/v1/auth/password", {
+      method: "POST",
+      token,
+      json: { currentPassword: PASSWORD, newPassword: "a second secret" },
+    });
     expect(r.status).toBe(200);
     await server.recovery.idle();
     const notice = await smtp.waitFor(email, CHANGED);
@@ -131,7 +139,9 @@ describe("password reset", () => {
   test("a newer code does not void the older one; using either ends both; a code expires after PASSWORD_RESET_TTL", async () => {
     expect((await register("dave@example.com")).status).toBe(201);
     const davesCodes = async () =>
-      (await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id where u.email = 'dave@example.com' and c.purpose = 'password_reset'`)[0]!.n;
+      (
+        await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id where u.email = 'dave@example.com' and c.purpose = 'password_reset'`
+      )[0]!.n;
     const first = await resetCode("dave@example.com");
     const second = await resetCode("dave@example.com");
     expect(second).not.toBe(first);
@@ -195,7 +205,9 @@ describe("password reset", () => {
       await smtp.start();
     }
     const code = codeIn(await smtp.waitFor("frank@example.com", RESET));
-    expect(server.logs.filter((l) => l.msg === "mail sent" && (l.attempts as number) > 1).length).toBeGreaterThan(retriedBefore);
+    expect(server.logs.filter((l) => l.msg === "mail sent" && (l.attempts as number) > 1).length).toBeGreaterThan(
+      retriedBefore,
+    );
     expect((await confirm("frank@example.com", code)).status).toBe(200);
   });
 
@@ -213,13 +225,24 @@ describe("password reset", () => {
 
   test("malformed bodies get 400 with the field named, and nothing is stored or sent", async () => {
     await server.recovery.idle(); // mail still on its way from elsewhere must not count here
-    const before = { mails: smtp.received.length, codes: (await db.sql`select count(*)::int as n from account_codes`)[0]!.n };
+    const before = {
+      mails: smtp.received.length,
+      codes: (await db.sql`select count(*)::int as n from account_codes`)[0]!.n,
+    };
     const cases: [string, unknown, string][] = [
       ["password-reset", {}, "email"],
       ["password-reset", { email: "not-an-email" }, "email"],
       ["password-reset", { email: "carol@example.com", admin: true }, "admin"],
-      ["password-reset/confirm", { email: "carol@example.com", code: "x".repeat(129), newPassword: "long enough" }, "code"],
-      ["password-reset/confirm", { email: "carol@example.com", code: "A".repeat(32), newPassword: "short" }, "newPassword"],
+      [
+        "password-reset/confirm",
+        { email: "carol@example.com", code: "x".repeat(129), newPassword: "long enough" },
+        "code",
+      ],
+      [
+        "password-reset/confirm",
+        { email: "carol@example.com", code: "A".repeat(32), newPassword: "short" },
+        "newPassword",
+      ],
       ["password-reset/confirm", { email: "carol@example.com", code: 42, newPassword: "long enough" }, "code"],
       ["verify-email", { email: "carol@example.com" }, "code"],
       ["verify-email/resend", { email: ["carol@example.com"] }, "email"],
@@ -229,7 +252,11 @@ describe("password reset", () => {
       expect(r.status).toBe(400);
       expect((await r.json()).error.fields[field]).toBeString();
     }
-    const text = await server.api("/api/v1/auth/password-reset", { method: "POST", headers: { "content-type": "text/plain" }, body: "carol@example.com" });
+    const text = await server.api("/api/v1/auth/password-reset", {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: "carol@example.com",
+    });
     expect(text.status).toBe(415);
     await server.recovery.idle();
     expect(smtp.received.length).toBe(before.mails);
@@ -251,7 +278,13 @@ describe("password reset", () => {
   test("wrong codes count as failures: after five, even the right code is refused for the window", async () => {
     expect((await register("hal@example.com")).status).toBe(201);
     const code = await resetCode("hal@example.com");
-    for (const wrong of ["x", "A".repeat(32), code.slice(1) + "A", code.toLowerCase() === code ? code.toUpperCase() : code.toLowerCase(), "B".repeat(32)]) {
+    for (const wrong of [
+      "x",
+      "A".repeat(32),
+      code.slice(1) + "A",
+      code.toLowerCase() === code ? code.toUpperCase() : code.toLowerCase(),
+      "B".repeat(32),
+    ]) {
       const r = await confirm("hal@example.com", wrong);
       expect(r.status).toBe(400);
       expect((await r.json()).error.code).toBe("INVALID_CODE");
@@ -262,14 +295,29 @@ describe("password reset", () => {
   });
 
   test("requests and confirms are throttled per client address, across accounts", async () => {
-    const strict = await startTestServer(db, mailEnv({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_IP: "3" }), { clock });
+    const strict = await startTestServer(db, mailEnv({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_IP: "3" }), {
+      clock,
+    });
     try {
       const from = { "x-forwarded-for": "203.0.113.77" };
-      for (let i = 0; i < 3; i++) expect((await post(strict, "password-reset", { email: `spray${i}@example.com` }, from)).status).toBe(202);
+      for (let i = 0; i < 3; i++)
+        expect((await post(strict, "password-reset", { email: `spray${i}@example.com` }, from)).status).toBe(202);
       expect((await post(strict, "password-reset", { email: "spray9@example.com" }, from)).status).toBe(429);
-      expect((await post(strict, "password-reset/confirm", { email: "x@example.com", code: "A".repeat(32), newPassword: "whatever123" }, from)).status).toBe(429);
+      expect(
+        (
+          await post(
+            strict,
+            "password-reset/confirm",
+            { email: "x@example.com", code: "A".repeat(32), newPassword: "whatever123" },
+            from,
+          )
+        ).status,
+      ).toBe(429);
       // Another address is not affected.
-      expect((await post(strict, "password-reset", { email: "spray9@example.com" }, { "x-forwarded-for": "203.0.113.78" })).status).toBe(202);
+      expect(
+        (await post(strict, "password-reset", { email: "spray9@example.com" }, { "x-forwarded-for": "203.0.113.78" }))
+          .status,
+      ).toBe(202);
     } finally {
       await strict.stop();
     }
@@ -282,7 +330,11 @@ describe("nobody who knows an email can block its owner's reset", () => {
   const from = (ip: string) => ({ "x-forwarded-for": ip });
   let proxied: TestServer;
   beforeAll(async () => {
-    proxied = await startTestServer(db, mailEnv({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_ACCOUNT: "6", LOGIN_ACCOUNT_DELAY: "300ms" }), { clock });
+    proxied = await startTestServer(
+      db,
+      mailEnv({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES_PER_ACCOUNT: "6", LOGIN_ACCOUNT_DELAY: "300ms" }),
+      { clock },
+    );
   });
   afterAll(() => proxied.stop());
   const ask = async (email: string, ip: string) => {
@@ -294,7 +346,8 @@ describe("nobody who knows an email can block its owner's reset", () => {
   test("requests from many addresses past the per-email ceiling only slow the owner's request, and the codes they mailed the owner work", async () => {
     expect((await register("olga@example.com", proxied)).status).toBe(201);
     // 4 addresses x 3 requests: past the ceiling of 6 for the email, far under each address's 5.
-    for (let a = 0; a < 4; a++) for (let i = 0; i < 3; i++) expect((await ask("olga@example.com", `198.51.100.${a + 1}`)).status).toBe(202);
+    for (let a = 0; a < 4; a++)
+      for (let i = 0; i < 3; i++) expect((await ask("olga@example.com", `198.51.100.${a + 1}`)).status).toBe(202);
     const started = performance.now();
     const own = await ask("olga@example.com", OWNER);
     expect(own.status).toBe(202);
@@ -302,7 +355,12 @@ describe("nobody who knows an email can block its owner's reset", () => {
     // At most five codes live at once, so at most five mails: every one of them works for the owner.
     const mails = smtp.to("olga@example.com").filter((m) => RESET.test(m.subject));
     expect(mails.length).toBe(5);
-    const r = await post(proxied, "password-reset/confirm", { email: "olga@example.com", code: codeIn(mails[0]!), newPassword: "olga's new secret" }, from(OWNER));
+    const r = await post(
+      proxied,
+      "password-reset/confirm",
+      { email: "olga@example.com", code: codeIn(mails[0]!), newPassword: "olga's new secret" },
+      from(OWNER),
+    );
     expect(r.status).toBe(200);
   });
 
@@ -314,13 +372,25 @@ describe("nobody who knows an email can block its owner's reset", () => {
     await smtp.waitFor("pia@example.com", RESET, 2);
     let refused = 0;
     for (let i = 0; i < 8; i++) {
-      const r = await post(proxied, "password-reset/confirm", { email: "pia@example.com", code: "C".repeat(31) + i, newPassword: "whatever123" }, from(ATTACKER));
+      const r = await post(
+        proxied,
+        "password-reset/confirm",
+        { email: "pia@example.com", code: "C".repeat(31) + i, newPassword: "whatever123" },
+        from(ATTACKER),
+      );
       refused += r.status === 429 ? 1 : 0;
     }
     expect(refused).toBe(3); // the attacker's address is stopped after its five
-    const r = await post(proxied, "password-reset/confirm", { email: "pia@example.com", code, newPassword: "pia's new secret" }, from(OWNER));
+    const r = await post(
+      proxied,
+      "password-reset/confirm",
+      { email: "pia@example.com", code, newPassword: "pia's new secret" },
+      from(OWNER),
+    );
     expect(r.status).toBe(200);
-    expect((await post(proxied, "login", { email: "pia@example.com", password: "pia's new secret" }, from(OWNER))).status).toBe(200);
+    expect(
+      (await post(proxied, "login", { email: "pia@example.com", password: "pia's new secret" }, from(OWNER))).status,
+    ).toBe(200);
   });
 });
 
@@ -401,7 +471,11 @@ describe("duplicate registration", () => {
 describe("without SMTP_URL", () => {
   test("outside development the mail routes answer 503 MAIL_DISABLED, and the server says at start that mail is off", async () => {
     const off = await startTestServer(db, { SHINKEI_ENV: "production", REGISTER_MAX_PER_IP: "100000" });
-    const strict = await startTestServer(db, { SHINKEI_ENV: "production", REQUIRE_EMAIL_VERIFICATION: "true", REGISTER_MAX_PER_IP: "100000" });
+    const strict = await startTestServer(db, {
+      SHINKEI_ENV: "production",
+      REQUIRE_EMAIL_VERIFICATION: "true",
+      REGISTER_MAX_PER_IP: "100000",
+    });
     try {
       expect(off.logs.some((l) => String(l.msg).startsWith("mail is off"))).toBe(true);
       for (const [path, json] of [
@@ -443,7 +517,12 @@ describe("without SMTP_URL", () => {
   });
 
   test("SMTP_URL, MAIL_FROM and the TTLs are checked at start", () => {
-    for (const [name, value] of [["SMTP_URL", "http://mail.example.com"], ["SMTP_URL", "smtp://"], ["MAIL_FROM", "not an address"], ["PASSWORD_RESET_TTL", "soon"]] as const) {
+    for (const [name, value] of [
+      ["SMTP_URL", "http://mail.example.com"],
+      ["SMTP_URL", "smtp://"],
+      ["MAIL_FROM", "not an address"],
+      ["PASSWORD_RESET_TTL", "soon"],
+    ] as const) {
       const error = (() => {
         try {
           loadConfig({ [name]: value });
@@ -456,7 +535,11 @@ describe("without SMTP_URL", () => {
     }
     const c = loadConfig({ SMTP_URL: "smtps://user:pw@smtp.example.com", REQUIRE_EMAIL_VERIFICATION: "yes" });
     expect(c.mail.mode).toBe("smtp");
-    expect(c.recovery).toEqual({ passwordResetTtlMs: 3_600_000, verificationTtlMs: 86_400_000, requireEmailVerification: true });
+    expect(c.recovery).toEqual({
+      passwordResetTtlMs: 3_600_000,
+      verificationTtlMs: 86_400_000,
+      requireEmailVerification: true,
+    });
     expect(loadConfig({ SHINKEI_ENV: "production" }).mail.mode).toBe("off");
   });
 });

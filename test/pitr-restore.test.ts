@@ -38,7 +38,13 @@ let before: TableStats;
 
 const leftovers = async () => (await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-"));
 const flushed = async (lsn: string) =>
-  until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+  until(
+    "the receiver to flush",
+    async () =>
+      (
+        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
+      ).length === 1,
+  );
 const insertLsn = async () => (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
 
 beforeAll(async () => {
@@ -76,7 +82,11 @@ beforeAll(async () => {
   before = await sql.begin((tx) => tableStats(tx));
   // Commit timestamps have microseconds; the noted time lies strictly between the writes and the damage.
   await Bun.sleep(300);
-  noted = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+  noted = (
+    await sql<
+      { t: string }[]
+    >`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`
+  )[0]!.t;
   notedLsn = await insertLsn();
   await Bun.sleep(300);
   await sql`delete from notes where id % 2 = 0`;
@@ -129,7 +139,10 @@ describe("pitr restore", () => {
       if (process.getuid?.() === 0) {
         // Run as root, the server's OS user owns only what it writes; every path we write through is ours.
         const root = join(scratchRoot, (await leftovers())[0]!);
-        const mode = async (p: string) => ({ uid: (await stat(join(root, p))).uid, mode: (await stat(join(root, p))).mode & 0o7777 });
+        const mode = async (p: string) => ({
+          uid: (await stat(join(root, p))).uid,
+          mode: (await stat(join(root, p))).mode & 0o7777,
+        });
         const server = Number(Bun.spawnSync(["id", "-u", "postgres"]).stdout.toString());
         expect(await mode(".")).toEqual({ uid: 0, mode: 0o711 });
         expect(await mode("wal")).toEqual({ uid: 0, mode: 0o710 });
@@ -142,7 +155,14 @@ describe("pitr restore", () => {
       const pid = Number((await Bun.file(join(root, "data", "postmaster.pid")).text()).split("\n")[0]);
       const environ = (await Bun.file(`/proc/${pid}/environ`).text()).split("\0").map((kv) => kv.split("=")[0]);
       expect(environ).toContain("PATH");
-      for (const secret of ["DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_RECIPIENTS"]) expect(environ).not.toContain(secret);
+      for (const secret of [
+        "DATABASE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "BACKUP_AGE_IDENTITY",
+        "BACKUP_AGE_RECIPIENTS",
+      ])
+        expect(environ).not.toContain(secret);
     } finally {
       const c = await shinkei(["pitr", "cleanup"], env);
       expect(c).toSucceed();
@@ -194,8 +214,11 @@ describe("pitr restore", () => {
     const r = await shinkei(["pitr", "restore", "--to", noted], env);
     try {
       expect(r).toSucceed();
-      for (const step of ["unpacking base backup", "checking its SHA-256", "starting PostgreSQL", "replaying WAL to"]) expect(r.stderr).toContain(step);
-      expect(r.stdout).toMatch(/^reached    LSN [0-9A-F]+\/[0-9A-F]+, last replayed commit \S+, [\d.]+m?s before the target$/m);
+      for (const step of ["unpacking base backup", "checking its SHA-256", "starting PostgreSQL", "replaying WAL to"])
+        expect(r.stderr).toContain(step);
+      expect(r.stdout).toMatch(
+        /^reached    LSN [0-9A-F]+\/[0-9A-F]+, last replayed commit \S+, [\d.]+m?s before the target$/m,
+      );
       expect(r.stdout).toMatch(/^stopped    recovery stopping before commit of transaction \d+, time /m);
       expect(r.stdout).toMatch(/^users\s+0$/m);
       expect(r.stdout).toMatch(/^running    postgres:\/\/postgres:\S+@127\.0\.0\.1:\d+\/shinkei$/m);
@@ -210,7 +233,9 @@ describe("pitr restore", () => {
   test("targets before and after the window are refused, naming it; nothing is started", async () => {
     const early = await shinkei(["pitr", "restore", "--to", "2001-02-03T04:05:06Z"], env);
     expect(early.code).toBe(1);
-    expect(early.stderr).toMatch(/2001-02-03T04:05:06\.000Z is before the recoverable window \d{4}-\d\d-\d\dT[\d:.]+Z \.\. \d{4}/);
+    expect(early.stderr).toMatch(
+      /2001-02-03T04:05:06\.000Z is before the recoverable window \d{4}-\d\d-\d\dT[\d:.]+Z \.\. \d{4}/,
+    );
     const late = await shinkei(["pitr", "restore", "--to", new Date(Date.now() + 3_600_000).toISOString()], env);
     expect(late.code).toBe(1);
     expect(late.stderr).toContain("is after the recoverable window");
@@ -223,10 +248,20 @@ describe("pitr restore", () => {
     const fake = async (name: string, createdAt: Date, root?: string) => {
       const dir2 = join(scratchRoot, name);
       await mkdir(join(dir2, "data"), { recursive: true });
-      await Bun.write(join(dir2, "instance.json"), JSON.stringify({
-        pitrInstanceVersion: 1, root: root ?? dir2, dataDir: join(root ?? dir2, "data"), socketDir: join(dir2, "sockets"), bin: "", port: 1,
-        ownerPid: 999_999_999, createdAt: createdAt.toISOString(), keep: true,
-      }));
+      await Bun.write(
+        join(dir2, "instance.json"),
+        JSON.stringify({
+          pitrInstanceVersion: 1,
+          root: root ?? dir2,
+          dataDir: join(root ?? dir2, "data"),
+          socketDir: join(dir2, "sockets"),
+          bin: "",
+          port: 1,
+          ownerPid: 999_999_999,
+          createdAt: createdAt.toISOString(),
+          keep: true,
+        }),
+      );
       return dir2;
     };
     const old = await fake("shinkei-pitr-instance-old111", new Date(Date.now() - 2 * 86_400_000));
@@ -249,10 +284,20 @@ describe("pitr restore", () => {
     const fake = async (name: string) => {
       const root = join(scratchRoot, name);
       await mkdir(join(root, "data"), { recursive: true });
-      await Bun.write(join(root, "instance.json"), JSON.stringify({
-        pitrInstanceVersion: 1, root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), bin: "/nonexistent", port: 1,
-        ownerPid: 999_999_999, createdAt: new Date().toISOString(), keep: true,
-      }));
+      await Bun.write(
+        join(root, "instance.json"),
+        JSON.stringify({
+          pitrInstanceVersion: 1,
+          root,
+          dataDir: join(root, "data"),
+          socketDir: join(root, "sockets"),
+          bin: "/nonexistent",
+          port: 1,
+          ownerPid: 999_999_999,
+          createdAt: new Date().toISOString(),
+          keep: true,
+        }),
+      );
       return root;
     };
     // A postmaster.pid naming some other live process (stale after a reboot, or planted): never killed.
@@ -280,7 +325,10 @@ describe("pitr restore", () => {
 
   test("--apply with a wrong confirmation changes nothing and starts nothing", async () => {
     const now = await sql.begin((tx) => tableStats(tx));
-    const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei_prod"], env);
+    const r = await shinkei(
+      ["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei_prod"],
+      env,
+    );
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('does not name the target database "shinkei"');
     expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
@@ -291,24 +339,51 @@ describe("pitr restore", () => {
     const now = await sql.begin((tx) => tableStats(tx));
     // The dump of the scratch instance (not of the live server) ends with a statement that takes a
     // while to load (the whole dump is judged before anything runs), so the kill lands before COMMIT.
-    const wrap = await wrapTool("pg_dump", `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" && echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS slept;"`);
-    const p = Bun.spawn([binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], {
-      env: { ...env, PATH: pathWith(wrap), HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe",
-    });
+    const wrap = await wrapTool(
+      "pg_dump",
+      `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" && echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS slept;"`,
+    );
+    const p = Bun.spawn(
+      [binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"],
+      {
+        env: { ...env, PATH: pathWith(wrap), HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+    );
     let err = "";
-    (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
+    (async () => {
+      for await (const c of p.stderr) err += new TextDecoder().decode(c);
+    })();
     await until("the load to start", async () => err.includes("loading the recovered state"), 90_000);
-    await until("the load to have the dump", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and query like '%slow_to_load%'`).length > 0, 30_000);
+    await until(
+      "the load to have the dump",
+      async () =>
+        (
+          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and query like '%slow_to_load%'`
+        ).length > 0,
+      30_000,
+    );
     p.kill("SIGKILL");
     await p.exited;
     // The server sees its client gone once the slow statement ends.
-    await until("the loading session to end", async () => (await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`).length === 0, 30_000);
+    await until(
+      "the loading session to end",
+      async () =>
+        (
+          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`
+        ).length === 0,
+      30_000,
+    );
     expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
     await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
   });
 
   test("--apply: the live database gets exactly the recovered state, after a safety backup", async () => {
-    const r = await shinkei(["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"], env);
+    const r = await shinkei(
+      ["pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"],
+      env,
+    );
     expect(r.stderr).not.toContain("✖");
     expect(r).toSucceed();
     expect(r.stdout).toContain("every table's count and content digest match the recovered instance");
@@ -356,12 +431,18 @@ describe("pitr restore", () => {
     const empty = await tempDir("pitr-empty");
     // The partial being received is copied every WAL_PARTIAL_UPLOAD_INTERVAL; S3 times are whole seconds.
     const store = walStore(loadConfig(env))!;
-    await until("the partial with the writes copied off-site", async () => {
-      // A little WAL (no table changes), so the receiver writes and the uploader copies again.
-      await sql`select pg_logical_emit_message(false, 'shinkei-test', 'tick')`;
-      await Bun.sleep(200);
-      return (await store.list()).some((o) => o.name.endsWith(".partial.json") && o.modifiedAt.getTime() > Date.parse(noted) + 1000);
-    }, 30_000);
+    await until(
+      "the partial with the writes copied off-site",
+      async () => {
+        // A little WAL (no table changes), so the receiver writes and the uploader copies again.
+        await sql`select pg_logical_emit_message(false, 'shinkei-test', 'tick')`;
+        await Bun.sleep(200);
+        return (await store.list()).some(
+          (o) => o.name.endsWith(".partial.json") && o.modifiedAt.getTime() > Date.parse(noted) + 1000,
+        );
+      },
+      30_000,
+    );
     const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], { ...env, BACKUP_DIR: empty });
     expect(r.stderr).toContain("downloading base backup");
     expect(r).toSucceed();
@@ -407,7 +488,8 @@ const crcTable = new Uint32Array(256).map((_, n) => {
 });
 function recordCrc(rec: Uint8Array): number {
   let c = 0xffffffff;
-  for (const part of [rec.subarray(24), rec.subarray(0, 20)]) for (const b of part) c = crcTable[(c ^ b) & 0xff]! ^ (c >>> 8);
+  for (const part of [rec.subarray(24), rec.subarray(0, 20)])
+    for (const b of part) c = crcTable[(c ^ b) & 0xff]! ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
 }
 
@@ -425,14 +507,22 @@ describe("pitr drills", () => {
     const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
     expect(s.lastDrill).toMatchObject({ passed: true, restorePoint: d.restorePoint, rtoMs: d.rtoMs });
     expect(await pitrDrillProblem(loadConfig(env))).toBeNull();
-    expect(await pitrDrillProblem(loadConfig({ ...env, BACKUP_DRILL_MAX_AGE: "1ms" }))).toContain("older than BACKUP_DRILL_MAX_AGE");
+    expect(await pitrDrillProblem(loadConfig({ ...env, BACKUP_DRILL_MAX_AGE: "1ms" }))).toContain(
+      "older than BACKUP_DRILL_MAX_AGE",
+    );
     expect(await leftovers()).toEqual([]);
   });
 
   test("a drill SIGKILLed while it recovers leaves no scratch instance or folder behind", async () => {
-    const p = Bun.spawn([binaryPath, "pitr", "drill"], { env: { ...env, PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp" }, stdout: "ignore", stderr: "pipe" });
+    const p = Bun.spawn([binaryPath, "pitr", "drill"], {
+      env: { ...env, PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp" },
+      stdout: "ignore",
+      stderr: "pipe",
+    });
     let err = "";
-    (async () => { for await (const c of p.stderr) err += new TextDecoder().decode(c); })();
+    (async () => {
+      for await (const c of p.stderr) err += new TextDecoder().decode(c);
+    })();
     await until("the drill to start its instance", async () => err.includes("replaying WAL to"), 60_000);
     p.kill("SIGKILL");
     await p.exited;
@@ -449,7 +539,11 @@ describe("pitr drills", () => {
     const before = await count();
     const drills = startPitrDrills({ sql, config, log: (l) => void lines.push(l) });
     try {
-      const done = await until("a scheduled drill", async () => lines.find((l) => l.msg === "pitr drill passed" || l.msg === "pitr drill failed"), 60_000);
+      const done = await until(
+        "a scheduled drill",
+        async () => lines.find((l) => l.msg === "pitr drill passed" || l.msg === "pitr drill failed"),
+        60_000,
+      );
       expect(done).toMatchObject({ msg: "pitr drill passed", differences: [] });
       expect(Number(done.rtoMs)).toBeGreaterThan(0);
     } finally {
@@ -478,12 +572,17 @@ describe("pitr drills", () => {
     const recordPath = join(walDir, `${name}.json`);
     const rec = await Bun.file(recordPath).json();
     const age = { recipients: [], identityFile: key };
-    const wal = Buffer.concat(await Array.fromAsync(await unsealFrom(join(walDir, rec.file), { encryption: rec.encryption, age, name: rec.file })));
+    const wal = Buffer.concat(
+      await Array.fromAsync(
+        await unsealFrom(join(walDir, rec.file), { encryption: rec.encryption, age, name: rec.file }),
+      ),
+    );
     const seg = 16 * 1024 * 1024;
     let changed = 0;
     for (let p = Number(parseLsn(from) % BigInt(seg)) & ~7; p < Number(parseLsn(to) % BigInt(seg)); p += 8) {
       const len = wal.readUInt32LE(p);
-      if (len < 24 || (p % 8192) + len > 8192 || recordCrc(wal.subarray(p, p + len)) !== wal.readUInt32LE(p + 20)) continue;
+      if (len < 24 || (p % 8192) + len > 8192 || recordCrc(wal.subarray(p, p + len)) !== wal.readUInt32LE(p + 20))
+        continue;
       const body = wal.subarray(p, p + len);
       for (let i = body.indexOf(marker); i >= 0; i = body.indexOf(marker, i + 1)) {
         body.write("X", i + marker.length - 1);
@@ -497,9 +596,21 @@ describe("pitr drills", () => {
     expect(changed).toBeGreaterThan(0);
     const stored = join(walDir, rec.file);
     await rm(stored);
-    const sealed = await sealTo(Readable.from([wal]), `${stored}.tmp`, { codec: codecOf(rec.file), age: { recipients: [env.BACKUP_AGE_RECIPIENTS!] }, plainHash: true });
+    const sealed = await sealTo(Readable.from([wal]), `${stored}.tmp`, {
+      codec: codecOf(rec.file),
+      age: { recipients: [env.BACKUP_AGE_RECIPIENTS!] },
+      plainHash: true,
+    });
     await rename(`${stored}.tmp`, stored);
-    await Bun.write(recordPath, JSON.stringify({ ...rec, sha256: sealed.sha256, sizeBytes: sealed.sizeBytes, originalSha256: sealed.plainSha256 }));
+    await Bun.write(
+      recordPath,
+      JSON.stringify({
+        ...rec,
+        sha256: sealed.sha256,
+        sizeBytes: sealed.sizeBytes,
+        originalSha256: sealed.plainSha256,
+      }),
+    );
 
     const r = await shinkei(["pitr", "drill", "--json"], env);
     expect(r.code).toBe(1);
@@ -518,12 +629,17 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     const owner = (email: string) => sql`select id from users where email = ${email}`;
     const [alice] = await owner("pitr1@example.com");
     const [bob] = await owner("pitr2@example.com");
-    const aliceRows = () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id join story_beats b on b.story_id = s.id
+    const aliceRows =
+      () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id join story_beats b on b.story_id = s.id
       where w.owner_id = ${alice!.id} order by 1, 2, 3`;
     const kept = await aliceRows();
     expect(kept.length).toBe(10);
     await Bun.sleep(300);
-    const at = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+    const at = (
+      await sql<
+        { t: string }[]
+      >`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`
+    )[0]!.t;
     await Bun.sleep(300);
     // The loss: alice's world and everything in it; meanwhile bob starts a new world.
     await sql.begin(async (tx) => {
@@ -534,29 +650,53 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await sql`insert into worlds (owner_id, name) values (${bob!.id}, 'made after the moment')`;
     await flushed(await insertLsn());
 
-    const r = await shinkei(["recover", "--user", "pitr1@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"], env);
+    const r = await shinkei(
+      ["recover", "--user", "pitr1@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"],
+      env,
+    );
     expect(r.stderr).not.toContain("✖");
     expect(r).toSucceed();
     expect(await aliceRows()).toEqual(kept);
-    expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
+    expect(
+      (await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length,
+    ).toBe(1);
     expect(await leftovers()).toEqual([]);
     // Its undo is the rows it brought back, from its record: alice's loss again, bob's world kept.
-    const undo = await shinkei(["recover", "--undo", /^undo with\s+shinkei recover --undo (\S+) --yes --confirm-database shinkei$/m.exec(r.stdout)![1]!, "--yes", "--confirm-database", "shinkei"], env);
+    const undo = await shinkei(
+      [
+        "recover",
+        "--undo",
+        /^undo with\s+shinkei recover --undo (\S+) --yes --confirm-database shinkei$/m.exec(r.stdout)![1]!,
+        "--yes",
+        "--confirm-database",
+        "shinkei",
+      ],
+      env,
+    );
     expect(undo.stderr).toBe("");
     expect(undo).toSucceed();
     expect(undo.stdout).toMatch(/^removed\s+worlds 1, stories \d+, story_beats 10$/m);
     expect((await aliceRows()).length).toBe(0);
-    expect((await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length).toBe(1);
+    expect(
+      (await sql`select 1 from worlds where owner_id = ${bob!.id} and name = 'made after the moment'`).length,
+    ).toBe(1);
   });
 
   test("SIGTERM while the moment is being recovered: exit 130, nothing changed, no scratch instance left", async () => {
     const rows = () => sql`select count(*)::int as n from worlds`;
     const before = await rows();
-    const at = (await sql<{ t: string }[]>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]!.t;
+    const at = (
+      await sql<
+        { t: string }[]
+      >`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`
+    )[0]!.t;
     await Bun.sleep(300);
     await sql`delete from worlds where name = 'made after the moment'`;
     await flushed(await insertLsn());
-    const p = Bun.spawn([binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" });
+    const p = Bun.spawn(
+      [binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"],
+      { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" },
+    );
     await until("the scratch instance", async () => (await leftovers()).length === 1, 30_000);
     p.kill("SIGTERM");
     const exited = await Promise.race([p.exited, Bun.sleep(30_000).then(() => "still running")]);

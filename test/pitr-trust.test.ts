@@ -66,10 +66,18 @@ beforeAll(async () => {
   await sql`create table notes (id serial primary key, body text not null)`;
   await sql`insert into notes (body) select 'note ' || i from generate_series(1, 20) i`;
   const lsn = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
-  await until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+  await until(
+    "the receiver to flush",
+    async () =>
+      (
+        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
+      ).length === 1,
+  );
   legit = (await listBaseBackups(dir))[0]!.manifest;
   // The archiver seals the base's first segment: the window needs it.
-  await until("the base's first segment sealed", async () => Bun.file(recordPath(walRoot(dir), legit.timeline, legit.startSegment)).exists());
+  await until("the base's first segment sealed", async () =>
+    Bun.file(recordPath(walRoot(dir), legit.timeline, legit.startSegment)).exists(),
+  );
   // ... and copied off-site with the base backup.
   const store = walStore(loadConfig(env))!;
   await until("the base and its first segment off-site", async () => {
@@ -96,7 +104,14 @@ async function plantBase(mark: string, signed: boolean): Promise<string> {
   const work = await tempDir("pitr-trust-plant");
   try {
     const plainTar = join(work, "base.tar");
-    await pipeline(await unsealFrom(join(baseDir(dir), legit.file), { encryption: legit.encryption, age: config.backup.age, name: legit.file }), createWriteStream(plainTar));
+    await pipeline(
+      await unsealFrom(join(baseDir(dir), legit.file), {
+        encryption: legit.encryption,
+        age: config.backup.age,
+        name: legit.file,
+      }),
+      createWriteStream(plainTar),
+    );
     await mkdir(join(work, "data"));
     expect(Bun.spawnSync(["tar", "-x", "-f", plainTar, "-C", join(work, "data")]).exitCode).toBe(0);
     const auto = join(work, "data", "postgresql.auto.conf");
@@ -107,12 +122,20 @@ async function plantBase(mark: string, signed: boolean): Promise<string> {
     expect(Bun.spawnSync(["tar", "-c", "-z", "-f", target, "-C", join(work, "data"), "."]).exitCode).toBe(0);
     const bytes = await Bun.file(target).bytes();
     // Planted as gzip, as an older shinkei wrote them; the copied backup_manifest keeps its own codec.
-    const backupManifestFile = name.replace(/\.tar\.gz$/, `.backup_manifest.${legit.backupManifestFile.endsWith(".zst") ? "zst" : "gz"}`);
+    const backupManifestFile = name.replace(
+      /\.tar\.gz$/,
+      `.backup_manifest.${legit.backupManifestFile.endsWith(".zst") ? "zst" : "gz"}`,
+    );
     await copyFile(join(baseDir(dir), legit.backupManifestFile), join(baseDir(dir), backupManifestFile));
     const { signature: _, encryption: __, ...rest } = legit;
     const m: BaseManifest = {
-      ...rest, file: name, backupManifestFile, format: "tar+gzip", sizeBytes: bytes.length,
-      sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"), finishedAt: new Date(Date.parse(legit.finishedAt) + 1000).toISOString(),
+      ...rest,
+      file: name,
+      backupManifestFile,
+      format: "tar+gzip",
+      sizeBytes: bytes.length,
+      sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"),
+      finishedAt: new Date(Date.parse(legit.finishedAt) + 1000).toISOString(),
     };
     await writeBaseManifest(target, signed ? signBaseManifest(m, KEY) : m);
     return name;
@@ -137,7 +160,8 @@ async function writeAtomic(path: string, text: string) {
 const timelineOf = (tl: number) => tl.toString(16).toUpperCase().padStart(8, "0");
 
 async function unplant(name: string) {
-  for (const f of await readdir(baseDir(dir))) if (f.startsWith(name.replace(/\.tar\.gz$/, ""))) await rm(join(baseDir(dir), f));
+  for (const f of await readdir(baseDir(dir)))
+    if (f.startsWith(name.replace(/\.tar\.gz$/, ""))) await rm(join(baseDir(dir), f));
 }
 
 describe("a planted base backup", () => {
@@ -150,10 +174,20 @@ describe("a planted base backup", () => {
       expect(status.problems.join("\n")).toContain(`base backup ${name} is not signed`);
       // The metrics and the status page read the same: one base backup, one file left out.
       const config = loadConfig(env);
-      const facts = await archiveSource(dir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs).read();
+      const facts = await archiveSource(
+        dir,
+        archiveTrust(config.backup.age),
+        config.backup,
+        config.wal.maxLagMs,
+      ).read();
       expect(facts.kinds[0]!.count).toBe(1);
       expect(facts.window!.untrusted).toBe(1);
-      const page = statusView(await readSnapshot(dir, undefined), config.backup, new Date(), await readPitrSnapshot(dir, archiveTrust(config.backup.age)));
+      const page = statusView(
+        await readSnapshot(dir, undefined),
+        config.backup,
+        new Date(),
+        await readPitrSnapshot(dir, archiveTrust(config.backup.age)),
+      );
       expect(page.problems.map((p) => p.text).join("\n")).toContain(`base backup ${name} is not signed`);
       // Retention counts only our own: a planted "newest" must not let the real ones go.
       const plan = await pruneWalLocal(loadConfig(env), { dryRun: true });
@@ -203,7 +237,11 @@ describe("WAL records", () => {
     const out = join(scratchRoot, "fetched");
     try {
       for (const [variant, changed, expected] of [
-        ["altered", { ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 3_600_000).toISOString() }, "does not match its signature"],
+        [
+          "altered",
+          { ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 3_600_000).toISOString() },
+          "does not match its signature",
+        ],
         ["unsigned", { ...record, signature: undefined }, "is not signed"],
       ] as const) {
         await writeAtomic(path, JSON.stringify(changed));
@@ -212,7 +250,9 @@ describe("WAL records", () => {
         expect(fetched.stderr).toContain(`WAL segment ${legit.startSegment} ${expected}`);
         expect(await Bun.file(out).exists()).toBe(false);
         const status = await statusJson();
-        expect(status.problems.join("\n")).toContain(`left out of the window: WAL segment ${legit.startSegment} ${expected}`);
+        expect(status.problems.join("\n")).toContain(
+          `left out of the window: WAL segment ${legit.startSegment} ${expected}`,
+        );
         // Without the base's first segment there is nothing to recover from.
         expect(status.window.earliest).toBeNull();
       }
@@ -241,7 +281,17 @@ describe("off-site", () => {
       const bytes = Buffer.from("planted");
       await writeFile(join(work, name), bytes);
       const { signature: _, encryption: __, ...rest } = legit;
-      await writeFile(join(work, "m.json"), JSON.stringify({ ...rest, file: name, format: "tar+gzip", sizeBytes: bytes.length, sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"), finishedAt: new Date(Date.parse(legit.finishedAt) + 2000).toISOString() }));
+      await writeFile(
+        join(work, "m.json"),
+        JSON.stringify({
+          ...rest,
+          file: name,
+          format: "tar+gzip",
+          sizeBytes: bytes.length,
+          sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"),
+          finishedAt: new Date(Date.parse(legit.finishedAt) + 2000).toISOString(),
+        }),
+      );
       await store.put(name, join(work, name));
       await store.put(`${name}.manifest.json`, join(work, "m.json"));
       const planted = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], fresh);
@@ -252,7 +302,10 @@ describe("off-site", () => {
 
       // The first segment's record, altered in the bucket.
       const record = JSON.parse(await readFile(original, "utf8")) as WalRecord;
-      await writeFile(join(work, "altered.json"), JSON.stringify({ ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 60_000).toISOString() }));
+      await writeFile(
+        join(work, "altered.json"),
+        JSON.stringify({ ...record, receivedAt: new Date(Date.parse(record.receivedAt) + 60_000).toISOString() }),
+      );
       await store.put(recordName, join(work, "altered.json"));
       const out = join(work, "fetched");
       const fetched = await shinkei(["pitr", "wal-fetch", legit.startSegment, out], fresh);
@@ -290,7 +343,10 @@ describe("an archive written before signing", () => {
       await unsign(segment);
       const { signature: _, ...seg } = JSON.parse(history.segment) as WalRecord;
       await writeAtomic(damaged, JSON.stringify({ ...seg, name: damagedName, file: `${damagedName}.gz.age` }));
-      await writeFile(join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`), "not the bytes it records");
+      await writeFile(
+        join(walRoot(dir), timelineOf(legit.timeline), `${damagedName}.gz.age`),
+        "not the bytes it records",
+      );
       const before = await statusJson();
       expect(before.problems.join("\n")).toContain(`base backup ${legit.file} is not signed`);
       expect(before.problems.join("\n")).toContain(`WAL segment ${legit.startSegment} is not signed`);
@@ -319,11 +375,17 @@ describe("an archive written before signing", () => {
 
 describe("--into-dir", () => {
   test("when the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts every local user)", async () => {
-    const wrap = await wrapTool("cp", `case "$*" in *pg_hba.conf.before-recovery*) echo "cp: planted failure" >&2; exit 1;; esac\nexec "$REAL" "$@"`);
+    const wrap = await wrapTool(
+      "cp",
+      `case "$*" in *pg_hba.conf.before-recovery*) echo "cp: planted failure" >&2; exit 1;; esac\nexec "$REAL" "$@"`,
+    );
     await chmod(wrap, 0o755);
     const target = join(scratchRoot, "handed-over");
     try {
-      const r = await shinkei(["pitr", "restore", "--to", "latest", "--into-dir", target], { ...env, PATH: pathWith(wrap) });
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--into-dir", target], {
+        ...env,
+        PATH: pathWith(wrap),
+      });
       expect(r.code).toBe(1);
       expect(r.stderr).toContain("keeping the base backup's pg_hba.conf failed");
       expect(await Bun.file(join(target, "pg_hba.conf")).exists()).toBe(false);
@@ -336,7 +398,10 @@ describe("--into-dir", () => {
 
 test("an archive signed too late is summed up, not listed a line per file", () => {
   const many = Array.from({ length: 40 }, (_, i) => ({ file: `f${i}`, problem: `WAL segment f${i} is not signed` }));
-  expect(describeUntrusted(many)).toEqual([...many.slice(0, 5).map((u) => u.problem), "and 35 more file(s) left out (shinkei pitr status --json lists them)"]);
+  expect(describeUntrusted(many)).toEqual([
+    ...many.slice(0, 5).map((u) => u.problem),
+    "and 35 more file(s) left out (shinkei pitr status --json lists them)",
+  ]);
   expect(describeUntrusted(many.slice(0, 2))).toEqual(["WAL segment f0 is not signed", "WAL segment f1 is not signed"]);
 });
 
@@ -356,7 +421,16 @@ describe("a base backup's settings", () => {
       "work_mem = '4MB' # archive_command in a comment",
     ].join("\n");
     const r = scrubSettings(text);
-    expect(r.removed).toEqual(["recovery_end_command", "archive_command", "shared_preload_libraries", "include_dir", "include", "ssl_passphrase_command", "dynamic_library_path", "some_ext.thing_command"]);
+    expect(r.removed).toEqual([
+      "recovery_end_command",
+      "archive_command",
+      "shared_preload_libraries",
+      "include_dir",
+      "include",
+      "ssl_passphrase_command",
+      "dynamic_library_path",
+      "some_ext.thing_command",
+    ]);
     const kept = r.text.split("\n").filter((l) => !l.startsWith("#"));
     expect(kept).toEqual(["port = 5432", "work_mem = '4MB' # archive_command in a comment"]);
   });
@@ -367,9 +441,15 @@ async function bounded(seconds: number, args: string[], env: Record<string, stri
   await buildBinary();
   const p = Bun.spawn(["timeout", "-s", "KILL", String(seconds), binaryPath, ...args], {
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
-    stdin: "ignore", stdout: "pipe", stderr: "pipe",
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
   });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   return { code, stdout, stderr };
 }
 
@@ -396,10 +476,20 @@ describe("instance folders read as root", () => {
   test("a FIFO named postmaster.pid in a leftover instance folder does not hang pitr cleanup; the folder is removed", async () => {
     const root = join(scratchRoot, "shinkei-pitr-instance-fifo01");
     await mkdir(join(root, "data"), { recursive: true, mode: 0o700 });
-    await writeFile(join(root, "instance.json"), JSON.stringify({
-      pitrInstanceVersion: 1, root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), bin: "/nonexistent",
-      port: 5, ownerPid: 2 ** 22 + 17, createdAt: "2020-01-01T00:00:00.000Z", keep: false,
-    }));
+    await writeFile(
+      join(root, "instance.json"),
+      JSON.stringify({
+        pitrInstanceVersion: 1,
+        root,
+        dataDir: join(root, "data"),
+        socketDir: join(root, "sockets"),
+        bin: "/nonexistent",
+        port: 5,
+        ownerPid: 2 ** 22 + 17,
+        createdAt: "2020-01-01T00:00:00.000Z",
+        keep: false,
+      }),
+    );
     const fifo = Bun.spawnSync(["mkfifo", join(root, "data", "postmaster.pid")]);
     expect(fifo.exitCode).toBe(0);
     const r = await bounded(30, ["pitr", "cleanup", "--json"], { TMPDIR: scratchRoot });

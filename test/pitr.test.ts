@@ -7,7 +7,8 @@ import { until } from "./support/wait.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
 
-const lsnSegment = (lsn: string) => segmentName(1, segnoOf(parseLsn(lsn), TEST_WAL_SEGMENT_BYTES), TEST_WAL_SEGMENT_BYTES);
+const lsnSegment = (lsn: string) =>
+  segmentName(1, segnoOf(parseLsn(lsn), TEST_WAL_SEGMENT_BYTES), TEST_WAL_SEGMENT_BYTES);
 
 /**
  * A restore host: the archive and a base backup copied, readable by the server's OS user, the
@@ -26,7 +27,14 @@ async function recoverCopy(base: string, settings: string[]) {
   await chmod(join(restore, "shinkei"), 0o755);
   Bun.spawnSync(["chmod", "755", restore]);
   owner(restore);
-  await appendFile(join(dataDir, "postgresql.auto.conf"), [`restore_command = 'BACKUP_DIR=${restore} ${join(restore, "shinkei")} pitr wal-fetch %f %p'`, ...settings, ""].join("\n"));
+  await appendFile(
+    join(dataDir, "postgresql.auto.conf"),
+    [
+      `restore_command = 'BACKUP_DIR=${restore} ${join(restore, "shinkei")} pitr wal-fetch %f %p'`,
+      ...settings,
+      "",
+    ].join("\n"),
+  );
   await Bun.write(join(dataDir, "recovery.signal"), "");
   owner(dataDir);
   const recovered = await startClusterFrom(dataDir, { removeOnStop: restore });
@@ -61,7 +69,6 @@ let dir: string;
 let env: Record<string, string>;
 let service: Service | undefined;
 
-
 beforeAll(async () => {
   cluster = await startCluster();
   dir = await tempDir("pitr");
@@ -84,7 +91,8 @@ afterAll(async () => {
 });
 
 /** One series' value in a Prometheus scrape, by its exact name and labels; NaN when it is missing. */
-const seriesValue = (scrape: string, series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(scrape)?.[1]);
+const seriesValue = (scrape: string, series: string) =>
+  Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(scrape)?.[1]);
 
 describe("base backups and point-in-time status", () => {
   test("backup base, then streamed WAL: pitr status shows a window from the base backup to within seconds of the last commit", async () => {
@@ -105,9 +113,13 @@ describe("base backups and point-in-time status", () => {
     expect(tar.stdout.toString()).toContain("global/pg_control");
 
     await sql`create table if not exists notes (body text, at timestamptz default clock_timestamp())`;
-    const [{ at, lsn }] = (await sql<{ at: Date; lsn: string }[]>`insert into notes (body) values ('last words') returning at, pg_current_wal_insert_lsn()::text as lsn`) as any;
+    const [{ at, lsn }] = (await sql<
+      { at: Date; lsn: string }[]
+    >`insert into notes (body) values ('last words') returning at, pg_current_wal_insert_lsn()::text as lsn`) as any;
     await until("the receiver to flush the last commit", async () => {
-      const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+      const [r] = await sql<
+        { ok: boolean }[]
+      >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
       return r?.ok;
     });
 
@@ -119,7 +131,16 @@ describe("base backups and point-in-time status", () => {
     expect(s.window.earliest).toBe(base.finishedAt);
     expect(Math.abs(Date.parse(s.window.latest) - at.getTime())).toBeLessThan(5000);
     expect(s.gaps).toEqual([]);
-    expect(s.baseBackups).toEqual([{ file: base.file, finishedAt: base.finishedAt, timeline: 1, startLsn: base.startLsn, stopLsn: base.stopLsn, walComplete: true }]);
+    expect(s.baseBackups).toEqual([
+      {
+        file: base.file,
+        finishedAt: base.finishedAt,
+        timeline: 1,
+        startLsn: base.startLsn,
+        stopLsn: base.stopLsn,
+        walComplete: true,
+      },
+    ]);
     expect(s.receiver.connected).toBe(true);
     expect(s.receiver.state).toBe("streaming");
     expect(s.receiver.lagBytes).toBeLessThan(1024 * 1024);
@@ -135,7 +156,9 @@ describe("base backups and point-in-time status", () => {
     await sql`create role shinkei_watcher login`;
     const watcherUrl = new URL(env.DATABASE_URL!);
     watcherUrl.username = "shinkei_watcher";
-    const hidden = JSON.parse((await shinkei(["pitr", "status", "--json"], { ...env, DATABASE_URL: watcherUrl.toString() })).stdout);
+    const hidden = JSON.parse(
+      (await shinkei(["pitr", "status", "--json"], { ...env, DATABASE_URL: watcherUrl.toString() })).stdout,
+    );
     expect(hidden.receiver).toMatchObject({ connected: true, state: null, positionHidden: true });
     expect(hidden.receiver.lagBytes).toBeLessThan(1024 * 1024);
     expect(hidden.receiver.lagSeconds).toBeLessThan(60);
@@ -144,7 +167,14 @@ describe("base backups and point-in-time status", () => {
     const list = await shinkei(["backup", "--list"], env);
     expect(list.stdout).toContain(`point-in-time window: ${base.finishedAt} .. `);
     const token = "metrics-token-0123456789";
-    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: token, OPS_TOKEN: token });
+    const server = await Service.start(["serve"], {
+      ...env,
+      HOST: "127.0.0.1",
+      PORT: "0",
+      COOKIE_SECURE: "false",
+      METRICS_TOKEN: token,
+      OPS_TOKEN: token,
+    });
     try {
       const listening = await server.waitFor((l) => l.msg === "listening");
       // The status page: the window, the base backup on the timeline, the window drawn as a band.
@@ -160,12 +190,16 @@ describe("base backups and point-in-time status", () => {
       expect(ready.pitr.timeline).toBe(1);
       expect(ready.pitr.gaps).toBe(0);
       // ... and in the metrics: the base backup as a kind of its own, the window, its gaps.
-      const scrape = await (await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+      const scrape = await (
+        await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })
+      ).text();
       const value = (series: string) => seriesValue(scrape, series);
       expect(value('shinkei_backups{kind="base"}')).toBe(1);
       expect(value('shinkei_backup_newest_size_bytes{kind="base"}')).toBe(base.sizeBytes);
       expect(value("shinkei_pitr_window_start_timestamp_seconds")).toBe(Date.parse(base.finishedAt) / 1000);
-      expect(Math.abs(value("shinkei_pitr_window_end_timestamp_seconds") * 1000 - Date.parse(s.window.latest))).toBeLessThan(1000);
+      expect(
+        Math.abs(value("shinkei_pitr_window_end_timestamp_seconds") * 1000 - Date.parse(s.window.latest)),
+      ).toBeLessThan(1000);
       expect(value("shinkei_pitr_max_lag_seconds")).toBe(300);
       expect(value("shinkei_wal_gaps")).toBe(0);
       expect(value("shinkei_wal_gaps_after_newest_base_backup")).toBe(0);
@@ -190,10 +224,15 @@ describe("base backups and point-in-time status", () => {
     const { lsn } = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!;
     await sql`select pg_switch_wal()`;
     // Everything up to that commit is archived: the segment that holds it is sealed.
-    await until("the segment with the last commit archived", () => Bun.file(join(dir, "wal", "00000001", `${lsnSegment(lsn)}.json`)).exists());
+    await until("the segment with the last commit archived", () =>
+      Bun.file(join(dir, "wal", "00000001", `${lsnSegment(lsn)}.json`)).exists(),
+    );
     const base = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file as string;
 
-    const recovered = await recoverCopy(base, [`recovery_target_time = '${target}'`, "recovery_target_action = 'promote'"]);
+    const recovered = await recoverCopy(base, [
+      `recovery_target_time = '${target}'`,
+      "recovery_target_action = 'promote'",
+    ]);
     try {
       const rows = (await recovered.sql<{ body: string }[]>`select body from notes`).map((r) => r.body);
       expect(rows).toContain("before the target");
@@ -207,8 +246,18 @@ describe("base backups and point-in-time status", () => {
   });
 
   test("recovery to the end of the archive reaches the last commit, held only in the segment still being received", async () => {
-    const { lsn } = (await sql<{ lsn: string }[]>`insert into notes (body) values ('seconds ago') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
-    await until("the receiver to flush it", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+    const { lsn } = (
+      await sql<
+        { lsn: string }[]
+      >`insert into notes (body) values ('seconds ago') returning pg_current_wal_insert_lsn()::text as lsn`
+    )[0]!;
+    await until(
+      "the receiver to flush it",
+      async () =>
+        (
+          await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
+        ).length === 1,
+    );
     // Not archived whole: it is in the segment being received.
     expect(await Bun.file(join(dir, "wal", "spool", `${lsnSegment(lsn)}.partial`)).exists()).toBe(true);
     const base = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file as string;
@@ -229,13 +278,22 @@ describe("base backups and point-in-time status", () => {
     const unpacked = await tempDir("base-unpacked");
     expect(Bun.spawnSync(["tar", "-x", "--zstd", "-f", base!.path, "-C", unpacked]).exitCode).toBe(0);
     const version = await readFile(join(unpacked, "PG_VERSION"), "utf8");
-    await writeFile(join(unpacked, "PG_VERSION"), version.replace(/^\d/, (d) => String((Number(d) + 1) % 10)));
+    await writeFile(
+      join(unpacked, "PG_VERSION"),
+      version.replace(/^\d/, (d) => String((Number(d) + 1) % 10)),
+    );
     await mkdir(join(other, "base"));
     const tampered = join(other, "base", base!.name);
     expect(Bun.spawnSync(["sh", "-c", `cd '${unpacked}' && tar --zstd -cf '${tampered}' *`]).exitCode).toBe(0);
-    await copyFile(join(dir, "base", base!.manifest.backupManifestFile), join(other, "base", base!.manifest.backupManifestFile));
+    await copyFile(
+      join(dir, "base", base!.manifest.backupManifestFile),
+      join(other, "base", base!.manifest.backupManifestFile),
+    );
     const sha = new Bun.CryptoHasher("sha256").update(await readFile(tampered)).digest("hex");
-    await Bun.write(`${tampered}.manifest.json`, JSON.stringify({ ...base!.manifest, sha256: sha, sizeBytes: Bun.file(tampered).size }));
+    await Bun.write(
+      `${tampered}.manifest.json`,
+      JSON.stringify({ ...base!.manifest, sha256: sha, sizeBytes: Bun.file(tampered).size }),
+    );
     const [copy] = await listBaseBackups(other);
     const v = await verifyBaseBackup(other, copy!);
     expect(v.ok).toBe(false);
@@ -252,7 +310,10 @@ describe("base backups and point-in-time status", () => {
     const bad = await shinkei(["pitr", "wal-fetch", "../../etc/passwd", target], { BACKUP_DIR: dir });
     expect(bad.code).toBe(2);
     const walDir = join(dir, "wal", "00000001");
-    const name = (await readdir(walDir)).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)).sort()[0]!.replace(".json", "");
+    const name = (await readdir(walDir))
+      .filter((n) => /^[0-9A-F]{24}\.json$/.test(n))
+      .sort()[0]!
+      .replace(".json", "");
     const ok = await shinkei(["pitr", "wal-fetch", name, target], { BACKUP_DIR: dir });
     expect(ok).toSucceed();
     expect(Bun.file(target).size).toBe(TEST_WAL_SEGMENT_BYTES);
@@ -303,18 +364,30 @@ describe("base backups and point-in-time status", () => {
     const s = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
     expect(s.gaps).toEqual([{ timeline: 1, from: victim, to: victim, segments: 1 }]);
     // The status page's view: the gap is a problem, and an event at the time its neighbour came.
-    const view = statusView(await readSnapshot(dir, undefined), loadConfig(env).backup, new Date(), await readPitrSnapshot(dir, archiveTrust(loadConfig(env).backup.age)));
+    const view = statusView(
+      await readSnapshot(dir, undefined),
+      loadConfig(env).backup,
+      new Date(),
+      await readPitrSnapshot(dir, archiveTrust(loadConfig(env).backup.age)),
+    );
     expect(view.pitr!.gapsAfterNewestBase).toBe(1);
-    expect(view.problems.map((p) => p.text)).toContain("1 gap in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.");
+    expect(view.problems.map((p) => p.text)).toContain(
+      "1 gap in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.",
+    );
     expect(view.events.filter((e) => e.kind === "wal-gap").map((e) => e.backup)).toEqual([victim]);
-    expect(view.events.some((e) => e.kind === "drill-passed" && e.text.startsWith("point-in-time drill passed"))).toBe(true);
+    expect(view.events.some((e) => e.kind === "drill-passed" && e.text.startsWith("point-in-time drill passed"))).toBe(
+      true,
+    );
   });
 
   test("a service killed with SIGKILL takes its receiver with it; backup check then fails on lag", async () => {
     service!.proc.kill("SIGKILL");
     await service!.proc.exited;
     service = undefined;
-    await until("the slot to be released", async () => (await sql`select active from pg_replication_slots where slot_name = 'shinkei'`)[0]?.active === false);
+    await until(
+      "the slot to be released",
+      async () => (await sql`select active from pg_replication_slots where slot_name = 'shinkei'`)[0]?.active === false,
+    );
     await sql`insert into notes (body) values ('unarchived')`;
     const r = await until("backup check to fail on lag", async () => {
       const c = await shinkei(["backup", "check"], { ...env, PITR_MAX_LAG: "1s" });
@@ -327,10 +400,18 @@ describe("base backups and point-in-time status", () => {
     expect(s.slot.active).toBe(false);
     // The metrics say the same, for the alerts (ShinkeiPitrLagging, ShinkeiWalReceiverDown).
     const token = "metrics-token-0123456789";
-    const server = await Service.start(["serve"], { ...env, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: token });
+    const server = await Service.start(["serve"], {
+      ...env,
+      HOST: "127.0.0.1",
+      PORT: "0",
+      COOKIE_SECURE: "false",
+      METRICS_TOKEN: token,
+    });
     try {
       const listening = await server.waitFor((l) => l.msg === "listening");
-      const scrape = await (await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+      const scrape = await (
+        await fetch(`${listening.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })
+      ).text();
       const value = (series: string) => seriesValue(scrape, series);
       expect(value("shinkei_wal_receiver_connected")).toBe(0);
       expect(value("shinkei_wal_archive_lag_bytes")).toBeGreaterThan(0);
@@ -346,7 +427,10 @@ describe("base backups and point-in-time status", () => {
     // what the archiver made of it.
     const walDir = join(dir, "wal", "00000001");
     const spool = join(dir, "wal", "spool");
-    const names = (await readdir(walDir)).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)).sort().map((n) => n.replace(".json", ""));
+    const names = (await readdir(walDir))
+      .filter((n) => /^[0-9A-F]{24}\.json$/.test(n))
+      .sort()
+      .map((n) => n.replace(".json", ""));
     expect(names.length).toBeGreaterThanOrEqual(3);
     const mid = names.at(-2)!;
     // Names of one timeline sort as their positions do.

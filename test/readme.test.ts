@@ -11,12 +11,16 @@ const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
 
 /** Commands in the README's shell blocks that cannot run here, and why. */
 const notRunnableHere: Record<string, string> = {
-  "shinkei backup base": "needs a replication connection, which the shared test server refuses; test/pitr.test.ts runs it on a cluster of its own",
+  "shinkei backup base":
+    "needs a replication connection, which the shared test server refuses; test/pitr.test.ts runs it on a cluster of its own",
 };
 
 function shellCommands(): string[] {
   const blocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
-  return blocks.flatMap((b) => b.split("\n")).map((l) => l.replace(/\s+#.*$/, "").trim()).filter((l) => /(^|\s)shinkei\s/.test(l));
+  return blocks
+    .flatMap((b) => b.split("\n"))
+    .map((l) => l.replace(/\s+#.*$/, "").trim())
+    .filter((l) => /(^|\s)shinkei\s/.test(l));
 }
 
 let db: TestDatabase;
@@ -32,7 +36,8 @@ beforeAll(async () => {
 afterAll(() => db.drop());
 
 test("every environment variable shinkei reads is documented with its default", () => {
-  for (const name of [...configVariables, "SHINKEI_DEBUG", "TEST_DATABASE_URL"]) expect(readme).toContain(`\`${name}\``);
+  for (const name of [...configVariables, "SHINKEI_DEBUG", "TEST_DATABASE_URL"])
+    expect(readme).toContain(`\`${name}\``);
 });
 
 test("every shinkei command in the README's shell blocks runs as written (or says why it cannot here)", async () => {

@@ -30,7 +30,9 @@ let serverUrl: string;
 const scratchDatabases = async () => {
   const a = postgres(serverUrl, { max: 1 });
   try {
-    return (await a`select datname from pg_database where datname like 'shinkei\\_recover\\_%'`).map((r) => r.datname as string);
+    return (await a`select datname from pg_database where datname like 'shinkei\\_recover\\_%'`).map(
+      (r) => r.datname as string,
+    );
   } finally {
     await a.end();
   }
@@ -38,11 +40,14 @@ const scratchDatabases = async () => {
 
 /** A user with `worlds` worlds of two stories of three beats each. */
 async function writer(sql: Sql, email: string, worlds = 2) {
-  const [u] = await sql`insert into users (email, name, password_hash) values (${email}, ${email.split("@")[0]!}, 'hash') returning id`;
+  const [u] =
+    await sql`insert into users (email, name, password_hash) values (${email}, ${email.split("@")[0]!}, 'hash') returning id`;
   for (let w = 1; w <= worlds; w++) {
-    const [world] = await sql`insert into worlds (owner_id, name) values (${u!.id}, ${`${email} world ${w}`}) returning id`;
+    const [world] =
+      await sql`insert into worlds (owner_id, name) values (${u!.id}, ${`${email} world ${w}`}) returning id`;
     for (let s = 1; s <= 2; s++) {
-      const [story] = await sql`insert into stories (world_id, title) values (${world!.id}, ${`story ${s}`}) returning id`;
+      const [story] =
+        await sql`insert into stories (world_id, title) values (${world!.id}, ${`story ${s}`}) returning id`;
       await sql`insert into story_beats (story_id, position, content) select ${story!.id}, i, 'beat ' || i from generate_series(0, 2) i`;
     }
   }
@@ -64,7 +69,8 @@ async function digest(sql: Sql, email: string): Promise<{ rows: number; md5: str
 
 async function deleteWorld(sql: Sql, email: string, name: string) {
   await sql.begin(async (tx) => {
-    const [w] = await tx`select w.id from worlds w join users u on u.id = w.owner_id where lower(u.email) = ${email} and w.name = ${name}`;
+    const [w] =
+      await tx`select w.id from worlds w join users u on u.id = w.owner_id where lower(u.email) = ${email} and w.name = ${name}`;
     await tx`delete from story_beats where story_id in (select id from stories where world_id = ${w!.id})`;
     await tx`delete from stories where world_id = ${w!.id}`;
     await tx`delete from worlds where id = ${w!.id}`;
@@ -72,7 +78,8 @@ async function deleteWorld(sql: Sql, email: string, name: string) {
 }
 
 /** The record a recovery wrote, from its "undo with" line. */
-const recordOf = (stdout: string) => /^undo with\s+shinkei recover --undo (\S+) --yes --confirm-database \S+$/m.exec(stdout)![1]!;
+const recordOf = (stdout: string) =>
+  /^undo with\s+shinkei recover --undo (\S+) --yes --confirm-database \S+$/m.exec(stdout)![1]!;
 
 /** Bob creating worlds one after another until stopped: how many he made. */
 function keepWriting(sql: Sql, email: string) {
@@ -92,11 +99,14 @@ function keepWriting(sql: Sql, email: string) {
   };
 }
 
-const busyWorlds = async (sql: Sql) => (await sql`select count(*)::int as n from worlds where name like 'busy %'`)[0]!.n as number;
+const busyWorlds = async (sql: Sql) =>
+  (await sql`select count(*)::int as n from worlds where name like 'busy %'`)[0]!.n as number;
 
 const aliceBeat = async (sql: Sql, story: string, position: number) =>
-  (await sql`select b.* from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
-    join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1' and s.title = ${story} and b.position = ${position}`)[0];
+  (
+    await sql`select b.* from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
+    join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1' and s.title = ${story} and b.position = ${position}`
+  )[0];
 
 beforeAll(async () => {
   server = await startCluster();
@@ -119,14 +129,18 @@ describe("recover one user's rows", () => {
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     // Bob keeps writing after the backup: a new world, a new beat, an edit.
-    const [bobWorld] = await db.sql`insert into worlds (owner_id, name) select id, 'bob later' from users where email = 'bob@example.com' returning id`;
+    const [bobWorld] =
+      await db.sql`insert into worlds (owner_id, name) select id, 'bob later' from users where email = 'bob@example.com' returning id`;
     await db.sql`insert into stories (world_id, title) values (${bobWorld!.id}, 'new story')`;
     await db.sql`update story_beats set content = 'bob edited' where story_id in (select s.id from stories s join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'bob@example.com') and position = 0`;
     const bob = await digest(db.sql, "bob@example.com");
     const sessions = await db.sql`select * from sessions order by id`;
     expect((await digest(db.sql, "alice@example.com")).rows).toBe(alice.rows - 9);
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--from", "latest", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(
+      ["recover", "--user", "alice@example.com", "--from", "latest", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(r.stderr).toBe("");
     expect(r).toSucceed();
     expect(r.stdout).toContain("users -> worlds  (worlds.owner_id references users.id)");
@@ -145,15 +159,29 @@ describe("recover one user's rows", () => {
     expect((await readdir(env.BACKUP_DIR!)).filter((n) => n.endsWith(".manifest.json"))).toHaveLength(1); // the backup recovered from
     const recordPath = recordOf(r.stdout);
     const record = JSON.parse(await readFile(recordPath, "utf8"));
-    expect(record).toMatchObject({ scope: { kind: "user", email: "alice@example.com" }, mode: "default", tables: { worlds: { restored: 1 }, story_beats: { restored: 6 } } });
+    expect(record).toMatchObject({
+      scope: { kind: "user", email: "alice@example.com" },
+      mode: "default",
+      tables: { worlds: { restored: 1 }, story_beats: { restored: 6 } },
+    });
     const undo = JSON.parse(await readFile(join(env.BACKUP_DIR!, record.undo.file), "utf8"));
-    expect(undo.tables.map((t: { table: string; inserted: unknown[] }) => [t.table, t.inserted.length])).toEqual([["users", 0], ["worlds", 1], ["stories", 2], ["story_beats", 6]]);
+    expect(undo.tables.map((t: { table: string; inserted: unknown[] }) => [t.table, t.inserted.length])).toEqual([
+      ["users", 0],
+      ["worlds", 1],
+      ["stories", 2],
+      ["story_beats", 6],
+    ]);
     const h = await shinkei(["recover", "--history", "--json"], env);
     expect(JSON.parse(h.stdout)).toEqual([{ ...record, path: recordPath, state: "applied" }]);
-    expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(new RegExp(`${record.id.slice(0, 8)} .* alice@example\\.com .* worlds 1, stories 2, story_beats 6 +applied`));
+    expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(
+      new RegExp(`${record.id.slice(0, 8)} .* alice@example\\.com .* worlds 1, stories 2, story_beats 6 +applied`),
+    );
 
     // Again: nothing is missing now, and `latest` is not the safety copy just taken.
-    const again = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    const again = await shinkei(
+      ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(again).toSucceed();
     expect(again.stdout).toContain("nothing to recover");
   });
@@ -163,7 +191,8 @@ describe("recover one user's rows", () => {
     await takeBackup(env);
     await db.sql`update story_beats set content = 'edited after the backup' where id = ${original!.id}`;
     await db.sql`delete from story_beats where id = ${(await aliceBeat(db.sql, "story 1", 2))!.id}`;
-    const [created] = await db.sql`insert into story_beats (story_id, position, content) values (${original!.story_id}, 7, 'written since') returning *`;
+    const [created] =
+      await db.sql`insert into story_beats (story_id, position, content) values (${original!.story_id}, 7, 'written since') returning *`;
 
     const preview = await shinkei(["recover", "--user", "alice@example.com", "--dry-run", "--json"], env);
     expect(preview).toSucceed();
@@ -171,13 +200,19 @@ describe("recover one user's rows", () => {
     expect(beats.counts).toEqual({ missing: 1, changed: 1, createdSince: 1, same: 10 });
     expect(beats.changed[0].columns).toEqual(["content"]);
 
-    const plain = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    const plain = await shinkei(
+      ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(plain).toSucceed();
     expect((await aliceBeat(db.sql, "story 1", 2))!.content).toBe("beat 2");
     expect((await aliceBeat(db.sql, "story 1", 1))!.content).toBe("edited after the backup");
     expect(plain.stdout).toContain("kept (changed) story_beats 1");
 
-    const revert = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name], env);
+    const revert = await shinkei(
+      ["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(revert).toSucceed();
     expect(revert.stdout).toContain("reverted       story_beats 1");
     expect(await aliceBeat(db.sql, "story 1", 1)).toEqual(original);
@@ -196,7 +231,8 @@ describe("recover one user's rows", () => {
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("2 conflicts: conflict while restoring missing rows of story_beats");
-    for (const b of gone) expect(r.stderr).toContain(`Key (story_id, "position")=(${b!.story_id}, ${b!.position}) already exists`);
+    for (const b of gone)
+      expect(r.stderr).toContain(`Key (story_id, "position")=(${b!.story_id}, ${b!.position}) already exists`);
     expect(r.stderr).toContain("Nothing was applied");
     // World 2 (whose rows had no conflict) did not come back either: all or nothing.
     expect(await snapshot(db.sql)).toEqual(before);
@@ -247,7 +283,9 @@ describe("recover one user's rows", () => {
   });
 
   test("the incident: reset, alice registers again, recover --into-current-account; she signs in and sees her old worlds", async () => {
-    const oldWorlds = (await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by w.name`).map((r) => r.name);
+    const oldWorlds = (
+      await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by w.name`
+    ).map((r) => r.name);
     const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
     expect(reset).toSucceed();
     const server = await startTestServer(db);
@@ -255,20 +293,33 @@ describe("recover one user's rows", () => {
       const account = { email: "alice@example.com", password: "a brand new password", name: "Alice again" };
       expect((await server.api("/api/v1/auth/register", { method: "POST", json: account })).status).toBe(201);
 
-      const refused = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+      const refused = await shinkei(
+        ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+        env,
+      );
       expect(refused.code).toBe(1);
       expect(refused.stderr).toContain("now belongs to a different, newer account");
       expect(refused.stderr).toContain("--into-current-account");
-      expect(refused.stdout).toMatch(/in the backup: \S+  alice@example\.com  "alice" .* owns worlds 2, stories 4, story_beats 12/);
-      expect(refused.stdout).toMatch(/now: +\S+  alice@example\.com  "Alice again" .* owns worlds 0, stories 0, story_beats 0/);
+      expect(refused.stdout).toMatch(
+        /in the backup: \S+  alice@example\.com  "alice" .* owns worlds 2, stories 4, story_beats 12/,
+      );
+      expect(refused.stdout).toMatch(
+        /now: +\S+  alice@example\.com  "Alice again" .* owns worlds 0, stories 0, story_beats 0/,
+      );
 
-      const r = await shinkei(["recover", "--user", "alice@example.com", "--into-current-account", "--yes", "--confirm-database", db.name], env);
+      const r = await shinkei(
+        ["recover", "--user", "alice@example.com", "--into-current-account", "--yes", "--confirm-database", db.name],
+        env,
+      );
       expect(r.stderr).toBe("");
       expect(r).toSucceed();
       expect(r.stdout).toContain("restored       worlds 2, stories 4, story_beats 12");
       expect(r.stdout).toContain("sessions       not restored");
 
-      const login = await server.api("/api/v1/auth/login", { method: "POST", json: { email: account.email, password: account.password } });
+      const login = await server.api("/api/v1/auth/login", {
+        method: "POST",
+        json: { email: account.email, password: account.password },
+      });
       expect(login.status).toBe(200);
       const { token } = await login.json();
       const worlds = await (await server.api("/api/v1/worlds", { token })).json();
@@ -279,7 +330,10 @@ describe("recover one user's rows", () => {
       expect((await db.sql`select count(*)::int as n from sessions`)[0]!.n).toBe(1); // the login just now
 
       // Undone: the worlds given to the current account go; the account and its login stay.
-      const undo = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+      const undo = await shinkei(
+        ["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name],
+        env,
+      );
       expect(undo).toSucceed();
       expect(undo.stdout).toContain("removed        worlds 2, stories 4, story_beats 12");
       expect((await (await server.api("/api/v1/worlds", { token })).json()).worlds).toEqual([]);
@@ -292,20 +346,31 @@ describe("recover one user's rows", () => {
     const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
     const alice = await digest(db.sql, "alice@example.com");
     await takeBackup(env);
-    for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+    for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
+      await deleteWorld(db.sql, "alice@example.com", w);
     await db.sql`delete from users where id = ${old!.id}`;
-    const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
-    const [w] = await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
+    const [fresh] =
+      await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
+    const [w] =
+      await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
 
-    const refused = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name], env);
+    const refused = await shinkei(
+      ["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("owns data (worlds 1): --restore-account removes only an empty account");
     await db.sql`delete from worlds where id = ${w!.id}`;
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(
+      ["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(r).toSucceed();
     expect(r.stdout).toContain(`removed        the new, empty account ${fresh!.id}`);
-    expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([old!.id]);
+    expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([
+      old!.id,
+    ]);
     expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
   });
 
@@ -322,18 +387,27 @@ describe("recover one user's rows", () => {
       create trigger gate before insert on story_beats for each statement execute function gate();`);
     const holder = await db.sql.reserve();
     await holder`select pg_advisory_lock(4242)`;
-    const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
-    const waiting = async () => (await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`).map((r) => r.pid);
+    const p = Bun.spawn(
+      [binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+      { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" },
+    );
+    const waiting = async () =>
+      (
+        await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`
+      ).map((r) => r.pid);
     for (let i = 0; i < 400 && (await waiting()).length === 0; i++) await Bun.sleep(50);
     const [pid] = await waiting();
     expect(pid).toBeDefined();
-    expect(await db.sql`select 1 from pg_stat_activity where pid = ${pid!} and state = 'active' and backend_xid is not null`).toHaveLength(1); // mid-transaction, rows written
+    expect(
+      await db.sql`select 1 from pg_stat_activity where pid = ${pid!} and state = 'active' and backend_xid is not null`,
+    ).toHaveLength(1); // mid-transaction, rows written
     p.kill("SIGKILL");
     await p.exited;
     expect((await scratchDatabases()).length).toBe(1);
     await holder`select pg_advisory_unlock(4242)`;
     holder.release();
-    for (let i = 0; i < 200 && (await db.sql`select 1 from pg_stat_activity where pid = ${pid!}`).length; i++) await Bun.sleep(50);
+    for (let i = 0; i < 200 && (await db.sql`select 1 from pg_stat_activity where pid = ${pid!}`).length; i++)
+      await Bun.sleep(50);
     await db.sql.unsafe("drop trigger gate on story_beats; drop function gate(); drop sequence gate_seq");
     expect(await snapshot(db.sql)).toEqual(before);
 
@@ -359,7 +433,8 @@ describe("recover one user's rows", () => {
       beat_id uuid not null references story_beats (id),
       note text not null)`);
     await db.sql`insert into beat_notes (beat_id, note) select id, 'note on ' || content from story_beats`;
-    const notes = async () => db.sql`select n.* from beat_notes n join story_beats b on b.id = n.beat_id join stories s on s.id = b.story_id
+    const notes =
+      async () => db.sql`select n.* from beat_notes n join story_beats b on b.id = n.beat_id join stories s on s.id = b.story_id
       join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by n.id`;
     const aliceNotes = await notes();
     expect(aliceNotes).toHaveLength(12);
@@ -385,15 +460,23 @@ describe("recover one user's rows", () => {
       const file = await takeBackup(offsite);
       expect(file).toEndWith(".age");
       for (const name of await readdir(env.BACKUP_DIR!)) await Bun.file(join(env.BACKUP_DIR!, name)).delete();
-      for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+      for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
+        await deleteWorld(db.sql, "alice@example.com", w);
 
       const r = await shinkei(["recover", "--world", w1!.id, "--yes", "--confirm-database", db.name], offsite);
       expect(r.stderr).toBe("");
       expect(r).toSucceed();
       expect(r.stdout).toContain(`scope      world ${w1!.id} (owner alice@example.com)`);
       expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
-      expect((await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`).map((x) => x.name)).toEqual(["alice@example.com world 1"]);
-      const both = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], offsite);
+      expect(
+        (
+          await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`
+        ).map((x) => x.name),
+      ).toEqual(["alice@example.com world 1"]);
+      const both = await shinkei(
+        ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+        offsite,
+      );
       expect(both).toSucceed();
       expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
     } finally {
@@ -406,16 +489,30 @@ describe("recover one user's rows", () => {
     const lock = postgres(serverUrl, { max: 1, onnotice: () => {} });
     try {
       // Another recover holding the server's scratch lock (a test stands in for it: it never lets go by itself).
-      const queued = await withAdvisoryLock(lock, `scratch:${RECOVER_PREFIX}`, async () => {
-        const refused = await shinkei(["recover", "--user", "alice@example.com", "--dry-run"], env);
-        expect(refused.code).toBe(75);
-        expect(refused.stderr).toContain("recover");
-        const p = Bun.spawn([binaryPath, "recover", "--wait", "--user", "alice@example.com", "--dry-run", "--json"], { env: { PATH: process.env.PATH!, ...env }, stdout: "pipe", stderr: "pipe" });
-        await until("the second recover to wait on the lock", async () =>
-          (await lock`select 1 from pg_stat_activity where application_name like 'shinkei recover%' and wait_event = 'advisory'`).length > 0);
-        expect(await scratchDatabases()).toEqual([]);
-        return p;
-      }, { wait: true, what: "a test" });
+      const queued = await withAdvisoryLock(
+        lock,
+        `scratch:${RECOVER_PREFIX}`,
+        async () => {
+          const refused = await shinkei(["recover", "--user", "alice@example.com", "--dry-run"], env);
+          expect(refused.code).toBe(75);
+          expect(refused.stderr).toContain("recover");
+          const p = Bun.spawn([binaryPath, "recover", "--wait", "--user", "alice@example.com", "--dry-run", "--json"], {
+            env: { PATH: process.env.PATH!, ...env },
+            stdout: "pipe",
+            stderr: "pipe",
+          });
+          await until(
+            "the second recover to wait on the lock",
+            async () =>
+              (
+                await lock`select 1 from pg_stat_activity where application_name like 'shinkei recover%' and wait_event = 'advisory'`
+              ).length > 0,
+          );
+          expect(await scratchDatabases()).toEqual([]);
+          return p;
+        },
+        { wait: true, what: "a test" },
+      );
       expect(await queued.exited).toBe(0);
       expect(JSON.parse(await new Response(queued.stdout).text()).tables.length).toBeGreaterThan(0);
       expect(await scratchDatabases()).toEqual([]);
@@ -430,7 +527,10 @@ describe("recover one user's rows", () => {
     const before = await snapshot(db.sql);
     // From the moment the scratch database exists: connecting, BEGIN, the statements before the sleep.
     for (const delay of [0, 10, 20, 30, 40, 60, 100]) {
-      const p = Bun.spawn([binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], { env, stdout: "ignore", stderr: "ignore" });
+      const p = Bun.spawn(
+        [binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+        { env, stdout: "ignore", stderr: "ignore" },
+      );
       for (let i = 0; i < 400 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(10);
       expect((await scratchDatabases()).length).toBe(1);
       await Bun.sleep(delay);
@@ -455,7 +555,10 @@ describe("undo a recovery", () => {
     const bobBefore = await digest(db.sql, "bob@example.com");
 
     let stop = keepWriting(db.sql, "bob@example.com");
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(
+      ["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name],
+      env,
+    );
     let made = await stop();
     expect(r.stderr).toBe("");
     expect(r).toSucceed();
@@ -486,12 +589,17 @@ describe("undo a recovery", () => {
 
     // By its id, as --history lists it: refused, it was undone.
     const id = JSON.parse(await readFile(record, "utf8")).id as string;
-    expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(new RegExp(`^${id.slice(0, 8)} .* undone \\S+Z$`, "m"));
+    expect((await shinkei(["recover", "--history"], env)).stdout).toMatch(
+      new RegExp(`^${id.slice(0, 8)} .* undone \\S+Z$`, "m"),
+    );
     const snap = await snapshot(db.sql);
     const again = await shinkei(["recover", "--undo", id.slice(0, 8), "--yes", "--confirm-database", db.name], env);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(`recovery ${id} was undone already`);
-    const mixed = await shinkei(["recover", "--undo", id, "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    const mixed = await shinkei(
+      ["recover", "--undo", id, "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(mixed.code).toBe(2);
     expect(mixed.stderr).toContain("--undo takes its scope and source from the record: drop --user");
     expect(await snapshot(db.sql)).toEqual(snap);
@@ -530,7 +638,8 @@ describe("undo a recovery", () => {
     await db.sql`update story_beats set content = 'written after the recovery' where id = ${edited!.id}`;
     const gone = await aliceBeat(db.sql, "story 2", 0);
     await db.sql`delete from story_beats where id = ${gone!.id}`;
-    const [added] = await db.sql`insert into story_beats (story_id, position, content) values (${edited!.story_id}, 9, 'new') returning id`;
+    const [added] =
+      await db.sql`insert into story_beats (story_id, position, content) values (${edited!.story_id}, 9, 'new') returning id`;
     const before = await snapshot(db.sql);
 
     const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
@@ -544,13 +653,19 @@ describe("undo a recovery", () => {
   });
 
   test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; an encrypted, signed one undoes", async () => {
-    const keyed = { ...env, BACKUP_AGE_PASSPHRASE: "correct horse battery staple undo", BACKUP_MANIFEST_KEY: "k".repeat(32) };
+    const keyed = {
+      ...env,
+      BACKUP_AGE_PASSPHRASE: "correct horse battery staple undo",
+      BACKUP_MANIFEST_KEY: "k".repeat(32),
+    };
     await takeBackup(keyed);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const lost = await digest(db.sql, "alice@example.com");
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], keyed);
     expect(r).toSucceed();
-    expect(r.stdout).toMatch(/^safety copy {4}\S+\.undo\.json\.age \(the rows it changed; encrypted; its record signed\)$/m);
+    expect(r.stdout).toMatch(
+      /^safety copy {4}\S+\.undo\.json\.age \(the rows it changed; encrypted; its record signed\)$/m,
+    );
     const path = recordOf(r.stdout);
     const text = await readFile(path, "utf8");
     const record = JSON.parse(text);
@@ -560,7 +675,10 @@ describe("undo a recovery", () => {
     expect(undoBytes.includes(Buffer.from(record.id))).toBe(false);
     const recovered = await snapshot(db.sql);
     const refused = async (e: Record<string, string>, message: string | RegExp) => {
-      const u = await shinkei(["recover", "--undo", path, "--yes", "--confirm-database", new URL(e.DATABASE_URL!).pathname.slice(1)], e);
+      const u = await shinkei(
+        ["recover", "--undo", path, "--yes", "--confirm-database", new URL(e.DATABASE_URL!).pathname.slice(1)],
+        e,
+      );
       expect(u.code).toBe(1);
       expect(u.stderr).toMatch(message);
       expect(await snapshot(db.sql)).toEqual(recovered);
@@ -580,7 +698,10 @@ describe("undo a recovery", () => {
     const other = await freshDatabase("recover_other", serverUrl);
     try {
       await migrate(other.sql);
-      await refused({ ...keyed, DATABASE_URL: other.url }, `records a recovery of database ${db.name}, not of ${other.name}`);
+      await refused(
+        { ...keyed, DATABASE_URL: other.url },
+        `records a recovery of database ${db.name}, not of ${other.name}`,
+      );
     } finally {
       await other.drop();
     }
@@ -598,12 +719,26 @@ describe("undo a recovery", () => {
   test("--restore-account undone: the recovered account goes, the new one comes back; --full-safety-backup keeps a full backup too", async () => {
     const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
     await takeBackup(env);
-    for (const w of ["alice@example.com world 1", "alice@example.com world 2"]) await deleteWorld(db.sql, "alice@example.com", w);
+    for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
+      await deleteWorld(db.sql, "alice@example.com", w);
     await db.sql`delete from users where id = ${old!.id}`;
-    const [fresh] = await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning *`;
+    const [fresh] =
+      await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning *`;
     const before = await snapshot(db.sql);
 
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--restore-account", "--full-safety-backup", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(
+      [
+        "recover",
+        "--user",
+        "alice@example.com",
+        "--restore-account",
+        "--full-safety-backup",
+        "--yes",
+        "--confirm-database",
+        db.name,
+      ],
+      env,
+    );
     expect(r).toSucceed();
     const safety = /^safety backup\s+(\S+) \(verified\)$/m.exec(r.stdout)![1]!;
     expect(JSON.parse(await readFile(`${safety}.manifest.json`, "utf8")).reason).toBe("pre-recover");
@@ -624,25 +759,37 @@ describe("undo a recovery", () => {
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const lost = await snapshot(db.sql);
     const holder = await db.sql.reserve();
-    const waiting = async () => (await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`).map((r) => r.pid);
+    const waiting = async () =>
+      (
+        await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`
+      ).map((r) => r.pid);
     /** Run shinkei until it waits at the gate inside its transaction, then SIGKILL it and let its backend go. */
     const killAtGate = async (args: string[]) => {
       await holder`select pg_advisory_lock(4242)`;
-      const p = Bun.spawn([binaryPath, ...args], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
+      const p = Bun.spawn([binaryPath, ...args], {
+        env: { PATH: process.env.PATH!, ...env },
+        stdout: "ignore",
+        stderr: "ignore",
+      });
       for (let i = 0; i < 600 && (await waiting()).length === 0; i++) await Bun.sleep(50);
       const [pid] = await waiting();
       expect(pid).toBeDefined();
-      expect(await db.sql`select 1 from pg_stat_activity where pid = ${pid!} and backend_xid is not null`).toHaveLength(1); // rows written, not committed
+      expect(await db.sql`select 1 from pg_stat_activity where pid = ${pid!} and backend_xid is not null`).toHaveLength(
+        1,
+      ); // rows written, not committed
       p.kill("SIGKILL");
       await p.exited;
       await holder`select pg_advisory_unlock(4242)`;
-      for (let i = 0; i < 200 && (await db.sql`select 1 from pg_stat_activity where pid = ${pid!}`).length; i++) await Bun.sleep(50);
+      for (let i = 0; i < 200 && (await db.sql`select 1 from pg_stat_activity where pid = ${pid!}`).length; i++)
+        await Bun.sleep(50);
     };
-    const gate = (table: string, op: string, pass: number) => db.sql.unsafe(`create sequence gate_seq;
+    const gate = (table: string, op: string, pass: number) =>
+      db.sql.unsafe(`create sequence gate_seq;
       create function gate() returns trigger language plpgsql as $$ begin
         if nextval('gate_seq') > ${pass} then perform pg_advisory_xact_lock_shared(4242); end if; return null; end $$;
       create trigger gate before ${op} on ${table} for each statement execute function gate();`);
-    const ungate = (table: string) => db.sql.unsafe(`drop trigger gate on ${table}; drop function gate(); drop sequence gate_seq`);
+    const ungate = (table: string) =>
+      db.sql.unsafe(`drop trigger gate on ${table}; drop function gate(); drop sequence gate_seq`);
     try {
       // The recovery killed after its record and safety copy were written, at the insert that would commit with them.
       await gate("recoveries", "insert", 0);

@@ -62,7 +62,10 @@ describe("in a terminal", () => {
       expect(users.map((u) => u.email)).toEqual(demoUsers.map((u) => u.email));
 
       // The printed command brings the old data back, exactly.
-      const r = await shinkei(["backup", "--restore", "--backup-file", undo[2]!, "--yes", "--confirm-database", db.name], env);
+      const r = await shinkei(
+        ["backup", "--restore", "--backup-file", undo[2]!, "--yes", "--confirm-database", db.name],
+        env,
+      );
       expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     } finally {
@@ -153,7 +156,10 @@ describe("without a terminal", () => {
       expect(r.stderr).toContain("SHINKEI_ENV/NODE_ENV is production");
     }
     expect(await snapshot(db.sql)).toEqual(before);
-    const r = await shinkei(["reset", "--force", "--confirm-database", db.name, "--allow-production"], { ...env, SHINKEI_ENV: "production" });
+    const r = await shinkei(["reset", "--force", "--confirm-database", db.name, "--allow-production"], {
+      ...env,
+      SHINKEI_ENV: "production",
+    });
     expect(r).toSucceed();
   });
 
@@ -161,7 +167,10 @@ describe("without a terminal", () => {
     const before = await snapshot(db.sql);
     const blocker = join(dir, "file");
     await writeFile(blocker, "not a folder");
-    const r = await shinkei(["reset", "--force", "--confirm-database", db.name], { ...env, BACKUP_DIR: join(blocker, "backups") });
+    const r = await shinkei(["reset", "--force", "--confirm-database", db.name], {
+      ...env,
+      BACKUP_DIR: join(blocker, "backups"),
+    });
     expect(r.code).toBe(1);
     expect(r.stderr.split("\n")[0]).toMatch(/^✖ /);
     expect(await snapshot(db.sql)).toEqual(before);

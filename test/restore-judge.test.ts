@@ -29,20 +29,33 @@ const enc = new TextEncoder();
 /** Everything a hidden statement could have changed: data, role settings, triggers, functions, relations. */
 async function fingerprint(sql = db.sql) {
   const stats = await sql.begin((tx) => tableStats(tx));
-  const settings = await sql`select setdatabase::int, setrole::int, setconfig::text from pg_db_role_setting order by 1, 2`;
-  const triggers = await sql`select tgrelid::regclass::text as rel, tgname from pg_trigger where not tgisinternal order by 1, 2`;
-  const functions = await sql`select p.oid::regprocedure::text as f, md5(p.prosrc) as body from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+  const settings =
+    await sql`select setdatabase::int, setrole::int, setconfig::text from pg_db_role_setting order by 1, 2`;
+  const triggers =
+    await sql`select tgrelid::regclass::text as rel, tgname from pg_trigger where not tgisinternal order by 1, 2`;
+  const functions =
+    await sql`select p.oid::regprocedure::text as f, md5(p.prosrc) as body from pg_proc p join pg_namespace n on n.oid = p.pronamespace
     where n.nspname not in ('pg_catalog', 'information_schema') order by 1`;
-  const relations = await sql`select c.oid::regclass::text as r, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  const relations =
+    await sql`select c.oid::regclass::text as r, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname !~ '^pg_temp' order by 1`;
-  return { stats, settings, triggers, functions: functions.map((f) => `${f.f} ${f.body}`), relations: relations.map((r) => `${r.r} ${r.relkind}`) };
+  return {
+    stats,
+    settings,
+    triggers,
+    functions: functions.map((f) => `${f.f} ${f.body}`),
+    relations: relations.map((r) => `${r.r} ${r.relkind}`),
+  };
 }
 
 /** pg_dump's closing line, as anyone can write it: verification wants it, only the content can tell. */
 const CLOSING = "\n--\n-- PostgreSQL database dump complete\n--\n";
 
 const restoreAs = (url: string, file: string, extra: string[] = []) =>
-  shinkei(["backup", "restore", file, "--yes", "--confirm-database", db.name, "--no-safety-backup", ...extra], { DATABASE_URL: url, BACKUP_DIR: dir });
+  shinkei(["backup", "restore", file, "--yes", "--confirm-database", db.name, "--no-safety-backup", ...extra], {
+    DATABASE_URL: url,
+    BACKUP_DIR: dir,
+  });
 
 beforeAll(async () => {
   await loadGrammar();
@@ -121,7 +134,8 @@ describe("the review's reproductions (issue 23)", () => {
     // A backup of ours, edited, its manifest's checksum made to match (no BACKUP_MANIFEST_KEY here).
     const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
     const at = sql.lastIndexOf("--\n-- PostgreSQL database dump complete");
-    const hidden = "COPY public.worlds FROM stdin -- x\r; ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1\n;\n\\.\n";
+    const hidden =
+      "COPY public.worlds FROM stdin -- x\r; ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1\n;\n\\.\n";
     const edited = Bun.gzipSync(enc.encode(sql.slice(0, at) + hidden + sql.slice(at)));
     await Bun.write(file, edited);
     const manifest = await Bun.file(`${file}.manifest.json`).json();
@@ -133,7 +147,10 @@ describe("the review's reproductions (issue 23)", () => {
     expect(drill.code).toBe(1);
     expect(drill.stdout + drill.stderr).toContain("the file contains");
     // Scratch databases are made one at a time per server, and other test files make them too: --wait queues.
-    const recover = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", file, "--dry-run"], env);
+    const recover = await shinkei(
+      ["recover", "--wait", "--user", "nobody@example.com", "--from", file, "--dry-run"],
+      env,
+    );
     expect(recover.code).toBe(1);
     expect(recover.stderr).toContain("the file contains");
     expect(await fingerprint()).toEqual(before);
@@ -144,17 +161,24 @@ describe("the review's reproductions (issue 23)", () => {
     const r = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", "latest", "--yes"], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`pass --yes --confirm-database ${db.name} to run it unattended`);
-    const wrong = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", "latest", "--yes", "--confirm-database", "other"], env);
+    const wrong = await shinkei(
+      ["recover", "--wait", "--user", "nobody@example.com", "--from", "latest", "--yes", "--confirm-database", "other"],
+      env,
+    );
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toContain("does not name the target database");
   });
 
   test("standard_conforming_strings = off cannot make a COPY option hide statements", async () => {
     const file = join(dir, "scs.sql");
-    await writeFile(file, (await readFile(await plainDump("base.sql"), "utf8")) +
-      // Read with the setting on, `'x\' --' );...` is a string, then a comment to the end of the line;
-      // read with it off, the string is `x' --`, and three statements follow the COPY.
-      "SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n" + CLOSING);
+    await writeFile(
+      file,
+      (await readFile(await plainDump("base.sql"), "utf8")) +
+        // Read with the setting on, `'x\' --' );...` is a string, then a comment to the end of the line;
+        // read with it off, the string is `x' --`, and three statements follow the COPY.
+        "SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n" +
+        CLOSING,
+    );
     const before = await fingerprint();
     const r = await restoreAs(app.url, file);
     expect(r.code).toBe(1);
@@ -212,13 +236,16 @@ COPY public.bait (x) FROM stdin;
     const file = join(dir, "late.sql");
     // The first statement would take 20 s to run; 20,000 rows of COPY data come after it.
     const rows = Array.from({ length: 20_000 }, (_, i) => `${i}\trow ${i}`).join("\n");
-    await writeFile(file, `CREATE MATERIALIZED VIEW public.slow AS SELECT pg_catalog.pg_sleep(20)::text AS slept;
+    await writeFile(
+      file,
+      `CREATE MATERIALIZED VIEW public.slow AS SELECT pg_catalog.pg_sleep(20)::text AS slept;
 CREATE TABLE public.big (id int, body text);
 COPY public.big (id, body) FROM stdin;
 ${rows}
 \\.
 ALTER ROLE CURRENT_USER SET work_mem = '1MB';
-${CLOSING}`);
+${CLOSING}`,
+    );
     const before = await fingerprint();
     const started = performance.now();
     const r = await restoreAs(app.url, file);
@@ -230,7 +257,10 @@ ${CLOSING}`);
 
   test("a COPY whose data the server refuses ends with a plain error, no stack trace", async () => {
     const file = join(dir, "bad-copy.sql");
-    await writeFile(file, "CREATE TABLE public.n (x int);\nCOPY public.n (x) FROM stdin;\n1\nnot a number\n\\.\n" + CLOSING);
+    await writeFile(
+      file,
+      "CREATE TABLE public.n (x int);\nCOPY public.n (x) FROM stdin;\n1\nnot a number\n\\.\n" + CLOSING,
+    );
     const before = await fingerprint();
     const r = await restoreAs(db.url, file);
     expect(r.code).toBe(1);
@@ -242,8 +272,12 @@ ${CLOSING}`);
   test("a stock file restores only when every COPY-filled table holds the rows sent", async () => {
     const file = join(dir, "rule.sql");
     // A trigger the file defines swallows the rows its COPY sends: the count check refuses the result.
-    await writeFile(file, "CREATE TABLE public.kept (x int);\nCREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;\n" +
-      "CREATE TRIGGER eat BEFORE INSERT ON public.kept FOR EACH ROW EXECUTE FUNCTION public.eat();\nCOPY public.kept (x) FROM stdin;\n1\n2\n\\.\n" + CLOSING);
+    await writeFile(
+      file,
+      "CREATE TABLE public.kept (x int);\nCREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;\n" +
+        "CREATE TRIGGER eat BEFORE INSERT ON public.kept FOR EACH ROW EXECUTE FUNCTION public.eat();\nCOPY public.kept (x) FROM stdin;\n1\n2\n\\.\n" +
+        CLOSING,
+    );
     const before = await fingerprint();
     const r = await restoreAs(db.url, file);
     expect(r.code).toBe(1);
@@ -386,7 +420,10 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
   test("bounds agree on every hostile variant either accepts", () => {
     let compared = 0;
     for (const x of Object.values(seps)) {
-      for (const t of templates(x, "ALTER ROLE CURRENT_USER SET work_mem = 1024; CREATE TABLE public.planted (x int)")) {
+      for (const t of templates(
+        x,
+        "ALTER ROLE CURRENT_USER SET work_mem = 1024; CREATE TABLE public.planted (x int)",
+      )) {
         const e = ends(enc.encode(t));
         if (!e) continue;
         expect(e.splitter, JSON.stringify(t)).toEqual(e.parser);
@@ -403,15 +440,24 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     const payload = `ALTER ROLE CURRENT_USER SET work_mem = 1024; COPY (SELECT 1) TO PROGRAM $m$touch ${mark}$m$; CREATE TABLE public.planted (x int)`;
     const good = await fingerprint();
     const num = (await db.sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`)[0]!.num;
-    const corpus = { plain: await plainDump("plain.sql"), inserts: await plainDump("inserts.sql", ["--inserts"]), privileges: await plainDump("owners.sql", ["--no-privileges"]) };
+    const corpus = {
+      plain: await plainDump("plain.sql"),
+      inserts: await plainDump("inserts.sql", ["--inserts"]),
+      privileges: await plainDump("owners.sql", ["--no-privileges"]),
+    };
     for (const [name, file] of Object.entries(corpus)) {
       await load(db.url, Bun.file(file).stream(), "plain", num);
       expect(await fingerprint(), name).toEqual(good);
     }
     const base = await readFile(corpus.plain);
     const variants: [string, Uint8Array][] = [];
-    for (const [sep, x] of Object.entries(seps)) for (const [i, t] of templates(x, payload).entries()) variants.push([`${sep} #${i}`, Buffer.concat([base, enc.encode(t)])]);
-    variants.push(["COPY with a CR-ended comment", Buffer.concat([base, enc.encode(`COPY public.worlds FROM stdin -- x\r; ${payload}; SELECT 1\n;\n\\.\n`)])]);
+    for (const [sep, x] of Object.entries(seps))
+      for (const [i, t] of templates(x, payload).entries())
+        variants.push([`${sep} #${i}`, Buffer.concat([base, enc.encode(t)])]);
+    variants.push([
+      "COPY with a CR-ended comment",
+      Buffer.concat([base, enc.encode(`COPY public.worlds FROM stdin -- x\r; ${payload}; SELECT 1\n;\n\\.\n`)]),
+    ]);
     variants.push(["BOM", Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), base])]);
     variants.push(["NUL", Buffer.concat([base, enc.encode(`${V};\0${payload};\n`)])]);
     let refused = 0;

@@ -17,7 +17,8 @@ let env: Record<string, string>;
 const confirm = () => ["--yes", "--confirm-database", db.name];
 const stats = () => db.sql.begin((tx) => tableStats(tx));
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
-const restore = (args: string[], extra: Record<string, string> = {}) => shinkei(["backup", "--restore", ...args], { ...env, ...extra });
+const restore = (args: string[], extra: Record<string, string> = {}) =>
+  shinkei(["backup", "--restore", ...args], { ...env, ...extra });
 
 const dump = (file: string) => stockDump(db.url, file, ["--no-owner"]);
 
@@ -42,12 +43,17 @@ describe("a restore is all-or-nothing for any file", () => {
     await db.sql`insert into worlds (owner_id, name) select id, 'after the dump' from users limit 1`;
     const file = join(dir, "planted.sql");
     // pg_dump's closing line is there too, as anyone can write it: only the content can tell.
-    await writeFile(file, "CREATE TABLE planted (x int); COMMIT; SELECT 1/0;\n--\n-- PostgreSQL database dump complete\n--\n");
+    await writeFile(
+      file,
+      "CREATE TABLE planted (x int); COMMIT; SELECT 1/0;\n--\n-- PostgreSQL database dump complete\n--\n",
+    );
     const before = await stats();
     const r = await restore(["--backup-file", file, ...confirm()]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("transaction control");
-    expect(r.stderr).toContain("Checked: every table's row count and content digest are as they were before the restore");
+    expect(r.stderr).toContain(
+      "Checked: every table's row count and content digest are as they were before the restore",
+    );
     expect(await stats()).toEqual(before);
     const [planted] = await db.sql`select to_regclass('public.planted') as t`;
     expect(planted!.t).toBeNull();
@@ -60,7 +66,9 @@ describe("a restore is all-or-nothing for any file", () => {
       const before = await stats();
       const r = await restore(["--backup-file", file, ...confirm()]);
       expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(/the file contains (transaction control|"DROP TABLE users;" inside a large-object block)/);
+      expect(r.stderr).toMatch(
+        /the file contains (transaction control|"DROP TABLE users;" inside a large-object block)/,
+      );
       expect(await stats()).toEqual(before);
     },
   );
@@ -80,7 +88,10 @@ describe("a restore is all-or-nothing for any file", () => {
     // large object must not commit what came before.
     const broken = join(dir, "broken.sql");
     const plain = Bun.spawn(["sh", "-c", `gzip -dc '${file}'`], { stdout: "pipe" });
-    await writeFile(broken, (await new Response(plain.stdout).text()) + "\nSELECT pg_catalog.setval('public.no_such_seq', 1, false);\n");
+    await writeFile(
+      broken,
+      (await new Response(plain.stdout).text()) + "\nSELECT pg_catalog.setval('public.no_such_seq', 1, false);\n",
+    );
 
     await db.sql`drop schema archive cascade`;
     await db.sql`select lo_unlink(${lo!.oid})`;
@@ -89,7 +100,7 @@ describe("a restore is all-or-nothing for any file", () => {
 
     const failed = await restore(["--backup-file", broken, ...confirm(), "--no-safety-backup"]);
     expect(failed.code).toBe(1);
-    expect(failed.stderr).toContain("no_such_seq\" does not exist");
+    expect(failed.stderr).toContain('no_such_seq" does not exist');
     expect(await stats()).toEqual(changed);
 
     const ok = await restore(["--backup-file", file, ...confirm()]);
@@ -127,11 +138,20 @@ describe("a restored file is untrusted input", () => {
   test("pg_restore and pg_dump get no S3 keys, age passphrases or identities", async () => {
     const seen = join(dir, "tool-env");
     const spy = await wrapTool("pg_restore", `env >> '${seen}'\nexec "$REAL" "$@"`);
-    await writeFile(join(spy, "pg_dump"), `#!/bin/sh\nenv >> '${seen}'\nexec ${Bun.which("pg_dump")} "$@"\n`, { mode: 0o755 });
+    await writeFile(join(spy, "pg_dump"), `#!/bin/sh\nenv >> '${seen}'\nexec ${Bun.which("pg_dump")} "$@"\n`, {
+      mode: 0o755,
+    });
     const file = join(dir, "custom.dump");
     await stockDump(db.url, file, ["--no-owner", "--format=custom"]);
-    const secrets = { AWS_SECRET_ACCESS_KEY: "s3-secret-value", BACKUP_AGE_PASSPHRASE: "age-secret-value", SMTP_URL: "smtp://u:mail-secret@127.0.0.1" };
-    const r = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { ...secrets, PATH: pathWith(spy) });
+    const secrets = {
+      AWS_SECRET_ACCESS_KEY: "s3-secret-value",
+      BACKUP_AGE_PASSPHRASE: "age-secret-value",
+      SMTP_URL: "smtp://u:mail-secret@127.0.0.1",
+    };
+    const r = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], {
+      ...secrets,
+      PATH: pathWith(spy),
+    });
     expect(r.stderr).not.toContain("✖");
     expect(r).toSucceed();
     const childEnv = await readFile(seen, "utf8");
@@ -150,10 +170,19 @@ describe("what a restore picks", () => {
       // manifest), and a newer one without any.
       const planted = join(dir, "planted.sql");
       await writeFile(planted, "DROP TABLE users;\n");
-      const put = (key: string, body: Buffer | string) => s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: `picks/${key}`, Body: body }));
+      const put = (key: string, body: Buffer | string) =>
+        s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: `picks/${key}`, Body: body }));
       const future = "shinkei_backup_29990101_000000.sql";
       await put(future, await readFile(planted));
-      await put(`${future}.manifest.json`, JSON.stringify({ file: future, sizeBytes: 18, sha256: new Bun.CryptoHasher("sha256").update("DROP TABLE users;\n").digest("hex"), counts: {} }));
+      await put(
+        `${future}.manifest.json`,
+        JSON.stringify({
+          file: future,
+          sizeBytes: 18,
+          sha256: new Bun.CryptoHasher("sha256").update("DROP TABLE users;\n").digest("hex"),
+          counts: {},
+        }),
+      );
       const now = new Date(Date.now() + 60_000).toISOString().replace(/\D/g, "").slice(0, 14);
       await put(`shinkei_backup_${now.slice(0, 8)}_${now.slice(8)}.sql`, await readFile(planted));
 
@@ -172,12 +201,16 @@ describe("what a restore picks", () => {
     const file = join(dir, "plain.sql");
     await dump(file);
     const before = await stats();
-    const r = await restore(["--backup-file", file, ...confirm()], { BACKUP_AGE_PASSPHRASE: "correct horse battery staple" });
+    const r = await restore(["--backup-file", file, ...confirm()], {
+      BACKUP_AGE_PASSPHRASE: "correct horse battery staple",
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("is not encrypted, and this host encrypts its backups");
     expect(await readdir(dir)).toEqual(["plain.sql"]); // no safety backup either
     expect(await stats()).toEqual(before);
-    const ok = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], { BACKUP_AGE_PASSPHRASE: "correct horse battery staple" });
+    const ok = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], {
+      BACKUP_AGE_PASSPHRASE: "correct horse battery staple",
+    });
     expect(ok).toSucceed();
   });
 
@@ -219,7 +252,10 @@ describe("what a restore picks", () => {
     expect(r.stderr).toContain("has no manifest, and BACKUP_MANIFEST_KEY is set");
     expect(r.stderr).toContain("--allow-unsigned");
     expect(await readdir(dir)).toEqual(["stock.sql"]); // no safety backup either
-    const recover = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", file, "--dry-run"], { ...env, ...key });
+    const recover = await shinkei(["recover", "--wait", "--user", "nobody@example.com", "--from", file, "--dry-run"], {
+      ...env,
+      ...key,
+    });
     expect(recover.code).toBe(1);
     expect(recover.stderr).toContain("has no manifest, and BACKUP_MANIFEST_KEY is set");
     expect(await stats()).toEqual(before);
@@ -244,7 +280,9 @@ describe("the guard and the lock", () => {
     }
     expect((await readdir(dir)).filter((n) => n.includes("_backup_")).length).toBe(2); // the backup and its manifest
     expect(await stats()).toEqual(before);
-    const allowed = await restore(["--backup-file", file, ...confirm(), "--allow-production"], { SHINKEI_ENV: "production" });
+    const allowed = await restore(["--backup-file", file, ...confirm(), "--allow-production"], {
+      SHINKEI_ENV: "production",
+    });
     expect(allowed).toSucceed();
   });
 
@@ -253,7 +291,10 @@ describe("the guard and the lock", () => {
     await slowToLoad(file, 2);
     await db.sql`insert into worlds (owner_id, name) select id, 'written after the backup' from users limit 1`;
     const before = await stats();
-    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], { ...env, NO_COLOR: "1" });
+    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], {
+      ...env,
+      NO_COLOR: "1",
+    });
     let killed = 0;
     for (let i = 0; i < 100 && killed === 0; i++) {
       // Only once the lock is held: killed while still asking for it, it is not a lock lost.

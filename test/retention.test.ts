@@ -10,15 +10,45 @@ const reasons = (plan: ReturnType<typeof planRetention>) => Object.fromEntries(p
 
 test("grandfather-father-son keeps the newest of each day, week and month", () => {
   const now = new Date(Date.UTC(2026, 5, 30, 12));
-  const names = ["2026-06-30T02:00:00Z", "2026-06-29T14:00:00Z", "2026-06-29T02:00:00Z", "2026-06-20T02:00:00Z", "2026-05-31T02:00:00Z", "2026-05-15T02:00:00Z", "2026-04-30T02:00:00Z"].map((d) => at(d));
+  const names = [
+    "2026-06-30T02:00:00Z",
+    "2026-06-29T14:00:00Z",
+    "2026-06-29T02:00:00Z",
+    "2026-06-20T02:00:00Z",
+    "2026-05-31T02:00:00Z",
+    "2026-05-15T02:00:00Z",
+    "2026-04-30T02:00:00Z",
+  ].map((d) => at(d));
   const plan = planRetention(names.map(good), { keepDays: 1, keepDaily: 2, keepWeekly: 2, keepMonthly: 3 }, now, false);
-  expect(plan.filter((d) => d.keep).map((d) => d.name)).toEqual([names[0]!, names[1]!, names[3]!, names[4]!, names[6]!]);
+  expect(plan.filter((d) => d.keep).map((d) => d.name)).toEqual([
+    names[0]!,
+    names[1]!,
+    names[3]!,
+    names[4]!,
+    names[6]!,
+  ]);
   expect(plan.find((d) => d.name === names[2])!.why).toBe("older than 1 days");
 });
 
 test("weekly keys are ISO weeks: a week across New Year is one week, named by the year of its Thursday", () => {
-  const days = ["2027-01-04", "2027-01-03", "2026-12-31", "2026-01-01", "2024-12-30", "2024-12-29", "2021-01-04", "2021-01-03", "2020-12-28", "2020-12-27"];
-  const plan = planRetention(days.map((d) => good(at(`${d}T02:00:00Z`))), { ...none, keepWeekly: 10 }, new Date("2027-01-10T00:00:00Z"), false);
+  const days = [
+    "2027-01-04",
+    "2027-01-03",
+    "2026-12-31",
+    "2026-01-01",
+    "2024-12-30",
+    "2024-12-29",
+    "2021-01-04",
+    "2021-01-03",
+    "2020-12-28",
+    "2020-12-27",
+  ];
+  const plan = planRetention(
+    days.map((d) => good(at(`${d}T02:00:00Z`))),
+    { ...none, keepWeekly: 10 },
+    new Date("2027-01-10T00:00:00Z"),
+    false,
+  );
   expect(plan.map((d) => d.why)).toEqual([
     "newest good backup", // 2027-W1
     "weekly keep (2026-W53)",
@@ -34,7 +64,12 @@ test("weekly keys are ISO weeks: a week across New Year is one week, named by th
 });
 
 test("daily and monthly keys are UTC days and months", () => {
-  const names = [at("2026-04-01T00:30:00Z"), at("2026-03-31T23:30:00Z"), at("2026-03-31T10:00:00Z"), at("2026-02-28T12:00:00Z")];
+  const names = [
+    at("2026-04-01T00:30:00Z"),
+    at("2026-03-31T23:30:00Z"),
+    at("2026-03-31T10:00:00Z"),
+    at("2026-02-28T12:00:00Z"),
+  ];
   const now = new Date("2026-04-02T00:00:00Z");
   expect(reasons(planRetention(names.map(good), { ...none, keepDaily: 3 }, now, false))).toEqual({
     [names[0]!]: "newest good backup",
@@ -72,7 +107,12 @@ test("only a good backup holds a day or counts as newest; within one second the 
     [at("2026-03-04T02:00:00Z")]: "daily keep (2026-03-04)",
   });
   // Newest first, as the plan is shown.
-  expect(plan.map((d) => d.name)).toEqual([at("2026-03-06T02:00:00Z"), at(same, 1), at(same), at("2026-03-04T02:00:00Z")]);
+  expect(plan.map((d) => d.name)).toEqual([
+    at("2026-03-06T02:00:00Z"),
+    at(same, 1),
+    at(same),
+    at("2026-03-04T02:00:00Z"),
+  ]);
 });
 
 test("KEEP_DAYS keeps everything young enough; with off-site copies on, an uncopied backup stays however old", () => {
@@ -89,10 +129,17 @@ test("KEEP_DAYS keeps everything young enough; with off-site copies on, an uncop
     [candidates[3]!.name]: "older than 2 days",
     [candidates[2]!.name]: "not yet copied off-site",
   });
-  expect(planRetention(candidates, { ...none, keepDays: 2 }, now, false).find((d) => d.name === candidates[2]!.name)!.keep).toBe(false);
+  expect(
+    planRetention(candidates, { ...none, keepDays: 2 }, now, false).find((d) => d.name === candidates[2]!.name)!.keep,
+  ).toBe(false);
 });
 
 test("names that are not ours get no decision at all, so nothing can delete them", () => {
-  const plan = planRetention([good("notes.txt"), good("shinkei_backup_old_manual.sql.gz"), good(at("2020-01-01T00:00:00Z"))], none, new Date(), false);
+  const plan = planRetention(
+    [good("notes.txt"), good("shinkei_backup_old_manual.sql.gz"), good(at("2020-01-01T00:00:00Z"))],
+    none,
+    new Date(),
+    false,
+  );
   expect(plan.map((d) => d.name)).toEqual([at("2020-01-01T00:00:00Z")]);
 });

@@ -32,7 +32,11 @@ async function pastBackups(daysAgo: number[], offsite = false): Promise<string[]
   for (const d of daysAgo) {
     const name = backupName(new Date(Date.now() - d * DAY));
     await copyFile(path, join(dir, name));
-    const m = { ...manifest, file: name, offsite: offsite ? { s3: { location: "s3://x/", sizeBytes: 1, verified: "size", copiedAt: "" } } : undefined };
+    const m = {
+      ...manifest,
+      file: name,
+      offsite: offsite ? { s3: { location: "s3://x/", sizeBytes: 1, verified: "size", copiedAt: "" } } : undefined,
+    };
     await writeFile(join(dir, `${name}.manifest.json`), JSON.stringify(m));
     names.push(name);
   }
@@ -60,14 +64,17 @@ describe("the schedule", () => {
     }
     const all = [...a.lines, ...b.lines];
     const started = all.filter((l) => l.msg === "backup started").map((l) => l.scheduledFor as string);
-    const skipped = all.filter((l) => l.msg === "backup skipped: another process took this run").map((l) => l.scheduledFor as string);
+    const skipped = all
+      .filter((l) => l.msg === "backup skipped: another process took this run")
+      .map((l) => l.scheduledFor as string);
     expect(new Set(started).size).toBe(started.length); // no slot taken twice
     expect(started.length).toBeGreaterThanOrEqual(3);
     for (const slot of started) expect(new Date(slot).getUTCSeconds() % 2).toBe(0);
     expect(skipped.length).toBeGreaterThanOrEqual(2); // the other service saw the slots taken
     const files = await backupFiles();
     expect(files.length).toBe(all.filter((l) => l.msg === "backup finished").length);
-    const runs = await db.sql`select scheduled_for, file from backup_runs where file is not null and scheduled_for between ${since} and now() order by scheduled_for`;
+    const runs =
+      await db.sql`select scheduled_for, file from backup_runs where file is not null and scheduled_for between ${since} and now() order by scheduled_for`;
     expect(runs.map((r) => r.file).sort()).toEqual(files);
     const done = all.find((l) => l.msg === "backup finished")!;
     expect(Object.keys(done)).toEqual(expect.arrayContaining(["file", "sizeBytes", "durationMs"]));
@@ -76,7 +83,13 @@ describe("the schedule", () => {
   });
 
   test("shinkei serve with BACKUP_IN_SERVER=true runs the schedule, and /ready reports the newest backup's age and not its name", async () => {
-    const s = await Service.start(["serve"], { ...env, BACKUP_IN_SERVER: "true", BACKUP_SCHEDULE: "* * * * * *", PORT: "0", HOST: "127.0.0.1" });
+    const s = await Service.start(["serve"], {
+      ...env,
+      BACKUP_IN_SERVER: "true",
+      BACKUP_SCHEDULE: "* * * * * *",
+      PORT: "0",
+      HOST: "127.0.0.1",
+    });
     try {
       const url = await s.listening();
       await s.waitFor((l) => l.msg === "backup finished");
@@ -103,19 +116,32 @@ describe("the schedule", () => {
 
   test("failures and successes reach the webhook without holding up the backup", async () => {
     const events: Record<string, unknown>[] = [];
-    const hook = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: async (r) => (events.push((await r.json()) as Record<string, unknown>), new Response("ok")) });
+    const hook = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch: async (r) => (events.push((await r.json()) as Record<string, unknown>), new Response("ok")),
+    });
     try {
       const config = loadConfig({ ...env, BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook` });
       await scheduledRun({ sql: db.sql, config, log: () => {} }, new Date(Date.UTC(2031, 0, 1, 2, 0, 0)));
       const blocked = join(dir, "a-file");
       await writeFile(blocked, "");
-      const broken = loadConfig({ ...env, BACKUP_DIR: join(blocked, "sub"), BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook` });
+      const broken = loadConfig({
+        ...env,
+        BACKUP_DIR: join(blocked, "sub"),
+        BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook`,
+      });
       await scheduledRun({ sql: db.sql, config: broken, log: () => {} }, new Date(Date.UTC(2031, 0, 1, 2, 0, 1)));
       for (let i = 0; i < 100 && events.length < 3; i++) await Bun.sleep(20);
       // The first backup of a deployment is drilled at once, so `backup check` can pass from day one.
       expect(events.map((e) => e.event).sort()).toEqual(["backup.failed", "backup.succeeded", "drill.passed"]);
-      expect(events.find((e) => e.event === "backup.succeeded")).toMatchObject({ source: "shinkei", offsite: "not configured" });
-      expect(String(events.find((e) => e.event === "backup.failed")!.error)).toBe(`cannot use the backup folder ${join(blocked, "sub")}: ENOTDIR`);
+      expect(events.find((e) => e.event === "backup.succeeded")).toMatchObject({
+        source: "shinkei",
+        offsite: "not configured",
+      });
+      expect(String(events.find((e) => e.event === "backup.failed")!.error)).toBe(
+        `cannot use the backup folder ${join(blocked, "sub")}: ENOTDIR`,
+      );
     } finally {
       hook.stop(true);
     }
@@ -127,7 +153,10 @@ describe("retention", () => {
     const names = await pastBackups([45, 40, 31, 10, 1]);
     await writeFile(join(dir, "notes.txt"), "mine");
     await writeFile(join(dir, "shinkei_backup_old_manual.sql.gz"), "not our naming");
-    await writeFile(join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".sql.gz", ".sql.gz.bak")), "foreign");
+    await writeFile(
+      join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".sql.gz", ".sql.gz.bak")),
+      "foreign",
+    );
     const before = (await readdir(dir)).sort();
     const dry = await shinkei(["backup", "prune", "--dry-run"], env);
     expect(dry).toSucceed();

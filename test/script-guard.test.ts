@@ -15,7 +15,14 @@ function guard(script: string | Uint8Array, size = 1 << 20): string[] {
   for (const it of items) {
     // COPY data may come in any split: adjacent pieces are one block.
     if (it.kind === "data" && out.at(-1)?.startsWith("data> ")) out[out.length - 1] += dec.decode(it.bytes);
-    else out.push(it.kind === "statement" ? `${it.copy ? "COPY> " : ""}${it.text.trim()}` : it.kind === "data" ? `data> ${dec.decode(it.bytes)}` : "end-copy");
+    else
+      out.push(
+        it.kind === "statement"
+          ? `${it.copy ? "COPY> " : ""}${it.text.trim()}`
+          : it.kind === "data"
+            ? `data> ${dec.decode(it.bytes)}`
+            : "end-copy",
+      );
   }
   return out;
 }
@@ -24,7 +31,9 @@ const refused = (script: string | Uint8Array) => {
   try {
     guard(script);
   } catch (e) {
-    return (e as { code?: string; message: string }).code === "RESTORE_UNSAFE" ? (e as Error).message : `other error: ${(e as Error).message}`;
+    return (e as { code?: string; message: string }).code === "RESTORE_UNSAFE"
+      ? (e as Error).message
+      : `other error: ${(e as Error).message}`;
   }
   return null;
 };
@@ -64,7 +73,10 @@ describe("the restore script guard", () => {
     ["BEGIN;\nDROP TABLE users;\nCOMMIT;\n", "inside a large-object block"],
     ["BEGIN;\nSELECT pg_catalog.lo_open('1', 131072);\n", "without its COMMIT"],
     // Found in review: psql glues everything after a non-ATOMIC BEGIN in CREATE FUNCTION into one query.
-    ["CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'select 1'; ROLLBACK; SELECT 1 AS end;\n", "BEGIN without ATOMIC"],
+    [
+      "CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'select 1'; ROLLBACK; SELECT 1 AS end;\n",
+      "BEGIN without ATOMIC",
+    ],
     // Found in review: psql stops reading a line at a NUL byte, so the two would see different text.
     [enc.encode("SELECT 1;\0'\nROLLBACK;\n-- ';\n"), "NUL byte"],
     [new Uint8Array([...enc.encode("SELECT '"), 0xe9, ...enc.encode("';\n")]), "not UTF-8"],
@@ -77,23 +89,46 @@ describe("the restore script guard", () => {
     ["SELECT E'it\\'s; COMMIT';\n", ["SELECT E'it\\'s; COMMIT';"]],
     ["SELECT 'it''s; COMMIT';\n", ["SELECT 'it''s; COMMIT';"]],
     ["SELECT 'C:\\'; SELECT 2;\n", ["SELECT 'C:\\';", "SELECT 2;"]],
-    ["SELECT \"COMMIT;\" FROM t;\n", ["SELECT \"COMMIT;\" FROM t;"]],
+    ['SELECT "COMMIT;" FROM t;\n', ['SELECT "COMMIT;" FROM t;']],
     ["-- COMMIT;\nSELECT 1;\n", ["-- COMMIT;\nSELECT 1;"]],
     ["/* nested /* COMMIT; */ still comment; */ SELECT 1;\n", ["/* nested /* COMMIT; */ still comment; */ SELECT 1;"]],
-    ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN COMMIT; RETURN 1; END $$;\n", ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN COMMIT; RETURN 1; END $$;"]],
-    ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN $x$;$x$; END $body$;\n", ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN $x$;$x$; END $body$;"]],
-    ["CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;\n", ["CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;"]],
+    [
+      "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN COMMIT; RETURN 1; END $$;\n",
+      ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN COMMIT; RETURN 1; END $$;"],
+    ],
+    [
+      "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN $x$;$x$; END $body$;\n",
+      ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN $x$;$x$; END $body$;"],
+    ],
+    [
+      "CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;\n",
+      [
+        "CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;",
+      ],
+    ],
     ["SELECT x::text, y::int FROM t WHERE z = $1;\n", ["SELECT x::text, y::int FROM t WHERE z = $1;"]],
-    ["SAVEPOINT a;\nROLLBACK TO SAVEPOINT a;\nRELEASE a;\n", ["SAVEPOINT a;", "ROLLBACK TO SAVEPOINT a;", "RELEASE a;"]],
-    ["COPY public.t (a, b) FROM stdin;\nCOMMIT;\t\\! not a command, data\n\\.\nSELECT 1;\n", ["COPY> COPY public.t (a, b) FROM stdin;", "data> COMMIT;\t\\! not a command, data\n", "end-copy", "SELECT 1;"]],
+    [
+      "SAVEPOINT a;\nROLLBACK TO SAVEPOINT a;\nRELEASE a;\n",
+      ["SAVEPOINT a;", "ROLLBACK TO SAVEPOINT a;", "RELEASE a;"],
+    ],
+    [
+      "COPY public.t (a, b) FROM stdin;\nCOMMIT;\t\\! not a command, data\n\\.\nSELECT 1;\n",
+      ["COPY> COPY public.t (a, b) FROM stdin;", "data> COMMIT;\t\\! not a command, data\n", "end-copy", "SELECT 1;"],
+    ],
     ["SELECT 'é';\nSELECT E'\\n';\n", ["SELECT 'é';", "SELECT E'\\n';"]],
   ] as [string, string[]][])("passes %j as whole statements", (script, statements) => {
     expect(guard(script)).toEqual(statements);
   });
 
   test("pg_dump's large-object blocks lose their BEGIN and COMMIT; the dump's \\restrict lines are left out", () => {
-    const dump = "\\restrict abc123\nSET x = 1;\nBEGIN;\n\nSELECT pg_catalog.lo_open('16400', 131072);\nSELECT pg_catalog.lowrite(0, '\\x68656c6c6f');\nSELECT pg_catalog.lo_close(0);\n\nCOMMIT;\n\n\\unrestrict abc123\n";
-    expect(guard(dump)).toEqual(["SET x = 1;", "SELECT pg_catalog.lo_open('16400', 131072);", "SELECT pg_catalog.lowrite(0, '\\x68656c6c6f');", "SELECT pg_catalog.lo_close(0);"]);
+    const dump =
+      "\\restrict abc123\nSET x = 1;\nBEGIN;\n\nSELECT pg_catalog.lo_open('16400', 131072);\nSELECT pg_catalog.lowrite(0, '\\x68656c6c6f');\nSELECT pg_catalog.lo_close(0);\n\nCOMMIT;\n\n\\unrestrict abc123\n";
+    expect(guard(dump)).toEqual([
+      "SET x = 1;",
+      "SELECT pg_catalog.lo_open('16400', 131072);",
+      "SELECT pg_catalog.lowrite(0, '\\x68656c6c6f');",
+      "SELECT pg_catalog.lo_close(0);",
+    ]);
   });
 
   test("the result does not depend on how the stream is cut into chunks", () => {
@@ -104,7 +139,7 @@ describe("the restore script guard", () => {
       "COMMENT ON TABLE t IS 'with ''quote'' and ; semicolon';\n",
       "COPY public.t (id, s) FROM stdin;\n1\ta'b\\\\c\n2\tx\\ty\n\\.\n",
       "BEGIN;\nSELECT pg_catalog.lo_open('1', 131072);\nSELECT pg_catalog.lo_close(0);\nCOMMIT;\n",
-      "/* é */ SELECT E'ü\\'' AS \"q\"\"uoted\";\n",
+      '/* é */ SELECT E\'ü\\\'\' AS "q""uoted";\n',
       "\\unrestrict k1\n",
     ].join("");
     const whole = guard(script);

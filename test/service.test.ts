@@ -56,7 +56,10 @@ describe("the scheduled slot", () => {
         schedule: "* * * * * *",
         timezone: "UTC",
         run: async (slot) => {
-          if (!(await claimSlot({ sql: db.sql, log: (l) => void lines.push({ ...l, who }) }, slot, "backup", "test job"))) return;
+          if (
+            !(await claimSlot({ sql: db.sql, log: (l) => void lines.push({ ...l, who }) }, slot, "backup", "test job"))
+          )
+            return;
           ran.push({ who, slot: slot.toISOString() });
           await Bun.sleep(300);
         },
@@ -70,7 +73,9 @@ describe("the scheduled slot", () => {
     const skipped = lines.filter((l) => l.msg === "test job skipped: another process took this run");
     expect(skipped.length).toBeGreaterThanOrEqual(1);
     expect(skipped.every((l) => slots.includes(l.scheduledFor as string))).toBe(true);
-    const rows = await db.sql<{ at: Date }[]>`select scheduled_for as at from backup_runs where kind = 'backup' order by 1`;
+    const rows = await db.sql<
+      { at: Date }[]
+    >`select scheduled_for as at from backup_runs where kind = 'backup' order by 1`;
     expect(rows.map((r) => r.at.toISOString())).toEqual(expect.arrayContaining(slots));
   });
 
@@ -126,7 +131,14 @@ describe("the service's parts", () => {
     const { events, part } = recorder();
     const service = await startParts([part("stream"), part("drills"), part("schedule")], deps());
     await service.stop();
-    expect(events).toEqual(["start stream after []", "start drills after [stream]", "start schedule after [stream,drills]", "stop schedule", "stop drills", "stop stream"]);
+    expect(events).toEqual([
+      "start stream after []",
+      "start drills after [stream]",
+      "start schedule after [stream,drills]",
+      "stop schedule",
+      "stop drills",
+      "stop stream",
+    ]);
   });
 
   test("a part that fails to start stops the ones already started, and the error is thrown", async () => {

@@ -19,7 +19,10 @@ setDefaultTimeout(120_000);
 
 const CHROMIUM = "/usr/bin/chromium";
 const haveChromium = await Bun.file(CHROMIUM).exists();
-if (!haveChromium) console.warn(`${CHROMIUM} is missing (Debian package chromium; .ci/run installs it): the status page's browser tests are skipped`);
+if (!haveChromium)
+  console.warn(
+    `${CHROMIUM} is missing (Debian package chromium; .ci/run installs it): the status page's browser tests are skipped`,
+  );
 const artifacts = join(import.meta.dir, "artifacts");
 const OPS_TOKEN = "ops-token-0123456789abcdef";
 
@@ -55,7 +58,15 @@ async function browser(options: { javaScriptEnabled: boolean }): Promise<Browser
   return chromium.launchPersistentContext(await tempDir("chromium-profile"), {
     executablePath: CHROMIUM,
     headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
     javaScriptEnabled: options.javaScriptEnabled,
     httpCredentials: { username: "ops", password: OPS_TOKEN },
     viewport: { width: 1000, height: 1400 },
@@ -72,7 +83,10 @@ describe.skipIf(!haveChromium)("the status page in a real browser", () => {
       const passedAt = Date.parse((await readDrill(join(dir, history.passed)))!.at);
       const headline = (await page.textContent("#headline"))!;
       // The page was rendered a moment ago: the figure is now's, or a minute before's.
-      expect([`Last verified restore: ${ago(Date.now() - passedAt)}`, `Last verified restore: ${ago(Date.now() - passedAt - 60_000)}`]).toContain(headline);
+      expect([
+        `Last verified restore: ${ago(Date.now() - passedAt)}`,
+        `Last verified restore: ${ago(Date.now() - passedAt - 60_000)}`,
+      ]).toContain(headline);
       expect(await page.getAttribute("#headline", "class")).toBe("ok");
       expect(await page.title()).toStartWith("PROBLEM");
       expect(await page.textContent("#last-drill")).toContain(`FAILED less than a minute ago (${history.failed})`);
@@ -85,10 +99,14 @@ describe.skipIf(!haveChromium)("the status page in a real browser", () => {
       expect(await marks("drill-passed")).toBe(1);
       expect(await marks("drill-failed")).toBe(1);
       expect(await marks("offsite")).toBe(1);
-      expect(await page.locator(`#timeline circle[data-kind="drill-failed"] title`).textContent()).toContain(history.failed);
+      expect(await page.locator(`#timeline circle[data-kind="drill-failed"] title`).textContent()).toContain(
+        history.failed,
+      );
       const rows = page.locator("#events tbody tr");
       expect(await rows.count()).toBe(5);
-      expect(await page.locator('#events tr[data-kind="drill-failed"]').textContent()).toContain("restore drill FAILED");
+      expect(await page.locator('#events tr[data-kind="drill-failed"]').textContent()).toContain(
+        "restore drill FAILED",
+      );
       expect(await page.locator('#events tr[data-kind="offsite"]').textContent()).toContain(history.passed);
       expect(await page.locator("#size-chart circle").count()).toBe(2);
       expect(await page.locator("#duration-chart circle").count()).toBe(2);
@@ -159,7 +177,11 @@ describe("who may see the page", () => {
 
 describe("shinkei status --watch", () => {
   test("shows the headline figures in a terminal, redraws when a backup lands, and Ctrl-C exits 0", async () => {
-    const term = await Terminal.start(["status", "--watch", "--interval", "1s"], { ...env, ...s3.env(), PATH: process.env.PATH! });
+    const term = await Terminal.start(["status", "--watch", "--interval", "1s"], {
+      ...env,
+      ...s3.env(),
+      PATH: process.env.PATH!,
+    });
     try {
       const first = await term.waitFor("Last verified restore: ");
       expect(first).toMatch(/Last verified restore: (less than a minute|\d+ minutes?) ago/);

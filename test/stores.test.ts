@@ -43,7 +43,8 @@ const backends: Backend[] = [
   {
     kind: "S3",
     empty: async (naming) => new S3Store(s3.config(`contract-${crypto.randomUUID().slice(0, 8)}/`), naming),
-    unreadable: async (naming) => new S3Store({ ...s3.config(), bucket: `missing-${crypto.randomUUID().slice(0, 8)}` }, naming),
+    unreadable: async (naming) =>
+      new S3Store({ ...s3.config(), bucket: `missing-${crypto.randomUUID().slice(0, 8)}` }, naming),
     verified: "etag",
   },
 ];
@@ -52,7 +53,15 @@ const backends: Backend[] = [
  * The same contract under each naming a store is built with: backups (a file and its manifest)
  * and the WAL archive (a sealed WAL file and its record).
  */
-type Names = { kind: string; naming: StoreNaming; name: string; companion: (name: string) => string; other: string; never: string; notOurs: string[] };
+type Names = {
+  kind: string;
+  naming: StoreNaming;
+  name: string;
+  companion: (name: string) => string;
+  other: string;
+  never: string;
+  notOurs: string[];
+};
 const backupFile = backupName(new Date(Date.UTC(2026, 0, 2, 3, 4, 5)));
 const namings: Names[] = [
   {
@@ -62,7 +71,12 @@ const namings: Names[] = [
     companion: (n) => n + MANIFEST_SUFFIX,
     other: backupName(new Date(Date.UTC(2026, 0, 3))),
     never: backupName(new Date(Date.UTC(2020, 0, 1))),
-    notOurs: ["notes.txt", "shinkei_backup_old_manual.sql.gz", `${backupFile}.bak`, "shinkei_backup_20260230_000000.sql.gz"],
+    notOurs: [
+      "notes.txt",
+      "shinkei_backup_old_manual.sql.gz",
+      `${backupFile}.bak`,
+      "shinkei_backup_20260230_000000.sql.gz",
+    ],
   },
   {
     kind: "WAL",
@@ -71,7 +85,13 @@ const namings: Names[] = [
     companion: (n) => n.replace(/\.gz(?:\.age)?$/, ".json"),
     other: "000000010000000000000003.gz.age",
     never: "000000010000000000000001.gz",
-    notOurs: ["notes.txt", "000000010000000000000002", "000000010000000000000002.gz.bak", backupFile, "shinkei_base_latest.tar.gz"],
+    notOurs: [
+      "notes.txt",
+      "000000010000000000000002",
+      "000000010000000000000002.gz.bak",
+      backupFile,
+      "shinkei_base_latest.tar.gz",
+    ],
   },
 ];
 
@@ -86,99 +106,113 @@ const listed = async (store: BackupStore) => (await store.list()).map((o) => [o.
 
 for (const backend of backends) {
   for (const { kind, naming, name, companion, other, never, notOurs } of namings) {
-  const manifest = companion(name);
-  describe(`the ${backend.kind} store with the ${kind} naming`, () => {
-    test("a new store holds nothing", async () => {
-      expect(await (await backend.empty(naming)).list()).toEqual([]);
-    });
+    const manifest = companion(name);
+    describe(`the ${backend.kind} store with the ${kind} naming`, () => {
+      test("a new store holds nothing", async () => {
+        expect(await (await backend.empty(naming)).list()).toEqual([]);
+      });
 
-    test("put, list, get: the bytes come back whole, listed by name and size", async () => {
-      const store = await backend.empty(naming);
-      const copy = await store.put(name, await source("backup bytes"));
-      expect(copy).toMatchObject({ sizeBytes: 12, verified: backend.verified });
-      await store.put(manifest, await source("{}"));
-      expect(await listed(store)).toEqual([[name, 12], [manifest, 2]]);
-      const modified = (await store.list())[0]!.modifiedAt;
-      expect(Math.abs(modified.getTime() - Date.now())).toBeLessThan(10 * 60_000);
+      test("put, list, get: the bytes come back whole, listed by name and size", async () => {
+        const store = await backend.empty(naming);
+        const copy = await store.put(name, await source("backup bytes"));
+        expect(copy).toMatchObject({ sizeBytes: 12, verified: backend.verified });
+        await store.put(manifest, await source("{}"));
+        expect(await listed(store)).toEqual([
+          [name, 12],
+          [manifest, 2],
+        ]);
+        const modified = (await store.list())[0]!.modifiedAt;
+        expect(Math.abs(modified.getTime() - Date.now())).toBeLessThan(10 * 60_000);
 
-      const into = await tempDir("store-get");
-      await store.get(name, join(into, name));
-      expect(await readFile(join(into, name), "utf8")).toBe("backup bytes");
-      expect(await readdir(into)).toEqual([name]); // no .partial left behind
-    });
+        const into = await tempDir("store-get");
+        await store.get(name, join(into, name));
+        expect(await readFile(join(into, name), "utf8")).toBe("backup bytes");
+        expect(await readdir(into)).toEqual([name]); // no .partial left behind
+      });
 
-    test("put replaces an object of the same name", async () => {
-      const store = await backend.empty(naming);
-      await store.put(name, await source("the first, longer copy"));
-      await store.put(name, await source("second"));
-      expect(await listed(store)).toEqual([[name, 6]]);
-      const into = join(await tempDir("store-get"), name);
-      await store.get(name, into);
-      expect(await readFile(into, "utf8")).toBe("second");
-    });
+      test("put replaces an object of the same name", async () => {
+        const store = await backend.empty(naming);
+        await store.put(name, await source("the first, longer copy"));
+        await store.put(name, await source("second"));
+        expect(await listed(store)).toEqual([[name, 6]]);
+        const into = join(await tempDir("store-get"), name);
+        await store.get(name, into);
+        expect(await readFile(into, "utf8")).toBe("second");
+      });
 
-    test("a store reads its own writes: put over the same name again and again, each copy checked whole as soon as it is up", async () => {
-      // put's own check (size, ETag) reads the object right after writing it; on a store that
-      // answered before its bytes were down, a replaced object showed 0 bytes now and then.
-      const store = await backend.empty(naming);
-      const files = await Promise.all(["a", "b"].map((c, i) => source(c.repeat(200_000 + i * 1000))));
-      for (let i = 0; i < 40; i++) {
-        expect((await store.put(name, files[i % 2]!)).sizeBytes).toBe(200_000 + (i % 2) * 1000);
-      }
-      expect(await listed(store)).toEqual([[name, 201_000]]);
-    });
+      test("a store reads its own writes: put over the same name again and again, each copy checked whole as soon as it is up", async () => {
+        // put's own check (size, ETag) reads the object right after writing it; on a store that
+        // answered before its bytes were down, a replaced object showed 0 bytes now and then.
+        const store = await backend.empty(naming);
+        const files = await Promise.all(["a", "b"].map((c, i) => source(c.repeat(200_000 + i * 1000))));
+        for (let i = 0; i < 40; i++) {
+          expect((await store.put(name, files[i % 2]!)).sizeBytes).toBe(200_000 + (i % 2) * 1000);
+        }
+        expect(await listed(store)).toEqual([[name, 201_000]]);
+      });
 
-    test("names that are not ours are never listed", async () => {
-      const store = await backend.empty(naming);
-      for (const stranger of notOurs) {
-        await store.put(stranger, await source("not ours"));
-      }
-      await store.put(name, await source("ours"));
-      expect(await listed(store)).toEqual([[name, 4]]);
-    });
+      test("names that are not ours are never listed", async () => {
+        const store = await backend.empty(naming);
+        for (const stranger of notOurs) {
+          await store.put(stranger, await source("not ours"));
+        }
+        await store.put(name, await source("ours"));
+        expect(await listed(store)).toEqual([[name, 4]]);
+      });
 
-    test("get of a missing object is BACKUP_NOT_FOUND, and leaves no file and no .partial", async () => {
-      const store = await backend.empty(naming);
-      const into = await tempDir("store-get");
-      await expect(store.get(name, join(into, name))).rejects.toMatchObject({ code: "BACKUP_NOT_FOUND", message: `no ${name} at ${store.location}` });
-      // A backup whose manifest is missing: the same answer for the manifest.
-      await store.put(name, await source("backup bytes"));
-      await expect(store.get(manifest, join(into, manifest))).rejects.toMatchObject({ code: "BACKUP_NOT_FOUND", message: `no ${manifest} at ${store.location}` });
-      expect(await readdir(into)).toEqual([]);
-    });
+      test("get of a missing object is BACKUP_NOT_FOUND, and leaves no file and no .partial", async () => {
+        const store = await backend.empty(naming);
+        const into = await tempDir("store-get");
+        await expect(store.get(name, join(into, name))).rejects.toMatchObject({
+          code: "BACKUP_NOT_FOUND",
+          message: `no ${name} at ${store.location}`,
+        });
+        // A backup whose manifest is missing: the same answer for the manifest.
+        await store.put(name, await source("backup bytes"));
+        await expect(store.get(manifest, join(into, manifest))).rejects.toMatchObject({
+          code: "BACKUP_NOT_FOUND",
+          message: `no ${manifest} at ${store.location}`,
+        });
+        expect(await readdir(into)).toEqual([]);
+      });
 
-    test("remove deletes a backup and its manifest; what is already gone is no error", async () => {
-      const store = await backend.empty(naming);
-      await store.put(name, await source("backup bytes"));
-      await store.put(manifest, await source("{}"));
-      await store.put(other, await source("another backup"));
-      await store.remove(name);
-      expect(await listed(store)).toEqual([[other, 14]]);
-      await store.remove(name); // both gone already
-      await store.put(companion(other), await source("{}"));
-      await store.remove(never); // never there
-      expect(await listed(store)).toEqual([[other, 14], [companion(other), 2]]);
-    });
+      test("remove deletes a backup and its manifest; what is already gone is no error", async () => {
+        const store = await backend.empty(naming);
+        await store.put(name, await source("backup bytes"));
+        await store.put(manifest, await source("{}"));
+        await store.put(other, await source("another backup"));
+        await store.remove(name);
+        expect(await listed(store)).toEqual([[other, 14]]);
+        await store.remove(name); // both gone already
+        await store.put(companion(other), await source("{}"));
+        await store.remove(never); // never there
+        expect(await listed(store)).toEqual([
+          [other, 14],
+          [companion(other), 2],
+        ]);
+      });
 
-    test("remove refuses a name that is not ours, and deletes nothing", async () => {
-      const store = await backend.empty(naming);
-      await store.put("notes.txt", await source("someone's notes"));
-      await expect(store.remove("notes.txt")).rejects.toMatchObject({ message: "refusing to delete notes.txt: not a shinkei backup name" });
-      const into = join(await tempDir("store-get"), "notes.txt");
-      await store.get("notes.txt", into);
-      expect(await readFile(into, "utf8")).toBe("someone's notes");
-    });
+      test("remove refuses a name that is not ours, and deletes nothing", async () => {
+        const store = await backend.empty(naming);
+        await store.put("notes.txt", await source("someone's notes"));
+        await expect(store.remove("notes.txt")).rejects.toMatchObject({
+          message: "refusing to delete notes.txt: not a shinkei backup name",
+        });
+        const into = join(await tempDir("store-get"), "notes.txt");
+        await store.get("notes.txt", into);
+        expect(await readFile(into, "utf8")).toBe("someone's notes");
+      });
 
-    test("a store that cannot be read is STORE_FAILED for every method, never empty or not found", async () => {
-      const store = await backend.unreadable(naming);
-      const failed = { code: "STORE_FAILED", message: expect.stringContaining(store.location) };
-      await expect(store.list()).rejects.toMatchObject(failed);
-      const into = await tempDir("store-get");
-      await expect(store.get(name, join(into, name))).rejects.toMatchObject(failed);
-      await expect(store.put(name, await source("backup bytes"))).rejects.toMatchObject(failed);
-      await expect(store.remove(name)).rejects.toMatchObject(failed);
-      expect(await readdir(into)).toEqual([]);
+      test("a store that cannot be read is STORE_FAILED for every method, never empty or not found", async () => {
+        const store = await backend.unreadable(naming);
+        const failed = { code: "STORE_FAILED", message: expect.stringContaining(store.location) };
+        await expect(store.list()).rejects.toMatchObject(failed);
+        const into = await tempDir("store-get");
+        await expect(store.get(name, join(into, name))).rejects.toMatchObject(failed);
+        await expect(store.put(name, await source("backup bytes"))).rejects.toMatchObject(failed);
+        await expect(store.remove(name)).rejects.toMatchObject(failed);
+        expect(await readdir(into)).toEqual([]);
+      });
     });
-  });
   }
 }

@@ -46,18 +46,26 @@ function collector(): { log: Log; lines: Line[] } {
   return { lines, log: (l) => void lines.push(l) };
 }
 
-const configFor = (dir: string, extra: Record<string, string> = {}) => loadConfig({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", ...extra });
-const timeline = async () => (await sql<{ tl: number }[]>`select timeline_id as tl from pg_control_checkpoint()`)[0]!.tl;
+const configFor = (dir: string, extra: Record<string, string> = {}) =>
+  loadConfig({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", ...extra });
+const timeline = async () =>
+  (await sql<{ tl: number }[]>`select timeline_id as tl from pg_control_checkpoint()`)[0]!.tl;
 
 const flushedTo = (lsn: string) =>
   until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+    const [r] = await sql<
+      { ok: boolean }[]
+    >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
     return r?.ok;
   });
 
 /** Write a row and flush it to the receiver; the segment it went into. */
 async function commitFlushed(value: string): Promise<string> {
-  const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+  const { lsn } = (
+    await sql<
+      { lsn: string }[]
+    >`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`
+  )[0]!;
   await flushedTo(lsn);
   return segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
 }
@@ -93,7 +101,9 @@ describe("a .partial pg_receivewal refuses", () => {
     for (const n of await readdir(spoolOf(dir))) await rm(join(spoolOf(dir), n));
     await writeFile(join(spoolOf(dir), `${seg}.partial`), Buffer.alloc(991_232));
     // `backup check` sees the refused file before anything repairs it.
-    expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.refused).toEqual([{ name: `${seg}.partial`, sizeBytes: 991_232 }]);
+    expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.refused).toEqual([
+      { name: `${seg}.partial`, sizeBytes: 991_232 },
+    ]);
 
     stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
     try {
@@ -101,7 +111,12 @@ describe("a .partial pg_receivewal refuses", () => {
       const wal = await archivedWal(stream, dir, seg);
       expect(wal.includes("in-the-zeroed-segment")).toBe(true);
       expect(findGaps(await listArchive(walRoot(dir)), segmentBytes)).toEqual([]);
-      expect(lines.some((l) => l.msg === String(l.msg) && String(l.msg).startsWith("wal partial removed") && l.file === `${seg}.partial`)).toBe(true);
+      expect(
+        lines.some(
+          (l) =>
+            l.msg === String(l.msg) && String(l.msg).startsWith("wal partial removed") && l.file === `${seg}.partial`,
+        ),
+      ).toBe(true);
       expect(lines.some((l) => /should be 0 or/.test(String(l.detail)))).toBe(false);
     } finally {
       await stream.stop();
@@ -158,7 +173,13 @@ describe("a .partial pg_receivewal refuses", () => {
     let stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
     let seg: string;
     try {
-      await until("the receiver to stream", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length === 1);
+      await until(
+        "the receiver to stream",
+        async () =>
+          (
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+          ).length === 1,
+      );
       seg = await commitFlushed("before-the-hole");
     } finally {
       await stream.stop();
@@ -173,11 +194,21 @@ describe("a .partial pg_receivewal refuses", () => {
     }
     stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
     try {
-      await until("the receiver to give up on the removed WAL", async () => lines.find((l) => String(l.msg).startsWith("wal receiver cannot resume")));
-      await until("the receiver to stream again", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length === 1);
+      await until("the receiver to give up on the removed WAL", async () =>
+        lines.find((l) => String(l.msg).startsWith("wal receiver cannot resume")),
+      );
+      await until(
+        "the receiver to stream again",
+        async () =>
+          (
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+          ).length === 1,
+      );
       const records = await listArchive(walRoot(dir));
       expect(records.filter((r) => r.kind === "partial")).toEqual([]);
-      expect(lines.some((l) => l.msg === "wal partial without WAL removed, not archived" && l.file === `${seg}.partial`)).toBe(true);
+      expect(
+        lines.some((l) => l.msg === "wal partial without WAL removed, not archived" && l.file === `${seg}.partial`),
+      ).toBe(true);
     } finally {
       await stream.stop();
     }
@@ -197,51 +228,76 @@ const canMount = await (async () => {
   await rm(probe, { recursive: true, force: true });
   return ok;
 })();
-if (!canMount) console.warn("wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial tests above write the files a full disk leaves)");
+if (!canMount)
+  console.warn(
+    "wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial tests above write the files a full disk leaves)",
+  );
 
 describe("a real full disk (a 64 MiB tmpfs)", () => {
-  test.skipIf(!canMount)("is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, with no gap", async () => {
-    const dir = await tempDir("wal-full");
-    expect(await mountTmpfs(dir, "64m")).toBe(true);
-    const config = configFor(dir, { WAL_SLOT: "shinkei_full" });
-    const { log, lines } = collector();
-    let stream: WalStream | undefined;
-    try {
-      await mkdir(join(dir, "wal"), { recursive: true });
-      stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 30_000 }, spaceCheckMs: 200 });
-      const first = await commitFlushed("before-the-disk-fills");
-      // Incompressible rows until the receiver meets the full disk.
-      for (let i = 0; i < 200 && !lines.some((l) => String(l.msg).startsWith("disk full")); i++) {
-        await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '') from generate_series(1, 16) i) from generate_series(1, 4000) g`;
-      }
-      const full = await until("the full disk to be reported", async () => lines.find((l) => String(l.msg).startsWith("disk full")), 30_000);
-      expect(full.level).toBe("error");
-      expect(stream.receiver.diskFull()).toBe(true);
-      const problems = pitrProblems(await pitrStatus(sql, config), config.wal.maxLagMs);
-      expect(problems.some((p) => p.includes("less than one WAL segment"))).toBe(true);
-      expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.diskFull).toBe(true);
-      const startsBefore = lines.filter((l) => l.msg === "wal receiver started").length;
-      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('while-the-disk-is-full') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+  test.skipIf(!canMount)(
+    "is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, with no gap",
+    async () => {
+      const dir = await tempDir("wal-full");
+      expect(await mountTmpfs(dir, "64m")).toBe(true);
+      const config = configFor(dir, { WAL_SLOT: "shinkei_full" });
+      const { log, lines } = collector();
+      let stream: WalStream | undefined;
+      try {
+        await mkdir(join(dir, "wal"), { recursive: true });
+        stream = await startWalStream({
+          sql,
+          config,
+          log,
+          pollMs: 100,
+          backoffMs: { min: 200, max: 30_000 },
+          spaceCheckMs: 200,
+        });
+        const first = await commitFlushed("before-the-disk-fills");
+        // Incompressible rows until the receiver meets the full disk.
+        for (let i = 0; i < 200 && !lines.some((l) => String(l.msg).startsWith("disk full")); i++) {
+          await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '') from generate_series(1, 16) i) from generate_series(1, 4000) g`;
+        }
+        const full = await until(
+          "the full disk to be reported",
+          async () => lines.find((l) => String(l.msg).startsWith("disk full")),
+          30_000,
+        );
+        expect(full.level).toBe("error");
+        expect(stream.receiver.diskFull()).toBe(true);
+        const problems = pitrProblems(await pitrStatus(sql, config), config.wal.maxLagMs);
+        expect(problems.some((p) => p.includes("less than one WAL segment"))).toBe(true);
+        expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.diskFull).toBe(true);
+        const startsBefore = lines.filter((l) => l.msg === "wal receiver started").length;
+        const { lsn } = (
+          await sql<
+            { lsn: string }[]
+          >`insert into canary values ('while-the-disk-is-full') returning pg_current_wal_insert_lsn()::text as lsn`
+        )[0]!;
 
-      // Space returns; the receiver restarts within a few checks, not after its 30 s backoff.
-      const grown = Bun.spawn(["mount", "-o", "remount,size=512m", dir]);
-      expect(await grown.exited).toBe(0);
-      await until("the receiver to restart", async () => lines.filter((l) => l.msg === "wal receiver started").length > startsBefore, 10_000);
-      expect(lines.some((l) => l.msg === "disk space returned: restarting the WAL receiver")).toBe(true);
-      await flushedTo(lsn);
-      const last = segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
-      await archivedWal(stream, dir, last);
-      const records = await listArchive(walRoot(dir));
-      expect(findGaps(records, segmentBytes)).toEqual([]);
-      expect(records.some((r) => r.name === first)).toBe(true);
-      expect(records.filter((r) => r.kind === "partial")).toEqual([]);
-      expect(stream.receiver.diskFull()).toBe(false);
-      expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.diskFull).toBe(false);
-    } finally {
-      await stream?.stop();
-      await sql`select pg_drop_replication_slot('shinkei_full')`.catch(() => {});
-      await Bun.spawn(["umount", "-l", dir]).exited;
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+        // Space returns; the receiver restarts within a few checks, not after its 30 s backoff.
+        const grown = Bun.spawn(["mount", "-o", "remount,size=512m", dir]);
+        expect(await grown.exited).toBe(0);
+        await until(
+          "the receiver to restart",
+          async () => lines.filter((l) => l.msg === "wal receiver started").length > startsBefore,
+          10_000,
+        );
+        expect(lines.some((l) => l.msg === "disk space returned: restarting the WAL receiver")).toBe(true);
+        await flushedTo(lsn);
+        const last = segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
+        await archivedWal(stream, dir, last);
+        const records = await listArchive(walRoot(dir));
+        expect(findGaps(records, segmentBytes)).toEqual([]);
+        expect(records.some((r) => r.name === first)).toBe(true);
+        expect(records.filter((r) => r.kind === "partial")).toEqual([]);
+        expect(stream.receiver.diskFull()).toBe(false);
+        expect((await archiveWindow(dir, archiveTrust(undefined), segmentBytes)).spool.diskFull).toBe(false);
+      } finally {
+        await stream?.stop();
+        await sql`select pg_drop_replication_slot('shinkei_full')`.catch(() => {});
+        await Bun.spawn(["umount", "-l", dir]).exited;
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

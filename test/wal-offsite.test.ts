@@ -51,31 +51,60 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
   const dir = await tempDir("wal-s3");
   const key = join(await tempDir("wal-s3-key"), "k");
   const recipient = await writeIdentity(key);
-  const env = { DATABASE_URL: cluster.url("shinkei"), BACKUP_DIR: dir, WAL_ARCHIVE: "stream", BACKUP_AGE_RECIPIENTS: recipient, WAL_PARTIAL_UPLOAD_INTERVAL: "1s", ...s3.env("shinkei/") };
+  const env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    BACKUP_AGE_RECIPIENTS: recipient,
+    WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
+    ...s3.env("shinkei/"),
+  };
   const config = loadConfig(env);
   const lines: Record<string, unknown>[] = [];
   const stream = await startWalStream({ sql, config, log: (l) => void lines.push(l), pollMs: 100, uploadEveryMs: 200 });
   const age = { recipients: [], identityFile: key };
   try {
-    const base = await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    const base = await createBaseBackup({
+      sql,
+      url: config.databaseUrl,
+      backupDir: dir,
+      reason: "manual",
+      fast: true,
+      age: config.backup.age,
+    });
     // Encrypted: checked whole with the private key; with public keys only, the hashes and a note.
     const [sealedBase] = await listBaseBackups(dir);
-    expect(await verifyBaseBackup(dir, sealedBase!, { recipients: [], identityFile: key })).toMatchObject({ ok: true, problems: [] });
+    expect(await verifyBaseBackup(dir, sealedBase!, { recipients: [], identityFile: key })).toMatchObject({
+      ok: true,
+      problems: [],
+    });
     const publicOnly = await verifyBaseBackup(dir, (await listBaseBackups(dir))[0]!, config.backup.age);
     expect(publicOnly.ok).toBe(true);
     expect(publicOnly.skipped).toContain("no key");
     expect(publicOnly.pgVerifybackup).toBeNull();
 
     // The segment being received: copied within the interval, sealed like the rest.
-    const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('partial-canary-3141') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+    const { lsn } = (
+      await sql<
+        { lsn: string }[]
+      >`insert into canary values ('partial-canary-3141') returning pg_current_wal_insert_lsn()::text as lsn`
+    )[0]!;
     const seg = segmentName(1, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
-    await until("the receiver to flush the row", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+    await until(
+      "the receiver to flush the row",
+      async () =>
+        (
+          await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
+        ).length === 1,
+    );
     const store = walStore(config)!;
     const partialCopy = join(dir, "partial-copy");
     await until("the partial off-site, holding the row", async () => {
       if (!(await objects(config)).has(`${seg}.partial.zst.age`)) return false;
       await store.get(`${seg}.partial.zst.age`, partialCopy);
-      const plain = Buffer.from(await new Response(await decrypt(Bun.file(partialCopy).stream(), age, "partial")).arrayBuffer());
+      const plain = Buffer.from(
+        await new Response(await decrypt(Bun.file(partialCopy).stream(), age, "partial")).arrayBuffer(),
+      );
       return zstdDecompressSync(plain).includes("partial-canary-3141");
     });
     expect((await readFile(partialCopy)).includes("partial-canary-3141")).toBe(false);
@@ -90,7 +119,14 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     await sql`select pg_switch_wal()`;
     await until("the finished segment off-site", async () => {
       const o = await objects(config);
-      return o.has(`${seg}.zst.age`) && o.has(`${seg}.json`) && !o.has(`${seg}.partial.zst.age`) && o.has(base.manifest.file) && o.has(`${base.manifest.file}.manifest.json`) && o.has(base.manifest.backupManifestFile);
+      return (
+        o.has(`${seg}.zst.age`) &&
+        o.has(`${seg}.json`) &&
+        !o.has(`${seg}.partial.zst.age`) &&
+        o.has(base.manifest.file) &&
+        o.has(`${base.manifest.file}.manifest.json`) &&
+        o.has(base.manifest.backupManifestFile)
+      );
     });
     const record = (await listArchive(walRoot(dir))).find((r) => r.name === seg)!;
     expect(record.offsite?.s3?.location).toBe(`s3://${s3.bucket}/shinkei/wal/`);
@@ -106,22 +142,33 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
     await s3.stop();
     const during: string[] = [];
     for (let i = 0; i < 2; i++) {
-      const r = (await sql<{ lsn: string }[]>`insert into canary values (${`outage-${i}`}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      const r = (
+        await sql<
+          { lsn: string }[]
+        >`insert into canary values (${`outage-${i}`}) returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
       during.push(segmentName(1, segnoOf(parseLsn(r.lsn), segmentBytes), segmentBytes));
       await sql`select pg_switch_wal()`;
     }
     await until("the outage segments archived locally and the failure logged", async () => {
       await stream.drain();
       const names = (await listArchive(walRoot(dir))).map((r) => r.name);
-      return during.every((n) => names.includes(n)) && lines.some((l) => l.msg === "wal off-site copy failed; retrying");
+      return (
+        during.every((n) => names.includes(n)) && lines.some((l) => l.msg === "wal off-site copy failed; retrying")
+      );
     });
     await s3.start();
     await until("the catch-up", async () => {
       const o = await objects(config);
-      return during.every((n) => o.has(`${n}.zst.age`) && o.has(`${n}.json`)) && lines.some((l) => l.msg === "wal off-site copy caught up");
+      return (
+        during.every((n) => o.has(`${n}.zst.age`) && o.has(`${n}.json`)) &&
+        lines.some((l) => l.msg === "wal off-site copy caught up")
+      );
     });
     // Every archived record now names its checked copy.
-    expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(true);
+    expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").every((r) => r.offsite?.s3)).toBe(
+      true,
+    );
     expect((await pitrStatus(sql, config)).offsite!.notCopied).toBe(0);
 
     // restore_command on a host with only the off-site copy: fetched and checked; S3 down aborts, never "no more WAL".
@@ -145,19 +192,49 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
 
 test("an S3 outage while the server writes: the off-site lag of WAL and base backups grows past PITR_OFFSITE_MAX_LAG, backup check fails naming it, the metric shows it, and both clear after the catch-up", async () => {
   const dir = await tempDir("wal-s3-lag");
-  const env = { DATABASE_URL: cluster.url("shinkei"), BACKUP_DIR: dir, WAL_ARCHIVE: "stream", WAL_SLOT: "shinkei_lag", WAL_PARTIAL_UPLOAD_INTERVAL: "1s", PITR_OFFSITE_MAX_LAG: "3s", ...s3.env("lag/") };
+  const env = {
+    DATABASE_URL: cluster.url("shinkei"),
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    WAL_SLOT: "shinkei_lag",
+    WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
+    PITR_OFFSITE_MAX_LAG: "3s",
+    ...s3.env("lag/"),
+  };
   const config = loadConfig(env);
   const lines: Record<string, unknown>[] = [];
   const stream = await startWalStream({ sql, config, log: (l) => void lines.push(l), pollMs: 100, uploadEveryMs: 200 });
   // A scrape of its own each time: a registry keeps its facts for a second.
-  const scrape = () => new Metrics({ sources: [archiveSource(dir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs, { config })] }).text();
-  const lag = async (kind: string) => Number(new RegExp(`^shinkei_offsite_lag_seconds\\{kind="${kind}"\\} (\\S+)$`, "m").exec(await scrape())?.[1]);
-  const offsiteProblems = async () => (await shinkei(["backup", "check"], env)).stderr.split("\n").filter((l) => l.includes("PITR_OFFSITE_MAX_LAG"));
+  const scrape = () =>
+    new Metrics({
+      sources: [archiveSource(dir, archiveTrust(config.backup.age), config.backup, config.wal.maxLagMs, { config })],
+    }).text();
+  const lag = async (kind: string) =>
+    Number(new RegExp(`^shinkei_offsite_lag_seconds\\{kind="${kind}"\\} (\\S+)$`, "m").exec(await scrape())?.[1]);
+  const offsiteProblems = async () =>
+    (await shinkei(["backup", "check"], env)).stderr.split("\n").filter((l) => l.includes("PITR_OFFSITE_MAX_LAG"));
   try {
-    await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    await createBaseBackup({
+      sql,
+      url: config.databaseUrl,
+      backupDir: dir,
+      reason: "manual",
+      fast: true,
+      age: config.backup.age,
+    });
     const write = async (v: string) => {
-      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values (${v}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
-      await until("the receiver to flush", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+      const { lsn } = (
+        await sql<
+          { lsn: string }[]
+        >`insert into canary values (${v}) returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
+      await until(
+        "the receiver to flush",
+        async () =>
+          (
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
+          ).length === 1,
+      );
     };
     await write("before-the-outage");
     await until("everything off-site", async () => {
@@ -169,7 +246,14 @@ test("an S3 outage while the server writes: the off-site lag of WAL and base bac
     expect(await lag("base")).toBe(0);
 
     await s3.stop();
-    await createBaseBackup({ sql, url: config.databaseUrl, backupDir: dir, reason: "manual", fast: true, age: config.backup.age });
+    await createBaseBackup({
+      sql,
+      url: config.databaseUrl,
+      backupDir: dir,
+      reason: "manual",
+      fast: true,
+      age: config.backup.age,
+    });
     const started = Date.now();
     for (let i = 0; Date.now() - started < 5000; i++) {
       await write(`during-the-outage-${i}`);
@@ -184,17 +268,23 @@ test("an S3 outage while the server writes: the off-site lag of WAL and base bac
     const red = await shinkei(["backup", "check"], env);
     expect(red.code).toBe(1);
     const problems = red.stderr.split("\n").filter((l) => l.includes("PITR_OFFSITE_MAX_LAG"));
-    expect(problems.some((l) => l.includes("the off-site WAL copy") && l.includes("trails the local archive"))).toBe(true);
+    expect(problems.some((l) => l.includes("the off-site WAL copy") && l.includes("trails the local archive"))).toBe(
+      true,
+    );
     expect(problems.some((l) => l.includes("1 base backup(s) not copied"))).toBe(true);
     expect(await lag("wal")).toBeGreaterThan(3);
     expect(await lag("base")).toBeGreaterThan(3);
     expect(await scrape()).toContain('shinkei_offsite_max_lag_seconds{kind="wal"} 3');
 
     await s3.start();
-    await until("the catch-up", async () => {
-      const o = (await pitrStatus(sql, config)).offsite!;
-      return o.basesNotCopied === 0 && o.notCopied === 0 && o.lagSeconds < 2;
-    }, 60_000);
+    await until(
+      "the catch-up",
+      async () => {
+        const o = (await pitrStatus(sql, config)).offsite!;
+        return o.basesNotCopied === 0 && o.notCopied === 0 && o.lagSeconds < 2;
+      },
+      60_000,
+    );
     expect(await offsiteProblems()).toEqual([]);
     expect(await lag("base")).toBe(0);
   } finally {

@@ -53,13 +53,19 @@ function collector(): { log: Log; lines: Line[] } {
 /** The receiver has flushed everything up to `lsn` (the server's own view of it). */
 const flushedTo = (lsn: string) =>
   until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+    const [r] = await sql<
+      { ok: boolean }[]
+    >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
     return r?.ok;
   });
 
 /** Write a row, end its segment, and wait until that segment is in the archive; its name. */
 async function commitAndArchive(stream: WalStream, dir: string, value: string): Promise<string> {
-  const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+  const { lsn } = (
+    await sql<
+      { lsn: string }[]
+    >`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`
+  )[0]!;
   await sql`select pg_switch_wal()`;
   const { tl } = (await sql<{ tl: number }[]>`select timeline_id as tl from pg_control_checkpoint()`)[0]!;
   const name = segmentName(tl, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
@@ -80,7 +86,11 @@ describe("continuous WAL archive", () => {
     const { log, lines } = collector();
     const stream = await startWalStream({ sql, config: configFor(dir), log, pollMs: 100 });
     try {
-      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('streamed-row-7781') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      const { lsn } = (
+        await sql<
+          { lsn: string }[]
+        >`insert into canary values ('streamed-row-7781') returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
       await flushedTo(lsn);
       const name = await commitAndArchive(stream, dir, "second-row");
       const records = await listArchive(walRoot(dir));
@@ -105,13 +115,21 @@ describe("continuous WAL archive", () => {
     } finally {
       await stream.stop();
     }
-    expect(lines.at(-1)?.msg === "wal receiver stopped" || lines.some((l) => l.msg === "wal receiver stopped")).toBe(true);
+    expect(lines.at(-1)?.msg === "wal receiver stopped" || lines.some((l) => l.msg === "wal receiver stopped")).toBe(
+      true,
+    );
   });
 
   test("a receiver killed with SIGKILL is restarted and, through the slot, leaves no gap", async () => {
     const dir = await tempDir("wal-kill");
     const { log, lines } = collector();
-    const stream = await startWalStream({ sql, config: configFor(dir, { WAL_SLOT: "shinkei_kill" }), log, pollMs: 100, backoffMs: { min: 300, max: 1000 } });
+    const stream = await startWalStream({
+      sql,
+      config: configFor(dir, { WAL_SLOT: "shinkei_kill" }),
+      log,
+      pollMs: 100,
+      backoffMs: { min: 300, max: 1000 },
+    });
     try {
       const first = await commitAndArchive(stream, dir, "before-kill");
       const pid = stream.receiver.pid()!;
@@ -165,7 +183,11 @@ describe("continuous WAL archive", () => {
     }
     // The same bytes, decrypted with the key, do hold the row: the check above could have failed.
     const stored = Bun.file(join(walRoot(dir), "00000001", r.file)).stream();
-    const plain = Buffer.from(await new Response(await decrypt(stored, { recipients: [], identityFile: key }, r.file, r.encryption)).arrayBuffer());
+    const plain = Buffer.from(
+      await new Response(
+        await decrypt(stored, { recipients: [], identityFile: key }, r.file, r.encryption),
+      ).arrayBuffer(),
+    );
     expect(zstdDecompressSync(plain).includes("secret-canary-5521")).toBe(true);
   });
 
@@ -173,7 +195,10 @@ describe("continuous WAL archive", () => {
     await sql`alter system set max_slot_wal_keep_size = -1`;
     await sql`select pg_reload_conf()`;
     try {
-      await until("the reload", async () => (await sql`show max_slot_wal_keep_size`)[0]!.max_slot_wal_keep_size === "-1");
+      await until(
+        "the reload",
+        async () => (await sql`show max_slot_wal_keep_size`)[0]!.max_slot_wal_keep_size === "-1",
+      );
       const error = await ensureSlot(sql, "shinkei_unbounded").catch((e) => e);
       expect(error).toBeInstanceOf(ShinkeiError);
       expect(error.code).toBe("WAL_SLOT_UNBOUNDED");
@@ -184,7 +209,11 @@ describe("continuous WAL archive", () => {
       expect(await slotStatus(sql, "shinkei_unbounded")).toBeNull();
       // The service refuses before it streams anything.
       const dir = await tempDir("wal-refused");
-      const refused = await startWalStream({ sql, config: configFor(dir, { WAL_SLOT: "shinkei_unbounded" }), log: () => {} }).catch((e) => e);
+      const refused = await startWalStream({
+        sql,
+        config: configFor(dir, { WAL_SLOT: "shinkei_unbounded" }),
+        log: () => {},
+      }).catch((e) => e);
       expect(refused.code).toBe("WAL_SLOT_UNBOUNDED");
     } finally {
       await sql`alter system reset max_slot_wal_keep_size`;
@@ -196,15 +225,25 @@ describe("continuous WAL archive", () => {
     await sql`alter system set synchronous_standby_names = 'FIRST 1 (other, shinkei_wal)'`;
     await sql`select pg_reload_conf()`;
     try {
-      await until("the reload", async () => (await sql`show synchronous_standby_names`)[0]!.synchronous_standby_names !== "");
-      const refused = await startWalStream({ sql, config: configFor(await tempDir("wal-sync"), { WAL_SLOT: "shinkei_sync" }), log: () => {} }).catch((e) => e);
+      await until(
+        "the reload",
+        async () => (await sql`show synchronous_standby_names`)[0]!.synchronous_standby_names !== "",
+      );
+      const refused = await startWalStream({
+        sql,
+        config: configFor(await tempDir("wal-sync"), { WAL_SLOT: "shinkei_sync" }),
+        log: () => {},
+      }).catch((e) => e);
       expect(refused).toBeInstanceOf(ShinkeiError);
       expect(refused.message).toContain("synchronous_standby_names names the WAL receiver");
       expect(await slotStatus(sql, "shinkei_sync")).toBeNull();
     } finally {
       await sql`alter system reset synchronous_standby_names`;
       await sql`select pg_reload_conf()`;
-      await until("the reset", async () => (await sql`show synchronous_standby_names`)[0]!.synchronous_standby_names === "");
+      await until(
+        "the reset",
+        async () => (await sql`show synchronous_standby_names`)[0]!.synchronous_standby_names === "",
+      );
     }
   });
 
@@ -213,13 +252,29 @@ describe("continuous WAL archive", () => {
     await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
     const dir = await tempDir("wal-noslot");
     const { log, lines } = collector();
-    const stream = await startWalStream({ sql, config: configFor(dir, { WAL_SLOT: "none" }), log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+    const stream = await startWalStream({
+      sql,
+      config: configFor(dir, { WAL_SLOT: "none" }),
+      log,
+      pollMs: 100,
+      backoffMs: { min: 200, max: 400 },
+    });
     try {
       // Without a slot, only WAL written after the receiver connects is streamed.
-      await until("the receiver to stream", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length === 1);
+      await until(
+        "the receiver to stream",
+        async () =>
+          (
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+          ).length === 1,
+      );
       const before = await commitAndArchive(stream, dir, "before-outage");
       // A row in the next segment: the receiver holds the start of it as .partial.
-      const { lsn } = (await sql<{ lsn: string }[]>`insert into canary values ('in-partial') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      const { lsn } = (
+        await sql<
+          { lsn: string }[]
+        >`insert into canary values ('in-partial') returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
       await flushedTo(lsn);
       const pid = stream.receiver.pid()!;
       // Frozen, then killed: it cannot resume before the server has recycled what it was receiving.
@@ -231,7 +286,9 @@ describe("continuous WAL archive", () => {
       }
       process.kill(pid, "SIGKILL");
       process.kill(pid, "SIGCONT");
-      const reported = await until("the gap to be reported", async () => lines.find((l) => String(l.msg).startsWith("wal gap")));
+      const reported = await until("the gap to be reported", async () =>
+        lines.find((l) => String(l.msg).startsWith("wal gap")),
+      );
       const after = await commitAndArchive(stream, dir, "after-outage");
       const records = await listArchive(walRoot(dir));
       const gaps = findGaps(records, segmentBytes);
@@ -261,16 +318,34 @@ describe("the gap check when the receiver starts", () => {
     for (const n of [1n, 2n]) await writeFile(join(dir, "spool", segmentName(1, n, SEG)), "");
     lines.length = 0;
     await checkForGap({ root: join(dir, "wal"), spool: join(dir, "spool"), segmentBytes: SEG, log }, "0/5000000", 1);
-    expect(lines).toEqual([expect.objectContaining({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", from: segmentName(1, 3n, SEG), to: segmentName(1, 4n, SEG), segments: 2 })]);
+    expect(lines).toEqual([
+      expect.objectContaining({
+        level: "error",
+        msg: "wal gap: the receiver resumes past WAL it never received",
+        from: segmentName(1, 3n, SEG),
+        to: segmentName(1, 4n, SEG),
+        segments: 2,
+      }),
+    ]);
   });
 
   test("a check that cannot tell (the spool is not a folder) is an error line naming where the receiver resumed, not silence", async () => {
     const dir = await tempDir("wal-gapcheck");
     await writeFile(join(dir, "spool"), "not a folder");
     lines.length = 0;
-    await checkForGap({ root: join(dir, "wal"), spool: join(dir, "spool"), segmentBytes: SEG, slot: "shinkei_x", log }, "0/5000000", 1);
+    await checkForGap(
+      { root: join(dir, "wal"), spool: join(dir, "spool"), segmentBytes: SEG, slot: "shinkei_x", log },
+      "0/5000000",
+      1,
+    );
     expect(lines.length).toBe(1);
-    expect(lines[0]).toMatchObject({ level: "error", timeline: 1, resumedAtLsn: "0/5000000", resumesAt: segmentName(1, 5n, SEG), slot: "shinkei_x" });
+    expect(lines[0]).toMatchObject({
+      level: "error",
+      timeline: 1,
+      resumedAtLsn: "0/5000000",
+      resumesAt: segmentName(1, 5n, SEG),
+      slot: "shinkei_x",
+    });
     expect(String(lines[0]!.msg)).toStartWith("wal gap check failed");
     expect(String(lines[0]!.error)).toContain("ENOTDIR");
   });
@@ -287,12 +362,22 @@ describe("a slot past max_slot_wal_keep_size", () => {
     try {
       await until("the slot to be watched", async () => lines.find((l) => l.msg === "replication slot healthy"));
       // Something received first: with nothing held there is no hole to name, only a start.
-      const [{ lsn }] = (await sql<{ lsn: string }[]>`insert into canary values ('received') returning pg_current_wal_insert_lsn()::text as lsn`) as any;
-      await until("the receiver to flush it", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`).length === 1);
+      const [{ lsn }] = (await sql<
+        { lsn: string }[]
+      >`insert into canary values ('received') returning pg_current_wal_insert_lsn()::text as lsn`) as any;
+      await until(
+        "the receiver to flush it",
+        async () =>
+          (
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
+          ).length === 1,
+      );
       await service.stop();
       // The receiver resumes at most one segment past the newest it holds (sealed, partial, or in the spool).
-      const held = [...(await listArchive(walRoot(dir))).map((r) => r.name), ...(await readdir(join(dir, "wal", "spool")))]
-        .map((n) => parseSegment(n.replace(/\.partial$/, ""), segmentBytes)?.segno ?? -1n);
+      const held = [
+        ...(await listArchive(walRoot(dir))).map((r) => r.name),
+        ...(await readdir(join(dir, "wal", "spool"))),
+      ].map((n) => parseSegment(n.replace(/\.partial$/, ""), segmentBytes)?.segno ?? -1n);
       const resume = segmentName(1, held.reduce((a, b) => (b > a ? b : a), -1n) + 1n, segmentBytes);
       // The receiver is down; the server writes more WAL than the slot may keep, and a checkpoint
       // drops it: the slot is lost, and (what the restart meets) the WAL to resume from is gone.
@@ -301,20 +386,30 @@ describe("a slot past max_slot_wal_keep_size", () => {
         await sql`insert into canary values ('pushing wal')`;
         await sql`select pg_switch_wal()`;
         await sql`checkpoint`;
-        const [row] = await sql<{ oldest: string | null }[]>`select min(name) as oldest from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$'`;
-        return (await slotStatus(sql, "shinkei_lost"))?.walStatus === "lost" && row!.oldest !== null && row!.oldest > resume;
+        const [row] = await sql<
+          { oldest: string | null }[]
+        >`select min(name) as oldest from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$'`;
+        return (
+          (await slotStatus(sql, "shinkei_lost"))?.walStatus === "lost" && row!.oldest !== null && row!.oldest > resume
+        );
       });
       const problems = pitrProblems(await pitrStatus(sql, config), config.wal.maxLagMs);
       expect(problems.some((p) => p.includes(`replication slot "shinkei_lost" is lost`))).toBe(true);
       const watching = collector();
       const stopWatching = watchSlot({ sql, config, log: watching.log }, 100);
-      const risk = await until("the watch to report it", async () => watching.lines.find((l) => l.msg === "replication slot at risk"));
+      const risk = await until("the watch to report it", async () =>
+        watching.lines.find((l) => l.msg === "replication slot at risk"),
+      );
       stopWatching();
       expect(risk).toMatchObject({ level: "error", slot: "shinkei_lost", walStatus: "lost" });
       // PostgreSQL 15 lets a receiver take a lost physical slot up again, from the server's position: the hole is named.
       service = await startWalService({ sql, config, log, slotCheckMs: 100 });
       // Named at the first start that gets past the missing WAL: after a restart's backoff or two.
-      const gap = await until("the gap to be named", async () => lines.find((l) => String(l.msg).startsWith("wal gap")), 60_000);
+      const gap = await until(
+        "the gap to be named",
+        async () => lines.find((l) => String(l.msg).startsWith("wal gap")),
+        60_000,
+      );
       expect(gap.slot).toBe("shinkei_lost");
       expect(Number(gap.segments)).toBeGreaterThanOrEqual(1);
     } finally {
@@ -332,21 +427,49 @@ describe("timelines", () => {
     const onStandby = connect(standby.url("shinkei"), { max: 2 });
     const dir = await tempDir("wal-tl");
     const { log, lines } = collector();
-    const stream = await startWalStream({ sql: onStandby, config: loadConfig({ DATABASE_URL: standby.url("shinkei"), BACKUP_DIR: dir, WAL_ARCHIVE: "stream", WAL_SLOT: "shinkei_tl" }), log, pollMs: 100 });
+    const stream = await startWalStream({
+      sql: onStandby,
+      config: loadConfig({
+        DATABASE_URL: standby.url("shinkei"),
+        BACKUP_DIR: dir,
+        WAL_ARCHIVE: "stream",
+        WAL_SLOT: "shinkei_tl",
+      }),
+      log,
+      pollMs: 100,
+    });
     try {
       // Timeline 1, written on the primary and streamed through the standby.
       await commitAndArchive(stream, dir, "on-timeline-1");
       // A last write on timeline 1 that does not end its segment: that segment stays partial for good.
-      const { lsn: last } = (await sql<{ lsn: string }[]>`insert into canary values ('last-on-1') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
-      await until("the standby's receiver to flush it", async () => (await onStandby`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${last}::pg_lsn`).length === 1);
+      const { lsn: last } = (
+        await sql<
+          { lsn: string }[]
+        >`insert into canary values ('last-on-1') returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
+      await until(
+        "the standby's receiver to flush it",
+        async () =>
+          (
+            await onStandby`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${last}::pg_lsn`
+          ).length === 1,
+      );
       await onStandby`select pg_promote(true, 30)`;
-      const { lsn } = (await onStandby<{ lsn: string }[]>`insert into canary values ('on-timeline-2') returning pg_current_wal_insert_lsn()::text as lsn`)[0]!;
+      const { lsn } = (
+        await onStandby<
+          { lsn: string }[]
+        >`insert into canary values ('on-timeline-2') returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
       await onStandby`select pg_switch_wal()`;
       const tl2 = segmentName(2, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
       await until("timeline 2 in the archive", async () => {
         await stream.drain();
         const names = (await listArchive(walRoot(dir))).map((r) => r.name);
-        return names.includes("00000002.history") && names.includes(tl2) && names.some((n) => n.startsWith("00000001") && n.endsWith(".partial"));
+        return (
+          names.includes("00000002.history") &&
+          names.includes(tl2) &&
+          names.some((n) => n.startsWith("00000001") && n.endsWith(".partial"))
+        );
       });
       const records = await listArchive(walRoot(dir));
       const history = records.find((r) => r.name === "00000002.history")!;
@@ -355,7 +478,9 @@ describe("timelines", () => {
       const text = zstdDecompressSync(await readFile(join(walRoot(dir), "00000002", history.file))).toString();
       expect(text).toMatch(/^1\t[0-9A-F]+\/[0-9A-F]+\t/m);
       const segment = records.find((r) => r.name === tl2)!;
-      expect(zstdDecompressSync(await readFile(join(walRoot(dir), "00000002", segment.file))).includes("on-timeline-2")).toBe(true);
+      expect(
+        zstdDecompressSync(await readFile(join(walRoot(dir), "00000002", segment.file))).includes("on-timeline-2"),
+      ).toBe(true);
       // The switch leaves no gap within either timeline.
       expect(findGaps(records, segmentBytes)).toEqual([]);
       expect(lines.some((l) => l.msg === "wal archived" && l.file === "00000002.history")).toBe(true);
@@ -393,12 +518,19 @@ describe("retention", () => {
     expect(needless.length).toBeGreaterThanOrEqual(2);
 
     const dry = await pruneWalLocal(config, { dryRun: true });
-    expect(dry.bases.map((d) => [d.name, d.keep])).toEqual([[second.manifest.file, true], [first.manifest.file, false]]);
+    expect(dry.bases.map((d) => [d.name, d.keep])).toEqual([
+      [second.manifest.file, true],
+      [first.manifest.file, false],
+    ]);
     expect(dry.wal).toEqual({ from: needless[0]!, to: needless.at(-1)!, files: needless.length });
     expect(dry.walWhy).toContain(second.manifest.startSegment);
     expect(dry.removed).toEqual([]);
 
-    const cli = await shinkei(["backup", "prune", "--dry-run"], { DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream" });
+    const cli = await shinkei(["backup", "prune", "--dry-run"], {
+      DATABASE_URL: url,
+      BACKUP_DIR: dir,
+      WAL_ARCHIVE: "stream",
+    });
     expect(cli).toSucceed();
     expect(cli.stdout).toContain(`WAL ${needless[0]} .. ${needless.at(-1)} (${needless.length} file(s)): would delete`);
     expect((await listArchive(walRoot(dir))).filter((r) => r.kind === "segment").length).toBe(before.length);
@@ -421,13 +553,17 @@ describe("scheduled base backups", () => {
     const a = collector();
     const b = collector();
     const slot = new Date(Math.floor(Date.now() / 1000) * 1000);
-    await Promise.all([scheduledBaseBackup({ sql, config, log: a.log }, slot), scheduledBaseBackup({ sql, config, log: b.log }, slot)]);
+    await Promise.all([
+      scheduledBaseBackup({ sql, config, log: a.log }, slot),
+      scheduledBaseBackup({ sql, config, log: b.log }, slot),
+    ]);
     const all = [...a.lines, ...b.lines];
     expect(all.filter((l) => l.msg === "base backup finished").length).toBe(1);
     expect(all.filter((l) => l.msg === "base backup skipped: another process took this run").length).toBe(1);
     expect(all.find((l) => l.msg === "base backup verified")).toBeDefined();
     expect((await readdir(join(dir, "base"))).filter((n) => n.endsWith(".tar.zst")).length).toBe(1);
-    const [run] = await sql`select file, error, finished_at from backup_runs where scheduled_for = ${slot} and kind = 'base'`;
+    const [run] =
+      await sql`select file, error, finished_at from backup_runs where scheduled_for = ${slot} and kind = 'base'`;
     expect(run!.file).toMatch(/^shinkei_base_/);
     expect(run!.error).toBeNull();
   });

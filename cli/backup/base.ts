@@ -14,9 +14,20 @@ export async function base(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const spin = activity(io, "taking a base backup (pg_basebackup)");
   try {
-    const { path, manifest: m } = await withAdvisoryLock(ctx.db, "base-backup", () =>
-      createBaseBackup({ sql: ctx.db, url: config.databaseUrl, backupDir: config.backupDir, reason: "manual", fast: true, age: config.backup.age }),
-      { wait: ctx.flag("wait"), what: "base backup" });
+    const { path, manifest: m } = await withAdvisoryLock(
+      ctx.db,
+      "base-backup",
+      () =>
+        createBaseBackup({
+          sql: ctx.db,
+          url: config.databaseUrl,
+          backupDir: config.backupDir,
+          reason: "manual",
+          fast: true,
+          age: config.backup.age,
+        }),
+      { wait: ctx.flag("wait"), what: "base backup" },
+    );
     spin.stop("base backup written");
     let verified: BaseVerification | undefined;
     if (ctx.flag("verify")) {
@@ -35,12 +46,22 @@ export async function base(ctx: Context): Promise<number> {
         (e: Error) => `FAILED (${e.message}); the backup service copies it when it runs`,
       );
     }
-    if (verified && !verified.ok) throw new ShinkeiError("BACKUP_CORRUPT", `the base backup ${m.file} failed verification: ${verified.problems.join("; ")}`);
-    if (ctx.flag("json")) return json(io, { path, ...m, verified, offsiteResult: offsite }), 0;
+    if (verified && !verified.ok)
+      throw new ShinkeiError(
+        "BACKUP_CORRUPT",
+        `the base backup ${m.file} failed verification: ${verified.problems.join("; ")}`,
+      );
+    if (ctx.flag("json")) return (json(io, { path, ...m, verified, offsiteResult: offsite }), 0);
     line(io, `base backup  ${path}`);
-    line(io, `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
+    line(
+      io,
+      `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`,
+    );
     if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site     ${offsite}`);
-    line(io, `wal          timeline ${m.timeline}, ${m.startLsn} to ${m.stopLsn} (segments ${m.startSegment} to ${m.stopSegment})`);
+    line(
+      io,
+      `wal          timeline ${m.timeline}, ${m.startLsn} to ${m.stopLsn} (segments ${m.startSegment} to ${m.stopSegment})`,
+    );
     return 0;
   } catch (e) {
     spin.fail("base backup failed");

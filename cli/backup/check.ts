@@ -13,17 +13,49 @@ export async function check(ctx: Context): Promise<number> {
   const pitr = config.wal.archive === "stream" ? await pitrStatus(ctx.db, config) : null;
   if (pitr) assertPitrHealthy(pitr, config.wal.maxLagMs, config.wal.offsiteMaxLagMs);
   const pitrDrill = await pitrDrillProblem(config);
-  if (pitrDrill) throw new ShinkeiError("PITR_AT_RISK", pitrDrill, { hint: "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base backup)." });
-  const f = await checkFreshness(config.backupDir, config.backup.maxAgeMs, config.backup.drillMaxAgeMs, config.backup.age);
+  if (pitrDrill)
+    throw new ShinkeiError("PITR_AT_RISK", pitrDrill, {
+      hint: "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base backup).",
+    });
+  const f = await checkFreshness(
+    config.backupDir,
+    config.backup.maxAgeMs,
+    config.backup.drillMaxAgeMs,
+    config.backup.age,
+  );
   const drillAge = f.drill ? Date.now() - Date.parse(f.drill.at) : null;
   if (ctx.flag("json")) {
-    const drillInfo = f.drill ? { file: f.drill.file, ageSeconds: Math.round(drillAge! / 1000) } : { skipped: "encrypted, and no key on this host" };
-    return json(io, { ok: true, newest: f.newest!.name, ageSeconds: Math.round(f.ageMs! / 1000), drill: drillInfo, ...(pitr && { pitr: { window: pitr.window, lagBytes: pitr.receiver.lagBytes, lagSeconds: pitr.receiver.lagSeconds } }) }), 0;
+    const drillInfo = f.drill
+      ? { file: f.drill.file, ageSeconds: Math.round(drillAge! / 1000) }
+      : { skipped: "encrypted, and no key on this host" };
+    return (
+      json(io, {
+        ok: true,
+        newest: f.newest!.name,
+        ageSeconds: Math.round(f.ageMs! / 1000),
+        drill: drillInfo,
+        ...(pitr && {
+          pitr: { window: pitr.window, lagBytes: pitr.receiver.lagBytes, lagSeconds: pitr.receiver.lagSeconds },
+        }),
+      }),
+      0
+    );
   }
-  line(io, `✔ newest good backup ${f.newest!.name} is ${formatDuration(f.ageMs!)} old (limit ${formatDuration(config.backup.maxAgeMs)})`);
-  if (f.drill) line(io, `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge!)} ago (limit ${formatDuration(config.backup.drillMaxAgeMs)})`);
+  line(
+    io,
+    `✔ newest good backup ${f.newest!.name} is ${formatDuration(f.ageMs!)} old (limit ${formatDuration(config.backup.maxAgeMs)})`,
+  );
+  if (f.drill)
+    line(
+      io,
+      `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge!)} ago (limit ${formatDuration(config.backup.drillMaxAgeMs)})`,
+    );
   else line(io, "- drills not checked here: the backup is encrypted and this host holds no key to open it");
-  if (pitr) line(io, `✔ point-in-time window ${pitr.window.earliest} .. ${pitr.window.latest}, WAL lag ${formatBytes(pitr.receiver.lagBytes)} (limit ${formatDuration(config.wal.maxLagMs)}), no gaps`);
+  if (pitr)
+    line(
+      io,
+      `✔ point-in-time window ${pitr.window.earliest} .. ${pitr.window.latest}, WAL lag ${formatBytes(pitr.receiver.lagBytes)} (limit ${formatDuration(config.wal.maxLagMs)}), no gaps`,
+    );
   return 0;
 }
 
@@ -37,13 +69,17 @@ export async function check(ctx: Context): Promise<number> {
 async function live(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   await ctx.db`select 1`;
-  if (config.wal.archive !== "stream") return line(io, "✔ the database answers"), 0;
+  if (config.wal.archive !== "stream") return (line(io, "✔ the database answers"), 0);
   const s = await pitrStatus(ctx.db, config);
   const problems: string[] = [];
   if (!s.receiver.connected) problems.push("the WAL receiver is not connected");
   if (s.slotName && !s.slot) problems.push(`replication slot "${s.slotName}" does not exist`);
-  if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved")) problems.push(`replication slot "${s.slot.name}" is ${s.slot.walStatus}`);
-  if (problems.length) throw new ShinkeiError("PITR_AT_RISK", problems.join("; "), { hint: "See shinkei pitr status, and the backup service's log (wal receiver lines)." });
+  if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved"))
+    problems.push(`replication slot "${s.slot.name}" is ${s.slot.walStatus}`);
+  if (problems.length)
+    throw new ShinkeiError("PITR_AT_RISK", problems.join("; "), {
+      hint: "See shinkei pitr status, and the backup service's log (wal receiver lines).",
+    });
   line(io, `✔ the database answers; WAL receiver streaming, flushed ${s.receiver.flushLsn ?? "-"}`);
   return 0;
 }

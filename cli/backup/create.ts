@@ -15,16 +15,24 @@ export async function create(ctx: Context): Promise<number> {
   const spin = activity(io, "taking a backup");
   const started = Date.now();
   try {
-    const result = await withMaintenanceLock(ctx.db, "backup", () =>
-      createBackup({
-        sql: ctx.db,
-        url: config.databaseUrl,
-        dir: config.backupDir,
-        reason: "manual",
-        compressionLevel: config.backup.compressionLevel,
-        age: config.backup.age,
-        onProgress: (p) => spin.update(`dumping: ${formatBytes(p.bytesIn)} read, ${formatBytes(p.bytesIn / Math.max(0.001, (Date.now() - started) / 1000))}/s`),
-      }), ctx.flag("wait"));
+    const result = await withMaintenanceLock(
+      ctx.db,
+      "backup",
+      () =>
+        createBackup({
+          sql: ctx.db,
+          url: config.databaseUrl,
+          dir: config.backupDir,
+          reason: "manual",
+          compressionLevel: config.backup.compressionLevel,
+          age: config.backup.age,
+          onProgress: (p) =>
+            spin.update(
+              `dumping: ${formatBytes(p.bytesIn)} read, ${formatBytes(p.bytesIn / Math.max(0.001, (Date.now() - started) / 1000))}/s`,
+            ),
+        }),
+      ctx.flag("wait"),
+    );
     spin.stop("backup written");
     const store = offsiteStore(config);
     let offsite = "not configured";
@@ -36,12 +44,18 @@ export async function create(ctx: Context): Promise<number> {
       );
     }
     const m = (await readManifest(result.path)) ?? result.manifest;
-    if (ctx.flag("json")) return json(io, { path: result.path, ...m, offsiteResult: offsite }), 0;
+    if (ctx.flag("json")) return (json(io, { path: result.path, ...m, offsiteResult: offsite }), 0);
     line(io, `backup    ${result.path}`);
-    line(io, `size      ${formatBytes(m.sizeBytes)} in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`);
+    line(
+      io,
+      `size      ${formatBytes(m.sizeBytes)} in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`,
+    );
     line(io, `rows      ${mainTables.map((t) => `${t} ${m.counts[t] ?? 0}`).join(", ")}`);
     if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site   ${offsite}`);
-    line(io, `restore   shinkei backup --restore --backup-file ${result.path}${config.environment === "production" ? " --allow-production" : ""}`);
+    line(
+      io,
+      `restore   shinkei backup --restore --backup-file ${result.path}${config.environment === "production" ? " --allow-production" : ""}`,
+    );
     return 0;
   } catch (e) {
     spin.fail("backup failed");

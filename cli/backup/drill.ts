@@ -14,17 +14,30 @@ export async function drill(ctx: Context): Promise<number> {
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
   const cancel = cancelOnSignal();
   try {
-    const result = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, signal: cancel.signal }).catch((e) => {
+    const result = await runDrill({
+      path,
+      serverUrl: config.backup.drillServerUrl ?? config.databaseUrl,
+      age: config.backup.age,
+      onScratch: cancel.onScratch,
+      signal: cancel.signal,
+    }).catch((e) => {
       spin.fail("drill stopped");
       throw e;
     });
     if (result.passed) spin.stop("drill passed");
     else spin.fail("drill failed");
-    if (ctx.flag("json")) return json(io, result), result.passed ? 0 : 1;
-    line(io, `${result.passed ? "✔ passed" : "✖ FAILED"}  ${result.file} restored on ${result.server} in ${formatDuration(result.durationMs)}`);
+    if (ctx.flag("json")) return (json(io, result), result.passed ? 0 : 1);
+    line(
+      io,
+      `${result.passed ? "✔ passed" : "✖ FAILED"}  ${result.file} restored on ${result.server} in ${formatDuration(result.durationMs)}`,
+    );
     for (const d of result.differences) line(io, `  ${d}`);
     for (const n of result.notes) line(io, `  note: ${n}`);
-    if (!result.passed) throw new ShinkeiError("BACKUP_CORRUPT", `the restore drill of ${result.file} failed: ${result.differences.join("; ")}`);
+    if (!result.passed)
+      throw new ShinkeiError(
+        "BACKUP_CORRUPT",
+        `the restore drill of ${result.file} failed: ${result.differences.join("; ")}`,
+      );
     return 0;
   } finally {
     cancel.dispose();

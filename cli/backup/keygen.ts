@@ -5,7 +5,7 @@ import { writeIdentity } from "../../src/storage/crypt.ts";
 export async function keygen(ctx: Context): Promise<number> {
   const path = ctx.option("output") ?? "shinkei-backup.key";
   const recipient = await writeIdentity(path);
-  if (ctx.flag("json")) return json(ctx.io, { identityFile: path, recipient }), 0;
+  if (ctx.flag("json")) return (json(ctx.io, { identityFile: path, recipient }), 0);
   line(ctx.io, `wrote the private key to ${path} (mode 0600): keep it off the backup host`);
   line(ctx.io, `public key: ${recipient}`);
   line(ctx.io, `encrypt backups with:  BACKUP_AGE_RECIPIENTS=${recipient}`);

@@ -16,17 +16,38 @@ export async function prune(ctx: Context): Promise<number> {
     return { reports, wal: await pruneWal(config, dryRun) };
   };
   // Deleting waits for the maintenance lock: a restore in progress keeps the backup it is reading.
-  const { reports, wal } = dryRun ? await apply() : await withMaintenanceLock(ctx.db, "retention", apply, ctx.flag("wait"));
-  if (ctx.flag("json")) return json(io, wal.length ? [...reports, ...wal] : reports), 0;
+  const { reports, wal } = dryRun
+    ? await apply()
+    : await withMaintenanceLock(ctx.db, "retention", apply, ctx.flag("wait"));
+  if (ctx.flag("json")) return (json(io, wal.length ? [...reports, ...wal] : reports), 0);
   for (const r of reports) {
     line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);
     if (r.decisions.length === 0) line(io, "  no backups");
-    else line(io, table([["name", "action", "why"], ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
+    else
+      line(
+        io,
+        table([
+          ["name", "action", "why"],
+          ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why]),
+        ]).replace(/^/gm, "  "),
+      );
   }
   for (const r of wal) {
     line(io, `${r.location} (base backups and WAL)${dryRun ? " (dry run: nothing deleted)" : ""}`);
-    if (r.bases.length) line(io, table([["base backup", "action", "why"], ...r.bases.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why])]).replace(/^/gm, "  "));
-    line(io, r.wal ? `  WAL ${r.wal.from} .. ${r.wal.to} (${r.wal.files} file(s)): ${dryRun ? "would delete" : "deleted"}; ${r.walWhy}` : `  WAL: nothing to delete; ${r.walWhy}`);
+    if (r.bases.length)
+      line(
+        io,
+        table([
+          ["base backup", "action", "why"],
+          ...r.bases.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why]),
+        ]).replace(/^/gm, "  "),
+      );
+    line(
+      io,
+      r.wal
+        ? `  WAL ${r.wal.from} .. ${r.wal.to} (${r.wal.files} file(s)): ${dryRun ? "would delete" : "deleted"}; ${r.walWhy}`
+        : `  WAL: nothing to delete; ${r.walWhy}`,
+    );
   }
   return 0;
 }

@@ -28,57 +28,80 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
   const what = `replace everything in ${target.database} with a backup`;
   refuseProduction(config.environment, ctx.flag("allow-production"), what);
   // Skipping the safety backup is for scripts that already hold one, and say exactly which database.
-  if (ctx.flag("no-safety-backup")) checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), `${what} without a safety backup`, "--yes");
+  if (ctx.flag("no-safety-backup"))
+    checkUnattendedConfirmation(
+      target,
+      ctx.flag("yes"),
+      ctx.option("confirm-database"),
+      `${what} without a safety backup`,
+      "--yes",
+    );
   const path = await obtainBackup(config.backupDir, file, offsiteStore(config));
 
-  return withMaintenanceLock(ctx.db, "restore", async (lock) => {
-    const spin = activity(io, "verifying the backup");
-    const verification = await verifyBackup(path, { quick: true, age: config.backup.age });
-    spin.stop(verification.ok ? "backup verified" : "backup failed verification");
-    assertVerified(verification);
-    const allow = { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") };
-    refuseUntrusted(verification, config.backup.age, allow);
-    if (!verification.manifest) warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
+  return withMaintenanceLock(
+    ctx.db,
+    "restore",
+    async (lock) => {
+      const spin = activity(io, "verifying the backup");
+      const verification = await verifyBackup(path, { quick: true, age: config.backup.age });
+      spin.stop(verification.ok ? "backup verified" : "backup failed verification");
+      assertVerified(verification);
+      const allow = { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") };
+      refuseUntrusted(verification, config.backup.age, allow);
+      if (!verification.manifest)
+        warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
 
-    const current = await tableCounts(ctx.db);
-    const backup = verification.manifest?.counts ?? {};
-    note(io, table([
-      ["table", "now", "in backup"],
-      ...mainTables.map((t) => [t, current[t] ?? "-", verification.manifest ? backup[t] ?? "-" : "?"]),
-    ]), `restore ${verification.file} into ${target.database} on ${target.host}:${target.port}`);
+      const current = await tableCounts(ctx.db);
+      const backup = verification.manifest?.counts ?? {};
+      note(
+        io,
+        table([
+          ["table", "now", "in backup"],
+          ...mainTables.map((t) => [t, current[t] ?? "-", verification.manifest ? (backup[t] ?? "-") : "?"]),
+        ]),
+        `restore ${verification.file} into ${target.database} on ${target.host}:${target.port}`,
+      );
 
-    await confirmDestructive(ctx, target, what, [target.database], "yes");
+      await confirmDestructive(ctx, target, what, [target.database], "yes");
 
-    const progress = activity(io, "restoring");
-    let result: Awaited<ReturnType<typeof restoreBackup>>;
-    try {
-      result = await restoreBackup({
-        sql: ctx.db,
-        url: config.databaseUrl,
-        dir: config.backupDir,
-        path,
-        verification,
-        safetyBackup: !ctx.flag("no-safety-backup"),
-        age: config.backup.age,
-        lock,
-        allow,
-        onStep: (s) => progress.update(stepLabels[s]),
-      });
-    } catch (e) {
-      progress.fail("restore failed");
-      throw e;
-    }
-    progress.stop("restored");
-    if (result.safety) line(io, `safety backup  ${result.safety.path} (verified)`);
-    line(io, `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) in ${formatDuration(result.durationMs)}`);
-    line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t] ?? 0}`).join(", ")}`);
-    if (result.mismatches.length) {
-      throw new ShinkeiError("RESTORE_FAILED", `restored, but counts differ from the manifest: ${result.mismatches.join("; ")}`);
-    }
-    if (verification.manifest) line(io, "counts match the manifest");
-    if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
-    return 0;
-  }, ctx.flag("wait"));
+      const progress = activity(io, "restoring");
+      let result: Awaited<ReturnType<typeof restoreBackup>>;
+      try {
+        result = await restoreBackup({
+          sql: ctx.db,
+          url: config.databaseUrl,
+          dir: config.backupDir,
+          path,
+          verification,
+          safetyBackup: !ctx.flag("no-safety-backup"),
+          age: config.backup.age,
+          lock,
+          allow,
+          onStep: (s) => progress.update(stepLabels[s]),
+        });
+      } catch (e) {
+        progress.fail("restore failed");
+        throw e;
+      }
+      progress.stop("restored");
+      if (result.safety) line(io, `safety backup  ${result.safety.path} (verified)`);
+      line(
+        io,
+        `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) in ${formatDuration(result.durationMs)}`,
+      );
+      line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t] ?? 0}`).join(", ")}`);
+      if (result.mismatches.length) {
+        throw new ShinkeiError(
+          "RESTORE_FAILED",
+          `restored, but counts differ from the manifest: ${result.mismatches.join("; ")}`,
+        );
+      }
+      if (verification.manifest) line(io, "counts match the manifest");
+      if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
+      return 0;
+    },
+    ctx.flag("wait"),
+  );
 }
 
 export const restoreForm: Subcommand = {
@@ -92,11 +115,28 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
   options: {
     restore: { type: "boolean", description: "the same as backup restore" },
     "backup-file": { type: "string", value: "F", description: "the file to restore (a path, or a name in BACKUP_DIR)" },
-    yes: { type: "boolean", short: "y", description: "restore without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": { type: "string", value: "N", description: "the target database's name, required with --yes and without a terminal" },
-    "no-safety-backup": { type: "boolean", description: "restore without a pre-restore backup (only with --yes --confirm-database)" },
-    "allow-unencrypted": { type: "boolean", description: "restore a plain file although this host encrypts its backups" },
-    "allow-unsigned": { type: "boolean", description: "restore a file without a manifest although BACKUP_MANIFEST_KEY is set" },
+    yes: {
+      type: "boolean",
+      short: "y",
+      description: "restore without the typed confirmation (needs --confirm-database)",
+    },
+    "confirm-database": {
+      type: "string",
+      value: "N",
+      description: "the target database's name, required with --yes and without a terminal",
+    },
+    "no-safety-backup": {
+      type: "boolean",
+      description: "restore without a pre-restore backup (only with --yes --confirm-database)",
+    },
+    "allow-unencrypted": {
+      type: "boolean",
+      description: "restore a plain file although this host encrypts its backups",
+    },
+    "allow-unsigned": {
+      type: "boolean",
+      description: "restore a file without a manifest although BACKUP_MANIFEST_KEY is set",
+    },
     "allow-production": { type: "boolean", description: "restore even when SHINKEI_ENV/NODE_ENV is production" },
     wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
   },

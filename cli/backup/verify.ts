@@ -16,14 +16,22 @@ export async function verify(ctx: Context): Promise<number> {
     const v = await verifyBackup(path, { age: config.backup.age });
     results.push(v);
     if (!ctx.flag("json")) {
-      line(io, v.ok
-        ? `✔ ${v.file}: ok (${formatBytes(v.sizeBytes)}, ${v.format}, sha256 ${v.sha256.slice(0, 12)}…${v.manifest ? "" : ", no manifest"})`
-        : `✖ ${v.file}: ${v.problems.join("; ")}`);
+      line(
+        io,
+        v.ok
+          ? `✔ ${v.file}: ok (${formatBytes(v.sizeBytes)}, ${v.format}, sha256 ${v.sha256.slice(0, 12)}…${v.manifest ? "" : ", no manifest"})`
+          : `✖ ${v.file}: ${v.problems.join("; ")}`,
+      );
     }
   }
-  if (ctx.flag("json")) json(io, results.map(({ manifest, ...v }) => ({ ...v, hasManifest: manifest !== null })));
+  if (ctx.flag("json"))
+    json(
+      io,
+      results.map(({ manifest, ...v }) => ({ ...v, hasManifest: manifest !== null })),
+    );
   const failed = results.filter((v) => !v.ok).length;
-  if (failed > 0) throw new ShinkeiError("BACKUP_CORRUPT", `${failed} of ${paths.length} backup(s) failed verification`);
+  if (failed > 0)
+    throw new ShinkeiError("BACKUP_CORRUPT", `${failed} of ${paths.length} backup(s) failed verification`);
   return 0;
 }
 

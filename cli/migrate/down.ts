@@ -17,19 +17,35 @@ async function runMigrateDown(ctx: Context): Promise<number> {
   if (!last) throw new ShinkeiError("NOTHING_TO_UNDO", "no migration is applied: nothing to undo");
   const m = migrations.find((x) => x.version === last.version);
   const target = describeTarget(config.databaseUrl);
-  note(io, (m?.down ?? "(no down step)").trim(), `migrate down undoes ${String(last.version).padStart(4, "0")} ${last.name} in ${target.database} on ${target.host}:${target.port}`);
+  note(
+    io,
+    (m?.down ?? "(no down step)").trim(),
+    `migrate down undoes ${String(last.version).padStart(4, "0")} ${last.name} in ${target.database} on ${target.host}:${target.port}`,
+  );
   if (ctx.flag("dry-run")) {
     line(io, "dry run: nothing was changed");
     return 0;
   }
-  await confirmDestructive(ctx, target, `undo migration ${last.version} (${last.name}) in ${target.database}`, [target.database]);
-  return withMaintenanceLock(ctx.db, "migrate down", async () => {
-    const { safety, undone } = await undoNewestMigration({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, age: config.backup.age });
-    line(io, `safety backup  ${safety.path} (verified)`);
-    line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
-    line(io, `undo with      ${undoCommand(config, safety.path)}`);
-    return 0;
-  }, ctx.flag("wait"));
+  await confirmDestructive(ctx, target, `undo migration ${last.version} (${last.name}) in ${target.database}`, [
+    target.database,
+  ]);
+  return withMaintenanceLock(
+    ctx.db,
+    "migrate down",
+    async () => {
+      const { safety, undone } = await undoNewestMigration({
+        sql: ctx.db,
+        url: config.databaseUrl,
+        dir: config.backupDir,
+        age: config.backup.age,
+      });
+      line(io, `safety backup  ${safety.path} (verified)`);
+      line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
+      line(io, `undo with      ${undoCommand(config, safety.path)}`);
+      return 0;
+    },
+    ctx.flag("wait"),
+  );
 }
 
 export const down: Subcommand = {

@@ -10,10 +10,14 @@ async function pitrDrill(ctx: Context): Promise<number> {
   const r = await runPitrDrill({ sql: ctx.db, config: ctx.config, onStep: (m) => ctx.io.stderr.write(`… ${m}\n`) });
   if (ctx.flag("json")) json(ctx.io, r);
   else {
-    line(ctx.io, `${r.passed ? "✔ passed" : "✖ FAILED"}  restore point ${r.restorePoint} (${r.lsn ?? "?"}) recovered from ${r.base ?? "-"}; RTO ${r.rtoMs === null ? "-" : formatDuration(r.rtoMs)}, drill ${formatDuration(r.durationMs)}`);
+    line(
+      ctx.io,
+      `${r.passed ? "✔ passed" : "✖ FAILED"}  restore point ${r.restorePoint} (${r.lsn ?? "?"}) recovered from ${r.base ?? "-"}; RTO ${r.rtoMs === null ? "-" : formatDuration(r.rtoMs)}, drill ${formatDuration(r.durationMs)}`,
+    );
     for (const d of r.differences) line(ctx.io, `  ${d}`);
   }
-  if (!r.passed) throw new ShinkeiError("BACKUP_CORRUPT", `the point-in-time recovery drill failed: ${r.differences.join("; ")}`);
+  if (!r.passed)
+    throw new ShinkeiError("BACKUP_CORRUPT", `the point-in-time recovery drill failed: ${r.differences.join("; ")}`);
   return 0;
 }
 

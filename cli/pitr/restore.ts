@@ -21,7 +21,11 @@ const applyLabels: Record<ApplyStep, string> = {
 
 function targetOf(ctx: Context): RecoveryTarget {
   const given = [ctx.option("to"), ctx.option("to-lsn"), ctx.option("to-name")].filter((x) => x !== undefined);
-  if (given.length !== 1) throw new ShinkeiError("USAGE", "pitr restore takes exactly one of --to TIME, --to-lsn LSN, --to-name RESTORE_POINT");
+  if (given.length !== 1)
+    throw new ShinkeiError(
+      "USAGE",
+      "pitr restore takes exactly one of --to TIME, --to-lsn LSN, --to-name RESTORE_POINT",
+    );
   if (ctx.option("to") !== undefined) return parseTargetTime(ctx.option("to")!, ctx.config.backup.timezone);
   if (ctx.option("to-lsn") !== undefined) return lsnTarget(ctx.option("to-lsn")!);
   return nameTarget(ctx.option("to-name")!);
@@ -34,7 +38,11 @@ function reachedLines(r: Recovery): string[] {
     `base       ${r.base} (window ${r.window.earliest} .. ${r.window.latest})`,
     `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
     ...(r.reached.stopped ? [`stopped    ${r.reached.stopped}`] : []),
-    ...(r.replayedAll ? ["note       the archive holds no commit after the target: all of it was replayed, which is the state at the target"] : []),
+    ...(r.replayedAll
+      ? [
+          "note       the archive holds no commit after the target: all of it was replayed, which is the state at the target",
+        ]
+      : []),
     `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including WAL received but not sealed yet (the spool)" : ""}; recovered in ${formatDuration(r.durationMs)}`,
   ];
 }
@@ -48,18 +56,45 @@ async function pitrRestore(ctx: Context): Promise<number> {
   if (apply && intoDir) throw new ShinkeiError("USAGE", "--apply and --into-dir exclude each other");
   const live = describeTarget(config.databaseUrl);
   // Ask before the long part: the operator confirms once, then can leave it running.
-  if (apply) await confirmDestructive(ctx, live, `replace the database ${live.database} with its state at the recovery target`, [live.database], "yes");
+  if (apply)
+    await confirmDestructive(
+      ctx,
+      live,
+      `replace the database ${live.database} with its state at the recovery target`,
+      [live.database],
+      "yes",
+    );
 
   const t0 = performance.now();
   const say = (m: string) => io.stderr.write(`… ${formatDuration(performance.now() - t0).padStart(6)}  ${m}\n`);
-  const recovery = await recoverTo({ config, target, store: walStore(config), keep: !ctx.flag("stop") && !apply, intoDir, onStep: say, allowUnencrypted: ctx.flag("allow-unencrypted") });
+  const recovery = await recoverTo({
+    config,
+    target,
+    store: walStore(config),
+    keep: !ctx.flag("stop") && !apply,
+    intoDir,
+    onStep: say,
+    allowUnencrypted: ctx.flag("allow-unencrypted"),
+  });
   const asJson = ctx.flag("json");
-  const out: Record<string, unknown> = { target: recovery.target, base: recovery.base, window: recovery.window, reached: recovery.reached, replayedAll: recovery.replayedAll, walFiles: recovery.walFiles.length, walSources: Object.fromEntries(Object.entries(Object.groupBy(recovery.walFiles, (f) => f.from)).map(([k, v]) => [k, v!.length])), walStaged: recovery.walFiles.filter((f) => f.staged).length, durationMs: recovery.durationMs };
+  const out: Record<string, unknown> = {
+    target: recovery.target,
+    base: recovery.base,
+    window: recovery.window,
+    reached: recovery.reached,
+    replayedAll: recovery.replayedAll,
+    walFiles: recovery.walFiles.length,
+    walSources: Object.fromEntries(
+      Object.entries(Object.groupBy(recovery.walFiles, (f) => f.from)).map(([k, v]) => [k, v!.length]),
+    ),
+    walStaged: recovery.walFiles.filter((f) => f.staged).length,
+    durationMs: recovery.durationMs,
+  };
   if (!asJson) for (const l of reachedLines(recovery)) line(io, l);
 
   if (intoDir) {
     out.dataDir = intoDir;
-    if (asJson) return json(io, out), 0;
+    if (asJson) return (json(io, out), 0);
     line(io, `data dir   ${intoDir}`);
     line(io, "\nThe recovered data directory, with its original settings and pg_hba.conf. To run it as a new server:");
     line(io, `  pg_ctl -D ${intoDir} -o "-c port=5433" start   (as the database's OS user; pick a free port)`);
@@ -80,14 +115,40 @@ async function pitrRestore(ctx: Context): Promise<number> {
 
     if (apply) {
       if (!asJson) line(io, `\napplying to ${live.database} on ${live.host}:${live.port}`);
-      const result = await withMaintenanceLock(ctx.db, "pitr restore --apply", (lock) =>
-        applyRecovered({ sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, scratchUrl: recovery.url!, safetyBackup: !ctx.flag("no-safety-backup"), age: config.backup.age, lock, onStep: (s) => say(applyLabels[s]) }), ctx.flag("wait"));
-      out.applied = { safetyBackup: result.safety?.path ?? null, counts: result.after.counts, mismatches: result.mismatches, durationMs: result.durationMs };
+      const result = await withMaintenanceLock(
+        ctx.db,
+        "pitr restore --apply",
+        (lock) =>
+          applyRecovered({
+            sql: ctx.db,
+            url: config.databaseUrl,
+            dir: config.backupDir,
+            scratchUrl: recovery.url!,
+            safetyBackup: !ctx.flag("no-safety-backup"),
+            age: config.backup.age,
+            lock,
+            onStep: (s) => say(applyLabels[s]),
+          }),
+        ctx.flag("wait"),
+      );
+      out.applied = {
+        safetyBackup: result.safety?.path ?? null,
+        counts: result.after.counts,
+        mismatches: result.mismatches,
+        durationMs: result.durationMs,
+      };
       if (!asJson) {
         if (result.safety) line(io, `safety backup  ${result.safety.path}`);
-        line(io, `applied        in ${formatDuration(result.durationMs)}; rows now ${mainTables.map((t) => `${t} ${result.after.counts[t] ?? 0}`).join(", ")}`);
+        line(
+          io,
+          `applied        in ${formatDuration(result.durationMs)}; rows now ${mainTables.map((t) => `${t} ${result.after.counts[t] ?? 0}`).join(", ")}`,
+        );
       }
-      if (result.mismatches.length) throw new ShinkeiError("RESTORE_FAILED", `applied, but the live database differs from the recovered instance: ${result.mismatches.join("; ")}`);
+      if (result.mismatches.length)
+        throw new ShinkeiError(
+          "RESTORE_FAILED",
+          `applied, but the live database differs from the recovered instance: ${result.mismatches.join("; ")}`,
+        );
       if (!asJson) {
         line(io, "every table's count and content digest match the recovered instance");
         if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
@@ -104,11 +165,16 @@ async function pitrRestore(ctx: Context): Promise<number> {
   }
   out.url = recovery.url;
   out.instance = recovery.instance.root;
-  if (asJson) return json(io, out), 0;
+  if (asJson) return (json(io, out), 0);
   line(io, `\nrunning    ${recovery.url}`);
   line(io, `folder     ${recovery.instance.root}`);
   line(io, "Inspect it (psql, or DATABASE_URL=... shinkei status), then either");
-  const again = ctx.option("to") !== undefined ? `--to "${ctx.option("to")}"` : ctx.option("to-lsn") !== undefined ? `--to-lsn ${ctx.option("to-lsn")}` : `--to-name ${ctx.option("to-name")}`;
+  const again =
+    ctx.option("to") !== undefined
+      ? `--to "${ctx.option("to")}"`
+      : ctx.option("to-lsn") !== undefined
+        ? `--to-lsn ${ctx.option("to-lsn")}`
+        : `--to-name ${ctx.option("to-name")}`;
   line(io, `  shinkei pitr restore ${again} --apply   (recovers again and loads it into ${live.database})`);
   line(io, "  shinkei pitr cleanup   (stops and removes it; instances older than a day go by themselves)");
   return 0;
@@ -125,7 +191,12 @@ replays the archived WAL through wal-fetch, promotes at the target and reports t
 commit and LSN. A target outside the recoverable window is refused. By default the instance keeps
 running and its URL is printed, to inspect; --stop, --apply or --into-dir instead.`,
   options: {
-    to: { type: "string", oneOf: "target", value: "TIME", description: "the moment to recover to (one of --to, --to-lsn, --to-name)" },
+    to: {
+      type: "string",
+      oneOf: "target",
+      value: "TIME",
+      description: "the moment to recover to (one of --to, --to-lsn, --to-name)",
+    },
     "to-lsn": { type: "string", oneOf: "target", value: "LSN", description: "the LSN to recover to" },
     "to-name": { type: "string", oneOf: "target", value: "NAME", description: "the restore point to recover to" },
     stop: { type: "boolean", description: "stop and remove it" },
@@ -135,10 +206,21 @@ running and its URL is printed, to inspect; --stop, --apply or --into-dir instea
 pre-restore safety backup; asks for the database name, or --yes
 --confirm-database NAME without a terminal`,
     },
-    "into-dir": { type: "string", value: "DIR", description: "keep the recovered data directory at DIR (stopped, original settings) to run as\na new server" },
+    "into-dir": {
+      type: "string",
+      value: "DIR",
+      description: "keep the recovered data directory at DIR (stopped, original settings) to run as\na new server",
+    },
     yes: { type: "boolean", description: "with --apply: without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": { type: "string", value: "NAME", description: "the target database's name, required with --yes and without a terminal" },
-    "allow-production": { type: "boolean", description: "with --apply: run even when SHINKEI_ENV/NODE_ENV is production" },
+    "confirm-database": {
+      type: "string",
+      value: "NAME",
+      description: "the target database's name, required with --yes and without a terminal",
+    },
+    "allow-production": {
+      type: "boolean",
+      description: "with --apply: run even when SHINKEI_ENV/NODE_ENV is production",
+    },
     "no-safety-backup": { type: "boolean", description: "with --apply: without the pre-restore safety backup" },
     wait: { type: "boolean", description: "with --apply: wait for the maintenance lock" },
     "allow-unencrypted": { type: "boolean", description: "use plain base backups and WAL although this host encrypts" },

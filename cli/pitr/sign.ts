@@ -14,7 +14,7 @@ file matched its SHA-256: run it once, for an archive you know is yours.`,
   async run(ctx) {
     const { io, config } = ctx;
     const r = await signArchive(config, walStore(config));
-    if (ctx.flag("json")) return json(io, r), r.refused.length ? 1 : 0;
+    if (ctx.flag("json")) return (json(io, r), r.refused.length ? 1 : 0);
     line(io, `signed ${r.signed.length} record(s)`);
     for (const u of r.refused) warn(io, u.problem);
     return r.refused.length ? 1 : 0;

@@ -16,14 +16,19 @@ against its record, and exits 1 when it has no such file; 126 (which makes Postg
 recovery rather than end it early) when the store is out of reach, a file is damaged, or its
 record may not be used on this host.`,
   options: {
-    socket: { type: "string", value: "PATH", description: "ask the shinkei process that runs a scratch recovery (its restore_command)" },
+    socket: {
+      type: "string",
+      value: "PATH",
+      description: "ask the shinkei process that runs a scratch recovery (its restore_command)",
+    },
     "allow-unencrypted": { type: "boolean", description: "use a plain file although this host encrypts" },
   },
   needsDatabase: false,
   async run(ctx) {
     const { io, config } = ctx;
     const [, name, target, extra] = ctx.positionals;
-    if (!name || !target || extra !== undefined) throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
+    if (!name || !target || extra !== undefined)
+      throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
     try {
       // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
       const socket = ctx.option("socket");

@@ -15,8 +15,14 @@ export const history: Subcommand = {
   async run(ctx) {
     const { io, config } = ctx;
     const records = await readHistory(config.backupDir);
-    const states = await recoveryStates(ctx.db, records.flatMap((r) => (r.id ? [r.id] : [])));
-    const listed = records.map((r) => ({ ...r, state: r.id ? (states.get(r.id) ?? "not applied") : "no row-level undo" }));
+    const states = await recoveryStates(
+      ctx.db,
+      records.flatMap((r) => (r.id ? [r.id] : [])),
+    );
+    const listed = records.map((r) => ({
+      ...r,
+      state: r.id ? (states.get(r.id) ?? "not applied") : "no row-level undo",
+    }));
     return ctx.flag("json") ? (json(io, listed), 0) : (showHistory(io, listed), 0);
   },
 };

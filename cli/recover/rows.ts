@@ -44,17 +44,43 @@ default latest: the newest that is not a safety copy)`,
 time in BACKUP_TIMEZONE, or -5m): recovered from the WAL archive into a
 scratch instance, as shinkei pitr restore does`,
     },
-    "revert-changed": { type: "boolean", description: "also put rows that changed since the backup back to the backup's version" },
-    "into-current-account": { type: "boolean", description: "the email now belongs to a newer account: give it the recovered worlds" },
-    "restore-account": { type: "boolean", description: "the email now belongs to a newer, empty account: remove it, bring the old back" },
+    "revert-changed": {
+      type: "boolean",
+      description: "also put rows that changed since the backup back to the backup's version",
+    },
+    "into-current-account": {
+      type: "boolean",
+      description: "the email now belongs to a newer account: give it the recovered worlds",
+    },
+    "restore-account": {
+      type: "boolean",
+      description: "the email now belongs to a newer, empty account: remove it, bring the old back",
+    },
     show: { type: "boolean", description: "list the rows themselves, not only the counts" },
     "dry-run": { type: "boolean", description: "show the preview and stop" },
-    yes: { type: "boolean", short: "y", description: "apply without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": { type: "string", value: "N", description: "the target database's name, required with --yes and without a terminal" },
-    "allow-unencrypted": { type: "boolean", description: "recover from a plain file although this host encrypts its backups" },
-    "allow-unsigned": { type: "boolean", description: "recover from a file without a manifest although BACKUP_MANIFEST_KEY is set" },
+    yes: {
+      type: "boolean",
+      short: "y",
+      description: "apply without the typed confirmation (needs --confirm-database)",
+    },
+    "confirm-database": {
+      type: "string",
+      value: "N",
+      description: "the target database's name, required with --yes and without a terminal",
+    },
+    "allow-unencrypted": {
+      type: "boolean",
+      description: "recover from a plain file although this host encrypts its backups",
+    },
+    "allow-unsigned": {
+      type: "boolean",
+      description: "recover from a file without a manifest although BACKUP_MANIFEST_KEY is set",
+    },
     "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
-    wait: { type: "boolean", description: "queue behind a running backup, restore, reset or recover instead of failing" },
+    wait: {
+      type: "boolean",
+      description: "queue behind a running backup, restore, reset or recover instead of failing",
+    },
     "full-safety-backup": {
       type: "boolean",
       description: `also take a verified full pre-recover backup first (costs a dump of
@@ -67,7 +93,13 @@ the whole database; the rows' own safety copy is always written)`,
 
 function scopeOf(ctx: Context): Scope {
   const given = (["user", "user-id", "world", "story"] as const).filter((k) => ctx.option(k) !== undefined);
-  if (given.length !== 1) throw new ShinkeiError("USAGE", given.length ? `choose one of ${given.map((g) => `--${g}`).join(", ")}` : "say whose rows to recover: --user EMAIL, --user-id ID, --world ID or --story ID");
+  if (given.length !== 1)
+    throw new ShinkeiError(
+      "USAGE",
+      given.length
+        ? `choose one of ${given.map((g) => `--${g}`).join(", ")}`
+        : "say whose rows to recover: --user EMAIL, --user-id ID, --world ID or --story ID",
+    );
   const kind = given[0]!;
   const value = ctx.option(kind)!;
   return kind === "user" ? { kind, email: value } : { kind, id: value };
@@ -76,23 +108,40 @@ function scopeOf(ctx: Context): Scope {
 async function recover(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const at = ctx.option("at");
-  if (at !== undefined && ctx.option("from") !== undefined) throw new ShinkeiError("USAGE", "choose one source: --from FILE|latest or --at TIME");
+  if (at !== undefined && ctx.option("from") !== undefined)
+    throw new ShinkeiError("USAGE", "choose one source: --from FILE|latest or --at TIME");
   if (at !== undefined && config.wal.archive !== "stream" && (await listBaseBackups(config.backupDir)).length === 0) {
-    throw new ShinkeiError("PITR_UNAVAILABLE", `--at ${at} needs the WAL archive (WAL_ARCHIVE=stream) and a base backup, and this host has neither`, {
-      hint: "Recover from a backup instead: --from FILE or --from latest (see shinkei backup --list).",
-    });
+    throw new ShinkeiError(
+      "PITR_UNAVAILABLE",
+      `--at ${at} needs the WAL archive (WAL_ARCHIVE=stream) and a base backup, and this host has neither`,
+      {
+        hint: "Recover from a backup instead: --from FILE or --from latest (see shinkei backup --list).",
+      },
+    );
   }
   const scope = scopeOf(ctx);
-  if (ctx.flag("into-current-account") && ctx.flag("restore-account")) throw new ShinkeiError("USAGE", "choose one of --into-current-account and --restore-account");
-  const mode: AccountMode | undefined = ctx.flag("into-current-account") ? "into-current-account" : ctx.flag("restore-account") ? "restore-account" : undefined;
+  if (ctx.flag("into-current-account") && ctx.flag("restore-account"))
+    throw new ShinkeiError("USAGE", "choose one of --into-current-account and --restore-account");
+  const mode: AccountMode | undefined = ctx.flag("into-current-account")
+    ? "into-current-account"
+    : ctx.flag("restore-account")
+      ? "restore-account"
+      : undefined;
   const dryRun = ctx.flag("dry-run");
   // Decided before the long load: a script without --yes would only find out after it.
-  if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "recover rows into the live database");
+  if (!dryRun)
+    refuseProduction(config.environment, ctx.flag("allow-production"), "recover rows into the live database");
   const target = describeTarget(config.databaseUrl);
   // As restore and reset: without the typed confirmation, the flag alone is not enough; the
   // target database must be named too, so a script aimed at the wrong server stops.
   if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
-    checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), "recover rows into the live database", "--yes");
+    checkUnattendedConfirmation(
+      target,
+      ctx.flag("yes"),
+      ctx.option("confirm-database"),
+      "recover rows into the live database",
+      "--yes",
+    );
   }
   const revertChanged = ctx.flag("revert-changed");
 
@@ -102,16 +151,32 @@ async function recover(ctx: Context): Promise<number> {
   try {
     const onStep = (s: SourceStep) => {
       if (s.step === "verify") spin.update(`verifying ${s.file}`);
-      if (s.step === "load") spin.update(`loading the backup into a scratch database (most of the time goes here): ${formatBytes(s.bytes ?? 0)} read`);
-      if (s.step === "recover") spin.update(`recovering a scratch instance to ${at} (most of the time goes here): ${s.message}`);
+      if (s.step === "load")
+        spin.update(
+          `loading the backup into a scratch database (most of the time goes here): ${formatBytes(s.bytes ?? 0)} read`,
+        );
+      if (s.step === "recover")
+        spin.update(`recovering a scratch instance to ${at} (most of the time goes here): ${s.message}`);
       if (s.step === "migrate") spin.update("migrating the scratch copy to the live schema");
     };
     // The source: a backup loaded into a scratch database, or the state at a moment (--at) recovered into a scratch instance.
-    const withSource = <T,>(fn: (source: Source) => Promise<T>) =>
+    const withSource = <T>(fn: (source: Source) => Promise<T>) =>
       at !== undefined
         ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch, signal: cancel.signal }, fn)
-        : withRecoverySource({ from: ctx.option("from"), dir: config.backupDir, offsite: offsiteStore(config), databaseUrl: config.databaseUrl, age: config.backup.age, onScratch: cancel.onScratch, onStep,
-            allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") }, wait: ctx.flag("wait") }, fn);
+        : withRecoverySource(
+            {
+              from: ctx.option("from"),
+              dir: config.backupDir,
+              offsite: offsiteStore(config),
+              databaseUrl: config.databaseUrl,
+              age: config.backup.age,
+              onScratch: cancel.onScratch,
+              onStep,
+              allow: { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") },
+              wait: ctx.flag("wait"),
+            },
+            fn,
+          );
     return await withSource(async (source) => {
       spin.update("comparing with the live database");
       const plan = await buildPlan(ctx.db, source.url, scope, source.file, mode);
@@ -121,33 +186,74 @@ async function recover(ctx: Context): Promise<number> {
       if (plan.replaced && !plan.mode) {
         if (ctx.flag("json")) json(io, preview);
         else showAccounts(io, plan.replaced);
-        throw new ShinkeiError("ACCOUNT_REPLACED", `${plan.owner} now belongs to a different, newer account than in ${source.file}: nothing was changed`, {
-          hint: "Pass --into-current-account to give the current account the recovered worlds, or --restore-account to bring the old account back (only when the new one owns no data).",
-        });
+        throw new ShinkeiError(
+          "ACCOUNT_REPLACED",
+          `${plan.owner} now belongs to a different, newer account than in ${source.file}: nothing was changed`,
+          {
+            hint: "Pass --into-current-account to give the current account the recovered worlds, or --restore-account to bring the old account back (only when the new one owns no data).",
+          },
+        );
       }
       if (!ctx.flag("json")) showPreview(io, plan, source.file, source.loadMs, ctx.flag("show"));
       const changed = plan.tables.reduce((n, d) => n + d.changed.length, 0);
-      const todo = plan.tables.reduce((n, d) => n + d.missing.length + (revertChanged ? d.changed.length : 0), 0) + (plan.removeAccount ? 1 : 0);
+      const todo =
+        plan.tables.reduce((n, d) => n + d.missing.length + (revertChanged ? d.changed.length : 0), 0) +
+        (plan.removeAccount ? 1 : 0);
       // Run the apply and roll it back: a conflict shows now, before anyone is asked anything.
       if (todo) await trialApply(ctx.db, plan, revertChanged);
       if (!todo || dryRun) {
         if (ctx.flag("json")) json(io, { ...preview, loadMs: source.loadMs, applied: null });
-        else line(io, todo ? "\ndry run: nothing was changed" : `\nnothing to recover: every row of the backup in this scope is here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`);
+        else
+          line(
+            io,
+            todo
+              ? "\ndry run: nothing was changed"
+              : `\nnothing to recover: every row of the backup in this scope is here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`,
+          );
         return 0;
       }
       if (!ctx.flag("yes")) {
-        await typedConfirmation(io, `Type ${plan.confirmation} to bring these rows back into ${target.database}`, plan.confirmation);
+        await typedConfirmation(
+          io,
+          `Type ${plan.confirmation} to bring these rows back into ${target.database}`,
+          plan.confirmation,
+        );
       }
       const progress = activity(io, "applying in one transaction");
       const id = crypto.randomUUID();
       const run = await applyRecovery({
-        sql: ctx.db, url: config.databaseUrl, dir: config.backupDir, plan, revertChanged, age: config.backup.age, wait: ctx.flag("wait"),
+        sql: ctx.db,
+        url: config.databaseUrl,
+        dir: config.backupDir,
+        plan,
+        revertChanged,
+        age: config.backup.age,
+        wait: ctx.flag("wait"),
         fullSafetyBackup: ctx.flag("full-safety-backup"),
-        onStep: (s) => progress.update(s === "apply" ? "applying in one transaction" : "taking a full pre-recover safety backup (--full-safety-backup)"),
+        onStep: (s) =>
+          progress.update(
+            s === "apply"
+              ? "applying in one transaction"
+              : "taking a full pre-recover safety backup (--full-safety-backup)",
+          ),
         // Inside the transaction, before its commit: a committed recovery always has its undo on disk.
         save: async (applied, touched, safety) => {
-          const record = recordFor({ id, plan, applied, source: source.file, database: target.database, safetyBackup: safety?.path, revertChanged, env: io.env });
-          const written = await writeRecovery(config.backupDir, record, { undoVersion: 1, id, database: target.database, ...touched }, config.backup.age);
+          const record = recordFor({
+            id,
+            plan,
+            applied,
+            source: source.file,
+            database: target.database,
+            safetyBackup: safety?.path,
+            revertChanged,
+            env: io.env,
+          });
+          const written = await writeRecovery(
+            config.backupDir,
+            record,
+            { undoVersion: 1, id, database: target.database, ...touched },
+            config.backup.age,
+          );
           return { id, ...written };
         },
       }).catch((e) => {
@@ -156,21 +262,43 @@ async function recover(ctx: Context): Promise<number> {
       });
       progress.stop("recovered");
       const { record, path: recordPath, undoPath } = run.saved;
-      if (ctx.flag("json")) return json(io, { ...preview, loadMs: source.loadMs, applyMs: run.applyMs, safetyMs: run.safetyMs, applied: record, record: recordPath }), 0;
+      if (ctx.flag("json"))
+        return (
+          json(io, {
+            ...preview,
+            loadMs: source.loadMs,
+            applyMs: run.applyMs,
+            safetyMs: run.safetyMs,
+            applied: record,
+            record: recordPath,
+          }),
+          0
+        );
       line(io);
       if (run.safety) line(io, `safety backup  ${run.safety.path} (verified)`);
-      line(io, `safety copy    ${undoPath} (the rows it changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`);
+      line(
+        io,
+        `safety copy    ${undoPath} (the rows it changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`,
+      );
       showApplied(io, run.applied);
       line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
-      if (plan.scope.kind === "user" || plan.scope.kind === "user-id") line(io, "sessions       not restored: the user signs in again");
-      line(io, `undo with      shinkei recover --undo ${recordPath} --yes --confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`);
+      if (plan.scope.kind === "user" || plan.scope.kind === "user-id")
+        line(io, "sessions       not restored: the user signs in again");
+      line(
+        io,
+        `undo with      shinkei recover --undo ${recordPath} --yes --confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`,
+      );
       return 0;
     });
   } catch (e) {
     if (!compared) spin.fail("recover stopped: nothing was changed");
-    if (cancel.signal.aborted) throw new ShinkeiError("CANCELLED", `recover cancelled: nothing was applied, and its scratch ${at === undefined ? "database was dropped" : "instance was removed"}`);
+    if (cancel.signal.aborted)
+      throw new ShinkeiError(
+        "CANCELLED",
+        `recover cancelled: nothing was applied, and its scratch ${at === undefined ? "database was dropped" : "instance was removed"}`,
+      );
     throw e;
   } finally {
     cancel.dispose();

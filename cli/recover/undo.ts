@@ -16,17 +16,28 @@ import { plannedCounts, trialUndo, undoRecovery } from "../../src/recover/undo.t
 async function undoRecoveryCommand(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const dryRun = ctx.flag("dry-run");
-  if (!dryRun) refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
+  if (!dryRun)
+    refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
   const target = describeTarget(config.databaseUrl);
   // The same guard flags as recover: unattended, the target database must be named too.
   if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
-    checkUnattendedConfirmation(target, ctx.flag("yes"), ctx.option("confirm-database"), "undo a recovery in the live database", "--yes");
+    checkUnattendedConfirmation(
+      target,
+      ctx.flag("yes"),
+      ctx.option("confirm-database"),
+      "undo a recovery in the live database",
+      "--yes",
+    );
   }
   const { path, record, undo } = await loadRecovery(ctx.option("undo")!, config.backupDir, config.backup.age);
   if (record.database !== target.database || undo.database !== target.database) {
-    throw new ShinkeiError("RECORD_REFUSED", `${path} records a recovery of database ${record.database}, not of ${target.database}: nothing was changed`, {
-      hint: "Point DATABASE_URL at the database that was recovered.",
-    });
+    throw new ShinkeiError(
+      "RECORD_REFUSED",
+      `${path} records a recovery of database ${record.database}, not of ${target.database}: nothing was changed`,
+      {
+        hint: "Point DATABASE_URL at the database that was recovered.",
+      },
+    );
   }
   // Asked first, or only previewed: run it and roll it back, so rows changed since show before
   // anyone is asked anything. With --yes nobody is asked, and the undo itself checks the same rows.
@@ -37,9 +48,18 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
     else line(io, "\ndry run: nothing was changed");
     return 0;
   }
-  const confirmation = (record.scope.kind === "user" || record.scope.kind === "user-id") && record.owner ? record.owner : "id" in record.scope ? record.scope.id : record.scope.email;
+  const confirmation =
+    (record.scope.kind === "user" || record.scope.kind === "user-id") && record.owner
+      ? record.owner
+      : "id" in record.scope
+        ? record.scope.id
+        : record.scope.email;
   if (!ctx.flag("yes")) {
-    await typedConfirmation(io, `Type ${confirmation} to undo recovery ${record.id!.slice(0, 8)} in ${target.database}`, confirmation);
+    await typedConfirmation(
+      io,
+      `Type ${confirmation} to undo recovery ${record.id!.slice(0, 8)} in ${target.database}`,
+      confirmation,
+    );
   }
   const progress = activity(io, "undoing in one transaction");
   const run = await undoRecovery({ sql: ctx.db, record, undo, wait: ctx.flag("wait") }).catch((e) => {
@@ -47,9 +67,13 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
     throw e;
   });
   progress.stop("undone");
-  if (ctx.flag("json")) return json(io, { record: path, id: record.id, tables: run.counts, undone: true, applyMs: run.applyMs }), 0;
+  if (ctx.flag("json"))
+    return (json(io, { record: path, id: record.id, tables: run.counts, undone: true, applyMs: run.applyMs }), 0);
   const list = (pick: (c: (typeof run.counts)[string]) => number) =>
-    Object.entries(run.counts).filter(([, c]) => pick(c) > 0).map(([t, c]) => `${t} ${pick(c)}`).join(", ") || "none";
+    Object.entries(run.counts)
+      .filter(([, c]) => pick(c) > 0)
+      .map(([t, c]) => `${t} ${pick(c)}`)
+      .join(", ") || "none";
   line(io);
   line(io, `removed        ${list((c) => c.deleted)}`);
   line(io, `put back       ${list((c) => c.putBack)}`);
@@ -59,23 +83,46 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
 }
 
 /** What a recovery's record already says: given with --undo, they are refused by name. */
-const fromTheRecord = ["user", "user-id", "world", "story", "from", "at", "revert-changed", "into-current-account", "restore-account", "full-safety-backup", "show"];
+const fromTheRecord = [
+  "user",
+  "user-id",
+  "world",
+  "story",
+  "from",
+  "at",
+  "revert-changed",
+  "into-current-account",
+  "restore-account",
+  "full-safety-backup",
+  "show",
+];
 
 export const undo: Subcommand = {
   flag: "undo",
   summary: "undo a recovery: put back exactly the rows it changed",
   options: {
-    undo: { type: "string", value: "RECORD", description: "undo a recovery: its record's path, or its id as --history lists it" },
+    undo: {
+      type: "string",
+      value: "RECORD",
+      description: "undo a recovery: its record's path, or its id as --history lists it",
+    },
     "dry-run": { type: "boolean", description: "show what the undo does and stop" },
     yes: { type: "boolean", short: "y", description: "undo without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": { type: "string", value: "N", description: "the target database's name, required with --yes and without a terminal" },
+    "confirm-database": {
+      type: "string",
+      value: "N",
+      description: "the target database's name, required with --yes and without a terminal",
+    },
     "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
     wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
     json: { type: "boolean", description: "machine-readable output" },
   },
   refuse: (names) =>
     names.every((n) => fromTheRecord.includes(n))
-      ? new ShinkeiError("USAGE", `--undo takes its scope and source from the record: drop ${names.map((k) => `--${k}`).join(", ")}`)
+      ? new ShinkeiError(
+          "USAGE",
+          `--undo takes its scope and source from the record: drop ${names.map((k) => `--${k}`).join(", ")}`,
+        )
       : undefined,
   run: undoRecoveryCommand,
 };

@@ -19,9 +19,16 @@ reset codes are pending (a count only: codes are stored as hashes and never show
       return 0;
     }
     line(ctx.io, `database  ${s.database} on ${s.host}:${s.port} (PostgreSQL ${s.serverVersion})`);
-    line(ctx.io, `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}${s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""}`);
+    line(
+      ctx.io,
+      `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}${s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""}`,
+    );
     line(ctx.io, `size      ${formatBytes(s.sizeBytes)}`);
-    if (s.pendingResetCodes !== null) line(ctx.io, `resets    ${s.pendingResetCodes} reset code${s.pendingResetCodes === 1 ? "" : "s"} pending (unexpired, unused)`);
+    if (s.pendingResetCodes !== null)
+      line(
+        ctx.io,
+        `resets    ${s.pendingResetCodes} reset code${s.pendingResetCodes === 1 ? "" : "s"} pending (unexpired, unused)`,
+      );
     line(ctx.io);
     line(ctx.io, table([["table", "rows"], ...mainTables.map((t) => [t, s.counts[t] ?? "missing"])]));
     return 0;

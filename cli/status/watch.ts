@@ -14,32 +14,60 @@ const CLEAR = "\x1b[H\x1b[2J";
 /** The status page's headline figures as lines of text: one screen, read from the same snapshot. */
 async function screen(ctx: Context, every: string): Promise<string[]> {
   const { config } = ctx;
-  const out = [`shinkei status · ${new Date().toISOString().slice(0, 19).replace("T", " ")} UTC · every ${every} · Ctrl-C to stop`, ""];
+  const out = [
+    `shinkei status · ${new Date().toISOString().slice(0, 19).replace("T", " ")} UTC · every ${every} · Ctrl-C to stop`,
+    "",
+  ];
   // An unreadable folder is what to show, not a reason to stop watching.
-  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then((s) => ({ s }), (e: Error) => ({ error: e.message }));
+  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then(
+    (s) => ({ s }),
+    (e: Error) => ({ error: e.message }),
+  );
   if ("error" in read) return [...out, `✖ the backup folder cannot be read: ${read.error}`];
-  const pitrRead = config.wal.archive === "stream" ? await readPitrSnapshot(config.backupDir, archiveTrust(config.backup.age)).then((p) => ({ p }), (e: Error) => ({ error: e.message })) : null;
+  const pitrRead =
+    config.wal.archive === "stream"
+      ? await readPitrSnapshot(config.backupDir, archiveTrust(config.backup.age)).then(
+          (p) => ({ p }),
+          (e: Error) => ({ error: e.message }),
+        )
+      : null;
   const view = statusView(read.s, config.backup, new Date(), pitrRead && "p" in pitrRead ? pitrRead.p : null);
-  if (pitrRead && "error" in pitrRead) view.problems.unshift({ level: "bad", text: `The WAL archive cannot be read: ${pitrRead.error}` });
+  if (pitrRead && "error" in pitrRead)
+    view.problems.unshift({ level: "bad", text: `The WAL archive cannot be read: ${pitrRead.error}` });
   out.push(view.headline.text);
   const n = view.newest;
-  out.push(`newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`);
+  out.push(
+    `newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`,
+  );
   const d = view.lastDrill;
   out.push(`last drill      ${d ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)} (${d.backup})` : "none yet"}`);
-  out.push(`off-site        ${view.offsitePending === null ? "no store configured" : `${view.offsitePending} pending`}`);
+  out.push(
+    `off-site        ${view.offsitePending === null ? "no store configured" : `${view.offsitePending} pending`}`,
+  );
   const p = view.pitr;
   if (p) {
-    out.push(`pitr window     ${p.window ? `${p.window.earliest.toISOString()} .. ${p.window.latest.toISOString()}` : "none yet"}${p.newestWalAgeMs === null ? "" : `, newest WAL ${ago(p.newestWalAgeMs)}`}`);
-    out.push(`base backup     ${p.newestBase ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)}` : "none"}`);
-    out.push(`pitr drill      ${p.lastDrill ? `${p.lastDrill.passed ? "passed" : "FAILED"} ${ago(p.lastDrill.ageMs)}` : "none yet"}`);
+    out.push(
+      `pitr window     ${p.window ? `${p.window.earliest.toISOString()} .. ${p.window.latest.toISOString()}` : "none yet"}${p.newestWalAgeMs === null ? "" : `, newest WAL ${ago(p.newestWalAgeMs)}`}`,
+    );
+    out.push(
+      `base backup     ${p.newestBase ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)}` : "none"}`,
+    );
+    out.push(
+      `pitr drill      ${p.lastDrill ? `${p.lastDrill.passed ? "passed" : "FAILED"} ${ago(p.lastDrill.ageMs)}` : "none yet"}`,
+    );
   }
   // The database may be down while the backups are fine: say so, and keep watching.
   const db = await databaseState(ctx.db, config.databaseUrl).then(
-    (s) => `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
+    (s) =>
+      `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
     (e: Error) => `unreachable: ${e.message}`,
   );
   out.push(`database        ${db}`, "");
-  out.push(...(view.problems.length ? view.problems.map((p) => `${p.level === "bad" ? "✖" : "▲"} ${p.text}`) : ["✔ backups, drills and off-site copies are within their limits"]));
+  out.push(
+    ...(view.problems.length
+      ? view.problems.map((p) => `${p.level === "bad" ? "✖" : "▲"} ${p.text}`)
+      : ["✔ backups, drills and off-site copies are within their limits"]),
+  );
   return out;
 }
 
@@ -47,7 +75,8 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
 export async function watch(ctx: Context): Promise<number> {
   const text = ctx.option("interval") ?? "2s";
   const ms = parseDuration(text);
-  if (ms === null || ms < 1000 || ms > 3_600_000) throw new ShinkeiError("USAGE", `--interval must be a duration from 1s to 1h, such as 5s; got ${text}`);
+  if (ms === null || ms < 1000 || ms > 3_600_000)
+    throw new ShinkeiError("USAGE", `--interval must be a duration from 1s to 1h, such as 5s; got ${text}`);
   const tty = Boolean((ctx.io.stdout as NodeJS.WriteStream).isTTY);
   let stopped = false;
   const signal = untilSignal().then(() => {
@@ -73,6 +102,8 @@ pending, the database, and what is wrong.`,
     interval: { type: "string", value: "D", description: "with --watch: how often to refresh (1s to 1h, default 2s)" },
   },
   refuse: (names) =>
-    names.includes("json") ? new ShinkeiError("USAGE", "--watch and --json do not go together; for figures a script reads, scrape /metrics") : undefined,
+    names.includes("json")
+      ? new ShinkeiError("USAGE", "--watch and --json do not go together; for figures a script reads, scrape /metrics")
+      : undefined,
   run: watch,
 };

@@ -10,13 +10,15 @@ import { ShinkeiError } from "../../src/errors.ts";
  * Everything here that can wait that long waits on the database (hashing sheds well before), so
  * the answer is DB_UNREACHABLE, with Retry-After. The late work still ends on its own; its result is dropped.
  */
-export const deadline = (ms: number): MiddlewareHandler<AppEnv> => async (c, next) => {
-  let timer: Timer | undefined;
-  const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
-  const work = next().then(() => "done" as const);
-  const first = await Promise.race([work, late]).finally(() => clearTimeout(timer));
-  if (first === "late") {
-    work.catch(() => {});
-    throw new ShinkeiError("DB_UNREACHABLE", `no answer within ${ms} ms: the database did not answer in time`);
-  }
-};
+export const deadline =
+  (ms: number): MiddlewareHandler<AppEnv> =>
+  async (c, next) => {
+    let timer: Timer | undefined;
+    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
+    const work = next().then(() => "done" as const);
+    const first = await Promise.race([work, late]).finally(() => clearTimeout(timer));
+    if (first === "late") {
+      work.catch(() => {});
+      throw new ShinkeiError("DB_UNREACHABLE", `no answer within ${ms} ms: the database did not answer in time`);
+    }
+  };

@@ -18,13 +18,21 @@ function presented(header: string | undefined): string | undefined {
  * Let through only requests that carry `token` (when it is undefined, everyone: the caller decides
  * where that is safe). Digests are compared, in constant time, so neither length nor prefix leaks.
  */
-export const requireToken = (token: string | undefined, variable: "METRICS_TOKEN" | "OPS_TOKEN"): MiddlewareHandler => async (c, next) => {
-  if (token !== undefined) {
-    const given = presented(c.req.header("authorization"));
-    if (given === undefined || !crypto.timingSafeEqual(digest(given), digest(token))) {
-      c.header("WWW-Authenticate", `Basic realm="shinkei ${variable === "OPS_TOKEN" ? "status" : "metrics"}", charset="UTF-8"`);
-      throw new ShinkeiError("UNAUTHORIZED", `this needs ${variable} as a Bearer token (or as the password of HTTP Basic)`);
+export const requireToken =
+  (token: string | undefined, variable: "METRICS_TOKEN" | "OPS_TOKEN"): MiddlewareHandler =>
+  async (c, next) => {
+    if (token !== undefined) {
+      const given = presented(c.req.header("authorization"));
+      if (given === undefined || !crypto.timingSafeEqual(digest(given), digest(token))) {
+        c.header(
+          "WWW-Authenticate",
+          `Basic realm="shinkei ${variable === "OPS_TOKEN" ? "status" : "metrics"}", charset="UTF-8"`,
+        );
+        throw new ShinkeiError(
+          "UNAUTHORIZED",
+          `this needs ${variable} as a Bearer token (or as the password of HTTP Basic)`,
+        );
+      }
     }
-  }
-  await next();
-};
+    await next();
+  };

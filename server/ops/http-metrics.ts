@@ -20,11 +20,13 @@ function loginOutcome(status: number): LoginOutcome {
 }
 
 /** Count and time every request by route pattern and status; login answers also count by outcome. */
-export const httpMetrics = (metrics: Metrics): MiddlewareHandler => async (c, next) => {
-  const start = performance.now();
-  await next();
-  const route = routeOf(c);
-  const status = c.res.status;
-  metrics.observeHttp(c.req.method, route, status, (performance.now() - start) / 1000);
-  if (route === LOGIN_ROUTE && c.req.method === "POST") metrics.login(loginOutcome(status));
-};
+export const httpMetrics =
+  (metrics: Metrics): MiddlewareHandler =>
+  async (c, next) => {
+    const start = performance.now();
+    await next();
+    const route = routeOf(c);
+    const status = c.res.status;
+    metrics.observeHttp(c.req.method, route, status, (performance.now() - start) / 1000);
+    if (route === LOGIN_ROUTE && c.req.method === "POST") metrics.login(loginOutcome(status));
+  };

@@ -11,12 +11,24 @@ export function healthRoutes({ sql, readiness, config, log }: Deps) {
         const m = await migrationStatus(sql);
         const extra = readiness ? await readiness() : {};
         const ready = m.pending.length === 0;
-        return c.json({ status: ready ? "ready" : "migrations pending", database: "ok", schemaVersion: m.current, pendingMigrations: m.pending.length, ...extra }, ready ? 200 : 503);
+        return c.json(
+          {
+            status: ready ? "ready" : "migrations pending",
+            database: "ok",
+            schemaVersion: m.current,
+            pendingMigrations: m.pending.length,
+            ...extra,
+          },
+          ready ? 200 : 503,
+        );
       } catch (e) {
         // Monitors see that we are not ready and the request id; the log line says why.
         const { error } = hiddenError(c, e, config.databaseUrl, log);
         if (error.code === "DB_UNREACHABLE") c.header("Retry-After", "5");
-        return c.json({ status: "unavailable", database: error.code === "DB_UNREACHABLE" ? "unreachable" : "error", error }, 503);
+        return c.json(
+          { status: "unavailable", database: error.code === "DB_UNREACHABLE" ? "unreachable" : "error", error },
+          503,
+        );
       }
     });
 }

@@ -21,13 +21,19 @@ export const LIVE_CODES = 5;
  * parallel requests cannot pass the limit together. `alongside` runs in that transaction with the
  * code (to queue the mail that carries it): no code without its mail, no mail without its code.
  */
-export async function issueCode(sql: Sql, input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date }, alongside?: (tx: postgres.TransactionSql, code: string, expiresAt: Date) => Promise<void>): Promise<string | null> {
+export async function issueCode(
+  sql: Sql,
+  input: { userId: string; purpose: CodePurpose; ttlMs: number; now: Date },
+  alongside?: (tx: postgres.TransactionSql, code: string, expiresAt: Date) => Promise<void>,
+): Promise<string | null> {
   const code = Buffer.from(crypto.getRandomValues(new Uint8Array(24))).toString("base64url");
   const expiresAt = new Date(input.now.getTime() + input.ttlMs);
   return sql.begin(async (tx) => {
     await tx`select 1 from users where id = ${input.userId} for update`;
     await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose} and expires_at <= ${input.now}`;
-    const [live] = await tx<{ n: number }[]>`select count(*)::int as n from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
+    const [live] = await tx<
+      { n: number }[]
+    >`select count(*)::int as n from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
     if (live!.n >= LIVE_CODES) return null;
     await tx`insert into account_codes (code_hash, user_id, purpose, created_at, expires_at)
              values (${hashCode(code)}, ${input.userId}, ${input.purpose}, ${input.now}, ${expiresAt})`;
@@ -41,7 +47,10 @@ export async function issueCode(sql: Sql, input: { userId: string; purpose: Code
  * malformed, wrong, used, expired or someone else's code alike. Looked up by hash: no comparison
  * of the secret itself whose timing could leak it.
  */
-export async function findCodeOwner(sql: Queryable, input: { email: string; code: string; purpose: CodePurpose; now: Date }): Promise<string | undefined> {
+export async function findCodeOwner(
+  sql: Queryable,
+  input: { email: string; code: string; purpose: CodePurpose; now: Date },
+): Promise<string | undefined> {
   if (!CODE.test(input.code)) return undefined;
   const [row] = await sql<{ userId: string }[]>`
     select c.user_id as "userId" from account_codes c join users u on u.id = c.user_id
@@ -54,7 +63,10 @@ export async function findCodeOwner(sql: Queryable, input: { email: string; code
  * Use the code up: delete it (and every other code of this purpose for the account) and return
  * whether it was still there. Two requests racing with one code: exactly one gets true.
  */
-export async function consumeCode(tx: Queryable, input: { userId: string; code: string; purpose: CodePurpose; now: Date }): Promise<boolean> {
+export async function consumeCode(
+  tx: Queryable,
+  input: { userId: string; code: string; purpose: CodePurpose; now: Date },
+): Promise<boolean> {
   const r = await tx`delete from account_codes
     where code_hash = ${hashCode(input.code)} and user_id = ${input.userId} and purpose = ${input.purpose} and expires_at > ${input.now}`;
   if (r.count === 0) return false;
@@ -71,6 +83,7 @@ export async function pruneCodes(sql: Sql, now: Date): Promise<number> {
 export async function pendingResetCodes(sql: Queryable): Promise<number | null> {
   const [exists] = await sql`select to_regclass('public.account_codes') is not null as ok`;
   if (!exists!.ok) return null;
-  const [row] = await sql`select count(*)::int as n from account_codes where purpose = 'password_reset' and expires_at > now()`;
+  const [row] =
+    await sql`select count(*)::int as n from account_codes where purpose = 'password_reset' and expires_at > now()`;
   return row!.n;
 }

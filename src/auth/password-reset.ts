@@ -13,22 +13,38 @@ import { consumeCode, findCodeOwner, issueCode, pruneCodes, type CodePurpose } f
 export type Clock = () => Date;
 
 /** What every "we mailed you, if ..." route answers, byte for byte, whether the account exists or not. */
-export const RESET_ACCEPTED = { status: "accepted", message: "If an account uses this address, a reset code is on its way." } as const;
-export const VERIFY_ACCEPTED = { status: "accepted", message: "If an account uses this address and is not verified yet, a new code is on its way." } as const;
-export const REGISTER_ACCEPTED = { status: "accepted", message: "Check your mailbox: we sent a code to confirm the address." } as const;
+export const RESET_ACCEPTED = {
+  status: "accepted",
+  message: "If an account uses this address, a reset code is on its way.",
+} as const;
+export const VERIFY_ACCEPTED = {
+  status: "accepted",
+  message: "If an account uses this address and is not verified yet, a new code is on its way.",
+} as const;
+export const REGISTER_ACCEPTED = {
+  status: "accepted",
+  message: "Check your mailbox: we sent a code to confirm the address.",
+} as const;
 
 const DUPLICATE_NOTICE_INTERVAL_MS = 86_400_000;
 
 /** "1 hour", "24 hours", "90 minutes": for a sentence in a mail. */
 function humanDuration(ms: number): string {
-  const [n, unit] = ms % 86_400_000 === 0 && ms > 86_400_000 * 2 ? [ms / 86_400_000, "day"]
-    : ms % 3_600_000 === 0 ? [ms / 3_600_000, "hour"]
-    : ms % 60_000 === 0 ? [ms / 60_000, "minute"]
-    : [Math.ceil(ms / 1000), "second"];
+  const [n, unit] =
+    ms % 86_400_000 === 0 && ms > 86_400_000 * 2
+      ? [ms / 86_400_000, "day"]
+      : ms % 3_600_000 === 0
+        ? [ms / 3_600_000, "hour"]
+        : ms % 60_000 === 0
+          ? [ms / 60_000, "minute"]
+          : [Math.ceil(ms / 1000), "second"];
   return `${n} ${unit}${n === 1 ? "" : "s"}`;
 }
 
-const invalidCode = () => new ShinkeiError("INVALID_CODE", "the code is wrong, used or expired", { hint: "Ask for a new one; a code from any of the last few mails works until it expires." });
+const invalidCode = () =>
+  new ShinkeiError("INVALID_CODE", "the code is wrong, used or expired", {
+    hint: "Ask for a new one; a code from any of the last few mails works until it expires.",
+  });
 
 export async function isEmailVerified(sql: Queryable, userId: string): Promise<boolean> {
   const [row] = await sql`select email_verified_at is not null as ok from users where id = ${userId}`;
@@ -111,17 +127,40 @@ export class AccountRecovery {
   }
 
   /** Queue a mail through `q` (the pool, or the transaction of what it carries); it goes after `q` commits. */
-  private async send(template: TemplateName, user: Pick<User, "email" | "name">, vars: Record<string, string> = {}, q: Queryable = this.deps.sql, expiresAt?: Date) {
+  private async send(
+    template: TemplateName,
+    user: Pick<User, "email" | "name">,
+    vars: Record<string, string> = {},
+    q: Queryable = this.deps.sql,
+    expiresAt?: Date,
+  ) {
     const { publicUrl } = this.deps.config.mail;
-    await this.deps.mail?.enqueue(q, renderMail(template, user.email, { name: user.name, email: user.email, publicUrl, ...vars }), { expiresAt });
+    await this.deps.mail?.enqueue(
+      q,
+      renderMail(template, user.email, { name: user.name, email: user.email, publicUrl, ...vars }),
+      { expiresAt },
+    );
     if (q === this.deps.sql) this.deps.mail?.wake();
   }
 
   private async mailCode(user: Pick<User, "id" | "email" | "name">, purpose: CodePurpose) {
-    const ttlMs = purpose === "password_reset" ? this.deps.config.recovery.passwordResetTtlMs : this.deps.config.recovery.verificationTtlMs;
+    const ttlMs =
+      purpose === "password_reset"
+        ? this.deps.config.recovery.passwordResetTtlMs
+        : this.deps.config.recovery.verificationTtlMs;
     // The mail is queued in the code's own transaction: no code without its mail, no mail without its code.
-    const code = await issueCode(this.deps.sql, { userId: user.id, purpose, ttlMs, now: this.now() }, (tx, code, expiresAt) =>
-      this.send(purpose === "password_reset" ? "password-reset" : "verify-email", user, { code, ttl: humanDuration(ttlMs) }, tx, expiresAt));
+    const code = await issueCode(
+      this.deps.sql,
+      { userId: user.id, purpose, ttlMs, now: this.now() },
+      (tx, code, expiresAt) =>
+        this.send(
+          purpose === "password_reset" ? "password-reset" : "verify-email",
+          user,
+          { code, ttl: humanDuration(ttlMs) },
+          tx,
+          expiresAt,
+        ),
+    );
     // null: the mailbox already holds the most codes that may be live at once, and those still work.
     if (code !== null) this.deps.mail?.wake();
   }
@@ -140,7 +179,10 @@ export class AccountRecovery {
   }
 
   /** Set a new password with a mailed code: every session ends, the event is recorded, the owner is told. */
-  async confirmReset(input: { email: string; code: string; newPassword: string }, client: ClientInfo = {}): Promise<{ revokedSessions: number }> {
+  async confirmReset(
+    input: { email: string; code: string; newPassword: string },
+    client: ClientInfo = {},
+  ): Promise<{ revokedSessions: number }> {
     this.requireMail();
     const { sql, throttle, hasher } = this.deps;
     const held = await this.reserve("reset-confirm", input.email, client);
@@ -173,7 +215,11 @@ export class AccountRecovery {
     if (!this.mailOn) return;
     this.later("password changed mail", async () => {
       const user = await findUserById(this.deps.sql, userId);
-      if (user) await this.send("password-changed", user, { how, when: `${now.toISOString().slice(0, 16).replace("T", " ")} UTC` });
+      if (user)
+        await this.send("password-changed", user, {
+          how,
+          when: `${now.toISOString().slice(0, 16).replace("T", " ")} UTC`,
+        });
     });
   }
 

@@ -49,7 +49,9 @@ export class PasswordHasher {
   private async slot<T>(work: () => Promise<T>): Promise<T> {
     if (this.running >= this.options.concurrency) {
       if (this.waiting.length >= this.queueLimit) {
-        throw new ShinkeiError("BUSY", "the server is busy; try again shortly", { details: { retryAfter: this.retryAfter() } });
+        throw new ShinkeiError("BUSY", "the server is busy; try again shortly", {
+          details: { retryAfter: this.retryAfter() },
+        });
       }
       await new Promise<void>((resolve) => this.waiting.push(resolve));
     } else {
@@ -88,7 +90,11 @@ export class PasswordHasher {
 
   /** The hash verifyNobody checks against: argon2id with exactly the parameters of a real hash. */
   nobodyHash(): Promise<string> {
-    return (this.dummy ??= Bun.password.hash(crypto.randomUUID(), { algorithm: "argon2id", memoryCost: this.options.memoryCost, timeCost: this.options.timeCost }));
+    return (this.dummy ??= Bun.password.hash(crypto.randomUUID(), {
+      algorithm: "argon2id",
+      memoryCost: this.options.memoryCost,
+      timeCost: this.options.timeCost,
+    }));
   }
 
   /**

@@ -8,7 +8,11 @@ import { ShinkeiError } from "../errors.ts";
  */
 // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what this refuses.
 const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-const text = () => v.pipe(v.string("must be a string"), v.check((s: string) => !UNSTORABLE.test(s), "must not contain NUL characters or unpaired surrogates"));
+const text = () =>
+  v.pipe(
+    v.string("must be a string"),
+    v.check((s: string) => !UNSTORABLE.test(s), "must not contain NUL characters or unpaired surrogates"),
+  );
 
 const email = v.pipe(
   text(),
@@ -49,6 +53,8 @@ export function parseInput<S extends v.GenericSchema>(schema: S, body: unknown):
     const key = issue.path?.map((p) => String(p.key)).join(".") ?? "body";
     fields[key] ??= issue.kind === "schema" && issue.received === "undefined" ? "is required" : issue.message;
   }
-  const list = Object.entries(fields).map(([k, m]) => `${k} ${m}`).join("; ");
+  const list = Object.entries(fields)
+    .map(([k, m]) => `${k} ${m}`)
+    .join("; ");
   throw new ShinkeiError("INVALID_INPUT", `invalid input: ${list}`, { details: { fields } });
 }

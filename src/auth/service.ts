@@ -3,7 +3,16 @@ import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";
 import { loginKeys, Throttle, type ClientInfo, type Reservation, type ThrottleRule } from "./throttle.ts";
-import { createUser, findUserByEmail, findUserById, publicUser, replacePasswordHash, setPasswordHash, type User, type UserRow } from "./users.ts";
+import {
+  createUser,
+  findUserByEmail,
+  findUserById,
+  publicUser,
+  replacePasswordHash,
+  setPasswordHash,
+  type User,
+  type UserRow,
+} from "./users.ts";
 import { createSession, revokeUserSessions, SessionCache, type Session } from "./sessions.ts";
 import { isEmailVerified } from "./password-reset.ts";
 
@@ -20,7 +29,10 @@ export class AuthService {
 
   constructor(
     private readonly sql: Sql,
-    private readonly config: Pick<Config, "sessionTtlMs" | "sessionCacheTtlMs" | "login" | "hashing" | "registerHashing" | "recovery">,
+    private readonly config: Pick<
+      Config,
+      "sessionTtlMs" | "sessionCacheTtlMs" | "login" | "hashing" | "registerHashing" | "recovery"
+    >,
   ) {
     this.throttle = new Throttle(sql, config.login.windowMs);
     this.sessions = new SessionCache(config.sessionCacheTtlMs);
@@ -30,7 +42,9 @@ export class AuthService {
 
   /** Every registration attempt from an address counts, made or refused, against REGISTER_MAX_PER_IP. */
   async register(input: { email: string; password: string; name: string }, client: ClientInfo = {}): Promise<User> {
-    const held = client.ip ? await this.throttle.reserve([{ key: `register:${client.ip}`, limit: this.config.login.registerMaxPerIp }]) : undefined;
+    const held = client.ip
+      ? await this.throttle.reserve([{ key: `register:${client.ip}`, limit: this.config.login.registerMaxPerIp }])
+      : undefined;
     return this.attempt(held, async () => {
       // Cheap refusal first, so a taken email costs no hashing; the unique index still decides races.
       if (await findUserByEmail(this.sql, input.email)) {
@@ -81,7 +95,9 @@ export class AuthService {
     const held = await this.throttle.reserve(this.loginRules(input.email, client.ip));
     const user = await this.attempt(held, async () => {
       const user = await findUserByEmail(this.sql, input.email);
-      const ok = user ? await this.hasher.verify(input.password, user.passwordHash) : await this.hasher.verifyNobody(input.password);
+      const ok = user
+        ? await this.hasher.verify(input.password, user.passwordHash)
+        : await this.hasher.verifyNobody(input.password);
       if (!user || !ok) throw invalid();
       return user;
     });
@@ -108,7 +124,11 @@ export class AuthService {
   }
 
   /** Change the password of the session's user and end every other session of theirs. */
-  async changePassword(session: Session, input: { currentPassword: string; newPassword: string }, client: ClientInfo = {}) {
+  async changePassword(
+    session: Session,
+    input: { currentPassword: string; newPassword: string },
+    client: ClientInfo = {},
+  ) {
     const held = await this.throttle.reserve(this.loginRules(session.user.email, client.ip));
     const user = await this.attempt(held, async () => {
       const user = await findUserById(this.sql, session.userId);

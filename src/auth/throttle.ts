@@ -70,7 +70,10 @@ export class Throttle {
         // Thrown inside the transaction: it rolls back, so this attempt is counted nowhere.
         throw new ShinkeiError("TOO_MANY_REQUESTS", "too many attempts; try again later", { details: { retryAfter } });
       }
-      return { delayMs, rows: rows.map((r) => ({ digest: r.key, start: r.start, onSuccess: byDigest.get(r.key)!.onSuccess ?? "keep" })) };
+      return {
+        delayMs,
+        rows: rows.map((r) => ({ digest: r.key, start: r.start, onSuccess: byDigest.get(r.key)!.onSuccess ?? "keep" })),
+      };
     });
     return new Reservation(this.sql, held.rows, held.delayMs);
   }

@@ -6,7 +6,10 @@ export type UserRow = User & { passwordHash: string };
 
 const columns = (sql: Sql) => sql`id, email, name, created_at as "createdAt"`;
 
-export async function createUser(sql: Sql, input: { email: string; name: string; passwordHash: string }): Promise<User> {
+export async function createUser(
+  sql: Sql,
+  input: { email: string; name: string; passwordHash: string },
+): Promise<User> {
   try {
     const [user] = await sql<User[]>`
       insert into users (email, name, password_hash) values (${input.email}, ${input.name}, ${input.passwordHash})
@@ -28,7 +31,9 @@ export async function findUserByEmail(sql: Sql, email: string): Promise<UserRow 
 }
 
 export async function findUserById(sql: Sql, id: string): Promise<UserRow | undefined> {
-  const [row] = await sql<UserRow[]>`select ${columns(sql)}, password_hash as "passwordHash" from users where id = ${id}`;
+  const [row] = await sql<
+    UserRow[]
+  >`select ${columns(sql)}, password_hash as "passwordHash" from users where id = ${id}`;
   return row;
 }
 

@@ -50,12 +50,18 @@ export async function obtainBackup(dir: string, file?: string, offsite?: BackupS
       hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
     });
   }
-  const latest = (await listLocal(dir)).find((b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b));
+  const latest = (await listLocal(dir)).find(
+    (b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b),
+  );
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
   const objects = offsite ? await offsite.list() : [];
   const remote = newestRemote(objects);
-  if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) return download(offsite!, dir, remote.name, objects);
-  if (!latest) throw new ShinkeiError("BACKUP_NOT_FOUND", `no backups in ${dir}`, { hint: "Take one with shinkei backup, or name a file with --backup-file." });
+  if (remote && (!latest || compareNewestFirst(remote, latest) < 0))
+    return download(offsite!, dir, remote.name, objects);
+  if (!latest)
+    throw new ShinkeiError("BACKUP_NOT_FOUND", `no backups in ${dir}`, {
+      hint: "Take one with shinkei backup, or name a file with --backup-file.",
+    });
   return latest.path;
 }
 
@@ -76,6 +82,7 @@ async function download(store: BackupStore, dir: string, name: string, objects: 
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, name);
   await store.get(name, path);
-  if (objects.some((o) => o.name === name + MANIFEST_SUFFIX)) await store.get(name + MANIFEST_SUFFIX, manifestPath(path));
+  if (objects.some((o) => o.name === name + MANIFEST_SUFFIX))
+    await store.get(name + MANIFEST_SUFFIX, manifestPath(path));
   return path;
 }

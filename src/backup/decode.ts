@@ -52,11 +52,22 @@ export async function detectFormat(path: string): Promise<Format> {
  * The file's content without encryption and gzip; damage or truncation throws while iterating
  * (age authenticates every 64 KiB chunk and marks the last one).
  */
-export async function content(path: string, format: Format, age?: AgeConfig, made?: Encryption): Promise<ReadableStream<Uint8Array>> {
+export async function content(
+  path: string,
+  format: Format,
+  age?: AgeConfig,
+  made?: Encryption,
+): Promise<ReadableStream<Uint8Array>> {
   return plainOf(Bun.file(path).stream(), path, format, age, made);
 }
 
-export async function plainOf(raw: ReadableStream<Uint8Array>, path: string, format: Format, age?: AgeConfig, made?: Encryption): Promise<ReadableStream<Uint8Array>> {
+export async function plainOf(
+  raw: ReadableStream<Uint8Array>,
+  path: string,
+  format: Format,
+  age?: AgeConfig,
+  made?: Encryption,
+): Promise<ReadableStream<Uint8Array>> {
   const opened = format.endsWith("+age") ? await decrypt(raw, age, basename(path), made) : raw;
   return format.includes("+gzip") ? gunzip(opened) : opened;
 }

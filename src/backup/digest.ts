@@ -10,8 +10,13 @@ export type TableStats = { counts: Record<string, number>; digests: Record<strin
  * the drill that checks it fix them the same way.
  */
 export async function tableStats(tx: Queryable): Promise<TableStats> {
-  await tx.unsafe("set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3");
-  const rows = await countRows(tx, (r) => `coalesce(sum(('x' || substr(md5(${r}::text), 1, 16))::bit(64)::int8::numeric), 0)::text`);
+  await tx.unsafe(
+    "set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3",
+  );
+  const rows = await countRows(
+    tx,
+    (r) => `coalesce(sum(('x' || substr(md5(${r}::text), 1, 16))::bit(64)::int8::numeric), 0)::text`,
+  );
   return {
     counts: Object.fromEntries(rows.map((r) => [r.name, r.n])),
     digests: Object.fromEntries(rows.filter((r) => r.digest !== null).map((r) => [r.name, r.digest!])),

@@ -62,27 +62,49 @@ export async function runDrill(options: {
     if (!verification.ok) differences.push(...verification.problems);
     else if (!manifest) differences.push("no manifest: nothing to compare the restored data with");
     else {
-      await withScratchDatabase({ serverUrl: options.serverUrl, prefix: SCRATCH_PREFIX, what: "the drill", onScratch: options.onScratch,
-        privilegeHint: "Grant it (ALTER ROLE ... CREATEDB), or point DRILL_DATABASE_URL at a server where the role has it." }, async (url) => {
-        const source = await content(options.path, verification.format, options.age, manifest.encryption);
-        await load(url, source, verification.format, await serverVersionNum(url), { env: options.env });
-        const sql = connect(url, { max: 1 });
-        try {
-          const { stats, schemaVersion } = await sql.begin(async (tx) => ({ stats: await tableStats(tx), schemaVersion: await currentSchemaVersion(tx) }));
-          differences.push(...compare(manifest, stats, schemaVersion));
-          if (!manifest.digests) notes.push("the manifest has no content digests (an older backup): only counts were compared");
-        } finally {
-          await sql.end({ timeout: 5 });
-        }
-      });
+      await withScratchDatabase(
+        {
+          serverUrl: options.serverUrl,
+          prefix: SCRATCH_PREFIX,
+          what: "the drill",
+          onScratch: options.onScratch,
+          privilegeHint:
+            "Grant it (ALTER ROLE ... CREATEDB), or point DRILL_DATABASE_URL at a server where the role has it.",
+        },
+        async (url) => {
+          const source = await content(options.path, verification.format, options.age, manifest.encryption);
+          await load(url, source, verification.format, await serverVersionNum(url), { env: options.env });
+          const sql = connect(url, { max: 1 });
+          try {
+            const { stats, schemaVersion } = await sql.begin(async (tx) => ({
+              stats: await tableStats(tx),
+              schemaVersion: await currentSchemaVersion(tx),
+            }));
+            differences.push(...compare(manifest, stats, schemaVersion));
+            if (!manifest.digests)
+              notes.push("the manifest has no content digests (an older backup): only counts were compared");
+          } finally {
+            await sql.end({ timeout: 5 });
+          }
+        },
+      );
     }
   } catch (e) {
     if (e instanceof ShinkeiError && NOTHING_DRILLED.has(e.code)) throw e;
     if (!options.signal?.aborted) differences.push((e as Error).message);
   }
   // A drill cut short proves nothing either way: no result is written.
-  if (options.signal?.aborted) throw new ShinkeiError("CANCELLED", `the drill of ${file} was cancelled; its scratch database was dropped`);
-  const result: DrillResult = { file, passed: differences.length === 0, at: new Date().toISOString(), durationMs: Math.round(performance.now() - started), server, differences, notes };
+  if (options.signal?.aborted)
+    throw new ShinkeiError("CANCELLED", `the drill of ${file} was cancelled; its scratch database was dropped`);
+  const result: DrillResult = {
+    file,
+    passed: differences.length === 0,
+    at: new Date().toISOString(),
+    durationMs: Math.round(performance.now() - started),
+    server,
+    differences,
+    notes,
+  };
   await writeFileAtomic(drillPath(options.path), JSON.stringify(result, null, 2) + "\n");
   return result;
 }
@@ -93,13 +115,16 @@ function compare(
   schemaVersion: number,
 ): string[] {
   const out: string[] = [];
-  if (schemaVersion !== manifest.schemaVersion) out.push(`schema version is ${schemaVersion}, the backup recorded ${manifest.schemaVersion}`);
+  if (schemaVersion !== manifest.schemaVersion)
+    out.push(`schema version is ${schemaVersion}, the backup recorded ${manifest.schemaVersion}`);
   const tables = new Set([...Object.keys(manifest.counts), ...Object.keys(found.counts)]);
   for (const t of [...tables].sort()) {
     if (!(t in found.counts)) out.push(`${t}: missing after restore`);
     else if (!(t in manifest.counts)) out.push(`${t}: restored, but not in the manifest`);
-    else if (found.counts[t] !== manifest.counts[t]) out.push(`${t}: ${found.counts[t]} rows restored, the backup recorded ${manifest.counts[t]}`);
-    else if (manifest.digests && manifest.digests[t] !== found.digests[t]) out.push(`${t}: content differs from what the backup recorded`);
+    else if (found.counts[t] !== manifest.counts[t])
+      out.push(`${t}: ${found.counts[t]} rows restored, the backup recorded ${manifest.counts[t]}`);
+    else if (manifest.digests && manifest.digests[t] !== found.digests[t])
+      out.push(`${t}: content differs from what the backup recorded`);
   }
   return out;
 }

@@ -34,7 +34,14 @@ async function reserveName(dir: string, at: Date, extension: string): Promise<st
   for (let seq = 0; seq < 1000; seq++) {
     const name = backupName(at, seq, extension);
     // lstat: a dangling symbolic link takes a name too.
-    const taken = await Promise.all([lstat(join(dir, name)), lstat(join(dir, `${name}.partial`))].map((p) => p.then(() => true, () => false)));
+    const taken = await Promise.all(
+      [lstat(join(dir, name)), lstat(join(dir, `${name}.partial`))].map((p) =>
+        p.then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     if (!taken.includes(true)) return name;
   }
   throw new ShinkeiError("BACKUP_FAILED", "too many backups within one second");
@@ -74,12 +81,15 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     const schemaVersion = await currentSchemaVersion(tx);
     // Owners and privileges are left out as `pg_restore --no-owner --no-privileges` would: a backup
     // restores wherever its user can create tables, also on a server without the original roles.
-    const proc = Bun.spawn([pgDump, "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"], {
-      env: toolEnv(url, options.env),
-      stdin: "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const proc = Bun.spawn(
+      [pgDump, "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"],
+      {
+        env: toolEnv(url, options.env),
+        stdin: "ignore",
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+    );
     const exit = finished(proc);
     // Counts and digests are read in the exported snapshot while pg_dump streams: same data, no added wait.
     const stats = tableStats(tx);
@@ -91,7 +101,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
         onProgress: options.onProgress,
       });
       const { code, stderr } = await exit;
-      if (code !== 0) throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
+      if (code !== 0)
+        throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
       if (sealed.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
       const { counts, digests } = await stats;
       return { counts, digests, schemaVersion, sizeBytes: sealed.sizeBytes, sha256: sealed.sha256 };
@@ -101,7 +112,10 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
       if (error instanceof ShinkeiError) throw error;
       const e = error as NodeJS.ErrnoException;
       const why = e.code === "ENOSPC" ? "the disk is full" : e.message;
-      throw new ShinkeiError("BACKUP_FAILED", `writing the backup failed: ${why}`, { cause: error, hint: `Nothing was kept; check ${dir}.` });
+      throw new ShinkeiError("BACKUP_FAILED", `writing the backup failed: ${why}`, {
+        cause: error,
+        hint: `Nothing was kept; check ${dir}.`,
+      });
     }
   });
 

@@ -26,27 +26,45 @@ export async function newestPassedDrill(dir: string): Promise<DrillResult | null
  * For monitors: fail when there is no good backup younger than `maxAgeMs`, when the newest backup
  * failed its drill, or when no backup passed a drill within `drillMaxAgeMs`.
  */
-export async function checkFreshness(dir: string, maxAgeMs: number, drillMaxAgeMs: number, age?: AgeConfig): Promise<Freshness & { drill: DrillResult | null }> {
+export async function checkFreshness(
+  dir: string,
+  maxAgeMs: number,
+  drillMaxAgeMs: number,
+  age?: AgeConfig,
+): Promise<Freshness & { drill: DrillResult | null }> {
   const f = await newestGood(dir);
-  if (!f.newest) throw new ShinkeiError("BACKUP_STALE", `no good backup in ${dir}`, { hint: "Take one with shinkei backup." });
+  if (!f.newest)
+    throw new ShinkeiError("BACKUP_STALE", `no good backup in ${dir}`, { hint: "Take one with shinkei backup." });
   if (f.ageMs! > maxAgeMs) {
-    throw new ShinkeiError("BACKUP_STALE", `the newest good backup (${f.newest.name}) is ${formatDuration(f.ageMs!)} old, more than ${formatDuration(maxAgeMs)}`, {
-      hint: "Check the backup service's log (docker logs shinkei-backup).",
-    });
+    throw new ShinkeiError(
+      "BACKUP_STALE",
+      `the newest good backup (${f.newest.name}) is ${formatDuration(f.ageMs!)} old, more than ${formatDuration(maxAgeMs)}`,
+      {
+        hint: "Check the backup service's log (docker logs shinkei-backup).",
+      },
+    );
   }
   // A host that holds only public keys cannot drill what it writes: drills belong where the key is.
   if (!canOpen(f.newest.manifest?.encryption, age)) return { ...f, drill: null };
   const own = await readDrill(f.newest.path);
   if (own && !own.passed) {
-    throw new ShinkeiError("BACKUP_STALE", `the newest backup (${f.newest.name}) failed its restore drill: ${own.differences.join("; ")}`, {
-      hint: "Take a new backup and drill it: shinkei backup && shinkei backup drill",
-    });
+    throw new ShinkeiError(
+      "BACKUP_STALE",
+      `the newest backup (${f.newest.name}) failed its restore drill: ${own.differences.join("; ")}`,
+      {
+        hint: "Take a new backup and drill it: shinkei backup && shinkei backup drill",
+      },
+    );
   }
   const drill = await newestPassedDrill(dir);
   if (!drill || Date.now() - Date.parse(drill.at) > drillMaxAgeMs) {
-    throw new ShinkeiError("BACKUP_STALE", drill
-      ? `no backup has passed a restore drill for ${formatDuration(Date.now() - Date.parse(drill.at))} (limit ${formatDuration(drillMaxAgeMs)})`
-      : "no backup has passed a restore drill yet", { hint: "Run one: shinkei backup drill" });
+    throw new ShinkeiError(
+      "BACKUP_STALE",
+      drill
+        ? `no backup has passed a restore drill for ${formatDuration(Date.now() - Date.parse(drill.at))} (limit ${formatDuration(drillMaxAgeMs)})`
+        : "no backup has passed a restore drill yet",
+      { hint: "Run one: shinkei backup drill" },
+    );
   }
   return { ...f, drill };
 }

@@ -28,7 +28,10 @@ export async function loadGrammar(): Promise<void> {
   loading ??= (async () => {
     const bytes = await Bun.file(wasmPath).bytes();
     // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this build).
-    const instantiateWasm = (imports: Record<string, Record<string, unknown>>, done: (instance: WebAssembly.Instance) => void) => {
+    const instantiateWasm = (
+      imports: Record<string, Record<string, unknown>>,
+      done: (instance: WebAssembly.Instance) => void,
+    ) => {
       WebAssembly.instantiate(bytes, imports as never).then((r) => done(r.instance));
       return {};
     };
@@ -56,7 +59,11 @@ export function parseSql(text: string): Parsed {
     const error = m.getValue(result + 8, "i32");
     if (error) {
       const message = m.getValue(error, "i32");
-      return { ok: false, message: message ? m.UTF8ToString(message) : "syntax error", cursor: m.getValue(error + 16, "i32") };
+      return {
+        ok: false,
+        message: message ? m.UTF8ToString(message) : "syntax error",
+        cursor: m.getValue(error + 16, "i32"),
+      };
     }
     const tree = m.getValue(result, "i32");
     return { ok: true, stmts: (JSON.parse(m.UTF8ToString(tree)) as { stmts?: RawStmt[] }).stmts ?? [] };

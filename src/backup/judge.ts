@@ -16,19 +16,69 @@ import { Rec, type Spool } from "./spool.ts";
 /** Statement kinds a restore may contain: what pg_dump's plain format writes, and ordinary DDL/DML. */
 const ALLOWED = new Set([
   // schema objects
-  "CreateSchemaStmt", "CreateStmt", "CreateSeqStmt", "AlterSeqStmt", "ViewStmt", "CreateTableAsStmt", "RefreshMatViewStmt",
-  "IndexStmt", "AlterTableStmt", "CreateFunctionStmt", "AlterFunctionStmt", "CreateTrigStmt", "RuleStmt",
-  "CreateDomainStmt", "AlterDomainStmt", "CompositeTypeStmt", "CreateEnumStmt", "AlterEnumStmt", "CreateRangeStmt", "DefineStmt",
-  "CreateCastStmt", "CreateConversionStmt", "CreateOpClassStmt", "CreateOpFamilyStmt", "AlterOpFamilyStmt", "CreateStatsStmt", "AlterStatsStmt",
-  "CreatePolicyStmt", "AlterPolicyStmt", "CreateExtensionStmt", "CreateEventTrigStmt", "AlterEventTrigStmt", "CreateTransformStmt", "CreateAmStmt",
-  "CreatePLangStmt", "CreateFdwStmt", "CreateForeignServerStmt", "CreateUserMappingStmt", "CreateForeignTableStmt",
-  "AlterTSConfigurationStmt", "AlterTSDictionaryStmt", "CreatePublicationStmt", "AlterPublicationStmt",
-  "CommentStmt", "SecLabelStmt", "GrantStmt", "AlterDefaultPrivilegesStmt", "AlterOwnerStmt", "AlterObjectSchemaStmt", "RenameStmt",
-  "AlterCollationStmt", "AlterTypeStmt", "AlterOperatorStmt", "DropStmt",
+  "CreateSchemaStmt",
+  "CreateStmt",
+  "CreateSeqStmt",
+  "AlterSeqStmt",
+  "ViewStmt",
+  "CreateTableAsStmt",
+  "RefreshMatViewStmt",
+  "IndexStmt",
+  "AlterTableStmt",
+  "CreateFunctionStmt",
+  "AlterFunctionStmt",
+  "CreateTrigStmt",
+  "RuleStmt",
+  "CreateDomainStmt",
+  "AlterDomainStmt",
+  "CompositeTypeStmt",
+  "CreateEnumStmt",
+  "AlterEnumStmt",
+  "CreateRangeStmt",
+  "DefineStmt",
+  "CreateCastStmt",
+  "CreateConversionStmt",
+  "CreateOpClassStmt",
+  "CreateOpFamilyStmt",
+  "AlterOpFamilyStmt",
+  "CreateStatsStmt",
+  "AlterStatsStmt",
+  "CreatePolicyStmt",
+  "AlterPolicyStmt",
+  "CreateExtensionStmt",
+  "CreateEventTrigStmt",
+  "AlterEventTrigStmt",
+  "CreateTransformStmt",
+  "CreateAmStmt",
+  "CreatePLangStmt",
+  "CreateFdwStmt",
+  "CreateForeignServerStmt",
+  "CreateUserMappingStmt",
+  "CreateForeignTableStmt",
+  "AlterTSConfigurationStmt",
+  "AlterTSDictionaryStmt",
+  "CreatePublicationStmt",
+  "AlterPublicationStmt",
+  "CommentStmt",
+  "SecLabelStmt",
+  "GrantStmt",
+  "AlterDefaultPrivilegesStmt",
+  "AlterOwnerStmt",
+  "AlterObjectSchemaStmt",
+  "RenameStmt",
+  "AlterCollationStmt",
+  "AlterTypeStmt",
+  "AlterOperatorStmt",
+  "DropStmt",
   // data
-  "InsertStmt", "UpdateStmt", "DeleteStmt", "TruncateStmt",
+  "InsertStmt",
+  "UpdateStmt",
+  "DeleteStmt",
+  "TruncateStmt",
   // judged below
-  "VariableSetStmt", "SelectStmt", "CopyStmt",
+  "VariableSetStmt",
+  "SelectStmt",
+  "CopyStmt",
 ]);
 
 /**
@@ -54,7 +104,19 @@ const SETTINGS: Record<string, (value: string) => boolean> = {
 };
 
 /** Catalog calls pg_dump writes as a top-level SELECT: settings, sequences, large objects, statistics. */
-const CALLS = new Set(["set_config", "setval", "lo_create", "lo_open", "lowrite", "lo_close", "lo_from_bytea", "lo_put", "pg_restore_relation_stats", "pg_restore_attribute_stats", "pg_restore_extended_stats"]);
+const CALLS = new Set([
+  "set_config",
+  "setval",
+  "lo_create",
+  "lo_open",
+  "lowrite",
+  "lo_close",
+  "lo_from_bytea",
+  "lo_put",
+  "pg_restore_relation_stats",
+  "pg_restore_attribute_stats",
+  "pg_restore_extended_stats",
+]);
 
 const BUILTIN_TYPES = new Set(["bytea", "text", "name", "oid", "regclass", "json", "jsonb"]);
 const TEMP_SCHEMA = /^pg_(toast_)?temp(_\d+)?$/i;
@@ -88,7 +150,14 @@ export class Judge {
   private copyTarget: { schema: string; name: string } | undefined;
   /** The line of the statement being judged: it goes to the spool, for the load's errors. */
   private line = 0;
-  readonly judged: Judged = { statements: 0, relations: new Set(), functions: new Set(), triggers: new Set(), eventTriggers: new Set(), copied: new Map() };
+  readonly judged: Judged = {
+    statements: 0,
+    relations: new Set(),
+    functions: new Set(),
+    triggers: new Set(),
+    eventTriggers: new Set(),
+    copied: new Map(),
+  };
 
   constructor(private spool: Spool) {}
 
@@ -147,7 +216,12 @@ export class Judge {
         continue;
       }
       const only = mine[0];
-      if (mine.length !== 1 || (only!.stmt_location ?? 0) < start || (only!.stmt_location ?? 0) + (only!.stmt_len ?? 0) !== end - 1) disagree(where);
+      if (
+        mine.length !== 1 ||
+        (only!.stmt_location ?? 0) < start ||
+        (only!.stmt_location ?? 0) + (only!.stmt_len ?? 0) !== end - 1
+      )
+        disagree(where);
       const text = this.decoder.decode(bytes.subarray(only!.stmt_location ?? 0, end - 1));
       this.line = item.line;
       this.judgeStatement(only!.stmt, item.copy, text, where);
@@ -180,7 +254,8 @@ export class Judge {
         return this.copy(body, where);
       case "DropStmt":
         // Both would take the restore's guard with them (it lives in the temporary schema).
-        if (body.removeType === "OBJECT_SCHEMA" && JSON.stringify(body).match(TEMP_SCHEMA_IN)) refuse(`${short(text)} (${where})`);
+        if (body.removeType === "OBJECT_SCHEMA" && JSON.stringify(body).match(TEMP_SCHEMA_IN))
+          refuse(`${short(text)} (${where})`);
         break;
     }
     this.define(kind, body);
@@ -190,16 +265,22 @@ export class Judge {
   private setting(body: any, text: string, where: string) {
     const name = String(body.name ?? "").toLowerCase();
     const check = SETTINGS[name];
-    if (body.kind !== "VAR_SET_VALUE" || !check) refuse(`${short(text)} (${where}): a restore sets only what pg_dump sets`);
+    if (body.kind !== "VAR_SET_VALUE" || !check)
+      refuse(`${short(text)} (${where}): a restore sets only what pg_dump sets`);
     const values = (body.args ?? []).map(constant);
-    if (values.some((v: string | undefined) => v === undefined || !check(v))) refuse(`${short(text)} (${where}): a value a restore may not set`);
+    if (values.some((v: string | undefined) => v === undefined || !check(v)))
+      refuse(`${short(text)} (${where}): a value a restore may not set`);
     this.spool.text(Rec.Statement, text, this.line);
   }
 
   private select(body: any, text: string, where: string) {
-    const refused = () => refuse(`${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, setval, large objects)`);
+    const refused = () =>
+      refuse(
+        `${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, setval, large objects)`,
+      );
     const { targetList, fromClause, ...rest } = body;
-    for (const [k, v] of Object.entries(rest)) if (!(k === "limitOption" && v === "LIMIT_OPTION_DEFAULT") && !(k === "op" && v === "SETOP_NONE")) refused();
+    for (const [k, v] of Object.entries(rest))
+      if (!(k === "limitOption" && v === "LIMIT_OPTION_DEFAULT") && !(k === "op" && v === "SETOP_NONE")) refused();
     if (targetList?.length !== 1 || targetList[0].ResTarget?.name) refused();
     let call = targetList[0].ResTarget.val?.FuncCall;
     // pg_dump 18 writes statistics as `SELECT * FROM pg_catalog.pg_restore_relation_stats(...)`.
@@ -207,10 +288,23 @@ export class Judge {
       const star = targetList[0].ResTarget.val?.ColumnRef?.fields;
       const range = fromClause.length === 1 ? fromClause[0].RangeFunction : undefined;
       const items = range?.functions?.length === 1 ? range.functions[0].List?.items : undefined;
-      if (star?.length !== 1 || !star[0].A_Star || !range || Object.keys(range).some((k) => k !== "functions") || items?.length !== 2 || Object.keys(items[1]).length) refused();
+      if (
+        star?.length !== 1 ||
+        !star[0].A_Star ||
+        !range ||
+        Object.keys(range).some((k) => k !== "functions") ||
+        items?.length !== 2 ||
+        Object.keys(items[1]).length
+      )
+        refused();
       call = items[0].FuncCall;
       const name = call?.funcname?.[1]?.String?.sval;
-      if (name !== "pg_restore_relation_stats" && name !== "pg_restore_attribute_stats" && name !== "pg_restore_extended_stats") refused();
+      if (
+        name !== "pg_restore_relation_stats" &&
+        name !== "pg_restore_attribute_stats" &&
+        name !== "pg_restore_extended_stats"
+      )
+        refused();
     }
     if (!call) refused();
     const names = (call.funcname ?? []).map((n: any) => n.String?.sval);
@@ -287,7 +381,8 @@ function checkNames(node: unknown, where: string) {
     if (Array.isArray(v)) {
       // A qualified name is a list of String nodes: its first may not be the temporary schema.
       const first = (v[0] as any)?.String?.sval;
-      if (typeof first === "string" && v.length > 1 && TEMP_SCHEMA.test(first)) refuse(`a reference to the temporary schema ${first} (${where})`);
+      if (typeof first === "string" && v.length > 1 && TEMP_SCHEMA.test(first))
+        refuse(`a reference to the temporary schema ${first} (${where})`);
       for (const x of v) walk(x, key);
       return;
     }
@@ -301,7 +396,8 @@ function constant(node: any): string | undefined {
   if (node?.TypeCast) {
     // Only to built-in types: a cast to a type of the file's (a domain with a CHECK) would run its code.
     const names = (node.TypeCast.typeName?.names ?? []).map((n: any) => n.String?.sval);
-    if (!(names.length === 2 && names[0] === "pg_catalog") && !(names.length === 1 && BUILTIN_TYPES.has(names[0]))) return undefined;
+    if (!(names.length === 2 && names[0] === "pg_catalog") && !(names.length === 1 && BUILTIN_TYPES.has(names[0])))
+      return undefined;
     return constant(node.TypeCast.arg);
   }
   const c = node?.A_Const;

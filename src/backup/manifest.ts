@@ -32,7 +32,13 @@ export type Manifest = {
   signature?: string;
 };
 
-export type OffsiteCopy = { location: string; sizeBytes: number; etag?: string; verified: "etag" | "size"; copiedAt: string };
+export type OffsiteCopy = {
+  location: string;
+  sizeBytes: number;
+  etag?: string;
+  verified: "etag" | "size";
+  copiedAt: string;
+};
 
 /**
  * A bucket anyone can write to must not be able to swap in a backup that passes verification: with
@@ -41,8 +47,21 @@ export type OffsiteCopy = { location: string; sizeBytes: number; etag?: string; 
  * change what is restored.
  */
 function signedPart(m: Manifest): unknown[] {
-  const { file, createdAt, reason, database, schemaVersion, format, encryption, sizeBytes, sha256, counts, digests } = m;
-  return [file, createdAt, reason, database, schemaVersion, format, encryption ?? null, sizeBytes, sha256, counts, digests ?? null];
+  const { file, createdAt, reason, database, schemaVersion, format, encryption, sizeBytes, sha256, counts, digests } =
+    m;
+  return [
+    file,
+    createdAt,
+    reason,
+    database,
+    schemaVersion,
+    format,
+    encryption ?? null,
+    sizeBytes,
+    sha256,
+    counts,
+    digests ?? null,
+  ];
 }
 
 /**

@@ -13,7 +13,8 @@ import { mirror } from "../storage/mirror.ts";
 export async function mirrorBackup(store: BackupStore, path: string): Promise<void> {
   const name = basename(path);
   const manifest = await readManifest(path);
-  if (!manifest) throw new ShinkeiError("STORE_FAILED", `${name} has no manifest; only complete backups are copied off-site`);
+  if (!manifest)
+    throw new ShinkeiError("STORE_FAILED", `${name} has no manifest; only complete backups are copied off-site`);
   await mirror(store, {
     files: [{ name, path }],
     record: manifest,

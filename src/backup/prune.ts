@@ -8,7 +8,10 @@ import type { BackupStore } from "../storage/store.ts";
 export type PruneReport = { location: string; decisions: Decision[]; removed: string[] };
 
 /** Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. */
-export async function pruneLocal(config: Config, options: { dryRun: boolean; offsite?: BackupStore }): Promise<PruneReport> {
+export async function pruneLocal(
+  config: Config,
+  options: { dryRun: boolean; offsite?: BackupStore },
+): Promise<PruneReport> {
   const backups = await listLocal(config.backupDir);
   const decisions = planRetention(
     backups.map((b) => ({
@@ -24,11 +27,18 @@ export async function pruneLocal(config: Config, options: { dryRun: boolean; off
 }
 
 /** Retention for an off-site store (S3_KEEP_DAYS): only our names under our prefix are listed at all. */
-export async function pruneStore(store: BackupStore, keepDays: number, policy: Config["backup"], dryRun: boolean): Promise<PruneReport> {
+export async function pruneStore(
+  store: BackupStore,
+  keepDays: number,
+  policy: Config["backup"],
+  dryRun: boolean,
+): Promise<PruneReport> {
   const objects = await store.list();
   const names = new Set(objects.map((o) => o.name));
   const decisions = planRetention(
-    objects.filter((o) => !o.name.endsWith(MANIFEST_SUFFIX)).map((o) => ({ name: o.name, good: names.has(o.name + MANIFEST_SUFFIX), mirrored: true })),
+    objects
+      .filter((o) => !o.name.endsWith(MANIFEST_SUFFIX))
+      .map((o) => ({ name: o.name, good: names.has(o.name + MANIFEST_SUFFIX), mirrored: true })),
     { ...policy, keepDays },
     new Date(),
     false,

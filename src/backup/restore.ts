@@ -1,4 +1,11 @@
-import { actAsDatabaseOwner, connectionLost, recreatePublicSchema, settleWithin, type LockHandle, type Sql } from "../pg/db.ts";
+import {
+  actAsDatabaseOwner,
+  connectionLost,
+  recreatePublicSchema,
+  settleWithin,
+  type LockHandle,
+  type Sql,
+} from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
@@ -91,8 +98,17 @@ ${recreatePublicSchema(serverVersionNum)}`;
 }
 
 /** pg_restore turns a custom archive into the same SQL a plain dump holds; its exit code is checked at the end. */
-function fromArchive(source: ReadableStream<Uint8Array>, env: Record<string, string | undefined> | undefined, url: string) {
-  const p = Bun.spawn([toolPath("pg_restore", env), "--file=-", "--no-owner", "--no-privileges"], { env: toolEnv(url, env), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+function fromArchive(
+  source: ReadableStream<Uint8Array>,
+  env: Record<string, string | undefined> | undefined,
+  url: string,
+) {
+  const p = Bun.spawn([toolPath("pg_restore", env), "--file=-", "--no-owner", "--no-privileges"], {
+    env: toolEnv(url, env),
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const exit = finished(p);
   const feed = pump(source, p.stdin).finally(() => p.stdin.end());
   feed.catch(() => {}); // awaited in done()
@@ -124,7 +140,13 @@ export type LoadResult = {
  * the result is checked (see checkLoaded). Any failure (a refused statement, a server error, a
  * damaged file, pg_restore, a failed check, a lost lock) rolls the whole load back.
  */
-export async function load(url: string, source: ReadableStream<Uint8Array>, format: Format, serverVersionNum: number, options: LoadOptions = {}): Promise<LoadResult> {
+export async function load(
+  url: string,
+  source: ReadableStream<Uint8Array>,
+  format: Format,
+  serverVersionNum: number,
+  options: LoadOptions = {},
+): Promise<LoadResult> {
   const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
   const spool = new Spool(options.spoolDir);
   try {
@@ -142,7 +164,13 @@ export async function load(url: string, source: ReadableStream<Uint8Array>, form
   }
 }
 
-async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum: number, options: LoadOptions): Promise<LoadResult> {
+async function apply(
+  url: string,
+  spool: Spool,
+  judged: Judged,
+  serverVersionNum: number,
+  options: LoadOptions,
+): Promise<LoadResult> {
   const token = crypto.randomUUID();
   const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
   const tokenHash = new Bun.CryptoHasher("md5").update(token).digest("hex");
@@ -224,9 +252,16 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
         });
         ending.end();
         await Promise.race([ended, finishedStream(ending)]);
-        const probe = run("SELECT 1").then(() => finishedStream(copy!), (e: Error) => {
-          throw new ShinkeiError("RESTORE_FAILED", `the restore failed and was rolled back: line ${line}: ${(copyError ?? e).message}`, { cause: copyError ?? e });
-        });
+        const probe = run("SELECT 1").then(
+          () => finishedStream(copy!),
+          (e: Error) => {
+            throw new ShinkeiError(
+              "RESTORE_FAILED",
+              `the restore failed and was rolled back: line ${line}: ${(copyError ?? e).message}`,
+              { cause: copyError ?? e },
+            );
+          },
+        );
         probe.catch(() => {});
         await Promise.race([finishedStream(copy!), probe]);
         await probe;
@@ -238,7 +273,11 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
     await options.lock?.assertHeld();
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("COMMIT", false);
-    return { statements: judged.statements, copied: Object.fromEntries([...judged.copied].map(([k, v]) => [k, v.rows])), counts };
+    return {
+      statements: judged.statements,
+      copied: Object.fromEntries([...judged.copied].map(([k, v]) => [k, v.rows])),
+      counts,
+    };
   } catch (error) {
     // A COPY still open holds the connection in the COPY protocol: end the connection instead
     // (the server rolls the transaction back) rather than writing a ROLLBACK into it.
@@ -253,7 +292,11 @@ async function apply(url: string, spool: Spool, judged: Judged, serverVersionNum
     if (error instanceof ShinkeiError) throw error;
     const message = (error as Error).message;
     const lockLost = message.includes("maintenance lock was lost");
-    throw new ShinkeiError(lockLost ? "LOCK_LOST" : "RESTORE_FAILED", `the restore failed and was rolled back: ${line ? `line ${line}: ` : ""}${message}`, { cause: error });
+    throw new ShinkeiError(
+      lockLost ? "LOCK_LOST" : "RESTORE_FAILED",
+      `the restore failed and was rolled back: ${line ? `line ${line}: ` : ""}${message}`,
+      { cause: error },
+    );
   } finally {
     if (!lost) conn!?.release();
     await sql.end({ timeout: lost ? 0 : 5 }).catch(() => {});
@@ -281,22 +324,34 @@ async function watched(conn: postgres.ReservedSql, id: string) {
  * the file did not define (relations, functions, triggers, event triggers) appeared. Code the
  * file defines (a trigger, a default) runs during the load: this is what catches its side effects.
  */
-async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Awaited<ReturnType<typeof watched>>, judged: Judged, serverVersionNum: number): Promise<Record<string, number>> {
+async function checkLoaded(
+  conn: postgres.ReservedSql,
+  id: string,
+  before: Awaited<ReturnType<typeof watched>>,
+  judged: Judged,
+  serverVersionNum: number,
+): Promise<Record<string, number>> {
   const fail = (what: string): never => {
-    throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, { hint: "Nothing was changed: the check runs before the restore commits." });
+    throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, {
+      hint: "Nothing was changed: the check runs before the restore commits.",
+    });
   };
   const after = await watched(conn, id).catch(() => fail("the restore's guard was removed during the load"));
   if (after.guard !== before.guard) fail("the restore's guard was replaced during the load");
-  const [intact] = await conn.unsafe<{ ok: boolean }[]>(`
+  const [intact] = await conn
+    .unsafe<{ ok: boolean }[]>(`
     select exists (select 1 from pg_catalog.pg_trigger t where t.tgrelid = 'pg_temp.shinkei_guard_${id}'::regclass and t.tgname = 'shinkei_guard'
                      and t.tgenabled = 'A' and t.tgfoid = ${Number(before.guard.split(":")[0])}::oid)
-       and (select count(*) from pg_temp.shinkei_guard_${id}) = 1 as ok`).catch(() => [{ ok: false }]);
+       and (select count(*) from pg_temp.shinkei_guard_${id}) = 1 as ok`)
+    .catch(() => [{ ok: false }]);
   if (!intact!.ok) fail("the restore's guard was altered during the load");
-  if (after.settings !== before.settings) fail("role or database settings changed during the load (pg_db_role_setting)");
+  if (after.settings !== before.settings)
+    fail("role or database settings changed during the load (pg_db_role_setting)");
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
 
-  const defined = (set: Set<string>, schema: string, name: string) => set.has(`${schema}.${name}`) || set.has(`*.${name}`);
+  const defined = (set: Set<string>, schema: string, name: string) =>
+    set.has(`${schema}.${name}`) || set.has(`*.${name}`);
   const userSchema = `n.nspname <> 'information_schema' and n.nspname !~ '^pg_'`;
   const rels = await conn.unsafe<{ schema: string; name: string; owned: boolean }[]>(`
     select n.nspname as schema, c.relname as name,
@@ -306,32 +361,57 @@ async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Await
      where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S') and ${userSchema}
        and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')`);
   const extraRels = rels.filter((r) => !r.owned && !defined(judged.relations, r.schema, r.name));
-  if (extraRels.length) fail(`relations the file does not define appeared: ${extraRels.slice(0, 5).map((r) => `${r.schema}.${r.name}`).join(", ")}`);
+  if (extraRels.length)
+    fail(
+      `relations the file does not define appeared: ${extraRels
+        .slice(0, 5)
+        .map((r) => `${r.schema}.${r.name}`)
+        .join(", ")}`,
+    );
   const funcs = await conn.unsafe<{ schema: string; name: string }[]>(`
     select n.nspname as schema, p.proname as name from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
      where ${userSchema}
        and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype in ('e', 'i'))`);
   const extraFuncs = funcs.filter((f) => !defined(judged.functions, f.schema, f.name));
-  if (extraFuncs.length) fail(`functions the file does not define appeared: ${extraFuncs.slice(0, 5).map((f) => `${f.schema}.${f.name}`).join(", ")}`);
+  if (extraFuncs.length)
+    fail(
+      `functions the file does not define appeared: ${extraFuncs
+        .slice(0, 5)
+        .map((f) => `${f.schema}.${f.name}`)
+        .join(", ")}`,
+    );
   const trigs = await conn.unsafe<{ rel: string; name: string }[]>(`
     select c.relname as rel, t.tgname as name from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
      where not t.tgisinternal and ${userSchema}${serverVersionNum >= 130000 ? " and t.tgparentid = 0" : ""}`);
   const extraTrigs = trigs.filter((t) => !judged.triggers.has(`${t.rel}/${t.name}`));
-  if (extraTrigs.length) fail(`triggers the file does not define appeared: ${extraTrigs.slice(0, 5).map((t) => `${t.name} on ${t.rel}`).join(", ")}`);
+  if (extraTrigs.length)
+    fail(
+      `triggers the file does not define appeared: ${extraTrigs
+        .slice(0, 5)
+        .map((t) => `${t.name} on ${t.rel}`)
+        .join(", ")}`,
+    );
 
   // Every table's count (what the restore reports, so it is not counted twice), then each COPY
   // target against the rows sent.
   const counts = await tableCounts(conn);
   const targets = [...judged.copied.values()];
   if (targets.length === 0) return counts;
-  const names = targets.map((t) => (t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`));
-  const resolved = await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(names.map((name, i) =>
-    `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
+  const names = targets.map((t) =>
+    t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+  );
+  const resolved = await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(
+    names
+      .map(
+        (name, i) =>
+          `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
             c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r) as own
        from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
        left join pg_catalog.pg_class c on c.oid = r left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
-  ).join(" union all ") + " order by i");
+      )
+      .join(" union all ") + " order by i",
+  );
   const direct: string[] = [];
   const found = resolved.map((r, i) => {
     const t = targets[i]!;
@@ -339,10 +419,13 @@ async function checkLoaded(conn: postgres.ReservedSql, id: string, before: Await
     const key = r.schema === "public" ? r.name : `${r.schema}.${r.name}`;
     // An inheritance parent's count includes its children's rows, and an extension's table is not
     // among the counted: these are counted on their own.
-    if (r.own || counts[key] === undefined) direct.push(`select ${i} as i, count(*)::int8 as n from ${r.own ? "only " : ""}${r.q}`);
+    if (r.own || counts[key] === undefined)
+      direct.push(`select ${i} as i, count(*)::int8 as n from ${r.own ? "only " : ""}${r.q}`);
     return { key, n: counts[key] };
   });
-  if (direct.length) for (const { i, n } of await conn.unsafe<{ i: number; n: string }[]>(direct.join(" union all "))) found[i]!.n = Number(n);
+  if (direct.length)
+    for (const { i, n } of await conn.unsafe<{ i: number; n: string }[]>(direct.join(" union all ")))
+      found[i]!.n = Number(n);
   found.forEach(({ key, n }, i) => {
     if (n !== targets[i]!.rows) fail(`${key} holds ${n} rows, the file sent ${targets[i]!.rows}`);
   });
@@ -369,9 +452,13 @@ export function refuseUntrusted(v: Verification, age: AgeConfig | undefined, all
     });
   }
   if (age?.manifestKey && !v.manifest && !allow.unsigned) {
-    throw new ShinkeiError("UNSIGNED_BACKUP", `${v.file} has no manifest, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it`, {
-      hint: "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row counts are then not compared).",
-    });
+    throw new ShinkeiError(
+      "UNSIGNED_BACKUP",
+      `${v.file} has no manifest, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it`,
+      {
+        hint: "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row counts are then not compared).",
+      },
+    );
   }
 }
 
@@ -385,11 +472,15 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
   let hint: string;
   try {
     const after = await sql.begin((tx) => tableStats(tx));
-    const changed = [...new Set([...Object.keys(before.counts), ...Object.keys(after.counts)])]
-      .filter((t) => before.counts[t] !== after.counts[t] || (before.digests[t] !== undefined && before.digests[t] !== after.digests[t]));
-    hint = changed.length === 0
-      ? "Checked: every table's row count and content digest are as they were before the restore. Nothing was changed."
-      : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other clients wrote meanwhile? Compare with shinkei status.`;
+    const changed = [...new Set([...Object.keys(before.counts), ...Object.keys(after.counts)])].filter(
+      (t) =>
+        before.counts[t] !== after.counts[t] ||
+        (before.digests[t] !== undefined && before.digests[t] !== after.digests[t]),
+    );
+    hint =
+      changed.length === 0
+        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing was changed."
+        : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other clients wrote meanwhile? Compare with shinkei status.`;
   } catch (e) {
     hint = `PostgreSQL rolls a failed transaction back, but checking the database afterwards failed: ${(e as Error).message}`;
   }
@@ -425,7 +516,11 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
   let counts: Record<string, number>;
   try {
-    ({ counts } = await load(url, source, verification.format, server!.num, { env, lock: options.lock, spoolDir: options.dir }));
+    ({ counts } = await load(url, source, verification.format, server!.num, {
+      env,
+      lock: options.lock,
+      spoolDir: options.dir,
+    }));
   } catch (error) {
     throw await checkedRollback(sql, before, error);
   }
@@ -434,7 +529,8 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   options.onStep?.("compare");
   const mismatches: string[] = [];
   for (const [table, expected] of Object.entries(verification.manifest?.counts ?? {})) {
-    if (counts[table] !== expected) mismatches.push(`${table}: expected ${expected}, found ${counts[table] ?? "no table"}`);
+    if (counts[table] !== expected)
+      mismatches.push(`${table}: expected ${expected}, found ${counts[table] ?? "no table"}`);
   }
   return { verification, safety, counts, mismatches, durationMs: Math.round(performance.now() - started) };
 }

@@ -21,9 +21,17 @@ function weekKey(d: Date): string {
  * backup, anything inside KEEP_DAYS, the newest good one of each kept day/week/month, and (when
  * off-site copies are on) anything not yet copied. Names that are not ours never get here.
  */
-export function planRetention(candidates: Candidate[], policy: RetentionPolicy, now: Date, requireMirrored: boolean): Decision[] {
+export function planRetention(
+  candidates: Candidate[],
+  policy: RetentionPolicy,
+  now: Date,
+  requireMirrored: boolean,
+): Decision[] {
   const parsed = candidates
-    .map((c) => ({ ...c, parsed: c.takenAt ? { name: c.name, takenAt: c.takenAt, extension: "", sequence: 0 } : parseBackupName(c.name) }))
+    .map((c) => ({
+      ...c,
+      parsed: c.takenAt ? { name: c.name, takenAt: c.takenAt, extension: "", sequence: 0 } : parseBackupName(c.name),
+    }))
     .filter((c): c is Candidate & { parsed: NonNullable<ReturnType<typeof parseBackupName>> } => c.parsed !== null)
     .sort((a, b) => compareNewestFirst(a.parsed, b.parsed));
 

@@ -41,37 +41,49 @@ export type ScratchOptions = {
  * prefix and server at a time (an advisory lock on the server's `postgres` database, naming its
  * holder): so scratch databases left by a killed run (SIGKILL) are dropped first, and never a live one.
  */
-export async function withScratchDatabase<T>(options: ScratchOptions, fn: (url: string, name: string) => Promise<T>): Promise<T> {
+export async function withScratchDatabase<T>(
+  options: ScratchOptions,
+  fn: (url: string, name: string) => Promise<T>,
+): Promise<T> {
   const { serverUrl, prefix } = options;
   const host = new URL(serverUrl);
   const server = `${host.hostname}:${host.port || 5432}`;
   const admin = postgres(onServer(serverUrl, "postgres"), { max: 1, onnotice: () => {}, connect_timeout: 5 });
   try {
-    return await withAdvisoryLock(admin, `scratch:${prefix}`, async () => {
-      for (const { datname } of await admin`select datname from pg_database where starts_with(datname, ${prefix})`) {
-        if (isScratchName(datname, prefix)) await admin`drop database if exists ${admin(datname)} with (force)`;
-      }
-      const scratch = `${prefix}${Date.now().toString(36)}_${crypto.randomUUID().slice(0, 8)}`;
-      try {
-        await admin`create database ${admin(scratch)}`;
-      } catch (e) {
-        if ((e as { code?: string }).code === PG.INSUFFICIENT_PRIVILEGE) {
-          throw new ShinkeiError("PRIVILEGE_MISSING", `${options.what} needs the CREATEDB privilege on ${server} to make a scratch database`, {
-            hint: options.privilegeHint ?? "Grant it: ALTER ROLE ... CREATEDB.",
-          });
+    return await withAdvisoryLock(
+      admin,
+      `scratch:${prefix}`,
+      async () => {
+        for (const { datname } of await admin`select datname from pg_database where starts_with(datname, ${prefix})`) {
+          if (isScratchName(datname, prefix)) await admin`drop database if exists ${admin(datname)} with (force)`;
         }
-        throw e;
-      }
-      const drop = async () => {
-        await admin`drop database if exists ${admin(scratch)} with (force)`.catch(() => {});
-      };
-      options.onScratch?.(drop);
-      try {
-        return await fn(onServer(serverUrl, scratch), scratch);
-      } finally {
-        await drop();
-      }
-    }, { wait: options.wait ?? true, what: options.what });
+        const scratch = `${prefix}${Date.now().toString(36)}_${crypto.randomUUID().slice(0, 8)}`;
+        try {
+          await admin`create database ${admin(scratch)}`;
+        } catch (e) {
+          if ((e as { code?: string }).code === PG.INSUFFICIENT_PRIVILEGE) {
+            throw new ShinkeiError(
+              "PRIVILEGE_MISSING",
+              `${options.what} needs the CREATEDB privilege on ${server} to make a scratch database`,
+              {
+                hint: options.privilegeHint ?? "Grant it: ALTER ROLE ... CREATEDB.",
+              },
+            );
+          }
+          throw e;
+        }
+        const drop = async () => {
+          await admin`drop database if exists ${admin(scratch)} with (force)`.catch(() => {});
+        };
+        options.onScratch?.(drop);
+        try {
+          return await fn(onServer(serverUrl, scratch), scratch);
+        } finally {
+          await drop();
+        }
+      },
+      { wait: options.wait ?? true, what: options.what },
+    );
   } finally {
     await admin.end({ timeout: 5 });
   }

@@ -31,8 +31,19 @@ const enum S {
   CopyData,
 }
 
-const Q = 0x27, DQ = 0x22, DOLLAR = 0x24, DASH = 0x2d, SLASH = 0x2f, STAR = 0x2a, SEMI = 0x3b;
-const BACKSLASH = 0x5c, NL = 0x0a, CR = 0x0d, LPAREN = 0x28, RPAREN = 0x29, DOT = 0x2e;
+const Q = 0x27,
+  DQ = 0x22,
+  DOLLAR = 0x24,
+  DASH = 0x2d,
+  SLASH = 0x2f,
+  STAR = 0x2a,
+  SEMI = 0x3b;
+const BACKSLASH = 0x5c,
+  NL = 0x0a,
+  CR = 0x0d,
+  LPAREN = 0x28,
+  RPAREN = 0x29,
+  DOT = 0x2e;
 
 const isIdentStart = (b: number) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b >= 0x80;
 const isIdentPart = (b: number) => isIdentStart(b) || (b >= 0x30 && b <= 0x39) || b === DOLLAR;
@@ -104,9 +115,11 @@ export class ScriptGuard {
   end(): ScriptItem[] {
     const out = this.partial.length ? this.push(new Uint8Array([NL])) : [];
     if (this.state === S.CopyData) this.refuse("COPY data that never ends with a \\. line");
-    if (this.state !== S.Normal && this.state !== S.LineComment) this.refuse("an unterminated string, quoted name or comment at the end of the file");
+    if (this.state !== S.Normal && this.state !== S.LineComment)
+      this.refuse("an unterminated string, quoted name or comment at the end of the file");
     this.endWord();
-    if (this.head.length) this.refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
+    if (this.head.length)
+      this.refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
     if (this.inLargeObjectBlock) this.refuse("a large-object block without its COMMIT");
     this.pending = []; // comments after the last statement: nothing to run
     return out;
@@ -121,7 +134,10 @@ export class ScriptGuard {
     while (line < buf.length) {
       const end = buf.indexOf(NL, line) + 1;
       this.line++;
-      const isEnd = buf[line] === BACKSLASH && buf[line + 1] === DOT && (end - line === 3 || (end - line === 4 && buf[line + 2] === CR));
+      const isEnd =
+        buf[line] === BACKSLASH &&
+        buf[line + 1] === DOT &&
+        (end - line === 3 || (end - line === 4 && buf[line + 2] === CR));
       if (isEnd) {
         if (line > from) out.push({ kind: "data", bytes: buf.subarray(from, line) });
         out.push({ kind: "end-copy", rows: this.copyRows });
@@ -344,19 +360,24 @@ export class ScriptGuard {
         this.inLargeObjectBlock = false;
         return "drop";
       }
-      if (!LARGE_OBJECT_WRITE.test(text)) this.refuse(`${JSON.stringify(text.slice(0, 60))} inside a large-object block (${where})`);
+      if (!LARGE_OBJECT_WRITE.test(text))
+        this.refuse(`${JSON.stringify(text.slice(0, 60))} inside a large-object block (${where})`);
       return "pass";
     }
     if (text === "BEGIN;") {
       this.inLargeObjectBlock = true;
       return "drop";
     }
-    const toSavepoint = first === "ROLLBACK" && (second === "TO" || ((second === "WORK" || second === "TRANSACTION") && third === "TO"));
+    const toSavepoint =
+      first === "ROLLBACK" && (second === "TO" || ((second === "WORK" || second === "TRANSACTION") && third === "TO"));
     if ((TRANSACTION_CONTROL.has(first) && !toSavepoint) || (first === "PREPARE" && second === "TRANSACTION")) {
-      this.refuse(`transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one transaction that only shinkei ends`);
+      this.refuse(
+        `transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one transaction that only shinkei ends`,
+      );
     }
     // Both would remove the temporary guard that lets only shinkei commit (see restore.ts).
-    if (first === "DISCARD" || (first === "DROP" && second === "OWNED")) this.refuse(`${first} ${second ?? ""} (${where}): it would remove the restore's own guard`);
+    if (first === "DISCARD" || (first === "DROP" && second === "OWNED"))
+      this.refuse(`${first} ${second ?? ""} (${where}): it would remove the restore's own guard`);
     if (first === "COPY") {
       // COPY TO a file or PROGRAM writes or runs things on the server that no rollback undoes.
       if (otherCopy || !fromStdin) this.refuse(`a COPY other than pg_dump's COPY table FROM stdin (${where})`);

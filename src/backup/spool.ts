@@ -32,7 +32,9 @@ export class Spool {
   constructor(parent = tmpdir()) {
     // A folder only this user can enter (mkdtemp makes it 0700): the judged file waits here.
     // Beside the backups when there is such a folder (a decoded dump can be larger than /tmp).
-    this.dir = existsSync(parent) ? mkdtempSync(join(parent, ".shinkei-restore-")) : mkdtempSync(join(tmpdir(), ".shinkei-restore-"));
+    this.dir = existsSync(parent)
+      ? mkdtempSync(join(parent, ".shinkei-restore-"))
+      : mkdtempSync(join(tmpdir(), ".shinkei-restore-"));
     this.path = join(this.dir, "judged");
     this.fd = openSync(this.path, "w+", 0o600);
   }

@@ -23,15 +23,17 @@ const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
 function hashing(path: string) {
   const hasher = new Bun.CryptoHasher("sha256");
   let size = 0;
-  const stream = Bun.file(path).stream().pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, out) {
-        hasher.update(chunk);
-        size += chunk.length;
-        out.enqueue(chunk);
-      },
-    }),
-  );
+  const stream = Bun.file(path)
+    .stream()
+    .pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, out) {
+          hasher.update(chunk);
+          size += chunk.length;
+          out.enqueue(chunk);
+        },
+      }),
+    );
   return { stream, done: () => ({ sha256: hasher.digest("hex"), size }) };
 }
 
@@ -42,7 +44,10 @@ function hashing(path: string) {
  * a dump that pg_dump finished, so matching bytes are readable bytes (a restore uses this, and
  * still loads inside a transaction that any error rolls back).
  */
-export async function verifyBackup(path: string, options: { quick?: boolean; env?: Record<string, string | undefined>; age?: AgeConfig } = {}): Promise<Verification> {
+export async function verifyBackup(
+  path: string,
+  options: { quick?: boolean; env?: Record<string, string | undefined>; age?: AgeConfig } = {},
+): Promise<Verification> {
   const { env } = options;
   const info = await stat(path).catch(() => null);
   if (!info?.isFile()) throw new ShinkeiError("BACKUP_NOT_FOUND", `no backup file at ${path}`);
@@ -58,7 +63,12 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
   const content = await plainOf(raw.stream, path, format, options.age, manifest?.encryption);
 
   if (format.startsWith("custom")) {
-    const p = Bun.spawn([toolPath("pg_restore", env), "--file=/dev/null"], { env: plainEnv(env), stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+    const p = Bun.spawn([toolPath("pg_restore", env), "--file=/dev/null"], {
+      env: plainEnv(env),
+      stdin: "pipe",
+      stdout: "ignore",
+      stderr: "pipe",
+    });
     const exit = finished(p);
     try {
       await pump(content, p.stdin);
@@ -67,13 +77,15 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
     }
     await p.stdin.end();
     const { code, stderr } = await exit;
-    if (code !== 0 && problems.length === 0) problems.push(`pg_restore cannot read the archive: ${stderr.replace(/^pg_restore: error: /, "")}`);
+    if (code !== 0 && problems.length === 0)
+      problems.push(`pg_restore cannot read the archive: ${stderr.replace(/^pg_restore: error: /, "")}`);
   } else {
     let tail = "";
     try {
       const decoder = new TextDecoder();
       for await (const chunk of content) tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4096);
-      if (!tail.includes(PLAIN_TRAILER)) problems.push("the SQL file ends early: pg_dump's closing line is missing (truncated?)");
+      if (!tail.includes(PLAIN_TRAILER))
+        problems.push("the SQL file ends early: pg_dump's closing line is missing (truncated?)");
     } catch (e) {
       problems.push(`the file is damaged: ${(e as Error).message}`);
     }
@@ -82,19 +94,31 @@ export async function verifyBackup(path: string, options: { quick?: boolean; env
   return finish(path, format, manifest, raw.done(), problems, options.age?.manifestKey);
 }
 
-function finish(path: string, format: Format, manifest: Manifest | null, read: { sha256: string; size: number }, problems: string[], manifestKey?: string): Verification {
+function finish(
+  path: string,
+  format: Format,
+  manifest: Manifest | null,
+  read: { sha256: string; size: number },
+  problems: string[],
+  manifestKey?: string,
+): Verification {
   const { sha256, size } = read;
   if (manifest && manifestKey && !hasValidSignature(manifest, manifestKey)) {
-    problems.unshift(manifest.signature
-      ? "the manifest's signature does not match BACKUP_MANIFEST_KEY: the manifest was altered"
-      : "the manifest is not signed, and BACKUP_MANIFEST_KEY is set: it was not written by a shinkei holding the key");
+    problems.unshift(
+      manifest.signature
+        ? "the manifest's signature does not match BACKUP_MANIFEST_KEY: the manifest was altered"
+        : "the manifest is not signed, and BACKUP_MANIFEST_KEY is set: it was not written by a shinkei holding the key",
+    );
   } else if (manifest && manifestKey && manifest.file !== basename(path)) {
     // The signature covers the name: an old signed backup copied under a newer name is not that backup.
-    problems.unshift(`the signed manifest is for ${manifest.file}, not ${basename(path)}: a backup copied under another name`);
+    problems.unshift(
+      `the signed manifest is for ${manifest.file}, not ${basename(path)}: a backup copied under another name`,
+    );
   }
   if (manifest) {
     if (manifest.sizeBytes !== size) problems.unshift(`size is ${size} bytes, the manifest says ${manifest.sizeBytes}`);
-    else if (manifest.sha256 !== sha256) problems.unshift("the SHA-256 does not match the manifest: the file was altered");
+    else if (manifest.sha256 !== sha256)
+      problems.unshift("the SHA-256 does not match the manifest: the file was altered");
   }
   return { file: basename(path), ok: problems.length === 0, format, sizeBytes: size, sha256, manifest, problems };
 }

@@ -28,10 +28,15 @@ export function parseRecipients(value: string, readFile: (path: string) => strin
     if (bad !== undefined) throw new Error(`"${bad.slice(0, 24)}" is not an age public key (age1...)`);
     return inline;
   }
-  const lines = readFile(value).split("\n").map((l, i) => ({ key: l.trim(), n: i + 1 })).filter(({ key }) => key && !key.startsWith("#"));
+  const lines = readFile(value)
+    .split("\n")
+    .map((l, i) => ({ key: l.trim(), n: i + 1 }))
+    .filter(({ key }) => key && !key.startsWith("#"));
   const bad = lines.find(({ key }) => !RECIPIENT.test(key));
   if (bad !== undefined) {
-    const what = /^AGE-SECRET-KEY-/i.test(bad.key) ? "is a private key: it belongs in BACKUP_AGE_IDENTITY, never here" : "is not an age public key (age1...)";
+    const what = /^AGE-SECRET-KEY-/i.test(bad.key)
+      ? "is a private key: it belongs in BACKUP_AGE_IDENTITY, never here"
+      : "is not an age public key (age1...)";
     throw new Error(`file ${value}: line ${bad.n} ${what}`);
   }
   if (lines.length === 0) throw new Error(`file ${value} holds no age public keys`);
@@ -42,18 +47,30 @@ export function parseRecipients(value: string, readFile: (path: string) => strin
  * The backup keys from their variables: the recipients file is read once, at start; undefined
  * when none is set.
  */
-export function ageConfig(vars: { recipients?: string; identityFile?: string; passphrase?: string; manifestKey?: string }): AgeConfig | undefined {
+export function ageConfig(vars: {
+  recipients?: string;
+  identityFile?: string;
+  passphrase?: string;
+  manifestKey?: string;
+}): AgeConfig | undefined {
   let recipients: string[] = [];
   if (vars.recipients) {
     try {
       recipients = parseRecipients(vars.recipients, (path) => readFileSync(path, "utf8"));
     } catch (e) {
-      throw new ShinkeiError("CONFIG_INVALID", `BACKUP_AGE_RECIPIENTS ${(e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them")}`, {
-        hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
-      });
+      throw new ShinkeiError(
+        "CONFIG_INVALID",
+        `BACKUP_AGE_RECIPIENTS ${(e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them")}`,
+        {
+          hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
+        },
+      );
     }
     if (vars.passphrase) {
-      throw new ShinkeiError("CONFIG_INVALID", "BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set; choose one way to encrypt");
+      throw new ShinkeiError(
+        "CONFIG_INVALID",
+        "BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set; choose one way to encrypt",
+      );
     }
   }
   if (!recipients.length && !vars.identityFile && !vars.passphrase && !vars.manifestKey) return undefined;

@@ -17,7 +17,13 @@ export const entries = {
   ARGON2_TIME_COST: int(2, 1, 20),
 };
 
-export type HashingConfig = { concurrency: number; queueLimit: number; memoryCost: number; timeCost: number; waitBudgetMs: number };
+export type HashingConfig = {
+  concurrency: number;
+  queueLimit: number;
+  memoryCost: number;
+  timeCost: number;
+  waitBudgetMs: number;
+};
 
 export function read(r: Values<typeof entries>) {
   const argon2 = { memoryCost: r.ARGON2_MEMORY_KIB, timeCost: r.ARGON2_TIME_COST, waitBudgetMs: r.HASH_WAIT_BUDGET };
@@ -35,6 +41,10 @@ export function read(r: Values<typeof entries>) {
     },
     hashing: { concurrency: r.HASH_CONCURRENCY, queueLimit: r.HASH_QUEUE_LIMIT, ...argon2 } as HashingConfig,
     /** Registration's own hash queue, so a registration flood cannot starve logins. */
-    registerHashing: { concurrency: r.REGISTER_HASH_CONCURRENCY, queueLimit: r.REGISTER_HASH_QUEUE_LIMIT, ...argon2 } as HashingConfig,
+    registerHashing: {
+      concurrency: r.REGISTER_HASH_CONCURRENCY,
+      queueLimit: r.REGISTER_HASH_QUEUE_LIMIT,
+      ...argon2,
+    } as HashingConfig,
   };
 }

@@ -1,6 +1,17 @@
 import * as v from "valibot";
 import { ageConfig } from "./age.ts";
-import { bool, cron, duration, int, optionalHttpUrl, optionalPostgresUrl, optionalText, text, timezone, type Values } from "./values.ts";
+import {
+  bool,
+  cron,
+  duration,
+  int,
+  optionalHttpUrl,
+  optionalPostgresUrl,
+  optionalText,
+  text,
+  timezone,
+  type Values,
+} from "./values.ts";
 
 /** Where backups go, when they are taken, drilled and pruned, and how they are encrypted and signed. */
 export const entries = {
@@ -21,7 +32,10 @@ export const entries = {
   BACKUP_AGE_RECIPIENTS: optionalText(),
   BACKUP_AGE_IDENTITY: optionalText(),
   BACKUP_AGE_PASSPHRASE: optionalText(),
-  BACKUP_MANIFEST_KEY: v.pipe(optionalText(), v.check((s) => s === undefined || s.length >= 32, "must be at least 32 characters (e.g. openssl rand -hex 32)")),
+  BACKUP_MANIFEST_KEY: v.pipe(
+    optionalText(),
+    v.check((s) => s === undefined || s.length >= 32, "must be at least 32 characters (e.g. openssl rand -hex 32)"),
+  ),
 };
 
 export function read(r: Values<typeof entries>) {

@@ -21,7 +21,16 @@ export type { WalConfig } from "./wal.ts";
  * written once there, as a valibot builder, and what it becomes in Config is read from it in the
  * same file. The README's table is written from these lists; keep the two in step.
  */
-const ConfigSchema = v.object({ ...server.entries, ...auth.entries, ...backup.entries, ...s3.entries, ...wal.entries, ...mail.entries, ...ops.entries, ...retention.entries });
+const ConfigSchema = v.object({
+  ...server.entries,
+  ...auth.entries,
+  ...backup.entries,
+  ...s3.entries,
+  ...wal.entries,
+  ...mail.entries,
+  ...ops.entries,
+  ...retention.entries,
+});
 
 type Raw = v.InferOutput<typeof ConfigSchema>;
 
@@ -67,10 +76,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
     const names = [...problems.keys()];
     const lines = [...problems.values()];
-    throw new ShinkeiError("CONFIG_INVALID", lines.length === 1 ? lines[0]! : `${lines.length} settings are invalid:\n  ${lines.join("\n  ")}`, {
-      hint: `Fix ${names.join(", ")} in the environment or .env (see the README for every variable and its default).`,
-      details: { variables: names },
-    });
+    throw new ShinkeiError(
+      "CONFIG_INVALID",
+      lines.length === 1 ? lines[0]! : `${lines.length} settings are invalid:\n  ${lines.join("\n  ")}`,
+      {
+        hint: `Fix ${names.join(", ")} in the environment or .env (see the README for every variable and its default).`,
+        details: { variables: names },
+      },
+    );
   }
   return build(result.output, warnings);
 }

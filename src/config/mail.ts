@@ -3,11 +3,17 @@ import { bool, duration, int, optionalHttpUrl, optionalUrl, type Values } from "
 
 /** Account recovery by mail: the SMTP transport, and how long mailed codes live. */
 export const entries = {
-  SMTP_URL: optionalUrl(["smtp:", "smtps:"], "must be a URL such as smtps://user:password@smtp.example.com:465 or smtp://host:587"),
+  SMTP_URL: optionalUrl(
+    ["smtp:", "smtps:"],
+    "must be a URL such as smtps://user:password@smtp.example.com:465 or smtp://host:587",
+  ),
   MAIL_FROM: v.pipe(
     v.optional(v.string(), "shinkei <no-reply@localhost>"),
     v.trim(),
-    v.check((s) => /^(?:[^<>\r\n]*<[^\s<>@]+@[^\s<>@]+>|[^\s<>@]+@[^\s<>@]+)$/.test(s), "must be an address such as no-reply@example.com or Name <no-reply@example.com>"),
+    v.check(
+      (s) => /^(?:[^<>\r\n]*<[^\s<>@]+@[^\s<>@]+>|[^\s<>@]+@[^\s<>@]+)$/.test(s),
+      "must be an address such as no-reply@example.com or Name <no-reply@example.com>",
+    ),
   ),
   MAIL_RETRY_BASE: duration("2s", "1h"),
   MAIL_MAX_ATTEMPTS: int(8, 1, 100),

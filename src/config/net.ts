@@ -39,11 +39,18 @@ function isTrusted(address: string, trusted: BlockList): boolean {
  * everything left of the first stranger was written by the client and proves nothing. A value
  * that is not an address was written by the client too: the proxy that passed it on answers for it.
  */
-export function clientAddress(peer: string | undefined, forwardedFor: string | undefined, trusted: BlockList): string | undefined {
+export function clientAddress(
+  peer: string | undefined,
+  forwardedFor: string | undefined,
+  trusted: BlockList,
+): string | undefined {
   if (peer === undefined) return undefined;
   let client = normalize(peer);
   if (!isTrusted(client, trusted)) return client;
-  const hops = (forwardedFor ?? "").split(",").map((h) => h.trim()).filter(Boolean);
+  const hops = (forwardedFor ?? "")
+    .split(",")
+    .map((h) => h.trim())
+    .filter(Boolean);
   for (let i = hops.length - 1; i >= 0; i--) {
     const hop = normalize(hops[i]!);
     if (!isIP(hop)) return client;

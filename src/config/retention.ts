@@ -17,5 +17,11 @@ export type RetentionConfig = {
 };
 
 export function read(r: Values<typeof entries>): { retention: RetentionConfig } {
-  return { retention: { accountEventsMs: r.ACCOUNT_EVENTS_KEEP, mailOutboxMs: r.MAIL_OUTBOX_KEEP, backupRunsMs: r.BACKUP_RUNS_KEEP } };
+  return {
+    retention: {
+      accountEventsMs: r.ACCOUNT_EVENTS_KEEP,
+      mailOutboxMs: r.MAIL_OUTBOX_KEEP,
+      backupRunsMs: r.BACKUP_RUNS_KEEP,
+    },
+  };
 }

@@ -4,7 +4,11 @@ import { bool, optionalHttpUrl, optionalInt, optionalText, text, type Values } f
 /** Off-site copies in an S3-compatible bucket, on when S3_BUCKET is set. */
 export const entries = {
   S3_BUCKET: optionalText(),
-  S3_PREFIX: v.pipe(v.optional(v.string(), ""), v.trim(), v.check((s) => !s.startsWith("/"), "must not start with /")),
+  S3_PREFIX: v.pipe(
+    v.optional(v.string(), ""),
+    v.trim(),
+    v.check((s) => !s.startsWith("/"), "must not start with /"),
+  ),
   S3_ENDPOINT: optionalHttpUrl(),
   S3_REGION: text("us-east-1"),
   S3_FORCE_PATH_STYLE: bool(false),
@@ -38,7 +42,11 @@ export function read(r: Values<typeof entries>, backupKeepDays: number): { s3?: 
       keepDays: r.S3_KEEP_DAYS ?? backupKeepDays,
       credentials:
         r.AWS_ACCESS_KEY_ID && r.AWS_SECRET_ACCESS_KEY
-          ? { accessKeyId: r.AWS_ACCESS_KEY_ID, secretAccessKey: r.AWS_SECRET_ACCESS_KEY, sessionToken: r.AWS_SESSION_TOKEN }
+          ? {
+              accessKeyId: r.AWS_ACCESS_KEY_ID,
+              secretAccessKey: r.AWS_SECRET_ACCESS_KEY,
+              sessionToken: r.AWS_SESSION_TOKEN,
+            }
           : undefined,
     },
   };

@@ -13,12 +13,21 @@ export const entries = {
   TRUST_PROXY: bool(false),
   TRUSTED_PROXIES: v.pipe(
     v.optional(v.string(), DEFAULT_TRUSTED_PROXIES),
-    v.check((s) => proxyListError(s) === undefined, (issue) => `must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: ${proxyListError(issue.input as string)}`),
+    v.check(
+      (s) => proxyListError(s) === undefined,
+      (issue) =>
+        `must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: ${proxyListError(issue.input as string)}`,
+    ),
   ),
   SESSION_TTL: duration("30d", "366d"),
   SESSION_CACHE_TTL: duration("1s", "1h", { zero: true }),
   COOKIE_SECURE: bool(true),
-  ACCESS_LOG: v.pipe(v.optional(v.string(), "all"), v.trim(), v.toLowerCase(), v.picklist(["all", "errors", "off"], "must be all, errors or off")),
+  ACCESS_LOG: v.pipe(
+    v.optional(v.string(), "all"),
+    v.trim(),
+    v.toLowerCase(),
+    v.picklist(["all", "errors", "off"], "must be all, errors or off"),
+  ),
   ACCESS_LOG_PROBES: bool(false),
 };
 

@@ -12,7 +12,11 @@ export type Values<E extends v.ObjectEntries> = v.InferOutput<v.ObjectSchema<E, 
 
 export const text = (fallback: string) => v.pipe(v.optional(v.string(), fallback), v.trim());
 
-export const optionalText = () => v.pipe(v.optional(v.string(), ""), v.transform((s) => s.trim() || undefined));
+export const optionalText = () =>
+  v.pipe(
+    v.optional(v.string(), ""),
+    v.transform((s) => s.trim() || undefined),
+  );
 
 export const int = (fallback: number, min: number, max: number) =>
   v.pipe(
@@ -47,7 +51,11 @@ export const duration = (fallback: string, max: string, options: { zero?: boolea
   v.pipe(
     v.optional(v.string(), fallback),
     v.transform(parseDuration),
-    v.number(options.zero ? "must be a duration such as 1s or 500ms, or 0 to turn it off" : "must be a duration such as 30d, 26h, 15m or 90s"),
+    v.number(
+      options.zero
+        ? "must be a duration such as 1s or 500ms, or 0 to turn it off"
+        : "must be a duration such as 30d, 26h, 15m or 90s",
+    ),
     v.minValue(options.zero ? 0 : 1, "must be longer than zero"),
     v.maxValue(parseDuration(max)!, `must be at most ${max}`),
   );
@@ -56,11 +64,18 @@ export const cron = (fallback: string, example: string) =>
   v.pipe(
     v.optional(v.string(), fallback),
     v.trim(),
-    v.check(isCronPattern, `must be a cron pattern such as ${example} (minute hour day month weekday), optionally with seconds first`),
+    v.check(
+      isCronPattern,
+      `must be a cron pattern such as ${example} (minute hour day month weekday), optionally with seconds first`,
+    ),
   );
 
 export const timezone = (fallback: string) =>
-  v.pipe(v.optional(v.string(), fallback), v.trim(), v.check(isTimezone, "must be an IANA time zone such as UTC or Europe/Berlin"));
+  v.pipe(
+    v.optional(v.string(), fallback),
+    v.trim(),
+    v.check(isTimezone, "must be an IANA time zone such as UTC or Europe/Berlin"),
+  );
 
 /** A URL of one of `protocols`; `database` also requires a host and a database name (postgres URLs). */
 function url(protocols: string[], options: { database?: boolean } = {}) {
@@ -75,13 +90,24 @@ function url(protocols: string[], options: { database?: boolean } = {}) {
 }
 
 export const postgresUrl = (fallback: string) =>
-  v.pipe(v.optional(v.string(), fallback), v.trim(), v.check(url(["postgres:", "postgresql:"], { database: true }), "must be a URL such as postgres://user:password@host:5432/database"));
+  v.pipe(
+    v.optional(v.string(), fallback),
+    v.trim(),
+    v.check(
+      url(["postgres:", "postgresql:"], { database: true }),
+      "must be a URL such as postgres://user:password@host:5432/database",
+    ),
+  );
 
 /** An optional URL of these protocols, given as `message` when wrong. */
 export const optionalUrl = (protocols: string[], message: string) =>
-  v.pipe(optionalText(), v.check((s) => s === undefined || url(protocols)(s), message));
+  v.pipe(
+    optionalText(),
+    v.check((s) => s === undefined || url(protocols)(s), message),
+  );
 
-export const optionalPostgresUrl = () => optionalUrl(["postgres:", "postgresql:"], "must be a URL such as postgres://user@host:5432/postgres");
+export const optionalPostgresUrl = () =>
+  optionalUrl(["postgres:", "postgresql:"], "must be a URL such as postgres://user@host:5432/postgres");
 export const optionalHttpUrl = () => optionalUrl(["http:", "https:"], "must be an http(s) URL");
 
 function isCronPattern(pattern: string): boolean {

@@ -3,7 +3,12 @@ import { bool, cron, duration, type Values } from "./values.ts";
 
 /** The continuous WAL archive and base backups (point-in-time recovery). */
 export const entries = {
-  WAL_ARCHIVE: v.pipe(v.optional(v.string(), "off"), v.trim(), v.toLowerCase(), v.picklist(["off", "stream"], "must be off or stream")),
+  WAL_ARCHIVE: v.pipe(
+    v.optional(v.string(), "off"),
+    v.trim(),
+    v.toLowerCase(),
+    v.picklist(["off", "stream"], "must be off or stream"),
+  ),
   WAL_SLOT: v.pipe(
     v.optional(v.string(), "shinkei"),
     v.trim(),

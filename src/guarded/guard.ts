@@ -24,15 +24,25 @@ export function refuseProduction(environment: string, allowProduction: boolean, 
  * Without a typed confirmation (no terminal, or --force/--yes), the flag alone is not enough: the
  * target database's name must be given too, so a script aimed at the wrong server stops.
  */
-export function checkUnattendedConfirmation(target: Target, confirmed: boolean, confirmDatabase: string | undefined, what: string, flag = "--force") {
+export function checkUnattendedConfirmation(
+  target: Target,
+  confirmed: boolean,
+  confirmDatabase: string | undefined,
+  what: string,
+  flag = "--force",
+) {
   if (!confirmed || confirmDatabase === undefined) {
     throw new ShinkeiError("CONFIRMATION_REQUIRED", `refusing to ${what} without a confirmation`, {
       hint: `Run it in a terminal, or pass ${flag} --confirm-database ${target.database} to run it unattended.`,
     });
   }
   if (confirmDatabase !== target.database) {
-    throw new ShinkeiError("CONFIRMATION_MISMATCH", `--confirm-database "${confirmDatabase}" does not name the target database "${target.database}"`, {
-      hint: "Nothing was changed.",
-    });
+    throw new ShinkeiError(
+      "CONFIRMATION_MISMATCH",
+      `--confirm-database "${confirmDatabase}" does not name the target database "${target.database}"`,
+      {
+        hint: "Nothing was changed.",
+      },
+    );
   }
 }

@@ -10,8 +10,19 @@ import { takeSafetyBackup } from "./safety.ts";
  * The guarded `migrate down`: a verified pre-migrate backup, then the newest migration undone in
  * one transaction. The caller holds the maintenance lock and passed the guard (src/guarded/guard.ts).
  */
-export async function undoNewestMigration(options: { sql: Sql; url: string; dir: string; age?: AgeConfig }): Promise<{ safety: BackupResult; undone: Migration }> {
-  const safety = await takeSafetyBackup({ sql: options.sql, url: options.url, dir: options.dir, reason: "pre-migrate", age: options.age });
+export async function undoNewestMigration(options: {
+  sql: Sql;
+  url: string;
+  dir: string;
+  age?: AgeConfig;
+}): Promise<{ safety: BackupResult; undone: Migration }> {
+  const safety = await takeSafetyBackup({
+    sql: options.sql,
+    url: options.url,
+    dir: options.dir,
+    reason: "pre-migrate",
+    age: options.age,
+  });
   const undone = await migrateDown(options.sql);
   if (!undone) throw new ShinkeiError("NOTHING_TO_UNDO", "no migration is applied: nothing to undo");
   return { safety, undone };

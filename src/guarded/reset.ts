@@ -24,7 +24,14 @@ export type ResetResult = { safety: BackupResult; counts: Record<string, number>
  * Take and verify a pre-reset backup, then drop, rebuild and (optionally) seed in ONE transaction:
  * if anything fails, nothing was deleted. The caller holds the maintenance lock.
  */
-export async function performReset(options: { sql: Sql; url: string; dir: string; seed: boolean; hashing?: { memoryCost: number; timeCost: number }; age?: AgeConfig }): Promise<ResetResult> {
+export async function performReset(options: {
+  sql: Sql;
+  url: string;
+  dir: string;
+  seed: boolean;
+  hashing?: { memoryCost: number; timeCost: number };
+  age?: AgeConfig;
+}): Promise<ResetResult> {
   const { sql, url, dir } = options;
   const safety = await takeSafetyBackup({ sql, url, dir, reason: "pre-reset", age: options.age });
   await sql.begin(async (tx) => {

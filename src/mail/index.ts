@@ -13,7 +13,12 @@ export function createMailQueue(config: MailConfig, sql: Sql, log: Log): MailQue
   if (config.mode === "smtp") {
     const u = new URL(config.smtpUrl!);
     // The host only: the URL may carry a password.
-    log({ level: "info", msg: "mail on", via: `${u.protocol}//${u.hostname}:${u.port || (u.protocol === "smtps:" ? 465 : 587)}`, from: config.from });
+    log({
+      level: "info",
+      msg: "mail on",
+      via: `${u.protocol}//${u.hostname}:${u.port || (u.protocol === "smtps:" ? 465 : 587)}`,
+      from: config.from,
+    });
     return new MailQueue(sql, smtpTransport(config), log, options);
   }
   if (config.mode === "log") {

@@ -12,7 +12,15 @@ export type QueueOptions = {
   claimMs?: number;
 };
 
-type Row = { id: string; to: string; subject: string; text: string | null; html: string | null; attempts: number; expired: boolean };
+type Row = {
+  id: string;
+  to: string;
+  subject: string;
+  text: string | null;
+  html: string | null;
+  attempts: number;
+  expired: boolean;
+};
 
 /**
  * The outbox, in PostgreSQL (table mail_outbox): `enqueue` writes a row through the caller's
@@ -56,7 +64,9 @@ export class MailQueue {
 
   /** Unsent mail: due now or waiting out a retry. */
   async pending(): Promise<number> {
-    const [row] = await this.sql<{ n: number }[]>`select count(*)::int as n from mail_outbox where sent_at is null and failed_at is null`;
+    const [row] = await this.sql<
+      { n: number }[]
+    >`select count(*)::int as n from mail_outbox where sent_at is null and failed_at is null`;
     return row!.n;
   }
 
@@ -66,7 +76,10 @@ export class MailQueue {
    */
   async idle(): Promise<void> {
     const busy = async () =>
-      (await this.sql`select 1 from mail_outbox where sent_at is null and failed_at is null and (due_at <= now() or claimed_until > now()) limit 1`).length > 0;
+      (
+        await this
+          .sql`select 1 from mail_outbox where sent_at is null and failed_at is null and (due_at <= now() or claimed_until > now()) limit 1`
+      ).length > 0;
     while (this.sending || (await busy())) {
       if (this.stopped) return;
       this.wake();
@@ -87,7 +100,12 @@ export class MailQueue {
           from mail_outbox where sent_at is null and failed_at is null`;
         if (next?.ms != null) waitMs = Math.min(waitMs, Math.ceil(next.ms) + 10);
       } catch (e) {
-        if (!this.failingDb) this.log({ level: "error", msg: "mail outbox unreadable; retrying", error: (e as Error)?.message ?? String(e) });
+        if (!this.failingDb)
+          this.log({
+            level: "error",
+            msg: "mail outbox unreadable; retrying",
+            error: (e as Error)?.message ?? String(e),
+          });
         this.failingDb = true;
       }
       if (this.stopped) break;
@@ -125,30 +143,59 @@ export class MailQueue {
         return true;
       }
       const delayMs = Math.min(this.options.retryBaseMs * 2 ** (row.attempts - 1), 3_600_000);
-      await this.sql`update mail_outbox set due_at = now() + make_interval(secs => ${delayMs / 1000}), claimed_until = null, last_error = ${error} where id = ${row.id}`;
-      this.log({ level: "warn", msg: "mail not sent, will retry", subject: row.subject, attempts: row.attempts, retryInMs: delayMs, error });
+      await this
+        .sql`update mail_outbox set due_at = now() + make_interval(secs => ${delayMs / 1000}), claimed_until = null, last_error = ${error} where id = ${row.id}`;
+      this.log({
+        level: "warn",
+        msg: "mail not sent, will retry",
+        subject: row.subject,
+        attempts: row.attempts,
+        retryInMs: delayMs,
+        error,
+      });
       return true;
     } finally {
       this.sending = false;
     }
     // The body may carry a live code: it goes as soon as it has been handed over.
-    await this.sql`update mail_outbox set sent_at = now(), claimed_until = null, text_body = null, html_body = null where id = ${row.id}`;
+    await this
+      .sql`update mail_outbox set sent_at = now(), claimed_until = null, text_body = null, html_body = null where id = ${row.id}`;
     this.log({ level: "info", msg: "mail sent", subject: row.subject, attempts: row.attempts });
     return true;
   }
 
   private async abandon(row: Row, error: string): Promise<void> {
-    await this.sql`update mail_outbox set failed_at = now(), claimed_until = null, text_body = null, html_body = null, last_error = ${error} where id = ${row.id}`;
-    this.log({ level: "error", msg: "mail dropped after retries", subject: row.subject, attempts: row.attempts, error });
+    await this
+      .sql`update mail_outbox set failed_at = now(), claimed_until = null, text_body = null, html_body = null, last_error = ${error} where id = ${row.id}`;
+    this.log({
+      level: "error",
+      msg: "mail dropped after retries",
+      subject: row.subject,
+      attempts: row.attempts,
+      error,
+    });
   }
 
   /** Stop sending: waits up to `graceMs` for what is due now, then leaves the rest in the outbox for the next start. */
   async stop(graceMs = 5_000): Promise<void> {
-    const due = await this.sql<{ n: number }[]>`select count(*)::int as n from mail_outbox where sent_at is null and failed_at is null and due_at <= now()`.then((r) => r[0]!.n, () => 0);
+    const due = await this.sql<
+      { n: number }[]
+    >`select count(*)::int as n from mail_outbox where sent_at is null and failed_at is null and due_at <= now()`.then(
+      (r) => r[0]!.n,
+      () => 0,
+    );
     if (this.sending || due > 0) {
       await Promise.race([
         (async () => {
-          while (!this.stopped && (this.sending || (await this.sql`select 1 from mail_outbox where sent_at is null and failed_at is null and due_at <= now() limit 1`.then((r) => r.length > 0, () => false)))) {
+          while (
+            !this.stopped &&
+            (this.sending ||
+              (await this
+                .sql`select 1 from mail_outbox where sent_at is null and failed_at is null and due_at <= now() limit 1`.then(
+                (r) => r.length > 0,
+                () => false,
+              )))
+          ) {
             this.wake();
             await Bun.sleep(25);
           }
@@ -160,7 +207,13 @@ export class MailQueue {
     this.wake();
     await this.loop;
     const left = await this.pending().catch(() => null);
-    if (left) this.log({ level: "warn", msg: "mail not sent before shutdown", count: left, kept: "in the outbox: the next start (or another server) sends it" });
+    if (left)
+      this.log({
+        level: "warn",
+        msg: "mail not sent before shutdown",
+        count: left,
+        kept: "in the outbox: the next start (or another server) sends it",
+      });
     this.transport.close();
   }
 }

@@ -14,7 +14,11 @@ const templates = {
   "password-reset": { subject: "Your shinkei password reset code", text: resetText, html: resetHtml },
   "password-changed": { subject: "Your shinkei password was changed", text: changedText, html: changedHtml },
   "verify-email": { subject: "Confirm your email address for shinkei", text: verifyText, html: verifyHtml },
-  "duplicate-registration": { subject: "Someone tried to create a shinkei account with your address", text: duplicateText, html: duplicateHtml },
+  "duplicate-registration": {
+    subject: "Someone tried to create a shinkei account with your address",
+    text: duplicateText,
+    html: duplicateHtml,
+  },
 } as const;
 
 export type TemplateName = keyof typeof templates;

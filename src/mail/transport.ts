@@ -30,7 +30,13 @@ export function smtpTransport(config: MailConfig): Transport {
 export function logTransport(log: Log): Transport {
   return {
     async send(mail) {
-      log({ level: "info", msg: "mail (SMTP_URL unset, development: logged, not sent)", to: mail.to, subject: mail.subject, text: mail.text });
+      log({
+        level: "info",
+        msg: "mail (SMTP_URL unset, development: logged, not sent)",
+        to: mail.to,
+        subject: mail.subject,
+        text: mail.text,
+      });
     },
     close() {},
   };

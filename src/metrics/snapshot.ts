@@ -55,7 +55,9 @@ export async function readSnapshot(dir: string, offsiteKind: string | undefined,
       drill: await readDrill(b.path),
     });
   }
-  const drills = backups.flatMap((b) => (b.drill && !Number.isNaN(Date.parse(b.drill.at)) ? [{ ...b.drill, backup: b.name }] : []));
+  const drills = backups.flatMap((b) =>
+    b.drill && !Number.isNaN(Date.parse(b.drill.at)) ? [{ ...b.drill, backup: b.name }] : [],
+  );
   drills.sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
   return {
     readAt: now,
@@ -64,7 +66,9 @@ export async function readSnapshot(dir: string, offsiteKind: string | undefined,
     lastDrill: drills[0] ?? null,
     lastPassedDrill: drills.find((d) => d.passed) ?? null,
     offsiteStore: offsiteKind ?? null,
-    offsitePending: offsiteKind ? backups.filter((b) => b.reason !== null && !b.offsite.some((o) => o.kind === offsiteKind)).length : null,
+    offsitePending: offsiteKind
+      ? backups.filter((b) => b.reason !== null && !b.offsite.some((o) => o.kind === offsiteKind)).length
+      : null,
   };
 }
 
@@ -88,8 +92,16 @@ export type PitrSnapshot = {
 export async function readPitrSnapshot(dir: string, trust: ArchiveTrust): Promise<PitrSnapshot> {
   const [w, drills] = await Promise.all([archiveWindow(dir, trust), readPitrDrills(dir)]);
   const bases = w.bases;
-  const receivedAt = new Map([...w.records.map((r) => [r.name, r.receivedAt] as const), ...w.spooled.map((f) => [f.name, f.receivedAt.toISOString()] as const)]);
-  const newest = Math.max(0, ...w.records.map((r) => Date.parse(r.receivedAt)), ...w.spooled.map((f) => f.receivedAt.getTime()), w.current?.receivedAt.getTime() ?? 0);
+  const receivedAt = new Map([
+    ...w.records.map((r) => [r.name, r.receivedAt] as const),
+    ...w.spooled.map((f) => [f.name, f.receivedAt.toISOString()] as const),
+  ]);
+  const newest = Math.max(
+    0,
+    ...w.records.map((r) => Date.parse(r.receivedAt)),
+    ...w.spooled.map((f) => f.receivedAt.getTime()),
+    w.current?.receivedAt.getTime() ?? 0,
+  );
   const before = (name: string) => {
     const s = parseSegment(name, w.segmentBytes);
     const at = s && receivedAt.get(segmentName(s.timeline, s.segno - 1n, w.segmentBytes));
@@ -97,12 +109,21 @@ export async function readPitrSnapshot(dir: string, trust: ArchiveTrust): Promis
   };
   const complete = new Set(w.baseBackups.filter((b) => b.walComplete).map((b) => b.file));
   return {
-    window: w.window.earliest && w.window.latest ? { earliest: new Date(w.window.earliest), latest: new Date(w.window.latest) } : null,
+    window:
+      w.window.earliest && w.window.latest
+        ? { earliest: new Date(w.window.earliest), latest: new Date(w.window.latest) }
+        : null,
     newestWalAt: newest ? new Date(newest) : null,
     gaps: w.gaps.map((g) => ({ at: before(g.from), from: g.from, to: g.to, segments: g.segments })),
     gapsAfterNewestBase: w.gapsAfterNewestBase.length,
     untrusted: w.untrusted,
-    bases: bases.map((b) => ({ name: b.name, takenAt: new Date(b.manifest.finishedAt), sizeBytes: b.manifest.sizeBytes, durationMs: b.manifest.durationMs, walComplete: complete.has(b.name) })),
+    bases: bases.map((b) => ({
+      name: b.name,
+      takenAt: new Date(b.manifest.finishedAt),
+      sizeBytes: b.manifest.sizeBytes,
+      durationMs: b.manifest.durationMs,
+      walComplete: complete.has(b.name),
+    })),
     drills,
   };
 }
@@ -133,10 +154,18 @@ export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T
  * folder's mtime. Reading 1,000 manifests costs tens of milliseconds, so a scrape every second
  * must not do it each time. An edit made in place by something else shows within `maxMs`.
  */
-export function folderSnapshot(dir: string, offsiteKind: string | undefined, options: { minMs?: number; maxMs?: number } = {}): () => Promise<Snapshot> {
+export function folderSnapshot(
+  dir: string,
+  offsiteKind: string | undefined,
+  options: { minMs?: number; maxMs?: number } = {},
+): () => Promise<Snapshot> {
   const { minMs = 1500, maxMs = 15_000 } = options;
   let last: { readAt: number; mtime: bigint | null; value: Snapshot } | undefined;
-  const mtimeOf = () => stat(dir, { bigint: true }).then((s) => s.mtimeNs, () => null);
+  const mtimeOf = () =>
+    stat(dir, { bigint: true }).then(
+      (s) => s.mtimeNs,
+      () => null,
+    );
   return cached(async () => {
     const now = performance.now();
     const mtime = await mtimeOf();

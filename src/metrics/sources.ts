@@ -19,7 +19,19 @@ export type KindFacts = {
 };
 
 /** The point-in-time window the WAL archive in BACKUP_DIR covers, from the files alone. */
-export type WindowFacts = { start: Date | null; end: Date | null; gaps: number; gapsAfterNewestBase: number; maxLagMs: number; unsealed: number; unsealedSince: Date | null; untrusted: number; spoolFreeBytes: number | null; diskFull: boolean; refusedPartials: number };
+export type WindowFacts = {
+  start: Date | null;
+  end: Date | null;
+  gaps: number;
+  gapsAfterNewestBase: number;
+  maxLagMs: number;
+  unsealed: number;
+  unsealedSince: Date | null;
+  untrusted: number;
+  spoolFreeBytes: number | null;
+  diskFull: boolean;
+  refusedPartials: number;
+};
 
 /** How far the WAL receiver trails the server, and its replication slot: what the database says. */
 export type ReceiverFacts = {
@@ -33,7 +45,13 @@ export type ReceiverFacts = {
 /** How far the off-site copy trails what is held locally, per kind (wal, base), in seconds; 0 when nothing waits. */
 export type OffsiteLagFacts = { kind: string; lagSeconds: number; maxLagMs: number }[];
 
-export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; count: number }[]; offsiteLag?: OffsiteLagFacts; window?: WindowFacts; receiver?: ReceiverFacts };
+export type Facts = {
+  kinds: KindFacts[];
+  offsitePending?: { store: string; count: number }[];
+  offsiteLag?: OffsiteLagFacts;
+  window?: WindowFacts;
+  receiver?: ReceiverFacts;
+};
 
 /**
  * A source of backup facts, read at scrape time. Each kind of backup brings its own source, so a
@@ -42,7 +60,10 @@ export type Facts = { kinds: KindFacts[]; offsitePending?: { store: string; coun
 export type FactSource = { name: string; read(): Promise<Facts> };
 
 /** The pg_dump backups in BACKUP_DIR, as the catalog snapshot sees them. */
-export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs: number; drillMaxAgeMs: number }): FactSource {
+export function dumpSource(
+  snapshot: () => Promise<Snapshot>,
+  limits: { maxAgeMs: number; drillMaxAgeMs: number },
+): FactSource {
   return {
     name: "dump",
     async read() {
@@ -52,11 +73,19 @@ export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs
         kind: "dump",
         count: s.backups.filter((b) => b.good).length,
         newest: n ? { takenAt: n.takenAt, sizeBytes: n.sizeBytes, durationMs: n.durationMs } : null,
-        lastDrill: s.lastDrill ? { at: new Date(s.lastDrill.at), passed: s.lastDrill.passed, durationMs: s.lastDrill.durationMs } : null,
+        lastDrill: s.lastDrill
+          ? { at: new Date(s.lastDrill.at), passed: s.lastDrill.passed, durationMs: s.lastDrill.durationMs }
+          : null,
         lastPassedDrillAt: s.lastPassedDrill ? new Date(s.lastPassedDrill.at) : null,
         ...limits,
       };
-      return { kinds: [kind], offsitePending: s.offsiteStore === null || s.offsitePending === null ? [] : [{ store: s.offsiteStore, count: s.offsitePending }] };
+      return {
+        kinds: [kind],
+        offsitePending:
+          s.offsiteStore === null || s.offsitePending === null
+            ? []
+            : [{ store: s.offsiteStore, count: s.offsitePending }],
+      };
     },
   };
 }
@@ -66,7 +95,13 @@ export function dumpSource(snapshot: () => Promise<Snapshot>, limits: { maxAgeMs
  * window they and the archived WAL recover to. Read from BACKUP_DIR alone, like the dumps: a scrape
  * never waits on the database. The receiver's lag and the slot come from receiverSource.
  */
-export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { maxAgeMs: number; drillMaxAgeMs: number }, maxLagMs: number, offsite?: { config: Config }): FactSource {
+export function archiveSource(
+  backupDir: string,
+  trust: ArchiveTrust,
+  limits: { maxAgeMs: number; drillMaxAgeMs: number },
+  maxLagMs: number,
+  offsite?: { config: Config },
+): FactSource {
   return {
     name: "wal",
     async read() {
@@ -78,7 +113,13 @@ export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { 
       const kind: KindFacts = {
         kind: "base",
         count: bases.length,
-        newest: newest ? { takenAt: new Date(newest.finishedAt), sizeBytes: newest.sizeBytes, durationMs: Date.parse(newest.finishedAt) - Date.parse(newest.startedAt) } : null,
+        newest: newest
+          ? {
+              takenAt: new Date(newest.finishedAt),
+              sizeBytes: newest.sizeBytes,
+              durationMs: Date.parse(newest.finishedAt) - Date.parse(newest.startedAt),
+            }
+          : null,
         lastDrill: last ? { at: new Date(last.at), passed: last.passed, durationMs: last.durationMs } : null,
         lastPassedDrillAt: passed ? new Date(passed.at) : null,
         ...limits,
@@ -87,9 +128,26 @@ export function archiveSource(backupDir: string, trust: ArchiveTrust, limits: { 
       const o = offsite && (await offsiteCoverage(offsite.config, w.records, newestHeld(w), bases));
       const maxLag = offsite?.config.wal.offsiteMaxLagMs ?? 0;
       return {
-        offsiteLag: o ? [{ kind: "wal", lagSeconds: o.lagSeconds, maxLagMs: maxLag }, { kind: "base", lagSeconds: o.baseLagSeconds, maxLagMs: maxLag }] : [],
+        offsiteLag: o
+          ? [
+              { kind: "wal", lagSeconds: o.lagSeconds, maxLagMs: maxLag },
+              { kind: "base", lagSeconds: o.baseLagSeconds, maxLagMs: maxLag },
+            ]
+          : [],
         kinds: bases.length || drills.length ? [kind] : [],
-        window: { start: date(w.window.earliest), end: date(w.window.latest), gaps: w.gaps.length, gapsAfterNewestBase: w.gapsAfterNewestBase.length, maxLagMs, unsealed: w.unsealed.segments, unsealedSince: date(w.unsealed.oldestReceivedAt), untrusted: w.untrusted.length, spoolFreeBytes: w.spool.freeBytes, diskFull: w.spool.diskFull, refusedPartials: w.spool.refused.length },
+        window: {
+          start: date(w.window.earliest),
+          end: date(w.window.latest),
+          gaps: w.gaps.length,
+          gapsAfterNewestBase: w.gapsAfterNewestBase.length,
+          maxLagMs,
+          unsealed: w.unsealed.segments,
+          unsealedSince: date(w.unsealed.oldestReceivedAt),
+          untrusted: w.untrusted.length,
+          spoolFreeBytes: w.spool.freeBytes,
+          diskFull: w.spool.diskFull,
+          refusedPartials: w.spool.refused.length,
+        },
       };
     },
   };
@@ -109,8 +167,21 @@ export function receiverSource(config: Config, sql: Sql): FactSource {
         await tx`set local statement_timeout = 3000`;
         return pitrStatus(tx, config);
       });
-      const slot = s.slot && { name: s.slot.name, active: s.slot.active, walStatus: s.slot.walStatus, safeWalSize: s.slot.safeWalSize };
-      return { kinds: [], receiver: { connected: s.receiver.connected, lagBytes: s.receiver.lagBytes, lagSeconds: s.receiver.lagSeconds < 0 ? Infinity : s.receiver.lagSeconds, slot } };
+      const slot = s.slot && {
+        name: s.slot.name,
+        active: s.slot.active,
+        walStatus: s.slot.walStatus,
+        safeWalSize: s.slot.safeWalSize,
+      };
+      return {
+        kinds: [],
+        receiver: {
+          connected: s.receiver.connected,
+          lagBytes: s.receiver.lagBytes,
+          lagSeconds: s.receiver.lagSeconds < 0 ? Infinity : s.receiver.lagSeconds,
+          slot,
+        },
+      };
     },
   };
 }

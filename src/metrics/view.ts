@@ -46,7 +46,12 @@ export function ago(ms: number): string {
 }
 
 /** What the status page and `status --watch` show, from one catalog snapshot and the configured limits. */
-export function statusView(s: Snapshot, limits: { maxAgeMs: number; drillMaxAgeMs: number }, now = new Date(), pitr: PitrSnapshot | null = null): StatusView {
+export function statusView(
+  s: Snapshot,
+  limits: { maxAgeMs: number; drillMaxAgeMs: number },
+  now = new Date(),
+  pitr: PitrSnapshot | null = null,
+): StatusView {
   const t = now.getTime();
   const start = new Date(t - WINDOW_MS);
   const problems: StatusView["problems"] = [];
@@ -59,21 +64,49 @@ export function statusView(s: Snapshot, limits: { maxAgeMs: number; drillMaxAgeM
   };
   const n = s.newestGood;
   if (!n) problems.push({ level: "bad", text: "No good backup in the backup folder." });
-  else if (t - n.takenAt.getTime() > limits.maxAgeMs) problems.push({ level: "bad", text: `The newest good backup is from ${ago(t - n.takenAt.getTime())}, older than BACKUP_MAX_AGE.` });
-  if (s.lastDrill && !s.lastDrill.passed) problems.push({ level: "bad", text: `The last restore drill (${s.lastDrill.backup}) FAILED: ${s.lastDrill.differences.join("; ") || "see the drill record"}.` });
-  if (headline.level === "bad") problems.push({ level: "bad", text: passed ? "No restore drill has passed within BACKUP_DRILL_MAX_AGE." : "No restore drill has passed yet." });
-  if (s.offsitePending) problems.push({ level: "warn", text: `${s.offsitePending} backup${s.offsitePending === 1 ? " is" : "s are"} not copied off-site yet.` });
+  else if (t - n.takenAt.getTime() > limits.maxAgeMs)
+    problems.push({
+      level: "bad",
+      text: `The newest good backup is from ${ago(t - n.takenAt.getTime())}, older than BACKUP_MAX_AGE.`,
+    });
+  if (s.lastDrill && !s.lastDrill.passed)
+    problems.push({
+      level: "bad",
+      text: `The last restore drill (${s.lastDrill.backup}) FAILED: ${s.lastDrill.differences.join("; ") || "see the drill record"}.`,
+    });
+  if (headline.level === "bad")
+    problems.push({
+      level: "bad",
+      text: passed ? "No restore drill has passed within BACKUP_DRILL_MAX_AGE." : "No restore drill has passed yet.",
+    });
+  if (s.offsitePending)
+    problems.push({
+      level: "warn",
+      text: `${s.offsitePending} backup${s.offsitePending === 1 ? " is" : "s are"} not copied off-site yet.`,
+    });
 
   const inWindow = (d: Date) => d.getTime() >= start.getTime() && d.getTime() <= t + 60_000;
   const events: TimelineEvent[] = [];
   for (const b of s.backups) {
-    if (inWindow(b.takenAt)) events.push({ at: b.takenAt, kind: b.good ? "backup" : "backup-bad", backup: b.name, text: b.good ? `backup (${b.reason ?? "?"})` : "backup without a matching manifest" });
+    if (inWindow(b.takenAt))
+      events.push({
+        at: b.takenAt,
+        kind: b.good ? "backup" : "backup-bad",
+        backup: b.name,
+        text: b.good ? `backup (${b.reason ?? "?"})` : "backup without a matching manifest",
+      });
     if (b.drill && inWindow(new Date(b.drill.at))) {
-      events.push({ at: new Date(b.drill.at), kind: b.drill.passed ? "drill-passed" : "drill-failed", backup: b.name, text: b.drill.passed ? "restore drill passed" : `restore drill FAILED: ${b.drill.differences.join("; ")}` });
+      events.push({
+        at: new Date(b.drill.at),
+        kind: b.drill.passed ? "drill-passed" : "drill-failed",
+        backup: b.name,
+        text: b.drill.passed ? "restore drill passed" : `restore drill FAILED: ${b.drill.differences.join("; ")}`,
+      });
     }
     for (const o of b.offsite) {
       const at = new Date(o.copiedAt);
-      if (!Number.isNaN(at.getTime()) && inWindow(at)) events.push({ at, kind: "offsite", backup: b.name, text: `copied off-site (${o.kind})` });
+      if (!Number.isNaN(at.getTime()) && inWindow(at))
+        events.push({ at, kind: "offsite", backup: b.name, text: `copied off-site (${o.kind})` });
     }
   }
   if (pitr) pitrFacts(pitr, t, limits, problems, events, inWindow);
@@ -83,8 +116,17 @@ export function statusView(s: Snapshot, limits: { maxAgeMs: number; drillMaxAgeM
     readAt: s.readAt,
     headline,
     problems,
-    newest: n ? { name: n.name, ageMs: t - n.takenAt.getTime(), sizeBytes: n.sizeBytes, durationMs: n.durationMs } : null,
-    lastDrill: s.lastDrill ? { backup: s.lastDrill.backup, passed: s.lastDrill.passed, ageMs: t - Date.parse(s.lastDrill.at), differences: s.lastDrill.differences } : null,
+    newest: n
+      ? { name: n.name, ageMs: t - n.takenAt.getTime(), sizeBytes: n.sizeBytes, durationMs: n.durationMs }
+      : null,
+    lastDrill: s.lastDrill
+      ? {
+          backup: s.lastDrill.backup,
+          passed: s.lastDrill.passed,
+          ageMs: t - Date.parse(s.lastDrill.at),
+          differences: s.lastDrill.differences,
+        }
+      : null,
     offsitePending: s.offsitePending,
     events,
     sizes: charted.map((b) => ({ at: b.takenAt, value: b.sizeBytes })),
@@ -112,26 +154,65 @@ function lastPitrDrill(p: PitrSnapshot, t: number): PitrView["lastDrill"] {
 }
 
 /** The WAL archive's problems and events: base backups, point-in-time drills, gaps. */
-function pitrFacts(p: PitrSnapshot, t: number, limits: { drillMaxAgeMs: number }, problems: StatusView["problems"], events: TimelineEvent[], inWindow: (d: Date) => boolean) {
-  if (p.bases.length === 0) problems.push({ level: "bad", text: "No base backup yet: the WAL archive has nothing to replay onto (shinkei backup base)." });
-  for (const line of describeUntrusted(p.untrusted)) problems.push({ level: "bad", text: `Left out of the point-in-time window: ${line}.` });
-  if (p.gapsAfterNewestBase) problems.push({ level: "bad", text: `${p.gapsAfterNewestBase} gap${p.gapsAfterNewestBase === 1 ? "" : "s"} in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.` });
+function pitrFacts(
+  p: PitrSnapshot,
+  t: number,
+  limits: { drillMaxAgeMs: number },
+  problems: StatusView["problems"],
+  events: TimelineEvent[],
+  inWindow: (d: Date) => boolean,
+) {
+  if (p.bases.length === 0)
+    problems.push({
+      level: "bad",
+      text: "No base backup yet: the WAL archive has nothing to replay onto (shinkei backup base).",
+    });
+  for (const line of describeUntrusted(p.untrusted))
+    problems.push({ level: "bad", text: `Left out of the point-in-time window: ${line}.` });
+  if (p.gapsAfterNewestBase)
+    problems.push({
+      level: "bad",
+      text: `${p.gapsAfterNewestBase} gap${p.gapsAfterNewestBase === 1 ? "" : "s"} in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.`,
+    });
   const last = p.drills.at(-1);
   const passed = p.drills.filter((d) => d.passed).at(-1);
-  if (last && !last.passed) problems.push({ level: "bad", text: `The last point-in-time drill FAILED: ${last.differences.join("; ") || "see shinkei pitr status"}.` });
+  if (last && !last.passed)
+    problems.push({
+      level: "bad",
+      text: `The last point-in-time drill FAILED: ${last.differences.join("; ") || "see shinkei pitr status"}.`,
+    });
   if (!passed || t - Date.parse(passed.at) > limits.drillMaxAgeMs) {
-    problems.push({ level: "warn", text: passed ? "No point-in-time drill has passed within BACKUP_DRILL_MAX_AGE." : "No point-in-time drill has passed yet (shinkei pitr drill)." });
+    problems.push({
+      level: "warn",
+      text: passed
+        ? "No point-in-time drill has passed within BACKUP_DRILL_MAX_AGE."
+        : "No point-in-time drill has passed yet (shinkei pitr drill).",
+    });
   }
   for (const b of p.bases) {
-    if (inWindow(b.takenAt)) events.push({ at: b.takenAt, kind: "base", backup: b.name, text: b.walComplete ? "base backup" : "base backup (its WAL is not all in the archive)" });
+    if (inWindow(b.takenAt))
+      events.push({
+        at: b.takenAt,
+        kind: "base",
+        backup: b.name,
+        text: b.walComplete ? "base backup" : "base backup (its WAL is not all in the archive)",
+      });
   }
   for (const d of p.drills) {
     const at = new Date(d.at);
     if (Number.isNaN(at.getTime()) || !inWindow(at)) continue;
-    const text = d.passed ? `point-in-time drill passed${d.rtoMs === null ? "" : ` (recovered in ${formatDuration(d.rtoMs)})`}` : `point-in-time drill FAILED: ${d.differences.join("; ")}`;
+    const text = d.passed
+      ? `point-in-time drill passed${d.rtoMs === null ? "" : ` (recovered in ${formatDuration(d.rtoMs)})`}`
+      : `point-in-time drill FAILED: ${d.differences.join("; ")}`;
     events.push({ at, kind: d.passed ? "drill-passed" : "drill-failed", backup: d.base ?? "WAL archive", text });
   }
   for (const g of p.gaps) {
-    if (g.at && inWindow(g.at)) events.push({ at: g.at, kind: "wal-gap", backup: g.from === g.to ? g.from : `${g.from} .. ${g.to}`, text: `WAL gap: ${g.segments} segment${g.segments === 1 ? "" : "s"} missing` });
+    if (g.at && inWindow(g.at))
+      events.push({
+        at: g.at,
+        kind: "wal-gap",
+        backup: g.from === g.to ? g.from : `${g.from} .. ${g.to}`,
+        text: `WAL gap: ${g.segments} segment${g.segments === 1 ? "" : "s"} missing`,
+      });
   }
 }

@@ -35,14 +35,22 @@ function plan(applied: Applied[], list: readonly Migration[]): MigrationStatus {
   for (const a of applied) {
     const m = byVersion.get(a.version);
     if (!m) {
-      throw new ShinkeiError("MIGRATION_UNKNOWN", `the database has migration ${a.version} (${a.name}), which this build does not know`, {
-        hint: "The database was migrated by a newer shinkei; run that version instead.",
-      });
+      throw new ShinkeiError(
+        "MIGRATION_UNKNOWN",
+        `the database has migration ${a.version} (${a.name}), which this build does not know`,
+        {
+          hint: "The database was migrated by a newer shinkei; run that version instead.",
+        },
+      );
     }
     if (checksum(m.up) !== a.checksum) {
-      throw new ShinkeiError("MIGRATION_CHANGED", `migration ${a.version} (${a.name}) was changed after it was applied`, {
-        hint: "Applied migrations are history: restore the original file and add a new migration for the change.",
-      });
+      throw new ShinkeiError(
+        "MIGRATION_CHANGED",
+        `migration ${a.version} (${a.name}) was changed after it was applied`,
+        {
+          hint: "Applied migrations are history: restore the original file and add a new migration for the change.",
+        },
+      );
     }
   }
   const done = new Set(applied.map((a) => a.version));
@@ -85,10 +93,14 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
             await tx`insert into schema_migrations (version, name, checksum) values (${m.version}, ${m.name}, ${checksum(m.up)})`;
           });
         } catch (error) {
-          throw new ShinkeiError("MIGRATION_FAILED", `migration ${m.version} (${m.name}) failed: ${(error as Error).message}`, {
-            hint: "Nothing of this migration was applied; earlier ones stay applied.",
-            cause: error,
-          });
+          throw new ShinkeiError(
+            "MIGRATION_FAILED",
+            `migration ${m.version} (${m.name}) failed: ${(error as Error).message}`,
+            {
+              hint: "Nothing of this migration was applied; earlier ones stay applied.",
+              cause: error,
+            },
+          );
         }
       }
       return pending;

@@ -9,8 +9,16 @@ export const demoUsers = [
 ] as const;
 
 const worlds = [
-  { name: "Ashfall", description: "A continent under a sky of slow-falling ash.", stories: ["The Lantern Road", "Glass Harvest"] },
-  { name: "Tidewright", description: "Islands that move with the moon.", stories: ["Salt and Iron", "The Drowned Bell"] },
+  {
+    name: "Ashfall",
+    description: "A continent under a sky of slow-falling ash.",
+    stories: ["The Lantern Road", "Glass Harvest"],
+  },
+  {
+    name: "Tidewright",
+    description: "Islands that move with the moon.",
+    stories: ["Salt and Iron", "The Drowned Bell"],
+  },
 ];
 
 const beats = [
@@ -25,17 +33,28 @@ const beats = [
 export async function seedDemo(sql: Queryable, options: { memoryCost?: number; timeCost?: number } = {}) {
   const [existing] = await sql`select count(*)::int as n from users`;
   if (existing!.n > 0) {
-    throw new ShinkeiError("DATABASE_NOT_EMPTY", `the database already has ${existing!.n} user(s); seed only loads into an empty one`, {
-      hint: "Use shinkei reset to start over (it takes a backup first).",
-    });
+    throw new ShinkeiError(
+      "DATABASE_NOT_EMPTY",
+      `the database already has ${existing!.n} user(s); seed only loads into an empty one`,
+      {
+        hint: "Use shinkei reset to start over (it takes a backup first).",
+      },
+    );
   }
   for (const u of demoUsers) {
-    const hash = await Bun.password.hash(u.password, { algorithm: "argon2id", memoryCost: options.memoryCost ?? 65536, timeCost: options.timeCost ?? 2 });
-    const [user] = await sql`insert into users (email, name, password_hash) values (${u.email}, ${u.name}, ${hash}) returning id`;
+    const hash = await Bun.password.hash(u.password, {
+      algorithm: "argon2id",
+      memoryCost: options.memoryCost ?? 65536,
+      timeCost: options.timeCost ?? 2,
+    });
+    const [user] =
+      await sql`insert into users (email, name, password_hash) values (${u.email}, ${u.name}, ${hash}) returning id`;
     for (const w of worlds) {
-      const [world] = await sql`insert into worlds (owner_id, name, description) values (${user!.id}, ${w.name}, ${w.description}) returning id`;
+      const [world] =
+        await sql`insert into worlds (owner_id, name, description) values (${user!.id}, ${w.name}, ${w.description}) returning id`;
       for (const title of w.stories) {
-        const [story] = await sql`insert into stories (world_id, title, summary) values (${world!.id}, ${title}, ${"A story of " + w.name}) returning id`;
+        const [story] =
+          await sql`insert into stories (world_id, title, summary) values (${world!.id}, ${title}, ${"A story of " + w.name}) returning id`;
         await sql`insert into story_beats ${sql(beats.map((content, position) => ({ story_id: story!.id, position, content })))}`;
       }
     }

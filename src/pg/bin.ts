@@ -25,7 +25,12 @@ function versionOf(dir: string): number {
 
 /** The usual install folders of PostgreSQL binaries that hold every one of `tools`, newest version first. */
 export function installedBinDirs(tools: string[]): string[] {
-  const globs = ["/usr/lib/postgresql/*/bin", "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin", "/usr/pgsql-*/bin"];
+  const globs = [
+    "/usr/lib/postgresql/*/bin",
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/usr/local/opt/postgresql@*/bin",
+    "/usr/pgsql-*/bin",
+  ];
   const has = (dir: string) => tools.every((t) => existsSync(join(dir, t)));
   const found: string[] = [];
   for (const pattern of globs) {
@@ -33,7 +38,11 @@ export function installedBinDirs(tools: string[]): string[] {
       if (has(dir)) found.push(dir);
     }
   }
-  for (const dir of ["/opt/homebrew/bin", "/usr/local/pgsql/bin", "/Applications/Postgres.app/Contents/Versions/latest/bin"]) {
+  for (const dir of [
+    "/opt/homebrew/bin",
+    "/usr/local/pgsql/bin",
+    "/Applications/Postgres.app/Contents/Versions/latest/bin",
+  ]) {
     if (has(dir)) found.push(dir);
   }
   return found.sort((a, b) => versionOf(b) - versionOf(a));
@@ -64,7 +73,12 @@ export function pgBinDirs(tools: string[], env: Env = process.env, options: { pg
  * every version seen on the way (for an error that names them). Debian installs one folder per
  * major (and a wrapper on PATH), so every candidate is asked its version.
  */
-async function firstAccepted(tools: string[], env: Env, accept: (major: number) => boolean, pgConfig: boolean): Promise<{ found: FoundTool | null; seen: FoundTool[] }> {
+async function firstAccepted(
+  tools: string[],
+  env: Env,
+  accept: (major: number) => boolean,
+  pgConfig: boolean,
+): Promise<{ found: FoundTool | null; seen: FoundTool[] }> {
   const seen: FoundTool[] = [];
   for (const dir of pgBinDirs(tools, env, { pgConfig })) {
     const path = join(dir, tools[0]!);
@@ -108,9 +122,13 @@ export async function checkDumpVersion(serverVersionNum: number, env?: Env) {
   const dump = await toolMajor("pg_dump", env);
   const server = Math.floor(serverVersionNum / 10000);
   if (dump.major < server) {
-    throw new ShinkeiError("PG_VERSION_MISMATCH", `pg_dump ${dump.major} is older than the PostgreSQL ${server} server; it cannot dump it`, {
-      hint: `Install pg_dump ${server} or newer (e.g. apt install postgresql-client-${server}) and put it first on PATH.`,
-    });
+    throw new ShinkeiError(
+      "PG_VERSION_MISMATCH",
+      `pg_dump ${dump.major} is older than the PostgreSQL ${server} server; it cannot dump it`,
+      {
+        hint: `Install pg_dump ${server} or newer (e.g. apt install postgresql-client-${server}) and put it first on PATH.`,
+      },
+    );
   }
   return { pgDump: dump.text, server };
 }
@@ -120,14 +138,22 @@ export async function findTool(tool: WalTool, serverMajor: number, env: Env = pr
   const { found, seen } = await firstAccepted([tool], env, (major) => major >= serverMajor, true);
   if (found) return found;
   if (seen.length === 0) {
-    throw new ShinkeiError("PG_TOOL_MISSING", `${tool} was not found (looked on PATH, in pg_config --bindir and the usual PostgreSQL folders)`, {
-      hint: `Install PostgreSQL ${serverMajor}'s client programs (e.g. apt install postgresql-client-${serverMajor}).`,
-    });
+    throw new ShinkeiError(
+      "PG_TOOL_MISSING",
+      `${tool} was not found (looked on PATH, in pg_config --bindir and the usual PostgreSQL folders)`,
+      {
+        hint: `Install PostgreSQL ${serverMajor}'s client programs (e.g. apt install postgresql-client-${serverMajor}).`,
+      },
+    );
   }
   const newest = seen.sort((a, b) => b.major - a.major)[0]!;
-  throw new ShinkeiError("PG_VERSION_MISMATCH", `${tool} ${newest.major} (${newest.path}) is older than the PostgreSQL ${serverMajor} server`, {
-    hint: `Install ${tool} ${serverMajor} or newer (e.g. apt install postgresql-client-${serverMajor}).`,
-  });
+  throw new ShinkeiError(
+    "PG_VERSION_MISMATCH",
+    `${tool} ${newest.major} (${newest.path}) is older than the PostgreSQL ${serverMajor} server`,
+    {
+      hint: `Install ${tool} ${serverMajor} or newer (e.g. apt install postgresql-client-${serverMajor}).`,
+    },
+  );
 }
 
 /** The folder of PostgreSQL server programs of exactly `major`: recovery needs the same major as the backup. */
@@ -135,9 +161,13 @@ export async function serverBinaries(major: number, env: Env = process.env): Pro
   const { found, seen } = await firstAccepted(["pg_ctl", "postgres"], env, (m) => m === major, false);
   if (found) return dirname(found.path);
   const majors = [...new Set(seen.map((s) => String(s.major)))];
-  throw new ShinkeiError("PG_TOOL_MISSING", `the base backup is from PostgreSQL ${major}, and its server programs (postgres, pg_ctl) are not installed${majors.length ? ` (found PostgreSQL ${majors.join(", ")})` : ""}`, {
-    hint: `Install the PostgreSQL ${major} server (e.g. apt install postgresql-${major}); recovery needs the same major version as the backup.`,
-  });
+  throw new ShinkeiError(
+    "PG_TOOL_MISSING",
+    `the base backup is from PostgreSQL ${major}, and its server programs (postgres, pg_ctl) are not installed${majors.length ? ` (found PostgreSQL ${majors.join(", ")})` : ""}`,
+    {
+      hint: `Install the PostgreSQL ${major} server (e.g. apt install postgresql-${major}); recovery needs the same major version as the backup.`,
+    },
+  );
 }
 
 /** Where initdb and pg_ctl live for the local cluster: PATH first, then the usual install folders, newest version first. */

@@ -53,14 +53,20 @@ export function connectionLost(error: unknown): boolean {
   const e = error as { code?: unknown; severity?: unknown };
   // FATAL: the server ends the session after sending it (57P01 when DROP DATABASE ... FORCE ends it).
   if (e?.severity === "FATAL" || e?.severity === "PANIC") return true;
-  return typeof e?.code === "string" && ["ECONNRESET", "EPIPE", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"].includes(e.code);
+  return (
+    typeof e?.code === "string" &&
+    ["ECONNRESET", "EPIPE", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"].includes(e.code)
+  );
 }
 
 /** Wait for `p` at most `ms`: for a last query on a connection that may have died without a word. */
 export function settleWithin(p: Promise<unknown>, ms: number): Promise<void> {
   let timer: Timer | undefined;
   return Promise.race([
-    p.then(() => {}, () => {}),
+    p.then(
+      () => {},
+      () => {},
+    ),
     new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))),
   ]).finally(() => clearTimeout(timer));
 }
@@ -70,15 +76,33 @@ export function explainDbError(error: unknown, url: string): unknown {
   if (error instanceof ShinkeiError) return error;
   const t = describeTarget(url);
   const e = error as { code?: string; message?: string };
-  const network = ["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "CONNECT_TIMEOUT", "ECONNRESET", "EHOSTUNREACH", "ConnectionRefused", "EPIPE", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"];
+  const network = [
+    "ECONNREFUSED",
+    "ENOTFOUND",
+    "EAI_AGAIN",
+    "ETIMEDOUT",
+    "CONNECT_TIMEOUT",
+    "ECONNRESET",
+    "EHOSTUNREACH",
+    "ConnectionRefused",
+    "EPIPE",
+    "CONNECTION_CLOSED",
+    "CONNECTION_DESTROYED",
+    "CONNECTION_ENDED",
+  ];
   // The server going away: shutting down or starting (57P01-57P03), a crash of another backend
   // (57P02), a connection exception (08xxx), or no connection slot left (53300). Retrying later works.
-  const goingAway = typeof e?.code === "string" && (/^57P0[1-5]$/.test(e.code) || /^08/.test(e.code) || e.code === "53300");
+  const goingAway =
+    typeof e?.code === "string" && (/^57P0[1-5]$/.test(e.code) || /^08/.test(e.code) || e.code === "53300");
   if (e?.code && (network.includes(e.code) || goingAway)) {
-    return new ShinkeiError("DB_UNREACHABLE", `cannot reach PostgreSQL at ${t.host}:${t.port} (${e.code}${goingAway ? `: ${e.message}` : ""})`, {
-      hint: "Start it (docker compose up -d postgres) or point DATABASE_URL at a running server.",
-      cause: error,
-    });
+    return new ShinkeiError(
+      "DB_UNREACHABLE",
+      `cannot reach PostgreSQL at ${t.host}:${t.port} (${e.code}${goingAway ? `: ${e.message}` : ""})`,
+      {
+        hint: "Start it (docker compose up -d postgres) or point DATABASE_URL at a running server.",
+        cause: error,
+      },
+    );
   }
   if (e?.code === PG.INVALID_CATALOG_NAME) {
     return new ShinkeiError("DB_UNREACHABLE", `database "${t.database}" does not exist on ${t.host}:${t.port}`, {
@@ -87,10 +111,14 @@ export function explainDbError(error: unknown, url: string): unknown {
     });
   }
   if (e?.code === PG.INVALID_PASSWORD || e?.code === PG.INVALID_AUTHORIZATION_SPECIFICATION) {
-    return new ShinkeiError("DB_UNREACHABLE", `PostgreSQL at ${t.host}:${t.port} refused user "${t.user}": ${e.message}`, {
-      hint: "Check the user and password in DATABASE_URL.",
-      cause: error,
-    });
+    return new ShinkeiError(
+      "DB_UNREACHABLE",
+      `PostgreSQL at ${t.host}:${t.port} refused user "${t.user}": ${e.message}`,
+      {
+        hint: "Check the user and password in DATABASE_URL.",
+        cause: error,
+      },
+    );
   }
   // The class name does not survive the compiled binary's minifier; a server error always has a severity.
   if ((error as Error)?.name === "PostgresError" || typeof (error as { severity?: unknown })?.severity === "string") {
@@ -122,7 +150,8 @@ export async function ensureDatabase(url: string): Promise<boolean> {
         await sql`create database ${sql(database)}`;
       } catch (e) {
         // Another process created it between our check and now: fine.
-        if (!([PG.DUPLICATE_DATABASE, PG.UNIQUE_VIOLATION] as string[]).includes((e as { code?: string }).code ?? "")) throw e;
+        if (!([PG.DUPLICATE_DATABASE, PG.UNIQUE_VIOLATION] as string[]).includes((e as { code?: string }).code ?? ""))
+          throw e;
         return false;
       }
       return true;
@@ -181,11 +210,17 @@ export async function withAdvisoryLock<T>(
     const handle: LockHandle = {
       heldCondition,
       async assertHeld() {
-        const [row] = lost ? [{ held: false }] : await sql.unsafe<{ held: boolean }[]>(`select ${heldCondition} as held`);
+        const [row] = lost
+          ? [{ held: false }]
+          : await sql.unsafe<{ held: boolean }[]>(`select ${heldCondition} as held`);
         if (!row!.held) {
-          throw new ShinkeiError("LOCK_LOST", `the ${options.what ?? name} lock was lost (its connection to the database ended)`, {
-            hint: "Another operation may have started meanwhile; check the database and run it again.",
-          });
+          throw new ShinkeiError(
+            "LOCK_LOST",
+            `the ${options.what ?? name} lock was lost (its connection to the database ended)`,
+            {
+              hint: "Another operation may have started meanwhile; check the database and run it again.",
+            },
+          );
         }
       },
     };
@@ -208,7 +243,9 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
     where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid and l.objsubid = 2
       and l.database = (select oid from pg_catalog.pg_database where datname = current_database())
     limit 1`.catch(() => []);
-  const by = h ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} since ${h.since.toISOString()})` : "";
+  const by = h
+    ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} since ${h.since.toISOString()})`
+    : "";
   return new ShinkeiError("LOCKED", `another ${what} is running on this database${by}`, {
     hint: "Wait for it to finish, or pass --wait to queue behind it.",
     details: h ? { holder: h.name } : undefined,
@@ -230,8 +267,9 @@ export const actAsDatabaseOwner = `SELECT pg_catalog.set_config('role', pg_catal
  * by restore and reset, so an emptied schema is never seen by anyone.
  */
 export function recreatePublicSchema(serverVersionNum: number): string {
-  const create = serverVersionNum >= 150000
-    ? "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\nGRANT USAGE ON SCHEMA public TO PUBLIC;"
-    : "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;";
+  const create =
+    serverVersionNum >= 150000
+      ? "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\nGRANT USAGE ON SCHEMA public TO PUBLIC;"
+      : "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;";
   return `DROP SCHEMA IF EXISTS public CASCADE;\n${create}\n`;
 }

@@ -45,15 +45,27 @@ export async function runAs(): Promise<{ prefix: string[]; uid?: number; gid?: n
   const id = Bun.spawnSync(["id", "-u", "postgres"]);
   const gid = Bun.spawnSync(["id", "-g", "postgres"]);
   if (id.exitCode !== 0) {
-    throw new ShinkeiError("DB_UNREACHABLE", "PostgreSQL refuses to run as root, and there is no postgres user to run it as", {
-      hint: "Run shinkei as a normal user, create a postgres user, or set DATABASE_URL.",
-    });
+    throw new ShinkeiError(
+      "DB_UNREACHABLE",
+      "PostgreSQL refuses to run as root, and there is no postgres user to run it as",
+      {
+        hint: "Run shinkei as a normal user, create a postgres user, or set DATABASE_URL.",
+      },
+    );
   }
-  return { prefix: ["runuser", "-u", "postgres", "--"], uid: Number(id.stdout.toString()), gid: Number(gid.stdout.toString()) };
+  return {
+    prefix: ["runuser", "-u", "postgres", "--"],
+    uid: Number(id.stdout.toString()),
+    gid: Number(gid.stdout.toString()),
+  };
 }
 
 async function run(cmd: string[], input?: string): Promise<{ code: number; output: string }> {
-  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: input === undefined ? "ignore" : new Blob([input]) });
+  const p = Bun.spawn(cmd, {
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: input === undefined ? "ignore" : new Blob([input]),
+  });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { code, output: (err || out).trim().split("\n").slice(-3).join(" ") };
 }
@@ -66,7 +78,8 @@ export async function freePort(): Promise<number> {
 }
 
 /** Only password logins, from loopback: what initdb writes for --auth=scram-sha-256, without the socket lines. */
-const HBA = "# written by shinkei: password logins only\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+const HBA =
+  "# written by shinkei: password logins only\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
 
 /** The cluster's password: read it, or make one (mode 0600, never over an existing file). */
 async function clusterPassword(file: string): Promise<{ password: string; created: boolean }> {
@@ -87,17 +100,29 @@ async function clusterPassword(file: string): Promise<{ password: string; create
 }
 
 /** Start (initialising on first use) the project-local cluster, or join it when it is already running. */
-export async function ensureLocalCluster(root: string, env: Record<string, string | undefined> = process.env, environment = "development"): Promise<LocalCluster> {
+export async function ensureLocalCluster(
+  root: string,
+  env: Record<string, string | undefined> = process.env,
+  environment = "development",
+): Promise<LocalCluster> {
   if (environment === "production") {
-    throw new ShinkeiError("DB_UNREACHABLE", "nothing answers on 127.0.0.1:5432, and in production shinkei never starts a database of its own", {
-      hint: "Set DATABASE_URL to the production database (or start the server it names).",
-    });
+    throw new ShinkeiError(
+      "DB_UNREACHABLE",
+      "nothing answers on 127.0.0.1:5432, and in production shinkei never starts a database of its own",
+      {
+        hint: "Set DATABASE_URL to the production database (or start the server it names).",
+      },
+    );
   }
   const bin = findServerBinaries(env);
   if (!bin) {
-    throw new ShinkeiError("DB_UNREACHABLE", "nothing answers on 127.0.0.1:5432 and no PostgreSQL server is installed to start one", {
-      hint: "Start one with `docker compose up -d postgres`, install it (apt install postgresql, brew install postgresql@17), or set DATABASE_URL.",
-    });
+    throw new ShinkeiError(
+      "DB_UNREACHABLE",
+      "nothing answers on 127.0.0.1:5432 and no PostgreSQL server is installed to start one",
+      {
+        hint: "Start one with `docker compose up -d postgres`, install it (apt install postgresql, brew install postgresql@17), or set DATABASE_URL.",
+      },
+    );
   }
   const dataDir = resolve(root, "data", "postgres");
   const as = await runAs();
@@ -112,11 +137,30 @@ export async function ensureLocalCluster(root: string, env: Record<string, strin
     if (as.uid !== undefined) await chown(dataDir, as.uid, as.gid!);
     await chmod(dataDir, 0o700);
     // The password goes in on stdin: no copy of it on disk that the postgres user must be able to read.
-    const init = await run([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=scram-sha-256", "--pwfile=/dev/stdin", "-E", "UTF8", "--no-locale"], password + "\n");
+    const init = await run(
+      [
+        ...as.prefix,
+        join(bin, "initdb"),
+        "-D",
+        dataDir,
+        "-U",
+        "postgres",
+        "--auth=scram-sha-256",
+        "--pwfile=/dev/stdin",
+        "-E",
+        "UTF8",
+        "--no-locale",
+      ],
+      password + "\n",
+    );
     if (init.code !== 0) {
-      throw new ShinkeiError("DB_UNREACHABLE", `could not create a local PostgreSQL cluster in ${dataDir}: ${init.output}`, {
-        hint: "Check that the folder is writable (and reachable by the postgres user when running as root), or set DATABASE_URL.",
-      });
+      throw new ShinkeiError(
+        "DB_UNREACHABLE",
+        `could not create a local PostgreSQL cluster in ${dataDir}: ${init.output}`,
+        {
+          hint: "Check that the folder is writable (and reachable by the postgres user when running as root), or set DATABASE_URL.",
+        },
+      );
     }
   }
   const port = existsSync(portFile) ? Number(await readFile(portFile, "utf8")) : await freePort();
@@ -158,13 +202,18 @@ async function dropTrust(dataDir: string, port: number, password: string, pgCtl:
   try {
     await sql.unsafe(`alter role postgres password '${password}'`); // base64url: no quote to escape
   } catch (e) {
-    throw new ShinkeiError("DB_UNREACHABLE", `cannot log in to the local PostgreSQL in ${dataDir} to give it a password: ${(e as Error).message}`, {
-      hint: `Its password file ${join(dataDir, "..", "postgres.password")} is new: if an older one was deleted, restore it, or remove ${join(dataDir, "..")} to start afresh.`,
-    });
+    throw new ShinkeiError(
+      "DB_UNREACHABLE",
+      `cannot log in to the local PostgreSQL in ${dataDir} to give it a password: ${(e as Error).message}`,
+      {
+        hint: `Its password file ${join(dataDir, "..", "postgres.password")} is new: if an older one was deleted, restore it, or remove ${join(dataDir, "..")} to start afresh.`,
+      },
+    );
   } finally {
     await sql.end({ timeout: 5 });
   }
   await writeFile(join(dataDir, "pg_hba.conf"), HBA);
   const reload = await run([...pgCtl, "reload"]);
-  if (reload.code !== 0) throw new ShinkeiError("DB_UNREACHABLE", `could not reload the local PostgreSQL in ${dataDir}: ${reload.output}`);
+  if (reload.code !== 0)
+    throw new ShinkeiError("DB_UNREACHABLE", `could not reload the local PostgreSQL in ${dataDir}: ${reload.output}`);
 }

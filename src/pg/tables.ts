@@ -16,7 +16,10 @@ export async function userTables(sql: Queryable): Promise<{ key: string; qualifi
     where c.relkind in ('r', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
       and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
     order by n.nspname <> 'public', n.nspname, c.relname`;
-  return rows.map((r) => ({ key: r.schema === "public" ? r.name : `${r.schema}.${r.name}`, qualified: `${quoteIdent(r.schema)}.${quoteIdent(r.name)}` }));
+  return rows.map((r) => ({
+    key: r.schema === "public" ? r.name : `${r.schema}.${r.name}`,
+    qualified: `${quoteIdent(r.schema)}.${quoteIdent(r.name)}`,
+  }));
 }
 
 /** Large objects live outside any table; they are counted under this key beside the tables. */
@@ -27,9 +30,13 @@ export const LARGE_OBJECTS = "(large objects)";
  * per-row expression summed), plus the number of large objects, in one statement (one snapshot).
  * Large objects count only when there are any, so databases without them compare as before.
  */
-export async function countRows(sql: Queryable, digest?: (row: string) => string): Promise<{ name: string; n: number; digest: string | null }[]> {
+export async function countRows(
+  sql: Queryable,
+  digest?: (row: string) => string,
+): Promise<{ name: string; n: number; digest: string | null }[]> {
   const parts = (await userTables(sql)).map(
-    (t) => `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n, ${digest ? digest("r") : "null::text"} as digest from ${t.qualified} r`,
+    (t) =>
+      `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n, ${digest ? digest("r") : "null::text"} as digest from ${t.qualified} r`,
   );
   // Large objects are counted, never digested: reading their content needs privileges on each one.
   parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8, null from pg_catalog.pg_largeobject_metadata`);

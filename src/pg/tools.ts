@@ -4,7 +4,12 @@ import { describeTarget } from "./db.ts";
 export function libpqEnv(url: string): Record<string, string> {
   const u = new URL(url);
   const t = describeTarget(url);
-  const env: Record<string, string> = { PGHOST: t.host, PGPORT: String(t.port), PGUSER: t.user, PGDATABASE: t.database };
+  const env: Record<string, string> = {
+    PGHOST: t.host,
+    PGPORT: String(t.port),
+    PGUSER: t.user,
+    PGDATABASE: t.database,
+  };
   if (u.password) env.PGPASSWORD = decodeURIComponent(u.password);
   const sslmode = u.searchParams.get("sslmode");
   if (sslmode) env.PGSSLMODE = sslmode;

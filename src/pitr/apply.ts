@@ -38,7 +38,13 @@ function checkedDump(proc: Bun.Subprocess<"ignore", "pipe", "pipe">): ReadableSt
         return;
       }
       const { code, stderr } = await exit;
-      if (code !== 0 || bytes === 0) controller.error(new ShinkeiError("RESTORE_FAILED", `pg_dump of the recovered instance failed (exit ${code}): ${stderr || "no output"}`));
+      if (code !== 0 || bytes === 0)
+        controller.error(
+          new ShinkeiError(
+            "RESTORE_FAILED",
+            `pg_dump of the recovered instance failed (exit ${code}): ${stderr || "no output"}`,
+          ),
+        );
       else controller.close();
     },
     cancel() {
@@ -52,7 +58,16 @@ function checkedDump(proc: Bun.Subprocess<"ignore", "pipe", "pipe">): ReadableSt
  * safety backup, the scratch instance's pg_dump streamed into one transaction (load), then every
  * table's count and content digest compared with the instance's. The caller holds the maintenance lock.
  */
-export async function applyRecovered(options: { sql: Sql; url: string; dir: string; scratchUrl: string; safetyBackup: boolean; age?: AgeConfig; lock?: LockHandle; onStep?: (s: ApplyStep) => void }): Promise<ApplyResult> {
+export async function applyRecovered(options: {
+  sql: Sql;
+  url: string;
+  dir: string;
+  scratchUrl: string;
+  safetyBackup: boolean;
+  age?: AgeConfig;
+  lock?: LockHandle;
+  onStep?: (s: ApplyStep) => void;
+}): Promise<ApplyResult> {
   const started = performance.now();
   const { sql, url } = options;
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
@@ -70,10 +85,22 @@ export async function applyRecovered(options: { sql: Sql; url: string; dir: stri
     options.onStep?.("restore");
     const expected = await scratch.begin("isolation level repeatable read read only", async (tx) => {
       const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
-      const proc = Bun.spawn([toolPath("pg_dump"), "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"], {
-        env: toolEnv(options.scratchUrl),
-        stdin: "ignore", stdout: "pipe", stderr: "pipe",
-      });
+      const proc = Bun.spawn(
+        [
+          toolPath("pg_dump"),
+          "--format=plain",
+          "--no-owner",
+          "--no-privileges",
+          `--snapshot=${snap!.id}`,
+          "--no-password",
+        ],
+        {
+          env: toolEnv(options.scratchUrl),
+          stdin: "ignore",
+          stdout: "pipe",
+          stderr: "pipe",
+        },
+      );
       const stats = tableStats(tx);
       stats.catch(() => {});
       try {
@@ -88,8 +115,10 @@ export async function applyRecovered(options: { sql: Sql; url: string; dir: stri
     const after = await sql.begin((tx) => tableStats(tx));
     const mismatches: string[] = [];
     for (const [table, n] of Object.entries(expected.counts)) {
-      if (after.counts[table] !== n) mismatches.push(`${table}: expected ${n} rows, found ${after.counts[table] ?? "no table"}`);
-      else if (after.digests[table] !== expected.digests[table]) mismatches.push(`${table}: same count, different content`);
+      if (after.counts[table] !== n)
+        mismatches.push(`${table}: expected ${n} rows, found ${after.counts[table] ?? "no table"}`);
+      else if (after.digests[table] !== expected.digests[table])
+        mismatches.push(`${table}: same count, different content`);
     }
     return { safety, expected, after, mismatches, durationMs: Math.round(performance.now() - started) };
   } finally {

@@ -29,7 +29,9 @@ const KEEP = 20;
 /** The recorded PITR drills, newest last. */
 export async function readPitrDrills(backupDir: string): Promise<PitrDrill[]> {
   const list = JSON.parse(await readFile(drillsFile(backupDir), "utf8").catch(() => "[]")) as unknown;
-  return Array.isArray(list) ? (list as PitrDrill[]).filter((d) => d && typeof d.at === "string" && typeof d.passed === "boolean") : [];
+  return Array.isArray(list)
+    ? (list as PitrDrill[]).filter((d) => d && typeof d.at === "string" && typeof d.passed === "boolean")
+    : [];
 }
 
 async function record(backupDir: string, d: PitrDrill): Promise<void> {
@@ -83,7 +85,8 @@ export function compareStats(expected: TableStats, found: TableStats): string[] 
   for (const t of [...new Set([...Object.keys(expected.counts), ...Object.keys(found.counts)])].sort()) {
     if (!(t in found.counts)) out.push(`${t}: missing after recovery`);
     else if (!(t in expected.counts)) out.push(`${t}: recovered, but not there at the restore point`);
-    else if (found.counts[t] !== expected.counts[t]) out.push(`${t}: ${found.counts[t]} rows recovered, ${expected.counts[t]} at the restore point`);
+    else if (found.counts[t] !== expected.counts[t])
+      out.push(`${t}: ${found.counts[t]} rows recovered, ${expected.counts[t]} at the restore point`);
     else if (found.digests[t] !== expected.digests[t]) out.push(`${t}: content differs from the restore point's`);
   }
   return out;
@@ -94,12 +97,26 @@ export function compareStats(expected: TableStats, found: TableStats): string[] 
  * scratch instance recovered to it from the archive, every table compared, the instance removed
  * (also on failure; a watchdog removes it if this process is killed), the result recorded.
  */
-export async function runPitrDrill(deps: { sql: Sql; config: Config; onStep?: (m: string) => void }): Promise<PitrDrill> {
+export async function runPitrDrill(deps: {
+  sql: Sql;
+  config: Config;
+  onStep?: (m: string) => void;
+}): Promise<PitrDrill> {
   const { sql, config } = deps;
   const started = performance.now();
   const at = new Date();
   const restorePoint = `shinkei_drill_${at.toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}_${crypto.randomUUID().slice(0, 6)}`;
-  const result: PitrDrill = { at: at.toISOString(), passed: false, restorePoint, lsn: null, base: null, rtoMs: null, durationMs: 0, walFiles: 0, differences: [] };
+  const result: PitrDrill = {
+    at: at.toISOString(),
+    passed: false,
+    restorePoint,
+    lsn: null,
+    base: null,
+    rtoMs: null,
+    durationMs: 0,
+    walFiles: 0,
+    differences: [],
+  };
   try {
     deps.onStep?.(`creating restore point ${restorePoint} and reading every table's count and digest at it`);
     const mark = await markRestorePoint(sql, restorePoint);
@@ -107,12 +124,24 @@ export async function runPitrDrill(deps: { sql: Sql; config: Config; onStep?: (m
     // Recovery can only reach what the receiver has: wait for it to flush past the restore point.
     const deadline = Date.now() + 60_000;
     for (;;) {
-      const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${mark.lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
+      const [r] = await sql<
+        { ok: boolean }[]
+      >`select flush_lsn >= ${mark.lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
       if (r?.ok) break;
-      if (Date.now() > deadline) throw new ShinkeiError("PITR_AT_RISK", `the WAL receiver has not received the restore point (${mark.lsn}) within a minute`);
+      if (Date.now() > deadline)
+        throw new ShinkeiError(
+          "PITR_AT_RISK",
+          `the WAL receiver has not received the restore point (${mark.lsn}) within a minute`,
+        );
       await Bun.sleep(200);
     }
-    const recovery = await recoverTo({ config, target: { kind: "name", name: restorePoint }, store: walStore(config), keep: false, onStep: deps.onStep });
+    const recovery = await recoverTo({
+      config,
+      target: { kind: "name", name: restorePoint },
+      store: walStore(config),
+      keep: false,
+      onStep: deps.onStep,
+    });
     try {
       result.base = recovery.base;
       result.rtoMs = recovery.durationMs;
@@ -141,5 +170,7 @@ export async function pitrDrillProblem(config: Config): Promise<string | null> {
   const passed = (await readPitrDrills(config.backupDir)).filter((d) => d.passed).at(-1);
   if (!passed) return "no point-in-time recovery drill has passed yet (shinkei pitr drill)";
   const age = Date.now() - Date.parse(passed.at);
-  return age > config.backup.drillMaxAgeMs ? `the last passed point-in-time recovery drill is from ${passed.at}, older than BACKUP_DRILL_MAX_AGE` : null;
+  return age > config.backup.drillMaxAgeMs
+    ? `the last passed point-in-time recovery drill is from ${passed.at}, older than BACKUP_DRILL_MAX_AGE`
+    : null;
 }

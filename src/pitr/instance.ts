@@ -76,10 +76,16 @@ function readState(root: string): InstanceState | null {
   try {
     // Only a folder we made: anyone may create one under the temporary folder, naming any programs.
     const folder = lstatSync(root);
-    if (!folder.isDirectory() || folder.uid !== process.getuid?.() || lstatSync(join(root, STATE)).uid !== folder.uid) return null;
+    if (!folder.isDirectory() || folder.uid !== process.getuid?.() || lstatSync(join(root, STATE)).uid !== folder.uid)
+      return null;
     const s = JSON.parse(readInstanceFile(join(root, STATE)) ?? "null") as InstanceState;
     // Only a folder of ours, naming paths inside itself, is ever stopped or removed.
-    const ok = s?.pitrInstanceVersion === 1 && s.root === root && dirname(s.dataDir) === root && Number.isInteger(s.port) && Number.isInteger(s.ownerPid);
+    const ok =
+      s?.pitrInstanceVersion === 1 &&
+      s.root === root &&
+      dirname(s.dataDir) === root &&
+      Number.isInteger(s.port) &&
+      Number.isInteger(s.ownerPid);
     return ok ? s : null;
   } catch {
     return null;
@@ -111,8 +117,21 @@ export async function createInstanceFolder(): Promise<InstanceFolder> {
   const server = as.uid !== undefined;
   // The server's user passes through to its own folders, and lists nothing.
   await chmod(root, server ? 0o711 : 0o700);
-  const f = { root, dataDir: join(root, "data"), socketDir: join(root, "sockets"), logFile: join(root, "server.log"), walDir: join(root, "wal"), stageDir: join(root, "stage"), as };
-  for (const [dir, mode] of [[f.dataDir, 0o700], [f.socketDir, 0o700], [f.walDir, server ? 0o710 : 0o700], [f.stageDir, server ? 0o1770 : 0o700]] as const) {
+  const f = {
+    root,
+    dataDir: join(root, "data"),
+    socketDir: join(root, "sockets"),
+    logFile: join(root, "server.log"),
+    walDir: join(root, "wal"),
+    stageDir: join(root, "stage"),
+    as,
+  };
+  for (const [dir, mode] of [
+    [f.dataDir, 0o700],
+    [f.socketDir, 0o700],
+    [f.walDir, server ? 0o710 : 0o700],
+    [f.stageDir, server ? 0o1770 : 0o700],
+  ] as const) {
     await mkdir(dir, { mode: mode & 0o700 }); // never wider than ours while we set it up, whatever the umask
     await chmod(dir, mode);
   }
@@ -140,8 +159,18 @@ export async function exec(cmd: string[]): Promise<{ code: number; output: strin
  * Write `text` to `path` inside the server's data directory as the server's OS user: that user
  * owns the folder, so a write of ours there could follow a link it planted.
  */
-export async function writeAsServer(as: { prefix: string[] }, path: string, text: string, options: { append?: boolean } = {}): Promise<void> {
-  const p = Bun.spawn([...as.prefix, "tee", ...(options.append ? ["-a"] : []), path], { stdin: new Blob([text]), stdout: "ignore", stderr: "pipe", env: serverEnv() });
+export async function writeAsServer(
+  as: { prefix: string[] },
+  path: string,
+  text: string,
+  options: { append?: boolean } = {},
+): Promise<void> {
+  const p = Bun.spawn([...as.prefix, "tee", ...(options.append ? ["-a"] : []), path], {
+    stdin: new Blob([text]),
+    stdout: "ignore",
+    stderr: "pipe",
+    env: serverEnv(),
+  });
   const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
   if (code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `writing ${path} failed: ${err.trim()}`);
 }
@@ -153,10 +182,22 @@ const SERVER_FILE_CAP = 4 * 1024 * 1024;
  * through a link, without waiting on a FIFO (the base backup's tar may hold either), at most 4 MiB.
  */
 export async function readAsServer(as: { prefix: string[] }, path: string): Promise<string> {
-  const p = Bun.spawn([...as.prefix, "dd", `if=${path}`, "iflag=nofollow,nonblock", `bs=${SERVER_FILE_CAP + 1}`, "count=1", "status=none"], { stdout: "pipe", stderr: "pipe", env: serverEnv() });
+  const p = Bun.spawn(
+    [
+      ...as.prefix,
+      "dd",
+      `if=${path}`,
+      "iflag=nofollow,nonblock",
+      `bs=${SERVER_FILE_CAP + 1}`,
+      "count=1",
+      "status=none",
+    ],
+    { stdout: "pipe", stderr: "pipe", env: serverEnv() },
+  );
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   if (code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `reading ${path} failed: ${err.trim()}`);
-  if (out.length > SERVER_FILE_CAP) throw new ShinkeiError("RECOVERY_FAILED", `reading ${path} failed: larger than ${SERVER_FILE_CAP} bytes`);
+  if (out.length > SERVER_FILE_CAP)
+    throw new ShinkeiError("RECOVERY_FAILED", `reading ${path} failed: larger than ${SERVER_FILE_CAP} bytes`);
   return out;
 }
 
@@ -190,7 +231,18 @@ function postmasterPid(dataDir: string): number | null {
 export async function removeInstance(s: Pick<InstanceState, "root" | "dataDir" | "bin">): Promise<void> {
   if (postmasterPid(s.dataDir)) {
     const as = await runAs();
-    const r = await exec([...as.prefix, join(s.bin, "pg_ctl"), "-D", s.dataDir, "stop", "-m", "immediate", "-w", "-t", "30"]);
+    const r = await exec([
+      ...as.prefix,
+      join(s.bin, "pg_ctl"),
+      "-D",
+      s.dataDir,
+      "stop",
+      "-m",
+      "immediate",
+      "-w",
+      "-t",
+      "30",
+    ]);
     const pid = postmasterPid(s.dataDir);
     if (r.code !== 0 && pid) {
       try {
@@ -208,12 +260,19 @@ export type Leftover = InstanceState & { running: boolean; inUse: boolean; ageMs
 /** Every scratch instance folder of ours under the temporary folder, with whether its server runs. */
 export async function listInstances(): Promise<Leftover[]> {
   const out: Leftover[] = [];
-  for (const n of (await readdir(instanceRoot()).catch(() => [] as string[])).filter((n) => n.startsWith(INSTANCE_PREFIX))) {
+  for (const n of (await readdir(instanceRoot()).catch(() => [] as string[])).filter((n) =>
+    n.startsWith(INSTANCE_PREFIX),
+  )) {
     const root = join(instanceRoot(), n);
     const s = readState(root);
     if (!s) continue;
     const created = Date.parse(s.createdAt);
-    out.push({ ...s, running: postmasterPid(s.dataDir) !== null, inUse: s.ownerPid !== process.pid && alive(s.ownerPid) && !s.keep, ageMs: Date.now() - (Number.isNaN(created) ? 0 : created) });
+    out.push({
+      ...s,
+      running: postmasterPid(s.dataDir) !== null,
+      inUse: s.ownerPid !== process.pid && alive(s.ownerPid) && !s.keep,
+      ageMs: Date.now() - (Number.isNaN(created) ? 0 : created),
+    });
   }
   return out;
 }
@@ -262,11 +321,20 @@ export async function restoreClient(root: string): Promise<string[]> {
   // may then touch it): instant, where a copy of the compiled binary (over 100 MB) is a large
   // part of a small restore. Else, or on another filesystem, a copy of our own.
   const mode = (await stat(exe!)).mode;
-  const linked = (mode & 0o005) === 0o005 && (await link(exe!, files[0]!).then(() => true, () => false));
+  const linked =
+    (mode & 0o005) === 0o005 &&
+    (await link(exe!, files[0]!).then(
+      () => true,
+      () => false,
+    ));
   if (!linked) await copyFile(exe!, files[0]!);
   if (entry) {
     const built = await Bun.build({ entrypoints: [entry], target: "bun" });
-    if (!built.success) throw new ShinkeiError("RECOVERY_FAILED", `cannot bundle the CLI for restore_command: ${built.logs.map(String).join("; ")}`);
+    if (!built.success)
+      throw new ShinkeiError(
+        "RECOVERY_FAILED",
+        `cannot bundle the CLI for restore_command: ${built.logs.map(String).join("; ")}`,
+      );
     files.push(join(dir, "shinkei.js"));
     await Bun.write(files[1]!, built.outputs[0]!);
   }
@@ -281,7 +349,11 @@ export async function restoreClient(root: string): Promise<string[]> {
  */
 export function startWatchdog(root: string): void {
   const [cmd, ...args] = selfCommand();
-  const child = spawn(cmd!, [...args, "pitr", "cleanup", "--watch", String(process.pid), root], { detached: true, stdio: "ignore", env: process.env });
+  const child = spawn(cmd!, [...args, "pitr", "cleanup", "--watch", String(process.pid), root], {
+    detached: true,
+    stdio: "ignore",
+    env: process.env,
+  });
   child.unref();
 }
 

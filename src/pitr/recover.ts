@@ -10,7 +10,20 @@ import { serverBinaries } from "../pg/bin.ts";
 import { codecOf, unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { freePort } from "../pg/localdb.ts";
-import { createInstanceFolder, exec, readAsServer, readInstanceFile, removeDayOld, removeInstance, restoreClient, serverEnv, startWatchdog, writeAsServer, writeState, type InstanceState } from "./instance.ts";
+import {
+  createInstanceFolder,
+  exec,
+  readAsServer,
+  readInstanceFile,
+  removeDayOld,
+  removeInstance,
+  restoreClient,
+  serverEnv,
+  startWatchdog,
+  writeAsServer,
+  writeState,
+  type InstanceState,
+} from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
 import { chooseBase, recoverySources, type Window } from "./window.ts";
 import { restoreCommand, serveWal, type Served } from "./walserve.ts";
@@ -91,7 +104,9 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     // refuses to end recovery. The target lies inside the window, so nothing committed between the
     // last commit and the target: all of the archive is exactly the state at the target.
     if (options.target.kind !== "time" || !(e instanceof ShinkeiError && e.details?.endedEarly)) throw e;
-    options.onStep?.("the archive holds no commit after the target: recovering all of it, which is the state at the target");
+    options.onStep?.(
+      "the archive holds no commit after the target: recovering all of it, which is the state at the target",
+    );
     return recoverOnce({ ...options, target: { kind: "latest" } }, options.target);
   }
 }
@@ -102,7 +117,8 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   const { config, store } = options;
   const target = asked;
   const cancelled = () => {
-    if (options.signal?.aborted) throw new ShinkeiError("CANCELLED", "the point-in-time recovery was cancelled; its scratch instance was removed");
+    if (options.signal?.aborted)
+      throw new ShinkeiError("CANCELLED", "the point-in-time recovery was cancelled; its scratch instance was removed");
   };
   const step = (message: string) => {
     cancelled();
@@ -110,7 +126,11 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   };
   const started = performance.now();
   if (options.intoDir && (await stat(options.intoDir).catch(() => null))) {
-    throw new ShinkeiError("DIRECTORY_EXISTS", `${options.intoDir} already exists; --into-dir makes a new folder and never overwrites one`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });
+    throw new ShinkeiError(
+      "DIRECTORY_EXISTS",
+      `${options.intoDir} already exists; --into-dir makes a new folder and never overwrites one`,
+      { hint: "Give a path that does not exist yet, on a disk with room for the database." },
+    );
   }
   await removeDayOld();
   const folder = await createInstanceFolder();
@@ -118,8 +138,16 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   const scratch = join(root, "work");
   await mkdir(scratch, { mode: 0o700 });
   const instance: InstanceState = {
-    pitrInstanceVersion: 1, root, dataDir, socketDir, bin: "", port: 0, ownerPid: process.pid,
-    createdAt: new Date().toISOString(), keep: false, target: describeTargetOf(target),
+    pitrInstanceVersion: 1,
+    root,
+    dataDir,
+    socketDir,
+    bin: "",
+    port: 0,
+    ownerPid: process.pid,
+    createdAt: new Date().toISOString(),
+    keep: false,
+    target: describeTargetOf(target),
   };
   await writeState(instance);
   startWatchdog(root);
@@ -127,7 +155,12 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
   let sql: Sql | undefined;
   try {
     // Only what this host signed (and, where it encrypts, encrypted) is a candidate: anything else is named and left out.
-    const { windows, bases, untrusted } = await recoverySources(config.backupDir, store, scratch, archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }));
+    const { windows, bases, untrusted } = await recoverySources(
+      config.backupDir,
+      store,
+      scratch,
+      archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }),
+    );
     for (const line of describeUntrusted(untrusted)) step(`left out: ${line}`);
     const { base, window } = chooseBase(target, windows, bases);
     const m = base.manifest;
@@ -140,33 +173,54 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     }
     // The SHA-256 is read alongside the unpacking (the file is read twice, in parallel): a
     // mismatch throws the scratch copy away before anything starts on it.
-    step(`unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`);
+    step(
+      `unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`,
+    );
     // tar decompresses in a process of its own (gzip, or zstd when its program is installed): on
     // another core beside the hashing and the decryption, and the pipe carries the compressed
     // bytes, not five to ten times as many. Without a zstd program, zstd is unpacked here.
     const codec = codecOf(m.file);
     const inTar = codec === "gzip" || Bun.which("zstd", { PATH: serverEnv().PATH }) !== null;
-    const tar = Bun.spawn([...as.prefix, "tar", "-x", ...(inTar ? [codec === "gzip" ? "-z" : "--zstd"] : []), "-f", "-", "-C", dataDir], { stdin: "pipe", stdout: "ignore", stderr: "pipe", env: serverEnv() });
+    const tar = Bun.spawn(
+      [...as.prefix, "tar", "-x", ...(inTar ? [codec === "gzip" ? "-z" : "--zstd"] : []), "-f", "-", "-C", dataDir],
+      { stdin: "pipe", stdout: "ignore", stderr: "pipe", env: serverEnv() },
+    );
     const tarErr = new Response(tar.stderr).text();
     const hashing = sha256File(path);
     hashing.catch(() => {});
     let unpackError: unknown = null;
     try {
-      await pump(await unsealFrom(path, { encryption: m.encryption, age: config.backup.age, name: m.file, compressed: inTar }) as AsyncIterable<Uint8Array>, tar.stdin);
+      await pump(
+        (await unsealFrom(path, {
+          encryption: m.encryption,
+          age: config.backup.age,
+          name: m.file,
+          compressed: inTar,
+        })) as AsyncIterable<Uint8Array>,
+        tar.stdin,
+      );
     } catch (e) {
       unpackError = e;
     } finally {
       await Promise.resolve(tar.stdin.end()).catch(() => {});
     }
     const sha = await hashing;
-    if (sha !== m.sha256) throw new ShinkeiError("BACKUP_CORRUPT", `${m.file} does not match its manifest (SHA-256 ${sha.slice(0, 12)}…, expected ${m.sha256.slice(0, 12)}…)`);
+    if (sha !== m.sha256)
+      throw new ShinkeiError(
+        "BACKUP_CORRUPT",
+        `${m.file} does not match its manifest (SHA-256 ${sha.slice(0, 12)}…, expected ${m.sha256.slice(0, 12)}…)`,
+      );
     if (unpackError) throw unpackError;
-    if ((await tar.exited) !== 0) throw new ShinkeiError("BACKUP_CORRUPT", `unpacking ${m.file} failed: ${(await tarErr).trim()}`);
+    if ((await tar.exited) !== 0)
+      throw new ShinkeiError("BACKUP_CORRUPT", `unpacking ${m.file} failed: ${(await tarErr).trim()}`);
     if (!base.localPath) await Bun.file(path).delete();
 
     const major = Number((await readAsServer(as, join(dataDir, "PG_VERSION"))).trim());
     const removed = await scrubBaseSettings(as, dataDir);
-    if (removed.length) step(`removed from the base backup's settings before starting it (they run programs, load code or read other files): ${[...new Set(removed)].join(", ")}`);
+    if (removed.length)
+      step(
+        `removed from the base backup's settings before starting it (they run programs, load code or read other files): ${[...new Set(removed)].join(", ")}`,
+      );
     instance.bin = await serverBinaries(major);
     instance.port = await freePort();
     await writeState(instance);
@@ -193,42 +247,102 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       ...(major >= 14 ? { recovery_init_sync_method: "syncfs" } : {}),
     };
     // Written as the server's user: the data directory is its folder (see writeAsServer).
-    await writeAsServer(as, join(dataDir, "postgresql.auto.conf"), `\n${MARK}\n${Object.entries(settings).map(([k, v]) => `${k} = ${quoteConf(v)}`).join("\n")}\n`, { append: true });
+    await writeAsServer(
+      as,
+      join(dataDir, "postgresql.auto.conf"),
+      `\n${MARK}\n${Object.entries(settings)
+        .map(([k, v]) => `${k} = ${quoteConf(v)}`)
+        .join("\n")}\n`,
+      { append: true },
+    );
     // Kept to be put back by --into-dir: without the copy, the handed-over server would trust every local user.
-    const kept = await exec([...as.prefix, "cp", "--no-dereference", join(dataDir, "pg_hba.conf"), join(dataDir, HBA_KEPT)]);
-    if (kept.code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `keeping the base backup's pg_hba.conf failed: ${kept.output}`, { hint: "Nothing was changed; the scratch instance was removed." });
+    const kept = await exec([
+      ...as.prefix,
+      "cp",
+      "--no-dereference",
+      join(dataDir, "pg_hba.conf"),
+      join(dataDir, HBA_KEPT),
+    ]);
+    if (kept.code !== 0)
+      throw new ShinkeiError("RECOVERY_FAILED", `keeping the base backup's pg_hba.conf failed: ${kept.output}`, {
+        hint: "Nothing was changed; the scratch instance was removed.",
+      });
     await writeAsServer(as, join(dataDir, "pg_hba.conf"), SCRATCH_HBA);
     await writeAsServer(as, join(dataDir, "recovery.signal"), "");
 
     const served: Served[] = [];
-    server = serveWal({ config, store, socket, scratch, segmentBytes: m.segmentBytes, stage: { dir: stageDir, uid: as.uid, gid: as.gid }, first: m.startSegment, onFile: (f) => served.push(f), allowUnencrypted: options.allowUnencrypted });
+    server = serveWal({
+      config,
+      store,
+      socket,
+      scratch,
+      segmentBytes: m.segmentBytes,
+      stage: { dir: stageDir, uid: as.uid, gid: as.gid },
+      first: m.startSegment,
+      onFile: (f) => served.push(f),
+      allowUnencrypted: options.allowUnencrypted,
+    });
     await server.ready();
 
     step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
     const log = logFile;
-    const start = await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", log]);
+    const start = await exec([
+      ...as.prefix,
+      join(instance.bin, "pg_ctl"),
+      "-D",
+      dataDir,
+      "start",
+      "-w",
+      "-t",
+      "3600",
+      "-l",
+      log,
+    ]);
     if (start.code !== 0) {
       const tail = await logTail(log, 60);
-      throw new ShinkeiError(endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `the scratch instance did not start: ${tail.split("\n").slice(-12).join("\n")}`, {
-        hint: "Nothing was changed; the scratch instance was removed.",
-        details: { endedEarly: endedEarly(tail) },
-      });
+      throw new ShinkeiError(
+        endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED",
+        `the scratch instance did not start: ${tail.split("\n").slice(-12).join("\n")}`,
+        {
+          hint: "Nothing was changed; the scratch instance was removed.",
+          details: { endedEarly: endedEarly(tail) },
+        },
+      );
     }
 
     const who = describeTarget(config.databaseUrl);
-    sql = postgres({ path: join(socketDir, `.s.PGSQL.${instance.port}`), user: who.user, database: who.database, max: 1, onnotice: () => {}, connect_timeout: 5 });
+    sql = postgres({
+      path: join(socketDir, `.s.PGSQL.${instance.port}`),
+      user: who.user,
+      database: who.database,
+      max: 1,
+      onnotice: () => {},
+      connect_timeout: 5,
+    });
     let lastReport = 0;
     for (;;) {
-      const row = await sql<{ r: boolean; lsn: string | null }[]>`select pg_is_in_recovery() as r, pg_last_wal_replay_lsn()::text as lsn`.catch(() => null);
+      const row = await sql<
+        { r: boolean; lsn: string | null }[]
+      >`select pg_is_in_recovery() as r, pg_last_wal_replay_lsn()::text as lsn`.catch(() => null);
       if (row && !row[0]!.r) break;
       if (!row) {
         const alive = (await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "status"])).code === 0;
         if (!alive) {
           const tail = await logTail(log, 60);
-          throw new ShinkeiError(endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED", `recovery stopped before reaching ${describeTargetOf(target)}: ${tail.split("\n").filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l)).slice(-4).join(" | ") || tail}`, {
-            hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
-            details: { endedEarly: endedEarly(tail) },
-          });
+          throw new ShinkeiError(
+            endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED",
+            `recovery stopped before reaching ${describeTargetOf(target)}: ${
+              tail
+                .split("\n")
+                .filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l))
+                .slice(-4)
+                .join(" | ") || tail
+            }`,
+            {
+              hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
+              details: { endedEarly: endedEarly(tail) },
+            },
+          );
         }
       }
       if (Date.now() - lastReport > 5000) {
@@ -242,7 +356,9 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     // Promoted: the server asks for no more WAL. Stopped before anything removes the folder it serves into.
     await server.stop();
     server = undefined;
-    const [r] = await sql<{ lsn: string | null; at: Date | null }[]>`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
+    const [r] = await sql<
+      { lsn: string | null; at: Date | null }[]
+    >`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
     const text = logText(log);
     const stopped = /recovery stopping (?:before|after) [^\n]*/.exec(text)?.[0] ?? null;
     const reached: Reached = {
@@ -265,7 +381,14 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       // role we recover as may not alter itself (PostgreSQL before 16 refuses that to a REPLICATION
       // role that is no superuser, such as the backup service's).
       const [boot] = await sql<{ name: string }[]>`select rolname as name from pg_catalog.pg_roles where oid = 10`;
-      const su = postgres({ path: join(socketDir, `.s.PGSQL.${instance.port}`), user: boot!.name, database: who.database, max: 1, onnotice: () => {}, connect_timeout: 5 });
+      const su = postgres({
+        path: join(socketDir, `.s.PGSQL.${instance.port}`),
+        user: boot!.name,
+        database: who.database,
+        max: 1,
+        onnotice: () => {},
+        connect_timeout: 5,
+      });
       try {
         await su.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
       } finally {
@@ -277,7 +400,14 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     instance.keep = options.keep && !options.intoDir;
     if (!options.intoDir) await writeState(instance);
     return {
-      instance, url, base: m.file, window: window!, target: describeTargetOf(target), reached, replayedAll: asked.kind === "time" && options.target.kind === "latest", walFiles: served,
+      instance,
+      url,
+      base: m.file,
+      window: window!,
+      target: describeTargetOf(target),
+      reached,
+      replayedAll: asked.kind === "time" && options.target.kind === "latest",
+      walFiles: served,
       durationMs: Math.round(performance.now() - started),
       stop: () => removeInstance(instance),
     };
@@ -304,7 +434,10 @@ async function scrubBaseSettings(as: { prefix: string[] }, dataDir: string): Pro
       throw e;
     });
     if (!st) continue;
-    if (!st.isFile()) throw new ShinkeiError("RECOVERY_FAILED", `the base backup's ${name} is not a regular file`, { hint: "Nothing was started; the scratch instance was removed." });
+    if (!st.isFile())
+      throw new ShinkeiError("RECOVERY_FAILED", `the base backup's ${name} is not a regular file`, {
+        hint: "Nothing was started; the scratch instance was removed.",
+      });
     const scrubbed = scrubSettings(await readAsServer(as, path));
     if (!scrubbed.removed.length) continue;
     await writeAsServer(as, path, scrubbed.text);
@@ -317,22 +450,39 @@ async function scrubBaseSettings(as: { prefix: string[] }, dataDir: string): Pro
 async function handOver(instance: InstanceState, dir: string, as: { prefix: string[] }): Promise<void> {
   const { dataDir, bin } = instance;
   const stop = await exec([...as.prefix, join(bin, "pg_ctl"), "-D", dataDir, "stop", "-m", "fast", "-w", "-t", "120"]);
-  if (stop.code !== 0) throw new ShinkeiError("RECOVERY_FAILED", `stopping the recovered instance failed: ${stop.output}`);
+  if (stop.code !== 0)
+    throw new ShinkeiError("RECOVERY_FAILED", `stopping the recovered instance failed: ${stop.output}`);
   const auto = join(dataDir, "postgresql.auto.conf");
   const conf = await readAsServer(as, auto);
-  await writeAsServer(as, auto, conf.slice(0, conf.indexOf(`\n${MARK}`) >= 0 ? conf.indexOf(`\n${MARK}`) : conf.length) + "\n");
+  await writeAsServer(
+    as,
+    auto,
+    conf.slice(0, conf.indexOf(`\n${MARK}`) >= 0 ? conf.indexOf(`\n${MARK}`) : conf.length) + "\n",
+  );
   // The scratch pg_hba.conf trusts every local user: a data directory handed over with it would too.
   try {
     await rename(join(dataDir, HBA_KEPT), join(dataDir, "pg_hba.conf"));
   } catch (e) {
-    throw new ShinkeiError("RECOVERY_FAILED", `putting the base backup's pg_hba.conf back failed: ${(e as Error).message}`, { hint: "Nothing was handed over; the scratch instance was removed." });
+    throw new ShinkeiError(
+      "RECOVERY_FAILED",
+      `putting the base backup's pg_hba.conf back failed: ${(e as Error).message}`,
+      { hint: "Nothing was handed over; the scratch instance was removed." },
+    );
   }
   if ((await readAsServer(as, join(dataDir, "pg_hba.conf"))) === SCRATCH_HBA) {
-    throw new ShinkeiError("RECOVERY_FAILED", "the recovered data directory still holds the scratch pg_hba.conf (local trust)", { hint: "Nothing was handed over; the scratch instance was removed." });
+    throw new ShinkeiError(
+      "RECOVERY_FAILED",
+      "the recovered data directory still holds the scratch pg_hba.conf (local trust)",
+      { hint: "Nothing was handed over; the scratch instance was removed." },
+    );
   }
   const mv = await exec(["mv", "-T", "--no-clobber", dataDir, dir]);
   if (mv.code !== 0 || (await Bun.file(join(dataDir, "PG_VERSION")).exists())) {
-    throw new ShinkeiError("RECOVERY_FAILED", `moving the recovered data directory to ${dir} failed: ${mv.output || "the target exists"}`, { hint: "Give a path that does not exist yet, on a disk with room for the database." });
+    throw new ShinkeiError(
+      "RECOVERY_FAILED",
+      `moving the recovered data directory to ${dir} failed: ${mv.output || "the target exists"}`,
+      { hint: "Give a path that does not exist yet, on a disk with room for the database." },
+    );
   }
 }
 

@@ -9,15 +9,30 @@
  * an identifier or `a.b`, case-insensitive, a quoted value never spanning lines; so a line-by-line
  * look at the name finds every setting the server would read from these files.
  */
-const NAME = /^[ \t\r\f\v]*([A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*(?:\.[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)?)/;
+const NAME =
+  /^[ \t\r\f\v]*([A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*(?:\.[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)?)/;
 
 const RUNS_OR_LOADS = new Set([
-  "restore_command", "recovery_end_command", "archive_command", "archive_cleanup_command", "archive_library",
-  "shared_preload_libraries", "session_preload_libraries", "local_preload_libraries", "dynamic_library_path", "jit_provider",
+  "restore_command",
+  "recovery_end_command",
+  "archive_command",
+  "archive_cleanup_command",
+  "archive_library",
+  "shared_preload_libraries",
+  "session_preload_libraries",
+  "local_preload_libraries",
+  "dynamic_library_path",
+  "jit_provider",
   "ssl_passphrase_command",
   // Paths the server would read or write as its user: other configuration, or a file it overwrites.
-  "external_pid_file", "hba_file", "ident_file", "data_directory", "config_file",
-  "include", "include_if_exists", "include_dir",
+  "external_pid_file",
+  "hba_file",
+  "ident_file",
+  "data_directory",
+  "config_file",
+  "include",
+  "include_if_exists",
+  "include_dir",
 ]);
 
 /** Whether a setting's name is one that runs a program, loads code or reads another file. */

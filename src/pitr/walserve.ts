@@ -55,7 +55,10 @@ export function serveWal(options: {
   async function get(name: string): Promise<Got> {
     const tmp = join(scratch, `wal-${++n}`);
     try {
-      const got = await fetchWal(config, name, tmp, store, { durable: false, allowUnencrypted: options.allowUnencrypted });
+      const got = await fetchWal(config, name, tmp, store, {
+        durable: false,
+        allowUnencrypted: options.allowUnencrypted,
+      });
       return { path: tmp, from: got.record?.kind === "partial" ? "partial" : got.from };
     } catch (e) {
       await rm(tmp, { force: true });
@@ -107,7 +110,12 @@ export function serveWal(options: {
   /** A staged segment restore_command moved away was consumed: count it, stage the next. */
   async function collect() {
     for (const [name, s] of staged) {
-      if (await Bun.file(join(stage.dir, name)).exists().catch(() => true)) continue;
+      if (
+        await Bun.file(join(stage.dir, name))
+          .exists()
+          .catch(() => true)
+      )
+        continue;
       if (staged.get(name) !== s) continue; // dropped meanwhile by followed(): not consumed
       staged.delete(name);
       options.onFile?.({ name, from: s.from, staged: true });
@@ -137,7 +145,12 @@ export function serveWal(options: {
     if (s) {
       staged.delete(name);
       const path = join(scratch, `wal-${++n}`);
-      if (await rename(join(stage.dir, name), path).then(() => true, () => false)) {
+      if (
+        await rename(join(stage.dir, name), path).then(
+          () => true,
+          () => false,
+        )
+      ) {
         // The stage is the server's user's to take from: what we took back must still be our file, not a link it left.
         if ((await lstat(path).catch(() => null))?.isFile()) return { path, from: s.from, staged: true };
         await rm(path, { force: true });
@@ -152,7 +165,8 @@ export function serveWal(options: {
     unix: options.socket,
     async fetch(req) {
       const name = decodeURIComponent(new URL(req.url).pathname.replace(/^\/wal\//, ""));
-      if (!isSegmentName(name) && parseHistory(name) === null) return new Response("not a WAL file name\n", { status: 400 });
+      if (!isSegmentName(name) && parseHistory(name) === null)
+        return new Response("not a WAL file name\n", { status: 400 });
       let path = "";
       try {
         const got = await take(name);
@@ -200,11 +214,17 @@ export async function fetchViaSocket(socket: string, name: string, target: strin
     res = await fetch(`http://shinkei/wal/${encodeURIComponent(name)}`, { unix: socket });
   } catch (e) {
     // Not an answer about the archive: abort recovery (exit 126) rather than end it here.
-    throw new ShinkeiError("RECOVERY_FAILED", `the shinkei process recovering this instance does not answer on ${socket}: ${(e as Error).message}`);
+    throw new ShinkeiError(
+      "RECOVERY_FAILED",
+      `the shinkei process recovering this instance does not answer on ${socket}: ${(e as Error).message}`,
+    );
   }
   if (!res.ok) {
     const text = (await res.text()).trim();
-    throw new ShinkeiError(res.status === 404 ? "NOT_FOUND" : "BACKUP_CORRUPT", text || `fetching ${name} failed (${res.status})`);
+    throw new ShinkeiError(
+      res.status === 404 ? "NOT_FOUND" : "BACKUP_CORRUPT",
+      text || `fetching ${name} failed (${res.status})`,
+    );
   }
   // Like cp in restore_command, no fsync: a server that crashes mid-recovery asks for the file again.
   const partial = `${target}.shinkei-fetch`;

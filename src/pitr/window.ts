@@ -17,14 +17,28 @@ export type BaseChoice = { manifest: BaseManifest; localPath: string | null };
  * reachable without a gap from the newest one, each segment's record on that way fetched and
  * checked (the first this host may not use ends the window, named), its time the object's.
  */
-async function offsiteWindow(store: BackupStore, scratch: string, trust: ArchiveTrust, untrusted: Untrusted[]): Promise<{ window: Window | null; bases: BaseManifest[] }> {
+async function offsiteWindow(
+  store: BackupStore,
+  scratch: string,
+  trust: ArchiveTrust,
+  untrusted: Untrusted[],
+): Promise<{ window: Window | null; bases: BaseManifest[] }> {
   const objects = await store.list();
   const bases: BaseManifest[] = [];
-  for (const o of objects.filter((o) => o.name.endsWith(BASE_MANIFEST_SUFFIX) && isBaseName(o.name.slice(0, -BASE_MANIFEST_SUFFIX.length)))) {
+  for (const o of objects.filter(
+    (o) => o.name.endsWith(BASE_MANIFEST_SUFFIX) && isBaseName(o.name.slice(0, -BASE_MANIFEST_SUFFIX.length)),
+  )) {
     const local = join(scratch, o.name);
     await store.get(o.name, local);
-    const m = (await Bun.file(local).json().catch(() => null)) as BaseManifest | null;
-    if (m?.baseManifestVersion !== 1 || m.file !== o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) || !objects.some((x) => x.name === m.file)) continue;
+    const m = (await Bun.file(local)
+      .json()
+      .catch(() => null)) as BaseManifest | null;
+    if (
+      m?.baseManifestVersion !== 1 ||
+      m.file !== o.name.slice(0, -BASE_MANIFEST_SUFFIX.length) ||
+      !objects.some((x) => x.name === m.file)
+    )
+      continue;
     const problem = baseManifestProblem(m, trust);
     if (problem) untrusted.push({ file: `${store.location}/${m.file}`, problem: `${problem} (off-site copy)` });
     else bases.push(m);
@@ -38,7 +52,8 @@ async function offsiteWindow(store: BackupStore, scratch: string, trust: Archive
     const m = /^([0-9A-F]{24})(\.partial)?\.json$/.exec(o.name);
     const s = m ? parseSegment(m[1]!, seg) : null;
     // A whole segment's record wins over its partial's.
-    if (s && s.timeline === newest.timeline && !(m![2] && held.has(s.segno))) held.set(s.segno, { at: o.modifiedAt, object: o.name });
+    if (s && s.timeline === newest.timeline && !(m![2] && held.has(s.segno)))
+      held.set(s.segno, { at: o.modifiedAt, object: o.name });
   }
   const trusted = async (segno: bigint): Promise<boolean> => {
     const h = held.get(segno);
@@ -57,7 +72,7 @@ async function offsiteWindow(store: BackupStore, scratch: string, trust: Archive
   // Fetched ahead in small batches: a window of a few hundred segments costs a few seconds.
   const start = parseSegment(newest.startSegment, seg)!.segno;
   let end = start - 1n;
-  for (let open = true; open;) {
+  for (let open = true; open; ) {
     const batch: bigint[] = [];
     for (let s = end + 1n; batch.length < 16 && held.has(s); s++) batch.push(s);
     if (!batch.length) break;
@@ -71,7 +86,15 @@ async function offsiteWindow(store: BackupStore, scratch: string, trust: Archive
     }
   }
   if (end < start) return { window: null, bases };
-  return { window: { earliest: bases[0]!.finishedAt, latest: held.get(end)!.at.toISOString(), timeline: newest.timeline, source: "offsite" }, bases };
+  return {
+    window: {
+      earliest: bases[0]!.finishedAt,
+      latest: held.get(end)!.at.toISOString(),
+      timeline: newest.timeline,
+      source: "offsite",
+    },
+    bases,
+  };
 }
 
 /**
@@ -80,49 +103,75 @@ async function offsiteWindow(store: BackupStore, scratch: string, trust: Archive
  * archive lost and started again, a base backup whose WAL is not sealed yet): a target either
  * window holds is recoverable.
  */
-export async function recoverySources(backupDir: string, store: BackupStore | undefined, scratch: string, trust: ArchiveTrust): Promise<{ windows: Window[]; bases: BaseChoice[]; untrusted: Untrusted[] }> {
+export async function recoverySources(
+  backupDir: string,
+  store: BackupStore | undefined,
+  scratch: string,
+  trust: ArchiveTrust,
+): Promise<{ windows: Window[]; bases: BaseChoice[]; untrusted: Untrusted[] }> {
   const local = await archiveWindow(backupDir, trust);
   const untrusted = [...local.untrusted];
   const bases: BaseChoice[] = local.bases.map((b) => ({ manifest: b.manifest, localPath: b.path }));
   const windows: Window[] = [];
   if (local.window.earliest && local.window.latest && local.window.earliest <= local.window.latest) {
-    windows.push({ earliest: local.window.earliest, latest: local.window.latest, timeline: local.window.timeline, source: "local" });
+    windows.push({
+      earliest: local.window.earliest,
+      latest: local.window.latest,
+      timeline: local.window.timeline,
+      source: "local",
+    });
   }
   if (store) {
     const off = await offsiteWindow(store, scratch, trust, untrusted);
-    for (const m of off.bases) if (!bases.some((b) => b.manifest.file === m.file)) bases.push({ manifest: m, localPath: null });
+    for (const m of off.bases)
+      if (!bases.some((b) => b.manifest.file === m.file)) bases.push({ manifest: m, localPath: null });
     if (off.window) windows.push(off.window);
   }
   bases.sort((a, b) => a.manifest.finishedAt.localeCompare(b.manifest.finishedAt));
   return { windows, bases, untrusted };
 }
 
-export const describeWindow = (w: Window | null) => (w ? `${w.earliest} .. ${w.latest}${w.source === "offsite" ? " (off-site copy)" : ""}` : "none");
+export const describeWindow = (w: Window | null) =>
+  w ? `${w.earliest} .. ${w.latest}${w.source === "offsite" ? " (off-site copy)" : ""}` : "none";
 
 /**
  * The window a target lies in (the first that holds it, for time targets; the first otherwise), and
  * the newest base backup that ends before the target. A target outside every window is refused,
  * naming the first.
  */
-export function chooseBase(target: RecoveryTarget, windows: Window[], bases: BaseChoice[]): { base: BaseChoice; window: Window } {
+export function chooseBase(
+  target: RecoveryTarget,
+  windows: Window[],
+  bases: BaseChoice[],
+): { base: BaseChoice; window: Window } {
   const at = target.kind === "time" ? target.at.getTime() : null;
-  const window = (at === null ? undefined : windows.find((w) => at >= Date.parse(w.earliest) && at <= Date.parse(w.latest))) ?? windows[0];
+  const window =
+    (at === null ? undefined : windows.find((w) => at >= Date.parse(w.earliest) && at <= Date.parse(w.latest))) ??
+    windows[0];
   return { base: chooseIn(target, window ?? null, bases), window: window! };
 }
 
 function chooseIn(target: RecoveryTarget, window: Window | null, bases: BaseChoice[]): BaseChoice {
   if (!window || bases.length === 0) {
-    throw new ShinkeiError("PITR_OUT_OF_WINDOW", "there is nothing to recover from: no base backup with its WAL in the archive", {
-      hint: "Take one with shinkei backup base (the backup service takes them on BASE_BACKUP_SCHEDULE); see shinkei pitr status.",
-    });
+    throw new ShinkeiError(
+      "PITR_OUT_OF_WINDOW",
+      "there is nothing to recover from: no base backup with its WAL in the archive",
+      {
+        hint: "Take one with shinkei backup base (the backup service takes them on BASE_BACKUP_SCHEDULE); see shinkei pitr status.",
+      },
+    );
   }
   if (target.kind === "time") {
     const at = target.at.getTime();
     if (at < Date.parse(window.earliest) || at > Date.parse(window.latest)) {
-      throw new ShinkeiError("PITR_OUT_OF_WINDOW", `${target.at.toISOString()} is ${at < Date.parse(window.earliest) ? "before" : "after"} the recoverable window ${describeWindow(window)}`, {
-        hint: "Choose a moment inside the window (shinkei pitr status shows it); nothing was changed.",
-        details: { window },
-      });
+      throw new ShinkeiError(
+        "PITR_OUT_OF_WINDOW",
+        `${target.at.toISOString()} is ${at < Date.parse(window.earliest) ? "before" : "after"} the recoverable window ${describeWindow(window)}`,
+        {
+          hint: "Choose a moment inside the window (shinkei pitr status shows it); nothing was changed.",
+          details: { window },
+        },
+      );
     }
     return bases.filter((b) => Date.parse(b.manifest.finishedAt) <= at).at(-1)!;
   }
@@ -130,7 +179,11 @@ function chooseIn(target: RecoveryTarget, window: Window | null, bases: BaseChoi
     const lsn = parseLsn(target.lsn);
     const fit = bases.filter((b) => parseLsn(b.manifest.stopLsn) <= lsn).at(-1);
     if (!fit) {
-      throw new ShinkeiError("PITR_OUT_OF_WINDOW", `${target.lsn} is before the end of the oldest base backup (${bases[0]!.manifest.stopLsn}); the recoverable window is ${describeWindow(window)}`, { details: { window } });
+      throw new ShinkeiError(
+        "PITR_OUT_OF_WINDOW",
+        `${target.lsn} is before the end of the oldest base backup (${bases[0]!.manifest.stopLsn}); the recoverable window is ${describeWindow(window)}`,
+        { details: { window } },
+      );
     }
     return fit;
   }

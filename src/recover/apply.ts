@@ -20,14 +20,25 @@ const cols = (names: string[]) => names.map(quoteIdent).join(", ");
 
 /** Turn a constraint violation into the rows it names; anything else passes through. */
 export function conflict(error: unknown, t: TableInfo, what: string): unknown {
-  const e = error as { severity?: string; code?: string; detail?: string; message?: string; constraint_name?: string; table_name?: string };
+  const e = error as {
+    severity?: string;
+    code?: string;
+    detail?: string;
+    message?: string;
+    constraint_name?: string;
+    table_name?: string;
+  };
   // A server error (it has a severity; class names do not survive minification), class 23: integrity.
   if (typeof e?.severity !== "string" || !e.code?.startsWith("23")) return error;
-  return new ShinkeiError("RECOVER_CONFLICT", `conflict while ${what} ${t.name}: ${e.detail ?? e.message}${e.constraint_name ? ` (${e.constraint_name})` : ""}`, {
-    hint: "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), then run recover again.",
-    details: { table: e.table_name ?? t.name, constraint: e.constraint_name, detail: e.detail },
-    cause: error,
-  });
+  return new ShinkeiError(
+    "RECOVER_CONFLICT",
+    `conflict while ${what} ${t.name}: ${e.detail ?? e.message}${e.constraint_name ? ` (${e.constraint_name})` : ""}`,
+    {
+      hint: "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), then run recover again.",
+      details: { table: e.table_name ?? t.name, constraint: e.constraint_name, detail: e.detail },
+      cause: error,
+    },
+  );
 }
 
 /** The most conflicts one message names: past that, the count (fix these, and run again). */
@@ -43,7 +54,14 @@ const MAX_CONFLICTS = 100;
  * row (postgres.js's savepoint() never releases, and thousands of nested subtransactions would
  * slow the live primary).
  */
-async function writeRows(tx: postgres.TransactionSql, t: TableInfo, rows: Row[], what: string, conflicts: ShinkeiError[], write: (q: Queryable, rows: Row[]) => Promise<unknown>) {
+async function writeRows(
+  tx: postgres.TransactionSql,
+  t: TableInfo,
+  rows: Row[],
+  what: string,
+  conflicts: ShinkeiError[],
+  write: (q: Queryable, rows: Row[]) => Promise<unknown>,
+) {
   if (!rows.length || conflicts.length >= MAX_CONFLICTS) return;
   const attempt = async (batch: Row[]) => {
     await tx.unsafe("savepoint shinkei_recover");
@@ -78,7 +96,8 @@ function conflictsError(all: ShinkeiError[]): ShinkeiError {
   const shown = conflicts.slice(0, NAMED_CONFLICTS).map((c) => c.message);
   const more = conflicts.length - shown.length;
   const count = all.length >= MAX_CONFLICTS ? `at least ${conflicts.length}` : String(conflicts.length);
-  const message = conflicts.length === 1 ? shown[0]! : `${count} conflicts: ${shown.join("; ")}${more ? `; and ${more} more` : ""}`;
+  const message =
+    conflicts.length === 1 ? shown[0]! : `${count} conflicts: ${shown.join("; ")}${more ? `; and ${more} more` : ""}`;
   return new ShinkeiError("RECOVER_CONFLICT", message, {
     hint: conflicts[0]!.hint,
     details: { conflicts: conflicts.map((c) => c.details) },
@@ -86,18 +105,27 @@ function conflictsError(all: ShinkeiError[]): ShinkeiError {
 }
 
 /** The rows matching `keys` (objects holding at least the primary key), as they are now, with a digest of each. */
-export async function rowsByKey(q: Queryable, t: TableInfo, keys: Row[], lock: boolean): Promise<Map<string, { row: Row; digest: string }>> {
+export async function rowsByKey(
+  q: Queryable,
+  t: TableInfo,
+  keys: Row[],
+  lock: boolean,
+): Promise<Map<string, { row: Row; digest: string }>> {
   const out = new Map<string, { row: Row; digest: string }>();
   if (!keys.length) return out;
   const target = `public.${quoteIdent(t.name)}`;
   const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
-  const rows = await q.unsafe<{ r: Row; d: string }[]>(`select to_jsonb(t) as r, md5(to_jsonb(t)::text) as d
-    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k on ${match}${lock ? " for update of t" : ""}`, [JSON.stringify(keys)]);
+  const rows = await q.unsafe<{ r: Row; d: string }[]>(
+    `select to_jsonb(t) as r, md5(to_jsonb(t)::text) as d
+    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k on ${match}${lock ? " for update of t" : ""}`,
+    [JSON.stringify(keys)],
+  );
   for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d });
   return out;
 }
 
-export const keyPart = (t: { primaryKey: string[] }, row: Row): Row => Object.fromEntries(t.primaryKey.map((c) => [c, row[c]]));
+export const keyPart = (t: { primaryKey: string[] }, row: Row): Row =>
+  Object.fromEntries(t.primaryKey.map((c) => [c, row[c]]));
 
 /**
  * Write the plan into an open transaction: parents before children (the graph's order), missing
@@ -105,12 +133,25 @@ export const keyPart = (t: { primaryKey: string[] }, row: Row): Row => Object.fr
  * so what is applied is what is true inside this transaction. Then reads everything back and checks
  * it: counts and a digest of the restored rows must equal the backup's, or the transaction fails.
  */
-export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertChanged: boolean): Promise<Applied & { touched: Touched }> {
-  if (plan.replaced && !plan.mode) throw new ShinkeiError("ACCOUNT_CHOICE_REQUIRED", "the email now belongs to another account: choose --into-current-account or --restore-account");
+export async function applyRows(
+  tx: postgres.TransactionSql,
+  plan: Plan,
+  revertChanged: boolean,
+): Promise<Applied & { touched: Touched }> {
+  if (plan.replaced && !plan.mode)
+    throw new ShinkeiError(
+      "ACCOUNT_CHOICE_REQUIRED",
+      "the email now belongs to another account: choose --into-current-account or --restore-account",
+    );
   const root = (id: string) => (a: string) => `${a}.id = ${quoteLiteral(id)}`;
   // One text form of every timestamp, for the digests the undo compares against.
   await tx.unsafe("set local timezone = 'UTC'");
-  const touched: Touched = { root: plan.graph.root, tables: plan.graph.tables.map((t): UndoTable => ({ table: t.name, primaryKey: t.primaryKey, inserted: [], updated: [], deleted: [] })) };
+  const touched: Touched = {
+    root: plan.graph.root,
+    tables: plan.graph.tables.map(
+      (t): UndoTable => ({ table: t.name, primaryKey: t.primaryKey, inserted: [], updated: [], deleted: [] }),
+    ),
+  };
   const undoOf = (name: string) => touched.tables.find((u) => u.table === name)!;
   if (plan.removeAccount) {
     const users = { name: "users", primaryKey: ["id"], columns: [] };
@@ -129,16 +170,38 @@ export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertC
     const d = diffs.find((x) => x.table === t.name)!;
     const target = `public.${quoteIdent(t.name)}`;
     await writeRows(tx, t, d.missing, "restoring missing rows of", conflicts, (q, rows) =>
-      q.unsafe(`insert into ${target} (${cols(t.columns)}) overriding system value
-        select ${cols(t.columns)} from jsonb_populate_recordset(null::${target}, $1::text::jsonb)`, [JSON.stringify(rows)]));
+      q.unsafe(
+        `insert into ${target} (${cols(t.columns)}) overriding system value
+        select ${cols(t.columns)} from jsonb_populate_recordset(null::${target}, $1::text::jsonb)`,
+        [JSON.stringify(rows)],
+      ),
+    );
     if (revertChanged) {
-      const set = t.columns.filter((c) => !t.primaryKey.includes(c)).map((c) => `${quoteIdent(c)} = s.${quoteIdent(c)}`).join(", ");
+      const set = t.columns
+        .filter((c) => !t.primaryKey.includes(c))
+        .map((c) => `${quoteIdent(c)} = s.${quoteIdent(c)}`)
+        .join(", ");
       const match = t.primaryKey.map((c) => `${target}.${quoteIdent(c)} = s.${quoteIdent(c)}`).join(" and ");
       // Locked and read before the update: the row as it was is what the undo puts back.
-      const before = await rowsByKey(tx, t, d.changed.map((c) => keyPart(t, c.source)), true);
+      const before = await rowsByKey(
+        tx,
+        t,
+        d.changed.map((c) => keyPart(t, c.source)),
+        true,
+      );
       undoOf(t.name).updated = [...before.values()].map((b) => ({ before: b.row, digest: "" }));
-      await writeRows(tx, t, d.changed.map((c) => c.source), "reverting changed rows of", conflicts, (q, rows) =>
-        q.unsafe(`update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`, [JSON.stringify(rows)]));
+      await writeRows(
+        tx,
+        t,
+        d.changed.map((c) => c.source),
+        "reverting changed rows of",
+        conflicts,
+        (q, rows) =>
+          q.unsafe(
+            `update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`,
+            [JSON.stringify(rows)],
+          ),
+      );
     }
     result.tables[t.name] = {
       restored: d.missing.length,
@@ -153,9 +216,19 @@ export async function applyRows(tx: postgres.TransactionSql, plan: Plan, revertC
   for (const t of plan.graph.tables) {
     const d = diffs.find((x) => x.table === t.name)!;
     const u = undoOf(t.name);
-    const inserted = await rowsByKey(tx, t, d.missing.map((r) => keyPart(t, r)), false);
+    const inserted = await rowsByKey(
+      tx,
+      t,
+      d.missing.map((r) => keyPart(t, r)),
+      false,
+    );
     u.inserted = d.missing.map((r) => ({ key: keyPart(t, r), digest: inserted.get(keyOf(t, r))!.digest }));
-    const updated = await rowsByKey(tx, t, u.updated.map((x) => keyPart(t, x.before)), false);
+    const updated = await rowsByKey(
+      tx,
+      t,
+      u.updated.map((x) => keyPart(t, x.before)),
+      false,
+    );
     for (const x of u.updated) x.digest = updated.get(keyOf(t, x.before))!.digest;
   }
   return { ...result, touched };
@@ -171,10 +244,16 @@ async function check(tx: Queryable, plan: Plan, before: ReturnType<typeof diffSc
     const now = after.get(t.name)!;
     const got = now.filter((r) => keys.has(keyOf(t, r)));
     const expectedCount = b.same + b.missing.length + b.changed.length + b.createdSince.length;
-    if (now.length !== expectedCount) problems.push(`${t.name}: ${now.length} rows in scope after the apply, expected ${expectedCount}`);
-    if (digestRows(t, got) !== digestRows(t, wanted)) problems.push(`${t.name}: the restored rows differ from the backup's`);
+    if (now.length !== expectedCount)
+      problems.push(`${t.name}: ${now.length} rows in scope after the apply, expected ${expectedCount}`);
+    if (digestRows(t, got) !== digestRows(t, wanted))
+      problems.push(`${t.name}: the restored rows differ from the backup's`);
   }
-  if (problems.length) throw new ShinkeiError("RECOVER_FAILED", `the check after the apply failed, nothing was applied: ${problems.join("; ")}`);
+  if (problems.length)
+    throw new ShinkeiError(
+      "RECOVER_FAILED",
+      `the check after the apply failed, nothing was applied: ${problems.join("; ")}`,
+    );
 }
 
 export type RecoverRun<T> = { safety?: BackupResult; applied: Applied; saved: T; applyMs: number; safetyMs: number };
@@ -182,7 +261,12 @@ export type RecoverRun<T> = { safety?: BackupResult; applied: Applied; saved: T;
 /** Refuse before anything is written when the live schema lacks the table that records recoveries. */
 export async function requireRecoveries(sql: Queryable): Promise<void> {
   const [r] = await sql`select to_regclass('public.recoveries') is not null as ok`;
-  if (!r?.ok) throw new ShinkeiError("MIGRATION_PENDING", "the live database has no recoveries table (migration 6): recover records every recovery there", { hint: "Run shinkei migrate first. Nothing was changed." });
+  if (!r?.ok)
+    throw new ShinkeiError(
+      "MIGRATION_PENDING",
+      "the live database has no recoveries table (migration 6): recover records every recovery there",
+      { hint: "Run shinkei migrate first. Nothing was changed." },
+    );
 }
 
 /**
@@ -192,41 +276,61 @@ export async function requireRecoveries(sql: Queryable): Promise<void> {
  * Any conflict, failed check or failed write rolls the whole recovery back.
  */
 export async function recover<T extends { id: string; sha256: string }>(options: {
-  sql: Sql; url: string; dir: string; plan: Plan; revertChanged: boolean; age?: AgeConfig; wait?: boolean; fullSafetyBackup?: boolean;
+  sql: Sql;
+  url: string;
+  dir: string;
+  plan: Plan;
+  revertChanged: boolean;
+  age?: AgeConfig;
+  wait?: boolean;
+  fullSafetyBackup?: boolean;
   save: (applied: Applied, touched: Touched, safety?: BackupResult) => Promise<T>;
   onStep?: (s: "safety-backup" | "apply") => void;
 }): Promise<RecoverRun<T>> {
   const { sql, plan } = options;
   await requireRecoveries(sql);
-  return withMaintenanceLock(sql, "recover", async () => {
-    let safety: BackupResult | undefined;
-    const safetyStarted = performance.now();
-    if (options.fullSafetyBackup) {
-      options.onStep?.("safety-backup");
-      safety = await takeSafetyBackup({ sql, url: options.url, dir: options.dir, reason: "pre-recover", age: options.age });
-    }
-    const safetyMs = Math.round(performance.now() - safetyStarted);
-    options.onStep?.("apply");
-    const started = performance.now();
-    const { applied, saved } = await sql.begin(async (tx) => {
-      const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
-      const saved = await options.save(applied, touched, safety);
-      await tx`insert into recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
-      return { applied, saved };
-    });
-    return { safety, applied, saved, applyMs: Math.round(performance.now() - started), safetyMs };
-  }, options.wait);
+  return withMaintenanceLock(
+    sql,
+    "recover",
+    async () => {
+      let safety: BackupResult | undefined;
+      const safetyStarted = performance.now();
+      if (options.fullSafetyBackup) {
+        options.onStep?.("safety-backup");
+        safety = await takeSafetyBackup({
+          sql,
+          url: options.url,
+          dir: options.dir,
+          reason: "pre-recover",
+          age: options.age,
+        });
+      }
+      const safetyMs = Math.round(performance.now() - safetyStarted);
+      options.onStep?.("apply");
+      const started = performance.now();
+      const { applied, saved } = await sql.begin(async (tx) => {
+        const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
+        const saved = await options.save(applied, touched, safety);
+        await tx`insert into recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
+        return { applied, saved };
+      });
+      return { safety, applied, saved, applyMs: Math.round(performance.now() - started), safetyMs };
+    },
+    options.wait,
+  );
 }
 
 /** The apply, run and rolled back: the preview reports a conflict before anyone is asked to confirm. */
 export async function trialApply(sql: Sql, plan: Plan, revertChanged: boolean): Promise<Applied> {
   const rollback = new Error("trial");
   let applied: Applied | undefined;
-  await sql.begin(async (tx) => {
-    applied = await applyRows(tx, plan, revertChanged);
-    throw rollback;
-  }).catch((e) => {
-    if (e !== rollback) throw e;
-  });
+  await sql
+    .begin(async (tx) => {
+      applied = await applyRows(tx, plan, revertChanged);
+      throw rollback;
+    })
+    .catch((e) => {
+      if (e !== rollback) throw e;
+    });
   return applied!;
 }

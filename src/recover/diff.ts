@@ -27,8 +27,13 @@ export async function readScope(tx: Queryable, graph: Graph, rootWhere: (alias: 
   await tx.unsafe("set local timezone = 'UTC'");
   const out: Rows = new Map();
   for (const t of graph.tables) {
-    const rows = await tx.unsafe<{ r: Row }[]>(`select to_jsonb(s) as r from (${scopeQuery(graph, t.name, rootWhere)}) s`);
-    out.set(t.name, rows.map((x) => x.r));
+    const rows = await tx.unsafe<{ r: Row }[]>(
+      `select to_jsonb(s) as r from (${scopeQuery(graph, t.name, rootWhere)}) s`,
+    );
+    out.set(
+      t.name,
+      rows.map((x) => x.r),
+    );
   }
   return out;
 }
@@ -61,6 +66,7 @@ export function diffScope(graph: Graph, source: Rows, current: Rows): TableDiff[
 /** An order-independent digest of rows (sorted by key): "exactly as in the backup" in one value. */
 export function digestRows(t: TableInfo, rows: Row[]): string {
   const h = new Bun.CryptoHasher("sha256");
-  for (const r of [...rows].sort((a, b) => (keyOf(t, a) < keyOf(t, b) ? -1 : 1))) h.update(JSON.stringify(t.columns.map((c) => r[c] ?? null)) + "\n");
+  for (const r of [...rows].sort((a, b) => (keyOf(t, a) < keyOf(t, b) ? -1 : 1)))
+    h.update(JSON.stringify(t.columns.map((c) => r[c] ?? null)) + "\n");
   return h.digest("hex");
 }

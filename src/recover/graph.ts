@@ -61,7 +61,8 @@ export async function ownershipGraph(sql: Queryable, root: string): Promise<Grap
     for (const e of edges) {
       if (!reached.has(e.parent) || reached.has(e.child) || skipped.some((s) => s.table === e.child)) continue;
       if (NEVER_RESTORED[e.child]) skipped.push({ table: e.child, reason: NEVER_RESTORED[e.child]! });
-      else if (!tables.get(e.child)?.primaryKey.length) skipped.push({ table: e.child, reason: "no primary key: its rows cannot be matched one by one" });
+      else if (!tables.get(e.child)?.primaryKey.length)
+        skipped.push({ table: e.child, reason: "no primary key: its rows cannot be matched one by one" });
       else {
         reached.add(e.child);
         grew = true;
@@ -69,7 +70,9 @@ export async function ownershipGraph(sql: Queryable, root: string): Promise<Grap
     }
   }
   // A self-reference (a tree inside one table) cannot order its rows by table: it is followed, not sorted on.
-  const inGraph = edges.filter((e) => reached.has(e.child) && reached.has(e.parent) && e.child !== e.parent && e.child !== root);
+  const inGraph = edges.filter(
+    (e) => reached.has(e.child) && reached.has(e.parent) && e.child !== e.parent && e.child !== root,
+  );
   const order: string[] = [];
   const pending = new Set(reached);
   while (pending.size) {
@@ -80,7 +83,9 @@ export async function ownershipGraph(sql: Queryable, root: string): Promise<Grap
       pending.delete(t);
     }
   }
-  inGraph.sort((a, b) => order.indexOf(a.child) - order.indexOf(b.child) || order.indexOf(a.parent) - order.indexOf(b.parent));
+  inGraph.sort(
+    (a, b) => order.indexOf(a.child) - order.indexOf(b.child) || order.indexOf(a.parent) - order.indexOf(b.parent),
+  );
   return { root, tables: order.map((t) => tables.get(t)!), edges: inGraph, skipped };
 }
 
@@ -93,7 +98,8 @@ const cols = (alias: string, names: string[]) => `(${names.map((c) => `${alias}.
  */
 export function scopeQuery(graph: Graph, table: string, rootWhere: (alias: string) => string, depth = 0): string {
   const alias = `t${depth}`;
-  if (table === graph.root) return `select ${alias}.* from public.${quoteIdent(table)} ${alias} where ${rootWhere(alias)}`;
+  if (table === graph.root)
+    return `select ${alias}.* from public.${quoteIdent(table)} ${alias} where ${rootWhere(alias)}`;
   const parents = graph.edges.filter((e) => e.child === table);
   const conditions = parents.map((e) => {
     const inner = scopeQuery(graph, e.parent, rootWhere, depth + 1);
@@ -105,7 +111,10 @@ export function scopeQuery(graph: Graph, table: string, rootWhere: (alias: strin
 /** One line per followed foreign key, for the operator to see what was walked. */
 export function describeGraph(graph: Graph): string[] {
   return [
-    ...graph.edges.map((e) => `${e.parent} -> ${e.child}  (${e.child}.${e.childColumns.join(", ")} references ${e.parent}.${e.parentColumns.join(", ")})`),
+    ...graph.edges.map(
+      (e) =>
+        `${e.parent} -> ${e.child}  (${e.child}.${e.childColumns.join(", ")} references ${e.parent}.${e.parentColumns.join(", ")})`,
+    ),
     ...graph.skipped.map((s) => `not followed: ${s.table} (${s.reason})`),
   ];
 }

@@ -36,14 +36,22 @@ export type Plan = {
   notes: string[];
 };
 
-const rootTable: Record<Scope["kind"], string> = { user: "users", "user-id": "users", world: "worlds", story: "stories" };
+const rootTable: Record<Scope["kind"], string> = {
+  user: "users",
+  "user-id": "users",
+  world: "worlds",
+  story: "stories",
+};
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export function checkScope(scope: Scope): void {
   if (scope.kind === "user") {
-    if (!scope.email.includes("@") || scope.email.length > 254) throw new ShinkeiError("USAGE", `--user needs an email address, not "${scope.email}"`);
+    if (!scope.email.includes("@") || scope.email.length > 254)
+      throw new ShinkeiError("USAGE", `--user needs an email address, not "${scope.email}"`);
   } else if (!UUID.test(scope.id)) {
-    throw new ShinkeiError("USAGE", `--${scope.kind} needs an id (a UUID), not "${scope.id}"`, { hint: "shinkei recover --user EMAIL finds a user by email." });
+    throw new ShinkeiError("USAGE", `--${scope.kind} needs an id (a UUID), not "${scope.id}"`, {
+      hint: "shinkei recover --user EMAIL finds a user by email.",
+    });
   }
 }
 
@@ -55,7 +63,11 @@ async function one(sql: Queryable, query: string): Promise<Row | undefined> {
 }
 
 function describeScope(scope: Scope): string {
-  return scope.kind === "user" ? `account ${scope.email}` : scope.kind === "user-id" ? `user ${scope.id}` : `${scope.kind} ${scope.id}`;
+  return scope.kind === "user"
+    ? `account ${scope.email}`
+    : scope.kind === "user-id"
+      ? `user ${scope.id}`
+      : `${scope.kind} ${scope.id}`;
 }
 
 async function accountOf(sql: Sql, graph: Graph, user: Row): Promise<Account> {
@@ -65,7 +77,9 @@ async function accountOf(sql: Sql, graph: Graph, user: Row): Promise<Account> {
     email: String(user.email),
     name: String(user.name),
     createdAt: String(user.created_at),
-    rows: Object.fromEntries(graph.tables.filter((t) => t.name !== "users").map((t) => [t.name, rows.get(t.name)!.length])),
+    rows: Object.fromEntries(
+      graph.tables.filter((t) => t.name !== "users").map((t) => [t.name, rows.get(t.name)!.length]),
+    ),
   };
 }
 
@@ -74,14 +88,26 @@ async function accountOf(sql: Sql, graph: Graph, user: Row): Promise<Account> {
  * backup (and, for a user, whether the email now belongs to someone else), read both sides, compare.
  * Nothing is written.
  */
-export async function buildPlan(live: Sql, sourceUrl: string, scope: Scope, file: string, mode?: AccountMode): Promise<Plan> {
+export async function buildPlan(
+  live: Sql,
+  sourceUrl: string,
+  scope: Scope,
+  file: string,
+  mode?: AccountMode,
+): Promise<Plan> {
   checkScope(scope);
   const source = connect(sourceUrl, { max: 2 });
   try {
     const graph = await ownershipGraph(live, rootTable[scope.kind]);
     const notes: string[] = [];
     // A table the live schema has but the backup lacks (made by hand after it) has nothing to bring back.
-    const inSource = new Set((await source<{ n: string }[]>`select relname::text as n from pg_class c join pg_namespace s on s.oid = c.relnamespace where s.nspname = 'public'`).map((r) => r.n));
+    const inSource = new Set(
+      (
+        await source<
+          { n: string }[]
+        >`select relname::text as n from pg_class c join pg_namespace s on s.oid = c.relnamespace where s.nspname = 'public'`
+      ).map((r) => r.n),
+    );
     for (const t of graph.tables.filter((t) => !inSource.has(t.name))) {
       graph.skipped.push({ table: t.name, reason: `not in ${file}` });
     }
@@ -89,13 +115,22 @@ export async function buildPlan(live: Sql, sourceUrl: string, scope: Scope, file
     graph.edges = graph.edges.filter((e) => inSource.has(e.child));
 
     const root = quoteIdent(rootTable[scope.kind]);
-    const where = scope.kind === "user" ? `lower(r.email) = lower(${quoteLiteral(scope.email)})` : `r.id = ${quoteLiteral(scope.id)}`;
+    const where =
+      scope.kind === "user"
+        ? `lower(r.email) = lower(${quoteLiteral(scope.email)})`
+        : `r.id = ${quoteLiteral(scope.id)}`;
     const found = await one(source, `select to_jsonb(r) as r from public.${root} r where ${where}`);
     if (!found) {
       const now = await one(live, `select to_jsonb(r) as r from public.${root} r where ${where}`);
-      throw new ShinkeiError("NOT_FOUND", `no ${describeScope(scope)} in ${file}${now ? " (it exists now, created after the backup: there is nothing older to bring back)" : " nor in the live database"}`, {
-        hint: now ? "Pick an older backup with --from (shinkei backup --list)." : "Check the spelling, or pick another backup with --from (shinkei backup --list).",
-      });
+      throw new ShinkeiError(
+        "NOT_FOUND",
+        `no ${describeScope(scope)} in ${file}${now ? " (it exists now, created after the backup: there is nothing older to bring back)" : " nor in the live database"}`,
+        {
+          hint: now
+            ? "Pick an older backup with --from (shinkei backup --list)."
+            : "Check the spelling, or pick another backup with --from (shinkei backup --list).",
+        },
+      );
     }
     const sourceRoot = String(found.id);
     let currentRoot = sourceRoot;
@@ -105,24 +140,34 @@ export async function buildPlan(live: Sql, sourceUrl: string, scope: Scope, file
 
     if (rootTable[scope.kind] === "users") {
       owner = String(found.email);
-      const holder = await one(live, `select to_jsonb(u) as r from public.users u where lower(u.email) = lower(${quoteLiteral(owner)})`);
+      const holder = await one(
+        live,
+        `select to_jsonb(u) as r from public.users u where lower(u.email) = lower(${quoteLiteral(owner)})`,
+      );
       if (holder && holder.id !== found.id) {
         replaced = { old: await accountOf(source, graph, found), current: await accountOf(live, graph, holder) };
         if (mode === "into-current-account") currentRoot = String(holder.id);
         else if (mode === "restore-account") {
           const owned = Object.entries(replaced.current.rows).filter(([, n]) => n > 0);
           if (owned.length) {
-            throw new ShinkeiError("ACCOUNT_NOT_EMPTY", `the current account ${owner} (${holder.id}) owns data (${owned.map(([t, n]) => `${t} ${n}`).join(", ")}): --restore-account removes only an empty account`, {
-              hint: "Use --into-current-account to move the recovered worlds to the current account instead.",
-            });
+            throw new ShinkeiError(
+              "ACCOUNT_NOT_EMPTY",
+              `the current account ${owner} (${holder.id}) owns data (${owned.map(([t, n]) => `${t} ${n}`).join(", ")}): --restore-account removes only an empty account`,
+              {
+                hint: "Use --into-current-account to move the recovered worlds to the current account instead.",
+              },
+            );
           }
           removeAccount = String(holder.id);
         }
       } else if (mode) notes.push(`--${mode} ignored: ${owner} is the same account as in the backup`);
     } else {
-      const ownerRow = await one(source, scope.kind === "world"
-        ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where w.id = ${quoteLiteral(sourceRoot)}`
-        : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`);
+      const ownerRow = await one(
+        source,
+        scope.kind === "world"
+          ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where w.id = ${quoteLiteral(sourceRoot)}`
+          : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`,
+      );
       owner = ownerRow ? String(ownerRow.email) : undefined;
     }
 
@@ -130,7 +175,14 @@ export async function buildPlan(live: Sql, sourceUrl: string, scope: Scope, file
     if (replaced && mode === "into-current-account") reparent(graph, sourceRows, sourceRoot, currentRoot);
     const current = await live.begin((tx) => readScope(tx, graph, byId(currentRoot)));
     return {
-      scope, graph, sourceRoot, currentRoot, owner, replaced, mode: replaced ? mode : undefined, removeAccount,
+      scope,
+      graph,
+      sourceRoot,
+      currentRoot,
+      owner,
+      replaced,
+      mode: replaced ? mode : undefined,
+      removeAccount,
       confirmation: rootTable[scope.kind] === "users" ? owner! : sourceRoot,
       source: sourceRows,
       tables: diffScope(graph, sourceRows, current),
@@ -147,7 +199,9 @@ export async function buildPlan(live: Sql, sourceUrl: string, scope: Scope, file
  */
 function reparent(graph: Graph, rows: Rows, from: string, to: string) {
   rows.set("users", []);
-  for (const e of graph.edges.filter((e) => e.parent === "users" && e.parentColumns.length === 1 && e.parentColumns[0] === "id")) {
+  for (const e of graph.edges.filter(
+    (e) => e.parent === "users" && e.parentColumns.length === 1 && e.parentColumns[0] === "id",
+  )) {
     for (const r of rows.get(e.child) ?? []) if (r[e.childColumns[0]!] === from) r[e.childColumns[0]!] = to;
   }
 }

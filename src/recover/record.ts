@@ -61,7 +61,16 @@ function operator(env: Record<string, string | undefined>): string {
   }
 }
 
-export function recordFor(options: { id: string; plan: Plan; applied: Applied; source: string; database: string; safetyBackup?: string; revertChanged: boolean; env: Record<string, string | undefined> }): RecoveredRecord {
+export function recordFor(options: {
+  id: string;
+  plan: Plan;
+  applied: Applied;
+  source: string;
+  database: string;
+  safetyBackup?: string;
+  revertChanged: boolean;
+  env: Record<string, string | undefined>;
+}): RecoveredRecord {
   return {
     recovered: true,
     id: options.id,
@@ -91,7 +100,12 @@ function stamp(at: Date): string {
  * recovery's transaction, before its commit: a recovery that committed always has its undo on disk.
  * Returns the record's path and the safety copy's SHA-256 (which the transaction stores too).
  */
-export async function writeRecovery(dir: string, record: RecoveredRecord, undo: UndoData, age?: AgeConfig): Promise<{ path: string; undoPath: string; sha256: string; record: RecoveredRecord }> {
+export async function writeRecovery(
+  dir: string,
+  record: RecoveredRecord,
+  undo: UndoData,
+  age?: AgeConfig,
+): Promise<{ path: string; undoPath: string; sha256: string; record: RecoveredRecord }> {
   await mkdir(dir, { recursive: true });
   const base = join(dir, `shinkei_recovery_${stamp(new Date(record.at))}_${record.id!.slice(0, 8)}`);
   const encryption = encryptionFor(age);
@@ -102,7 +116,10 @@ export async function writeRecovery(dir: string, record: RecoveredRecord, undo: 
   const undoPath = base + UNDO_SUFFIX + (encryption ? ".age" : "");
   await writeFileAtomic(undoPath, bytes);
   const sha256 = new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
-  const signed: RecoveredRecord = { ...record, undo: { file: basename(undoPath), sha256, sizeBytes: bytes.length, encryption } };
+  const signed: RecoveredRecord = {
+    ...record,
+    undo: { file: basename(undoPath), sha256, sizeBytes: bytes.length, encryption },
+  };
   if (age?.manifestKey) signed.signature = signParts(signedPart(signed), age.manifestKey);
   const path = base + SUFFIX;
   await writeFileAtomic(path, JSON.stringify(signed, null, 2) + "\n");
@@ -116,14 +133,19 @@ export async function history(dir: string): Promise<HistoryEntry[]> {
   const names = await readdir(dir).catch(() => [] as string[]);
   const out: HistoryEntry[] = [];
   for (const name of names.filter((n) => n.endsWith(SUFFIX))) {
-    const r = (await Bun.file(join(dir, name)).json().catch(() => null)) as RecoveredRecord | null;
-    if (r?.recovered === true && typeof r.at === "string" && r.tables && typeof r.tables === "object") out.push({ ...r, path: join(dir, name) });
+    const r = (await Bun.file(join(dir, name))
+      .json()
+      .catch(() => null)) as RecoveredRecord | null;
+    if (r?.recovered === true && typeof r.at === "string" && r.tables && typeof r.tables === "object")
+      out.push({ ...r, path: join(dir, name) });
   }
   return out.sort((a, b) => a.at.localeCompare(b.at));
 }
 
-const refused = (message: string, hint = "Nothing was changed. Undo only with the record a recovery of this database wrote, as it wrote it.") =>
-  new ShinkeiError("RECORD_REFUSED", message, { hint });
+const refused = (
+  message: string,
+  hint = "Nothing was changed. Undo only with the record a recovery of this database wrote, as it wrote it.",
+) => new ShinkeiError("RECORD_REFUSED", message, { hint });
 
 /** A record named by its path, or by its id (or the first 8 or more characters of it) as --history lists it. */
 async function findRecord(ref: string, dir: string): Promise<string> {
@@ -131,18 +153,38 @@ async function findRecord(ref: string, dir: string): Promise<string> {
   if (/^[0-9a-f-]{8,36}$/i.test(ref)) {
     const matches = (await history(dir)).filter((r) => typeof r.id === "string" && r.id.startsWith(ref.toLowerCase()));
     if (matches.length === 1) return matches[0]!.path;
-    if (matches.length > 1) throw new ShinkeiError("USAGE", `${ref} matches ${matches.length} recoveries: give more of the id, or the record's path`);
+    if (matches.length > 1)
+      throw new ShinkeiError(
+        "USAGE",
+        `${ref} matches ${matches.length} recoveries: give more of the id, or the record's path`,
+      );
   }
-  throw new ShinkeiError("NOT_FOUND", `no recovery record ${ref} (neither a file nor an id in ${dir})`, { hint: "shinkei recover --history lists the recoveries and their ids." });
+  throw new ShinkeiError("NOT_FOUND", `no recovery record ${ref} (neither a file nor an id in ${dir})`, {
+    hint: "shinkei recover --history lists the recoveries and their ids.",
+  });
 }
 
 function checkUndoShape(u: unknown, id: string): UndoData {
   const d = u as UndoData;
-  const rows = (x: unknown) => Array.isArray(x) && x.every((r) => r !== null && typeof r === "object" && !Array.isArray(r));
-  const ok = d?.undoVersion === 1 && d.id === id && typeof d.root === "string" && Array.isArray(d.tables) &&
-    d.tables.every((t) => typeof t?.table === "string" && Array.isArray(t.primaryKey) && t.primaryKey.length > 0 && t.primaryKey.every((c) => typeof c === "string") &&
-      Array.isArray(t.inserted) && t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string") &&
-      Array.isArray(t.updated) && t.updated.every((i) => rows([i?.before]) && typeof i.digest === "string") && rows(t.deleted));
+  const rows = (x: unknown) =>
+    Array.isArray(x) && x.every((r) => r !== null && typeof r === "object" && !Array.isArray(r));
+  const ok =
+    d?.undoVersion === 1 &&
+    d.id === id &&
+    typeof d.root === "string" &&
+    Array.isArray(d.tables) &&
+    d.tables.every(
+      (t) =>
+        typeof t?.table === "string" &&
+        Array.isArray(t.primaryKey) &&
+        t.primaryKey.length > 0 &&
+        t.primaryKey.every((c) => typeof c === "string") &&
+        Array.isArray(t.inserted) &&
+        t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string") &&
+        Array.isArray(t.updated) &&
+        t.updated.every((i) => rows([i?.before]) && typeof i.digest === "string") &&
+        rows(t.deleted),
+    );
   if (!ok) throw refused(`the safety copy of recovery ${id} is not one shinkei wrote for it`);
   return d;
 }
@@ -152,30 +194,51 @@ function checkUndoShape(u: unknown, id: string): UndoData {
  * BACKUP_MANIFEST_KEY (when set), the safety copy's bytes must match the record's SHA-256, and the
  * database checks the same digest and that the recovery committed there (see undo.ts).
  */
-export async function loadRecovery(ref: string, dir: string, age?: AgeConfig): Promise<{ path: string; record: RecoveredRecord; undo: UndoData }> {
+export async function loadRecovery(
+  ref: string,
+  dir: string,
+  age?: AgeConfig,
+): Promise<{ path: string; record: RecoveredRecord; undo: UndoData }> {
   const path = await findRecord(ref, dir);
-  const record = (await Bun.file(path).json().catch(() => null)) as RecoveredRecord | null;
-  if (record?.recovered !== true || typeof record.at !== "string" || !record.tables || typeof record.scope !== "object") throw refused(`${path} is not a recovery record`);
+  const record = (await Bun.file(path)
+    .json()
+    .catch(() => null)) as RecoveredRecord | null;
+  if (record?.recovered !== true || typeof record.at !== "string" || !record.tables || typeof record.scope !== "object")
+    throw refused(`${path} is not a recovery record`);
   if (!record.undo || typeof record.id !== "string") {
-    throw refused(`${path} was written before recoveries kept their rows: it has no row-level undo`,
-      record.safetyBackup ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: that rolls back every write since, of every user).` : undefined);
+    throw refused(
+      `${path} was written before recoveries kept their rows: it has no row-level undo`,
+      record.safetyBackup
+        ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: that rolls back every write since, of every user).`
+        : undefined,
+    );
   }
-  if (!UUID.test(record.id) || typeof record.undo.file !== "string" || basename(record.undo.file) !== record.undo.file || !/^[0-9a-f]{64}$/.test(record.undo.sha256 ?? "")) {
+  if (
+    !UUID.test(record.id) ||
+    typeof record.undo.file !== "string" ||
+    basename(record.undo.file) !== record.undo.file ||
+    !/^[0-9a-f]{64}$/.test(record.undo.sha256 ?? "")
+  ) {
     throw refused(`${path} is not a recovery record shinkei wrote`);
   }
   if (age?.manifestKey && !signatureMatches(record.signature, signedPart(record), age.manifestKey)) {
-    throw refused(`${path} is ${record.signature ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)" : "unsigned, and BACKUP_MANIFEST_KEY is set"}`);
+    throw refused(
+      `${path} is ${record.signature ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)" : "unsigned, and BACKUP_MANIFEST_KEY is set"}`,
+    );
   }
   const undoPath = join(dirname(path), record.undo.file);
   const stat = await lstat(undoPath).catch(() => null);
-  if (!stat?.isFile()) throw refused(`the safety copy ${undoPath} of recovery ${record.id} is ${stat ? "not a plain file" : "missing"}`);
+  if (!stat?.isFile())
+    throw refused(`the safety copy ${undoPath} of recovery ${record.id} is ${stat ? "not a plain file" : "missing"}`);
   const bytes = new Uint8Array(await Bun.file(undoPath).arrayBuffer());
   if (new Bun.CryptoHasher("sha256").update(bytes).digest("hex") !== record.undo.sha256) {
     throw refused(`the safety copy ${undoPath} does not match its record's SHA-256: it changed since it was written`);
   }
   let text: string;
   if (record.undo.encryption) {
-    text = await new Response(await decrypt(new Blob([bytes]).stream(), age, basename(undoPath), record.undo.encryption)).text();
+    text = await new Response(
+      await decrypt(new Blob([bytes]).stream(), age, basename(undoPath), record.undo.encryption),
+    ).text();
   } else text = new TextDecoder().decode(bytes);
   let parsed: unknown;
   try {

@@ -18,7 +18,12 @@ import { walStore } from "../wal/offsite.ts";
 /** Scratch databases of recover: a prefix of their own, so a drill and a recovery never drop each other's. */
 export const RECOVER_PREFIX = "shinkei_recover_";
 
-export type SourceStep = { step: "resolve" | "verify" | "load" | "migrate" | "recover"; bytes?: number; file?: string; message?: string };
+export type SourceStep = {
+  step: "resolve" | "verify" | "load" | "migrate" | "recover";
+  bytes?: number;
+  file?: string;
+  message?: string;
+};
 
 export type Source = {
   path: string;
@@ -56,7 +61,10 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
   const from = options.from === "latest" ? undefined : options.from;
   const path = await obtainBackup(options.dir, from, options.offsite).catch((e) => {
     // The same search as `backup restore`, but here a file is named with --from.
-    if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from) throw new ShinkeiError(e.code, e.message, { hint: "Take backups with shinkei backup (or backup-service), or name a file with --from." });
+    if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from)
+      throw new ShinkeiError(e.code, e.message, {
+        hint: "Take backups with shinkei backup (or backup-service), or name a file with --from.",
+      });
     throw e;
   });
   options.onStep?.({ step: "verify", file: basename(path) });
@@ -68,36 +76,57 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
   const live = connect(options.databaseUrl, { max: 1 });
   const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
 
-  return withScratchDatabase({ serverUrl: options.databaseUrl, prefix: RECOVER_PREFIX, what: "recover", wait: options.wait ?? false, onScratch: options.onScratch,
-    privilegeHint: "Grant it (ALTER ROLE ... CREATEDB): recover loads the backup into a scratch database beside the live one." }, async (url) => {
-    const started = performance.now();
-    let bytes = 0;
-    const counted = raw.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, out) {
-        bytes += chunk.length;
-        options.onStep?.({ step: "load", bytes });
-        out.enqueue(chunk);
-      },
-    }));
-    options.onStep?.({ step: "load", bytes: 0 });
-    await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
-    const schemaVersion = await toLiveSchema(url, liveVersion, verification.file, options.onStep);
-    return fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
-  });
+  return withScratchDatabase(
+    {
+      serverUrl: options.databaseUrl,
+      prefix: RECOVER_PREFIX,
+      what: "recover",
+      wait: options.wait ?? false,
+      onScratch: options.onScratch,
+      privilegeHint:
+        "Grant it (ALTER ROLE ... CREATEDB): recover loads the backup into a scratch database beside the live one.",
+    },
+    async (url) => {
+      const started = performance.now();
+      let bytes = 0;
+      const counted = raw.pipeThrough(
+        new TransformStream<Uint8Array, Uint8Array>({
+          transform(chunk, out) {
+            bytes += chunk.length;
+            options.onStep?.({ step: "load", bytes });
+            out.enqueue(chunk);
+          },
+        }),
+      );
+      options.onStep?.({ step: "load", bytes: 0 });
+      await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
+      const schemaVersion = await toLiveSchema(url, liveVersion, verification.file, options.onStep);
+      return fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
+    },
+  );
 }
 
 /**
  * The source's schema version; an older one is brought to the live schema in the scratch copy, so
  * rows compare column by column. A newer one is refused.
  */
-async function toLiveSchema(url: string, liveVersion: number, file: string, onStep?: (s: SourceStep) => void): Promise<number> {
+async function toLiveSchema(
+  url: string,
+  liveVersion: number,
+  file: string,
+  onStep?: (s: SourceStep) => void,
+): Promise<number> {
   const sql = connect(url, { max: 2 });
   try {
     const schemaVersion = await currentSchemaVersion(sql);
     if (schemaVersion > liveVersion) {
-      throw new ShinkeiError("SCHEMA_TOO_NEW", `${file} is at schema version ${schemaVersion}, newer than the live database (${liveVersion})`, {
-        hint: "Run shinkei migrate on the live database first, or pick an older moment.",
-      });
+      throw new ShinkeiError(
+        "SCHEMA_TOO_NEW",
+        `${file} is at schema version ${schemaVersion}, newer than the live database (${liveVersion})`,
+        {
+          hint: "Run shinkei migrate on the live database first, or pick an older moment.",
+        },
+      );
     }
     if (schemaVersion < liveVersion) {
       onStep?.({ step: "migrate" });
@@ -114,14 +143,27 @@ async function toLiveSchema(url: string, liveVersion: number, file: string, onSt
  * to `at` (the machinery of `pitr restore`), run `fn` against it, and remove it whatever happens.
  */
 export async function withPointInTimeSource<T>(
-  options: { config: Config; at: string; onStep?: (s: SourceStep) => void; onScratch?: (drop: () => Promise<void>) => void; signal?: AbortSignal },
+  options: {
+    config: Config;
+    at: string;
+    onStep?: (s: SourceStep) => void;
+    onScratch?: (drop: () => Promise<void>) => void;
+    signal?: AbortSignal;
+  },
   fn: (source: Source) => Promise<T>,
 ): Promise<T> {
   const { config } = options;
   const target = parseTargetTime(options.at, config.backup.timezone);
   const live = connect(config.databaseUrl, { max: 1 });
   const liveVersion = await currentSchemaVersion(live).finally(() => live.end({ timeout: 5 }));
-  const recovery = await recoverTo({ config, target, store: walStore(config), keep: false, signal: options.signal, onStep: (message) => options.onStep?.({ step: "recover", message }) });
+  const recovery = await recoverTo({
+    config,
+    target,
+    store: walStore(config),
+    keep: false,
+    signal: options.signal,
+    onStep: (message) => options.onStep?.({ step: "recover", message }),
+  });
   options.onScratch?.(() => recovery.stop());
   try {
     const file = `${recovery.base} + WAL to ${recovery.reached.commitTime ?? recovery.target}`;

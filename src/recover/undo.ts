@@ -16,7 +16,9 @@ const NAMED = 10;
 const ROOTS = new Set(["users", "worlds", "stories"]);
 
 const refused = (message: string) =>
-  new ShinkeiError("RECORD_REFUSED", message, { hint: "Nothing was changed. Undo only with the record a recovery of this database wrote, as it wrote it." });
+  new ShinkeiError("RECORD_REFUSED", message, {
+    hint: "Nothing was changed. Undo only with the record a recovery of this database wrote, as it wrote it.",
+  });
 
 const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
   `${t.table} (${t.primaryKey.join(", ")})=(${t.primaryKey.map((c) => String(row[c])).join(", ")})`;
@@ -29,9 +31,19 @@ const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
 async function claim(tx: Queryable, record: RecoveredRecord): Promise<void> {
   const [r] = await tx<{ sha: string; undone: string | null }[]>`
     select undo_sha256 as sha, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone from recoveries where id = ${record.id!} for update`;
-  if (!r) throw refused(`recovery ${record.id} was never applied to this database: its record comes from another database, its transaction did not commit, or the database was restored to a backup taken before it`);
-  if (r.sha !== record.undo!.sha256) throw refused(`the safety copy named by the record of recovery ${record.id} is not the one this database recorded for it`);
-  if (r.undone) throw new ShinkeiError("ALREADY_UNDONE", `recovery ${record.id} was undone already (at ${r.undone}): nothing was changed`);
+  if (!r)
+    throw refused(
+      `recovery ${record.id} was never applied to this database: its record comes from another database, its transaction did not commit, or the database was restored to a backup taken before it`,
+    );
+  if (r.sha !== record.undo!.sha256)
+    throw refused(
+      `the safety copy named by the record of recovery ${record.id} is not the one this database recorded for it`,
+    );
+  if (r.undone)
+    throw new ShinkeiError(
+      "ALREADY_UNDONE",
+      `recovery ${record.id} was undone already (at ${r.undone}): nothing was changed`,
+    );
 }
 
 /**
@@ -42,34 +54,55 @@ async function claim(tx: Queryable, record: RecoveredRecord): Promise<void> {
  */
 export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Promise<UndoCounts> {
   await tx.unsafe("set local timezone = 'UTC'");
-  if (!ROOTS.has(undo.root)) throw refused(`the safety copy names ${JSON.stringify(undo.root).slice(0, 40)} as its root, which recover never starts from`);
+  if (!ROOTS.has(undo.root))
+    throw refused(
+      `the safety copy names ${JSON.stringify(undo.root).slice(0, 40)} as its root, which recover never starts from`,
+    );
   // The live schema decides which tables and columns there are: the file's names are only looked up in it.
   const graph = await ownershipGraph(tx, undo.root);
   const live = new Map(graph.tables.map((t) => [t.name, t]));
   const tables = undo.tables.map((u) => {
     const t = live.get(u.table);
     if (!t || JSON.stringify(t.primaryKey) !== JSON.stringify(u.primaryKey)) {
-      throw refused(`the safety copy names table ${JSON.stringify(u.table).slice(0, 64)} with key (${u.primaryKey.join(", ").slice(0, 64)}), which recover does not follow from ${undo.root} in this database`);
+      throw refused(
+        `the safety copy names table ${JSON.stringify(u.table).slice(0, 64)} with key (${u.primaryKey.join(", ").slice(0, 64)}), which recover does not follow from ${undo.root} in this database`,
+      );
     }
     return { u, t };
   });
 
   const problems: string[] = [];
   for (const { u, t } of tables) {
-    const inserted = await rowsByKey(tx, t, u.inserted.map((i) => i.key), true);
+    const inserted = await rowsByKey(
+      tx,
+      t,
+      u.inserted.map((i) => i.key),
+      true,
+    );
     for (const i of u.inserted) {
       const now = inserted.get(keyOf(t, i.key));
       if (!now) problems.push(`${nameRow(u, i.key)} was deleted since the recovery`);
       else if (now.digest !== i.digest) problems.push(`${nameRow(u, i.key)} was changed since the recovery`);
     }
-    const updated = await rowsByKey(tx, t, u.updated.map((x) => keyPart(t, x.before)), true);
+    const updated = await rowsByKey(
+      tx,
+      t,
+      u.updated.map((x) => keyPart(t, x.before)),
+      true,
+    );
     for (const x of u.updated) {
       const now = updated.get(keyOf(t, x.before));
       if (!now) problems.push(`${nameRow(u, x.before)} was deleted since the recovery`);
       else if (now.digest !== x.digest) problems.push(`${nameRow(u, x.before)} was changed since the recovery`);
     }
-    const deleted = await rowsByKey(tx, t, u.deleted.map((r) => keyPart(t, r)), true);
-    for (const r of u.deleted) if (deleted.has(keyOf(t, r))) problems.push(`${nameRow(u, r)} (removed by the recovery) exists again`);
+    const deleted = await rowsByKey(
+      tx,
+      t,
+      u.deleted.map((r) => keyPart(t, r)),
+      true,
+    );
+    for (const r of u.deleted)
+      if (deleted.has(keyOf(t, r))) problems.push(`${nameRow(u, r)} (removed by the recovery) exists again`);
   }
   // A row written since under a row the recovery inserted would go with it (or block it): it is not the recovery's to remove.
   const insertedKeys = new Map(tables.map(({ u, t }) => [u.table, new Set(u.inserted.map((i) => keyOf(t, i.key)))]));
@@ -80,45 +113,81 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     const p = `public.${quoteIdent(e.parent)}`;
     const on = e.childColumns.map((c, i) => `c.${quoteIdent(c)} = p.${quoteIdent(e.parentColumns[i]!)}`).join(" and ");
     const match = parent.t.primaryKey.map((c) => `p.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
-    const rows = await tx.unsafe<{ r: Row }[]>(`select to_jsonb(c) as r from public.${quoteIdent(e.child)} c join ${p} p on ${on}
-      join jsonb_populate_recordset(null::${p}, $1::text::jsonb) k on ${match}`, [JSON.stringify(parent.u.inserted.map((i) => i.key))]);
+    const rows = await tx.unsafe<{ r: Row }[]>(
+      `select to_jsonb(c) as r from public.${quoteIdent(e.child)} c join ${p} p on ${on}
+      join jsonb_populate_recordset(null::${p}, $1::text::jsonb) k on ${match}`,
+      [JSON.stringify(parent.u.inserted.map((i) => i.key))],
+    );
     for (const { r } of rows) {
-      if (!insertedKeys.get(e.child)?.has(keyOf(child, r))) problems.push(`${nameRow({ table: e.child, primaryKey: child.primaryKey }, r)} was written since, under a recovered ${e.parent} row`);
+      if (!insertedKeys.get(e.child)?.has(keyOf(child, r)))
+        problems.push(
+          `${nameRow({ table: e.child, primaryKey: child.primaryKey }, r)} was written since, under a recovered ${e.parent} row`,
+        );
     }
   }
   if (problems.length) {
     const shown = problems.slice(0, NAMED);
-    throw new ShinkeiError("RECOVER_CONFLICT", `${problems.length === 1 ? "1 row" : `${problems.length} rows`} changed since the recovery, nothing was undone: ${shown.join("; ")}${problems.length > NAMED ? `; and ${problems.length - NAMED} more` : ""}`, {
-      hint: "The undo removes or reverts only rows exactly as the recovery left them. Put the named rows back as they were (or keep the recovery), then run the undo again.",
-      details: { rows: problems },
-    });
+    throw new ShinkeiError(
+      "RECOVER_CONFLICT",
+      `${problems.length === 1 ? "1 row" : `${problems.length} rows`} changed since the recovery, nothing was undone: ${shown.join("; ")}${problems.length > NAMED ? `; and ${problems.length - NAMED} more` : ""}`,
+      {
+        hint: "The undo removes or reverts only rows exactly as the recovery left them. Put the named rows back as they were (or keep the recovery), then run the undo again.",
+        details: { rows: problems },
+      },
+    );
   }
 
-  const counts: UndoCounts = Object.fromEntries(tables.map(({ u }) => [u.table, { deleted: 0, putBack: 0, reinserted: 0 }]));
+  const counts: UndoCounts = Object.fromEntries(
+    tables.map(({ u }) => [u.table, { deleted: 0, putBack: 0, reinserted: 0 }]),
+  );
   const write = async (t: TableInfo, what: string, expected: number, query: string, rows: Row[]) => {
     if (!rows.length) return;
     const r = await tx.unsafe(query, [JSON.stringify(rows)]).catch((e) => {
       throw conflict(e, t, what);
     });
-    if (r.count !== expected) throw new ShinkeiError("RECOVER_FAILED", `${what} ${t.name}: ${r.count} rows, expected ${expected}; nothing was undone`);
+    if (r.count !== expected)
+      throw new ShinkeiError(
+        "RECOVER_FAILED",
+        `${what} ${t.name}: ${r.count} rows, expected ${expected}; nothing was undone`,
+      );
   };
   const target = (t: TableInfo) => `public.${quoteIdent(t.name)}`;
-  const matchS = (t: TableInfo) => t.primaryKey.map((c) => `${target(t)}.${quoteIdent(c)} = s.${quoteIdent(c)}`).join(" and ");
+  const matchS = (t: TableInfo) =>
+    t.primaryKey.map((c) => `${target(t)}.${quoteIdent(c)} = s.${quoteIdent(c)}`).join(" and ");
   // Old versions first: a reverted row may point at a row the recovery inserted.
   for (const { u, t } of tables) {
     if (!u.updated.length) continue;
     const present = t.columns.filter((c) => !t.primaryKey.includes(c) && c in u.updated[0]!.before);
     const set = present.map((c) => `${quoteIdent(c)} = s.${quoteIdent(c)}`).join(", ");
-    if (set) await write(t, "putting back the old version of rows of", u.updated.length, `update ${target(t)} set ${set} from jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s where ${matchS(t)}`, u.updated.map((x) => x.before));
+    if (set)
+      await write(
+        t,
+        "putting back the old version of rows of",
+        u.updated.length,
+        `update ${target(t)} set ${set} from jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s where ${matchS(t)}`,
+        u.updated.map((x) => x.before),
+      );
     counts[u.table]!.putBack = u.updated.length;
   }
   for (const { u, t } of [...tables].reverse()) {
-    await write(t, "removing the recovered rows of", u.inserted.length, `delete from ${target(t)} using jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s where ${matchS(t)}`, u.inserted.map((i) => i.key));
+    await write(
+      t,
+      "removing the recovered rows of",
+      u.inserted.length,
+      `delete from ${target(t)} using jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s where ${matchS(t)}`,
+      u.inserted.map((i) => i.key),
+    );
     counts[u.table]!.deleted = u.inserted.length;
   }
   for (const { u, t } of tables) {
     const cols = t.columns.map(quoteIdent).join(", ");
-    await write(t, "bringing back the rows removed from", u.deleted.length, `insert into ${target(t)} (${cols}) overriding system value select ${cols} from jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb)`, u.deleted);
+    await write(
+      t,
+      "bringing back the rows removed from",
+      u.deleted.length,
+      `insert into ${target(t)} (${cols}) overriding system value select ${cols} from jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb)`,
+      u.deleted,
+    );
     counts[u.table]!.reinserted = u.deleted.length;
   }
   return counts;
@@ -126,7 +195,12 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
 
 /** What the undo will do, from the safety copy alone. */
 export function plannedCounts(undo: UndoData): UndoCounts {
-  return Object.fromEntries(undo.tables.map((u) => [u.table, { deleted: u.inserted.length, putBack: u.updated.length, reinserted: u.deleted.length }]));
+  return Object.fromEntries(
+    undo.tables.map((u) => [
+      u.table,
+      { deleted: u.inserted.length, putBack: u.updated.length, reinserted: u.deleted.length },
+    ]),
+  );
 }
 
 /** The undo, run and rolled back: the preview reports rows changed since before anyone is asked to confirm. */
@@ -134,30 +208,42 @@ export async function trialUndo(sql: Sql, record: RecoveredRecord, undo: UndoDat
   await requireRecoveries(sql);
   const rollback = new Error("trial");
   let counts: UndoCounts | undefined;
-  await sql.begin(async (tx) => {
-    await claim(tx, record);
-    counts = await applyUndo(tx, undo);
-    throw rollback;
-  }).catch((e) => {
-    if (e !== rollback) throw e;
-  });
+  await sql
+    .begin(async (tx) => {
+      await claim(tx, record);
+      counts = await applyUndo(tx, undo);
+      throw rollback;
+    })
+    .catch((e) => {
+      if (e !== rollback) throw e;
+    });
   return counts!;
 }
 
 /** Under the maintenance lock, in ONE transaction: claim the record, put the rows back, mark it undone. */
-export async function undoRecovery(options: { sql: Sql; record: RecoveredRecord; undo: UndoData; wait?: boolean }): Promise<{ counts: UndoCounts; applyMs: number }> {
+export async function undoRecovery(options: {
+  sql: Sql;
+  record: RecoveredRecord;
+  undo: UndoData;
+  wait?: boolean;
+}): Promise<{ counts: UndoCounts; applyMs: number }> {
   const { sql, record, undo } = options;
   await requireRecoveries(sql);
-  return withMaintenanceLock(sql, "recover", async () => {
-    const started = performance.now();
-    const counts = await sql.begin(async (tx) => {
-      await claim(tx, record);
-      const counts = await applyUndo(tx, undo);
-      await tx`update recoveries set undone_at = now() where id = ${record.id!}`;
-      return counts;
-    });
-    return { counts, applyMs: Math.round(performance.now() - started) };
-  }, options.wait);
+  return withMaintenanceLock(
+    sql,
+    "recover",
+    async () => {
+      const started = performance.now();
+      const counts = await sql.begin(async (tx) => {
+        await claim(tx, record);
+        const counts = await applyUndo(tx, undo);
+        await tx`update recoveries set undone_at = now() where id = ${record.id!}`;
+        return counts;
+      });
+      return { counts, applyMs: Math.round(performance.now() - started) };
+    },
+    options.wait,
+  );
 }
 
 /** Each recorded recovery's state in this database: applied, undone, or never committed here. */

@@ -11,7 +11,10 @@ export type Running = { stop(): Promise<void> | void };
 export type ServiceDeps = { sql: Sql; config: Config; log: Log; slotCheckMs?: number };
 
 /** One thing a service runs. `started` holds the parts before it in the list, by name. */
-export type Part = { name: string; start(deps: ServiceDeps, started: ReadonlyMap<string, Running>): Promise<Running> | Running };
+export type Part = {
+  name: string;
+  start(deps: ServiceDeps, started: ReadonlyMap<string, Running>): Promise<Running> | Running;
+};
 
 /** The base backup schedule; after each base backup, the first PITR drill of a new deployment. */
 function startBaseBackups(deps: ServiceDeps, drills: PitrDrills | undefined): Running {
@@ -21,7 +24,13 @@ function startBaseBackups(deps: ServiceDeps, drills: PitrDrills | undefined): Ru
     timezone: config.backup.timezone,
     run: (slot) => scheduledBaseBackup({ ...deps, afterBaseBackup: drills?.afterBaseBackup }, slot),
   });
-  log({ level: "info", msg: "base backup schedule", schedule: config.wal.baseBackupSchedule, timezone: config.backup.timezone, next: schedule.nextRun()?.toISOString() ?? null });
+  log({
+    level: "info",
+    msg: "base backup schedule",
+    schedule: config.wal.baseBackupSchedule,
+    timezone: config.backup.timezone,
+    next: schedule.nextRun()?.toISOString() ?? null,
+  });
   return schedule;
 }
 
@@ -32,7 +41,10 @@ export const walParts: readonly Part[] = [
   { name: "wal stream", start: (deps) => startWalStream(deps) },
   { name: "slot watch", start: (deps) => ({ stop: watchSlot(deps, deps.slotCheckMs ?? 60_000) }) },
   { name: "pitr drills", start: (deps) => startPitrDrills(deps) },
-  { name: "base backups", start: (deps, started) => startBaseBackups(deps, started.get("pitr drills") as PitrDrills | undefined) },
+  {
+    name: "base backups",
+    start: (deps, started) => startBaseBackups(deps, started.get("pitr drills") as PitrDrills | undefined),
+  },
 ];
 
 /**

@@ -12,7 +12,12 @@ import { readPitrDrills, runPitrDrill } from "../pitr/drill.ts";
 type Deps = { sql: Sql; config: Config; log: Log };
 
 /** What a drill found: `log` goes on the passed/failed line, `subject` also to the webhook. */
-type Outcome = { passed: boolean; differences: string[]; subject: Record<string, unknown>; log?: Record<string, unknown> };
+type Outcome = {
+  passed: boolean;
+  differences: string[];
+  subject: Record<string, unknown>;
+  log?: Record<string, unknown>;
+};
 
 /**
  * Run a drill and report it like a backup run: "<what> started", "<what> passed" or "<what> failed"
@@ -21,15 +26,32 @@ type Outcome = { passed: boolean; differences: string[]; subject: Record<string,
  */
 export async function drillAndReport(
   deps: { config: Config; log: Log },
-  drill: { what: string; event: string; about?: Record<string, unknown>; notifyPassed: boolean; run: () => Promise<Outcome> },
+  drill: {
+    what: string;
+    event: string;
+    about?: Record<string, unknown>;
+    notifyPassed: boolean;
+    run: () => Promise<Outcome>;
+  },
 ): Promise<void> {
   const { config, log } = deps;
   const { what, event, about } = drill;
   log({ level: "info", msg: `${what} started`, ...about });
   try {
     const r = await drill.run();
-    log({ level: r.passed ? "info" : "error", msg: `${what} ${r.passed ? "passed" : "failed"}`, ...r.subject, ...r.log, differences: r.differences });
-    if (!r.passed || drill.notifyPassed) notify(config.backup.webhookUrl, { event: `${event}.${r.passed ? "passed" : "failed"}`, ...r.subject, differences: r.differences }, log);
+    log({
+      level: r.passed ? "info" : "error",
+      msg: `${what} ${r.passed ? "passed" : "failed"}`,
+      ...r.subject,
+      ...r.log,
+      differences: r.differences,
+    });
+    if (!r.passed || drill.notifyPassed)
+      notify(
+        config.backup.webhookUrl,
+        { event: `${event}.${r.passed ? "passed" : "failed"}`, ...r.subject, differences: r.differences },
+        log,
+      );
   } catch (e) {
     log({ level: "error", msg: `${what} failed`, ...about, error: (e as Error).message });
     notify(config.backup.webhookUrl, { event: `${event}.failed`, error: (e as Error).message }, log);
@@ -40,7 +62,11 @@ export async function drillAndReport(
 export async function drillBackup(deps: { config: Config; log: Log }, path: string): Promise<void> {
   const { config, log } = deps;
   if (!canOpen((await readManifest(path))?.encryption, config.backup.age)) {
-    log({ level: "info", msg: "drill skipped: the backup is encrypted and this host holds no key to open it", file: path });
+    log({
+      level: "info",
+      msg: "drill skipped: the backup is encrypted and this host holds no key to open it",
+      file: path,
+    });
     return;
   }
   await drillAndReport(deps, {
@@ -49,8 +75,17 @@ export async function drillBackup(deps: { config: Config; log: Log }, path: stri
     about: { file: path },
     notifyPassed: true,
     run: async () => {
-      const r = await runDrill({ path, serverUrl: config.backup.drillServerUrl ?? config.databaseUrl, age: config.backup.age });
-      return { passed: r.passed, differences: r.differences, subject: { file: r.file }, log: { durationMs: r.durationMs } };
+      const r = await runDrill({
+        path,
+        serverUrl: config.backup.drillServerUrl ?? config.databaseUrl,
+        age: config.backup.age,
+      });
+      return {
+        passed: r.passed,
+        differences: r.differences,
+        subject: { file: r.file },
+        log: { durationMs: r.durationMs },
+      };
     },
   });
 }
@@ -79,7 +114,12 @@ export async function drillPitr(deps: Deps): Promise<void> {
     notifyPassed: false,
     run: async () => {
       const r = await runPitrDrill(deps);
-      return { passed: r.passed, differences: r.differences, subject: { restorePoint: r.restorePoint }, log: { base: r.base, rtoMs: r.rtoMs, durationMs: r.durationMs } };
+      return {
+        passed: r.passed,
+        differences: r.differences,
+        subject: { restorePoint: r.restorePoint },
+        log: { base: r.base, rtoMs: r.rtoMs, durationMs: r.durationMs },
+      };
     },
   });
 }
@@ -95,12 +135,19 @@ export function startPitrDrills(deps: Deps): PitrDrills {
   // One drill at a time, whichever asked: a scheduled one and the first after a base backup queue.
   let running: Promise<void> = Promise.resolve();
   const run = (slot: Date | null) =>
-    (running = running.then(async () => {
-      if (slot && !(await claimSlot(deps, slot, "pitr-drill", "pitr drill"))) return;
-      await drillPitr(deps);
-    }).catch((e) => log({ level: "error", msg: "pitr drill failed", error: (e as Error).message })));
+    (running = running
+      .then(async () => {
+        if (slot && !(await claimSlot(deps, slot, "pitr-drill", "pitr drill"))) return;
+        await drillPitr(deps);
+      })
+      .catch((e) => log({ level: "error", msg: "pitr drill failed", error: (e as Error).message })));
   const schedule = scheduleSlots({ schedule: config.wal.pitrDrillSchedule, timezone: config.backup.timezone, run });
-  log({ level: "info", msg: "pitr drill schedule", schedule: config.wal.pitrDrillSchedule, next: schedule.nextRun()?.toISOString() ?? null });
+  log({
+    level: "info",
+    msg: "pitr drill schedule",
+    schedule: config.wal.pitrDrillSchedule,
+    next: schedule.nextRun()?.toISOString() ?? null,
+  });
   return {
     async afterBaseBackup() {
       if ((await readPitrDrills(config.backupDir)).length === 0) await run(null);

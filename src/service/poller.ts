@@ -13,10 +13,12 @@ export function startPoller(pass: () => Promise<unknown>, everyMs: number): Poll
   let current: Promise<void> | null = null;
   const timer = setInterval(() => {
     if (current) return;
-    current = pass().then(
-      () => {},
-      () => {},
-    ).finally(() => (current = null));
+    current = pass()
+      .then(
+        () => {},
+        () => {},
+      )
+      .finally(() => (current = null));
   }, everyMs);
   return {
     async stop() {

@@ -34,46 +34,95 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
   log({ level: "info", msg: "backup started", scheduledFor: slot.toISOString() });
   let file: string | undefined;
   try {
-    const result = await withMaintenanceLock(sql, "scheduled backup", () =>
-      createBackup({ sql, url: config.databaseUrl, dir: config.backupDir, reason: "scheduled", compressionLevel: config.backup.compressionLevel, age: config.backup.age }), true);
+    const result = await withMaintenanceLock(
+      sql,
+      "scheduled backup",
+      () =>
+        createBackup({
+          sql,
+          url: config.databaseUrl,
+          dir: config.backupDir,
+          reason: "scheduled",
+          compressionLevel: config.backup.compressionLevel,
+          age: config.backup.age,
+        }),
+      true,
+    );
     file = result.path;
     const m = result.manifest;
-    log({ level: "info", msg: "backup finished", file, sizeBytes: m.sizeBytes, durationMs: m.durationMs, duration: formatDuration(m.durationMs), sha256: m.sha256 });
+    log({
+      level: "info",
+      msg: "backup finished",
+      file,
+      sizeBytes: m.sizeBytes,
+      durationMs: m.durationMs,
+      duration: formatDuration(m.durationMs),
+      sha256: m.sha256,
+    });
 
     let offsite: Record<string, unknown> = { offsite: "not configured" };
     if (store) {
       try {
         const report = await mirrorMissing(store, config.backupDir);
-        offsite = { offsite: report.failed.length ? "failed" : "ok", location: store.location, copied: report.copied, failed: report.failed };
+        offsite = {
+          offsite: report.failed.length ? "failed" : "ok",
+          location: store.location,
+          copied: report.copied,
+          failed: report.failed,
+        };
       } catch (e) {
         offsite = { offsite: "failed", location: store.location, error: (e as Error).message };
       }
     }
     log({ level: offsite.offsite === "failed" ? "error" : "info", msg: "off-site copy", file, ...offsite });
 
-    const { local, remote } = await withMaintenanceLock(sql, "retention", async () => {
-      const local = await pruneLocal(config, { dryRun: false, offsite: store });
-      let remote: string[] = [];
-      if (store && config.s3) {
-        remote = await pruneStore(store, config.s3.keepDays, config.backup, false).then(
-          (r) => r.removed,
-          (e: Error) => (log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []),
-        );
-      }
-      return { local, remote };
-    }, true);
-    if (local.removed.length || remote.length) log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
+    const { local, remote } = await withMaintenanceLock(
+      sql,
+      "retention",
+      async () => {
+        const local = await pruneLocal(config, { dryRun: false, offsite: store });
+        let remote: string[] = [];
+        if (store && config.s3) {
+          remote = await pruneStore(store, config.s3.keepDays, config.backup, false).then(
+            (r) => r.removed,
+            (e: Error) => (
+              log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []
+            ),
+          );
+        }
+        return { local, remote };
+      },
+      true,
+    );
+    if (local.removed.length || remote.length)
+      log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
 
-    await recordRun(sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`, log);
-    notify(config.backup.webhookUrl, { event: "backup.succeeded", file: m.file, sizeBytes: m.sizeBytes, durationMs: m.durationMs, ...offsite }, log);
+    await recordRun(
+      sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`,
+      log,
+    );
+    notify(
+      config.backup.webhookUrl,
+      { event: "backup.succeeded", file: m.file, sizeBytes: m.sizeBytes, durationMs: m.durationMs, ...offsite },
+      log,
+    );
 
     // A new deployment would otherwise wait for the weekly drill before `backup check` can pass.
     const drilled = await newestPassedDrill(config.backupDir);
     if (!drilled || Date.now() - Date.parse(drilled.at) > config.backup.drillMaxAgeMs) await drillBackup(deps, file);
   } catch (e) {
     const error = (e as Error).message;
-    log({ level: "error", msg: "backup failed", scheduledFor: slot.toISOString(), durationMs: Math.round(performance.now() - started), error });
-    await recordRun(sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`, log);
+    log({
+      level: "error",
+      msg: "backup failed",
+      scheduledFor: slot.toISOString(),
+      durationMs: Math.round(performance.now() - started),
+      error,
+    });
+    await recordRun(
+      sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`,
+      log,
+    );
     notify(config.backup.webhookUrl, { event: "backup.failed", error }, log);
   }
 }
@@ -84,7 +133,13 @@ async function reportMissed(config: Config, schedule: SlotSchedule, log: Log) {
   const { newest } = await newestGood(config.backupDir);
   if (!newest) log({ level: "warn", msg: "no good backup yet", backupDir: config.backupDir });
   else if (expected && newest.takenAt < expected) {
-    log({ level: "warn", msg: "missed backup", expectedAt: expected.toISOString(), newest: newest.name, newestAt: newest.takenAt.toISOString() });
+    log({
+      level: "warn",
+      msg: "missed backup",
+      expectedAt: expected.toISOString(),
+      newest: newest.name,
+      newestAt: newest.takenAt.toISOString(),
+    });
   }
 }
 
@@ -99,7 +154,11 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
     run: (slot) => scheduledRun({ ...deps, store }, slot),
     afterRun: (next) => log({ level: "info", msg: "next backup", at: next?.toISOString() ?? null }),
   });
-  const drillJob = scheduleSlots({ schedule: config.backup.drillSchedule, timezone: config.backup.timezone, run: (slot) => scheduledDrill(deps, slot) });
+  const drillJob = scheduleSlots({
+    schedule: config.backup.drillSchedule,
+    timezone: config.backup.timezone,
+    run: (slot) => scheduledDrill(deps, slot),
+  });
   log({
     level: "info",
     msg: "backup schedule",
@@ -110,7 +169,9 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
     nextDrill: drillJob.nextRun()?.toISOString() ?? null,
     offsite: store?.location ?? "none",
   });
-  reportMissed(config, job, log).catch((e: Error) => log({ level: "warn", msg: "could not check for missed backups", error: e.message }));
+  reportMissed(config, job, log).catch((e: Error) =>
+    log({ level: "warn", msg: "could not check for missed backups", error: e.message }),
+  );
   return {
     async stop() {
       // Each waits for a backup or drill in progress rather than leave a .partial or scratch database behind.

@@ -8,13 +8,19 @@ export type SlotKind = "backup" | "drill" | "base" | "pitr-drill";
 
 /** The first process to insert the slot's row takes the run; the others see it taken and skip. */
 export async function claim(sql: Sql, slot: Date, kind: SlotKind): Promise<boolean> {
-  const rows = await sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, ${kind}, ${`${hostname()}:${process.pid}`})
+  const rows =
+    await sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, ${kind}, ${`${hostname()}:${process.pid}`})
     on conflict (scheduled_for, kind) do nothing returning scheduled_for`;
   return rows.length === 1;
 }
 
 /** claim(), saying in the log when another process has the slot (`what` names the job: "backup", "base backup"). */
-export async function claimSlot(deps: { sql: Sql; log: Log }, slot: Date, kind: SlotKind, what: string): Promise<boolean> {
+export async function claimSlot(
+  deps: { sql: Sql; log: Log },
+  slot: Date,
+  kind: SlotKind,
+  what: string,
+): Promise<boolean> {
   if (await claim(deps.sql, slot, kind)) return true;
   deps.log({ level: "info", msg: `${what} skipped: another process took this run`, scheduledFor: slot.toISOString() });
   return false;
@@ -25,7 +31,9 @@ export async function claimSlot(deps: { sql: Sql; log: Log }, slot: Date, kind: 
  * is already safe on disk; a failed write is logged, not thrown, so it does not turn into a failure.
  */
 export async function recordRun(update: Promise<unknown>, log: Log): Promise<void> {
-  await update.catch((e: Error) => log({ level: "warn", msg: "could not record the run in backup_runs", error: e.message }));
+  await update.catch((e: Error) =>
+    log({ level: "warn", msg: "could not record the run in backup_runs", error: e.message }),
+  );
 }
 
 export type SlotSchedule = {

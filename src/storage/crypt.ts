@@ -30,8 +30,12 @@ export async function encrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig
 
 async function identities(path: string): Promise<string[]> {
   const file = Bun.file(path);
-  if (!(await file.exists())) throw new ShinkeiError("KEY_MISSING", `BACKUP_AGE_IDENTITY names ${path}, which does not exist`);
-  return (await file.text()).split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-"));
+  if (!(await file.exists()))
+    throw new ShinkeiError("KEY_MISSING", `BACKUP_AGE_IDENTITY names ${path}, which does not exist`);
+  return (await file.text())
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith("AGE-SECRET-KEY-"));
 }
 
 /** Add each private key, naming a bad one by its line only: age's own message quotes the key. */
@@ -40,9 +44,13 @@ function addIdentities(d: Decrypter, keys: string[], path: string) {
     try {
       d.addIdentity(k);
     } catch {
-      throw new ShinkeiError("KEY_INVALID", `BACKUP_AGE_IDENTITY: private key ${i + 1} in ${path} is not a valid age key`, {
-        hint: "Replace it with the key file `shinkei backup keygen` (or age-keygen) wrote. Nothing was changed.",
-      });
+      throw new ShinkeiError(
+        "KEY_INVALID",
+        `BACKUP_AGE_IDENTITY: private key ${i + 1} in ${path} is not a valid age key`,
+        {
+          hint: "Replace it with the key file `shinkei backup keygen` (or age-keygen) wrote. Nothing was changed.",
+        },
+      );
     }
   });
 }
@@ -54,8 +62,18 @@ const withoutKeys = (message: string) => message.replace(/AGE-SECRET-KEY-\S*/gi,
  * Decrypt a backup's bytes. Without a key, or with keys that do not open it, one error says which
  * recipients the backup was made for, so the right private key can be found.
  */
-export async function decrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig | undefined, file: string, made?: Encryption): Promise<ReadableStream<Uint8Array>> {
-  const forWhom = made?.method === "recipients" ? `encrypted to ${made.recipients.join(", ")}` : made?.method === "passphrase" ? "encrypted with a passphrase" : "encrypted with age";
+export async function decrypt(
+  stream: ReadableStream<Uint8Array>,
+  age: AgeConfig | undefined,
+  file: string,
+  made?: Encryption,
+): Promise<ReadableStream<Uint8Array>> {
+  const forWhom =
+    made?.method === "recipients"
+      ? `encrypted to ${made.recipients.join(", ")}`
+      : made?.method === "passphrase"
+        ? "encrypted with a passphrase"
+        : "encrypted with age";
   const keys = age?.identityFile ? await identities(age.identityFile) : [];
   if (keys.length === 0 && !age?.passphrase) {
     throw new ShinkeiError("KEY_MISSING", `${file} is ${forWhom}, and no key to open it is configured`, {
@@ -68,9 +86,13 @@ export async function decrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig
   try {
     return await d.decrypt(stream);
   } catch (e) {
-    throw new ShinkeiError("DECRYPT_FAILED", `cannot decrypt ${file} (${forWhom}): ${withoutKeys((e as Error).message)}`, {
-      hint: "Check BACKUP_AGE_IDENTITY or BACKUP_AGE_PASSPHRASE. Nothing was changed.",
-    });
+    throw new ShinkeiError(
+      "DECRYPT_FAILED",
+      `cannot decrypt ${file} (${forWhom}): ${withoutKeys((e as Error).message)}`,
+      {
+        hint: "Check BACKUP_AGE_IDENTITY or BACKUP_AGE_PASSPHRASE. Nothing was changed.",
+      },
+    );
   }
 }
 
@@ -82,7 +104,12 @@ export async function writeIdentity(path: string): Promise<string> {
   const identity = await generateIdentity();
   const recipient = await identityToRecipient(identity);
   const file = await open(path, "wx", 0o600).catch((e: NodeJS.ErrnoException) => {
-    throw new ShinkeiError("KEY_FILE_UNWRITABLE", e.code === "EEXIST" ? `${path} already exists; refusing to overwrite a key` : `cannot create ${path}: ${e.code ?? e.message}`);
+    throw new ShinkeiError(
+      "KEY_FILE_UNWRITABLE",
+      e.code === "EEXIST"
+        ? `${path} already exists; refusing to overwrite a key`
+        : `cannot create ${path}: ${e.code ?? e.message}`,
+    );
   });
   try {
     await file.writeFile(`# created: ${new Date().toISOString()}\n# public key: ${recipient}\n${identity}\n`);

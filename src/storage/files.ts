@@ -12,9 +12,13 @@ import { ShinkeiError } from "../errors.ts";
 async function preparePartial(partial: string): Promise<void> {
   const existing = await lstat(partial).catch(() => null);
   if (existing && !existing.isFile()) {
-    throw new ShinkeiError("UNSAFE_PATH", `${partial} exists and is not a plain file (a symbolic link?); refusing to write through it`, {
-      hint: "Remove it, and find out who put it there. Nothing was written.",
-    });
+    throw new ShinkeiError(
+      "UNSAFE_PATH",
+      `${partial} exists and is not a plain file (a symbolic link?); refusing to write through it`,
+      {
+        hint: "Remove it, and find out who put it there. Nothing was written.",
+      },
+    );
   }
   if (existing) await rm(partial);
 }

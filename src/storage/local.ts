@@ -10,7 +10,10 @@ export class LocalStore implements BackupStore {
   readonly kind = "local";
   readonly location: string;
 
-  constructor(private readonly dir: string, readonly naming: StoreNaming = backupNaming) {
+  constructor(
+    private readonly dir: string,
+    readonly naming: StoreNaming = backupNaming,
+  ) {
     this.location = resolve(dir);
   }
 
@@ -58,7 +61,8 @@ export class LocalStore implements BackupStore {
   }
 
   async remove(name: string) {
-    if (!this.naming.isOurs(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
+    if (!this.naming.isOurs(name))
+      throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     try {
       for (const n of [name, ...this.naming.companions(name)]) await rm(join(this.dir, n), { force: true });
     } catch (e) {

@@ -27,7 +27,13 @@ export async function mirror<R extends Offsite>(
     copy ??= put;
   }
   const described = item.describe ? item.describe(copy!) : copy;
-  const recorded = { ...item.record, offsite: { ...item.record.offsite, [store.kind]: { location: store.location, ...described, copiedAt: new Date().toISOString() } } };
+  const recorded = {
+    ...item.record,
+    offsite: {
+      ...item.record.offsite,
+      [store.kind]: { location: store.location, ...described, copiedAt: new Date().toISOString() },
+    },
+  };
   await item.writeRecord(recorded);
   try {
     await store.put(item.recordObject.name, item.recordObject.path);

@@ -2,7 +2,8 @@
  * Our backups are `shinkei_backup_YYYYMMDD_HHMMSS[_N].<ext>` (UTC). Retention and listing touch
  * only names that match exactly, so nothing else in the folder or bucket is ever ours to delete.
  */
-const PATTERN = /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$/;
+const PATTERN =
+  /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$/;
 
 import type { StoreNaming } from "./store.ts";
 

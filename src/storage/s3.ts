@@ -2,7 +2,13 @@ import { createReadStream } from "node:fs";
 import { rename, rm } from "node:fs/promises";
 import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
-import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  S3Client,
+} from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import type { S3Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
@@ -47,12 +53,12 @@ function etagTap() {
     expected() {
       if (inPart > 0 || parts.length === 0) parts.push(part.digest());
       const md5 = whole.digest("hex");
-      const multipart = parts.length > 1 ? `${createHash("md5").update(Buffer.concat(parts)).digest("hex")}-${parts.length}` : md5;
+      const multipart =
+        parts.length > 1 ? `${createHash("md5").update(Buffer.concat(parts)).digest("hex")}-${parts.length}` : md5;
       return { size, candidates: new Set([md5, multipart]) };
     },
   };
 }
-
 
 /** S3's answer for a key that is not there (404 NoSuchKey); a missing bucket is a failure instead. */
 function isMissing(error: unknown): boolean {
@@ -65,7 +71,10 @@ export class S3Store implements BackupStore {
   readonly location: string;
   private readonly client: S3Client;
 
-  constructor(private readonly config: S3Config, readonly naming: StoreNaming = backupNaming) {
+  constructor(
+    private readonly config: S3Config,
+    readonly naming: StoreNaming = backupNaming,
+  ) {
     this.location = `s3://${config.bucket}/${config.prefix}`;
     this.client = new S3Client({
       region: config.region,
@@ -86,7 +95,9 @@ export class S3Store implements BackupStore {
   private fail(what: string, error: unknown): ShinkeiError {
     const e = error as Error & { $metadata?: { httpStatusCode?: number }; code?: string };
     const detail = e.code ?? e.name ?? "error";
-    return new ShinkeiError("STORE_FAILED", `${what} at ${this.location} failed: ${e.message || detail}`, { cause: error });
+    return new ShinkeiError("STORE_FAILED", `${what} at ${this.location} failed: ${e.message || detail}`, {
+      cause: error,
+    });
   }
 
   async list(): Promise<StoredObject[]> {
@@ -95,10 +106,17 @@ export class S3Store implements BackupStore {
     try {
       // Follow continuation tokens: a listing stops at 1,000 keys otherwise.
       do {
-        const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.config.bucket, Prefix: this.config.prefix, ContinuationToken: token }));
+        const page = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.config.bucket,
+            Prefix: this.config.prefix,
+            ContinuationToken: token,
+          }),
+        );
         for (const o of page.Contents ?? []) {
           const name = o.Key!.slice(this.config.prefix.length);
-          if (!name.includes("/") && this.naming.isOurs(name)) found.push({ name, sizeBytes: o.Size ?? 0, modifiedAt: o.LastModified ?? new Date(0) });
+          if (!name.includes("/") && this.naming.isOurs(name))
+            found.push({ name, sizeBytes: o.Size ?? 0, modifiedAt: o.LastModified ?? new Date(0) });
         }
         token = page.IsTruncated ? page.NextContinuationToken : undefined;
       } while (token);
@@ -122,11 +140,18 @@ export class S3Store implements BackupStore {
       const head = await this.client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
       const { size, candidates } = check.expected();
       if (head.ContentLength !== size) {
-        throw new ShinkeiError("STORE_FAILED", `the copy of ${name} at ${this.location} has ${head.ContentLength} bytes, not ${size}`);
+        throw new ShinkeiError(
+          "STORE_FAILED",
+          `the copy of ${name} at ${this.location} has ${head.ContentLength} bytes, not ${size}`,
+        );
       }
       const etag = head.ETag?.replaceAll('"', "");
       if (etag && /^[0-9a-f]{32}(-\d+)?$/.test(etag)) {
-        if (!candidates.has(etag)) throw new ShinkeiError("STORE_FAILED", `the copy of ${name} at ${this.location} does not match the local file (ETag ${etag})`);
+        if (!candidates.has(etag))
+          throw new ShinkeiError(
+            "STORE_FAILED",
+            `the copy of ${name} at ${this.location} does not match the local file (ETag ${etag})`,
+          );
         return { sizeBytes: size, etag, verified: "etag" as const };
       }
       return { sizeBytes: size, etag, verified: "size" as const };
@@ -155,7 +180,8 @@ export class S3Store implements BackupStore {
   }
 
   async remove(name: string) {
-    if (!this.naming.isOurs(name)) throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
+    if (!this.naming.isOurs(name))
+      throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     try {
       // One DeleteObject per key: the batch call requires a checksum header many compatible stores reject.
       for (const key of [name, ...this.naming.companions(name)].map((n) => this.key(n))) {

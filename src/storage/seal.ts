@@ -30,7 +30,13 @@ export async function sealTo(
   source: AsyncIterable<Uint8Array> | Readable,
   path: string,
   /** `plainHash`: also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
-  options: { codec?: Codec; level?: number; age?: AgeConfig; plainHash?: boolean; onProgress?: (p: { bytesIn: number; bytesOut: number }) => void },
+  options: {
+    codec?: Codec;
+    level?: number;
+    age?: AgeConfig;
+    plainHash?: boolean;
+    onProgress?: (p: { bytesIn: number; bytesOut: number }) => void;
+  },
 ): Promise<Sealed> {
   const plain = options.plainHash ? new Bun.CryptoHasher("sha256") : null;
   const hasher = new Bun.CryptoHasher("sha256");
@@ -46,10 +52,16 @@ export async function sealTo(
           done(null, chunk);
         },
       }),
-      options.codec === "zstd" ? createZstdCompress({ params: { [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } }) : createGzip({ level: options.level ?? 6 }),
+      options.codec === "zstd"
+        ? createZstdCompress({ params: { [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } })
+        : createGzip({ level: options.level ?? 6 }),
       async function* (compressed: AsyncIterable<Uint8Array>) {
         if (!options.age) yield* compressed;
-        else yield* (await encrypt(Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>, options.age)) as unknown as AsyncIterable<Uint8Array>;
+        else
+          yield* (await encrypt(
+            Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>,
+            options.age,
+          )) as unknown as AsyncIterable<Uint8Array>;
       },
       new Writable({
         write(chunk: Buffer, _e, done) {
@@ -64,7 +76,12 @@ export async function sealTo(
   } finally {
     await file.close().catch(() => {});
   }
-  return { bytesIn: progress.bytesIn, sizeBytes: progress.bytesOut, sha256: hasher.digest("hex"), plainSha256: plain?.digest("hex") };
+  return {
+    bytesIn: progress.bytesIn,
+    sizeBytes: progress.bytesOut,
+    sha256: hasher.digest("hex"),
+    plainSha256: plain?.digest("hex"),
+  };
 }
 
 /**
@@ -73,10 +90,18 @@ export async function sealTo(
  * itself (for a reader that decompresses it in a process of its own, such as `tar -xz`). The
  * caller checks whatever hash it holds for them.
  */
-export async function unsealFrom(path: string, options: { encryption?: Encryption; age?: AgeConfig; name: string; compressed?: boolean }): Promise<Readable> {
+export async function unsealFrom(
+  path: string,
+  options: { encryption?: Encryption; age?: AgeConfig; name: string; compressed?: boolean },
+): Promise<Readable> {
   let source: Readable = createReadStream(path);
   if (options.encryption) {
-    const web = await decrypt(Readable.toWeb(source) as ReadableStream<Uint8Array>, options.age, options.name, options.encryption);
+    const web = await decrypt(
+      Readable.toWeb(source) as ReadableStream<Uint8Array>,
+      options.age,
+      options.name,
+      options.encryption,
+    );
     source = Readable.fromWeb(web as import("node:stream/web").ReadableStream);
   }
   if (options.compressed) return source;

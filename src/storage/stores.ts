@@ -9,5 +9,7 @@ export const backupLayout: StoreLayout = { folder: "", naming: backupNaming };
 
 /** The one place an off-site store is built from the configuration: none when S3 is not configured. */
 export function offsiteStore(config: Pick<Config, "s3">, layout: StoreLayout = backupLayout): BackupStore | undefined {
-  return config.s3 ? new S3Store({ ...config.s3, prefix: `${config.s3.prefix}${layout.folder}` }, layout.naming) : undefined;
+  return config.s3
+    ? new S3Store({ ...config.s3, prefix: `${config.s3.prefix}${layout.folder}` }, layout.naming)
+    : undefined;
 }

@@ -38,15 +38,33 @@ export type WalRecord = {
 };
 
 /** What a WAL record's signature covers: everything a fetch checks and the window reads (not the off-site copies, added later). */
-const walRecordParts = (r: WalRecord): unknown[] =>
-  ["wal", r.name, r.kind, r.timeline, r.file, r.sizeBytes, r.sha256, r.originalBytes, r.originalSha256, r.segmentBytes, r.encryption ?? null, r.receivedAt];
+const walRecordParts = (r: WalRecord): unknown[] => [
+  "wal",
+  r.name,
+  r.kind,
+  r.timeline,
+  r.file,
+  r.sizeBytes,
+  r.sha256,
+  r.originalBytes,
+  r.originalSha256,
+  r.segmentBytes,
+  r.encryption ?? null,
+  r.receivedAt,
+];
 
 /** `record` signed with `key` (unchanged without one). */
-export const signWalRecord = (record: WalRecord, key: string | undefined): WalRecord => (key ? { ...record, signature: signParts(walRecordParts(record), key) } : record);
+export const signWalRecord = (record: WalRecord, key: string | undefined): WalRecord =>
+  key ? { ...record, signature: signParts(walRecordParts(record), key) } : record;
 
 /** Why this host may not use `record` (unsigned, mis-signed, plain where it encrypts), or null. */
 export const walRecordProblem = (record: WalRecord, trust: ArchiveTrust): string | null =>
-  trustProblem(`WAL ${record.kind === "history" ? "history file" : record.kind === "partial" ? "partial segment" : "segment"} ${record.name}`, { signature: record.signature, encrypted: Boolean(record.encryption) }, walRecordParts(record), trust);
+  trustProblem(
+    `WAL ${record.kind === "history" ? "history file" : record.kind === "partial" ? "partial segment" : "segment"} ${record.name}`,
+    { signature: record.signature, encrypted: Boolean(record.encryption) },
+    walRecordParts(record),
+    trust,
+  );
 
 export const walRoot = (backupDir: string) => join(backupDir, "wal");
 export const spoolDir = (backupDir: string) => join(backupDir, "wal", "spool");
@@ -62,17 +80,32 @@ function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"];
   return tl ? { kind: "history", timeline: tl } : null;
 }
 
-export const recordPath = (root: string, timeline: number, name: string) => join(root, timelineDir(timeline), name + RECORD);
+export const recordPath = (root: string, timeline: number, name: string) =>
+  join(root, timelineDir(timeline), name + RECORD);
 
 /** A record, checked before anything in it is trusted (it may come from a bucket); null when unusable. */
-export async function readRecord(path: string, name = basename(path).slice(0, -RECORD.length)): Promise<WalRecord | null> {
+export async function readRecord(
+  path: string,
+  name = basename(path).slice(0, -RECORD.length),
+): Promise<WalRecord | null> {
   try {
     const r = (await Bun.file(path).json()) as WalRecord;
-    const ok = r && r.walRecordVersion === 1 && r.name === name
-      && /^[0-9a-f]{64}$/.test(r.sha256) && /^[0-9a-f]{64}$/.test(r.originalSha256) && Number.isSafeInteger(r.sizeBytes)
-      && (r.file === `${name}.zst` || r.file === `${name}.zst.age` || r.file === `${name}.gz` || r.file === `${name}.gz.age`) && (r.file.endsWith(".age") === Boolean(r.encryption))
-      && Number.isInteger(r.segmentBytes) && r.segmentBytes >= 1 << 20 && r.segmentBytes <= 1 << 30
-      && !Number.isNaN(Date.parse(r.receivedAt));
+    const ok =
+      r &&
+      r.walRecordVersion === 1 &&
+      r.name === name &&
+      /^[0-9a-f]{64}$/.test(r.sha256) &&
+      /^[0-9a-f]{64}$/.test(r.originalSha256) &&
+      Number.isSafeInteger(r.sizeBytes) &&
+      (r.file === `${name}.zst` ||
+        r.file === `${name}.zst.age` ||
+        r.file === `${name}.gz` ||
+        r.file === `${name}.gz.age`) &&
+      r.file.endsWith(".age") === Boolean(r.encryption) &&
+      Number.isInteger(r.segmentBytes) &&
+      r.segmentBytes >= 1 << 20 &&
+      r.segmentBytes <= 1 << 30 &&
+      !Number.isNaN(Date.parse(r.receivedAt));
     const what = ok ? walKind(name, r.segmentBytes) : null;
     return what && what.kind === r.kind && what.timeline === r.timeline ? r : null;
   } catch {
@@ -92,7 +125,11 @@ export async function archiveWalFile(
 ): Promise<{ record: WalRecord; written: boolean }> {
   const name = basename(source);
   const what = walKind(name, options.segmentBytes);
-  if (!what) throw new ShinkeiError("WAL_ARCHIVE_FAILED", `${name} is not a WAL segment, partial segment or timeline history file name`);
+  if (!what)
+    throw new ShinkeiError(
+      "WAL_ARCHIVE_FAILED",
+      `${name} is not a WAL segment, partial segment or timeline history file name`,
+    );
   const dir = join(root, timelineDir(what.timeline));
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await stat(source);
@@ -100,9 +137,13 @@ export async function archiveWalFile(
   if (existing) {
     const again = await sha256Of(source);
     if (again === existing.originalSha256) return { record: existing, written: false };
-    throw new ShinkeiError("WAL_ARCHIVE_FAILED", `${name} is already archived with different content; the archived copy is kept`, {
-      hint: `Two servers may be streaming into one BACKUP_DIR. Compare ${source} with ${join(dir, existing.file)}.`,
-    });
+    throw new ShinkeiError(
+      "WAL_ARCHIVE_FAILED",
+      `${name} is already archived with different content; the archived copy is kept`,
+      {
+        hint: `Two servers may be streaming into one BACKUP_DIR. Compare ${source} with ${join(dir, existing.file)}.`,
+      },
+    );
   }
   const encryption = encryptionFor(options.age);
   const file = `${name}.zst${encryption ? ".age" : ""}`;
@@ -110,30 +151,41 @@ export async function archiveWalFile(
   const partial = `${target}.partial`;
   await rm(partial, { force: true });
   try {
-    const sealed = await sealTo(createReadStream(source), partial, { codec: "zstd", age: encryption ? options.age : undefined, plainHash: true });
+    const sealed = await sealTo(createReadStream(source), partial, {
+      codec: "zstd",
+      age: encryption ? options.age : undefined,
+      plainHash: true,
+    });
     await rename(partial, target);
     await fsyncDir(dir);
-    const record: WalRecord = signWalRecord({
-      walRecordVersion: 1,
-      name,
-      kind: what.kind,
-      timeline: what.timeline,
-      file,
-      sizeBytes: sealed.sizeBytes,
-      sha256: sealed.sha256,
-      originalBytes: sealed.bytesIn,
-      originalSha256: sealed.plainSha256!,
-      segmentBytes: options.segmentBytes,
-      encryption,
-      receivedAt: info.mtime.toISOString(),
-      archivedAt: new Date().toISOString(),
-    }, options.age?.manifestKey);
+    const record: WalRecord = signWalRecord(
+      {
+        walRecordVersion: 1,
+        name,
+        kind: what.kind,
+        timeline: what.timeline,
+        file,
+        sizeBytes: sealed.sizeBytes,
+        sha256: sealed.sha256,
+        originalBytes: sealed.bytesIn,
+        originalSha256: sealed.plainSha256!,
+        segmentBytes: options.segmentBytes,
+        encryption,
+        receivedAt: info.mtime.toISOString(),
+        archivedAt: new Date().toISOString(),
+      },
+      options.age?.manifestKey,
+    );
     await writeRecord(root, record);
     return { record, written: true };
   } catch (e) {
     await rm(partial, { force: true });
     const err = e as NodeJS.ErrnoException;
-    throw new ShinkeiError("WAL_ARCHIVE_FAILED", `archiving ${name} failed: ${err.code === "ENOSPC" ? "the disk is full" : err.message}`, { cause: e });
+    throw new ShinkeiError(
+      "WAL_ARCHIVE_FAILED",
+      `archiving ${name} failed: ${err.code === "ENOSPC" ? "the disk is full" : err.message}`,
+      { cause: e },
+    );
   }
 }
 
@@ -152,7 +204,12 @@ export async function writeRecord(root: string, record: WalRecord): Promise<void
  * leaves out names the caller already knows, without reading their records. With `trust`, a
  * record this host may not use is left out and named in `untrusted`.
  */
-export async function listArchive(root: string, skip?: Set<string>, trust?: ArchiveTrust, untrusted?: Untrusted[]): Promise<WalRecord[]> {
+export async function listArchive(
+  root: string,
+  skip?: Set<string>,
+  trust?: ArchiveTrust,
+  untrusted?: Untrusted[],
+): Promise<WalRecord[]> {
   const out: WalRecord[] = [];
   for (const tl of (await readdir(root).catch(() => [] as string[])).filter((d) => TIMELINE_DIR.test(d)).sort()) {
     const dir = join(root, tl);

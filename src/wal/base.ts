@@ -55,15 +55,37 @@ export type BaseManifest = {
 
 /** What a base manifest's signature covers: the files, their checksums, the WAL range and times a restore relies on. */
 const baseManifestParts = (m: BaseManifest): unknown[] => [
-  "base", m.file, m.backupManifestFile, m.timeline, m.startLsn, m.stopLsn, m.startSegment, m.stopSegment, m.segmentBytes,
-  m.format, m.encryption ?? null, m.sizeBytes, m.sha256, m.originalBytes, m.backupManifestSha256, m.startedAt, m.finishedAt, m.serverVersion,
+  "base",
+  m.file,
+  m.backupManifestFile,
+  m.timeline,
+  m.startLsn,
+  m.stopLsn,
+  m.startSegment,
+  m.stopSegment,
+  m.segmentBytes,
+  m.format,
+  m.encryption ?? null,
+  m.sizeBytes,
+  m.sha256,
+  m.originalBytes,
+  m.backupManifestSha256,
+  m.startedAt,
+  m.finishedAt,
+  m.serverVersion,
 ];
 
-export const signBaseManifest = (m: BaseManifest, key: string | undefined): BaseManifest => (key ? { ...m, signature: signParts(baseManifestParts(m), key) } : m);
+export const signBaseManifest = (m: BaseManifest, key: string | undefined): BaseManifest =>
+  key ? { ...m, signature: signParts(baseManifestParts(m), key) } : m;
 
 /** Why this host may not use the base backup (unsigned, mis-signed, plain where it encrypts), or null. */
 export const baseManifestProblem = (m: BaseManifest, trust: ArchiveTrust): string | null =>
-  trustProblem(`base backup ${m.file}`, { signature: m.signature, encrypted: Boolean(m.encryption) }, baseManifestParts(m), trust);
+  trustProblem(
+    `base backup ${m.file}`,
+    { signature: m.signature, encrypted: Boolean(m.encryption) },
+    baseManifestParts(m),
+    trust,
+  );
 
 export const baseDir = (backupDir: string) => join(backupDir, "base");
 const NAME = /^shinkei_base_(\d{8})_(\d{6})(?:_(\d{1,3}))?\.tar\.(?:gz|zst)(\.age)?$/;
@@ -86,7 +108,8 @@ function walRange(manifest: Buffer): WalRange {
   }
   const ranges = parsed["WAL-Ranges"];
   const r = Array.isArray(ranges) ? ranges.at(-1) : undefined;
-  if (!r || !Number.isInteger(r.Timeline)) throw new ShinkeiError("BACKUP_FAILED", "pg_basebackup's backup_manifest names no WAL range");
+  if (!r || !Number.isInteger(r.Timeline))
+    throw new ShinkeiError("BACKUP_FAILED", "pg_basebackup's backup_manifest names no WAL range");
   parseLsn(r["Start-LSN"]);
   parseLsn(r["End-LSN"]);
   return r;
@@ -108,11 +131,17 @@ export async function createBaseBackup(options: {
   const { sql, url } = options;
   const started = new Date();
   const info = await serverInfo(sql);
-  const [extra] = await sql<{ n: number }[]>`select count(*)::int as n from pg_tablespace where spcname not in ('pg_default', 'pg_global')`;
+  const [extra] = await sql<
+    { n: number }[]
+  >`select count(*)::int as n from pg_tablespace where spcname not in ('pg_default', 'pg_global')`;
   if (extra!.n > 0) {
-    throw new ShinkeiError("UNSUPPORTED_LAYOUT", `the server has ${extra!.n} extra tablespace(s); pg_basebackup can stream only a single-tablespace cluster to stdout`, {
-      hint: "Keep the app's data in the default tablespace, or back up with pg_basebackup -D <folder> yourself.",
-    });
+    throw new ShinkeiError(
+      "UNSUPPORTED_LAYOUT",
+      `the server has ${extra!.n} extra tablespace(s); pg_basebackup can stream only a single-tablespace cluster to stdout`,
+      {
+        hint: "Keep the app's data in the default tablespace, or back up with pg_basebackup -D <folder> yourself.",
+      },
+    );
   }
   const [server] = await sql<{ text: string }[]>`select current_setting('server_version') as text`;
   const tool = await findTool("pg_basebackup", info.major);
@@ -130,7 +159,17 @@ export async function createBaseBackup(options: {
   const env: Record<string, string | undefined> = { ...toolEnv(url), PGAPPNAME: "shinkei_base_backup" };
   delete env.PGDATABASE;
   const proc = Bun.spawn(
-    [tool.path, "-D", "-", "-Ft", "-X", "none", "--no-password", `--checkpoint=${options.fast ? "fast" : "spread"}`, `--label=shinkei ${name}`],
+    [
+      tool.path,
+      "-D",
+      "-",
+      "-Ft",
+      "-X",
+      "none",
+      "--no-password",
+      `--checkpoint=${options.fast ? "fast" : "spread"}`,
+      `--label=shinkei ${name}`,
+    ],
     { env, stdin: "ignore", stdout: "pipe", stderr: "pipe" },
   );
   const exit = finished(proc);
@@ -140,12 +179,20 @@ export async function createBaseBackup(options: {
   try {
     const source = Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream);
     const sealing = sealTo(tap.transform, partial, sealOptions);
-    await Promise.all([pipeline(source, tap.transform).catch((e) => (tap.transform.destroy(e), Promise.reject(e))), sealing]);
+    await Promise.all([
+      pipeline(source, tap.transform).catch((e) => (tap.transform.destroy(e), Promise.reject(e))),
+      sealing,
+    ]);
     const sealed = await sealing;
     const { code, stderr } = await exit;
-    if (code !== 0) throw new ShinkeiError("BACKUP_FAILED", `pg_basebackup failed (exit ${code}): ${stderr || "no message"}`);
+    if (code !== 0)
+      throw new ShinkeiError("BACKUP_FAILED", `pg_basebackup failed (exit ${code}): ${stderr || "no message"}`);
     const backupManifest = tap.captured();
-    if (!backupManifest) throw new ShinkeiError("BACKUP_FAILED", "pg_basebackup's output held no backup_manifest (is it older than PostgreSQL 13?)");
+    if (!backupManifest)
+      throw new ShinkeiError(
+        "BACKUP_FAILED",
+        "pg_basebackup's output held no backup_manifest (is it older than PostgreSQL 13?)",
+      );
     const range = walRange(backupManifest);
 
     manifestFile = `${name.replace(/\.tar\.zst(\.age)?$/, "")}.backup_manifest.zst${encryption ? ".age" : ""}`;
@@ -158,32 +205,39 @@ export async function createBaseBackup(options: {
     const t = describeTarget(url);
     const start = parseLsn(range["Start-LSN"]);
     const stop = parseLsn(range["End-LSN"]);
-    const manifest: BaseManifest = signBaseManifest({
-      baseManifestVersion: 1,
-      file: name,
-      backupManifestFile: manifestFile,
-      startedAt: started.toISOString(),
-      finishedAt: new Date().toISOString(),
-      timeline: range.Timeline,
-      startLsn: range["Start-LSN"],
-      stopLsn: range["End-LSN"],
-      startSegment: segmentName(range.Timeline, segnoOf(start, info.segmentBytes), info.segmentBytes),
-      // The stop position is the end of the last record: the segment holding its last byte.
-      stopSegment: segmentName(range.Timeline, segnoOf(stop > start ? stop - 1n : stop, info.segmentBytes), info.segmentBytes),
-      segmentBytes: info.segmentBytes,
-      host: t.host,
-      port: t.port,
-      serverVersion: server!.text,
-      pgBasebackupVersion: tool.version,
-      format: encryption ? "tar+gzip+age" : "tar+gzip",
-      encryption,
-      sizeBytes: sealed.sizeBytes,
-      sha256: sealed.sha256,
-      originalBytes: sealed.bytesIn,
-      backupManifestSha256: mSealed.sha256,
-      reason: options.reason,
-      durationMs: Date.now() - started.getTime(),
-    }, options.age?.manifestKey);
+    const manifest: BaseManifest = signBaseManifest(
+      {
+        baseManifestVersion: 1,
+        file: name,
+        backupManifestFile: manifestFile,
+        startedAt: started.toISOString(),
+        finishedAt: new Date().toISOString(),
+        timeline: range.Timeline,
+        startLsn: range["Start-LSN"],
+        stopLsn: range["End-LSN"],
+        startSegment: segmentName(range.Timeline, segnoOf(start, info.segmentBytes), info.segmentBytes),
+        // The stop position is the end of the last record: the segment holding its last byte.
+        stopSegment: segmentName(
+          range.Timeline,
+          segnoOf(stop > start ? stop - 1n : stop, info.segmentBytes),
+          info.segmentBytes,
+        ),
+        segmentBytes: info.segmentBytes,
+        host: t.host,
+        port: t.port,
+        serverVersion: server!.text,
+        pgBasebackupVersion: tool.version,
+        format: encryption ? "tar+gzip+age" : "tar+gzip",
+        encryption,
+        sizeBytes: sealed.sizeBytes,
+        sha256: sealed.sha256,
+        originalBytes: sealed.bytesIn,
+        backupManifestSha256: mSealed.sha256,
+        reason: options.reason,
+        durationMs: Date.now() - started.getTime(),
+      },
+      options.age?.manifestKey,
+    );
     await writeBaseManifest(path, manifest);
     return { path, manifest };
   } catch (error) {
@@ -192,7 +246,11 @@ export async function createBaseBackup(options: {
     if (manifestFile) await rm(join(dir, `${manifestFile}.partial`), { force: true });
     if (error instanceof ShinkeiError) throw error;
     const e = error as NodeJS.ErrnoException;
-    throw new ShinkeiError("BACKUP_FAILED", `writing the base backup failed: ${e.code === "ENOSPC" ? "the disk is full" : e.message}`, { cause: error });
+    throw new ShinkeiError(
+      "BACKUP_FAILED",
+      `writing the base backup failed: ${e.code === "ENOSPC" ? "the disk is full" : e.message}`,
+      { cause: error },
+    );
   }
 }
 
@@ -206,21 +264,36 @@ export type BaseBackup = { name: string; path: string; sizeBytes: number; manife
  * Complete base backups (file and manifest agree on the size), oldest first. With `trust`, one
  * this host may not use is left out and named in `untrusted`.
  */
-export async function listBaseBackups(backupDir: string, trust?: ArchiveTrust, untrusted?: Untrusted[]): Promise<BaseBackup[]> {
+export async function listBaseBackups(
+  backupDir: string,
+  trust?: ArchiveTrust,
+  untrusted?: Untrusted[],
+): Promise<BaseBackup[]> {
   const dir = baseDir(backupDir);
   const out: BaseBackup[] = [];
   for (const name of (await readdir(dir).catch(() => [] as string[])).filter(isBaseName).sort()) {
     const path = join(dir, name);
-    const manifest = await Bun.file(path + BASE_MANIFEST_SUFFIX).json().catch(() => null) as BaseManifest | null;
+    const manifest = (await Bun.file(path + BASE_MANIFEST_SUFFIX)
+      .json()
+      .catch(() => null)) as BaseManifest | null;
     const size = Bun.file(path).size;
-    if (!manifest || manifest.baseManifestVersion !== 1 || manifest.file !== name || manifest.sizeBytes !== size) continue;
+    if (!manifest || manifest.baseManifestVersion !== 1 || manifest.file !== name || manifest.sizeBytes !== size)
+      continue;
     // A manifest may have been edited or damaged: everything later arithmetic relies on is checked here.
     const seg = manifest.segmentBytes;
-    const sane = Number.isInteger(seg) && seg >= 1 << 20 && seg <= 1 << 30 && (seg & (seg - 1)) === 0
-      && Number.isInteger(manifest.timeline) && manifest.timeline > 0
-      && parseSegment(manifest.startSegment, seg)?.timeline === manifest.timeline && parseSegment(manifest.stopSegment, seg)?.timeline === manifest.timeline
-      && !Number.isNaN(Date.parse(manifest.startedAt)) && !Number.isNaN(Date.parse(manifest.finishedAt))
-      && typeof manifest.backupManifestFile === "string" && !manifest.backupManifestFile.includes("/");
+    const sane =
+      Number.isInteger(seg) &&
+      seg >= 1 << 20 &&
+      seg <= 1 << 30 &&
+      (seg & (seg - 1)) === 0 &&
+      Number.isInteger(manifest.timeline) &&
+      manifest.timeline > 0 &&
+      parseSegment(manifest.startSegment, seg)?.timeline === manifest.timeline &&
+      parseSegment(manifest.stopSegment, seg)?.timeline === manifest.timeline &&
+      !Number.isNaN(Date.parse(manifest.startedAt)) &&
+      !Number.isNaN(Date.parse(manifest.finishedAt)) &&
+      typeof manifest.backupManifestFile === "string" &&
+      !manifest.backupManifestFile.includes("/");
     if (!sane) continue;
     try {
       parseLsn(manifest.startLsn);

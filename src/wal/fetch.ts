@@ -32,17 +32,27 @@ function timelineOf(name: string): number | null {
  * the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
  * never existed, such as the next timeline's history.
  */
-export async function fetchWal(config: Config, name: string, target: string, store?: BackupStore, options: FetchOptions = {}): Promise<{ from: "local" | "offsite" | "receiving"; record: WalRecord | null }> {
+export async function fetchWal(
+  config: Config,
+  name: string,
+  target: string,
+  store?: BackupStore,
+  options: FetchOptions = {},
+): Promise<{ from: "local" | "offsite" | "receiving"; record: WalRecord | null }> {
   const timeline = timelineOf(name);
-  if (timeline === null || name.endsWith(".partial")) throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
+  if (timeline === null || name.endsWith(".partial"))
+    throw new ShinkeiError("USAGE", `"${name.slice(0, 64)}" is not a WAL segment or timeline history file name`);
   // A segment the receiver has just finished waits in the spool until the archiver seals it: the
   // end of the archive as much as a partial is. (The archiver may take it meanwhile: then its record.)
   if (isSegmentName(name) && !(await readRecord(recordPath(walRoot(config.backupDir), timeline, name)))) {
     // Only "not there" falls through: a full disk or a read error must not read as the archive's end.
-    const copied = await copyWhole(join(spoolDir(config.backupDir), name), target, options).then(() => true, (e: NodeJS.ErrnoException) => {
-      if (e.code === "ENOENT") return false;
-      throw e;
-    });
+    const copied = await copyWhole(join(spoolDir(config.backupDir), name), target, options).then(
+      () => true,
+      (e: NodeJS.ErrnoException) => {
+        if (e.code === "ENOENT") return false;
+        throw e;
+      },
+    );
     if (copied) return { from: "receiving", record: null };
   }
   try {
@@ -86,7 +96,14 @@ function refuseUntrusted(config: Config, record: WalRecord, options: FetchOption
   }
 }
 
-async function fetchRecorded(config: Config, name: string, timeline: number, target: string, store: BackupStore | undefined, options: FetchOptions): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
+async function fetchRecorded(
+  config: Config,
+  name: string,
+  timeline: number,
+  target: string,
+  store: BackupStore | undefined,
+  options: FetchOptions,
+): Promise<{ from: "local" | "offsite"; record: WalRecord }> {
   const dir = join(walRoot(config.backupDir), timelineDir(timeline));
   let record = await readRecord(join(dir, `${name}.json`), name);
   let stored = record ? join(dir, record.file) : "";
@@ -115,12 +132,20 @@ async function fetchRecorded(config: Config, name: string, timeline: number, tar
       from = "offsite";
     } else refuseUntrusted(config, record, options, "");
     const sha = await sha256File(stored);
-    if (sha !== record.sha256) throw new ShinkeiError("BACKUP_CORRUPT", `${record.file} does not match its record (SHA-256 ${sha.slice(0, 12)}…, expected ${record.sha256.slice(0, 12)}…)`);
+    if (sha !== record.sha256)
+      throw new ShinkeiError(
+        "BACKUP_CORRUPT",
+        `${record.file} does not match its record (SHA-256 ${sha.slice(0, 12)}…, expected ${record.sha256.slice(0, 12)}…)`,
+      );
 
     const partial = `${target}.partial`;
     temps.push(partial);
     const plain = new Bun.CryptoHasher("sha256");
-    const source = await unsealFrom(stored, { encryption: record.encryption, age: config.backup.age, name: record.file });
+    const source = await unsealFrom(stored, {
+      encryption: record.encryption,
+      age: config.backup.age,
+      name: record.file,
+    });
     const file = await open(partial, "w", 0o600);
     try {
       await pipeline(source, async (chunks: AsyncIterable<Buffer>) => {
@@ -133,7 +158,8 @@ async function fetchRecorded(config: Config, name: string, timeline: number, tar
     } finally {
       await file.close();
     }
-    if (plain.digest("hex") !== record.originalSha256) throw new ShinkeiError("BACKUP_CORRUPT", `${name} decompressed to something other than what was archived`);
+    if (plain.digest("hex") !== record.originalSha256)
+      throw new ShinkeiError("BACKUP_CORRUPT", `${name} decompressed to something other than what was archived`);
     await rename(partial, target);
     if (options.durable !== false) await fsyncDir(dirname(target));
     return { from, record };

@@ -9,7 +9,10 @@ export type Gap = { timeline: number; from: string; to: string; segments: number
  */
 export function findGaps(records: WalRecord[], segmentBytes: number, extra: string[] = []): Gap[] {
   const byTimeline = new Map<number, bigint[]>();
-  const names = records.filter((r) => r.kind === "segment").map((r) => r.name).concat(extra);
+  const names = records
+    .filter((r) => r.kind === "segment")
+    .map((r) => r.name)
+    .concat(extra);
   for (const n of names) {
     const s = parseSegment(n, segmentBytes);
     if (!s) continue;
@@ -22,7 +25,12 @@ export function findGaps(records: WalRecord[], segmentBytes: number, extra: stri
       const prev = sorted[i - 1]!;
       const next = sorted[i]!;
       if (next !== prev + 1n) {
-        gaps.push({ timeline, from: segmentName(timeline, prev + 1n, segmentBytes), to: segmentName(timeline, next - 1n, segmentBytes), segments: Number(next - prev - 1n) });
+        gaps.push({
+          timeline,
+          from: segmentName(timeline, prev + 1n, segmentBytes),
+          to: segmentName(timeline, next - 1n, segmentBytes),
+          segments: Number(next - prev - 1n),
+        });
       }
     }
   }

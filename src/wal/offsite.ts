@@ -20,7 +20,8 @@ import { startPoller } from "../service/poller.ts";
  * (segment names carry their timeline). Only names of these shapes are listed or deleted there.
  */
 const WAL_OBJECT = /^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?:\.(?:gz|zst)(?:\.age)?|\.json)$/;
-const BASE_OBJECT = /^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?(?:\.tar\.(?:gz|zst)(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.(?:gz|zst)(?:\.age)?)$/;
+const BASE_OBJECT =
+  /^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?(?:\.tar\.(?:gz|zst)(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.(?:gz|zst)(?:\.age)?)$/;
 
 export const walNaming: StoreNaming = {
   isOurs: (name) => WAL_OBJECT.test(name) || BASE_OBJECT.test(name),
@@ -52,7 +53,8 @@ export async function mirrorWalRecord(store: BackupStore, root: string, record: 
   });
   // A segment now complete off-site makes the copy of its partial redundant.
   if (record.kind === "segment") {
-    for (const ext of ["zst", "gz"]) await store.remove(`${record.name}.partial.${ext}${record.encryption ? ".age" : ""}`).catch(() => {});
+    for (const ext of ["zst", "gz"])
+      await store.remove(`${record.name}.partial.${ext}${record.encryption ? ".age" : ""}`).catch(() => {});
   }
 }
 
@@ -60,7 +62,10 @@ export async function mirrorWalRecord(store: BackupStore, root: string, record: 
 export async function mirrorBase(store: BackupStore, backupDir: string, base: BaseBackup): Promise<void> {
   const dir = baseDir(backupDir);
   await mirror(store, {
-    files: [{ name: base.name, path: base.path }, { name: base.manifest.backupManifestFile, path: join(dir, base.manifest.backupManifestFile) }],
+    files: [
+      { name: base.name, path: base.path },
+      { name: base.manifest.backupManifestFile, path: join(dir, base.manifest.backupManifestFile) },
+    ],
     record: base.manifest,
     writeRecord: (m) => writeBaseManifest(base.path, m),
     recordObject: { name: base.name + BASE_MANIFEST_SUFFIX, path: base.path + BASE_MANIFEST_SUFFIX },
@@ -75,7 +80,13 @@ export type WalUploader = { stop(): Promise<void>; pass(): Promise<void> };
  * first (so a pass after an outage catches up), and the segment being received, sealed like the
  * rest, at least every `partialUploadIntervalMs` while it changes.
  */
-export function startWalUploader(deps: { store: BackupStore; config: Config; log: Log; segmentBytes: number; everyMs?: number }): WalUploader {
+export function startWalUploader(deps: {
+  store: BackupStore;
+  config: Config;
+  log: Log;
+  segmentBytes: number;
+  everyMs?: number;
+}): WalUploader {
   const { store, config, log } = deps;
   const root = walRoot(config.backupDir);
   const spool = spoolDir(config.backupDir);
@@ -83,11 +94,23 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
   let failing = false;
   let lastPartial = { name: "", mtimeMs: 0, at: 0 };
   let chain: Promise<void> = readdir(root)
-    .then((names) => Promise.all(names.filter((n) => n.startsWith(".upload-")).map((n) => rm(join(root, n), { force: true }))))
-    .then(() => {}, () => {}); // sealed copies of the partial left by a crash
+    .then((names) =>
+      Promise.all(names.filter((n) => n.startsWith(".upload-")).map((n) => rm(join(root, n), { force: true }))),
+    )
+    .then(
+      () => {},
+      () => {},
+    ); // sealed copies of the partial left by a crash
 
   const fail = (what: string, e: unknown) => {
-    if (!failing) log({ level: "error", msg: "wal off-site copy failed; retrying", location: store.location, file: what, error: (e as Error).message });
+    if (!failing)
+      log({
+        level: "error",
+        msg: "wal off-site copy failed; retrying",
+        location: store.location,
+        file: what,
+        error: (e as Error).message,
+      });
     failing = true;
   };
 
@@ -122,7 +145,9 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
   }
 
   async function copyPartial(): Promise<boolean> {
-    const names = (await readdir(spool).catch(() => [] as string[])).filter((n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), deps.segmentBytes));
+    const names = (await readdir(spool).catch(() => [] as string[])).filter(
+      (n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), deps.segmentBytes),
+    );
     const name = names.sort().at(-1);
     if (!name) return true;
     const s = await stat(join(spool, name)).catch(() => null);
@@ -134,18 +159,41 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
     const tmp = join(root, `.upload-${file}`);
     try {
       await rm(tmp, { force: true });
-      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, { codec: "zstd", age: encryption ? config.backup.age : undefined, plainHash: true });
+      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, {
+        codec: "zstd",
+        age: encryption ? config.backup.age : undefined,
+        plainHash: true,
+      });
       await store.put(file, tmp);
-      const record: WalRecord = signWalRecord({
-        walRecordVersion: 1, name, kind: "partial", timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline, file,
-        sizeBytes: sealed.sizeBytes, sha256: sealed.sha256, originalBytes: sealed.bytesIn, originalSha256: sealed.plainSha256!,
-        segmentBytes: deps.segmentBytes, encryption, receivedAt: s.mtime.toISOString(), archivedAt: new Date().toISOString(),
-      }, config.backup.age?.manifestKey);
+      const record: WalRecord = signWalRecord(
+        {
+          walRecordVersion: 1,
+          name,
+          kind: "partial",
+          timeline: parseSegment(name.slice(0, -8), deps.segmentBytes)!.timeline,
+          file,
+          sizeBytes: sealed.sizeBytes,
+          sha256: sealed.sha256,
+          originalBytes: sealed.bytesIn,
+          originalSha256: sealed.plainSha256!,
+          segmentBytes: deps.segmentBytes,
+          encryption,
+          receivedAt: s.mtime.toISOString(),
+          archivedAt: new Date().toISOString(),
+        },
+        config.backup.age?.manifestKey,
+      );
       await writeFileAtomic(`${tmp}.json`, JSON.stringify(record, null, 2) + "\n");
       await store.put(`${name}.json`, `${tmp}.json`);
       lastPartial = { name, mtimeMs: s.mtimeMs, at: Date.now() };
       // What the off-site copy covers up to, for pitr status (the partial's record lives only there).
-      await writeFileAtomic(offsiteStatePath(config.backupDir), JSON.stringify({ location: store.location, partial: { name, receivedAt: record.receivedAt, copiedAt: new Date().toISOString() } }) + "\n");
+      await writeFileAtomic(
+        offsiteStatePath(config.backupDir),
+        JSON.stringify({
+          location: store.location,
+          partial: { name, receivedAt: record.receivedAt, copiedAt: new Date().toISOString() },
+        }) + "\n",
+      );
       return true;
     } catch (e) {
       fail(name, e);
@@ -157,11 +205,13 @@ export function startWalUploader(deps: { store: BackupStore; config: Config; log
   }
 
   const pass = () =>
-    (chain = chain.then(async () => {
-      const ok = (await copyArchive()) && (await copyPartial());
-      if (ok && failing) log({ level: "info", msg: "wal off-site copy caught up", location: store.location });
-      if (ok) failing = false;
-    }).catch((e) => fail("pass", e)));
+    (chain = chain
+      .then(async () => {
+        const ok = (await copyArchive()) && (await copyPartial());
+        if (ok && failing) log({ level: "info", msg: "wal off-site copy caught up", location: store.location });
+        if (ok) failing = false;
+      })
+      .catch((e) => fail("pass", e)));
 
   // A slow store (an outage with timeouts) must not queue pass after pass: the poller skips a tick instead.
   const poller = startPoller(pass, deps.everyMs ?? Math.min(5000, config.wal.partialUploadIntervalMs));

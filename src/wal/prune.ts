@@ -49,7 +49,10 @@ function keepFromOf(kept: BaseManifest[]): { keepFrom: bigint | null; why: strin
   if (kept.length === 0) return { keepFrom: null, why: "no base backup: all WAL is kept" };
   const starts = kept.map((m) => ({ m, segno: parseSegment(m.startSegment, m.segmentBytes)!.segno }));
   const oldest = starts.reduce((a, b) => (b.segno < a.segno ? b : a));
-  return { keepFrom: oldest.segno, why: `the oldest kept base backup ${oldest.m.file} starts in ${oldest.m.startSegment}` };
+  return {
+    keepFrom: oldest.segno,
+    why: `the oldest kept base backup ${oldest.m.file} starts in ${oldest.m.startSegment}`,
+  };
 }
 
 /**
@@ -57,12 +60,20 @@ function keepFromOf(kept: BaseManifest[]): { keepFrom: bigint | null; why: strin
  * one not yet copied off-site), then the WAL no kept base backup needs. WAL not yet copied
  * off-site stays too.
  */
-export async function pruneWalLocal(config: Config, options: { dryRun: boolean; offsite?: BackupStore }): Promise<WalPruneReport> {
+export async function pruneWalLocal(
+  config: Config,
+  options: { dryRun: boolean; offsite?: BackupStore },
+): Promise<WalPruneReport> {
   // Only our own base backups count: a planted one, posing as the newest, would let every real one go.
   const bases = await listBaseBackups(config.backupDir, retentionTrust(config.backup));
   const kind = options.offsite?.kind;
   const decisions = planRetention(
-    bases.map((b) => ({ name: b.name, good: true, mirrored: kind ? Boolean(b.manifest.offsite?.[kind]) : true, takenAt: new Date(b.manifest.startedAt) })),
+    bases.map((b) => ({
+      name: b.name,
+      good: true,
+      mirrored: kind ? Boolean(b.manifest.offsite?.[kind]) : true,
+      takenAt: new Date(b.manifest.startedAt),
+    })),
     config.backup,
     new Date(),
     options.offsite !== undefined,
@@ -75,7 +86,12 @@ export async function pruneWalLocal(config: Config, options: { dryRun: boolean; 
   const removed: string[] = [];
   if (!options.dryRun) {
     for (const b of bases.filter((b) => !keep.has(b.name))) {
-      for (const f of [b.path + BASE_MANIFEST_SUFFIX, b.path, join(baseDir(config.backupDir), b.manifest.backupManifestFile)]) await rm(f, { force: true });
+      for (const f of [
+        b.path + BASE_MANIFEST_SUFFIX,
+        b.path,
+        join(baseDir(config.backupDir), b.manifest.backupManifestFile),
+      ])
+        await rm(f, { force: true });
       removed.push(b.name);
     }
     for (const h of old) {
@@ -86,23 +102,42 @@ export async function pruneWalLocal(config: Config, options: { dryRun: boolean; 
       removed.push(r.name);
     }
   }
-  return { location: `${root} and ${baseDir(config.backupDir)}`, bases: decisions, wal: range(old), walWhy: why, removed };
+  return {
+    location: `${root} and ${baseDir(config.backupDir)}`,
+    bases: decisions,
+    wal: range(old),
+    walWhy: why,
+    removed,
+  };
 }
 
 /**
  * Off-site retention (S3_KEEP_DAYS): base backups by their manifests there, then WAL older than
  * the oldest base backup kept there. Only our names under `wal/` are ever listed.
  */
-export async function pruneWalStore(store: BackupStore, keepDays: number, policy: Config["backup"], dryRun: boolean): Promise<WalPruneReport> {
+export async function pruneWalStore(
+  store: BackupStore,
+  keepDays: number,
+  policy: Config["backup"],
+  dryRun: boolean,
+): Promise<WalPruneReport> {
   const objects = await store.list();
   const names = new Set(objects.map((o) => o.name));
   const manifests: BaseManifest[] = [];
   const tmp = join(tmpdir(), `shinkei-prune-${crypto.randomUUID()}.json`);
-  for (const o of objects.filter((o) => /^shinkei_base_.*\.tar\.(gz|zst)(\.age)?$/.test(o.name) && names.has(o.name + BASE_MANIFEST_SUFFIX))) {
+  for (const o of objects.filter(
+    (o) => /^shinkei_base_.*\.tar\.(gz|zst)(\.age)?$/.test(o.name) && names.has(o.name + BASE_MANIFEST_SUFFIX),
+  )) {
     try {
       await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp);
       const m = (await Bun.file(tmp).json()) as BaseManifest;
-      if (m.file === o.name && parseSegment(m.startSegment, m.segmentBytes ?? DEFAULT_SEGMENT_BYTES) && !Number.isNaN(Date.parse(m.startedAt)) && !baseManifestProblem(m, retentionTrust(policy))) manifests.push(m);
+      if (
+        m.file === o.name &&
+        parseSegment(m.startSegment, m.segmentBytes ?? DEFAULT_SEGMENT_BYTES) &&
+        !Number.isNaN(Date.parse(m.startedAt)) &&
+        !baseManifestProblem(m, retentionTrust(policy))
+      )
+        manifests.push(m);
     } catch {
       // unreadable: the backup counts as not good below, and so anchors nothing
     } finally {
@@ -118,7 +153,9 @@ export async function pruneWalStore(store: BackupStore, keepDays: number, policy
   const keep = new Set(decisions.filter((d) => d.keep).map((d) => d.name));
   const { keepFrom, why } = keepFromOf(manifests.filter((m) => keep.has(m.file)));
   const segmentBytes = manifests[0]?.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  const walData = objects.filter((o) => /^[0-9A-F]{24}(\.partial)?\.(gz|zst)(\.age)?$/.test(o.name)).map((o) => ({ name: o.name.replace(/\.(gz|zst)(\.age)?$/, ""), object: o.name, segmentBytes }));
+  const walData = objects
+    .filter((o) => /^[0-9A-F]{24}(\.partial)?\.(gz|zst)(\.age)?$/.test(o.name))
+    .map((o) => ({ name: o.name.replace(/\.(gz|zst)(\.age)?$/, ""), object: o.name, segmentBytes }));
   const old = below(walData, keepFrom);
   const removed: string[] = [];
   if (!dryRun) {

@@ -58,17 +58,36 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
 
   // pdeathsig: a receiver outliving a killed service would hold the slot and write where nobody archives.
   const setpriv = Bun.which("setpriv");
-  const args = [...(setpriv ? [setpriv, "--pdeathsig", "INT", "--"] : []), o.tool.path, "-D", o.spool, "--no-loop", "--no-password", "--verbose", "--status-interval=1"];
+  const args = [
+    ...(setpriv ? [setpriv, "--pdeathsig", "INT", "--"] : []),
+    o.tool.path,
+    "-D",
+    o.spool,
+    "--no-loop",
+    "--no-password",
+    "--verbose",
+    "--status-interval=1",
+  ];
   if (o.slot) args.push("--slot", o.slot);
   if (o.synchronous) args.push("--synchronous");
 
   const loop = (async () => {
     let wait = min;
     while (!stopped) {
-      await o.beforeStart?.().catch((e: Error) => o.log({ level: "error", msg: "wal spool repair failed", error: e.message }));
+      await o
+        .beforeStart?.()
+        .catch((e: Error) => o.log({ level: "error", msg: "wal spool repair failed", error: e.message }));
       const started = Date.now();
       proc = Bun.spawn(args, { env, stdin: "ignore", stdout: "ignore", stderr: "pipe" });
-      o.log({ level: "info", msg: "wal receiver started", pid: proc.pid, slot: o.slot ?? null, synchronous: o.synchronous, tool: o.tool.path, version: o.tool.version });
+      o.log({
+        level: "info",
+        msg: "wal receiver started",
+        pid: proc.pid,
+        slot: o.slot ?? null,
+        synchronous: o.synchronous,
+        tool: o.tool.path,
+        version: o.tool.version,
+      });
       const tail: string[] = [];
       const lines = forwardLines(proc.stderr, o.log, tail, (text) => {
         const m = /^starting log streaming at ([0-9A-F]+\/[0-9A-F]+) \(timeline (\d+)\)/.exec(text);
@@ -85,7 +104,9 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
       // A stream that ran a while and then dropped is a fresh failure, not a repeat of the last one.
       if (Date.now() - started > 60_000) wait = min;
       o.log({ level: "error", msg: "wal receiver exited; restarting", code, signal, restartInMs: wait });
-      await o.onExit?.(tail).catch((e: Error) => o.log({ level: "error", msg: "wal receiver recovery step failed", error: e.message }));
+      await o
+        .onExit?.(tail)
+        .catch((e: Error) => o.log({ level: "error", msg: "wal receiver recovery step failed", error: e.message }));
       if (o.space && (tail.some((l) => NO_SPACE.test(l)) || (await o.space.free()) < o.space.needBytes)) {
         // The padding a full disk cut short takes space of its own: gone first, it may be all that was missing.
         await o.beforeStart?.().catch(() => {});
@@ -107,15 +128,33 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
    */
   async function waitForSpace(space: NonNullable<ReceiverOptions["space"]>): Promise<boolean> {
     if ((await space.free()) >= space.needBytes) {
-      o.log({ level: "warn", msg: "the WAL receiver ran out of disk space; there is room again", dir: o.spool, freeBytes: await space.free() });
+      o.log({
+        level: "warn",
+        msg: "the WAL receiver ran out of disk space; there is room again",
+        dir: o.spool,
+        freeBytes: await space.free(),
+      });
       return false;
     }
     full = true;
     const since = Date.now();
-    o.log({ level: "error", msg: "disk full: the WAL receiver cannot write the next segment; it restarts as soon as space returns (the slot keeps the WAL on the server meanwhile)", dir: o.spool, freeBytes: await space.free(), needBytes: space.needBytes });
+    o.log({
+      level: "error",
+      msg: "disk full: the WAL receiver cannot write the next segment; it restarts as soon as space returns (the slot keeps the WAL on the server meanwhile)",
+      dir: o.spool,
+      freeBytes: await space.free(),
+      needBytes: space.needBytes,
+    });
     while (!stopped && (await space.free()) < space.needBytes) await sleep(space.checkMs ?? 1000);
     full = false;
-    if (!stopped) o.log({ level: "info", msg: "disk space returned: restarting the WAL receiver", dir: o.spool, freeBytes: await space.free(), fullForMs: Date.now() - since });
+    if (!stopped)
+      o.log({
+        level: "info",
+        msg: "disk space returned: restarting the WAL receiver",
+        dir: o.spool,
+        freeBytes: await space.free(),
+        fullForMs: Date.now() - since,
+      });
     return true;
   }
 
@@ -135,7 +174,12 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
 }
 
 /** pg_receivewal's stderr as log lines; "finished segment" is left to the archiver's own line. */
-async function forwardLines(stream: ReadableStream<Uint8Array>, log: Log, tail: string[], onText: (text: string) => void) {
+async function forwardLines(
+  stream: ReadableStream<Uint8Array>,
+  log: Log,
+  tail: string[],
+  onText: (text: string) => void,
+) {
   let buffer = "";
   const decoder = new TextDecoder();
   const emit = (line: string) => {

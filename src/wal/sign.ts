@@ -21,7 +21,10 @@ async function sha256File(path: string): Promise<string> {
  * records; a record signed with another key, or whose file does not match, is left as it is and
  * named. The off-site copy of each record signed here is replaced too.
  */
-export async function signArchive(config: Config, store?: BackupStore): Promise<{ signed: string[]; refused: Untrusted[] }> {
+export async function signArchive(
+  config: Config,
+  store?: BackupStore,
+): Promise<{ signed: string[]; refused: Untrusted[] }> {
   const key = config.backup.age?.manifestKey;
   if (!key) throw new ShinkeiError("CONFIG_INVALID", "BACKUP_MANIFEST_KEY is not set: there is nothing to sign with");
   const signed: string[] = [];
@@ -42,10 +45,15 @@ export async function signArchive(config: Config, store?: BackupStore): Promise<
   for (const b of await listBaseBackups(config.backupDir)) {
     const m = b.manifest;
     if (m.signature !== undefined) continue;
-    const ok = (await sha256File(b.path).catch(() => "")) === m.sha256
-      && (await sha256File(join(baseDir(config.backupDir), m.backupManifestFile)).catch(() => "")) === m.backupManifestSha256;
+    const ok =
+      (await sha256File(b.path).catch(() => "")) === m.sha256 &&
+      (await sha256File(join(baseDir(config.backupDir), m.backupManifestFile)).catch(() => "")) ===
+        m.backupManifestSha256;
     if (!ok) {
-      refused.push({ file: b.name, problem: `${b.name} or its backup_manifest does not match the SHA-256 its manifest gives: not signed` });
+      refused.push({
+        file: b.name,
+        problem: `${b.name} or its backup_manifest does not match the SHA-256 its manifest gives: not signed`,
+      });
       continue;
     }
     await writeBaseManifest(b.path, signBaseManifest(m, key));

@@ -18,13 +18,25 @@ async function maxKeep(sql: Queryable): Promise<string> {
 }
 
 export async function slotStatus(sql: Queryable, name: string): Promise<SlotStatus | null> {
-  const [row] = await sql<{ slot_type: string; active: boolean; wal_status: string | null; safe_wal_size: number | null; restart_lsn: string | null }[]>`
+  const [row] = await sql<
+    {
+      slot_type: string;
+      active: boolean;
+      wal_status: string | null;
+      safe_wal_size: number | null;
+      restart_lsn: string | null;
+    }[]
+  >`
     select slot_type, active, wal_status, safe_wal_size, restart_lsn::text from pg_replication_slots where slot_name = ${name}`;
   if (!row) return null;
   if (row.slot_type !== "physical") {
-    throw new ShinkeiError("WAL_SLOT_WRONG_TYPE", `replication slot "${name}" is a ${row.slot_type} slot; WAL streaming needs a physical one`, {
-      hint: "Set WAL_SLOT to another name; shinkei creates it.",
-    });
+    throw new ShinkeiError(
+      "WAL_SLOT_WRONG_TYPE",
+      `replication slot "${name}" is a ${row.slot_type} slot; WAL streaming needs a physical one`,
+      {
+        hint: "Set WAL_SLOT to another name; shinkei creates it.",
+      },
+    );
   }
   return {
     name,
@@ -45,10 +57,14 @@ export async function ensureSlot(sql: Queryable, name: string): Promise<{ create
   if (existing) return { created: false, status: existing };
   const keep = await maxKeep(sql);
   if (keep === "-1") {
-    throw new ShinkeiError("WAL_SLOT_UNBOUNDED", `refusing to create replication slot "${name}": the server's max_slot_wal_keep_size is -1 (unlimited), so a stopped receiver would make the primary keep WAL until its disk is full`, {
-      hint: "Add `max_slot_wal_keep_size = 10GB` (what the primary's disk can spare) to postgresql.conf and run SELECT pg_reload_conf(); or set WAL_SLOT=none to stream without a slot and accept that gaps can happen.",
-      details: { setting: "max_slot_wal_keep_size", value: keep },
-    });
+    throw new ShinkeiError(
+      "WAL_SLOT_UNBOUNDED",
+      `refusing to create replication slot "${name}": the server's max_slot_wal_keep_size is -1 (unlimited), so a stopped receiver would make the primary keep WAL until its disk is full`,
+      {
+        hint: "Add `max_slot_wal_keep_size = 10GB` (what the primary's disk can spare) to postgresql.conf and run SELECT pg_reload_conf(); or set WAL_SLOT=none to stream without a slot and accept that gaps can happen.",
+        details: { setting: "max_slot_wal_keep_size", value: keep },
+      },
+    );
   }
   try {
     // Reserve WAL now: from this moment nothing the receiver has not flushed is recycled.

@@ -65,10 +65,21 @@ export async function repairSpool(spool: string, segmentBytes: number, log: Log)
     const path = join(spool, r.name);
     if (await holdsData(path)) {
       await truncate(path, segmentBytes);
-      log({ level: "warn", msg: "wal partial padded: pg_receivewal refuses a short one; the server sends the segment again from its start", file: r.name, sizeBytes: r.sizeBytes, segmentBytes });
+      log({
+        level: "warn",
+        msg: "wal partial padded: pg_receivewal refuses a short one; the server sends the segment again from its start",
+        file: r.name,
+        sizeBytes: r.sizeBytes,
+        segmentBytes,
+      });
     } else {
       await rm(path, { force: true });
-      log({ level: "warn", msg: "wal partial removed: zeros only, the padding of a segment that was never written (a full disk stops pg_receivewal while it pads); the server sends the segment from the slot's position", file: r.name, sizeBytes: r.sizeBytes });
+      log({
+        level: "warn",
+        msg: "wal partial removed: zeros only, the padding of a segment that was never written (a full disk stops pg_receivewal while it pads); the server sends the segment from the slot's position",
+        file: r.name,
+        sizeBytes: r.sizeBytes,
+      });
     }
   }
   return refused;

@@ -31,7 +31,14 @@ export type PitrStatus = {
   archive: "off" | "stream";
   window: { earliest: string | null; latest: string | null; timeline: number | null };
   timelines: TimelineWindow[];
-  baseBackups: { file: string; finishedAt: string; timeline: number; startLsn: string; stopLsn: string; walComplete: boolean }[];
+  baseBackups: {
+    file: string;
+    finishedAt: string;
+    timeline: number;
+    startLsn: string;
+    stopLsn: string;
+    walComplete: boolean;
+  }[];
   gaps: Gap[];
   gapsAfterNewestBase: Gap[];
   /** Base backups and WAL files this host may not use (unsigned, mis-signed, plain where it encrypts): never part of the window. */
@@ -57,7 +64,14 @@ export type PitrStatus = {
   slot: SlotStatus | null;
   slotName: string | null;
   /** The off-site RPO: how much of what is on our disk is not yet in the store, when S3 is configured. */
-  offsite: { location: string; coveredUntil: string | null; lagSeconds: number; notCopied: number; basesNotCopied: number; baseLagSeconds: number } | null;
+  offsite: {
+    location: string;
+    coveredUntil: string | null;
+    lagSeconds: number;
+    notCopied: number;
+    basesNotCopied: number;
+    baseLagSeconds: number;
+  } | null;
 };
 
 type Held = { segno: bigint; receivedAt: Date };
@@ -80,7 +94,8 @@ async function spooled(spool: string, segmentBytes: number): Promise<{ current: 
     if (!st) continue;
     const found = { name: s.name, timeline: s.timeline, segno: s.segno, receivedAt: st.mtime };
     if (!partial) finished.push(found);
-    else if (!current || s.timeline > current.timeline || (s.timeline === current.timeline && s.segno > current.segno)) current = found;
+    else if (!current || s.timeline > current.timeline || (s.timeline === current.timeline && s.segno > current.segno))
+      current = found;
   }
   return { current, finished };
 }
@@ -93,7 +108,18 @@ function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date 
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
-export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBackups" | "gaps" | "gapsAfterNewestBase" | "untrusted" | "receiving" | "unsealed" | "spool">;
+export type ArchiveWindow = Pick<
+  PitrStatus,
+  | "window"
+  | "timelines"
+  | "baseBackups"
+  | "gaps"
+  | "gapsAfterNewestBase"
+  | "untrusted"
+  | "receiving"
+  | "unsealed"
+  | "spool"
+>;
 
 /**
  * What the files in BACKUP_DIR can recover to, without asking the server: per timeline, from the
@@ -101,7 +127,19 @@ export type ArchiveWindow = Pick<PitrStatus, "window" | "timelines" | "baseBacku
  * `segmentBytes` defaults to what the archive's records say. Only what `trust` accepts counts; the
  * rest is named in `untrusted`.
  */
-export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segmentBytes?: number): Promise<ArchiveWindow & { records: WalRecord[]; bases: BaseBackup[]; current: Spooled | null; spooled: Spooled[]; segmentBytes: number }> {
+export async function archiveWindow(
+  backupDir: string,
+  trust: ArchiveTrust,
+  segmentBytes?: number,
+): Promise<
+  ArchiveWindow & {
+    records: WalRecord[];
+    bases: BaseBackup[];
+    current: Spooled | null;
+    spooled: Spooled[];
+    segmentBytes: number;
+  }
+> {
   const untrusted: Untrusted[] = [];
   const records = await listArchive(walRoot(backupDir), undefined, trust, untrusted);
   const bases = await listBaseBackups(backupDir, trust, untrusted);
@@ -115,7 +153,8 @@ export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segm
     if (!byTimeline.has(timeline)) byTimeline.set(timeline, new Map());
     byTimeline.get(timeline)!.set(segno, { segno, receivedAt });
   };
-  for (const r of records.filter((x) => x.kind === "segment")) hold(r.timeline, parseSegment(r.name, seg)!.segno, new Date(r.receivedAt));
+  for (const r of records.filter((x) => x.kind === "segment"))
+    hold(r.timeline, parseSegment(r.name, seg)!.segno, new Date(r.receivedAt));
   for (const f of finished) hold(f.timeline, f.segno, f.receivedAt);
   if (current) hold(current.timeline, current.segno, current.receivedAt);
 
@@ -127,38 +166,65 @@ export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segm
     return { b, reach: r, walComplete: r !== null && r.last >= stop };
   });
 
-  const timelines: TimelineWindow[] = [...byTimeline.entries()].sort((a, b) => a[0] - b[0]).map(([timeline, held]) => {
-    const segnos = [...held.keys()].sort((a, b) => (a < b ? -1 : 1));
-    const usable = baseRows.filter((x) => x.walComplete && x.b.manifest.timeline === timeline);
-    const name = (s: bigint) => segmentName(timeline, s, seg);
-    return {
-      timeline,
-      firstSegment: name(segnos[0]!),
-      lastSegment: name(segnos.at(-1)!),
-      segments: segnos.length,
-      earliest: usable[0]?.b.manifest.finishedAt ?? null,
-      latest: usable.length ? new Date(Math.max(...usable.map((x) => x.reach!.at.getTime()))).toISOString() : null,
-    };
-  });
+  const timelines: TimelineWindow[] = [...byTimeline.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([timeline, held]) => {
+      const segnos = [...held.keys()].sort((a, b) => (a < b ? -1 : 1));
+      const usable = baseRows.filter((x) => x.walComplete && x.b.manifest.timeline === timeline);
+      const name = (s: bigint) => segmentName(timeline, s, seg);
+      return {
+        timeline,
+        firstSegment: name(segnos[0]!),
+        lastSegment: name(segnos.at(-1)!),
+        segments: segnos.length,
+        earliest: usable[0]?.b.manifest.finishedAt ?? null,
+        latest: usable.length ? new Date(Math.max(...usable.map((x) => x.reach!.at.getTime()))).toISOString() : null,
+      };
+    });
   const withWindow = timelines.filter((t) => t.earliest);
   const newestTl = withWindow.at(-1);
 
   const gaps = findGaps(records, seg, [...finished.map((f) => f.name), ...(current ? [current.name] : [])]);
   const newestBase = bases.at(-1);
   const gapsAfterNewestBase = newestBase
-    ? gaps.filter((g) => g.timeline > newestBase.manifest.timeline || (g.timeline === newestBase.manifest.timeline && parseSegment(g.to, seg)!.segno >= parseSegment(newestBase.manifest.startSegment, seg)!.segno))
+    ? gaps.filter(
+        (g) =>
+          g.timeline > newestBase.manifest.timeline ||
+          (g.timeline === newestBase.manifest.timeline &&
+            parseSegment(g.to, seg)!.segno >= parseSegment(newestBase.manifest.startSegment, seg)!.segno),
+      )
     : [];
 
   return {
-    window: { earliest: newestTl ? withWindow[0]!.earliest : null, latest: newestTl?.latest ?? null, timeline: newestTl?.timeline ?? null },
+    window: {
+      earliest: newestTl ? withWindow[0]!.earliest : null,
+      latest: newestTl?.latest ?? null,
+      timeline: newestTl?.timeline ?? null,
+    },
     timelines,
-    baseBackups: baseRows.map(({ b, walComplete }) => ({ file: b.name, finishedAt: b.manifest.finishedAt, timeline: b.manifest.timeline, startLsn: b.manifest.startLsn, stopLsn: b.manifest.stopLsn, walComplete })),
+    baseBackups: baseRows.map(({ b, walComplete }) => ({
+      file: b.name,
+      finishedAt: b.manifest.finishedAt,
+      timeline: b.manifest.timeline,
+      startLsn: b.manifest.startLsn,
+      stopLsn: b.manifest.stopLsn,
+      walComplete,
+    })),
     gaps,
     gapsAfterNewestBase,
     untrusted,
     receiving: current ? { segment: current.name, receivedAt: current.receivedAt.toISOString() } : null,
-    unsealed: { segments: finished.length, oldestReceivedAt: finished.length ? new Date(Math.min(...finished.map((f) => f.receivedAt.getTime()))).toISOString() : null },
-    spool: { freeBytes: Number.isFinite(free) ? free : null, diskFull: free < seg, refused: await refusedPartials(spoolDir(backupDir), seg) },
+    unsealed: {
+      segments: finished.length,
+      oldestReceivedAt: finished.length
+        ? new Date(Math.min(...finished.map((f) => f.receivedAt.getTime()))).toISOString()
+        : null,
+    },
+    spool: {
+      freeBytes: Number.isFinite(free) ? free : null,
+      diskFull: free < seg,
+      refused: await refusedPartials(spoolDir(backupDir), seg),
+    },
     records,
     bases,
     current,
@@ -169,7 +235,11 @@ export async function archiveWindow(backupDir: string, trust: ArchiveTrust, segm
 
 /** When the newest WAL we hold (archived, finished in the spool, or being received) was received; 0 for none. */
 export function newestHeld(w: { records: WalRecord[]; current: Spooled | null; spooled: Spooled[] }): number {
-  return Math.max(w.current?.receivedAt.getTime() ?? 0, ...w.records.map((r) => Date.parse(r.receivedAt)), ...w.spooled.map((f) => f.receivedAt.getTime()));
+  return Math.max(
+    w.current?.receivedAt.getTime() ?? 0,
+    ...w.records.map((r) => Date.parse(r.receivedAt)),
+    ...w.spooled.map((f) => f.receivedAt.getTime()),
+  );
 }
 
 /**
@@ -178,32 +248,65 @@ export function newestHeld(w: { records: WalRecord[]; current: Spooled | null; s
  */
 export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrStatus> {
   const info = await serverInfo(sql);
-  const { records, bases: _bases, current, spooled, segmentBytes: seg, ...w } = await archiveWindow(config.backupDir, archiveTrust(config.backup.age), info.segmentBytes);
+  const {
+    records,
+    bases: _bases,
+    current,
+    spooled,
+    segmentBytes: seg,
+    ...w
+  } = await archiveWindow(config.backupDir, archiveTrust(config.backup.age), info.segmentBytes);
   const [server] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
   const [rep] = await sql<{ state: string | null; flush_lsn: string | null; flush_lag: number | null }[]>`
     select state, flush_lsn::text, extract(epoch from flush_lag)::float8 as flush_lag
     from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
   const slot = config.wal.slot ? await slotStatus(sql, config.wal.slot) : null;
   const serverLsn = parseLsn(server!.lsn);
-  const segnos = [...records.filter((r) => r.kind === "segment").map((r) => parseSegment(r.name, seg)?.segno ?? 0n), ...spooled.map((f) => f.segno)];
+  const segnos = [
+    ...records.filter((r) => r.kind === "segment").map((r) => parseSegment(r.name, seg)?.segno ?? 0n),
+    ...spooled.map((f) => f.segno),
+  ];
   const newestWhole = segnos.reduce((a, b) => (b > a ? b : a), -1n);
-  const localEnd = current ? segmentStart(current.segno, seg) : newestWhole >= 0n ? segmentStart(newestWhole, seg) + BigInt(seg) : 0n;
+  const localEnd = current
+    ? segmentStart(current.segno, seg)
+    : newestWhole >= 0n
+      ? segmentStart(newestWhole, seg) + BigInt(seg)
+      : 0n;
   // Without pg_read_all_stats the server hides a receiver's position (state, flush_lsn, flush_lag
   // come back NULL); the slot's restart_lsn, which the receiver's flush reports move, says the same.
   const positionHidden = Boolean(rep) && rep!.state === null;
-  const flushed = rep?.flush_lsn ? parseLsn(rep.flush_lsn) : positionHidden && slot?.restartLsn ? parseLsn(slot.restartLsn) : localEnd;
+  const flushed = rep?.flush_lsn
+    ? parseLsn(rep.flush_lsn)
+    : positionHidden && slot?.restartLsn
+      ? parseLsn(slot.restartLsn)
+      : localEnd;
   let lagBytes = Number(serverLsn > flushed ? serverLsn - flushed : 0n);
   // Without WAL_SYNC the receiver reports its flush (and so moves the slot) only at segment ends:
   // with the position hidden, less than a segment behind is as close as we can tell.
   if (positionHidden && rep && !config.wal.synchronous && lagBytes < seg) lagBytes = 0;
   const newestReceived = newestHeld({ records, current, spooled });
   // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the last WAL we got is at risk.
-  const lagSeconds = lagBytes === 0 ? 0 : rep && !positionHidden ? Number(rep.flush_lag ?? 0) : newestReceived ? (Date.now() - newestReceived) / 1000 : Infinity;
+  const lagSeconds =
+    lagBytes === 0
+      ? 0
+      : rep && !positionHidden
+        ? Number(rep.flush_lag ?? 0)
+        : newestReceived
+          ? (Date.now() - newestReceived) / 1000
+          : Infinity;
 
   return {
     archive: config.wal.archive,
     ...w,
-    receiver: { connected: Boolean(rep), state: rep?.state ?? null, flushLsn: flushed ? formatLsn(flushed) : null, serverLsn: server!.lsn, lagBytes, lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1, positionHidden },
+    receiver: {
+      connected: Boolean(rep),
+      state: rep?.state ?? null,
+      flushLsn: flushed ? formatLsn(flushed) : null,
+      serverLsn: server!.lsn,
+      lagBytes,
+      lagSeconds: Number.isFinite(lagSeconds) ? Math.round(lagSeconds * 10) / 10 : -1,
+      positionHidden,
+    },
     slot,
     offsite: await offsiteCoverage(config, records, newestReceived),
     slotName: config.wal.slot ?? null,
@@ -216,16 +319,25 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
  * hold). Base backups: how long the oldest one not yet copied has waited. Both are 0 when nothing
  * waits, and grow with every second of an outage while the server writes.
  */
-export async function offsiteCoverage(config: Config, records: WalRecord[], newestLocal: number, bases?: BaseBackup[]): Promise<PitrStatus["offsite"]> {
+export async function offsiteCoverage(
+  config: Config,
+  records: WalRecord[],
+  newestLocal: number,
+  bases?: BaseBackup[],
+): Promise<PitrStatus["offsite"]> {
   const store = walStore(config);
   if (!store) return null;
   const copied = records.filter((r) => r.offsite?.[store.kind]);
-  const state = (await Bun.file(offsiteStatePath(config.backupDir)).json().catch(() => null)) as OffsiteState | null;
+  const state = (await Bun.file(offsiteStatePath(config.backupDir))
+    .json()
+    .catch(() => null)) as OffsiteState | null;
   const partialAt = state?.location === store.location ? Date.parse(state.partial.receivedAt) || 0 : 0;
   const covered = Math.max(partialAt, ...copied.map((r) => Date.parse(r.receivedAt)));
   const oldestLocal = Math.min(...records.map((r) => Date.parse(r.receivedAt)));
   const from = covered > 0 ? covered : Number.isFinite(oldestLocal) ? oldestLocal : newestLocal;
-  const pendingBases = (bases ?? (await listBaseBackups(config.backupDir))).filter((b) => !b.manifest.offsite?.[store.kind]);
+  const pendingBases = (bases ?? (await listBaseBackups(config.backupDir))).filter(
+    (b) => !b.manifest.offsite?.[store.kind],
+  );
   const oldestPendingBase = Math.min(...pendingBases.map((b) => Date.parse(b.manifest.finishedAt)));
   return {
     location: store.location,
@@ -242,10 +354,14 @@ export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): str
   if (!o) return [];
   const problems: string[] = [];
   if (o.lagSeconds * 1000 > maxLagMs) {
-    problems.push(`the off-site WAL copy at ${o.location} trails the local archive by ${formatDuration(o.lagSeconds * 1000)} (${o.notCopied} file(s) not copied; covers up to ${o.coveredUntil ?? "nothing yet"}), more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`);
+    problems.push(
+      `the off-site WAL copy at ${o.location} trails the local archive by ${formatDuration(o.lagSeconds * 1000)} (${o.notCopied} file(s) not copied; covers up to ${o.coveredUntil ?? "nothing yet"}), more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`,
+    );
   }
   if (o.baseLagSeconds * 1000 > maxLagMs) {
-    problems.push(`${o.basesNotCopied} base backup(s) not copied to ${o.location}, the oldest for ${formatDuration(o.baseLagSeconds * 1000)}, more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`);
+    problems.push(
+      `${o.basesNotCopied} base backup(s) not copied to ${o.location}, the oldest for ${formatDuration(o.baseLagSeconds * 1000)}, more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`,
+    );
   }
   return problems;
 }
@@ -254,23 +370,37 @@ export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): str
 export function pitrProblems(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): string[] {
   const problems: string[] = offsiteProblems(s.offsite, offsiteMaxLagMs);
   if (s.receiver.lagSeconds < 0 || s.receiver.lagSeconds * 1000 > maxLagMs) {
-    problems.push(`the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`);
+    problems.push(
+      `the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`,
+    );
   }
   if (s.slotName && !s.slot) problems.push(`replication slot "${s.slotName}" does not exist`);
   if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved")) {
-    problems.push(`replication slot "${s.slot.name}" is ${s.slot.walStatus}: the server ${s.slot.walStatus === "lost" ? "has removed" : "is about to remove"} WAL the archive has not received`);
+    problems.push(
+      `replication slot "${s.slot.name}" is ${s.slot.walStatus}: the server ${s.slot.walStatus === "lost" ? "has removed" : "is about to remove"} WAL the archive has not received`,
+    );
   }
   const unsealedSince = s.unsealed.oldestReceivedAt ? Date.parse(s.unsealed.oldestReceivedAt) : null;
   if (unsealedSince !== null && Date.now() - unsealedSince > maxLagMs) {
-    problems.push(`${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`);
+    problems.push(
+      `${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`,
+    );
   }
   if (s.spool.diskFull) {
-    problems.push(`the WAL spool's disk has ${formatBytes(s.spool.freeBytes ?? 0)} free, less than one WAL segment: the receiver cannot write the next one (it restarts by itself when space returns; the slot keeps the WAL meanwhile, until max_slot_wal_keep_size)`);
+    problems.push(
+      `the WAL spool's disk has ${formatBytes(s.spool.freeBytes ?? 0)} free, less than one WAL segment: the receiver cannot write the next one (it restarts by itself when space returns; the slot keeps the WAL meanwhile, until max_slot_wal_keep_size)`,
+    );
   }
-  for (const r of s.spool.refused) problems.push(`${r.name} in the WAL spool has ${r.sizeBytes} bytes, neither 0 nor a whole segment: pg_receivewal refuses it (the backup service repairs it when the receiver restarts)`);
+  for (const r of s.spool.refused)
+    problems.push(
+      `${r.name} in the WAL spool has ${r.sizeBytes} bytes, neither 0 nor a whole segment: pg_receivewal refuses it (the backup service repairs it when the receiver restarts)`,
+    );
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
   for (const line of describeUntrusted(s.untrusted)) problems.push(`left out of the window: ${line}`);
-  for (const g of s.gapsAfterNewestBase) problems.push(`WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`);
+  for (const g of s.gapsAfterNewestBase)
+    problems.push(
+      `WAL gap after the newest base backup: ${g.from} to ${g.to} (${g.segments} segment(s)) on timeline ${g.timeline}`,
+    );
   return problems;
 }
 

@@ -29,13 +29,24 @@ export type WalStream = {
  */
 async function checkNotSynchronousStandby(sql: Queryable, log: Log): Promise<void> {
   const [row] = await sql<{ v: string }[]>`select current_setting('synchronous_standby_names') as v`;
-  const names = row!.v.replace(/^\s*(first|any)\s+\d+\s*\(|^\s*\d+\s*\(|\)\s*$/gi, "").split(",").map((n) => n.trim().replace(/^"|"$/g, ""));
+  const names = row!.v
+    .replace(/^\s*(first|any)\s+\d+\s*\(|^\s*\d+\s*\(|\)\s*$/gi, "")
+    .split(",")
+    .map((n) => n.trim().replace(/^"|"$/g, ""));
   if (names.some((n) => n.toLowerCase() === RECEIVER_APP_NAME)) {
-    throw new ShinkeiError("WAL_RECEIVER_SYNCHRONOUS", `synchronous_standby_names names the WAL receiver (${RECEIVER_APP_NAME}): every commit would wait for it, and writes would stop whenever it stops`, {
-      hint: `Remove ${RECEIVER_APP_NAME} from synchronous_standby_names and reload; --synchronous already makes what it reports received durable on our side.`,
-    });
+    throw new ShinkeiError(
+      "WAL_RECEIVER_SYNCHRONOUS",
+      `synchronous_standby_names names the WAL receiver (${RECEIVER_APP_NAME}): every commit would wait for it, and writes would stop whenever it stops`,
+      {
+        hint: `Remove ${RECEIVER_APP_NAME} from synchronous_standby_names and reload; --synchronous already makes what it reports received durable on our side.`,
+      },
+    );
   }
-  if (names.includes("*")) log({ level: "warn", msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it` });
+  if (names.includes("*"))
+    log({
+      level: "warn",
+      msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it`,
+    });
 }
 
 type GapCheck = { root: string; spool: string; segmentBytes: number; slot?: string; log: Log };
@@ -50,15 +61,37 @@ export async function reportGap(at: GapCheck, lsn: string, timeline: number): Pr
   // Finished segments still waiting in the spool count: the receiver resumes after them. A
   // segment kept only as a partial (the receiver stopped inside it) is the start of the hole.
   const archived = await listArchive(root);
-  const segnos = (names: string[]) => names.map((n) => parseSegment(n, segmentBytes)).filter((x) => x?.timeline === timeline).map((x) => x!.segno);
-  const newest = (xs: bigint[]) => xs.reduce<bigint | undefined>((a, b) => (a === undefined || b > a ? b : a), undefined);
-  const full = newest(segnos([...archived.filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool))]));
-  const partial = newest(segnos(archived.filter((r) => r.kind === "partial").map((r) => r.name.replace(/\.partial$/, ""))));
-  const missingFrom = partial !== undefined && (full === undefined || partial > full) ? partial : full === undefined ? undefined : full + 1n;
+  const segnos = (names: string[]) =>
+    names
+      .map((n) => parseSegment(n, segmentBytes))
+      .filter((x) => x?.timeline === timeline)
+      .map((x) => x!.segno);
+  const newest = (xs: bigint[]) =>
+    xs.reduce<bigint | undefined>((a, b) => (a === undefined || b > a ? b : a), undefined);
+  const full = newest(
+    segnos([...archived.filter((r) => r.kind === "segment").map((r) => r.name), ...(await readdir(spool))]),
+  );
+  const partial = newest(
+    segnos(archived.filter((r) => r.kind === "partial").map((r) => r.name.replace(/\.partial$/, ""))),
+  );
+  const missingFrom =
+    partial !== undefined && (full === undefined || partial > full)
+      ? partial
+      : full === undefined
+        ? undefined
+        : full + 1n;
   if (missingFrom !== undefined && startSeg > missingFrom) {
     const from = segmentName(timeline, missingFrom, segmentBytes);
     const to = segmentName(timeline, startSeg - 1n, segmentBytes);
-    log({ level: "error", msg: "wal gap: the receiver resumes past WAL it never received", timeline, from, to, segments: Number(startSeg - missingFrom), slot: slot ?? null });
+    log({
+      level: "error",
+      msg: "wal gap: the receiver resumes past WAL it never received",
+      timeline,
+      from,
+      to,
+      segments: Number(startSeg - missingFrom),
+      slot: slot ?? null,
+    });
   }
 }
 
@@ -76,7 +109,11 @@ export async function checkForGap(at: GapCheck, lsn: string, timeline: number): 
     at.log({
       level: "error",
       msg: "wal gap check failed: WAL before the receiver's start may be missing from the archive (shinkei pitr status shows gaps)",
-      timeline, resumedAtLsn: lsn, resumesAt, slot: at.slot ?? null, error: e.message,
+      timeline,
+      resumedAtLsn: lsn,
+      resumesAt,
+      slot: at.slot ?? null,
+      error: e.message,
     });
   });
 }
@@ -86,7 +123,15 @@ export async function checkForGap(at: GapCheck, lsn: string, timeline: number): 
  * finished segment and timeline history file is then sealed into the archive and removed from
  * the spool. The segment still being received stays there as `.partial`, flushed by the receiver.
  */
-export async function startWalStream(deps: { sql: Queryable; config: Config; log: Log; pollMs?: number; uploadEveryMs?: number; backoffMs?: { min: number; max: number }; spaceCheckMs?: number }): Promise<WalStream> {
+export async function startWalStream(deps: {
+  sql: Queryable;
+  config: Config;
+  log: Log;
+  pollMs?: number;
+  uploadEveryMs?: number;
+  backoffMs?: { min: number; max: number };
+  spaceCheckMs?: number;
+}): Promise<WalStream> {
   const { sql, config, log } = deps;
   const info = await serverInfo(sql);
   const tool = await findTool("pg_receivewal", info.major);
@@ -94,9 +139,18 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   const { slot } = config.wal;
   if (slot) {
     const s = await ensureSlot(sql, slot);
-    log({ level: "info", msg: s.created ? "replication slot created" : "replication slot found", slot, walStatus: s.status.walStatus, safeWalSize: s.status.safeWalSize });
+    log({
+      level: "info",
+      msg: s.created ? "replication slot created" : "replication slot found",
+      slot,
+      walStatus: s.status.walStatus,
+      safeWalSize: s.status.safeWalSize,
+    });
   } else {
-    log({ level: "warn", msg: "streaming without a replication slot (WAL_SLOT=none): WAL the server recycles while the receiver is down is lost, and shows as a gap" });
+    log({
+      level: "warn",
+      msg: "streaming without a replication slot (WAL_SLOT=none): WAL the server recycles while the receiver is down is lost, and shows as a gap",
+    });
   }
   const spool = spoolDir(config.backupDir);
   const root = walRoot(config.backupDir);
@@ -112,28 +166,47 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
       log({ level: "info", msg: "wal partial without WAL removed, not archived", file: name });
       return;
     }
-    const { record, written } = await archiveWalFile(join(spool, name), root, { age: config.backup.age, segmentBytes: info.segmentBytes });
+    const { record, written } = await archiveWalFile(join(spool, name), root, {
+      age: config.backup.age,
+      segmentBytes: info.segmentBytes,
+    });
     await rm(join(spool, name), { force: true });
-    if (written) log({ level: "info", msg: "wal archived", file: name, timeline: record.timeline, kind: record.kind, sizeBytes: record.sizeBytes, sha256: record.sha256 });
+    if (written)
+      log({
+        level: "info",
+        msg: "wal archived",
+        file: name,
+        timeline: record.timeline,
+        kind: record.kind,
+        sizeBytes: record.sizeBytes,
+        sha256: record.sha256,
+      });
   };
   const drainOnce = async () => {
     const names = await readdir(spool).catch(() => [] as string[]);
     // After a timeline switch the old timeline's last segment stays `.partial` for good: keep it as one.
-    const timelines = names.map((n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0);
+    const timelines = names.map(
+      (n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0,
+    );
     const newest = Math.max(0, ...timelines);
     for (const [i, name] of names.entries()) {
       if (name.endsWith(".partial") && timelines[i]! > 0 && timelines[i]! < newest) {
-        await archiveOne(name).catch((e: Error) => log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: e.message }));
+        await archiveOne(name).catch((e: Error) =>
+          log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: e.message }),
+        );
       }
     }
     // History files first: a segment of a new timeline is only useful with its history.
-    const done = names.filter((n) => parseHistory(n) !== null).concat(names.filter((n) => parseSegment(n, info.segmentBytes)).sort());
+    const done = names
+      .filter((n) => parseHistory(n) !== null)
+      .concat(names.filter((n) => parseSegment(n, info.segmentBytes)).sort());
     for (const name of done) {
       try {
         await archiveOne(name);
         failing.delete(name);
       } catch (e) {
-        if (!failing.has(name)) log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: (e as Error).message });
+        if (!failing.has(name))
+          log({ level: "error", msg: "wal archiving failed; retrying", file: name, error: (e as Error).message });
         failing.add(name);
       }
     }
@@ -147,12 +220,22 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
    * again at the server's current position. The hole stays visible as a gap.
    */
   const onExit = async (lines: string[]) => {
-    const removed = lines.map((l) => /requested WAL segment ([0-9A-F]{24}) has already been removed/.exec(l)?.[1]).find(Boolean);
+    const removed = lines
+      .map((l) => /requested WAL segment ([0-9A-F]{24}) has already been removed/.exec(l)?.[1])
+      .find(Boolean);
     if (!removed) return;
     await drain();
-    const partials = (await readdir(spool)).filter((n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), info.segmentBytes));
+    const partials = (await readdir(spool)).filter(
+      (n) => n.endsWith(".partial") && parseSegment(n.slice(0, -8), info.segmentBytes),
+    );
     for (const name of partials) await archiveOne(name);
-    log({ level: "error", msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position", missingFrom: removed, keptPartial: partials, slot: slot ?? null });
+    log({
+      level: "error",
+      msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position",
+      missingFrom: removed,
+      keptPartial: partials,
+      slot: slot ?? null,
+    });
     if (slot) await renewLostSlot(removed);
   };
   /**
@@ -165,29 +248,58 @@ export async function startWalStream(deps: { sql: Queryable; config: Config; log
   const renewLostSlot = async (removed: string) => {
     const status = await slotStatus(sql, slot!).catch(() => null);
     const missing = parseSegment(removed, info.segmentBytes)?.segno;
-    if (!status?.restartLsn || missing === undefined || segnoOf(parseLsn(status.restartLsn), info.segmentBytes) > missing) return;
+    if (
+      !status?.restartLsn ||
+      missing === undefined ||
+      segnoOf(parseLsn(status.restartLsn), info.segmentBytes) > missing
+    )
+      return;
     for (let attempt = 0; ; attempt++) {
       try {
         // Active for a moment after pg_receivewal exits, until its walsender has gone.
         await sql`select pg_drop_replication_slot(${slot!}) from pg_replication_slots where slot_name = ${slot!} and not active`;
         const { created } = await ensureSlot(sql, slot!);
-        if (created) log({ level: "error", msg: "replication slot made anew: it pointed at WAL the server had removed, so the receiver could not resume", slot, restartLsn: status.restartLsn, missingFrom: removed });
+        if (created)
+          log({
+            level: "error",
+            msg: "replication slot made anew: it pointed at WAL the server had removed, so the receiver could not resume",
+            slot,
+            restartLsn: status.restartLsn,
+            missingFrom: removed,
+          });
         if (created || attempt >= 20) return;
       } catch (e) {
-        log({ level: "error", msg: "replication slot could not be made anew; the receiver keeps retrying", slot, error: (e as Error).message });
+        log({
+          level: "error",
+          msg: "replication slot could not be made anew; the receiver keeps retrying",
+          slot,
+          error: (e as Error).message,
+        });
         return;
       }
       await Bun.sleep(100);
     }
   };
-  const onStart = (lsn: string, timeline: number) => void checkForGap({ root, spool, segmentBytes: info.segmentBytes, slot, log }, lsn, timeline);
-  const receiver = superviseReceiver({ tool, url: config.databaseUrl, spool, slot, synchronous: config.wal.synchronous, log, backoffMs: deps.backoffMs, onExit, onStart,
+  const onStart = (lsn: string, timeline: number) =>
+    void checkForGap({ root, spool, segmentBytes: info.segmentBytes, slot, log }, lsn, timeline);
+  const receiver = superviseReceiver({
+    tool,
+    url: config.databaseUrl,
+    spool,
+    slot,
+    synchronous: config.wal.synchronous,
+    log,
+    backoffMs: deps.backoffMs,
+    onExit,
+    onStart,
     beforeStart: async () => void (await repairSpool(spool, info.segmentBytes, log)),
     space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
   });
   const poller = startPoller(drain, deps.pollMs ?? 500);
   const store = walStore(config);
-  const uploader = store ? startWalUploader({ store, config, log, segmentBytes: info.segmentBytes, everyMs: deps.uploadEveryMs }) : undefined;
+  const uploader = store
+    ? startWalUploader({ store, config, log, segmentBytes: info.segmentBytes, everyMs: deps.uploadEveryMs })
+    : undefined;
   return {
     receiver,
     uploader,

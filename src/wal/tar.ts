@@ -18,7 +18,11 @@ export function tarMemberTap(member: string, limitBytes = 64 * 1024 * 1024) {
 
   function readHeader(h: Buffer) {
     if (h.every((b) => b === 0)) return; // end-of-archive blocks
-    const text = (from: number, len: number) => h.subarray(from, from + len).toString("utf8").replace(/\0.*$/s, "");
+    const text = (from: number, len: number) =>
+      h
+        .subarray(from, from + len)
+        .toString("utf8")
+        .replace(/\0.*$/s, "");
     const prefix = text(257, 6).startsWith("ustar") ? text(345, 155) : "";
     const name = prefix ? `${prefix}/${text(0, 100)}` : text(0, 100);
     let size: number;

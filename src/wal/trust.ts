@@ -24,16 +24,25 @@ export function archiveTrust(age: AgeConfig | undefined, allow: { unencrypted?: 
 /** At most `shown` of them, one line each, then how many more: an archive signed too late may leave out thousands. */
 export function describeUntrusted(untrusted: Untrusted[], shown = 5): string[] {
   const lines = untrusted.slice(0, shown).map((u) => u.problem);
-  if (untrusted.length > shown) lines.push(`and ${untrusted.length - shown} more file(s) left out (shinkei pitr status --json lists them)`);
+  if (untrusted.length > shown)
+    lines.push(`and ${untrusted.length - shown} more file(s) left out (shinkei pitr status --json lists them)`);
   return lines;
 }
 
 /** Why `what` (signed over `parts`) cannot be used on this host, or null when it can. */
-export function trustProblem(what: string, record: { signature?: unknown; encrypted: boolean }, parts: unknown[], trust: ArchiveTrust): string | null {
+export function trustProblem(
+  what: string,
+  record: { signature?: unknown; encrypted: boolean },
+  parts: unknown[],
+  trust: ArchiveTrust,
+): string | null {
   if (trust.key) {
-    if (record.signature === undefined) return `${what} is not signed, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it (shinkei pitr sign signs an archive written before signing)`;
-    if (!signatureMatches(record.signature, parts, trust.key)) return `${what} does not match its signature: it was changed, or signed with another BACKUP_MANIFEST_KEY`;
+    if (record.signature === undefined)
+      return `${what} is not signed, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it (shinkei pitr sign signs an archive written before signing)`;
+    if (!signatureMatches(record.signature, parts, trust.key))
+      return `${what} does not match its signature: it was changed, or signed with another BACKUP_MANIFEST_KEY`;
   }
-  if (trust.encrypts && !record.encrypted && !trust.allowUnencrypted) return `${what} is not encrypted, and this host encrypts its backups (--allow-unencrypted lets it through for one run)`;
+  if (trust.encrypts && !record.encrypted && !trust.allowUnencrypted)
+    return `${what} is not encrypted, and this host encrypts its backups (--allow-unencrypted lets it through for one run)`;
   return null;
 }

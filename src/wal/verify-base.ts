@@ -8,7 +8,13 @@ import { finished, pump } from "../pg/tools.ts";
 import { findTool } from "../pg/bin.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, writeBaseManifest, type BaseBackup, type BaseManifest } from "./base.ts";
 
-export type BaseVerification = { ok: boolean; at: string; problems: string[]; pgVerifybackup: string | null; skipped?: string };
+export type BaseVerification = {
+  ok: boolean;
+  at: string;
+  problems: string[];
+  pgVerifybackup: string | null;
+  skipped?: string;
+};
 
 async function sha256File(path: string): Promise<string> {
   const h = new Bun.CryptoHasher("sha256");
@@ -22,15 +28,22 @@ async function sha256File(path: string): Promise<string> {
  * so the backup is unpacked into a temporary folder for it, and `-n`: the WAL is in the archive,
  * not in the backup. Needs the backup's size in free space under the system's temporary folder.
  */
-export async function verifyBaseBackup(backupDir: string, base: BaseBackup, age?: AgeConfig): Promise<BaseVerification> {
+export async function verifyBaseBackup(
+  backupDir: string,
+  base: BaseBackup,
+  age?: AgeConfig,
+): Promise<BaseVerification> {
   const problems: string[] = [];
   const m = base.manifest;
   if ((await sha256File(base.path)) !== m.sha256) problems.push(`${m.file} does not match the SHA-256 in its manifest`);
   const bm = join(baseDir(backupDir), m.backupManifestFile);
-  if ((await sha256File(bm).catch(() => "")) !== m.backupManifestSha256) problems.push(`${m.backupManifestFile} is missing or does not match its SHA-256`);
+  if ((await sha256File(bm).catch(() => "")) !== m.backupManifestSha256)
+    problems.push(`${m.backupManifestFile} is missing or does not match its SHA-256`);
   let tool: string | null = null;
   // A host with public keys only can write encrypted backups but not read them: the hashes are all it can check.
-  const skipped = canOpen(m.encryption, age) ? undefined : "pg_verifybackup not run: the backup is encrypted and this host holds no key to open it";
+  const skipped = canOpen(m.encryption, age)
+    ? undefined
+    : "pg_verifybackup not run: the backup is encrypted and this host holds no key to open it";
   if (problems.length === 0 && !skipped) {
     const dir = await mkdtemp(join(tmpdir(), "shinkei-verify-"));
     try {
@@ -53,9 +66,18 @@ export async function verifyBaseBackup(backupDir: string, base: BaseBackup, age?
       await rm(dir, { recursive: true, force: true });
     }
   }
-  const result: BaseVerification = { ok: problems.length === 0, at: new Date().toISOString(), problems, pgVerifybackup: tool, ...(skipped && { skipped }) };
+  const result: BaseVerification = {
+    ok: problems.length === 0,
+    at: new Date().toISOString(),
+    problems,
+    pgVerifybackup: tool,
+    ...(skipped && { skipped }),
+  };
   // Read again: the off-site copier may have recorded its copy while this ran.
-  const fresh = ((await Bun.file(base.path + BASE_MANIFEST_SUFFIX).json().catch(() => null)) as BaseManifest | null) ?? m;
+  const fresh =
+    ((await Bun.file(base.path + BASE_MANIFEST_SUFFIX)
+      .json()
+      .catch(() => null)) as BaseManifest | null) ?? m;
   await writeBaseManifest(base.path, { ...fresh, verified: result });
   return result;
 }

@@ -16,7 +16,13 @@ import { Metrics } from "../../src/metrics/registry.ts";
 import { readSnapshot } from "../../src/metrics/snapshot.ts";
 import { createOpsApp } from "../../server/ops/app.tsx";
 
-export type MetricsBenchRow = { name: string; ours: string; goal: string; met: boolean | null; raw: Record<string, unknown> };
+export type MetricsBenchRow = {
+  name: string;
+  ours: string;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, unknown>;
+};
 
 const BACKUPS = 1000;
 const TOKEN = "bench-metrics-token-0123456789";
@@ -28,19 +34,39 @@ async function fillFolder(bin: string, env: Record<string, string>, dir: string)
   const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
   const now = Date.now();
   for (let i = 1; i <= BACKUPS; i++) {
-    const at = new Date(now - i * (60 * 86_400_000) / BACKUPS);
+    const at = new Date(now - (i * (60 * 86_400_000)) / BACKUPS);
     const name = backupName(at);
     await copyFile(path, join(dir, name));
-    await writeFile(join(dir, `${name}.manifest.json`), JSON.stringify({ ...manifest, file: name, createdAt: at.toISOString(), durationMs: 100 + (i % 50) }));
+    await writeFile(
+      join(dir, `${name}.manifest.json`),
+      JSON.stringify({ ...manifest, file: name, createdAt: at.toISOString(), durationMs: 100 + (i % 50) }),
+    );
     if (i % 10 === 0) {
-      await writeFile(join(dir, `${name}.drill.json`), JSON.stringify({ file: name, passed: i % 70 !== 0, at: new Date(at.getTime() + 60_000).toISOString(), durationMs: 900, server: "bench", differences: i % 70 ? [] : ["users: 1 rows restored, the backup recorded 2"], notes: [] }));
+      await writeFile(
+        join(dir, `${name}.drill.json`),
+        JSON.stringify({
+          file: name,
+          passed: i % 70 !== 0,
+          at: new Date(at.getTime() + 60_000).toISOString(),
+          durationMs: 900,
+          server: "bench",
+          differences: i % 70 ? [] : ["users: 1 rows restored, the backup recorded 2"],
+          notes: [],
+        }),
+      );
     }
   }
 }
 
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
+const pct = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 
-export async function benchMetrics(bin: string, serverUrl: string, seconds = 6, rounds = 5): Promise<MetricsBenchRow[]> {
+export async function benchMetrics(
+  bin: string,
+  serverUrl: string,
+  seconds = 6,
+  rounds = 5,
+): Promise<MetricsBenchRow[]> {
   const db = "shinkei_bench_metrics";
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
   await admin`drop database if exists ${admin(db)} with (force)`;
@@ -49,19 +75,39 @@ export async function benchMetrics(bin: string, serverUrl: string, seconds = 6, 
   const dir = join(tmpdir(), `shinkei-bench-metrics-${process.pid}`);
   await mkdir(dir, { recursive: true });
   const opsPort = 20000 + (process.pid % 20000);
-  const env = { DATABASE_URL: url, BACKUP_DIR: dir, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", METRICS_TOKEN: TOKEN, METRICS_PORT: String(opsPort) };
+  const env = {
+    DATABASE_URL: url,
+    BACKUP_DIR: dir,
+    HOST: "127.0.0.1",
+    PORT: "0",
+    COOKIE_SECURE: "false",
+    METRICS_TOKEN: TOKEN,
+    METRICS_PORT: String(opsPort),
+  };
   await timed([bin, "migrate"], { env });
   await fillFolder(bin, env, dir);
   const api = await startHelper([bin, "serve"], { env, until: (l) => l.msg === "listening" });
   const base = String(api.ready.url);
   try {
     const account = { email: "me@bench.test", password: "benchmark password", name: "Bench" };
-    await fetch(`${base}/api/v1/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) });
-    const { token } = (await (await fetch(`${base}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email: account.email, password: account.password }) })).json()) as { token: string };
-    const me = () => wrk(`${base}/api/v1/auth/me`, { connections: 16, seconds, headers: { Authorization: `Bearer ${token}` } });
+    await fetch(`${base}/api/v1/auth/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(account),
+    });
+    const { token } = (await (
+      await fetch(`${base}/api/v1/auth/login`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ email: account.email, password: account.password }),
+      })
+    ).json()) as { token: string };
+    const me = () =>
+      wrk(`${base}/api/v1/auth/me`, { connections: 16, seconds, headers: { Authorization: `Bearer ${token}` } });
 
     // Alternate without and with the scraper, so drift on a shared machine falls on both sides.
-    const none: number[] = [], scraped: number[] = [];
+    const none: number[] = [],
+      scraped: number[] = [];
     const scrapeMs: number[] = [];
     for (let i = 0; i < rounds; i++) {
       none.push((await me()).rps);
@@ -87,7 +133,12 @@ export async function benchMetrics(bin: string, serverUrl: string, seconds = 6, 
 
     // Server time with no cache at all: every request lists and reads 1,000 manifests and drill records.
     const config = loadConfig(env);
-    const app = createOpsApp({ config, metrics: new Metrics(), snapshot: () => readSnapshot(dir, undefined), log: () => {} });
+    const app = createOpsApp({
+      config,
+      metrics: new Metrics(),
+      snapshot: () => readSnapshot(dir, undefined),
+      log: () => {},
+    });
     const times: number[] = [];
     for (let i = 0; i < 100; i++) {
       const t = performance.now();
@@ -96,10 +147,34 @@ export async function benchMetrics(bin: string, serverUrl: string, seconds = 6, 
       times.push(performance.now() - t);
     }
     return [
-      { name: "GET /me req/s: scrape every 1 s vs none", ours: `${median(scraped).toFixed(0)} vs ${median(none).toFixed(0)} (${ratio.toFixed(3)}x)`, goal: "≥ 0.98x", met: ratio >= 0.98, raw: { none, scraped, scrapes: scrapeMs.length } },
-      { name: "one /metrics scrape under that load: p50 / max", ours: `${median(scrapeMs).toFixed(1)} / ${Math.max(...scrapeMs).toFixed(1)} ms`, goal: "", met: null, raw: { scrapeMs } },
-      { name: `status page, ${BACKUPS} backups, uncached: p50 / p99`, ours: `${pct(times, 0.5).toFixed(1)} / ${pct(times, 0.99).toFixed(1)} ms`, goal: "", met: null, raw: { p50: pct(times, 0.5), p99: pct(times, 0.99), n: times.length } },
-      { name: `status page, ${BACKUPS} backups, served (wrk -c4): p50 / p99`, ours: `${page.p50ms.toFixed(1)} / ${page.p99ms.toFixed(1)} ms, ${page.rps.toFixed(0)} req/s`, goal: "", met: null, raw: { ...page } },
+      {
+        name: "GET /me req/s: scrape every 1 s vs none",
+        ours: `${median(scraped).toFixed(0)} vs ${median(none).toFixed(0)} (${ratio.toFixed(3)}x)`,
+        goal: "≥ 0.98x",
+        met: ratio >= 0.98,
+        raw: { none, scraped, scrapes: scrapeMs.length },
+      },
+      {
+        name: "one /metrics scrape under that load: p50 / max",
+        ours: `${median(scrapeMs).toFixed(1)} / ${Math.max(...scrapeMs).toFixed(1)} ms`,
+        goal: "",
+        met: null,
+        raw: { scrapeMs },
+      },
+      {
+        name: `status page, ${BACKUPS} backups, uncached: p50 / p99`,
+        ours: `${pct(times, 0.5).toFixed(1)} / ${pct(times, 0.99).toFixed(1)} ms`,
+        goal: "",
+        met: null,
+        raw: { p50: pct(times, 0.5), p99: pct(times, 0.99), n: times.length },
+      },
+      {
+        name: `status page, ${BACKUPS} backups, served (wrk -c4): p50 / p99`,
+        ours: `${page.p50ms.toFixed(1)} / ${page.p99ms.toFixed(1)} ms, ${page.rps.toFixed(0)} req/s`,
+        goal: "",
+        met: null,
+        raw: { ...page },
+      },
     ];
   } finally {
     api.proc.kill("SIGTERM");
@@ -113,10 +188,18 @@ if (import.meta.main) {
   const root = join(import.meta.dir, "..", "..");
   await timed(["bun", "run", "build"], { cwd: root });
   const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-  const rows = await benchMetrics(join(root, "dist", "shinkei"), serverUrl, Number(arg("seconds", "6")), Number(arg("rounds", "5")));
-  for (const r of rows) console.log(`${r.name.padEnd(52)} ${r.ours.padStart(30)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
+  const rows = await benchMetrics(
+    join(root, "dist", "shinkei"),
+    serverUrl,
+    Number(arg("seconds", "6")),
+    Number(arg("rounds", "5")),
+  );
+  for (const r of rows)
+    console.log(`${r.name.padEnd(52)} ${r.ours.padStart(30)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
-  await writeResults(join(import.meta.dir, "METRICS.md"), `# Metrics and status page benchmark
+  await writeResults(
+    join(import.meta.dir, "METRICS.md"),
+    `# Metrics and status page benchmark
 
 Measured by \`bun run test/bench/metrics.ts\` (also part of \`bun run bench\`). \`GET /api/v1/auth/me\`
 under wrk (16 connections, 6 s), five rounds alternating no scraper and a \`/metrics\` scrape every
@@ -132,5 +215,6 @@ served by the ops listener with its 1.5 s snapshot cache.
 ${rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`).join("\n")}
 
 Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
-`);
+`,
+  );
 }

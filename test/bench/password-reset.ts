@@ -9,10 +9,17 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { arg, startHelper, timed, writeResults, wrk } from "./tools.ts";
 
-export type ResetBenchRow = { name: string; ours: string; goal: string; met: boolean | null; raw: Record<string, unknown> };
+export type ResetBenchRow = {
+  name: string;
+  ours: string;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, unknown>;
+};
 
 const ACCOUNTS = 5000;
-const fmt = (s: { p50: number; p90: number; p99: number }) => `${s.p50.toFixed(2)} / ${s.p90.toFixed(2)} / ${s.p99.toFixed(2)} ms`;
+const fmt = (s: { p50: number; p90: number; p99: number }) =>
+  `${s.p50.toFixed(2)} / ${s.p90.toFixed(2)} / ${s.p99.toFixed(2)} ms`;
 
 /**
  * Against a fresh database on `serverUrl`: the compiled server with mail going to its log (SMTP
@@ -25,40 +32,89 @@ export async function benchPasswordReset(bin: string, serverUrl: string, seconds
   await admin`drop database if exists ${admin(db)} with (force)`;
   await admin`create database ${admin(db)}`;
   const url = Object.assign(new URL(serverUrl), { pathname: `/${db}` }).toString();
-  const env = { DATABASE_URL: url, HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", SHINKEI_ENV: "development", LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" };
+  const env = {
+    DATABASE_URL: url,
+    HOST: "127.0.0.1",
+    PORT: "0",
+    COOKIE_SECURE: "false",
+    SHINKEI_ENV: "development",
+    LOGIN_MAX_FAILURES: "1000",
+    LOGIN_MAX_FAILURES_PER_IP: "100000",
+  };
   const api = await startHelper([bin, "serve"], { env, until: (l) => l.msg === "listening" });
   const base = String(api.ready.url);
   const sql = postgres(url, { max: 1, onnotice: () => {} });
   try {
     // Reset never checks the password, so the accounts need no real hash (that would take minutes).
     await sql`insert into users (email, name, password_hash) select 'known' || i || '@bench.test', 'Bench ' || i, 'x' from generate_series(0, ${ACCOUNTS - 1}) i`;
-    const load = await timed(["bun", join(import.meta.dir, "reset-load.ts"), base, String(seconds), "16", String(ACCOUNTS)]);
-    const r = JSON.parse(load.stdout) as { known: { p50: number; p90: number; p99: number; n: number }; unknown: { p50: number; p90: number; p99: number; n: number }; statuses: Record<string, number>; distinctBodies: number; rps: number };
+    const load = await timed([
+      "bun",
+      join(import.meta.dir, "reset-load.ts"),
+      base,
+      String(seconds),
+      "16",
+      String(ACCOUNTS),
+    ]);
+    const r = JSON.parse(load.stdout) as {
+      known: { p50: number; p90: number; p99: number; n: number };
+      unknown: { p50: number; p90: number; p99: number; n: number };
+      statuses: Record<string, number>;
+      distinctBodies: number;
+      rps: number;
+    };
 
     await sql`delete from login_throttle`;
     const script = join(tmpdir(), `shinkei-reset-${process.pid}.lua`);
-    await writeFile(script, `local i = 0
+    await writeFile(
+      script,
+      `local i = 0
 request = function()
   i = i + 1
   local kind = (i % 2 == 0) and "known" or "unknown"
   return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, '{"email":"' .. kind .. (i % ${ACCOUNTS}) .. '@bench.test"}')
 end
-`);
+`,
+    );
     const flood = await wrk(`${base}/api/v1/auth/password-reset`, { connections: 16, seconds, script });
 
     // /login with the default argon2id cost, from a real registration, for the rate beside it.
     const account = { email: "login@bench.test", password: "benchmark password", name: "Bench" };
-    await fetch(`${base}/api/v1/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) });
+    await fetch(`${base}/api/v1/auth/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(account),
+    });
     const loginScript = join(tmpdir(), `shinkei-login-${process.pid}.lua`);
-    await writeFile(loginScript, `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`);
+    await writeFile(
+      loginScript,
+      `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`,
+    );
     const login = await wrk(`${base}/api/v1/auth/login`, { connections: 16, seconds, script: loginScript });
     const p99Ratio = r.known.p99 / r.unknown.p99;
     return [
       { name: "/password-reset known: p50 / p90 / p99", ours: fmt(r.known), goal: "", met: null, raw: r.known },
       { name: "/password-reset unknown: p50 / p90 / p99", ours: fmt(r.unknown), goal: "", met: null, raw: r.unknown },
-      { name: "/password-reset p99 known vs unknown", ours: `${p99Ratio.toFixed(2)}x`, goal: "0.8x to 1.25x", met: p99Ratio >= 0.8 && p99Ratio <= 1.25, raw: { ratio: p99Ratio, statuses: r.statuses, distinctBodies: r.distinctBodies } },
-      { name: "/password-reset req/s (wrk, half known)", ours: flood.rps.toFixed(0), goal: "", met: null, raw: { rps: flood.rps, non2xx: flood.non2xx, p50: flood.p50ms, p99: flood.p99ms } },
-      { name: "/login req/s, same server (argon2id 64 MiB, t=2)", ours: login.rps.toFixed(1), goal: "", met: null, raw: { rps: login.rps, non2xx: login.non2xx, p50: login.p50ms, p99: login.p99ms } },
+      {
+        name: "/password-reset p99 known vs unknown",
+        ours: `${p99Ratio.toFixed(2)}x`,
+        goal: "0.8x to 1.25x",
+        met: p99Ratio >= 0.8 && p99Ratio <= 1.25,
+        raw: { ratio: p99Ratio, statuses: r.statuses, distinctBodies: r.distinctBodies },
+      },
+      {
+        name: "/password-reset req/s (wrk, half known)",
+        ours: flood.rps.toFixed(0),
+        goal: "",
+        met: null,
+        raw: { rps: flood.rps, non2xx: flood.non2xx, p50: flood.p50ms, p99: flood.p99ms },
+      },
+      {
+        name: "/login req/s, same server (argon2id 64 MiB, t=2)",
+        ours: login.rps.toFixed(1),
+        goal: "",
+        met: null,
+        raw: { rps: login.rps, non2xx: login.non2xx, p50: login.p50ms, p99: login.p99ms },
+      },
     ];
   } finally {
     api.proc.kill("SIGTERM");
@@ -74,9 +130,12 @@ if (import.meta.main) {
   await timed(["bun", "run", "build"], { cwd: root });
   const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
   const rows = await benchPasswordReset(join(root, "dist", "shinkei"), serverUrl, Number(arg("seconds", "10")));
-  for (const r of rows) console.log(`${r.name.padEnd(44)} ${r.ours.padStart(28)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
+  for (const r of rows)
+    console.log(`${r.name.padEnd(44)} ${r.ours.padStart(28)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
-  await writeResults(join(import.meta.dir, "PASSWORD-RESET.md"), `# /password-reset benchmark
+  await writeResults(
+    join(import.meta.dir, "PASSWORD-RESET.md"),
+    `# /password-reset benchmark
 
 Measured by \`bun run test/bench/password-reset.ts\` (also part of \`bun run bench\`): 16 connections
 for 10 s sending known and unknown addresses interleaved, latencies recorded per kind by a load
@@ -90,5 +149,6 @@ process of its own; then wrk for the rate. Mail goes to the log (development).
 ${rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`).join("\n")}
 
 Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
-`);
+`,
+  );
 }

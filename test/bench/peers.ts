@@ -58,10 +58,28 @@ await chmod(sock, 0o755);
 
 await timed(["bun", "run", "build"], { cwd: root });
 const cluster = await startCluster({
-  settings: { fsync: "on", synchronous_commit: "on", archive_mode: "on", archive_command: "true", shared_buffers: "128MB", max_slot_wal_keep_size: "8GB" },
+  settings: {
+    fsync: "on",
+    synchronous_commit: "on",
+    archive_mode: "on",
+    archive_command: "true",
+    shared_buffers: "128MB",
+    max_slot_wal_keep_size: "8GB",
+  },
 });
 // pgBackRest reaches the server only through its unix socket: give it one, in our folder.
-const restarted = await cluster.run("pg_ctl", ["-D", cluster.dataDir, "restart", "-w", "-m", "fast", "-l", join(cluster.dataDir, "server.log"), "-o", `-c listen_addresses=127.0.0.1 -c port=${cluster.port} -c unix_socket_directories=${sock}`]);
+const restarted = await cluster.run("pg_ctl", [
+  "-D",
+  cluster.dataDir,
+  "restart",
+  "-w",
+  "-m",
+  "fast",
+  "-l",
+  join(cluster.dataDir, "server.log"),
+  "-o",
+  `-c listen_addresses=127.0.0.1 -c port=${cluster.port} -c unix_socket_directories=${sock}`,
+]);
 if (restarted.code !== 0) throw new Error(`restart with a socket failed: ${restarted.output}`);
 const url = cluster.url("bench");
 const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
@@ -122,21 +140,70 @@ const bmConfig = [
 const bm = (args: string[]) => asServer(["barman", "-c", bmConf, "-q", ...args]);
 
 const oursDir = join(work, "shinkei");
-const oursEnv = (dir: string, slot: string) => ({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", WAL_SLOT: slot, WAL_SYNC: "true", BACKUP_SCHEDULE: "0 0 1 1 *", BASE_BACKUP_SCHEDULE: "0 0 1 1 *", PITR_DRILL_SCHEDULE: "0 0 1 1 *", TMPDIR: scratch });
+const oursEnv = (dir: string, slot: string) => ({
+  DATABASE_URL: url,
+  BACKUP_DIR: dir,
+  WAL_ARCHIVE: "stream",
+  WAL_SLOT: slot,
+  WAL_SYNC: "true",
+  BACKUP_SCHEDULE: "0 0 1 1 *",
+  BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+  PITR_DRILL_SCHEDULE: "0 0 1 1 *",
+  TMPDIR: scratch,
+});
 const configuration = {
-  cluster: { version: "PostgreSQL " + (await admin`show server_version`)[0]!.server_version, fsync: "on", synchronous_commit: "on", shared_buffers: "128MB", archive_mode: "on", "archive_command when off": "true (a no-op)" },
-  shinkei: { env: { ...oursEnv("<work>/shinkei", "shinkei_bench"), DATABASE_URL: "<cluster>", TMPDIR: "<work>/tmp" }, base: "shinkei backup base (pg_basebackup tar on stdout, gzip -6 + SHA-256 ours)", restore: "shinkei pitr restore --to TIME" },
-  pgbackrest: pgbackrestOn ? { version: (await timed(["pgbackrest", "version"])).stdout.trim(), conf: pbrConfig.replaceAll(work, "<work>"), archive_command: pbrArchive.replaceAll(work, "<work>"), backup: "pgbackrest backup --type=full", restore: "pgbackrest restore --type=time --target=TIME --target-action=promote --pg1-path=NEW, then pg_ctl start" } : "skipped",
-  barman: barmanOn ? { version: (await timed(["barman", "--version"])).stdout.trim().split("\n")[0], conf: bmConfig.replaceAll(work, "<work>"), archiving: "barman receive-wal (pg_receivewal, asynchronous: not in synchronous_standby_names)", backup: "barman backup (pg_basebackup, uncompressed: backup_compression not set)", restore: "barman archive-wal; barman recover --target-time TIME --target-action promote NEW, then pg_ctl start", latest: "barman recover; then, by hand, recovery.signal and restore_command = 'barman -c CONF get-wal -P bench %f > %p' so the streamed .partial is replayed (its own restore_command copies only whole segments)" } : "skipped",
+  cluster: {
+    version: "PostgreSQL " + (await admin`show server_version`)[0]!.server_version,
+    fsync: "on",
+    synchronous_commit: "on",
+    shared_buffers: "128MB",
+    archive_mode: "on",
+    "archive_command when off": "true (a no-op)",
+  },
+  shinkei: {
+    env: { ...oursEnv("<work>/shinkei", "shinkei_bench"), DATABASE_URL: "<cluster>", TMPDIR: "<work>/tmp" },
+    base: "shinkei backup base (pg_basebackup tar on stdout, gzip -6 + SHA-256 ours)",
+    restore: "shinkei pitr restore --to TIME",
+  },
+  pgbackrest: pgbackrestOn
+    ? {
+        version: (await timed(["pgbackrest", "version"])).stdout.trim(),
+        conf: pbrConfig.replaceAll(work, "<work>"),
+        archive_command: pbrArchive.replaceAll(work, "<work>"),
+        backup: "pgbackrest backup --type=full",
+        restore:
+          "pgbackrest restore --type=time --target=TIME --target-action=promote --pg1-path=NEW, then pg_ctl start",
+      }
+    : "skipped",
+  barman: barmanOn
+    ? {
+        version: (await timed(["barman", "--version"])).stdout.trim().split("\n")[0],
+        conf: bmConfig.replaceAll(work, "<work>"),
+        archiving: "barman receive-wal (pg_receivewal, asynchronous: not in synchronous_standby_names)",
+        backup: "barman backup (pg_basebackup, uncompressed: backup_compression not set)",
+        restore: "barman archive-wal; barman recover --target-time TIME --target-action promote NEW, then pg_ctl start",
+        latest:
+          "barman recover; then, by hand, recovery.signal and restore_command = 'barman -c CONF get-wal -P bench %f > %p' so the streamed .partial is replayed (its own restore_command copies only whole segments)",
+      }
+    : "skipped",
   floor: { backup: "pg_basebackup -Ft -z -X none -c fast --no-sync", archiving: "none" },
 };
 console.log(JSON.stringify(configuration, null, 2).replaceAll(work, "<work>"));
 
-type Row = { measurement: string; shinkei: string; pgbackrest: string; barman: string; floor: string; raw: Record<string, unknown> };
+type Row = {
+  measurement: string;
+  shinkei: string;
+  pgbackrest: string;
+  barman: string;
+  floor: string;
+  raw: Record<string, unknown>;
+};
 const rows: Row[] = [];
 const add = (r: Row) => {
   rows.push(r);
-  console.log(`${r.measurement.padEnd(44)} | ${r.shinkei.padEnd(22)} | ${r.pgbackrest.padEnd(22)} | ${r.barman.padEnd(22)} | ${r.floor}`);
+  console.log(
+    `${r.measurement.padEnd(44)} | ${r.shinkei.padEnd(22)} | ${r.pgbackrest.padEnd(22)} | ${r.barman.padEnd(22)} | ${r.floor}`,
+  );
 };
 const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
 async function du(path: string): Promise<number> {
@@ -158,7 +225,9 @@ async function until(what: string, probe: () => Promise<boolean>, ms = 120_000) 
 async function caughtUp(app: string) {
   const at = await lsn();
   await until(`${app} to catch up`, async () => {
-    const [r] = await sql<{ f: string | null }[]>`select flush_lsn::text as f from pg_stat_replication where application_name = ${app} and state = 'streaming'`;
+    const [r] = await sql<
+      { f: string | null }[]
+    >`select flush_lsn::text as f from pg_stat_replication where application_name = ${app} and state = 'streaming'`;
     return !!r?.f && parseLsn(r.f) >= at;
   });
 }
@@ -179,13 +248,27 @@ async function cpuOf(pid: number): Promise<number> {
 }
 async function childrenOf(pid: number): Promise<number[]> {
   const r = Bun.spawnSync(["ps", "-o", "pid=", "--ppid", String(pid)]);
-  return r.stdout.toString().split("\n").map((l) => Number(l.trim())).filter((n) => n > 0);
+  return r.stdout
+    .toString()
+    .split("\n")
+    .map((l) => Number(l.trim()))
+    .filter((n) => n > 0);
 }
 
 type Service = { proc: ReturnType<typeof Bun.spawn>; stop(): Promise<void> };
 function startOurs(dir: string, slot: string): Service {
-  const proc = Bun.spawn([bin, "backup-service"], { env: { PATH: process.env.PATH!, ...oursEnv(dir, slot) }, stdout: "ignore", stderr: "ignore" });
-  return { proc, stop: async () => { proc.kill("SIGTERM"); await proc.exited; } };
+  const proc = Bun.spawn([bin, "backup-service"], {
+    env: { PATH: process.env.PATH!, ...oursEnv(dir, slot) },
+    stdout: "ignore",
+    stderr: "ignore",
+  });
+  return {
+    proc,
+    stop: async () => {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+  };
 }
 let barmanReceiver: ReturnType<typeof Bun.spawn> | null = null;
 async function startBarman() {
@@ -194,8 +277,15 @@ async function startBarman() {
   let exited = false;
   proc.exited.then(() => (exited = true));
   await until("barman's receiver", async () => {
-    if (exited) throw new Error(`barman receive-wal exited: ${await new Response(proc.stdout).text()}${await new Response(proc.stderr).text()}`);
-    return (await sql`select 1 from pg_stat_replication where application_name = 'barman_receive_wal' and state = 'streaming'`).length > 0;
+    if (exited)
+      throw new Error(
+        `barman receive-wal exited: ${await new Response(proc.stdout).text()}${await new Response(proc.stderr).text()}`,
+      );
+    return (
+      (
+        await sql`select 1 from pg_stat_replication where application_name = 'barman_receive_wal' and state = 'streaming'`
+      ).length > 0
+    );
   });
   // Keep its pipes drained so a chatty receiver never blocks.
   void new Response(proc.stdout).text().catch(() => {});
@@ -215,8 +305,24 @@ async function startRestored(dataDir: string): Promise<number> {
   const sockDir = `${dataDir}.sock`;
   await serverDir(sockDir);
   restoredServers.push(dataDir);
-  const r = await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", join(sockDir, "server.log"), "-o", `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${sockDir} -c archive_mode=off`])).catch(async (e: Error) => {
-    throw new Error(`${e.message}\n${(await readFile(join(sockDir, "server.log"), "utf8").catch(() => "")).slice(-1500)}`);
+  const r = await timed(
+    asServer([
+      join(cluster.bin, "pg_ctl"),
+      "-D",
+      dataDir,
+      "start",
+      "-w",
+      "-t",
+      "3600",
+      "-l",
+      join(sockDir, "server.log"),
+      "-o",
+      `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${sockDir} -c archive_mode=off`,
+    ]),
+  ).catch(async (e: Error) => {
+    throw new Error(
+      `${e.message}\n${(await readFile(join(sockDir, "server.log"), "utf8").catch(() => "")).slice(-1500)}`,
+    );
   });
   if (r.code !== 0) throw new Error(`could not start ${dataDir}`);
   return port;
@@ -227,9 +333,17 @@ async function stopRestored(dataDir: string) {
 }
 /** Poll until the server answers as a primary; then its answer to `query`. */
 async function answer(port: number | string, query: string): Promise<string> {
-  const db = postgres(typeof port === "string" ? port : `postgres://postgres@127.0.0.1:${port}/bench`, { max: 1, onnotice: () => {}, connect_timeout: 5 });
+  const db = postgres(typeof port === "string" ? port : `postgres://postgres@127.0.0.1:${port}/bench`, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 5,
+  });
   try {
-    await until("the restored server to leave recovery", async () => !(await db`select pg_is_in_recovery() as r`.catch(() => [{ r: true }]))[0]!.r, 3_600_000);
+    await until(
+      "the restored server to leave recovery",
+      async () => !(await db`select pg_is_in_recovery() as r`.catch(() => [{ r: true }]))[0]!.r,
+      3_600_000,
+    );
     return (await db.unsafe(query))[0]!.v as string;
   } finally {
     await db.end({ timeout: 1 });
@@ -255,7 +369,12 @@ try {
 
   // ---- 2. pgbench -N TPS, archiving off / on, interleaved rounds ----
   type Kind = "off" | "shinkei" | "pgbackrest" | "barman";
-  const kinds: Kind[] = ["off", "shinkei", ...(pgbackrestOn ? (["pgbackrest"] as const) : []), ...(barmanOn ? (["barman"] as const) : [])];
+  const kinds: Kind[] = [
+    "off",
+    "shinkei",
+    ...(pgbackrestOn ? (["pgbackrest"] as const) : []),
+    ...(barmanOn ? (["barman"] as const) : []),
+  ];
   const tps: Record<Kind, number[]> = { off: [], shinkei: [], pgbackrest: [], barman: [] };
   const cpu: { walBytes: number; receiver: number; seal: number }[] = [];
   for (let round = 0; round < rounds; round++) {
@@ -265,14 +384,24 @@ try {
         // A fresh archive and slot each round: no backlog of the rounds between to seal.
         const slot = `bench_tps_${round}`;
         const s = startOurs(join(work, `tps-${round}`), slot);
-        await until("shinkei's receiver", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length > 0);
+        await until(
+          "shinkei's receiver",
+          async () =>
+            (
+              await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+            ).length > 0,
+        );
         await Bun.sleep(3000); // past the service's start-up work, which is not per MiB of WAL
         const receiverPid = (await childrenOf(s.proc.pid))[0] ?? 0;
         const before = { wal: await lsn(), seal: await cpuOf(s.proc.pid), receiver: await cpuOf(receiverPid) };
         tps.shinkei.push(await pgbench());
         await caughtUp(RECEIVER_APP_NAME);
         await Bun.sleep(1500); // the last segments sealed
-        cpu.push({ walBytes: Number((await lsn()) - before.wal), receiver: (await cpuOf(receiverPid)) - before.receiver, seal: (await cpuOf(s.proc.pid)) - before.seal });
+        cpu.push({
+          walBytes: Number((await lsn()) - before.wal),
+          receiver: (await cpuOf(receiverPid)) - before.receiver,
+          seal: (await cpuOf(s.proc.pid)) - before.seal,
+        });
         await s.stop();
         await sql`select pg_drop_replication_slot(${slot})`;
         await timed(["rm", "-rf", join(work, `tps-${round}`)]);
@@ -290,15 +419,33 @@ try {
     }
   }
   const off = median(tps.off);
-  const ratio = (k: Kind) => (tps[k].length ? `${(median(tps[k]) / off).toFixed(2)}x (${median(tps[k]).toFixed(0)})` : "skipped");
-  add({ measurement: "pgbench -N TPS, archiving on / off", shinkei: ratio("shinkei"), pgbackrest: ratio("pgbackrest"), barman: ratio("barman"), floor: `1.00x (${off.toFixed(0)})`, raw: { tps } });
+  const ratio = (k: Kind) =>
+    tps[k].length ? `${(median(tps[k]) / off).toFixed(2)}x (${median(tps[k]).toFixed(0)})` : "skipped";
+  add({
+    measurement: "pgbench -N TPS, archiving on / off",
+    shinkei: ratio("shinkei"),
+    pgbackrest: ratio("pgbackrest"),
+    barman: ratio("barman"),
+    floor: `1.00x (${off.toFixed(0)})`,
+    raw: { tps },
+  });
   const perMiB = (k: "receiver" | "seal") => median(cpu.map((c) => (c[k] * 1000) / (c.walBytes / 1048576)));
-  add({ measurement: "shinkei CPU per MiB of WAL: receiver / seal", shinkei: `${perMiB("receiver").toFixed(1)} ms / ${perMiB("seal").toFixed(1)} ms`, pgbackrest: "", barman: "", floor: "", raw: { cpu } });
+  add({
+    measurement: "shinkei CPU per MiB of WAL: receiver / seal",
+    shinkei: `${perMiB("receiver").toFixed(1)} ms / ${perMiB("seal").toFixed(1)} ms`,
+    pgbackrest: "",
+    barman: "",
+    floor: "",
+    raw: { cpu },
+  });
 
   // Where the seal's time goes, on one real WAL segment: each step alone, in this process.
   {
     const walDir = join(cluster.dataDir, "pg_wal");
-    const seg = (await readdir(walDir)).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort().at(-2)!;
+    const seg = (await readdir(walDir))
+      .filter((n) => /^[0-9A-F]{24}$/.test(n))
+      .sort()
+      .at(-2)!;
     const bytes = new Uint8Array(await readFile(join(walDir, seg)));
     const time = (f: () => unknown) => {
       const xs: number[] = [];
@@ -314,16 +461,38 @@ try {
       gzip1: time(() => Bun.gzipSync(bytes, { level: 1 })),
       zstd3: time(() => Bun.zstdCompressSync(bytes, { level: 3 })),
       sha256: time(() => new Bun.CryptoHasher("sha256").update(bytes).digest()),
-      gunzip: (() => { const z = Bun.gzipSync(bytes, { level: 6 }); return time(() => Bun.gunzipSync(z)); })(),
-      unzstd: (() => { const z = Bun.zstdCompressSync(bytes, { level: 3 }); return time(() => Bun.zstdDecompressSync(z)); })(),
+      gunzip: (() => {
+        const z = Bun.gzipSync(bytes, { level: 6 });
+        return time(() => Bun.gunzipSync(z));
+      })(),
+      unzstd: (() => {
+        const z = Bun.zstdCompressSync(bytes, { level: 3 });
+        return time(() => Bun.zstdDecompressSync(z));
+      })(),
     };
-    const sizes = { gzip6: Bun.gzipSync(bytes, { level: 6 }).length, zstd3: Bun.zstdCompressSync(bytes, { level: 3 }).length };
-    add({ measurement: "seal steps, ms per MiB of one WAL segment", shinkei: `gzip-6 ${steps.gzip6.toFixed(1)}, sha256 ${steps.sha256.toFixed(1)}`, pgbackrest: "", barman: "", floor: `zstd-3 ${steps.zstd3.toFixed(1)}, gzip-1 ${steps.gzip1.toFixed(1)}`, raw: { segment: seg, steps, sizes } });
+    const sizes = {
+      gzip6: Bun.gzipSync(bytes, { level: 6 }).length,
+      zstd3: Bun.zstdCompressSync(bytes, { level: 3 }).length,
+    };
+    add({
+      measurement: "seal steps, ms per MiB of one WAL segment",
+      shinkei: `gzip-6 ${steps.gzip6.toFixed(1)}, sha256 ${steps.sha256.toFixed(1)}`,
+      pgbackrest: "",
+      barman: "",
+      floor: `zstd-3 ${steps.zstd3.toFixed(1)}, gzip-1 ${steps.gzip1.toFixed(1)}`,
+      raw: { segment: seg, steps, sizes },
+    });
   }
 
   // ---- 1. base/full backups: every archiver on, as in production; interleaved rounds ----
   ours = startOurs(oursDir, "shinkei_bench");
-  await until("shinkei's receiver", async () => (await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`).length > 0);
+  await until(
+    "shinkei's receiver",
+    async () =>
+      (
+        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+      ).length > 0,
+  );
   if (pgbackrestOn) await setArchiveCommand(pbrArchive);
   if (barmanOn) {
     await startBarman();
@@ -348,20 +517,35 @@ try {
         size.barman = (await du(join(bmDir, "home", "bench", "base"))) - before;
       } else if (kind === "floor") {
         const dir = join(work, `floor-${round}`);
-        backup.floor.push((await timed(["pg_basebackup", "-D", dir, "-Ft", "-z", "-X", "none", "-c", "fast", "--no-sync"], { env: pgEnv })).ms);
+        backup.floor.push(
+          (
+            await timed(["pg_basebackup", "-D", dir, "-Ft", "-z", "-X", "none", "-c", "fast", "--no-sync"], {
+              env: pgEnv,
+            })
+          ).ms,
+        );
         size.floor = await du(dir);
         await timed(["rm", "-rf", dir]);
       }
     }
   }
-  const fmtBackup = (k: keyof typeof backup) => (backup[k].length ? `${fmtMs(median(backup[k]))}, ${mib(size[k])}` : "skipped");
-  add({ measurement: `base/full backup (scale ${scale})`, shinkei: fmtBackup("shinkei"), pgbackrest: fmtBackup("pgbackrest"), barman: fmtBackup("barman"), floor: fmtBackup("floor"), raw: { ms: backup, bytes: size } });
+  const fmtBackup = (k: keyof typeof backup) =>
+    backup[k].length ? `${fmtMs(median(backup[k]))}, ${mib(size[k])}` : "skipped";
+  add({
+    measurement: `base/full backup (scale ${scale})`,
+    shinkei: fmtBackup("shinkei"),
+    pgbackrest: fmtBackup("pgbackrest"),
+    barman: fmtBackup("barman"),
+    floor: fmtBackup("floor"),
+    raw: { ms: backup, bytes: size },
+  });
 
   // ---- 3. restore to a moment ----
   // Writes, a pause in which the data is read and the moment taken, then more writes after it.
   const load = (s: number) => timed(["pgbench", "-n", "-N", "-c", "4", "-j", "2", "-T", String(s)], { env: pgEnv });
   await load(Math.max(2, Math.round(seconds / 2)));
-  const digestQuery = "select (select sum(abalance) from pgbench_accounts)::text || '/' || (select count(*) from pgbench_history) || '/' || coalesce((select sum(delta) from pgbench_history), 0) as v";
+  const digestQuery =
+    "select (select sum(abalance) from pgbench_accounts)::text || '/' || (select count(*) from pgbench_history) || '/' || coalesce((select sum(delta) from pgbench_history), 0) as v";
   const expected = (await sql.unsafe(digestQuery))[0]!.v as string;
   await Bun.sleep(500);
   const moment = new Date(Number((await sql`select extract(epoch from clock_timestamp()) * 1000 as ms`)[0]!.ms));
@@ -371,11 +555,16 @@ try {
   const closed = (await sql`select pg_walfile_name(pg_switch_wal()) as n`)[0]!.n as string;
   const atEnd = await lsn();
   await caughtUp(RECEIVER_APP_NAME);
-  if (barmanOn) await until("Barman to receive the closed segment", async () => (await stat(join(bmDir, "home", "bench", "streaming", closed)).catch(() => null)) !== null);
-  if (pgbackrestOn) await until("pgBackRest to archive", async () => {
-    const [r] = await sql<{ l: string | null }[]>`select last_archived_wal as l from pg_stat_archiver`;
-    return !!r?.l && r.l >= closed;
-  });
+  if (barmanOn)
+    await until(
+      "Barman to receive the closed segment",
+      async () => (await stat(join(bmDir, "home", "bench", "streaming", closed)).catch(() => null)) !== null,
+    );
+  if (pgbackrestOn)
+    await until("pgBackRest to archive", async () => {
+      const [r] = await sql<{ l: string | null }[]>`select last_archived_wal as l from pg_stat_archiver`;
+      return !!r?.l && r.l >= closed;
+    });
   await Bun.sleep(2000); // our archiver seals what the receiver finished
   if (barmanOn) await timed(bm(["archive-wal", "bench"]));
   const pgTime = moment.toISOString().replace("T", " ").replace("Z", "+00");
@@ -389,10 +578,14 @@ try {
       const dest = join(work, `restore-${kind}-${round}`);
       if (kind === "shinkei") {
         const t0 = performance.now();
-        const r = await timed([bin, "pitr", "restore", "--to", moment.toISOString(), "--json"], { env: oursEnv(oursDir, "shinkei_bench") });
+        const r = await timed([bin, "pitr", "restore", "--to", moment.toISOString(), "--json"], {
+          env: oursEnv(oursDir, "shinkei_bench"),
+        });
         const out = JSON.parse(r.stdout) as { url: string };
         if (round === 0) console.log(r.stderr.trim());
-        console.log(`shinkei pitr restore: command ${fmtMs(r.ms)}, recovery ${fmtMs((JSON.parse(r.stdout) as { durationMs: number }).durationMs)}`);
+        console.log(
+          `shinkei pitr restore: command ${fmtMs(r.ms)}, recovery ${fmtMs((JSON.parse(r.stdout) as { durationMs: number }).durationMs)}`,
+        );
         const got = await answer(out.url, digestQuery);
         restore.shinkei.push(performance.now() - t0);
         exact.shinkei &&= got === expected;
@@ -400,7 +593,9 @@ try {
       } else if (kind === "pgbackrest" && pgbackrestOn) {
         await serverDir(dest);
         const t0 = performance.now();
-        await timed(pbr([`--pg1-path=${dest}`, "--type=time", `--target=${pgTime}`, "--target-action=promote", "restore"]));
+        await timed(
+          pbr([`--pg1-path=${dest}`, "--type=time", `--target=${pgTime}`, "--target-action=promote", "restore"]),
+        );
         const got = await answer(await startRestored(dest), digestQuery);
         restore.pgbackrest.push(performance.now() - t0);
         exact.pgbackrest &&= got === expected;
@@ -417,9 +612,24 @@ try {
       }
     }
   }
-  const fmtRestore = (k: keyof typeof restore) => (restore[k].length ? `${fmtMs(median(restore[k]))}${exact[k] ? ", exact" : ", DATA DIFFERS"}` : "skipped");
-  const walAfterBase = Number(atEnd - parseLsn((await sql`select redo_lsn::text as l from pg_control_checkpoint()`)[0]!.l));
-  add({ measurement: "restore to a moment, until it answers", shinkei: fmtRestore("shinkei"), pgbackrest: fmtRestore("pgbackrest"), barman: fmtRestore("barman"), floor: "", raw: { ms: restore, exact, pgbackrestRatio: restore.pgbackrest.length ? median(restore.shinkei) / median(restore.pgbackrest) : null, walAfterBaseApprox: walAfterBase } });
+  const fmtRestore = (k: keyof typeof restore) =>
+    restore[k].length ? `${fmtMs(median(restore[k]))}${exact[k] ? ", exact" : ", DATA DIFFERS"}` : "skipped";
+  const walAfterBase = Number(
+    atEnd - parseLsn((await sql`select redo_lsn::text as l from pg_control_checkpoint()`)[0]!.l),
+  );
+  add({
+    measurement: "restore to a moment, until it answers",
+    shinkei: fmtRestore("shinkei"),
+    pgbackrest: fmtRestore("pgbackrest"),
+    barman: fmtRestore("barman"),
+    floor: "",
+    raw: {
+      ms: restore,
+      exact,
+      pgbackrestRatio: restore.pgbackrest.length ? median(restore.shinkei) / median(restore.pgbackrest) : null,
+      walAfterBaseApprox: walAfterBase,
+    },
+  });
 
   // ---- 4. acknowledged commits lost when the primary and its data directory are lost ----
   // Every archiver is on at once; each insert's id is recorded the moment its commit returns.
@@ -454,9 +664,16 @@ try {
   ours = null;
   await stopBarman();
   async function lostIn(port: number | string): Promise<number> {
-    const db = postgres(typeof port === "string" ? port : `postgres://postgres@127.0.0.1:${port}/bench`, { max: 1, onnotice: () => {} });
+    const db = postgres(typeof port === "string" ? port : `postgres://postgres@127.0.0.1:${port}/bench`, {
+      max: 1,
+      onnotice: () => {},
+    });
     try {
-      await until("the recovered server to leave recovery", async () => !(await db`select pg_is_in_recovery() as r`.catch(() => [{ r: true }]))[0]!.r, 3_600_000);
+      await until(
+        "the recovered server to leave recovery",
+        async () => !(await db`select pg_is_in_recovery() as r`.catch(() => [{ r: true }]))[0]!.r,
+        3_600_000,
+      );
       const have = new Set((await db`select id from acked`).map((r) => Number(r.id)));
       let lost = 0;
       for (const id of ackedSet) if (!have.has(id)) lost++;
@@ -467,7 +684,9 @@ try {
   }
   const lost: Record<string, number | string> = {};
   {
-    const r = await timed([bin, "pitr", "restore", "--to", "latest", "--json"], { env: oursEnv(oursDir, "shinkei_bench") });
+    const r = await timed([bin, "pitr", "restore", "--to", "latest", "--json"], {
+      env: oursEnv(oursDir, "shinkei_bench"),
+    });
     lost.shinkei = await lostIn((JSON.parse(r.stdout) as { url: string }).url);
     await timed([bin, "pitr", "cleanup"], { env: oursEnv(oursDir, "shinkei_bench") });
   }
@@ -487,19 +706,46 @@ try {
     await stopRestored(plain);
     const edited = join(work, "barman-dest", "lost-edited");
     await timed(bm(["recover", "bench", "latest", edited]));
-    await timed(asServer(["sh", "-c", `printf "%s\\n" "restore_command = 'barman -c ${bmConf} get-wal -P bench %f > %p'" >> ${edited}/postgresql.auto.conf && touch ${edited}/recovery.signal`]));
+    await timed(
+      asServer([
+        "sh",
+        "-c",
+        `printf "%s\\n" "restore_command = 'barman -c ${bmConf} get-wal -P bench %f > %p'" >> ${edited}/postgresql.auto.conf && touch ${edited}/recovery.signal`,
+      ]),
+    );
     lost.barman = await lostIn(await startRestored(edited));
     await stopRestored(edited);
   }
-  add({ measurement: `acknowledged commits lost (of ${acked.length})`, shinkei: String(lost.shinkei), pgbackrest: pgbackrestOn ? String(lost.pgbackrest) : "skipped", barman: barmanOn ? `${lost.barman} (as recovered: ${lost.barmanAsIs})` : "skipped", floor: "0", raw: { acked: acked.length, lost } });
+  add({
+    measurement: `acknowledged commits lost (of ${acked.length})`,
+    shinkei: String(lost.shinkei),
+    pgbackrest: pgbackrestOn ? String(lost.pgbackrest) : "skipped",
+    barman: barmanOn ? `${lost.barman} (as recovered: ${lost.barmanAsIs})` : "skipped",
+    floor: "0",
+    raw: { acked: acked.length, lost },
+  });
 
-  const result = { date: new Date().toISOString(), machine: `${cpus().length} × ${cpus()[0]?.model}`, scale, rounds, seconds, lossSeconds, skipped, configuration, rows };
-  await writeResults(join(import.meta.dir, "peers-results.json"), JSON.stringify(result, null, 2).replaceAll(work, "<work>") + "\n");
+  const result = {
+    date: new Date().toISOString(),
+    machine: `${cpus().length} × ${cpus()[0]?.model}`,
+    scale,
+    rounds,
+    seconds,
+    lossSeconds,
+    skipped,
+    configuration,
+    rows,
+  };
+  await writeResults(
+    join(import.meta.dir, "peers-results.json"),
+    JSON.stringify(result, null, 2).replaceAll(work, "<work>") + "\n",
+  );
   if (smoke) console.log("smoke run: figures mean nothing");
 } finally {
   if (ours) await ours.stop().catch(() => {});
   await stopBarman().catch(() => {});
-  for (const d of restoredServers) await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", d, "stop", "-m", "immediate"])).catch(() => {});
+  for (const d of restoredServers)
+    await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", d, "stop", "-m", "immediate"])).catch(() => {});
   await timed([bin, "pitr", "cleanup"], { env: oursEnv(oursDir, "shinkei_bench") }).catch(() => {});
   await sql.end({ timeout: 1 }).catch(() => {});
   await admin.end({ timeout: 1 }).catch(() => {});

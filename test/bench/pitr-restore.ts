@@ -34,27 +34,52 @@ await chmod(scratch, 0o755);
 const as = await runAs();
 
 await timed(["bun", "run", "build"], { cwd: root });
-const cluster = await startCluster({ settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "2GB" } });
+const cluster = await startCluster({
+  settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "2GB" },
+});
 const url = cluster.url("bench");
 const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
 await admin`create database bench`;
 const sql = postgres(url, { max: 2, onnotice: () => {} });
 const pgEnv = { PGHOST: "127.0.0.1", PGPORT: String(cluster.port), PGUSER: "postgres", PGDATABASE: "bench" };
-const env = { DATABASE_URL: url, BACKUP_DIR: backupDir, WAL_ARCHIVE: "stream", BACKUP_SCHEDULE: "0 0 1 1 *", BASE_BACKUP_SCHEDULE: "0 0 1 1 *", PITR_DRILL_SCHEDULE: "0 0 1 1 *", TMPDIR: scratch };
-const service = Bun.spawn([bin, "backup-service"], { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" });
+const env = {
+  DATABASE_URL: url,
+  BACKUP_DIR: backupDir,
+  WAL_ARCHIVE: "stream",
+  BACKUP_SCHEDULE: "0 0 1 1 *",
+  BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+  PITR_DRILL_SCHEDULE: "0 0 1 1 *",
+  TMPDIR: scratch,
+};
+const service = Bun.spawn([bin, "backup-service"], {
+  env: { PATH: process.env.PATH!, ...env },
+  stdout: "ignore",
+  stderr: "ignore",
+});
 try {
   await timed(["pgbench", "-i", "-q", "-s", String(scale)], { env: pgEnv });
-  for (let i = 0; i < 100 && !(await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`).length; i++) await Bun.sleep(200);
+  for (
+    let i = 0;
+    i < 100 && !(await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`).length;
+    i++
+  )
+    await Bun.sleep(200);
   await timed([bin, "backup", "base"], { env: { ...env, BASE_BACKUP_START_FAST: "true" } });
   const [base] = await listBaseBackups(backupDir);
   const dbBytes = Number((await sql`select pg_database_size('bench') as n`)[0]!.n);
-  console.log(`database ${(dbBytes / 1048576).toFixed(0)} MiB, base backup ${base!.name}; writing ${walMiB} MiB of WAL`);
-  while (parseLsn((await sql`select pg_current_wal_lsn()::text as l`)[0]!.l) - parseLsn(base!.manifest.stopLsn) < BigInt(walMiB) * 1048576n) {
+  console.log(
+    `database ${(dbBytes / 1048576).toFixed(0)} MiB, base backup ${base!.name}; writing ${walMiB} MiB of WAL`,
+  );
+  while (
+    parseLsn((await sql`select pg_current_wal_lsn()::text as l`)[0]!.l) - parseLsn(base!.manifest.stopLsn) <
+    BigInt(walMiB) * 1048576n
+  ) {
     await timed(["pgbench", "-n", "-c", "4", "-j", "2", "-T", "5"], { env: pgEnv });
   }
   const lsn = (await sql`select pg_current_wal_lsn()::text as lsn`)[0]!.lsn as string;
   for (;;) {
-    const [r] = await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+    const [r] =
+      await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
     if (r?.ok) break;
     await Bun.sleep(200);
   }
@@ -72,9 +97,11 @@ try {
   await mkdir(plain);
   const config = loadConfig(env);
   for (const tl of (await readdir(join(backupDir, "wal"))).filter((d) => /^[0-9A-F]{8}$/.test(d))) {
-    for (const f of (await readdir(join(backupDir, "wal", tl))).filter((n) => /^[0-9A-F]{24}\.json$/.test(n))) await fetchWal(config, f.slice(0, -5), join(plain, f.slice(0, -5)));
+    for (const f of (await readdir(join(backupDir, "wal", tl))).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)))
+      await fetchWal(config, f.slice(0, -5), join(plain, f.slice(0, -5)));
   }
-  for (const f of (await readdir(join(backupDir, "wal", "spool"))).filter((n) => n.endsWith(".partial"))) await fetchWal(config, f.slice(0, -8), join(plain, f.slice(0, -8)));
+  for (const f of (await readdir(join(backupDir, "wal", "spool"))).filter((n) => n.endsWith(".partial")))
+    await fetchWal(config, f.slice(0, -8), join(plain, f.slice(0, -8)));
   const dataDir = join(work, "bare", "data");
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   if (as.uid !== undefined) {
@@ -87,9 +114,24 @@ try {
   const started = performance.now();
   await timed(["tar", "-xzf", base!.path, "-C", dataDir]);
   await writeFile(join(dataDir, "recovery.signal"), "");
-  await writeFile(join(dataDir, "postgresql.auto.conf"), `restore_command = 'cp ${plain}/%f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = ''\n`, { flag: "a" });
+  await writeFile(
+    join(dataDir, "postgresql.auto.conf"),
+    `restore_command = 'cp ${plain}/%f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = ''\n`,
+    { flag: "a" },
+  );
   await timed(["chown", "-R", "postgres:postgres", dataDir]);
-  await timed([...as.prefix, join(cluster.bin, "pg_ctl"), "-D", dataDir, "start", "-w", "-t", "3600", "-l", join(work, "bare", "server.log")]);
+  await timed([
+    ...as.prefix,
+    join(cluster.bin, "pg_ctl"),
+    "-D",
+    dataDir,
+    "start",
+    "-w",
+    "-t",
+    "3600",
+    "-l",
+    join(work, "bare", "server.log"),
+  ]);
   const bare = postgres(`postgres://postgres@127.0.0.1:${port}/bench`, { max: 1, onnotice: () => {} });
   while ((await bare`select pg_is_in_recovery() as r`)[0]!.r) await Bun.sleep(100);
   const bareMs = performance.now() - started;
@@ -109,9 +151,21 @@ try {
     database: { scale, bytes: dbBytes },
     walReplayedBytes: replayed,
     walFiles: out.walFiles,
-    rto: { oursMs: rto, oursCommandMs: Math.round(ours.ms), bareMs: Math.round(bareMs), ratio: Math.round((rto / bareMs) * 100) / 100, goal: "<= 1.1x", met: rto / bareMs <= 1.1 },
+    rto: {
+      oursMs: rto,
+      oursCommandMs: Math.round(ours.ms),
+      bareMs: Math.round(bareMs),
+      ratio: Math.round((rto / bareMs) * 100) / 100,
+      goal: "<= 1.1x",
+      met: rto / bareMs <= 1.1,
+    },
     // Both take and verify a safety backup of the live database first, and load in one transaction.
-    apply: { pitrApplyMs: Math.round(apply.ms), dumpMs: Math.round(dump.ms), dumpRestoreMs: Math.round(restore.ms), ratio: Math.round((apply.ms / restore.ms) * 100) / 100 },
+    apply: {
+      pitrApplyMs: Math.round(apply.ms),
+      dumpMs: Math.round(dump.ms),
+      dumpRestoreMs: Math.round(restore.ms),
+      ratio: Math.round((apply.ms / restore.ms) * 100) / 100,
+    },
   };
   console.log(JSON.stringify(result, null, 2));
   await writeResults(join(import.meta.dir, "pitr-restore-results.json"), JSON.stringify(result, null, 2) + "\n");

@@ -29,11 +29,21 @@ const sql = postgres(url, { max: 2, onnotice: () => {} });
 const pgEnv = { PGHOST: "127.0.0.1", PGPORT: String(cluster.port), PGUSER: "postgres", PGDATABASE: "bench" };
 await timed(["pgbench", "-i", "-q", "-s", String(scale)], { env: pgEnv });
 
-type Row = { name: string; ours: string; baseline: string; ratio: number | null; goal: string; met: boolean | null; raw: Record<string, number> };
+type Row = {
+  name: string;
+  ours: string;
+  baseline: string;
+  ratio: number | null;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, number>;
+};
 const rows: Row[] = [];
 const add = (r: Row) => {
   rows.push(r);
-  console.log(`${r.name.padEnd(52)} ${r.ours.padStart(16)} ${r.baseline.padStart(16)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
+  console.log(
+    `${r.name.padEnd(52)} ${r.ours.padStart(16)} ${r.baseline.padStart(16)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`,
+  );
 };
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -55,7 +65,9 @@ async function withLag(appName: string): Promise<{ tps: number; lags: number[] }
   let stop = false;
   const poll = (async () => {
     while (!stop) {
-      const [r] = await sql<{ cur: string; flush: string | null }[]>`select pg_current_wal_lsn()::text as cur, (select flush_lsn::text from pg_stat_replication where application_name = ${appName}) as flush`;
+      const [r] = await sql<
+        { cur: string; flush: string | null }[]
+      >`select pg_current_wal_lsn()::text as cur, (select flush_lsn::text from pg_stat_replication where application_name = ${appName}) as flush`;
       if (r?.flush) samples.push({ t: performance.now(), cur: parseLsn(r.cur), flush: parseLsn(r.flush) });
       await Bun.sleep(2);
     }
@@ -75,7 +87,11 @@ async function withLag(appName: string): Promise<{ tps: number; lags: number[] }
 async function until(probe: () => Promise<boolean>) {
   for (let i = 0; i < 600 && !(await probe()); i++) await Bun.sleep(50);
 }
-const streaming = (app: string) => until(async () => (await sql`select 1 from pg_stat_replication where application_name = ${app} and state = 'streaming'`).length > 0);
+const streaming = (app: string) =>
+  until(
+    async () =>
+      (await sql`select 1 from pg_stat_replication where application_name = ${app} and state = 'streaming'`).length > 0,
+  );
 
 try {
   // 1. No receiver: the primary's own rate.
@@ -84,13 +100,24 @@ try {
   // 2. shinkei's backup service streaming (WAL_SYNC on, the default; then off), its peak memory sampled.
   async function service(sync: boolean) {
     const proc = Bun.spawn([bin, "backup-service"], {
-      env: { PATH: process.env.PATH!, DATABASE_URL: url, BACKUP_DIR: join(work, `ours-${sync}`), WAL_ARCHIVE: "stream", WAL_SLOT: "bench_ours", WAL_SYNC: String(sync), BACKUP_SCHEDULE: "0 0 1 1 *", BASE_BACKUP_SCHEDULE: "0 0 1 1 *" },
+      env: {
+        PATH: process.env.PATH!,
+        DATABASE_URL: url,
+        BACKUP_DIR: join(work, `ours-${sync}`),
+        WAL_ARCHIVE: "stream",
+        WAL_SLOT: "bench_ours",
+        WAL_SYNC: String(sync),
+        BACKUP_SCHEDULE: "0 0 1 1 *",
+        BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+      },
       stdout: "ignore",
       stderr: "inherit",
     });
     let peakKb = 0;
     const rss = setInterval(async () => {
-      const status = await Bun.file(`/proc/${proc.pid}/status`).text().catch(() => "");
+      const status = await Bun.file(`/proc/${proc.pid}/status`)
+        .text()
+        .catch(() => "");
       peakKb = Math.max(peakKb, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0));
     }, 100);
     await streaming(RECEIVER_APP_NAME);
@@ -108,11 +135,14 @@ try {
   const bareDir = join(work, "bare");
   await mkdir(bareDir);
   await sql`select pg_create_physical_replication_slot('bench_bare', true)`;
-  const bare = Bun.spawn(["pg_receivewal", "-D", bareDir, "--slot", "bench_bare", "--synchronous", "--status-interval=1", "--no-password"], {
-    env: { ...process.env, ...pgEnv, PGAPPNAME: "bench_bare" },
-    stdout: "ignore",
-    stderr: "ignore",
-  });
+  const bare = Bun.spawn(
+    ["pg_receivewal", "-D", bareDir, "--slot", "bench_bare", "--synchronous", "--status-interval=1", "--no-password"],
+    {
+      env: { ...process.env, ...pgEnv, PGAPPNAME: "bench_bare" },
+      stdout: "ignore",
+      stderr: "ignore",
+    },
+  );
   await streaming("bench_bare");
   const base = await withLag("bench_bare");
   bare.kill("SIGINT");
@@ -122,24 +152,105 @@ try {
   const tpsOffAfter = await pgbench();
   const tpsOffMean = (tpsOff + tpsOffAfter) / 2;
 
-  add({ name: "receiver lag p50 under pgbench: ours vs bare pg_receivewal", ours: fmtMs(pct(ours.lags, 50)), baseline: fmtMs(pct(base.lags, 50)), ratio: pct(ours.lags, 50) / pct(base.lags, 50), goal: "", met: null, raw: { oursMs: pct(ours.lags, 50), baselineMs: pct(base.lags, 50), samples: ours.lags.length } });
-  add({ name: "receiver lag p99 under pgbench: ours vs bare pg_receivewal", ours: fmtMs(pct(ours.lags, 99)), baseline: fmtMs(pct(base.lags, 99)), ratio: pct(ours.lags, 99) / pct(base.lags, 99), goal: "< 200 ms", met: pct(ours.lags, 99) < 200, raw: { oursMs: pct(ours.lags, 99), baselineMs: pct(base.lags, 99) } });
-  add({ name: "pgbench TPS: streaming on (ours) vs off (before/after mean)", ours: ours.tps.toFixed(0), baseline: tpsOffMean.toFixed(0), ratio: ours.tps / tpsOffMean, goal: "≥ 0.95x", met: ours.tps / tpsOffMean >= 0.95, raw: { on: ours.tps, offBefore: tpsOff, offAfter: tpsOffAfter } });
-  add({ name: "pgbench TPS: ours vs bare pg_receivewal --synchronous", ours: ours.tps.toFixed(0), baseline: base.tps.toFixed(0), ratio: ours.tps / base.tps, goal: "≥ 0.95x", met: ours.tps / base.tps >= 0.95, raw: { ours: ours.tps, bare: base.tps } });
-  add({ name: "pgbench TPS: ours with WAL_SYNC=false vs off", ours: oursAsync.tps.toFixed(0), baseline: tpsOffMean.toFixed(0), ratio: oursAsync.tps / tpsOffMean, goal: "", met: null, raw: { on: oursAsync.tps, off: tpsOffMean } });
+  add({
+    name: "receiver lag p50 under pgbench: ours vs bare pg_receivewal",
+    ours: fmtMs(pct(ours.lags, 50)),
+    baseline: fmtMs(pct(base.lags, 50)),
+    ratio: pct(ours.lags, 50) / pct(base.lags, 50),
+    goal: "",
+    met: null,
+    raw: { oursMs: pct(ours.lags, 50), baselineMs: pct(base.lags, 50), samples: ours.lags.length },
+  });
+  add({
+    name: "receiver lag p99 under pgbench: ours vs bare pg_receivewal",
+    ours: fmtMs(pct(ours.lags, 99)),
+    baseline: fmtMs(pct(base.lags, 99)),
+    ratio: pct(ours.lags, 99) / pct(base.lags, 99),
+    goal: "< 200 ms",
+    met: pct(ours.lags, 99) < 200,
+    raw: { oursMs: pct(ours.lags, 99), baselineMs: pct(base.lags, 99) },
+  });
+  add({
+    name: "pgbench TPS: streaming on (ours) vs off (before/after mean)",
+    ours: ours.tps.toFixed(0),
+    baseline: tpsOffMean.toFixed(0),
+    ratio: ours.tps / tpsOffMean,
+    goal: "≥ 0.95x",
+    met: ours.tps / tpsOffMean >= 0.95,
+    raw: { on: ours.tps, offBefore: tpsOff, offAfter: tpsOffAfter },
+  });
+  add({
+    name: "pgbench TPS: ours vs bare pg_receivewal --synchronous",
+    ours: ours.tps.toFixed(0),
+    baseline: base.tps.toFixed(0),
+    ratio: ours.tps / base.tps,
+    goal: "≥ 0.95x",
+    met: ours.tps / base.tps >= 0.95,
+    raw: { ours: ours.tps, bare: base.tps },
+  });
+  add({
+    name: "pgbench TPS: ours with WAL_SYNC=false vs off",
+    ours: oursAsync.tps.toFixed(0),
+    baseline: tpsOffMean.toFixed(0),
+    ratio: oursAsync.tps / tpsOffMean,
+    goal: "",
+    met: null,
+    raw: { on: oursAsync.tps, off: tpsOffMean },
+  });
   // Without --synchronous the receiver flushes (and reports) only at segment ends: no lag to sample.
-  add({ name: "receiver lag p99 with WAL_SYNC=false", ours: oursAsync.lags.length ? fmtMs(pct(oursAsync.lags, 99)) : "per segment", baseline: "", ratio: null, goal: "", met: null, raw: { samples: oursAsync.lags.length } });
-  add({ name: "peak RSS of backup-service while streaming", ours: fmtMiB(peakKb * 1024), baseline: "", ratio: null, goal: "< 150 MiB", met: peakKb * 1024 < 150 * 1048576, raw: { bytes: peakKb * 1024 } });
+  add({
+    name: "receiver lag p99 with WAL_SYNC=false",
+    ours: oursAsync.lags.length ? fmtMs(pct(oursAsync.lags, 99)) : "per segment",
+    baseline: "",
+    ratio: null,
+    goal: "",
+    met: null,
+    raw: { samples: oursAsync.lags.length },
+  });
+  add({
+    name: "peak RSS of backup-service while streaming",
+    ours: fmtMiB(peakKb * 1024),
+    baseline: "",
+    ratio: null,
+    goal: "< 150 MiB",
+    met: peakKb * 1024 < 150 * 1048576,
+    raw: { bytes: peakKb * 1024 },
+  });
 
   // 4. Base backup: ours (stdout tar, gzip + SHA-256 on our side) vs bare pg_basebackup -Ft -z to a folder.
-  const oursMs: number[] = [], bareMs: number[] = [];
+  const oursMs: number[] = [],
+    bareMs: number[] = [];
   for (let i = 0; i < 3; i++) {
-    oursMs.push((await timed([bin, "backup", "base"], { env: { DATABASE_URL: url, BACKUP_DIR: join(work, `base-${i}`) } })).ms);
-    bareMs.push((await timed(["pg_basebackup", "-D", join(work, `bare-base-${i}`), "-Ft", "-z", "-X", "none", "-c", "fast", "--no-sync"], { env: pgEnv })).ms);
+    oursMs.push(
+      (await timed([bin, "backup", "base"], { env: { DATABASE_URL: url, BACKUP_DIR: join(work, `base-${i}`) } })).ms,
+    );
+    bareMs.push(
+      (
+        await timed(
+          ["pg_basebackup", "-D", join(work, `bare-base-${i}`), "-Ft", "-z", "-X", "none", "-c", "fast", "--no-sync"],
+          { env: pgEnv },
+        )
+      ).ms,
+    );
   }
-  add({ name: `base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`, ours: fmtMs(median(oursMs)), baseline: fmtMs(median(bareMs)), ratio: median(oursMs) / median(bareMs), goal: "≤ 1.0x", met: median(oursMs) <= median(bareMs), raw: { oursMs: median(oursMs), baselineMs: median(bareMs) } });
+  add({
+    name: `base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`,
+    ours: fmtMs(median(oursMs)),
+    baseline: fmtMs(median(bareMs)),
+    ratio: median(oursMs) / median(bareMs),
+    goal: "≤ 1.0x",
+    met: median(oursMs) <= median(bareMs),
+    raw: { oursMs: median(oursMs), baselineMs: median(bareMs) },
+  });
 
-  await writeResults(join(import.meta.dir, "pitr-results.json"), JSON.stringify({ date: new Date().toISOString(), machine: `${cpus().length} × ${cpus()[0]?.model}`, seconds, scale, rows }, null, 2) + "\n");
+  await writeResults(
+    join(import.meta.dir, "pitr-results.json"),
+    JSON.stringify(
+      { date: new Date().toISOString(), machine: `${cpus().length} × ${cpus()[0]?.model}`, seconds, scale, rows },
+      null,
+      2,
+    ) + "\n",
+  );
 } finally {
   await sql.end({ timeout: 1 });
   await admin.end({ timeout: 1 });

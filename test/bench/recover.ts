@@ -12,11 +12,27 @@ import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
 import { fmtMs, median, timed } from "./tools.ts";
 
-export type BenchRow = { group: string; name: string; ours: string; baseline: string; ratio: number | null; goal: string; met: boolean | null; raw: Record<string, number> };
+export type BenchRow = {
+  group: string;
+  name: string;
+  ours: string;
+  baseline: string;
+  ratio: number | null;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, number>;
+};
 
 const OWNER = "user0@example.com";
 
-export async function benchRecover(o: { bin: string; url: string; dir: string; size: string; runs: number; restoreMs: number }): Promise<BenchRow[]> {
+export async function benchRecover(o: {
+  bin: string;
+  url: string;
+  dir: string;
+  size: string;
+  runs: number;
+  restoreMs: number;
+}): Promise<BenchRow[]> {
   const sql = postgres(o.url, { max: 1, onnotice: () => {} });
   const env = { DATABASE_URL: o.url, BACKUP_DIR: o.dir, NO_COLOR: "1" };
   try {
@@ -24,7 +40,12 @@ export async function benchRecover(o: { bin: string; url: string; dir: string; s
     await sql`update worlds set owner_id = (select id from users where email = ${OWNER})
       where id in (select id from worlds order by id limit ${Math.max(1, Math.round(n / 100))})`;
     const file = JSON.parse((await timed([o.bin, "backup", "--json"], { env })).stdout).path as string;
-    const preview: number[] = [], total: number[] = [], apply: number[] = [], load: number[] = [], undoTotal: number[] = [], undoApply: number[] = [];
+    const preview: number[] = [],
+      total: number[] = [],
+      apply: number[] = [],
+      load: number[] = [],
+      undoTotal: number[] = [],
+      undoApply: number[] = [];
     let beats = 0;
     await sql.begin(async (tx) => {
       const worlds = tx`select w.id from worlds w join users u on u.id = w.owner_id where u.email = ${OWNER}`;
@@ -37,23 +58,103 @@ export async function benchRecover(o: { bin: string; url: string; dir: string; s
     for (let i = 0; i < o.runs; i++) {
       const p = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--dry-run", "--json"], { env });
       preview.push(p.ms);
-      const a = await timed([o.bin, "recover", "--user", OWNER, "--from", file, "--yes", "--confirm-database", new URL(o.url).pathname.slice(1), "--json"], { env });
+      const a = await timed(
+        [
+          o.bin,
+          "recover",
+          "--user",
+          OWNER,
+          "--from",
+          file,
+          "--yes",
+          "--confirm-database",
+          new URL(o.url).pathname.slice(1),
+          "--json",
+        ],
+        { env },
+      );
       const out = JSON.parse(a.stdout) as { loadMs: number; applyMs: number; record: string };
       total.push(a.ms);
       apply.push(out.applyMs);
       load.push(out.loadMs);
-      const u = await timed([o.bin, "recover", "--undo", out.record, "--yes", "--confirm-database", new URL(o.url).pathname.slice(1), "--json"], { env });
+      const u = await timed(
+        [
+          o.bin,
+          "recover",
+          "--undo",
+          out.record,
+          "--yes",
+          "--confirm-database",
+          new URL(o.url).pathname.slice(1),
+          "--json",
+        ],
+        { env },
+      );
       undoTotal.push(u.ms);
       undoApply.push((JSON.parse(u.stdout) as { applyMs: number }).applyMs);
     }
     const name = `recover 1% of ${o.size} (${beats} beats)`;
     return [
-      { group: "recover", name: `${name}: preview vs full restore`, ours: fmtMs(median(preview)), baseline: fmtMs(o.restoreMs), ratio: median(preview) / o.restoreMs, goal: "", met: null, raw: { oursMs: median(preview), baselineMs: o.restoreMs } },
-      { group: "recover", name: `${name}: of it, loading the backup`, ours: fmtMs(median(load)), baseline: fmtMs(median(preview)), ratio: median(load) / median(preview), goal: "dominant", met: median(load) >= median(preview) / 2, raw: { oursMs: median(load), baselineMs: median(preview) } },
-      { group: "recover", name: `${name}: the whole command (load, compare, apply)`, ours: fmtMs(median(total)), baseline: fmtMs(o.restoreMs), ratio: median(total) / o.restoreMs, goal: "", met: null, raw: { oursMs: median(total), baselineMs: o.restoreMs } },
-      { group: "recover", name: `${name}: apply (rows + their safety copy, one transaction)`, ours: fmtMs(median(apply)), baseline: fmtMs(o.restoreMs), ratio: median(apply) / o.restoreMs, goal: "<= 0.2x", met: median(apply) <= 0.2 * o.restoreMs, raw: { oursMs: median(apply), baselineMs: o.restoreMs } },
-      { group: "recover", name: `${name}: undo, the whole command`, ours: fmtMs(median(undoTotal)), baseline: fmtMs(o.restoreMs), ratio: median(undoTotal) / o.restoreMs, goal: "<= 0.2x", met: median(undoTotal) <= 0.2 * o.restoreMs, raw: { oursMs: median(undoTotal), baselineMs: o.restoreMs } },
-      { group: "recover", name: `${name}: undo, the rows (one transaction)`, ours: fmtMs(median(undoApply)), baseline: fmtMs(o.restoreMs), ratio: median(undoApply) / o.restoreMs, goal: "<= 0.2x", met: median(undoApply) <= 0.2 * o.restoreMs, raw: { oursMs: median(undoApply), baselineMs: o.restoreMs } },
+      {
+        group: "recover",
+        name: `${name}: preview vs full restore`,
+        ours: fmtMs(median(preview)),
+        baseline: fmtMs(o.restoreMs),
+        ratio: median(preview) / o.restoreMs,
+        goal: "",
+        met: null,
+        raw: { oursMs: median(preview), baselineMs: o.restoreMs },
+      },
+      {
+        group: "recover",
+        name: `${name}: of it, loading the backup`,
+        ours: fmtMs(median(load)),
+        baseline: fmtMs(median(preview)),
+        ratio: median(load) / median(preview),
+        goal: "dominant",
+        met: median(load) >= median(preview) / 2,
+        raw: { oursMs: median(load), baselineMs: median(preview) },
+      },
+      {
+        group: "recover",
+        name: `${name}: the whole command (load, compare, apply)`,
+        ours: fmtMs(median(total)),
+        baseline: fmtMs(o.restoreMs),
+        ratio: median(total) / o.restoreMs,
+        goal: "",
+        met: null,
+        raw: { oursMs: median(total), baselineMs: o.restoreMs },
+      },
+      {
+        group: "recover",
+        name: `${name}: apply (rows + their safety copy, one transaction)`,
+        ours: fmtMs(median(apply)),
+        baseline: fmtMs(o.restoreMs),
+        ratio: median(apply) / o.restoreMs,
+        goal: "<= 0.2x",
+        met: median(apply) <= 0.2 * o.restoreMs,
+        raw: { oursMs: median(apply), baselineMs: o.restoreMs },
+      },
+      {
+        group: "recover",
+        name: `${name}: undo, the whole command`,
+        ours: fmtMs(median(undoTotal)),
+        baseline: fmtMs(o.restoreMs),
+        ratio: median(undoTotal) / o.restoreMs,
+        goal: "<= 0.2x",
+        met: median(undoTotal) <= 0.2 * o.restoreMs,
+        raw: { oursMs: median(undoTotal), baselineMs: o.restoreMs },
+      },
+      {
+        group: "recover",
+        name: `${name}: undo, the rows (one transaction)`,
+        ours: fmtMs(median(undoApply)),
+        baseline: fmtMs(o.restoreMs),
+        ratio: median(undoApply) / o.restoreMs,
+        goal: "<= 0.2x",
+        met: median(undoApply) <= 0.2 * o.restoreMs,
+        raw: { oursMs: median(undoApply), baselineMs: o.restoreMs },
+      },
     ];
   } finally {
     await sql.end();
@@ -78,10 +179,17 @@ if (import.meta.main) {
     }
     await generate(urlFor(db), parseSize(size));
     await mkdir(dir, { recursive: true });
-    const file = JSON.parse((await timed([bin, "backup", "--json"], { env: { DATABASE_URL: urlFor(db), BACKUP_DIR: dir } })).stdout).path as string;
-    const restore = await timed([bin, "backup", "restore", file, "--yes", "--confirm-database", `${db}_restore`, "--no-safety-backup"], { env: { DATABASE_URL: urlFor(`${db}_restore`), BACKUP_DIR: dir } });
+    const file = JSON.parse(
+      (await timed([bin, "backup", "--json"], { env: { DATABASE_URL: urlFor(db), BACKUP_DIR: dir } })).stdout,
+    ).path as string;
+    const restore = await timed(
+      [bin, "backup", "restore", file, "--yes", "--confirm-database", `${db}_restore`, "--no-safety-backup"],
+      { env: { DATABASE_URL: urlFor(`${db}_restore`), BACKUP_DIR: dir } },
+    );
     for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs: 1, restoreMs: restore.ms })) {
-      console.log(`${r.name.padEnd(84)} ${r.ours.padStart(10)} ${r.baseline.padStart(10)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`}  ${r.goal}${r.met === null ? "" : r.met ? " met" : " MISSED"}`);
+      console.log(
+        `${r.name.padEnd(84)} ${r.ours.padStart(10)} ${r.baseline.padStart(10)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`}  ${r.goal}${r.met === null ? "" : r.met ? " met" : " MISSED"}`,
+      );
     }
   } finally {
     for (const d of [db, `${db}_restore`]) await admin`drop database if exists ${admin(d)} with (force)`;

@@ -37,41 +37,73 @@ const urlFor = (db: string) => Object.assign(new URL(server), { pathname: `/${db
 const admin = postgres(server, { max: 1, onnotice: () => {} });
 const pgEnv = (db: string) => {
   const u = new URL(server);
-  return { PGHOST: u.hostname, PGPORT: u.port || "5432", PGUSER: decodeURIComponent(u.username) || "postgres", PGPASSWORD: decodeURIComponent(u.password), PGDATABASE: db };
+  return {
+    PGHOST: u.hostname,
+    PGPORT: u.port || "5432",
+    PGUSER: decodeURIComponent(u.username) || "postgres",
+    PGPASSWORD: decodeURIComponent(u.password),
+    PGDATABASE: db,
+  };
 };
 async function recreate(db: string) {
   await admin`drop database if exists ${admin(db)} with (force)`;
   await admin`create database ${admin(db)}`;
 }
 
-type Row = { group: string; name: string; ours: string; baseline: string; ratio: number | null; goal: string; met: boolean | null; raw: Record<string, number> };
+type Row = {
+  group: string;
+  name: string;
+  ours: string;
+  baseline: string;
+  ratio: number | null;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, number>;
+};
 const rows: Row[] = [];
 function add(r: Row) {
   rows.push(r);
-  console.log(`${r.name.padEnd(46)} ${r.ours.padStart(12)} ${r.baseline.padStart(12)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
+  console.log(
+    `${r.name.padEnd(46)} ${r.ours.padStart(12)} ${r.baseline.padStart(12)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`,
+  );
 }
 
 await timed(["bun", "run", "build"], { cwd: root });
 const work = join(tmpdir(), `shinkei-bench-${process.pid}`);
 await mkdir(join(work, "s3"), { recursive: true });
 const s3 = await startHelper(["bun", join(import.meta.dir, "s3-server.ts"), join(work, "s3"), "bench"], { cwd: root });
-const s3env = { S3_BUCKET: "bench", S3_PREFIX: "b/", S3_ENDPOINT: `http://127.0.0.1:${s3.ready.port}`, S3_FORCE_PATH_STYLE: "true", AWS_ACCESS_KEY_ID: "S3RVER", AWS_SECRET_ACCESS_KEY: "S3RVER" };
+const s3env = {
+  S3_BUCKET: "bench",
+  S3_PREFIX: "b/",
+  S3_ENDPOINT: `http://127.0.0.1:${s3.ready.port}`,
+  S3_FORCE_PATH_STYLE: "true",
+  AWS_ACCESS_KEY_ID: "S3RVER",
+  AWS_SECRET_ACCESS_KEY: "S3RVER",
+};
 
-const ageKey = JSON.parse((await timed([bin, "backup", "keygen", "--output", join(work, "bench.key"), "--json"])).stdout).recipient as string;
+const ageKey = JSON.parse(
+  (await timed([bin, "backup", "keygen", "--output", join(work, "bench.key"), "--json"])).stdout,
+).recipient as string;
 const rss: Record<string, { backup: number; restore: number }> = {};
 try {
   for (const size of sizes) {
     const db = `shinkei_bench_${size.toLowerCase()}`;
     await recreate(db);
     const gen = await generate(urlFor(db), parseSize(size));
-    const [{ bytes }] = await admin`select pg_database_size(${db})::int8 as bytes` as unknown as [{ bytes: string }];
+    const [{ bytes }] = (await admin`select pg_database_size(${db})::int8 as bytes`) as unknown as [{ bytes: string }];
     console.log(`\n${size}: ${gen.beats} story beats, database ${fmtMiB(Number(bytes))}`);
     const dir = join(work, db);
     await mkdir(dir, { recursive: true });
     const ourEnv = { DATABASE_URL: urlFor(db), BACKUP_DIR: dir, NO_COLOR: "1" };
 
-    const bare: number[] = [], ours: number[] = [], withS3: number[] = [], withAge: number[] = [], oursRss: number[] = [];
-    let bareSize = 0, ourSize = 0, ourFile = "";
+    const bare: number[] = [],
+      ours: number[] = [],
+      withS3: number[] = [],
+      withAge: number[] = [],
+      oursRss: number[] = [];
+    let bareSize = 0,
+      ourSize = 0,
+      ourFile = "";
     for (let i = 0; i < runs; i++) {
       const out = join(work, "bare.dump");
       bare.push((await timed(["pg_dump", "-Fc", "-f", out], { env: pgEnv(db) })).ms);
@@ -83,31 +115,83 @@ try {
       ourSize = (await stat(ourFile)).size;
       withS3.push((await timed([bin, "backup"], { env: { ...ourEnv, ...s3env } })).ms);
       withAge.push((await timed([bin, "backup"], { env: { ...ourEnv, BACKUP_AGE_RECIPIENTS: ageKey } })).ms);
-      for (const f of await readdir(dir)) if (!ourFile.endsWith(f) && !f.startsWith(ourFile.split("/").pop()!)) await rm(join(dir, f));
+      for (const f of await readdir(dir))
+        if (!ourFile.endsWith(f) && !f.startsWith(ourFile.split("/").pop()!)) await rm(join(dir, f));
     }
-    add({ group: "backup", name: `backup ${size}: ours vs pg_dump -Fc`, ours: fmtMs(median(ours)), baseline: fmtMs(median(bare)), ratio: median(ours) / median(bare), goal: "≤ 1.0x", met: median(ours) <= median(bare), raw: { oursMs: median(ours), baselineMs: median(bare) } });
-    add({ group: "backup", name: `backup ${size}: file size vs pg_dump -Fc`, ours: fmtMiB(ourSize), baseline: fmtMiB(bareSize), ratio: ourSize / bareSize, goal: "≤ 1.0x", met: ourSize <= bareSize, raw: { oursBytes: ourSize, baselineBytes: bareSize } });
-    add({ group: "backup", name: `backup ${size}: age-encrypted vs not`, ours: fmtMs(median(withAge)), baseline: fmtMs(median(ours)), ratio: median(withAge) / median(ours), goal: "≤ 1.25x", met: median(withAge) <= 1.25 * median(ours), raw: { oursMs: median(withAge), baselineMs: median(ours) } });
-    add({ group: "backup", name: `backup ${size}: with S3 copy vs without`, ours: fmtMs(median(withS3)), baseline: fmtMs(median(ours)), ratio: median(withS3) / median(ours), goal: "≤ 1.25x", met: median(withS3) <= 1.25 * median(ours), raw: { oursMs: median(withS3), baselineMs: median(ours) } });
+    add({
+      group: "backup",
+      name: `backup ${size}: ours vs pg_dump -Fc`,
+      ours: fmtMs(median(ours)),
+      baseline: fmtMs(median(bare)),
+      ratio: median(ours) / median(bare),
+      goal: "≤ 1.0x",
+      met: median(ours) <= median(bare),
+      raw: { oursMs: median(ours), baselineMs: median(bare) },
+    });
+    add({
+      group: "backup",
+      name: `backup ${size}: file size vs pg_dump -Fc`,
+      ours: fmtMiB(ourSize),
+      baseline: fmtMiB(bareSize),
+      ratio: ourSize / bareSize,
+      goal: "≤ 1.0x",
+      met: ourSize <= bareSize,
+      raw: { oursBytes: ourSize, baselineBytes: bareSize },
+    });
+    add({
+      group: "backup",
+      name: `backup ${size}: age-encrypted vs not`,
+      ours: fmtMs(median(withAge)),
+      baseline: fmtMs(median(ours)),
+      ratio: median(withAge) / median(ours),
+      goal: "≤ 1.25x",
+      met: median(withAge) <= 1.25 * median(ours),
+      raw: { oursMs: median(withAge), baselineMs: median(ours) },
+    });
+    add({
+      group: "backup",
+      name: `backup ${size}: with S3 copy vs without`,
+      ours: fmtMs(median(withS3)),
+      baseline: fmtMs(median(ours)),
+      ratio: median(withS3) / median(ours),
+      goal: "≤ 1.25x",
+      met: median(withS3) <= 1.25 * median(ours),
+      raw: { oursMs: median(withS3), baselineMs: median(ours) },
+    });
 
-    const restoreBare: number[] = [], restoreOurs: number[] = [], restoreRss: number[] = [];
+    const restoreBare: number[] = [],
+      restoreOurs: number[] = [],
+      restoreRss: number[] = [];
     const target = `${db}_restore`;
     for (let i = 0; i < runs; i++) {
       await recreate(target);
       restoreBare.push((await timed(["pg_restore", "-d", target, join(work, "bare.dump")], { env: pgEnv(target) })).ms);
       await recreate(target);
-      const r = await timed([bin, "backup", "restore", ourFile, "--yes", "--confirm-database", target, "--no-safety-backup"], { env: { ...ourEnv, DATABASE_URL: urlFor(target) } });
+      const r = await timed(
+        [bin, "backup", "restore", ourFile, "--yes", "--confirm-database", target, "--no-safety-backup"],
+        { env: { ...ourEnv, DATABASE_URL: urlFor(target) } },
+      );
       restoreOurs.push(r.ms);
       restoreRss.push(r.maxRssBytes);
     }
     await admin`drop database if exists ${admin(target)} with (force)`;
-    add({ group: "restore", name: `restore ${size}: ours (verify+load+check) vs pg_restore`, ours: fmtMs(median(restoreOurs)), baseline: fmtMs(median(restoreBare)), ratio: median(restoreOurs) / median(restoreBare), goal: "≤ 1.0x", met: median(restoreOurs) <= median(restoreBare), raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) } });
+    add({
+      group: "restore",
+      name: `restore ${size}: ours (verify+load+check) vs pg_restore`,
+      ours: fmtMs(median(restoreOurs)),
+      baseline: fmtMs(median(restoreBare)),
+      ratio: median(restoreOurs) / median(restoreBare),
+      goal: "≤ 1.0x",
+      met: median(restoreOurs) <= median(restoreBare),
+      raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) },
+    });
     rss[size] = { backup: Math.max(...oursRss), restore: Math.max(...restoreRss) };
     // The restore's judge reads every byte of the SQL before anything runs (splitter, PostgreSQL's
     // parser, the spool the load then reads): its rate next to reading the same SQL bare.
     const plainSql = join(work, "plain.sql");
     await timed(["pg_dump", "--no-owner", "-f", plainSql], { env: pgEnv(db) });
-    const guardMs: number[] = [], readMs: number[] = [];
+    const guardMs: number[] = [],
+      readMs: number[] = [];
     for (let i = 0; i < runs; i++) {
       readMs.push(await drainMs(Bun.file(plainSql).stream()));
       const spool = new Spool(work);
@@ -118,11 +202,30 @@ try {
       spool.remove();
     }
     const sqlBytes = (await stat(plainSql)).size;
-    add({ group: "restore", name: `restore ${size}: judge + spool vs bare read of the SQL`, ours: `${Math.round(sqlBytes / 1e3 / median(guardMs))} MB/s`, baseline: `${Math.round(sqlBytes / 1e3 / median(readMs))} MB/s`, ratio: median(guardMs) / median(readMs), goal: "report (psql loads far slower)", met: null, raw: { guardMs: median(guardMs), readMs: median(readMs), bytes: sqlBytes } });
+    add({
+      group: "restore",
+      name: `restore ${size}: judge + spool vs bare read of the SQL`,
+      ours: `${Math.round(sqlBytes / 1e3 / median(guardMs))} MB/s`,
+      baseline: `${Math.round(sqlBytes / 1e3 / median(readMs))} MB/s`,
+      ratio: median(guardMs) / median(readMs),
+      goal: "report (psql loads far slower)",
+      met: null,
+      raw: { guardMs: median(guardMs), readMs: median(readMs), bytes: sqlBytes },
+    });
     await rm(plainSql, { force: true });
-    for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs, restoreMs: median(restoreOurs) })) add(r);
+    for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs, restoreMs: median(restoreOurs) }))
+      add(r);
     for (const kind of ["backup", "restore"] as const) {
-      add({ group: "memory", name: `peak RSS, ${kind} ${size}`, ours: fmtMiB(rss[size]![kind]), baseline: "", ratio: null, goal: "< 150 MiB", met: rss[size]![kind] < 150 * 1048576, raw: { oursBytes: rss[size]![kind] } });
+      add({
+        group: "memory",
+        name: `peak RSS, ${kind} ${size}`,
+        ours: fmtMiB(rss[size]![kind]),
+        baseline: "",
+        ratio: null,
+        goal: "< 150 MiB",
+        met: rss[size]![kind] < 150 * 1048576,
+        raw: { oursBytes: rss[size]![kind] },
+      });
     }
     await admin`drop database if exists ${admin(db)} with (force)`;
   }
@@ -130,7 +233,16 @@ try {
     const [a, b] = [sizes[0]!, sizes.at(-1)!];
     for (const kind of ["backup", "restore"] as const) {
       const ratio = rss[b]![kind] / rss[a]![kind];
-      add({ group: "memory", name: `peak RSS ${kind}: ${b} vs ${a} (flat)`, ours: fmtMiB(rss[b]![kind]), baseline: fmtMiB(rss[a]![kind]), ratio, goal: "≈ 1.0x (flat)", met: ratio < 1.3, raw: { oursBytes: rss[b]![kind], baselineBytes: rss[a]![kind] } });
+      add({
+        group: "memory",
+        name: `peak RSS ${kind}: ${b} vs ${a} (flat)`,
+        ours: fmtMiB(rss[b]![kind]),
+        baseline: fmtMiB(rss[a]![kind]),
+        ratio,
+        goal: "≈ 1.0x (flat)",
+        met: ratio < 1.3,
+        raw: { oursBytes: rss[b]![kind], baselineBytes: rss[a]![kind] },
+      });
     }
   }
 } finally {
@@ -143,27 +255,90 @@ try {
   await recreate(db);
   // The flood is one account from one address with the right password: in-flight attempts count
   // against the pair limit, so lift it to measure hashing, not refusals.
-  const api = await startHelper([bin, "serve"], { env: { DATABASE_URL: urlFor(db), HOST: "127.0.0.1", PORT: "0", COOKIE_SECURE: "false", LOGIN_MAX_FAILURES: "1000", LOGIN_MAX_FAILURES_PER_IP: "100000" }, until: (l) => l.msg === "listening" });
+  const api = await startHelper([bin, "serve"], {
+    env: {
+      DATABASE_URL: urlFor(db),
+      HOST: "127.0.0.1",
+      PORT: "0",
+      COOKIE_SECURE: "false",
+      LOGIN_MAX_FAILURES: "1000",
+      LOGIN_MAX_FAILURES_PER_IP: "100000",
+    },
+    until: (l) => l.msg === "listening",
+  });
   const bare = await startHelper(["bun", join(import.meta.dir, "bare-server.ts")]);
   const base = String(api.ready.url);
   try {
     const account = { email: "bench@example.com", password: "benchmark password", name: "Bench" };
-    await fetch(`${base}/api/v1/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) });
-    const { token } = (await (await fetch(`${base}/api/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(account) })).json()) as { token: string };
+    await fetch(`${base}/api/v1/auth/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(account),
+    });
+    const { token } = (await (
+      await fetch(`${base}/api/v1/auth/login`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(account),
+      })
+    ).json()) as { token: string };
 
-    const me = await wrk(`${base}/api/v1/auth/me`, { connections: 32, seconds, headers: { Authorization: `Bearer ${token}` } });
+    const me = await wrk(`${base}/api/v1/auth/me`, {
+      connections: 32,
+      seconds,
+      headers: { Authorization: `Bearer ${token}` },
+    });
     const constant = await wrk(`http://127.0.0.1:${bare.ready.port}/`, { connections: 32, seconds });
-    add({ group: "auth", name: "GET /me req/s vs bare Bun.serve", ours: me.rps.toFixed(0), baseline: constant.rps.toFixed(0), ratio: me.rps / constant.rps, goal: "≥ 0.5x", met: me.rps >= 0.5 * constant.rps, raw: { ours: me.rps, baseline: constant.rps } });
-    add({ group: "auth", name: "GET /me p50 / p99", ours: `${me.p50ms.toFixed(2)} / ${me.p99ms.toFixed(2)} ms`, baseline: `${constant.p50ms.toFixed(2)} / ${constant.p99ms.toFixed(2)} ms`, ratio: null, goal: "", met: null, raw: { p50: me.p50ms, p99: me.p99ms, baseP50: constant.p50ms, baseP99: constant.p99ms } });
+    add({
+      group: "auth",
+      name: "GET /me req/s vs bare Bun.serve",
+      ours: me.rps.toFixed(0),
+      baseline: constant.rps.toFixed(0),
+      ratio: me.rps / constant.rps,
+      goal: "≥ 0.5x",
+      met: me.rps >= 0.5 * constant.rps,
+      raw: { ours: me.rps, baseline: constant.rps },
+    });
+    add({
+      group: "auth",
+      name: "GET /me p50 / p99",
+      ours: `${me.p50ms.toFixed(2)} / ${me.p99ms.toFixed(2)} ms`,
+      baseline: `${constant.p50ms.toFixed(2)} / ${constant.p99ms.toFixed(2)} ms`,
+      ratio: null,
+      goal: "",
+      met: null,
+      raw: { p50: me.p50ms, p99: me.p99ms, baseP50: constant.p50ms, baseP99: constant.p99ms },
+    });
 
     const script = join(work, "login.lua");
-    await writeFile(script, `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`);
+    await writeFile(
+      script,
+      `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`,
+    );
     const [flood, health] = await Promise.all([
       wrk(`${base}/api/v1/auth/login`, { connections: 16, seconds, script }),
       wrk(`${base}/health`, { connections: 2, seconds }),
     ]);
-    add({ group: "auth", name: "login req/s (argon2id 64 MiB, t=2, 2 at once)", ours: flood.rps.toFixed(1), baseline: "", ratio: null, goal: "", met: null, raw: { ours: flood.rps, non2xx: flood.non2xx } });
-    add({ group: "auth", name: "/health p99 during the login flood", ours: `${health.p99ms.toFixed(2)} ms`, baseline: "", ratio: null, goal: "< 50 ms", met: health.p99ms < 50, raw: { p99: health.p99ms, p50: health.p50ms } });
+    add({
+      group: "auth",
+      name: "login req/s (argon2id 64 MiB, t=2, 2 at once)",
+      ours: flood.rps.toFixed(1),
+      baseline: "",
+      ratio: null,
+      goal: "",
+      met: null,
+      raw: { ours: flood.rps, non2xx: flood.non2xx },
+    });
+    add({
+      group: "auth",
+      name: "/health p99 during the login flood",
+      ours: `${health.p99ms.toFixed(2)} ms`,
+      baseline: "",
+      ratio: null,
+      goal: "< 50 ms",
+      met: health.p99ms < 50,
+      raw: { p99: health.p99ms, p50: health.p50ms },
+    });
   } finally {
     api.proc.kill("SIGTERM");
     bare.proc.kill("SIGTERM");
@@ -173,10 +348,30 @@ try {
 }
 
 // ---- password reset: known vs unknown addresses, and its rate next to /login ----
-for (const r of await benchPasswordReset(bin, server, seconds)) add({ group: "auth", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
+for (const r of await benchPasswordReset(bin, server, seconds))
+  add({
+    group: "auth",
+    name: r.name,
+    ours: r.ours,
+    baseline: "",
+    ratio: null,
+    goal: r.goal,
+    met: r.met,
+    raw: r.raw as Record<string, number>,
+  });
 
 // ---- metrics: a scrape every second must not slow /me; the status page with 1,000 backups ----
-for (const r of await benchMetrics(bin, server, Math.ceil(seconds * 0.6), smoke ? 1 : 5)) add({ group: "ops", name: r.name, ours: r.ours, baseline: "", ratio: null, goal: r.goal, met: r.met, raw: r.raw as Record<string, number> });
+for (const r of await benchMetrics(bin, server, Math.ceil(seconds * 0.6), smoke ? 1 : 5))
+  add({
+    group: "ops",
+    name: r.name,
+    ours: r.ours,
+    baseline: "",
+    ratio: null,
+    goal: r.goal,
+    met: r.met,
+    raw: r.raw as Record<string, number>,
+  });
 
 // ---- CLI start-up ----
 {
@@ -190,7 +385,16 @@ for (const r of await benchMetrics(bin, server, Math.ceil(seconds * 0.6), smoke 
   };
   const ours = await times([bin, "--help"]);
   const baseline = await times([hello]);
-  add({ group: "cli", name: "dist/shinkei --help vs a compiled hello world", ours: fmtMs(ours), baseline: fmtMs(baseline), ratio: ours / baseline, goal: "< 100 ms", met: ours < 100, raw: { oursMs: ours, baselineMs: baseline } });
+  add({
+    group: "cli",
+    name: "dist/shinkei --help vs a compiled hello world",
+    ours: fmtMs(ours),
+    baseline: fmtMs(baseline),
+    ratio: ours / baseline,
+    goal: "< 100 ms",
+    met: ours < 100,
+    raw: { oursMs: ours, baselineMs: baseline },
+  });
 }
 
 await admin.end();
@@ -200,13 +404,21 @@ await rm(work, { recursive: true, force: true });
 const pg = Bun.spawnSync(["pg_dump", "--version"]).stdout.toString().trim();
 const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}, ${pg}`;
 const date = new Date().toISOString();
-await writeResults(join(import.meta.dir, "results.json"), JSON.stringify({ date, machine, runs, sizes, rows }, null, 2) + "\n");
+await writeResults(
+  join(import.meta.dir, "results.json"),
+  JSON.stringify({ date, machine, runs, sizes, rows }, null, 2) + "\n",
+);
 const table = [
   "| measurement | shinkei | baseline | ratio | goal | |",
   "| --- | --- | --- | --- | --- | --- |",
-  ...rows.map((r) => `| ${r.name} | ${r.ours} | ${r.baseline} | ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`),
+  ...rows.map(
+    (r) =>
+      `| ${r.name} | ${r.ours} | ${r.baseline} | ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`,
+  ),
 ].join("\n");
-await writeResults(join(import.meta.dir, "RESULTS.md"), `# Benchmark results
+await writeResults(
+  join(import.meta.dir, "RESULTS.md"),
+  `# Benchmark results
 
 Measured by \`bun run bench\` (medians of ${runs} runs; load by wrk in its own process).
 
@@ -214,5 +426,6 @@ Measured by \`bun run bench\` (medians of ${runs} runs; load by wrk in its own p
 - machine: ${machine}
 
 ${table}
-`);
+`,
+);
 console.log(`\nwrote test/bench/RESULTS.md and test/bench/results.json`);

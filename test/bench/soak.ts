@@ -24,7 +24,7 @@ import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 const seconds = Number(arg("seconds", "600"));
 const rate = Number(arg("rate", "300"));
 let seed = Number(arg("seed", "1"));
-const random = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
 const between = (a: number, b: number) => a + random() * (b - a);
 
 const root = join(import.meta.dir, "..", "..");
@@ -35,15 +35,29 @@ await mkdir(backupDir, { recursive: true });
 const say = (msg: string) => console.log(`${new Date().toISOString().slice(11, 19)} ${msg}`);
 
 await timed(["bun", "run", "build"], { cwd: root });
-const tmpfs = process.getuid?.() === 0 && (await Bun.spawn(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs", backupDir]).exited) === 0;
-say(tmpfs ? "BACKUP_DIR on a 256 MiB tmpfs: the disk-full fault is on" : "mounting a tmpfs is not permitted here: the disk-full fault is skipped");
+const tmpfs =
+  process.getuid?.() === 0 &&
+  (await Bun.spawn(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs", backupDir]).exited) === 0;
+say(
+  tmpfs
+    ? "BACKUP_DIR on a 256 MiB tmpfs: the disk-full fault is on"
+    : "mounting a tmpfs is not permitted here: the disk-full fault is skipped",
+);
 
-const cluster = await startCluster({ settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "1GB" } });
+const cluster = await startCluster({
+  settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "1GB" },
+});
 const s3 = await TestS3.start();
 const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
 await admin`create database soak`;
 await admin.end();
-const env: Record<string, string> = { DATABASE_URL: cluster.url("soak"), BACKUP_DIR: backupDir, WAL_ARCHIVE: "stream", WAL_PARTIAL_UPLOAD_INTERVAL: "5s", ...s3.env("soak/") };
+const env: Record<string, string> = {
+  DATABASE_URL: cluster.url("soak"),
+  BACKUP_DIR: backupDir,
+  WAL_ARCHIVE: "stream",
+  WAL_PARTIAL_UPLOAD_INTERVAL: "5s",
+  ...s3.env("soak/"),
+};
 const config = loadConfig(env);
 const sql = connect(config.databaseUrl, { max: 4 });
 await sql`create table soak (id bigint primary key, at timestamptz not null default now())`;
@@ -78,7 +92,12 @@ const load = (async () => {
     const due = Math.floor(((performance.now() - started) / 1000) * rate);
     while (next <= due && inflight.size < 64) {
       const id = next++;
-      const p = sql`insert into soak (id) values (${id})`.then(() => void acknowledged.add(id), () => void failed++).finally(() => inflight.delete(p));
+      const p = sql`insert into soak (id) values (${id})`
+        .then(
+          () => void acknowledged.add(id),
+          () => void failed++,
+        )
+        .finally(() => inflight.delete(p));
       inflight.add(p);
     }
     await Bun.sleep(5);
@@ -87,7 +106,12 @@ const load = (async () => {
 })();
 
 // The faults, one at a time, at random moments.
-const injected: Record<string, number> = { "receiver killed": 0, "disk filled and freed": 0, "S3 stopped and started": 0, "PostgreSQL restarted": 0 };
+const injected: Record<string, number> = {
+  "receiver killed": 0,
+  "disk filled and freed": 0,
+  "S3 stopped and started": 0,
+  "PostgreSQL restarted": 0,
+};
 const filler = join(backupDir, "filler");
 async function fillDisk(holdMs: number) {
   const f = await open(filler, "w");
@@ -105,20 +129,40 @@ async function fillDisk(holdMs: number) {
   await rm(filler, { force: true });
 }
 const faults: [string, () => Promise<void>][] = [
-  ["receiver killed", async () => {
-    const pid = stream.receiver.pid();
-    if (pid) process.kill(pid, "SIGKILL");
-  }],
-  ["S3 stopped and started", async () => {
-    await s3.stop();
-    await Bun.sleep(between(2000, 10_000));
-    await s3.start();
-  }],
-  ["PostgreSQL restarted", async () => {
-    // With a log file: without one the new server writes to (and holds open) pg_ctl's output.
-    const r = await cluster.run("pg_ctl", ["-D", cluster.dataDir, "restart", "-m", "fast", "-w", "-t", "60", "-l", join(cluster.dataDir, "server.log")]);
-    if (r.code !== 0) throw new Error(`pg_ctl restart failed: ${r.output}`);
-  }],
+  [
+    "receiver killed",
+    async () => {
+      const pid = stream.receiver.pid();
+      if (pid) process.kill(pid, "SIGKILL");
+    },
+  ],
+  [
+    "S3 stopped and started",
+    async () => {
+      await s3.stop();
+      await Bun.sleep(between(2000, 10_000));
+      await s3.start();
+    },
+  ],
+  [
+    "PostgreSQL restarted",
+    async () => {
+      // With a log file: without one the new server writes to (and holds open) pg_ctl's output.
+      const r = await cluster.run("pg_ctl", [
+        "-D",
+        cluster.dataDir,
+        "restart",
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        "60",
+        "-l",
+        join(cluster.dataDir, "server.log"),
+      ]);
+      if (r.code !== 0) throw new Error(`pg_ctl restart failed: ${r.output}`);
+    },
+  ],
   ...(tmpfs ? [["disk filled and freed", () => fillDisk(between(2000, 8000))] as [string, () => Promise<void>]] : []),
 ];
 const end = Date.now() + seconds * 1000;
@@ -139,7 +183,10 @@ say(`load stopped: ${acknowledged.size} inserts acknowledged, ${failed} failed (
 const [{ lsn }] = (await sql`select pg_current_wal_insert_lsn()::text as lsn`) as unknown as [{ lsn: string }];
 const deadline = Date.now() + 180_000;
 for (;;) {
-  const [r] = await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`.catch(() => [undefined]);
+  const [r] =
+    await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`.catch(
+      () => [undefined],
+    );
   if (r?.ok) break;
   if (Date.now() > deadline) throw new Error(`the receiver did not reach ${lsn} within 3 minutes of the load's end`);
   await Bun.sleep(200);

@@ -25,15 +25,29 @@ export type Timed = { ms: number; maxRssBytes: number; code: number; stdout: str
  * Run a command to its end. Peak RSS is read from /proc (VmHWM) of that process alone: the rusage
  * a parent gets back folds in its children (pg_dump, psql), which are not ours to count.
  */
-export async function timed(cmd: string[], options: { env?: Record<string, string | undefined>; cwd?: string } = {}): Promise<Timed> {
+export async function timed(
+  cmd: string[],
+  options: { env?: Record<string, string | undefined>; cwd?: string } = {},
+): Promise<Timed> {
   const start = performance.now();
-  const p = Bun.spawn(cmd, { env: { ...process.env, ...options.env }, cwd: options.cwd, stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawn(cmd, {
+    env: { ...process.env, ...options.env },
+    cwd: options.cwd,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   let peakKb = 0;
   const poll = setInterval(async () => {
-    const status = await Bun.file(`/proc/${p.pid}/status`).text().catch(() => "");
+    const status = await Bun.file(`/proc/${p.pid}/status`)
+      .text()
+      .catch(() => "");
     peakKb = Math.max(peakKb, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0));
   }, 50);
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   clearInterval(poll);
   const ms = performance.now() - start;
   if (code !== 0) throw new Error(`${cmd.join(" ")} exited ${code}: ${stderr.slice(-500)}`);
@@ -55,7 +69,16 @@ function toMs(v: string): number {
 }
 
 /** Run wrk (a separate process, so load generation never shares our event loop) and parse its report. */
-export async function wrk(url: string, options: { connections: number; seconds: number; threads?: number; headers?: Record<string, string>; script?: string }): Promise<WrkResult> {
+export async function wrk(
+  url: string,
+  options: {
+    connections: number;
+    seconds: number;
+    threads?: number;
+    headers?: Record<string, string>;
+    script?: string;
+  },
+): Promise<WrkResult> {
   const args = ["wrk", "--latency", `-t${options.threads ?? 1}`, `-c${options.connections}`, `-d${options.seconds}s`];
   for (const [k, v] of Object.entries(options.headers ?? {})) args.push("-H", `${k}: ${v}`);
   if (options.script) args.push("-s", options.script);
@@ -78,8 +101,20 @@ export function fmtMiB(bytes: number): string {
 }
 
 /** Start a helper process that prints one JSON line when ready (a server reporting its port). */
-export async function startHelper(cmd: string[], options: { env?: Record<string, string | undefined>; cwd?: string; until?: (line: Record<string, unknown>) => boolean } = {}) {
-  const proc = Bun.spawn(cmd, { env: { ...process.env, ...options.env }, cwd: options.cwd, stdout: "pipe", stderr: "inherit" });
+export async function startHelper(
+  cmd: string[],
+  options: {
+    env?: Record<string, string | undefined>;
+    cwd?: string;
+    until?: (line: Record<string, unknown>) => boolean;
+  } = {},
+) {
+  const proc = Bun.spawn(cmd, {
+    env: { ...process.env, ...options.env },
+    cwd: options.cwd,
+    stdout: "pipe",
+    stderr: "inherit",
+  });
   const reader = proc.stdout.getReader();
   let buffer = "";
   for (;;) {
@@ -93,7 +128,9 @@ export async function startHelper(cmd: string[], options: { env?: Record<string,
         const parsed = JSON.parse(line) as Record<string, unknown>;
         if (!options.until || options.until(parsed)) {
           // Keep draining stdout so a chatty helper never blocks on a full pipe.
-          (async () => { while (!(await reader.read()).done); })().catch(() => {});
+          (async () => {
+            while (!(await reader.read()).done);
+          })().catch(() => {});
           return { proc, ready: parsed };
         }
       } catch {

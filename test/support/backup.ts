@@ -12,7 +12,11 @@ export async function seededDatabase(label: string, tag = label): Promise<TestDa
 }
 
 /** A new, empty backup folder, and the environment that points the binary at it and at `db`. */
-export async function backupFolder(db: TestDatabase, label: string, extra: Record<string, string> = {}): Promise<{ dir: string; env: Record<string, string> }> {
+export async function backupFolder(
+  db: TestDatabase,
+  label: string,
+  extra: Record<string, string> = {},
+): Promise<{ dir: string; env: Record<string, string> }> {
   const dir = await tempDir(label);
   return { dir, env: { DATABASE_URL: db.url, BACKUP_DIR: dir, ...extra } };
 }
@@ -31,7 +35,11 @@ export async function stockDump(url: string, file: string, args: string[] = []):
 export async function slowToLoad(path: string, seconds: number): Promise<void> {
   const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(path).arrayBuffer())));
   const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
-  const slowed = Bun.gzipSync(new TextEncoder().encode(`${sql.slice(0, at)}\nCREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(${seconds})::text AS slept;\n${sql.slice(at)}`));
+  const slowed = Bun.gzipSync(
+    new TextEncoder().encode(
+      `${sql.slice(0, at)}\nCREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(${seconds})::text AS slept;\n${sql.slice(at)}`,
+    ),
+  );
   await Bun.write(path, slowed);
   const manifest = await Bun.file(`${path}.manifest.json`).json();
   manifest.sizeBytes = slowed.length;

@@ -27,7 +27,10 @@ export function buildBinary(): Promise<void> {
   return (built ??= (async () => {
     const digest = await sourceDigest();
     const stamp = `${binaryPath}.digest`;
-    const fresh = async () => (await Bun.file(stamp).text().catch(() => "")) === digest && (await Bun.file(binaryPath).exists());
+    const fresh = async () =>
+      (await Bun.file(stamp)
+        .text()
+        .catch(() => "")) === digest && (await Bun.file(binaryPath).exists());
     if (await fresh()) return;
     await mkdir(dirname(binaryPath), { recursive: true });
     const lock = `${binaryPath}.lock`;
@@ -39,9 +42,14 @@ export function buildBinary(): Promise<void> {
       } catch {
         if (await fresh()) return;
         // A lock left by a build that was killed: its process is gone.
-        const holder = Number(await Bun.file(lock).text().catch(() => "0"));
+        const holder = Number(
+          await Bun.file(lock)
+            .text()
+            .catch(() => "0"),
+        );
         if (holder && !alive(holder)) await rm(lock, { force: true });
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${lock} (another test process building the binary)`);
+        if (Date.now() > deadline)
+          throw new Error(`timed out waiting for ${lock} (another test process building the binary)`);
         await Bun.sleep(200);
       }
     }
@@ -73,7 +81,11 @@ export type CliResult = { code: number; stdout: string; stderr: string };
 export type RunOptions = { cwd?: string; binary?: string };
 
 /** Run the compiled binary with a clean environment plus `env` (no inherited DATABASE_URL surprises). */
-export async function shinkei(args: string[], env: Record<string, string> = {}, options: RunOptions & { stdin?: string } = {}): Promise<CliResult> {
+export async function shinkei(
+  args: string[],
+  env: Record<string, string> = {},
+  options: RunOptions & { stdin?: string } = {},
+): Promise<CliResult> {
   await buildBinary();
   const p = Bun.spawn([options.binary ?? binaryPath, ...args], {
     cwd: options.cwd ?? root,
@@ -82,7 +94,11 @@ export async function shinkei(args: string[], env: Record<string, string> = {}, 
     stdout: "pipe",
     stderr: "pipe",
   });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   return { code, stdout, stderr };
 }
 

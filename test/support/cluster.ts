@@ -39,7 +39,8 @@ export type ClusterOptions = {
 
 function serverBin(): string {
   const bin = findServerBinaries();
-  if (!bin) throw new Error("no PostgreSQL server binaries (initdb, pg_ctl) are installed; install the postgresql package");
+  if (!bin)
+    throw new Error("no PostgreSQL server binaries (initdb, pg_ctl) are installed; install the postgresql package");
   // pg_ctl on PATH may be a link into the version's own folder, which holds the other programs too.
   return dirname(realpathSync(join(bin, "pg_ctl")));
 }
@@ -58,7 +59,20 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
   const dataDir = join(root, "data");
   await mkdir(dataDir, { mode: 0o700 });
   if (as.uid !== undefined) await chown(dataDir, as.uid, as.gid!);
-  const r = await exec([...as.prefix, join(bin, "initdb"), "-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync", `--wal-segsize=${options.walSegmentMiB ?? TEST_WAL_SEGMENT_BYTES / 1024 / 1024}`]);
+  const r = await exec([
+    ...as.prefix,
+    join(bin, "initdb"),
+    "-D",
+    dataDir,
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "-E",
+    "UTF8",
+    "--no-locale",
+    "--no-sync",
+    `--wal-segsize=${options.walSegmentMiB ?? TEST_WAL_SEGMENT_BYTES / 1024 / 1024}`,
+  ]);
   if (r.code !== 0) throw new Error(`initdb failed: ${r.output}`);
   const settings: Record<string, string> = {
     wal_level: "replica",
@@ -72,8 +86,16 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     shared_buffers: "32MB",
     ...options.settings,
   };
-  await appendFile(join(dataDir, "postgresql.conf"), Object.entries(settings).map(([k, v]) => `${k} = '${v}'\n`).join(""));
-  await appendFile(join(dataDir, "pg_hba.conf"), "host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n");
+  await appendFile(
+    join(dataDir, "postgresql.conf"),
+    Object.entries(settings)
+      .map(([k, v]) => `${k} = '${v}'\n`)
+      .join(""),
+  );
+  await appendFile(
+    join(dataDir, "pg_hba.conf"),
+    "host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n",
+  );
   return startClusterFrom(dataDir, { removeOnStop: root });
 }
 
@@ -83,9 +105,22 @@ export async function startClusterFrom(dataDir: string, options: { removeOnStop?
   const as = await runAs();
   const port = await freePort();
   const run = (tool: string, args: string[]) => exec([...as.prefix, join(bin, tool), ...args]);
-  const start = await run("pg_ctl", ["-D", dataDir, "start", "-w", "-t", "60", "-l", join(dataDir, "server.log"), "-o", `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=''`]);
+  const start = await run("pg_ctl", [
+    "-D",
+    dataDir,
+    "start",
+    "-w",
+    "-t",
+    "60",
+    "-l",
+    join(dataDir, "server.log"),
+    "-o",
+    `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=''`,
+  ]);
   if (start.code !== 0) {
-    const log = await Bun.file(join(dataDir, "server.log")).text().catch(() => "");
+    const log = await Bun.file(join(dataDir, "server.log"))
+      .text()
+      .catch(() => "");
     throw new Error(`pg_ctl start failed: ${start.output}\n${log.slice(-2000)}`);
   }
   return {
@@ -111,7 +146,18 @@ export async function startStandby(primary: TestCluster): Promise<TestCluster> {
   await chmod(root, 0o755);
   if (as.uid !== undefined) await chown(root, as.uid, as.gid!);
   const dataDir = join(root, "data");
-  const r = await primary.run("pg_basebackup", ["-d", primary.url(), "-D", dataDir, "-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+  const r = await primary.run("pg_basebackup", [
+    "-d",
+    primary.url(),
+    "-D",
+    dataDir,
+    "-R",
+    "-X",
+    "stream",
+    "-c",
+    "fast",
+    "--no-sync",
+  ]);
   if (r.code !== 0) throw new Error(`pg_basebackup for a standby failed: ${r.output}`);
   return startClusterFrom(dataDir, { removeOnStop: root });
 }

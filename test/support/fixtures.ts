@@ -15,7 +15,9 @@ export async function tempDir(label: string): Promise<string> {
 /** Remove every folder tempDir made in this process; what cannot go (a mount a failed test left) is named. */
 export async function removeTempDirs(): Promise<void> {
   for (const dir of made.splice(0)) {
-    await rm(dir, { recursive: true, force: true }).catch((e) => console.warn(`temp folder ${dir} not removed: ${(e as Error).message}`));
+    await rm(dir, { recursive: true, force: true }).catch((e) =>
+      console.warn(`temp folder ${dir} not removed: ${(e as Error).message}`),
+    );
   }
 }
 
@@ -35,8 +37,10 @@ export async function seedSample(sql: Sql, tag = "s", size = 3) {
   const users = await sql`insert into users (email, name, password_hash)
     select ${tag} || i || '@example.com', 'User ' || i, 'hash-' || i from generate_series(1, ${size}) i returning id`;
   for (const u of users) {
-    const [w] = await sql`insert into worlds (owner_id, name, description) values (${u.id}, ${"World " + tag}, 'a place') returning id`;
-    const stories = await sql`insert into stories (world_id, title) select ${w!.id}, 'Story ' || i from generate_series(1, 2) i returning id`;
+    const [w] =
+      await sql`insert into worlds (owner_id, name, description) values (${u.id}, ${"World " + tag}, 'a place') returning id`;
+    const stories =
+      await sql`insert into stories (world_id, title) select ${w!.id}, 'Story ' || i from generate_series(1, 2) i returning id`;
     for (const s of stories) {
       await sql`insert into story_beats (story_id, position, content) select ${s.id}, i, 'beat ' || i || ' of ' || ${tag} from generate_series(0, 4) i`;
     }

@@ -40,7 +40,12 @@ expect.extend({
     const r = received as { code?: number; stdout?: string; stderr?: string };
     return {
       pass: r.code === 0,
-      message: () => `expected exit code 0, got ${r.code}\nstderr: ${String(r.stderr ?? "").trim().slice(-2000)}\nstdout: ${String(r.stdout ?? "").trim().slice(-1000)}`,
+      message: () =>
+        `expected exit code 0, got ${r.code}\nstderr: ${String(r.stderr ?? "")
+          .trim()
+          .slice(-2000)}\nstdout: ${String(r.stdout ?? "")
+          .trim()
+          .slice(-1000)}`,
     };
   },
 });

@@ -10,10 +10,20 @@ export class Service {
   private ended = false;
   private constructor(readonly proc: Bun.Subprocess<"ignore", "pipe", "pipe">) {}
 
-  static async start(args: string[], env: Record<string, string>, options: RunOptions & { prefix?: string[] } = {}): Promise<Service> {
+  static async start(
+    args: string[],
+    env: Record<string, string>,
+    options: RunOptions & { prefix?: string[] } = {},
+  ): Promise<Service> {
     await buildBinary();
     const command = [...(options.prefix ?? []), options.binary ?? binaryPath, ...args];
-    const proc = Bun.spawn(command, { cwd: options.cwd, env: { PATH: process.env.PATH!, ...env }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn(command, {
+      cwd: options.cwd,
+      env: { PATH: process.env.PATH!, ...env },
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     const s = new Service(proc);
     s.read();
     return s;
@@ -36,12 +46,18 @@ export class Service {
     this.ended = true;
   }
 
-  async waitFor(predicate: (l: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+  async waitFor(
+    predicate: (l: Record<string, unknown>) => boolean,
+    timeoutMs = 15_000,
+  ): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const found = this.lines.find(predicate);
       if (found) return found;
-      if (this.ended || Date.now() > deadline) throw new Error(`${this.ended ? "it exited" : "timed out"}; log so far:\n${this.lines.map((l) => JSON.stringify(l)).join("\n")}\n${await new Response(this.proc.stderr).text()}`);
+      if (this.ended || Date.now() > deadline)
+        throw new Error(
+          `${this.ended ? "it exited" : "timed out"}; log so far:\n${this.lines.map((l) => JSON.stringify(l)).join("\n")}\n${await new Response(this.proc.stderr).text()}`,
+        );
       await Bun.sleep(50);
     }
   }

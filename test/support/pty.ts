@@ -12,7 +12,9 @@ export class Terminal {
   static async start(args: string[], env: Record<string, string>): Promise<Terminal> {
     await buildBinary();
     const socket = `shinkei-test-${crypto.randomUUID().slice(0, 8)}`;
-    const vars = Object.entries(env).map(([k, v]) => `${k}=${quote(v)}`).join(" ");
+    const vars = Object.entries(env)
+      .map(([k, v]) => `${k}=${quote(v)}`)
+      .join(" ");
     // CI=true would make the binary treat the terminal as unattended; a person's terminal has no CI.
     const command = `env -u CI ${vars} ${quote(binaryPath)} ${args.map(quote).join(" ")}; echo "__EXIT=$?"; sleep 600`;
     const p = Bun.spawn(["tmux", "-L", socket, "new-session", "-d", "-x", "160", "-y", "60", command]);

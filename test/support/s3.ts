@@ -16,7 +16,10 @@ import { tempDir } from "./fixtures.ts";
 export class TestS3 {
   private server?: S3rver;
   port = 0;
-  private constructor(private readonly dir: string, readonly bucket: string) {}
+  private constructor(
+    private readonly dir: string,
+    readonly bucket: string,
+  ) {}
 
   static async start(): Promise<TestS3> {
     const s = new TestS3(await tempDir("s3"), `shinkei-${crypto.randomUUID().slice(0, 8)}`);
@@ -67,14 +70,24 @@ export class TestS3 {
   }
 
   client() {
-    return new S3Client({ region: "us-east-1", endpoint: this.endpoint, forcePathStyle: true, credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" } });
+    return new S3Client({
+      region: "us-east-1",
+      endpoint: this.endpoint,
+      forcePathStyle: true,
+      credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" },
+    });
   }
 }
 
 type S3rverStore = {
   getResourcePath(bucket: string, key: string, resource: string): string;
   putMetadata(bucket: string, key: string, metadata: unknown, md5: string): Promise<void>;
-  putObject(object: { bucket: string; key: string; content: Buffer | NodeJS.ReadableStream; metadata: unknown }): Promise<{ size: number; md5: string }>;
+  putObject(object: {
+    bucket: string;
+    key: string;
+    content: Buffer | NodeJS.ReadableStream;
+    metadata: unknown;
+  }): Promise<{ size: number; md5: string }>;
 };
 
 /**
@@ -93,13 +106,17 @@ function readAfterWrite(store: S3rverStore) {
     let size = 0;
     const source = Buffer.isBuffer(object.content) ? Readable.from([object.content]) : (object.content as Readable);
     try {
-      await pipeline(source, new Transform({
-        transform(chunk: Buffer, _encoding, done) {
-          md5.update(chunk);
-          size += chunk.length;
-          done(null, chunk);
-        },
-      }), createWriteStream(incoming));
+      await pipeline(
+        source,
+        new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            md5.update(chunk);
+            size += chunk.length;
+            done(null, chunk);
+          },
+        }),
+        createWriteStream(incoming),
+      );
       await rename(incoming, path);
     } catch (e) {
       await rm(incoming, { force: true });

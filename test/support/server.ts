@@ -21,10 +21,17 @@ export function testConfig(db: Pick<TestDatabase, "url">, env: Record<string, st
   });
 }
 
-export type TestServer = Running & { logs: Record<string, unknown>[]; api(path: string, init?: RequestInit & { json?: unknown; token?: string }): Promise<Response> };
+export type TestServer = Running & {
+  logs: Record<string, unknown>[];
+  api(path: string, init?: RequestInit & { json?: unknown; token?: string }): Promise<Response>;
+};
 
 /** A real listener on a loopback port, its log lines captured for assertions. */
-export async function startTestServer(db: TestDatabase, env: Record<string, string> = {}, options: { clock?: Clock } = {}): Promise<TestServer> {
+export async function startTestServer(
+  db: TestDatabase,
+  env: Record<string, string> = {},
+  options: { clock?: Clock } = {},
+): Promise<TestServer> {
   const logs: Record<string, unknown>[] = [];
   const running = await startServer(testConfig(db, env), { log: (e) => logs.push(e), clock: options.clock });
   const base = `http://127.0.0.1:${running.port}`;
@@ -35,13 +42,21 @@ export async function startTestServer(db: TestDatabase, env: Record<string, stri
       const headers = new Headers(init.headers);
       if (init.json !== undefined) headers.set("content-type", "application/json");
       if (init.token) headers.set("authorization", `Bearer ${init.token}`);
-      return fetch(base + path, { ...init, headers, body: init.json !== undefined ? JSON.stringify(init.json) : init.body });
+      return fetch(base + path, {
+        ...init,
+        headers,
+        body: init.json !== undefined ? JSON.stringify(init.json) : init.body,
+      });
     },
   };
 }
 
 /** A server of its own for one test (`env` on top of the test defaults), stopped whatever happens. */
-export async function withServer<T>(db: TestDatabase, env: Record<string, string>, fn: (s: TestServer) => Promise<T>): Promise<T> {
+export async function withServer<T>(
+  db: TestDatabase,
+  env: Record<string, string>,
+  fn: (s: TestServer) => Promise<T>,
+): Promise<T> {
   const s = await startTestServer(db, env);
   try {
     return await fn(s);
@@ -55,7 +70,15 @@ export function testApp(db: Pick<TestDatabase, "url" | "sql">, env: Record<strin
   const config = testConfig(db, env);
   const auth = new AuthService(db.sql, config);
   // No outbox: these cases never reach the mail.
-  const recovery = new AccountRecovery({ sql: db.sql, config, throttle: auth.throttle, hasher: auth.hasher, sessions: auth.sessions, mail: undefined, log });
+  const recovery = new AccountRecovery({
+    sql: db.sql,
+    config,
+    throttle: auth.throttle,
+    hasher: auth.hasher,
+    sessions: auth.sessions,
+    mail: undefined,
+    log,
+  });
   return createApp({ sql: db.sql, config, auth, recovery, log });
 }
 
@@ -63,7 +86,11 @@ export function testApp(db: Pick<TestDatabase, "url" | "sql">, env: Record<strin
  * A new account of the calling test's own, registered through `server`: no test leans on an
  * account another test made (or changed). Waits until its mail, if any, is handed over.
  */
-export async function newAccount(server: TestServer, label: string, password = "correct horse battery"): Promise<string> {
+export async function newAccount(
+  server: TestServer,
+  label: string,
+  password = "correct horse battery",
+): Promise<string> {
   const email = `${label}-${crypto.randomUUID().slice(0, 8)}@example.com`;
   const r = await server.api("/api/v1/auth/register", { method: "POST", json: { email, password, name: "Test User" } });
   if (r.status !== 201) throw new Error(`registering ${email} answered ${r.status}: ${await r.text()}`);

@@ -32,8 +32,16 @@ export class TestSmtp {
       },
       onData: (stream, _session, cb) => {
         simpleParser(stream).then((m) => {
-          const address = (a: ParsedMail["to"]) => (Array.isArray(a) ? a.map((x) => x.text).join(", ") : a?.text ?? "");
-          this.received.push({ to: address(m.to), from: m.from?.text ?? "", subject: m.subject ?? "", text: m.text ?? "", html: typeof m.html === "string" ? m.html : "", raw: m });
+          const address = (a: ParsedMail["to"]) =>
+            Array.isArray(a) ? a.map((x) => x.text).join(", ") : (a?.text ?? "");
+          this.received.push({
+            to: address(m.to),
+            from: m.from?.text ?? "",
+            subject: m.subject ?? "",
+            text: m.text ?? "",
+            html: typeof m.html === "string" ? m.html : "",
+            raw: m,
+          });
           cb();
         }, cb);
       },
@@ -65,7 +73,10 @@ export class TestSmtp {
     for (;;) {
       const found = this.to(address).filter((m) => subject.test(m.subject));
       if (found.length >= count) return found[count - 1]!;
-      if (Date.now() > deadline) throw new Error(`no mail "${subject}" to ${address}; received: ${this.received.map((m) => `${m.to}: ${m.subject}`).join("; ")}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `no mail "${subject}" to ${address}; received: ${this.received.map((m) => `${m.to}: ${m.subject}`).join("; ")}`,
+        );
       await Bun.sleep(20);
     }
   }
