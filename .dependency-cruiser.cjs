@@ -44,7 +44,7 @@ const upArrows = layers.slice(0, -1).flatMap((layer, i) => {
     // A file a higher folder leaves out (pathNot) sits on a lower floor: reaching it is no up-arrow.
     to: { path: higher.flatMap(paths), pathNot: [...paths(layer), ...higher.flatMap((l) => [l.pathNot ?? []].flat()), ...toNot] },
   });
-  const excepted = Object.keys(allowedUpArrows).filter((file) => paths(layer).some((p) => file.startsWith(p)));
+  const excepted = Object.keys(allowedUpArrows).filter((file) => paths(layer).some((p) => new RegExp(p).test(file.replace(/^\^/, "").replaceAll("\\", ""))));
   const id = layer.name.replaceAll("/", "-");
   return [
     rule(`no-up-arrow-from-${id}`, { path: paths(layer), pathNot: [layer.pathNot ?? [], excepted].flat() }, []),

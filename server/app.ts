@@ -9,6 +9,15 @@ import { deadline } from "./middleware/deadline.ts";
 
 /** Below Bun.serve's 10 s idle timeout: a request stuck on a vanished database still gets its 503. */
 export const REQUEST_DEADLINE_MS = 8000;
+
+/**
+ * A login may wait on purpose (LOGIN_ACCOUNT_DELAY, then up to HASH_WAIT_BUDGET for a hash): the
+ * deadline leaves room for both, so a configured wait never reads as an unreachable database.
+ * serve.ts sets Bun.serve's idle timeout above it.
+ */
+export function requestDeadlineMs(config: Deps["config"]): number {
+  return Math.max(REQUEST_DEADLINE_MS, config.login.accountDelayMs + config.hashing.waitBudgetMs + 4000);
+}
 import { authRoutes } from "./routes/auth.ts";
 import { recoveryRoutes } from "./routes/recovery.ts";
 import { worldRoutes } from "./routes/worlds.ts";
@@ -19,7 +28,12 @@ import { opsRoutes } from "./ops/app.tsx";
 export function createApp(deps: Deps) {
   const app = new Hono<AppEnv>();
   if (deps.ops) app.use(httpMetrics(deps.ops.metrics));
-  app.use(requestId(), accessLog(deps.log, deps.config.accessLog), securityHeaders(), deadline(REQUEST_DEADLINE_MS));
+  app.use(
+    requestId(),
+    accessLog(deps.log, deps.config.accessLog),
+    securityHeaders(),
+    deadline(requestDeadlineMs(deps.config)),
+  );
   app.route("/", healthRoutes(deps));
   // On the public port only behind their tokens; without one they live on the ops listener alone.
   if (deps.ops)

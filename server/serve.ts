@@ -5,7 +5,7 @@ import { AuthService } from "../src/auth/service.ts";
 import { AccountRecovery, type Clock } from "../src/auth/password-reset.ts";
 import { createMailQueue } from "../src/mail/index.ts";
 import { pruneHistory } from "../src/pg/history.ts";
-import { createApp } from "./app.ts";
+import { createApp, requestDeadlineMs } from "./app.ts";
 import { jsonLog, type Deps, type Log } from "./env.ts";
 import { createOps, startOpsServer } from "./ops/app.tsx";
 
@@ -48,7 +48,9 @@ export async function startServer(
   });
   const ops = createOps(config, log, { hashLoad: () => auth.hasher.load, sql });
   const app = createApp({ sql, config, auth, recovery, log, readiness: options.readiness, ops });
-  const server = Bun.serve({ hostname: config.host, port: config.port, fetch: app.fetch });
+  // Idle timeout above the request deadline: a request that waits on purpose gets its answer, not a reset.
+  const idleTimeout = Math.min(255, Math.ceil(requestDeadlineMs(config) / 1000) + 2);
+  const server = Bun.serve({ hostname: config.host, port: config.port, idleTimeout, fetch: app.fetch });
   let opsServer: ReturnType<typeof startOpsServer> | undefined;
   try {
     if (ops && config.ops?.port !== undefined) opsServer = startOpsServer(ops);

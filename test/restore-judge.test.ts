@@ -232,6 +232,56 @@ COPY public.bait (x) FROM stdin;
     expect(await fingerprint()).toEqual(before);
   });
 
+  test("a deferrable trigger the file defines is refused: it would run at COMMIT, after the checks", async () => {
+    const file = join(dir, "deferred.sql");
+    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const late = `CREATE FUNCTION public.late() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  EXECUTE 'CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql AS ''SELECT 1''';
+  RETURN NULL;
+END $f$;
+CREATE TABLE public.z (x int);
+CREATE CONSTRAINT TRIGGER late AFTER INSERT ON public.z DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.late();
+COPY public.z (x) FROM stdin;
+1
+\\.
+`;
+    await writeFile(file, base + late);
+    const before = await fingerprint();
+    const r = await restoreAs(app.url, file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("a deferrable trigger would run after the restore's checks");
+    expect(await fingerprint()).toEqual(before);
+  });
+
+  test("a row-security policy the file defines cannot run code inside the check: the count reads with row security off", async () => {
+    const file = join(dir, "policy.sql");
+    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const peek = `CREATE FUNCTION public.peek(x int) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proname = 'planted') THEN
+    EXECUTE 'CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql AS ''SELECT 1''';
+  END IF;
+  RETURN true;
+END $f$;
+CREATE TABLE public.watched (x int);
+COPY public.watched (x) FROM stdin;
+1
+2
+\\.
+ALTER TABLE public.watched ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.watched FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON public.watched USING (public.peek(x));
+`;
+    await writeFile(file, base + peek);
+    const before = await fingerprint();
+    // As the app role (the database's owner, no superuser): FORCE makes the policy apply to it.
+    const r = await restoreAs(app.url, file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("row-level security");
+    expect(await fingerprint()).toEqual(before);
+  });
+
   test("a refusal at the very last line of a big file runs nothing", async () => {
     const file = join(dir, "late.sql");
     // The first statement would take 20 s to run; 20,000 rows of COPY data come after it.

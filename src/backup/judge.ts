@@ -252,6 +252,11 @@ export class Judge {
         return this.select(body, text, where);
       case "CopyStmt":
         return this.copy(body, where);
+      case "CreateTrigStmt":
+        // A deferred trigger would run its code at COMMIT, after every check of what the load did.
+        if (body.deferrable || body.initdeferred)
+          refuse(`${short(text)} (${where}): a deferrable trigger would run after the restore's checks`);
+        break;
       case "DropStmt":
         // Both would take the restore's guard with them (it lives in the temporary schema).
         if (body.removeType === "OBJECT_SCHEMA" && JSON.stringify(body).match(TEMP_SCHEMA_IN))

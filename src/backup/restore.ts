@@ -269,9 +269,12 @@ async function apply(
       }
     }
     line = 0;
+    // Deferred constraints (foreign keys declared DEFERRABLE) fire now, not at COMMIT after the
+    // checks; the guard fires with them, so its token is set first.
+    await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
+    await run("SET CONSTRAINTS ALL IMMEDIATE", false);
     const counts = await checkLoaded(conn, id, before, judged, serverVersionNum);
     await options.lock?.assertHeld();
-    await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("COMMIT", false);
     return {
       statements: judged.statements,
@@ -323,6 +326,8 @@ async function watched(conn: postgres.ReservedSql, id: string) {
  * settings are as they were, every table a COPY filled holds exactly the rows sent, and nothing
  * the file did not define (relations, functions, triggers, event triggers) appeared. Code the
  * file defines (a trigger, a default) runs during the load: this is what catches its side effects.
+ * Deferred constraints have fired before (apply), and counts come before the catalog checks, so
+ * no code of the file's runs after the checks that would catch it.
  */
 async function checkLoaded(
   conn: postgres.ReservedSql,
@@ -333,9 +338,51 @@ async function checkLoaded(
 ): Promise<Record<string, number>> {
   const fail = (what: string): never => {
     throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, {
-      hint: "Nothing was changed: the check runs before the restore commits.",
+      hint: "Nothing in the database was changed: the check runs before the restore commits.",
     });
   };
+  // Every table's count (what the restore reports, so it is not counted twice), then each COPY
+  // target against the rows sent. Row security off: a policy is code the file wrote, and would run
+  // inside the count (and decide what it sees); with it off, a table a policy covers is an error.
+  await conn.unsafe("SET LOCAL row_security = off");
+  const counts = await tableCounts(conn);
+  const targets = [...judged.copied.values()];
+  const names = targets.map((t) =>
+    t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+  );
+  const resolved =
+    targets.length === 0
+      ? []
+      : await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(
+          names
+            .map(
+              (name, i) =>
+                `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
+            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r) as own
+       from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
+       left join pg_catalog.pg_class c on c.oid = r left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
+            )
+            .join(" union all ") + " order by i",
+        );
+  const direct: string[] = [];
+  const found = resolved.map((r, i) => {
+    const t = targets[i]!;
+    if (!r.q) fail(`the table ${t.schema === "*" ? "" : `${t.schema}.`}${t.name} that a COPY filled is gone`);
+    const key = r.schema === "public" ? r.name : `${r.schema}.${r.name}`;
+    // An inheritance parent's count includes its children's rows, and an extension's table is not
+    // among the counted: these are counted on their own.
+    if (r.own || counts[key] === undefined)
+      direct.push(`select ${i} as i, count(*)::int8 as n from ${r.own ? "only " : ""}${r.q}`);
+    return { key, n: counts[key] };
+  });
+  if (direct.length > 0)
+    for (const { i, n } of await conn.unsafe<{ i: number; n: string }[]>(direct.join(" union all ")))
+      found[i]!.n = Number(n);
+  found.forEach(({ key, n }, i) => {
+    if (n !== targets[i]!.rows) fail(`${key} holds ${n} rows, the file sent ${targets[i]!.rows}`);
+  });
+
+  // The catalog last: nothing of the file's runs after these checks.
   const after = await watched(conn, id).catch(() => fail("the restore's guard was removed during the load"));
   if (after.guard !== before.guard) fail("the restore's guard was replaced during the load");
   const [intact] = await conn
@@ -393,42 +440,6 @@ async function checkLoaded(
         .join(", ")}`,
     );
 
-  // Every table's count (what the restore reports, so it is not counted twice), then each COPY
-  // target against the rows sent.
-  const counts = await tableCounts(conn);
-  const targets = [...judged.copied.values()];
-  if (targets.length === 0) return counts;
-  const names = targets.map((t) =>
-    t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-  );
-  const resolved = await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(
-    names
-      .map(
-        (name, i) =>
-          `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
-            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r) as own
-       from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
-       left join pg_catalog.pg_class c on c.oid = r left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
-      )
-      .join(" union all ") + " order by i",
-  );
-  const direct: string[] = [];
-  const found = resolved.map((r, i) => {
-    const t = targets[i]!;
-    if (!r.q) fail(`the table ${t.schema === "*" ? "" : `${t.schema}.`}${t.name} that a COPY filled is gone`);
-    const key = r.schema === "public" ? r.name : `${r.schema}.${r.name}`;
-    // An inheritance parent's count includes its children's rows, and an extension's table is not
-    // among the counted: these are counted on their own.
-    if (r.own || counts[key] === undefined)
-      direct.push(`select ${i} as i, count(*)::int8 as n from ${r.own ? "only " : ""}${r.q}`);
-    return { key, n: counts[key] };
-  });
-  if (direct.length)
-    for (const { i, n } of await conn.unsafe<{ i: number; n: string }[]>(direct.join(" union all ")))
-      found[i]!.n = Number(n);
-  found.forEach(({ key, n }, i) => {
-    if (n !== targets[i]!.rows) fail(`${key} holds ${n} rows, the file sent ${targets[i]!.rows}`);
-  });
   return counts;
 }
 
@@ -479,7 +490,7 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
     );
     hint =
       changed.length === 0
-        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing was changed."
+        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing in the database was changed."
         : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other clients wrote meanwhile? Compare with shinkei status.`;
   } catch (e) {
     hint = `PostgreSQL rolls a failed transaction back, but checking the database afterwards failed: ${(e as Error).message}`;

@@ -418,10 +418,3 @@ function dollarTagAt(buf: Uint8Array, i: number, to: number): string {
   while (j < to && isIdentPart(buf[j]!) && buf[j] !== DOLLAR) j++;
   return buf[j] === DOLLAR ? new TextDecoder().decode(buf.subarray(i, j + 1)) : "";
 }
-
-/** The script as statements and COPY data, checked as it streams. */
-export async function* scriptItems(source: AsyncIterable<Uint8Array>): AsyncGenerator<ScriptItem> {
-  const guard = new ScriptGuard();
-  for await (const chunk of source) yield* guard.push(chunk);
-  yield* guard.end();
-}

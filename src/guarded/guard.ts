@@ -7,7 +7,7 @@ import { ShinkeiError } from "../errors.ts";
  *   cli/guard.ts, which also asks for the typed phrase in a terminal;
  * - recover and recover --undo: both, only when they write (not with --dry-run), and the
  *   unattended check only with --yes or without a terminal; recover asks its own typed
- *   confirmation (cli/recover.ts) after showing the plan;
+ *   confirmation (cli/recover/rows.ts) after showing the plan;
  * - seed: refuseProduction only (it adds demo rows and deletes nothing).
  */
 

@@ -16,7 +16,6 @@ export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plain
  */
 export type Codec = "gzip" | "zstd";
 export const codecOf = (name: string): Codec => (/\.zst(\.age)?$/.test(name) ? "zstd" : "gzip");
-export const extensionOf = (codec: Codec) => (codec === "zstd" ? "zst" : "gz");
 /** zstd's own default: its speed is the point; higher levels cost more than gzip -6. */
 const ZSTD_LEVEL = 3;
 

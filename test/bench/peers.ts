@@ -58,6 +58,8 @@ await chmod(sock, 0o755);
 
 await timed(["bun", "run", "build"], { cwd: root });
 const cluster = await startCluster({
+  // PostgreSQL's default segment size, as users run it (test clusters use 1 MiB).
+  walSegmentMiB: 16,
   settings: {
     fsync: "on",
     synchronous_commit: "on",

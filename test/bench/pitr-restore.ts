@@ -35,6 +35,8 @@ const as = await runAs();
 
 await timed(["bun", "run", "build"], { cwd: root });
 const cluster = await startCluster({
+  // PostgreSQL's default segment size, as users run it (test clusters use 1 MiB).
+  walSegmentMiB: 16,
   settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "2GB" },
 });
 const url = cluster.url("bench");

@@ -21,7 +21,7 @@ const work = join(tmpdir(), `shinkei-bench-pitr-${process.pid}`);
 await mkdir(work, { recursive: true });
 
 await timed(["bun", "run", "build"], { cwd: root });
-const cluster = await startCluster({ settings: { fsync: "on", synchronous_commit: "on" } });
+const cluster = await startCluster({ walSegmentMiB: 16, settings: { fsync: "on", synchronous_commit: "on" } });
 const url = cluster.url("bench");
 const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
 await admin`create database bench`;

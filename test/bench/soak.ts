@@ -45,6 +45,8 @@ say(
 );
 
 const cluster = await startCluster({
+  // PostgreSQL's default segment size, as users run it (test clusters use 1 MiB).
+  walSegmentMiB: 16,
   settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "1GB" },
 });
 const s3 = await TestS3.start();
