@@ -1,6 +1,6 @@
 /**
  * `bun run bench:pitr-restore`: the RTO of `shinkei pitr restore` against PostgreSQL's own recovery
- * of the same base backup and WAL with nothing of ours in the way (`tar -xzf`, then a plain `cp`
+ * of the same base backup and WAL with nothing of ours in the way (`tar -xf`, then a plain `cp`
  * restore_command over the WAL unpacked beforehand), in one run on a cluster of its own.
  *   --scale 20     pgbench scale of the database (about 15 MiB each)
  *   --wal-mib 256  WAL written after the base backup, replayed by both
@@ -114,7 +114,8 @@ try {
   await chmod(join(work, "bare"), 0o755);
   const port = await freePort();
   const started = performance.now();
-  await timed(["tar", "-xzf", base!.path, "-C", dataDir]);
+  // The base backup's own codec (zstd now, gzip from older archives), unpacked by tar alone.
+  await timed(["tar", base!.path.endsWith(".zst") ? "--zstd" : "--gzip", "-xf", base!.path, "-C", dataDir]);
   await writeFile(join(dataDir, "recovery.signal"), "");
   await writeFile(
     join(dataDir, "postgresql.auto.conf"),
