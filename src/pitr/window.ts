@@ -58,9 +58,28 @@ async function offsiteWindow(
   const trusted = async (segno: bigint): Promise<boolean> => {
     const h = held.get(segno);
     if (!h) return false;
-    const local = join(scratch, h.object);
+    // Listed, then gone: the service replaces a partial's copy with the whole segment's once that
+    // is up (and deletes the partial's). Read the whole one then; a record that is simply not
+    // there ends the window, as one never listed would.
+    const gone = (e: unknown) => (e as { code?: string }).code === "BACKUP_NOT_FOUND";
+    let local = join(scratch, h.object);
     try {
-      await store.get(h.object, local);
+      try {
+        await store.get(h.object, local);
+      } catch (e) {
+        if (!gone(e) || !h.object.endsWith(".partial.json")) throw e;
+        await rm(local, { force: true });
+        h.object = h.object.replace(/\.partial\.json$/, ".json");
+        local = join(scratch, h.object);
+        const found = await store.get(h.object, local).then(
+          () => true,
+          (e2) => {
+            if (gone(e2)) return false;
+            throw e2;
+          },
+        );
+        if (!found) return false;
+      }
       const r = await readRecord(local, h.object.slice(0, -".json".length));
       const problem = r ? walRecordProblem(r, trust) : `the record ${h.object} is not usable`;
       if (problem) untrusted.push({ file: `${store.location}/${h.object}`, problem: `${problem} (off-site copy)` });
