@@ -1,4 +1,4 @@
-import { constants } from "node:fs";
+import { constants, createReadStream } from "node:fs";
 import { copyFile, lstat, open, rename, rm, stat, readdir, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
@@ -72,4 +72,11 @@ export async function removeStalePartials(dir: string, olderThanMs: number): Pro
     }
   }
   return removed;
+}
+
+/** The SHA-256 of a file's bytes (hex), read as a stream: base backups and WAL are too large to hold whole. */
+export async function sha256File(path: string): Promise<string> {
+  const h = new Bun.CryptoHasher("sha256");
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest("hex");
 }

@@ -3,7 +3,7 @@ import { createReadStream } from "node:fs";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { encryptionFor, type AgeConfig, type Encryption } from "../storage/crypt.ts";
-import { fsyncDir, writeFileAtomic } from "../storage/files.ts";
+import { fsyncDir, sha256File, writeFileAtomic } from "../storage/files.ts";
 import { sealTo } from "../storage/seal.ts";
 import { signParts } from "../backup/manifest.ts";
 import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
@@ -135,7 +135,7 @@ export async function archiveWalFile(
   const info = await stat(source);
   const existing = await readRecord(join(dir, name + RECORD));
   if (existing) {
-    const again = await sha256Of(source);
+    const again = await sha256File(source);
     if (again === existing.originalSha256) return { record: existing, written: false };
     throw new ShinkeiError(
       "WAL_ARCHIVE_FAILED",
@@ -187,12 +187,6 @@ export async function archiveWalFile(
       { cause: e },
     );
   }
-}
-
-async function sha256Of(path: string): Promise<string> {
-  const h = new Bun.CryptoHasher("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
 }
 
 export async function writeRecord(root: string, record: WalRecord): Promise<void> {

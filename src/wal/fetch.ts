@@ -1,4 +1,3 @@
-import { createReadStream } from "node:fs";
 import { copyFile, open, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -9,13 +8,7 @@ import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
 import { archiveTrust } from "./trust.ts";
 import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
-import { fsyncDir } from "../storage/files.ts";
-
-async function sha256File(path: string): Promise<string> {
-  const h = new Bun.CryptoHasher("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
+import { fsyncDir, sha256File } from "../storage/files.ts";
 
 /** The timeline a WAL file name belongs to, or null for anything that is not one (hostile names included). */
 function timelineOf(name: string): number | null {

@@ -1,18 +1,12 @@
-import { createReadStream } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
+import { sha256File } from "../storage/files.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { listArchive, recordPath, signWalRecord, walRoot, writeRecord } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, writeBaseManifest } from "./base.ts";
 import { timelineDir } from "./segments.ts";
 import type { Untrusted } from "./trust.ts";
-
-async function sha256File(path: string): Promise<string> {
-  const h = new Bun.CryptoHasher("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
 
 /**
  * `shinkei pitr sign`: sign the records of an archive written before BACKUP_MANIFEST_KEY was set

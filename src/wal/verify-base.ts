@@ -1,8 +1,8 @@
-import { createReadStream } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canOpen, type AgeConfig } from "../storage/crypt.ts";
+import { sha256File } from "../storage/files.ts";
 import { unsealFrom } from "../storage/seal.ts";
 import { finished, pump } from "../pg/tools.ts";
 import { findTool } from "../pg/bin.ts";
@@ -15,12 +15,6 @@ export type BaseVerification = {
   pgVerifybackup: string | null;
   skipped?: string;
 };
-
-async function sha256File(path: string): Promise<string> {
-  const h = new Bun.CryptoHasher("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
 
 /**
  * Prove a base backup whole: both stored files against the SHA-256s in our manifest, then the
