@@ -25,3 +25,11 @@ export const jsonLog: Log = (entry) => {
     setImmediate(flush);
   }
 };
+
+/**
+ * The same lines on stderr, written at once: for a command whose stdout is its answer (`--json`),
+ * and whose warnings must not wait for a turn of the event loop that an exit may never give.
+ */
+export const stderrLog: Log = (entry) => {
+  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...entry }) + "\n");
+};
