@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { connect, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
+import type { Log } from "../log.ts";
 import { tableStats, type TableStats } from "../backup/digest.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { userTables } from "../pg/tables.ts";
@@ -101,6 +102,8 @@ export async function runPitrDrill(deps: {
   sql: Sql;
   config: Config;
   onStep?: (m: string) => void;
+  /** The service's log: what the recovery's cleanup could not do goes there. */
+  log?: Log;
 }): Promise<PitrDrill> {
   const { sql, config } = deps;
   const started = performance.now();
@@ -141,6 +144,7 @@ export async function runPitrDrill(deps: {
       store: walStore(config),
       keep: false,
       onStep: deps.onStep,
+      log: deps.log,
     });
     try {
       result.base = recovery.base;

@@ -1,4 +1,3 @@
-import { createReadStream } from "node:fs";
 import { lstat, mkdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -8,6 +7,7 @@ import { ShinkeiError } from "../errors.ts";
 import { pump } from "../pg/tools.ts";
 import { serverBinaries } from "../pg/bin.ts";
 import { codecOf, unsealFrom } from "../storage/seal.ts";
+import { sha256File } from "../storage/files.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { freePort } from "../pg/localdb.ts";
 import {
@@ -22,13 +22,16 @@ import {
   startWatchdog,
   writeAsServer,
   writeState,
+  type InstanceFolder,
   type InstanceState,
 } from "./instance.ts";
 import { describeTargetOf, recoverySettings, type RecoveryTarget } from "./target.ts";
-import { chooseBase, recoverySources, type Window } from "./window.ts";
-import { restoreCommand, serveWal, type Served } from "./walserve.ts";
+import { chooseBase, recoverySources, type BaseChoice, type Window } from "./window.ts";
+import { restoreCommand, serveWal, type Served, type WalServer } from "./walserve.ts";
 import { scrubSettings } from "./settings.ts";
 import { archiveTrust, describeUntrusted } from "../wal/trust.ts";
+import type { BaseManifest } from "../wal/base.ts";
+import { stderrLog, type Log } from "../log.ts";
 
 export type Reached = {
   /** The last WAL position replayed, and the commit time of the last transaction replayed. */
@@ -68,20 +71,19 @@ export type RecoverOptions = {
   signal?: AbortSignal;
   /** Plain base backups and WAL on a host that encrypts (--allow-unencrypted). */
   allowUnencrypted?: boolean;
+  /** Where what a cleanup could not do is written; JSON lines on stderr by default (stdout may be the answer). */
+  log?: Log;
 };
 
 const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
-/** The scratch instance's own pg_hba.conf (socket trust: only we reach its folder), and where the base's waits meanwhile. */
+/**
+ * The scratch instance's own pg_hba.conf (socket trust: only we reach its folder), and where the
+ * base's waits meanwhile.
+ */
 const SCRATCH_HBA = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
 const HBA_KEPT = "pg_hba.conf.before-recovery";
 /** A value in postgresql.conf's quotes: the parser reads backslash escapes there too. */
 const quoteConf = (s: string) => `'${s.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
-
-async function sha256File(path: string): Promise<string> {
-  const h = new Bun.CryptoHasher("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
 
 /** The end of the server's log (its user writes it, and may make it huge: only the last MiB is read). */
 const logText = (path: string) => readInstanceFile(path, 1024 * 1024, { tail: true }) ?? "";
@@ -89,6 +91,8 @@ const logText = (path: string) => readInstanceFile(path, 1024 * 1024, { tail: tr
 async function logTail(path: string, lines = 12): Promise<string> {
   return logText(path).trim().split("\n").slice(-lines).join("\n");
 }
+
+const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 /**
  * Recover a scratch instance to `target`: the newest base backup that ends before it (local, else
@@ -107,75 +111,176 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     options.onStep?.(
       "the archive holds no commit after the target: recovering all of it, which is the state at the target",
     );
-    return recoverOnce({ ...options, target: { kind: "latest" } }, options.target);
+    return recoverOnce(options, { kind: "latest" });
   }
 }
 
 const endedEarly = (log: string) => /before configured recovery target was reached/.test(log);
 
-async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Promise<Recovery> {
-  const { config, store } = options;
-  const target = asked;
-  const cancelled = () => {
-    if (options.signal?.aborted)
-      throw new ShinkeiError("CANCELLED", "the point-in-time recovery was cancelled; its scratch instance was removed");
-  };
-  const step = (message: string) => {
-    cancelled();
-    options.onStep?.(message);
-  };
+/**
+ * One recovery, phase by phase. `used` is the target PostgreSQL is given; options.target, the one
+ * asked for, is what the base is chosen for, what messages name and what is reached is measured
+ * against. They differ only when recoverTo recovers all of the archive for a time target.
+ */
+async function recoverOnce(options: RecoverOptions, used: RecoveryTarget): Promise<Recovery> {
   const started = performance.now();
-  if (options.intoDir && (await stat(options.intoDir).catch(() => null))) {
+  await refuseExistingDir(options.intoDir);
+  const run = await ScratchRecovery.prepare(options, used);
+  try {
+    const { base, window } = await run.chooseBase();
+    await run.unpackVerified(base);
+    const major = await run.prepareServer();
+    await run.writeRecoverySettings(major);
+    await run.serveWal(base.manifest);
+    await run.startServer(major);
+    await run.waitForReplay();
+    // Promoted: the server asks for no more WAL. Stopped before anything removes the folder it serves into.
+    await run.stopServingWal();
+    const reached = await run.readReached();
+    const url = options.intoDir ? await run.handOverTo(options.intoDir) : await run.openToOperator();
+    return {
+      instance: run.instance,
+      url,
+      base: base.manifest.file,
+      window,
+      target: describeTargetOf(options.target),
+      reached,
+      replayedAll: options.target.kind === "time" && used.kind === "latest",
+      walFiles: run.served,
+      durationMs: Math.round(performance.now() - started),
+      stop: () => removeInstance(run.instance),
+    };
+  } catch (e) {
+    await run.discard();
+    throw e;
+  } finally {
+    await run.disconnect();
+  }
+}
+
+/** --into-dir makes a new folder: refused before anything starts when the path is taken. */
+async function refuseExistingDir(dir: string | undefined): Promise<void> {
+  if (!dir) return;
+  const taken = await stat(dir).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return false;
+      // Neither there nor not there (a folder on the way we may not read): the move at the end would fail too.
+      throw new ShinkeiError("RECOVERY_FAILED", `cannot check whether ${dir} exists: ${e.message}`, {
+        hint: "Give a path that does not exist yet, on a disk with room for the database.",
+      });
+    },
+  );
+  if (taken) {
     throw new ShinkeiError(
       "DIRECTORY_EXISTS",
-      `${options.intoDir} already exists; --into-dir makes a new folder and never overwrites one`,
+      `${dir} already exists; --into-dir makes a new folder and never overwrites one`,
       { hint: "Give a path that does not exist yet, on a disk with room for the database." },
     );
   }
-  await removeDayOld();
-  const folder = await createInstanceFolder();
-  const { root, dataDir, socketDir, walDir, stageDir, logFile, as } = folder;
-  const scratch = join(root, "work");
-  await mkdir(scratch, { mode: 0o700 });
-  const instance: InstanceState = {
-    pitrInstanceVersion: 1,
-    root,
-    dataDir,
-    socketDir,
-    bin: "",
-    port: 0,
-    ownerPid: process.pid,
-    createdAt: new Date().toISOString(),
-    keep: false,
-    target: describeTargetOf(target),
-  };
-  await writeState(instance);
-  startWatchdog(root);
-  let server: ReturnType<typeof serveWal> | undefined;
-  let sql: Sql | undefined;
-  try {
-    // Only what this host signed (and, where it encrypts, encrypted) is a candidate: anything else is named and left out.
+}
+
+/** The named state of one recovery: its instance and folders, the targets, the WAL served, the connection. */
+class ScratchRecovery {
+  /** WAL files recovery took, in order. */
+  readonly served: Served[] = [];
+  /** Where this process fetches WAL for the server (restore_command's socket); null once stopped. */
+  private wal: WalServer | null = null;
+  /** Our connection to the recovering server, over its socket. */
+  private sql: Sql | null = null;
+  private readonly log: Log;
+
+  private constructor(
+    private readonly options: RecoverOptions,
+    /** The target PostgreSQL is given (see recoverOnce). */
+    private readonly used: RecoveryTarget,
+    private readonly folder: InstanceFolder,
+    /** Ours only: downloads, and the WAL fetched before it is handed over. */
+    private readonly scratch: string,
+    readonly instance: InstanceState,
+  ) {
+    this.log = options.log ?? stderrLog;
+  }
+
+  /** A new instance folder, its state written and a watchdog that removes it if this process dies. */
+  static async prepare(options: RecoverOptions, used: RecoveryTarget): Promise<ScratchRecovery> {
+    await removeDayOld();
+    const folder = await createInstanceFolder();
+    const { root, dataDir, socketDir } = folder;
+    const scratch = join(root, "work");
+    await mkdir(scratch, { mode: 0o700 });
+    const instance: InstanceState = {
+      pitrInstanceVersion: 1,
+      root,
+      dataDir,
+      socketDir,
+      bin: "",
+      port: 0,
+      ownerPid: process.pid,
+      createdAt: new Date().toISOString(),
+      keep: false,
+      target: describeTargetOf(options.target),
+    };
+    await writeState(instance);
+    startWatchdog(root);
+    return new ScratchRecovery(options, used, folder, scratch, instance);
+  }
+
+  private get asked(): RecoveryTarget {
+    return this.options.target;
+  }
+
+  private get socket(): string {
+    return join(this.folder.walDir, "wal.sock");
+  }
+
+  private cancelled(): void {
+    if (this.options.signal?.aborted)
+      throw new ShinkeiError("CANCELLED", "the point-in-time recovery was cancelled; its scratch instance was removed");
+  }
+
+  private step(message: string): void {
+    this.cancelled();
+    this.options.onStep?.(message);
+  }
+
+  /** The base backup and window for the target asked, among what this host trusts. */
+  async chooseBase(): Promise<{ base: BaseChoice; window: Window }> {
+    const { config, store, allowUnencrypted } = this.options;
+    // Only what this host signed (and, where it encrypts, encrypted) is a candidate: anything else
+    // is named and left out.
     const { windows, bases, untrusted } = await recoverySources(
       config.backupDir,
       store,
-      scratch,
-      archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }),
+      this.scratch,
+      archiveTrust(config.backup.age, { unencrypted: allowUnencrypted }),
     );
-    for (const line of describeUntrusted(untrusted)) step(`left out: ${line}`);
-    const { base, window } = chooseBase(target, windows, bases);
-    const m = base.manifest;
+    for (const line of describeUntrusted(untrusted)) this.step(`left out: ${line}`);
+    return chooseBase(this.asked, windows, bases);
+  }
 
+  /** The base unpacked into the data directory, its SHA-256 matching its manifest; a download is removed after. */
+  async unpackVerified(base: BaseChoice): Promise<void> {
+    const m = base.manifest;
     let path = base.localPath;
     if (!path) {
-      step(`downloading base backup ${m.file} from ${store!.location}`);
-      path = join(scratch, m.file);
+      const { store } = this.options;
+      this.step(`downloading base backup ${m.file} from ${store!.location}`);
+      path = join(this.scratch, m.file);
       await store!.get(m.file, path);
     }
     // The SHA-256 is read alongside the unpacking (the file is read twice, in parallel): a
     // mismatch throws the scratch copy away before anything starts on it.
-    step(
-      `unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${dataDir}, checking its SHA-256`,
+    this.step(
+      `unpacking base backup ${m.file} (${m.finishedAt}, ${m.startLsn}..${m.stopLsn}) into ${this.folder.dataDir}, ` +
+        "checking its SHA-256",
     );
+    await this.unpack(path, m);
+    if (!base.localPath) await Bun.file(path).delete();
+  }
+
+  private async unpack(path: string, m: BaseManifest): Promise<void> {
+    const { as, dataDir } = this.folder;
     // tar decompresses in a process of its own (gzip, or zstd when its program is installed): on
     // another core beside the hashing and the decryption, and the pipe carries the compressed
     // bytes, not five to ten times as many. Without a zstd program, zstd is unpacked here.
@@ -187,13 +292,14 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     );
     const tarErr = new Response(tar.stderr).text();
     const hashing = sha256File(path);
+    // Awaited below whatever the unpacking does: this only keeps a failure meanwhile from counting as unhandled.
     hashing.catch(() => {});
     let unpackError: unknown = null;
     try {
       await pump(
         (await unsealFrom(path, {
           encryption: m.encryption,
-          age: config.backup.age,
+          age: this.options.config.backup.age,
           name: m.file,
           compressed: inTar,
         })) as AsyncIterable<Uint8Array>,
@@ -202,7 +308,10 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     } catch (e) {
       unpackError = e;
     } finally {
-      await Promise.resolve(tar.stdin.end()).catch(() => {});
+      // tar's own exit status and message, read below, say whether what it was given was whole.
+      await Promise.resolve(tar.stdin.end()).catch((e) =>
+        this.log({ level: "warn", msg: "pitr: closing tar's input failed", file: m.file, error: messageOf(e) }),
+      );
     }
     const sha = await hashing;
     if (sha !== m.sha256)
@@ -213,28 +322,36 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
     if (unpackError) throw unpackError;
     if ((await tar.exited) !== 0)
       throw new ShinkeiError("BACKUP_CORRUPT", `unpacking ${m.file} failed: ${(await tarErr).trim()}`);
-    if (!base.localPath) await Bun.file(path).delete();
+  }
 
+  /** The base's settings scrubbed, the binaries of its major version and a free port chosen; the major version. */
+  async prepareServer(): Promise<number> {
+    const { as, dataDir } = this.folder;
     const major = Number((await readAsServer(as, join(dataDir, "PG_VERSION"))).trim());
     const removed = await scrubBaseSettings(as, dataDir);
     if (removed.length)
-      step(
-        `removed from the base backup's settings before starting it (they run programs, load code or read other files): ${[...new Set(removed)].join(", ")}`,
+      this.step(
+        "removed from the base backup's settings before starting it (they run programs, load code or read other " +
+          `files): ${[...new Set(removed)].join(", ")}`,
       );
-    instance.bin = await serverBinaries(major);
-    instance.port = await freePort();
-    await writeState(instance);
+    this.instance.bin = await serverBinaries(major);
+    this.instance.port = await freePort();
+    await writeState(this.instance);
+    return major;
+  }
 
+  /** The settings, pg_hba.conf and recovery.signal the instance recovers with. */
+  async writeRecoverySettings(major: number): Promise<void> {
+    const { as, dataDir, root, socketDir, stageDir } = this.folder;
     // What the instance needs to recover, and nothing the live server's settings would add:
     // loopback only, no archiving or replication of its own, our pg_hba.
-    const socket = join(walDir, "wal.sock");
     const settings: Record<string, string> = {
-      restore_command: restoreCommand(stageDir, await restoreClient(root), socket),
-      ...recoverySettings(options.target),
+      restore_command: restoreCommand(stageDir, await restoreClient(root), this.socket),
+      ...recoverySettings(this.used),
       recovery_target_timeline: "latest",
       recovery_target_action: "promote",
       listen_addresses: "127.0.0.1",
-      port: String(instance.port),
+      port: String(this.instance.port),
       unix_socket_directories: socketDir,
       archive_mode: "off",
       hot_standby: "on",
@@ -269,37 +386,43 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
       });
     await writeAsServer(as, join(dataDir, "pg_hba.conf"), SCRATCH_HBA);
     await writeAsServer(as, join(dataDir, "recovery.signal"), "");
+  }
 
-    const served: Served[] = [];
-    server = serveWal({
-      config,
-      store,
-      socket,
-      scratch,
+  /** restore_command's side of this process, staging from the base's first segment on. */
+  async serveWal(m: BaseManifest): Promise<void> {
+    const { as, stageDir } = this.folder;
+    this.wal = serveWal({
+      config: this.options.config,
+      store: this.options.store,
+      socket: this.socket,
+      scratch: this.scratch,
       segmentBytes: m.segmentBytes,
       stage: { dir: stageDir, uid: as.uid, gid: as.gid },
       first: m.startSegment,
-      onFile: (f) => served.push(f),
-      allowUnencrypted: options.allowUnencrypted,
+      onFile: (f) => this.served.push(f),
+      allowUnencrypted: this.options.allowUnencrypted,
+      log: this.log,
     });
-    await server.ready();
+    await this.wal.ready();
+  }
 
-    step(`starting PostgreSQL ${major} on 127.0.0.1:${instance.port} and replaying WAL to ${describeTargetOf(target)}`);
-    const log = logFile;
-    const start = await exec([
-      ...as.prefix,
-      join(instance.bin, "pg_ctl"),
-      "-D",
-      dataDir,
-      "start",
-      "-w",
-      "-t",
-      "3600",
-      "-l",
-      log,
-    ]);
+  async stopServingWal(): Promise<void> {
+    const wal = this.wal;
+    this.wal = null;
+    await wal?.stop();
+  }
+
+  /** pg_ctl start, waiting until the server accepts connections (recovery goes on after). */
+  async startServer(major: number): Promise<void> {
+    const { as, dataDir, logFile } = this.folder;
+    this.step(
+      `starting PostgreSQL ${major} on 127.0.0.1:${this.instance.port} ` +
+        `and replaying WAL to ${describeTargetOf(this.asked)}`,
+    );
+    const pgCtl = join(this.instance.bin, "pg_ctl");
+    const start = await exec([...as.prefix, pgCtl, "-D", dataDir, "start", "-w", "-t", "3600", "-l", logFile]);
     if (start.code !== 0) {
-      const tail = await logTail(log, 60);
+      const tail = await logTail(logFile, 60);
       throw new ShinkeiError(
         endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED",
         `the scratch instance did not start: ${tail.split("\n").slice(-12).join("\n")}`,
@@ -309,114 +432,138 @@ async function recoverOnce(options: RecoverOptions, asked: RecoveryTarget): Prom
         },
       );
     }
+  }
 
-    const who = describeTarget(config.databaseUrl);
-    sql = postgres({
-      path: join(socketDir, `.s.PGSQL.${instance.port}`),
-      user: who.user,
-      database: who.database,
-      max: 1,
-      onnotice: () => {},
-      connect_timeout: 5,
-    });
+  /** Until the server has promoted (recovery over), reporting progress every few seconds. */
+  async waitForReplay(): Promise<void> {
+    const who = describeTarget(this.options.config.databaseUrl);
+    const sql = this.connect(who.user, who.database);
+    this.sql = sql;
     let lastReport = 0;
     for (;;) {
+      // No answer is expected while the server is busy or just stopped: whether it is alive is asked next.
       const row = await sql<
         { r: boolean; lsn: string | null }[]
       >`select pg_is_in_recovery() as r, pg_last_wal_replay_lsn()::text as lsn`.catch(() => null);
       if (row && !row[0]!.r) break;
-      if (!row) {
-        const alive = (await exec([...as.prefix, join(instance.bin, "pg_ctl"), "-D", dataDir, "status"])).code === 0;
-        if (!alive) {
-          const tail = await logTail(log, 60);
-          throw new ShinkeiError(
-            endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED",
-            `recovery stopped before reaching ${describeTargetOf(target)}: ${
-              tail
-                .split("\n")
-                .filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l))
-                .slice(-4)
-                .join(" | ") || tail
-            }`,
-            {
-              hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
-              details: { endedEarly: endedEarly(tail) },
-            },
-          );
-        }
-      }
+      if (!row && !(await this.alive())) throw await this.stoppedEarly();
       if (Date.now() - lastReport > 5000) {
-        if (lastReport) step(`replaying: at ${row?.[0]?.lsn ?? "?"}, ${served.length} WAL file(s) fetched`);
+        if (lastReport) this.step(`replaying: at ${row?.[0]?.lsn ?? "?"}, ${this.served.length} WAL file(s) fetched`);
         lastReport = Date.now();
       }
-      cancelled();
+      this.cancelled();
       await Bun.sleep(100);
     }
+  }
 
-    // Promoted: the server asks for no more WAL. Stopped before anything removes the folder it serves into.
-    await server.stop();
-    server = undefined;
-    const [r] = await sql<
+  private async alive(): Promise<boolean> {
+    const { as, dataDir } = this.folder;
+    return (await exec([...as.prefix, join(this.instance.bin, "pg_ctl"), "-D", dataDir, "status"])).code === 0;
+  }
+
+  /** Why the server stopped before the target: the errors at the end of its log. */
+  private async stoppedEarly(): Promise<ShinkeiError> {
+    const tail = await logTail(this.folder.logFile, 60);
+    return new ShinkeiError(
+      endedEarly(tail) ? "PITR_OUT_OF_WINDOW" : "RECOVERY_FAILED",
+      `recovery stopped before reaching ${describeTargetOf(this.asked)}: ${
+        tail
+          .split("\n")
+          .filter((l) => /FATAL|PANIC|ERROR|invalid|incorrect|checksum|contrecord/.test(l))
+          .slice(-4)
+          .join(" | ") || tail
+      }`,
+      {
+        hint: "Nothing was changed; the scratch instance was removed. See shinkei pitr status for the window and gaps.",
+        details: { endedEarly: endedEarly(tail) },
+      },
+    );
+  }
+
+  /** Where replay stopped: the last position and commit, measured against the target asked. */
+  async readReached(): Promise<Reached> {
+    const [r] = await this.sql!<
       { lsn: string | null; at: Date | null }[]
     >`select pg_last_wal_replay_lsn()::text as lsn, pg_last_xact_replay_timestamp() as at`;
-    const text = logText(log);
+    const text = logText(this.folder.logFile);
     const stopped = /recovery stopping (?:before|after) [^\n]*/.exec(text)?.[0] ?? null;
-    const reached: Reached = {
+    const asked = this.asked;
+    return {
       lsn: r!.lsn,
       commitTime: r!.at ? r!.at.toISOString() : null,
-      distanceMs: target.kind === "time" && r!.at ? target.at.getTime() - r!.at.getTime() : null,
+      distanceMs: asked.kind === "time" && r!.at ? asked.at.getTime() - r!.at.getTime() : null,
       stopped,
     };
+  }
 
-    let url: string | null = null;
-    if (options.intoDir) {
-      await sql.end({ timeout: 2 });
-      sql = undefined;
-      await handOver(instance, options.intoDir, as);
-      await removeInstance(instance);
-    } else {
-      // Loopback with a password of its own: other local users cannot read the recovered data.
-      const password = Buffer.from(crypto.getRandomValues(new Uint8Array(18))).toString("base64url");
-      // Set by the instance's bootstrap superuser (over the socket, which our pg_hba trusts): the
-      // role we recover as may not alter itself (PostgreSQL before 16 refuses that to a REPLICATION
-      // role that is no superuser, such as the backup service's).
-      const [boot] = await sql<{ name: string }[]>`select rolname as name from pg_catalog.pg_roles where oid = 10`;
-      const su = postgres({
-        path: join(socketDir, `.s.PGSQL.${instance.port}`),
-        user: boot!.name,
-        database: who.database,
-        max: 1,
-        onnotice: () => {},
-        connect_timeout: 5,
-      });
-      try {
-        await su.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
-      } finally {
-        await su.end({ timeout: 2 });
-      }
-      url = `postgres://${encodeURIComponent(who.user)}:${password}@127.0.0.1:${instance.port}/${encodeURIComponent(who.database)}`;
+  /** --into-dir: the recovered data directory stopped and moved to `dir`, the rest of the instance removed. */
+  async handOverTo(dir: string): Promise<null> {
+    await this.disconnect();
+    await handOver(this.instance, dir, this.folder.as);
+    await removeInstance(this.instance);
+    return null;
+  }
+
+  /** The running instance's URL, with a password of its own; kept (or not) as asked. */
+  async openToOperator(): Promise<string> {
+    const who = describeTarget(this.options.config.databaseUrl);
+    const { port } = this.instance;
+    // Loopback with a password of its own: other local users cannot read the recovered data.
+    const password = Buffer.from(crypto.getRandomValues(new Uint8Array(18))).toString("base64url");
+    // Set by the instance's bootstrap superuser (over the socket, which our pg_hba trusts): the
+    // role we recover as may not alter itself (PostgreSQL before 16 refuses that to a REPLICATION
+    // role that is no superuser, such as the backup service's).
+    const [boot] = await this.sql!<{ name: string }[]>`select rolname as name from pg_catalog.pg_roles where oid = 10`;
+    const su = this.connect(boot!.name, who.database);
+    try {
+      await su.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);
+    } finally {
+      await su.end({ timeout: 2 });
     }
-    instance.url = url ?? undefined;
-    instance.keep = options.keep && !options.intoDir;
-    if (!options.intoDir) await writeState(instance);
-    return {
-      instance,
-      url,
-      base: m.file,
-      window: window!,
-      target: describeTargetOf(target),
-      reached,
-      replayedAll: asked.kind === "time" && options.target.kind === "latest",
-      walFiles: served,
-      durationMs: Math.round(performance.now() - started),
-      stop: () => removeInstance(instance),
-    };
-  } catch (e) {
-    await server?.stop();
-    await removeInstance(instance).catch(() => {});
-    throw e;
-  } finally {
-    await sql?.end({ timeout: 2 }).catch(() => {});
+    const url =
+      `postgres://${encodeURIComponent(who.user)}:${password}` +
+      `@127.0.0.1:${port}/${encodeURIComponent(who.database)}`;
+    this.instance.url = url;
+    this.instance.keep = this.options.keep;
+    await writeState(this.instance);
+    return url;
+  }
+
+  /** A connection to the instance over its unix socket (our pg_hba trusts it). */
+  private connect(user: string, database: string): Sql {
+    return postgres({
+      path: join(this.folder.socketDir, `.s.PGSQL.${this.instance.port}`),
+      user,
+      database,
+      max: 1,
+      onnotice: () => {},
+      connect_timeout: 5,
+    });
+  }
+
+  async disconnect(): Promise<void> {
+    const sql = this.sql;
+    this.sql = null;
+    await sql?.end({ timeout: 2 }).catch((e) =>
+      this.log({
+        level: "warn",
+        msg: "pitr: closing the connection to the scratch instance failed",
+        error: messageOf(e),
+      }),
+    );
+  }
+
+  /** After a failure: stop serving WAL, remove the instance (failing that, the watchdog or the day-old sweep will). */
+  async discard(): Promise<void> {
+    await this.stopServingWal();
+    await removeInstance(this.instance).catch((e) =>
+      this.log({
+        level: "warn",
+        msg: "pitr: removing the scratch instance failed",
+        root: this.instance.root,
+        error: messageOf(e),
+      }),
+    );
   }
 }
 
