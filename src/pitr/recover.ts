@@ -226,6 +226,7 @@ class ScratchRecovery {
     return new ScratchRecovery(options, used, folder, scratch, instance);
   }
 
+  /** The target asked for: what the base is chosen for, messages name and what is reached is measured against. */
   private get asked(): RecoveryTarget {
     return this.options.target;
   }
