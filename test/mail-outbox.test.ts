@@ -149,6 +149,7 @@ test("retention: account events, sent mail and finished backup runs past their s
     accountEventsMs: 365 * 86_400_000,
     mailOutboxMs: 7 * 86_400_000,
     backupRunsMs: 90 * 86_400_000,
+    recoverRecordsMs: 90 * 86_400_000,
   });
   const gone = await pruneHistory(db.sql, keep);
   expect(gone).toEqual({ accountEvents: 1, mailOutbox: 2, backupRuns: 1 });

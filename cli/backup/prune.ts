@@ -5,6 +5,7 @@ import { pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune
 import { offsiteStore } from "../../src/storage/stores.ts";
 import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../../src/wal/prune.ts";
 import { walStore } from "../../src/wal/offsite.ts";
+import { pruneRecoveries } from "../../src/recover/stores.ts";
 
 export async function prune(ctx: Context): Promise<number> {
   const { io, config } = ctx;
@@ -13,13 +14,15 @@ export async function prune(ctx: Context): Promise<number> {
   const apply = async () => {
     const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
     if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
-    return { reports, wal: await pruneWal(config, dryRun) };
+    // Recovery records (RECOVER_RECORD_KEEP), listed only where there are any.
+    const records = (await pruneRecoveries(config, dryRun)).filter((r) => r.decisions.length > 0);
+    return { reports, wal: await pruneWal(config, dryRun), records };
   };
   // Deleting waits for the maintenance lock: a restore in progress keeps the backup it is reading.
-  const { reports, wal } = dryRun
+  const { reports, wal, records } = dryRun
     ? await apply()
     : await withMaintenanceLock(ctx.db, "retention", apply, ctx.flag("wait"));
-  if (ctx.flag("json")) return (json(io, wal.length ? [...reports, ...wal] : reports), 0);
+  if (ctx.flag("json")) return (json(io, wal.length || records.length ? [...reports, ...wal, ...records] : reports), 0);
   for (const r of reports) {
     line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);
     if (r.decisions.length === 0) line(io, "  no backups");
@@ -49,6 +52,16 @@ export async function prune(ctx: Context): Promise<number> {
         : `  WAL: nothing to delete; ${r.walWhy}`,
     );
   }
+  for (const r of records) {
+    line(io, `${r.location} (recovery records)${dryRun ? " (dry run: nothing deleted)" : ""}`);
+    line(
+      io,
+      table([
+        ["record", "action", "why"],
+        ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why]),
+      ]).replace(/^/gm, "  "),
+    );
+  }
   return 0;
 }
 
@@ -62,7 +75,7 @@ async function pruneWal(config: Context["config"], dryRun: boolean): Promise<Wal
 
 export const pruneForm: Subcommand = {
   word: "prune",
-  summary: "apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS)",
+  summary: "apply retention (BACKUP_KEEP_*, S3_KEEP_DAYS, RECOVER_RECORD_KEEP)",
   options: {
     "dry-run": { type: "boolean", description: "show what would be deleted, delete nothing" },
     wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },

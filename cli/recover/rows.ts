@@ -1,5 +1,5 @@
 import type { Context, Subcommand } from "../command.ts";
-import { json, line } from "../output.ts";
+import { json, line, warn } from "../output.ts";
 import { activity, typedConfirmation } from "../prompts.ts";
 import { previewJson, showAccounts, showApplied, showPreview } from "./view.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
@@ -13,6 +13,7 @@ import { listBaseBackups } from "../../src/wal/base.ts";
 import { buildPlan, type AccountMode, type Scope } from "../../src/recover/plan.ts";
 import { recover as applyRecovery, trialApply } from "../../src/recover/apply.ts";
 import { recordFor, writeRecovery } from "../../src/recover/record.ts";
+import { copyRecoveryOffsite } from "../../src/recover/stores.ts";
 import { cancelOnSignal } from "../signals.ts";
 
 /** `shinkei recover --user EMAIL ...`: one user's (or world's, or story's) rows back from a backup. */
@@ -262,6 +263,8 @@ async function recover(ctx: Context): Promise<number> {
       });
       progress.stop("recovered");
       const { record, path: recordPath, undoPath } = run.saved;
+      // After the commit: a failed copy leaves the recovery and its local undo as they are.
+      const offsite = await copyRecoveryOffsite(config, recordPath);
       if (ctx.flag("json"))
         return (
           json(io, {
@@ -271,6 +274,7 @@ async function recover(ctx: Context): Promise<number> {
             safetyMs: run.safetyMs,
             applied: record,
             record: recordPath,
+            offsiteResult: offsite ?? "not configured",
           }),
           0
         );
@@ -284,6 +288,7 @@ async function recover(ctx: Context): Promise<number> {
       line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
       line(io, "checked        counts and digests of the recovered rows match the backup");
       line(io, `record         ${recordPath}`);
+      if (offsite) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site       ${offsite}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id")
         line(io, "sessions       not restored: the user signs in again");
       line(

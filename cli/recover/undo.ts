@@ -8,6 +8,7 @@ import { describeTarget } from "../../src/pg/db.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { loadRecovery } from "../../src/recover/record.ts";
 import { plannedCounts, trialUndo, undoRecovery } from "../../src/recover/undo.ts";
+import { recoveryStore } from "../../src/recover/stores.ts";
 
 /**
  * `recover --undo RECORD`: the same guard, preview and confirmation as the recovery itself, then
@@ -29,7 +30,13 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
       "--yes",
     );
   }
-  const { path, record, undo } = await loadRecovery(ctx.option("undo")!, config.backupDir, config.backup.age);
+  // A record gone from BACKUP_DIR (a lost disk) is read from its off-site copy, checked alike.
+  const { path, record, undo } = await loadRecovery(
+    ctx.option("undo")!,
+    config.backupDir,
+    config.backup.age,
+    recoveryStore(config),
+  );
   if (record.database !== target.database || undo.database !== target.database) {
     throw new ShinkeiError(
       "RECORD_REFUSED",

@@ -10,7 +10,7 @@ const secs = (ms: number) => ms / 1000;
  */
 export async function pruneHistory(
   sql: Sql,
-  keep: RetentionConfig,
+  keep: Pick<RetentionConfig, "accountEventsMs" | "mailOutboxMs" | "backupRunsMs">,
 ): Promise<{ accountEvents: number; mailOutbox: number; backupRuns: number }> {
   const accountEvents = keep.accountEventsMs
     ? (

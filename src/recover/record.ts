@@ -1,17 +1,48 @@
-import { lstat, mkdir, readdir } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { userInfo } from "node:os";
+import { tmpdir, userInfo } from "node:os";
 import { writeFileAtomic } from "../storage/files.ts";
 import { signParts, signatureMatches } from "../backup/manifest.ts";
 import { decrypt, encrypt, encryptionFor, type AgeConfig, type Encryption } from "../storage/crypt.ts";
 import { ShinkeiError } from "../errors.ts";
+import type { BackupStore, StoreNaming } from "../storage/store.ts";
 import type { Applied } from "./apply.ts";
 import type { Row } from "./diff.ts";
 import type { Plan, Scope } from "./plan.ts";
 
 const SUFFIX = ".recovered.json";
 const UNDO_SUFFIX = ".undo.json";
+/** `shinkei_recovery_<applied at, UTC>_<first 8 of the id>` and one of a record's or safety copy's endings. */
+const RECOVERY_NAME = /^(shinkei_recovery_(\d{8})_(\d{6})_([0-9a-f]{8}))\.(recovered\.json|undo\.json(?:\.age)?)$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export type RecoveryName = { name: string; base: string; appliedAt: Date; idPrefix: string; isRecord: boolean };
+
+/** A record's or safety copy's name, parsed; null for any other name (and for a stamp no clock shows). */
+export function parseRecoveryName(name: string): RecoveryName | null {
+  const m = RECOVERY_NAME.exec(name);
+  if (!m) return null;
+  const [, base, day, time, idPrefix, ending] = m;
+  const appliedAt = new Date(
+    `${day!.slice(0, 4)}-${day!.slice(4, 6)}-${day!.slice(6)}T${time!.slice(0, 2)}:${time!.slice(2, 4)}:${time!.slice(4)}Z`,
+  );
+  if (Number.isNaN(appliedAt.getTime()) || stamp(appliedAt) !== `${day}_${time}`) return null;
+  return { name, base: base!, appliedAt, idPrefix: idPrefix!, isRecord: ending === "recovered.json" };
+}
+
+/**
+ * The naming of recovery records wherever they are kept (BACKUP_DIR, the off-site folder): only
+ * these names are listed or removed, and a record goes with its safety copy (record first, so a
+ * removal cut short leaves an orphaned safety copy, never a record whose undo is gone).
+ */
+export const recoveryNaming: StoreNaming = {
+  isOurs: (name) => parseRecoveryName(name) !== null,
+  companions(name) {
+    const p = parseRecoveryName(name);
+    if (!p) return [];
+    return [p.base + SUFFIX, p.base + UNDO_SUFFIX, `${p.base}${UNDO_SUFFIX}.age`].filter((n) => n !== name);
+  },
+};
 
 /**
  * The safety copy of one recovery: exactly the rows it changed. For a row it inserted, its key and
@@ -48,6 +79,8 @@ export type RecoveredRecord = {
   tables: Applied["tables"];
   /** HMAC with BACKUP_MANIFEST_KEY of everything above (see signedPart). */
   signature?: string;
+  /** Off-site copies of the record and its safety copy, by store kind: added after signing, not signed. */
+  offsite?: Record<string, { location: string; copiedAt: string }>;
 };
 
 /** Who ran it: the login behind sudo when there is one, else the account the process runs as. */
@@ -88,7 +121,8 @@ export function recordFor(options: {
   };
 }
 
-const signedPart = (r: RecoveredRecord): unknown[] => [{ ...r, signature: undefined }];
+/** Everything but the signature and the off-site copies (recorded later, as a manifest's are). */
+const signedPart = (r: RecoveredRecord): unknown[] => [{ ...r, signature: undefined, offsite: undefined }];
 
 function stamp(at: Date): string {
   return at.toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15);
@@ -147,21 +181,84 @@ const refused = (
   hint = "Nothing was changed. Undo only with the record a recovery of this database wrote, as it wrote it.",
 ) => new ShinkeiError("RECORD_REFUSED", message, { hint });
 
-/** A record named by its path, or by its id (or the first 8 or more characters of it) as --history lists it. */
-async function findRecord(ref: string, dir: string): Promise<string> {
-  if (await Bun.file(ref).exists()) return ref;
-  if (/^[0-9a-f-]{8,36}$/i.test(ref)) {
+/** Where a record was found: the file to read, and what to call it (a path, or its off-site location). */
+type Found = { path: string; shown: string; cleanup?: () => Promise<void> };
+
+const beside = (shown: string, name: string) =>
+  shown.includes("/") ? shown.slice(0, shown.lastIndexOf("/") + 1) + name : name;
+
+/**
+ * A record named by its path, or by its id (or the first 8 or more characters of it) as --history
+ * lists it; looked for in `dir` first, then (when given) in the off-site store, by the same name or
+ * id: a record whose local copy is gone (a lost disk) still undoes from its off-site one.
+ */
+async function findRecord(ref: string, dir: string, offsite?: BackupStore): Promise<Found> {
+  if (await Bun.file(ref).exists()) return { path: ref, shown: ref };
+  const byId = /^[0-9a-f-]{8,36}$/i.test(ref);
+  if (byId) {
     const matches = (await history(dir)).filter((r) => typeof r.id === "string" && r.id.startsWith(ref.toLowerCase()));
-    if (matches.length === 1) return matches[0]!.path;
+    if (matches.length === 1) return { path: matches[0]!.path, shown: matches[0]!.path };
     if (matches.length > 1)
       throw new ShinkeiError(
         "USAGE",
         `${ref} matches ${matches.length} recoveries: give more of the id, or the record's path`,
       );
   }
-  throw new ShinkeiError("NOT_FOUND", `no recovery record ${ref} (neither a file nor an id in ${dir})`, {
-    hint: "shinkei recover --history lists the recoveries and their ids.",
-  });
+  const fetched = offsite ? await fetchRecord(ref, byId, offsite) : null;
+  if (fetched) return fetched;
+  throw new ShinkeiError(
+    "NOT_FOUND",
+    `no recovery record ${ref} (neither a file nor an id in ${dir}${offsite ? ` or at ${offsite.location}` : ""})`,
+    { hint: "shinkei recover --history lists the recoveries and their ids." },
+  );
+}
+
+/**
+ * The off-site copy of a record (by its file name, or by id) and of the safety copy it names,
+ * fetched into a private temporary folder: read once, checked exactly as a local record is, never
+ * written back into BACKUP_DIR. Null when the store holds no such record.
+ */
+async function fetchRecord(ref: string, byId: boolean, store: BackupStore): Promise<Found | null> {
+  const named = parseRecoveryName(basename(ref));
+  const wanted = ref.toLowerCase();
+  const candidates = (await store.list())
+    .map((o) => parseRecoveryName(o.name))
+    .filter(
+      (p): p is RecoveryName =>
+        p !== null && p.isRecord && (named ? p.name === named.name : byId && wanted.startsWith(p.idPrefix)),
+    );
+  if (!candidates.length) return null;
+  const folder = await mkdtemp(join(tmpdir(), "shinkei-undo-"));
+  const cleanup = () => rm(folder, { recursive: true, force: true });
+  try {
+    const found: { p: RecoveryName; record: RecoveredRecord | null }[] = [];
+    for (const p of candidates) {
+      await store.get(p.name, join(folder, p.name));
+      const record = (await Bun.file(join(folder, p.name))
+        .json()
+        .catch(() => null)) as RecoveredRecord | null;
+      // By id, the name carries only its first 8 characters: the record itself says the rest.
+      if (named || (typeof record?.id === "string" && record.id.startsWith(wanted))) found.push({ p, record });
+    }
+    if (found.length > 1)
+      throw new ShinkeiError(
+        "USAGE",
+        `${ref} matches ${found.length} recoveries at ${store.location}: give more of the id, or the record's name`,
+      );
+    const hit = found[0];
+    if (!hit) return (await cleanup(), null);
+    // Only the safety copy of this very record: a record naming another object gets none (and is refused as missing).
+    const file = hit.record?.undo?.file;
+    if (typeof file === "string" && parseRecoveryName(file)?.base === hit.p.base && !parseRecoveryName(file)!.isRecord)
+      await store.get(file, join(folder, file)).catch((e) => {
+        if (!(e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND")) throw e;
+      });
+    const location = store.location.endsWith("/") ? store.location : `${store.location}/`;
+    return { path: join(folder, hit.p.name), shown: location + hit.p.name, cleanup };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
 }
 
 function checkUndoShape(u: unknown, id: string): UndoData {
@@ -198,9 +295,22 @@ export async function loadRecovery(
   ref: string,
   dir: string,
   age?: AgeConfig,
+  offsite?: BackupStore,
 ): Promise<{ path: string; record: RecoveredRecord; undo: UndoData }> {
-  const path = await findRecord(ref, dir);
-  const record = (await Bun.file(path)
+  const found = await findRecord(ref, dir, offsite);
+  try {
+    return await readRecovery(found, age);
+  } finally {
+    await found.cleanup?.();
+  }
+}
+
+async function readRecovery(
+  found: Found,
+  age?: AgeConfig,
+): Promise<{ path: string; record: RecoveredRecord; undo: UndoData }> {
+  const path = found.shown;
+  const record = (await Bun.file(found.path)
     .json()
     .catch(() => null)) as RecoveredRecord | null;
   if (record?.recovered !== true || typeof record.at !== "string" || !record.tables || typeof record.scope !== "object")
@@ -226,11 +336,12 @@ export async function loadRecovery(
       `${path} is ${record.signature ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)" : "unsigned, and BACKUP_MANIFEST_KEY is set"}`,
     );
   }
-  const undoPath = join(dirname(path), record.undo.file);
-  const stat = await lstat(undoPath).catch(() => null);
+  const undoFile = join(dirname(found.path), record.undo.file);
+  const undoPath = found.path === found.shown ? undoFile : beside(path, record.undo.file);
+  const stat = await lstat(undoFile).catch(() => null);
   if (!stat?.isFile())
     throw refused(`the safety copy ${undoPath} of recovery ${record.id} is ${stat ? "not a plain file" : "missing"}`);
-  const bytes = new Uint8Array(await Bun.file(undoPath).arrayBuffer());
+  const bytes = new Uint8Array(await Bun.file(undoFile).arrayBuffer());
   if (new Bun.CryptoHasher("sha256").update(bytes).digest("hex") !== record.undo.sha256) {
     throw refused(`the safety copy ${undoPath} does not match its record's SHA-256: it changed since it was written`);
   }

@@ -11,6 +11,7 @@ import { mirrorMissing } from "../backup/offsite.ts";
 import { pruneLocal, pruneStore } from "../backup/prune.ts";
 import { newestGood, newestPassedDrill } from "../backup/freshness.ts";
 import { offsiteStore } from "../storage/stores.ts";
+import { mirrorMissingRecoveries, pruneRecoveries, recoveryStore } from "../recover/stores.ts";
 import type { BackupStore } from "../storage/store.ts";
 
 export type Scheduler = { stop(): Promise<void> };
@@ -75,8 +76,9 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
       }
     }
     log({ level: offsite.offsite === "failed" ? "error" : "info", msg: "off-site copy", file, ...offsite });
+    await mirrorRecords(config, log);
 
-    const { local, remote } = await withMaintenanceLock(
+    const { local, remote, records } = await withMaintenanceLock(
       sql,
       "retention",
       async () => {
@@ -90,12 +92,25 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
             ),
           );
         }
-        return { local, remote };
+        const records = await pruneRecoveries(config, false).then(
+          (reports) => reports.flatMap((r) => r.removed.map((name) => `${r.location}: ${name}`)),
+          (e: Error) => (
+            log({ level: "warn", msg: "recovery record retention failed; it runs again next time", error: e.message }),
+            []
+          ),
+        );
+        return { local, remote, records };
       },
       true,
     );
-    if (local.removed.length || remote.length)
-      log({ level: "info", msg: "retention", removedLocal: local.removed, removedOffsite: remote });
+    if (local.removed.length || remote.length || records.length)
+      log({
+        level: "info",
+        msg: "retention",
+        removedLocal: local.removed,
+        removedOffsite: remote,
+        removedRecoveryRecords: records,
+      });
 
     await recordRun(
       sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`,
@@ -125,6 +140,27 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     );
     notify(config.backup.webhookUrl, { event: "backup.failed", error }, log);
   }
+}
+
+/**
+ * Recovery records not yet off-site (a recovery whose own copy failed): copied like backups, logged
+ * only when there was something to copy. Never throws: the next run tries again.
+ */
+async function mirrorRecords(config: Config, log: Log): Promise<void> {
+  const store = recoveryStore(config);
+  if (!store) return;
+  const report = await mirrorMissingRecoveries(store, config.backupDir).catch((e: Error) => ({
+    copied: [],
+    failed: [{ name: "*", error: e.message }],
+  }));
+  if (report.copied.length || report.failed.length)
+    log({
+      level: report.failed.length ? "error" : "info",
+      msg: "off-site copy of recovery records",
+      location: store.location,
+      copied: report.copied,
+      failed: report.failed,
+    });
 }
 
 /** Report a run that should have happened but did not (the service was down, say). */
