@@ -77,6 +77,22 @@ test("S3_KEEP_DAYS has bounds: 0, negative, fractional and huge values are refus
   expect(loadConfig({ S3_BUCKET: "b", BACKUP_KEEP_DAYS: "9" }).s3!.keepDays).toBe(9);
 });
 
+test("RECOVER_RECORD_KEEP: 90 days unless set, 0 keeps records for good, bounded, its near misses refused", () => {
+  expect(loadConfig({}).retention.recoverRecordsMs).toBe(90 * 86_400_000);
+  expect(loadConfig({ RECOVER_RECORD_KEEP: "30d" }).retention.recoverRecordsMs).toBe(30 * 86_400_000);
+  expect(loadConfig({ RECOVER_RECORD_KEEP: "0" }).retention.recoverRecordsMs).toBe(0);
+  expect(() => loadConfig({ RECOVER_RECORD_KEEP: "30000d" })).toThrow("RECOVER_RECORD_KEEP must be at most 3650d");
+  expect(() => loadConfig({ RECOVER_RECORD_KEEP: "soon" })).toThrow("RECOVER_RECORD_KEEP must be a duration");
+  for (const typo of ["RECOVER_RECORDS_KEEP", "RECOVERY_RECORD_KEEP", "recover_record_keep"])
+    expect(() => loadConfig({ [typo]: "30d" })).toThrow(
+      `${typo} is not a shinkei variable; did you mean RECOVER_RECORD_KEEP?`,
+    );
+  // Its prefix is ours now: an unknown RECOVER_ name is a warning, not silently ignored.
+  expect(loadConfig({ RECOVER_RECORD_AGE: "30d" }).warnings).toEqual([
+    expect.stringMatching(/^RECOVER_RECORD_AGE is not a shinkei variable and is ignored/),
+  ]);
+});
+
 test("every numeric setting has an upper bound: a runaway number is refused for all but free text", () => {
   // Names, paths, keys and labels: any text is theirs to hold.
   const freeText = [

@@ -95,7 +95,8 @@ export function planRecords(names: string[], keepMs: number, now: Date, unmirror
     if (!p) continue;
     const g = groups.get(p.base);
     // The record names the group; a safety copy only stands for one whose record is gone.
-    if (!g || (p.isRecord && !g.hasRecord)) groups.set(p.base, { name: n, appliedAt: p.appliedAt, hasRecord: p.isRecord });
+    if (!g || (p.isRecord && !g.hasRecord))
+      groups.set(p.base, { name: n, appliedAt: p.appliedAt, hasRecord: p.isRecord });
   }
   const keep = keepText(keepMs);
   return [...groups.entries()]
