@@ -49,15 +49,16 @@ afterEach(() => db.drop());
 
 /** A user with two worlds of two stories of two beats each. */
 async function writer(sql: Sql, email: string) {
-  const [u] =
-    await sql`insert into users (email, name, password_hash) values (${email}, ${email.split("@")[0]!}, 'hash') returning id`;
+  const [u] = await sql`insert into users (email, name, password_hash)
+      values (${email}, ${email.split("@")[0]!}, 'hash') returning id`;
   for (let w = 1; w <= 2; w++) {
     const [world] =
       await sql`insert into worlds (owner_id, name) values (${u!.id}, ${`${email} world ${w}`}) returning id`;
     for (let s = 1; s <= 2; s++) {
       const [story] =
         await sql`insert into stories (world_id, title) values (${world!.id}, ${`story ${s}`}) returning id`;
-      await sql`insert into story_beats (story_id, position, content) select ${story!.id}, i, 'beat ' || i from generate_series(0, 1) i`;
+      await sql`insert into story_beats (story_id, position, content)
+        select ${story!.id}, i, 'beat ' || i from generate_series(0, 1) i`;
     }
   }
 }
@@ -97,13 +98,14 @@ const object = async (Key: string) =>
 
 const aliceWorlds = async () =>
   (
-    await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by 1`
+    await db.sql`select w.name from worlds w join users u on u.id = w.owner_id
+      where u.email = 'alice@example.com' order by 1`
   ).map((r) => r.name as string);
 
 const undoFolders = async () => (await readdir(tmpdir())).filter((n) => n.startsWith("shinkei-undo-"));
 
 describe("recovery records off-site", () => {
-  test("a recovery's record and safety copy go off-site with it; --undo reads them there once the local disk is lost, checked alike", async () => {
+  test("record and safety copy go off-site with the recover; --undo reads them there after a lost disk", async () => {
     const { path, stdout } = await recoverAlice();
     const folder = `${prefix}recoveries/`;
     expect(stdout).toContain(`off-site       copied to s3://${s3.bucket}/${folder}`);
@@ -159,7 +161,7 @@ describe("recovery records off-site", () => {
     expect(missing.stderr).toContain(`no recovery record 0123abcd (neither a file nor an id in ${dir} or at s3://`);
   });
 
-  test("S3 down during the recover: it stands, warns, and the backup service's off-site pass copies the record later", async () => {
+  test("S3 down during the recover: it stands and warns; the service's off-site pass copies the record", async () => {
     // Named by path: --from latest would look off-site for a newer backup, and S3 is down.
     const backup = await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com world 1");
@@ -196,7 +198,8 @@ describe("recovery records off-site", () => {
 });
 
 describe("recovery record retention", () => {
-  test("prune removes records older than RECOVER_RECORD_KEEP (local and off-site), keeps young ones and any not yet off-site; --dry-run lists without deleting", async () => {
+  // Old: removed locally and off-site. Young, or not yet off-site: kept. --dry-run lists and deletes nothing.
+  test("prune removes records older than RECOVER_RECORD_KEEP, and only those", async () => {
     const young = await recoverAlice();
     const config = loadConfig(env);
     const store = recoveryStore(config)!;

@@ -13,7 +13,8 @@ import type { Plan, Scope } from "./plan.ts";
 const SUFFIX = ".recovered.json";
 const UNDO_SUFFIX = ".undo.json";
 /** `shinkei_recovery_<applied at, UTC>_<first 8 of the id>` and one of a record's or safety copy's endings. */
-const RECOVERY_NAME = /^(shinkei_recovery_(\d{8})_(\d{6})_([0-9a-f]{8}))\.(recovered\.json|undo\.json(?:\.age)?)$/;
+const RECOVERY_NAME =
+  /^(shinkei_recovery_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_([0-9a-f]{8}))\.(recovered\.json|undo\.json(?:\.age)?)$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export type RecoveryName = { name: string; base: string; appliedAt: Date; idPrefix: string; isRecord: boolean };
@@ -22,11 +23,10 @@ export type RecoveryName = { name: string; base: string; appliedAt: Date; idPref
 export function parseRecoveryName(name: string): RecoveryName | null {
   const m = RECOVERY_NAME.exec(name);
   if (!m) return null;
-  const [, base, day, time, idPrefix, ending] = m;
-  const appliedAt = new Date(
-    `${day!.slice(0, 4)}-${day!.slice(4, 6)}-${day!.slice(6)}T${time!.slice(0, 2)}:${time!.slice(2, 4)}:${time!.slice(4)}Z`,
-  );
-  if (Number.isNaN(appliedAt.getTime()) || stamp(appliedAt) !== `${day}_${time}`) return null;
+  const [, base, y, mo, d, h, mi, sec, idPrefix, ending] = m;
+  const appliedAt = new Date(Date.UTC(+y!, +mo! - 1, +d!, +h!, +mi!, +sec!));
+  // Date.UTC rolls 30 February or minute 60 over into a real moment: no stamp we write.
+  if (stamp(appliedAt) !== `${y}${mo}${d}_${h}${mi}${sec}`) return null;
   return { name, base: base!, appliedAt, idPrefix: idPrefix!, isRecord: ending === "recovered.json" };
 }
 
