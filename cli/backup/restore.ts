@@ -1,7 +1,7 @@
 import type { Context, Subcommand } from "../command.ts";
 import { line, table, warn } from "../output.ts";
 import { activity, note } from "../prompts.ts";
-import { confirmDestructive, undoCommand } from "../guard.ts";
+import { confirmDatabaseOption, confirmDestructive, undoCommand } from "../guard.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
@@ -120,11 +120,7 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
       short: "y",
       description: "restore without the typed confirmation (needs --confirm-database)",
     },
-    "confirm-database": {
-      type: "string",
-      value: "N",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": confirmDatabaseOption,
     "no-safety-backup": {
       type: "boolean",
       description: "restore without a pre-restore backup (only with --yes --confirm-database)",

@@ -1,6 +1,6 @@
 import type { Context, Subcommand } from "../command.ts";
 import { json, line, table } from "../output.ts";
-import { confirmDestructive, undoCommand } from "../guard.ts";
+import { confirmDatabaseOption, confirmDestructive, undoCommand } from "../guard.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
@@ -212,11 +212,7 @@ pre-restore safety backup; asks for the database name, or --yes
       description: "keep the recovered data directory at DIR (stopped, original settings) to run as\na new server",
     },
     yes: { type: "boolean", description: "with --apply: without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": {
-      type: "string",
-      value: "NAME",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": { ...confirmDatabaseOption, value: "NAME" },
     "allow-production": {
       type: "boolean",
       description: "with --apply: run even when SHINKEI_ENV/NODE_ENV is production",

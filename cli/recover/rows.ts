@@ -2,7 +2,7 @@ import type { Context, Subcommand } from "../command.ts";
 import { json, line } from "../output.ts";
 import { activity, typedConfirmation } from "../prompts.ts";
 import { previewJson, showAccounts, showApplied, showPreview } from "./view.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
+import { checkUnattended, confirmDatabaseOption } from "../guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
 import { formatDuration } from "../../src/duration.ts";
@@ -63,11 +63,7 @@ scratch instance, as shinkei pitr restore does`,
       short: "y",
       description: "apply without the typed confirmation (needs --confirm-database)",
     },
-    "confirm-database": {
-      type: "string",
-      value: "N",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": confirmDatabaseOption,
     "allow-unencrypted": {
       type: "boolean",
       description: "recover from a plain file although this host encrypts its backups",
@@ -128,21 +124,11 @@ async function recover(ctx: Context): Promise<number> {
       ? "restore-account"
       : undefined;
   const dryRun = ctx.flag("dry-run");
-  // Decided before the long load: a script without --yes would only find out after it.
-  if (!dryRun)
-    refuseProduction(config.environment, ctx.flag("allow-production"), "recover rows into the live database");
   const target = describeTarget(config.databaseUrl);
-  // As restore and reset: without the typed confirmation, the flag alone is not enough; the
-  // target database must be named too, so a script aimed at the wrong server stops.
-  if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
-    checkUnattendedConfirmation(
-      target,
-      ctx.flag("yes"),
-      ctx.option("confirm-database"),
-      "recover rows into the live database",
-      "--yes",
-    );
-  }
+  // Decided before the long load: a script without --yes would only find out after it. As restore
+  // and reset: without the typed confirmation, the flag alone is not enough; the target database
+  // must be named too, so a script aimed at the wrong server stops.
+  if (!dryRun) checkUnattended(ctx, target, "recover rows into the live database", "yes");
   const revertChanged = ctx.flag("revert-changed");
 
   const cancel = cancelOnSignal();
