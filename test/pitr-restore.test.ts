@@ -4,13 +4,14 @@ import { join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { fakeInstance } from "./support/instance.ts";
+import { receiverFlushed, startBackupService, streamingEnv } from "./support/wal.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
 import { writeIdentity } from "../src/storage/crypt.ts";
 import { tableStats, type TableStats } from "../src/backup/digest.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { pitrDrillProblem, readPitrDrills } from "../src/pitr/drill.ts";
@@ -37,14 +38,6 @@ let notedLsn: string;
 let before: TableStats;
 
 const leftovers = async () => (await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-"));
-const flushed = async (lsn: string) =>
-  until(
-    "the receiver to flush",
-    async () =>
-      (
-        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-      ).length === 1,
-  );
 const insertLsn = async () => (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
 
 beforeAll(async () => {
@@ -58,20 +51,14 @@ beforeAll(async () => {
   await chmod(scratchRoot, 0o755);
   key = join(await tempDir("pitr-key"), "k");
   const recipient = await writeIdentity(key);
-  env = {
-    DATABASE_URL: cluster.url("shinkei"),
-    BACKUP_DIR: dir,
-    WAL_ARCHIVE: "stream",
-    BACKUP_SCHEDULE: "0 0 1 1 *",
-    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+  env = streamingEnv(cluster.url("shinkei"), dir, {
     BACKUP_AGE_RECIPIENTS: recipient,
     BACKUP_AGE_IDENTITY: key,
     WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
     TMPDIR: scratchRoot,
     ...s3.env("pitr/"),
-  };
-  service = await Service.start(["backup-service"], { ...env, BACKUP_AGE_IDENTITY: "" });
-  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  });
+  service = await startBackupService({ ...env, BACKUP_AGE_IDENTITY: "" });
   sql = connect(cluster.url("shinkei"), { max: 2 });
   expect(await shinkei(["backup", "base"], env)).toSucceed();
 
@@ -92,7 +79,7 @@ beforeAll(async () => {
   await sql`delete from notes where id % 2 = 0`;
   await sql`drop table ledger`;
   await sql`insert into notes (body) values ('written after the damage')`;
-  await flushed(await insertLsn());
+  await receiverFlushed(sql, await insertLsn());
 });
 afterAll(async () => {
   service?.proc.kill("SIGKILL");
@@ -193,7 +180,7 @@ describe("pitr restore", () => {
     const quiet = new Date().toISOString();
     await Bun.sleep(300);
     await sql`select pg_logical_emit_message(false, 'shinkei-test', 'still quiet')`;
-    await flushed(await insertLsn());
+    await receiverFlushed(sql, await insertLsn());
     const r = await shinkei(["pitr", "restore", "--to", quiet, "--json"], env);
     expect(r.stderr).toContain("the archive holds no commit after the target");
     expect(r).toSucceed();
@@ -245,25 +232,12 @@ describe("pitr restore", () => {
   });
 
   test("every pitr command removes instances older than a day; a fresh one stays, and a folder whose state names another place is never touched", async () => {
-    const fake = async (name: string, createdAt: Date, root?: string) => {
-      const dir2 = join(scratchRoot, name);
-      await mkdir(join(dir2, "data"), { recursive: true });
-      await Bun.write(
-        join(dir2, "instance.json"),
-        JSON.stringify({
-          pitrInstanceVersion: 1,
-          root: root ?? dir2,
-          dataDir: join(root ?? dir2, "data"),
-          socketDir: join(dir2, "sockets"),
-          bin: "",
-          port: 1,
-          ownerPid: 999_999_999,
-          createdAt: createdAt.toISOString(),
-          keep: true,
-        }),
-      );
-      return dir2;
-    };
+    const fake = (name: string, createdAt: Date, root?: string) =>
+      fakeInstance(join(scratchRoot, name), {
+        createdAt: createdAt.toISOString(),
+        bin: "",
+        ...(root ? { root, dataDir: join(root, "data") } : {}),
+      });
     const old = await fake("shinkei-pitr-instance-old111", new Date(Date.now() - 2 * 86_400_000));
     const fresh = await fake("shinkei-pitr-instance-new111", new Date());
     const victim = await tempDir("pitr-not-ours");
@@ -281,25 +255,7 @@ describe("pitr restore", () => {
   });
 
   test("cleanup signals only a server started on the instance's own data directory, and skips folders someone else made", async () => {
-    const fake = async (name: string) => {
-      const root = join(scratchRoot, name);
-      await mkdir(join(root, "data"), { recursive: true });
-      await Bun.write(
-        join(root, "instance.json"),
-        JSON.stringify({
-          pitrInstanceVersion: 1,
-          root,
-          dataDir: join(root, "data"),
-          socketDir: join(root, "sockets"),
-          bin: "/nonexistent",
-          port: 1,
-          ownerPid: 999_999_999,
-          createdAt: new Date().toISOString(),
-          keep: true,
-        }),
-      );
-      return root;
-    };
+    const fake = (name: string) => fakeInstance(join(scratchRoot, name));
     // A postmaster.pid naming some other live process (stale after a reboot, or planted): never killed.
     const bystander = Bun.spawn(["sleep", "60"]);
     const stale = await fake("shinkei-pitr-instance-pid111");
@@ -648,7 +604,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
       await tx`delete from worlds where owner_id = ${alice!.id}`;
     });
     await sql`insert into worlds (owner_id, name) values (${bob!.id}, 'made after the moment')`;
-    await flushed(await insertLsn());
+    await receiverFlushed(sql, await insertLsn());
 
     const r = await shinkei(
       ["recover", "--user", "pitr1@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"],
@@ -692,7 +648,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     )[0]!.t;
     await Bun.sleep(300);
     await sql`delete from worlds where name = 'made after the moment'`;
-    await flushed(await insertLsn());
+    await receiverFlushed(sql, await insertLsn());
     const p = Bun.spawn(
       [binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"],
       { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" },

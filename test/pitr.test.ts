@@ -4,6 +4,7 @@ import { dirname, join } from "node:path";
 import { startCluster, startClusterFrom, TEST_WAL_SEGMENT_BYTES, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { receiverFlushed, startBackupService, streamingEnv } from "./support/wal.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
 
@@ -52,7 +53,6 @@ async function recoverCopy(base: string, settings: string[]) {
 }
 import { Service } from "./support/process.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
@@ -72,16 +72,8 @@ let service: Service | undefined;
 beforeAll(async () => {
   cluster = await startCluster();
   dir = await tempDir("pitr");
-  env = {
-    DATABASE_URL: cluster.url("shinkei"),
-    BACKUP_DIR: dir,
-    WAL_ARCHIVE: "stream",
-    // Far from now: only what the tests start runs.
-    BACKUP_SCHEDULE: "0 0 1 1 *",
-    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
-  };
-  service = await Service.start(["backup-service"], env);
-  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  env = streamingEnv(cluster.url("shinkei"), dir);
+  service = await startBackupService(env);
   sql = connect(cluster.url("shinkei"), { max: 2 });
 });
 afterAll(async () => {
@@ -116,12 +108,7 @@ describe("base backups and point-in-time status", () => {
     const [{ at, lsn }] = (await sql<
       { at: Date; lsn: string }[]
     >`insert into notes (body) values ('last words') returning at, pg_current_wal_insert_lsn()::text as lsn`) as any;
-    await until("the receiver to flush the last commit", async () => {
-      const [r] = await sql<
-        { ok: boolean }[]
-      >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
-      return r?.ok;
-    });
+    await receiverFlushed(sql, lsn);
 
     const r = await shinkei(["pitr", "status", "--json"], env);
     expect(r).toSucceed();
@@ -251,13 +238,7 @@ describe("base backups and point-in-time status", () => {
         { lsn: string }[]
       >`insert into notes (body) values ('seconds ago') returning pg_current_wal_insert_lsn()::text as lsn`
     )[0]!;
-    await until(
-      "the receiver to flush it",
-      async () =>
-        (
-          await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-        ).length === 1,
-    );
+    await receiverFlushed(sql, lsn);
     // Not archived whole: it is in the segment being received.
     expect(await Bun.file(join(dir, "wal", "spool", `${lsnSegment(lsn)}.partial`)).exists()).toBe(true);
     const base = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file as string;

@@ -5,10 +5,10 @@ import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { collector, receiverFlushed } from "./support/wal.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config/index.ts";
-import type { Log } from "../src/log.ts";
 import { startWalStream, type WalStream } from "../src/wal/stream.ts";
 import { serverInfo } from "../src/pg/server-info.ts";
 import { slotStatus } from "../src/wal/slot.ts";
@@ -42,24 +42,10 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-type Line = Record<string, unknown>;
-function collector(): { log: Log; lines: Line[] } {
-  const lines: Line[] = [];
-  return { lines, log: (l) => void lines.push(l) };
-}
-
 const configFor = (dir: string, extra: Record<string, string> = {}) =>
   loadConfig({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", ...extra });
 const timeline = async () =>
   (await sql<{ tl: number }[]>`select timeline_id as tl from pg_control_checkpoint()`)[0]!.tl;
-
-const flushedTo = (lsn: string) =>
-  until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<
-      { ok: boolean }[]
-    >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
-    return r?.ok;
-  });
 
 /** Write a row and flush it to the receiver; the segment it went into. */
 async function commitFlushed(value: string): Promise<string> {
@@ -68,7 +54,7 @@ async function commitFlushed(value: string): Promise<string> {
       { lsn: string }[]
     >`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`
   )[0]!;
-  await flushedTo(lsn);
+  await receiverFlushed(sql, lsn);
   return segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
 }
 
@@ -285,7 +271,7 @@ describe("a real full disk (a 64 MiB tmpfs)", () => {
           10_000,
         );
         expect(lines.some((l) => l.msg === "disk space returned: restarting the WAL receiver")).toBe(true);
-        await flushedTo(lsn);
+        await receiverFlushed(sql, lsn);
         const last = segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
         await archivedWal(stream, dir, last);
         const records = await listArchive(walRoot(dir));

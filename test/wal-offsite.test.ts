@@ -7,6 +7,7 @@ import { tempDir } from "./support/fixtures.ts";
 import { shinkei } from "./support/cli.ts";
 import { TestS3 } from "./support/s3.ts";
 import { until } from "./support/wait.ts";
+import { receiverFlushed } from "./support/wal.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig, type Config } from "../src/config/index.ts";
@@ -19,7 +20,6 @@ import { createBaseBackup, listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { Metrics } from "../src/metrics/registry.ts";
 import { archiveSource } from "../src/metrics/sources.ts";
 
@@ -90,13 +90,7 @@ test("segments, the partial being received and base backups reach S3 encrypted, 
       >`insert into canary values ('partial-canary-3141') returning pg_current_wal_insert_lsn()::text as lsn`
     )[0]!;
     const seg = segmentName(1, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
-    await until(
-      "the receiver to flush the row",
-      async () =>
-        (
-          await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-        ).length === 1,
-    );
+    await receiverFlushed(sql, lsn);
     const store = walStore(config)!;
     const partialCopy = join(dir, "partial-copy");
     await until("the partial off-site, holding the row", async () => {
@@ -228,13 +222,7 @@ test("an S3 outage while the server writes: the off-site lag of WAL and base bac
           { lsn: string }[]
         >`insert into canary values (${v}) returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await until(
-        "the receiver to flush",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-          ).length === 1,
-      );
+      await receiverFlushed(sql, lsn);
     };
     await write("before-the-outage");
     await until("everything off-site", async () => {

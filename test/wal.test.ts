@@ -5,6 +5,7 @@ import { zstdDecompressSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { collector, receiverFlushed } from "./support/wal.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config/index.ts";
@@ -44,21 +45,6 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-type Line = Record<string, unknown>;
-function collector(): { log: Log; lines: Line[] } {
-  const lines: Line[] = [];
-  return { lines, log: (l) => void lines.push(l) };
-}
-
-/** The receiver has flushed everything up to `lsn` (the server's own view of it). */
-const flushedTo = (lsn: string) =>
-  until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<
-      { ok: boolean }[]
-    >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
-    return r?.ok;
-  });
-
 /** Write a row, end its segment, and wait until that segment is in the archive; its name. */
 async function commitAndArchive(stream: WalStream, dir: string, value: string): Promise<string> {
   const { lsn } = (
@@ -91,7 +77,7 @@ describe("continuous WAL archive", () => {
           { lsn: string }[]
         >`insert into canary values ('streamed-row-7781') returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await flushedTo(lsn);
+      await receiverFlushed(sql, lsn);
       const name = await commitAndArchive(stream, dir, "second-row");
       const records = await listArchive(walRoot(dir));
       const r = records.find((x) => x.name === name)!;
@@ -275,7 +261,7 @@ describe("continuous WAL archive", () => {
           { lsn: string }[]
         >`insert into canary values ('in-partial') returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await flushedTo(lsn);
+      await receiverFlushed(sql, lsn);
       const pid = stream.receiver.pid()!;
       // Frozen, then killed: it cannot resume before the server has recycled what it was receiving.
       process.kill(pid, "SIGSTOP");
@@ -365,13 +351,7 @@ describe("a slot past max_slot_wal_keep_size", () => {
       const [{ lsn }] = (await sql<
         { lsn: string }[]
       >`insert into canary values ('received') returning pg_current_wal_insert_lsn()::text as lsn`) as any;
-      await until(
-        "the receiver to flush it",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-          ).length === 1,
-      );
+      await receiverFlushed(sql, lsn);
       await service.stop();
       // The receiver resumes at most one segment past the newest it holds (sealed, partial, or in the spool).
       const held = [
@@ -447,13 +427,7 @@ describe("timelines", () => {
           { lsn: string }[]
         >`insert into canary values ('last-on-1') returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await until(
-        "the standby's receiver to flush it",
-        async () =>
-          (
-            await onStandby`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${last}::pg_lsn`
-          ).length === 1,
-      );
+      await receiverFlushed(onStandby, last);
       await onStandby`select pg_promote(true, 30)`;
       const { lsn } = (
         await onStandby<
