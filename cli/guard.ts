@@ -63,5 +63,8 @@ export function checkUnattended(
  */
 export function undoCommand(config: { databaseUrl: string; environment: string }, path: string): string {
   const production = config.environment === "production" ? " --allow-production" : "";
-  return `shinkei backup --restore --backup-file ${path} --yes --confirm-database ${describeTarget(config.databaseUrl).database}${production}`;
+  return (
+    `shinkei backup --restore --backup-file ${path} --yes ` +
+    `--confirm-database ${describeTarget(config.databaseUrl).database}${production}`
+  );
 }

@@ -77,7 +77,8 @@ export function commandHelp(command: Command): string {
   }
   const example = command.subcommands.find((s) => s.word)?.word;
   blocks.push(
-    `  -h, --help   show this help${example ? `; after a form, that form's alone (shinkei ${command.name} ${example} --help)` : ""}`,
+    `  -h, --help   show this ` +
+      `help${example ? `; after a form, that form's alone (shinkei ${command.name} ${example} --help)` : ""}`,
   );
   return blocks.join("\n\n");
 }
@@ -103,7 +104,9 @@ function unknownOption(command: Command, sub: Subcommand, raw: string, name: str
   let why = "";
   if (others.length && sub.flag && !sub.word) why = `: --${sub.flag} and ${raw} do not go together`;
   else if (others.length)
-    why = `: ${raw} goes with ${others.map((s) => (s.flag && !s.word ? `--${s.flag}` : s.word ? `${command.name} ${s.word}` : command.name)).join(" or ")}`;
+    why =
+      `: ${raw} goes ` +
+      `with ${others.map((s) => (s.flag && !s.word ? `--${s.flag}` : s.word ? `${command.name} ${s.word}` : command.name)).join(" or ")}`;
   return new ShinkeiError("USAGE", `Unknown option '${raw}' for ${form}${why}`);
 }
 

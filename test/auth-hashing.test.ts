@@ -133,7 +133,8 @@ describe("rehash on login", () => {
         await db.sql`insert into users (email, name, password_hash) values (${email}, 'Old', ${hash})`;
 
       expect((await login(s, "old-argon@example.com", "a wrong password")).status).toBe(401);
-      expect(await storedHash("old-argon@example.com")).toBe(old["old-argon@example.com"]); // only the right password rehashes
+      // only the right password rehashes
+      expect(await storedHash("old-argon@example.com")).toBe(old["old-argon@example.com"]);
 
       for (const email of Object.keys(old)) {
         expect((await login(s, email)).status).toBe(200);

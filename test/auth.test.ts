@@ -236,7 +236,8 @@ describe("sessions", () => {
   test("an expired session is refused", async () => {
     const email = await newAccount(server, "expired");
     const t = await tokenFor(email);
-    await db.sql`update sessions set expires_at = now() - interval '1 second' where user_id = (select id from users where email = ${email})`;
+    await db.sql`update sessions set expires_at = now() - interval '1 second' where user_id = (select id from users
+      where email = ${email})`;
     const r = await server.api("/api/v1/auth/me", { token: t });
     expect(r.status).toBe(401);
     expect((await r.json()).error.code).toBe("UNAUTHORIZED");

@@ -200,7 +200,8 @@ describe("faults", () => {
   test("a pg_dump that fails after writing, or writes nothing, is an error and leaves no file", async () => {
     const failing = await wrapTool(
       "pg_dump",
-      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated failure" >&2; exit 1`,
+      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated ` +
+        `failure" >&2; exit 1`,
     );
     let r = await shinkei(["backup"], { ...env, PATH: pathWith(failing) });
     expect(r.code).toBe(1);

@@ -164,7 +164,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
       expect(r.exitCode).toBe(0);
     }
     const [role] =
-      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
+      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles
+        where rolname = ${appUser}`;
     expect(role).toEqual({
       rolsuper: false,
       rolcanlogin: true,
@@ -174,7 +175,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
       rolbypassrls: false,
     });
     const [backupRole] =
-      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
+      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls,
+        pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
       pg_has_role(rolname, 'pg_read_all_stats', 'MEMBER') as stats from pg_roles where rolname = ${backupUser}`;
     expect(backupRole).toEqual({
       rolsuper: false,
@@ -189,7 +191,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const [owner] = await admin`select pg_get_userbyid(datdba) as name from pg_database where datname = ${db.name}`;
     expect(owner!.name).toBe(appUser);
     const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-      where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S') and pg_get_userbyid(c.relowner) <> ${appUser}`;
+      where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S')
+        and pg_get_userbyid(c.relowner) <> ${appUser}`;
     expect(notOurs.map((r) => r.relname as string)).toEqual([]);
 
     // The app as that role: status, migrations and a backup work, and it is not a superuser.
@@ -217,8 +220,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], backupEnv);
     expect(restored.stderr).toBe("");
     expect(restored).toSucceed();
-    const owners =
-      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    const owners = await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n
+        on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p')`;
     expect(owners.map((r) => r.owner as string)).toEqual([appUser]);
   } finally {
@@ -236,7 +239,8 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
   const owners = async () =>
     (
-      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n
+        on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p', 'S', 'v', 'm')`
     ).map((r) => r.owner as string);
   try {
@@ -244,7 +248,8 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
     expect(r.stderr.toString()).toBe("");
     // Granted in the app's database (functions' privileges are per database), where drills run.
     const [grant] =
-      await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as backup,
+      await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)',
+        'EXECUTE') as backup,
       has_function_privilege(${appUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as app`;
     expect(grant).toEqual({ backup: true, app: false });
     const asRole = (user: string) => {

@@ -198,7 +198,8 @@ describe("encrypted backups", () => {
     const r1 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: wrongPlace });
     expect(r1.code).toBe(2);
     expect(r1.stderr.split("\n")[0]).toBe(
-      `✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in BACKUP_AGE_IDENTITY, never here`,
+      `✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in ` +
+        `BACKUP_AGE_IDENTITY, never here`,
     );
     const r2 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: plainSecret });
     expect(r2.code).toBe(2);

@@ -96,7 +96,8 @@ describe("password reset", () => {
     // 192 random bits, stored only as a hash.
     expect(Buffer.from(code, "base64url").length).toBe(24);
     const rows =
-      await db.sql`select c.* from account_codes c join users u on u.id = c.user_id where u.email = 'carol@example.com' and c.purpose = 'password_reset'`;
+      await db.sql`select c.* from account_codes c join users u on u.id = c.user_id where u.email = 'carol@example.com'
+        and c.purpose = 'password_reset'`;
     expect(rows.length).toBe(1);
     expect(Buffer.compare(rows[0]!.code_hash, hashCode(code))).toBe(0);
     expect(JSON.stringify(rows)).not.toContain(code);
@@ -114,8 +115,8 @@ describe("password reset", () => {
     expect((await again.json()).error.code).toBe("INVALID_CODE");
     expect((await login("carol@example.com", "a brand new secret")).status).toBe(200);
 
-    const events =
-      await db.sql`select e.kind from account_events e join users u on u.id = e.user_id where u.email = 'carol@example.com'`;
+    const events = await db.sql`select e.kind from account_events e join users u on u.id = e.user_id
+        where u.email = 'carol@example.com'`;
     expect(events.map((e) => e.kind)).toEqual(["password_reset"]);
     const notice = await smtp.waitFor("carol@example.com", CHANGED);
     expect(notice.text).toContain("with a reset code sent to this address");
@@ -140,7 +141,8 @@ describe("password reset", () => {
     expect((await register("dave@example.com")).status).toBe(201);
     const davesCodes = async () =>
       (
-        await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id where u.email = 'dave@example.com' and c.purpose = 'password_reset'`
+        await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id
+          where u.email = 'dave@example.com' and c.purpose = 'password_reset'`
       )[0]!.n;
     const first = await resetCode("dave@example.com");
     const second = await resetCode("dave@example.com");

@@ -297,7 +297,9 @@ describe("pitr restore", () => {
     // while to load (the whole dump is judged before anything runs), so the kill lands before COMMIT.
     const wrap = await wrapTool(
       "pg_dump",
-      `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" && echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS slept;"`,
+      `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" ` +
+        `&& echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS ` +
+        `slept;"`,
     );
     const p = Bun.spawn(
       [binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"],
@@ -316,7 +318,8 @@ describe("pitr restore", () => {
       "the load to have the dump",
       async () =>
         (
-          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and query like '%slow_to_load%'`
+          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)'
+            and datname = 'shinkei' and query like '%slow_to_load%'`
         ).length > 0,
       30_000,
     );
@@ -327,7 +330,8 @@ describe("pitr restore", () => {
       "the loading session to end",
       async () =>
         (
-          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`
+          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)'
+            and datname = 'shinkei'`
         ).length === 0,
       30_000,
     );
@@ -586,7 +590,8 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     const [alice] = await owner("pitr1@example.com");
     const [bob] = await owner("pitr2@example.com");
     const aliceRows =
-      () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id join story_beats b on b.story_id = s.id
+      () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id
+        join story_beats b on b.story_id = s.id
       where w.owner_id = ${alice!.id} order by 1, 2, 3`;
     const kept = await aliceRows();
     expect(kept.length).toBe(10);
@@ -599,7 +604,8 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await Bun.sleep(300);
     // The loss: alice's world and everything in it; meanwhile bob starts a new world.
     await sql.begin(async (tx) => {
-      await tx`delete from story_beats where story_id in (select s.id from stories s join worlds w on w.id = s.world_id where w.owner_id = ${alice!.id})`;
+      await tx`delete from story_beats where story_id in (select s.id from stories s join worlds w on w.id = s.world_id
+        where w.owner_id = ${alice!.id})`;
       await tx`delete from stories where world_id in (select id from worlds where owner_id = ${alice!.id})`;
       await tx`delete from worlds where owner_id = ${alice!.id}`;
     });

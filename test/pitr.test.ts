@@ -23,7 +23,8 @@ async function recoverCopy(base: string, settings: string[]) {
   const dataDir = join(restore, "data");
   expect(Bun.spawnSync(["mkdir", "-m", "700", dataDir]).exitCode).toBe(0);
   expect(Bun.spawnSync(["tar", "-x", "--zstd", "-f", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
-  // restore_command runs as the server's OS user, which may not reach this checkout: a copy of the binary beside the archive.
+  // restore_command runs as the server's OS user, which may not reach this checkout: a copy of the
+  // binary beside the archive.
   await copyFile(binaryPath, join(restore, "shinkei"));
   await chmod(join(restore, "shinkei"), 0o755);
   Bun.spawnSync(["chmod", "755", restore]);

@@ -34,7 +34,8 @@ async function fingerprint(sql = db.sql) {
   const triggers =
     await sql`select tgrelid::regclass::text as rel, tgname from pg_trigger where not tgisinternal order by 1, 2`;
   const functions =
-    await sql`select p.oid::regprocedure::text as f, md5(p.prosrc) as body from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    await sql`select p.oid::regprocedure::text as f, md5(p.prosrc) as body from pg_proc p join pg_namespace n
+      on n.oid = p.pronamespace
     where n.nspname not in ('pg_catalog', 'information_schema') order by 1`;
   const relations =
     await sql`select c.oid::regclass::text as r, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -176,7 +177,8 @@ describe("the review's reproductions (issue 23)", () => {
       (await readFile(await plainDump("base.sql"), "utf8")) +
         // Read with the setting on, `'x\' --' );...` is a string, then a comment to the end of the line;
         // read with it off, the string is `x' --`, and three statements follow the COPY.
-        "SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n" +
+        ("SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); " +
+          "ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n") +
         CLOSING,
     );
     const before = await fingerprint();
@@ -189,8 +191,11 @@ describe("the review's reproductions (issue 23)", () => {
   test("the commit guard cannot be replaced from the file", async () => {
     for (const planted of [
       // the review's: a DO block, then a hidden COMMIT
-      "DO $d$ BEGIN EXECUTE 'CREATE OR REPLACE FUNCTION pg_temp.' || (SELECT proname FROM pg_proc WHERE pronamespace = pg_my_temp_schema() LIMIT 1) || '() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN RETURN NULL; END $b$'; END $d$;\nCOMMIT;\n",
-      "CREATE OR REPLACE FUNCTION pg_temp.shinkei_guard_0() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN RETURN NULL; END $b$;\n",
+      "DO $d$ BEGIN EXECUTE 'CREATE OR REPLACE FUNCTION pg_temp.' || (SELECT proname FROM pg_proc WHERE " +
+        "pronamespace = pg_my_temp_schema() LIMIT 1) || '() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN " +
+        "RETURN NULL; END $b$'; END $d$;\nCOMMIT;\n",
+      "CREATE OR REPLACE FUNCTION pg_temp.shinkei_guard_0() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN " +
+        "RETURN NULL; END $b$;\n",
       "ALTER TABLE pg_temp.x DISABLE TRIGGER ALL;\n",
       "CREATE TEMP TABLE t (x int);\n",
       "SET CONSTRAINTS ALL IMMEDIATE;\n",
@@ -324,8 +329,10 @@ ${CLOSING}`,
     // A trigger the file defines swallows the rows its COPY sends: the count check refuses the result.
     await writeFile(
       file,
-      "CREATE TABLE public.kept (x int);\nCREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;\n" +
-        "CREATE TRIGGER eat BEFORE INSERT ON public.kept FOR EACH ROW EXECUTE FUNCTION public.eat();\nCOPY public.kept (x) FROM stdin;\n1\n2\n\\.\n" +
+      "CREATE TABLE public.kept (x int);\nCREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS " +
+        "$$ BEGIN RETURN NULL; END $$;\n" +
+        "CREATE TRIGGER eat BEFORE INSERT ON public.kept FOR EACH ROW EXECUTE FUNCTION public.eat();\nCOPY " +
+        "public.kept (x) FROM stdin;\n1\n2\n\\.\n" +
         CLOSING,
     );
     const before = await fingerprint();
@@ -431,7 +438,10 @@ describe("the allowlist", () => {
   });
 });
 
-/** The ends (byte offset of each `;`) of the statements as our splitter and as the parser see them; null when either refuses. */
+/**
+ * The ends (byte offset of each `;`) of the statements as our splitter and as the parser see them;
+ * null when either refuses.
+ */
 function ends(text: Uint8Array): { splitter: number[]; parser: number[] } | null {
   const g = new ScriptGuard();
   let items: ReturnType<ScriptGuard["end"]>;
@@ -464,7 +474,8 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     `SELECT pg_catalog.set_config('search_path', $a$ $b$${x}$a$, false); ${p};\n`,
     `SELECT pg_catalog.set_config('search_path', E'\\'${x}; ${p}; --', false);\n`,
     `SELECT pg_catalog.set_config('search_path', U&'\\0041''${x}; ${p};', false);\n`,
-    `SET standard_conforming_strings = off;\nSELECT pg_catalog.set_config('search_path', '\\'${x}; ${p}; --', false);\n`,
+    `SET standard_conforming_strings = off;\nSELECT pg_catalog.set_config('search_path', '\\'${x}; ${p}; ` +
+      `--', false);\n`,
   ];
 
   test("bounds agree on every hostile variant either accepts", () => {
@@ -487,7 +498,9 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
 
   test("real dumps restore exactly, and every hostile variant is refused or harmless, changing nothing else", async () => {
     const mark = join(dir, "variant-mark");
-    const payload = `ALTER ROLE CURRENT_USER SET work_mem = 1024; COPY (SELECT 1) TO PROGRAM $m$touch ${mark}$m$; CREATE TABLE public.planted (x int)`;
+    const payload =
+      `ALTER ROLE CURRENT_USER SET work_mem = 1024; COPY (SELECT 1) TO PROGRAM $m$touch ${mark}$m$; CREATE ` +
+      `TABLE public.planted (x int)`;
     const good = await fingerprint();
     const num = (await db.sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`)[0]!.num;
     const corpus = {

@@ -73,8 +73,8 @@ describe("the schedule", () => {
     expect(skipped.length).toBeGreaterThanOrEqual(2); // the other service saw the slots taken
     const files = await backupFiles();
     expect(files.length).toBe(all.filter((l) => l.msg === "backup finished").length);
-    const runs =
-      await db.sql`select scheduled_for, file from backup_runs where file is not null and scheduled_for between ${since} and now() order by scheduled_for`;
+    const runs = await db.sql`select scheduled_for, file from backup_runs where file is not null
+        and scheduled_for between ${since} and now() order by scheduled_for`;
     expect(runs.map((r) => r.file).sort()).toEqual(files);
     const done = all.find((l) => l.msg === "backup finished")!;
     expect(Object.keys(done)).toEqual(expect.arrayContaining(["file", "sizeBytes", "durationMs"]));

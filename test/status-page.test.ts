@@ -21,7 +21,8 @@ const CHROMIUM = "/usr/bin/chromium";
 const haveChromium = await Bun.file(CHROMIUM).exists();
 if (!haveChromium)
   console.warn(
-    `${CHROMIUM} is missing (Debian package chromium; .ci/run installs it): the status page's browser tests are skipped`,
+    `${CHROMIUM} is missing (Debian package chromium; .ci/run installs it): the status page's browser ` +
+      `tests are skipped`,
   );
 const artifacts = join(import.meta.dir, "artifacts");
 const OPS_TOKEN = "ops-token-0123456789abcdef";

@@ -165,7 +165,8 @@ describe("a .partial pg_receivewal refuses", () => {
         "the receiver to stream",
         async () =>
           (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}
+              and state = 'streaming'`
           ).length === 1,
       );
       seg = await commitFlushed("before-the-hole");
@@ -189,7 +190,8 @@ describe("a .partial pg_receivewal refuses", () => {
         "the receiver to stream again",
         async () =>
           (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}
+              and state = 'streaming'`
           ).length === 1,
       );
       const records = await listArchive(walRoot(dir));
@@ -218,7 +220,8 @@ const canMount = await (async () => {
 })();
 if (!canMount)
   console.warn(
-    "wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial tests above write the files a full disk leaves)",
+    "wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial " +
+      "tests above write the files a full disk leaves)",
   );
 
 describe("a real full disk (a 64 MiB tmpfs)", () => {
@@ -243,7 +246,8 @@ describe("a real full disk (a 64 MiB tmpfs)", () => {
         const first = await commitFlushed("before-the-disk-fills");
         // Incompressible rows until the receiver meets the full disk.
         for (let i = 0; i < 200 && !lines.some((l) => String(l.msg).startsWith("disk full")); i++) {
-          await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '') from generate_series(1, 16) i) from generate_series(1, 4000) g`;
+          await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '')
+            from generate_series(1, 16) i) from generate_series(1, 4000) g`;
         }
         const full = await until(
           "the full disk to be reported",

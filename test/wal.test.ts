@@ -251,7 +251,8 @@ describe("continuous WAL archive", () => {
         "the receiver to stream",
         async () =>
           (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}
+              and state = 'streaming'`
           ).length === 1,
       );
       const before = await commitAndArchive(stream, dir, "before-outage");
@@ -281,7 +282,8 @@ describe("continuous WAL archive", () => {
       expect(gaps.length).toBe(1);
       expect(gaps[0]!.from > before).toBe(true);
       expect(gaps[0]!.to < after).toBe(true);
-      // What was received of the interrupted segment is kept, marked partial; the receiver said why it could not resume.
+      // What was received of the interrupted segment is kept, marked partial; the receiver said why
+      // it could not resume.
       expect(records.find((r) => r.kind === "partial")?.name).toBe(`${gaps[0]!.from}.partial`);
       expect(lines.some((l) => String(l.msg).startsWith("wal receiver cannot resume"))).toBe(true);
       // The log line named the same hole the archive shows.
@@ -382,7 +384,8 @@ describe("a slot past max_slot_wal_keep_size", () => {
       );
       stopWatching();
       expect(risk).toMatchObject({ level: "error", slot: "shinkei_lost", walStatus: "lost" });
-      // PostgreSQL 15 lets a receiver take a lost physical slot up again, from the server's position: the hole is named.
+      // PostgreSQL 15 lets a receiver take a lost physical slot up again, from the server's
+      // position: the hole is named.
       service = await startWalService({ sql, config, log, slotCheckMs: 100 });
       // Named at the first start that gets past the missing WAL: after a restart's backoff or two.
       const gap = await until(

@@ -87,7 +87,8 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       if (result.safety) line(io, `safety backup  ${result.safety.path} (verified)`);
       line(
         io,
-        `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) in ${formatDuration(result.durationMs)}`,
+        `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) ` +
+          `in ${formatDuration(result.durationMs)}`,
       );
       line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t] ?? 0}`).join(", ")}`);
       if (result.mismatches.length) {

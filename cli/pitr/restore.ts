@@ -36,14 +36,18 @@ function reachedLines(r: Recovery): string[] {
   return [
     `target     ${r.target}`,
     `base       ${r.base} (window ${r.window.earliest} .. ${r.window.latest})`,
-    `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
+    `reached    LSN ${r.reached.lsn ?? "?"}, last replayed ` +
+      `commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
     ...(r.reached.stopped ? [`stopped    ${r.reached.stopped}`] : []),
     ...(r.replayedAll
       ? [
-          "note       the archive holds no commit after the target: all of it was replayed, which is the state at the target",
+          "note       the archive holds no commit after the target: all of it was replayed, which is the " +
+            "state at the target",
         ]
       : []),
-    `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including WAL received but not sealed yet (the spool)" : ""}; recovered in ${formatDuration(r.durationMs)}`,
+    `replayed   ${r.walFiles.length} WAL ` +
+      `file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including WAL received but not sealed yet (the spool)" : ""}; ` +
+      `recovered in ${formatDuration(r.durationMs)}`,
   ];
 }
 
@@ -141,7 +145,8 @@ async function pitrRestore(ctx: Context): Promise<number> {
         if (result.safety) line(io, `safety backup  ${result.safety.path}`);
         line(
           io,
-          `applied        in ${formatDuration(result.durationMs)}; rows now ${mainTables.map((t) => `${t} ${result.after.counts[t] ?? 0}`).join(", ")}`,
+          `applied        in ${formatDuration(result.durationMs)}; rows ` +
+            `now ${mainTables.map((t) => `${t} ${result.after.counts[t] ?? 0}`).join(", ")}`,
         );
       }
       if (result.mismatches.length)

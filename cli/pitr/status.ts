@@ -34,7 +34,9 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.`
     );
     line(
       io,
-      `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state ?? "position hidden from this role: grant it pg_read_all_stats; lag from the slot"})` : "NOT CONNECTED"}, flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`,
+      `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state ?? "position hidden from this role: grant it pg_read_all_stats; lag from the slot"})` : "NOT CONNECTED"}, ` +
+        `flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, ` +
+        `lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`,
     );
     line(
       io,
@@ -43,7 +45,9 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.`
     if (s.offsite)
       line(
         io,
-        `off-site   ${s.offsite.location}: covers up to ${s.offsite.coveredUntil ?? "nothing yet"}${s.offsite.lagSeconds >= 0 ? `, ${formatDuration(s.offsite.lagSeconds * 1000)} behind the local archive` : ""}, ${s.offsite.notCopied} file(s) not yet copied`,
+        `off-site   ${s.offsite.location}: covers up ` +
+          `to ${s.offsite.coveredUntil ?? "nothing yet"}${s.offsite.lagSeconds >= 0 ? `, ${formatDuration(s.offsite.lagSeconds * 1000)} behind the local archive` : ""}, ${s.offsite.notCopied} ` +
+          `file(s) not yet copied`,
       );
     if (s.timelines.length) {
       line(

@@ -145,7 +145,8 @@ async function recover(ctx: Context): Promise<number> {
         spin.update(`recovering a scratch instance to ${at} (most of the time goes here): ${s.message}`);
       if (s.step === "migrate") spin.update("migrating the scratch copy to the live schema");
     };
-    // The source: a backup loaded into a scratch database, or the state at a moment (--at) recovered into a scratch instance.
+    // The source: a backup loaded into a scratch database, or the state at a moment (--at)
+    // recovered into a scratch instance.
     const withSource = <T>(fn: (source: Source) => Promise<T>) =>
       at !== undefined
         ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch, signal: cancel.signal }, fn)
@@ -176,7 +177,9 @@ async function recover(ctx: Context): Promise<number> {
           "ACCOUNT_REPLACED",
           `${plan.owner} now belongs to a different, newer account than in ${source.file}: nothing was changed`,
           {
-            hint: "Pass --into-current-account to give the current account the recovered worlds, or --restore-account to bring the old account back (only when the new one owns no data).",
+            hint:
+              "Pass --into-current-account to give the current account the recovered worlds, or " +
+              "--restore-account to bring the old account back (only when the new one owns no data).",
           },
         );
       }
@@ -194,7 +197,8 @@ async function recover(ctx: Context): Promise<number> {
             io,
             todo
               ? "\ndry run: nothing was changed"
-              : `\nnothing to recover: every row of the backup in this scope is here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`,
+              : `\nnothing to recover: every row of the backup in this scope is ` +
+                  `here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`,
           );
         return 0;
       }
@@ -264,7 +268,8 @@ async function recover(ctx: Context): Promise<number> {
       if (run.safety) line(io, `safety backup  ${run.safety.path} (verified)`);
       line(
         io,
-        `safety copy    ${undoPath} (the rows it changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`,
+        `safety copy    ${undoPath} (the rows it ` +
+          `changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`,
       );
       showApplied(io, run.applied);
       line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
@@ -274,7 +279,8 @@ async function recover(ctx: Context): Promise<number> {
         line(io, "sessions       not restored: the user signs in again");
       line(
         io,
-        `undo with      shinkei recover --undo ${recordPath} --yes --confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`,
+        `undo with      shinkei recover --undo ${recordPath} --yes ` +
+          `--confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`,
       );
       return 0;
     });
@@ -283,7 +289,8 @@ async function recover(ctx: Context): Promise<number> {
     if (cancel.signal.aborted)
       throw new ShinkeiError(
         "CANCELLED",
-        `recover cancelled: nothing was applied, and its scratch ${at === undefined ? "database was dropped" : "instance was removed"}`,
+        `recover cancelled: nothing was applied, and its ` +
+          `scratch ${at === undefined ? "database was dropped" : "instance was removed"}`,
       );
     throw e;
   } finally {

@@ -139,7 +139,8 @@ export function showUndo(io: Io, path: string, record: RecoveredRecord, counts: 
   line(io, `recovery   ${record.id} at ${record.at} by ${record.by}, from ${record.source}`);
   line(
     io,
-    `scope      ${record.scope.kind === "user" ? record.scope.email : `${record.scope.kind} ${record.scope.id}`}${record.owner && record.scope.kind !== "user" ? ` (owner ${record.owner})` : ""}, mode ${record.mode}${record.revertChanged ? " +revert-changed" : ""}`,
+    `scope      ${record.scope.kind === "user" ? record.scope.email : `${record.scope.kind} ${record.scope.id}`}${record.owner && record.scope.kind !== "user" ? ` (owner ${record.owner})` : ""}, ` +
+      `mode ${record.mode}${record.revertChanged ? " +revert-changed" : ""}`,
   );
   line(io);
   line(

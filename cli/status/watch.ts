@@ -59,7 +59,8 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   // The database may be down while the backups are fine: say so, and keep watching.
   const db = await databaseState(ctx.db, config.databaseUrl).then(
     (s) =>
-      `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
+      `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} ` +
+      `of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
     (e: Error) => `unreachable: ${e.message}`,
   );
   out.push(`database        ${db}`, "");

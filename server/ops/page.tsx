@@ -26,13 +26,14 @@ const when = (d: Date) => d.toISOString().slice(0, 19).replace("T", " ") + " UTC
 export function StatusPage(props: { view: StatusView; host: string }) {
   const v = props.view;
   const worst = v.problems.some((p) => p.level === "bad") ? "bad" : v.problems.length ? "warn" : "ok";
+  const state = worst === "ok" ? "OK" : worst === "warn" ? "WARNING" : "PROBLEM";
   return (
     <html lang="en">
       <head>
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
         <meta http-equiv="refresh" content={String(REFRESH_SECONDS)} />
-        <title>{`${worst === "ok" ? "OK" : worst === "warn" ? "WARNING" : "PROBLEM"} · shinkei backups · ${props.host}`}</title>
+        <title>{`${state} · shinkei backups · ${props.host}`}</title>
         <style>{css}</style>
       </head>
       <body>
@@ -175,7 +176,8 @@ function PitrFacts(props: { p: NonNullable<StatusView["pitr"]> }) {
       <span>newest base backup</span>
       <span id="pitr-base">
         {p.newestBase
-          ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)} in ${formatDuration(p.newestBase.durationMs)}`
+          ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)} ` +
+            `in ${formatDuration(p.newestBase.durationMs)}`
           : "none"}
       </span>
       <span>last point-in-time drill</span>

@@ -280,7 +280,8 @@ export class Judge {
   private select(body: any, text: string, where: string) {
     const refused = () =>
       refuse(
-        `${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, setval, large objects)`,
+        `${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, ` +
+          `setval, large objects)`,
       );
     const { targetList, fromClause, ...rest } = body;
     for (const [k, v] of Object.entries(rest))
@@ -323,7 +324,10 @@ export class Judge {
     this.spool.text(Rec.Statement, text, this.line);
   }
 
-  /** Only `COPY table [(columns)] FROM STDIN`, and it is rebuilt from the parse: no option of the file reaches the server. */
+  /**
+   * Only `COPY table [(columns)] FROM STDIN`, and it is rebuilt from the parse: no option of the
+   * file reaches the server.
+   */
   private copy(body: any, where: string) {
     const rel = body.relation;
     const allowed = new Set(["relation", "attlist", "is_from"]);

@@ -63,8 +63,9 @@ export type LoadOptions = {
  * What runs before the file, in the restore's transaction. A deferred constraint trigger on a
  * temporary table fails the COMMIT unless our last statement set a token (the catalog holds only
  * its hash) and the maintenance lock is still held: a backstop behind the judgement of every
- * statement (judge.ts), should a COMMIT ever get through; checked unchanged before COMMIT. Then every schema of the database and
- * every large object is dropped, so the database ends exactly as in the backup, or as it was.
+ * statement (judge.ts), should a COMMIT ever get through; checked unchanged before COMMIT. Then
+ * every schema of the database and every large object is dropped, so the database ends exactly as
+ * in the backup, or as it was.
  */
 function prologue(serverVersionNum: number, id: string, tokenHash: string, lockHeld: string | undefined): string {
   const table = `pg_temp.shinkei_guard_${id}`;
@@ -200,7 +201,8 @@ async function apply(
   let copyError: Error | undefined;
   let line = 0; // the line of the statement being run, for the error
   try {
-    await sql`select 1`; // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
+    // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
+    await sql`select 1`;
     conn = await sql.reserve();
     await run("BEGIN", false);
     // The judge read the file with these: the server must read it the same way, whatever the
@@ -467,7 +469,9 @@ export function refuseUntrusted(v: Verification, age: AgeConfig | undefined, all
       "UNSIGNED_BACKUP",
       `${v.file} has no manifest, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it`,
       {
-        hint: "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row counts are then not compared).",
+        hint:
+          "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row " +
+          "counts are then not compared).",
       },
     );
   }
@@ -490,10 +494,14 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
     );
     hint =
       changed.length === 0
-        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing in the database was changed."
-        : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other clients wrote meanwhile? Compare with shinkei status.`;
+        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing " +
+          "in the database was changed."
+        : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other ` +
+          `clients wrote meanwhile? Compare with shinkei status.`;
   } catch (e) {
-    hint = `PostgreSQL rolls a failed transaction back, but checking the database afterwards failed: ${(e as Error).message}`;
+    hint =
+      `PostgreSQL rolls a failed transaction back, but checking the database afterwards ` +
+      `failed: ${(e as Error).message}`;
   }
   return new ShinkeiError(error.code, error.message, { hint, cause: error.cause, details: error.details });
 }

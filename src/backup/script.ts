@@ -372,7 +372,8 @@ export class ScriptGuard {
       first === "ROLLBACK" && (second === "TO" || ((second === "WORK" || second === "TRANSACTION") && third === "TO"));
     if ((TRANSACTION_CONTROL.has(first) && !toSavepoint) || (first === "PREPARE" && second === "TRANSACTION")) {
       refuse(
-        `transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one transaction that only shinkei ends`,
+        `transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one ` +
+          `transaction that only shinkei ends`,
       );
     }
     // Both would remove the temporary guard that lets only shinkei commit (see restore.ts).

@@ -206,7 +206,9 @@ export async function withAdvisoryLock<T>(
       if (!row!.ok) throw await lockedError(conn, key, options.what ?? name);
     }
     // pg_locks shows a two-key advisory lock as classid = key1, objid = key2 (as an oid), objsubid = 2.
-    const heldCondition = `exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted and pid = ${pid} and classid = ${LOCK_NAMESPACE} and objid = (${key})::int4::oid and objsubid = 2)`;
+    const heldCondition =
+      `exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted and pid = ${pid} ` +
+      `and classid = ${LOCK_NAMESPACE} and objid = (${key})::int4::oid and objsubid = 2)`;
     const handle: LockHandle = {
       heldCondition,
       async assertHeld() {
@@ -244,7 +246,8 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
       and l.database = (select oid from pg_catalog.pg_database where datname = current_database())
     limit 1`.catch(() => []);
   const by = h
-    ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} since ${h.since.toISOString()})`
+    ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} ` +
+      `since ${h.since.toISOString()})`
     : "";
   return new ShinkeiError("LOCKED", `another ${what} is running on this database${by}`, {
     hint: "Wait for it to finish, or pass --wait to queue behind it.",

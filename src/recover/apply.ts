@@ -34,7 +34,9 @@ export function conflict(error: unknown, t: TableInfo, what: string): unknown {
     "RECOVER_CONFLICT",
     `conflict while ${what} ${t.name}: ${e.detail ?? e.message}${e.constraint_name ? ` (${e.constraint_name})` : ""}`,
     {
-      hint: "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), then run recover again.",
+      hint:
+        "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), " +
+        "then run recover again.",
       details: { table: e.table_name ?? t.name, constraint: e.constraint_name, detail: e.detail },
       cause: error,
     },
@@ -198,7 +200,8 @@ export async function applyRows(
         conflicts,
         (q, rows) =>
           q.unsafe(
-            `update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`,
+            `update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) ` +
+              `s where ${match}`,
             [JSON.stringify(rows)],
           ),
       );

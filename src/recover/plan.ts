@@ -124,7 +124,8 @@ export async function buildPlan(
       const now = await one(live, `select to_jsonb(r) as r from public.${root} r where ${where}`);
       throw new ShinkeiError(
         "NOT_FOUND",
-        `no ${describeScope(scope)} in ${file}${now ? " (it exists now, created after the backup: there is nothing older to bring back)" : " nor in the live database"}`,
+        `no ${describeScope(scope)} ` +
+          `in ${file}${now ? " (it exists now, created after the backup: there is nothing older to bring back)" : " nor in the live database"}`,
         {
           hint: now
             ? "Pick an older backup with --from (shinkei backup --list)."
@@ -152,7 +153,9 @@ export async function buildPlan(
           if (owned.length) {
             throw new ShinkeiError(
               "ACCOUNT_NOT_EMPTY",
-              `the current account ${owner} (${holder.id}) owns data (${owned.map(([t, n]) => `${t} ${n}`).join(", ")}): --restore-account removes only an empty account`,
+              `the current account ${owner} (${holder.id}) owns data ` +
+                `(${owned.map(([t, n]) => `${t} ${n}`).join(", ")}): --restore-account removes only an empty ` +
+                `account`,
               {
                 hint: "Use --into-current-account to move the recovered worlds to the current account instead.",
               },
@@ -165,8 +168,10 @@ export async function buildPlan(
       const ownerRow = await one(
         source,
         scope.kind === "world"
-          ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where w.id = ${quoteLiteral(sourceRoot)}`
-          : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`,
+          ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where ` +
+              `w.id = ${quoteLiteral(sourceRoot)}`
+          : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join ` +
+              `public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`,
       );
       owner = ownerRow ? String(ownerRow.email) : undefined;
     }

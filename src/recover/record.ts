@@ -209,7 +209,8 @@ export async function loadRecovery(
     throw refused(
       `${path} was written before recoveries kept their rows: it has no row-level undo`,
       record.safetyBackup
-        ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: that rolls back every write since, of every user).`
+        ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: ` +
+            `that rolls back every write since, of every user).`
         : undefined,
     );
   }

@@ -37,7 +37,10 @@ export type WalRecord = {
   signature?: string;
 };
 
-/** What a WAL record's signature covers: everything a fetch checks and the window reads (not the off-site copies, added later). */
+/**
+ * What a WAL record's signature covers: everything a fetch checks and the window reads (not the
+ * off-site copies, added later).
+ */
 const walRecordParts = (r: WalRecord): unknown[] => [
   "wal",
   r.name,

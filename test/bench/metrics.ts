@@ -34,7 +34,10 @@ import { createOpsApp } from "../../server/ops/app.tsx";
 const BACKUPS = 1000;
 const TOKEN = "bench-metrics-token-0123456789";
 
-/** 1,000 backups over the last 60 days: copies of one real backup, with manifests and, for every tenth, a drill record. */
+/**
+ * 1,000 backups over the last 60 days: copies of one real backup, with manifests and, for every
+ * tenth, a drill record.
+ */
 async function fillFolder(bin: string, env: Record<string, string>, dir: string) {
   const r = await timed([bin, "backup"], { env });
   const path = r.stdout.match(/^backup\s+(\S+)$/m)![1]!;

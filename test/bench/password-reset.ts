@@ -51,7 +51,8 @@ export async function benchPasswordReset(bin: string, serverUrl: string, seconds
   const sql = postgres(url, { max: 1, onnotice: () => {} });
   try {
     // Reset never checks the password, so the accounts need no real hash (that would take minutes).
-    await sql`insert into users (email, name, password_hash) select 'known' || i || '@bench.test', 'Bench ' || i, 'x' from generate_series(0, ${ACCOUNTS - 1}) i`;
+    await sql`insert into users (email, name, password_hash) select 'known' || i || '@bench.test', 'Bench ' || i, 'x'
+      from generate_series(0, ${ACCOUNTS - 1}) i`;
     const load = await timed([
       "bun",
       join(import.meta.dir, "reset-load.ts"),

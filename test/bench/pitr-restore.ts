@@ -74,8 +74,8 @@ try {
   }
   const lsn = (await sql`select pg_current_wal_lsn()::text as lsn`)[0]!.lsn as string;
   for (;;) {
-    const [r] =
-      await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+    const [r] = await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication
+        where application_name = ${RECEIVER_APP_NAME}`;
     if (r?.ok) break;
     await Bun.sleep(200);
   }
@@ -113,7 +113,8 @@ try {
   await writeFile(join(dataDir, "recovery.signal"), "");
   await writeFile(
     join(dataDir, "postgresql.auto.conf"),
-    `restore_command = 'cp ${plain}/%f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = ''\n`,
+    `restore_command = 'cp ${plain}/%f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = ` +
+      `'promote'\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = ''\n`,
     { flag: "a" },
   );
   await timed(["chown", "-R", "postgres:postgres", dataDir]);

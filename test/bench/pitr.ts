@@ -62,7 +62,8 @@ async function withLag(appName: string): Promise<{ tps: number; lags: number[] }
     while (!stop) {
       const [r] = await sql<
         { cur: string; flush: string | null }[]
-      >`select pg_current_wal_lsn()::text as cur, (select flush_lsn::text from pg_stat_replication where application_name = ${appName}) as flush`;
+      >`select pg_current_wal_lsn()::text as cur, (select flush_lsn::text from pg_stat_replication
+        where application_name = ${appName}) as flush`;
       if (r?.flush) samples.push({ t: performance.now(), cur: parseLsn(r.cur), flush: parseLsn(r.flush) });
       await Bun.sleep(2);
     }

@@ -153,7 +153,8 @@ async function buildImages(): Promise<void> {
   await must([
     "sh",
     "-c",
-    `cd ${rootfs} && rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* usr/share/doc/* usr/share/man/* usr/share/locale/*`,
+    `cd ${rootfs} && rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* usr/share/doc/* ` +
+      `usr/share/man/* usr/share/locale/*`,
   ]);
   await must(["sh", "-c", `tar -C ${rootfs} -c . | docker import - debian:bookworm-slim`]);
   await rm(rootfs, { recursive: true, force: true });
@@ -299,7 +300,8 @@ async function api(path: string, body: unknown): Promise<{ status: number; json:
 async function ownedByApp(): Promise<void> {
   const owners = (
     await psql(
-      "select distinct pg_get_userbyid(c.relowner) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r','p','S','v','m')",
+      "select distinct pg_get_userbyid(c.relowner) from pg_class c join pg_namespace n on n.oid = " +
+        "c.relnamespace where n.nspname = 'public' and c.relkind in ('r','p','S','v','m')",
     )
   ).trim();
   check(owners === "shinkei_app", `tables in public belong to ${owners.replaceAll("\n", ", ")}, not only shinkei_app`);
@@ -517,7 +519,8 @@ async function walk(): Promise<void> {
   const pitr = await runbook("docker exec shinkei-backup shinkei pitr restore --to latest --stop");
   check(/scratch instance stopped and removed/.test(pitr.out), `pitr restore did not stop its instance:\n${pitr.out}`);
   const applied = await runbook(
-    "docker exec shinkei-backup shinkei pitr restore --to latest --apply --yes --confirm-database shinkei --allow-production",
+    "docker exec shinkei-backup shinkei pitr restore --to latest --apply --yes --confirm-database shinkei " +
+      "--allow-production",
   );
   check(
     /undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei --allow-production\s*$/m.test(
@@ -595,7 +598,8 @@ async function walk(): Promise<void> {
   // The upgrade step for a volume made before these fixes: the backup role lost its grant and owns a
   // table (a race lost before the fix); the README's command puts both right.
   await psql(
-    "revoke execute on function pg_create_restore_point(text) from shinkei_backup; alter table login_throttle owner to shinkei_backup",
+    "revoke execute on function pg_create_restore_point(text) from shinkei_backup; alter table " +
+      "login_throttle owner to shinkei_backup",
   );
   await runbook("docker exec shinkei-postgres bash /docker-entrypoint-initdb.d/10-app-role.sh");
   await ownedByApp();
