@@ -81,7 +81,8 @@ beforeAll(async () => {
       insert into archive.notes values (1, 'kept'), (2, E'line\\nbreak; COMMIT; -- not a statement');
       select lo_from_bytea(0, 'a large object');
       create function archive.shout(t text) returns text language sql immutable as $$ select upper(t) $$;
-      create procedure archive.batch() language plpgsql as $$ begin insert into archive.notes values (3, 'x'); commit; end $$;
+      create procedure archive.batch() language plpgsql as $$ begin insert into archive.notes
+        values (3, 'x'); commit; end $$;
       create function archive.touch() returns trigger language plpgsql as $$ begin return new; end $$;
       create trigger notes_touch before update on archive.notes for each row execute function archive.touch();
     `);

@@ -33,11 +33,15 @@ function targetOf(ctx: Context): RecoveryTarget {
 
 function reachedLines(r: Recovery): string[] {
   const d = r.reached.distanceMs;
+  const commit = r.reached.commitTime ?? "none (no transaction replayed after the base backup)";
+  const distance = d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`;
+  const fromSpool = r.walFiles.some((f) => f.from === "receiving" || f.from === "partial")
+    ? ", including WAL received but not sealed yet (the spool)"
+    : "";
   return [
     `target     ${r.target}`,
     `base       ${r.base} (window ${r.window.earliest} .. ${r.window.latest})`,
-    `reached    LSN ${r.reached.lsn ?? "?"}, last replayed ` +
-      `commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
+    `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${commit}${distance}`,
     ...(r.reached.stopped ? [`stopped    ${r.reached.stopped}`] : []),
     ...(r.replayedAll
       ? [
@@ -45,9 +49,7 @@ function reachedLines(r: Recovery): string[] {
             "state at the target",
         ]
       : []),
-    `replayed   ${r.walFiles.length} WAL ` +
-      `file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including WAL received but not sealed yet (the spool)" : ""}; ` +
-      `recovered in ${formatDuration(r.durationMs)}`,
+    `replayed   ${r.walFiles.length} WAL file(s)${fromSpool}; recovered in ${formatDuration(r.durationMs)}`,
   ];
 }
 

@@ -197,8 +197,8 @@ async function recover(ctx: Context): Promise<number> {
             io,
             todo
               ? "\ndry run: nothing was changed"
-              : `\nnothing to recover: every row of the backup in this scope is ` +
-                  `here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`,
+              : "\nnothing to recover: every row of the backup in this scope is here" +
+                  (changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""),
           );
         return 0;
       }

@@ -21,8 +21,8 @@ reset codes are pending (a count only: codes are stored as hashes and never show
     line(ctx.io, `database  ${s.database} on ${s.host}:${s.port} (PostgreSQL ${s.serverVersion})`);
     line(
       ctx.io,
-      `schema    version ${s.schemaVersion} ` +
-        `of ${s.latestSchemaVersion}${s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""}`,
+      `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}` +
+        (s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""),
     );
     line(ctx.io, `size      ${formatBytes(s.sizeBytes)}`);
     if (s.pendingResetCodes !== null)

@@ -242,7 +242,8 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
   const [h] = await conn<{ name: string; since: Date; client: string | null }[]>`
     select a.application_name as name, a.backend_start as since, a.client_addr::text as client
     from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid and l.objsubid = 2
+    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid
+      and l.objsubid = 2
       and l.database = (select oid from pg_catalog.pg_database where datname = current_database())
     limit 1`.catch(() => []);
   const by = h
@@ -261,9 +262,11 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
  * afterwards, whichever of them migrated, reset or restored. A superuser or the owner itself is left
  * as it is. Scoped to the transaction (set_config(..., true)), so the session's role is untouched.
  */
-export const actAsDatabaseOwner = `SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true) FROM pg_catalog.pg_database d
+export const actAsDatabaseOwner = `SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true)
+  FROM pg_catalog.pg_database d
  WHERE d.datname = pg_catalog.current_database() AND pg_catalog.pg_get_userbyid(d.datdba) <> current_user
-   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER') AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);`;
+   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER')
+   AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);`;
 
 /**
  * Drop and recreate `public` with the server's stock owner and grants. Used inside a transaction

@@ -105,7 +105,8 @@ export async function runPitrDrill(deps: {
   const { sql, config } = deps;
   const started = performance.now();
   const at = new Date();
-  const restorePoint = `shinkei_drill_${at.toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}_${crypto.randomUUID().slice(0, 6)}`;
+  const stamp = at.toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+  const restorePoint = `shinkei_drill_${stamp}_${crypto.randomUUID().slice(0, 6)}`;
   const result: PitrDrill = {
     at: at.toISOString(),
     passed: false,

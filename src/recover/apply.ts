@@ -119,7 +119,8 @@ export async function rowsByKey(
   const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
   const rows = await q.unsafe<{ r: Row; d: string }[]>(
     `select to_jsonb(t) as r, md5(to_jsonb(t)::text) as d
-    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k on ${match}${lock ? " for update of t" : ""}`,
+    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k
+      on ${match}${lock ? " for update of t" : ""}`,
     [JSON.stringify(keys)],
   );
   for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d });

@@ -105,7 +105,8 @@ export async function buildPlan(
       (
         await source<
           { n: string }[]
-        >`select relname::text as n from pg_class c join pg_namespace s on s.oid = c.relnamespace where s.nspname = 'public'`
+        >`select relname::text as n from pg_class c join pg_namespace s on s.oid = c.relnamespace
+          where s.nspname = 'public'`
       ).map((r) => r.n),
     );
     for (const t of graph.tables.filter((t) => !inSource.has(t.name))) {
@@ -124,8 +125,10 @@ export async function buildPlan(
       const now = await one(live, `select to_jsonb(r) as r from public.${root} r where ${where}`);
       throw new ShinkeiError(
         "NOT_FOUND",
-        `no ${describeScope(scope)} ` +
-          `in ${file}${now ? " (it exists now, created after the backup: there is nothing older to bring back)" : " nor in the live database"}`,
+        `no ${describeScope(scope)} in ${file}` +
+          (now
+            ? " (it exists now, created after the backup: there is nothing older to bring back)"
+            : " nor in the live database"),
         {
           hint: now
             ? "Pick an older backup with --from (shinkei backup --list)."

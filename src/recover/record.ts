@@ -224,7 +224,10 @@ export async function loadRecovery(
   }
   if (age?.manifestKey && !signatureMatches(record.signature, signedPart(record), age.manifestKey)) {
     throw refused(
-      `${path} is ${record.signature ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)" : "unsigned, and BACKUP_MANIFEST_KEY is set"}`,
+      `${path} is ` +
+        (record.signature
+          ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)"
+          : "unsigned, and BACKUP_MANIFEST_KEY is set"),
     );
   }
   const undoPath = join(dirname(path), record.undo.file);

@@ -60,10 +60,13 @@ const walRecordParts = (r: WalRecord): unknown[] => [
 export const signWalRecord = (record: WalRecord, key: string | undefined): WalRecord =>
   key ? { ...record, signature: signParts(walRecordParts(record), key) } : record;
 
+const kindName = (kind: string) =>
+  kind === "history" ? "history file" : kind === "partial" ? "partial segment" : "segment";
+
 /** Why this host may not use `record` (unsigned, mis-signed, plain where it encrypts), or null. */
 export const walRecordProblem = (record: WalRecord, trust: ArchiveTrust): string | null =>
   trustProblem(
-    `WAL ${record.kind === "history" ? "history file" : record.kind === "partial" ? "partial segment" : "segment"} ${record.name}`,
+    `WAL ${kindName(record.kind)} ${record.name}`,
     { signature: record.signature, encrypted: Boolean(record.encryption) },
     walRecordParts(record),
     trust,

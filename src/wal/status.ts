@@ -381,9 +381,12 @@ export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): str
 export function pitrProblems(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): string[] {
   const problems: string[] = offsiteProblems(s.offsite, offsiteMaxLagMs);
   if (s.receiver.lagSeconds < 0 || s.receiver.lagSeconds * 1000 > maxLagMs) {
+    const since =
+      s.receiver.lagSeconds >= 0
+        ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})`
+        : ", and has received nothing yet";
     problems.push(
-      `the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the ` +
-        `server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, ` +
+      `the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${since}, ` +
         `more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`,
     );
   }
