@@ -12,12 +12,15 @@ export function collector(): { log: Log; lines: LogLine[] } {
   return { lines, log: (l) => void lines.push(l) };
 }
 
-/** The WAL receiver has flushed everything up to `lsn` (the server's own view of it, on `sql`'s server). */
+/**
+ * A WAL receiver has flushed everything up to `lsn` (the server's own view of it, on `sql`'s
+ * server). Any of them: a receiver that restarts may briefly be listed twice.
+ */
 export const receiverFlushed = (sql: Sql, lsn: string) =>
   until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<{ ok: boolean }[]>`
-      select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
-    return r?.ok;
+    const rows = await sql`
+      select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`;
+    return rows.length > 0;
   });
 
 /**
