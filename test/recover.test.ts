@@ -519,7 +519,8 @@ describe("recover one user's rows", () => {
             "the second recover to wait on the lock",
             async () =>
               (
-                await lock`select 1 from pg_stat_activity where application_name like 'shinkei recover%' and wait_event = 'advisory'`
+                await lock`select 1 from pg_stat_activity
+                  where application_name like 'shinkei recover%' and wait_event = 'advisory'`
               ).length > 0,
           );
           expect(await scratchDatabases()).toEqual([]);

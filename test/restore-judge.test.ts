@@ -220,7 +220,8 @@ describe("the review's reproductions (issue 23)", () => {
     const sneaky = `CREATE FUNCTION public.sneak() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE g text;
 BEGIN
-  SELECT p.oid::regprocedure::text INTO g FROM pg_catalog.pg_proc p WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() LIMIT 1;
+  SELECT p.oid::regprocedure::text INTO g FROM pg_catalog.pg_proc p
+   WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() LIMIT 1;
   EXECUTE 'CREATE OR REPLACE FUNCTION ' || g || ' RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN RETURN NULL; END $b$';
   RETURN NEW;
 END $f$;
@@ -247,7 +248,8 @@ BEGIN
   RETURN NULL;
 END $f$;
 CREATE TABLE public.z (x int);
-CREATE CONSTRAINT TRIGGER late AFTER INSERT ON public.z DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.late();
+CREATE CONSTRAINT TRIGGER late AFTER INSERT ON public.z DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION public.late();
 COPY public.z (x) FROM stdin;
 1
 \\.
@@ -406,7 +408,8 @@ describe("the allowlist", () => {
 
   test.each([
     "CREATE PROCEDURE public.batch() LANGUAGE plpgsql AS $$ BEGIN COMMIT; ROLLBACK; END $$;",
-    "CREATE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_temp AS $$ BEGIN RETURN NEW; END $$;",
+    "CREATE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_temp " +
+      "AS $$ BEGIN RETURN NEW; END $$;",
     "CREATE FUNCTION public.g() RETURNS integer LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;",
     "SET statement_timeout = 0;",
     "SET client_encoding = 'UTF8';",
@@ -418,7 +421,8 @@ describe("the allowlist", () => {
     "SELECT pg_catalog.lo_open('16385', 131072);",
     "SELECT pg_catalog.lowrite(0, '\\x0102');",
     "SELECT pg_catalog.lo_close(0);",
-    "SELECT * FROM pg_catalog.pg_restore_relation_stats('version', '180000'::integer, 'schemaname', 'public', 'relname', 't');",
+    "SELECT * FROM pg_catalog.pg_restore_relation_stats('version', '180000'::integer, " +
+      "'schemaname', 'public', 'relname', 't');",
     "CREATE TABLE archive.notes (id integer NOT NULL, body text);",
     "ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);",
     "CREATE INDEX t_idx ON public.t USING btree (id);",

@@ -226,7 +226,8 @@ if (!canMount)
 
 describe("a real full disk (a 64 MiB tmpfs)", () => {
   test.skipIf(!canMount)(
-    "is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, with no gap",
+    "is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, " +
+      "with no gap",
     async () => {
       const dir = await tempDir("wal-full");
       expect(await mountTmpfs(dir, "64m")).toBe(true);

@@ -77,7 +77,8 @@ export async function benchPasswordReset(bin: string, serverUrl: string, seconds
 request = function()
   i = i + 1
   local kind = (i % 2 == 0) and "known" or "unknown"
-  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, '{"email":"' .. kind .. (i % ${ACCOUNTS}) .. '@bench.test"}')
+  local body = '{"email":"' .. kind .. (i % ${ACCOUNTS}) .. '@bench.test"}'
+  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, body)
 end
 `,
     );

@@ -56,6 +56,12 @@ async function must(cmd: string[], options: Parameters<typeof run>[1] = {}): Pro
     throw new Failure(`${cmd.join(" ")} exited ${r.code}\n${r.out.slice(-3000)}\n${r.err.slice(-3000)}`);
   return r.out;
 }
+/** An undo line as printed, runnable as it stands: the database named, production allowed. */
+const RUNNABLE_UNDO = new RegExp(
+  String.raw`undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei` +
+    String.raw` --allow-production\s*$`,
+  "m",
+);
 const which = (name: string) => Bun.which(name);
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +283,8 @@ async function untilHealthy(timeoutMs = 180_000): Promise<number> {
       const logs = await Promise.all(
         names.map(
           async (n) =>
-            `--- ${n}: ${h[n]}\n${(await run(["docker", "logs", "--tail", "30", n])).err.slice(-2500)}${(await run(["docker", "logs", "--tail", "30", n])).out.slice(-2500)}`,
+            `--- ${n}: ${h[n]}\n${(await run(["docker", "logs", "--tail", "30", n])).err.slice(-2500)}` +
+            (await run(["docker", "logs", "--tail", "30", n])).out.slice(-2500),
         ),
       );
       throw new Failure(`the stack did not become healthy: ${JSON.stringify(h)}\n${logs.join("\n")}`);
@@ -522,12 +529,7 @@ async function walk(): Promise<void> {
     "docker exec shinkei-backup shinkei pitr restore --to latest --apply --yes --confirm-database shinkei " +
       "--allow-production",
   );
-  check(
-    /undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei --allow-production\s*$/m.test(
-      applied.out,
-    ),
-    `pitr restore --apply printed no runnable undo line:\n${applied.out}`,
-  );
+  check(RUNNABLE_UNDO.test(applied.out), `pitr restore --apply printed no runnable undo line:\n${applied.out}`);
   await ownedByApp();
   check(
     (await api("/api/v1/auth/login", { email: "operator@example.com", password: "correct horse battery staple" }))
@@ -552,12 +554,7 @@ async function walk(): Promise<void> {
 
   // Reset, typed in a terminal, from the container the README names; the app keeps working.
   const reset = await resetInTerminal("docker exec -it shinkei-backup shinkei reset --allow-production");
-  check(
-    /undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei --allow-production\s*$/m.test(
-      reset,
-    ),
-    `reset's undo line is not runnable as printed:\n${reset}`,
-  );
+  check(RUNNABLE_UNDO.test(reset), `reset's undo line is not runnable as printed:\n${reset}`);
   await ownedByApp();
   const alice = await api("/api/v1/auth/login", { email: "alice@example.com", password: "shinkei-demo-alice" });
   check(alice.status === 200, `login after reset answered ${alice.status}: ${JSON.stringify(alice.json)}`);
