@@ -136,7 +136,7 @@ describe("login", () => {
 });
 
 describe("throttling", () => {
-  test("failed logins per account from one address give 429 with Retry-After, also for the right password", async () => {
+  test("failed logins per account from one address: 429 with Retry-After, even for the right password", async () => {
     expect((await register("locked@example.com")).status).toBe(201);
     for (let i = 0; i < 5; i++) expect((await login("locked@example.com", "wrong password!")).status).toBe(401);
     const blocked = await login("locked@example.com");

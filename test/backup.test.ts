@@ -79,7 +79,7 @@ describe("backup and restore", () => {
     await db.sql`delete from worlds where name = 'kept'`;
   });
 
-  test("in a terminal, restore asks for the database name: a wrong name changes nothing, the right one restores", async () => {
+  test("in a terminal, restore asks for the database name: a wrong one changes nothing, the right works", async () => {
     const before = await snapshot(db.sql);
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'typed' from users limit 1`;

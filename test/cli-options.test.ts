@@ -75,7 +75,7 @@ test("every form refuses each option only other forms take, naming the option an
   expect(refusals).toBeGreaterThan(300);
 });
 
-test("the binary: an option the subcommand does not take is exit 2, naming both, with that subcommand's usage", async () => {
+test("the binary: an option the subcommand does not take is exit 2, naming both, with that one's usage", async () => {
   const cases: [string[], string][] = [
     [
       ["backup", "list", "--output", "x"],

@@ -39,7 +39,7 @@ test("compose.yaml: the services, names, health checks and volumes the runbooks 
   expect(s.minio!.profiles).toEqual(["minio"]);
 });
 
-test("compose.yaml works with Compose v1 and v2 alike: no top-level name, the project named in .env, volumes named outright", async () => {
+test("compose.yaml fits Compose v1 and v2: no top-level name, project named in .env, volumes named", async () => {
   const text = await Bun.file(join(root, "compose.yaml")).text();
   const compose = Bun.YAML.parse(text) as {
     name?: string;
@@ -107,7 +107,7 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
 /** What compose makes of `${VAR:-default}` when VAR is unset. */
 const withDefaults = (text: string) => text.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, "$1");
 
-test("compose.yaml: the app connects as the app role and the backup service as the backup role, both from the init script, never the superuser", async () => {
+test("compose.yaml: the app connects as the app role, the backup service as the backup role", async () => {
   const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
     services: Record<string, Service>;
   };
@@ -232,7 +232,7 @@ test("the init script makes a login role that is no superuser, owns the app's da
   }
 });
 
-test("whichever of the two roles migrates or resets, the app role owns every table; the backup role may mark restore points", async () => {
+test("whichever role migrates or resets, the app role owns all tables; backup may mark restore points", async () => {
   const db = await freshDatabase("initdb-race");
   const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
   const backupUser = `${appUser}_backup`;
@@ -286,7 +286,7 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
   }
 });
 
-test("compose.yaml: postgres allows replication from the backup service with a bounded slot, which streams WAL", async () => {
+test("compose.yaml: postgres lets the backup service replicate with a bounded slot, which streams WAL", async () => {
   const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
     services: Record<string, Service & { environment?: Record<string, string> }>;
   };

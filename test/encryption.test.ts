@@ -63,7 +63,7 @@ describe("keygen", () => {
 });
 
 describe("encrypted backups", () => {
-  test("round trip with an identity; no row content in the stored bytes; the manifest names only public keys", async () => {
+  test("round trip with an identity; no row content in the stored bytes; the manifest names public keys", async () => {
     const before = await snapshot(db.sql);
     const file = await takeBackup();
     expect(file).toEndWith(".sql.gz.age");
@@ -91,7 +91,7 @@ describe("encrypted backups", () => {
     expect(d).toSucceed();
   });
 
-  test("without the identity, or with the wrong one: a clear error naming the recipients, database unchanged", async () => {
+  test("without the identity, or with a wrong one: an error naming the recipients, database unchanged", async () => {
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'after the backup' from users limit 1`;
     const before = await snapshot(db.sql);

@@ -30,7 +30,7 @@ const env = (smtpUrl: string) => ({
   REGISTER_MAX_PER_IP: "100000",
 });
 
-test("a reset mail queued while SMTP is down is delivered by the next start of the server, and its code works", async () => {
+test("a reset mail queued while SMTP is down goes out at the server's next start, and its code works", async () => {
   const down = await TestSmtp.start();
   await down.stop();
   const before = await startTestServer(db, env(down.url));
@@ -138,7 +138,7 @@ test("a mail whose code expired before it could be sent is abandoned, body remov
   }
 });
 
-test("retention: account events, sent mail and finished backup runs past their settings go; recent rows and unsent mail stay", async () => {
+test("retention: account events, sent mail, finished backup runs past their settings go; the rest stays", async () => {
   const [{ id: userId }] = (await db.sql`insert into users (email, password_hash, name)
       values (${`old-${crypto.randomUUID().slice(0, 8)}@example.com`}, 'x', 'Old') returning id`) as any;
   await db.sql`insert into account_events (user_id, kind, created_at)

@@ -99,7 +99,7 @@ async function statsOf(url: string): Promise<TableStats> {
 }
 
 describe("pitr restore", () => {
-  test("to the noted time: a scratch instance holds exactly the rows and the dropped table as they were, replayed from the segment still being received", async () => {
+  test("to the noted time: rows and the dropped table as they were, replayed from the segment in receipt", async () => {
     const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], env);
     expect(r.stderr).toContain("replaying WAL to");
     expect(r).toSucceed();
@@ -158,7 +158,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("to latest: the damage is there too; a TMPDIR with a space, a quote and a % in its path is no problem", async () => {
+  test("to latest: the damage is there too; a TMPDIR with a space, a quote and a % in it is no problem", async () => {
     // restore_command and postgresql.auto.conf carry these paths: shell, %-placeholders, conf quoting.
     const odd = join(scratchRoot, "it's 100% here");
     await mkdir(odd);
@@ -173,7 +173,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("a target after the last commit (nothing happened since): the whole archive is replayed, which is that state", async () => {
+  test("a target after the last commit (nothing since): the whole archive replays, which is that state", async () => {
     // WAL without a commit: the window reaches past the target, no commit follows it.
     await sql`select pg_logical_emit_message(false, 'shinkei-test', 'quiet')`;
     await Bun.sleep(300);
@@ -231,7 +231,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("every pitr command removes instances older than a day; a fresh one stays, and a folder whose state names another place is never touched", async () => {
+  test("pitr commands remove instances over a day old; a fresh one stays, one naming elsewhere is kept", async () => {
     const fake = (name: string, createdAt: Date, root?: string) =>
       fakeInstance(join(scratchRoot, name), {
         createdAt: createdAt.toISOString(),
@@ -254,7 +254,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("cleanup signals only a server started on the instance's own data directory, and skips folders someone else made", async () => {
+  test("cleanup signals only a server on the instance's own data directory, and skips others' folders", async () => {
     const fake = (name: string) => fakeInstance(join(scratchRoot, name));
     // A postmaster.pid naming some other live process (stale after a reboot, or planted): never killed.
     const bystander = Bun.spawn(["sleep", "60"]);
@@ -355,7 +355,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("--into-dir: the recovered data directory, stopped, with its own settings back, starts as a server of its own", async () => {
+  test("--into-dir: the recovered data directory, stopped, its settings back, starts as its own server", async () => {
     const parent = await tempDir("pitr-into");
     await chmod(parent, 0o755);
     const target = join(parent, "recovered");
@@ -421,7 +421,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("with a newer base backup, the one ending before the target is used; --to-lsn reaches the same state", async () => {
+  test("with a newer base backup, the one ending before the target is used; --to-lsn reaches it too", async () => {
     const first = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file;
     expect(await shinkei(["backup", "base"], env)).toSucceed();
     const r = await shinkei(["pitr", "restore", "--to", noted, "--stop", "--json"], env);
@@ -454,7 +454,7 @@ function recordCrc(rec: Uint8Array): number {
 }
 
 describe("pitr drills", () => {
-  test("a drill passes: restore point, its state, a recovered instance compared, RTO recorded, shown by pitr status and counted by backup check", async () => {
+  test("a drill passes: restore point, state compared, RTO recorded, shown by pitr status and check", async () => {
     expect(await pitrDrillProblem(loadConfig(env))).toContain("no point-in-time recovery drill has passed yet");
     await sql`insert into notes (body) values ('during the drill')`;
     const r = await shinkei(["pitr", "drill", "--json"], env);
@@ -489,7 +489,7 @@ describe("pitr drills", () => {
     await until("the watchdog to remove the drill's instance", async () => (await leftovers()).length === 0, 30_000);
   });
 
-  test("the service's drill schedule runs drills (one service per slot) and records them; after a base backup it adds none once drills exist", async () => {
+  test("the drill schedule runs drills (one service per slot); a base backup adds none once drills exist", async () => {
     const config = loadConfig({ ...env, PITR_DRILL_SCHEDULE: "*/2 * * * * *" });
     // In this process too, scratch instances go where the test looks for leftovers.
     const tmp = process.env.TMPDIR;
@@ -518,7 +518,7 @@ describe("pitr drills", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("a drill fails on a segment altered with valid checksums (record CRC and SHA-256s rewritten): only the content check catches it", async () => {
+  test("a drill fails on a segment altered with valid checksums (CRC, SHA-256s redone): content differs", async () => {
     await sql`select pg_switch_wal()`;
     const marker = `marker-${crypto.randomUUID()}`;
     const from = await insertLsn();
@@ -583,7 +583,7 @@ describe("pitr drills", () => {
 });
 
 describe("recover --at: one user's rows as they were at a moment", () => {
-  test("alice's world comes back from the WAL archive; bob's world made since stays; no scratch instance is left", async () => {
+  test("alice's world comes back from the WAL archive; bob's newer world stays; no scratch instance left", async () => {
     expect(await shinkei(["migrate"], env)).toSucceed();
     await seedSample(sql, "pitr", 2); // pitr1@example.com and pitr2@example.com, a world each
     const owner = (email: string) => sql`select id from users where email = ${email}`;

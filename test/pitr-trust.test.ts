@@ -154,7 +154,7 @@ async function unplant(name: string) {
 }
 
 describe("a planted base backup", () => {
-  test("unsigned, newer, its manifest matching its bytes: pitr restore --to latest and a drill leave it out by name and its command never runs", async () => {
+  test("unsigned, newer, manifest matching: pitr restore --to latest and a drill leave it out, unrun", async () => {
     const mark = join(markDir, "unsigned");
     const name = await plantBase(mark, false);
     try {
@@ -196,7 +196,7 @@ describe("a planted base backup", () => {
     }
   });
 
-  test("signed but plain on a host that encrypts: left out unless --allow-unencrypted; then chosen, and its recovery_end_command is removed before the server starts", async () => {
+  test("signed but plain where it encrypts: out unless --allow-unencrypted; recovery_end_command removed", async () => {
     const mark = join(markDir, "signed");
     const name = await plantBase(mark, true);
     try {
@@ -255,7 +255,7 @@ describe("WAL records", () => {
 });
 
 describe("off-site", () => {
-  test("from the bucket alone: a planted unsigned base is left out by name, and an altered WAL record is refused by wal-fetch and ends the window", async () => {
+  test("from the bucket alone: a planted unsigned base is out; an altered WAL record, refused, ends it", async () => {
     const store = walStore(loadConfig(env))!;
     // A host that lost its local archive: the same keys and bucket, an empty BACKUP_DIR.
     const empty = await tempDir("pitr-trust-empty");
@@ -316,7 +316,7 @@ describe("off-site", () => {
 });
 
 describe("an archive written before signing", () => {
-  test("is left out once the key is set, until pitr sign signs what still matches its SHA-256; a damaged file is named and not signed", async () => {
+  test("left out once the key is set, until pitr sign signs what matches its SHA-256; damage is named", async () => {
     const basePath = join(baseDir(dir), legit.file) + ".manifest.json";
     const segment = recordPath(walRoot(dir), legit.timeline, legit.startSegment);
     const history = { base: await readFile(basePath, "utf8"), segment: await readFile(segment, "utf8") };
@@ -363,7 +363,7 @@ describe("an archive written before signing", () => {
 });
 
 describe("--into-dir", () => {
-  test("when the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts every local user)", async () => {
+  test("if the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts)", async () => {
     const wrap = await wrapTool(
       "cp",
       `case "$*" in *pg_hba.conf.before-recovery*) echo "cp: planted failure" >&2; exit 1;; esac\nexec "$REAL" "$@"`,
@@ -395,7 +395,7 @@ test("an archive signed too late is summed up, not listed a line per file", () =
 });
 
 describe("a base backup's settings", () => {
-  test("every setting that runs a program, loads code or reads another file is commented out, whatever its case or spacing; others stay", () => {
+  test("every setting that runs a program, loads code or reads a file is commented out, in any case or spacing", () => {
     const text = [
       "port = 5432",
       "recovery_end_command = 'id > /tmp/x'",
@@ -426,7 +426,7 @@ describe("a base backup's settings", () => {
 });
 
 describe("instance folders read as root", () => {
-  test("readInstanceFile: a regular file up to its cap, or its tail; never a link, a FIFO or a file past the cap", async () => {
+  test("readInstanceFile: a regular file up to its cap, or its tail; no link, FIFO or file over the cap", async () => {
     const folder = await tempDir("pitr-trust-read");
     try {
       await writeFile(join(folder, "small"), "12345\n");
@@ -445,7 +445,7 @@ describe("instance folders read as root", () => {
     }
   });
 
-  test("a FIFO named postmaster.pid in a leftover instance folder does not hang pitr cleanup; the folder is removed", async () => {
+  test("a FIFO postmaster.pid in a leftover instance does not hang pitr cleanup; the folder is removed", async () => {
     const root = join(scratchRoot, "shinkei-pitr-instance-fifo01");
     await fakeInstance(
       root,

@@ -193,7 +193,7 @@ describe("recover one user's rows", () => {
     expect(again.stdout).toContain("nothing to recover");
   });
 
-  test("--revert-changed puts an edited beat back, the default keeps it; rows created since are always kept", async () => {
+  test("--revert-changed puts an edited beat back, the default keeps it; rows created since always stay", async () => {
     const original = await aliceBeat(db.sql, "story 1", 1);
     await takeBackup(env);
     await db.sql`update story_beats set content = 'edited after the backup' where id = ${original!.id}`;
@@ -290,7 +290,7 @@ describe("recover one user's rows", () => {
     expect(await scratchDatabases()).toEqual([]);
   });
 
-  test("the incident: reset, alice registers again, recover --into-current-account; she signs in and sees her old worlds", async () => {
+  test("the incident: reset, alice registers again, recover --into-current-account; her worlds return", async () => {
     const oldWorlds = (
       await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'
         order by w.name`
@@ -498,7 +498,7 @@ describe("recover one user's rows", () => {
     }
   });
 
-  test("a second recover on the same server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
+  test("a second recover on one server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
     await takeBackup(env);
     const lock = postgres(serverUrl, { max: 1, onnotice: () => {} });
     try {
@@ -560,7 +560,7 @@ describe("recover one user's rows", () => {
 });
 
 describe("undo a recovery", () => {
-  test("recover and undo while bob writes: bob's rows untouched both times, alice exactly as before each; a second undo is refused", async () => {
+  test("recover and undo while bob writes: bob's rows untouched, alice as before each; 2nd undo refused", async () => {
     const original = await digest(db.sql, "alice@example.com");
     const edited = await aliceBeat(db.sql, "story 1", 1);
     await takeBackup(env);
@@ -668,7 +668,7 @@ describe("undo a recovery", () => {
     expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
   });
 
-  test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; an encrypted, signed one undoes", async () => {
+  test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; signed undoes", async () => {
     const keyed = {
       ...env,
       BACKUP_AGE_PASSPHRASE: "correct horse battery staple undo",
@@ -732,7 +732,7 @@ describe("undo a recovery", () => {
     expect(await digest(db.sql, "alice@example.com")).toEqual(lost);
   });
 
-  test("--restore-account undone: the recovered account goes, the new one comes back; --full-safety-backup keeps a full backup too", async () => {
+  test("--restore-account undone: the recovered account goes, the new one is back; --full-safety-backup", async () => {
     const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
     await takeBackup(env);
     for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
@@ -770,7 +770,7 @@ describe("undo a recovery", () => {
     expect((await db.sql`select * from users where id = ${fresh!.id}`)[0]).toEqual(fresh);
   });
 
-  test("SIGKILL during the undo, or after the safety copy is written but before the recovery commits: all or nothing", async () => {
+  test("SIGKILL during the undo, or after the safety copy, before the recovery commits: all or nothing", async () => {
     const alice = await digest(db.sql, "alice@example.com");
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");

@@ -106,7 +106,7 @@ async function plainDump(name: string, args: string[] = []): Promise<string> {
 }
 
 describe("the review's reproductions (issue 23)", () => {
-  test("a COPY line whose -- comment ends at a bare CR hides nothing: refused as the app role, nothing ran", async () => {
+  test("a COPY line whose -- comment ends at a bare CR hides nothing: refused as the app role, none ran", async () => {
     const mark = join(dir, "copy-cr-mark");
     const hidden = [
       "COPY public.worlds FROM stdin -- x\r; ROLLBACK",
@@ -130,7 +130,7 @@ describe("the review's reproductions (issue 23)", () => {
     }
   });
 
-  test("backup drill and recover --from --dry-run judge the file the same way: the hidden part runs nowhere", async () => {
+  test("backup drill and recover --from --dry-run judge the file alike: the hidden part runs nowhere", async () => {
     const env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
     const file = await takeBackup(env);
     // A backup of ours, edited, its manifest's checksum made to match (no BACKUP_MANIFEST_KEY here).
@@ -262,7 +262,7 @@ COPY public.z (x) FROM stdin;
     expect(await fingerprint()).toEqual(before);
   });
 
-  test("a row-security policy the file defines cannot run code inside the check: the count reads with row security off", async () => {
+  test("a row-security policy of the file cannot run code inside the check: the count reads with it off", async () => {
     const file = join(dir, "policy.sql");
     const base = await readFile(await plainDump("base.sql"), "utf8");
     const peek = `CREATE FUNCTION public.peek(x int) RETURNS boolean LANGUAGE plpgsql AS $f$
@@ -501,7 +501,7 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     expect(compared).toBe(38);
   });
 
-  test("real dumps restore exactly, and every hostile variant is refused or harmless, changing nothing else", async () => {
+  test("real dumps restore exactly; every hostile variant is refused or harmless, changing nothing else", async () => {
     const mark = join(dir, "variant-mark");
     const payload =
       `ALTER ROLE CURRENT_USER SET work_mem = 1024; COPY (SELECT 1) TO PROGRAM $m$touch ${mark}$m$; CREATE ` +

@@ -71,7 +71,7 @@ async function archivedWal(stream: WalStream, dir: string, name: string): Promis
 const spoolOf = (dir: string) => join(dir, "wal", "spool");
 
 describe("a .partial pg_receivewal refuses", () => {
-  test("zeros only: removed (it holds no WAL), the segment is sent again from the slot's position, and nothing is lost", async () => {
+  test("zeros only: removed (no WAL in it), the segment comes again from the slot's position, none lost", async () => {
     const dir = await tempDir("wal-zeros");
     const config = configFor(dir, { WAL_SLOT: "shinkei_zeros" });
     const { log, lines } = collector();
@@ -112,7 +112,7 @@ describe("a .partial pg_receivewal refuses", () => {
     }
   });
 
-  test("short but holding WAL: padded, never deleted; the server sends the segment again over the same bytes", async () => {
+  test("short but holding WAL: padded, never deleted; the server sends the segment again over its bytes", async () => {
     const dir = await tempDir("wal-short");
     const config = configFor(dir, { WAL_SLOT: "shinkei_short" });
     const { log, lines } = collector();
@@ -153,7 +153,7 @@ describe("a .partial pg_receivewal refuses", () => {
     }
   });
 
-  test("the server removed the WAL to resume from: an empty .partial is not archived as the partial of a segment inside the gap", async () => {
+  test("the server removed the WAL to resume from: an empty .partial is not archived inside the gap", async () => {
     await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
     const dir = await tempDir("wal-empty");
     const config = configFor(dir, { WAL_SLOT: "none" });

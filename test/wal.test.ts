@@ -67,7 +67,7 @@ function configFor(dir: string, extra: Record<string, string> = {}) {
 }
 
 describe("continuous WAL archive", () => {
-  test("streams every commit: the receiver's durable position reaches the last commit, and its segment is archived with a verifiable record", async () => {
+  test("streams every commit: the receiver's durable position reaches it, the segment archived, recorded", async () => {
     const dir = await tempDir("wal");
     const { log, lines } = collector();
     const stream = await startWalStream({ sql, config: configFor(dir), log, pollMs: 100 });
@@ -233,7 +233,7 @@ describe("continuous WAL archive", () => {
     }
   });
 
-  test("without a slot, WAL the server removed while the receiver was down is a reported gap, and streaming resumes", async () => {
+  test("without a slot, WAL removed while the receiver was down is a reported gap, and streaming resumes", async () => {
     // Inactive slots of earlier tests would keep the WAL this test needs the server to remove.
     await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
     const dir = await tempDir("wal-noslot");
@@ -317,7 +317,7 @@ describe("the gap check when the receiver starts", () => {
     ]);
   });
 
-  test("a check that cannot tell (the spool is not a folder) is an error line naming where the receiver resumed, not silence", async () => {
+  test("a check that cannot tell (the spool is no folder) is an error naming where the receiver resumed", async () => {
     const dir = await tempDir("wal-gapcheck");
     await writeFile(join(dir, "spool"), "not a folder");
     lines.length = 0;
@@ -340,7 +340,7 @@ describe("the gap check when the receiver starts", () => {
 });
 
 describe("a slot past max_slot_wal_keep_size", () => {
-  test("the server drops WAL a stopped receiver has not taken: the slot is reported lost, the check fails, and the restarted stream names the gap", async () => {
+  test("WAL a stopped receiver did not take is dropped: slot lost, check fails, the stream names the gap", async () => {
     await sql`alter system set max_slot_wal_keep_size = '2MB'`;
     await sql`select pg_reload_conf()`;
     const dir = await tempDir("wal-lost");
@@ -405,7 +405,7 @@ describe("a slot past max_slot_wal_keep_size", () => {
 });
 
 describe("timelines", () => {
-  test("a promoted copy moves to timeline 2: its history file and its WAL are archived under 00000002/, the old timeline's last segment kept as partial", async () => {
+  test("a promoted copy goes to timeline 2: history and WAL in 00000002/, the old last segment a partial", async () => {
     const standby = await startStandby(cluster);
     const onStandby = connect(standby.url("shinkei"), { max: 2 });
     const dir = await tempDir("wal-tl");
@@ -470,7 +470,7 @@ describe("timelines", () => {
 });
 
 describe("retention", () => {
-  test("removes the base backups past BACKUP_KEEP_DAYS and exactly the WAL before the oldest kept one's start", async () => {
+  test("removes base backups past BACKUP_KEEP_DAYS and exactly the WAL before the oldest kept one starts", async () => {
     const dir = await tempDir("wal-prune");
     const config = configFor(dir, { WAL_SLOT: "shinkei_prune" });
     const stream = await startWalStream({ sql, config, log: () => {}, pollMs: 100 });
@@ -523,7 +523,7 @@ describe("retention", () => {
 });
 
 describe("scheduled base backups", () => {
-  test("two services on one database take one base backup per scheduled time between them, and it is verified", async () => {
+  test("two services on one database take one base backup per scheduled time between them, verified", async () => {
     const dir = await tempDir("wal-sched");
     // A spread checkpoint paces its writes over minutes, as it should on a live server: not here.
     const config = configFor(dir, { BASE_BACKUP_START_FAST: "true" });
