@@ -5,7 +5,7 @@ import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
-import { collector, receiverFlushed } from "./support/wal.ts";
+import { collector, receiverFlushed, receiverStreaming } from "./support/wal.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config/index.ts";
@@ -16,7 +16,6 @@ import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { archiveWindow, pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { repairSpool } from "../src/wal/spool.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { parseLsn, segmentName, segnoOf, timelineDir } from "../src/wal/segments.ts";
 
 // Faults in the receiver's own files: a cluster of our own and real pg_receivewal.
@@ -161,14 +160,7 @@ describe("a .partial pg_receivewal refuses", () => {
     let stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
     let seg: string;
     try {
-      await until(
-        "the receiver to stream",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}
-              and state = 'streaming'`
-          ).length === 1,
-      );
+      await receiverStreaming(sql);
       seg = await commitFlushed("before-the-hole");
     } finally {
       await stream.stop();
@@ -186,14 +178,7 @@ describe("a .partial pg_receivewal refuses", () => {
       await until("the receiver to give up on the removed WAL", async () =>
         lines.find((l) => String(l.msg).startsWith("wal receiver cannot resume")),
       );
-      await until(
-        "the receiver to stream again",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}
-              and state = 'streaming'`
-          ).length === 1,
-      );
+      await receiverStreaming(sql, "the receiver to stream again");
       const records = await listArchive(walRoot(dir));
       expect(records.filter((r) => r.kind === "partial")).toEqual([]);
       expect(

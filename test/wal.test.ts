@@ -5,7 +5,7 @@ import { zstdDecompressSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
-import { collector, receiverFlushed } from "./support/wal.ts";
+import { collector, receiverFlushed, receiverStreaming } from "./support/wal.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config/index.ts";
@@ -24,7 +24,6 @@ import { startWalService } from "../src/service/backup-service.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 
 let cluster: TestCluster;
 let sql: Sql;
@@ -247,14 +246,7 @@ describe("continuous WAL archive", () => {
     });
     try {
       // Without a slot, only WAL written after the receiver connects is streamed.
-      await until(
-        "the receiver to stream",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}
-              and state = 'streaming'`
-          ).length === 1,
-      );
+      await receiverStreaming(sql);
       const before = await commitAndArchive(stream, dir, "before-outage");
       // A row in the next segment: the receiver holds the start of it as .partial.
       const { lsn } = (

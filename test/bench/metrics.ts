@@ -12,11 +12,10 @@ import {
   arg,
   buildShinkei,
   freshDatabase,
-  machine,
   median,
   type NoteRow,
   noteLine,
-  noteTable,
+  noteReport,
   registerAndLogin,
   serverUrl,
   shinkeiBin,
@@ -184,22 +183,14 @@ if (import.meta.main) {
   for (const r of rows) console.log(noteLine(r, 52, 30));
   await writeResults(
     join(import.meta.dir, "METRICS.md"),
-    `# Metrics and status page benchmark
-
-Measured by \`bun run test/bench/metrics.ts\` (also part of \`bun run bench\`). \`GET /api/v1/auth/me\`
+    noteReport(
+      "Metrics and status page benchmark",
+      `Measured by \`bun run test/bench/metrics.ts\` (also part of \`bun run bench\`). \`GET /api/v1/auth/me\`
 under wrk (16 connections, 6 s), five rounds alternating no scraper and a \`/metrics\` scrape every
 second (medians); the status page with ${BACKUPS} backups in BACKUP_DIR (every tenth with a drill
 record), once read from the folder on every request (in-process, 100 sequential requests), once as
-served by the ops listener with its 1.5 s snapshot cache.
-
-- date: ${new Date().toISOString()}
-- machine: ${machine()}
-
-| measurement | result | goal | |
-| --- | --- | --- | --- |
-${noteTable(rows)}
-
-Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
-`,
+served by the ops listener with its 1.5 s snapshot cache.`,
+      rows,
+    ),
   );
 }

@@ -11,10 +11,9 @@ import {
   arg,
   buildShinkei,
   freshDatabase,
-  machine,
   type NoteRow,
   noteLine,
-  noteTable,
+  noteReport,
   register,
   serverUrl,
   shinkeiBin,
@@ -131,20 +130,12 @@ if (import.meta.main) {
   for (const r of rows) console.log(noteLine(r, 44, 28));
   await writeResults(
     join(import.meta.dir, "PASSWORD-RESET.md"),
-    `# /password-reset benchmark
-
-Measured by \`bun run test/bench/password-reset.ts\` (also part of \`bun run bench\`): 16 connections
+    noteReport(
+      "/password-reset benchmark",
+      `Measured by \`bun run test/bench/password-reset.ts\` (also part of \`bun run bench\`): 16 connections
 for 10 s sending known and unknown addresses interleaved, latencies recorded per kind by a load
-process of its own; then wrk for the rate. Mail goes to the log (development).
-
-- date: ${new Date().toISOString()}
-- machine: ${machine()}
-
-| measurement | result | goal | |
-| --- | --- | --- | --- |
-${noteTable(rows)}
-
-Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
-`,
+process of its own; then wrk for the rate. Mail goes to the log (development).`,
+      rows,
+    ),
   );
 }

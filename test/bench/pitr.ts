@@ -15,7 +15,7 @@ import {
   buildShinkei,
   fmtMiB,
   fmtMs,
-  median,
+  noSlower,
   rowLine,
   shinkeiBin as bin,
   timed,
@@ -229,15 +229,7 @@ try {
       ).ms,
     );
   }
-  add({
-    name: `base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`,
-    ours: fmtMs(median(oursMs)),
-    baseline: fmtMs(median(bareMs)),
-    ratio: median(oursMs) / median(bareMs),
-    goal: "≤ 1.0x",
-    met: median(oursMs) <= median(bareMs),
-    raw: { oursMs: median(oursMs), baselineMs: median(bareMs) },
-  });
+  add(noSlower(`base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`, oursMs, bareMs));
 
   await writeResults(
     join(import.meta.dir, "pitr-results.json"),

@@ -19,6 +19,7 @@ import {
   fmtMs,
   machine,
   median,
+  noSlower,
   type NoteRow,
   registerAndLogin,
   root,
@@ -129,16 +130,7 @@ try {
       for (const f of await readdir(dir))
         if (!ourFile.endsWith(f) && !f.startsWith(ourFile.split("/").pop()!)) await rm(join(dir, f));
     }
-    add({
-      group: "backup",
-      name: `backup ${size}: ours vs pg_dump -Fc`,
-      ours: fmtMs(median(ours)),
-      baseline: fmtMs(median(bare)),
-      ratio: median(ours) / median(bare),
-      goal: "≤ 1.0x",
-      met: median(ours) <= median(bare),
-      raw: { oursMs: median(ours), baselineMs: median(bare) },
-    });
+    add({ group: "backup", ...noSlower(`backup ${size}: ours vs pg_dump -Fc`, ours, bare) });
     add({
       group: "backup",
       name: `backup ${size}: file size vs pg_dump -Fc`,
@@ -188,13 +180,7 @@ try {
     await admin`drop database if exists ${admin(target)} with (force)`;
     add({
       group: "restore",
-      name: `restore ${size}: ours (verify+load+check) vs pg_restore`,
-      ours: fmtMs(median(restoreOurs)),
-      baseline: fmtMs(median(restoreBare)),
-      ratio: median(restoreOurs) / median(restoreBare),
-      goal: "≤ 1.0x",
-      met: median(restoreOurs) <= median(restoreBare),
-      raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) },
+      ...noSlower(`restore ${size}: ours (verify+load+check) vs pg_restore`, restoreOurs, restoreBare),
     });
     rss[size] = { backup: Math.max(...oursRss), restore: Math.max(...restoreRss) };
     // The restore's judge reads every byte of the SQL before anything runs (splitter, PostgreSQL's

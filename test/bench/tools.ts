@@ -55,6 +55,21 @@ export type NoteRow = {
 /** How a row's goal came out: "met", `missed` (MISSED on the console, bold in Markdown), "" without a goal. */
 export const verdict = (met: boolean | null, missed = "MISSED") => (met === null ? "" : met ? "met" : missed);
 
+/** Ours against the baseline by the medians of their timings: the goal is to be no slower. */
+export function noSlower(name: string, ours: number[], bare: number[]): Omit<BenchRow, "group"> {
+  const o = median(ours);
+  const b = median(bare);
+  return {
+    name,
+    ours: fmtMs(o),
+    baseline: fmtMs(b),
+    ratio: o / b,
+    goal: "≤ 1.0x",
+    met: o <= b,
+    raw: { oursMs: o, baselineMs: b },
+  };
+}
+
 /** A row as one line of the console's table, its name and value columns as wide as asked. */
 export function rowLine(r: Omit<BenchRow, "group">, nameWidth: number, valueWidth: number): string {
   const ratio = r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7);
@@ -66,9 +81,20 @@ export function rowLine(r: Omit<BenchRow, "group">, nameWidth: number, valueWidt
 export const noteLine = (r: NoteRow, nameWidth: number, valueWidth: number) =>
   `${r.name.padEnd(nameWidth)} ${r.ours.padStart(valueWidth)}  ${verdict(r.met)}`;
 
-/** Markdown table rows for rows without a baseline (measurement | result | goal | verdict). */
-export const noteTable = (rows: NoteRow[]) =>
-  rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${verdict(r.met, "**missed**")} |`).join("\n");
+/** A results file for rows without a baseline: what was measured and how, the table, the raw figures. */
+export const noteReport = (title: string, how: string, rows: NoteRow[]) => `# ${title}
+
+${how}
+
+- date: ${new Date().toISOString()}
+- machine: ${machine()}
+
+| measurement | result | goal | |
+| --- | --- | --- | --- |
+${rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${verdict(r.met, "**missed**")} |`).join("\n")}
+
+Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
+`;
 
 /** Database `db` on the server at `server`, dropped if there and made anew; `admin` drops it at the end. */
 export async function freshDatabase(server: string, db: string) {

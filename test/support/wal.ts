@@ -23,6 +23,14 @@ export const receiverFlushed = (sql: Sql, lsn: string) =>
     return rows.length > 0;
   });
 
+/** A WAL receiver streams from `sql`'s server. */
+export const receiverStreaming = (sql: Sql, what = "the receiver to stream") =>
+  until(what, async () => {
+    const rows = await sql`
+      select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`;
+    return rows.length === 1;
+  });
+
 /**
  * The environment of a host that streams WAL into `dir`, plus `extra`: its backup schedules are far
  * from now, so that only what a test starts runs.
