@@ -95,7 +95,9 @@ export class Context {
     this.local = await ensureLocalCluster(process.cwd(), this.io.env, config.environment);
     this.cachedConfig = { ...config, databaseUrl: this.local.url };
     this.io.stderr.write(
-      `nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL in ${this.local.dataDir} (${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`,
+      `nothing answers on ${t.host}:${t.port}: using the project-local PostgreSQL ` +
+        `in ${this.local.dataDir} ` +
+        `(${describeTarget(this.local.url).port})${this.local.started ? ", started" : ""}\n`,
     );
   }
 

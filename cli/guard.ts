@@ -1,4 +1,4 @@
-import type { Context, Options } from "./command.ts";
+import type { Context, OptionSpec, Options } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../src/guarded/guard.ts";
 import { describeTarget, type Target } from "../src/pg/db.ts";
@@ -14,6 +14,13 @@ export const guardOptions = {
   "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
 } satisfies Options;
 
+/** --confirm-database for the commands whose skip flag is --yes (restore, recover, pitr restore --apply). */
+export const confirmDatabaseOption = {
+  type: "string",
+  value: "N",
+  description: "the target database's name, required with --yes and without a terminal",
+} satisfies OptionSpec;
+
 /**
  * The guard every destructive command passes (reset, restore, migrate down): production refused,
  * then typed phrases in a terminal; without one, or with the command's skip flag (--force, or
@@ -26,14 +33,27 @@ export async function confirmDestructive(
   phrases: readonly string[],
   skipFlag: "force" | "yes" = "force",
 ): Promise<void> {
-  refuseProduction(ctx.config.environment, ctx.flag("allow-production"), what);
-  if (!ctx.io.interactive || ctx.flag(skipFlag)) {
-    checkUnattendedConfirmation(target, ctx.flag(skipFlag), ctx.option("confirm-database"), what, `--${skipFlag}`);
-    return;
-  }
+  if (checkUnattended(ctx, target, what, skipFlag)) return;
   for (const [i, phrase] of phrases.entries()) {
     await typedConfirmation(ctx.io, `${i === 0 ? `This will ${what}.` : "Again:"} Type ${phrase} to continue`, phrase);
   }
+}
+
+/**
+ * The guard's checks that need no answer: production refused; without a terminal, or with the skip
+ * flag, --confirm-database must name the target. True when it ran unattended (nothing left to ask).
+ * Recover calls it before its long load, so a script without --yes finds out at once.
+ */
+export function checkUnattended(
+  ctx: Context,
+  target: Target,
+  what: string,
+  skipFlag: "force" | "yes" = "force",
+): boolean {
+  refuseProduction(ctx.config.environment, ctx.flag("allow-production"), what);
+  if (ctx.io.interactive && !ctx.flag(skipFlag)) return false;
+  checkUnattendedConfirmation(target, ctx.flag(skipFlag), ctx.option("confirm-database"), what, `--${skipFlag}`);
+  return true;
 }
 
 /**
@@ -43,5 +63,8 @@ export async function confirmDestructive(
  */
 export function undoCommand(config: { databaseUrl: string; environment: string }, path: string): string {
   const production = config.environment === "production" ? " --allow-production" : "";
-  return `shinkei backup --restore --backup-file ${path} --yes --confirm-database ${describeTarget(config.databaseUrl).database}${production}`;
+  return (
+    `shinkei backup --restore --backup-file ${path} --yes ` +
+    `--confirm-database ${describeTarget(config.databaseUrl).database}${production}`
+  );
 }

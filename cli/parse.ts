@@ -68,16 +68,16 @@ export function commandHelp(command: Command): string {
   if (command.description) blocks.push(command.description);
   for (const sub of command.subcommands) {
     const also = sub.word && sub.flag ? ` (or shinkei ${command.name} --${sub.flag})` : "";
-    const lines = [
-      `shinkei ${formName(command, sub)}${sub.args ? ` ${sub.args.usage}` : ""}${also}: ${sub.summary.replace(/\n/g, "\n  ")}`,
-    ];
+    const usage = sub.args ? ` ${sub.args.usage}` : "";
+    const lines = [`shinkei ${formName(command, sub)}${usage}${also}: ${sub.summary.replace(/\n/g, "\n  ")}`];
     if (sub.description) lines.push(sub.description.replace(/^/gm, "  "));
     lines.push(...optionLines(sub.options).slice(0, -1));
     blocks.push(lines.join("\n"));
   }
   const example = command.subcommands.find((s) => s.word)?.word;
   blocks.push(
-    `  -h, --help   show this help${example ? `; after a form, that form's alone (shinkei ${command.name} ${example} --help)` : ""}`,
+    `  -h, --help   show this ` +
+      `help${example ? `; after a form, that form's alone (shinkei ${command.name} ${example} --help)` : ""}`,
   );
   return blocks.join("\n\n");
 }
@@ -102,8 +102,12 @@ function unknownOption(command: Command, sub: Subcommand, raw: string, name: str
   const others = command.subcommands.filter((s) => s !== sub && name in s.options);
   let why = "";
   if (others.length && sub.flag && !sub.word) why = `: --${sub.flag} and ${raw} do not go together`;
-  else if (others.length)
-    why = `: ${raw} goes with ${others.map((s) => (s.flag && !s.word ? `--${s.flag}` : s.word ? `${command.name} ${s.word}` : command.name)).join(" or ")}`;
+  else if (others.length) {
+    const forms = others.map((s) =>
+      s.flag && !s.word ? `--${s.flag}` : s.word ? `${command.name} ${s.word}` : command.name,
+    );
+    why = `: ${raw} goes with ${forms.join(" or ")}`;
+  }
   return new ShinkeiError("USAGE", `Unknown option '${raw}' for ${form}${why}`);
 }
 

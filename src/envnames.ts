@@ -26,7 +26,9 @@ export function checkVariableNames(env: Record<string, string | undefined>, know
     const [closest, distance] = nearest(upper, known);
     if (distance <= (Math.min(upper.length, closest.length) < 8 ? 1 : 2)) {
       throw new ShinkeiError("CONFIG_INVALID", `${name} is not a shinkei variable; did you mean ${closest}?`, {
-        hint: `Rename it to ${closest} (until then its value is ignored and ${closest} keeps its default), or remove it.`,
+        hint:
+          `Rename it to ${closest} (until then its value is ignored and ${closest} keeps its default), or ` +
+          `remove it.`,
       });
     }
     if ([...prefixes].some((p) => upper.startsWith(p)))

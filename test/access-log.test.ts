@@ -30,7 +30,7 @@ async function linesWith(env: Record<string, string>): Promise<string[]> {
   return logs.filter((l) => l.msg === "request").map((l) => `${l.path} ${l.status}`);
 }
 
-test("ACCESS_LOG: all (the default) logs every request but passing probes; errors only 4xx/5xx; off nothing; ACCESS_LOG_PROBES=true adds the probes", async () => {
+test("ACCESS_LOG: all (default) but passing probes; errors 4xx/5xx; off; ACCESS_LOG_PROBES adds probes", async () => {
   expect(await linesWith({})).toEqual(["/api/v1/auth/register 201", "/api/v1/auth/me 401", "/api/v1/nothing 404"]);
   expect(await linesWith({ ACCESS_LOG: "errors" })).toEqual(["/api/v1/auth/me 401", "/api/v1/nothing 404"]);
   expect(await linesWith({ ACCESS_LOG: "off" })).toEqual([]);

@@ -96,7 +96,7 @@ test("1,000 malformed requests: every answer is 4xx in the error shape, none 5xx
   expect(n!.n).toBe(0);
 });
 
-test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong type 415, unknown route 404", async () => {
+test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong type 415, no route 404", async () => {
   const post = (body: string, type = "application/json") =>
     app.request("/api/v1/auth/login", { method: "POST", headers: { "content-type": type }, body });
   expect((await (await post("{nope")).json()).error.code).toBe("BAD_JSON");
@@ -129,7 +129,7 @@ test("specific answers: bad JSON 400, schema 400 with fields, 16 KiB+ 413, wrong
   ).toBe(413);
 });
 
-test("text PostgreSQL refuses (a NUL, a lone surrogate) in name, email or password: 400 naming the field, nothing stored", async () => {
+test("text PostgreSQL refuses (NUL, lone surrogate) in name, email, password: 400 naming it, none stored", async () => {
   const post = (path: string, body: Record<string, string>) =>
     app.request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   const ok = {
@@ -170,7 +170,7 @@ test("the hash queue is bounded: past the limit the answer is 503 with Retry-Aft
   expect(hasher.load).toEqual({ running: 0, waiting: 0 });
 });
 
-test("the hash queue follows the measured rate: it admits what clears within the wait budget, and says when to come back", async () => {
+test("the hash queue follows the measured rate: it admits what clears in the wait budget, else says when", async () => {
   const hasher = new PasswordHasher({
     concurrency: 1,
     queueLimit: 100,

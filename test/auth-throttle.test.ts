@@ -193,7 +193,8 @@ describe("Throttle, against the database directly", () => {
       { key: "unit:old", limit: 5 },
       { key: "unit:new", limit: 5 },
     ]);
-    await db.sql`update login_throttle set window_start = now() - interval '2 minutes' where failures = 1 and key = (select min(key) from login_throttle)`;
+    await db.sql`update login_throttle set window_start = now() - interval '2 minutes' where failures = 1
+      and key = (select min(key) from login_throttle)`;
     expect(await t.prune()).toBe(1);
     expect(await count()).toBe(1);
   });

@@ -136,7 +136,7 @@ describe("login", () => {
 });
 
 describe("throttling", () => {
-  test("failed logins per account from one address give 429 with Retry-After, also for the right password", async () => {
+  test("failed logins per account from one address: 429 with Retry-After, even for the right password", async () => {
     expect((await register("locked@example.com")).status).toBe(201);
     for (let i = 0; i < 5; i++) expect((await login("locked@example.com", "wrong password!")).status).toBe(401);
     const blocked = await login("locked@example.com");
@@ -236,7 +236,8 @@ describe("sessions", () => {
   test("an expired session is refused", async () => {
     const email = await newAccount(server, "expired");
     const t = await tokenFor(email);
-    await db.sql`update sessions set expires_at = now() - interval '1 second' where user_id = (select id from users where email = ${email})`;
+    await db.sql`update sessions set expires_at = now() - interval '1 second' where user_id = (select id from users
+      where email = ${email})`;
     const r = await server.api("/api/v1/auth/me", { token: t });
     expect(r.status).toBe(401);
     expect((await r.json()).error.code).toBe("UNAUTHORIZED");

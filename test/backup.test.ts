@@ -79,7 +79,7 @@ describe("backup and restore", () => {
     await db.sql`delete from worlds where name = 'kept'`;
   });
 
-  test("in a terminal, restore asks for the database name: a wrong name changes nothing, the right one restores", async () => {
+  test("in a terminal, restore asks for the database name: a wrong one changes nothing, the right works", async () => {
     const before = await snapshot(db.sql);
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'typed' from users limit 1`;
@@ -200,7 +200,8 @@ describe("faults", () => {
   test("a pg_dump that fails after writing, or writes nothing, is an error and leaves no file", async () => {
     const failing = await wrapTool(
       "pg_dump",
-      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated failure" >&2; exit 1`,
+      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; echo "pg_dump: error: simulated ` +
+        `failure" >&2; exit 1`,
     );
     let r = await shinkei(["backup"], { ...env, PATH: pathWith(failing) });
     expect(r.code).toBe(1);

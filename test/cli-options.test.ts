@@ -59,7 +59,8 @@ test("every form refuses each option only other forms take, naming the option an
       } catch (e) {
         error = e;
       }
-      // An option that selects another form of the same command picks that form (or asks to choose): no silent run either way.
+      // An option that selects another form of the same command picks that form (or asks to
+      // choose): no silent run either way.
       const selects = command.subcommands.some((s) => s !== sub && s.flag === name);
       if (selects && !sub.word && !sub.flag) continue;
       expect(error, `${formName(command, sub)} --${name}`).toBeInstanceOf(ShinkeiError);
@@ -74,7 +75,7 @@ test("every form refuses each option only other forms take, naming the option an
   expect(refusals).toBeGreaterThan(300);
 });
 
-test("the binary: an option the subcommand does not take is exit 2, naming both, with that subcommand's usage", async () => {
+test("the binary: an option the subcommand does not take is exit 2, naming both, with that one's usage", async () => {
   const cases: [string[], string][] = [
     [
       ["backup", "list", "--output", "x"],

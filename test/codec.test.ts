@@ -36,7 +36,7 @@ describe("codecs", () => {
     expect(codecOf("000000010000000000000001.gz")).toBe("gzip");
   });
 
-  test("sealTo with zstd writes a zstd frame that unsealFrom reads back byte for byte, and is smaller than gzip -6 would be", async () => {
+  test("sealTo with zstd: a zstd frame unsealFrom reads back byte for byte, smaller than gzip -6 makes", async () => {
     const plain = walLike(1);
     const path = join(dir, "seg.zst");
     const sealed = await sealTo(Readable.from([plain]), path, { codec: "zstd", plainHash: true });
@@ -51,7 +51,7 @@ describe("codecs", () => {
     expect(stored.length).toBeLessThanOrEqual(gzipSync(plain, { level: 6 }).length * 1.05);
   });
 
-  test("the WAL archive seals segments with zstd, and a segment archived as gzip by an older shinkei is still served whole by wal-fetch", async () => {
+  test("WAL is sealed with zstd; a segment an older shinkei archived as gzip is still served (wal-fetch)", async () => {
     const config = loadConfig({
       DATABASE_URL: "postgres://postgres@127.0.0.1:1/x",
       BACKUP_DIR: dir,

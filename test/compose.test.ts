@@ -39,7 +39,7 @@ test("compose.yaml: the services, names, health checks and volumes the runbooks 
   expect(s.minio!.profiles).toEqual(["minio"]);
 });
 
-test("compose.yaml works with Compose v1 and v2 alike: no top-level name, the project named in .env, volumes named outright", async () => {
+test("compose.yaml fits Compose v1 and v2: no top-level name, project named in .env, volumes named", async () => {
   const text = await Bun.file(join(root, "compose.yaml")).text();
   const compose = Bun.YAML.parse(text) as {
     name?: string;
@@ -107,7 +107,7 @@ test("the Dockerfile builds the binary the way bun run build does and installs m
 /** What compose makes of `${VAR:-default}` when VAR is unset. */
 const withDefaults = (text: string) => text.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, "$1");
 
-test("compose.yaml: the app connects as the app role and the backup service as the backup role, both from the init script, never the superuser", async () => {
+test("compose.yaml: the app connects as the app role, the backup service as the backup role", async () => {
   const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
     services: Record<string, Service>;
   };
@@ -164,7 +164,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
       expect(r.exitCode).toBe(0);
     }
     const [role] =
-      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles where rolname = ${appUser}`;
+      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles
+        where rolname = ${appUser}`;
     expect(role).toEqual({
       rolsuper: false,
       rolcanlogin: true,
@@ -174,7 +175,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
       rolbypassrls: false,
     });
     const [backupRole] =
-      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
+      await admin`select rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls,
+        pg_has_role(rolname, ${appUser}, 'MEMBER') as member,
       pg_has_role(rolname, 'pg_read_all_stats', 'MEMBER') as stats from pg_roles where rolname = ${backupUser}`;
     expect(backupRole).toEqual({
       rolsuper: false,
@@ -189,7 +191,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const [owner] = await admin`select pg_get_userbyid(datdba) as name from pg_database where datname = ${db.name}`;
     expect(owner!.name).toBe(appUser);
     const notOurs = await db.sql`select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-      where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S') and pg_get_userbyid(c.relowner) <> ${appUser}`;
+      where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm', 'S')
+        and pg_get_userbyid(c.relowner) <> ${appUser}`;
     expect(notOurs.map((r) => r.relname as string)).toEqual([]);
 
     // The app as that role: status, migrations and a backup work, and it is not a superuser.
@@ -217,8 +220,8 @@ test("the init script makes a login role that is no superuser, owns the app's da
     const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], backupEnv);
     expect(restored.stderr).toBe("");
     expect(restored).toSucceed();
-    const owners =
-      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    const owners = await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n
+        on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p')`;
     expect(owners.map((r) => r.owner as string)).toEqual([appUser]);
   } finally {
@@ -229,14 +232,15 @@ test("the init script makes a login role that is no superuser, owns the app's da
   }
 });
 
-test("whichever of the two roles migrates or resets, the app role owns every table; the backup role may mark restore points", async () => {
+test("whichever role migrates or resets, the app role owns all tables; backup may mark restore points", async () => {
   const db = await freshDatabase("initdb-race");
   const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
   const backupUser = `${appUser}_backup`;
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
   const owners = async () =>
     (
-      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      await db.sql`select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n
+        on n.oid = c.relnamespace
       where n.nspname = 'public' and c.relkind in ('r', 'p', 'S', 'v', 'm')`
     ).map((r) => r.owner as string);
   try {
@@ -244,7 +248,8 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
     expect(r.stderr.toString()).toBe("");
     // Granted in the app's database (functions' privileges are per database), where drills run.
     const [grant] =
-      await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as backup,
+      await db.sql`select has_function_privilege(${backupUser}, 'pg_catalog.pg_create_restore_point(text)',
+        'EXECUTE') as backup,
       has_function_privilege(${appUser}, 'pg_catalog.pg_create_restore_point(text)', 'EXECUTE') as app`;
     expect(grant).toEqual({ backup: true, app: false });
     const asRole = (user: string) => {
@@ -281,7 +286,7 @@ test("whichever of the two roles migrates or resets, the app role owns every tab
   }
 });
 
-test("compose.yaml: postgres allows replication from the backup service with a bounded slot, which streams WAL", async () => {
+test("compose.yaml: postgres lets the backup service replicate with a bounded slot, which streams WAL", async () => {
   const compose = Bun.YAML.parse(await Bun.file(join(root, "compose.yaml")).text()) as {
     services: Record<string, Service & { environment?: Record<string, string> }>;
   };

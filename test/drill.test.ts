@@ -62,7 +62,7 @@ describe("restore drills", () => {
     expect(await scratchDatabases()).toEqual([]);
   });
 
-  test("cleanup drops only scratch databases a drill made: `_` is no wildcard, a real shinkei_drill_ database stays", async () => {
+  test("cleanup drops only scratch databases a drill made: `_` is no wildcard, real shinkei_drill_ stays", async () => {
     const tail = crypto.randomUUID().slice(0, 8);
     const others = [`shinkeiXdrillX${tail}`, `shinkei_drill_reports_${tail}`, `shinkei_drill_${tail}`];
     const leftover = `shinkei_drill_${Date.now().toString(36)}_${tail}`; // what a crashed drill leaves

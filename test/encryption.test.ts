@@ -63,7 +63,7 @@ describe("keygen", () => {
 });
 
 describe("encrypted backups", () => {
-  test("round trip with an identity; no row content in the stored bytes; the manifest names only public keys", async () => {
+  test("round trip with an identity; no row content in the stored bytes; the manifest names public keys", async () => {
     const before = await snapshot(db.sql);
     const file = await takeBackup();
     expect(file).toEndWith(".sql.gz.age");
@@ -91,7 +91,7 @@ describe("encrypted backups", () => {
     expect(d).toSucceed();
   });
 
-  test("without the identity, or with the wrong one: a clear error naming the recipients, database unchanged", async () => {
+  test("without the identity, or with a wrong one: an error naming the recipients, database unchanged", async () => {
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'after the backup' from users limit 1`;
     const before = await snapshot(db.sql);
@@ -198,7 +198,8 @@ describe("encrypted backups", () => {
     const r1 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: wrongPlace });
     expect(r1.code).toBe(2);
     expect(r1.stderr.split("\n")[0]).toBe(
-      `✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in BACKUP_AGE_IDENTITY, never here`,
+      `✖ BACKUP_AGE_RECIPIENTS file ${wrongPlace}: line 3 is a private key: it belongs in ` +
+        `BACKUP_AGE_IDENTITY, never here`,
     );
     const r2 = await shinkei(["status"], { ...env, BACKUP_AGE_RECIPIENTS: plainSecret });
     expect(r2.code).toBe(2);

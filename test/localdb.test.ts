@@ -1,11 +1,11 @@
 import { afterAll, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { chmod, chown, mkdir, readFile, stat } from "node:fs/promises";
+import { chmod, mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import { ensureLocalCluster, type LocalCluster } from "../src/pg/localdb.ts";
-import { findServerBinaries } from "../src/pg/bin.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { initTrustCluster } from "./support/cluster.ts";
 
 const running: LocalCluster[] = [];
 afterAll(async () => {
@@ -71,27 +71,7 @@ test("a cluster an older version made with trust gets a password and loses trust
   const root = await projectRoot("localdb-legacy");
   const dataDir = join(root, "data", "postgres");
   await mkdir(join(root, "data"), { mode: 0o755 });
-  await mkdir(dataDir, { mode: 0o700 });
-  const asPostgres = process.getuid?.() === 0 ? ["runuser", "-u", "postgres", "--"] : [];
-  if (asPostgres.length) {
-    const id = (flag: string) => Number(Bun.spawnSync(["id", flag, "postgres"]).stdout.toString());
-    await chown(dataDir, id("-u"), id("-g"));
-  }
-  const bin = findServerBinaries()!;
-  const init = Bun.spawnSync([
-    ...asPostgres,
-    join(bin, "initdb"),
-    "-D",
-    dataDir,
-    "-U",
-    "postgres",
-    "--auth=trust",
-    "-E",
-    "UTF8",
-    "--no-locale",
-  ]);
-  expect(init.stderr.toString()).not.toContain("initdb: error");
-  expect(init.exitCode).toBe(0);
+  await initTrustCluster(dataDir);
 
   const cluster = await ensureLocalCluster(root, process.env);
   running.push(cluster);

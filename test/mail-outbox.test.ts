@@ -30,7 +30,7 @@ const env = (smtpUrl: string) => ({
   REGISTER_MAX_PER_IP: "100000",
 });
 
-test("a reset mail queued while SMTP is down is delivered by the next start of the server, and its code works", async () => {
+test("a reset mail queued while SMTP is down goes out at the server's next start, and its code works", async () => {
   const down = await TestSmtp.start();
   await down.stop();
   const before = await startTestServer(db, env(down.url));
@@ -49,7 +49,8 @@ test("a reset mail queued while SMTP is down is delivered by the next start of t
   }
   expect(before.logs.find((l) => l.msg === "mail not sent before shutdown")).toBeDefined();
   const [queued] =
-    await db.sql`select count(*)::int as n from mail_outbox where to_address = ${email} and subject ~ 'reset' and sent_at is null`;
+    await db.sql`select count(*)::int as n from mail_outbox where to_address = ${email} and subject ~ 'reset'
+      and sent_at is null`;
   expect(queued!.n).toBe(1);
 
   // The restart, now with SMTP up: the mail queued before it goes out, and the code in it works.
@@ -64,7 +65,8 @@ test("a reset mail queued while SMTP is down is delivered by the next start of t
     expect(confirm.status).toBe(200);
     // Sent: the row keeps its envelope, and its body (which carried the code) is gone.
     const [row] =
-      await db.sql`select sent_at, text_body, html_body, attempts from mail_outbox where to_address = ${email} and subject ~ 'reset'`;
+      await db.sql`select sent_at, text_body, html_body, attempts from mail_outbox where to_address = ${email}
+        and subject ~ 'reset'`;
     expect(row!.sent_at).not.toBeNull();
     expect(row!.text_body).toBeNull();
     expect(row!.html_body).toBeNull();
@@ -136,14 +138,21 @@ test("a mail whose code expired before it could be sent is abandoned, body remov
   }
 });
 
-test("retention: account events, sent mail and finished backup runs past their settings go; recent rows and unsent mail stay", async () => {
-  const [{ id: userId }] =
-    (await db.sql`insert into users (email, password_hash, name) values (${`old-${crypto.randomUUID().slice(0, 8)}@example.com`}, 'x', 'Old') returning id`) as any;
-  await db.sql`insert into account_events (user_id, kind, created_at) values (${userId}, 'password_reset', now() - interval '400 days'), (${userId}, 'email_verified', now() - interval '10 days')`;
-  await db.sql`insert into mail_outbox (to_address, subject, created_at, sent_at) values ('old-sent@example.com', 's', now() - interval '8 days', now() - interval '8 days')`;
-  await db.sql`insert into mail_outbox (to_address, subject, created_at, failed_at) values ('old-failed@example.com', 's', now() - interval '8 days', now() - interval '8 days')`;
-  await db.sql`insert into mail_outbox (to_address, subject, text_body, created_at, due_at) values ('old-unsent@example.com', 's', 'body', now() - interval '30 days', now() + interval '1 hour')`;
-  await db.sql`insert into backup_runs (scheduled_for, host, finished_at) values (now() - interval '100 days', 'h', now() - interval '100 days'), (now() - interval '1 day', 'h', now() - interval '1 day')`;
+test("retention: account events, sent mail, finished backup runs past their settings go; the rest stays", async () => {
+  const [{ id: userId }] = (await db.sql`insert into users (email, password_hash, name)
+      values (${`old-${crypto.randomUUID().slice(0, 8)}@example.com`}, 'x', 'Old') returning id`) as any;
+  await db.sql`insert into account_events (user_id, kind, created_at)
+    values (${userId}, 'password_reset', now() - interval '400 days'), (${userId}, 'email_verified', now() -
+    interval '10 days')`;
+  await db.sql`insert into mail_outbox (to_address, subject, created_at, sent_at)
+    values ('old-sent@example.com', 's', now() - interval '8 days', now() - interval '8 days')`;
+  await db.sql`insert into mail_outbox (to_address, subject, created_at, failed_at)
+    values ('old-failed@example.com', 's', now() - interval '8 days', now() - interval '8 days')`;
+  await db.sql`insert into mail_outbox (to_address, subject, text_body, created_at, due_at)
+    values ('old-unsent@example.com', 's', 'body', now() - interval '30 days', now() + interval '1 hour')`;
+  await db.sql`insert into backup_runs (scheduled_for, host, finished_at)
+    values (now() - interval '100 days', 'h', now() - interval '100 days'), (now() - interval '1 day', 'h', now() -
+    interval '1 day')`;
   const keep = loadConfig({}).retention;
   expect(keep).toEqual({
     accountEventsMs: 365 * 86_400_000,

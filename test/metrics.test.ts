@@ -204,7 +204,7 @@ describe("serve: /metrics on the public port", () => {
   });
 });
 
-test("an unreadable backup folder: the scrape still answers with source_up 0 and no made-up figures; the page says so", async () => {
+test("an unreadable backup folder: the scrape answers source_up 0, no made-up figures; the page says so", async () => {
   const notADir = join(await tempDir("metrics-file"), "backups");
   await Bun.write(notADir, "a file where the folder should be");
   const server = await startTestServer(db, { BACKUP_DIR: notADir, METRICS_TOKEN: TOKEN, OPS_TOKEN: TOKEN });
@@ -226,7 +226,7 @@ test("an unreadable backup folder: the scrape still answers with source_up 0 and
   }
 });
 
-test("serve with METRICS_PORT opens the ops listener too, and warns when it is reachable from other machines without tokens", async () => {
+test("serve with METRICS_PORT opens the ops listener, warning when open to other hosts without tokens", async () => {
   const port = freePort();
   const server = await startTestServer(db, { BACKUP_DIR: dir, METRICS_PORT: String(port), METRICS_HOST: "0.0.0.0" });
   try {

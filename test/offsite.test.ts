@@ -34,7 +34,7 @@ async function keys(prefix: string): Promise<string[]> {
 }
 
 describe("off-site copies", () => {
-  test("a backup is uploaded with its manifest under the prefix, listed as local+s3, and restores from S3 alone", async () => {
+  test("a backup is uploaded with its manifest under the prefix, listed as local+s3, restores from S3", async () => {
     const before = await snapshot(db.sql);
     const r = await shinkei(["backup"], env);
     expect(r).toSucceed();

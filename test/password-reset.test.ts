@@ -96,7 +96,8 @@ describe("password reset", () => {
     // 192 random bits, stored only as a hash.
     expect(Buffer.from(code, "base64url").length).toBe(24);
     const rows =
-      await db.sql`select c.* from account_codes c join users u on u.id = c.user_id where u.email = 'carol@example.com' and c.purpose = 'password_reset'`;
+      await db.sql`select c.* from account_codes c join users u on u.id = c.user_id where u.email = 'carol@example.com'
+        and c.purpose = 'password_reset'`;
     expect(rows.length).toBe(1);
     expect(Buffer.compare(rows[0]!.code_hash, hashCode(code))).toBe(0);
     expect(JSON.stringify(rows)).not.toContain(code);
@@ -114,8 +115,8 @@ describe("password reset", () => {
     expect((await again.json()).error.code).toBe("INVALID_CODE");
     expect((await login("carol@example.com", "a brand new secret")).status).toBe(200);
 
-    const events =
-      await db.sql`select e.kind from account_events e join users u on u.id = e.user_id where u.email = 'carol@example.com'`;
+    const events = await db.sql`select e.kind from account_events e join users u on u.id = e.user_id
+        where u.email = 'carol@example.com'`;
     expect(events.map((e) => e.kind)).toEqual(["password_reset"]);
     const notice = await smtp.waitFor("carol@example.com", CHANGED);
     expect(notice.text).toContain("with a reset code sent to this address");
@@ -136,11 +137,12 @@ describe("password reset", () => {
     expect(notice.text).toContain("from a signed-in session");
   });
 
-  test("a newer code does not void the older one; using either ends both; a code expires after PASSWORD_RESET_TTL", async () => {
+  test("a newer code leaves an older one valid; using either ends both; they expire (PASSWORD_RESET_TTL)", async () => {
     expect((await register("dave@example.com")).status).toBe(201);
     const davesCodes = async () =>
       (
-        await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id where u.email = 'dave@example.com' and c.purpose = 'password_reset'`
+        await db.sql`select count(*)::int as n from account_codes c join users u on u.id = c.user_id
+          where u.email = 'dave@example.com' and c.purpose = 'password_reset'`
       )[0]!.n;
     const first = await resetCode("dave@example.com");
     const second = await resetCode("dave@example.com");
@@ -186,7 +188,7 @@ describe("password reset", () => {
     expect(users!.n).toBe(0);
   });
 
-  test("SMTP down: the request still answers 202; the mail is retried and delivered when the server is back", async () => {
+  test("SMTP down: the request still answers 202; the mail is retried and delivered once SMTP is back", async () => {
     expect((await register("frank@example.com")).status).toBe(201);
     // Counted from here: an earlier test's mail may have logged a retry already.
     const retries = () => server.logs.filter((l) => l.msg === "mail not sent, will retry").length;
@@ -343,7 +345,7 @@ describe("nobody who knows an email can block its owner's reset", () => {
     return r;
   };
 
-  test("requests from many addresses past the per-email ceiling only slow the owner's request, and the codes they mailed the owner work", async () => {
+  test("requests from many addresses past the per-email ceiling only slow the owner's; the codes work", async () => {
     expect((await register("olga@example.com", proxied)).status).toBe(201);
     // 4 addresses x 3 requests: past the ceiling of 6 for the email, far under each address's 5.
     for (let a = 0; a < 4; a++)
@@ -364,7 +366,7 @@ describe("nobody who knows an email can block its owner's reset", () => {
     expect(r.status).toBe(200);
   });
 
-  test("wrong codes from one address never block the right code from another; a second request does not void the first code", async () => {
+  test("wrong codes from one address never block the right one from another; a new request keeps codes", async () => {
     expect((await register("pia@example.com", proxied)).status).toBe(201);
     expect((await ask("pia@example.com", OWNER)).status).toBe(202);
     const code = codeIn(await smtp.waitFor("pia@example.com", RESET, 1));
@@ -410,7 +412,7 @@ describe("email verification", () => {
     expect(row!.email_verified_at).toBeInstanceOf(Date);
   });
 
-  test("required: register answers 202 alike for new and taken addresses; login of an unverified account is 403 only with the right password", async () => {
+  test("required: register answers 202 for new and taken addresses; unverified login 403 only if right", async () => {
     const existing = await newAccount(server, "taken");
     const strict = await startTestServer(db, mailEnv({ REQUIRE_EMAIL_VERIFICATION: "true" }), { clock });
     try {
@@ -446,7 +448,7 @@ describe("email verification", () => {
 });
 
 describe("duplicate registration", () => {
-  test("409 stays without required verification; the owner is told at most once a day, with the way back in", async () => {
+  test("409 without required verification; the owner is told at most once a day, with the way back in", async () => {
     expect((await register("kai@example.com")).status).toBe(201);
     for (let i = 0; i < 3; i++) {
       const r = await register(i % 2 ? "KAI@example.com" : "kai@example.com");
@@ -469,7 +471,7 @@ describe("duplicate registration", () => {
 });
 
 describe("without SMTP_URL", () => {
-  test("outside development the mail routes answer 503 MAIL_DISABLED, and the server says at start that mail is off", async () => {
+  test("outside development the mail routes answer 503 MAIL_DISABLED, and the server says so at start", async () => {
     const off = await startTestServer(db, { SHINKEI_ENV: "production", REGISTER_MAX_PER_IP: "100000" });
     const strict = await startTestServer(db, {
       SHINKEI_ENV: "production",

@@ -4,13 +4,14 @@ import { join } from "node:path";
 import { startCluster, startClusterFrom, type TestCluster } from "./support/cluster.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { fakeInstance } from "./support/instance.ts";
+import { receiverFlushed, startBackupService, streamingEnv } from "./support/wal.ts";
 import { binaryPath, shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
 import { writeIdentity } from "../src/storage/crypt.ts";
 import { tableStats, type TableStats } from "../src/backup/digest.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { pitrDrillProblem, readPitrDrills } from "../src/pitr/drill.ts";
@@ -37,14 +38,6 @@ let notedLsn: string;
 let before: TableStats;
 
 const leftovers = async () => (await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-"));
-const flushed = async (lsn: string) =>
-  until(
-    "the receiver to flush",
-    async () =>
-      (
-        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-      ).length === 1,
-  );
 const insertLsn = async () => (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
 
 beforeAll(async () => {
@@ -58,20 +51,14 @@ beforeAll(async () => {
   await chmod(scratchRoot, 0o755);
   key = join(await tempDir("pitr-key"), "k");
   const recipient = await writeIdentity(key);
-  env = {
-    DATABASE_URL: cluster.url("shinkei"),
-    BACKUP_DIR: dir,
-    WAL_ARCHIVE: "stream",
-    BACKUP_SCHEDULE: "0 0 1 1 *",
-    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+  env = streamingEnv(cluster.url("shinkei"), dir, {
     BACKUP_AGE_RECIPIENTS: recipient,
     BACKUP_AGE_IDENTITY: key,
     WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
     TMPDIR: scratchRoot,
     ...s3.env("pitr/"),
-  };
-  service = await Service.start(["backup-service"], { ...env, BACKUP_AGE_IDENTITY: "" });
-  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  });
+  service = await startBackupService({ ...env, BACKUP_AGE_IDENTITY: "" });
   sql = connect(cluster.url("shinkei"), { max: 2 });
   expect(await shinkei(["backup", "base"], env)).toSucceed();
 
@@ -92,7 +79,7 @@ beforeAll(async () => {
   await sql`delete from notes where id % 2 = 0`;
   await sql`drop table ledger`;
   await sql`insert into notes (body) values ('written after the damage')`;
-  await flushed(await insertLsn());
+  await receiverFlushed(sql, await insertLsn());
 });
 afterAll(async () => {
   service?.proc.kill("SIGKILL");
@@ -112,7 +99,7 @@ async function statsOf(url: string): Promise<TableStats> {
 }
 
 describe("pitr restore", () => {
-  test("to the noted time: a scratch instance holds exactly the rows and the dropped table as they were, replayed from the segment still being received", async () => {
+  test("to the noted time: rows and the dropped table as they were, replayed from the segment in receipt", async () => {
     const r = await shinkei(["pitr", "restore", "--to", noted, "--json"], env);
     expect(r.stderr).toContain("replaying WAL to");
     expect(r).toSucceed();
@@ -171,7 +158,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("to latest: the damage is there too; a TMPDIR with a space, a quote and a % in its path is no problem", async () => {
+  test("to latest: the damage is there too; a TMPDIR with a space, a quote and a % in it is no problem", async () => {
     // restore_command and postgresql.auto.conf carry these paths: shell, %-placeholders, conf quoting.
     const odd = join(scratchRoot, "it's 100% here");
     await mkdir(odd);
@@ -186,14 +173,14 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("a target after the last commit (nothing happened since): the whole archive is replayed, which is that state", async () => {
+  test("a target after the last commit (nothing since): the whole archive replays, which is that state", async () => {
     // WAL without a commit: the window reaches past the target, no commit follows it.
     await sql`select pg_logical_emit_message(false, 'shinkei-test', 'quiet')`;
     await Bun.sleep(300);
     const quiet = new Date().toISOString();
     await Bun.sleep(300);
     await sql`select pg_logical_emit_message(false, 'shinkei-test', 'still quiet')`;
-    await flushed(await insertLsn());
+    await receiverFlushed(sql, await insertLsn());
     const r = await shinkei(["pitr", "restore", "--to", quiet, "--json"], env);
     expect(r.stderr).toContain("the archive holds no commit after the target");
     expect(r).toSucceed();
@@ -244,26 +231,13 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("every pitr command removes instances older than a day; a fresh one stays, and a folder whose state names another place is never touched", async () => {
-    const fake = async (name: string, createdAt: Date, root?: string) => {
-      const dir2 = join(scratchRoot, name);
-      await mkdir(join(dir2, "data"), { recursive: true });
-      await Bun.write(
-        join(dir2, "instance.json"),
-        JSON.stringify({
-          pitrInstanceVersion: 1,
-          root: root ?? dir2,
-          dataDir: join(root ?? dir2, "data"),
-          socketDir: join(dir2, "sockets"),
-          bin: "",
-          port: 1,
-          ownerPid: 999_999_999,
-          createdAt: createdAt.toISOString(),
-          keep: true,
-        }),
-      );
-      return dir2;
-    };
+  test("pitr commands remove instances over a day old; a fresh one stays, one naming elsewhere is kept", async () => {
+    const fake = (name: string, createdAt: Date, root?: string) =>
+      fakeInstance(join(scratchRoot, name), {
+        createdAt: createdAt.toISOString(),
+        bin: "",
+        ...(root ? { root, dataDir: join(root, "data") } : {}),
+      });
     const old = await fake("shinkei-pitr-instance-old111", new Date(Date.now() - 2 * 86_400_000));
     const fresh = await fake("shinkei-pitr-instance-new111", new Date());
     const victim = await tempDir("pitr-not-ours");
@@ -280,26 +254,8 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("cleanup signals only a server started on the instance's own data directory, and skips folders someone else made", async () => {
-    const fake = async (name: string) => {
-      const root = join(scratchRoot, name);
-      await mkdir(join(root, "data"), { recursive: true });
-      await Bun.write(
-        join(root, "instance.json"),
-        JSON.stringify({
-          pitrInstanceVersion: 1,
-          root,
-          dataDir: join(root, "data"),
-          socketDir: join(root, "sockets"),
-          bin: "/nonexistent",
-          port: 1,
-          ownerPid: 999_999_999,
-          createdAt: new Date().toISOString(),
-          keep: true,
-        }),
-      );
-      return root;
-    };
+  test("cleanup signals only a server on the instance's own data directory, and skips others' folders", async () => {
+    const fake = (name: string) => fakeInstance(join(scratchRoot, name));
     // A postmaster.pid naming some other live process (stale after a reboot, or planted): never killed.
     const bystander = Bun.spawn(["sleep", "60"]);
     const stale = await fake("shinkei-pitr-instance-pid111");
@@ -341,7 +297,9 @@ describe("pitr restore", () => {
     // while to load (the whole dump is judged before anything runs), so the kill lands before COMMIT.
     const wrap = await wrapTool(
       "pg_dump",
-      `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" && echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS slept;"`,
+      `if [ -z "$PGPORT" ] || [ "$PGPORT" = "${cluster.port}" ]; then exec "$REAL" "$@"; fi\n"$REAL" "$@" ` +
+        `&& echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS ` +
+        `slept;"`,
     );
     const p = Bun.spawn(
       [binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"],
@@ -360,7 +318,8 @@ describe("pitr restore", () => {
       "the load to have the dump",
       async () =>
         (
-          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei' and query like '%slow_to_load%'`
+          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)'
+            and datname = 'shinkei' and query like '%slow_to_load%'`
         ).length > 0,
       30_000,
     );
@@ -371,7 +330,8 @@ describe("pitr restore", () => {
       "the loading session to end",
       async () =>
         (
-          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)' and datname = 'shinkei'`
+          await sql`select 1 from pg_stat_activity where application_name = 'shinkei restore (load)'
+            and datname = 'shinkei'`
         ).length === 0,
       30_000,
     );
@@ -395,7 +355,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("--into-dir: the recovered data directory, stopped, with its own settings back, starts as a server of its own", async () => {
+  test("--into-dir: the recovered data directory, stopped, its settings back, starts as its own server", async () => {
     const parent = await tempDir("pitr-into");
     await chmod(parent, 0o755);
     const target = join(parent, "recovered");
@@ -461,7 +421,7 @@ describe("pitr restore", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("with a newer base backup, the one ending before the target is used; --to-lsn reaches the same state", async () => {
+  test("with a newer base backup, the one ending before the target is used; --to-lsn reaches it too", async () => {
     const first = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout).baseBackups[0].file;
     expect(await shinkei(["backup", "base"], env)).toSucceed();
     const r = await shinkei(["pitr", "restore", "--to", noted, "--stop", "--json"], env);
@@ -494,7 +454,7 @@ function recordCrc(rec: Uint8Array): number {
 }
 
 describe("pitr drills", () => {
-  test("a drill passes: restore point, its state, a recovered instance compared, RTO recorded, shown by pitr status and counted by backup check", async () => {
+  test("a drill passes: restore point, state compared, RTO recorded, shown by pitr status and check", async () => {
     expect(await pitrDrillProblem(loadConfig(env))).toContain("no point-in-time recovery drill has passed yet");
     await sql`insert into notes (body) values ('during the drill')`;
     const r = await shinkei(["pitr", "drill", "--json"], env);
@@ -529,7 +489,7 @@ describe("pitr drills", () => {
     await until("the watchdog to remove the drill's instance", async () => (await leftovers()).length === 0, 30_000);
   });
 
-  test("the service's drill schedule runs drills (one service per slot) and records them; after a base backup it adds none once drills exist", async () => {
+  test("the drill schedule runs drills (one service per slot); a base backup adds none once drills exist", async () => {
     const config = loadConfig({ ...env, PITR_DRILL_SCHEDULE: "*/2 * * * * *" });
     // In this process too, scratch instances go where the test looks for leftovers.
     const tmp = process.env.TMPDIR;
@@ -558,7 +518,7 @@ describe("pitr drills", () => {
     expect(await leftovers()).toEqual([]);
   });
 
-  test("a drill fails on a segment altered with valid checksums (record CRC and SHA-256s rewritten): only the content check catches it", async () => {
+  test("a drill fails on a segment altered with valid checksums (CRC, SHA-256s redone): content differs", async () => {
     await sql`select pg_switch_wal()`;
     const marker = `marker-${crypto.randomUUID()}`;
     const from = await insertLsn();
@@ -623,14 +583,15 @@ describe("pitr drills", () => {
 });
 
 describe("recover --at: one user's rows as they were at a moment", () => {
-  test("alice's world comes back from the WAL archive; bob's world made since stays; no scratch instance is left", async () => {
+  test("alice's world comes back from the WAL archive; bob's newer world stays; no scratch instance left", async () => {
     expect(await shinkei(["migrate"], env)).toSucceed();
     await seedSample(sql, "pitr", 2); // pitr1@example.com and pitr2@example.com, a world each
     const owner = (email: string) => sql`select id from users where email = ${email}`;
     const [alice] = await owner("pitr1@example.com");
     const [bob] = await owner("pitr2@example.com");
     const aliceRows =
-      () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id join story_beats b on b.story_id = s.id
+      () => sql`select w.name, s.title, b.position, b.content from worlds w join stories s on s.world_id = w.id
+        join story_beats b on b.story_id = s.id
       where w.owner_id = ${alice!.id} order by 1, 2, 3`;
     const kept = await aliceRows();
     expect(kept.length).toBe(10);
@@ -643,12 +604,13 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     await Bun.sleep(300);
     // The loss: alice's world and everything in it; meanwhile bob starts a new world.
     await sql.begin(async (tx) => {
-      await tx`delete from story_beats where story_id in (select s.id from stories s join worlds w on w.id = s.world_id where w.owner_id = ${alice!.id})`;
+      await tx`delete from story_beats where story_id in (select s.id from stories s join worlds w on w.id = s.world_id
+        where w.owner_id = ${alice!.id})`;
       await tx`delete from stories where world_id in (select id from worlds where owner_id = ${alice!.id})`;
       await tx`delete from worlds where owner_id = ${alice!.id}`;
     });
     await sql`insert into worlds (owner_id, name) values (${bob!.id}, 'made after the moment')`;
-    await flushed(await insertLsn());
+    await receiverFlushed(sql, await insertLsn());
 
     const r = await shinkei(
       ["recover", "--user", "pitr1@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"],
@@ -692,7 +654,7 @@ describe("recover --at: one user's rows as they were at a moment", () => {
     )[0]!.t;
     await Bun.sleep(300);
     await sql`delete from worlds where name = 'made after the moment'`;
-    await flushed(await insertLsn());
+    await receiverFlushed(sql, await insertLsn());
     const p = Bun.spawn(
       [binaryPath, "recover", "--user", "pitr2@example.com", "--at", at, "--yes", "--confirm-database", "shinkei"],
       { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "pipe" },

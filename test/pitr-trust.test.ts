@@ -3,17 +3,18 @@ import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from
 import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
-import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
+import { shinkei } from "./support/cli.ts";
 import { pathWith, tempDir, wrapTool } from "./support/fixtures.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { until } from "./support/wait.ts";
+import { fakeInstance } from "./support/instance.ts";
+import { receiverFlushed, startBackupService, streamingEnv } from "./support/wal.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { walStore } from "../src/wal/offsite.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { unsealFrom } from "../src/storage/seal.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { baseDir, listBaseBackups, signBaseManifest, writeBaseManifest, type BaseManifest } from "../src/wal/base.ts";
 import { recordPath, walRoot, type WalRecord } from "../src/wal/archive.ts";
 import { scrubSettings } from "../src/pitr/settings.ts";
@@ -47,32 +48,20 @@ beforeAll(async () => {
   cluster = await startCluster();
   s3 = await TestS3.start();
   dir = await tempDir("pitr-trust");
-  env = {
-    DATABASE_URL: cluster.url("shinkei"),
-    BACKUP_DIR: dir,
-    WAL_ARCHIVE: "stream",
-    BACKUP_SCHEDULE: "0 0 1 1 *",
-    BASE_BACKUP_SCHEDULE: "0 0 1 1 *",
+  env = streamingEnv(cluster.url("shinkei"), dir, {
     BACKUP_AGE_PASSPHRASE: "correct horse battery staple trust",
     BACKUP_MANIFEST_KEY: KEY,
     TMPDIR: scratchRoot,
     WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
     ...s3.env("trust/"),
-  };
-  service = await Service.start(["backup-service"], env);
-  await service.waitFor((l) => l.msg === "wal receiver started", 30_000);
+  });
+  service = await startBackupService(env);
   sql = connect(cluster.url("shinkei"), { max: 2 });
   expect(await shinkei(["backup", "base"], env)).toSucceed();
   await sql`create table notes (id serial primary key, body text not null)`;
   await sql`insert into notes (body) select 'note ' || i from generate_series(1, 20) i`;
   const lsn = (await sql<{ lsn: string }[]>`select pg_current_wal_insert_lsn()::text as lsn`)[0]!.lsn;
-  await until(
-    "the receiver to flush",
-    async () =>
-      (
-        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-      ).length === 1,
-  );
+  await receiverFlushed(sql, lsn);
   legit = (await listBaseBackups(dir))[0]!.manifest;
   // The archiver seals the base's first segment: the window needs it.
   await until("the base's first segment sealed", async () =>
@@ -165,7 +154,7 @@ async function unplant(name: string) {
 }
 
 describe("a planted base backup", () => {
-  test("unsigned, newer, its manifest matching its bytes: pitr restore --to latest and a drill leave it out by name and its command never runs", async () => {
+  test("unsigned, newer, manifest matching: pitr restore --to latest and a drill leave it out, unrun", async () => {
     const mark = join(markDir, "unsigned");
     const name = await plantBase(mark, false);
     try {
@@ -207,7 +196,7 @@ describe("a planted base backup", () => {
     }
   });
 
-  test("signed but plain on a host that encrypts: left out unless --allow-unencrypted; then chosen, and its recovery_end_command is removed before the server starts", async () => {
+  test("signed but plain where it encrypts: out unless --allow-unencrypted; recovery_end_command removed", async () => {
     const mark = join(markDir, "signed");
     const name = await plantBase(mark, true);
     try {
@@ -266,7 +255,7 @@ describe("WAL records", () => {
 });
 
 describe("off-site", () => {
-  test("from the bucket alone: a planted unsigned base is left out by name, and an altered WAL record is refused by wal-fetch and ends the window", async () => {
+  test("from the bucket alone: a planted unsigned base is out; an altered WAL record, refused, ends it", async () => {
     const store = walStore(loadConfig(env))!;
     // A host that lost its local archive: the same keys and bucket, an empty BACKUP_DIR.
     const empty = await tempDir("pitr-trust-empty");
@@ -327,7 +316,7 @@ describe("off-site", () => {
 });
 
 describe("an archive written before signing", () => {
-  test("is left out once the key is set, until pitr sign signs what still matches its SHA-256; a damaged file is named and not signed", async () => {
+  test("left out once the key is set, until pitr sign signs what matches its SHA-256; damage is named", async () => {
     const basePath = join(baseDir(dir), legit.file) + ".manifest.json";
     const segment = recordPath(walRoot(dir), legit.timeline, legit.startSegment);
     const history = { base: await readFile(basePath, "utf8"), segment: await readFile(segment, "utf8") };
@@ -374,7 +363,7 @@ describe("an archive written before signing", () => {
 });
 
 describe("--into-dir", () => {
-  test("when the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts every local user)", async () => {
+  test("if the base's pg_hba.conf cannot be kept aside, nothing is handed over (the scratch one trusts)", async () => {
     const wrap = await wrapTool(
       "cp",
       `case "$*" in *pg_hba.conf.before-recovery*) echo "cp: planted failure" >&2; exit 1;; esac\nexec "$REAL" "$@"`,
@@ -406,7 +395,7 @@ test("an archive signed too late is summed up, not listed a line per file", () =
 });
 
 describe("a base backup's settings", () => {
-  test("every setting that runs a program, loads code or reads another file is commented out, whatever its case or spacing; others stay", () => {
+  test("every setting that runs a program, loads code or reads a file is commented out, in any case or spacing", () => {
     const text = [
       "port = 5432",
       "recovery_end_command = 'id > /tmp/x'",
@@ -436,25 +425,8 @@ describe("a base backup's settings", () => {
   });
 });
 
-/** The binary under `timeout`: a command that hangs comes back as exit 124 instead of stalling the test. */
-async function bounded(seconds: number, args: string[], env: Record<string, string>) {
-  await buildBinary();
-  const p = Bun.spawn(["timeout", "-s", "KILL", String(seconds), binaryPath, ...args], {
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(p.stdout).text(),
-    new Response(p.stderr).text(),
-    p.exited,
-  ]);
-  return { code, stdout, stderr };
-}
-
 describe("instance folders read as root", () => {
-  test("readInstanceFile: a regular file up to its cap, or its tail; never a link, a FIFO or a file past the cap", async () => {
+  test("readInstanceFile: a regular file up to its cap, or its tail; no link, FIFO or file over the cap", async () => {
     const folder = await tempDir("pitr-trust-read");
     try {
       await writeFile(join(folder, "small"), "12345\n");
@@ -473,26 +445,16 @@ describe("instance folders read as root", () => {
     }
   });
 
-  test("a FIFO named postmaster.pid in a leftover instance folder does not hang pitr cleanup; the folder is removed", async () => {
+  test("a FIFO postmaster.pid in a leftover instance does not hang pitr cleanup; the folder is removed", async () => {
     const root = join(scratchRoot, "shinkei-pitr-instance-fifo01");
-    await mkdir(join(root, "data"), { recursive: true, mode: 0o700 });
-    await writeFile(
-      join(root, "instance.json"),
-      JSON.stringify({
-        pitrInstanceVersion: 1,
-        root,
-        dataDir: join(root, "data"),
-        socketDir: join(root, "sockets"),
-        bin: "/nonexistent",
-        port: 5,
-        ownerPid: 2 ** 22 + 17,
-        createdAt: "2020-01-01T00:00:00.000Z",
-        keep: false,
-      }),
+    await fakeInstance(
+      root,
+      { port: 5, ownerPid: 2 ** 22 + 17, createdAt: "2020-01-01T00:00:00.000Z", keep: false },
+      0o700,
     );
     const fifo = Bun.spawnSync(["mkfifo", join(root, "data", "postmaster.pid")]);
     expect(fifo.exitCode).toBe(0);
-    const r = await bounded(30, ["pitr", "cleanup", "--json"], { TMPDIR: scratchRoot });
+    const r = await shinkei(["pitr", "cleanup", "--json"], { TMPDIR: scratchRoot }, { timeoutSeconds: 30 });
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).removed.map((x: { root: string }) => x.root)).toEqual([root]);
     expect((await readdir(scratchRoot)).filter((n) => n.startsWith("shinkei-pitr-instance-"))).toEqual([]);

@@ -12,7 +12,8 @@ const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
 /** Commands in the README's shell blocks that cannot run here, and why. */
 const notRunnableHere: Record<string, string> = {
   "shinkei backup base":
-    "needs a replication connection, which the shared test server refuses; test/pitr.test.ts runs it on a cluster of its own",
+    "needs a replication connection, which the shared test server refuses; test/pitr.test.ts runs it on a " +
+    "cluster of its own",
 };
 
 function shellCommands(): string[] {

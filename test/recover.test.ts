@@ -41,17 +41,20 @@ const scratchDatabases = async () => {
 /** A user with `worlds` worlds of two stories of three beats each. */
 async function writer(sql: Sql, email: string, worlds = 2) {
   const [u] =
-    await sql`insert into users (email, name, password_hash) values (${email}, ${email.split("@")[0]!}, 'hash') returning id`;
+    await sql`insert into users (email, name, password_hash) values (${email}, ${email.split("@")[0]!}, 'hash')
+      returning id`;
   for (let w = 1; w <= worlds; w++) {
     const [world] =
       await sql`insert into worlds (owner_id, name) values (${u!.id}, ${`${email} world ${w}`}) returning id`;
     for (let s = 1; s <= 2; s++) {
       const [story] =
         await sql`insert into stories (world_id, title) values (${world!.id}, ${`story ${s}`}) returning id`;
-      await sql`insert into story_beats (story_id, position, content) select ${story!.id}, i, 'beat ' || i from generate_series(0, 2) i`;
+      await sql`insert into story_beats (story_id, position, content) select ${story!.id}, i, 'beat ' || i
+        from generate_series(0, 2) i`;
     }
   }
-  await sql`insert into sessions (token_hash, user_id, expires_at) values (${Buffer.from(crypto.getRandomValues(new Uint8Array(32)))}, ${u!.id}, now() + interval '1 day')`;
+  await sql`insert into sessions (token_hash, user_id, expires_at)
+    values (${Buffer.from(crypto.getRandomValues(new Uint8Array(32)))}, ${u!.id}, now() + interval '1 day')`;
   return u!.id as string;
 }
 
@@ -69,8 +72,8 @@ async function digest(sql: Sql, email: string): Promise<{ rows: number; md5: str
 
 async function deleteWorld(sql: Sql, email: string, name: string) {
   await sql.begin(async (tx) => {
-    const [w] =
-      await tx`select w.id from worlds w join users u on u.id = w.owner_id where lower(u.email) = ${email} and w.name = ${name}`;
+    const [w] = await tx`select w.id from worlds w join users u on u.id = w.owner_id where lower(u.email) = ${email}
+        and w.name = ${name}`;
     await tx`delete from story_beats where story_id in (select id from stories where world_id = ${w!.id})`;
     await tx`delete from stories where world_id = ${w!.id}`;
     await tx`delete from worlds where id = ${w!.id}`;
@@ -105,7 +108,8 @@ const busyWorlds = async (sql: Sql) =>
 const aliceBeat = async (sql: Sql, story: string, position: number) =>
   (
     await sql`select b.* from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
-    join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1' and s.title = ${story} and b.position = ${position}`
+    join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1'
+      and s.title = ${story} and b.position = ${position}`
   )[0];
 
 beforeAll(async () => {
@@ -129,10 +133,12 @@ describe("recover one user's rows", () => {
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     // Bob keeps writing after the backup: a new world, a new beat, an edit.
-    const [bobWorld] =
-      await db.sql`insert into worlds (owner_id, name) select id, 'bob later' from users where email = 'bob@example.com' returning id`;
+    const [bobWorld] = await db.sql`insert into worlds (owner_id, name) select id, 'bob later' from users
+        where email = 'bob@example.com' returning id`;
     await db.sql`insert into stories (world_id, title) values (${bobWorld!.id}, 'new story')`;
-    await db.sql`update story_beats set content = 'bob edited' where story_id in (select s.id from stories s join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'bob@example.com') and position = 0`;
+    await db.sql`update story_beats set content = 'bob edited' where story_id in (select s.id from stories s
+      join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'bob@example.com')
+      and position = 0`;
     const bob = await digest(db.sql, "bob@example.com");
     const sessions = await db.sql`select * from sessions order by id`;
     expect((await digest(db.sql, "alice@example.com")).rows).toBe(alice.rows - 9);
@@ -156,7 +162,8 @@ describe("recover one user's rows", () => {
 
     // No full backup of the database by default: the safety copy is the rows, beside the record.
     expect(r.stdout).not.toContain("safety backup");
-    expect((await readdir(env.BACKUP_DIR!)).filter((n) => n.endsWith(".manifest.json"))).toHaveLength(1); // the backup recovered from
+    // the backup recovered from
+    expect((await readdir(env.BACKUP_DIR!)).filter((n) => n.endsWith(".manifest.json"))).toHaveLength(1);
     const recordPath = recordOf(r.stdout);
     const record = JSON.parse(await readFile(recordPath, "utf8"));
     expect(record).toMatchObject({
@@ -186,13 +193,13 @@ describe("recover one user's rows", () => {
     expect(again.stdout).toContain("nothing to recover");
   });
 
-  test("--revert-changed puts an edited beat back, the default keeps it; rows created since are always kept", async () => {
+  test("--revert-changed puts an edited beat back, the default keeps it; rows created since always stay", async () => {
     const original = await aliceBeat(db.sql, "story 1", 1);
     await takeBackup(env);
     await db.sql`update story_beats set content = 'edited after the backup' where id = ${original!.id}`;
     await db.sql`delete from story_beats where id = ${(await aliceBeat(db.sql, "story 1", 2))!.id}`;
-    const [created] =
-      await db.sql`insert into story_beats (story_id, position, content) values (${original!.story_id}, 7, 'written since') returning *`;
+    const [created] = await db.sql`insert into story_beats (story_id, position, content)
+        values (${original!.story_id}, 7, 'written since') returning *`;
 
     const preview = await shinkei(["recover", "--user", "alice@example.com", "--dry-run", "--json"], env);
     expect(preview).toSucceed();
@@ -225,7 +232,8 @@ describe("recover one user's rows", () => {
     const gone = [await aliceBeat(db.sql, "story 1", 2), await aliceBeat(db.sql, "story 2", 0)];
     for (const b of gone) {
       await db.sql`delete from story_beats where id = ${b!.id}`;
-      await db.sql`insert into story_beats (story_id, position, content) values (${b!.story_id}, ${b!.position}, 'a different beat')`;
+      await db.sql`insert into story_beats (story_id, position, content)
+        values (${b!.story_id}, ${b!.position}, 'a different beat')`;
     }
     const before = await snapshot(db.sql);
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
@@ -282,9 +290,10 @@ describe("recover one user's rows", () => {
     expect(await scratchDatabases()).toEqual([]);
   });
 
-  test("the incident: reset, alice registers again, recover --into-current-account; she signs in and sees her old worlds", async () => {
+  test("the incident: reset, alice registers again, recover --into-current-account; her worlds return", async () => {
     const oldWorlds = (
-      await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by w.name`
+      await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'
+        order by w.name`
     ).map((r) => r.name);
     const reset = await shinkei(["reset", "--force", "--confirm-database", db.name, "--no-seed"], env);
     expect(reset).toSucceed();
@@ -350,9 +359,10 @@ describe("recover one user's rows", () => {
       await deleteWorld(db.sql, "alice@example.com", w);
     await db.sql`delete from users where id = ${old!.id}`;
     const [fresh] =
-      await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning id`;
-    const [w] =
-      await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account') returning id`;
+      await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h')
+        returning id`;
+    const [w] = await db.sql`insert into worlds (owner_id, name) values (${fresh!.id}, 'written by the new account')
+        returning id`;
 
     const refused = await shinkei(
       ["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name],
@@ -393,7 +403,8 @@ describe("recover one user's rows", () => {
     );
     const waiting = async () =>
       (
-        await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`
+        await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock'
+          and wait_event = 'advisory'`
       ).map((r) => r.pid);
     for (let i = 0; i < 400 && (await waiting()).length === 0; i++) await Bun.sleep(50);
     const [pid] = await waiting();
@@ -433,14 +444,16 @@ describe("recover one user's rows", () => {
       beat_id uuid not null references story_beats (id),
       note text not null)`);
     await db.sql`insert into beat_notes (beat_id, note) select id, 'note on ' || content from story_beats`;
-    const notes =
-      async () => db.sql`select n.* from beat_notes n join story_beats b on b.id = n.beat_id join stories s on s.id = b.story_id
-      join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'alice@example.com' order by n.id`;
+    const notes = async () => db.sql`select n.* from beat_notes n join story_beats b on b.id = n.beat_id join stories s
+        on s.id = b.story_id
+      join worlds w on w.id = s.world_id join users u on u.id = w.owner_id where u.email = 'alice@example.com'
+        order by n.id`;
     const aliceNotes = await notes();
     expect(aliceNotes).toHaveLength(12);
     await takeBackup(env);
     // Notes alone (world 2, story 1), and notes with their beats, stories and world (world 1).
-    await db.sql`delete from beat_notes where beat_id in (select b.id from story_beats b join stories s on s.id = b.story_id join worlds w on w.id = s.world_id
+    await db.sql`delete from beat_notes where beat_id in (select b.id from story_beats b join stories s
+      on s.id = b.story_id join worlds w on w.id = s.world_id
       where w.name = 'alice@example.com world 1' or (w.name = 'alice@example.com world 2' and s.title = 'story 1'))`;
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
 
@@ -470,7 +483,8 @@ describe("recover one user's rows", () => {
       expect(r.stdout).toContain("restored       worlds 1, stories 2, story_beats 6");
       expect(
         (
-          await db.sql`select w.name from worlds w join users u on u.id = w.owner_id where u.email = 'alice@example.com'`
+          await db.sql`select w.name from worlds w join users u on u.id = w.owner_id
+            where u.email = 'alice@example.com'`
         ).map((x) => x.name),
       ).toEqual(["alice@example.com world 1"]);
       const both = await shinkei(
@@ -484,7 +498,7 @@ describe("recover one user's rows", () => {
     }
   });
 
-  test("a second recover on the same server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
+  test("a second recover on one server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
     await takeBackup(env);
     const lock = postgres(serverUrl, { max: 1, onnotice: () => {} });
     try {
@@ -505,7 +519,8 @@ describe("recover one user's rows", () => {
             "the second recover to wait on the lock",
             async () =>
               (
-                await lock`select 1 from pg_stat_activity where application_name like 'shinkei recover%' and wait_event = 'advisory'`
+                await lock`select 1 from pg_stat_activity
+                  where application_name like 'shinkei recover%' and wait_event = 'advisory'`
               ).length > 0,
           );
           expect(await scratchDatabases()).toEqual([]);
@@ -545,7 +560,7 @@ describe("recover one user's rows", () => {
 });
 
 describe("undo a recovery", () => {
-  test("recover and undo while bob writes: bob's rows untouched both times, alice exactly as before each; a second undo is refused", async () => {
+  test("recover and undo while bob writes: bob's rows untouched, alice as before each; 2nd undo refused", async () => {
     const original = await digest(db.sql, "alice@example.com");
     const edited = await aliceBeat(db.sql, "story 1", 1);
     await takeBackup(env);
@@ -639,7 +654,8 @@ describe("undo a recovery", () => {
     const gone = await aliceBeat(db.sql, "story 2", 0);
     await db.sql`delete from story_beats where id = ${gone!.id}`;
     const [added] =
-      await db.sql`insert into story_beats (story_id, position, content) values (${edited!.story_id}, 9, 'new') returning id`;
+      await db.sql`insert into story_beats (story_id, position, content) values (${edited!.story_id}, 9, 'new')
+        returning id`;
     const before = await snapshot(db.sql);
 
     const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
@@ -652,7 +668,7 @@ describe("undo a recovery", () => {
     expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
   });
 
-  test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; an encrypted, signed one undoes", async () => {
+  test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; signed undoes", async () => {
     const keyed = {
       ...env,
       BACKUP_AGE_PASSPHRASE: "correct horse battery staple undo",
@@ -716,14 +732,15 @@ describe("undo a recovery", () => {
     expect(await digest(db.sql, "alice@example.com")).toEqual(lost);
   });
 
-  test("--restore-account undone: the recovered account goes, the new one comes back; --full-safety-backup keeps a full backup too", async () => {
+  test("--restore-account undone: the recovered account goes, the new one is back; --full-safety-backup", async () => {
     const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
     await takeBackup(env);
     for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
       await deleteWorld(db.sql, "alice@example.com", w);
     await db.sql`delete from users where id = ${old!.id}`;
     const [fresh] =
-      await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h') returning *`;
+      await db.sql`insert into users (email, name, password_hash) values ('Alice@Example.com', 'new alice', 'h')
+        returning *`;
     const before = await snapshot(db.sql);
 
     const r = await shinkei(
@@ -753,7 +770,7 @@ describe("undo a recovery", () => {
     expect((await db.sql`select * from users where id = ${fresh!.id}`)[0]).toEqual(fresh);
   });
 
-  test("SIGKILL during the undo, or after the safety copy is written but before the recovery commits: all or nothing", async () => {
+  test("SIGKILL during the undo, or after the safety copy, before the recovery commits: all or nothing", async () => {
     const alice = await digest(db.sql, "alice@example.com");
     await takeBackup(env);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
@@ -761,7 +778,8 @@ describe("undo a recovery", () => {
     const holder = await db.sql.reserve();
     const waiting = async () =>
       (
-        await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock' and wait_event = 'advisory'`
+        await db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock'
+          and wait_event = 'advisory'`
       ).map((r) => r.pid);
     /** Run shinkei until it waits at the gate inside its transaction, then SIGKILL it and let its backend go. */
     const killAtGate = async (args: string[]) => {
@@ -805,7 +823,8 @@ describe("undo a recovery", () => {
       const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(r).toSucceed();
       const recovered = await snapshot(db.sql);
-      // The undo killed mid-way: with --yes there is no trial, and its delete of stories (the beats went already) waits.
+      // The undo killed mid-way: with --yes there is no trial, and its delete of stories (the beats
+      // went already) waits.
       await gate("stories", "delete", 0);
       await killAtGate(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name]);
       await ungate("stories");

@@ -34,7 +34,8 @@ async function fingerprint(sql = db.sql) {
   const triggers =
     await sql`select tgrelid::regclass::text as rel, tgname from pg_trigger where not tgisinternal order by 1, 2`;
   const functions =
-    await sql`select p.oid::regprocedure::text as f, md5(p.prosrc) as body from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    await sql`select p.oid::regprocedure::text as f, md5(p.prosrc) as body from pg_proc p join pg_namespace n
+      on n.oid = p.pronamespace
     where n.nspname not in ('pg_catalog', 'information_schema') order by 1`;
   const relations =
     await sql`select c.oid::regclass::text as r, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -80,7 +81,8 @@ beforeAll(async () => {
       insert into archive.notes values (1, 'kept'), (2, E'line\\nbreak; COMMIT; -- not a statement');
       select lo_from_bytea(0, 'a large object');
       create function archive.shout(t text) returns text language sql immutable as $$ select upper(t) $$;
-      create procedure archive.batch() language plpgsql as $$ begin insert into archive.notes values (3, 'x'); commit; end $$;
+      create procedure archive.batch() language plpgsql as $$ begin insert into archive.notes
+        values (3, 'x'); commit; end $$;
       create function archive.touch() returns trigger language plpgsql as $$ begin return new; end $$;
       create trigger notes_touch before update on archive.notes for each row execute function archive.touch();
     `);
@@ -104,7 +106,7 @@ async function plainDump(name: string, args: string[] = []): Promise<string> {
 }
 
 describe("the review's reproductions (issue 23)", () => {
-  test("a COPY line whose -- comment ends at a bare CR hides nothing: refused as the app role, nothing ran", async () => {
+  test("a COPY line whose -- comment ends at a bare CR hides nothing: refused as the app role, none ran", async () => {
     const mark = join(dir, "copy-cr-mark");
     const hidden = [
       "COPY public.worlds FROM stdin -- x\r; ROLLBACK",
@@ -128,7 +130,7 @@ describe("the review's reproductions (issue 23)", () => {
     }
   });
 
-  test("backup drill and recover --from --dry-run judge the file the same way: the hidden part runs nowhere", async () => {
+  test("backup drill and recover --from --dry-run judge the file alike: the hidden part runs nowhere", async () => {
     const env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
     const file = await takeBackup(env);
     // A backup of ours, edited, its manifest's checksum made to match (no BACKUP_MANIFEST_KEY here).
@@ -176,7 +178,8 @@ describe("the review's reproductions (issue 23)", () => {
       (await readFile(await plainDump("base.sql"), "utf8")) +
         // Read with the setting on, `'x\' --' );...` is a string, then a comment to the end of the line;
         // read with it off, the string is `x' --`, and three statements follow the COPY.
-        "SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n" +
+        ("SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); " +
+          "ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1 --\n;\n\\.\n") +
         CLOSING,
     );
     const before = await fingerprint();
@@ -189,8 +192,11 @@ describe("the review's reproductions (issue 23)", () => {
   test("the commit guard cannot be replaced from the file", async () => {
     for (const planted of [
       // the review's: a DO block, then a hidden COMMIT
-      "DO $d$ BEGIN EXECUTE 'CREATE OR REPLACE FUNCTION pg_temp.' || (SELECT proname FROM pg_proc WHERE pronamespace = pg_my_temp_schema() LIMIT 1) || '() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN RETURN NULL; END $b$'; END $d$;\nCOMMIT;\n",
-      "CREATE OR REPLACE FUNCTION pg_temp.shinkei_guard_0() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN RETURN NULL; END $b$;\n",
+      "DO $d$ BEGIN EXECUTE 'CREATE OR REPLACE FUNCTION pg_temp.' || (SELECT proname FROM pg_proc WHERE " +
+        "pronamespace = pg_my_temp_schema() LIMIT 1) || '() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN " +
+        "RETURN NULL; END $b$'; END $d$;\nCOMMIT;\n",
+      "CREATE OR REPLACE FUNCTION pg_temp.shinkei_guard_0() RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN " +
+        "RETURN NULL; END $b$;\n",
       "ALTER TABLE pg_temp.x DISABLE TRIGGER ALL;\n",
       "CREATE TEMP TABLE t (x int);\n",
       "SET CONSTRAINTS ALL IMMEDIATE;\n",
@@ -214,7 +220,8 @@ describe("the review's reproductions (issue 23)", () => {
     const sneaky = `CREATE FUNCTION public.sneak() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE g text;
 BEGIN
-  SELECT p.oid::regprocedure::text INTO g FROM pg_catalog.pg_proc p WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() LIMIT 1;
+  SELECT p.oid::regprocedure::text INTO g FROM pg_catalog.pg_proc p
+   WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() LIMIT 1;
   EXECUTE 'CREATE OR REPLACE FUNCTION ' || g || ' RETURNS trigger LANGUAGE plpgsql AS $b$ BEGIN RETURN NULL; END $b$';
   RETURN NEW;
 END $f$;
@@ -241,7 +248,8 @@ BEGIN
   RETURN NULL;
 END $f$;
 CREATE TABLE public.z (x int);
-CREATE CONSTRAINT TRIGGER late AFTER INSERT ON public.z DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.late();
+CREATE CONSTRAINT TRIGGER late AFTER INSERT ON public.z DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION public.late();
 COPY public.z (x) FROM stdin;
 1
 \\.
@@ -254,7 +262,7 @@ COPY public.z (x) FROM stdin;
     expect(await fingerprint()).toEqual(before);
   });
 
-  test("a row-security policy the file defines cannot run code inside the check: the count reads with row security off", async () => {
+  test("a row-security policy of the file cannot run code inside the check: the count reads with it off", async () => {
     const file = join(dir, "policy.sql");
     const base = await readFile(await plainDump("base.sql"), "utf8");
     const peek = `CREATE FUNCTION public.peek(x int) RETURNS boolean LANGUAGE plpgsql AS $f$
@@ -324,8 +332,10 @@ ${CLOSING}`,
     // A trigger the file defines swallows the rows its COPY sends: the count check refuses the result.
     await writeFile(
       file,
-      "CREATE TABLE public.kept (x int);\nCREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;\n" +
-        "CREATE TRIGGER eat BEFORE INSERT ON public.kept FOR EACH ROW EXECUTE FUNCTION public.eat();\nCOPY public.kept (x) FROM stdin;\n1\n2\n\\.\n" +
+      "CREATE TABLE public.kept (x int);\nCREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS " +
+        "$$ BEGIN RETURN NULL; END $$;\n" +
+        "CREATE TRIGGER eat BEFORE INSERT ON public.kept FOR EACH ROW EXECUTE FUNCTION public.eat();\nCOPY " +
+        "public.kept (x) FROM stdin;\n1\n2\n\\.\n" +
         CLOSING,
     );
     const before = await fingerprint();
@@ -398,7 +408,8 @@ describe("the allowlist", () => {
 
   test.each([
     "CREATE PROCEDURE public.batch() LANGUAGE plpgsql AS $$ BEGIN COMMIT; ROLLBACK; END $$;",
-    "CREATE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_temp AS $$ BEGIN RETURN NEW; END $$;",
+    "CREATE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_temp " +
+      "AS $$ BEGIN RETURN NEW; END $$;",
     "CREATE FUNCTION public.g() RETURNS integer LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;",
     "SET statement_timeout = 0;",
     "SET client_encoding = 'UTF8';",
@@ -410,7 +421,8 @@ describe("the allowlist", () => {
     "SELECT pg_catalog.lo_open('16385', 131072);",
     "SELECT pg_catalog.lowrite(0, '\\x0102');",
     "SELECT pg_catalog.lo_close(0);",
-    "SELECT * FROM pg_catalog.pg_restore_relation_stats('version', '180000'::integer, 'schemaname', 'public', 'relname', 't');",
+    "SELECT * FROM pg_catalog.pg_restore_relation_stats('version', '180000'::integer, " +
+      "'schemaname', 'public', 'relname', 't');",
     "CREATE TABLE archive.notes (id integer NOT NULL, body text);",
     "ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);",
     "CREATE INDEX t_idx ON public.t USING btree (id);",
@@ -431,7 +443,10 @@ describe("the allowlist", () => {
   });
 });
 
-/** The ends (byte offset of each `;`) of the statements as our splitter and as the parser see them; null when either refuses. */
+/**
+ * The ends (byte offset of each `;`) of the statements as our splitter and as the parser see them;
+ * null when either refuses.
+ */
 function ends(text: Uint8Array): { splitter: number[]; parser: number[] } | null {
   const g = new ScriptGuard();
   let items: ReturnType<ScriptGuard["end"]>;
@@ -464,7 +479,8 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     `SELECT pg_catalog.set_config('search_path', $a$ $b$${x}$a$, false); ${p};\n`,
     `SELECT pg_catalog.set_config('search_path', E'\\'${x}; ${p}; --', false);\n`,
     `SELECT pg_catalog.set_config('search_path', U&'\\0041''${x}; ${p};', false);\n`,
-    `SET standard_conforming_strings = off;\nSELECT pg_catalog.set_config('search_path', '\\'${x}; ${p}; --', false);\n`,
+    `SET standard_conforming_strings = off;\nSELECT pg_catalog.set_config('search_path', '\\'${x}; ${p}; ` +
+      `--', false);\n`,
   ];
 
   test("bounds agree on every hostile variant either accepts", () => {
@@ -485,9 +501,11 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     expect(compared).toBe(38);
   });
 
-  test("real dumps restore exactly, and every hostile variant is refused or harmless, changing nothing else", async () => {
+  test("real dumps restore exactly; every hostile variant is refused or harmless, changing nothing else", async () => {
     const mark = join(dir, "variant-mark");
-    const payload = `ALTER ROLE CURRENT_USER SET work_mem = 1024; COPY (SELECT 1) TO PROGRAM $m$touch ${mark}$m$; CREATE TABLE public.planted (x int)`;
+    const payload =
+      `ALTER ROLE CURRENT_USER SET work_mem = 1024; COPY (SELECT 1) TO PROGRAM $m$touch ${mark}$m$; CREATE ` +
+      `TABLE public.planted (x int)`;
     const good = await fingerprint();
     const num = (await db.sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`)[0]!.num;
     const corpus = {

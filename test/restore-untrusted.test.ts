@@ -242,7 +242,7 @@ describe("what a restore picks", () => {
     expect(r.stdout + r.stderr).toContain("a backup copied under another name");
   });
 
-  test("with BACKUP_MANIFEST_KEY, a file without a manifest needs --allow-unsigned, for restore and recover alike", async () => {
+  test("with BACKUP_MANIFEST_KEY a file without manifest needs --allow-unsigned: restore, recover alike", async () => {
     const key = { BACKUP_MANIFEST_KEY: "k".repeat(40) };
     const file = join(dir, "stock.sql");
     await dump(file);

@@ -45,7 +45,7 @@ async function pastBackups(daysAgo: number[], offsite = false): Promise<string[]
 }
 
 describe("the schedule", () => {
-  test("two backup services on one database: one backup per tick, on time, with the log lines operators read", async () => {
+  test("two backup services on one database: one backup per tick, on time, with the log lines to read", async () => {
     const scheduleEnv = { ...env, BACKUP_SCHEDULE: "*/2 * * * * *" };
     const since = new Date(Math.floor(Date.now() / 1000) * 1000); // runs other tests recorded are older
     const a = await Service.start(["backup-service"], scheduleEnv);
@@ -73,8 +73,8 @@ describe("the schedule", () => {
     expect(skipped.length).toBeGreaterThanOrEqual(2); // the other service saw the slots taken
     const files = await backupFiles();
     expect(files.length).toBe(all.filter((l) => l.msg === "backup finished").length);
-    const runs =
-      await db.sql`select scheduled_for, file from backup_runs where file is not null and scheduled_for between ${since} and now() order by scheduled_for`;
+    const runs = await db.sql`select scheduled_for, file from backup_runs where file is not null
+        and scheduled_for between ${since} and now() order by scheduled_for`;
     expect(runs.map((r) => r.file).sort()).toEqual(files);
     const done = all.find((l) => l.msg === "backup finished")!;
     expect(Object.keys(done)).toEqual(expect.arrayContaining(["file", "sizeBytes", "durationMs"]));
@@ -82,7 +82,7 @@ describe("the schedule", () => {
     expect(all.some((l) => l.msg === "next backup")).toBe(true);
   });
 
-  test("shinkei serve with BACKUP_IN_SERVER=true runs the schedule, and /ready reports the newest backup's age and not its name", async () => {
+  test("serve with BACKUP_IN_SERVER=true runs the schedule; /ready shows the newest backup's age only", async () => {
     const s = await Service.start(["serve"], {
       ...env,
       BACKUP_IN_SERVER: "true",
@@ -149,7 +149,7 @@ describe("the schedule", () => {
 });
 
 describe("retention", () => {
-  test("prune deletes only our old backups, keeps the newest and foreign files; --dry-run deletes nothing", async () => {
+  test("prune deletes only our old backups, keeps the newest and foreign ones; --dry-run deletes nothing", async () => {
     const names = await pastBackups([45, 40, 31, 10, 1]);
     await writeFile(join(dir, "notes.txt"), "mine");
     await writeFile(join(dir, "shinkei_backup_old_manual.sql.gz"), "not our naming");

@@ -101,9 +101,11 @@ describe("the restore script guard", () => {
       ["CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN $x$;$x$; END $body$;"],
     ],
     [
-      "CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;\n",
+      "CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN " +
+        "true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;\n",
       [
-        "CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;",
+        "CREATE FUNCTION public.f() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN " +
+          "true THEN 1 ELSE 2 END;\n SELECT 2;\nEND;",
       ],
     ],
     ["SELECT x::text, y::int FROM t WHERE z = $1;\n", ["SELECT x::text, y::int FROM t WHERE z = $1;"]],
@@ -122,7 +124,9 @@ describe("the restore script guard", () => {
 
   test("pg_dump's large-object blocks lose their BEGIN and COMMIT; the dump's \\restrict lines are left out", () => {
     const dump =
-      "\\restrict abc123\nSET x = 1;\nBEGIN;\n\nSELECT pg_catalog.lo_open('16400', 131072);\nSELECT pg_catalog.lowrite(0, '\\x68656c6c6f');\nSELECT pg_catalog.lo_close(0);\n\nCOMMIT;\n\n\\unrestrict abc123\n";
+      "\\restrict abc123\nSET x = 1;\nBEGIN;\n\nSELECT pg_catalog.lo_open('16400', 131072);\nSELECT " +
+      "pg_catalog.lowrite(0, '\\x68656c6c6f');\nSELECT pg_catalog.lo_close(0);\n\nCOMMIT;\n\n\\unrestrict " +
+      "abc123\n";
     expect(guard(dump)).toEqual([
       "SET x = 1;",
       "SELECT pg_catalog.lo_open('16400', 131072);",

@@ -15,7 +15,7 @@ beforeAll(async () => {
 afterAll(() => db.drop());
 
 describe("the poller", () => {
-  test("a pass slower than the interval is never run twice at once, and stop() waits for the one under way", async () => {
+  test("a pass slower than the interval never runs twice at once, and stop() waits for the one under way", async () => {
     let inPass = 0;
     let most = 0;
     let passes = 0;

@@ -21,7 +21,8 @@ const CHROMIUM = "/usr/bin/chromium";
 const haveChromium = await Bun.file(CHROMIUM).exists();
 if (!haveChromium)
   console.warn(
-    `${CHROMIUM} is missing (Debian package chromium; .ci/run installs it): the status page's browser tests are skipped`,
+    `${CHROMIUM} is missing (Debian package chromium; .ci/run installs it): the status page's browser ` +
+      `tests are skipped`,
   );
 const artifacts = join(import.meta.dir, "artifacts");
 const OPS_TOKEN = "ops-token-0123456789abcdef";
@@ -74,7 +75,7 @@ async function browser(options: { javaScriptEnabled: boolean }): Promise<Browser
 }
 
 describe.skipIf(!haveChromium)("the status page in a real browser", () => {
-  test("headline, facts and the 30-day timeline show the backups, the passed drill, the failed drill and the off-site copy", async () => {
+  test("headline, facts and 30-day timeline show the backups, both drills and the off-site copy", async () => {
     const context = await browser({ javaScriptEnabled: true });
     try {
       const page = context.pages()[0] ?? (await context.newPage());
@@ -121,7 +122,7 @@ describe.skipIf(!haveChromium)("the status page in a real browser", () => {
     }
   });
 
-  test("with JavaScript off the page is whole: same figures, no script, a meta refresh, and the stale notice still appears", async () => {
+  test("with JavaScript off the page is whole: same figures, no script, a meta refresh, the stale notice", async () => {
     const context = await browser({ javaScriptEnabled: false });
     try {
       const page = context.pages()[0] ?? (await context.newPage());

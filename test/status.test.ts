@@ -15,10 +15,12 @@ beforeAll(async () => {
   const users = await db.sql`insert into users (email, name, password_hash)
     select 'u' || i || '@example.com', 'User ' || i, 'x' from generate_series(1, 3) i returning id`;
   const worlds =
-    await db.sql`insert into worlds (owner_id, name) select ${users[0]!.id}, 'World ' || i from generate_series(1, 2) i returning id`;
-  const stories =
-    await db.sql`insert into stories (world_id, title) select ${worlds[0]!.id}, 'Story ' || i from generate_series(1, 4) i returning id`;
-  await db.sql`insert into story_beats (story_id, position, content) select ${stories[0]!.id}, i, 'beat' from generate_series(0, 6) i`;
+    await db.sql`insert into worlds (owner_id, name) select ${users[0]!.id}, 'World ' || i from generate_series(1, 2) i
+      returning id`;
+  const stories = await db.sql`insert into stories (world_id, title) select ${worlds[0]!.id}, 'Story ' || i
+      from generate_series(1, 4) i returning id`;
+  await db.sql`insert into story_beats (story_id, position, content) select ${stories[0]!.id}, i, 'beat'
+    from generate_series(0, 6) i`;
   // Two live reset codes, one expired, one for verification: only the first two are pending resets.
   const now = new Date();
   codes.push((await issueCode(db.sql, { userId: users[0]!.id, purpose: "password_reset", ttlMs: 3_600_000, now }))!);

@@ -140,7 +140,7 @@ for (const backend of backends) {
         expect(await readFile(into, "utf8")).toBe("second");
       });
 
-      test("a store reads its own writes: put over the same name again and again, each copy checked whole as soon as it is up", async () => {
+      test("a store reads its own writes: one name put again and again, each copy checked whole once up", async () => {
         // put's own check (size, ETag) reads the object right after writing it; on a store that
         // answered before its bytes were down, a replaced object showed 0 bytes now and then.
         const store = await backend.empty(naming);

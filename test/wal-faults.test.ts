@@ -5,10 +5,10 @@ import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { collector, receiverFlushed, receiverStreaming } from "./support/wal.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { loadConfig } from "../src/config/index.ts";
-import type { Log } from "../src/log.ts";
 import { startWalStream, type WalStream } from "../src/wal/stream.ts";
 import { serverInfo } from "../src/pg/server-info.ts";
 import { slotStatus } from "../src/wal/slot.ts";
@@ -16,7 +16,6 @@ import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { archiveWindow, pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { repairSpool } from "../src/wal/spool.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 import { parseLsn, segmentName, segnoOf, timelineDir } from "../src/wal/segments.ts";
 
 // Faults in the receiver's own files: a cluster of our own and real pg_receivewal.
@@ -42,24 +41,10 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-type Line = Record<string, unknown>;
-function collector(): { log: Log; lines: Line[] } {
-  const lines: Line[] = [];
-  return { lines, log: (l) => void lines.push(l) };
-}
-
 const configFor = (dir: string, extra: Record<string, string> = {}) =>
   loadConfig({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", ...extra });
 const timeline = async () =>
   (await sql<{ tl: number }[]>`select timeline_id as tl from pg_control_checkpoint()`)[0]!.tl;
-
-const flushedTo = (lsn: string) =>
-  until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<
-      { ok: boolean }[]
-    >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
-    return r?.ok;
-  });
 
 /** Write a row and flush it to the receiver; the segment it went into. */
 async function commitFlushed(value: string): Promise<string> {
@@ -68,7 +53,7 @@ async function commitFlushed(value: string): Promise<string> {
       { lsn: string }[]
     >`insert into canary values (${value}) returning pg_current_wal_insert_lsn()::text as lsn`
   )[0]!;
-  await flushedTo(lsn);
+  await receiverFlushed(sql, lsn);
   return segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
 }
 
@@ -85,7 +70,7 @@ async function archivedWal(stream: WalStream, dir: string, name: string): Promis
 const spoolOf = (dir: string) => join(dir, "wal", "spool");
 
 describe("a .partial pg_receivewal refuses", () => {
-  test("zeros only: removed (it holds no WAL), the segment is sent again from the slot's position, and nothing is lost", async () => {
+  test("zeros only: removed (no WAL in it), the segment comes again from the slot's position, none lost", async () => {
     const dir = await tempDir("wal-zeros");
     const config = configFor(dir, { WAL_SLOT: "shinkei_zeros" });
     const { log, lines } = collector();
@@ -126,7 +111,7 @@ describe("a .partial pg_receivewal refuses", () => {
     }
   });
 
-  test("short but holding WAL: padded, never deleted; the server sends the segment again over the same bytes", async () => {
+  test("short but holding WAL: padded, never deleted; the server sends the segment again over its bytes", async () => {
     const dir = await tempDir("wal-short");
     const config = configFor(dir, { WAL_SLOT: "shinkei_short" });
     const { log, lines } = collector();
@@ -167,7 +152,7 @@ describe("a .partial pg_receivewal refuses", () => {
     }
   });
 
-  test("the server removed the WAL to resume from: an empty .partial is not archived as the partial of a segment inside the gap", async () => {
+  test("the server removed the WAL to resume from: an empty .partial is not archived inside the gap", async () => {
     await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
     const dir = await tempDir("wal-empty");
     const config = configFor(dir, { WAL_SLOT: "none" });
@@ -175,13 +160,7 @@ describe("a .partial pg_receivewal refuses", () => {
     let stream = await startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 200, max: 400 } });
     let seg: string;
     try {
-      await until(
-        "the receiver to stream",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
-          ).length === 1,
-      );
+      await receiverStreaming(sql);
       seg = await commitFlushed("before-the-hole");
     } finally {
       await stream.stop();
@@ -199,13 +178,7 @@ describe("a .partial pg_receivewal refuses", () => {
       await until("the receiver to give up on the removed WAL", async () =>
         lines.find((l) => String(l.msg).startsWith("wal receiver cannot resume")),
       );
-      await until(
-        "the receiver to stream again",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
-          ).length === 1,
-      );
+      await receiverStreaming(sql, "the receiver to stream again");
       const records = await listArchive(walRoot(dir));
       expect(records.filter((r) => r.kind === "partial")).toEqual([]);
       expect(
@@ -232,12 +205,14 @@ const canMount = await (async () => {
 })();
 if (!canMount)
   console.warn(
-    "wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial tests above write the files a full disk leaves)",
+    "wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial " +
+      "tests above write the files a full disk leaves)",
   );
 
 describe("a real full disk (a 64 MiB tmpfs)", () => {
   test.skipIf(!canMount)(
-    "is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, with no gap",
+    "is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, " +
+      "with no gap",
     async () => {
       const dir = await tempDir("wal-full");
       expect(await mountTmpfs(dir, "64m")).toBe(true);
@@ -257,7 +232,8 @@ describe("a real full disk (a 64 MiB tmpfs)", () => {
         const first = await commitFlushed("before-the-disk-fills");
         // Incompressible rows until the receiver meets the full disk.
         for (let i = 0; i < 200 && !lines.some((l) => String(l.msg).startsWith("disk full")); i++) {
-          await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '') from generate_series(1, 16) i) from generate_series(1, 4000) g`;
+          await sql`insert into canary select (select string_agg(md5(random()::text || g || i), '')
+            from generate_series(1, 16) i) from generate_series(1, 4000) g`;
         }
         const full = await until(
           "the full disk to be reported",
@@ -285,7 +261,7 @@ describe("a real full disk (a 64 MiB tmpfs)", () => {
           10_000,
         );
         expect(lines.some((l) => l.msg === "disk space returned: restarting the WAL receiver")).toBe(true);
-        await flushedTo(lsn);
+        await receiverFlushed(sql, lsn);
         const last = segmentName(await timeline(), segnoOf(parseLsn(lsn), segmentBytes), segmentBytes);
         await archivedWal(stream, dir, last);
         const records = await listArchive(walRoot(dir));

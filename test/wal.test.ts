@@ -5,6 +5,7 @@ import { zstdDecompressSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
+import { collector, receiverFlushed, receiverStreaming } from "./support/wal.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { loadConfig } from "../src/config/index.ts";
@@ -23,7 +24,6 @@ import { startWalService } from "../src/service/backup-service.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { shinkei } from "./support/cli.ts";
 import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
-import { RECEIVER_APP_NAME } from "../src/wal/receiver.ts";
 
 let cluster: TestCluster;
 let sql: Sql;
@@ -43,21 +43,6 @@ afterAll(async () => {
   await sql?.end({ timeout: 1 });
   await cluster?.stop();
 });
-
-type Line = Record<string, unknown>;
-function collector(): { log: Log; lines: Line[] } {
-  const lines: Line[] = [];
-  return { lines, log: (l) => void lines.push(l) };
-}
-
-/** The receiver has flushed everything up to `lsn` (the server's own view of it). */
-const flushedTo = (lsn: string) =>
-  until(`the receiver to flush ${lsn}`, async () => {
-    const [r] = await sql<
-      { ok: boolean }[]
-    >`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
-    return r?.ok;
-  });
 
 /** Write a row, end its segment, and wait until that segment is in the archive; its name. */
 async function commitAndArchive(stream: WalStream, dir: string, value: string): Promise<string> {
@@ -81,7 +66,7 @@ function configFor(dir: string, extra: Record<string, string> = {}) {
 }
 
 describe("continuous WAL archive", () => {
-  test("streams every commit: the receiver's durable position reaches the last commit, and its segment is archived with a verifiable record", async () => {
+  test("streams every commit: the receiver's durable position reaches it, the segment archived, recorded", async () => {
     const dir = await tempDir("wal");
     const { log, lines } = collector();
     const stream = await startWalStream({ sql, config: configFor(dir), log, pollMs: 100 });
@@ -91,7 +76,7 @@ describe("continuous WAL archive", () => {
           { lsn: string }[]
         >`insert into canary values ('streamed-row-7781') returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await flushedTo(lsn);
+      await receiverFlushed(sql, lsn);
       const name = await commitAndArchive(stream, dir, "second-row");
       const records = await listArchive(walRoot(dir));
       const r = records.find((x) => x.name === name)!;
@@ -247,7 +232,7 @@ describe("continuous WAL archive", () => {
     }
   });
 
-  test("without a slot, WAL the server removed while the receiver was down is a reported gap, and streaming resumes", async () => {
+  test("without a slot, WAL removed while the receiver was down is a reported gap, and streaming resumes", async () => {
     // Inactive slots of earlier tests would keep the WAL this test needs the server to remove.
     await sql`select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active`;
     const dir = await tempDir("wal-noslot");
@@ -261,13 +246,7 @@ describe("continuous WAL archive", () => {
     });
     try {
       // Without a slot, only WAL written after the receiver connects is streamed.
-      await until(
-        "the receiver to stream",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
-          ).length === 1,
-      );
+      await receiverStreaming(sql);
       const before = await commitAndArchive(stream, dir, "before-outage");
       // A row in the next segment: the receiver holds the start of it as .partial.
       const { lsn } = (
@@ -275,7 +254,7 @@ describe("continuous WAL archive", () => {
           { lsn: string }[]
         >`insert into canary values ('in-partial') returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await flushedTo(lsn);
+      await receiverFlushed(sql, lsn);
       const pid = stream.receiver.pid()!;
       // Frozen, then killed: it cannot resume before the server has recycled what it was receiving.
       process.kill(pid, "SIGSTOP");
@@ -295,7 +274,8 @@ describe("continuous WAL archive", () => {
       expect(gaps.length).toBe(1);
       expect(gaps[0]!.from > before).toBe(true);
       expect(gaps[0]!.to < after).toBe(true);
-      // What was received of the interrupted segment is kept, marked partial; the receiver said why it could not resume.
+      // What was received of the interrupted segment is kept, marked partial; the receiver said why
+      // it could not resume.
       expect(records.find((r) => r.kind === "partial")?.name).toBe(`${gaps[0]!.from}.partial`);
       expect(lines.some((l) => String(l.msg).startsWith("wal receiver cannot resume"))).toBe(true);
       // The log line named the same hole the archive shows.
@@ -329,7 +309,7 @@ describe("the gap check when the receiver starts", () => {
     ]);
   });
 
-  test("a check that cannot tell (the spool is not a folder) is an error line naming where the receiver resumed, not silence", async () => {
+  test("a check that cannot tell (the spool is no folder) is an error naming where the receiver resumed", async () => {
     const dir = await tempDir("wal-gapcheck");
     await writeFile(join(dir, "spool"), "not a folder");
     lines.length = 0;
@@ -352,7 +332,7 @@ describe("the gap check when the receiver starts", () => {
 });
 
 describe("a slot past max_slot_wal_keep_size", () => {
-  test("the server drops WAL a stopped receiver has not taken: the slot is reported lost, the check fails, and the restarted stream names the gap", async () => {
+  test("WAL a stopped receiver did not take is dropped: slot lost, check fails, the stream names the gap", async () => {
     await sql`alter system set max_slot_wal_keep_size = '2MB'`;
     await sql`select pg_reload_conf()`;
     const dir = await tempDir("wal-lost");
@@ -365,13 +345,7 @@ describe("a slot past max_slot_wal_keep_size", () => {
       const [{ lsn }] = (await sql<
         { lsn: string }[]
       >`insert into canary values ('received') returning pg_current_wal_insert_lsn()::text as lsn`) as any;
-      await until(
-        "the receiver to flush it",
-        async () =>
-          (
-            await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${lsn}::pg_lsn`
-          ).length === 1,
-      );
+      await receiverFlushed(sql, lsn);
       await service.stop();
       // The receiver resumes at most one segment past the newest it holds (sealed, partial, or in the spool).
       const held = [
@@ -402,7 +376,8 @@ describe("a slot past max_slot_wal_keep_size", () => {
       );
       stopWatching();
       expect(risk).toMatchObject({ level: "error", slot: "shinkei_lost", walStatus: "lost" });
-      // PostgreSQL 15 lets a receiver take a lost physical slot up again, from the server's position: the hole is named.
+      // PostgreSQL 15 lets a receiver take a lost physical slot up again, from the server's
+      // position: the hole is named.
       service = await startWalService({ sql, config, log, slotCheckMs: 100 });
       // Named at the first start that gets past the missing WAL: after a restart's backoff or two.
       const gap = await until(
@@ -422,7 +397,7 @@ describe("a slot past max_slot_wal_keep_size", () => {
 });
 
 describe("timelines", () => {
-  test("a promoted copy moves to timeline 2: its history file and its WAL are archived under 00000002/, the old timeline's last segment kept as partial", async () => {
+  test("a promoted copy goes to timeline 2: history and WAL in 00000002/, the old last segment a partial", async () => {
     const standby = await startStandby(cluster);
     const onStandby = connect(standby.url("shinkei"), { max: 2 });
     const dir = await tempDir("wal-tl");
@@ -447,13 +422,7 @@ describe("timelines", () => {
           { lsn: string }[]
         >`insert into canary values ('last-on-1') returning pg_current_wal_insert_lsn()::text as lsn`
       )[0]!;
-      await until(
-        "the standby's receiver to flush it",
-        async () =>
-          (
-            await onStandby`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and flush_lsn >= ${last}::pg_lsn`
-          ).length === 1,
-      );
+      await receiverFlushed(onStandby, last);
       await onStandby`select pg_promote(true, 30)`;
       const { lsn } = (
         await onStandby<
@@ -493,7 +462,7 @@ describe("timelines", () => {
 });
 
 describe("retention", () => {
-  test("removes the base backups past BACKUP_KEEP_DAYS and exactly the WAL before the oldest kept one's start", async () => {
+  test("removes base backups past BACKUP_KEEP_DAYS and exactly the WAL before the oldest kept one starts", async () => {
     const dir = await tempDir("wal-prune");
     const config = configFor(dir, { WAL_SLOT: "shinkei_prune" });
     const stream = await startWalStream({ sql, config, log: () => {}, pollMs: 100 });
@@ -546,7 +515,7 @@ describe("retention", () => {
 });
 
 describe("scheduled base backups", () => {
-  test("two services on one database take one base backup per scheduled time between them, and it is verified", async () => {
+  test("two services on one database take one base backup per scheduled time between them, verified", async () => {
     const dir = await tempDir("wal-sched");
     // A spread checkpoint paces its writes over minutes, as it should on a live server: not here.
     const config = configFor(dir, { BASE_BACKUP_START_FAST: "true" });

@@ -55,12 +55,14 @@ export async function base(ctx: Context): Promise<number> {
     line(io, `base backup  ${path}`);
     line(
       io,
-      `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`,
+      `size         ${formatBytes(m.sizeBytes)} (${formatBytes(m.originalBytes)} before compression) ` +
+        `in ${formatDuration(m.durationMs)}, sha256 ${m.sha256.slice(0, 12)}…`,
     );
     if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site     ${offsite}`);
     line(
       io,
-      `wal          timeline ${m.timeline}, ${m.startLsn} to ${m.stopLsn} (segments ${m.startSegment} to ${m.stopSegment})`,
+      `wal          timeline ${m.timeline}, ${m.startLsn} to ${m.stopLsn} (segments ${m.startSegment} ` +
+        `to ${m.stopSegment})`,
     );
     return 0;
   } catch (e) {

@@ -15,7 +15,9 @@ export async function check(ctx: Context): Promise<number> {
   const pitrDrill = await pitrDrillProblem(config);
   if (pitrDrill)
     throw new ShinkeiError("PITR_AT_RISK", pitrDrill, {
-      hint: "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base backup).",
+      hint:
+        "Run shinkei pitr drill (the backup service runs one on PITR_DRILL_SCHEDULE and after its first base " +
+        "backup).",
     });
   const f = await checkFreshness(
     config.backupDir,
@@ -43,18 +45,21 @@ export async function check(ctx: Context): Promise<number> {
   }
   line(
     io,
-    `✔ newest good backup ${f.newest!.name} is ${formatDuration(f.ageMs!)} old (limit ${formatDuration(config.backup.maxAgeMs)})`,
+    `✔ newest good backup ${f.newest!.name} is ${formatDuration(f.ageMs!)} old ` +
+      `(limit ${formatDuration(config.backup.maxAgeMs)})`,
   );
   if (f.drill)
     line(
       io,
-      `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge!)} ago (limit ${formatDuration(config.backup.drillMaxAgeMs)})`,
+      `✔ ${f.drill.file} passed a restore drill ${formatDuration(drillAge!)} ago ` +
+        `(limit ${formatDuration(config.backup.drillMaxAgeMs)})`,
     );
   else line(io, "- drills not checked here: the backup is encrypted and this host holds no key to open it");
   if (pitr)
     line(
       io,
-      `✔ point-in-time window ${pitr.window.earliest} .. ${pitr.window.latest}, WAL lag ${formatBytes(pitr.receiver.lagBytes)} (limit ${formatDuration(config.wal.maxLagMs)}), no gaps`,
+      `✔ point-in-time window ${pitr.window.earliest} .. ${pitr.window.latest}, WAL ` +
+        `lag ${formatBytes(pitr.receiver.lagBytes)} (limit ${formatDuration(config.wal.maxLagMs)}), no gaps`,
     );
   return 0;
 }

@@ -28,7 +28,8 @@ export async function create(ctx: Context): Promise<number> {
           age: config.backup.age,
           onProgress: (p) =>
             spin.update(
-              `dumping: ${formatBytes(p.bytesIn)} read, ${formatBytes(p.bytesIn / Math.max(0.001, (Date.now() - started) / 1000))}/s`,
+              `dumping: ${formatBytes(p.bytesIn)} ` +
+                `read, ${formatBytes(p.bytesIn / Math.max(0.001, (Date.now() - started) / 1000))}/s`,
             ),
         }),
       ctx.flag("wait"),
@@ -54,7 +55,8 @@ export async function create(ctx: Context): Promise<number> {
     if (store) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site   ${offsite}`);
     line(
       io,
-      `restore   shinkei backup --restore --backup-file ${result.path}${config.environment === "production" ? " --allow-production" : ""}`,
+      `restore   shinkei backup --restore ` +
+        `--backup-file ${result.path}${config.environment === "production" ? " --allow-production" : ""}`,
     );
     return 0;
   } catch (e) {

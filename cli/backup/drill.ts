@@ -29,7 +29,8 @@ export async function drill(ctx: Context): Promise<number> {
     if (ctx.flag("json")) return (json(io, result), result.passed ? 0 : 1);
     line(
       io,
-      `${result.passed ? "✔ passed" : "✖ FAILED"}  ${result.file} restored on ${result.server} in ${formatDuration(result.durationMs)}`,
+      `${result.passed ? "✔ passed" : "✖ FAILED"}  ${result.file} restored on ${result.server} ` +
+        `in ${formatDuration(result.durationMs)}`,
     );
     for (const d of result.differences) line(io, `  ${d}`);
     for (const n of result.notes) line(io, `  note: ${n}`);

@@ -73,7 +73,11 @@ export async function list(ctx: Context): Promise<number> {
     pitr &&
     line(
       io,
-      `point-in-time window: ${pitr.earliest ? `${pitr.earliest} .. ${pitr.latest} (timeline ${pitr.timeline}); see shinkei pitr status` : "none yet (needs a base backup and its WAL)"}`,
+      `point-in-time window: ${
+        pitr.earliest
+          ? `${pitr.earliest} .. ${pitr.latest} (timeline ${pitr.timeline}); see shinkei pitr status`
+          : "none yet (needs a base backup and its WAL)"
+      }`,
     );
   if (rows.length === 0) {
     line(io, `no backups in ${config.backupDir}; take one with: shinkei backup`);

@@ -48,7 +48,8 @@ export async function prune(ctx: Context): Promise<number> {
     line(
       io,
       r.wal
-        ? `  WAL ${r.wal.from} .. ${r.wal.to} (${r.wal.files} file(s)): ${dryRun ? "would delete" : "deleted"}; ${r.walWhy}`
+        ? `  WAL ${r.wal.from} .. ${r.wal.to} (${r.wal.files} ` +
+            `file(s)): ${dryRun ? "would delete" : "deleted"}; ${r.walWhy}`
         : `  WAL: nothing to delete; ${r.walWhy}`,
     );
   }

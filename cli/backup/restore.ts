@@ -1,7 +1,7 @@
 import type { Context, Subcommand } from "../command.ts";
 import { line, table, warn } from "../output.ts";
 import { activity, note } from "../prompts.ts";
-import { confirmDestructive, undoCommand } from "../guard.ts";
+import { confirmDatabaseOption, confirmDestructive, undoCommand } from "../guard.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
@@ -87,7 +87,8 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       if (result.safety) line(io, `safety backup  ${result.safety.path} (verified)`);
       line(
         io,
-        `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) in ${formatDuration(result.durationMs)}`,
+        `restored       ${verification.file} (${formatBytes(verification.sizeBytes)}) ` +
+          `in ${formatDuration(result.durationMs)}`,
       );
       line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t] ?? 0}`).join(", ")}`);
       if (result.mismatches.length) {
@@ -120,11 +121,7 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
       short: "y",
       description: "restore without the typed confirmation (needs --confirm-database)",
     },
-    "confirm-database": {
-      type: "string",
-      value: "N",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": confirmDatabaseOption,
     "no-safety-backup": {
       type: "boolean",
       description: "restore without a pre-restore backup (only with --yes --confirm-database)",

@@ -19,7 +19,8 @@ export async function verify(ctx: Context): Promise<number> {
       line(
         io,
         v.ok
-          ? `✔ ${v.file}: ok (${formatBytes(v.sizeBytes)}, ${v.format}, sha256 ${v.sha256.slice(0, 12)}…${v.manifest ? "" : ", no manifest"})`
+          ? `✔ ${v.file}: ok (${formatBytes(v.sizeBytes)}, ${v.format}, ` +
+              `sha256 ${v.sha256.slice(0, 12)}…${v.manifest ? "" : ", no manifest"})`
           : `✖ ${v.file}: ${v.problems.join("; ")}`,
       );
     }

@@ -20,7 +20,8 @@ async function runMigrateDown(ctx: Context): Promise<number> {
   note(
     io,
     (m?.down ?? "(no down step)").trim(),
-    `migrate down undoes ${String(last.version).padStart(4, "0")} ${last.name} in ${target.database} on ${target.host}:${target.port}`,
+    `migrate down undoes ${String(last.version).padStart(4, "0")} ${last.name} in ${target.database} ` +
+      `on ${target.host}:${target.port}`,
   );
   if (ctx.flag("dry-run")) {
     line(io, "dry run: nothing was changed");

@@ -32,7 +32,8 @@ async function pitrCleanup(ctx: Context): Promise<number> {
   for (const r of removed)
     line(
       ctx.io,
-      `removed    ${r.root}  port ${r.port}  ${r.running ? "was running" : "not running"}  created ${r.createdAt}${r.target ? `  target ${r.target}` : ""}`,
+      `removed    ${r.root}  port ${r.port}  ${r.running ? "was running" : "not running"}  ` +
+        `created ${r.createdAt}${r.target ? `  target ${r.target}` : ""}`,
     );
   for (const i of inUse) warn(ctx.io, `left alone ${i.root}: being recovered by process ${i.ownerPid}`);
   if (!removed.length) line(ctx.io, "no leftover point-in-time recovery instances");

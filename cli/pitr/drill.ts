@@ -12,7 +12,9 @@ async function pitrDrill(ctx: Context): Promise<number> {
   else {
     line(
       ctx.io,
-      `${r.passed ? "✔ passed" : "✖ FAILED"}  restore point ${r.restorePoint} (${r.lsn ?? "?"}) recovered from ${r.base ?? "-"}; RTO ${r.rtoMs === null ? "-" : formatDuration(r.rtoMs)}, drill ${formatDuration(r.durationMs)}`,
+      `${r.passed ? "✔ passed" : "✖ FAILED"}  restore point ${r.restorePoint} (${r.lsn ?? "?"}) recovered ` +
+        `from ${r.base ?? "-"}; RTO ${r.rtoMs === null ? "-" : formatDuration(r.rtoMs)}, ` +
+        `drill ${formatDuration(r.durationMs)}`,
     );
     for (const d of r.differences) line(ctx.io, `  ${d}`);
   }

@@ -1,6 +1,6 @@
 import type { Context, Subcommand } from "../command.ts";
 import { json, line, table } from "../output.ts";
-import { confirmDestructive, undoCommand } from "../guard.ts";
+import { confirmDatabaseOption, confirmDestructive, undoCommand } from "../guard.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
@@ -33,17 +33,23 @@ function targetOf(ctx: Context): RecoveryTarget {
 
 function reachedLines(r: Recovery): string[] {
   const d = r.reached.distanceMs;
+  const commit = r.reached.commitTime ?? "none (no transaction replayed after the base backup)";
+  const distance = d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`;
+  const fromSpool = r.walFiles.some((f) => f.from === "receiving" || f.from === "partial")
+    ? ", including WAL received but not sealed yet (the spool)"
+    : "";
   return [
     `target     ${r.target}`,
     `base       ${r.base} (window ${r.window.earliest} .. ${r.window.latest})`,
-    `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${r.reached.commitTime ?? "none (no transaction replayed after the base backup)"}${d === null ? "" : `, ${formatDuration(Math.abs(d))} ${d >= 0 ? "before" : "after"} the target`}`,
+    `reached    LSN ${r.reached.lsn ?? "?"}, last replayed commit ${commit}${distance}`,
     ...(r.reached.stopped ? [`stopped    ${r.reached.stopped}`] : []),
     ...(r.replayedAll
       ? [
-          "note       the archive holds no commit after the target: all of it was replayed, which is the state at the target",
+          "note       the archive holds no commit after the target: all of it was replayed, which is the " +
+            "state at the target",
         ]
       : []),
-    `replayed   ${r.walFiles.length} WAL file(s)${r.walFiles.some((f) => f.from === "receiving" || f.from === "partial") ? ", including WAL received but not sealed yet (the spool)" : ""}; recovered in ${formatDuration(r.durationMs)}`,
+    `replayed   ${r.walFiles.length} WAL file(s)${fromSpool}; recovered in ${formatDuration(r.durationMs)}`,
   ];
 }
 
@@ -141,7 +147,8 @@ async function pitrRestore(ctx: Context): Promise<number> {
         if (result.safety) line(io, `safety backup  ${result.safety.path}`);
         line(
           io,
-          `applied        in ${formatDuration(result.durationMs)}; rows now ${mainTables.map((t) => `${t} ${result.after.counts[t] ?? 0}`).join(", ")}`,
+          `applied        in ${formatDuration(result.durationMs)}; rows ` +
+            `now ${mainTables.map((t) => `${t} ${result.after.counts[t] ?? 0}`).join(", ")}`,
         );
       }
       if (result.mismatches.length)
@@ -212,11 +219,7 @@ pre-restore safety backup; asks for the database name, or --yes
       description: "keep the recovered data directory at DIR (stopped, original settings) to run as\na new server",
     },
     yes: { type: "boolean", description: "with --apply: without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": {
-      type: "string",
-      value: "NAME",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": { ...confirmDatabaseOption, value: "NAME" },
     "allow-production": {
       type: "boolean",
       description: "with --apply: run even when SHINKEI_ENV/NODE_ENV is production",

@@ -28,23 +28,36 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.`
     // Until WAL received after the newest base backup's end arrives, its start lies after the last
     // WAL's time: pitr restore finds nothing to recover then, so that is no window yet either.
     const open = s.window.earliest !== null && s.window.latest !== null && s.window.earliest <= s.window.latest;
+    const window = open
+      ? `${s.window.earliest} .. ${s.window.latest} (timeline ${s.window.timeline})`
+      : s.window.earliest
+        ? "none yet: waiting for WAL written after the newest base backup"
+        : "none: no base backup with all its WAL yet";
+    line(io, `window     ${window}`);
+    const r = s.receiver;
+    const position = r.state ?? "position hidden from this role: grant it pg_read_all_stats; lag from the slot";
+    const lagTime = r.lagSeconds >= 0 ? ` / ${formatDuration(r.lagSeconds * 1000)}` : "";
     line(
       io,
-      `window     ${open ? `${s.window.earliest} .. ${s.window.latest} (timeline ${s.window.timeline})` : s.window.earliest ? "none yet: waiting for WAL written after the newest base backup" : "none: no base backup with all its WAL yet"}`,
+      `receiver   ${r.connected ? `streaming (${position})` : "NOT CONNECTED"}, ` +
+        `flushed ${r.flushLsn ?? "-"}, server at ${r.serverLsn}, lag ${formatBytes(r.lagBytes)}${lagTime}`,
     );
-    line(
-      io,
-      `receiver   ${s.receiver.connected ? `streaming (${s.receiver.state ?? "position hidden from this role: grant it pg_read_all_stats; lag from the slot"})` : "NOT CONNECTED"}, flushed ${s.receiver.flushLsn ?? "-"}, server at ${s.receiver.serverLsn}, lag ${formatBytes(s.receiver.lagBytes)}${s.receiver.lagSeconds >= 0 ? ` / ${formatDuration(s.receiver.lagSeconds * 1000)}` : ""}`,
-    );
-    line(
-      io,
-      `slot       ${s.slot ? `${s.slot.name}: ${s.slot.walStatus ?? "?"}, ${s.slot.active ? "active" : "inactive"}, safe_wal_size ${s.slot.safeWalSize === null ? "unbounded" : formatBytes(s.slot.safeWalSize)}` : s.slotName ? `${s.slotName}: MISSING` : "none (WAL_SLOT=none)"}`,
-    );
-    if (s.offsite)
+    const slot = s.slot
+      ? `${s.slot.name}: ${s.slot.walStatus ?? "?"}, ${s.slot.active ? "active" : "inactive"}, ` +
+        `safe_wal_size ${s.slot.safeWalSize === null ? "unbounded" : formatBytes(s.slot.safeWalSize)}`
+      : s.slotName
+        ? `${s.slotName}: MISSING`
+        : "none (WAL_SLOT=none)";
+    line(io, `slot       ${slot}`);
+    if (s.offsite) {
+      const o = s.offsite;
+      const behind = o.lagSeconds >= 0 ? `, ${formatDuration(o.lagSeconds * 1000)} behind the local archive` : "";
       line(
         io,
-        `off-site   ${s.offsite.location}: covers up to ${s.offsite.coveredUntil ?? "nothing yet"}${s.offsite.lagSeconds >= 0 ? `, ${formatDuration(s.offsite.lagSeconds * 1000)} behind the local archive` : ""}, ${s.offsite.notCopied} file(s) not yet copied`,
+        `off-site   ${o.location}: covers up to ${o.coveredUntil ?? "nothing yet"}${behind}, ` +
+          `${o.notCopied} file(s) not yet copied`,
       );
+    }
     if (s.timelines.length) {
       line(
         io,
@@ -61,15 +74,16 @@ safe_wal_size. \`shinkei backup check\` fails on the same problems listed here.`
         ]),
       );
     }
-    line(
-      io,
-      `drill      ${lastDrill ? `${lastDrill.passed ? "passed" : "FAILED"} ${lastDrill.at}, restore point ${lastDrill.restorePoint}${lastDrill.rtoMs !== null ? `, RTO ${formatDuration(lastDrill.rtoMs)}` : ""}${lastDrill.passed ? "" : `: ${lastDrill.differences.join("; ")}`}` : "none yet (shinkei pitr drill)"}`,
-    );
-    for (const b of s.baseBackups)
-      line(
-        io,
-        `base       ${b.file}  ${b.finishedAt}  ${b.startLsn}..${b.stopLsn}${b.walComplete ? "" : "  (WAL incomplete)"}`,
-      );
+    const drill = lastDrill
+      ? `${lastDrill.passed ? "passed" : "FAILED"} ${lastDrill.at}, restore point ${lastDrill.restorePoint}` +
+        (lastDrill.rtoMs !== null ? `, RTO ${formatDuration(lastDrill.rtoMs)}` : "") +
+        (lastDrill.passed ? "" : `: ${lastDrill.differences.join("; ")}`)
+      : "none yet (shinkei pitr drill)";
+    line(io, `drill      ${drill}`);
+    for (const b of s.baseBackups) {
+      const incomplete = b.walComplete ? "" : "  (WAL incomplete)";
+      line(io, `base       ${b.file}  ${b.finishedAt}  ${b.startLsn}..${b.stopLsn}${incomplete}`);
+    }
     for (const g of s.gaps) warn(io, `gap on timeline ${g.timeline}: ${g.from} .. ${g.to} (${g.segments} segment(s))`);
     for (const p of problems) warn(io, p);
     return 0;

@@ -2,7 +2,7 @@ import type { Context, Subcommand } from "../command.ts";
 import { json, line, warn } from "../output.ts";
 import { activity, typedConfirmation } from "../prompts.ts";
 import { previewJson, showAccounts, showApplied, showPreview } from "./view.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
+import { checkUnattended, confirmDatabaseOption } from "../guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
 import { formatDuration } from "../../src/duration.ts";
@@ -64,11 +64,7 @@ scratch instance, as shinkei pitr restore does`,
       short: "y",
       description: "apply without the typed confirmation (needs --confirm-database)",
     },
-    "confirm-database": {
-      type: "string",
-      value: "N",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": confirmDatabaseOption,
     "allow-unencrypted": {
       type: "boolean",
       description: "recover from a plain file although this host encrypts its backups",
@@ -129,21 +125,11 @@ async function recover(ctx: Context): Promise<number> {
       ? "restore-account"
       : undefined;
   const dryRun = ctx.flag("dry-run");
-  // Decided before the long load: a script without --yes would only find out after it.
-  if (!dryRun)
-    refuseProduction(config.environment, ctx.flag("allow-production"), "recover rows into the live database");
   const target = describeTarget(config.databaseUrl);
-  // As restore and reset: without the typed confirmation, the flag alone is not enough; the
-  // target database must be named too, so a script aimed at the wrong server stops.
-  if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
-    checkUnattendedConfirmation(
-      target,
-      ctx.flag("yes"),
-      ctx.option("confirm-database"),
-      "recover rows into the live database",
-      "--yes",
-    );
-  }
+  // Decided before the long load: a script without --yes would only find out after it. As restore
+  // and reset: without the typed confirmation, the flag alone is not enough; the target database
+  // must be named too, so a script aimed at the wrong server stops.
+  if (!dryRun) checkUnattended(ctx, target, "recover rows into the live database", "yes");
   const revertChanged = ctx.flag("revert-changed");
 
   const cancel = cancelOnSignal();
@@ -160,7 +146,8 @@ async function recover(ctx: Context): Promise<number> {
         spin.update(`recovering a scratch instance to ${at} (most of the time goes here): ${s.message}`);
       if (s.step === "migrate") spin.update("migrating the scratch copy to the live schema");
     };
-    // The source: a backup loaded into a scratch database, or the state at a moment (--at) recovered into a scratch instance.
+    // The source: a backup loaded into a scratch database, or the state at a moment (--at)
+    // recovered into a scratch instance.
     const withSource = <T>(fn: (source: Source) => Promise<T>) =>
       at !== undefined
         ? withPointInTimeSource({ config, at, onStep, onScratch: cancel.onScratch, signal: cancel.signal }, fn)
@@ -191,7 +178,9 @@ async function recover(ctx: Context): Promise<number> {
           "ACCOUNT_REPLACED",
           `${plan.owner} now belongs to a different, newer account than in ${source.file}: nothing was changed`,
           {
-            hint: "Pass --into-current-account to give the current account the recovered worlds, or --restore-account to bring the old account back (only when the new one owns no data).",
+            hint:
+              "Pass --into-current-account to give the current account the recovered worlds, or " +
+              "--restore-account to bring the old account back (only when the new one owns no data).",
           },
         );
       }
@@ -209,7 +198,8 @@ async function recover(ctx: Context): Promise<number> {
             io,
             todo
               ? "\ndry run: nothing was changed"
-              : `\nnothing to recover: every row of the backup in this scope is here${changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""}`,
+              : "\nnothing to recover: every row of the backup in this scope is here" +
+                  (changed && !revertChanged ? ` (${changed} changed since: --revert-changed puts them back)` : ""),
           );
         return 0;
       }
@@ -282,7 +272,8 @@ async function recover(ctx: Context): Promise<number> {
       if (run.safety) line(io, `safety backup  ${run.safety.path} (verified)`);
       line(
         io,
-        `safety copy    ${undoPath} (the rows it changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`,
+        `safety copy    ${undoPath} (the rows it ` +
+          `changed${record.undo?.encryption ? "; encrypted" : ""}${record.signature ? "; its record signed" : ""})`,
       );
       showApplied(io, run.applied);
       line(io, `applied in     ${formatDuration(run.applyMs)} (one transaction)`);
@@ -293,7 +284,8 @@ async function recover(ctx: Context): Promise<number> {
         line(io, "sessions       not restored: the user signs in again");
       line(
         io,
-        `undo with      shinkei recover --undo ${recordPath} --yes --confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`,
+        `undo with      shinkei recover --undo ${recordPath} --yes ` +
+          `--confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`,
       );
       return 0;
     });
@@ -302,7 +294,8 @@ async function recover(ctx: Context): Promise<number> {
     if (cancel.signal.aborted)
       throw new ShinkeiError(
         "CANCELLED",
-        `recover cancelled: nothing was applied, and its scratch ${at === undefined ? "database was dropped" : "instance was removed"}`,
+        `recover cancelled: nothing was applied, and its ` +
+          `scratch ${at === undefined ? "database was dropped" : "instance was removed"}`,
       );
     throw e;
   } finally {

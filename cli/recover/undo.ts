@@ -2,7 +2,7 @@ import type { Context, Subcommand } from "../command.ts";
 import { json, line } from "../output.ts";
 import { activity, typedConfirmation } from "../prompts.ts";
 import { showUndo } from "./view.ts";
-import { checkUnattendedConfirmation, refuseProduction } from "../../src/guarded/guard.ts";
+import { checkUnattended, confirmDatabaseOption } from "../guard.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { describeTarget } from "../../src/pg/db.ts";
 import { formatDuration } from "../../src/duration.ts";
@@ -17,19 +17,9 @@ import { recoveryStore } from "../../src/recover/stores.ts";
 async function undoRecoveryCommand(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const dryRun = ctx.flag("dry-run");
-  if (!dryRun)
-    refuseProduction(config.environment, ctx.flag("allow-production"), "undo a recovery in the live database");
   const target = describeTarget(config.databaseUrl);
   // The same guard flags as recover: unattended, the target database must be named too.
-  if (!dryRun && (ctx.flag("yes") || !io.interactive)) {
-    checkUnattendedConfirmation(
-      target,
-      ctx.flag("yes"),
-      ctx.option("confirm-database"),
-      "undo a recovery in the live database",
-      "--yes",
-    );
-  }
+  if (!dryRun) checkUnattended(ctx, target, "undo a recovery in the live database", "yes");
   // A record gone from BACKUP_DIR (a lost disk) is read from its off-site copy, checked alike.
   const { path, record, undo } = await loadRecovery(
     ctx.option("undo")!,
@@ -115,11 +105,7 @@ export const undo: Subcommand = {
     },
     "dry-run": { type: "boolean", description: "show what the undo does and stop" },
     yes: { type: "boolean", short: "y", description: "undo without the typed confirmation (needs --confirm-database)" },
-    "confirm-database": {
-      type: "string",
-      value: "N",
-      description: "the target database's name, required with --yes and without a terminal",
-    },
+    "confirm-database": confirmDatabaseOption,
     "allow-production": { type: "boolean", description: "run even when SHINKEI_ENV/NODE_ENV is production" },
     wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },
     json: { type: "boolean", description: "machine-readable output" },

@@ -88,10 +88,9 @@ export function showPreview(io: Io, plan: Plan, source: string, loadMs: number, 
     const key = plan.graph.tables.find((t) => t.name === d.table)!.primaryKey;
     for (const r of d.missing) line(io, `+ ${d.table}  ${rowText(r)}`);
     for (const c of d.changed) {
-      line(
-        io,
-        `~ ${d.table}  ${key.map((k) => `${k}=${short(c.source[k])}`).join("  ")}  ${c.columns.map((k) => `${k}: ${short(c.current[k])} (now) -> ${short(c.source[k])} (backup)`).join("  ")}`,
-      );
+      const keyText = key.map((k) => `${k}=${short(c.source[k])}`).join("  ");
+      const changes = c.columns.map((k) => `${k}: ${short(c.current[k])} (now) -> ${short(c.source[k])} (backup)`);
+      line(io, `~ ${d.table}  ${keyText}  ${changes.join("  ")}`);
     }
     for (const r of d.createdSince) line(io, `= ${d.table}  ${rowText(r)}  (created since: kept)`);
   }
@@ -137,10 +136,9 @@ export function showHistory(io: Io, records: (RecoveredRecord & { state: string 
 export function showUndo(io: Io, path: string, record: RecoveredRecord, counts: UndoCounts) {
   line(io, `record     ${path}`);
   line(io, `recovery   ${record.id} at ${record.at} by ${record.by}, from ${record.source}`);
-  line(
-    io,
-    `scope      ${record.scope.kind === "user" ? record.scope.email : `${record.scope.kind} ${record.scope.id}`}${record.owner && record.scope.kind !== "user" ? ` (owner ${record.owner})` : ""}, mode ${record.mode}${record.revertChanged ? " +revert-changed" : ""}`,
-  );
+  const scope = record.scope.kind === "user" ? record.scope.email : `${record.scope.kind} ${record.scope.id}`;
+  const owner = record.owner && record.scope.kind !== "user" ? ` (owner ${record.owner})` : "";
+  line(io, `scope      ${scope}${owner}, mode ${record.mode}${record.revertChanged ? " +revert-changed" : ""}`);
   line(io);
   line(
     io,

@@ -21,13 +21,15 @@ reset codes are pending (a count only: codes are stored as hashes and never show
     line(ctx.io, `database  ${s.database} on ${s.host}:${s.port} (PostgreSQL ${s.serverVersion})`);
     line(
       ctx.io,
-      `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}${s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""}`,
+      `schema    version ${s.schemaVersion} of ${s.latestSchemaVersion}` +
+        (s.pendingMigrations ? ` (${s.pendingMigrations} pending: run shinkei migrate)` : ""),
     );
     line(ctx.io, `size      ${formatBytes(s.sizeBytes)}`);
     if (s.pendingResetCodes !== null)
       line(
         ctx.io,
-        `resets    ${s.pendingResetCodes} reset code${s.pendingResetCodes === 1 ? "" : "s"} pending (unexpired, unused)`,
+        `resets    ${s.pendingResetCodes} reset code${s.pendingResetCodes === 1 ? "" : "s"} pending ` +
+          `(unexpired, unused)`,
       );
     line(ctx.io);
     line(ctx.io, table([["table", "rows"], ...mainTables.map((t) => [t, s.counts[t] ?? "missing"])]));

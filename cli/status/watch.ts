@@ -36,9 +36,8 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
     view.problems.unshift({ level: "bad", text: `The WAL archive cannot be read: ${pitrRead.error}` });
   out.push(view.headline.text);
   const n = view.newest;
-  out.push(
-    `newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`}` : "none"}`,
-  );
+  const took = !n || n.durationMs === null ? "" : ` in ${formatDuration(n.durationMs)}`;
+  out.push(`newest backup   ${n ? `${n.name}, ${ago(n.ageMs)}, ${formatBytes(n.sizeBytes)}${took}` : "none"}`);
   const d = view.lastDrill;
   out.push(`last drill      ${d ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)} (${d.backup})` : "none yet"}`);
   out.push(
@@ -46,20 +45,18 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   );
   const p = view.pitr;
   if (p) {
-    out.push(
-      `pitr window     ${p.window ? `${p.window.earliest.toISOString()} .. ${p.window.latest.toISOString()}` : "none yet"}${p.newestWalAgeMs === null ? "" : `, newest WAL ${ago(p.newestWalAgeMs)}`}`,
-    );
-    out.push(
-      `base backup     ${p.newestBase ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)}` : "none"}`,
-    );
-    out.push(
-      `pitr drill      ${p.lastDrill ? `${p.lastDrill.passed ? "passed" : "FAILED"} ${ago(p.lastDrill.ageMs)}` : "none yet"}`,
-    );
+    const window = p.window ? `${p.window.earliest.toISOString()} .. ${p.window.latest.toISOString()}` : "none yet";
+    out.push(`pitr window     ${window}${p.newestWalAgeMs === null ? "" : `, newest WAL ${ago(p.newestWalAgeMs)}`}`);
+    const base = p.newestBase;
+    out.push(`base backup     ${base ? `${base.name}, ${ago(base.ageMs)}, ${formatBytes(base.sizeBytes)}` : "none"}`);
+    const drill = p.lastDrill;
+    out.push(`pitr drill      ${drill ? `${drill.passed ? "passed" : "FAILED"} ${ago(drill.ageMs)}` : "none yet"}`);
   }
   // The database may be down while the backups are fine: say so, and keep watching.
   const db = await databaseState(ctx.db, config.databaseUrl).then(
     (s) =>
-      `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
+      `${s.database} on ${s.host}:${s.port}, schema ${s.schemaVersion} ` +
+      `of ${s.latestSchemaVersion}, ${formatBytes(s.sizeBytes)}`,
     (e: Error) => `unreachable: ${e.message}`,
   );
   out.push(`database        ${db}`, "");

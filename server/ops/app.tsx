@@ -130,7 +130,9 @@ export function startOpsServer(deps: OpsDeps): { url: string; port: number; stop
   if (!loopback && (!deps.config.ops?.metricsToken || !deps.config.ops?.opsToken)) {
     deps.log({
       level: "warn",
-      msg: "the ops listener is reachable from other machines without a token; set METRICS_TOKEN and OPS_TOKEN, or keep METRICS_HOST on 127.0.0.1",
+      msg:
+        "the ops listener is reachable from other machines without a token; set METRICS_TOKEN and OPS_TOKEN, " +
+        "or keep METRICS_HOST on 127.0.0.1",
       host,
     });
   }

@@ -92,7 +92,10 @@ export function Timeline(props: {
                   const w = Math.max(2, xOf(clip(props.band.end), props.start, props.end) - x1);
                   return (
                     <rect id="wal-window" x={x1.toFixed(1)} y={y - 6} width={w.toFixed(1)} height={12} fill="#80cbc4">
-                      <title>{`recoverable: ${props.band.start.toISOString().slice(0, 19).replace("T", " ")} .. ${props.band.end.toISOString().slice(0, 19).replace("T", " ")} UTC`}</title>
+                      <title>
+                        {`recoverable: ${props.band.start.toISOString().slice(0, 19).replace("T", " ")} ` +
+                          `.. ${props.band.end.toISOString().slice(0, 19).replace("T", " ")} UTC`}
+                      </title>
                     </rect>
                   );
                 })()

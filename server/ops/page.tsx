@@ -15,24 +15,28 @@ const css = `
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:960px;padding:1rem;color:#222}
 h1{font-size:1.6rem;margin:.3rem 0}.ok{color:#2e7d32}.warn{color:#b26a00}.bad{color:#c62828}
 .problems li{margin:.2rem 0}.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}
-table{border-collapse:collapse;width:100%;font-size:13px}td,th{border-bottom:1px solid #eee;padding:.2rem .4rem;text-align:left}
+table{border-collapse:collapse;width:100%;font-size:13px}
+td,th{border-bottom:1px solid #eee;padding:.2rem .4rem;text-align:left}
 .muted{color:#666;font-size:13px}
-#stale{position:fixed;top:0;left:0;right:0;visibility:hidden;background:#c62828;color:#fff;padding:.5rem;font-weight:bold}
+#stale{position:fixed;top:0;left:0;right:0;visibility:hidden;background:#c62828;color:#fff;padding:.5rem;
+  font-weight:bold}
 #stale{animation:reveal 0s linear ${REFRESH_SECONDS * 3}s forwards}@keyframes reveal{to{visibility:visible}}
-.legend span{margin-right:1rem}.dot{display:inline-block;width:.7rem;height:.7rem;border-radius:50%;margin-right:.25rem}`;
+.legend span{margin-right:1rem}
+.dot{display:inline-block;width:.7rem;height:.7rem;border-radius:50%;margin-right:.25rem}`;
 
 const when = (d: Date) => d.toISOString().slice(0, 19).replace("T", " ") + " UTC";
 
 export function StatusPage(props: { view: StatusView; host: string }) {
   const v = props.view;
   const worst = v.problems.some((p) => p.level === "bad") ? "bad" : v.problems.length ? "warn" : "ok";
+  const state = worst === "ok" ? "OK" : worst === "warn" ? "WARNING" : "PROBLEM";
   return (
     <html lang="en">
       <head>
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
         <meta http-equiv="refresh" content={String(REFRESH_SECONDS)} />
-        <title>{`${worst === "ok" ? "OK" : worst === "warn" ? "WARNING" : "PROBLEM"} · shinkei backups · ${props.host}`}</title>
+        <title>{`${state} · shinkei backups · ${props.host}`}</title>
         <style>{css}</style>
       </head>
       <body>
@@ -62,7 +66,8 @@ export function StatusPage(props: { view: StatusView; host: string }) {
           <span>newest good backup</span>
           <span id="newest">
             {v.newest
-              ? `${v.newest.name}, ${ago(v.newest.ageMs)}, ${formatBytes(v.newest.sizeBytes)}${v.newest.durationMs === null ? "" : ` in ${formatDuration(v.newest.durationMs)}`}`
+              ? `${v.newest.name}, ${ago(v.newest.ageMs)}, ${formatBytes(v.newest.sizeBytes)}` +
+                (v.newest.durationMs === null ? "" : ` in ${formatDuration(v.newest.durationMs)}`)
               : "none"}
           </span>
           <span>last restore drill</span>
@@ -175,13 +180,15 @@ function PitrFacts(props: { p: NonNullable<StatusView["pitr"]> }) {
       <span>newest base backup</span>
       <span id="pitr-base">
         {p.newestBase
-          ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)} in ${formatDuration(p.newestBase.durationMs)}`
+          ? `${p.newestBase.name}, ${ago(p.newestBase.ageMs)}, ${formatBytes(p.newestBase.sizeBytes)} ` +
+            `in ${formatDuration(p.newestBase.durationMs)}`
           : "none"}
       </span>
       <span>last point-in-time drill</span>
       <span id="pitr-drill" class={d ? (d.passed ? "ok" : "bad") : ""}>
         {d
-          ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)}${d.rtoMs === null ? "" : `, recovered in ${formatDuration(d.rtoMs)}`}`
+          ? `${d.passed ? "passed" : "FAILED"} ${ago(d.ageMs)}` +
+            (d.rtoMs === null ? "" : `, recovered in ${formatDuration(d.rtoMs)}`)
           : "none yet"}
       </span>
     </>
@@ -190,6 +197,7 @@ function PitrFacts(props: { p: NonNullable<StatusView["pitr"]> }) {
 
 /** When the backup folder cannot be read: that is the news, and the page keeps refreshing until it can. */
 export function UnreadablePage(props: { error: string; dir: string }) {
+  const retry = `this page tries again every ${REFRESH_SECONDS} seconds.`;
   return (
     <html lang="en">
       <head>
@@ -206,8 +214,7 @@ export function UnreadablePage(props: { error: string; dir: string }) {
           {props.error}
         </p>
         <p class="muted">
-          BACKUP_DIR is {props.dir}. Check that it is mounted and readable by this process; this page tries again every{" "}
-          {REFRESH_SECONDS} seconds.
+          BACKUP_DIR is {props.dir}. Check that it is mounted and readable by this process; {retry}
         </p>
       </body>
     </html>

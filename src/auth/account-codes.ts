@@ -30,7 +30,8 @@ export async function issueCode(
   const expiresAt = new Date(input.now.getTime() + input.ttlMs);
   return sql.begin(async (tx) => {
     await tx`select 1 from users where id = ${input.userId} for update`;
-    await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose} and expires_at <= ${input.now}`;
+    await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}
+      and expires_at <= ${input.now}`;
     const [live] = await tx<
       { n: number }[]
     >`select count(*)::int as n from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
@@ -68,7 +69,8 @@ export async function consumeCode(
   input: { userId: string; code: string; purpose: CodePurpose; now: Date },
 ): Promise<boolean> {
   const r = await tx`delete from account_codes
-    where code_hash = ${hashCode(input.code)} and user_id = ${input.userId} and purpose = ${input.purpose} and expires_at > ${input.now}`;
+    where code_hash = ${hashCode(input.code)} and user_id = ${input.userId} and purpose = ${input.purpose}
+      and expires_at > ${input.now}`;
   if (r.count === 0) return false;
   await tx`delete from account_codes where user_id = ${input.userId} and purpose = ${input.purpose}`;
   return true;

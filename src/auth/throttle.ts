@@ -54,10 +54,13 @@ export class Throttle {
         insert into login_throttle as t (key, failures, window_start)
         select k, 1, now() from unnest(${tx.array(keys)}::text[]) as k order by k
         on conflict (key) do update set
-          failures = case when t.window_start > now() - ${window} * interval '1 millisecond' then t.failures + 1 else 1 end,
-          window_start = case when t.window_start > now() - ${window} * interval '1 millisecond' then t.window_start else now() end
+          failures = case when t.window_start > now() - ${window} * interval '1 millisecond' then t.failures + 1
+            else 1 end,
+          window_start = case when t.window_start > now() - ${window} * interval '1 millisecond' then t.window_start
+            else now() end
         returning key, failures, window_start::text as start,
-          greatest(1, ceil(extract(epoch from window_start + ${window} * interval '1 millisecond' - now())))::int as retry`;
+          greatest(1, ceil(extract(epoch
+            from window_start + ${window} * interval '1 millisecond' - now())))::int as retry`;
       let retryAfter = 0;
       let delayMs = 0;
       for (const row of rows) {
@@ -129,7 +132,8 @@ export class Reservation {
         select key from login_throttle
         where (key, window_start) in (
           select k, s::timestamptz
-          from unnest(${this.sql.array(held.map((h) => h.digest))}::text[], ${this.sql.array(held.map((h) => h.start))}::text[]) as r(k, s))
+          from unnest(${this.sql.array(held.map((h) => h.digest))}::text[],
+            ${this.sql.array(held.map((h) => h.start))}::text[]) as r(k, s))
         order by key for update)`;
   }
 }

@@ -11,7 +11,8 @@ export type TableStats = { counts: Record<string, number>; digests: Record<strin
  */
 export async function tableStats(tx: Queryable): Promise<TableStats> {
   await tx.unsafe(
-    "set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; set local extra_float_digits = 3",
+    "set local timezone = 'UTC'; set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres'; " +
+      "set local extra_float_digits = 3",
   );
   const rows = await countRows(
     tx,

@@ -38,7 +38,8 @@ export async function checkFreshness(
   if (f.ageMs! > maxAgeMs) {
     throw new ShinkeiError(
       "BACKUP_STALE",
-      `the newest good backup (${f.newest.name}) is ${formatDuration(f.ageMs!)} old, more than ${formatDuration(maxAgeMs)}`,
+      `the newest good backup (${f.newest.name}) is ${formatDuration(f.ageMs!)} old, more ` +
+        `than ${formatDuration(maxAgeMs)}`,
       {
         hint: "Check the backup service's log (docker logs shinkei-backup).",
       },
@@ -61,7 +62,8 @@ export async function checkFreshness(
     throw new ShinkeiError(
       "BACKUP_STALE",
       drill
-        ? `no backup has passed a restore drill for ${formatDuration(Date.now() - Date.parse(drill.at))} (limit ${formatDuration(drillMaxAgeMs)})`
+        ? `no backup has passed a restore drill for ${formatDuration(Date.now() - Date.parse(drill.at))} ` +
+            `(limit ${formatDuration(drillMaxAgeMs)})`
         : "no backup has passed a restore drill yet",
       { hint: "Run one: shinkei backup drill" },
     );

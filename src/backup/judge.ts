@@ -1,6 +1,5 @@
-import { ShinkeiError } from "../errors.ts";
 import { loadGrammar, parseSql, unloadGrammar, type RawStmt } from "./grammar.ts";
-import { ScriptGuard, type ScriptItem } from "./script.ts";
+import { concatAll, refuse, ScriptGuard, type ScriptItem } from "./script.ts";
 import { Rec, type Spool } from "./spool.ts";
 
 /**
@@ -202,7 +201,7 @@ export class Judge {
     const batch = this.batch;
     this.batch = [];
     this.batchBytes = 0;
-    const bytes = concat(batch.map((p) => p.item.bytes));
+    const bytes = concatAll(batch.map((p) => p.item.bytes));
     const parsed = parseSql(this.decoder.decode(bytes));
     if (!parsed.ok) return this.explainSyntax(batch);
     let k = 0;
@@ -281,7 +280,8 @@ export class Judge {
   private select(body: any, text: string, where: string) {
     const refused = () =>
       refuse(
-        `${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, setval, large objects)`,
+        `${short(text)} (${where}): a top-level SELECT may only call what pg_dump writes (set_config, ` +
+          `setval, large objects)`,
       );
     const { targetList, fromClause, ...rest } = body;
     for (const [k, v] of Object.entries(rest))
@@ -324,7 +324,10 @@ export class Judge {
     this.spool.text(Rec.Statement, text, this.line);
   }
 
-  /** Only `COPY table [(columns)] FROM STDIN`, and it is rebuilt from the parse: no option of the file reaches the server. */
+  /**
+   * Only `COPY table [(columns)] FROM STDIN`, and it is rebuilt from the parse: no option of the
+   * file reaches the server.
+   */
   private copy(body: any, where: string) {
     const rel = body.relation;
     const allowed = new Set(["relation", "attlist", "is_from"]);
@@ -437,25 +440,8 @@ function describe(kind: string, text: string): string {
   return `${short(text)} (${kind.replace(/Stmt$/, "")})`;
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 function disagree(where: string): never {
   refuse(`a statement whose bounds PostgreSQL's grammar reads differently from the restore's splitter (${where})`);
-}
-
-export function refuse(what: string): never {
-  throw new ShinkeiError("RESTORE_UNSAFE", `the file contains ${what}`, {
-    hint: "Nothing from it was applied. shinkei restores its own backups and pg_dump output (plain or custom format, UTF-8, made without --create).",
-  });
 }
 
 /**

@@ -63,8 +63,9 @@ export type LoadOptions = {
  * What runs before the file, in the restore's transaction. A deferred constraint trigger on a
  * temporary table fails the COMMIT unless our last statement set a token (the catalog holds only
  * its hash) and the maintenance lock is still held: a backstop behind the judgement of every
- * statement (judge.ts), should a COMMIT ever get through; checked unchanged before COMMIT. Then every schema of the database and
- * every large object is dropped, so the database ends exactly as in the backup, or as it was.
+ * statement (judge.ts), should a COMMIT ever get through; checked unchanged before COMMIT. Then
+ * every schema of the database and every large object is dropped, so the database ends exactly as
+ * in the backup, or as it was.
  */
 function prologue(serverVersionNum: number, id: string, tokenHash: string, lockHeld: string | undefined): string {
   const table = `pg_temp.shinkei_guard_${id}`;
@@ -79,7 +80,8 @@ BEGIN
   RETURN NULL;
 END $shinkei$;
 CREATE TABLE ${table} (x int);
-CREATE CONSTRAINT TRIGGER shinkei_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_guard_${id}();
+CREATE CONSTRAINT TRIGGER shinkei_guard AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION pg_temp.shinkei_guard_${id}();
 ALTER TABLE ${table} ENABLE ALWAYS TRIGGER shinkei_guard;
 INSERT INTO ${table} VALUES (1);
 -- The check before COMMIT reads the row as the database's owner (below), not as this role.
@@ -200,7 +202,8 @@ async function apply(
   let copyError: Error | undefined;
   let line = 0; // the line of the statement being run, for the error
   try {
-    await sql`select 1`; // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
+    // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
+    await sql`select 1`;
     conn = await sql.reserve();
     await run("BEGIN", false);
     // The judge read the file with these: the server must read it the same way, whatever the
@@ -311,11 +314,15 @@ const decoder = new TextDecoder();
 /** What the file may not change: the guard, role settings, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
   const [row] = await conn.unsafe<{ guard: string | null; settings: string; events: string }[]>(`
-    select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
-              from pg_catalog.pg_proc p where p.proname = 'shinkei_guard_${id}' and p.pronamespace = pg_catalog.pg_my_temp_schema()) as guard,
-           (select coalesce(pg_catalog.string_agg(s.setdatabase || '/' || s.setrole || '/' || s.setconfig::text, ';' order by s.setdatabase, s.setrole), '')
+    select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text
+                     || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
+              from pg_catalog.pg_proc p
+             where p.proname = 'shinkei_guard_${id}' and p.pronamespace = pg_catalog.pg_my_temp_schema()) as guard,
+           (select coalesce(pg_catalog.string_agg(s.setdatabase || '/' || s.setrole || '/' || s.setconfig::text, ';'
+                                                  order by s.setdatabase, s.setrole), '')
               from pg_catalog.pg_db_role_setting s) as settings,
-           (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '') from pg_catalog.pg_event_trigger) as events`);
+           (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '')
+              from pg_catalog.pg_event_trigger) as events`);
   if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
   return { ...row!, guard: row!.guard, events: row!.events ? row!.events.split("/") : [] };
 }
@@ -387,7 +394,8 @@ async function checkLoaded(
   if (after.guard !== before.guard) fail("the restore's guard was replaced during the load");
   const [intact] = await conn
     .unsafe<{ ok: boolean }[]>(`
-    select exists (select 1 from pg_catalog.pg_trigger t where t.tgrelid = 'pg_temp.shinkei_guard_${id}'::regclass and t.tgname = 'shinkei_guard'
+    select exists (select 1 from pg_catalog.pg_trigger t
+                    where t.tgrelid = 'pg_temp.shinkei_guard_${id}'::regclass and t.tgname = 'shinkei_guard'
                      and t.tgenabled = 'A' and t.tgfoid = ${Number(before.guard.split(":")[0])}::oid)
        and (select count(*) from pg_temp.shinkei_guard_${id}) = 1 as ok`)
     .catch(() => [{ ok: false }]);
@@ -402,11 +410,14 @@ async function checkLoaded(
   const userSchema = `n.nspname <> 'information_schema' and n.nspname !~ '^pg_'`;
   const rels = await conn.unsafe<{ schema: string; name: string; owned: boolean }[]>(`
     select n.nspname as schema, c.relname as name,
-           exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
-                     and d.refclassid = 'pg_catalog.pg_class'::regclass and d.deptype in ('i', 'a') and c.relkind = 'S') as owned
+           exists (select 1 from pg_catalog.pg_depend d
+                    where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
+                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.deptype in ('i', 'a')
+                      and c.relkind = 'S') as owned
       from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
      where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S') and ${userSchema}
-       and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')`);
+       and not exists (select 1 from pg_catalog.pg_depend d
+                        where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')`);
   const extraRels = rels.filter((r) => !r.owned && !defined(judged.relations, r.schema, r.name));
   if (extraRels.length)
     fail(
@@ -416,9 +427,12 @@ async function checkLoaded(
         .join(", ")}`,
     );
   const funcs = await conn.unsafe<{ schema: string; name: string }[]>(`
-    select n.nspname as schema, p.proname as name from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+    select n.nspname as schema, p.proname as name
+      from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
      where ${userSchema}
-       and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype in ('e', 'i'))`);
+       and not exists (select 1 from pg_catalog.pg_depend d
+                        where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid
+                          and d.deptype in ('e', 'i'))`);
   const extraFuncs = funcs.filter((f) => !defined(judged.functions, f.schema, f.name));
   if (extraFuncs.length)
     fail(
@@ -428,7 +442,8 @@ async function checkLoaded(
         .join(", ")}`,
     );
   const trigs = await conn.unsafe<{ rel: string; name: string }[]>(`
-    select c.relname as rel, t.tgname as name from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
+    select c.relname as rel, t.tgname as name
+      from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
      where not t.tgisinternal and ${userSchema}${serverVersionNum >= 130000 ? " and t.tgparentid = 0" : ""}`);
   const extraTrigs = trigs.filter((t) => !judged.triggers.has(`${t.rel}/${t.name}`));
@@ -467,7 +482,9 @@ export function refuseUntrusted(v: Verification, age: AgeConfig | undefined, all
       "UNSIGNED_BACKUP",
       `${v.file} has no manifest, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it`,
       {
-        hint: "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row counts are then not compared).",
+        hint:
+          "Nothing was changed. If you know where this file comes from, pass --allow-unsigned (its row " +
+          "counts are then not compared).",
       },
     );
   }
@@ -490,10 +507,14 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
     );
     hint =
       changed.length === 0
-        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing in the database was changed."
-        : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other clients wrote meanwhile? Compare with shinkei status.`;
+        ? "Checked: every table's row count and content digest are as they were before the restore. Nothing " +
+          "in the database was changed."
+        : `PostgreSQL rolled the restore back, but ${changed.join(", ")} differ from before it: other ` +
+          `clients wrote meanwhile? Compare with shinkei status.`;
   } catch (e) {
-    hint = `PostgreSQL rolls a failed transaction back, but checking the database afterwards failed: ${(e as Error).message}`;
+    hint =
+      `PostgreSQL rolls a failed transaction back, but checking the database afterwards ` +
+      `failed: ${(e as Error).message}`;
   }
   return new ShinkeiError(error.code, error.message, { hint, cause: error.cause, details: error.details });
 }

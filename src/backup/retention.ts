@@ -13,7 +13,8 @@ function weekKey(d: Date): string {
   const t = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
   t.setUTCDate(t.getUTCDate() + 3 - ((t.getUTCDay() + 6) % 7));
   const week1 = new Date(Date.UTC(t.getUTCFullYear(), 0, 4));
-  return `${t.getUTCFullYear()}-W${1 + Math.round(((t.getTime() - week1.getTime()) / DAY - 3 + ((week1.getUTCDay() + 6) % 7)) / 7)}`;
+  const week = 1 + Math.round(((t.getTime() - week1.getTime()) / DAY - 3 + ((week1.getUTCDay() + 6) % 7)) / 7);
+  return `${t.getUTCFullYear()}-W${week}`;
 }
 
 /**

@@ -88,7 +88,7 @@ export class ScriptGuard {
 
   /** Feed bytes; returns what may be sent now. Throws RESTORE_UNSAFE on anything refused. */
   push(input: Uint8Array): ScriptItem[] {
-    if (input.indexOf(0) !== -1) this.refuse("a NUL byte (psql would silently cut the line there)");
+    if (input.indexOf(0) !== -1) refuse("a NUL byte (psql would silently cut the line there)");
     const out: ScriptItem[] = [];
     const last = input.lastIndexOf(NL);
     if (last === -1) {
@@ -114,13 +114,13 @@ export class ScriptGuard {
   /** At the end of the file: anything unfinished is refused (a truncated file, an unclosed block). */
   end(): ScriptItem[] {
     const out = this.partial.length ? this.push(new Uint8Array([NL])) : [];
-    if (this.state === S.CopyData) this.refuse("COPY data that never ends with a \\. line");
+    if (this.state === S.CopyData) refuse("COPY data that never ends with a \\. line");
     if (this.state !== S.Normal && this.state !== S.LineComment)
-      this.refuse("an unterminated string, quoted name or comment at the end of the file");
+      refuse("an unterminated string, quoted name or comment at the end of the file");
     this.endWord();
     if (this.head.length)
-      this.refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
-    if (this.inLargeObjectBlock) this.refuse("a large-object block without its COMMIT");
+      refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
+    if (this.inLargeObjectBlock) refuse("a large-object block without its COMMIT");
     this.pending = []; // comments after the last statement: nothing to run
     return out;
   }
@@ -204,7 +204,7 @@ export class ScriptGuard {
             held = to;
             this.state = S.CopyData;
           } else if (!isSpace(b)) {
-            this.refuse(`text after COPY ... FROM STDIN on the same line (line ${this.line})`);
+            refuse(`text after COPY ... FROM STDIN on the same line (line ${this.line})`);
           }
           continue;
         case S.CopyData:
@@ -256,7 +256,7 @@ export class ScriptGuard {
           held = to;
           break;
         }
-        this.refuse(`the psql meta-command ${JSON.stringify(text.slice(0, 40))} (line ${this.line})`);
+        refuse(`the psql meta-command ${JSON.stringify(text.slice(0, 40))} (line ${this.line})`);
       }
       if (b === DOLLAR) {
         const tag = dollarTagAt(buf, i, to);
@@ -298,13 +298,13 @@ export class ScriptGuard {
   }
 
   private flush(out: ScriptItem[], line: number, copy: boolean, empty: boolean) {
-    const bytes = this.pending.length === 1 ? this.pending[0]! : concatAll(this.pending);
+    const bytes = concatAll(this.pending);
     this.pending = [];
     let text: string;
     try {
       text = this.decoder.decode(bytes);
     } catch {
-      this.refuse(`text that is not UTF-8 (line ${line}): dump the database with pg_dump --encoding=UTF8`);
+      refuse(`text that is not UTF-8 (line ${line}): dump the database with pg_dump --encoding=UTF8`);
     }
     out.push({ kind: "statement", text, bytes, line, copy, empty });
   }
@@ -331,7 +331,7 @@ export class ScriptGuard {
       this.expectAtomic = false;
       // Only BEGIN ATOMIC opens a block the server reads as one statement; any other BEGIN here
       // would glue the statements after it into this one (psql does the same), hiding them.
-      if (w !== "ATOMIC") this.refuse(`BEGIN without ATOMIC inside CREATE FUNCTION/PROCEDURE (line ${this.line})`);
+      if (w !== "ATOMIC") refuse(`BEGIN without ATOMIC inside CREATE FUNCTION/PROCEDURE (line ${this.line})`);
     }
     // psql's heuristic: in CREATE [OR REPLACE] FUNCTION/PROCEDURE, BEGIN (and CASE inside it) opens a block END closes.
     const [a, b, c, d] = this.words;
@@ -361,7 +361,7 @@ export class ScriptGuard {
         return "drop";
       }
       if (!LARGE_OBJECT_WRITE.test(text))
-        this.refuse(`${JSON.stringify(text.slice(0, 60))} inside a large-object block (${where})`);
+        refuse(`${JSON.stringify(text.slice(0, 60))} inside a large-object block (${where})`);
       return "pass";
     }
     if (text === "BEGIN;") {
@@ -371,29 +371,35 @@ export class ScriptGuard {
     const toSavepoint =
       first === "ROLLBACK" && (second === "TO" || ((second === "WORK" || second === "TRANSACTION") && third === "TO"));
     if ((TRANSACTION_CONTROL.has(first) && !toSavepoint) || (first === "PREPARE" && second === "TRANSACTION")) {
-      this.refuse(
-        `transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one transaction that only shinkei ends`,
+      refuse(
+        `transaction control, ${JSON.stringify(text.slice(0, 40))} (${where}): a restore runs in one ` +
+          `transaction that only shinkei ends`,
       );
     }
     // Both would remove the temporary guard that lets only shinkei commit (see restore.ts).
     if (first === "DISCARD" || (first === "DROP" && second === "OWNED"))
-      this.refuse(`${first} ${second ?? ""} (${where}): it would remove the restore's own guard`);
+      refuse(`${first} ${second ?? ""} (${where}): it would remove the restore's own guard`);
     if (first === "COPY") {
       // COPY TO a file or PROGRAM writes or runs things on the server that no rollback undoes.
-      if (otherCopy || !fromStdin) this.refuse(`a COPY other than pg_dump's COPY table FROM stdin (${where})`);
+      if (otherCopy || !fromStdin) refuse(`a COPY other than pg_dump's COPY table FROM stdin (${where})`);
       return "copy";
     }
     return "pass";
   }
-
-  private refuse(what: string): never {
-    throw new ShinkeiError("RESTORE_UNSAFE", `the file contains ${what}`, {
-      hint: "Nothing from it was applied. shinkei restores its own backups and pg_dump output (plain or custom format, UTF-8, made without --create).",
-    });
-  }
 }
 
-function concatAll(parts: Uint8Array[]): Uint8Array {
+/** The one error for a file a restore will not apply, from the splitter here and the grammar's judge alike. */
+export function refuse(what: string): never {
+  throw new ShinkeiError("RESTORE_UNSAFE", `the file contains ${what}`, {
+    hint:
+      "Nothing from it was applied. shinkei restores its own backups and pg_dump output " +
+      "(plain or custom format, UTF-8, made without --create).",
+  });
+}
+
+/** The parts as one buffer (the part itself when there is one). */
+export function concatAll(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {

@@ -58,13 +58,10 @@ export function ageConfig(vars: {
     try {
       recipients = parseRecipients(vars.recipients, (path) => readFileSync(path, "utf8"));
     } catch (e) {
-      throw new ShinkeiError(
-        "CONFIG_INVALID",
-        `BACKUP_AGE_RECIPIENTS ${(e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them")}`,
-        {
-          hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
-        },
-      );
+      const why = (e as Error).message.replace(/^ENOENT.*/, "is neither age public keys nor a readable file of them");
+      throw new ShinkeiError("CONFIG_INVALID", `BACKUP_AGE_RECIPIENTS ${why}`, {
+        hint: "Give age1... public keys (space or comma separated), or the path of a file with one per line.",
+      });
     }
     if (vars.passphrase) {
       throw new ShinkeiError(

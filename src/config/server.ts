@@ -16,7 +16,8 @@ export const entries = {
     v.check(
       (s) => proxyListError(s) === undefined,
       (issue) =>
-        `must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by commas: ${proxyListError(issue.input as string)}`,
+        `must be IP addresses or CIDR ranges such as 10.0.0.0/8, separated by ` +
+        `commas: ${proxyListError(issue.input as string)}`,
     ),
   ),
   SESSION_TTL: duration("30d", "366d"),

@@ -46,7 +46,10 @@ export const bool = (fallback: boolean) =>
     v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
   );
 
-/** A duration with an upper bound too: a typo such as 30000d must not pass as "forever". With `zero`, 0 turns a feature off. */
+/**
+ * A duration with an upper bound too: a typo such as 30000d must not pass as "forever". With
+ * `zero`, 0 turns a feature off.
+ */
 export const duration = (fallback: string, max: string, options: { zero?: boolean } = {}) =>
   v.pipe(
     v.optional(v.string(), fallback),

@@ -77,8 +77,8 @@ export class MailQueue {
   async idle(): Promise<void> {
     const busy = async () =>
       (
-        await this
-          .sql`select 1 from mail_outbox where sent_at is null and failed_at is null and (due_at <= now() or claimed_until > now()) limit 1`
+        await this.sql`select 1 from mail_outbox where sent_at is null and failed_at is null and (due_at <= now()
+            or claimed_until > now()) limit 1`
       ).length > 0;
     while (this.sending || (await busy())) {
       if (this.stopped) return;
@@ -96,7 +96,8 @@ export class MailQueue {
         this.failingDb = false;
         // Sleep until the next retry falls due, or the poll, whichever is first.
         const [next] = await this.sql<{ ms: number | null }[]>`
-          select greatest(0, extract(epoch from min(greatest(due_at, coalesce(claimed_until, due_at))) - now()) * 1000)::float8 as ms
+          select greatest(0, extract(epoch
+            from min(greatest(due_at, coalesce(claimed_until, due_at))) - now()) * 1000)::float8 as ms
           from mail_outbox where sent_at is null and failed_at is null`;
         if (next?.ms != null) waitMs = Math.min(waitMs, Math.ceil(next.ms) + 10);
       } catch (e) {
@@ -124,7 +125,8 @@ export class MailQueue {
       update mail_outbox set claimed_until = now() + make_interval(secs => ${claimSeconds}), attempts = attempts + 1
       where id = (
         select id from mail_outbox
-        where sent_at is null and failed_at is null and due_at <= now() and (claimed_until is null or claimed_until <= now())
+        where sent_at is null and failed_at is null and due_at <= now() and (claimed_until is null
+          or claimed_until <= now())
         order by due_at, id limit 1 for update skip locked)
       returning id::text, to_address as "to", subject, text_body as text, html_body as html, attempts,
                 coalesce(expires_at <= now(), false) as expired`;
@@ -143,8 +145,9 @@ export class MailQueue {
         return true;
       }
       const delayMs = Math.min(this.options.retryBaseMs * 2 ** (row.attempts - 1), 3_600_000);
-      await this
-        .sql`update mail_outbox set due_at = now() + make_interval(secs => ${delayMs / 1000}), claimed_until = null, last_error = ${error} where id = ${row.id}`;
+      await this.sql`update mail_outbox
+          set due_at = now() + make_interval(secs => ${delayMs / 1000}), claimed_until = null, last_error = ${error}
+          where id = ${row.id}`;
       this.log({
         level: "warn",
         msg: "mail not sent, will retry",
@@ -158,15 +161,16 @@ export class MailQueue {
       this.sending = false;
     }
     // The body may carry a live code: it goes as soon as it has been handed over.
-    await this
-      .sql`update mail_outbox set sent_at = now(), claimed_until = null, text_body = null, html_body = null where id = ${row.id}`;
+    await this.sql`update mail_outbox set sent_at = now(), claimed_until = null, text_body = null, html_body = null
+        where id = ${row.id}`;
     this.log({ level: "info", msg: "mail sent", subject: row.subject, attempts: row.attempts });
     return true;
   }
 
   private async abandon(row: Row, error: string): Promise<void> {
-    await this
-      .sql`update mail_outbox set failed_at = now(), claimed_until = null, text_body = null, html_body = null, last_error = ${error} where id = ${row.id}`;
+    await this.sql`update mail_outbox
+        set failed_at = now(), claimed_until = null, text_body = null, html_body = null, last_error = ${error}
+        where id = ${row.id}`;
     this.log({
       level: "error",
       msg: "mail dropped after retries",
@@ -190,8 +194,8 @@ export class MailQueue {
           while (
             !this.stopped &&
             (this.sending ||
-              (await this
-                .sql`select 1 from mail_outbox where sent_at is null and failed_at is null and due_at <= now() limit 1`.then(
+              (await this.sql`select 1 from mail_outbox where sent_at is null and failed_at is null
+                  and due_at <= now() limit 1`.then(
                 (r) => r.length > 0,
                 () => false,
               )))

@@ -219,7 +219,9 @@ export class Metrics {
     });
     new Gauge({
       name: "shinkei_offsite_lag_seconds",
-      help: "How far the off-site copy trails the local archive: for wal, the received time it lacks; for base, how long the oldest base backup not copied has waited; 0 when nothing waits",
+      help:
+        "How far the off-site copy trails the local archive: for wal, the received time it lacks; for base, " +
+        "how long the oldest base backup not copied has waited; 0 when nothing waits",
       labelNames: ["kind"],
       registers,
       async collect() {
@@ -354,7 +356,8 @@ export class Metrics {
     );
     receiverGauge(
       "shinkei_wal_slot_status",
-      "The slot's wal_status as one series per status, 1 for the current one: unreserved or lost means WAL the archive needs is going or gone",
+      "The slot's wal_status as one series per status, 1 for the current one: unreserved or lost means WAL " +
+        "the archive needs is going or gone",
       ["slot", "status"],
       (g, r) => {
         if (!r.slot) return;

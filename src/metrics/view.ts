@@ -72,7 +72,9 @@ export function statusView(
   if (s.lastDrill && !s.lastDrill.passed)
     problems.push({
       level: "bad",
-      text: `The last restore drill (${s.lastDrill.backup}) FAILED: ${s.lastDrill.differences.join("; ") || "see the drill record"}.`,
+      text:
+        `The last restore drill (${s.lastDrill.backup}) ` +
+        `FAILED: ${s.lastDrill.differences.join("; ") || "see the drill record"}.`,
     });
   if (headline.level === "bad")
     problems.push({
@@ -172,7 +174,9 @@ function pitrFacts(
   if (p.gapsAfterNewestBase)
     problems.push({
       level: "bad",
-      text: `${p.gapsAfterNewestBase} gap${p.gapsAfterNewestBase === 1 ? "" : "s"} in the WAL after the newest base backup: recovery stops at the first. Take a base backup now.`,
+      text:
+        `${p.gapsAfterNewestBase} gap${p.gapsAfterNewestBase === 1 ? "" : "s"} in the WAL after the newest ` +
+        `base backup: recovery stops at the first. Take a base backup now.`,
     });
   const last = p.drills.at(-1);
   const passed = p.drills.filter((d) => d.passed).at(-1);

@@ -90,7 +90,8 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
           await sql.begin(async (tx) => {
             await tx.unsafe(actAsDatabaseOwner);
             await tx.unsafe(m.up);
-            await tx`insert into schema_migrations (version, name, checksum) values (${m.version}, ${m.name}, ${checksum(m.up)})`;
+            await tx`insert into schema_migrations (version, name, checksum)
+              values (${m.version}, ${m.name}, ${checksum(m.up)})`;
           });
         } catch (error) {
           throw new ShinkeiError(
@@ -138,6 +139,7 @@ export async function rebuildSchema(tx: Queryable, list: readonly Migration[] = 
   await tx.unsafe(migrationsTable);
   for (const m of list) {
     await tx.unsafe(m.up);
-    await tx`insert into schema_migrations (version, name, checksum) values (${m.version}, ${m.name}, ${checksum(m.up)})`;
+    await tx`insert into schema_migrations (version, name, checksum)
+      values (${m.version}, ${m.name}, ${checksum(m.up)})`;
   }
 }

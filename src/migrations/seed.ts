@@ -51,11 +51,13 @@ export async function seedDemo(sql: Queryable, options: { memoryCost?: number; t
       await sql`insert into users (email, name, password_hash) values (${u.email}, ${u.name}, ${hash}) returning id`;
     for (const w of worlds) {
       const [world] =
-        await sql`insert into worlds (owner_id, name, description) values (${user!.id}, ${w.name}, ${w.description}) returning id`;
+        await sql`insert into worlds (owner_id, name, description) values (${user!.id}, ${w.name}, ${w.description})
+          returning id`;
       for (const title of w.stories) {
-        const [story] =
-          await sql`insert into stories (world_id, title, summary) values (${world!.id}, ${title}, ${"A story of " + w.name}) returning id`;
-        await sql`insert into story_beats ${sql(beats.map((content, position) => ({ story_id: story!.id, position, content })))}`;
+        const [story] = await sql`insert into stories (world_id, title, summary)
+            values (${world!.id}, ${title}, ${"A story of " + w.name}) returning id`;
+        await sql`insert into story_beats
+          ${sql(beats.map((content, position) => ({ story_id: story!.id, position, content })))}`;
       }
     }
   }

@@ -126,14 +126,19 @@ export async function checkDumpVersion(serverVersionNum: number, env?: Env) {
       "PG_VERSION_MISMATCH",
       `pg_dump ${dump.major} is older than the PostgreSQL ${server} server; it cannot dump it`,
       {
-        hint: `Install pg_dump ${server} or newer (e.g. apt install postgresql-client-${server}) and put it first on PATH.`,
+        hint:
+          `Install pg_dump ${server} or newer (e.g. apt install postgresql-client-${server}) and put it ` +
+          `first on PATH.`,
       },
     );
   }
   return { pgDump: dump.text, server };
 }
 
-/** A copy of a streaming tool whose major version is the server's or newer: an older one cannot stream from a newer server. */
+/**
+ * A copy of a streaming tool whose major version is the server's or newer: an older one cannot
+ * stream from a newer server.
+ */
 export async function findTool(tool: WalTool, serverMajor: number, env: Env = process.env): Promise<FoundTool> {
   const { found, seen } = await firstAccepted([tool], env, (major) => major >= serverMajor, true);
   if (found) return found;
@@ -142,7 +147,9 @@ export async function findTool(tool: WalTool, serverMajor: number, env: Env = pr
       "PG_TOOL_MISSING",
       `${tool} was not found (looked on PATH, in pg_config --bindir and the usual PostgreSQL folders)`,
       {
-        hint: `Install PostgreSQL ${serverMajor}'s client programs (e.g. apt install postgresql-client-${serverMajor}).`,
+        hint:
+          `Install PostgreSQL ${serverMajor}'s client programs (e.g. apt install ` +
+          `postgresql-client-${serverMajor}).`,
       },
     );
   }
@@ -163,14 +170,20 @@ export async function serverBinaries(major: number, env: Env = process.env): Pro
   const majors = [...new Set(seen.map((s) => String(s.major)))];
   throw new ShinkeiError(
     "PG_TOOL_MISSING",
-    `the base backup is from PostgreSQL ${major}, and its server programs (postgres, pg_ctl) are not installed${majors.length ? ` (found PostgreSQL ${majors.join(", ")})` : ""}`,
+    `the base backup is from PostgreSQL ${major}, and its server programs (postgres, pg_ctl) are not ` +
+      `installed${majors.length ? ` (found PostgreSQL ${majors.join(", ")})` : ""}`,
     {
-      hint: `Install the PostgreSQL ${major} server (e.g. apt install postgresql-${major}); recovery needs the same major version as the backup.`,
+      hint:
+        `Install the PostgreSQL ${major} server (e.g. apt install postgresql-${major}); recovery needs the ` +
+        `same major version as the backup.`,
     },
   );
 }
 
-/** Where initdb and pg_ctl live for the local cluster: PATH first, then the usual install folders, newest version first. */
+/**
+ * Where initdb and pg_ctl live for the local cluster: PATH first, then the usual install folders,
+ * newest version first.
+ */
 export function findServerBinaries(env: Env = process.env): string | null {
   return pgBinDirs(["pg_ctl", "initdb"], env)[0] ?? null;
 }

@@ -206,7 +206,9 @@ export async function withAdvisoryLock<T>(
       if (!row!.ok) throw await lockedError(conn, key, options.what ?? name);
     }
     // pg_locks shows a two-key advisory lock as classid = key1, objid = key2 (as an oid), objsubid = 2.
-    const heldCondition = `exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted and pid = ${pid} and classid = ${LOCK_NAMESPACE} and objid = (${key})::int4::oid and objsubid = 2)`;
+    const heldCondition =
+      `exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted and pid = ${pid} ` +
+      `and classid = ${LOCK_NAMESPACE} and objid = (${key})::int4::oid and objsubid = 2)`;
     const handle: LockHandle = {
       heldCondition,
       async assertHeld() {
@@ -240,11 +242,13 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
   const [h] = await conn<{ name: string; since: Date; client: string | null }[]>`
     select a.application_name as name, a.backend_start as since, a.client_addr::text as client
     from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid and l.objsubid = 2
+    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid
+      and l.objsubid = 2
       and l.database = (select oid from pg_catalog.pg_database where datname = current_database())
     limit 1`.catch(() => []);
   const by = h
-    ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} since ${h.since.toISOString()})`
+    ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} ` +
+      `since ${h.since.toISOString()})`
     : "";
   return new ShinkeiError("LOCKED", `another ${what} is running on this database${by}`, {
     hint: "Wait for it to finish, or pass --wait to queue behind it.",
@@ -258,9 +262,11 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
  * afterwards, whichever of them migrated, reset or restored. A superuser or the owner itself is left
  * as it is. Scoped to the transaction (set_config(..., true)), so the session's role is untouched.
  */
-export const actAsDatabaseOwner = `SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true) FROM pg_catalog.pg_database d
+export const actAsDatabaseOwner = `SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(d.datdba), true)
+  FROM pg_catalog.pg_database d
  WHERE d.datname = pg_catalog.current_database() AND pg_catalog.pg_get_userbyid(d.datdba) <> current_user
-   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER') AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);`;
+   AND pg_catalog.pg_has_role(d.datdba, 'MEMBER')
+   AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);`;
 
 /**
  * Drop and recreate `public` with the server's stock owner and grants. Used inside a transaction

@@ -14,17 +14,20 @@ export async function pruneHistory(
 ): Promise<{ accountEvents: number; mailOutbox: number; backupRuns: number }> {
   const accountEvents = keep.accountEventsMs
     ? (
-        await sql`delete from account_events where created_at < now() - make_interval(secs => ${secs(keep.accountEventsMs)})`
+        await sql`delete from account_events
+          where created_at < now() - make_interval(secs => ${secs(keep.accountEventsMs)})`
       ).count
     : 0;
   const mailOutbox = keep.mailOutboxMs
     ? (
-        await sql`delete from mail_outbox where (sent_at is not null or failed_at is not null) and created_at < now() - make_interval(secs => ${secs(keep.mailOutboxMs)})`
+        await sql`delete from mail_outbox where (sent_at is not null or failed_at is not null)
+          and created_at < now() - make_interval(secs => ${secs(keep.mailOutboxMs)})`
       ).count
     : 0;
   const backupRuns = keep.backupRunsMs
     ? (
-        await sql`delete from backup_runs where finished_at is not null and scheduled_for < now() - make_interval(secs => ${secs(keep.backupRunsMs)})`
+        await sql`delete from backup_runs where finished_at is not null
+          and scheduled_for < now() - make_interval(secs => ${secs(keep.backupRunsMs)})`
       ).count
     : 0;
   return { accountEvents, mailOutbox, backupRuns };

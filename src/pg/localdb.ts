@@ -79,7 +79,8 @@ export async function freePort(): Promise<number> {
 
 /** Only password logins, from loopback: what initdb writes for --auth=scram-sha-256, without the socket lines. */
 const HBA =
-  "# written by shinkei: password logins only\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+  "# written by shinkei: password logins only\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all " +
+  "::1/128 scram-sha-256\n";
 
 /** The cluster's password: read it, or make one (mode 0600, never over an existing file). */
 async function clusterPassword(file: string): Promise<{ password: string; created: boolean }> {
@@ -120,7 +121,9 @@ export async function ensureLocalCluster(
       "DB_UNREACHABLE",
       "nothing answers on 127.0.0.1:5432 and no PostgreSQL server is installed to start one",
       {
-        hint: "Start one with `docker compose up -d postgres`, install it (apt install postgresql, brew install postgresql@17), or set DATABASE_URL.",
+        hint:
+          "Start one with `docker compose up -d postgres`, install it (apt install postgresql, brew install " +
+          "postgresql@17), or set DATABASE_URL.",
       },
     );
   }
@@ -158,7 +161,9 @@ export async function ensureLocalCluster(
         "DB_UNREACHABLE",
         `could not create a local PostgreSQL cluster in ${dataDir}: ${init.output}`,
         {
-          hint: "Check that the folder is writable (and reachable by the postgres user when running as root), or set DATABASE_URL.",
+          hint:
+            "Check that the folder is writable (and reachable by the postgres user when running as root), or " +
+            "set DATABASE_URL.",
         },
       );
     }
@@ -177,10 +182,12 @@ export async function ensureLocalCluster(
   // Loopback only, no unix socket: nothing outside this machine can reach it. initdb's pg_hba
   // already lets local users open replication connections.
   // A bounded slot budget: WAL_ARCHIVE=stream works here too, and never fills the disk.
-  const options = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories='' -c max_slot_wal_keep_size=1GB`;
+  const options =
+    `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories='' ` + "-c max_slot_wal_keep_size=1GB";
   const start = await run([...pgCtl, "start", "-w", "-t", "60", "-l", join(dataDir, "server.log"), "-o", options]);
   if (start.code !== 0) {
-    if (await running()) return { url, dataDir, started: false, stop: async () => {} }; // another shinkei started it first
+    // another shinkei started it first
+    if (await running()) return { url, dataDir, started: false, stop: async () => {} };
     throw new ShinkeiError("DB_UNREACHABLE", `could not start the local PostgreSQL in ${dataDir}: ${start.output}`, {
       hint: `See ${join(dataDir, "server.log")}, or set DATABASE_URL.`,
     });
@@ -206,7 +213,9 @@ async function dropTrust(dataDir: string, port: number, password: string, pgCtl:
       "DB_UNREACHABLE",
       `cannot log in to the local PostgreSQL in ${dataDir} to give it a password: ${(e as Error).message}`,
       {
-        hint: `Its password file ${join(dataDir, "..", "postgres.password")} is new: if an older one was deleted, restore it, or remove ${join(dataDir, "..")} to start afresh.`,
+        hint:
+          `Its password file ${join(dataDir, "..", "postgres.password")} is new: if an older one was ` +
+          `deleted, restore it, or remove ${join(dataDir, "..")} to start afresh.`,
       },
     );
   } finally {

@@ -6,6 +6,7 @@ export type ServerInfo = { versionNum: number; major: number; segmentBytes: numb
 export async function serverInfo(sql: Queryable): Promise<ServerInfo> {
   const [row] = await sql<{ num: number; seg: number }[]>`
     select current_setting('server_version_num')::int as num,
-           (select setting::int * case unit when '8kB' then 8192 when 'MB' then 1048576 else 1 end from pg_settings where name = 'wal_segment_size') as seg`;
+           (select setting::int * case unit when '8kB' then 8192 when 'MB' then 1048576 else 1 end from pg_settings
+             where name = 'wal_segment_size') as seg`;
   return { versionNum: row!.num, major: Math.floor(row!.num / 10000), segmentBytes: Number(row!.seg) };
 }

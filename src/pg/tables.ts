@@ -14,7 +14,8 @@ export async function userTables(sql: Queryable): Promise<{ key: string; qualifi
     select n.nspname as schema, c.relname as name from pg_catalog.pg_class c
     join pg_catalog.pg_namespace n on n.oid = c.relnamespace
     where c.relkind in ('r', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
-      and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+      and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass
+        and d.objid = c.oid and d.deptype = 'e')
     order by n.nspname <> 'public', n.nspname, c.relname`;
   return rows.map((r) => ({
     key: r.schema === "public" ? r.name : `${r.schema}.${r.name}`,
@@ -36,7 +37,8 @@ export async function countRows(
 ): Promise<{ name: string; n: number; digest: string | null }[]> {
   const parts = (await userTables(sql)).map(
     (t) =>
-      `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n, ${digest ? digest("r") : "null::text"} as digest from ${t.qualified} r`,
+      `select ${quoteLiteral(t.key)} as name, count(*)::int8 as n, ${digest ? digest("r") : "null::text"} ` +
+      `as digest from ${t.qualified} r`,
   );
   // Large objects are counted, never digested: reading their content needs privileges on each one.
   parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8, null from pg_catalog.pg_largeobject_metadata`);

@@ -108,7 +108,8 @@ export async function runPitrDrill(deps: {
   const { sql, config } = deps;
   const started = performance.now();
   const at = new Date();
-  const restorePoint = `shinkei_drill_${at.toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}_${crypto.randomUUID().slice(0, 6)}`;
+  const stamp = at.toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+  const restorePoint = `shinkei_drill_${stamp}_${crypto.randomUUID().slice(0, 6)}`;
   const result: PitrDrill = {
     at: at.toISOString(),
     passed: false,
@@ -127,9 +128,8 @@ export async function runPitrDrill(deps: {
     // Recovery can only reach what the receiver has: wait for it to flush past the restore point.
     const deadline = Date.now() + 60_000;
     for (;;) {
-      const [r] = await sql<
-        { ok: boolean }[]
-      >`select flush_lsn >= ${mark.lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
+      const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${mark.lsn}::pg_lsn as ok from pg_stat_replication
+        where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
       if (r?.ok) break;
       if (Date.now() > deadline)
         throw new ShinkeiError(

@@ -92,7 +92,10 @@ function readState(root: string): InstanceState | null {
   }
 }
 
-/** A new, empty instance folder: where each part lies (PostgreSQL refuses to run as root, so the server may be another user). */
+/**
+ * A new, empty instance folder: where each part lies (PostgreSQL refuses to run as root, so the
+ * server may be another user).
+ */
 export type InstanceFolder = {
   root: string;
   /** The server's: the data directory, its unix sockets, its log. */

@@ -49,7 +49,10 @@ export function scrubSettings(text: string): { text: string; removed: string[] }
     const m = NAME.exec(line);
     if (!m || !isUnsafeSetting(m[1]!)) return line;
     removed.push(m[1]!.toLowerCase());
-    return `# removed by shinkei before recovery (runs a program, loads code or reads another file): ${m[1]!.toLowerCase()}`;
+    return (
+      `# removed by shinkei before recovery (runs a program, loads code or reads another ` +
+      `file): ${m[1]!.toLowerCase()}`
+    );
   });
   return { text: lines.join("\n"), removed };
 }

@@ -70,7 +70,8 @@ export function parseTargetTime(input: string, timezone: string, now = new Date(
   }
   throw new ShinkeiError(
     "USAGE",
-    `"${text.slice(0, 64)}" is not a time: give an ISO time with its zone (2026-03-01T17:01:59+01:00), a local time in BACKUP_TIMEZONE ${timezone} (2026-03-01 17:01:59), latest, or -5m`,
+    `"${text.slice(0, 64)}" is not a time: give an ISO time with its zone (2026-03-01T17:01:59+01:00), a ` +
+      `local time in BACKUP_TIMEZONE ${timezone} (2026-03-01 17:01:59), latest, or -5m`,
   );
 }
 

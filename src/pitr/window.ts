@@ -176,7 +176,9 @@ function chooseIn(target: RecoveryTarget, window: Window | null, bases: BaseChoi
       "PITR_OUT_OF_WINDOW",
       "there is nothing to recover from: no base backup with its WAL in the archive",
       {
-        hint: "Take one with shinkei backup base (the backup service takes them on BASE_BACKUP_SCHEDULE); see shinkei pitr status.",
+        hint:
+          "Take one with shinkei backup base (the backup service takes them on BASE_BACKUP_SCHEDULE); see " +
+          "shinkei pitr status.",
       },
     );
   }
@@ -185,7 +187,8 @@ function chooseIn(target: RecoveryTarget, window: Window | null, bases: BaseChoi
     if (at < Date.parse(window.earliest) || at > Date.parse(window.latest)) {
       throw new ShinkeiError(
         "PITR_OUT_OF_WINDOW",
-        `${target.at.toISOString()} is ${at < Date.parse(window.earliest) ? "before" : "after"} the recoverable window ${describeWindow(window)}`,
+        `${target.at.toISOString()} is ${at < Date.parse(window.earliest) ? "before" : "after"} the ` +
+          `recoverable window ${describeWindow(window)}`,
         {
           hint: "Choose a moment inside the window (shinkei pitr status shows it); nothing was changed.",
           details: { window },
@@ -200,7 +203,8 @@ function chooseIn(target: RecoveryTarget, window: Window | null, bases: BaseChoi
     if (!fit) {
       throw new ShinkeiError(
         "PITR_OUT_OF_WINDOW",
-        `${target.lsn} is before the end of the oldest base backup (${bases[0]!.manifest.stopLsn}); the recoverable window is ${describeWindow(window)}`,
+        `${target.lsn} is before the end of the oldest base backup (${bases[0]!.manifest.stopLsn}); the ` +
+          `recoverable window is ${describeWindow(window)}`,
         { details: { window } },
       );
     }

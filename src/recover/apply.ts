@@ -34,7 +34,9 @@ export function conflict(error: unknown, t: TableInfo, what: string): unknown {
     "RECOVER_CONFLICT",
     `conflict while ${what} ${t.name}: ${e.detail ?? e.message}${e.constraint_name ? ` (${e.constraint_name})` : ""}`,
     {
-      hint: "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), then run recover again.",
+      hint:
+        "Nothing was applied. Resolve the named rows in the live database (or recover a narrower scope), " +
+        "then run recover again.",
       details: { table: e.table_name ?? t.name, constraint: e.constraint_name, detail: e.detail },
       cause: error,
     },
@@ -117,7 +119,8 @@ export async function rowsByKey(
   const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
   const rows = await q.unsafe<{ r: Row; d: string }[]>(
     `select to_jsonb(t) as r, md5(to_jsonb(t)::text) as d
-    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k on ${match}${lock ? " for update of t" : ""}`,
+    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k
+      on ${match}${lock ? " for update of t" : ""}`,
     [JSON.stringify(keys)],
   );
   for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d });
@@ -198,7 +201,8 @@ export async function applyRows(
         conflicts,
         (q, rows) =>
           q.unsafe(
-            `update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) s where ${match}`,
+            `update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) ` +
+              `s where ${match}`,
             [JSON.stringify(rows)],
           ),
       );

@@ -41,7 +41,8 @@ async function catalog(sql: Queryable) {
                join pg_attribute a on a.attrelid = t.oid and a.attnum = k.n order by k.o)
          from pg_index i where i.indrelid = t.oid and i.indisprimary), '{}') as "primaryKey",
       array(select a.attname::text from pg_attribute a
-            where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' order by a.attnum) as columns
+            where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+              order by a.attnum) as columns
     from pg_class t join pg_namespace n on n.oid = t.relnamespace
     where n.nspname = 'public' and t.relkind in ('r', 'p')`;
   return { edges, tables: new Map(tables.map((t) => [t.name, t])) };
@@ -113,7 +114,8 @@ export function describeGraph(graph: Graph): string[] {
   return [
     ...graph.edges.map(
       (e) =>
-        `${e.parent} -> ${e.child}  (${e.child}.${e.childColumns.join(", ")} references ${e.parent}.${e.parentColumns.join(", ")})`,
+        `${e.parent} -> ${e.child}  (${e.child}.${e.childColumns.join(", ")} ` +
+        `references ${e.parent}.${e.parentColumns.join(", ")})`,
     ),
     ...graph.skipped.map((s) => `not followed: ${s.table} (${s.reason})`),
   ];

@@ -105,7 +105,8 @@ export async function buildPlan(
       (
         await source<
           { n: string }[]
-        >`select relname::text as n from pg_class c join pg_namespace s on s.oid = c.relnamespace where s.nspname = 'public'`
+        >`select relname::text as n from pg_class c join pg_namespace s on s.oid = c.relnamespace
+          where s.nspname = 'public'`
       ).map((r) => r.n),
     );
     for (const t of graph.tables.filter((t) => !inSource.has(t.name))) {
@@ -124,7 +125,10 @@ export async function buildPlan(
       const now = await one(live, `select to_jsonb(r) as r from public.${root} r where ${where}`);
       throw new ShinkeiError(
         "NOT_FOUND",
-        `no ${describeScope(scope)} in ${file}${now ? " (it exists now, created after the backup: there is nothing older to bring back)" : " nor in the live database"}`,
+        `no ${describeScope(scope)} in ${file}` +
+          (now
+            ? " (it exists now, created after the backup: there is nothing older to bring back)"
+            : " nor in the live database"),
         {
           hint: now
             ? "Pick an older backup with --from (shinkei backup --list)."
@@ -152,7 +156,9 @@ export async function buildPlan(
           if (owned.length) {
             throw new ShinkeiError(
               "ACCOUNT_NOT_EMPTY",
-              `the current account ${owner} (${holder.id}) owns data (${owned.map(([t, n]) => `${t} ${n}`).join(", ")}): --restore-account removes only an empty account`,
+              `the current account ${owner} (${holder.id}) owns data ` +
+                `(${owned.map(([t, n]) => `${t} ${n}`).join(", ")}): --restore-account removes only an empty ` +
+                `account`,
               {
                 hint: "Use --into-current-account to move the recovered worlds to the current account instead.",
               },
@@ -165,8 +171,10 @@ export async function buildPlan(
       const ownerRow = await one(
         source,
         scope.kind === "world"
-          ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where w.id = ${quoteLiteral(sourceRoot)}`
-          : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`,
+          ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where ` +
+              `w.id = ${quoteLiteral(sourceRoot)}`
+          : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join ` +
+              `public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`,
       );
       owner = ownerRow ? String(ownerRow.email) : undefined;
     }

@@ -13,8 +13,10 @@ import type { Plan, Scope } from "./plan.ts";
 const SUFFIX = ".recovered.json";
 const UNDO_SUFFIX = ".undo.json";
 /** `shinkei_recovery_<applied at, UTC>_<first 8 of the id>` and one of a record's or safety copy's endings. */
-const RECOVERY_NAME =
-  /^(shinkei_recovery_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_([0-9a-f]{8}))\.(recovered\.json|undo\.json(?:\.age)?)$/;
+const RECOVERY_NAME = new RegExp(
+  String.raw`^(shinkei_recovery_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_([0-9a-f]{8}))` +
+    String.raw`\.(recovered\.json|undo\.json(?:\.age)?)$`,
+);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export type RecoveryName = { name: string; base: string; appliedAt: Date; idPrefix: string; isRecord: boolean };
@@ -319,7 +321,8 @@ async function readRecovery(
     throw refused(
       `${path} was written before recoveries kept their rows: it has no row-level undo`,
       record.safetyBackup
-        ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: that rolls back every write since, of every user).`
+        ? `Its full safety backup is ${record.safetyBackup} (shinkei backup --restore --backup-file it: ` +
+            `that rolls back every write since, of every user).`
         : undefined,
     );
   }
@@ -333,7 +336,10 @@ async function readRecovery(
   }
   if (age?.manifestKey && !signatureMatches(record.signature, signedPart(record), age.manifestKey)) {
     throw refused(
-      `${path} is ${record.signature ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)" : "unsigned, and BACKUP_MANIFEST_KEY is set"}`,
+      `${path} is ` +
+        (record.signature
+          ? "not signed with this host's BACKUP_MANIFEST_KEY (changed since it was written, or from another host)"
+          : "unsigned, and BACKUP_MANIFEST_KEY is set"),
     );
   }
   const undoFile = join(dirname(found.path), record.undo.file);

@@ -30,10 +30,12 @@ const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
  */
 async function claim(tx: Queryable, record: RecoveredRecord): Promise<void> {
   const [r] = await tx<{ sha: string; undone: string | null }[]>`
-    select undo_sha256 as sha, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone from recoveries where id = ${record.id!} for update`;
+    select undo_sha256 as sha, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone
+      from recoveries where id = ${record.id!} for update`;
   if (!r)
     throw refused(
-      `recovery ${record.id} was never applied to this database: its record comes from another database, its transaction did not commit, or the database was restored to a backup taken before it`,
+      `recovery ${record.id} was never applied to this database: its record comes from another database, ` +
+        `its transaction did not commit, or the database was restored to a backup taken before it`,
     );
   if (r.sha !== record.undo!.sha256)
     throw refused(
@@ -65,7 +67,9 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     const t = live.get(u.table);
     if (!t || JSON.stringify(t.primaryKey) !== JSON.stringify(u.primaryKey)) {
       throw refused(
-        `the safety copy names table ${JSON.stringify(u.table).slice(0, 64)} with key (${u.primaryKey.join(", ").slice(0, 64)}), which recover does not follow from ${undo.root} in this database`,
+        `the safety copy names table ${JSON.stringify(u.table).slice(0, 64)} with key ` +
+          `(${u.primaryKey.join(", ").slice(0, 64)}), which recover does not follow from ${undo.root} in ` +
+          `this database`,
       );
     }
     return { u, t };
@@ -104,7 +108,8 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     for (const r of u.deleted)
       if (deleted.has(keyOf(t, r))) problems.push(`${nameRow(u, r)} (removed by the recovery) exists again`);
   }
-  // A row written since under a row the recovery inserted would go with it (or block it): it is not the recovery's to remove.
+  // A row written since under a row the recovery inserted would go with it (or block it): it is not
+  // the recovery's to remove.
   const insertedKeys = new Map(tables.map(({ u, t }) => [u.table, new Set(u.inserted.map((i) => keyOf(t, i.key)))]));
   for (const e of graph.edges) {
     const parent = tables.find(({ u }) => u.table === e.parent);
@@ -121,7 +126,8 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     for (const { r } of rows) {
       if (!insertedKeys.get(e.child)?.has(keyOf(child, r)))
         problems.push(
-          `${nameRow({ table: e.child, primaryKey: child.primaryKey }, r)} was written since, under a recovered ${e.parent} row`,
+          `${nameRow({ table: e.child, primaryKey: child.primaryKey }, r)} was written since, under a ` +
+            `recovered ${e.parent} row`,
         );
     }
   }
@@ -129,9 +135,12 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     const shown = problems.slice(0, NAMED);
     throw new ShinkeiError(
       "RECOVER_CONFLICT",
-      `${problems.length === 1 ? "1 row" : `${problems.length} rows`} changed since the recovery, nothing was undone: ${shown.join("; ")}${problems.length > NAMED ? `; and ${problems.length - NAMED} more` : ""}`,
+      `${problems.length === 1 ? "1 row" : `${problems.length} rows`} changed since the recovery, nothing ` +
+        `was undone: ${shown.join("; ")}${problems.length > NAMED ? `; and ${problems.length - NAMED} more` : ""}`,
       {
-        hint: "The undo removes or reverts only rows exactly as the recovery left them. Put the named rows back as they were (or keep the recovery), then run the undo again.",
+        hint:
+          "The undo removes or reverts only rows exactly as the recovery left them. Put the named rows back " +
+          "as they were (or keep the recovery), then run the undo again.",
         details: { rows: problems },
       },
     );
@@ -164,7 +173,8 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
         t,
         "putting back the old version of rows of",
         u.updated.length,
-        `update ${target(t)} set ${set} from jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s where ${matchS(t)}`,
+        `update ${target(t)} set ${set} from jsonb_populate_recordset(null::${target(t)}, ` +
+          `$1::text::jsonb) s where ${matchS(t)}`,
         u.updated.map((x) => x.before),
       );
     counts[u.table]!.putBack = u.updated.length;
@@ -174,7 +184,8 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       t,
       "removing the recovered rows of",
       u.inserted.length,
-      `delete from ${target(t)} using jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s where ${matchS(t)}`,
+      `delete from ${target(t)} using jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s ` +
+        `where ${matchS(t)}`,
       u.inserted.map((i) => i.key),
     );
     counts[u.table]!.deleted = u.inserted.length;
@@ -185,7 +196,8 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       t,
       "bringing back the rows removed from",
       u.deleted.length,
-      `insert into ${target(t)} (${cols}) overriding system value select ${cols} from jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb)`,
+      `insert into ${target(t)} (${cols}) overriding system value select ${cols} from ` +
+        `jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb)`,
       u.deleted,
     );
     counts[u.table]!.reinserted = u.deleted.length;
@@ -252,7 +264,8 @@ export async function recoveryStates(sql: Sql, ids: string[]): Promise<Map<strin
   const [has] = await sql`select to_regclass('public.recoveries') is not null as ok`;
   if (!has?.ok || !ids.length) return out;
   const rows = await sql<{ id: string; undone: string | null }[]>`
-    select id::text, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone from recoveries where id::text in ${sql(ids)}`;
+    select id::text, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone from recoveries
+      where id::text in ${sql(ids)}`;
   for (const r of rows) out.set(r.id, r.undone ? `undone ${r.undone}` : "applied");
   return out;
 }

@@ -113,7 +113,8 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
       });
 
     await recordRun(
-      sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'backup'`,
+      sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot}
+        and kind = 'backup'`,
       log,
     );
     notify(
@@ -135,7 +136,8 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
       error,
     });
     await recordRun(
-      sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'backup'`,
+      sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot}
+        and kind = 'backup'`,
       log,
     );
     notify(config.backup.webhookUrl, { event: "backup.failed", error }, log);

@@ -77,7 +77,9 @@ export async function decrypt(
   const keys = age?.identityFile ? await identities(age.identityFile) : [];
   if (keys.length === 0 && !age?.passphrase) {
     throw new ShinkeiError("KEY_MISSING", `${file} is ${forWhom}, and no key to open it is configured`, {
-      hint: "Set BACKUP_AGE_IDENTITY to a file holding the matching private key (or BACKUP_AGE_PASSPHRASE). Nothing was changed.",
+      hint:
+        "Set BACKUP_AGE_IDENTITY to a file holding the matching private key (or BACKUP_AGE_PASSPHRASE). " +
+        "Nothing was changed.",
     });
   }
   const d = new Decrypter();

@@ -2,8 +2,10 @@
  * Our backups are `shinkei_backup_YYYYMMDD_HHMMSS[_N].<ext>` (UTC). Retention and listing touch
  * only names that match exactly, so nothing else in the folder or bucket is ever ours to delete.
  */
-const PATTERN =
-  /^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$/;
+const PATTERN = new RegExp(
+  String.raw`^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?` +
+    String.raw`\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$`,
+);
 
 import type { StoreNaming } from "./store.ts";
 
@@ -25,7 +27,8 @@ export function parseBackupName(name: string): BackupName | null {
 
 function stamp(at: Date): string {
   const p = (n: number) => String(n).padStart(2, "0");
-  return `${at.getUTCFullYear()}${p(at.getUTCMonth() + 1)}${p(at.getUTCDate())}_${p(at.getUTCHours())}${p(at.getUTCMinutes())}${p(at.getUTCSeconds())}`;
+  const day = `${at.getUTCFullYear()}${p(at.getUTCMonth() + 1)}${p(at.getUTCDate())}`;
+  return `${day}_${p(at.getUTCHours())}${p(at.getUTCMinutes())}${p(at.getUTCSeconds())}`;
 }
 
 export function backupName(at: Date, sequence = 0, extension = OUR_EXTENSION): string {

@@ -28,7 +28,10 @@ const ZSTD_LEVEL = 3;
 export async function sealTo(
   source: AsyncIterable<Uint8Array> | Readable,
   path: string,
-  /** `plainHash`: also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
+  /**
+   * `plainHash`: also the SHA-256 of the bytes before compression (a second hash pass: only where a
+   * later check uses it).
+   */
   options: {
     codec?: Codec;
     level?: number;

@@ -34,8 +34,9 @@ export interface BackupStore {
    */
   get(name: string, localPath: string): Promise<void>;
   /**
-   * Delete an object and its companions (a backup and its manifest). Either or both already gone is no error (a retention run
-   * cut short is simply run again). A name that is not ours is NOT_OURS, and nothing is deleted.
+   * Delete an object and its companions (a backup and its manifest). Either or both already gone is
+   * no error (a retention run cut short is simply run again). A name that is not ours is NOT_OURS,
+   * and nothing is deleted.
    */
   remove(name: string): Promise<void>;
 }

@@ -37,7 +37,10 @@ export type WalRecord = {
   signature?: string;
 };
 
-/** What a WAL record's signature covers: everything a fetch checks and the window reads (not the off-site copies, added later). */
+/**
+ * What a WAL record's signature covers: everything a fetch checks and the window reads (not the
+ * off-site copies, added later).
+ */
 const walRecordParts = (r: WalRecord): unknown[] => [
   "wal",
   r.name,
@@ -57,10 +60,13 @@ const walRecordParts = (r: WalRecord): unknown[] => [
 export const signWalRecord = (record: WalRecord, key: string | undefined): WalRecord =>
   key ? { ...record, signature: signParts(walRecordParts(record), key) } : record;
 
+const kindName = (kind: string) =>
+  kind === "history" ? "history file" : kind === "partial" ? "partial segment" : "segment";
+
 /** Why this host may not use `record` (unsigned, mis-signed, plain where it encrypts), or null. */
 export const walRecordProblem = (record: WalRecord, trust: ArchiveTrust): string | null =>
   trustProblem(
-    `WAL ${record.kind === "history" ? "history file" : record.kind === "partial" ? "partial segment" : "segment"} ${record.name}`,
+    `WAL ${kindName(record.kind)} ${record.name}`,
     { signature: record.signature, encrypted: Boolean(record.encryption) },
     walRecordParts(record),
     trust,

@@ -17,9 +17,9 @@ import { signParts } from "../backup/manifest.ts";
 import { trustProblem, type ArchiveTrust, type Untrusted } from "./trust.ts";
 
 /**
- * Base backups: `BACKUP_DIR/base/shinkei_base_YYYYMMDD_HHMMSS.tar.zst[.age]` (`.tar.gz` from before zstd, still read), beside it the
- * server's own backup_manifest (sealed the same way) and our manifest with the WAL range the
- * backup needs. No WAL inside: the continuous archive holds it.
+ * Base backups: `BACKUP_DIR/base/shinkei_base_YYYYMMDD_HHMMSS.tar.zst[.age]` (`.tar.gz` from before
+ * zstd, still read), beside it the server's own backup_manifest (sealed the same way) and our
+ * manifest with the WAL range the backup needs. No WAL inside: the continuous archive holds it.
  */
 export type BaseManifest = {
   baseManifestVersion: 1;
@@ -137,7 +137,8 @@ export async function createBaseBackup(options: {
   if (extra!.n > 0) {
     throw new ShinkeiError(
       "UNSUPPORTED_LAYOUT",
-      `the server has ${extra!.n} extra tablespace(s); pg_basebackup can stream only a single-tablespace cluster to stdout`,
+      `the server has ${extra!.n} extra tablespace(s); pg_basebackup can stream only a single-tablespace ` +
+        `cluster to stdout`,
       {
         hint: "Keep the app's data in the default tablespace, or back up with pg_basebackup -D <folder> yourself.",
       },

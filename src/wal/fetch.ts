@@ -21,9 +21,10 @@ function timelineOf(name: string): number | null {
  * What PostgreSQL's restore_command asks for: the WAL file `name`, from the local archive (else
  * the off-site copy), checked against its record (SHA-256 of the stored bytes, then of the WAL
  * after decryption and gunzip), written to `target` whole or not at all. A segment just finished
- * and not yet sealed comes from the spool. A segment never archived whole is served from its partial (the one being received, else an archived one): the end of what
- * the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
- * never existed, such as the next timeline's history.
+ * and not yet sealed comes from the spool. A segment never archived whole is served from its
+ * partial (the one being received, else an archived one): the end of what the archive holds. A file
+ * we do not have is NOT_FOUND (exit 1): recovery asks for files that never existed, such as the
+ * next timeline's history.
  */
 export async function fetchWal(
   config: Config,
@@ -84,7 +85,9 @@ function refuseUntrusted(config: Config, record: WalRecord, options: FetchOption
   const problem = walRecordProblem(record, archiveTrust(config.backup.age, { unencrypted: options.allowUnencrypted }));
   if (problem) {
     throw new ShinkeiError("ARCHIVE_UNTRUSTED", `${problem}${where}`, {
-      hint: "Nothing was restored from it. Whoever can write to BACKUP_DIR or the bucket may have planted it; see shinkei pitr status.",
+      hint:
+        "Nothing was restored from it. Whoever can write to BACKUP_DIR or the bucket may have planted it; " +
+        "see shinkei pitr status.",
     });
   }
 }
@@ -128,7 +131,8 @@ async function fetchRecorded(
     if (sha !== record.sha256)
       throw new ShinkeiError(
         "BACKUP_CORRUPT",
-        `${record.file} does not match its record (SHA-256 ${sha.slice(0, 12)}…, expected ${record.sha256.slice(0, 12)}…)`,
+        `${record.file} does not match its record (SHA-256 ${sha.slice(0, 12)}…, ` +
+          `expected ${record.sha256.slice(0, 12)}…)`,
       );
 
     const partial = `${target}.partial`;

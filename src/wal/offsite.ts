@@ -20,8 +20,10 @@ import { startPoller } from "../service/poller.ts";
  * (segment names carry their timeline). Only names of these shapes are listed or deleted there.
  */
 const WAL_OBJECT = /^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?:\.(?:gz|zst)(?:\.age)?|\.json)$/;
-const BASE_OBJECT =
-  /^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?(?:\.tar\.(?:gz|zst)(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.(?:gz|zst)(?:\.age)?)$/;
+const BASE_OBJECT = new RegExp(
+  String.raw`^shinkei_base_\d{8}_\d{6}(?:_\d{1,3})?` +
+    String.raw`(?:\.tar\.(?:gz|zst)(?:\.age)?(?:\.manifest\.json)?|\.backup_manifest\.(?:gz|zst)(?:\.age)?)$`,
+);
 
 export const walNaming: StoreNaming = {
   isOurs: (name) => WAL_OBJECT.test(name) || BASE_OBJECT.test(name),

@@ -22,7 +22,10 @@ export type WalPruneReport = {
 
 type Held = { name: string; segno: bigint };
 
-/** The WAL files below `keepFrom` (any timeline), ordered; history files are never removed (they are tiny, and recovery asks for them). */
+/**
+ * The WAL files below `keepFrom` (any timeline), ordered; history files are never removed (they are
+ * tiny, and recovery asks for them).
+ */
 function below(files: { name: string; segmentBytes?: number }[], keepFrom: bigint | null): Held[] {
   if (keepFrom === null) return [];
   const out: Held[] = [];

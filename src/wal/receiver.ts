@@ -140,7 +140,9 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
     const since = Date.now();
     o.log({
       level: "error",
-      msg: "disk full: the WAL receiver cannot write the next segment; it restarts as soon as space returns (the slot keeps the WAL on the server meanwhile)",
+      msg:
+        "disk full: the WAL receiver cannot write the next segment; it restarts as soon as space returns " +
+        "(the slot keeps the WAL on the server meanwhile)",
       dir: o.spool,
       freeBytes: await space.free(),
       needBytes: space.needBytes,

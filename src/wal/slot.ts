@@ -27,7 +27,8 @@ export async function slotStatus(sql: Queryable, name: string): Promise<SlotStat
       restart_lsn: string | null;
     }[]
   >`
-    select slot_type, active, wal_status, safe_wal_size, restart_lsn::text from pg_replication_slots where slot_name = ${name}`;
+    select slot_type, active, wal_status, safe_wal_size, restart_lsn::text from pg_replication_slots
+      where slot_name = ${name}`;
   if (!row) return null;
   if (row.slot_type !== "physical") {
     throw new ShinkeiError(
@@ -59,9 +60,13 @@ export async function ensureSlot(sql: Queryable, name: string): Promise<{ create
   if (keep === "-1") {
     throw new ShinkeiError(
       "WAL_SLOT_UNBOUNDED",
-      `refusing to create replication slot "${name}": the server's max_slot_wal_keep_size is -1 (unlimited), so a stopped receiver would make the primary keep WAL until its disk is full`,
+      `refusing to create replication slot "${name}": the server's max_slot_wal_keep_size is -1 ` +
+        `(unlimited), so a stopped receiver would make the primary keep WAL until its disk is full`,
       {
-        hint: "Add `max_slot_wal_keep_size = 10GB` (what the primary's disk can spare) to postgresql.conf and run SELECT pg_reload_conf(); or set WAL_SLOT=none to stream without a slot and accept that gaps can happen.",
+        hint:
+          "Add `max_slot_wal_keep_size = 10GB` (what the primary's disk can spare) to postgresql.conf and " +
+          "run SELECT pg_reload_conf(); or set WAL_SLOT=none to stream without a slot and accept that gaps " +
+          "can happen.",
         details: { setting: "max_slot_wal_keep_size", value: keep },
       },
     );

@@ -76,7 +76,9 @@ export async function repairSpool(spool: string, segmentBytes: number, log: Log)
       await rm(path, { force: true });
       log({
         level: "warn",
-        msg: "wal partial removed: zeros only, the padding of a segment that was never written (a full disk stops pg_receivewal while it pads); the server sends the segment from the slot's position",
+        msg:
+          "wal partial removed: zeros only, the padding of a segment that was never written (a full disk " +
+          "stops pg_receivewal while it pads); the server sends the segment from the slot's position",
         file: r.name,
         sizeBytes: r.sizeBytes,
       });

@@ -41,10 +41,16 @@ export type PitrStatus = {
   }[];
   gaps: Gap[];
   gapsAfterNewestBase: Gap[];
-  /** Base backups and WAL files this host may not use (unsigned, mis-signed, plain where it encrypts): never part of the window. */
+  /**
+   * Base backups and WAL files this host may not use (unsigned, mis-signed, plain where it
+   * encrypts): never part of the window.
+   */
   untrusted: Untrusted[];
   receiving: { segment: string; receivedAt: string } | null;
-  /** Finished segments the archiver has not sealed yet (normally for a moment): held, but not encrypted, checksummed or copied off-site. */
+  /**
+   * Finished segments the archiver has not sealed yet (normally for a moment): held, but not
+   * encrypted, checksummed or copied off-site.
+   */
   unsealed: { segments: number; oldestReceivedAt: string | null };
   /**
    * The spool's disk: free bytes (null when unknown) and whether they are fewer than one segment,
@@ -285,7 +291,8 @@ export async function pitrStatus(sql: Queryable, config: Config): Promise<PitrSt
   // with the position hidden, less than a segment behind is as close as we can tell.
   if (positionHidden && rep && !config.wal.synchronous && lagBytes < seg) lagBytes = 0;
   const newestReceived = newestHeld({ records, current, spooled });
-  // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the last WAL we got is at risk.
+  // Connected: the server's own measure. Not connected (or hidden) and behind: everything since the
+  // last WAL we got is at risk.
   const lagSeconds =
     lagBytes === 0
       ? 0
@@ -355,12 +362,16 @@ export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): str
   const problems: string[] = [];
   if (o.lagSeconds * 1000 > maxLagMs) {
     problems.push(
-      `the off-site WAL copy at ${o.location} trails the local archive by ${formatDuration(o.lagSeconds * 1000)} (${o.notCopied} file(s) not copied; covers up to ${o.coveredUntil ?? "nothing yet"}), more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`,
+      `the off-site WAL copy at ${o.location} trails the local archive ` +
+        `by ${formatDuration(o.lagSeconds * 1000)} (${o.notCopied} file(s) not copied; covers up ` +
+        `to ${o.coveredUntil ?? "nothing yet"}), more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`,
     );
   }
   if (o.baseLagSeconds * 1000 > maxLagMs) {
     problems.push(
-      `${o.basesNotCopied} base backup(s) not copied to ${o.location}, the oldest for ${formatDuration(o.baseLagSeconds * 1000)}, more than PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`,
+      `${o.basesNotCopied} base backup(s) not copied to ${o.location}, the oldest ` +
+        `for ${formatDuration(o.baseLagSeconds * 1000)}, more than ` +
+        `PITR_OFFSITE_MAX_LAG ${formatDuration(maxLagMs)}`,
     );
   }
   return problems;
@@ -370,30 +381,42 @@ export function offsiteProblems(o: PitrStatus["offsite"], maxLagMs: number): str
 export function pitrProblems(s: PitrStatus, maxLagMs: number, offsiteMaxLagMs = Infinity): string[] {
   const problems: string[] = offsiteProblems(s.offsite, offsiteMaxLagMs);
   if (s.receiver.lagSeconds < 0 || s.receiver.lagSeconds * 1000 > maxLagMs) {
+    const since =
+      s.receiver.lagSeconds >= 0
+        ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})`
+        : ", and has received nothing yet";
     problems.push(
-      `the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${s.receiver.lagSeconds >= 0 ? ` (${formatDuration(s.receiver.lagSeconds * 1000)})` : ", and has received nothing yet"}, more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`,
+      `the WAL archive is ${formatBytes(s.receiver.lagBytes)} behind the server${since}, ` +
+        `more than PITR_MAX_LAG ${formatDuration(maxLagMs)}`,
     );
   }
   if (s.slotName && !s.slot) problems.push(`replication slot "${s.slotName}" does not exist`);
   if (s.slot && (s.slot.walStatus === "lost" || s.slot.walStatus === "unreserved")) {
     problems.push(
-      `replication slot "${s.slot.name}" is ${s.slot.walStatus}: the server ${s.slot.walStatus === "lost" ? "has removed" : "is about to remove"} WAL the archive has not received`,
+      `replication slot "${s.slot.name}" is ${s.slot.walStatus}: the ` +
+        `server ${s.slot.walStatus === "lost" ? "has removed" : "is about to remove"} WAL the archive has ` +
+        `not received`,
     );
   }
   const unsealedSince = s.unsealed.oldestReceivedAt ? Date.parse(s.unsealed.oldestReceivedAt) : null;
   if (unsealedSince !== null && Date.now() - unsealedSince > maxLagMs) {
     problems.push(
-      `${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`,
+      `${s.unsealed.segments} finished WAL segment(s) wait in the spool unsealed ` +
+        `since ${s.unsealed.oldestReceivedAt} (more than PITR_MAX_LAG ${formatDuration(maxLagMs)}): the ` +
+        `archiver is not sealing them, so they are neither encrypted, checksummed nor copied off-site`,
     );
   }
   if (s.spool.diskFull) {
     problems.push(
-      `the WAL spool's disk has ${formatBytes(s.spool.freeBytes ?? 0)} free, less than one WAL segment: the receiver cannot write the next one (it restarts by itself when space returns; the slot keeps the WAL meanwhile, until max_slot_wal_keep_size)`,
+      `the WAL spool's disk has ${formatBytes(s.spool.freeBytes ?? 0)} free, less than one WAL segment: ` +
+        `the receiver cannot write the next one (it restarts by itself when space returns; the slot keeps ` +
+        `the WAL meanwhile, until max_slot_wal_keep_size)`,
     );
   }
   for (const r of s.spool.refused)
     problems.push(
-      `${r.name} in the WAL spool has ${r.sizeBytes} bytes, neither 0 nor a whole segment: pg_receivewal refuses it (the backup service repairs it when the receiver restarts)`,
+      `${r.name} in the WAL spool has ${r.sizeBytes} bytes, neither 0 nor a whole segment: pg_receivewal ` +
+        `refuses it (the backup service repairs it when the receiver restarts)`,
     );
   if (s.baseBackups.length === 0) problems.push("no base backup yet: nothing to replay the WAL onto");
   for (const line of describeUntrusted(s.untrusted)) problems.push(`left out of the window: ${line}`);

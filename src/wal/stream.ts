@@ -36,16 +36,21 @@ async function checkNotSynchronousStandby(sql: Queryable, log: Log): Promise<voi
   if (names.some((n) => n.toLowerCase() === RECEIVER_APP_NAME)) {
     throw new ShinkeiError(
       "WAL_RECEIVER_SYNCHRONOUS",
-      `synchronous_standby_names names the WAL receiver (${RECEIVER_APP_NAME}): every commit would wait for it, and writes would stop whenever it stops`,
+      `synchronous_standby_names names the WAL receiver (${RECEIVER_APP_NAME}): every commit would wait ` +
+        `for it, and writes would stop whenever it stops`,
       {
-        hint: `Remove ${RECEIVER_APP_NAME} from synchronous_standby_names and reload; --synchronous already makes what it reports received durable on our side.`,
+        hint:
+          `Remove ${RECEIVER_APP_NAME} from synchronous_standby_names and reload; --synchronous already ` +
+          `makes what it reports received durable on our side.`,
       },
     );
   }
   if (names.includes("*"))
     log({
       level: "warn",
-      msg: `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the synchronous standby, and commits would wait for it`,
+      msg:
+        `synchronous_standby_names is '*': the WAL receiver (${RECEIVER_APP_NAME}) can become the ` +
+        `synchronous standby, and commits would wait for it`,
     });
 }
 
@@ -108,7 +113,9 @@ export async function checkForGap(at: GapCheck, lsn: string, timeline: number): 
     } catch {}
     at.log({
       level: "error",
-      msg: "wal gap check failed: WAL before the receiver's start may be missing from the archive (shinkei pitr status shows gaps)",
+      msg:
+        "wal gap check failed: WAL before the receiver's start may be missing from the archive (shinkei pitr " +
+        "status shows gaps)",
       timeline,
       resumedAtLsn: lsn,
       resumesAt,
@@ -149,7 +156,9 @@ export async function startWalStream(deps: {
   } else {
     log({
       level: "warn",
-      msg: "streaming without a replication slot (WAL_SLOT=none): WAL the server recycles while the receiver is down is lost, and shows as a gap",
+      msg:
+        "streaming without a replication slot (WAL_SLOT=none): WAL the server recycles while the receiver is " +
+        "down is lost, and shows as a gap",
     });
   }
   const spool = spoolDir(config.backupDir);
@@ -231,7 +240,9 @@ export async function startWalStream(deps: {
     for (const name of partials) await archiveOne(name);
     log({
       level: "error",
-      msg: "wal receiver cannot resume: the server removed WAL before it was received; restarting at the server's current position",
+      msg:
+        "wal receiver cannot resume: the server removed WAL before it was received; restarting at the " +
+        "server's current position",
       missingFrom: removed,
       keptPartial: partials,
       slot: slot ?? null,
@@ -257,12 +268,15 @@ export async function startWalStream(deps: {
     for (let attempt = 0; ; attempt++) {
       try {
         // Active for a moment after pg_receivewal exits, until its walsender has gone.
-        await sql`select pg_drop_replication_slot(${slot!}) from pg_replication_slots where slot_name = ${slot!} and not active`;
+        await sql`select pg_drop_replication_slot(${slot!}) from pg_replication_slots where slot_name = ${slot!}
+          and not active`;
         const { created } = await ensureSlot(sql, slot!);
         if (created)
           log({
             level: "error",
-            msg: "replication slot made anew: it pointed at WAL the server had removed, so the receiver could not resume",
+            msg:
+              "replication slot made anew: it pointed at WAL the server had removed, so the receiver could " +
+              "not resume",
             slot,
             restartLsn: status.restartLsn,
             missingFrom: removed,

@@ -38,11 +38,17 @@ export function trustProblem(
 ): string | null {
   if (trust.key) {
     if (record.signature === undefined)
-      return `${what} is not signed, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it (shinkei pitr sign signs an archive written before signing)`;
+      return (
+        `${what} is not signed, and BACKUP_MANIFEST_KEY is set: nothing shows that shinkei wrote it ` +
+        `(shinkei pitr sign signs an archive written before signing)`
+      );
     if (!signatureMatches(record.signature, parts, trust.key))
       return `${what} does not match its signature: it was changed, or signed with another BACKUP_MANIFEST_KEY`;
   }
   if (trust.encrypts && !record.encrypted && !trust.allowUnencrypted)
-    return `${what} is not encrypted, and this host encrypts its backups (--allow-unencrypted lets it through for one run)`;
+    return (
+      `${what} is not encrypted, and this host encrypts its backups (--allow-unencrypted lets it through ` +
+      `for one run)`
+    );
   return null;
 }

@@ -9,7 +9,8 @@ import { migrate } from "../../src/migrations/migrate.ts";
 const words = (
   "the a of and to in was her his she he it that with for as had on at by not they but from this all were be " +
   "when one there an their which would been into said could what so out them who more like than then some time could " +
-  "lantern river forest stranger letter road harbor bell iron salt glass harvest winter ash tide island moon map coat " +
+  "lantern river forest stranger letter road harbor bell iron salt glass harvest winter ash tide island " +
+  "moon map coat " +
   "bridge promise morning answer captain sister brother village tower storm shadow ember silver garden mountain"
 ).split(" ");
 

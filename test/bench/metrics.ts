@@ -6,28 +6,37 @@
  *    (no cache) in-process, and the served page through the ops listener as Prometheus-era users hit it.
  */
 import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
-import { cpus, totalmem, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import postgres from "postgres";
-import { arg, median, startHelper, timed, writeResults, wrk } from "./tools.ts";
+import {
+  arg,
+  buildShinkei,
+  freshDatabase,
+  median,
+  type NoteRow,
+  noteLine,
+  noteReport,
+  registerAndLogin,
+  serverUrl,
+  shinkeiBin,
+  startHelper,
+  timed,
+  writeResults,
+  wrk,
+} from "./tools.ts";
 import { backupName } from "../../src/storage/naming.ts";
 import { loadConfig } from "../../src/config/index.ts";
 import { Metrics } from "../../src/metrics/registry.ts";
 import { readSnapshot } from "../../src/metrics/snapshot.ts";
 import { createOpsApp } from "../../server/ops/app.tsx";
 
-export type MetricsBenchRow = {
-  name: string;
-  ours: string;
-  goal: string;
-  met: boolean | null;
-  raw: Record<string, unknown>;
-};
-
 const BACKUPS = 1000;
 const TOKEN = "bench-metrics-token-0123456789";
 
-/** 1,000 backups over the last 60 days: copies of one real backup, with manifests and, for every tenth, a drill record. */
+/**
+ * 1,000 backups over the last 60 days: copies of one real backup, with manifests and, for every
+ * tenth, a drill record.
+ */
 async function fillFolder(bin: string, env: Record<string, string>, dir: string) {
   const r = await timed([bin, "backup"], { env });
   const path = r.stdout.match(/^backup\s+(\S+)$/m)![1]!;
@@ -61,17 +70,9 @@ async function fillFolder(bin: string, env: Record<string, string>, dir: string)
 const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 
-export async function benchMetrics(
-  bin: string,
-  serverUrl: string,
-  seconds = 6,
-  rounds = 5,
-): Promise<MetricsBenchRow[]> {
+export async function benchMetrics(bin: string, serverUrl: string, seconds = 6, rounds = 5): Promise<NoteRow[]> {
   const db = "shinkei_bench_metrics";
-  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  await admin`drop database if exists ${admin(db)} with (force)`;
-  await admin`create database ${admin(db)}`;
-  const url = Object.assign(new URL(serverUrl), { pathname: `/${db}` }).toString();
+  const { admin, url } = await freshDatabase(serverUrl, db);
   const dir = join(tmpdir(), `shinkei-bench-metrics-${process.pid}`);
   await mkdir(dir, { recursive: true });
   const opsPort = 20000 + (process.pid % 20000);
@@ -89,19 +90,11 @@ export async function benchMetrics(
   const api = await startHelper([bin, "serve"], { env, until: (l) => l.msg === "listening" });
   const base = String(api.ready.url);
   try {
-    const account = { email: "me@bench.test", password: "benchmark password", name: "Bench" };
-    await fetch(`${base}/api/v1/auth/register`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(account),
+    const token = await registerAndLogin(base, {
+      email: "me@bench.test",
+      password: "benchmark password",
+      name: "Bench",
     });
-    const { token } = (await (
-      await fetch(`${base}/api/v1/auth/login`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ email: account.email, password: account.password }),
-      })
-    ).json()) as { token: string };
     const me = () =>
       wrk(`${base}/api/v1/auth/me`, { connections: 16, seconds, headers: { Authorization: `Bearer ${token}` } });
 
@@ -185,36 +178,19 @@ export async function benchMetrics(
 }
 
 if (import.meta.main) {
-  const root = join(import.meta.dir, "..", "..");
-  await timed(["bun", "run", "build"], { cwd: root });
-  const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-  const rows = await benchMetrics(
-    join(root, "dist", "shinkei"),
-    serverUrl,
-    Number(arg("seconds", "6")),
-    Number(arg("rounds", "5")),
-  );
-  for (const r of rows)
-    console.log(`${r.name.padEnd(52)} ${r.ours.padStart(30)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
-  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
+  await buildShinkei();
+  const rows = await benchMetrics(shinkeiBin, serverUrl, Number(arg("seconds", "6")), Number(arg("rounds", "5")));
+  for (const r of rows) console.log(noteLine(r, 52, 30));
   await writeResults(
     join(import.meta.dir, "METRICS.md"),
-    `# Metrics and status page benchmark
-
-Measured by \`bun run test/bench/metrics.ts\` (also part of \`bun run bench\`). \`GET /api/v1/auth/me\`
+    noteReport(
+      "Metrics and status page benchmark",
+      `Measured by \`bun run test/bench/metrics.ts\` (also part of \`bun run bench\`). \`GET /api/v1/auth/me\`
 under wrk (16 connections, 6 s), five rounds alternating no scraper and a \`/metrics\` scrape every
 second (medians); the status page with ${BACKUPS} backups in BACKUP_DIR (every tenth with a drill
 record), once read from the folder on every request (in-process, 100 sequential requests), once as
-served by the ops listener with its 1.5 s snapshot cache.
-
-- date: ${new Date().toISOString()}
-- machine: ${machine}
-
-| measurement | result | goal | |
-| --- | --- | --- | --- |
-${rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`).join("\n")}
-
-Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
-`,
+served by the ops listener with its 1.5 s snapshot cache.`,
+      rows,
+    ),
   );
 }

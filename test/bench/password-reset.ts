@@ -4,18 +4,25 @@
  *   bun run test/bench/password-reset.ts      (builds dist/shinkei; writes test/bench/PASSWORD-RESET.md)
  */
 import { writeFile } from "node:fs/promises";
-import { cpus, totalmem, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { arg, startHelper, timed, writeResults, wrk } from "./tools.ts";
-
-export type ResetBenchRow = {
-  name: string;
-  ours: string;
-  goal: string;
-  met: boolean | null;
-  raw: Record<string, unknown>;
-};
+import {
+  arg,
+  buildShinkei,
+  freshDatabase,
+  type NoteRow,
+  noteLine,
+  noteReport,
+  register,
+  serverUrl,
+  shinkeiBin,
+  startHelper,
+  timed,
+  writeLoginScript,
+  writeResults,
+  wrk,
+} from "./tools.ts";
 
 const ACCOUNTS = 5000;
 const fmt = (s: { p50: number; p90: number; p99: number }) =>
@@ -26,12 +33,9 @@ const fmt = (s: { p50: number; p90: number; p99: number }) =>
  * would add the same after-the-answer work), ACCOUNTS accounts, and throttle limits raised so the
  * load measures the route, not the 429 path.
  */
-export async function benchPasswordReset(bin: string, serverUrl: string, seconds = 10): Promise<ResetBenchRow[]> {
+export async function benchPasswordReset(bin: string, serverUrl: string, seconds = 10): Promise<NoteRow[]> {
   const db = "shinkei_bench_reset";
-  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  await admin`drop database if exists ${admin(db)} with (force)`;
-  await admin`create database ${admin(db)}`;
-  const url = Object.assign(new URL(serverUrl), { pathname: `/${db}` }).toString();
+  const { admin, url } = await freshDatabase(serverUrl, db);
   const env = {
     DATABASE_URL: url,
     HOST: "127.0.0.1",
@@ -46,7 +50,8 @@ export async function benchPasswordReset(bin: string, serverUrl: string, seconds
   const sql = postgres(url, { max: 1, onnotice: () => {} });
   try {
     // Reset never checks the password, so the accounts need no real hash (that would take minutes).
-    await sql`insert into users (email, name, password_hash) select 'known' || i || '@bench.test', 'Bench ' || i, 'x' from generate_series(0, ${ACCOUNTS - 1}) i`;
+    await sql`insert into users (email, name, password_hash) select 'known' || i || '@bench.test', 'Bench ' || i, 'x'
+      from generate_series(0, ${ACCOUNTS - 1}) i`;
     const load = await timed([
       "bun",
       join(import.meta.dir, "reset-load.ts"),
@@ -71,7 +76,8 @@ export async function benchPasswordReset(bin: string, serverUrl: string, seconds
 request = function()
   i = i + 1
   local kind = (i % 2 == 0) and "known" or "unknown"
-  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, '{"email":"' .. kind .. (i % ${ACCOUNTS}) .. '@bench.test"}')
+  local body = '{"email":"' .. kind .. (i % ${ACCOUNTS}) .. '@bench.test"}'
+  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, body)
 end
 `,
     );
@@ -79,16 +85,9 @@ end
 
     // /login with the default argon2id cost, from a real registration, for the rate beside it.
     const account = { email: "login@bench.test", password: "benchmark password", name: "Bench" };
-    await fetch(`${base}/api/v1/auth/register`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(account),
-    });
+    await register(base, account);
     const loginScript = join(tmpdir(), `shinkei-login-${process.pid}.lua`);
-    await writeFile(
-      loginScript,
-      `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`,
-    );
+    await writeLoginScript(loginScript, account);
     const login = await wrk(`${base}/api/v1/auth/login`, { connections: 16, seconds, script: loginScript });
     const p99Ratio = r.known.p99 / r.unknown.p99;
     return [
@@ -126,29 +125,17 @@ end
 }
 
 if (import.meta.main) {
-  const root = join(import.meta.dir, "..", "..");
-  await timed(["bun", "run", "build"], { cwd: root });
-  const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-  const rows = await benchPasswordReset(join(root, "dist", "shinkei"), serverUrl, Number(arg("seconds", "10")));
-  for (const r of rows)
-    console.log(`${r.name.padEnd(44)} ${r.ours.padStart(28)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`);
-  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
+  await buildShinkei();
+  const rows = await benchPasswordReset(shinkeiBin, serverUrl, Number(arg("seconds", "10")));
+  for (const r of rows) console.log(noteLine(r, 44, 28));
   await writeResults(
     join(import.meta.dir, "PASSWORD-RESET.md"),
-    `# /password-reset benchmark
-
-Measured by \`bun run test/bench/password-reset.ts\` (also part of \`bun run bench\`): 16 connections
+    noteReport(
+      "/password-reset benchmark",
+      `Measured by \`bun run test/bench/password-reset.ts\` (also part of \`bun run bench\`): 16 connections
 for 10 s sending known and unknown addresses interleaved, latencies recorded per kind by a load
-process of its own; then wrk for the rate. Mail goes to the log (development).
-
-- date: ${new Date().toISOString()}
-- machine: ${machine}
-
-| measurement | result | goal | |
-| --- | --- | --- | --- |
-${rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`).join("\n")}
-
-Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
-`,
+process of its own; then wrk for the rate. Mail goes to the log (development).`,
+      rows,
+    ),
   );
 }

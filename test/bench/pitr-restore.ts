@@ -13,7 +13,7 @@ import { chmod, chown, mkdir, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
-import { arg, timed, writeResults } from "./tools.ts";
+import { arg, benchDatabase, buildShinkei, shinkeiBin as bin, timed, writeResults } from "./tools.ts";
 import { loadConfig } from "../../src/config/index.ts";
 import { fetchWal } from "../../src/wal/fetch.ts";
 import { listBaseBackups } from "../../src/wal/base.ts";
@@ -23,8 +23,6 @@ import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 
 const scale = Number(arg("scale", "20"));
 const walMiB = Number(arg("wal-mib", "256"));
-const root = join(import.meta.dir, "..", "..");
-const bin = join(root, "dist", "shinkei");
 const work = join("/tmp", `shinkei-bench-pitr-restore-${process.pid}`);
 const backupDir = join(work, "backups");
 const scratch = join(work, "tmp");
@@ -33,17 +31,13 @@ await chmod(work, 0o755);
 await chmod(scratch, 0o755);
 const as = await runAs();
 
-await timed(["bun", "run", "build"], { cwd: root });
+await buildShinkei();
 const cluster = await startCluster({
   // PostgreSQL's default segment size, as users run it (test clusters use 1 MiB).
   walSegmentMiB: 16,
   settings: { fsync: "on", synchronous_commit: "on", max_slot_wal_keep_size: "2GB" },
 });
-const url = cluster.url("bench");
-const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
-await admin`create database bench`;
-const sql = postgres(url, { max: 2, onnotice: () => {} });
-const pgEnv = { PGHOST: "127.0.0.1", PGPORT: String(cluster.port), PGUSER: "postgres", PGDATABASE: "bench" };
+const { admin, url, sql, pgEnv } = await benchDatabase(cluster);
 const env = {
   DATABASE_URL: url,
   BACKUP_DIR: backupDir,
@@ -80,8 +74,8 @@ try {
   }
   const lsn = (await sql`select pg_current_wal_lsn()::text as lsn`)[0]!.lsn as string;
   for (;;) {
-    const [r] =
-      await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`;
+    const [r] = await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication
+        where application_name = ${RECEIVER_APP_NAME}`;
     if (r?.ok) break;
     await Bun.sleep(200);
   }
@@ -119,7 +113,8 @@ try {
   await writeFile(join(dataDir, "recovery.signal"), "");
   await writeFile(
     join(dataDir, "postgresql.auto.conf"),
-    `restore_command = 'cp ${plain}/%f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = ''\n`,
+    `restore_command = 'cp ${plain}/%f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = ` +
+      `'promote'\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = ''\n`,
     { flag: "a" },
   );
   await timed(["chown", "-R", "postgres:postgres", dataDir]);

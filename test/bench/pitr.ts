@@ -4,46 +4,41 @@
  *   --seconds 10   length of each pgbench phase     --scale 10   pgbench scale (about 15 MiB each)
  * Writes test/bench/pitr-results.json.
  */
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
-import postgres from "postgres";
 import { startCluster } from "../support/cluster.ts";
-import { arg, fmtMiB, fmtMs, median, timed, writeResults } from "./tools.ts";
+import {
+  arg,
+  benchDatabase,
+  type BenchRow,
+  buildShinkei,
+  fmtMiB,
+  fmtMs,
+  noSlower,
+  rowLine,
+  shinkeiBin as bin,
+  timed,
+  writeResults,
+} from "./tools.ts";
 import { parseLsn } from "../../src/wal/segments.ts";
 import { RECEIVER_APP_NAME } from "../../src/wal/receiver.ts";
 
 const seconds = Number(arg("seconds", "10"));
 const scale = Number(arg("scale", "10"));
-const root = join(import.meta.dir, "..", "..");
-const bin = join(root, "dist", "shinkei");
 const work = join(tmpdir(), `shinkei-bench-pitr-${process.pid}`);
 await mkdir(work, { recursive: true });
 
-await timed(["bun", "run", "build"], { cwd: root });
+await buildShinkei();
 const cluster = await startCluster({ walSegmentMiB: 16, settings: { fsync: "on", synchronous_commit: "on" } });
-const url = cluster.url("bench");
-const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
-await admin`create database bench`;
-const sql = postgres(url, { max: 2, onnotice: () => {} });
-const pgEnv = { PGHOST: "127.0.0.1", PGPORT: String(cluster.port), PGUSER: "postgres", PGDATABASE: "bench" };
+const { admin, url, sql, pgEnv } = await benchDatabase(cluster);
 await timed(["pgbench", "-i", "-q", "-s", String(scale)], { env: pgEnv });
 
-type Row = {
-  name: string;
-  ours: string;
-  baseline: string;
-  ratio: number | null;
-  goal: string;
-  met: boolean | null;
-  raw: Record<string, number>;
-};
+type Row = Omit<BenchRow, "group">;
 const rows: Row[] = [];
 const add = (r: Row) => {
   rows.push(r);
-  console.log(
-    `${r.name.padEnd(52)} ${r.ours.padStart(16)} ${r.baseline.padStart(16)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`,
-  );
+  console.log(rowLine(r, 52, 16));
 };
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -67,7 +62,8 @@ async function withLag(appName: string): Promise<{ tps: number; lags: number[] }
     while (!stop) {
       const [r] = await sql<
         { cur: string; flush: string | null }[]
-      >`select pg_current_wal_lsn()::text as cur, (select flush_lsn::text from pg_stat_replication where application_name = ${appName}) as flush`;
+      >`select pg_current_wal_lsn()::text as cur, (select flush_lsn::text from pg_stat_replication
+        where application_name = ${appName}) as flush`;
       if (r?.flush) samples.push({ t: performance.now(), cur: parseLsn(r.cur), flush: parseLsn(r.flush) });
       await Bun.sleep(2);
     }
@@ -233,15 +229,7 @@ try {
       ).ms,
     );
   }
-  add({
-    name: `base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`,
-    ours: fmtMs(median(oursMs)),
-    baseline: fmtMs(median(bareMs)),
-    ratio: median(oursMs) / median(bareMs),
-    goal: "≤ 1.0x",
-    met: median(oursMs) <= median(bareMs),
-    raw: { oursMs: median(oursMs), baselineMs: median(bareMs) },
-  });
+  add(noSlower(`base backup (scale ${scale}): ours vs pg_basebackup -Ft -z`, oursMs, bareMs));
 
   await writeResults(
     join(import.meta.dir, "pitr-results.json"),

@@ -10,18 +10,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
-import { fmtMs, median, timed } from "./tools.ts";
-
-export type BenchRow = {
-  group: string;
-  name: string;
-  ours: string;
-  baseline: string;
-  ratio: number | null;
-  goal: string;
-  met: boolean | null;
-  raw: Record<string, number>;
-};
+import {
+  arg,
+  type BenchRow,
+  buildShinkei,
+  databaseUrl,
+  fmtMs,
+  median,
+  serverUrl,
+  shinkeiBin,
+  timed,
+  verdict,
+} from "./tools.ts";
 
 const OWNER = "user0@example.com";
 
@@ -162,17 +162,14 @@ export async function benchRecover(o: {
 }
 
 if (import.meta.main) {
-  const i = process.argv.indexOf("--size");
-  const size = i > 0 ? process.argv[i + 1]! : "100MB";
-  const root = join(import.meta.dir, "..", "..");
-  const bin = join(root, "dist", "shinkei");
-  const server = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-  const urlFor = (db: string) => Object.assign(new URL(server), { pathname: `/${db}` }).toString();
-  const admin = postgres(server, { max: 1, onnotice: () => {} });
+  const size = arg("size", "100MB");
+  const bin = shinkeiBin;
+  const urlFor = (db: string) => databaseUrl(serverUrl, db);
+  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
   const db = `shinkei_bench_recover_${size.toLowerCase()}`;
   const dir = join(tmpdir(), `shinkei-bench-recover-${process.pid}`);
   try {
-    await timed(["bun", "run", "build"], { cwd: root });
+    await buildShinkei();
     for (const d of [db, `${db}_restore`]) {
       await admin`drop database if exists ${admin(d)} with (force)`;
       await admin`create database ${admin(d)}`;
@@ -187,9 +184,9 @@ if (import.meta.main) {
       { env: { DATABASE_URL: urlFor(`${db}_restore`), BACKUP_DIR: dir } },
     );
     for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs: 1, restoreMs: restore.ms })) {
-      console.log(
-        `${r.name.padEnd(84)} ${r.ours.padStart(10)} ${r.baseline.padStart(10)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`}  ${r.goal}${r.met === null ? "" : r.met ? " met" : " MISSED"}`,
-      );
+      const values = `${r.ours.padStart(10)} ${r.baseline.padStart(10)}`;
+      const ratio = r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`;
+      console.log(`${r.name.padEnd(84)} ${values} ${ratio}  ${r.goal}${r.met === null ? "" : ` ${verdict(r.met)}`}`);
     }
   } finally {
     for (const d of [db, `${db}_restore`]) await admin`drop database if exists ${admin(d)} with (force)`;

@@ -5,12 +5,35 @@
  *   --seconds 10        length of each HTTP load          --smoke    a run for CI: nothing written
  */
 import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
-import { cpus, totalmem, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { generate, parseSize } from "./generate.ts";
 import { benchRecover } from "./recover.ts";
-import { arg, fmtMiB, fmtMs, median, smoke, startHelper, timed, writeResults, wrk } from "./tools.ts";
+import {
+  arg,
+  type BenchRow,
+  buildShinkei,
+  databaseUrl,
+  fmtMiB,
+  fmtMs,
+  machine,
+  median,
+  noSlower,
+  type NoteRow,
+  registerAndLogin,
+  root,
+  rowLine,
+  serverUrl as server,
+  shinkeiBin as bin,
+  smoke,
+  startHelper,
+  timed,
+  verdict,
+  writeLoginScript,
+  writeResults,
+  wrk,
+} from "./tools.ts";
 import { benchPasswordReset } from "./password-reset.ts";
 import { benchMetrics } from "./metrics.ts";
 import { judgeScript } from "../../src/backup/judge.ts";
@@ -30,10 +53,7 @@ if (!Bun.which("wrk")) {
 const sizes = arg("sizes", "100MB,1GB").split(",");
 const runs = Number(arg("runs", "3"));
 const seconds = Number(arg("seconds", "10"));
-const root = join(import.meta.dir, "..", "..");
-const bin = join(root, "dist", "shinkei");
-const server = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-const urlFor = (db: string) => Object.assign(new URL(server), { pathname: `/${db}` }).toString();
+const urlFor = (db: string) => databaseUrl(server, db);
 const admin = postgres(server, { max: 1, onnotice: () => {} });
 const pgEnv = (db: string) => {
   const u = new URL(server);
@@ -50,25 +70,17 @@ async function recreate(db: string) {
   await admin`create database ${admin(db)}`;
 }
 
-type Row = {
-  group: string;
-  name: string;
-  ours: string;
-  baseline: string;
-  ratio: number | null;
-  goal: string;
-  met: boolean | null;
-  raw: Record<string, number>;
-};
-const rows: Row[] = [];
-function add(r: Row) {
+const rows: BenchRow[] = [];
+function add(r: BenchRow) {
   rows.push(r);
-  console.log(
-    `${r.name.padEnd(46)} ${r.ours.padStart(12)} ${r.baseline.padStart(12)} ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7)}  ${r.met === null ? "" : r.met ? "met" : "MISSED"}`,
-  );
+  console.log(rowLine(r, 46, 12));
+}
+/** Rows measured without a baseline beside them (the password-reset and metrics benches'). */
+function addNotes(group: string, notes: NoteRow[]) {
+  for (const r of notes) add({ group, ...r, baseline: "", ratio: null, raw: r.raw as Record<string, number> });
 }
 
-await timed(["bun", "run", "build"], { cwd: root });
+await buildShinkei();
 const work = join(tmpdir(), `shinkei-bench-${process.pid}`);
 await mkdir(join(work, "s3"), { recursive: true });
 const s3 = await startHelper(["bun", join(import.meta.dir, "s3-server.ts"), join(work, "s3"), "bench"], { cwd: root });
@@ -118,16 +130,7 @@ try {
       for (const f of await readdir(dir))
         if (!ourFile.endsWith(f) && !f.startsWith(ourFile.split("/").pop()!)) await rm(join(dir, f));
     }
-    add({
-      group: "backup",
-      name: `backup ${size}: ours vs pg_dump -Fc`,
-      ours: fmtMs(median(ours)),
-      baseline: fmtMs(median(bare)),
-      ratio: median(ours) / median(bare),
-      goal: "≤ 1.0x",
-      met: median(ours) <= median(bare),
-      raw: { oursMs: median(ours), baselineMs: median(bare) },
-    });
+    add({ group: "backup", ...noSlower(`backup ${size}: ours vs pg_dump -Fc`, ours, bare) });
     add({
       group: "backup",
       name: `backup ${size}: file size vs pg_dump -Fc`,
@@ -177,13 +180,7 @@ try {
     await admin`drop database if exists ${admin(target)} with (force)`;
     add({
       group: "restore",
-      name: `restore ${size}: ours (verify+load+check) vs pg_restore`,
-      ours: fmtMs(median(restoreOurs)),
-      baseline: fmtMs(median(restoreBare)),
-      ratio: median(restoreOurs) / median(restoreBare),
-      goal: "≤ 1.0x",
-      met: median(restoreOurs) <= median(restoreBare),
-      raw: { oursMs: median(restoreOurs), baselineMs: median(restoreBare) },
+      ...noSlower(`restore ${size}: ours (verify+load+check) vs pg_restore`, restoreOurs, restoreBare),
     });
     rss[size] = { backup: Math.max(...oursRss), restore: Math.max(...restoreRss) };
     // The restore's judge reads every byte of the SQL before anything runs (splitter, PostgreSQL's
@@ -270,18 +267,7 @@ try {
   const base = String(api.ready.url);
   try {
     const account = { email: "bench@example.com", password: "benchmark password", name: "Bench" };
-    await fetch(`${base}/api/v1/auth/register`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(account),
-    });
-    const { token } = (await (
-      await fetch(`${base}/api/v1/auth/login`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(account),
-      })
-    ).json()) as { token: string };
+    const token = await registerAndLogin(base, account);
 
     const me = await wrk(`${base}/api/v1/auth/me`, {
       connections: 32,
@@ -311,10 +297,7 @@ try {
     });
 
     const script = join(work, "login.lua");
-    await writeFile(
-      script,
-      `wrk.method = "POST"\nwrk.body = '${JSON.stringify({ email: account.email, password: account.password })}'\nwrk.headers["Content-Type"] = "application/json"\n`,
-    );
+    await writeLoginScript(script, account);
     const [flood, health] = await Promise.all([
       wrk(`${base}/api/v1/auth/login`, { connections: 16, seconds, script }),
       wrk(`${base}/health`, { connections: 2, seconds }),
@@ -348,30 +331,10 @@ try {
 }
 
 // ---- password reset: known vs unknown addresses, and its rate next to /login ----
-for (const r of await benchPasswordReset(bin, server, seconds))
-  add({
-    group: "auth",
-    name: r.name,
-    ours: r.ours,
-    baseline: "",
-    ratio: null,
-    goal: r.goal,
-    met: r.met,
-    raw: r.raw as Record<string, number>,
-  });
+addNotes("auth", await benchPasswordReset(bin, server, seconds));
 
 // ---- metrics: a scrape every second must not slow /me; the status page with 1,000 backups ----
-for (const r of await benchMetrics(bin, server, Math.ceil(seconds * 0.6), smoke ? 1 : 5))
-  add({
-    group: "ops",
-    name: r.name,
-    ours: r.ours,
-    baseline: "",
-    ratio: null,
-    goal: r.goal,
-    met: r.met,
-    raw: r.raw as Record<string, number>,
-  });
+addNotes("ops", await benchMetrics(bin, server, Math.ceil(seconds * 0.6), smoke ? 1 : 5));
 
 // ---- CLI start-up ----
 {
@@ -402,18 +365,19 @@ await rm(work, { recursive: true, force: true });
 
 // ---- report ----
 const pg = Bun.spawnSync(["pg_dump", "--version"]).stdout.toString().trim();
-const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}, ${pg}`;
+const measuredOn = `${machine()}, ${pg}`;
 const date = new Date().toISOString();
 await writeResults(
   join(import.meta.dir, "results.json"),
-  JSON.stringify({ date, machine, runs, sizes, rows }, null, 2) + "\n",
+  JSON.stringify({ date, machine: measuredOn, runs, sizes, rows }, null, 2) + "\n",
 );
 const table = [
   "| measurement | shinkei | baseline | ratio | goal | |",
   "| --- | --- | --- | --- | --- | --- |",
   ...rows.map(
     (r) =>
-      `| ${r.name} | ${r.ours} | ${r.baseline} | ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`} | ${r.goal} | ${r.met === null ? "" : r.met ? "met" : "**missed**"} |`,
+      `| ${r.name} | ${r.ours} | ${r.baseline} | ${r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`} | ${r.goal} | ` +
+      `${verdict(r.met, "**missed**")} |`,
   ),
 ].join("\n");
 await writeResults(
@@ -423,7 +387,7 @@ await writeResults(
 Measured by \`bun run bench\` (medians of ${runs} runs; load by wrk in its own process).
 
 - date: ${date}
-- machine: ${machine}
+- machine: ${measuredOn}
 
 ${table}
 `,

@@ -185,10 +185,8 @@ say(`load stopped: ${acknowledged.size} inserts acknowledged, ${failed} failed (
 const [{ lsn }] = (await sql`select pg_current_wal_insert_lsn()::text as lsn`) as unknown as [{ lsn: string }];
 const deadline = Date.now() + 180_000;
 for (;;) {
-  const [r] =
-    await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication where application_name = ${RECEIVER_APP_NAME}`.catch(
-      () => [undefined],
-    );
+  const [r] = await sql`select flush_lsn >= ${lsn}::pg_lsn as ok from pg_stat_replication
+      where application_name = ${RECEIVER_APP_NAME}`.catch(() => [undefined]);
   if (r?.ok) break;
   if (Date.now() > deadline) throw new Error(`the receiver did not reach ${lsn} within 3 minutes of the load's end`);
   await Bun.sleep(200);

@@ -1,6 +1,8 @@
 /** Small helpers for the benchmark: timed child processes, medians, and wrk's report. */
 import { writeFile } from "node:fs/promises";
-import { basename } from "node:path";
+import { cpus, totalmem } from "node:os";
+import { basename, join } from "node:path";
+import postgres from "postgres";
 
 /**
  * `--smoke`: the smallest run that still goes through every step (CI runs each bench this way, so a
@@ -12,6 +14,135 @@ export const smoke = process.argv.includes("--smoke");
 export function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
+}
+
+/** The checkout the benches run in, and the binary `bun run build` makes there (what users run). */
+export const root = join(import.meta.dir, "..", "..");
+export const shinkeiBin = join(root, "dist", "shinkei");
+export const buildShinkei = () => timed(["bun", "run", "build"], { cwd: root });
+
+/** The PostgreSQL server the benches make their databases on. */
+export const serverUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+/** Database `db` on the server at `server`. */
+export const databaseUrl = (server: string, db: string) =>
+  Object.assign(new URL(server), { pathname: `/${db}` }).toString();
+
+/** The machine the figures come from, for a results file. */
+export const machine = () =>
+  `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Bun ${Bun.version}`;
+
+/** A measurement of ours beside what a user would run instead, and the goal it must meet (if any). */
+export type BenchRow = {
+  group: string;
+  name: string;
+  ours: string;
+  baseline: string;
+  ratio: number | null;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, number>;
+};
+
+/** A measurement without a baseline beside it. */
+export type NoteRow = {
+  name: string;
+  ours: string;
+  goal: string;
+  met: boolean | null;
+  raw: Record<string, unknown>;
+};
+
+/** How a row's goal came out: "met", `missed` (MISSED on the console, bold in Markdown), "" without a goal. */
+export const verdict = (met: boolean | null, missed = "MISSED") => (met === null ? "" : met ? "met" : missed);
+
+/** Ours against the baseline by the medians of their timings: the goal is to be no slower. */
+export function noSlower(name: string, ours: number[], bare: number[]): Omit<BenchRow, "group"> {
+  const o = median(ours);
+  const b = median(bare);
+  return {
+    name,
+    ours: fmtMs(o),
+    baseline: fmtMs(b),
+    ratio: o / b,
+    goal: "≤ 1.0x",
+    met: o <= b,
+    raw: { oursMs: o, baselineMs: b },
+  };
+}
+
+/** A row as one line of the console's table, its name and value columns as wide as asked. */
+export function rowLine(r: Omit<BenchRow, "group">, nameWidth: number, valueWidth: number): string {
+  const ratio = r.ratio === null ? "" : `${r.ratio.toFixed(2)}x`.padStart(7);
+  const values = `${r.ours.padStart(valueWidth)} ${r.baseline.padStart(valueWidth)}`;
+  return `${r.name.padEnd(nameWidth)} ${values} ${ratio}  ${verdict(r.met)}`;
+}
+
+/** A row without a baseline as one line of the console's table. */
+export const noteLine = (r: NoteRow, nameWidth: number, valueWidth: number) =>
+  `${r.name.padEnd(nameWidth)} ${r.ours.padStart(valueWidth)}  ${verdict(r.met)}`;
+
+/** A results file for rows without a baseline: what was measured and how, the table, the raw figures. */
+export const noteReport = (title: string, how: string, rows: NoteRow[]) => `# ${title}
+
+${how}
+
+- date: ${new Date().toISOString()}
+- machine: ${machine()}
+
+| measurement | result | goal | |
+| --- | --- | --- | --- |
+${rows.map((r) => `| ${r.name} | ${r.ours} | ${r.goal} | ${verdict(r.met, "**missed**")} |`).join("\n")}
+
+Raw: \`${JSON.stringify(rows.map((r) => r.raw))}\`
+`;
+
+/** Database `db` on the server at `server`, dropped if there and made anew; `admin` drops it at the end. */
+export async function freshDatabase(server: string, db: string) {
+  const admin = postgres(server, { max: 1, onnotice: () => {} });
+  await admin`drop database if exists ${admin(db)} with (force)`;
+  await admin`create database ${admin(db)}`;
+  return { admin, url: databaseUrl(server, db) };
+}
+
+type Account = { email: string; password: string; name: string };
+
+/** Register `account` on the compiled server at `base`. */
+export async function register(base: string, account: Account): Promise<void> {
+  await fetch(`${base}/api/v1/auth/register`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(account),
+  });
+}
+
+/** Register `account` on the compiled server at `base`, then log in: its bearer token. */
+export async function registerAndLogin(base: string, account: Account): Promise<string> {
+  await register(base, account);
+  const login = await fetch(`${base}/api/v1/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: account.email, password: account.password }),
+  });
+  return ((await login.json()) as { token: string }).token;
+}
+
+/** A wrk script that logs `account` in on every request. */
+export async function writeLoginScript(path: string, account: { email: string; password: string }): Promise<void> {
+  const body = JSON.stringify({ email: account.email, password: account.password });
+  await writeFile(
+    path,
+    `wrk.method = "POST"\nwrk.body = '${body}'\nwrk.headers["Content-Type"] = "application/json"\n`,
+  );
+}
+
+/** The database `bench` on a cluster of the bench's own, and the libpq variables that reach it (pgbench). */
+export async function benchDatabase(cluster: { url(database?: string): string; port: number }) {
+  const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
+  await admin`create database bench`;
+  const url = cluster.url("bench");
+  const sql = postgres(url, { max: 2, onnotice: () => {} });
+  const pgEnv = { PGHOST: "127.0.0.1", PGPORT: String(cluster.port), PGUSER: "postgres", PGDATABASE: "bench" };
+  return { admin, url, sql, pgEnv };
 }
 
 /** Write a results file, unless this is a smoke run. */

@@ -56,6 +56,12 @@ async function must(cmd: string[], options: Parameters<typeof run>[1] = {}): Pro
     throw new Failure(`${cmd.join(" ")} exited ${r.code}\n${r.out.slice(-3000)}\n${r.err.slice(-3000)}`);
   return r.out;
 }
+/** An undo line as printed, runnable as it stands: the database named, production allowed. */
+const RUNNABLE_UNDO = new RegExp(
+  String.raw`undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei` +
+    String.raw` --allow-production\s*$`,
+  "m",
+);
 const which = (name: string) => Bun.which(name);
 
 // ---------------------------------------------------------------------------------------------
@@ -153,7 +159,8 @@ async function buildImages(): Promise<void> {
   await must([
     "sh",
     "-c",
-    `cd ${rootfs} && rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* usr/share/doc/* usr/share/man/* usr/share/locale/*`,
+    `cd ${rootfs} && rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* usr/share/doc/* ` +
+      `usr/share/man/* usr/share/locale/*`,
   ]);
   await must(["sh", "-c", `tar -C ${rootfs} -c . | docker import - debian:bookworm-slim`]);
   await rm(rootfs, { recursive: true, force: true });
@@ -276,7 +283,8 @@ async function untilHealthy(timeoutMs = 180_000): Promise<number> {
       const logs = await Promise.all(
         names.map(
           async (n) =>
-            `--- ${n}: ${h[n]}\n${(await run(["docker", "logs", "--tail", "30", n])).err.slice(-2500)}${(await run(["docker", "logs", "--tail", "30", n])).out.slice(-2500)}`,
+            `--- ${n}: ${h[n]}\n${(await run(["docker", "logs", "--tail", "30", n])).err.slice(-2500)}` +
+            (await run(["docker", "logs", "--tail", "30", n])).out.slice(-2500),
         ),
       );
       throw new Failure(`the stack did not become healthy: ${JSON.stringify(h)}\n${logs.join("\n")}`);
@@ -299,7 +307,8 @@ async function api(path: string, body: unknown): Promise<{ status: number; json:
 async function ownedByApp(): Promise<void> {
   const owners = (
     await psql(
-      "select distinct pg_get_userbyid(c.relowner) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r','p','S','v','m')",
+      "select distinct pg_get_userbyid(c.relowner) from pg_class c join pg_namespace n on n.oid = " +
+        "c.relnamespace where n.nspname = 'public' and c.relkind in ('r','p','S','v','m')",
     )
   ).trim();
   check(owners === "shinkei_app", `tables in public belong to ${owners.replaceAll("\n", ", ")}, not only shinkei_app`);
@@ -517,14 +526,10 @@ async function walk(): Promise<void> {
   const pitr = await runbook("docker exec shinkei-backup shinkei pitr restore --to latest --stop");
   check(/scratch instance stopped and removed/.test(pitr.out), `pitr restore did not stop its instance:\n${pitr.out}`);
   const applied = await runbook(
-    "docker exec shinkei-backup shinkei pitr restore --to latest --apply --yes --confirm-database shinkei --allow-production",
+    "docker exec shinkei-backup shinkei pitr restore --to latest --apply --yes --confirm-database shinkei " +
+      "--allow-production",
   );
-  check(
-    /undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei --allow-production\s*$/m.test(
-      applied.out,
-    ),
-    `pitr restore --apply printed no runnable undo line:\n${applied.out}`,
-  );
+  check(RUNNABLE_UNDO.test(applied.out), `pitr restore --apply printed no runnable undo line:\n${applied.out}`);
   await ownedByApp();
   check(
     (await api("/api/v1/auth/login", { email: "operator@example.com", password: "correct horse battery staple" }))
@@ -549,12 +554,7 @@ async function walk(): Promise<void> {
 
   // Reset, typed in a terminal, from the container the README names; the app keeps working.
   const reset = await resetInTerminal("docker exec -it shinkei-backup shinkei reset --allow-production");
-  check(
-    /undo with\s+shinkei backup --restore --backup-file \S+ --yes --confirm-database shinkei --allow-production\s*$/m.test(
-      reset,
-    ),
-    `reset's undo line is not runnable as printed:\n${reset}`,
-  );
+  check(RUNNABLE_UNDO.test(reset), `reset's undo line is not runnable as printed:\n${reset}`);
   await ownedByApp();
   const alice = await api("/api/v1/auth/login", { email: "alice@example.com", password: "shinkei-demo-alice" });
   check(alice.status === 200, `login after reset answered ${alice.status}: ${JSON.stringify(alice.json)}`);
@@ -595,7 +595,8 @@ async function walk(): Promise<void> {
   // The upgrade step for a volume made before these fixes: the backup role lost its grant and owns a
   // table (a race lost before the fix); the README's command puts both right.
   await psql(
-    "revoke execute on function pg_create_restore_point(text) from shinkei_backup; alter table login_throttle owner to shinkei_backup",
+    "revoke execute on function pg_create_restore_point(text) from shinkei_backup; alter table " +
+      "login_throttle owner to shinkei_backup",
   );
   await runbook("docker exec shinkei-postgres bash /docker-entrypoint-initdb.d/10-app-role.sh");
   await ownedByApp();

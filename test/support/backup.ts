@@ -28,16 +28,18 @@ export async function stockDump(url: string, file: string, args: string[] = []):
 }
 
 /**
- * Make a backup of ours slow to load: its SQL gets a materialized view that takes `seconds` to fill (the restore lets no bare SELECT pg_sleep through) after pg_dump's
- * settings, and the manifest the new checksum (the data, its counts and digests are unchanged).
- * For tests that stop a restore, drill or recovery while it loads. Plain (unencrypted, unsigned) only.
+ * Make a backup of ours slow to load: its SQL gets a materialized view that takes `seconds` to fill
+ * (the restore lets no bare SELECT pg_sleep through) after pg_dump's settings, and the manifest the
+ * new checksum (the data, its counts and digests are unchanged). For tests that stop a restore,
+ * drill or recovery while it loads. Plain (unencrypted, unsigned) only.
  */
 export async function slowToLoad(path: string, seconds: number): Promise<void> {
   const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(path).arrayBuffer())));
   const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
   const slowed = Bun.gzipSync(
     new TextEncoder().encode(
-      `${sql.slice(0, at)}\nCREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(${seconds})::text AS slept;\n${sql.slice(at)}`,
+      `${sql.slice(0, at)}\nCREATE MATERIALIZED VIEW public.slow_to_load AS SELECT ` +
+        `pg_catalog.pg_sleep(${seconds})::text AS slept;\n${sql.slice(at)}`,
     ),
   );
   await Bun.write(path, slowed);

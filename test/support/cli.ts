@@ -80,14 +80,19 @@ export type CliResult = { code: number; stdout: string; stderr: string };
 /** Where and how to run it: `binary` is another copy of it (one copied alone into an empty folder, say). */
 export type RunOptions = { cwd?: string; binary?: string };
 
-/** Run the compiled binary with a clean environment plus `env` (no inherited DATABASE_URL surprises). */
+/**
+ * Run the compiled binary with a clean environment plus `env` (no inherited DATABASE_URL surprises).
+ * With `timeoutSeconds`, under `timeout -s KILL`: a command that hangs comes back killed (exit 137)
+ * instead of stalling the test.
+ */
 export async function shinkei(
   args: string[],
   env: Record<string, string> = {},
-  options: RunOptions & { stdin?: string } = {},
+  options: RunOptions & { stdin?: string; timeoutSeconds?: number } = {},
 ): Promise<CliResult> {
   await buildBinary();
-  const p = Bun.spawn([options.binary ?? binaryPath, ...args], {
+  const limit = options.timeoutSeconds === undefined ? [] : ["timeout", "-s", "KILL", String(options.timeoutSeconds)];
+  const p = Bun.spawn([...limit, options.binary ?? binaryPath, ...args], {
     cwd: options.cwd ?? root,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
     stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),

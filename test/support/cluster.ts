@@ -51,12 +51,13 @@ async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
   return { code, output: `${out}${err}`.trim() };
 }
 
-export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
+/**
+ * initdb a new data directory `dataDir` (its parent must exist) as the server's OS user: superuser
+ * postgres, trust for local logins, UTF8, no locale, plus `args`. Throws with initdb's output.
+ */
+export async function initTrustCluster(dataDir: string, args: string[] = []): Promise<void> {
   const bin = serverBin();
   const as = await runAs();
-  const root = await mkdtemp(join(tmpdir(), "shinkei-cluster-"));
-  await chmod(root, 0o755);
-  const dataDir = join(root, "data");
   await mkdir(dataDir, { mode: 0o700 });
   if (as.uid !== undefined) await chown(dataDir, as.uid, as.gid!);
   const r = await exec([
@@ -70,10 +71,19 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     "-E",
     "UTF8",
     "--no-locale",
+    ...args,
+  ]);
+  if (r.code !== 0) throw new Error(`initdb failed: ${r.output}`);
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
+  const root = await mkdtemp(join(tmpdir(), "shinkei-cluster-"));
+  await chmod(root, 0o755);
+  const dataDir = join(root, "data");
+  await initTrustCluster(dataDir, [
     "--no-sync",
     `--wal-segsize=${options.walSegmentMiB ?? TEST_WAL_SEGMENT_BYTES / 1024 / 1024}`,
   ]);
-  if (r.code !== 0) throw new Error(`initdb failed: ${r.output}`);
   const settings: Record<string, string> = {
     wal_level: "replica",
     max_wal_senders: "10",

@@ -38,12 +38,16 @@ export async function seedSample(sql: Sql, tag = "s", size = 3) {
     select ${tag} || i || '@example.com', 'User ' || i, 'hash-' || i from generate_series(1, ${size}) i returning id`;
   for (const u of users) {
     const [w] =
-      await sql`insert into worlds (owner_id, name, description) values (${u.id}, ${"World " + tag}, 'a place') returning id`;
+      await sql`insert into worlds (owner_id, name, description) values (${u.id}, ${"World " + tag}, 'a place')
+        returning id`;
     const stories =
-      await sql`insert into stories (world_id, title) select ${w!.id}, 'Story ' || i from generate_series(1, 2) i returning id`;
+      await sql`insert into stories (world_id, title) select ${w!.id}, 'Story ' || i from generate_series(1, 2) i
+        returning id`;
     for (const s of stories) {
-      await sql`insert into story_beats (story_id, position, content) select ${s.id}, i, 'beat ' || i || ' of ' || ${tag} from generate_series(0, 4) i`;
+      await sql`insert into story_beats (story_id, position, content)
+        select ${s.id}, i, 'beat ' || i || ' of ' || ${tag} from generate_series(0, 4) i`;
     }
   }
-  await sql`insert into sessions (token_hash, user_id, expires_at) values (${Buffer.from(crypto.getRandomValues(new Uint8Array(32)))}, ${users[0]!.id}, now() + interval '1 day')`;
+  await sql`insert into sessions (token_hash, user_id, expires_at)
+    values (${Buffer.from(crypto.getRandomValues(new Uint8Array(32)))}, ${users[0]!.id}, now() + interval '1 day')`;
 }

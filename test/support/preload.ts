@@ -26,7 +26,9 @@ plugin({
   setup(build) {
     build.onLoad({ filter: /\.test\.ts$/ }, async ({ path }) => ({
       loader: "ts",
-      contents: `import { setDefaultTimeout as __setDefaultTimeout } from "bun:test"; __setDefaultTimeout(${TEST_TIMEOUT_MS}); ${await readFile(path, "utf8")}`,
+      contents:
+        `import { setDefaultTimeout as __setDefaultTimeout } from "bun:test"; ` +
+        `__setDefaultTimeout(${TEST_TIMEOUT_MS}); ${await readFile(path, "utf8")}`,
     }));
   },
 });

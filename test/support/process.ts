@@ -56,7 +56,8 @@ export class Service {
       if (found) return found;
       if (this.ended || Date.now() > deadline)
         throw new Error(
-          `${this.ended ? "it exited" : "timed out"}; log so far:\n${this.lines.map((l) => JSON.stringify(l)).join("\n")}\n${await new Response(this.proc.stderr).text()}`,
+          `${this.ended ? "it exited" : "timed out"}; log so far:\n` +
+            `${this.lines.map((l) => JSON.stringify(l)).join("\n")}\n${await new Response(this.proc.stderr).text()}`,
         );
       await Bun.sleep(50);
     }

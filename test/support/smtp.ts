@@ -75,7 +75,8 @@ export class TestSmtp {
       if (found.length >= count) return found[count - 1]!;
       if (Date.now() > deadline)
         throw new Error(
-          `no mail "${subject}" to ${address}; received: ${this.received.map((m) => `${m.to}: ${m.subject}`).join("; ")}`,
+          `no mail "${subject}" to ${address}; ` +
+            `received: ${this.received.map((m) => `${m.to}: ${m.subject}`).join("; ")}`,
         );
       await Bun.sleep(20);
     }
