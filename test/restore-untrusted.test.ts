@@ -3,7 +3,11 @@ import { readdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
-import type { TestDatabase } from "./support/db.ts";
+import postgres from "postgres";
+import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { connect } from "../src/pg/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, slowToLoad, stockDump } from "./support/backup.ts";
 import { pathWith, wrapTool } from "./support/fixtures.ts";
@@ -17,8 +21,11 @@ let env: Record<string, string>;
 const confirm = () => ["--yes", "--confirm-database", db.name];
 const stats = () => db.sql.begin((tx) => tableStats(tx));
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
+// This file's database belongs to the superuser (as every test database): its restores say they
+// accept that. How a restore keeps the file's code from a superuser's rights is tested at the end,
+// on a database the app's own role owns.
 const restore = (args: string[], extra: Record<string, string> = {}) =>
-  shinkei(["backup", "--restore", ...args], { ...env, ...extra });
+  shinkei(["backup", "--restore", ...args, "--allow-superuser"], { ...env, ...extra });
 
 const dump = (file: string) => stockDump(db.url, file, ["--no-owner"]);
 
@@ -291,10 +298,13 @@ describe("the guard and the lock", () => {
     await slowToLoad(file, 2);
     await db.sql`insert into worlds (owner_id, name) select id, 'written after the backup' from users limit 1`;
     const before = await stats();
-    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], {
-      ...env,
-      NO_COLOR: "1",
-    });
+    const p = await Service.start(
+      ["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup", "--allow-superuser"],
+      {
+        ...env,
+        NO_COLOR: "1",
+      },
+    );
     let killed = 0;
     for (let i = 0; i < 100 && killed === 0; i++) {
       // Only once the lock is held: killed while still asking for it, it is not a lock lost.
@@ -310,5 +320,163 @@ describe("the guard and the lock", () => {
     expect(stderr).toContain("lock was lost");
     expect(stderr).not.toContain("restored ");
     expect(await stats()).toEqual(before);
+  });
+});
+
+/**
+ * The file's code runs during the load (a trigger, a default, a function a statement calls), and
+ * `SET ROLE` is no boundary for it: a session may take any role its login role may, so a superuser
+ * login is a superuser to any function body. The load logs in as a role that is not one instead.
+ */
+describe("the file's code never runs with a superuser's rights", () => {
+  let app: TestDatabase & { role: string; appUrl: string };
+  let home: string;
+  const appStats = () => app.sql.begin((tx) => tableStats(tx));
+  const restoreApp = (file: string, extra: string[] = []) =>
+    shinkei(
+      [
+        "backup",
+        "--restore",
+        "--backup-file",
+        file,
+        "--yes",
+        "--confirm-database",
+        app.name,
+        "--no-safety-backup",
+        ...extra,
+      ],
+      { DATABASE_URL: app.url, BACKUP_DIR: home },
+    );
+  const temporaryRoles = async () =>
+    (await app.sql`select rolname from pg_roles where rolname like 'shinkei\_restore\_%'`).map((r) => r.rolname);
+
+  beforeAll(async () => {
+    const db = await freshDatabase("untrusted_app");
+    // The deployment's layout: the app's role (no superuser) owns the database and its tables; the
+    // restore's DATABASE_URL is the superuser's (app.url).
+    const role = db.name.replace("shinkei_test_", "app_");
+    await db.sql.unsafe(`create role ${role} login nosuperuser`);
+    await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
+    const u = new URL(urlFor(db.name));
+    u.username = role;
+    const sql = connect(u.toString(), { max: 1 });
+    try {
+      await migrate(sql);
+      await seedSample(sql, "a");
+    } finally {
+      await sql.end();
+    }
+    app = { ...db, role, appUrl: u.toString() };
+    home = await tempDir("untrusted_app");
+  });
+  afterAll(async () => {
+    await app.drop();
+    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    await a.unsafe(`drop role if exists ${app.role}`).catch(() => {});
+    await a.end();
+  });
+
+  /** A stock dump of the app's database with `tail` appended. */
+  async function craft(name: string, tail: string): Promise<string> {
+    const file = join(home, name);
+    await stockDump(app.url, file);
+    await writeFile(file, (await readFile(file, "utf8")) + tail);
+    return file;
+  }
+
+  // Each body tries to climb back to the superuser first (RESET ROLE, set_config('role')), then to
+  // reach the server's OS: as the load's role, PostgreSQL refuses both.
+  const climb = `BEGIN PERFORM pg_catalog.set_config('role', 'postgres', true); EXCEPTION WHEN OTHERS THEN NULL; END;
+  BEGIN EXECUTE 'RESET ROLE'; EXCEPTION WHEN OTHERS THEN NULL; END;`;
+  test.each([
+    ["COPY ... TO PROGRAM", "COPY (SELECT 1) TO PROGRAM 'touch MARK'", "pg_execute_server_program"],
+    [
+      "dynamic EXECUTE of COPY TO PROGRAM",
+      "EXECUTE 'COPY (SELECT 1) TO PROGRAM ' || quote_literal('touch MARK')",
+      "pg_execute_server_program",
+    ],
+    ["lo_export", "PERFORM lo_export(lo_from_bytea(0, 'x'), 'MARK')", "permission denied for function lo_export"],
+    [
+      "pg_read_file",
+      "PERFORM pg_read_file('/etc/hostname'); COPY (SELECT 1) TO 'MARK'",
+      "permission denied for function pg_read_file",
+    ],
+  ])(
+    "a function the file defines and calls, doing %s, fails: nothing changed, no file written",
+    async (_, body, denied) => {
+      const mark = join(home, `mark-${crypto.randomUUID()}`);
+      const file = await craft(
+        "evil.sql",
+        `
+CREATE FUNCTION public.evil() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  ${climb}
+  ${body.replaceAll("MARK", mark)};
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER evil BEFORE INSERT ON public.worlds FOR EACH ROW EXECUTE FUNCTION public.evil();
+INSERT INTO public.worlds (owner_id, name) SELECT id, 'through the trigger' FROM public.users LIMIT 1;
+`,
+      );
+      const before = await appStats();
+      const r = await restoreApp(file);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(denied);
+      expect(r.stderr).toContain("Nothing in the database was changed");
+      expect(existsSync(mark)).toBe(false);
+      expect(await appStats()).toEqual(before);
+      const [f] = await app.sql`select to_regprocedure('public.evil()') as f`;
+      expect(f!.f).toBeNull();
+      expect(await temporaryRoles()).toEqual([]);
+    },
+  );
+
+  test("a SQL function called from a column default cannot read the server's files either", async () => {
+    const file = await craft(
+      "default.sql",
+      `
+CREATE FUNCTION public.peek() RETURNS text LANGUAGE sql AS $f$ SELECT pg_catalog.pg_read_file('/etc/hostname') $f$;
+CREATE TABLE public.loot (id int, body text DEFAULT public.peek());
+INSERT INTO public.loot (id) VALUES (1);
+`,
+    );
+    const before = await appStats();
+    const r = await restoreApp(file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("permission denied for function pg_read_file");
+    expect(await appStats()).toEqual(before);
+    const [t] = await app.sql`select to_regclass('public.loot') as t`;
+    expect(t!.t).toBeNull();
+  });
+
+  test("a backup of ours and a stock pg_dump .sql (with its OWNER TO lines) restore, owned by the app's role", async () => {
+    const before = await appStats();
+    const ours = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
+    const stock = join(home, "stock.sql");
+    await stockDump(app.url, stock);
+    expect(await readFile(stock, "utf8")).toContain(`OWNER TO ${app.role}`);
+    for (const file of [ours, stock]) {
+      await app.sql`delete from story_beats`;
+      const r = await restoreApp(file);
+      expect(r.stderr).toBe(
+        file === stock ? "▲ stock.sql has no manifest: it restores, but its row counts cannot be checked.\n" : "",
+      );
+      expect(r).toSucceed();
+      expect(await appStats()).toEqual(before);
+      const owners = await app.sql`select distinct tableowner from pg_tables where schemaname = 'public'`;
+      expect(owners.map((o) => o.tableowner)).toEqual([app.role]);
+      expect(await temporaryRoles()).toEqual([]);
+    }
+  });
+
+  test("a database only a superuser owns is refused before anything is done, unless --allow-superuser", async () => {
+    const file = await takeBackup();
+    const before = await stats();
+    const r = await shinkei(["backup", "--restore", "--backup-file", file, ...confirm()], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("there is no role without access to the server's files and programs");
+    expect((await readdir(dir)).filter((n) => n.includes("pre-restore")).length).toBe(0);
+    expect(await stats()).toEqual(before);
+    expect(await restore(["--backup-file", file, ...confirm()])).toSucceed();
   });
 });
