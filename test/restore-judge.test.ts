@@ -226,9 +226,16 @@ COPY public.bait (x) FROM stdin;
 `;
     await writeFile(file, base + sneaky);
     const before = await fingerprint();
-    const r = await restoreAs(db.url, file);
+    // As the app role, the guard is the app role's own: the check before COMMIT catches the swap.
+    const r = await restoreAs(app.url, file);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("guard was replaced");
+    expect(await fingerprint()).toEqual(before);
+    // From the superuser's URL the load logs in as a role of its own (it makes the guard), acting
+    // as the owner: the file's code may not even touch the guard.
+    const su = await restoreAs(db.url, file);
+    expect(su.code).toBe(1);
+    expect(su.stderr).toMatch(/must be owner of function shinkei_guard_/);
     expect(await fingerprint()).toEqual(before);
   });
 
