@@ -9,6 +9,7 @@ import { sealTo } from "../storage/seal.ts";
 import { offsiteStore } from "../storage/stores.ts";
 import { mirror } from "../storage/mirror.ts";
 import type { BackupStore, StoreNaming } from "../storage/store.ts";
+import { copySpoolFile } from "./trust.ts";
 import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
 import { archiveTrust } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
@@ -157,9 +158,14 @@ export function startWalUploader(deps: {
     const encryption = encryptionFor(config.backup.age);
     const file = `${name}.zst${encryption ? ".age" : ""}`;
     const tmp = join(root, `.upload-${file}`);
+    // With a key, only what the WAL service signed of it goes off-site (under a signed record), and
+    // nothing of a partial planted in the spool: the copy is made as fetch makes it (trust.ts).
+    const plain = join(root, `.upload-${name}`);
     try {
       await rm(tmp, { force: true });
-      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, {
+      const key = config.backup.age?.manifestKey || undefined;
+      if (key) await copySpoolFile(config.backupDir, name, join(spool, name), plain, key);
+      const sealed = await sealTo(createReadStream(key ? plain : join(spool, name)), tmp, {
         codec: "zstd",
         age: encryption ? config.backup.age : undefined,
         plainHash: true,
@@ -199,6 +205,7 @@ export function startWalUploader(deps: {
       fail(name, e);
       return false;
     } finally {
+      await rm(plain, { force: true });
       await rm(tmp, { force: true });
       await rm(`${tmp}.json`, { force: true });
     }
