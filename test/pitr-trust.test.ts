@@ -275,7 +275,7 @@ describe("WAL in the spool", () => {
   const spool = () => join(walRoot(dir), "spool");
   const receiving = async () => (await readdir(spool())).filter((n) => n.endsWith(".partial")).sort()[0]!;
 
-  test("the segment being received is signed as its pages complete, and served only as far as it is signed", async () => {
+  test("the segment being received is signed as it is received, and served only as far as it is signed", async () => {
     await sql`insert into notes (body) select 'spooled ' || i from generate_series(1, 200) i`;
     const partial = await receiving();
     const sigPath = spoolSignaturePath(dir, partial);
@@ -346,6 +346,16 @@ describe("WAL in the spool", () => {
       await rm(plain, { force: true });
       await rename(join(aside, archived.file), sealedFile);
       await rename(join(aside, "record.json"), record);
+    }
+    // The same bytes, archived as the receiver wrote them, do replay: only the refusal kept them out.
+    const back = await shinkei(["pitr", "restore", "--to", "latest", "--json"], env);
+    expect(back).toSucceed();
+    const recovered = connect(JSON.parse(back.stdout).url, { max: 1 });
+    try {
+      expect(await recovered`select 1 from notes where body = 'only in the planted segment'`).toHaveLength(1);
+    } finally {
+      await recovered.end({ timeout: 1 });
+      expect(await shinkei(["pitr", "cleanup"], env)).toSucceed();
     }
   });
 });

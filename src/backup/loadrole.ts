@@ -22,11 +22,13 @@ const SERVER_ROLES = ["pg_execute_server_program", "pg_read_server_files", "pg_w
 
 /** SQL: why the role `oid` (an expression) can reach the server's OS, or null when it cannot. */
 function dangerExpr(oid: string): string {
+  const member = (role: string) => `pg_catalog.pg_has_role(${oid}, ${role}, 'MEMBER')`;
   return `(select case
-     when exists (select 1 from pg_catalog.pg_roles s where s.rolsuper and pg_catalog.pg_has_role(${oid}, s.oid, 'MEMBER'))
+     when exists (select 1 from pg_catalog.pg_roles s where s.rolsuper and ${member("s.oid")})
        then 'is or may become a superuser'
-     ${SERVER_ROLES.map((r) => `when pg_catalog.pg_has_role(${oid}, '${r}', 'MEMBER') then 'is a member of ${r}'`).join("\n     ")}
-     when (select rolcreaterole from pg_catalog.pg_roles where oid = ${oid}) and pg_catalog.current_setting('server_version_num')::int < 160000
+     ${SERVER_ROLES.map((r) => `when ${member(`'${r}'`)} then 'is a member of ${r}'`).join("\n     ")}
+     when (select rolcreaterole from pg_catalog.pg_roles where oid = ${oid})
+          and pg_catalog.current_setting('server_version_num')::int < 160000
        then 'has CREATEROLE (before PostgreSQL 16 it may grant itself ${SERVER_ROLES[0]})'
    end)`;
 }
@@ -60,21 +62,23 @@ export async function planLoadRole(url: string, options: LoadRoleOptions = {}): 
 }
 
 async function plan(admin: postgres.Sql, url: string, options: LoadRoleOptions): Promise<Plan> {
-  const [me] = await admin.unsafe<
-    { me: string; danger: string | null; owner: string; ownerDanger: string | null; version: number }[]
-  >(`
-      select session_user::text as me, ${dangerExpr("(select oid from pg_catalog.pg_roles where rolname = session_user)")} as danger,
-             pg_catalog.pg_get_userbyid(d.datdba)::text as owner, ${dangerExpr("d.datdba")} as "ownerDanger",
-             pg_catalog.current_setting('server_version_num')::int as version
+  const [me] = await admin.unsafe<{ me: string; danger: string | null; owner: string; ownerDanger: string | null }[]>(`
+      select session_user::text as me,
+             ${dangerExpr("(select oid from pg_catalog.pg_roles where rolname = session_user)")} as danger,
+             pg_catalog.pg_get_userbyid(d.datdba)::text as owner, ${dangerExpr("d.datdba")} as "ownerDanger"
         from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()`);
   const { me: session, danger, owner, ownerDanger } = me!;
   if (danger && ownerDanger && !options.scratch && !options.allowSuperuser) {
     const db = describeTarget(url).database;
     throw new ShinkeiError(
       "RESTORE_AS_SUPERUSER",
-      `the restore would run the file's code with the rights of ${session}, which ${danger}, and the database's owner ${owner} ${ownerDanger}: there is no role without access to the server's files and programs to load it as`,
+      `the restore would run the file's code with the rights of ${session}, which ${danger}, ` +
+        `and the database's owner ${owner} ${ownerDanger}: ` +
+        "there is no role without access to the server's files and programs to load it as",
       {
-        hint: `Nothing was changed. Give the database to the app's own role (ALTER DATABASE ${db} OWNER TO <app role>, and its schemas and tables), or restore as that role; for a file you trust, pass --allow-superuser.`,
+        hint:
+          `Nothing was changed. Give the database to the app's own role (ALTER DATABASE ${db} OWNER TO <app role>, ` +
+          "and its schemas and tables), or restore as that role; for a file you trust, pass --allow-superuser.",
       },
     );
   }
@@ -97,7 +101,8 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
       session,
       danger,
       `CREATE ROLE ${q(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-         PASSWORD '${password}' VALID UNTIL '${new Date(Date.now() + 86_400_000).toISOString()}'${ownerDanger ? "" : ` IN ROLE ${q(owner)}`}`,
+         PASSWORD '${password}' VALID UNTIL '${new Date(Date.now() + 86_400_000).toISOString()}'` +
+        (ownerDanger ? "" : ` IN ROLE ${q(owner)}`),
     );
     const db = describeTarget(url).database;
     // A scratch database is empty and shinkei's own: its owner for the load is the temporary role.
@@ -127,9 +132,12 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
       await release().catch(() => {});
       throw new ShinkeiError(
         "RESTORE_AS_SUPERUSER",
-        `${session} ${danger}: the restore loads as a temporary role of the database's owner ${owner}, and it could not log in: ${(e as Error).message}`,
+        `${session} ${danger}: the restore loads as a temporary role of the database's owner ${owner}, ` +
+          `and it could not log in: ${(e as Error).message}`,
         {
-          hint: "Nothing was changed. Restore as the app's own role (DATABASE_URL with that user), or let new roles log in with a password from this host (pg_hba.conf, scram-sha-256).",
+          hint:
+            "Nothing was changed. Restore as the app's own role (DATABASE_URL with that user), " +
+            "or let new roles log in with a password from this host (pg_hba.conf, scram-sha-256).",
         },
       );
     } finally {
@@ -148,7 +156,8 @@ async function create(admin: postgres.Sql, session: string, danger: string, stat
   } catch (e) {
     throw new ShinkeiError(
       "RESTORE_AS_SUPERUSER",
-      `${session} ${danger}: the restore loads as a temporary role of the database's owner, and it could not be made: ${(e as Error).message}`,
+      `${session} ${danger}: the restore loads as a temporary role of the database's owner, ` +
+        `and it could not be made: ${(e as Error).message}`,
       { hint: "Nothing was changed. Restore as the app's own role (DATABASE_URL with that user)." },
     );
   }

@@ -188,7 +188,8 @@ export async function archiveWalFile(
     )
       throw new ShinkeiError(
         "ARCHIVE_UNTRUSTED",
-        `${name} in the spool does not match what the WAL service signed of it: it was changed after it was received; it is not archived`,
+        `${name} in the spool does not match what the WAL service signed of it: ` +
+          "it was changed after it was received; it is not archived",
       );
     await rename(partial, target);
     await fsyncDir(dir);

@@ -18,11 +18,12 @@ import {
  * - only segments the receiver is known to write: the one it said it starts streaming at (or
  *   switched timeline at), and each next one after a segment it finished. A file of any other
  *   name in the spool is never signed, so never served or sealed: it was not received.
- * - the `.partial` being received, as far as its pages are complete. pg_receivewal writes the
- *   stream in order into a file padded with zeros, and every WAL page starts with a non-zero
- *   header: a page is complete once the next one has begun, and never changes after. So a running
- *   SHA-256 goes over each page once, and the signature covers all complete pages: recovery to
- *   the latest moment replays up to them (at most a page and one pass behind the receiver).
+ * - the `.partial` being received, up to its last non-zero byte. pg_receivewal writes the stream
+ *   in order, each byte once, into a file padded with zeros: what comes before the last non-zero
+ *   byte never changes again (and zeros it wrote after it are the zeros served). Every WAL page
+ *   starts with a non-zero header, so a page is complete once the next one has begun: a running
+ *   SHA-256 goes over each complete page once, and each pass adds the begun page's bytes to a
+ *   copy of it. Recovery to the latest moment replays up to what the last pass saw.
  * - a segment when it is finished: the running hash of its pages, plus the rest, read then. A
  *   segment swapped in place of the one that was received does not match the pages signed before.
  *
@@ -31,7 +32,8 @@ import {
  * pass and a finish is signed as it is found (the only bytes taken on trust: one pass's worth).
  */
 export class SpoolSigner {
-  private tracked = new Map<string, { bytes: number; pageBytes: number; hash: Bun.CryptoHasher }>();
+  /** By segment: the complete pages hashed so far (`bytes`), and the length signed last (-1: none yet). */
+  private tracked = new Map<string, Tracked>();
   /** Segment names the receiver writes next (by its own word, or as the one after it finished one). */
   private expected = new Set<string>();
   private said = new Set<string>();
@@ -51,11 +53,12 @@ export class SpoolSigner {
     const names = await readdir(this.o.spool).catch(() => [] as string[]);
     const present = new Set(names);
     for (const name of names.filter((n) => parseSegment(n, this.o.segmentBytes)).sort()) {
-      if (!(await readSpoolSignature(this.o.backupDir, name, this.o.key))) await this.finish(name);
+      if (!(await readSpoolSignature(this.o.backupDir, name, this.o.key))) await gone(this.finish(name));
     }
     for (const name of names.filter((n) => n.endsWith(".partial")).sort()) {
       const segment = name.slice(0, -".partial".length);
-      if (parseSegment(segment, this.o.segmentBytes)) await this.advance(segment);
+      // A partial finished (renamed) while it was read is signed whole on the next pass.
+      if (parseSegment(segment, this.o.segmentBytes)) await gone(this.advance(segment));
     }
     for (const s of await readdir(spoolSignatureDir(this.o.backupDir)).catch(() => [] as string[])) {
       const name = s.replace(/\.json$/, "");
@@ -67,19 +70,28 @@ export class SpoolSigner {
   }
 
   /** The running hash of `segment`, taken up from its `.partial`'s signature, or begun for one expected. */
-  private async state(segment: string, file: string) {
+  private async state(segment: string, file: string): Promise<Tracked | null> {
     const known = this.tracked.get(segment);
     if (known) return known;
     const sig = await readSpoolSignature(this.o.backupDir, `${segment}.partial`, this.o.key);
     if (sig) {
+      const pageBytes = sig.bytes > 0 ? await pageBytesOf(file) : 0;
+      const aligned = pageBytes ? Math.floor(sig.bytes / pageBytes) * pageBytes : 0;
       const hash = new Bun.CryptoHasher("sha256");
-      const read = await readRange(file, 0, sig.bytes, hash);
-      if (read === sig.bytes && hash.copy().digest("hex") === sig.sha256) {
-        const s = { bytes: sig.bytes, pageBytes: await pageBytesOf(file), hash };
+      const pages = await readRange(file, 0, aligned, hash);
+      const check = hash.copy();
+      const rest = await readRange(file, aligned, sig.bytes, check);
+      if (
+        (pageBytes || sig.bytes === 0) &&
+        pages === aligned &&
+        rest === sig.bytes - aligned &&
+        check.digest("hex") === sig.sha256
+      ) {
+        const s = { bytes: aligned, pageBytes, hash, signed: sig.bytes, signedSha: sig.sha256 };
         this.tracked.set(segment, s);
         return s;
       }
-      this.once(segment, "a spool file no longer matches the pages signed for it: it is not signed further");
+      this.once(segment, "a spool file no longer matches what was signed of it: it is not signed further");
       return null;
     }
     if (!this.expected.has(segment)) {
@@ -88,37 +100,48 @@ export class SpoolSigner {
       if (seen >= 3) this.once(segment, "a spool file the WAL receiver was not writing is not signed (planted?)");
       return null;
     }
-    const s = { bytes: 0, pageBytes: 0, hash: new Bun.CryptoHasher("sha256") };
+    const s = { bytes: 0, pageBytes: 0, hash: new Bun.CryptoHasher("sha256"), signed: -1 };
     this.tracked.set(segment, s);
     return s;
   }
 
-  /** Sign the complete pages of `segment`'s `.partial`. */
+  /** Sign `segment`'s `.partial` up to its last non-zero byte. */
   private async advance(segment: string) {
     const file = join(this.o.spool, `${segment}.partial`);
     const s = await this.state(segment, file);
     if (!s) return;
     s.pageBytes ||= await pageBytesOf(file);
-    if (!s.pageBytes) return; // its first page is not written yet
-    const size = (await stat(file).catch(() => null))?.size ?? 0;
-    const f = await open(file, "r");
-    const before = s.bytes;
-    try {
-      const header = Buffer.alloc(4);
-      const page = Buffer.alloc(s.pageBytes);
-      // Page p is complete once page p + 1 has begun (its header is never zero).
-      while (s.bytes + 2 * s.pageBytes <= size) {
-        await f.read(header, 0, 4, s.bytes + s.pageBytes);
-        if (header.readUInt32LE(0) === 0) break;
-        const { bytesRead } = await f.read(page, 0, s.pageBytes, s.bytes);
-        if (bytesRead !== s.pageBytes) break;
-        s.hash.update(page);
-        s.bytes += s.pageBytes;
+    let begun = Buffer.alloc(0);
+    if (s.pageBytes) {
+      const size = (await stat(file).catch(() => null))?.size ?? 0;
+      const f = await open(file, "r");
+      try {
+        const header = Buffer.alloc(4);
+        const page = Buffer.alloc(s.pageBytes);
+        // Page p is complete once page p + 1 has begun (its header is never zero).
+        while (s.bytes + 2 * s.pageBytes <= size) {
+          await f.read(header, 0, 4, s.bytes + s.pageBytes);
+          if (header.readUInt32LE(0) === 0) break;
+          const { bytesRead } = await f.read(page, 0, s.pageBytes, s.bytes);
+          if (bytesRead !== s.pageBytes) break;
+          s.hash.update(page);
+          s.bytes += s.pageBytes;
+        }
+        // The begun page, up to its last non-zero byte.
+        const { bytesRead } = await f.read(page, 0, Math.min(s.pageBytes, size - s.bytes), s.bytes);
+        let end = bytesRead;
+        while (end > 0 && page[end - 1] === 0) end--;
+        begun = Buffer.from(page.subarray(0, end));
+      } finally {
+        await f.close();
       }
-    } finally {
-      await f.close();
     }
-    if (s.bytes !== before) await this.sign(`${segment}.partial`, s.bytes, s.hash.copy().digest("hex"));
+    const bytes = s.bytes + begun.length;
+    if (bytes === s.signed) return;
+    const sha256 = s.hash.copy().update(begun).digest("hex");
+    await this.sign(`${segment}.partial`, bytes, sha256);
+    s.signed = bytes;
+    s.signedSha = sha256;
   }
 
   /** `segment` was finished (renamed from its `.partial`): sign it whole, and expect the next one. */
@@ -128,6 +151,15 @@ export class SpoolSigner {
     if (!s) return;
     const size = (await stat(file).catch(() => null))?.size ?? 0;
     if (size !== this.o.segmentBytes) return;
+    // What was signed of its begun page must be there too: the rest of it is taken as found.
+    if (s.signed > s.bytes) {
+      const begun = s.hash.copy();
+      await readRange(file, s.bytes, s.signed, begun);
+      if (begun.digest("hex") !== s.signedSha) {
+        this.tracked.delete(segment);
+        return this.once(segment, "a finished spool segment does not match what was signed of it: it is not signed");
+      }
+    }
     if ((await readRange(file, s.bytes, size, s.hash)) !== size - s.bytes) return;
     await this.sign(segment, size, s.hash.digest("hex"));
     this.tracked.delete(segment);
@@ -153,6 +185,13 @@ export class SpoolSigner {
     this.said.add(segment);
     this.o.log({ level: "error", msg, file: segment });
   }
+}
+
+/** A file of the spool that went away under us (finished, sealed) is no error: it is seen again, or gone. */
+async function gone(work: Promise<void>): Promise<void> {
+  await work.catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== "ENOENT") throw e;
+  });
 }
 
 /** Hash bytes [from, to) of `file` into `hash`; how many were read. */
@@ -189,3 +228,5 @@ async function pageBytesOf(file: string): Promise<number> {
     await f.close();
   }
 }
+
+type Tracked = { bytes: number; pageBytes: number; hash: Bun.CryptoHasher; signed: number; signedSha?: string };

@@ -192,10 +192,12 @@ export async function startWalStream(deps: {
       });
   };
   const drainOnce = async () => {
+    const names = await readdir(spool).catch(() => [] as string[]);
+    // Listed first: every file this pass may seal has been through the signer's pass (a segment
+    // finished meanwhile waits for the next one).
     await signer
       ?.pass()
       .catch((e: Error) => log({ level: "error", msg: "signing the wal spool failed", error: e.message }));
-    const names = await readdir(spool).catch(() => [] as string[]);
     // After a timeline switch the old timeline's last segment stays `.partial` for good: keep it as one.
     const timelines = names.map(
       (n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0,

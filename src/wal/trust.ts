@@ -96,7 +96,9 @@ export async function readSpoolSignature(backupDir: string, name: string, key: s
 
 function spoolRefusal(what: string): ShinkeiError {
   return new ShinkeiError("ARCHIVE_UNTRUSTED", what, {
-    hint: "Nothing was restored from it. Whoever can write to BACKUP_DIR may have planted it in the spool; the WAL service signs only what its receiver wrote.",
+    hint:
+      "Nothing was restored from it. Whoever can write to BACKUP_DIR may have planted it in the spool; " +
+      "the WAL service signs only what its receiver wrote.",
   });
 }
 
@@ -177,7 +179,8 @@ export async function signedPart(
   const sig = await readSpoolSignature(backupDir, name, key);
   if (!sig)
     throw spoolRefusal(
-      `WAL ${partial ? "partial segment" : "segment"} ${name} in the spool is not signed, and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it; it is not archived`,
+      `WAL ${partial ? "partial segment" : "segment"} ${name} in the spool is not signed, ` +
+        "and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it; it is not archived",
     );
   return { bytes: sig.bytes, sha256: sig.sha256, whole: !partial };
 }
