@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, readdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import postgres from "postgres";
@@ -331,6 +332,7 @@ describe("the guard and the lock", () => {
 describe("the file's code never runs with a superuser's rights", () => {
   let app: TestDatabase & { role: string; appUrl: string };
   let home: string;
+  let markDir: string;
   const appStats = () => app.sql.begin((tx) => tableStats(tx));
   const restoreApp = (file: string, extra: string[] = []) =>
     shinkei(
@@ -368,6 +370,9 @@ describe("the file's code never runs with a superuser's rights", () => {
     }
     app = { ...db, role, appUrl: u.toString() };
     home = await tempDir("untrusted_app");
+    // Where the server's OS user could write, were the file's code to reach it: a mark proves nothing otherwise.
+    markDir = await tempDir("untrusted_mark");
+    await chmod(markDir, 0o777);
   });
   afterAll(async () => {
     await app.drop();
@@ -404,7 +409,7 @@ describe("the file's code never runs with a superuser's rights", () => {
   ])(
     "a function the file defines and calls, doing %s, fails: nothing changed, no file written",
     async (_, body, denied) => {
-      const mark = join(home, `mark-${crypto.randomUUID()}`);
+      const mark = join(markDir, `mark-${crypto.randomUUID()}`);
       const file = await craft(
         "evil.sql",
         `
@@ -467,6 +472,38 @@ INSERT INTO public.loot (id) VALUES (1);
       expect(owners.map((o) => o.tableowner)).toEqual([app.role]);
       expect(await temporaryRoles()).toEqual([]);
     }
+  });
+
+  test("a drill of a backup planted in BACKUP_DIR runs its code without a superuser's rights, on a scratch database", async () => {
+    const mark = join(markDir, `drill-${crypto.randomUUID()}`);
+    const file = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
+    // Our own backup, with code added after pg_dump's settings and the manifest made to match.
+    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
+    const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
+    const evil = `
+CREATE TABLE public.evil_t (x int);
+CREATE FUNCTION public.evil() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  ${climb}
+  COPY (SELECT 1) TO PROGRAM 'touch ${mark}';
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER evil BEFORE INSERT ON public.evil_t FOR EACH ROW EXECUTE FUNCTION public.evil();
+INSERT INTO public.evil_t VALUES (1);
+`;
+    const planted = Bun.gzipSync(new TextEncoder().encode(sql.slice(0, at) + evil + sql.slice(at)));
+    await Bun.write(file, planted);
+    const manifest = await Bun.file(`${file}.manifest.json`).json();
+    manifest.sizeBytes = planted.length;
+    manifest.sha256 = new Bun.CryptoHasher("sha256").update(planted).digest("hex");
+    await Bun.write(`${file}.manifest.json`, JSON.stringify(manifest, null, 2));
+    const r = await shinkei(["backup", "drill", file], { DATABASE_URL: app.url, BACKUP_DIR: home });
+    expect(r.code).toBe(1);
+    expect(`${r.stdout}${r.stderr}`).toContain("pg_execute_server_program");
+    expect(existsSync(mark)).toBe(false);
+    expect(await temporaryRoles()).toEqual([]);
+    await rm(file);
+    await rm(`${file}.manifest.json`);
   });
 
   test("a database only a superuser owns is refused before anything is done, unless --allow-superuser", async () => {
