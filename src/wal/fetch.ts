@@ -28,8 +28,9 @@ function timelineOf(name: string): number | null {
  * What PostgreSQL's restore_command asks for: the WAL file `name`, from the local archive (else
  * the off-site copy), checked against its record (SHA-256 of the stored bytes, then of the WAL
  * after decryption and gunzip), written to `target` whole or not at all. A segment just finished
- * and not yet sealed comes from the spool (with BACKUP_MANIFEST_KEY, only as far as it is signed). A segment never archived whole is served from its partial (the one being received, else an archived one): the end of what
- * the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
+ * and not yet sealed comes from the spool (with BACKUP_MANIFEST_KEY, only as far as it is signed).
+ * A segment never archived whole is served from its partial (the one being received, else an
+ * archived one): the end of what the archive holds. A file we do not have is NOT_FOUND (exit 1): recovery asks for files that
  * never existed, such as the next timeline's history.
  */
 export async function fetchWal(

@@ -9,9 +9,8 @@ import { sealTo } from "../storage/seal.ts";
 import { offsiteStore } from "../storage/stores.ts";
 import { mirror } from "../storage/mirror.ts";
 import type { BackupStore, StoreNaming } from "../storage/store.ts";
-import { copySpoolFile } from "./trust.ts";
 import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
-import { archiveTrust } from "./trust.ts";
+import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
 import { parseSegment, timelineDir } from "./segments.ts";
 import { startPoller } from "../service/poller.ts";
@@ -155,6 +154,10 @@ export function startWalUploader(deps: {
     if (!s) return true;
     const due = Date.now() - lastPartial.at >= config.wal.partialUploadIntervalMs;
     if (!due || (name === lastPartial.name && s.mtimeMs === lastPartial.mtimeMs)) return true;
+    const key = config.backup.age?.manifestKey || undefined;
+    // Not signed yet (the WAL service signs it within half a second of its first bytes), or never
+    // (planted): nothing goes off-site; wal-fetch and the signer say why where it matters.
+    if (key && !(await readSpoolSignature(config.backupDir, name, key))) return true;
     const encryption = encryptionFor(config.backup.age);
     const file = `${name}.zst${encryption ? ".age" : ""}`;
     const tmp = join(root, `.upload-${file}`);
@@ -163,7 +166,6 @@ export function startWalUploader(deps: {
     const plain = join(root, `.upload-${name}`);
     try {
       await rm(tmp, { force: true });
-      const key = config.backup.age?.manifestKey || undefined;
       if (key) await copySpoolFile(config.backupDir, name, join(spool, name), plain, key);
       const sealed = await sealTo(createReadStream(key ? plain : join(spool, name)), tmp, {
         codec: "zstd",
