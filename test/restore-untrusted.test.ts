@@ -456,21 +456,33 @@ INSERT INTO public.loot (id) VALUES (1);
 
   test("a backup of ours and a stock pg_dump .sql (with its OWNER TO lines) restore, owned by the app's role", async () => {
     const before = await appStats();
+    // A temporary role a killed load left a day ago goes with the next load; one made a moment ago
+    // (another load's, about to log in) stays.
+    await app.sql.unsafe(
+      `create role shinkei_restore_0ld000000000 login valid until '${new Date(Date.now() + 3_600_000).toISOString()}'`,
+    );
+    await app.sql.unsafe(
+      `create role shinkei_restore_a11ve0000000 login valid until '${new Date(Date.now() + 86_000_000).toISOString()}'`,
+    );
     const ours = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
     const stock = join(home, "stock.sql");
     await stockDump(app.url, stock);
     expect(await readFile(stock, "utf8")).toContain(`OWNER TO ${app.role}`);
-    for (const file of [ours, stock]) {
-      await app.sql`delete from story_beats`;
-      const r = await restoreApp(file);
-      expect(r.stderr).toBe(
-        file === stock ? "▲ stock.sql has no manifest: it restores, but its row counts cannot be checked.\n" : "",
-      );
-      expect(r).toSucceed();
-      expect(await appStats()).toEqual(before);
-      const owners = await app.sql`select distinct tableowner from pg_tables where schemaname = 'public'`;
-      expect(owners.map((o) => o.tableowner)).toEqual([app.role]);
-      expect(await temporaryRoles()).toEqual([]);
+    try {
+      for (const file of [ours, stock]) {
+        await app.sql`delete from story_beats`;
+        const r = await restoreApp(file);
+        expect(r.stderr).toBe(
+          file === stock ? "▲ stock.sql has no manifest: it restores, but its row counts cannot be checked.\n" : "",
+        );
+        expect(r).toSucceed();
+        expect(await appStats()).toEqual(before);
+        const owners = await app.sql`select distinct tableowner from pg_tables where schemaname = 'public'`;
+        expect(owners.map((o) => o.tableowner)).toEqual([app.role]);
+        expect(await temporaryRoles()).toEqual(["shinkei_restore_a11ve0000000"]);
+      }
+    } finally {
+      await app.sql.unsafe("drop role if exists shinkei_restore_a11ve0000000");
     }
   });
 

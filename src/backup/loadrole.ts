@@ -1,3 +1,4 @@
+import { pbkdf2Sync } from "node:crypto";
 import postgres from "postgres";
 import { ShinkeiError } from "../errors.ts";
 import { describeTarget } from "../pg/db.ts";
@@ -93,20 +94,25 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
     if (!danger || (ownerDanger && !options.scratch)) return asIs;
     // A fresh role per load, with a password only this process knows; NOINHERIT is not needed:
     // everything it may become (the owner) has been checked above.
-    const role = `shinkei_restore_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+    await dropLeftovers(admin);
+    const role = `${ROLE_PREFIX}${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     const password = Buffer.from(crypto.getRandomValues(new Uint8Array(24))).toString("base64url");
-    const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
+    // Its SCRAM verifier, not the password: a statement log never holds what logs in.
     await create(
       admin,
       session,
       danger,
       `CREATE ROLE ${q(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-         PASSWORD '${password}' VALID UNTIL '${new Date(Date.now() + 86_400_000).toISOString()}'` +
+         PASSWORD '${scramVerifier(password)}' VALID UNTIL '${new Date(Date.now() + LIFETIME_MS).toISOString()}'` +
         (ownerDanger ? "" : ` IN ROLE ${q(owner)}`),
     );
     const db = describeTarget(url).database;
     // A scratch database is empty and shinkei's own: its owner for the load is the temporary role.
-    if (ownerDanger) await create(admin, session, danger, `ALTER DATABASE ${q(db)} OWNER TO ${q(role)}`);
+    if (ownerDanger)
+      await create(admin, session, danger, `ALTER DATABASE ${q(db)} OWNER TO ${q(role)}`).catch(async (e) => {
+        await admin.unsafe(`DROP ROLE ${q(role)}`).catch(() => {});
+        throw e;
+      });
     const release = async () => {
       const again = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
       try {
@@ -147,6 +153,35 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
   } finally {
     await admin.end({ timeout: 5 });
   }
+}
+
+const ROLE_PREFIX = "shinkei_restore_";
+/** How long a temporary role could log in with its password, were it left behind. */
+const LIFETIME_MS = 86_400_000;
+const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
+
+/**
+ * Temporary roles a killed load left behind: made over an hour ago (their expiry tells when) and
+ * with no session open. Dropped where nothing holds them; the rest are left for the next time.
+ */
+async function dropLeftovers(admin: postgres.Sql) {
+  const old = await admin<{ name: string }[]>`
+    select r.rolname as name from pg_catalog.pg_roles r
+     where pg_catalog.starts_with(r.rolname, ${ROLE_PREFIX}) and r.rolcanlogin and not r.rolsuper
+       and r.rolvaliduntil < pg_catalog.now() + ${`${LIFETIME_MS / 1000 - 3600} seconds`}::interval
+       and not exists (select 1 from pg_catalog.pg_stat_activity a where a.usename = r.rolname)`.catch(() => []);
+  for (const { name } of old) await admin.unsafe(`DROP ROLE ${q(name)}`).catch(() => {});
+}
+
+/** PostgreSQL's SCRAM-SHA-256 verifier of `password` (RFC 5802, 7677), as pg_authid stores it. */
+function scramVerifier(password: string): string {
+  const salt = crypto.getRandomValues(new Uint8Array(16));
+  const iterations = 4096;
+  const salted = pbkdf2Sync(password, salt, iterations, 32, "sha256");
+  const hmac = (key: Uint8Array, text: string) => new Bun.CryptoHasher("sha256", key).update(text).digest();
+  const stored = new Bun.CryptoHasher("sha256").update(hmac(salted, "Client Key")).digest("base64");
+  const server = hmac(salted, "Server Key").toString("base64");
+  return `SCRAM-SHA-256$${iterations}:${Buffer.from(salt).toString("base64")}$${stored}:${server}`;
 }
 
 /** Making the load's role needs CREATEROLE (or a superuser): a role without it gets why, and what to do. */
