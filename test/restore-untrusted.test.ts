@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import postgres from "postgres";
 import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { startCluster } from "./support/cluster.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { connect } from "../src/pg/db.ts";
@@ -527,5 +528,59 @@ INSERT INTO public.evil_t VALUES (1);
     expect((await readdir(dir)).filter((n) => n.includes("pre-restore")).length).toBe(0);
     expect(await stats()).toEqual(before);
     expect(await restore(["--backup-file", file, ...confirm()])).toSucceed();
+  });
+});
+
+describe("on a server that asks every role for a password (scram-sha-256)", () => {
+  test("the load's temporary role logs in with its password, restores, and is gone", async () => {
+    const server = await startCluster();
+    const admin = postgres(server.url(), { max: 1, onnotice: () => {} });
+    try {
+      await admin.unsafe("alter role postgres password 'a superuser password'");
+      await admin.unsafe("create role scram_app login password 'an app password'");
+      await admin.unsafe("create database scram owner scram_app");
+      const appSql = connect(
+        `postgres://scram_app:${encodeURIComponent("an app password")}@127.0.0.1:${server.port}/scram`,
+        {
+          max: 1,
+        },
+      );
+      try {
+        await migrate(appSql);
+        await seedSample(appSql, "s");
+      } finally {
+        await appSql.end();
+      }
+      // From here on, no role logs in without its password.
+      await writeFile(
+        join(server.dataDir, "pg_hba.conf"),
+        "host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+      );
+      await admin`select pg_reload_conf()`;
+      const url = `postgres://postgres:${encodeURIComponent("a superuser password")}@127.0.0.1:${server.port}/scram`;
+      const folder = await tempDir("untrusted_scram");
+      const scramEnv = { DATABASE_URL: url, BACKUP_DIR: folder };
+      const file = await takeBackupWith(scramEnv);
+      const sql = connect(url, { max: 1 });
+      try {
+        const before = await sql.begin((tx) => tableStats(tx));
+        await sql`delete from story_beats`;
+        const r = await shinkei(
+          ["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", "scram", "--no-safety-backup"],
+          scramEnv,
+        );
+        expect(r.stderr).toBe("");
+        expect(r).toSucceed();
+        expect(await sql.begin((tx) => tableStats(tx))).toEqual(before);
+        expect(
+          (await sql`select rolname from pg_roles where rolname like 'shinkei\\_restore\\_%'`).map((r) => r.rolname),
+        ).toEqual([]);
+      } finally {
+        await sql.end();
+      }
+    } finally {
+      await admin.end();
+      await server.stop();
+    }
   });
 });
