@@ -15,7 +15,7 @@ import { checkForGap, startWalStream, type WalStream } from "../src/wal/stream.t
 import { serverInfo } from "../src/pg/server-info.ts";
 import { ensureSlot, slotStatus } from "../src/wal/slot.ts";
 import { archiveWalFile, listArchive, walRoot } from "../src/wal/archive.ts";
-import { SpoolSigner } from "../src/wal/spoolsign.ts";
+import { setAsideUnsigned, SpoolSigner } from "../src/wal/spoolsign.ts";
 import { archiveTrust, copySpoolFile, signedPart, type Untrusted } from "../src/wal/trust.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
@@ -589,7 +589,7 @@ describe("spool signatures", () => {
       await copySpoolFile(backupDir, name, join(spool, name), out, KEY);
       return readFile(out);
     };
-    return { backupDir, spool, lines, signer, write, fetch };
+    return { backupDir, spool, log, lines, signer, write, fetch };
   }
 
   test("the segment the receiver streams into is signed up to its last written byte and served that far; another name is not", async () => {
@@ -673,6 +673,29 @@ describe("spool signatures", () => {
       archiveWalFile(join(spool, X), root, { segmentBytes: SEG, signed: await signedPart(backupDir, X, KEY) }),
     ).rejects.toThrow(/does not match what the WAL service signed of it/);
     expect(await listArchive(root)).toEqual([]);
+  });
+
+  test("before the receiver starts, a partial not signed, or changed since, is set aside; a signed one stays", async () => {
+    const { backupDir, spool, log, lines, signer, write } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 3, 5);
+    await s.pass();
+    await write(`${X}.partial`, 4); // the receiver wrote on after the pass: still what was signed, and more
+    const planted = segmentName(1, 9n, SEG);
+    await write(`${planted}.partial`, 2); // left while the service was down: the receiver would resume from it
+    expect(await setAsideUnsigned(backupDir, spool, KEY, log)).toEqual([
+      expect.stringMatching(new RegExp(`^${planted}\\.partial\\.unsigned-\\d+$`)),
+    ]);
+    expect((await readdir(spool)).sort()).toEqual([`${X}.partial`, expect.stringMatching(/unsigned/)].sort());
+    // Changed under its signature: set aside too.
+    const path = join(spool, `${X}.partial`);
+    const bytes = await readFile(path);
+    bytes.writeUInt8(bytes.readUInt8(100) ^ 0xff, 100);
+    await writeFile(path, bytes);
+    expect(await setAsideUnsigned(backupDir, spool, KEY, log)).toHaveLength(1);
+    expect(await readdir(spool)).not.toContain(`${X}.partial`);
+    expect(lines.some((l) => String(l.msg).includes("that the WAL service did not sign: set aside"))).toBe(true);
   });
 
   test("after a restart the signer takes up the partial from its signature, and signs the finished segment", async () => {

@@ -1,9 +1,9 @@
-import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Log } from "../log.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { signParts } from "../backup/manifest.ts";
-import { parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
+import { isSegmentName, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 import {
   readSpoolSignature,
   spoolSignatureDir,
@@ -230,3 +230,36 @@ async function pageBytesOf(file: string): Promise<number> {
 }
 
 type Tracked = { bytes: number; pageBytes: number; hash: Bun.CryptoHasher; signed: number; signedSha?: string };
+
+/**
+ * Before the receiver (re)starts, with a key: a `.partial` in the spool that the WAL service did
+ * not sign, or whose bytes no longer match its signature, is set aside (renamed, never deleted).
+ * pg_receivewal resumes from the newest `.partial` it finds and would stream on into it, and the
+ * signer would then take its bytes as received; set aside, the receiver starts again at the slot's
+ * position, from the start of that segment, which the server still holds for the slot. Left there,
+ * a `.partial` planted while the service was down would be signed as the receiver's own.
+ */
+export async function setAsideUnsigned(backupDir: string, spool: string, key: string, log: Log): Promise<string[]> {
+  const aside: string[] = [];
+  for (const name of await readdir(spool).catch(() => [] as string[])) {
+    if (!name.endsWith(".partial") || !isSegmentName(name.slice(0, -".partial".length))) continue;
+    const path = join(spool, name);
+    const sig = await readSpoolSignature(backupDir, name, key);
+    const hash = new Bun.CryptoHasher("sha256");
+    const matches =
+      sig && (await readRange(path, 0, sig.bytes, hash)) === sig.bytes && hash.digest("hex") === sig.sha256;
+    if (matches) continue;
+    const to = `${name}.unsigned-${Date.now()}`;
+    await rename(path, join(spool, to));
+    aside.push(to);
+    log({
+      level: "error",
+      msg: sig
+        ? "a partial segment in the spool no longer matches what was signed of it: set aside; the receiver fetches the segment again"
+        : "a partial segment in the spool that the WAL service did not sign: set aside; the receiver fetches the segment again",
+      file: name,
+      setAsideAs: to,
+    });
+  }
+  return aside;
+}

@@ -11,7 +11,7 @@ import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { freeBytes, holdsData, repairSpool } from "./spool.ts";
-import { SpoolSigner } from "./spoolsign.ts";
+import { setAsideUnsigned, SpoolSigner } from "./spoolsign.ts";
 import { signedPart } from "./trust.ts";
 import { startPoller } from "../service/poller.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
@@ -307,7 +307,10 @@ export async function startWalStream(deps: {
     onExit,
     onStart,
     onPosition: (lsn, timeline) => signer?.expect(lsn, timeline),
-    beforeStart: async () => void (await repairSpool(spool, info.segmentBytes, log)),
+    beforeStart: async () => {
+      await repairSpool(spool, info.segmentBytes, log);
+      if (key) await setAsideUnsigned(config.backupDir, spool, key, log);
+    },
     space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
   });
   const poller = startPoller(drain, deps.pollMs ?? 500);
