@@ -60,6 +60,7 @@ const codes = {
   CONFIRMATION_MISMATCH: { exit: 1, status: 403 },
   // a restore's input and its transaction
   RESTORE_UNSAFE: { exit: 1, status: 422 },
+  RESTORE_AS_SUPERUSER: { exit: 1, status: 422 },
   UNENCRYPTED_BACKUP: { exit: 1, status: 422 },
   UNSIGNED_BACKUP: { exit: 1, status: 422 },
   ARCHIVE_UNTRUSTED: { exit: 1, status: 422 },

@@ -48,7 +48,7 @@ describe("backup and restore", () => {
     await db.sql`update story_beats set content = 'changed'`;
     await db.sql`create table stray (id int)`; // not in the backup: must be gone afterwards
 
-    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
     expect(r.stdout).toContain("counts match the manifest");
     expect(await snapshot(db.sql)).toEqual(before);
@@ -62,8 +62,8 @@ describe("backup and restore", () => {
 
   test("a second --restore takes the newest backup that is not a safety copy", async () => {
     const file = await takeBackup();
-    await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
-    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     expect(r.stdout).toContain(`restored       ${file.split("/").pop()}`);
   });
 
@@ -71,7 +71,7 @@ describe("backup and restore", () => {
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'kept' from users limit 1`;
     const before = await snapshot(db.sql);
-    const r = await shinkei(["backup", "--restore"], env);
+    const r = await shinkei(["backup", "--restore", "--allow-superuser"], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`without a confirmation`);
     expect(r.stderr).toContain(`--yes --confirm-database ${db.name}`);
@@ -88,7 +88,7 @@ describe("backup and restore", () => {
       [db.name.toUpperCase(), 1],
       [db.name, 0],
     ] as const) {
-      const t = await Terminal.start(["backup", "--restore"], { ...env, NO_COLOR: "1" });
+      const t = await Terminal.start(["backup", "--restore", "--allow-superuser"], { ...env, NO_COLOR: "1" });
       try {
         const screen = await t.waitFor(`Type ${db.name} to continue`);
         expect(screen).toMatch(/worlds\s+4\s+3/); // now and in the backup, side by side
@@ -113,7 +113,17 @@ describe("backup and restore", () => {
     for (const file of [plain, gz, custom]) {
       await db.sql`delete from story_beats where position = 0`;
       const r = await shinkei(
-        ["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+        [
+          "backup",
+          "--restore",
+          "--allow-superuser",
+          "--backup-file",
+          file,
+          "--yes",
+          "--confirm-database",
+          db.name,
+          "--no-safety-backup",
+        ],
         env,
       );
       expect(r.stderr).toContain("has no manifest");
@@ -130,14 +140,14 @@ describe("backup and restore", () => {
     const flipped = Buffer.from(bytes);
     flipped[Math.floor(flipped.length / 2)]! ^= 0xff;
     await writeFile(file, flipped);
-    let r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    let r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("the SHA-256 does not match the manifest");
     expect(await snapshot(db.sql)).toEqual(before);
 
     await writeFile(file, bytes);
     await truncate(file, Math.floor(bytes.length * 0.6));
-    r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/size is \d+ bytes, the manifest says \d+/);
     // Without a manifest the archive itself is read to its end.
@@ -164,7 +174,7 @@ describe("backup and restore", () => {
     await db.sql`insert into worlds (owner_id, name) select id, 'only here' from users limit 1`;
     const before = await snapshot(db.sql);
     const r = await shinkei(
-      ["backup", "--restore", "--backup-file", plain, "--yes", "--confirm-database", db.name],
+      ["backup", "--restore", "--allow-superuser", "--backup-file", plain, "--yes", "--confirm-database", db.name],
       env,
     );
     expect(r.code).toBe(1);

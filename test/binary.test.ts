@@ -48,7 +48,15 @@ describe("the binary, copied alone into an empty folder", () => {
     expect(list).toHaveLength(1);
     expect((await run(["backup", "verify"])).code).toBe(0);
     await db.sql`delete from story_beats`;
-    const restored = await run(["backup", "restore", list[0].name, "--yes", "--confirm-database", db.name]);
+    const restored = await run([
+      "backup",
+      "restore",
+      "--allow-superuser",
+      list[0].name,
+      "--yes",
+      "--confirm-database",
+      db.name,
+    ]);
     expect(restored).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
 

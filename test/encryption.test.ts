@@ -79,10 +79,13 @@ describe("encrypted backups", () => {
     expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(bytes).digest("hex"));
 
     await db.sql`delete from story_beats`;
-    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], {
-      ...env,
-      BACKUP_AGE_IDENTITY: join(keys, "main.key"),
-    });
+    const r = await shinkei(
+      ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+      {
+        ...env,
+        BACKUP_AGE_IDENTITY: join(keys, "main.key"),
+      },
+    );
     expect(r).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
     const v = await shinkei(["backup", "verify"], { ...env, BACKUP_AGE_IDENTITY: join(keys, "main.key") });
@@ -95,12 +98,12 @@ describe("encrypted backups", () => {
     await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'after the backup' from users limit 1`;
     const before = await snapshot(db.sql);
-    let r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    let r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`is encrypted to ${publicKey}, and no key to open it is configured`);
     const other = join(keys, `other-${crypto.randomUUID().slice(0, 6)}.key`);
     await keygen(other);
-    r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], {
+    r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], {
       ...env,
       BACKUP_AGE_IDENTITY: other,
     });
@@ -119,7 +122,10 @@ describe("encrypted backups", () => {
     const identity = { BACKUP_AGE_IDENTITY: join(keys, "main.key") };
     const bytes = await readFile(file);
     await truncate(file, bytes.length - 1000);
-    let r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], { ...env, ...identity });
+    let r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], {
+      ...env,
+      ...identity,
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/size is \d+ bytes, the manifest says \d+/);
     // Without the manifest the encrypted stream itself must notice (age authenticates each chunk).
@@ -127,10 +133,13 @@ describe("encrypted backups", () => {
     r = await shinkei(["backup", "verify", file], { ...env, ...identity });
     expect(r.code).toBe(1);
     expect(r.stdout).toContain("the file is damaged");
-    r = await shinkei(["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", db.name], {
-      ...env,
-      ...identity,
-    });
+    r = await shinkei(
+      ["backup", "--restore", "--allow-superuser", "--backup-file", file, "--yes", "--confirm-database", db.name],
+      {
+        ...env,
+        ...identity,
+      },
+    );
     expect(r.code).toBe(1);
     expect(await snapshot(db.sql)).toEqual(before);
   });
@@ -141,10 +150,13 @@ describe("encrypted backups", () => {
     const file = await takeBackup(pass);
     expect(JSON.parse(await readFile(`${file}.manifest.json`, "utf8")).encryption).toEqual({ method: "passphrase" });
     await db.sql`delete from story_beats`;
-    const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], {
-      ...env,
-      ...pass,
-    });
+    const r = await shinkei(
+      ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+      {
+        ...env,
+        ...pass,
+      },
+    );
     expect(r).toSucceed();
     expect(await snapshot(db.sql)).toEqual(before);
   });
@@ -166,10 +178,13 @@ describe("encrypted backups", () => {
       expect(object.equals(await readFile(file))).toBe(true);
       await rm(dir, { recursive: true });
       await db.sql`delete from story_beats`;
-      const r = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"], {
-        ...s3env,
-        BACKUP_AGE_IDENTITY: join(keys, "main.key"),
-      });
+      const r = await shinkei(
+        ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+        {
+          ...s3env,
+          BACKUP_AGE_IDENTITY: join(keys, "main.key"),
+        },
+      );
       expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     } finally {

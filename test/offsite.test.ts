@@ -58,7 +58,10 @@ describe("off-site copies", () => {
     list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list.map((b: { name: string; location: string }) => [b.name, b.location])).toEqual([[name, "s3"]]);
     await db.sql`delete from story_beats`;
-    const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+    const restored = await shinkei(
+      ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name],
+      env,
+    );
     expect(restored).toSucceed();
     expect(restored.stdout).toContain(`restored       ${name}`);
     expect(restored.stdout).toContain("counts match the manifest");

@@ -23,7 +23,13 @@ import { readInstanceFile } from "../src/pitr/instance.ts";
 import { archiveSource } from "../src/metrics/sources.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { statusView } from "../src/metrics/view.ts";
-import { archiveTrust, describeUntrusted } from "../src/wal/trust.ts";
+import {
+  archiveTrust,
+  describeUntrusted,
+  readSpoolSignature,
+  spoolSignaturePath,
+  type SpoolSignature,
+} from "../src/wal/trust.ts";
 
 // A real cluster, a real receiver and real recoveries through the compiled binary.
 setDefaultTimeout(180_000);
@@ -251,6 +257,96 @@ describe("WAL records", () => {
     }
     expect(await shinkei(["pitr", "wal-fetch", legit.startSegment, out], env)).toSucceed();
     await rm(out, { force: true });
+  });
+});
+
+describe("WAL in the spool", () => {
+  const spool = () => join(walRoot(dir), "spool");
+  const receiving = async () => (await readdir(spool())).filter((n) => n.endsWith(".partial")).sort()[0]!;
+
+  test("the segment being received is signed as it is received, and served only as far as it is signed", async () => {
+    await sql`insert into notes (body) select 'spooled ' || i from generate_series(1, 200) i`;
+    const partial = await receiving();
+    const sigPath = spoolSignaturePath(dir, partial);
+    await until(
+      "the receiving segment signed",
+      async () => ((await readSpoolSignature(dir, partial, KEY))?.bytes ?? 0) > 0,
+    );
+    const out = join(scratchRoot, "receiving");
+    try {
+      const fetched = await shinkei(["pitr", "wal-fetch", partial.slice(0, -".partial".length), out], env);
+      expect(fetched).toSucceed();
+      const served = await Bun.file(out).bytes();
+      const sig = JSON.parse(await readFile(sigPath, "utf8")) as SpoolSignature;
+      expect(served.length).toBe((await Bun.file(join(spool(), partial)).bytes()).length);
+      // What was served up to the signed length is what the signature covers; zeros after it.
+      expect(new Bun.CryptoHasher("sha256").update(served.subarray(0, sig.bytes)).digest("hex")).toBe(sig.sha256);
+      expect(served.subarray(sig.bytes).every((b) => b === 0)).toBe(true);
+    } finally {
+      await rm(out, { force: true });
+    }
+  });
+
+  test("WAL planted in the spool: refused by wal-fetch and the archiver, never replayed", async () => {
+    // Real WAL the archive lacks: a segment the receiver finished (it holds a row written now),
+    // taken out of the archive and put back in the spool, where it would be the archive's end.
+    const segment = (await receiving()).slice(0, -".partial".length);
+    await sql`insert into notes (body) values ('only in the planted segment')`;
+    await sql`select pg_switch_wal()`;
+    const record = recordPath(walRoot(dir), legit.timeline, segment);
+    await until("the segment sealed", async () => Bun.file(record).exists());
+    const plain = join(scratchRoot, "planted-plain");
+    expect(await shinkei(["pitr", "wal-fetch", segment, plain], env)).toSucceed();
+    const archived = JSON.parse(await readFile(record, "utf8")) as WalRecord;
+    const aside = join(scratchRoot, "aside");
+    await mkdir(aside, { recursive: true });
+    const sealedFile = join(walRoot(dir), timelineOf(legit.timeline), archived.file);
+    await rename(record, join(aside, "record.json"));
+    await rename(sealedFile, join(aside, archived.file));
+    const planted = join(spool(), segment);
+    const out = join(scratchRoot, "fetched-planted");
+    try {
+      await copyFile(plain, join(spool(), ".planting"));
+      await rename(join(spool(), ".planting"), planted);
+
+      const fetched = await shinkei(["pitr", "wal-fetch", segment, out], env);
+      expect(fetched.code).toBe(126);
+      expect(fetched.stderr).toContain(
+        `WAL segment ${segment} in the spool is not signed, and BACKUP_MANIFEST_KEY is set: ` +
+          "the WAL receiver did not write it",
+      );
+      expect(await Bun.file(out).exists()).toBe(false);
+
+      // The archiver does not seal it under a signed record either.
+      await service!.waitFor(
+        (l) =>
+          l.msg === "wal archiving failed; retrying" && l.file === segment && String(l.error).includes("not signed"),
+        30_000,
+      );
+      expect(await Bun.file(record).exists()).toBe(false);
+
+      // Recovery to latest asks for it after what the archive holds: it aborts, naming it, instead of replaying it.
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(`WAL segment ${segment} in the spool is not signed`);
+      expect(r.stdout).not.toContain('"reached"');
+    } finally {
+      await rm(planted, { force: true });
+      await rm(out, { force: true });
+      await rm(plain, { force: true });
+      await rename(join(aside, archived.file), sealedFile);
+      await rename(join(aside, "record.json"), record);
+    }
+    // The same bytes, archived as the receiver wrote them, do replay: only the refusal kept them out.
+    const back = await shinkei(["pitr", "restore", "--to", "latest", "--json"], env);
+    expect(back).toSucceed();
+    const recovered = connect(JSON.parse(back.stdout).url, { max: 1 });
+    try {
+      expect(await recovered`select 1 from notes where body = 'only in the planted segment'`).toHaveLength(1);
+    } finally {
+      await recovered.end({ timeout: 1 });
+      expect(await shinkei(["pitr", "cleanup"], env)).toSucceed();
+    }
   });
 });
 

@@ -63,7 +63,7 @@ describe("in a terminal", () => {
 
       // The printed command brings the old data back, exactly.
       const r = await shinkei(
-        ["backup", "--restore", "--backup-file", undo[2]!, "--yes", "--confirm-database", db.name],
+        ["backup", "--restore", "--allow-superuser", "--backup-file", undo[2]!, "--yes", "--confirm-database", db.name],
         env,
       );
       expect(r).toSucceed();

@@ -233,9 +233,16 @@ COPY public.bait (x) FROM stdin;
 `;
     await writeFile(file, base + sneaky);
     const before = await fingerprint();
-    const r = await restoreAs(db.url, file);
+    // As the app role, the guard is the app role's own: the check before COMMIT catches the swap.
+    const r = await restoreAs(app.url, file);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("guard was replaced");
+    expect(await fingerprint()).toEqual(before);
+    // From the superuser's URL the load logs in as a role of its own (it makes the guard), acting
+    // as the owner: the file's code may not even touch the guard.
+    const su = await restoreAs(db.url, file);
+    expect(su.code).toBe(1);
+    expect(su.stderr).toMatch(/must be owner of function shinkei_guard_/);
     expect(await fingerprint()).toEqual(before);
   });
 
@@ -370,12 +377,19 @@ describe("the allowlist", () => {
     "PREPARE TRANSACTION 'x';",
     "SET ROLE postgres;",
     "SET SESSION AUTHORIZATION postgres;",
+    "SET LOCAL ROLE postgres;",
+    "RESET ROLE;",
+    "RESET SESSION AUTHORIZATION;",
+    "SET SESSION AUTHORIZATION DEFAULT;",
+    "SET role TO DEFAULT;",
     "RESET ALL;",
     "SET standard_conforming_strings = off;",
     "SET client_encoding = 'LATIN1';",
     "SET search_path = pg_temp, public;",
     "SET work_mem = '1GB';",
     "SELECT pg_catalog.set_config('role', 'postgres', false);",
+    "SELECT pg_catalog.set_config('session_authorization', 'postgres', true);",
+    "SELECT pg_catalog.set_config('role', 'none', true);",
     "SELECT 1;",
     "SELECT pg_sleep(1);",
     "SELECT pg_catalog.setval('public.s', (SELECT 1), true);",

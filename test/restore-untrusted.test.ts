@@ -1,9 +1,15 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, readdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
-import type { TestDatabase } from "./support/db.ts";
+import postgres from "postgres";
+import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { startCluster } from "./support/cluster.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { connect } from "../src/pg/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, slowToLoad, stockDump } from "./support/backup.ts";
 import { pathWith, wrapTool } from "./support/fixtures.ts";
@@ -17,8 +23,11 @@ let env: Record<string, string>;
 const confirm = () => ["--yes", "--confirm-database", db.name];
 const stats = () => db.sql.begin((tx) => tableStats(tx));
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
+// This file's database belongs to the superuser (as every test database): its restores say they
+// accept that. How a restore keeps the file's code from a superuser's rights is tested at the end,
+// on a database the app's own role owns.
 const restore = (args: string[], extra: Record<string, string> = {}) =>
-  shinkei(["backup", "--restore", ...args], { ...env, ...extra });
+  shinkei(["backup", "--restore", ...args, "--allow-superuser"], { ...env, ...extra });
 
 const dump = (file: string) => stockDump(db.url, file, ["--no-owner"]);
 
@@ -291,10 +300,13 @@ describe("the guard and the lock", () => {
     await slowToLoad(file, 2);
     await db.sql`insert into worlds (owner_id, name) select id, 'written after the backup' from users limit 1`;
     const before = await stats();
-    const p = await Service.start(["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup"], {
-      ...env,
-      NO_COLOR: "1",
-    });
+    const p = await Service.start(
+      ["backup", "--restore", "--backup-file", file, ...confirm(), "--no-safety-backup", "--allow-superuser"],
+      {
+        ...env,
+        NO_COLOR: "1",
+      },
+    );
     let killed = 0;
     for (let i = 0; i < 100 && killed === 0; i++) {
       // Only once the lock is held: killed while still asking for it, it is not a lock lost.
@@ -310,5 +322,265 @@ describe("the guard and the lock", () => {
     expect(stderr).toContain("lock was lost");
     expect(stderr).not.toContain("restored ");
     expect(await stats()).toEqual(before);
+  });
+});
+
+/**
+ * The file's code runs during the load (a trigger, a default, a function a statement calls), and
+ * `SET ROLE` is no boundary for it: a session may take any role its login role may, so a superuser
+ * login is a superuser to any function body. The load logs in as a role that is not one instead.
+ */
+describe("the file's code never runs with a superuser's rights", () => {
+  let app: TestDatabase & { role: string; appUrl: string };
+  let home: string;
+  let markDir: string;
+  const appStats = () => app.sql.begin((tx) => tableStats(tx));
+  const restoreApp = (file: string, extra: string[] = []) =>
+    shinkei(
+      [
+        "backup",
+        "--restore",
+        "--backup-file",
+        file,
+        "--yes",
+        "--confirm-database",
+        app.name,
+        "--no-safety-backup",
+        ...extra,
+      ],
+      { DATABASE_URL: app.url, BACKUP_DIR: home },
+    );
+  const temporaryRoles = async () =>
+    (await app.sql`select rolname from pg_roles where rolname like 'shinkei\_restore\_%'`).map((r) => r.rolname);
+
+  beforeAll(async () => {
+    const db = await freshDatabase("untrusted_app");
+    // The deployment's layout: the app's role (no superuser) owns the database and its tables; the
+    // restore's DATABASE_URL is the superuser's (app.url).
+    const role = db.name.replace("shinkei_test_", "app_");
+    await db.sql.unsafe(`create role ${role} login nosuperuser`);
+    await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
+    const u = new URL(urlFor(db.name));
+    u.username = role;
+    const sql = connect(u.toString(), { max: 1 });
+    try {
+      await migrate(sql);
+      await seedSample(sql, "a");
+    } finally {
+      await sql.end();
+    }
+    app = { ...db, role, appUrl: u.toString() };
+    home = await tempDir("untrusted_app");
+    // Where the server's OS user could write, were the file's code to reach it: a mark proves nothing otherwise.
+    markDir = await tempDir("untrusted_mark");
+    await chmod(markDir, 0o777);
+  });
+  afterAll(async () => {
+    await app.drop();
+    const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    await a.unsafe(`drop role if exists ${app.role}`).catch(() => {});
+    await a.end();
+  });
+
+  /** A stock dump of the app's database with `tail` appended. */
+  async function craft(name: string, tail: string): Promise<string> {
+    const file = join(home, name);
+    await stockDump(app.url, file);
+    await writeFile(file, (await readFile(file, "utf8")) + tail);
+    return file;
+  }
+
+  // Each body tries to climb back to the superuser first (RESET ROLE, set_config('role')), then to
+  // reach the server's OS: as the load's role, PostgreSQL refuses both.
+  const climb = `BEGIN PERFORM pg_catalog.set_config('role', 'postgres', true); EXCEPTION WHEN OTHERS THEN NULL; END;
+  BEGIN EXECUTE 'RESET ROLE'; EXCEPTION WHEN OTHERS THEN NULL; END;`;
+  test.each([
+    ["COPY ... TO PROGRAM", "COPY (SELECT 1) TO PROGRAM 'touch MARK'", "pg_execute_server_program"],
+    [
+      "dynamic EXECUTE of COPY TO PROGRAM",
+      "EXECUTE 'COPY (SELECT 1) TO PROGRAM ' || quote_literal('touch MARK')",
+      "pg_execute_server_program",
+    ],
+    ["lo_export", "PERFORM lo_export(lo_from_bytea(0, 'x'), 'MARK')", "permission denied for function lo_export"],
+    [
+      "pg_read_file",
+      "PERFORM pg_read_file('/etc/hostname'); COPY (SELECT 1) TO 'MARK'",
+      "permission denied for function pg_read_file",
+    ],
+  ])(
+    "a function the file defines and calls, doing %s, fails: nothing changed, no file written",
+    async (_, body, denied) => {
+      const mark = join(markDir, `mark-${crypto.randomUUID()}`);
+      const file = await craft(
+        "evil.sql",
+        `
+CREATE FUNCTION public.evil() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  ${climb}
+  ${body.replaceAll("MARK", mark)};
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER evil BEFORE INSERT ON public.worlds FOR EACH ROW EXECUTE FUNCTION public.evil();
+INSERT INTO public.worlds (owner_id, name) SELECT id, 'through the trigger' FROM public.users LIMIT 1;
+`,
+      );
+      const before = await appStats();
+      const r = await restoreApp(file);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(denied);
+      expect(r.stderr).toContain("Nothing in the database was changed");
+      expect(existsSync(mark)).toBe(false);
+      expect(await appStats()).toEqual(before);
+      const [f] = await app.sql`select to_regprocedure('public.evil()') as f`;
+      expect(f!.f).toBeNull();
+      expect(await temporaryRoles()).toEqual([]);
+    },
+  );
+
+  test("a SQL function called from a column default cannot read the server's files either", async () => {
+    const file = await craft(
+      "default.sql",
+      `
+CREATE FUNCTION public.peek() RETURNS text LANGUAGE sql AS $f$ SELECT pg_catalog.pg_read_file('/etc/hostname') $f$;
+CREATE TABLE public.loot (id int, body text DEFAULT public.peek());
+INSERT INTO public.loot (id) VALUES (1);
+`,
+    );
+    const before = await appStats();
+    const r = await restoreApp(file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("permission denied for function pg_read_file");
+    expect(await appStats()).toEqual(before);
+    const [t] = await app.sql`select to_regclass('public.loot') as t`;
+    expect(t!.t).toBeNull();
+  });
+
+  test("ours and a stock pg_dump .sql (OWNER TO lines) restore, owned by the app's role", async () => {
+    const before = await appStats();
+    // A temporary role a killed load left a day ago goes with the next load; one made a moment ago
+    // (another load's, about to log in) stays.
+    await app.sql.unsafe(
+      `create role shinkei_restore_0ld000000000 login valid until '${new Date(Date.now() + 3_600_000).toISOString()}'`,
+    );
+    await app.sql.unsafe(
+      `create role shinkei_restore_a11ve0000000 login valid until '${new Date(Date.now() + 86_000_000).toISOString()}'`,
+    );
+    const ours = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
+    const stock = join(home, "stock.sql");
+    await stockDump(app.url, stock);
+    expect(await readFile(stock, "utf8")).toContain(`OWNER TO ${app.role}`);
+    try {
+      for (const file of [ours, stock]) {
+        await app.sql`delete from story_beats`;
+        const r = await restoreApp(file);
+        expect(r.stderr).toBe(
+          file === stock ? "▲ stock.sql has no manifest: it restores, but its row counts cannot be checked.\n" : "",
+        );
+        expect(r).toSucceed();
+        expect(await appStats()).toEqual(before);
+        const owners = await app.sql`select distinct tableowner from pg_tables where schemaname = 'public'`;
+        expect(owners.map((o) => o.tableowner)).toEqual([app.role]);
+        expect(await temporaryRoles()).toEqual(["shinkei_restore_a11ve0000000"]);
+      }
+    } finally {
+      await app.sql.unsafe("drop role if exists shinkei_restore_a11ve0000000");
+    }
+  });
+
+  test("a drill of a planted backup runs its code without a superuser's rights", async () => {
+    const mark = join(markDir, `drill-${crypto.randomUUID()}`);
+    const file = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
+    // Our own backup, with code added after pg_dump's settings and the manifest made to match.
+    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
+    const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
+    const evil = `
+CREATE TABLE public.evil_t (x int);
+CREATE FUNCTION public.evil() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  ${climb}
+  COPY (SELECT 1) TO PROGRAM 'touch ${mark}';
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER evil BEFORE INSERT ON public.evil_t FOR EACH ROW EXECUTE FUNCTION public.evil();
+INSERT INTO public.evil_t VALUES (1);
+`;
+    const planted = Bun.gzipSync(new TextEncoder().encode(sql.slice(0, at) + evil + sql.slice(at)));
+    await Bun.write(file, planted);
+    const manifest = await Bun.file(`${file}.manifest.json`).json();
+    manifest.sizeBytes = planted.length;
+    manifest.sha256 = new Bun.CryptoHasher("sha256").update(planted).digest("hex");
+    await Bun.write(`${file}.manifest.json`, JSON.stringify(manifest, null, 2));
+    const r = await shinkei(["backup", "drill", file], { DATABASE_URL: app.url, BACKUP_DIR: home });
+    expect(r.code).toBe(1);
+    expect(`${r.stdout}${r.stderr}`).toContain("pg_execute_server_program");
+    expect(existsSync(mark)).toBe(false);
+    expect(await temporaryRoles()).toEqual([]);
+    await rm(file);
+    await rm(`${file}.manifest.json`);
+  });
+
+  test("a database only a superuser owns is refused before anything is done, unless --allow-superuser", async () => {
+    const file = await takeBackup();
+    const before = await stats();
+    const r = await shinkei(["backup", "--restore", "--backup-file", file, ...confirm()], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("there is no role without access to the server's files and programs");
+    expect((await readdir(dir)).filter((n) => n.includes("pre-restore")).length).toBe(0);
+    expect(await stats()).toEqual(before);
+    expect(await restore(["--backup-file", file, ...confirm()])).toSucceed();
+  });
+});
+
+describe("on a server that asks every role for a password (scram-sha-256)", () => {
+  test("the load's temporary role logs in with its password, restores, and is gone", async () => {
+    const server = await startCluster();
+    const admin = postgres(server.url(), { max: 1, onnotice: () => {} });
+    try {
+      await admin.unsafe("alter role postgres password 'a superuser password'");
+      await admin.unsafe("create role scram_app login password 'an app password'");
+      await admin.unsafe("create database scram owner scram_app");
+      const appSql = connect(
+        `postgres://scram_app:${encodeURIComponent("an app password")}@127.0.0.1:${server.port}/scram`,
+        {
+          max: 1,
+        },
+      );
+      try {
+        await migrate(appSql);
+        await seedSample(appSql, "s");
+      } finally {
+        await appSql.end();
+      }
+      // From here on, no role logs in without its password.
+      await writeFile(
+        join(server.dataDir, "pg_hba.conf"),
+        "host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+      );
+      await admin`select pg_reload_conf()`;
+      const url = `postgres://postgres:${encodeURIComponent("a superuser password")}@127.0.0.1:${server.port}/scram`;
+      const folder = await tempDir("untrusted_scram");
+      const scramEnv = { DATABASE_URL: url, BACKUP_DIR: folder };
+      const file = await takeBackupWith(scramEnv);
+      const sql = connect(url, { max: 1 });
+      try {
+        const before = await sql.begin((tx) => tableStats(tx));
+        await sql`delete from story_beats`;
+        const r = await shinkei(
+          ["backup", "--restore", "--backup-file", file, "--yes", "--confirm-database", "scram", "--no-safety-backup"],
+          scramEnv,
+        );
+        expect(r.stderr).toBe("");
+        expect(r).toSucceed();
+        expect(await sql.begin((tx) => tableStats(tx))).toEqual(before);
+        expect(
+          (await sql`select rolname from pg_roles where rolname like 'shinkei\\_restore\\_%'`).map((r) => r.rolname),
+        ).toEqual([]);
+      } finally {
+        await sql.end();
+      }
+    } finally {
+      await admin.end();
+      await server.stop();
+    }
   });
 });

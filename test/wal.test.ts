@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { zstdDecompressSync } from "node:zlib";
 import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
@@ -15,7 +15,9 @@ import { decrypt, writeIdentity } from "../src/storage/crypt.ts";
 import { checkForGap, startWalStream, type WalStream } from "../src/wal/stream.ts";
 import { serverInfo } from "../src/pg/server-info.ts";
 import { ensureSlot, slotStatus } from "../src/wal/slot.ts";
-import { listArchive, walRoot } from "../src/wal/archive.ts";
+import { archiveWalFile, listArchive, walRoot } from "../src/wal/archive.ts";
+import { setAsideUnsigned, SpoolSigner } from "../src/wal/spoolsign.ts";
+import { archiveTrust, copySpoolFile, signedPart, type Untrusted } from "../src/wal/trust.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { createBaseBackup } from "../src/wal/base.ts";
 import { pruneWalLocal } from "../src/wal/prune.ts";
@@ -136,6 +138,57 @@ describe("continuous WAL archive", () => {
       const segnos = records.map((r) => BigInt(`0x${r.name.slice(16)}`));
       expect(Number(segnos.at(-1)! - segnos[0]!) + 1).toBe(records.length);
       expect(records.length).toBeGreaterThanOrEqual(5);
+    } finally {
+      await stream.stop();
+    }
+  });
+
+  test("spool signed as received: a killed receiver, a new service, every segment signed, no gap", async () => {
+    const dir = await tempDir("wal-signed");
+    const config = configFor(dir, {
+      WAL_SLOT: "shinkei_signed",
+      BACKUP_MANIFEST_KEY: "a manifest key of the wal tests, long enough",
+    });
+    const { log, lines } = collector();
+    const start = () => startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 300, max: 1000 } });
+    let stream = await start();
+    try {
+      const first = await commitAndArchive(stream, dir, "signed-1");
+      const pid = stream.receiver.pid()!;
+      process.kill(pid, "SIGKILL");
+      await until("a restart", async () => stream.receiver.pid() !== undefined && stream.receiver.pid() !== pid);
+      await commitAndArchive(stream, dir, "signed-2");
+      // A write that stays in the partial; then a new service takes the partial up from its signature.
+      const { lsn } = (
+        await sql<
+          { lsn: string }[]
+        >`insert into canary values ('signed-3') returning pg_current_wal_insert_lsn()::text as lsn`
+      )[0]!;
+      await receiverFlushed(sql, lsn);
+      await stream.drain();
+      await stream.stop();
+      stream = await start();
+      const last = await commitAndArchive(stream, dir, "signed-4");
+      const untrusted: Untrusted[] = [];
+      const records = await listArchive(walRoot(dir), undefined, archiveTrust(config.backup.age), untrusted);
+      expect(untrusted).toEqual([]);
+      expect(records.every((r) => typeof r.signature === "string")).toBe(true);
+      const names = records.map((r) => r.name);
+      expect(names[0]! <= first).toBe(true);
+      expect(names).toContain(last);
+      expect(findGaps(records, segmentBytes)).toEqual([]);
+      const segnos = records.map((r) => BigInt(`0x${r.name.slice(16)}`));
+      expect(Number(segnos.at(-1)! - segnos[0]!) + 1).toBe(records.length);
+      // The segment that held 'signed-3' was sealed by the new service, whole.
+      expect(records.some((r) => r.name === segmentName(1, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes))).toBe(
+        true,
+      );
+      const refused = lines.filter((l) =>
+        /not signed|archiving failed|signing the wal spool|no longer matches|does not match/.test(
+          `${l.msg} ${l.error ?? ""}`,
+        ),
+      );
+      expect(refused).toEqual([]);
     } finally {
       await stream.stop();
     }
@@ -409,6 +462,8 @@ describe("timelines", () => {
         BACKUP_DIR: dir,
         WAL_ARCHIVE: "stream",
         WAL_SLOT: "shinkei_tl",
+        // Signed as received: the receiver's switch to timeline 2 is followed by the spool's signer.
+        BACKUP_MANIFEST_KEY: "a manifest key of the wal tests, long enough",
       }),
       log,
       pollMs: 100,
@@ -453,11 +508,188 @@ describe("timelines", () => {
       // The switch leaves no gap within either timeline.
       expect(findGaps(records, segmentBytes)).toEqual([]);
       expect(lines.some((l) => l.msg === "wal archived" && l.file === "00000002.history")).toBe(true);
+      expect(records.every((r) => typeof r.signature === "string")).toBe(true);
+      expect(
+        lines.filter((l) => /not signed|archiving failed|signing the wal spool/.test(`${l.msg} ${l.error ?? ""}`)),
+      ).toEqual([]);
     } finally {
       await stream.stop();
       await onStandby.end({ timeout: 1 });
       await standby.stop();
     }
+  });
+});
+
+/**
+ * The spool's signer on files shaped as pg_receivewal leaves them (1 MiB segments of 8 KiB pages,
+ * each page's header non-zero, zeros where nothing was written yet), without a server: what it
+ * signs, what it refuses to, and what fetch then serves of each.
+ */
+describe("spool signatures", () => {
+  const KEY = "a manifest key of the spool tests, long enough";
+  const SEG = 1 << 20;
+  const PAGE = 8192;
+  const X = segmentName(1, 1n, SEG);
+  /** Page `i` of a made-up stream: a header (magic, and the page size in the first page's long header), then bytes. */
+  const pageOf = (i: number, fill = 0x41 + (i % 20)) => {
+    const p = Buffer.alloc(PAGE, fill);
+    p.writeUInt16LE(0xd110, 0);
+    if (i === 0) p.writeUInt32LE(PAGE, 36);
+    return p;
+  };
+  async function setup() {
+    const backupDir = await tempDir("spool-sign");
+    const spool = join(backupDir, "wal", "spool");
+    await mkdir(spool, { recursive: true });
+    const { log, lines } = collector();
+    const signer = () => new SpoolSigner({ backupDir, spool, key: KEY, segmentBytes: SEG, log });
+    /** The first `pages` pages written and `extra` bytes of the next, zeros to the segment's size. */
+    const write = async (name: string, pages: number, extra = 0) => {
+      const b = Buffer.alloc(SEG);
+      for (let i = 0; i < pages; i++) pageOf(i).copy(b, i * PAGE);
+      if (extra)
+        pageOf(pages)
+          .subarray(0, extra)
+          .copy(b, pages * PAGE);
+      await writeFile(join(spool, name), b);
+    };
+    const fetch = async (name: string) => {
+      const out = join(backupDir, `out-${crypto.randomUUID()}`);
+      await copySpoolFile(backupDir, name, join(spool, name), out, KEY);
+      return readFile(out);
+    };
+    return { backupDir, spool, log, lines, signer, write, fetch };
+  }
+
+  test("the streamed segment is signed and served to its last byte; another name is not", async () => {
+    const { spool, lines, signer, write, fetch } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1); // the receiver's "starting log streaming at 0/100000 (timeline 1)"
+    await write(`${X}.partial`, 4, 100);
+    const planted = segmentName(1, 7n, SEG);
+    await write(`${planted}.partial`, 4);
+    await write(segmentName(1, 8n, SEG), 128);
+    for (let i = 0; i < 3; i++) await s.pass();
+    const served = await fetch(`${X}.partial`);
+    expect(served.length).toBe(SEG);
+    expect(served.equals(await readFile(join(spool, `${X}.partial`)))).toBe(true);
+    for (const name of [`${planted}.partial`, segmentName(1, 8n, SEG)])
+      await expect(fetch(name)).rejects.toThrow(/in the spool is not signed, and BACKUP_MANIFEST_KEY is set/);
+    expect(lines.filter((l) => String(l.msg).includes("not signed (planted?)")).map((l) => l.file)).toEqual([
+      segmentName(1, 8n, SEG),
+      planted,
+    ]);
+  });
+
+  test("bytes after a pass wait for the next; a finished segment is signed whole", async () => {
+    const { spool, signer, write, fetch } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 2, 10);
+    await s.pass();
+    await write(`${X}.partial`, 5, 10); // written since the pass
+    const served = await fetch(`${X}.partial`);
+    expect(
+      served
+        .subarray(0, 2 * PAGE + 10)
+        .equals((await readFile(join(spool, `${X}.partial`))).subarray(0, 2 * PAGE + 10)),
+    ).toBe(true);
+    expect(served.subarray(2 * PAGE + 10).every((b) => b === 0)).toBe(true);
+    await s.pass();
+    expect((await fetch(`${X}.partial`)).equals(await readFile(join(spool, `${X}.partial`)))).toBe(true);
+    // pg_receivewal finishes it: the rest written, renamed.
+    await write(`${X}.partial`, 128);
+    await rename(join(spool, `${X}.partial`), join(spool, X));
+    const next = segmentName(1, 2n, SEG);
+    await write(`${next}.partial`, 1, 50);
+    await s.pass();
+    expect((await fetch(X)).equals(await readFile(join(spool, X)))).toBe(true);
+    expect(
+      (await fetch(`${next}.partial`))
+        .subarray(0, PAGE + 50)
+        .equals((await readFile(join(spool, `${next}.partial`))).subarray(0, PAGE + 50)),
+    ).toBe(true);
+  });
+
+  test("a signed file changed in place: refused by fetch and archiver, signed no further", async () => {
+    const { backupDir, spool, lines, signer, write, fetch } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 6);
+    await s.pass();
+    // One byte of a signed page changed, as someone who can write the spool would.
+    const path = join(spool, `${X}.partial`);
+    const bytes = await readFile(path);
+    bytes.writeUInt8(bytes.readUInt8(PAGE + 100) ^ 0xff, PAGE + 100);
+    await writeFile(path, bytes);
+    await expect(fetch(`${X}.partial`)).rejects.toThrow(/was changed after the WAL receiver signed it/);
+    const restarted = signer();
+    await restarted.pass();
+    expect(lines.some((l) => String(l.msg).includes("no longer matches what was signed of it"))).toBe(true);
+    await expect(fetch(`${X}.partial`)).rejects.toThrow(/was changed after the WAL receiver signed it/);
+    // Finished: swapped for other bytes than were signed, it is not signed whole, and not sealed.
+    await write(`${X}.partial`, 6);
+    const again = signer();
+    await again.pass();
+    const swapped = Buffer.alloc(SEG);
+    for (let i = 0; i < 128; i++) pageOf(i, i === 2 ? 0x7a : undefined).copy(swapped, i * PAGE);
+    await writeFile(join(spool, X), swapped);
+    await rm(path);
+    await again.pass();
+    await expect(fetch(X)).rejects.toThrow(/was changed after the WAL receiver signed it/);
+    const root = join(backupDir, "wal");
+    await expect(
+      archiveWalFile(join(spool, X), root, { segmentBytes: SEG, signed: await signedPart(backupDir, X, KEY) }),
+    ).rejects.toThrow(/does not match what the WAL service signed of it/);
+    expect(await listArchive(root)).toEqual([]);
+  });
+
+  test("before the receiver starts, an unsigned or changed partial is set aside", async () => {
+    const { backupDir, spool, log, lines, signer, write } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 3, 5);
+    await s.pass();
+    await write(`${X}.partial`, 4); // the receiver wrote on after the pass: still what was signed, and more
+    const planted = segmentName(1, 9n, SEG);
+    await write(`${planted}.partial`, 2); // left while the service was down: the receiver would resume from it
+    expect(await setAsideUnsigned(backupDir, spool, KEY, log)).toEqual([
+      expect.stringMatching(new RegExp(`^${planted}\\.partial\\.unsigned-\\d+$`)),
+    ]);
+    expect((await readdir(spool)).sort()).toEqual([`${X}.partial`, expect.stringMatching(/unsigned/)].sort());
+    // Changed under its signature: set aside too.
+    const path = join(spool, `${X}.partial`);
+    const bytes = await readFile(path);
+    bytes.writeUInt8(bytes.readUInt8(100) ^ 0xff, 100);
+    await writeFile(path, bytes);
+    expect(await setAsideUnsigned(backupDir, spool, KEY, log)).toHaveLength(1);
+    expect(await readdir(spool)).not.toContain(`${X}.partial`);
+    expect(lines.some((l) => String(l.msg).includes("that the WAL service did not sign: set aside"))).toBe(true);
+  });
+
+  test("after a restart the signer resumes the partial from its signature", async () => {
+    const { backupDir, spool, signer, write, fetch } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 3, 7);
+    await s.pass();
+    // A new service: it has not heard the receiver start (it resumed from this partial).
+    const restarted = signer();
+    await write(`${X}.partial`, 9, 3);
+    await restarted.pass();
+    expect((await fetch(`${X}.partial`)).equals(await readFile(join(spool, `${X}.partial`)))).toBe(true);
+    await write(`${X}.partial`, 128);
+    await rename(join(spool, `${X}.partial`), join(spool, X));
+    await restarted.pass();
+    expect((await fetch(X)).equals(await readFile(join(spool, X)))).toBe(true);
+    // The archiver seals it: the signed bytes are the sealed ones.
+    const { record } = await archiveWalFile(join(spool, X), join(backupDir, "wal"), {
+      segmentBytes: SEG,
+      signed: await signedPart(backupDir, X, KEY),
+    });
+    expect(record.originalSha256).toBe(
+      new Bun.CryptoHasher("sha256").update(await readFile(join(spool, X))).digest("hex"),
+    );
   });
 });
 

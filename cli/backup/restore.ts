@@ -46,7 +46,11 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       const verification = await verifyBackup(path, { quick: true, age: config.backup.age });
       spin.stop(verification.ok ? "backup verified" : "backup failed verification");
       assertVerified(verification);
-      const allow = { unencrypted: ctx.flag("allow-unencrypted"), unsigned: ctx.flag("allow-unsigned") };
+      const allow = {
+        unencrypted: ctx.flag("allow-unencrypted"),
+        unsigned: ctx.flag("allow-unsigned"),
+        superuser: ctx.flag("allow-superuser"),
+      };
       refuseUntrusted(verification, config.backup.age, allow);
       if (!verification.manifest)
         warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
@@ -133,6 +137,10 @@ was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a 
     "allow-unsigned": {
       type: "boolean",
       description: "restore a file without a manifest although BACKUP_MANIFEST_KEY is set",
+    },
+    "allow-superuser": {
+      type: "boolean",
+      description: "run the file's code as a superuser when the database has no other owner (trusted files only)",
     },
     "allow-production": { type: "boolean", description: "restore even when SHINKEI_ENV/NODE_ENV is production" },
     wait: { type: "boolean", description: "queue behind a running backup, restore or reset instead of failing" },

@@ -73,7 +73,10 @@ export async function runDrill(options: {
         },
         async (url) => {
           const source = await content(options.path, verification.format, options.age, manifest.encryption);
-          await load(url, source, verification.format, await serverVersionNum(url), { env: options.env });
+          await load(url, source, verification.format, await serverVersionNum(url), {
+            env: options.env,
+            role: { scratch: true },
+          });
           const sql = connect(url, { max: 1 });
           try {
             const { stats, schemaVersion } = await sql.begin(async (tx) => ({

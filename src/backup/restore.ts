@@ -22,6 +22,7 @@ import { toolPath } from "../pg/bin.ts";
 import { finished, pump, toolEnv } from "../pg/tools.ts";
 import { collectEvery, judgeScript, type Judged } from "./judge.ts";
 import { Rec, Spool } from "./spool.ts";
+import { loadRole, planLoadRole, type LoadRoleOptions } from "./loadrole.ts";
 
 export type RestoreStep = "verify" | "safety-backup" | "restore" | "compare";
 
@@ -57,6 +58,8 @@ export type LoadOptions = {
   spoolDir?: string;
   /** The maintenance lock the caller holds: the load commits only while it is still held. */
   lock?: LockHandle;
+  /** Who the file's statements run as (loadrole.ts): never a role that reaches the server's OS, unless allowed. */
+  role?: LoadRoleOptions;
 };
 
 /**
@@ -160,7 +163,17 @@ export async function load(
       archive?.kill();
       throw error;
     }
-    return await apply(url, spool, judged, serverVersionNum, options);
+    // Judged first, so a refused file makes no role either.
+    const as = await loadRole(url, options.role);
+    let loaded: LoadResult;
+    try {
+      loaded = await apply(as.url, spool, judged, serverVersionNum, options);
+    } catch (error) {
+      await as.release().catch(() => {});
+      throw error;
+    }
+    await as.release();
+    return loaded;
   } finally {
     spool.remove();
   }
@@ -463,7 +476,7 @@ function quoteIdent(name: string): string {
 }
 
 /** What a caller lets through that this host would otherwise refuse (--allow-unencrypted, --allow-unsigned). */
-export type Allowances = { unencrypted?: boolean; unsigned?: boolean };
+export type Allowances = { unencrypted?: boolean; unsigned?: boolean; superuser?: boolean };
 
 /**
  * A host that encrypts (or holds a key) expects encrypted backups, and one that signs manifests
@@ -530,6 +543,9 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   const verification = options.verification ?? (await verifyBackup(path, { quick: true, env, age: options.age }));
   assertVerified(verification);
   refuseUntrusted(verification, options.age, options.allow);
+  // Before the safety backup: a live database with no safe role to load the file as is refused now.
+  const role = { allowSuperuser: options.allow?.superuser };
+  await planLoadRole(url, role);
 
   // Open (decrypt) first: a missing or wrong key must stop us before the safety backup and the load.
   const source = await content(path, verification.format, options.age, verification.manifest?.encryption);
@@ -552,6 +568,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
       env,
       lock: options.lock,
       spoolDir: options.dir,
+      role,
     }));
   } catch (error) {
     throw await checkedRollback(sql, before, error);

@@ -99,7 +99,10 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
         }),
       );
       options.onStep?.({ step: "load", bytes: 0 });
-      await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
+      await load(url, counted, verification.format, await serverVersionNum(url), {
+        env: options.env,
+        role: { scratch: true },
+      });
       const schemaVersion = await toLiveSchema(url, liveVersion, verification.file, options.onStep);
       return fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
     },

@@ -1,5 +1,6 @@
 import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { createReadStream } from "node:fs";
+import { Transform } from "node:stream";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { encryptionFor, type AgeConfig, type Encryption } from "../storage/crypt.ts";
@@ -127,7 +128,12 @@ export async function readRecord(
 export async function archiveWalFile(
   source: string,
   root: string,
-  options: { age?: AgeConfig; segmentBytes: number },
+  options: {
+    age?: AgeConfig;
+    segmentBytes: number;
+    /** What the WAL service signed of it (trust.ts signedPart): the bytes sealed must be those. */
+    signed?: { bytes: number; sha256: string; whole: boolean };
+  },
 ): Promise<{ record: WalRecord; written: boolean }> {
   const name = basename(source);
   const what = walKind(name, options.segmentBytes);
@@ -157,11 +163,40 @@ export async function archiveWalFile(
   const partial = `${target}.partial`;
   await rm(partial, { force: true });
   try {
-    const sealed = await sealTo(createReadStream(source), partial, {
+    // The signed part is hashed as it is sealed: what is checked is what goes into the archive.
+    const signed = options.signed;
+    const prefix = new Bun.CryptoHasher("sha256");
+    let seen = 0;
+    const raw = createReadStream(source);
+    const input = raw.pipe(
+      new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          if (signed && seen < signed.bytes) {
+            const take = chunk.subarray(0, signed.bytes - seen);
+            prefix.update(take);
+            seen += take.length;
+          }
+          done(null, chunk);
+        },
+      }),
+    );
+    raw.on("error", (e) => input.destroy(e)); // pipe() does not pass a read error on
+    const sealed = await sealTo(input, partial, {
       codec: "zstd",
       age: encryption ? options.age : undefined,
       plainHash: true,
     });
+    if (
+      signed &&
+      (seen !== signed.bytes ||
+        prefix.digest("hex") !== signed.sha256 ||
+        (signed.whole && sealed.bytesIn !== signed.bytes))
+    )
+      throw new ShinkeiError(
+        "ARCHIVE_UNTRUSTED",
+        `${name} in the spool does not match what the WAL service signed of it: ` +
+          "it was changed after it was received; it is not archived",
+      );
     await rename(partial, target);
     await fsyncDir(dir);
     const record: WalRecord = signWalRecord(

@@ -1,4 +1,4 @@
-import { copyFile, open, rename, rm } from "node:fs/promises";
+import { open, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Config } from "../config/index.ts";
@@ -6,7 +6,7 @@ import { ShinkeiError } from "../errors.ts";
 import { unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
-import { archiveTrust } from "./trust.ts";
+import { archiveTrust, copySpoolFile } from "./trust.ts";
 import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
 import { fsyncDir, sha256File } from "../storage/files.ts";
 
@@ -21,10 +21,10 @@ function timelineOf(name: string): number | null {
  * What PostgreSQL's restore_command asks for: the WAL file `name`, from the local archive (else
  * the off-site copy), checked against its record (SHA-256 of the stored bytes, then of the WAL
  * after decryption and gunzip), written to `target` whole or not at all. A segment just finished
- * and not yet sealed comes from the spool. A segment never archived whole is served from its
- * partial (the one being received, else an archived one): the end of what the archive holds. A file
- * we do not have is NOT_FOUND (exit 1): recovery asks for files that never existed, such as the
- * next timeline's history.
+ * and not yet sealed comes from the spool (with BACKUP_MANIFEST_KEY, only as far as it is signed).
+ * A segment never archived whole is served from its partial (the one being received, else an
+ * archived one): the end of what the archive holds. A file we do not have is NOT_FOUND (exit 1):
+ * recovery asks for files that never existed, such as the next timeline's history.
  */
 export async function fetchWal(
   config: Config,
@@ -40,7 +40,7 @@ export async function fetchWal(
   // end of the archive as much as a partial is. (The archiver may take it meanwhile: then its record.)
   if (isSegmentName(name) && !(await readRecord(recordPath(walRoot(config.backupDir), timeline, name)))) {
     // Only "not there" falls through: a full disk or a read error must not read as the archive's end.
-    const copied = await copyWhole(join(spoolDir(config.backupDir), name), target, options).then(
+    const copied = await copySpooled(config, name, target, options).then(
       () => true,
       (e: NodeJS.ErrnoException) => {
         if (e.code === "ENOENT") return false;
@@ -55,9 +55,8 @@ export async function fetchWal(
     if (!(e instanceof ShinkeiError) || e.code !== "NOT_FOUND" || parseHistory(name) !== null) throw e;
     // Never finished as a whole segment: the part that was received is the end of the archive.
     // The one being received now is the freshest; recovery replays it up to its last whole record.
-    const receiving = join(spoolDir(config.backupDir), `${name}.partial`);
-    if (await Bun.file(receiving).exists()) {
-      await copyWhole(receiving, target, options);
+    if (await Bun.file(join(spoolDir(config.backupDir), `${name}.partial`)).exists()) {
+      await copySpooled(config, `${name}.partial`, target, options);
       return { from: "receiving", record: null };
     }
     return await fetchRecorded(config, `${name}.partial`, timeline, target, store, options).catch(() => {
@@ -66,14 +65,13 @@ export async function fetchWal(
   }
 }
 
-/** Copy `from` to `target` whole or not at all. */
-async function copyWhole(from: string, target: string, options: FetchOptions): Promise<void> {
-  try {
-    await copyFile(from, `${target}.partial`);
-    await rename(`${target}.partial`, target);
-  } finally {
-    await rm(`${target}.partial`, { force: true });
-  }
+/**
+ * Copy the spool's file `name` to `target` whole or not at all: with BACKUP_MANIFEST_KEY, only as
+ * far as the WAL service signed it while its receiver wrote it (a planted one is ARCHIVE_UNTRUSTED).
+ */
+async function copySpooled(config: Config, name: string, target: string, options: FetchOptions): Promise<void> {
+  const from = join(spoolDir(config.backupDir), name);
+  await copySpoolFile(config.backupDir, name, from, target, config.backup.age?.manifestKey || undefined);
   if (options.durable !== false) await fsyncDir(dirname(target));
 }
 

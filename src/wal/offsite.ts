@@ -10,7 +10,7 @@ import { offsiteStore } from "../storage/stores.ts";
 import { mirror } from "../storage/mirror.ts";
 import type { BackupStore, StoreNaming } from "../storage/store.ts";
 import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
-import { archiveTrust } from "./trust.ts";
+import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
 import { parseSegment, timelineDir } from "./segments.ts";
 import { startPoller } from "../service/poller.ts";
@@ -156,12 +156,20 @@ export function startWalUploader(deps: {
     if (!s) return true;
     const due = Date.now() - lastPartial.at >= config.wal.partialUploadIntervalMs;
     if (!due || (name === lastPartial.name && s.mtimeMs === lastPartial.mtimeMs)) return true;
+    const key = config.backup.age?.manifestKey || undefined;
+    // Not signed yet (the WAL service signs it within half a second of its first bytes), or never
+    // (planted): nothing goes off-site; wal-fetch and the signer say why where it matters.
+    if (key && !(await readSpoolSignature(config.backupDir, name, key))) return true;
     const encryption = encryptionFor(config.backup.age);
     const file = `${name}.zst${encryption ? ".age" : ""}`;
     const tmp = join(root, `.upload-${file}`);
+    // With a key, only what the WAL service signed of it goes off-site (under a signed record), and
+    // nothing of a partial planted in the spool: the copy is made as fetch makes it (trust.ts).
+    const plain = join(root, `.upload-${name}`);
     try {
       await rm(tmp, { force: true });
-      const sealed = await sealTo(createReadStream(join(spool, name)), tmp, {
+      if (key) await copySpoolFile(config.backupDir, name, join(spool, name), plain, key);
+      const sealed = await sealTo(createReadStream(key ? plain : join(spool, name)), tmp, {
         codec: "zstd",
         age: encryption ? config.backup.age : undefined,
         plainHash: true,
@@ -201,6 +209,7 @@ export function startWalUploader(deps: {
       fail(name, e);
       return false;
     } finally {
+      await rm(plain, { force: true });
       await rm(tmp, { force: true });
       await rm(`${tmp}.json`, { force: true });
     }

@@ -18,6 +18,11 @@ export type ReceiverOptions = {
   onExit?: (lines: string[]) => Promise<void>;
   /** Called with where a (re)started receiver begins streaming, as it reports it. */
   onStart?: (lsn: string, timeline: number) => void;
+  /**
+   * Where pg_receivewal writes from: where it starts, and where it switches timeline (the spool's
+   * signer follows it).
+   */
+  onPosition?: (lsn: string, timeline: number) => void;
   /** Called before every (re)start, with no receiver running: the spool's files are ours to repair. */
   beforeStart?: () => Promise<void>;
   /**
@@ -92,6 +97,9 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
       const lines = forwardLines(proc.stderr, o.log, tail, (text) => {
         const m = /^starting log streaming at ([0-9A-F]+\/[0-9A-F]+) \(timeline (\d+)\)/.exec(text);
         if (m) o.onStart?.(m[1]!, Number(m[2]));
+        if (m) o.onPosition?.(m[1]!, Number(m[2]));
+        const sw = /^switched to timeline (\d+) at ([0-9A-F]+\/[0-9A-F]+)/.exec(text);
+        if (sw) o.onPosition?.(sw[2]!, Number(sw[1]));
       });
       const code = await proc.exited;
       await lines;

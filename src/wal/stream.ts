@@ -11,6 +11,8 @@ import { ShinkeiError } from "../errors.ts";
 import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { freeBytes, holdsData, repairSpool } from "./spool.ts";
+import { setAsideUnsigned, SpoolSigner } from "./spoolsign.ts";
+import { signedPart } from "./trust.ts";
 import { startPoller } from "../service/poller.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
@@ -167,6 +169,12 @@ export async function startWalStream(deps: {
 
   const failing = new Set<string>();
   let chain = Promise.resolve();
+  // With a key, the spool's files are signed as the receiver writes them, and only what is signed
+  // is sealed (or served to a recovery): a file planted in the spool is neither.
+  const key = config.backup.age?.manifestKey || undefined;
+  const signer = key
+    ? new SpoolSigner({ backupDir: config.backupDir, spool, key, segmentBytes: info.segmentBytes, log })
+    : undefined;
   const archiveOne = async (name: string) => {
     // A partial of zeros (or none at all) holds no WAL: archived, it would pass for the received
     // start of a segment that the archive in fact lacks.
@@ -178,6 +186,7 @@ export async function startWalStream(deps: {
     const { record, written } = await archiveWalFile(join(spool, name), root, {
       age: config.backup.age,
       segmentBytes: info.segmentBytes,
+      signed: key ? await signedPart(config.backupDir, name, key) : undefined,
     });
     await rm(join(spool, name), { force: true });
     if (written)
@@ -193,6 +202,11 @@ export async function startWalStream(deps: {
   };
   const drainOnce = async () => {
     const names = await readdir(spool).catch(() => [] as string[]);
+    // Listed first: every file this pass may seal has been through the signer's pass (a segment
+    // finished meanwhile waits for the next one).
+    await signer
+      ?.pass()
+      .catch((e: Error) => log({ level: "error", msg: "signing the wal spool failed", error: e.message }));
     // After a timeline switch the old timeline's last segment stays `.partial` for good: keep it as one.
     const timelines = names.map(
       (n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0,
@@ -306,7 +320,11 @@ export async function startWalStream(deps: {
     backoffMs: deps.backoffMs,
     onExit,
     onStart,
-    beforeStart: async () => void (await repairSpool(spool, info.segmentBytes, log)),
+    onPosition: (lsn, timeline) => signer?.expect(lsn, timeline),
+    beforeStart: async () => {
+      await repairSpool(spool, info.segmentBytes, log);
+      if (key) await setAsideUnsigned(config.backupDir, spool, key, log);
+    },
     space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
   });
   const poller = startPoller(drain, deps.pollMs ?? 500);

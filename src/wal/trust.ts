@@ -1,3 +1,6 @@
+import { open, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { ShinkeiError } from "../errors.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import { signatureMatches } from "../backup/manifest.ts";
 
@@ -51,4 +54,139 @@ export function trustProblem(
       `for one run)`
     );
   return null;
+}
+
+/*
+ * The spool (BACKUP_DIR/wal/spool) holds what pg_receivewal has received and the archiver has not
+ * sealed yet: the segment being received (`.partial`) and, for a moment, the one it just finished.
+ * Recovery to the latest moment reads them, and the archiver seals them into signed records. So
+ * with BACKUP_MANIFEST_KEY, a spool file is used only as far as the WAL service signed it while it
+ * watched the receiver write it (spoolsign.ts): a signature beside it, in `wal/spool-signed/`, over
+ * its first `bytes` bytes. A file planted in the spool has none, or one its bytes do not match.
+ */
+
+/** What the WAL service recorded of a spool file: its first `bytes` bytes hash to `sha256`. */
+export type SpoolSignature = {
+  spoolSignatureVersion: 1;
+  /** The spool file's name (a segment, or a segment's `.partial`). */
+  name: string;
+  bytes: number;
+  sha256: string;
+  signature: string;
+};
+
+export const spoolSignatureDir = (backupDir: string) => join(backupDir, "wal", "spool-signed");
+export const spoolSignaturePath = (backupDir: string, name: string) =>
+  join(spoolSignatureDir(backupDir), `${name}.json`);
+export const spoolSignatureParts = (s: Pick<SpoolSignature, "name" | "bytes" | "sha256">) => [
+  "spool",
+  s.name,
+  s.bytes,
+  s.sha256,
+];
+
+/** The signature of spool file `name`, when it is one and `key` made it; null otherwise. */
+export async function readSpoolSignature(backupDir: string, name: string, key: string): Promise<SpoolSignature | null> {
+  const s = (await Bun.file(spoolSignaturePath(backupDir, name))
+    .json()
+    .catch(() => null)) as SpoolSignature | null;
+  const ok =
+    s?.spoolSignatureVersion === 1 &&
+    s.name === name &&
+    Number.isSafeInteger(s.bytes) &&
+    s.bytes >= 0 &&
+    /^[0-9a-f]{64}$/.test(s.sha256) &&
+    signatureMatches(s.signature, spoolSignatureParts(s), key);
+  return ok ? s : null;
+}
+
+function spoolRefusal(what: string): ShinkeiError {
+  return new ShinkeiError("ARCHIVE_UNTRUSTED", what, {
+    hint:
+      "Nothing was restored from it. Whoever can write to BACKUP_DIR may have planted it in the spool; " +
+      "the WAL service signs only what its receiver wrote.",
+  });
+}
+
+/**
+ * Copy the spool file `name` (at `from`) to `target` as far as the WAL service signed it, zeros
+ * after (recovery reads zeros as the end of WAL), or throw ARCHIVE_UNTRUSTED and write nothing.
+ * The bytes are hashed as they are copied, so what is checked is what is served. A whole segment
+ * must be signed whole. Without a key nothing in the archive is signed, and the file is copied as is.
+ */
+export async function copySpoolFile(
+  backupDir: string,
+  name: string,
+  from: string,
+  target: string,
+  key: string | undefined,
+): Promise<void> {
+  const partial = `${target}.partial`;
+  try {
+    const source = await open(from, "r");
+    try {
+      const size = (await source.stat()).size;
+      const what = `WAL ${name.endsWith(".partial") ? "partial segment" : "segment"} ${name} in the spool`;
+      let bytes = size;
+      let sig: SpoolSignature | null = null;
+      if (key) {
+        sig = await readSpoolSignature(backupDir, name, key);
+        if (!sig) {
+          const there = await Bun.file(spoolSignaturePath(backupDir, name)).exists();
+          throw spoolRefusal(
+            there
+              ? `${what} does not match its signature: it was changed, or signed with another BACKUP_MANIFEST_KEY`
+              : `${what} is not signed, and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it`,
+          );
+        }
+        if (sig.bytes > size || (!name.endsWith(".partial") && sig.bytes !== size))
+          throw spoolRefusal(`${what} is not the size its signature gives: it was changed after it was received`);
+        bytes = sig.bytes;
+      }
+      const out = await open(partial, "w", 0o600);
+      try {
+        const hash = new Bun.CryptoHasher("sha256");
+        const buf = Buffer.alloc(1 << 20);
+        for (let at = 0; at < bytes; ) {
+          const { bytesRead } = await source.read(buf, 0, Math.min(buf.length, bytes - at), at);
+          if (bytesRead === 0) throw spoolRefusal(`${what} became shorter while it was read`);
+          hash.update(buf.subarray(0, bytesRead));
+          await out.write(buf, 0, bytesRead);
+          at += bytesRead;
+        }
+        if (sig && hash.digest("hex") !== sig.sha256)
+          throw spoolRefusal(`${what} was changed after the WAL receiver signed it`);
+        // Zeros to the file's size: what came after the signed part is not served.
+        if (bytes < size) await out.truncate(size);
+      } finally {
+        await out.close();
+      }
+    } finally {
+      await source.close();
+    }
+    await rename(partial, target);
+  } finally {
+    await rm(partial, { force: true });
+  }
+}
+
+/**
+ * What the archiver may seal of spool file `name` with a key set: the part the WAL service signed
+ * (a whole segment must be signed whole); ARCHIVE_UNTRUSTED when it is not signed. History files
+ * are not the receiver's stream, and are not signed here (undefined).
+ */
+export async function signedPart(
+  backupDir: string,
+  name: string,
+  key: string,
+): Promise<{ bytes: number; sha256: string; whole: boolean } | undefined> {
+  const partial = name.endsWith(".partial");
+  if (!partial && !/^[0-9A-F]{24}$/.test(name)) return undefined;
+  const sig = await readSpoolSignature(backupDir, name, key);
+  if (!sig)
+    throw spoolRefusal(
+      `WAL ${partial ? "partial segment" : "segment"} ${name} in the spool is not signed, ` +
+        "and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it; it is not archived",
+    );
+  return { bytes: sig.bytes, sha256: sig.sha256, whole: !partial };
 }
