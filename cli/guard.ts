@@ -2,6 +2,7 @@ import type { Context, OptionSpec, Options } from "./command.ts";
 import { typedConfirmation } from "./prompts.ts";
 import { checkUnattendedConfirmation, refuseProduction } from "../src/guarded/guard.ts";
 import { describeTarget, type Target } from "../src/pg/db.ts";
+import { superuserOnly } from "../src/backup/loadrole.ts";
 
 /** The guard's options for reset and migrate down (each command words --dry-run and --wait its own way). */
 export const guardOptions = {
@@ -59,12 +60,15 @@ export function checkUnattended(
 /**
  * The command that puts a safety backup back, as printed after a destructive step: runnable as
  * printed (unattended, so it names the database; in production it needs --allow-production too,
- * which the operator just passed to get here).
+ * which the operator just passed to get here). Where only a superuser owns the database (the local
+ * default), the restore would refuse to load without --allow-superuser; the safety backup is the
+ * one this command just wrote and checked, so the line carries the flag.
  */
-export function undoCommand(config: { databaseUrl: string; environment: string }, path: string): string {
+export async function undoCommand(config: { databaseUrl: string; environment: string }, path: string): Promise<string> {
   const production = config.environment === "production" ? " --allow-production" : "";
+  const superuser = (await superuserOnly(config.databaseUrl)) ? " --allow-superuser" : "";
   return (
     `shinkei backup --restore --backup-file ${path} --yes ` +
-    `--confirm-database ${describeTarget(config.databaseUrl).database}${production}`
+    `--confirm-database ${describeTarget(config.databaseUrl).database}${production}${superuser}`
   );
 }

@@ -66,6 +66,6 @@ async function reset(ctx: Context): Promise<number> {
   spin.stop("reset done");
   line(io, `safety backup  ${result.safety.path} (verified)`);
   line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t]}`).join(", ")}`);
-  line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
+  line(io, `undo with      ${await undoCommand(config, result.safety.path)}`);
   return 0;
 }

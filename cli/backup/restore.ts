@@ -102,7 +102,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
         );
       }
       if (verification.manifest) line(io, "counts match the manifest");
-      if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
+      if (result.safety) line(io, `undo with      ${await undoCommand(config, result.safety.path)}`);
       return 0;
     },
     ctx.flag("wait"),

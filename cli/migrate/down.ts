@@ -42,7 +42,7 @@ async function runMigrateDown(ctx: Context): Promise<number> {
       });
       line(io, `safety backup  ${safety.path} (verified)`);
       line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
-      line(io, `undo with      ${undoCommand(config, safety.path)}`);
+      line(io, `undo with      ${await undoCommand(config, safety.path)}`);
       return 0;
     },
     ctx.flag("wait"),

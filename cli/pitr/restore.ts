@@ -158,7 +158,7 @@ async function pitrRestore(ctx: Context): Promise<number> {
         );
       if (!asJson) {
         line(io, "every table's count and content digest match the recovered instance");
-        if (result.safety) line(io, `undo with      ${undoCommand(config, result.safety.path)}`);
+        if (result.safety) line(io, `undo with      ${await undoCommand(config, result.safety.path)}`);
       }
     }
   } finally {

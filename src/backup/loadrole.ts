@@ -86,6 +86,23 @@ async function plan(admin: postgres.Sql, url: string, options: LoadRoleOptions):
   return { session, danger, owner, ownerDanger };
 }
 
+/**
+ * True when a restore into this database has no safe role to load as (it and its owner can reach
+ * the server's OS), so it needs --allow-superuser. False when that cannot be told (the database is
+ * out of reach): the restore itself then says what it needs.
+ */
+export async function superuserOnly(url: string): Promise<boolean> {
+  const admin = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+  try {
+    const { danger, ownerDanger } = await plan(admin, url, { allowSuperuser: true });
+    return danger !== null && ownerDanger !== null;
+  } catch {
+    return false;
+  } finally {
+    await admin.end({ timeout: 5 });
+  }
+}
+
 export async function loadRole(url: string, options: LoadRoleOptions = {}): Promise<LoadRole> {
   const admin = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
   try {

@@ -22,8 +22,10 @@ export class Terminal {
     return new Terminal(socket);
   }
 
-  async screen(): Promise<string> {
-    const p = Bun.spawn(["tmux", "-L", this.socket, "capture-pane", "-p", "-S", "-500"], { stdout: "pipe" });
+  /** What the terminal shows; `joined`: a line the terminal wrapped at its width comes back whole. */
+  async screen(joined = false): Promise<string> {
+    const args = ["capture-pane", "-p", "-S", "-500", ...(joined ? ["-J"] : [])];
+    const p = Bun.spawn(["tmux", "-L", this.socket, ...args], { stdout: "pipe" });
     return new Response(p.stdout).text();
   }
 
