@@ -82,6 +82,7 @@ export async function startServer(
       await server.stop(); // waits for in-flight requests; refuses new ones
       await recovery.settled(); // work started after an answer, e.g. issuing a code
       await mail?.stop(); // sends what is due, briefly; never waits out a retry delay
+      await auth.throttle.stop(); // attempts an outage cut off: one last try to give them back
       await sql.end({ timeout: 5 });
     },
   };

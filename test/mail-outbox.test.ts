@@ -7,6 +7,7 @@ import { issueCode } from "../src/auth/account-codes.ts";
 import { MailQueue } from "../src/mail/queue.ts";
 import { pruneHistory } from "../src/pg/history.ts";
 import { loadConfig } from "../src/config/index.ts";
+import { toolPath } from "../src/pg/bin.ts";
 
 let db: TestDatabase;
 let smtp: TestSmtp;
@@ -30,7 +31,58 @@ const env = (smtpUrl: string) => ({
   REGISTER_MAX_PER_IP: "100000",
 });
 
-test("a reset mail queued while SMTP is down goes out at the server's next start, and its code works", async () => {
+/** The database as `pg_dump` writes it (what a backup holds), as text. */
+async function dump(): Promise<string> {
+  const p = Bun.spawn([toolPath("pg_dump"), "--no-owner", "-d", db.url], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new Error(`pg_dump failed: ${err}`);
+  return out;
+}
+
+test("a reset code is in no row: not in pg_dump while its mail waits nor once sent; the mail works", async () => {
+  const flaky = await TestSmtp.start();
+  await flaky.stop();
+  const s = await startTestServer(db, env(flaky.url));
+  try {
+    const email = await newAccount(s, "sealed");
+    expect((await s.api("/api/v1/auth/password-reset", { method: "POST", json: { email } })).status).toBe(202);
+    await s.recovery.settled();
+    while (!s.logs.some((l) => l.msg === "mail not sent, will retry" && /reset/.test(String(l.subject))))
+      await Bun.sleep(20);
+    const whileQueued = await dump();
+    // The dump does hold the queued mail: its envelope, and a sealed body.
+    const [row] = await db.sql`select text_body, html_body, sealed_body from mail_outbox 
+      where to_address = ${email} and subject ~ 'reset'`;
+    expect([row!.text_body, row!.html_body]).toEqual([null, null]);
+    expect(row!.sealed_body.length).toBeGreaterThan(100);
+    expect(whileQueued).toContain(email);
+    expect(whileQueued).toContain(row!.sealed_body.toString("hex"));
+
+    await flaky.start();
+    const mail = await flaky.waitFor(email, /password reset code/);
+    const code = codeIn(mail);
+    const afterSent = await dump();
+    // Neither the code nor its bytes in hex (as a bytea is dumped), in any table.
+    for (const text of [whileQueued, afterSent]) {
+      expect(text).not.toContain(code);
+      expect(text).not.toContain(Buffer.from(code, "base64url").toString("hex"));
+    }
+    const [sent] = await db.sql`select sent_at, text_body, html_body, sealed_body from mail_outbox 
+      where to_address = ${email} and subject ~ 'reset'`;
+    expect(sent!.sent_at).not.toBeNull();
+    expect([sent!.text_body, sent!.html_body, sent!.sealed_body]).toEqual([null, null, null]);
+    const confirm = await s.api("/api/v1/auth/password-reset/confirm", {
+      method: "POST",
+      json: { email, code, newPassword: "a brand new password" },
+    });
+    expect(confirm.status).toBe(200);
+  } finally {
+    await s.stop();
+    await flaky.stop();
+  }
+});
+
+test("a reset mail unsent when its server stops is dropped; plain mail waits for the next start", async () => {
   const down = await TestSmtp.start();
   await down.stop();
   const before = await startTestServer(db, env(down.url));
@@ -41,36 +93,42 @@ test("a reset mail queued while SMTP is down goes out at the server's next start
   try {
     const r = await before.api("/api/v1/auth/password-reset", { method: "POST", json: { email } });
     expect(r.status).toBe(202);
+    // A registration with the taken address: a notice to its owner, which carries no code.
+    const taken = await before.api("/api/v1/auth/register", {
+      method: "POST",
+      json: { email, password: "another password", name: "Someone" },
+    });
+    expect(taken.status).toBe(409);
     await before.recovery.settled();
     while (!before.logs.some((l) => l.msg === "mail not sent, will retry" && /reset/.test(String(l.subject))))
       await Bun.sleep(20);
   } finally {
     await before.stop();
   }
-  expect(before.logs.find((l) => l.msg === "mail not sent before shutdown")).toBeDefined();
-  const [queued] =
-    await db.sql`select count(*)::int as n from mail_outbox where to_address = ${email} and subject ~ 'reset'
-      and sent_at is null`;
-  expect(queued!.n).toBe(1);
+  // Two mails with codes (the verification at registration, the reset) dropped; the notice kept.
+  expect(before.logs.find((l) => l.msg === "mail carrying a code not sent before shutdown; dropped")?.count).toBe(2);
+  expect(before.logs.find((l) => l.msg === "mail not sent before shutdown")?.count).toBe(1);
+  const [dropped] = await db.sql`select failed_at, sealed_body, last_error from mail_outbox 
+      where to_address = ${email} and subject ~ 'reset'`;
+  expect(dropped!.failed_at).not.toBeNull();
+  expect(dropped!.sealed_body).toBeNull();
+  expect(dropped!.last_error).toContain("stopped first");
 
-  // The restart, now with SMTP up: the mail queued before it goes out, and the code in it works.
+  // The restart, now with SMTP up: the notice goes out; the dropped reset mail never does.
   const after = await startTestServer(db, env(smtp.url));
   try {
-    const mail = await smtp.waitFor(email, /password reset code/);
-    const code = codeIn(mail);
+    await smtp.waitFor(email, /Someone tried to create/);
+    await after.recovery.idle();
+    expect(smtp.to(email).filter((m) => /password reset code/.test(m.subject))).toEqual([]);
+    // The user asks again: that code arrives and works.
+    expect((await after.api("/api/v1/auth/password-reset", { method: "POST", json: { email } })).status).toBe(202);
+    const code = codeIn(await smtp.waitFor(email, /password reset code/));
     const confirm = await after.api("/api/v1/auth/password-reset/confirm", {
       method: "POST",
       json: { email, code, newPassword: "a brand new password" },
     });
     expect(confirm.status).toBe(200);
-    // Sent: the row keeps its envelope, and its body (which carried the code) is gone.
-    const [row] =
-      await db.sql`select sent_at, text_body, html_body, attempts from mail_outbox where to_address = ${email}
-        and subject ~ 'reset'`;
-    expect(row!.sent_at).not.toBeNull();
-    expect(row!.text_body).toBeNull();
-    expect(row!.html_body).toBeNull();
-    expect(row!.attempts).toBeGreaterThan(1);
+    expect(smtp.to(email).filter((m) => /password reset code/.test(m.subject)).length).toBe(1);
   } finally {
     await after.stop();
   }
@@ -127,11 +185,59 @@ test("a mail whose code expired before it could be sent is abandoned, body remov
     );
     outbox.wake();
     await outbox.idle();
-    const [row] =
-      await db.sql`select failed_at, text_body, last_error from mail_outbox where to_address = 'late@example.com'`;
+    const [row] = await db.sql`select failed_at, text_body, sealed_body, last_error from mail_outbox
+      where to_address = 'late@example.com'`;
     expect(row!.failed_at).not.toBeNull();
     expect(row!.text_body).toBeNull();
+    expect(row!.sealed_body).toBeNull();
     expect(row!.last_error).toContain("expired");
+    expect(sent).toEqual([]);
+  } finally {
+    await outbox.stop();
+  }
+});
+
+test("sealed mail of another process is neither sent nor waited for; an altered one is dropped", async () => {
+  const sent: string[] = [];
+  const outbox = new MailQueue(db.sql, { send: async (m) => void sent.push(m.to), close() {} }, () => {}, {
+    retryBaseMs: 1000,
+    maxAttempts: 3,
+    pollMs: 50,
+  });
+  try {
+    await outbox.idle();
+    // Queued by a process that has ended: its key is gone with it.
+    await db.sql`insert into mail_outbox (to_address, subject, sealed_body, sealed_by, expires_at)
+      values ('gone@example.com', 'code', ${Buffer.alloc(64, 7)}, 'a key that no longer exists',
+              now() + interval '1.5 seconds')`;
+    // Queued here, then moved to another address in the table (without waking the sender).
+    await outbox.enqueue(
+      db.sql,
+      { to: "owner@example.com", subject: "code", text: "secret", html: "secret" },
+      { expiresAt: new Date(Date.now() + 60_000) },
+    );
+    await db.sql`update mail_outbox set to_address = 'thief@example.com' where to_address = 'owner@example.com'`;
+    outbox.wake();
+    const started = Date.now();
+    await outbox.idle();
+    expect(Date.now() - started).toBeLessThan(1000);
+    const state = async (to: string) =>
+      (
+        await db.sql`select failed_at is not null as dropped, sealed_body is null as emptied, last_error
+        from mail_outbox where to_address = ${to}`
+      )[0]!;
+    expect(await state("thief@example.com")).toEqual({
+      dropped: true,
+      emptied: true,
+      last_error: "its sealed body does not open with this server's key: it was altered",
+    });
+    expect(await state("gone@example.com")).toMatchObject({ dropped: false, emptied: false });
+    while (!(await state("gone@example.com")).dropped) await Bun.sleep(50);
+    expect(await state("gone@example.com")).toEqual({
+      dropped: true,
+      emptied: true,
+      last_error: "the code it carries expired before it could be sent",
+    });
     expect(sent).toEqual([]);
   } finally {
     await outbox.stop();

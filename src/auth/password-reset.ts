@@ -187,21 +187,25 @@ export class AccountRecovery {
     const { sql, throttle, hasher } = this.deps;
     const held = await this.reserve("reset-confirm", input.email, client);
     const now = this.now();
-    const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "password_reset", now });
-    // Hash only for a live code, so a flood of wrong codes costs no argon2 time.
-    const hash = userId ? await hasher.hash(input.newPassword) : undefined;
-    const revoked = userId
-      ? await sql.begin(async (tx) => {
-          if (!(await consumeCode(tx, { userId, code: input.code, purpose: "password_reset", now }))) return null;
-          await setPasswordHash(tx, userId, hash!);
-          // The code came to this mailbox: that proves the address as well as verification would.
-          await tx`update users set email_verified_at = coalesce(email_verified_at, ${now}) where id = ${userId}`;
-          const n = await revokeUserSessions(tx, userId);
-          await recordEvent(tx, userId, "password_reset", client);
-          return n;
-        })
-      : null;
-    if (!userId || revoked === null) throw invalidCode(); // the attempt stays counted
+    // A wrong code stays counted; an attempt the database or a full hash queue cut off is given back.
+    const [userId, revoked] = await held.settleBy(async () => {
+      const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "password_reset", now });
+      // Hash only for a live code, so a flood of wrong codes costs no argon2 time.
+      const hash = userId ? await hasher.hash(input.newPassword) : undefined;
+      const revoked = userId
+        ? await sql.begin(async (tx) => {
+            if (!(await consumeCode(tx, { userId, code: input.code, purpose: "password_reset", now }))) return null;
+            await setPasswordHash(tx, userId, hash!);
+            // The code came to this mailbox: that proves the address as well as verification would.
+            await tx`update users set email_verified_at = coalesce(email_verified_at, ${now}) where id = ${userId}`;
+            const n = await revokeUserSessions(tx, userId);
+            await recordEvent(tx, userId, "password_reset", client);
+            return n;
+          })
+        : null;
+      if (!userId || revoked === null) throw invalidCode(); // the attempt stays counted
+      return [userId, revoked] as const;
+    });
     this.deps.sessions.forget((s) => s.userId === userId);
     await held.succeeded();
     // The owner just proved control of the mailbox; failed logins before that should not keep them out.
@@ -228,16 +232,18 @@ export class AccountRecovery {
     const { sql } = this.deps;
     const held = await this.reserve("verify", input.email, client);
     const now = this.now();
-    const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "verify_email", now });
-    const ok = userId
-      ? await sql.begin(async (tx) => {
-          if (!(await consumeCode(tx, { userId, code: input.code, purpose: "verify_email", now }))) return false;
-          await tx`update users set email_verified_at = coalesce(email_verified_at, ${now}) where id = ${userId}`;
-          await recordEvent(tx, userId, "email_verified", client);
-          return true;
-        })
-      : false;
-    if (!ok) throw invalidCode(); // the attempt stays counted
+    await held.settleBy(async () => {
+      const userId = await findCodeOwner(sql, { email: input.email, code: input.code, purpose: "verify_email", now });
+      const ok = userId
+        ? await sql.begin(async (tx) => {
+            if (!(await consumeCode(tx, { userId, code: input.code, purpose: "verify_email", now }))) return false;
+            await tx`update users set email_verified_at = coalesce(email_verified_at, ${now}) where id = ${userId}`;
+            await recordEvent(tx, userId, "email_verified", client);
+            return true;
+          })
+        : false;
+      if (!ok) throw invalidCode(); // the attempt stays counted
+    });
     await held.succeeded();
     return { verified: true };
   }

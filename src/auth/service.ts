@@ -75,16 +75,12 @@ export class AuthService {
   /**
    * Do `work` under a reservation. The wait of a slowing limit comes first, before the answer is
    * known, so a client cannot cut it short by hanging up. A refusal of ours (4xx) stays counted;
-   * an attempt we could not try (busy, database down) is given back.
+   * an attempt we could not try (busy, database down) is given back (see Reservation.settleBy).
    */
   private async attempt<T>(held: Reservation | undefined, work: () => Promise<T>): Promise<T> {
-    try {
-      if (held?.delayMs) await Bun.sleep(held.delayMs);
-      return await work();
-    } catch (e) {
-      if (held && !(e instanceof ShinkeiError && e.status < 500)) await held.release().catch(() => {});
-      throw e;
-    }
+    if (!held) return work();
+    if (held.delayMs) await Bun.sleep(held.delayMs);
+    return held.settleBy(work);
   }
 
   /**

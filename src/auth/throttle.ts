@@ -1,4 +1,4 @@
-import type { Sql } from "../pg/db.ts";
+import { settleWithin, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 
 /** Who is asking: throttle keys count per address, and account events record both. */
@@ -22,6 +22,15 @@ export type ThrottleRule = {
 type Held = { digest: string; start: string; onSuccess: NonNullable<ThrottleRule["onSuccess"]> };
 
 /**
+ * An attempt to give back that the database could not take when it was settled; `until` (ms): the
+ * end of its window at the latest.
+ */
+type Owed = { held: Held[]; until: number };
+
+/** How often owed attempts are offered to the database again while it is away. */
+const OWED_RETRY_MS = 1000;
+
+/**
  * Attempt counters in PostgreSQL, so limits hold across restarts and replicas. Keys are hashed
  * ("pair:<email> <address>", "ip:<address>", ...): the table never holds an email or an address.
  *
@@ -30,6 +39,17 @@ type Held = { digest: string; start: string; onSuccess: NonNullable<ThrottleRule
  * the first failure was written.
  */
 export class Throttle {
+  /**
+   * Attempts given back while the database was away (an outage cut them off after they were
+   * counted): kept here and given back once it answers, by a retry every second and before any new
+   * attempt is counted, so nobody is throttled for attempts that were never tried. Only this
+   * process knows them: if it ends first they stay counted until their window ends.
+   */
+  private owed: Owed[] = [];
+  private paying?: Promise<void>;
+  private retry?: Timer;
+  private stopped = false;
+
   constructor(
     private readonly sql: Sql,
     private readonly windowMs: number,
@@ -45,6 +65,9 @@ export class Throttle {
    * a refused attempt costs the server nothing and the client no budget.
    */
   async reserve(rules: ThrottleRule[]): Promise<Reservation> {
+    // Debts first: a count the database still owes this caller must not refuse them.
+    if (this.owed.length) await this.payOwed();
+    const until = Date.now() + this.windowMs;
     const byDigest = new Map(rules.map((r) => [this.digest(r.key), r]));
     // One lock order for every caller, so two reservations sharing keys cannot deadlock.
     const keys = [...byDigest.keys()].sort();
@@ -78,7 +101,7 @@ export class Throttle {
         rows: rows.map((r) => ({ digest: r.key, start: r.start, onSuccess: byDigest.get(r.key)!.onSuccess ?? "keep" })),
       };
     });
-    return new Reservation(this.sql, held.rows, held.delayMs);
+    return new Reservation(this, held.rows, held.delayMs, until);
   }
 
   /**
@@ -89,6 +112,89 @@ export class Throttle {
     const account = email.trim().toLowerCase();
     const keys = [loginKeys.account(account), loginKeys.pair(account, ip)].map((k) => this.digest(k));
     await this.sql`delete from login_throttle where key = any(${this.sql.array(keys)}::text[])`;
+  }
+
+  /** @internal Take one attempt back from each held key, within the window it was counted in. */
+  async takeBack(held: Held[]): Promise<void> {
+    if (!held.length) return;
+    // Only within the window the attempt was counted in: a window that restarted since owes it nothing.
+    // Rows are locked in key order, as reserve() locks them, so the two cannot deadlock.
+    await this.sql`
+      update login_throttle set failures = greatest(failures - 1, 0)
+      where key in (
+        select key from login_throttle
+        where (key, window_start) in (
+          select k, s::timestamptz
+          from unnest(
+            ${this.sql.array(held.map((h) => h.digest))}::text[],
+            ${this.sql.array(held.map((h) => h.start))}::text[]
+          ) as r(k, s))
+        order by key for update)`;
+  }
+
+  /** @internal Delete the held keys' rows (a success that clears its count). */
+  async clear(digests: string[]): Promise<void> {
+    if (digests.length) await this.sql`delete from login_throttle where key = any(${this.sql.array(digests)}::text[])`;
+  }
+
+  /** @internal Give `held` back; when the database cannot take it now, keep it owed (see `owed`). */
+  async giveBack(held: Held[], until: number): Promise<void> {
+    if (!held.length) return;
+    try {
+      await this.takeBack(held);
+    } catch {
+      if (this.stopped) return;
+      this.owed.push({ held, until });
+      this.arm();
+    }
+  }
+
+  private arm(): void {
+    if (this.retry || this.stopped) return;
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      void this.payOwed();
+    }, OWED_RETRY_MS);
+    // Never what keeps a process alive: the counts it owes end with their window anyway.
+    this.retry.unref();
+  }
+
+  /**
+   * Give back what is owed, oldest first, one attempt at a time (several owed on one key each take
+   * one off); stops at the first the database refuses and tries again later. One pass at a time, so
+   * no attempt is given back twice.
+   */
+  private payOwed(): Promise<void> {
+    this.paying ??= this.payPass().finally(() => {
+      this.paying = undefined;
+      if (this.owed.length) this.arm();
+    });
+    return this.paying;
+  }
+
+  private async payPass(): Promise<void> {
+    try {
+      for (;;) {
+        const now = Date.now();
+        // A window that has ended owes nothing: its count is gone or starts again.
+        this.owed = this.owed.filter((o) => o.until > now);
+        const next = this.owed[0];
+        if (!next) return;
+        await this.takeBack(next.held);
+        this.owed.shift();
+      }
+    } catch {
+      // Still away: the timer tries again.
+    }
+  }
+
+  /** Before the pool closes: one last try (bounded) to give back what is owed; then nothing more is kept. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retry);
+    this.retry = undefined;
+    if (this.owed.length) await settleWithin(this.payOwed(), 2_000);
+    this.owed = [];
   }
 
   /** Drop windows that have ended; called now and then so the table stays small. Rows in use are left for next time. */
@@ -104,36 +210,47 @@ export class Throttle {
 /** One counted attempt, to be settled once its outcome is known. A failure needs nothing: it stays counted. */
 export class Reservation {
   constructor(
-    private readonly sql: Sql,
+    private readonly throttle: Throttle,
     private readonly held: Held[],
     /** How long to wait before doing the work, when a slowing rule is over its limit. */
     readonly delayMs: number,
+    /** When its window ends at the latest (ms): a give-back owed past it is dropped. */
+    private readonly until: number,
   ) {}
 
-  /** The attempt was not tried (the server was busy, the database failed): take it back everywhere. */
+  /**
+   * The attempt was not tried (the server was busy, the database failed): take it back everywhere.
+   * Never throws: when the database cannot take it now, it is given back once it can.
+   */
   async release(): Promise<void> {
-    await this.takeBack(this.held);
+    await this.throttle.giveBack(this.held, this.until);
   }
 
-  /** The attempt succeeded: each rule does what its `onSuccess` says. */
+  /**
+   * Do `work` for this attempt. A refusal of ours for the client (a 4xx error) leaves the attempt
+   * counted; any other failure (busy, database down) means it was not tried, and it is given back.
+   */
+  async settleBy<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (e) {
+      if (!(e instanceof ShinkeiError && e.status < 500)) await this.release();
+      throw e;
+    }
+  }
+
+  /**
+   * The attempt succeeded: each rule does what its `onSuccess` says. When the database fails on the
+   * way the caller answers 5xx, so the attempt did not happen for the client: it is given back
+   * (a key already cleared has nothing to give back, so a half-done success is not taken twice).
+   */
   async succeeded(): Promise<void> {
-    const clear = this.held.filter((h) => h.onSuccess === "clear").map((h) => h.digest);
-    if (clear.length) await this.sql`delete from login_throttle where key = any(${this.sql.array(clear)}::text[])`;
-    await this.takeBack(this.held.filter((h) => h.onSuccess === "release"));
-  }
-
-  private async takeBack(held: Held[]): Promise<void> {
-    if (!held.length) return;
-    // Only within the window the attempt was counted in: a window that restarted since owes it nothing.
-    // Rows are locked in key order, as reserve() locks them, so the two cannot deadlock.
-    await this.sql`
-      update login_throttle set failures = greatest(failures - 1, 0)
-      where key in (
-        select key from login_throttle
-        where (key, window_start) in (
-          select k, s::timestamptz
-          from unnest(${this.sql.array(held.map((h) => h.digest))}::text[],
-            ${this.sql.array(held.map((h) => h.start))}::text[]) as r(k, s))
-        order by key for update)`;
+    try {
+      await this.throttle.clear(this.held.filter((h) => h.onSuccess === "clear").map((h) => h.digest));
+      await this.throttle.takeBack(this.held.filter((h) => h.onSuccess === "release"));
+    } catch (e) {
+      await this.release();
+      throw e;
+    }
   }
 }

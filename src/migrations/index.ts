@@ -11,6 +11,8 @@ import mailOutboxUp from "./0005_mail_outbox.sql" with { type: "text" };
 import mailOutboxDown from "./0005_mail_outbox.down.sql" with { type: "text" };
 import recoverUndoUp from "./0006_recover_undo.sql" with { type: "text" };
 import recoverUndoDown from "./0006_recover_undo.down.sql" with { type: "text" };
+import mailOutboxSealedUp from "./0007_mail_outbox_sealed.sql" with { type: "text" };
+import mailOutboxSealedDown from "./0007_mail_outbox_sealed.down.sql" with { type: "text" };
 
 export type Migration = { version: number; name: string; up: string; down?: string };
 
@@ -22,4 +24,5 @@ export const migrations: readonly Migration[] = [
   { version: 4, name: "account_codes", up: accountCodesUp, down: accountCodesDown },
   { version: 5, name: "mail_outbox", up: mailOutboxUp, down: mailOutboxDown },
   { version: 6, name: "recover_undo", up: recoverUndoUp, down: recoverUndoDown },
+  { version: 7, name: "mail_outbox_sealed", up: mailOutboxSealedUp, down: mailOutboxSealedDown },
 ];
