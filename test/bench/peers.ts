@@ -373,14 +373,16 @@ async function stopRestored(dataDir: string) {
   await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", dataDir, "stop", "-m", "immediate", "-w"])).catch(() => {});
   await timed(["rm", "-rf", dataDir, `${dataDir}.sock`]);
 }
+/** Whether a server runs on the restored data directory (pg_ctl status: its postmaster.pid and process). */
+async function running(r: Restored): Promise<boolean> {
+  return timed(asServer([join(cluster.bin, "pg_ctl"), "-D", r.dataDir, "status"]), { timeoutMs: 30_000 }).then(
+    () => true,
+    () => false,
+  );
+}
 /** Whether the server of `dataDir` runs, and the end of its log: why a restored server does not answer. */
 async function serverReport(r: Restored): Promise<string> {
-  const status = await timed(asServer([join(cluster.bin, "pg_ctl"), "-D", r.dataDir, "status"]), {
-    timeoutMs: 30_000,
-  }).then(
-    (s) => s.stdout.trim().split("\n")[0]!,
-    (e: Error) => `not running (${e.message.split("\n")[0]})`,
-  );
+  const status = (await running(r)) ? "running" : "not running";
   const folder = (await stat(r.dataDir).catch(() => null)) ? "present" : "gone";
   const log = (await readFile(r.log, "utf8").catch((e: Error) => `(no log: ${e.message})`)).slice(-2000);
   return `server: ${status}; data directory ${r.dataDir}: ${folder}; end of its log:\n${log}`;
@@ -413,6 +415,7 @@ async function onPrimary<T>(r: Restored, what: string, read: (db: postgres.Sql) 
     }
   };
   let last = "no answer yet";
+  let stopped = false;
   await until(
     what,
     async () => {
@@ -423,11 +426,17 @@ async function onPrimary<T>(r: Restored, what: string, read: (db: postgres.Sql) 
         },
       );
       if (row?.[0]?.r) last = "still in recovery";
+      // A server that stopped (pg_ctl start returns once it takes read-only connections; recovery
+      // can still end in FATAL after that) never answers: say so now, not at the deadline.
+      if (row === null && !(await running(r))) {
+        stopped = true;
+        throw new Error(`${what}: it stopped`);
+      }
       return row !== null && !row[0]!.r;
     },
     deadlineMs,
   ).catch(async (e: Error) => {
-    throw new Error(`${e.message}; last attempt: ${last}; ${await serverReport(r)}`);
+    throw new Error(`${stopped ? e.message : `${e.message}; last attempt: ${last}`}; ${await serverReport(r)}`);
   });
   return attempt(read, deadlineMs, `${what}: reading it`);
 }
@@ -700,20 +709,26 @@ try {
           timed(bm(["recover", "--target-time", pgTime, "--target-action", "promote", "bench", "latest", into]));
         let t0 = performance.now();
         await recover();
-        let started = await startRestored(into).catch((e: Error) => e);
-        if (started instanceof Error) {
-          if (!/recovery ended before configured recovery target was reached/.test(started.message)) throw started;
+        const endedEarly = /recovery ended before configured recovery target was reached/;
+        // pg_ctl start may fail on it, or return first (read-only connections) and the server stop after.
+        let got = await startRestored(into)
+          .then((r) => answer(r, digestQuery))
+          .catch((e: Error) => e);
+        if (got instanceof Error) {
+          if (!endedEarly.test(got.message)) throw got;
           // Barman copies WAL up to the first segment closed (by its file's time) after the target; the
           // commit that ends recovery can lie in the next one. Then again with get-wal, by hand (as in 4).
           barmanShort++;
-          console.log(`Barman round ${round + 1}: recovery ended before the target; again with get-wal by hand`);
+          const when = /it stopped/.test(got.message) ? "after pg_ctl start returned" : "while pg_ctl start waited";
+          console.log(
+            `Barman round ${round + 1}: recovery ended before the target (${when}); again with get-wal by hand`,
+          );
           await stopRestored(into);
           t0 = performance.now();
           await recover();
           await barmanGetWal(into, { partial: false });
-          started = await startRestored(into);
+          got = await answer(await startRestored(into), digestQuery);
         }
-        const got = await answer(started, digestQuery);
         restore.barman.push(performance.now() - t0);
         exact.barman &&= got === expected;
         await stopRestored(into);
