@@ -677,6 +677,9 @@ try {
   for (let round = 0; round < rounds; round++) {
     const order = ["shinkei", "pgbackrest", "barman"] as const;
     for (const kind of round % 2 ? [...order].reverse() : order) {
+      if (!{ shinkei: true, pgbackrest: pgbackrestOn, barman: barmanOn }[kind]) continue;
+      // Each one said when it starts and ends: a wait that fails is then plainly that peer's.
+      console.log(`restore round ${round + 1}: ${kind} started`);
       const dest = join(work, `restore-${kind}-${round}`);
       if (kind === "shinkei") {
         const t0 = performance.now();
@@ -733,6 +736,7 @@ try {
         exact.barman &&= got === expected;
         await stopRestored(into);
       }
+      console.log(`restore round ${round + 1}: ${kind} answered after ${fmtMs(restore[kind].at(-1)!)}`);
     }
   }
   const fmtRestore = (k: keyof typeof restore) =>
