@@ -399,7 +399,7 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  * Poll until the restored server answers as a primary (at most --deadline); then `read` on it.
  * Each attempt has a client of its own and a bound: postgres.js leaves a query pending for good
  * when the server closes the connection before the handshake ends (a server being stopped, or
- * whatever else took its port), and a client that lost one that way never answers again.
+ * whatever else took its port), and on a one-connection client every later query waits behind it.
  * Failing, it says what the last attempt got, whether the server runs and the end of its log.
  */
 async function onPrimary<T>(r: Restored, what: string, read: (db: postgres.Sql) => Promise<T>): Promise<T> {
