@@ -158,7 +158,7 @@ export type Timed = { ms: number; maxRssBytes: number; code: number; stdout: str
  */
 export async function timed(
   cmd: string[],
-  options: { env?: Record<string, string | undefined>; cwd?: string } = {},
+  options: { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number } = {},
 ): Promise<Timed> {
   const start = performance.now();
   const p = Bun.spawn(cmd, {
@@ -167,6 +167,16 @@ export async function timed(
     stdout: "pipe",
     stderr: "pipe",
   });
+  // `timeoutMs`: a command that never ends fails the bench, naming itself, instead of holding it for
+  // good. It is killed, and the wait ends even if a child of its still holds its output open.
+  let deadline: ReturnType<typeof setTimeout> | undefined;
+  const overdue = new Promise<never>((_, reject) => {
+    if (options.timeoutMs === undefined) return;
+    deadline = setTimeout(() => {
+      p.kill("SIGKILL");
+      reject(new Error(`${cmd.join(" ")} did not finish within ${options.timeoutMs! / 1000} s (killed)`));
+    }, options.timeoutMs);
+  });
   let peakKb = 0;
   const poll = setInterval(async () => {
     const status = await Bun.file(`/proc/${p.pid}/status`)
@@ -174,12 +184,13 @@ export async function timed(
       .catch(() => "");
     peakKb = Math.max(peakKb, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0));
   }, 50);
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(p.stdout).text(),
-    new Response(p.stderr).text(),
-    p.exited,
-  ]);
-  clearInterval(poll);
+  const [stdout, stderr, code] = await Promise.race([
+    Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]),
+    overdue,
+  ]).finally(() => {
+    clearInterval(poll);
+    clearTimeout(deadline);
+  });
   const ms = performance.now() - start;
   if (code !== 0) throw new Error(`${cmd.join(" ")} exited ${code}: ${stderr.slice(-500)}`);
   return { ms, maxRssBytes: peakKb * 1024, code, stdout, stderr };
