@@ -203,7 +203,9 @@ const configuration = {
         backup: "barman backup (pg_basebackup, uncompressed: backup_compression not set)",
         restore: "barman archive-wal; barman recover --target-time TIME --target-action promote NEW, then pg_ctl start",
         latest:
-          "barman recover; then, by hand, recovery.signal and restore_command = 'barman -c CONF get-wal -P bench %f > %p' so the streamed .partial is replayed (its own restore_command copies only whole segments)",
+          "barman recover; then, by hand, recovery.signal and " +
+          "restore_command = 'barman -c CONF get-wal -P bench %f > %p' so the streamed .partial is replayed " +
+          "(its own restore_command copies only whole segments)",
       }
     : "skipped",
   floor: { backup: "pg_basebackup -Ft -z -X none -c fast --no-sync", archiving: "none" },
@@ -222,7 +224,7 @@ const rows: Row[] = [];
 const add = (r: Row) => {
   rows.push(r);
   console.log(
-    `${r.measurement.padEnd(44)} | ${r.shinkei.padEnd(22)} | ${r.pgbackrest.padEnd(22)} | ${r.barman.padEnd(22)} | ${r.floor}`,
+    [r.measurement.padEnd(44), r.shinkei.padEnd(22), r.pgbackrest.padEnd(22), r.barman.padEnd(22), r.floor].join(" | "),
   );
 };
 const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
@@ -318,7 +320,8 @@ async function startBarman() {
       );
     return (
       (
-        await sql`select 1 from pg_stat_replication where application_name = 'barman_receive_wal' and state = 'streaming'`
+        await sql`select 1 from pg_stat_replication
+          where application_name = 'barman_receive_wal' and state = 'streaming'`
       ).length > 0
     );
   });
@@ -500,7 +503,8 @@ try {
           "shinkei's receiver",
           async () =>
             (
-              await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+              await sql`select 1 from pg_stat_replication
+                where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
             ).length > 0,
         );
         await Bun.sleep(3000); // past the service's start-up work, which is not per MiB of WAL
@@ -602,7 +606,8 @@ try {
     "shinkei's receiver",
     async () =>
       (
-        await sql`select 1 from pg_stat_replication where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
+        await sql`select 1 from pg_stat_replication
+          where application_name = ${RECEIVER_APP_NAME} and state = 'streaming'`
       ).length > 0,
   );
   if (pgbackrestOn) await setArchiveCommand(pbrArchive);
@@ -657,7 +662,8 @@ try {
   const load = (s: number) => timed(["pgbench", "-n", "-N", "-c", "4", "-j", "2", "-T", String(s)], { env: pgEnv });
   await load(Math.max(2, Math.round(seconds / 2)));
   const digestQuery =
-    "select (select sum(abalance) from pgbench_accounts)::text || '/' || (select count(*) from pgbench_history) || '/' || coalesce((select sum(delta) from pgbench_history), 0) as v";
+    "select (select sum(abalance) from pgbench_accounts)::text || '/' || (select count(*) from pgbench_history)" +
+    " || '/' || coalesce((select sum(delta) from pgbench_history), 0) as v";
   const expected = (await sql.unsafe(digestQuery))[0]!.v as string;
   await Bun.sleep(500);
   const moment = new Date(Number((await sql`select extract(epoch from clock_timestamp()) * 1000 as ms`)[0]!.ms));
@@ -700,7 +706,8 @@ try {
         const out = JSON.parse(r.stdout) as { url: string; instance: string };
         if (round === 0) console.log(r.stderr.trim());
         console.log(
-          `shinkei pitr restore: command ${fmtMs(r.ms)}, recovery ${fmtMs((JSON.parse(r.stdout) as { durationMs: number }).durationMs)}`,
+          `shinkei pitr restore: command ${fmtMs(r.ms)}, ` +
+            `recovery ${fmtMs((JSON.parse(r.stdout) as { durationMs: number }).durationMs)}`,
         );
         const got = await answer(scratchOf(out), digestQuery);
         restore.shinkei.push(performance.now() - t0);
