@@ -2,7 +2,7 @@ import { lstat, mkdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import type { Config } from "../config/index.ts";
-import { connect, describeTarget, type Sql } from "../pg/db.ts";
+import { connect, describeTarget, settleWithin, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { pump } from "../pg/tools.ts";
 import { serverBinaries } from "../pg/bin.ts";
@@ -75,6 +75,8 @@ export type RecoverOptions = {
   log?: Log;
 };
 
+/** How long one probe of the recovering server may take before its connection is given up. */
+const PROBE_MS = 10_000;
 const MARK = "# shinkei point-in-time recovery (remove for a normal start)";
 /**
  * The scratch instance's own pg_hba.conf (socket trust: only we reach its folder), and where the
@@ -438,14 +440,28 @@ class ScratchRecovery {
   /** Until the server has promoted (recovery over), reporting progress every few seconds. */
   async waitForReplay(): Promise<void> {
     const who = describeTarget(this.options.config.databaseUrl);
-    const sql = this.connect(who.user, who.database);
+    let sql = this.connect(who.user, who.database);
     this.sql = sql;
     let lastReport = 0;
     for (;;) {
       // No answer is expected while the server is busy or just stopped: whether it is alive is asked next.
-      const row = await sql<
-        { r: boolean; lsn: string | null }[]
-      >`select pg_is_in_recovery() as r, pg_last_wal_replay_lsn()::text as lsn`.catch(() => null);
+      // A probe gets PROBE_MS: postgres.js can leave a query pending for good on a connection the
+      // server closed during its handshake, and this loop must never wait on one.
+      let timer: Timer | undefined;
+      const probe = sql<{ r: boolean; lsn: string | null }[]>`
+        select pg_is_in_recovery() as r, pg_last_wal_replay_lsn()::text as lsn`.catch(() => null);
+      const row = await Promise.race([
+        probe,
+        new Promise<"stuck">((resolve) => (timer = setTimeout(() => resolve("stuck"), PROBE_MS))),
+      ]).finally(() => clearTimeout(timer));
+      if (row === "stuck") {
+        // A new connection for the next probe; the stuck one is let go without waiting on it.
+        void settleWithin(sql.end({ timeout: 0 }), 1000);
+        sql = this.connect(who.user, who.database);
+        this.sql = sql;
+        if (!(await this.alive())) throw await this.stoppedEarly();
+        continue;
+      }
       if (row && !row[0]!.r) break;
       if (!row && !(await this.alive())) throw await this.stoppedEarly();
       if (Date.now() - lastReport > 5000) {
