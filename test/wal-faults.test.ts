@@ -48,6 +48,8 @@ const timeline = async () =>
 
 /** Write a row and flush it to the receiver; the segment it went into. */
 async function commitFlushed(value: string): Promise<string> {
+  // A segment of its own, so the insert position names the segment that holds the row (see wal.test).
+  await sql`select pg_switch_wal()`;
   const { lsn } = (
     await sql<
       { lsn: string }[]

@@ -83,7 +83,9 @@ test("segments, the partial in receipt and base backups reach S3 encrypted, catc
     expect(publicOnly.skipped).toContain("no key");
     expect(publicOnly.pgVerifybackup).toBeNull();
 
-    // The segment being received: copied within the interval, sealed like the rest.
+    // The segment being received: copied within the interval, sealed like the rest. The row starts
+    // it, so the insert position names the segment that holds it.
+    await sql`select pg_switch_wal()`;
     const { lsn } = (
       await sql<
         { lsn: string }[]
