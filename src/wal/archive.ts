@@ -69,6 +69,8 @@ export const walRecordProblem = (record: WalRecord, trust: ArchiveTrust): string
 export const walRoot = (backupDir: string) => join(backupDir, "wal");
 export const spoolDir = (backupDir: string) => join(backupDir, "wal", "spool");
 const RECORD = ".json";
+/** WAL files up to this size are sealed from memory (see sealTo); PostgreSQL's own segments are 16 MiB. */
+const IN_MEMORY_MAX = 64 << 20;
 const TIMELINE_DIR = /^[0-9A-F]{8}$/;
 
 function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"]; timeline: number } | null {
@@ -133,9 +135,11 @@ export async function archiveWalFile(
   const dir = join(root, timelineDir(what.timeline));
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await stat(source);
+  // Read once: hashed (and compared, or compressed) from memory; a segment larger than usual streams.
+  const bytes = info.size <= IN_MEMORY_MAX ? await Bun.file(source).bytes() : undefined;
   const existing = await readRecord(join(dir, name + RECORD));
   if (existing) {
-    const again = await sha256Of(source);
+    const again = bytes ? new Bun.CryptoHasher("sha256").update(bytes).digest("hex") : await sha256Of(source);
     if (again === existing.originalSha256) return { record: existing, written: false };
     throw new ShinkeiError(
       "WAL_ARCHIVE_FAILED",
@@ -151,7 +155,7 @@ export async function archiveWalFile(
   const partial = `${target}.partial`;
   await rm(partial, { force: true });
   try {
-    const sealed = await sealTo(createReadStream(source), partial, {
+    const sealed = await sealTo(bytes ?? createReadStream(source), partial, {
       codec: "zstd",
       age: encryption ? options.age : undefined,
       plainHash: true,
