@@ -27,6 +27,7 @@ const ZSTD_LEVEL = 3;
  */
 export type SealOptions = {
   codec?: Codec;
+  /** The codec's level: gzip's 6 and zstd's 3 unless given. */
   level?: number;
   age?: AgeConfig;
   /** Also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
@@ -64,7 +65,7 @@ export async function sealTo(
         },
       }),
       options.codec === "zstd"
-        ? createZstdCompress({ params: { [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } })
+        ? createZstdCompress({ params: { [constants.ZSTD_c_compressionLevel]: options.level ?? ZSTD_LEVEL } })
         : createGzip({ level: options.level ?? 6 }),
       async function* (compressed: AsyncIterable<Uint8Array>) {
         if (!options.age) yield* compressed;
@@ -97,7 +98,7 @@ export async function sealTo(
 
 async function sealBytes(bytes: Uint8Array, path: string, options: SealOptions): Promise<Sealed> {
   const plainSha256 = options.plainHash ? new Bun.CryptoHasher("sha256").update(bytes).digest("hex") : undefined;
-  const compressed = await Bun.zstdCompress(bytes, { level: ZSTD_LEVEL });
+  const compressed = await Bun.zstdCompress(bytes, { level: options.level ?? ZSTD_LEVEL });
   const hasher = new Bun.CryptoHasher("sha256");
   let bytesOut = 0;
   const file = await createPartial(path);
