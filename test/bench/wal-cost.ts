@@ -5,12 +5,15 @@
  * mode alike; the figures are medians over rounds.
  *   --rounds 5       rounds                              --seconds 15   length of each pgbench run
  *   --scale 10       pgbench scale                       --modes off,ours,bare
+ *   --checkpoint     a checkpoint before every run (WAL of full-page images: ten times the bytes per commit)
  * Modes: `off` no receiver; `ours` shinkei's backup service (WAL_ARCHIVE=stream, WAL_SYNC on);
  * `async` the same with WAL_SYNC=false; `bare` pg_receivewal --synchronous alone; a suffix `-n<N>`
- * runs the receiver at nice N (`ours-n0`: WAL_RECEIVER_NICE=0).
+ * runs the receiver at nice N (`ours-n0`: WAL_RECEIVER_NICE=0); `before` is `ours` from the binary
+ * `--before-bin` names (another commit's `bun run build`), to measure a change in the same rounds.
  * CPU per MiB of WAL: user+system time (/proc/<pid>/stat) of pg_receivewal and, apart, of the
  * service's own process (sealing finished segments: read, hash, compress, write, fsync), from the
- * start of pgbench until every segment it finished is archived, over the WAL it wrote.
+ * start of pgbench until every segment it finished is archived, over the WAL it wrote (summed over
+ * rounds), and of the server's walsender that streams to it.
  * Writes test/bench/wal-cost-results.json.
  */
 import { mkdir, readdir } from "node:fs/promises";
@@ -27,14 +30,24 @@ const seconds = Number(arg("seconds", "15"));
 const scale = Number(arg("scale", "10"));
 const modes = arg("modes", "off,ours,bare").split(",") as Mode[];
 /** `-n10`: the receiver at nice 10 (`ours-n0`: WAL_RECEIVER_NICE=0). */
-type Mode = "off" | "ours" | `ours-n${number}` | "async" | "bare" | `bare-n${number}`;
+type Mode = "off" | "ours" | `ours-n${number}` | "async" | "bare" | `bare-n${number}` | "before";
+/** `before`: the service of another build (say, the commit before a change), as `ours` runs it. */
+const beforeBin = arg("before-bin", "");
 const root = join(import.meta.dir, "..", "..");
 const bin = join(root, "dist", "shinkei");
 const work = join(tmpdir(), `shinkei-bench-wal-cost-${process.pid}`);
 await mkdir(work, { recursive: true });
 
 await timed(["bun", "run", "build"], { cwd: root });
-const cluster = await startCluster({ walSegmentMiB: 16, settings: { fsync: "on", synchronous_commit: "on" } });
+/** A checkpoint before every run: each then starts with full-page images (the WAL after a checkpoint). */
+const checkpoints = process.argv.includes("--checkpoint");
+// No checkpoint of the server's own timing: one would fill a single mode's run with full-page images.
+const cluster = await startCluster({
+  walSegmentMiB: 16,
+  // The slot of a mode not running keeps the WAL the other modes write meanwhile.
+  maxSlotWalKeepSize: "4GB",
+  settings: { fsync: "on", synchronous_commit: "on", checkpoint_timeout: "1h", max_wal_size: "16GB" },
+});
 const url = cluster.url("bench");
 const admin = postgres(cluster.url(), { max: 1, onnotice: () => {} });
 await admin`create database bench`;
@@ -85,13 +98,50 @@ const drained = (spool: string) =>
     (await readdir(spool).catch(() => [] as string[])).every((n) => n.endsWith(".partial")),
   );
 
-async function pgbench(): Promise<number> {
-  const r = await timed(["pgbench", "-n", "-c", "4", "-j", "2", "-T", String(seconds)], { env: pgEnv });
-  return Number(/tps = ([\d.]+)/.exec(r.stdout)?.[1] ?? NaN);
+/** user+system CPU of a process and of its children it has waited for (backends that have exited), in ms. */
+async function cpuWithChildrenMs(pid: number): Promise<number> {
+  const stat = await Bun.file(`/proc/${pid}/stat`).text();
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * 1000) / TICKS;
+}
+/** All the server's CPU so far: the postmaster, every process it runs now, and those it has reaped. */
+async function serverCpuMs(): Promise<number> {
+  const postmaster = Number((await Bun.file(join(cluster.dataDir, "postmaster.pid")).text()).split("\n")[0]);
+  const kids = await Bun.file(`/proc/${postmaster}/task/${postmaster}/children`).text();
+  const live = await Promise.all(
+    kids
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map((k) => cpuMs(Number(k))),
+  );
+  return (await cpuWithChildrenMs(postmaster)) + live.reduce((a, b) => a + b, 0);
+}
+
+type Bench = { tps: number; txns: number; cpuMs: number };
+/** pgbench (after a checkpoint with `--checkpoint`), with the CPU the server and pgbench spent on it. */
+async function pgbench(): Promise<Bench> {
+  if (checkpoints) await sql`checkpoint`;
+  const s0 = await serverCpuMs();
+  const p = Bun.spawn(["pgbench", "-n", "-c", "4", "-j", "2", "-T", String(seconds)], {
+    env: { ...process.env, ...pgEnv },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new Error(`pgbench exited ${code}: ${err.slice(-500)}`);
+  const own = p.resourceUsage()!.cpuTime;
+  return {
+    tps: Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN),
+    txns: Number(/number of transactions actually processed: (\d+)/.exec(out)?.[1] ?? NaN),
+    cpuMs: (await serverCpuMs()) - s0 + Number(own.user + own.system) / 1000,
+  };
 }
 
 type Sample = {
   tps: number;
+  /** CPU per transaction: the server's, pgbench's, and the receiver's and service's when they run. */
+  cpuPerTxMs: number;
   walMiB: number;
   receiverMs?: number;
   serviceMs?: number;
@@ -128,8 +178,8 @@ async function withLag<T>(app: string, work: () => Promise<T>): Promise<[T, numb
 async function run(mode: Mode): Promise<Sample> {
   if (mode === "off") {
     const from = await lsn();
-    const tps = await pgbench();
-    return { tps, walMiB: Number((await lsn()) - from) / 1048576 };
+    const b = await pgbench();
+    return { tps: b.tps, cpuPerTxMs: b.cpuMs / b.txns, walMiB: Number((await lsn()) - from) / 1048576 };
   }
   if (mode.startsWith("bare")) {
     const dir = join(work, "bare");
@@ -143,7 +193,7 @@ async function run(mode: Mode): Promise<Sample> {
     await caughtUp(app);
     const sender = await walsender(app);
     const [from, c0, w0] = [await lsn(), await cpuMs(p.pid), await cpuMs(sender)];
-    const [tps, lagP99Ms] = await withLag(app, pgbench);
+    const [b, lagP99Ms] = await withLag(app, pgbench);
     const to = await lsn();
     await caughtUp(app);
     const receiverMs = (await cpuMs(p.pid)) - c0;
@@ -152,11 +202,18 @@ async function run(mode: Mode): Promise<Sample> {
     await p.exited;
     // Finished segments would pile up: bare pg_receivewal keeps every one.
     for (const n of await readdir(dir)) if (!n.endsWith(".partial")) await Bun.file(join(dir, n)).delete();
-    return { tps, walMiB: Number(to - from) / 1048576, receiverMs, walsenderMs, lagP99Ms };
+    return {
+      tps: b.tps,
+      cpuPerTxMs: (b.cpuMs + receiverMs) / b.txns,
+      walMiB: Number(to - from) / 1048576,
+      receiverMs,
+      walsenderMs,
+      lagP99Ms,
+    };
   }
   const backupDir = join(work, mode);
   const spool = join(backupDir, "wal", "spool");
-  const proc = Bun.spawn([bin, "backup-service"], {
+  const proc = Bun.spawn([mode === "before" ? beforeBin : bin, "backup-service"], {
     env: {
       PATH: process.env.PATH!,
       DATABASE_URL: url,
@@ -184,13 +241,14 @@ async function run(mode: Mode): Promise<Sample> {
     const receiver = await childOf(proc.pid);
     const sender = await walsender(RECEIVER_APP_NAME);
     const [from, r0, s0, w0] = [await lsn(), await cpuMs(receiver), await cpuMs(proc.pid), await cpuMs(sender)];
-    const [tps, lagP99Ms] = await withLag(RECEIVER_APP_NAME, pgbench);
+    const [b, lagP99Ms] = await withLag(RECEIVER_APP_NAME, pgbench);
     const to = await lsn();
     if (mode !== "async") await caughtUp(RECEIVER_APP_NAME);
     await drained(spool);
     const [r1, s1, w1] = [await cpuMs(receiver), await cpuMs(proc.pid), await cpuMs(sender)];
     return {
-      tps,
+      tps: b.tps,
+      cpuPerTxMs: (b.cpuMs + r1 - r0 + s1 - s0) / b.txns,
       walMiB: Number(to - from) / 1048576,
       receiverMs: r1 - r0,
       serviceMs: s1 - s0,
@@ -205,6 +263,9 @@ async function run(mode: Mode): Promise<Sample> {
 
 const samples: Record<string, Sample[]> = Object.fromEntries(modes.map((m) => [m, []]));
 const ratios: Record<string, number[]> = Object.fromEntries(modes.map((m) => [m, []]));
+/** Per round: `off`'s CPU per transaction over this mode's, the share of TPS a CPU-bound host keeps. */
+const cpuRatios: Record<string, number[]> = Object.fromEntries(modes.map((m) => [m, []]));
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 const f = (x: number | undefined, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
 try {
   for (let r = 0; r < rounds; r++) {
@@ -215,23 +276,32 @@ try {
       got[m] = s;
       samples[m]!.push(s);
       console.log(
-        `round ${r + 1} ${m.padEnd(5)} tps ${f(s.tps).padStart(6)}  wal ${f(s.walMiB, 1).padStart(6)} MiB` +
+        `round ${r + 1} ${m.padEnd(8)} tps ${f(s.tps).padStart(6)}  cpu/tx ${f(s.cpuPerTxMs, 3)} ms` +
+          `  wal ${f(s.walMiB, 1).padStart(6)} MiB` +
           `  receiver ${f(s.receiverMs && s.receiverMs / s.walMiB, 1).padStart(6)} ms/MiB` +
           `  service ${f(s.serviceMs && s.serviceMs / s.walMiB, 1).padStart(6)} ms/MiB` +
           `  walsender ${f(s.walsenderMs && s.walsenderMs / s.walMiB, 1).padStart(6)} ms/MiB  lag p99 ${f(s.lagP99Ms)} ms`,
       );
     }
-    if (got.off) for (const m of modes) ratios[m]!.push(got[m]!.tps / got.off.tps);
+    if (got.off)
+      for (const m of modes) {
+        ratios[m]!.push(got[m]!.tps / got.off.tps);
+        cpuRatios[m]!.push(got.off.cpuPerTxMs / got[m]!.cpuPerTxMs);
+      }
   }
   const summary = modes.map((m) => {
     const xs = samples[m]!;
+    // Over all rounds together: a round writes about one segment, and the service seals whole ones.
     const per = (k: "receiverMs" | "serviceMs" | "walsenderMs") =>
-      xs[0]?.[k] === undefined ? undefined : median(xs.map((s) => s[k]! / s.walMiB));
+      xs[0]?.[k] === undefined ? undefined : sum(xs.map((s) => s[k]!)) / sum(xs.map((s) => s.walMiB));
     return {
       mode: m,
       tps: median(xs.map((s) => s.tps)),
       ratioToOff: ratios[m]!.length ? median(ratios[m]!) : undefined,
       ratiosToOff: ratios[m],
+      cpuPerTxMs: median(xs.map((s) => s.cpuPerTxMs)),
+      cpuRatioToOff: cpuRatios[m]!.length ? median(cpuRatios[m]!) : undefined,
+      cpuRatiosToOff: cpuRatios[m],
       walMiBPerRun: median(xs.map((s) => s.walMiB)),
       receiverCpuMsPerMiB: per("receiverMs"),
       serviceCpuMsPerMiB: per("serviceMs"),
@@ -239,10 +309,14 @@ try {
       lagP99Ms: xs[0]?.lagP99Ms === undefined ? undefined : median(xs.map((s) => s.lagP99Ms!)),
     };
   });
-  console.log("\nmedians over rounds (ratio: each round's TPS over that round's `off`)");
+  console.log(
+    "\nmedians over rounds (x off: each round's TPS over that round's `off`; cpu x off: `off`'s CPU per" +
+      " transaction over this mode's); CPU per MiB over all rounds",
+  );
   for (const s of summary)
     console.log(
-      `${s.mode.padEnd(5)} tps ${f(s.tps).padStart(6)}  x off ${f(s.ratioToOff, 3).padStart(6)}` +
+      `${s.mode.padEnd(8)} tps ${f(s.tps).padStart(6)}  x off ${f(s.ratioToOff, 3).padStart(6)}` +
+        `  cpu/tx ${f(s.cpuPerTxMs, 3)} ms  cpu x off ${f(s.cpuRatioToOff, 3)}` +
         `  receiver ${f(s.receiverCpuMsPerMiB, 1).padStart(6)} ms/MiB  service ${f(s.serviceCpuMsPerMiB, 1).padStart(6)} ms/MiB` +
         `  walsender ${f(s.walsenderCpuMsPerMiB, 1).padStart(6)} ms/MiB  lag p99 ${f(s.lagP99Ms)} ms`,
     );
