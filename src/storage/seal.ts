@@ -19,12 +19,6 @@ export const codecOf = (name: string): Codec => (/\.zst(\.age)?$/.test(name) ? "
 /** zstd's own default: its speed is the point; higher levels cost more than gzip -6. */
 const ZSTD_LEVEL = 3;
 
-/**
- * The one way bytes become a stored file: gzip (or zstd, see Codec), then age when `age` is given, SHA-256 of what is
- * written (and, when asked, of what came in), into `path` (created new, mode 0600, never through a
- * symbolic link) and fsynced. Renaming it into
- * place is the caller's step, so a crash never leaves a file that looks finished.
- */
 export type SealOptions = {
   codec?: Codec;
   /** The codec's level: gzip's 6 and zstd's 3 unless given. */
@@ -36,6 +30,11 @@ export type SealOptions = {
 };
 
 /**
+ * The one way bytes become a stored file: gzip (or zstd, see Codec), then age when `age` is given, SHA-256 of what is
+ * written (and, when asked, of what came in), into `path` (created new, mode 0600, never through a
+ * symbolic link) and fsynced. Renaming it into
+ * place is the caller's step, so a crash never leaves a file that looks finished.
+ *
  * A source already in memory (a WAL segment: 16 MiB) takes a shorter way with zstd: hashed and
  * compressed in one call each (the compression on a worker thread), then written at once. A stream
  * pipeline spends about as much CPU again moving 64 KiB chunks between its stages and writing the
