@@ -11,6 +11,7 @@ const benches: [string, string[]][] = [
   ["pitr.ts", ["--seconds", "2", "--scale", "1"]],
   ["pitr-restore.ts", ["--scale", "1", "--wal-mib", "16"]],
   ["soak.ts", ["--seconds", "20", "--rate", "50"]],
+  ["wal-cost.ts", ["--rounds", "1", "--seconds", "2", "--scale", "1", "--modes", "off,ours,bare"]],
   // bench:peers is left out for now: at this size it once waited for good on a restored server that
   // never answered (a harness fault to find); run it on its own with bun run bench:peers.
 ];
