@@ -3,7 +3,9 @@ import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { gzipSync } from "node:zlib";
+import { generateIdentity, identityToRecipient } from "age-encryption";
 import { codecOf, sealTo, unsealFrom } from "../src/storage/seal.ts";
+import { encryptionFor } from "../src/storage/crypt.ts";
 import { archiveWalFile, readRecord, recordPath, walRoot, writeRecord } from "../src/wal/archive.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
 import { loadConfig } from "../src/config/index.ts";
@@ -49,6 +51,33 @@ describe("codecs", () => {
     const back = Buffer.concat(await (await unsealFrom(path, { name: "seg.zst" })).toArray());
     expect(back.equals(Buffer.from(plain))).toBe(true);
     expect(stored.length).toBeLessThanOrEqual(gzipSync(plain, { level: 6 }).length * 1.05);
+  });
+
+  test("sealTo from memory (as the WAL archive seals) gives back what the stream does, plain and encrypted", async () => {
+    const plain = walLike(2);
+    const identity = await generateIdentity();
+    const age = { recipients: [await identityToRecipient(identity)] };
+    const idFile = join(dir, "identity.txt");
+    await writeFile(idFile, `${identity}\n`);
+    for (const encrypted of [false, true]) {
+      const name = `mem.zst${encrypted ? ".age" : ""}`;
+      const path = join(dir, name);
+      const options = { codec: "zstd" as const, plainHash: true, age: encrypted ? age : undefined };
+      const sealed = await sealTo(plain, path, options);
+      const streamed = await sealTo(Readable.from([plain]), `${path}.streamed`, options);
+      const stored = await readFile(path);
+      expect(sealed.bytesIn).toBe(SEGMENT);
+      expect(sealed.sizeBytes).toBe(stored.length);
+      expect(sealed.plainSha256).toBe(streamed.plainSha256!);
+      expect(sealed.sha256).toBe(new Bun.CryptoHasher("sha256").update(stored).digest("hex"));
+      const encryption = encrypted ? encryptionFor(age) : undefined;
+      const back = Buffer.concat(
+        await (await unsealFrom(path, { name, encryption, age: { ...age, identityFile: idFile } })).toArray(),
+      );
+      expect(back.equals(Buffer.from(plain))).toBe(true);
+      // The stored file is what a reader of the stream's output expects: age's header, or zstd's magic number.
+      expect(stored.subarray(0, 4).toString("hex")).toBe(encrypted ? "6167652d" : "28b52ffd");
+    }
   });
 
   test("WAL is sealed with zstd; a segment an older shinkei archived as gzip is still served (wal-fetch)", async () => {

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { zstdDecompressSync } from "node:zlib";
@@ -66,6 +67,12 @@ async function commitAndArchive(stream: WalStream, dir: string, value: string): 
   return name;
 }
 
+/** A process's nice value, as the kernel reports it (/proc/<pid>/stat, field 19). */
+const niceOf = (pid: number) => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]);
+};
+
 function configFor(dir: string, extra: Record<string, string> = {}) {
   return loadConfig({ DATABASE_URL: url, BACKUP_DIR: dir, WAL_ARCHIVE: "stream", ...extra });
 }
@@ -94,7 +101,9 @@ describe("continuous WAL archive", () => {
       expect(wal.length).toBe(segmentBytes);
       expect(new Bun.CryptoHasher("sha256").update(wal).digest("hex")).toBe(r.originalSha256);
       expect(wal.includes("second-row")).toBe(true);
-      expect(lines.some((l) => l.msg === "wal receiver started")).toBe(true);
+      expect(lines.some((l) => l.msg === "wal receiver started" && l.nice === 10)).toBe(true);
+      // WAL_RECEIVER_NICE's default: the receiver yields a busy CPU to the server's backends.
+      expect(niceOf(stream.receiver.pid()!)).toBe(10);
       expect(lines.some((l) => l.msg === "wal archived" && l.file === name)).toBe(true);
       // Archived segments leave the spool; only the one being received stays.
       const spool = await readdir(join(walRoot(dir), "spool"));
@@ -115,7 +124,7 @@ describe("continuous WAL archive", () => {
     const { log, lines } = collector();
     const stream = await startWalStream({
       sql,
-      config: configFor(dir, { WAL_SLOT: "shinkei_kill" }),
+      config: configFor(dir, { WAL_SLOT: "shinkei_kill", WAL_RECEIVER_NICE: "3" }),
       log,
       pollMs: 100,
       backoffMs: { min: 300, max: 1000 },
@@ -131,6 +140,8 @@ describe("continuous WAL archive", () => {
       }
       await until("a restart", async () => stream.receiver.pid() !== undefined && stream.receiver.pid() !== pid);
       const last = await commitAndArchive(stream, dir, "after-restart");
+      // A restarted receiver runs at the configured priority too.
+      expect(niceOf(stream.receiver.pid()!)).toBe(3);
       expect(lines.some((l) => l.msg === "wal receiver exited; restarting" && l.signal === "SIGKILL")).toBe(true);
       const records = await listArchive(walRoot(dir));
       const names = records.map((r) => r.name);

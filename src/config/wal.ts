@@ -1,5 +1,5 @@
 import * as v from "valibot";
-import { bool, cron, duration, type Values } from "./values.ts";
+import { bool, cron, duration, int, type Values } from "./values.ts";
 
 /** The continuous WAL archive and base backups (point-in-time recovery). */
 export const entries = {
@@ -15,6 +15,7 @@ export const entries = {
     v.regex(/^[a-z0-9_]{1,63}$/, "must be a replication slot name (lower-case letters, digits, _) or none"),
   ),
   WAL_SYNC: bool(true),
+  WAL_RECEIVER_NICE: int(10, 0, 19),
   PITR_MAX_LAG: duration("5m", "7d"),
   WAL_PARTIAL_UPLOAD_INTERVAL: duration("60s", "1d"),
   PITR_OFFSITE_MAX_LAG: duration("15m", "30d"),
@@ -28,6 +29,12 @@ export type WalConfig = {
   /** Physical replication slot; undefined streams without one (WAL_SLOT=none). */
   slot?: string;
   synchronous: boolean;
+  /**
+   * Scheduling priority (nice) of pg_receivewal. It wakes, writes, fsyncs and answers once per
+   * commit it is sent: on a host whose CPUs are busy that competes with the server's own backends.
+   * At a lower priority it runs in their gaps, taking more WAL per wake-up.
+   */
+  receiverNice: number;
   maxLagMs: number;
   partialUploadIntervalMs: number;
   /** How far the off-site copy (WAL and base backups) may trail the local archive before `backup check` fails. */
@@ -45,6 +52,7 @@ export function read(r: Values<typeof entries>): { wal: WalConfig } {
       archive: r.WAL_ARCHIVE,
       slot: r.WAL_SLOT === "none" ? undefined : r.WAL_SLOT,
       synchronous: r.WAL_SYNC,
+      receiverNice: r.WAL_RECEIVER_NICE,
       maxLagMs: r.PITR_MAX_LAG,
       partialUploadIntervalMs: r.WAL_PARTIAL_UPLOAD_INTERVAL,
       offsiteMaxLagMs: r.PITR_OFFSITE_MAX_LAG,

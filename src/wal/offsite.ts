@@ -9,7 +9,17 @@ import { sealTo } from "../storage/seal.ts";
 import { offsiteStore } from "../storage/stores.ts";
 import { mirror } from "../storage/mirror.ts";
 import type { BackupStore, StoreNaming } from "../storage/store.ts";
-import { listArchive, recordPath, signWalRecord, spoolDir, walRoot, writeRecord, type WalRecord } from "./archive.ts";
+import {
+  listArchive,
+  recordPath,
+  signWalRecord,
+  spoolDir,
+  WAL_IN_MEMORY_MAX,
+  WAL_ZSTD_LEVEL,
+  walRoot,
+  writeRecord,
+  type WalRecord,
+} from "./archive.ts";
 import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
 import { parseSegment, timelineDir } from "./segments.ts";
@@ -169,11 +179,17 @@ export function startWalUploader(deps: {
     try {
       await rm(tmp, { force: true });
       if (key) await copySpoolFile(config.backupDir, name, join(spool, name), plain, key);
-      const sealed = await sealTo(createReadStream(key ? plain : join(spool, name)), tmp, {
-        codec: "zstd",
-        age: encryption ? config.backup.age : undefined,
-        plainHash: true,
-      });
+      const path = key ? plain : join(spool, name);
+      const sealed = await sealTo(
+        s.size <= WAL_IN_MEMORY_MAX ? await Bun.file(path).bytes() : createReadStream(path),
+        tmp,
+        {
+          codec: "zstd",
+          level: WAL_ZSTD_LEVEL,
+          age: encryption ? config.backup.age : undefined,
+          plainHash: true,
+        },
+      );
       await store.put(file, tmp);
       const record: WalRecord = signWalRecord(
         {

@@ -1,3 +1,4 @@
+import { setPriority } from "node:os";
 import type { Log } from "../log.ts";
 import { toolEnv } from "../pg/tools.ts";
 import type { FoundTool } from "../pg/bin.ts";
@@ -11,6 +12,8 @@ export type ReceiverOptions = {
   spool: string;
   slot?: string;
   synchronous: boolean;
+  /** Niceness to run it at (0 to 19): see WalConfig.receiverNice. */
+  nice?: number;
   log: Log;
   /** First and longest wait before a restart; the wait doubles while the stream keeps dropping. */
   backoffMs?: { min: number; max: number };
@@ -84,12 +87,27 @@ export function superviseReceiver(o: ReceiverOptions): Receiver {
         .catch((e: Error) => o.log({ level: "error", msg: "wal spool repair failed", error: e.message }));
       const started = Date.now();
       proc = Bun.spawn(args, { env, stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+      // Set on the process as soon as it exists (setpriv keeps its pid and nice when it execs the receiver).
+      let nice = 0;
+      if (o.nice)
+        try {
+          setPriority(proc.pid, o.nice);
+          nice = o.nice;
+        } catch (e) {
+          o.log({
+            level: "warn",
+            msg: "wal receiver runs at normal priority",
+            nice: o.nice,
+            error: (e as Error).message,
+          });
+        }
       o.log({
         level: "info",
         msg: "wal receiver started",
         pid: proc.pid,
         slot: o.slot ?? null,
         synchronous: o.synchronous,
+        nice,
         tool: o.tool.path,
         version: o.tool.version,
       });

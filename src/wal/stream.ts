@@ -316,6 +316,7 @@ export async function startWalStream(deps: {
     spool,
     slot,
     synchronous: config.wal.synchronous,
+    nice: config.wal.receiverNice,
     log,
     backoffMs: deps.backoffMs,
     onExit,

@@ -2,7 +2,8 @@
  * `bun run bench:pitr`: the continuous archive against bare PostgreSQL tools, in one run on a
  * cluster of its own (fsync on, as in production), so the ratios hold however noisy the machine.
  *   --seconds 10   length of each pgbench phase     --scale 10   pgbench scale (about 15 MiB each)
- * Writes test/bench/pitr-results.json.
+ * Writes test/bench/pitr-results.json. Its TPS on/off is one run of each: on a shared machine
+ * `bun run bench:wal-cost` (interleaved rounds, medians, CPU per transaction and per MiB) is the steadier figure.
  */
 import { mkdir } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";

@@ -13,6 +13,7 @@ const benches: [string, string[]][] = [
   ["soak.ts", ["--seconds", "20", "--rate", "50"]],
   // Its waits end at --deadline (seconds) each: a restored server that never answers fails it, saying why.
   ["peers.ts", ["--scale", "1", "--rounds", "1", "--seconds", "2", "--loss-seconds", "2", "--deadline", "300"]],
+  ["wal-cost.ts", ["--rounds", "1", "--seconds", "2", "--scale", "1", "--modes", "off,ours,bare"]],
 ];
 // Each bench at this size takes a minute or two: one that runs past this is stuck, and CI must not wait on it.
 const limitMinutes = 20;
