@@ -53,7 +53,7 @@ describe("codecs", () => {
     expect(stored.length).toBeLessThanOrEqual(gzipSync(plain, { level: 6 }).length * 1.05);
   });
 
-  test("sealTo from memory (as the WAL archive seals) gives back what the stream does, plain and encrypted", async () => {
+  test("sealTo from memory (as the WAL archive seals) gives back what a stream does, plain or encrypted", async () => {
     const plain = walLike(2);
     const identity = await generateIdentity();
     const age = { recipients: [await identityToRecipient(identity)] };
