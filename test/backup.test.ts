@@ -150,7 +150,7 @@ describe("backup and restore", () => {
     await db.sql`delete from worlds where name = 'after'`;
   });
 
-  test("without a safety backup the read that loads the file is the one hashed: an altered file runs nothing", async () => {
+  test("without a safety backup the read that loads a file is the one hashed: altered, it runs nothing", async () => {
     const file = await takeBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'after' from users limit 1`;
     const before = await snapshot(db.sql);
