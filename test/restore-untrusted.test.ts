@@ -112,8 +112,8 @@ describe("a restore is all-or-nothing for any file", () => {
     const [note] = await db.sql`select body from archive.notes where id = 1`;
     expect(note!.body).toBe("kept in another schema");
 
-    // Without a safety backup the file is read once: the spool keeps the gzip, and the load takes
-    // the COPY data from it again. The same result, every row, the object and the other schema.
+    // Without a safety backup the file is read once (checksum, judge and spool in one pass): the
+    // same result, every row, the object and the other schema, and no spool left behind.
     await db.sql`delete from story_beats where position = 0`;
     await db.sql`update archive.notes set body = 'changed'`;
     const once = await restore(["--backup-file", file, ...confirm(), "--no-safety-backup"]);

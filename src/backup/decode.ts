@@ -68,19 +68,8 @@ export async function plainOf(
   age?: AgeConfig,
   made?: Encryption,
 ): Promise<ReadableStream<Uint8Array>> {
-  const opened = await openedOf(raw, path, format, age, made);
+  const opened = format.endsWith("+age") ? await decrypt(raw, age, basename(path), made) : raw;
   return format.includes("+gzip") ? gunzip(opened) : opened;
-}
-
-/** The file's bytes without encryption, still compressed when its format says so. */
-export async function openedOf(
-  raw: ReadableStream<Uint8Array>,
-  path: string,
-  format: Format,
-  age?: AgeConfig,
-  made?: Encryption,
-): Promise<ReadableStream<Uint8Array>> {
-  return format.endsWith("+age") ? await decrypt(raw, age, basename(path), made) : raw;
 }
 
 export function gunzip(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {

@@ -9,7 +9,7 @@ import {
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
-import { content, gunzip, openedOf, plainOf, type Format } from "./decode.ts";
+import { content, plainOf, type Format } from "./decode.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import { assertVerified, checkedRead, verifyBackup, type Verification } from "./verify.ts";
 import { takeSafetyBackup } from "../guarded/safety.ts";
@@ -22,7 +22,6 @@ import { toolPath } from "../pg/bin.ts";
 import { finished, pump, toolEnv } from "../pg/tools.ts";
 import { collectEvery, judgeScript, type Judged } from "./judge.ts";
 import { Rec, Spool } from "./spool.ts";
-import { ScriptGuard } from "./script.ts";
 
 export type RestoreStep = "verify" | "safety-backup" | "restore" | "compare";
 
@@ -164,10 +163,10 @@ export async function judgeFile(
   url: string,
   source: ReadableStream<Uint8Array>,
   format: Format,
-  options: Pick<LoadOptions, "env" | "spoolDir"> & { spool?: Spool } = {},
+  options: Pick<LoadOptions, "env" | "spoolDir"> = {},
 ): Promise<JudgedFile> {
   const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
-  const spool = options.spool ?? new Spool(options.spoolDir);
+  const spool = new Spool(options.spoolDir);
   try {
     const judged = await judgeScript(archive ? archive.sql : source, spool);
     await archive?.done();
@@ -225,7 +224,7 @@ export async function apply(
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
     const before = await watched(conn, id);
     let pieces: Uint8Array[] = [];
-    for await (const rec of spool.sourcePath ? dataFromSource(spool) : spool.records()) {
+    for (const rec of spool.records()) {
       if (rec.type === Rec.Data) {
         if (!copy!.write(rec.bytes)) await once(copy!, "drain");
         collectEvery(rec.bytes.length);
@@ -322,36 +321,6 @@ export async function apply(
 }
 
 const decoder = new TextDecoder();
-
-/**
- * The records of a spool that kept the gzipped source (Spool.keepSource): the judged statements
- * from the spool, in order, and the COPY data between them from the source, decompressed and split
- * again by the same splitter. The same bytes split the same way, so each statement the splitter
- * finds is the next one judged (a COPY where the judge recorded a COPY); anything else is an error.
- */
-async function* dataFromSource(spool: Spool): AsyncGenerator<{ type: Rec; bytes: Uint8Array; more: boolean }> {
-  const damaged = () => new ShinkeiError("RESTORE_FAILED", "the restore's spool does not match the file it judged");
-  const records = spool.records();
-  const guard = new ScriptGuard();
-  const none = new Uint8Array(0);
-  async function* items() {
-    for await (const chunk of gunzip(Bun.file(spool.sourcePath!).stream())) yield* guard.push(chunk);
-    yield* guard.end();
-  }
-  for await (const item of items()) {
-    if (item.kind === "data") yield { type: Rec.Data, bytes: item.bytes, more: false };
-    else if (item.kind === "end-copy") yield { type: Rec.EndCopy, bytes: none, more: false };
-    else if (!item.empty) {
-      for (;;) {
-        const next = records.next();
-        if (next.done || (next.value.type === Rec.Copy) !== item.copy) throw damaged();
-        yield next.value;
-        if (!next.value.more) break;
-      }
-    }
-  }
-  if (!records.next().done) throw damaged();
-}
 
 /** What the file may not change: the guard, role settings, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
@@ -553,57 +522,20 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
  */
 export async function restoreBackup(options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
-  const { path, env, age } = options;
+  const { sql, url, path, env, age } = options;
   options.onStep?.("verify");
   let verification = options.verification ?? (await verifyBackup(path, { quick: true, defer: true, env, age }));
   const oneRead = verification.pending && !options.safetyBackup;
   if (verification.pending && !oneRead) verification = await verifyBackup(path, { quick: true, env, age });
   assertVerified(verification);
   refuseUntrusted(verification, age, options.allow);
-  const spool = new Spool(options.dir);
-  try {
-    return await restoreThrough(
-      spool,
-      options,
-      verification,
-      oneRead ? checkedRead(path, verification) : undefined,
-      started,
-    );
-  } finally {
-    spool.remove();
-  }
-}
 
-async function restoreThrough(
-  spool: Spool,
-  options: RestoreOptions,
-  verification: Verification,
-  read: ReturnType<typeof checkedRead> | undefined,
-  started: number,
-): Promise<RestoreResult> {
-  const { sql, url, path, env, age } = options;
   // Open (decrypt) first: a missing or wrong key must stop us before the safety backup and the load.
   const encryption = verification.manifest?.encryption;
-  let source: ReadableStream<Uint8Array>;
-  if (read && verification.format.includes("+gzip")) {
-    // The load decompresses the kept gzip again (on the other core, while the server works)
-    // rather than read back a decoded dump four times its size written to disk.
-    spool.keepSource();
-    const opened = await openedOf(read.stream, path, verification.format, age, encryption);
-    source = gunzip(
-      opened.pipeThrough(
-        new TransformStream<Uint8Array, Uint8Array>({
-          transform(chunk, out) {
-            spool.source(chunk);
-            out.enqueue(chunk);
-          },
-        }),
-      ),
-    );
-  } else
-    source = read
-      ? await plainOf(read.stream, path, verification.format, age, encryption)
-      : await content(path, verification.format, age, encryption);
+  const read = oneRead ? checkedRead(path, verification) : undefined;
+  const source = read
+    ? await plainOf(read.stream, path, verification.format, age, encryption)
+    : await content(path, verification.format, age, encryption);
 
   let safety: BackupResult | undefined;
   let before: Promise<TableStats>;
@@ -620,10 +552,10 @@ async function restoreThrough(
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
   let counts: Record<string, number>;
+  let file: JudgedFile | undefined;
   try {
-    let file: JudgedFile;
     try {
-      file = await judgeFile(url, source, verification.format, { env, spool });
+      file = await judgeFile(url, source, verification.format, { env, spoolDir: options.dir });
     } catch (error) {
       // An altered file fails here as anything (a gzip error, a refused statement): the checksum
       // says what happened, so it is taken again and speaks first.
@@ -637,6 +569,8 @@ async function restoreThrough(
     // Nothing was sent for a file whose checksum is wrong: its own hint says what to do.
     if (error instanceof ShinkeiError && error.code === "BACKUP_CORRUPT") throw error;
     throw await checkedRollback(sql, await before, error);
+  } finally {
+    file?.spool.remove();
   }
 
   // Counted by the load, in its own transaction before COMMIT (what was committed).

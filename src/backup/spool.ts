@@ -1,4 +1,4 @@
-import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writeSync, writevSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writevSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -7,11 +7,6 @@ import { join } from "node:path";
  * its last line was read. The decoded stream is written once and read once (the page cache
  * usually serves the read), instead of reading, decrypting and decompressing the file again.
  * Records: a type byte, a 32-bit length, the bytes.
- *
- * With keepSource(), the spool keeps the gzipped file itself (a quarter of its decoded size, and
- * writing the decoded dump to disk was the slowest step of a restore: the page cache of a busy
- * host takes writes at a few hundred MB/s) and only the judged statements as records: the load
- * decompresses it again and takes COPY data from it (see dataFromSource in restore.ts).
  */
 export const enum Rec {
   Statement = 1,
@@ -33,9 +28,6 @@ export class Spool {
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
   private encoder = new TextEncoder();
-  /** The gzipped file, when kept (keepSource): COPY data is then read from it, not recorded. */
-  sourcePath: string | undefined;
-  private sourceFd: number | undefined;
 
   constructor(parent = tmpdir()) {
     // A folder only this user can enter (mkdtemp makes it 0700): the judged file waits here.
@@ -56,23 +48,11 @@ export class Spool {
 
   /** COPY data: held by reference until written, so the caller must not reuse the bytes. */
   data(bytes: Uint8Array) {
-    if (this.sourceFd === undefined) this.add(Rec.Data, bytes);
+    this.add(Rec.Data, bytes);
   }
 
   endCopy() {
-    if (this.sourceFd === undefined) this.add(Rec.EndCopy, new Uint8Array(0));
-  }
-
-  /** From now on, keep the (gzipped) source as given to source(), and record statements only. */
-  keepSource() {
-    this.sourcePath = join(this.dir, "source");
-    this.sourceFd = openSync(this.sourcePath, "w", 0o600);
-  }
-
-  /** The source's next bytes, written at once (the caller may release them). */
-  source(bytes: Uint8Array) {
-    let at = 0;
-    while (at < bytes.length) at += writeSync(this.sourceFd!, bytes, at, bytes.length - at);
+    this.add(Rec.EndCopy, new Uint8Array(0));
   }
 
   private add(type: Rec, bytes: Uint8Array) {
@@ -140,7 +120,6 @@ export class Spool {
   remove() {
     try {
       closeSync(this.fd);
-      if (this.sourceFd !== undefined) closeSync(this.sourceFd);
     } catch {}
     rmSync(this.dir, { recursive: true, force: true });
   }
