@@ -223,6 +223,21 @@ export async function apply(
     await run("SET client_encoding = 'UTF8'");
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
     const before = await watched(conn, id);
+    // Statements go without waiting for each one's answer (pipelined: each is still a message of its
+    // own, in the extended protocol). The server runs them in order and, after an error, refuses the
+    // rest (the transaction is aborted). They are waited for before a COPY, at the end, and every
+    // PIPELINE of them; the first error is reported with its statement's line.
+    let inflight: { query: Promise<unknown>; line: number }[] = [];
+    let inflightBytes = 0;
+    const settle = async () => {
+      const all = inflight;
+      inflight = [];
+      inflightBytes = 0;
+      for (const q of all) {
+        line = q.line;
+        await q.query;
+      }
+    };
     let pieces: Uint8Array[] = [];
     for (const rec of spool.records()) {
       if (rec.type === Rec.Data) {
@@ -237,8 +252,15 @@ export async function apply(
       if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
       const text = decoder.decode(whole.subarray(4));
       if (rec.type === Rec.Statement) {
-        await run(text);
+        const query = run(text);
+        query.catch(() => {}); // reported by settle(), in order
+        inflight.push({ query, line });
+        inflightBytes += whole.length;
+        if (inflight.length >= PIPELINE || inflightBytes >= PIPELINE_BYTES) await settle();
       } else if (rec.type === Rec.Copy) {
+        const at = line;
+        await settle();
+        line = at;
         // The judge's own text: the only thing ever sent where the server would run several statements.
         const query = run(text, false);
         // An error the server sends after the COPY's end reaches only this (already settled)
@@ -282,6 +304,7 @@ export async function apply(
         copy = undefined;
       }
     }
+    await settle();
     line = 0;
     // Deferred constraints (foreign keys declared DEFERRABLE) fire now, not at COMMIT after the
     // checks; the guard fires with them, so its token is set first.
@@ -321,6 +344,9 @@ export async function apply(
 }
 
 const decoder = new TextDecoder();
+/** Statements (or bytes of them) sent before their answers are waited for. */
+const PIPELINE = 64;
+const PIPELINE_BYTES = 4 << 20;
 
 /** What the file may not change: the guard, role settings, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
