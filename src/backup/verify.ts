@@ -22,7 +22,7 @@ export type Verification = {
 const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
 
 /** Hash the raw bytes as they pass, so one read serves both the checksum and the readability check. */
-export function hashing(path: string) {
+function hashing(path: string) {
   const hasher = new Bun.CryptoHasher("sha256");
   let size = 0;
   const stream = Bun.file(path)
