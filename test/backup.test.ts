@@ -160,6 +160,37 @@ describe("backup and restore", () => {
     await db.sql`delete from worlds where name = 'after'`;
   });
 
+  test("without a safety backup the read that loads a file is the one hashed: altered, it runs nothing", async () => {
+    const file = await takeBackup();
+    await db.sql`insert into worlds (owner_id, name) select id, 'after' from users limit 1`;
+    const before = await snapshot(db.sql);
+    const bytes = await readFile(file);
+    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(bytes)));
+    const at = sql.lastIndexOf("--\n-- PostgreSQL database dump complete");
+    // A statement the judge accepts, in a well-formed gzip file: only the checksum can refuse it.
+    const planted = Bun.gzipSync(
+      new TextEncoder().encode(`${sql.slice(0, at)}CREATE TABLE public.planted (x int);\n${sql.slice(at)}`),
+    );
+    const flipped = Buffer.from(bytes);
+    flipped[Math.floor(flipped.length / 2)]! ^= 0xff;
+    const args = ["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"];
+    for (const [altered, message] of [
+      [planted, /size is \d+ bytes, the manifest says \d+|the SHA-256 does not match the manifest/],
+      [flipped, /the SHA-256 does not match the manifest/],
+      [bytes.subarray(0, Math.floor(bytes.length * 0.6)), /size is \d+ bytes, the manifest says \d+/],
+    ] as const) {
+      await writeFile(file, altered);
+      const r = await shinkei(args, env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(message);
+      expect(await snapshot(db.sql)).toEqual(before);
+      const [row] = await db.sql`select to_regclass('public.planted') as t`;
+      expect(row!.t).toBeNull();
+    }
+    await writeFile(file, bytes);
+    expect(await shinkei(args, env)).toSucceed();
+  });
+
   test("a restore that fails midway leaves the database exactly as before", async () => {
     const plain = join(dir, "broken.sql");
     await dump(plain);

@@ -334,6 +334,22 @@ ${CLOSING}`,
     expect(await fingerprint()).toEqual(before);
   });
 
+  test("statements go without waiting for each answer: the first failure is named, none after it runs", async () => {
+    const file = join(dir, "pipelined.sql");
+    await writeFile(
+      file,
+      "CREATE TABLE public.p1 (x int);\nCREATE TABLE public.p2 (x int);\nINSERT INTO public.no_such VALUES (1);\n" +
+        "CREATE TABLE public.p3 (x int);\nINSERT INTO public.p3 VALUES (1/0);\n" +
+        CLOSING,
+    );
+    const before = await fingerprint();
+    const r = await restoreAs(db.url, file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('line 3: relation "public.no_such" does not exist');
+    expect(r.stderr).not.toContain("division by zero");
+    expect(await fingerprint()).toEqual(before);
+  });
+
   test("a stock file restores only when every COPY-filled table holds the rows sent", async () => {
     const file = join(dir, "rule.sql");
     // A trigger the file defines swallows the rows its COPY sends: the count check refuses the result.

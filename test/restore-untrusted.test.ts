@@ -120,6 +120,18 @@ describe("a restore is all-or-nothing for any file", () => {
     expect(back!.body).toBe("a large object");
     const [note] = await db.sql`select body from archive.notes where id = 1`;
     expect(note!.body).toBe("kept in another schema");
+
+    // Without a safety backup the file is read once (checksum, judge and spool in one pass): the
+    // same result, every row, the object and the other schema, and no spool left behind.
+    await db.sql`delete from story_beats where position = 0`;
+    await db.sql`update archive.notes set body = 'changed'`;
+    const once = await restore(["--backup-file", file, ...confirm(), "--no-safety-backup"]);
+    expect(once.stderr).toBe("");
+    expect(once).toSucceed();
+    expect(await stats()).toEqual(good);
+    const [again] = await db.sql`select convert_from(lo_get(${lo!.oid}), 'UTF8') as body`;
+    expect(again!.body).toBe("a large object");
+    expect((await readdir(dir)).filter((n) => n.startsWith(".shinkei-restore-"))).toEqual([]);
     await db.sql`drop schema archive cascade`;
     await db.sql`select lo_unlink(${lo!.oid})`;
   });

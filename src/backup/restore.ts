@@ -9,9 +9,9 @@ import {
 import { ShinkeiError } from "../errors.ts";
 import { tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
-import { content, type Format } from "./decode.ts";
+import { content, plainOf, type Format } from "./decode.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
-import { assertVerified, verifyBackup, type Verification } from "./verify.ts";
+import { assertVerified, checkedRead, verifyBackup, type Verification } from "./verify.ts";
 import { takeSafetyBackup } from "../guarded/safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";
 import { once } from "node:events";
@@ -136,6 +136,9 @@ export type LoadResult = {
   counts: Record<string, number>;
 };
 
+/** A file judged whole into a spool (judgeFile): what apply() loads. */
+export type JudgedFile = { spool: Spool; judged: Judged };
+
 /**
  * Load the file's SQL in ONE transaction that only this function ends. The whole file is judged
  * first (judge.ts: PostgreSQL's grammar, an allowlist) into a spool, so a refusal anywhere, even
@@ -152,22 +155,13 @@ export async function load(
   serverVersionNum: number,
   options: LoadOptions = {},
 ): Promise<LoadResult> {
-  const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
-  const spool = new Spool(options.spoolDir);
+  const file = await judgeFile(url, source, format, options);
   try {
-    let judged: Judged;
-    try {
-      judged = await judgeScript(archive ? archive.sql : source, spool);
-      await archive?.done();
-    } catch (error) {
-      archive?.kill();
-      throw error;
-    }
     // Judged first, so a refused file makes no role either.
     const as = await loadRole(url, options.role);
     let loaded: LoadResult;
     try {
-      loaded = await apply(as.url, spool, judged, serverVersionNum, options);
+      loaded = await apply(as.url, file, serverVersionNum, options);
     } catch (error) {
       await as.release().catch(() => {});
       throw error;
@@ -175,16 +169,36 @@ export async function load(
     await as.release();
     return loaded;
   } finally {
-    spool.remove();
+    file.spool.remove();
   }
 }
 
-async function apply(
+/** Judge the whole file into a spool (nothing is sent anywhere); the caller removes the spool. */
+export async function judgeFile(
   url: string,
-  spool: Spool,
-  judged: Judged,
+  source: ReadableStream<Uint8Array>,
+  format: Format,
+  options: Pick<LoadOptions, "env" | "spoolDir"> = {},
+): Promise<JudgedFile> {
+  const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
+  const spool = new Spool(options.spoolDir);
+  try {
+    const judged = await judgeScript(archive ? archive.sql : source, spool);
+    await archive?.done();
+    return { spool, judged };
+  } catch (error) {
+    archive?.kill();
+    spool.remove();
+    throw error;
+  }
+}
+
+/** Load a judged file (see load); the spool stays for the caller to remove. */
+export async function apply(
+  url: string,
+  { spool, judged }: JudgedFile,
   serverVersionNum: number,
-  options: LoadOptions,
+  options: Pick<LoadOptions, "lock">,
 ): Promise<LoadResult> {
   const token = crypto.randomUUID();
   const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
@@ -225,6 +239,21 @@ async function apply(
     await run("SET client_encoding = 'UTF8'");
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
     const before = await watched(conn, id);
+    // Statements go without waiting for each one's answer (pipelined: each is still a message of its
+    // own, in the extended protocol). The server runs them in order and, after an error, refuses the
+    // rest (the transaction is aborted). They are waited for before a COPY, at the end, and every
+    // PIPELINE of them; the first error is reported with its statement's line.
+    let inflight: { query: Promise<unknown>; line: number }[] = [];
+    let inflightBytes = 0;
+    const settle = async () => {
+      const all = inflight;
+      inflight = [];
+      inflightBytes = 0;
+      for (const q of all) {
+        line = q.line;
+        await q.query;
+      }
+    };
     let pieces: Uint8Array[] = [];
     for (const rec of spool.records()) {
       if (rec.type === Rec.Data) {
@@ -239,8 +268,15 @@ async function apply(
       if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
       const text = decoder.decode(whole.subarray(4));
       if (rec.type === Rec.Statement) {
-        await run(text);
+        const query = run(text);
+        query.catch(() => {}); // reported by settle(), in order
+        inflight.push({ query, line });
+        inflightBytes += whole.length;
+        if (inflight.length >= PIPELINE || inflightBytes >= PIPELINE_BYTES) await settle();
       } else if (rec.type === Rec.Copy) {
+        const at = line;
+        await settle();
+        line = at;
         // The judge's own text: the only thing ever sent where the server would run several statements.
         const query = run(text, false);
         // An error the server sends after the COPY's end reaches only this (already settled)
@@ -284,6 +320,7 @@ async function apply(
         copy = undefined;
       }
     }
+    await settle();
     line = 0;
     // Deferred constraints (foreign keys declared DEFERRABLE) fire now, not at COMMIT after the
     // checks; the guard fires with them, so its token is set first.
@@ -323,6 +360,9 @@ async function apply(
 }
 
 const decoder = new TextDecoder();
+/** Statements (or bytes of them) sent before their answers are waited for. */
+const PIPELINE = 64;
+const PIPELINE_BYTES = 4 << 20;
 
 /** What the file may not change: the guard, role settings, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
@@ -535,43 +575,73 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
 /**
  * Verify, take and verify a safety backup, load in one transaction, compare counts. The caller
  * holds the maintenance lock and passes its handle, so the load commits only while it is held.
+ * Without a safety backup, a file with a manifest is read once: that read is hashed, decrypted,
+ * decompressed and judged into the spool together, and its SHA-256 is checked against the
+ * manifest before anything of the file runs (the load then reads the spool). With one, the
+ * checksum comes first, so a damaged file stops us before the safety backup is taken.
  */
 export async function restoreBackup(options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
-  const { sql, url, path, env } = options;
+  const { sql, url, path, env, age } = options;
   options.onStep?.("verify");
-  const verification = options.verification ?? (await verifyBackup(path, { quick: true, env, age: options.age }));
+  let verification = options.verification ?? (await verifyBackup(path, { quick: true, defer: true, env, age }));
+  const oneRead = verification.pending && !options.safetyBackup;
+  if (verification.pending && !oneRead) verification = await verifyBackup(path, { quick: true, env, age });
   assertVerified(verification);
-  refuseUntrusted(verification, options.age, options.allow);
+  refuseUntrusted(verification, age, options.allow);
   // Before the safety backup: a live database with no safe role to load the file as is refused now.
   const role = { allowSuperuser: options.allow?.superuser };
   await planLoadRole(url, role);
 
   // Open (decrypt) first: a missing or wrong key must stop us before the safety backup and the load.
-  const source = await content(path, verification.format, options.age, verification.manifest?.encryption);
+  const encryption = verification.manifest?.encryption;
+  const read = oneRead ? checkedRead(path, verification) : undefined;
+  const source = read
+    ? await plainOf(read.stream, path, verification.format, age, encryption)
+    : await content(path, verification.format, age, encryption);
 
   let safety: BackupResult | undefined;
-  let before: TableStats;
+  let before: Promise<TableStats>;
   if (options.safetyBackup) {
     options.onStep?.("safety-backup");
-    safety = await takeSafetyBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age: options.age });
-    before = { counts: safety.manifest.counts, digests: safety.manifest.digests ?? {} };
+    safety = await takeSafetyBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age });
+    before = Promise.resolve({ counts: safety.manifest.counts, digests: safety.manifest.digests ?? {} });
   } else {
-    before = await sql.begin((tx) => tableStats(tx));
+    // Read by the server while the file is judged here.
+    before = sql.begin((tx) => tableStats(tx));
+    before.catch(() => {}); // awaited below
   }
 
   options.onStep?.("restore");
   const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
   let counts: Record<string, number>;
+  let file: JudgedFile | undefined;
   try {
-    ({ counts } = await load(url, source, verification.format, server!.num, {
-      env,
-      lock: options.lock,
-      spoolDir: options.dir,
-      role,
-    }));
+    try {
+      file = await judgeFile(url, source, verification.format, { env, spoolDir: options.dir });
+    } catch (error) {
+      // An altered file fails here as anything (a gzip error, a refused statement): the checksum
+      // says what happened, so it is taken again and speaks first.
+      if (read) assertVerified(await verifyBackup(path, { quick: true, env, age }));
+      throw error;
+    }
+    if (read) verification = read.check();
+    await before;
+    // Judged (and its checksum checked) first, so a refused file makes no role either.
+    const as = await loadRole(url, role);
+    try {
+      ({ counts } = await apply(as.url, file, server!.num, { lock: options.lock }));
+    } catch (error) {
+      await as.release().catch(() => {});
+      throw error;
+    }
+    await as.release();
   } catch (error) {
-    throw await checkedRollback(sql, before, error);
+    // Nothing was sent for a file whose checksum is wrong: its own hint says what to do.
+    if (error instanceof ShinkeiError && error.code === "BACKUP_CORRUPT") throw error;
+    throw await checkedRollback(sql, await before, error);
+  } finally {
+    file?.spool.remove();
   }
 
   // Counted by the load, in its own transaction before COMMIT (what was committed).

@@ -95,8 +95,20 @@ export class ScriptGuard {
       this.partial = concat(this.partial, input);
       return out;
     }
-    const buf = this.partial.length ? concat(this.partial, input.subarray(0, last + 1)) : input.subarray(0, last + 1);
+    let from = 0;
+    if (this.partial.length) {
+      // Only the line the last chunk left unfinished is joined up, not the whole chunk: the bulk
+      // of a dump is read in place (COPY data is handed on as pieces of the chunk itself).
+      from = input.indexOf(NL) + 1;
+      this.lines(concat(this.partial, input.subarray(0, from)), out);
+    }
     this.partial = input.slice(last + 1);
+    if (last + 1 > from) this.lines(input.subarray(from, last + 1), out);
+    return out;
+  }
+
+  /** Whole lines (`buf` ends with a newline). */
+  private lines(buf: Uint8Array, out: ScriptItem[]) {
     let start = 0;
     while (start < buf.length) {
       if (this.state === S.CopyData) {
@@ -108,7 +120,6 @@ export class ScriptGuard {
       this.lexLine(buf, start, end, out);
       start = end;
     }
-    return out;
   }
 
   /** At the end of the file: anything unfinished is refused (a truncated file, an unclosed block). */

@@ -65,7 +65,8 @@ export class Spool {
     if (this.pendingBytes >= FLUSH || this.pending.length >= 512) this.flush();
   }
 
-  private flush() {
+  /** Write what waits now: the caller may then let go of (or release) the bytes it handed in. */
+  flush() {
     let parts = this.pending;
     this.pending = [];
     this.pendingBytes = 0;

@@ -15,6 +15,8 @@ export type Verification = {
   sha256: string;
   manifest: Manifest | null;
   problems: string[];
+  /** Not hashed yet (`defer`): the read that uses the file takes the SHA-256 (checkedRead). */
+  pending?: boolean;
 };
 
 const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
@@ -43,10 +45,14 @@ function hashing(path: string) {
  * With `quick`, a file whose manifest matches is only hashed: the manifest's checksum was taken of
  * a dump that pg_dump finished, so matching bytes are readable bytes (a restore uses this, and
  * still loads inside a transaction that any error rolls back).
+ * With `defer` as well, a file with a manifest is not read here at all: its manifest is checked
+ * (signature, name) and the SHA-256 and size are left to the caller's own read (checkedRead), which
+ * must check them before anything of the file is used. A restore does this, so the read that feeds
+ * its judge is the one that is hashed: one read, and the bytes checked are the bytes loaded.
  */
 export async function verifyBackup(
   path: string,
-  options: { quick?: boolean; env?: Record<string, string | undefined>; age?: AgeConfig } = {},
+  options: { quick?: boolean; defer?: boolean; env?: Record<string, string | undefined>; age?: AgeConfig } = {},
 ): Promise<Verification> {
   const { env } = options;
   const info = await stat(path).catch(() => null);
@@ -54,6 +60,15 @@ export async function verifyBackup(
   const manifest = await readManifest(path);
   const format = await detectFormat(path);
   const problems: string[] = [];
+  if (options.quick && options.defer && manifest)
+    return finish(
+      path,
+      format,
+      manifest,
+      { sha256: "", size: info.size, pending: true },
+      problems,
+      options.age?.manifestKey,
+    );
   const raw = hashing(path);
   if (options.quick && manifest) {
     for await (const _ of raw.stream); // hash only
@@ -98,11 +113,11 @@ function finish(
   path: string,
   format: Format,
   manifest: Manifest | null,
-  read: { sha256: string; size: number },
+  read: { sha256: string; size: number; pending?: boolean },
   problems: string[],
   manifestKey?: string,
 ): Verification {
-  const { sha256, size } = read;
+  const { sha256, size, pending } = read;
   if (manifest && manifestKey && !hasValidSignature(manifest, manifestKey)) {
     problems.unshift(
       manifest.signature
@@ -115,12 +130,38 @@ function finish(
       `the signed manifest is for ${manifest.file}, not ${basename(path)}: a backup copied under another name`,
     );
   }
-  if (manifest) {
+  if (manifest && !pending) {
     if (manifest.sizeBytes !== size) problems.unshift(`size is ${size} bytes, the manifest says ${manifest.sizeBytes}`);
     else if (manifest.sha256 !== sha256)
       problems.unshift("the SHA-256 does not match the manifest: the file was altered");
   }
-  return { file: basename(path), ok: problems.length === 0, format, sizeBytes: size, sha256, manifest, problems };
+  return {
+    file: basename(path),
+    ok: problems.length === 0,
+    format,
+    sizeBytes: size,
+    sha256,
+    manifest,
+    problems,
+    ...(pending ? { pending } : {}),
+  };
+}
+
+/**
+ * The raw bytes of a file verified with `defer`, hashed as they are read; `check()`, once the stream
+ * has been read to its end, compares them with the manifest (BACKUP_CORRUPT when they differ) and
+ * gives the whole verification.
+ */
+export function checkedRead(path: string, v: Verification) {
+  const raw = hashing(path);
+  return {
+    stream: raw.stream,
+    check(): Verification {
+      const checked = finish(path, v.format, v.manifest, raw.done(), [...v.problems]);
+      assertVerified(checked);
+      return checked;
+    },
+  };
 }
 
 export function assertVerified(v: Verification): void {
