@@ -173,7 +173,15 @@ describe("backup and restore", () => {
     );
     const flipped = Buffer.from(bytes);
     flipped[Math.floor(flipped.length / 2)]! ^= 0xff;
-    const args = ["backup", "--restore", "--yes", "--confirm-database", db.name, "--no-safety-backup"];
+    const args = [
+      "backup",
+      "--restore",
+      "--allow-superuser",
+      "--yes",
+      "--confirm-database",
+      db.name,
+      "--no-safety-backup",
+    ];
     for (const [altered, message] of [
       [planted, /size is \d+ bytes, the manifest says \d+|the SHA-256 does not match the manifest/],
       [flipped, /the SHA-256 does not match the manifest/],
