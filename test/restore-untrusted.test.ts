@@ -467,6 +467,49 @@ INSERT INTO public.loot (id) VALUES (1);
     expect(t!.t).toBeNull();
   });
 
+  test("code the file runs that alters a database (its own included) is caught before COMMIT", async () => {
+    const file = await craft(
+      "alter-database.sql",
+      `
+CREATE FUNCTION public.side() RETURNS int LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE 'ALTER DATABASE ' || quote_ident(current_database()) || ' CONNECTION LIMIT 0'; RETURN 1; END $f$;
+CREATE TABLE public.t AS SELECT public.side() AS x;
+`,
+    );
+    const limit = async () =>
+      (await app.sql`select datconnlimit from pg_database where datname = current_database()`)[0]!.datconnlimit;
+    const before = await appStats();
+    const r = await restoreApp(file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("changed during the load (pg_database)");
+    expect(await limit()).toBe(-1);
+    expect(await appStats()).toEqual(before);
+  });
+
+  test("the content digest never runs a cast the loaded data defined (record_out, not ::text)", async () => {
+    // Defined straight in the database (the judge refuses CREATE CAST in a file): a cast from a row
+    // type to text whose function would fail, and mark, if whoever takes the digest ran it.
+    await app.sql.unsafe(`
+      create table public.casted (a int);
+      insert into public.casted values (1), (2);
+      create function public.cast_out(public.casted) returns text language plpgsql as
+        $f$ begin raise exception 'the cast ran'; end $f$;
+      create cast (public.casted as text) with function public.cast_out(public.casted)`);
+    try {
+      const stats = await appStats();
+      expect(stats.counts.casted).toBe(2);
+      // The digest is of the rows' text, as the built-in output gives it ("(1)", "(2)").
+      const [row] = await app.sql.unsafe<{ d: string }[]>(
+        `select coalesce(sum(('x' || substr(md5(t), 1, 16))::bit(64)::int8::numeric), 0)::text as d
+           from (values ('(1)'), ('(2)')) v(t)`,
+      );
+      expect(stats.digests.casted).toBe(row!.d);
+    } finally {
+      // The cast and its function go with the type.
+      await app.sql.unsafe("drop table public.casted cascade");
+    }
+  });
+
   test("ours and a stock pg_dump .sql (OWNER TO lines) restore, owned by the app's role", async () => {
     const before = await appStats();
     // A temporary role a killed load left a day ago goes with the next load; one made a moment ago

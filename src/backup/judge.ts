@@ -35,7 +35,6 @@ const ALLOWED = new Set([
   "AlterEnumStmt",
   "CreateRangeStmt",
   "DefineStmt",
-  "CreateCastStmt",
   "CreateConversionStmt",
   "CreateOpClassStmt",
   "CreateOpFamilyStmt",
@@ -255,6 +254,16 @@ export class Judge {
         // A deferred trigger would run its code at COMMIT, after every check of what the load did.
         if (body.deferrable || body.initdeferred)
           refuse(`${short(text)} (${where}): a deferrable trigger would run after the restore's checks`);
+        break;
+      case "RenameStmt":
+      case "GrantStmt":
+      case "CommentStmt":
+      case "AlterOwnerStmt":
+      case "SecLabelStmt":
+        // A restore loads into one database: renaming, granting on, commenting on or giving away a
+        // database (this one or another) is not its business, and no check after the load looks there.
+        if ([body.renameType, body.objtype, body.objectType].includes("OBJECT_DATABASE"))
+          refuse(`${short(text)} (${where}): a restore may not change a database itself`);
         break;
       case "DropStmt":
         // Both would take the restore's guard with them (it lives in the temporary schema).

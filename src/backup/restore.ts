@@ -364,9 +364,9 @@ const decoder = new TextDecoder();
 const PIPELINE = 64;
 const PIPELINE_BYTES = 4 << 20;
 
-/** What the file may not change: the guard, role settings, event triggers. Read after the prologue. */
+/** What the file may not change: the guard, role settings, databases, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
-  const [row] = await conn.unsafe<{ guard: string | null; settings: string; events: string }[]>(`
+  const [row] = await conn.unsafe<{ guard: string | null; settings: string; databases: string; events: string }[]>(`
     select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text
                      || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
               from pg_catalog.pg_proc p
@@ -374,6 +374,10 @@ async function watched(conn: postgres.ReservedSql, id: string) {
            (select coalesce(pg_catalog.string_agg(s.setdatabase || '/' || s.setrole || '/' || s.setconfig::text, ';'
                                                   order by s.setdatabase, s.setrole), '')
               from pg_catalog.pg_db_role_setting s) as settings,
+           (select pg_catalog.string_agg(d.oid::text || '/' || d.datname || '/' || d.datdba::text || '/'
+                     || coalesce(d.datacl::text, '') || '/' || d.datconnlimit::text || '/' || d.datallowconn::text
+                     || '/' || d.datistemplate::text, ';' order by d.oid)
+              from pg_catalog.pg_database d) as databases,
            (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '')
               from pg_catalog.pg_event_trigger) as events`);
   if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
@@ -383,9 +387,10 @@ async function watched(conn: postgres.ReservedSql, id: string) {
 /**
  * Success is claimed only when checked, in the restore's own transaction before COMMIT: the guard
  * is the one the prologue made (same oid, same body, its trigger on, its row there), role
- * settings are as they were, every table a COPY filled holds exactly the rows sent, and nothing
- * the file did not define (relations, functions, triggers, event triggers) appeared. Code the
- * file defines (a trigger, a default) runs during the load: this is what catches its side effects.
+ * settings and every database's name, owner, privileges and connection settings are as they
+ * were, every table a COPY filled holds exactly the rows sent, and nothing the file did not define
+ * (relations, functions, triggers, event triggers) appeared. Code the file defines (a trigger, a
+ * default) runs during the load: this is what catches its side effects.
  * Deferred constraints have fired before (apply), and counts come before the catalog checks, so
  * no code of the file's runs after the checks that would catch it.
  */
@@ -455,6 +460,8 @@ async function checkLoaded(
   if (!intact!.ok) fail("the restore's guard was altered during the load");
   if (after.settings !== before.settings)
     fail("role or database settings changed during the load (pg_db_role_setting)");
+  if (after.databases !== before.databases)
+    fail("a database's name, owner, privileges or connection settings changed during the load (pg_database)");
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
 
