@@ -182,7 +182,7 @@ const configuration = {
   },
   shinkei: {
     env: { ...oursEnv("<work>/shinkei", "shinkei_bench"), DATABASE_URL: "<cluster>", TMPDIR: "<work>/tmp" },
-    base: "shinkei backup base (pg_basebackup tar on stdout, gzip -6 + SHA-256 ours)",
+    base: "shinkei backup base (pg_basebackup tar on stdout, zstd + SHA-256 ours, in one read)",
     restore: "shinkei pitr restore --to TIME",
   },
   pgbackrest: pgbackrestOn

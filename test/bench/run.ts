@@ -390,6 +390,48 @@ Measured by \`bun run bench\` (medians of ${runs} runs; load by wrk in its own p
 - machine: ${measuredOn}
 
 ${table}
-`,
+${await peersSection()}`,
 );
+
+/**
+ * The last runs of bench:peers and bench:wal-cost, as their own results files hold them, so this
+ * one page shows every comparison (each bench writes only its own file).
+ */
+async function peersSection(): Promise<string> {
+  const read = async (name: string) =>
+    Bun.file(join(import.meta.dir, name))
+      .json()
+      .catch(() => null);
+  const peers = await read("peers-results.json");
+  const cost = await read("wal-cost-results.json");
+  let out = "";
+  if (peers) {
+    out +=
+      `\n## Next to pgBackRest and Barman (\`bun run bench:peers\`, ${peers.date}, scale ${peers.scale}, ` +
+      `${peers.rounds} rounds; configurations in PEERS.md)\n\n` +
+      "| measurement | shinkei | pgBackRest | Barman | floor |\n| --- | --- | --- | --- | --- |\n" +
+      (peers.rows as { measurement: string; shinkei: string; pgbackrest: string; barman: string; floor: string }[])
+        .map((r) => `| ${r.measurement} | ${r.shinkei} | ${r.pgbackrest} | ${r.barman} | ${r.floor} |`)
+        .join("\n") +
+      "\n";
+  }
+  if (cost) {
+    const f = (x: number | undefined, d = 3) => (x === undefined ? "" : x.toFixed(d));
+    out +=
+      `\n## What streaming the WAL costs writers (\`bun run bench:wal-cost\`, ${cost.date}, ` +
+      `${cost.rounds} rounds)\n\n` +
+      "| mode | TPS vs off | CPU per transaction vs off | pg_receivewal ms/MiB | service ms/MiB " +
+      "| walsender ms/MiB |\n" +
+      "| --- | --- | --- | --- | --- | --- |\n" +
+      (cost.summary as Record<string, number & string>[])
+        .map(
+          (m) =>
+            `| ${m.mode} | ${f(m.ratioToOff)} | ${f(m.cpuRatioToOff)} | ${f(m.receiverCpuMsPerMiB, 1)} | ` +
+            `${f(m.serviceCpuMsPerMiB, 1)} | ${f(m.walsenderCpuMsPerMiB, 1)} |`,
+        )
+        .join("\n") +
+      "\n";
+  }
+  return out;
+}
 console.log(`\nwrote test/bench/RESULTS.md and test/bench/results.json`);
