@@ -123,7 +123,26 @@ describe("restore drills", () => {
     const p = await Service.start(["backup", "drill"], env);
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
+    // While it loads (and after a kill), the scratch holds the file's code: no one but its own role
+    // may connect (PUBLIC has no CONNECT), and that role is no superuser.
+    const access = async () => {
+      const a = postgres(drillUrl, { max: 1 });
+      try {
+        return await a`select d.datacl::text[] as acl, r.rolsuper as "ownerIsSuperuser",
+            has_database_privilege('public', d.oid, 'CONNECT') as "publicConnects",
+            exists (select 1 from pg_stat_activity s where s.datid = d.oid and s.usename = r.rolname
+              and s.application_name = 'shinkei restore (load)') as loading
+          from pg_database d join pg_roles r on r.oid = d.datdba where d.datname like 'shinkei\\_drill\\_%'`;
+      } finally {
+        await a.end();
+      }
+    };
+    for (let i = 0; i < 200 && !(await access())[0]?.loading; i++) await Bun.sleep(50);
+    const [scratch] = await access();
+    expect(scratch).toMatchObject({ loading: true, ownerIsSuperuser: false, publicConnects: false });
+    expect(scratch!.acl.filter((entry: string) => entry.startsWith("="))).toEqual([]);
     await p.stop("SIGKILL");
+    expect((await access())[0]).toMatchObject({ ownerIsSuperuser: false, publicConnects: false });
     expect((await scratchDatabases()).length).toBe(1);
     await takeBackup(); // the next drill takes the newest, which loads at full speed
     const r = await shinkei(["backup", "drill"], env);

@@ -9,6 +9,7 @@ import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/d
 import { startCluster } from "./support/cluster.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
+import { migrations } from "../src/migrations/index.ts";
 import { connect } from "../src/pg/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, slowToLoad, stockDump } from "./support/backup.ts";
@@ -542,13 +543,31 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
     }
   });
 
+  /**
+   * Our own backup `file` with `code` added after pg_dump's settings (or at its end, after the
+   * data), and its manifest made to match.
+   */
+  async function plant(file: string, code: string, where: "start" | "end" = "start") {
+    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
+    const at = where === "end" ? sql.length : sql.indexOf("\n\n", sql.indexOf("SET row_security"));
+    const planted = Bun.gzipSync(new TextEncoder().encode(`${sql.slice(0, at)}\n${code}${sql.slice(at)}`));
+    await Bun.write(file, planted);
+    const manifest = await Bun.file(`${file}.manifest.json`).json();
+    manifest.sizeBytes = planted.length;
+    manifest.sha256 = new Bun.CryptoHasher("sha256").update(planted).digest("hex");
+    await Bun.write(`${file}.manifest.json`, JSON.stringify(manifest, null, 2));
+  }
+  /** A function body that writes `mark` through the server's programs, but only as a superuser. */
+  const asSuperuser = (mark: string) => `IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    COPY (SELECT 1) TO PROGRAM 'touch ${mark}';
+  END IF;`;
+
   test("a drill of a planted backup runs its code without a superuser's rights", async () => {
     const mark = join(markDir, `drill-${crypto.randomUUID()}`);
     const file = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
-    // Our own backup, with code added after pg_dump's settings and the manifest made to match.
-    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
-    const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
-    const evil = `
+    await plant(
+      file,
+      `
 CREATE TABLE public.evil_t (x int);
 CREATE FUNCTION public.evil() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
@@ -558,13 +577,8 @@ BEGIN
 END $f$;
 CREATE TRIGGER evil BEFORE INSERT ON public.evil_t FOR EACH ROW EXECUTE FUNCTION public.evil();
 INSERT INTO public.evil_t VALUES (1);
-`;
-    const planted = Bun.gzipSync(new TextEncoder().encode(sql.slice(0, at) + evil + sql.slice(at)));
-    await Bun.write(file, planted);
-    const manifest = await Bun.file(`${file}.manifest.json`).json();
-    manifest.sizeBytes = planted.length;
-    manifest.sha256 = new Bun.CryptoHasher("sha256").update(planted).digest("hex");
-    await Bun.write(`${file}.manifest.json`, JSON.stringify(manifest, null, 2));
+`,
+    );
     const r = await shinkei(["backup", "drill", file], { DATABASE_URL: app.url, BACKUP_DIR: home });
     expect(r.code).toBe(1);
     expect(`${r.stdout}${r.stderr}`).toContain("pg_execute_server_program");
@@ -572,6 +586,77 @@ INSERT INTO public.evil_t VALUES (1);
     expect(await temporaryRoles()).toEqual([]);
     await rm(file);
     await rm(`${file}.manifest.json`);
+  });
+
+  // After the load, the drill reads every row as text (its digests): a cast the file defines would
+  // run there, so the reads log in as the scratch's role too, never as DATABASE_URL's superuser.
+  test("a drill's digests never run the file's cast to text as a superuser", async () => {
+    const mark = join(markDir, `cast-${crypto.randomUUID()}`);
+    const file = await takeBackupWith({ DATABASE_URL: app.url, BACKUP_DIR: home });
+    await plant(
+      file,
+      `
+CREATE TABLE public.evil_t (x int);
+INSERT INTO public.evil_t VALUES (1);
+CREATE FUNCTION public.evil_text(public.evil_t) RETURNS text LANGUAGE plpgsql AS $f$
+BEGIN
+  ${asSuperuser(mark)}
+  RAISE EXCEPTION 'the cast ran as %', current_user;
+END $f$;
+CREATE CAST (public.evil_t AS text) WITH FUNCTION public.evil_text(public.evil_t);
+`,
+    );
+    try {
+      const r = await shinkei(["backup", "drill", file], { DATABASE_URL: app.url, BACKUP_DIR: home });
+      expect(r.code).toBe(1);
+      // The cast ran as the load's role, or the file was refused outright (a judge that refuses casts).
+      expect(`${r.stdout}${r.stderr}`).toMatch(/the cast ran as shinkei_restore_|a restore may not contain it/);
+      expect(existsSync(mark)).toBe(false);
+      expect(await temporaryRoles()).toEqual([]);
+    } finally {
+      await rm(file);
+      await rm(`${file}.manifest.json`);
+    }
+  });
+
+  // A backup at an older schema version is migrated in the scratch database: the migration's
+  // INSERT into schema_migrations fires the file's trigger, as the scratch's role.
+  test("recover --dry-run never runs the file's trigger on schema_migrations as a superuser", async () => {
+    const mark = join(markDir, `migrate-${crypto.randomUUID()}`);
+    const old = await freshDatabase("untrusted_old");
+    let file: string;
+    try {
+      await migrate(old.sql, migrations.slice(0, -1));
+      await seedSample(old.sql, "a");
+      file = await takeBackupWith({ DATABASE_URL: old.url, BACKUP_DIR: home });
+    } finally {
+      await old.drop();
+    }
+    await plant(
+      file,
+      `
+CREATE FUNCTION public.evil() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  ${asSuperuser(mark)}
+  RAISE EXCEPTION 'the trigger ran as %', current_user;
+END $f$;
+CREATE TRIGGER evil BEFORE INSERT ON public.schema_migrations FOR EACH ROW EXECUTE FUNCTION public.evil();
+`,
+      "end",
+    );
+    try {
+      const r = await shinkei(["recover", "--from", file, "--user", "a1@example.com", "--dry-run"], {
+        DATABASE_URL: app.url,
+        BACKUP_DIR: home,
+      });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("the trigger ran as shinkei_restore_");
+      expect(existsSync(mark)).toBe(false);
+      expect(await temporaryRoles()).toEqual([]);
+    } finally {
+      await rm(file);
+      await rm(`${file}.manifest.json`);
+    }
   });
 
   test("a database only a superuser owns is refused before anything is done, unless --allow-superuser", async () => {

@@ -71,12 +71,11 @@ export async function runDrill(options: {
           privilegeHint:
             "Grant it (ALTER ROLE ... CREATEDB), or point DRILL_DATABASE_URL at a server where the role has it.",
         },
+        // `url` logs in as the scratch's own role: the file's code (a cast, a trigger) runs on the
+        // reads below too, so they never run as DATABASE_URL's role (see scratch.ts).
         async (url) => {
           const source = await content(options.path, verification.format, options.age, manifest.encryption);
-          await load(url, source, verification.format, await serverVersionNum(url), {
-            env: options.env,
-            role: { scratch: true },
-          });
+          await load(url, source, verification.format, await serverVersionNum(url), { env: options.env });
           const sql = connect(url, { max: 1 });
           try {
             const { stats, schemaVersion } = await sql.begin(async (tx) => ({

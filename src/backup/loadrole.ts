@@ -1,7 +1,7 @@
 import { pbkdf2Sync } from "node:crypto";
 import postgres from "postgres";
 import { ShinkeiError } from "../errors.ts";
-import { describeTarget } from "../pg/db.ts";
+import { describeTarget, onServer } from "../pg/db.ts";
 
 /**
  * Who a restore's load logs in as. Code the file defines (a function its trigger or default calls)
@@ -13,7 +13,9 @@ import { describeTarget } from "../pg/db.ts";
  * - DATABASE_URL's own role, when it is safe (no superuser, none of the server-file roles);
  * - otherwise a temporary login role made for this load, a member of the database's owner (so it
  *   restores as the owner, as the backup service's role does), dropped afterwards;
- * - a scratch database that shinkei made (drill, recover) is handed to that temporary role for the load;
+ * - a scratch database that shinkei made (drill, recover) is handed to that temporary role for its
+ *   whole life: every step on it runs as the role, and the database is dropped before the role, so
+ *   nothing the file made is ever reassigned to a superuser (see scratch.ts);
  * - a live database owned by a superuser has no safe role to load as: refused, unless the caller
  *   accepts the risk for a file it trusts (`--allow-superuser`).
  */
@@ -39,12 +41,18 @@ export type LoadRole = {
   url: string;
   /** The temporary role made for the load, if any (for messages and tests). */
   temporary?: string;
-  /** Drop the temporary role (after the load's connection has closed). */
+  /**
+   * Drop the temporary role (after the load's connection has closed). For a scratch database, drop
+   * the database first, and with it everything the file made.
+   */
   release(): Promise<void>;
 };
 
 export type LoadRoleOptions = {
-  /** The database is a scratch one shinkei just made (empty): it may be handed to the temporary role. */
+  /**
+   * The database is a scratch one shinkei just made (empty, no CONNECT for PUBLIC): it is handed to
+   * the temporary role, and release() drops it.
+   */
   scratch?: boolean;
   /** Load as DATABASE_URL's role even when it can reach the server's OS and no safe role exists. */
   allowSuperuser?: boolean;
@@ -131,12 +139,23 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
         throw e;
       });
     const release = async () => {
-      const again = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+      // A scratch database goes first, from the server's maintenance database: reassigning what the
+      // file made to its owner (a superuser) would hand it the file's functions, SECURITY DEFINER
+      // ones included.
+      const again = postgres(options.scratch ? onServer(url, "postgres") : url, {
+        max: 1,
+        onnotice: () => {},
+        connect_timeout: 10,
+        fetch_types: false,
+      });
       try {
-        if (ownerDanger) await again.unsafe(`ALTER DATABASE ${q(db)} OWNER TO ${q(owner)}`);
-        await again.unsafe(`REASSIGN OWNED BY ${q(role)} TO ${q(owner)}`);
+        if (options.scratch) await again.unsafe(`DROP DATABASE IF EXISTS ${q(db)} WITH (FORCE)`);
+        else {
+          if (ownerDanger) await again.unsafe(`ALTER DATABASE ${q(db)} OWNER TO ${q(owner)}`);
+          await again.unsafe(`REASSIGN OWNED BY ${q(role)} TO ${q(owner)}`);
+        }
         await again.unsafe(`DROP OWNED BY ${q(role)}`);
-        await again.unsafe(`DROP ROLE ${q(role)}`);
+        await again.unsafe(`DROP ROLE IF EXISTS ${q(role)}`);
       } finally {
         await again.end({ timeout: 5 });
       }

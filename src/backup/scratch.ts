@@ -1,13 +1,7 @@
 import postgres from "postgres";
-import { PG, withAdvisoryLock } from "../pg/db.ts";
+import { onServer, PG, withAdvisoryLock } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-
-/** The same server as `serverUrl`, database `database`. */
-export function onServer(serverUrl: string, database: string): string {
-  const u = new URL(serverUrl);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
+import { loadRole, type LoadRole } from "./loadrole.ts";
 
 /**
  * Whether `name` is a scratch database made with `prefix` (the prefix, its creation time in base
@@ -40,6 +34,14 @@ export type ScratchOptions = {
  * Run `fn` with a new, empty database on the server, then drop it whatever happened. One holder per
  * prefix and server at a time (an advisory lock on the server's `postgres` database, naming its
  * holder): so scratch databases left by a killed run (SIGKILL) are dropped first, and never a live one.
+ *
+ * A scratch database receives a file that is not trusted, whose code (a trigger, a default, a cast)
+ * may run on any later read or write, not only during the load. So `fn` gets a URL that logs in as
+ * the scratch's own role (loadrole.ts: DATABASE_URL's role when it cannot reach the server's OS,
+ * else a temporary role that owns the database), and everything on the scratch goes through it:
+ * the load, and whatever reads or migrates it afterwards. No one else may connect (CONNECT is
+ * revoked from PUBLIC), and at the end the database is dropped before its role, so nothing the file
+ * made is ever handed to a superuser.
  */
 export async function withScratchDatabase<T>(
   options: ScratchOptions,
@@ -72,12 +74,19 @@ export async function withScratchDatabase<T>(
           }
           throw e;
         }
+        let role: LoadRole | undefined;
         const drop = async () => {
           await admin`drop database if exists ${admin(scratch)} with (force)`.catch(() => {});
+          // Then the role, which owned what the file made: that went with the database.
+          await role?.release().catch(() => {});
         };
         options.onScratch?.(drop);
         try {
-          return await fn(onServer(serverUrl, scratch), scratch);
+          // A new database's default ACL lets PUBLIC connect: any role on the server could then call
+          // the file's functions while the scratch exists.
+          await admin`revoke all on database ${admin(scratch)} from public`;
+          role = await loadRole(onServer(serverUrl, scratch), { scratch: true });
+          return await fn(role.url, scratch);
         } finally {
           await drop();
         }

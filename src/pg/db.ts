@@ -29,6 +29,13 @@ export function describeTarget(url: string): Target {
   };
 }
 
+/** The same server as `serverUrl`, database `database`. */
+export function onServer(serverUrl: string, database: string): string {
+  const u = new URL(serverUrl);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
 export function connect(url: string, options: { max?: number } = {}): Sql {
   return postgres(url, {
     max: options.max ?? 10,

@@ -28,7 +28,7 @@ export type SourceStep = {
 export type Source = {
   path: string;
   file: string;
-  /** The scratch database holding the backup's data, on the live server. */
+  /** The scratch database holding the backup's data, on the live server, as the role that may read it. */
   url: string;
   /** The schema version the backup was taken at (the scratch database is migrated to the live one). */
   schemaVersion: number;
@@ -86,6 +86,8 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
       privilegeHint:
         "Grant it (ALTER ROLE ... CREATEDB): recover loads the backup into a scratch database beside the live one.",
     },
+    // `url` logs in as the scratch's own role (see scratch.ts): the load, the migration (which fires
+    // the file's triggers and defaults) and every read of its rows run as that role.
     async (url) => {
       const started = performance.now();
       let bytes = 0;
@@ -99,10 +101,7 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
         }),
       );
       options.onStep?.({ step: "load", bytes: 0 });
-      await load(url, counted, verification.format, await serverVersionNum(url), {
-        env: options.env,
-        role: { scratch: true },
-      });
+      await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
       const schemaVersion = await toLiveSchema(url, liveVersion, verification.file, options.onStep);
       return fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
     },
