@@ -172,20 +172,21 @@ export async function copySpoolFile(
 
 /**
  * What the archiver may seal of spool file `name` with a key set: the part the WAL service signed
- * (a whole segment must be signed whole); ARCHIVE_UNTRUSTED when it is not signed. History files
- * are not the receiver's stream, and are not signed here (undefined).
+ * (a whole segment or history file must be signed whole; a partial's bytes after it are sealed as
+ * zeros); ARCHIVE_UNTRUSTED when it is not signed. A history file is signed only for a timeline the
+ * receiver announced: one planted in the spool would otherwise be sealed, and served to recovery.
  */
 export async function signedPart(
   backupDir: string,
   name: string,
   key: string,
-): Promise<{ bytes: number; sha256: string; whole: boolean } | undefined> {
+): Promise<{ bytes: number; sha256: string; whole: boolean }> {
   const partial = name.endsWith(".partial");
-  if (!partial && !/^[0-9A-F]{24}$/.test(name)) return undefined;
+  const what = partial ? "partial segment" : /^[0-9A-F]{24}$/.test(name) ? "segment" : "timeline history file";
   const sig = await readSpoolSignature(backupDir, name, key);
   if (!sig)
     throw spoolRefusal(
-      `WAL ${partial ? "partial segment" : "segment"} ${name} in the spool is not signed, ` +
+      `WAL ${what} ${name} in the spool is not signed, ` +
         "and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it; it is not archived",
     );
   return { bytes: sig.bytes, sha256: sig.sha256, whole: !partial };
