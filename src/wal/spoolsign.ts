@@ -101,7 +101,10 @@ export class SpoolSigner {
     }
     for (const s of await readdir(spoolSignatureDir(this.o.backupDir)).catch(() => [] as string[])) {
       const name = s.replace(/\.json$/, "");
-      if (s.endsWith(".json") && !present.has(name)) {
+      // A partial renamed to its finished name keeps its signature until the finished one is signed:
+      // the finished file must still hold what was signed of it.
+      const finished = name.endsWith(".partial") && present.has(name.slice(0, -".partial".length));
+      if (s.endsWith(".json") && !present.has(name) && !finished) {
         await rm(join(spoolSignatureDir(this.o.backupDir), s), { force: true });
         if (name.endsWith(".partial")) this.tracked.delete(name.slice(0, -".partial".length));
       }

@@ -129,8 +129,15 @@ export async function copySpoolFile(
       const what = `WAL ${name.endsWith(".partial") ? "partial segment" : "segment"} ${name} in the spool`;
       let bytes = size;
       let sig: SpoolSignature | null = null;
+      // A segment just finished, before the receiver's position on the server has passed its end:
+      // served as far as it was signed while it was the partial (recovery asks again for the rest).
+      let asPartial = false;
       if (key) {
         sig = await readSpoolSignature(backupDir, name, key);
+        if (!sig && !name.endsWith(".partial")) {
+          sig = await readSpoolSignature(backupDir, `${name}.partial`, key);
+          asPartial = sig !== null;
+        }
         if (!sig) {
           const there = await Bun.file(spoolSignaturePath(backupDir, name)).exists();
           throw spoolRefusal(
@@ -139,7 +146,7 @@ export async function copySpoolFile(
               : `${what} is not signed, and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it`,
           );
         }
-        if (sig.bytes > size || (!name.endsWith(".partial") && sig.bytes !== size))
+        if (sig.bytes > size || (!name.endsWith(".partial") && !asPartial && sig.bytes !== size))
           throw spoolRefusal(`${what} is not the size its signature gives: it was changed after it was received`);
         bytes = sig.bytes;
       }
