@@ -180,7 +180,8 @@ export async function startWalStream(deps: {
         key,
         segmentBytes: info.segmentBytes,
         log,
-        position: () => receiverPosition(sql, slot, log, hidden),
+        // The server out of reach: nothing is signed further until it answers (the receiver is down too).
+        position: () => receiverPosition(sql, slot, log, hidden).catch(() => null),
       })
     : undefined;
   const archiveOne = async (name: string) => {
