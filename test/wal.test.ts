@@ -26,7 +26,7 @@ import { scheduledBaseBackup, watchSlot } from "../src/wal/service.ts";
 import { startWalService } from "../src/service/backup-service.ts";
 import { pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { shinkei } from "./support/cli.ts";
-import { parseLsn, parseSegment, segmentName, segnoOf } from "../src/wal/segments.ts";
+import { parseLsn, parseSegment, segmentName, segmentStart, segnoOf } from "../src/wal/segments.ts";
 
 let cluster: TestCluster;
 let sql: Sql;
@@ -165,6 +165,10 @@ describe("continuous WAL archive", () => {
     });
     const { log, lines } = collector();
     const start = () => startWalStream({ sql, config, log, pollMs: 100, backoffMs: { min: 300, max: 1000 } });
+    // A history file planted in the spool: it names a timeline the receiver never streamed.
+    const planted = "00000005.history";
+    await mkdir(join(dir, "wal", "spool"), { recursive: true });
+    await writeFile(join(dir, "wal", "spool", planted), "1\t0/1000000\tno recovery target specified\n");
     let stream = await start();
     try {
       const first = await commitAndArchive(stream, dir, "signed-1");
@@ -197,12 +201,19 @@ describe("continuous WAL archive", () => {
       expect(records.some((r) => r.name === segmentName(1, segnoOf(parseLsn(lsn), segmentBytes), segmentBytes))).toBe(
         true,
       );
-      const refused = lines.filter((l) =>
-        /not signed|archiving failed|signing the wal spool|no longer matches|does not match/.test(
-          `${l.msg} ${l.error ?? ""}`,
-        ),
+      const refused = lines.filter(
+        (l) =>
+          l.file !== planted &&
+          /not signed|archiving failed|signing the wal spool|no longer matches|does not match/.test(
+            `${l.msg} ${l.error ?? ""}`,
+          ),
       );
       expect(refused).toEqual([]);
+      // The planted history was neither sealed nor taken for a timeline switch: it is named, and still there.
+      expect(names).not.toContain(planted);
+      expect(records.every((r) => r.timeline === 1)).toBe(true);
+      expect(lines.some((l) => l.file === planted && String(l.msg).includes("did not announce"))).toBe(true);
+      expect(await readdir(join(dir, "wal", "spool"))).toContain(planted);
     } finally {
       await stream.stop();
     }
@@ -556,7 +567,14 @@ describe("spool signatures", () => {
     const spool = join(backupDir, "wal", "spool");
     await mkdir(spool, { recursive: true });
     const { log, lines } = collector();
-    const signer = () => new SpoolSigner({ backupDir, spool, key: KEY, segmentBytes: SEG, log });
+    // What the server says the receiver has written: the signer signs no further.
+    let at: bigint | null = null;
+    const signer = () =>
+      new SpoolSigner({ backupDir, spool, key: KEY, segmentBytes: SEG, log, position: async () => at });
+    /** The receiver has written `bytes` of segment `segno` (of timeline 1's numbering). */
+    const reach = (segno: bigint | null, bytes = 0) => {
+      at = segno === null ? null : segmentStart(segno, SEG) + BigInt(bytes);
+    };
     /** The first `pages` pages written and `extra` bytes of the next, zeros to the segment's size. */
     const write = async (name: string, pages: number, extra = 0) => {
       const b = Buffer.alloc(SEG);
@@ -572,14 +590,15 @@ describe("spool signatures", () => {
       await copySpoolFile(backupDir, name, join(spool, name), out, KEY);
       return readFile(out);
     };
-    return { backupDir, spool, log, lines, signer, write, fetch };
+    return { backupDir, spool, log, lines, signer, write, fetch, reach };
   }
 
   test("the streamed segment is signed and served to its last byte; another name is not", async () => {
-    const { spool, lines, signer, write, fetch } = await setup();
+    const { spool, lines, signer, write, fetch, reach } = await setup();
     const s = signer();
     s.expect("0/100000", 1); // the receiver's "starting log streaming at 0/100000 (timeline 1)"
     await write(`${X}.partial`, 4, 100);
+    reach(1n, 4 * PAGE + 100);
     const planted = segmentName(1, 7n, SEG);
     await write(`${planted}.partial`, 4);
     await write(segmentName(1, 8n, SEG), 128);
@@ -589,6 +608,10 @@ describe("spool signatures", () => {
     expect(served.equals(await readFile(join(spool, `${X}.partial`)))).toBe(true);
     for (const name of [`${planted}.partial`, segmentName(1, 8n, SEG)])
       await expect(fetch(name)).rejects.toThrow(/in the spool is not signed, and BACKUP_MANIFEST_KEY is set/);
+    expect(lines).toEqual([]);
+    // Named once the server says the receiver wrote past them, and they never came next in its stream.
+    reach(9n, 0);
+    for (let i = 0; i < 3; i++) await s.pass();
     expect(lines.filter((l) => String(l.msg).includes("not signed (planted?)")).map((l) => l.file)).toEqual([
       segmentName(1, 8n, SEG),
       planted,
@@ -596,10 +619,11 @@ describe("spool signatures", () => {
   });
 
   test("bytes after a pass wait for the next; a finished segment is signed whole", async () => {
-    const { spool, signer, write, fetch } = await setup();
+    const { spool, signer, write, fetch, reach } = await setup();
     const s = signer();
     s.expect("0/100000", 1);
     await write(`${X}.partial`, 2, 10);
+    reach(1n, 2 * PAGE + 10);
     await s.pass();
     await write(`${X}.partial`, 5, 10); // written since the pass
     const served = await fetch(`${X}.partial`);
@@ -609,6 +633,7 @@ describe("spool signatures", () => {
         .equals((await readFile(join(spool, `${X}.partial`))).subarray(0, 2 * PAGE + 10)),
     ).toBe(true);
     expect(served.subarray(2 * PAGE + 10).every((b) => b === 0)).toBe(true);
+    reach(1n, 5 * PAGE + 10);
     await s.pass();
     expect((await fetch(`${X}.partial`)).equals(await readFile(join(spool, `${X}.partial`)))).toBe(true);
     // pg_receivewal finishes it: the rest written, renamed.
@@ -616,6 +641,7 @@ describe("spool signatures", () => {
     await rename(join(spool, `${X}.partial`), join(spool, X));
     const next = segmentName(1, 2n, SEG);
     await write(`${next}.partial`, 1, 50);
+    reach(2n, PAGE + 50);
     await s.pass();
     expect((await fetch(X)).equals(await readFile(join(spool, X)))).toBe(true);
     expect(
@@ -626,10 +652,11 @@ describe("spool signatures", () => {
   });
 
   test("a signed file changed in place: refused by fetch and archiver, signed no further", async () => {
-    const { backupDir, spool, lines, signer, write, fetch } = await setup();
+    const { backupDir, spool, lines, signer, write, fetch, reach } = await setup();
     const s = signer();
     s.expect("0/100000", 1);
     await write(`${X}.partial`, 6);
+    reach(1n, 6 * PAGE);
     await s.pass();
     // One byte of a signed page changed, as someone who can write the spool would.
     const path = join(spool, `${X}.partial`);
@@ -644,25 +671,25 @@ describe("spool signatures", () => {
     // Finished: swapped for other bytes than were signed, it is not signed whole, and not sealed.
     await write(`${X}.partial`, 6);
     const again = signer();
+    again.expect("0/100000", 1);
     await again.pass();
     const swapped = Buffer.alloc(SEG);
     for (let i = 0; i < 128; i++) pageOf(i, i === 2 ? 0x7a : undefined).copy(swapped, i * PAGE);
     await writeFile(join(spool, X), swapped);
     await rm(path);
+    reach(2n, 0);
     await again.pass();
+    expect(lines.some((l) => l.file === X && String(l.msg).includes("signed bytes were rewritten"))).toBe(true);
     await expect(fetch(X)).rejects.toThrow(/was changed after the WAL receiver signed it/);
-    const root = join(backupDir, "wal");
-    await expect(
-      archiveWalFile(join(spool, X), root, { segmentBytes: SEG, signed: await signedPart(backupDir, X, KEY) }),
-    ).rejects.toThrow(/does not match what the WAL service signed of it/);
-    expect(await listArchive(root)).toEqual([]);
+    await expect(signedPart(backupDir, X, KEY)).rejects.toThrow(/is not signed/);
   });
 
   test("before the receiver starts, an unsigned or changed partial is set aside", async () => {
-    const { backupDir, spool, log, lines, signer, write } = await setup();
+    const { backupDir, spool, log, lines, signer, write, reach } = await setup();
     const s = signer();
     s.expect("0/100000", 1);
     await write(`${X}.partial`, 3, 5);
+    reach(1n, 3 * PAGE + 5);
     await s.pass();
     await write(`${X}.partial`, 4); // the receiver wrote on after the pass: still what was signed, and more
     const planted = segmentName(1, 9n, SEG);
@@ -682,18 +709,22 @@ describe("spool signatures", () => {
   });
 
   test("after a restart the signer resumes the partial from its signature", async () => {
-    const { backupDir, spool, signer, write, fetch } = await setup();
+    const { backupDir, spool, signer, write, fetch, reach } = await setup();
     const s = signer();
     s.expect("0/100000", 1);
     await write(`${X}.partial`, 3, 7);
+    reach(1n, 3 * PAGE + 7);
     await s.pass();
-    // A new service: it has not heard the receiver start (it resumed from this partial).
+    // A new service: its receiver resumes from this partial (from the start of its segment).
     const restarted = signer();
+    restarted.expect("0/100000", 1);
     await write(`${X}.partial`, 9, 3);
+    reach(1n, 9 * PAGE + 3);
     await restarted.pass();
     expect((await fetch(`${X}.partial`)).equals(await readFile(join(spool, `${X}.partial`)))).toBe(true);
     await write(`${X}.partial`, 128);
     await rename(join(spool, `${X}.partial`), join(spool, X));
+    reach(2n, 0);
     await restarted.pass();
     expect((await fetch(X)).equals(await readFile(join(spool, X)))).toBe(true);
     // The archiver seals it: the signed bytes are the sealed ones.
@@ -704,6 +735,120 @@ describe("spool signatures", () => {
     expect(record.originalSha256).toBe(
       new Bun.CryptoHasher("sha256").update(await readFile(join(spool, X))).digest("hex"),
     );
+  });
+  test("bytes past the receiver's position are neither signed, served nor sealed", async () => {
+    const { backupDir, spool, signer, write, fetch, reach } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    // The receiver wrote 2 pages and 10 bytes; the rest of that page and two more pages were added by someone else.
+    await write(`${X}.partial`, 4);
+    reach(1n, 2 * PAGE + 10);
+    await s.pass();
+    await s.pass();
+    const file = await readFile(join(spool, `${X}.partial`));
+    const served = await fetch(`${X}.partial`);
+    expect(served.subarray(0, 2 * PAGE + 10).equals(file.subarray(0, 2 * PAGE + 10))).toBe(true);
+    expect(served.subarray(2 * PAGE + 10).every((b) => b === 0)).toBe(true);
+    // Sealed (as an old timeline's last segment would be): the same bytes as served, zeros after.
+    const { record } = await archiveWalFile(join(spool, `${X}.partial`), join(backupDir, "wal"), {
+      segmentBytes: SEG,
+      signed: await signedPart(backupDir, `${X}.partial`, KEY),
+    });
+    expect(record.originalSha256).toBe(new Bun.CryptoHasher("sha256").update(served).digest("hex"));
+    // Unknown position (the receiver is not connected): nothing more is signed.
+    reach(null);
+    const blind = signer();
+    blind.expect("0/100000", 1);
+    await blind.pass();
+    expect((await fetch(`${X}.partial`)).equals(served)).toBe(true);
+  });
+
+  test("signed bytes of the page being received rewritten, the page extended: refused, naming the file", async () => {
+    const { spool, lines, signer, write, fetch, reach } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 2, 100);
+    reach(1n, 2 * PAGE + 100);
+    await s.pass();
+    const signed = await fetch(`${X}.partial`);
+    // A signed byte of the begun page changed, and the page written on (the receiver's position moves too).
+    const path = join(spool, `${X}.partial`);
+    const bytes = await readFile(path);
+    pageOf(2).copy(bytes, 2 * PAGE);
+    pageOf(3).copy(bytes, 3 * PAGE);
+    bytes.writeUInt8(0x00, 2 * PAGE + 50);
+    await writeFile(path, bytes);
+    reach(1n, 4 * PAGE);
+    await s.pass();
+    expect(lines.filter((l) => String(l.msg).includes("signed bytes were rewritten")).map((l) => l.file)).toEqual([X]);
+    // Not signed further, and what was signed no longer matches: recovery gets none of it.
+    await expect(fetch(`${X}.partial`)).rejects.toThrow(
+      new RegExp(`${X}\\.partial in the spool was changed after the WAL receiver signed it`),
+    );
+    await s.pass();
+    expect(signed.length).toBe(SEG);
+    await expect(fetch(`${X}.partial`)).rejects.toThrow(/was changed after the WAL receiver signed it/);
+  });
+
+  test("a partial renamed to its finished name, pages added: not signed, refused by fetch and archiver", async () => {
+    const { backupDir, spool, lines, signer, write, fetch, reach } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 3);
+    reach(1n, 3 * PAGE);
+    await s.pass();
+    // The rest of the segment made up, and the file given its finished name while the receiver is in page 3.
+    const made = Buffer.alloc(SEG);
+    for (let i = 0; i < 128; i++) pageOf(i, i < 3 ? undefined : 0x7a).copy(made, i * PAGE);
+    await writeFile(join(spool, X), made);
+    await rm(join(spool, `${X}.partial`));
+    reach(1n, 3 * PAGE + 500);
+    for (let i = 0; i < 3; i++) await s.pass();
+    // Served only as far as it was signed as the partial; not sealed.
+    const served = await fetch(X);
+    expect(served.subarray(0, 3 * PAGE).equals(made.subarray(0, 3 * PAGE))).toBe(true);
+    expect(served.subarray(3 * PAGE).every((b) => b === 0)).toBe(true);
+    await expect(signedPart(backupDir, X, KEY)).rejects.toThrow(/is not signed.*it is not archived/);
+    // The next segment planted whole before the receiver gets there: signed only as the receiver writes it.
+    const next = segmentName(1, 2n, SEG);
+    await write(X, 128);
+    await write(`${next}.partial`, 128);
+    reach(2n, 0);
+    await s.pass();
+    expect((await fetch(X)).equals(await readFile(join(spool, X)))).toBe(true);
+    expect((await fetch(`${next}.partial`)).every((b) => b === 0)).toBe(true);
+    reach(2n, PAGE);
+    await s.pass();
+    expect((await fetch(`${next}.partial`)).subarray(PAGE).every((b) => b === 0)).toBe(true);
+    expect(lines.filter((l) => l.level === "error")).toEqual([]);
+  });
+
+  test("a timeline history file: signed only for the timeline the receiver switched to", async () => {
+    const { backupDir, spool, lines, signer, write, fetch, reach } = await setup();
+    const s = signer();
+    s.expect("0/100000", 1);
+    await write(`${X}.partial`, 3);
+    reach(1n, 3 * PAGE);
+    const planted = "00000005.history";
+    await writeFile(join(spool, planted), "1\t0/106000\tno recovery target specified\n");
+    for (let i = 0; i < 3; i++) await s.pass();
+    expect(s.timeline).toBe(1);
+    await expect(signedPart(backupDir, planted, KEY)).rejects.toThrow(/timeline history file 00000005.history/);
+    expect(lines.some((l) => l.file === planted && String(l.msg).includes("did not announce"))).toBe(true);
+    // The receiver switches to timeline 2 at 0/10C000: its history (parent 1) is signed; timeline 1 ends there.
+    s.expect("0/10C000", 2);
+    await writeFile(join(spool, "00000002.history"), "1\t0/10C000\tno recovery target specified\n");
+    await write(`${X}.partial`, 8);
+    reach(1n, 8 * PAGE);
+    await s.pass();
+    expect((await signedPart(backupDir, "00000002.history", KEY)).whole).toBe(true);
+    expect(s.timeline).toBe(2);
+    const served = await fetch(`${X}.partial`);
+    expect(served.subarray(6 * PAGE).every((b) => b === 0)).toBe(true);
+    expect(
+      served.subarray(0, 6 * PAGE).equals((await readFile(join(spool, `${X}.partial`))).subarray(0, 6 * PAGE)),
+    ).toBe(true);
+    await expect(signedPart(backupDir, planted, KEY)).rejects.toThrow(/not signed/);
   });
 });
 

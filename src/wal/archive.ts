@@ -154,7 +154,11 @@ export async function archiveWalFile(
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await stat(source);
   // Read once: hashed (and compared, or compressed) from memory; a segment larger than usual streams.
-  const bytes = info.size <= WAL_IN_MEMORY_MAX ? await Bun.file(source).bytes() : undefined;
+  const read = info.size <= WAL_IN_MEMORY_MAX ? await Bun.file(source).bytes() : undefined;
+  // Of a partial, only the signed part is sealed, zeros after it (as recovery is served it): what
+  // follows was not received, whoever wrote it there.
+  const cut = options.signed && !options.signed.whole ? options.signed.bytes : Infinity;
+  const bytes = read && read.length > cut ? zerosFrom(read, cut) : read;
   const existing = await readRecord(join(dir, name + RECORD));
   if (existing) {
     const again = bytes ? new Bun.CryptoHasher("sha256").update(bytes).digest("hex") : await sha256File(source);
@@ -177,6 +181,7 @@ export async function archiveWalFile(
     const signed = options.signed;
     const prefix = new Bun.CryptoHasher("sha256");
     let seen = 0;
+    let pos = 0;
     let input: Uint8Array | Transform;
     if (bytes) {
       seen = Math.min(bytes.length, signed?.bytes ?? 0);
@@ -187,12 +192,14 @@ export async function archiveWalFile(
       input = raw.pipe(
         new Transform({
           transform(chunk: Buffer, _encoding, done) {
+            const at = pos;
+            pos += chunk.length;
             if (signed && seen < signed.bytes) {
               const take = chunk.subarray(0, signed.bytes - seen);
               prefix.update(take);
               seen += take.length;
             }
-            done(null, chunk);
+            done(null, at + chunk.length > cut ? zerosFrom(chunk, Math.max(0, cut - at)) : chunk);
           },
         }),
       );
@@ -276,5 +283,12 @@ export async function listArchive(
       else out.push(r);
     }
   }
+  return out;
+}
+
+/** A copy of `bytes` with every byte from `from` on zero. */
+function zerosFrom(bytes: Uint8Array, from: number): Buffer {
+  const out = Buffer.from(bytes);
+  out.fill(0, from);
   return out;
 }

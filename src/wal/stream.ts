@@ -12,7 +12,7 @@ import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { freeBytes, holdsData, repairSpool } from "./spool.ts";
 import { setAsideUnsigned, SpoolSigner } from "./spoolsign.ts";
-import { signedPart } from "./trust.ts";
+import { signedPart, spoolSignaturePath } from "./trust.ts";
 import { startPoller } from "../service/poller.ts";
 import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
 
@@ -172,8 +172,17 @@ export async function startWalStream(deps: {
   // With a key, the spool's files are signed as the receiver writes them, and only what is signed
   // is sealed (or served to a recovery): a file planted in the spool is neither.
   const key = config.backup.age?.manifestKey || undefined;
+  const hidden = { said: false };
   const signer = key
-    ? new SpoolSigner({ backupDir: config.backupDir, spool, key, segmentBytes: info.segmentBytes, log })
+    ? new SpoolSigner({
+        backupDir: config.backupDir,
+        spool,
+        key,
+        segmentBytes: info.segmentBytes,
+        log,
+        // The server out of reach: nothing is signed further until it answers (the receiver is down too).
+        position: () => receiverPosition(sql, slot, log, hidden).catch(() => null),
+      })
     : undefined;
   const archiveOne = async (name: string) => {
     // A partial of zeros (or none at all) holds no WAL: archived, it would pass for the received
@@ -201,17 +210,22 @@ export async function startWalStream(deps: {
       });
   };
   const drainOnce = async () => {
-    const names = await readdir(spool).catch(() => [] as string[]);
+    const listed = await readdir(spool).catch(() => [] as string[]);
     // Listed first: every file this pass may seal has been through the signer's pass (a segment
     // finished meanwhile waits for the next one).
     await signer
       ?.pass()
       .catch((e: Error) => log({ level: "error", msg: "signing the wal spool failed", error: e.message }));
+    // With a key, a file the signer has not signed (yet) waits: the receiver's position may pass
+    // it at the next pass; one it never signs (planted) the signer names.
+    const names = signer ? await signedOnly(config.backupDir, listed) : listed;
     // After a timeline switch the old timeline's last segment stays `.partial` for good: keep it as one.
     const timelines = names.map(
       (n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes)?.timeline ?? parseHistory(n) ?? 0,
     );
-    const newest = Math.max(0, ...timelines);
+    // With a key, only the receiver's own word moves the timeline: a history file planted in the
+    // spool would otherwise have the partial it writes sealed as an old timeline's last segment.
+    const newest = signer ? (signer.timeline ?? 0) : Math.max(0, ...timelines);
     for (const [i, name] of names.entries()) {
       if (name.endsWith(".partial") && timelines[i]! > 0 && timelines[i]! < newest) {
         await archiveOne(name).catch((e: Error) =>
@@ -346,4 +360,45 @@ export async function startWalStream(deps: {
       await uploader?.stop();
     },
   };
+}
+
+/** The spool files (of `names`) that have a signature beside them; whether it holds is checked when sealed. */
+async function signedOnly(backupDir: string, names: string[]): Promise<string[]> {
+  const has = await Promise.all(names.map((n) => Bun.file(spoolSignaturePath(backupDir, n)).exists()));
+  return names.filter((_, i) => has[i]);
+}
+
+/**
+ * Where the server says our receiver has written to (pg_stat_replication's write_lsn): the spool is
+ * signed no further. flush_lsn would do only with WAL_SYNC: without it pg_receivewal reports its
+ * flush at segment ends, and the segment being received would go unsigned. With a slot, the
+ * receiver is the walsender holding it; without one, the newest named like ours. A server that
+ * hides the position (no pg_read_all_stats) still shows the slot's restart_lsn, which the
+ * receiver's flush moves: signing then trails by what it has not flushed. Null: nothing signed further.
+ */
+async function receiverPosition(
+  sql: Queryable,
+  slot: string | undefined,
+  log: Log,
+  hidden: { said: boolean },
+): Promise<bigint | null> {
+  const rows = slot
+    ? await sql<{ write: string | null; flushed: string | null }[]>`
+        select r.write_lsn::text as write, s.restart_lsn::text as flushed
+        from pg_replication_slots s join pg_stat_replication r on r.pid = s.active_pid
+        where s.slot_name = ${slot}`
+    : await sql<{ write: string | null; flushed: string | null }[]>`
+        select write_lsn::text as write, null::text as flushed from pg_stat_replication
+        where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
+  const at = rows[0]?.write ?? rows[0]?.flushed;
+  if (rows[0] && !rows[0].write && !hidden.said) {
+    hidden.said = true;
+    log({
+      level: "warn",
+      msg:
+        "the server hides the WAL receiver's position (grant pg_read_all_stats to the service's role): the " +
+        "segment being received is signed, and so recovered to, only as it ends",
+    });
+  }
+  return at ? parseLsn(at) : null;
 }

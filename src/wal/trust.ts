@@ -129,8 +129,15 @@ export async function copySpoolFile(
       const what = `WAL ${name.endsWith(".partial") ? "partial segment" : "segment"} ${name} in the spool`;
       let bytes = size;
       let sig: SpoolSignature | null = null;
+      // A segment just finished, before the receiver's position on the server has passed its end:
+      // served as far as it was signed while it was the partial (recovery asks again for the rest).
+      let asPartial = false;
       if (key) {
         sig = await readSpoolSignature(backupDir, name, key);
+        if (!sig && !name.endsWith(".partial")) {
+          sig = await readSpoolSignature(backupDir, `${name}.partial`, key);
+          asPartial = sig !== null;
+        }
         if (!sig) {
           const there = await Bun.file(spoolSignaturePath(backupDir, name)).exists();
           throw spoolRefusal(
@@ -139,7 +146,7 @@ export async function copySpoolFile(
               : `${what} is not signed, and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it`,
           );
         }
-        if (sig.bytes > size || (!name.endsWith(".partial") && sig.bytes !== size))
+        if (sig.bytes > size || (!name.endsWith(".partial") && !asPartial && sig.bytes !== size))
           throw spoolRefusal(`${what} is not the size its signature gives: it was changed after it was received`);
         bytes = sig.bytes;
       }
@@ -172,20 +179,21 @@ export async function copySpoolFile(
 
 /**
  * What the archiver may seal of spool file `name` with a key set: the part the WAL service signed
- * (a whole segment must be signed whole); ARCHIVE_UNTRUSTED when it is not signed. History files
- * are not the receiver's stream, and are not signed here (undefined).
+ * (a whole segment or history file must be signed whole; a partial's bytes after it are sealed as
+ * zeros); ARCHIVE_UNTRUSTED when it is not signed. A history file is signed only for a timeline the
+ * receiver announced: one planted in the spool would otherwise be sealed, and served to recovery.
  */
 export async function signedPart(
   backupDir: string,
   name: string,
   key: string,
-): Promise<{ bytes: number; sha256: string; whole: boolean } | undefined> {
+): Promise<{ bytes: number; sha256: string; whole: boolean }> {
   const partial = name.endsWith(".partial");
-  if (!partial && !/^[0-9A-F]{24}$/.test(name)) return undefined;
+  const what = partial ? "partial segment" : /^[0-9A-F]{24}$/.test(name) ? "segment" : "timeline history file";
   const sig = await readSpoolSignature(backupDir, name, key);
   if (!sig)
     throw spoolRefusal(
-      `WAL ${partial ? "partial segment" : "segment"} ${name} in the spool is not signed, ` +
+      `WAL ${what} ${name} in the spool is not signed, ` +
         "and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it; it is not archived",
     );
   return { bytes: sig.bytes, sha256: sig.sha256, whole: !partial };
