@@ -17,6 +17,7 @@ import { checkForGap, startWalStream, type WalStream } from "../src/wal/stream.t
 import { serverInfo } from "../src/pg/server-info.ts";
 import { ensureSlot, slotStatus } from "../src/wal/slot.ts";
 import { archiveWalFile, listArchive, walRoot } from "../src/wal/archive.ts";
+import { fetchWal } from "../src/wal/fetch.ts";
 import { setAsideUnsigned, SpoolSigner } from "../src/wal/spoolsign.ts";
 import { archiveTrust, copySpoolFile, signedPart, type Untrusted } from "../src/wal/trust.ts";
 import { findGaps } from "../src/wal/gaps.ts";
@@ -616,6 +617,33 @@ describe("spool signatures", () => {
       segmentName(1, 8n, SEG),
       planted,
     ]);
+  });
+
+  test("wal-fetch: a partial not signed yet ends the archive; one changed after signing is refused", async () => {
+    const { backupDir, spool, signer, write, reach } = await setup();
+    const config = loadConfig({ DATABASE_URL: url, BACKUP_DIR: backupDir, BACKUP_MANIFEST_KEY: KEY });
+    const target = join(backupDir, "fetched");
+    await write(`${X}.partial`, 4);
+    // Not signed yet (the first moment of a segment, or a primary gone before the signer's pass):
+    // recovery is told "no such file" (exit 1) and ends before it, rather than abort (exit 126).
+    const unsigned = await fetchWal(config, X, target).catch((e: ShinkeiError) => e);
+    expect(unsigned).toBeInstanceOf(ShinkeiError);
+    expect((unsigned as ShinkeiError).code).toBe("NOT_FOUND");
+    expect(await Bun.file(target).exists()).toBe(false);
+    // Signed as far as the receiver wrote: served.
+    const s = signer();
+    s.expect("0/100000", 1);
+    reach(1n, 4 * PAGE);
+    await s.pass();
+    expect((await fetchWal(config, X, target)).from).toBe("receiving");
+    // A signed byte changed afterwards: refused, named, nothing written.
+    await rm(target);
+    const b = await readFile(join(spool, `${X}.partial`));
+    b.writeUInt8(b.readUInt8(PAGE + 100) ^ 0xff, PAGE + 100);
+    await writeFile(join(spool, `${X}.partial`), b);
+    const changed = await fetchWal(config, X, target).catch((e: ShinkeiError) => e);
+    expect((changed as ShinkeiError).code).toBe("ARCHIVE_UNTRUSTED");
+    expect(await Bun.file(target).exists()).toBe(false);
   });
 
   test("bytes after a pass wait for the next; a finished segment is signed whole", async () => {

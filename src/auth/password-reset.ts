@@ -118,6 +118,16 @@ export class AccountRecovery {
     return held;
   }
 
+  /**
+   * Bookkeeping after the change has committed (the attempt counters): waited for, but a failure is
+   * logged, not answered: the reset or verification stands, and must not come back as a 500.
+   */
+  private async afterCommit(what: string, task: () => Promise<void>): Promise<void> {
+    await task().catch((e) =>
+      this.deps.log({ level: "error", msg: `${what} failed`, error: (e as Error)?.message ?? String(e) }),
+    );
+  }
+
   /** Run `task` after the answer; its failure is logged, never shown to the client. */
   private later(what: string, task: () => Promise<void>): void {
     const p = task()
@@ -207,9 +217,9 @@ export class AccountRecovery {
       return [userId, revoked] as const;
     });
     this.deps.sessions.forget((s) => s.userId === userId);
-    await held.succeeded();
+    await this.afterCommit("settling the reset's attempt", () => held.succeeded());
     // The owner just proved control of the mailbox; failed logins before that should not keep them out.
-    await throttle.forgetAccount(input.email, client.ip);
+    await this.afterCommit("forgetting failed logins", () => throttle.forgetAccount(input.email, client.ip));
     this.announcePasswordChange(userId, "with a reset code sent to this address", now);
     return { revokedSessions: revoked };
   }
@@ -244,7 +254,7 @@ export class AccountRecovery {
         : false;
       if (!ok) throw invalidCode(); // the attempt stays counted
     });
-    await held.succeeded();
+    await this.afterCommit("settling the verification's attempt", () => held.succeeded());
     return { verified: true };
   }
 

@@ -29,6 +29,10 @@ type Owed = { held: Held[]; until: number };
 
 /** How often owed attempts are offered to the database again while it is away. */
 const OWED_RETRY_MS = 1000;
+/** How long a new attempt waits for owed give-backs before it is counted anyway. */
+const OWED_WAIT_MS = 1_000;
+/** Give-backs kept in memory at most (each is a few keys), so an outage under load cannot grow it without end. */
+const OWED_MAX = 10_000;
 
 /**
  * Attempt counters in PostgreSQL, so limits hold across restarts and replicas. Keys are hashed
@@ -65,8 +69,9 @@ export class Throttle {
    * a refused attempt costs the server nothing and the client no budget.
    */
   async reserve(rules: ThrottleRule[]): Promise<Reservation> {
-    // Debts first: a count the database still owes this caller must not refuse them.
-    if (this.owed.length) await this.payOwed();
+    // Debts first: a count the database still owes this caller must not refuse them. Waited for a
+    // bounded time: while the database flaps, a long backlog must not hold every login up.
+    if (this.owed.length) await settleWithin(this.payOwed(), OWED_WAIT_MS);
     const until = Date.now() + this.windowMs;
     const byDigest = new Map(rules.map((r) => [this.digest(r.key), r]));
     // One lock order for every caller, so two reservations sharing keys cannot deadlock.
@@ -144,6 +149,8 @@ export class Throttle {
       await this.takeBack(held);
     } catch {
       if (this.stopped) return;
+      // Bounded: past OWED_MAX the oldest stay counted (their windows end first anyway).
+      if (this.owed.length >= OWED_MAX) this.owed.shift();
       this.owed.push({ held, until });
       this.arm();
     }

@@ -1,6 +1,8 @@
 import { pbkdf2Sync } from "node:crypto";
 import postgres from "postgres";
 import { ShinkeiError } from "../errors.ts";
+import { stderrLog } from "../log.ts";
+import { quoteIdent } from "../pg/tables.ts";
 import { describeTarget, onServer } from "../pg/db.ts";
 
 /**
@@ -111,6 +113,22 @@ export async function superuserOnly(url: string): Promise<boolean> {
   }
 }
 
+/**
+ * Drop the load's temporary role without letting a failure undo what the load did: after COMMIT a
+ * restore that worked must not be reported as failed. A role left behind is said (it cannot log in
+ * after its VALID UNTIL, a day, and the next load drops it once it is an hour old and unused).
+ */
+export async function releaseLoadRole(as: LoadRole): Promise<void> {
+  await as.release().catch((e: unknown) =>
+    stderrLog({
+      level: "warn",
+      msg: "the load's temporary role could not be dropped; it expires within a day, and the next load drops it",
+      role: as.temporary,
+      error: e instanceof Error ? e.message : String(e),
+    }),
+  );
+}
+
 export async function loadRole(url: string, options: LoadRoleOptions = {}): Promise<LoadRole> {
   const admin = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
   try {
@@ -127,17 +145,19 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
       admin,
       session,
       danger,
-      `CREATE ROLE ${q(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+      `CREATE ROLE ${quoteIdent(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
          PASSWORD '${scramVerifier(password)}' VALID UNTIL '${new Date(Date.now() + LIFETIME_MS).toISOString()}'` +
-        (ownerDanger ? "" : ` IN ROLE ${q(owner)}`),
+        (ownerDanger ? "" : ` IN ROLE ${quoteIdent(owner)}`),
     );
     const db = describeTarget(url).database;
     // A scratch database is empty and shinkei's own: its owner for the load is the temporary role.
     if (ownerDanger)
-      await create(admin, session, danger, `ALTER DATABASE ${q(db)} OWNER TO ${q(role)}`).catch(async (e) => {
-        await admin.unsafe(`DROP ROLE ${q(role)}`).catch(() => {});
-        throw e;
-      });
+      await create(admin, session, danger, `ALTER DATABASE ${quoteIdent(db)} OWNER TO ${quoteIdent(role)}`).catch(
+        async (e) => {
+          await admin.unsafe(`DROP ROLE ${quoteIdent(role)}`).catch(() => {});
+          throw e;
+        },
+      );
     const release = async () => {
       // A scratch database goes first, from the server's maintenance database: reassigning what the
       // file made to its owner (a superuser) would hand it the file's functions, SECURITY DEFINER
@@ -149,13 +169,13 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
         fetch_types: false,
       });
       try {
-        if (options.scratch) await again.unsafe(`DROP DATABASE IF EXISTS ${q(db)} WITH (FORCE)`);
+        if (options.scratch) await again.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(db)} WITH (FORCE)`);
         else {
-          if (ownerDanger) await again.unsafe(`ALTER DATABASE ${q(db)} OWNER TO ${q(owner)}`);
-          await again.unsafe(`REASSIGN OWNED BY ${q(role)} TO ${q(owner)}`);
+          if (ownerDanger) await again.unsafe(`ALTER DATABASE ${quoteIdent(db)} OWNER TO ${quoteIdent(owner)}`);
+          await again.unsafe(`REASSIGN OWNED BY ${quoteIdent(role)} TO ${quoteIdent(owner)}`);
         }
-        await again.unsafe(`DROP OWNED BY ${q(role)}`);
-        await again.unsafe(`DROP ROLE IF EXISTS ${q(role)}`);
+        await again.unsafe(`DROP OWNED BY ${quoteIdent(role)}`);
+        await again.unsafe(`DROP ROLE IF EXISTS ${quoteIdent(role)}`);
       } finally {
         await again.end({ timeout: 5 });
       }
@@ -194,7 +214,6 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
 const ROLE_PREFIX = "shinkei_restore_";
 /** How long a temporary role could log in with its password, were it left behind. */
 const LIFETIME_MS = 86_400_000;
-const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
 
 /**
  * Temporary roles a killed load left behind: made over an hour ago (their expiry tells when) and
@@ -206,7 +225,7 @@ async function dropLeftovers(admin: postgres.Sql) {
      where pg_catalog.starts_with(r.rolname, ${ROLE_PREFIX}) and r.rolcanlogin and not r.rolsuper
        and r.rolvaliduntil < pg_catalog.now() + ${`${LIFETIME_MS / 1000 - 3600} seconds`}::interval
        and not exists (select 1 from pg_catalog.pg_stat_activity a where a.usename = r.rolname)`.catch(() => []);
-  for (const { name } of old) await admin.unsafe(`DROP ROLE ${q(name)}`).catch(() => {});
+  for (const { name } of old) await admin.unsafe(`DROP ROLE ${quoteIdent(name)}`).catch(() => {});
 }
 
 /** PostgreSQL's SCRAM-SHA-256 verifier of `password` (RFC 5802, 7677), as pg_authid stores it. */

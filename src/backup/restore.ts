@@ -22,7 +22,7 @@ import { toolPath } from "../pg/bin.ts";
 import { finished, pump, toolEnv } from "../pg/tools.ts";
 import { collectEvery, judgeScript, type Judged } from "./judge.ts";
 import { Rec, Spool } from "./spool.ts";
-import { loadRole, planLoadRole, type LoadRoleOptions } from "./loadrole.ts";
+import { loadRole, planLoadRole, releaseLoadRole, type LoadRoleOptions } from "./loadrole.ts";
 
 export type RestoreStep = "verify" | "safety-backup" | "restore" | "compare";
 
@@ -163,10 +163,10 @@ export async function load(
     try {
       loaded = await apply(as.url, file, serverVersionNum, options);
     } catch (error) {
-      await as.release().catch(() => {});
+      await releaseLoadRole(as);
       throw error;
     }
-    await as.release();
+    await releaseLoadRole(as);
     return loaded;
   } finally {
     file.spool.remove();
@@ -639,10 +639,10 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
     try {
       ({ counts } = await apply(as.url, file, server!.num, { lock: options.lock }));
     } catch (error) {
-      await as.release().catch(() => {});
+      await releaseLoadRole(as);
       throw error;
     }
-    await as.release();
+    await releaseLoadRole(as);
   } catch (error) {
     // Nothing was sent for a file whose checksum is wrong: its own hint says what to do.
     if (error instanceof ShinkeiError && error.code === "BACKUP_CORRUPT") throw error;

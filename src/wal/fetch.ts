@@ -3,6 +3,7 @@ import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
+import { stderrLog } from "../log.ts";
 import { unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
@@ -56,8 +57,24 @@ export async function fetchWal(
     // Never finished as a whole segment: the part that was received is the end of the archive.
     // The one being received now is the freshest; recovery replays it up to its last whole record.
     if (await Bun.file(join(spoolDir(config.backupDir), `${name}.partial`)).exists()) {
-      await copySpooled(config, `${name}.partial`, target, options);
-      return { from: "receiving", record: null };
+      // A partial with no signature yet (the first moment of a segment, or one the service could not
+      // sign before the primary went away) is not WAL we vouch for: the archive ends before it. A
+      // signature that does not match is refused (exit 126), as is anything else planted.
+      const copied = await copySpooled(config, `${name}.partial`, target, options).then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof ShinkeiError && err.code === "ARCHIVE_UNTRUSTED" && err.details?.unsigned) {
+            stderrLog({
+              level: "warn",
+              msg: "a partial segment in the spool is not signed (yet): the archive ends before it",
+              file: `${name}.partial`,
+            });
+            return false;
+          }
+          throw err;
+        },
+      );
+      if (copied) return { from: "receiving", record: null };
     }
     return await fetchRecorded(config, `${name}.partial`, timeline, target, store, options).catch(() => {
       throw e;

@@ -184,6 +184,7 @@ export async function startWalStream(deps: {
         position: () => receiverPosition(sql, slot, log, hidden).catch(() => null),
       })
     : undefined;
+  const unsignedPartials = new Set<string>();
   const archiveOne = async (name: string) => {
     // A partial of zeros (or none at all) holds no WAL: archived, it would pass for the received
     // start of a segment that the archive in fact lacks.
@@ -192,10 +193,21 @@ export async function startWalStream(deps: {
       log({ level: "info", msg: "wal partial without WAL removed, not archived", file: name });
       return;
     }
+    const signed = key ? await signedPart(config.backupDir, name, key) : undefined;
+    // With a key a partial is sealed as far as it was signed, zeros after: signed to nothing, it
+    // would be the zero partial above under another name. Kept (it may hold WAL the receiver wrote
+    // while its position could not be read) and said once; it is never archived.
+    if (key && name.endsWith(".partial") && !signed?.bytes) {
+      if (!unsignedPartials.has(name)) {
+        unsignedPartials.add(name);
+        log({ level: "warn", msg: "wal partial with nothing signed left in the spool, not archived", file: name });
+      }
+      return;
+    }
     const { record, written } = await archiveWalFile(join(spool, name), root, {
       age: config.backup.age,
       segmentBytes: info.segmentBytes,
-      signed: key ? await signedPart(config.backupDir, name, key) : undefined,
+      signed,
     });
     await rm(join(spool, name), { force: true });
     if (written)

@@ -100,8 +100,10 @@ export async function readSpoolSignature(backupDir: string, name: string, key: s
   return ok ? s : null;
 }
 
-function spoolRefusal(what: string): ShinkeiError {
+/** `unsigned`: no signature at all (not a mismatch); for a partial that is where the archive ends. */
+function spoolRefusal(what: string, unsigned = false): ShinkeiError {
   return new ShinkeiError("ARCHIVE_UNTRUSTED", what, {
+    details: { unsigned },
     hint:
       "Nothing was restored from it. Whoever can write to BACKUP_DIR may have planted it in the spool; " +
       "the WAL service signs only what its receiver wrote.",
@@ -144,6 +146,7 @@ export async function copySpoolFile(
             there
               ? `${what} does not match its signature: it was changed, or signed with another BACKUP_MANIFEST_KEY`
               : `${what} is not signed, and BACKUP_MANIFEST_KEY is set: the WAL receiver did not write it`,
+            !there,
           );
         }
         if (sig.bytes > size || (!name.endsWith(".partial") && !asPartial && sig.bytes !== size))
