@@ -142,7 +142,9 @@ try {
   const apply = await timed([bin, "pitr", "restore", "--to", "latest", "--apply", ...confirm], { env });
   const dump = await timed([bin, "backup"], { env });
   const file = /^backup\s+(\S+)$/m.exec(dump.stdout)![1]!;
-  const restore = await timed([bin, "backup", "--restore", "--backup-file", file, ...confirm], { env });
+  const restore = await timed([bin, "backup", "--restore", "--allow-superuser", "--backup-file", file, ...confirm], {
+    env,
+  });
 
   const result = {
     at: new Date().toISOString(),

@@ -180,7 +180,17 @@ if (import.meta.main) {
       (await timed([bin, "backup", "--json"], { env: { DATABASE_URL: urlFor(db), BACKUP_DIR: dir } })).stdout,
     ).path as string;
     const restore = await timed(
-      [bin, "backup", "restore", file, "--yes", "--confirm-database", `${db}_restore`, "--no-safety-backup"],
+      [
+        bin,
+        "backup",
+        "restore",
+        file,
+        "--allow-superuser",
+        "--yes",
+        "--confirm-database",
+        `${db}_restore`,
+        "--no-safety-backup",
+      ],
       { env: { DATABASE_URL: urlFor(`${db}_restore`), BACKUP_DIR: dir } },
     );
     for (const r of await benchRecover({ bin, url: urlFor(db), dir, size, runs: 1, restoreMs: restore.ms })) {

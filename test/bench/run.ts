@@ -171,7 +171,17 @@ try {
       restoreBare.push((await timed(["pg_restore", "-d", target, join(work, "bare.dump")], { env: pgEnv(target) })).ms);
       await recreate(target);
       const r = await timed(
-        [bin, "backup", "restore", ourFile, "--yes", "--confirm-database", target, "--no-safety-backup"],
+        [
+          bin,
+          "backup",
+          "restore",
+          ourFile,
+          "--allow-superuser",
+          "--yes",
+          "--confirm-database",
+          target,
+          "--no-safety-backup",
+        ],
         { env: { ...ourEnv, DATABASE_URL: urlFor(target) } },
       );
       restoreOurs.push(r.ms);
