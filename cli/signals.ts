@@ -12,11 +12,20 @@ export function untilSignal(): Promise<string> {
  * pool. A signal that comes before the scratch exists removes it the moment it does. SIGKILL leaves
  * it to the next run.
  */
+/** How long a cancelled command has to unwind after its scratch is removed. */
+const UNWIND_MS = 5_000;
+
 export function cancelOnSignal() {
   const controller = new AbortController();
   let remove: (() => Promise<void>) | undefined;
-  // Removing it may fail (already gone, say): nothing is left to do about that here.
-  const removeQuietly = (drop: () => Promise<void>) => void drop().catch(() => {});
+  // Removing it may fail (already gone, say): nothing is left to do about that here. Once it is
+  // gone the command unwinds on its own; should it be stuck on a connection the drop cut (postgres.js
+  // on Bun can leave a query on a reset connection pending for good), it is ended UNWIND_MS later,
+  // as a cancelled command. Unref'd: a command that unwinds in time exits at once.
+  const removeQuietly = (drop: () => Promise<void>) =>
+    void drop()
+      .catch(() => {})
+      .finally(() => setTimeout(() => process.exit(130), UNWIND_MS).unref());
   const stop = () => {
     controller.abort();
     if (remove) removeQuietly(remove);
