@@ -7,15 +7,18 @@ export function untilSignal(): Promise<string> {
 }
 
 /**
+ * How long a cancelled command has to unwind after its scratch is removed: its own last queries on
+ * connections that may be dead wait up to 5 s each (settleWithin), so well above that.
+ */
+const UNWIND_MS = 10_000;
+
+/**
  * Ctrl-C or SIGTERM during a command that works in a scratch database or instance: remove it (which
  * ends the work in it) and let the command unwind through the dispatcher, which still closes the
  * pool. A signal that comes before the scratch exists removes it the moment it does. SIGKILL leaves
  * it to the next run.
  */
-/** How long a cancelled command has to unwind after its scratch is removed. */
-const UNWIND_MS = 5_000;
-
-export function cancelOnSignal() {
+export function cancelOnSignal(what = "the command") {
   const controller = new AbortController();
   let remove: (() => Promise<void>) | undefined;
   // Removing it may fail (already gone, say): nothing is left to do about that here. Once it is
@@ -25,7 +28,12 @@ export function cancelOnSignal() {
   const removeQuietly = (drop: () => Promise<void>) =>
     void drop()
       .catch(() => {})
-      .finally(() => setTimeout(() => process.exit(130), UNWIND_MS).unref());
+      .finally(() =>
+        setTimeout(() => {
+          process.stderr.write(`✖ ${what} was cancelled; its scratch database was dropped\n`);
+          process.exit(130);
+        }, UNWIND_MS).unref(),
+      );
   const stop = () => {
     controller.abort();
     if (remove) removeQuietly(remove);

@@ -12,7 +12,7 @@ export async function drill(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const path = await obtainBackup(config.backupDir, ctx.positionals[1], offsiteStore(config));
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
-  const cancel = cancelOnSignal();
+  const cancel = cancelOnSignal("the drill");
   try {
     const result = await runDrill({
       path,

@@ -132,7 +132,7 @@ async function recover(ctx: Context): Promise<number> {
   if (!dryRun) checkUnattended(ctx, target, "recover rows into the live database", "yes");
   const revertChanged = ctx.flag("revert-changed");
 
-  const cancel = cancelOnSignal();
+  const cancel = cancelOnSignal("the recovery");
   const spin = activity(io, "finding the backup");
   let compared = false;
   try {

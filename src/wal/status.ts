@@ -151,6 +151,13 @@ export async function archiveWindow(
   const bases = await listBaseBackups(backupDir, trust, untrusted);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   const { current, finished } = await spooled(spoolDir(backupDir), seg);
+  // A segment sealed between the two listings left the spool after the archive was read: read the
+  // archive again for what is new, or it would be in neither and show as a gap that is not there.
+  const late = await listArchive(walRoot(backupDir), new Set(records.map((r) => r.name)), trust, []);
+  if (late.length) {
+    records.push(...late);
+    records.sort((a, b) => a.timeline - b.timeline || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
   // Only where a spool exists (streaming was set up): BACKUP_DIR itself answers for dumps.
   const free = (await stat(spoolDir(backupDir)).catch(() => null)) ? await freeBytes(spoolDir(backupDir)) : Infinity;
 
