@@ -120,3 +120,71 @@ describe("codecs", () => {
     }
   });
 });
+
+describe("WAL sealed with a passphrase", () => {
+  const MiB = 1024 * 1024;
+  const names = ["000000010000000000000011", "000000010000000000000012", "000000010000000000000013"];
+  const segment = (i: number) => walLike(i).subarray(0, MiB);
+  const configWith = (passphrase: string) =>
+    loadConfig({
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/x",
+      BACKUP_DIR: join(dir, "passphrase"),
+      WAL_ARCHIVE: "stream",
+      BACKUP_AGE_PASSPHRASE: passphrase,
+    });
+
+  test("segments go to one key of the writing process, wrapped with the passphrase; it alone opens them", async () => {
+    const config = configWith("correct horse battery staple wal");
+    const root = walRoot(config.backupDir);
+    const spool = join(config.backupDir, "spool-test");
+    const records = [];
+    for (const [i, name] of names.entries()) {
+      await Bun.write(join(spool, name), segment(i));
+      records.push(
+        (await archiveWalFile(join(spool, name), root, { segmentBytes: MiB, age: config.backup.age })).record,
+      );
+    }
+    // One scrypt per process, not per segment: every record carries the same wrapped key, and the
+    // files are X25519 age files (the key's), not scrypt ones (the passphrase's).
+    const wrapped = records.map((r) => (r.encryption?.method === "passphrase" ? r.encryption.wrappedKey : undefined));
+    expect(wrapped[0]).toMatch(/^[A-Za-z0-9+/]{100,}={0,2}$/);
+    expect(new Set(wrapped).size).toBe(1);
+    for (const r of records) {
+      const header = (await readFile(join(root, "00000001", r.file))).subarray(0, 200).toString("latin1");
+      expect(header).toStartWith("age-encryption.org/v1\n-> X25519 ");
+      expect(header).not.toContain("-> scrypt");
+    }
+    // The wrapped key itself is a passphrase (scrypt) age file: nothing but the passphrase opens it.
+    expect(Buffer.from(wrapped[0]!, "base64").toString("latin1")).toContain("-> scrypt ");
+
+    for (const [i, name] of names.entries()) {
+      const target = join(dir, `fetched-passphrase-${name}`);
+      await fetchWal(config, name, target);
+      expect((await readFile(target)).equals(Buffer.from(segment(i)))).toBe(true);
+    }
+  });
+
+  test("a wrong passphrase, or a wrapped key that is not one, opens nothing and writes nothing", async () => {
+    const wrong = configWith("not the passphrase");
+    const target = join(dir, "fetched-wrong-passphrase");
+    const failed = await fetchWal(wrong, names[0]!, target).catch((e) => e);
+    expect(failed.code).toBe("DECRYPT_FAILED");
+    expect(await Bun.file(target).exists()).toBe(false);
+
+    const root = walRoot(wrong.backupDir);
+    const path = recordPath(root, 1, names[1]!);
+    const record = JSON.parse(await readFile(path, "utf8"));
+    await writeFile(path, JSON.stringify({ ...record, encryption: { method: "passphrase", wrappedKey: "x\n$(id)" } }));
+    expect(await readRecord(path)).toBeNull();
+  });
+
+  test("a file an older shinkei encrypted with the passphrase itself still opens", async () => {
+    const age = { recipients: [], passphrase: "correct horse battery staple old" };
+    const plain = segment(7);
+    const path = join(dir, "old-passphrase.zst.age");
+    await sealTo(plain, path, { codec: "zstd", age });
+    expect((await readFile(path)).subarray(0, 40).toString("latin1")).toContain("-> scrypt ");
+    const back = await unsealFrom(path, { name: "old-passphrase.zst.age", encryption: { method: "passphrase" }, age });
+    expect(Buffer.concat(await back.toArray()).equals(Buffer.from(plain))).toBe(true);
+  });
+});

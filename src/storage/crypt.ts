@@ -4,7 +4,12 @@ import { Decrypter, Encrypter, generateIdentity, identityToRecipient } from "age
 import { ShinkeiError } from "../errors.ts";
 
 export type { AgeConfig } from "../config/age.ts";
-export type Encryption = { method: "recipients"; recipients: string[] } | { method: "passphrase" };
+/**
+ * How a file was encrypted. `wrappedKey` (passphrase only): the file is encrypted to an X25519 key
+ * of one writing process, and this is that key's identity, age-encrypted with the passphrase
+ * (base64). See `manyFilesEncryption`.
+ */
+export type Encryption = { method: "recipients"; recipients: string[] } | { method: "passphrase"; wrappedKey?: string };
 
 export const AGE_MAGIC = "age-encryption.org/v1";
 /** How new backups are encrypted under this configuration, or undefined for none. */
@@ -21,11 +26,87 @@ export function canOpen(made: Encryption | undefined, age: AgeConfig | undefined
   return made.method === "recipients" ? Boolean(age?.identityFile) : Boolean(age?.passphrase);
 }
 
-export async function encrypt(stream: ReadableStream<Uint8Array>, age: AgeConfig): Promise<ReadableStream<Uint8Array>> {
+/**
+ * Encrypt for `age`'s recipients or passphrase; with `made` from `manyFilesEncryption`, to that
+ * encryption's process key.
+ */
+export async function encrypt(
+  stream: ReadableStream<Uint8Array>,
+  age: AgeConfig,
+  made?: Encryption,
+): Promise<ReadableStream<Uint8Array>> {
   const e = new Encrypter();
-  if (age.recipients.length) for (const r of age.recipients) e.addRecipient(r);
+  const wrapped = made?.method === "passphrase" ? made.wrappedKey : undefined;
+  if (wrapped) {
+    const own = await processKey(age.passphrase!);
+    if (own.wrappedKey !== wrapped) throw new Error("a wrapped key of another process cannot encrypt here");
+    e.addRecipient(own.recipient);
+  } else if (age.recipients.length) for (const r of age.recipients) e.addRecipient(r);
   else e.setPassphrase(age.passphrase!);
   return e.encrypt(stream);
+}
+
+/*
+ * A passphrase costs a scrypt derivation (work factor 2^18, about a second of CPU) for every file
+ * it encrypts and again for every file it opens: that is age's defence against guessing, and it
+ * is per file because every file has a salt of its own. For the WAL archive, which seals a file
+ * for every 16 MiB the primary writes and opens one for every segment a recovery replays, that
+ * would take a core of the primary's host and add a second per segment to a restore. So a process
+ * that seals many files makes one X25519 key, encrypts it once with the passphrase (the same
+ * scrypt, once), and encrypts its files to that key; each file's record carries the wrapped key,
+ * and a reader unwraps each distinct one once. Opening still takes nothing but the passphrase,
+ * and a record's signature covers its wrapped key. Dumps and base backups, one file at a time
+ * and meant to open with `age -d` alone, keep the passphrase itself.
+ */
+type ProcessKey = { passphrase: string; identity: string; recipient: string; wrappedKey: string };
+let ownKey: Promise<ProcessKey> | undefined;
+
+function processKey(passphrase: string): Promise<ProcessKey> {
+  if (!ownKey)
+    ownKey = (async () => {
+      const identity = await generateIdentity();
+      const e = new Encrypter();
+      e.setPassphrase(passphrase);
+      const wrappedKey = Buffer.from(await e.encrypt(identity)).toString("base64");
+      return { passphrase, identity, recipient: await identityToRecipient(identity), wrappedKey };
+    })();
+  return ownKey.then((k) => {
+    if (k.passphrase === passphrase) return k;
+    ownKey = undefined;
+    return processKey(passphrase);
+  });
+}
+
+/** How a process that seals many files (the WAL archive) encrypts them: see ProcessKey above. */
+export async function manyFilesEncryption(age: AgeConfig | undefined): Promise<Encryption | undefined> {
+  const made = encryptionFor(age);
+  if (made?.method !== "passphrase") return made;
+  return { method: "passphrase", wrappedKey: (await processKey(age!.passphrase!)).wrappedKey };
+}
+
+/** A wrapped key as a record carries it: base64 of a small age file, nothing else. */
+export const WRAPPED_KEY = /^[A-Za-z0-9+/]{100,2000}={0,2}$/;
+
+/** Identities unwrapped by this process, by wrapped key: one scrypt each. A few: one per writing process. */
+const unwrapped = new Map<string, Promise<string>>();
+const UNWRAPPED_MAX = 64;
+
+function unwrap(wrappedKey: string, passphrase: string): Promise<string> {
+  const key = `${wrappedKey}\0${passphrase}`;
+  let got = unwrapped.get(key);
+  if (!got) {
+    if (unwrapped.size >= UNWRAPPED_MAX) unwrapped.delete(unwrapped.keys().next().value!);
+    const d = new Decrypter();
+    d.addPassphrase(passphrase);
+    got = d.decrypt(Buffer.from(wrappedKey, "base64"), "text").then((text) => {
+      const identity = text.trim();
+      if (!/^AGE-SECRET-KEY-1[0-9A-Z]+$/.test(identity)) throw new Error("the wrapped key is not an age identity");
+      return identity;
+    });
+    got.catch(() => unwrapped.delete(key));
+    unwrapped.set(key, got);
+  }
+  return got;
 }
 
 async function identities(path: string): Promise<string[]> {
@@ -84,8 +165,10 @@ export async function decrypt(
   }
   const d = new Decrypter();
   if (keys.length) addIdentities(d, keys, age!.identityFile!);
-  if (age?.passphrase) d.addPassphrase(age.passphrase);
+  const wrapped = made?.method === "passphrase" ? made.wrappedKey : undefined;
   try {
+    if (wrapped && age?.passphrase) d.addIdentity(await unwrap(wrapped, age.passphrase));
+    else if (age?.passphrase) d.addPassphrase(age.passphrase);
     return await d.decrypt(stream);
   } catch (e) {
     throw new ShinkeiError(

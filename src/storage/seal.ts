@@ -24,6 +24,8 @@ export type SealOptions = {
   /** The codec's level: gzip's 6 and zstd's 3 unless given. */
   level?: number;
   age?: AgeConfig;
+  /** How `age` encrypts, when not its own default: manyFilesEncryption's process key. */
+  encryption?: Encryption;
   /** Also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
   plainHash?: boolean;
   onProgress?: (p: { bytesIn: number; bytesOut: number }) => void;
@@ -72,6 +74,7 @@ export async function sealTo(
           yield* (await encrypt(
             Readable.toWeb(Readable.from(compressed)) as ReadableStream<Uint8Array>,
             options.age,
+            options.encryption,
           )) as unknown as AsyncIterable<Uint8Array>;
       },
       new Writable({
@@ -115,7 +118,11 @@ async function sealBytes(bytes: Uint8Array, path: string, options: SealOptions):
           c.close();
         },
       });
-      for await (const chunk of (await encrypt(plain, options.age)) as unknown as AsyncIterable<Uint8Array>)
+      for await (const chunk of (await encrypt(
+        plain,
+        options.age,
+        options.encryption,
+      )) as unknown as AsyncIterable<Uint8Array>)
         await write(chunk);
     }
     await file.sync();

@@ -3,7 +3,7 @@ import { createReadStream } from "node:fs";
 import { Transform } from "node:stream";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { encryptionFor, type AgeConfig, type Encryption } from "../storage/crypt.ts";
+import { manyFilesEncryption, WRAPPED_KEY, type AgeConfig, type Encryption } from "../storage/crypt.ts";
 import { fsyncDir, sha256File, writeFileAtomic } from "../storage/files.ts";
 import { sealTo } from "../storage/seal.ts";
 import { signParts } from "../backup/manifest.ts";
@@ -95,6 +95,15 @@ function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"];
   return tl ? { kind: "history", timeline: tl } : null;
 }
 
+/** A record's `encryption`, when it has one, in a shape decrypt reads (it may come from a bucket). */
+const encryptionOk = (e: unknown): boolean => {
+  if (e === undefined) return true;
+  const m = e as Encryption;
+  if (m?.method === "recipients")
+    return Array.isArray(m.recipients) && m.recipients.every((r) => typeof r === "string");
+  return m?.method === "passphrase" && (m.wrappedKey === undefined || WRAPPED_KEY.test(m.wrappedKey));
+};
+
 export const recordPath = (root: string, timeline: number, name: string) =>
   join(root, timelineDir(timeline), name + RECORD);
 
@@ -117,6 +126,7 @@ export async function readRecord(
         r.file === `${name}.gz` ||
         r.file === `${name}.gz.age`) &&
       r.file.endsWith(".age") === Boolean(r.encryption) &&
+      encryptionOk(r.encryption) &&
       Number.isInteger(r.segmentBytes) &&
       r.segmentBytes >= 1 << 20 &&
       r.segmentBytes <= 1 << 30 &&
@@ -171,7 +181,7 @@ export async function archiveWalFile(
       },
     );
   }
-  const encryption = encryptionFor(options.age);
+  const encryption = await manyFilesEncryption(options.age);
   const file = `${name}.zst${encryption ? ".age" : ""}`;
   const target = join(dir, file);
   const partial = `${target}.partial`;
@@ -209,6 +219,7 @@ export async function archiveWalFile(
       codec: "zstd",
       level: WAL_ZSTD_LEVEL,
       age: encryption ? options.age : undefined,
+      encryption,
       plainHash: true,
     });
     if (

@@ -3,7 +3,7 @@ import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import type { Log } from "../log.ts";
-import { encryptionFor } from "../storage/crypt.ts";
+import { manyFilesEncryption } from "../storage/crypt.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { sealTo } from "../storage/seal.ts";
 import { offsiteStore } from "../storage/stores.ts";
@@ -170,7 +170,7 @@ export function startWalUploader(deps: {
     // Not signed yet (the WAL service signs it within half a second of its first bytes), or never
     // (planted): nothing goes off-site; wal-fetch and the signer say why where it matters.
     if (key && !(await readSpoolSignature(config.backupDir, name, key))) return true;
-    const encryption = encryptionFor(config.backup.age);
+    const encryption = await manyFilesEncryption(config.backup.age);
     const file = `${name}.zst${encryption ? ".age" : ""}`;
     const tmp = join(root, `.upload-${file}`);
     // With a key, only what the WAL service signed of it goes off-site (under a signed record), and
@@ -187,6 +187,7 @@ export function startWalUploader(deps: {
           codec: "zstd",
           level: WAL_ZSTD_LEVEL,
           age: encryption ? config.backup.age : undefined,
+          encryption,
           plainHash: true,
         },
       );
