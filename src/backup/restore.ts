@@ -374,14 +374,25 @@ async function watched(conn: postgres.ReservedSql, id: string) {
            (select coalesce(pg_catalog.string_agg(s.setdatabase || '/' || s.setrole || '/' || s.setconfig::text, ';'
                                                   order by s.setdatabase, s.setrole), '')
               from pg_catalog.pg_db_role_setting s) as settings,
-           (select pg_catalog.string_agg(d.oid::text || '/' || d.datname || '/' || d.datdba::text || '/'
+           (select pg_catalog.json_object_agg(d.oid::text, d.datname || '/' || d.datdba::text || '/'
                      || coalesce(d.datacl::text, '') || '/' || d.datconnlimit::text || '/' || d.datallowconn::text
-                     || '/' || d.datistemplate::text, ';' order by d.oid)
+                     || '/' || d.datistemplate::text)::text
               from pg_catalog.pg_database d) as databases,
            (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '')
               from pg_catalog.pg_event_trigger) as events`);
   if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
   return { ...row!, guard: row!.guard, events: row!.events ? row!.events.split("/") : [] };
+}
+
+/**
+ * Whether a database that was there before the load and is there after differs (by oid: a rename
+ * shows). One created or dropped meanwhile is another client's: neither can happen inside the
+ * load's transaction block, and on a shared server a restore must not fail because of it.
+ */
+export function databaseChanged(before: string, after: string): boolean {
+  const was = JSON.parse(before) as Record<string, string>;
+  const now = JSON.parse(after) as Record<string, string>;
+  return Object.entries(was).some(([oid, d]) => oid in now && now[oid] !== d);
 }
 
 /**
@@ -460,7 +471,7 @@ async function checkLoaded(
   if (!intact!.ok) fail("the restore's guard was altered during the load");
   if (after.settings !== before.settings)
     fail("role or database settings changed during the load (pg_db_role_setting)");
-  if (after.databases !== before.databases)
+  if (databaseChanged(before.databases, after.databases))
     fail("a database's name, owner, privileges or connection settings changed during the load (pg_database)");
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);

@@ -41,7 +41,11 @@ export async function countRows(
       `as digest from ${t.qualified} r`,
   );
   // Large objects are counted, never digested: reading their content needs privileges on each one.
-  parts.push(`select ${quoteLiteral(LARGE_OBJECTS)}, count(*)::int8, null from pg_catalog.pg_largeobject_metadata`);
+  // Named: with no user table this part comes first, and a union takes its column names from the first.
+  parts.push(
+    `select ${quoteLiteral(LARGE_OBJECTS)} as name, count(*)::int8 as n, null::text as digest ` +
+      "from pg_catalog.pg_largeobject_metadata",
+  );
   const rows = await sql.unsafe<{ name: string; n: number; digest: string | null }[]>(parts.join(" union all "));
   return rows.filter((r) => r.name !== LARGE_OBJECTS || Number(r.n) > 0).map((r) => ({ ...r, n: Number(r.n) }));
 }
