@@ -38,6 +38,10 @@ import { benchPasswordReset } from "./password-reset.ts";
 import { benchMetrics } from "./metrics.ts";
 import { judgeScript } from "../../src/backup/judge.ts";
 import { Spool } from "../../src/backup/spool.ts";
+import { sealTo, unsealFrom } from "../../src/storage/seal.ts";
+import { archiveWalFile, walRoot, WAL_ZSTD_LEVEL } from "../../src/wal/archive.ts";
+import { fetchWal } from "../../src/wal/fetch.ts";
+import { loadConfig } from "../../src/config/index.ts";
 
 async function drainMs(stream: AsyncIterable<unknown>): Promise<number> {
   const started = performance.now();
@@ -254,6 +258,54 @@ try {
   }
 } finally {
   s3.proc.kill("SIGTERM");
+}
+
+// ---- WAL archive with a passphrase ----
+// Every segment sealed and opened with the passphrase itself (a scrypt each, as before) against
+// the archive's way: one key per writing process, wrapped with the passphrase once.
+{
+  const dir = join(work, "wal-passphrase");
+  const age = { recipients: [], passphrase: "a bench passphrase, long enough" };
+  const segments = smoke ? 3 : 8;
+  const segment = new Uint8Array(16 << 20).map((_, i) => (i * 2654435761) >>> 24);
+  const perFile: number[] = [];
+  const processKey: number[] = [];
+  for (let i = 0; i < segments; i++) {
+    const path = join(dir, `each-${i}.zst.age`);
+    await mkdir(dir, { recursive: true });
+    const started = performance.now();
+    await sealTo(segment, path, { codec: "zstd", level: WAL_ZSTD_LEVEL, age });
+    for await (const _ of await unsealFrom(path, { name: path, age, encryption: { method: "passphrase" } }));
+    perFile.push(performance.now() - started);
+  }
+  const config = loadConfig({
+    DATABASE_URL: server,
+    BACKUP_DIR: dir,
+    WAL_ARCHIVE: "stream",
+    BACKUP_AGE_PASSPHRASE: age.passphrase,
+  });
+  const spool = join(dir, "spool-bench");
+  await mkdir(spool, { recursive: true });
+  for (let i = 0; i < segments; i++) {
+    const name = `0000000100000000000000${(0x10 + i).toString(16).toUpperCase()}`;
+    await Bun.write(join(spool, name), segment);
+    const started = performance.now();
+    await archiveWalFile(join(spool, name), walRoot(dir), { segmentBytes: 16 << 20, age });
+    await fetchWal(config, name, join(dir, `fetched-${name}`), undefined, { durable: false });
+    processKey.push(performance.now() - started);
+  }
+  await rm(dir, { recursive: true, force: true });
+  // Medians: the first segment of the archive's way pays the one wrap and the one unwrap.
+  add({
+    group: "wal",
+    name: "WAL segment sealed + opened with a passphrase: archive's way vs scrypt per file",
+    ours: fmtMs(median(processKey)),
+    baseline: fmtMs(median(perFile)),
+    ratio: median(processKey) / median(perFile),
+    goal: "≤ 0.25x",
+    met: median(processKey) <= 0.25 * median(perFile),
+    raw: { oursMs: median(processKey), baselineMs: median(perFile), segments },
+  });
 }
 
 // ---- auth server ----
