@@ -1,8 +1,14 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { databaseChanged } from "../src/backup/restore.ts";
+import { catalogChanged, type WatchedCatalog } from "../src/backup/restore.ts";
 import { tableStats } from "../src/backup/digest.ts";
 import { tableCounts } from "../src/pg/tables.ts";
-import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, serverUrl, type TestDatabase, urlFor } from "./support/db.ts";
+import { slowToLoad } from "./support/backup.ts";
+import { shinkei, takeBackup } from "./support/cli.ts";
+import { seedSample, tempDir } from "./support/fixtures.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { connect } from "../src/pg/db.ts";
+import postgres from "postgres";
 
 /*
  * A restore shares its server with other databases and other clients: what they do meanwhile is
@@ -17,17 +23,44 @@ describe("a restore on a shared server", () => {
     await db.drop();
   });
 
-  test("a database another client creates or drops during the load is not a change; one altered is", () => {
-    const before = JSON.stringify({ "1": "template1/10//-1/true/true", "5": "postgres/10//-1/true/false" });
-    const created = JSON.stringify({ ...JSON.parse(before), "16400": "other_app/10//-1/true/false" });
-    const dropped = JSON.stringify({ "1": "template1/10//-1/true/true" });
-    expect(databaseChanged(before, created)).toBe(false);
-    expect(databaseChanged(before, dropped)).toBe(false);
-    expect(databaseChanged(before, before)).toBe(false);
-    const renamed = JSON.stringify({ ...JSON.parse(before), "5": "postgres_old/10//-1/true/false" });
-    const reowned = JSON.stringify({ ...JSON.parse(before), "5": "postgres/16384//-1/true/false" });
-    const opened = JSON.stringify({ ...JSON.parse(before), "1": "template1/10//-1/true/false" });
-    for (const after of [renamed, reowned, opened]) expect(databaseChanged(before, after)).toBe(true);
+  test("what another client does to other databases meanwhile is not a change; what the load role can do is", () => {
+    // The load role (oid 900) owns the database restored into (16384); 16390 is another app's.
+    const catalog = (databases: WatchedCatalog["databases"], settings: WatchedCatalog["settings"] = []) => ({
+      role: "900",
+      superuser: false,
+      database: "16384",
+      databases,
+      settings,
+    });
+    const dbs: WatchedCatalog["databases"] = {
+      "5": ["10", "postgres", null, -1, true, false],
+      "16384": ["900", "app", null, -1, true, false],
+      "16390": ["10", "other_app", null, -1, true, false],
+    };
+    const before = catalog(dbs);
+    const without = (oid: string) => Object.fromEntries(Object.entries(dbs).filter(([o]) => o !== oid));
+    const others = [
+      catalog({ ...dbs, "16400": ["10", "created_meanwhile", null, -1, true, false] }),
+      catalog(without("16390")),
+      catalog({ ...dbs, "16390": ["10", "renamed_by_its_owner", null, -1, true, false] }),
+      catalog({ ...dbs, "16390": ["10", "other_app", "{=c/postgres}", 5, true, false] }),
+      catalog(dbs, [["16390", "0", "{work_mem=1MB}"]]),
+      catalog(dbs, [["0", "10", "{search_path=x}"]]),
+    ];
+    for (const after of others) expect(catalogChanged(before, after)).toBeNull();
+
+    const byTheLoad = [
+      catalog({ ...dbs, "16384": ["900", "app_renamed", null, -1, true, false] }),
+      catalog({ ...dbs, "16384": ["900", "app", null, 0, true, false] }),
+      catalog({ ...dbs, "16384": ["10", "app", null, -1, true, false] }),
+    ];
+    for (const after of byTheLoad) expect(catalogChanged(before, after)).toBe("databases");
+    expect(catalogChanged(before, catalog(dbs, [["0", "900", "{search_path=evil}"]]))).toBe("settings");
+    expect(catalogChanged(before, catalog(dbs, [["16384", "0", "{search_path=evil}"]]))).toBe("settings");
+    // A superuser's load could change any of them: nothing is another client's then.
+    const asSuperuser = { ...before, superuser: true };
+    expect(catalogChanged(asSuperuser, { ...others[2]!, superuser: true })).toBe("databases");
+    expect(catalogChanged(asSuperuser, { ...others[4]!, superuser: true })).toBe("settings");
   });
 
   test("a database with no tables counts as empty: no nameless table (a rollback there changed nothing)", async () => {
@@ -36,5 +69,54 @@ describe("a restore on a shared server", () => {
     await db.sql`create table t (id int)`;
     await db.sql`insert into t values (1), (2)`;
     expect(await tableCounts(db.sql)).toEqual({ t: 2 });
+  });
+
+  test("a restore whose load runs while another client alters, creates and drops other databases commits", async () => {
+    // The deployment's layout: the app's role (no superuser) owns its database; DATABASE_URL is the superuser's.
+    const role = db.name.replace("shinkei_test_", "app_");
+    await db.sql.unsafe(`create role ${role} login nosuperuser`);
+    await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
+    await db.sql`drop table if exists t`;
+    const u = new URL(urlFor(db.name));
+    u.username = role;
+    const app = connect(u.toString(), { max: 1 });
+    const other = await freshDatabase("shared_other");
+    const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    try {
+      await migrate(app);
+      await seedSample(app, "shared");
+      const env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("shared") };
+      const file = await takeBackup(env);
+      await slowToLoad(file, 2);
+      const restore = shinkei(
+        ["backup", "restore", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+        env,
+      );
+      let done = false;
+      void restore.finally(() => {
+        done = true;
+      });
+      // Until the restore ends: another app's database changes under it, and one comes and goes.
+      for (let i = 1; !done; i++) {
+        await admin.unsafe(`alter database ${other.name} connection limit ${i}`);
+        const passing = `${other.name}_${i}`;
+        await admin.unsafe(`create database ${passing}`);
+        await admin.unsafe(`drop database ${passing}`);
+      }
+      const r = await restore;
+      expect(r).toSucceed();
+      expect(r.stdout).toContain("counts match the manifest");
+      const [row] = await admin.unsafe<{ n: number }[]>(
+        `select datconnlimit as n from pg_database where datname = '${other.name}'`,
+      );
+      expect(row!.n).toBeGreaterThan(1); // it did change while the restore ran
+    } finally {
+      await app.end();
+      await other.drop();
+      await db.sql.unsafe(`alter database ${db.name} owner to postgres`);
+      await db.sql.unsafe(`drop owned by ${role} cascade`).catch(() => {});
+      await admin.unsafe(`drop role if exists ${role}`).catch(() => {});
+      await admin.end();
+    }
   });
 });

@@ -366,33 +366,62 @@ const PIPELINE_BYTES = 4 << 20;
 
 /** What the file may not change: the guard, role settings, databases, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
-  const [row] = await conn.unsafe<{ guard: string | null; settings: string; databases: string; events: string }[]>(`
+  const [row] = await conn.unsafe<{ guard: string | null; catalog: string; events: string }[]>(`
     select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text
                      || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
               from pg_catalog.pg_proc p
              where p.proname = 'shinkei_guard_${id}' and p.pronamespace = pg_catalog.pg_my_temp_schema()) as guard,
-           (select coalesce(pg_catalog.string_agg(s.setdatabase || '/' || s.setrole || '/' || s.setconfig::text, ';'
-                                                  order by s.setdatabase, s.setrole), '')
-              from pg_catalog.pg_db_role_setting s) as settings,
-           (select pg_catalog.json_object_agg(d.oid::text, d.datname || '/' || d.datdba::text || '/'
-                     || coalesce(d.datacl::text, '') || '/' || d.datconnlimit::text || '/' || d.datallowconn::text
-                     || '/' || d.datistemplate::text)::text
-              from pg_catalog.pg_database d) as databases,
+           pg_catalog.json_build_object(
+             'role', (select r.oid::text from pg_catalog.pg_roles r where r.rolname = current_user),
+             'superuser', (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user),
+             'database', (select d.oid::text from pg_catalog.pg_database d
+                           where d.datname = pg_catalog.current_database()),
+             'databases', (select pg_catalog.json_object_agg(d.oid::text, pg_catalog.json_build_array(d.datdba::text,
+                             d.datname, d.datacl::text, d.datconnlimit, d.datallowconn, d.datistemplate))
+                             from pg_catalog.pg_database d),
+             'settings', (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(s.setdatabase::text,
+                            s.setrole::text, s.setconfig::text) order by s.setdatabase, s.setrole), '[]')
+                            from pg_catalog.pg_db_role_setting s))::text as catalog,
            (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '')
               from pg_catalog.pg_event_trigger) as events`);
   if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
-  return { ...row!, guard: row!.guard, events: row!.events ? row!.events.split("/") : [] };
+  return {
+    guard: row!.guard,
+    catalog: JSON.parse(row!.catalog) as WatchedCatalog,
+    events: row!.events ? row!.events.split("/") : [],
+  };
 }
 
+/** The server-wide catalog a load watches: databases by oid ([owner, ...the rest]), role settings. */
+export type WatchedCatalog = {
+  role: string;
+  superuser: boolean;
+  database: string;
+  databases: Record<string, [string, ...unknown[]]>;
+  settings: [string, string, string][];
+};
+
 /**
- * Whether a database that was there before the load and is there after differs (by oid: a rename
- * shows). One created or dropped meanwhile is another client's: neither can happen inside the
- * load's transaction block, and on a shared server a restore must not fail because of it.
+ * What of the server-wide catalog differs after the load, of what the load could change: a
+ * superuser's load, anything; any other role's, its own database, the databases it owns (before or
+ * after) and the settings of itself or of those databases. The rest is other clients' on a shared
+ * server, and must not fail the restore. A database there before and not after, or after and not
+ * before, was dropped or created by another client: neither can run inside a transaction block.
  */
-export function databaseChanged(before: string, after: string): boolean {
-  const was = JSON.parse(before) as Record<string, string>;
-  const now = JSON.parse(after) as Record<string, string>;
-  return Object.entries(was).some(([oid, d]) => oid in now && now[oid] !== d);
+export function catalogChanged(before: WatchedCatalog, after: WatchedCatalog): "databases" | "settings" | null {
+  const ours = new Set<string>([before.database]);
+  for (const side of [before, after])
+    for (const [oid, [owner]] of Object.entries(side.databases)) if (owner === before.role) ours.add(oid);
+  const mine = (oid: string) => before.superuser || ours.has(oid);
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  for (const [oid, was] of Object.entries(before.databases))
+    if (mine(oid) && oid in after.databases && !same(was, after.databases[oid])) return "databases";
+  const settings = (c: WatchedCatalog) =>
+    c.settings
+      .filter(([db, role]) => before.superuser || role === before.role || ours.has(db))
+      .map((s) => JSON.stringify(s))
+      .sort();
+  return same(settings(before), settings(after)) ? null : "settings";
 }
 
 /**
@@ -469,9 +498,9 @@ async function checkLoaded(
        and (select count(*) from pg_temp.shinkei_guard_${id}) = 1 as ok`)
     .catch(() => [{ ok: false }]);
   if (!intact!.ok) fail("the restore's guard was altered during the load");
-  if (after.settings !== before.settings)
-    fail("role or database settings changed during the load (pg_db_role_setting)");
-  if (databaseChanged(before.databases, after.databases))
+  const changed = catalogChanged(before.catalog, after.catalog);
+  if (changed === "settings") fail("role or database settings changed during the load (pg_db_role_setting)");
+  if (changed === "databases")
     fail("a database's name, owner, privileges or connection settings changed during the load (pg_database)");
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
