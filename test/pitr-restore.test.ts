@@ -301,6 +301,9 @@ describe("pitr restore", () => {
         `&& echo "CREATE MATERIALIZED VIEW public.slow_to_load AS SELECT pg_catalog.pg_sleep(8)::text AS ` +
         `slept;"`,
     );
+    // The server notices a vanished client within 100 ms even mid-statement, instead of only when the
+    // slow one ends: the kill still lands before COMMIT, and the test does not wait out the sleep.
+    await sql`alter database shinkei set client_connection_check_interval = '100ms'`;
     const p = Bun.spawn(
       [binaryPath, "pitr", "restore", "--to", noted, "--apply", "--yes", "--confirm-database", "shinkei"],
       {
@@ -325,7 +328,7 @@ describe("pitr restore", () => {
     );
     p.kill("SIGKILL");
     await p.exited;
-    // The server sees its client gone once the slow statement ends.
+    // The server sees its client gone at its next check (without one, once the slow statement ends).
     await until(
       "the loading session to end",
       async () =>
@@ -335,6 +338,7 @@ describe("pitr restore", () => {
         ).length === 0,
       30_000,
     );
+    await sql`alter database shinkei reset client_connection_check_interval`;
     expect(await sql.begin((tx) => tableStats(tx))).toEqual(now);
     await until("the watchdog to remove the scratch instance", async () => (await leftovers()).length === 0, 30_000);
   });
