@@ -23,6 +23,7 @@ import { readInstanceFile } from "../src/pitr/instance.ts";
 import { archiveSource } from "../src/metrics/sources.ts";
 import { readPitrSnapshot, readSnapshot } from "../src/metrics/snapshot.ts";
 import { statusView } from "../src/metrics/view.ts";
+import { writeIdentity } from "../src/storage/crypt.ts";
 import {
   archiveTrust,
   describeUntrusted,
@@ -54,8 +55,14 @@ beforeAll(async () => {
   cluster = await startCluster();
   s3 = await TestS3.start();
   dir = await tempDir("pitr-trust");
+  // A key pair, not a passphrase: each passphrase seal or unseal costs a second of CPU (scrypt), and
+  // the archiver seals every segment and recovery unseals each. What is checked here is the signing.
+  const key = join(scratchRoot, "age.key");
+  const recipient = await writeIdentity(key);
+  await chmod(key, 0o644); // recovery's wal-fetch runs as the server's OS user
   env = streamingEnv(cluster.url("shinkei"), dir, {
-    BACKUP_AGE_PASSPHRASE: "correct horse battery staple trust",
+    BACKUP_AGE_RECIPIENTS: recipient,
+    BACKUP_AGE_IDENTITY: key,
     BACKUP_MANIFEST_KEY: KEY,
     TMPDIR: scratchRoot,
     WAL_PARTIAL_UPLOAD_INTERVAL: "1s",
@@ -295,6 +302,16 @@ describe("WAL in the spool", () => {
     await sql`select pg_switch_wal()`;
     const record = recordPath(walRoot(dir), legit.timeline, segment);
     await until("the segment sealed", async () => Bun.file(record).exists());
+    // The archiver takes the segment out of the spool after its record is written, and the signer
+    // forgets its signature only at its next pass. Until then the same bytes put back in the spool
+    // still match the receiver's signature (they are what it wrote) and would be served.
+    await until(
+      "the segment out of the spool, its signature forgotten",
+      async () =>
+        !(await Bun.file(join(spool(), segment)).exists()) &&
+        !(await Bun.file(spoolSignaturePath(dir, segment)).exists()) &&
+        !(await Bun.file(spoolSignaturePath(dir, `${segment}.partial`)).exists()),
+    );
     const plain = join(scratchRoot, "planted-plain");
     expect(await shinkei(["pitr", "wal-fetch", segment, plain], env)).toSucceed();
     const archived = JSON.parse(await readFile(record, "utf8")) as WalRecord;
