@@ -3,8 +3,9 @@ import { catalogChanged, type WatchedCatalog } from "../src/backup/restore.ts";
 import { tableStats } from "../src/backup/digest.ts";
 import { tableCounts } from "../src/pg/tables.ts";
 import { freshDatabase, serverUrl, type TestDatabase, urlFor } from "./support/db.ts";
-import { slowToLoad } from "./support/backup.ts";
-import { shinkei, takeBackup } from "./support/cli.ts";
+import { binaryPath, buildBinary, shinkei, takeBackup } from "./support/cli.ts";
+import { until } from "./support/wait.ts";
+import { seededDatabase, slowToLoad } from "./support/backup.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { connect } from "../src/pg/db.ts";
@@ -117,6 +118,38 @@ describe("a restore on a shared server", () => {
       await db.sql.unsafe(`drop owned by ${role} cascade`).catch(() => {});
       await admin.unsafe(`drop role if exists ${role}`).catch(() => {});
       await admin.end();
+    }
+  });
+
+  test("a restore killed in a slow statement lets go of the database within seconds, not when it ends", async () => {
+    const live = await seededDatabase("shared_killed");
+    const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    try {
+      const env = { DATABASE_URL: live.url, BACKUP_DIR: await tempDir("shared_killed") };
+      const file = await takeBackup(env);
+      await slowToLoad(file, 60);
+      await buildBinary();
+      const args = ["backup", "restore", file, "--allow-superuser", "--yes", "--confirm-database", live.name];
+      const p = Bun.spawn([binaryPath, ...args, "--no-safety-backup"], {
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
+        stdout: "ignore",
+        stderr: "ignore",
+      });
+      const sleeping = () =>
+        admin.unsafe(
+          `select pid from pg_stat_activity where datname = '${live.name}' and query like '%pg_sleep(60)%'` +
+            " and pid <> pg_backend_pid()",
+        );
+      await until("the load to reach its slow statement", async () => (await sleeping()).length > 0, 30_000);
+      p.kill("SIGKILL");
+      await p.exited;
+      // Its statement had a minute to go: the server ended it because the client was gone.
+      await until("the server to end the dead restore's session", async () => (await sleeping()).length === 0, 15_000);
+      const [left] = await live.sql`select count(*)::int as n from pg_class where relname = 'slow_to_load'`;
+      expect(left!.n).toBe(0);
+    } finally {
+      await admin.end();
+      await live.drop();
     }
   });
 });

@@ -237,6 +237,9 @@ export async function apply(
     // database's defaults say.
     await run("SET standard_conforming_strings = on");
     await run("SET client_encoding = 'UTF8'");
+    // A restore killed mid-statement (an index build, a slow view) would otherwise hold its locks on
+    // the database until that statement ends; the server checks for a vanished client every second.
+    if (serverVersionNum >= 140000) await run("SET client_connection_check_interval = '1s'");
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
     const before = await watched(conn, id);
     // Statements go without waiting for each one's answer (pipelined: each is still a message of its
