@@ -58,8 +58,9 @@ async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
  * copy (milliseconds). Deleting the folder at any time is safe: the next cluster makes it again.
  * Copies of one template share its database system identifier; nothing in shinkei reads it, and
  * PostgreSQL checks it only when WAL meets a data directory, which in the tests is always its own.
+ * One folder per OS user: a template root made belongs to the server's user, another's to them.
  */
-export const INITDB_CACHE = join(tmpdir(), "shinkei-test-cache");
+export const INITDB_CACHE = join(tmpdir(), `shinkei-test-cache-${process.getuid?.() ?? "user"}`);
 
 const templates = new Map<string, Promise<string>>();
 
@@ -96,7 +97,8 @@ async function makeTemplate(args: string[]): Promise<string> {
     try {
       await writeFile(lock, String(process.pid), { flag: "wx" });
       break;
-    } catch {
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
       if (await ready()) return template;
       // A lock left by a process that was killed while it ran initdb: it is gone.
       const holder = Number(
