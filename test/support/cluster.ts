@@ -1,4 +1,4 @@
-import { appendFile, chmod, chown, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { appendFile, chmod, chown, mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -52,10 +52,92 @@ async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
 }
 
 /**
- * initdb a new data directory `dataDir` (its parent must exist) as the server's OS user: superuser
- * postgres, trust for local logins, UTF8, no locale, plus `args`. Throws with initdb's output.
+ * Where initdb's output is kept between clusters: a cache, the one folder test runs leave in the temp
+ * directory on purpose. initdb costs seconds of CPU and every test cluster needs the same fresh data
+ * directory, so it runs once per server version and set of initdb arguments, and each cluster gets a
+ * copy (milliseconds). Deleting the folder at any time is safe: the next cluster makes it again.
+ * Copies of one template share its database system identifier; nothing in shinkei reads it, and
+ * PostgreSQL checks it only when WAL meets a data directory, which in the tests is always its own.
+ * One folder per OS user: a template root made belongs to the server's user, another's to them.
  */
-export async function initTrustCluster(dataDir: string, args: string[] = []): Promise<void> {
+export const INITDB_CACHE = join(tmpdir(), `shinkei-test-cache-${process.getuid?.() ?? "user"}`);
+
+const templates = new Map<string, Promise<string>>();
+
+/**
+ * The cached data directory initdb made for `args`: made when missing. Test files run in several
+ * processes at once (bun test --parallel) and start clusters at the same moment: one makes it while
+ * the others wait on a lock file, and it is made in a folder of its own and renamed into place, so no
+ * process ever copies a half-made one (if two make it anyway, one rename wins and the other's goes).
+ */
+function initdbTemplate(args: string[]): Promise<string> {
+  const key = JSON.stringify(args);
+  let made = templates.get(key);
+  if (!made) {
+    made = makeTemplate(args);
+    made.catch(() => templates.delete(key)); // a failure is not remembered: the next cluster tries again
+    templates.set(key, made);
+  }
+  return made;
+}
+
+async function makeTemplate(args: string[]): Promise<string> {
+  const bin = serverBin();
+  const version = await exec([join(bin, "postgres"), "--version"]);
+  if (version.code !== 0) throw new Error(`postgres --version failed: ${version.output}`);
+  // A new server version (even a minor one) or other arguments: another template.
+  const digest = new Bun.CryptoHasher("sha256").update(JSON.stringify([bin, version.output, args])).digest("hex");
+  const template = join(INITDB_CACHE, `initdb-${digest.slice(0, 16)}`);
+  const ready = () => Bun.file(join(template, "PG_VERSION")).exists();
+  if (await ready()) return template;
+  await mkdir(INITDB_CACHE, { recursive: true, mode: 0o755 });
+  const lock = `${template}.lock`;
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    try {
+      await writeFile(lock, String(process.pid), { flag: "wx" });
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      if (await ready()) return template;
+      // A lock left by a process that was killed while it ran initdb: it is gone.
+      const holder = Number(
+        await Bun.file(lock)
+          .text()
+          .catch(() => "0"),
+      );
+      if (holder && !alive(holder)) await rm(lock, { force: true });
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${lock} (another test process's initdb)`);
+      await Bun.sleep(50);
+    }
+  }
+  const building = await mkdtemp(join(INITDB_CACHE, ".building-"));
+  try {
+    if (await ready()) return template;
+    await chmod(building, 0o755);
+    // Synced to disk (no --no-sync), unlike the copies: the template outlives the run, and a machine
+    // that crashes must not leave a cached data directory with holes in it.
+    await initdb(join(building, "data"), args);
+    await rename(join(building, "data"), template).catch(async (e: NodeJS.ErrnoException) => {
+      if (!(await ready())) throw e; // the lock was taken over as stale and the other process won
+    });
+    return template;
+  } finally {
+    await rm(building, { recursive: true, force: true });
+    await rm(lock, { force: true });
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function initdb(dataDir: string, args: string[]): Promise<void> {
   const bin = serverBin();
   const as = await runAs();
   await mkdir(dataDir, { mode: 0o700 });
@@ -76,14 +158,23 @@ export async function initTrustCluster(dataDir: string, args: string[] = []): Pr
   if (r.code !== 0) throw new Error(`initdb failed: ${r.output}`);
 }
 
+/**
+ * A new data directory `dataDir` (its parent must exist; it must not) as initdb makes it, owned by
+ * the server's OS user: superuser postgres, trust for local logins, UTF8, no locale, plus `args`.
+ * A copy of the cached template for these arguments (see INITDB_CACHE). Throws with initdb's output.
+ */
+export async function initTrustCluster(dataDir: string, args: string[] = []): Promise<void> {
+  const template = await initdbTemplate(args);
+  // -a keeps modes (0700) and owners (the server's OS user, when we are root).
+  const r = await exec(["cp", "-a", template, dataDir]);
+  if (r.code !== 0) throw new Error(`copying the initdb template ${template} failed: ${r.output}`);
+}
+
 export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
   const root = await mkdtemp(join(tmpdir(), "shinkei-cluster-"));
   await chmod(root, 0o755);
   const dataDir = join(root, "data");
-  await initTrustCluster(dataDir, [
-    "--no-sync",
-    `--wal-segsize=${options.walSegmentMiB ?? TEST_WAL_SEGMENT_BYTES / 1024 / 1024}`,
-  ]);
+  await initTrustCluster(dataDir, [`--wal-segsize=${options.walSegmentMiB ?? TEST_WAL_SEGMENT_BYTES / 1024 / 1024}`]);
   const settings: Record<string, string> = {
     wal_level: "replica",
     max_wal_senders: "10",

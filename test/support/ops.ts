@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { basename } from "node:path";
 import { shinkei, takeBackup } from "./cli.ts";
+import { parseBackupName } from "../../src/storage/naming.ts";
 
 /** A loopback port nothing listens on right now. */
 export function freePort(): number {
@@ -39,8 +40,13 @@ export async function backupHistory(env: Record<string, string>, offsiteEnv: Rec
   const passed = await takeBackup({ ...env, ...offsiteEnv });
   const drillA = await shinkei(["backup", "drill", passed], env);
   if (drillA.code !== 0) throw new Error(`drill of ${passed} failed: ${drillA.stderr}`);
-  await Bun.sleep(1100); // a distinct second in the name
+  // The newer backup's name carries a later second than the older one's. The drill usually took
+  // longer than that already; otherwise wait only until the clock leaves the older name's second.
+  const passedSecond = parseBackupName(basename(passed))!.takenAt.getTime();
+  await Bun.sleep(Math.max(0, passedSecond + 1000 - Date.now()));
   const failed = await takeBackup(env);
+  if (parseBackupName(basename(failed))!.takenAt.getTime() <= passedSecond)
+    throw new Error(`${basename(failed)} is named in the same second as ${basename(passed)}`);
   const manifest = JSON.parse(await readFile(`${failed}.manifest.json`, "utf8"));
   manifest.counts.users += 40;
   await writeFile(`${failed}.manifest.json`, JSON.stringify(manifest, null, 2));

@@ -11,6 +11,8 @@ const TEST_TIMEOUT_MS = 60_000;
  * process or global of its own under bun test --parallel), so a run leaves none behind, even when a
  * test fails before its own cleanup. Not a TMPDIR of its own for the run: pitr's scratch instances
  * put their unix sockets under TMPDIR, and one more folder level passes the 107-byte socket path limit.
+ * One folder stays on purpose, a cache and named so: shinkei-test-cache-<uid> (INITDB_CACHE in cluster.ts),
+ * the data directories initdb made, which every later test cluster copies instead of running initdb.
  */
 afterAll(removeTempDirs);
 
