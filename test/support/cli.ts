@@ -39,7 +39,9 @@ export function buildBinary(): Promise<void> {
       try {
         await writeFile(lock, String(process.pid), { flag: "wx" });
         break;
-      } catch {
+      } catch (e) {
+        // Only "another process holds it" is worth waiting for: anything else fails now, not in 5 minutes.
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
         if (await fresh()) return;
         // A lock left by a build that was killed: its process is gone.
         const holder = Number(
