@@ -1,3 +1,5 @@
+import { connectionLost } from "../src/pg/db.ts";
+
 /** Resolve with the name of the first SIGTERM or SIGINT: long-running commands stop cleanly on either. */
 export function untilSignal(): Promise<string> {
   return new Promise((resolve) => {
@@ -34,8 +36,18 @@ export function cancelOnSignal(what = "the command") {
           process.exit(130);
         }, UNWIND_MS).unref(),
       );
+  // Once cancelled, the drop cuts connections still in use, and the driver can surface that later
+  // as an error nobody listens for (a socket's ECONNRESET): expected, and no reason to turn a clean
+  // cancellation (130) into a crash (1). Anything else still ends the process as an error.
+  const late = (e: unknown) => {
+    if (connectionLost(e)) return;
+    process.stderr.write(`✖ ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  };
   const stop = () => {
     controller.abort();
+    process.on("uncaughtException", late);
+    process.on("unhandledRejection", late);
     if (remove) removeQuietly(remove);
   };
   process.once("SIGINT", stop);
