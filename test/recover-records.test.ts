@@ -8,6 +8,7 @@ import { shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { migrate } from "../src/migrations/migrate.ts";
+import { writeIdentity } from "../src/storage/crypt.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { writeRecovery, type RecoveredRecord } from "../src/recover/record.ts";
@@ -25,9 +26,16 @@ let s3: TestS3;
 let dir: string;
 let prefix: string;
 let env: Record<string, string>;
+/*
+ * An X25519 key pair, not a passphrase: a passphrase costs a second of scrypt per file sealed or
+ * opened, and the records, safety copies and backups here are sealed and opened many times.
+ */
+let age: { BACKUP_AGE_RECIPIENTS: string; BACKUP_AGE_IDENTITY: string };
 
 beforeAll(async () => {
   s3 = await TestS3.start();
+  const key = join(await tempDir("records-key"), "age.key");
+  age = { BACKUP_AGE_RECIPIENTS: await writeIdentity(key), BACKUP_AGE_IDENTITY: key };
 });
 afterAll(() => s3.stop());
 beforeEach(async () => {
@@ -41,7 +49,7 @@ beforeEach(async () => {
     DATABASE_URL: db.url,
     BACKUP_DIR: dir,
     ...s3.env(prefix),
-    BACKUP_AGE_PASSPHRASE: "correct horse battery staple records",
+    ...age,
     BACKUP_MANIFEST_KEY: "r".repeat(32),
   };
 });

@@ -13,6 +13,7 @@ import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { withAdvisoryLock, type Sql } from "../src/pg/db.ts";
 import { RECOVER_PREFIX } from "../src/recover/source.ts";
+import { writeIdentity } from "../src/storage/crypt.ts";
 import { until } from "./support/wait.ts";
 
 // Real databases, backups and processes: 5 s is too tight on a busy 2-core machine.
@@ -26,6 +27,15 @@ let env: Record<string, string>;
  */
 let server: TestCluster;
 let serverUrl: string;
+
+/**
+ * Encryption with a new X25519 key pair in a fresh folder: a passphrase would cost a second of scrypt
+ * for every backup, safety copy and record sealed or opened, and no test here is about passphrases.
+ */
+async function ageKeys(): Promise<{ BACKUP_AGE_RECIPIENTS: string; BACKUP_AGE_IDENTITY: string }> {
+  const key = join(await tempDir("recover-key"), "age.key");
+  return { BACKUP_AGE_RECIPIENTS: await writeIdentity(key), BACKUP_AGE_IDENTITY: key };
+}
 
 const scratchDatabases = async () => {
   const a = postgres(serverUrl, { max: 1 });
@@ -467,7 +477,7 @@ describe("recover one user's rows", () => {
   test("--world brings back that one world; an encrypted backup found only off-site is a source", async () => {
     const s3 = await TestS3.start();
     try {
-      const offsite = { ...env, ...s3.env(), BACKUP_AGE_PASSPHRASE: "correct horse battery staple recover" };
+      const offsite = { ...env, ...s3.env(), ...(await ageKeys()) };
       const [w1] = await db.sql`select id from worlds where name = 'alice@example.com world 1'`;
       const alice = await digest(db.sql, "alice@example.com");
       const file = await takeBackup(offsite);
@@ -671,7 +681,7 @@ describe("undo a recovery", () => {
   test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; signed undoes", async () => {
     const keyed = {
       ...env,
-      BACKUP_AGE_PASSPHRASE: "correct horse battery staple undo",
+      ...(await ageKeys()),
       BACKUP_MANIFEST_KEY: "k".repeat(32),
     };
     await takeBackup(keyed);
