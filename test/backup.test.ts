@@ -2,6 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, stockDump } from "./support/backup.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
@@ -21,13 +22,24 @@ const listJson = async () => JSON.parse((await shinkei(["backup", "--list", "--j
 const takeBackup = () => takeBackupWith(env);
 const dump = (file: string, args: string[] = []) => stockDump(db.url, file, args);
 
+/*
+ * A server of this file's own: a restore refuses to commit when any database's row in pg_database
+ * changed during its load, and test files running beside this one (bun test --parallel) create and
+ * drop databases on the shared server all the time.
+ */
+let server: TestCluster;
+
 beforeAll(async () => {
-  db = await seededDatabase("backup", "a");
+  server = await startCluster();
+  db = await seededDatabase("backup", "a", server.url());
 });
 beforeEach(async () => {
   ({ dir, env } = await backupFolder(db, "backups"));
 });
-afterAll(() => db.drop());
+afterAll(async () => {
+  await db.drop();
+  await server.stop();
+});
 
 describe("backup and restore", () => {
   test("backup, change data, restore: every row as it was", async () => {
