@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
@@ -17,7 +18,7 @@ import type { Sql } from "../src/pg/db.ts";
 
 /*
  * Recovery records kept off-site and pruned: real PostgreSQL, the real binary, a real S3-protocol
- * server. Recoveries run with --wait: other test files may hold this server's scratch lock.
+ * server. Recoveries run with --wait: queued behind any other recover on the server, never refused.
  */
 
 const DAY = 86_400_000;
@@ -32,14 +33,25 @@ let env: Record<string, string>;
  */
 let age: { BACKUP_AGE_RECIPIENTS: string; BACKUP_AGE_IDENTITY: string };
 
+/*
+ * A server of this file's own: the load into the scratch database refuses to commit when any
+ * database's row in pg_database changed meanwhile, and test files running beside this one (bun test
+ * --parallel) create and drop databases on the shared server all the time.
+ */
+let server: TestCluster;
+
 beforeAll(async () => {
+  server = await startCluster();
   s3 = await TestS3.start();
   const key = join(await tempDir("records-key"), "age.key");
   age = { BACKUP_AGE_RECIPIENTS: await writeIdentity(key), BACKUP_AGE_IDENTITY: key };
 });
-afterAll(() => s3.stop());
+afterAll(async () => {
+  await s3.stop();
+  await server.stop();
+});
 beforeEach(async () => {
-  db = await freshDatabase("records");
+  db = await freshDatabase("records", server.url());
   await migrate(db.sql);
   await writer(db.sql, "alice@example.com");
   await writer(db.sql, "bob@example.com");

@@ -3,7 +3,8 @@ import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, urlFor, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { stockDump } from "./support/backup.ts";
@@ -58,15 +59,25 @@ const restoreAs = (url: string, file: string, extra: string[] = []) =>
     BACKUP_DIR: dir,
   });
 
+/*
+ * A server of this file's own: a restore refuses to commit when any database's row in pg_database
+ * changed during its load, and test files running beside this one (bun test --parallel) create and
+ * drop databases on the shared server all the time.
+ */
+let server: TestCluster;
+let serverUrl: string;
+
 beforeAll(async () => {
   await loadGrammar();
-  db = await freshDatabase("judge");
+  server = await startCluster();
+  serverUrl = server.url();
+  db = await freshDatabase("judge", serverUrl);
   dir = await tempDir("judge");
   // The app's own role, no superuser, owning its database: the review's first reproduction ran as it.
   const role = db.name.replace("shinkei_test_", "app_");
   await db.sql.unsafe(`create role ${role} login nosuperuser`);
   await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
-  const u = new URL(urlFor(db.name));
+  const u = new URL(urlFor(db.name, serverUrl));
   u.username = role;
   app = { role, url: u.toString() };
   const sql = connect(app.url, { max: 1 });
@@ -97,6 +108,7 @@ afterAll(async () => {
   const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
   await a.unsafe(`drop role if exists ${app.role}`).catch(() => {});
   await a.end();
+  await server.stop();
 });
 
 async function plainDump(name: string, args: string[] = []): Promise<string> {
