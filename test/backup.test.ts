@@ -2,11 +2,13 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, stockDump } from "./support/backup.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { Service } from "./support/process.ts";
 import { Terminal } from "./support/pty.ts";
+import { until } from "./support/wait.ts";
 import { migrations } from "../src/migrations/index.ts";
 
 let db: TestDatabase;
@@ -21,13 +23,24 @@ const listJson = async () => JSON.parse((await shinkei(["backup", "--list", "--j
 const takeBackup = () => takeBackupWith(env);
 const dump = (file: string, args: string[] = []) => stockDump(db.url, file, args);
 
+/*
+ * A server of this file's own: a restore refuses to commit when any database's row in pg_database
+ * changed during its load, and test files running beside this one (bun test --parallel) create and
+ * drop databases on the shared server all the time.
+ */
+let server: TestCluster;
+
 beforeAll(async () => {
-  db = await seededDatabase("backup", "a");
+  server = await startCluster();
+  db = await seededDatabase("backup", "a", server.url());
 });
 beforeEach(async () => {
   ({ dir, env } = await backupFolder(db, "backups"));
 });
-afterAll(() => db.drop());
+afterAll(async () => {
+  await db.drop();
+  await server.stop();
+});
 
 describe("backup and restore", () => {
   test("backup, change data, restore: every row as it was", async () => {
@@ -276,16 +289,35 @@ describe("faults", () => {
   });
 
   test("a second backup while one runs: a clear error; with --wait it runs after", async () => {
-    const slow = await wrapTool("pg_dump", `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"; sleep 2`);
-    const first = await Service.start(["backup"], { ...env, PATH: pathWith(slow) });
-    for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
-    const second = await shinkei(["backup"], env);
-    expect(second.code).toBe(75);
-    expect(second.stderr).toContain(
-      `another backup is running on this database (held by "shinkei backup (pid ${first.proc.pid})"`,
+    // The first backup's pg_dump finishes only once the gate file exists: it holds the lock until
+    // the second has been refused and the third queues behind it, however slow the machine.
+    const gate = join(await tempDir("backup-gate"), "open");
+    const slow = await wrapTool(
+      "pg_dump",
+      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"\nwhile [ ! -e '${gate}' ]; do sleep 0.05; done`,
     );
-    const waited = await shinkei(["backup", "--wait"], env);
-    expect(waited).toSucceed();
+    const first = await Service.start(["backup"], { ...env, PATH: pathWith(slow) });
+    try {
+      for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
+      const second = await shinkei(["backup"], env);
+      expect(second.code).toBe(75);
+      expect(second.stderr).toContain(
+        `another backup is running on this database (held by "shinkei backup (pid ${first.proc.pid})"`,
+      );
+      const waited = shinkei(["backup", "--wait"], env);
+      await until(
+        "the --wait backup to queue on the lock",
+        async () =>
+          (
+            await db.sql`select 1 from pg_stat_activity where application_name like 'shinkei backup (pid %'
+              and application_name <> ${`shinkei backup (pid ${first.proc.pid})`} and wait_event = 'advisory'`
+          ).length > 0,
+      );
+      await writeFile(gate, "");
+      expect(await waited).toSucceed();
+    } finally {
+      await writeFile(gate, "");
+    }
     expect(await first.proc.exited).toBe(0);
     expect((await backups()).length).toBe(2);
   });

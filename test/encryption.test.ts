@@ -3,6 +3,7 @@ import { readdir, readFile, rm, stat, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -22,15 +23,26 @@ async function keygen(path: string) {
 }
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
 
+/*
+ * A server of this file's own: a restore refuses to commit when any database's row in pg_database
+ * changed during its load, and test files running beside this one (bun test --parallel) create and
+ * drop databases on the shared server all the time.
+ */
+let server: TestCluster;
+
 beforeAll(async () => {
-  db = await seededDatabase("age", "confidential-tag");
+  server = await startCluster();
+  db = await seededDatabase("age", "confidential-tag", server.url());
   keys = await tempDir("age-keys");
   publicKey = await keygen(join(keys, "main.key"));
 });
 beforeEach(async () => {
   ({ dir, env } = await backupFolder(db, "age", { BACKUP_AGE_RECIPIENTS: publicKey }));
 });
-afterAll(() => db.drop());
+afterAll(async () => {
+  await db.drop();
+  await server.stop();
+});
 
 describe("keygen", () => {
   test("writes a 0600 identity, prints its public key, and never overwrites", async () => {

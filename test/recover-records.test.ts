@@ -4,10 +4,12 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { migrate } from "../src/migrations/migrate.ts";
+import { writeIdentity } from "../src/storage/crypt.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { writeRecovery, type RecoveredRecord } from "../src/recover/record.ts";
@@ -16,7 +18,7 @@ import type { Sql } from "../src/pg/db.ts";
 
 /*
  * Recovery records kept off-site and pruned: real PostgreSQL, the real binary, a real S3-protocol
- * server. Recoveries run with --wait: other test files may hold this server's scratch lock.
+ * server. Recoveries run with --wait: queued behind any other recover on the server, never refused.
  */
 
 const DAY = 86_400_000;
@@ -25,13 +27,31 @@ let s3: TestS3;
 let dir: string;
 let prefix: string;
 let env: Record<string, string>;
+/*
+ * An X25519 key pair, not a passphrase: a passphrase costs a second of scrypt per file sealed or
+ * opened, and the records, safety copies and backups here are sealed and opened many times.
+ */
+let age: { BACKUP_AGE_RECIPIENTS: string; BACKUP_AGE_IDENTITY: string };
+
+/*
+ * A server of this file's own: the load into the scratch database refuses to commit when any
+ * database's row in pg_database changed meanwhile, and test files running beside this one (bun test
+ * --parallel) create and drop databases on the shared server all the time.
+ */
+let server: TestCluster;
 
 beforeAll(async () => {
+  server = await startCluster();
   s3 = await TestS3.start();
+  const key = join(await tempDir("records-key"), "age.key");
+  age = { BACKUP_AGE_RECIPIENTS: await writeIdentity(key), BACKUP_AGE_IDENTITY: key };
 });
-afterAll(() => s3.stop());
+afterAll(async () => {
+  await s3.stop();
+  await server.stop();
+});
 beforeEach(async () => {
-  db = await freshDatabase("records");
+  db = await freshDatabase("records", server.url());
   await migrate(db.sql);
   await writer(db.sql, "alice@example.com");
   await writer(db.sql, "bob@example.com");
@@ -41,7 +61,7 @@ beforeEach(async () => {
     DATABASE_URL: db.url,
     BACKUP_DIR: dir,
     ...s3.env(prefix),
-    BACKUP_AGE_PASSPHRASE: "correct horse battery staple records",
+    ...age,
     BACKUP_MANIFEST_KEY: "r".repeat(32),
   };
 });

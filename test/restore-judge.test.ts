@@ -3,7 +3,8 @@ import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, urlFor, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { stockDump } from "./support/backup.ts";
@@ -58,15 +59,25 @@ const restoreAs = (url: string, file: string, extra: string[] = []) =>
     BACKUP_DIR: dir,
   });
 
+/*
+ * A server of this file's own: a restore refuses to commit when any database's row in pg_database
+ * changed during its load, and test files running beside this one (bun test --parallel) create and
+ * drop databases on the shared server all the time.
+ */
+let server: TestCluster;
+let serverUrl: string;
+
 beforeAll(async () => {
   await loadGrammar();
-  db = await freshDatabase("judge");
+  server = await startCluster();
+  serverUrl = server.url();
+  db = await freshDatabase("judge", serverUrl);
   dir = await tempDir("judge");
   // The app's own role, no superuser, owning its database: the review's first reproduction ran as it.
   const role = db.name.replace("shinkei_test_", "app_");
   await db.sql.unsafe(`create role ${role} login nosuperuser`);
   await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
-  const u = new URL(urlFor(db.name));
+  const u = new URL(urlFor(db.name, serverUrl));
   u.username = role;
   app = { role, url: u.toString() };
   const sql = connect(app.url, { max: 1 });
@@ -97,6 +108,7 @@ afterAll(async () => {
   const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
   await a.unsafe(`drop role if exists ${app.role}`).catch(() => {});
   await a.end();
+  await server.stop();
 });
 
 async function plainDump(name: string, args: string[] = []): Promise<string> {
@@ -116,9 +128,10 @@ describe("the review's reproductions (issue 23)", () => {
       `UPDATE public.users SET password_hash = 'planted'`,
       "SELECT 1\n;\n1\n\\.\n",
     ].join("; ");
+    const base = await readFile(await plainDump("base.sql"), "utf8");
     for (const tail of ["SELECT 1/0;\n", ""]) {
       const file = join(dir, "copy-cr.sql");
-      await writeFile(file, (await readFile(await plainDump("base.sql"), "utf8")) + hidden + tail + CLOSING);
+      await writeFile(file, base + hidden + tail + CLOSING);
       const before = await fingerprint();
       const r = await restoreAs(app.url, file);
       expect(r.code).toBe(1);
@@ -190,6 +203,8 @@ describe("the review's reproductions (issue 23)", () => {
   });
 
   test("the commit guard cannot be replaced from the file", async () => {
+    // One dump for every variant: each is refused, and the fingerprint shows the database unchanged.
+    const base = await readFile(await plainDump("base.sql"), "utf8");
     for (const planted of [
       // the review's: a DO block, then a hidden COMMIT
       "DO $d$ BEGIN EXECUTE 'CREATE OR REPLACE FUNCTION pg_temp.' || (SELECT proname FROM pg_proc WHERE " +
@@ -203,7 +218,7 @@ describe("the review's reproductions (issue 23)", () => {
       "DROP SCHEMA pg_temp_3 CASCADE;\n",
     ]) {
       const file = join(dir, "guard.sql");
-      await writeFile(file, (await readFile(await plainDump("base.sql"), "utf8")) + planted);
+      await writeFile(file, base + planted);
       const before = await fingerprint();
       const r = await restoreAs(db.url, file);
       expect(r.code, planted).toBe(1);

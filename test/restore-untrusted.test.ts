@@ -5,18 +5,19 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import postgres from "postgres";
-import { freshDatabase, serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
-import { startCluster } from "./support/cluster.ts";
+import { freshDatabase, urlFor, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { connect } from "../src/pg/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { backupFolder, seededDatabase, slowToLoad, stockDump } from "./support/backup.ts";
+import { backupFolder, slowToLoad, stockDump } from "./support/backup.ts";
 import { pathWith, wrapTool } from "./support/fixtures.ts";
 import { Service } from "./support/process.ts";
 import { TestS3 } from "./support/s3.ts";
 import { tableStats } from "../src/backup/digest.ts";
+import { writeIdentity } from "../src/storage/crypt.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -40,13 +41,29 @@ async function plantedDump(name: string, tail: string): Promise<string> {
   return file;
 }
 
+/*
+ * A server of this file's own: a restore refuses to commit when any database's row in pg_database
+ * changed during its load, and test files running beside this one (bun test --parallel) create and
+ * drop databases on the shared server all the time; the temporary roles counted here are the
+ * whole server's too.
+ */
+let server: TestCluster;
+let serverUrl: string;
+
 beforeAll(async () => {
-  db = await seededDatabase("untrusted", "u");
+  server = await startCluster();
+  serverUrl = server.url();
+  db = await freshDatabase("untrusted", serverUrl);
+  await migrate(db.sql);
+  await seedSample(db.sql, "u");
 });
 beforeEach(async () => {
   ({ dir, env } = await backupFolder(db, "untrusted"));
 });
-afterAll(() => db.drop());
+afterAll(async () => {
+  await db.drop();
+  await server.stop();
+});
 
 describe("a restore is all-or-nothing for any file", () => {
   test("a file with its own COMMIT changes nothing, and says so only after checking", async () => {
@@ -223,16 +240,16 @@ describe("what a restore picks", () => {
     const file = join(dir, "plain.sql");
     await dump(file);
     const before = await stats();
-    const r = await restore(["--backup-file", file, ...confirm()], {
-      BACKUP_AGE_PASSPHRASE: "correct horse battery staple",
-    });
+    // A key pair, not a passphrase: what the host encrypts with is not the point, and a passphrase
+    // costs a second of scrypt for the safety backup.
+    const key = join(await tempDir("untrusted-key"), "age.key");
+    const encrypts = { BACKUP_AGE_RECIPIENTS: await writeIdentity(key), BACKUP_AGE_IDENTITY: key };
+    const r = await restore(["--backup-file", file, ...confirm()], encrypts);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("is not encrypted, and this host encrypts its backups");
     expect(await readdir(dir)).toEqual(["plain.sql"]); // no safety backup either
     expect(await stats()).toEqual(before);
-    const ok = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], {
-      BACKUP_AGE_PASSPHRASE: "correct horse battery staple",
-    });
+    const ok = await restore(["--backup-file", file, ...confirm(), "--allow-unencrypted"], encrypts);
     expect(ok).toSucceed();
   });
 
@@ -367,13 +384,13 @@ describe("the file's code never runs with a superuser's rights", () => {
     (await app.sql`select rolname from pg_roles where rolname like 'shinkei\_restore\_%'`).map((r) => r.rolname);
 
   beforeAll(async () => {
-    const db = await freshDatabase("untrusted_app");
+    const db = await freshDatabase("untrusted_app", serverUrl);
     // The deployment's layout: the app's role (no superuser) owns the database and its tables; the
     // restore's DATABASE_URL is the superuser's (app.url).
     const role = db.name.replace("shinkei_test_", "app_");
     await db.sql.unsafe(`create role ${role} login nosuperuser`);
     await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
-    const u = new URL(urlFor(db.name));
+    const u = new URL(urlFor(db.name, serverUrl));
     u.username = role;
     const sql = connect(u.toString(), { max: 1 });
     try {
@@ -623,7 +640,7 @@ CREATE CAST (public.evil_t AS text) WITH FUNCTION public.evil_text(public.evil_t
   // INSERT into schema_migrations fires the file's trigger, as the scratch's role.
   test("recover --dry-run never runs the file's trigger on schema_migrations as a superuser", async () => {
     const mark = join(markDir, `migrate-${crypto.randomUUID()}`);
-    const old = await freshDatabase("untrusted_old");
+    const old = await freshDatabase("untrusted_old", serverUrl);
     let file: string;
     try {
       await migrate(old.sql, migrations.slice(0, -1));

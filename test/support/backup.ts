@@ -3,9 +3,12 @@ import { seedSample, tempDir } from "./fixtures.ts";
 import { migrate } from "../../src/migrations/migrate.ts";
 import { libpqEnv } from "../../src/pg/tools.ts";
 
-/** A database of the test file's own, migrated and holding seedSample's rows (tagged `tag`). */
-export async function seededDatabase(label: string, tag = label): Promise<TestDatabase> {
-  const db = await freshDatabase(label);
+/**
+ * A database of the test file's own, migrated and holding seedSample's rows (tagged `tag`);
+ * `server`: another server than the shared one (a test cluster), as freshDatabase takes it.
+ */
+export async function seededDatabase(label: string, tag = label, server?: string): Promise<TestDatabase> {
+  const db = await freshDatabase(label, server);
   await migrate(db.sql);
   await seedSample(db.sql, tag);
   return db;
