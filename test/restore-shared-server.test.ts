@@ -64,9 +64,18 @@ describe("a restore on a shared server", () => {
     expect(catalogChanged(asSuperuser, { ...others[4]!, superuser: true })).toBe("settings");
   });
 
-  test("a database with no tables counts as empty: no nameless table (a rollback there changed nothing)", async () => {
+  test("a database with no tables counts as empty: its backup restores, and no nameless table is counted", async () => {
     expect(await tableCounts(db.sql)).toEqual({});
     expect(await db.sql.begin((tx) => tableStats(tx))).toEqual({ counts: {}, digests: {} });
+    const env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("shared_empty") };
+    const file = await takeBackup(env);
+    expect((await Bun.file(`${file}.manifest.json`).json()).counts).toEqual({});
+    const restored = await shinkei(
+      ["backup", "restore", file, "--allow-superuser", "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+      env,
+    );
+    expect(restored).toSucceed();
+    expect(restored.stdout).toContain("counts match the manifest");
     await db.sql`create table t (id int)`;
     await db.sql`insert into t values (1), (2)`;
     expect(await tableCounts(db.sql)).toEqual({ t: 2 });
