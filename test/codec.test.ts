@@ -174,8 +174,72 @@ describe("WAL sealed with a passphrase", () => {
     const root = walRoot(wrong.backupDir);
     const path = recordPath(root, 1, names[1]!);
     const record = JSON.parse(await readFile(path, "utf8"));
-    await writeFile(path, JSON.stringify({ ...record, encryption: { method: "passphrase", wrappedKey: "x\n$(id)" } }));
-    expect(await readRecord(path)).toBeNull();
+    const wk = record.encryption.wrappedKey as string;
+    for (const encryption of [
+      { method: "passphrase", wrappedKey: "x\n$(id)" },
+      { method: "passphrase", wrappedKey: [wk] },
+      { method: "passphrase", wrappedKey: wk, recipients: ["age1x"] },
+      { method: "recipients", recipients: ["age1x"], wrappedKey: wk },
+      { method: "recipients" },
+    ]) {
+      await writeFile(path, JSON.stringify({ ...record, encryption }));
+      expect(await readRecord(path)).toBeNull();
+    }
+    await writeFile(path, JSON.stringify(record));
+
+    // Where no record check stands before it (a manifest), decrypt itself refuses a wrapped key that
+    // is not one, and one asking a costlier scrypt than ours before running it.
+    const stored = join(root, "00000001", record.file);
+    const age = { recipients: [], passphrase: "correct horse battery staple wal" };
+    const costly = Buffer.from(
+      Buffer.from(wk, "base64")
+        .toString("latin1")
+        .replace(/^(-> scrypt \S+) 18$/m, "$1 20"),
+      "latin1",
+    ).toString("base64");
+    for (const [wrappedKey, says] of [
+      [5, "its record's wrapped key is not one"],
+      [costly, "not a passphrase-encrypted key of ours"],
+    ] as const) {
+      const opened = await unsealFrom(stored, {
+        name: record.file,
+        age,
+        encryption: { method: "passphrase", wrappedKey: wrappedKey as string },
+      }).catch((e) => e);
+      expect(opened.code).toBe("DECRYPT_FAILED");
+      expect(opened.message).toContain(says);
+    }
+  });
+
+  test("one process sealing with two passphrases keeps a key for each", async () => {
+    const spool = join(dir, "two-passphrases");
+    const sealed = [];
+    for (const [i, passphrase] of ["first passphrase, long enough", "second passphrase, long enough"].entries()) {
+      const config = configWith(passphrase);
+      const root = join(dir, `two-${i}`);
+      await Bun.write(join(spool, names[i]!), segment(i));
+      const { record } = await archiveWalFile(join(spool, names[i]!), root, {
+        segmentBytes: MiB,
+        age: config.backup.age,
+      });
+      sealed.push({ config: { ...config, backupDir: dir }, root, record });
+    }
+    // Back to the first: its key again, not a new one, and every segment opens with its own passphrase.
+    await Bun.write(join(spool, names[2]!), segment(2));
+    const again = await archiveWalFile(join(spool, names[2]!), sealed[0]!.root, {
+      segmentBytes: MiB,
+      age: sealed[0]!.config.backup.age,
+    });
+    expect(again.record.encryption).toEqual(sealed[0]!.record.encryption);
+    expect(sealed[1]!.record.encryption).not.toEqual(sealed[0]!.record.encryption);
+    for (const [i, s] of sealed.entries()) {
+      const back = await unsealFrom(join(s.root, "00000001", s.record.file), {
+        name: s.record.file,
+        age: s.config.backup.age,
+        encryption: s.record.encryption,
+      });
+      expect(Buffer.concat(await back.toArray()).length).toBe(segment(i).length);
+    }
   });
 
   test("a file an older shinkei encrypted with the passphrase itself still opens", async () => {

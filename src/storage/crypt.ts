@@ -58,23 +58,24 @@ export async function encrypt(
  * and a record's signature covers its wrapped key. Dumps and base backups, one file at a time
  * and meant to open with `age -d` alone, keep the passphrase itself.
  */
-type ProcessKey = { passphrase: string; identity: string; recipient: string; wrappedKey: string };
-let ownKey: Promise<ProcessKey> | undefined;
+type ProcessKey = { identity: string; recipient: string; wrappedKey: string };
+/** By passphrase: a process given another one (a test, a reloaded configuration) keeps both apart. */
+const ownKeys = new Map<string, Promise<ProcessKey>>();
 
 function processKey(passphrase: string): Promise<ProcessKey> {
-  if (!ownKey)
-    ownKey = (async () => {
+  let key = ownKeys.get(passphrase);
+  if (!key) {
+    key = (async () => {
       const identity = await generateIdentity();
       const e = new Encrypter();
-      e.setPassphrase(passphrase);
+      e.setPassphrase(passphrase); // age's default work factor, 2^18: unwrap refuses more
       const wrappedKey = Buffer.from(await e.encrypt(identity)).toString("base64");
-      return { passphrase, identity, recipient: await identityToRecipient(identity), wrappedKey };
+      return { identity, recipient: await identityToRecipient(identity), wrappedKey };
     })();
-  return ownKey.then((k) => {
-    if (k.passphrase === passphrase) return k;
-    ownKey = undefined;
-    return processKey(passphrase);
-  });
+    key.catch(() => ownKeys.delete(passphrase));
+    ownKeys.set(passphrase, key);
+  }
+  return key;
 }
 
 /** How a process that seals many files (the WAL archive) encrypts them: see ProcessKey above. */
@@ -91,18 +92,29 @@ export const WRAPPED_KEY = /^[A-Za-z0-9+/]{100,2000}={0,2}$/;
 const unwrapped = new Map<string, Promise<string>>();
 const UNWRAPPED_MAX = 64;
 
+/** What we write: age's default scrypt work factor. A wrapped key asking more is not ours (and costs up to 1 GiB). */
+const WRAP_MAX_LOG_N = 18;
+
 function unwrap(wrappedKey: string, passphrase: string): Promise<string> {
   const key = `${wrappedKey}\0${passphrase}`;
   let got = unwrapped.get(key);
   if (!got) {
     if (unwrapped.size >= UNWRAPPED_MAX) unwrapped.delete(unwrapped.keys().next().value!);
-    const d = new Decrypter();
-    d.addPassphrase(passphrase);
-    got = d.decrypt(Buffer.from(wrappedKey, "base64"), "text").then((text) => {
-      const identity = text.trim();
-      if (!/^AGE-SECRET-KEY-1[0-9A-Z]+$/.test(identity)) throw new Error("the wrapped key is not an age identity");
-      return identity;
-    });
+    const bytes = Buffer.from(wrappedKey, "base64");
+    const logN = /^-> scrypt \S+ (\d+)$/m.exec(bytes.subarray(0, 200).toString("latin1"))?.[1];
+    got =
+      logN === undefined || Number(logN) > WRAP_MAX_LOG_N
+        ? Promise.reject(new Error("the wrapped key is not a passphrase-encrypted key of ours"))
+        : (() => {
+            const d = new Decrypter();
+            d.addPassphrase(passphrase);
+            return d.decrypt(bytes, "text").then((text) => {
+              const identity = text.trim();
+              if (!/^AGE-SECRET-KEY-1[0-9A-Z]+$/.test(identity))
+                throw new Error("the wrapped key is not an age identity");
+              return identity;
+            });
+          })();
     got.catch(() => unwrapped.delete(key));
     unwrapped.set(key, got);
   }
@@ -150,7 +162,7 @@ export async function decrypt(
   made?: Encryption,
 ): Promise<ReadableStream<Uint8Array>> {
   const forWhom =
-    made?.method === "recipients"
+    made?.method === "recipients" && Array.isArray(made.recipients)
       ? `encrypted to ${made.recipients.join(", ")}`
       : made?.method === "passphrase"
         ? "encrypted with a passphrase"
@@ -166,6 +178,11 @@ export async function decrypt(
   const d = new Decrypter();
   if (keys.length) addIdentities(d, keys, age!.identityFile!);
   const wrapped = made?.method === "passphrase" ? made.wrappedKey : undefined;
+  // Only the WAL archive writes wrapped keys, and its records are checked as read; a manifest is not.
+  if (wrapped !== undefined && !(typeof wrapped === "string" && WRAPPED_KEY.test(wrapped)))
+    throw new ShinkeiError("DECRYPT_FAILED", `cannot decrypt ${file}: its record's wrapped key is not one`, {
+      hint: "The record was altered or is not ours. Nothing was changed.",
+    });
   try {
     if (wrapped && age?.passphrase) d.addIdentity(await unwrap(wrapped, age.passphrase));
     else if (age?.passphrase) d.addPassphrase(age.passphrase);

@@ -95,13 +95,22 @@ function walKind(name: string, segmentBytes: number): { kind: WalRecord["kind"];
   return tl ? { kind: "history", timeline: tl } : null;
 }
 
-/** A record's `encryption`, when it has one, in a shape decrypt reads (it may come from a bucket). */
+/** A record's `encryption`, when it has one, in a shape decrypt reads (it may come from a bucket): nothing more. */
 const encryptionOk = (e: unknown): boolean => {
   if (e === undefined) return true;
-  const m = e as Encryption;
-  if (m?.method === "recipients")
-    return Array.isArray(m.recipients) && m.recipients.every((r) => typeof r === "string");
-  return m?.method === "passphrase" && (m.wrappedKey === undefined || WRAPPED_KEY.test(m.wrappedKey));
+  const m = e as Record<string, unknown>;
+  if (typeof m !== "object" || m === null || Array.isArray(m)) return false;
+  const keys = Object.keys(m);
+  if (m.method === "recipients")
+    return (
+      keys.length === 2 &&
+      Array.isArray(m.recipients) &&
+      m.recipients.length > 0 &&
+      m.recipients.every((r) => typeof r === "string")
+    );
+  if (m.method !== "passphrase") return false;
+  if (m.wrappedKey === undefined) return keys.length === 1;
+  return keys.length === 2 && typeof m.wrappedKey === "string" && WRAPPED_KEY.test(m.wrappedKey);
 };
 
 export const recordPath = (root: string, timeline: number, name: string) =>
