@@ -71,9 +71,16 @@ describe("the schedule", () => {
       expect(first).toMatchObject({ schedule: "*/2 * * * * *", timezone: "UTC", offsite: "none" });
       expect(new Date(first.next as string).getTime()).toBeGreaterThan(Date.now() - 2000);
       await a.waitFor((l) => l.msg === "no good backup yet");
-      // Wait for three ticks' worth of finished runs between the two services.
-      const finished = () => [...a.lines, ...b.lines].filter((l) => l.msg === "backup finished");
-      for (let i = 0; i < 200 && finished().length < 3; i++) await Bun.sleep(50);
+      // Wait for three ticks' worth of finished runs between the two services, and two slots the other
+      // one found taken: on a busy machine a service can miss a tick (started late, or still busy with
+      // the last backup), and three finished runs then came with a single skip (seen under load).
+      const count = (msg: string) => [...a.lines, ...b.lines].filter((l) => l.msg === msg).length;
+      for (
+        let i = 0;
+        i < 200 && (count("backup finished") < 3 || count("backup skipped: another process took this run") < 2);
+        i++
+      )
+        await Bun.sleep(50);
     } finally {
       expect(await a.stop()).toBe(0);
       expect(await b.stop()).toBe(0);
