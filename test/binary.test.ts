@@ -147,6 +147,9 @@ describe("zero-setup local run", () => {
             name: "Zero",
           }),
         ).toBe(201);
+        // The welcome mail goes to the log at once: stopped with it still due, the process lingers
+        // for the outbox's grace period (5 s) after it is done, which is not what this test is about.
+        await serve.waitFor((l) => l.msg === "mail sent");
         expect(await serve.stop()).toBe(0);
         expect(postgresRunning()).toBe(false);
 
