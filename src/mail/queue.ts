@@ -221,6 +221,8 @@ export class MailQueue {
       () => 0,
     );
     if (this.sending || due > 0) {
+      // A timer, not Bun.sleep: a pending sleep keeps the process alive after everything else ended.
+      let grace: Timer | undefined;
       await Promise.race([
         (async () => {
           while (
@@ -236,8 +238,10 @@ export class MailQueue {
             await Bun.sleep(25);
           }
         })(),
-        Bun.sleep(graceMs),
-      ]);
+        new Promise<void>((resolve) => {
+          grace = setTimeout(resolve, graceMs);
+        }),
+      ]).finally(() => clearTimeout(grace));
     }
     this.stopped = true;
     this.wake();
