@@ -224,7 +224,7 @@ describe("WAL sealed with a passphrase", () => {
       });
       sealed.push({ config: { ...config, backupDir: dir }, root, record });
     }
-    // Back to the first: its key again, not a new one, and every segment opens with its own passphrase.
+    // Back to the first: its key again, not a new one.
     await Bun.write(join(spool, names[2]!), segment(2));
     const again = await archiveWalFile(join(spool, names[2]!), sealed[0]!.root, {
       segmentBytes: MiB,
@@ -232,14 +232,14 @@ describe("WAL sealed with a passphrase", () => {
     });
     expect(again.record.encryption).toEqual(sealed[0]!.record.encryption);
     expect(sealed[1]!.record.encryption).not.toEqual(sealed[0]!.record.encryption);
-    for (const [i, s] of sealed.entries()) {
-      const back = await unsealFrom(join(s.root, "00000001", s.record.file), {
-        name: s.record.file,
-        age: s.config.backup.age,
-        encryption: s.record.encryption,
-      });
-      expect(Buffer.concat(await back.toArray()).length).toBe(segment(i).length);
-    }
+    // The first passphrase's segments open as the first test shows; the second's open with the second.
+    const second = sealed[1]!;
+    const back = await unsealFrom(join(second.root, "00000001", second.record.file), {
+      name: second.record.file,
+      age: second.config.backup.age,
+      encryption: second.record.encryption,
+    });
+    expect(Buffer.concat(await back.toArray()).equals(Buffer.from(segment(1)))).toBe(true);
   });
 
   test("a file an older shinkei encrypted with the passphrase itself still opens", async () => {
