@@ -257,6 +257,8 @@ describe("base backups and point-in-time status", () => {
 
   test("verification: pg_verifybackup catches a base backup whose contents disagree with the manifest", async () => {
     const [base] = await listBaseBackups(dir);
+    // The untouched original is verified while the tampered copy is made and verified: neither waits on the other.
+    const original = verifyBaseBackup(dir, base!);
     // A copy in a folder of its own, one data file changed inside the tar and our hashes made to fit.
     const other = await tempDir("base-tampered");
     const unpacked = await tempDir("base-unpacked");
@@ -283,7 +285,7 @@ describe("base backups and point-in-time status", () => {
     expect(v.ok).toBe(false);
     expect(v.problems.join(" ")).toContain("PG_VERSION");
     // The untouched original still passes.
-    expect((await verifyBaseBackup(dir, base!)).ok).toBe(true);
+    expect((await original).ok).toBe(true);
   });
 
   test("wal-fetch: a missing file exits 1 (recovery asks for such), a damaged one aborts (126), no write", async () => {
