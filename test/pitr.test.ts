@@ -23,19 +23,11 @@ async function recoverCopy(base: string, settings: string[]) {
   const dataDir = join(restore, "data");
   expect(Bun.spawnSync(["mkdir", "-m", "700", dataDir]).exitCode).toBe(0);
   expect(Bun.spawnSync(["tar", "-x", "--zstd", "-f", join(dir, "base", base), "-C", dataDir]).exitCode).toBe(0);
-  // restore_command runs as the server's OS user, which may not reach this checkout: a copy of the
-  // binary beside the archive.
-  await copyFile(binaryPath, join(restore, "shinkei"));
-  await chmod(join(restore, "shinkei"), 0o755);
   Bun.spawnSync(["chmod", "755", restore]);
   owner(restore);
   await appendFile(
     join(dataDir, "postgresql.auto.conf"),
-    [
-      `restore_command = 'BACKUP_DIR=${restore} ${join(restore, "shinkei")} pitr wal-fetch %f %p'`,
-      ...settings,
-      "",
-    ].join("\n"),
+    [`restore_command = 'BACKUP_DIR=${restore} ${restoreBinary} pitr wal-fetch %f %p'`, ...settings, ""].join("\n"),
   );
   await Bun.write(join(dataDir, "recovery.signal"), "");
   owner(dataDir);
@@ -69,12 +61,22 @@ let sql: Sql;
 let dir: string;
 let env: Record<string, string>;
 let service: Service | undefined;
+/**
+ * restore_command runs as the server's OS user, which may not reach this checkout: a copy of the
+ * binary in a folder it can read, made once for the file's recoveries (it is 100+ MB).
+ */
+let restoreBinary: string;
 
 beforeAll(async () => {
   cluster = await startCluster();
   dir = await tempDir("pitr");
   env = streamingEnv(cluster.url("shinkei"), dir);
   service = await startBackupService(env);
+  const binDir = await tempDir("pitr-bin");
+  restoreBinary = join(binDir, "shinkei");
+  await copyFile(binaryPath, restoreBinary);
+  await chmod(restoreBinary, 0o755);
+  await chmod(binDir, 0o755);
   sql = connect(cluster.url("shinkei"), { max: 2 });
 });
 afterAll(async () => {
