@@ -7,6 +7,7 @@ import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, slowToLoad } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { parseBackupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;
 let env: Record<string, string>;
@@ -133,8 +134,8 @@ describe("restore drills", () => {
   });
 
   test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
-    // A backup taken now, not the shared one: the one taken after the kill must be named later than it.
-    await slowToLoad(await takeBackup(), 30);
+    const slow = await aBackup();
+    await slowToLoad(slow, 30);
     const p = await Service.start(["backup", "drill"], env);
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
@@ -159,7 +160,12 @@ describe("restore drills", () => {
     await p.stop("SIGKILL");
     expect((await access())[0]).toMatchObject({ ownerIsSuperuser: false, publicConnects: false });
     expect((await scratchDatabases()).length).toBe(1);
-    await takeBackup(); // the next drill takes the newest, which loads at full speed
+    // The next drill takes the newest, which loads at full speed: one named in a later second than the
+    // slowed copy (by now the clock has almost always left that second already).
+    const slowSecond = parseBackupName(basename(slow))!.takenAt.getTime();
+    await Bun.sleep(Math.max(0, slowSecond + 1000 - Date.now()));
+    const newest = await takeBackup();
+    expect(parseBackupName(basename(newest))!.takenAt.getTime()).toBeGreaterThan(slowSecond);
     const r = await shinkei(["backup", "drill"], env);
     expect(r).toSucceed();
     expect(await scratchDatabases()).toEqual([]);
