@@ -1,11 +1,13 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readFile, writeFile } from "node:fs/promises";
+import { copyFile, readFile, writeFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import postgres from "postgres";
 import { serverUrl, urlFor, type TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
 import { backupFolder, seededDatabase, slowToLoad } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { parseBackupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;
 let env: Record<string, string>;
@@ -16,6 +18,9 @@ let env: Record<string, string>;
  */
 let drillServer: TestCluster;
 let drillUrl: string;
+let dir: string;
+/** A backup of `db` the binary took once for the file (the database does not change between tests). */
+let shared: string;
 
 const scratchDatabases = async () => {
   const a = postgres(drillUrl, { max: 1 });
@@ -28,18 +33,28 @@ const scratchDatabases = async () => {
   }
 };
 const takeBackup = () => takeBackupWith(env);
+/**
+ * This test's own copy of the shared backup, in its own folder: what taking one would leave there, without
+ * another pg_dump per test. Tests that alter it alter only their copy.
+ */
+const aBackup = async () => {
+  const file = join(dir, basename(shared));
+  await copyFile(shared, file);
+  await copyFile(`${shared}.manifest.json`, `${file}.manifest.json`);
+  return file;
+};
 
 beforeAll(async () => {
-  db = await seededDatabase("drill");
-  drillServer = await startCluster();
+  [db, drillServer] = await Promise.all([seededDatabase("drill"), startCluster()]);
   drillUrl = drillServer.url();
+  shared = await takeBackupWith((await backupFolder(db, "drill-shared")).env);
 });
 beforeEach(async () => {
-  ({ env } = await backupFolder(db, "drill", { DRILL_DATABASE_URL: drillUrl }));
+  ({ dir, env } = await backupFolder(db, "drill", { DRILL_DATABASE_URL: drillUrl }));
 });
 afterAll(async () => {
-  await db.drop();
-  await drillServer.stop();
+  await db?.drop();
+  await drillServer?.stop();
 });
 
 describe("restore drills", () => {
@@ -69,7 +84,7 @@ describe("restore drills", () => {
     const a = postgres(drillUrl, { max: 1, onnotice: () => {} });
     try {
       for (const name of [...others, leftover]) await a`create database ${a(name)}`;
-      await takeBackup();
+      await aBackup();
       expect(await shinkei(["backup", "drill"], env)).toSucceed();
       const left = (await a`select datname from pg_database where datname = any(${[...others, leftover]})`).map(
         (r) => r.datname as string,
@@ -82,7 +97,7 @@ describe("restore drills", () => {
   });
 
   test("a file altered after its manifest was written fails, naming the table", async () => {
-    const file = await takeBackup();
+    const file = await aBackup();
     const sqlText = Buffer.from(Bun.gunzipSync(await readFile(file))).toString();
     const altered = Buffer.from(Bun.gzipSync(Buffer.from(sqlText.replace("beat 2 of drill", "beat 2 of DRILL"))));
     await writeFile(file, altered);
@@ -105,7 +120,7 @@ describe("restore drills", () => {
   });
 
   test("a manifest whose counts disagree fails", async () => {
-    const file = await takeBackup();
+    const file = await aBackup();
     const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
     manifest.counts.worlds += 1;
     await writeFile(`${file}.manifest.json`, JSON.stringify(manifest));
@@ -119,7 +134,8 @@ describe("restore drills", () => {
   });
 
   test("SIGKILL during a drill leaves a scratch database that the next drill removes", async () => {
-    await slowToLoad(await takeBackup(), 30);
+    const slow = await aBackup();
+    await slowToLoad(slow, 30);
     const p = await Service.start(["backup", "drill"], env);
     for (let i = 0; i < 200 && (await scratchDatabases()).length === 0; i++) await Bun.sleep(50);
     expect((await scratchDatabases()).length).toBe(1);
@@ -144,14 +160,19 @@ describe("restore drills", () => {
     await p.stop("SIGKILL");
     expect((await access())[0]).toMatchObject({ ownerIsSuperuser: false, publicConnects: false });
     expect((await scratchDatabases()).length).toBe(1);
-    await takeBackup(); // the next drill takes the newest, which loads at full speed
+    // The next drill takes the newest, which loads at full speed: one named in a later second than the
+    // slowed copy (by now the clock has almost always left that second already).
+    const slowSecond = parseBackupName(basename(slow))!.takenAt.getTime();
+    await Bun.sleep(Math.max(0, slowSecond + 1000 - Date.now()));
+    const newest = await takeBackup();
+    expect(parseBackupName(basename(newest))!.takenAt.getTime()).toBeGreaterThan(slowSecond);
     const r = await shinkei(["backup", "drill"], env);
     expect(r).toSucceed();
     expect(await scratchDatabases()).toEqual([]);
   });
 
   test("SIGTERM during a drill drops its scratch database, records nothing and exits 130", async () => {
-    const file = await takeBackup();
+    const file = await aBackup();
     await slowToLoad(file, 30);
     const p = await Service.start(["backup", "drill"], env);
     // This drill's own scratch database (its lock names its pid), loading.
@@ -179,7 +200,7 @@ describe("restore drills", () => {
   });
 
   test("without CREATEDB: a clear error naming the privilege and DRILL_DATABASE_URL", async () => {
-    await takeBackup();
+    await aBackup();
     const role = `shinkei_test_nocreate_${crypto.randomUUID().slice(0, 6)}`;
     const a = postgres(serverUrl, { max: 1, onnotice: () => {} });
     await a`create role ${a(role)} login nocreatedb`;
@@ -197,7 +218,7 @@ describe("restore drills", () => {
   });
 
   test("scheduled drills run on their schedule and their results appear in --list --json", async () => {
-    await takeBackup();
+    await aBackup();
     const s = await Service.start(["backup-service"], {
       ...env,
       BACKUP_SCHEDULE: "0 0 1 1 *",

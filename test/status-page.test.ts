@@ -34,12 +34,23 @@ let env: Record<string, string>;
 let history: { passed: string; failed: string };
 let service: Service;
 let url: string;
+/*
+ * The two browsers (JavaScript on and off) start while the backups and drills below are made: a
+ * browser's start is seconds of waiting that need not come after them.
+ */
+let browsers: Partial<Record<"js" | "noJs", Promise<BrowserContext>>> = {};
 
 beforeAll(async () => {
-  db = await freshDatabase("statuspage");
-  await migrate(db.sql);
-  await seedSample(db.sql, "page");
-  s3 = await TestS3.start();
+  if (haveChromium)
+    browsers = { js: browser({ javaScriptEnabled: true }), noJs: browser({ javaScriptEnabled: false }) };
+  // Failures surface in the test that awaits them; meanwhile none goes unhandled.
+  for (const b of Object.values(browsers)) b.catch(() => {});
+  const seeded = async () => {
+    db = await freshDatabase("statuspage");
+    await migrate(db.sql);
+    await seedSample(db.sql, "page");
+  };
+  [, s3] = await Promise.all([seeded(), TestS3.start()]);
   dir = await tempDir("statuspage");
   env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
   history = await backupHistory(env, s3.env());
@@ -49,6 +60,8 @@ beforeAll(async () => {
   url = `http://127.0.0.1:${port}/`;
 });
 afterAll(async () => {
+  // A test closes the browser it used; these close one whose test did not run (or failed before).
+  for (const b of Object.values(browsers)) await (await b.catch(() => undefined))?.close();
   expect(await service.stop()).toBe(0);
   await s3.stop();
   await db.drop();
@@ -76,7 +89,7 @@ async function browser(options: { javaScriptEnabled: boolean }): Promise<Browser
 
 describe.skipIf(!haveChromium)("the status page in a real browser", () => {
   test("headline, facts and 30-day timeline show the backups, both drills and the off-site copy", async () => {
-    const context = await browser({ javaScriptEnabled: true });
+    const context = await browsers.js!;
     try {
       const page = context.pages()[0] ?? (await context.newPage());
       const response = await page.goto(url);
@@ -123,7 +136,7 @@ describe.skipIf(!haveChromium)("the status page in a real browser", () => {
   });
 
   test("with JavaScript off the page is whole: same figures, no script, a meta refresh, the stale notice", async () => {
-    const context = await browser({ javaScriptEnabled: false });
+    const context = await browsers.noJs!;
     try {
       const page = context.pages()[0] ?? (await context.newPage());
       // CSS animations run without JavaScript; play them fast so the 90 s of "no refresh" pass in a moment.
