@@ -255,7 +255,17 @@ export async function removeInstance(s: Pick<InstanceState, "root" | "dataDir" |
       }
     }
   }
-  await rm(s.root, { recursive: true, force: true });
+  // Removed is checked, not assumed: on tmpfs a removal racing the stopped server's last exits has
+  // been seen to return with part of the data directory still there. Tried again briefly, then said.
+  for (let attempt = 0; ; attempt++) {
+    await rm(s.root, { recursive: true, force: true });
+    if (!existsSync(s.root)) return;
+    if (attempt === 10)
+      throw new ShinkeiError("RECOVERY_FAILED", `could not remove the scratch instance folder ${s.root}`, {
+        hint: "Something still writes into it; remove it by hand once nothing does.",
+      });
+    await Bun.sleep(100);
+  }
 }
 
 export type Leftover = InstanceState & { running: boolean; inUse: boolean; ageMs: number };
