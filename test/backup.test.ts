@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, readFile, writeFile, rm, truncate, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
@@ -52,7 +52,7 @@ describe("backup and restore", () => {
       reason: "manual",
       database: db.name,
       schemaVersion: migrations.at(-1)!.version,
-      format: "plain+gzip",
+      format: "plain+zstd",
     });
     expect(manifest.counts).toMatchObject({ users: 3, worlds: 3, stories: 6, story_beats: 30, sessions: 1 });
     expect(manifest.sha256).toBe(new Bun.CryptoHasher("sha256").update(await readFile(file)).digest("hex"));
@@ -115,7 +115,7 @@ describe("backup and restore", () => {
     }
   });
 
-  test("stock pg_dump files restore through --backup-file: plain .sql, .sql.gz and custom .dump", async () => {
+  test("stock pg_dump files restore through --backup-file: .sql, .sql.gz, .sql.zst and custom .dump", async () => {
     const before = await snapshot(db.sql);
     const plain = join(dir, "shinkei_backup_20251121_090000.sql");
     await dump(plain);
@@ -123,7 +123,9 @@ describe("backup and restore", () => {
     await dump(custom, ["-Fc"]);
     const gz = join(dir, "old.sql.gz");
     await Bun.write(gz, Bun.gzipSync(await readFile(plain)));
-    for (const file of [plain, gz, custom]) {
+    const zst = join(dir, "old.sql.zst");
+    await Bun.write(zst, Bun.zstdCompressSync(await readFile(plain)));
+    for (const file of [plain, gz, zst, custom]) {
       await db.sql`delete from story_beats where position = 0`;
       const r = await shinkei(
         [
@@ -143,6 +145,48 @@ describe("backup and restore", () => {
       expect(r).toSucceed();
       expect(await snapshot(db.sql)).toEqual(before);
     }
+  });
+
+  test("an older shinkei's gzip backup (.sql.gz, its manifest saying so): listed, verified, restored", async () => {
+    const before = await snapshot(db.sql);
+    const file = await takeBackup();
+    const old = file.replace(/\.sql\.zst$/, ".sql.gz").replace(/_(\d{6})\./, "_$1_9.");
+    const gz = Bun.gzipSync(new Uint8Array(Bun.zstdDecompressSync(new Uint8Array(await readFile(file)))));
+    await Bun.write(old, gz);
+    const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
+    Object.assign(manifest, {
+      file: basename(old),
+      format: "plain+gzip",
+      sizeBytes: gz.length,
+      sha256: new Bun.CryptoHasher("sha256").update(gz).digest("hex"),
+    });
+    await writeFile(`${old}.manifest.json`, JSON.stringify(manifest));
+    const list = await shinkei(["backup", "list", "--verify"], env);
+    expect(list).toSucceed();
+    expect(list.stdout).toContain(basename(old));
+    const verified = await shinkei(["backup", "verify", old], env);
+    expect(verified).toSucceed();
+    expect(verified.stdout).toContain("plain+gzip");
+    await db.sql`delete from story_beats where position = 0`;
+    const r = await shinkei(
+      [
+        "backup",
+        "--restore",
+        "--allow-superuser",
+        "--backup-file",
+        old,
+        "--yes",
+        "--confirm-database",
+        db.name,
+        "--no-safety-backup",
+      ],
+      env,
+    );
+    expect(r).toSucceed();
+    expect(r.stdout).toContain("counts match the manifest");
+    expect(await snapshot(db.sql)).toEqual(before);
+    await rm(old);
+    await rm(`${old}.manifest.json`);
   });
 
   test("a truncated file and a file with one flipped byte are refused before the database is touched", async () => {
@@ -178,10 +222,10 @@ describe("backup and restore", () => {
     await db.sql`insert into worlds (owner_id, name) select id, 'after' from users limit 1`;
     const before = await snapshot(db.sql);
     const bytes = await readFile(file);
-    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(bytes)));
+    const sql = new TextDecoder().decode(Bun.zstdDecompressSync(new Uint8Array(bytes)));
     const at = sql.lastIndexOf("--\n-- PostgreSQL database dump complete");
-    // A statement the judge accepts, in a well-formed gzip file: only the checksum can refuse it.
-    const planted = Bun.gzipSync(
+    // A statement the judge accepts, in a well-formed zstd file: only the checksum can refuse it.
+    const planted = Bun.zstdCompressSync(
       new TextEncoder().encode(`${sql.slice(0, at)}CREATE TABLE public.planted (x int);\n${sql.slice(at)}`),
     );
     const flipped = Buffer.from(bytes);
@@ -240,7 +284,7 @@ describe("backup and restore", () => {
     await takeBackup();
     const ok = await shinkei(["backup", "verify"], env);
     expect(ok).toSucceed();
-    expect(ok.stdout).toMatch(/^✔ shinkei_backup_\d{8}_\d{6}\.sql\.gz: ok \([^)]*plain\+gzip/);
+    expect(ok.stdout).toMatch(/^✔ shinkei_backup_\d{8}_\d{6}\.sql\.zst: ok \([^)]*plain\+zstd/);
     const missing = await shinkei(["backup", "verify", "nope.dump"], env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain("no backup file nope.dump");

@@ -78,13 +78,13 @@ describe("encrypted backups", () => {
   test("round trip with an identity; no row content in the stored bytes; the manifest names public keys", async () => {
     const before = await snapshot(db.sql);
     const file = await takeBackup();
-    expect(file).toEndWith(".sql.gz.age");
+    expect(file).toEndWith(".sql.zst.age");
     const bytes = await readFile(file);
     expect(bytes.subarray(0, 21).toString()).toBe("age-encryption.org/v1");
     expect(bytes.includes(Buffer.from(SECRET))).toBe(false);
     const manifest = JSON.parse(await readFile(`${file}.manifest.json`, "utf8"));
     expect(manifest).toMatchObject({
-      format: "plain+gzip+age",
+      format: "plain+zstd+age",
       encryption: { method: "recipients", recipients: [publicKey] },
     });
     expect(JSON.stringify(manifest)).not.toContain("AGE-SECRET-KEY");

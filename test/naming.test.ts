@@ -14,15 +14,15 @@ import {
 const at = new Date(Date.UTC(2026, 0, 2, 3, 4, 5));
 
 test("backupName writes the UTC time, an optional sequence and the extension", () => {
-  expect(backupName(at)).toBe("shinkei_backup_20260102_030405.sql.gz");
-  expect(backupName(at, 7)).toBe("shinkei_backup_20260102_030405_7.sql.gz");
-  expect(backupName(at, 0, ENCRYPTED_EXTENSION)).toBe("shinkei_backup_20260102_030405.sql.gz.age");
+  expect(backupName(at)).toBe("shinkei_backup_20260102_030405.sql.zst");
+  expect(backupName(at, 7)).toBe("shinkei_backup_20260102_030405_7.sql.zst");
+  expect(backupName(at, 0, ENCRYPTED_EXTENSION)).toBe("shinkei_backup_20260102_030405.sql.zst.age");
   // The moment, not the zone it was written in.
-  expect(backupName(new Date("2026-06-30T23:59:59-05:00"))).toBe("shinkei_backup_20260701_045959.sql.gz");
+  expect(backupName(new Date("2026-06-30T23:59:59-05:00"))).toBe("shinkei_backup_20260701_045959.sql.zst");
 });
 
 test("parseBackupName reads back every name backupName writes", () => {
-  for (const extension of ["sql", "sql.gz", "dump", "dump.gz", "sql.gz.age"]) {
+  for (const extension of ["sql", "sql.gz", "sql.zst", "dump", "dump.gz", "sql.gz.age", "sql.zst.age"]) {
     for (const sequence of [0, 1, 999]) {
       const name = backupName(at, sequence, extension);
       expect(parseBackupName(name)).toEqual({ name, takenAt: at, extension, sequence });
@@ -75,10 +75,10 @@ test("compareNewestFirst: the later time first; within one second, the higher se
     .sort(compareNewestFirst)
     .map((b) => b.name);
   expect(sorted).toEqual([
-    "shinkei_backup_20260102_030406.sql.gz",
-    "shinkei_backup_20260102_030405_2.sql.gz",
-    "shinkei_backup_20260102_030405_1.sql.gz",
-    "shinkei_backup_20260102_030405.sql.gz",
-    "shinkei_backup_20260102_030404.sql.gz",
+    "shinkei_backup_20260102_030406.sql.zst",
+    "shinkei_backup_20260102_030405_2.sql.zst",
+    "shinkei_backup_20260102_030405_1.sql.zst",
+    "shinkei_backup_20260102_030405.sql.zst",
+    "shinkei_backup_20260102_030404.sql.zst",
   ]);
 });

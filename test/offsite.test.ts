@@ -97,7 +97,7 @@ describe("off-site copies", () => {
     const first = logs.find((l) => l.msg === "off-site copy")!;
     expect(first.offsite).toBe("failed");
     expect(logs.some((l) => l.msg === "backup finished")).toBe(true);
-    const local = (await readdir(dir)).filter((n) => n.endsWith(".sql.gz"));
+    const local = (await readdir(dir)).filter((n) => n.endsWith(".sql.zst"));
     expect(local).toHaveLength(1);
     expect(await keys(env.S3_PREFIX!)).toEqual([]);
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
@@ -108,7 +108,7 @@ describe("off-site copies", () => {
     const second = logs.find((l) => l.msg === "off-site copy")!;
     expect(second.offsite).toBe("ok");
     expect((second.copied as string[]).sort()).toEqual(
-      (await readdir(dir)).filter((n) => n.endsWith(".sql.gz")).sort(),
+      (await readdir(dir)).filter((n) => n.endsWith(".sql.zst")).sort(),
     );
     expect((await keys(env.S3_PREFIX!)).length).toBe(4);
 

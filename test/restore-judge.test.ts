@@ -147,11 +147,11 @@ describe("the review's reproductions (issue 23)", () => {
     const env = { DATABASE_URL: db.url, BACKUP_DIR: dir };
     const file = await takeBackup(env);
     // A backup of ours, edited, its manifest's checksum made to match (no BACKUP_MANIFEST_KEY here).
-    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
+    const sql = new TextDecoder().decode(Bun.zstdDecompressSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
     const at = sql.lastIndexOf("--\n-- PostgreSQL database dump complete");
     const hidden =
       "COPY public.worlds FROM stdin -- x\r; ROLLBACK; ALTER ROLE CURRENT_USER SET work_mem = 1024; SELECT 1\n;\n\\.\n";
-    const edited = Bun.gzipSync(enc.encode(sql.slice(0, at) + hidden + sql.slice(at)));
+    const edited = Bun.zstdCompressSync(enc.encode(sql.slice(0, at) + hidden + sql.slice(at)));
     await Bun.write(file, edited);
     const manifest = await Bun.file(`${file}.manifest.json`).json();
     manifest.sizeBytes = edited.length;

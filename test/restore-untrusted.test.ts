@@ -114,10 +114,10 @@ describe("a restore is all-or-nothing for any file", () => {
     // A copy of the same dump that fails at its very end: pg_dump's own BEGIN/COMMIT around the
     // large object must not commit what came before.
     const broken = join(dir, "broken.sql");
-    const plain = Bun.spawn(["sh", "-c", `gzip -dc '${file}'`], { stdout: "pipe" });
     await writeFile(
       broken,
-      (await new Response(plain.stdout).text()) + "\nSELECT pg_catalog.setval('public.no_such_seq', 1, false);\n",
+      new TextDecoder().decode(Bun.zstdDecompressSync(await readFile(file))) +
+        "\nSELECT pg_catalog.setval('public.no_such_seq', 1, false);\n",
     );
 
     await db.sql`drop schema archive cascade`;
@@ -273,7 +273,7 @@ describe("what a restore picks", () => {
     await writeFile(manifestFile, original);
     expect((await shinkei(["backup", "verify", file], { ...env, BACKUP_MANIFEST_KEY: "x".repeat(40) })).code).toBe(1);
     // Found in review: an old signed backup copied under a newer name would be the default pick.
-    const replayed = join(dir, "shinkei_backup_29991231_000000.sql.gz");
+    const replayed = join(dir, "shinkei_backup_29991231_000000.sql.zst");
     await writeFile(replayed, await readFile(file));
     await writeFile(`${replayed}.manifest.json`, original);
     r = await shinkei(["backup", "verify", replayed], { ...env, ...key });
@@ -565,9 +565,9 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
    * data), and its manifest made to match.
    */
   async function plant(file: string, code: string, where: "start" | "end" = "start") {
-    const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
+    const sql = new TextDecoder().decode(Bun.zstdDecompressSync(new Uint8Array(await Bun.file(file).arrayBuffer())));
     const at = where === "end" ? sql.length : sql.indexOf("\n\n", sql.indexOf("SET row_security"));
-    const planted = Bun.gzipSync(new TextEncoder().encode(`${sql.slice(0, at)}\n${code}${sql.slice(at)}`));
+    const planted = Bun.zstdCompressSync(new TextEncoder().encode(`${sql.slice(0, at)}\n${code}${sql.slice(at)}`));
     await Bun.write(file, planted);
     const manifest = await Bun.file(`${file}.manifest.json`).json();
     manifest.sizeBytes = planted.length;

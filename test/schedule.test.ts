@@ -15,7 +15,7 @@ let db: TestDatabase;
 let dir: string;
 let env: Record<string, string>;
 const DAY = 86_400_000;
-const backupFiles = async () => (await readdir(dir)).filter((n) => /^shinkei_backup_.*\.sql\.gz$/.test(n)).sort();
+const backupFiles = async () => (await readdir(dir)).filter((n) => /^shinkei_backup_.*\.sql\.zst$/.test(n)).sort();
 
 beforeAll(async () => {
   db = await seededDatabase("schedule", "sch");
@@ -177,7 +177,7 @@ describe("retention", () => {
     await writeFile(join(dir, "notes.txt"), "mine");
     await writeFile(join(dir, "shinkei_backup_old_manual.sql.gz"), "not our naming");
     await writeFile(
-      join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".sql.gz", ".sql.gz.bak")),
+      join(dir, backupName(new Date(Date.now() - 50 * DAY)).replace(".sql.zst", ".sql.zst.bak")),
       "foreign",
     );
     const before = (await readdir(dir)).sort();

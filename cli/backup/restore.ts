@@ -120,7 +120,7 @@ export const restoreForm: Subcommand = {
   word: "restore",
   flag: "restore",
   args: { usage: "[F]", max: 1 },
-  summary: "restore the newest backup (not a safety copy), or F (ours, or a stock pg_dump .sql/.sql.gz/.dump)",
+  summary: "restore the newest backup (not a safety copy), or F (ours, or a stock pg_dump .sql/.sql.gz/.sql.zst/.dump)",
   description: `A restore verifies the file, takes and verifies a pre-restore backup, and loads it in ONE
 transaction that nothing in the file can end: the database ends exactly as in the backup, or as it
 was (checked). Meta-commands (\\!, \\connect, ...) and transaction control in a file are refused.`,

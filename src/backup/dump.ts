@@ -48,10 +48,12 @@ async function reserveName(dir: string, at: Date, extension: string): Promise<st
 }
 
 /**
- * pg_dump (plain SQL) -> gzip on our side -> SHA-256 and byte count -> a `.partial` file -> fsync
+ * pg_dump (plain SQL) -> zstd on our side -> SHA-256 and byte count -> a `.partial` file -> fsync
  * -> rename -> manifest. `pg_dump -Fc` compresses on the same core it dumps on; compressing here
  * overlaps the two, and plain SQL (no per-row block headers) compresses smaller than the custom
- * archive. It also restores with psql alone. The caller holds the maintenance lock.
+ * archive. It also restores with `zstd -d` and psql alone. zstd, not gzip: about five times less
+ * CPU to write, and a restore judges the file no faster than it decompresses it (gzip's
+ * decompression was most of the judge's time). The caller holds the maintenance lock.
  */
 export async function createBackup(options: BackupOptions): Promise<BackupResult> {
   const { sql, url, dir, reason } = options;
@@ -96,7 +98,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     stats.catch(() => {}); // awaited below; a failed dump must not leave it unhandled
     try {
       const sealed = await sealTo(Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream), partial, {
-        level: options.compressionLevel ?? 6,
+        codec: "zstd",
+        level: options.compressionLevel,
         age: encryption ? options.age : undefined,
         onProgress: options.onProgress,
       });
@@ -133,7 +136,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     serverVersion: server!.text,
     pgDumpVersion: versions.pgDump,
     schemaVersion: result.schemaVersion,
-    format: encryption ? "plain+gzip+age" : "plain+gzip",
+    format: encryption ? "plain+zstd+age" : "plain+zstd",
     encryption,
     sizeBytes: result.sizeBytes,
     sha256: result.sha256,

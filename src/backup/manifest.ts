@@ -16,7 +16,8 @@ export type Manifest = {
   serverVersion: string;
   pgDumpVersion: string;
   schemaVersion: number;
-  format: "plain+gzip" | "plain+gzip+age";
+  /** zstd since it replaced gzip for dumps; older manifests say gzip. */
+  format: "plain+zstd" | "plain+zstd+age" | "plain+gzip" | "plain+gzip+age";
   /** How the file is encrypted (public keys only), when it is; the SHA-256 covers the encrypted bytes. */
   encryption?: Encryption;
   sizeBytes: number;

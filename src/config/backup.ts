@@ -16,7 +16,8 @@ import {
 /** Where backups go, when they are taken, drilled and pruned, and how they are encrypted and signed. */
 export const entries = {
   BACKUP_DIR: text("./backups"),
-  BACKUP_COMPRESSION_LEVEL: int(6, 1, 9),
+  /** zstd's levels; its default 3 is about as small as gzip -6 at a fraction of the CPU. */
+  BACKUP_COMPRESSION_LEVEL: int(3, 1, 19),
   BACKUP_SCHEDULE: cron("0 2 * * *", "0 2 * * *"),
   BACKUP_TIMEZONE: timezone("UTC"),
   BACKUP_KEEP_DAYS: int(30, 1, 36_500),

@@ -4,14 +4,15 @@
  */
 const PATTERN = new RegExp(
   String.raw`^shinkei_backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_(\d{1,3}))?` +
-    String.raw`\.(sql\.gz\.age|dump\.gz|dump|sql\.gz|sql)$`,
+    String.raw`\.(sql\.zst\.age|sql\.gz\.age|dump\.gz|dump|sql\.zst|sql\.gz|sql)$`,
 );
 
 import type { StoreNaming } from "./store.ts";
 
 export const MANIFEST_SUFFIX = ".manifest.json";
-export const OUR_EXTENSION = "sql.gz";
-export const ENCRYPTED_EXTENSION = "sql.gz.age";
+/** zstd since it replaced gzip for dumps; `.sql.gz` and `.sql.gz.age` backups stay ours (listed, restored, pruned). */
+export const OUR_EXTENSION = "sql.zst";
+export const ENCRYPTED_EXTENSION = "sql.zst.age";
 
 export type BackupName = { name: string; takenAt: Date; extension: string; sequence: number };
 

@@ -9,10 +9,9 @@ export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plain
 
 /**
  * How a stored file is compressed, from its name: `.zst` (optionally `.age` after it) is zstd,
- * anything else gzip. Dumps stay gzip (`gunzip` reads them anywhere); the WAL archive and base
- * backups use zstd, about five times cheaper to write and to read back than gzip -6 at a similar
- * size, which is what the primary's writers and a restore to a moment wait on. Older gzip files
- * stay readable: their names say gzip.
+ * anything else gzip. Dumps, the WAL archive and base backups use zstd, about five times cheaper to
+ * write and to read back than gzip -6 at a similar size: what the primary's writers, a restore's
+ * judge and a restore to a moment wait on. Older gzip files stay readable: their names say gzip.
  */
 export type Codec = "gzip" | "zstd";
 export const codecOf = (name: string): Codec => (/\.zst(\.age)?$/.test(name) ? "zstd" : "gzip");

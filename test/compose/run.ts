@@ -463,7 +463,7 @@ async function walk(): Promise<void> {
 
   // The runbook.
   const taken = await runbook("docker exec shinkei-backup shinkei backup");
-  const file = /backup\s+\/backups\/(shinkei_backup_\S+\.sql\.gz)/.exec(taken.out)?.[1];
+  const file = /backup\s+\/backups\/(shinkei_backup_\S+\.sql\.zst)/.exec(taken.out)?.[1];
   check(file, `no backup named in:\n${taken.out}`);
   const list = await runbook("docker exec shinkei-backup shinkei backup --list");
   check(list.out.includes(file), "--list does not show the new backup");

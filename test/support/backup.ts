@@ -37,9 +37,9 @@ export async function stockDump(url: string, file: string, args: string[] = []):
  * drill or recovery while it loads. Plain (unencrypted, unsigned) only.
  */
 export async function slowToLoad(path: string, seconds: number): Promise<void> {
-  const sql = new TextDecoder().decode(Bun.gunzipSync(new Uint8Array(await Bun.file(path).arrayBuffer())));
+  const sql = new TextDecoder().decode(Bun.zstdDecompressSync(new Uint8Array(await Bun.file(path).arrayBuffer())));
   const at = sql.indexOf("\n\n", sql.indexOf("SET row_security"));
-  const slowed = Bun.gzipSync(
+  const slowed = Bun.zstdCompressSync(
     new TextEncoder().encode(
       `${sql.slice(0, at)}\nCREATE MATERIALIZED VIEW public.slow_to_load AS SELECT ` +
         `pg_catalog.pg_sleep(${seconds})::text AS slept;\n${sql.slice(at)}`,
