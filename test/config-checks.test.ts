@@ -11,6 +11,18 @@ test("a near miss of a known variable is refused, naming the one meant", () => {
   expect(() => loadConfig({ S3_KEEP_DAY: "7" })).toThrow("did you mean S3_KEEP_DAYS?");
 });
 
+test("the edges of a near miss: two edits for a long name, one for a short one, three never", () => {
+  // Two edits (a deletion and a swap) from BACKUP_KEEP_DAYS; three edits from anything is someone else's.
+  expect(() => loadConfig({ BACKUP_KEEP_DYA: "90" })).toThrow("did you mean BACKUP_KEEP_DAYS?");
+  expect(() => loadConfig({ XXBACKUP_KEEP_DAYSX: "90" })).not.toThrow();
+  // PGHOST-like short names: one edit is a typo of ours, two are not.
+  expect(() => loadConfig({ PORTT: "1" })).toThrow("did you mean PORT?");
+  expect(() => loadConfig({ PORTTT: "1" })).not.toThrow();
+  // Names of other software, however many, are left alone (and not warned about: not our prefixes).
+  const crowd = Object.fromEntries(Array.from({ length: 2000 }, (_, i) => [`UNRELATED_VARIABLE_NUMBER_${i}`, "x"]));
+  expect(loadConfig(crowd).warnings ?? []).toEqual([]);
+});
+
 test("every variable in the schema is guarded against its own typos, new ones included", () => {
   for (const name of configVariables) {
     const typo = name.slice(0, -1);
