@@ -13,6 +13,7 @@ import { obtainBackup } from "../../src/backup/catalog.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
 import { assertVerified, verifyBackup } from "../../src/backup/verify.ts";
 import { refuseUntrusted, restoreBackup, type RestoreStep } from "../../src/backup/restore.ts";
+import { prepareJudge } from "../../src/backup/judge.ts";
 
 const stepLabels: Record<RestoreStep, string> = {
   verify: "verifying the backup",
@@ -24,6 +25,7 @@ const stepLabels: Record<RestoreStep, string> = {
 /** Show what will be replaced, pass the guard, then restore all-or-nothing. */
 export async function restore(ctx: Context, file: string | undefined): Promise<number> {
   const { io, config } = ctx;
+  prepareJudge(); // loads while the lock is taken and the file verified
   const target = describeTarget(config.databaseUrl);
   const what = `replace everything in ${target.database} with a backup`;
   refuseProduction(config.environment, ctx.flag("allow-production"), what);

@@ -482,6 +482,14 @@ function release(chunk: Uint8Array) {
     buffer.transfer(0);
 }
 
+/**
+ * Start loading PostgreSQL's grammar now (about 50 ms, much of it off the main thread), so it
+ * overlaps what a restore does before judging; judgeScript waits for it. Unloaded after judging.
+ */
+export function prepareJudge(): void {
+  loadGrammar().catch(() => {}); // a failure is judgeScript's to report
+}
+
 /** Judge a whole stream into the spool; throws RESTORE_UNSAFE (having run nothing) on anything refused. */
 export async function judgeScript(source: AsyncIterable<Uint8Array>, spool: Spool): Promise<Judged> {
   await loadGrammar();
