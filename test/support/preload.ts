@@ -15,7 +15,8 @@ const TEST_TIMEOUT_MS = 60_000;
  * (ext4 inode allocation above all). A folder of the run's, shinkei-run-XXXXXX, becomes TMPDIR: for
  * tmpdir() here and everything the tests start (the helpers that give a child an environment of its
  * own pass TMPDIR on). Mode 1777 like /tmp: the server's OS user (postgres, when we are root) makes
- * and enters folders in it. Without a usable /dev/shm, the temp directory stays what it was.
+ * and enters folders in it. Without a usable /dev/shm (none, not tmpfs, not writable, or too small),
+ * the temp directory stays what it was.
  *
  * The folder and those tests make with tempDir are removed after the file's last test, so a run leaves
  * none behind, even when a test fails before its own cleanup. Under bun test --parallel each file
@@ -27,13 +28,16 @@ const TEST_TIMEOUT_MS = 60_000;
  */
 const TMPFS = "/dev/shm";
 const TMPFS_MAGIC = 0x01021994;
+/** Less free than this (a container's /dev/shm is 64 MiB by default), the run's files would not fit. */
+const TMPFS_MIN_FREE = 2 * 1024 ** 3;
 const startTmpdirEnv = process.env.TMPDIR;
 let runDir: string | null = null;
 
 function useTmpfs(): void {
   if (runDir) return;
   try {
-    if (statfsSync(TMPFS).type !== TMPFS_MAGIC) return;
+    const fs = statfsSync(TMPFS);
+    if (fs.type !== TMPFS_MAGIC || fs.bavail * fs.bsize < TMPFS_MIN_FREE) return;
     const dir = mkdtempSync(join(TMPFS, "shinkei-run-"));
     chmodSync(dir, 0o1777);
     runDir = dir;
