@@ -198,8 +198,8 @@ export async function createInstanceFolder(): Promise<InstanceFolder> {
 
 /** The short folder for the sockets of an instance whose folder `root` is too deep (see SOCKETS_PREFIX). */
 async function socketsFolder(root: string): Promise<string> {
-  const why =
-    `TMPDIR is too deep for a unix socket path (${root}/sockets/.s.PGSQL.<port> passes ` + `${SOCKET_PATH_MAX} bytes)`;
+  const socket = `${root}/sockets/.s.PGSQL.<port>`;
+  const why = `TMPDIR is too deep for a unix socket path (${socket} passes ${SOCKET_PATH_MAX} bytes)`;
   let folder: string;
   try {
     folder = await mkdtemp(join(SHORT_ROOT, SOCKETS_PREFIX));
@@ -207,9 +207,7 @@ async function socketsFolder(root: string): Promise<string> {
     throw new ShinkeiError(
       "RECOVERY_FAILED",
       `${why}, and no folder for the sockets could be made in ${SHORT_ROOT}: ${(e as Error).message}`,
-      {
-        hint: "Set TMPDIR to a shorter path, or make /tmp writable.",
-      },
+      { hint: "Set TMPDIR to a shorter path, or make /tmp writable." },
     );
   }
   if (!fitsSockets(folder)) {
