@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmod, copyFile, readdir, rm } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { tmpdir } from "node:os";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { binaryPath, buildBinary, shinkei } from "./support/cli.ts";
 import { Service } from "./support/process.ts";
@@ -134,7 +135,7 @@ describe("zero-setup local run", () => {
         // A command that needs no database starts none.
         const keygen = Bun.spawnSync(
           [...inNs, join(home, "shinkei"), "backup", "keygen", "--output", join(home, "k.key")],
-          { cwd: home, env: { PATH: process.env.PATH!, ...env } },
+          { cwd: home, env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), ...env } },
         );
         expect(keygen.exitCode).toBe(0);
         expect(existsSync(join(home, "data"))).toBe(false);
@@ -176,7 +177,7 @@ describe("zero-setup local run", () => {
         Bun.spawnSync(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
         const r = Bun.spawnSync(["ip", "netns", "exec", ns, join(alone, "shinkei"), "status"], {
           cwd,
-          env: { PATH: process.env.PATH!, NO_COLOR: "1", SHINKEI_ENV: "production" },
+          env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), NO_COLOR: "1", SHINKEI_ENV: "production" },
         });
         expect(r.exitCode).toBe(2);
         expect(r.stderr.toString().split("\n")[0]).toBe(

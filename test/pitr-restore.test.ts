@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { chmod, chown, mkdir, readdir, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { fakeInstance } from "./support/instance.ts";
@@ -114,6 +115,44 @@ describe("pitr restore", () => {
     expect(out.counts).toBeDefined();
     expect(Date.parse(out.reached.commitTime)).toBeGreaterThan(Date.parse(noted));
     expect(await leftovers()).toEqual([]);
+  });
+
+  test("a TMPDIR too deep for a socket path: the sockets go to a short folder, removed with the instance", async () => {
+    // The server's socket, <TMPDIR>/shinkei-pitr-instance-XXXXXX/sockets/.s.PGSQL.<port>, would pass
+    // the 107 bytes a unix socket path may have whatever scratchRoot is: PostgreSQL would refuse to start.
+    const deep = join(scratchRoot, "a-folder-so-deep-that-a-unix-socket-path-under-it-is-too-long");
+    await mkdir(deep);
+    await chmod(deep, 0o755);
+    const deepEnv = { ...env, TMPDIR: deep };
+    const inDeep = async () => (await readdir(deep)).filter((n) => n.startsWith("shinkei-"));
+    try {
+      const r = await shinkei(["pitr", "restore", "--to", "latest", "--json"], deepEnv);
+      expect(r).toSucceed();
+      const [instance] = await inDeep();
+      const state = JSON.parse(await Bun.file(join(deep, instance!, "instance.json")).text());
+      const sockets = dirname(state.socketDir);
+      expect(dirname(sockets)).toBe("/tmp");
+      expect(basename(sockets)).toStartWith("shinkei-pitr-sockets-");
+      expect(existsSync(join(state.socketDir, `.s.PGSQL.${state.port}`))).toBe(true);
+      if (process.getuid?.() === 0) {
+        // The same parts and modes as inside the instance's folder: ours, the server's user only passes.
+        expect((await stat(sockets)).mode & 0o7777).toBe(0o711);
+        expect((await stat(join(sockets, "wal"))).mode & 0o7777).toBe(0o710);
+        expect((await stat(state.socketDir)).uid).toBe(
+          Number(Bun.spawnSync(["id", "-u", "postgres"]).stdout.toString()),
+        );
+      }
+      expect((await statsOf(JSON.parse(r.stdout).url)).counts).toBeDefined();
+      // pitr cleanup finds the instance under the deep TMPDIR and removes its sockets' folder too.
+      const c = await shinkei(["pitr", "cleanup", "--json"], deepEnv);
+      expect(c).toSucceed();
+      expect(JSON.parse(c.stdout).removed).toHaveLength(1);
+      expect(existsSync(sockets)).toBe(false);
+      expect(await inDeep()).toEqual([]);
+    } finally {
+      await shinkei(["pitr", "cleanup"], deepEnv);
+      await rm(deep, { recursive: true, force: true });
+    }
   });
 
   test("a target after the last commit (nothing since): the whole archive replays, which is that state", async () => {

@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { tmpdir } from "node:os";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
@@ -277,7 +278,7 @@ describe("undo a recovery", () => {
     const killAtGate = async (args: string[]) => {
       await holder`select pg_advisory_lock(4242)`;
       const p = Bun.spawn([binaryPath, ...args], {
-        env: { PATH: process.env.PATH!, ...env },
+        env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), ...env },
         stdout: "ignore",
         stderr: "ignore",
       });

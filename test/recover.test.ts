@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { tmpdir } from "node:os";
 import postgres from "postgres";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
@@ -326,7 +327,7 @@ describe("recover one user's rows", () => {
     await holder`select pg_advisory_lock(4242)`;
     const p = Bun.spawn(
       [binaryPath, "recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
-      { env: { PATH: process.env.PATH!, ...env }, stdout: "ignore", stderr: "ignore" },
+      { env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), ...env }, stdout: "ignore", stderr: "ignore" },
     );
     const waiting = async () =>
       (
@@ -438,7 +439,7 @@ describe("recover one user's rows", () => {
           expect(refused.code).toBe(75);
           expect(refused.stderr).toContain("recover");
           const p = Bun.spawn([binaryPath, "recover", "--wait", "--user", "alice@example.com", "--dry-run", "--json"], {
-            env: { PATH: process.env.PATH!, ...env },
+            env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), ...env },
             stdout: "pipe",
             stderr: "pipe",
           });

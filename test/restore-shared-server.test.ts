@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { tmpdir } from "node:os";
 import { catalogChanged, type WatchedCatalog } from "../src/backup/restore.ts";
 import { tableStats } from "../src/backup/digest.ts";
 import { tableCounts } from "../src/pg/tables.ts";
@@ -140,7 +141,13 @@ describe("a restore on a shared server", () => {
       await buildBinary();
       const args = ["backup", "restore", file, "--allow-superuser", "--yes", "--confirm-database", live.name];
       const p = Bun.spawn([binaryPath, ...args, "--no-safety-backup"], {
-        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
+        env: {
+          PATH: process.env.PATH ?? "/usr/bin:/bin",
+          HOME: process.env.HOME ?? "/tmp",
+          NO_COLOR: "1",
+          TMPDIR: tmpdir(),
+          ...env,
+        },
         stdout: "ignore",
         stderr: "ignore",
       });

@@ -11,7 +11,8 @@ import { runAs } from "../pg/localdb.ts";
  * A scratch PostgreSQL instance for point-in-time recovery: one temporary folder
  * `$TMPDIR/shinkei-pitr-instance-XXXXXX/` holding the data directory, the server's unix sockets,
  * its log, what restore_command needs (see createInstanceFolder) and `instance.json`, the state
- * `pitr cleanup` reads. The live server's data directory is never involved.
+ * `pitr cleanup` reads. The live server's data directory is never involved. When TMPDIR is too
+ * deep for a unix socket's path, the sockets live in a short folder of their own (see socketsFolder).
  */
 export type InstanceState = {
   pitrInstanceVersion: 1;
@@ -34,6 +35,39 @@ const STATE = "instance.json";
 const DAY_MS = 86_400_000;
 
 export const instanceRoot = () => tmpdir();
+
+/*
+ * A unix socket's path must fit sun_path: 108 bytes with its closing NUL, and PostgreSQL refuses
+ * a longer one ("could not create any Unix-domain sockets"). The server's socket,
+ * `<folder>/sockets/.s.PGSQL.<port>`, is the longest socket path in an instance folder; when it
+ * would not fit under TMPDIR, the sockets go to a short folder of ours under /tmp instead, with
+ * the same parts and modes, removed with the instance (its socketDir names it).
+ */
+const SOCKET_PATH_MAX = 107;
+export const SOCKETS_PREFIX = "shinkei-pitr-sockets-";
+const SHORT_ROOT = "/tmp";
+const fitsSockets = (folder: string) => Buffer.byteLength(join(folder, "sockets", ".s.PGSQL.65535")) <= SOCKET_PATH_MAX;
+
+/** The folder holding an instance's sockets, when it is not the instance's own (see SOCKETS_PREFIX). */
+function socketsFolderOf(s: Pick<InstanceState, "root"> & { socketDir?: string }): string | null {
+  if (!s.socketDir) return null;
+  const folder = dirname(s.socketDir);
+  return folder === s.root ? null : folder;
+}
+
+/**
+ * What is at `folder`, named as a short sockets folder of ours (directly under /tmp, our prefix):
+ * "ours" (a folder we own), "gone" (nothing, removed already), or null (not one of ours: left alone).
+ */
+function socketsFolderState(folder: string): "ours" | "gone" | null {
+  if (dirname(folder) !== SHORT_ROOT || !basename(folder).startsWith(SOCKETS_PREFIX)) return null;
+  try {
+    const st = lstatSync(folder);
+    return st.isDirectory() && st.uid === process.getuid?.() ? "ours" : null;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "ENOENT" ? "gone" : null;
+  }
+}
 
 export async function writeState(s: InstanceState): Promise<void> {
   await writeFileAtomic(join(s.root, STATE), JSON.stringify(s, null, 2) + "\n");
@@ -79,11 +113,14 @@ function readState(root: string): InstanceState | null {
     if (!folder.isDirectory() || folder.uid !== process.getuid?.() || lstatSync(join(root, STATE)).uid !== folder.uid)
       return null;
     const s = JSON.parse(readInstanceFile(join(root, STATE)) ?? "null") as InstanceState;
-    // Only a folder of ours, naming paths inside itself, is ever stopped or removed.
+    // Only a folder of ours, naming paths inside itself (or its sockets' short folder), is ever stopped or removed.
+    const sockets = s ? socketsFolderOf(s) : null;
     const ok =
       s?.pitrInstanceVersion === 1 &&
       s.root === root &&
       dirname(s.dataDir) === root &&
+      (s.socketDir === undefined || basename(s.socketDir) === "sockets") &&
+      (sockets === null || socketsFolderState(sockets) !== null) &&
       Number.isInteger(s.port) &&
       Number.isInteger(s.ownerPid);
     return ok ? s : null;
@@ -100,9 +137,10 @@ export type InstanceFolder = {
   root: string;
   /** The server's: the data directory, its unix sockets, its log. */
   dataDir: string;
+  /** In root, or in a short folder of ours when root is too deep for a socket path (see SOCKETS_PREFIX). */
   socketDir: string;
   logFile: string;
-  /** Ours, the server's group may only pass: the socket restore_command asks for WAL on. */
+  /** Ours, the server's group may only pass: the socket restore_command asks for WAL on (beside socketDir). */
   walDir: string;
   /** Ours, the server's group may take out what it owns (sticky): segments staged for restore_command. */
   stageDir: string;
@@ -117,33 +155,66 @@ export type InstanceFolder = {
 export async function createInstanceFolder(): Promise<InstanceFolder> {
   const as = await runAs();
   const root = await mkdtemp(join(instanceRoot(), INSTANCE_PREFIX));
-  const server = as.uid !== undefined;
-  // The server's user passes through to its own folders, and lists nothing.
-  await chmod(root, server ? 0o711 : 0o700);
-  const f = {
-    root,
-    dataDir: join(root, "data"),
-    socketDir: join(root, "sockets"),
-    logFile: join(root, "server.log"),
-    walDir: join(root, "wal"),
-    stageDir: join(root, "stage"),
-    as,
-  };
-  for (const [dir, mode] of [
-    [f.dataDir, 0o700],
-    [f.socketDir, 0o700],
-    [f.walDir, server ? 0o710 : 0o700],
-    [f.stageDir, server ? 0o1770 : 0o700],
-  ] as const) {
-    await mkdir(dir, { mode: mode & 0o700 }); // never wider than ours while we set it up, whatever the umask
-    await chmod(dir, mode);
+  let sockets: string | null = null;
+  try {
+    const server = as.uid !== undefined;
+    // The server's user passes through to its own folders, and lists nothing.
+    const passable = server ? 0o711 : 0o700;
+    await chmod(root, passable);
+    if (!fitsSockets(root)) {
+      sockets = await socketsFolder(root);
+      await chmod(sockets, passable);
+    }
+    const f = {
+      root,
+      dataDir: join(root, "data"),
+      socketDir: join(sockets ?? root, "sockets"),
+      logFile: join(root, "server.log"),
+      walDir: join(sockets ?? root, "wal"),
+      stageDir: join(root, "stage"),
+      as,
+    };
+    for (const [dir, mode] of [
+      [f.dataDir, 0o700],
+      [f.socketDir, 0o700],
+      [f.walDir, server ? 0o710 : 0o700],
+      [f.stageDir, server ? 0o1770 : 0o700],
+    ] as const) {
+      await mkdir(dir, { mode: mode & 0o700 }); // never wider than ours while we set it up, whatever the umask
+      await chmod(dir, mode);
+    }
+    await writeFile(f.logFile, "", { mode: 0o600 });
+    if (server) {
+      for (const p of [f.dataDir, f.socketDir, f.logFile]) await chown(p, as.uid!, as.gid!);
+      for (const p of [f.walDir, f.stageDir]) await chown(p, 0, as.gid!);
+    }
+    return f;
+  } catch (e) {
+    // Nothing of a half-made instance stays: no state names it yet, so no cleanup would find it.
+    for (const p of [sockets, root]) if (p) await rm(p, { recursive: true, force: true }).catch(() => {});
+    throw e;
   }
-  await writeFile(f.logFile, "", { mode: 0o600 });
-  if (server) {
-    for (const p of [f.dataDir, f.socketDir, f.logFile]) await chown(p, as.uid!, as.gid!);
-    for (const p of [f.walDir, f.stageDir]) await chown(p, 0, as.gid!);
+}
+
+/** The short folder for the sockets of an instance whose folder `root` is too deep (see SOCKETS_PREFIX). */
+async function socketsFolder(root: string): Promise<string> {
+  const socket = `${root}/sockets/.s.PGSQL.<port>`;
+  const why = `TMPDIR is too deep for a unix socket path (${socket} passes ${SOCKET_PATH_MAX} bytes)`;
+  let folder: string;
+  try {
+    folder = await mkdtemp(join(SHORT_ROOT, SOCKETS_PREFIX));
+  } catch (e) {
+    throw new ShinkeiError(
+      "RECOVERY_FAILED",
+      `${why}, and no folder for the sockets could be made in ${SHORT_ROOT}: ${(e as Error).message}`,
+      { hint: "Set TMPDIR to a shorter path, or make /tmp writable." },
+    );
   }
-  return f;
+  if (!fitsSockets(folder)) {
+    await rm(folder, { recursive: true, force: true });
+    throw new ShinkeiError("RECOVERY_FAILED", `${why}, and so is ${folder}`, { hint: "Set TMPDIR to a shorter path." });
+  }
+  return folder;
 }
 
 /**
@@ -230,8 +301,10 @@ function postmasterPid(dataDir: string): number | null {
   }
 }
 
-/** Stop the instance's server (immediately: it is scratch) and delete its folder. */
-export async function removeInstance(s: Pick<InstanceState, "root" | "dataDir" | "bin">): Promise<void> {
+/** Stop the instance's server (immediately: it is scratch) and delete its folder, and its sockets' when apart. */
+export async function removeInstance(
+  s: Pick<InstanceState, "root" | "dataDir" | "bin"> & { socketDir?: string },
+): Promise<void> {
   if (postmasterPid(s.dataDir)) {
     const as = await runAs();
     const r = await exec([
@@ -255,13 +328,23 @@ export async function removeInstance(s: Pick<InstanceState, "root" | "dataDir" |
       }
     }
   }
-  // Removed is checked, not assumed: on tmpfs a removal racing the stopped server's last exits has
-  // been seen to return with part of the data directory still there. Tried again briefly, then said.
+  // The sockets' folder first: while the instance's folder (and its state) is there, a later
+  // pitr cleanup still finds both.
+  const sockets = socketsFolderOf(s);
+  if (sockets && socketsFolderState(sockets) === "ours") await removeFolder(sockets);
+  await removeFolder(s.root);
+}
+
+/**
+ * Removed is checked, not assumed: on tmpfs a removal racing the stopped server's last exits has
+ * been seen to return with part of the data directory still there. Tried again briefly, then said.
+ */
+async function removeFolder(path: string): Promise<void> {
   for (let attempt = 0; ; attempt++) {
-    await rm(s.root, { recursive: true, force: true });
-    if (!existsSync(s.root)) return;
+    await rm(path, { recursive: true, force: true });
+    if (!existsSync(path)) return;
     if (attempt === 10)
-      throw new ShinkeiError("RECOVERY_FAILED", `could not remove the scratch instance folder ${s.root}`, {
+      throw new ShinkeiError("RECOVERY_FAILED", `could not remove the scratch instance folder ${path}`, {
         hint: "Something still writes into it; remove it by hand once nothing does.",
       });
     await Bun.sleep(100);

@@ -1,3 +1,4 @@
+import { tmpdir } from "node:os";
 import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 
@@ -84,6 +85,7 @@ export type RunOptions = { cwd?: string; binary?: string };
 
 /**
  * Run the compiled binary with a clean environment plus `env` (no inherited DATABASE_URL surprises).
+ * TMPDIR is passed on (the run's, on tmpfs: see the preload) unless `env` names its own.
  * With `timeoutSeconds`, under `timeout -s KILL`: a command that hangs comes back killed (exit 137)
  * instead of stalling the test.
  */
@@ -96,7 +98,13 @@ export async function shinkei(
   const limit = options.timeoutSeconds === undefined ? [] : ["timeout", "-s", "KILL", String(options.timeoutSeconds)];
   const p = Bun.spawn([...limit, options.binary ?? binaryPath, ...args], {
     cwd: options.cwd ?? root,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...env },
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/tmp",
+      NO_COLOR: "1",
+      TMPDIR: tmpdir(),
+      ...env,
+    },
     stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),
     stdout: "pipe",
     stderr: "pipe",

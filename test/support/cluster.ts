@@ -4,6 +4,7 @@ import { realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { freePort, runAs } from "../../src/pg/localdb.ts";
 import { findServerBinaries } from "../../src/pg/bin.ts";
+import { startTempDir } from "./fixtures.ts";
 
 /**
  * A PostgreSQL cluster of a test's own, from the installed server binaries, on a free loopback
@@ -59,8 +60,9 @@ async function exec(cmd: string[]): Promise<{ code: number; output: string }> {
  * Copies of one template share its database system identifier; nothing in shinkei reads it, and
  * PostgreSQL checks it only when WAL meets a data directory, which in the tests is always its own.
  * One folder per OS user: a template root made belongs to the server's user, another's to them.
+ * In the temp directory the run started with, not the run's own on tmpfs (see the preload), which goes with the run.
  */
-export const INITDB_CACHE = join(tmpdir(), `shinkei-test-cache-${process.getuid?.() ?? "user"}`);
+export const INITDB_CACHE = join(startTempDir, `shinkei-test-cache-${process.getuid?.() ?? "user"}`);
 
 const templates = new Map<string, Promise<string>>();
 

@@ -5,6 +5,12 @@ import type { Sql } from "../../src/pg/db.ts";
 
 const made: string[] = [];
 
+/**
+ * The temp directory the run was started with: read as this module loads, which the preload does
+ * before it moves TMPDIR to a folder of the run's on tmpfs. What outlives the run (the initdb cache) stays here.
+ */
+export const startTempDir = tmpdir();
+
 /** A new folder in the temp directory; the preload removes it after the file's last test. */
 export async function tempDir(label: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), `shinkei-${label}-`));

@@ -1,20 +1,70 @@
 import { plugin } from "bun";
-import { afterAll, expect } from "bun:test";
-import { readFile } from "node:fs/promises";
+import { afterAll, beforeAll, expect } from "bun:test";
+import { chmodSync, mkdtempSync, statfsSync } from "node:fs";
+import { readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { removeTempDirs } from "./fixtures.ts";
 
 /** Real databases, servers and processes: bun's 5 s default is too tight on a busy 2-core machine. */
 const TEST_TIMEOUT_MS = 60_000;
 
 /*
- * The folders tests make with tempDir are removed after the file's last test (each file runs in a
- * process or global of its own under bun test --parallel), so a run leaves none behind, even when a
- * test fails before its own cleanup. Not a TMPDIR of its own for the run: pitr's scratch instances
- * put their unix sockets under TMPDIR, and one more folder level passes the 107-byte socket path limit.
- * One folder stays on purpose, a cache and named so: shinkei-test-cache-<uid> (INITDB_CACHE in cluster.ts),
+ * The run's temp files live on tmpfs when /dev/shm is one we may write: test clusters copied from
+ * the initdb cache, base backups unpacked, scratch instances, backups. On a disk filesystem, making
+ * and deleting their many small files and the fsyncs cost a large share of the suite's CPU time
+ * (ext4 inode allocation above all). A folder of the run's, shinkei-run-XXXXXX, becomes TMPDIR: for
+ * tmpdir() here and everything the tests start (the helpers that give a child an environment of its
+ * own pass TMPDIR on). Mode 1777 like /tmp: the server's OS user (postgres, when we are root) makes
+ * and enters folders in it. Without a usable /dev/shm (none, not tmpfs, not writable, or too small),
+ * the temp directory stays what it was.
+ *
+ * The folder and those tests make with tempDir are removed after the file's last test, so a run leaves
+ * none behind, even when a test fails before its own cleanup. Under bun test --parallel each file
+ * runs in a global of its own (this preload runs again, a folder each); with --no-isolate a worker's
+ * files share one global, so the next file makes a new folder before its tests; plain bun test runs
+ * these hooks once, around the whole run. One folder stays on purpose, a cache and named so:
+ * shinkei-test-cache-<uid> (INITDB_CACHE in cluster.ts) in the temp directory the run started with,
  * the data directories initdb made, which every later test cluster copies instead of running initdb.
  */
-afterAll(removeTempDirs);
+const TMPFS = "/dev/shm";
+const TMPFS_MAGIC = 0x01021994;
+/** Less free than this (a container's /dev/shm is 64 MiB by default), the run's files would not fit. */
+const TMPFS_MIN_FREE = 2 * 1024 ** 3;
+const startTmpdirEnv = process.env.TMPDIR;
+let runDir: string | null = null;
+
+function useTmpfs(): void {
+  if (runDir) return;
+  try {
+    const fs = statfsSync(TMPFS);
+    if (fs.type !== TMPFS_MAGIC || fs.bavail * fs.bsize < TMPFS_MIN_FREE) return;
+    const dir = mkdtempSync(join(TMPFS, "shinkei-run-"));
+    chmodSync(dir, 0o1777);
+    runDir = dir;
+    process.env.TMPDIR = dir;
+  } catch {
+    // No /dev/shm, or not ours to write: the run's files go to the temp directory it started with.
+  }
+}
+
+async function leaveTmpfs(): Promise<void> {
+  const dir = runDir;
+  if (!dir) return;
+  runDir = null;
+  if (startTmpdirEnv === undefined) delete process.env.TMPDIR;
+  else process.env.TMPDIR = startTmpdirEnv;
+  await rm(dir, { recursive: true, force: true }).catch((e) =>
+    console.warn(`temp folder ${dir} not removed: ${(e as Error).message}`),
+  );
+}
+
+// Now, for what the test file does as it loads; again before its tests, after a file before it left.
+useTmpfs();
+beforeAll(useTmpfs);
+afterAll(async () => {
+  await removeTempDirs();
+  await leaveTmpfs();
+});
 
 /*
  * Why not simply call setDefaultTimeout here: bun test reads no timeout from bunfig.toml

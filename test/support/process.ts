@@ -1,3 +1,4 @@
+import { tmpdir } from "node:os";
 import { binaryPath, buildBinary, type RunOptions } from "./cli.ts";
 
 /**
@@ -19,7 +20,8 @@ export class Service {
     const command = [...(options.prefix ?? []), options.binary ?? binaryPath, ...args];
     const proc = Bun.spawn(command, {
       cwd: options.cwd,
-      env: { PATH: process.env.PATH!, ...env },
+      // TMPDIR: the run's (see the preload), unless `env` names its own.
+      env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), ...env },
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",
