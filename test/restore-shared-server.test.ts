@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { tmpdir } from "node:os";
+import { readdir } from "node:fs/promises";
 import { catalogChanged, type WatchedCatalog } from "../src/backup/restore.ts";
 import { tableStats } from "../src/backup/digest.ts";
 import { tableCounts } from "../src/pg/tables.ts";
@@ -131,11 +132,12 @@ describe("a restore on a shared server", () => {
     }
   });
 
-  test("a restore killed in a slow statement lets go of the database within seconds, not when it ends", async () => {
+  test("a restore killed mid-statement lets go of the database in seconds; the next removes its spool", async () => {
     const live = await seededDatabase("shared_killed");
     const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
     try {
       const env = { DATABASE_URL: live.url, BACKUP_DIR: await tempDir("shared_killed") };
+      const good = await takeBackup(env);
       const file = await takeBackup(env);
       await slowToLoad(file, 60);
       await buildBinary();
@@ -163,6 +165,13 @@ describe("a restore on a shared server", () => {
       await until("the server to end the dead restore's session", async () => (await sleeping()).length === 0, 15_000);
       const [left] = await live.sql`select count(*)::int as n from pg_class where relname = 'slow_to_load'`;
       expect(left!.n).toBe(0);
+      // The killed restore's spool (the whole decoded file) is left in BACKUP_DIR; the next restore
+      // removes it, as its process is gone, and leaves none of its own.
+      const spools = async () => (await readdir(env.BACKUP_DIR)).filter((n) => n.startsWith(".shinkei-restore-"));
+      expect(await spools()).toHaveLength(1);
+      const next = await shinkei([...args.slice(0, 2), good, ...args.slice(3), "--no-safety-backup"], env);
+      expect(next).toSucceed();
+      expect(await spools()).toEqual([]);
     } finally {
       await admin.end();
       await live.drop();

@@ -1,5 +1,15 @@
-import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writevSync } from "node:fs";
-import { tmpdir } from "node:os";
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readSync,
+  rmSync,
+  statSync,
+  writevSync,
+} from "node:fs";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 
 /**
@@ -13,6 +23,48 @@ export const enum Rec {
   Copy = 2,
   Data = 3,
   EndCopy = 4,
+}
+
+const PREFIX = ".shinkei-restore-";
+/** Whose folder it is: host and pid, so a later restore knows one whose process is gone. */
+const OWNER = `${hostname().replace(/[^A-Za-z0-9.]/g, "_")}-${process.pid}-`;
+const OURS = /^\.shinkei-restore-(.+)-(\d+)-[A-Za-z0-9]{6}$/;
+/** Folders an older shinkei made (no owner in the name): abandoned once this old. */
+const UNNAMED_AGE_MS = 24 * 3600_000;
+
+/**
+ * A restore killed before it removed its spool (SIGKILL, a crash, the host going down) leaves the
+ * whole decoded file behind, hidden in BACKUP_DIR: gigabytes no retention ever touches. Each new
+ * spool removes the ones whose process is gone: made on this host (a BACKUP_DIR shared between
+ * containers holds other hosts' folders, whose pids mean nothing here) by a pid no longer running.
+ */
+function removeAbandoned(parent: string) {
+  let names: string[];
+  try {
+    names = readdirSync(parent).filter((n) => n.startsWith(PREFIX));
+  } catch {
+    return;
+  }
+  const host = OWNER.slice(0, OWNER.indexOf("-"));
+  for (const name of names) {
+    const owner = OURS.exec(name);
+    let gone: boolean;
+    if (owner) gone = owner[1] === host && !running(Number(owner[2]));
+    else if (/^\.shinkei-restore-[A-Za-z0-9]{6}$/.test(name))
+      gone =
+        Date.now() - (statSync(join(parent, name), { throwIfNoEntry: false })?.mtimeMs ?? Date.now()) > UNNAMED_AGE_MS;
+    else gone = false;
+    if (gone) rmSync(join(parent, name), { recursive: true, force: true });
+  }
+}
+
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"; // alive, another user's
+  }
 }
 
 const FLUSH = 1 << 20;
@@ -32,9 +84,9 @@ export class Spool {
   constructor(parent = tmpdir()) {
     // A folder only this user can enter (mkdtemp makes it 0700): the judged file waits here.
     // Beside the backups when there is such a folder (a decoded dump can be larger than /tmp).
-    this.dir = existsSync(parent)
-      ? mkdtempSync(join(parent, ".shinkei-restore-"))
-      : mkdtempSync(join(tmpdir(), ".shinkei-restore-"));
+    const where = existsSync(parent) ? parent : tmpdir();
+    removeAbandoned(where);
+    this.dir = mkdtempSync(join(where, PREFIX + OWNER));
     this.path = join(this.dir, "judged");
     this.fd = openSync(this.path, "w+", 0o600);
   }
