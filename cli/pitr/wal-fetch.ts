@@ -25,15 +25,20 @@ record may not be used on this host.`,
   },
   needsDatabase: false,
   async run(ctx) {
-    const { io, config } = ctx;
+    const { io } = ctx;
     const [, name, target, extra] = ctx.positionals;
     if (!name || !target || extra !== undefined)
       throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
     try {
       // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
+      // It needs no configuration of its own (the process that answers has it): none is read, as
+      // restore_command runs this once per WAL file the server asks the socket for.
       const socket = ctx.option("socket");
       if (socket) await fetchViaSocket(socket, name, target);
-      else await fetchWal(config, name, target, walStore(config), { allowUnencrypted: ctx.flag("allow-unencrypted") });
+      else {
+        const { config } = ctx;
+        await fetchWal(config, name, target, walStore(config), { allowUnencrypted: ctx.flag("allow-unencrypted") });
+      }
       return 0;
     } catch (e) {
       // PostgreSQL ends recovery at the first file restore_command lacks (exit 1). Anything else (a
