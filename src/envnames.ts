@@ -23,55 +23,62 @@ export function checkVariableNames(env: Record<string, string | undefined>, know
   for (const name of Object.keys(env).sort()) {
     if (env[name] === undefined || known.includes(name)) continue;
     const upper = name.toUpperCase();
-    // Only a name within two edits can be refused: most of an environment is not compared in full
-    // (every command pays this at start, and restore_command runs one for each WAL segment).
-    const [near, distance] = nearest(upper, known, 2);
-    if (distance <= (Math.min(upper.length, near.length) < 8 ? 1 : 2)) {
-      throw new ShinkeiError("CONFIG_INVALID", `${name} is not a shinkei variable; did you mean ${near}?`, {
-        hint: `Rename it to ${near} (until then its value is ignored and ${near} keeps its default), or remove it.`,
+    // Only a known name within two edits can make this one a typo: measuring every name in the
+    // environment exactly against every known one cost tens of milliseconds at every start.
+    const [closest, distance] = nearest(upper, known, TYPO_MAX);
+    if (distance <= (Math.min(upper.length, closest.length) < 8 ? 1 : 2)) {
+      throw new ShinkeiError("CONFIG_INVALID", `${name} is not a shinkei variable; did you mean ${closest}?`, {
+        hint:
+          `Rename it to ${closest} (until then its value is ignored and ${closest} keeps its default), or ` +
+          `remove it.`,
       });
     }
-    if ([...prefixes].some((p) => upper.startsWith(p))) {
-      const [closest] = nearest(upper, known, Infinity);
-      warnings.push(`${name} is not a shinkei variable and is ignored (the closest is ${closest})`);
-    }
+    if ([...prefixes].some((p) => upper.startsWith(p)))
+      warnings.push(`${name} is not a shinkei variable and is ignored (the closest is ${nearest(upper, known)[0]})`);
   }
   return warnings;
 }
 
-/** The first known name at the least distance, when that is at most `limit` (else ["", Infinity]). */
-function nearest(name: string, known: readonly string[], limit: number): [string, number] {
+/** The most edits a typo of a known name may be (see the check above). */
+const TYPO_MAX = 2;
+
+/** The first known name nearest to `name`, among those that can be `within` edits of it at most. */
+function nearest(name: string, known: readonly string[], within = Infinity): [string, number] {
   let best: [string, number] = ["", Infinity];
   for (const k of known) {
-    const bound = Math.min(limit, best[1] - 1);
-    if (Math.abs(k.length - name.length) > bound) continue;
-    const d = editDistance(name, k, bound);
+    // Every edit changes the length by one at most: a name further off in length is further off.
+    if (Math.abs(k.length - name.length) > within) continue;
+    const d = editDistance(name, k, within);
     if (d < best[1]) best = [k, d];
   }
   return best;
 }
 
 /**
- * Levenshtein distance where swapping two neighbouring letters counts as one edit, or Infinity as
- * soon as it must exceed `bound` (a row's smallest entry never decreases further down).
+ * Levenshtein distance where swapping two neighbouring letters counts as one edit; past `within`,
+ * only that it is more (the exact number is not worked out).
  */
-function editDistance(a: string, b: string, bound: number): number {
-  let before = new Array<number>(b.length + 1).fill(0);
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
-  let current = new Array<number>(b.length + 1).fill(0);
+function editDistance(a: string, b: string, within = Infinity): number {
+  // Three rows of the table (a swap looks two rows back), not the whole table.
+  let older = new Int32Array(b.length + 1);
+  let prev = new Int32Array(b.length + 1);
+  let row = new Int32Array(b.length + 1);
+  for (let j = 0; j <= b.length; j++) prev[j] = j;
+  let prevMin = 0;
   for (let i = 1; i <= a.length; i++) {
-    current[0] = i;
-    let least = i;
+    row[0] = i;
+    let min = i;
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let d = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d = Math.min(d, before[j - 2]! + 1);
-      current[j] = d;
-      if (d < least) least = d;
+      let d = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d = Math.min(d, older[j - 2]! + 1);
+      row[j] = d;
+      if (d < min) min = d;
     }
-    // A transposition reaches back two rows, so a row is past the bound only when the one before is too.
-    if (least > bound && Math.min(...previous) > bound) return Infinity;
-    [before, previous, current] = [previous, current, before];
+    // Every later cell comes from one of the last two rows and adds to it: both past `within`, so is the end.
+    if (min > within && prevMin > within) return within + 1;
+    prevMin = min;
+    [older, prev, row] = [prev, row, older];
   }
-  return previous[b.length]! <= bound ? previous[b.length]! : Infinity;
+  return prev[b.length]!;
 }

@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import { shinkei } from "./support/cli.ts";
-import { commands } from "../cli/main.ts";
+import { commands } from "../cli/run.ts";
 import { commandHelp, formName, parseForm, selectForm, subcommandHelp } from "../cli/parse.ts";
 import type { Command, Subcommand } from "../cli/command.ts";
 import { ShinkeiError } from "../src/errors.ts";

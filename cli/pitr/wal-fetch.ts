@@ -1,9 +1,8 @@
 import type { Subcommand } from "../command.ts";
-import { reportError } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { fetchWal } from "../../src/wal/fetch.ts";
 import { walStore } from "../../src/wal/offsite.ts";
-import { fetchViaSocket } from "../../src/pitr/walserve.ts";
+import { walFetchFailure, walFetchViaSocket } from "./wal-fetch-socket.ts";
 
 /** `pitr wal-fetch NAME TARGET`: PostgreSQL's restore_command. */
 export const walFetch: Subcommand = {
@@ -25,29 +24,21 @@ record may not be used on this host.`,
   },
   needsDatabase: false,
   async run(ctx) {
-    const { io, config } = ctx;
+    const { io } = ctx;
     const [, name, target, extra] = ctx.positionals;
     if (!name || !target || extra !== undefined)
       throw new ShinkeiError("USAGE", "wal-fetch takes a WAL file name and a target path (%f %p)");
+    // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
+    // No configuration is read there; cli/main.ts runs the very command line restore_command gives
+    // without the rest of the CLI (wal-fetch-socket.ts).
+    const socket = ctx.option("socket");
+    if (socket) return walFetchViaSocket(io, { socket, name, target });
     try {
-      // A scratch recovery's restore_command asks the shinkei process that runs it (src/pitr/walserve.ts).
-      const socket = ctx.option("socket");
-      if (socket) await fetchViaSocket(socket, name, target);
-      else await fetchWal(config, name, target, walStore(config), { allowUnencrypted: ctx.flag("allow-unencrypted") });
+      const { config } = ctx;
+      await fetchWal(config, name, target, walStore(config), { allowUnencrypted: ctx.flag("allow-unencrypted") });
       return 0;
     } catch (e) {
-      // PostgreSQL ends recovery at the first file restore_command lacks (exit 1). Anything else (a
-      // store out of reach, a damaged file) must not pass for "no more WAL": above 125 aborts recovery.
-      if (e instanceof ShinkeiError && e.code === "USAGE") throw e;
-      if (e instanceof ShinkeiError && e.code === "NOT_FOUND") {
-        // The answer PostgreSQL asks for, not an error: it probes for timeline history files that
-        // need not exist and for the segment after the last, at every recovery's end. One plain
-        // line in its log, not a red ✖ that reads like a failed restore.
-        io.stderr.write(`${e.message} (the end of the archive there)\n`);
-        return 1;
-      }
-      reportError(io, e);
-      return 126;
+      return walFetchFailure(io, e);
     }
   },
 };

@@ -123,6 +123,8 @@ function isCronPattern(pattern: string): boolean {
 }
 
 function isTimezone(zone: string): boolean {
+  // The default, valid everywhere: asking ICU loads its time zone data, a large part of every start.
+  if (zone === "UTC") return true;
   try {
     new Intl.DateTimeFormat("en", { timeZone: zone });
     return true;

@@ -1,10 +1,10 @@
-import { open, rename, rm } from "node:fs/promises";
+import { open, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { stderrLog } from "../log.ts";
-import { unsealFrom } from "../storage/seal.ts";
+import { codecOf, unsealBytes, unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
 import { archiveTrust, copySpoolFile } from "./trust.ts";
@@ -92,6 +92,13 @@ async function copySpooled(config: Config, name: string, target: string, options
   if (options.durable !== false) await fsyncDir(dirname(target));
 }
 
+/**
+ * Stored files up to this size are read into memory and unsealed there: a WAL segment, compressed
+ * (PostgreSQL's default is 16 MiB before compression). Larger ones (segments of a server built with
+ * a larger --wal-segsize) are streamed, so memory stays bounded.
+ */
+const IN_MEMORY_MAX = 32 * 1024 * 1024;
+
 /** `durable: false` for a copy that is only passed on (a scratch recovery's): no fsync. */
 export type FetchOptions = { durable?: boolean; allowUnencrypted?: boolean };
 
@@ -142,7 +149,10 @@ async function fetchRecorded(
       stored = tmp;
       from = "offsite";
     } else refuseUntrusted(config, record, options, "");
-    const sha = await sha256File(stored);
+    // A zstd file small enough (a WAL segment) is read once, and unsealed in memory (unsealBytes).
+    const inMemory = codecOf(record.file) === "zstd" && (await stat(stored)).size <= IN_MEMORY_MAX;
+    const bytes = inMemory ? await Bun.file(stored).bytes() : null;
+    const sha = bytes ? new Bun.CryptoHasher("sha256").update(bytes).digest("hex") : await sha256File(stored);
     if (sha !== record.sha256)
       throw new ShinkeiError(
         "BACKUP_CORRUPT",
@@ -153,19 +163,21 @@ async function fetchRecorded(
     const partial = `${target}.partial`;
     temps.push(partial);
     const plain = new Bun.CryptoHasher("sha256");
-    const source = await unsealFrom(stored, {
-      encryption: record.encryption,
-      age: config.backup.age,
-      name: record.file,
-    });
+    const how = { encryption: record.encryption, age: config.backup.age, name: record.file };
     const file = await open(partial, "w", 0o600);
     try {
-      await pipeline(source, async (chunks: AsyncIterable<Buffer>) => {
-        for await (const c of chunks) {
-          plain.update(c);
-          await file.write(c);
-        }
-      });
+      if (bytes) {
+        const out = await unsealBytes(bytes, how);
+        plain.update(out);
+        for (let at = 0; at < out.length; ) at += (await file.write(out, at)).bytesWritten;
+      } else {
+        await pipeline(await unsealFrom(stored, how), async (chunks: AsyncIterable<Buffer>) => {
+          for await (const c of chunks) {
+            plain.update(c);
+            await file.write(c);
+          }
+        });
+      }
       if (options.durable !== false) await file.sync();
     } finally {
       await file.close();
