@@ -9,6 +9,7 @@ import { encryptionFor } from "../src/storage/crypt.ts";
 import { archiveWalFile, readRecord, recordPath, walRoot, writeRecord } from "../src/wal/archive.ts";
 import { fetchWal } from "../src/wal/fetch.ts";
 import { loadConfig } from "../src/config/index.ts";
+import type { ShinkeiError } from "../src/errors.ts";
 import { tempDir } from "./support/fixtures.ts";
 
 const SEGMENT = 16 * 1024 * 1024;
@@ -117,6 +118,47 @@ describe("codecs", () => {
       const got = await fetchWal(config, name, target);
       expect(got.from).toBe("local");
       expect((await readFile(target)).equals(Buffer.from(walLike(seed)))).toBe(true);
+    }
+  });
+
+  test("a planted file that decompresses past its record's size is refused as it decompresses", async () => {
+    // An archive without BACKUP_MANIFEST_KEY: whoever writes to it can plant a file and a record to match.
+    const config = loadConfig({
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/x",
+      BACKUP_DIR: dir,
+      WAL_ARCHIVE: "stream",
+    });
+    const root = walRoot(dir);
+    const tl = join(root, "00000001");
+    // 256 MiB of zeros in a few hundred KiB: what the record would let through is one 16 MiB segment.
+    const huge = new Uint8Array(256 * 1024 * 1024);
+    for (const [name, file, bytes] of [
+      ["000000010000000000000021", "000000010000000000000021.zst", Bun.zstdCompressSync(huge)],
+      ["000000010000000000000022", "000000010000000000000022.gz", gzipSync(huge, { level: 1 })],
+    ] as const) {
+      await Bun.write(join(tl, file), bytes);
+      await writeRecord(root, {
+        walRecordVersion: 1,
+        name,
+        kind: "segment",
+        timeline: 1,
+        file,
+        sizeBytes: bytes.length,
+        sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"),
+        originalBytes: SEGMENT,
+        originalSha256: new Bun.CryptoHasher("sha256").update(huge.subarray(0, SEGMENT)).digest("hex"),
+        segmentBytes: SEGMENT,
+        receivedAt: new Date().toISOString(),
+        archivedAt: new Date().toISOString(),
+      });
+      const target = join(dir, `bomb-${name}`);
+      const failed = await fetchWal(config, name, target).then(
+        () => null,
+        (e: ShinkeiError) => e,
+      );
+      expect(failed?.code).toBe("BACKUP_CORRUPT");
+      expect(failed?.message).toBe(`${file} decompresses to more than the ${SEGMENT} bytes its record says`);
+      expect(await Bun.file(target).exists()).toBe(false);
     }
   });
 });

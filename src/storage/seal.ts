@@ -175,7 +175,7 @@ export async function unsealFrom(
  */
 export async function unsealBytes(
   bytes: Uint8Array,
-  options: { encryption?: Encryption; age?: AgeConfig; name: string },
+  options: { encryption?: Encryption; age?: AgeConfig; name: string; maxBytes: number },
 ): Promise<Uint8Array> {
   if (codecOf(options.name) !== "zstd") throw new Error(`unsealBytes reads zstd files only, not ${options.name}`);
   let compressed = bytes;
@@ -188,5 +188,24 @@ export async function unsealBytes(
     });
     compressed = await Bun.readableStreamToBytes(await decrypt(whole, options.age, options.name, options.encryption));
   }
-  return Bun.zstdDecompress(compressed);
+  // Streamed out of memory, not one zstdDecompress call: that has no limit, and a planted file of
+  // a few MiB can ask for gigabytes. More than maxBytes (its record's size) is refused as it comes.
+  const out: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of new Blob([compressed]).stream().pipeThrough(
+    // bun-types names only the web's formats; Bun's DecompressionStream takes "zstd" too.
+    new DecompressionStream("zstd" as "gzip") as unknown as TransformStream<Uint8Array, Uint8Array>,
+  ) as unknown as AsyncIterable<Uint8Array>) {
+    size += chunk.length;
+    if (size > options.maxBytes) throw new TooLarge(options.name, options.maxBytes);
+    out.push(chunk);
+  }
+  return Buffer.concat(out, size);
+}
+
+/** A stored file that decompresses to more than its record says: refused before it is all in memory. */
+export class TooLarge extends Error {
+  constructor(name: string, maxBytes: number) {
+    super(`${name} decompresses to more than the ${maxBytes} bytes its record says`);
+  }
 }

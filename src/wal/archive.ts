@@ -139,6 +139,10 @@ export async function readRecord(
       Number.isInteger(r.segmentBytes) &&
       r.segmentBytes >= 1 << 20 &&
       r.segmentBytes <= 1 << 30 &&
+      // What a fetch lets the file decompress to, at most: a segment, never more.
+      Number.isSafeInteger(r.originalBytes) &&
+      r.originalBytes >= 0 &&
+      r.originalBytes <= r.segmentBytes &&
       !Number.isNaN(Date.parse(r.receivedAt));
     const what = ok ? walKind(name, r.segmentBytes) : null;
     return what && what.kind === r.kind && what.timeline === r.timeline ? r : null;

@@ -4,7 +4,7 @@ import { pipeline } from "node:stream/promises";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { stderrLog } from "../log.ts";
-import { codecOf, unsealBytes, unsealFrom } from "../storage/seal.ts";
+import { codecOf, TooLarge, unsealBytes, unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
 import { archiveTrust, copySpoolFile } from "./trust.ts";
@@ -163,7 +163,12 @@ async function fetchRecorded(
     const partial = `${target}.partial`;
     temps.push(partial);
     const plain = new Bun.CryptoHasher("sha256");
-    const how = { encryption: record.encryption, age: config.backup.age, name: record.file };
+    const how = {
+      encryption: record.encryption,
+      age: config.backup.age,
+      name: record.file,
+      maxBytes: record.originalBytes,
+    };
     const file = await open(partial, "w", 0o600);
     try {
       if (bytes) {
@@ -171,14 +176,21 @@ async function fetchRecorded(
         plain.update(out);
         for (let at = 0; at < out.length; ) at += (await file.write(out, at)).bytesWritten;
       } else {
+        let size = 0;
         await pipeline(await unsealFrom(stored, how), async (chunks: AsyncIterable<Buffer>) => {
           for await (const c of chunks) {
+            // Not a disk filled by a planted file that decompresses without end.
+            size += c.length;
+            if (size > how.maxBytes) throw new TooLarge(how.name, how.maxBytes);
             plain.update(c);
             await file.write(c);
           }
         });
       }
       if (options.durable !== false) await file.sync();
+    } catch (e) {
+      if (e instanceof TooLarge) throw new ShinkeiError("BACKUP_CORRUPT", e.message);
+      throw e;
     } finally {
       await file.close();
     }
