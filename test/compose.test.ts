@@ -210,7 +210,7 @@ test("the init script makes a login role that is no superuser, owns the app's da
     }
     const env = { DATABASE_URL: url.toString(), BACKUP_DIR: await tempDir("initdb-backup") };
     expect(await shinkei(["migrate"], env)).toSucceed();
-    expect(await takeBackup(env)).toMatch(/shinkei_backup_\S+\.sql\.gz$/);
+    expect(await takeBackup(env)).toMatch(/shinkei_backup_\S+\.sql\.zst$/);
 
     // The backup service's role backs up and restores; what it restores still belongs to the app.
     const backupUrl = new URL(url);

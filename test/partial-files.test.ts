@@ -71,7 +71,7 @@ test("a backup skips a name whose .partial is a dangling link and creates nothin
   const now = Date.now();
   for (let s = -2; s <= 60; s++) await symlink(target, join(dir, `${backupName(new Date(now + s * 1000))}.partial`));
   const path = await takeBackup({ DATABASE_URL: db.url, BACKUP_DIR: dir });
-  expect(path).toMatch(/_1\.sql\.gz$/);
+  expect(path).toMatch(/_1\.sql\.zst$/);
   expect((await lstat(path)).isFile()).toBe(true);
   expect(await readdir(join(target, ".."))).toEqual([]);
 });
