@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { lstat, readFile, readdir, symlink, writeFile } from "node:fs/promises";
+import { lstat, readFile, readdir, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { writeFileAtomic } from "../src/storage/files.ts";
 import { LocalStore } from "../src/storage/local.ts";
@@ -24,6 +24,16 @@ afterAll(async () => {
   await db.drop();
 });
 
+test("writeFileAtomic: writers of one file at once each finish, and the file is one of theirs, whole", async () => {
+  // A base backup's manifest: its check and the off-site copier each write it.
+  const path = join(await tempDir("partial-concurrent"), "shinkei_base.manifest.json");
+  const bodies = Array.from({ length: 20 }, (_, i) => JSON.stringify({ writer: i, pad: "x".repeat(64 * 1024) }));
+  const results = await Promise.allSettled(bodies.map((b) => writeFileAtomic(path, b)));
+  expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+  expect(bodies).toContain(await readFile(path, "utf8"));
+  expect(await Bun.file(`${path}.partial`).exists()).toBe(false);
+});
+
 async function victim(): Promise<{ path: string; unchanged(): Promise<boolean> }> {
   const path = join(await tempDir("victim"), "precious.conf");
   await writeFile(path, "precious\n");
@@ -39,8 +49,10 @@ test("writeFileAtomic (manifests, drill results) refuses a symbolic link at the 
     message: expect.stringContaining("refusing to write through it"),
   });
   expect(await v.unchanged()).toBe(true);
-  // A plain leftover of a crashed write is no threat: it is replaced.
+  // A plain leftover of a crashed write (no longer written to) is no threat: it is replaced.
   await writeFile(join(dir, "other.json.partial"), "half");
+  const crashed = new Date(Date.now() - 60_000);
+  await utimes(join(dir, "other.json.partial"), crashed, crashed);
   await writeFileAtomic(join(dir, "other.json"), "{}");
   expect(await readFile(join(dir, "other.json"), "utf8")).toBe("{}");
 });

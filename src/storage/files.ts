@@ -48,7 +48,7 @@ export async function fsyncDir(dir: string): Promise<void> {
 /** Write to `path.partial`, fsync, rename: readers see the old file or the whole new one. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const partial = `${path}.partial`;
-  const handle = await createPartial(partial);
+  const handle = await takePartial(partial);
   try {
     await handle.writeFile(data);
     await handle.sync();
@@ -57,6 +57,39 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
   }
   await rename(partial, path);
   await fsyncDir(dirname(path));
+}
+
+/** A `.partial` this young belongs to a writer still at work (manifests and records are written in milliseconds). */
+const PARTIAL_IN_USE_MS = 10_000;
+
+/**
+ * createPartial for a file two writers may write at once (a base backup's manifest: its check and
+ * the off-site copier each record their part): a `.partial` another writer holds is waited for,
+ * not removed. Removing it let that writer rename ours half-written, and its own rename fail.
+ * One older than PARTIAL_IN_USE_MS was left by a crash and goes.
+ */
+async function takePartial(partial: string): Promise<FileHandle> {
+  for (;;) {
+    const existing = await lstat(partial).catch(() => null);
+    if (existing && !existing.isFile()) await preparePartial(partial); // refuses a link: UNSAFE_PATH
+    if (existing) {
+      if (Date.now() - existing.mtimeMs < PARTIAL_IN_USE_MS) {
+        await Bun.sleep(10);
+        continue;
+      }
+      await rm(partial, { force: true }); // a crash's leftover
+    }
+    try {
+      return await open(
+        partial,
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        0o600,
+      );
+    } catch (e) {
+      // Another writer made it between our look and our O_EXCL open: wait for it too.
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+  }
 }
 
 /** `.partial` files not written to for `olderThanMs` were left by a crash: they are never backups. */

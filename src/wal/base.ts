@@ -259,6 +259,22 @@ export async function writeBaseManifest(path: string, manifest: BaseManifest): P
   await writeFileAtomic(path + BASE_MANIFEST_SUFFIX, JSON.stringify(manifest, null, 2) + "\n");
 }
 
+/**
+ * Change one part of a base backup's manifest as the file holds it now, not as `read` had it: the
+ * base's check and the off-site copier each record their own part, sometimes at once, and neither
+ * may write back a copy from before the other's. (writeFileAtomic makes their writes take turns.)
+ */
+export async function updateBaseManifest(
+  path: string,
+  read: BaseManifest,
+  change: (now: BaseManifest) => BaseManifest,
+): Promise<void> {
+  const now = (await Bun.file(path + BASE_MANIFEST_SUFFIX)
+    .json()
+    .catch(() => null)) as BaseManifest | null;
+  await writeBaseManifest(path, change(now?.file === read.file ? now : read));
+}
+
 export type BaseBackup = { name: string; path: string; sizeBytes: number; manifest: BaseManifest };
 
 /**

@@ -21,7 +21,7 @@ import {
   type WalRecord,
 } from "./archive.ts";
 import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
-import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, writeBaseManifest, type BaseBackup } from "./base.ts";
+import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, updateBaseManifest, type BaseBackup } from "./base.ts";
 import { parseSegment, timelineDir } from "./segments.ts";
 import { startPoller } from "../service/poller.ts";
 
@@ -79,7 +79,8 @@ export async function mirrorBase(store: BackupStore, backupDir: string, base: Ba
       { name: base.manifest.backupManifestFile, path: join(dir, base.manifest.backupManifestFile) },
     ],
     record: base.manifest,
-    writeRecord: (m) => writeBaseManifest(base.path, m),
+    // A check of the base may have recorded its result while this copied.
+    writeRecord: (m) => updateBaseManifest(base.path, m, (now) => ({ ...now, offsite: m.offsite })),
     recordObject: { name: base.name + BASE_MANIFEST_SUFFIX, path: base.path + BASE_MANIFEST_SUFFIX },
     describe: (copy) => ({ sizeBytes: copy.sizeBytes }),
   });

@@ -6,7 +6,7 @@ import { sha256File } from "../storage/files.ts";
 import { unsealFrom } from "../storage/seal.ts";
 import { finished, pump } from "../pg/tools.ts";
 import { findTool } from "../pg/bin.ts";
-import { BASE_MANIFEST_SUFFIX, baseDir, writeBaseManifest, type BaseBackup, type BaseManifest } from "./base.ts";
+import { baseDir, updateBaseManifest, type BaseBackup } from "./base.ts";
 
 export type BaseVerification = {
   ok: boolean;
@@ -67,11 +67,7 @@ export async function verifyBaseBackup(
     pgVerifybackup: tool,
     ...(skipped && { skipped }),
   };
-  // Read again: the off-site copier may have recorded its copy while this ran.
-  const fresh =
-    ((await Bun.file(base.path + BASE_MANIFEST_SUFFIX)
-      .json()
-      .catch(() => null)) as BaseManifest | null) ?? m;
-  await writeBaseManifest(base.path, { ...fresh, verified: result });
+  // The off-site copier may have recorded its copy while this ran.
+  await updateBaseManifest(base.path, m, (now) => ({ ...now, verified: result }));
   return result;
 }
