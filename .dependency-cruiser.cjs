@@ -7,7 +7,7 @@
  *     < guarded/service/metrics < server/cli
  */
 const layers = [
-  { name: "leaves", path: "^src/(errors|log|duration|bytes|envnames)\\.ts$" },
+  { name: "leaves", path: "^src/(errors|log|duration|bytes|envnames|memory)\\.ts$" },
   { name: "config", path: "^src/config/" },
   { name: "pg", path: "^src/pg/" },
   // The service layer's mechanics (a scheduled slot, a poller, the webhook) are used by the WAL

@@ -1,6 +1,7 @@
 import { loadGrammar, parseSql, unloadGrammar, type RawStmt } from "./grammar.ts";
 import { concatAll, refuse, ScriptGuard, type ScriptItem } from "./script.ts";
 import { Rec, type Spool } from "./spool.ts";
+import { collectEvery as collect } from "../memory.ts";
 
 /**
  * The judge of a file to restore. Our splitter (script.ts) finds statements and COPY data; every
@@ -462,13 +463,7 @@ function disagree(where: string): never {
  * MEMORY_BUDGET: a dozen for a 1 GB restore, and its peak stays flat under 150 MiB.
  */
 const MEMORY_BUDGET = 128 << 20;
-let streamed = 0;
-export function collectEvery(bytes: number) {
-  streamed += bytes;
-  if (streamed < 8 << 20) return;
-  streamed = 0;
-  Bun.gc(process.memoryUsage.rss() > MEMORY_BUDGET);
-}
+export const collectEvery = (bytes: number) => collect(bytes, MEMORY_BUDGET);
 
 /**
  * A chunk of the stream, once judged and its COPY data written to the spool, is referenced by

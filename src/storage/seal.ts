@@ -4,6 +4,7 @@ import { createReadStream } from "node:fs";
 import { constants, createGunzip, createGzip, createZstdCompress } from "node:zlib";
 import { decrypt, encrypt, type AgeConfig, type Encryption } from "./crypt.ts";
 import { createPartial } from "./files.ts";
+import { collectEvery } from "../memory.ts";
 
 export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plainSha256?: string };
 
@@ -15,6 +16,8 @@ export type Sealed = { bytesIn: number; sizeBytes: number; sha256: string; plain
  */
 export type Codec = "gzip" | "zstd";
 export const codecOf = (name: string): Codec => (/\.zst(\.age)?$/.test(name) ? "zstd" : "gzip");
+/** A sealing process (a backup: pg_dump's output, compressed, written) stays under this (see memory.ts). */
+const SEAL_MEMORY_BUDGET = 96 << 20;
 /** zstd's own default: its speed is the point; higher levels cost more than gzip -6. */
 const ZSTD_LEVEL = 3;
 
@@ -60,6 +63,7 @@ export async function sealTo(
       new Transform({
         transform(chunk: Buffer, _e, done) {
           progress.bytesIn += chunk.length;
+          collectEvery(chunk.length, SEAL_MEMORY_BUDGET);
           plain?.update(chunk);
           done(null, chunk);
         },
