@@ -684,6 +684,13 @@ CREATE TRIGGER evil BEFORE INSERT ON public.schema_migrations FOR EACH ROW EXECU
     expect(r.stderr).toContain("there is no role without access to the server's files and programs");
     expect((await readdir(dir)).filter((n) => n.includes("pre-restore")).length).toBe(0);
     expect(await stats()).toEqual(before);
+    // Without a safety backup the file is judged while the role is looked for: the refusal stops
+    // the judge, and its spool goes with it.
+    const unsafe = await shinkei(["backup", "restore", file, ...confirm(), "--no-safety-backup"], env);
+    expect(unsafe.code).toBe(1);
+    expect(unsafe.stderr).toContain("there is no role without access to the server's files and programs");
+    expect((await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory())).toEqual([]);
+    expect(await stats()).toEqual(before);
     expect(await restore(["--backup-file", file, ...confirm()])).toSucceed();
   });
 });

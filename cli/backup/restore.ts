@@ -44,6 +44,9 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
     ctx.db,
     "restore",
     async (lock) => {
+      // Read by the server while the file's manifest is checked.
+      const counting = tableCounts(ctx.db);
+      counting.catch(() => {}); // awaited below
       const spin = activity(io, "verifying the backup");
       // The checksum is taken by the restore's own read of the file, before anything of it is used.
       const verification = await verifyBackup(path, { quick: true, defer: true, age: config.backup.age });
@@ -64,7 +67,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       if (!verification.manifest)
         warn(io, `${verification.file} has no manifest: it restores, but its row counts cannot be checked.`);
 
-      const current = await tableCounts(ctx.db);
+      const current = await counting;
       const backup = verification.manifest?.counts ?? {};
       note(
         io,

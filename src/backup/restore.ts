@@ -178,18 +178,27 @@ export async function judgeFile(
   url: string,
   source: ReadableStream<Uint8Array>,
   format: Format,
-  options: Pick<LoadOptions, "env" | "spoolDir"> = {},
+  options: Pick<LoadOptions, "env" | "spoolDir"> & { signal?: AbortSignal } = {},
 ): Promise<JudgedFile> {
   const archive = format.startsWith("custom") ? fromArchive(source, options.env, url) : undefined;
   const spool = new Spool(options.spoolDir);
   try {
-    const judged = await judgeScript(archive ? archive.sql : source, spool);
+    const sql = archive ? archive.sql : source;
+    const judged = await judgeScript(options.signal ? untilAborted(sql, options.signal) : sql, spool);
     await archive?.done();
     return { spool, judged };
   } catch (error) {
     archive?.kill();
     spool.remove();
     throw error;
+  }
+}
+
+/** The chunks of `source` until `signal` aborts: then its error, and the source is cancelled. */
+async function* untilAborted(source: AsyncIterable<Uint8Array>, signal: AbortSignal) {
+  for await (const chunk of source) {
+    signal.throwIfAborted();
+    yield chunk;
   }
 }
 
@@ -629,6 +638,8 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
  * decompressed and judged into the spool together, and its SHA-256 is checked against the
  * manifest before anything of the file runs (the load then reads the spool). With one, the
  * checksum comes first, so a damaged file stops us before the safety backup is taken.
+ * The judge only reads the file, so it runs while the database is read (the role to load as, the
+ * state before) or the safety backup is taken: on another core, not after them.
  */
 export async function restoreBackup(options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
@@ -639,36 +650,62 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
   if (verification.pending && !oneRead) verification = await verifyBackup(path, { quick: true, env, age });
   assertVerified(verification);
   refuseUntrusted(verification, age, options.allow);
-  // Before the safety backup: a live database with no safe role to load the file as is refused now.
+  // A live database with no safe role to load the file as is refused first: before the safety
+  // backup, and before anything the judge finds (its error would hide this one).
   const role = { allowSuperuser: options.allow?.superuser };
-  await planLoadRole(url, role);
+  const planned = planLoadRole(url, role);
+  planned.catch(() => {}); // awaited below
+  if (options.safetyBackup) await planned;
 
   // Open (decrypt) first: a missing or wrong key must stop us before the safety backup and the load.
   const encryption = verification.manifest?.encryption;
   const read = oneRead ? checkedRead(path, verification) : undefined;
-  const source = read
-    ? await plainOf(read.stream, path, verification.format, age, encryption)
-    : await content(path, verification.format, age, encryption);
+  const source = await (read
+    ? plainOf(read.stream, path, verification.format, age, encryption)
+    : content(path, verification.format, age, encryption)
+  ).catch(async (error) => {
+    await planned;
+    throw error;
+  });
+  const stopJudge = new AbortController();
+  const judging = judgeFile(url, source, verification.format, { env, spoolDir: options.dir, signal: stopJudge.signal });
+  judging.catch(() => {}); // awaited below
+  // However the restore ends, the spool goes; leaving before the judge is done stops it first.
+  const dropSpool = () => {
+    stopJudge.abort();
+    return judging.then(
+      (f) => f.spool.remove(),
+      () => {},
+    );
+  };
 
   let safety: BackupResult | undefined;
   let before: Promise<TableStats>;
-  if (options.safetyBackup) {
-    options.onStep?.("safety-backup");
-    safety = await takeSafetyBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age });
-    before = Promise.resolve({ counts: safety.manifest.counts, digests: safety.manifest.digests ?? {} });
-  } else {
-    // Read by the server while the file is judged here.
-    before = sql.begin((tx) => tableStats(tx));
-    before.catch(() => {}); // awaited below
+  let serverVersion: Promise<{ num: number }[]>;
+  try {
+    await planned;
+    if (options.safetyBackup) {
+      options.onStep?.("safety-backup");
+      safety = await takeSafetyBackup({ sql, url, dir: options.dir, reason: "pre-restore", env, age });
+      before = Promise.resolve({ counts: safety.manifest.counts, digests: safety.manifest.digests ?? {} });
+    } else {
+      // Read by the server while the file is judged here.
+      before = sql.begin((tx) => tableStats(tx));
+      before.catch(() => {}); // awaited below
+    }
+    serverVersion = sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
+    serverVersion.catch(() => {}); // awaited below
+  } catch (error) {
+    await dropSpool();
+    throw error;
   }
 
   options.onStep?.("restore");
-  const [server] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
   let counts: Record<string, number>;
-  let file: JudgedFile | undefined;
   try {
+    let file: JudgedFile;
     try {
-      file = await judgeFile(url, source, verification.format, { env, spoolDir: options.dir });
+      file = await judging;
     } catch (error) {
       // An altered file fails here as anything (a gzip error, a refused statement): the checksum
       // says what happened, so it is taken again and speaks first.
@@ -677,6 +714,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
     }
     if (read) verification = read.check();
     await before;
+    const [server] = await serverVersion;
     // Judged (and its checksum checked) first, so a refused file makes no role either.
     const as = await loadRole(url, role);
     try {
@@ -691,7 +729,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
     if (error instanceof ShinkeiError && error.code === "BACKUP_CORRUPT") throw error;
     throw await checkedRollback(sql, await before, error);
   } finally {
-    file?.spool.remove();
+    await dropSpool();
   }
 
   // Counted by the load, in its own transaction before COMMIT (what was committed).
