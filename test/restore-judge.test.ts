@@ -592,3 +592,38 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     expect(refused).toBeGreaterThan(10);
   }, 120_000);
 });
+
+describe("the spool's read buffers", () => {
+  test("a statement and COPY rows longer than the spool's read buffers load byte for byte", async () => {
+    const target = await freshDatabase("pieces", serverUrl);
+    try {
+      // Letters in no repeating order, so a piece read into the wrong place cannot look right.
+      const letters = (n: number, seed: number) => {
+        const b = Buffer.alloc(n);
+        for (let i = 0, x = seed; i < n; i++) b[i] = 97 + (((x = (x * 1103515245 + 12345) >>> 0) >>> 16) % 26);
+        return b.toString("latin1");
+      };
+      // 6 MiB of rows, then a 5 MiB statement: it spans more of the spool's read buffers than are kept.
+      const rows = Array.from({ length: 3000 }, (_, i) => `${i}\t${letters(1500 + (i % 1100), i + 1)}`);
+      const comment = letters(5 << 20, 7);
+      const file = join(dir, "pieces.sql");
+      await writeFile(
+        file,
+        "CREATE TABLE public.pieces (id integer NOT NULL, content text);\n" +
+          `COPY public.pieces (id, content) FROM stdin;\n${rows.join("\n")}\n\\.\n` +
+          `COMMENT ON TABLE public.pieces IS '${comment}';\n`,
+      );
+      const [server] = await target.sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
+      await load(target.url, Bun.file(file).stream(), "plain", server!.num, { role: { allowSuperuser: true } });
+      const [got] = await target.sql<{ n: number; digest: string; comment: string }[]>`
+        select count(*)::int as n, md5(string_agg(id || E'\t' || content, E'\n' order by id)) as digest,
+               obj_description('public.pieces'::regclass, 'pg_class') as comment from public.pieces`;
+      expect(got!.n).toBe(rows.length);
+      expect(got!.digest).toBe(new Bun.CryptoHasher("md5").update(rows.join("\n")).digest("hex"));
+      expect(got!.comment.length).toBe(comment.length);
+      expect(got!.comment === comment).toBe(true);
+    } finally {
+      await target.drop();
+    }
+  }, 120_000);
+});

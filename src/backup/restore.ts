@@ -273,8 +273,15 @@ export async function apply(
         collectEvery(rec.bytes.length);
         continue;
       }
+      // A statement's bytes are views of the spool's read buffers, reused as it reads on: a
+      // statement in several pieces keeps copies. COPY data needs none: each piece is copied
+      // into its message when written (postgres.js), or held at most until the drain waited for
+      // after under 16 KiB (the stream's high-water mark) more.
+      if (rec.more) {
+        pieces.push(new Uint8Array(rec.bytes)); // a copy
+        continue;
+      }
       pieces.push(rec.bytes);
-      if (rec.more) continue;
       const whole = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
       pieces = [];
       if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
