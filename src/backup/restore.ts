@@ -15,6 +15,7 @@ import { assertVerified, checkedRead, verifyBackup, type Verification } from "./
 import { takeSafetyBackup } from "../guarded/safety.ts";
 import { tableStats, type TableStats } from "./digest.ts";
 import { once } from "node:events";
+import { mkdir } from "node:fs/promises";
 import type { Writable } from "node:stream";
 import { finished as finishedStream } from "node:stream/promises";
 import postgres from "postgres";
@@ -194,7 +195,7 @@ export async function judgeFile(
   }
 }
 
-/** The chunks of `source` until `signal` aborts: then its error, and the source is cancelled. */
+/** The chunks of `source` until `signal` aborts (seen as each comes): then its error; the source is cancelled. */
 async function* untilAborted(source: AsyncIterable<Uint8Array>, signal: AbortSignal) {
   for await (const chunk of source) {
     signal.throwIfAborted();
@@ -274,11 +275,12 @@ export async function apply(
         continue;
       }
       // A statement's bytes are views of the spool's read buffers, reused as it reads on: a
-      // statement in several pieces keeps copies. COPY data needs none: each piece is copied
-      // into its message when written (postgres.js), or held at most until the drain waited for
-      // after under 16 KiB (the stream's high-water mark) more.
+      // statement in several pieces keeps copies. COPY data needs none: postgres.js copies each
+      // piece into its message when the stream hands it on, and the stream holds pieces only
+      // until its high-water mark (64 KiB) is passed, by at most one (256 KiB): then the loop
+      // waits for the drain, which comes once it holds none.
       if (rec.more) {
-        pieces.push(new Uint8Array(rec.bytes)); // a copy
+        pieces.push(new Uint8Array(rec.bytes)); // a copy (a Buffer's slice() would not be)
         continue;
       }
       pieces.push(rec.bytes);
@@ -645,8 +647,8 @@ async function checkedRollback(sql: Sql, before: TableStats, error: unknown): Pr
  * decompressed and judged into the spool together, and its SHA-256 is checked against the
  * manifest before anything of the file runs (the load then reads the spool). With one, the
  * checksum comes first, so a damaged file stops us before the safety backup is taken.
- * The judge only reads the file, so it runs while the database is read (the role to load as, the
- * state before) or the safety backup is taken: on another core, not after them.
+ * The judge only reads the file, so it runs while the server answers (the role to load as, the
+ * state before) or pg_dump takes the safety backup, not after them.
  */
 export async function restoreBackup(options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
@@ -674,6 +676,9 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
     await planned;
     throw error;
   });
+  // The spool goes beside the backups, not to the temp directory (a decoded dump can be larger):
+  // the safety backup would make BACKUP_DIR, but only once the judge has begun (and says why it cannot).
+  if (options.safetyBackup && options.dir) await mkdir(options.dir, { recursive: true, mode: 0o700 }).catch(() => {});
   const stopJudge = new AbortController();
   const judging = judgeFile(url, source, verification.format, { env, spoolDir: options.dir, signal: stopJudge.signal });
   judging.catch(() => {}); // awaited below
@@ -707,9 +712,9 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
     throw error;
   }
 
-  options.onStep?.("restore");
   let counts: Record<string, number>;
   try {
+    options.onStep?.("restore");
     let file: JudgedFile;
     try {
       file = await judging;
