@@ -1,9 +1,10 @@
 import { plugin } from "bun";
 import { afterAll, beforeAll, expect } from "bun:test";
-import { chmodSync, mkdtempSync, statfsSync } from "node:fs";
+import { chmodSync, mkdtempSync, realpathSync, statfsSync } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { removeTempDirs } from "./fixtures.ts";
+import { findServerBinaries } from "../../src/pg/bin.ts";
 
 /** Real databases, servers and processes: bun's 5 s default is too tight on a busy 2-core machine. */
 const TEST_TIMEOUT_MS = 60_000;
@@ -57,6 +58,24 @@ async function leaveTmpfs(): Promise<void> {
     console.warn(`temp folder ${dir} not removed: ${(e as Error).message}`),
   );
 }
+
+/*
+ * PostgreSQL's programs come first on PATH from the installed server's own folder, for the test
+ * process and everything it starts. Where pg_dump, psql, pg_restore and the WAL tools on PATH are
+ * a launcher that picks a version and then runs the real program (Debian's pg_wrapper, a Perl
+ * script), every call costs 50 to 70 ms of CPU before the program starts, several times the
+ * program's own start; backups, restores and stock dumps call them hundreds of times in a run.
+ * The programs found are the same installation's, so what runs is what the launcher would run;
+ * tests that give a child a PATH of their own (a fake tool first, /usr/bin alone) still do.
+ */
+function serverBinFirstOnPath(): void {
+  const bin = findServerBinaries();
+  if (!bin) return;
+  const dir = dirname(realpathSync(join(bin, "pg_ctl")));
+  const path = (process.env.PATH ?? "").split(delimiter);
+  if (path[0] !== dir) process.env.PATH = [dir, ...path.filter((p) => p !== dir)].join(delimiter);
+}
+serverBinFirstOnPath();
 
 // Now, for what the test file does as it loads; again before its tests, after a file before it left.
 useTmpfs();
