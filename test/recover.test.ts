@@ -478,7 +478,7 @@ describe("recover one user's rows", () => {
       expect((await scratchDatabases()).length).toBe(1);
       await Bun.sleep(delay);
       p.kill("SIGTERM");
-      // A recover stuck after its scratch is dropped ends itself 10 s after the drop (cli/signals.ts); on a
+      // A recover stuck after its scratch is dropped ends itself 2 s after the drop (cli/signals.ts); on a
       // loaded machine the drop takes seconds of its own. Only a hang runs into this bound: no time is lost to it.
       const exited = await Promise.race([p.exited, Bun.sleep(30_000).then(() => "still running")]);
       if (exited === "still running") p.kill("SIGKILL");
@@ -486,5 +486,5 @@ describe("recover one user's rows", () => {
       expect(await scratchDatabases()).toEqual([]);
       expect(await snapshot(db.sql)).toEqual(before);
     }
-  }, 240_000); // seven runs, each of which may take the 10 s a stuck unwind is given
+  }, 240_000); // seven runs, each of which may take the 2 s a stuck unwind is given, and a slow drop
 });
