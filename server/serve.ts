@@ -55,7 +55,11 @@ export async function startServer(
   try {
     if (ops && config.ops?.port !== undefined) opsServer = startOpsServer(ops);
   } catch (e) {
+    // What started above stops too: the mail queue's loop alone would keep the process running,
+    // with no listener, after the error was printed.
     await server.stop(true);
+    await mail?.stop();
+    await auth.throttle.stop();
     await sql.end({ timeout: 1 });
     throw e;
   }

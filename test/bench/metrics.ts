@@ -29,6 +29,7 @@ import { loadConfig } from "../../src/config/index.ts";
 import { Metrics } from "../../src/metrics/registry.ts";
 import { readSnapshot } from "../../src/metrics/snapshot.ts";
 import { createOpsApp } from "../../server/ops/app.tsx";
+import { freePort } from "../support/ops.ts";
 
 const BACKUPS = 1000;
 const TOKEN = "bench-metrics-token-0123456789";
@@ -75,7 +76,9 @@ export async function benchMetrics(bin: string, serverUrl: string, seconds = 6, 
   const { admin, url } = await freshDatabase(serverUrl, db);
   const dir = join(tmpdir(), `shinkei-bench-metrics-${process.pid}`);
   await mkdir(dir, { recursive: true });
-  const opsPort = 20000 + (process.pid % 20000);
+  // One the OS just gave out: a port made from the pid fell in the ephemeral range, where a client's
+  // connection could hold it (the listener then failed, once in CI).
+  const opsPort = freePort();
   const env = {
     DATABASE_URL: url,
     BACKUP_DIR: dir,
