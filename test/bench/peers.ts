@@ -40,14 +40,18 @@ const asServer = (cmd: string[]) => [...as.prefix, ...cmd];
 
 // Restored servers stop under our clients on purpose or by design (a recovery ending in FATAL, an
 // immediate stop): a connection reset then, while postgres.js closes it, reaches Bun's socket after
-// postgres.js removed its listeners and surfaces as an uncaught error. Expected here, so said and
-// passed over; any other uncaught error still ends the bench.
-process.on("uncaughtException", (e: Error & { code?: string }) => {
-  if (e.code === "ECONNRESET" || e.code === "EPIPE")
-    return console.log(`a server reset a connection as it stopped (${e.message})`);
+// postgres.js removed its listeners and surfaces as an uncaught error, or as a rejection nobody
+// awaits (Bun prints those, runs on and exits 1 at the end). Expected here, so said and passed
+// over; any other uncaught error or unhandled rejection still ends the bench.
+function serverStopped(e: unknown) {
+  const code = (e as { code?: string } | null)?.code;
+  if (code === "ECONNRESET" || code === "EPIPE")
+    return console.log(`a server reset a connection as it stopped (${(e as Error).message})`);
   console.error(e);
   process.exit(1);
-});
+}
+process.on("uncaughtException", serverStopped);
+process.on("unhandledRejection", serverStopped);
 
 const skipped: string[] = [];
 const has = (tool: string) => Bun.which(tool) !== null;
