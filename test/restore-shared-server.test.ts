@@ -5,6 +5,7 @@ import { catalogChanged, type WatchedCatalog } from "../src/backup/restore.ts";
 import { tableStats } from "../src/backup/digest.ts";
 import { tableCounts } from "../src/pg/tables.ts";
 import { freshDatabase, serverUrl, type TestDatabase, urlFor } from "./support/db.ts";
+import { startCluster } from "./support/cluster.ts";
 import { binaryPath, buildBinary, shinkei, takeBackup } from "./support/cli.ts";
 import { until } from "./support/wait.ts";
 import { seededDatabase, slowToLoad } from "./support/backup.ts";
@@ -84,24 +85,28 @@ describe("a restore on a shared server", () => {
   });
 
   test("a restore whose load runs while another client alters, creates and drops other databases commits", async () => {
+    // On a server of its own: the other client's churn would fail a superuser's restore that another
+    // test file runs meanwhile on the shared server (a superuser's load could have made any of it).
+    const cluster = await startCluster();
+    const server = cluster.url();
+    const mine = await freshDatabase("shared", server);
     // The deployment's layout: the app's role (no superuser) owns its database; DATABASE_URL is the superuser's.
-    const role = db.name.replace("shinkei_test_", "app_");
-    await db.sql.unsafe(`create role ${role} login nosuperuser`);
-    await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
-    await db.sql`drop table if exists t`;
-    const u = new URL(urlFor(db.name));
+    const role = mine.name.replace("shinkei_test_", "app_");
+    await mine.sql.unsafe(`create role ${role} login nosuperuser`);
+    await mine.sql.unsafe(`alter database ${mine.name} owner to ${role}`);
+    const u = new URL(urlFor(mine.name, server));
     u.username = role;
     const app = connect(u.toString(), { max: 1 });
-    const other = await freshDatabase("shared_other");
-    const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+    const other = await freshDatabase("shared_other", server);
+    const admin = postgres(server, { max: 1, onnotice: () => {} });
     try {
       await migrate(app);
       await seedSample(app, "shared");
-      const env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("shared") };
+      const env = { DATABASE_URL: mine.url, BACKUP_DIR: await tempDir("shared") };
       const file = await takeBackup(env);
       await slowToLoad(file, 2);
       const restore = shinkei(
-        ["backup", "restore", file, "--yes", "--confirm-database", db.name, "--no-safety-backup"],
+        ["backup", "restore", file, "--yes", "--confirm-database", mine.name, "--no-safety-backup"],
         env,
       );
       let done = false;
@@ -124,11 +129,10 @@ describe("a restore on a shared server", () => {
       expect(row!.n).toBeGreaterThan(1); // it did change while the restore ran
     } finally {
       await app.end();
-      await other.drop();
-      await db.sql.unsafe(`alter database ${db.name} owner to postgres`);
-      await db.sql.unsafe(`drop owned by ${role} cascade`).catch(() => {});
-      await admin.unsafe(`drop role if exists ${role}`).catch(() => {});
+      await mine.sql.end({ timeout: 1 });
+      await other.sql.end({ timeout: 1 });
       await admin.end();
+      await cluster.stop();
     }
   });
 
