@@ -1,21 +1,14 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { urlFor } from "./support/db.ts";
 import { testApp } from "./support/server.ts";
+import { freePort } from "./support/ops.ts";
 import { connect, describeTarget, type Sql } from "../src/pg/db.ts";
-
-/** A loopback port nothing listens on: take a free one and let it go. */
-function closedPort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
-}
 
 // Two ways a database is out of reach: nothing listens, and the database does not exist.
 const cases: { name: string; url: string; driverText: string }[] = [
   {
     name: "closed port",
-    url: `postgres://leaky_user:hunter2@127.0.0.1:${closedPort()}/leaky_db`,
+    url: `postgres://leaky_user:hunter2@127.0.0.1:${freePort()}/leaky_db`,
     driverText: "ECONNREFUSED",
   },
   {

@@ -1,13 +1,7 @@
 import { expect, test } from "bun:test";
 import { shinkei } from "./support/cli.ts";
+import { freePort } from "./support/ops.ts";
 import { loadConfig } from "../src/config/index.ts";
-
-async function closedPort(): Promise<number> {
-  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = s.port;
-  s.stop(true);
-  return port;
-}
 
 test("--help lists the commands; --version prints the version", async () => {
   const help = await shinkei(["--help"]);
@@ -41,7 +35,7 @@ test("a bad DATABASE_URL: one clear line naming it, exit 2, no stack trace", asy
 });
 
 test("an unreachable server: one line with host and port and how to start it, exit 2", async () => {
-  const port = await closedPort();
+  const port = freePort();
   const r = await shinkei(["status"], { DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/shinkei` });
   expect(r.code).toBe(2);
   expect(r.stderr.split("\n")[0]).toBe(`✖ cannot reach PostgreSQL at 127.0.0.1:${port} (ECONNREFUSED)`);

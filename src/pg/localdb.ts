@@ -70,7 +70,8 @@ async function run(cmd: string[], input?: string): Promise<{ code: number; outpu
   return { code, output: (err || out).trim().split("\n").slice(-3).join(" ") };
 }
 
-export async function freePort(): Promise<number> {
+/** A loopback port nothing listens on right now: one the OS just gave out, let go again. */
+export function freePort(): number {
   const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
   const port = s.port;
   s.stop(true);
@@ -168,7 +169,7 @@ export async function ensureLocalCluster(
       );
     }
   }
-  const port = existsSync(portFile) ? Number(await readFile(portFile, "utf8")) : await freePort();
+  const port = existsSync(portFile) ? Number(await readFile(portFile, "utf8")) : freePort();
   await writeFile(portFile, String(port));
   const url = `postgres://postgres:${password}@127.0.0.1:${port}/shinkei`;
   const pgCtl = [...as.prefix, join(bin, "pg_ctl"), "-D", dataDir];

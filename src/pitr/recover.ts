@@ -338,7 +338,7 @@ class ScratchRecovery {
           `files): ${[...new Set(removed)].join(", ")}`,
       );
     this.instance.bin = await serverBinaries(major);
-    this.instance.port = await freePort();
+    this.instance.port = freePort();
     await writeState(this.instance);
     return major;
   }

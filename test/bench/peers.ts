@@ -346,7 +346,7 @@ const restoredServers: string[] = [];
 type Restored = { port: number | string; dataDir: string; log: string };
 /** Start a restored data directory on a free port, its sockets in its own folder, archiving off. */
 async function startRestored(dataDir: string): Promise<Restored> {
-  const port = await freePort();
+  const port = freePort();
   const sockDir = `${dataDir}.sock`;
   await serverDir(sockDir);
   restoredServers.push(dataDir);

@@ -106,7 +106,7 @@ try {
     await timed(["chown", "-R", "postgres:postgres", plain]);
   }
   await chmod(join(work, "bare"), 0o755);
-  const port = await freePort();
+  const port = freePort();
   const started = performance.now();
   // The base backup's own codec (zstd now, gzip from older archives), unpacked by tar alone.
   await timed(["tar", base!.path.endsWith(".zst") ? "--zstd" : "--gzip", "-xf", base!.path, "-C", dataDir]);

@@ -12,7 +12,7 @@
  */
 import { mkdtemp, readFile, rm, writeFile, mkdir, copyFile } from "node:fs/promises";
 import { existsSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { freePort } from "../../src/pg/localdb.ts";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -210,16 +210,6 @@ async function copyProject(): Promise<void> {
   await rm(join(work, "project.tar"));
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 const composeCmd = which("docker-compose") ? ["docker-compose"] : ["docker", "compose"];
 let stackEnv: Record<string, string> = {};
 const compose = (args: string[]) => must([...composeCmd, ...args], { cwd: project, env: stackEnv });
@@ -380,7 +370,7 @@ async function walk(): Promise<void> {
   const buildSeconds = (performance.now() - t0) / 1000;
   const size = Number((await must(["docker", "image", "inspect", "--format", "{{.Size}}", "shinkei:local"])).trim());
 
-  const [pgPort, appPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
+  const [pgPort, appPort, metricsPort] = [freePort(), freePort(), freePort()];
   stackEnv = {
     PG_MAJOR: "15",
     PG_SOURCE: "debian",

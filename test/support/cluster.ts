@@ -206,7 +206,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
 export async function startClusterFrom(dataDir: string, options: { removeOnStop?: string } = {}): Promise<TestCluster> {
   const bin = serverBin();
   const as = await runAs();
-  const port = await freePort();
+  const port = freePort();
   const run = (tool: string, args: string[]) => exec([...as.prefix, join(bin, tool), ...args]);
   const start = await run("pg_ctl", [
     "-D",

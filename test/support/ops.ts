@@ -3,13 +3,7 @@ import { basename } from "node:path";
 import { shinkei, takeBackup } from "./cli.ts";
 import { parseBackupName } from "../../src/storage/naming.ts";
 
-/** A loopback port nothing listens on right now. */
-export function freePort(): number {
-  const s = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
-  const port = s.port!;
-  s.stop(true);
-  return port;
-}
+export { freePort } from "../../src/pg/localdb.ts";
 
 export type Sample = { name: string; labels: Record<string, string>; value: number };
 
