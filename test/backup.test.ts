@@ -324,7 +324,8 @@ describe("faults", () => {
     // After its dump the wrapper waits while shinkei lives: killed, it takes the wrapper with it.
     const slow = await wrapTool(
       "pg_dump",
-      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"\nwhile kill -0 $PPID 2>/dev/null; do sleep 0.1; done`,
+      `[ "$1" = "--version" ] && exec "$REAL" --version\n"$REAL" "$@"\n` +
+        "while kill -0 $PPID 2>/dev/null; do sleep 0.1; done",
     );
     const p = await Service.start(["backup"], { ...env, PATH: pathWith(slow) });
     for (let i = 0; i < 100 && !(await readdir(dir)).some((n) => n.endsWith(".partial")); i++) await Bun.sleep(50);
