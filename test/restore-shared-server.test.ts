@@ -65,6 +65,23 @@ describe("a restore on a shared server", () => {
     const asSuperuser = { ...before, superuser: true };
     expect(catalogChanged(asSuperuser, { ...others[2]!, superuser: true })).toBe("databases");
     expect(catalogChanged(asSuperuser, { ...others[4]!, superuser: true })).toBe("settings");
+
+    // A drop under way elsewhere marks its row in place (connection limit -2, the same version):
+    // not a change, for a superuser's load either. Written by a transaction (a new version), or
+    // with no version to compare, the same value is one.
+    const versions = { "5": "700", "16384": "701", "16390": "702" };
+    const versioned = { ...asSuperuser, versions };
+    const dropping = { ...dbs, "16390": ["10", "other_app", null, -2, true, false] as [string, ...unknown[]] };
+    expect(catalogChanged(versioned, { ...versioned, databases: dropping })).toBeNull();
+    expect(
+      catalogChanged(versioned, { ...versioned, databases: dropping, versions: { ...versions, "16390": "9" } }),
+    ).toBe("databases");
+    expect(catalogChanged(asSuperuser, { ...asSuperuser, databases: dropping })).toBe("databases");
+    const droppingAndRenamed = {
+      ...dropping,
+      "16390": ["10", "renamed", null, -2, true, false] as [string, ...unknown[]],
+    };
+    expect(catalogChanged(versioned, { ...versioned, databases: droppingAndRenamed })).toBeNull();
   });
 
   test("a database with no tables counts as empty: its backup restores, and no nameless table is counted", async () => {
@@ -131,6 +148,54 @@ describe("a restore on a shared server", () => {
       await app.end();
       await mine.sql.end({ timeout: 1 });
       await other.sql.end({ timeout: 1 });
+      await admin.end();
+      await cluster.stop();
+    }
+  });
+
+  test("a superuser's restore commits while another client drops databases that were there when it began", async () => {
+    // DROP DATABASE marks the row in place for as long as it takes (PostgreSQL 15.4 and later): a
+    // check before COMMIT that read one such row rolled the restore back. On a server of its own,
+    // for the same reason as the test above.
+    const cluster = await startCluster();
+    const server = cluster.url();
+    const mine = await seededDatabase("shared_dropping", "dropping", server);
+    const admin = postgres(server, { max: 1, onnotice: () => {} });
+    try {
+      const doomed: string[] = [];
+      for (let i = 0; i < 24; i++) {
+        doomed.push(`${mine.name}_doomed_${i}`);
+        await admin.unsafe(`create database ${doomed[i]}`);
+      }
+      const env = { DATABASE_URL: mine.url, BACKUP_DIR: await tempDir("shared_dropping") };
+      const file = await takeBackup(env);
+      await slowToLoad(file, 1);
+      const restore = shinkei(
+        [
+          "backup",
+          "restore",
+          file,
+          "--allow-superuser",
+          "--yes",
+          "--confirm-database",
+          mine.name,
+          "--no-safety-backup",
+        ],
+        env,
+      );
+      let done = false;
+      void restore.finally(() => {
+        done = true;
+      });
+      // One drop after another until the restore ends: nearly always one under way at its check.
+      let dropped = 0;
+      while (!done && dropped < doomed.length) await admin.unsafe(`drop database ${doomed[dropped++]}`);
+      const r = await restore;
+      expect(r).toSucceed();
+      expect(r.stdout).toContain("counts match the manifest");
+      expect(dropped).toBeGreaterThan(3); // drops did run while it loaded
+    } finally {
+      await mine.sql.end({ timeout: 1 });
       await admin.end();
       await cluster.stop();
     }

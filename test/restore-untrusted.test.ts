@@ -504,6 +504,68 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
     expect(await appStats()).toEqual(before);
   });
 
+  test("an operator the file defines never stands in for the catalog's, in the checks or later commands", async () => {
+    // `nspname !~ '^pg_'` finds no exact !~(name, name) in pg_catalog, so PostgreSQL would pick this
+    // one: it would run inside the restore's checks (after the catalog was watched) and again as
+    // the superuser whenever shinkei lists the tables (status, the next restore, a backup).
+    const file = await craft(
+      "operator.sql",
+      // pg_dump's empty search_path would hide it from the checks: the file puts public back.
+      `
+SET search_path = public;
+CREATE TABLE public.operator_ran (who text, super boolean);
+GRANT INSERT ON public.operator_ran TO PUBLIC;
+CREATE FUNCTION public.nameregexne(a name, b name) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  INSERT INTO public.operator_ran
+    SELECT current_user, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
+  RETURN pg_catalog.textregexne(a::text, b::text);
+END $f$;
+CREATE OPERATOR public.!~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.nameregexne);
+`,
+    );
+    const ran = async () =>
+      (await app.sql`select who, super from public.operator_ran`).map((r) => `${r.who}:${r.super}`);
+    try {
+      const r = await restoreApp(file);
+      expect(r).toSucceed();
+      expect(await ran()).toEqual([]);
+      // As the superuser of DATABASE_URL: the table listing of status, and of a backup.
+      const env = { DATABASE_URL: app.url, BACKUP_DIR: home };
+      expect(await shinkei(["status"], env)).toSucceed();
+      expect(await ran()).toEqual([]);
+      expect(await takeBackupWith(env)).toBeTruthy();
+      expect(await ran()).toEqual([]);
+      // The operator works for whoever asks for it: nothing else kept it out.
+      await app.sql`select 'pg_x'::name !~ '^pg_'::name as x`;
+      expect((await ran()).length).toBe(1);
+    } finally {
+      await app.sql.unsafe(
+        "drop operator if exists public.!~ (name, name); drop function if exists public.nameregexne(name, name);" +
+          "drop table if exists public.operator_ran",
+      );
+    }
+  });
+
+  test("code the file runs that changes a role's password is caught before COMMIT", async () => {
+    const file = await craft(
+      "alter-role.sql",
+      `
+CREATE FUNCTION public.side() RETURNS int LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE 'ALTER ROLE ' || quote_ident(current_user) || ' PASSWORD ''planted'''; RETURN 1; END $f$;
+CREATE TABLE public.t AS SELECT public.side() AS x;
+`,
+    );
+    const password = async () =>
+      (await app.sql`select rolpassword from pg_authid where rolname = ${app.role}`)[0]!.rolpassword;
+    const before = { stats: await appStats(), password: await password() };
+    const r = await restoreApp(file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("a role's password, expiry or memberships changed during the load (pg_authid)");
+    expect(r.stderr).toContain("Nothing in the database was changed");
+    expect({ stats: await appStats(), password: await password() }).toEqual(before);
+  });
+
   test("the content digest never runs a cast the loaded data defined (record_out, not ::text)", async () => {
     // Defined straight in the database (the judge refuses CREATE CAST in a file): a cast from a row
     // type to text whose function would fail, and mark, if whoever takes the digest ran it.

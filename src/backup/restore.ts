@@ -7,7 +7,7 @@ import {
   type Sql,
 } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { tableCounts } from "../pg/tables.ts";
+import { ownSchema, tableCounts } from "../pg/tables.ts";
 import type { BackupResult } from "./dump.ts";
 import { content, plainOf, type Format } from "./decode.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
@@ -95,7 +95,7 @@ ${actAsDatabaseOwner}
 DO $shinkei$
 DECLARE s text;
 BEGIN
-  FOR s IN SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> 'information_schema' AND nspname !~ '^pg_' LOOP
+  FOR s IN SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE ${ownSchema("n")} LOOP
     EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', s);
   END LOOP;
   PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
@@ -400,6 +400,7 @@ async function watched(conn: postgres.ReservedSql, id: string) {
              'databases', (select pg_catalog.json_object_agg(d.oid::text, pg_catalog.json_build_array(d.datdba::text,
                              d.datname, d.datacl::text, d.datconnlimit, d.datallowconn, d.datistemplate))
                              from pg_catalog.pg_database d),
+             'versions', (select pg_catalog.json_object_agg(d.oid::text, d.xmin::text) from pg_catalog.pg_database d),
              'settings', (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(s.setdatabase::text,
                             s.setrole::text, s.setconfig::text) order by s.setdatabase, s.setrole), '[]')
                             from pg_catalog.pg_db_role_setting s))::text as catalog,
@@ -419,15 +420,25 @@ export type WatchedCatalog = {
   superuser: boolean;
   database: string;
   databases: Record<string, [string, ...unknown[]]>;
+  /** Each database row's version (xmin): the same in place, new for any transaction's update. */
+  versions?: Record<string, string>;
   settings: [string, string, string][];
 };
+
+/**
+ * What DROP DATABASE (PostgreSQL 15.4 and later) writes in place into the row of the database it
+ * is dropping, before it removes its files and then the row: seen by every session meanwhile,
+ * for as long as the drop takes (a checkpoint, the files). ALTER DATABASE refuses the value.
+ */
+const DROPPING = -2;
 
 /**
  * What of the server-wide catalog differs after the load, of what the load could change: a
  * superuser's load, anything; any other role's, its own database, the databases it owns (before or
  * after) and the settings of itself or of those databases. The rest is other clients' on a shared
  * server, and must not fail the restore. A database there before and not after, or after and not
- * before, was dropped or created by another client: neither can run inside a transaction block.
+ * before, was dropped or created by another client: neither can run inside a transaction block;
+ * nor can a drop still under way, whose row is marked in place (DROPPING).
  */
 export function catalogChanged(before: WatchedCatalog, after: WatchedCatalog): "databases" | "settings" | null {
   const ours = new Set<string>([before.database]);
@@ -435,8 +446,14 @@ export function catalogChanged(before: WatchedCatalog, after: WatchedCatalog): "
     for (const [oid, [owner]] of Object.entries(side.databases)) if (owner === before.role) ours.add(oid);
   const mine = (oid: string) => before.superuser || ours.has(oid);
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  // A row another session is dropping: changed in place (the same version as before), which no
+  // transaction's update does, the load's included; it goes when that drop commits.
+  const dropping = (oid: string) =>
+    after.databases[oid]![3] === DROPPING &&
+    before.versions?.[oid] !== undefined &&
+    before.versions[oid] === after.versions?.[oid];
   for (const [oid, was] of Object.entries(before.databases))
-    if (mine(oid) && oid in after.databases && !same(was, after.databases[oid])) return "databases";
+    if (mine(oid) && oid in after.databases && !same(was, after.databases[oid]) && !dropping(oid)) return "databases";
   const settings = (c: WatchedCatalog) =>
     c.settings
       .filter(([db, role]) => before.superuser || role === before.role || ours.has(db))
@@ -449,11 +466,11 @@ export function catalogChanged(before: WatchedCatalog, after: WatchedCatalog): "
  * Success is claimed only when checked, in the restore's own transaction before COMMIT: the guard
  * is the one the prologue made (same oid, same body, its trigger on, its row there), role
  * settings and every database's name, owner, privileges and connection settings are as they
- * were, every table a COPY filled holds exactly the rows sent, and nothing the file did not define
- * (relations, functions, triggers, event triggers) appeared. Code the file defines (a trigger, a
- * default) runs during the load: this is what catches its side effects.
- * Deferred constraints have fired before (apply), and counts come before the catalog checks, so
- * no code of the file's runs after the checks that would catch it.
+ * were, no role was written, every table a COPY filled holds exactly the rows sent, and nothing
+ * the file did not define (relations, functions, triggers, event triggers) appeared. Code the file
+ * defines (a trigger, a default) runs during the load: this is what catches its side effects.
+ * Deferred constraints have fired before (apply), and the checks run with only pg_catalog on the
+ * search path, so no code of the file's runs in them (an operator of its own matching better).
  */
 async function checkLoaded(
   conn: postgres.ReservedSql,
@@ -471,11 +488,12 @@ async function checkLoaded(
   // target against the rows sent. Row security off: a policy is code the file wrote, and would run
   // inside the count (and decide what it sees); with it off, a table a policy covers is an error.
   await conn.unsafe("SET LOCAL row_security = off");
-  const counts = await tableCounts(conn);
   const targets = [...judged.copied.values()];
   const names = targets.map((t) =>
     t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
   );
+  // An unqualified COPY target is found on the file's search_path, so before it is set aside
+  // below; every comparison has pg_catalog's exact types (see pg/tables.ts), and `q` is qualified.
   const resolved =
     targets.length === 0
       ? []
@@ -483,13 +501,19 @@ async function checkLoaded(
           names
             .map(
               (name, i) =>
-                `select ${i} as i, r::text as q, n.nspname as schema, c.relname as name,
-            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r) as own
+                `select ${i} as i, pg_catalog.quote_ident(n.nspname::text) || '.' ||
+                   pg_catalog.quote_ident(c.relname::text) as q, n.nspname as schema, c.relname as name,
+            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r::oid) as own
        from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
-       left join pg_catalog.pg_class c on c.oid = r left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
+       left join pg_catalog.pg_class c on c.oid = r::oid
+       left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
             )
             .join(" union all ") + " order by i",
         );
+  // From here to COMMIT (the guard's trigger included) only pg_catalog's functions and operators
+  // are found: none the file defined can stand in for one of ours and run inside the checks.
+  await conn.unsafe("SET LOCAL search_path = pg_catalog, pg_temp");
+  const counts = await tableCounts(conn);
   const direct: string[] = [];
   const found = resolved.map((r, i) => {
     const t = targets[i]!;
@@ -514,7 +538,7 @@ async function checkLoaded(
   const [intact] = await conn
     .unsafe<{ ok: boolean }[]>(`
     select exists (select 1 from pg_catalog.pg_trigger t
-                    where t.tgrelid = 'pg_temp.shinkei_guard_${id}'::regclass and t.tgname = 'shinkei_guard'
+                    where t.tgrelid = 'pg_temp.shinkei_guard_${id}'::regclass::oid and t.tgname = 'shinkei_guard'
                      and t.tgenabled = 'A' and t.tgfoid = ${Number(before.guard.split(":")[0])}::oid)
        and (select count(*) from pg_temp.shinkei_guard_${id}) = 1 as ok`)
     .catch(() => [{ ok: false }]);
@@ -523,22 +547,32 @@ async function checkLoaded(
   if (changed === "settings") fail("role or database settings changed during the load (pg_db_role_setting)");
   if (changed === "databases")
     fail("a database's name, owner, privileges or connection settings changed during the load (pg_database)");
+  // Roles are not in the watched catalog (only a superuser reads pg_authid), but a write to them
+  // takes a lock this transaction keeps to its end: the file's code changed a password or expiry
+  // (ALTER ROLE current_user, as the owner it acts as may), or a membership.
+  const [roles] = await conn.unsafe<{ changed: string | null }[]>(`
+    select pg_catalog.string_agg(c.relname::text, ', ' order by c.relname) as changed
+      from pg_catalog.pg_locks l join pg_catalog.pg_class c on c.oid = l.relation
+     where l.pid = pg_catalog.pg_backend_pid() and l.mode = 'RowExclusiveLock'
+       and l.relation in ('pg_catalog.pg_authid'::regclass::oid, 'pg_catalog.pg_auth_members'::regclass::oid)`);
+  if (roles?.changed) fail(`a role's password, expiry or memberships changed during the load (${roles.changed})`);
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
 
   const defined = (set: Set<string>, schema: string, name: string) =>
     set.has(`${schema}.${name}`) || set.has(`*.${name}`);
-  const userSchema = `n.nspname <> 'information_schema' and n.nspname !~ '^pg_'`;
+  const userSchema = ownSchema("n");
   const rels = await conn.unsafe<{ schema: string; name: string; owned: boolean }[]>(`
     select n.nspname as schema, c.relname as name,
            exists (select 1 from pg_catalog.pg_depend d
-                    where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
-                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.deptype in ('i', 'a')
+                    where d.classid = 'pg_catalog.pg_class'::regclass::oid and d.objid = c.oid
+                      and d.refclassid = 'pg_catalog.pg_class'::regclass::oid and d.deptype in ('i', 'a')
                       and c.relkind = 'S') as owned
       from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
      where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S') and ${userSchema}
        and not exists (select 1 from pg_catalog.pg_depend d
-                        where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')`);
+                        where d.classid = 'pg_catalog.pg_class'::regclass::oid and d.objid = c.oid
+                          and d.deptype = 'e')`);
   const extraRels = rels.filter((r) => !r.owned && !defined(judged.relations, r.schema, r.name));
   if (extraRels.length)
     fail(
@@ -552,7 +586,7 @@ async function checkLoaded(
       from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
      where ${userSchema}
        and not exists (select 1 from pg_catalog.pg_depend d
-                        where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid
+                        where d.classid = 'pg_catalog.pg_proc'::regclass::oid and d.objid = p.oid
                           and d.deptype in ('e', 'i'))`);
   const extraFuncs = funcs.filter((f) => !defined(judged.functions, f.schema, f.name));
   if (extraFuncs.length)

@@ -56,9 +56,10 @@ export async function withScratchDatabase<T>(
       admin,
       `scratch:${prefix}`,
       async () => {
-        for (const { datname } of await admin`select datname from pg_database where starts_with(datname, ${prefix})`) {
+        const leftovers = await admin`select datname from pg_catalog.pg_database
+          where pg_catalog.starts_with(datname::text, ${prefix}::text)`;
+        for (const { datname } of leftovers)
           if (isScratchName(datname, prefix)) await admin`drop database if exists ${admin(datname)} with (force)`;
-        }
         const scratch = `${prefix}${Date.now().toString(36)}_${crypto.randomUUID().slice(0, 8)}`;
         try {
           await admin`create database ${admin(scratch)}`;

@@ -3,6 +3,19 @@ import type { Queryable } from "./db.ts";
 /** The tables a person checks first when asking "is my data still there?". */
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
 
+/*
+ * Catalog queries run as whoever runs shinkei, often a superuser, in a database whose schemas the
+ * app's role (or a restored file) may have filled. PostgreSQL picks an operator or function by the
+ * best match of argument types across the search path: `name !~ unknown` finds no exact
+ * `!~(name, name)` in pg_catalog, so one in public runs instead, as the caller. So every
+ * comparison here has the exact types of one of pg_catalog's (`::text`, `::oid`: a regclass
+ * compared with an oid column matches none exactly), and pg_catalog's come first.
+ */
+
+/** SQL: the schema `n` (a pg_namespace alias) is one of the database's own, not a system one. */
+export const ownSchema = (n: string) =>
+  `${n}.nspname <> 'information_schema' and not pg_catalog.starts_with(${n}.nspname::text, 'pg_')`;
+
 /**
  * Every ordinary (or partitioned) table the database's own schemas hold, and what a restore brings
  * back: tables of extensions (whose data pg_dump leaves to the extension) and system schemas are
@@ -13,8 +26,8 @@ export async function userTables(sql: Queryable): Promise<{ key: string; qualifi
   const rows = await sql<{ schema: string; name: string }[]>`
     select n.nspname as schema, c.relname as name from pg_catalog.pg_class c
     join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-    where c.relkind in ('r', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
-      and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass
+    where c.relkind in ('r', 'p') and ${sql.unsafe(ownSchema("n"))}
+      and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass::oid
         and d.objid = c.oid and d.deptype = 'e')
     order by n.nspname <> 'public', n.nspname, c.relname`;
   return rows.map((r) => ({
