@@ -1,9 +1,10 @@
-import { expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import { shinkei, takeBackup } from "./support/cli.ts";
-import { freshDatabase, serverUrl } from "./support/db.ts";
+import { freshDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 
@@ -129,6 +130,21 @@ test("compose.yaml: the app connects as the app role, the backup service as the 
   expect(withDefaults(pg.environment!.POSTGRES_BACKUP_USER!)).not.toBe(appUser);
 });
 
+/*
+ * The init script's tests run on a server of this file's own: the script gives the app's database
+ * to the app's role (ALTER DATABASE ... OWNER), a change to pg_database that a superuser's restore
+ * running meanwhile in another test file (bun test --parallel) would have to count as its own.
+ */
+let cluster: TestCluster;
+let serverUrl: string;
+beforeAll(async () => {
+  cluster = await startCluster();
+  serverUrl = cluster.url();
+});
+afterAll(async () => {
+  await cluster?.stop();
+});
+
 /** Run the init script as the postgres image would, against a database on the test server. */
 function runInitScript(database: string, appUser: string, backupUser = `${appUser}_backup`) {
   const server = new URL(serverUrl);
@@ -151,7 +167,7 @@ function runInitScript(database: string, appUser: string, backupUser = `${appUse
 }
 
 test("the init script makes a login role that is no superuser, owns the app's database, and runs the app", async () => {
-  const db = await freshDatabase("initdb");
+  const db = await freshDatabase("initdb", serverUrl);
   const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
   const backupUser = `${appUser}_backup`;
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
@@ -233,7 +249,7 @@ test("the init script makes a login role that is no superuser, owns the app's da
 });
 
 test("whichever role migrates or resets, the app role owns all tables; backup may mark restore points", async () => {
-  const db = await freshDatabase("initdb-race");
+  const db = await freshDatabase("initdb-race", serverUrl);
   const appUser = `shinkei_app_${crypto.randomUUID().slice(0, 8)}`;
   const backupUser = `${appUser}_backup`;
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
