@@ -294,6 +294,31 @@ describe("WAL in the spool", () => {
     }
   });
 
+  test("a drill recovers only once the WAL service has signed through its restore point", async () => {
+    // The service signs the spool on each of its passes: paused, it signs nothing, while its
+    // receiver (a process of its own) goes on flushing. The drill must wait, not recover to a
+    // point beyond what the archive serves ("recovery ended before configured recovery target").
+    const pid = service!.proc.pid;
+    process.kill(pid, "SIGSTOP");
+    let resumed = false;
+    try {
+      const drill = shinkei(["pitr", "drill", "--json"], env);
+      let done = false;
+      void drill.finally(() => {
+        done = true;
+      });
+      await Bun.sleep(3_000);
+      expect(done).toBe(false);
+      process.kill(pid, "SIGCONT");
+      resumed = true;
+      const r = await drill;
+      expect(r).toSucceed();
+      expect(JSON.parse(r.stdout).passed).toBe(true);
+    } finally {
+      if (!resumed) process.kill(pid, "SIGCONT");
+    }
+  });
+
   test("WAL planted in the spool: refused by wal-fetch and the archiver, never replayed", async () => {
     // Real WAL the archive lacks: a segment the receiver finished (it holds a row written now),
     // taken out of the archive and put back in the spool, where it would be the archive's end.

@@ -9,6 +9,7 @@ import { writeFileAtomic } from "../storage/files.ts";
 import { userTables } from "../pg/tables.ts";
 import { RECEIVER_APP_NAME } from "../wal/receiver.ts";
 import { walStore } from "../wal/offsite.ts";
+import { servesThrough } from "../wal/fetch.ts";
 import { recoverTo } from "./recover.ts";
 
 export type PitrDrill = {
@@ -125,16 +126,22 @@ export async function runPitrDrill(deps: {
     deps.onStep?.(`creating restore point ${restorePoint} and reading every table's count and digest at it`);
     const mark = await markRestorePoint(sql, restorePoint);
     result.lsn = mark.lsn;
-    // Recovery can only reach what the receiver has: wait for it to flush past the restore point.
+    // Recovery can only reach what the archive serves: wait for the receiver to flush past the
+    // restore point and, with BACKUP_MANIFEST_KEY, for the WAL service to sign that far (at an
+    // exact segment end the file named is the one before, and must be whole: offset 0).
+    const [end] = await sql<{ file: string; offset: number }[]>`
+      select file_name as file, file_offset as offset from pg_walfile_name_offset(${mark.lsn}::pg_lsn)`;
     const deadline = Date.now() + 60_000;
     for (;;) {
       const [r] = await sql<{ ok: boolean }[]>`select flush_lsn >= ${mark.lsn}::pg_lsn as ok from pg_stat_replication
         where application_name = ${RECEIVER_APP_NAME} order by backend_start desc limit 1`;
-      if (r?.ok) break;
+      if (r?.ok && (await servesThrough(config, end!.file, Number(end!.offset)))) break;
       if (Date.now() > deadline)
         throw new ShinkeiError(
           "PITR_AT_RISK",
-          `the WAL receiver has not received the restore point (${mark.lsn}) within a minute`,
+          r?.ok
+            ? `the WAL service has not signed the restore point's WAL (${mark.lsn}, ${end!.file}) within a minute`
+            : `the WAL receiver has not received the restore point (${mark.lsn}) within a minute`,
         );
       await Bun.sleep(200);
     }

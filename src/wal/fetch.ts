@@ -7,7 +7,7 @@ import { stderrLog } from "../log.ts";
 import { codecOf, TooLarge, unsealBytes, unsealFrom } from "../storage/seal.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
-import { archiveTrust, copySpoolFile } from "./trust.ts";
+import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
 import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
 import { fsyncDir, sha256File } from "../storage/files.ts";
 
@@ -80,6 +80,22 @@ export async function fetchWal(
       throw e;
     });
   }
+}
+
+/**
+ * Whether fetchWal serves WAL file `name` through byte `offset` of it (0: whole) now: sealed into
+ * the archive, or in the spool; with BACKUP_MANIFEST_KEY only as far as the WAL service has signed
+ * it, which it does on each of its passes, a moment after the receiver flushed. What a drill waits
+ * for before it recovers to a point it has just made (without a key, the receiver's flush is enough).
+ */
+export async function servesThrough(config: Config, name: string, offset: number): Promise<boolean> {
+  const timeline = timelineOf(name);
+  if (timeline === null) return false;
+  const key = config.backup.age?.manifestKey || undefined;
+  if (!key || (await readRecord(recordPath(walRoot(config.backupDir), timeline, name)))) return true;
+  if (await readSpoolSignature(config.backupDir, name, key)) return true;
+  const partial = await readSpoolSignature(config.backupDir, `${name}.partial`, key);
+  return offset > 0 && partial !== null && partial.bytes >= offset;
 }
 
 /**
