@@ -85,7 +85,7 @@ export async function pruneCodes(sql: Sql, now: Date): Promise<number> {
 export async function pendingResetCodes(sql: Queryable): Promise<number | null> {
   const [exists] = await sql`select to_regclass('public.account_codes') is not null as ok`;
   if (!exists!.ok) return null;
-  const [row] =
-    await sql`select count(*)::int as n from account_codes where purpose = 'password_reset' and expires_at > now()`;
+  const [row] = await sql`select count(*)::int as n from public.account_codes
+    where purpose = 'password_reset' and expires_at > now()`;
   return row!.n;
 }

@@ -600,7 +600,7 @@ async function checkLoaded(
     select c.relname as rel, t.tgname as name
       from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-     where not t.tgisinternal and ${userSchema}${serverVersionNum >= 130000 ? " and t.tgparentid = 0" : ""}`);
+     where not t.tgisinternal and ${userSchema}${serverVersionNum >= 130000 ? " and t.tgparentid = 0::oid" : ""}`);
   const extraTrigs = trigs.filter((t) => !judged.triggers.has(`${t.rel}/${t.name}`));
   if (extraTrigs.length)
     fail(

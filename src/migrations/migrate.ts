@@ -26,7 +26,7 @@ const migrationsTable = `
 async function readApplied(sql: Sql): Promise<Applied[]> {
   const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
   if (!exists!.ok) return [];
-  return sql<Applied[]>`select version, name, checksum, applied_at from schema_migrations order by version`;
+  return sql<Applied[]>`select version, name, checksum, applied_at from public.schema_migrations order by version`;
 }
 
 /** Compare what the database has applied with what this build carries; refuse edited or unknown history. */
@@ -90,7 +90,7 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
           await sql.begin(async (tx) => {
             await tx.unsafe(actAsDatabaseOwner);
             await tx.unsafe(m.up);
-            await tx`insert into schema_migrations (version, name, checksum)
+            await tx`insert into public.schema_migrations (version, name, checksum)
               values (${m.version}, ${m.name}, ${checksum(m.up)})`;
           });
         } catch (error) {
@@ -122,7 +122,7 @@ export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled
   await sql.begin(async (tx) => {
     await tx.unsafe(actAsDatabaseOwner);
     await tx.unsafe(m.down!);
-    await tx`delete from schema_migrations where version = ${m.version}`;
+    await tx`delete from public.schema_migrations where version = ${m.version}`;
   });
   return m;
 }
@@ -139,7 +139,7 @@ export async function rebuildSchema(tx: Queryable, list: readonly Migration[] = 
   await tx.unsafe(migrationsTable);
   for (const m of list) {
     await tx.unsafe(m.up);
-    await tx`insert into schema_migrations (version, name, checksum)
+    await tx`insert into public.schema_migrations (version, name, checksum)
       values (${m.version}, ${m.name}, ${checksum(m.up)})`;
   }
 }

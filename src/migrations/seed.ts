@@ -63,7 +63,8 @@ export async function seedDemo(sql: Queryable, options: { memoryCost?: number; t
   }
   // Demo addresses receive no mail: count them verified, so REQUIRE_EMAIL_VERIFICATION cannot lock
   // them out. (A database not yet migrated that far has no such column, and nothing to do.)
-  const [column] = await sql`select 1 from information_schema.columns
-    where table_schema = 'public' and table_name = 'users' and column_name = 'email_verified_at'`;
+  const [column] = await sql`select 1 from pg_catalog.pg_attribute
+    where attrelid = pg_catalog.to_regclass('public.users')::oid and attname = 'email_verified_at'
+      and not attisdropped`;
   if (column) await sql`update users set email_verified_at = now()`;
 }

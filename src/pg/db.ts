@@ -198,24 +198,31 @@ export async function withAdvisoryLock<T>(
     max_lifetime: null,
     // No type lookup on connect: a connection ended during it would leave a rejection nobody awaits.
     fetch_types: false,
-    connection: { application_name: holder },
+    // Only PostgreSQL's own functions: see the comment on the queries below.
+    connection: { application_name: holder, search_path: "pg_catalog, pg_temp" },
     onclose: () => {
       lost = true;
     },
   });
   try {
-    const [me] = await conn<{ pid: number; key: number }[]>`select pg_backend_pid() as pid, hashtext(${name}) as key`;
+    // Run as DATABASE_URL's role (often a superuser) in a database the app's role fills: every
+    // function is pg_catalog's and every argument typed, so no look-alike the app defined (say
+    // public.pg_try_advisory_lock(text, text), a closer match for untyped parameters) runs instead.
+    const [me] = await conn<{ pid: number; key: number }[]>`
+      select pg_catalog.pg_backend_pid() as pid, pg_catalog.hashtext(${name}::text) as key`;
     const { pid, key } = me!;
     if (options.wait) {
-      await conn`select pg_advisory_lock(${LOCK_NAMESPACE}, ${key})`;
+      await conn`select pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}::int4, ${key}::int4)`;
     } else {
-      const [row] = await conn`select pg_try_advisory_lock(${LOCK_NAMESPACE}, ${key}) as ok`;
+      const [row] = await conn`select pg_catalog.pg_try_advisory_lock(${LOCK_NAMESPACE}::int4, ${key}::int4) as ok`;
       if (!row!.ok) throw await lockedError(conn, key, options.what ?? name);
     }
     // pg_locks shows a two-key advisory lock as classid = key1, objid = key2 (as an oid), objsubid = 2.
+    // Exact types on both sides (oid = oid): it also runs on the command's pool and in a restore.
     const heldCondition =
-      `exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted and pid = ${pid} ` +
-      `and classid = ${LOCK_NAMESPACE} and objid = (${key})::int4::oid and objsubid = 2)`;
+      "exists (select 1 from pg_catalog.pg_locks where locktype = 'advisory' and granted " +
+      `and pid = ${pid}::int4 and classid = ${LOCK_NAMESPACE}::oid and objid = (${key})::int4::oid ` +
+      "and objsubid = 2::int2)";
     const handle: LockHandle = {
       heldCondition,
       async assertHeld() {
@@ -236,7 +243,8 @@ export async function withAdvisoryLock<T>(
     try {
       return await fn(handle);
     } finally {
-      if (!lost) await settleWithin(conn`select pg_advisory_unlock(${LOCK_NAMESPACE}, ${key})`, 5_000);
+      if (!lost)
+        await settleWithin(conn`select pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}::int4, ${key}::int4)`, 5_000);
     }
   } finally {
     // Closing the connection releases the lock whatever happened above.
@@ -249,9 +257,9 @@ async function lockedError(conn: postgres.Sql, key: number, what: string): Promi
   const [h] = await conn<{ name: string; since: Date; client: string | null }[]>`
     select a.application_name as name, a.backend_start as since, a.client_addr::text as client
     from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE} and l.objid = ${key}::int4::oid
-      and l.objsubid = 2
-      and l.database = (select oid from pg_catalog.pg_database where datname = current_database())
+    where l.locktype = 'advisory' and l.granted and l.classid = ${LOCK_NAMESPACE}::oid
+      and l.objid = ${key}::int4::oid and l.objsubid = 2::int2
+      and l.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())
     limit 1`.catch(() => []);
   const by = h
     ? ` (held by "${h.name || "an unnamed client"}"${h.client ? ` from ${h.client}` : ""} ` +

@@ -15,19 +15,19 @@ export async function pruneHistory(
   const accountEvents = keep.accountEventsMs
     ? (
         await sql`delete from account_events
-          where created_at < now() - make_interval(secs => ${secs(keep.accountEventsMs)})`
+          where created_at < now() - pg_catalog.make_interval(secs => ${secs(keep.accountEventsMs)}::float8)`
       ).count
     : 0;
   const mailOutbox = keep.mailOutboxMs
     ? (
         await sql`delete from mail_outbox where (sent_at is not null or failed_at is not null)
-          and created_at < now() - make_interval(secs => ${secs(keep.mailOutboxMs)})`
+          and created_at < now() - pg_catalog.make_interval(secs => ${secs(keep.mailOutboxMs)}::float8)`
       ).count
     : 0;
   const backupRuns = keep.backupRunsMs
     ? (
-        await sql`delete from backup_runs where finished_at is not null
-          and scheduled_for < now() - make_interval(secs => ${secs(keep.backupRunsMs)})`
+        await sql`delete from public.backup_runs where finished_at is not null
+          and scheduled_for < now() - pg_catalog.make_interval(secs => ${secs(keep.backupRunsMs)}::float8)`
       ).count
     : 0;
   return { accountEvents, mailOutbox, backupRuns };

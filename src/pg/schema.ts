@@ -4,6 +4,6 @@ import type { Queryable } from "./db.ts";
 export async function currentSchemaVersion(sql: Queryable): Promise<number> {
   const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
   if (!exists!.ok) return 0;
-  const [row] = await sql`select coalesce(max(version), 0)::int as v from schema_migrations`;
+  const [row] = await sql`select coalesce(max(version), 0)::int as v from public.schema_migrations`;
   return row!.v;
 }

@@ -530,7 +530,9 @@ class ScratchRecovery {
     // Set by the instance's bootstrap superuser (over the socket, which our pg_hba trusts): the
     // role we recover as may not alter itself (PostgreSQL before 16 refuses that to a REPLICATION
     // role that is no superuser, such as the backup service's).
-    const [boot] = await this.sql!<{ name: string }[]>`select rolname as name from pg_catalog.pg_roles where oid = 10`;
+    const [boot] = await this.sql!<
+      { name: string }[]
+    >`select rolname as name from pg_catalog.pg_roles where oid = 10::oid`;
     const su = this.connect(boot!.name, who.database);
     try {
       await su.unsafe(`alter role ${JSON.stringify(who.user)} password '${password}'`);

@@ -118,8 +118,8 @@ export async function rowsByKey(
   const target = `public.${quoteIdent(t.name)}`;
   const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
   const rows = await q.unsafe<{ r: Row; d: string }[]>(
-    `select to_jsonb(t) as r, md5(to_jsonb(t)::text) as d
-    from ${target} t join jsonb_populate_recordset(null::${target}, $1::text::jsonb) k
+    `select pg_catalog.to_jsonb(t) as r, pg_catalog.md5(pg_catalog.to_jsonb(t)::text) as d
+    from ${target} t join pg_catalog.jsonb_populate_recordset(null::${target}, $1::text::jsonb) k
       on ${match}${lock ? " for update of t" : ""}`,
     [JSON.stringify(keys)],
   );
@@ -175,7 +175,7 @@ export async function applyRows(
     await writeRows(tx, t, d.missing, "restoring missing rows of", conflicts, (q, rows) =>
       q.unsafe(
         `insert into ${target} (${cols(t.columns)}) overriding system value
-        select ${cols(t.columns)} from jsonb_populate_recordset(null::${target}, $1::text::jsonb)`,
+        select ${cols(t.columns)} from pg_catalog.jsonb_populate_recordset(null::${target}, $1::text::jsonb)`,
         [JSON.stringify(rows)],
       ),
     );
@@ -201,7 +201,7 @@ export async function applyRows(
         conflicts,
         (q, rows) =>
           q.unsafe(
-            `update ${target} set ${set} from jsonb_populate_recordset(null::${target}, $1::text::jsonb) ` +
+            `update ${target} set ${set} from pg_catalog.jsonb_populate_recordset(null::${target}, $1::text::jsonb) ` +
               `s where ${match}`,
             [JSON.stringify(rows)],
           ),
@@ -315,7 +315,7 @@ export async function recover<T extends { id: string; sha256: string }>(options:
       const { applied, saved } = await sql.begin(async (tx) => {
         const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
         const saved = await options.save(applied, touched, safety);
-        await tx`insert into recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
+        await tx`insert into public.recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
         return { applied, saved };
       });
       return { safety, applied, saved, applyMs: Math.round(performance.now() - started), safetyMs };

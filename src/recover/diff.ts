@@ -28,7 +28,7 @@ export async function readScope(tx: Queryable, graph: Graph, rootWhere: (alias: 
   const out: Rows = new Map();
   for (const t of graph.tables) {
     const rows = await tx.unsafe<{ r: Row }[]>(
-      `select to_jsonb(s) as r from (${scopeQuery(graph, t.name, rootWhere)}) s`,
+      `select pg_catalog.to_jsonb(s) as r from (${scopeQuery(graph, t.name, rootWhere)}) s`,
     );
     out.set(
       t.name,

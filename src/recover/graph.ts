@@ -26,9 +26,9 @@ export const NEVER_RESTORED: Record<string, string> = {
 async function catalog(sql: Queryable) {
   const edges = await sql<Edge[]>`
     select c.conname::text as name, ch.relname::text as child, p.relname::text as parent,
-      array(select a.attname::text from unnest(c.conkey) with ordinality k(n, i)
+      array(select a.attname::text from pg_catalog.unnest(c.conkey) with ordinality k(n, i)
             join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.i) as "childColumns",
-      array(select a.attname::text from unnest(c.confkey) with ordinality k(n, i)
+      array(select a.attname::text from pg_catalog.unnest(c.confkey) with ordinality k(n, i)
             join pg_attribute a on a.attrelid = c.confrelid and a.attnum = k.n order by k.i) as "parentColumns"
     from pg_constraint c
     join pg_class ch on ch.oid = c.conrelid join pg_namespace n on n.oid = ch.relnamespace
@@ -37,7 +37,7 @@ async function catalog(sql: Queryable) {
     order by ch.relname, c.conname`;
   const tables = await sql<TableInfo[]>`
     select t.relname::text as name,
-      coalesce((select array(select a.attname::text from unnest(i.indkey::int2[]) with ordinality k(n, o)
+      coalesce((select array(select a.attname::text from pg_catalog.unnest(i.indkey::int2[]) with ordinality k(n, o)
                join pg_attribute a on a.attrelid = t.oid and a.attnum = k.n order by k.o)
          from pg_index i where i.indrelid = t.oid and i.indisprimary), '{}') as "primaryKey",
       array(select a.attname::text from pg_attribute a

@@ -120,9 +120,9 @@ export async function buildPlan(
       scope.kind === "user"
         ? `lower(r.email) = lower(${quoteLiteral(scope.email)})`
         : `r.id = ${quoteLiteral(scope.id)}`;
-    const found = await one(source, `select to_jsonb(r) as r from public.${root} r where ${where}`);
+    const found = await one(source, `select pg_catalog.to_jsonb(r) as r from public.${root} r where ${where}`);
     if (!found) {
-      const now = await one(live, `select to_jsonb(r) as r from public.${root} r where ${where}`);
+      const now = await one(live, `select pg_catalog.to_jsonb(r) as r from public.${root} r where ${where}`);
       throw new ShinkeiError(
         "NOT_FOUND",
         `no ${describeScope(scope)} in ${file}` +
@@ -146,7 +146,8 @@ export async function buildPlan(
       owner = String(found.email);
       const holder = await one(
         live,
-        `select to_jsonb(u) as r from public.users u where lower(u.email) = lower(${quoteLiteral(owner)})`,
+        "select pg_catalog.to_jsonb(u) as r from public.users u " +
+          `where pg_catalog.lower(u.email) = pg_catalog.lower(${quoteLiteral(owner)})`,
       );
       if (holder && holder.id !== found.id) {
         replaced = { old: await accountOf(source, graph, found), current: await accountOf(live, graph, holder) };
@@ -171,9 +172,9 @@ export async function buildPlan(
       const ownerRow = await one(
         source,
         scope.kind === "world"
-          ? `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where ` +
+          ? `select pg_catalog.to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id where ` +
               `w.id = ${quoteLiteral(sourceRoot)}`
-          : `select to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join ` +
+          : `select pg_catalog.to_jsonb(u) as r from public.users u join public.worlds w on w.owner_id = u.id join ` +
               `public.stories s on s.world_id = w.id where s.id = ${quoteLiteral(sourceRoot)}`,
       );
       owner = ownerRow ? String(ownerRow.email) : undefined;

@@ -31,7 +31,7 @@ const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
 async function claim(tx: Queryable, record: RecoveredRecord): Promise<void> {
   const [r] = await tx<{ sha: string; undone: string | null }[]>`
     select undo_sha256 as sha, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone
-      from recoveries where id = ${record.id!} for update`;
+      from public.recoveries where id = ${record.id!} for update`;
   if (!r)
     throw refused(
       `recovery ${record.id} was never applied to this database: its record comes from another database, ` +
@@ -119,8 +119,8 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     const on = e.childColumns.map((c, i) => `c.${quoteIdent(c)} = p.${quoteIdent(e.parentColumns[i]!)}`).join(" and ");
     const match = parent.t.primaryKey.map((c) => `p.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
     const rows = await tx.unsafe<{ r: Row }[]>(
-      `select to_jsonb(c) as r from public.${quoteIdent(e.child)} c join ${p} p on ${on}
-      join jsonb_populate_recordset(null::${p}, $1::text::jsonb) k on ${match}`,
+      `select pg_catalog.to_jsonb(c) as r from public.${quoteIdent(e.child)} c join ${p} p on ${on}
+      join pg_catalog.jsonb_populate_recordset(null::${p}, $1::text::jsonb) k on ${match}`,
       [JSON.stringify(parent.u.inserted.map((i) => i.key))],
     );
     for (const { r } of rows) {
@@ -173,7 +173,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
         t,
         "putting back the old version of rows of",
         u.updated.length,
-        `update ${target(t)} set ${set} from jsonb_populate_recordset(null::${target(t)}, ` +
+        `update ${target(t)} set ${set} from pg_catalog.jsonb_populate_recordset(null::${target(t)}, ` +
           `$1::text::jsonb) s where ${matchS(t)}`,
         u.updated.map((x) => x.before),
       );
@@ -184,7 +184,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       t,
       "removing the recovered rows of",
       u.inserted.length,
-      `delete from ${target(t)} using jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s ` +
+      `delete from ${target(t)} using pg_catalog.jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb) s ` +
         `where ${matchS(t)}`,
       u.inserted.map((i) => i.key),
     );
@@ -197,7 +197,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       "bringing back the rows removed from",
       u.deleted.length,
       `insert into ${target(t)} (${cols}) overriding system value select ${cols} from ` +
-        `jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb)`,
+        `pg_catalog.jsonb_populate_recordset(null::${target(t)}, $1::text::jsonb)`,
       u.deleted,
     );
     counts[u.table]!.reinserted = u.deleted.length;
@@ -249,7 +249,7 @@ export async function undoRecovery(options: {
       const counts = await sql.begin(async (tx) => {
         await claim(tx, record);
         const counts = await applyUndo(tx, undo);
-        await tx`update recoveries set undone_at = now() where id = ${record.id!}`;
+        await tx`update public.recoveries set undone_at = now() where id = ${record.id!}`;
         return counts;
       });
       return { counts, applyMs: Math.round(performance.now() - started) };
@@ -264,8 +264,8 @@ export async function recoveryStates(sql: Sql, ids: string[]): Promise<Map<strin
   const [has] = await sql`select to_regclass('public.recoveries') is not null as ok`;
   if (!has?.ok || !ids.length) return out;
   const rows = await sql<{ id: string; undone: string | null }[]>`
-    select id::text, to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone from recoveries
-      where id::text in ${sql(ids)}`;
+    select id::text, pg_catalog.to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone
+      from public.recoveries where id::text in ${sql(ids)}`;
   for (const r of rows) out.set(r.id, r.undone ? `undone ${r.undone}` : "applied");
   return out;
 }

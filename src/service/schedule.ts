@@ -113,7 +113,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
       });
 
     await recordRun(
-      sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot}
+      sql`update public.backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot}
         and kind = 'backup'`,
       log,
     );
@@ -136,7 +136,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
       error,
     });
     await recordRun(
-      sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot}
+      sql`update public.backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot}
         and kind = 'backup'`,
       log,
     );

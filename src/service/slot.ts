@@ -8,7 +8,7 @@ export type SlotKind = "backup" | "drill" | "base" | "pitr-drill";
 
 /** The first process to insert the slot's row takes the run; the others see it taken and skip. */
 export async function claim(sql: Sql, slot: Date, kind: SlotKind): Promise<boolean> {
-  const rows = await sql`insert into backup_runs (scheduled_for, kind, host)
+  const rows = await sql`insert into public.backup_runs (scheduled_for, kind, host)
       values (${slot}, ${kind}, ${`${hostname()}:${process.pid}`})
     on conflict (scheduled_for, kind) do nothing returning scheduled_for`;
   return rows.length === 1;

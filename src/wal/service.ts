@@ -87,7 +87,8 @@ export async function scheduledBaseBackup(
         );
     }
     await recordRun(
-      sql`update backup_runs set finished_at = now(), file = ${m.file} where scheduled_for = ${slot} and kind = 'base'`,
+      sql`update public.backup_runs set finished_at = now(), file = ${m.file}
+        where scheduled_for = ${slot} and kind = 'base'`,
       log,
     );
     await pruneWal(config, log);
@@ -96,7 +97,8 @@ export async function scheduledBaseBackup(
     const error = (e as Error).message;
     log({ level: "error", msg: "base backup failed", scheduledFor: slot.toISOString(), error });
     await recordRun(
-      sql`update backup_runs set finished_at = now(), error = ${error} where scheduled_for = ${slot} and kind = 'base'`,
+      sql`update public.backup_runs set finished_at = now(), error = ${error}
+        where scheduled_for = ${slot} and kind = 'base'`,
       log,
     );
     notify(config.backup.webhookUrl, { event: "base_backup.failed", error }, log);

@@ -73,7 +73,7 @@ export async function ensureSlot(sql: Queryable, name: string): Promise<{ create
   }
   try {
     // Reserve WAL now: from this moment nothing the receiver has not flushed is recycled.
-    await sql`select pg_create_physical_replication_slot(${name}, true)`;
+    await sql`select pg_catalog.pg_create_physical_replication_slot(${name}::name, true)`;
   } catch (e) {
     if ((e as { code?: string }).code !== "42710") throw e; // another service created it first: fine
   }

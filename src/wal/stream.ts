@@ -308,8 +308,8 @@ export async function startWalStream(deps: {
     for (let attempt = 0; ; attempt++) {
       try {
         // Active for a moment after pg_receivewal exits, until its walsender has gone.
-        await sql`select pg_drop_replication_slot(${slot!}) from pg_replication_slots where slot_name = ${slot!}
-          and not active`;
+        await sql`select pg_catalog.pg_drop_replication_slot(${slot!}::name) from pg_catalog.pg_replication_slots
+          where slot_name = ${slot!}::name and not active`;
         const { created } = await ensureSlot(sql, slot!);
         if (created)
           log({

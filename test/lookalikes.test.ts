@@ -1,0 +1,125 @@
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import postgres from "postgres";
+import { freshDatabase, urlFor, type TestDatabase } from "./support/db.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
+import { shinkei, takeBackup } from "./support/cli.ts";
+import { tempDir } from "./support/fixtures.ts";
+import { deleteWorld, digest, recordOf, writer } from "./support/recover.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
+
+/*
+ * shinkei's commands often run as a superuser (DATABASE_URL) in a database whose schemas the app's
+ * role owns. PostgreSQL picks a function or operator by the best match of argument types across
+ * the search path, so a look-alike of one of pg_catalog's that matches better (untyped parameters
+ * before text, a table's row type before anyelement, oid = int4 with no such operator in
+ * pg_catalog) would run as that superuser. The app's role plants such look-alikes here, in public
+ * and in a schema named after the superuser (searched first, as "$user"); each one records who
+ * called it. No command may call one.
+ */
+
+setDefaultTimeout(90_000);
+
+let server: TestCluster;
+let db: TestDatabase;
+let app: Sql;
+let env: Record<string, string>;
+
+const mark = (fn: string) => `PERFORM public.lookalike_mark('${fn}');`;
+const LOOKALIKES = `
+CREATE TABLE public.lookalike_ran (fn text, who text, super boolean);
+GRANT SELECT, INSERT ON public.lookalike_ran TO PUBLIC;
+CREATE FUNCTION public.lookalike_mark(fn text) RETURNS void LANGUAGE sql AS $f$
+  INSERT INTO public.lookalike_ran SELECT fn, current_user, r.rolsuper FROM pg_catalog.pg_roles r
+   WHERE r.rolname = current_user $f$;
+CREATE FUNCTION public.pg_try_advisory_lock(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN ${mark("pg_try_advisory_lock")} RETURN pg_catalog.pg_try_advisory_lock(a::int4, b::int4); END $f$;
+CREATE FUNCTION public.pg_advisory_lock(a text, b text) RETURNS void LANGUAGE plpgsql AS $f$
+BEGIN ${mark("pg_advisory_lock")} PERFORM pg_catalog.pg_advisory_lock(a::int4, b::int4); END $f$;
+CREATE FUNCTION public.pg_advisory_unlock(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN ${mark("pg_advisory_unlock")} RETURN pg_catalog.pg_advisory_unlock(a::int4, b::int4); END $f$;
+CREATE FUNCTION public.unnest(a int2[]) RETURNS SETOF int2 LANGUAGE plpgsql AS $f$
+BEGIN ${mark("unnest")} RETURN QUERY SELECT pg_catalog.unnest(a); END $f$;
+CREATE FUNCTION public.to_jsonb(r public.users) RETURNS jsonb LANGUAGE plpgsql AS $f$
+BEGIN ${mark("to_jsonb(users)")} RETURN pg_catalog.to_jsonb(r); END $f$;
+CREATE FUNCTION public.jsonb_populate_recordset(b public.story_beats, j jsonb) RETURNS SETOF public.story_beats
+LANGUAGE plpgsql AS $f$
+BEGIN ${mark("jsonb_populate_recordset")} RETURN QUERY SELECT * FROM pg_catalog.jsonb_populate_recordset(b, j); END $f$;
+CREATE FUNCTION public.oid_eq_int4(a oid, b int4) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN ${mark("=(oid,int4)")} RETURN a OPERATOR(pg_catalog.=) b::oid; END $f$;
+CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = int4, FUNCTION = public.oid_eq_int4);
+CREATE FUNCTION public.oid_eq_regclass(a oid, b regclass) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN ${mark("=(oid,regclass)")} RETURN a OPERATOR(pg_catalog.=) b::oid; END $f$;
+CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.oid_eq_regclass);
+CREATE FUNCTION public.name_nregex(a name, b name) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN ${mark("!~(name,name)")} RETURN a::text OPERATOR(pg_catalog.!~) b::text; END $f$;
+CREATE OPERATOR public.!~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.name_nregex);
+CREATE SCHEMA postgres;
+CREATE FUNCTION postgres.pg_try_advisory_lock(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN ${mark("postgres.pg_try_advisory_lock")} RETURN pg_catalog.pg_try_advisory_lock(a::int4, b::int4); END $f$;
+`;
+
+beforeAll(async () => {
+  server = await startCluster();
+  db = await freshDatabase("lookalikes", server.url());
+  // The deployment's layout: the app's role owns the database (and public); DATABASE_URL is the superuser's.
+  const role = db.name.replace("shinkei_test_", "app_");
+  await db.sql.unsafe(`create role ${role} login nosuperuser`);
+  await db.sql.unsafe(`alter database ${db.name} owner to ${role}`);
+  const u = new URL(urlFor(db.name, server.url()));
+  u.username = role;
+  app = connect(u.toString(), { max: 1 });
+  await migrate(app);
+  await writer(app, "alice@example.com");
+  await writer(app, "bob@example.com");
+  await app.unsafe(LOOKALIKES);
+  env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("lookalikes") };
+});
+afterAll(async () => {
+  await app?.end({ timeout: 1 });
+  await db?.sql.end({ timeout: 1 });
+  await server?.stop();
+});
+
+const ran = async () =>
+  (await app`select distinct fn, who from public.lookalike_ran order by fn`).map((r) => `${r.fn} as ${r.who}`);
+
+test("the look-alikes work for whoever calls them: the ones planted here would be picked", async () => {
+  const a = postgres(db.url, { max: 1, onnotice: () => {} });
+  try {
+    // As the superuser, with the untyped parameters postgres.js sends, and the catalog's types.
+    await a`select pg_try_advisory_lock(${1}, ${2})`;
+    await a.unsafe("select 1 from pg_catalog.pg_class where oid = 1259 and relname !~ '^x'");
+    expect(await ran()).toEqual([
+      "!~(name,name) as postgres",
+      "=(oid,int4) as postgres",
+      "postgres.pg_try_advisory_lock as postgres",
+    ]);
+  } finally {
+    await a.end();
+    await app`delete from public.lookalike_ran`;
+  }
+});
+
+test("status, backup, migrate, recover and its undo, as a superuser, call none of them", async () => {
+  expect(await shinkei(["status"], env)).toSucceed();
+  await takeBackup(env);
+  expect(await shinkei(["migrate"], env)).toSucceed();
+  const before = await digest(app, "alice@example.com");
+  await deleteWorld(app, "alice@example.com", "alice@example.com world 2");
+  const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+  expect(r).toSucceed();
+  expect(await digest(app, "alice@example.com")).toEqual(before);
+  const undo = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+  expect(undo).toSucceed();
+  expect(await ran()).toEqual([]);
+});
+
+test("a restore, as a superuser, calls none of them either (its lock, its checks, its counts)", async () => {
+  const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
+  expect(restored).toSucceed();
+  // The backup held the look-alikes: they are back, and were never called.
+  expect(await ran()).toEqual([]);
+  const [row] = await app`select count(*)::int as n from pg_catalog.pg_proc where proname = 'lookalike_mark'`;
+  expect(row!.n).toBe(1);
+});
