@@ -115,6 +115,37 @@ test("status, backup, migrate, recover and its undo, as a superuser, call none o
   expect(await ran()).toEqual([]);
 });
 
+test("the app's triggers fire during recover and its undo with the app's rights, not the superuser's", async () => {
+  // Its own code, on its own tables: it runs when shinkei writes them, as whoever writes them.
+  await app.unsafe(`
+    CREATE TABLE public.trigger_ran (op text, who text, super boolean);
+    GRANT SELECT, INSERT ON public.trigger_ran TO PUBLIC;
+    CREATE FUNCTION public.who_writes() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+      INSERT INTO public.trigger_ran SELECT TG_OP, current_user, r.rolsuper FROM pg_catalog.pg_roles r
+       WHERE r.rolname = current_user;
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER who_writes AFTER INSERT OR UPDATE OR DELETE ON public.stories
+      FOR EACH ROW EXECUTE FUNCTION public.who_writes();`);
+  try {
+    await takeBackup(env);
+    await deleteWorld(app, "bob@example.com", "bob@example.com world 1");
+    await app`delete from public.trigger_ran`;
+    const r = await shinkei(["recover", "--user", "bob@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    const undo = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(undo).toSucceed();
+    const fired = await app<{ op: string; super: boolean }[]>`select op, super from public.trigger_ran`;
+    // The trial and the apply inserted bob's two stories, the undo deleted them: never as a superuser.
+    expect(new Set(fired.map((f) => f.op))).toEqual(new Set(["INSERT", "DELETE"]));
+    expect(fired.filter((f) => f.super)).toEqual([]);
+  } finally {
+    await app.unsafe("drop trigger who_writes on public.stories; drop function public.who_writes()");
+    await app.unsafe("drop table public.trigger_ran");
+  }
+});
+
 test("a restore, as a superuser, calls none of them either (its lock, its checks, its counts)", async () => {
   const restored = await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env);
   expect(restored).toSucceed();

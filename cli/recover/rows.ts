@@ -12,6 +12,7 @@ import { withPointInTimeSource, withRecoverySource, type Source, type SourceStep
 import { listBaseBackups } from "../../src/wal/base.ts";
 import { buildPlan, type AccountMode, type Scope } from "../../src/recover/plan.ts";
 import { recover as applyRecovery, trialApply } from "../../src/recover/apply.ts";
+import { withLoadRole } from "../../src/backup/loadrole.ts";
 import { recordFor, writeRecovery } from "../../src/recover/record.ts";
 import { copyRecoveryOffsite } from "../../src/recover/stores.ts";
 import { cancelOnSignal } from "../signals.ts";
@@ -190,7 +191,8 @@ async function recover(ctx: Context): Promise<number> {
         plan.tables.reduce((n, d) => n + d.missing.length + (revertChanged ? d.changed.length : 0), 0) +
         (plan.removeAccount ? 1 : 0);
       // Run the apply and roll it back: a conflict shows now, before anyone is asked anything.
-      if (todo) await trialApply(ctx.db, plan, revertChanged);
+      // Written as loadRole's role: the live tables' triggers are the app's code (withLoadRole).
+      if (todo) await withLoadRole(config.databaseUrl, (writer) => trialApply(writer, plan, revertChanged));
       if (!todo || dryRun) {
         if (ctx.flag("json")) json(io, { ...preview, loadMs: source.loadMs, applied: null });
         else
@@ -212,42 +214,45 @@ async function recover(ctx: Context): Promise<number> {
       }
       const progress = activity(io, "applying in one transaction");
       const id = crypto.randomUUID();
-      const run = await applyRecovery({
-        sql: ctx.db,
-        url: config.databaseUrl,
-        dir: config.backupDir,
-        plan,
-        revertChanged,
-        age: config.backup.age,
-        wait: ctx.flag("wait"),
-        fullSafetyBackup: ctx.flag("full-safety-backup"),
-        onStep: (s) =>
-          progress.update(
-            s === "apply"
-              ? "applying in one transaction"
-              : "taking a full pre-recover safety backup (--full-safety-backup)",
-          ),
-        // Inside the transaction, before its commit: a committed recovery always has its undo on disk.
-        save: async (applied, touched, safety) => {
-          const record = recordFor({
-            id,
-            plan,
-            applied,
-            source: source.file,
-            database: target.database,
-            safetyBackup: safety?.path,
-            revertChanged,
-            env: io.env,
-          });
-          const written = await writeRecovery(
-            config.backupDir,
-            record,
-            { undoVersion: 1, id, database: target.database, ...touched },
-            config.backup.age,
-          );
-          return { id, ...written };
-        },
-      }).catch((e) => {
+      const run = await withLoadRole(config.databaseUrl, (writer) =>
+        applyRecovery({
+          sql: ctx.db,
+          writer,
+          url: config.databaseUrl,
+          dir: config.backupDir,
+          plan,
+          revertChanged,
+          age: config.backup.age,
+          wait: ctx.flag("wait"),
+          fullSafetyBackup: ctx.flag("full-safety-backup"),
+          onStep: (s) =>
+            progress.update(
+              s === "apply"
+                ? "applying in one transaction"
+                : "taking a full pre-recover safety backup (--full-safety-backup)",
+            ),
+          // Inside the transaction, before its commit: a committed recovery always has its undo on disk.
+          save: async (applied, touched, safety) => {
+            const record = recordFor({
+              id,
+              plan,
+              applied,
+              source: source.file,
+              database: target.database,
+              safetyBackup: safety?.path,
+              revertChanged,
+              env: io.env,
+            });
+            const written = await writeRecovery(
+              config.backupDir,
+              record,
+              { undoVersion: 1, id, database: target.database, ...touched },
+              config.backup.age,
+            );
+            return { id, ...written };
+          },
+        }),
+      ).catch((e) => {
         progress.fail("recover failed: nothing was applied");
         throw e;
       });

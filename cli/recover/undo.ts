@@ -8,6 +8,7 @@ import { describeTarget } from "../../src/pg/db.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { loadRecovery } from "../../src/recover/record.ts";
 import { plannedCounts, trialUndo, undoRecovery } from "../../src/recover/undo.ts";
+import { withLoadRole } from "../../src/backup/loadrole.ts";
 import { recoveryStore } from "../../src/recover/stores.ts";
 
 /**
@@ -38,7 +39,11 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
   }
   // Asked first, or only previewed: run it and roll it back, so rows changed since show before
   // anyone is asked anything. With --yes nobody is asked, and the undo itself checks the same rows.
-  const counts = dryRun || !ctx.flag("yes") ? await trialUndo(ctx.db, record, undo) : plannedCounts(undo);
+  // Written as loadRole's role: the live tables' triggers are the app's code (withLoadRole).
+  const counts =
+    dryRun || !ctx.flag("yes")
+      ? await withLoadRole(config.databaseUrl, (writer) => trialUndo(writer, record, undo))
+      : plannedCounts(undo);
   if (!ctx.flag("json")) showUndo(io, path, record, counts);
   if (dryRun) {
     if (ctx.flag("json")) json(io, { record: path, id: record.id, tables: counts, undone: false });
@@ -59,7 +64,9 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
     );
   }
   const progress = activity(io, "undoing in one transaction");
-  const run = await undoRecovery({ sql: ctx.db, record, undo, wait: ctx.flag("wait") }).catch((e) => {
+  const run = await withLoadRole(config.databaseUrl, (writer) =>
+    undoRecovery({ sql: ctx.db, writer, record, undo, wait: ctx.flag("wait") }),
+  ).catch((e) => {
     progress.fail("undo failed: nothing was changed");
     throw e;
   });

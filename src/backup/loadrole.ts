@@ -3,7 +3,7 @@ import postgres from "postgres";
 import { ShinkeiError } from "../errors.ts";
 import { stderrLog } from "../log.ts";
 import { quoteIdent } from "../pg/tables.ts";
-import { describeTarget, onServer } from "../pg/db.ts";
+import { connect, describeTarget, onServer } from "../pg/db.ts";
 
 /**
  * Who a restore's load logs in as. Code the file defines (a function its trigger or default calls)
@@ -127,6 +127,24 @@ export async function releaseLoadRole(as: LoadRole): Promise<void> {
       error: e instanceof Error ? e.message : String(e),
     }),
   );
+}
+
+/**
+ * Run `fn` with a pool (one connection) that logs in as loadRole's choice: for writes into a live
+ * database, whose triggers, defaults and policies are the app's code and would otherwise run with
+ * DATABASE_URL's rights. DATABASE_URL's own role when it is safe; when no safe role exists (a
+ * database only a superuser owns), that role too: the database's code is a superuser's already.
+ * Each transaction on the pool should act as the owner first (actAsDatabaseOwner).
+ */
+export async function withLoadRole<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
+  const as = await loadRole(url, { allowSuperuser: true });
+  const sql = connect(as.url, { max: 1 });
+  try {
+    return await fn(sql);
+  } finally {
+    await sql.end({ timeout: 5 });
+    await releaseLoadRole(as);
+  }
 }
 
 export async function loadRole(url: string, options: LoadRoleOptions = {}): Promise<LoadRole> {

@@ -1,5 +1,5 @@
 import type postgres from "postgres";
-import { PG, type Queryable, type Sql } from "../pg/db.ts";
+import { actAsDatabaseOwner, PG, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import type { BackupResult } from "../backup/dump.ts";
@@ -281,6 +281,11 @@ export async function requireRecoveries(sql: Queryable): Promise<void> {
  */
 export async function recover<T extends { id: string; sha256: string }>(options: {
   sql: Sql;
+  /**
+   * Where the rows are written (withLoadRole): the live tables' triggers and defaults are the
+   * app's code, and run with this pool's rights, not DATABASE_URL's. `sql` when not given.
+   */
+  writer?: Sql;
   url: string;
   dir: string;
   plan: Plan;
@@ -312,7 +317,8 @@ export async function recover<T extends { id: string; sha256: string }>(options:
       const safetyMs = Math.round(performance.now() - safetyStarted);
       options.onStep?.("apply");
       const started = performance.now();
-      const { applied, saved } = await sql.begin(async (tx) => {
+      const { applied, saved } = await (options.writer ?? sql).begin(async (tx) => {
+        await tx.unsafe(actAsDatabaseOwner);
         const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
         const saved = await options.save(applied, touched, safety);
         await tx`insert into public.recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
@@ -324,12 +330,16 @@ export async function recover<T extends { id: string; sha256: string }>(options:
   );
 }
 
-/** The apply, run and rolled back: the preview reports a conflict before anyone is asked to confirm. */
+/**
+ * The apply, run and rolled back: the preview reports a conflict before anyone is asked to confirm.
+ * `sql`: the writer, as for recover (its triggers run in the trial too).
+ */
 export async function trialApply(sql: Sql, plan: Plan, revertChanged: boolean): Promise<Applied> {
   const rollback = new Error("trial");
   let applied: Applied | undefined;
   await sql
     .begin(async (tx) => {
+      await tx.unsafe(actAsDatabaseOwner);
       applied = await applyRows(tx, plan, revertChanged);
       throw rollback;
     })

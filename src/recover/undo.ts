@@ -1,5 +1,5 @@
 import type postgres from "postgres";
-import type { Queryable, Sql } from "../pg/db.ts";
+import { actAsDatabaseOwner, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { quoteIdent } from "../pg/tables.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
@@ -215,13 +215,17 @@ export function plannedCounts(undo: UndoData): UndoCounts {
   );
 }
 
-/** The undo, run and rolled back: the preview reports rows changed since before anyone is asked to confirm. */
+/**
+ * The undo, run and rolled back: the preview reports rows changed since before anyone is asked to
+ * confirm. `sql`: the writer, as for undoRecovery (its triggers run in the trial too).
+ */
 export async function trialUndo(sql: Sql, record: RecoveredRecord, undo: UndoData): Promise<UndoCounts> {
   await requireRecoveries(sql);
   const rollback = new Error("trial");
   let counts: UndoCounts | undefined;
   await sql
     .begin(async (tx) => {
+      await tx.unsafe(actAsDatabaseOwner);
       await claim(tx, record);
       counts = await applyUndo(tx, undo);
       throw rollback;
@@ -235,6 +239,8 @@ export async function trialUndo(sql: Sql, record: RecoveredRecord, undo: UndoDat
 /** Under the maintenance lock, in ONE transaction: claim the record, put the rows back, mark it undone. */
 export async function undoRecovery(options: {
   sql: Sql;
+  /** Where the rows are written (withLoadRole), as for recover: `sql` when not given. */
+  writer?: Sql;
   record: RecoveredRecord;
   undo: UndoData;
   wait?: boolean;
@@ -246,7 +252,8 @@ export async function undoRecovery(options: {
     "recover",
     async () => {
       const started = performance.now();
-      const counts = await sql.begin(async (tx) => {
+      const counts = await (options.writer ?? sql).begin(async (tx) => {
+        await tx.unsafe(actAsDatabaseOwner);
         await claim(tx, record);
         const counts = await applyUndo(tx, undo);
         await tx`update public.recoveries set undone_at = now() where id = ${record.id!}`;
