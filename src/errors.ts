@@ -46,6 +46,7 @@ const codes = {
   ACCOUNT_CHOICE_REQUIRED: { exit: 1, status: 409 },
   ACCOUNT_NOT_EMPTY: { exit: 1, status: 409 },
   SCHEMA_TOO_NEW: { exit: 1, status: 409 },
+  NOT_A_TABLE: { exit: 1, status: 409 },
   NOT_OURS: { exit: 1, status: 403 },
   UNSAFE_PATH: { exit: 1, status: 500 },
   DIRECTORY_EXISTS: { exit: 1, status: 409 },

@@ -6,6 +6,7 @@ import { shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { deleteWorld, digest, recordOf, writer } from "./support/recover.ts";
 import { migrate } from "../src/migrations/migrate.ts";
+import { migrations } from "../src/migrations/index.ts";
 import { connect, type Sql } from "../src/pg/db.ts";
 
 /*
@@ -143,6 +144,48 @@ test("the app's triggers fire during recover and its undo with the app's rights,
   } finally {
     await app.unsafe("drop trigger who_writes on public.stories; drop function public.who_writes()");
     await app.unsafe("drop table public.trigger_ran");
+  }
+});
+
+test("a view in place of schema_migrations is not read: status and backup stop, naming it", async () => {
+  await app.unsafe(`
+    ALTER TABLE public.schema_migrations RENAME TO schema_migrations_real;
+    CREATE VIEW public.schema_migrations AS
+      SELECT * FROM public.schema_migrations_real WHERE (SELECT true FROM public.lookalike_mark('view'));`);
+  try {
+    for (const args of [["status"], ["backup"]]) {
+      const r = await shinkei(args, env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("public.schema_migrations is not a table (relkind v): it was not read");
+    }
+    expect(await ran()).toEqual([]);
+  } finally {
+    await app.unsafe(`DROP VIEW public.schema_migrations;
+      ALTER TABLE public.schema_migrations_real RENAME TO schema_migrations`);
+  }
+});
+
+test("migrations run as a superuser change public's tables, not those of a schema named after it", async () => {
+  // The app's role made a schema "postgres" (searched first, as "$user") holding a table of the
+  // same name as the newest migration's: its columns must not go there.
+  const newest = migrations.at(-1)!;
+  await app.unsafe(newest.down!);
+  await app`delete from public.schema_migrations where version = ${newest.version}`;
+  await app.unsafe("CREATE TABLE postgres.mail_outbox (x int); CREATE TABLE postgres.schema_migrations (x int)");
+  const columns = async (schema: string) =>
+    (
+      await app`select c.relname || '.' || a.attname as col from pg_catalog.pg_attribute a
+        join pg_catalog.pg_class c on c.oid = a.attrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = ${schema} and a.attnum > 0 and not a.attisdropped order by 1`
+    ).map((r) => r.col as string);
+  const theirs = await columns("postgres");
+  try {
+    expect(await shinkei(["migrate"], env)).toSucceed();
+    expect(await columns("postgres")).toEqual(theirs);
+    const [row] = await app`select pg_catalog.max(version) as v from public.schema_migrations`;
+    expect(row!.v).toBe(newest.version);
+  } finally {
+    await app.unsafe("DROP TABLE postgres.mail_outbox, postgres.schema_migrations");
   }
 });
 

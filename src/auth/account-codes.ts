@@ -1,5 +1,6 @@
 import type postgres from "postgres";
 import type { Queryable, Sql } from "../pg/db.ts";
+import { plainTable } from "../pg/tables.ts";
 
 export type CodePurpose = "password_reset" | "verify_email";
 
@@ -83,9 +84,8 @@ export async function pruneCodes(sql: Sql, now: Date): Promise<number> {
 
 /** Unexpired reset codes, for `shinkei status`: a count only, never the rows. */
 export async function pendingResetCodes(sql: Queryable): Promise<number | null> {
-  const [exists] = await sql`select to_regclass('public.account_codes') is not null as ok`;
-  if (!exists!.ok) return null;
+  if (!(await plainTable(sql, "public.account_codes"))) return null;
   const [row] = await sql`select count(*)::int as n from public.account_codes
-    where purpose = 'password_reset' and expires_at > now()`;
+    where purpose::text = 'password_reset' and expires_at::timestamptz > pg_catalog.now()`;
   return row!.n;
 }

@@ -1,6 +1,7 @@
 import { ShinkeiError } from "../errors.ts";
 import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../pg/db.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
+import { plainTable } from "../pg/tables.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
 export type Applied = { version: number; name: string; checksum: string; applied_at: Date };
@@ -23,10 +24,17 @@ const migrationsTable = `
     applied_at timestamptz not null default now()
   )`;
 
+/**
+ * The migrations' SQL names the app's tables unqualified, meaning public's: not those of a schema
+ * named after the role that runs it (searched first, as "$user"), which would take its new
+ * columns and tables. pg_catalog is still searched first.
+ */
+const ONLY_PUBLIC = "SET LOCAL search_path = public";
+
 async function readApplied(sql: Sql): Promise<Applied[]> {
-  const [exists] = await sql`select to_regclass('public.schema_migrations') is not null as ok`;
-  if (!exists!.ok) return [];
-  return sql<Applied[]>`select version, name, checksum, applied_at from public.schema_migrations order by version`;
+  if (!(await plainTable(sql, "public.schema_migrations"))) return [];
+  return sql<Applied[]>`select version::int4 as version, name::text as name, checksum::text as checksum,
+    applied_at::timestamptz as applied_at from public.schema_migrations order by 1`;
 }
 
 /** Compare what the database has applied with what this build carries; refuse edited or unknown history. */
@@ -82,6 +90,7 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
       // may use (a schema owned by the backup role locks the app out of its own tables).
       await sql.begin(async (tx) => {
         await tx.unsafe(actAsDatabaseOwner);
+        await tx.unsafe(ONLY_PUBLIC);
         await tx.unsafe(migrationsTable);
       });
       const { pending } = plan(await readApplied(sql), list);
@@ -89,6 +98,7 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
         try {
           await sql.begin(async (tx) => {
             await tx.unsafe(actAsDatabaseOwner);
+            await tx.unsafe(ONLY_PUBLIC);
             await tx.unsafe(m.up);
             await tx`insert into public.schema_migrations (version, name, checksum)
               values (${m.version}, ${m.name}, ${checksum(m.up)})`;
@@ -121,6 +131,7 @@ export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled
   }
   await sql.begin(async (tx) => {
     await tx.unsafe(actAsDatabaseOwner);
+    await tx.unsafe(ONLY_PUBLIC);
     await tx.unsafe(m.down!);
     await tx`delete from public.schema_migrations where version = ${m.version}`;
   });
@@ -135,6 +146,7 @@ export async function rebuildSchema(tx: Queryable, list: readonly Migration[] = 
   const [server] = await tx`select current_setting('server_version_num')::int as num`;
   // A reset run by the backup service's role leaves the app's tables to the app (see migrate).
   await tx.unsafe(actAsDatabaseOwner);
+  await tx.unsafe(ONLY_PUBLIC);
   await tx.unsafe(recreatePublicSchema(server!.num));
   await tx.unsafe(migrationsTable);
   for (const m of list) {

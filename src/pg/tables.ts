@@ -1,4 +1,5 @@
 import type { Queryable } from "./db.ts";
+import { ShinkeiError } from "../errors.ts";
 
 /** The tables a person checks first when asking "is my data still there?". */
 export const mainTables = ["users", "worlds", "stories", "story_beats", "sessions"] as const;
@@ -34,6 +35,25 @@ export async function userTables(sql: Queryable): Promise<{ key: string; qualifi
     key: r.schema === "public" ? r.name : `${r.schema}.${r.name}`,
     qualified: `${quoteIdent(r.schema)}.${quoteIdent(r.name)}`,
   }));
+}
+
+/**
+ * Whether `qualified` (e.g. public.schema_migrations) is there, for a query shinkei runs over it,
+ * often as a superuser: only an ordinary table. A view (or anything else) of that name runs the
+ * functions in its definition as whoever reads it: NOT_A_TABLE, and it is not read. Columns read
+ * from it are cast to their base types and aggregates and operators are pg_catalog's, so a domain
+ * the app defined brings none of its own operators (see the comment at the top).
+ */
+export async function plainTable(sql: Queryable, qualified: string): Promise<boolean> {
+  const [row] = await sql<{ kind: string | null }[]>`
+    select c.relkind::text as kind from pg_catalog.pg_class c
+     where c.oid = pg_catalog.to_regclass(${qualified}::text)::oid`;
+  if (!row) return false;
+  if (row.kind !== "r")
+    throw new ShinkeiError("NOT_A_TABLE", `${qualified} is not a table (relkind ${row.kind}): it was not read`, {
+      hint: "shinkei made it a table; something replaced it. Look at it as its owner before running shinkei again.",
+    });
+  return true;
 }
 
 /** Large objects live outside any table; they are counted under this key beside the tables. */
