@@ -165,13 +165,24 @@ test("a view in place of schema_migrations is not read: status and backup stop, 
   }
 });
 
-test("migrations run as a superuser change public's tables, not those of a schema named after it", async () => {
+test("migrate as a superuser writes public's tables as the app's role, not a schema named after it", async () => {
   // The app's role made a schema "postgres" (searched first, as "$user") holding a table of the
   // same name as the newest migration's: its columns must not go there.
   const newest = migrations.at(-1)!;
   await app.unsafe(newest.down!);
   await app`delete from public.schema_migrations where version = ${newest.version}`;
   await app.unsafe("CREATE TABLE postgres.mail_outbox (x int); CREATE TABLE postgres.schema_migrations (x int)");
+  // And a trigger of its own on the migrations' record: it fires, with the app's rights.
+  await app.unsafe(`
+    CREATE FUNCTION public.migration_recorded() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+      IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        PERFORM public.lookalike_mark('schema_migrations trigger');
+      END IF;
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER migration_recorded AFTER INSERT ON public.schema_migrations
+      FOR EACH ROW EXECUTE FUNCTION public.migration_recorded();`);
   const columns = async (schema: string) =>
     (
       await app`select c.relname || '.' || a.attname as col from pg_catalog.pg_attribute a
@@ -184,8 +195,11 @@ test("migrations run as a superuser change public's tables, not those of a schem
     expect(await columns("postgres")).toEqual(theirs);
     const [row] = await app`select pg_catalog.max(version) as v from public.schema_migrations`;
     expect(row!.v).toBe(newest.version);
+    expect(await ran()).toEqual([]);
   } finally {
     await app.unsafe("DROP TABLE postgres.mail_outbox, postgres.schema_migrations");
+    await app.unsafe("DROP TRIGGER migration_recorded ON public.schema_migrations");
+    await app.unsafe("DROP FUNCTION public.migration_recorded()");
   }
 });
 

@@ -8,6 +8,7 @@ import { migrationStatus } from "../../src/migrations/migrate.ts";
 import { undoNewestMigration } from "../../src/guarded/migrate-down.ts";
 import { migrations } from "../../src/migrations/index.ts";
 import { withMaintenanceLock } from "../../src/pg/lock.ts";
+import { withLoadRole } from "../../src/backup/loadrole.ts";
 
 /** One step back, guarded like reset: show what it drops, confirm, back up and verify, then undo. */
 async function runMigrateDown(ctx: Context): Promise<number> {
@@ -34,12 +35,16 @@ async function runMigrateDown(ctx: Context): Promise<number> {
     ctx.db,
     "migrate down",
     async () => {
-      const { safety, undone } = await undoNewestMigration({
-        sql: ctx.db,
-        url: config.databaseUrl,
-        dir: config.backupDir,
-        age: config.backup.age,
-      });
+      // The down step as the load's role (withLoadRole), as migrate's up steps.
+      const { safety, undone } = await withLoadRole(config.databaseUrl, (writer) =>
+        undoNewestMigration({
+          sql: ctx.db,
+          writer,
+          url: config.databaseUrl,
+          dir: config.backupDir,
+          age: config.backup.age,
+        }),
+      );
       line(io, `safety backup  ${safety.path} (verified)`);
       line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
       line(io, `undo with      ${await undoCommand(config, safety.path)}`);

@@ -12,6 +12,8 @@ import { takeSafetyBackup } from "./safety.ts";
  */
 export async function undoNewestMigration(options: {
   sql: Sql;
+  /** Where the down step runs (withLoadRole): the app's tables are its code's. `sql` when not given. */
+  writer?: Sql;
   url: string;
   dir: string;
   age?: AgeConfig;
@@ -23,7 +25,7 @@ export async function undoNewestMigration(options: {
     reason: "pre-migrate",
     age: options.age,
   });
-  const undone = await migrateDown(options.sql);
+  const undone = await migrateDown(options.writer ?? options.sql);
   if (!undone) throw new ShinkeiError("NOTHING_TO_UNDO", "no migration is applied: nothing to undo");
   return { safety, undone };
 }
