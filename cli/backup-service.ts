@@ -1,7 +1,7 @@
 import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { ensureDatabase, guarded } from "../src/pg/db.ts";
-import { migrate } from "../src/migrations/migrate.ts";
+import { migrateUp } from "../src/guarded/migrate-up.ts";
 import { backupServiceParts, startParts } from "../src/service/backup-service.ts";
 import { jsonLog } from "../src/log.ts";
 import { createOps, startOpsServer } from "../server/ops/app.tsx";
@@ -32,7 +32,7 @@ async function backupService(ctx: Context): Promise<number> {
   await guarded(config.databaseUrl, async () => {
     if (config.migrateOnStart) {
       await ensureDatabase(config.databaseUrl);
-      await migrate(ctx.db);
+      await migrateUp(config.databaseUrl, ctx.db);
     } else await ctx.db`select 1`;
   });
   // Metrics and the status page on METRICS_PORT, when set (server/ops).

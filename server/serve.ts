@@ -1,6 +1,6 @@
 import type { Config } from "../src/config/index.ts";
 import { connect, ensureDatabase, guarded } from "../src/pg/db.ts";
-import { migrate } from "../src/migrations/migrate.ts";
+import { migrateUp } from "../src/guarded/migrate-up.ts";
 import { AuthService } from "../src/auth/service.ts";
 import { AccountRecovery, type Clock } from "../src/auth/password-reset.ts";
 import { createMailQueue } from "../src/mail/index.ts";
@@ -24,7 +24,7 @@ export async function startServer(
   try {
     await guarded(config.databaseUrl, async () => {
       if (config.migrateOnStart) {
-        const applied = await migrate(sql);
+        const applied = await migrateUp(config.databaseUrl, sql);
         for (const m of applied) log({ level: "info", msg: "migration applied", version: m.version, name: m.name });
       } else {
         await sql`select 1`;

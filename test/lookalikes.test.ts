@@ -165,14 +165,16 @@ test("a view in place of schema_migrations is not read: status and backup stop, 
   }
 });
 
-test("migrate as a superuser writes public's tables as the app's role, not a schema named after it", async () => {
-  // The app's role made a schema "postgres" (searched first, as "$user") holding a table of the
-  // same name as the newest migration's: its columns must not go there.
+/** Undo the newest migration as the app's role, so that one is pending again. */
+async function unapplyNewest() {
   const newest = migrations.at(-1)!;
   await app.unsafe(newest.down!);
   await app`delete from public.schema_migrations where version = ${newest.version}`;
-  await app.unsafe("CREATE TABLE postgres.mail_outbox (x int); CREATE TABLE postgres.schema_migrations (x int)");
-  // And a trigger of its own on the migrations' record: it fires, with the app's rights.
+  return newest;
+}
+
+test("migrate as a superuser writes the live tables as the app's role: its trigger runs unprivileged", async () => {
+  const newest = await unapplyNewest();
   await app.unsafe(`
     CREATE FUNCTION public.migration_recorded() RETURNS trigger LANGUAGE plpgsql AS $f$
     BEGIN
@@ -183,6 +185,22 @@ test("migrate as a superuser writes public's tables as the app's role, not a sch
     END $f$;
     CREATE TRIGGER migration_recorded AFTER INSERT ON public.schema_migrations
       FOR EACH ROW EXECUTE FUNCTION public.migration_recorded();`);
+  try {
+    expect(await shinkei(["migrate"], env)).toSucceed();
+    const [row] = await app`select pg_catalog.max(version) as v from public.schema_migrations`;
+    expect(row!.v).toBe(newest.version);
+    expect(await ran()).toEqual([]);
+  } finally {
+    await app.unsafe("DROP TRIGGER migration_recorded ON public.schema_migrations");
+    await app.unsafe("DROP FUNCTION public.migration_recorded()");
+  }
+});
+
+test("migrations change public's tables, not those of a schema named after whoever runs them", async () => {
+  // The app's role made a schema "postgres" (searched first, as "$user", by a session of the
+  // superuser's with the default search path) holding tables named as the newest migration's.
+  const newest = await unapplyNewest();
+  await app.unsafe("CREATE TABLE postgres.mail_outbox (x int); CREATE TABLE postgres.schema_migrations (x int)");
   const columns = async (schema: string) =>
     (
       await app`select c.relname || '.' || a.attname as col from pg_catalog.pg_attribute a
@@ -190,16 +208,44 @@ test("migrate as a superuser writes public's tables as the app's role, not a sch
        where n.nspname = ${schema} and a.attnum > 0 and not a.attisdropped order by 1`
     ).map((r) => r.col as string);
   const theirs = await columns("postgres");
+  // Not through connect() (whose login sets the path): the migrations' own SET LOCAL is what is tested.
+  const raw = postgres(db.url, { max: 1, onnotice: () => {} });
   try {
-    expect(await shinkei(["migrate"], env)).toSucceed();
+    expect((await raw`select current_schemas(false)::text as s`)[0]!.s).toBe("{postgres,public}");
+    expect((await migrate(raw)).map((m) => m.version)).toEqual([newest.version]);
     expect(await columns("postgres")).toEqual(theirs);
     const [row] = await app`select pg_catalog.max(version) as v from public.schema_migrations`;
     expect(row!.v).toBe(newest.version);
+  } finally {
+    await raw.end();
+    await app.unsafe("DROP TABLE postgres.mail_outbox, postgres.schema_migrations");
+  }
+});
+
+test("a search path the app's role set on the database (public before pg_catalog) changes nothing", async () => {
+  // ALTER DATABASE ... SET, which the owner may do, is every new session's default: with public
+  // first, even a look-alike of a signature pg_catalog has (oid = oid) would win.
+  await app.unsafe(`
+    CREATE FUNCTION public.oideq(a oid, b oid) RETURNS boolean LANGUAGE plpgsql AS $f$
+    BEGIN ${mark("=(oid,oid)")} RETURN a OPERATOR(pg_catalog.=) b; END $f$;
+    CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = public.oideq);`);
+  await app.unsafe(`ALTER DATABASE ${db.name} SET search_path = public, pg_catalog`);
+  try {
+    const a = postgres(db.url, { max: 1, onnotice: () => {} });
+    try {
+      await a.unsafe("select 1 from pg_catalog.pg_class c where c.oid = 1259::oid");
+    } finally {
+      await a.end();
+    }
+    expect(await ran()).toEqual(["=(oid,oid) as postgres"]);
+    await app`delete from public.lookalike_ran`;
+    expect(await shinkei(["status"], env)).toSucceed();
+    await takeBackup(env);
+    expect(await shinkei(["migrate"], env)).toSucceed();
     expect(await ran()).toEqual([]);
   } finally {
-    await app.unsafe("DROP TABLE postgres.mail_outbox, postgres.schema_migrations");
-    await app.unsafe("DROP TRIGGER migration_recorded ON public.schema_migrations");
-    await app.unsafe("DROP FUNCTION public.migration_recorded()");
+    await app.unsafe(`ALTER DATABASE ${db.name} RESET search_path`);
+    await app.unsafe("DROP OPERATOR public.= (oid, oid); DROP FUNCTION public.oideq(oid, oid)");
   }
 });
 

@@ -1,8 +1,7 @@
 import type { Subcommand } from "../command.ts";
 import { line } from "../output.ts";
 import { ensureDatabase } from "../../src/pg/db.ts";
-import { migrate } from "../../src/migrations/migrate.ts";
-import { withLoadRole } from "../../src/backup/loadrole.ts";
+import { migrateUp } from "../../src/guarded/migrate-up.ts";
 
 /** `shinkei migrate`: every pending migration, each in its own transaction. */
 export const up: Subcommand = {
@@ -13,9 +12,7 @@ creates the database named in DATABASE_URL when it is missing`,
   async run(ctx) {
     const created = await ensureDatabase(ctx.config.databaseUrl);
     if (created) line(ctx.io, `created database ${new URL(ctx.config.databaseUrl).pathname.slice(1)}`);
-    // As the load's role (withLoadRole): the app's tables, triggers and defaults are its code, and
-    // a migration writes them (schema_migrations included).
-    const applied = await withLoadRole(ctx.config.databaseUrl, (writer) => migrate(writer));
+    const applied = await migrateUp(ctx.config.databaseUrl, ctx.db);
     if (applied.length === 0) line(ctx.io, "schema is up to date");
     for (const m of applied) line(ctx.io, `applied ${String(m.version).padStart(4, "0")} ${m.name}`);
     return 0;

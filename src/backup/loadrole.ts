@@ -138,11 +138,14 @@ export async function releaseLoadRole(as: LoadRole): Promise<void> {
  */
 export async function withLoadRole<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
   const as = await loadRole(url, { allowSuperuser: true });
-  const sql = connect(as.url, { max: 1 });
   try {
-    return await fn(sql);
+    const sql = connect(as.url, { max: 1 });
+    try {
+      return await fn(sql);
+    } finally {
+      await sql.end({ timeout: 5 }).catch(() => {});
+    }
   } finally {
-    await sql.end({ timeout: 5 });
     await releaseLoadRole(as);
   }
 }

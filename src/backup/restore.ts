@@ -223,7 +223,8 @@ export async function apply(
     connect_timeout: 10,
     idle_timeout: 0,
     max_lifetime: null,
-    connection: { application_name: "shinkei restore (load)" },
+    // As connect(): pg_catalog first (implicitly) until the file sets its own path; see checkLoaded.
+    connection: { application_name: "shinkei restore (load)", search_path: "public" },
     onclose: () => {
       lost = true;
     },
@@ -343,11 +344,17 @@ export async function apply(
     }
     await settle();
     line = 0;
+    // An unqualified COPY target is found on the file's search_path: resolved to an oid now, by
+    // one pg_catalog call and no operator. Then, to COMMIT, only pg_catalog's functions and
+    // operators are found (the guard's trigger and the checks included): none the file defined can
+    // stand in for one of ours, whatever path it set (even one with pg_catalog after public).
+    const targets = await resolveTargets(conn, judged);
+    await run("SET LOCAL search_path = pg_catalog, pg_temp", false);
     // Deferred constraints (foreign keys declared DEFERRABLE) fire now, not at COMMIT after the
     // checks; the guard fires with them, so its token is set first.
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("SET CONSTRAINTS ALL IMMEDIATE", false);
-    const counts = await checkLoaded(conn, id, before, judged, serverVersionNum);
+    const counts = await checkLoaded(conn, id, before, judged, targets, serverVersionNum);
     await options.lock?.assertHeld();
     await run("COMMIT", false);
     return {
@@ -472,11 +479,26 @@ export function catalogChanged(before: WatchedCatalog, after: WatchedCatalog): "
  * Deferred constraints have fired before (apply), and the checks run with only pg_catalog on the
  * search path, so no code of the file's runs in them (an operator of its own matching better).
  */
+/** Each COPY target's oid (or null: gone), in the order of judged.copied, on the file's search_path. */
+async function resolveTargets(conn: postgres.ReservedSql, judged: Judged): Promise<(string | null)[]> {
+  const names = [...judged.copied.values()].map((t) =>
+    t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+  );
+  if (names.length === 0) return [];
+  const rows = await conn.unsafe<{ oid: string | null }[]>(
+    names
+      .map((name, i) => `select ${i} as i, pg_catalog.to_regclass('${name.replaceAll("'", "''")}')::oid::text as oid`)
+      .join(" union all ") + " order by 1",
+  );
+  return rows.map((r) => r.oid);
+}
+
 async function checkLoaded(
   conn: postgres.ReservedSql,
   id: string,
   before: Awaited<ReturnType<typeof watched>>,
   judged: Judged,
+  oids: (string | null)[],
   serverVersionNum: number,
 ): Promise<Record<string, number>> {
   const fail = (what: string): never => {
@@ -489,30 +511,23 @@ async function checkLoaded(
   // inside the count (and decide what it sees); with it off, a table a policy covers is an error.
   await conn.unsafe("SET LOCAL row_security = off");
   const targets = [...judged.copied.values()];
-  const names = targets.map((t) =>
-    t.schema === "*" ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-  );
-  // An unqualified COPY target is found on the file's search_path, so before it is set aside
-  // below; every comparison has pg_catalog's exact types (see pg/tables.ts), and `q` is qualified.
+  // Run with only pg_catalog on the search path (apply sets it before the deferred constraints).
   const resolved =
     targets.length === 0
       ? []
       : await conn.unsafe<{ q: string | null; schema: string; name: string; own: boolean }[]>(
-          names
+          oids
             .map(
-              (name, i) =>
+              (oid, i) =>
                 `select ${i} as i, pg_catalog.quote_ident(n.nspname::text) || '.' ||
                    pg_catalog.quote_ident(c.relname::text) as q, n.nspname as schema, c.relname as name,
-            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = r::oid) as own
-       from pg_catalog.to_regclass('${name.replaceAll("'", "''")}') as r
-       left join pg_catalog.pg_class c on c.oid = r::oid
+            c.relkind = 'r' and exists (select 1 from pg_catalog.pg_inherits h where h.inhparent = c.oid) as own
+       from (select ${oid === null ? "null" : `${Number(oid)}`}::oid as r) t
+       left join pg_catalog.pg_class c on c.oid = t.r
        left join pg_catalog.pg_namespace n on n.oid = c.relnamespace`,
             )
             .join(" union all ") + " order by i",
         );
-  // From here to COMMIT (the guard's trigger included) only pg_catalog's functions and operators
-  // are found: none the file defined can stand in for one of ours and run inside the checks.
-  await conn.unsafe("SET LOCAL search_path = pg_catalog, pg_temp");
   const counts = await tableCounts(conn);
   const direct: string[] = [];
   const found = resolved.map((r, i) => {

@@ -1,7 +1,7 @@
 import type postgres from "postgres";
 import { actAsDatabaseOwner, PG, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { quoteIdent, quoteLiteral } from "../pg/tables.ts";
+import { plainTable, quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import type { BackupResult } from "../backup/dump.ts";
 import { takeSafetyBackup } from "../guarded/safety.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
@@ -264,8 +264,7 @@ export type RecoverRun<T> = { safety?: BackupResult; applied: Applied; saved: T;
 
 /** Refuse before anything is written when the live schema lacks the table that records recoveries. */
 export async function requireRecoveries(sql: Queryable): Promise<void> {
-  const [r] = await sql`select to_regclass('public.recoveries') is not null as ok`;
-  if (!r?.ok)
+  if (!(await plainTable(sql, "public.recoveries")))
     throw new ShinkeiError(
       "MIGRATION_PENDING",
       "the live database has no recoveries table (migration 6): recover records every recovery there",

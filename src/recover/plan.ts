@@ -118,7 +118,7 @@ export async function buildPlan(
     const root = quoteIdent(rootTable[scope.kind]);
     const where =
       scope.kind === "user"
-        ? `lower(r.email) = lower(${quoteLiteral(scope.email)})`
+        ? `pg_catalog.lower(r.email) = pg_catalog.lower(${quoteLiteral(scope.email)})`
         : `r.id = ${quoteLiteral(scope.id)}`;
     const found = await one(source, `select pg_catalog.to_jsonb(r) as r from public.${root} r where ${where}`);
     if (!found) {

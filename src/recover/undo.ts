@@ -1,7 +1,7 @@
 import type postgres from "postgres";
 import { actAsDatabaseOwner, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
-import { quoteIdent } from "../pg/tables.ts";
+import { plainTable, quoteIdent } from "../pg/tables.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
 import { conflict, keyPart, requireRecoveries, rowsByKey } from "./apply.ts";
 import { keyOf, type Row } from "./diff.ts";
@@ -268,8 +268,7 @@ export async function undoRecovery(options: {
 /** Each recorded recovery's state in this database: applied, undone, or never committed here. */
 export async function recoveryStates(sql: Sql, ids: string[]): Promise<Map<string, string>> {
   const out = new Map<string, string>();
-  const [has] = await sql`select to_regclass('public.recoveries') is not null as ok`;
-  if (!has?.ok || !ids.length) return out;
+  if (!ids.length || !(await plainTable(sql, "public.recoveries"))) return out;
   const rows = await sql<{ id: string; undone: string | null }[]>`
     select id::text, pg_catalog.to_char(undone_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as undone
       from public.recoveries where id::text in ${sql(ids)}`;
