@@ -242,6 +242,8 @@ test("a search path the app's role set on the database (public before pg_catalog
     expect(await shinkei(["status"], env)).toSucceed();
     await takeBackup(env);
     expect(await shinkei(["migrate"], env)).toSucceed();
+    // A restore's own connections too: the load's role planned, made and dropped, the lock, the load.
+    expect(await shinkei(["backup", "--restore", "--yes", "--confirm-database", db.name], env)).toSucceed();
     expect(await ran()).toEqual([]);
   } finally {
     await app.unsafe(`ALTER DATABASE ${db.name} RESET search_path`);

@@ -3,7 +3,7 @@ import postgres from "postgres";
 import { ShinkeiError } from "../errors.ts";
 import { stderrLog } from "../log.ts";
 import { quoteIdent } from "../pg/tables.ts";
-import { connect, describeTarget, onServer } from "../pg/db.ts";
+import { connect, describeTarget, LOGIN_SEARCH_PATH, onServer } from "../pg/db.ts";
 
 /**
  * Who a restore's load logs in as. Code the file defines (a function its trigger or default calls)
@@ -64,7 +64,13 @@ type Plan = { session: string; danger: string | null; owner: string; ownerDanger
 
 /** Who the load would run as; throws RESTORE_AS_SUPERUSER (having changed nothing) when there is no safe role. */
 export async function planLoadRole(url: string, options: LoadRoleOptions = {}): Promise<Plan> {
-  const admin = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+  const admin = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 10,
+    fetch_types: false,
+    connection: LOGIN_SEARCH_PATH,
+  });
   try {
     return await plan(admin, url, options);
   } finally {
@@ -102,7 +108,13 @@ async function plan(admin: postgres.Sql, url: string, options: LoadRoleOptions):
  * out of reach): the restore itself then says what it needs.
  */
 export async function superuserOnly(url: string): Promise<boolean> {
-  const admin = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+  const admin = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 10,
+    fetch_types: false,
+    connection: LOGIN_SEARCH_PATH,
+  });
   try {
     const { danger, ownerDanger } = await plan(admin, url, { allowSuperuser: true });
     return danger !== null && ownerDanger !== null;
@@ -151,7 +163,13 @@ export async function withLoadRole<T>(url: string, fn: (sql: postgres.Sql) => Pr
 }
 
 export async function loadRole(url: string, options: LoadRoleOptions = {}): Promise<LoadRole> {
-  const admin = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+  const admin = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 10,
+    fetch_types: false,
+    connection: LOGIN_SEARCH_PATH,
+  });
   try {
     const { session, danger, owner, ownerDanger } = await plan(admin, url, options);
     const asIs = { url, release: async () => {} };
@@ -188,6 +206,7 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
         onnotice: () => {},
         connect_timeout: 10,
         fetch_types: false,
+        connection: LOGIN_SEARCH_PATH,
       });
       try {
         if (options.scratch) await again.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(db)} WITH (FORCE)`);
@@ -208,7 +227,13 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
     u.searchParams.delete("password");
     const loadUrl = u.toString();
     // Logging in can fail where pg_hba.conf allows no password login for new roles: say so.
-    const probe = postgres(loadUrl, { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+    const probe = postgres(loadUrl, {
+      max: 1,
+      onnotice: () => {},
+      connect_timeout: 10,
+      fetch_types: false,
+      connection: LOGIN_SEARCH_PATH,
+    });
     try {
       await probe`select 1`;
     } catch (e) {

@@ -2,6 +2,7 @@ import {
   actAsDatabaseOwner,
   connectionLost,
   recreatePublicSchema,
+  LOGIN_SEARCH_PATH,
   settleWithin,
   type LockHandle,
   type Sql,
@@ -224,7 +225,7 @@ export async function apply(
     idle_timeout: 0,
     max_lifetime: null,
     // As connect(): pg_catalog first (implicitly) until the file sets its own path; see checkLoaded.
-    connection: { application_name: "shinkei restore (load)", search_path: "public" },
+    connection: { application_name: "shinkei restore (load)", ...LOGIN_SEARCH_PATH },
     onclose: () => {
       lost = true;
     },

@@ -1,5 +1,5 @@
 import postgres from "postgres";
-import { onServer, PG, withAdvisoryLock } from "../pg/db.ts";
+import { LOGIN_SEARCH_PATH, onServer, PG, withAdvisoryLock } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { loadRole, type LoadRole } from "./loadrole.ts";
 
@@ -50,7 +50,12 @@ export async function withScratchDatabase<T>(
   const { serverUrl, prefix } = options;
   const host = new URL(serverUrl);
   const server = `${host.hostname}:${host.port || 5432}`;
-  const admin = postgres(onServer(serverUrl, "postgres"), { max: 1, onnotice: () => {}, connect_timeout: 5 });
+  const admin = postgres(onServer(serverUrl, "postgres"), {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 5,
+    connection: LOGIN_SEARCH_PATH,
+  });
   try {
     return await withAdvisoryLock(
       admin,
@@ -101,7 +106,7 @@ export async function withScratchDatabase<T>(
 
 /** `load` writes SQL for the server it loads into: ask that server its version. */
 export async function serverVersionNum(url: string): Promise<number> {
-  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 5 });
+  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 5, connection: LOGIN_SEARCH_PATH });
   try {
     const [v] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
     return v!.num;

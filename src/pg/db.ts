@@ -36,6 +36,14 @@ export function onServer(serverUrl: string, database: string): string {
   return u.toString();
 }
 
+/**
+ * Every connection of shinkei's logs in with this: a startup setting overrides ALTER DATABASE/ROLE
+ * ... SET, with which the database's owner could put public before pg_catalog (so that even a
+ * look-alike of a signature pg_catalog has would win). pg_catalog is then searched first
+ * (implicitly), and no schema named after the role ("$user") is searched.
+ */
+export const LOGIN_SEARCH_PATH = { search_path: "public" } as const;
+
 export function connect(url: string, options: { max?: number } = {}): Sql {
   return postgres(url, {
     max: options.max ?? 10,
@@ -46,10 +54,7 @@ export function connect(url: string, options: { max?: number } = {}): Sql {
     // At most ~1 s instead: a down server is told at once, and a returning one is found within a second.
     backoff: (retries: number) => (0.5 + Math.random() / 2) * Math.min(0.05 * 2 ** retries, 1),
     onnotice: () => {},
-    // At login, over any ALTER DATABASE/ROLE ... SET the app's role may have made: pg_catalog is
-    // then searched first (implicitly), so an exact match of its own always beats a look-alike in
-    // public; no schema named after the role ("$user") is searched.
-    connection: { search_path: "public" },
+    connection: LOGIN_SEARCH_PATH,
     // count(*) and pg_database_size are bigint; postgres.js hands them back as strings otherwise.
     types: { int8: { to: 20, from: [20], serialize: (n: number) => String(n), parse: (s: string) => Number(s) } },
   });

@@ -2,7 +2,7 @@ import { lstat, mkdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import type { Config } from "../config/index.ts";
-import { connect, describeTarget, settleWithin, type Sql } from "../pg/db.ts";
+import { connect, describeTarget, LOGIN_SEARCH_PATH, settleWithin, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { pump } from "../pg/tools.ts";
 import { serverBinaries } from "../pg/bin.ts";
@@ -557,6 +557,7 @@ class ScratchRecovery {
       max: 1,
       onnotice: () => {},
       connect_timeout: 5,
+      connection: LOGIN_SEARCH_PATH,
     });
   }
 
