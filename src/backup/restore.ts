@@ -470,16 +470,6 @@ export function catalogChanged(before: WatchedCatalog, after: WatchedCatalog): "
   return same(settings(before), settings(after)) ? null : "settings";
 }
 
-/**
- * Success is claimed only when checked, in the restore's own transaction before COMMIT: the guard
- * is the one the prologue made (same oid, same body, its trigger on, its row there), role
- * settings and every database's name, owner, privileges and connection settings are as they
- * were, no role was written, every table a COPY filled holds exactly the rows sent, and nothing
- * the file did not define (relations, functions, triggers, event triggers) appeared. Code the file
- * defines (a trigger, a default) runs during the load: this is what catches its side effects.
- * Deferred constraints have fired before (apply), and the checks run with only pg_catalog on the
- * search path, so no code of the file's runs in them (an operator of its own matching better).
- */
 /** Each COPY target's oid (or null: gone), in the order of judged.copied, on the file's search_path. */
 async function resolveTargets(conn: postgres.ReservedSql, judged: Judged): Promise<(string | null)[]> {
   const names = [...judged.copied.values()].map((t) =>
@@ -494,6 +484,16 @@ async function resolveTargets(conn: postgres.ReservedSql, judged: Judged): Promi
   return rows.map((r) => r.oid);
 }
 
+/**
+ * Success is claimed only when checked, in the restore's own transaction before COMMIT: the guard
+ * is the one the prologue made (same oid, same body, its trigger on, its row there), role
+ * settings and every database's name, owner, privileges and connection settings are as they
+ * were, no role was written, every table a COPY filled holds exactly the rows sent, and nothing
+ * the file did not define (relations, functions, triggers, event triggers) appeared. Code the file
+ * defines (a trigger, a default) runs during the load: this is what catches its side effects.
+ * Deferred constraints have fired before (apply), and the checks run with only pg_catalog on the
+ * search path, so no code of the file's runs in them (an operator of its own matching better).
+ */
 async function checkLoaded(
   conn: postgres.ReservedSql,
   id: string,
