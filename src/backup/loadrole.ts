@@ -240,11 +240,11 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
       await release().catch(() => {});
       throw new ShinkeiError(
         "RESTORE_AS_SUPERUSER",
-        `${session} ${danger}: the restore loads as a temporary role of the database's owner ${owner}, ` +
-          `and it could not log in: ${(e as Error).message}`,
+        `${session} ${danger}: shinkei writes the database (a restore's load, recover, migrate) as a temporary ` +
+          `role of its owner ${owner}, and it could not log in: ${(e as Error).message}`,
         {
           hint:
-            "Nothing was changed. Restore as the app's own role (DATABASE_URL with that user), " +
+            "Nothing was changed. Run as the app's own role (DATABASE_URL with that user), " +
             "or let new roles log in with a password from this host (pg_hba.conf, scram-sha-256).",
         },
       );
@@ -292,9 +292,9 @@ async function create(admin: postgres.Sql, session: string, danger: string, stat
   } catch (e) {
     throw new ShinkeiError(
       "RESTORE_AS_SUPERUSER",
-      `${session} ${danger}: the restore loads as a temporary role of the database's owner, ` +
-        `and it could not be made: ${(e as Error).message}`,
-      { hint: "Nothing was changed. Restore as the app's own role (DATABASE_URL with that user)." },
+      `${session} ${danger}: shinkei writes the database (a restore's load, recover, migrate) as a temporary ` +
+        `role of its owner, and it could not be made: ${(e as Error).message}`,
+      { hint: "Nothing was changed. Run as the app's own role (DATABASE_URL with that user)." },
     );
   }
 }
