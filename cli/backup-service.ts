@@ -4,7 +4,6 @@ import { ensureDatabase, guarded } from "../src/pg/db.ts";
 import { migrateUp } from "../src/guarded/migrate-up.ts";
 import { backupServiceParts, startParts } from "../src/service/backup-service.ts";
 import { jsonLog } from "../src/log.ts";
-import { createOps, startOpsServer } from "../server/ops/app.tsx";
 
 export const backupServiceCommand: Command = {
   name: "backup-service",
@@ -35,10 +34,16 @@ async function backupService(ctx: Context): Promise<number> {
       await migrateUp(config.databaseUrl, ctx.db);
     } else await ctx.db`select 1`;
   });
-  // Metrics and the status page on METRICS_PORT, when set (server/ops).
+  // Metrics and the status page on METRICS_PORT, when set (server/ops: loaded only then).
   const ops =
     config.ops?.port !== undefined
-      ? { name: "ops server", start: () => startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!) }
+      ? {
+          name: "ops server",
+          start: async () => {
+            const { createOps, startOpsServer } = await import("../server/ops/app.tsx");
+            return startOpsServer(createOps(config, jsonLog, { sql: ctx.db })!);
+          },
+        }
       : undefined;
   const service = await startParts(backupServiceParts(config, ops), { sql: ctx.db, config, log: jsonLog });
   const signal = await untilSignal();

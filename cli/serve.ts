@@ -1,6 +1,5 @@
 import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
-import { startServer } from "../server/serve.ts";
 import { jsonLog } from "../src/log.ts";
 import { connect } from "../src/pg/db.ts";
 import { startScheduler, type Scheduler } from "../src/service/schedule.ts";
@@ -65,6 +64,8 @@ async function serve(ctx: Context): Promise<number> {
     // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
     return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
   };
+  // The server (Hono, its routes, metrics, mail) loads here, not with every command: see cli/main.ts.
+  const { startServer } = await import("../server/serve.ts");
   const running = await startServer(config, { readiness });
   let scheduler: Scheduler | undefined;
   let schedulerSql: ReturnType<typeof connect> | undefined;

@@ -1,4 +1,4 @@
-import nodemailer from "nodemailer";
+import type { Transporter } from "nodemailer";
 import type { MailConfig } from "../config/index.ts";
 import type { Log } from "../log.ts";
 import type { Mail } from "./templates.ts";
@@ -6,20 +6,32 @@ import type { Mail } from "./templates.ts";
 /** Hands one message to whatever carries it; throws when it could not. */
 export type Transport = { send(mail: Mail): Promise<void>; close(): void };
 
-/** SMTP through nodemailer: smtps:// is TLS from the first byte, smtp:// upgrades with STARTTLS when offered. */
+/**
+ * SMTP through nodemailer: smtps:// is TLS from the first byte, smtp:// upgrades with STARTTLS when
+ * offered. nodemailer loads with the first message: it is a large module, and a process that never
+ * sends mail (every CLI command) should not pay for its top level.
+ */
 export function smtpTransport(config: MailConfig): Transport {
-  const transporter = nodemailer.createTransport({
-    url: config.smtpUrl!,
-    // Bounded, so a server that accepts the connection and then stalls cannot hold a message forever.
-    connectionTimeout: 10_000,
-    greetingTimeout: 10_000,
-    socketTimeout: 30_000,
-  } as Parameters<typeof nodemailer.createTransport>[0]);
+  let transporter: Promise<Transporter> | undefined;
+  const open = async () => {
+    const { default: nodemailer } = await import("nodemailer");
+    return nodemailer.createTransport({
+      url: config.smtpUrl!,
+      // Bounded, so a server that accepts the connection and then stalls cannot hold a message forever.
+      connectionTimeout: 10_000,
+      greetingTimeout: 10_000,
+      socketTimeout: 30_000,
+    } as Parameters<typeof nodemailer.createTransport>[0]);
+  };
   return {
     async send(mail) {
-      await transporter.sendMail({ from: config.from, ...mail });
+      await (await (transporter ??= open())).sendMail({ from: config.from, ...mail });
     },
-    close: () => transporter.close(),
+    close: () =>
+      void transporter?.then(
+        (t) => t.close(),
+        () => {},
+      ),
   };
 }
 

@@ -1,6 +1,6 @@
 import { open } from "node:fs/promises";
 import type { AgeConfig } from "../config/age.ts";
-import { Decrypter, Encrypter, generateIdentity, identityToRecipient } from "age-encryption";
+import type { Decrypter } from "age-encryption";
 import { ShinkeiError } from "../errors.ts";
 
 export type { AgeConfig } from "../config/age.ts";
@@ -12,6 +12,12 @@ export type { AgeConfig } from "../config/age.ts";
 export type Encryption = { method: "recipients"; recipients: string[] } | { method: "passphrase"; wrappedKey?: string };
 
 export const AGE_MAGIC = "age-encryption.org/v1";
+
+/*
+ * age, and the curve arithmetic under it, loads when a file is first encrypted or opened: its
+ * modules' top level costs every command several ms of CPU, and most runs never encrypt anything.
+ */
+const ageLib = () => import("age-encryption");
 /** How new backups are encrypted under this configuration, or undefined for none. */
 export function encryptionFor(age: AgeConfig | undefined): Encryption | undefined {
   if (!age) return undefined;
@@ -35,6 +41,7 @@ export async function encrypt(
   age: AgeConfig,
   made?: Encryption,
 ): Promise<ReadableStream<Uint8Array>> {
+  const { Encrypter } = await ageLib();
   const e = new Encrypter();
   const wrapped = made?.method === "passphrase" ? made.wrappedKey : undefined;
   if (wrapped) {
@@ -66,6 +73,7 @@ function processKey(passphrase: string): Promise<ProcessKey> {
   let key = ownKeys.get(passphrase);
   if (!key) {
     key = (async () => {
+      const { Encrypter, generateIdentity, identityToRecipient } = await ageLib();
       const identity = await generateIdentity();
       const e = new Encrypter();
       e.setPassphrase(passphrase); // age's default work factor, 2^18: unwrap refuses more
@@ -105,15 +113,13 @@ function unwrap(wrappedKey: string, passphrase: string): Promise<string> {
     got =
       logN === undefined || Number(logN) > WRAP_MAX_LOG_N
         ? Promise.reject(new Error("the wrapped key is not a passphrase-encrypted key of ours"))
-        : (() => {
-            const d = new Decrypter();
+        : (async () => {
+            const d = new (await ageLib()).Decrypter();
             d.addPassphrase(passphrase);
-            return d.decrypt(bytes, "text").then((text) => {
-              const identity = text.trim();
-              if (!/^AGE-SECRET-KEY-1[0-9A-Z]+$/.test(identity))
-                throw new Error("the wrapped key is not an age identity");
-              return identity;
-            });
+            const identity = (await d.decrypt(bytes, "text")).trim();
+            if (!/^AGE-SECRET-KEY-1[0-9A-Z]+$/.test(identity))
+              throw new Error("the wrapped key is not an age identity");
+            return identity;
           })();
     got.catch(() => unwrapped.delete(key));
     unwrapped.set(key, got);
@@ -175,7 +181,7 @@ export async function decrypt(
         "Nothing was changed.",
     });
   }
-  const d = new Decrypter();
+  const d = new (await ageLib()).Decrypter();
   if (keys.length) addIdentities(d, keys, age!.identityFile!);
   const wrapped = made?.method === "passphrase" ? made.wrappedKey : undefined;
   // Only the WAL archive writes wrapped keys, and its records are checked as read; a manifest is not.
@@ -203,6 +209,7 @@ export async function decrypt(
  * age-keygen's layout; return its public key for BACKUP_AGE_RECIPIENTS.
  */
 export async function writeIdentity(path: string): Promise<string> {
+  const { generateIdentity, identityToRecipient } = await ageLib();
   const identity = await generateIdentity();
   const recipient = await identityToRecipient(identity);
   const file = await open(path, "wx", 0o600).catch((e: NodeJS.ErrnoException) => {

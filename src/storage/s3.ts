@@ -2,14 +2,7 @@ import { createReadStream } from "node:fs";
 import { rename, rm } from "node:fs/promises";
 import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  S3Client,
-} from "@aws-sdk/client-s3";
-import { Upload } from "@aws-sdk/lib-storage";
+import type { S3Client } from "@aws-sdk/client-s3";
 import type { S3Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { backupNaming } from "./naming.ts";
@@ -17,6 +10,19 @@ import type { BackupStore, StoredObject, StoreNaming } from "./store.ts";
 import { createPartial } from "./files.ts";
 
 const PART_SIZE = 8 * 1024 * 1024;
+
+/*
+ * The AWS SDK is loaded on a store's first call, not with this module: its modules are the largest
+ * part of the binary, and running their top level costs every command about 20 ms of CPU, most of
+ * which never touch S3 (status, migrate, a local backup or restore, restore_command's WAL fetch).
+ */
+type Sdk = typeof import("@aws-sdk/client-s3") & Pick<typeof import("@aws-sdk/lib-storage"), "Upload">;
+let sdk: Promise<Sdk> | undefined;
+const loadSdk = (): Promise<Sdk> =>
+  (sdk ??= Promise.all([import("@aws-sdk/client-s3"), import("@aws-sdk/lib-storage")]).then(([s3, storage]) => ({
+    ...s3,
+    Upload: storage.Upload,
+  })));
 
 /**
  * MD5s computed while the file streams out: the whole file's, and the per-part one that AWS and
@@ -69,23 +75,31 @@ function isMissing(error: unknown): boolean {
 export class S3Store implements BackupStore {
   readonly kind = "s3";
   readonly location: string;
-  private readonly client: S3Client;
+  private connected?: Promise<{ sdk: Sdk; client: S3Client }>;
 
   constructor(
     private readonly config: S3Config,
     readonly naming: StoreNaming = backupNaming,
   ) {
     this.location = `s3://${config.bucket}/${config.prefix}`;
-    this.client = new S3Client({
-      region: config.region,
-      endpoint: config.endpoint,
-      forcePathStyle: config.forcePathStyle,
-      credentials: config.credentials,
-      // The SDK's default CRC checksums (2025) are rejected by many S3-compatible stores.
-      requestChecksumCalculation: "WHEN_REQUIRED",
-      responseChecksumValidation: "WHEN_REQUIRED",
-      maxAttempts: 3,
-    });
+  }
+
+  /** The SDK and this store's client, made on the first call. */
+  private connect() {
+    const config = this.config;
+    return (this.connected ??= loadSdk().then((sdk) => ({
+      sdk,
+      client: new sdk.S3Client({
+        region: config.region,
+        endpoint: config.endpoint,
+        forcePathStyle: config.forcePathStyle,
+        credentials: config.credentials,
+        // The SDK's default CRC checksums (2025) are rejected by many S3-compatible stores.
+        requestChecksumCalculation: "WHEN_REQUIRED",
+        responseChecksumValidation: "WHEN_REQUIRED",
+        maxAttempts: 3,
+      }),
+    })));
   }
 
   private key(name: string) {
@@ -104,10 +118,11 @@ export class S3Store implements BackupStore {
     const found: StoredObject[] = [];
     let token: string | undefined;
     try {
+      const { sdk, client } = await this.connect();
       // Follow continuation tokens: a listing stops at 1,000 keys otherwise.
       do {
-        const page = await this.client.send(
-          new ListObjectsV2Command({
+        const page = await client.send(
+          new sdk.ListObjectsV2Command({
             Bucket: this.config.bucket,
             Prefix: this.config.prefix,
             ContinuationToken: token,
@@ -129,15 +144,16 @@ export class S3Store implements BackupStore {
   async put(name: string, localPath: string) {
     const check = etagTap();
     try {
-      const upload = new Upload({
-        client: this.client,
+      const { sdk, client } = await this.connect();
+      const upload = new sdk.Upload({
+        client,
         params: { Bucket: this.config.bucket, Key: this.key(name), Body: createReadStream(localPath).pipe(check.tap) },
         partSize: PART_SIZE,
         queueSize: 2,
         leavePartsOnError: false,
       });
       await upload.done();
-      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
+      const head = await client.send(new sdk.HeadObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
       const { size, candidates } = check.expected();
       if (head.ContentLength !== size) {
         throw new ShinkeiError(
@@ -165,7 +181,8 @@ export class S3Store implements BackupStore {
     const file = await createPartial(partial);
     try {
       try {
-        const r = await this.client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
+        const { sdk, client } = await this.connect();
+        const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
         for await (const chunk of r.Body as AsyncIterable<Uint8Array>) await file.write(chunk);
         await file.sync();
       } finally {
@@ -183,9 +200,10 @@ export class S3Store implements BackupStore {
     if (!this.naming.isOurs(name))
       throw new ShinkeiError("NOT_OURS", `refusing to delete ${name}: not a shinkei backup name`);
     try {
+      const { sdk, client } = await this.connect();
       // One DeleteObject per key: the batch call requires a checksum header many compatible stores reject.
       for (const key of [name, ...this.naming.companions(name)].map((n) => this.key(n))) {
-        await this.client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }));
+        await client.send(new sdk.DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }));
       }
     } catch (e) {
       throw this.fail(`deleting ${name}`, e);
