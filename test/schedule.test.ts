@@ -137,6 +137,27 @@ describe("the schedule", () => {
     }
   });
 
+  test("a claim planted for a future slot does not stop that slot's backup; a warning names the row", async () => {
+    const slot = new Date(Date.UTC(2032, 0, 1, 2, 0, 0));
+    // What anyone with the app's role could write today to silence that slot on every service.
+    await db.sql`insert into backup_runs (scheduled_for, host) values (${slot}, 'planter:1')`;
+    const [planted] = await db.sql`select started_at from backup_runs where scheduled_for = ${slot}`;
+    const lines: Record<string, unknown>[] = [];
+    await scheduledRun({ sql: db.sql, config: loadConfig(env), log: (l) => void lines.push(l) }, slot);
+    expect(lines.find((l) => l.level === "warn")).toMatchObject({
+      msg: expect.stringContaining("backup: the slot's claim in backup_runs was not written at the slot"),
+      scheduledFor: slot.toISOString(),
+      claimHost: "planter:1",
+      claimStartedAt: planted!.started_at.toISOString(),
+    });
+    expect(lines.some((l) => l.msg === "backup skipped: another process took this run")).toBe(false);
+    const done = lines.find((l) => l.msg === "backup finished")!;
+    expect(await backupFiles()).toEqual([basename(done.file as string)]);
+    const [run] = await db.sql`select host, file, error from backup_runs where scheduled_for = ${slot}`;
+    expect(run).toMatchObject({ file: basename(done.file as string), error: null });
+    expect(run!.host).not.toBe("planter:1");
+  });
+
   test("failures and successes reach the webhook without holding up the backup", async () => {
     const events: Record<string, unknown>[] = [];
     const hook = Bun.serve({

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
+import { connect } from "../src/pg/db.ts";
 import { until } from "./support/wait.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { claimSlot, recordRun, scheduleSlots } from "../src/service/slot.ts";
@@ -99,6 +100,139 @@ describe("the scheduled slot", () => {
     const after = runs;
     await Bun.sleep(1200);
     expect(runs).toBe(after);
+  });
+});
+
+describe("a claim planted ahead of its slot", () => {
+  const SKEW = 5 * 60_000; // CLAIM_SKEW_MS in slot.ts
+  const collect = () => {
+    const lines: LogLine[] = [];
+    return { lines, deps: { sql: db.sql, log: (l: LogLine) => void lines.push(l) } };
+  };
+  /** The current whole second, as croner hands a slot to the process claiming it. */
+  const nowSlot = (plusMs = 0) => new Date(Math.floor(Date.now() / 1000) * 1000 + plusMs);
+  /** A claim of a slot no one else has: this process notes the database's next transaction id with it. */
+  let noted = 0;
+  const claimAnother = async () =>
+    expect(await claimSlot(collect().deps, new Date(Date.UTC(2001, 0, 1, 0, 0, noted++)), "backup", "x")).toBe(true);
+  const rowOf = async (slot: Date, kind: string) =>
+    (
+      await db.sql<{ host: string; started_at: Date }[]>`select host, started_at from backup_runs
+      where scheduled_for = ${slot} and kind = ${kind}`
+    )[0]!;
+
+  test("a plain INSERT for a future slot does not stop its run: taken over, with a warning naming it", async () => {
+    const kinds = ["backup", "drill", "base", "pitr-drill"] as const;
+    // What anyone holding the app's role can do: rows for the next slots, written now (started_at defaults).
+    const future = [nowSlot(3_600_000), nowSlot(86_400_000)];
+    for (const slot of future)
+      for (const kind of kinds)
+        await db.sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, ${kind}, 'planter:1')`;
+    // And one written three days ago for the slot that is due now.
+    const due = nowSlot(-1000);
+    await db.sql`insert into backup_runs (scheduled_for, kind, host, started_at)
+      values (${due}, 'backup', 'planter:2', now() - interval '3 days')`;
+    for (const [slot, kind] of [
+      ...future.flatMap((s) => kinds.map((k) => [s, k] as const)),
+      [due, "backup"] as const,
+    ]) {
+      const { lines, deps } = collect();
+      const planted = await rowOf(slot, kind);
+      expect(await claimSlot(deps, slot, kind, "test job")).toBe(true);
+      expect(lines).toEqual([
+        expect.objectContaining({
+          level: "warn",
+          scheduledFor: slot.toISOString(),
+          claimHost: planted.host,
+          claimStartedAt: planted.started_at.toISOString(),
+          reason: expect.stringMatching(/^started_at is .+ before the slot$/),
+        }),
+      ]);
+      expect(String(lines[0]!.msg)).toStartWith(
+        "test job: the slot's claim in backup_runs was not written at the slot",
+      );
+      const row = await rowOf(slot, kind);
+      expect(row.host).not.toStartWith("planter:");
+      expect(Math.abs(row.started_at.getTime() - Date.now())).toBeLessThan(60_000);
+    }
+  });
+
+  test("one dated inside the skew window is still known by its transaction id", async () => {
+    const slot = new Date(Math.ceil((Date.now() + SKEW + 90_000) / 1000) * 1000);
+    // started_at set to look written at the slot by a host whose clock runs ahead: only xmin gives it away.
+    await db.sql`insert into backup_runs (scheduled_for, kind, host, started_at)
+      values (${slot}, 'base', 'planter:3', now() + interval '2 minutes')`;
+    // Before the slot's skew window this process notes the next transaction id (scheduleSlots does it
+    // a minute before the window; any claim does too): the planted row's is below it.
+    await claimAnother();
+    const { lines, deps } = collect();
+    expect(await claimSlot(deps, slot, "base", "test job")).toBe(true);
+    expect(lines).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        claimHost: "planter:3",
+        reason: expect.stringContaining("transaction id"),
+      }),
+    ]);
+  });
+
+  test("a schedule notes the transaction id ahead of its slots, claiming nothing", async () => {
+    const slot = new Date(Math.ceil((Date.now() + SKEW + 90_000) / 1000) * 1000);
+    await db.sql`insert into backup_runs (scheduled_for, kind, host, started_at)
+      values (${slot}, 'drill', 'planter:5', now() + interval '2 minutes')`;
+    // Slots a second apart: every note is due at once (a minute before each slot's window has passed).
+    let runs = 0;
+    const schedule = scheduleSlots({
+      schedule: "* * * * * *",
+      timezone: "UTC",
+      sql: db.sql,
+      run: async () => void runs++,
+    });
+    await until("two slots", async () => runs >= 2, 5000);
+    await schedule.stop();
+    const { lines, deps } = collect();
+    expect(await claimSlot(deps, slot, "drill", "test job")).toBe(true);
+    expect(lines).toEqual([expect.objectContaining({ level: "warn", claimHost: "planter:5" })]);
+  });
+
+  test("a claim another process made at the slot still makes this one skip, at info", async () => {
+    const slot = nowSlot();
+    await db.sql`insert into backup_runs (scheduled_for, kind, host) values (${slot}, 'pitr-drill', 'other:1')`;
+    const { lines, deps } = collect();
+    expect(await claimSlot(deps, slot, "pitr-drill", "test job")).toBe(false);
+    expect(lines).toEqual([
+      expect.objectContaining({ level: "info", msg: "test job skipped: another process took this run" }),
+    ]);
+    expect((await rowOf(slot, "pitr-drill")).host).toBe("other:1");
+    // Written after this process noted a horizon, dated inside the window: as honest as can be told.
+    await claimAnother();
+    const later = new Date(Math.ceil((Date.now() + SKEW + 90_000) / 1000) * 1000);
+    await db.sql`insert into backup_runs (scheduled_for, kind, host, started_at)
+      values (${later}, 'pitr-drill', 'other:2', now() + interval '2 minutes')`;
+    const again = collect();
+    expect(await claimSlot(again.deps, later, "pitr-drill", "test job")).toBe(false);
+    expect(again.lines.map((l) => l.level)).toEqual(["info"]);
+  });
+
+  test("two services claiming at once: one run per slot, planted claim or not", async () => {
+    // Each on its own connections, as two processes are.
+    const other = connect(db.url, { max: 2 });
+    try {
+      for (let i = 0; i < 20; i++) {
+        const slot = nowSlot(-(10 + i) * 60_000);
+        if (i % 2 === 0)
+          await db.sql`insert into backup_runs (scheduled_for, kind, host, started_at)
+            values (${slot}, 'drill', 'planter:4', now() - interval '1 day')`;
+        const a = collect();
+        const b = { lines: [] as LogLine[], deps: { sql: other, log: (l: LogLine) => void b.lines.push(l) } };
+        const won = await Promise.all([a, b].map((s) => claimSlot(s.deps, slot, "drill", "test job")));
+        expect(won.filter(Boolean)).toHaveLength(1);
+        const levels = [...a.lines, ...b.lines].map((l) => l.level).sort();
+        expect(levels).toEqual(i % 2 === 0 ? ["info", "warn"] : ["info"]);
+      }
+    } finally {
+      await other.end({ timeout: 1 });
+    }
   });
 });
 

@@ -21,6 +21,7 @@ function startBaseBackups(deps: ServiceDeps, drills: PitrDrills | undefined): Ru
   const { config, log } = deps;
   const schedule = scheduleSlots({
     schedule: config.wal.baseBackupSchedule,
+    sql: deps.sql,
     timezone: config.backup.timezone,
     run: (slot) => scheduledBaseBackup({ ...deps, afterBaseBackup: drills?.afterBaseBackup }, slot),
   });

@@ -141,7 +141,12 @@ export function startPitrDrills(deps: Deps): PitrDrills {
         await drillPitr(deps);
       })
       .catch((e) => log({ level: "error", msg: "pitr drill failed", error: (e as Error).message })));
-  const schedule = scheduleSlots({ schedule: config.wal.pitrDrillSchedule, timezone: config.backup.timezone, run });
+  const schedule = scheduleSlots({
+    schedule: config.wal.pitrDrillSchedule,
+    timezone: config.backup.timezone,
+    run,
+    sql: deps.sql,
+  });
   log({
     level: "info",
     msg: "pitr drill schedule",

@@ -187,6 +187,7 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
   const store = offsiteStore(config);
   const job = scheduleSlots({
     schedule: config.backup.schedule,
+    sql: deps.sql,
     timezone: config.backup.timezone,
     onOverrun: (at) => log({ level: "warn", msg: "backup still running; this run is skipped", at: at?.toISOString() }),
     run: (slot) => scheduledRun({ ...deps, store }, slot),
@@ -194,6 +195,7 @@ export function startScheduler(deps: { sql: Sql; config: Config; log: Log }): Sc
   });
   const drillJob = scheduleSlots({
     schedule: config.backup.drillSchedule,
+    sql: deps.sql,
     timezone: config.backup.timezone,
     run: (slot) => scheduledDrill(deps, slot),
   });
