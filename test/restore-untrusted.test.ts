@@ -575,6 +575,56 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
     expect({ stats: await appStats(), password: await password() }).toEqual(before);
   });
 
+  test("default privileges and extensions outside the database's own schemas stay as they were", async () => {
+    // Neither is dropped or brought back by a restore: changed by one file, they would outlive it
+    // and every restore after it (its undo too), e.g. every table created later granted to PUBLIC.
+    const outside = async () => ({
+      defaults: await app.sql`select defaclrole::text, defaclnamespace::text, defaclobjtype::text,
+          defaclacl::text from pg_default_acl order by 1, 2, 3`,
+      extensions: await app.sql`select extname::text, extnamespace::regnamespace::text from pg_extension order by 1`,
+    });
+    const cases: [string, string, string][] = [
+      [
+        "default-acl.sql",
+        "CREATE TABLE public.t (x int);\nALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC;\n",
+        "default privileges outside the database's own schemas changed during the load (pg_default_acl)",
+      ],
+      [
+        "default-acl-catalog.sql",
+        "CREATE TABLE public.t (x int);\n" +
+          "ALTER DEFAULT PRIVILEGES IN SCHEMA pg_catalog GRANT ALL ON TABLES TO PUBLIC;\n",
+        "default privileges outside the database's own schemas changed during the load (pg_default_acl)",
+      ],
+      [
+        "default-acl-code.sql",
+        `CREATE FUNCTION public.side() RETURNS int LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE 'ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO PUBLIC'; RETURN 1; END $f$;
+CREATE TABLE public.t AS SELECT public.side() AS x;
+`,
+        "default privileges outside the database's own schemas changed during the load (pg_default_acl)",
+      ],
+      [
+        "extension-catalog.sql",
+        "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA pg_catalog;\nCREATE TABLE public.t (x int);\n",
+        "extensions outside the database's own schemas changed during the load (pg_extension)",
+      ],
+      [
+        "extension-path.sql",
+        "SET search_path = pg_catalog;\nCREATE EXTENSION IF NOT EXISTS citext;\nCREATE TABLE public.t (x int);\n",
+        "extensions outside the database's own schemas changed during the load (pg_extension)",
+      ],
+    ];
+    for (const [name, tail, message] of cases) {
+      const file = await craft(name, tail);
+      const before = { stats: await appStats(), outside: await outside() };
+      const r = await restoreApp(file);
+      expect({ name, code: r.code }).toEqual({ name, code: 1 });
+      expect(r.stderr).toContain(message);
+      expect(r.stderr).toContain("Nothing in the database was changed");
+      expect({ stats: await appStats(), outside: await outside() }).toEqual(before);
+    }
+  });
+
   test("the content digest never runs a cast the loaded data defined (record_out, not ::text)", async () => {
     // Defined straight in the database (the judge refuses CREATE CAST in a file): a cast from a row
     // type to text whose function would fail, and mark, if whoever takes the digest ran it.

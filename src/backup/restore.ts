@@ -395,7 +395,9 @@ const PIPELINE_BYTES = 4 << 20;
 
 /** What the file may not change: the guard, role settings, databases, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
-  const [row] = await conn.unsafe<{ guard: string | null; catalog: string; events: string }[]>(`
+  const [row] = await conn.unsafe<
+    { guard: string | null; catalog: string; events: string; defaults: string; extensions: string }[]
+  >(`
     select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text
                      || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
               from pg_catalog.pg_proc p
@@ -413,12 +415,27 @@ async function watched(conn: postgres.ReservedSql, id: string) {
                             s.setrole::text, s.setconfig::text) order by s.setdatabase, s.setrole), '[]')
                             from pg_catalog.pg_db_role_setting s))::text as catalog,
            (select coalesce(pg_catalog.string_agg(evtname::text, '/' order by evtname), '')
-              from pg_catalog.pg_event_trigger) as events`);
+              from pg_catalog.pg_event_trigger) as events,
+           (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(a.defaclrole::text,
+                     a.defaclnamespace::text, a.defaclobjtype::text, a.defaclacl::text)
+                     order by a.defaclrole, a.defaclnamespace, a.defaclobjtype), '[]')::text
+              from pg_catalog.pg_default_acl a left join pg_catalog.pg_namespace n on n.oid = a.defaclnamespace
+             where a.defaclnamespace = 0::oid or not (${ownSchema("n")})) as defaults,
+           (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(e.extname::text, n.nspname::text,
+                     e.extversion, e.extowner::text) order by e.extname), '[]')::text
+              from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
+             where not (${ownSchema("n")})) as extensions`);
   if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
   return {
     guard: row!.guard,
     catalog: JSON.parse(row!.catalog) as WatchedCatalog,
     events: row!.events ? row!.events.split("/") : [],
+    // What of the database lies outside its own schemas, which a restore neither drops nor brings
+    // back: default privileges not tied to one of them (database-wide, or IN SCHEMA pg_catalog) and
+    // extensions installed in pg_catalog. Changed by a file, they would outlive it, and every
+    // restore after it (its undo included): a grant to PUBLIC on every table made later, or an
+    // extension whose objects break the next restore of a stock dump.
+    outside: { defaults: row!.defaults, extensions: row!.extensions },
   };
 }
 
@@ -572,6 +589,10 @@ async function checkLoaded(
      where l.pid = pg_catalog.pg_backend_pid() and l.mode = 'RowExclusiveLock'
        and l.relation in ('pg_catalog.pg_authid'::regclass::oid, 'pg_catalog.pg_auth_members'::regclass::oid)`);
   if (roles?.changed) fail(`a role's password, expiry or memberships changed during the load (${roles.changed})`);
+  if (after.outside.defaults !== before.outside.defaults)
+    fail("default privileges outside the database's own schemas changed during the load (pg_default_acl)");
+  if (after.outside.extensions !== before.outside.extensions)
+    fail("extensions outside the database's own schemas changed during the load (pg_extension)");
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
 
