@@ -150,4 +150,29 @@ describe("the restore script guard", () => {
     expect(whole.length).toBe(9);
     for (const size of [1, 2, 3, 5, 7, 13, 64]) expect(guard(script, size)).toEqual(whole);
   });
+
+  test("comments held for a statement are refused past 256 MiB, not gathered without end", () => {
+    // A few hundred KB of zstd decompress to gigabytes of comment lines: before, every byte was
+    // held until the next `;` (5 GB of memory for a 420 KB file, then restored).
+    const g = new ScriptGuard();
+    const line = enc.encode(`-- ${"x".repeat((64 << 10) - 4)}\n`);
+    let fed = 0;
+    let error: Error | undefined;
+    try {
+      while (fed < 300 << 20) {
+        g.push(line);
+        fed += line.length;
+      }
+      g.push(enc.encode("SELECT 1;\n"));
+      g.end();
+    } catch (e) {
+      error = e as Error;
+    }
+    expect(error?.message).toContain("a statement of more than 256 MiB, with the comments before it");
+    expect(fed).toBeLessThanOrEqual((256 << 20) + line.length);
+    // A statement under the bound, comments and all, passes as before.
+    expect(guard(`${`-- ${"c".repeat(1000)}\n`.repeat(1000)}SELECT 1;\n`)).toEqual([
+      expect.stringContaining("SELECT 1;"),
+    ]);
+  });
 });

@@ -56,13 +56,28 @@ const LARGE_OBJECT_WRITE = /^SELECT pg_catalog\.(lo_open|lowrite|lo_close) ?\(/;
 /** A dump's own `\restrict KEY` / `\unrestrict KEY` lines: the only meta-commands accepted (and left out). */
 const RESTRICT_LINE = /^\\(un)?restrict [A-Za-z0-9]+\r?$/;
 const HEAD_LIMIT = 512;
+/*
+ * The most one statement (with the comments before it) and one line may hold here. PostgreSQL takes
+ * no query string and no COPY line above 1 GB (MaxAllocSize), so no line a server can load is
+ * refused; a statement pg_dump writes is far smaller (data goes in COPY lines, large objects in
+ * pieces). Without a bound, a few hundred KB of zstd (gigabytes of comments, or a line that never
+ * ends) took gigabytes of memory before anything was refused.
+ */
+const MAX_STATEMENT = 256 << 20;
+const MAX_LINE = 1 << 30;
 
 export class ScriptGuard {
   private state = S.Normal;
-  /** Bytes after the last newline seen: lexing works on whole lines, so lookahead never crosses a chunk. */
-  private partial: Uint8Array = new Uint8Array(0);
+  /**
+   * Bytes after the last newline seen, in the pieces they came in (joined once, when the line ends: a
+   * long line is not copied again for every chunk): lexing works on whole lines, so lookahead never
+   * crosses a chunk.
+   */
+  private partial: Uint8Array[] = [];
+  private partialBytes = 0;
   /** Bytes of the statement in progress (and the comments before it), held until it has passed. */
   private pending: Uint8Array[] = [];
+  private pendingBytes = 0;
   /** The statement's text with comments left out and spaces collapsed, up to HEAD_LIMIT bytes. */
   private head: number[] = [];
   /** The statement's first words (enough to classify it), and what a COPY's later words said. */
@@ -92,19 +107,35 @@ export class ScriptGuard {
     const out: ScriptItem[] = [];
     const last = input.lastIndexOf(NL);
     if (last === -1) {
-      this.partial = concat(this.partial, input);
+      this.holdPartial(input);
       return out;
     }
     let from = 0;
-    if (this.partial.length) {
+    if (this.partialBytes) {
       // Only the line the last chunk left unfinished is joined up, not the whole chunk: the bulk
       // of a dump is read in place (COPY data is handed on as pieces of the chunk itself).
       from = input.indexOf(NL) + 1;
-      this.lines(concat(this.partial, input.subarray(0, from)), out);
+      if (this.partialBytes + from > MAX_LINE) this.lineTooLong();
+      const line = concatAll([...this.partial, input.subarray(0, from)]);
+      this.partial = [];
+      this.partialBytes = 0;
+      this.lines(line, out);
     }
-    this.partial = input.slice(last + 1);
+    this.holdPartial(input.subarray(last + 1));
     if (last + 1 > from) this.lines(input.subarray(from, last + 1), out);
     return out;
+  }
+
+  /** A copy: the caller may reuse or release the chunk it handed in. */
+  private holdPartial(bytes: Uint8Array) {
+    if (!bytes.length) return;
+    if (this.partialBytes + bytes.length > MAX_LINE) this.lineTooLong();
+    this.partial.push(bytes.slice());
+    this.partialBytes += bytes.length;
+  }
+
+  private lineTooLong(): never {
+    refuse(`a line of more than ${MAX_LINE >> 20} MiB (line ${this.line + 1}): PostgreSQL takes none`);
   }
 
   /** Whole lines (`buf` ends with a newline). */
@@ -124,7 +155,7 @@ export class ScriptGuard {
 
   /** At the end of the file: anything unfinished is refused (a truncated file, an unclosed block). */
   end(): ScriptItem[] {
-    const out = this.partial.length ? this.push(new Uint8Array([NL])) : [];
+    const out = this.partialBytes ? this.push(new Uint8Array([NL])) : [];
     if (this.state === S.CopyData) refuse("COPY data that never ends with a \\. line");
     if (this.state !== S.Normal && this.state !== S.LineComment)
       refuse("an unterminated string, quoted name or comment at the end of the file");
@@ -133,6 +164,7 @@ export class ScriptGuard {
       refuse(`a statement without its closing semicolon at the end of the file (line ${this.statementLine})`);
     if (this.inLargeObjectBlock) refuse("a large-object block without its COMMIT");
     this.pending = []; // comments after the last statement: nothing to run
+    this.pendingBytes = 0;
     return out;
   }
 
@@ -296,8 +328,10 @@ export class ScriptGuard {
         const line = this.statementLine;
         const empty = this.head.length === 1; // nothing but this `;` (and comments) since the last one
         const action = this.endStatement();
-        if (action === "drop") this.pending = [];
-        else this.flush(out, line, action === "copy", empty);
+        if (action === "drop") {
+          this.pending = [];
+          this.pendingBytes = 0;
+        } else this.flush(out, line, action === "copy", empty);
         if (action === "copy") this.state = S.AfterCopy;
       }
     }
@@ -305,12 +339,20 @@ export class ScriptGuard {
   }
 
   private hold(buf: Uint8Array, from: number, to: number) {
-    if (to > from) this.pending.push(buf.slice(from, to));
+    if (to <= from) return;
+    this.pendingBytes += to - from;
+    if (this.pendingBytes > MAX_STATEMENT)
+      refuse(
+        `a statement of more than ${MAX_STATEMENT >> 20} MiB, with the comments before it ` +
+          `(line ${this.statementLine || this.line})`,
+      );
+    this.pending.push(buf.slice(from, to));
   }
 
   private flush(out: ScriptItem[], line: number, copy: boolean, empty: boolean) {
     const bytes = concatAll(this.pending);
     this.pending = [];
+    this.pendingBytes = 0;
     let text: string;
     try {
       text = this.decoder.decode(bytes);
@@ -418,13 +460,6 @@ export function concatAll(parts: Uint8Array[]): Uint8Array {
     at += p.length;
   }
   return out;
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const c = new Uint8Array(a.length + b.length);
-  c.set(a);
-  c.set(b, a.length);
-  return c;
 }
 
 /** The `$tag$` delimiter starting at `i` (both dollars included), or "" when this `$` opens none (`$1`). */
