@@ -31,6 +31,8 @@ const codes = {
   BACKUP_CORRUPT: { exit: 1, status: 500 },
   BACKUP_STALE: { exit: 1, status: 500 },
   RESTORE_FAILED: { exit: 1, status: 500 },
+  /** A restore's spool would have left too little free where it is written (BACKUP_DIR). */
+  RESTORE_NO_SPACE: { exit: 1, status: 507 },
   // selective recovery (recover)
   RECOVER_CONFLICT: { exit: 1, status: 409 },
   RECOVER_FAILED: { exit: 1, status: 500 },

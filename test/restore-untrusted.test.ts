@@ -1,5 +1,9 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { chmod, readdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, readdir, readFile, statfs, writeFile } from "node:fs/promises";
+import { constants, createZstdCompress } from "node:zlib";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createWriteStream } from "node:fs";
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -7,7 +11,7 @@ import { PutObjectCommand } from "@aws-sdk/client-s3";
 import postgres from "postgres";
 import { freshDatabase, urlFor, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
-import { seedSample, tempDir } from "./support/fixtures.ts";
+import { canMountTmpfs, mountTmpfs, seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { connect } from "../src/pg/db.ts";
@@ -198,6 +202,55 @@ describe("a restored file is untrusted input", () => {
     expect(childEnv.match(/^PGDATABASE=/gm)?.length).toBeGreaterThanOrEqual(2);
     for (const value of Object.values(secrets)) expect(childEnv).not.toContain(value);
   });
+});
+
+const canMount = await canMountTmpfs();
+
+describe("a file that decodes to more than the disk beside the backups holds", () => {
+  test.skipIf(!canMount)(
+    "is refused before its spool fills BACKUP_DIR: free space stays, the error says why, nothing changed",
+    async () => {
+      const home = await tempDir("spool-full");
+      expect(await mountTmpfs(home, "256m")).toBe(true);
+      try {
+        // 300 MiB of COPY rows in a file of a few hundred KB (the spool holds the decoded file).
+        const file = join(dir, "decodes-far.sql.zst");
+        const row = `1\t${"x".repeat(1020)}\n`.repeat(1024);
+        async function* plain() {
+          yield "CREATE TABLE public.far (id int, s text);\nCOPY public.far (id, s) FROM stdin;\n";
+          for (let i = 0; i < 300; i++) yield row;
+          yield "\\.\n-- PostgreSQL database dump complete\n";
+        }
+        await pipeline(
+          Readable.from(plain()),
+          createZstdCompress({ params: { [constants.ZSTD_c_compressionLevel]: 3 } }),
+          createWriteStream(file),
+        );
+        const before = await stats();
+        let minFree = Number.POSITIVE_INFINITY;
+        let watching = true;
+        const watch = (async () => {
+          while (watching) {
+            const fs = await statfs(home);
+            minFree = Math.min(minFree, fs.bavail * fs.bsize);
+            await Bun.sleep(2);
+          }
+        })();
+        const r = await restore(["--backup-file", file, ...confirm(), "--no-safety-backup"], { BACKUP_DIR: home });
+        watching = false;
+        await watch;
+        expect(r.code).toBe(1);
+        expect(r.stderr).toContain("the file decodes to more than the free space beside the backups allows");
+        expect(r.stderr).toContain("Nothing in the database was changed");
+        // A tenth of the file system stays free (less the last few MiB between two checks).
+        expect(minFree).toBeGreaterThan(16 << 20);
+        expect(await stats()).toEqual(before);
+        expect((await readdir(home)).filter((f) => f.startsWith(".shinkei-restore-"))).toEqual([]);
+      } finally {
+        await Bun.spawn(["umount", "-l", home]).exited;
+      }
+    },
+  );
 });
 
 describe("what a restore picks", () => {

@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from "node:fs
 import { join } from "node:path";
 import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
-import { tempDir } from "./support/fixtures.ts";
+import { canMountTmpfs, mountTmpfs, tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { collector, receiverFlushed, receiverStreaming } from "./support/wal.ts";
 import { archiveTrust } from "../src/wal/trust.ts";
@@ -192,19 +192,7 @@ describe("a .partial pg_receivewal refuses", () => {
   });
 });
 
-/** A real full disk needs a small file system: a tmpfs, where this machine lets us mount one. */
-async function mountTmpfs(dir: string, size: string): Promise<boolean> {
-  const p = Bun.spawn(["mount", "-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { stdout: "pipe", stderr: "pipe" });
-  return (await p.exited) === 0;
-}
-const canMount = await (async () => {
-  if (process.getuid?.() !== 0 || !Bun.which("mount")) return false;
-  const probe = await tempDir("tmpfs-probe");
-  const ok = await mountTmpfs(probe, "1m");
-  if (ok) await Bun.spawn(["umount", probe]).exited;
-  await rm(probe, { recursive: true, force: true });
-  return ok;
-})();
+const canMount = await canMountTmpfs();
 if (!canMount)
   console.warn(
     "wal-faults: mounting a tmpfs is not permitted here: the real full-disk test is skipped (the .partial " +

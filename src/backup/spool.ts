@@ -6,11 +6,14 @@ import {
   readdirSync,
   readSync,
   rmSync,
+  statfsSync,
   statSync,
   writevSync,
 } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
+import { formatBytes } from "../bytes.ts";
+import { ShinkeiError } from "../errors.ts";
 
 /**
  * What the judge passed, held on disk until the whole file has been judged: nothing runs before
@@ -67,6 +70,16 @@ function running(pid: number): boolean {
   }
 }
 
+/*
+ * The spool holds the whole decoded file, beside the backups: a dump larger than the free space (or a
+ * small file that decompresses far) would fill the disk, and with it the WAL archive's spool and the
+ * next backup. The judge stops while this much is still free: a tenth of the file system, at most
+ * 1 GiB; checked every few MiB written (a statfs call), so it stops within that of the line.
+ */
+const RESERVE_MAX = 1 << 30;
+const RESERVE_SHARE = 0.1;
+const CHECK_EVERY = 8 << 20;
+
 const FLUSH = 1 << 20;
 const READ = 1 << 20;
 /** Read buffers used in turn (see records). */
@@ -77,16 +90,22 @@ const PIECE = 256 << 10;
 export class Spool {
   readonly path: string;
   private readonly dir: string;
+  /** The folder the spool's own folder is made in (BACKUP_DIR, or the temp directory). */
+  private readonly where: string;
   private fd: number;
   /** Pieces waiting to be written together (writev: COPY data is not copied on its way to disk). */
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
   private encoder = new TextEncoder();
+  /** Bytes written since free space was last checked: the first flush checks. */
+  private unchecked = CHECK_EVERY;
+  private written = 0;
 
   constructor(parent = tmpdir()) {
     // A folder only this user can enter (mkdtemp makes it 0700): the judged file waits here.
     // Beside the backups when there is such a folder (a decoded dump can be larger than /tmp).
     const where = existsSync(parent) ? parent : tmpdir();
+    this.where = where;
     removeAbandoned(where);
     this.dir = mkdtempSync(join(where, PREFIX + OWNER));
     this.path = join(this.dir, "judged");
@@ -122,8 +141,12 @@ export class Spool {
   /** Write what waits now: the caller may then let go of (or release) the bytes it handed in. */
   flush() {
     let parts = this.pending;
+    const n = this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
+    // Checked before writing, for what is about to be written and what may follow before the next check.
+    if (n && (this.unchecked += n) >= CHECK_EVERY) this.checkSpace(n);
+    this.written += n;
     while (parts.length) {
       let n = writevSync(this.fd, parts);
       // A short write: drop what went, and the written part of the piece it stopped in.
@@ -132,6 +155,27 @@ export class Spool {
       parts = parts.slice(i);
       if (n > 0) parts[0] = parts[0]!.subarray(n);
     }
+  }
+
+  /** Free space before the first write; half of it is the most the reserve asks, on a disk already short. */
+  private freeAtStart: number | undefined;
+
+  /** Before `n` more bytes are written: refused (nothing written yet) if they would eat into the reserve. */
+  private checkSpace(n: number) {
+    this.unchecked = 0;
+    const fs = statfsSync(this.dir);
+    const free = fs.bavail * fs.bsize;
+    this.freeAtStart ??= free;
+    const reserve = Math.min(RESERVE_MAX, RESERVE_SHARE * fs.blocks * fs.bsize, this.freeAtStart / 2);
+    if (free - n - CHECK_EVERY < reserve)
+      throw new ShinkeiError(
+        "RESTORE_NO_SPACE",
+        `the file decodes to more than the free space beside the backups allows: ` +
+          `${formatBytes(this.written)} spooled (it is judged whole before anything runs), ` +
+          `${formatBytes(free)} left in ${this.where}, and ${formatBytes(reserve)} stays free for the WAL archive ` +
+          "and backups",
+        { hint: "Free space there, or set BACKUP_DIR on a larger disk. Nothing was sent to the database." },
+      );
   }
 
   /**

@@ -27,6 +27,22 @@ export async function removeTempDirs(): Promise<void> {
   }
 }
 
+/** A real full disk needs a small file system: a tmpfs of `size` mounted on `dir`, where this machine lets us. */
+export async function mountTmpfs(dir: string, size: string): Promise<boolean> {
+  const p = Bun.spawn(["mount", "-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { stdout: "pipe", stderr: "pipe" });
+  return (await p.exited) === 0;
+}
+
+/** Whether mountTmpfs works here (root, and a machine that permits it): tried once on a probe folder. */
+export async function canMountTmpfs(): Promise<boolean> {
+  if (process.getuid?.() !== 0 || !Bun.which("mount")) return false;
+  const probe = await tempDir("tmpfs-probe");
+  const ok = await mountTmpfs(probe, "1m");
+  if (ok) await Bun.spawn(["umount", probe]).exited;
+  await rm(probe, { recursive: true, force: true });
+  return ok;
+}
+
 /** A folder with a fake `tool` that runs `script` (sh), to put first on PATH: real faults, real binaries. */
 export async function wrapTool(tool: string, script: string): Promise<string> {
   const dir = await tempDir(`wrap-${tool}`);
