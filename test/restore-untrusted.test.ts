@@ -678,6 +678,56 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
     }
   });
 
+  test("only what CREATE EXTENSION made is an extension's own: objects the file's code adds are not", async () => {
+    // The checks pass over extension members (tables.ts does not count them either): a function or
+    // table the file's code made and then added to an extension hid from "nothing appeared that the
+    // file does not define" (here a look-alike of lower() for varchar, picked over pg_catalog's).
+    const plant = (statements: string) => `CREATE TABLE public.t (x int);
+CREATE FUNCTION public.plant() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN ${statements} RETURN NEW; END $f$;
+CREATE TRIGGER plant AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.plant();
+INSERT INTO public.t VALUES (1);
+`;
+    const lookalike =
+      "EXECUTE 'CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS ''SELECT 1::text'''; ";
+    const create = "CREATE EXTENSION IF NOT EXISTS fuzzystrmatch WITH SCHEMA public;\n";
+    const cases: [string, string][] = [
+      [
+        "extension-add-function.sql",
+        create + plant(`${lookalike}EXECUTE 'ALTER EXTENSION fuzzystrmatch ADD FUNCTION public.lower(varchar)';`),
+      ],
+      [
+        "extension-add-table.sql",
+        create +
+          plant(
+            "EXECUTE 'CREATE TABLE public.hidden (secret text)'; " +
+              "EXECUTE 'ALTER EXTENSION fuzzystrmatch ADD TABLE public.hidden';",
+          ),
+      ],
+      [
+        // Made by the code before the file's own CREATE EXTENSION ... IF NOT EXISTS, which then makes nothing.
+        "extension-made-by-code.sql",
+        plant(
+          `EXECUTE 'CREATE EXTENSION fuzzystrmatch WITH SCHEMA public'; ${lookalike}` +
+            "EXECUTE 'ALTER EXTENSION fuzzystrmatch ADD FUNCTION public.lower(varchar)';",
+        ) + create,
+      ],
+    ];
+    for (const [name, tail] of cases) {
+      const file = await craft(name, tail);
+      const before = await appStats();
+      const r = await restoreApp(file);
+      expect({ name, code: r.code }).toEqual({ name, code: 1 });
+      expect(r.stderr).toContain("were added to an extension during the load, not made by its CREATE EXTENSION");
+      expect(r.stderr).toContain("Nothing in the database was changed");
+      expect(await appStats()).toEqual(before);
+    }
+    // The extension alone, as a stock dump holds it, restores; its functions are its own.
+    expect(await restoreApp(await craft("extension.sql", create))).toSucceed();
+    const [row] = await app.sql`select count(*)::int as n from pg_proc where proname = 'levenshtein'`;
+    expect(row!.n).toBeGreaterThan(0);
+  });
+
   test("the content digest never runs a cast the loaded data defined (record_out, not ::text)", async () => {
     // Defined straight in the database (the judge refuses CREATE CAST in a file): a cast from a row
     // type to text whose function would fail, and mark, if whoever takes the digest ran it.

@@ -273,7 +273,9 @@ export class Judge {
         break;
     }
     this.define(kind, body);
-    this.spool.text(Rec.Statement, text, this.line);
+    // A CREATE EXTENSION carries the extension's name before its text (a NUL between: no name holds one).
+    if (kind === "CreateExtensionStmt") this.spool.text(Rec.Extension, `${body.extname}\0${text}`, this.line);
+    else this.spool.text(Rec.Statement, text, this.line);
   }
 
   private setting(body: any, text: string, where: string) {

@@ -254,6 +254,7 @@ export async function apply(
     if (serverVersionNum >= 140000) await run("SET client_connection_check_interval = '1s'");
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
     const before = await watched(conn, id);
+    const members = extensionMembers(before.members);
     // Statements go without waiting for each one's answer (pipelined: each is still a message of its
     // own, in the extended protocol). The server runs them in order and, after an error, refuses the
     // rest (the transaction is aborted). They are waited for before a COPY, at the end, and every
@@ -290,7 +291,15 @@ export async function apply(
       pieces = [];
       if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
       const text = decoder.decode(whole.subarray(4));
-      if (rec.type === Rec.Statement) {
+      if (rec.type === Rec.Extension) {
+        // Run alone, between two looks at the catalog: what it made is noted as the extension's own.
+        await settle();
+        line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
+        const name = text.slice(0, text.indexOf("\0"));
+        const present = await extensionOids(conn);
+        await run(text.slice(name.length + 1));
+        await members.note(conn, name, present);
+      } else if (rec.type === Rec.Statement) {
         const query = run(text);
         query.catch(() => {}); // reported by settle(), in order
         inflight.push({ query, line });
@@ -355,7 +364,7 @@ export async function apply(
     // checks; the guard fires with them, so its token is set first.
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("SET CONSTRAINTS ALL IMMEDIATE", false);
-    const counts = await checkLoaded(conn, id, before, judged, targets, serverVersionNum);
+    const counts = await checkLoaded(conn, id, before, judged, targets, serverVersionNum, members.allowed);
     await options.lock?.assertHeld();
     await run("COMMIT", false);
     return {
@@ -396,7 +405,7 @@ const PIPELINE_BYTES = 4 << 20;
 /** What the file may not change: the guard, role settings, databases, event triggers. Read after the prologue. */
 async function watched(conn: postgres.ReservedSql, id: string) {
   const [row] = await conn.unsafe<
-    { guard: string | null; catalog: string; events: string; defaults: string; extensions: string }[]
+    { guard: string | null; catalog: string; events: string; members: string; defaults: string; extensions: string }[]
   >(`
     select (select p.oid::text || ':' || pg_catalog.md5(p.prosrc || p.prosecdef::text
                      || coalesce(p.proconfig::text, '') || p.prolang::text || p.proowner::text)
@@ -421,6 +430,9 @@ async function watched(conn: postgres.ReservedSql, id: string) {
                      order by a.defaclrole, a.defaclnamespace, a.defaclobjtype), '[]')::text
               from pg_catalog.pg_default_acl a left join pg_catalog.pg_namespace n on n.oid = a.defaclnamespace
              where a.defaclnamespace = 0::oid or not (${ownSchema("n")})) as defaults,
+           (select coalesce(pg_catalog.string_agg(${MEMBER}, ',' order by ${MEMBER}), '')
+              from pg_catalog.pg_depend d
+             where ${IS_MEMBER}) as members,
            (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(e.extname::text, n.nspname::text,
                      e.extversion, e.extowner::text) order by e.extname), '[]')::text
               from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
@@ -436,7 +448,50 @@ async function watched(conn: postgres.ReservedSql, id: string) {
     // restore after it (its undo included): a grant to PUBLIC on every table made later, or an
     // extension whose objects break the next restore of a stock dump.
     outside: { defaults: row!.defaults, extensions: row!.extensions },
+    /** Every extension's members, as extension:classid:objid:objsubid. */
+    members: row!.members ? row!.members.split(",") : [],
   };
+}
+
+/*
+ * An extension's members are its own (the checks after the load pass over them, and tables.ts does
+ * not count them), so only what CREATE EXTENSION made may be one. Written with pg_catalog's operators
+ * by name: the query after a CREATE EXTENSION runs on the file's search path, mid-load.
+ */
+const MEMBER = "pg_catalog.concat_ws(':', d.refobjid, d.classid, d.objid, d.objsubid)";
+const IS_MEMBER =
+  "d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid " +
+  `and d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog."char"`;
+
+/**
+ * The members a load may leave: those of the extensions there before it, and what each of the file's
+ * CREATE EXTENSION statements made: the members of the extension it names, if the statement created
+ * it (it was not there just before). An object the file's code adds to an extension (ALTER EXTENSION
+ * ... ADD, from a function), or an extension its code creates, is none of these.
+ */
+function extensionMembers(before: string[]) {
+  const allowed = new Set(before);
+  return {
+    allowed,
+    async note(conn: postgres.ReservedSql, name: string, present: Set<string>) {
+      const rows = await conn.unsafe<{ ext: string; m: string }[]>(
+        `select d.refobjid::pg_catalog.text as ext, ${MEMBER} as m
+           from pg_catalog.pg_depend d join pg_catalog.pg_extension e on e.oid OPERATOR(pg_catalog.=) d.refobjid
+          where ${IS_MEMBER} and e.extname OPERATOR(pg_catalog.=) $1::pg_catalog.name`,
+        [name],
+        { simple: false } as postgres.UnsafeQueryOptions,
+      );
+      for (const { ext, m } of rows) if (!present.has(ext)) allowed.add(m);
+    },
+  };
+}
+
+/** The extensions there now, by oid. */
+async function extensionOids(conn: postgres.ReservedSql): Promise<Set<string>> {
+  const rows = await conn.unsafe<{ oid: string }[]>(
+    "select e.oid::pg_catalog.text as oid from pg_catalog.pg_extension e",
+  );
+  return new Set(rows.map((r) => r.oid));
 }
 
 /** The server-wide catalog a load watches: databases by oid ([owner, ...the rest]), role settings. */
@@ -518,6 +573,7 @@ async function checkLoaded(
   judged: Judged,
   oids: (string | null)[],
   serverVersionNum: number,
+  allowedMembers: Set<string>,
 ): Promise<Record<string, number>> {
   const fail = (what: string): never => {
     throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, {
@@ -593,6 +649,20 @@ async function checkLoaded(
     fail("default privileges outside the database's own schemas changed during the load (pg_default_acl)");
   if (after.outside.extensions !== before.outside.extensions)
     fail("extensions outside the database's own schemas changed during the load (pg_extension)");
+  // Objects the checks below pass over as an extension's own: only what CREATE EXTENSION made counts as
+  // such, not an object the file's code made and then added to one (ALTER EXTENSION ... ADD).
+  const added = after.members.filter((m) => !allowedMembers.has(m));
+  if (added.length) {
+    const [e, c, o, sub] = added[0]!.split(":").map(Number);
+    const [d] = await conn.unsafe<{ what: string | null; ext: string | null }[]>(
+      `select pg_catalog.pg_describe_object(${c}::oid, ${o}::oid, ${sub}::int4) as what,
+              (select x.extname::text from pg_catalog.pg_extension x where x.oid = ${e}::oid) as ext`,
+    );
+    fail(
+      `${added.length} object(s) were added to an extension during the load, not made by its CREATE EXTENSION ` +
+        `(${d?.what ?? "an object"} in ${d?.ext ?? "an extension"})`,
+    );
+  }
   const newEvents = after.events.filter((e) => !before.events.includes(e) && !judged.eventTriggers.has(e));
   if (newEvents.length) fail(`event triggers the file does not define appeared: ${newEvents.join(", ")}`);
 

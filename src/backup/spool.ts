@@ -26,6 +26,8 @@ export const enum Rec {
   Copy = 2,
   Data = 3,
   EndCopy = 4,
+  /** A CREATE EXTENSION, after the extension's name and a NUL: the members it makes are noted (restore.ts). */
+  Extension = 5,
 }
 
 const PREFIX = ".shinkei-restore-";
@@ -113,7 +115,7 @@ export class Spool {
   }
 
   /** A statement, after the line it starts on (4 bytes), for the load's errors. */
-  text(type: Rec.Statement | Rec.Copy, text: string, line: number) {
+  text(type: Rec.Statement | Rec.Copy | Rec.Extension, text: string, line: number) {
     const bytes = this.encoder.encode(`\0\0\0\0${text}`);
     new DataView(bytes.buffer).setUint32(0, line, true);
     this.add(type, bytes);
