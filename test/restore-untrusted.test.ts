@@ -657,13 +657,11 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
         "default privileges outside the database's own schemas changed during the load (pg_default_acl)",
       ],
       [
-        "extension-catalog.sql",
-        "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA pg_catalog;\nCREATE TABLE public.t (x int);\n",
-        "extensions outside the database's own schemas changed during the load (pg_extension)",
-      ],
-      [
-        "extension-path.sql",
-        "SET search_path = pg_catalog;\nCREATE EXTENSION IF NOT EXISTS citext;\nCREATE TABLE public.t (x int);\n",
+        "extension-by-code.sql",
+        `CREATE FUNCTION public.side() RETURNS int LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE 'CREATE EXTENSION citext SCHEMA pg_catalog'; RETURN 1; END $f$;
+CREATE TABLE public.t AS SELECT public.side() AS x;
+`,
         "extensions outside the database's own schemas changed during the load (pg_extension)",
       ],
     ];
@@ -675,6 +673,25 @@ CREATE TABLE public.t AS SELECT public.side() AS x;
       expect(r.stderr).toContain(message);
       expect(r.stderr).toContain("Nothing in the database was changed");
       expect({ stats: await appStats(), outside: await outside() }).toEqual(before);
+    }
+  });
+
+  test("an extension a file's statement puts in pg_catalog is the file's: the next restore takes it away", async () => {
+    // A dump of a database with citext in pg_catalog holds this statement (and a restore of it into a
+    // new database must work); but the extension, owned by the app's role, must not outlive the file.
+    const citext = async () =>
+      (await app.sql`select extnamespace::regnamespace::text as s from pg_extension where extname = 'citext'`).map(
+        (r) => r.s,
+      );
+    const genuine = await craft("genuine.sql", "");
+    for (const tail of [
+      "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA pg_catalog;\n",
+      "SET search_path = pg_catalog;\nCREATE EXTENSION IF NOT EXISTS citext CASCADE;\n",
+    ]) {
+      expect(await restoreApp(await craft("citext-catalog.sql", tail))).toSucceed();
+      expect(await citext()).toEqual(["pg_catalog"]);
+      expect(await restoreApp(genuine)).toSucceed();
+      expect(await citext()).toEqual([]);
     }
   });
 
@@ -722,8 +739,13 @@ INSERT INTO public.t VALUES (1);
       expect(r.stderr).toContain("Nothing in the database was changed");
       expect(await appStats()).toEqual(before);
     }
-    // The extension alone, as a stock dump holds it, restores; its functions are its own.
+    // The extension alone, as a stock dump holds it, restores; its functions are its own. So do those
+    // CASCADE makes with it (cube, for earthdistance: not trusted, so as a superuser, on a superuser's database).
     expect(await restoreApp(await craft("extension.sql", create))).toSucceed();
+    const cascade = "CREATE EXTENSION IF NOT EXISTS earthdistance WITH SCHEMA public CASCADE;\n";
+    expect(await restore(["--backup-file", await plantedDump("cascade.sql", cascade), ...confirm()])).toSucceed();
+    const [cube] = await db.sql`select count(*)::int as n from pg_extension where extname in ('cube', 'earthdistance')`;
+    expect(cube!.n).toBe(2);
     const [row] = await app.sql`select count(*)::int as n from pg_proc where proname = 'levenshtein'`;
     expect(row!.n).toBeGreaterThan(0);
   });

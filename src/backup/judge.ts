@@ -273,9 +273,7 @@ export class Judge {
         break;
     }
     this.define(kind, body);
-    // A CREATE EXTENSION carries the extension's name before its text (a NUL between: no name holds one).
-    if (kind === "CreateExtensionStmt") this.spool.text(Rec.Extension, `${body.extname}\0${text}`, this.line);
-    else this.spool.text(Rec.Statement, text, this.line);
+    this.spool.text(kind === "CreateExtensionStmt" ? Rec.Extension : Rec.Statement, text, this.line);
   }
 
   private setting(body: any, text: string, where: string) {
@@ -497,7 +495,9 @@ export async function judgeScript(source: AsyncIterable<Uint8Array>, spool: Spoo
       spool.flush();
       release(chunk);
     }
-    return judge.end();
+    const judged = judge.end();
+    spool.flush(); // what the end added, written (and its space checked) before anything is sent
+    return judged;
   } finally {
     unloadGrammar();
     // What judging left (tens of MiB) goes before the load starts, not at some later collection.

@@ -99,6 +99,15 @@ BEGIN
   FOR s IN SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE ${ownSchema("n")} LOOP
     EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', s);
   END LOOP;
+  -- Extensions the database's owner (not a superuser) put outside its schemas (citext in pg_catalog)
+  -- are its content too: a dump brings them back, and one no file brings back must not outlive it.
+  FOR s IN SELECT e.extname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+            WHERE NOT (${ownSchema("n")})
+              AND e.extowner = (SELECT d.datdba FROM pg_catalog.pg_database d
+                                 WHERE d.datname = pg_catalog.current_database())
+              AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = e.extowner) LOOP
+    EXECUTE pg_catalog.format('DROP EXTENSION %I CASCADE', s);
+  END LOOP;
   PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
 END $shinkei$;
 ${recreatePublicSchema(serverVersionNum)}`;
@@ -254,7 +263,7 @@ export async function apply(
     if (serverVersionNum >= 140000) await run("SET client_connection_check_interval = '1s'");
     await run(prologue(serverVersionNum, id, tokenHash, options.lock?.heldCondition), false);
     const before = await watched(conn, id);
-    const members = extensionMembers(before.members);
+    const extensions = madeByStatements(before.members);
     // Statements go without waiting for each one's answer (pipelined: each is still a message of its
     // own, in the extended protocol). The server runs them in order and, after an error, refuses the
     // rest (the transaction is aborted). They are waited for before a COPY, at the end, and every
@@ -292,13 +301,12 @@ export async function apply(
       if (rec.type !== Rec.EndCopy) line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
       const text = decoder.decode(whole.subarray(4));
       if (rec.type === Rec.Extension) {
-        // Run alone, between two looks at the catalog: what it made is noted as the extension's own.
+        // Run alone, between two looks at the catalog: what it made is noted as the file's.
         await settle();
         line = new DataView(whole.buffer, whole.byteOffset).getUint32(0, true);
-        const name = text.slice(0, text.indexOf("\0"));
         const present = await extensionOids(conn);
-        await run(text.slice(name.length + 1));
-        await members.note(conn, name, present);
+        await run(text);
+        await extensions.note(conn, present);
       } else if (rec.type === Rec.Statement) {
         const query = run(text);
         query.catch(() => {}); // reported by settle(), in order
@@ -364,7 +372,7 @@ export async function apply(
     // checks; the guard fires with them, so its token is set first.
     await run(`SELECT pg_catalog.set_config('shinkei.commit', '${token}', true)`);
     await run("SET CONSTRAINTS ALL IMMEDIATE", false);
-    const counts = await checkLoaded(conn, id, before, judged, targets, serverVersionNum, members.allowed);
+    const counts = await checkLoaded(conn, id, before, judged, targets, serverVersionNum, extensions);
     await options.lock?.assertHeld();
     await run("COMMIT", false);
     return {
@@ -433,8 +441,8 @@ async function watched(conn: postgres.ReservedSql, id: string) {
            (select coalesce(pg_catalog.string_agg(${MEMBER}, ',' order by ${MEMBER}), '')
               from pg_catalog.pg_depend d
              where ${IS_MEMBER}) as members,
-           (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(e.extname::text, n.nspname::text,
-                     e.extversion, e.extowner::text) order by e.extname), '[]')::text
+           (select coalesce(pg_catalog.string_agg(pg_catalog.concat_ws(':', e.oid, e.extname, n.nspname,
+                     e.extversion, e.extowner), ',' order by e.oid), '')
               from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
              where not (${ownSchema("n")})) as extensions`);
   if (!row!.guard) throw new ShinkeiError("RESTORE_FAILED", "the restore's guard could not be set up");
@@ -444,10 +452,10 @@ async function watched(conn: postgres.ReservedSql, id: string) {
     events: row!.events ? row!.events.split("/") : [],
     // What of the database lies outside its own schemas, which a restore neither drops nor brings
     // back: default privileges not tied to one of them (database-wide, or IN SCHEMA pg_catalog) and
-    // extensions installed in pg_catalog. Changed by a file, they would outlive it, and every
-    // restore after it (its undo included): a grant to PUBLIC on every table made later, or an
-    // extension whose objects break the next restore of a stock dump.
-    outside: { defaults: row!.defaults, extensions: row!.extensions },
+    // extensions installed in pg_catalog (as oid:name:schema:version:owner). Changed by a file, they
+    // would outlive it, and every restore after it (its undo included): a grant to PUBLIC on every
+    // table made later, or an extension whose objects break the next restore of a stock dump.
+    outside: { defaults: row!.defaults, extensions: row!.extensions ? row!.extensions.split(",") : [] },
     /** Every extension's members, as extension:classid:objid:objsubid. */
     members: row!.members ? row!.members.split(",") : [],
   };
@@ -464,24 +472,25 @@ const IS_MEMBER =
   `and d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog."char"`;
 
 /**
- * The members a load may leave: those of the extensions there before it, and what each of the file's
- * CREATE EXTENSION statements made: the members of the extension it names, if the statement created
- * it (it was not there just before). An object the file's code adds to an extension (ALTER EXTENSION
- * ... ADD, from a function), or an extension its code creates, is none of these.
+ * What the file's own CREATE EXTENSION statements made (each runs alone, between two looks at
+ * pg_extension): the extensions new after it (CASCADE makes several) and their members. With what
+ * was there before the load, that is all a load may leave of extensions: an object the file's code
+ * adds to one (ALTER EXTENSION ... ADD, from a function), or an extension its code creates, is not.
  */
-function extensionMembers(before: string[]) {
-  const allowed = new Set(before);
+function madeByStatements(before: string[]) {
+  const members = new Set(before);
+  const made = new Set<string>();
   return {
-    allowed,
-    async note(conn: postgres.ReservedSql, name: string, present: Set<string>) {
+    members,
+    made,
+    async note(conn: postgres.ReservedSql, present: Set<string>) {
       const rows = await conn.unsafe<{ ext: string; m: string }[]>(
-        `select d.refobjid::pg_catalog.text as ext, ${MEMBER} as m
-           from pg_catalog.pg_depend d join pg_catalog.pg_extension e on e.oid OPERATOR(pg_catalog.=) d.refobjid
-          where ${IS_MEMBER} and e.extname OPERATOR(pg_catalog.=) $1::pg_catalog.name`,
-        [name],
+        `select d.refobjid::pg_catalog.text as ext, ${MEMBER} as m from pg_catalog.pg_depend d where ${IS_MEMBER}`,
+        [],
         { simple: false } as postgres.UnsafeQueryOptions,
       );
-      for (const { ext, m } of rows) if (!present.has(ext)) allowed.add(m);
+      for (const { ext, m } of rows) if (!present.has(ext)) members.add(m);
+      for (const ext of await extensionOids(conn)) if (!present.has(ext)) made.add(ext);
     },
   };
 }
@@ -573,7 +582,7 @@ async function checkLoaded(
   judged: Judged,
   oids: (string | null)[],
   serverVersionNum: number,
-  allowedMembers: Set<string>,
+  extensions: ReturnType<typeof madeByStatements>,
 ): Promise<Record<string, number>> {
   const fail = (what: string): never => {
     throw new ShinkeiError("RESTORE_FAILED", `the restore was rolled back: ${what}`, {
@@ -646,12 +655,22 @@ async function checkLoaded(
        and l.relation in ('pg_catalog.pg_authid'::regclass::oid, 'pg_catalog.pg_auth_members'::regclass::oid)`);
   if (roles?.changed) fail(`a role's password, expiry or memberships changed during the load (${roles.changed})`);
   if (after.outside.defaults !== before.outside.defaults)
-    fail("default privileges outside the database's own schemas changed during the load (pg_default_acl)");
-  if (after.outside.extensions !== before.outside.extensions)
+    fail(
+      "default privileges outside the database's own schemas changed during the load (pg_default_acl): " +
+        "they would outlive it and every later restore. A stock dump holds them as ALTER DEFAULT PRIVILEGES " +
+        "without IN SCHEMA: dump with --no-privileges, or leave those lines out",
+    );
+  // Those the file's statements made (a dump of a database with hstore in pg_catalog) are its own.
+  const madeHere = (e: string) => extensions.made.has(e.split(":")[0]!);
+  const outside = new Set(before.outside.extensions);
+  if (
+    after.outside.extensions.some((e) => !outside.has(e) && !madeHere(e)) ||
+    before.outside.extensions.some((e) => !after.outside.extensions.includes(e))
+  )
     fail("extensions outside the database's own schemas changed during the load (pg_extension)");
   // Objects the checks below pass over as an extension's own: only what CREATE EXTENSION made counts as
   // such, not an object the file's code made and then added to one (ALTER EXTENSION ... ADD).
-  const added = after.members.filter((m) => !allowedMembers.has(m));
+  const added = after.members.filter((m) => !extensions.members.has(m));
   if (added.length) {
     const [e, c, o, sub] = added[0]!.split(":").map(Number);
     const [d] = await conn.unsafe<{ what: string | null; ext: string | null }[]>(

@@ -26,7 +26,7 @@ export const enum Rec {
   Copy = 2,
   Data = 3,
   EndCopy = 4,
-  /** A CREATE EXTENSION, after the extension's name and a NUL: the members it makes are noted (restore.ts). */
+  /** A CREATE EXTENSION: run alone, and what it makes is noted as the file's (restore.ts). */
   Extension = 5,
 }
 
@@ -99,8 +99,8 @@ export class Spool {
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
   private encoder = new TextEncoder();
-  /** Bytes written since free space was last checked: the first flush checks. */
-  private unchecked = CHECK_EVERY;
+  /** Bytes that may still be written before free space is looked at again: none before the first. */
+  private allowance = 0;
   private written = 0;
 
   constructor(parent = tmpdir()) {
@@ -146,8 +146,8 @@ export class Spool {
     const n = this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
-    // Checked before writing, for what is about to be written and what may follow before the next check.
-    if (n && (this.unchecked += n) >= CHECK_EVERY) this.checkSpace(n);
+    if (n > this.allowance) this.checkSpace(n);
+    this.allowance -= n;
     this.written += n;
     while (parts.length) {
       let n = writevSync(this.fd, parts);
@@ -162,14 +162,17 @@ export class Spool {
   /** Free space before the first write; half of it is the most the reserve asks, on a disk already short. */
   private freeAtStart: number | undefined;
 
-  /** Before `n` more bytes are written: refused (nothing written yet) if they would eat into the reserve. */
+  /**
+   * Before `n` more bytes are written: refused (nothing of them written) if they would eat into the
+   * reserve; else what may be written before the next look, never more than what is left above it.
+   */
   private checkSpace(n: number) {
-    this.unchecked = 0;
     const fs = statfsSync(this.dir);
     const free = fs.bavail * fs.bsize;
     this.freeAtStart ??= free;
     const reserve = Math.min(RESERVE_MAX, RESERVE_SHARE * fs.blocks * fs.bsize, this.freeAtStart / 2);
-    if (free - n - CHECK_EVERY < reserve)
+    const margin = free - reserve - n;
+    if (margin < 0)
       throw new ShinkeiError(
         "RESTORE_NO_SPACE",
         `the file decodes to more than the free space beside the backups allows: ` +
@@ -178,6 +181,7 @@ export class Spool {
           "and backups",
         { hint: "Free space there, or set BACKUP_DIR on a larger disk. Nothing was sent to the database." },
       );
+    this.allowance = n + Math.min(CHECK_EVERY, margin);
   }
 
   /**

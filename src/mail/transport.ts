@@ -25,7 +25,12 @@ export function smtpTransport(config: MailConfig): Transport {
   };
   return {
     async send(mail) {
-      await (await (transporter ??= open())).sendMail({ from: config.from, ...mail });
+      const opening = (transporter ??= open());
+      // A failure to open is not kept: the next message tries again.
+      opening.catch(() => {
+        if (transporter === opening) transporter = undefined;
+      });
+      await (await opening).sendMail({ from: config.from, ...mail });
     },
     close: () =>
       void transporter?.then(

@@ -24,14 +24,15 @@ export const CLAIM_SKEW_MS = 5 * 60_000;
 type Horizon = { at: number; next: bigint };
 const horizons = new WeakMap<Sql, Horizon[]>();
 
-function noteNext(sql: Sql, next: string): void {
-  // Taken after the reply: the snapshot behind `next` was taken before this moment. A counter lower
+function noteNext(sql: Sql, next: string, at: Date): void {
+  // `at` is the database's clock, read after the snapshot behind `next` was taken: hosts' clocks
+  // differ, and only each claimer's own skew against the database is allowed for. A counter lower
   // than before (a failover to a lagging standby, a restore) is another history, whose notes would
   // date honest rows as old. 64 notes are hours of any real schedule: losing older ones only leaves a
   // very late claim (a queued PITR drill) to the started_at check.
   const n = BigInt(next);
   const kept = (horizons.get(sql) ?? []).filter((h) => h.next <= n);
-  horizons.set(sql, [...kept, { at: Date.now(), next: n }].slice(-64));
+  horizons.set(sql, [...kept, { at: at.getTime(), next: n }].slice(-64));
 }
 
 /** The newest transaction-id horizon this process saw by `by`, if any. */
@@ -44,9 +45,10 @@ function horizonBy(sql: Sql, by: number): Horizon | undefined {
 
 /** Note the database's next transaction id now: scheduleSlots does so a little before each slot's skew window. */
 export async function noteHorizon(sql: Sql): Promise<void> {
-  const [r] = await sql<{ next: string }[]>`
-    select pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text as next`;
-  noteNext(sql, r!.next);
+  const [r] = await sql<{ next: string; at: Date }[]>`
+    select pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text as next,
+      pg_catalog.clock_timestamp() as at`;
+  noteNext(sql, r!.next, r!.at);
 }
 
 /** A row's 32-bit xmin as the 64-bit id it stands for, given the 64-bit next id (it is less, by under 2^31). */
@@ -95,12 +97,13 @@ export async function claim(sql: Sql, slot: Date, kind: SlotKind): Promise<Claim
   // A row that changes under us (another claimer took it over first) is judged again; one that
   // keeps changing, or inserts that leave no row (a trigger), is an error, not a silent skip.
   for (let attempt = 0; attempt < 3; attempt++) {
-    const [mine] = await sql<{ next: string }[]>`insert into public.backup_runs (scheduled_for, kind, host)
+    const [mine] = await sql<{ next: string; at: Date }[]>`insert into public.backup_runs (scheduled_for, kind, host)
         values (${slot}, ${kind}, ${host})
       on conflict (scheduled_for, kind) do nothing
-      returning pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text as next`;
+      returning pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text as next,
+        pg_catalog.clock_timestamp() as at`;
     if (mine) {
-      noteNext(sql, mine.next);
+      noteNext(sql, mine.next, mine.at);
       return { taken: true };
     }
     const [row] = await sql<Held[]>`select host, started_at, xmin::text as xmin, pg_catalog.now() as now,
@@ -108,7 +111,7 @@ export async function claim(sql: Sql, slot: Date, kind: SlotKind): Promise<Claim
       from public.backup_runs where scheduled_for = ${slot} and kind = ${kind}`;
     if (!row) continue;
     const reason = unearned(sql, row, slot);
-    noteNext(sql, row.next);
+    noteNext(sql, row.next, row.now);
     if (!reason) return { taken: false, host: row.host };
     const took = await sql`update public.backup_runs
       set host = ${host}, started_at = pg_catalog.now(), finished_at = null, file = null, error = null

@@ -19,10 +19,13 @@ const PART_SIZE = 8 * 1024 * 1024;
 type Sdk = typeof import("@aws-sdk/client-s3") & Pick<typeof import("@aws-sdk/lib-storage"), "Upload">;
 let sdk: Promise<Sdk> | undefined;
 const loadSdk = (): Promise<Sdk> =>
-  (sdk ??= Promise.all([import("@aws-sdk/client-s3"), import("@aws-sdk/lib-storage")]).then(([s3, storage]) => ({
-    ...s3,
-    Upload: storage.Upload,
-  })));
+  (sdk ??= Promise.all([import("@aws-sdk/client-s3"), import("@aws-sdk/lib-storage")]).then(
+    ([s3, storage]) => ({ ...s3, Upload: storage.Upload }),
+    (e) => {
+      sdk = undefined; // the next call tries again
+      throw e;
+    },
+  ));
 
 /**
  * MD5s computed while the file streams out: the whole file's, and the per-part one that AWS and
@@ -87,7 +90,7 @@ export class S3Store implements BackupStore {
   /** The SDK and this store's client, made on the first call. */
   private connect() {
     const config = this.config;
-    return (this.connected ??= loadSdk().then((sdk) => ({
+    const connected = (this.connected ??= loadSdk().then((sdk) => ({
       sdk,
       client: new sdk.S3Client({
         region: config.region,
@@ -100,6 +103,11 @@ export class S3Store implements BackupStore {
         maxAttempts: 3,
       }),
     })));
+    // A failure is not kept: the next call tries again.
+    connected.catch(() => {
+      if (this.connected === connected) this.connected = undefined;
+    });
+    return connected;
   }
 
   private key(name: string) {
