@@ -15,7 +15,8 @@ COPY cli cli
 COPY server server
 COPY src src
 COPY tsconfig.json ./
-RUN bun build --compile --minify --bytecode --format=esm cli/main.ts --outfile /out/shinkei
+# --splitting: a command loads only the code it runs (what it imports lazily stays unread).
+RUN bun build --compile --minify --bytecode --splitting --format=esm cli/main.ts --outfile /out/shinkei
 
 FROM debian:bookworm-slim
 ARG PG_MAJOR

@@ -89,8 +89,8 @@ test("compose.yaml runs only commands the binary accepts", async () => {
 test("the Dockerfile builds the binary the way bun run build does and installs matching client tools", async () => {
   const docker = await Bun.file(join(root, "Dockerfile")).text();
   const pkg = await Bun.file(join(root, "package.json")).json();
-  expect(pkg.scripts.build).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
-  expect(docker).toContain("bun build --compile --minify --bytecode --format=esm cli/main.ts");
+  expect(pkg.scripts.build).toContain("bun build --compile --minify --bytecode --splitting --format=esm cli/main.ts");
+  expect(docker).toContain("bun build --compile --minify --bytecode --splitting --format=esm cli/main.ts");
   expect(docker).toContain("postgresql-client-${PG_MAJOR}");
   expect(docker).toContain('"postgresql-${PG_MAJOR}"');
   const compose = await Bun.file(join(root, "compose.yaml")).text();
