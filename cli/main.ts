@@ -3,8 +3,8 @@ import { socketFetchArgs, walFetchViaSocket } from "./pitr/wal-fetch-socket.ts";
 import { runWatchdog, watchdogArgs } from "./pitr/watchdog.ts";
 
 /*
- * The entry point. The CLI itself (cli/run.ts: every command and what they import) is loaded only
- * when needed: what a scratch recovery starts, restore_command's `pitr wal-fetch --socket PATH %f %p`
+ * The entry point. The CLI itself (cli/run.ts, which loads only the command that runs) is loaded
+ * only when needed: what a scratch recovery starts, restore_command's `pitr wal-fetch --socket PATH %f %p`
  * (once for every WAL file it asks the socket for) and its watchdog, runs with the few modules it
  * needs (wal-fetch-socket.ts, watchdog.ts).
  */

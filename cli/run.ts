@@ -4,30 +4,37 @@ import { processIo, type Io } from "./io.ts";
 import { line, reportError } from "./output.ts";
 import { ShinkeiError } from "../src/errors.ts";
 import { explainDbError } from "../src/pg/db.ts";
-import { migrateCommand } from "./migrate/index.ts";
-import { statusCommand } from "./status/index.ts";
-import { serveCommand } from "./serve.ts";
-import { backupCommand } from "./backup/index.ts";
-import { resetCommand } from "./reset.ts";
-import { seedCommand } from "./seed.ts";
-import { backupServiceCommand } from "./backup-service.ts";
-import { recoverCommand } from "./recover/index.ts";
-import { pitrCommand } from "./pitr/index.ts";
 import pkg from "../package.json" with { type: "json" };
 
-export const commands: Command[] = [
-  serveCommand,
-  statusCommand,
-  migrateCommand,
-  backupCommand,
-  backupServiceCommand,
-  pitrCommand,
-  recoverCommand,
-  resetCommand,
-  seedCommand,
-];
+/*
+ * Each command's module, loaded when that command runs: `backup restore` reads none of pitr's,
+ * recover's or the server's code (the binary is built with --splitting, so what is not imported
+ * stays unread). --help, which lists them all, loads them all. In the order --help lists them.
+ */
+const commandModules = new Map<string, () => Promise<Command>>([
+  ["serve", () => import("./serve.ts").then((m) => m.serveCommand)],
+  ["status", () => import("./status/index.ts").then((m) => m.statusCommand)],
+  ["migrate", () => import("./migrate/index.ts").then((m) => m.migrateCommand)],
+  ["backup", () => import("./backup/index.ts").then((m) => m.backupCommand)],
+  ["backup-service", () => import("./backup-service.ts").then((m) => m.backupServiceCommand)],
+  ["pitr", () => import("./pitr/index.ts").then((m) => m.pitrCommand)],
+  ["recover", () => import("./recover/index.ts").then((m) => m.recoverCommand)],
+  ["reset", () => import("./reset.ts").then((m) => m.resetCommand)],
+  ["seed", () => import("./seed.ts").then((m) => m.seedCommand)],
+]);
 
-function usage(): string {
+/** The command called `name`, or undefined: no such command. */
+export function loadCommand(name: string): Promise<Command | undefined> {
+  return commandModules.get(name)?.() ?? Promise.resolve(undefined);
+}
+
+/** Every command, in the order --help lists them. */
+export function loadCommands(): Promise<Command[]> {
+  return Promise.all([...commandModules.values()].map((load) => load()));
+}
+
+async function usage(): Promise<string> {
+  const commands = await loadCommands();
   const width = Math.max(...commands.map((c) => c.name.length));
   return `shinkei ${pkg.version}: data-safety toolkit for a Postgres-backed app
 
@@ -47,15 +54,15 @@ Configuration comes from the environment and .env; see the README for every vari
 export async function run(argv: string[], io: Io = processIo()): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "-h" || name === "--help" || name === "help") {
-    line(io, usage());
+    line(io, await usage());
     return 0;
   }
   if (name === "-v" || name === "--version") {
     line(io, pkg.version);
     return 0;
   }
-  const command = commands.find((c) => c.name === name);
-  if (!command) return reportError(io, new ShinkeiError("USAGE", `unknown command "${name}"`), usage());
+  const command = await loadCommand(name);
+  if (!command) return reportError(io, new ShinkeiError("USAGE", `unknown command "${name}"`), await usage());
 
   let ctx: Context;
   let help = commandHelp(command);

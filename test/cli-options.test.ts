@@ -1,10 +1,11 @@
 import { expect, test } from "bun:test";
 import { shinkei } from "./support/cli.ts";
-import { commands } from "../cli/run.ts";
+import { loadCommand, loadCommands } from "../cli/run.ts";
 import { commandHelp, formName, parseForm, selectForm, subcommandHelp } from "../cli/parse.ts";
 import type { Command, Subcommand } from "../cli/command.ts";
 import { ShinkeiError } from "../src/errors.ts";
 
+const commands = await loadCommands();
 const forms = commands.flatMap((command) => command.subcommands.map((sub) => ({ command, sub })));
 const helpOf = (command: Command, sub: Subcommand) =>
   command.subcommands.length === 1 ? commandHelp(command) : subcommandHelp(command, sub);
@@ -29,6 +30,12 @@ function parse(command: Command, args: string[]) {
   if ("help" in selected) throw new Error("help was shown");
   return { sub: selected.sub, ...parseForm(command, selected.sub, args) };
 }
+
+test("each command loads under the name it answers to: what --help lists is what runs", async () => {
+  expect(commands.map((c) => c.name)).toEqual([...new Set(commands.map((c) => c.name))]);
+  for (const command of commands) expect((await loadCommand(command.name))?.name).toBe(command.name);
+  expect(await loadCommand("constructor")).toBeUndefined();
+});
 
 test("every form lists exactly the options it declares, and accepts every option its help lists", () => {
   expect(forms.length).toBeGreaterThan(20);
