@@ -60,17 +60,22 @@ export type LoadRoleOptions = {
   allowSuperuser?: boolean;
 };
 
-type Plan = { session: string; danger: string | null; owner: string; ownerDanger: string | null };
-
-/** Who the load would run as; throws RESTORE_AS_SUPERUSER (having changed nothing) when there is no safe role. */
-export async function planLoadRole(url: string, options: LoadRoleOptions = {}): Promise<Plan> {
-  const admin = postgres(url, {
+/** One connection for a role's setup and checks: pg_catalog first on its search path, no type lookups. */
+function adminConnection(url: string) {
+  return postgres(url, {
     max: 1,
     onnotice: () => {},
     connect_timeout: 10,
     fetch_types: false,
     connection: LOGIN_SEARCH_PATH,
   });
+}
+
+type Plan = { session: string; danger: string | null; owner: string; ownerDanger: string | null };
+
+/** Who the load would run as; throws RESTORE_AS_SUPERUSER (having changed nothing) when there is no safe role. */
+export async function planLoadRole(url: string, options: LoadRoleOptions = {}): Promise<Plan> {
+  const admin = adminConnection(url);
   try {
     return await plan(admin, url, options);
   } finally {
@@ -108,13 +113,7 @@ async function plan(admin: postgres.Sql, url: string, options: LoadRoleOptions):
  * out of reach): the restore itself then says what it needs.
  */
 export async function superuserOnly(url: string): Promise<boolean> {
-  const admin = postgres(url, {
-    max: 1,
-    onnotice: () => {},
-    connect_timeout: 10,
-    fetch_types: false,
-    connection: LOGIN_SEARCH_PATH,
-  });
+  const admin = adminConnection(url);
   try {
     const { danger, ownerDanger } = await plan(admin, url, { allowSuperuser: true });
     return danger !== null && ownerDanger !== null;
@@ -163,13 +162,7 @@ export async function withLoadRole<T>(url: string, fn: (sql: postgres.Sql) => Pr
 }
 
 export async function loadRole(url: string, options: LoadRoleOptions = {}): Promise<LoadRole> {
-  const admin = postgres(url, {
-    max: 1,
-    onnotice: () => {},
-    connect_timeout: 10,
-    fetch_types: false,
-    connection: LOGIN_SEARCH_PATH,
-  });
+  const admin = adminConnection(url);
   try {
     const { session, danger, owner, ownerDanger } = await plan(admin, url, options);
     const asIs = { url, release: async () => {} };
@@ -201,13 +194,7 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
       // A scratch database goes first, from the server's maintenance database: reassigning what the
       // file made to its owner (a superuser) would hand it the file's functions, SECURITY DEFINER
       // ones included.
-      const again = postgres(options.scratch ? onServer(url, "postgres") : url, {
-        max: 1,
-        onnotice: () => {},
-        connect_timeout: 10,
-        fetch_types: false,
-        connection: LOGIN_SEARCH_PATH,
-      });
+      const again = adminConnection(options.scratch ? onServer(url, "postgres") : url);
       try {
         if (options.scratch) await again.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(db)} WITH (FORCE)`);
         else {
@@ -227,13 +214,7 @@ export async function loadRole(url: string, options: LoadRoleOptions = {}): Prom
     u.searchParams.delete("password");
     const loadUrl = u.toString();
     // Logging in can fail where pg_hba.conf allows no password login for new roles: say so.
-    const probe = postgres(loadUrl, {
-      max: 1,
-      onnotice: () => {},
-      connect_timeout: 10,
-      fetch_types: false,
-      connection: LOGIN_SEARCH_PATH,
-    });
+    const probe = adminConnection(loadUrl);
     try {
       await probe`select 1`;
     } catch (e) {
