@@ -7,7 +7,6 @@ import { jsonLog } from "../src/log.ts";
 
 export const backupServiceCommand: Command = {
   name: "backup-service",
-  summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies",
   description: `A long-running process: takes a backup on BACKUP_SCHEDULE (default "0 2 * * *") in
 BACKUP_TIMEZONE (default UTC), copies it to S3 when S3_BUCKET is set, then applies retention
 (BACKUP_KEEP_DAYS, default 30). Logs one JSON line per step. Several services on one database

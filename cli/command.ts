@@ -42,9 +42,9 @@ export type Subcommand = {
   run(ctx: Context): Promise<number>;
 };
 
+/** A command's forms; its one-line summary is in cli/run.ts's table, so --help loads no command. */
 export type Command = {
   name: string;
-  summary: string;
   /** What `shinkei NAME --help` says beyond each form's usage, summary and options. */
   description?: string;
   subcommands: Subcommand[];

@@ -9,7 +9,6 @@ import { mainTables } from "../src/pg/tables.ts";
 
 export const resetCommand: Command = {
   name: "reset",
-  summary: "delete everything and reseed, behind three typed confirmations and a backup",
   description: `Shows the target database and what will be deleted, asks you to type DELETE ALL DATA, then
 YES I AM SURE, then YES (exactly), takes and verifies a pre-reset backup, then recreates the
 schema and loads the demo data, all in one transaction. Ends with the command that undoes it.

@@ -7,41 +7,76 @@ import { explainDbError } from "../src/pg/db.ts";
 import pkg from "../package.json" with { type: "json" };
 
 /*
- * Each command's module, loaded when that command runs: `backup restore` reads none of pitr's,
- * recover's or the server's code (the binary is built with --splitting, so what is not imported
- * stays unread). --help, which lists them all, loads them all. In the order --help lists them.
+ * The commands, in the order --help lists them. Each one's module loads when that command runs:
+ * `backup restore` reads none of pitr's, recover's or the server's code (the binary is built with
+ * --splitting, so what is not imported stays unread), and --help reads none of them.
  */
-const commandModules = new Map<string, () => Promise<Command>>([
-  ["serve", () => import("./serve.ts").then((m) => m.serveCommand)],
-  ["status", () => import("./status/index.ts").then((m) => m.statusCommand)],
-  ["migrate", () => import("./migrate/index.ts").then((m) => m.migrateCommand)],
-  ["backup", () => import("./backup/index.ts").then((m) => m.backupCommand)],
-  ["backup-service", () => import("./backup-service.ts").then((m) => m.backupServiceCommand)],
-  ["pitr", () => import("./pitr/index.ts").then((m) => m.pitrCommand)],
-  ["recover", () => import("./recover/index.ts").then((m) => m.recoverCommand)],
-  ["reset", () => import("./reset.ts").then((m) => m.resetCommand)],
-  ["seed", () => import("./seed.ts").then((m) => m.seedCommand)],
-]);
+export const commandTable: { name: string; summary: string; load(): Promise<Command> }[] = [
+  {
+    name: "serve",
+    summary: "run the auth server (HOST, PORT; applies migrations unless MIGRATE_ON_START=false)",
+    load: () => import("./serve.ts").then((m) => m.serveCommand),
+  },
+  {
+    name: "status",
+    summary: "show the database's state: row counts, schema version, size",
+    load: () => import("./status/index.ts").then((m) => m.statusCommand),
+  },
+  {
+    name: "migrate",
+    summary: "apply pending migrations (creates the database if missing); `status`, `down`",
+    load: () => import("./migrate/index.ts").then((m) => m.migrateCommand),
+  },
+  {
+    name: "backup",
+    summary: "take, list, verify and restore backups",
+    load: () => import("./backup/index.ts").then((m) => m.backupCommand),
+  },
+  {
+    name: "backup-service",
+    summary: "run scheduled backups (BACKUP_SCHEDULE, default daily 02:00 UTC) with retention and off-site copies",
+    load: () => import("./backup-service.ts").then((m) => m.backupServiceCommand),
+  },
+  {
+    name: "pitr",
+    summary: "point-in-time recovery: restore to a moment, the recoverable window, WAL gaps, receiver lag and slot",
+    load: () => import("./pitr/index.ts").then((m) => m.pitrCommand),
+  },
+  {
+    name: "recover",
+    summary: "bring back one user's (or world's, or story's) rows from a backup, leaving everyone else's as they are",
+    load: () => import("./recover/index.ts").then((m) => m.recoverCommand),
+  },
+  {
+    name: "reset",
+    summary: "delete everything and reseed, behind three typed confirmations and a backup",
+    load: () => import("./reset.ts").then((m) => m.resetCommand),
+  },
+  {
+    name: "seed",
+    summary: "load the demo data into an empty database (refuses one that has users)",
+    load: () => import("./seed.ts").then((m) => m.seedCommand),
+  },
+];
 
 /** The command called `name`, or undefined: no such command. */
 export function loadCommand(name: string): Promise<Command | undefined> {
-  return commandModules.get(name)?.() ?? Promise.resolve(undefined);
+  return commandTable.find((c) => c.name === name)?.load() ?? Promise.resolve(undefined);
 }
 
 /** Every command, in the order --help lists them. */
 export function loadCommands(): Promise<Command[]> {
-  return Promise.all([...commandModules.values()].map((load) => load()));
+  return Promise.all(commandTable.map((c) => c.load()));
 }
 
-async function usage(): Promise<string> {
-  const commands = await loadCommands();
-  const width = Math.max(...commands.map((c) => c.name.length));
+function usage(): string {
+  const width = Math.max(...commandTable.map((c) => c.name.length));
   return `shinkei ${pkg.version}: data-safety toolkit for a Postgres-backed app
 
 Usage: shinkei <command> [options]
 
 Commands:
-${commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n")}
+${commandTable.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n")}
 
 Options:
   -h, --help     show help (also after a command: shinkei backup --help)
@@ -54,7 +89,7 @@ Configuration comes from the environment and .env; see the README for every vari
 export async function run(argv: string[], io: Io = processIo()): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "-h" || name === "--help" || name === "help") {
-    line(io, await usage());
+    line(io, usage());
     return 0;
   }
   if (name === "-v" || name === "--version") {
@@ -62,7 +97,7 @@ export async function run(argv: string[], io: Io = processIo()): Promise<number>
     return 0;
   }
   const command = await loadCommand(name);
-  if (!command) return reportError(io, new ShinkeiError("USAGE", `unknown command "${name}"`), await usage());
+  if (!command) return reportError(io, new ShinkeiError("USAGE", `unknown command "${name}"`), usage());
 
   let ctx: Context;
   let help = commandHelp(command);

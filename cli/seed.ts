@@ -5,7 +5,6 @@ import { refuseProduction } from "../src/guarded/guard.ts";
 
 export const seedCommand: Command = {
   name: "seed",
-  summary: "load the demo data into an empty database (refuses one that has users)",
   description: `Loads demo users (${demoUsers.map((u) => u.email).join(", ")}; passwords in the README),
 their worlds, stories and story beats, in one transaction. Refuses a database that already has
 users, and production unless --allow-production.`,

@@ -33,7 +33,6 @@ function cachedWindow(backupDir: string, trust: ArchiveTrust) {
 
 export const serveCommand: Command = {
   name: "serve",
-  summary: "run the auth server (HOST, PORT; applies migrations unless MIGRATE_ON_START=false)",
   description: `Runs the auth server on HOST:PORT (default 0.0.0.0:8000). Pending migrations are applied
 first unless MIGRATE_ON_START=false. With BACKUP_IN_SERVER=true it also runs the backup
 schedule in-process (see shinkei backup-service). SIGTERM or Ctrl-C finishes in-flight

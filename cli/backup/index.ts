@@ -12,6 +12,5 @@ import { baseForm } from "./base.ts";
 /** `shinkei backup` and its subcommands, one file each (as Litestream keeps cmd/litestream/<verb>.go). */
 export const backupCommand: Command = {
   name: "backup",
-  summary: "take, list, verify and restore backups",
   subcommands: [createForm, listForm, restoreForm, verifyForm, pruneForm, checkForm, drillForm, keygenForm, baseForm],
 };

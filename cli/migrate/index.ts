@@ -6,6 +6,5 @@ import { down } from "./down.ts";
 /** `shinkei migrate`, `migrate status`, `migrate down`, one file each. */
 export const migrateCommand: Command = {
   name: "migrate",
-  summary: "apply pending migrations (creates the database if missing); `status`, `down`",
   subcommands: [up, status, down],
 };

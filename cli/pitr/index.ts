@@ -9,7 +9,6 @@ import { walFetch } from "./wal-fetch.ts";
 /** `shinkei pitr` and its subcommands, one file each. */
 export const pitrCommand: Command = {
   name: "pitr",
-  summary: "point-in-time recovery: restore to a moment, the recoverable window, WAL gaps, receiver lag and slot",
   description: `With BACKUP_MANIFEST_KEY set, only base backups and WAL files whose records this host signed are
 used (window, restore, drills, wal-fetch, status); on a host that encrypts, plain ones only with
 --allow-unencrypted (restore, wal-fetch). sign signs the records of an archive written

@@ -5,6 +5,5 @@ import { watchForm } from "./watch.ts";
 /** `shinkei status` and `status --watch`, one file each. */
 export const statusCommand: Command = {
   name: "status",
-  summary: "show the database's state: row counts, schema version, size",
   subcommands: [show, watchForm],
 };
