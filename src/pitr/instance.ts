@@ -1,5 +1,5 @@
 import { closeSync, constants, existsSync, fstatSync, lstatSync, openSync, readFileSync, readSync } from "node:fs";
-import { chmod, chown, link, mkdir, mkdtemp, readdir, rm, stat, copyFile, writeFile } from "node:fs/promises";
+import { chmod, chown, link, mkdir, mkdtemp, readdir, realpath, rm, stat, copyFile, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -401,28 +401,57 @@ export function selfCommand(): string[] {
 }
 
 /**
+ * Whether any user may run `path` where it lies and no one but root or this process's user may
+ * change what runs: the file readable and runnable by all and writable by no group or other user,
+ * every folder above it searchable by all and writable by no group or other user unless sticky
+ * (/tmp: there no one else may rename or remove what we own), all of them owned by root or us. An
+ * ACL that lets another user write shows in the group bits (its mask).
+ */
+export async function runnableByAll(path: string): Promise<boolean> {
+  const me = process.getuid?.() ?? 0;
+  const ours = (s: { uid: number }) => s.uid === 0 || s.uid === me;
+  try {
+    const real = await realpath(path);
+    const file = await stat(real);
+    if (!ours(file) || (file.mode & 0o005) !== 0o005 || (file.mode & 0o022) !== 0) return false;
+    for (let d = dirname(real); ; d = dirname(d)) {
+      const dir = await stat(d);
+      if (!ours(dir) || (dir.mode & 0o001) === 0 || ((dir.mode & 0o022) !== 0 && (dir.mode & 0o1000) === 0))
+        return false;
+      if (d === dirname(d)) return true;
+    }
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The command restore_command runs, as the server's OS user. That user may not reach this binary
  * where it lies (a root-only folder, a checkout in a private home), so it runs a copy in a folder
  * of the instance's that every user may read (bun reads the folder of the script it runs): the
  * compiled shinkei itself, or, from source, bun and the CLI bundled into one file. Ours, not the
  * server's user's: it cannot change what runs.
  */
-export async function restoreClient(root: string): Promise<string[]> {
-  const [exe, entry] = selfCommand();
+export async function restoreClient(root: string, command = selfCommand()): Promise<string[]> {
+  const [exe, entry] = command;
   const dir = join(root, "client");
   await mkdir(dir, { mode: 0o700 });
   await chmod(dir, 0o755);
-  const files: string[] = [join(dir, "shinkei")];
+  // Where every user already reaches and runs the program and none but root or us can change it
+  // (an install in /usr/local/bin), it runs from there: a copy of the compiled binary (over 100 MB)
+  // is a large part of a small restore.
+  const asIs = await runnableByAll(exe!);
+  const files: string[] = [asIs ? exe! : join(dir, "shinkei")];
   // A hard link when the program is already readable and runnable by everyone (no chmod of ours
-  // may then touch it): instant, where a copy of the compiled binary (over 100 MB) is a large
-  // part of a small restore. Else, or on another filesystem, a copy of our own.
+  // may then touch it): instant. Else, or on another filesystem, a copy of our own.
   const mode = (await stat(exe!)).mode;
   const linked =
-    (mode & 0o005) === 0o005 &&
-    (await link(exe!, files[0]!).then(
-      () => true,
-      () => false,
-    ));
+    asIs ||
+    ((mode & 0o005) === 0o005 &&
+      (await link(exe!, files[0]!).then(
+        () => true,
+        () => false,
+      )));
   if (!linked) await copyFile(exe!, files[0]!);
   if (entry) {
     const built = await Bun.build({ entrypoints: [entry], target: "bun" });
