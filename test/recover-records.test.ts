@@ -3,7 +3,8 @@ import { readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
-import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import postgres from "postgres";
+import { freshDatabase, snapshot, urlFor, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -14,7 +15,7 @@ import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { writeRecovery, type RecoveredRecord } from "../src/recover/record.ts";
 import { mirrorRecovery, recoveryStore } from "../src/recover/stores.ts";
-import type { Sql } from "../src/pg/db.ts";
+import { connect, type Sql } from "../src/pg/db.ts";
 
 /*
  * Recovery records kept off-site and pruned: real PostgreSQL, the real binary, a real S3-protocol
@@ -39,22 +40,46 @@ let age: { BACKUP_AGE_RECIPIENTS: string; BACKUP_AGE_IDENTITY: string };
  * --parallel) create and drop databases on the shared server all the time.
  */
 let server: TestCluster;
+/** One connection to the server's postgres database for the whole file: copying and dropping databases. */
+let admin: postgres.Sql;
+/*
+ * The database every test starts from (migrated; alice's and bob's rows), made once: each test gets
+ * a copy of it (CREATE DATABASE ... TEMPLATE: the same rows, ids and all).
+ */
+let template: string;
 
 beforeAll(async () => {
   server = await startCluster();
   s3 = await TestS3.start();
   const key = join(await tempDir("records-key"), "age.key");
   age = { BACKUP_AGE_RECIPIENTS: await writeIdentity(key), BACKUP_AGE_IDENTITY: key };
+  admin = postgres(server.url(), { max: 1, onnotice: () => {} });
+  const start = await freshDatabase("records_start", server.url());
+  await migrate(start.sql);
+  await writer(start.sql, "alice@example.com");
+  await writer(start.sql, "bob@example.com");
+  await start.sql.end();
+  template = start.name;
 });
 afterAll(async () => {
   await s3.stop();
+  await admin.end();
   await server.stop();
 });
 beforeEach(async () => {
-  db = await freshDatabase("records", server.url());
-  await migrate(db.sql);
-  await writer(db.sql, "alice@example.com");
-  await writer(db.sql, "bob@example.com");
+  const name = `shinkei_test_records_${crypto.randomUUID().slice(0, 8)}`;
+  await admin`create database ${admin(name)} template ${admin(template)}`;
+  const url = urlFor(name, server.url());
+  const sql = connect(url, { max: 4 });
+  db = {
+    name,
+    url,
+    sql,
+    async drop() {
+      await sql.end({ timeout: 1 });
+      await admin`drop database if exists ${admin(name)} with (force)`;
+    },
+  };
   dir = await tempDir("records");
   prefix = `run-${crypto.randomUUID().slice(0, 6)}/`;
   env = {

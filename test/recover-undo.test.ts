@@ -1,13 +1,15 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { copyFile, readFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { tmpdir } from "node:os";
-import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import postgres from "postgres";
+import { freshDatabase, snapshot, urlFor, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { Terminal } from "./support/pty.ts";
 import { migrate } from "../src/migrations/migrate.ts";
+import { connect } from "../src/pg/db.ts";
 import {
   ageKeys,
   aliceBeat,
@@ -36,18 +38,60 @@ let env: Record<string, string>;
  */
 let server: TestCluster;
 let serverUrl: string;
+/** One connection to the server's postgres database for the whole file: copying and dropping databases. */
+let admin: postgres.Sql;
+/*
+ * The database every test starts from (migrated; alice's and bob's rows), made once: each test gets
+ * a copy of it (CREATE DATABASE ... TEMPLATE: the same rows, ids and all), and the tests that start
+ * with a backup of that state get a copy of one backup taken of it once, not a backup of their own.
+ */
+let template: string;
+let startBackup: string;
+
+/** A new database on the file's server, a copy of the starting one. */
+async function copyOfTheStart(label: string): Promise<TestDatabase> {
+  const name = `shinkei_test_${label}_${crypto.randomUUID().slice(0, 8)}`;
+  await admin`create database ${admin(name)} template ${admin(template)}`;
+  const url = urlFor(name, serverUrl);
+  const sql = connect(url, { max: 4 });
+  return {
+    name,
+    url,
+    sql,
+    async drop() {
+      await sql.end({ timeout: 1 });
+      await admin`drop database if exists ${admin(name)} with (force)`;
+    },
+  };
+}
+
+/** The backup of the starting state, copied (with its manifest) into this test's BACKUP_DIR: its path there. */
+async function backupOfTheStart(): Promise<string> {
+  const path = join(env.BACKUP_DIR!, basename(startBackup));
+  await copyFile(startBackup, path);
+  await copyFile(`${startBackup}.manifest.json`, `${path}.manifest.json`);
+  return path;
+}
 
 beforeAll(async () => {
   server = await startCluster();
   serverUrl = server.url();
+  admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  const start = await freshDatabase("recover_start", serverUrl);
+  await migrate(start.sql);
+  await writer(start.sql, "alice@example.com");
+  await writer(start.sql, "bob@example.com");
+  await start.sql.end();
+  template = start.name;
+  startBackup = await takeBackup({ DATABASE_URL: start.url, BACKUP_DIR: await tempDir("recover-start") });
 });
-afterAll(() => server.stop());
+afterAll(async () => {
+  await admin.end();
+  await server.stop();
+});
 
 beforeEach(async () => {
-  db = await freshDatabase("recover", serverUrl);
-  await migrate(db.sql);
-  await writer(db.sql, "alice@example.com");
-  await writer(db.sql, "bob@example.com");
+  db = await copyOfTheStart("recover");
   env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("recover") };
 });
 afterEach(() => db.drop());
@@ -56,7 +100,7 @@ describe("undo a recovery", () => {
   test("recover and undo while bob writes: bob's rows untouched, alice as before each; 2nd undo refused", async () => {
     const original = await digest(db.sql, "alice@example.com");
     const edited = await aliceBeat(db.sql, "story 1", 1);
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
     await db.sql`update story_beats set content = 'edited after the backup' where id = ${edited!.id}`;
     const lost = await digest(db.sql, "alice@example.com");
@@ -114,7 +158,7 @@ describe("undo a recovery", () => {
   });
 
   test("the undo asks for the same confirmation in a terminal; a wrong one changes nothing", async () => {
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
@@ -138,7 +182,7 @@ describe("undo a recovery", () => {
   });
 
   test("undo after the recovered rows were edited stops, naming each such row; nothing is undone", async () => {
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r).toSucceed();
@@ -204,9 +248,8 @@ describe("undo a recovery", () => {
     await refused(keyed, "does not match its record's SHA-256");
     await Bun.write(undoPath, undoBytes);
     // A record of another database.
-    const other = await freshDatabase("recover_other", serverUrl);
+    const other = await copyOfTheStart("recover_other");
     try {
-      await migrate(other.sql);
       await refused(
         { ...keyed, DATABASE_URL: other.url },
         `records a recovery of database ${db.name}, not of ${other.name}`,
@@ -227,7 +270,7 @@ describe("undo a recovery", () => {
 
   test("--restore-account undone: the recovered account goes, the new one is back; --full-safety-backup", async () => {
     const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
-    await takeBackup(env);
+    await backupOfTheStart();
     for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
       await deleteWorld(db.sql, "alice@example.com", w);
     await db.sql`delete from users where id = ${old!.id}`;
@@ -265,7 +308,7 @@ describe("undo a recovery", () => {
 
   test("SIGKILL during the undo, or after the safety copy, before the recovery commits: all or nothing", async () => {
     const alice = await digest(db.sql, "alice@example.com");
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const lost = await snapshot(db.sql);
     const holder = await db.sql.reserve();

@@ -1,9 +1,9 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { copyFile, readdir, readFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { tmpdir } from "node:os";
 import postgres from "postgres";
-import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, snapshot, urlFor, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -12,7 +12,7 @@ import { slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { withAdvisoryLock } from "../src/pg/db.ts";
+import { connect, withAdvisoryLock } from "../src/pg/db.ts";
 import { RECOVER_PREFIX } from "../src/recover/source.ts";
 import { until } from "./support/wait.ts";
 import { ageKeys, aliceBeat, deleteWorld, digest, recordOf, writer } from "./support/recover.ts";
@@ -28,29 +28,60 @@ let env: Record<string, string>;
  */
 let server: TestCluster;
 let serverUrl: string;
+/** One connection to the server's postgres database for the whole file: counting, copying and dropping databases. */
+let admin: postgres.Sql;
+/*
+ * The database every test starts from (migrated; alice's and bob's rows), made once: each test gets
+ * a copy of it (CREATE DATABASE ... TEMPLATE: the same rows, ids and all), and the tests that start
+ * with a backup of that state get a copy of one backup taken of it once, not a backup of their own.
+ */
+let template: string;
+let startBackup: string;
 
-const scratchDatabases = async () => {
-  const a = postgres(serverUrl, { max: 1 });
-  try {
-    return (await a`select datname from pg_database where datname like 'shinkei\\_recover\\_%'`).map(
-      (r) => r.datname as string,
-    );
-  } finally {
-    await a.end();
-  }
-};
+const scratchDatabases = async () =>
+  (await admin`select datname from pg_database where datname like 'shinkei\\_recover\\_%'`).map(
+    (r) => r.datname as string,
+  );
+
+/** The backup of the starting state, copied (with its manifest) into this test's BACKUP_DIR: its path there. */
+async function backupOfTheStart(): Promise<string> {
+  const path = join(env.BACKUP_DIR!, basename(startBackup));
+  await copyFile(startBackup, path);
+  await copyFile(`${startBackup}.manifest.json`, `${path}.manifest.json`);
+  return path;
+}
 
 beforeAll(async () => {
   server = await startCluster();
   serverUrl = server.url();
+  admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  const start = await freshDatabase("recover_start", serverUrl);
+  await migrate(start.sql);
+  await writer(start.sql, "alice@example.com");
+  await writer(start.sql, "bob@example.com");
+  await start.sql.end();
+  template = start.name;
+  startBackup = await takeBackup({ DATABASE_URL: start.url, BACKUP_DIR: await tempDir("recover-start") });
 });
-afterAll(() => server.stop());
+afterAll(async () => {
+  await admin.end();
+  await server.stop();
+});
 
 beforeEach(async () => {
-  db = await freshDatabase("recover", serverUrl);
-  await migrate(db.sql);
-  await writer(db.sql, "alice@example.com");
-  await writer(db.sql, "bob@example.com");
+  const name = `shinkei_test_recover_${crypto.randomUUID().slice(0, 8)}`;
+  await admin`create database ${admin(name)} template ${admin(template)}`;
+  const url = urlFor(name, serverUrl);
+  const sql = connect(url, { max: 4 });
+  db = {
+    name,
+    url,
+    sql,
+    async drop() {
+      await sql.end({ timeout: 1 });
+      await admin`drop database if exists ${admin(name)} with (force)`;
+    },
+  };
   env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("recover") };
 });
 afterEach(() => db.drop());
@@ -58,7 +89,7 @@ afterEach(() => db.drop());
 describe("recover one user's rows", () => {
   test("alice's deleted world comes back exactly; bob's writes since the backup stay; a record is kept", async () => {
     const alice = await digest(db.sql, "alice@example.com");
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     // Bob keeps writing after the backup: a new world, a new beat, an edit.
     const [bobWorld] = await db.sql`insert into worlds (owner_id, name) select id, 'bob later' from users
@@ -123,7 +154,7 @@ describe("recover one user's rows", () => {
 
   test("--revert-changed puts an edited beat back, the default keeps it; rows created since always stay", async () => {
     const original = await aliceBeat(db.sql, "story 1", 1);
-    await takeBackup(env);
+    await backupOfTheStart();
     await db.sql`update story_beats set content = 'edited after the backup' where id = ${original!.id}`;
     await db.sql`delete from story_beats where id = ${(await aliceBeat(db.sql, "story 1", 2))!.id}`;
     const [created] = await db.sql`insert into story_beats (story_id, position, content)
@@ -155,7 +186,7 @@ describe("recover one user's rows", () => {
   });
 
   test("positions taken since the backup stop the recovery, naming every such row; nothing is applied", async () => {
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
     const gone = [await aliceBeat(db.sql, "story 1", 2), await aliceBeat(db.sql, "story 2", 0)];
     for (const b of gone) {
@@ -176,7 +207,7 @@ describe("recover one user's rows", () => {
   });
 
   test("a wrong confirmation changes nothing", async () => {
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const before = await snapshot(db.sql);
     const t = await Terminal.start(["recover", "--user", "alice@example.com"], { ...env, NO_COLOR: "1" });
@@ -196,7 +227,7 @@ describe("recover one user's rows", () => {
   });
 
   test("an unknown email, a bad id, or --at: clear errors, nothing changed", async () => {
-    await takeBackup(env);
+    await backupOfTheStart();
     const before = await snapshot(db.sql);
     const r = await shinkei(["recover", "--user", "nobody@example.com", "--yes", "--confirm-database", db.name], env);
     expect(r.code).toBe(1);
@@ -282,7 +313,7 @@ describe("recover one user's rows", () => {
   test("--restore-account brings the old account back, only while the new one owns nothing", async () => {
     const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
     const alice = await digest(db.sql, "alice@example.com");
-    await takeBackup(env);
+    await backupOfTheStart();
     for (const w of ["alice@example.com world 1", "alice@example.com world 2"])
       await deleteWorld(db.sql, "alice@example.com", w);
     await db.sql`delete from users where id = ${old!.id}`;
@@ -314,7 +345,7 @@ describe("recover one user's rows", () => {
 
   test("SIGKILL during the apply changes nothing; the next run leaves no scratch database and recovers", async () => {
     const alice = await digest(db.sql, "alice@example.com");
-    await takeBackup(env);
+    await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const before = await snapshot(db.sql);
     // A gate in the database: the first insert into story_beats (the rolled-back trial) passes, the
@@ -427,7 +458,7 @@ describe("recover one user's rows", () => {
   });
 
   test("a second recover on one server: LOCKED (75) without --wait; with --wait it queues, then runs", async () => {
-    await takeBackup(env);
+    await backupOfTheStart();
     const lock = postgres(serverUrl, { max: 1, onnotice: () => {} });
     try {
       // Another recover holding the server's scratch lock (a test stands in for it: it never lets go by itself).
@@ -465,7 +496,7 @@ describe("recover one user's rows", () => {
   });
 
   test("SIGTERM at any moment of the load drops the scratch database and changes nothing", async () => {
-    await slowToLoad(await takeBackup(env), 10);
+    await slowToLoad(await backupOfTheStart(), 10);
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const before = await snapshot(db.sql);
     // From the moment the scratch database exists: connecting, BEGIN, the statements before the sleep.
