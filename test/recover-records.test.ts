@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import postgres from "postgres";
-import { freshDatabase, snapshot, urlFor, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -15,7 +15,7 @@ import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { writeRecovery, type RecoveredRecord } from "../src/recover/record.ts";
 import { mirrorRecovery, recoveryStore } from "../src/recover/stores.ts";
-import { connect, type Sql } from "../src/pg/db.ts";
+import { type Sql } from "../src/pg/db.ts";
 
 /*
  * Recovery records kept off-site and pruned: real PostgreSQL, the real binary, a real S3-protocol
@@ -67,19 +67,7 @@ afterAll(async () => {
   await server.stop();
 });
 beforeEach(async () => {
-  const name = `shinkei_test_records_${crypto.randomUUID().slice(0, 8)}`;
-  await admin`create database ${admin(name)} template ${admin(template)}`;
-  const url = urlFor(name, server.url());
-  const sql = connect(url, { max: 4 });
-  db = {
-    name,
-    url,
-    sql,
-    async drop() {
-      await sql.end({ timeout: 1 });
-      await admin`drop database if exists ${admin(name)} with (force)`;
-    },
-  };
+  db = await freshDatabase("records", server.url(), template);
   dir = await tempDir("records");
   prefix = `run-${crypto.randomUUID().slice(0, 6)}/`;
   env = {

@@ -1,15 +1,15 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { copyFile, readFile } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { tmpdir } from "node:os";
 import postgres from "postgres";
-import { freshDatabase, snapshot, urlFor, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
+import { copyBackup } from "./support/backup.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { Terminal } from "./support/pty.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { connect } from "../src/pg/db.ts";
 import {
   ageKeys,
   aliceBeat,
@@ -48,30 +48,8 @@ let admin: postgres.Sql;
 let template: string;
 let startBackup: string;
 
-/** A new database on the file's server, a copy of the starting one. */
-async function copyOfTheStart(label: string): Promise<TestDatabase> {
-  const name = `shinkei_test_${label}_${crypto.randomUUID().slice(0, 8)}`;
-  await admin`create database ${admin(name)} template ${admin(template)}`;
-  const url = urlFor(name, serverUrl);
-  const sql = connect(url, { max: 4 });
-  return {
-    name,
-    url,
-    sql,
-    async drop() {
-      await sql.end({ timeout: 1 });
-      await admin`drop database if exists ${admin(name)} with (force)`;
-    },
-  };
-}
-
-/** The backup of the starting state, copied (with its manifest) into this test's BACKUP_DIR: its path there. */
-async function backupOfTheStart(): Promise<string> {
-  const path = join(env.BACKUP_DIR!, basename(startBackup));
-  await copyFile(startBackup, path);
-  await copyFile(`${startBackup}.manifest.json`, `${path}.manifest.json`);
-  return path;
-}
+/** The backup of the starting state, copied into this test's BACKUP_DIR: its path there. */
+const backupOfTheStart = () => copyBackup(startBackup, env.BACKUP_DIR!);
 
 beforeAll(async () => {
   server = await startCluster();
@@ -91,7 +69,7 @@ afterAll(async () => {
 });
 
 beforeEach(async () => {
-  db = await copyOfTheStart("recover");
+  db = await freshDatabase("recover", serverUrl, template);
   env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("recover") };
 });
 afterEach(() => db.drop());
@@ -248,7 +226,7 @@ describe("undo a recovery", () => {
     await refused(keyed, "does not match its record's SHA-256");
     await Bun.write(undoPath, undoBytes);
     // A record of another database.
-    const other = await copyOfTheStart("recover_other");
+    const other = await freshDatabase("recover_other", serverUrl, template);
     try {
       await refused(
         { ...keyed, DATABASE_URL: other.url },

@@ -1,18 +1,18 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { copyFile, readdir, readFile } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { tmpdir } from "node:os";
 import postgres from "postgres";
-import { freshDatabase, snapshot, urlFor, type TestDatabase } from "./support/db.ts";
+import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
-import { slowToLoad } from "./support/backup.ts";
+import { copyBackup, slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { connect, withAdvisoryLock } from "../src/pg/db.ts";
+import { withAdvisoryLock } from "../src/pg/db.ts";
 import { RECOVER_PREFIX } from "../src/recover/source.ts";
 import { until } from "./support/wait.ts";
 import { ageKeys, aliceBeat, deleteWorld, digest, recordOf, writer } from "./support/recover.ts";
@@ -43,13 +43,8 @@ const scratchDatabases = async () =>
     (r) => r.datname as string,
   );
 
-/** The backup of the starting state, copied (with its manifest) into this test's BACKUP_DIR: its path there. */
-async function backupOfTheStart(): Promise<string> {
-  const path = join(env.BACKUP_DIR!, basename(startBackup));
-  await copyFile(startBackup, path);
-  await copyFile(`${startBackup}.manifest.json`, `${path}.manifest.json`);
-  return path;
-}
+/** The backup of the starting state, copied into this test's BACKUP_DIR: its path there. */
+const backupOfTheStart = () => copyBackup(startBackup, env.BACKUP_DIR!);
 
 beforeAll(async () => {
   server = await startCluster();
@@ -69,19 +64,7 @@ afterAll(async () => {
 });
 
 beforeEach(async () => {
-  const name = `shinkei_test_recover_${crypto.randomUUID().slice(0, 8)}`;
-  await admin`create database ${admin(name)} template ${admin(template)}`;
-  const url = urlFor(name, serverUrl);
-  const sql = connect(url, { max: 4 });
-  db = {
-    name,
-    url,
-    sql,
-    async drop() {
-      await sql.end({ timeout: 1 });
-      await admin`drop database if exists ${admin(name)} with (force)`;
-    },
-  };
+  db = await freshDatabase("recover", serverUrl, template);
   env = { DATABASE_URL: db.url, BACKUP_DIR: await tempDir("recover") };
 });
 afterEach(() => db.drop());

@@ -1,3 +1,5 @@
+import { copyFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { freshDatabase, type TestDatabase } from "./db.ts";
 import { seedSample, tempDir } from "./fixtures.ts";
 import { migrate } from "../../src/migrations/migrate.ts";
@@ -50,4 +52,12 @@ export async function slowToLoad(path: string, seconds: number): Promise<void> {
   manifest.sizeBytes = slowed.length;
   manifest.sha256 = new Bun.CryptoHasher("sha256").update(slowed).digest("hex");
   await Bun.write(`${path}.manifest.json`, JSON.stringify(manifest, null, 2));
+}
+
+/** A backup and its manifest copied into `dir` (a test's own BACKUP_DIR): its path there. */
+export async function copyBackup(path: string, dir: string): Promise<string> {
+  const copy = join(dir, basename(path));
+  await copyFile(path, copy);
+  await copyFile(`${path}.manifest.json`, `${copy}.manifest.json`);
+  return copy;
 }

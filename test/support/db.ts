@@ -19,12 +19,14 @@ function admin(server = serverUrl) {
 /**
  * A new, empty database of this test file's own; `drop()` removes it and anything connected to it.
  * `server`: another server than the shared one (a test cluster), for a file that checks what is on the whole server.
+ * `template`: a copy of that database (one a file migrated and filled once), instead of an empty one.
  */
-export async function freshDatabase(label = "t", server = serverUrl): Promise<TestDatabase> {
+export async function freshDatabase(label = "t", server = serverUrl, template?: string): Promise<TestDatabase> {
   const name = `shinkei_test_${label}_${crypto.randomUUID().slice(0, 8)}`.toLowerCase().replace(/[^a-z0-9_]/g, "_");
   const a = admin(server);
   try {
-    await a`create database ${a(name)}`;
+    if (template) await a`create database ${a(name)} template ${a(template)}`;
+    else await a`create database ${a(name)}`;
   } finally {
     await a.end();
   }
