@@ -9,7 +9,6 @@ import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { copyBackup } from "./support/backup.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { Terminal } from "./support/pty.ts";
-import { migrate } from "../src/migrations/migrate.ts";
 import {
   ageKeys,
   aliceBeat,
@@ -18,7 +17,7 @@ import {
   digest,
   keepWriting,
   recordOf,
-  writer,
+  startingState,
 } from "./support/recover.ts";
 
 /*
@@ -55,13 +54,7 @@ beforeAll(async () => {
   server = await startCluster();
   serverUrl = server.url();
   admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  const start = await freshDatabase("recover_start", serverUrl);
-  await migrate(start.sql);
-  await writer(start.sql, "alice@example.com");
-  await writer(start.sql, "bob@example.com");
-  await start.sql.end();
-  template = start.name;
-  startBackup = await takeBackup({ DATABASE_URL: start.url, BACKUP_DIR: await tempDir("recover-start") });
+  ({ template, backup: startBackup } = await startingState(serverUrl));
 });
 afterAll(async () => {
   await admin.end();

@@ -11,11 +11,10 @@ import { TestS3 } from "./support/s3.ts";
 import { copyBackup, slowToLoad } from "./support/backup.ts";
 import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
-import { migrate } from "../src/migrations/migrate.ts";
 import { withAdvisoryLock } from "../src/pg/db.ts";
 import { RECOVER_PREFIX } from "../src/recover/source.ts";
 import { until } from "./support/wait.ts";
-import { ageKeys, aliceBeat, deleteWorld, digest, recordOf, writer } from "./support/recover.ts";
+import { ageKeys, aliceBeat, deleteWorld, digest, recordOf, startingState } from "./support/recover.ts";
 
 // Real databases, backups and processes: 5 s is too tight on a busy 2-core machine.
 setDefaultTimeout(90_000);
@@ -50,13 +49,7 @@ beforeAll(async () => {
   server = await startCluster();
   serverUrl = server.url();
   admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  const start = await freshDatabase("recover_start", serverUrl);
-  await migrate(start.sql);
-  await writer(start.sql, "alice@example.com");
-  await writer(start.sql, "bob@example.com");
-  await start.sql.end();
-  template = start.name;
-  startBackup = await takeBackup({ DATABASE_URL: start.url, BACKUP_DIR: await tempDir("recover-start") });
+  ({ template, backup: startBackup } = await startingState(serverUrl));
 });
 afterAll(async () => {
   await admin.end();

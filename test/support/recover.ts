@@ -2,6 +2,9 @@ import { join } from "node:path";
 import type { Sql } from "../../src/pg/db.ts";
 import { writeIdentity } from "../../src/storage/crypt.ts";
 import { tempDir } from "./fixtures.ts";
+import { takeBackup } from "./cli.ts";
+import { freshDatabase } from "./db.ts";
+import { migrate } from "../../src/migrations/migrate.ts";
 
 /** What the recover tests (recover.test.ts, recover-undo.test.ts) write, delete and compare. */
 
@@ -87,3 +90,17 @@ export const aliceBeat = async (sql: Sql, story: string, position: number) =>
     join users u on u.id = w.owner_id where u.email = 'alice@example.com' and w.name = 'alice@example.com world 1'
       and s.title = ${story} and b.position = ${position}`
   )[0];
+
+/**
+ * A file's starting state on `server`: a database holding alice's and bob's rows, whose name is the
+ * template each test copies (freshDatabase), and a backup of it.
+ */
+export async function startingState(server: string): Promise<{ template: string; backup: string }> {
+  const start = await freshDatabase("recover_start", server);
+  await migrate(start.sql);
+  await writer(start.sql, "alice@example.com");
+  await writer(start.sql, "bob@example.com");
+  await start.sql.end();
+  const backup = await takeBackup({ DATABASE_URL: start.url, BACKUP_DIR: await tempDir("recover-start") });
+  return { template: start.name, backup };
+}
