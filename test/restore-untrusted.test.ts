@@ -37,11 +37,16 @@ const restore = (args: string[], extra: Record<string, string> = {}) =>
 
 const dump = (file: string) => stockDump(db.url, file, ["--no-owner"]);
 
-/** A stock plain dump of the database with `tail` appended: a real file, with a planted ending. */
+/**
+ * A stock plain dump of the seeded database, taken once in beforeAll: the files below that append
+ * an ending the judge refuses never send any of it, so a pg_dump per test would only cost CPU.
+ */
+let seededDump: string;
+
+/** A stock plain dump of the seeded database with `tail` appended: a real file, with a planted ending. */
 async function plantedDump(name: string, tail: string): Promise<string> {
   const file = join(dir, name);
-  await dump(file);
-  await writeFile(file, (await readFile(file, "utf8")) + tail);
+  await writeFile(file, seededDump + tail);
   return file;
 }
 
@@ -60,6 +65,9 @@ beforeAll(async () => {
   db = await freshDatabase("untrusted", serverUrl);
   await migrate(db.sql);
   await seedSample(db.sql, "u");
+  const file = join(await tempDir("untrusted-seeded"), "seeded.sql");
+  await dump(file);
+  seededDump = await readFile(file, "utf8");
 });
 beforeEach(async () => {
   ({ dir, env } = await backupFolder(db, "untrusted"));
@@ -457,6 +465,9 @@ describe("the file's code never runs with a superuser's rights", () => {
     // Where the server's OS user could write, were the file's code to reach it: a mark proves nothing otherwise.
     markDir = await tempDir("untrusted_mark");
     await chmod(markDir, 0o777);
+    const file = join(home, "seeded.sql");
+    await stockDump(app.url, file);
+    seededApp = await readFile(file, "utf8");
   });
   afterAll(async () => {
     await app.drop();
@@ -465,11 +476,16 @@ describe("the file's code never runs with a superuser's rights", () => {
     await a.end();
   });
 
+  /**
+   * A stock dump of the app's database as seeded, taken once in beforeAll: each test that crafts a
+   * file finds the same rows and definitions there (a file that fails is rolled back; one that
+   * restores brings back this dump's content), so a pg_dump per file would only cost CPU.
+   */
+  let seededApp: string;
   /** A stock dump of the app's database with `tail` appended. */
   async function craft(name: string, tail: string): Promise<string> {
     const file = join(home, name);
-    await stockDump(app.url, file);
-    await writeFile(file, (await readFile(file, "utf8")) + tail);
+    await writeFile(file, seededApp + tail);
     return file;
   }
 
@@ -743,7 +759,11 @@ INSERT INTO public.t VALUES (1);
     // CASCADE makes with it (cube, for earthdistance: not trusted, so as a superuser, on a superuser's database).
     expect(await restoreApp(await craft("extension.sql", create))).toSucceed();
     const cascade = "CREATE EXTENSION IF NOT EXISTS earthdistance WITH SCHEMA public CASCADE;\n";
-    expect(await restore(["--backup-file", await plantedDump("cascade.sql", cascade), ...confirm()])).toSucceed();
+    // This file restores: a dump of the database as it is now, not the seeded one.
+    const cascadeFile = join(dir, "cascade.sql");
+    await dump(cascadeFile);
+    await writeFile(cascadeFile, (await readFile(cascadeFile, "utf8")) + cascade);
+    expect(await restore(["--backup-file", cascadeFile, ...confirm()])).toSucceed();
     const [cube] = await db.sql`select count(*)::int as n from pg_extension where extname in ('cube', 'earthdistance')`;
     expect(cube!.n).toBe(2);
     const [row] = await app.sql`select count(*)::int as n from pg_proc where proname = 'levenshtein'`;
