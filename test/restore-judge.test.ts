@@ -100,6 +100,8 @@ beforeAll(async () => {
   } finally {
     await sql.end();
   }
+  plainFile = await plainDump("plain.sql");
+  plainText = await readFile(plainFile, "utf8");
 });
 
 afterAll(async () => {
@@ -117,6 +119,14 @@ async function plainDump(name: string, args: string[] = []): Promise<string> {
   return file;
 }
 
+/**
+ * A stock plain dump of the database as beforeAll leaves it, taken once: no test changes the
+ * database (each checks that a refused or failed file changed nothing), so the tests that plant
+ * code in a dump, and the differential corpus, read this one instead of running pg_dump again.
+ */
+let plainFile: string;
+let plainText: string;
+
 describe("the review's reproductions (issue 23)", () => {
   test("a COPY line whose -- comment ends at a bare CR hides nothing: refused as the app role, none ran", async () => {
     const mark = join(dir, "copy-cr-mark");
@@ -128,7 +138,7 @@ describe("the review's reproductions (issue 23)", () => {
       `UPDATE public.users SET password_hash = 'planted'`,
       "SELECT 1\n;\n1\n\\.\n",
     ].join("; ");
-    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const base = plainText;
     for (const tail of ["SELECT 1/0;\n", ""]) {
       const file = join(dir, "copy-cr.sql");
       await writeFile(file, base + hidden + tail + CLOSING);
@@ -188,7 +198,7 @@ describe("the review's reproductions (issue 23)", () => {
     const file = join(dir, "scs.sql");
     await writeFile(
       file,
-      (await readFile(await plainDump("base.sql"), "utf8")) +
+      plainText +
         // Read with the setting on, `'x\' --' );...` is a string, then a comment to the end of the line;
         // read with it off, the string is `x' --`, and three statements follow the COPY.
         ("SET standard_conforming_strings = off;\nCOPY public.worlds FROM stdin WITH (NULL 'x\\' --' ); " +
@@ -204,7 +214,7 @@ describe("the review's reproductions (issue 23)", () => {
 
   test("the commit guard cannot be replaced from the file", async () => {
     // One dump for every variant: each is refused, and the fingerprint shows the database unchanged.
-    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const base = plainText;
     for (const planted of [
       // the review's: a DO block, then a hidden COMMIT
       "DO $d$ BEGIN EXECUTE 'CREATE OR REPLACE FUNCTION pg_temp.' || (SELECT proname FROM pg_proc WHERE " +
@@ -231,7 +241,7 @@ describe("the review's reproductions (issue 23)", () => {
     // No statement names the guard: a trigger the file defines finds it in the catalog when the
     // COPY fires it. The check before COMMIT sees the guard's body changed, and rolls back.
     const file = join(dir, "runtime.sql");
-    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const base = plainText;
     const sneaky = `CREATE FUNCTION public.sneak() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE g text;
 BEGIN
@@ -263,7 +273,7 @@ COPY public.bait (x) FROM stdin;
 
   test("a deferrable trigger the file defines is refused: it would run at COMMIT, after the checks", async () => {
     const file = join(dir, "deferred.sql");
-    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const base = plainText;
     const late = `CREATE FUNCTION public.late() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
   EXECUTE 'CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql AS ''SELECT 1''';
@@ -286,7 +296,7 @@ COPY public.z (x) FROM stdin;
 
   test("a row-security policy of the file cannot run code inside the check: the count reads with it off", async () => {
     const file = join(dir, "policy.sql");
-    const base = await readFile(await plainDump("base.sql"), "utf8");
+    const base = plainText;
     const peek = `CREATE FUNCTION public.peek(x int) RETURNS boolean LANGUAGE plpgsql AS $f$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proname = 'planted') THEN
@@ -561,7 +571,7 @@ describe("differential: our splitter and PostgreSQL's grammar", () => {
     const good = await fingerprint();
     const num = (await db.sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`)[0]!.num;
     const corpus = {
-      plain: await plainDump("plain.sql"),
+      plain: plainFile,
       inserts: await plainDump("inserts.sql", ["--inserts"]),
       privileges: await plainDump("owners.sql", ["--no-privileges"]),
     };
