@@ -67,6 +67,9 @@ describe("backup and restore", () => {
     expect(await snapshot(db.sql)).toEqual(before);
     const [stray] = await db.sql`select to_regclass('public.stray') as t`;
     expect(stray!.t).toBeNull();
+    // The public schema as initdb makes it, comment included: a dump taken now matches the one restored.
+    const [schema] = await db.sql`select obj_description('public'::regnamespace, 'pg_namespace') as comment`;
+    expect(schema!.comment).toBe("standard public schema");
     // The pre-restore safety backup holds the state we replaced.
     const list = await listJson();
     const safety = list.find((b: { reason: string }) => b.reason === "pre-restore");

@@ -301,5 +301,7 @@ export function recreatePublicSchema(serverVersionNum: number): string {
     serverVersionNum >= 150000
       ? "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\nGRANT USAGE ON SCHEMA public TO PUBLIC;"
       : "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;";
-  return `DROP SCHEMA IF EXISTS public CASCADE;\n${create}\n`;
+  // With initdb's comment: pg_dump leaves it out as the default, so a file rarely sets it, and a
+  // public schema without it dumps as COMMENT ON SCHEMA public IS '' (a restore that changed it).
+  return `DROP SCHEMA IF EXISTS public CASCADE;\n${create}\nCOMMENT ON SCHEMA public IS 'standard public schema';\n`;
 }
