@@ -96,14 +96,18 @@ afterAll(async () => {
   await rm(markDir, { recursive: true, force: true });
 });
 
+/** Where the planted bases' `recovery_end_command` would leave its mark, were it ever run. */
+const plantedMark = () => join(markDir, "planted");
+
 /**
- * The real base backup, decrypted and unpacked once for the file (made on first use): each planted
- * base starts from a copy of it. The files in it are never changed.
+ * The planted base backup's bytes: the real one, decrypted, with `recovery_end_command` appended to
+ * its postgresql.auto.conf, packed plain (tar+gzip). Made once for the file, on first use: each
+ * planted base is a copy of it, under a name and with a manifest of its own.
  */
-let legitData: Promise<string> | undefined;
-function unpackedLegit(): Promise<string> {
-  return (legitData ??= (async () => {
-    const work = await tempDir("pitr-trust-legit");
+let plantedTar: Promise<string> | undefined;
+function plantedBaseTar(): Promise<string> {
+  return (plantedTar ??= (async () => {
+    const work = await tempDir("pitr-trust-plant");
     const plainTar = join(work, "base.tar");
     await pipeline(
       await unsealFrom(join(baseDir(dir), legit.file), {
@@ -113,52 +117,48 @@ function unpackedLegit(): Promise<string> {
       }),
       createWriteStream(plainTar),
     );
-    await mkdir(join(work, "data"));
-    expect(Bun.spawnSync(["tar", "-x", "-f", plainTar, "-C", join(work, "data")]).exitCode).toBe(0);
+    const data = join(work, "data");
+    await mkdir(data);
+    expect(Bun.spawnSync(["tar", "-x", "-f", plainTar, "-C", data]).exitCode).toBe(0);
+    const auto = join(data, "postgresql.auto.conf");
+    await writeFile(auto, `${await readFile(auto, "utf8")}\nrecovery_end_command = 'id > ${plantedMark()}'\n`);
+    await chmod(data, 0o700); // as a data directory must be
+    const planted = join(work, "planted.tar.gz");
+    // gzip's fastest level: what is planted is a tar+gzip file whatever its size; level 6 costs twice the CPU.
+    expect(Bun.spawnSync(["tar", "-c", "-I", "gzip -1", "-f", planted, "-C", data, "."]).exitCode).toBe(0);
     await rm(plainTar);
-    return join(work, "data");
+    await rm(data, { recursive: true });
+    return planted;
   })());
 }
 
 /**
- * The planted base backup of the review: the real one, decrypted, with `recovery_end_command`
- * appended to its postgresql.auto.conf, plain, under a newer name, with a manifest that matches its
- * bytes (signed with the key only when `signed`). Returns its name.
+ * The planted base backup of the review (see plantedBaseTar) under a newer name, with a manifest
+ * that matches its bytes (signed with the key only when `signed`). Returns its name.
  */
-async function plantBase(mark: string, signed: boolean): Promise<string> {
-  const work = await tempDir("pitr-trust-plant");
-  try {
-    const data = join(work, "data");
-    expect(Bun.spawnSync(["cp", "-a", await unpackedLegit(), data]).exitCode).toBe(0);
-    const auto = join(data, "postgresql.auto.conf");
-    await writeFile(auto, `${await readFile(auto, "utf8")}\nrecovery_end_command = 'id > ${mark}'\n`);
-    await chmod(data, 0o700); // as a data directory must be
-    const name = `shinkei_base_29990101_00000${signed ? 1 : 0}.tar.gz`;
-    const target = join(baseDir(dir), name);
-    // gzip's fastest level: a plant is a tar+gzip file whatever its size, and level 6 costs twice the CPU.
-    expect(Bun.spawnSync(["tar", "-c", "-I", "gzip -1", "-f", target, "-C", data, "."]).exitCode).toBe(0);
-    const bytes = await Bun.file(target).bytes();
-    // Planted as gzip, as an older shinkei wrote them; the copied backup_manifest keeps its own codec.
-    const backupManifestFile = name.replace(
-      /\.tar\.gz$/,
-      `.backup_manifest.${legit.backupManifestFile.endsWith(".zst") ? "zst" : "gz"}`,
-    );
-    await copyFile(join(baseDir(dir), legit.backupManifestFile), join(baseDir(dir), backupManifestFile));
-    const { signature: _, encryption: __, ...rest } = legit;
-    const m: BaseManifest = {
-      ...rest,
-      file: name,
-      backupManifestFile,
-      format: "tar+gzip",
-      sizeBytes: bytes.length,
-      sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"),
-      finishedAt: new Date(Date.parse(legit.finishedAt) + 1000).toISOString(),
-    };
-    await writeBaseManifest(target, signed ? signBaseManifest(m, KEY) : m);
-    return name;
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
+async function plantBase(signed: boolean): Promise<string> {
+  const name = `shinkei_base_29990101_00000${signed ? 1 : 0}.tar.gz`;
+  const target = join(baseDir(dir), name);
+  await copyFile(await plantedBaseTar(), target);
+  const bytes = await Bun.file(target).bytes();
+  // Planted as gzip, as an older shinkei wrote them; the copied backup_manifest keeps its own codec.
+  const backupManifestFile = name.replace(
+    /\.tar\.gz$/,
+    `.backup_manifest.${legit.backupManifestFile.endsWith(".zst") ? "zst" : "gz"}`,
+  );
+  await copyFile(join(baseDir(dir), legit.backupManifestFile), join(baseDir(dir), backupManifestFile));
+  const { signature: _, encryption: __, ...rest } = legit;
+  const m: BaseManifest = {
+    ...rest,
+    file: name,
+    backupManifestFile,
+    format: "tar+gzip",
+    sizeBytes: bytes.length,
+    sha256: new Bun.CryptoHasher("sha256").update(bytes).digest("hex"),
+    finishedAt: new Date(Date.parse(legit.finishedAt) + 1000).toISOString(),
+  };
+  await writeBaseManifest(target, signed ? signBaseManifest(m, KEY) : m);
+  return name;
 }
 
 /** `pitr status --json` (a failure shows its stderr, not a JSON error). */
@@ -183,8 +183,8 @@ async function unplant(name: string) {
 
 describe("a planted base backup", () => {
   test("unsigned, newer, manifest matching: pitr restore --to latest and a drill leave it out, unrun", async () => {
-    const mark = join(markDir, "unsigned");
-    const name = await plantBase(mark, false);
+    const mark = plantedMark();
+    const name = await plantBase(false);
     try {
       const status = await statusJson();
       expect(status.baseBackups.map((b: { file: string }) => b.file)).toEqual([legit.file]);
@@ -225,8 +225,8 @@ describe("a planted base backup", () => {
   });
 
   test("signed but plain where it encrypts: out unless --allow-unencrypted; recovery_end_command removed", async () => {
-    const mark = join(markDir, "signed");
-    const name = await plantBase(mark, true);
+    const mark = plantedMark();
+    const name = await plantBase(true);
     try {
       const strict = await shinkei(["pitr", "restore", "--to", "latest", "--stop", "--json"], env);
       expect(strict.stderr).toContain(`left out: base backup ${name} is not encrypted`);
