@@ -4,7 +4,7 @@ import { basename, join } from "node:path";
 import { snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { backupFolder, seededDatabase, stockDump } from "./support/backup.ts";
+import { backupFolder, copyBackup, seededDatabase, stockDump } from "./support/backup.ts";
 import { pathWith, seedSample, tempDir, wrapTool } from "./support/fixtures.ts";
 import { Service } from "./support/process.ts";
 import { Terminal } from "./support/pty.ts";
@@ -81,6 +81,55 @@ describe("backup and restore", () => {
     await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     const r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
     expect(r.stdout).toContain(`restored       ${file.split("/").pop()}`);
+  });
+
+  test("one folder for two databases: a restore takes the newest of its own, never the other's", async () => {
+    const other = await seededDatabase("backup_other", "o", server.url());
+    try {
+      const mine = await takeBackup();
+      // Newer, in the same folder (a later second, or the same one with a higher sequence): the other database's.
+      const theirs = await takeBackupWith({ ...env, DATABASE_URL: other.url });
+      expect(theirs).not.toBe(mine);
+      const before = await snapshot(db.sql);
+      await db.sql`update story_beats set content = 'changed'`;
+      const r = await shinkei(
+        ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name],
+        env,
+      );
+      expect(r).toSucceed();
+      expect(r.stdout).toContain(`restored       ${basename(mine)}`);
+      expect(await snapshot(db.sql)).toEqual(before);
+
+      // Only the other database's backups there: refused, naming it; nothing changed.
+      const kept = await copyBackup(mine, await tempDir("backups-mine"));
+      for (const f of await readdir(dir)) if (!f.startsWith(basename(theirs))) await rm(join(dir, f));
+      await db.sql`update story_beats set content = 'changed again'`;
+      const changed = await snapshot(db.sql);
+      const refused = await shinkei(
+        ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name],
+        env,
+      );
+      expect(refused.code).not.toBe(0);
+      expect(refused.stderr).toContain(`no backups of ${db.name} in ${dir} (the newest is of ${other.name})`);
+      expect(refused.stderr).toContain("--backup-file");
+      expect(await snapshot(db.sql)).toEqual(changed);
+      // Named, it is the operator's choice.
+      const named = await shinkei(
+        ["backup", "--restore", "--backup-file", theirs, "--allow-superuser", "--yes", "--confirm-database", db.name],
+        env,
+      );
+      expect(named).toSucceed();
+      expect(await snapshot(db.sql)).toEqual(await snapshot(other.sql));
+      // Back to its own, as the file's other tests expect it.
+      const back = await shinkei(
+        ["backup", "--restore", "--backup-file", kept, "--allow-superuser", "--yes", "--confirm-database", db.name],
+        env,
+      );
+      expect(back).toSucceed();
+      expect(await snapshot(db.sql)).toEqual(before);
+    } finally {
+      await other.drop();
+    }
   });
 
   test("restore without a terminal and without --yes is refused, nothing changed", async () => {

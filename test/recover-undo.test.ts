@@ -47,8 +47,8 @@ let admin: postgres.Sql;
 let template: string;
 let startBackup: string;
 
-/** The backup of the starting state, copied into this test's BACKUP_DIR: its path there. */
-const backupOfTheStart = () => copyBackup(startBackup, env.BACKUP_DIR!);
+/** The backup of the starting state, copied into this test's BACKUP_DIR as one of its database: its path there. */
+const backupOfTheStart = () => copyBackup(startBackup, env.BACKUP_DIR!, db.name);
 
 beforeAll(async () => {
   server = await startCluster();

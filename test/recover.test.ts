@@ -42,8 +42,8 @@ const scratchDatabases = async () =>
     (r) => r.datname as string,
   );
 
-/** The backup of the starting state, copied into this test's BACKUP_DIR: its path there. */
-const backupOfTheStart = () => copyBackup(startBackup, env.BACKUP_DIR!);
+/** The backup of the starting state, copied into this test's BACKUP_DIR as one of its database: its path there. */
+const backupOfTheStart = () => copyBackup(startBackup, env.BACKUP_DIR!, db.name);
 
 beforeAll(async () => {
   server = await startCluster();
@@ -63,6 +63,21 @@ beforeEach(async () => {
 afterEach(() => db.drop());
 
 describe("recover one user's rows", () => {
+  test("--from latest takes only a backup of this database: another's is refused, naming it", async () => {
+    // The starting backup as it is: its manifest names the database it was taken of, not this copy.
+    await copyBackup(startBackup, env.BACKUP_DIR!);
+    const before = await snapshot(db.sql);
+    const r = await shinkei(
+      ["recover", "--user", "alice@example.com", "--from", "latest", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`no backups of ${db.name} in ${env.BACKUP_DIR}`);
+    expect(r.stderr).toContain("name a file with --from");
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
   test("alice's deleted world comes back exactly; bob's writes since the backup stay; a record is kept", async () => {
     const alice = await digest(db.sql, "alice@example.com");
     await backupOfTheStart();

@@ -37,9 +37,15 @@ const notFuture = (b: BackupName) => b.takenAt.getTime() <= Date.now() + CLOCK_S
  * is not a safety copy (pre-restore, pre-recover): restoring twice in a row must not bring back
  * what the first replaced. What a default picks is only ever ours: never a name dated in the
  * future, never an off-site object without its manifest. A backup found only off-site is
- * downloaded into `dir`.
+ * downloaded into `dir`. With `database`, a default picks only a backup of that database (its
+ * manifest says so): one BACKUP_DIR serving two databases must not restore one into the other.
  */
-export async function obtainBackup(dir: string, file?: string, offsite?: BackupStore): Promise<string> {
+export async function obtainBackup(
+  dir: string,
+  file?: string,
+  offsite?: BackupStore,
+  database?: string,
+): Promise<string> {
   if (file) {
     for (const candidate of [file, join(dir, basename(file))]) {
       if ((await stat(candidate).catch(() => null))?.isFile()) return candidate;
@@ -50,18 +56,31 @@ export async function obtainBackup(dir: string, file?: string, offsite?: BackupS
       hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
     });
   }
-  const latest = (await listLocal(dir)).find(
+  const ours = (await listLocal(dir)).filter(
     (b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b),
   );
+  const mine = (m: Manifest | null) => database === undefined || m?.database === database;
+  const latest = ours.find((b) => mine(b.manifest));
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
   const objects = offsite ? await offsite.list() : [];
   const remote = newestRemote(objects);
-  if (remote && (!latest || compareNewestFirst(remote, latest) < 0))
-    return download(offsite!, dir, remote.name, objects);
-  if (!latest)
-    throw new ShinkeiError("BACKUP_NOT_FOUND", `no backups in ${dir}`, {
-      hint: "Take one with shinkei backup, or name a file with --backup-file.",
-    });
+  if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) {
+    const path = await download(offsite!, dir, remote.name, objects);
+    if (mine(await readManifest(path))) return path;
+  }
+  if (!latest) {
+    const other = ours[0]?.manifest?.database;
+    throw new ShinkeiError(
+      "BACKUP_NOT_FOUND",
+      other === undefined ? `no backups in ${dir}` : `no backups of ${database} in ${dir} (the newest is of ${other})`,
+      {
+        hint:
+          other === undefined
+            ? "Take one with shinkei backup, or name a file with --backup-file."
+            : "Name the file to use with --backup-file if another database's backup is what you mean.",
+      },
+    );
+  }
   return latest.path;
 }
 

@@ -1,5 +1,5 @@
 import { basename } from "node:path";
-import { connect } from "../pg/db.ts";
+import { connect, describeTarget } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { migrate } from "../migrations/migrate.ts";
 import { currentSchemaVersion } from "../pg/schema.ts";
@@ -59,7 +59,8 @@ export type SourceOptions = {
 export async function withRecoverySource<T>(options: SourceOptions, fn: (source: Source) => Promise<T>): Promise<T> {
   options.onStep?.({ step: "resolve" });
   const from = options.from === "latest" ? undefined : options.from;
-  const path = await obtainBackup(options.dir, from, options.offsite).catch((e) => {
+  const database = describeTarget(options.databaseUrl).database;
+  const path = await obtainBackup(options.dir, from, options.offsite, database).catch((e) => {
     // The same search as `backup restore`, but here a file is named with --from.
     if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from)
       throw new ShinkeiError(e.code, e.message, {

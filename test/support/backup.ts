@@ -1,4 +1,4 @@
-import { copyFile } from "node:fs/promises";
+import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { freshDatabase, type TestDatabase } from "./db.ts";
 import { seedSample, tempDir } from "./fixtures.ts";
@@ -54,10 +54,16 @@ export async function slowToLoad(path: string, seconds: number): Promise<void> {
   await Bun.write(`${path}.manifest.json`, JSON.stringify(manifest, null, 2));
 }
 
-/** A backup and its manifest copied into `dir` (a test's own BACKUP_DIR): its path there. */
-export async function copyBackup(path: string, dir: string): Promise<string> {
+/**
+ * A backup and its manifest copied into `dir` (a test's own BACKUP_DIR): its path there. With
+ * `database`, the manifest names that database: a backup of a template taken once, standing for
+ * one of each copy made from it (a restore or recover picks only its own database's by default).
+ */
+export async function copyBackup(path: string, dir: string, database?: string): Promise<string> {
   const copy = join(dir, basename(path));
   await copyFile(path, copy);
-  await copyFile(`${path}.manifest.json`, `${copy}.manifest.json`);
+  const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
+  if (database) manifest.database = database;
+  await writeFile(`${copy}.manifest.json`, JSON.stringify(manifest, null, 2));
   return copy;
 }
