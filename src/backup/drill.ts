@@ -7,7 +7,7 @@ import { writeFileAtomic } from "../storage/files.ts";
 import { load } from "./restore.ts";
 import { content } from "./decode.ts";
 import { verifyBackup } from "./verify.ts";
-import { serverVersionNum, withScratchDatabase } from "./scratch.ts";
+import { withScratchDatabase } from "./scratch.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 
 export type DrillResult = {
@@ -75,7 +75,7 @@ export async function runDrill(options: {
         // reads below too, so they never run as DATABASE_URL's role (see scratch.ts).
         async (url) => {
           const source = await content(options.path, verification.format, options.age, manifest.encryption);
-          await load(url, source, verification.format, await serverVersionNum(url), { env: options.env });
+          await load(url, source, verification.format, { env: options.env });
           const sql = connect(url, { max: 1 });
           try {
             const { stats, schemaVersion } = await sql.begin(async (tx) => ({

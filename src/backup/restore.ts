@@ -163,7 +163,6 @@ export async function load(
   url: string,
   source: ReadableStream<Uint8Array>,
   format: Format,
-  serverVersionNum: number,
   options: LoadOptions = {},
 ): Promise<LoadResult> {
   const file = await judgeFile(url, source, format, options);
@@ -172,7 +171,7 @@ export async function load(
     const as = await loadRole(url, options.role);
     let loaded: LoadResult;
     try {
-      loaded = await apply(as.url, file, serverVersionNum, options);
+      loaded = await apply(as.url, file, options);
     } catch (error) {
       await releaseLoadRole(as);
       throw error;
@@ -217,7 +216,6 @@ async function* untilAborted(source: AsyncIterable<Uint8Array>, signal: AbortSig
 export async function apply(
   url: string,
   { spool, judged }: JudgedFile,
-  serverVersionNum: number,
   options: Pick<LoadOptions, "lock">,
 ): Promise<LoadResult> {
   const token = crypto.randomUUID();
@@ -250,8 +248,11 @@ export async function apply(
   let copyError: Error | undefined;
   let line = 0; // the line of the statement being run, for the error
   try {
-    // connect first: postgres.js's reserve() waits forever on a pool without fetch_types that never connected
-    await sql`select 1`;
+    // Connect first (postgres.js's reserve() waits forever on a pool without fetch_types that never
+    // connected), asking the server its version: the prologue and the checks are written for it.
+    const [server] = await sql<{ num: number }[]>`
+      select pg_catalog.current_setting('server_version_num')::int4 as num`;
+    const serverVersionNum = server!.num;
     conn = await sql.reserve();
     await run("BEGIN", false);
     // The judge read the file with these: the server must read it the same way, whatever the
@@ -853,7 +854,6 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
 
   let safety: BackupResult | undefined;
   let before: Promise<TableStats>;
-  let serverVersion: Promise<{ num: number }[]>;
   try {
     await planned;
     if (options.safetyBackup) {
@@ -865,8 +865,6 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
       before = sql.begin((tx) => tableStats(tx));
       before.catch(() => {}); // awaited below
     }
-    serverVersion = sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
-    serverVersion.catch(() => {}); // awaited below
   } catch (error) {
     await dropSpool();
     throw error;
@@ -886,11 +884,10 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreRes
     }
     if (read) verification = read.check();
     await before;
-    const [server] = await serverVersion;
     // Judged (and its checksum checked) first, so a refused file makes no role either.
     const as = await loadRole(url, role);
     try {
-      ({ counts } = await apply(as.url, file, server!.num, { lock: options.lock }));
+      ({ counts } = await apply(as.url, file, { lock: options.lock }));
     } catch (error) {
       await releaseLoadRole(as);
       throw error;

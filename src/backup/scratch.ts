@@ -103,14 +103,3 @@ export async function withScratchDatabase<T>(
     await admin.end({ timeout: 5 });
   }
 }
-
-/** `load` writes SQL for the server it loads into: ask that server its version. */
-export async function serverVersionNum(url: string): Promise<number> {
-  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 5, connection: LOGIN_SEARCH_PATH });
-  try {
-    const [v] = await sql<{ num: number }[]>`select current_setting('server_version_num')::int as num`;
-    return v!.num;
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
-}

@@ -104,7 +104,7 @@ export async function applyRecovered(options: {
       const stats = tableStats(tx);
       stats.catch(() => {});
       try {
-        await load(url, checkedDump(proc), "plain", server!.num, {
+        await load(url, checkedDump(proc), "plain", {
           lock: options.lock,
           // The dump is of the database's own past, recovered from signed base backups and WAL:
           // its code was the database's already. A safe role is still used when the database has one.

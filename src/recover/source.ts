@@ -6,7 +6,7 @@ import { currentSchemaVersion } from "../pg/schema.ts";
 import { obtainBackup } from "../backup/catalog.ts";
 import { content } from "../backup/decode.ts";
 import { load, refuseUntrusted, type Allowances } from "../backup/restore.ts";
-import { serverVersionNum, withScratchDatabase } from "../backup/scratch.ts";
+import { withScratchDatabase } from "../backup/scratch.ts";
 import { assertVerified, verifyBackup } from "../backup/verify.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import type { BackupStore } from "../storage/store.ts";
@@ -102,7 +102,7 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
         }),
       );
       options.onStep?.({ step: "load", bytes: 0 });
-      await load(url, counted, verification.format, await serverVersionNum(url), { env: options.env });
+      await load(url, counted, verification.format, { env: options.env });
       const schemaVersion = await toLiveSchema(url, liveVersion, verification.file, options.onStep);
       return fn({ path, file: verification.file, url, schemaVersion, loadMs: Math.round(performance.now() - started) });
     },
