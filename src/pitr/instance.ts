@@ -400,28 +400,34 @@ export function selfCommand(): string[] {
   return [exe];
 }
 
+const ownedByUs = (uid: number) => uid === 0 || uid === (process.getuid?.() ?? 0);
+
+/** Owned by root or us and writable by no group or other user: no one else may change it. */
+const oursAlone = (s: { uid: number; mode: number }) => ownedByUs(s.uid) && (s.mode & 0o022) === 0;
+
+/** Readable and runnable by its owner, its group and everyone else: whichever of them the server's user is. */
+const runnableByEach = (mode: number) => (mode & 0o555) === 0o555;
+
 /**
- * Whether any user may run `path` where it lies and no one but root or this process's user may
- * change what runs: the file readable and runnable by all and writable by no group or other user,
- * every folder above it searchable by all and writable by no group or other user unless sticky
- * (/tmp: there no one else may rename or remove what we own), all of them owned by root or us. An
- * ACL that lets another user write shows in the group bits (its mask).
+ * Where `path` really lies (symlinks resolved) when any user may run it there and no one but root
+ * or this process's user may change what runs: the file readable and runnable by owner, group and
+ * others, and every folder above it searchable by all three, all of them owned by root or us and
+ * writable by no group or other user, unless sticky (/tmp: there no one else may rename or remove
+ * what we own). Else null. An ACL that lets another user write shows in the group bits (its mask).
  */
-export async function runnableByAll(path: string): Promise<boolean> {
-  const me = process.getuid?.() ?? 0;
-  const ours = (s: { uid: number }) => s.uid === 0 || s.uid === me;
+export async function runnableByAll(path: string): Promise<string | null> {
   try {
     const real = await realpath(path);
     const file = await stat(real);
-    if (!ours(file) || (file.mode & 0o005) !== 0o005 || (file.mode & 0o022) !== 0) return false;
+    if (!oursAlone(file) || !runnableByEach(file.mode)) return null;
     for (let d = dirname(real); ; d = dirname(d)) {
       const dir = await stat(d);
-      if (!ours(dir) || (dir.mode & 0o001) === 0 || ((dir.mode & 0o022) !== 0 && (dir.mode & 0o1000) === 0))
-        return false;
-      if (d === dirname(d)) return true;
+      const othersWrite = (dir.mode & 0o022) !== 0 && (dir.mode & 0o1000) === 0;
+      if (!ownedByUs(dir.uid) || othersWrite || (dir.mode & 0o111) !== 0o111) return null;
+      if (d === dirname(d)) return real;
     }
   } catch {
-    return false;
+    return null;
   }
 }
 
@@ -441,13 +447,15 @@ export async function restoreClient(root: string, command = selfCommand()): Prom
   // (an install in /usr/local/bin), it runs from there: a copy of the compiled binary (over 100 MB)
   // is a large part of a small restore.
   const asIs = await runnableByAll(exe!);
-  const files: string[] = [asIs ? exe! : join(dir, "shinkei")];
-  // A hard link when the program is already readable and runnable by everyone (no chmod of ours
-  // may then touch it): instant. Else, or on another filesystem, a copy of our own.
-  const mode = (await stat(exe!)).mode;
+  const files: string[] = [asIs ?? join(dir, "shinkei")];
+  // A hard link when the file itself is runnable by all and no one else may change it (the link,
+  // in a folder the server's user reaches, bypasses the folders that guarded it; no chmod of ours
+  // may touch it either): instant. Else, or on another filesystem, a copy of our own.
+  const file = await stat(exe!);
   const linked =
-    asIs ||
-    ((mode & 0o005) === 0o005 &&
+    asIs !== null ||
+    (oursAlone(file) &&
+      runnableByEach(file.mode) &&
       (await link(exe!, files[0]!).then(
         () => true,
         () => false,
