@@ -167,6 +167,7 @@ describe("WAL sealed with a passphrase", () => {
   const MiB = 1024 * 1024;
   const names = ["000000010000000000000011", "000000010000000000000012", "000000010000000000000013"];
   const segment = (i: number) => walLike(i).subarray(0, MiB);
+  const WAL_PASSPHRASE = "correct horse battery staple wal";
   const configWith = (passphrase: string) =>
     loadConfig({
       DATABASE_URL: "postgres://postgres@127.0.0.1:1/x",
@@ -176,7 +177,7 @@ describe("WAL sealed with a passphrase", () => {
     });
 
   test("segments go to one key of the writing process, wrapped with the passphrase; it alone opens them", async () => {
-    const config = configWith("correct horse battery staple wal");
+    const config = configWith(WAL_PASSPHRASE);
     const root = walRoot(config.backupDir);
     const spool = join(config.backupDir, "spool-test");
     const records = [];
@@ -232,7 +233,7 @@ describe("WAL sealed with a passphrase", () => {
     // Where no record check stands before it (a manifest), decrypt itself refuses a wrapped key that
     // is not one, and one asking a costlier scrypt than ours before running it.
     const stored = join(root, "00000001", record.file);
-    const age = { recipients: [], passphrase: "correct horse battery staple wal" };
+    const age = { recipients: [], passphrase: WAL_PASSPHRASE };
     const costly = Buffer.from(
       Buffer.from(wk, "base64")
         .toString("latin1")
@@ -256,7 +257,9 @@ describe("WAL sealed with a passphrase", () => {
   test("one process sealing with two passphrases keeps a key for each", async () => {
     const spool = join(dir, "two-passphrases");
     const sealed = [];
-    for (const [i, passphrase] of ["first passphrase, long enough", "second passphrase, long enough"].entries()) {
+    // The first is the first test's: its key, made there, is this process's already (when that test ran),
+    // and a key made costs a scrypt (about a second of CPU). The second is new here.
+    for (const [i, passphrase] of [WAL_PASSPHRASE, "second passphrase, long enough"].entries()) {
       const config = configWith(passphrase);
       const root = join(dir, `two-${i}`);
       await Bun.write(join(spool, names[i]!), segment(i));

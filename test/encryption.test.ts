@@ -5,7 +5,7 @@ import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { snapshot, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { shinkei, takeBackup as takeBackupWith } from "./support/cli.ts";
-import { backupFolder, seededDatabase } from "./support/backup.ts";
+import { backupFolder, copyBackup, seededDatabase } from "./support/backup.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 
@@ -22,6 +22,13 @@ async function keygen(path: string) {
   return JSON.parse(r.stdout).recipient as string;
 }
 const takeBackup = (extra: Record<string, string> = {}) => takeBackupWith({ ...env, ...extra });
+/*
+ * An encrypted backup of the seeded database, taken once: a test that only needs one in its folder
+ * (to be refused, damaged, checked or verified) gets a copy instead of a run of `shinkei backup` of its own.
+ * The tests that show what a backup writes take their own.
+ */
+let shared: string;
+const sharedBackup = () => copyBackup(shared, dir);
 
 /*
  * A server of this file's own: a restore refuses to commit when any database's row in pg_database
@@ -35,6 +42,7 @@ beforeAll(async () => {
   db = await seededDatabase("age", "confidential-tag", server.url());
   keys = await tempDir("age-keys");
   publicKey = await keygen(join(keys, "main.key"));
+  shared = await takeBackupWith((await backupFolder(db, "age-shared", { BACKUP_AGE_RECIPIENTS: publicKey })).env);
 });
 beforeEach(async () => {
   ({ dir, env } = await backupFolder(db, "age", { BACKUP_AGE_RECIPIENTS: publicKey }));
@@ -107,7 +115,7 @@ describe("encrypted backups", () => {
   });
 
   test("without the identity, or with a wrong one: an error naming the recipients, database unchanged", async () => {
-    await takeBackup();
+    await sharedBackup();
     await db.sql`insert into worlds (owner_id, name) select id, 'after the backup' from users limit 1`;
     const before = await snapshot(db.sql);
     let r = await shinkei(["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name], env);
@@ -129,7 +137,7 @@ describe("encrypted backups", () => {
   });
 
   test("a truncated or altered encrypted file is refused, database unchanged", async () => {
-    const file = await takeBackup();
+    const file = await sharedBackup();
     const before = await snapshot(db.sql);
     const identity = { BACKUP_AGE_IDENTITY: join(keys, "main.key") };
     const bytes = await readFile(file);
@@ -205,7 +213,7 @@ describe("encrypted backups", () => {
   });
 
   test("a host with only public keys: backup check passes without drills, and says why", async () => {
-    await takeBackup();
+    await sharedBackup();
     const r = await shinkei(["backup", "check"], env);
     expect(r).toSucceed();
     expect(r.stdout).toContain("drills not checked here: the backup is encrypted and this host holds no key");
@@ -234,7 +242,7 @@ describe("encrypted backups", () => {
       `✖ BACKUP_AGE_RECIPIENTS file ${plainSecret}: line 1 is not an age public key (age1...)`,
     );
 
-    await takeBackup();
+    await sharedBackup();
     const badIdentity = join(keys, "broken-identity.key");
     await Bun.write(badIdentity, `# created: today\n${secretLine}\n`);
     const r3 = await shinkei(["backup", "verify"], { ...env, BACKUP_AGE_IDENTITY: badIdentity, SHINKEI_DEBUG: "1" });
