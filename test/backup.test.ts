@@ -110,7 +110,7 @@ describe("backup and restore", () => {
         env,
       );
       expect(refused.code).not.toBe(0);
-      expect(refused.stderr).toContain(`no backups of ${db.name} in ${dir} (the newest is of ${other.name})`);
+      expect(refused.stderr).toContain(`no backups of "${db.name}" in ${dir} (the newest is of "${other.name}")`);
       expect(refused.stderr).toContain("--backup-file");
       expect(await snapshot(db.sql)).toEqual(changed);
       // Named, it is the operator's choice.

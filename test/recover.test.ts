@@ -72,7 +72,7 @@ describe("recover one user's rows", () => {
       env,
     );
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain(`no backups of ${db.name} in ${env.BACKUP_DIR}`);
+    expect(r.stderr).toContain(`no backups of "${db.name}" in ${env.BACKUP_DIR}`);
     expect(r.stderr).toContain("name a file with --from");
     expect(await snapshot(db.sql)).toEqual(before);
     expect(await scratchDatabases()).toEqual([]);

@@ -1,4 +1,5 @@
-import { mkdir, readdir, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName } from "../storage/naming.ts";
@@ -56,23 +57,38 @@ export async function obtainBackup(
       hint: `Looked at ${file}, in ${dir}${offsite ? ` and at ${offsite.location}` : ""}; see shinkei backup --list.`,
     });
   }
-  const ours = (await listLocal(dir)).filter(
-    (b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b),
-  );
-  const mine = (m: Manifest | null) => database === undefined || m?.database === database;
-  const latest = ours.find((b) => mine(b.manifest));
-  // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local one.
-  const objects = offsite ? await offsite.list() : [];
-  const remote = newestRemote(objects);
-  if (remote && (!latest || compareNewestFirst(remote, latest) < 0)) {
-    const path = await download(offsite!, dir, remote.name, objects);
-    if (mine(await readManifest(path))) return path;
+  const local = await listLocal(dir);
+  // What a default may pick: a backup (not a safety copy) of this database, when one is named.
+  const fits = (m: Manifest | null) =>
+    m !== null && !SAFETY_COPIES.has(m.reason) && (database === undefined || m.database === database);
+  // The newest other database's backup seen, to say why none fits.
+  let other: unknown;
+  const ours = local.filter((b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b));
+  const latest = ours.find((b) => fits(b.manifest));
+  other = latest ? undefined : ours[0]?.manifest?.database;
+  // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local
+  // one. Each is judged by its manifest alone, fetched first: only a backup that fits is downloaded,
+  // and never over a file of the same name here (that one was judged above).
+  if (offsite) {
+    const objects = await offsite.list();
+    const here = new Set(local.map((b) => b.name));
+    for (const remote of newestRemotes(objects)) {
+      if (latest && compareNewestFirst(remote, latest) >= 0) break;
+      if (here.has(remote.name)) continue;
+      const manifest = await peekManifest(offsite, remote.name);
+      if (fits(manifest)) return download(offsite, dir, remote.name, objects);
+      if (manifest && !SAFETY_COPIES.has(manifest.reason)) other ??= manifest.database;
+    }
   }
   if (!latest) {
-    const other = ours[0]?.manifest?.database;
+    // Names from a manifest, quoted: whatever it holds prints as one line of plain text.
+    const quoted = (v: unknown) => JSON.stringify(typeof v === "string" ? v : String(v));
     throw new ShinkeiError(
       "BACKUP_NOT_FOUND",
-      other === undefined ? `no backups in ${dir}` : `no backups of ${database} in ${dir} (the newest is of ${other})`,
+      other === undefined || database === undefined
+        ? `no backups in ${dir}${offsite ? ` or at ${offsite.location}` : ""}`
+        : `no backups of ${quoted(database)} in ${dir}${offsite ? ` or at ${offsite.location}` : ""} ` +
+            `(the newest is of ${quoted(other)})`,
       {
         hint:
           other === undefined
@@ -84,12 +100,26 @@ export async function obtainBackup(
   return latest.path;
 }
 
-function newestRemote(objects: StoredObject[]): BackupName | undefined {
+/** A stored backup's manifest alone, read through a folder of our own; null when it is not one. */
+async function peekManifest(store: BackupStore, name: string): Promise<Manifest | null> {
+  const folder = await mkdtemp(join(tmpdir(), "shinkei-manifest-"));
+  try {
+    const path = join(folder, name);
+    await store.get(name + MANIFEST_SUFFIX, manifestPath(path));
+    const m = await readManifest(path);
+    return m !== null && typeof m === "object" && !Array.isArray(m) ? m : null;
+  } finally {
+    await rm(folder, { recursive: true, force: true });
+  }
+}
+
+/** Our backups in the store that have a manifest there, newest first. */
+function newestRemotes(objects: StoredObject[]): BackupName[] {
   const names = new Set(objects.map((o) => o.name));
   return objects
     .map((o) => parseBackupName(o.name))
     .filter((n): n is BackupName => n !== null && names.has(n.name + MANIFEST_SUFFIX) && notFuture(n))
-    .sort(compareNewestFirst)[0];
+    .sort(compareNewestFirst);
 }
 
 /**
