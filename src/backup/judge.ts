@@ -505,8 +505,10 @@ export async function judgeScript(source: AsyncIterable<Uint8Array>, spool: Spoo
     return judged;
   } finally {
     unloadGrammar();
-    // What judging a large file left (tens of MiB) goes before the load starts, not at some later
-    // collection. A small file's load is small too: a full collection would cost it 5-15 ms of CPU.
-    if (read >= GC_AFTER_BYTES) Bun.gc(true);
+    // What judging left goes before the load starts, not at some later collection: tens of MiB for
+    // a large file, and gigabytes of parse trees for a small one holding a huge statement (a 7.6 MiB
+    // INSERT of 2 million rows: 2.4 GB). A small file whose judging stayed small skips it: a full
+    // collection would cost its restore 5-15 ms of CPU.
+    if (read >= GC_AFTER_BYTES || process.memoryUsage.rss() > MEMORY_BUDGET) Bun.gc(true);
   }
 }
