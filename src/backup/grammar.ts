@@ -31,17 +31,24 @@ export async function loadGrammar(): Promise<void> {
     compiled ??= Bun.file(wasmPath)
       .bytes()
       .then((bytes) => WebAssembly.compile(bytes));
+    // A failure is not kept: the next load (a long-running service's next drill) tries again.
+    compiled.catch(() => (compiled = undefined));
     const wasm = await compiled;
-    // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this build).
+    // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this
+    // build). It waits for `done` alone, so a failed instantiation is raced in, not left to hang.
+    let failed!: (e: unknown) => void;
+    const failure = new Promise<never>((_, reject) => (failed = reject));
     const instantiateWasm = (
       imports: Record<string, Record<string, unknown>>,
       done: (instance: WebAssembly.Instance) => void,
     ) => {
-      WebAssembly.instantiate(wasm, imports as never).then((instance) => done(instance));
+      WebAssembly.instantiate(wasm, imports as never).then(done, failed);
       return {};
     };
-    return (module = (await PgQueryModule({ instantiateWasm })) as Module);
+    return (module = (await Promise.race([PgQueryModule({ instantiateWasm }), failure])) as Module);
   })();
+  // Nor is a failed load: loading is tried again on the next call.
+  loading.catch(() => (loading = undefined));
   await loading;
 }
 
