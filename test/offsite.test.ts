@@ -71,10 +71,10 @@ describe("off-site copies", () => {
   test("a file larger than one part goes up as a multipart upload and is checked", async () => {
     const store = new S3Store(s3.config(env.S3_PREFIX!));
     const path = join(dir, "shinkei_backup_20240101_000000.dump.gz");
-    await writeFile(
-      path,
-      crypto.getRandomValues(new Uint8Array(20 * 1024 * 1024)).map((b, i) => (i % 65536 === 0 ? 0 : b)),
-    );
+    const bytes = crypto.getRandomValues(new Uint8Array(20 * 1024 * 1024));
+    // A zero every 64 KiB, set in place: a map() with a callback per byte cost 250 ms of CPU.
+    for (let i = 0; i < bytes.length; i += 65536) bytes[i] = 0;
+    await writeFile(path, bytes);
     const copy = await store.put("shinkei_backup_20240101_000000.dump.gz", path);
     expect(copy.sizeBytes).toBe(20 * 1024 * 1024);
     expect(copy.verified).toBe("etag");

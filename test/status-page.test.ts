@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { mkdir, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { chromium, type BrowserContext } from "playwright-core";
+import { chromium, type Browser, type BrowserContext } from "playwright-core";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { Service } from "./support/process.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
@@ -35,16 +35,24 @@ let history: { passed: string; failed: string };
 let service: Service;
 let url: string;
 /*
- * The two browsers (JavaScript on and off) start while the backups and drills below are made: a
- * browser's start is seconds of waiting that need not come after them.
+ * One browser for the file, with a context for JavaScript on and one for it off: a second browser
+ * would cost its start again (about a second of CPU), and a context is as separate as a profile.
+ * It starts while the backups and drills below are made: its start is seconds of waiting that need
+ * not come after them.
  */
+let chrome: Promise<Browser> | undefined;
 let browsers: Partial<Record<"js" | "noJs", Promise<BrowserContext>>> = {};
 
 beforeAll(async () => {
-  if (haveChromium)
-    browsers = { js: browser({ javaScriptEnabled: true }), noJs: browser({ javaScriptEnabled: false }) };
+  if (haveChromium) {
+    chrome = launch();
+    browsers = {
+      js: context(chrome, { javaScriptEnabled: true }),
+      noJs: context(chrome, { javaScriptEnabled: false }),
+    };
+  }
   // Failures surface in the test that awaits them; meanwhile none goes unhandled.
-  for (const b of Object.values(browsers)) b.catch(() => {});
+  for (const b of [chrome, ...Object.values(browsers)]) b?.catch(() => {});
   const seeded = async () => {
     db = await freshDatabase("statuspage");
     await migrate(db.sql);
@@ -60,16 +68,16 @@ beforeAll(async () => {
   url = `http://127.0.0.1:${port}/`;
 });
 afterAll(async () => {
-  // A test closes the browser it used; these close one whose test did not run (or failed before).
-  for (const b of Object.values(browsers)) await (await b.catch(() => undefined))?.close();
+  // A test closes the context it used; closing the browser closes one whose test did not run (or failed before).
+  await (await chrome?.catch(() => undefined))?.close();
   expect(await service.stop()).toBe(0);
   await s3.stop();
   await db.drop();
 });
 
-/** Debian's Chromium through playwright-core, in a profile of its own; never a downloaded browser. */
-async function browser(options: { javaScriptEnabled: boolean }): Promise<BrowserContext> {
-  return chromium.launchPersistentContext(await tempDir("chromium-profile"), {
+/** Debian's Chromium through playwright-core; never a downloaded browser. */
+function launch(): Promise<Browser> {
+  return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: [
@@ -81,6 +89,12 @@ async function browser(options: { javaScriptEnabled: boolean }): Promise<Browser
       "--disable-component-update",
       "--disable-sync",
     ],
+  });
+}
+
+/** A context of its own (cookies, cache, storage: a fresh profile's worth) in the file's one browser. */
+async function context(browser: Promise<Browser>, options: { javaScriptEnabled: boolean }): Promise<BrowserContext> {
+  return (await browser).newContext({
     javaScriptEnabled: options.javaScriptEnabled,
     httpCredentials: { username: "ops", password: OPS_TOKEN },
     viewport: { width: 1000, height: 1400 },
