@@ -3,7 +3,8 @@ import { freshDatabase, type TestDatabase } from "./support/db.ts";
 import { connect } from "../src/pg/db.ts";
 import { until } from "./support/wait.ts";
 import { migrate } from "../src/migrations/migrate.ts";
-import { claimSlot, recordRun, scheduleSlots } from "../src/service/slot.ts";
+import { claimSlot, recordRun, scheduleSlots, slotAt } from "../src/service/slot.ts";
+import { Cron } from "croner";
 import { startPoller } from "../src/service/poller.ts";
 import { startParts, type Part } from "../src/service/backup-service.ts";
 type LogLine = Record<string, unknown>;
@@ -49,6 +50,19 @@ describe("the poller", () => {
 });
 
 describe("the scheduled slot", () => {
+  test("a run firing on its slot's very millisecond, or later in it, is for that slot, not the one before", () => {
+    for (const [pattern, at, slot] of [
+      ["0 2 * * *", "2026-12-06T02:00:00.000Z", "2026-12-06T02:00:00.000Z"],
+      ["0 2 * * *", "2026-12-06T02:00:00.850Z", "2026-12-06T02:00:00.000Z"],
+      ["*/2 * * * * *", "2026-12-06T23:48:10.000Z", "2026-12-06T23:48:10.000Z"],
+      ["*/2 * * * * *", "2026-12-06T23:48:11.999Z", "2026-12-06T23:48:10.000Z"],
+    ]) {
+      const job = new Cron(pattern!, { paused: true, timezone: "UTC" });
+      expect(slotAt(job, new Date(at!)).toISOString()).toBe(slot!);
+      job.stop();
+    }
+  });
+
   test("two processes on one schedule: every slot runs once between them, the other says it was taken", async () => {
     const lines: LogLine[] = [];
     const ran: { who: string; slot: string }[] = [];

@@ -165,6 +165,16 @@ export type SlotSchedule = {
 };
 
 /**
+ * The slot a run firing at `now` is for, the one every process agrees on: the newest at or before
+ * `now` (croner fires at its time or after, never before). previousRuns counts only times strictly
+ * before the one it is given: a timer firing on the slot's very millisecond got the slot before
+ * it, and its claim found that one taken ("another process took this run"), the day's backup lost.
+ */
+export function slotAt(job: Cron, now: Date): Date {
+  return job.previousRuns(1, new Date(now.getTime() + 1))[0] ?? new Date(Math.floor(now.getTime() / 1000) * 1000);
+}
+
+/**
  * A cron schedule (croner, in-process) whose every run is one slot: a time every process sharing
  * the database computes alike, so the claim on it (claimSlot, inside `run`) decides which of them
  * takes it. A run still going when the next slot comes makes croner skip that slot (protect);
@@ -208,8 +218,7 @@ export function scheduleSlots(options: {
     },
     async (self: Cron) => {
       arm();
-      // previousRuns includes a run earlier in this same second: the slot every process agrees on.
-      const slot = self.previousRuns(1, new Date())[0] ?? new Date(Math.floor(Date.now() / 1000) * 1000);
+      const slot = slotAt(self, new Date());
       running = options.run(slot);
       await running;
       options.afterRun?.(self.nextRun());
