@@ -1,7 +1,7 @@
 import type { Command, Context } from "./command.ts";
 import { untilSignal } from "./signals.ts";
 import { jsonLog } from "../src/log.ts";
-import { connect } from "../src/pg/db.ts";
+import { connect, describeTarget } from "../src/pg/db.ts";
 import { startScheduler, type Scheduler } from "../src/service/schedule.ts";
 import { newestGood } from "../src/backup/freshness.ts";
 import { archiveWindow } from "../src/wal/status.ts";
@@ -59,7 +59,7 @@ async function serve(ctx: Context): Promise<number> {
   const { config } = ctx;
   const pitr = cachedWindow(config.backupDir, archiveTrust(config.backup.age));
   const readiness = async () => {
-    const f = await newestGood(config.backupDir);
+    const f = await newestGood(config.backupDir, describeTarget(config.databaseUrl).database);
     // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
     return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
   };

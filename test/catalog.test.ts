@@ -2,6 +2,7 @@ import { expect, test } from "bun:test";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { obtainBackup } from "../src/backup/catalog.ts";
+import { checkFreshness, newestGood } from "../src/backup/freshness.ts";
 import { LocalStore } from "../src/storage/local.ts";
 import { backupName } from "../src/storage/naming.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -70,4 +71,23 @@ test("off-site: a file already here is never downloaded over, and a safety copy 
   expect(await obtainBackup(dir, undefined, new LocalStore(bucket), "a")).toBe(join(dir, a));
   expect(await readFile(join(dir, b), "utf8")).toBe("local b");
   expect((await readdir(dir)).length).toBe(4);
+});
+
+test("freshness is judged per database: another's fresh backups do not stand in for this one's", async () => {
+  const dir = await tempDir("catalog");
+  const old = await plant(dir, 30, "a");
+  await plant(dir, 1, "b");
+  // sizeBytes as the manifest says, so both count as good.
+  for (const name of await readdir(dir))
+    if (name.endsWith(".manifest.json")) {
+      const m = JSON.parse(await readFile(join(dir, name), "utf8"));
+      await writeFile(join(dir, name), JSON.stringify({ ...m, sizeBytes: "local".length }));
+    }
+  expect((await newestGood(dir, "a")).newest?.name).toBe(old);
+  expect((await newestGood(dir, "c")).newest).toBeNull();
+  const stale = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, "a").catch((e) => e);
+  expect(stale.code).toBe("BACKUP_STALE");
+  expect(stale.message).toContain(`the newest good backup (${old}) is 1d 6h old`);
+  const none = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, "c").catch((e) => e);
+  expect(none.message).toBe(`no good backup of "c" in ${dir}`);
 });

@@ -240,7 +240,7 @@ describe("freshness", () => {
   test("backup check passes for a fresh backup and fails for a stale or missing one", async () => {
     let r = await shinkei(["backup", "check"], env);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("no good backup in");
+    expect(r.stderr).toContain(`no good backup of "${db.name}" in`);
     await pastBackups([2]);
     r = await shinkei(["backup", "check"], env);
     expect(r.code).toBe(1);

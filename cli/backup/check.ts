@@ -2,6 +2,7 @@ import type { Context, Subcommand } from "../command.ts";
 import { line, json } from "../output.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { formatBytes } from "../../src/bytes.ts";
+import { describeTarget } from "../../src/pg/db.ts";
 import { checkFreshness } from "../../src/backup/freshness.ts";
 import { assertPitrHealthy, pitrStatus } from "../../src/wal/status.ts";
 import { pitrDrillProblem } from "../../src/pitr/drill.ts";
@@ -24,6 +25,7 @@ export async function check(ctx: Context): Promise<number> {
     config.backup.maxAgeMs,
     config.backup.drillMaxAgeMs,
     config.backup.age,
+    describeTarget(config.databaseUrl).database,
   );
   const drillAge = f.drill ? Date.now() - Date.parse(f.drill.at) : null;
   if (ctx.flag("json")) {

@@ -3,6 +3,7 @@ import { line, json } from "../output.ts";
 import { ShinkeiError } from "../../src/errors.ts";
 import { formatDuration } from "../../src/duration.ts";
 import { obtainBackup } from "../../src/backup/catalog.ts";
+import { describeTarget } from "../../src/pg/db.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
 import { runDrill } from "../../src/backup/drill.ts";
 import { activity } from "../prompts.ts";
@@ -10,7 +11,12 @@ import { cancelOnSignal } from "../signals.ts";
 
 export async function drill(ctx: Context): Promise<number> {
   const { io, config } = ctx;
-  const path = await obtainBackup(config.backupDir, ctx.positionals[1], offsiteStore(config));
+  const path = await obtainBackup(
+    config.backupDir,
+    ctx.positionals[1],
+    offsiteStore(config),
+    describeTarget(config.databaseUrl).database,
+  );
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
   const cancel = cancelOnSignal("the drill");
   try {

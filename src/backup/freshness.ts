@@ -6,16 +6,25 @@ import { canOpen, type AgeConfig } from "../storage/crypt.ts";
 
 export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 
-/** The newest backup whose manifest agrees with its file: "good" without reading it whole. */
-export async function newestGood(dir: string): Promise<Freshness> {
-  const newest = (await listLocal(dir)).find((b) => b.manifest?.sizeBytes === b.sizeBytes) ?? null;
+/** Whether a backup is of `database` (its manifest names it), or any when none is given. */
+const ofDatabase = (b: LocalBackup, database?: string) => database === undefined || b.manifest?.database === database;
+
+/**
+ * The newest backup whose manifest agrees with its file: "good" without reading it whole. With
+ * `database`, only a backup of that one: a fresh backup of another database sharing the folder
+ * says nothing about this one's.
+ */
+export async function newestGood(dir: string, database?: string): Promise<Freshness> {
+  const newest =
+    (await listLocal(dir)).find((b) => b.manifest?.sizeBytes === b.sizeBytes && ofDatabase(b, database)) ?? null;
   return { newest, ageMs: newest ? Date.now() - newest.takenAt.getTime() : null };
 }
 
-/** The newest passed drill of any local backup. */
-export async function newestPassedDrill(dir: string): Promise<DrillResult | null> {
+/** The newest passed drill of any local backup (of `database`, when given). */
+export async function newestPassedDrill(dir: string, database?: string): Promise<DrillResult | null> {
   let best: DrillResult | null = null;
   for (const b of await listLocal(dir)) {
+    if (!ofDatabase(b, database)) continue;
     const d = await readDrill(b.path);
     if (d?.passed && (!best || d.at > best.at)) best = d;
   }
@@ -31,10 +40,15 @@ export async function checkFreshness(
   maxAgeMs: number,
   drillMaxAgeMs: number,
   age?: AgeConfig,
+  database?: string,
 ): Promise<Freshness & { drill: DrillResult | null }> {
-  const f = await newestGood(dir);
+  const f = await newestGood(dir, database);
   if (!f.newest)
-    throw new ShinkeiError("BACKUP_STALE", `no good backup in ${dir}`, { hint: "Take one with shinkei backup." });
+    throw new ShinkeiError(
+      "BACKUP_STALE",
+      `no good backup${database === undefined ? "" : ` of ${JSON.stringify(database)}`} in ${dir}`,
+      { hint: "Take one with shinkei backup." },
+    );
   if (f.ageMs! > maxAgeMs) {
     throw new ShinkeiError(
       "BACKUP_STALE",
@@ -57,7 +71,7 @@ export async function checkFreshness(
       },
     );
   }
-  const drill = await newestPassedDrill(dir);
+  const drill = await newestPassedDrill(dir, database);
   if (!drill || Date.now() - Date.parse(drill.at) > drillMaxAgeMs) {
     throw new ShinkeiError(
       "BACKUP_STALE",

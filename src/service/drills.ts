@@ -1,5 +1,5 @@
 import type { Config } from "../config/index.ts";
-import type { Sql } from "../pg/db.ts";
+import { describeTarget, type Sql } from "../pg/db.ts";
 import type { Log } from "../log.ts";
 import { notify } from "./notify.ts";
 import { scheduleSlots, claimSlot } from "./slot.ts";
@@ -95,7 +95,7 @@ export async function scheduledDrill(deps: Deps, slot: Date): Promise<void> {
   const { config, log } = deps;
   try {
     if (!(await claimSlot(deps, slot, "drill", "drill"))) return;
-    const { newest } = await newestGood(config.backupDir);
+    const { newest } = await newestGood(config.backupDir, describeTarget(config.databaseUrl).database);
     if (!newest) {
       log({ level: "warn", msg: "drill skipped: no good backup to drill", backupDir: config.backupDir });
       return;
