@@ -211,13 +211,16 @@ test("sealed mail of another process is neither sent nor waited for; an altered 
     await db.sql`insert into mail_outbox (to_address, subject, sealed_body, sealed_by, expires_at)
       values ('gone@example.com', 'code', ${Buffer.alloc(64, 7)}, 'a key that no longer exists',
               now() + interval '1.5 seconds')`;
-    // Queued here, then moved to another address in the table (without waking the sender).
-    await outbox.enqueue(
-      db.sql,
-      { to: "owner@example.com", subject: "code", text: "secret", html: "secret" },
-      { expiresAt: new Date(Date.now() + 60_000) },
-    );
-    await db.sql`update mail_outbox set to_address = 'thief@example.com' where to_address = 'owner@example.com'`;
+    // Queued here, then moved to another address in the table, in one transaction: the sender, which
+    // polls, never sees (and sends) the row as it was queued.
+    await db.sql.begin(async (tx) => {
+      await outbox.enqueue(
+        tx,
+        { to: "owner@example.com", subject: "code", text: "secret", html: "secret" },
+        { expiresAt: new Date(Date.now() + 60_000) },
+      );
+      await tx`update mail_outbox set to_address = 'thief@example.com' where to_address = 'owner@example.com'`;
+    });
     outbox.wake();
     const started = Date.now();
     await outbox.idle();
