@@ -10,6 +10,7 @@ import { Service } from "./support/process.ts";
 import { Terminal } from "./support/pty.ts";
 import { until } from "./support/wait.ts";
 import { migrations } from "../src/migrations/index.ts";
+import { backupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -332,11 +333,23 @@ describe("backup and restore", () => {
     await db.sql`delete from worlds where name = 'only here'`;
   });
 
-  test("verify: good file passes, unknown file is a clear error", async () => {
-    await takeBackup();
+  test("verify: good file passes, unknown file is a clear error; the default is this database's newest", async () => {
+    const path = await takeBackup();
+    const ours = basename(path);
+    // A newer backup of another database in the same folder, damaged: the default does not pick it.
+    const other = join(dir, backupName(new Date(Date.now() + 60_000)));
+    await writeFile(other, "not a backup");
+    const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
+    await writeFile(
+      `${other}.manifest.json`,
+      JSON.stringify({ ...manifest, file: basename(other), database: "another_app" }),
+    );
     const ok = await shinkei(["backup", "verify"], env);
     expect(ok).toSucceed();
     expect(ok.stdout).toMatch(/^✔ shinkei_backup_\d{8}_\d{6}\.sql\.zst: ok \([^)]*plain\+zstd/);
+    expect(ok.stdout).toContain(ours);
+    await rm(other);
+    await rm(`${other}.manifest.json`);
     const missing = await shinkei(["backup", "verify", "nope.dump"], env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain("no backup file nope.dump");

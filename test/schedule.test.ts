@@ -42,7 +42,8 @@ function realBackup(): Promise<string> {
 }
 
 /** Copies of one real backup under names from `daysAgo`, with manifests: "backups taken in the past". */
-async function pastBackups(daysAgo: number[], offsite = false): Promise<string[]> {
+/** Backups dated `daysAgo` in `dir`, copies of one real one; `database`: the one their manifests name. */
+async function pastBackups(daysAgo: number[], offsite = false, database?: string): Promise<string[]> {
   const path = await realBackup();
   const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
   const names = [];
@@ -52,6 +53,7 @@ async function pastBackups(daysAgo: number[], offsite = false): Promise<string[]
     const m = {
       ...manifest,
       file: name,
+      ...(database ? { database } : {}),
       offsite: offsite ? { s3: { location: "s3://x/", sizeBytes: 1, verified: "size", copiedAt: "" } } : undefined,
     };
     await writeFile(join(dir, `${name}.manifest.json`), JSON.stringify(m));
@@ -219,6 +221,24 @@ describe("retention", () => {
     const names = await pastBackups([90, 60]);
     await shinkei(["backup", "prune"], env);
     expect(await backupFiles()).toEqual([names[1]!]);
+  });
+
+  test("two databases in one folder: each keeps its own newest and daily backups", async () => {
+    // The other database backs up later each day: counted together, its backups took every place.
+    const ours = await pastBackups([30, 20, 12]);
+    const theirs = await pastBackups([29.9, 19.9, 11.9, 5], false, "another_app");
+    const r = await shinkei(["backup", "prune", "--dry-run"], {
+      ...env,
+      BACKUP_KEEP_DAYS: "3",
+      BACKUP_KEEP_DAILY: "2",
+    });
+    expect(r).toSucceed();
+    const keeps = (name: string) => /\skeep\s/.test(r.stdout.split("\n").find((l) => l.includes(name))!);
+    expect([ours.map(keeps), theirs.map(keeps)]).toEqual([
+      [false, true, true],
+      [false, false, true, true],
+    ]);
+    expect(r.stdout).toContain(`(of "another_app")`);
   });
 
   test("with off-site copies on, a backup not yet copied stays however old", async () => {

@@ -4,13 +4,22 @@ import { ShinkeiError } from "../../src/errors.ts";
 import { formatBytes } from "../../src/bytes.ts";
 import { listLocal, obtainBackup } from "../../src/backup/catalog.ts";
 import { verifyBackup } from "../../src/backup/verify.ts";
+import { describeTarget } from "../../src/pg/db.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
 
 export async function verify(ctx: Context): Promise<number> {
   const { io, config } = ctx;
   const paths = ctx.flag("all")
     ? (await listLocal(config.backupDir)).map((b) => b.path)
-    : [await obtainBackup(config.backupDir, ctx.positionals[1], offsiteStore(config))];
+    : [
+        // As restore and drill pick: by default, the newest backup of this database.
+        await obtainBackup(
+          config.backupDir,
+          ctx.positionals[1],
+          offsiteStore(config),
+          describeTarget(config.databaseUrl).database,
+        ),
+      ];
   const results = [];
   for (const path of paths) {
     const v = await verifyBackup(path, { age: config.backup.age });
@@ -39,7 +48,7 @@ export async function verify(ctx: Context): Promise<number> {
 export const verifyForm: Subcommand = {
   word: "verify",
   args: { usage: "[F]", max: 1 },
-  summary: "re-read a file (default the newest): checksum and archive",
+  summary: "re-read a file (default this database's newest): checksum and archive",
   options: {
     all: { type: "boolean", description: "every backup in BACKUP_DIR" },
     json: { type: "boolean", description: "machine-readable output" },

@@ -7,22 +7,36 @@ import type { BackupStore } from "../storage/store.ts";
 
 export type PruneReport = { location: string; decisions: Decision[]; removed: string[] };
 
-/** Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. */
+/**
+ * Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. Each
+ * database's backups (by their manifests) are kept by the policy on their own: in a folder that
+ * serves two databases, one's daily backups must not take the other's newest, daily, weekly and
+ * monthly places. Files without a manifest are a group of their own (none of them is good).
+ */
 export async function pruneLocal(
   config: Config,
   options: { dryRun: boolean; offsite?: BackupStore },
 ): Promise<PruneReport> {
   const backups = await listLocal(config.backupDir);
-  const decisions = planRetention(
-    backups.map((b) => ({
-      name: b.name,
-      good: b.manifest?.sizeBytes === b.sizeBytes,
-      mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
-    })),
-    config.backup,
-    new Date(),
-    options.offsite !== undefined,
-  );
+  const groups = Map.groupBy(backups, (b) => b.manifest?.database ?? null);
+  const now = new Date();
+  const decided = new Map<string, Decision>();
+  for (const [database, group] of groups) {
+    const decisions = planRetention(
+      group.map((b) => ({
+        name: b.name,
+        good: b.manifest?.sizeBytes === b.sizeBytes,
+        mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
+      })),
+      config.backup,
+      now,
+      options.offsite !== undefined,
+    );
+    const of = groups.size > 1 ? (database === null ? " (no manifest)" : ` (of "${database}")`) : "";
+    for (const d of decisions) decided.set(d.name, { ...d, why: d.why + of });
+  }
+  // Newest first across the folder, as listed.
+  const decisions = backups.flatMap((b) => decided.get(b.name) ?? []);
   return apply(new LocalStore(config.backupDir), decisions, options.dryRun);
 }
 
