@@ -11,9 +11,9 @@ import { stockDump } from "./support/backup.ts";
 import { migrate } from "../src/migrations/migrate.ts";
 import { connect } from "../src/pg/db.ts";
 import { tableStats } from "../src/backup/digest.ts";
-import { load } from "../src/backup/restore.ts";
+import { judgeFile, load } from "../src/backup/restore.ts";
 import { ScriptGuard } from "../src/backup/script.ts";
-import { loadGrammar, parseSql } from "../src/backup/grammar.ts";
+import { loadGrammar, type Grammar } from "../src/backup/grammar.ts";
 import { Judge } from "../src/backup/judge.ts";
 
 /**
@@ -67,8 +67,11 @@ const restoreAs = (url: string, file: string, extra: string[] = []) =>
 let server: TestCluster;
 let serverUrl: string;
 
+/** The grammar this file's pure checks (no database) parse with. */
+let grammar: Grammar;
+
 beforeAll(async () => {
-  await loadGrammar();
+  grammar = await loadGrammar();
   server = await startCluster();
   serverUrl = server.url();
   db = await freshDatabase("judge", serverUrl);
@@ -397,7 +400,7 @@ ${CLOSING}`,
 /** Judge `sql` alone (no database): the refusal's message, or null when it passes; and what was spooled. */
 function judge(sql: string): { refused: string | null; sent: string[] } {
   const sent: string[] = [];
-  const j = new Judge({ text: (_: number, t: string) => sent.push(t), data() {}, endCopy() {} } as never);
+  const j = new Judge({ text: (_: number, t: string) => sent.push(t), data() {}, endCopy() {} } as never, grammar);
   try {
     j.push(enc.encode(sql));
     j.end();
@@ -406,6 +409,32 @@ function judge(sql: string): { refused: string | null; sent: string[] } {
     return { refused: (e as Error).message, sent };
   }
 }
+
+test("two files judged at once in one process (a service's drills) each get a grammar of their own", async () => {
+  // The file a line at a time, a turn of the event loop between lines: the two judges interleave,
+  // and the quicker one ends while the other still parses.
+  const slowly = (pause: number) =>
+    new ReadableStream<Uint8Array>({
+      async start(controller) {
+        for (const line of plainText.split(/(?<=\n)/)) {
+          controller.enqueue(enc.encode(line));
+          if (pause) await Bun.sleep(0);
+          else await Promise.resolve();
+        }
+        controller.close();
+      },
+    });
+  const files = await Promise.all([
+    judgeFile(serverUrl, slowly(0), "plain", { spoolDir: dir }),
+    judgeFile(serverUrl, slowly(1), "plain", { spoolDir: dir }),
+  ]);
+  try {
+    expect(files[0].judged.statements).toBeGreaterThan(20);
+    expect(files[1].judged.statements).toBe(files[0].judged.statements);
+  } finally {
+    for (const f of files) f.spool.remove();
+  }
+});
 
 describe("the allowlist", () => {
   test.each([
@@ -524,7 +553,7 @@ function ends(text: Uint8Array): { splitter: number[]; parser: number[] } | null
     at += it.bytes.length;
     if (!it.empty) splitter.push(at - 1);
   }
-  const parsed = parseSql(new TextDecoder().decode(text));
+  const parsed = grammar.parse(new TextDecoder().decode(text));
   if (!parsed.ok) return null;
   return { splitter, parser: parsed.stmts.map((s) => (s.stmt_location ?? 0) + (s.stmt_len ?? 0)) };
 }

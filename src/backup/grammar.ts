@@ -21,66 +21,60 @@ type Module = {
 export type RawStmt = { stmt: Record<string, any>; stmt_location?: number; stmt_len?: number };
 export type Parsed = { ok: true; stmts: RawStmt[] } | { ok: false; message: string; cursor: number };
 
-let module: Module | undefined;
-let loading: Promise<Module> | undefined;
-/** Compiled once per process (about 20 ms of CPU); each load makes an instance, whose memory unloadGrammar frees. */
+/** Compiled once per process (about 20 ms of CPU); each grammar loaded is an instance of its own. */
 let compiled: Promise<WebAssembly.Module> | undefined;
 
-export async function loadGrammar(): Promise<void> {
-  loading ??= (async () => {
-    compiled ??= Bun.file(wasmPath)
-      .bytes()
-      .then((bytes) => WebAssembly.compile(bytes));
-    // A failure is not kept: the next load (a long-running service's next drill) tries again.
-    compiled.catch(() => (compiled = undefined));
-    const wasm = await compiled;
-    // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this
-    // build). It waits for `done` alone, so a failed instantiation is raced in, not left to hang.
-    let failed!: (e: unknown) => void;
-    const failure = new Promise<never>((_, reject) => (failed = reject));
-    const instantiateWasm = (
-      imports: Record<string, Record<string, unknown>>,
-      done: (instance: WebAssembly.Instance) => void,
-    ) => {
-      WebAssembly.instantiate(wasm, imports as never).then(done, failed);
-      return {};
-    };
-    return (module = (await Promise.race([PgQueryModule({ instantiateWasm }), failure])) as Module);
-  })();
-  // Nor is a failed load: loading is tried again on the next call.
-  loading.catch(() => (loading = undefined));
-  await loading;
+/**
+ * An instance of the parser, with memory of its own (tens of MiB): each judge loads one and drops it
+ * when done, so two judges at once in one process (a service's drills) never share or free each
+ * other's. Nothing to unload: the instance goes with the last reference to it.
+ */
+export async function loadGrammar(): Promise<Grammar> {
+  compiled ??= Bun.file(wasmPath)
+    .bytes()
+    .then((bytes) => WebAssembly.compile(bytes));
+  // A failure is not kept: the next load (a long-running service's next drill) tries again.
+  compiled.catch(() => (compiled = undefined));
+  const wasm = await compiled;
+  // emscripten's hook for bringing one's own module (it ignores a `wasmBinary` option in this
+  // build). It waits for `done` alone, so a failed instantiation is raced in, not left to hang.
+  let failed!: (e: unknown) => void;
+  const failure = new Promise<never>((_, reject) => (failed = reject));
+  const instantiateWasm = (
+    imports: Record<string, Record<string, unknown>>,
+    done: (instance: WebAssembly.Instance) => void,
+  ) => {
+    WebAssembly.instantiate(wasm, imports as never).then(done, failed);
+    return {};
+  };
+  return new Grammar((await Promise.race([PgQueryModule({ instantiateWasm }), failure])) as Module);
 }
 
-/** Let the parser's memory go (tens of MiB) once a file is judged: the load that follows streams gigabytes. */
-export function unloadGrammar() {
-  module = undefined;
-  loading = undefined;
-}
-
-/** Parse SQL text as the server would (PostgreSQL 18's grammar); locations are byte offsets. */
-export function parseSql(text: string): Parsed {
-  const m = module;
-  if (!m) throw new Error("loadGrammar() first");
-  const size = m.lengthBytesUTF8(text) + 1;
-  const input = m._malloc(size);
-  m.stringToUTF8(text, input, size);
-  const result = m._wasm_parse_query_raw(input);
-  try {
-    if (!result) throw new Error("the SQL parser ran out of memory");
-    const error = m.getValue(result + 8, "i32");
-    if (error) {
-      const message = m.getValue(error, "i32");
-      return {
-        ok: false,
-        message: message ? m.UTF8ToString(message) : "syntax error",
-        cursor: m.getValue(error + 16, "i32"),
-      };
+export class Grammar {
+  constructor(private readonly m: Module) {}
+  /** Parse SQL text as the server would (PostgreSQL 18's grammar); locations are byte offsets. */
+  parse(text: string): Parsed {
+    const m = this.m;
+    const size = m.lengthBytesUTF8(text) + 1;
+    const input = m._malloc(size);
+    m.stringToUTF8(text, input, size);
+    const result = m._wasm_parse_query_raw(input);
+    try {
+      if (!result) throw new Error("the SQL parser ran out of memory");
+      const error = m.getValue(result + 8, "i32");
+      if (error) {
+        const message = m.getValue(error, "i32");
+        return {
+          ok: false,
+          message: message ? m.UTF8ToString(message) : "syntax error",
+          cursor: m.getValue(error + 16, "i32"),
+        };
+      }
+      const tree = m.getValue(result, "i32");
+      return { ok: true, stmts: (JSON.parse(m.UTF8ToString(tree)) as { stmts?: RawStmt[] }).stmts ?? [] };
+    } finally {
+      m._free(input);
+      if (result) m._wasm_free_parse_result(result);
     }
-    const tree = m.getValue(result, "i32");
-    return { ok: true, stmts: (JSON.parse(m.UTF8ToString(tree)) as { stmts?: RawStmt[] }).stmts ?? [] };
-  } finally {
-    m._free(input);
-    if (result) m._wasm_free_parse_result(result);
   }
 }

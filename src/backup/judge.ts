@@ -1,4 +1,4 @@
-import { loadGrammar, parseSql, unloadGrammar, type RawStmt } from "./grammar.ts";
+import { loadGrammar, type Grammar, type RawStmt } from "./grammar.ts";
 import { concatAll, refuse, ScriptGuard, type ScriptItem } from "./script.ts";
 import { Rec, type Spool } from "./spool.ts";
 import { collectEvery as collect } from "../memory.ts";
@@ -158,7 +158,10 @@ export class Judge {
     copied: new Map(),
   };
 
-  constructor(private spool: Spool) {}
+  constructor(
+    private spool: Spool,
+    private grammar: Grammar,
+  ) {}
 
   push(chunk: Uint8Array) {
     this.take(this.splitter.push(chunk));
@@ -202,7 +205,7 @@ export class Judge {
     this.batch = [];
     this.batchBytes = 0;
     const bytes = concatAll(batch.map((p) => p.item.bytes));
-    const parsed = parseSql(this.decoder.decode(bytes));
+    const parsed = this.grammar.parse(this.decoder.decode(bytes));
     if (!parsed.ok) return this.explainSyntax(batch);
     let k = 0;
     for (const { item, start } of batch) {
@@ -231,7 +234,7 @@ export class Judge {
   /** The batch did not parse: find the statement that does not, for a message that names its line. */
   private explainSyntax(batch: Pending[]): never {
     for (const { item } of batch) {
-      const one = parseSql(item.text);
+      const one = this.grammar.parse(item.text);
       if (!one.ok) refuse(`a statement PostgreSQL's grammar does not accept (line ${item.line}): ${one.message}`);
     }
     refuse(`statements PostgreSQL's grammar reads differently together than apart (line ${batch[0]!.item.line})`);
@@ -477,12 +480,16 @@ function release(chunk: Uint8Array) {
     buffer.transfer(0);
 }
 
+/** A grammar loading ahead of the judge that will take it (prepareJudge). */
+let ready: Promise<Grammar> | undefined;
+
 /**
  * Start loading PostgreSQL's grammar now (about 50 ms, much of it off the main thread), so it
- * overlaps what a restore does before judging; judgeScript waits for it. Unloaded after judging.
+ * overlaps what a restore does before judging; the next judgeScript takes it.
  */
 export function prepareJudge(): void {
-  loadGrammar().catch(() => {}); // a failure is judgeScript's to report
+  ready ??= loadGrammar();
+  ready.catch(() => {}); // a failure is judgeScript's to report
 }
 
 /** Decoded bytes judged from which the judge's garbage is collected before the load. */
@@ -490,25 +497,30 @@ const GC_AFTER_BYTES = 16 << 20;
 
 /** Judge a whole stream into the spool; throws RESTORE_UNSAFE (having run nothing) on anything refused. */
 export async function judgeScript(source: AsyncIterable<Uint8Array>, spool: Spool): Promise<Judged> {
-  await loadGrammar();
-  let read = 0;
+  const read = { bytes: 0 };
   try {
-    const judge = new Judge(spool);
-    for await (const chunk of source) {
-      read += chunk.byteLength;
-      judge.push(chunk);
-      spool.flush();
-      release(chunk);
-    }
-    const judged = judge.end();
-    spool.flush(); // what the end added, written (and its space checked) before anything is sent
-    return judged;
+    return await judgeAll(source, spool, read);
   } finally {
-    unloadGrammar();
     // What judging left goes before the load starts, not at some later collection: tens of MiB for
     // a large file, and gigabytes of parse trees for a small one holding a huge statement (a 7.6 MiB
-    // INSERT of 2 million rows: 2.4 GB). A small file whose judging stayed small skips it: a full
-    // collection would cost its restore 5-15 ms of CPU.
-    if (read >= GC_AFTER_BYTES || process.memoryUsage.rss() > MEMORY_BUDGET) Bun.gc(true);
+    // INSERT of 2 million rows: 2.4 GB, in the grammar's own memory). A small file whose judging
+    // stayed small skips it: a full collection would cost its restore 5-15 ms of CPU.
+    if (read.bytes >= GC_AFTER_BYTES || process.memoryUsage.rss() > MEMORY_BUDGET) Bun.gc(true);
   }
+}
+
+/** The judging itself: the grammar and the judge are referenced from here alone, gone once it returns. */
+async function judgeAll(source: AsyncIterable<Uint8Array>, spool: Spool, read: { bytes: number }): Promise<Judged> {
+  const grammar = ready ?? loadGrammar();
+  ready = undefined;
+  const judge = new Judge(spool, await grammar);
+  for await (const chunk of source) {
+    read.bytes += chunk.byteLength;
+    judge.push(chunk);
+    spool.flush();
+    release(chunk);
+  }
+  const judged = judge.end();
+  spool.flush(); // what the end added, written (and its space checked) before anything is sent
+  return judged;
 }
