@@ -176,6 +176,66 @@ describe("undo a recovery", () => {
     expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
   });
 
+  test("rows written since that refer to recovered ones through any foreign key stop the undo, named", async () => {
+    // A reference recover does not follow (a story's to another story), and the recovered account's
+    // sessions and events (never restored): deleting the recovered rows would set bob's reference to
+    // null and delete alice's new session and event by cascade.
+    await db.sql`alter table stories add column forked_from uuid references stories (id) on delete set null`;
+    await backupOfTheStart();
+    for (const w of [1, 2]) await deleteWorld(db.sql, "alice@example.com", `alice@example.com world ${w}`);
+    await db.sql`delete from users where email = 'alice@example.com'`;
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    const [alice] = await db.sql`select id from users where email = 'alice@example.com'`;
+    const [event] = await db.sql`insert into account_events (user_id, kind, ip)
+      values (${alice!.id}, 'password_reset', '10.0.0.1') returning id`;
+    const [session] = await db.sql`insert into sessions (token_hash, user_id, expires_at)
+      values (${Buffer.from("signed in after the recovery")}, ${alice!.id}, now() + interval '1 day') returning id`;
+    const story = async (world: string) =>
+      (
+        await db.sql`select s.id from stories s join worlds w on w.id = s.world_id
+        where w.name = ${world} and s.title = 'story 1'`
+      )[0]!.id as string;
+    const [hers, bobs] = [await story("alice@example.com world 1"), await story("bob@example.com world 1")];
+    await db.sql`update stories set forked_from = ${hers} where id = ${bobs}`;
+    const before = {
+      rows: await snapshot(db.sql),
+      events: await db.sql`select * from account_events order by id`,
+    };
+
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(u.code).toBe(1);
+    expect(u.stderr).toContain("3 rows changed since the recovery, nothing was undone");
+    for (const row of [
+      `account_events (id)=(${event!.id}) was written since, under a recovered users row`,
+      `sessions (id)=(${session!.id}) was written since, under a recovered users row`,
+      `stories (id)=(${bobs}) was written since, under a recovered stories row (foreign key stories_forked_from_fkey)`,
+    ])
+      expect(u.stderr).toContain(row);
+    expect({ rows: await snapshot(db.sql), events: await db.sql`select * from account_events order by id` }).toEqual(
+      before,
+    );
+    expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
+  });
+
+  test("a row the recovery moved back under a parent it brought back (--revert-changed) is its own to undo", async () => {
+    await backupOfTheStart();
+    const worlds = await db.sql`select w.id from worlds w join users u on u.id = w.owner_id
+      where u.email = 'alice@example.com' order by w.name`;
+    const [moved] = await db.sql`select id from stories where world_id = ${worlds[0]!.id} and title = 'story 1'`;
+    await db.sql`update stories set world_id = ${worlds[1]!.id} where id = ${moved!.id}`;
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const lost = await snapshot(db.sql);
+    const r = await shinkei(
+      ["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(r).toSucceed();
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(u).toSucceed();
+    expect(await snapshot(db.sql)).toEqual(lost);
+  });
+
   test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; signed undoes", async () => {
     const keyed = {
       ...env,

@@ -48,6 +48,33 @@ async function catalog(sql: Queryable) {
   return { edges, tables: new Map(tables.map((t) => [t.name, t])) };
 }
 
+/** A foreign key into a table of `public` from any table at all, with that table's primary key (if any). */
+export type Reference = Edge & { name: string; childSchema: string; childPrimaryKey: string[] };
+
+/**
+ * Every foreign key into the `parents` tables of `public`, from any schema, any table: what deleting
+ * a parent row would cascade to, set to null or be blocked by. Unlike the ownership graph, nothing is
+ * left out: not the never-restored tables, not a table without a primary key, not a self-reference.
+ */
+export async function referencesInto(sql: Queryable, parents: string[]): Promise<Reference[]> {
+  if (!parents.length) return [];
+  return sql<Reference[]>`
+    select c.conname::text as name, n.nspname::text as "childSchema", ch.relname::text as child,
+      p.relname::text as parent,
+      array(select a.attname::text from pg_catalog.unnest(c.conkey) with ordinality k(n, i)
+            join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.i) as "childColumns",
+      array(select a.attname::text from pg_catalog.unnest(c.confkey) with ordinality k(n, i)
+            join pg_attribute a on a.attrelid = c.confrelid and a.attnum = k.n order by k.i) as "parentColumns",
+      coalesce((select array(select a.attname::text from pg_catalog.unnest(i.indkey::int2[]) with ordinality k(n, o)
+               join pg_attribute a on a.attrelid = ch.oid and a.attnum = k.n order by k.o)
+         from pg_index i where i.indrelid = ch.oid and i.indisprimary), '{}') as "childPrimaryKey"
+    from pg_constraint c
+    join pg_class ch on ch.oid = c.conrelid join pg_namespace n on n.oid = ch.relnamespace
+    join pg_class p on p.oid = c.confrelid join pg_namespace pn on pn.oid = p.relnamespace
+    where c.contype = 'f' and pn.nspname = 'public' and p.relname = any(${parents}::text[])
+    order by n.nspname, ch.relname, c.conname`;
+}
+
 /**
  * Walk the foreign keys downwards from `root`: every table referencing a table already reached
  * belongs to the owner too. Read from the catalog, so a child table a migration adds is followed

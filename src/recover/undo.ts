@@ -5,7 +5,7 @@ import { plainTable, quoteIdent } from "../pg/tables.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
 import { conflict, keyPart, requireRecoveries, rowsByKey } from "./apply.ts";
 import { keyOf, type Row } from "./diff.ts";
-import { ownershipGraph, type TableInfo } from "./graph.ts";
+import { ownershipGraph, referencesInto, type TableInfo } from "./graph.ts";
 import type { RecoveredRecord, UndoData } from "./record.ts";
 
 export type UndoCounts = Record<string, { deleted: number; putBack: number; reinserted: number }>;
@@ -108,27 +108,37 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     for (const r of u.deleted)
       if (deleted.has(keyOf(t, r))) problems.push(`${nameRow(u, r)} (removed by the recovery) exists again`);
   }
-  // A row written since under a row the recovery inserted would go with it (or block it): it is not
-  // the recovery's to remove.
-  const insertedKeys = new Map(tables.map(({ u, t }) => [u.table, new Set(u.inserted.map((i) => keyOf(t, i.key)))]));
-  for (const e of graph.edges) {
-    const parent = tables.find(({ u }) => u.table === e.parent);
-    if (!parent?.u.inserted.length) continue;
-    const child = live.get(e.child)!;
+  // A row written since that refers to a row the recovery inserted would go with it, be changed
+  // with it (ON DELETE SET NULL) or block it: it is not the recovery's to touch. Every foreign key
+  // counts, not only those recover follows: the never-restored tables (a recovered account's
+  // sessions and events), tables of other schemas, a table's references to itself. A row the
+  // recovery inserted goes too, and one it updated gets its old version back first: neither counts.
+  const withInserted = tables.filter(({ u }) => u.inserted.length).map(({ u }) => u.table);
+  for (const e of await referencesInto(tx, withInserted)) {
+    const parent = tables.find(({ u }) => u.table === e.parent)!;
+    const child = `${quoteIdent(e.childSchema)}.${quoteIdent(e.child)}`;
     const p = `public.${quoteIdent(e.parent)}`;
     const on = e.childColumns.map((c, i) => `c.${quoteIdent(c)} = p.${quoteIdent(e.parentColumns[i]!)}`).join(" and ");
     const match = parent.t.primaryKey.map((c) => `p.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
     const rows = await tx.unsafe<{ r: Row }[]>(
-      `select pg_catalog.to_jsonb(c) as r from public.${quoteIdent(e.child)} c join ${p} p on ${on}
+      `select pg_catalog.to_jsonb(c) as r from ${child} c join ${p} p on ${on}
       join pg_catalog.jsonb_populate_recordset(null::${p}, $1::text::jsonb) k on ${match}`,
       [JSON.stringify(parent.u.inserted.map((i) => i.key))],
     );
+    const mine = e.childSchema === "public" ? tables.find(({ u }) => u.table === e.child) : undefined;
+    const exempt = new Set(
+      mine
+        ? [...mine.u.inserted.map((i) => i.key), ...mine.u.updated.map((x) => x.before)].map((r) => keyOf(mine.t, r))
+        : [],
+    );
     for (const { r } of rows) {
-      if (!insertedKeys.get(e.child)?.has(keyOf(child, r)))
-        problems.push(
-          `${nameRow({ table: e.child, primaryKey: child.primaryKey }, r)} was written since, under a ` +
-            `recovered ${e.parent} row`,
-        );
+      if (mine && exempt.has(keyOf(mine.t, r))) continue;
+      const table = e.childSchema === "public" ? e.child : `${e.childSchema}.${e.child}`;
+      const key = e.childPrimaryKey.length ? e.childPrimaryKey : e.childColumns;
+      problems.push(
+        `${nameRow({ table, primaryKey: key }, r)} was written since, under a recovered ${e.parent} row ` +
+          `(foreign key ${e.name})`,
+      );
     }
   }
   if (problems.length) {
