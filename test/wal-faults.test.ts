@@ -16,7 +16,15 @@ import { listArchive, walRoot } from "../src/wal/archive.ts";
 import { findGaps } from "../src/wal/gaps.ts";
 import { archiveWindow, pitrProblems, pitrStatus } from "../src/wal/status.ts";
 import { freeBytes, repairSpool } from "../src/wal/spool.ts";
-import { parseLsn, segmentName, segnoOf, timelineDir } from "../src/wal/segments.ts";
+import {
+  formatLsn,
+  parseLsn,
+  parseSegment,
+  segmentName,
+  segmentStart,
+  segnoOf,
+  timelineDir,
+} from "../src/wal/segments.ts";
 
 // Faults in the receiver's own files: a cluster of our own and real pg_receivewal.
 setDefaultTimeout(120_000);
@@ -200,6 +208,71 @@ if (!canMount)
   );
 
 describe("a real full disk (a 64 MiB tmpfs)", () => {
+  test.skipIf(!canMount)(
+    "room for one segment, not two: the receiver resumes after the archived WAL, not from the slot's older position",
+    async () => {
+      const dir = await tempDir("wal-room");
+      expect(await mountTmpfs(dir, "64m")).toBe(true);
+      const config = configFor(dir, { WAL_SLOT: "shinkei_room" });
+      let stream: WalStream | undefined;
+      try {
+        await mkdir(join(dir, "wal"), { recursive: true });
+        stream = await startWalStream({ sql, config, log: () => {}, pollMs: 100, backoffMs: { min: 200, max: 400 } });
+        const seg = await commitFlushed("in-the-archived-segment");
+        // Where a receiver that stopped as the segment ended left its slot: inside the segment (its
+        // flush at the end was never reported). A copy keeps it there; the receiver's own moves on.
+        await sql`select pg_copy_physical_replication_slot('shinkei_room', 'shinkei_room_behind')`;
+        await archivedWal(stream, dir, seg);
+        await stream.stop();
+        stream = undefined;
+        await sql`select pg_drop_replication_slot('shinkei_room')`;
+        // The spool as a full disk leaves it: the next segment's padding, cut short (the repair removes it).
+        const next = segmentName(await timeline(), parseSegment(seg, segmentBytes)!.segno + 1n, segmentBytes);
+        for (const n of await readdir(spoolOf(dir))) await rm(join(spoolOf(dir), n));
+        await writeFile(join(spoolOf(dir), `${next}.partial`), Buffer.alloc(991_232));
+        // Room for one segment but not two.
+        await writeFile(join(dir, "other-data"), Buffer.alloc((await freeBytes(dir)) - segmentBytes * 1.5));
+        const { lsn } = (
+          await sql<
+            { lsn: string }[]
+          >`insert into canary values ('after-the-archived-segment') returning pg_current_wal_insert_lsn()::text as lsn`
+        )[0]!;
+        expect(segnoOf(parseLsn(lsn), segmentBytes)).toBe(parseSegment(next, segmentBytes)!.segno);
+
+        // No archiver passes: they could free the room by chance, at the moment the receiver needs it.
+        const { log, lines } = collector();
+        stream = await startWalStream({
+          sql,
+          config: configFor(dir, { WAL_SLOT: "shinkei_room_behind" }),
+          log,
+          pollMs: 3_600_000,
+          backoffMs: { min: 200, max: 400 },
+          spaceCheckMs: 200,
+        });
+        // Resumed at the slot, the receiver would take the segment the archive holds again, and that
+        // copy the room the next one needs: stopped for space for good, the row never received.
+        await receiverFlushed(sql, lsn);
+        const nextStart = formatLsn(segmentStart(parseSegment(next, segmentBytes)!.segno, segmentBytes));
+        expect(lines.find((l) => String(l.detail).startsWith("starting log streaming at"))?.detail).toBe(
+          `starting log streaming at ${nextStart} (timeline ${await timeline()})`,
+        );
+        expect(lines.some((l) => String(l.msg).startsWith("replication slot moved past the WAL"))).toBe(true);
+        expect(await readdir(spoolOf(dir))).toEqual([`${next}.partial`]);
+        expect((await readFile(join(spoolOf(dir), `${next}.partial`))).includes("after-the-archived-segment")).toBe(
+          true,
+        );
+        expect(stream.receiver.diskFull()).toBe(false);
+        expect(lines.some((l) => String(l.msg).startsWith("disk full"))).toBe(false);
+      } finally {
+        await stream?.stop();
+        for (const slot of ["shinkei_room", "shinkei_room_behind"])
+          await sql`select pg_drop_replication_slot(${slot})`.catch(() => {});
+        await Bun.spawn(["umount", "-l", dir]).exited;
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
   test.skipIf(!canMount)(
     "is reported at once (log, backup check, metric facts), and streaming resumes by itself when space returns, " +
       "with no gap",

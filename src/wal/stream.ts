@@ -12,9 +12,9 @@ import { archiveWalFile, listArchive, spoolDir, walRoot } from "./archive.ts";
 import { startWalUploader, walStore, type WalUploader } from "./offsite.ts";
 import { freeBytes, holdsData, repairSpool } from "./spool.ts";
 import { setAsideUnsigned, SpoolSigner } from "./spoolsign.ts";
-import { signedPart, spoolSignaturePath } from "./trust.ts";
+import { archiveTrust, signedPart, spoolSignaturePath } from "./trust.ts";
 import { startPoller } from "../service/poller.ts";
-import { parseHistory, parseLsn, parseSegment, segmentName, segnoOf } from "./segments.ts";
+import { formatLsn, parseHistory, parseLsn, parseSegment, segmentName, segmentStart, segnoOf } from "./segments.ts";
 
 export type WalStream = {
   receiver: Receiver;
@@ -334,6 +334,55 @@ export async function startWalStream(deps: {
       await Bun.sleep(100);
     }
   };
+  /**
+   * pg_receivewal resumes after the newest segment in the spool, else from the start of the segment
+   * holding the slot's restart position. The archiver empties the spool, and the slot trails what was
+   * received: the receiver reports its flush once a second, and one that exits as a segment ends (a
+   * full disk stops it as it opens the next) never reports it. A restart would then receive again a
+   * segment the archive holds, and on a disk with room for one segment but not two it never gets
+   * further: the copy takes the room the next segment needs, the receiver stops for space, the archiver
+   * drops the copy (archived already), and the receiver starts over at the same place, while the disk
+   * shows a segment free. With nothing in the spool to resume from, the slot is moved past the
+   * segments the archive holds whole, of the server's timeline: the server keeps the WAL from there.
+   */
+  const skipArchived = async () => {
+    if (!slot) return;
+    const held = (await readdir(spool)).some((n) => parseSegment(n.replace(/\.partial$/, ""), info.segmentBytes));
+    if (held) return;
+    const [row] = await sql<{ walfile: string }[]>`select pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())
+      as walfile`;
+    const timeline = parseSegment(row!.walfile, info.segmentBytes)!.timeline;
+    // Only what a recovery would take from the archive (signed, and encrypted when it should be) counts.
+    const archived = new Set(
+      (await listArchive(root, undefined, archiveTrust(config.backup.age)))
+        .filter((r) => r.kind === "segment" && r.timeline === timeline)
+        .map((r) => parseSegment(r.name, info.segmentBytes)!.segno),
+    );
+    // The walsender of a receiver that just exited holds the slot for a moment.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const status = await slotStatus(sql, slot);
+      if (!status?.restartLsn) return;
+      if (status.active) {
+        await Bun.sleep(100);
+        continue;
+      }
+      const from = segnoOf(parseLsn(status.restartLsn), info.segmentBytes);
+      let next = from;
+      while (archived.has(next)) next++;
+      if (next === from) return;
+      const to = formatLsn(segmentStart(next, info.segmentBytes));
+      await sql`select pg_catalog.pg_replication_slot_advance(${slot}::name, ${to}::pg_lsn)`;
+      log({
+        level: "info",
+        msg: "replication slot moved past the WAL the archive holds: the receiver resumes after it",
+        slot,
+        restartLsn: status.restartLsn,
+        movedTo: to,
+        archivedUpTo: segmentName(timeline, next - 1n, info.segmentBytes),
+      });
+      return;
+    }
+  };
   const onStart = (lsn: string, timeline: number) =>
     void checkForGap({ root, spool, segmentBytes: info.segmentBytes, slot, log }, lsn, timeline);
   const receiver = superviseReceiver({
@@ -351,6 +400,10 @@ export async function startWalStream(deps: {
     beforeStart: async () => {
       await repairSpool(spool, info.segmentBytes, log);
       if (key) await setAsideUnsigned(config.backupDir, spool, key, log);
+      // Last, with the spool as the receiver will find it. Without it the receiver only fetches a segment again.
+      await skipArchived().catch((e: Error) =>
+        log({ level: "warn", msg: "replication slot not moved past the archived WAL", slot, error: e.message }),
+      );
     },
     space: { free: () => freeBytes(spool), needBytes: info.segmentBytes, checkMs: deps.spaceCheckMs },
   });
