@@ -218,7 +218,7 @@ describe("undo a recovery", () => {
     expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
   });
 
-  test("a row the recovery moved back under a parent it brought back (--revert-changed) is its own to undo", async () => {
+  test("a row the recovery moved back under a parent it brought back (--revert-changed) is its to undo", async () => {
     await backupOfTheStart();
     const worlds = await db.sql`select w.id from worlds w join users u on u.id = w.owner_id
       where u.email = 'alice@example.com' order by w.name`;
