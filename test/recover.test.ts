@@ -321,6 +321,15 @@ describe("recover one user's rows", () => {
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("owns data (worlds 1): --restore-account removes only an empty account");
     await db.sql`delete from worlds where id = ${w!.id}`;
+    // Its history of resets and verifications would go with it by cascade, beyond any undo.
+    await db.sql`insert into account_events (user_id, kind) values (${fresh!.id}, 'password_reset')`;
+    const history = await shinkei(
+      ["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(history.code).toBe(1);
+    expect(history.stderr).toContain("owns data (account_events 1): --restore-account removes only an empty account");
+    await db.sql`delete from account_events where user_id = ${fresh!.id}`;
 
     const r = await shinkei(
       ["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name],

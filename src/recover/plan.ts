@@ -154,6 +154,20 @@ export async function buildPlan(
         if (mode === "into-current-account") currentRoot = String(holder.id);
         else if (mode === "restore-account") {
           const owned = Object.entries(replaced.current.rows).filter(([, n]) => n > 0);
+          // Its history of resets and verifications would go with it (ON DELETE CASCADE), and no undo
+          // brings it back: the account is not empty. (Sessions and pending codes may go: login state.)
+          const logged = await one(
+            live,
+            "select pg_catalog.to_jsonb(pg_catalog.to_regclass('public.account_events') is not null) as r",
+          );
+          const events = logged
+            ? await one(
+                live,
+                "select pg_catalog.jsonb_build_object('n', pg_catalog.count(*)) as r from public.account_events e " +
+                  `where e.user_id = ${quoteLiteral(String(holder.id))}`,
+              )
+            : undefined;
+          if (Number(events?.n ?? 0) > 0) owned.push(["account_events", Number(events!.n)]);
           if (owned.length) {
             throw new ShinkeiError(
               "ACCOUNT_NOT_EMPTY",
