@@ -236,6 +236,32 @@ describe("undo a recovery", () => {
     expect(await snapshot(db.sql)).toEqual(lost);
   });
 
+  test("a column a migration added since does not stop the undo; one it dropped does, named", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const lost = await snapshot(db.sql);
+    const undo = (record: string) =>
+      shinkei(["recover", "--undo", record, "--yes", "--confirm-database", db.name], env);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    const recovered = await snapshot(db.sql);
+    // The digests are of the columns the rows had: before, every recovered row read as changed.
+    await db.sql`alter table story_beats add column mood text not null default 'calm'`;
+    await db.sql`alter table stories drop column summary`;
+    const refused = await undo(recordOf(r.stdout));
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("table stories has lost column summary since the recovery (a migration)");
+    expect(refused.stderr).not.toContain("story_beats");
+    // The column back, with what the recovery wrote in it: the undo runs.
+    await db.sql`alter table stories add column summary text`;
+    await db.sql`update stories set summary = s.summary from pg_catalog.jsonb_populate_recordset(null::stories,
+      ${JSON.stringify(recovered.stories)}::text::jsonb) s where stories.id = s.id`;
+    const u = await undo(recordOf(r.stdout));
+    expect(u).toSucceed();
+    await db.sql`alter table story_beats drop column mood`;
+    expect(await snapshot(db.sql)).toEqual(lost);
+  });
+
   test("a tampered, unsigned, foreign or uncommitted record is refused, changing nothing; signed undoes", async () => {
     const keyed = {
       ...env,

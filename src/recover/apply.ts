@@ -106,22 +106,32 @@ function conflictsError(all: ShinkeiError[]): ShinkeiError {
   });
 }
 
-/** The rows matching `keys` (objects holding at least the primary key), as they are now, with a digest of each. */
+/**
+ * The rows matching `keys` (objects holding at least the primary key), as they are now, with a digest
+ * of each. With `columns`, the digest is of those columns alone: a column a migration adds later
+ * does not make a row read as changed (jsonb's text form orders keys, so it is the whole row's
+ * digest while the columns are the same). Without, of the whole row (records written before).
+ */
 export async function rowsByKey(
   q: Queryable,
   t: TableInfo,
   keys: Row[],
   lock: boolean,
+  columns?: string[],
 ): Promise<Map<string, { row: Row; digest: string }>> {
   const out = new Map<string, { row: Row; digest: string }>();
   if (!keys.length) return out;
   const target = `public.${quoteIdent(t.name)}`;
   const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
+  const digested = columns
+    ? "(select pg_catalog.jsonb_object_agg(e.key, e.value) from pg_catalog.jsonb_each(pg_catalog.to_jsonb(t)) e " +
+      "where e.key = any($2::text[]))"
+    : "pg_catalog.to_jsonb(t)";
   const rows = await q.unsafe<{ r: Row; d: string }[]>(
-    `select pg_catalog.to_jsonb(t) as r, pg_catalog.md5(pg_catalog.to_jsonb(t)::text) as d
+    `select pg_catalog.to_jsonb(t) as r, pg_catalog.md5(${digested}::text) as d
     from ${target} t join pg_catalog.jsonb_populate_recordset(null::${target}, $1::text::jsonb) k
       on ${match}${lock ? " for update of t" : ""}`,
-    [JSON.stringify(keys)],
+    columns ? [JSON.stringify(keys), columns] : [JSON.stringify(keys)],
   );
   for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d });
   return out;
@@ -220,11 +230,14 @@ export async function applyRows(
   for (const t of plan.graph.tables) {
     const d = diffs.find((x) => x.table === t.name)!;
     const u = undoOf(t.name);
+    // The digests are of the columns the table has now: the undo compares those alone.
+    u.columns = t.columns;
     const inserted = await rowsByKey(
       tx,
       t,
       d.missing.map((r) => keyPart(t, r)),
       false,
+      u.columns,
     );
     u.inserted = d.missing.map((r) => ({ key: keyPart(t, r), digest: inserted.get(keyOf(t, r))!.digest }));
     const updated = await rowsByKey(
@@ -232,6 +245,7 @@ export async function applyRows(
       t,
       u.updated.map((x) => keyPart(t, x.before)),
       false,
+      u.columns,
     );
     for (const x of u.updated) x.digest = updated.get(keyOf(t, x.before))!.digest;
   }

@@ -54,6 +54,8 @@ export const recoveryNaming: StoreNaming = {
 export type UndoTable = {
   table: string;
   primaryKey: string[];
+  /** The columns the digests are of (the table's when the recovery ran); absent in older records: the whole row. */
+  columns?: string[];
   inserted: { key: Row; digest: string }[];
   updated: { before: Row; digest: string }[];
   deleted: Row[];
@@ -278,6 +280,7 @@ function checkUndoShape(u: unknown, id: string): UndoData {
         Array.isArray(t.primaryKey) &&
         t.primaryKey.length > 0 &&
         t.primaryKey.every((c) => typeof c === "string") &&
+        (t.columns === undefined || (Array.isArray(t.columns) && t.columns.every((c) => typeof c === "string"))) &&
         Array.isArray(t.inserted) &&
         t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string") &&
         Array.isArray(t.updated) &&

@@ -77,11 +77,18 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
 
   const problems: string[] = [];
   for (const { u, t } of tables) {
+    // A column the recovery wrote that the table has lost: its rows cannot be as the recovery left them.
+    const dropped = (u.columns ?? []).filter((c) => !t.columns.includes(c));
+    if (dropped.length) {
+      problems.push(`table ${u.table} has lost column ${dropped.join(", ")} since the recovery (a migration)`);
+      continue;
+    }
     const inserted = await rowsByKey(
       tx,
       t,
       u.inserted.map((i) => i.key),
       true,
+      u.columns,
     );
     for (const i of u.inserted) {
       const now = inserted.get(keyOf(t, i.key));
@@ -93,6 +100,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       t,
       u.updated.map((x) => keyPart(t, x.before)),
       true,
+      u.columns,
     );
     for (const x of u.updated) {
       const now = updated.get(keyOf(t, x.before));
@@ -201,7 +209,11 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     counts[u.table]!.deleted = u.inserted.length;
   }
   for (const { u, t } of tables) {
-    const cols = t.columns.map(quoteIdent).join(", ");
+    // The columns the rows were saved with: one added since takes its default.
+    const cols = t.columns
+      .filter((c) => u.deleted.length && c in u.deleted[0]!)
+      .map(quoteIdent)
+      .join(", ");
     await write(
       t,
       "bringing back the rows removed from",
