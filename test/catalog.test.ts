@@ -3,6 +3,7 @@ import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { obtainBackup } from "../src/backup/catalog.ts";
 import { checkFreshness, newestGood } from "../src/backup/freshness.ts";
+import { pruneStore } from "../src/backup/prune.ts";
 import { LocalStore } from "../src/storage/local.ts";
 import { backupName } from "../src/storage/naming.ts";
 import { tempDir } from "./support/fixtures.ts";
@@ -28,7 +29,7 @@ test("the newest backup of the database named, not a newer one of another databa
   const a = await plant(dir, 2, "a");
   const b = await plant(dir, 1, "b");
   expect(await obtainBackup(dir, undefined, undefined, "a")).toBe(join(dir, a));
-  // Without a database, the newest of any (what verify and drill still take).
+  // Without a database, the newest of any.
   expect(await obtainBackup(dir)).toBe(join(dir, b));
 });
 
@@ -90,4 +91,24 @@ test("freshness is judged per database: another's fresh backups do not stand in 
   expect(stale.message).toContain(`the newest good backup (${old}) is 1d 6h old`);
   const none = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, "c").catch((e) => e);
   expect(none.message).toBe(`no good backup of "c" in ${dir}`);
+});
+
+test("off-site retention keeps each database's own newest and daily backups, by their manifests", async () => {
+  const dir = await tempDir("catalog");
+  const day = 24 * hour;
+  const ours: string[] = [];
+  for (const d of [30, 20, 12]) ours.push(await plant(dir, (d * day) / hour, "a"));
+  const theirs: string[] = [];
+  for (const d of [29.9, 19.9, 11.9, 5]) theirs.push(await plant(dir, (d * day) / hour, "b"));
+  const policy = { keepDays: 30, keepDaily: 2, keepWeekly: 0, keepMonthly: 0 };
+  const r = await pruneStore(new LocalStore(dir), 3, policy, true);
+  const kept = (name: string) => r.decisions.find((d) => d.name === name)!.keep;
+  // Counted together, the other database's later backups took both daily places.
+  expect([ours.map(kept), theirs.map(kept)]).toEqual([
+    [false, true, true],
+    [false, false, true, true],
+  ]);
+  expect(r.decisions.find((d) => d.name === ours[2])!.why).toContain('(of "a")');
+  expect(r.removed).toEqual([]);
+  expect((await readdir(dir)).length).toBe(14);
 });

@@ -101,7 +101,7 @@ export async function obtainBackup(
 }
 
 /** A stored backup's manifest alone, read through a folder of our own; null when it is not one. */
-async function peekManifest(store: BackupStore, name: string): Promise<Manifest | null> {
+export async function peekManifest(store: BackupStore, name: string): Promise<Manifest | null> {
   const folder = await mkdtemp(join(tmpdir(), "shinkei-manifest-"));
   try {
     const path = join(folder, name);

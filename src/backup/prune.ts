@@ -1,7 +1,7 @@
 import type { Config } from "../config/index.ts";
-import { listLocal } from "./catalog.ts";
-import { MANIFEST_SUFFIX } from "../storage/naming.ts";
-import { planRetention, type Decision } from "./retention.ts";
+import { listLocal, peekManifest } from "./catalog.ts";
+import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName } from "../storage/naming.ts";
+import { planRetention, type Candidate, type Decision, type RetentionPolicy } from "./retention.ts";
 import { LocalStore } from "../storage/local.ts";
 import type { BackupStore } from "../storage/store.ts";
 
@@ -9,55 +9,66 @@ export type PruneReport = { location: string; decisions: Decision[]; removed: st
 
 /**
  * Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. Each
- * database's backups (by their manifests) are kept by the policy on their own: in a folder that
- * serves two databases, one's daily backups must not take the other's newest, daily, weekly and
- * monthly places. Files without a manifest are a group of their own (none of them is good).
+ * database's backups are kept by the policy on their own (see byDatabase).
  */
 export async function pruneLocal(
   config: Config,
   options: { dryRun: boolean; offsite?: BackupStore },
 ): Promise<PruneReport> {
   const backups = await listLocal(config.backupDir);
-  const groups = Map.groupBy(backups, (b) => b.manifest?.database ?? null);
-  const now = new Date();
-  const decided = new Map<string, Decision>();
-  for (const [database, group] of groups) {
-    const decisions = planRetention(
-      group.map((b) => ({
-        name: b.name,
-        good: b.manifest?.sizeBytes === b.sizeBytes,
-        mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
-      })),
-      config.backup,
-      now,
-      options.offsite !== undefined,
-    );
-    const of = groups.size > 1 ? (database === null ? " (no manifest)" : ` (of "${database}")`) : "";
-    for (const d of decisions) decided.set(d.name, { ...d, why: d.why + of });
-  }
-  // Newest first across the folder, as listed.
-  const decisions = backups.flatMap((b) => decided.get(b.name) ?? []);
+  const decisions = byDatabase(
+    backups.map((b) => ({
+      name: b.name,
+      database: b.manifest?.database ?? null,
+      good: b.manifest?.sizeBytes === b.sizeBytes,
+      mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
+    })),
+    config.backup,
+    options.offsite !== undefined,
+  );
   return apply(new LocalStore(config.backupDir), decisions, options.dryRun);
 }
 
-/** Retention for an off-site store (S3_KEEP_DAYS): only our names under our prefix are listed at all. */
+/**
+ * Retention for an off-site store (S3_KEEP_DAYS): only our names under our prefix are listed at all.
+ * Each backup's manifest is read (a small object) for the database it names.
+ */
 export async function pruneStore(
   store: BackupStore,
   keepDays: number,
-  policy: Config["backup"],
+  policy: RetentionPolicy,
   dryRun: boolean,
 ): Promise<PruneReport> {
   const objects = await store.list();
   const names = new Set(objects.map((o) => o.name));
-  const decisions = planRetention(
-    objects
-      .filter((o) => !o.name.endsWith(MANIFEST_SUFFIX))
-      .map((o) => ({ name: o.name, good: names.has(o.name + MANIFEST_SUFFIX), mirrored: true })),
-    { ...policy, keepDays },
-    new Date(),
-    false,
-  );
-  return apply(store, decisions, dryRun);
+  const candidates = [];
+  for (const o of objects.filter((o) => !o.name.endsWith(MANIFEST_SUFFIX))) {
+    const good = names.has(o.name + MANIFEST_SUFFIX);
+    const database = good ? ((await peekManifest(store, o.name))?.database ?? null) : null;
+    candidates.push({ name: o.name, database, good, mirrored: true });
+  }
+  return apply(store, byDatabase(candidates, { ...policy, keepDays }, false), dryRun);
+}
+
+/**
+ * The policy applied to each database's backups on its own (by their manifests): in a place that
+ * serves two databases, one's daily backups must not take the other's newest, daily, weekly and
+ * monthly places. Backups without a manifest are a group of their own.
+ */
+function byDatabase(
+  candidates: (Candidate & { database: string | null })[],
+  policy: RetentionPolicy,
+  requireMirrored: boolean,
+): Decision[] {
+  const groups = Map.groupBy(candidates, (c) => c.database);
+  const now = new Date();
+  const decided = new Map<string, Decision>();
+  for (const [database, group] of groups) {
+    const of = groups.size > 1 ? (database === null ? " (no manifest)" : ` (of "${database}")`) : "";
+    for (const d of planRetention(group, policy, now, requireMirrored)) decided.set(d.name, { ...d, why: d.why + of });
+  }
+  // Newest first across the groups, as one plan would list them (every name decided on parses).
+  return [...decided.values()].sort((a, b) => compareNewestFirst(parseBackupName(a.name)!, parseBackupName(b.name)!));
 }
 
 async function apply(store: BackupStore, decisions: Decision[], dryRun: boolean): Promise<PruneReport> {
