@@ -99,7 +99,7 @@ test("off-site retention keeps each database's own newest and daily backups, by 
   const ours: string[] = [];
   for (const d of [30, 20, 12]) ours.push(await plant(dir, (d * day) / hour, "a"));
   const theirs: string[] = [];
-  for (const d of [29.9, 19.9, 11.9, 5]) theirs.push(await plant(dir, (d * day) / hour, "b"));
+  for (const d of [29.9, 19.9, 11.9, 5]) theirs.push(await plant(dir, (d * day) / hour, "b\n\u001b[31m"));
   const policy = { keepDays: 30, keepDaily: 2, keepWeekly: 0, keepMonthly: 0 };
   const r = await pruneStore(new LocalStore(dir), 3, policy, true);
   const kept = (name: string) => r.decisions.find((d) => d.name === name)!.keep;
@@ -109,6 +109,8 @@ test("off-site retention keeps each database's own newest and daily backups, by 
     [false, false, true, true],
   ]);
   expect(r.decisions.find((d) => d.name === ours[2])!.why).toContain('(of "a")');
+  // A name from a manifest prints as one line of plain text.
+  expect(r.decisions.find((d) => d.name === theirs[3])!.why).toEndWith(' (of "b\\n\\u001b[31m")');
   expect(r.removed).toEqual([]);
   expect((await readdir(dir)).length).toBe(14);
 });

@@ -64,7 +64,9 @@ function byDatabase(
   const now = new Date();
   const decided = new Map<string, Decision>();
   for (const [database, group] of groups) {
-    const of = groups.size > 1 ? (database === null ? " (no manifest)" : ` (of "${database}")`) : "";
+    // The name from a manifest, quoted: whatever it holds prints as one line of plain text.
+    const of =
+      groups.size > 1 ? (database === null ? " (no manifest)" : ` (of ${JSON.stringify(String(database))})`) : "";
     for (const d of planRetention(group, policy, now, requireMirrored)) decided.set(d.name, { ...d, why: d.why + of });
   }
   // Newest first across the groups, as one plan would list them (every name decided on parses).
