@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
@@ -15,10 +15,21 @@ import { decrypt, writeIdentity } from "../src/storage/crypt.ts";
 import { startWalStream } from "../src/wal/stream.ts";
 import { serverInfo } from "../src/pg/server-info.ts";
 import { pitrStatus } from "../src/wal/status.ts";
-import { listArchive, walRoot } from "../src/wal/archive.ts";
+import {
+  archiveWalFile,
+  listArchive,
+  readRecord,
+  recordPath,
+  signWalRecord,
+  walRecordProblem,
+  walRoot,
+  writeRecord,
+} from "../src/wal/archive.ts";
 import { createBaseBackup, listBaseBackups } from "../src/wal/base.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
-import { walStore } from "../src/wal/offsite.ts";
+import { mirrorWalRecord, walNaming, walStore } from "../src/wal/offsite.ts";
+import { LocalStore } from "../src/storage/local.ts";
+import type { BackupStore } from "../src/storage/store.ts";
 import { parseLsn, segmentName, segnoOf } from "../src/wal/segments.ts";
 import { Metrics } from "../src/metrics/registry.ts";
 import { archiveSource } from "../src/metrics/sources.ts";
@@ -292,4 +303,29 @@ test("S3 down under writes: off-site lag past PITR_OFFSITE_MAX_LAG fails check, 
     await stream.stop();
     await sql`select pg_drop_replication_slot('shinkei_lag')`.catch(() => {});
   }
+});
+
+test("a record signed while its segment was copied off-site keeps its signature; the copy is recorded", async () => {
+  const root = walRoot(await tempDir("wal-mirror"));
+  const source = join(await tempDir("wal-mirror-spool"), segmentName(1, 3n));
+  await writeFile(source, crypto.getRandomValues(new Uint8Array(1 << 20)));
+  const { record } = await archiveWalFile(source, root, { segmentBytes: 1 << 20 });
+  expect(record.signature).toBeUndefined();
+  // A real folder store whose copy waits until the record was signed meanwhile (`pitr sign`).
+  const local = new LocalStore(await tempDir("wal-mirror-copies"), walNaming);
+  let signedMeanwhile = false;
+  const store: BackupStore = Object.assign(Object.create(local), {
+    put: async (name: string, path: string) => {
+      if (!signedMeanwhile) {
+        await writeRecord(root, signWalRecord(record, "a manifest key"));
+        signedMeanwhile = true;
+      }
+      return local.put(name, path);
+    },
+  });
+  await mirrorWalRecord(store, root, record);
+  const now = await readRecord(recordPath(root, 1, record.name));
+  expect(now?.signature).toBe(signWalRecord(record, "a manifest key").signature);
+  expect(now?.offsite?.local?.location).toBe(local.location);
+  expect(walRecordProblem(now!, { key: "a manifest key", encrypts: false })).toBeNull();
 });

@@ -284,6 +284,20 @@ export async function writeRecord(root: string, record: WalRecord): Promise<void
 }
 
 /**
+ * Rewrite the record `read` came from with `change` applied to what it holds now: a slow step (an
+ * off-site copy) that read it earlier must not undo what was written meanwhile (`pitr sign`'s
+ * signature). A record gone or no longer naming the same file is changed from `read`.
+ */
+export async function updateRecord(
+  root: string,
+  read: WalRecord,
+  change: (now: WalRecord) => WalRecord,
+): Promise<void> {
+  const now = await readRecord(recordPath(root, read.timeline, read.name), read.name);
+  await writeRecord(root, change(now?.file === read.file ? now : read));
+}
+
+/**
  * Every complete archived WAL file (record and file present), by timeline then name. `skip`
  * leaves out names the caller already knows, without reading their records. With `trust`, a
  * record this host may not use is left out and named in `untrusted`.

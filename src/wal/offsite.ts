@@ -17,7 +17,7 @@ import {
   WAL_IN_MEMORY_MAX,
   WAL_ZSTD_LEVEL,
   walRoot,
-  writeRecord,
+  updateRecord,
   type WalRecord,
 } from "./archive.ts";
 import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
@@ -59,7 +59,7 @@ export async function mirrorWalRecord(store: BackupStore, root: string, record: 
   await mirror(store, {
     files: [{ name: record.file, path: join(dir, record.file) }],
     record,
-    writeRecord: (r) => writeRecord(root, r),
+    writeRecord: (r) => updateRecord(root, record, (now) => ({ ...now, offsite: r.offsite })),
     recordObject: { name: `${record.name}.json`, path: recordPath(root, record.timeline, record.name) },
     describe: (copy) => ({ sizeBytes: copy.sizeBytes }),
   });
