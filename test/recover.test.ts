@@ -147,6 +147,10 @@ describe("recover one user's rows", () => {
     const original = await aliceBeat(db.sql, "story 1", 1);
     await backupOfTheStart();
     await db.sql`update story_beats set content = 'edited after the backup' where id = ${original!.id}`;
+    // Her name changed since, and so did how she signs in (a new password after a break-in, say).
+    const [account] = await db.sql`update users set name = 'Alice B', password_hash = 'the new one',
+        email_verified_at = now() - interval '1 hour' where email = 'alice@example.com'
+      returning password_hash, email_verified_at`;
     await db.sql`delete from story_beats where id = ${(await aliceBeat(db.sql, "story 1", 2))!.id}`;
     const [created] = await db.sql`insert into story_beats (story_id, position, content)
         values (${original!.story_id}, 7, 'written since') returning *`;
@@ -156,6 +160,8 @@ describe("recover one user's rows", () => {
     const beats = JSON.parse(preview.stdout).tables.find((t: { table: string }) => t.table === "story_beats");
     expect(beats.counts).toEqual({ missing: 1, changed: 1, createdSince: 1, same: 10 });
     expect(beats.changed[0].columns).toEqual(["content"]);
+    const users = JSON.parse(preview.stdout).tables.find((t: { table: string }) => t.table === "users");
+    expect(users.changed.map((c: { columns: string[] }) => c.columns)).toEqual([["name"]]);
 
     const plain = await shinkei(
       ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
@@ -164,15 +170,19 @@ describe("recover one user's rows", () => {
     expect(plain).toSucceed();
     expect((await aliceBeat(db.sql, "story 1", 2))!.content).toBe("beat 2");
     expect((await aliceBeat(db.sql, "story 1", 1))!.content).toBe("edited after the backup");
-    expect(plain.stdout).toContain("kept (changed) story_beats 1");
+    expect(plain.stdout).toContain("kept (changed) users 1, story_beats 1");
 
     const revert = await shinkei(
       ["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name],
       env,
     );
     expect(revert).toSucceed();
-    expect(revert.stdout).toContain("reverted       story_beats 1");
+    expect(revert.stdout).toContain("reverted       users 1, story_beats 1");
     expect(await aliceBeat(db.sql, "story 1", 1)).toEqual(original);
+    // Her name is the backup's again; the password and verification she set since stay hers.
+    const [alice] = await db.sql`select name, password_hash, email_verified_at from users
+      where email = 'alice@example.com'`;
+    expect(alice).toEqual({ name: "alice", ...account });
     expect((await db.sql`select * from story_beats where id = ${created!.id}`)[0]).toEqual(created);
   });
 

@@ -48,7 +48,8 @@ scratch instance, as shinkei pitr restore does`,
     },
     "revert-changed": {
       type: "boolean",
-      description: "also put rows that changed since the backup back to the backup's version",
+      description: `also put rows that changed since the backup back to the backup's version
+(never the account's email, password or verification)`,
     },
     "into-current-account": {
       type: "boolean",

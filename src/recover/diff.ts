@@ -42,17 +42,27 @@ export const keyOf = (t: TableInfo, row: Row) => JSON.stringify(t.primaryKey.map
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
+/**
+ * What of an account its owner set since the backup and a recovery never takes back, not even
+ * --revert-changed: how they sign in. A password changed after a break-in would otherwise be the
+ * stolen one again. An account brought back whole (missing now, or --restore-account) has its own.
+ */
+const KEPT_AS_THEY_ARE: Record<string, string[]> = { users: ["email", "password_hash", "email_verified_at"] };
+
 export function diffScope(graph: Graph, source: Rows, current: Rows): TableDiff[] {
   return graph.tables.map((t) => {
     const now = new Map((current.get(t.name) ?? []).map((r) => [keyOf(t, r), r]));
     const before = new Set<string>();
     const d: TableDiff = { table: t.name, missing: [], changed: [], createdSince: [], same: 0 };
-    for (const row of source.get(t.name) ?? []) {
-      const key = keyOf(t, row);
+    const kept = (KEPT_AS_THEY_ARE[t.name] ?? []).filter((c) => t.columns.includes(c));
+    for (const backedUp of source.get(t.name) ?? []) {
+      const key = keyOf(t, backedUp);
       before.add(key);
       const found = now.get(key);
-      if (!found) d.missing.push(row);
+      if (!found) d.missing.push(backedUp);
       else {
+        // The row a revert writes: the backup's, but for what is kept as it is now.
+        const row = kept.length ? { ...backedUp, ...Object.fromEntries(kept.map((c) => [c, found[c]])) } : backedUp;
         const columns = t.columns.filter((c) => !same(row[c], found[c]));
         if (columns.length) d.changed.push({ source: row, current: found, columns });
         else d.same++;
