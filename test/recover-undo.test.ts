@@ -240,25 +240,54 @@ describe("undo a recovery", () => {
     await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
     const lost = await snapshot(db.sql);
+    const recover = () =>
+      shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
     const undo = (record: string) =>
       shinkei(["recover", "--undo", record, "--yes", "--confirm-database", db.name], env);
-    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    const r = await recover();
     expect(r).toSucceed();
-    const recovered = await snapshot(db.sql);
     // The digests are of the columns the rows had: before, every recovered row read as changed.
     await db.sql`alter table story_beats add column mood text not null default 'calm'`;
-    await db.sql`alter table stories drop column summary`;
-    const refused = await undo(recordOf(r.stdout));
-    expect(refused.code).toBe(1);
-    expect(refused.stderr).toContain("table stories has lost column summary since the recovery (a migration)");
-    expect(refused.stderr).not.toContain("story_beats");
-    // The column back, with what the recovery wrote in it: the undo runs.
-    await db.sql`alter table stories add column summary text`;
-    await db.sql`update stories set summary = s.summary from pg_catalog.jsonb_populate_recordset(null::stories,
-      ${JSON.stringify(recovered.stories)}::text::jsonb) s where stories.id = s.id`;
     const u = await undo(recordOf(r.stdout));
     expect(u).toSucceed();
     await db.sql`alter table story_beats drop column mood`;
+    expect(await snapshot(db.sql)).toEqual(lost);
+
+    const again = await recover();
+    expect(again).toSucceed();
+    const recovered = await snapshot(db.sql);
+    await db.sql`alter table stories drop column summary`;
+    const refused = await undo(recordOf(again.stdout));
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("table stories has lost column summary since the recovery (a migration)");
+    expect(refused.stderr).not.toContain("story_beats");
+    const { stories, ...rest } = recovered;
+    const { stories: _, ...restNow } = await snapshot(db.sql);
+    expect(restNow).toEqual(rest);
+  });
+
+  test("rows a later recovery brought back again are its to undo first: the earlier undo stops, named", async () => {
+    await backupOfTheStart();
+    const recover = () =>
+      shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    const undo = (record: string) =>
+      shinkei(["recover", "--undo", record, "--yes", "--confirm-database", db.name], env);
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const lost = await snapshot(db.sql);
+    const first = await recover();
+    expect(first).toSucceed();
+    // Lost again, and brought back again: the same rows, ids and values, written by another recovery.
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const second = await recover();
+    expect(second).toSucceed();
+    const recovered = await snapshot(db.sql);
+
+    const early = await undo(recordOf(first.stdout));
+    expect(early.code).toBe(1);
+    expect(early.stderr).toMatch(/worlds \(id\)=\(\S+\) was written again since the recovery, with the same values/);
+    expect(early.stderr).toContain("a later recovery bringing it back, to be undone first");
+    expect(await snapshot(db.sql)).toEqual(recovered);
+    expect(await undo(recordOf(second.stdout))).toSucceed();
     expect(await snapshot(db.sql)).toEqual(lost);
   });
 

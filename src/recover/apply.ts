@@ -118,8 +118,8 @@ export async function rowsByKey(
   keys: Row[],
   lock: boolean,
   columns?: string[],
-): Promise<Map<string, { row: Row; digest: string }>> {
-  const out = new Map<string, { row: Row; digest: string }>();
+): Promise<Map<string, { row: Row; digest: string; xmin: string }>> {
+  const out = new Map<string, { row: Row; digest: string; xmin: string }>();
   if (!keys.length) return out;
   const target = `public.${quoteIdent(t.name)}`;
   const match = t.primaryKey.map((c) => `t.${quoteIdent(c)} = k.${quoteIdent(c)}`).join(" and ");
@@ -127,13 +127,13 @@ export async function rowsByKey(
     ? "(select pg_catalog.jsonb_object_agg(e.key, e.value) from pg_catalog.jsonb_each(pg_catalog.to_jsonb(t)) e " +
       "where e.key = any($2::text[]))"
     : "pg_catalog.to_jsonb(t)";
-  const rows = await q.unsafe<{ r: Row; d: string }[]>(
-    `select pg_catalog.to_jsonb(t) as r, pg_catalog.md5(${digested}::text) as d
+  const rows = await q.unsafe<{ r: Row; d: string; x: string }[]>(
+    `select pg_catalog.to_jsonb(t) as r, pg_catalog.md5(${digested}::text) as d, t.xmin::pg_catalog.text as x
     from ${target} t join pg_catalog.jsonb_populate_recordset(null::${target}, $1::text::jsonb) k
       on ${match}${lock ? " for update of t" : ""}`,
     columns ? [JSON.stringify(keys), columns] : [JSON.stringify(keys)],
   );
-  for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d });
+  for (const x of rows) out.set(keyOf(t, x.r), { row: x.r, digest: x.d, xmin: x.x });
   return out;
 }
 
@@ -239,7 +239,10 @@ export async function applyRows(
       false,
       u.columns,
     );
-    u.inserted = d.missing.map((r) => ({ key: keyPart(t, r), digest: inserted.get(keyOf(t, r))!.digest }));
+    u.inserted = d.missing.map((r) => {
+      const now = inserted.get(keyOf(t, r))!;
+      return { key: keyPart(t, r), digest: now.digest, xmin: now.xmin };
+    });
     const updated = await rowsByKey(
       tx,
       t,
@@ -247,7 +250,7 @@ export async function applyRows(
       false,
       u.columns,
     );
-    for (const x of u.updated) x.digest = updated.get(keyOf(t, x.before))!.digest;
+    for (const x of u.updated) ({ digest: x.digest, xmin: x.xmin } = updated.get(keyOf(t, x.before))!);
   }
   return { ...result, touched };
 }

@@ -56,10 +56,18 @@ export type UndoTable = {
   primaryKey: string[];
   /** The columns the digests are of (the table's when the recovery ran); absent in older records: the whole row. */
   columns?: string[];
-  inserted: { key: Row; digest: string }[];
-  updated: { before: Row; digest: string }[];
+  /**
+   * `xmin`: the transaction that wrote the row's version the recovery left (absent in older
+   * records). Another write since, even of the same values (a later recovery bringing the row
+   * back again), makes a new version: then the row is no longer this recovery's to undo.
+   */
+  inserted: { key: Row; digest: string; xmin?: string }[];
+  updated: { before: Row; digest: string; xmin?: string }[];
   deleted: Row[];
 };
+/** A transaction id as the server prints a row's xmin, or none (older records). */
+const xminOk = (x: unknown) => x === undefined || (typeof x === "string" && /^[0-9]{1,10}$/.test(x));
+
 export type UndoData = { undoVersion: 1; id: string; database: string; root: string; tables: UndoTable[] };
 
 /** What a recovery applied, and where its undo lies: kept in BACKUP_DIR, written before the commit. */
@@ -282,9 +290,9 @@ function checkUndoShape(u: unknown, id: string): UndoData {
         t.primaryKey.every((c) => typeof c === "string") &&
         (t.columns === undefined || (Array.isArray(t.columns) && t.columns.every((c) => typeof c === "string"))) &&
         Array.isArray(t.inserted) &&
-        t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string") &&
+        t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string" && xminOk(i.xmin)) &&
         Array.isArray(t.updated) &&
-        t.updated.every((i) => rows([i?.before]) && typeof i.digest === "string") &&
+        t.updated.every((i) => rows([i?.before]) && typeof i.digest === "string" && xminOk(i.xmin)) &&
         rows(t.deleted),
     );
   if (!ok) throw refused(`the safety copy of recovery ${id} is not one shinkei wrote for it`);

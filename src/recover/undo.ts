@@ -23,6 +23,11 @@ const refused = (message: string) =>
 const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
   `${t.table} (${t.primaryKey.join(", ")})=(${t.primaryKey.map((c) => String(row[c])).join(", ")})`;
 
+/** The same values, another write: a later recovery that brought the row back, or an update that changed nothing. */
+const writtenAgain = (t: { table: string; primaryKey: string[] }, row: Row) =>
+  `${nameRow(t, row)} was written again since the recovery, with the same values ` +
+  "(a later recovery bringing it back, to be undone first, or an update that changed nothing)";
+
 /**
  * The database's word on a record: the recovery committed here (its id is in `recoveries`, which
  * only the recovery's own transaction writes), with this very safety copy, and was not undone yet.
@@ -94,6 +99,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       const now = inserted.get(keyOf(t, i.key));
       if (!now) problems.push(`${nameRow(u, i.key)} was deleted since the recovery`);
       else if (now.digest !== i.digest) problems.push(`${nameRow(u, i.key)} was changed since the recovery`);
+      else if (i.xmin !== undefined && now.xmin !== i.xmin) problems.push(writtenAgain(u, i.key));
     }
     const updated = await rowsByKey(
       tx,
@@ -106,6 +112,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       const now = updated.get(keyOf(t, x.before));
       if (!now) problems.push(`${nameRow(u, x.before)} was deleted since the recovery`);
       else if (now.digest !== x.digest) problems.push(`${nameRow(u, x.before)} was changed since the recovery`);
+      else if (x.xmin !== undefined && now.xmin !== x.xmin) problems.push(writtenAgain(u, x.before));
     }
     const deleted = await rowsByKey(
       tx,
