@@ -26,7 +26,7 @@ const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
 /** The same values, another write: a later recovery that brought the row back, or an update that changed nothing. */
 const writtenAgain = (t: { table: string; primaryKey: string[] }, row: Row) =>
   `${nameRow(t, row)} was written again since the recovery, with the same values ` +
-  "(a later recovery bringing it back, to be undone first, or an update that changed nothing)";
+  "(a later recovery bringing it back, to be undone first; an update that changed nothing; a restore of the database)";
 
 /**
  * The database's word on a record: the recovery committed here (its id is in `recoveries`, which
