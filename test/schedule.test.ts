@@ -5,6 +5,7 @@ import type { TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { Service } from "./support/process.ts";
+import { until } from "./support/wait.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { loadConfig } from "../src/config/index.ts";
@@ -77,12 +78,11 @@ describe("the schedule", () => {
       // one found taken: on a busy machine a service can miss a tick (started late, or still busy with
       // the last backup), and three finished runs then came with a single skip (seen under load).
       const count = (msg: string) => [...a.lines, ...b.lines].filter((l) => l.msg === msg).length;
-      for (
-        let i = 0;
-        i < 200 && (count("backup finished") < 3 || count("backup skipped: another process took this run") < 2);
-        i++
-      )
-        await Bun.sleep(50);
+      await until(
+        "three finished backups and two slots found taken",
+        async () => count("backup finished") >= 3 && count("backup skipped: another process took this run") >= 2,
+        45_000,
+      );
     } finally {
       expect(await a.stop()).toBe(0);
       expect(await b.stop()).toBe(0);
