@@ -266,6 +266,54 @@ describe("undo a recovery", () => {
     expect(restNow).toEqual(rest);
   });
 
+  test("VACUUM FULL and CLUSTER since the recovery keep each row's version: the undo goes ahead", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const lost = await snapshot(db.sql);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    await db.sql`vacuum full worlds`;
+    await db.sql`cluster story_beats using story_beats_pkey`;
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(u.stderr).toBe("");
+    expect(u).toSucceed();
+    expect(await snapshot(db.sql)).toEqual(lost);
+  });
+
+  test("a migration that rewrites a table (a column with a volatile default) does not stop the undo", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const lost = await snapshot(db.sql);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    // A volatile default fills every row: PostgreSQL rewrites the table, and each row gets a new xmin
+    // (the ALTER's), with the same values in every column the recovery wrote.
+    await db.sql`alter table story_beats add column token uuid not null default gen_random_uuid()`;
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(u.stderr).toBe("");
+    expect(u).toSucceed();
+    await db.sql`alter table story_beats drop column token`;
+    expect(await snapshot(db.sql)).toEqual(lost);
+  });
+
+  test("a backup taken after the recovery and restored undoes: its rows are new versions, not new writes", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const lost = await snapshot(db.sql);
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    expect(await takeBackup(env)).toBeTruthy();
+    const restored = await shinkei(
+      ["backup", "--restore", "--allow-superuser", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(restored).toSucceed();
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(u.stderr).toBe("");
+    expect(u).toSucceed();
+    expect(await snapshot(db.sql)).toEqual(lost);
+  });
+
   test("rows a later recovery brought back again are its to undo first: the earlier undo stops, named", async () => {
     await backupOfTheStart();
     const recover = () =>
