@@ -13,6 +13,8 @@ import { Terminal } from "./support/pty.ts";
 import { startTestServer } from "./support/server.ts";
 import { withAdvisoryLock } from "../src/pg/db.ts";
 import { RECOVER_PREFIX } from "../src/recover/source.ts";
+import { buildPlan } from "../src/recover/plan.ts";
+import { applyRows } from "../src/recover/apply.ts";
 import { until } from "./support/wait.ts";
 import { ageKeys, aliceBeat, deleteWorld, digest, recordOf, startingState } from "./support/recover.ts";
 
@@ -184,6 +186,33 @@ describe("recover one user's rows", () => {
       where email = 'alice@example.com'`;
     expect(alice).toEqual({ name: "alice", ...account });
     expect((await db.sql`select * from story_beats where id = ${created!.id}`)[0]).toEqual(created);
+  });
+
+  test("--revert-changed keeps a password changed while it runs, not the one it read before", async () => {
+    // The backup's state as the source: a copy of the database every test starts from.
+    const source = await freshDatabase("recover_source", serverUrl, template);
+    const holder = await db.sql.reserve();
+    try {
+      await db.sql`update users set name = 'Alice B', password_hash = 'set after the backup'
+        where email = 'alice@example.com'`;
+      const plan = await buildPlan(db.sql, source.url, { kind: "user", email: "alice@example.com" }, "the start");
+      // She changes her password again as the recovery runs: it read her row before, and waits for it.
+      await holder`begin`;
+      await holder`update users set password_hash = 'changed during the recovery' where email = 'alice@example.com'`;
+      const applying = db.sql.begin((tx) => applyRows(tx, plan, true));
+      await until("the recovery waiting for alice's row", async () => {
+        const [w] = await admin`select count(*)::int as n from pg_stat_activity
+          where datname = ${db.name} and wait_event_type = 'Lock'`;
+        return w!.n > 0;
+      });
+      await holder`commit`;
+      await applying;
+    } finally {
+      holder.release();
+      await source.drop();
+    }
+    const [alice] = await db.sql`select name, password_hash from users where email = 'alice@example.com'`;
+    expect(alice).toEqual({ name: "alice", password_hash: "changed during the recovery" });
   });
 
   test("positions taken since the backup stop the recovery, naming every such row; nothing is applied", async () => {

@@ -6,7 +6,7 @@ import type { BackupResult } from "../backup/dump.ts";
 import { takeSafetyBackup } from "../guarded/safety.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
-import { diffScope, digestRows, keyOf, readScope, type Row } from "./diff.ts";
+import { diffScope, digestRows, keptColumns, keyOf, readScope, type Row } from "./diff.ts";
 import type { TableInfo } from "./graph.ts";
 import type { Plan } from "./plan.ts";
 import type { UndoData, UndoTable } from "./record.ts";
@@ -203,6 +203,13 @@ export async function applyRows(
         true,
       );
       undoOf(t.name).updated = [...before.values()].map((b) => ({ before: b.row, digest: "" }));
+      // What is kept as it is, as it is now that the row is locked: the scope was read without a lock,
+      // and a password changed since must not be written over with the one read before.
+      const kept = keptColumns(t);
+      for (const c of d.changed) {
+        const locked = before.get(keyOf(t, c.source));
+        for (const k of kept) if (locked) c.source[k] = locked.row[k];
+      }
       await writeRows(
         tx,
         t,

@@ -48,13 +48,14 @@ const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
  * stolen one again. An account brought back whole (missing now, or --restore-account) has its own.
  */
 const KEPT_AS_THEY_ARE: Record<string, string[]> = { users: ["email", "password_hash", "email_verified_at"] };
+export const keptColumns = (t: TableInfo) => (KEPT_AS_THEY_ARE[t.name] ?? []).filter((c) => t.columns.includes(c));
 
 export function diffScope(graph: Graph, source: Rows, current: Rows): TableDiff[] {
   return graph.tables.map((t) => {
     const now = new Map((current.get(t.name) ?? []).map((r) => [keyOf(t, r), r]));
     const before = new Set<string>();
     const d: TableDiff = { table: t.name, missing: [], changed: [], createdSince: [], same: 0 };
-    const kept = (KEPT_AS_THEY_ARE[t.name] ?? []).filter((c) => t.columns.includes(c));
+    const kept = keptColumns(t);
     for (const backedUp of source.get(t.name) ?? []) {
       const key = keyOf(t, backedUp);
       before.add(key);
