@@ -314,6 +314,27 @@ describe("undo a recovery", () => {
     expect(await snapshot(db.sql)).toEqual(lost);
   });
 
+  test("a password changed after a --revert-changed recovery does not stop its undo, and stays", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    await db.sql`update users set name = 'Alice B' where email = 'alice@example.com'`;
+    const lost = await snapshot(db.sql);
+    const r = await shinkei(
+      ["recover", "--user", "alice@example.com", "--revert-changed", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(r).toSucceed();
+    expect(r.stdout).toContain("reverted       users 1");
+    // The recovery never writes how she signs in: a new password since (or a rehash at login) is hers.
+    await db.sql`update users set password_hash = 'changed since the recovery' where email = 'alice@example.com'`;
+    const u = await shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    expect(u.stderr).toBe("");
+    expect(u).toSucceed();
+    const [alice] = await db.sql`select name, password_hash from users where email = 'alice@example.com'`;
+    expect(alice).toEqual({ name: "Alice B", password_hash: "changed since the recovery" });
+    expect((await snapshot(db.sql)).worlds).toEqual(lost.worlds);
+  });
+
   test("rows a later recovery brought back again are its to undo first: the earlier undo stops, named", async () => {
     await backupOfTheStart();
     const recover = () =>

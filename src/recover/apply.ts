@@ -250,12 +250,15 @@ export async function applyRows(
       const now = inserted.get(keyOf(t, r))!;
       return { key: keyPart(t, r), digest: now.digest, xmin: now.xmin };
     });
+    // What a revert keeps as it is, it never wrote: not compared, nor put back, by the undo.
+    const kept = u.updated.length ? keptColumns(t) : [];
+    if (kept.length) u.kept = kept;
     const updated = await rowsByKey(
       tx,
       t,
       u.updated.map((x) => keyPart(t, x.before)),
       false,
-      u.columns,
+      u.columns.filter((c) => !kept.includes(c)),
     );
     for (const x of u.updated) ({ digest: x.digest, xmin: x.xmin } = updated.get(keyOf(t, x.before))!);
   }

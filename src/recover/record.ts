@@ -61,6 +61,11 @@ export type UndoTable = {
    * records). Another write since, even of the same values (a later recovery bringing the row
    * back again), makes a new version: then the row is no longer this recovery's to undo.
    */
+  /**
+   * Columns of `updated` rows the recovery kept as they were (how the user signs in): neither in
+   * their digests nor put back. Absent in older records and when there are none.
+   */
+  kept?: string[];
   inserted: { key: Row; digest: string; xmin?: string }[];
   updated: { before: Row; digest: string; xmin?: string }[];
   deleted: Row[];
@@ -289,6 +294,7 @@ function checkUndoShape(u: unknown, id: string): UndoData {
         t.primaryKey.length > 0 &&
         t.primaryKey.every((c) => typeof c === "string") &&
         (t.columns === undefined || (Array.isArray(t.columns) && t.columns.every((c) => typeof c === "string"))) &&
+        (t.kept === undefined || (Array.isArray(t.kept) && t.kept.every((c) => typeof c === "string"))) &&
         Array.isArray(t.inserted) &&
         t.inserted.every((i) => rows([i?.key]) && typeof i.digest === "string" && xminOk(i.xmin)) &&
         Array.isArray(t.updated) &&

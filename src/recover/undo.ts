@@ -113,7 +113,7 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       t,
       u.updated.map((x) => keyPart(t, x.before)),
       true,
-      u.columns,
+      u.columns?.filter((c) => !u.kept?.includes(c)),
     );
     for (const x of u.updated) {
       const now = updated.get(keyOf(t, x.before));
@@ -198,7 +198,9 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
   // Old versions first: a reverted row may point at a row the recovery inserted.
   for (const { u, t } of tables) {
     if (!u.updated.length) continue;
-    const present = t.columns.filter((c) => !t.primaryKey.includes(c) && c in u.updated[0]!.before);
+    const present = t.columns.filter(
+      (c) => !t.primaryKey.includes(c) && c in u.updated[0]!.before && !u.kept?.includes(c),
+    );
     const set = present.map((c) => `${quoteIdent(c)} = s.${quoteIdent(c)}`).join(", ");
     if (set)
       await write(
