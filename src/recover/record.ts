@@ -57,15 +57,16 @@ export type UndoTable = {
   /** The columns the digests are of (the table's when the recovery ran); absent in older records: the whole row. */
   columns?: string[];
   /**
-   * `xmin`: the transaction that wrote the row's version the recovery left (absent in older
-   * records). Another write since, even of the same values (a later recovery bringing the row
-   * back again), makes a new version: then the row is no longer this recovery's to undo.
-   */
-  /**
    * Columns of `updated` rows the recovery kept as they were (how the user signs in): neither in
    * their digests nor put back. Absent in older records and when there are none.
    */
   kept?: string[];
+  /**
+   * `xmin`: the transaction that wrote the row's version the recovery left (absent in older
+   * records). Another write since, even of the same values (a later recovery bringing the row
+   * back again), makes a new version: while a later recovery is applied, the row is then no
+   * longer this one's to undo.
+   */
   inserted: { key: Row; digest: string; xmin?: string }[];
   updated: { before: Row; digest: string; xmin?: string }[];
   deleted: Row[];
