@@ -382,6 +382,31 @@ describe("recover one user's rows", () => {
     expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
   });
 
+  test("her email changed and a stranger took the old one: she is recovered; the stranger is left alone", async () => {
+    const [her] = await db.sql`select id from users where email = 'alice@example.com'`;
+    const alice = await digest(db.sql, "alice@example.com");
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
+    await db.sql`update users set email = 'alice.new@example.com' where id = ${her!.id}`;
+    const [stranger] = await db.sql`insert into users (email, name, password_hash)
+        values ('alice@example.com', 'a stranger', 'h') returning *`;
+    for (const mode of [[], ["--restore-account"], ["--into-current-account"]]) {
+      const r = await shinkei(
+        ["recover", "--user", "alice@example.com", ...mode, "--yes", "--confirm-database", db.name],
+        env,
+      );
+      expect(r).toSucceed();
+      expect(r.stdout).toContain(
+        `alice@example.com is now the email of another account (${stranger!.id}), left alone: the account in the ` +
+          `backup (${her!.id}) is still here, as alice.new@example.com, and is the one recovered`,
+      );
+    }
+    // Her world is hers again, her new email stays; the stranger has nothing of hers, and is there.
+    expect(await digest(db.sql, "alice.new@example.com")).toEqual(alice);
+    expect((await db.sql`select * from users where id = ${stranger!.id}`)[0]).toEqual(stranger);
+    expect((await db.sql`select id from worlds where owner_id = ${stranger!.id}`).length).toBe(0);
+  });
+
   test("SIGKILL during the apply changes nothing; the next run leaves no scratch database and recovers", async () => {
     const alice = await digest(db.sql, "alice@example.com");
     await backupOfTheStart();

@@ -149,7 +149,22 @@ export async function buildPlan(
         "select pg_catalog.to_jsonb(u) as r from public.users u " +
           `where pg_catalog.lower(u.email) = pg_catalog.lower(${quoteLiteral(owner)})`,
       );
-      if (holder && holder.id !== found.id) {
+      // Her account may be there still, under the email she changed to: then it is hers to recover
+      // into, whoever holds her old email now (a stranger's account is never chosen nor removed).
+      const stillThere =
+        holder && holder.id !== found.id
+          ? await one(
+              live,
+              `select pg_catalog.to_jsonb(u) as r from public.users u where u.id = ${quoteLiteral(String(found.id))}`,
+            )
+          : undefined;
+      if (stillThere) {
+        notes.push(
+          `${owner} is now the email of another account (${holder!.id}), left alone: the account in the ` +
+            `backup (${found.id}) is still here, as ${String(stillThere.email)}, and is the one recovered` +
+            (mode ? ` (--${mode} ignored)` : ""),
+        );
+      } else if (holder && holder.id !== found.id) {
         replaced = { old: await accountOf(source, graph, found), current: await accountOf(live, graph, holder) };
         if (mode === "into-current-account") currentRoot = String(holder.id);
         else if (mode === "restore-account") {
