@@ -3,6 +3,7 @@ import { json } from "../output.ts";
 import { showHistory } from "./view.ts";
 import { history as readHistory } from "../../src/recover/record.ts";
 import { recoveryStates } from "../../src/recover/undo.ts";
+import { describeTarget } from "../../src/pg/db.ts";
 
 /** `recover --history`: the recoveries applied, from their records, each with its state now. */
 export const history: Subcommand = {
@@ -14,7 +15,9 @@ export const history: Subcommand = {
   },
   async run(ctx) {
     const { io, config } = ctx;
-    const records = await readHistory(config.backupDir);
+    // One BACKUP_DIR may serve two databases (as backups do): only this database's recoveries are its history.
+    const database = describeTarget(config.databaseUrl).database;
+    const records = (await readHistory(config.backupDir)).filter((r) => r.database === database);
     const states = await recoveryStates(
       ctx.db,
       records.flatMap((r) => (r.id ? [r.id] : [])),
