@@ -414,7 +414,7 @@ describe("undo a recovery", () => {
     }
     // A record this database never committed (as one whose transaction was killed).
     const [row] = await db.sql`delete from recoveries returning *`;
-    await refused(keyed, `recovery ${record.id} was never applied to this database`);
+    await refused(keyed, `recovery ${record.id} is not recorded in this database`);
     await db.sql`insert into recoveries ${db.sql(row!)}`;
     // The right key and the untouched files: it undoes.
     const u = await shinkei(["recover", "--undo", path, "--yes", "--confirm-database", db.name], keyed);
@@ -506,10 +506,10 @@ describe("undo a recovery", () => {
       await ungate("recoveries");
       expect(await snapshot(db.sql)).toEqual(lost);
       const h = JSON.parse((await shinkei(["recover", "--history", "--json"], env)).stdout);
-      expect(h.map((x: { state: string }) => x.state)).toEqual(["not applied"]);
+      expect(h.map((x: { state: string }) => x.state)).toEqual(["not recorded here"]);
       const orphan = await shinkei(["recover", "--undo", h[0].path, "--yes", "--confirm-database", db.name], env);
       expect(orphan.code).toBe(1);
-      expect(orphan.stderr).toContain("was never applied to this database");
+      expect(orphan.stderr).toContain("is not recorded in this database");
 
       const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
       expect(r).toSucceed();

@@ -24,7 +24,7 @@ export const history: Subcommand = {
     );
     const listed = records.map((r) => ({
       ...r,
-      state: r.id ? (states.get(r.id) ?? "not applied") : "no row-level undo",
+      state: r.id ? (states.get(r.id) ?? "not recorded here") : "no row-level undo",
     }));
     return ctx.flag("json") ? (json(io, listed), 0) : (showHistory(io, listed), 0);
   },

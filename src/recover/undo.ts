@@ -39,8 +39,8 @@ async function claim(tx: Queryable, record: RecoveredRecord): Promise<void> {
       from public.recoveries where id = ${record.id!} for update`;
   if (!r)
     throw refused(
-      `recovery ${record.id} was never applied to this database: its record comes from another database, ` +
-        `its transaction did not commit, or the database was restored to a backup taken before it`,
+      `recovery ${record.id} is not recorded in this database: its record comes from another database, ` +
+        "its transaction did not commit, or the database was reset or restored to a state before it since",
     );
   if (r.sha !== record.undo!.sha256)
     throw refused(
