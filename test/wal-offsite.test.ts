@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, test, setDefaultTimeout } from "bun:test";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { zstdDecompressSync } from "node:zlib";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
@@ -328,4 +328,28 @@ test("a record signed while its segment was copied off-site keeps its signature;
   expect(now?.signature).toBe(signWalRecord(record, "a manifest key").signature);
   expect(now?.offsite?.local?.location).toBe(local.location);
   expect(walRecordProblem(now!, { key: "a manifest key", encrypts: false })).toBeNull();
+});
+
+test("a segment pruned while it was copied off-site stays pruned: its record is not written back", async () => {
+  const root = walRoot(await tempDir("wal-mirror"));
+  const source = join(await tempDir("wal-mirror-spool"), segmentName(1, 4n));
+  await writeFile(source, crypto.getRandomValues(new Uint8Array(1 << 20)));
+  const { record } = await archiveWalFile(source, root, { segmentBytes: 1 << 20 });
+  const local = new LocalStore(await tempDir("wal-mirror-copies"), walNaming);
+  let pruned = false;
+  const store: BackupStore = Object.assign(Object.create(local), {
+    put: async (name: string, path: string) => {
+      const put = await local.put(name, path);
+      // Retention takes the segment (record, then file) once its copy is up, before the record is rewritten.
+      if (!pruned) {
+        await rm(recordPath(root, 1, record.name));
+        await rm(join(root, "00000001", record.file));
+        pruned = true;
+      }
+      return put;
+    },
+  });
+  await mirrorWalRecord(store, root, record).catch(() => {});
+  expect(await readRecord(recordPath(root, 1, record.name))).toBeNull();
+  expect(await listArchive(root)).toEqual([]);
 });

@@ -286,7 +286,8 @@ export async function writeRecord(root: string, record: WalRecord): Promise<void
 /**
  * Rewrite the record `read` came from with `change` applied to what it holds now: a slow step (an
  * off-site copy) that read it earlier must not undo what was written meanwhile (`pitr sign`'s
- * signature). A record gone or no longer naming the same file is changed from `read`.
+ * signature). A record gone meanwhile (retention pruned it with its file) stays gone: written
+ * back, it would name a file that is not there.
  */
 export async function updateRecord(
   root: string,
@@ -294,7 +295,7 @@ export async function updateRecord(
   change: (now: WalRecord) => WalRecord,
 ): Promise<void> {
   const now = await readRecord(recordPath(root, read.timeline, read.name), read.name);
-  await writeRecord(root, change(now?.file === read.file ? now : read));
+  if (now?.file === read.file) await writeRecord(root, change(now));
 }
 
 /**
