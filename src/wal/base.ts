@@ -263,6 +263,7 @@ export async function writeBaseManifest(path: string, manifest: BaseManifest): P
  * Change one part of a base backup's manifest as the file holds it now, not as `read` had it: the
  * base's check and the off-site copier each record their own part, sometimes at once, and neither
  * may write back a copy from before the other's. (writeFileAtomic makes their writes take turns.)
+ * A manifest gone meanwhile (retention pruned the base) stays gone.
  */
 export async function updateBaseManifest(
   path: string,
@@ -272,7 +273,7 @@ export async function updateBaseManifest(
   const now = (await Bun.file(path + BASE_MANIFEST_SUFFIX)
     .json()
     .catch(() => null)) as BaseManifest | null;
-  await writeBaseManifest(path, change(now?.file === read.file ? now : read));
+  if (now?.file === read.file) await writeBaseManifest(path, change(now));
 }
 
 export type BaseBackup = { name: string; path: string; sizeBytes: number; manifest: BaseManifest };
