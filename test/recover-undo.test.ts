@@ -354,7 +354,9 @@ describe("undo a recovery", () => {
     const early = await undo(recordOf(first.stdout));
     expect(early.code).toBe(1);
     expect(early.stderr).toMatch(/worlds \(id\)=\(\S+\) was written again since the recovery, with the same values/);
-    expect(early.stderr).toContain("a later recovery bringing it back, to be undone first");
+    expect(early.stderr).toContain(
+      "and a recovery applied after it is not undone: it may have brought the row back; undo that one first",
+    );
     expect(await snapshot(db.sql)).toEqual(recovered);
     expect(await undo(recordOf(second.stdout))).toSucceed();
     expect(await snapshot(db.sql)).toEqual(lost);

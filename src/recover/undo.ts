@@ -23,10 +23,10 @@ const refused = (message: string) =>
 const nameRow = (t: { table: string; primaryKey: string[] }, row: Row) =>
   `${t.table} (${t.primaryKey.join(", ")})=(${t.primaryKey.map((c) => String(row[c])).join(", ")})`;
 
-/** The same values, another write: a later recovery that brought the row back, or an update that changed nothing. */
+/** The same values, another write, while a later recovery is applied: likely it brought the row back. */
 const writtenAgain = (t: { table: string; primaryKey: string[] }, row: Row) =>
-  `${nameRow(t, row)} was written again since the recovery, with the same values ` +
-  "(a later recovery bringing it back, to be undone first; an update that changed nothing; a restore of the database)";
+  `${nameRow(t, row)} was written again since the recovery, with the same values, and a recovery applied ` +
+  "after it is not undone: it may have brought the row back; undo that one first";
 
 /**
  * The database's word on a record: the recovery committed here (its id is in `recoveries`, which
