@@ -1,4 +1,4 @@
-import { lstat, mkdir, rename, stat } from "node:fs/promises";
+import { lstat, mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import postgres from "postgres";
 import type { Config } from "../config/index.ts";
@@ -31,6 +31,8 @@ import { restoreCommand, serveWal, type Served, type WalServer } from "./walserv
 import { scrubSettings } from "./settings.ts";
 import { archiveTrust, describeUntrusted } from "../wal/trust.ts";
 import type { BaseManifest } from "../wal/base.ts";
+import { listArchive, spoolDir, walRoot } from "../wal/archive.ts";
+import { parseSegment, segmentName } from "../wal/segments.ts";
 import { stderrLog, type Log } from "../log.ts";
 
 export type Reached = {
@@ -110,6 +112,24 @@ export async function recoverTo(options: RecoverOptions): Promise<Recovery> {
     // refuses to end recovery. The target lies inside the window, so nothing committed between the
     // last commit and the target: all of the archive is exactly the state at the target.
     if (options.target.kind !== "time" || !(e instanceof ShinkeiError && e.details?.endedEarly)) throw e;
+    // That holds only where recovery ran out of WAL at the archive's end. WAL held after the last
+    // segment replayed is a gap (an outage without a slot, a lost slot): the target lies in or
+    // beyond it, and what was replayed is not the state at the target.
+    const last = e.details?.lastSegment as string | undefined;
+    const seg = e.details?.segmentBytes as number | undefined;
+    const after = last && seg ? await heldAfter(options.config.backupDir, options.store, last, seg) : null;
+    if (last && after)
+      throw new ShinkeiError(
+        "PITR_OUT_OF_WINDOW",
+        `${describeTargetOf(options.target)} cannot be reached: the WAL archive has a gap after ${last}, where ` +
+          `recovery from the base backup before the target ended (the archive goes on at ${after})`,
+        {
+          hint:
+            "Choose a moment before the gap, or after the first base backup taken after it (shinkei pitr status " +
+            "names the gaps and the base backups); nothing was changed.",
+          details: { lastSegment: last, heldAfter: after },
+        },
+      );
     options.onStep?.(
       "the archive holds no commit after the target: recovering all of it, which is the state at the target",
     );
@@ -128,8 +148,10 @@ async function recoverOnce(options: RecoverOptions, used: RecoveryTarget): Promi
   const started = performance.now();
   await refuseExistingDir(options.intoDir);
   const run = await ScratchRecovery.prepare(options, used);
+  let segmentBytes: number | undefined;
   try {
     const { base, window } = await run.chooseBase();
+    segmentBytes = base.manifest.segmentBytes;
     await run.unpackVerified(base);
     const major = await run.prepareServer();
     await run.writeRecoverySettings(major);
@@ -153,11 +175,53 @@ async function recoverOnce(options: RecoverOptions, used: RecoveryTarget): Promi
       stop: () => removeInstance(run.instance),
     };
   } catch (e) {
+    // Read before the instance (and its log) goes.
+    if (e instanceof ShinkeiError && e.details?.endedEarly) {
+      e.details.lastSegment = run.lastRestored();
+      e.details.segmentBytes = segmentBytes;
+    }
     await run.discard();
     throw e;
   } finally {
     await run.disconnect();
   }
+}
+
+/**
+ * Where the archive goes on after a gap behind `last` (the newest segment recovery restored): the
+ * first segment after it, on its timeline, that the local archive (sealed, or in the spool) or its
+ * off-site copy holds. Null when nothing after `last` is held (it is the end of the archive), or
+ * when `last` and the one after it are both held whole (the next arrived since: no gap). A segment
+ * held only as an archived partial ends the WAL there: anything after it is past a gap.
+ */
+async function heldAfter(
+  backupDir: string,
+  store: BackupStore | undefined,
+  last: string,
+  segmentBytes: number,
+): Promise<string | null> {
+  const at = parseSegment(last, segmentBytes);
+  if (!at) return null;
+  const later = new Set<bigint>();
+  const whole = new Set<bigint>();
+  const add = (name: string, isWhole: boolean) => {
+    const s = parseSegment(name.replace(/\.partial$/, ""), segmentBytes);
+    if (!s || s.timeline !== at.timeline) return;
+    if (s.segno > at.segno) later.add(s.segno);
+    if (isWhole) whole.add(s.segno);
+  };
+  for (const r of await listArchive(walRoot(backupDir))) add(r.name, r.kind === "segment");
+  // The spool: finished segments, and the one being received (the live end of the archive).
+  for (const n of await readdir(spoolDir(backupDir)).catch(() => [] as string[])) add(n, true);
+  if (store)
+    for (const o of await store.list())
+      if (o.name.endsWith(".json")) add(o.name.slice(0, -".json".length), !o.name.endsWith(".partial.json"));
+  if (later.size === 0 || (whole.has(at.segno) && whole.has(at.segno + 1n))) return null;
+  return segmentName(
+    at.timeline,
+    [...later].reduce((a, b) => (b < a ? b : a)),
+    segmentBytes,
+  );
 }
 
 /** --into-dir makes a new folder: refused before anything starts when the path is taken. */
@@ -495,6 +559,14 @@ class ScratchRecovery {
         details: { endedEarly: endedEarly(tail) },
       },
     );
+  }
+
+  /** The newest WAL segment the server's log says it restored from the archive (stage or socket). */
+  lastRestored(): string | undefined {
+    const names = [...logText(this.folder.logFile).matchAll(/restored log file "([0-9A-F]{24})" from archive/g)]
+      .map((m) => m[1]!)
+      .sort();
+    return names.at(-1);
   }
 
   /** Where replay stopped: the last position and commit, measured against the target asked. */
