@@ -8,6 +8,9 @@ import { shinkei } from "./support/cli.ts";
 import { insertLsnOf } from "./support/pitr-archive.ts";
 import type { Service } from "./support/process.ts";
 import { connect, ensureDatabase, type Sql } from "../src/pg/db.ts";
+import { migrate } from "../src/migrations/migrate.ts";
+import { deleteWorld, digest, recordOf, writer } from "./support/recover.ts";
+import { takeBackup } from "./support/cli.ts";
 
 /*
  * Sequences of documented point-in-time operations, each used as the README says, checked against
@@ -116,6 +119,142 @@ describe("base backup, an outage that loses the slot, a new base backup, then pi
       expect(r.stderr).not.toContain("which is the state at the target");
     } finally {
       await shinkei(["pitr", "cleanup"], env);
+    }
+  });
+});
+
+describe("pitr restore --apply, then pitr restore --to a moment before the apply, then a drill", () => {
+  test("the archive runs on across the apply: both sides of it recover, and the drill passes", async () => {
+    service?.proc.kill("SIGKILL");
+    service = undefined;
+    const url = cluster.url("seq_apply");
+    await ensureDatabase(url);
+    const db = connect(url, { max: 2 });
+    try {
+      const dir = await tempDir("pitrseq-apply");
+      const env = streamingEnv(url, dir, { TMPDIR: scratchRoot, WAL_SLOT: "seq_apply" });
+      service = await startBackupService(env);
+      expect(await shinkei(["backup", "base"], env)).toSucceed();
+      const body = async () => (await db<{ body: string }[]>`select body from notes order by id`).map((x) => x.body);
+      const nowIn = async () =>
+        (
+          await db<
+            { t: string }[]
+          >`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`
+        )[0]!.t;
+      const mark = async () => {
+        await Bun.sleep(300);
+        const t = await nowIn();
+        await Bun.sleep(300);
+        return t;
+      };
+      await db`create table notes (id serial primary key, body text not null)`;
+      await db`insert into notes (body) values ('one')`;
+      const t1 = await mark();
+      await db`insert into notes (body) values ('two')`;
+      const t2 = await mark();
+      await receiverFlushed(db, await insertLsnOf(db));
+
+      const applied = await shinkei(
+        ["pitr", "restore", "--to", t1, "--apply", "--yes", "--confirm-database", "seq_apply"],
+        env,
+      );
+      expect(applied.stderr).not.toContain("✖");
+      expect(applied).toSucceed();
+      expect(await body()).toEqual(["one"]);
+      const t3 = await mark();
+      await db`insert into notes (body) values ('three')`;
+      const t4 = await mark();
+      await db`select pg_logical_emit_message(false, 'shinkei-test', 'after t4')`;
+      await receiverFlushed(db, await insertLsnOf(db));
+
+      const status = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
+      expect(status.gaps).toEqual([]);
+      expect(Date.parse(status.window.latest)).toBeGreaterThan(Date.parse(t4));
+
+      const expectAt = async (t: string, rows: string[]) => {
+        const r = await shinkei(["pitr", "restore", "--to", t, "--stop", "--json"], env);
+        expect(r.stderr).not.toContain("✖");
+        expect(r).toSucceed();
+        const k = await shinkei(["pitr", "restore", "--to", t, "--json"], env);
+        expect(k).toSucceed();
+        try {
+          expect(await rowsAt(JSON.parse(k.stdout).url)).toEqual(rows);
+        } finally {
+          await shinkei(["pitr", "cleanup"], env);
+        }
+      };
+      await expectAt(t2, ["one", "two"]); // before the apply
+      await expectAt(t3, ["one"]); // after it
+      await expectAt(t4, ["one", "three"]);
+      // Back to before the apply, applied: the apply is undone by the archive.
+      const back = await shinkei(
+        ["pitr", "restore", "--to", t2, "--apply", "--yes", "--confirm-database", "seq_apply"],
+        env,
+      );
+      expect(back).toSucceed();
+      expect(await body()).toEqual(["one", "two"]);
+      const drill = await shinkei(["pitr", "drill", "--json"], env);
+      expect(drill.stderr).not.toContain("✖");
+      expect(drill).toSucceed();
+      expect(JSON.parse(drill.stdout).passed).toBe(true);
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await db.end({ timeout: 1 });
+    }
+  });
+});
+
+describe("recover, pitr restore --apply to a moment after it, recover --undo", () => {
+  test("the recovery is undone: a restore of the database is no write of its own", async () => {
+    service?.proc.kill("SIGKILL");
+    service = undefined;
+    const url = cluster.url("seq_undo");
+    await ensureDatabase(url);
+    const db = connect(url, { max: 2 });
+    try {
+      await migrate(db);
+      await writer(db, "alice@example.com");
+      await writer(db, "bob@example.com");
+      const dir = await tempDir("pitrseq-undo");
+      const env = streamingEnv(url, dir, { TMPDIR: scratchRoot, WAL_SLOT: "seq_undo" });
+      service = await startBackupService(env);
+      expect(await shinkei(["backup", "base"], env)).toSucceed();
+      expect(await takeBackup(env)).toBeTruthy();
+      await deleteWorld(db, "alice@example.com", "alice@example.com world 2");
+      const lost = await digest(db, "alice@example.com");
+      const r = await shinkei(
+        ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", "seq_undo"],
+        env,
+      );
+      expect(r).toSucceed();
+      const recovered = await digest(db, "alice@example.com");
+      expect(recovered.rows).toBeGreaterThan(lost.rows);
+      await Bun.sleep(300);
+      const t = new Date().toISOString();
+      await Bun.sleep(300);
+      await db`insert into worlds (owner_id, name) select id, 'bob later' from users where email = 'bob@example.com'`;
+      await receiverFlushed(db, await insertLsnOf(db));
+
+      const applied = await shinkei(
+        ["pitr", "restore", "--to", t, "--apply", "--yes", "--confirm-database", "seq_undo"],
+        env,
+      );
+      expect(applied.stderr).not.toContain("✖");
+      expect(applied).toSucceed();
+      expect(await digest(db, "alice@example.com")).toEqual(recovered);
+      const history = await shinkei(["recover", "--history", "--json"], env);
+      expect(history).toSucceed();
+      const u = await shinkei(
+        ["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", "seq_undo"],
+        env,
+      );
+      expect(u.stderr).toBe("");
+      expect(u).toSucceed();
+      expect(await digest(db, "alice@example.com")).toEqual(lost);
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await db.end({ timeout: 1 });
     }
   });
 });
