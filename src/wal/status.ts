@@ -89,9 +89,13 @@ type Spooled = { name: string; timeline: number; segno: bigint; receivedAt: Date
  * several), and the ones it finished that wait for the archiver to seal them. Both are on our disk,
  * flushed by the receiver, and `pitr wal-fetch` serves them, so they count as held.
  */
-async function spooled(spool: string, segmentBytes: number): Promise<{ current: Spooled | null; finished: Spooled[] }> {
+async function spooled(
+  spool: string,
+  segmentBytes: number,
+): Promise<{ current: Spooled | null; finished: Spooled[]; partials: Spooled[] }> {
   let current: Spooled | null = null;
   const finished: Spooled[] = [];
+  const partials: Spooled[] = [];
   for (const n of await readdir(spool).catch(() => [] as string[])) {
     const partial = n.endsWith(".partial");
     const s = parseSegment(partial ? n.slice(0, -".partial".length) : n, segmentBytes);
@@ -99,18 +103,33 @@ async function spooled(spool: string, segmentBytes: number): Promise<{ current: 
     const st = await stat(join(spool, n)).catch(() => null);
     if (!st) continue;
     const found = { name: s.name, timeline: s.timeline, segno: s.segno, receivedAt: st.mtime };
-    if (!partial) finished.push(found);
-    else if (!current || s.timeline > current.timeline || (s.timeline === current.timeline && s.segno > current.segno))
+    if (!partial) {
+      finished.push(found);
+      continue;
+    }
+    partials.push(found);
+    if (!current || s.timeline > current.timeline || (s.timeline === current.timeline && s.segno > current.segno))
       current = found;
   }
-  return { current, finished };
+  return { current, finished, partials };
 }
 
-/** The newest received time reachable from `from` without a gap, or null when `from` itself is missing. */
-function reach(held: Map<bigint, Held>, from: bigint): { last: bigint; at: Date } | null {
+/**
+ * The newest received time reachable from `from` without a gap, or null when `from` itself is
+ * missing. A segment held only as an archived partial (an old timeline's last segment, the start of
+ * a gap) is replayed as far as it goes and ends the reach there: what follows it is missing.
+ */
+function reach(
+  held: Map<bigint, Held>,
+  from: bigint,
+  partials: Map<bigint, Held> = new Map(),
+): { last: bigint; at: Date } | null {
   if (!held.has(from)) return null;
   let s = from;
   while (held.has(s + 1n)) s++;
+  const tail = partials.get(s + 1n);
+  if (tail)
+    return { last: s, at: tail.receivedAt > held.get(s)!.receivedAt ? tail.receivedAt : held.get(s)!.receivedAt };
   return { last: s, at: held.get(s)!.receivedAt };
 }
 
@@ -150,7 +169,7 @@ export async function archiveWindow(
   const records = await listArchive(walRoot(backupDir), undefined, trust, untrusted);
   const bases = await listBaseBackups(backupDir, trust, untrusted);
   const seg = segmentBytes ?? records[0]?.segmentBytes ?? bases[0]?.manifest.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  const { current, finished } = await spooled(spoolDir(backupDir), seg);
+  const { current, finished, partials } = await spooled(spoolDir(backupDir), seg);
   // A segment sealed between the two listings left the spool after the archive was read: read the
   // archive again for what is new, or it would be in neither and show as a gap that is not there.
   const late = await listArchive(walRoot(backupDir), new Set(records.map((r) => r.name)), trust, []);
@@ -168,6 +187,24 @@ export async function archiveWindow(
   };
   for (const r of records.filter((x) => x.kind === "segment"))
     hold(r.timeline, parseSegment(r.name, seg)!.segno, new Date(r.receivedAt));
+  // Archived partials, apart: they end a reach (see reach) but are no segment held whole.
+  // An older timeline's last segment waits in the spool as .partial until the archiver keeps it as one.
+  const partialsByTimeline = new Map<number, Map<bigint, Held>>();
+  const ends = [
+    ...records
+      .filter((x) => x.kind === "partial")
+      .map((r) => ({ name: r.name.replace(/\.partial$/, ""), timeline: r.timeline, at: new Date(r.receivedAt) })),
+    ...partials.filter((p) => p !== current).map((p) => ({ name: p.name, timeline: p.timeline, at: p.receivedAt })),
+  ];
+  for (const r of ends) {
+    const s = parseSegment(r.name, seg);
+    if (!s) continue;
+    if (!partialsByTimeline.has(r.timeline)) partialsByTimeline.set(r.timeline, new Map());
+    const at = r.at;
+    const had = partialsByTimeline.get(r.timeline)!.get(s.segno);
+    if (!had || had.receivedAt < at)
+      partialsByTimeline.get(r.timeline)!.set(s.segno, { segno: s.segno, receivedAt: at });
+  }
   for (const f of finished) hold(f.timeline, f.segno, f.receivedAt);
   if (current) hold(current.timeline, current.segno, current.receivedAt);
 
@@ -175,7 +212,7 @@ export async function archiveWindow(
     const held = byTimeline.get(b.manifest.timeline) ?? new Map();
     const start = parseSegment(b.manifest.startSegment, seg)!.segno;
     const stop = parseSegment(b.manifest.stopSegment, seg)!.segno;
-    const r = reach(held, start);
+    const r = reach(held, start, partialsByTimeline.get(b.manifest.timeline));
     return { b, reach: r, walComplete: r !== null && r.last >= stop };
   });
 
