@@ -426,6 +426,10 @@ class ScratchRecovery {
       primary_slot_name: "",
       synchronous_standby_names: "",
       logging_collector: "off",
+      // The log is read for how recovery ended and what it restored: in English, whatever the base
+      // backup's settings say, with the server's LOG lines in it.
+      lc_messages: "C",
+      log_min_messages: "warning",
       // The unpacked files were never synced, so the server syncs the data directory before it
       // recovers: file by file that is seconds for a large one; one syncfs() is a fraction of it.
       ...(major >= 14 ? { recovery_init_sync_method: "syncfs" } : {}),
