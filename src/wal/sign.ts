@@ -3,7 +3,7 @@ import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { sha256File } from "../storage/files.ts";
 import type { BackupStore } from "../storage/store.ts";
-import { listArchive, recordPath, signWalRecord, walRoot, writeRecord } from "./archive.ts";
+import { listArchive, recordPath, signWalRecord, updateRecord, walRoot, type WalRecord } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, writeBaseManifest } from "./base.ts";
 import { timelineDir } from "./segments.ts";
 import type { Untrusted } from "./trust.ts";
@@ -31,9 +31,14 @@ export async function signArchive(
       refused.push({ file: r.name, problem: `${r.file} does not match the SHA-256 its record gives: not signed` });
       continue;
     }
-    const s = signWalRecord(r, key);
-    await writeRecord(root, s);
-    if (store && r.offsite?.[store.kind]) await store.put(`${r.name}.json`, recordPath(root, r.timeline, r.name));
+    // Signed as the record is now: an off-site copy that finished meanwhile recorded itself there.
+    let now: WalRecord | undefined;
+    await updateRecord(root, r, (current) => {
+      now = current.signature === undefined && current.sha256 === r.sha256 ? signWalRecord(current, key) : current;
+      return now;
+    });
+    if (!now?.signature) continue;
+    if (store && now.offsite?.[store.kind]) await store.put(`${r.name}.json`, recordPath(root, r.timeline, r.name));
     signed.push(r.name);
   }
   for (const b of await listBaseBackups(config.backupDir)) {
