@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { chmod, readdir } from "node:fs/promises";
-import { startCluster, startStandby, type TestCluster } from "./support/cluster.ts";
+import { startCluster, type TestCluster } from "./support/cluster.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { until } from "./support/wait.ts";
 import { receiverFlushed, receiverStreaming, startBackupService, streamingEnv } from "./support/wal.ts";
@@ -286,104 +286,6 @@ describe("reset, then pitr restore --to a moment before it, applied", () => {
       expect(await leftovers()).toEqual([]);
     } finally {
       await db.end({ timeout: 1 });
-    }
-  });
-});
-
-describe("a failover (standby promoted to timeline 2, the service moved to it), then pitr status and restores", () => {
-  test("moments on timeline 1 and on timeline 2 recover, before and after a base backup on timeline 2", async () => {
-    service?.proc.kill("SIGKILL");
-    service = undefined;
-    const old = await startCluster({ maxSlotWalKeepSize: "64MB" });
-    let standby: TestCluster | undefined;
-    const primary = connect(old.url("seq_tl"), { max: 2 });
-    let db: Sql | undefined;
-    try {
-      await ensureDatabase(old.url("seq_tl"));
-      await primary`create table notes (id serial primary key, body text not null)`;
-      standby = await startStandby(old);
-      const dir = await tempDir("pitrseq-tl");
-      const envOn = (url: string) => streamingEnv(url, dir, { TMPDIR: scratchRoot, WAL_SLOT: "seq_tl" });
-      let env = envOn(old.url("seq_tl"));
-      service = await startBackupService(env);
-      expect(await shinkei(["backup", "base"], env)).toSucceed();
-      const mark = async () => {
-        await Bun.sleep(300);
-        const t = new Date().toISOString();
-        await Bun.sleep(300);
-        return t;
-      };
-      await primary`insert into notes (body) values ('tl1 a')`;
-      const t1 = await mark();
-      await primary`insert into notes (body) values ('tl1 b')`;
-      const end1 = await insertLsnOf(primary);
-      await receiverFlushed(primary, end1);
-      db = connect(standby.url("seq_tl"), { max: 2 });
-      const sdb = db;
-      await until("the standby to replay timeline 1", async () => {
-        const [r] = await sdb<{ ok: boolean }[]>`select pg_last_wal_replay_lsn() >= ${end1}::pg_lsn as ok`;
-        return r!.ok;
-      });
-      // The primary is lost; the standby is promoted and the backup service moved to it.
-      await service.stop();
-      service = undefined;
-      await primary.end({ timeout: 1 });
-      await old.run("pg_ctl", ["-D", old.dataDir, "stop", "-m", "immediate", "-w"]);
-      await db`select pg_promote(true, 30)`;
-      await db`insert into notes (body) values ('tl2 a')`;
-      const t2 = await mark();
-      await db`insert into notes (body) values ('tl2 b')`;
-      env = envOn(standby.url("seq_tl"));
-      service = await startBackupService(env);
-      await db`select pg_logical_emit_message(false, 'shinkei-test', 'after t2')`;
-      await receiverFlushed(db, await insertLsnOf(db));
-
-      const at = async (t: string) => {
-        const r = await shinkei(["pitr", "restore", "--to", t, "--json"], env);
-        try {
-          return r.code === 0 ? { rows: await rowsAt(JSON.parse(r.stdout).url) } : { refused: r.stderr };
-        } finally {
-          await shinkei(["pitr", "cleanup"], env);
-        }
-      };
-      // Before any base backup on timeline 2: the window of timeline 1 runs from the base backup to
-      // the last WAL received on it (its last segment, a partial), and a moment in it recovers.
-      const status1 = JSON.parse((await shinkei(["pitr", "status", "--json"], env)).stdout);
-      expect(status1.baseBackups.map((b: { walComplete: boolean }) => b.walComplete)).toEqual([true]);
-      expect(status1.gaps).toEqual([]);
-      const tl1 = status1.timelines.find((x: { timeline: number }) => x.timeline === 1);
-      expect(Date.parse(tl1.latest)).toBeGreaterThanOrEqual(Date.parse(tl1.earliest));
-      expect(Date.parse(status1.window.latest)).toBeGreaterThan(Date.parse(t1));
-      const early = await at(t1);
-      expect(early).toEqual({ rows: ["tl1 a"] });
-      // A moment on timeline 2, which has no base backup yet: recovered exactly (from timeline 1's
-      // base backup, following the switch), or refused as after the window, never as "no base backup".
-      const late = await at(t2);
-      if (late.rows) expect(late.rows).toEqual(["tl1 a", "tl1 b", "tl2 a"]);
-      else expect(late.refused).toContain(`${new Date(t2).toISOString()} is after the recoverable window`);
-      // A drill now: its restore point lies on timeline 2, reached from timeline 1's base backup.
-      const drill = await shinkei(["pitr", "drill", "--json"], env);
-      expect(drill).toSucceed();
-      expect(JSON.parse(drill.stdout).passed).toBe(true);
-
-      // A base backup on timeline 2: both moments recover.
-      expect(await shinkei(["backup", "base"], env)).toSucceed();
-      await db`insert into notes (body) values ('tl2 c')`;
-      await db`select pg_switch_wal()`;
-      await db`insert into notes (body) values ('tl2 d')`;
-      await receiverFlushed(db, await insertLsnOf(db));
-      expect({ t1: await at(t1), t2: await at(t2) }).toEqual({
-        t1: { rows: ["tl1 a"] },
-        t2: { rows: ["tl1 a", "tl1 b", "tl2 a"] },
-      });
-      expect(await leftovers()).toEqual([]);
-    } finally {
-      service?.proc.kill("SIGKILL");
-      service = undefined;
-      await db?.end({ timeout: 1 });
-      await primary.end({ timeout: 1 });
-      await standby?.stop();
-      await old.stop();
     }
   });
 });
