@@ -1,0 +1,224 @@
+import { expect, test } from "bun:test";
+import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { obtainBackup } from "../src/backup/catalog.ts";
+import { pruneLocal, pruneStore } from "../src/backup/prune.ts";
+import { loadConfig } from "../src/config/index.ts";
+import { ShinkeiError } from "../src/errors.ts";
+import { LocalStore } from "../src/storage/local.ts";
+import { backupName } from "../src/storage/naming.ts";
+import type { BackupStore } from "../src/storage/store.ts";
+import { listBaseBackups } from "../src/wal/base.ts";
+import { walNaming } from "../src/wal/offsite.ts";
+import { pruneWalLocal, pruneWalStore } from "../src/wal/prune.ts";
+import { verifyBaseBackup } from "../src/wal/verify-base.ts";
+import { tempDir } from "./support/fixtures.ts";
+
+/*
+ * Retention deleting what a user still needs. Each test sets up what an unlucky host (or anyone who
+ * can write to BACKUP_DIR) leaves behind, runs the real retention, and checks what README promises:
+ * "never the newest good backup", "nothing a kept base backup needs".
+ */
+
+const DAY = 86_400_000;
+const config = (dir: string, extra: Record<string, string> = {}) =>
+  loadConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:5432/prune_holes", BACKUP_DIR: dir, ...extra });
+
+/** A dump and its manifest (size agreeing: a good backup) in `dir`, named for `at`. */
+async function plantDump(dir: string, at: Date, database: string, reason = "scheduled"): Promise<string> {
+  const name = backupName(at);
+  const content = `-- a dump of ${database} taken ${at.toISOString()}\n`;
+  await writeFile(join(dir, name), content);
+  await writeFile(
+    join(dir, `${name}.manifest.json`),
+    JSON.stringify({ file: name, reason, database, sizeBytes: content.length }),
+  );
+  return name;
+}
+
+test("a backup named in the future (a clock that was ahead) does not cost the real newest backup its place", async () => {
+  const dir = await tempDir("prune-future");
+  // The service was down for six weeks: the newest real backup is 40 days old. A backup taken once
+  // while the host's clock ran a year ahead (or a file planted with such a name) is also there.
+  const real = await plantDump(dir, new Date(Date.now() - 40 * DAY), "prune_holes");
+  await plantDump(dir, new Date(Date.now() + 365 * DAY), "prune_holes");
+  // What restore's default takes: never a name dated in the future (README).
+  expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, real));
+
+  const r = await pruneLocal(config(dir), { dryRun: false });
+  // "never the newest good backup": the backup every default restores must survive retention.
+  expect(r.removed).not.toContain(real);
+  expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, real));
+});
+
+test("off-site: a copy named in the future does not cost the real newest copy its place", async () => {
+  const bucket = await tempDir("prune-future-bucket");
+  const real = await plantDump(bucket, new Date(Date.now() - 40 * DAY), "prune_holes");
+  await plantDump(bucket, new Date(Date.now() + 365 * DAY), "prune_holes");
+  const store = new LocalStore(bucket);
+  const policy = config(bucket).backup;
+  const r = await pruneStore(store, 30, policy, false);
+  expect(r.removed).not.toContain(real);
+  // After a lost disk, restore's default finds the real newest copy off-site.
+  const here = await tempDir("prune-future-restore");
+  expect(await obtainBackup(here, undefined, store, "prune_holes")).toBe(join(here, real));
+});
+
+test("a pre-restore safety copy does not take the newest good backup's place: the backup restored from stays", async () => {
+  const dir = await tempDir("prune-safety");
+  // Scheduled backups stopped 40 days ago; the operator restores the newest (a pre-restore safety
+  // copy of the current state is taken first), then prunes.
+  const restoredFrom = await plantDump(dir, new Date(Date.now() - 40 * DAY), "prune_holes");
+  await plantDump(dir, new Date(), "prune_holes", "pre-restore");
+  const r = await pruneLocal(config(dir), { dryRun: false });
+  // The safety copy is never what a default restores, drills or recovers from (README): the newest
+  // good backup is still the one restored from, and it must survive.
+  expect(r.removed).not.toContain(restoredFrom);
+  expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, restoredFrom));
+});
+
+/* ---- base backups and WAL ---- */
+
+const SEG = 16 * 1024 * 1024;
+const segName = (n: number) => `00000001${"00000000"}${n.toString(16).toUpperCase().padStart(8, "0")}`;
+const hex = (s: string) => new Bun.CryptoHasher("sha256").update(s).digest("hex");
+const stampOf = (at: Date) => at.toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15);
+
+/** A base backup's three files as BACKUP_DIR/base (or a bucket's wal/ folder) holds them; its manifest. */
+async function plantBase(dir: string, at: Date, startSeg: number) {
+  const name = `shinkei_base_${stampOf(at)}.tar.zst`;
+  const backupManifestFile = `shinkei_base_${stampOf(at)}.backup_manifest.zst`;
+  const content = `base backup taken ${at.toISOString()}`;
+  const bm = `backup_manifest of ${name}`;
+  await writeFile(join(dir, name), content);
+  await writeFile(join(dir, backupManifestFile), bm);
+  const manifest = {
+    baseManifestVersion: 1,
+    file: name,
+    backupManifestFile,
+    startedAt: at.toISOString(),
+    finishedAt: new Date(at.getTime() + 60_000).toISOString(),
+    timeline: 1,
+    startLsn: `0/${(startSeg * SEG + 40).toString(16).toUpperCase()}`,
+    stopLsn: `0/${(startSeg * SEG + 4000).toString(16).toUpperCase()}`,
+    startSegment: segName(startSeg),
+    stopSegment: segName(startSeg),
+    segmentBytes: SEG,
+    host: "127.0.0.1",
+    port: 5432,
+    serverVersion: "17.0",
+    pgBasebackupVersion: "17.0",
+    format: "tar+gzip",
+    sizeBytes: content.length,
+    sha256: hex(content),
+    originalBytes: content.length,
+    backupManifestSha256: hex(bm),
+    reason: "scheduled",
+    durationMs: 1000,
+  };
+  await writeFile(join(dir, `${name}.manifest.json`), JSON.stringify(manifest, null, 2));
+  return { name, manifest };
+}
+
+/** An archived segment and its record in the local archive (BACKUP_DIR/wal/00000001). */
+async function plantLocalSegment(backupDir: string, n: number) {
+  const dir = join(backupDir, "wal", "00000001");
+  await mkdir(dir, { recursive: true });
+  const name = segName(n);
+  const bytes = `segment ${name}`;
+  await writeFile(join(dir, `${name}.zst`), bytes);
+  const record = {
+    walRecordVersion: 1,
+    name,
+    kind: "segment",
+    timeline: 1,
+    file: `${name}.zst`,
+    sizeBytes: bytes.length,
+    sha256: hex(bytes),
+    originalBytes: 1024,
+    originalSha256: hex(`plain ${name}`),
+    segmentBytes: SEG,
+    receivedAt: new Date().toISOString(),
+    archivedAt: new Date().toISOString(),
+  };
+  await writeFile(join(dir, `${name}.json`), JSON.stringify(record));
+}
+
+test("a base backup its own check found damaged is not kept as the good one: the last restorable base and its WAL stay", async () => {
+  const backupDir = await tempDir("prune-damaged-base");
+  const base = join(backupDir, "base");
+  await mkdir(base, { recursive: true });
+  // The previous base (40 days old: weekly base backups that failed for a while) and its WAL.
+  const good = await plantBase(base, new Date(Date.now() - 40 * DAY), 2);
+  // Today's base: the disk flipped bytes in it after it was written. Same size, wrong SHA-256.
+  const damaged = await plantBase(base, new Date(Date.now() - 60_000), 8);
+  await writeFile(join(base, damaged.name), `base backup TAKEN ${new Date(Date.now() - 60_000).toISOString()}`);
+  for (let n = 2; n <= 9; n++) await plantLocalSegment(backupDir, n);
+
+  // The WAL service checks every new base before retention runs (wal/service.ts): it fails.
+  const listed = (await listBaseBackups(backupDir)).find((b) => b.name === damaged.name)!;
+  const v = await verifyBaseBackup(backupDir, listed);
+  expect(v.ok).toBe(false);
+  expect(v.problems.join()).toContain("does not match the SHA-256");
+
+  const r = await pruneWalLocal(config(backupDir), { dryRun: false });
+  // "never the newest good backup": a base recorded as damaged is not it; the 40-day-old one is,
+  // and "nothing a kept base backup needs" is deleted.
+  expect(r.removed).not.toContain(good.name);
+  expect(await readdir(base)).toContain(good.name);
+  expect(await readdir(join(backupDir, "wal", "00000001"))).toContain(`${segName(2)}.zst`);
+});
+
+test("off-site WAL retention: a manifest that fails to download for a moment does not let its base's WAL go", async () => {
+  const bucket = await tempDir("prune-wal-bucket");
+  const inner = new LocalStore(bucket, walNaming);
+  // Two base backups off-site, both young enough to keep (S3_KEEP_DAYS=60), and the WAL since the older.
+  const older = await plantBase(bucket, new Date(Date.now() - 20 * DAY), 2);
+  await plantBase(bucket, new Date(Date.now() - 5 * DAY), 6);
+  for (let n = 2; n <= 7; n++) {
+    await writeFile(join(bucket, `${segName(n)}.zst`), `segment ${n}`);
+    await writeFile(join(bucket, `${segName(n)}.json`), `{"record":${n}}`);
+  }
+  // The store answers every call but one: the older base's manifest, once (a reset connection, a 503
+  // after the SDK's retries). The contract: an unreachable store is STORE_FAILED, never an empty answer.
+  let failed = false;
+  const flaky: BackupStore = {
+    kind: "s3",
+    location: inner.location,
+    naming: inner.naming,
+    list: () => inner.list(),
+    put: (n, p) => inner.put(n, p),
+    remove: (n) => inner.remove(n),
+    get: async (name, path) => {
+      if (!failed && name === `${older.name}.manifest.json`) {
+        failed = true;
+        throw new ShinkeiError("STORE_FAILED", `downloading ${name} at ${inner.location} failed: ECONNRESET`);
+      }
+      return inner.get(name, path);
+    },
+  };
+  await pruneWalStore(flaky, 60, config(bucket).backup, false).catch(() => null);
+  expect(failed).toBe(true);
+  // The older base is kept (60 days), so is every segment from its start: whether the run stops on the
+  // error or goes on, WAL the kept base needs must not be deleted.
+  const left = await readdir(bucket);
+  expect(left).toContain(older.name);
+  for (let n = 2; n <= 5; n++) expect(left).toContain(`${segName(n)}.zst`);
+});
+
+test("a base backup whose WAL never arrived (a lost slot) is not kept as the good one: the last restorable base and its WAL stay", async () => {
+  const backupDir = await tempDir("prune-incomplete-base");
+  const base = join(backupDir, "base");
+  await mkdir(base, { recursive: true });
+  const good = await plantBase(base, new Date(Date.now() - 40 * DAY), 2);
+  // Segments 2..5 archived; then the slot was lost (max_slot_wal_keep_size): 6..8 never came, and
+  // today's base starts and stops in 8. Nothing can ever replay it.
+  await plantBase(base, new Date(Date.now() - 60_000), 8);
+  for (let n = 2; n <= 5; n++) await plantLocalSegment(backupDir, n);
+
+  const r = await pruneWalLocal(config(backupDir), { dryRun: false });
+  // The 40-day-old base is the newest one that restores; it and its WAL must stay.
+  expect(r.removed).not.toContain(good.name);
+  expect(await readdir(base)).toContain(good.name);
+  expect(await readdir(join(backupDir, "wal", "00000001"))).toContain(`${segName(2)}.zst`);
+});
