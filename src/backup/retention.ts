@@ -6,6 +6,8 @@ export type Candidate = { name: string; good: boolean; mirrored: boolean; takenA
 export type Decision = { name: string; keep: boolean; why: string };
 
 const DAY = 86_400_000;
+/** As restore's default (catalog.ts): a name dated further ahead of our clock is no backup we just took. */
+const CLOCK_SKEW_MS = 5 * 60_000;
 const dayKey = (d: Date) => d.toISOString().slice(0, 10);
 const monthKey = (d: Date) => d.toISOString().slice(0, 7);
 function weekKey(d: Date): string {
@@ -36,8 +38,11 @@ export function planRetention(
     .filter((c): c is Candidate & { parsed: NonNullable<ReturnType<typeof parseBackupName>> } => c.parsed !== null)
     .sort((a, b) => compareNewestFirst(a.parsed, b.parsed));
 
+  // A backup dated in the future (a clock that ran ahead, a planted name) holds no place: it would
+  // let the real newest one go, and no default restores it. It is kept while it is "young" anyway.
+  const placed = (c: (typeof parsed)[number]) => c.good && c.parsed.takenAt.getTime() <= now.getTime() + CLOCK_SKEW_MS;
   const kept = new Map<string, string>();
-  const newestGood = parsed.find((c) => c.good);
+  const newestGood = parsed.find(placed);
   if (newestGood) kept.set(newestGood.name, "newest good backup");
   for (const [count, key, label] of [
     [policy.keepDaily, dayKey, "daily"],
@@ -46,7 +51,7 @@ export function planRetention(
   ] as const) {
     const seen = new Set<string>();
     for (const c of parsed) {
-      if (!c.good || seen.size >= count) continue;
+      if (!placed(c) || seen.size >= count) continue;
       const k = key(c.parsed.takenAt);
       if (seen.has(k)) continue;
       seen.add(k);
