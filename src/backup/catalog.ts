@@ -7,6 +7,8 @@ import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
 import type { BackupStore, StoredObject } from "../storage/store.ts";
 
 const SAFETY_COPIES = new Set(["pre-restore", "pre-recover"]);
+/** A copy of the state a restore or recovery replaced: never what a default restores (nor retention's newest). */
+export const isSafetyCopy = (m: Manifest | null | undefined): boolean => SAFETY_COPIES.has(String(m?.reason));
 
 export type LocalBackup = BackupName & { path: string; sizeBytes: number; manifest: Manifest | null };
 

@@ -1,5 +1,5 @@
 import type { Config } from "../config/index.ts";
-import { listLocal, peekManifest } from "./catalog.ts";
+import { isSafetyCopy, listLocal, peekManifest } from "./catalog.ts";
 import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName } from "../storage/naming.ts";
 import { planRetention, type Candidate, type Decision, type RetentionPolicy } from "./retention.ts";
 import { LocalStore } from "../storage/local.ts";
@@ -20,7 +20,8 @@ export async function pruneLocal(
     backups.map((b) => ({
       name: b.name,
       database: b.manifest?.database ?? null,
-      good: b.manifest?.sizeBytes === b.sizeBytes,
+      // A safety copy (pre-restore, pre-recover) is not what a default restores: it holds no place.
+      good: b.manifest?.sizeBytes === b.sizeBytes && !isSafetyCopy(b.manifest),
       mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
     })),
     config.backup,
@@ -43,9 +44,10 @@ export async function pruneStore(
   const names = new Set(objects.map((o) => o.name));
   const candidates = [];
   for (const o of objects.filter((o) => !o.name.endsWith(MANIFEST_SUFFIX))) {
-    const good = names.has(o.name + MANIFEST_SUFFIX);
-    const database = good ? ((await peekManifest(store, o.name))?.database ?? null) : null;
-    candidates.push({ name: o.name, database, good, mirrored: true });
+    const listed = names.has(o.name + MANIFEST_SUFFIX);
+    const manifest = listed ? await peekManifest(store, o.name) : null;
+    const database = manifest?.database ?? null;
+    candidates.push({ name: o.name, database, good: listed && !isSafetyCopy(manifest), mirrored: true });
   }
   return apply(store, byDatabase(candidates, { ...policy, keepDays }, false), dryRun);
 }
