@@ -2,6 +2,7 @@ import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
+import { ShinkeiError } from "../errors.ts";
 import { planRetention, type Decision } from "../backup/retention.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { listArchive, recordPath, walRoot } from "./archive.ts";
@@ -132,7 +133,16 @@ export async function pruneWalStore(
     (o) => /^shinkei_base_.*\.tar\.(gz|zst)(\.age)?$/.test(o.name) && names.has(o.name + BASE_MANIFEST_SUFFIX),
   )) {
     try {
-      await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp);
+      // A manifest the store fails to hand over (a reset connection, a 503) stops the run: read as
+      // "no base backup", its base's WAL would go. One gone since the listing (pruned meanwhile) is skipped.
+      const fetched = await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp).then(
+        () => true,
+        (e: unknown) => {
+          if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND") return false;
+          throw e;
+        },
+      );
+      if (!fetched) continue;
       const m = (await Bun.file(tmp).json()) as BaseManifest;
       if (
         m.file === o.name &&
@@ -141,7 +151,8 @@ export async function pruneWalStore(
         !baseManifestProblem(m, retentionTrust(policy))
       )
         manifests.push(m);
-    } catch {
+    } catch (e) {
+      if (e instanceof ShinkeiError && e.code === "STORE_FAILED") throw e;
       // unreadable: the backup counts as not good below, and so anchors nothing
     } finally {
       await rm(tmp, { force: true });
