@@ -8,7 +8,7 @@ import type { BackupStore } from "../storage/store.ts";
 import { listArchive, recordPath, walRoot } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, baseManifestProblem, listBaseBackups, type BaseManifest } from "./base.ts";
 import { archiveTrust } from "./trust.ts";
-import { DEFAULT_SEGMENT_BYTES, parseSegment, timelineDir } from "./segments.ts";
+import { DEFAULT_SEGMENT_BYTES, parseSegment, segmentName, timelineDir } from "./segments.ts";
 
 export type WalRange = { from: string; to: string; files: number };
 export type WalPruneReport = {
@@ -49,6 +49,22 @@ function range(held: Held[]): WalRange | null {
  */
 const retentionTrust = (backup: Config["backup"]) => archiveTrust(backup.age, { unencrypted: true });
 
+/**
+ * Whether a base backup can be restored as far as retention can tell: its own check did not find
+ * it damaged, and every WAL segment from its start to its stop is in `held` (segment names; a
+ * partial stands for its segment). One that fails is not "good": it may not hold the newest place
+ * and let the last restorable base (and its WAL) go. A fresh base whose stop segment is still
+ * being received is not good yet either: the one before it stays until the next run.
+ */
+function restorable(m: BaseManifest, held: Set<string>): boolean {
+  if (m.verified?.ok === false) return false;
+  const start = parseSegment(m.startSegment, m.segmentBytes)?.segno;
+  const stop = parseSegment(m.stopSegment, m.segmentBytes)?.segno;
+  if (start === undefined || stop === undefined || stop < start || stop - start > 1_000_000n) return false;
+  for (let s = start; s <= stop; s++) if (!held.has(segmentName(m.timeline, s, m.segmentBytes))) return false;
+  return true;
+}
+
 function keepFromOf(kept: BaseManifest[]): { keepFrom: bigint | null; why: string } {
   if (kept.length === 0) return { keepFrom: null, why: "no base backup: all WAL is kept" };
   const starts = kept.map((m) => ({ m, segno: parseSegment(m.startSegment, m.segmentBytes)!.segno }));
@@ -71,10 +87,13 @@ export async function pruneWalLocal(
   // Only our own base backups count: a planted one, posing as the newest, would let every real one go.
   const bases = await listBaseBackups(config.backupDir, retentionTrust(config.backup));
   const kind = options.offsite?.kind;
+  const root = walRoot(config.backupDir);
+  const archived = await listArchive(root);
+  const held = new Set(archived.filter((r) => r.kind !== "history").map((r) => r.name.replace(/\.partial$/, "")));
   const decisions = planRetention(
     bases.map((b) => ({
       name: b.name,
-      good: true,
+      good: restorable(b.manifest, held),
       mirrored: kind ? Boolean(b.manifest.offsite?.[kind]) : true,
       takenAt: new Date(b.manifest.startedAt),
     })),
@@ -84,8 +103,7 @@ export async function pruneWalLocal(
   );
   const keep = new Set(decisions.filter((d) => d.keep).map((d) => d.name));
   const { keepFrom, why } = keepFromOf(bases.filter((b) => keep.has(b.name)).map((b) => b.manifest));
-  const root = walRoot(config.backupDir);
-  const records = (await listArchive(root)).filter((r) => r.kind !== "history" && (!kind || r.offsite?.[kind]));
+  const records = archived.filter((r) => r.kind !== "history" && (!kind || r.offsite?.[kind]));
   const old = below(records, keepFrom);
   const removed: string[] = [];
   if (!options.dryRun) {
@@ -158,8 +176,18 @@ export async function pruneWalStore(
       await rm(tmp, { force: true });
     }
   }
+  const heldOffsite = new Set(
+    objects
+      .map((o) => /^([0-9A-F]{24})(?:\.partial)?\.(?:gz|zst)(?:\.age)?$/.exec(o.name)?.[1])
+      .filter((n): n is string => n !== undefined),
+  );
   const decisions = planRetention(
-    manifests.map((m) => ({ name: m.file, good: true, mirrored: true, takenAt: new Date(m.startedAt) })),
+    manifests.map((m) => ({
+      name: m.file,
+      good: restorable(m, heldOffsite),
+      mirrored: true,
+      takenAt: new Date(m.startedAt),
+    })),
     { ...policy, keepDays },
     new Date(),
     false,
