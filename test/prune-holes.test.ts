@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { obtainBackup } from "../src/backup/catalog.ts";
 import { pruneLocal, pruneStore } from "../src/backup/prune.ts";
@@ -13,6 +13,9 @@ import { walNaming } from "../src/wal/offsite.ts";
 import { pruneWalLocal, pruneWalStore } from "../src/wal/prune.ts";
 import { verifyBaseBackup } from "../src/wal/verify-base.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { seededDatabase } from "./support/backup.ts";
+import { until } from "./support/wait.ts";
+import { createBackup } from "../src/backup/dump.ts";
 
 /*
  * Retention deleting what a user still needs. Each test sets up what an unlucky host (or anyone who
@@ -222,3 +225,49 @@ test("a base backup whose WAL never arrived (a lost slot) is not kept as the goo
   expect(await readdir(base)).toContain(good.name);
   expect(await readdir(join(backupDir, "wal", "00000001"))).toContain(`${segName(2)}.zst`);
 });
+
+test("two databases sharing BACKUP_DIR: one's backup does not delete the other's backup in progress as a stale .partial", async () => {
+  const a = await seededDatabase("prune_shared_a", "a");
+  const b = await seededDatabase("prune_shared_b", "b");
+  const dir = await tempDir("prune-shared-partial");
+  let release = () => {};
+  const held = new Promise<void>((r) => (release = r));
+  try {
+    // B's app runs a long migration: it holds a table, and B's pg_dump waits on that lock before it
+    // writes a byte (pg_dump locks every table first), its .partial created and empty.
+    let locked = false;
+    const migration = b.sql.begin(async (tx) => {
+      await tx`lock table story_beats in access exclusive mode`;
+      locked = true;
+      await held;
+    });
+    await until("the lock", async () => locked);
+    const running = createBackup({ sql: b.sql, url: b.url, dir, reason: "scheduled" });
+    running.catch(() => {});
+    const partial = await until("B's .partial", async () => (await readdir(dir)).find((n) => n.endsWith(".partial")));
+    // Eleven minutes on, the migration still runs. A stand-in: the file's time set back eleven
+    // minutes, then a minute of the backup still running (whatever a live writer does to show it is
+    // alive in that time, it does here too).
+    const past = new Date(Date.now() - 11 * 60_000);
+    await utimes(join(dir, partial), past, past);
+    await until(
+      "a minute of B's backup running",
+      async () => {
+        const s = await stat(join(dir, partial)).catch(() => null);
+        return s !== null && s.mtimeMs > past.getTime() + 60_000;
+      },
+      61_000,
+    ).catch(() => {});
+    // A's scheduled backup runs meanwhile (another database: another maintenance lock).
+    await createBackup({ sql: a.sql, url: a.url, dir, reason: "scheduled" });
+    release();
+    await migration;
+    // B's backup, which was never abandoned, must finish.
+    const r = await running;
+    expect(await Bun.file(r.path).exists()).toBe(true);
+  } finally {
+    release();
+    await a.drop();
+    await b.drop();
+  }
+}, 120_000);
