@@ -10,7 +10,7 @@ import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "../storage/namin
 import { encryptionFor, type AgeConfig } from "../storage/crypt.ts";
 import { sealTo } from "../storage/seal.ts";
 import { signManifest, writeManifest, type Manifest, type Reason } from "./manifest.ts";
-import { fsyncDir, removeStalePartials } from "../storage/files.ts";
+import { fsyncDir, keptAlive, removeStalePartials } from "../storage/files.ts";
 import { checkDumpVersion, toolPath } from "../pg/bin.ts";
 import { finished, toolEnv } from "../pg/tools.ts";
 
@@ -78,49 +78,57 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
 
   // One repeatable-read transaction exports its snapshot to pg_dump: the counts in the manifest
   // describe exactly the data in the file, even while the app keeps writing.
-  const result = await sql.begin("isolation level repeatable read read only", async (tx) => {
-    const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
-    const schemaVersion = await currentSchemaVersion(tx);
-    // Owners and privileges are left out as `pg_restore --no-owner --no-privileges` would: a backup
-    // restores wherever its user can create tables, also on a server without the original roles.
-    const proc = Bun.spawn(
-      [pgDump, "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"],
-      {
-        env: toolEnv(url, options.env),
-        stdin: "ignore",
-        stdout: "pipe",
-        stderr: "pipe",
-      },
-    );
-    const exit = finished(proc);
-    // Counts and digests are read in the exported snapshot while pg_dump streams: same data, no added wait.
-    const stats = tableStats(tx);
-    stats.catch(() => {}); // awaited below; a failed dump must not leave it unhandled
-    try {
-      const sealed = await sealTo(Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream), partial, {
-        codec: "zstd",
-        level: options.compressionLevel,
-        age: encryption ? options.age : undefined,
-        onProgress: options.onProgress,
-      });
-      const { code, stderr } = await exit;
-      if (code !== 0)
-        throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
-      if (sealed.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
-      const { counts, digests } = await stats;
-      return { counts, digests, schemaVersion, sizeBytes: sealed.sizeBytes, sha256: sealed.sha256 };
-    } catch (error) {
-      proc.kill("SIGKILL");
-      await rm(partial, { force: true });
-      if (error instanceof ShinkeiError) throw error;
-      const e = error as NodeJS.ErrnoException;
-      const why = e.code === "ENOSPC" ? "the disk is full" : e.message;
-      throw new ShinkeiError("BACKUP_FAILED", `writing the backup failed: ${why}`, {
-        cause: error,
-        hint: `Nothing was kept; check ${dir}.`,
-      });
-    }
-  });
+  // A backup of another database in this folder must not take the .partial for a leftover while
+  // pg_dump waits (on a lock) without writing: keptAlive keeps its time fresh.
+  const result = await keptAlive(partial, () =>
+    sql.begin("isolation level repeatable read read only", async (tx) => {
+      const [snap] = await tx<{ id: string }[]>`select pg_export_snapshot() as id`;
+      const schemaVersion = await currentSchemaVersion(tx);
+      // Owners and privileges are left out as `pg_restore --no-owner --no-privileges` would: a backup
+      // restores wherever its user can create tables, also on a server without the original roles.
+      const proc = Bun.spawn(
+        [pgDump, "--format=plain", "--no-owner", "--no-privileges", `--snapshot=${snap!.id}`, "--no-password"],
+        {
+          env: toolEnv(url, options.env),
+          stdin: "ignore",
+          stdout: "pipe",
+          stderr: "pipe",
+        },
+      );
+      const exit = finished(proc);
+      // Counts and digests are read in the exported snapshot while pg_dump streams: same data, no added wait.
+      const stats = tableStats(tx);
+      stats.catch(() => {}); // awaited below; a failed dump must not leave it unhandled
+      try {
+        const sealed = await sealTo(
+          Readable.fromWeb(proc.stdout as import("node:stream/web").ReadableStream),
+          partial,
+          {
+            codec: "zstd",
+            level: options.compressionLevel,
+            age: encryption ? options.age : undefined,
+            onProgress: options.onProgress,
+          },
+        );
+        const { code, stderr } = await exit;
+        if (code !== 0)
+          throw new ShinkeiError("BACKUP_FAILED", `pg_dump failed (exit ${code}): ${stderr || "no message"}`);
+        if (sealed.bytesIn === 0) throw new ShinkeiError("BACKUP_FAILED", "pg_dump produced no output");
+        const { counts, digests } = await stats;
+        return { counts, digests, schemaVersion, sizeBytes: sealed.sizeBytes, sha256: sealed.sha256 };
+      } catch (error) {
+        proc.kill("SIGKILL");
+        await rm(partial, { force: true });
+        if (error instanceof ShinkeiError) throw error;
+        const e = error as NodeJS.ErrnoException;
+        const why = e.code === "ENOSPC" ? "the disk is full" : e.message;
+        throw new ShinkeiError("BACKUP_FAILED", `writing the backup failed: ${why}`, {
+          cause: error,
+          hint: `Nothing was kept; check ${dir}.`,
+        });
+      }
+    }),
+  );
 
   await rename(partial, path);
   await fsyncDir(dir);

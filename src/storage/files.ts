@@ -1,5 +1,5 @@
 import { constants, createReadStream } from "node:fs";
-import { copyFile, lstat, open, rename, rm, stat, readdir, type FileHandle } from "node:fs/promises";
+import { copyFile, lstat, lutimes, open, rename, rm, stat, readdir, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 
@@ -89,6 +89,24 @@ async function takePartial(partial: string): Promise<FileHandle> {
       // Another writer made it between our look and our O_EXCL open: wait for it too.
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
     }
+  }
+}
+
+/**
+ * Run `fn` while `path` (a `.partial` being written) is kept looking alive: its time is set to now
+ * every `everyMs`. removeStalePartials takes a file untouched for minutes for a crash's leftover, and
+ * a live writer may write nothing for longer (pg_dump waiting on a table's lock), while a backup of
+ * another database sharing the folder (another maintenance lock) cleans up. Never follows a link.
+ */
+export async function keptAlive<T>(path: string, fn: () => Promise<T>, everyMs = 30_000): Promise<T> {
+  const timer = setInterval(() => {
+    const now = new Date();
+    lutimes(path, now, now).catch(() => {});
+  }, everyMs);
+  try {
+    return await fn();
+  } finally {
+    clearInterval(timer);
   }
 }
 
