@@ -271,3 +271,22 @@ test("two databases sharing BACKUP_DIR: one's backup does not delete the other's
     await b.drop();
   }
 }, 120_000);
+
+test("one bucket prefix for two servers whose databases share a name: each keeps its own monthly places", async () => {
+  const bucket = await tempDir("prune-same-name");
+  const plantOn = async (daysAgo: number, host: string) => {
+    const name = await plantDump(bucket, new Date(Date.now() - daysAgo * DAY), "shinkei");
+    const m = JSON.parse(await Bun.file(join(bucket, `${name}.manifest.json`)).text());
+    await writeFile(join(bucket, `${name}.manifest.json`), JSON.stringify({ ...m, host, port: 5432 }));
+    return name;
+  };
+  // Production backs up at 02:00, staging (the compose default database name too) a few hours later.
+  const prod: string[] = [];
+  for (const d of [95, 65, 35]) prod.push(await plantOn(d, "db-prod.internal"));
+  for (const d of [94.99, 64.99, 34.99, 1]) await plantOn(d, "db-staging.internal");
+  const policy = { ...config(bucket).backup, keepMonthly: 4 };
+  const r = await pruneStore(new LocalStore(bucket), 30, policy, false);
+  // Counted together, staging's later backups took every monthly place: production's monthly
+  // backups (its only copies of those months) are deleted.
+  expect(r.removed.filter((n) => prod.includes(n))).toEqual([]);
+});
