@@ -4,6 +4,7 @@ import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName } from "../storage
 import { planRetention, type Candidate, type Decision, type RetentionPolicy } from "./retention.ts";
 import { LocalStore } from "../storage/local.ts";
 import type { BackupStore } from "../storage/store.ts";
+import type { Manifest } from "./manifest.ts";
 
 export type PruneReport = { location: string; decisions: Decision[]; removed: string[] };
 
@@ -20,6 +21,7 @@ export async function pruneLocal(
     backups.map((b) => ({
       name: b.name,
       database: b.manifest?.database ?? null,
+      server: serverOf(b.manifest),
       // A safety copy (pre-restore, pre-recover) is not what a default restores: it holds no place.
       good: b.manifest?.sizeBytes === b.sizeBytes && !isSafetyCopy(b.manifest),
       mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
@@ -47,7 +49,8 @@ export async function pruneStore(
     const listed = names.has(o.name + MANIFEST_SUFFIX);
     const manifest = listed ? await peekManifest(store, o.name) : null;
     const database = manifest?.database ?? null;
-    candidates.push({ name: o.name, database, good: listed && !isSafetyCopy(manifest), mirrored: true });
+    const good = listed && !isSafetyCopy(manifest);
+    candidates.push({ name: o.name, database, server: serverOf(manifest), good, mirrored: true });
   }
   return apply(store, byDatabase(candidates, { ...policy, keepDays }, false), dryRun);
 }
@@ -58,21 +61,37 @@ export async function pruneStore(
  * monthly places. Backups without a manifest are a group of their own.
  */
 function byDatabase(
-  candidates: (Candidate & { database: string | null })[],
+  candidates: (Candidate & { database: string | null; server: string | null })[],
   policy: RetentionPolicy,
   requireMirrored: boolean,
 ): Decision[] {
-  const groups = Map.groupBy(candidates, (c) => c.database);
+  // Two servers' databases of one name (staging and production, say) are two databases too.
+  const groups = Map.groupBy(candidates, (c) =>
+    c.database === null ? null : JSON.stringify([String(c.database), c.server]),
+  );
+  const names = [...groups.values()].map((g) => String(g[0]!.database));
   const now = new Date();
   const decided = new Map<string, Decision>();
-  for (const [database, group] of groups) {
-    // The name from a manifest, quoted: whatever it holds prints as one line of plain text.
+  for (const [key, group] of groups) {
+    const { database, server } = group[0]!;
+    // The name from a manifest, quoted: whatever it holds prints as one line of plain text. The
+    // server is named only where two groups share the name.
+    const shared = names.filter((n) => n === String(database)).length > 1 && server !== null;
     const of =
-      groups.size > 1 ? (database === null ? " (no manifest)" : ` (of ${JSON.stringify(String(database))})`) : "";
+      groups.size > 1
+        ? key === null
+          ? " (no manifest)"
+          : ` (of ${JSON.stringify(String(database))}${shared ? ` on ${JSON.stringify(server)}` : ""})`
+        : "";
     for (const d of planRetention(group, policy, now, requireMirrored)) decided.set(d.name, { ...d, why: d.why + of });
   }
   // Newest first across the groups, as one plan would list them (every name decided on parses).
   return [...decided.values()].sort((a, b) => compareNewestFirst(parseBackupName(a.name)!, parseBackupName(b.name)!));
+}
+
+/** Which server a manifest says the backup was taken on (host:port), or null when it does not say. */
+function serverOf(m: Manifest | null | undefined): string | null {
+  return m && m.host !== undefined && m.host !== null ? `${String(m.host)}:${String(m.port)}` : null;
 }
 
 async function apply(store: BackupStore, decisions: Decision[], dryRun: boolean): Promise<PruneReport> {
