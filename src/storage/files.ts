@@ -98,7 +98,7 @@ async function takePartial(partial: string): Promise<FileHandle> {
  * a live writer may write nothing for longer (pg_dump waiting on a table's lock), while a backup of
  * another database sharing the folder (another maintenance lock) cleans up. Never follows a link.
  */
-export async function keptAlive<T>(path: string, fn: () => Promise<T>, everyMs = 30_000): Promise<T> {
+export async function keptAlive<T>(path: string, fn: () => Promise<T>, everyMs = 5_000): Promise<T> {
   const timer = setInterval(() => {
     const now = new Date();
     lutimes(path, now, now).catch(() => {});

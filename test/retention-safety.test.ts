@@ -39,7 +39,7 @@ async function plantDump(dir: string, at: Date, database: string, reason = "sche
   return name;
 }
 
-test("a backup named in the future (a clock that was ahead) does not cost the real newest backup its place", async () => {
+test("a backup named in the future (a clock ahead) does not cost the real newest backup its place", async () => {
   const dir = await tempDir("prune-future");
   // The service was down for six weeks: the newest real backup is 40 days old. A backup taken once
   // while the host's clock ran a year ahead (or a file planted with such a name) is also there.
@@ -67,7 +67,7 @@ test("off-site: a copy named in the future does not cost the real newest copy it
   expect(await obtainBackup(here, undefined, store, "prune_holes")).toBe(join(here, real));
 });
 
-test("a pre-restore safety copy does not take the newest good backup's place: the backup restored from stays", async () => {
+test("a pre-restore safety copy takes no newest good place: the backup restored from stays", async () => {
   const dir = await tempDir("prune-safety");
   // Scheduled backups stopped 40 days ago; the operator restores the newest (a pre-restore safety
   // copy of the current state is taken first), then prunes.
@@ -147,7 +147,7 @@ async function plantLocalSegment(backupDir: string, n: number) {
   await writeFile(join(dir, `${name}.json`), JSON.stringify(record));
 }
 
-test("a base backup its own check found damaged is not kept as the good one: the last restorable base and its WAL stay", async () => {
+test("a base backup its check found damaged is not the good one: the last restorable base and WAL stay", async () => {
   const backupDir = await tempDir("prune-damaged-base");
   const base = join(backupDir, "base");
   await mkdir(base, { recursive: true });
@@ -172,7 +172,7 @@ test("a base backup its own check found damaged is not kept as the good one: the
   expect(await readdir(join(backupDir, "wal", "00000001"))).toContain(`${segName(2)}.zst`);
 });
 
-test("off-site WAL retention: a manifest that fails to download for a moment does not let its base's WAL go", async () => {
+test("off-site WAL retention: a manifest that fails to download once does not let its base's WAL go", async () => {
   const bucket = await tempDir("prune-wal-bucket");
   const inner = new LocalStore(bucket, walNaming);
   // Two base backups off-site, both young enough to keep (S3_KEEP_DAYS=60), and the WAL since the older.
@@ -209,7 +209,7 @@ test("off-site WAL retention: a manifest that fails to download for a moment doe
   for (let n = 2; n <= 5; n++) expect(left).toContain(`${segName(n)}.zst`);
 });
 
-test("a base backup whose WAL never arrived (a lost slot) is not kept as the good one: the last restorable base and its WAL stay", async () => {
+test("a base backup whose WAL never came (a lost slot) is not the good one: the last good one stays", async () => {
   const backupDir = await tempDir("prune-incomplete-base");
   const base = join(backupDir, "base");
   await mkdir(base, { recursive: true });
@@ -226,7 +226,7 @@ test("a base backup whose WAL never arrived (a lost slot) is not kept as the goo
   expect(await readdir(join(backupDir, "wal", "00000001"))).toContain(`${segName(2)}.zst`);
 });
 
-test("two databases sharing BACKUP_DIR: one's backup does not delete the other's backup in progress as a stale .partial", async () => {
+test("one BACKUP_DIR for two databases: one never takes the other's in progress for a stale .partial", async () => {
   const a = await seededDatabase("prune_shared_a", "a");
   const b = await seededDatabase("prune_shared_b", "b");
   const dir = await tempDir("prune-shared-partial");
