@@ -2,6 +2,8 @@ import { expect, test } from "bun:test";
 import { mkdir, readdir, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { obtainBackup } from "../src/backup/catalog.ts";
+import { checkFreshness, newestGood } from "../src/backup/freshness.ts";
+import { readSnapshot } from "../src/metrics/snapshot.ts";
 import { pruneLocal, pruneStore } from "../src/backup/prune.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
@@ -52,6 +54,19 @@ test("a backup named in the future (a clock ahead) does not cost the real newest
   // "never the newest good backup": the backup every default restores must survive retention.
   expect(r.removed).not.toContain(real);
   expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, real));
+});
+
+test("a backup named in the future is not the newest good one for freshness: check sees the old one", async () => {
+  const dir = await tempDir("fresh-future");
+  const real = await plantDump(dir, new Date(Date.now() - 3 * DAY), "prune_holes");
+  await plantDump(dir, new Date(Date.now() + 365 * DAY), "prune_holes");
+  const { newest } = await newestGood(dir, "prune_holes");
+  expect(newest?.name).toBe(real);
+  // The metrics and the status page read the same.
+  expect((await readSnapshot(dir, undefined)).newestGood?.name).toBe(real);
+  await expect(checkFreshness(dir, DAY, 30 * DAY, undefined, "prune_holes")).rejects.toThrow(
+    `the newest good backup (${real}) is 3d 0h old, more than 1d 0h`,
+  );
 });
 
 test("off-site: a copy named in the future does not cost the real newest copy its place", async () => {

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName, type BackupName } from "../storage/naming.ts";
+import { MANIFEST_SUFFIX, compareNewestFirst, notFuture, parseBackupName, type BackupName } from "../storage/naming.ts";
 import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
 import type { BackupStore, StoredObject } from "../storage/store.ts";
 
@@ -29,11 +29,6 @@ export async function listLocal(dir: string): Promise<LocalBackup[]> {
   }
   return found.sort(compareNewestFirst);
 }
-
-/** A name dated more than this ahead of our clock is not a backup we took: a default never picks it. */
-const CLOCK_SKEW_MS = 5 * 60_000;
-
-const notFuture = (b: BackupName) => b.takenAt.getTime() <= Date.now() + CLOCK_SKEW_MS;
 
 /**
  * A file the user named (a path, or a name inside `dir`), or else the newest backup of ours that

@@ -3,6 +3,7 @@ import { formatDuration } from "../duration.ts";
 import { listLocal, type LocalBackup } from "./catalog.ts";
 import { readDrill, type DrillResult } from "./drill.ts";
 import { canOpen, type AgeConfig } from "../storage/crypt.ts";
+import { notFuture } from "../storage/naming.ts";
 
 export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 
@@ -12,11 +13,14 @@ const ofDatabase = (b: LocalBackup, database?: string) => database === undefined
 /**
  * The newest backup whose manifest agrees with its file: "good" without reading it whole. With
  * `database`, only a backup of that one: a fresh backup of another database sharing the folder
- * says nothing about this one's.
+ * says nothing about this one's. A name dated ahead of our clock is not one: it would read as fresh
+ * for as long as it lies ahead.
  */
 export async function newestGood(dir: string, database?: string): Promise<Freshness> {
   const newest =
-    (await listLocal(dir)).find((b) => b.manifest?.sizeBytes === b.sizeBytes && ofDatabase(b, database)) ?? null;
+    (await listLocal(dir)).find(
+      (b) => b.manifest?.sizeBytes === b.sizeBytes && ofDatabase(b, database) && notFuture(b),
+    ) ?? null;
   return { newest, ageMs: newest ? Date.now() - newest.takenAt.getTime() : null };
 }
 

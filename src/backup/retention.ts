@@ -1,4 +1,4 @@
-import { compareNewestFirst, parseBackupName } from "../storage/naming.ts";
+import { compareNewestFirst, notFuture, parseBackupName } from "../storage/naming.ts";
 
 export type RetentionPolicy = { keepDays: number; keepDaily: number; keepWeekly: number; keepMonthly: number };
 /** `takenAt` for names that carry no backup timestamp of the dump kind (base backups give theirs). */
@@ -6,8 +6,6 @@ export type Candidate = { name: string; good: boolean; mirrored: boolean; takenA
 export type Decision = { name: string; keep: boolean; why: string };
 
 const DAY = 86_400_000;
-/** As restore's default (catalog.ts): a name dated further ahead of our clock is no backup we just took. */
-const CLOCK_SKEW_MS = 5 * 60_000;
 const dayKey = (d: Date) => d.toISOString().slice(0, 10);
 const monthKey = (d: Date) => d.toISOString().slice(0, 7);
 function weekKey(d: Date): string {
@@ -40,7 +38,7 @@ export function planRetention(
 
   // A backup dated in the future (a clock that ran ahead, a planted name) holds no place: it would
   // let the real newest one go, and no default restores it. It is kept while it is "young" anyway.
-  const placed = (c: (typeof parsed)[number]) => c.good && c.parsed.takenAt.getTime() <= now.getTime() + CLOCK_SKEW_MS;
+  const placed = (c: (typeof parsed)[number]) => c.good && notFuture(c.parsed, now.getTime());
   const kept = new Map<string, string>();
   const newestGood = parsed.find(placed);
   if (newestGood) kept.set(newestGood.name, "newest good backup");

@@ -5,6 +5,7 @@ import { readPitrDrills, type PitrDrill } from "../pitr/drill.ts";
 import { archiveWindow } from "../wal/status.ts";
 import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";
 import { parseSegment, segmentName } from "../wal/segments.ts";
+import { notFuture } from "../storage/naming.ts";
 
 /** One backup as the status page and the metrics see it. */
 export type BackupEntry = {
@@ -62,7 +63,8 @@ export async function readSnapshot(dir: string, offsiteKind: string | undefined,
   return {
     readAt: now,
     backups,
-    newestGood: backups.find((b) => b.good) ?? null,
+    // As `backup check` (freshness.ts): a name dated ahead of our clock is no fresh backup.
+    newestGood: backups.find((b) => b.good && notFuture(b, now.getTime())) ?? null,
     lastDrill: drills[0] ?? null,
     lastPassedDrill: drills.find((d) => d.passed) ?? null,
     offsiteStore: offsiteKind ?? null,

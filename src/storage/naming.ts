@@ -16,6 +16,13 @@ export const ENCRYPTED_EXTENSION = "sql.zst.age";
 
 export type BackupName = { name: string; takenAt: Date; extension: string; sequence: number };
 
+/** A name dated more than this ahead of our clock is not a backup we took (a clock that ran ahead, a planted name). */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
+/** Not dated ahead of `now`: the only names a default restores, retention places or freshness counts. */
+export const notFuture = (b: Pick<BackupName, "takenAt">, now = Date.now()) =>
+  b.takenAt.getTime() <= now + CLOCK_SKEW_MS;
+
 export function parseBackupName(name: string): BackupName | null {
   const m = PATTERN.exec(name);
   if (!m) return null;
