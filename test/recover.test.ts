@@ -382,29 +382,40 @@ describe("recover one user's rows", () => {
     expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
   });
 
-  test("her email changed and a stranger took the old one: she is recovered; the stranger is left alone", async () => {
+  test("her account under a new email, her old one taken: the operator is told and chooses; nothing goes", async () => {
     const [her] = await db.sql`select id from users where email = 'alice@example.com'`;
     const alice = await digest(db.sql, "alice@example.com");
+    const [world] = await db.sql`select id from worlds where name = 'alice@example.com world 2'`;
     await backupOfTheStart();
     await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
     await db.sql`update users set email = 'alice.new@example.com' where id = ${her!.id}`;
-    const [stranger] = await db.sql`insert into users (email, name, password_hash)
-        values ('alice@example.com', 'a stranger', 'h') returning *`;
-    for (const mode of [[], ["--restore-account"], ["--into-current-account"]]) {
-      const r = await shinkei(
-        ["recover", "--user", "alice@example.com", ...mode, "--yes", "--confirm-database", db.name],
-        env,
-      );
-      expect(r).toSucceed();
-      expect(r.stdout).toContain(
-        `alice@example.com is now the email of another account (${stranger!.id}), left alone: the account in the ` +
-          `backup (${her!.id}) is still here, as alice.new@example.com, and is the one recovered`,
-      );
-    }
-    // Her world is hers again, her new email stays; the stranger has nothing of hers, and is there.
+    const [other] = await db.sql`insert into users (email, name, password_hash)
+        values ('alice@example.com', 'someone', 'h') returning *`;
+    // She changed her email and a stranger took the old one, or her account was taken over and she
+    // registered again: the data cannot tell. No choice: refused, both accounts named.
+    const told =
+      `the account in the backup (${her!.id}) is still here, as alice.new@example.com, and ` +
+      `alice@example.com now belongs to another account (${other!.id})`;
+    const plain = await shinkei(
+      ["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(plain.code).toBe(1);
+    expect(plain.stdout).toContain(told);
+    expect(plain.stderr).toContain("now belongs to a different, newer account than in");
+    // --restore-account would remove the other account although the old one is still here: refused.
+    const restore = await shinkei(
+      ["recover", "--user", "alice@example.com", "--restore-account", "--yes", "--confirm-database", db.name],
+      env,
+    );
+    expect(restore.code).toBe(1);
+    expect(restore.stderr).toContain(`${told}: --restore-account would remove that one for nothing`);
+    expect((await db.sql`select * from users where id = ${other!.id}`)[0]).toEqual(other);
+    // Back into her own account, world by world, as the note says.
+    const byWorld = await shinkei(["recover", "--world", world!.id, "--yes", "--confirm-database", db.name], env);
+    expect(byWorld).toSucceed();
     expect(await digest(db.sql, "alice.new@example.com")).toEqual(alice);
-    expect((await db.sql`select * from users where id = ${stranger!.id}`)[0]).toEqual(stranger);
-    expect((await db.sql`select id from worlds where owner_id = ${stranger!.id}`).length).toBe(0);
+    expect((await db.sql`select id from worlds where owner_id = ${other!.id}`).length).toBe(0);
   });
 
   test("SIGKILL during the apply changes nothing; the next run leaves no scratch database and recovers", async () => {

@@ -175,7 +175,10 @@ async function recover(ctx: Context): Promise<number> {
       const preview = previewJson(plan, source.file);
       if (plan.replaced && !plan.mode) {
         if (ctx.flag("json")) json(io, preview);
-        else showAccounts(io, plan.replaced);
+        else {
+          showAccounts(io, plan.replaced);
+          for (const n of plan.notes) line(io, `note       ${n}`);
+        }
         throw new ShinkeiError(
           "ACCOUNT_REPLACED",
           `${plan.owner} now belongs to a different, newer account than in ${source.file}: nothing was changed`,

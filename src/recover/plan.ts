@@ -149,8 +149,9 @@ export async function buildPlan(
         "select pg_catalog.to_jsonb(u) as r from public.users u " +
           `where pg_catalog.lower(u.email) = pg_catalog.lower(${quoteLiteral(owner)})`,
       );
-      // Her account may be there still, under the email she changed to: then it is hers to recover
-      // into, whoever holds her old email now (a stranger's account is never chosen nor removed).
+      // The account in the backup may be here still, under another email: she changed hers and a
+      // stranger took the old one, or someone took her account over and she registered again. The
+      // data cannot tell which: the operator chooses, told so, and nothing is removed for it.
       const stillThere =
         holder && holder.id !== found.id
           ? await one(
@@ -159,12 +160,25 @@ export async function buildPlan(
             )
           : undefined;
       if (stillThere) {
+        const where =
+          `the account in the backup (${found.id}) is still here, as ${String(stillThere.email)}, and ` +
+          `${owner} now belongs to another account (${holder!.id})`;
+        if (mode === "restore-account")
+          throw new ShinkeiError(
+            "ACCOUNT_CHOICE_REQUIRED",
+            `${where}: --restore-account would remove that one for nothing`,
+            {
+              hint:
+                "Use --into-current-account to give the recovered worlds to the account that holds the email now, " +
+                "or recover each world into its old account with --world ID. Nothing was changed.",
+            },
+          );
         notes.push(
-          `${owner} is now the email of another account (${holder!.id}), left alone: the account in the ` +
-            `backup (${found.id}) is still here, as ${String(stillThere.email)}, and is the one recovered` +
-            (mode ? ` (--${mode} ignored)` : ""),
+          `${where}: --into-current-account gives the worlds to the account that holds the email now; ` +
+            "to give them back to the old account, recover each world with --world ID",
         );
-      } else if (holder && holder.id !== found.id) {
+      }
+      if (holder && holder.id !== found.id) {
         replaced = { old: await accountOf(source, graph, found), current: await accountOf(live, graph, holder) };
         if (mode === "into-current-account") currentRoot = String(holder.id);
         else if (mode === "restore-account") {

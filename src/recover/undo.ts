@@ -80,9 +80,10 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
     return { u, t };
   });
 
-  // Only a later recovery still applied writes a row again with the values this one left: without
-  // one, a row's new version is the table rewritten (ALTER TABLE filling a column, a restore of the
-  // database), which changed nothing this undo compares. Then the digests decide, as before.
+  // Only a later recovery still applied brings a row back again with the values this one inserted:
+  // without one, a row's new version is the table rewritten (ALTER TABLE filling a column, a restore
+  // of the database), which changed nothing this undo compares. Then the digests decide, as before.
+  // Rows it reverted are compared by digest alone: their kept columns (a password) change legitimately.
   const [later] = await tx<{ found: boolean }[]>`
     select exists (select from public.recoveries l join public.recoveries r on r.id = ${undo.id}
       where l.id <> r.id and l.applied_at >= r.applied_at and l.undone_at is null) as found`;
@@ -119,7 +120,6 @@ export async function applyUndo(tx: postgres.TransactionSql, undo: UndoData): Pr
       const now = updated.get(keyOf(t, x.before));
       if (!now) problems.push(`${nameRow(u, x.before)} was deleted since the recovery`);
       else if (now.digest !== x.digest) problems.push(`${nameRow(u, x.before)} was changed since the recovery`);
-      else if (versions && x.xmin !== undefined && now.xmin !== x.xmin) problems.push(writtenAgain(u, x.before));
     }
     const deleted = await rowsByKey(
       tx,

@@ -4,7 +4,7 @@ import { ShinkeiError } from "../errors.ts";
 import { sha256File } from "../storage/files.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { listArchive, recordPath, signWalRecord, updateRecord, walRoot, type WalRecord } from "./archive.ts";
-import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, writeBaseManifest } from "./base.ts";
+import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, updateBaseManifest } from "./base.ts";
 import { timelineDir } from "./segments.ts";
 import type { Untrusted } from "./trust.ts";
 
@@ -55,7 +55,8 @@ export async function signArchive(
       });
       continue;
     }
-    await writeBaseManifest(b.path, signBaseManifest(m, key));
+    // Signed as it is now: a check or an off-site copy that recorded itself meanwhile stays.
+    await updateBaseManifest(b.path, m, (now) => (now.signature === undefined ? signBaseManifest(now, key) : now));
     if (store && m.offsite?.[store.kind]) await store.put(b.name + BASE_MANIFEST_SUFFIX, b.path + BASE_MANIFEST_SUFFIX);
     signed.push(b.name);
   }
