@@ -69,6 +69,20 @@ test("a backup named in the future is not the newest good one for freshness: che
   );
 });
 
+test("freshness counts neither a safety copy nor another database's backup: check sees the real newest", async () => {
+  const dir = await tempDir("fresh-safety");
+  const real = await plantDump(dir, new Date(Date.now() - 3 * DAY), "prune_holes");
+  // A restore an hour ago kept the state it replaced; another database shares the folder.
+  await plantDump(dir, new Date(Date.now() - 3600_000), "prune_holes", "pre-restore");
+  await plantDump(dir, new Date(Date.now() - 60_000), "another_app");
+  expect((await newestGood(dir, "prune_holes")).newest?.name).toBe(real);
+  // The metrics, the status page and the scheduled drill read the same.
+  expect((await readSnapshot(dir, undefined, { database: "prune_holes" })).newestGood?.name).toBe(real);
+  await expect(checkFreshness(dir, DAY, 30 * DAY, undefined, "prune_holes")).rejects.toThrow(
+    `the newest good backup (${real}) is 3d 0h old, more than 1d 0h`,
+  );
+});
+
 test("off-site: a copy named in the future does not cost the real newest copy its place", async () => {
   const bucket = await tempDir("prune-future-bucket");
   const real = await plantDump(bucket, new Date(Date.now() - 40 * DAY), "prune_holes");

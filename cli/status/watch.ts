@@ -8,6 +8,7 @@ import { readPitrSnapshot, readSnapshot } from "../../src/metrics/snapshot.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
 import { ago, statusView } from "../../src/metrics/view.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
+import { describeTarget } from "../../src/pg/db.ts";
 
 const CLEAR = "\x1b[H\x1b[2J";
 
@@ -19,7 +20,8 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
     "",
   ];
   // An unreadable folder is what to show, not a reason to stop watching.
-  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind).then(
+  const database = describeTarget(config.databaseUrl).database;
+  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind, { database }).then(
     (s) => ({ s }),
     (e: Error) => ({ error: e.message }),
   );

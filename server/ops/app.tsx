@@ -14,7 +14,7 @@ import {
 } from "../../src/metrics/snapshot.ts";
 import { archiveSource, dumpSource, receiverSource } from "../../src/metrics/sources.ts";
 import { archiveTrust } from "../../src/wal/trust.ts";
-import type { Sql } from "../../src/pg/db.ts";
+import { describeTarget, type Sql } from "../../src/pg/db.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
 import { statusView } from "../../src/metrics/view.ts";
 import { ShinkeiError } from "../../src/errors.ts";
@@ -81,7 +81,10 @@ export function createOps(
   const o = config.ops;
   if (!o || (o.port === undefined && !o.metricsToken && !o.opsToken)) return undefined;
   const offsiteKind = offsiteStore(config)?.kind;
-  const snapshot = folderSnapshot(config.backupDir, offsiteKind);
+  // The newest good backup is this database's: a folder may hold another's (as `backup check` reads it).
+  const snapshot = folderSnapshot(config.backupDir, offsiteKind, {
+    database: describeTarget(config.databaseUrl).database,
+  });
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
   if (config.wal.archive === "stream") {

@@ -1,6 +1,6 @@
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
-import { listLocal, type LocalBackup } from "./catalog.ts";
+import { isSafetyCopy, listLocal, type LocalBackup } from "./catalog.ts";
 import { readDrill, type DrillResult } from "./drill.ts";
 import { canOpen, type AgeConfig } from "../storage/crypt.ts";
 import { notFuture } from "../storage/naming.ts";
@@ -11,15 +11,23 @@ export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 const ofDatabase = (b: LocalBackup, database?: string) => database === undefined || b.manifest?.database === database;
 
 /**
- * The newest backup whose manifest agrees with its file: "good" without reading it whole. With
- * `database`, only a backup of that one: a fresh backup of another database sharing the folder
- * says nothing about this one's. A name dated ahead of our clock is not one: it would read as fresh
- * for as long as it lies ahead.
+ * Whether a backup may stand for how fresh `database`'s backups are. A backup of another database
+ * sharing the folder says nothing about this one's. Nor does a safety copy: it holds the state a
+ * restore or recovery replaced, not the data as it is now (and retention and restore's default
+ * never count one either).
+ */
+export const freshnessCounts = (b: LocalBackup, database?: string): boolean =>
+  ofDatabase(b, database) && !isSafetyCopy(b.manifest);
+
+/**
+ * The newest backup whose manifest agrees with its file: "good" without reading it whole, of
+ * `database` when given, and not a safety copy (freshnessCounts). A name dated ahead of our clock
+ * is not one: it would read as fresh for as long as it lies ahead.
  */
 export async function newestGood(dir: string, database?: string): Promise<Freshness> {
   const newest =
     (await listLocal(dir)).find(
-      (b) => b.manifest?.sizeBytes === b.sizeBytes && ofDatabase(b, database) && notFuture(b),
+      (b) => b.manifest?.sizeBytes === b.sizeBytes && freshnessCounts(b, database) && notFuture(b),
     ) ?? null;
   return { newest, ageMs: newest ? Date.now() - newest.takenAt.getTime() : null };
 }

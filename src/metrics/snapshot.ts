@@ -1,5 +1,6 @@
 import { stat } from "node:fs/promises";
 import { listLocal } from "../backup/catalog.ts";
+import { freshnessCounts } from "../backup/freshness.ts";
 import { readDrill, type DrillResult } from "../backup/drill.ts";
 import { readPitrDrills, type PitrDrill } from "../pitr/drill.ts";
 import { archiveWindow } from "../wal/status.ts";
@@ -38,11 +39,18 @@ export type Snapshot = {
 
 /**
  * Everything the ops views show, read from the backup folder alone (manifests and drill records),
- * so it needs no database and agrees with `backup --list` by construction.
+ * so it needs no database and agrees with `backup --list` by construction. With `database`, the
+ * newest good backup is that database's, as `backup check` reads it (freshness.ts).
  */
-export async function readSnapshot(dir: string, offsiteKind: string | undefined, now = new Date()): Promise<Snapshot> {
+export async function readSnapshot(
+  dir: string,
+  offsiteKind: string | undefined,
+  { now = new Date(), database }: { now?: Date; database?: string } = {},
+): Promise<Snapshot> {
   const backups: BackupEntry[] = [];
+  const fresh = new Set<string>();
   for (const b of await listLocal(dir)) {
+    if (freshnessCounts(b, database)) fresh.add(b.name);
     const m = b.manifest;
     backups.push({
       kind: "dump",
@@ -63,8 +71,7 @@ export async function readSnapshot(dir: string, offsiteKind: string | undefined,
   return {
     readAt: now,
     backups,
-    // As `backup check` (freshness.ts): a name dated ahead of our clock is no fresh backup.
-    newestGood: backups.find((b) => b.good && notFuture(b, now.getTime())) ?? null,
+    newestGood: backups.find((b) => b.good && fresh.has(b.name) && notFuture(b, now.getTime())) ?? null,
     lastDrill: drills[0] ?? null,
     lastPassedDrill: drills.find((d) => d.passed) ?? null,
     offsiteStore: offsiteKind ?? null,
@@ -159,9 +166,9 @@ export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T
 export function folderSnapshot(
   dir: string,
   offsiteKind: string | undefined,
-  options: { minMs?: number; maxMs?: number } = {},
+  options: { minMs?: number; maxMs?: number; database?: string } = {},
 ): () => Promise<Snapshot> {
-  const { minMs = 1500, maxMs = 15_000 } = options;
+  const { minMs = 1500, maxMs = 15_000, database } = options;
   let last: { readAt: number; mtime: bigint | null; value: Snapshot } | undefined;
   const mtimeOf = () =>
     stat(dir, { bigint: true }).then(
@@ -172,7 +179,7 @@ export function folderSnapshot(
     const now = performance.now();
     const mtime = await mtimeOf();
     if (last && mtime !== null && mtime === last.mtime && now - last.readAt < maxMs) return last.value;
-    const value = await readSnapshot(dir, offsiteKind);
+    const value = await readSnapshot(dir, offsiteKind, { database });
     last = { readAt: now, mtime, value };
     return value;
   }, minMs);
