@@ -382,6 +382,55 @@ describe("recover one user's rows", () => {
     expect(await digest(db.sql, "alice@example.com")).toEqual(alice);
   });
 
+  test("--restore-account: history the new account gained while recover waited stops it; nothing goes", async () => {
+    const [old] = await db.sql`select id from users where email = 'alice@example.com'`;
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 2");
+    await db.sql`delete from users where id = ${old!.id}`;
+    const [fresh] = await db.sql`insert into users (email, name, password_hash)
+        values ('alice@example.com', 'new alice', 'h') returning id`;
+    const lock = postgres(db.url, { max: 1, onnotice: () => {} });
+    try {
+      // A backup holds the maintenance lock (a test stands in for it) while recover, planned on an
+      // empty account, queues behind it; meanwhile the new account verifies its email.
+      const queued = await withAdvisoryLock(
+        lock,
+        "maintenance",
+        async () => {
+          const p = Bun.spawn(
+            [binaryPath, "recover", "--user", "alice@example.com", "--restore-account", "--wait", "--yes"].concat([
+              "--confirm-database",
+              db.name,
+            ]),
+            { env: { PATH: process.env.PATH!, TMPDIR: tmpdir(), ...env }, stdout: "pipe", stderr: "pipe" },
+          );
+          await until(
+            "recover to wait on the maintenance lock",
+            async () =>
+              (
+                await lock`select 1 from pg_stat_activity
+                  where application_name like 'shinkei recover%' and wait_event = 'advisory'`
+              ).length > 0,
+          );
+          await db.sql`insert into account_events (user_id, kind) values (${fresh!.id}, 'verify_email')`;
+          return p;
+        },
+        { wait: true, what: "a test" },
+      );
+      const stderr = await new Response(queued.stderr).text();
+      expect(await queued.exited).toBe(1);
+      expect(stderr).toContain("account_events");
+      // The new account and its history are still here: a cascade would take them beyond any undo.
+      expect((await db.sql`select id from users where lower(email) = 'alice@example.com'`).map((u) => u.id)).toEqual([
+        fresh!.id,
+      ]);
+      expect((await db.sql`select kind from account_events where user_id = ${fresh!.id}`).length).toBe(1);
+    } finally {
+      await lock.end();
+    }
+  });
+
   test("her account under a new email, her old one taken: the operator is told and chooses; nothing goes", async () => {
     const [her] = await db.sql`select id from users where email = 'alice@example.com'`;
     const alice = await digest(db.sql, "alice@example.com");

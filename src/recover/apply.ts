@@ -169,6 +169,19 @@ export async function applyRows(
   if (plan.removeAccount) {
     const users = { name: "users", primaryKey: ["id"], columns: [] };
     const gone = await rowsByKey(tx, users, [{ id: plan.removeAccount }], true);
+    // The plan found it empty, maybe long ago (a prompt, a queue behind the lock): its history of
+    // resets and verifications, written since, would go with it by cascade, beyond any undo.
+    const [events] = await tx.unsafe<{ n: number }[]>(
+      "select pg_catalog.count(*)::int4 as n from public.account_events where user_id = $1::text::uuid",
+      [plan.removeAccount],
+    );
+    if ((events?.n ?? 0) > 0)
+      throw new ShinkeiError(
+        "ACCOUNT_NOT_EMPTY",
+        `the current account ${plan.owner} (${plan.removeAccount}) owns data since the preview ` +
+          `(account_events ${events!.n}): --restore-account removes only an empty account; nothing was applied`,
+        { hint: "Use --into-current-account to move the recovered worlds to the current account instead." },
+      );
     // --restore-account exists only for a user's scope: users is the graph's root.
     undoOf("users").deleted.push(...[...gone.values()].map((g) => g.row));
     // Sessions go with it (ON DELETE CASCADE); any row it owns makes this fail and the whole recovery with it.
