@@ -1,8 +1,10 @@
+import postgres from "postgres";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
+import { until } from "./support/wait.ts";
 import { Terminal } from "./support/pty.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
@@ -191,6 +193,39 @@ describe("seed and migrate down", () => {
     // Demo addresses get no mail, so they count as verified (REQUIRE_EMAIL_VERIFICATION cannot lock them out).
     const [unverified] = await db.sql`select count(*) as n from users where email_verified_at is null`;
     expect(unverified!.n).toBe(0);
+  });
+
+  test("seed leaves a user who registers while it runs alone: not verified by it, not mixed in", async () => {
+    await db.sql`truncate users, sessions, worlds, stories, story_beats cascade`;
+    // A gate: seed's first world waits on a lock this test holds (after its count found no users).
+    await db.sql.unsafe(`create function gate() returns trigger language plpgsql as $$ begin
+        perform pg_advisory_xact_lock_shared(4243); return null; end $$;
+      create trigger gate after insert on worlds for each statement execute function gate()`);
+    const gate = postgres(db.url, { max: 1, onnotice: () => {} });
+    const other = postgres(db.url, { max: 1, onnotice: () => {} });
+    try {
+      await gate`select pg_advisory_lock(4243)`;
+      const seeding = shinkei(["seed"], env);
+      const waiting = async (event: string) =>
+        (await gate`select 1 from pg_stat_activity where datname = ${db.name} and wait_event = ${event}`).length > 0;
+      await until("seed to wait at the gate", () => waiting("advisory"));
+      // Someone registers meanwhile (the server is up): the seed must not verify or mix with that account.
+      let registered = false;
+      const registering = other`insert into users (email, name, password_hash)
+          values ('real@example.com', 'Real', 'h')`.then(() => (registered = true));
+      await until("the registration to commit or wait", async () => registered || (await waiting("relation")));
+      await gate`select pg_advisory_unlock(4243)`;
+      const r = await seeding;
+      await registering;
+      const [real] = await db.sql`select email_verified_at from users where email = 'real@example.com'`;
+      expect(real!.email_verified_at).toBeNull();
+      // Either seed refused (the database was no longer empty) or it ran before the registration.
+      if (r.code === 0) expect(r.stdout).toContain("seeded 3 demo users");
+      else expect(r.stderr).toContain("already has 1 user(s)");
+    } finally {
+      await gate.end();
+      await other.end();
+    }
   });
 
   test("migrate down is guarded: refused unattended, then backs up before it drops", async () => {

@@ -31,6 +31,9 @@ const beats = [
 
 /** Load the demo data. Refuses a database that already has users: seeding never mixes with real data. */
 export async function seedDemo(sql: Queryable, options: { memoryCost?: number; timeCost?: number } = {}) {
+  // Called in a transaction: until it commits, nobody registers (a registration waits), so the count
+  // below stays true, and a second seed waits, then finds the users. Reads (logins) go on.
+  await sql`lock table public.users in share row exclusive mode`;
   const [existing] = await sql`select count(*)::int as n from users`;
   if (existing!.n > 0) {
     throw new ShinkeiError(
@@ -41,6 +44,7 @@ export async function seedDemo(sql: Queryable, options: { memoryCost?: number; t
       },
     );
   }
+  const ids: string[] = [];
   for (const u of demoUsers) {
     const hash = await Bun.password.hash(u.password, {
       algorithm: "argon2id",
@@ -49,6 +53,7 @@ export async function seedDemo(sql: Queryable, options: { memoryCost?: number; t
     });
     const [user] =
       await sql`insert into users (email, name, password_hash) values (${u.email}, ${u.name}, ${hash}) returning id`;
+    ids.push(user!.id);
     for (const w of worlds) {
       const [world] =
         await sql`insert into worlds (owner_id, name, description) values (${user!.id}, ${w.name}, ${w.description})
@@ -66,5 +71,5 @@ export async function seedDemo(sql: Queryable, options: { memoryCost?: number; t
   const [column] = await sql`select 1 from pg_catalog.pg_attribute
     where attrelid = pg_catalog.to_regclass('public.users')::oid and attname = 'email_verified_at'
       and not attisdropped`;
-  if (column) await sql`update users set email_verified_at = now()`;
+  if (column) await sql`update users set email_verified_at = now() where id = any(${sql.array(ids)}::uuid[])`;
 }
