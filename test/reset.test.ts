@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { freshDatabase, snapshot, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { until } from "./support/wait.ts";
+import { withAdvisoryLock } from "../src/pg/db.ts";
 import { Terminal } from "./support/pty.ts";
 import { seedSample, tempDir } from "./support/fixtures.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
@@ -241,5 +242,41 @@ describe("seed and migrate down", () => {
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list[0]).toMatchObject({ reason: "pre-migrate" });
     expect(list[0].counts.users).toBe(3);
+  });
+
+  test("migrate down --wait undoes only the step it showed and confirmed, not the one below it", async () => {
+    const last = migrations.at(-1)!;
+    const lock = postgres(db.url, { max: 1, onnotice: () => {} });
+    try {
+      // Two operators (or a retried script) confirm "undo the newest" while a backup holds the lock.
+      const runs = await withAdvisoryLock(
+        lock,
+        "maintenance",
+        async () => {
+          const runs = [1, 2].map(() =>
+            shinkei(["migrate", "down", "--force", "--confirm-database", db.name, "--wait"], env),
+          );
+          await until(
+            "both to wait on the maintenance lock",
+            async () =>
+              (
+                await lock`select 1 from pg_stat_activity
+                  where application_name like 'shinkei migrate down%' and wait_event = 'advisory'`
+              ).length === 2,
+          );
+          return runs;
+        },
+        { wait: true, what: "a test" },
+      );
+      const results = await Promise.all(runs);
+      for (const r of results)
+        expect(r.stdout).toContain(`migrate down undoes ${String(last.version).padStart(4, "0")}`);
+      expect(results.filter((r) => r.code === 0).length).toBe(1);
+      const refused = results.find((r) => r.code !== 0)!;
+      expect(refused.stderr).toContain(`migration ${last.version} (${last.name}) is no longer the newest applied`);
+      expect((await migrationStatus(db.sql)).current).toBe(last.version - 1);
+    } finally {
+      await lock.end();
+    }
   });
 });

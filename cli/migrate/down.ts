@@ -43,6 +43,7 @@ async function runMigrateDown(ctx: Context): Promise<number> {
           url: config.databaseUrl,
           dir: config.backupDir,
           age: config.backup.age,
+          expected: last,
         }),
       );
       line(io, `safety backup  ${safety.path} (verified)`);
