@@ -92,6 +92,23 @@ function url(protocols: string[], options: { database?: boolean } = {}) {
   };
 }
 
+/**
+ * The driver (postgres.js) sends a query parameter it does not know as a startup parameter, over
+ * what it took from the URL: `?database=` and `?user=` would connect elsewhere than the URL's path
+ * and user, by which the confirmation, the safety backup (pg_dump), the scratch databases (the same
+ * URL with another path) and every message go. A scratch load went into the live database.
+ */
+const REDIRECTING_PARAMETERS = ["database", "user"];
+const noRedirect = (s: string | undefined) => {
+  try {
+    return s === undefined || !REDIRECTING_PARAMETERS.some((k) => new URL(s).searchParams.has(k));
+  } catch {
+    return true; // not a URL at all: the check beside this one says so
+  }
+};
+const noRedirectMessage =
+  "must name the database in its path and the user before the host, not as ?database= or ?user=";
+
 export const postgresUrl = (fallback: string) =>
   v.pipe(
     v.optional(v.string(), fallback),
@@ -100,6 +117,7 @@ export const postgresUrl = (fallback: string) =>
       url(["postgres:", "postgresql:"], { database: true }),
       "must be a URL such as postgres://user:password@host:5432/database",
     ),
+    v.check((s) => noRedirect(s), noRedirectMessage),
   );
 
 /** An optional URL of these protocols, given as `message` when wrong. */
@@ -110,7 +128,14 @@ export const optionalUrl = (protocols: string[], message: string) =>
   );
 
 export const optionalPostgresUrl = () =>
-  optionalUrl(["postgres:", "postgresql:"], "must be a URL such as postgres://user@host:5432/postgres");
+  v.pipe(
+    optionalText(),
+    v.check(
+      (s) => s === undefined || url(["postgres:", "postgresql:"])(s),
+      "must be a URL such as postgres://user@host:5432/postgres",
+    ),
+    v.check((s) => noRedirect(s), noRedirectMessage),
+  );
 export const optionalHttpUrl = () => optionalUrl(["http:", "https:"], "must be an http(s) URL");
 
 function isCronPattern(pattern: string): boolean {
