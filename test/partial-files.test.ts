@@ -7,7 +7,9 @@ import { S3Store } from "../src/storage/s3.ts";
 import { backupName } from "../src/storage/naming.ts";
 import type { TestDatabase } from "./support/db.ts";
 import { seededDatabase } from "./support/backup.ts";
-import { takeBackup } from "./support/cli.ts";
+import { shinkei, takeBackup } from "./support/cli.ts";
+import { connect } from "../src/pg/db.ts";
+import { until } from "./support/wait.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 
@@ -86,4 +88,46 @@ test("a backup skips a name whose .partial is a dangling link and creates nothin
   expect(path).toMatch(/_1\.sql\.zst$/);
   expect((await lstat(path)).isFile()).toBe(true);
   expect(await readdir(join(target, ".."))).toEqual([]);
+});
+
+test("two databases' backups of one second in one folder: neither writes over the other's name", async () => {
+  const other = await seededDatabase("partial_other");
+  const hold = connect(db.url, { max: 1 });
+  try {
+    const dir = await tempDir("partial-shared");
+    let release = () => {};
+    const released = new Promise<void>((r) => (release = r));
+    let locked = () => {};
+    const isLocked = new Promise<void>((r) => (locked = r));
+    // The first backup stops after choosing its name, before its .partial exists (its snapshot waits on a lock).
+    const holding = hold.begin(async (tx) => {
+      await tx`lock table public.schema_migrations in access exclusive mode`;
+      locked();
+      await released;
+    });
+    await isLocked;
+    while (Date.now() % 1000 > 100) await Bun.sleep(5); // both start early in one second
+    const first = shinkei(["backup"], { DATABASE_URL: db.url, BACKUP_DIR: dir });
+    await until(
+      "the first backup to wait on the lock",
+      async () =>
+        (await other.sql`select 1 from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock'`)
+          .length > 0,
+      20_000,
+    );
+    const second = await shinkei(["backup"], { DATABASE_URL: other.url, BACKUP_DIR: dir });
+    expect(second).toSucceed();
+    release();
+    await holding;
+    const firstResult = await first;
+    expect(firstResult).toSucceed();
+    const secondPath = second.stdout.match(/^backup\s+(\S+)$/m)![1]!;
+    const manifest = JSON.parse(await readFile(`${secondPath}.manifest.json`, "utf8"));
+    expect(manifest.database).toBe(other.name);
+    const verify = await shinkei(["backup", "verify", "--all"], { DATABASE_URL: other.url, BACKUP_DIR: dir });
+    expect(verify).toSucceed();
+  } finally {
+    await hold.end();
+    await other.drop();
+  }
 });

@@ -1,4 +1,4 @@
-import { lstat, mkdir, rename, rm } from "node:fs/promises";
+import { lstat, mkdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import type { Sql } from "../pg/db.ts";
@@ -10,7 +10,7 @@ import { backupName, ENCRYPTED_EXTENSION, OUR_EXTENSION } from "../storage/namin
 import { encryptionFor, type AgeConfig } from "../storage/crypt.ts";
 import { sealTo } from "../storage/seal.ts";
 import { signManifest, writeManifest, type Manifest, type Reason } from "./manifest.ts";
-import { fsyncDir, keptAlive, removeStalePartials } from "../storage/files.ts";
+import { fsyncDir, keptAlive, removeStalePartials, reservePartial } from "../storage/files.ts";
 import { checkDumpVersion, toolPath } from "../pg/bin.ts";
 import { finished, toolEnv } from "../pg/tools.ts";
 
@@ -30,19 +30,36 @@ export type BackupOptions = {
 
 export type BackupResult = { path: string; manifest: Manifest };
 
-async function reserveName(dir: string, at: Date, extension: string): Promise<string> {
+/**
+ * A name of its own for this backup: its `.partial` is made new (O_EXCL) as the name is chosen, so
+ * a backup of another database into the same folder in the same second takes the next one. Looking
+ * first and creating later let both choose one name; the later rename wrote over the other's backup.
+ */
+async function reserveName(dir: string, at: Date, extension: string): Promise<{ name: string; file: FileHandle }> {
   for (let seq = 0; seq < 1000; seq++) {
     const name = backupName(at, seq, extension);
     // lstat: a dangling symbolic link takes a name too.
-    const taken = await Promise.all(
-      [lstat(join(dir, name)), lstat(join(dir, `${name}.partial`))].map((p) =>
-        p.then(
-          () => true,
-          () => false,
-        ),
-      ),
-    );
-    if (!taken.includes(true)) return name;
+    if (
+      await lstat(join(dir, name)).then(
+        () => true,
+        () => false,
+      )
+    )
+      continue;
+    const file = await reservePartial(join(dir, `${name}.partial`));
+    if (!file) continue;
+    // Finished meanwhile under this name by someone who reserved it before us: not ours after all.
+    if (
+      await lstat(join(dir, name)).then(
+        () => true,
+        () => false,
+      )
+    ) {
+      await file.close();
+      await rm(join(dir, `${name}.partial`), { force: true });
+      continue;
+    }
+    return { name, file };
   }
   throw new ShinkeiError("BACKUP_FAILED", "too many backups within one second");
 }
@@ -72,7 +89,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
 
   const encryption = encryptionFor(options.age);
   const createdAt = new Date();
-  const name = await reserveName(dir, createdAt, encryption ? ENCRYPTED_EXTENSION : OUR_EXTENSION);
+  const { name, file } = await reserveName(dir, createdAt, encryption ? ENCRYPTED_EXTENSION : OUR_EXTENSION);
   const path = join(dir, name);
   const partial = `${path}.partial`;
 
@@ -108,6 +125,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
             level: options.compressionLevel,
             age: encryption ? options.age : undefined,
             onProgress: options.onProgress,
+            file,
           },
         );
         const { code, stderr } = await exit;
@@ -128,7 +146,12 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
         });
       }
     }),
-  );
+  ).catch(async (error: unknown) => {
+    // Failed before the dump was written (its snapshot, say): the reserved name goes back.
+    await file.close().catch(() => {});
+    await rm(partial, { force: true });
+    throw error;
+  });
 
   await rename(partial, path);
   await fsyncDir(dir);

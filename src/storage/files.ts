@@ -29,6 +29,20 @@ export async function createPartial(partial: string): Promise<FileHandle> {
   return open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
 }
 
+/**
+ * The `.partial` file at `partial`, made new (O_EXCL, never through a link), or null when anything
+ * is there already: another writer's (a backup of another database in the same folder, this very
+ * second), a link, or a leftover (removeStalePartials takes those). Whoever made it owns the name.
+ */
+export async function reservePartial(partial: string): Promise<FileHandle | null> {
+  return open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch(
+    (e: NodeJS.ErrnoException) => {
+      if (e.code === "EEXIST") return null;
+      throw e;
+    },
+  );
+}
+
 /** Copy `from` to a new `.partial` file, with the same care as createPartial. */
 export async function copyToPartial(from: string, partial: string): Promise<void> {
   await preparePartial(partial);

@@ -3,6 +3,7 @@ import { pipeline } from "node:stream/promises";
 import { createReadStream } from "node:fs";
 import { constants, createGunzip, createGzip, createZstdCompress } from "node:zlib";
 import { decrypt, encrypt, type AgeConfig, type Encryption } from "./crypt.ts";
+import type { FileHandle } from "node:fs/promises";
 import { createPartial } from "./files.ts";
 import { collectEvery } from "../memory.ts";
 
@@ -31,6 +32,8 @@ export type SealOptions = {
   /** Also the SHA-256 of the bytes before compression (a second hash pass: only where a later check uses it). */
   plainHash?: boolean;
   onProgress?: (p: { bytesIn: number; bytesOut: number }) => void;
+  /** The `.partial` at `path`, reserved (made new, empty) and opened by the caller: written, synced and closed here. */
+  file?: FileHandle;
 };
 
 /**
@@ -56,7 +59,7 @@ export async function sealTo(
   const plain = options.plainHash ? new Bun.CryptoHasher("sha256") : null;
   const hasher = new Bun.CryptoHasher("sha256");
   const progress = { bytesIn: 0, bytesOut: 0 };
-  const file = await createPartial(path);
+  const file = options.file ?? (await createPartial(path));
   try {
     await pipeline(
       source instanceof Readable ? source : Readable.from(source),
@@ -106,7 +109,7 @@ async function sealBytes(bytes: Uint8Array, path: string, options: SealOptions):
   const compressed = await Bun.zstdCompress(bytes, { level: options.level ?? ZSTD_LEVEL });
   const hasher = new Bun.CryptoHasher("sha256");
   let bytesOut = 0;
-  const file = await createPartial(path);
+  const file = options.file ?? (await createPartial(path));
   try {
     const write = async (chunk: Uint8Array) => {
       hasher.update(chunk);
