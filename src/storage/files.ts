@@ -26,8 +26,11 @@ async function preparePartial(partial: string): Promise<void> {
 /** A new, empty `.partial` file (mode 0600): never through a symbolic link, never over a file. */
 export async function createPartial(partial: string): Promise<FileHandle> {
   await preparePartial(partial);
-  return open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  return openNew(partial);
 }
+
+const openNew = (path: string) =>
+  open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
 
 /**
  * The `.partial` file at `partial`, made new (O_EXCL, never through a link), or null when anything
@@ -35,12 +38,10 @@ export async function createPartial(partial: string): Promise<FileHandle> {
  * second), a link, or a leftover (removeStalePartials takes those). Whoever made it owns the name.
  */
 export async function reservePartial(partial: string): Promise<FileHandle | null> {
-  return open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch(
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === "EEXIST") return null;
-      throw e;
-    },
-  );
+  return openNew(partial).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === "EEXIST") return null;
+    throw e;
+  });
 }
 
 /** Copy `from` to a new `.partial` file, with the same care as createPartial. */
