@@ -238,8 +238,11 @@ describe("recover, pitr restore --apply to a moment after it, recover --undo", (
       expect(applied.stderr).not.toContain("✖");
       expect(applied).toSucceed();
       expect(await digest(db, "alice@example.com")).toEqual(recovered);
+      // The recovery committed before the moment restored: the restored database holds its row again.
       const history = await shinkei(["recover", "--history", "--json"], env);
       expect(history).toSucceed();
+      const listed = JSON.parse(history.stdout) as { owner?: string; state: string }[];
+      expect(listed.map((h) => [h.owner, h.state])).toEqual([["alice@example.com", "applied"]]);
       const u = await shinkei(
         ["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", "seq_undo"],
         env,
