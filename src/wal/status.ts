@@ -216,13 +216,17 @@ export async function archiveWindow(
     return { b, reach: r, walComplete: r !== null && r.last >= stop };
   });
 
+  // How far each timeline's WAL goes on from a base backup it can be recovered from, once known:
+  // the oldest such base's stop time, and the last segment reached.
+  const reached = new Map<number, { earliest: string; last: bigint }>();
+  const histories = new Set(records.filter((r) => r.kind === "history").map((r) => r.timeline));
   const timelines: TimelineWindow[] = [...byTimeline.entries()]
     .sort((a, b) => a[0] - b[0])
     .map(([timeline, held]) => {
       const segnos = [...held.keys()].sort((a, b) => (a < b ? -1 : 1));
       const usable = baseRows.filter((x) => x.walComplete && x.b.manifest.timeline === timeline);
       const name = (s: bigint) => segmentName(timeline, s, seg);
-      return {
+      const row = {
         timeline,
         firstSegment: name(segnos[0]!),
         lastSegment: name(segnos.at(-1)!),
@@ -230,6 +234,26 @@ export async function archiveWindow(
         earliest: usable[0]?.b.manifest.finishedAt ?? null,
         latest: usable.length ? new Date(Math.max(...usable.map((x) => x.reach!.at.getTime()))).toISOString() : null,
       };
+      if (usable.length) {
+        const last = usable.reduce((m, x) => (x.reach!.last > m ? x.reach!.last : m), -1n);
+        reached.set(timeline, { earliest: row.earliest!, last });
+        return row;
+      }
+      // A timeline a failover began has no base backup of its own until the next one is taken. Its
+      // moments are recovered from the timeline it branched from: a base backup there whose WAL
+      // reaches the switch, then this timeline's WAL from its first segment (the switch's) on, as a
+      // drill does. The parent is taken to be the nearest lower timeline holding WAL; PostgreSQL
+      // follows the history file itself, and were it another, recovery would stop short and the
+      // restore say so (recover.ts). Without this, every moment since a failover read as "after
+      // the recoverable window" until the next base backup.
+      const lower = [...byTimeline.keys()].filter((t) => t < timeline);
+      const parent = lower.length ? reached.get(Math.max(...lower)) : undefined;
+      const from = segnos[0]!;
+      if (!parent || !histories.has(timeline) || parent.last < from - 1n) return row;
+      const onward = reach(held, from, partialsByTimeline.get(timeline));
+      if (!onward) return row;
+      reached.set(timeline, { earliest: parent.earliest, last: onward.last });
+      return { ...row, earliest: parent.earliest, latest: onward.at.toISOString() };
     });
   const withWindow = timelines.filter((t) => t.earliest);
   const newestTl = withWindow.at(-1);
