@@ -1,10 +1,14 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { freshDatabase, type TestDatabase } from "./support/db.ts";
-import { newAccount, startTestServer, type TestServer } from "./support/server.ts";
+import { newAccount, startTestServer, testConfig, type TestServer } from "./support/server.ts";
 import { TestSmtp, codeIn } from "./support/smtp.ts";
 import { hashCode } from "../src/auth/account-codes.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
+import { AuthService } from "../src/auth/service.ts";
+import { AccountRecovery } from "../src/auth/password-reset.ts";
+import { createMailQueue } from "../src/mail/index.ts";
+import { createApp } from "../server/app.ts";
 
 let db: TestDatabase;
 let smtp: TestSmtp;
@@ -329,6 +333,74 @@ describe("password reset", () => {
       ).toBe(202);
     } finally {
       await strict.stop();
+    }
+  });
+});
+
+/**
+ * The app in this process, its password checks held at will: a check that passed waits at the
+ * gate until the test opens it, so a reset can land exactly between a check and what follows it.
+ */
+function heldApp() {
+  const config = testConfig(db, mailEnv());
+  const auth = new AuthService(db.sql, config);
+  const mail = createMailQueue(config.mail, db.sql, () => {});
+  const { hasher, throttle, sessions } = auth;
+  const recovery = new AccountRecovery({ sql: db.sql, config, throttle, hasher, sessions, mail, log: () => {} });
+  const app = createApp({ sql: db.sql, config, auth, recovery, log: () => {} });
+  const verify = hasher.verify.bind(hasher);
+  return {
+    post: (path: string, json: unknown, token?: string) =>
+      app.request(`/api/v1/auth/${path}`, {
+        method: "POST",
+        body: JSON.stringify(json),
+        headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      }),
+    me: (token: string) => app.request("/api/v1/auth/me", { headers: { authorization: `Bearer ${token}` } }),
+    recovery,
+    /** The next password check waits, once it has passed, until `open()`; `checked` resolves when it has. */
+    hold() {
+      let open!: () => void;
+      let checked!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      const passed = new Promise<void>((r) => (checked = r));
+      hasher.verify = async (password, hash) => {
+        hasher.verify = verify;
+        const ok = await verify(password, hash);
+        checked();
+        await gate;
+        return ok;
+      };
+      return { open, checked: passed };
+    },
+    async stop() {
+      await recovery.idle();
+      await mail?.stop();
+      await throttle.stop();
+    },
+  };
+}
+
+describe("a reset that lands while the old password is being checked", () => {
+  test("a login that checked the old password before the reset committed gets no session", async () => {
+    const s = heldApp();
+    try {
+      const email = await newAccount(server, "login-race");
+      const code = await resetCode(email);
+      const held = s.hold();
+      const attacker = s.post("login", { email, password: PASSWORD });
+      await held.checked;
+      expect((await s.post("password-reset/confirm", { email, code, newPassword: "the owner's own" })).status).toBe(
+        200,
+      );
+      held.open();
+      const r = await attacker;
+      const { token } = (await r.clone().json()) as { token?: string };
+      if (token) expect((await s.me(token)).status).toBe(401);
+      expect(r.status).toBe(401);
+      expect((await s.post("login", { email, password: "the owner's own" })).status).toBe(200);
+    } finally {
+      await s.stop();
     }
   });
 });

@@ -98,24 +98,32 @@ export class AuthService {
       return user;
     });
     await held.succeeded();
-    await this.rehashIfStale(user, input.password);
+    const passwordHash = await this.rehashIfStale(user, input.password);
     // Only after the password checked out: this answer tells no more than a wrong password would.
     if (this.config.recovery.requireEmailVerification && !(await isEmailVerified(this.sql, user.id))) {
       throw new ShinkeiError("EMAIL_NOT_VERIFIED", "confirm your email address first with the code we mailed you", {
         hint: "POST /api/v1/auth/verify-email with it, or /api/v1/auth/verify-email/resend for a new one.",
       });
     }
-    const session = await createSession(this.sql, { userId: user.id, ttlMs: this.config.sessionTtlMs, ...client });
+    const { sessionTtlMs: ttlMs } = this.config;
+    const session = await createSession(this.sql, { userId: user.id, passwordHash, ttlMs, ...client });
+    // The password was reset or changed while this one was checked: it is no longer the password.
+    if (!session) throw invalid();
     return { token: session.token, expiresAt: session.expiresAt, user: publicUser(user) };
   }
 
-  /** Hash again with today's settings. A busy hash queue skips it: the next login tries again. */
-  private async rehashIfStale(user: UserRow, password: string): Promise<void> {
-    if (!this.hasher.needsRehash(user.passwordHash)) return;
+  /**
+   * Hash again with today's settings; the hash stored now (the new one, or the old one when it was
+   * not replaced). A busy hash queue skips it: the next login tries again.
+   */
+  private async rehashIfStale(user: UserRow, password: string): Promise<string> {
+    if (!this.hasher.needsRehash(user.passwordHash)) return user.passwordHash;
     try {
-      await replacePasswordHash(this.sql, user.id, user.passwordHash, await this.hasher.hash(password));
+      const fresh = await this.hasher.hash(password);
+      return (await replacePasswordHash(this.sql, user.id, user.passwordHash, fresh)) ? fresh : user.passwordHash;
     } catch (e) {
       if (!(e instanceof ShinkeiError && e.code === "BUSY")) throw e;
+      return user.passwordHash;
     }
   }
 

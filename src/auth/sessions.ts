@@ -9,18 +9,27 @@ function hashToken(token: string): Buffer {
   return Buffer.from(new Bun.CryptoHasher("sha256").update(token).digest());
 }
 
-/** A random 256-bit token; only its SHA-256 is stored, so a leaked table grants no sessions. */
+/**
+ * A random 256-bit token; only its SHA-256 is stored, so a leaked table grants no sessions.
+ * Made only while the user's password hash is still `passwordHash`, the one the password was checked
+ * against: a reset or change that committed meanwhile (and ended every session) must not be
+ * outlived by a login that checked the old password. The row is locked (for share) until the
+ * session is in, so such a change either waits for it (and then ends it) or makes this refuse.
+ * Undefined when the password changed.
+ */
 export async function createSession(
   sql: Sql,
-  input: { userId: string; ttlMs: number; userAgent?: string; ip?: string },
-): Promise<{ token: string; id: string; expiresAt: Date }> {
+  input: { userId: string; passwordHash: string; ttlMs: number; userAgent?: string; ip?: string },
+): Promise<{ token: string; id: string; expiresAt: Date } | undefined> {
   const token = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
   const [row] = await sql<{ id: string; expiresAt: Date }[]>`
     insert into sessions (token_hash, user_id, expires_at, user_agent, ip)
-    values (${hashToken(token)}, ${input.userId}, now() + ${input.ttlMs} * interval '1 millisecond',
-            ${input.userAgent?.slice(0, 512) ?? null}, ${input.ip ?? null})
+    select ${hashToken(token)}, u.id, now() + ${input.ttlMs} * interval '1 millisecond',
+           ${input.userAgent?.slice(0, 512) ?? null}, ${input.ip ?? null}
+    from users u where u.id = ${input.userId} and u.password_hash = ${input.passwordHash}
+    for share
     returning id, expires_at as "expiresAt"`;
-  return { token, ...row! };
+  return row ? { token, ...row } : undefined;
 }
 
 /** The live session for `token`, or undefined; expired and malformed tokens are simply not found. */

@@ -41,9 +41,18 @@ export async function setPasswordHash(sql: Queryable, id: string, passwordHash: 
   await sql`update users set password_hash = ${passwordHash}, updated_at = now() where id = ${id}`;
 }
 
-/** Replace the hash only if it is still `old`: a password changed meanwhile must not be undone. */
-export async function replacePasswordHash(sql: Sql, id: string, old: string, passwordHash: string): Promise<void> {
-  await sql`update users set password_hash = ${passwordHash} where id = ${id} and password_hash = ${old}`;
+/**
+ * Replace the hash only if it is still `old`: a password changed meanwhile must not be undone.
+ * Whether it was replaced.
+ */
+export async function replacePasswordHash(
+  sql: Queryable,
+  id: string,
+  old: string,
+  passwordHash: string,
+): Promise<boolean> {
+  const r = await sql`update users set password_hash = ${passwordHash} where id = ${id} and password_hash = ${old}`;
+  return r.count > 0;
 }
 
 export function publicUser({ id, email, name, createdAt }: User): User {
