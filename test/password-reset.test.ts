@@ -403,6 +403,25 @@ describe("a reset that lands while the old password is being checked", () => {
       await s.stop();
     }
   });
+  test("a password change from a session the reset ended, checked before it, sets no password", async () => {
+    const s = heldApp();
+    try {
+      const email = await newAccount(server, "change-race");
+      const token = (await (await s.post("login", { email, password: PASSWORD })).json()).token as string;
+      const code = await resetCode(email);
+      const held = s.hold();
+      const change = s.post("password", { currentPassword: PASSWORD, newPassword: "the attacker's own" }, token);
+      await held.checked;
+      const reset = await s.post("password-reset/confirm", { email, code, newPassword: "the owner's own" });
+      expect(reset.status).toBe(200);
+      held.open();
+      expect((await change).status).toBe(401);
+      expect((await s.post("login", { email, password: "the attacker's own" })).status).toBe(401);
+      expect((await s.post("login", { email, password: "the owner's own" })).status).toBe(200);
+    } finally {
+      await s.stop();
+    }
+  });
 });
 
 describe("nobody who knows an email can block its owner's reset", () => {

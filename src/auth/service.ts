@@ -144,7 +144,14 @@ export class AuthService {
     await held.succeeded();
     const hash = await this.hasher.hash(input.newPassword);
     const revokedSessions = await this.sql.begin(async (tx) => {
-      await setPasswordHash(tx, user.id, hash);
+      // Only over the password just checked, and only from a session still live: a reset that went
+      // through meanwhile (it ended this session) must not be overwritten by whoever held it.
+      // The user's row first, as a reset locks it, so the two cannot deadlock.
+      if (!(await setPasswordHash(tx, user.id, hash, user.passwordHash))) {
+        throw new ShinkeiError("INVALID_CREDENTIALS", "the current password is wrong");
+      }
+      const [live] = await tx`select 1 from sessions where id = ${session.id} and expires_at > now()`;
+      if (!live) throw new ShinkeiError("UNAUTHORIZED", "sign in first: no valid session");
       return revokeUserSessions(tx, user.id, session.id);
     });
     this.sessions.forget((s) => s.userId === user.id && s.id !== session.id);

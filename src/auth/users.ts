@@ -37,8 +37,18 @@ export async function findUserById(sql: Sql, id: string): Promise<UserRow | unde
   return row;
 }
 
-export async function setPasswordHash(sql: Queryable, id: string, passwordHash: string): Promise<void> {
-  await sql`update users set password_hash = ${passwordHash}, updated_at = now() where id = ${id}`;
+/** Set the hash; with `old`, only while it is still `old` (whether it was set). */
+export async function setPasswordHash(
+  sql: Queryable,
+  id: string,
+  passwordHash: string,
+  old?: string,
+): Promise<boolean> {
+  const r = old
+    ? await sql`update users set password_hash = ${passwordHash}, updated_at = now()
+        where id = ${id} and password_hash = ${old}`
+    : await sql`update users set password_hash = ${passwordHash}, updated_at = now() where id = ${id}`;
+  return r.count > 0;
 }
 
 /**
