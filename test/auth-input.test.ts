@@ -160,6 +160,39 @@ test("text PostgreSQL refuses (NUL, lone surrogate) in name, email, password: 40
   expect((await post("/api/v1/auth/register", ok)).status).toBe(201);
 });
 
+test("a name is one line: line breaks, other control characters and bidi overrides are a 400 naming it", async () => {
+  // Mails greet the person by this name, and a registration may name any address: a name that
+  // held line breaks would write whole paragraphs of someone else's text into a mail from us.
+  const post = (body: Record<string, string>) =>
+    app.request("/api/v1/auth/register", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  const email = `lines-${crypto.randomUUID().slice(0, 8)}@example.com`;
+  const ok = { email, password: "correct horse battery", name: "Ann Lee" };
+  for (const name of [
+    "Ann,\n\nYour account will be deleted unless you confirm at https://evil.example",
+    "Ann\r\nLee",
+    "Ann\tLee",
+    "Ann\u0007Lee",
+    "Ann\u0085Lee",
+    "Ann\u2028Lee",
+    "\u202eeeL nnA",
+  ]) {
+    const r = await post({ ...ok, name });
+    expect(r.status, JSON.stringify(name)).toBe(400);
+    const e = (await r.json()).error;
+    expect(e.code).toBe("INVALID_INPUT");
+    expect(e.fields).toEqual({ name: "must be one line of text, without control characters" });
+  }
+  expect((await db.sql`select 1 from users where email = ${email}`).length).toBe(0);
+  // Letters of any script, joiners and surrounding blanks are fine.
+  const r = await post({ ...ok, name: "  Zoë 李 \u200d Łukasz\n" });
+  expect(r.status).toBe(201);
+  expect((await r.json()).user.name).toBe("Zoë 李 \u200d Łukasz");
+});
+
 test("the hash queue is bounded: past the limit the answer is 503 with Retry-After, not more memory", async () => {
   const hasher = new PasswordHasher({ concurrency: 1, queueLimit: 2, memoryCost: 8192, timeCost: 2 });
   const results = await Promise.allSettled(Array.from({ length: 6 }, () => hasher.hash("some password")));

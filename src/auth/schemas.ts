@@ -28,7 +28,20 @@ const newPassword = v.pipe(
 );
 // At login we only bound the size: a policy hint there would help guessers, not users.
 const anyPassword = v.pipe(text(), v.nonEmpty("is required"), v.maxLength(256, "must be at most 256 characters"));
-const name = v.pipe(text(), v.trim(), v.nonEmpty("is required"), v.maxLength(200, "must be at most 200 characters"));
+/**
+ * Control characters (line breaks and tabs among them), the line and paragraph separators and the
+ * bidi embeddings, overrides and isolates: mails greet the person by name, and a registration may
+ * name any address, so a name that held these would write lines of someone else's text (or text
+ * that reads backwards) into a mail we send.
+ */
+const NOT_ONE_LINE = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
+const name = v.pipe(
+  text(),
+  v.trim(),
+  v.nonEmpty("is required"),
+  v.maxLength(200, "must be at most 200 characters"),
+  v.check((s: string) => !NOT_ONE_LINE.test(s), "must be one line of text, without control characters"),
+);
 
 const input = <T extends v.ObjectEntries>(entries: T) => v.strictObject(entries, "is not an accepted field");
 
