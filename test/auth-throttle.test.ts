@@ -92,6 +92,29 @@ describe("client address behind a proxy", () => {
     });
   });
 
+  test("an IPv6 client counts as its /64: other addresses in it, or other spellings, get no fresh tries", async () => {
+    // Every IPv6 host holds a whole /64 and may send from any address in it: counted per address,
+    // one machine had 2^64 budgets, for the pair as for the address.
+    await withServer({ TRUST_PROXY: "true", LOGIN_MAX_FAILURES: "3", LOGIN_MAX_FAILURES_PER_IP: "5" }, async (s) => {
+      await register(s, "sixty-four@example.com");
+      const tries = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::9", "2001:DB8:1:2::1"];
+      const statuses = [];
+      for (const from of tries) statuses.push((await login(s, "sixty-four@example.com", "a guess!", from)).status);
+      expect(statuses).toEqual([401, 401, 401, 429]);
+      for (const n of [7, 8])
+        expect((await login(s, `other-${n}@example.com`, "a guess!", `2001:db8:1:2::${n}`)).status).toBe(401);
+      // The address limit (5) is the /64's too; the next /64 is someone else.
+      expect(
+        (await login(s, "another@example.com", "a guess!", "2001:0db8:0001:0002:0000:0000:0000:0003")).status,
+      ).toBe(429);
+      expect((await login(s, "sixty-four@example.com", "a guess!", "2001:db8:1:3::1")).status).toBe(401);
+      // An IPv4 address in IPv6 form is that IPv4 address, however it is written.
+      for (let i = 0; i < 3; i++)
+        expect((await login(s, "sixty-four@example.com", "a guess!", "192.0.2.1")).status).toBe(401);
+      expect((await login(s, "sixty-four@example.com", "a guess!", "::ffff:c000:201")).status).toBe(429);
+    });
+  });
+
   test("clientAddress walks from the right past trusted hops only", () => {
     const trusted = parseProxyList("127.0.0.0/8, ::1, 10.0.0.0/8");
     expect(clientAddress("127.0.0.1", "1.1.1.1, 203.0.113.7", trusted)).toBe("203.0.113.7");

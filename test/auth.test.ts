@@ -151,7 +151,8 @@ describe("throttling", () => {
   test("failed logins per client address are limited, across accounts, and survive a restart", async () => {
     // Every test here logs in from 127.0.0.1; behind a trusted proxy this test has addresses of its own.
     const strictEnv = { LOGIN_MAX_FAILURES_PER_IP: "3", TRUST_PROXY: "true" };
-    const address = `2001:db8::${crypto.randomUUID().slice(0, 4)}`;
+    // An IPv6 client counts by its /64: each test address is a /64 of its own.
+    const address = `2001:db8:${crypto.randomUUID().slice(0, 4)}::1`;
     const spray = (s: TestServer, i: number, from = address) =>
       s.api("/api/v1/auth/login", {
         method: "POST",
@@ -169,7 +170,7 @@ describe("throttling", () => {
     const restarted = await startTestServer(db, strictEnv);
     try {
       expect((await spray(restarted, 4)).status).toBe(429);
-      expect((await spray(restarted, 5, `2001:db8::${crypto.randomUUID().slice(0, 4)}:1`)).status).toBe(401);
+      expect((await spray(restarted, 5, `2001:db8:${crypto.randomUUID().slice(0, 4)}:1::1`)).status).toBe(401);
     } finally {
       await restarted.stop();
     }

@@ -2,7 +2,7 @@ import type { Sql } from "../pg/db.ts";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { PasswordHasher } from "./passwords.ts";
-import { loginKeys, Throttle, type ClientInfo, type Reservation, type ThrottleRule } from "./throttle.ts";
+import { counted, loginKeys, Throttle, type ClientInfo, type Reservation, type ThrottleRule } from "./throttle.ts";
 import {
   createUser,
   findUserByEmail,
@@ -43,7 +43,9 @@ export class AuthService {
   /** Every registration attempt from an address counts, made or refused, against REGISTER_MAX_PER_IP. */
   async register(input: { email: string; password: string; name: string }, client: ClientInfo = {}): Promise<User> {
     const held = client.ip
-      ? await this.throttle.reserve([{ key: `register:${client.ip}`, limit: this.config.login.registerMaxPerIp }])
+      ? await this.throttle.reserve([
+          { key: `register:${counted(client.ip)}`, limit: this.config.login.registerMaxPerIp },
+        ])
       : undefined;
     return this.attempt(held, async () => {
       // Cheap refusal first, so a taken email costs no hashing; the unique index still decides races.
@@ -68,7 +70,7 @@ export class AuthService {
       { key: loginKeys.account(account), limit: maxFailuresPerAccount, delayMs: accountDelayMs, onSuccess: "release" },
     ];
     // A success releases only its own attempt here: one valid account must not wipe an address's record.
-    if (ip) rules.push({ key: `ip:${ip}`, limit: maxFailuresPerIp, onSuccess: "release" });
+    if (ip) rules.push({ key: loginKeys.address(ip), limit: maxFailuresPerIp, onSuccess: "release" });
     return rules;
   }
 

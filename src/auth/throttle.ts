@@ -1,13 +1,18 @@
 import { settleWithin, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
+import { countedAddress } from "../config/net.ts";
 
 /** Who is asking: throttle keys count per address, and account events record both. */
 export type ClientInfo = { ip?: string; userAgent?: string };
 
+/** The client's address as limits count it (an IPv6 client by its /64; see countedAddress), or "". */
+export const counted = (ip?: string) => (ip ? countedAddress(ip) : "");
+
 /** The keys login attempts count under, in one place: login counts them, a password reset forgets them. */
 export const loginKeys = {
-  pair: (account: string, ip?: string) => `pair:${JSON.stringify([account, ip ?? ""])}`,
+  pair: (account: string, ip?: string) => `pair:${JSON.stringify([account, counted(ip)])}`,
   account: (account: string) => `account:${account}`,
+  address: (ip: string) => `ip:${counted(ip)}`,
 };
 
 export type ThrottleRule = {

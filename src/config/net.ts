@@ -59,3 +59,38 @@ export function clientAddress(
   }
   return client;
 }
+
+/** The eight 16-bit groups of an IPv6 address (an IPv4 tail becomes the last two), or undefined. */
+function ipv6Groups(address: string): number[] | undefined {
+  if (isIP(address) !== 6 || address.includes("%")) return undefined;
+  let text = address.toLowerCase();
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (v4) {
+    const [a, b, c, d] = v4.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, v4.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head = "", tail] = text.split("::");
+  const part = (s: string | undefined) => (s ? s.split(":").map((g) => Number.parseInt(g, 16)) : []);
+  const left = part(head);
+  const right = part(tail);
+  return [...left, ...Array(8 - left.length - right.length).fill(0), ...right];
+}
+
+/**
+ * The address as the attempt limits count it. An IPv6 host holds a whole /64 (a home line, a
+ * server) and can send from any address in it, so IPv6 counts by its /64; an IPv4 address written
+ * as IPv6 (::ffff:c000:201) is that IPv4 address. One spelling for each, so no other spelling of
+ * the same client starts a fresh count.
+ */
+export function countedAddress(address: string): string {
+  const groups = ipv6Groups(address);
+  if (!groups) return address;
+  if (groups.slice(0, 6).every((g, i) => g === (i === 5 ? 0xffff : 0))) {
+    const [hi = 0, lo = 0] = groups.slice(6);
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  }
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.toString(16))
+    .join(":")}::/64`;
+}
