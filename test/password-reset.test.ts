@@ -151,6 +151,12 @@ describe("password reset", () => {
     const first = await resetCode("dave@example.com");
     const second = await resetCode("dave@example.com");
     expect(second).not.toBe(first);
+    // The mail says so: a person told that asking again voids a code throws away one that works.
+    const mail = await smtp.waitFor("dave@example.com", RESET, 2);
+    for (const body of [mail.text, mail.html]) {
+      expect(body).not.toContain("asking again makes this one stop working");
+      expect(body).toContain("asking again does not stop this one");
+    }
     expect(await davesCodes()).toBe(2);
     // A live code does not work for another account.
     expect((await confirm(await newAccount(server, "someone-else"), second)).status).toBe(400);
