@@ -28,15 +28,17 @@ import { createBackup } from "../src/backup/dump.ts";
 const DAY = 86_400_000;
 const config = (dir: string, extra: Record<string, string> = {}) =>
   loadConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:5432/prune_holes", BACKUP_DIR: dir, ...extra });
+/** The database `config` names, on its server: whose backups retention and restore's default see. */
+const holes = { database: "prune_holes", host: "127.0.0.1", port: 5432 };
 
-/** A dump and its manifest (size agreeing: a good backup) in `dir`, named for `at`. */
+/** A dump and its manifest (size agreeing: a good backup) in `dir`, named for `at`, taken on holes' server. */
 async function plantDump(dir: string, at: Date, database: string, reason = "scheduled"): Promise<string> {
   const name = backupName(at);
   const content = `-- a dump of ${database} taken ${at.toISOString()}\n`;
   await writeFile(join(dir, name), content);
   await writeFile(
     join(dir, `${name}.manifest.json`),
-    JSON.stringify({ file: name, reason, database, sizeBytes: content.length }),
+    JSON.stringify({ file: name, reason, database, host: holes.host, port: holes.port, sizeBytes: content.length }),
   );
   return name;
 }
@@ -48,12 +50,12 @@ test("a backup named in the future (a clock ahead) does not cost the real newest
   const real = await plantDump(dir, new Date(Date.now() - 40 * DAY), "prune_holes");
   await plantDump(dir, new Date(Date.now() + 365 * DAY), "prune_holes");
   // What restore's default takes: never a name dated in the future (README).
-  expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, real));
+  expect(await obtainBackup(dir, undefined, undefined, holes)).toBe(join(dir, real));
 
   const r = await pruneLocal(config(dir), { dryRun: false });
   // "never the newest good backup": the backup every default restores must survive retention.
   expect(r.removed).not.toContain(real);
-  expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, real));
+  expect(await obtainBackup(dir, undefined, undefined, holes)).toBe(join(dir, real));
 });
 
 test("a backup named in the future is not the newest good one for freshness: check sees the old one", async () => {
@@ -93,7 +95,7 @@ test("off-site: a copy named in the future does not cost the real newest copy it
   expect(r.removed).not.toContain(real);
   // After a lost disk, restore's default finds the real newest copy off-site.
   const here = await tempDir("prune-future-restore");
-  expect(await obtainBackup(here, undefined, store, "prune_holes")).toBe(join(here, real));
+  expect(await obtainBackup(here, undefined, store, holes)).toBe(join(here, real));
 });
 
 test("a pre-restore safety copy takes no newest good place: the backup restored from stays", async () => {
@@ -106,7 +108,7 @@ test("a pre-restore safety copy takes no newest good place: the backup restored 
   // The safety copy is never what a default restores, drills or recovers from (README): the newest
   // good backup is still the one restored from, and it must survive.
   expect(r.removed).not.toContain(restoredFrom);
-  expect(await obtainBackup(dir, undefined, undefined, "prune_holes")).toBe(join(dir, restoredFrom));
+  expect(await obtainBackup(dir, undefined, undefined, holes)).toBe(join(dir, restoredFrom));
 });
 
 /* ---- base backups and WAL ---- */

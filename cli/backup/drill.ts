@@ -15,7 +15,7 @@ export async function drill(ctx: Context): Promise<number> {
     config.backupDir,
     ctx.positionals[1],
     offsiteStore(config),
-    describeTarget(config.databaseUrl).database,
+    describeTarget(config.databaseUrl),
   );
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
   const cancel = cancelOnSignal("the drill");

@@ -38,7 +38,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       `${what} without a safety backup`,
       "--yes",
     );
-  const path = await obtainBackup(config.backupDir, file, offsiteStore(config), target.database);
+  const path = await obtainBackup(config.backupDir, file, offsiteStore(config), target);
 
   return withMaintenanceLock(
     ctx.db,
@@ -126,7 +126,7 @@ export const restoreForm: Subcommand = {
   flag: "restore",
   args: { usage: "[F]", max: 1 },
   summary:
-    "restore the newest backup of this database (not a safety copy), or F " +
+    "restore the newest backup of this database on this server (not a safety copy), or F " +
     "(ours, or a stock pg_dump .sql/.sql.gz/.sql.zst/.dump)",
   description: `A restore verifies the file, takes and verifies a pre-restore backup, and loads it in ONE
 transaction that nothing in the file can end: the database ends exactly as in the backup, or as it

@@ -12,12 +12,12 @@ export async function verify(ctx: Context): Promise<number> {
   const paths = ctx.flag("all")
     ? (await listLocal(config.backupDir)).map((b) => b.path)
     : [
-        // As restore and drill pick: by default, the newest backup of this database.
+        // As restore and drill pick: by default, the newest backup of this database on this server.
         await obtainBackup(
           config.backupDir,
           ctx.positionals[1],
           offsiteStore(config),
-          describeTarget(config.databaseUrl).database,
+          describeTarget(config.databaseUrl),
         ),
       ];
   const results = [];

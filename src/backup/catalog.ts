@@ -30,20 +30,28 @@ export async function listLocal(dir: string): Promise<LocalBackup[]> {
   return found.sort(compareNewestFirst);
 }
 
+/** A database on its server: what a connection names (describeTarget) and a manifest records. */
+export type Owner = { database: string; host: string; port: number };
+
+/** The server a manifest (or an Owner) names, as host:port text; null when it names none. */
+export function serverOf(m: { host?: unknown; port?: unknown } | null | undefined): string | null {
+  return m && m.host !== undefined && m.host !== null ? `${String(m.host)}:${String(m.port)}` : null;
+}
+
+/** Whether a manifest names this database on this server (the same text retention groups by). */
+export const belongsTo = (m: Manifest | null | undefined, owner: Owner): boolean =>
+  m != null && m.database === owner.database && serverOf(m) === serverOf(owner);
+
 /**
  * A file the user named (a path, or a name inside `dir`), or else the newest backup of ours that
  * is not a safety copy (pre-restore, pre-recover): restoring twice in a row must not bring back
  * what the first replaced. What a default picks is only ever ours: never a name dated in the
  * future, never an off-site object without its manifest. A backup found only off-site is
- * downloaded into `dir`. With `database`, a default picks only a backup of that database (its
- * manifest says so): one BACKUP_DIR serving two databases must not restore one into the other.
+ * downloaded into `dir`. With `owner`, a default picks only a backup whose manifest names that
+ * database on that server: one BACKUP_DIR (or bucket prefix) serving two databases, or staging and
+ * production databases of one name, must not restore one into the other.
  */
-export async function obtainBackup(
-  dir: string,
-  file?: string,
-  offsite?: BackupStore,
-  database?: string,
-): Promise<string> {
+export async function obtainBackup(dir: string, file?: string, offsite?: BackupStore, owner?: Owner): Promise<string> {
   if (file) {
     for (const candidate of [file, join(dir, basename(file))]) {
       if ((await stat(candidate).catch(() => null))?.isFile()) return candidate;
@@ -55,14 +63,20 @@ export async function obtainBackup(
     });
   }
   const local = await listLocal(dir);
-  // What a default may pick: a backup (not a safety copy) of this database, when one is named.
-  const fits = (m: Manifest | null) =>
-    m !== null && !SAFETY_COPIES.has(m.reason) && (database === undefined || m.database === database);
-  // The newest other database's backup seen, to say why none fits.
-  let other: unknown;
+  // What a default may pick: a backup (not a safety copy) of this database on this server, when one is named.
+  const fits = (m: Manifest | null) => m !== null && !SAFETY_COPIES.has(m.reason) && (!owner || belongsTo(m, owner));
+  // Why none fits, when none does: the newest backup of this database's name from another server
+  // (staging's default finding production's, say), else the newest other database's.
+  let elsewhere: (BackupName & { server: string | null }) | undefined;
+  let other: (BackupName & { database: unknown }) | undefined;
+  const seen = (b: BackupName, m: Manifest) => {
+    if (owner && m.database === owner.database) {
+      if (!elsewhere || compareNewestFirst(b, elsewhere) < 0) elsewhere = { ...b, server: serverOf(m) };
+    } else if (!other || compareNewestFirst(b, other) < 0) other = { ...b, database: m.database };
+  };
   const ours = local.filter((b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b));
   const latest = ours.find((b) => fits(b.manifest));
-  other = latest ? undefined : ours[0]?.manifest?.database;
+  if (!latest) for (const b of ours) seen(b, b.manifest!);
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local
   // one. Each is judged by its manifest alone, fetched first: only a backup that fits is downloaded,
   // and never over a file of the same name here (that one was judged above).
@@ -74,18 +88,31 @@ export async function obtainBackup(
       if (here.has(remote.name)) continue;
       const manifest = await peekManifest(offsite, remote.name);
       if (fits(manifest)) return download(offsite, dir, remote.name, objects);
-      if (manifest && !SAFETY_COPIES.has(manifest.reason)) other ??= manifest.database;
+      if (manifest && !SAFETY_COPIES.has(manifest.reason)) seen(remote, manifest);
     }
   }
   if (!latest) {
     // Names from a manifest, quoted: whatever it holds prints as one line of plain text.
     const quoted = (v: unknown) => JSON.stringify(typeof v === "string" ? v : String(v));
+    const where = `in ${dir}${offsite ? ` or at ${offsite.location}` : ""}`;
+    if (owner && elsewhere) {
+      const server = elsewhere.server === null ? "a server its manifest does not name" : quoted(elsewhere.server);
+      throw new ShinkeiError(
+        "BACKUP_NOT_FOUND",
+        `no backups of ${quoted(owner.database)} on ${quoted(serverOf(owner))} ${where}; the newest of that ` +
+          `name is ${elsewhere.name}, taken on ${server}: pass the file explicitly if that backup is what you mean`,
+        {
+          hint:
+            "A default never picks another server's backup, and nothing was changed: " +
+            `name ${elsewhere.name} as the file (--backup-file) to use it.`,
+        },
+      );
+    }
     throw new ShinkeiError(
       "BACKUP_NOT_FOUND",
-      other === undefined || database === undefined
-        ? `no backups in ${dir}${offsite ? ` or at ${offsite.location}` : ""}`
-        : `no backups of ${quoted(database)} in ${dir}${offsite ? ` or at ${offsite.location}` : ""} ` +
-            `(the newest is of ${quoted(other)})`,
+      other === undefined || owner === undefined
+        ? `no backups ${where}`
+        : `no backups of ${quoted(owner.database)} ${where} (the newest is of ${quoted(other.database)})`,
       {
         hint:
           other === undefined

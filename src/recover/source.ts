@@ -59,8 +59,8 @@ export type SourceOptions = {
 export async function withRecoverySource<T>(options: SourceOptions, fn: (source: Source) => Promise<T>): Promise<T> {
   options.onStep?.({ step: "resolve" });
   const from = options.from === "latest" ? undefined : options.from;
-  const database = describeTarget(options.databaseUrl).database;
-  const path = await obtainBackup(options.dir, from, options.offsite, database).catch((e) => {
+  const target = describeTarget(options.databaseUrl);
+  const path = await obtainBackup(options.dir, from, options.offsite, target).catch((e) => {
     // The same search as `backup restore`, but here a file is named with --from.
     if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from)
       throw new ShinkeiError(e.code, e.message, {
