@@ -159,7 +159,7 @@ test("freshness is judged per database: another's fresh backups do not stand in 
   expect(none.message).toBe(`no good backup of "c" in ${dir}`);
 });
 
-test("off-site retention keeps each database's own newest and daily backups, by their manifests", async () => {
+test("off-site retention decides only on this database's backups, by manifest: another's are left alone", async () => {
   const dir = await tempDir("catalog");
   const day = 24 * hour;
   const ours: string[] = [];
@@ -167,16 +167,12 @@ test("off-site retention keeps each database's own newest and daily backups, by 
   const theirs: string[] = [];
   for (const d of [29.9, 19.9, 11.9, 5]) theirs.push(await plant(dir, (d * day) / hour, "b\n\u001b[31m"));
   const policy = { keepDays: 30, keepDaily: 2, keepWeekly: 0, keepMonthly: 0 };
-  const r = await pruneStore(new LocalStore(dir), 3, policy, true);
-  const kept = (name: string) => r.decisions.find((d) => d.name === name)!.keep;
+  const r = await pruneStore(new LocalStore(dir), 3, policy, true, on("a"));
   // Counted together, the other database's later backups took both daily places.
-  expect([ours.map(kept), theirs.map(kept)]).toEqual([
-    [false, true, true],
-    [false, false, true, true],
-  ]);
-  expect(r.decisions.find((d) => d.name === ours[2])!.why).toContain('(of "a")');
-  // A name from a manifest prints as one line of plain text.
-  expect(r.decisions.find((d) => d.name === theirs[3])!.why).toEndWith(' (of "b\\n\\u001b[31m")');
+  expect(ours.map((name) => r.decisions.find((d) => d.name === name)!.keep)).toEqual([false, true, true]);
+  // The other database's copies are its own service's to prune (with its own S3_KEEP_DAYS).
+  expect(r.decisions.filter((d) => theirs.includes(d.name))).toEqual([]);
+  expect(r.leftAlone).toEqual({ others: 4, groups: 1, unowned: 0 });
   expect(r.removed).toEqual([]);
   expect((await readdir(dir)).length).toBe(14);
 });

@@ -10,6 +10,7 @@ import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { S3Store } from "../src/storage/s3.ts";
 import { pruneStore } from "../src/backup/prune.ts";
+import { describeTarget } from "../src/pg/db.ts";
 
 let db: TestDatabase;
 let s3: TestS3;
@@ -134,13 +135,13 @@ describe("off-site copies", () => {
     await put(`${prefix}nested/shinkei_backup_20200101_020000.dump.gz`); // another folder
     await put("elsewhere/shinkei_backup_20200101_020000.dump.gz"); // outside the prefix
     const store = new S3Store(s3.config(prefix));
-    const dry = await pruneStore(store, 30, loadConfig({}).backup, true);
+    const dry = await pruneStore(store, 30, loadConfig({}).backup, true, describeTarget(db.url));
     expect(dry.decisions.map((d) => [d.name, d.keep])).toEqual([
       ["shinkei_backup_20200102_020000.dump.gz", true],
       ["shinkei_backup_20200101_020000.dump.gz", false],
     ]);
     expect(dry.removed).toEqual([]);
-    const real = await pruneStore(store, 30, loadConfig({}).backup, false);
+    const real = await pruneStore(store, 30, loadConfig({}).backup, false, describeTarget(db.url));
     expect(real.removed).toEqual(["shinkei_backup_20200101_020000.dump.gz"]);
     expect(await keys(prefix)).toEqual([
       `${prefix}nested/shinkei_backup_20200101_020000.dump.gz`,

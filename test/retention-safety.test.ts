@@ -91,7 +91,7 @@ test("off-site: a copy named in the future does not cost the real newest copy it
   await plantDump(bucket, new Date(Date.now() + 365 * DAY), "prune_holes");
   const store = new LocalStore(bucket);
   const policy = config(bucket).backup;
-  const r = await pruneStore(store, 30, policy, false);
+  const r = await pruneStore(store, 30, policy, false, holes);
   expect(r.removed).not.toContain(real);
   // After a lost disk, restore's default finds the real newest copy off-site.
   const here = await tempDir("prune-future-restore");
@@ -316,8 +316,11 @@ test("one bucket prefix for two servers whose databases share a name: each keeps
   for (const d of [95, 65, 35]) prod.push(await plantOn(d, "db-prod.internal"));
   for (const d of [94.99, 64.99, 34.99, 1]) await plantOn(d, "db-staging.internal");
   const policy = { ...config(bucket).backup, keepMonthly: 4 };
-  const r = await pruneStore(new LocalStore(bucket), 30, policy, false);
+  // Production's service prunes: staging's copies are its own service's to prune.
+  const production = { database: "shinkei", host: "db-prod.internal", port: 5432 };
+  const r = await pruneStore(new LocalStore(bucket), 30, policy, false, production);
   // Counted together, staging's later backups took every monthly place: production's monthly
   // backups (its only copies of those months) are deleted.
   expect(r.removed.filter((n) => prod.includes(n))).toEqual([]);
+  expect(r.leftAlone).toEqual({ others: 4, groups: 1, unowned: 0 });
 });

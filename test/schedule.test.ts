@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { copyFile, readdir, readFile, rename, writeFile } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { copyFile, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import type { TestDatabase } from "./support/db.ts";
 import { shinkei, takeBackup } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
@@ -194,6 +195,16 @@ describe("the schedule", () => {
   });
 });
 
+/** A real backup renamed (its manifest too) as if taken `daysAgo` days ago: its new name. */
+async function aged(path: string, daysAgo: number): Promise<string> {
+  const name = backupName(new Date(Date.now() - daysAgo * DAY));
+  const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
+  await rename(path, join(dirname(path), name));
+  await writeFile(join(dirname(path), `${name}.manifest.json`), JSON.stringify({ ...manifest, file: name }));
+  await rm(`${path}.manifest.json`);
+  return name;
+}
+
 describe("retention", () => {
   test("prune deletes only our old backups, keeps the newest and foreign ones; --dry-run deletes nothing", async () => {
     const names = await pastBackups([45, 40, 31, 10, 1]);
@@ -233,12 +244,88 @@ describe("retention", () => {
       BACKUP_KEEP_DAILY: "2",
     });
     expect(r).toSucceed();
-    const keeps = (name: string) => /\skeep\s/.test(r.stdout.split("\n").find((l) => l.includes(name))!);
-    expect([ours.map(keeps), theirs.map(keeps)]).toEqual([
-      [false, true, true],
-      [false, false, true, true],
-    ]);
-    expect(r.stdout).toContain(`(of "another_app")`);
+    const row = (name: string) => r.stdout.split("\n").find((l) => l.includes(name));
+    expect(ours.map((name) => /\skeep\s/.test(row(name)!))).toEqual([false, true, true]);
+    // Theirs are another service's to decide on: not listed, only counted.
+    expect(theirs.map(row)).toEqual([undefined, undefined, undefined, undefined]);
+    expect(r.stdout).toContain(
+      "  4 backup(s) of 1 other database(s) or server(s) left to their own service's retention",
+    );
+  });
+
+  test("a service without S3 leaves the other database's backups its service has not copied off-site", async () => {
+    const other = await seededDatabase("schedule_other", "o");
+    const s3 = await TestS3.start();
+    try {
+      // The other database's service copies off-site, but S3 was down: its backups wait in this folder.
+      const otherEnv = { DATABASE_URL: other.url, BACKUP_DIR: dir };
+      const uncopied = await aged(await takeBackup(otherEnv), 40);
+      await takeBackup(otherEnv);
+      const theirs = await shinkei(["backup", "prune", "--dry-run"], { ...otherEnv, ...s3.env() });
+      expect(theirs.stdout).toMatch(new RegExp(`${uncopied}\\s+keep\\s+not yet copied off-site`));
+
+      // This database's service, without S3_BUCKET, runs its schedule in the same folder.
+      const lines: Record<string, unknown>[] = [];
+      const slot = new Date(Date.UTC(2033, 0, 1, 2, 0, 0));
+      await scheduledRun({ sql: db.sql, config: loadConfig(env), log: (l) => void lines.push(l) }, slot);
+      expect(lines.some((l) => l.msg === "backup finished")).toBe(true);
+      expect(await readdir(dir)).toContain(uncopied);
+      const left = `${dir}: 2 backup(s) of 1 other database(s) or server(s) left to their own service's retention`;
+      expect(lines.find((l) => l.msg === "retention")).toMatchObject({ removedLocal: [], leftAlone: [left] });
+      // `backup prune` says so too, and lists only this database's backups.
+      const dry = await shinkei(["backup", "prune", "--dry-run"], env);
+      expect(dry).toSucceed();
+      expect(dry.stdout).toContain("2 backup(s) of 1 other database(s) or server(s) left to their own service's");
+      expect(dry.stdout).not.toContain(uncopied);
+    } finally {
+      await s3.stop();
+      await other.drop();
+    }
+  });
+
+  test("off-site, one bucket prefix for two databases: each service prunes only its own copies", async () => {
+    const other = await seededDatabase("schedule_other", "o");
+    const s3 = await TestS3.start();
+    const prefix = "shared/";
+    const keys = async () =>
+      ((await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }))).Contents ?? []).map(
+        (o) => o.Key!.slice(prefix.length),
+      );
+    try {
+      // The other database's service keeps its copies a year (S3_KEEP_DAYS=365): one from 40 days ago is there.
+      const otherEnv = {
+        DATABASE_URL: other.url,
+        BACKUP_DIR: await tempDir("schedule-other"),
+        ...s3.env(prefix),
+        S3_KEEP_DAYS: "365",
+      };
+      const path = await takeBackup(otherEnv);
+      const old = backupName(new Date(Date.now() - 40 * DAY));
+      const manifest = JSON.parse(await readFile(`${path}.manifest.json`, "utf8"));
+      const put = (Key: string, Body: Uint8Array | string) =>
+        s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: prefix + Key, Body }));
+      await put(old, await Bun.file(path).bytes());
+      await put(`${old}.manifest.json`, JSON.stringify({ ...manifest, file: old }));
+      expect(await keys()).toContain(old);
+
+      // This database's service shares the prefix and keeps 30 days (S3_KEEP_DAYS defaults to BACKUP_KEEP_DAYS).
+      const mine = { ...env, ...s3.env(prefix) };
+      // A name is unique in its own folder only: taken in the same second, the two would share a key.
+      await Bun.sleep(1100);
+      await takeBackup(mine);
+      const r = await shinkei(["backup", "prune"], mine);
+      expect(r).toSucceed();
+      expect(await keys()).toContain(old);
+      // Only the bucket holds the other database's copies (the two keep their own folders).
+      const offsite = r.stdout.slice(r.stdout.indexOf(`s3://${s3.bucket}/${prefix}`));
+      expect(offsite).toContain(
+        "  2 backup(s) of 1 other database(s) or server(s) left to their own service's retention",
+      );
+      expect(offsite).not.toContain(old);
+    } finally {
+      await s3.stop();
+      await other.drop();
+    }
   });
 
   test("with off-site copies on, a backup not yet copied stays however old", async () => {

@@ -1,7 +1,8 @@
 import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import type { Context, Subcommand } from "../command.ts";
 import { line, json, table } from "../output.ts";
-import { pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";
+import { leftAloneText, pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";
+import { describeTarget } from "../../src/pg/db.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
 import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../../src/wal/prune.ts";
 import { walStore } from "../../src/wal/offsite.ts";
@@ -13,7 +14,10 @@ export async function prune(ctx: Context): Promise<number> {
   const store = offsiteStore(config);
   const apply = async () => {
     const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
-    if (store && config.s3) reports.push(await pruneStore(store, config.s3.keepDays, config.backup, dryRun));
+    if (store && config.s3)
+      reports.push(
+        await pruneStore(store, config.s3.keepDays, config.backup, dryRun, describeTarget(config.databaseUrl)),
+      );
     // Recovery records (RECOVER_RECORD_KEEP), listed only where there are any.
     const records = (await pruneRecoveries(config, dryRun)).filter((r) => r.decisions.length > 0);
     return { reports, wal: await pruneWal(config, dryRun), records };
@@ -25,7 +29,8 @@ export async function prune(ctx: Context): Promise<number> {
   if (ctx.flag("json")) return (json(io, wal.length || records.length ? [...reports, ...wal, ...records] : reports), 0);
   for (const r of reports) {
     line(io, `${r.location}${dryRun ? " (dry run: nothing deleted)" : ""}`);
-    if (r.decisions.length === 0) line(io, "  no backups");
+    const left = leftAloneText(r.leftAlone);
+    if (r.decisions.length === 0) line(io, left ? "  no backups of this database on this server" : "  no backups");
     else
       line(
         io,
@@ -34,6 +39,7 @@ export async function prune(ctx: Context): Promise<number> {
           ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why]),
         ]).replace(/^/gm, "  "),
       );
+    if (left) line(io, `  ${left}`);
   }
   for (const r of wal) {
     line(io, `${r.location} (base backups and WAL)${dryRun ? " (dry run: nothing deleted)" : ""}`);

@@ -1,46 +1,56 @@
 import type { Config } from "../config/index.ts";
-import { isSafetyCopy, listLocal, peekManifest } from "./catalog.ts";
+import { describeTarget } from "../pg/db.ts";
+import { belongsTo, isSafetyCopy, listLocal, peekManifest, serverOf, type Owner } from "./catalog.ts";
 import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName } from "../storage/naming.ts";
 import { planRetention, type Candidate, type Decision, type RetentionPolicy } from "./retention.ts";
 import { LocalStore } from "../storage/local.ts";
 import type { BackupStore } from "../storage/store.ts";
 import type { Manifest } from "./manifest.ts";
 
-export type PruneReport = { location: string; decisions: Decision[]; removed: string[] };
+/**
+ * What a run left alone, undecided: `others` of `groups` other databases (or of this database's
+ * name on other servers), theirs to prune; and `unowned`, ones that do not say whose they are (no
+ * readable manifest), in a place shared with such others.
+ */
+export type LeftAlone = { others: number; groups: number; unowned: number };
+
+export type PruneReport = { location: string; decisions: Decision[]; removed: string[]; leftAlone: LeftAlone };
 
 /**
- * Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. Each
- * database's backups are kept by the policy on their own (see byDatabase).
+ * Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. Only
+ * this database's backups on this server are decided on (see ownOnly).
  */
 export async function pruneLocal(
   config: Config,
   options: { dryRun: boolean; offsite?: BackupStore },
 ): Promise<PruneReport> {
   const backups = await listLocal(config.backupDir);
-  const decisions = byDatabase(
+  const { decisions, leftAlone } = ownOnly(
     backups.map((b) => ({
       name: b.name,
-      database: b.manifest?.database ?? null,
-      server: serverOf(b.manifest),
+      manifest: b.manifest,
       // A safety copy (pre-restore, pre-recover) is not what a default restores: it holds no place.
       good: b.manifest?.sizeBytes === b.sizeBytes && !isSafetyCopy(b.manifest),
       mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
     })),
+    describeTarget(config.databaseUrl),
     config.backup,
     options.offsite !== undefined,
   );
-  return apply(new LocalStore(config.backupDir), decisions, options.dryRun);
+  return apply(new LocalStore(config.backupDir), decisions, leftAlone, options.dryRun);
 }
 
 /**
  * Retention for an off-site store (S3_KEEP_DAYS): only our names under our prefix are listed at all.
- * Each backup's manifest is read (a small object) for the database it names.
+ * Each backup's manifest is read (a small object) for the database and server it names; only
+ * `owner`'s are decided on, as locally: a shared prefix's other services keep to their own S3_KEEP_DAYS.
  */
 export async function pruneStore(
   store: BackupStore,
   keepDays: number,
   policy: RetentionPolicy,
   dryRun: boolean,
+  owner: Owner,
 ): Promise<PruneReport> {
   const objects = await store.list();
   const names = new Set(objects.map((o) => o.name));
@@ -48,53 +58,70 @@ export async function pruneStore(
   for (const o of objects.filter((o) => !o.name.endsWith(MANIFEST_SUFFIX))) {
     const listed = names.has(o.name + MANIFEST_SUFFIX);
     const manifest = listed ? await peekManifest(store, o.name) : null;
-    const database = manifest?.database ?? null;
     const good = listed && !isSafetyCopy(manifest);
-    candidates.push({ name: o.name, database, server: serverOf(manifest), good, mirrored: true });
+    candidates.push({ name: o.name, manifest, good, mirrored: true });
   }
-  return apply(store, byDatabase(candidates, { ...policy, keepDays }, false), dryRun);
+  const { decisions, leftAlone } = ownOnly(candidates, owner, { ...policy, keepDays }, false);
+  return apply(store, decisions, leftAlone, dryRun);
 }
 
 /**
- * The policy applied to each database's backups on its own (by their manifests): in a place that
- * serves two databases, one's daily backups must not take the other's newest, daily, weekly and
- * monthly places. Backups without a manifest are a group of their own.
+ * The policy applied to `owner`'s backups alone (by their manifests' database and host:port). Two
+ * services sharing a folder or bucket prefix each prune their own: one's policy (no off-site copies,
+ * fewer days) must not delete what the other's keeps, such as a backup it has not yet copied
+ * off-site, and one's daily backups must not take the other's newest, daily, weekly and monthly
+ * places. A backup without a manifest says nothing of whose it is: decided as before (it holds no
+ * place, and goes by age) where every backup with a manifest is the owner's, and left alone where
+ * another's are present (its manifest lost, or still being copied off-site by that service).
  */
-function byDatabase(
-  candidates: (Candidate & { database: string | null; server: string | null })[],
+function ownOnly(
+  candidates: (Candidate & { manifest: Manifest | null })[],
+  owner: Owner,
   policy: RetentionPolicy,
   requireMirrored: boolean,
-): Decision[] {
-  // Two servers' databases of one name (staging and production, say) are two databases too.
-  const groups = Map.groupBy(candidates, (c) =>
-    c.database === null ? null : JSON.stringify([String(c.database), c.server]),
-  );
-  const names = [...groups.values()].map((g) => String(g[0]!.database));
+): { decisions: Decision[]; leftAlone: LeftAlone } {
+  const unnamed = (m: Manifest | null) => m === null || typeof m !== "object" || m.database == null;
+  const mine = candidates.filter((c) => !unnamed(c.manifest) && belongsTo(c.manifest, owner));
+  const others = candidates.filter((c) => !unnamed(c.manifest) && !belongsTo(c.manifest, owner));
+  const without = candidates.filter((c) => unnamed(c.manifest));
   const now = new Date();
-  const decided = new Map<string, Decision>();
-  for (const [key, group] of groups) {
-    const { database, server } = group[0]!;
-    // The name from a manifest, quoted: whatever it holds prints as one line of plain text. The
-    // server is named only where two groups share the name.
-    const shared = names.filter((n) => n === String(database)).length > 1 && server !== null;
-    const of =
-      groups.size > 1
-        ? key === null
-          ? " (no manifest)"
-          : ` (of ${JSON.stringify(String(database))}${shared ? ` on ${JSON.stringify(server)}` : ""})`
-        : "";
-    for (const d of planRetention(group, policy, now, requireMirrored)) decided.set(d.name, { ...d, why: d.why + of });
-  }
-  // Newest first across the groups, as one plan would list them (every name decided on parses).
-  return [...decided.values()].sort((a, b) => compareNewestFirst(parseBackupName(a.name)!, parseBackupName(b.name)!));
+  const decisions = planRetention(mine, policy, now, requireMirrored);
+  if (others.length === 0)
+    for (const d of planRetention(without, policy, now, requireMirrored))
+      decisions.push({ ...d, why: `${d.why} (no manifest)` });
+  const groups = new Set(others.map((c) => JSON.stringify([String(c.manifest!.database), serverOf(c.manifest)])));
+  return {
+    // Newest first, as one plan would list them (every name decided on parses).
+    decisions: decisions.sort((a, b) => compareNewestFirst(parseBackupName(a.name)!, parseBackupName(b.name)!)),
+    leftAlone: {
+      others: others.length,
+      groups: groups.size,
+      unowned: others.length ? without.length : 0,
+    },
+  };
 }
 
-/** Which server a manifest says the backup was taken on (host:port), or null when it does not say. */
-function serverOf(m: Manifest | null | undefined): string | null {
-  return m && m.host !== undefined && m.host !== null ? `${String(m.host)}:${String(m.port)}` : null;
+/** How leftAloneText names what it counts. */
+export const BACKUPS = { items: "backup(s)", unowned: "without a manifest" };
+
+/** What a run left alone, in one line for people; null when it left nothing. */
+export function leftAloneText(left: LeftAlone, what = BACKUPS): string | null {
+  const parts = [];
+  if (left.others)
+    parts.push(
+      `${left.others} ${what.items} of ${left.groups} other database(s) or server(s) ` +
+        "left to their own service's retention",
+    );
+  if (left.unowned) parts.push(`${left.unowned} ${what.unowned} left alone (they may be another database's)`);
+  return parts.length ? parts.join("; ") : null;
 }
 
-async function apply(store: BackupStore, decisions: Decision[], dryRun: boolean): Promise<PruneReport> {
+async function apply(
+  store: BackupStore,
+  decisions: Decision[],
+  leftAlone: LeftAlone,
+  dryRun: boolean,
+): Promise<PruneReport> {
   const removed: string[] = [];
   if (!dryRun) {
     for (const d of decisions.filter((d) => !d.keep)) {
@@ -102,5 +129,5 @@ async function apply(store: BackupStore, decisions: Decision[], dryRun: boolean)
       removed.push(d.name);
     }
   }
-  return { location: store.location, decisions, removed };
+  return { location: store.location, decisions, removed, leftAlone };
 }

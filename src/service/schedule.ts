@@ -8,7 +8,7 @@ import { formatDuration } from "../duration.ts";
 import { createBackup } from "../backup/dump.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
 import { mirrorMissing } from "../backup/offsite.ts";
-import { pruneLocal, pruneStore } from "../backup/prune.ts";
+import { leftAloneText, pruneLocal, pruneStore, type LeftAlone } from "../backup/prune.ts";
 import { newestGood, newestPassedDrill } from "../backup/freshness.ts";
 import { offsiteStore } from "../storage/stores.ts";
 import { mirrorMissingRecoveries, pruneRecoveries, recoveryStore } from "../recover/stores.ts";
@@ -78,15 +78,23 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     log({ level: offsite.offsite === "failed" ? "error" : "info", msg: "off-site copy", file, ...offsite });
     await mirrorRecords(config, log);
 
+    const owner = describeTarget(config.databaseUrl);
+    // What retention left to the other databases' services sharing the folder or prefix, said once a run.
+    const leftAlone: string[] = [];
+    const note = (r: { location: string; leftAlone: LeftAlone }) => {
+      const text = leftAloneText(r.leftAlone);
+      if (text) leftAlone.push(`${r.location}: ${text}`);
+    };
     const { local, remote, records } = await withMaintenanceLock(
       sql,
       "retention",
       async () => {
         const local = await pruneLocal(config, { dryRun: false, offsite: store });
+        note(local);
         let remote: string[] = [];
         if (store && config.s3) {
-          remote = await pruneStore(store, config.s3.keepDays, config.backup, false).then(
-            (r) => r.removed,
+          remote = await pruneStore(store, config.s3.keepDays, config.backup, false, owner).then(
+            (r) => (note(r), r.removed),
             (e: Error) => (
               log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []
             ),
@@ -103,13 +111,14 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
       },
       true,
     );
-    if (local.removed.length || remote.length || records.length)
+    if (local.removed.length || remote.length || records.length || leftAlone.length)
       log({
         level: "info",
         msg: "retention",
         removedLocal: local.removed,
         removedOffsite: remote,
         removedRecoveryRecords: records,
+        leftAlone,
       });
 
     await recordRun(
