@@ -231,6 +231,48 @@ describe("recovery records off-site", () => {
 });
 
 describe("recovery record retention", () => {
+  test("prune leaves another database's recovery records, here and off-site, to that one's service", async () => {
+    // Another database on the server shares the folder and the bucket prefix; its service keeps records a year.
+    const other = await freshDatabase("records_other", server.url(), template);
+    const otherEnv = { ...env, DATABASE_URL: other.url, RECOVER_RECORD_KEEP: "365d" };
+    try {
+      await takeBackup(otherEnv);
+      await deleteWorld(other.sql, "alice@example.com world 1");
+      const r = await shinkei(
+        ["recover", "--user", "alice@example.com", "--wait", "--yes", "--confirm-database", other.name],
+        otherEnv,
+      );
+      expect(r).toSucceed();
+      const made = JSON.parse(await Bun.file(recordOf(r.stdout)).text()) as RecoveredRecord;
+      // One of its recoveries from 120 days ago, copied off-site: its service keeps it for 245 days more.
+      const config = loadConfig(otherEnv);
+      const id = crypto.randomUUID();
+      const old = await writeRecovery(
+        dir,
+        { ...made, id, at: new Date(Date.now() - 120 * DAY).toISOString(), undo: undefined, signature: undefined },
+        { undoVersion: 1, id, database: other.name, root: "users", tables: [] },
+        config.backup.age,
+      );
+      await mirrorRecovery(recoveryStore(config)!, old.path);
+      const folder = `${prefix}recoveries/`;
+      const names = [basename(old.path), basename(old.undoPath)];
+      expect(await keys(folder)).toEqual(expect.arrayContaining(names));
+
+      // This database's prune, with the default RECOVER_RECORD_KEEP of 90 days.
+      const p = await shinkei(["backup", "prune"], env);
+      expect(p).toSucceed();
+      expect(await readdir(dir)).toEqual(expect.arrayContaining(names));
+      expect(await keys(folder)).toEqual(expect.arrayContaining(names));
+      const left = "  2 recovery record(s) of 1 other database(s) or server(s) left to their own service's retention";
+      for (const place of [dir, `s3://${s3.bucket}/${folder}`])
+        expect(p.stdout).toContain(
+          `${place} (recovery records)\n  no recovery records of this database on this server\n${left}\n`,
+        );
+    } finally {
+      await other.drop();
+    }
+  });
+
   // Old: removed locally and off-site. Young, or not yet off-site: kept. --dry-run lists and deletes nothing.
   test("prune removes records older than RECOVER_RECORD_KEEP, and only those", async () => {
     const young = await recoverAlice();

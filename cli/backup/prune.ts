@@ -1,7 +1,7 @@
 import { withMaintenanceLock } from "../../src/pg/lock.ts";
 import type { Context, Subcommand } from "../command.ts";
 import { line, json, table } from "../output.ts";
-import { leftAloneText, pruneLocal, pruneStore, type PruneReport } from "../../src/backup/prune.ts";
+import { leftAloneText, pruneLocal, pruneStore, RECORDS, type PruneReport } from "../../src/backup/prune.ts";
 import { describeTarget } from "../../src/pg/db.ts";
 import { offsiteStore } from "../../src/storage/stores.ts";
 import { pruneWalLocal, pruneWalStore, type WalPruneReport } from "../../src/wal/prune.ts";
@@ -19,7 +19,9 @@ export async function prune(ctx: Context): Promise<number> {
         await pruneStore(store, config.s3.keepDays, config.backup, dryRun, describeTarget(config.databaseUrl)),
       );
     // Recovery records (RECOVER_RECORD_KEEP), listed only where there are any.
-    const records = (await pruneRecoveries(config, dryRun)).filter((r) => r.decisions.length > 0);
+    const records = (await pruneRecoveries(config, dryRun)).filter(
+      (r) => r.decisions.length > 0 || leftAloneText(r.leftAlone) !== null,
+    );
     return { reports, wal: await pruneWal(config, dryRun), records };
   };
   // Deleting waits for the maintenance lock: a restore in progress keeps the backup it is reading.
@@ -61,13 +63,17 @@ export async function prune(ctx: Context): Promise<number> {
   }
   for (const r of records) {
     line(io, `${r.location} (recovery records)${dryRun ? " (dry run: nothing deleted)" : ""}`);
-    line(
-      io,
-      table([
-        ["record", "action", "why"],
-        ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why]),
-      ]).replace(/^/gm, "  "),
-    );
+    if (r.decisions.length)
+      line(
+        io,
+        table([
+          ["record", "action", "why"],
+          ...r.decisions.map((d) => [d.name, d.keep ? "keep" : dryRun ? "would delete" : "deleted", d.why]),
+        ]).replace(/^/gm, "  "),
+      );
+    else line(io, "  no recovery records of this database on this server");
+    const left = leftAloneText(r.leftAlone, RECORDS);
+    if (left) line(io, `  ${left}`);
   }
   return 0;
 }

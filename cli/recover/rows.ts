@@ -243,6 +243,8 @@ async function recover(ctx: Context): Promise<number> {
               applied,
               source: source.file,
               database: target.database,
+              host: target.host,
+              port: target.port,
               safetyBackup: safety?.path,
               revertChanged,
               env: io.env,

@@ -101,8 +101,9 @@ function ownOnly(
   };
 }
 
-/** How leftAloneText names what it counts. */
+/** How leftAloneText names what it counts: backups (the default), or recovery records. */
 export const BACKUPS = { items: "backup(s)", unowned: "without a manifest" };
+export const RECORDS = { items: "recovery record(s)", unowned: "recoveries without a readable record" };
 
 /** What a run left alone, in one line for people; null when it left nothing. */
 export function leftAloneText(left: LeftAlone, what = BACKUPS): string | null {

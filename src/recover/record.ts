@@ -84,6 +84,13 @@ export type RecoveredRecord = {
   at: string;
   by: string;
   database: string;
+  /**
+   * The server the database is on, as its connection names it (a manifest's host and port): with
+   * `database`, whose record this is, for retention in a folder several services share. Absent in
+   * older records.
+   */
+  host?: string;
+  port?: number;
   source: string;
   scope: Scope;
   owner?: string;
@@ -118,6 +125,8 @@ export function recordFor(options: {
   applied: Applied;
   source: string;
   database: string;
+  host: string;
+  port: number;
   safetyBackup?: string;
   revertChanged: boolean;
   env: Record<string, string | undefined>;
@@ -128,6 +137,8 @@ export function recordFor(options: {
     at: new Date().toISOString(),
     by: operator(options.env),
     database: options.database,
+    host: options.host,
+    port: options.port,
     source: options.source,
     scope: options.plan.scope,
     owner: options.plan.owner,

@@ -1,7 +1,12 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
+import { describeTarget } from "../pg/db.ts";
+import { serverOf, type Owner } from "../backup/catalog.ts";
 import type { MirrorReport } from "../backup/offsite.ts";
+import type { LeftAlone } from "../backup/prune.ts";
 import type { Decision } from "../backup/retention.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { LocalStore } from "../storage/local.ts";
@@ -78,6 +83,8 @@ export type RecordPruneReport = {
   location: string;
   decisions: Decision[];
   removed: string[];
+  /** Recoveries of other databases (or servers), and ones whose record does not say whose, left alone. */
+  leftAlone: LeftAlone;
 };
 
 const DAY = 86_400_000;
@@ -114,7 +121,53 @@ export function planRecords(names: string[], keepMs: number, now: Date, unmirror
     });
 }
 
-async function apply(store: BackupStore, decisions: Decision[], dryRun: boolean): Promise<RecordPruneReport> {
+/**
+ * The names of `owner`'s recoveries among `names` (a record and its safety copy go together, by
+ * their base name), with what was left alone. `records` holds the readable records, by base. As
+ * for backups (backup/prune.ts): in a folder or prefix several services share, each prunes only its
+ * own database's recoveries on its own server, by its own RECOVER_RECORD_KEEP; another's may not
+ * be copied off-site yet, or be kept longer there. A record written before records named their
+ * server is judged by its database alone. A recovery whose record is gone or unreadable (an
+ * orphaned safety copy) says nothing of whose it is: decided as before where every readable record
+ * is the owner's, left alone where another's are present.
+ */
+export function ownRecoveries(
+  names: string[],
+  records: Map<string, RecoveredRecord>,
+  owner: Owner,
+): { names: string[]; leftAlone: LeftAlone } {
+  const whose = new Map<string, "mine" | "other" | "unknown">();
+  const groups = new Set<string>();
+  for (const n of names) {
+    const base = parseRecoveryName(n)?.base;
+    if (base === undefined || whose.has(base)) continue;
+    const r = records.get(base);
+    if (!r || typeof r !== "object" || typeof r.database !== "string") whose.set(base, "unknown");
+    else if (r.database === owner.database && (serverOf(r) === null || serverOf(r) === serverOf(owner)))
+      whose.set(base, "mine");
+    else {
+      whose.set(base, "other");
+      groups.add(JSON.stringify([r.database, serverOf(r)]));
+    }
+  }
+  const count = (w: string) => [...whose.values()].filter((x) => x === w).length;
+  const others = count("other");
+  const decided = (n: string) => {
+    const w = whose.get(parseRecoveryName(n)?.base ?? "");
+    return w === "mine" || (w === "unknown" && others === 0);
+  };
+  return {
+    names: names.filter(decided),
+    leftAlone: { others, groups: groups.size, unowned: others ? count("unknown") : 0 },
+  };
+}
+
+async function apply(
+  store: BackupStore,
+  decisions: Decision[],
+  leftAlone: LeftAlone,
+  dryRun: boolean,
+): Promise<RecordPruneReport> {
   const removed: string[] = [];
   if (!dryRun) {
     for (const d of decisions.filter((d) => !d.keep)) {
@@ -123,50 +176,91 @@ async function apply(store: BackupStore, decisions: Decision[], dryRun: boolean)
       removed.push(d.name);
     }
   }
-  return { what: "recovery records", location: store.location, decisions, removed };
+  return { what: "recovery records", location: store.location, decisions, removed, leftAlone };
 }
 
 /**
- * Retention of the records in BACKUP_DIR. With an off-site store, a record with a safety copy not
- * yet copied there stays however old: it would be the only undo.
+ * Retention of this database's records in BACKUP_DIR (see ownRecoveries). With an off-site store, a
+ * record with a safety copy not yet copied there stays however old: it would be the only undo.
  */
 export async function pruneLocalRecoveries(
-  config: Pick<Config, "backupDir" | "retention">,
+  config: Pick<Config, "backupDir" | "retention" | "databaseUrl">,
   options: { dryRun: boolean; offsite?: BackupStore; now?: Date },
 ): Promise<RecordPruneReport> {
   const local = new LocalStore(config.backupDir, recoveryNaming);
   const unmirrored = new Set<string>();
-  if (options.offsite) {
-    for (const r of await history(config.backupDir)) {
-      const p = parseRecoveryName(basename(r.path));
-      if (p && r.undo && !r.offsite?.[options.offsite.kind]) unmirrored.add(p.base);
-    }
+  const records = new Map<string, RecoveredRecord>();
+  for (const r of await history(config.backupDir)) {
+    const p = parseRecoveryName(basename(r.path));
+    if (!p) continue;
+    records.set(p.base, r);
+    if (options.offsite && r.undo && !r.offsite?.[options.offsite.kind]) unmirrored.add(p.base);
   }
-  const names = (await local.list()).map((o) => o.name);
+  const own = ownRecoveries(
+    (await local.list()).map((o) => o.name),
+    records,
+    describeTarget(config.databaseUrl),
+  );
   return apply(
     local,
-    planRecords(names, config.retention.recoverRecordsMs, options.now ?? new Date(), unmirrored),
+    planRecords(own.names, config.retention.recoverRecordsMs, options.now ?? new Date(), unmirrored),
+    own.leftAlone,
     options.dryRun,
   );
 }
 
-/** Retention of the records off-site: the same RECOVER_RECORD_KEEP; only our names under the folder are listed. */
+/**
+ * Retention of `owner`'s records off-site: the same RECOVER_RECORD_KEEP; only our names under the
+ * folder are listed. Each record is read (a small object) for whose it is.
+ */
 export async function pruneStoreRecoveries(
   store: BackupStore,
   keepMs: number,
-  options: { dryRun: boolean; now?: Date },
+  options: { dryRun: boolean; now?: Date; owner: Owner },
 ): Promise<RecordPruneReport> {
   const names = (await store.list()).map((o) => o.name);
-  return apply(store, planRecords(names, keepMs, options.now ?? new Date(), new Set()), options.dryRun);
+  const own = ownRecoveries(names, await peekRecords(store, names), options.owner);
+  return apply(
+    store,
+    planRecords(own.names, keepMs, options.now ?? new Date(), new Set()),
+    own.leftAlone,
+    options.dryRun,
+  );
+}
+
+/** The records among `names` in the store, read through a folder of our own, by base; unreadable ones left out. */
+async function peekRecords(store: BackupStore, names: string[]): Promise<Map<string, RecoveredRecord>> {
+  const records = new Map<string, RecoveredRecord>();
+  const folder = await mkdtemp(join(tmpdir(), "shinkei-records-"));
+  try {
+    for (const n of names) {
+      const p = parseRecoveryName(n);
+      if (!p?.isRecord) continue;
+      await store.get(n, join(folder, n));
+      const r = (await Bun.file(join(folder, n))
+        .json()
+        .catch(() => null)) as RecoveredRecord | null;
+      if (r !== null && typeof r === "object" && !Array.isArray(r)) records.set(p.base, r);
+    }
+  } finally {
+    await rm(folder, { recursive: true, force: true });
+  }
+  return records;
 }
 
 /** Both, as `shinkei backup prune` and the backup service run them: local first, then off-site. */
 export async function pruneRecoveries(
-  config: Pick<Config, "backupDir" | "retention" | "s3">,
+  config: Pick<Config, "backupDir" | "retention" | "s3" | "databaseUrl">,
   dryRun: boolean,
 ): Promise<RecordPruneReport[]> {
   const store = recoveryStore(config);
   const reports = [await pruneLocalRecoveries(config, { dryRun, offsite: store })];
-  if (store) reports.push(await pruneStoreRecoveries(store, config.retention.recoverRecordsMs, { dryRun }));
+  if (store)
+    reports.push(
+      await pruneStoreRecoveries(store, config.retention.recoverRecordsMs, {
+        dryRun,
+        owner: describeTarget(config.databaseUrl),
+      }),
+    );
   return reports;
 }

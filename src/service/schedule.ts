@@ -8,7 +8,7 @@ import { formatDuration } from "../duration.ts";
 import { createBackup } from "../backup/dump.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
 import { mirrorMissing } from "../backup/offsite.ts";
-import { leftAloneText, pruneLocal, pruneStore, type LeftAlone } from "../backup/prune.ts";
+import { BACKUPS, leftAloneText, pruneLocal, pruneStore, RECORDS, type LeftAlone } from "../backup/prune.ts";
 import { newestGood, newestPassedDrill } from "../backup/freshness.ts";
 import { offsiteStore } from "../storage/stores.ts";
 import { mirrorMissingRecoveries, pruneRecoveries, recoveryStore } from "../recover/stores.ts";
@@ -81,8 +81,8 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     const owner = describeTarget(config.databaseUrl);
     // What retention left to the other databases' services sharing the folder or prefix, said once a run.
     const leftAlone: string[] = [];
-    const note = (r: { location: string; leftAlone: LeftAlone }) => {
-      const text = leftAloneText(r.leftAlone);
+    const note = (r: { location: string; leftAlone: LeftAlone }, what = BACKUPS) => {
+      const text = leftAloneText(r.leftAlone, what);
       if (text) leftAlone.push(`${r.location}: ${text}`);
     };
     const { local, remote, records } = await withMaintenanceLock(
@@ -101,7 +101,11 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
           );
         }
         const records = await pruneRecoveries(config, false).then(
-          (reports) => reports.flatMap((r) => r.removed.map((name) => `${r.location}: ${name}`)),
+          (reports) =>
+            reports.flatMap((r) => {
+              note(r, RECORDS);
+              return r.removed.map((name) => `${r.location}: ${name}`);
+            }),
           (e: Error) => (
             log({ level: "warn", msg: "recovery record retention failed; it runs again next time", error: e.message }),
             []
