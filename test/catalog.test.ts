@@ -150,13 +150,15 @@ test("freshness is judged per database: another's fresh backups do not stand in 
       const m = JSON.parse(await readFile(join(dir, name), "utf8"));
       await writeFile(join(dir, name), JSON.stringify({ ...m, sizeBytes: "local".length }));
     }
-  expect((await newestGood(dir, "a")).newest?.name).toBe(old);
-  expect((await newestGood(dir, "c")).newest).toBeNull();
-  const stale = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, "a").catch((e) => e);
+  expect((await newestGood(dir, on("a"))).newest?.name).toBe(old);
+  expect((await newestGood(dir, on("c"))).newest).toBeNull();
+  // A database of the same name on another server (staging beside production) is another database.
+  expect((await newestGood(dir, { ...on("a"), port: 5433 })).newest).toBeNull();
+  const stale = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, on("a")).catch((e) => e);
   expect(stale.code).toBe("BACKUP_STALE");
   expect(stale.message).toContain(`the newest good backup (${old}) is 1d 6h old`);
-  const none = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, "c").catch((e) => e);
-  expect(none.message).toBe(`no good backup of "c" in ${dir}`);
+  const none = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, on("c")).catch((e) => e);
+  expect(none.message).toBe(`no good backup of "c" on 127.0.0.1:5432 in ${dir}`);
 });
 
 test("off-site retention decides only on this database's backups, by manifest: another's are left alone", async () => {

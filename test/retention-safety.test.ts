@@ -62,11 +62,11 @@ test("a backup named in the future is not the newest good one for freshness: che
   const dir = await tempDir("fresh-future");
   const real = await plantDump(dir, new Date(Date.now() - 3 * DAY), "prune_holes");
   await plantDump(dir, new Date(Date.now() + 365 * DAY), "prune_holes");
-  const { newest } = await newestGood(dir, "prune_holes");
+  const { newest } = await newestGood(dir, holes);
   expect(newest?.name).toBe(real);
   // The metrics and the status page read the same.
   expect((await readSnapshot(dir, undefined)).newestGood?.name).toBe(real);
-  await expect(checkFreshness(dir, DAY, 30 * DAY, undefined, "prune_holes")).rejects.toThrow(
+  await expect(checkFreshness(dir, DAY, 30 * DAY, undefined, holes)).rejects.toThrow(
     `the newest good backup (${real}) is 3d 0h old, more than 1d 0h`,
   );
 });
@@ -77,10 +77,10 @@ test("freshness counts neither a safety copy nor another database's backup: chec
   // A restore an hour ago kept the state it replaced; another database shares the folder.
   await plantDump(dir, new Date(Date.now() - 3600_000), "prune_holes", "pre-restore");
   await plantDump(dir, new Date(Date.now() - 60_000), "another_app");
-  expect((await newestGood(dir, "prune_holes")).newest?.name).toBe(real);
+  expect((await newestGood(dir, holes)).newest?.name).toBe(real);
   // The metrics, the status page and the scheduled drill read the same.
-  expect((await readSnapshot(dir, undefined, { database: "prune_holes" })).newestGood?.name).toBe(real);
-  await expect(checkFreshness(dir, DAY, 30 * DAY, undefined, "prune_holes")).rejects.toThrow(
+  expect((await readSnapshot(dir, undefined, { owner: holes })).newestGood?.name).toBe(real);
+  await expect(checkFreshness(dir, DAY, 30 * DAY, undefined, holes)).rejects.toThrow(
     `the newest good backup (${real}) is 3d 0h old, more than 1d 0h`,
   );
 });

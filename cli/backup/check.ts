@@ -25,7 +25,7 @@ export async function check(ctx: Context): Promise<number> {
     config.backup.maxAgeMs,
     config.backup.drillMaxAgeMs,
     config.backup.age,
-    describeTarget(config.databaseUrl).database,
+    describeTarget(config.databaseUrl),
   );
   const drillAge = f.drill ? Date.now() - Date.parse(f.drill.at) : null;
   if (ctx.flag("json")) {

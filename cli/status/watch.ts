@@ -20,8 +20,8 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
     "",
   ];
   // An unreadable folder is what to show, not a reason to stop watching.
-  const database = describeTarget(config.databaseUrl).database;
-  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind, { database }).then(
+  const owner = describeTarget(config.databaseUrl);
+  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind, { owner }).then(
     (s) => ({ s }),
     (e: Error) => ({ error: e.message }),
   );

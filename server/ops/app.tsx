@@ -82,9 +82,7 @@ export function createOps(
   if (!o || (o.port === undefined && !o.metricsToken && !o.opsToken)) return undefined;
   const offsiteKind = offsiteStore(config)?.kind;
   // The newest good backup is this database's: a folder may hold another's (as `backup check` reads it).
-  const snapshot = folderSnapshot(config.backupDir, offsiteKind, {
-    database: describeTarget(config.databaseUrl).database,
-  });
+  const snapshot = folderSnapshot(config.backupDir, offsiteKind, { owner: describeTarget(config.databaseUrl) });
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
   if (config.wal.archive === "stream") {

@@ -1,42 +1,42 @@
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
-import { isSafetyCopy, listLocal, type LocalBackup } from "./catalog.ts";
+import { belongsTo, isSafetyCopy, listLocal, serverOf, type LocalBackup, type Owner } from "./catalog.ts";
 import { readDrill, type DrillResult } from "./drill.ts";
 import { canOpen, type AgeConfig } from "../storage/crypt.ts";
 import { notFuture } from "../storage/naming.ts";
 
 export type Freshness = { newest: LocalBackup | null; ageMs: number | null };
 
-/** Whether a backup is of `database` (its manifest names it), or any when none is given. */
-const ofDatabase = (b: LocalBackup, database?: string) => database === undefined || b.manifest?.database === database;
+/** Whether a backup is of `owner` (its manifest names that database on that server), or any when none is given. */
+const ofOwner = (b: LocalBackup, owner?: Owner) => owner === undefined || belongsTo(b.manifest, owner);
 
 /**
- * Whether a backup may stand for how fresh `database`'s backups are. A backup of another database
- * sharing the folder says nothing about this one's. Nor does a safety copy: it holds the state a
- * restore or recovery replaced, not the data as it is now (and retention and restore's default
- * never count one either).
+ * Whether a backup may stand for how fresh `owner`'s backups are. A backup of another database
+ * sharing the folder (or of a database of the same name on another server: staging beside
+ * production) says nothing about this one's. Nor does a safety copy: it holds the state a restore
+ * or recovery replaced, not the data as it is now (retention and restore's default count neither).
  */
-export const freshnessCounts = (b: LocalBackup, database?: string): boolean =>
-  ofDatabase(b, database) && !isSafetyCopy(b.manifest);
+export const freshnessCounts = (b: LocalBackup, owner?: Owner): boolean =>
+  ofOwner(b, owner) && !isSafetyCopy(b.manifest);
 
 /**
  * The newest backup whose manifest agrees with its file: "good" without reading it whole, of
  * `database` when given, and not a safety copy (freshnessCounts). A name dated ahead of our clock
  * is not one: it would read as fresh for as long as it lies ahead.
  */
-export async function newestGood(dir: string, database?: string): Promise<Freshness> {
+export async function newestGood(dir: string, owner?: Owner): Promise<Freshness> {
   const newest =
     (await listLocal(dir)).find(
-      (b) => b.manifest?.sizeBytes === b.sizeBytes && freshnessCounts(b, database) && notFuture(b),
+      (b) => b.manifest?.sizeBytes === b.sizeBytes && freshnessCounts(b, owner) && notFuture(b),
     ) ?? null;
   return { newest, ageMs: newest ? Date.now() - newest.takenAt.getTime() : null };
 }
 
-/** The newest passed drill of any local backup (of `database`, when given). */
-export async function newestPassedDrill(dir: string, database?: string): Promise<DrillResult | null> {
+/** The newest passed drill of any local backup (of `owner`, when given). */
+export async function newestPassedDrill(dir: string, owner?: Owner): Promise<DrillResult | null> {
   let best: DrillResult | null = null;
   for (const b of await listLocal(dir)) {
-    if (!ofDatabase(b, database)) continue;
+    if (!ofOwner(b, owner)) continue;
     const d = await readDrill(b.path);
     if (d?.passed && (!best || d.at > best.at)) best = d;
   }
@@ -52,13 +52,13 @@ export async function checkFreshness(
   maxAgeMs: number,
   drillMaxAgeMs: number,
   age?: AgeConfig,
-  database?: string,
+  owner?: Owner,
 ): Promise<Freshness & { drill: DrillResult | null }> {
-  const f = await newestGood(dir, database);
+  const f = await newestGood(dir, owner);
   if (!f.newest)
     throw new ShinkeiError(
       "BACKUP_STALE",
-      `no good backup${database === undefined ? "" : ` of ${JSON.stringify(database)}`} in ${dir}`,
+      `no good backup${owner ? ` of ${JSON.stringify(owner.database)} on ${serverOf(owner)}` : ""} in ${dir}`,
       { hint: "Take one with shinkei backup." },
     );
   if (f.ageMs! > maxAgeMs) {
@@ -83,7 +83,7 @@ export async function checkFreshness(
       },
     );
   }
-  const drill = await newestPassedDrill(dir, database);
+  const drill = await newestPassedDrill(dir, owner);
   if (!drill || Date.now() - Date.parse(drill.at) > drillMaxAgeMs) {
     throw new ShinkeiError(
       "BACKUP_STALE",

@@ -1,5 +1,5 @@
 import { stat } from "node:fs/promises";
-import { listLocal } from "../backup/catalog.ts";
+import { listLocal, type Owner } from "../backup/catalog.ts";
 import { freshnessCounts } from "../backup/freshness.ts";
 import { readDrill, type DrillResult } from "../backup/drill.ts";
 import { readPitrDrills, type PitrDrill } from "../pitr/drill.ts";
@@ -39,18 +39,18 @@ export type Snapshot = {
 
 /**
  * Everything the ops views show, read from the backup folder alone (manifests and drill records),
- * so it needs no database and agrees with `backup --list` by construction. With `database`, the
- * newest good backup is that database's, as `backup check` reads it (freshness.ts).
+ * so it needs no database and agrees with `backup --list` by construction. With `owner`, the
+ * newest good backup is that database's on that server, as `backup check` reads it (freshness.ts).
  */
 export async function readSnapshot(
   dir: string,
   offsiteKind: string | undefined,
-  { now = new Date(), database }: { now?: Date; database?: string } = {},
+  { now = new Date(), owner }: { now?: Date; owner?: Owner } = {},
 ): Promise<Snapshot> {
   const backups: BackupEntry[] = [];
   const fresh = new Set<string>();
   for (const b of await listLocal(dir)) {
-    if (freshnessCounts(b, database)) fresh.add(b.name);
+    if (freshnessCounts(b, owner)) fresh.add(b.name);
     const m = b.manifest;
     backups.push({
       kind: "dump",
@@ -166,9 +166,9 @@ export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T
 export function folderSnapshot(
   dir: string,
   offsiteKind: string | undefined,
-  options: { minMs?: number; maxMs?: number; database?: string } = {},
+  options: { minMs?: number; maxMs?: number; owner?: Owner } = {},
 ): () => Promise<Snapshot> {
-  const { minMs = 1500, maxMs = 15_000, database } = options;
+  const { minMs = 1500, maxMs = 15_000, owner } = options;
   let last: { readAt: number; mtime: bigint | null; value: Snapshot } | undefined;
   const mtimeOf = () =>
     stat(dir, { bigint: true }).then(
@@ -179,7 +179,7 @@ export function folderSnapshot(
     const now = performance.now();
     const mtime = await mtimeOf();
     if (last && mtime !== null && mtime === last.mtime && now - last.readAt < maxMs) return last.value;
-    const value = await readSnapshot(dir, offsiteKind, { database });
+    const value = await readSnapshot(dir, offsiteKind, { owner });
     last = { readAt: now, mtime, value };
     return value;
   }, minMs);

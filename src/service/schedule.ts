@@ -137,7 +137,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     );
 
     // A new deployment would otherwise wait for the weekly drill before `backup check` can pass.
-    const drilled = await newestPassedDrill(config.backupDir, describeTarget(config.databaseUrl).database);
+    const drilled = await newestPassedDrill(config.backupDir, describeTarget(config.databaseUrl));
     if (!drilled || Date.now() - Date.parse(drilled.at) > config.backup.drillMaxAgeMs) await drillBackup(deps, file);
   } catch (e) {
     const error = (e as Error).message;
@@ -181,7 +181,7 @@ async function mirrorRecords(config: Config, log: Log): Promise<void> {
 /** Report a run that should have happened but did not (the service was down, say). */
 async function reportMissed(config: Config, schedule: SlotSchedule, log: Log) {
   const expected = schedule.lastSlot();
-  const { newest } = await newestGood(config.backupDir, describeTarget(config.databaseUrl).database);
+  const { newest } = await newestGood(config.backupDir, describeTarget(config.databaseUrl));
   if (!newest) log({ level: "warn", msg: "no good backup yet", backupDir: config.backupDir });
   else if (expected && newest.takenAt < expected) {
     log({
