@@ -1,15 +1,17 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readdir, rm, writeFile } from "node:fs/promises";
+import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { snapshot, type TestDatabase } from "./support/db.ts";
 import { shinkei } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { TestS3 } from "./support/s3.ts";
+import { tempDir } from "./support/fixtures.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { S3Store } from "../src/storage/s3.ts";
 import { pruneStore } from "../src/backup/prune.ts";
+import { mirrorMissing } from "../src/backup/offsite.ts";
 import { describeTarget } from "../src/pg/db.ts";
 
 let db: TestDatabase;
@@ -121,6 +123,36 @@ describe("off-site copies", () => {
     const third = logs.find((l) => l.msg === "off-site copy")!;
     expect(third.copied).toHaveLength(1); // only the new backup of this run
     expect(third.copied).not.toContain(local[0]);
+  });
+
+  test("one prefix, two databases, backups of one second: the second is not written over the first", async () => {
+    const r = await shinkei(["backup"], env);
+    expect(r).toSucceed();
+    const name = r.stdout.match(/^backup\s+\S+\/(shinkei_backup_\S+)$/m)![1]!;
+    const first = JSON.parse(await readFile(join(dir, `${name}.manifest.json`), "utf8"));
+    // Another database's service, its own folder, the same prefix, a backup named for the same second.
+    const other = await tempDir("offsite-other");
+    const content = "-- another database's dump\n";
+    await writeFile(join(other, name), content);
+    const sha256 = new Bun.CryptoHasher("sha256").update(content).digest("hex");
+    const { offsite: _, ...rest } = first;
+    await writeFile(
+      join(other, `${name}.manifest.json`),
+      JSON.stringify({ ...rest, database: "another_app", sha256, sizeBytes: content.length }),
+    );
+    const store = new S3Store(s3.config(env.S3_PREFIX!));
+    const report = await mirrorMissing(store, other);
+    expect(report.copied).toEqual([]);
+    expect(report.failed.map((f) => f.name)).toEqual([name]);
+    expect(report.failed[0]!.error).toContain(`/${name} is another backup (of ${JSON.stringify(db.name)} on`);
+    // The first database's copy is as it was: its bytes and its manifest.
+    const object = await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: `${env.S3_PREFIX}${name}` }));
+    const bytes = await object.Body!.transformToByteArray();
+    expect(new Bun.CryptoHasher("sha256").update(bytes).digest("hex")).toBe(first.sha256);
+    const manifest = await s3
+      .client()
+      .send(new GetObjectCommand({ Bucket: s3.bucket, Key: `${env.S3_PREFIX}${name}.manifest.json` }));
+    expect(JSON.parse(await manifest.Body!.transformToString()).database).toBe(db.name);
   });
 
   test("off-site retention deletes only old keys of ours under our prefix, never the newest", async () => {

@@ -1,6 +1,6 @@
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { listLocal } from "./catalog.ts";
+import { listLocal, peekManifest, serverOf } from "./catalog.ts";
 import { manifestPath, readManifest, writeManifest } from "./manifest.ts";
 import { MANIFEST_SUFFIX } from "../storage/naming.ts";
 import type { BackupStore } from "../storage/store.ts";
@@ -15,6 +15,24 @@ export async function mirrorBackup(store: BackupStore, path: string): Promise<vo
   const manifest = await readManifest(path);
   if (!manifest)
     throw new ShinkeiError("STORE_FAILED", `${name} has no manifest; only complete backups are copied off-site`);
+  // A bucket prefix may be shared (another database's service, another host): a backup there under
+  // this name that is not this one (two services that backed up in the same second) is never
+  // written over, or that database would lose its copy. Ours (its manifest did not go up) goes again.
+  const there = await peekManifest(store, name).catch((e: unknown) => {
+    if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND") return null;
+    throw e;
+  });
+  if (there && there.sha256 !== manifest.sha256)
+    throw new ShinkeiError(
+      "STORE_FAILED",
+      `${store.location}/${name} is another backup (of ${JSON.stringify(String(there.database))} on ` +
+        `${serverOf(there)}, taken ${String(there.createdAt)}): it is not written over, and this one stays local`,
+      {
+        hint:
+          "Two services back up under one S3_PREFIX and took backups in the same second: give each its own " +
+          "S3_PREFIX or schedule. Nothing in the bucket was changed.",
+      },
+    );
   await mirror(store, {
     files: [{ name, path }],
     record: manifest,
