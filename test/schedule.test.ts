@@ -11,6 +11,8 @@ import { tempDir } from "./support/fixtures.ts";
 import { TestS3 } from "./support/s3.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
+import { scheduledDrill, startPitrDrills } from "../src/service/drills.ts";
+import { connect } from "../src/pg/db.ts";
 import { backupName } from "../src/storage/naming.ts";
 
 let db: TestDatabase;
@@ -190,6 +192,50 @@ describe("the schedule", () => {
         `cannot use the backup folder ${join(blocked, "sub")}: ENOTDIR`,
       );
     } finally {
+      hook.stop(true);
+    }
+  });
+
+  test("a scheduled drill that cannot reach the database at its slot reaches the webhook as failed", async () => {
+    const events: Record<string, unknown>[] = [];
+    const hook = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch: async (r) => (events.push((await r.json()) as Record<string, unknown>), new Response("ok")),
+    });
+    // The database is down when the drill's slot comes: nothing listens on its port.
+    const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = closed.port;
+    closed.stop(true);
+    const down = connect(`postgres://postgres@127.0.0.1:${port}/shinkei_down`, { max: 1 });
+    try {
+      const config = loadConfig({ ...env, BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook` });
+      const lines: Record<string, unknown>[] = [];
+      await scheduledDrill({ sql: down, config, log: (l) => lines.push(l) }, new Date(Date.UTC(2031, 0, 5, 3)));
+      expect(lines.find((l) => l.level === "error")).toMatchObject({ msg: "drill failed" });
+      // As a backup whose claim fails is backup.failed: a monitor listening to the webhook alone hears of it.
+      const [event] = await until("the webhook to hear of the drill", async () => events.length > 0 && events, 5000);
+      expect(event).toMatchObject({ source: "shinkei", event: "drill.failed" });
+      expect(String(event!.error)).toContain("ECONNREFUSED");
+
+      // The point-in-time drill's schedule alike (every second here; WAL_ARCHIVE is not needed to run it).
+      const pitr = startPitrDrills({
+        sql: down,
+        config: { ...config, wal: { ...config.wal, pitrDrillSchedule: "* * * * * *" } },
+        log: () => {},
+      });
+      try {
+        await until(
+          "the webhook to hear of the pitr drill",
+          async () => events.find((e) => e.event !== "drill.failed"),
+          5000,
+        );
+      } finally {
+        await pitr.stop();
+      }
+      expect(events.find((e) => e.event !== "drill.failed")).toMatchObject({ event: "pitr_drill.failed" });
+    } finally {
+      await down.end({ timeout: 1 });
       hook.stop(true);
     }
   });

@@ -102,7 +102,9 @@ export async function scheduledDrill(deps: Deps, slot: Date): Promise<void> {
     }
     await drillBackup(deps, newest.path);
   } catch (e) {
+    // Before the drill itself (the claim: the database away, say): reported like a backup whose claim failed.
     log({ level: "error", msg: "drill failed", scheduledFor: slot.toISOString(), error: (e as Error).message });
+    notify(config.backup.webhookUrl, { event: "drill.failed", error: (e as Error).message }, log);
   }
 }
 
@@ -140,7 +142,11 @@ export function startPitrDrills(deps: Deps): PitrDrills {
         if (slot && !(await claimSlot(deps, slot, "pitr-drill", "pitr drill"))) return;
         await drillPitr(deps);
       })
-      .catch((e) => log({ level: "error", msg: "pitr drill failed", error: (e as Error).message })));
+      .catch((e) => {
+        // The claim failed (the database away, say): drillPitr, which reports its own, never throws.
+        log({ level: "error", msg: "pitr drill failed", error: (e as Error).message });
+        notify(config.backup.webhookUrl, { event: "pitr_drill.failed", error: (e as Error).message }, log);
+      }));
   const schedule = scheduleSlots({
     schedule: config.wal.pitrDrillSchedule,
     timezone: config.backup.timezone,
