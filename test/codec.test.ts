@@ -207,6 +207,36 @@ describe("WAL sealed with a passphrase", () => {
     }
   });
 
+  test("two archivers of one spool file at once (two services on one folder): the file is its record's", async () => {
+    // A redeploy that starts the new service before the old one stops: both drain the one spool.
+    // Each seal is encrypted to a new file key, so the two copies differ byte for byte.
+    const config = loadConfig({
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/x",
+      BACKUP_DIR: join(dir, "two-archivers"),
+      WAL_ARCHIVE: "stream",
+      BACKUP_AGE_PASSPHRASE: WAL_PASSPHRASE,
+    });
+    const root = walRoot(config.backupDir);
+    const spool = join(config.backupDir, "spool-test");
+    for (let i = 0; i < 6; i++) {
+      const name = `0000000100000000000000${(0x40 + i).toString(16).toUpperCase()}`;
+      await Bun.write(join(spool, name), segment(i));
+      const both = await Promise.allSettled(
+        [0, 1].map(() => archiveWalFile(join(spool, name), root, { segmentBytes: MiB, age: config.backup.age })),
+      );
+      const record = await readRecord(recordPath(root, 1, name));
+      if (record) {
+        const file = await readFile(join(root, "00000001", record.file));
+        expect(new Bun.CryptoHasher("sha256").update(file).digest("hex")).toBe(record.sha256);
+      }
+      // Neither fails (one seals, the other finds it sealed), so the spool file is not left over either.
+      expect(both.map((r) => r.status)).toEqual(["fulfilled", "fulfilled"]);
+      const target = join(dir, `fetched-two-${name}`);
+      await fetchWal(config, name, target);
+      expect((await readFile(target)).equals(Buffer.from(segment(i)))).toBe(true);
+    }
+  });
+
   test("a wrong passphrase, or a wrapped key that is not one, opens nothing and writes nothing", async () => {
     const wrong = configWith("not the passphrase");
     const target = join(dir, "fetched-wrong-passphrase");

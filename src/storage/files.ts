@@ -83,7 +83,7 @@ const PARTIAL_IN_USE_MS = 10_000;
  * not removed. Removing it let that writer rename ours half-written, and its own rename fail.
  * One older than PARTIAL_IN_USE_MS was left by a crash and goes.
  */
-async function takePartial(partial: string): Promise<FileHandle> {
+export async function takePartial(partial: string): Promise<FileHandle> {
   for (;;) {
     const existing = await lstat(partial).catch(() => null);
     if (existing && !existing.isFile()) await preparePartial(partial); // refuses a link: UNSAFE_PATH

@@ -4,7 +4,7 @@ import { Transform } from "node:stream";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { manyFilesEncryption, WRAPPED_KEY, type AgeConfig, type Encryption } from "../storage/crypt.ts";
-import { fsyncDir, sha256File, writeFileAtomic } from "../storage/files.ts";
+import { fsyncDir, keptAlive, sha256File, takePartial, writeFileAtomic } from "../storage/files.ts";
 import { sealTo } from "../storage/seal.ts";
 import { signParts } from "../backup/manifest.ts";
 import { parseHistory, parseSegment, timelineDir } from "./segments.ts";
@@ -182,6 +182,34 @@ export async function archiveWalFile(
   // follows was not received, whoever wrote it there.
   const cut = options.signed && !options.signed.whole ? options.signed.bytes : Infinity;
   const bytes = read && read.length > cut ? zerosFrom(read, cut) : read;
+  // One archiver of a name at a time: two services draining one spool (a redeploy that overlaps the
+  // old container) each removed the other's `.partial` and renamed the survivor, so an encrypted
+  // file could end up with the other's bytes under this one's record: the only copy, unreadable.
+  // Whoever comes second waits, then finds the file archived. A crash's lock goes once it is stale.
+  const lock = join(dir, `${name}.lock`);
+  await (await takePartial(lock)).close();
+  try {
+    return await keptAlive(lock, () => sealOne({ source, root, dir, name, what, info, bytes, cut }, options));
+  } finally {
+    await rm(lock, { force: true });
+  }
+}
+
+/** archiveWalFile's work, under its lock: `at` is what it read of the spool file. */
+async function sealOne(
+  at: {
+    source: string;
+    root: string;
+    dir: string;
+    name: string;
+    what: NonNullable<ReturnType<typeof walKind>>;
+    info: { mtime: Date };
+    bytes: Uint8Array | undefined;
+    cut: number;
+  },
+  options: { age?: AgeConfig; segmentBytes: number; signed?: { bytes: number; sha256: string; whole: boolean } },
+): Promise<{ record: WalRecord; written: boolean }> {
+  const { source, root, dir, name, what, info, bytes, cut } = at;
   const existing = await readRecord(join(dir, name + RECORD));
   if (existing) {
     const again = bytes ? new Bun.CryptoHasher("sha256").update(bytes).digest("hex") : await sha256File(source);
