@@ -1,10 +1,11 @@
 import type { Command, Context } from "./command.ts";
-import { line, table } from "./output.ts";
+import { line, table, warn } from "./output.ts";
 import { activity, note } from "./prompts.ts";
 import { confirmDestructive, guardOptions, undoCommand } from "./guard.ts";
 import { performReset, resetPhrases, resetPlan } from "../src/guarded/reset.ts";
 import { refuseProduction } from "../src/guarded/guard.ts";
 import { withMaintenanceLock } from "../src/pg/lock.ts";
+import { ShinkeiError } from "../src/errors.ts";
 import { mainTables } from "../src/pg/tables.ts";
 
 export const resetCommand: Command = {
@@ -48,7 +49,7 @@ async function reset(ctx: Context): Promise<number> {
   const result = await withMaintenanceLock(
     ctx.db,
     "reset",
-    () =>
+    (lock) =>
       performReset({
         sql: ctx.db,
         url: config.databaseUrl,
@@ -56,15 +57,33 @@ async function reset(ctx: Context): Promise<number> {
         seed: !ctx.flag("no-seed"),
         hashing: config.hashing,
         age: config.backup.age,
+        lock,
       }),
     ctx.flag("wait"),
   ).catch((e) => {
+    // performReset throws only while nothing was deleted (before its transaction, or rolled back).
     spin.fail("reset failed: nothing was deleted");
     throw e;
   });
+  const undo = `undo with      ${await undoCommand(config, result.safety.path)}`;
+  if (result.inDoubt) {
+    const e = result.inDoubt;
+    spin.fail("reset may have been done: its COMMIT went unanswered");
+    line(io, `safety backup  ${result.safety.path} (verified)`);
+    line(io, undo);
+    throw new ShinkeiError(e.code, e.message, {
+      hint:
+        `${e.hint} shinkei status shows it too: the demo data (or no rows, with --no-seed) when the reset was ` +
+        "done, the old rows when it was not. If it was done, the undo line above puts the old data back.",
+      details: e.details,
+      cause: e.cause,
+    });
+  }
   spin.stop("reset done");
   line(io, `safety backup  ${result.safety.path} (verified)`);
-  line(io, `rows now       ${mainTables.map((t) => `${t} ${result.counts[t]}`).join(", ")}`);
-  line(io, `undo with      ${await undoCommand(config, result.safety.path)}`);
+  const counts = result.counts;
+  if (counts) line(io, `rows now       ${mainTables.map((t) => `${t} ${counts[t]}`).join(", ")}`);
+  else warn(io, `rows now       could not be read after the reset committed: ${result.countsFailed}`);
+  line(io, undo);
   return 0;
 }

@@ -68,6 +68,8 @@ const codes = {
   UNSIGNED_BACKUP: { exit: 1, status: 422 },
   ARCHIVE_UNTRUSTED: { exit: 1, status: 422 },
   LOCK_LOST: { exit: 1, status: 500 },
+  /** A COMMIT whose answer was lost, and PostgreSQL could not say (yet) whether it took effect. */
+  COMMIT_UNKNOWN: { exit: 1, status: 500 },
   ABORTED: { exit: 1, status: 400 },
   CANCELLED: { exit: 130, status: 400 },
   // account recovery by email

@@ -181,6 +181,93 @@ describe("without a terminal", () => {
   });
 });
 
+/** Sessions of this database's that wait on a table lock, running a statement that matches `like`. */
+const waitingOn = async (like: string) =>
+  db.sql<{ pid: number }[]>`select pid from pg_stat_activity
+    where datname = ${db.name} and wait_event_type = 'Lock' and query like ${like}`;
+
+/**
+ * Holds a share lock on users in an open transaction: the reset's DROP SCHEMA waits for it, after
+ * its safety backup (pg_dump's own share lock does not wait) and before its commit.
+ */
+async function gateOnUsers() {
+  const gate = postgres(db.url, { max: 1, onnotice: () => {} });
+  const tx = await gate.reserve();
+  await tx`begin`;
+  await tx`lock table users in access share mode`;
+  return {
+    reached: () => until("the reset to wait at the gate", async () => (await waitingOn("DROP SCHEMA%")).length > 0),
+    async open() {
+      await tx`commit`;
+      tx.release();
+      await gate.end();
+    },
+  };
+}
+
+describe("the lock and the commit", () => {
+  test("the maintenance lock lost between the safety backup and the commit: rolled back, nothing deleted", async () => {
+    const before = await snapshot(db.sql);
+    const gate = await gateOnUsers();
+    const running = shinkei(["reset", "--force", "--confirm-database", db.name], env);
+    await gate.reached();
+    // The lock's connection ends (a network blip, an administrator): another operation could take it now.
+    await db.sql`select pg_terminate_backend(pid) from pg_stat_activity
+      where datname = ${db.name} and application_name like 'shinkei reset%'`;
+    await until(
+      "the lock's connection to end",
+      async () =>
+        (await db.sql`select 1 from pg_stat_activity where application_name like 'shinkei reset%'`).length === 0,
+    );
+    await gate.open();
+    const r = await running;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("the reset lock was lost");
+    expect(await snapshot(db.sql)).toEqual(before);
+  });
+
+  test("rows that cannot be counted after the commit: the reset is said done, with its backup and undo", async () => {
+    // A table outside public, which the reset leaves alone and counts afterwards.
+    await db.sql.unsafe("create schema other; create table other.blocker (x int)");
+    const blocker = postgres(db.url, { max: 1, onnotice: () => {} });
+    const held = await blocker.reserve();
+    const gate = await gateOnUsers();
+    const t = await Terminal.start(["reset", "--force", "--confirm-database", db.name], env);
+    try {
+      await gate.reached();
+      // Taken after the safety backup read it: only the count after the commit waits for this.
+      await held`begin`;
+      await held`lock table other.blocker in access exclusive mode`;
+      const pid = (await held<{ pid: number }[]>`select pg_backend_pid() as pid`)[0]!.pid;
+      await gate.open();
+      const count = await until(
+        "the count after the commit to wait",
+        async () =>
+          (
+            await db.sql<{ pid: number }[]>`select pid from pg_stat_activity
+              where datname = ${db.name} and ${pid}::int4 = any(pg_blocking_pids(pid))`
+          )[0],
+      );
+      await db.sql`select pg_terminate_backend(${count.pid}::int4)`;
+      expect(await t.exitCode()).toBe(0);
+      const out = await t.screen(true);
+      expect(out).toContain("reset done");
+      expect(out).not.toContain("nothing was deleted");
+      expect(out).toContain("rows now       could not be read after the reset committed");
+      expect(out).toMatch(/^safety backup\s+\S+ \(verified\)/m);
+      expect(out).toMatch(/^undo with\s+shinkei backup --restore --backup-file \S+ --yes/m);
+      const users = await db.sql`select email from users order by email`;
+      expect(users.map((u) => u.email)).toEqual(demoUsers.map((u) => u.email));
+    } finally {
+      await t.close();
+      await held`rollback`.catch(() => {});
+      held.release();
+      await blocker.end();
+      await db.sql`drop schema if exists other cascade`;
+    }
+  });
+});
+
 describe("seed and migrate down", () => {
   test("seed refuses a database with users and loads into an empty one", async () => {
     let r = await shinkei(["seed"], env);

@@ -183,7 +183,11 @@ const LOCK_NAMESPACE = 0x5348; // "SH": keeps our advisory locks apart from the 
 export type LockHandle = {
   /** A SQL boolean expression, true while the holder still holds the lock: a commit guard can check it. */
   heldCondition: string;
-  assertHeld(): Promise<void>;
+  /**
+   * LOCK_LOST unless the lock is still held. Given a transaction, asked in it: a check right before
+   * its COMMIT (checkedCommit) that fails rolls the transaction back with it.
+   */
+  assertHeld(q?: Queryable): Promise<void>;
 };
 
 /**
@@ -234,10 +238,8 @@ export async function withAdvisoryLock<T>(
       "and objsubid = 2::int2)";
     const handle: LockHandle = {
       heldCondition,
-      async assertHeld() {
-        const [row] = lost
-          ? [{ held: false }]
-          : await sql.unsafe<{ held: boolean }[]>(`select ${heldCondition} as held`);
+      async assertHeld(q = sql) {
+        const [row] = lost ? [{ held: false }] : await q.unsafe<{ held: boolean }[]>(`select ${heldCondition} as held`);
         if (!row!.held) {
           throw new ShinkeiError(
             "LOCK_LOST",
