@@ -9,6 +9,7 @@ import { binaryPath, shinkei, takeBackup } from "./support/cli.ts";
 import { copyBackup } from "./support/backup.ts";
 import { tempDir } from "./support/fixtures.ts";
 import { Terminal } from "./support/pty.ts";
+import { until } from "./support/wait.ts";
 import {
   ageKeys,
   aliceBeat,
@@ -172,6 +173,45 @@ describe("undo a recovery", () => {
     expect(u.stderr).toContain(`story_beats (id)=(${edited!.id}) was changed since the recovery`);
     expect(u.stderr).toContain(`story_beats (id)=(${gone!.id}) was deleted since the recovery`);
     expect(u.stderr).toContain(`story_beats (id)=(${added!.id}) was written since, under a recovered stories row`);
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
+  });
+
+  test("the maintenance lock lost during the undo: rolled back before its commit, nothing undone", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const r = await shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    expect(r).toSucceed();
+    const before = await snapshot(db.sql);
+    // A gate: the undo's first delete (with --yes there is no trial) waits inside its transaction.
+    await db.sql.unsafe(`create function gate() returns trigger language plpgsql as $$ begin
+        perform pg_advisory_xact_lock_shared(4242); return null; end $$;
+      create trigger gate before delete on story_beats for each statement execute function gate();`);
+    const holder = await db.sql.reserve();
+    await holder`select pg_advisory_lock(4242)`;
+    const lockHolder = () =>
+      db.sql`select pid from pg_stat_activity where datname = ${db.name} and application_name like 'shinkei recover%'`;
+    const undoing = shinkei(["recover", "--undo", recordOf(r.stdout), "--yes", "--confirm-database", db.name], env);
+    try {
+      await until(
+        "the undo to wait at the gate",
+        async () =>
+          (
+            await db.sql`select 1 from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock'
+              and wait_event = 'advisory'`
+          ).length > 0,
+      );
+      expect(await lockHolder()).toHaveLength(1);
+      await db.sql`select pg_terminate_backend(pid) from (${lockHolder()}) h`;
+      await until("the lock's connection to end", async () => (await lockHolder()).length === 0);
+    } finally {
+      await holder`select pg_advisory_unlock(4242)`;
+      holder.release();
+    }
+    const u = await undoing;
+    expect(u.code).toBe(1);
+    expect(u.stderr).toContain("the recover lock was lost");
+    await db.sql.unsafe("drop trigger gate on story_beats; drop function gate()");
     expect(await snapshot(db.sql)).toEqual(before);
     expect((await db.sql`select undone_at from recoveries`)[0]!.undone_at).toBeNull();
   });

@@ -521,6 +521,53 @@ describe("recover one user's rows", () => {
     }
   });
 
+  test("the maintenance lock lost during the apply: rolled back before its commit, nothing applied", async () => {
+    await backupOfTheStart();
+    await deleteWorld(db.sql, "alice@example.com", "alice@example.com world 1");
+    const before = await snapshot(db.sql);
+    // The same gate as above: the apply itself (not the trial) waits inside its transaction.
+    await db.sql.unsafe(`create sequence gate_seq;
+      create function gate() returns trigger language plpgsql as $$ begin
+        if nextval('gate_seq') > 1 then perform pg_advisory_xact_lock_shared(4242); end if; return null; end $$;
+      create trigger gate before insert on story_beats for each statement execute function gate();`);
+    const holder = await db.sql.reserve();
+    await holder`select pg_advisory_lock(4242)`;
+    const running = shinkei(["recover", "--user", "alice@example.com", "--yes", "--confirm-database", db.name], env);
+    try {
+      await until(
+        "the apply to wait at the gate",
+        async () =>
+          (
+            await db.sql`select 1 from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock'
+              and wait_event = 'advisory'`
+          ).length > 0,
+      );
+      // The maintenance lock's connection ends (on the live database; the scratch lock lives on postgres).
+      const lockHolder = db.sql`select pid from pg_stat_activity
+        where datname = ${db.name} and application_name like 'shinkei recover%'`;
+      expect(await lockHolder).toHaveLength(1);
+      await db.sql`select pg_terminate_backend(pid) from pg_stat_activity
+        where datname = ${db.name} and application_name like 'shinkei recover%'`;
+      await until(
+        "the lock's connection to end",
+        async () =>
+          (
+            await db.sql`select 1 from pg_stat_activity
+              where datname = ${db.name} and application_name like 'shinkei recover%'`
+          ).length === 0,
+      );
+    } finally {
+      await holder`select pg_advisory_unlock(4242)`;
+      holder.release();
+    }
+    const r = await running;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("the recover lock was lost");
+    await db.sql.unsafe("drop trigger gate on story_beats; drop function gate(); drop sequence gate_seq");
+    expect(await snapshot(db.sql)).toEqual(before);
+    expect(await db.sql`select id from recoveries`).toHaveLength(0);
+  });
+
   test("a child table added later (as a migration would) is followed with no code change", async () => {
     await db.sql.unsafe(`create table beat_notes (
       id uuid primary key default gen_random_uuid(),

@@ -218,6 +218,11 @@ async function recover(ctx: Context): Promise<number> {
       }
       const progress = activity(io, "applying in one transaction");
       const id = crypto.randomUUID();
+      // The record, once written (before the commit): what a COMMIT in doubt points at.
+      let written: string | undefined;
+      const undoLine = (path: string) =>
+        `undo with      shinkei recover --undo ${path} --yes ` +
+        `--confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`;
       const run = await withLoadRole(config.databaseUrl, (writer) =>
         applyRecovery({
           sql: ctx.db,
@@ -249,16 +254,32 @@ async function recover(ctx: Context): Promise<number> {
               revertChanged,
               env: io.env,
             });
-            const written = await writeRecovery(
+            const saved = await writeRecovery(
               config.backupDir,
               record,
               { undoVersion: 1, id, database: target.database, ...touched },
               config.backup.age,
             );
-            return { id, ...written };
+            written = saved.path;
+            return { id, ...saved };
           },
         }),
       ).catch((e) => {
+        if (e instanceof ShinkeiError && e.code === "COMMIT_UNKNOWN") {
+          progress.fail("recover may have been applied: its COMMIT went unanswered");
+          if (written) {
+            line(io, `record         ${written}`);
+            line(io, undoLine(written));
+          }
+          throw new ShinkeiError(e.code, e.message, {
+            hint:
+              `${e.hint} shinkei recover --history says it too: applied, or not recorded here (then nothing ` +
+              "was). If it was applied, the undo line above takes it back; it refuses a recovery that never committed.",
+            details: e.details,
+            cause: e.cause,
+          });
+        }
+        // applyRecovery throws only with nothing applied (before its transaction, or rolled back).
         progress.fail("recover failed: nothing was applied");
         throw e;
       });
@@ -293,16 +314,13 @@ async function recover(ctx: Context): Promise<number> {
       if (offsite) (offsite.startsWith("FAILED") ? warn : line)(io, `off-site       ${offsite}`);
       if (plan.scope.kind === "user" || plan.scope.kind === "user-id")
         line(io, "sessions       not restored: the user signs in again");
-      line(
-        io,
-        `undo with      shinkei recover --undo ${recordPath} --yes ` +
-          `--confirm-database ${target.database}${config.environment === "production" ? " --allow-production" : ""}`,
-      );
+      line(io, undoLine(recordPath));
       return 0;
     });
   } catch (e) {
     if (!compared) spin.fail("recover stopped: nothing was changed");
-    if (cancel.signal.aborted)
+    // A COMMIT in doubt is no cancellation with nothing applied, whatever signal came meanwhile.
+    if (cancel.signal.aborted && !(e instanceof ShinkeiError && e.code === "COMMIT_UNKNOWN"))
       throw new ShinkeiError(
         "CANCELLED",
         `recover cancelled: nothing was applied, and its ` +

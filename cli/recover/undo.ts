@@ -67,6 +67,17 @@ async function undoRecoveryCommand(ctx: Context): Promise<number> {
   const run = await withLoadRole(config.databaseUrl, (writer) =>
     undoRecovery({ sql: ctx.db, writer, record, undo, wait: ctx.flag("wait") }),
   ).catch((e) => {
+    if (e instanceof ShinkeiError && e.code === "COMMIT_UNKNOWN") {
+      progress.fail("the undo may have been done: its COMMIT went unanswered");
+      throw new ShinkeiError(e.code, e.message, {
+        hint:
+          `${e.hint} shinkei recover --history says it too: undone, or still applied (then nothing was ` +
+          "changed, and the undo can be run again).",
+        details: e.details,
+        cause: e.cause,
+      });
+    }
+    // undoRecovery throws only with nothing changed (before its transaction, or rolled back).
     progress.fail("undo failed: nothing was changed");
     throw e;
   });

@@ -5,6 +5,7 @@ import { plainTable, quoteIdent, quoteLiteral } from "../pg/tables.ts";
 import type { BackupResult } from "../backup/dump.ts";
 import { takeSafetyBackup } from "../guarded/safety.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
+import { checkedCommit } from "../pg/transaction.ts";
 import type { AgeConfig } from "../storage/crypt.ts";
 import { diffScope, digestRows, keptColumns, keyOf, readScope, type Row } from "./diff.ts";
 import type { TableInfo } from "./graph.ts";
@@ -316,7 +317,9 @@ export async function requireRecoveries(sql: Queryable): Promise<void> {
  * Under the maintenance lock: the apply in ONE transaction, and before its commit the safety copy
  * of exactly the rows it changed (`save` writes it, fsynced, and returns its id and digest, which
  * the same transaction stores in `recoveries`). A full pre-recover backup only when asked.
- * Any conflict, failed check or failed write rolls the whole recovery back.
+ * Any conflict, failed check or failed write rolls the whole recovery back, and so does a lock lost
+ * before the commit. It throws only with nothing applied, or COMMIT_UNKNOWN (checkedCommit): a
+ * COMMIT whose answer was lost and whose outcome PostgreSQL could not tell.
  */
 export async function recover<T extends { id: string; sha256: string }>(options: {
   sql: Sql;
@@ -340,7 +343,7 @@ export async function recover<T extends { id: string; sha256: string }>(options:
   return withMaintenanceLock(
     sql,
     "recover",
-    async () => {
+    async (lock) => {
       let safety: BackupResult | undefined;
       const safetyStarted = performance.now();
       if (options.fullSafetyBackup) {
@@ -356,13 +359,18 @@ export async function recover<T extends { id: string; sha256: string }>(options:
       const safetyMs = Math.round(performance.now() - safetyStarted);
       options.onStep?.("apply");
       const started = performance.now();
-      const { applied, saved } = await (options.writer ?? sql).begin(async (tx) => {
-        await tx.unsafe(actAsDatabaseOwner);
-        const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
-        const saved = await options.save(applied, touched, safety);
-        await tx`insert into public.recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
-        return { applied, saved };
-      });
+      // Committed only while the lock is held; an error from here is COMMIT_UNKNOWN or nothing applied.
+      const { applied, saved } = await checkedCommit(
+        options.writer ?? sql,
+        async (tx) => {
+          await tx.unsafe(actAsDatabaseOwner);
+          const { touched, ...applied } = await applyRows(tx, plan, options.revertChanged);
+          const saved = await options.save(applied, touched, safety);
+          await tx`insert into public.recoveries (id, undo_sha256) values (${saved.id}, ${saved.sha256})`;
+          return { applied, saved };
+        },
+        { what: "recovery", lock },
+      );
       return { safety, applied, saved, applyMs: Math.round(performance.now() - started), safetyMs };
     },
     options.wait,

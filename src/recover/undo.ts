@@ -3,6 +3,7 @@ import { actAsDatabaseOwner, type Queryable, type Sql } from "../pg/db.ts";
 import { ShinkeiError } from "../errors.ts";
 import { plainTable, quoteIdent } from "../pg/tables.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
+import { checkedCommit } from "../pg/transaction.ts";
 import { conflict, keyPart, requireRecoveries, rowsByKey } from "./apply.ts";
 import { keyOf, type Row } from "./diff.ts";
 import { ownershipGraph, referencesInto, type TableInfo } from "./graph.ts";
@@ -274,7 +275,10 @@ export async function trialUndo(sql: Sql, record: RecoveredRecord, undo: UndoDat
   return counts!;
 }
 
-/** Under the maintenance lock, in ONE transaction: claim the record, put the rows back, mark it undone. */
+/**
+ * Under the maintenance lock, in ONE transaction committed only while it is still held: claim the
+ * record, put the rows back, mark it undone. Throws only with nothing changed, or COMMIT_UNKNOWN.
+ */
 export async function undoRecovery(options: {
   sql: Sql;
   /** Where the rows are written (withLoadRole), as for recover: `sql` when not given. */
@@ -288,15 +292,20 @@ export async function undoRecovery(options: {
   return withMaintenanceLock(
     sql,
     "recover",
-    async () => {
+    async (lock) => {
       const started = performance.now();
-      const counts = await (options.writer ?? sql).begin(async (tx) => {
-        await tx.unsafe(actAsDatabaseOwner);
-        await claim(tx, record);
-        const counts = await applyUndo(tx, undo);
-        await tx`update public.recoveries set undone_at = now() where id = ${record.id!}`;
-        return counts;
-      });
+      // Committed only while the lock is held; an error from here is COMMIT_UNKNOWN or nothing undone.
+      const counts = await checkedCommit(
+        options.writer ?? sql,
+        async (tx) => {
+          await tx.unsafe(actAsDatabaseOwner);
+          await claim(tx, record);
+          const counts = await applyUndo(tx, undo);
+          await tx`update public.recoveries set undone_at = now() where id = ${record.id!}`;
+          return counts;
+        },
+        { what: "undo", lock },
+      );
       return { counts, applyMs: Math.round(performance.now() - started) };
     },
     options.wait,
