@@ -187,22 +187,34 @@ const waitingOn = async (like: string) =>
     where datname = ${db.name} and wait_event_type = 'Lock' and query like ${like}`;
 
 /**
- * Holds a share lock on users in an open transaction: the reset's DROP SCHEMA waits for it, after
- * its safety backup (pg_dump's own share lock does not wait) and before its commit.
+ * Holds a share lock on `table` in an open transaction: the statement matching `like` (the reset's
+ * DROP SCHEMA, a down step) waits for it, after the safety backup (pg_dump's own share lock does not
+ * wait) and before the commit.
  */
-async function gateOnUsers() {
+async function gateOn(table: string, like: string) {
   const gate = postgres(db.url, { max: 1, onnotice: () => {} });
   const tx = await gate.reserve();
   await tx`begin`;
-  await tx`lock table users in access share mode`;
+  await tx.unsafe(`lock table ${table} in access share mode`);
   return {
-    reached: () => until("the reset to wait at the gate", async () => (await waitingOn("DROP SCHEMA%")).length > 0),
+    reached: () => until("the command to wait at the gate", async () => (await waitingOn(like)).length > 0),
     async open() {
       await tx`commit`;
       tx.release();
       await gate.end();
     },
   };
+}
+const gateOnUsers = () => gateOn("users", "DROP SCHEMA%");
+
+/** End the maintenance lock's connection of the command `what` (a network blip, an administrator). */
+async function loseTheLock(what: string) {
+  const name = `shinkei ${what} (%`;
+  const holder = () =>
+    db.sql`select pid from pg_stat_activity where datname = ${db.name} and application_name like ${name}`;
+  expect(await holder()).toHaveLength(1);
+  await db.sql`select pg_terminate_backend(pid) from (${holder()}) h`;
+  await until("the lock's connection to end", async () => (await holder()).length === 0);
 }
 
 describe("the lock and the commit", () => {
@@ -211,14 +223,8 @@ describe("the lock and the commit", () => {
     const gate = await gateOnUsers();
     const running = shinkei(["reset", "--force", "--confirm-database", db.name], env);
     await gate.reached();
-    // The lock's connection ends (a network blip, an administrator): another operation could take it now.
-    await db.sql`select pg_terminate_backend(pid) from pg_stat_activity
-      where datname = ${db.name} and application_name like 'shinkei reset%'`;
-    await until(
-      "the lock's connection to end",
-      async () =>
-        (await db.sql`select 1 from pg_stat_activity where application_name like 'shinkei reset%'`).length === 0,
-    );
+    // Another operation could take the lock now.
+    await loseTheLock("reset");
     await gate.open();
     const r = await running;
     expect(r.code).toBe(1);
@@ -329,6 +335,23 @@ describe("seed and migrate down", () => {
     const list = JSON.parse((await shinkei(["backup", "--list", "--json"], env)).stdout);
     expect(list[0]).toMatchObject({ reason: "pre-migrate" });
     expect(list[0].counts.users).toBe(3);
+  });
+
+  test("migrate down with its lock lost before the commit: rolled back, the migration still applied", async () => {
+    const last = migrations.at(-1)!;
+    const table = /^alter table (\w+)/.exec(last.down!)![1]!;
+    const gate = await gateOn(table, "alter table%");
+    const running = shinkei(["migrate", "down", "--force", "--confirm-database", db.name], env);
+    try {
+      await gate.reached();
+      await loseTheLock("migrate down");
+    } finally {
+      await gate.open();
+    }
+    const r = await running;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("the migrate down lock was lost");
+    expect((await migrationStatus(db.sql)).current).toBe(last.version);
   });
 
   test("migrate down --wait undoes only the step it showed and confirmed, not the one below it", async () => {

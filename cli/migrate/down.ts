@@ -34,9 +34,9 @@ async function runMigrateDown(ctx: Context): Promise<number> {
   return withMaintenanceLock(
     ctx.db,
     "migrate down",
-    async () => {
+    async (lock) => {
       // The down step as the load's role (withLoadRole), as migrate's up steps.
-      const { safety, undone } = await withLoadRole(config.databaseUrl, (writer) =>
+      const { safety, undone, inDoubt } = await withLoadRole(config.databaseUrl, (writer) =>
         undoNewestMigration({
           sql: ctx.db,
           writer,
@@ -44,11 +44,21 @@ async function runMigrateDown(ctx: Context): Promise<number> {
           dir: config.backupDir,
           age: config.backup.age,
           expected: last,
+          lock,
         }),
       );
+      const step = `${String(undone.version).padStart(4, "0")} ${undone.name}`;
       line(io, `safety backup  ${safety.path} (verified)`);
-      line(io, `undone         ${String(undone.version).padStart(4, "0")} ${undone.name}`);
+      line(io, `${inDoubt ? "maybe undone  " : "undone        "} ${step}`);
       line(io, `undo with      ${await undoCommand(config, safety.path)}`);
+      if (inDoubt)
+        throw new ShinkeiError(inDoubt.code, inDoubt.message, {
+          hint:
+            `${inDoubt.hint} shinkei migrate status says it too: ${undone.version} applied (nothing was ` +
+            "changed) or pending (it was undone; the undo line above puts it back).",
+          details: inDoubt.details,
+          cause: inDoubt.cause,
+        });
       return 0;
     },
     ctx.flag("wait"),

@@ -1,6 +1,7 @@
 import { ShinkeiError } from "../errors.ts";
-import { actAsDatabaseOwner, recreatePublicSchema, type Queryable, type Sql } from "../pg/db.ts";
+import { actAsDatabaseOwner, recreatePublicSchema, type LockHandle, type Queryable, type Sql } from "../pg/db.ts";
 import { withMaintenanceLock } from "../pg/lock.ts";
+import { checkedCommit } from "../pg/transaction.ts";
 import { plainTable } from "../pg/tables.ts";
 import { migrations as bundled, type Migration } from "./index.ts";
 
@@ -120,8 +121,16 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
   );
 }
 
-/** Undo the newest applied migration, unguarded: undoNewestMigration is the way in. */
-export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled): Promise<Migration | null> {
+/**
+ * Undo the newest applied migration, unguarded: undoNewestMigration is the way in. Committed only
+ * while `lock` (the maintenance lock its caller holds) is still held; it throws only with nothing
+ * undone, or COMMIT_UNKNOWN (checkedCommit).
+ */
+export async function migrateDown(
+  sql: Sql,
+  list: readonly Migration[] = bundled,
+  options: { lock?: LockHandle } = {},
+): Promise<Migration | null> {
   const { applied } = plan(await readApplied(sql), list);
   const last = applied.at(-1);
   if (!last) return null;
@@ -129,12 +138,16 @@ export async function migrateDown(sql: Sql, list: readonly Migration[] = bundled
   if (!m.down) {
     throw new ShinkeiError("MIGRATION_IRREVERSIBLE", `migration ${m.version} (${m.name}) has no down step`);
   }
-  await sql.begin(async (tx) => {
-    await tx.unsafe(actAsDatabaseOwner);
-    await tx.unsafe(ONLY_PUBLIC);
-    await tx.unsafe(m.down!);
-    await tx`delete from public.schema_migrations where version = ${m.version}`;
-  });
+  await checkedCommit(
+    sql,
+    async (tx) => {
+      await tx.unsafe(actAsDatabaseOwner);
+      await tx.unsafe(ONLY_PUBLIC);
+      await tx.unsafe(m.down!);
+      await tx`delete from public.schema_migrations where version = ${m.version}`;
+    },
+    { what: `undo of migration ${m.version} (${m.name})`, lock: options.lock },
+  );
   return m;
 }
 
