@@ -155,6 +155,27 @@ describe("off-site copies", () => {
     expect(JSON.parse(await manifest.Body!.transformToString()).database).toBe(db.name);
   });
 
+  test("S3_PREFIX changed between runs: the backups only the old prefix holds are copied to the new one", async () => {
+    const logs: Record<string, unknown>[] = [];
+    const log = (e: Record<string, unknown>) => logs.push(e);
+    const old = loadConfig({ ...env });
+    await scheduledRun({ sql: db.sql, config: old, log, store: new S3Store(old.s3!) }, new Date(Date.UTC(2030, 0, 2)));
+    const [first] = (await readdir(dir)).filter((n) => n.endsWith(".sql.zst"));
+    expect(await keys(env.S3_PREFIX!)).toEqual([first!, `${first}.manifest.json`].map((n) => env.S3_PREFIX + n));
+
+    // The operator moves the copies to a new prefix (a new bucket alike) and restarts the service.
+    const moved = { ...env, S3_PREFIX: `moved-${crypto.randomUUID().slice(0, 6)}/` };
+    const config = loadConfig(moved);
+    logs.length = 0;
+    await scheduledRun({ sql: db.sql, config, log, store: new S3Store(config.s3!) }, new Date(Date.UTC(2030, 0, 3)));
+    const copy = logs.find((l) => l.msg === "off-site copy")!;
+    expect(copy.offsite).toBe("ok");
+    expect(copy.copied).toContain(first);
+    expect(await keys(moved.S3_PREFIX)).toContain(moved.S3_PREFIX + first);
+    const list = JSON.parse((await shinkei(["backup", "--list", "--json"], moved)).stdout);
+    expect(list.map((b: { location: string }) => b.location)).toEqual(["local+s3", "local+s3"]);
+  });
+
   test("off-site retention deletes only old keys of ours under our prefix, never the newest", async () => {
     const prefix = env.S3_PREFIX!;
     const put = (Key: string) => s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key, Body: "x" }));

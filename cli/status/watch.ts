@@ -21,7 +21,7 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   ];
   // An unreadable folder is what to show, not a reason to stop watching.
   const owner = describeTarget(config.databaseUrl);
-  const read = await readSnapshot(config.backupDir, offsiteStore(config)?.kind, { owner }).then(
+  const read = await readSnapshot(config.backupDir, offsiteStore(config), { owner }).then(
     (s) => ({ s }),
     (e: Error) => ({ error: e.message }),
   );

@@ -80,9 +80,10 @@ export function createOps(
 ): OpsDeps | undefined {
   const o = config.ops;
   if (!o || (o.port === undefined && !o.metricsToken && !o.opsToken)) return undefined;
-  const offsiteKind = offsiteStore(config)?.kind;
   // The newest good backup is this database's: a folder may hold another's (as `backup check` reads it).
-  const snapshot = folderSnapshot(config.backupDir, offsiteKind, { owner: describeTarget(config.databaseUrl) });
+  const snapshot = folderSnapshot(config.backupDir, offsiteStore(config), {
+    owner: describeTarget(config.databaseUrl),
+  });
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.
   if (config.wal.archive === "stream") {

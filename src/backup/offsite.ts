@@ -4,7 +4,7 @@ import { listLocal, peekManifest, serverOf } from "./catalog.ts";
 import { manifestPath, readManifest, writeManifest } from "./manifest.ts";
 import { MANIFEST_SUFFIX } from "../storage/naming.ts";
 import type { BackupStore } from "../storage/store.ts";
-import { mirror } from "../storage/mirror.ts";
+import { copiedTo, mirror } from "../storage/mirror.ts";
 
 /**
  * Copy one backup, then its manifest recording the checked copy. The local manifest keeps that
@@ -51,7 +51,7 @@ export type MirrorReport = { copied: string[]; failed: { name: string; error: st
 export async function mirrorMissing(store: BackupStore, dir: string): Promise<MirrorReport> {
   const report: MirrorReport = { copied: [], failed: [] };
   for (const b of (await listLocal(dir)).reverse()) {
-    if (!b.manifest || b.manifest.offsite?.[store.kind]) continue;
+    if (!b.manifest || copiedTo(b.manifest, store)) continue;
     try {
       await mirrorBackup(store, join(dir, b.name));
       report.copied.push(b.name);

@@ -5,6 +5,7 @@ import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName } from "../storage
 import { planRetention, type Candidate, type Decision, type RetentionPolicy } from "./retention.ts";
 import { LocalStore } from "../storage/local.ts";
 import type { BackupStore } from "../storage/store.ts";
+import { copiedTo } from "../storage/mirror.ts";
 import type { Manifest } from "./manifest.ts";
 
 /**
@@ -31,7 +32,7 @@ export async function pruneLocal(
       manifest: b.manifest,
       // A safety copy (pre-restore, pre-recover) is not what a default restores: it holds no place.
       good: b.manifest?.sizeBytes === b.sizeBytes && !isSafetyCopy(b.manifest),
-      mirrored: options.offsite ? Boolean(b.manifest?.offsite?.[options.offsite.kind]) : true,
+      mirrored: options.offsite ? b.manifest !== null && copiedTo(b.manifest, options.offsite) : true,
     })),
     describeTarget(config.databaseUrl),
     config.backup,

@@ -1,12 +1,17 @@
 import { stat } from "node:fs/promises";
 import { listLocal, type Owner } from "../backup/catalog.ts";
 import { freshnessCounts } from "../backup/freshness.ts";
+import { copiedTo } from "../storage/mirror.ts";
+import type { BackupStore } from "../storage/store.ts";
 import { readDrill, type DrillResult } from "../backup/drill.ts";
 import { readPitrDrills, type PitrDrill } from "../pitr/drill.ts";
 import { archiveWindow } from "../wal/status.ts";
 import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";
 import { parseSegment, segmentName } from "../wal/segments.ts";
 import { notFuture } from "../storage/naming.ts";
+
+/** The configured off-site store, as far as a snapshot needs it: a copy counts only when it is there. */
+export type OffsitePlace = Pick<BackupStore, "kind" | "location">;
 
 /** One backup as the status page and the metrics see it. */
 export type BackupEntry = {
@@ -19,7 +24,7 @@ export type BackupEntry = {
   /** The manifest agrees with the file's size: what `backup check` calls good. */
   good: boolean;
   /** When the off-site copy was recorded, by store kind. */
-  offsite: { kind: string; copiedAt: string }[];
+  offsite: { kind: string; location: string; copiedAt: string }[];
   drill: DrillResult | null;
 };
 
@@ -44,7 +49,7 @@ export type Snapshot = {
  */
 export async function readSnapshot(
   dir: string,
-  offsiteKind: string | undefined,
+  offsite: OffsitePlace | undefined,
   { now = new Date(), owner }: { now?: Date; owner?: Owner } = {},
 ): Promise<Snapshot> {
   const backups: BackupEntry[] = [];
@@ -60,7 +65,11 @@ export async function readSnapshot(
       durationMs: m?.durationMs ?? null,
       reason: m?.reason ?? null,
       good: m?.sizeBytes === b.sizeBytes,
-      offsite: Object.entries(m?.offsite ?? {}).map(([kind, copy]) => ({ kind, copiedAt: copy.copiedAt })),
+      offsite: Object.entries(m?.offsite ?? {}).map(([kind, copy]) => ({
+        kind,
+        location: copy.location,
+        copiedAt: copy.copiedAt,
+      })),
       drill: await readDrill(b.path),
     });
   }
@@ -74,9 +83,11 @@ export async function readSnapshot(
     newestGood: backups.find((b) => b.good && fresh.has(b.name) && notFuture(b, now.getTime())) ?? null,
     lastDrill: drills[0] ?? null,
     lastPassedDrill: drills.find((d) => d.passed) ?? null,
-    offsiteStore: offsiteKind ?? null,
-    offsitePending: offsiteKind
-      ? backups.filter((b) => b.reason !== null && !b.offsite.some((o) => o.kind === offsiteKind)).length
+    offsiteStore: offsite?.kind ?? null,
+    offsitePending: offsite
+      ? backups.filter(
+          (b) => b.reason !== null && !b.offsite.some((o) => copiedTo({ offsite: { [o.kind]: o } }, offsite)),
+        ).length
       : null,
   };
 }
@@ -165,7 +176,7 @@ export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T
  */
 export function folderSnapshot(
   dir: string,
-  offsiteKind: string | undefined,
+  offsite: OffsitePlace | undefined,
   options: { minMs?: number; maxMs?: number; owner?: Owner } = {},
 ): () => Promise<Snapshot> {
   const { minMs = 1500, maxMs = 15_000, owner } = options;
@@ -179,7 +190,7 @@ export function folderSnapshot(
     const now = performance.now();
     const mtime = await mtimeOf();
     if (last && mtime !== null && mtime === last.mtime && now - last.readAt < maxMs) return last.value;
-    const value = await readSnapshot(dir, offsiteKind, { owner });
+    const value = await readSnapshot(dir, offsite, { owner });
     last = { readAt: now, mtime, value };
     return value;
   }, minMs);

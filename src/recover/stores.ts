@@ -10,7 +10,7 @@ import type { LeftAlone } from "../backup/prune.ts";
 import type { Decision } from "../backup/retention.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { LocalStore } from "../storage/local.ts";
-import { mirror } from "../storage/mirror.ts";
+import { copiedTo, mirror } from "../storage/mirror.ts";
 import { offsiteStore } from "../storage/stores.ts";
 import type { BackupStore } from "../storage/store.ts";
 import { history, parseRecoveryName, recoveryNaming, type RecoveredRecord } from "./record.ts";
@@ -67,7 +67,7 @@ export async function copyRecoveryOffsite(config: Pick<Config, "s3">, recordPath
 export async function mirrorMissingRecoveries(store: BackupStore, dir: string): Promise<MirrorReport> {
   const report: MirrorReport = { copied: [], failed: [] };
   for (const r of await history(dir)) {
-    if (!r.undo || r.offsite?.[store.kind]) continue;
+    if (!r.undo || copiedTo(r, store)) continue;
     try {
       await mirrorRecovery(store, r.path);
       report.copied.push(basename(r.path));
@@ -194,7 +194,7 @@ export async function pruneLocalRecoveries(
     const p = parseRecoveryName(basename(r.path));
     if (!p) continue;
     records.set(p.base, r);
-    if (options.offsite && r.undo && !r.offsite?.[options.offsite.kind]) unmirrored.add(p.base);
+    if (options.offsite && r.undo && !copiedTo(r, options.offsite)) unmirrored.add(p.base);
   }
   const own = ownRecoveries(
     (await local.list()).map((o) => o.name),

@@ -4,6 +4,16 @@ type PutResult = Awaited<ReturnType<BackupStore["put"]>>;
 type Offsite = { offsite?: Record<string, unknown> };
 
 /**
+ * Whether `record` names a checked copy in `store` itself. A copy recorded for another bucket or
+ * prefix (the setting changed since) is none here: it is sent again, and retention does not take
+ * the local file for safe off-site while its only copy sits where nothing lists it any more.
+ */
+export function copiedTo(record: Offsite, store: Pick<BackupStore, "kind" | "location">): boolean {
+  const copy = record.offsite?.[store.kind] as { location?: unknown } | undefined;
+  return copy !== undefined && copy.location === store.location;
+}
+
+/**
  * Put a file off-site, record the checked copy in its local record, then put that record: the one
  * way every copy goes up (backups, WAL files, base backups). If the record cannot go up, the local
  * record goes back to what it was: a copy without its record does not count, and is sent again.

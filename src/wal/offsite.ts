@@ -7,7 +7,7 @@ import { manyFilesEncryption } from "../storage/crypt.ts";
 import { writeFileAtomic } from "../storage/files.ts";
 import { sealTo } from "../storage/seal.ts";
 import { offsiteStore } from "../storage/stores.ts";
-import { mirror } from "../storage/mirror.ts";
+import { copiedTo, mirror } from "../storage/mirror.ts";
 import type { BackupStore, StoreNaming } from "../storage/store.ts";
 import {
   listArchive,
@@ -132,7 +132,7 @@ export function startWalUploader(deps: {
   async function copyArchive(): Promise<boolean> {
     // Records of files already copied are not read again: a pass costs a directory listing.
     for (const r of await listArchive(root, copied, trust)) {
-      if (r.offsite?.[store.kind]) {
+      if (copiedTo(r, store)) {
         copied.add(r.name);
         continue;
       }
@@ -145,7 +145,7 @@ export function startWalUploader(deps: {
       }
     }
     for (const b of await listBaseBackups(config.backupDir, trust)) {
-      if (b.manifest.offsite?.[store.kind]) continue;
+      if (copiedTo(b.manifest, store)) continue;
       try {
         await mirrorBase(store, config.backupDir, b);
         log({ level: "info", msg: "base backup copied off-site", file: b.name, location: store.location });

@@ -5,6 +5,7 @@ import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { planRetention, type Decision } from "../backup/retention.ts";
 import type { BackupStore } from "../storage/store.ts";
+import { copiedTo } from "../storage/mirror.ts";
 import { listArchive, recordPath, walRoot } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, baseManifestProblem, listBaseBackups, type BaseManifest } from "./base.ts";
 import { archiveTrust } from "./trust.ts";
@@ -86,7 +87,6 @@ export async function pruneWalLocal(
 ): Promise<WalPruneReport> {
   // Only our own base backups count: a planted one, posing as the newest, would let every real one go.
   const bases = await listBaseBackups(config.backupDir, retentionTrust(config.backup));
-  const kind = options.offsite?.kind;
   const root = walRoot(config.backupDir);
   const archived = await listArchive(root);
   const held = new Set(archived.filter((r) => r.kind !== "history").map((r) => r.name.replace(/\.partial$/, "")));
@@ -94,7 +94,7 @@ export async function pruneWalLocal(
     bases.map((b) => ({
       name: b.name,
       good: restorable(b.manifest, held),
-      mirrored: kind ? Boolean(b.manifest.offsite?.[kind]) : true,
+      mirrored: options.offsite ? copiedTo(b.manifest, options.offsite) : true,
       takenAt: new Date(b.manifest.startedAt),
     })),
     config.backup,
@@ -103,7 +103,7 @@ export async function pruneWalLocal(
   );
   const keep = new Set(decisions.filter((d) => d.keep).map((d) => d.name));
   const { keepFrom, why } = keepFromOf(bases.filter((b) => keep.has(b.name)).map((b) => b.manifest));
-  const records = archived.filter((r) => r.kind !== "history" && (!kind || r.offsite?.[kind]));
+  const records = archived.filter((r) => r.kind !== "history" && (!options.offsite || copiedTo(r, options.offsite)));
   const old = below(records, keepFrom);
   const removed: string[] = [];
   if (!options.dryRun) {

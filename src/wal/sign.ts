@@ -3,6 +3,7 @@ import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { sha256File } from "../storage/files.ts";
 import type { BackupStore } from "../storage/store.ts";
+import { copiedTo } from "../storage/mirror.ts";
 import { listArchive, recordPath, signWalRecord, updateRecord, walRoot, type WalRecord } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, listBaseBackups, signBaseManifest, updateBaseManifest } from "./base.ts";
 import { timelineDir } from "./segments.ts";
@@ -38,7 +39,7 @@ export async function signArchive(
       return now;
     });
     if (!now?.signature) continue;
-    if (store && now.offsite?.[store.kind]) await store.put(`${r.name}.json`, recordPath(root, r.timeline, r.name));
+    if (store && copiedTo(now, store)) await store.put(`${r.name}.json`, recordPath(root, r.timeline, r.name));
     signed.push(r.name);
   }
   for (const b of await listBaseBackups(config.backupDir)) {
@@ -57,7 +58,7 @@ export async function signArchive(
     }
     // Signed as it is now: a check or an off-site copy that recorded itself meanwhile stays.
     await updateBaseManifest(b.path, m, (now) => (now.signature === undefined ? signBaseManifest(now, key) : now));
-    if (store && m.offsite?.[store.kind]) await store.put(b.name + BASE_MANIFEST_SUFFIX, b.path + BASE_MANIFEST_SUFFIX);
+    if (store && copiedTo(m, store)) await store.put(b.name + BASE_MANIFEST_SUFFIX, b.path + BASE_MANIFEST_SUFFIX);
     signed.push(b.name);
   }
   return { signed, refused };

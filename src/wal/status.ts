@@ -7,6 +7,7 @@ import { formatDuration } from "../duration.ts";
 import { formatBytes } from "../bytes.ts";
 import { listArchive, spoolDir, walRoot, type WalRecord } from "./archive.ts";
 import { offsiteStatePath, walStore, type OffsiteState } from "./offsite.ts";
+import { copiedTo } from "../storage/mirror.ts";
 import { listBaseBackups, type BaseBackup } from "./base.ts";
 import { findGaps, type Gap } from "./gaps.ts";
 import { RECEIVER_APP_NAME } from "./receiver.ts";
@@ -402,7 +403,7 @@ export async function offsiteCoverage(
 ): Promise<PitrStatus["offsite"]> {
   const store = walStore(config);
   if (!store) return null;
-  const copied = records.filter((r) => r.offsite?.[store.kind]);
+  const copied = records.filter((r) => copiedTo(r, store));
   const state = (await Bun.file(offsiteStatePath(config.backupDir))
     .json()
     .catch(() => null)) as OffsiteState | null;
@@ -410,9 +411,7 @@ export async function offsiteCoverage(
   const covered = Math.max(partialAt, ...copied.map((r) => Date.parse(r.receivedAt)));
   const oldestLocal = Math.min(...records.map((r) => Date.parse(r.receivedAt)));
   const from = covered > 0 ? covered : Number.isFinite(oldestLocal) ? oldestLocal : newestLocal;
-  const pendingBases = (bases ?? (await listBaseBackups(config.backupDir))).filter(
-    (b) => !b.manifest.offsite?.[store.kind],
-  );
+  const pendingBases = (bases ?? (await listBaseBackups(config.backupDir))).filter((b) => !copiedTo(b.manifest, store));
   const oldestPendingBase = Math.min(...pendingBases.map((b) => Date.parse(b.manifest.finishedAt)));
   return {
     location: store.location,
