@@ -18,7 +18,9 @@ type Rule = {
 async function exportedNames(): Promise<Set<string>> {
   const dir = await tempDir("alerts");
   const metrics = new Metrics({
-    sources: [dumpSource(() => readSnapshot(dir, { kind: "s3", location: "s3://alerts/" }), { maxAgeMs: 1, drillMaxAgeMs: 1 })],
+    sources: [
+      dumpSource(() => readSnapshot(dir, { kind: "s3", location: "s3://alerts/" }), { maxAgeMs: 1, drillMaxAgeMs: 1 }),
+    ],
     hashLoad: () => ({ running: 0, waiting: 0 }),
   });
   const names = new Set<string>();
