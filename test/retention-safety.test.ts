@@ -18,6 +18,7 @@ import { tempDir } from "./support/fixtures.ts";
 import { seededDatabase } from "./support/backup.ts";
 import { until } from "./support/wait.ts";
 import { createBackup } from "../src/backup/dump.ts";
+import { signManifest } from "../src/backup/manifest.ts";
 
 /*
  * Retention deleting what a user still needs. Each test sets up what an unlucky host (or anyone who
@@ -109,6 +110,44 @@ test("a pre-restore safety copy takes no newest good place: the backup restored 
   // good backup is still the one restored from, and it must survive.
   expect(r.removed).not.toContain(restoredFrom);
   expect(await obtainBackup(dir, undefined, undefined, holes)).toBe(join(dir, restoredFrom));
+});
+
+const KEY = "k".repeat(32);
+
+/** plantDump's backup, its manifest signed with KEY as a shinkei holding BACKUP_MANIFEST_KEY writes it. */
+async function plantSigned(dir: string, at: Date): Promise<string> {
+  const name = await plantDump(dir, at, "prune_holes");
+  const path = join(dir, `${name}.manifest.json`);
+  const m = JSON.parse(await Bun.file(path).text());
+  const content = await Bun.file(join(dir, name)).text();
+  const signed = { ...m, createdAt: at.toISOString(), schemaVersion: 1, format: "plain+zstd", sha256: hex(content) };
+  await writeFile(
+    path,
+    JSON.stringify({ ...signed, counts: {}, signature: signManifest({ ...signed, counts: {} }, KEY) }),
+  );
+  return name;
+}
+
+test("with BACKUP_MANIFEST_KEY, a planted unsigned or renamed backup takes no place: the real one stays", async () => {
+  for (const where of ["local", "off-site"]) {
+    const dir = await tempDir("prune-unsigned");
+    // The service stopped 40 days ago: its last backup, signed, is the only copy there is. Someone who
+    // can write to the bucket (not delete, not sign) adds a backup named an hour ago, unsigned, and an
+    // old signed manifest replayed under a newer name.
+    const real = await plantSigned(dir, new Date(Date.now() - 40 * DAY));
+    await plantDump(dir, new Date(Date.now() - 3600_000), "prune_holes");
+    const replayed = backupName(new Date(Date.now() - 7200_000));
+    await writeFile(join(dir, replayed), await Bun.file(join(dir, real)).text());
+    await writeFile(join(dir, `${replayed}.manifest.json`), await Bun.file(join(dir, `${real}.manifest.json`)).text());
+    const signing = config(dir, { BACKUP_MANIFEST_KEY: KEY });
+    const r =
+      where === "local"
+        ? await pruneLocal(signing, { dryRun: false })
+        : await pruneStore(new LocalStore(dir), 30, signing.backup, false, holes, KEY);
+    // Neither verifies, so neither is a good backup: the signed one is still the newest good backup.
+    expect({ where, removed: r.removed }).toEqual({ where, removed: [] });
+    expect(r.decisions.find((d) => d.name === real)?.why).toBe("newest good backup");
+  }
 });
 
 /* ---- base backups and WAL ---- */

@@ -16,7 +16,14 @@ export async function prune(ctx: Context): Promise<number> {
     const reports: PruneReport[] = [await pruneLocal(config, { dryRun, offsite: store })];
     if (store && config.s3)
       reports.push(
-        await pruneStore(store, config.s3.keepDays, config.backup, dryRun, describeTarget(config.databaseUrl)),
+        await pruneStore(
+          store,
+          config.s3.keepDays,
+          config.backup,
+          dryRun,
+          describeTarget(config.databaseUrl),
+          config.backup.age?.manifestKey,
+        ),
       );
     // Recovery records (RECOVER_RECORD_KEEP), listed only where there are any.
     const records = (await pruneRecoveries(config, dryRun)).filter(

@@ -3,12 +3,20 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { MANIFEST_SUFFIX, compareNewestFirst, notFuture, parseBackupName, type BackupName } from "../storage/naming.ts";
-import { manifestPath, readManifest, type Manifest } from "./manifest.ts";
+import { hasValidSignature, manifestPath, readManifest, type Manifest } from "./manifest.ts";
 import type { BackupStore, StoredObject } from "../storage/store.ts";
 
 const SAFETY_COPIES = new Set(["pre-restore", "pre-recover"]);
 /** A copy of the state a restore or recovery replaced: never what a default restores (nor retention's newest). */
 export const isSafetyCopy = (m: Manifest | null | undefined): boolean => SAFETY_COPIES.has(String(m?.reason));
+
+/**
+ * Whether a manifest may speak for the backup file `name`: with BACKUP_MANIFEST_KEY, only one signed
+ * with it for that very name, as verification demands (a bucket's writer cannot sign, but can plant a
+ * manifest, or copy an old signed one under a newer name); without the key, whatever is there.
+ */
+export const vouchesFor = (m: Manifest | null | undefined, name: string, manifestKey?: string): boolean =>
+  !manifestKey || (m != null && typeof m === "object" && hasValidSignature(m, manifestKey) && m.file === name);
 
 export type LocalBackup = BackupName & { path: string; sizeBytes: number; manifest: Manifest | null };
 

@@ -1,6 +1,6 @@
 import type { Config } from "../config/index.ts";
 import { describeTarget } from "../pg/db.ts";
-import { belongsTo, isSafetyCopy, listLocal, peekManifest, serverOf, type Owner } from "./catalog.ts";
+import { belongsTo, isSafetyCopy, listLocal, peekManifest, serverOf, vouchesFor, type Owner } from "./catalog.ts";
 import { MANIFEST_SUFFIX, compareNewestFirst, parseBackupName } from "../storage/naming.ts";
 import { planRetention, type Candidate, type Decision, type RetentionPolicy } from "./retention.ts";
 import { LocalStore } from "../storage/local.ts";
@@ -18,8 +18,9 @@ export type LeftAlone = { others: number; groups: number; unowned: number };
 export type PruneReport = { location: string; decisions: Decision[]; removed: string[]; leftAlone: LeftAlone };
 
 /**
- * Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size. Only
- * this database's backups on this server are decided on (see ownOnly).
+ * Retention for BACKUP_DIR: a backup is good when its manifest agrees with the file's size (and,
+ * with BACKUP_MANIFEST_KEY, is signed for it: a planted "newest" must not make the real ones look
+ * old enough to delete). Only this database's backups on this server are decided on (see ownOnly).
  */
 export async function pruneLocal(
   config: Config,
@@ -31,7 +32,10 @@ export async function pruneLocal(
       name: b.name,
       manifest: b.manifest,
       // A safety copy (pre-restore, pre-recover) is not what a default restores: it holds no place.
-      good: b.manifest?.sizeBytes === b.sizeBytes && !isSafetyCopy(b.manifest),
+      good:
+        b.manifest?.sizeBytes === b.sizeBytes &&
+        !isSafetyCopy(b.manifest) &&
+        vouchesFor(b.manifest, b.name, config.backup.age?.manifestKey),
       mirrored: options.offsite ? b.manifest !== null && copiedTo(b.manifest, options.offsite) : true,
     })),
     describeTarget(config.databaseUrl),
@@ -45,6 +49,7 @@ export async function pruneLocal(
  * Retention for an off-site store (S3_KEEP_DAYS): only our names under our prefix are listed at all.
  * Each backup's manifest is read (a small object) for the database and server it names; only
  * `owner`'s are decided on, as locally: a shared prefix's other services keep to their own S3_KEEP_DAYS.
+ * With `manifestKey` (BACKUP_MANIFEST_KEY), only a backup whose manifest is signed for it is good.
  */
 export async function pruneStore(
   store: BackupStore,
@@ -52,6 +57,7 @@ export async function pruneStore(
   policy: RetentionPolicy,
   dryRun: boolean,
   owner: Owner,
+  manifestKey?: string,
 ): Promise<PruneReport> {
   const objects = await store.list();
   const names = new Set(objects.map((o) => o.name));
@@ -59,7 +65,7 @@ export async function pruneStore(
   for (const o of objects.filter((o) => !o.name.endsWith(MANIFEST_SUFFIX))) {
     const listed = names.has(o.name + MANIFEST_SUFFIX);
     const manifest = listed ? await peekManifest(store, o.name) : null;
-    const good = listed && !isSafetyCopy(manifest);
+    const good = listed && !isSafetyCopy(manifest) && vouchesFor(manifest, o.name, manifestKey);
     candidates.push({ name: o.name, manifest, good, mirrored: true });
   }
   const { decisions, leftAlone } = ownOnly(candidates, owner, { ...policy, keepDays }, false);

@@ -93,7 +93,14 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
         note(local);
         let remote: string[] = [];
         if (store && config.s3) {
-          remote = await pruneStore(store, config.s3.keepDays, config.backup, false, owner).then(
+          remote = await pruneStore(
+            store,
+            config.s3.keepDays,
+            config.backup,
+            false,
+            owner,
+            config.backup.age?.manifestKey,
+          ).then(
             (r) => (note(r), r.removed),
             (e: Error) => (
               log({ level: "warn", msg: "off-site retention failed; it runs again next time", error: e.message }), []
