@@ -7,7 +7,7 @@ import { createWriteStream } from "node:fs";
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { PutObjectCommand } from "@aws-sdk/client-s3";
+import { GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import postgres from "postgres";
 import { freshDatabase, urlFor, type TestDatabase } from "./support/db.ts";
 import { startCluster, type TestCluster } from "./support/cluster.ts";
@@ -293,6 +293,48 @@ describe("what a restore picks", () => {
       expect(r.stdout).toContain(`restored       ${real.split("/").at(-1)}`);
       const [users] = await db.sql`select count(*)::int as n from users`;
       expect(users!.n).toBeGreaterThan(0);
+    } finally {
+      await s3.stop();
+    }
+  });
+
+  test("with BACKUP_MANIFEST_KEY, never an unsigned or renamed newer backup planted off-site", async () => {
+    const s3 = await TestS3.start();
+    try {
+      const key = { ...s3.env("signed-picks/"), BACKUP_MANIFEST_KEY: "k".repeat(40) };
+      const real = await takeBackup(key); // signed, local, and copied off-site
+      const name = real.split("/").at(-1)!;
+      await rm(real);
+      await rm(`${real}.manifest.json`); // the host lost its disk: only the bucket has it
+      const put = (k: string, body: Buffer | string) =>
+        s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: `signed-picks/${k}`, Body: body }));
+      const get = async (k: string) =>
+        (await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: `signed-picks/${k}` })))
+          .Body!.transformToByteArray()
+          .then((b) => Buffer.from(b));
+      const signed = JSON.parse((await get(`${name}.manifest.json`)).toString());
+      const later = (s: number) => {
+        const t = new Date(Date.now() + s * 1000).toISOString().replace(/\D/g, "");
+        return `shinkei_backup_${t.slice(0, 8)}_${t.slice(8, 14)}.sql`;
+      };
+      // Someone who can write to the bucket, but not sign: this database's manifest, unsigned, for
+      // a file of theirs, and the real signed backup copied under a newer name.
+      const planted = later(60);
+      const body = "DROP TABLE users;\n";
+      await put(planted, body);
+      const sha256 = new Bun.CryptoHasher("sha256").update(body).digest("hex");
+      const { signature: _, ...unsigned } = signed;
+      await put(`${planted}.manifest.json`, JSON.stringify({ ...unsigned, file: planted, sizeBytes: 18, sha256 }));
+      const replayed = later(120).replace(".sql", ".sql.zst");
+      await put(replayed, await get(name));
+      await put(`${replayed}.manifest.json`, JSON.stringify(signed));
+
+      const r = await restore(confirm(), key);
+      expect(r.stderr).toBe("");
+      expect(r).toSucceed();
+      expect(r.stdout).toContain(`restored       ${name}`);
+      // Nothing the default passed over was brought into BACKUP_DIR.
+      expect((await readdir(dir)).filter((f) => f.includes(planted) || f.includes(replayed))).toEqual([]);
     } finally {
       await s3.stop();
     }

@@ -16,6 +16,7 @@ export async function drill(ctx: Context): Promise<number> {
     ctx.positionals[1],
     offsiteStore(config),
     describeTarget(config.databaseUrl),
+    config.backup.age?.manifestKey,
   );
   const spin = activity(io, `restore drill of ${path} into a scratch database`);
   const cancel = cancelOnSignal("the drill");

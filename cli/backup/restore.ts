@@ -38,7 +38,7 @@ export async function restore(ctx: Context, file: string | undefined): Promise<n
       `${what} without a safety backup`,
       "--yes",
     );
-  const path = await obtainBackup(config.backupDir, file, offsiteStore(config), target);
+  const path = await obtainBackup(config.backupDir, file, offsiteStore(config), target, config.backup.age?.manifestKey);
 
   return withMaintenanceLock(
     ctx.db,

@@ -18,6 +18,7 @@ export async function verify(ctx: Context): Promise<number> {
           ctx.positionals[1],
           offsiteStore(config),
           describeTarget(config.databaseUrl),
+          config.backup.age?.manifestKey,
         ),
       ];
   const results = [];

@@ -57,9 +57,18 @@ export const belongsTo = (m: Manifest | null | undefined, owner: Owner): boolean
  * future, never an off-site object without its manifest. A backup found only off-site is
  * downloaded into `dir`. With `owner`, a default picks only a backup whose manifest names that
  * database on that server: one BACKUP_DIR (or bucket prefix) serving two databases, or staging and
- * production databases of one name, must not restore one into the other.
+ * production databases of one name, must not restore one into the other. With `manifestKey`
+ * (BACKUP_MANIFEST_KEY), a default picks only a backup whose manifest is signed for its name
+ * (vouchesFor): one planted newer, unsigned or copied under a newer name, would only fail
+ * verification, and keep the real newest from being restored.
  */
-export async function obtainBackup(dir: string, file?: string, offsite?: BackupStore, owner?: Owner): Promise<string> {
+export async function obtainBackup(
+  dir: string,
+  file?: string,
+  offsite?: BackupStore,
+  owner?: Owner,
+  manifestKey?: string,
+): Promise<string> {
   if (file) {
     for (const candidate of [file, join(dir, basename(file))]) {
       if ((await stat(candidate).catch(() => null))?.isFile()) return candidate;
@@ -72,7 +81,8 @@ export async function obtainBackup(dir: string, file?: string, offsite?: BackupS
   }
   const local = await listLocal(dir);
   // What a default may pick: a backup (not a safety copy) of this database on this server, when one is named.
-  const fits = (m: Manifest | null) => m !== null && !SAFETY_COPIES.has(m.reason) && (!owner || belongsTo(m, owner));
+  const fits = (m: Manifest | null, name: string) =>
+    m !== null && !SAFETY_COPIES.has(m.reason) && (!owner || belongsTo(m, owner)) && vouchesFor(m, name, manifestKey);
   // Why none fits, when none does: the newest backup of this database's name from another server
   // (staging's default finding production's, say), else the newest other database's.
   let elsewhere: (BackupName & { server: string | null }) | undefined;
@@ -82,8 +92,13 @@ export async function obtainBackup(dir: string, file?: string, offsite?: BackupS
       if (!elsewhere || compareNewestFirst(b, elsewhere) < 0) elsewhere = { ...b, server: serverOf(m) };
     } else if (!other || compareNewestFirst(b, other) < 0) other = { ...b, database: m.database };
   };
-  const ours = local.filter((b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b));
-  const latest = ours.find((b) => fits(b.manifest));
+  // Backups passed over as unsigned (or signed for another name), for the error when none fits.
+  let unsigned = 0;
+  const vouched = (m: Manifest, name: string) => vouchesFor(m, name, manifestKey) || (unsigned++, false);
+  const ours = local.filter(
+    (b) => b.manifest !== null && !SAFETY_COPIES.has(b.manifest.reason) && notFuture(b) && vouched(b.manifest, b.name),
+  );
+  const latest = ours.find((b) => fits(b.manifest, b.name));
   if (!latest) for (const b of ours) seen(b, b.manifest!);
   // A newer copy that exists only off-site (this machine lost its disk, say) wins over an older local
   // one. Each is judged by its manifest alone, fetched first: only a backup that fits is downloaded,
@@ -95,14 +110,18 @@ export async function obtainBackup(dir: string, file?: string, offsite?: BackupS
       if (latest && compareNewestFirst(remote, latest) >= 0) break;
       if (here.has(remote.name)) continue;
       const manifest = await peekManifest(offsite, remote.name);
-      if (fits(manifest)) return download(offsite, dir, remote.name, objects);
-      if (manifest && !SAFETY_COPIES.has(manifest.reason)) seen(remote, manifest);
+      if (fits(manifest, remote.name)) return download(offsite, dir, remote.name, objects);
+      if (manifest && !SAFETY_COPIES.has(manifest.reason) && vouched(manifest, remote.name)) seen(remote, manifest);
     }
   }
   if (!latest) {
     // Names from a manifest, quoted: whatever it holds prints as one line of plain text.
     const quoted = (v: unknown) => JSON.stringify(typeof v === "string" ? v : String(v));
-    const where = `in ${dir}${offsite ? ` or at ${offsite.location}` : ""}`;
+    const where =
+      `in ${dir}${offsite ? ` or at ${offsite.location}` : ""}` +
+      (unsigned
+        ? ` (${unsigned} passed over: their manifests are not signed with BACKUP_MANIFEST_KEY for their names)`
+        : "");
     if (owner && elsewhere) {
       const server = elsewhere.server === null ? "a server its manifest does not name" : quoted(elsewhere.server);
       throw new ShinkeiError(

@@ -60,7 +60,7 @@ export async function withRecoverySource<T>(options: SourceOptions, fn: (source:
   options.onStep?.({ step: "resolve" });
   const from = options.from === "latest" ? undefined : options.from;
   const target = describeTarget(options.databaseUrl);
-  const path = await obtainBackup(options.dir, from, options.offsite, target).catch((e) => {
+  const path = await obtainBackup(options.dir, from, options.offsite, target, options.age?.manifestKey).catch((e) => {
     // The same search as `backup restore`, but here a file is named with --from.
     if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND" && !from)
       throw new ShinkeiError(e.code, e.message, {
