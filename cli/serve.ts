@@ -59,7 +59,7 @@ async function serve(ctx: Context): Promise<number> {
   const { config } = ctx;
   const pitr = cachedWindow(config.backupDir, archiveTrust(config.backup.age));
   const readiness = async () => {
-    const f = await newestGood(config.backupDir, describeTarget(config.databaseUrl));
+    const f = await newestGood(config.backupDir, describeTarget(config.databaseUrl), config.backup.age?.manifestKey);
     // Anyone can ask /ready: the age says whether backups run; the file's name is not theirs to learn.
     return { backup: f.newest ? { ageSeconds: Math.round(f.ageMs! / 1000) } : null, ...(await pitr()) };
   };

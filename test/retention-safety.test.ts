@@ -150,6 +150,24 @@ test("with BACKUP_MANIFEST_KEY, a planted unsigned or renamed backup takes no pl
   }
 });
 
+test("with BACKUP_MANIFEST_KEY, freshness counts no unsigned or renamed backup: check sees the real one", async () => {
+  const dir = await tempDir("fresh-unsigned");
+  // Backups stopped three days ago. A planted backup named a minute ago (unsigned), and the real one
+  // replayed under the name of an hour ago, must not make the monitors say all is well.
+  const real = await plantSigned(dir, new Date(Date.now() - 3 * DAY));
+  await plantDump(dir, new Date(Date.now() - 60_000), "prune_holes");
+  const replayed = backupName(new Date(Date.now() - 3600_000));
+  await writeFile(join(dir, replayed), await Bun.file(join(dir, real)).text());
+  await writeFile(join(dir, `${replayed}.manifest.json`), await Bun.file(join(dir, `${real}.manifest.json`)).text());
+  const age = config(dir, { BACKUP_MANIFEST_KEY: KEY }).backup.age;
+  expect((await newestGood(dir, holes, KEY)).newest?.name).toBe(real);
+  // The metrics and the status page read the same.
+  expect((await readSnapshot(dir, undefined, { owner: holes, manifestKey: KEY })).newestGood?.name).toBe(real);
+  await expect(checkFreshness(dir, DAY, 30 * DAY, age, holes)).rejects.toThrow(
+    `the newest good backup (${real}) is 3d 0h old, more than 1d 0h`,
+  );
+});
+
 /* ---- base backups and WAL ---- */
 
 const SEG = 16 * 1024 * 1024;

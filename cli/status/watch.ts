@@ -21,7 +21,10 @@ async function screen(ctx: Context, every: string): Promise<string[]> {
   ];
   // An unreadable folder is what to show, not a reason to stop watching.
   const owner = describeTarget(config.databaseUrl);
-  const read = await readSnapshot(config.backupDir, offsiteStore(config), { owner }).then(
+  const read = await readSnapshot(config.backupDir, offsiteStore(config), {
+    owner,
+    manifestKey: config.backup.age?.manifestKey,
+  }).then(
     (s) => ({ s }),
     (e: Error) => ({ error: e.message }),
   );

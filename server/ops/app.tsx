@@ -83,6 +83,7 @@ export function createOps(
   // The newest good backup is this database's: a folder may hold another's (as `backup check` reads it).
   const snapshot = folderSnapshot(config.backupDir, offsiteStore(config), {
     owner: describeTarget(config.databaseUrl),
+    manifestKey: config.backup.age?.manifestKey,
   });
   const sources = [dumpSource(snapshot, config.backup)];
   // Base backups, PITR drills and the recoverable window, where the WAL archive runs.

@@ -1,6 +1,6 @@
 import { ShinkeiError } from "../errors.ts";
 import { formatDuration } from "../duration.ts";
-import { belongsTo, isSafetyCopy, listLocal, serverOf, type LocalBackup, type Owner } from "./catalog.ts";
+import { belongsTo, isSafetyCopy, listLocal, serverOf, vouchesFor, type LocalBackup, type Owner } from "./catalog.ts";
 import { readDrill, type DrillResult } from "./drill.ts";
 import { canOpen, type AgeConfig } from "../storage/crypt.ts";
 import { notFuture } from "../storage/naming.ts";
@@ -15,19 +15,21 @@ const ofOwner = (b: LocalBackup, owner?: Owner) => owner === undefined || belong
  * sharing the folder (or of a database of the same name on another server: staging beside
  * production) says nothing about this one's. Nor does a safety copy: it holds the state a restore
  * or recovery replaced, not the data as it is now (retention and restore's default count neither).
+ * With `manifestKey` (BACKUP_MANIFEST_KEY), nor does one whose manifest is not signed for it: a planted
+ * file would read as fresh while the real backups have stopped.
  */
-export const freshnessCounts = (b: LocalBackup, owner?: Owner): boolean =>
-  ofOwner(b, owner) && !isSafetyCopy(b.manifest);
+export const freshnessCounts = (b: LocalBackup, owner?: Owner, manifestKey?: string): boolean =>
+  ofOwner(b, owner) && !isSafetyCopy(b.manifest) && vouchesFor(b.manifest, b.name, manifestKey);
 
 /**
  * The newest backup whose manifest agrees with its file: "good" without reading it whole, of
  * `database` when given, and not a safety copy (freshnessCounts). A name dated ahead of our clock
  * is not one: it would read as fresh for as long as it lies ahead.
  */
-export async function newestGood(dir: string, owner?: Owner): Promise<Freshness> {
+export async function newestGood(dir: string, owner?: Owner, manifestKey?: string): Promise<Freshness> {
   const newest =
     (await listLocal(dir)).find(
-      (b) => b.manifest?.sizeBytes === b.sizeBytes && freshnessCounts(b, owner) && notFuture(b),
+      (b) => b.manifest?.sizeBytes === b.sizeBytes && freshnessCounts(b, owner, manifestKey) && notFuture(b),
     ) ?? null;
   return { newest, ageMs: newest ? Date.now() - newest.takenAt.getTime() : null };
 }
@@ -54,7 +56,7 @@ export async function checkFreshness(
   age?: AgeConfig,
   owner?: Owner,
 ): Promise<Freshness & { drill: DrillResult | null }> {
-  const f = await newestGood(dir, owner);
+  const f = await newestGood(dir, owner, age?.manifestKey);
   if (!f.newest)
     throw new ShinkeiError(
       "BACKUP_STALE",

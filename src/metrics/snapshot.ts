@@ -50,12 +50,12 @@ export type Snapshot = {
 export async function readSnapshot(
   dir: string,
   offsite: OffsitePlace | undefined,
-  { now = new Date(), owner }: { now?: Date; owner?: Owner } = {},
+  { now = new Date(), owner, manifestKey }: { now?: Date; owner?: Owner; manifestKey?: string } = {},
 ): Promise<Snapshot> {
   const backups: BackupEntry[] = [];
   const fresh = new Set<string>();
   for (const b of await listLocal(dir)) {
-    if (freshnessCounts(b, owner)) fresh.add(b.name);
+    if (freshnessCounts(b, owner, manifestKey)) fresh.add(b.name);
     const m = b.manifest;
     backups.push({
       kind: "dump",
@@ -177,9 +177,9 @@ export function cached<T>(read: () => Promise<T>, ttlMs = 1500): () => Promise<T
 export function folderSnapshot(
   dir: string,
   offsite: OffsitePlace | undefined,
-  options: { minMs?: number; maxMs?: number; owner?: Owner } = {},
+  options: { minMs?: number; maxMs?: number; owner?: Owner; manifestKey?: string } = {},
 ): () => Promise<Snapshot> {
-  const { minMs = 1500, maxMs = 15_000, owner } = options;
+  const { minMs = 1500, maxMs = 15_000, owner, manifestKey } = options;
   let last: { readAt: number; mtime: bigint | null; value: Snapshot } | undefined;
   const mtimeOf = () =>
     stat(dir, { bigint: true }).then(
@@ -190,7 +190,7 @@ export function folderSnapshot(
     const now = performance.now();
     const mtime = await mtimeOf();
     if (last && mtime !== null && mtime === last.mtime && now - last.readAt < maxMs) return last.value;
-    const value = await readSnapshot(dir, offsite, { owner });
+    const value = await readSnapshot(dir, offsite, { owner, manifestKey });
     last = { readAt: now, mtime, value };
     return value;
   }, minMs);

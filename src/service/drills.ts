@@ -95,7 +95,11 @@ export async function scheduledDrill(deps: Deps, slot: Date): Promise<void> {
   const { config, log } = deps;
   try {
     if (!(await claimSlot(deps, slot, "drill", "drill"))) return;
-    const { newest } = await newestGood(config.backupDir, describeTarget(config.databaseUrl));
+    const { newest } = await newestGood(
+      config.backupDir,
+      describeTarget(config.databaseUrl),
+      config.backup.age?.manifestKey,
+    );
     if (!newest) {
       log({ level: "warn", msg: "drill skipped: no good backup to drill", backupDir: config.backupDir });
       return;

@@ -188,7 +188,11 @@ async function mirrorRecords(config: Config, log: Log): Promise<void> {
 /** Report a run that should have happened but did not (the service was down, say). */
 async function reportMissed(config: Config, schedule: SlotSchedule, log: Log) {
   const expected = schedule.lastSlot();
-  const { newest } = await newestGood(config.backupDir, describeTarget(config.databaseUrl));
+  const { newest } = await newestGood(
+    config.backupDir,
+    describeTarget(config.databaseUrl),
+    config.backup.age?.manifestKey,
+  );
   if (!newest) log({ level: "warn", msg: "no good backup yet", backupDir: config.backupDir });
   else if (expected && newest.takenAt < expected) {
     log({
