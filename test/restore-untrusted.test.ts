@@ -340,6 +340,33 @@ describe("what a restore picks", () => {
     }
   });
 
+  test.skipIf(!canMount)(
+    "an off-site manifest too large to be one is passed over, never downloaded whole",
+    async () => {
+      const s3 = await TestS3.start();
+      const tmp = await tempDir("huge-manifest-tmp");
+      expect(await mountTmpfs(tmp, "32m")).toBe(true);
+      try {
+        const real = await takeBackup(s3.env("huge/"));
+        // A newer name with a "manifest" of 80 MiB beside it: the temporary folder (32 MiB here) the
+        // default reads manifests through would fill, and the manifest would be read into memory.
+        const t = new Date(Date.now() + 60_000).toISOString().replace(/\D/g, "");
+        const planted = `shinkei_backup_${t.slice(0, 8)}_${t.slice(8, 14)}.sql`;
+        const put = (k: string, body: Buffer | string) =>
+          s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: `huge/${k}`, Body: body }));
+        await put(planted, "DROP TABLE users;\n");
+        await put(`${planted}.manifest.json`, Buffer.alloc(80 << 20, 0x20));
+        const r = await restore(confirm(), { ...s3.env("huge/"), TMPDIR: tmp });
+        expect(r.stderr).toBe("");
+        expect(r).toSucceed();
+        expect(r.stdout).toContain(`restored       ${real.split("/").at(-1)}`);
+      } finally {
+        await Bun.spawn(["umount", "-l", tmp]).exited;
+        await s3.stop();
+      }
+    },
+  );
+
   test("a plain file on a host that encrypts needs --allow-unencrypted", async () => {
     const file = join(dir, "plain.sql");
     await dump(file);

@@ -176,6 +176,20 @@ for (const backend of backends) {
         expect(await readdir(into)).toEqual([]);
       });
 
+      test("get of an object larger than maxBytes is BACKUP_CORRUPT, and leaves no file and no .partial", async () => {
+        const store = await backend.empty(naming);
+        const into = await tempDir("store-get-max");
+        await store.put(name, await source("twelve bytes"));
+        await expect(store.get(name, join(into, name), { maxBytes: 11 })).rejects.toMatchObject({
+          code: "BACKUP_CORRUPT",
+          message:
+            `${name} at ${store.location} has more than the 11 bytes it may have: not fetched (a planted ` + "object?)",
+        });
+        expect(await readdir(into)).toEqual([]);
+        await store.get(name, join(into, name), { maxBytes: 12 });
+        expect(await readFile(join(into, name), "utf8")).toBe("twelve bytes");
+      });
+
       test("remove deletes a backup and its manifest; what is already gone is no error", async () => {
         const store = await backend.empty(naming);
         await store.put(name, await source("backup bytes"));

@@ -4,7 +4,7 @@ import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { MANIFEST_SUFFIX, compareNewestFirst, notFuture, parseBackupName, type BackupName } from "../storage/naming.ts";
 import { hasValidSignature, manifestPath, readManifest, type Manifest } from "./manifest.ts";
-import type { BackupStore, StoredObject } from "../storage/store.ts";
+import { RECORD_MAX_BYTES, TooLargeObject, type BackupStore, type StoredObject } from "../storage/store.ts";
 
 const SAFETY_COPIES = new Set(["pre-restore", "pre-recover"]);
 /** A copy of the state a restore or recovery replaced: never what a default restores (nor retention's newest). */
@@ -156,8 +156,15 @@ export async function peekManifest(store: BackupStore, name: string): Promise<Ma
   const folder = await mkdtemp(join(tmpdir(), "shinkei-manifest-"));
   try {
     const path = join(folder, name);
-    await store.get(name + MANIFEST_SUFFIX, manifestPath(path));
-    const m = await readManifest(path);
+    // One too large to be a manifest is not one (as one that does not parse): it is never read whole.
+    const fetched = await store.get(name + MANIFEST_SUFFIX, manifestPath(path), { maxBytes: RECORD_MAX_BYTES }).then(
+      () => true,
+      (e) => {
+        if (e instanceof TooLargeObject) return false;
+        throw e;
+      },
+    );
+    const m = fetched ? await readManifest(path) : null;
     return m !== null && typeof m === "object" && !Array.isArray(m) ? m : null;
   } finally {
     await rm(folder, { recursive: true, force: true });
@@ -183,6 +190,6 @@ async function download(store: BackupStore, dir: string, name: string, objects: 
   const path = join(dir, name);
   await store.get(name, path);
   if (objects.some((o) => o.name === name + MANIFEST_SUFFIX))
-    await store.get(name + MANIFEST_SUFFIX, manifestPath(path));
+    await store.get(name + MANIFEST_SUFFIX, manifestPath(path), { maxBytes: RECORD_MAX_BYTES });
   return path;
 }

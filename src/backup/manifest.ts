@@ -1,5 +1,6 @@
 import { MANIFEST_SUFFIX } from "../storage/naming.ts";
 import { writeFileAtomic } from "../storage/files.ts";
+import { RECORD_MAX_BYTES } from "../storage/store.ts";
 import type { Encryption } from "../storage/crypt.ts";
 
 export type Reason = "manual" | "scheduled" | "pre-restore" | "pre-reset" | "pre-migrate" | "pre-recover";
@@ -93,6 +94,8 @@ export const manifestPath = (backupPath: string) => backupPath + MANIFEST_SUFFIX
 export async function readManifest(backupPath: string): Promise<Manifest | null> {
   const f = Bun.file(manifestPath(backupPath));
   if (!(await f.exists())) return null;
+  // One larger than any manifest shinkei writes (planted) is not read whole: treated as unreadable.
+  if (f.size > RECORD_MAX_BYTES) return null;
   try {
     return (await f.json()) as Manifest;
   } catch {

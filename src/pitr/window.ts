@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import type { BackupStore } from "../storage/store.ts";
+import { RECORD_MAX_BYTES, TooLargeObject, type BackupStore } from "../storage/store.ts";
 import { archiveWindow } from "../wal/status.ts";
 import { BASE_MANIFEST_SUFFIX, baseManifestProblem, isBaseName, type BaseManifest } from "../wal/base.ts";
 import type { ArchiveTrust, Untrusted } from "../wal/trust.ts";
@@ -29,7 +29,16 @@ async function offsiteWindow(
     (o) => o.name.endsWith(BASE_MANIFEST_SUFFIX) && isBaseName(o.name.slice(0, -BASE_MANIFEST_SUFFIX.length)),
   )) {
     const local = join(scratch, o.name);
-    await store.get(o.name, local);
+    // Too large to be a manifest: left out and named, never read whole.
+    const fetched = await store.get(o.name, local, { maxBytes: RECORD_MAX_BYTES }).then(
+      () => true,
+      (e) => {
+        if (!(e instanceof TooLargeObject)) throw e;
+        untrusted.push({ file: `${store.location}/${o.name}`, problem: e.message });
+        return false;
+      },
+    );
+    if (!fetched) continue;
     const m = (await Bun.file(local)
       .json()
       .catch(() => null)) as BaseManifest | null;
@@ -65,13 +74,17 @@ async function offsiteWindow(
     let local = join(scratch, h.object);
     try {
       try {
-        await store.get(h.object, local);
+        await store.get(h.object, local, { maxBytes: RECORD_MAX_BYTES });
       } catch (e) {
+        if (e instanceof TooLargeObject) {
+          untrusted.push({ file: `${store.location}/${h.object}`, problem: e.message });
+          return false;
+        }
         if (!gone(e) || !h.object.endsWith(".partial.json")) throw e;
         await rm(local, { force: true });
         h.object = h.object.replace(/\.partial\.json$/, ".json");
         local = join(scratch, h.object);
-        const found = await store.get(h.object, local).then(
+        const found = await store.get(h.object, local, { maxBytes: RECORD_MAX_BYTES }).then(
           () => true,
           (e2) => {
             if (gone(e2)) return false;

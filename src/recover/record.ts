@@ -5,7 +5,7 @@ import { writeFileAtomic } from "../storage/files.ts";
 import { signParts, signatureMatches } from "../backup/manifest.ts";
 import { decrypt, encrypt, encryptionFor, type AgeConfig, type Encryption } from "../storage/crypt.ts";
 import { ShinkeiError } from "../errors.ts";
-import type { BackupStore, StoreNaming } from "../storage/store.ts";
+import { RECORD_MAX_BYTES, TooLargeObject, type BackupStore, type StoreNaming } from "../storage/store.ts";
 import type { Applied } from "./apply.ts";
 import type { Row } from "./diff.ts";
 import type { Plan, Scope } from "./plan.ts";
@@ -262,10 +262,19 @@ async function fetchRecord(ref: string, byId: boolean, store: BackupStore): Prom
   try {
     const found: { p: RecoveryName; record: RecoveredRecord | null }[] = [];
     for (const p of candidates) {
-      await store.get(p.name, join(folder, p.name));
-      const record = (await Bun.file(join(folder, p.name))
-        .json()
-        .catch(() => null)) as RecoveredRecord | null;
+      // One too large to be a record is not one (as one that does not parse): never read whole.
+      const fetched = await store.get(p.name, join(folder, p.name), { maxBytes: RECORD_MAX_BYTES }).then(
+        () => true,
+        (e) => {
+          if (e instanceof TooLargeObject) return false;
+          throw e;
+        },
+      );
+      const record = fetched
+        ? ((await Bun.file(join(folder, p.name))
+            .json()
+            .catch(() => null)) as RecoveredRecord | null)
+        : null;
       // By id, the name carries only its first 8 characters: the record itself says the rest.
       if (named || (typeof record?.id === "string" && record.id.startsWith(wanted))) found.push({ p, record });
     }

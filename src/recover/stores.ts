@@ -12,7 +12,7 @@ import { writeFileAtomic } from "../storage/files.ts";
 import { LocalStore } from "../storage/local.ts";
 import { copiedTo, mirror } from "../storage/mirror.ts";
 import { offsiteStore } from "../storage/stores.ts";
-import type { BackupStore } from "../storage/store.ts";
+import { RECORD_MAX_BYTES, TooLargeObject, type BackupStore } from "../storage/store.ts";
 import { history, parseRecoveryName, recoveryNaming, type RecoveredRecord } from "./record.ts";
 
 /**
@@ -236,7 +236,15 @@ async function peekRecords(store: BackupStore, names: string[]): Promise<Map<str
     for (const n of names) {
       const p = parseRecoveryName(n);
       if (!p?.isRecord) continue;
-      await store.get(n, join(folder, n));
+      // Too large to be a record: left out, as an unreadable one is, never read whole.
+      const fetched = await store.get(n, join(folder, n), { maxBytes: RECORD_MAX_BYTES }).then(
+        () => true,
+        (e) => {
+          if (e instanceof TooLargeObject) return false;
+          throw e;
+        },
+      );
+      if (!fetched) continue;
       const r = (await Bun.file(join(folder, n))
         .json()
         .catch(() => null)) as RecoveredRecord | null;

@@ -3,7 +3,7 @@ import { join, resolve } from "node:path";
 import { ShinkeiError } from "../errors.ts";
 import { backupNaming } from "./naming.ts";
 import { copyToPartial, fsyncDir } from "./files.ts";
-import type { BackupStore, StoredObject, StoreNaming } from "./store.ts";
+import { tooLargeObject, type BackupStore, type StoredObject, type StoreNaming } from "./store.ts";
 
 /** A folder of backups: BACKUP_DIR itself, or any other folder used as a copy. */
 export class LocalStore implements BackupStore {
@@ -49,13 +49,15 @@ export class LocalStore implements BackupStore {
     }
   }
 
-  async get(name: string, localPath: string) {
+  async get(name: string, localPath: string, options: { maxBytes?: number } = {}) {
     const source = join(this.dir, name);
     const found = await stat(source).catch((e: NodeJS.ErrnoException) => {
       if (e.code === "ENOENT") return null;
       throw this.fail(`reading ${name}`, e);
     });
     if (!found?.isFile()) throw new ShinkeiError("BACKUP_NOT_FOUND", `no ${name} at ${this.location}`);
+    if (options.maxBytes !== undefined && found.size > options.maxBytes)
+      throw tooLargeObject(name, this.location, options.maxBytes);
     await copyToPartial(source, `${localPath}.partial`);
     await rename(`${localPath}.partial`, localPath);
   }

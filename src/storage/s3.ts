@@ -6,7 +6,7 @@ import type { S3Client } from "@aws-sdk/client-s3";
 import type { S3Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { backupNaming } from "./naming.ts";
-import type { BackupStore, StoredObject, StoreNaming } from "./store.ts";
+import { tooLargeObject, type BackupStore, type StoredObject, type StoreNaming } from "./store.ts";
 import { createPartial } from "./files.ts";
 
 const PART_SIZE = 8 * 1024 * 1024;
@@ -184,14 +184,27 @@ export class S3Store implements BackupStore {
     }
   }
 
-  async get(name: string, localPath: string) {
+  async get(name: string, localPath: string, options: { maxBytes?: number } = {}) {
     const partial = `${localPath}.partial`;
     const file = await createPartial(partial);
+    const max = options.maxBytes ?? Number.POSITIVE_INFINITY;
     try {
       try {
         const { sdk, client } = await this.connect();
         const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: this.key(name) }));
-        for await (const chunk of r.Body as AsyncIterable<Uint8Array>) await file.write(chunk);
+        const body = r.Body as AsyncIterable<Uint8Array> & { destroy?: () => void };
+        // Said up front, or counted as it comes (the object may change after the listing, or the length be left out).
+        let size = 0;
+        const tooLarge = () => {
+          body.destroy?.();
+          return tooLargeObject(name, this.location, max);
+        };
+        if ((r.ContentLength ?? 0) > max) throw tooLarge();
+        for await (const chunk of body) {
+          size += chunk.length;
+          if (size > max) throw tooLarge();
+          await file.write(chunk);
+        }
         await file.sync();
       } finally {
         await file.close();

@@ -1,3 +1,5 @@
+import { ShinkeiError } from "../errors.ts";
+
 /**
  * Which object names a store may list and delete, and what goes with each (a backup's manifest, a
  * WAL file's record): backups and the WAL archive share the interface and differ only in this.
@@ -30,9 +32,11 @@ export interface BackupStore {
   put(name: string, localPath: string): Promise<{ sizeBytes: number; etag?: string; verified: "etag" | "size" }>;
   /**
    * Copy an object to a local path, streamed, through a `.partial` file. A missing object is
-   * BACKUP_NOT_FOUND, and leaves neither the file nor its `.partial` behind.
+   * BACKUP_NOT_FOUND, and leaves neither the file nor its `.partial` behind. One larger than
+   * `maxBytes` is BACKUP_CORRUPT (TooLargeObject), stopped as soon as that shows, and leaves nothing:
+   * whoever can write to the bucket must not fill a disk or memory with what should be a record.
    */
-  get(name: string, localPath: string): Promise<void>;
+  get(name: string, localPath: string, options?: { maxBytes?: number }): Promise<void>;
   /**
    * Delete an object and its companions (a backup and its manifest). Either or both already gone is
    * no error (a retention run cut short is simply run again). A name that is not ours is NOT_OURS,
@@ -40,3 +44,22 @@ export interface BackupStore {
    */
   remove(name: string): Promise<void>;
 }
+
+/**
+ * The most a record read from a store may hold (a backup's manifest, a base backup's, a WAL file's
+ * record, a recovery record): far more than any shinkei writes (a manifest's counts and digests of
+ * tens of thousands of tables), far less than a planted object could.
+ */
+export const RECORD_MAX_BYTES = 64 << 20;
+
+/** What `get` throws for an object larger than `maxBytes`. */
+export class TooLargeObject extends ShinkeiError {
+  constructor(name: string, location: string, maxBytes: number) {
+    super(
+      "BACKUP_CORRUPT",
+      `${name} at ${location} has more than the ${maxBytes} bytes it may have: not fetched (a planted object?)`,
+    );
+  }
+}
+export const tooLargeObject = (name: string, location: string, maxBytes: number) =>
+  new TooLargeObject(name, location, maxBytes);

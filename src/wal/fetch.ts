@@ -5,7 +5,7 @@ import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { stderrLog } from "../log.ts";
 import { codecOf, TooLarge, unsealBytes, unsealFrom } from "../storage/seal.ts";
-import type { BackupStore } from "../storage/store.ts";
+import { RECORD_MAX_BYTES, type BackupStore } from "../storage/store.ts";
 import { readRecord, recordPath, spoolDir, walRecordProblem, walRoot, type WalRecord } from "./archive.ts";
 import { archiveTrust, copySpoolFile, readSpoolSignature } from "./trust.ts";
 import { isSegmentName, parseHistory, parseSegment, timelineDir } from "./segments.ts";
@@ -149,7 +149,7 @@ async function fetchRecorded(
       const tmp = `${target}.shinkei-fetch`;
       temps.push(`${tmp}.json`, tmp);
       try {
-        await store.get(`${name}.json`, `${tmp}.json`);
+        await store.get(`${name}.json`, `${tmp}.json`, { maxBytes: RECORD_MAX_BYTES });
       } catch (e) {
         // Only a store that answers "no such key" means we do not have it; an unreachable one is not an answer.
         const cause = (e as { cause?: { name?: string; $metadata?: { httpStatusCode?: number } } }).cause;
@@ -161,7 +161,9 @@ async function fetchRecorded(
       record = await readRecord(`${tmp}.json`, name);
       if (!record) throw new ShinkeiError("BACKUP_CORRUPT", `the record of ${name} at ${store.location} is not usable`);
       refuseUntrusted(config, record, options, ` (${store.location})`);
-      await store.get(record.file, tmp);
+      // Never more than its record says: a larger object swapped in is refused as it comes, not
+      // after it filled the disk.
+      await store.get(record.file, tmp, { maxBytes: record.sizeBytes });
       stored = tmp;
       from = "offsite";
     } else refuseUntrusted(config, record, options, "");

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { ShinkeiError } from "../errors.ts";
 import { planRetention, type Decision } from "../backup/retention.ts";
-import type { BackupStore } from "../storage/store.ts";
+import { RECORD_MAX_BYTES, type BackupStore } from "../storage/store.ts";
 import { copiedTo } from "../storage/mirror.ts";
 import { listArchive, recordPath, walRoot } from "./archive.ts";
 import { BASE_MANIFEST_SUFFIX, baseDir, baseManifestProblem, listBaseBackups, type BaseManifest } from "./base.ts";
@@ -153,7 +153,8 @@ export async function pruneWalStore(
     try {
       // A manifest the store fails to hand over (a reset connection, a 503) stops the run: read as
       // "no base backup", its base's WAL would go. One gone since the listing (pruned meanwhile) is skipped.
-      const fetched = await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp).then(
+      // One too large to be a manifest stops the run too (BACKUP_CORRUPT), never read whole.
+      const fetched = await store.get(o.name + BASE_MANIFEST_SUFFIX, tmp, { maxBytes: RECORD_MAX_BYTES }).then(
         () => true,
         (e: unknown) => {
           if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND") return false;
