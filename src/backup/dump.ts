@@ -175,10 +175,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
     counts: result.counts,
     digests: result.digests,
   };
-  if (options.age?.manifestKey) {
-    manifest.signatureVersion = 2;
-    manifest.signature = signManifest(manifest, options.age.manifestKey);
-  }
+  if (options.age?.manifestKey) manifest.signature = signManifest(manifest, options.age.manifestKey);
   await writeManifest(path, manifest);
   return { path, manifest };
 }

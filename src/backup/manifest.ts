@@ -32,8 +32,6 @@ export type Manifest = {
   offsite?: Record<string, OffsiteCopy>;
   /** HMAC-SHA256 of what identifies the backup, with BACKUP_MANIFEST_KEY (see signManifest). */
   signature?: string;
-  /** 2: the signature covers the server (host, port) too; absent in manifests signed before. */
-  signatureVersion?: 2;
 };
 
 export type OffsiteCopy = {
@@ -65,11 +63,6 @@ function signedPart(m: Manifest): unknown[] {
     sha256,
     counts,
     digests ?? null,
-    // Whose backup it is (this database on this server) decides retention, restore's default and
-    // freshness: from version 2 the server is signed too, so a writer of the bucket cannot move a
-    // backup from staging to production by editing it. Dropping the version changes what is
-    // checked, so such a manifest no longer verifies; ones signed before are read as they were.
-    ...(m.signatureVersion === 2 ? [2, m.host, m.port] : []),
   ];
 }
 

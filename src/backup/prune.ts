@@ -41,7 +41,6 @@ export async function pruneLocal(
     describeTarget(config.databaseUrl),
     config.backup,
     options.offsite !== undefined,
-    config.backup.age?.manifestKey,
   );
   return apply(new LocalStore(config.backupDir), decisions, leftAlone, options.dryRun);
 }
@@ -69,7 +68,7 @@ export async function pruneStore(
     const good = listed && !isSafetyCopy(manifest) && vouchesFor(manifest, o.name, manifestKey);
     candidates.push({ name: o.name, manifest, good, mirrored: true });
   }
-  const { decisions, leftAlone } = ownOnly(candidates, owner, { ...policy, keepDays }, false, manifestKey);
+  const { decisions, leftAlone } = ownOnly(candidates, owner, { ...policy, keepDays }, false);
   return apply(store, decisions, leftAlone, dryRun);
 }
 
@@ -87,18 +86,11 @@ function ownOnly(
   owner: Owner,
   policy: RetentionPolicy,
   requireMirrored: boolean,
-  manifestKey: string | undefined,
 ): { decisions: Decision[]; leftAlone: LeftAlone } {
-  // With BACKUP_MANIFEST_KEY, a manifest not signed for its backup names no owner: whose it says
-  // it is could have been written by anyone who can write to the folder or bucket.
-  const unnamed = (c: Candidate & { manifest: Manifest | null }) =>
-    c.manifest === null ||
-    typeof c.manifest !== "object" ||
-    c.manifest.database == null ||
-    !vouchesFor(c.manifest, c.name, manifestKey);
-  const mine = candidates.filter((c) => !unnamed(c) && belongsTo(c.manifest, owner));
-  const others = candidates.filter((c) => !unnamed(c) && !belongsTo(c.manifest, owner));
-  const without = candidates.filter((c) => unnamed(c));
+  const unnamed = (m: Manifest | null) => m === null || typeof m !== "object" || m.database == null;
+  const mine = candidates.filter((c) => !unnamed(c.manifest) && belongsTo(c.manifest, owner));
+  const others = candidates.filter((c) => !unnamed(c.manifest) && !belongsTo(c.manifest, owner));
+  const without = candidates.filter((c) => unnamed(c.manifest));
   const now = new Date();
   const decisions = planRetention(mine, policy, now, requireMirrored);
   if (others.length === 0)
@@ -117,7 +109,7 @@ function ownOnly(
 }
 
 /** How leftAloneText names what it counts: backups (the default), or recovery records. */
-export const BACKUPS = { items: "backup(s)", unowned: "without a manifest (or one not signed for it)" };
+export const BACKUPS = { items: "backup(s)", unowned: "without a manifest" };
 export const RECORDS = { items: "recovery record(s)", unowned: "recoveries without a readable record" };
 
 /** What a run left alone, in one line for people; null when it left nothing. */
