@@ -174,7 +174,7 @@ test("off-site retention decides only on this database's backups, by manifest: a
   expect(ours.map((name) => r.decisions.find((d) => d.name === name)!.keep)).toEqual([false, true, true]);
   // The other database's copies are its own service's to prune (with its own S3_KEEP_DAYS).
   expect(r.decisions.filter((d) => theirs.includes(d.name))).toEqual([]);
-  expect(r.leftAlone).toEqual({ others: 4, groups: 1, unowned: 0 });
+  expect(r.leftAlone).toEqual({ others: 4, groups: 1, unowned: 0, unsigned: 0 });
   expect(r.removed).toEqual([]);
   expect((await readdir(dir)).length).toBe(14);
 });

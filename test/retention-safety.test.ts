@@ -150,6 +150,24 @@ test("with BACKUP_MANIFEST_KEY, a planted unsigned or renamed backup takes no pl
   }
 });
 
+test("BACKUP_MANIFEST_KEY set on a host with older, unsigned backups: retention leaves them alone", async () => {
+  for (const where of ["local", "off-site"]) {
+    const dir = await tempDir("prune-key-later");
+    const old = [];
+    for (const days of [100, 70, 40]) old.push(await plantDump(dir, new Date(Date.now() - days * DAY), "prune_holes"));
+    const real = await plantSigned(dir, new Date(Date.now() - DAY));
+    const signing = config(dir, { BACKUP_MANIFEST_KEY: KEY });
+    const r =
+      where === "local"
+        ? await pruneLocal(signing, { dryRun: false })
+        : await pruneStore(new LocalStore(dir), 30, signing.backup, false, holes, KEY);
+    // Deleting them by age would take the monthly history taken before the key with them.
+    expect({ where, removed: r.removed, unsigned: r.leftAlone.unsigned }).toEqual({ where, removed: [], unsigned: 3 });
+    expect(r.decisions.map((d) => [d.name, d.why])).toEqual([[real, "newest good backup"]]);
+    for (const name of old) expect(await Bun.file(join(dir, name)).exists()).toBe(true);
+  }
+});
+
 test("with BACKUP_MANIFEST_KEY, freshness counts no unsigned or renamed backup: check sees the real one", async () => {
   const dir = await tempDir("fresh-unsigned");
   // Backups stopped three days ago. A planted backup named a minute ago (unsigned), and the real one
@@ -379,5 +397,5 @@ test("one bucket prefix for two servers whose databases share a name: each keeps
   // Counted together, staging's later backups took every monthly place: production's monthly
   // backups (its only copies of those months) are deleted.
   expect(r.removed.filter((n) => prod.includes(n))).toEqual([]);
-  expect(r.leftAlone).toEqual({ others: 4, groups: 1, unowned: 0 });
+  expect(r.leftAlone).toEqual({ others: 4, groups: 1, unowned: 0, unsigned: 0 });
 });

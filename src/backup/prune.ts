@@ -13,7 +13,7 @@ import type { Manifest } from "./manifest.ts";
  * name on other servers), theirs to prune; and `unowned`, ones that do not say whose they are (no
  * readable manifest), in a place shared with such others.
  */
-export type LeftAlone = { others: number; groups: number; unowned: number };
+export type LeftAlone = { others: number; groups: number; unowned: number; unsigned?: number };
 
 export type PruneReport = { location: string; decisions: Decision[]; removed: string[]; leftAlone: LeftAlone };
 
@@ -41,6 +41,7 @@ export async function pruneLocal(
     describeTarget(config.databaseUrl),
     config.backup,
     options.offsite !== undefined,
+    config.backup.age?.manifestKey,
   );
   return apply(new LocalStore(config.backupDir), decisions, leftAlone, options.dryRun);
 }
@@ -68,7 +69,7 @@ export async function pruneStore(
     const good = listed && !isSafetyCopy(manifest) && vouchesFor(manifest, o.name, manifestKey);
     candidates.push({ name: o.name, manifest, good, mirrored: true });
   }
-  const { decisions, leftAlone } = ownOnly(candidates, owner, { ...policy, keepDays }, false);
+  const { decisions, leftAlone } = ownOnly(candidates, owner, { ...policy, keepDays }, false, manifestKey);
   return apply(store, decisions, leftAlone, dryRun);
 }
 
@@ -86,10 +87,16 @@ function ownOnly(
   owner: Owner,
   policy: RetentionPolicy,
   requireMirrored: boolean,
+  manifestKey: string | undefined,
 ): { decisions: Decision[]; leftAlone: LeftAlone } {
   const unnamed = (m: Manifest | null) => m === null || typeof m !== "object" || m.database == null;
-  const mine = candidates.filter((c) => !unnamed(c.manifest) && belongsTo(c.manifest, owner));
-  const others = candidates.filter((c) => !unnamed(c.manifest) && !belongsTo(c.manifest, owner));
+  // With BACKUP_MANIFEST_KEY, a manifest not signed for its backup is never decided on: taken before
+  // the key was set (deleting them by age would take the monthly history with them), or planted.
+  // Either way it holds no place, so it cannot cost a signed backup its own.
+  const unsigned = candidates.filter((c) => !unnamed(c.manifest) && !vouchesFor(c.manifest, c.name, manifestKey));
+  const signed = candidates.filter((c) => !unnamed(c.manifest) && vouchesFor(c.manifest, c.name, manifestKey));
+  const mine = signed.filter((c) => belongsTo(c.manifest, owner));
+  const others = signed.filter((c) => !belongsTo(c.manifest, owner));
   const without = candidates.filter((c) => unnamed(c.manifest));
   const now = new Date();
   const decisions = planRetention(mine, policy, now, requireMirrored);
@@ -104,6 +111,7 @@ function ownOnly(
       others: others.length,
       groups: groups.size,
       unowned: others.length ? without.length : 0,
+      unsigned: unsigned.length,
     },
   };
 }
@@ -121,6 +129,11 @@ export function leftAloneText(left: LeftAlone, what = BACKUPS): string | null {
         "left to their own service's retention",
     );
   if (left.unowned) parts.push(`${left.unowned} ${what.unowned} left alone (they may be another database's)`);
+  if (left.unsigned)
+    parts.push(
+      `${left.unsigned} ${what.items} whose manifest is not signed for them left alone (taken before ` +
+        "BACKUP_MANIFEST_KEY was set, or not ours): delete them by hand once no longer needed",
+    );
   return parts.length ? parts.join("; ") : null;
 }
 
