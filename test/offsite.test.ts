@@ -10,6 +10,7 @@ import { tempDir } from "./support/fixtures.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { S3Store } from "../src/storage/s3.ts";
+import { backupName } from "../src/storage/naming.ts";
 import { pruneStore } from "../src/backup/prune.ts";
 import { mirrorMissing } from "../src/backup/offsite.ts";
 import { describeTarget } from "../src/pg/db.ts";
@@ -141,7 +142,7 @@ describe("off-site copies", () => {
       JSON.stringify({ ...rest, database: "another_app", sha256, sizeBytes: content.length }),
     );
     const store = new S3Store(s3.config(env.S3_PREFIX!));
-    const report = await mirrorMissing(store, other);
+    const report = await mirrorMissing(store, other, { ...describeTarget(db.url), database: "another_app" });
     expect(report.copied).toEqual([]);
     expect(report.failed.map((f) => f.name)).toEqual([name]);
     expect(report.failed[0]!.error).toContain(`/${name} is another backup (of ${JSON.stringify(db.name)} on`);
@@ -153,6 +154,28 @@ describe("off-site copies", () => {
       .client()
       .send(new GetObjectCommand({ Bucket: s3.bucket, Key: `${env.S3_PREFIX}${name}.manifest.json` }));
     expect(JSON.parse(await manifest.Body!.transformToString()).database).toBe(db.name);
+  });
+
+  test("one folder, two databases, each its own prefix: a service copies only its own database's backups", async () => {
+    const r = await shinkei(["backup"], env);
+    expect(r).toSucceed();
+    const mine = r.stdout.match(/^backup\s+\S+\/(shinkei_backup_\S+)$/m)![1]!;
+    // The other database's service backs up into the same folder and copies to a prefix of its own.
+    const theirs = backupName(new Date(Date.now() - 3600_000));
+    const m = JSON.parse(await readFile(join(dir, `${mine}.manifest.json`), "utf8"));
+    await writeFile(join(dir, theirs), await readFile(join(dir, mine)));
+    const { offsite: _, ...rest } = m;
+    await writeFile(
+      join(dir, `${theirs}.manifest.json`),
+      JSON.stringify({ ...rest, file: theirs, database: "another_app" }),
+    );
+    const elsewhere = new S3Store(s3.config(`mine-${crypto.randomUUID().slice(0, 6)}/`));
+    const report = await mirrorMissing(elsewhere, dir, describeTarget(db.url));
+    expect(report).toEqual({ copied: [mine], failed: [] });
+    const again = await mirrorMissing(elsewhere, dir, describeTarget(db.url));
+    expect(again).toEqual({ copied: [], failed: [] });
+    // Their manifest is untouched: no copy of ours recorded in it.
+    expect(JSON.parse(await readFile(join(dir, `${theirs}.manifest.json`), "utf8")).offsite).toBeUndefined();
   });
 
   test("S3_PREFIX changed between runs: the backups only the old prefix holds are copied to the new one", async () => {

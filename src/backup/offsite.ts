@@ -1,6 +1,6 @@
 import { basename, join } from "node:path";
 import { ShinkeiError } from "../errors.ts";
-import { listLocal, peekManifest, serverOf } from "./catalog.ts";
+import { belongsTo, listLocal, peekManifest, serverOf, type Owner } from "./catalog.ts";
 import { manifestPath, readManifest, writeManifest } from "./manifest.ts";
 import { MANIFEST_SUFFIX } from "../storage/naming.ts";
 import type { BackupStore } from "../storage/store.ts";
@@ -44,14 +44,16 @@ export async function mirrorBackup(store: BackupStore, path: string): Promise<vo
 export type MirrorReport = { copied: string[]; failed: { name: string; error: string }[] };
 
 /**
- * Copy every local backup never copied to the store (oldest first), so a run after an outage
+ * Copy every local backup of `owner` never copied to the store (oldest first), so a run after an outage
  * catches up on what earlier runs could not copy. One failure does not stop the others. A copy
  * once recorded is not sent again: if it is gone, off-site retention removed it on purpose.
  */
-export async function mirrorMissing(store: BackupStore, dir: string): Promise<MirrorReport> {
+export async function mirrorMissing(store: BackupStore, dir: string, owner: Owner): Promise<MirrorReport> {
   const report: MirrorReport = { copied: [], failed: [] };
   for (const b of (await listLocal(dir)).reverse()) {
-    if (!b.manifest || copiedTo(b.manifest, store)) continue;
+    // Another database's backups sharing the folder are its own service's to copy, to its own place:
+    // copied here too, two services with their own prefixes would copy each other's back and forth.
+    if (!b.manifest || !belongsTo(b.manifest, owner) || copiedTo(b.manifest, store)) continue;
     try {
       await mirrorBackup(store, join(dir, b.name));
       report.copied.push(b.name);

@@ -64,10 +64,11 @@ export async function copyRecoveryOffsite(config: Pick<Config, "s3">, recordPath
  * Copy every local record with a safety copy that is not off-site yet, oldest first: the backup
  * service's pass, catching up on recoveries whose own copy failed. One failure does not stop the others.
  */
-export async function mirrorMissingRecoveries(store: BackupStore, dir: string): Promise<MirrorReport> {
+export async function mirrorMissingRecoveries(store: BackupStore, dir: string, owner: Owner): Promise<MirrorReport> {
   const report: MirrorReport = { copied: [], failed: [] };
   for (const r of await history(dir)) {
-    if (!r.undo || copiedTo(r, store)) continue;
+    // Another database's records sharing the folder are its own service's to copy, to its own place.
+    if (!r.undo || !recordIsOwners(r, owner) || copiedTo(r, store)) continue;
     try {
       await mirrorRecovery(store, r.path);
       report.copied.push(basename(r.path));
@@ -131,6 +132,10 @@ export function planRecords(names: string[], keepMs: number, now: Date, unmirror
  * orphaned safety copy) says nothing of whose it is: decided as before where every readable record
  * is the owner's, left alone where another's are present.
  */
+/** Whether a recovery record is `owner`'s: its database, on its server (records written before they named one: by name). */
+const recordIsOwners = (r: RecoveredRecord, owner: Owner): boolean =>
+  r.database === owner.database && (serverOf(r) === null || serverOf(r) === serverOf(owner));
+
 export function ownRecoveries(
   names: string[],
   records: Map<string, RecoveredRecord>,
@@ -143,8 +148,7 @@ export function ownRecoveries(
     if (base === undefined || whose.has(base)) continue;
     const r = records.get(base);
     if (!r || typeof r !== "object" || typeof r.database !== "string") whose.set(base, "unknown");
-    else if (r.database === owner.database && (serverOf(r) === null || serverOf(r) === serverOf(owner)))
-      whose.set(base, "mine");
+    else if (recordIsOwners(r, owner)) whose.set(base, "mine");
     else {
       whose.set(base, "other");
       groups.add(JSON.stringify([r.database, serverOf(r)]));

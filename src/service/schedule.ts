@@ -64,7 +64,7 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
     let offsite: Record<string, unknown> = { offsite: "not configured" };
     if (store) {
       try {
-        const report = await mirrorMissing(store, config.backupDir);
+        const report = await mirrorMissing(store, config.backupDir, describeTarget(config.databaseUrl));
         offsite = {
           offsite: report.failed.length ? "failed" : "ok",
           location: store.location,
@@ -171,10 +171,12 @@ export async function scheduledRun(deps: Deps, slot: Date): Promise<void> {
 async function mirrorRecords(config: Config, log: Log): Promise<void> {
   const store = recoveryStore(config);
   if (!store) return;
-  const report = await mirrorMissingRecoveries(store, config.backupDir).catch((e: Error) => ({
-    copied: [],
-    failed: [{ name: "*", error: e.message }],
-  }));
+  const report = await mirrorMissingRecoveries(store, config.backupDir, describeTarget(config.databaseUrl)).catch(
+    (e: Error) => ({
+      copied: [],
+      failed: [{ name: "*", error: e.message }],
+    }),
+  );
   if (report.copied.length || report.failed.length)
     log({
       level: report.failed.length ? "error" : "info",
