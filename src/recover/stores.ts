@@ -132,7 +132,7 @@ export function planRecords(names: string[], keepMs: number, now: Date, unmirror
  * orphaned safety copy) says nothing of whose it is: decided as before where every readable record
  * is the owner's, left alone where another's are present.
  */
-/** Whether a recovery record is `owner`'s: its database, on its server (records written before they named one: by name). */
+/** Whether a recovery record is `owner`'s: its database on its server (a record naming no server: by name). */
 const recordIsOwners = (r: RecoveredRecord, owner: Owner): boolean =>
   r.database === owner.database && (serverOf(r) === null || serverOf(r) === serverOf(owner));
 
