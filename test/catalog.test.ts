@@ -2,7 +2,7 @@ import { expect, test } from "bun:test";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import postgres from "postgres";
-import { obtainBackup } from "../src/backup/catalog.ts";
+import { obtainBackup, serverOf } from "../src/backup/catalog.ts";
 import { checkFreshness, newestGood } from "../src/backup/freshness.ts";
 import { pruneStore } from "../src/backup/prune.ts";
 import { migrate } from "../src/migrations/migrate.ts";
@@ -79,7 +79,7 @@ test("staging and production databases of one name, one folder: a default never 
   const dir = await tempDir("catalog-two-servers");
   const prodEnv = { DATABASE_URL: production.url, BACKUP_DIR: dir };
   const stageEnv = { DATABASE_URL: stage.url, BACKUP_DIR: dir };
-  const server = (url: string) => `"${describeTarget(url).host}:${describeTarget(url).port}"`;
+  const server = (url: string) => `"${serverOf(describeTarget(url))}"`;
   const restore = ["backup", "restore", "--allow-superuser", "--yes", "--confirm-database", name];
   try {
     const prodBackup = await takeBackup(prodEnv);
@@ -152,13 +152,17 @@ test("freshness is judged per database: another's fresh backups do not stand in 
     }
   expect((await newestGood(dir, on("a"))).newest?.name).toBe(old);
   expect((await newestGood(dir, on("c"))).newest).toBeNull();
-  // A database of the same name on another server (staging beside production) is another database.
+  // A database of the same name on another server (staging beside production) is another database;
+  // another spelling of the same server is the same one.
   expect((await newestGood(dir, { ...on("a"), port: 5433 })).newest).toBeNull();
+  expect((await newestGood(dir, { ...on("a"), host: "LocalHost" })).newest?.name).toBe(old);
+  expect((await newestGood(dir, { ...on("a"), host: "[::1]" })).newest?.name).toBe(old);
+  expect((await newestGood(dir, { ...on("a"), host: "db.internal" })).newest).toBeNull();
   const stale = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, on("a")).catch((e) => e);
   expect(stale.code).toBe("BACKUP_STALE");
   expect(stale.message).toContain(`the newest good backup (${old}) is 1d 6h old`);
   const none = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, on("c")).catch((e) => e);
-  expect(none.message).toBe(`no good backup of "c" on 127.0.0.1:5432 in ${dir}`);
+  expect(none.message).toBe(`no good backup of "c" on localhost:5432 in ${dir}`);
 });
 
 test("off-site retention decides only on this database's backups, by manifest: another's are left alone", async () => {

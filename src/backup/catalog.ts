@@ -41,9 +41,17 @@ export async function listLocal(dir: string): Promise<LocalBackup[]> {
 /** A database on its server: what a connection names (describeTarget) and a manifest records. */
 export type Owner = { database: string; host: string; port: number };
 
-/** The server a manifest (or an Owner) names, as host:port text; null when it names none. */
+/**
+ * The server a manifest (or an Owner) names, as host:port text; null when it names none. Spellings
+ * of one server are one: host names in any letter case, and every loopback spelling (localhost,
+ * 127.0.0.1, ::1), so a DATABASE_URL written another way does not make this database's backups
+ * another's (never restored by default, never pruned, never counted fresh).
+ */
 export function serverOf(m: { host?: unknown; port?: unknown } | null | undefined): string | null {
-  return m && m.host !== undefined && m.host !== null ? `${String(m.host)}:${String(m.port)}` : null;
+  if (!m || m.host === undefined || m.host === null) return null;
+  const host = String(m.host).toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  const loopback = host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+  return `${loopback ? "localhost" : host}:${String(m.port)}`;
 }
 
 /** Whether a manifest names this database on this server (the same text retention groups by). */
