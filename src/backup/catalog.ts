@@ -49,7 +49,9 @@ export type Owner = { database: string; host: string; port: number };
  */
 export function serverOf(m: { host?: unknown; port?: unknown } | null | undefined): string | null {
   if (!m || m.host === undefined || m.host === null) return null;
-  const host = String(m.host).toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  const host = String(m.host)
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, "$1");
   const loopback = host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
   return `${loopback ? "localhost" : host}:${String(m.port)}`;
 }
