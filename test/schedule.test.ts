@@ -196,6 +196,26 @@ describe("the schedule", () => {
     }
   });
 
+  test("a scheduled drill with no good backup to drill reaches the webhook as failed", async () => {
+    const events: Record<string, unknown>[] = [];
+    const hook = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch: async (r) => (events.push((await r.json()) as Record<string, unknown>), new Response("ok")),
+    });
+    try {
+      // An empty folder (backups stopped, or went elsewhere): no drill can pass.
+      const config = loadConfig({ ...env, BACKUP_WEBHOOK_URL: `http://127.0.0.1:${hook.port}/hook` });
+      const lines: Record<string, unknown>[] = [];
+      await scheduledDrill({ sql: db.sql, config, log: (l) => lines.push(l) }, new Date(Date.UTC(2031, 1, 2, 3)));
+      expect(lines.find((l) => l.level === "warn")).toMatchObject({ msg: "drill skipped: no good backup to drill" });
+      const [event] = await until("the webhook to hear of the drill", async () => events.length > 0 && events, 5000);
+      expect(event).toMatchObject({ event: "drill.failed", error: "no good backup of this database to drill" });
+    } finally {
+      hook.stop(true);
+    }
+  });
+
   test("a scheduled drill that cannot reach the database at its slot reaches the webhook as failed", async () => {
     const events: Record<string, unknown>[] = [];
     const hook = Bun.serve({

@@ -101,7 +101,10 @@ export async function scheduledDrill(deps: Deps, slot: Date): Promise<void> {
       config.backup.age?.manifestKey,
     );
     if (!newest) {
+      // No backup to drill is no drill passed: the webhook hears of it, as of every scheduled drill.
+      const error = "no good backup of this database to drill";
       log({ level: "warn", msg: "drill skipped: no good backup to drill", backupDir: config.backupDir });
+      notify(config.backup.webhookUrl, { event: "drill.failed", error }, log);
       return;
     }
     await drillBackup(deps, newest.path);
