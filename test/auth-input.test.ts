@@ -179,6 +179,8 @@ test("a name is one line: line breaks, other control characters and bidi overrid
     "Ann\u0085Lee",
     "Ann\u2028Lee",
     "\u202eeeL nnA",
+    "Ann\u200fLee",
+    "Ann\u061cLee",
   ]) {
     const r = await post({ ...ok, name });
     expect(r.status, JSON.stringify(name)).toBe(400);

@@ -30,11 +30,11 @@ const newPassword = v.pipe(
 const anyPassword = v.pipe(text(), v.nonEmpty("is required"), v.maxLength(256, "must be at most 256 characters"));
 /**
  * Control characters (line breaks and tabs among them), the line and paragraph separators and the
- * bidi embeddings, overrides and isolates: mails greet the person by name, and a registration may
+ * bidi embeddings, overrides, isolates and marks: mails greet the person by name, and a registration may
  * name any address, so a name that held these would write lines of someone else's text (or text
  * that reads backwards) into a mail we send.
  */
-const NOT_ONE_LINE = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
+const NOT_ONE_LINE = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/u;
 const name = v.pipe(
   text(),
   v.trim(),

@@ -90,6 +90,8 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
   const encryption = encryptionFor(options.age);
   const createdAt = new Date();
   const { name, file } = await reserveName(dir, createdAt, encryption ? ENCRYPTED_EXTENSION : OUR_EXTENSION);
+  /** Whether the reserved .partial was already removed (a failed dump): see the catch below. */
+  let released = false;
   const path = join(dir, name);
   const partial = `${path}.partial`;
 
@@ -137,6 +139,7 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
       } catch (error) {
         proc.kill("SIGKILL");
         await rm(partial, { force: true });
+        released = true;
         if (error instanceof ShinkeiError) throw error;
         const e = error as NodeJS.ErrnoException;
         const why = e.code === "ENOSPC" ? "the disk is full" : e.message;
@@ -147,9 +150,10 @@ export async function createBackup(options: BackupOptions): Promise<BackupResult
       }
     }),
   ).catch(async (error: unknown) => {
-    // Failed before the dump was written (its snapshot, say): the reserved name goes back.
+    // Failed before the dump was written (its snapshot, say): the reserved name goes back, once: a
+    // second removal could take the .partial another backup reserved under the name meanwhile.
     await file.close().catch(() => {});
-    await rm(partial, { force: true });
+    if (!released) await rm(partial, { force: true });
     throw error;
   });
 
