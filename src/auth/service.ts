@@ -150,7 +150,10 @@ export class AuthService {
       // through meanwhile (it ended this session) must not be overwritten by whoever held it.
       // The user's row first, as a reset locks it, so the two cannot deadlock.
       if (!(await setPasswordHash(tx, user.id, hash, user.passwordHash))) {
-        throw new ShinkeiError("INVALID_CREDENTIALS", "the current password is wrong");
+        // It was right when checked: the password (or its hash, rehashed at a login) changed since.
+        throw new ShinkeiError("INVALID_CREDENTIALS", "the password changed while this change was made", {
+          hint: "Nothing was changed. Sign in again and retry.",
+        });
       }
       const [live] = await tx`select 1 from sessions where id = ${session.id} and expires_at > now()`;
       if (!live) throw new ShinkeiError("UNAUTHORIZED", "sign in first: no valid session");
