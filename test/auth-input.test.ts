@@ -179,6 +179,7 @@ test("a name is one line: line breaks, other control characters and bidi overrid
     "Ann\u0085Lee",
     "Ann\u2028Lee",
     "\u202eeeL nnA",
+    "Ann\u200eLee",
     "Ann\u200fLee",
     "Ann\u061cLee",
   ]) {

@@ -158,6 +158,8 @@ test("freshness is judged per database: another's fresh backups do not stand in 
   expect((await newestGood(dir, { ...on("a"), host: "LocalHost" })).newest?.name).toBe(old);
   expect((await newestGood(dir, { ...on("a"), host: "[::1]" })).newest?.name).toBe(old);
   expect((await newestGood(dir, { ...on("a"), host: "db.internal" })).newest).toBeNull();
+  // Other loopback addresses may be other servers (containers published on 127.0.0.2, 127.0.0.3).
+  expect((await newestGood(dir, { ...on("a"), host: "127.0.0.2" })).newest).toBeNull();
   const stale = await checkFreshness(dir, 2 * hour, 24 * hour, undefined, on("a")).catch((e) => e);
   expect(stale.code).toBe("BACKUP_STALE");
   expect(stale.message).toContain(`the newest good backup (${old}) is 1d 6h old`);

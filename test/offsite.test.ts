@@ -7,6 +7,7 @@ import { shinkei } from "./support/cli.ts";
 import { backupFolder, seededDatabase } from "./support/backup.ts";
 import { TestS3 } from "./support/s3.ts";
 import { tempDir } from "./support/fixtures.ts";
+import { readSnapshot } from "../src/metrics/snapshot.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { scheduledRun } from "../src/service/schedule.ts";
 import { S3Store } from "../src/storage/s3.ts";
@@ -176,6 +177,8 @@ describe("off-site copies", () => {
     expect(again).toEqual({ copied: [], failed: [] });
     // Their manifest is untouched: no copy of ours recorded in it.
     expect(JSON.parse(await readFile(join(dir, `${theirs}.manifest.json`), "utf8")).offsite).toBeUndefined();
+    // Nor are theirs pending here: the metrics and the status page count this database's alone.
+    expect((await readSnapshot(dir, elsewhere, { owner: describeTarget(db.url) })).offsitePending).toBe(0);
   });
 
   test("S3_PREFIX changed between runs: the backups only the old prefix holds are copied to the new one", async () => {

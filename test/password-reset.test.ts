@@ -409,6 +409,25 @@ describe("a reset that lands while the old password is being checked", () => {
       await s.stop();
     }
   });
+  test("a password change whose hash a login rehashed meanwhile (the same password) still goes through", async () => {
+    const s = heldApp();
+    try {
+      const email = await newAccount(server, "change-rehash");
+      const token = (await (await s.post("login", { email, password: PASSWORD })).json()).token as string;
+      const held = s.hold();
+      const change = s.post("password", { currentPassword: PASSWORD, newPassword: "a new one entirely" }, token);
+      await held.checked;
+      // A login rehashes the same password (new hashing settings): the hash differs, the password not.
+      const rehashed = await Bun.password.hash(PASSWORD, { algorithm: "argon2id", memoryCost: 4096, timeCost: 2 });
+      await db.sql`update users set password_hash = ${rehashed} where email = ${email}`;
+      held.open();
+      expect((await change).status).toBe(200);
+      expect((await s.post("login", { email, password: "a new one entirely" })).status).toBe(200);
+    } finally {
+      await s.stop();
+    }
+  });
+
   test("a password change from a session the reset ended, checked before it, sets no password", async () => {
     const s = heldApp();
     try {

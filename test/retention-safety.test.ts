@@ -168,6 +168,20 @@ test("BACKUP_MANIFEST_KEY set on a host with older, unsigned backups: retention 
   }
 });
 
+test("with BACKUP_MANIFEST_KEY, another database's unsigned backups are its own, and so is a file beside them", async () => {
+  const dir = await tempDir("prune-other-unsigned");
+  // The other database's service signs with no key (or another): its backups name it all the same.
+  const real = await plantSigned(dir, new Date(Date.now() - DAY));
+  const theirs = [];
+  for (const days of [50, 45]) theirs.push(await plantDump(dir, new Date(Date.now() - days * DAY), "another_app"));
+  const bare = backupName(new Date(Date.now() - 40 * DAY));
+  await writeFile(join(dir, bare), "-- still being copied, its manifest not yet here\n");
+  const r = await pruneStore(new LocalStore(dir), 30, config(dir).backup, false, holes, KEY);
+  expect(r.removed).toEqual([]);
+  expect(r.leftAlone).toEqual({ others: 2, groups: 1, unowned: 1, unsigned: 0 });
+  expect(r.decisions.map((d) => d.name)).toEqual([real]);
+});
+
 test("with BACKUP_MANIFEST_KEY, freshness counts no unsigned or renamed backup: check sees the real one", async () => {
   const dir = await tempDir("fresh-unsigned");
   // Backups stopped three days ago. A planted backup named a minute ago (unsigned), and the real one

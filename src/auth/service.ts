@@ -150,10 +150,13 @@ export class AuthService {
       // through meanwhile (it ended this session) must not be overwritten by whoever held it.
       // The user's row first, as a reset locks it, so the two cannot deadlock.
       if (!(await setPasswordHash(tx, user.id, hash, user.passwordHash))) {
-        // It was right when checked: the password (or its hash, rehashed at a login) changed since.
-        throw new ShinkeiError("INVALID_CREDENTIALS", "the password changed while this change was made", {
-          hint: "Nothing was changed. Sign in again and retry.",
-        });
+        // The hash changed since it was checked: a login that rehashed the same password (then the
+        // current password still opens it, checked again under the row's lock), or a reset.
+        const [now] = await tx<{ hash: string }[]>`
+          select password_hash as hash from users where id = ${user.id} for update`;
+        const same = now !== undefined && (await this.hasher.verify(input.currentPassword, now.hash));
+        if (!same || !(await setPasswordHash(tx, user.id, hash, now.hash)))
+          throw new ShinkeiError("INVALID_CREDENTIALS", "the current password is wrong (it changed meanwhile)");
       }
       const [live] = await tx`select 1 from sessions where id = ${session.id} and expires_at > now()`;
       if (!live) throw new ShinkeiError("UNAUTHORIZED", "sign in first: no valid session");

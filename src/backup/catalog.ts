@@ -43,16 +43,16 @@ export type Owner = { database: string; host: string; port: number };
 
 /**
  * The server a manifest (or an Owner) names, as host:port text; null when it names none. Spellings
- * of one server are one: host names in any letter case, and every loopback spelling (localhost,
- * 127.0.0.1, ::1), so a DATABASE_URL written another way does not make this database's backups
+ * of one server are one: host names in any letter case, and the loopback spellings (localhost,
+ * 127.0.0.1, ::1; other 127.x addresses may be other servers), so a DATABASE_URL written another way does not make this database's backups
  * another's (never restored by default, never pruned, never counted fresh).
  */
 export function serverOf(m: { host?: unknown; port?: unknown } | null | undefined): string | null {
   if (!m || m.host === undefined || m.host === null) return null;
-  const host = String(m.host)
-    .toLowerCase()
-    .replace(/^\[(.*)\]$/, "$1");
-  const loopback = host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+  const written = String(m.host);
+  // A socket directory is a path: its letter case is its own.
+  const host = written.startsWith("/") ? written : written.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  const loopback = host === "localhost" || host === "127.0.0.1" || host === "::1";
   return `${loopback ? "localhost" : host}:${String(m.port)}`;
 }
 

@@ -93,10 +93,11 @@ function ownOnly(
   // With BACKUP_MANIFEST_KEY, a manifest not signed for its backup is never decided on: taken before
   // the key was set (deleting them by age would take the monthly history with them), or planted.
   // Either way it holds no place, so it cannot cost a signed backup its own.
-  const unsigned = candidates.filter((c) => !unnamed(c.manifest) && !vouchesFor(c.manifest, c.name, manifestKey));
-  const signed = candidates.filter((c) => !unnamed(c.manifest) && vouchesFor(c.manifest, c.name, manifestKey));
-  const mine = signed.filter((c) => belongsTo(c.manifest, owner));
-  const others = signed.filter((c) => !belongsTo(c.manifest, owner));
+  // One naming another database (its service may sign with another key, or none) is that one's.
+  const named = candidates.filter((c) => !unnamed(c.manifest));
+  const others = named.filter((c) => !belongsTo(c.manifest, owner));
+  const unsigned = named.filter((c) => belongsTo(c.manifest, owner) && !vouchesFor(c.manifest, c.name, manifestKey));
+  const mine = named.filter((c) => belongsTo(c.manifest, owner) && vouchesFor(c.manifest, c.name, manifestKey));
   const without = candidates.filter((c) => unnamed(c.manifest));
   const now = new Date();
   const decisions = planRetention(mine, policy, now, requireMirrored);

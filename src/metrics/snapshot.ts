@@ -1,5 +1,5 @@
 import { stat } from "node:fs/promises";
-import { listLocal, type Owner } from "../backup/catalog.ts";
+import { belongsTo, listLocal, type Owner } from "../backup/catalog.ts";
 import { freshnessCounts } from "../backup/freshness.ts";
 import { copiedTo } from "../storage/mirror.ts";
 import type { BackupStore } from "../storage/store.ts";
@@ -54,8 +54,11 @@ export async function readSnapshot(
 ): Promise<Snapshot> {
   const backups: BackupEntry[] = [];
   const fresh = new Set<string>();
+  // Another database's backups in the folder are its own service's to copy (mirrorMissing).
+  const own = new Set<string>();
   for (const b of await listLocal(dir)) {
     if (freshnessCounts(b, owner, manifestKey)) fresh.add(b.name);
+    if (!owner || belongsTo(b.manifest, owner)) own.add(b.name);
     const m = b.manifest;
     backups.push({
       kind: "dump",
@@ -86,7 +89,10 @@ export async function readSnapshot(
     offsiteStore: offsite?.kind ?? null,
     offsitePending: offsite
       ? backups.filter(
-          (b) => b.reason !== null && !b.offsite.some((o) => copiedTo({ offsite: { [o.kind]: o } }, offsite)),
+          (b) =>
+            b.reason !== null &&
+            own.has(b.name) &&
+            !b.offsite.some((o) => copiedTo({ offsite: { [o.kind]: o } }, offsite)),
         ).length
       : null,
   };
