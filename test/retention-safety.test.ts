@@ -168,7 +168,7 @@ test("BACKUP_MANIFEST_KEY set on a host with older, unsigned backups: retention 
   }
 });
 
-test("with BACKUP_MANIFEST_KEY, another database's unsigned backups are its own, and so is a file beside them", async () => {
+test("with BACKUP_MANIFEST_KEY, another database's unsigned backups are its own, and a file beside them", async () => {
   const dir = await tempDir("prune-other-unsigned");
   // The other database's service signs with no key (or another): its backups name it all the same.
   const real = await plantSigned(dir, new Date(Date.now() - DAY));

@@ -44,8 +44,9 @@ export type Owner = { database: string; host: string; port: number };
 /**
  * The server a manifest (or an Owner) names, as host:port text; null when it names none. Spellings
  * of one server are one: host names in any letter case, and the loopback spellings (localhost,
- * 127.0.0.1, ::1; other 127.x addresses may be other servers), so a DATABASE_URL written another way does not make this database's backups
- * another's (never restored by default, never pruned, never counted fresh).
+ * 127.0.0.1, ::1; other 127.x addresses may be other servers), so a DATABASE_URL written another
+ * way does not make this database's backups another's (never restored by default, never pruned,
+ * never counted fresh).
  */
 export function serverOf(m: { host?: unknown; port?: unknown } | null | undefined): string | null {
   if (!m || m.host === undefined || m.host === null) return null;
