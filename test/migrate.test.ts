@@ -4,6 +4,8 @@ import { shinkei } from "./support/cli.ts";
 import { migrate, migrationStatus } from "../src/migrations/migrate.ts";
 import { migrations } from "../src/migrations/index.ts";
 import { ShinkeiError } from "../src/errors.ts";
+import postgres from "postgres";
+import { until } from "./support/wait.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -60,6 +62,43 @@ describe("migrations", () => {
     const error = await migrate(db.sql, broken).catch((e) => e);
     expect(error.code).toBe("MIGRATION_FAILED");
     const [t] = await db.sql`select to_regclass('public.half_done') as t`;
+    expect(t!.t).toBeNull();
+    expect((await migrationStatus(db.sql)).current).toBe(migrations.at(-1)!.version);
+  });
+
+  test("a migration whose lock is lost before its commit is rolled back, and says so", async () => {
+    // The migration waits on a table this test holds, until the lock's connection is gone.
+    await db.sql`create table if not exists mig_gate (id int)`;
+    const gate = postgres(db.url, { max: 1, onnotice: () => {} });
+    const held = await gate.reserve();
+    await held`begin`;
+    await held`lock table mig_gate in access share mode`;
+    const gated = [
+      ...migrations,
+      {
+        version: 998,
+        name: "gated",
+        up: "create table gated_half (id int); lock table mig_gate in access exclusive mode;",
+      },
+    ];
+    const running = migrate(db.sql, gated).catch((e) => e);
+    const waiting = () =>
+      db.sql`select pid from pg_stat_activity where datname = ${db.name} and wait_event_type = 'Lock'
+        and query like '%mig_gate in access exclusive%'`;
+    await until("the migration to wait at the gate", async () => (await waiting()).length > 0);
+    const holder = () =>
+      db.sql`select pid from pg_stat_activity
+        where datname = ${db.name} and application_name like 'shinkei migration (%'`;
+    await db.sql`select pg_terminate_backend(pid) from (${holder()}) h`;
+    await until("the lock's connection to end", async () => (await holder()).length === 0);
+    await held`commit`;
+    held.release();
+    await gate.end();
+    const error = await running;
+    expect(error.code).toBe("MIGRATION_FAILED");
+    expect(error.message).toContain("the migration lock was lost");
+    expect(error.hint).toContain("Nothing of this migration was applied");
+    const [t] = await db.sql`select to_regclass('public.gated_half') as t`;
     expect(t!.t).toBeNull();
     expect((await migrationStatus(db.sql)).current).toBe(migrations.at(-1)!.version);
   });

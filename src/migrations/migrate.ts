@@ -85,7 +85,7 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
   return withMaintenanceLock(
     sql,
     "migration",
-    async () => {
+    async (lock) => {
       // As the database's owner, whoever runs it: the backend (the app role) and the backup service
       // (a member of it) both migrate on start, and whichever comes first must leave tables the other
       // may use (a schema owned by the backup role locks the app out of its own tables).
@@ -97,14 +97,21 @@ export async function migrate(sql: Sql, list: readonly Migration[] = bundled): P
       const { pending } = plan(await readApplied(sql), list);
       for (const m of pending) {
         try {
-          await sql.begin(async (tx) => {
-            await tx.unsafe(actAsDatabaseOwner);
-            await tx.unsafe(ONLY_PUBLIC);
-            await tx.unsafe(m.up);
-            await tx`insert into public.schema_migrations (version, name, checksum)
-              values (${m.version}, ${m.name}, ${checksum(m.up)})`;
-          });
+          // Committed only while the lock is held; an error from here means nothing of it was
+          // applied, except COMMIT_UNKNOWN, which says how to find out.
+          await checkedCommit(
+            sql,
+            async (tx) => {
+              await tx.unsafe(actAsDatabaseOwner);
+              await tx.unsafe(ONLY_PUBLIC);
+              await tx.unsafe(m.up);
+              await tx`insert into public.schema_migrations (version, name, checksum)
+                values (${m.version}, ${m.name}, ${checksum(m.up)})`;
+            },
+            { what: `migration ${m.version} (${m.name})`, lock },
+          );
         } catch (error) {
+          if (error instanceof ShinkeiError && error.code === "COMMIT_UNKNOWN") throw error;
           throw new ShinkeiError(
             "MIGRATION_FAILED",
             `migration ${m.version} (${m.name}) failed: ${(error as Error).message}`,
