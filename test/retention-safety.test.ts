@@ -182,6 +182,24 @@ test("with BACKUP_MANIFEST_KEY, another database's unsigned backups are its own,
   expect(r.decisions.map((d) => d.name)).toEqual([real]);
 });
 
+test("a backup gone off-site between the listing and its manifest's fetch is passed over, not an error", async () => {
+  const bucket = await tempDir("gone-bucket");
+  const older = await plantDump(bucket, new Date(Date.now() - 2 * DAY), "prune_holes");
+  const newer = await plantDump(bucket, new Date(Date.now() - DAY), "prune_holes");
+  // Another service's retention removes the newer one right after this one listed the bucket.
+  class Racing extends LocalStore {
+    override async list() {
+      const listed = await super.list();
+      await super.remove(newer);
+      return listed;
+    }
+  }
+  const dir = await tempDir("gone-local");
+  expect(await obtainBackup(dir, undefined, new Racing(bucket), holes)).toBe(join(dir, older));
+  const r = await pruneStore(new Racing(bucket), 30, config(dir).backup, false, holes);
+  expect(r.removed).toEqual([]);
+});
+
 test("with BACKUP_MANIFEST_KEY, freshness counts no unsigned or renamed backup: check sees the real one", async () => {
   const dir = await tempDir("fresh-unsigned");
   // Backups stopped three days ago. A planted backup named a minute ago (unsigned), and the real one

@@ -162,7 +162,7 @@ export async function obtainBackup(
   return latest.path;
 }
 
-/** A stored backup's manifest alone, read through a folder of our own; null when it is not one. */
+/** A stored backup's manifest alone, read through a folder of our own; null when it is not one, or is gone. */
 export async function peekManifest(store: BackupStore, name: string): Promise<Manifest | null> {
   const folder = await mkdtemp(join(tmpdir(), "shinkei-manifest-"));
   try {
@@ -172,6 +172,8 @@ export async function peekManifest(store: BackupStore, name: string): Promise<Ma
       () => true,
       (e) => {
         if (e instanceof TooLargeObject) return false;
+        // Gone since the listing (another service's retention, say): no manifest, as for one never listed.
+        if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND") return false;
         throw e;
       },
     );

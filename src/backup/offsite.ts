@@ -18,10 +18,7 @@ export async function mirrorBackup(store: BackupStore, path: string): Promise<vo
   // A bucket prefix may be shared (another database's service, another host): a backup there under
   // this name that is not this one (two services that backed up in the same second) is never
   // written over, or that database would lose its copy. Ours (its manifest did not go up) goes again.
-  const there = await peekManifest(store, name).catch((e: unknown) => {
-    if (e instanceof ShinkeiError && e.code === "BACKUP_NOT_FOUND") return null;
-    throw e;
-  });
+  const there = await peekManifest(store, name);
   if (there && there.sha256 !== manifest.sha256)
     throw new ShinkeiError(
       "STORE_FAILED",
