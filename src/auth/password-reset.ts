@@ -4,7 +4,7 @@ import type { Log } from "../log.ts";
 import { ShinkeiError } from "../errors.ts";
 import { renderMail, type MailQueue, type TemplateName } from "../mail/index.ts";
 import type { PasswordHasher } from "./passwords.ts";
-import { counted, loginKeys, type ClientInfo, type Throttle, type ThrottleRule } from "./throttle.ts";
+import { loginKeys, type ClientInfo, type Throttle, type ThrottleRule } from "./throttle.ts";
 import type { SessionCache } from "./sessions.ts";
 import { revokeUserSessions } from "./sessions.ts";
 import { findUserByEmail, findUserById, setPasswordHash, type User } from "./users.ts";
@@ -103,7 +103,7 @@ export class AccountRecovery {
     const { maxFailures, maxFailuresPerIp, maxFailuresPerAccount, accountDelayMs } = this.deps.config.login;
     const account = email.trim().toLowerCase();
     const rules: ThrottleRule[] = [
-      { key: `${scope}:pair:${JSON.stringify([account, counted(client.ip)])}`, limit: maxFailures, onSuccess: "clear" },
+      { key: `${scope}:${loginKeys.pair(account, client.ip)}`, limit: maxFailures, onSuccess: "clear" },
       { key: `${scope}:${account}`, limit: maxFailuresPerAccount, delayMs: accountDelayMs, onSuccess: "release" },
     ];
     // The address shares its budget with failed logins: one client gets one allowance for guessing.
